@@ -1,0 +1,215 @@
+#include "framework/graph.h"
+
+#include <charconv>
+
+namespace kiln {
+
+const Node& Value::node() const {
+  KILN_CHECK(defined(), GraphError, "[graph] use of an undefined Value");
+  return graph_->node(ref_.node);
+}
+
+DType Value::dtype() const { return node().outputs()[ref_.index].dtype; }
+
+const Shape& Value::shape() const { return node().outputs()[ref_.index].shape; }
+
+std::string Value::name() const {
+  return ref_.index == 0 ? node().name() : str(node().name(), ":", ref_.index);
+}
+
+Value Graph::placeholder(const std::string& name, DType dtype, const Shape& shape) {
+  return add("placeholder", {}, {{"dtype", dtype}, {"shape", shape}},
+             {.name = name, .exact_name = true});
+}
+
+Value Graph::constant(const Tensor& value, const std::string& name) {
+  KILN_CHECK(value.defined(), GraphError, "[constant] ", name, ": the tensor is undefined");
+  return add("constant", {}, {{"value", value.clone()}}, {.name = name});
+}
+
+Value Graph::scalar(double value, DType dtype) {
+  return constant(Tensor::full(dtype, Shape{}, value), "scalar");
+}
+
+namespace {
+
+// Converts attribute values whose C++ type differs from the schema's in a lossless,
+// unsurprising way (an int where a float is declared, ints where a shape is declared).
+bool coerce_attr(AttrValue& value, AttrType wanted) {
+  AttrType have = attr_type(value);
+  if (have == wanted) return true;
+  if (wanted == AttrType::real && have == AttrType::integer) {
+    value = static_cast<double>(std::get<int64_t>(value));
+    return true;
+  }
+  if (wanted == AttrType::shape && have == AttrType::integers) {
+    value = Shape(std::get<std::vector<int64_t>>(value));
+    return true;
+  }
+  if (wanted == AttrType::reals && have == AttrType::integers) {
+    const auto& ints = std::get<std::vector<int64_t>>(value);
+    value = std::vector<double>(ints.begin(), ints.end());
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector<Value>& inputs,
+                                   AttrMap attrs, const NodeOptions& options) {
+  const OpDef* op = OpRegistry::global().find(op_name);
+  KILN_CHECK(op != nullptr, GraphError, "[graph] unknown op '", op_name, "'");
+  const std::string& local = options.name.empty() ? op_name : options.name;
+  KILN_CHECK(local.find(':') == std::string::npos, GraphError, "[", op_name, "] node name '",
+             local, "' contains ':', which is reserved for output indices");
+  std::string name = scope_prefix_ + local;
+  auto fail = [&](auto&&... args) {
+    throw GraphError(str("[", op_name, "] ", name, ": ", args...));
+  };
+
+  // Inputs: the count the schema declares, each a defined value of this graph.
+  size_t fixed = op->inputs().size() - (op->variadic() ? 1 : 0);
+  if (op->variadic()) {
+    if (inputs.size() < fixed + static_cast<size_t>(op->variadic_min()))
+      fail("takes at least ", fixed + op->variadic_min(), " inputs, got ", inputs.size());
+  } else if (inputs.size() != fixed) {
+    fail("takes ", fixed, " inputs, got ", inputs.size());
+  }
+  std::vector<TensorType> input_types;
+  std::vector<OutputRef> refs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Value& v = inputs[i];
+    if (!v.defined()) fail("input ", i, " is an undefined Value");
+    if (v.graph() != this) fail("input ", i, " (", v.name(), ") belongs to another graph");
+    input_types.push_back(v.node().outputs()[v.index()]);
+    refs.push_back(v.ref());
+  }
+
+  // Attributes: only declared ones, each of its declared type; defaults fill the rest.
+  for (auto& [key, value] : attrs) {
+    const AttrSpec* spec = op->find_attr(key);
+    if (!spec) fail("unknown attribute '", key, "'");
+    if (!coerce_attr(value, spec->type))
+      fail("attribute '", key, "' must be ", attr_type_name(spec->type), ", got ",
+           attr_type_name(attr_type(value)));
+  }
+  for (const AttrSpec& spec : op->attrs()) {
+    if (attrs.count(spec.name)) continue;
+    if (!spec.default_value) fail("missing required attribute '", spec.name, "'");
+    attrs.emplace(spec.name, *spec.default_value);
+  }
+
+  std::vector<TensorType> outputs =
+      op->infer_fn()(InferContext(*op, name, input_types, attrs));
+
+  auto node = std::make_unique<Node>();
+  node->id_ = num_nodes();
+  node->op_ = op;
+  node->name_ = unique_name(name, options.exact_name);
+  node->inputs_ = std::move(refs);
+  node->outputs_ = std::move(outputs);
+  node->attrs_ = std::move(attrs);
+  node->device_hint_ = options.device_hint;
+  by_name_.emplace(node->name_, node->id_);
+  nodes_.push_back(std::move(node));
+
+  const Node& made = *nodes_.back();
+  std::vector<Value> values;
+  for (int32_t i = 0; i < made.num_outputs(); ++i) values.emplace_back(this, OutputRef{made.id(), i});
+  return values;
+}
+
+Value Graph::add(const std::string& op, const std::vector<Value>& inputs, AttrMap attrs,
+                 const NodeOptions& options) {
+  std::vector<Value> outputs = add_node(op, inputs, std::move(attrs), options);
+  KILN_DASSERT(outputs.size() == 1);
+  return outputs[0];
+}
+
+std::string Graph::unique_name(const std::string& base, bool exact) {
+  if (!by_name_.count(base)) return base;
+  if (exact) throw GraphError(str("[graph] the name '", base, "' is already used by another node"));
+  int32_t& counter = name_counters_[base];
+  std::string candidate;
+  do {
+    candidate = str(base, "_", ++counter);
+  } while (by_name_.count(candidate));
+  return candidate;
+}
+
+const Node* Graph::find_node(std::string_view name) const {
+  auto it = by_name_.find(std::string(name));
+  return it == by_name_.end() ? nullptr : nodes_[it->second].get();
+}
+
+Value Graph::value(std::string_view name) {
+  std::string_view node_name = name;
+  int32_t index = 0;
+  if (size_t colon = name.rfind(':'); colon != std::string_view::npos) {
+    node_name = name.substr(0, colon);
+    std::string_view digits = name.substr(colon + 1);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+    KILN_CHECK(ec == std::errc() && end == digits.data() + digits.size() && index >= 0,
+               GraphError, "[graph] bad value name '", name, "' (expected node or node:index)");
+  }
+  const Node* node = find_node(node_name);
+  KILN_CHECK(node != nullptr, GraphError, "[graph] no node named '", node_name, "'");
+  KILN_CHECK(index < node->num_outputs(), GraphError, "[graph] node '", node_name, "' has ",
+             node->num_outputs(), " output(s); there is no output ", index);
+  return Value(this, OutputRef{node->id(), index});
+}
+
+std::vector<Value> Graph::placeholders() {
+  std::vector<Value> out;
+  for (const auto& node : nodes_)
+    if (node->op_name() == "placeholder") out.emplace_back(this, OutputRef{node->id(), 0});
+  return out;
+}
+
+void Graph::push_scope(const std::string& scope) {
+  KILN_CHECK(!scope.empty() && scope.find(':') == std::string::npos, GraphError,
+             "[graph] bad name scope '", scope, "'");
+  scopes_.push_back(scope_prefix_);
+  scope_prefix_ += scope + "/";
+}
+
+void Graph::pop_scope() {
+  KILN_CHECK(!scopes_.empty(), GraphError, "[graph] pop_scope without a matching push_scope");
+  scope_prefix_ = scopes_.back();
+  scopes_.pop_back();
+}
+
+void Graph::add_signature(Signature signature) {
+  KILN_CHECK(!signature.name.empty(), GraphError, "[graph] a signature needs a name");
+  for (const auto* list : {&signature.inputs, &signature.outputs, &signature.targets})
+    for (const Value& v : *list)
+      KILN_CHECK(v.defined() && v.graph() == this, GraphError, "[graph] signature '",
+                 signature.name, "' names a value of another graph");
+  std::string name = signature.name;
+  signatures_[name] = std::move(signature);
+}
+
+const Signature& Graph::signature(const std::string& name) const {
+  auto it = signatures_.find(name);
+  if (it == signatures_.end()) {
+    std::string known;
+    for (const auto& [key, _] : signatures_) known += (known.empty() ? "" : ", ") + key;
+    throw GraphError(str("[graph] no signature named '", name, "' (the graph has: ",
+                         known.empty() ? "none" : known, ")"));
+  }
+  return it->second;
+}
+
+Graph& common_graph(const std::string& op, std::initializer_list<const Value*> values) {
+  Graph* graph = nullptr;
+  for (const Value* v : values) {
+    KILN_CHECK(v->defined(), GraphError, "[", op, "] an input is an undefined Value");
+    KILN_CHECK(graph == nullptr || v->graph() == graph, GraphError, "[", op,
+               "] inputs belong to different graphs (", v->name(), ")");
+    graph = v->graph();
+  }
+  return *graph;
+}
+
+}  // namespace kiln

@@ -1,0 +1,175 @@
+// Graph, Node and Value: the static computation graph that users build.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "framework/attr.h"
+#include "framework/op_registry.h"
+#include "framework/tensor.h"
+
+namespace kiln {
+
+class Graph;
+class Node;
+
+/// A reference to output `index` of node `node` inside a graph (no graph pointer).
+struct OutputRef {
+  int32_t node = -1;
+  int32_t index = 0;
+  bool operator==(const OutputRef&) const = default;
+  auto operator<=>(const OutputRef&) const = default;
+};
+
+/// A cheap handle to one output of one node: the graph, the node and the output index.
+/// Its dtype and shape are known from the moment the node is built.
+class Value {
+ public:
+  Value() = default;
+  Value(Graph* graph, OutputRef ref) : graph_(graph), ref_(ref) {}
+
+  bool defined() const { return graph_ != nullptr; }
+  Graph* graph() const { return graph_; }
+  OutputRef ref() const { return ref_; }
+  int32_t node_id() const { return ref_.node; }
+  int32_t index() const { return ref_.index; }
+  const Node& node() const;
+  DType dtype() const;
+  const Shape& shape() const;
+  /// The node name, with ":index" for outputs other than the first.
+  std::string name() const;
+
+  bool operator==(const Value& other) const = default;
+
+ private:
+  Graph* graph_ = nullptr;
+  OutputRef ref_;
+};
+
+/// One operation in a graph. Nodes are created by Graph::add_node and never change after.
+class Node {
+ public:
+  int32_t id() const { return id_; }
+  const OpDef& op() const { return *op_; }
+  const std::string& op_name() const { return op_->name(); }
+  /// Unique, hierarchical name: "dense1/matmul".
+  const std::string& name() const { return name_; }
+  const std::vector<OutputRef>& inputs() const { return inputs_; }
+  const std::vector<TensorType>& outputs() const { return outputs_; }
+  int num_outputs() const { return static_cast<int>(outputs_.size()); }
+  const AttrMap& attrs() const { return attrs_; }
+  /// The attribute `name`; the schema guarantees it exists with type T.
+  template <typename T>
+  const T& attr(const std::string& name) const {
+    return std::get<T>(attrs_.at(name));
+  }
+  /// "" when the node may run anywhere, else a device such as "cuda:1".
+  const std::string& device_hint() const { return device_hint_; }
+
+ private:
+  friend class Graph;
+  int32_t id_ = -1;
+  const OpDef* op_ = nullptr;
+  std::string name_;
+  std::vector<OutputRef> inputs_;
+  std::vector<TensorType> outputs_;
+  AttrMap attrs_;
+  std::string device_hint_;
+};
+
+/// A named entry point into a graph: what to feed, what to fetch, what to run for effect.
+struct Signature {
+  std::string name;
+  std::vector<Value> inputs;
+  std::vector<Value> outputs;
+  std::vector<Value> targets;
+};
+
+/// Options for Graph::add_node.
+struct NodeOptions {
+  /// The node's name inside the current scope; empty = derived from the op name. When taken,
+  /// a suffix "_1", "_2", ... makes it unique, unless `exact_name` is set (then it is an error).
+  std::string name;
+  bool exact_name = false;
+  std::string device_hint;
+};
+
+/// A static computation graph. Nodes are only ever appended, and every input of a node exists
+/// before the node, so node ids are a topological order. A Graph is neither copied nor moved:
+/// Values point at it.
+class Graph {
+ public:
+  Graph() = default;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  /// An input fed at run time. A dim of -1 in `shape` is known only then.
+  Value placeholder(const std::string& name, DType dtype, const Shape& shape);
+  /// A constant holding `value` (copied into the graph).
+  Value constant(const Tensor& value, const std::string& name = "");
+  /// A rank-0 constant of `dtype` holding `value`.
+  Value scalar(double value, DType dtype);
+
+  /// Adds a node of op `op`, checks its inputs and attributes against the schema, infers its
+  /// outputs, and returns them. Throws kiln::GraphError with the op, node name and shapes.
+  std::vector<Value> add_node(const std::string& op, const std::vector<Value>& inputs,
+                              AttrMap attrs = {}, const NodeOptions& options = {});
+  /// add_node for a single-output op.
+  Value add(const std::string& op, const std::vector<Value>& inputs, AttrMap attrs = {},
+            const NodeOptions& options = {});
+
+  int32_t num_nodes() const { return static_cast<int32_t>(nodes_.size()); }
+  const Node& node(int32_t id) const { return *nodes_.at(static_cast<size_t>(id)); }
+  /// The node called `name`, or nullptr.
+  const Node* find_node(std::string_view name) const;
+  /// The value called "node" or "node:index"; throws kiln::GraphError when there is none.
+  Value value(std::string_view name);
+  Value value(OutputRef ref) { return Value(this, ref); }
+  /// Every placeholder, in creation order.
+  std::vector<Value> placeholders();
+
+  /// Opens a name scope: nodes made until pop_scope() are called "scope/...". Prefer NameScope.
+  void push_scope(const std::string& scope);
+  void pop_scope();
+  /// The current scope prefix, "" or "a/b/".
+  const std::string& scope_prefix() const { return scope_prefix_; }
+
+  /// Adds or replaces a named signature. Its values must belong to this graph.
+  void add_signature(Signature signature);
+  /// The signature `name`; throws kiln::GraphError listing the known ones when absent.
+  const Signature& signature(const std::string& name) const;
+  const std::map<std::string, Signature>& signatures() const { return signatures_; }
+
+ private:
+  std::string unique_name(const std::string& base, bool exact);
+
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::unordered_map<std::string, int32_t> by_name_;
+  std::unordered_map<std::string, int32_t> name_counters_;
+  std::vector<std::string> scopes_;
+  std::string scope_prefix_;
+  std::map<std::string, Signature> signatures_;
+};
+
+/// RAII name scope: { NameScope s(g, "dense1"); ... } names nodes "dense1/...".
+class NameScope {
+ public:
+  NameScope(Graph& graph, const std::string& scope) : graph_(graph) { graph_.push_scope(scope); }
+  ~NameScope() { graph_.pop_scope(); }
+  NameScope(const NameScope&) = delete;
+  NameScope& operator=(const NameScope&) = delete;
+
+ private:
+  Graph& graph_;
+};
+
+/// Throws kiln::GraphError unless every value is defined and all share one graph; returns it.
+/// `op` names the caller for the message.
+Graph& common_graph(const std::string& op, std::initializer_list<const Value*> values);
+
+}  // namespace kiln

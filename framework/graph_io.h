@@ -1,0 +1,54 @@
+// Saving graphs to protobuf files and loading them back.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "framework/graph.h"
+
+namespace kiln {
+
+namespace proto {
+class GraphDef;
+}
+
+/// The graph file format version this build writes and the oldest it reads.
+inline constexpr int kGraphVersion = 1;
+inline constexpr int kMinGraphVersion = 1;
+
+/// On-disk form of a graph file.
+enum class GraphFormat {
+  automatic,  ///< text for names ending in .pbtxt or .txt, binary otherwise
+  binary,
+  text,
+};
+
+struct SaveGraphOptions {
+  GraphFormat format = GraphFormat::automatic;
+  /// Signatures to store in addition to those already added to the graph.
+  std::vector<Signature> signatures;
+};
+
+/// Converts a graph to its protobuf form (nodes in id order, attributes, constants, signatures).
+void graph_to_proto(const Graph& graph, proto::GraphDef* out);
+/// Builds a graph from its protobuf form. `source` names the file in error messages. Every
+/// node is validated: known op, declared attributes of the right type, existing inputs, no
+/// cycles, shapes that inference accepts. Throws kiln::FileError on any problem.
+std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::string& source);
+
+/// Writes `graph` to `path` atomically (a temporary file renamed over the target).
+void save_graph(const Graph& graph, const std::string& path, const SaveGraphOptions& options = {});
+/// Reads a graph file written by save_graph (binary or text). Throws kiln::FileError naming the
+/// file and the problem for a missing, truncated, garbled or invalid file.
+std::unique_ptr<Graph> load_graph(const std::string& path, GraphFormat format = GraphFormat::automatic);
+
+/// The text form of a graph (protobuf text format), as `kiln-graph --text` prints it.
+std::string graph_to_text(const Graph& graph);
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename, so
+/// readers see the old file or the new one, never half of one. Throws kiln::FileError.
+void write_file_atomically(const std::string& path, const std::string& data);
+/// Reads a whole file, refusing files larger than `max_bytes`. Throws kiln::FileError.
+std::string read_file(const std::string& path, size_t max_bytes);
+
+}  // namespace kiln

@@ -1,0 +1,53 @@
+// KernelContext: what a kernel sees when it runs one node.
+#pragma once
+
+#include <span>
+
+#include "framework/graph.h"
+#include "framework/parallel.h"
+#include "framework/tensor.h"
+
+namespace kiln {
+
+/// The inputs, outputs, attributes and thread pool of one node being executed.
+/// Outputs are allocated on first access with the shape the plan inferred; a kernel that
+/// produces a view of an input or an attribute (reshape, constant) may set_output instead.
+class KernelContext {
+ public:
+  KernelContext(const Node& node, std::span<const Tensor> inputs,
+                std::span<const TensorType> output_types, std::span<Tensor> outputs,
+                ThreadPool& pool)
+      : node_(node), inputs_(inputs), output_types_(output_types), outputs_(outputs),
+        pool_(pool) {}
+
+  const Node& node() const { return node_; }
+  int num_inputs() const { return static_cast<int>(inputs_.size()); }
+  const Tensor& input(int i) const { return inputs_[i]; }
+  int num_outputs() const { return static_cast<int>(outputs_.size()); }
+  /// Output `i`, allocated with its planned shape on first access.
+  Tensor& output(int i);
+  /// The planned (concrete) type of output `i`.
+  const TensorType& output_type(int i) const { return output_types_[i]; }
+  /// Makes `tensor` output `i` (it must have the planned dtype and shape).
+  void set_output(int i, Tensor tensor);
+  template <typename T>
+  const T& attr(const std::string& name) const {
+    return node_.attr<T>(name);
+  }
+  /// "[op] node" for error messages raised while running (data-dependent errors only).
+  std::string where() const { return str("[", node_.op_name(), "] ", node_.name()); }
+
+  ThreadPool& pool() const { return pool_; }
+  /// pool().parallel_for with a grain chosen so each range holds about 32K units of work
+  /// (`cost` units per item).
+  void parallel_for(int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) const;
+
+ private:
+  const Node& node_;
+  std::span<const Tensor> inputs_;
+  std::span<const TensorType> output_types_;
+  std::span<Tensor> outputs_;
+  ThreadPool& pool_;
+};
+
+}  // namespace kiln

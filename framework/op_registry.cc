@@ -1,0 +1,113 @@
+#include "framework/op_registry.h"
+
+#include <sstream>
+
+namespace kiln {
+
+std::string InferContext::where() const {
+  return str("[", op_.name(), "] ", node_name_);
+}
+
+void InferContext::expect_dtype(int i, std::span<const DType> allowed) const {
+  for (DType d : allowed)
+    if (inputs_[i].dtype == d) return;
+  std::ostringstream list;
+  for (DType d : allowed) list << (list.tellp() > 0 ? ", " : "") << d;
+  const std::string& input_name =
+      i < static_cast<int>(op_.inputs().size()) ? op_.inputs()[i] : op_.inputs().back();
+  fail("input '", input_name, "' has dtype ", inputs_[i].dtype, "; expected one of ",
+       list.str());
+}
+
+void InferContext::expect_same_dtype(int i, int j) const {
+  if (inputs_[i].dtype != inputs_[j].dtype)
+    fail("dtypes differ: ", inputs_[i].dtype, " and ", inputs_[j].dtype,
+         " (cast one of them first)");
+}
+
+int64_t InferContext::axis(int64_t axis, int64_t rank) const {
+  if (axis < -rank || axis >= rank) fail("axis ", axis, " is out of range for rank ", rank);
+  return axis < 0 ? axis + rank : axis;
+}
+
+OpDef& OpDef::input(std::string name) {
+  inputs_.push_back(std::move(name));
+  return *this;
+}
+
+OpDef& OpDef::variadic_input(std::string name, int min_count) {
+  inputs_.push_back(std::move(name));
+  variadic_min_ = min_count;
+  return *this;
+}
+
+OpDef& OpDef::attr(std::string name, AttrType type) {
+  attrs_.push_back({std::move(name), type, std::nullopt});
+  return *this;
+}
+
+OpDef& OpDef::infer(InferFn fn) {
+  infer_ = std::move(fn);
+  return *this;
+}
+
+OpDef& OpDef::kernel(DeviceKind device, KernelFn fn, std::vector<DType> dtypes) {
+  kernels_[static_cast<size_t>(device)] = {fn, std::move(dtypes)};
+  return *this;
+}
+
+OpDef& OpDef::elementwise() {
+  elementwise_ = true;
+  return *this;
+}
+
+OpDef& OpDef::doc(std::string text) {
+  doc_ = std::move(text);
+  return *this;
+}
+
+const AttrSpec* OpDef::find_attr(const std::string& name) const {
+  for (const AttrSpec& spec : attrs_)
+    if (spec.name == name) return &spec;
+  return nullptr;
+}
+
+KernelFn OpDef::kernel_for(DeviceKind device, DType dtype) const {
+  const KernelEntry& entry = kernels_[static_cast<size_t>(device)];
+  if (entry.dtypes.empty()) return entry.fn;
+  for (DType d : entry.dtypes)
+    if (d == dtype) return entry.fn;
+  return nullptr;
+}
+
+OpRegistry& OpRegistry::global() {
+  static OpRegistry registry;
+  return registry;
+}
+
+void OpRegistry::add(OpDef op) {
+  KILN_CHECK(op.infer_fn() != nullptr, Error, "[registry] op '", op.name(),
+             "' has no inference function");
+  std::string name = op.name();
+  auto [it, inserted] = ops_.emplace(name, std::make_unique<OpDef>(std::move(op)));
+  KILN_CHECK(inserted, Error, "[registry] op '", name, "' is registered twice");
+}
+
+const OpDef* OpRegistry::find(const std::string& name) const {
+  auto it = ops_.find(name);
+  return it == ops_.end() ? nullptr : it->second.get();
+}
+
+const OpDef& OpRegistry::get(const std::string& name) const {
+  const OpDef* op = find(name);
+  KILN_CHECK(op != nullptr, GraphError, "[registry] unknown op '", name, "'");
+  return *op;
+}
+
+std::vector<const OpDef*> OpRegistry::all() const {
+  std::vector<const OpDef*> out;
+  for (const auto& [name, op] : ops_) out.push_back(op.get());
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,175 @@
+// The op registry: every op's schema (inputs, attributes), shape/dtype inference and kernels.
+// An op is defined in one place, ops/<family>/<op>.cc, with KILN_OP(name)...; see DESIGN.md.
+#pragma once
+
+#include <array>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "framework/attr.h"
+#include "framework/device.h"
+#include "framework/error.h"
+
+namespace kiln {
+
+class KernelContext;
+
+/// What inference knows about one output: its dtype and its (possibly partly unknown) shape.
+struct TensorType {
+  DType dtype = DType::f32;
+  Shape shape;
+  bool operator==(const TensorType&) const = default;
+};
+
+/// A declared attribute: its name, its type, and its default (none = required).
+struct AttrSpec {
+  std::string name;
+  AttrType type;
+  std::optional<AttrValue> default_value;
+};
+
+class OpDef;
+
+/// What an op's inference function sees: input types and attributes of the node being built.
+class InferContext {
+ public:
+  InferContext(const OpDef& op, const std::string& node_name,
+               const std::vector<TensorType>& inputs, const AttrMap& attrs)
+      : op_(op), node_name_(node_name), inputs_(inputs), attrs_(attrs) {}
+
+  int num_inputs() const { return static_cast<int>(inputs_.size()); }
+  const TensorType& input(int i) const { return inputs_[i]; }
+  DType dtype(int i) const { return inputs_[i].dtype; }
+  const Shape& shape(int i) const { return inputs_[i].shape; }
+  /// The attribute `name`; its presence and type were checked against the schema.
+  template <typename T>
+  const T& attr(const std::string& name) const {
+    return std::get<T>(attrs_.at(name));
+  }
+  /// "[matmul] dense1/matmul" — the prefix of every message about this node.
+  std::string where() const;
+  /// Throws kiln::GraphError("[op] node: " + the pieces).
+  template <typename... Args>
+  [[noreturn]] void fail(Args&&... args) const {
+    throw GraphError(str(where(), ": ", std::forward<Args>(args)...));
+  }
+  /// Fails unless input `i` has one of `allowed` dtypes.
+  void expect_dtype(int i, std::span<const DType> allowed) const;
+  void expect_dtype(int i, std::initializer_list<DType> allowed) const {
+    expect_dtype(i, std::span<const DType>(allowed.begin(), allowed.size()));
+  }
+  /// Fails unless inputs `i` and `j` have the same dtype.
+  void expect_same_dtype(int i, int j) const;
+  /// Validates a possibly negative axis against `rank`, returning it in [0, rank).
+  int64_t axis(int64_t axis, int64_t rank) const;
+
+ private:
+  const OpDef& op_;
+  const std::string& node_name_;
+  const std::vector<TensorType>& inputs_;
+  const AttrMap& attrs_;
+};
+
+/// Infers the types of a node's outputs from its inputs and attributes, or fails.
+using InferFn = std::function<std::vector<TensorType>(const InferContext&)>;
+/// Runs one node on one device. Inputs are valid and outputs have their inferred shapes.
+using KernelFn = void (*)(KernelContext&);
+
+/// An op's definition. Built fluently and registered with KILN_OP.
+class OpDef {
+ public:
+  explicit OpDef(std::string name) : name_(std::move(name)) {}
+
+  /// Declares the next input.
+  OpDef& input(std::string name);
+  /// Declares that the last input takes `min_count` or more values (concat's "values").
+  OpDef& variadic_input(std::string name, int min_count = 1);
+  /// Declares a required attribute.
+  OpDef& attr(std::string name, AttrType type);
+  /// Declares an optional attribute with its default.
+  template <typename T>
+  OpDef& attr(std::string name, T default_value) {
+    // Plain int and float literals stand for the attribute types int64_t and double.
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      return attr(std::move(name), static_cast<int64_t>(default_value), AttrType::integer);
+    } else if constexpr (std::is_floating_point_v<T>) {
+      return attr(std::move(name), static_cast<double>(default_value), AttrType::real);
+    } else {
+      return attr(std::move(name), AttrValue(std::move(default_value)), attr_type_of<T>());
+    }
+  }
+  OpDef& infer(InferFn fn);
+  OpDef& attr(std::string name, AttrValue default_value, AttrType type) {
+    attrs_.push_back({std::move(name), type, std::move(default_value)});
+    return *this;
+  }
+  /// Registers the kernel for `device`. `dtypes` lists the dtypes it handles (of input 0, or of
+  /// output 0 for ops without inputs); empty means every dtype inference accepts.
+  OpDef& kernel(DeviceKind device, KernelFn fn, std::vector<DType> dtypes = {});
+  /// Marks an op that maps each output element from the same element of its inputs.
+  OpDef& elementwise();
+  /// One line for tools and docs.
+  OpDef& doc(std::string text);
+
+  const std::string& name() const { return name_; }
+  const std::vector<std::string>& inputs() const { return inputs_; }
+  bool variadic() const { return variadic_min_ >= 0; }
+  int variadic_min() const { return variadic_min_; }
+  const std::vector<AttrSpec>& attrs() const { return attrs_; }
+  const AttrSpec* find_attr(const std::string& name) const;
+  const InferFn& infer_fn() const { return infer_; }
+  /// The kernel for `device` that handles `dtype`, or nullptr.
+  KernelFn kernel_for(DeviceKind device, DType dtype) const;
+  bool is_elementwise() const { return elementwise_; }
+  const std::string& doc_text() const { return doc_; }
+
+ private:
+  std::string name_;
+  std::vector<std::string> inputs_;
+  int variadic_min_ = -1;
+  std::vector<AttrSpec> attrs_;
+  InferFn infer_;
+  struct KernelEntry {
+    KernelFn fn = nullptr;
+    std::vector<DType> dtypes;
+  };
+  std::array<KernelEntry, 2> kernels_{};
+  bool elementwise_ = false;
+  std::string doc_;
+};
+
+/// All registered ops, by name.
+class OpRegistry {
+ public:
+  static OpRegistry& global();
+  /// Adds an op; a second op with the same name is a programming error (throws).
+  void add(OpDef op);
+  /// The op called `name`, or nullptr.
+  const OpDef* find(const std::string& name) const;
+  /// The op called `name`; throws kiln::GraphError naming it when there is none.
+  const OpDef& get(const std::string& name) const;
+  std::vector<const OpDef*> all() const;
+
+ private:
+  std::map<std::string, std::unique_ptr<OpDef>> ops_;
+};
+
+/// Registers an op at static-initialization time (used by KILN_OP).
+struct OpRegistrar {
+  OpRegistrar(OpDef& op) { OpRegistry::global().add(std::move(op)); }
+  OpRegistrar(OpDef&& op) { OpRegistry::global().add(std::move(op)); }
+};
+
+}  // namespace kiln
+
+#define KILN_CONCAT_INNER(a, b) a##b
+#define KILN_CONCAT(a, b) KILN_CONCAT_INNER(a, b)
+/// Defines and registers an op: KILN_OP(softmax).input("x").attr<int64_t>("axis", -1)...;
+#define KILN_OP(name)                                                                   \
+  [[maybe_unused]] static ::kiln::OpRegistrar KILN_CONCAT(kiln_op_registrar_, __COUNTER__) = \
+      ::kiln::OpDef(#name)

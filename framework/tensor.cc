@@ -1,0 +1,95 @@
+#include "framework/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace kiln {
+
+namespace {
+void* allocate_host(size_t nbytes) {
+  // aligned_alloc wants a multiple of the alignment; a zero-byte tensor still gets a pointer.
+  size_t rounded = (nbytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw Error(str("[tensor] cannot allocate ", nbytes, " bytes of host memory"));
+  return p;
+}
+}  // namespace
+
+HostStorage::HostStorage(size_t nbytes) : Storage(allocate_host(nbytes), nbytes, Device::cpu()) {}
+
+HostStorage::~HostStorage() { std::free(data()); }
+
+Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_t offset)
+    : dtype_(dtype), shape_(std::move(shape)), numel_(shape_.numel()),
+      storage_(std::move(storage)), offset_(offset) {
+  KILN_DASSERT(storage_ == nullptr || offset_ + nbytes() <= storage_->nbytes());
+}
+
+Tensor Tensor::empty(DType dtype, const Shape& shape) {
+  KILN_CHECK(shape.is_known(), Error, "[tensor] cannot allocate a tensor of unknown shape ",
+             shape);
+  int64_t n = shape.numel();
+  size_t size = dtype_size(dtype);
+  KILN_CHECK(static_cast<uint64_t>(n) <= (uint64_t{1} << 56) / size, Error,
+             "[tensor] ", dtype, shape, " is too large to allocate");
+  return Tensor(dtype, shape, std::make_shared<HostStorage>(static_cast<size_t>(n) * size));
+}
+
+Tensor Tensor::full(DType dtype, const Shape& shape, double value) {
+  Tensor t = empty(dtype, shape);
+  dispatch_all(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T v = convert<T>(value);
+    T* out = static_cast<T*>(t.raw_data());
+    for (int64_t i = 0; i < t.numel(); ++i) out[i] = v;
+  });
+  return t;
+}
+
+Device Tensor::device() const { return storage_ ? storage_->device() : Device::cpu(); }
+
+void* Tensor::raw_data() const {
+  KILN_CHECK(defined(), Error, "[tensor] data of an undefined tensor");
+  return static_cast<char*>(storage_->data()) + offset_;
+}
+
+double Tensor::element(int64_t i) const {
+  KILN_CHECK(i >= 0 && i < numel_, Error, "[tensor] element ", i, " of a tensor with ", numel_,
+             " elements");
+  return dispatch_all(dtype_, [&](auto tag) -> double {
+    using T = decltype(tag);
+    return convert<double>(static_cast<const T*>(raw_data())[i]);
+  });
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = empty(dtype_, shape_);
+  if (nbytes()) std::memcpy(out.raw_data(), raw_data(), nbytes());
+  return out;
+}
+
+Tensor Tensor::reshaped(const Shape& shape) const {
+  KILN_CHECK(shape.is_known() && shape.numel() == numel_, Error, "[tensor] cannot view ",
+             shape_, " as ", shape);
+  return Tensor(dtype_, shape, storage_, offset_);
+}
+
+std::string Tensor::to_string(int64_t max_elements) const {
+  std::ostringstream out;
+  out << dtype_ << shape_;
+  if (!defined()) return out.str() + " (undefined)";
+  out << " {";
+  for (int64_t i = 0; i < numel_ && i < max_elements; ++i) out << (i ? ", " : "") << element(i);
+  if (numel_ > max_elements) out << ", ...";
+  out << '}';
+  return out.str();
+}
+
+bool equal_bits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         (a.nbytes() == 0 || std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0);
+}
+
+}  // namespace kiln

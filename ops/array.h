@@ -1,0 +1,55 @@
+// Array ops: shape manipulation, joining and slicing, indexing, casting, sources of values.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "framework/graph.h"
+
+namespace kiln {
+
+/// `end` value of slice() meaning "to the end of the axis".
+inline constexpr int64_t kSliceEnd = std::numeric_limits<int64_t>::max();
+
+/// The same elements seen with another shape. One dim may be -1: it is inferred.
+Value reshape(const Value& x, const Shape& shape);
+/// Dims reordered: result.shape[i] = x.shape[perm[i]]. An empty perm reverses the dims.
+Value transpose(const Value& x, std::vector<int64_t> perm = {});
+/// x stretched to `shape` by NumPy broadcasting.
+Value broadcast_to(const Value& x, const Shape& shape);
+/// The inputs joined along `axis`; other dims must match.
+Value concat(const std::vector<Value>& values, int64_t axis);
+/// Pieces of x along `axis` with the given sizes (which sum to the dim).
+std::vector<Value> split(const Value& x, std::vector<int64_t> sizes, int64_t axis);
+/// `num_splits` equal pieces of x along `axis` (the dim must be known and divisible).
+std::vector<Value> split(const Value& x, int64_t num_splits, int64_t axis);
+/// x[begin:end:step] per axis, Python semantics (negative indices count from the end, out of
+/// range bounds clamp). Lists may be shorter than the rank; missing axes are taken whole;
+/// an empty `step` means 1 everywhere. Steps must be positive.
+Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end,
+            std::vector<int64_t> step = {});
+/// Rows of `params` picked along `axis` by integer `indices` (i32 or i64; negative indices
+/// count from the end): result shape is params[:axis] + indices.shape + params[axis+1:].
+/// An index out of range is an error when the graph runs.
+Value gather(const Value& params, const Value& indices, int64_t axis = 0);
+/// Elementwise conversion to `dtype` (floats to integers truncate; to bool is "not zero").
+Value cast(const Value& x, DType dtype);
+/// x itself (useful to give a value a name).
+Value identity(const Value& x);
+
+/// A tensor of `shape` filled with `value`.
+Value fill(Graph& graph, const Shape& shape, double value, DType dtype = f32);
+/// A tensor of `shape` whose elements are their index along `axis`: iota([2, 3], 1) is
+/// [[0, 1, 2], [0, 1, 2]].
+Value iota(Graph& graph, const Shape& shape, int64_t axis = 0, DType dtype = f32);
+/// Uniform samples in [low, high). The same seed gives the same numbers on every run, machine
+/// and thread count (counter-based Philox4x32-10: element i depends only on seed and i).
+Value random_uniform(Graph& graph, const Shape& shape, double low, double high, int64_t seed,
+                     DType dtype = f32);
+/// Normal samples with `mean` and `stddev` (Box-Muller over Philox4x32-10), reproducible as
+/// random_uniform.
+Value random_normal(Graph& graph, const Shape& shape, double mean, double stddev, int64_t seed,
+                    DType dtype = f32);
+
+}  // namespace kiln

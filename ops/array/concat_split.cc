@@ -1,0 +1,145 @@
+// concat and split: joining tensors along an axis and cutting one apart.
+#include <cstring>
+
+#include "framework/kernel.h"
+#include "ops/array.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+// Product of dims [begin, end) of a concrete shape.
+int64_t dims_product(const Shape& s, int64_t begin, int64_t end) {
+  int64_t n = 1;
+  for (int64_t i = begin; i < end; ++i) n *= s[i];
+  return n;
+}
+
+// ---- concat: every input has the first's rank and dtype, and its dims except `axis`.
+std::vector<TensorType> infer_concat(const InferContext& ctx) {
+  const Shape& first = ctx.shape(0);
+  if (first.rank() == 0) ctx.fail("cannot concatenate scalars (rank 0); reshape them to [1]");
+  int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), first.rank());
+  std::vector<int64_t> dims = first.dims();
+  for (int i = 1; i < ctx.num_inputs(); ++i) {
+    ctx.expect_same_dtype(0, i);
+    const Shape& s = ctx.shape(i);
+    if (s.rank() != first.rank())
+      ctx.fail("input ", i, " has rank ", s.rank(), " (", s, "), input 0 has rank ",
+               first.rank(), " (", first, ")");
+    for (int64_t d = 0; d < s.rank(); ++d) {
+      if (d == axis) {
+        dims[d] = (dims[d] < 0 || s[d] < 0) ? -1 : dims[d] + s[d];
+      } else if (dims[d] >= 0 && s[d] >= 0 && dims[d] != s[d]) {
+        ctx.fail("input ", i, " is ", s, " but input 0 is ", first, ": dim ", d,
+                 " differs (only axis ", axis, " may)");
+      } else if (dims[d] < 0) {
+        dims[d] = s[d];
+      }
+    }
+  }
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+void concat_cpu(KernelContext& ctx) {
+  Tensor& y = ctx.output(0);
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), y.rank(), ctx.where());
+  const int64_t outer = dims_product(y.shape(), 0, axis);
+  const size_t elem = dtype_size(y.dtype());
+  const size_t row_bytes = static_cast<size_t>(dims_product(y.shape(), axis, y.rank())) * elem;
+  auto* out = static_cast<char*>(y.raw_data());
+  size_t column = 0;  // byte offset of this input's block inside each output row
+  for (int i = 0; i < ctx.num_inputs(); ++i) {
+    const Tensor& x = ctx.input(i);
+    const size_t block = static_cast<size_t>(dims_product(x.shape(), axis, x.rank())) * elem;
+    const auto* in = static_cast<const char*>(x.raw_data());
+    if (block) {
+      ctx.parallel_for(outer, static_cast<int64_t>(block / elem), [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) std::memcpy(out + o * row_bytes + column, in + o * block, block);
+      });
+    }
+    column += block;
+  }
+}
+
+KILN_OP(concat)
+    .variadic_input("values", 1)
+    .attr("axis", AttrType::integer)
+    .infer(infer_concat)
+    .kernel(DeviceKind::cpu, concat_cpu);
+
+// ---- split: sizes along `axis` that add up to the dim.
+std::vector<TensorType> infer_split(const InferContext& ctx) {
+  const Shape& x = ctx.shape(0);
+  if (x.rank() == 0) ctx.fail("cannot split a scalar");
+  int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), x.rank());
+  const auto& sizes = ctx.attr<std::vector<int64_t>>("sizes");
+  if (sizes.empty()) ctx.fail("needs at least one size");
+  int64_t total = 0;
+  for (int64_t s : sizes) {
+    if (s < 0) ctx.fail("sizes ", attr_to_string(sizes), " has a negative size");
+    total += s;
+  }
+  if (x[axis] >= 0 && total != x[axis])
+    ctx.fail("sizes ", attr_to_string(sizes), " add up to ", total, ", but axis ", axis, " of ",
+             x, " has ", x[axis]);
+  std::vector<TensorType> out;
+  for (int64_t s : sizes) {
+    Shape piece = x;
+    piece[axis] = s;
+    out.push_back({ctx.dtype(0), piece});
+  }
+  return out;
+}
+
+void split_cpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
+  const int64_t outer = dims_product(x.shape(), 0, axis);
+  const size_t elem = dtype_size(x.dtype());
+  const size_t row_bytes = static_cast<size_t>(dims_product(x.shape(), axis, x.rank())) * elem;
+  const auto* in = static_cast<const char*>(x.raw_data());
+  size_t column = 0;
+  for (int i = 0; i < ctx.num_outputs(); ++i) {
+    Tensor& y = ctx.output(i);
+    const size_t block = static_cast<size_t>(dims_product(y.shape(), axis, y.rank())) * elem;
+    auto* out = static_cast<char*>(y.raw_data());
+    if (block) {
+      ctx.parallel_for(outer, static_cast<int64_t>(block / elem), [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) std::memcpy(out + o * block, in + o * row_bytes + column, block);
+      });
+    }
+    column += block;
+  }
+}
+
+KILN_OP(split)
+    .input("x")
+    .attr("axis", AttrType::integer)
+    .attr("sizes", AttrType::integers)
+    .infer(infer_split)
+    .kernel(DeviceKind::cpu, split_cpu);
+
+}  // namespace
+}  // namespace ops
+
+Value concat(const std::vector<Value>& values, int64_t axis) {
+  KILN_CHECK(!values.empty(), GraphError, "[concat] needs at least one input");
+  Graph& g = common_graph("concat", {&values[0]});
+  for (const Value& v : values) common_graph("concat", {&values[0], &v});
+  return g.add("concat", values, {{"axis", axis}});
+}
+
+std::vector<Value> split(const Value& x, std::vector<int64_t> sizes, int64_t axis) {
+  return common_graph("split", {&x}).add_node("split", {x}, {{"axis", axis}, {"sizes", std::move(sizes)}});
+}
+
+std::vector<Value> split(const Value& x, int64_t num_splits, int64_t axis) {
+  const Shape& s = x.shape();
+  int64_t a = normalize_axis(axis, s.rank(), "[split] " + x.name());
+  KILN_CHECK(num_splits > 0 && s[a] >= 0 && s[a] % num_splits == 0, GraphError, "[split] ",
+             x.name(), ": cannot cut axis ", a, " of ", s, " into ", num_splits, " equal pieces");
+  return split(x, std::vector<int64_t>(num_splits, s[a] / num_splits), axis);
+}
+
+}  // namespace kiln

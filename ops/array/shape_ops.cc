@@ -1,0 +1,131 @@
+// reshape, transpose, broadcast_to, identity: ops that move or view elements without math.
+#include <algorithm>
+#include <numeric>
+
+#include "framework/kernel.h"
+#include "ops/array.h"
+#include "ops/array/permute.h"
+#include "ops/dtypes.h"
+#include "ops/math/elementwise_cpu.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+// ---- reshape: one target dim may be -1 and is inferred from the element count.
+std::vector<TensorType> infer_reshape(const InferContext& ctx) {
+  const Shape& x = ctx.shape(0);
+  const Shape& target = ctx.attr<Shape>("shape");
+  int64_t infer_at = -1, known = 1;
+  for (int64_t i = 0; i < target.rank(); ++i) {
+    if (target[i] == -1) {
+      if (infer_at >= 0) ctx.fail("target shape ", target, " has more than one -1");
+      infer_at = i;
+    } else if (target[i] < 0) {
+      ctx.fail("target shape ", target, " has a negative dim");
+    } else {
+      known *= target[i];
+    }
+  }
+  std::vector<int64_t> dims = target.dims();
+  if (x.is_known()) {
+    int64_t n = x.numel();
+    if (infer_at >= 0) {
+      if (known == 0 || n % known != 0)
+        ctx.fail("cannot reshape ", x, " (", n, " elements) to ", target);
+      dims[infer_at] = n / known;
+    } else if (known != n) {
+      ctx.fail("cannot reshape ", x, " (", n, " elements) to ", target, " (", known,
+               " elements)");
+    }
+  }
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+KILN_OP(reshape)
+    .input("x")
+    .attr("shape", AttrType::shape)
+    .infer(infer_reshape)
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
+      ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
+    });
+
+KILN_OP(identity)
+    .input("x")
+    .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) { ctx.set_output(0, ctx.input(0)); });
+
+// ---- transpose: out.shape[i] = x.shape[perm[i]].
+std::vector<int64_t> resolve_perm(const std::vector<int64_t>& perm, int64_t rank) {
+  if (!perm.empty()) return perm;
+  std::vector<int64_t> reversed(rank);
+  std::iota(reversed.rbegin(), reversed.rend(), 0);
+  return reversed;
+}
+
+KILN_OP(transpose)
+    .input("x")
+    .attr("perm", std::vector<int64_t>{})
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const Shape& x = ctx.shape(0);
+      std::vector<int64_t> perm = resolve_perm(ctx.attr<std::vector<int64_t>>("perm"), x.rank());
+      std::vector<int64_t> sorted = perm;
+      std::sort(sorted.begin(), sorted.end());
+      bool valid = static_cast<int64_t>(perm.size()) == x.rank();
+      for (int64_t i = 0; valid && i < x.rank(); ++i) valid = sorted[i] == i;
+      if (!valid)
+        ctx.fail("perm ", attr_to_string(perm), " is not a permutation of the ", x.rank(),
+                 " dims of ", x);
+      std::vector<int64_t> dims;
+      for (int64_t p : perm) dims.push_back(x[p]);
+      return {{ctx.dtype(0), Shape(std::move(dims))}};
+    })
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
+      const Tensor& x = ctx.input(0);
+      permute_copy(ctx, x, resolve_perm(ctx.attr<std::vector<int64_t>>("perm"), x.rank()),
+                   ctx.output(0));
+    });
+
+// ---- broadcast_to: NumPy broadcasting of x to exactly `shape`.
+KILN_OP(broadcast_to)
+    .input("x")
+    .attr("shape", AttrType::shape)
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const Shape& x = ctx.shape(0);
+      const Shape& target = ctx.attr<Shape>("shape");
+      if (!target.is_known()) ctx.fail("target shape ", target, " must be fully known");
+      Shape out;
+      bool ok = x.rank() <= target.rank() && broadcast_shapes(x, target, &out);
+      // Broadcasting may not grow the target: x's dims must each be 1 or the target's.
+      for (int64_t i = 0; ok && i < x.rank(); ++i) {
+        int64_t xd = x[i], td = target[target.rank() - x.rank() + i];
+        ok = xd == 1 || xd == td || xd < 0 || td < 0;
+      }
+      if (!ok) ctx.fail("cannot broadcast ", x, " to ", target);
+      return {{ctx.dtype(0), target}};
+    })
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
+      const Tensor& x = ctx.input(0);
+      Tensor& y = ctx.output(0);
+      dispatch_all(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        elementwise_loop(ctx, y.data<T>(), y.shape(), [](T v) { return v; }, {x.shape()},
+                         x.data<T>());
+      });
+    });
+
+}  // namespace
+}  // namespace ops
+
+Value reshape(const Value& x, const Shape& shape) {
+  return common_graph("reshape", {&x}).add("reshape", {x}, {{"shape", shape}});
+}
+Value identity(const Value& x) { return common_graph("identity", {&x}).add("identity", {x}); }
+Value transpose(const Value& x, std::vector<int64_t> perm) {
+  return common_graph("transpose", {&x}).add("transpose", {x}, {{"perm", std::move(perm)}});
+}
+Value broadcast_to(const Value& x, const Shape& shape) {
+  return common_graph("broadcast_to", {&x}).add("broadcast_to", {x}, {{"shape", shape}});
+}
+
+}  // namespace kiln

@@ -1,0 +1,140 @@
+// slice and gather: picking parts of a tensor by range or by index.
+#include <cstring>
+
+#include "framework/kernel.h"
+#include "ops/array.h"
+#include "ops/array/strided_copy.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+// ---- slice: Python semantics per axis, positive steps.
+struct AxisRange {
+  int64_t begin, length;
+};
+
+// Clamps [begin, end) with `step` to a dim of size `dim` as Python's slice.indices does.
+AxisRange resolve_range(int64_t begin, int64_t end, int64_t step, int64_t dim) {
+  auto clamp = [dim](int64_t i) {
+    if (i < 0) i = i < -dim ? 0 : i + dim;
+    return i > dim ? dim : i;
+  };
+  int64_t b = clamp(begin), e = clamp(end);
+  return {b, e > b ? (e - b + step - 1) / step : 0};
+}
+
+std::vector<TensorType> infer_slice(const InferContext& ctx) {
+  const Shape& x = ctx.shape(0);
+  const auto& begin = ctx.attr<std::vector<int64_t>>("begin");
+  const auto& end = ctx.attr<std::vector<int64_t>>("end");
+  const auto& step = ctx.attr<std::vector<int64_t>>("step");
+  if (begin.size() != end.size() || (!step.empty() && step.size() != begin.size()))
+    ctx.fail("begin, end and step must have the same length; got ", begin.size(), ", ",
+             end.size(), " and ", step.size());
+  if (static_cast<int64_t>(begin.size()) > x.rank())
+    ctx.fail(begin.size(), " axes given for ", x, " of rank ", x.rank());
+  std::vector<int64_t> dims = x.dims();
+  for (size_t i = 0; i < begin.size(); ++i) {
+    int64_t s = step.empty() ? 1 : step[i];
+    if (s <= 0) ctx.fail("step ", s, " on axis ", i, " must be positive");
+    if (x[i] >= 0) dims[i] = resolve_range(begin[i], end[i], s, x[i]).length;
+  }
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+void slice_cpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const auto& begin = ctx.attr<std::vector<int64_t>>("begin");
+  const auto& end = ctx.attr<std::vector<int64_t>>("end");
+  const auto& step = ctx.attr<std::vector<int64_t>>("step");
+  std::vector<int64_t> strides = x.shape().strides();
+  int64_t offset = 0;
+  for (size_t i = 0; i < begin.size(); ++i) {
+    int64_t s = step.empty() ? 1 : step[i];
+    offset += resolve_range(begin[i], end[i], s, x.shape()[i]).begin * strides[i];
+    strides[i] *= s;
+  }
+  strided_copy(ctx, x, offset, strides, ctx.output(0));
+}
+
+KILN_OP(slice)
+    .input("x")
+    .attr("begin", AttrType::integers)
+    .attr("end", AttrType::integers)
+    .attr("step", std::vector<int64_t>{})
+    .infer(infer_slice)
+    .kernel(DeviceKind::cpu, slice_cpu);
+
+// ---- gather: out[o, j, i] = params[o, indices[j], i] with params viewed as [outer, n, inner].
+std::vector<TensorType> infer_gather(const InferContext& ctx) {
+  ctx.expect_dtype(1, {i32, i64});
+  const Shape& params = ctx.shape(0);
+  if (params.rank() == 0) ctx.fail("params must have rank >= 1, got a scalar");
+  int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), params.rank());
+  std::vector<int64_t> dims(params.begin(), params.begin() + axis);
+  for (int64_t d : ctx.shape(1)) dims.push_back(d);
+  for (int64_t i = axis + 1; i < params.rank(); ++i) dims.push_back(params[i]);
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+template <typename Index>
+void gather_typed(KernelContext& ctx, const Tensor& params, const Tensor& indices, Tensor& out,
+                  int64_t axis) {
+  const Shape& ps = params.shape();
+  int64_t outer = 1, inner = 1, n = ps[axis];
+  for (int64_t i = 0; i < axis; ++i) outer *= ps[i];
+  for (int64_t i = axis + 1; i < ps.rank(); ++i) inner *= ps[i];
+  const int64_t count = indices.numel();
+  const Index* idx = indices.data<Index>();
+  // Indices are data: check them all before copying anything.
+  for (int64_t j = 0; j < count; ++j) {
+    if (idx[j] < -n || idx[j] >= n)
+      throw Error(str(ctx.where(), ": index ", idx[j], " (at position ", j,
+                      ") is out of range for axis ", axis, " of size ", n, " in params ", ps));
+  }
+  const size_t row = static_cast<size_t>(inner) * dtype_size(params.dtype());
+  const auto* src = static_cast<const char*>(params.raw_data());
+  auto* dst = static_cast<char*>(out.raw_data());
+  ctx.parallel_for(outer * count, inner, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t o = p / count, j = p % count;
+      int64_t i = idx[j] < 0 ? idx[j] + n : idx[j];
+      std::memcpy(dst + p * row, src + (o * n + i) * row, row);
+    }
+  });
+}
+
+void gather_cpu(KernelContext& ctx) {
+  const Tensor& params = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  Tensor& out = ctx.output(0);
+  if (out.numel() == 0) return;
+  int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), params.rank(), ctx.where());
+  if (indices.dtype() == i32)
+    gather_typed<int32_t>(ctx, params, indices, out, axis);
+  else
+    gather_typed<int64_t>(ctx, params, indices, out, axis);
+}
+
+KILN_OP(gather)
+    .input("params")
+    .input("indices")
+    .attr("axis", int64_t{0})
+    .infer(infer_gather)
+    .kernel(DeviceKind::cpu, gather_cpu);
+
+}  // namespace
+}  // namespace ops
+
+Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end,
+            std::vector<int64_t> step) {
+  return common_graph("slice", {&x}).add(
+      "slice", {x}, {{"begin", std::move(begin)}, {"end", std::move(end)}, {"step", std::move(step)}});
+}
+
+Value gather(const Value& params, const Value& indices, int64_t axis) {
+  return common_graph("gather", {&params, &indices}).add("gather", {params, indices}, {{"axis", axis}});
+}
+
+}  // namespace kiln

@@ -1,0 +1,70 @@
+#include "ops/array/strided_copy.h"
+
+#include <cstring>
+
+#include "ops/array/permute.h"
+
+namespace kiln::ops {
+
+namespace {
+// Elements are copied as unsigned integers of their size, so one loop serves every dtype.
+template <typename Word>
+void copy_rows(const KernelContext& ctx, const Word* src, Word* out, int64_t offset,
+               const std::vector<int64_t>& dims, const std::vector<int64_t>& strides) {
+  const int64_t rank = static_cast<int64_t>(dims.size());
+  const int64_t inner = rank ? dims.back() : 1;
+  const int64_t inner_stride = rank ? strides.back() : 0;
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < rank; ++d) rows *= dims[d];
+  ctx.parallel_for(rows, inner, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      int64_t at = offset, rest = row;
+      for (int64_t d = rank - 2; d >= 0; --d) {
+        at += (rest % dims[d]) * strides[d];
+        rest /= dims[d];
+      }
+      Word* o = out + row * inner;
+      const Word* s = src + at;
+      if (inner_stride == 1) {
+        std::memcpy(o, s, inner * sizeof(Word));
+      } else {
+        for (int64_t j = 0; j < inner; ++j) o[j] = s[j * inner_stride];
+      }
+    }
+  });
+}
+}  // namespace
+
+void strided_copy(const KernelContext& ctx, const Tensor& src, int64_t offset,
+                  const std::vector<int64_t>& strides, Tensor& out) {
+  if (out.numel() == 0) return;
+  const std::vector<int64_t>& dims = out.shape().dims();
+  switch (dtype_size(src.dtype())) {
+    case 1:
+      copy_rows(ctx, static_cast<const uint8_t*>(src.raw_data()),
+                static_cast<uint8_t*>(out.raw_data()), offset, dims, strides);
+      break;
+    case 2:
+      copy_rows(ctx, static_cast<const uint16_t*>(src.raw_data()),
+                static_cast<uint16_t*>(out.raw_data()), offset, dims, strides);
+      break;
+    case 4:
+      copy_rows(ctx, static_cast<const uint32_t*>(src.raw_data()),
+                static_cast<uint32_t*>(out.raw_data()), offset, dims, strides);
+      break;
+    default:
+      copy_rows(ctx, static_cast<const uint64_t*>(src.raw_data()),
+                static_cast<uint64_t*>(out.raw_data()), offset, dims, strides);
+      break;
+  }
+}
+
+void permute_copy(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& perm,
+                  Tensor& out) {
+  std::vector<int64_t> in_strides = x.shape().strides();
+  std::vector<int64_t> strides;
+  for (int64_t p : perm) strides.push_back(in_strides[p]);
+  strided_copy(ctx, x, 0, strides, out);
+}
+
+}  // namespace kiln::ops

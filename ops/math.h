@@ -1,0 +1,74 @@
+// Math ops: elementwise, matmul, reductions. Each builds a node in its inputs' graph.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "framework/graph.h"
+
+namespace kiln {
+
+// ---- Elementwise unary (float ops take f32/f64/f16/bf16; neg, abs, relu, square also ints).
+Value neg(const Value& x);      ///< -x
+Value abs(const Value& x);      ///< |x|
+Value square(const Value& x);   ///< x * x
+Value relu(const Value& x);     ///< max(x, 0)
+Value exp(const Value& x);      ///< e^x
+Value log(const Value& x);      ///< natural logarithm
+Value sqrt(const Value& x);     ///< square root
+Value rsqrt(const Value& x);    ///< 1 / sqrt(x)
+Value tanh(const Value& x);     ///< hyperbolic tangent
+Value sigmoid(const Value& x);  ///< 1 / (1 + e^-x)
+Value gelu(const Value& x);     ///< x/2 (1 + erf(x / sqrt 2)), the exact GELU
+Value sin(const Value& x);      ///< sine
+Value cos(const Value& x);      ///< cosine
+
+// ---- Elementwise binary, broadcasting by NumPy rules. Both inputs must have the same dtype.
+Value add(const Value& a, const Value& b);       ///< a + b
+Value sub(const Value& a, const Value& b);       ///< a - b
+Value mul(const Value& a, const Value& b);       ///< a * b
+Value div(const Value& a, const Value& b);       ///< a / b (integers: toward zero; / 0 gives 0)
+Value pow(const Value& a, const Value& b);       ///< a ^ b
+Value maximum(const Value& a, const Value& b);   ///< larger of a and b (NaN wins)
+Value minimum(const Value& a, const Value& b);   ///< smaller of a and b (NaN wins)
+Value equal(const Value& a, const Value& b);     ///< a == b, as bool
+Value not_equal(const Value& a, const Value& b); ///< a != b, as bool
+Value less(const Value& a, const Value& b);      ///< a < b, as bool
+Value less_equal(const Value& a, const Value& b);    ///< a <= b, as bool
+Value greater(const Value& a, const Value& b);       ///< a > b, as bool
+Value greater_equal(const Value& a, const Value& b); ///< a >= b, as bool
+/// cond ? a : b elementwise; cond is bool; all three broadcast together.
+Value where(const Value& cond, const Value& a, const Value& b);
+
+// Operators. A double on one side becomes a scalar constant of the Value's dtype.
+Value operator-(const Value& x);
+Value operator+(const Value& a, const Value& b);
+Value operator-(const Value& a, const Value& b);
+Value operator*(const Value& a, const Value& b);
+Value operator/(const Value& a, const Value& b);
+Value operator+(const Value& a, double b);
+Value operator-(const Value& a, double b);
+Value operator*(const Value& a, double b);
+Value operator/(const Value& a, double b);
+Value operator+(double a, const Value& b);
+Value operator-(double a, const Value& b);
+Value operator*(double a, const Value& b);
+Value operator/(double a, const Value& b);
+
+// ---- Matrix products.
+/// a @ b over the last two dims, with batch dims broadcast: a is [..., M, K] (or [..., K, M]
+/// with transpose_a), b is [..., K, N] (or [..., N, K] with transpose_b); f32 or f64.
+Value matmul(const Value& a, const Value& b, bool transpose_a = false, bool transpose_b = false);
+
+// ---- Reductions over `axes` (empty = all axes; negative axes count from the end).
+Value sum(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+/// Mean; floating dtypes only.
+Value mean(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+Value max(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+Value min(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+/// Index (i64) of the largest element along `axis`; the first one on ties.
+Value argmax(const Value& x, int64_t axis, bool keepdims = false);
+/// Index (i64) of the smallest element along `axis`; the first one on ties.
+Value argmin(const Value& x, int64_t axis, bool keepdims = false);
+
+}  // namespace kiln

@@ -1,0 +1,123 @@
+// Elementwise binary ops with broadcasting (rows of KILN_BINARY_OPS and KILN_COMPARE_OPS),
+// `where`, and the Value operators.
+#include "framework/kernel.h"
+#include "ops/dtypes.h"
+#include "ops/math.h"
+#include "ops/math/elementwise.h"
+#include "ops/math/elementwise_cpu.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+Shape broadcast_or_fail(const InferContext& ctx, const Shape& a, const Shape& b) {
+  Shape out;
+  if (!broadcast_shapes(a, b, &out)) ctx.fail("shapes ", a, " and ", b, " do not broadcast");
+  return out;
+}
+
+std::vector<TensorType> infer_binary(const InferContext& ctx, DTypeClass cls, bool compare) {
+  ctx.expect_dtype(0, dtypes_of(cls));
+  ctx.expect_same_dtype(0, 1);
+  return {{compare ? DType::boolean : ctx.dtype(0), broadcast_or_fail(ctx, ctx.shape(0), ctx.shape(1))}};
+}
+
+template <typename F, bool kCompare>
+void binary_cpu(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  Tensor& y = ctx.output(0);
+  dispatch_cpu(a.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (kCompare) {
+      elementwise_loop(ctx, y.data<bool>(), y.shape(), F{}, {a.shape(), b.shape()}, a.data<T>(),
+                       b.data<T>());
+    } else if constexpr (!std::is_same_v<T, bool>) {
+      elementwise_loop(ctx, y.data<T>(), y.shape(), F{}, {a.shape(), b.shape()}, a.data<T>(),
+                       b.data<T>());
+    }
+  });
+}
+
+#define KILN_REGISTER_BINARY(name, cls, expr)                                             \
+  KILN_OP(name)                                                                           \
+      .input("a")                                                                         \
+      .input("b")                                                                         \
+      .elementwise()                                                                      \
+      .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::cls, false); }) \
+      .kernel(DeviceKind::cpu, binary_cpu<name##_fn, false>, cpu_dtypes_of(DTypeClass::cls));
+KILN_BINARY_OPS(KILN_REGISTER_BINARY)
+#undef KILN_REGISTER_BINARY
+
+#define KILN_REGISTER_COMPARE(name, expr)                                                 \
+  KILN_OP(name)                                                                           \
+      .input("a")                                                                         \
+      .input("b")                                                                         \
+      .elementwise()                                                                      \
+      .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::any, true); }) \
+      .kernel(DeviceKind::cpu, binary_cpu<name##_fn, true>, cpu_dtypes_of(DTypeClass::any));
+KILN_COMPARE_OPS(KILN_REGISTER_COMPARE)
+#undef KILN_REGISTER_COMPARE
+
+// y = cond ? a : b, all three broadcast together.
+KILN_OP(where)
+    .input("cond")
+    .input("a")
+    .input("b")
+    .elementwise()
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      ctx.expect_dtype(0, {DType::boolean});
+      ctx.expect_same_dtype(1, 2);
+      Shape ab = broadcast_or_fail(ctx, ctx.shape(1), ctx.shape(2));
+      return {{ctx.dtype(1), broadcast_or_fail(ctx, ctx.shape(0), ab)}};
+    })
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
+      const Tensor& c = ctx.input(0);
+      const Tensor& a = ctx.input(1);
+      const Tensor& b = ctx.input(2);
+      Tensor& y = ctx.output(0);
+      dispatch_cpu(a.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        elementwise_loop(
+            ctx, y.data<T>(), y.shape(), [](bool p, T u, T v) { return p ? u : v; },
+            {c.shape(), a.shape(), b.shape()}, c.data<bool>(), a.data<T>(), b.data<T>());
+      });
+    }, cpu_dtypes_of(DTypeClass::any));
+
+}  // namespace
+}  // namespace ops
+
+#define KILN_BINARY_BUILDER(name, ...)                     \
+  Value name(const Value& a, const Value& b) {             \
+    return common_graph(#name, {&a, &b}).add(#name, {a, b}); \
+  }
+KILN_BINARY_OPS(KILN_BINARY_BUILDER)
+KILN_COMPARE_OPS(KILN_BINARY_BUILDER)
+#undef KILN_BINARY_BUILDER
+
+Value where(const Value& cond, const Value& a, const Value& b) {
+  return common_graph("where", {&cond, &a, &b}).add("where", {cond, a, b});
+}
+
+namespace {
+// A scalar constant of `like`'s dtype.
+Value scalar_like(const Value& like, double value) {
+  KILN_CHECK(like.defined(), GraphError, "[scalar] operator on an undefined Value");
+  return like.graph()->scalar(value, like.dtype());
+}
+}  // namespace
+
+Value operator+(const Value& a, const Value& b) { return add(a, b); }
+Value operator-(const Value& a, const Value& b) { return sub(a, b); }
+Value operator*(const Value& a, const Value& b) { return mul(a, b); }
+Value operator/(const Value& a, const Value& b) { return div(a, b); }
+Value operator+(const Value& a, double b) { return add(a, scalar_like(a, b)); }
+Value operator-(const Value& a, double b) { return sub(a, scalar_like(a, b)); }
+Value operator*(const Value& a, double b) { return mul(a, scalar_like(a, b)); }
+Value operator/(const Value& a, double b) { return div(a, scalar_like(a, b)); }
+Value operator+(double a, const Value& b) { return add(scalar_like(b, a), b); }
+Value operator-(double a, const Value& b) { return sub(scalar_like(b, a), b); }
+Value operator*(double a, const Value& b) { return mul(scalar_like(b, a), b); }
+Value operator/(double a, const Value& b) { return div(scalar_like(b, a), b); }
+
+}  // namespace kiln

@@ -1,0 +1,127 @@
+// The elementwise op tables: one row per op with its dtype class and its scalar math.
+// The functors are __host__ __device__, so the CPU loops and the CUDA kernels share the math.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "framework/dtype.h"
+
+namespace kiln::ops {
+
+// y = 1 / (1 + e^-x), evaluated so that neither branch overflows.
+template <typename T>
+KILN_HOST_DEVICE T sigmoid_of(T x) {
+  using std::exp;
+  if (x >= T(0)) return T(1) / (T(1) + exp(-x));
+  T e = exp(x);
+  return e / (T(1) + e);
+}
+
+// Integer division truncates toward zero; dividing by zero gives 0 instead of trapping.
+template <typename T>
+KILN_HOST_DEVICE T divide(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    if (b == T(0)) return T(0);
+    if constexpr (std::is_signed_v<T>) {
+      if (b == T(-1)) return static_cast<T>(T(0) - a);  // avoids the INT_MIN / -1 trap
+    }
+    return static_cast<T>(a / b);
+  } else {
+    return a / b;
+  }
+}
+
+// a^b; for integers by repeated squaring, with a negative exponent giving 0 (or +-1 for +-1).
+template <typename T>
+KILN_HOST_DEVICE T power(T a, T b) {
+  if constexpr (std::is_integral_v<T>) {
+    if constexpr (std::is_signed_v<T>) {
+      if (b < 0) return a == T(1) ? T(1) : a == T(-1) ? (b % 2 ? T(-1) : T(1)) : T(0);
+    }
+    T result = 1;
+    while (b) {
+      if (b & 1) result = static_cast<T>(result * a);
+      a = static_cast<T>(a * a);
+      b = static_cast<T>(b >> 1);
+    }
+    return result;
+  } else {
+    using std::pow;
+    return pow(a, b);
+  }
+}
+
+// Each row: X(name, dtype class, expression in x of type T).
+//   neg     y = -x
+//   abs     y = |x|
+//   square  y = x^2
+//   relu    y = max(x, 0)
+//   gelu    y = x/2 (1 + erf(x / sqrt 2))  (the exact form, as torch's default)
+#define KILN_UNARY_OPS(X)                                                  \
+  X(neg, signed_, -x)                                                      \
+  X(abs, signed_, x < T(0) ? -x : x)                                       \
+  X(square, numeric, x * x)                                                \
+  X(relu, signed_, x > T(0) ? x : T(0))                                    \
+  X(exp, floating, exp(x))                                                 \
+  X(log, floating, log(x))                                                 \
+  X(sqrt, floating, sqrt(x))                                               \
+  X(rsqrt, floating, T(1) / sqrt(x))                                       \
+  X(tanh, floating, tanh(x))                                               \
+  X(sigmoid, floating, sigmoid_of(x))                                      \
+  X(gelu, floating, T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)))) \
+  X(sin, floating, sin(x))                                                 \
+  X(cos, floating, cos(x))
+
+// Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum
+// propagate NaN from either side, as torch.maximum does.
+#define KILN_BINARY_OPS(X)                       \
+  X(add, numeric, a + b)                         \
+  X(sub, numeric, a - b)                         \
+  X(mul, numeric, a * b)                         \
+  X(div, numeric, divide(a, b))                  \
+  X(pow, numeric, power(a, b))                   \
+  X(maximum, numeric, (a != a || a > b) ? a : b) \
+  X(minimum, numeric, (a != a || a < b) ? a : b)
+
+// Each row: X(name, expression in a and b) giving bool.
+#define KILN_COMPARE_OPS(X) \
+  X(equal, a == b)          \
+  X(not_equal, a != b)      \
+  X(less, a < b)            \
+  X(less_equal, a <= b)     \
+  X(greater, a > b)         \
+  X(greater_equal, a >= b)
+
+// Functors: neg_fn{}(x), add_fn{}(a, b), less_fn{}(a, b).
+#define KILN_DEFINE_UNARY_FUNCTOR(name, cls, expr)       \
+  struct name##_fn {                                     \
+    template <typename T>                                \
+    KILN_HOST_DEVICE T operator()(T x) const {           \
+      using std::exp, std::log, std::sqrt, std::tanh, std::erf, std::sin, std::cos; \
+      return static_cast<T>(expr);                       \
+    }                                                    \
+  };
+#define KILN_DEFINE_BINARY_FUNCTOR(name, cls, expr) \
+  struct name##_fn {                                \
+    template <typename T>                           \
+    KILN_HOST_DEVICE T operator()(T a, T b) const { \
+      return static_cast<T>(expr);                  \
+    }                                               \
+  };
+#define KILN_DEFINE_COMPARE_FUNCTOR(name, expr)        \
+  struct name##_fn {                                   \
+    template <typename T>                              \
+    KILN_HOST_DEVICE bool operator()(T a, T b) const { \
+      return expr;                                     \
+    }                                                  \
+  };
+KILN_UNARY_OPS(KILN_DEFINE_UNARY_FUNCTOR)
+KILN_BINARY_OPS(KILN_DEFINE_BINARY_FUNCTOR)
+KILN_COMPARE_OPS(KILN_DEFINE_COMPARE_FUNCTOR)
+#undef KILN_DEFINE_UNARY_FUNCTOR
+#undef KILN_DEFINE_BINARY_FUNCTOR
+#undef KILN_DEFINE_COMPARE_FUNCTOR
+
+}  // namespace kiln::ops

@@ -1,0 +1,133 @@
+// matmul: C = op(A) @ op(B) over the last two dims, batch dims broadcast.
+//   A is [..., M, K] (transpose_a: [..., K, M]); B is [..., K, N] (transpose_b: [..., N, K]).
+// CPU kernel: one cblas gemm per batch entry (OpenBLAS, threaded by the session's pool size).
+#include <cblas.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "framework/kernel.h"
+#include "ops/math.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+std::vector<TensorType> infer_matmul(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  ctx.expect_same_dtype(0, 1);
+  const Shape& a = ctx.shape(0);
+  const Shape& b = ctx.shape(1);
+  if (a.rank() < 2 || b.rank() < 2)
+    ctx.fail("both inputs need rank >= 2 (use reshape for vectors); a is ", a, ", b is ", b);
+  bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+  int64_t m = ta ? a[-1] : a[-2], ka = ta ? a[-2] : a[-1];
+  int64_t kb = tb ? b[-1] : b[-2], n = tb ? b[-2] : b[-1];
+  if (ka >= 0 && kb >= 0 && ka != kb)
+    ctx.fail("inner dimensions differ: a is ", a, (ta ? " (transposed)" : ""), ", b is ", b,
+             (tb ? " (transposed)" : ""));
+  Shape batch_a(std::vector<int64_t>(a.begin(), a.end() - 2));
+  Shape batch_b(std::vector<int64_t>(b.begin(), b.end() - 2));
+  Shape batch;
+  if (!broadcast_shapes(batch_a, batch_b, &batch))
+    ctx.fail("batch dims ", batch_a, " and ", batch_b, " do not broadcast (a is ", a, ", b is ",
+             b, ")");
+  std::vector<int64_t> dims = batch.dims();
+  dims.push_back(m);
+  dims.push_back(n);
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+// Matrix offset (in matrices) of input `shape`'s batch entry for each output batch entry.
+std::vector<int64_t> batch_offsets(const Shape& out_batch, const Shape& in_batch) {
+  int64_t count = out_batch.numel();
+  std::vector<int64_t> offsets(count, 0);
+  const int64_t rank = out_batch.rank();
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t rest = i, offset = 0, stride = 1;
+    for (int64_t d = rank - 1; d >= 0; --d) {
+      int64_t index = rest % out_batch[d];
+      rest /= out_batch[d];
+      int64_t in_d = d - (rank - in_batch.rank());
+      if (in_d >= 0) {
+        if (in_batch[in_d] != 1) offset += index * stride;
+        stride *= in_batch[in_d];
+      }
+    }
+    offsets[i] = offset;
+  }
+  return offsets;
+}
+
+void set_blas_threads(int threads) {
+  static std::atomic<int> current{-1};
+  if (current.exchange(threads) != threads) openblas_set_num_threads(threads);
+}
+
+void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
+          int ldb, float* c, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+              n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b,
+          int ldb, double* c, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+              n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+}
+
+template <typename T>
+void matmul_typed(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  Tensor& c = ctx.output(0);
+  bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+  const Shape& as = a.shape();
+  const Shape& bs = b.shape();
+  const int64_t m = c.shape()[-2], n = c.shape()[-1], k = ta ? as[-2] : as[-1];
+  if (c.numel() == 0) return;
+  if (k == 0) {
+    std::memset(c.raw_data(), 0, c.nbytes());
+    return;
+  }
+  KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
+             ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed BLAS's 32-bit limit");
+  Shape out_batch(std::vector<int64_t>(c.shape().begin(), c.shape().end() - 2));
+  std::vector<int64_t> a_off =
+      batch_offsets(out_batch, Shape(std::vector<int64_t>(as.begin(), as.end() - 2)));
+  std::vector<int64_t> b_off =
+      batch_offsets(out_batch, Shape(std::vector<int64_t>(bs.begin(), bs.end() - 2)));
+  set_blas_threads(ctx.pool().num_threads());
+  const T* pa = a.data<T>();
+  const T* pb = b.data<T>();
+  T* pc = c.data<T>();
+  const int lda = static_cast<int>(as[-1]), ldb = static_cast<int>(bs[-1]);
+  for (size_t i = 0; i < a_off.size(); ++i)
+    gemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+         pa + a_off[i] * m * k, lda, pb + b_off[i] * k * n, ldb, pc + i * m * n,
+         static_cast<int>(n));
+}
+
+void matmul_cpu(KernelContext& ctx) {
+  if (ctx.input(0).dtype() == f32)
+    matmul_typed<float>(ctx);
+  else
+    matmul_typed<double>(ctx);
+}
+
+KILN_OP(matmul)
+    .input("a")
+    .input("b")
+    .attr("transpose_a", false)
+    .attr("transpose_b", false)
+    .infer(infer_matmul)
+    .kernel(DeviceKind::cpu, matmul_cpu, {f32, f64});
+
+}  // namespace
+}  // namespace ops
+
+Value matmul(const Value& a, const Value& b, bool transpose_a, bool transpose_b) {
+  return common_graph("matmul", {&a, &b})
+      .add("matmul", {a, b}, {{"transpose_a", transpose_a}, {"transpose_b", transpose_b}});
+}
+
+}  // namespace kiln

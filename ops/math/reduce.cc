@@ -1,0 +1,261 @@
+// Reductions: sum, mean, max, min over any set of axes; argmax and argmin along one axis.
+// Every reduction is cast as x viewed as [outer, r, inner] with the reduced dims in the middle
+// (when they are not adjacent, x is first permuted so that they are).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "framework/kernel.h"
+#include "ops/array/permute.h"
+#include "ops/dtypes.h"
+#include "ops/math.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+// Sorted, distinct, non-negative reduced axes (all of them when `axes` is empty).
+std::vector<int64_t> reduced_axes(const InferContext* ctx, const std::vector<int64_t>& axes,
+                                  int64_t rank, const std::string& where) {
+  std::vector<int64_t> out;
+  if (axes.empty()) {
+    for (int64_t i = 0; i < rank; ++i) out.push_back(i);
+    return out;
+  }
+  for (int64_t a : axes) {
+    int64_t axis = ctx ? ctx->axis(a, rank) : normalize_axis(a, rank, where);
+    if (std::find(out.begin(), out.end(), axis) != out.end()) {
+      if (ctx) ctx->fail("axis ", a, " is listed twice");
+      throw GraphError(str(where, ": axis ", a, " is listed twice"));
+    }
+    out.push_back(axis);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+enum class Reduction { sum, mean, max, min };
+
+std::vector<TensorType> infer_reduce(const InferContext& ctx, Reduction kind) {
+  ctx.expect_dtype(0, dtypes_of(kind == Reduction::mean ? DTypeClass::floating
+                                                        : DTypeClass::numeric));
+  const Shape& x = ctx.shape(0);
+  std::vector<int64_t> axes = reduced_axes(&ctx, ctx.attr<std::vector<int64_t>>("axes"),
+                                           x.rank(), "");
+  bool keepdims = ctx.attr<bool>("keepdims");
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < x.rank(); ++i) {
+    bool reduced = std::binary_search(axes.begin(), axes.end(), i);
+    if (reduced && x[i] == 0 && (kind == Reduction::max || kind == Reduction::min))
+      ctx.fail("cannot take the ", kind == Reduction::max ? "max" : "min", " over axis ", i,
+               " of ", x, ": it is empty");
+    if (!reduced) dims.push_back(x[i]);
+    else if (keepdims) dims.push_back(1);
+  }
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+// Accumulation type: integers sum in int64, floats in their own type.
+template <typename T>
+using Acc = std::conditional_t<std::is_integral_v<T>, int64_t, T>;
+
+template <typename T>
+struct Reducer {
+  Reduction kind;
+  Acc<T> init() const {
+    if (kind == Reduction::max) return std::numeric_limits<T>::lowest();
+    if (kind == Reduction::min) return std::numeric_limits<T>::max();
+    return 0;
+  }
+  // NaN wins max and min, as in torch.
+  Acc<T> combine(Acc<T> acc, Acc<T> v) const {
+    if (kind == Reduction::max) return (v != v || v > acc) ? v : acc;
+    if (kind == Reduction::min) return (v != v || v < acc) ? v : acc;
+    return acc + v;
+  }
+  T finish(Acc<T> acc, int64_t r) const {
+    if (kind == Reduction::mean) return static_cast<T>(acc / static_cast<Acc<T>>(r));
+    return static_cast<T>(acc);
+  }
+};
+
+// Reduces `n` contiguous elements with 8 independent accumulators (vectorizes, and keeps
+// float sums more accurate than one running total).
+template <typename T>
+Acc<T> reduce_contiguous(const T* x, int64_t n, const Reducer<T>& red) {
+  Acc<T> acc[8];
+  for (auto& a : acc) a = red.init();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] = red.combine(acc[j], x[i + j]);
+  for (; i < n; ++i) acc[0] = red.combine(acc[0], x[i]);
+  for (int j = 1; j < 8; ++j) acc[0] = red.combine(acc[0], acc[j]);
+  return acc[0];
+}
+
+template <typename T>
+void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_t r,
+               int64_t inner, const Reducer<T>& red) {
+  if (inner == 1 && outer == 1) {
+    // One long row: fixed-size blocks reduced in parallel, then combined in order, so the
+    // result does not depend on the number of threads.
+    constexpr int64_t kBlock = 16384;
+    int64_t blocks = std::max<int64_t>(1, (r + kBlock - 1) / kBlock);
+    std::vector<Acc<T>> partial(blocks);
+    ctx.pool().parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        partial[b] = reduce_contiguous(x + b * kBlock, std::min(kBlock, r - b * kBlock), red);
+    });
+    Acc<T> acc = red.init();
+    for (Acc<T> p : partial) acc = red.combine(acc, p);
+    y[0] = red.finish(acc, r);
+  } else if (inner == 1) {
+    ctx.parallel_for(outer, r, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) y[o] = red.finish(reduce_contiguous(x + o * r, r, red), r);
+    });
+  } else {
+    // Rows of `inner` elements accumulate into a buffer (vectorizes over inner).
+    ctx.parallel_for(outer, r * inner, [&](int64_t o0, int64_t o1) {
+      std::vector<Acc<T>> acc(inner);
+      for (int64_t o = o0; o < o1; ++o) {
+        std::fill(acc.begin(), acc.end(), red.init());
+        const T* base = x + o * r * inner;
+        for (int64_t j = 0; j < r; ++j)
+          for (int64_t i = 0; i < inner; ++i) acc[i] = red.combine(acc[i], base[j * inner + i]);
+        for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = red.finish(acc[i], r);
+      }
+    });
+  }
+}
+
+template <Reduction kKind>
+void reduce_cpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  Tensor& y = ctx.output(0);
+  const Shape& shape = x.shape();
+  std::vector<int64_t> axes = reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"),
+                                           shape.rank(), ctx.where());
+  if (y.numel() == 0) return;
+  Tensor source = x;
+  int64_t outer = 1, r = 1, inner = 1;
+  bool adjacent = axes.empty() || axes.back() - axes.front() + 1 == static_cast<int64_t>(axes.size());
+  if (adjacent) {
+    for (int64_t i = 0; i < shape.rank(); ++i) {
+      if (!axes.empty() && i < axes.front()) outer *= shape[i];
+      else if (!axes.empty() && i > axes.back()) inner *= shape[i];
+      else if (!axes.empty()) r *= shape[i];
+    }
+  } else {
+    // Move the reduced axes last: [kept..., reduced...].
+    std::vector<int64_t> perm, dims;
+    for (int64_t i = 0; i < shape.rank(); ++i)
+      if (!std::binary_search(axes.begin(), axes.end(), i)) perm.push_back(i), outer *= shape[i];
+    for (int64_t a : axes) perm.push_back(a), r *= shape[a];
+    for (int64_t p : perm) dims.push_back(shape[p]);
+    source = Tensor::empty(x.dtype(), Shape(dims));
+    permute_copy(ctx, x, perm, source);
+  }
+  dispatch_cpu(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>)
+      reduce_3d(ctx, source.data<T>(), y.data<T>(), outer, r, inner, Reducer<T>{kKind});
+  });
+}
+
+#define KILN_REGISTER_REDUCTION(name, cls)                                               \
+  KILN_OP(name)                                                                          \
+      .input("x")                                                                        \
+      .attr("axes", std::vector<int64_t>{})                                              \
+      .attr("keepdims", false)                                                           \
+      .infer([](const InferContext& c) { return infer_reduce(c, Reduction::name); })    \
+      .kernel(DeviceKind::cpu, reduce_cpu<Reduction::name>, cpu_dtypes_of(DTypeClass::cls));
+KILN_REGISTER_REDUCTION(sum, numeric)
+KILN_REGISTER_REDUCTION(mean, floating)
+KILN_REGISTER_REDUCTION(max, numeric)
+KILN_REGISTER_REDUCTION(min, numeric)
+#undef KILN_REGISTER_REDUCTION
+
+// argmax / argmin along one axis; ties go to the first index, NaN counts as the extreme.
+std::vector<TensorType> infer_arg(const InferContext& ctx) {
+  ctx.expect_dtype(0, dtypes_of(DTypeClass::numeric));
+  const Shape& x = ctx.shape(0);
+  if (x.rank() == 0) ctx.fail("needs an input of rank >= 1, got a scalar");
+  int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), x.rank());
+  if (x[axis] == 0) ctx.fail("axis ", axis, " of ", x, " is empty");
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < x.rank(); ++i) {
+    if (i != axis) dims.push_back(x[i]);
+    else if (ctx.attr<bool>("keepdims")) dims.push_back(1);
+  }
+  return {{DType::i64, Shape(std::move(dims))}};
+}
+
+template <bool kMax>
+void arg_cpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  Tensor& y = ctx.output(0);
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
+  int64_t outer = 1, inner = 1, r = x.shape()[axis];
+  for (int64_t i = 0; i < axis; ++i) outer *= x.shape()[i];
+  for (int64_t i = axis + 1; i < x.rank(); ++i) inner *= x.shape()[i];
+  int64_t* out = y.data<int64_t>();
+  dispatch_cpu(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* in = x.data<T>();
+    ctx.parallel_for(outer * inner, r, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const T* row = in + (p / inner) * r * inner + p % inner;
+        int64_t best = 0;
+        T best_value = row[0];
+        for (int64_t j = 1; j < r && best_value == best_value; ++j) {
+          T v = row[j * inner];
+          if (v != v || (kMax ? v > best_value : v < best_value)) best = j, best_value = v;
+        }
+        out[p] = best;
+      }
+    });
+  });
+}
+
+KILN_OP(argmax)
+    .input("x")
+    .attr("axis", AttrType::integer)
+    .attr("keepdims", false)
+    .infer(infer_arg)
+    .kernel(DeviceKind::cpu, arg_cpu<true>, cpu_dtypes_of(DTypeClass::numeric));
+KILN_OP(argmin)
+    .input("x")
+    .attr("axis", AttrType::integer)
+    .attr("keepdims", false)
+    .infer(infer_arg)
+    .kernel(DeviceKind::cpu, arg_cpu<false>, cpu_dtypes_of(DTypeClass::numeric));
+
+}  // namespace
+}  // namespace ops
+
+namespace {
+Value reduce(const char* op, const Value& x, std::vector<int64_t> axes, bool keepdims) {
+  return common_graph(op, {&x}).add(op, {x}, {{"axes", std::move(axes)}, {"keepdims", keepdims}});
+}
+}  // namespace
+
+Value sum(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+  return reduce("sum", x, std::move(axes), keepdims);
+}
+Value mean(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+  return reduce("mean", x, std::move(axes), keepdims);
+}
+Value max(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+  return reduce("max", x, std::move(axes), keepdims);
+}
+Value min(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+  return reduce("min", x, std::move(axes), keepdims);
+}
+Value argmax(const Value& x, int64_t axis, bool keepdims) {
+  return common_graph("argmax", {&x}).add("argmax", {x}, {{"axis", axis}, {"keepdims", keepdims}});
+}
+Value argmin(const Value& x, int64_t axis, bool keepdims) {
+  return common_graph("argmin", {&x}).add("argmin", {x}, {{"axis", axis}, {"keepdims", keepdims}});
+}
+
+}  // namespace kiln

@@ -1,0 +1,153 @@
+// compile_plan: prune, check feeds, infer concrete shapes, pick kernels, compute liveness.
+#include <algorithm>
+#include <unordered_map>
+
+#include "runtime/plan.h"
+
+namespace kiln {
+
+namespace {
+
+struct RefHash {
+  size_t operator()(OutputRef r) const {
+    return std::hash<int64_t>()((int64_t{r.node} << 32) | static_cast<uint32_t>(r.index));
+  }
+};
+
+std::string describe_feeds(const std::vector<FeedSpec>& feeds) {
+  std::string out;
+  for (const FeedSpec& f : feeds)
+    out += str(out.empty() ? "" : ", ", f.value.name(), " ", f.type.dtype, f.type.shape);
+  return out.empty() ? "no feeds" : out;
+}
+
+}  // namespace
+
+std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,
+                     const std::vector<Value>& targets) {
+  std::string key = "f";
+  for (const Value& v : fetches) key += str(' ', v.node_id(), ':', v.index());
+  key += "|t";
+  for (const Value& v : targets) key += str(' ', v.node_id());
+  key += "|in";
+  for (const FeedSpec& f : feeds) key += str(' ', f.value.node_id(), ':', f.value.index(), f.type.shape);
+  return key;
+}
+
+Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
+                  const std::vector<Value>& fetches, const std::vector<Value>& targets,
+                  DeviceKind device) {
+  for (const auto* list : {&fetches, &targets})
+    for (const Value& v : *list)
+      KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
+                 "[session] a fetch or target is not a value of this session's graph");
+
+  // Feeds: each a value of this graph, fed once, with its dtype and a compatible shape.
+  std::unordered_map<OutputRef, int32_t, RefHash> fed;  // ref -> feed index
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    const Value& v = feeds[i].value;
+    KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
+               "[session] feed #", i, " is not a value of this session's graph");
+    const std::string what = v.node().op_name() == "placeholder" ? "placeholder" : "value";
+    KILN_CHECK(fed.emplace(v.ref(), static_cast<int32_t>(i)).second, FeedError,
+               "[session] ", what, " '", v.name(), "' is fed twice");
+    KILN_CHECK(feeds[i].type.dtype == v.dtype(), FeedError, "[session] feed for ", what, " '",
+               v.name(), "': dtype ", feeds[i].type.dtype, " does not match the ", what, "'s ",
+               v.dtype());
+    KILN_CHECK(feeds[i].type.shape.compatible_with(v.shape()), FeedError, "[session] feed for ",
+               what, " '", v.name(), "': shape ", feeds[i].type.shape, " contradicts the ",
+               what, "'s ", v.shape());
+  }
+
+  // Prune: the nodes the fetches and targets reach without passing a fed value. `reason`
+  // remembers, for each needed node, a fetch or target that needs it (for error messages).
+  std::vector<int32_t> reason(graph.num_nodes(), -1);
+  std::vector<int32_t> stack;
+  std::vector<std::string> roots;
+  auto need = [&](int32_t node, int32_t root) {
+    if (reason[node] < 0) reason[node] = root, stack.push_back(node);
+  };
+  for (const Value& v : fetches) {
+    roots.push_back(str("fetch '", v.name(), "'"));
+    if (!fed.count(v.ref())) need(v.node_id(), static_cast<int32_t>(roots.size() - 1));
+  }
+  for (const Value& v : targets) {
+    roots.push_back(str("target '", v.node().name(), "'"));
+    need(v.node_id(), static_cast<int32_t>(roots.size() - 1));
+  }
+  while (!stack.empty()) {
+    int32_t id = stack.back();
+    stack.pop_back();
+    for (OutputRef in : graph.node(id).inputs())
+      if (!fed.count(in)) need(in.node, reason[id]);
+  }
+
+  Plan plan;
+  plan.key = plan_key(feeds, fetches, targets);
+  std::unordered_map<OutputRef, int32_t, RefHash> slot_of;
+  std::vector<TensorType> slot_type;
+  auto new_slot = [&](OutputRef ref, const TensorType& type) {
+    slot_of[ref] = plan.num_slots++;
+    slot_type.push_back(type);
+    return plan.num_slots - 1;
+  };
+  for (const FeedSpec& f : feeds) plan.feed_slots.push_back(new_slot(f.value.ref(), f.type));
+
+  // Node ids are a topological order (Graph's invariant), so one pass in id order works.
+  for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+    if (reason[id] < 0) continue;
+    const Node& node = graph.node(id);
+    if (node.op_name() == "placeholder")
+      throw FeedError(str("[session] placeholder '", node.name(), "' (", node.outputs()[0].dtype,
+                          node.outputs()[0].shape, ") must be fed: ", roots[reason[id]],
+                          " depends on it"));
+    PlanStep step;
+    step.node = id;
+    std::vector<TensorType> input_types;
+    for (OutputRef in : node.inputs()) {
+      int32_t slot = slot_of.at(in);
+      step.input_slots.push_back(slot);
+      input_types.push_back(slot_type[slot]);
+    }
+    // Re-run inference with the concrete input shapes: every shape becomes known, and a fed
+    // shape that makes this node invalid is reported here, naming the node.
+    try {
+      step.output_types = node.op().infer_fn()(
+          InferContext(node.op(), node.name(), input_types, node.attrs()));
+    } catch (const GraphError& e) {
+      throw GraphError(str(e.what(), " (with ", describe_feeds(feeds), ")"));
+    }
+    for (size_t i = 0; i < step.output_types.size(); ++i) {
+      const TensorType& t = step.output_types[i];
+      KILN_CHECK(t.shape.is_known(), GraphError, "[", node.op_name(), "] ", node.name(),
+                 ": output ", i, " has shape ", t.shape, " even with ", describe_feeds(feeds));
+      t.shape.numel();  // throws for an element count that overflows
+      if (!fed.count(OutputRef{id, static_cast<int32_t>(i)}))
+        step.output_slots.push_back(new_slot(OutputRef{id, static_cast<int32_t>(i)}, t));
+      else
+        step.output_slots.push_back(-1);  // computed but replaced by its feed: discarded
+    }
+    DType kernel_dtype = input_types.empty() ? step.output_types[0].dtype : input_types[0].dtype;
+    step.kernel = node.op().kernel_for(device, kernel_dtype);
+    KILN_CHECK(step.kernel != nullptr, Error, "[", node.op_name(), "] ", node.name(), ": no ",
+               device == DeviceKind::cpu ? "CPU" : "CUDA", " kernel for ", kernel_dtype);
+    plan.steps.push_back(std::move(step));
+  }
+  for (const Value& v : fetches) plan.fetch_slots.push_back(slot_of.at(v.ref()));
+
+  // Liveness: a slot dies after its last reader, unless it is fetched (or never read).
+  std::vector<int32_t> last_use(plan.num_slots, -1);
+  for (size_t s = 0; s < plan.steps.size(); ++s)
+    for (int32_t slot : plan.steps[s].input_slots) last_use[slot] = static_cast<int32_t>(s);
+  std::vector<bool> fetched(plan.num_slots, false);
+  for (int32_t slot : plan.fetch_slots) fetched[slot] = true;
+  for (int32_t slot = 0; slot < plan.num_slots; ++slot)
+    if (last_use[slot] >= 0 && !fetched[slot]) plan.steps[last_use[slot]].release_after.push_back(slot);
+  // Outputs nobody reads or fetches die right after the step that made them.
+  for (PlanStep& step : plan.steps)
+    for (int32_t slot : step.output_slots)
+      if (slot >= 0 && last_use[slot] < 0 && !fetched[slot]) step.release_after.push_back(slot);
+  return plan;
+}
+
+}  // namespace kiln

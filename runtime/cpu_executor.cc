@@ -1,0 +1,35 @@
+// The CPU executor: runs a Plan's steps in order with intra-op parallel kernels.
+#include <new>
+
+#include "framework/kernel.h"
+#include "runtime/plan.h"
+
+namespace kiln {
+
+std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
+                                   const std::vector<Tensor>& feeds, ThreadPool& pool) {
+  std::vector<Tensor> slots(plan.num_slots);
+  for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
+  std::vector<Tensor> inputs, outputs;
+  for (const PlanStep& step : plan.steps) {
+    const Node& node = graph.node(step.node);
+    inputs.clear();
+    for (int32_t slot : step.input_slots) inputs.push_back(slots[slot]);
+    outputs.assign(step.output_types.size(), Tensor());
+    KernelContext ctx(node, inputs, step.output_types, outputs, pool);
+    try {
+      step.kernel(ctx);
+      for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);  // allocate any left untouched
+    } catch (const std::bad_alloc&) {
+      throw Error(str(ctx.where(), ": out of host memory"));
+    }
+    for (size_t i = 0; i < step.output_slots.size(); ++i)
+      if (step.output_slots[i] >= 0) slots[step.output_slots[i]] = std::move(outputs[i]);
+    for (int32_t slot : step.release_after) slots[slot] = Tensor();
+  }
+  std::vector<Tensor> fetched;
+  for (int32_t slot : plan.fetch_slots) fetched.push_back(slots[slot]);
+  return fetched;
+}
+
+}  // namespace kiln

@@ -1,0 +1,61 @@
+// Session: compiles a graph once per (fetches, targets, feed shapes) into a Plan and runs it.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "framework/graph.h"
+#include "framework/parallel.h"
+#include "runtime/plan.h"
+
+namespace kiln {
+
+/// How a Session runs.
+struct SessionOptions {
+  /// Where the graph runs. Use Device::best() for a GPU when one is present.
+  Device device = Device::cpu();
+  /// Threads for intra-op parallel loops (and BLAS); 0 = one per core.
+  int intra_op_threads = 0;
+};
+
+/// Values fed to placeholders (or to any other value, which then is not computed).
+using FeedList = std::vector<std::pair<Value, Tensor>>;
+
+/// Runs a graph. The graph must outlive the session; nodes added to the graph after the
+/// session was made can be run too. One run at a time per session (runs are serialized).
+class Session {
+ public:
+  /// Throws kiln::DeviceError when options.device cannot be used, saying why.
+  explicit Session(const Graph& graph, SessionOptions options = {});
+  ~Session();
+
+  /// Computes `fetches` (returned in order) and runs `targets` for their effects, given
+  /// `feeds`. Throws kiln::FeedError for a missing feed or one whose dtype or shape
+  /// contradicts its placeholder (naming it), kiln::GraphError when the fed shapes make a node
+  /// invalid, kiln::Error for data errors such as a gather index out of range.
+  std::vector<Tensor> run(const FeedList& feeds, const std::vector<Value>& fetches,
+                          const std::vector<Value>& targets = {});
+
+  /// Runs signature `name` with `inputs` in the signature's input order; returns its outputs.
+  std::vector<Tensor> run_signature(const std::string& name, const std::vector<Tensor>& inputs);
+
+  /// Number of distinct plans compiled so far (one per fetch set and feed shapes).
+  size_t num_compiled_plans() const { return plans_.size(); }
+  const SessionOptions& options() const { return options_; }
+
+ private:
+  const Plan& plan_for(const FeedList& feeds, const std::vector<Value>& fetches,
+                       const std::vector<Value>& targets);
+
+  const Graph& graph_;
+  SessionOptions options_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::map<std::string, std::unique_ptr<Plan>> plans_;
+  std::mutex mutex_;
+};
+
+}  // namespace kiln
