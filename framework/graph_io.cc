@@ -66,9 +66,11 @@ void attr_to_proto(const AttrValue& value, proto::AttrValue* out) {
         } else if constexpr (std::is_same_v<T, std::string>) {
           out->set_s(v);
         } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-          for (int64_t x : v) out->mutable_ints()->add_values(x);
+          auto* list = out->mutable_ints();  // sets the oneof even for an empty list
+          for (int64_t x : v) list->add_values(x);
         } else if constexpr (std::is_same_v<T, std::vector<double>>) {
-          for (double x : v) out->mutable_floats()->add_values(x);
+          auto* list = out->mutable_floats();
+          for (double x : v) list->add_values(x);
         } else if constexpr (std::is_same_v<T, DType>) {
           out->set_dtype(static_cast<int32_t>(v));
         } else if constexpr (std::is_same_v<T, Shape>) {

@@ -58,7 +58,8 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //   abs     y = |x|
 //   square  y = x^2
 //   relu    y = max(x, 0)
-//   gelu    y = x/2 (1 + erf(x / sqrt 2))  (the exact form, as torch's default)
+//   gelu    y = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), the exact GELU (torch's
+//           default); the erfc form avoids cancellation for large negative x.
 #define KILN_UNARY_OPS(X)                                                  \
   X(neg, signed_, -x)                                                      \
   X(abs, signed_, x < T(0) ? -x : x)                                       \
@@ -70,7 +71,7 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(rsqrt, floating, T(1) / sqrt(x))                                       \
   X(tanh, floating, tanh(x))                                               \
   X(sigmoid, floating, sigmoid_of(x))                                      \
-  X(gelu, floating, T(0.5) * x * (T(1) + erf(x * T(0.70710678118654752440)))) \
+  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440)))              \
   X(sin, floating, sin(x))                                                 \
   X(cos, floating, cos(x))
 
@@ -99,7 +100,7 @@ KILN_HOST_DEVICE T power(T a, T b) {
   struct name##_fn {                                     \
     template <typename T>                                \
     KILN_HOST_DEVICE T operator()(T x) const {           \
-      using std::exp, std::log, std::sqrt, std::tanh, std::erf, std::sin, std::cos; \
+      using std::exp, std::log, std::sqrt, std::tanh, std::erfc, std::sin, std::cos; \
       return static_cast<T>(expr);                       \
     }                                                    \
   };

@@ -1,0 +1,175 @@
+#include <numeric>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+
+Tensor iota_tensor(DType dtype, const Shape& shape) {
+  Tensor t = Tensor::empty(dtype, shape);
+  dispatch_all(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<T>()[i] = convert<T>(i);
+  });
+  return t;
+}
+
+TEST(Reshape, InfersMinusOneAndSharesData) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 6});
+  Value y = reshape(x, {-1, 3, 2});
+  EXPECT_EQ(y.shape(), Shape({-1, 3, 2}));
+  Tensor in = iota_tensor(f32, {2, 6});
+  Tensor out = testing::run1(g, y, {{x, in}});
+  EXPECT_EQ(out.shape(), Shape({2, 3, 2}));
+  EXPECT_EQ(out.to_vector<float>(), in.to_vector<float>());
+  EXPECT_EQ(reshape(g.constant(Tensor::zeros(f32, {0, 4})), {-1, 2}).shape(), Shape({0, 2}));
+  expect_error<GraphError>([&] { reshape(g.constant(Tensor::zeros(f32, {0, 4})), {0, -1}); },
+                           {"[reshape]", "cannot reshape"});
+  Session s(g);
+  expect_error<GraphError>([&] { s.run({{x, Tensor::zeros(f32, {1, 6})}}, {reshape(x, {4, -1})}); },
+                           {"[reshape]", "[1, 6]", "6 elements"});
+}
+
+TEST(Transpose, EveryPermutationOfRank3AndLarge2D) {
+  Tensor in = iota_tensor(f64, {2, 3, 4});
+  std::vector<int64_t> perm = {0, 1, 2};
+  do {
+    Graph g;
+    Tensor out = testing::run1(g, transpose(g.constant(in), perm));
+    Shape expected_shape{in.shape()[perm[0]], in.shape()[perm[1]], in.shape()[perm[2]]};
+    ASSERT_EQ(out.shape(), expected_shape);
+    std::vector<int64_t> strides = in.shape().strides();
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      std::vector<int64_t> idx = testing::unravel(i, expected_shape);
+      int64_t src = idx[0] * strides[perm[0]] + idx[1] * strides[perm[1]] + idx[2] * strides[perm[2]];
+      ASSERT_EQ(out.element(i), src) << attr_to_string(perm);
+    }
+  } while (std::next_permutation(perm.begin(), perm.end()));
+  Graph g;
+  Tensor big = iota_tensor(i32, {301, 517});
+  Tensor t = testing::run1(g, transpose(g.constant(big)));
+  ASSERT_EQ(t.shape(), Shape({517, 301}));
+  for (int64_t i = 0; i < 517; i += 37)
+    for (int64_t j = 0; j < 301; j += 13) ASSERT_EQ(t.element(i * 301 + j), j * 517 + i);
+  EXPECT_EQ(testing::run1(g, transpose(g.constant(Tensor::zeros(u8, {0, 3})))).shape(), Shape({3, 0}));
+}
+
+TEST(BroadcastTo, StretchesSizeOneDimsAndPrependsDims) {
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<int64_t>({1, 2, 3}, {3, 1}));
+  Tensor y = testing::run1(g, broadcast_to(x, {2, 3, 2}));
+  EXPECT_EQ(y.to_vector<int64_t>(), (std::vector<int64_t>{1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}));
+  Value b = g.constant(Tensor::from_vector<bool>({true, false}));
+  EXPECT_EQ(testing::run1(g, broadcast_to(b, {2, 2})).to_vector<int>(), (std::vector<int>{1, 0, 1, 0}));
+  expect_error<GraphError>([&] { broadcast_to(x, {3}); }, {"cannot broadcast [3, 1] to [3]"});
+}
+
+TEST(Concat, JoinsAlongAnyAxisIncludingEmptyPieces) {
+  Graph g;
+  Tensor a = iota_tensor(f32, {2, 3}), b = iota_tensor(f32, {2, 1}), c = iota_tensor(f32, {2, 0});
+  Value va = g.constant(a), vb = g.constant(b), vc = g.constant(c);
+  Tensor y = testing::run1(g, concat({va, vc, vb}, 1));
+  EXPECT_EQ(y.shape(), Shape({2, 4}));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{0, 1, 2, 0, 3, 4, 5, 1}));
+  Tensor z = testing::run1(g, concat({va, va}, -2));
+  EXPECT_EQ(z.shape(), Shape({4, 3}));
+  EXPECT_EQ(z.to_vector<float>(), (std::vector<float>{0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5}));
+  Value p = g.placeholder("p", f32, {-1, 3});
+  EXPECT_EQ(concat({p, va}, 0).shape(), Shape({-1, 3}));
+  expect_error<GraphError>([&] { concat({va, vb}, 0); }, {"[concat]", "dim 1 differs"});
+  expect_error<GraphError>([&] { concat({va, g.constant(Tensor::zeros(i32, {2, 3}))}, 0); },
+                           {"f32", "i32"});
+}
+
+TEST(Split, SizesAndEqualPieces) {
+  Graph g;
+  Value x = g.constant(iota_tensor(i32, {2, 5}));
+  std::vector<Value> parts = split(x, {2, 0, 3}, 1);
+  ASSERT_EQ(parts.size(), 3u);
+  Session s(g);
+  auto out = s.run({}, parts);
+  EXPECT_EQ(out[0].to_vector<int>(), (std::vector<int>{0, 1, 5, 6}));
+  EXPECT_EQ(out[1].shape(), Shape({2, 0}));
+  EXPECT_EQ(out[2].to_vector<int>(), (std::vector<int>{2, 3, 4, 7, 8, 9}));
+  auto rows = split(x, 2, 0);
+  EXPECT_EQ(s.run({}, {rows[1]})[0].to_vector<int>(), (std::vector<int>{5, 6, 7, 8, 9}));
+  expect_error<GraphError>([&] { split(x, 3, 1); }, {"3 equal pieces"});
+  // split then concat is the identity.
+  EXPECT_TRUE(equal_bits(s.run({}, {concat(parts, 1)})[0], s.run({}, {x})[0]));
+}
+
+TEST(Slice, PythonSemantics) {
+  Graph g;
+  Tensor in = iota_tensor(f32, {4, 5});
+  Value x = g.constant(in);
+  Session s(g);
+  auto check = [&](std::vector<int64_t> b, std::vector<int64_t> e, std::vector<int64_t> st,
+                   Shape shape, std::vector<float> expected) {
+    Tensor y = s.run({}, {slice(x, b, e, st)})[0];
+    EXPECT_EQ(y.shape(), shape);
+    EXPECT_EQ(y.to_vector<float>(), expected);
+  };
+  check({1}, {3}, {}, {2, 5}, {5, 6, 7, 8, 9, 10, 11, 12, 13, 14});
+  check({0, 1}, {kSliceEnd, kSliceEnd}, {2, 2}, {2, 2}, {1, 3, 11, 13});
+  check({-1, -2}, {kSliceEnd, kSliceEnd}, {}, {1, 2}, {18, 19});
+  check({-100, 3}, {100, 100}, {3, 1}, {2, 2}, {3, 4, 18, 19});  // clamped
+  check({3, 0}, {1, 5}, {}, {0, 5}, {});                          // empty
+  Value p = g.placeholder("p", f32, {-1, 5});
+  EXPECT_EQ(slice(p, {0, 1}, {2, 3}).shape(), Shape({-1, 2}));
+}
+
+TEST(Gather, AnyAxisNegativeIndicesAndRangeErrors) {
+  Graph g;
+  Tensor in = iota_tensor(f32, {3, 4});
+  Value params = g.constant(in);
+  Value rows = g.constant(Tensor::from_vector<int64_t>({2, 0, -1, 2}, {2, 2}));
+  Tensor y = testing::run1(g, gather(params, rows, 0));
+  EXPECT_EQ(y.shape(), Shape({2, 2, 4}));
+  EXPECT_EQ(y.to_vector<float>(),
+            (std::vector<float>{8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11, 8, 9, 10, 11}));
+  Value cols = g.constant(Tensor::from_vector<int32_t>({3, 1}));
+  Tensor z = testing::run1(g, gather(params, cols, 1));
+  EXPECT_EQ(z.to_vector<float>(), (std::vector<float>{3, 1, 7, 5, 11, 9}));
+  Value bad = g.constant(Tensor::from_vector<int32_t>({1, 4}));
+  expect_error([&] { testing::run1(g, gather(params, bad, 1)); },
+               {"[gather]", "index 4", "axis 1 of size 4"});
+  Value empty = g.constant(Tensor::zeros(i64, {0}));
+  EXPECT_EQ(testing::run1(g, gather(params, empty, 0)).shape(), Shape({0, 4}));
+}
+
+TEST(Cast, AllPairsOfDtypes) {
+  Tensor in = Tensor::from_vector<double>({-2.75, -1, 0, 0.5, 3.25, 200});
+  for (DType to : {f32, f64, f16, bf16, i32, i64, u8, boolean}) {
+    Graph g;
+    Tensor y = testing::run1(g, cast(g.constant(in), to));
+    ASSERT_EQ(y.dtype(), to);
+    for (int64_t i = 0; i < in.numel(); ++i) {
+      double v = in.element(i);
+      double expected = dispatch_all(to, [&](auto tag) { return convert<double>(convert<decltype(tag)>(v)); });
+      EXPECT_EQ(y.element(i), expected) << to << " " << v;
+    }
+    // And back to f64 from every dtype.
+    Tensor back = testing::run1(g, cast(cast(g.constant(in), to), f64));
+    for (int64_t i = 0; i < in.numel(); ++i) EXPECT_EQ(back.element(i), y.element(i));
+  }
+}
+
+TEST(Sources, FillIotaConstantIdentity) {
+  Graph g;
+  EXPECT_EQ(testing::run1(g, fill(g, {2, 2}, 7.5, f64)).to_vector<double>(),
+            (std::vector<double>{7.5, 7.5, 7.5, 7.5}));
+  EXPECT_EQ(testing::run1(g, fill(g, {3}, 1, boolean)).to_vector<int>(), (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(testing::run1(g, iota(g, {2, 3}, 1, i32)).to_vector<int>(),
+            (std::vector<int>{0, 1, 2, 0, 1, 2}));
+  EXPECT_EQ(testing::run1(g, iota(g, {2, 3}, 0)).to_vector<float>(),
+            (std::vector<float>{0, 0, 0, 1, 1, 1}));
+  Tensor c = Tensor::from_vector<int64_t>({4, 5});
+  EXPECT_TRUE(equal_bits(testing::run1(g, identity(g.constant(c))), c));
+  EXPECT_EQ(testing::run1(g, fill(g, {0, 3}, 1)).numel(), 0);
+}
+
+}  // namespace
+}  // namespace kiln

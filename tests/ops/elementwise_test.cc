@@ -1,0 +1,197 @@
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_near;
+using testing::random_tensor;
+
+struct UnaryCase {
+  const char* op;
+  std::function<double(double)> reference;
+  double low, high;
+  bool integers;  // also defined on i32/i64
+};
+
+const std::vector<UnaryCase>& unary_cases() {
+  static const std::vector<UnaryCase> cases = {
+      {"neg", [](double x) { return -x; }, -5, 5, true},
+      {"abs", [](double x) { return std::abs(x); }, -5, 5, true},
+      {"square", [](double x) { return x * x; }, -5, 5, true},
+      {"relu", [](double x) { return x > 0 ? x : 0; }, -5, 5, true},
+      {"exp", [](double x) { return std::exp(x); }, -10, 10, false},
+      {"log", [](double x) { return std::log(x); }, 1e-3, 100, false},
+      {"sqrt", [](double x) { return std::sqrt(x); }, 0, 100, false},
+      {"rsqrt", [](double x) { return 1 / std::sqrt(x); }, 1e-3, 100, false},
+      {"tanh", [](double x) { return std::tanh(x); }, -8, 8, false},
+      {"sigmoid", [](double x) { return 1 / (1 + std::exp(-x)); }, -40, 40, false},
+      {"gelu", [](double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }, -6, 6, false},
+      {"sin", [](double x) { return std::sin(x); }, -10, 10, false},
+      {"cos", [](double x) { return std::cos(x); }, -10, 10, false},
+  };
+  return cases;
+}
+
+TEST(Unary, EveryOpMatchesReferenceOnEveryDtypeAndShape) {
+  for (const UnaryCase& c : unary_cases()) {
+    std::vector<DType> dtypes = {f32, f64};
+    if (c.integers) dtypes.insert(dtypes.end(), {i32, i64});
+    for (DType dtype : dtypes) {
+      for (const Shape& shape : {Shape{}, Shape{0}, Shape{1}, Shape{3, 0, 2}, Shape{7, 13},
+                                 Shape{100003}}) {
+        Graph g;
+        Tensor input = random_tensor(dtype, shape, c.low, c.high, 11);
+        Value x = g.placeholder("x", dtype, shape);
+        Tensor y = testing::run1(g, g.add(c.op, {x}), {{x, input}});
+        ASSERT_EQ(y.dtype(), dtype);
+        ASSERT_EQ(y.shape(), shape);
+        std::vector<double> expected;
+        for (double v : testing::values(input)) {
+          // The reference sees the input as stored (rounded to f32 already).
+          double r = c.reference(v);
+          expected.push_back(dtype == f32 ? static_cast<float>(r) : r);
+        }
+        double rtol = is_integer(dtype) ? 0 : (dtype == f32 ? 4e-6 : 1e-13);
+        expect_near(expected, y, rtol, dtype == f32 ? 1e-37 : 0,
+                    str(c.op, " ", dtype, shape));
+      }
+    }
+  }
+}
+
+TEST(Unary, SigmoidIsStableAtTheExtremes) {
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<float>({-1000, -100, 0, 100, 1000}));
+  Tensor y = testing::run1(g, sigmoid(x));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{0, std::exp(-100.0f), 0.5f, 1, 1}));
+}
+
+struct BinaryCase {
+  const char* op;
+  std::function<double(double, double)> reference;
+  bool compare;
+};
+
+const std::vector<BinaryCase>& binary_cases() {
+  static const std::vector<BinaryCase> cases = {
+      {"add", [](double a, double b) { return a + b; }, false},
+      {"sub", [](double a, double b) { return a - b; }, false},
+      {"mul", [](double a, double b) { return a * b; }, false},
+      {"div", [](double a, double b) { return a / b; }, false},
+      {"pow", [](double a, double b) { return std::pow(a, b); }, false},
+      {"maximum", [](double a, double b) { return std::max(a, b); }, false},
+      {"minimum", [](double a, double b) { return std::min(a, b); }, false},
+      {"equal", [](double a, double b) { return double(a == b); }, true},
+      {"not_equal", [](double a, double b) { return double(a != b); }, true},
+      {"less", [](double a, double b) { return double(a < b); }, true},
+      {"less_equal", [](double a, double b) { return double(a <= b); }, true},
+      {"greater", [](double a, double b) { return double(a > b); }, true},
+      {"greater_equal", [](double a, double b) { return double(a >= b); }, true},
+  };
+  return cases;
+}
+
+// Broadcasting corners: equal shapes, scalars, size-0 and size-1 dims, both sides stretching,
+// rank differences, and a large case that runs in parallel.
+const std::vector<std::pair<Shape, Shape>>& broadcast_pairs() {
+  static const std::vector<std::pair<Shape, Shape>> pairs = {
+      {{}, {}},           {{5}, {5}},          {{}, {4}},          {{4}, {}},
+      {{2, 3}, {3}},      {{2, 1}, {1, 3}},    {{3, 1, 4}, {2, 1}}, {{0, 3}, {3}},
+      {{1, 0}, {5, 1}},   {{1}, {1, 1, 1}},    {{4, 1, 6}, {4, 5, 6}}, {{300, 257}, {257}},
+      {{257, 1}, {257, 300}}};
+  return pairs;
+}
+
+TEST(Binary, EveryOpMatchesReferenceWithBroadcasting) {
+  for (const BinaryCase& c : binary_cases()) {
+    for (DType dtype : {f32, f64}) {
+      for (const auto& [sa, sb] : broadcast_pairs()) {
+        Graph g;
+        bool is_pow = std::string(c.op) == "pow";
+        Tensor ta = random_tensor(dtype, sa, is_pow ? 0.1 : -3, 3, 5);
+        Tensor tb = random_tensor(dtype, sb, is_pow ? -2 : -3, 3, 6);
+        if (c.compare) {  // whole numbers, so that == and <= see ties
+          ta = testing::floor_values(ta);
+          tb = testing::floor_values(tb);
+        }
+        Value a = g.placeholder("a", dtype, sa), b = g.placeholder("b", dtype, sb);
+        Tensor y = testing::run1(g, g.add(c.op, {a, b}), {{a, ta}, {b, tb}});
+        Shape out;
+        ASSERT_TRUE(broadcast_shapes(sa, sb, &out));
+        ASSERT_EQ(y.shape(), out);
+        ASSERT_EQ(y.dtype(), c.compare ? boolean : dtype);
+        std::vector<double> expected;
+        for (int64_t i = 0; i < out.numel(); ++i) {
+          std::vector<int64_t> idx = testing::unravel(i, out);
+          double r = c.reference(ta.element(testing::broadcast_source(idx, sa)),
+                                 tb.element(testing::broadcast_source(idx, sb)));
+          expected.push_back(dtype == f32 && !c.compare ? static_cast<float>(r) : r);
+        }
+        expect_near(expected, y, dtype == f32 ? 4e-6 : 1e-13, 0, str(c.op, " ", sa, " ", sb));
+      }
+    }
+  }
+}
+
+TEST(Binary, IntegerSemantics) {
+  Graph g;
+  Value a = g.constant(Tensor::from_vector<int32_t>({7, -7, 5, 3, -2, 2}));
+  Value b = g.constant(Tensor::from_vector<int32_t>({2, 2, 0, 4, 3, -1}));
+  Session s(g);
+  auto out = s.run({}, {a / b, pow(a, b), maximum(a, b), a - b, less(a, b)});
+  EXPECT_EQ(out[0].to_vector<int32_t>(), (std::vector<int32_t>{3, -3, 0, 0, 0, -2}));  // / 0 -> 0
+  EXPECT_EQ(out[1].to_vector<int32_t>(), (std::vector<int32_t>{49, 49, 1, 81, -8, 0}));
+  EXPECT_EQ(out[2].to_vector<int32_t>(), (std::vector<int32_t>{7, 2, 5, 4, 3, 2}));
+  EXPECT_EQ(out[3].to_vector<int32_t>(), (std::vector<int32_t>{5, -9, 5, -1, -5, 3}));
+  EXPECT_EQ(out[4].to_vector<int32_t>(), (std::vector<int32_t>{0, 1, 0, 1, 1, 0}));
+  Value u = g.constant(Tensor::from_vector<uint8_t>({250, 3}));
+  Value v = g.constant(Tensor::from_vector<uint8_t>({10, 4}));
+  EXPECT_EQ(testing::run1(g, u + v).to_vector<int>(), (std::vector<int>{4, 7}));  // wraps
+  Value m = g.constant(Tensor::from_vector<int32_t>({INT32_MIN}));
+  Value neg1 = g.constant(Tensor::from_vector<int32_t>({-1}));
+  EXPECT_NO_THROW(testing::run1(g, m / neg1));  // no SIGFPE
+}
+
+TEST(Binary, MaximumAndMinimumPropagateNaN) {
+  Graph g;
+  float nan = std::nanf("");
+  Value a = g.constant(Tensor::from_vector<float>({nan, 1, nan}));
+  Value b = g.constant(Tensor::from_vector<float>({1, nan, nan}));
+  for (const Value& y : {maximum(a, b), minimum(a, b)})
+    for (float v : testing::run1(g, y).to_vector<float>()) EXPECT_TRUE(std::isnan(v));
+}
+
+TEST(Binary, ScalarOperatorsUseTheValueDtype) {
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<double>({1, 2, 4}));
+  Tensor y = testing::run1(g, (2.0 * x + 1.0) / 2.0 - 1.0 / x);
+  EXPECT_EQ(y.dtype(), f64);
+  EXPECT_EQ(y.to_vector<double>(), (std::vector<double>{0.5, 2.0, 4.25}));
+  Value i = g.constant(Tensor::from_vector<int64_t>({1, 2}));
+  EXPECT_EQ(testing::run1(g, i * 3.0).to_vector<int64_t>(), (std::vector<int64_t>{3, 6}));
+}
+
+TEST(Where, SelectsWithThreeWayBroadcast) {
+  Graph g;
+  Value c = g.constant(Tensor::from_vector<bool>({true, false, true}, {3, 1}));
+  Value a = g.constant(Tensor::from_vector<float>({1, 2}, {1, 2}));
+  Value b = g.constant(Tensor::from_vector<float>({-1}));
+  Tensor y = testing::run1(g, where(c, a, b));
+  EXPECT_EQ(y.shape(), Shape({3, 2}));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{1, 2, -1, -1, 1, 2}));
+  Value x = g.constant(Tensor::from_vector<float>({-2, 3, -1}));
+  EXPECT_EQ(testing::run1(g, where(greater(x, g.scalar(0, f32)), x, -x)).to_vector<float>(),
+            (std::vector<float>{2, 3, 1}));
+}
+
+TEST(Elementwise, CpuKernelsRejectHalfPrecisionClearly) {
+  Graph g;
+  Value x = g.placeholder("h", f16, {2});
+  Value y = exp(x);
+  Session s(g);
+  testing::expect_error([&] { s.run({{x, Tensor::zeros(f16, {2})}}, {y}); },
+                        {"[exp] exp", "no CPU kernel for f16"});
+}
+
+}  // namespace
+}  // namespace kiln

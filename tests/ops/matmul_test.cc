@@ -1,0 +1,83 @@
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+// Reference: C[b, i, j] = sum_k A[b, i, k] B[b, k, j] with broadcast batch dims, in f64.
+std::vector<double> reference_matmul(const Tensor& a, const Tensor& b, bool ta, bool tb,
+                                     const Shape& out) {
+  const Shape& as = a.shape();
+  const Shape& bs = b.shape();
+  int64_t m = out[-2], n = out[-1], k = ta ? as[-2] : as[-1];
+  Shape batch(std::vector<int64_t>(out.begin(), out.end() - 2));
+  Shape a_batch(std::vector<int64_t>(as.begin(), as.end() - 2));
+  Shape b_batch(std::vector<int64_t>(bs.begin(), bs.end() - 2));
+  std::vector<double> c;
+  for (int64_t bi = 0; bi < batch.numel(); ++bi) {
+    std::vector<int64_t> idx = testing::unravel(bi, batch);
+    int64_t ao = testing::broadcast_source(idx, a_batch) * as[-2] * as[-1];
+    int64_t bo = testing::broadcast_source(idx, b_batch) * bs[-2] * bs[-1];
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double acc = 0;
+        for (int64_t p = 0; p < k; ++p)
+          acc += a.element(ao + (ta ? p * m + i : i * k + p)) *
+                 b.element(bo + (tb ? j * k + p : p * n + j));
+        c.push_back(acc);
+      }
+  }
+  return c;
+}
+
+TEST(Matmul, MatchesReferenceForShapesFlagsAndBatches) {
+  struct Case {
+    Shape a, b;
+    bool ta, tb;
+  };
+  std::vector<Case> cases = {
+      {{3, 4}, {4, 5}, false, false},   {{4, 3}, {4, 5}, true, false},
+      {{3, 4}, {5, 4}, false, true},    {{4, 3}, {5, 4}, true, true},
+      {{1, 1}, {1, 1}, false, false},   {{1, 7}, {7, 1}, false, false},
+      {{0, 4}, {4, 5}, false, false},   {{3, 0}, {0, 5}, false, false},
+      {{2, 3, 4}, {2, 4, 5}, false, false}, {{2, 3, 4}, {4, 5}, false, false},
+      {{3, 4}, {6, 4, 2}, false, false}, {{2, 1, 3, 4}, {1, 5, 4, 2}, false, false},
+      {{2, 4, 3}, {2, 2, 4}, true, true}, {{67, 129}, {129, 33}, false, false}};
+  for (DType dtype : {f32, f64}) {
+    for (const Case& c : cases) {
+      Graph g;
+      Tensor ta = testing::random_tensor(dtype, c.a, -1, 1, 1);
+      Tensor tb = testing::random_tensor(dtype, c.b, -1, 1, 2);
+      Value a = g.placeholder("a", dtype, c.a), b = g.placeholder("b", dtype, c.b);
+      Tensor y = testing::run1(g, matmul(a, b, c.ta, c.tb), {{a, ta}, {b, tb}});
+      std::vector<double> expected = reference_matmul(ta, tb, c.ta, c.tb, y.shape());
+      testing::expect_near(expected, y, dtype == f32 ? 1e-5 : 1e-12, dtype == f32 ? 1e-5 : 1e-12,
+                           str("matmul ", dtype, c.a, c.b, c.ta, c.tb));
+    }
+  }
+}
+
+TEST(Matmul, ShapesAndErrors) {
+  Graph g;
+  Value a = g.placeholder("a", f32, {-1, 3, 4});
+  Value b = g.placeholder("b", f32, {4, 2});
+  EXPECT_EQ(matmul(a, b).shape(), Shape({-1, 3, 2}));
+  EXPECT_EQ(matmul(b, b, true, false).shape(), Shape({2, 2}));
+  testing::expect_error<GraphError>([&] { matmul(a, a); }, {"[matmul]", "inner dimensions"});
+  Value v = g.placeholder("v", f32, {4});
+  testing::expect_error<GraphError>([&] { matmul(v, b); }, {"rank >= 2", "[4]"});
+  Value i = g.placeholder("i", i32, {4, 4});
+  testing::expect_error<GraphError>([&] { matmul(i, i); }, {"[matmul]", "i32"});
+  Value c = g.placeholder("c", f32, {2, 3, 4});
+  Value d = g.placeholder("d", f32, {5, 4, 2});
+  testing::expect_error<GraphError>([&] { matmul(c, d); }, {"batch dims", "[2]", "[5]"});
+  // A batch size fed at run time that does not fit is reported with the feeds.
+  Value x = g.placeholder("x", f32, {-1, 4});
+  Value w = g.placeholder("w", f32, {-1, 2});
+  Session s(g);
+  testing::expect_error<GraphError>(
+      [&] { s.run({{x, Tensor::zeros(f32, {2, 4})}, {w, Tensor::zeros(f32, {3, 2})}}, {matmul(x, w)}); },
+      {"[matmul]", "inner dimensions differ", "[2, 4]", "[3, 2]", "with x f32[2, 4]"});
+}
+
+}  // namespace
+}  // namespace kiln

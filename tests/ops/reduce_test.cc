@@ -1,0 +1,142 @@
+#include <algorithm>
+#include <limits>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+// Reference reduction over `axes` (sorted, distinct), in f64.
+std::vector<double> reference_reduce(const Tensor& x, const std::vector<int64_t>& axes,
+                                     const std::string& kind, Shape* out_shape) {
+  const Shape& s = x.shape();
+  std::vector<int64_t> out_dims;
+  for (int64_t d = 0; d < s.rank(); ++d)
+    if (std::find(axes.begin(), axes.end(), d) == axes.end()) out_dims.push_back(s[d]);
+  *out_shape = Shape(out_dims);
+  int64_t n_out = out_shape->numel();
+  double init = kind == "max" ? -INFINITY : kind == "min" ? INFINITY : 0;
+  std::vector<double> acc(n_out, init);
+  std::vector<int64_t> count(n_out, 0);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    std::vector<int64_t> idx = testing::unravel(i, s);
+    int64_t o = 0;
+    for (int64_t d = 0; d < s.rank(); ++d)
+      if (std::find(axes.begin(), axes.end(), d) == axes.end()) o = o * s[d] + idx[d];
+    double v = x.element(i);
+    if (kind == "max") acc[o] = std::max(acc[o], v);
+    else if (kind == "min") acc[o] = std::min(acc[o], v);
+    else acc[o] += v;
+    ++count[o];
+  }
+  if (kind == "mean")
+    for (int64_t o = 0; o < n_out; ++o) acc[o] /= static_cast<double>(count[o]);
+  return acc;
+}
+
+TEST(Reduce, EveryKindEveryAxisSetMatchesReference) {
+  const std::vector<std::pair<Shape, std::vector<std::vector<int64_t>>>> cases = {
+      {{}, {{}}},
+      {{7}, {{}, {0}, {-1}}},
+      {{1}, {{0}}},
+      {{3, 0, 2}, {{0}, {2}, {0, 2}}},
+      {{4, 5, 6}, {{}, {0}, {1}, {2}, {0, 1}, {1, 2}, {0, 2}, {0, 1, 2}, {-1, 0}}},
+      {{2, 3, 4, 5}, {{1, 3}, {0, 2}, {0, 3}, {1, 2}}},
+      {{100003}, {{0}}},
+      {{64, 1000}, {{0}, {1}}},
+  };
+  for (const char* kind : {"sum", "mean", "max", "min"}) {
+    for (DType dtype : {f32, f64, i32, i64}) {
+      if (std::string(kind) == "mean" && is_integer(dtype)) continue;
+      for (const auto& [shape, axis_sets] : cases) {
+        for (const auto& axes : axis_sets) {
+          for (bool keepdims : {false, true}) {
+            bool empty_extreme = (std::string(kind) == "max" || std::string(kind) == "min") &&
+                                 shape.is_known() && shape.numel() == 0;
+            if (empty_extreme) continue;
+            Graph g;
+            Tensor input = testing::random_tensor(dtype, shape, -10, 10, 3);
+            Value x = g.placeholder("x", dtype, shape);
+            Value y = g.add(kind, {x}, {{"axes", axes}, {"keepdims", keepdims}});
+            Tensor out = testing::run1(g, y, {{x, input}});
+            std::vector<int64_t> sorted;
+            for (int64_t a : axes) sorted.push_back(a < 0 ? a + shape.rank() : a);
+            if (axes.empty())
+              for (int64_t d = 0; d < shape.rank(); ++d) sorted.push_back(d);
+            std::sort(sorted.begin(), sorted.end());
+            Shape ref_shape;
+            std::vector<double> expected = reference_reduce(input, sorted, kind, &ref_shape);
+            if (keepdims) {
+              std::vector<int64_t> dims = shape.dims();
+              for (int64_t a : sorted) dims[a] = 1;
+              ref_shape = Shape(dims);
+            }
+            ASSERT_EQ(out.shape(), ref_shape) << kind << shape;
+            double rtol = dtype == f32 ? 2e-5 : (dtype == f64 ? 1e-12 : 0);
+            testing::expect_near(expected, out, rtol, dtype == f32 ? 1e-3 : 1e-9,
+                                 str(kind, " ", dtype, shape, " axes ", attr_to_string(axes)));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Reduce, SumOfEmptyIsZeroAndMeanOfEmptyIsNaN) {
+  Graph g;
+  Value x = g.constant(Tensor::zeros(f32, {0, 3}));
+  EXPECT_EQ(testing::run1(g, sum(x, {0})).to_vector<float>(), (std::vector<float>{0, 0, 0}));
+  for (float v : testing::run1(g, mean(x, {0})).to_vector<float>()) EXPECT_TRUE(std::isnan(v));
+}
+
+TEST(Reduce, LongSumIsIdenticalForAnyThreadCount) {
+  Graph g;
+  Tensor input = testing::random_tensor(f32, {1 << 20}, -1, 1, 8);
+  Value x = g.placeholder("x", f32, {-1});
+  Value total = sum(x);
+  Tensor one = testing::run1(g, total, {{x, input}}, 1);
+  Tensor two = testing::run1(g, total, {{x, input}}, 2);
+  Tensor three = testing::run1(g, total, {{x, input}}, 3);
+  EXPECT_TRUE(equal_bits(one, two));
+  EXPECT_TRUE(equal_bits(one, three));
+  double exact = 0;
+  for (double v : testing::values(input)) exact += v;
+  EXPECT_NEAR(one.item<double>(), exact, 1e-3);
+}
+
+TEST(Reduce, MaxAndMinPropagateNaN) {
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<float>({1, std::nanf(""), 3, 4}, {2, 2}));
+  EXPECT_TRUE(std::isnan(testing::run1(g, max(x)).item<float>()));
+  auto rows = testing::run1(g, min(x, {1})).to_vector<float>();
+  EXPECT_TRUE(std::isnan(rows[0]));
+  EXPECT_EQ(rows[1], 3);
+}
+
+TEST(ArgMax, FirstIndexOnTiesNaNWinsAnyAxis) {
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<float>({1, 5, 5, 0, 2, 2, 9, -1}, {2, 4}));
+  EXPECT_EQ(testing::run1(g, argmax(x, 1)).to_vector<int64_t>(), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(testing::run1(g, argmin(x, 1)).to_vector<int64_t>(), (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(testing::run1(g, argmax(x, 0)).to_vector<int64_t>(),
+            (std::vector<int64_t>{1, 0, 1, 0}));
+  Tensor keep = testing::run1(g, argmax(x, -1, true));
+  EXPECT_EQ(keep.shape(), Shape({2, 1}));
+  Value n = g.constant(Tensor::from_vector<float>({1, std::nanf(""), 7}));
+  EXPECT_EQ(testing::run1(g, argmax(n, 0)).item<int64_t>(), 1);
+  EXPECT_EQ(testing::run1(g, argmin(n, 0)).item<int64_t>(), 1);
+  // Random 3-D input against a reference over the middle axis.
+  Tensor input = testing::random_tensor(f64, {3, 17, 5}, -1, 1, 4);
+  Value r = g.constant(input);
+  Tensor got = testing::run1(g, argmax(r, 1));
+  for (int64_t o = 0; o < 3; ++o)
+    for (int64_t i = 0; i < 5; ++i) {
+      int64_t best = 0;
+      for (int64_t j = 1; j < 17; ++j)
+        if (input.element((o * 17 + j) * 5 + i) > input.element((o * 17 + best) * 5 + i)) best = j;
+      EXPECT_EQ(got.element(o * 5 + i), best);
+    }
+}
+
+}  // namespace
+}  // namespace kiln

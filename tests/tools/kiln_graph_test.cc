@@ -1,0 +1,93 @@
+// kiln-graph, run as a user would: describes good files, rejects broken ones with a message
+// and exit code 1, never a signal.
+#include <sys/wait.h>
+
+#include <array>
+#include <fstream>
+#include <random>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+
+struct Result {
+  int exit_code;  // -1 when killed by a signal
+  std::string output;
+};
+
+Result run_tool(const std::string& args) {
+  std::string cmd = std::string(KILN_GRAPH_TOOL) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  Result r{-1, ""};
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string save_sample() {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 8});
+  NameScope scope(g, "dense");
+  Value w = g.constant(Tensor::zeros(f32, {8, 4}), "w");
+  Value y = relu(matmul(x, w));
+  g.add_signature({"predict", {x}, {y}, {}});
+  std::string path = tmp("tool.pb");
+  save_graph(g, path);
+  return path;
+}
+
+TEST(KilnGraphTool, SummaryTextAndDot) {
+  std::string path = save_sample();
+  Result r = run_tool(path);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (const char* part : {"4 nodes", "matmul", "placeholder", "x ", "f32[?, 8]", "dense/w",
+                           "32 elements", "predict: inputs [x] -> outputs [dense/relu]"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << "\n" << r.output;
+  Result text = run_tool(path + " --text");
+  EXPECT_EQ(text.exit_code, 0);
+  EXPECT_NE(text.output.find("op: \"relu\""), std::string::npos);
+  Result dot = run_tool(path + " --dot " + tmp("g.dot"));
+  EXPECT_EQ(dot.exit_code, 0) << dot.output;
+  std::ifstream in(tmp("g.dot"));
+  std::string content((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(content.find("digraph kiln"), std::string::npos);
+  EXPECT_NE(content.find("->"), std::string::npos);
+  EXPECT_EQ(run_tool("").exit_code, 2);
+  EXPECT_EQ(run_tool(path + " --bogus").exit_code, 2);
+}
+
+TEST(KilnGraphTool, BrokenFilesExitOneWithAMessage) {
+  std::string path = save_sample();
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  std::mt19937 rng(99);
+  std::vector<std::string> broken = {bytes.substr(0, bytes.size() / 2), "", "garbage\xff\xfe",
+                                     std::string(1000, '\xff')};
+  for (int i = 0; i < 20; ++i) {
+    std::string g = bytes;
+    for (int f = 0; f < 4; ++f) g[rng() % g.size()] = static_cast<char>(rng());
+    broken.push_back(g);
+  }
+  for (size_t i = 0; i < broken.size(); ++i) {
+    std::string file = tmp("broken.pb");
+    std::ofstream(file, std::ios::binary) << broken[i];
+    Result r = run_tool(file);
+    ASSERT_NE(r.exit_code, -1) << "killed by a signal on case " << i;
+    if (r.exit_code != 0) {
+      EXPECT_EQ(r.exit_code, 1) << r.output;
+      EXPECT_NE(r.output.find("broken.pb"), std::string::npos) << r.output;
+    }
+  }
+  Result missing = run_tool(tmp("missing.pb"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.output.find("cannot open"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln
