@@ -1,6 +1,7 @@
 #include "framework/npy.h"
 
 #include <cstring>
+#include <string_view>
 
 #include "framework/graph_io.h"
 
@@ -102,11 +103,14 @@ Tensor load_npy(const std::string& path) {
              ": Fortran-order arrays are not supported; save with np.ascontiguousarray");
   DType dtype{};
   bool found = false;
+  // Accept '<f4' and its native-order spelling '=f4'; '|u1' also as 'u1'.
+  std::string_view wanted = descr;
+  if (!wanted.empty() && (wanted[0] == '=' || wanted[0] == '<' || wanted[0] == '|'))
+    wanted.remove_prefix(1);
   for (DType d : {f32, f64, f16, i32, i64, u8, boolean}) {
-    std::string want = descr_of(d);
-    if (descr == want || (want[0] == '<' && descr == "=" + want.substr(1)) ||
-        (want[0] == '|' && descr == want.substr(1))) {
-      dtype = d, found = true;
+    if (std::string_view(descr_of(d)).substr(1) == wanted && descr[0] != '>') {
+      dtype = d;
+      found = true;
     }
   }
   KILN_CHECK(found, FileError, "[npy] ", path, ": unsupported dtype '", descr, "'");
