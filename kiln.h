@@ -11,4 +11,5 @@
 #include "framework/tensor.h"
 #include "ops/array.h"
 #include "ops/math.h"
+#include "autograd/gradients.h"
 #include "runtime/session.h"

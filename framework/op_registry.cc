@@ -61,6 +61,21 @@ OpDef& OpDef::elementwise() {
   return *this;
 }
 
+OpDef& OpDef::grad(GradFn fn) {
+  grad_ = std::move(fn);
+  return *this;
+}
+
+OpDef& OpDef::no_gradient() {
+  no_gradient_ = true;
+  return *this;
+}
+
+OpDef& OpDef::mutates_input(int index) {
+  mutated_inputs_.push_back(index);
+  return *this;
+}
+
 OpDef& OpDef::doc(std::string text) {
   doc_ = std::move(text);
   return *this;

@@ -18,6 +18,8 @@
 namespace kiln {
 
 class KernelContext;
+class GradContext;
+class Value;
 
 /// What inference knows about one output: its dtype and its (possibly partly unknown) shape.
 struct TensorType {
@@ -77,6 +79,9 @@ class InferContext {
 
 /// Infers the types of a node's outputs from its inputs and attributes, or fails.
 using InferFn = std::function<std::vector<TensorType>(const InferContext&)>;
+/// Builds the gradients of a node's inputs from the gradients of its outputs, as graph nodes.
+/// Returns one Value per input; an undefined Value means "no gradient flows to this input".
+using GradFn = std::function<std::vector<Value>(GradContext&)>;
 /// Runs one node on one device. Inputs are valid and outputs have their inferred shapes.
 using KernelFn = void (*)(KernelContext&);
 
@@ -113,6 +118,14 @@ class OpDef {
   OpDef& kernel(DeviceKind device, KernelFn fn, std::vector<DType> dtypes = {});
   /// Marks an op that maps each output element from the same element of its inputs.
   OpDef& elementwise();
+  /// Sets the gradient function (see GradFn).
+  OpDef& grad(GradFn fn);
+  /// Declares that no gradient flows through this op (comparisons, argmax, integer
+  /// sources, stop_gradient): autograd treats its inputs as constants, without error.
+  OpDef& no_gradient();
+  /// Marks an op that writes into the storage of input `index` (a variable): the plan runs it
+  /// after every other reader of that input in the same run.
+  OpDef& mutates_input(int index);
   /// One line for tools and docs.
   OpDef& doc(std::string text);
 
@@ -126,6 +139,9 @@ class OpDef {
   /// The kernel for `device` that handles `dtype`, or nullptr.
   KernelFn kernel_for(DeviceKind device, DType dtype) const;
   bool is_elementwise() const { return elementwise_; }
+  const GradFn& grad_fn() const { return grad_; }
+  bool has_no_gradient() const { return no_gradient_; }
+  const std::vector<int>& mutated_inputs() const { return mutated_inputs_; }
   const std::string& doc_text() const { return doc_; }
 
  private:
@@ -140,6 +156,9 @@ class OpDef {
   };
   std::array<KernelEntry, 2> kernels_{};
   bool elementwise_ = false;
+  GradFn grad_;
+  bool no_gradient_ = false;
+  std::vector<int> mutated_inputs_;
   std::string doc_;
 };
 

@@ -38,6 +38,24 @@ Value cast(const Value& x, DType dtype);
 /// x itself (useful to give a value a name).
 Value identity(const Value& x);
 
+/// x with size-1 dims inserted so that they sit at `axes` of the result (unsqueeze).
+Value expand_dims(const Value& x, std::vector<int64_t> axes);
+/// x summed over the dims along which `like` would be broadcast to x's shape: the result has
+/// like's shape. (Gradients of broadcasting ops.)
+Value sum_to(const Value& x, const Value& like);
+/// x broadcast to like's shape, known at run time.
+Value broadcast_like(const Value& x, const Value& like);
+/// x's elements with like's shape, known at run time.
+Value reshape_like(const Value& x, const Value& like);
+/// A tensor with like's dtype and shape, every element `value`.
+Value full_like(const Value& like, double value);
+Value zeros_like(const Value& like);
+Value ones_like(const Value& like);
+/// The number of elements of x, as a scalar of `dtype`.
+Value numel(const Value& x, DType dtype = f32);
+/// One target that runs all `values` (their outputs are discarded); a bool scalar.
+Value group(Graph& graph, const std::vector<Value>& values);
+
 /// A tensor of `shape` filled with `value`.
 Value fill(Graph& graph, const Shape& shape, double value, DType dtype = f32);
 /// A tensor of `shape` whose elements are their index along `axis`: iota([2, 3], 1) is

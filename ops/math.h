@@ -10,6 +10,7 @@ namespace kiln {
 
 // ---- Elementwise unary (float ops take f32/f64/f16/bf16; neg, abs, relu, square also ints).
 Value neg(const Value& x);      ///< -x
+Value sign(const Value& x);     ///< -1, 0 or 1
 Value abs(const Value& x);      ///< |x|
 Value square(const Value& x);   ///< x * x
 Value relu(const Value& x);     ///< max(x, 0)
@@ -37,6 +38,8 @@ Value less(const Value& a, const Value& b);      ///< a < b, as bool
 Value less_equal(const Value& a, const Value& b);    ///< a <= b, as bool
 Value greater(const Value& a, const Value& b);       ///< a > b, as bool
 Value greater_equal(const Value& a, const Value& b); ///< a >= b, as bool
+/// The sum of tensors of one dtype and shape.
+Value add_n(const std::vector<Value>& values);
 /// cond ? a : b elementwise; cond is bool; all three broadcast together.
 Value where(const Value& cond, const Value& a, const Value& b);
 

@@ -1,4 +1,5 @@
 // cast: elementwise conversion between any two dtypes (see kiln::convert for the rules).
+#include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
 #include "ops/math/elementwise_cpu.h"
@@ -11,6 +12,11 @@ KILN_OP(cast)
     .input("x")
     .attr("dtype", AttrType::dtype)
     .elementwise()
+    // The gradient converts back to x's dtype (autograd asks only for floating x).
+    .grad([](GradContext& c) -> GradList {
+      if (!is_floating(c.output().dtype())) return {Value()};
+      return {cast(c.grad_output(), c.input(0).dtype())};
+    })
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       return {{ctx.attr<DType>("dtype"), ctx.shape(0)}};
     })

@@ -1,6 +1,7 @@
 // concat and split: joining tensors along an axis and cutting one apart.
 #include <cstring>
 
+#include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
 
@@ -66,7 +67,13 @@ KILN_OP(concat)
     .variadic_input("values", 1)
     .attr("axis", AttrType::integer)
     .infer(infer_concat)
-    .kernel(DeviceKind::cpu, concat_cpu);
+    .kernel(DeviceKind::cpu, concat_cpu)
+    // y = [x0, x1, ...] along axis    dx_i = the piece of dy where x_i sits
+    .grad([](GradContext& c) -> GradList {
+      std::vector<Value> inputs = {c.grad_output()};
+      for (int i = 0; i < c.num_inputs(); ++i) inputs.push_back(c.input(i));
+      return c.graph().add_node("split_like", inputs, {{"axis", c.attr<int64_t>("axis")}});
+    });
 
 // ---- split: sizes along `axis` that add up to the dim.
 std::vector<TensorType> infer_split(const InferContext& ctx) {
@@ -118,7 +125,46 @@ KILN_OP(split)
     .attr("axis", AttrType::integer)
     .attr("sizes", AttrType::integers)
     .infer(infer_split)
-    .kernel(DeviceKind::cpu, split_cpu);
+    .kernel(DeviceKind::cpu, split_cpu)
+    // y_i = pieces of x    dx = [dy_0, dy_1, ...] (zeros for pieces nothing depends on)
+    .grad([](GradContext& c) -> GradList {
+      std::vector<Value> pieces;
+      for (int i = 0; i < c.node().num_outputs(); ++i) pieces.push_back(c.grad_output(i));
+      return {concat(pieces, c.attr<int64_t>("axis"))};
+    });
+
+// ---- split_like(x, likes...): split with the sizes of each like along `axis`, known at run
+// time (concat's gradient).
+KILN_OP(split_like)
+    .input("x")
+    .variadic_input("likes", 1)
+    .attr("axis", AttrType::integer)
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const Shape& x = ctx.shape(0);
+      int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), x.rank());
+      int64_t total = 0;
+      bool known = true;
+      std::vector<TensorType> out;
+      for (int i = 1; i < ctx.num_inputs(); ++i) {
+        if (ctx.shape(i).rank() != x.rank()) ctx.fail("like ", i - 1, " has rank ", ctx.shape(i).rank());
+        Shape piece = x;
+        piece[axis] = ctx.shape(i)[axis];
+        known &= piece[axis] >= 0;
+        total += piece[axis];
+        out.push_back({ctx.dtype(0), piece});
+      }
+      if (known && x[axis] >= 0 && total != x[axis])
+        ctx.fail("the likes add up to ", total, " along axis ", axis, ", x has ", x[axis]);
+      return out;
+    })
+    .kernel(DeviceKind::cpu, split_cpu)
+    .grad([](GradContext& c) -> GradList {
+      std::vector<Value> pieces;
+      for (int i = 0; i < c.node().num_outputs(); ++i) pieces.push_back(c.grad_output(i));
+      GradList out(c.num_inputs());
+      out[0] = concat(pieces, c.attr<int64_t>("axis"));
+      return out;
+    });
 
 }  // namespace
 }  // namespace ops

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
 #include "ops/array/permute.h"
@@ -46,6 +47,7 @@ KILN_OP(reshape)
     .input("x")
     .attr("shape", AttrType::shape)
     .infer(infer_reshape)
+    .grad([](GradContext& c) -> GradList { return {reshape_like(c.grad_output(), c.input(0))}; })
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
       ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
     });
@@ -53,7 +55,8 @@ KILN_OP(reshape)
 KILN_OP(identity)
     .input("x")
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) { ctx.set_output(0, ctx.input(0)); });
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) { ctx.set_output(0, ctx.input(0)); })
+    .grad([](GradContext& c) -> GradList { return {c.grad_output()}; });
 
 // ---- transpose: out.shape[i] = x.shape[perm[i]].
 std::vector<int64_t> resolve_perm(const std::vector<int64_t>& perm, int64_t rank) {
@@ -66,6 +69,14 @@ std::vector<int64_t> resolve_perm(const std::vector<int64_t>& perm, int64_t rank
 KILN_OP(transpose)
     .input("x")
     .attr("perm", std::vector<int64_t>{})
+    // y = x permuted by p    dx = dy permuted by p's inverse
+    .grad([](GradContext& c) -> GradList {
+      std::vector<int64_t> perm =
+          resolve_perm(c.attr<std::vector<int64_t>>("perm"), c.input(0).shape().rank());
+      std::vector<int64_t> inverse(perm.size());
+      for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
+      return {transpose(c.grad_output(), inverse)};
+    })
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       const Shape& x = ctx.shape(0);
       std::vector<int64_t> perm = resolve_perm(ctx.attr<std::vector<int64_t>>("perm"), x.rank());
@@ -90,6 +101,7 @@ KILN_OP(transpose)
 KILN_OP(broadcast_to)
     .input("x")
     .attr("shape", AttrType::shape)
+    .grad([](GradContext& c) -> GradList { return {sum_to(c.grad_output(), c.input(0))}; })
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       const Shape& x = ctx.shape(0);
       const Shape& target = ctx.attr<Shape>("shape");

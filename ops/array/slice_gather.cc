@@ -1,9 +1,11 @@
 // slice and gather: picking parts of a tensor by range or by index.
 #include <cstring>
 
+#include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
 #include "ops/array/strided_copy.h"
+#include "ops/dtypes.h"
 
 namespace kiln {
 namespace ops {
@@ -43,19 +45,34 @@ std::vector<TensorType> infer_slice(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
 
-void slice_cpu(KernelContext& ctx) {
-  const Tensor& x = ctx.input(0);
+// Where the slice of a tensor of `shape` starts (elements) and its strides per axis.
+int64_t slice_view(const KernelContext& ctx, const Shape& shape, std::vector<int64_t>* strides) {
   const auto& begin = ctx.attr<std::vector<int64_t>>("begin");
   const auto& end = ctx.attr<std::vector<int64_t>>("end");
   const auto& step = ctx.attr<std::vector<int64_t>>("step");
-  std::vector<int64_t> strides = x.shape().strides();
+  *strides = shape.strides();
   int64_t offset = 0;
   for (size_t i = 0; i < begin.size(); ++i) {
     int64_t s = step.empty() ? 1 : step[i];
-    offset += resolve_range(begin[i], end[i], s, x.shape()[i]).begin * strides[i];
-    strides[i] *= s;
+    offset += resolve_range(begin[i], end[i], s, shape[i]).begin * (*strides)[i];
+    (*strides)[i] *= s;
   }
-  strided_copy(ctx, x, offset, strides, ctx.output(0));
+  return offset;
+}
+
+void slice_cpu(KernelContext& ctx) {
+  std::vector<int64_t> strides;
+  int64_t offset = slice_view(ctx, ctx.input(0).shape(), &strides);
+  strided_copy(ctx, ctx.input(0), offset, strides, ctx.output(0));
+}
+
+// slice_grad(dy, x): zeros shaped like x with dy written where the slice came from.
+void slice_grad_cpu(KernelContext& ctx) {
+  Tensor& dx = ctx.output(0);
+  std::memset(dx.raw_data(), 0, dx.nbytes());
+  std::vector<int64_t> strides;
+  int64_t offset = slice_view(ctx, dx.shape(), &strides);
+  strided_scatter(ctx, ctx.input(0), dx, offset, strides);
 }
 
 KILN_OP(slice)
@@ -64,7 +81,30 @@ KILN_OP(slice)
     .attr("end", AttrType::integers)
     .attr("step", std::vector<int64_t>{})
     .infer(infer_slice)
-    .kernel(DeviceKind::cpu, slice_cpu);
+    .kernel(DeviceKind::cpu, slice_cpu)
+    .grad([](GradContext& c) -> GradList {
+      return {c.graph().add("slice_grad", {c.grad_output(), c.input(0)},
+                            {{"begin", c.attr<std::vector<int64_t>>("begin")},
+                             {"end", c.attr<std::vector<int64_t>>("end")},
+                             {"step", c.attr<std::vector<int64_t>>("step")}})};
+    });
+
+KILN_OP(slice_grad)
+    .input("dy")
+    .input("x")
+    .attr("begin", AttrType::integers)
+    .attr("end", AttrType::integers)
+    .attr("step", std::vector<int64_t>{})
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      ctx.expect_same_dtype(0, 1);
+      return {ctx.input(1)};
+    })
+    .kernel(DeviceKind::cpu, slice_grad_cpu)
+    .grad([](GradContext& c) -> GradList {
+      return {slice(c.grad_output(), c.attr<std::vector<int64_t>>("begin"),
+                    c.attr<std::vector<int64_t>>("end"), c.attr<std::vector<int64_t>>("step")),
+              Value()};
+    });
 
 // ---- gather: out[o, j, i] = params[o, indices[j], i] with params viewed as [outer, n, inner].
 std::vector<TensorType> infer_gather(const InferContext& ctx) {
@@ -122,7 +162,63 @@ KILN_OP(gather)
     .input("indices")
     .attr("axis", int64_t{0})
     .infer(infer_gather)
-    .kernel(DeviceKind::cpu, gather_cpu);
+    .kernel(DeviceKind::cpu, gather_cpu)
+    // y = params[indices]    dparams = zeros with dy added at each index (repeats add up)
+    .grad([](GradContext& c) -> GradList {
+      return {c.graph().add("gather_grad", {c.grad_output(), c.input(1), c.input(0)},
+                            {{"axis", c.attr<int64_t>("axis")}}),
+              Value()};
+    });
+
+template <typename T, typename Index>
+void gather_grad_typed(KernelContext& ctx, const Tensor& dy, const Tensor& indices, Tensor& dx,
+                       int64_t axis) {
+  const Shape& ps = dx.shape();
+  int64_t outer = 1, inner = 1, n = ps[axis];
+  for (int64_t i = 0; i < axis; ++i) outer *= ps[i];
+  for (int64_t i = axis + 1; i < ps.rank(); ++i) inner *= ps[i];
+  const int64_t count = indices.numel();
+  const Index* idx = indices.data<Index>();
+  const T* g = dy.data<T>();
+  T* out = dx.data<T>();
+  std::fill(out, out + dx.numel(), T(0));
+  // Parallel over `outer` only: repeated indices within a row add up in order.
+  ctx.parallel_for(outer, count * inner, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t j = 0; j < count; ++j) {
+        int64_t i = idx[j] < 0 ? idx[j] + n : idx[j];
+        if (i < 0 || i >= n) continue;  // the forward gather already reported it
+        T* row = out + (o * n + i) * inner;
+        const T* src = g + (o * count + j) * inner;
+        for (int64_t k = 0; k < inner; ++k) row[k] += src[k];
+      }
+  });
+}
+
+KILN_OP(gather_grad)
+    .input("dy")
+    .input("indices")
+    .input("params")
+    .attr("axis", int64_t{0})
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> { return {ctx.input(2)}; })
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
+      const Tensor& dy = ctx.input(0);
+      const Tensor& indices = ctx.input(1);
+      Tensor& dx = ctx.output(0);
+      int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), dx.rank(), ctx.where());
+      dispatch_cpu(dy.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        if constexpr (std::is_floating_point_v<T>) {
+          if (indices.dtype() == i32)
+            gather_grad_typed<T, int32_t>(ctx, dy, indices, dx, axis);
+          else
+            gather_grad_typed<T, int64_t>(ctx, dy, indices, dx, axis);
+        }
+      });
+    }, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {gather(c.grad_output(), c.input(1), c.attr<int64_t>("axis")), Value(), Value()};
+    });
 
 }  // namespace
 }  // namespace ops

@@ -8,7 +8,8 @@ namespace kiln::ops {
 
 namespace {
 // Elements are copied as unsigned integers of their size, so one loop serves every dtype.
-template <typename Word>
+// Copies between a dense tensor of `dims` and a strided view; kScatter picks the direction.
+template <bool kScatter, typename Word>
 void copy_rows(const KernelContext& ctx, const Word* src, Word* out, int64_t offset,
                const std::vector<int64_t>& dims, const std::vector<int64_t>& strides) {
   const int64_t rank = static_cast<int64_t>(dims.size());
@@ -23,40 +24,59 @@ void copy_rows(const KernelContext& ctx, const Word* src, Word* out, int64_t off
         at += (rest % dims[d]) * strides[d];
         rest /= dims[d];
       }
-      Word* o = out + row * inner;
-      const Word* s = src + at;
-      if (inner_stride == 1) {
-        std::memcpy(o, s, inner * sizeof(Word));
+      if constexpr (kScatter) {
+        const Word* s = src + row * inner;
+        Word* o = out + at;
+        for (int64_t j = 0; j < inner; ++j) o[j * inner_stride] = s[j];
       } else {
-        for (int64_t j = 0; j < inner; ++j) o[j] = s[j * inner_stride];
+        Word* o = out + row * inner;
+        const Word* s = src + at;
+        if (inner_stride == 1) {
+          std::memcpy(o, s, inner * sizeof(Word));
+        } else {
+          for (int64_t j = 0; j < inner; ++j) o[j] = s[j * inner_stride];
+        }
       }
     }
   });
 }
 }  // namespace
 
+namespace {
+template <bool kScatter>
+void strided(const KernelContext& ctx, const Tensor& dense_or_src, void* out, const void* in,
+             int64_t offset, const std::vector<int64_t>& dims, const std::vector<int64_t>& strides) {
+  switch (dtype_size(dense_or_src.dtype())) {
+    case 1:
+      copy_rows<kScatter>(ctx, static_cast<const uint8_t*>(in), static_cast<uint8_t*>(out), offset,
+                          dims, strides);
+      break;
+    case 2:
+      copy_rows<kScatter>(ctx, static_cast<const uint16_t*>(in), static_cast<uint16_t*>(out),
+                          offset, dims, strides);
+      break;
+    case 4:
+      copy_rows<kScatter>(ctx, static_cast<const uint32_t*>(in), static_cast<uint32_t*>(out),
+                          offset, dims, strides);
+      break;
+    default:
+      copy_rows<kScatter>(ctx, static_cast<const uint64_t*>(in), static_cast<uint64_t*>(out),
+                          offset, dims, strides);
+      break;
+  }
+}
+}  // namespace
+
 void strided_copy(const KernelContext& ctx, const Tensor& src, int64_t offset,
                   const std::vector<int64_t>& strides, Tensor& out) {
   if (out.numel() == 0) return;
-  const std::vector<int64_t>& dims = out.shape().dims();
-  switch (dtype_size(src.dtype())) {
-    case 1:
-      copy_rows(ctx, static_cast<const uint8_t*>(src.raw_data()),
-                static_cast<uint8_t*>(out.raw_data()), offset, dims, strides);
-      break;
-    case 2:
-      copy_rows(ctx, static_cast<const uint16_t*>(src.raw_data()),
-                static_cast<uint16_t*>(out.raw_data()), offset, dims, strides);
-      break;
-    case 4:
-      copy_rows(ctx, static_cast<const uint32_t*>(src.raw_data()),
-                static_cast<uint32_t*>(out.raw_data()), offset, dims, strides);
-      break;
-    default:
-      copy_rows(ctx, static_cast<const uint64_t*>(src.raw_data()),
-                static_cast<uint64_t*>(out.raw_data()), offset, dims, strides);
-      break;
-  }
+  strided<false>(ctx, src, out.raw_data(), src.raw_data(), offset, out.shape().dims(), strides);
+}
+
+void strided_scatter(const KernelContext& ctx, const Tensor& src, Tensor& dst, int64_t offset,
+                     const std::vector<int64_t>& strides) {
+  if (src.numel() == 0) return;
+  strided<true>(ctx, src, dst.raw_data(), src.raw_data(), offset, src.shape().dims(), strides);
 }
 
 void permute_copy(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& perm,

@@ -12,4 +12,9 @@ namespace kiln::ops {
 void strided_copy(const KernelContext& ctx, const Tensor& src, int64_t offset,
                   const std::vector<int64_t>& strides, Tensor& out);
 
+/// The inverse: dst[offset + i0 * strides[0] + ...] = src[i0, i1, ...] for every index of `src`
+/// (dst allocated, same dtype). Elements of dst not addressed are left as they are.
+void strided_scatter(const KernelContext& ctx, const Tensor& src, Tensor& dst, int64_t offset,
+                     const std::vector<int64_t>& strides);
+
 }  // namespace kiln::ops

@@ -1,6 +1,8 @@
 // Elementwise binary ops with broadcasting (rows of KILN_BINARY_OPS and KILN_COMPARE_OPS),
 // `where`, and the Value operators.
+#include "framework/gradient.h"
 #include "framework/kernel.h"
+#include "ops/array.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
 #include "ops/math/elementwise.h"
@@ -39,11 +41,60 @@ void binary_cpu(KernelContext& ctx) {
   });
 }
 
+// Gradients. a and b broadcast to y, so each partial is summed back to its input's shape.
+Value unbroadcast(const Value& grad, const Value& like) {
+  if (grad.shape() == like.shape() && like.shape().is_known()) return grad;
+  return sum_to(grad, like);
+}
+Value zero(const Value& like) { return like.graph()->scalar(0, like.dtype()); }
+
+// y = a + b       da = dy, db = dy
+GradList grad_add(GradContext& c) {
+  Value dy = c.grad_output();
+  return {unbroadcast(dy, c.input(0)), unbroadcast(dy, c.input(1))};
+}
+// y = a - b       da = dy, db = -dy
+GradList grad_sub(GradContext& c) {
+  Value dy = c.grad_output();
+  return {unbroadcast(dy, c.input(0)), unbroadcast(-dy, c.input(1))};
+}
+// y = a b         da = dy b, db = dy a
+GradList grad_mul(GradContext& c) {
+  Value dy = c.grad_output(), a = c.input(0), b = c.input(1);
+  return {unbroadcast(dy * b, a), unbroadcast(dy * a, b)};
+}
+// y = a / b       da = dy / b, db = -dy a / b^2 = -dy y / b
+GradList grad_div(GradContext& c) {
+  Value dy = c.grad_output(), a = c.input(0), b = c.input(1);
+  return {unbroadcast(dy / b, a), unbroadcast(-(dy * c.output()) / b, b)};
+}
+// y = a^b         da = dy b a^(b-1)  (0 where b == 0)
+//                 db = dy y ln a     (0 where a == 0, as torch)
+GradList grad_pow(GradContext& c) {
+  Value dy = c.grad_output(), a = c.input(0), b = c.input(1);
+  Value da = where(equal(b, zero(b)), zero(a), dy * b * pow(a, b - 1.0));
+  Value db = where(equal(a, zero(a)), zero(b), dy * c.output() * log(a));
+  return {unbroadcast(da, a), unbroadcast(db, b)};
+}
+// y = max(a, b)   the gradient goes to the larger input; ties split it in half (as torch)
+GradList grad_extreme(GradContext& c, bool is_max) {
+  Value dy = c.grad_output(), a = c.input(0), b = c.input(1);
+  Value a_wins = is_max ? greater(a, b) : less(a, b);
+  Value b_wins = is_max ? greater(b, a) : less(b, a);
+  Value tie = where(equal(a, b), dy * 0.5, zero(dy));
+  return {unbroadcast(where(a_wins, dy, tie), a), unbroadcast(where(b_wins, dy, tie), b)};
+}
+GradList grad_maximum(GradContext& c) { return grad_extreme(c, true); }
+GradList grad_minimum(GradContext& c) { return grad_extreme(c, false); }
+// gelu_grad is gelu's derivative; its own derivative (gelu's second) is not provided.
+const GradFn grad_gelu_grad = nullptr;
+
 #define KILN_REGISTER_BINARY(name, cls, expr)                                             \
   KILN_OP(name)                                                                           \
       .input("a")                                                                         \
       .input("b")                                                                         \
       .elementwise()                                                                      \
+      .grad(grad_##name)                                                                  \
       .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::cls, false); }) \
       .kernel(DeviceKind::cpu, binary_cpu<name##_fn, false>, cpu_dtypes_of(DTypeClass::cls));
 KILN_BINARY_OPS(KILN_REGISTER_BINARY)
@@ -54,6 +105,7 @@ KILN_BINARY_OPS(KILN_REGISTER_BINARY)
       .input("a")                                                                         \
       .input("b")                                                                         \
       .elementwise()                                                                      \
+      .no_gradient()                                                                      \
       .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::any, true); }) \
       .kernel(DeviceKind::cpu, binary_cpu<name##_fn, true>, cpu_dtypes_of(DTypeClass::any));
 KILN_COMPARE_OPS(KILN_REGISTER_COMPARE)
@@ -70,6 +122,12 @@ KILN_OP(where)
       ctx.expect_same_dtype(1, 2);
       Shape ab = broadcast_or_fail(ctx, ctx.shape(1), ctx.shape(2));
       return {{ctx.dtype(1), broadcast_or_fail(ctx, ctx.shape(0), ab)}};
+    })
+    // y = cond ? a : b     da = dy where cond, db = dy where not cond
+    .grad([](GradContext& c) -> GradList {
+      Value cond = c.input(0), a = c.input(1), b = c.input(2), dy = c.grad_output();
+      return {Value(), unbroadcast(where(cond, dy, zero(dy)), a),
+              unbroadcast(where(cond, zero(dy), dy), b)};
     })
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
       const Tensor& c = ctx.input(0);

@@ -55,6 +55,7 @@ KILN_HOST_DEVICE T power(T a, T b) {
 
 // Each row: X(name, dtype class, expression in x of type T).
 //   neg     y = -x
+//   sign    y = -1, 0 or 1
 //   abs     y = |x|
 //   square  y = x^2
 //   relu    y = max(x, 0)
@@ -62,6 +63,7 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //           default); the erfc form avoids cancellation for large negative x.
 #define KILN_UNARY_OPS(X)                                                  \
   X(neg, signed_, -x)                                                      \
+  X(sign, signed_, static_cast<T>((x > T(0)) - (x < T(0))))                \
   X(abs, signed_, x < T(0) ? -x : x)                                       \
   X(square, numeric, x * x)                                                \
   X(relu, signed_, x > T(0) ? x : T(0))                                    \
@@ -75,8 +77,18 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(sin, floating, sin(x))                                                 \
   X(cos, floating, cos(x))
 
+// d/dx gelu(x) = Phi(x) + x phi(x), Phi the standard normal CDF and phi its density.
+template <typename T>
+KILN_HOST_DEVICE T gelu_derivative(T x) {
+  using std::erfc, std::exp;
+  const T cdf = T(0.5) * erfc(-x * T(0.70710678118654752440));
+  const T pdf = exp(T(-0.5) * x * x) * T(0.39894228040143267794);
+  return cdf + x * pdf;
+}
+
 // Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum
-// propagate NaN from either side, as torch.maximum does.
+// propagate NaN from either side, as torch.maximum does. gelu_grad(x, dy) = dy * gelu'(x) is
+// gelu's gradient.
 #define KILN_BINARY_OPS(X)                       \
   X(add, numeric, a + b)                         \
   X(sub, numeric, a - b)                         \
@@ -84,7 +96,8 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(div, numeric, divide(a, b))                  \
   X(pow, numeric, power(a, b))                   \
   X(maximum, numeric, (a != a || a > b) ? a : b) \
-  X(minimum, numeric, (a != a || a < b) ? a : b)
+  X(minimum, numeric, (a != a || a < b) ? a : b) \
+  X(gelu_grad, floating, gelu_derivative(a) * b)
 
 // Each row: X(name, expression in a and b) giving bool.
 #define KILN_COMPARE_OPS(X) \

@@ -6,7 +6,9 @@
 #include <atomic>
 #include <cstring>
 
+#include "framework/gradient.h"
 #include "framework/kernel.h"
+#include "ops/array.h"
 #include "ops/math.h"
 
 namespace kiln {
@@ -120,6 +122,34 @@ KILN_OP(matmul)
     .attr("transpose_a", false)
     .attr("transpose_b", false)
     .infer(infer_matmul)
+    // C = op(A) op(B). With dC the output gradient:
+    //   C = A B:      dA = dC B^T,   dB = A^T dC
+    //   C = A^T B:    dA = B dC^T,   dB = A dC
+    //   C = A B^T:    dA = dC B,     dB = dC^T A
+    //   C = A^T B^T:  dA = B^T dC^T, dB = dC^T A^T
+    // then summed over batch dims that were broadcast.
+    .grad([](GradContext& c) -> GradList {
+      Value a = c.input(0), b = c.input(1), dc = c.grad_output();
+      bool ta = c.attr<bool>("transpose_a"), tb = c.attr<bool>("transpose_b");
+      Value da, db;
+      if (!ta && !tb) {
+        da = matmul(dc, b, false, true);
+        db = matmul(a, dc, true, false);
+      } else if (ta && !tb) {
+        da = matmul(b, dc, false, true);
+        db = matmul(a, dc, false, false);
+      } else if (!ta && tb) {
+        da = matmul(dc, b, false, false);
+        db = matmul(dc, a, true, false);
+      } else {
+        da = matmul(b, dc, true, true);
+        db = matmul(dc, a, true, true);
+      }
+      auto fit = [](const Value& g, const Value& like) {
+        return g.shape() == like.shape() && like.shape().is_known() ? g : sum_to(g, like);
+      };
+      return {fit(da, a), fit(db, b)};
+    })
     .kernel(DeviceKind::cpu, matmul_cpu, {f32, f64});
 
 }  // namespace

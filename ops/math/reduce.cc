@@ -5,7 +5,9 @@
 #include <cmath>
 #include <limits>
 
+#include "framework/gradient.h"
 #include "framework/kernel.h"
+#include "ops/array.h"
 #include "ops/array/permute.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
@@ -162,9 +164,39 @@ void reduce_cpu(KernelContext& ctx) {
   });
 }
 
+// Gradients. dy has y's shape; with keepdims off it first gets the reduced dims back (size 1)
+// and is then broadcast to x's shape.
+Value expand_like_input(GradContext& c, const Value& dy) {
+  const Value x = c.input(0);
+  if (c.attr<bool>("keepdims")) return broadcast_like(dy, x);
+  std::vector<int64_t> axes = reduced_axes(nullptr, c.attr<std::vector<int64_t>>("axes"),
+                                           x.shape().rank(), "[grad] " + c.node().name());
+  return broadcast_like(axes.empty() ? dy : expand_dims(dy, axes), x);
+}
+// y = sum x        dx = dy (broadcast)
+GradList grad_sum(GradContext& c) { return {expand_like_input(c, c.grad_output())}; }
+// y = mean x       dx = dy / n, n = elements per output = numel(x) / numel(y)
+GradList grad_mean(GradContext& c) {
+  Value x = c.input(0), y = c.output();
+  Value n = numel(x, x.dtype()) / numel(y, x.dtype());
+  return {expand_like_input(c, c.grad_output() / n)};
+}
+// y = max x        dx = dy / k at the k elements equal to the maximum, 0 elsewhere (as
+//                  torch.amax); min alike.
+GradList grad_extreme(GradContext& c) {
+  Value x = c.input(0);
+  Value mask = cast(equal(x, expand_like_input(c, c.output())), x.dtype());
+  Value count = c.graph().add("sum", {mask},
+                              {{"axes", c.attr<std::vector<int64_t>>("axes")},
+                               {"keepdims", c.attr<bool>("keepdims")}});
+  return {mask * expand_like_input(c, c.grad_output() / count)};
+}
+GradFn grad_max = grad_extreme, grad_min = grad_extreme;
+
 #define KILN_REGISTER_REDUCTION(name, cls)                                               \
   KILN_OP(name)                                                                          \
       .input("x")                                                                        \
+      .grad(grad_##name)                                                                 \
       .attr("axes", std::vector<int64_t>{})                                              \
       .attr("keepdims", false)                                                           \
       .infer([](const InferContext& c) { return infer_reduce(c, Reduction::name); })    \
@@ -221,12 +253,14 @@ KILN_OP(argmax)
     .input("x")
     .attr("axis", AttrType::integer)
     .attr("keepdims", false)
+    .no_gradient()
     .infer(infer_arg)
     .kernel(DeviceKind::cpu, arg_cpu<true>, cpu_dtypes_of(DTypeClass::numeric));
 KILN_OP(argmin)
     .input("x")
     .attr("axis", AttrType::integer)
     .attr("keepdims", false)
+    .no_gradient()
     .infer(infer_arg)
     .kernel(DeviceKind::cpu, arg_cpu<false>, cpu_dtypes_of(DTypeClass::numeric));
 

@@ -1,4 +1,5 @@
 // Elementwise unary ops, one registration per row of KILN_UNARY_OPS (ops/math/elementwise.h).
+#include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
@@ -26,10 +27,56 @@ std::vector<TensorType> infer_unary(const InferContext& ctx, DTypeClass cls) {
   return {ctx.input(0)};
 }
 
+// Gradients: x is the input, y the output, dy = dL/dy.
+Value zero(const Value& like) { return like.graph()->scalar(0, like.dtype()); }
+// y = -x          dx = -dy
+GradList grad_neg(GradContext& c) { return {-c.grad_output()}; }
+// y = sign(x)     dx = 0 (almost everywhere)
+GradList grad_sign(GradContext&) { return {Value()}; }
+// y = |x|         dx = dy sign(x)
+GradList grad_abs(GradContext& c) { return {c.grad_output() * sign(c.input(0))}; }
+// y = x^2         dx = 2 x dy
+GradList grad_square(GradContext& c) { return {c.grad_output() * (c.input(0) * 2.0)}; }
+// y = max(x, 0)   dx = dy where x > 0
+GradList grad_relu(GradContext& c) {
+  Value x = c.input(0);
+  return {where(greater(x, zero(x)), c.grad_output(), zero(x))};
+}
+// y = e^x         dx = dy y
+GradList grad_exp(GradContext& c) { return {c.grad_output() * c.output()}; }
+// y = ln x        dx = dy / x
+GradList grad_log(GradContext& c) { return {c.grad_output() / c.input(0)}; }
+// y = sqrt x      dx = dy / (2 y)
+GradList grad_sqrt(GradContext& c) { return {c.grad_output() / (c.output() * 2.0)}; }
+// y = x^-1/2      dx = -1/2 x^-3/2 dy = -1/2 y^3 dy
+GradList grad_rsqrt(GradContext& c) {
+  Value y = c.output();
+  return {c.grad_output() * (y * y * y * -0.5)};
+}
+// y = tanh x      dx = dy (1 - y^2)
+GradList grad_tanh(GradContext& c) {
+  Value y = c.output();
+  return {c.grad_output() * (1.0 - y * y)};
+}
+// y = sigmoid x   dx = dy y (1 - y)
+GradList grad_sigmoid(GradContext& c) {
+  Value y = c.output();
+  return {c.grad_output() * (y * (1.0 - y))};
+}
+// y = gelu x      dx = dy (Phi(x) + x phi(x))
+GradList grad_gelu(GradContext& c) {
+  return {c.graph().add("gelu_grad", {c.input(0), c.grad_output()})};
+}
+// y = sin x       dx = dy cos x
+GradList grad_sin(GradContext& c) { return {c.grad_output() * cos(c.input(0))}; }
+// y = cos x       dx = -dy sin x
+GradList grad_cos(GradContext& c) { return {-(c.grad_output() * sin(c.input(0)))}; }
+
 #define KILN_REGISTER_UNARY(name, cls, expr)                                   \
   KILN_OP(name)                                                                \
       .input("x")                                                              \
       .elementwise()                                                           \
+      .grad(grad_##name)                                                       \
       .infer([](const InferContext& c) { return infer_unary(c, DTypeClass::cls); }) \
       .kernel(DeviceKind::cpu, unary_cpu<name##_fn>, cpu_dtypes_of(DTypeClass::cls));
 KILN_UNARY_OPS(KILN_REGISTER_UNARY)

@@ -1,0 +1,136 @@
+// Reverse-mode differentiation over the graph. Node ids are a topological order (Graph's
+// invariant), so one backward sweep in decreasing id order visits every node after all of
+// its consumers, when its output gradients are complete.
+#include "autograd/gradients.h"
+
+#include <unordered_map>
+
+#include "framework/gradient.h"
+
+namespace kiln {
+
+namespace {
+
+// "y <- a <- b": the consumers through which the gradient reached `id`, back to y.
+std::string path_to(const Graph& g, int32_t id, const std::vector<int32_t>& reached_from) {
+  std::string path = g.node(id).name();
+  for (int32_t at = reached_from[id]; at >= 0; at = reached_from[at])
+    path = g.node(at).name() + " <- " + path;
+  return path;
+}
+
+Value sum_of(Graph& g, std::vector<Value>& parts) {
+  if (parts.size() == 1) return parts[0];
+  return g.add("add_n", parts);
+}
+
+}  // namespace
+
+std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value dy) {
+  KILN_CHECK(y.defined(), GraphError, "[autograd] y is an undefined Value");
+  Graph& g = *y.graph();
+  KILN_CHECK(is_floating(y.dtype()), GraphError, "[autograd] cannot differentiate ", y.name(),
+             " of dtype ", y.dtype());
+  for (const Value& x : xs) {
+    KILN_CHECK(x.defined() && x.graph() == &g, GraphError, "[autograd] an x is not a value of ",
+               y.name(), "'s graph");
+    KILN_CHECK(is_floating(x.dtype()), GraphError, "[autograd] cannot differentiate with respect to ",
+               x.name(), " of dtype ", x.dtype());
+  }
+  if (dy.defined()) {
+    KILN_CHECK(dy.graph() == &g && dy.dtype() == y.dtype() && dy.shape().compatible_with(y.shape()),
+               GraphError, "[autograd] dy (", dy.dtype(), dy.shape(), ") does not match y ",
+               y.name(), " (", y.dtype(), y.shape(), ")");
+  }
+
+  // Nodes that depend on some x (a forward sweep; ids are topological).
+  const int32_t n = y.node_id() + 1;
+  std::vector<char> from_x(n, 0);
+  int32_t lowest = n;
+  for (const Value& x : xs) {
+    if (x.node_id() < n) from_x[x.node_id()] = 1;
+    lowest = std::min(lowest, x.node_id());
+  }
+  for (int32_t id = lowest; id < n; ++id) {
+    if (from_x[id]) continue;
+    for (OutputRef in : g.node(id).inputs())
+      if (from_x[in.node]) {
+        from_x[id] = 1;
+        break;
+      }
+  }
+
+  // Accumulated partial gradients per output, and who passed the gradient down (for paths).
+  std::unordered_map<int64_t, std::vector<Value>> partials;
+  auto key = [](OutputRef r) { return (int64_t{r.node} << 20) | r.index; };
+  std::vector<int32_t> reached_from(n, -1);
+
+  NameScope scope(g, "gradients");
+  if (from_x[y.node_id()]) {
+    partials[key(y.ref())].push_back(
+        dy.defined() ? dy : g.add("full_like", {y}, {{"value", 1.0}}, {.name = "dy"}));
+  }
+  std::unordered_map<int64_t, Value> result;  // x ref -> its total gradient
+  std::vector<char> is_x(n, 0);
+  for (const Value& x : xs)
+    if (x.node_id() < n) is_x[x.node_id()] = 1;
+
+  for (int32_t id = y.node_id(); id >= lowest; --id) {
+    if (!from_x[id]) continue;
+    const Node& node = g.node(id);
+    std::vector<Value> grad_outputs(node.num_outputs());
+    bool any = false;
+    for (int32_t i = 0; i < node.num_outputs(); ++i) {
+      auto it = partials.find(key(OutputRef{id, i}));
+      if (it == partials.end()) continue;
+      grad_outputs[i] = sum_of(g, it->second);
+      any = true;
+      partials.erase(it);
+      if (is_x[id]) result[key(OutputRef{id, i})] = grad_outputs[i];
+    }
+    if (!any) continue;
+    // Inputs that need a gradient: floating, and depending on some x.
+    std::vector<int> wanted;
+    for (size_t i = 0; i < node.inputs().size(); ++i) {
+      OutputRef in = node.inputs()[i];
+      if (from_x[in.node] && is_floating(g.node(in.node).outputs()[in.index].dtype))
+        wanted.push_back(static_cast<int>(i));
+    }
+    if (wanted.empty() || node.op().has_no_gradient()) continue;
+    if (!node.op().grad_fn())
+      throw GraphError(str("[autograd] op '", node.op_name(), "' (node '", node.name(),
+                           "') has no gradient; path from y: ", path_to(g, id, reached_from)));
+    GradList grads;
+    {
+      NameScope node_scope(g, node.name());
+      GradContext ctx(g, node, std::move(grad_outputs));
+      grads = node.op().grad_fn()(ctx);
+    }
+    KILN_DASSERT(grads.size() == node.inputs().size());
+    for (int i : wanted) {
+      if (i >= static_cast<int>(grads.size()) || !grads[i].defined()) continue;
+      OutputRef in = node.inputs()[i];
+      partials[key(in)].push_back(grads[i]);
+      if (reached_from[in.node] < 0) reached_from[in.node] = id;
+    }
+  }
+
+  std::vector<Value> out;
+  for (const Value& x : xs) {
+    auto it = result.find(key(x.ref()));
+    if (it != result.end()) {
+      out.push_back(it->second);
+    } else {
+      auto pending = partials.find(key(x.ref()));  // x below `lowest` is impossible; y == x
+      out.push_back(pending != partials.end() ? sum_of(g, pending->second)
+                                              : g.add("full_like", {x}, {{"value", 0.0}}));
+    }
+  }
+  return out;
+}
+
+Value stop_gradient(const Value& x) {
+  return common_graph("stop_gradient", {&x}).add("stop_gradient", {x});
+}
+
+}  // namespace kiln

@@ -1,0 +1,39 @@
+// GradContext: what an op's gradient function sees while autograd builds the backward graph.
+#pragma once
+
+#include <vector>
+
+#include "framework/graph.h"
+
+namespace kiln {
+
+/// One Value per input of a node: its gradient, or an undefined Value for none.
+using GradList = std::vector<Value>;
+
+/// The node being differentiated, its inputs and outputs as Values, and dL/d(outputs).
+class GradContext {
+ public:
+  GradContext(Graph& graph, const Node& node, std::vector<Value> grad_outputs)
+      : graph_(graph), node_(node), grad_outputs_(std::move(grad_outputs)) {}
+
+  Graph& graph() const { return graph_; }
+  const Node& node() const { return node_; }
+  int num_inputs() const { return static_cast<int>(node_.inputs().size()); }
+  Value input(int i) const { return graph_.value(node_.inputs()[i]); }
+  Value output(int i = 0) const { return graph_.value(OutputRef{node_.id(), i}); }
+  /// True when some path from y reaches output `i`.
+  bool has_grad_output(int i) const { return grad_outputs_[i].defined(); }
+  /// dL/d(output i); zeros shaped like the output when no gradient reached it.
+  Value grad_output(int i = 0);
+  template <typename T>
+  const T& attr(const std::string& name) const {
+    return node_.attr<T>(name);
+  }
+
+ private:
+  Graph& graph_;
+  const Node& node_;
+  std::vector<Value> grad_outputs_;
+};
+
+}  // namespace kiln
