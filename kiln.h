@@ -1,6 +1,7 @@
 // Kiln: the whole public API. `#include <kiln/kiln.h>`.
 #pragma once
 
+#include "framework/data.h"
 #include "framework/device.h"
 #include "framework/dtype.h"
 #include "framework/error.h"
@@ -11,5 +12,8 @@
 #include "framework/tensor.h"
 #include "ops/array.h"
 #include "ops/math.h"
+#include "ops/nn.h"
+#include "ops/state.h"
 #include "autograd/gradients.h"
+#include "autograd/optim.h"
 #include "runtime/session.h"

@@ -1,6 +1,7 @@
 # Third-party libraries from Debian's packages (tools/kiln-dev installs them when missing).
 find_package(Threads REQUIRED)
 find_package(Protobuf REQUIRED)
+find_package(ZLIB REQUIRED)  # gzip-compressed datasets
 
 # CPU matmul goes through OpenBLAS's cblas (DESIGN.md: faster than oneDNN on our machines).
 find_path(KILN_CBLAS_INCLUDE_DIR cblas.h

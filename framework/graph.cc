@@ -27,6 +27,26 @@ Value Graph::constant(const Tensor& value, const std::string& name) {
   return add("constant", {}, {{"value", value.clone()}}, {.name = name});
 }
 
+Value Graph::variable(const std::string& name, const Shape& shape,
+                      const Initializer& initializer, DType dtype, bool trainable) {
+  return add("variable", {},
+             {{"dtype", dtype},
+              {"shape", shape},
+              {"init", initializer.kind},
+              {"init_args", initializer.args},
+              {"seed", initializer.seed},
+              {"trainable", trainable}},
+             {.name = name, .exact_name = true});
+}
+
+std::vector<Value> Graph::variables(bool trainable_only) {
+  std::vector<Value> out;
+  for (const auto& node : nodes_)
+    if (node->op_name() == "variable" && (!trainable_only || node->attr<bool>("trainable")))
+      out.emplace_back(this, OutputRef{node->id(), 0});
+  return out;
+}
+
 Value Graph::scalar(double value, DType dtype) {
   return constant(Tensor::full(dtype, Shape{}, value), "scalar");
 }
@@ -85,6 +105,11 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
     input_types.push_back(v.node().outputs()[v.index()]);
     refs.push_back(v.ref());
   }
+  // An op that writes into an input may only write into a variable's state.
+  for (int i : op->mutated_inputs())
+    if (i < static_cast<int>(inputs.size()) && inputs[i].node().op_name() != "variable")
+      fail("input '", op->inputs()[i], "' must be a variable, got ", inputs[i].name(), " (",
+           inputs[i].node().op_name(), ")");
 
   // Attributes: only declared ones, each of its declared type; defaults fill the rest.
   for (auto& [key, value] : attrs) {

@@ -12,6 +12,7 @@
 #include "framework/attr.h"
 #include "framework/op_registry.h"
 #include "framework/tensor.h"
+#include "framework/variables.h"
 
 namespace kiln {
 
@@ -112,6 +113,12 @@ class Graph {
   Value placeholder(const std::string& name, DType dtype, const Shape& shape);
   /// A constant holding `value` (copied into the graph).
   Value constant(const Tensor& value, const std::string& name = "");
+  /// A variable: state that lives in the Session, starts as `initializer` says, and is changed
+  /// by optimizer and assign ops. `trainable` variables are what optimizers update by default.
+  Value variable(const std::string& name, const Shape& shape, const Initializer& initializer,
+                 DType dtype = DType::f32, bool trainable = true);
+  /// Every variable, in creation order (trainable_only: only those marked trainable).
+  std::vector<Value> variables(bool trainable_only = false);
   /// A rank-0 constant of `dtype` holding `value`.
   Value scalar(double value, DType dtype);
 

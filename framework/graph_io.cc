@@ -19,6 +19,8 @@ namespace {
 // Graph files larger than this are refused before reading (a corrupt size, not a model).
 constexpr size_t kMaxGraphFileBytes = size_t{2} << 30;
 
+}  // namespace
+
 void tensor_to_proto(const Tensor& t, proto::TensorProto* out) {
   out->set_dtype(static_cast<int32_t>(t.dtype()));
   for (int64_t d : t.shape()) out->add_dims(d);
@@ -52,6 +54,8 @@ Tensor tensor_from_proto(const proto::TensorProto& p, const std::string& where) 
   }
   return t;
 }
+
+namespace {
 
 void attr_to_proto(const AttrValue& value, proto::AttrValue* out) {
   std::visit(

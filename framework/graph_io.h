@@ -10,6 +10,7 @@ namespace kiln {
 
 namespace proto {
 class GraphDef;
+class TensorProto;
 }
 
 /// The graph file format version this build writes and the oldest it reads.
@@ -44,6 +45,12 @@ std::unique_ptr<Graph> load_graph(const std::string& path, GraphFormat format = 
 
 /// The text form of a graph (protobuf text format), as `kiln-graph --text` prints it.
 std::string graph_to_text(const Graph& graph);
+
+/// A tensor's protobuf form (dtype, dims, little-endian bytes).
+void tensor_to_proto(const Tensor& tensor, proto::TensorProto* out);
+/// Reads a TensorProto, checking dtype, dims and byte count before allocating; `where` starts
+/// every error message. Throws kiln::FileError.
+Tensor tensor_from_proto(const proto::TensorProto& proto, const std::string& where);
 
 /// Writes `data` to `path` through a temporary file in the same folder and a rename, so
 /// readers see the old file or the new one, never half of one. Throws kiln::FileError.

@@ -16,6 +16,11 @@ void KernelContext::set_output(int i, Tensor tensor) {
   outputs_[i] = std::move(tensor);
 }
 
+VariableStore& KernelContext::variables() const {
+  KILN_CHECK(variables_ != nullptr, Error, where(), ": no variable store in this executor");
+  return *variables_;
+}
+
 void KernelContext::parallel_for(int64_t n, int64_t cost,
                                  const std::function<void(int64_t, int64_t)>& fn) const {
   constexpr int64_t kWorkPerRange = 32768;

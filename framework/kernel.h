@@ -16,9 +16,9 @@ class KernelContext {
  public:
   KernelContext(const Node& node, std::span<const Tensor> inputs,
                 std::span<const TensorType> output_types, std::span<Tensor> outputs,
-                ThreadPool& pool)
+                ThreadPool& pool, VariableStore* variables = nullptr)
       : node_(node), inputs_(inputs), output_types_(output_types), outputs_(outputs),
-        pool_(pool) {}
+        pool_(pool), variables_(variables) {}
 
   const Node& node() const { return node_; }
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
@@ -38,6 +38,8 @@ class KernelContext {
   std::string where() const { return str("[", node_.op_name(), "] ", node_.name()); }
 
   ThreadPool& pool() const { return pool_; }
+  /// The session's variables (for the variable op); throws when the executor has none.
+  VariableStore& variables() const;
   /// pool().parallel_for with a grain chosen so each range holds about 32K units of work
   /// (`cost` units per item).
   void parallel_for(int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) const;
@@ -48,6 +50,7 @@ class KernelContext {
   std::span<const TensorType> output_types_;
   std::span<Tensor> outputs_;
   ThreadPool& pool_;
+  VariableStore* variables_;
 };
 
 }  // namespace kiln

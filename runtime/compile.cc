@@ -1,5 +1,6 @@
 // compile_plan: prune, check feeds, infer concrete shapes, pick kernels, compute liveness.
 #include <algorithm>
+#include <queue>
 #include <unordered_map>
 
 #include "runtime/plan.h"
@@ -93,9 +94,62 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   };
   for (const FeedSpec& f : feeds) plan.feed_slots.push_back(new_slot(f.value.ref(), f.type));
 
-  // Node ids are a topological order (Graph's invariant), so one pass in id order works.
-  for (int32_t id = 0; id < graph.num_nodes(); ++id) {
-    if (reason[id] < 0) continue;
+  // Order: data dependencies, plus "every other reader of a variable runs before an op that
+  // writes into it" (and writers of one variable run in id order). Kahn's algorithm with the
+  // smallest id first keeps the order deterministic and close to the build order.
+  std::vector<int32_t> needed;
+  for (int32_t id = 0; id < graph.num_nodes(); ++id)
+    if (reason[id] >= 0) needed.push_back(id);
+  std::unordered_map<int32_t, std::vector<int32_t>> successors;
+  std::unordered_map<int32_t, int32_t> pending;
+  std::unordered_map<OutputRef, std::vector<int32_t>, RefHash> readers;
+  auto add_edge = [&](int32_t from, int32_t to) {
+    successors[from].push_back(to);
+    ++pending[to];
+  };
+  for (int32_t id : needed) {
+    pending[id] += 0;
+    for (OutputRef in : graph.node(id).inputs()) {
+      readers[in].push_back(id);
+      if (!fed.count(in)) add_edge(in.node, id);
+    }
+  }
+  for (int32_t id : needed) {
+    const Node& node = graph.node(id);
+    for (int index : node.op().mutated_inputs()) {
+      OutputRef state = node.inputs()[index];
+      for (int32_t reader : readers[state]) {
+        if (reader == id) continue;
+        const bool reader_writes = [&] {
+          for (int j : graph.node(reader).op().mutated_inputs())
+            if (graph.node(reader).inputs()[j] == state) return true;
+          return false;
+        }();
+        if (!reader_writes) add_edge(reader, id);
+        else if (reader < id) add_edge(reader, id);
+      }
+    }
+  }
+  std::priority_queue<int32_t, std::vector<int32_t>, std::greater<int32_t>> ready;
+  for (int32_t id : needed)
+    if (pending[id] == 0) ready.push(id);
+  std::vector<int32_t> order;
+  while (!ready.empty()) {
+    int32_t id = ready.top();
+    ready.pop();
+    order.push_back(id);
+    for (int32_t next : successors[id])
+      if (--pending[next] == 0) ready.push(next);
+  }
+  if (order.size() != needed.size()) {
+    for (int32_t id : needed)
+      if (pending[id] > 0)
+        throw GraphError(str("[session] node '", graph.node(id).name(),
+                             "' must both read a variable after it is updated and before; ",
+                             "fetch the update's output instead"));
+  }
+
+  for (int32_t id : order) {
     const Node& node = graph.node(id);
     if (node.op_name() == "placeholder")
       throw FeedError(str("[session] placeholder '", node.name(), "' (", node.outputs()[0].dtype,

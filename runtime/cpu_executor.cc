@@ -1,4 +1,5 @@
 // The CPU executor: runs a Plan's steps in order with intra-op parallel kernels.
+#include <algorithm>
 #include <new>
 
 #include "framework/kernel.h"
@@ -7,7 +8,8 @@
 namespace kiln {
 
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
-                                   const std::vector<Tensor>& feeds, ThreadPool& pool) {
+                                   const std::vector<Tensor>& feeds, ThreadPool& pool,
+                                   VariableStore& variables) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
   std::vector<Tensor> inputs, outputs;
@@ -16,7 +18,7 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
     inputs.clear();
     for (int32_t slot : step.input_slots) inputs.push_back(slots[slot]);
     outputs.assign(step.output_types.size(), Tensor());
-    KernelContext ctx(node, inputs, step.output_types, outputs, pool);
+    KernelContext ctx(node, inputs, step.output_types, outputs, pool, &variables);
     try {
       step.kernel(ctx);
       for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);  // allocate any left untouched
@@ -28,7 +30,13 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
     for (int32_t slot : step.release_after) slots[slot] = Tensor();
   }
   std::vector<Tensor> fetched;
-  for (int32_t slot : plan.fetch_slots) fetched.push_back(slots[slot]);
+  std::vector<const Storage*> state;
+  for (const std::string& name : variables.names()) state.push_back(variables.get(name).storage().get());
+  for (int32_t slot : plan.fetch_slots) {
+    const Tensor& t = slots[slot];
+    bool aliases_state = std::find(state.begin(), state.end(), t.storage().get()) != state.end();
+    fetched.push_back(aliases_state ? t.clone() : t);
+  }
   return fetched;
 }
 

@@ -52,7 +52,10 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
                      const std::vector<Value>& targets);
 
 /// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.
+/// Fetched tensors that share storage with a variable are copied, so later updates of the
+/// variable do not change what the caller holds.
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
-                                   const std::vector<Tensor>& feeds, ThreadPool& pool);
+                                   const std::vector<Tensor>& feeds, ThreadPool& pool,
+                                   VariableStore& variables);
 
 }  // namespace kiln

@@ -1,5 +1,7 @@
 #include "runtime/session.h"
 
+#include "runtime/checkpoint.h"
+
 namespace kiln {
 
 Session::Session(const Graph& graph, SessionOptions options)
@@ -38,7 +40,71 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
   std::vector<Tensor> tensors;
   tensors.reserve(feeds.size());
   for (const auto& feed : feeds) tensors.push_back(feed.second);
-  return execute_on_cpu(plan, graph_, tensors, *pool_);
+  return execute_on_cpu(plan, graph_, tensors, *pool_, variables_);
+}
+
+namespace {
+std::vector<Value> all_variables(const Graph& graph) {
+  std::vector<Value> out;
+  for (int32_t id = 0; id < graph.num_nodes(); ++id)
+    if (graph.node(id).op_name() == "variable")
+      out.emplace_back(const_cast<Graph*>(&graph), OutputRef{id, 0});
+  return out;
+}
+}  // namespace
+
+void Session::initialize_variables() {
+  std::vector<Value> vars = all_variables(graph_);
+  if (!vars.empty()) run({}, {}, vars);
+}
+
+Tensor Session::variable_value(const Value& var) {
+  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable",
+             Error, "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
+  return run({}, {var})[0];
+}
+
+void Session::set_variable(const Value& var, const Tensor& value) {
+  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable",
+             Error, "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
+  KILN_CHECK(value.dtype() == var.dtype() && value.shape() == var.shape(), FeedError,
+             "[session] variable '", var.name(), "' is ", var.dtype(), var.shape(), "; got ",
+             value.dtype(), value.shape());
+  std::lock_guard<std::mutex> lock(mutex_);
+  variables_.set(var.node().name(), value.clone());
+}
+
+void Session::save_checkpoint(const std::string& path) {
+  initialize_variables();
+  std::map<std::string, Tensor> tensors;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Value& var : all_variables(graph_))
+    tensors[var.node().name()] = variables_.get(var.node().name());
+  write_checkpoint(tensors, path);
+}
+
+void Session::restore_checkpoint(const std::string& path, bool strict) {
+  std::map<std::string, Tensor> loaded = read_checkpoint(path);
+  const std::string where = str("[checkpoint] ", path);
+  std::vector<Value> vars = all_variables(graph_);
+  for (const Value& var : vars) {
+    auto it = loaded.find(var.node().name());
+    KILN_CHECK(it != loaded.end(), FileError, where, ": variable '", var.node().name(),
+               "' of the graph is missing from the checkpoint");
+    KILN_CHECK(it->second.dtype() == var.dtype() && it->second.shape() == var.shape(), FileError,
+               where, ": variable '", var.node().name(), "' is ", it->second.dtype(),
+               it->second.shape(), " in the checkpoint but ", var.dtype(), var.shape(),
+               " in the graph");
+  }
+  if (strict) {
+    for (const auto& [name, _] : loaded) {
+      const Node* node = graph_.find_node(name);
+      KILN_CHECK(node && node->op_name() == "variable", FileError, where, ": the checkpoint has '",
+                 name, "', which is not a variable of the graph (restore with strict=false to ignore it)");
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Value& var : vars) variables_.set(var.node().name(), loaded.at(var.node().name()));
 }
 
 std::vector<Tensor> Session::run_signature(const std::string& name,

@@ -43,6 +43,20 @@ class Session {
   /// Runs signature `name` with `inputs` in the signature's input order; returns its outputs.
   std::vector<Tensor> run_signature(const std::string& name, const std::vector<Tensor>& inputs);
 
+  /// The current value of variable `var` (a copy); initializes it first if needed.
+  Tensor variable_value(const Value& var);
+  /// Overwrites variable `var` (dtype and shape must match).
+  void set_variable(const Value& var, const Tensor& value);
+  /// Gives every variable of the graph its initial value (where it has none yet).
+  void initialize_variables();
+  /// Writes every variable of the graph (weights, optimizer slots, step counter) to `path`
+  /// atomically. Throws kiln::FileError.
+  void save_checkpoint(const std::string& path);
+  /// Loads every variable of the graph from `path`. All checks (file, version, CRCs, that each
+  /// variable is present with its dtype and shape, and with `strict` that the file has no
+  /// others) pass before any variable changes. Throws kiln::FileError naming the problem.
+  void restore_checkpoint(const std::string& path, bool strict = true);
+
   /// Number of distinct plans compiled so far (one per fetch set and feed shapes).
   size_t num_compiled_plans() const { return plans_.size(); }
   const SessionOptions& options() const { return options_; }
@@ -55,6 +69,7 @@ class Session {
   SessionOptions options_;
   std::unique_ptr<ThreadPool> pool_;
   std::map<std::string, std::unique_ptr<Plan>> plans_;
+  VariableStore variables_;
   std::mutex mutex_;
 };
 

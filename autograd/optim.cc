@@ -1,0 +1,146 @@
+#include "autograd/optim.h"
+
+#include <cmath>
+
+#include "autograd/gradients.h"
+#include "ops/array.h"
+#include "ops/math.h"
+#include "ops/state.h"
+
+namespace kiln::optim {
+
+Schedule Schedule::step_decay(int64_t step_size, double gamma) {
+  Schedule s;
+  s.kind = Kind::step_decay;
+  s.step_size = step_size;
+  s.gamma = gamma;
+  return s;
+}
+
+Schedule Schedule::cosine(int64_t total_steps, double min_lr) {
+  Schedule s;
+  s.kind = Kind::cosine;
+  s.total_steps = total_steps;
+  s.min_lr = min_lr;
+  return s;
+}
+
+Schedule Schedule::with_warmup(int64_t steps) const {
+  Schedule s = *this;
+  s.warmup_steps = steps;
+  return s;
+}
+
+Value global_step(Graph& graph) {
+  if (const Node* node = graph.find_node("global_step")) {
+    KILN_CHECK(node->op_name() == "variable", GraphError,
+               "[optim] the node 'global_step' is not a variable");
+    return graph.value("global_step");
+  }
+  return graph.variable("global_step", Shape{}, init::zeros(), i64, /*trainable=*/false);
+}
+
+Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
+                    DType dtype) {
+  KILN_CHECK(base_lr > 0, GraphError, "[optim] learning rate must be > 0, got ", base_lr);
+  Value t = cast(step, dtype);
+  Value lr = graph.scalar(base_lr, dtype);
+  switch (schedule.kind) {
+    case Schedule::Kind::constant: break;
+    case Schedule::Kind::step_decay: {
+      KILN_CHECK(schedule.step_size > 0, GraphError, "[optim] step_decay needs step_size > 0");
+      Value decays = cast(step / static_cast<double>(schedule.step_size), dtype);  // floor: t >= 0
+      lr = lr * pow(graph.scalar(schedule.gamma, dtype), decays);
+      break;
+    }
+    case Schedule::Kind::cosine: {
+      KILN_CHECK(schedule.total_steps > 0, GraphError, "[optim] cosine needs total_steps > 0");
+      const double total = static_cast<double>(schedule.total_steps);
+      Value progress = minimum(t, graph.scalar(total, dtype)) * (M_PI / total);
+      lr = schedule.min_lr + (cos(progress) + 1.0) * (0.5 * (base_lr - schedule.min_lr));
+      break;
+    }
+  }
+  if (schedule.warmup_steps > 0) {
+    Value ramp = (t + 1.0) / static_cast<double>(schedule.warmup_steps);
+    lr = lr * minimum(ramp, graph.scalar(1, dtype));
+  }
+  return lr;
+}
+
+std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
+                                       Value* norm) {
+  KILN_CHECK(!grads.empty(), GraphError, "[optim] clip_by_global_norm of no gradients");
+  KILN_CHECK(max_norm > 0, GraphError, "[optim] max_norm must be > 0, got ", max_norm);
+  std::vector<Value> squares;
+  for (const Value& g : grads) squares.push_back(cast(sum(square(g)), f32));
+  Value total = sqrt(add_n(squares));
+  if (norm) *norm = total;
+  // scale = min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.
+  Graph& graph = *total.graph();
+  Value scale = minimum(graph.scalar(max_norm, f32) / (total + 1e-6), graph.scalar(1, f32));
+  std::vector<Value> out;
+  for (const Value& g : grads) out.push_back(g * cast(scale, g.dtype()));
+  return out;
+}
+
+Value Optimizer::slot(const Value& var, const std::string& suffix) {
+  return var.graph()->variable(var.node().name() + "/" + suffix, var.shape(), init::zeros(),
+                               var.dtype(), /*trainable=*/false);
+}
+
+Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
+  KILN_CHECK(loss.defined(), GraphError, "[optim] minimize of an undefined loss");
+  Graph& graph = *loss.graph();
+  if (vars.empty()) vars = graph.variables(/*trainable_only=*/true);
+  KILN_CHECK(!vars.empty(), GraphError, "[optim] the graph has no trainable variables");
+  for (const Value& v : vars)
+    KILN_CHECK(v.graph() == &graph && v.node().op_name() == "variable", GraphError, "[optim] ",
+               v.name(), " is not a variable of the loss's graph");
+  KILN_CHECK(loss.shape().rank() == 0 || (loss.shape().is_known() && loss.shape().numel() == 1),
+             GraphError, "[optim] the loss must be a scalar, got ", loss.shape(),
+             " (take its mean or sum)");
+  std::vector<Value> grads = gradients(loss, vars);
+  Value step = global_step(graph);
+  NameScope scope(graph, "optimizer");
+  if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
+  std::map<DType, Value> lr_by_dtype;
+  std::vector<Value> updates;
+  for (size_t i = 0; i < vars.size(); ++i) {
+    Value& lr = lr_by_dtype[vars[i].dtype()];
+    if (!lr.defined()) lr = learning_rate(graph, lr_, schedule_, step, vars[i].dtype());
+    updates.push_back(update(vars[i], grads[i], lr, step));
+  }
+  updates.push_back(assign_add(step, graph.scalar(1, i64)));
+  return group(graph, updates);
+}
+
+SGD::SGD(SGDOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
+
+Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&) {
+  // Without momentum there is no buffer: var stands in for it and is not touched as one.
+  Value buf = options_.momentum != 0 ? slot(var, "momentum") : var;
+  return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov,
+                    options_.weight_decay);
+}
+
+Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
+    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options),
+      decoupled_(decoupled_weight_decay) {}
+
+Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step) {
+  return adam_update(var, slot(var, "adam_m"), slot(var, "adam_v"), grad, lr, step,
+                     options_.beta1, options_.beta2, options_.eps, options_.weight_decay,
+                     decoupled_);
+}
+
+RMSProp::RMSProp(RMSPropOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
+
+Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value&) {
+  return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps,
+                        options_.weight_decay);
+}
+
+}  // namespace kiln::optim

@@ -1,0 +1,173 @@
+// Trains an MLP on Fashion-MNIST, saves the training graph and checkpoints, and reports the
+// test accuracy. With --resume it continues from the saved graph file and checkpoint alone.
+//
+//   fashion_mnist_mlp [--data DIR] [--out DIR] [--epochs N] [--batch N] [--threads N]
+//                     [--resume] [--stop-after EPOCHS]
+#include <kiln/kiln.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+using namespace kiln;
+
+namespace {
+
+struct Args {
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::string out = "out";
+  int64_t epochs = 10;
+  int64_t batch = 128;
+  int threads = 0;
+  uint64_t seed = 0;
+  bool resume = false;
+  int64_t stop_after = -1;  // stop (as if interrupted) after this many epochs
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error(str("[args] ", k, " needs a value"));
+      return argv[++i];
+    };
+    if (k == "--data") a.data = value();
+    else if (k == "--out") a.out = value();
+    else if (k == "--epochs") a.epochs = std::stoll(value());
+    else if (k == "--batch") a.batch = std::stoll(value());
+    else if (k == "--threads") a.threads = std::stoi(value());
+    else if (k == "--seed") a.seed = std::stoull(value());
+    else if (k == "--resume") a.resume = true;
+    else if (k == "--stop-after") a.stop_after = std::stoll(value());
+    else throw Error(str("[args] unknown option ", k,
+                         " (options: --data --out --epochs --batch --threads --seed --resume --stop-after)"));
+  }
+  return a;
+}
+
+// Builds the model, loss, Adam with a cosine schedule, and the train/eval/predict signatures.
+void build_training_graph(Graph& g, int64_t total_steps) {
+  Value x = g.placeholder("images", f32, {-1, 784});
+  Value y = g.placeholder("labels", i64, {-1});
+  auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
+    NameScope scope(g, name);
+    Value w = g.variable(name + "/w", {in.shape()[1], units}, init::he_normal(seed));
+    Value b = g.variable(name + "/b", {units}, init::zeros());
+    return matmul(in, w) + b;
+  };
+  Value h1 = relu(dense("dense1", x, 256, 1));
+  Value h2 = relu(dense("dense2", h1, 128, 2));
+  Value logits = dense("logits", h2, 10, 3);
+  Value loss = mean(softmax_cross_entropy(logits, y));
+  Value predictions = argmax(logits, 1);
+  Value correct = sum(cast(equal(predictions, y), f32));
+  Value train = optim::Adam({.lr = 2e-3, .schedule = optim::Schedule::cosine(total_steps, 1e-5)})
+                    .minimize(loss);
+  g.add_signature({"train", {x, y}, {loss}, {train}});
+  g.add_signature({"eval", {x, y}, {loss, correct}, {}});
+  g.add_signature({"predict", {x}, {softmax(logits), predictions}, {}});
+}
+
+// Loss and accuracy over a whole dataset through the "eval" signature.
+std::pair<double, double> evaluate(Session& sess, const data::Dataset& set) {
+  data::BatchLoader loader(set, 1000, 0, 0, /*shuffle=*/false);
+  double loss = 0, correct = 0;
+  while (auto batch = loader.next()) {
+    auto out = sess.run_signature("eval", {batch->first, batch->second});
+    loss += out[0].item<double>() * batch->first.shape()[0];
+    correct += out[1].item<double>();
+  }
+  return {loss / set.size(), correct / set.size()};
+}
+
+void progress(int64_t epoch, int64_t epochs, int64_t done, int64_t total, double loss,
+              double rate, bool tty) {
+  if (!tty && done != total) return;
+  constexpr int kWidth = 30;
+  int filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
+  std::printf("%sepoch %lld/%lld [%.*s%s%.*s] %lld/%lld  loss %.4f  %.0f samples/s%s",
+              tty ? "\r" : "", static_cast<long long>(epoch), static_cast<long long>(epochs),
+              filled, "==============================", filled < kWidth ? ">" : "",
+              kWidth - filled - (filled < kWidth ? 1 : 0), "                              ",
+              static_cast<long long>(done), static_cast<long long>(total), loss, rate,
+              tty && done != total ? "" : "\n");
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    Args args = parse(argc, argv);
+    std::filesystem::create_directories(args.out);
+    const std::string graph_path = args.out + "/fashion_mnist_mlp.pb";
+    const std::string ckpt_path = args.out + "/fashion_mnist_mlp.ckpt";
+
+    std::printf("loading Fashion-MNIST from %s\n", args.data.c_str());
+    data::Dataset train_set = data::Dataset::from_idx(args.data + "/train-images-idx3-ubyte.gz",
+                                                      args.data + "/train-labels-idx1-ubyte.gz");
+    data::Dataset test_set = data::Dataset::from_idx(args.data + "/t10k-images-idx3-ubyte.gz",
+                                                     args.data + "/t10k-labels-idx1-ubyte.gz");
+    std::printf("  %lld training and %lld test images\n", static_cast<long long>(train_set.size()),
+                static_cast<long long>(test_set.size()));
+    const int64_t steps_per_epoch = (train_set.size() + args.batch - 1) / args.batch;
+
+    std::unique_ptr<Graph> graph;
+    if (args.resume) {
+      // Only the files: the graph comes from disk, not from build_training_graph.
+      graph = load_graph(graph_path);
+      std::printf("resuming from %s and %s\n", graph_path.c_str(), ckpt_path.c_str());
+    } else {
+      graph = std::make_unique<Graph>();
+      build_training_graph(*graph, args.epochs * steps_per_epoch);
+      save_graph(*graph, graph_path);
+      std::printf("saved the training graph (%d nodes) to %s\n", graph->num_nodes(),
+                  graph_path.c_str());
+    }
+    Session sess(*graph, {.intra_op_threads = args.threads});
+    int64_t first_epoch = 0;
+    if (args.resume) {
+      sess.restore_checkpoint(ckpt_path);
+      int64_t step = sess.variable_value(graph->value("global_step")).item<int64_t>();
+      first_epoch = step / steps_per_epoch;
+      std::printf("  at step %lld (epoch %lld)\n", static_cast<long long>(step),
+                  static_cast<long long>(first_epoch));
+    }
+
+    const bool tty = isatty(fileno(stdout));
+    for (int64_t epoch = first_epoch; epoch < args.epochs; ++epoch) {
+      data::BatchLoader loader(train_set, args.batch, args.seed, epoch);
+      auto start = std::chrono::steady_clock::now();
+      double running = 0;
+      int64_t done = 0, samples = 0;
+      while (auto batch = loader.next()) {
+        double loss = sess.run_signature("train", {batch->first, batch->second})[0].item<double>();
+        running = done == 0 ? loss : 0.95 * running + 0.05 * loss;
+        samples += batch->first.shape()[0];
+        ++done;
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (done % 20 == 0 || done == loader.num_batches())
+          progress(epoch + 1, args.epochs, done, loader.num_batches(), running, samples / seconds, tty);
+      }
+      auto [test_loss, test_accuracy] = evaluate(sess, test_set);
+      sess.save_checkpoint(ckpt_path);
+      std::printf("  test loss %.4f  test accuracy %.4f  (checkpoint saved)\n", test_loss,
+                  test_accuracy);
+      if (epoch + 1 == args.stop_after) {
+        std::printf("stopping after epoch %lld as asked; continue with --resume\n",
+                    static_cast<long long>(epoch + 1));
+        return 0;
+      }
+    }
+    auto [test_loss, test_accuracy] = evaluate(sess, test_set);
+    std::printf("saved graph %s and checkpoint %s\n", graph_path.c_str(), ckpt_path.c_str());
+    std::printf("test_loss: %.4f\ntest_accuracy: %.4f\n", test_loss, test_accuracy);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fashion_mnist_mlp: %s\n", e.what());
+    return 1;
+  }
+}

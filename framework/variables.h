@@ -1,0 +1,58 @@
+// Variables: trainable state that lives in a Session, and how it is initialized.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "framework/tensor.h"
+
+namespace kiln {
+
+/// How a variable gets its first value. Stored on the variable node, so a saved graph
+/// initializes its variables the same way. Every random initializer is seeded and counter
+/// based: the same seed gives the same tensor on every machine and thread count.
+struct Initializer {
+  /// "zeros", "constant", "uniform", "normal", "truncated_normal", "glorot_uniform",
+  /// "glorot_normal", "he_uniform", "he_normal".
+  std::string kind = "zeros";
+  /// Parameters of `kind` (value; low, high; mean, stddev).
+  std::vector<double> args;
+  int64_t seed = 0;
+};
+
+namespace init {
+Initializer zeros();
+Initializer constant(double value);
+/// Uniform in [low, high).
+Initializer uniform(double low, double high, int64_t seed);
+Initializer normal(double mean, double stddev, int64_t seed);
+/// Normal, redrawn where it falls more than two standard deviations from the mean.
+Initializer truncated_normal(double mean, double stddev, int64_t seed);
+/// Glorot/Xavier: uniform in +-sqrt(6 / (fan_in + fan_out)).
+Initializer glorot_uniform(int64_t seed);
+/// Glorot/Xavier: normal with stddev sqrt(2 / (fan_in + fan_out)).
+Initializer glorot_normal(int64_t seed);
+/// He/Kaiming for ReLU: uniform in +-sqrt(6 / fan_in).
+Initializer he_uniform(int64_t seed);
+/// He/Kaiming for ReLU: normal with stddev sqrt(2 / fan_in).
+Initializer he_normal(int64_t seed);
+}  // namespace init
+
+/// The values of a session's variables, by variable node name. Thread-safe.
+class VariableStore {
+ public:
+  bool contains(const std::string& name) const;
+  /// The tensor of variable `name`; kernels that update it write into its storage.
+  Tensor get(const std::string& name) const;
+  void set(const std::string& name, Tensor value);
+  std::vector<std::string> names() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, Tensor> values_;
+};
+
+}  // namespace kiln

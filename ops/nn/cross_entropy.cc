@@ -1,0 +1,106 @@
+// softmax_cross_entropy: loss[i] = log(sum_c exp(z[i, c])) - z[i, y[i]]   (z = logits)
+//                        dz[i, c] = dloss[i] * (softmax(z)[i, c] - [c == y[i]])
+#include <cmath>
+
+#include "framework/gradient.h"
+#include "framework/kernel.h"
+#include "ops/nn.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+std::vector<TensorType> infer_cross_entropy(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  ctx.expect_dtype(1, {i32, i64});
+  const Shape& logits = ctx.shape(0);
+  const Shape& labels = ctx.shape(1);
+  if (logits.rank() != 2) ctx.fail("logits must be [batch, classes], got ", logits);
+  if (labels.rank() != 1) ctx.fail("labels must be [batch], got ", labels);
+  if (logits[0] >= 0 && labels[0] >= 0 && logits[0] != labels[0])
+    ctx.fail("batch sizes differ: logits ", logits, ", labels ", labels);
+  if (logits[1] == 0) ctx.fail("logits ", logits, " have no classes");
+  return {{ctx.dtype(0), Shape{logits[0] >= 0 ? logits[0] : labels[0]}}};
+}
+
+// Reads label i, checking its range (labels are data).
+template <typename Index>
+int64_t label_at(const KernelContext& ctx, const Index* labels, int64_t i, int64_t classes) {
+  int64_t label = labels[i];
+  if (label < 0 || label >= classes)
+    throw Error(str(ctx.where(), ": label ", label, " at position ", i, " is outside [0, ",
+                    classes, ")"));
+  return label;
+}
+
+// kGrad: writes dz given dloss (input 2); otherwise writes the loss.
+template <bool kGrad>
+void cross_entropy_cpu(KernelContext& ctx) {
+  const Tensor& z = ctx.input(0);
+  const Tensor& labels = ctx.input(1);
+  Tensor& out = ctx.output(0);
+  const int64_t batch = z.shape()[0], classes = z.shape()[1];
+  auto run = [&](auto tag, auto index_tag) {
+    using T = decltype(tag);
+    using Index = decltype(index_tag);
+    const T* logits = z.data<T>();
+    const Index* y = labels.data<Index>();
+    T* o = out.data<T>();
+    for (int64_t i = 0; i < batch; ++i) label_at(ctx, y, i, classes);  // validate first
+    ctx.parallel_for(batch, classes * 4, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i) {
+        const T* row = logits + i * classes;
+        T m = row[0];
+        for (int64_t c = 1; c < classes; ++c) m = std::max(m, row[c]);
+        T s = 0;
+        for (int64_t c = 0; c < classes; ++c) s += std::exp(row[c] - m);
+        const int64_t label = y[i];
+        if constexpr (kGrad) {
+          const T g = ctx.input(2).data<T>()[i];
+          const T inv = T(1) / s;
+          for (int64_t c = 0; c < classes; ++c)
+            o[i * classes + c] = g * (std::exp(row[c] - m) * inv - T(c == label));
+        } else {
+          o[i] = m + std::log(s) - row[label];
+        }
+      }
+    });
+  };
+  auto with_index = [&](auto tag) {
+    if (labels.dtype() == i32) run(tag, int32_t{});
+    else run(tag, int64_t{});
+  };
+  if (z.dtype() == f32) with_index(float{});
+  else with_index(double{});
+}
+
+KILN_OP(softmax_cross_entropy)
+    .input("logits")
+    .input("labels")
+    .infer(infer_cross_entropy)
+    .kernel(DeviceKind::cpu, cross_entropy_cpu<false>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {c.graph().add("softmax_cross_entropy_grad",
+                            {c.input(0), c.input(1), c.grad_output()}),
+              Value()};
+    });
+
+KILN_OP(softmax_cross_entropy_grad)
+    .input("logits")
+    .input("labels")
+    .input("dloss")
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      ctx.expect_same_dtype(0, 2);
+      return {ctx.input(0)};
+    })
+    .kernel(DeviceKind::cpu, cross_entropy_cpu<true>, {f32, f64});
+
+}  // namespace
+}  // namespace ops
+
+Value softmax_cross_entropy(const Value& logits, const Value& labels) {
+  return common_graph("softmax_cross_entropy", {&logits, &labels})
+      .add("softmax_cross_entropy", {logits, labels});
+}
+
+}  // namespace kiln

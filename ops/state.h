@@ -1,0 +1,29 @@
+// State ops: reading and writing variables, and the fused optimizer updates.
+#pragma once
+
+#include "framework/graph.h"
+
+namespace kiln {
+
+/// Writes `value` into variable `var` when run; returns var (the updated state).
+Value assign(const Value& var, const Value& value);
+/// Adds `delta` to variable `var` when run; returns var.
+Value assign_add(const Value& var, const Value& delta);
+
+/// Fused update ops (one kernel reads and writes each element once). `lr` is a scalar of the
+/// variable's dtype; `step` is the i64 step counter before this step. Each returns var.
+///   SGD:     g' = g + wd p;  b = mu b + g';  p -= lr (nesterov ? g' + mu b : b)
+///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined)
+Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
+                 double momentum, bool nesterov, double weight_decay);
+///   Adam:    g' = g + wd p (L2) or p *= 1 - lr wd (decoupled, AdamW);
+///            m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  t = step + 1
+///            p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+Value adam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
+                  const Value& lr, const Value& step, double beta1, double beta2, double eps,
+                  double weight_decay, bool decoupled);
+///   RMSProp: g' = g + wd p;  s = a s + (1-a) g'^2;  p -= lr g' / (sqrt(s) + eps)
+Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
+                     double alpha, double eps, double weight_decay);
+
+}  // namespace kiln
