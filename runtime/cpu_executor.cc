@@ -1,5 +1,6 @@
 // The CPU executor: runs a Plan's steps in order with intra-op parallel kernels.
 #include <algorithm>
+#include <map>
 #include <new>
 
 #include "framework/kernel.h"
@@ -13,6 +14,10 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
   std::vector<Tensor> inputs, outputs;
+  // A fetched variable is copied when it is read, before any update in this run changes it.
+  std::vector<char> fetched_slot(plan.num_slots, 0);
+  for (int32_t slot : plan.fetch_slots) fetched_slot[slot] = 1;
+  std::map<int32_t, Tensor> snapshots;
   for (const PlanStep& step : plan.steps) {
     const Node& node = graph.node(step.node);
     inputs.clear();
@@ -25,14 +30,22 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
     } catch (const std::bad_alloc&) {
       throw Error(str(ctx.where(), ": out of host memory"));
     }
-    for (size_t i = 0; i < step.output_slots.size(); ++i)
-      if (step.output_slots[i] >= 0) slots[step.output_slots[i]] = std::move(outputs[i]);
+    for (size_t i = 0; i < step.output_slots.size(); ++i) {
+      const int32_t slot = step.output_slots[i];
+      if (slot < 0) continue;
+      if (fetched_slot[slot] && node.op_name() == "variable") snapshots[slot] = outputs[i].clone();
+      slots[slot] = std::move(outputs[i]);
+    }
     for (int32_t slot : step.release_after) slots[slot] = Tensor();
   }
   std::vector<Tensor> fetched;
   std::vector<const Storage*> state;
   for (const std::string& name : variables.names()) state.push_back(variables.get(name).storage().get());
   for (int32_t slot : plan.fetch_slots) {
+    if (auto it = snapshots.find(slot); it != snapshots.end()) {
+      fetched.push_back(it->second);
+      continue;
+    }
     const Tensor& t = slots[slot];
     bool aliases_state = std::find(state.begin(), state.end(), t.storage().get()) != state.end();
     fetched.push_back(aliases_state ? t.clone() : t);

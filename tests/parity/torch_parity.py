@@ -1,0 +1,167 @@
+#!/usr/bin/python3
+"""PyTorch parity suite: rebuilds every case that parity_cases wrote with torch, runs the
+forward pass and torch.autograd, and compares the values and gradients with Kiln's.
+
+    /usr/bin/python3 torch_parity.py DIR
+
+Prints how many cases and values it compared; exits 1 on any mismatch.
+"""
+import os
+import sys
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:  # the suite is part of the test command: missing torch is a failure
+    print(f"[torch-parity] cannot import torch/numpy ({e}); install python3-torch "
+          "(tools/kiln-dev test does)")
+    sys.exit(1)
+
+INT64_MAX = 2**63 - 1
+TOLERANCE = {"f64": (1e-9, 1e-11), "f32": (2e-4, 2e-5)}  # (rtol, atol)
+
+
+def ints(text):
+    return [] if text == "none" else [int(v) for v in text.split(",")]
+
+
+def apply(op, args, attrs, dtype):
+    """One Kiln op in torch terms."""
+    a = args[0] if args else None
+    unary = {
+        "neg": torch.neg, "abs": torch.abs, "square": torch.square, "relu": torch.relu,
+        "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
+        "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "sin": torch.sin,
+        "cos": torch.cos, "sign": torch.sign,
+    }
+    binary = {
+        "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+        "pow": torch.pow, "maximum": torch.maximum, "minimum": torch.minimum,
+        "greater": torch.gt,
+    }
+    if op in unary:
+        return unary[op](a)
+    if op in binary:
+        return binary[op](a, args[1])
+    if op == "where":
+        return torch.where(a, args[1], args[2])
+    if op == "matmul":
+        b = args[1]
+        if attrs["transpose_a"] == "1":
+            a = a.transpose(-1, -2)
+        if attrs["transpose_b"] == "1":
+            b = b.transpose(-1, -2)
+        return torch.matmul(a, b)
+    if op in ("sum", "mean", "max", "min"):
+        axes = ints(attrs["axes"]) or list(range(a.dim()))
+        keep = attrs["keepdims"] == "1"
+        if a.dim() == 0:
+            return a.clone()
+        fn = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}[op]
+        return fn(a, dim=axes, keepdim=keep)
+    if op == "reshape":
+        return a.reshape(ints(attrs["shape"]))
+    if op == "transpose":
+        return a.permute(ints(attrs["perm"]))
+    if op == "broadcast_to":
+        return a.broadcast_to(ints(attrs["shape"]))
+    if op == "concat":
+        return torch.cat(args, dim=int(attrs["axis"]))
+    if op == "slice":
+        begin, end, step = ints(attrs["begin"]), ints(attrs["end"]), ints(attrs["step"])
+        index = tuple(slice(b, None if e == INT64_MAX else e, s) for b, e, s in zip(begin, end, step))
+        return a[index]
+    if op == "gather":
+        axis = int(attrs["axis"])
+        idx = args[1]
+        picked = a.index_select(axis, idx.flatten())
+        return picked.reshape(a.shape[:axis] + idx.shape + a.shape[axis + 1:])
+    if op == "softmax":
+        return torch.softmax(a, dim=int(attrs["axis"]))
+    if op == "log_softmax":
+        return torch.log_softmax(a, dim=int(attrs["axis"]))
+    if op == "softmax_cross_entropy":
+        return F.cross_entropy(a, args[1], reduction="none")
+    raise ValueError(f"unknown op {op}")
+
+
+def run_case(case_dir):
+    """Returns (number of values compared, list of mismatch messages)."""
+    lines = open(os.path.join(case_dir, "spec.txt")).read().split("\n")
+    dtype_name = lines[0].split()[1]
+    dtype = torch.float64 if dtype_name == "f64" else torch.float32
+    values, inputs, grads_wanted, output = {}, {}, [], None
+    for line in lines[1:]:
+        if not line:
+            continue
+        parts = line.split()
+        if parts[0] == "output":
+            output = parts[1]
+            continue
+        if parts[0] == "grad":
+            grads_wanted.append(parts[1])
+            continue
+        node, op = parts[0], parts[1]
+        args = [values[p] for p in parts[2:] if "=" not in p]
+        attrs = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+        if op in ("input", "const"):
+            t = torch.from_numpy(np.load(os.path.join(case_dir, attrs["file"])))
+            if op == "input":
+                t = t.clone().requires_grad_(True)
+                inputs[node] = t
+            values[node] = t
+        elif op == "scalar":
+            values[node] = torch.tensor(float(attrs["value"]), dtype=dtype)
+        else:
+            values[node] = apply(op, args, attrs, dtype)
+    y = values[output]
+    r = torch.from_numpy(np.load(os.path.join(case_dir, "r.npy")))
+    loss = (y * r).sum()
+    grads = torch.autograd.grad(loss, [inputs[g] for g in grads_wanted], allow_unused=True)
+    rtol, atol = TOLERANCE[dtype_name]
+    compared, problems = 0, []
+
+    def compare(what, ours, theirs):
+        nonlocal compared
+        theirs = theirs.detach().numpy()
+        if ours.shape != theirs.shape:
+            problems.append(f"{what}: shape {ours.shape} vs torch {theirs.shape}")
+            return
+        compared += ours.size
+        scale = max(1.0, float(np.max(np.abs(theirs))) if theirs.size else 1.0)
+        if not np.allclose(ours, theirs, rtol=rtol, atol=atol * scale, equal_nan=True):
+            worst = np.max(np.abs(ours - theirs))
+            problems.append(f"{what}: max abs difference {worst:.3g}")
+
+    compare("forward", np.load(os.path.join(case_dir, "kiln_y.npy")), y)
+    for name, grad in zip(grads_wanted, grads):
+        if grad is None:
+            grad = torch.zeros_like(inputs[name])
+        compare(f"d/d{name}", np.load(os.path.join(case_dir, f"kiln_grad_{name}.npy")), grad)
+    return compared, problems
+
+
+def main():
+    root = sys.argv[1]
+    torch.set_num_threads(1)
+    cases = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    total_values, failures = 0, []
+    for case in cases:
+        try:
+            compared, problems = run_case(os.path.join(root, case))
+        except Exception as e:  # a case torch cannot build is a failure too
+            compared, problems = 0, [f"error: {e}"]
+        total_values += compared
+        failures += [f"{case}: {p}" for p in problems]
+    for f in failures[:40]:
+        print(f"[torch-parity] MISMATCH {f}")
+    print(f"[torch-parity] torch {torch.__version__}: compared {len(cases)} cases, "
+          f"{total_values} values (forward and gradients): "
+          f"{len(cases) - len({f.split(':')[0] for f in failures})} passed, "
+          f"{len({f.split(':')[0] for f in failures})} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

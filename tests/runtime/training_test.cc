@@ -1,0 +1,258 @@
+#include <fstream>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+
+std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+
+TEST(Variables, InitializersAreSeededAndHaveTheRightScale) {
+  Graph g;
+  Value he = g.variable("he", {400, 300}, init::he_normal(1));
+  Value he_again = g.variable("he_again", {400, 300}, init::he_normal(1));
+  Value glorot = g.variable("glorot", {400, 300}, init::glorot_uniform(2));
+  Value trunc = g.variable("trunc", {100000}, init::truncated_normal(1, 2, 3));
+  Value constant = g.variable("c", {3}, init::constant(2.5), f64);
+  Value zeros = g.variable("z", {2, 2}, init::zeros(), i32);
+  Value uni = g.variable("u", {10000}, init::uniform(-3, -1, 4));
+  Session s(g);
+  Tensor h = s.variable_value(he);
+  EXPECT_TRUE(equal_bits(h, s.variable_value(he_again)));
+  double sq = 0;
+  for (double v : testing::values(h)) sq += v * v;
+  EXPECT_NEAR(std::sqrt(sq / h.numel()), std::sqrt(2.0 / 400), 0.002);
+  double limit = std::sqrt(6.0 / 700), hi = 0;
+  for (double v : testing::values(s.variable_value(glorot))) hi = std::max(hi, std::abs(v));
+  EXPECT_LE(hi, limit);
+  EXPECT_GT(hi, 0.99 * limit);
+  for (double v : testing::values(s.variable_value(trunc))) ASSERT_LE(std::abs(v - 1), 4.0 + 1e-6);
+  EXPECT_EQ(s.variable_value(constant).to_vector<double>(), (std::vector<double>{2.5, 2.5, 2.5}));
+  EXPECT_EQ(s.variable_value(zeros).to_vector<int>(), (std::vector<int>{0, 0, 0, 0}));
+  for (double v : testing::values(s.variable_value(uni))) ASSERT_TRUE(v >= -3 && v < -1);
+  // A second session starts from the same initial values.
+  Session other(g);
+  EXPECT_TRUE(equal_bits(h, other.variable_value(he)));
+  expect_error<GraphError>([&] { g.variable("bad", {2}, {"orthogonal", {}, 0}); }, {"unknown initializer 'orthogonal'"});
+  expect_error<GraphError>([&] { g.variable("bad2", {-1, 2}, init::zeros()); }, {"fully known"});
+  expect_error<GraphError>([&] { g.variable("bad3", {2}, init::uniform(1, 0, 0)); }, {"low < high"});
+}
+
+TEST(Variables, AssignOrderingAndFetchedValuesAreSnapshots) {
+  Graph g;
+  Value v = g.variable("v", {2}, init::constant(1));
+  Value doubled = v * 2.0;  // a reader: must see the value before the update in the same run
+  Value update = assign_add(v, g.constant(Tensor::from_vector<float>({10, 20})));
+  Session s(g);
+  auto out = s.run({}, {doubled, v}, {update});
+  EXPECT_EQ(out[0].to_vector<float>(), (std::vector<float>{2, 2}));
+  EXPECT_EQ(out[1].to_vector<float>(), (std::vector<float>{1, 1}));  // a copy, not a live view
+  EXPECT_EQ(s.variable_value(v).to_vector<float>(), (std::vector<float>{11, 21}));
+  s.run({}, {}, {assign(v, g.constant(Tensor::from_vector<float>({5})))});  // broadcast
+  EXPECT_EQ(s.variable_value(v).to_vector<float>(), (std::vector<float>{5, 5}));
+  s.set_variable(v, Tensor::from_vector<float>({7, 8}));
+  EXPECT_EQ(s.variable_value(v).to_vector<float>(), (std::vector<float>{7, 8}));
+  expect_error<FeedError>([&] { s.set_variable(v, Tensor::zeros(f32, {3})); }, {"variable 'v'", "[2]", "[3]"});
+  Value c = g.constant(Tensor::zeros(f32, {2}));
+  expect_error<GraphError>([&] { assign(c, c); }, {"[assign]", "must be a variable", "constant"});
+}
+
+// One step of each optimizer against the torch.optim formulas written out by hand.
+TEST(Optimizers, OneStepMatchesTheFormulas) {
+  const std::vector<double> p0 = {0.5, -1.0, 2.0}, target = {1.0, 1.0, 1.0};
+  // loss = sum((p - target)^2) / 2, so grad = p - target.
+  auto run = [&](auto&& make_optimizer, int steps) {
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(target)))) * 0.5;
+    Value train = make_optimizer().minimize(loss);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(p0));
+    for (int i = 0; i < steps; ++i) s.run({}, {}, {train});
+    return s.variable_value(p).to_vector<double>();
+  };
+  const double lr = 0.1;
+  {  // SGD, momentum 0.9, nesterov, weight decay 0.01: two steps.
+    std::vector<double> p = p0, buf(3, 0);
+    for (int step = 0; step < 2; ++step)
+      for (int i = 0; i < 3; ++i) {
+        double d = (p[i] - target[i]) + 0.01 * p[i];
+        buf[i] = 0.9 * buf[i] + d;
+        p[i] -= lr * (d + 0.9 * buf[i]);
+      }
+    auto got = run([&] { return optim::SGD({.lr = lr, .momentum = 0.9, .nesterov = true, .weight_decay = 0.01}); }, 2);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-14);
+  }
+  for (bool decoupled : {false, true}) {  // Adam / AdamW: three steps.
+    std::vector<double> p = p0, m(3, 0), v(3, 0);
+    const double wd = 0.1;
+    for (int t = 1; t <= 3; ++t)
+      for (int i = 0; i < 3; ++i) {
+        double d = (p[i] - target[i]) + (decoupled ? 0 : wd * p[i]);
+        if (decoupled) p[i] *= 1 - lr * wd;
+        m[i] = 0.9 * m[i] + 0.1 * d;
+        v[i] = 0.999 * v[i] + 0.001 * d * d;
+        p[i] -= lr * (m[i] / (1 - std::pow(0.9, t))) / (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
+      }
+    auto got = decoupled ? run([&] { return optim::AdamW({.lr = lr, .weight_decay = wd}); }, 3)
+                         : run([&] { return optim::Adam({.lr = lr, .weight_decay = wd}); }, 3);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-13) << (decoupled ? "AdamW" : "Adam");
+  }
+  {  // RMSProp: two steps.
+    std::vector<double> p = p0, sq(3, 0);
+    for (int step = 0; step < 2; ++step)
+      for (int i = 0; i < 3; ++i) {
+        double d = p[i] - target[i];
+        sq[i] = 0.99 * sq[i] + 0.01 * d * d;
+        p[i] -= lr * d / (std::sqrt(sq[i]) + 1e-8);
+      }
+    auto got = run([&] { return optim::RMSProp({.lr = lr}); }, 2);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-13);
+  }
+}
+
+TEST(Optimizers, SchedulesAndClipping) {
+  Graph g;
+  Value step = g.placeholder("step", i64, {});
+  Value cosine = optim::learning_rate(g, 1.0, optim::Schedule::cosine(10, 0.1), step, f64);
+  Value decay = optim::learning_rate(g, 1.0, optim::Schedule::step_decay(3, 0.5), step, f64);
+  Value warm = optim::learning_rate(g, 2.0, optim::Schedule::constant().with_warmup(4), step, f64);
+  Session s(g);
+  for (int64_t t : {0, 1, 5, 10, 20}) {
+    auto out = s.run({{step, Tensor::scalar<int64_t>(t)}}, {cosine, decay, warm});
+    double c = 0.1 + 0.45 * (1 + std::cos(M_PI * std::min<int64_t>(t, 10) / 10));
+    EXPECT_NEAR(out[0].item<double>(), c, 1e-12) << t;
+    EXPECT_NEAR(out[1].item<double>(), std::pow(0.5, t / 3), 1e-12) << t;
+    EXPECT_NEAR(out[2].item<double>(), 2.0 * std::min(1.0, (t + 1) / 4.0), 1e-12) << t;
+  }
+  Value a = g.constant(Tensor::from_vector<double>({3, 0}));
+  Value b = g.constant(Tensor::from_vector<double>({0, 4}));
+  Value norm;
+  auto clipped = optim::clip_by_global_norm({a, b}, 1.0, &norm);
+  auto out = s.run({}, {clipped[0], clipped[1], norm});
+  EXPECT_NEAR(out[2].item<double>(), 5, 1e-6);
+  EXPECT_NEAR(out[0].element(0), 0.6, 1e-6);
+  EXPECT_NEAR(out[1].element(1), 0.8, 1e-6);
+  auto loose = optim::clip_by_global_norm({a, b}, 100.0);
+  EXPECT_NEAR(s.run({}, {loose[0]})[0].element(0), 3, 1e-9);
+}
+
+// A small classifier, trained through its signatures.
+struct Model {
+  Graph g;
+  Model() {
+    Value x = g.placeholder("x", f32, {-1, 6});
+    Value y = g.placeholder("y", i64, {-1});
+    Value w = g.variable("w", {6, 4}, init::glorot_uniform(5));
+    Value b = g.variable("b", {4}, init::zeros());
+    Value loss = mean(softmax_cross_entropy(matmul(tanh(x), w) + b, y));
+    Value train = optim::Adam({.lr = 0.05, .clip_norm = 5}).minimize(loss);
+    g.add_signature({"train", {x, y}, {loss}, {train}});
+  }
+};
+
+std::pair<Tensor, Tensor> batch(int i) {
+  Tensor x = testing::random_tensor(f32, {8, 6}, -2, 2, 100 + i);
+  Tensor y = Tensor::empty(i64, {8});
+  for (int k = 0; k < 8; ++k) y.data<int64_t>()[k] = (k + i) % 4;
+  return {x, y};
+}
+
+TEST(Checkpoints, StopAndResumeFromTheFilesGivesIdenticalLosses) {
+  Model m;
+  save_graph(m.g, tmp("model.pb"));
+  std::vector<double> straight;
+  {
+    Session s(m.g, {.intra_op_threads = 2});
+    for (int i = 0; i < 10; ++i) {
+      auto [x, y] = batch(i);
+      straight.push_back(s.run_signature("train", {x, y})[0].item<double>());
+      if (i == 4) s.save_checkpoint(tmp("model.ckpt"));
+    }
+  }
+  // A program with only the two files continues from step 5.
+  std::unique_ptr<Graph> loaded = load_graph(tmp("model.pb"));
+  Session resumed(*loaded, {.intra_op_threads = 2});
+  resumed.restore_checkpoint(tmp("model.ckpt"));
+  EXPECT_EQ(resumed.variable_value(loaded->value("global_step")).item<int64_t>(), 5);
+  for (int i = 5; i < 10; ++i) {
+    auto [x, y] = batch(i);
+    EXPECT_EQ(resumed.run_signature("train", {x, y})[0].item<double>(), straight[i]) << i;
+  }
+  EXPECT_LT(straight.back(), straight.front());
+}
+
+TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
+  Model m;
+  Session s(m.g);
+  s.save_checkpoint(tmp("good.ckpt"));
+  std::ifstream in(tmp("good.ckpt"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  auto write = [](const std::string& name, const std::string& data) {
+    std::ofstream(tmp(name), std::ios::binary) << data;
+    return tmp(name);
+  };
+  Tensor before = s.variable_value(m.g.value("w"));
+  // A flipped byte inside a tensor's data: the CRC catches it, naming the variable.
+  std::string flipped = bytes;
+  size_t at = flipped.size() / 2;
+  flipped[at] = static_cast<char>(flipped[at] ^ 0x40);
+  try {
+    s.restore_checkpoint(write("flip.ckpt", flipped));
+    ADD_FAILURE() << "a corrupt checkpoint was accepted";
+  } catch (const FileError& e) {
+    EXPECT_NE(std::string(e.what()).find("flip.ckpt"), std::string::npos) << e.what();
+  }
+  for (size_t n : {size_t{0}, size_t{10}, bytes.size() / 3, bytes.size() - 1})
+    EXPECT_THROW(s.restore_checkpoint(write("cut.ckpt", bytes.substr(0, n))), FileError) << n;
+  EXPECT_TRUE(equal_bits(before, s.variable_value(m.g.value("w"))));  // untouched
+
+  Graph other;
+  other.variable("w", {6, 5}, init::zeros());
+  Session so(other);
+  expect_error<FileError>([&] { so.restore_checkpoint(tmp("good.ckpt"), false); },
+                          {"variable 'w'", "f32[6, 4] in the checkpoint", "f32[6, 5] in the graph"});
+  Graph missing;
+  missing.variable("w", {6, 4}, init::zeros());
+  missing.variable("extra", {1}, init::zeros());
+  Session sm(missing);
+  expect_error<FileError>([&] { sm.restore_checkpoint(tmp("good.ckpt"), false); },
+                          {"variable 'extra'", "missing from the checkpoint"});
+  Graph fewer;
+  fewer.variable("w", {6, 4}, init::zeros());
+  Session sf(fewer);
+  expect_error<FileError>([&] { sf.restore_checkpoint(tmp("good.ckpt")); }, {"not a variable of the graph"});
+  EXPECT_NO_THROW(sf.restore_checkpoint(tmp("good.ckpt"), /*strict=*/false));
+
+  // A failed save leaves the previous checkpoint as it was.
+  expect_error<FileError>([&] { s.save_checkpoint(tmp("no_dir/x.ckpt")); }, {"cannot open"});
+  std::ifstream again(tmp("good.ckpt"), std::ios::binary);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(again)), {}), bytes);
+}
+
+TEST(KilnRunTool, RunsASignatureFromNpyFiles) {
+  Model m;
+  save_graph(m.g, tmp("run.pb"));
+  auto [x, y] = batch(0);
+  save_npy(x, tmp("x.npy"));
+  save_npy(y, tmp("y.npy"));
+  std::string tool = std::string(KILN_GRAPH_TOOL);
+  tool = tool.substr(0, tool.rfind('/')) + "/kiln-run";
+  std::string cmd = tool + " " + tmp("run.pb") + " train x=" + tmp("x.npy") + " y=" + tmp("y.npy") +
+                    " --out " + tmp("run_out") + " --save-checkpoint " + tmp("run.ckpt") + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  Tensor loss = load_npy(tmp("run_out/mean.npy"));
+  EXPECT_EQ(loss.rank(), 0);
+  EXPECT_GT(loss.item<float>(), 0);
+  Session s(m.g);
+  s.restore_checkpoint(tmp("run.ckpt"));
+  EXPECT_EQ(s.variable_value(m.g.value("global_step")).item<int64_t>(), 1);
+  std::string bad = tool + " " + tmp("run.pb") + " train x=" + tmp("y.npy") + " y=" + tmp("y.npy") + " 2>/dev/null";
+  int status = std::system(bad.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+}
+
+}  // namespace
+}  // namespace kiln
