@@ -6,6 +6,7 @@
 #include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
+#include "ops/array/fill.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
 #include "ops/math/elementwise_cpu.h"
@@ -136,18 +137,7 @@ KILN_OP(full_like)
     .attr("value", 0.0)
     .no_gradient()
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      Tensor& y = ctx.output(0);
-      double value = ctx.attr<double>("value");
-      dispatch_all(y.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T v = convert<T>(value);
-        T* out = y.data<T>();
-        ctx.parallel_for(y.numel(), 1, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) out[i] = v;
-        });
-      });
-    });
+    .kernel(DeviceKind::cpu, fill_cpu);
 
 // ---- numel(x): the element count of x as a rank-0 tensor of `dtype`.
 KILN_OP(numel)

@@ -4,6 +4,7 @@
 
 #include "framework/kernel.h"
 #include "ops/array.h"
+#include "ops/array/fill.h"
 #include "ops/array/philox.h"
 #include "ops/dtypes.h"
 
@@ -32,6 +33,24 @@ KILN_OP(constant)
       ctx.set_output(0, ctx.attr<Tensor>("value"));  // shared, never written
     });
 
+}  // namespace
+
+// Output 0 = the "value" attribute everywhere (fill, full_like).
+void fill_cpu(KernelContext& ctx) {
+  Tensor& y = ctx.output(0);
+  const double value = ctx.attr<double>("value");
+  dispatch_all(y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T v = convert<T>(value);
+    T* out = y.data<T>();
+    ctx.parallel_for(y.numel(), 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) out[i] = v;
+    });
+  });
+}
+
+namespace {
+
 const Shape& known_shape(const InferContext& ctx) {
   const Shape& shape = ctx.attr<Shape>("shape");
   if (!shape.is_known()) ctx.fail("shape ", shape, " must be fully known (no -1)");
@@ -45,18 +64,7 @@ KILN_OP(fill)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       return {{ctx.attr<DType>("dtype"), known_shape(ctx)}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      Tensor& y = ctx.output(0);
-      double value = ctx.attr<double>("value");
-      dispatch_all(y.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T v = convert<T>(value);
-        T* out = y.data<T>();
-        ctx.parallel_for(y.numel(), 1, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) out[i] = v;
-        });
-      });
-    });
+    .kernel(DeviceKind::cpu, fill_cpu);
 
 KILN_OP(iota)
     .attr("shape", AttrType::shape)
