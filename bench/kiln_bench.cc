@@ -1,0 +1,136 @@
+// Kiln's side of the benchmarks (bench/run.sh runs this and bench/torch_bench.py together).
+//
+//   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
+//
+// Cases: mlp_step, mlp_memory, matmul, sgemm, dispatch, chain_fused, chain_unfused.
+#include <cblas.h>
+#include <kiln/kiln.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+
+using namespace kiln;
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds per call of fn over `reps` timed runs after `warmup` untimed ones.
+double time_it(const std::function<void()>& fn, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    double start = now();
+    fn();
+    t.push_back(now() - start);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// The MLP 784-512-512-10 training step with SGD + momentum (the case).
+struct Mlp {
+  Graph g;
+  Value x, y, loss, train;
+  explicit Mlp(SessionOptions* options = nullptr) {
+    (void)options;
+    x = g.placeholder("x", f32, {-1, 784});
+    y = g.placeholder("y", i64, {-1});
+    auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
+      Value w = g.variable(name + "/w", {in.shape()[1], units}, init::he_normal(seed));
+      Value b = g.variable(name + "/b", {units}, init::zeros());
+      return matmul(in, w) + b;
+    };
+    Value h = relu(dense("l1", x, 512, 1));
+    h = relu(dense("l2", h, 512, 2));
+    loss = mean(softmax_cross_entropy(dense("l3", h, 10, 3), y));
+    train = optim::SGD({.lr = 0.01, .momentum = 0.9}).minimize(loss);
+  }
+};
+
+std::pair<Tensor, Tensor> mlp_batch(int64_t batch) {
+  Tensor xb = Tensor::empty(f32, {batch, 784});
+  for (int64_t i = 0; i < xb.numel(); ++i) xb.data<float>()[i] = static_cast<float>((i * 7919) % 255) / 255.0f;
+  Tensor yb = Tensor::empty(i64, {batch});
+  for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
+  return {xb, yb};
+}
+
+long peak_rss_kib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: kiln_bench CASE [--threads N]\n");
+    return 2;
+  }
+  std::string name = argv[1];
+  int threads = 2;
+  for (int i = 2; i + 1 < argc; ++i)
+    if (std::string(argv[i]) == "--threads") threads = std::atoi(argv[i + 1]);
+  SessionOptions options{.intra_op_threads = threads};
+
+  if (name == "mlp_step" || name == "mlp_memory") {
+    Mlp m;
+    Session s(m.g, options);
+    auto [xb, yb] = mlp_batch(name == "mlp_step" ? 128 : 1024);
+    auto step = [&] { s.run({{m.x, xb}, {m.y, yb}}, {}, {m.train}); };
+    double t = time_it(step, 10, name == "mlp_step" ? 200 : 20);
+    std::printf("%s %.9f peak_rss_kib=%ld\n", name.c_str(), t, peak_rss_kib());
+  } else if (name == "matmul" || name == "sgemm") {
+    const int n = 1024;
+    Tensor a = Tensor::full(f32, {n, n}, 0.5), b = Tensor::full(f32, {n, n}, 0.25);
+    double t;
+    if (name == "sgemm") {
+      openblas_set_num_threads(threads);
+      Tensor c = Tensor::empty(f32, {n, n});
+      t = time_it([&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data<float>(), n,
+                    b.data<float>(), n, 0.0f, c.data<float>(), n);
+      }, 3, 20);
+    } else {
+      Graph g;
+      Value pa = g.placeholder("a", f32, {n, n}), pb = g.placeholder("b", f32, {n, n});
+      Value c = matmul(pa, pb);
+      Session s(g, options);
+      t = time_it([&] { s.run({{pa, a}, {pb, b}}, {c}); }, 3, 20);
+    }
+    std::printf("%s %.9f gflops=%.1f\n", name.c_str(), t, 2.0 * n * n * n / t / 1e9);
+  } else if (name == "dispatch") {
+    // 1,500 tiny ops that do not fuse: sum over a size-1 axis between reshapes.
+    Graph g;
+    Value x = g.placeholder("x", f32, {4});
+    Value v = x;
+    for (int i = 0; i < 500; ++i) v = reshape(sum(reshape(v, {4, 1}), {1}), {4});
+    Session s(g, options);
+    Tensor in = Tensor::full(f32, {4}, 1.0);
+    double t = time_it([&] { s.run({{x, in}}, {v}); }, 20, 200);
+    const int nodes = g.num_nodes() - 1;  // all but the placeholder
+    std::printf("dispatch %.9f per_node_us=%.3f nodes=%d\n", t, t / nodes * 1e6, nodes);
+  } else if (name == "chain_fused" || name == "chain_unfused") {
+    const int64_t n = 16 << 20;
+    Graph g;
+    Value x = g.placeholder("x", f32, {n});
+    Value v = x;
+    for (int i = 0; i < 8; ++i) v = (i % 2) ? tanh(v) : v * 0.5 + 0.25;  // 12 elementwise ops
+    Session s(g, options);
+    Tensor in = Tensor::full(f32, {n}, 0.1);
+    double t = time_it([&] { s.run({{x, in}}, {v}); }, 2, 10);
+    std::printf("%s %.9f gbps=%.1f\n", name.c_str(), t, 2.0 * n * 4 / t / 1e9);
+  } else {
+    std::fprintf(stderr, "kiln_bench: unknown case %s\n", name.c_str());
+    return 2;
+  }
+  return 0;
+}

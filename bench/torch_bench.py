@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""PyTorch's side of the benchmarks: the same cases, sizes and thread count as kiln_bench.
+
+    OMP_NUM_THREADS=N /usr/bin/python3 torch_bench.py CASE [--threads N]
+
+Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
+"""
+import resource
+import sys
+import time
+
+import torch
+
+
+def time_it(fn, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def mlp(batch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+        torch.nn.Linear(512, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = (torch.arange(batch * 784, dtype=torch.float32) * 7919 % 255 / 255).reshape(batch, 784)
+    y = torch.arange(batch) % 10
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def main():
+    case = sys.argv[1]
+    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
+    torch.set_num_threads(threads)
+    if case in ("mlp_step", "mlp_memory"):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time_it(mlp(128 if case == "mlp_step" else 1024), 10, 200 if case == "mlp_step" else 20)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(f"{case} {t:.9f} peak_rss_kib={peak} growth_kib={peak - before}")
+    elif case == "matmul":
+        a = torch.full((1024, 1024), 0.5)
+        b = torch.full((1024, 1024), 0.25)
+        t = time_it(lambda: torch.matmul(a, b), 3, 20)
+        print(f"matmul {t:.9f} gflops={2 * 1024**3 / t / 1e9:.1f}")
+    elif case == "dispatch":
+        x = torch.ones(4)
+
+        def chain():
+            v = x
+            for _ in range(500):
+                v = v.reshape(4, 1).sum(1).reshape(4)
+            return v
+        t = time_it(chain, 20, 200)
+        print(f"dispatch {t:.9f} per_node_us={t / 1500 * 1e6:.3f} nodes=1500")
+    elif case in ("chain_fused", "chain_unfused"):
+        x = torch.full((16 << 20,), 0.1)
+
+        def chain():
+            v = x
+            for i in range(8):
+                v = torch.tanh(v) if i % 2 else v * 0.5 + 0.25
+            return v
+        t = time_it(chain, 2, 10)
+        print(f"{case} {t:.9f} gbps={2 * (16 << 20) * 4 / t / 1e9:.1f}")
+    else:
+        sys.exit(f"unknown case {case}")
+
+
+if __name__ == "__main__":
+    main()
