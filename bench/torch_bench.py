@@ -69,10 +69,7 @@ def main():
         x = torch.full((16 << 20,), 0.1)
 
         def chain():
-            v = x
-            for i in range(8):
-                v = torch.tanh(v) if i % 2 else v * 0.5 + 0.25
-            return v
+            return torch.sqrt(torch.abs(torch.relu(x * 1.5 + 0.25) - 0.1) * 0.9 + 1.0)
         t = time_it(chain, 2, 10)
         print(f"{case} {t:.9f} gbps={2 * (16 << 20) * 4 / t / 1e9:.1f}")
     else:

@@ -152,6 +152,89 @@ Value Graph::add(const std::string& op, const std::vector<Value>& inputs, AttrMa
   return outputs[0];
 }
 
+void Graph::rewrite_node(int32_t id, const std::string& op_name, const std::vector<Value>& inputs,
+                         AttrMap attrs) {
+  Node& node = *nodes_.at(static_cast<size_t>(id));
+  const OpDef& op = OpRegistry::global().get(op_name);
+  std::vector<TensorType> types;
+  std::vector<OutputRef> refs;
+  for (const Value& v : inputs) {
+    KILN_CHECK(v.graph() == this && v.node_id() < id, GraphError, "[graph] rewrite of '",
+               node.name(), "' would read ", v.name(), ", which does not come before it");
+    types.push_back(v.node().outputs()[v.index()]);
+    refs.push_back(v.ref());
+  }
+  for (const AttrSpec& spec : op.attrs())
+    if (!attrs.count(spec.name) && spec.default_value) attrs.emplace(spec.name, *spec.default_value);
+  std::vector<TensorType> outputs = op.infer_fn()(InferContext(op, node.name(), types, attrs));
+  KILN_CHECK(outputs == node.outputs_, GraphError, "[graph] rewrite of '", node.name(), "' as ",
+             op_name, " changes its output types");
+  node.op_ = &op;
+  node.inputs_ = std::move(refs);
+  node.attrs_ = std::move(attrs);
+}
+
+void Graph::replace_uses(const std::unordered_map<OutputRef, OutputRef, OutputRefHash>& map) {
+  if (map.empty()) return;
+  auto resolve = [&](OutputRef r) {
+    // Follow chains (a -> b -> c) so one call settles them all.
+    for (auto it = map.find(r); it != map.end(); it = map.find(r)) r = it->second;
+    return r;
+  };
+  for (auto& node : nodes_)
+    for (OutputRef& in : node->inputs_) {
+      in = resolve(in);
+      KILN_DASSERT(in.node < node->id_);
+    }
+  for (auto& [name, sig] : signatures_)
+    for (auto* list : {&sig.inputs, &sig.outputs, &sig.targets})
+      for (Value& v : *list) v = Value(this, resolve(v.ref()));
+}
+
+int32_t Graph::remove_unreachable() {
+  std::vector<char> live(nodes_.size(), 0);
+  std::vector<int32_t> stack;
+  for (const auto& [name, sig] : signatures_)
+    for (const auto* list : {&sig.inputs, &sig.outputs, &sig.targets})
+      for (const Value& v : *list) stack.push_back(v.node_id());
+  while (!stack.empty()) {
+    int32_t id = stack.back();
+    stack.pop_back();
+    if (live[id]) continue;
+    live[id] = 1;
+    for (OutputRef in : nodes_[id]->inputs_) stack.push_back(in.node);
+  }
+  std::vector<int32_t> new_id(nodes_.size(), -1);
+  std::vector<std::unique_ptr<Node>> kept;
+  for (size_t id = 0; id < nodes_.size(); ++id) {
+    if (!live[id]) {
+      by_name_.erase(nodes_[id]->name_);
+      continue;
+    }
+    new_id[id] = static_cast<int32_t>(kept.size());
+    kept.push_back(std::move(nodes_[id]));
+  }
+  const int32_t removed = static_cast<int32_t>(nodes_.size() - kept.size());
+  nodes_ = std::move(kept);
+  for (auto& node : nodes_) {
+    node->id_ = new_id[node->id_];
+    for (OutputRef& in : node->inputs_) in.node = new_id[in.node];
+    by_name_[node->name_] = node->id_;
+  }
+  for (auto& [name, sig] : signatures_)
+    for (auto* list : {&sig.inputs, &sig.outputs, &sig.targets})
+      for (Value& v : *list) v = Value(this, OutputRef{new_id[v.node_id()], v.index()});
+  return removed;
+}
+
+std::vector<std::vector<std::pair<int32_t, int32_t>>> Graph::consumers() const {
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> out(nodes_.size());
+  for (const auto& node : nodes_)
+    for (size_t i = 0; i < node->inputs_.size(); ++i)
+      out[node->inputs_[i].node].emplace_back(node->id_, static_cast<int32_t>(i));
+  return out;
+}
+
 std::string Graph::unique_name(const std::string& base, bool exact) {
   if (!by_name_.count(base)) return base;
   if (exact) throw GraphError(str("[graph] the name '", base, "' is already used by another node"));

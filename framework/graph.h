@@ -27,6 +27,13 @@ struct OutputRef {
   auto operator<=>(const OutputRef&) const = default;
 };
 
+/// Hash of an OutputRef, for unordered containers.
+struct OutputRefHash {
+  size_t operator()(OutputRef r) const {
+    return std::hash<int64_t>()((int64_t{r.node} << 32) | static_cast<uint32_t>(r.index));
+  }
+};
+
 /// A cheap handle to one output of one node: the graph, the node and the output index.
 /// Its dtype and shape are known from the moment the node is built.
 class Value {
@@ -139,6 +146,22 @@ class Graph {
   Value value(OutputRef ref) { return Value(this, ref); }
   /// Every placeholder, in creation order.
   std::vector<Value> placeholders();
+
+  // ---- Rewriting, for graph passes (runtime/passes) working on a plan's private copy. These
+  // keep the invariant that every input of a node has a lower id.
+
+  /// Makes node `id` an `op` node with `inputs` and `attrs`, keeping its id and name. The
+  /// inputs must have lower ids and inference must give the node's current output types.
+  void rewrite_node(int32_t id, const std::string& op, const std::vector<Value>& inputs,
+                    AttrMap attrs);
+  /// Every input and signature value that reads a key of `map` reads the mapped value
+  /// instead (each mapped value must come from a lower id than its readers).
+  void replace_uses(const std::unordered_map<OutputRef, OutputRef, OutputRefHash>& map);
+  /// Removes every node that no signature needs, renumbering the rest (order kept). Returns
+  /// the number removed.
+  int32_t remove_unreachable();
+  /// Node ids of each output's readers: consumers[id] lists (node, input index) pairs.
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> consumers() const;
 
   /// Opens a name scope: nodes made until pop_scope() are called "scope/...". Prefer NameScope.
   void push_scope(const std::string& scope);

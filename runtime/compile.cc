@@ -37,7 +37,7 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
 
 Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                   const std::vector<Value>& fetches, const std::vector<Value>& targets,
-                  DeviceKind device) {
+                  DeviceKind device, const PassOptions& passes) {
   for (const auto* list : {&fetches, &targets})
     for (const Value& v : *list)
       KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
@@ -82,17 +82,6 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     for (OutputRef in : graph.node(id).inputs())
       if (!fed.count(in)) need(in.node, reason[id]);
   }
-
-  Plan plan;
-  plan.key = plan_key(feeds, fetches, targets);
-  std::unordered_map<OutputRef, int32_t, RefHash> slot_of;
-  std::vector<TensorType> slot_type;
-  auto new_slot = [&](OutputRef ref, const TensorType& type) {
-    slot_of[ref] = plan.num_slots++;
-    slot_type.push_back(type);
-    return plan.num_slots - 1;
-  };
-  for (const FeedSpec& f : feeds) plan.feed_slots.push_back(new_slot(f.value.ref(), f.type));
 
   // Order: data dependencies, plus "every other reader of a variable runs before an op that
   // writes into it" (and writers of one variable run in id order). Kahn's algorithm with the
@@ -149,37 +138,76 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                              "fetch the update's output instead"));
   }
 
+  // The plan's private graph: fed values become placeholders with the fed (concrete) shapes,
+  // and the needed nodes are copied in `order` through add_node, so inference sees concrete
+  // shapes and a fed shape that makes a node invalid is reported naming that node.
+  Plan plan;
+  plan.key = plan_key(feeds, fetches, targets);
+  plan.graph = std::make_unique<Graph>();
+  Graph& work = *plan.graph;
+  std::unordered_map<OutputRef, OutputRef, RefHash> to_work;
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    std::string name = str("feed#", i);
+    while (graph.find_node(name)) name += "#";
+    Value p = work.placeholder(name, feeds[i].type.dtype, feeds[i].type.shape);
+    to_work[feeds[i].value.ref()] = p.ref();
+  }
   for (int32_t id : order) {
     const Node& node = graph.node(id);
     if (node.op_name() == "placeholder")
       throw FeedError(str("[session] placeholder '", node.name(), "' (", node.outputs()[0].dtype,
                           node.outputs()[0].shape, ") must be fed: ", roots[reason[id]],
                           " depends on it"));
+    std::vector<Value> inputs;
+    for (OutputRef in : node.inputs()) inputs.push_back(work.value(to_work.at(in)));
+    std::vector<Value> made;
+    try {
+      made = work.add_node(node.op_name(), inputs, node.attrs(),
+                           {.name = node.name(), .exact_name = true, .device_hint = node.device_hint()});
+    } catch (const GraphError& e) {
+      throw GraphError(str(e.what(), " (with ", describe_feeds(feeds), ")"));
+    }
+    for (int32_t i = 0; i < node.num_outputs(); ++i) {
+      const TensorType& t = made[i].node().outputs()[i];
+      KILN_CHECK(t.shape.is_known(), GraphError, "[", node.op_name(), "] ", node.name(),
+                 ": output ", i, " has shape ", t.shape, " even with ", describe_feeds(feeds));
+      t.shape.numel();  // throws for an element count that overflows
+      // A fed output keeps its feed; the node's own value for it is computed and dropped.
+      to_work.emplace(OutputRef{id, i}, made[i].ref());
+    }
+  }
+  Signature roots_signature{"__plan__", {}, {}, {}};
+  for (const Value& v : fetches) roots_signature.outputs.push_back(work.value(to_work.at(v.ref())));
+  for (const Value& v : targets) roots_signature.targets.push_back(work.value(to_work.at(OutputRef{v.node_id(), 0})));
+  for (size_t i = 0; i < feeds.size(); ++i) roots_signature.inputs.push_back(work.value(OutputRef{static_cast<int32_t>(i), 0}));
+  work.add_signature(roots_signature);
+
+  plan.passes_applied = optimize_graph(work, passes);
+
+  // Steps: the optimized graph in id order (a topological order that keeps every read of a
+  // variable before the op that updates it), one slot per output.
+  const Signature& final_roots = work.signature("__plan__");
+  std::unordered_map<OutputRef, int32_t, RefHash> slot_of;
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    slot_of[final_roots.inputs[i].ref()] = plan.num_slots++;
+    plan.feed_slots.push_back(plan.num_slots - 1);
+    plan.slot_types.push_back(feeds[i].type);
+  }
+  for (int32_t id = 0; id < work.num_nodes(); ++id) {
+    const Node& node = work.node(id);
+    if (node.op_name() == "placeholder") continue;  // the feeds
     PlanStep step;
     step.node = id;
     std::vector<TensorType> input_types;
     for (OutputRef in : node.inputs()) {
-      int32_t slot = slot_of.at(in);
-      step.input_slots.push_back(slot);
-      input_types.push_back(slot_type[slot]);
+      step.input_slots.push_back(slot_of.at(in));
+      input_types.push_back(plan.slot_types[slot_of.at(in)]);
     }
-    // Re-run inference with the concrete input shapes: every shape becomes known, and a fed
-    // shape that makes this node invalid is reported here, naming the node.
-    try {
-      step.output_types = node.op().infer_fn()(
-          InferContext(node.op(), node.name(), input_types, node.attrs()));
-    } catch (const GraphError& e) {
-      throw GraphError(str(e.what(), " (with ", describe_feeds(feeds), ")"));
-    }
-    for (size_t i = 0; i < step.output_types.size(); ++i) {
-      const TensorType& t = step.output_types[i];
-      KILN_CHECK(t.shape.is_known(), GraphError, "[", node.op_name(), "] ", node.name(),
-                 ": output ", i, " has shape ", t.shape, " even with ", describe_feeds(feeds));
-      t.shape.numel();  // throws for an element count that overflows
-      if (!fed.count(OutputRef{id, static_cast<int32_t>(i)}))
-        step.output_slots.push_back(new_slot(OutputRef{id, static_cast<int32_t>(i)}, t));
-      else
-        step.output_slots.push_back(-1);  // computed but replaced by its feed: discarded
+    step.output_types = node.outputs();
+    for (int32_t i = 0; i < node.num_outputs(); ++i) {
+      slot_of[OutputRef{id, i}] = plan.num_slots++;
+      step.output_slots.push_back(plan.num_slots - 1);
+      plan.slot_types.push_back(node.outputs()[i]);
     }
     DType kernel_dtype = input_types.empty() ? step.output_types[0].dtype : input_types[0].dtype;
     step.kernel = node.op().kernel_for(device, kernel_dtype);
@@ -187,7 +215,7 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                device == DeviceKind::cpu ? "CPU" : "CUDA", " kernel for ", kernel_dtype);
     plan.steps.push_back(std::move(step));
   }
-  for (const Value& v : fetches) plan.fetch_slots.push_back(slot_of.at(v.ref()));
+  for (const Value& v : final_roots.outputs) plan.fetch_slots.push_back(slot_of.at(v.ref()));
 
   // Liveness: a slot dies after its last reader, unless it is fetched (or never read).
   std::vector<int32_t> last_use(plan.num_slots, -1);

@@ -8,8 +8,8 @@
 
 namespace kiln {
 
-std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
-                                   const std::vector<Tensor>& feeds, ThreadPool& pool,
+std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
+                                   ThreadPool& pool,
                                    VariableStore& variables) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
@@ -19,7 +19,7 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
   for (int32_t slot : plan.fetch_slots) fetched_slot[slot] = 1;
   std::map<int32_t, Tensor> snapshots;
   for (const PlanStep& step : plan.steps) {
-    const Node& node = graph.node(step.node);
+    const Node& node = plan.graph->node(step.node);
     inputs.clear();
     for (int32_t slot : step.input_slots) inputs.push_back(slots[slot]);
     outputs.assign(step.output_types.size(), Tensor());
@@ -33,7 +33,10 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
     for (size_t i = 0; i < step.output_slots.size(); ++i) {
       const int32_t slot = step.output_slots[i];
       if (slot < 0) continue;
-      if (fetched_slot[slot] && node.op_name() == "variable") snapshots[slot] = outputs[i].clone();
+      // Fetched variables and constants are copied: later updates (or a caller writing into
+      // the result) must not reach the fetched tensor or the plan's constants.
+      if (fetched_slot[slot] && (node.op_name() == "variable" || node.op_name() == "constant"))
+        snapshots[slot] = outputs[i].clone();
       slots[slot] = std::move(outputs[i]);
     }
     for (int32_t slot : step.release_after) slots[slot] = Tensor();

@@ -7,6 +7,7 @@
 
 #include "framework/graph.h"
 #include "framework/parallel.h"
+#include "runtime/passes/passes.h"
 
 namespace kiln {
 
@@ -25,6 +26,13 @@ struct PlanStep {
 /// The compiled form of a run: steps in a topological order over value slots.
 struct Plan {
   std::string key;
+  /// The plan's own graph: the needed part of the session's graph, with fed values as
+  /// placeholders ("feed#i", concrete shapes), after the graph passes. Steps refer to it.
+  std::unique_ptr<Graph> graph;
+  /// Names of the passes that changed the graph.
+  std::vector<std::string> passes_applied;
+  /// Concrete type of every slot.
+  std::vector<TensorType> slot_types;
   int32_t num_slots = 0;
   /// Slot of each feed, in the order of the FeedList the plan was compiled for.
   std::vector<int32_t> feed_slots;
@@ -41,11 +49,12 @@ struct FeedSpec {
 
 /// Compiles a plan: prunes the graph to what the fetches and targets need (stopping at fed
 /// values), checks every feed against its value (dtype, shape) and every needed placeholder
-/// for a feed, infers concrete shapes from the fed shapes, picks each node's kernel for
-/// `device`, and computes when each slot dies. Throws kiln::FeedError / GraphError / Error.
+/// for a feed, copies the needed nodes into the plan's graph with concrete shapes, runs the
+/// graph passes, picks each node's kernel for `device`, and computes when each slot dies.
+/// Throws kiln::FeedError / GraphError / Error.
 Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                   const std::vector<Value>& fetches, const std::vector<Value>& targets,
-                  DeviceKind device);
+                  DeviceKind device, const PassOptions& passes = {});
 
 /// The cache key of a plan: fetch and target ids, fed values and their shapes.
 std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,
@@ -54,8 +63,8 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
 /// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.
 /// Fetched tensors that share storage with a variable are copied, so later updates of the
 /// variable do not change what the caller holds.
-std::vector<Tensor> execute_on_cpu(const Plan& plan, const Graph& graph,
-                                   const std::vector<Tensor>& feeds, ThreadPool& pool,
+std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
+                                   ThreadPool& pool,
                                    VariableStore& variables);
 
 }  // namespace kiln

@@ -29,7 +29,8 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
   std::string key = plan_key(specs, fetches, targets);
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  auto plan = std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets, options_.device.kind));
+  auto plan = std::make_unique<Plan>(
+      compile_plan(graph_, specs, fetches, targets, options_.device.kind, options_.passes));
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
 
@@ -40,7 +41,13 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
   std::vector<Tensor> tensors;
   tensors.reserve(feeds.size());
   for (const auto& feed : feeds) tensors.push_back(feed.second);
-  return execute_on_cpu(plan, graph_, tensors, *pool_, variables_);
+  return execute_on_cpu(plan, tensors, *pool_, variables_);
+}
+
+const Plan& Session::plan(const FeedList& feeds, const std::vector<Value>& fetches,
+                          const std::vector<Value>& targets) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return plan_for(feeds, fetches, targets);
 }
 
 namespace {

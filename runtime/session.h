@@ -20,6 +20,8 @@ struct SessionOptions {
   Device device = Device::cpu();
   /// Threads for intra-op parallel loops (and BLAS); 0 = one per core.
   int intra_op_threads = 0;
+  /// Graph passes run when a plan is compiled (each can be turned off).
+  PassOptions passes;
 };
 
 /// Values fed to placeholders (or to any other value, which then is not computed).
@@ -56,6 +58,10 @@ class Session {
   /// variable is present with its dtype and shape, and with `strict` that the file has no
   /// others) pass before any variable changes. Throws kiln::FileError naming the problem.
   void restore_checkpoint(const std::string& path, bool strict = true);
+
+  /// The plan for these feeds, fetches and targets (compiled on first use), to inspect.
+  const Plan& plan(const FeedList& feeds, const std::vector<Value>& fetches,
+                   const std::vector<Value>& targets = {});
 
   /// Number of distinct plans compiled so far (one per fetch set and feed shapes).
   size_t num_compiled_plans() const { return plans_.size(); }

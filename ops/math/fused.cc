@@ -1,0 +1,161 @@
+// fused_elementwise(inputs...): runs a small program of elementwise ops over its inputs in
+// chunks, so each input is read once and the output written once, whatever the number of ops.
+//   attrs: code   4 ints per instruction: opcode, then up to three operand registers;
+//                 registers 0..n-1 are the inputs, n+k is instruction k's result; the last
+//                 instruction's result is the output.
+//          expr   the program as text, for people; dtype, shape: the output.
+// Inputs have the output's element count, one element (a scalar), or the output's trailing
+// dims (repeated over the leading ones, as a bias row).
+#include <cstring>
+
+#include "framework/kernel.h"
+#include "ops/math/elementwise.h"
+#include "ops/math/fused.h"
+
+namespace kiln {
+namespace ops {
+
+namespace {
+enum Opcode : int {
+#define KILN_OPCODE(name, ...) op_##name,
+  KILN_UNARY_OPS(KILN_OPCODE) KILN_BINARY_OPS(KILN_OPCODE) KILN_COMPARE_OPS(KILN_OPCODE)
+#undef KILN_OPCODE
+  op_where,
+  op_count
+};
+constexpr const char* kNames[] = {
+#define KILN_OPNAME(name, ...) #name,
+    KILN_UNARY_OPS(KILN_OPNAME) KILN_BINARY_OPS(KILN_OPNAME) KILN_COMPARE_OPS(KILN_OPNAME)
+#undef KILN_OPNAME
+    "where"};
+constexpr int kFirstBinary = 0
+#define KILN_COUNT(...) +1
+    KILN_UNARY_OPS(KILN_COUNT)
+#undef KILN_COUNT
+    ;
+}  // namespace
+
+int fused_opcode(const std::string& op) {
+  for (int i = 0; i < op_count; ++i)
+    if (op == kNames[i]) return op == "gelu_grad" ? -1 : i;
+  return -1;
+}
+int fused_arity(int opcode) { return opcode < kFirstBinary ? 1 : opcode == op_where ? 3 : 2; }
+const char* fused_op_name(int opcode) { return kNames[opcode]; }
+
+namespace {
+
+constexpr int64_t kChunk = 1024;
+
+template <typename T, typename F>
+void loop1(T* out, const T* a, int64_t sa, int64_t n, F f) {
+  if (sa == 1) for (int64_t j = 0; j < n; ++j) out[j] = f(a[j]);
+  else for (int64_t j = 0; j < n; ++j) out[j] = f(a[0]);
+}
+
+template <typename T, typename F>
+void loop2(T* out, const T* a, int64_t sa, const T* b, int64_t sb, int64_t n, F f) {
+  if (sa == 1 && sb == 1) for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], b[j]));
+  else if (sa == 1) for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], b[0]));
+  else if (sb == 1) for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[0], b[j]));
+  else for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[0], b[0]));
+}
+
+template <typename T>
+void fused_typed(KernelContext& ctx) {
+  const auto& code = ctx.attr<std::vector<int64_t>>("code");
+  const int n_in = ctx.num_inputs();
+  const int n_ops = static_cast<int>(code.size() / 4);
+  Tensor& y = ctx.output(0);
+  const int64_t n = y.numel();
+  T* out = y.data<T>();
+  // Input access modes: full (stride 1), scalar (stride 0), or periodic with period m.
+  std::vector<const T*> in(n_in);
+  std::vector<int64_t> period(n_in, 0);
+  for (int i = 0; i < n_in; ++i) {
+    in[i] = ctx.input(i).data<T>();
+    const int64_t m = ctx.input(i).numel();
+    period[i] = m == n ? -1 : m == 1 ? 0 : m;
+  }
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  ctx.parallel_for(chunks, kChunk * n_ops, [&](int64_t c0, int64_t c1) {
+    std::vector<T> scratch(static_cast<size_t>(n_ops + n_in) * kChunk);
+    std::vector<const T*> reg(n_in + n_ops);
+    std::vector<int64_t> stride(n_in + n_ops, 1);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t start = c * kChunk, len = std::min(kChunk, n - start);
+      for (int i = 0; i < n_in; ++i) {
+        if (period[i] < 0) {
+          reg[i] = in[i] + start, stride[i] = 1;
+        } else if (period[i] == 0) {
+          reg[i] = in[i], stride[i] = 0;
+        } else {  // a row repeated over the leading dims
+          T* buf = scratch.data() + static_cast<size_t>(n_ops + i) * kChunk;
+          const int64_t m = period[i];
+          for (int64_t j = 0, at = start % m; j < len; ++j, at = at + 1 == m ? 0 : at + 1) buf[j] = in[i][at];
+          reg[i] = buf, stride[i] = 1;
+        }
+      }
+      for (int k = 0; k < n_ops; ++k) {
+        const int64_t* ins = &code[4 * k];
+        T* dest = k == n_ops - 1 ? out + start : scratch.data() + static_cast<size_t>(k) * kChunk;
+        const T* a = reg[ins[1]];
+        const int64_t sa = stride[ins[1]];
+        const T* b = ins[2] >= 0 ? reg[ins[2]] : nullptr;
+        const int64_t sb = ins[2] >= 0 ? stride[ins[2]] : 0;
+        switch (static_cast<int>(ins[0])) {
+#define KILN_UNARY_CASE(name, ...) \
+  case op_##name: loop1(dest, a, sa, len, name##_fn{}); break;
+#define KILN_BINARY_CASE(name, ...) \
+  case op_##name: loop2(dest, a, sa, b, sb, len, name##_fn{}); break;
+          KILN_UNARY_OPS(KILN_UNARY_CASE)
+          KILN_BINARY_OPS(KILN_BINARY_CASE)
+          KILN_COMPARE_OPS(KILN_BINARY_CASE)
+#undef KILN_UNARY_CASE
+#undef KILN_BINARY_CASE
+          case op_where: {
+            const T* cv = reg[ins[3]];
+            const int64_t sc = stride[ins[3]];
+            for (int64_t j = 0; j < len; ++j)
+              dest[j] = a[j * sa] != T(0) ? b[j * sb] : cv[j * sc];
+            break;
+          }
+          default: throw Error(str(ctx.where(), ": bad opcode ", ins[0]));
+        }
+        reg[n_in + k] = dest;
+        stride[n_in + k] = 1;
+      }
+    }
+  });
+}
+
+KILN_OP(fused_elementwise)
+    .variadic_input("inputs", 1)
+    .attr("code", AttrType::integers)
+    .attr("expr", std::string())
+    .attr("dtype", DType::f32)
+    .attr("shape", AttrType::shape)
+    .elementwise()
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const auto& code = ctx.attr<std::vector<int64_t>>("code");
+      if (code.empty() || code.size() % 4 != 0) ctx.fail("malformed program");
+      const int64_t registers = ctx.num_inputs() + static_cast<int64_t>(code.size() / 4);
+      for (size_t k = 0; k < code.size() / 4; ++k) {
+        const int64_t opcode = code[4 * k];
+        if (opcode < 0 || opcode >= op_count) ctx.fail("bad opcode ", opcode);
+        for (int j = 1; j <= fused_arity(static_cast<int>(opcode)); ++j)
+          if (code[4 * k + j] < 0 || code[4 * k + j] >= ctx.num_inputs() + static_cast<int64_t>(k))
+            ctx.fail("instruction ", k, " reads register ", code[4 * k + j], " of ", registers);
+      }
+      const Shape& shape = ctx.attr<Shape>("shape");
+      for (int i = 0; i < ctx.num_inputs(); ++i) ctx.expect_dtype(i, {ctx.attr<DType>("dtype")});
+      return {{ctx.attr<DType>("dtype"), shape}};
+    })
+    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
+      if (ctx.output_type(0).dtype == f32) fused_typed<float>(ctx);
+      else fused_typed<double>(ctx);
+    }, {f32, f64});
+
+}  // namespace
+}  // namespace ops
+}  // namespace kiln

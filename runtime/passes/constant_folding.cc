@@ -1,0 +1,66 @@
+// Constant folding: a node whose inputs are all constants is computed once, here, and becomes
+// a constant. Sources without inputs (fill, iota, seeded random) fold too.
+#include "framework/kernel.h"
+#include "runtime/passes/passes.h"
+
+namespace kiln {
+
+namespace {
+
+// Outputs larger than this stay computed at run time (folding would trade compute for memory).
+constexpr int64_t kMaxFoldedElements = int64_t{1} << 20;
+
+bool foldable(const Node& node) {
+  const std::string& op = node.op_name();
+  if (op == "constant" || op == "placeholder" || op == "variable" || op == "group") return false;
+  if (!node.op().mutated_inputs().empty() || node.num_outputs() == 0) return false;
+  for (const TensorType& t : node.outputs())
+    if (!t.shape.is_known() || t.shape.numel() > kMaxFoldedElements) return false;
+  return true;
+}
+
+class ConstantFolding final : public Pass {
+ public:
+  const char* name() const override { return "constant_folding"; }
+  bool run(Graph& graph) override {
+    ThreadPool pool(1);
+    bool changed = false;
+    for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+      const Node& node = graph.node(id);
+      if (!foldable(node) || node.num_outputs() != 1) continue;
+      std::vector<Tensor> inputs;
+      bool all_constant = true;
+      for (OutputRef in : node.inputs()) {
+        const Node& producer = graph.node(in.node);
+        if (producer.op_name() != "constant") {
+          all_constant = false;
+          break;
+        }
+        inputs.push_back(producer.attr<Tensor>("value"));
+      }
+      if (!all_constant) continue;
+      const DType kernel_dtype = inputs.empty() ? node.outputs()[0].dtype : inputs[0].dtype();
+      KernelFn kernel = node.op().kernel_for(DeviceKind::cpu, kernel_dtype);
+      if (!kernel) continue;
+      std::vector<Tensor> outputs(node.outputs().size());
+      KernelContext ctx(node, inputs, node.outputs(), outputs, pool);
+      try {
+        kernel(ctx);
+        for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);
+      } catch (const Error&) {
+        continue;  // a data error (say, a gather index) is reported when the graph runs
+      }
+      // A node keeps its id when it becomes a constant, so only one-output nodes fold.
+      if (node.num_outputs() != 1) continue;
+      graph.rewrite_node(id, "constant", {}, {{"value", outputs[0].clone()}});
+      changed = true;
+    }
+    return changed;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> make_constant_folding() { return std::make_unique<ConstantFolding>(); }
+
+}  // namespace kiln

@@ -1,0 +1,91 @@
+// Algebraic simplification on concrete shapes: no-op nodes are bypassed and pairs collapse.
+#include "ops/array.h"
+#include "runtime/passes/passes.h"
+
+namespace kiln {
+
+namespace {
+
+// True when `ref` is a constant whose every element equals `value`.
+bool is_constant_equal_to(const Graph& graph, OutputRef ref, double value) {
+  const Node& node = graph.node(ref.node);
+  if (node.op_name() != "constant") return false;
+  const Tensor& t = node.attr<Tensor>("value");
+  if (t.numel() == 0 || t.numel() > 4096) return false;
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (t.element(i) != value) return false;
+  return true;
+}
+
+class AlgebraicSimplification final : public Pass {
+ public:
+  const char* name() const override { return "algebraic_simplification"; }
+  bool run(Graph& graph) override {
+    std::unordered_map<OutputRef, OutputRef, OutputRefHash> replace;
+    bool rewritten = false;
+    for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+      const Node& node = graph.node(id);
+      const std::string& op = node.op_name();
+      if (node.num_outputs() != 1 || node.inputs().empty()) continue;
+      const OutputRef self{id, 0};
+      const TensorType& out = node.outputs()[0];
+      auto same_type = [&](OutputRef r) { return graph.node(r.node).outputs()[r.index] == out; };
+      const OutputRef x = node.inputs()[0];
+      auto bypass = [&](OutputRef to) { replace[self] = to; };
+
+      if (op == "identity" || op == "stop_gradient") {
+        bypass(x);
+      } else if ((op == "reshape" || op == "reshape_like" || op == "expand_dims" ||
+                  op == "sum_to" || op == "broadcast_like" || op == "broadcast_to" ||
+                  op == "cast") && same_type(x)) {
+        bypass(x);  // changes neither shape nor dtype
+      } else if (op == "add_n" && node.inputs().size() == 1) {
+        bypass(x);
+      } else if ((op == "mul" || op == "add" || op == "sub" || op == "div") && node.inputs().size() == 2) {
+        const OutputRef y = node.inputs()[1];
+        const double unit = (op == "mul" || op == "div") ? 1.0 : 0.0;
+        if (is_constant_equal_to(graph, y, unit) && same_type(x)) bypass(x);
+        else if ((op == "mul" || op == "add") && is_constant_equal_to(graph, x, unit) && same_type(y)) bypass(y);
+      } else if (op == "neg" && graph.node(x.node).op_name() == "neg") {
+        bypass(graph.node(x.node).inputs()[0]);
+      } else if (op == "reshape" && graph.node(x.node).op_name() == "reshape") {
+        // reshape(reshape(a)) = reshape(a)
+        Value a = graph.value(graph.node(x.node).inputs()[0]);
+        graph.rewrite_node(id, "reshape", {a}, {{"shape", out.shape}});
+        rewritten = true;
+      } else if (op == "transpose" && graph.node(x.node).op_name() == "transpose") {
+        // transpose(transpose(a, p), q) = transpose(a, p∘q), and a itself when that is the identity.
+        const Node& inner = graph.node(x.node);
+        const int64_t rank = out.shape.rank();
+        auto perm_of = [rank](const Node& n) {
+          std::vector<int64_t> p = n.attr<std::vector<int64_t>>("perm");
+          if (p.empty())
+            for (int64_t i = rank - 1; i >= 0; --i) p.push_back(i);
+          return p;
+        };
+        std::vector<int64_t> p = perm_of(inner), q = perm_of(node), composed(rank);
+        bool identity = true;
+        for (int64_t i = 0; i < rank; ++i) {
+          composed[i] = p[q[i]];
+          identity &= composed[i] == i;
+        }
+        if (identity) {
+          bypass(inner.inputs()[0]);
+        } else {
+          graph.rewrite_node(id, "transpose", {graph.value(inner.inputs()[0])}, {{"perm", composed}});
+          rewritten = true;
+        }
+      }
+    }
+    graph.replace_uses(replace);
+    return rewritten || !replace.empty();
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> make_algebraic_simplification() {
+  return std::make_unique<AlgebraicSimplification>();
+}
+
+}  // namespace kiln
