@@ -1,0 +1,174 @@
+#include <random>
+
+#include "runtime/passes/passes.h"
+#include "runtime/plan.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+// Op histogram of a plan's optimized graph.
+std::map<std::string, int> ops_of(const Plan& plan) {
+  std::map<std::string, int> count;
+  for (int32_t id = 0; id < plan.graph->num_nodes(); ++id) ++count[plan.graph->node(id).op_name()];
+  return count;
+}
+
+SessionOptions only(bool PassOptions::*flag) {
+  SessionOptions o;
+  o.passes = {false, false, false, false, false, false};
+  if (flag) o.passes.*flag = true;
+  o.passes.dead_code_elimination = true;
+  return o;
+}
+
+TEST(Passes, ConstantFoldingComputesConstantSubgraphsOnce) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {3});
+  Value c = exp(g.constant(Tensor::from_vector<float>({0, 1, 2}))) * 2.0 + iota(g, {3});
+  Value y = x + c;
+  Tensor in = Tensor::from_vector<float>({1, 1, 1});
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::constant_folding));
+  const Plan& before = off.plan({{x, in}}, {y});
+  const Plan& after = on.plan({{x, in}}, {y});
+  EXPECT_EQ(ops_of(before)["exp"], 1);
+  EXPECT_EQ(ops_of(after)["exp"], 0);
+  EXPECT_EQ(ops_of(after)["add"], 1);  // only x + c is left
+  EXPECT_EQ(ops_of(after)["constant"], 1);
+  testing::expect_near(testing::values(off.run({{x, in}}, {y})[0]), on.run({{x, in}}, {y})[0], 1e-7, 0, "folded");
+  // Variables and random seeds stay as they are: a variable is state, not a constant.
+  Value v = g.variable("v", {3}, init::constant(1));
+  const Plan& with_var = on.plan({}, {v * 2.0});
+  EXPECT_EQ(ops_of(with_var)["variable"], 1);
+  EXPECT_EQ(ops_of(with_var)["mul"], 1);
+}
+
+TEST(Passes, CommonSubexpressionsAreMergedButVariablesAreNot) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4});
+  Value y = exp(x) + exp(x) * sigmoid(x) + sigmoid(x);
+  Value a = g.variable("a", {4}, init::zeros()), b = g.variable("b", {4}, init::zeros());
+  Value z = a + b;
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::common_subexpression_elimination));
+  Tensor in = testing::random_tensor(f32, {4}, -1, 1, 2);
+  EXPECT_EQ(ops_of(off.plan({{x, in}}, {y, z}))["exp"], 2);
+  const Plan& after = on.plan({{x, in}}, {y, z});
+  EXPECT_EQ(ops_of(after)["exp"], 1);
+  EXPECT_EQ(ops_of(after)["sigmoid"], 1);
+  EXPECT_EQ(ops_of(after)["variable"], 2);  // two variables with equal attributes stay two
+  EXPECT_TRUE(equal_bits(off.run({{x, in}}, {y})[0], on.run({{x, in}}, {y})[0]));
+}
+
+TEST(Passes, DeadCodeIsRemoved) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4});
+  Value used = relu(x);
+  std::vector<Value> parts = split(x * 2.0, 2, 0);  // only part 0 is fetched
+  Session s(g, only(nullptr));
+  const Plan& plan = s.plan({{x, Tensor::zeros(f32, {4})}}, {used, parts[0]});
+  EXPECT_EQ(ops_of(plan)["split"], 1);
+  EXPECT_EQ(plan.graph->num_nodes(), 5);  // feed, relu, scalar, mul, split
+}
+
+TEST(Passes, AlgebraicSimplificationRemovesNoOps) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3});
+  Value y = transpose(transpose(x, {1, 0}), {1, 0});             // the identity
+  y = reshape(reshape(y, {3, 2}), {6});                           // one reshape
+  y = identity(y) * 1.0 + 0.0;                                    // nothing
+  y = cast(y, f32) - 0.0;                                         // nothing
+  Value z = sum_to(y, g.placeholder("like", f32, {6}));          // same shape: nothing
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::algebraic_simplification));
+  Tensor in = testing::random_tensor(f32, {2, 3}, -1, 1, 3), like = Tensor::zeros(f32, {6});
+  FeedList feeds = {{x, in}, {g.value("like"), like}};
+  auto counts = ops_of(on.plan(feeds, {z}));
+  EXPECT_EQ(counts["transpose"], 0);
+  EXPECT_EQ(counts["reshape"], 1);
+  EXPECT_EQ(counts["mul"] + counts["add"] + counts["sub"] + counts["cast"] + counts["identity"] +
+                counts["sum_to"],
+            0);
+  EXPECT_TRUE(equal_bits(off.run(feeds, {z})[0], on.run(feeds, {z})[0]));
+  Value t = transpose(transpose(x, {1, 0}), {1, 0});
+  Value u = transpose(transpose(g.placeholder("c", f32, {2, 3, 4}), {1, 0, 2}), {0, 2, 1});
+  auto counts2 = ops_of(on.plan({{x, in}, {g.value("c"), Tensor::zeros(f32, {2, 3, 4})}}, {t, u}));
+  EXPECT_EQ(counts2["transpose"], 1);  // the second pair composes into one
+}
+
+TEST(Passes, ElementwiseFusionMakesOneKernel) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {64, 32});
+  Value b = g.placeholder("b", f32, {32});
+  Value col = g.placeholder("col", f32, {64, 1});
+  Value h = relu(x * 2.0 + b);                        // scalar and row inputs: fusable
+  Value shared = tanh(h);                              // read twice: stays materialized
+  Value y = shared * sigmoid(shared) - where(greater(x, g.scalar(0, f32)), x, -x);
+  Value c = exp(x + col) * 3.0;                        // a column input: the add cannot fuse
+  Tensor xin = testing::random_tensor(f32, {64, 32}, -2, 2, 4);
+  Tensor bin = testing::random_tensor(f32, {32}, -1, 1, 5);
+  Tensor cin = testing::random_tensor(f32, {64, 1}, -1, 1, 6);
+  FeedList feeds = {{x, xin}, {b, bin}, {col, cin}};
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::elementwise_fusion));
+  const Plan& plan = on.plan(feeds, {y, c});
+  auto counts = ops_of(plan);
+  EXPECT_EQ(counts["fused_elementwise"], 3) << "relu(x*2+b); y; exp(.)*3";
+  EXPECT_EQ(counts["tanh"], 0);
+  EXPECT_EQ(counts["add"], 1);  // x + col
+  EXPECT_EQ(counts["where"] + counts["greater"] + counts["sigmoid"] + counts["relu"], 0);
+  auto a = off.run(feeds, {y, c}), f = on.run(feeds, {y, c});
+  testing::expect_near(testing::values(a[0]), f[0], 1e-6, 1e-6, "fused y");
+  testing::expect_near(testing::values(a[1]), f[1], 1e-6, 1e-6, "fused c");
+}
+
+TEST(Passes, FetchedIntermediatesAreKept) {
+  Graph g;
+  Value x = g.placeholder("x", f64, {5});
+  Value mid = exp(x) + 1.0;
+  Value y = log(mid) * 2.0;
+  Session s(g);
+  Tensor in = testing::random_tensor(f64, {5}, -1, 1, 9);
+  auto out = s.run({{x, in}}, {y, mid});
+  for (int i = 0; i < 5; ++i) {
+    double m = std::exp(in.element(i)) + 1;
+    EXPECT_NEAR(out[1].element(i), m, 1e-15);
+    EXPECT_NEAR(out[0].element(i), 2 * std::log(m), 1e-14);
+  }
+}
+
+// Random graphs: every combination of passes gives the same results as no passes.
+TEST(Passes, RandomGraphsGiveTheSameResultsWithAndWithoutPasses) {
+  std::mt19937 rng(42);
+  const char* unary[] = {"tanh", "sigmoid", "neg", "square", "exp", "relu", "abs", "sin"};
+  const char* binary[] = {"add", "sub", "mul", "maximum", "minimum"};
+  for (int trial = 0; trial < 60; ++trial) {
+    Graph g;
+    Value x = g.placeholder("x", f64, {-1, 8});
+    Value r = g.placeholder("r", f64, {8});
+    std::vector<Value> pool = {x, r, g.constant(testing::random_tensor(f64, {8}, -1, 1, trial))};
+    for (int s = 0; s < 12; ++s) {
+      Value a = pool[rng() % pool.size()];
+      Value v;
+      switch (rng() % 5) {
+        case 0: case 1: v = g.add(unary[rng() % 8], {a}); break;
+        case 2: case 3: {
+          Value b = pool[rng() % pool.size()];
+          Shape out;
+          v = broadcast_shapes(a.shape(), b.shape(), &out) ? g.add(binary[rng() % 5], {a, b}) : a * 1.0;
+          break;
+        }
+        default: v = a.shape().rank() == 2 ? sum(a, {1}, true) + 0.0 : transpose(transpose(a)); break;
+      }
+      pool.push_back(v);
+    }
+    std::vector<Value> fetches = {pool.back(), pool[pool.size() / 2]};
+    Tensor xin = testing::random_tensor(f64, {3, 8}, -1, 1, 100 + trial);
+    Tensor rin = testing::random_tensor(f64, {8}, -1, 1, 200 + trial);
+    FeedList feeds = {{x, xin}, {r, rin}};
+    Session plain(g, only(nullptr)), optimized(g);
+    auto a = plain.run(feeds, fetches), b = optimized.run(feeds, fetches);
+    for (size_t i = 0; i < a.size(); ++i)
+      testing::expect_near(testing::values(a[i]), b[i], 1e-12, 1e-12, str("trial ", trial));
+  }
+}
+
+}  // namespace
+}  // namespace kiln
