@@ -2,9 +2,8 @@
 //
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
-// Cases: mlp_step, mlp_memory, matmul, sgemm, dispatch, chain_fused, chain_unfused.
+// Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused.
 // Flags: --no-fusion, --no-passes (the graph passes a Session runs).
-#include <cblas.h>
 #include <kiln/kiln.h>
 #include <sys/resource.h>
 
@@ -95,24 +94,14 @@ int main(int argc, char** argv) {
     auto step = [&] { s.run({{m.x, xb}, {m.y, yb}}, {}, {m.train}); };
     double t = time_it(step, 10, name == "mlp_step" ? 200 : 20);
     std::printf("%s %.9f peak_rss_kib=%ld\n", name.c_str(), t, peak_rss_kib());
-  } else if (name == "matmul" || name == "sgemm") {
+  } else if (name == "matmul") {
     const int n = 1024;
     Tensor a = Tensor::full(f32, {n, n}, 0.5), b = Tensor::full(f32, {n, n}, 0.25);
-    double t;
-    if (name == "sgemm") {
-      openblas_set_num_threads(threads);
-      Tensor c = Tensor::empty(f32, {n, n});
-      t = time_it([&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data<float>(), n,
-                    b.data<float>(), n, 0.0f, c.data<float>(), n);
-      }, 3, 20);
-    } else {
-      Graph g;
-      Value pa = g.placeholder("a", f32, {n, n}), pb = g.placeholder("b", f32, {n, n});
-      Value c = matmul(pa, pb);
-      Session s(g, options);
-      t = time_it([&] { s.run({{pa, a}, {pb, b}}, {c}); }, 3, 20);
-    }
+    Graph g;
+    Value pa = g.placeholder("a", f32, {n, n}), pb = g.placeholder("b", f32, {n, n});
+    Value c = matmul(pa, pb);
+    Session s(g, options);
+    double t = time_it([&] { s.run({{pa, a}, {pb, b}}, {c}); }, 3, 20);
     std::printf("%s %.9f gflops=%.1f\n", name.c_str(), t, 2.0 * n * n * n / t / 1e9);
   } else if (name == "dispatch") {
     // 1,500 tiny ops that do not fuse: sum over a size-1 axis between reshapes.

@@ -76,6 +76,11 @@ OpDef& OpDef::mutates_input(int index) {
   return *this;
 }
 
+OpDef& OpDef::may_alias_input() {
+  may_alias_ = true;
+  return *this;
+}
+
 OpDef& OpDef::doc(std::string text) {
   doc_ = std::move(text);
   return *this;

@@ -126,6 +126,9 @@ class OpDef {
   /// Marks an op that writes into the storage of input `index` (a variable): the plan runs it
   /// after every other reader of that input in the same run.
   OpDef& mutates_input(int index);
+  /// Marks an op whose output 0 may be a view of input 0's storage (reshape, identity, ...):
+  /// memory planning keeps input 0's buffer alive while the output is used.
+  OpDef& may_alias_input();
   /// One line for tools and docs.
   OpDef& doc(std::string text);
 
@@ -142,6 +145,7 @@ class OpDef {
   const GradFn& grad_fn() const { return grad_; }
   bool has_no_gradient() const { return no_gradient_; }
   const std::vector<int>& mutated_inputs() const { return mutated_inputs_; }
+  bool may_alias() const { return may_alias_; }
   const std::string& doc_text() const { return doc_; }
 
  private:
@@ -159,6 +163,7 @@ class OpDef {
   GradFn grad_;
   bool no_gradient_ = false;
   std::vector<int> mutated_inputs_;
+  bool may_alias_ = false;
   std::string doc_;
 };
 

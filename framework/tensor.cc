@@ -1,5 +1,9 @@
 #include "framework/tensor.h"
 
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <unordered_map>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -7,19 +11,71 @@
 namespace kiln {
 
 namespace {
+std::atomic<int64_t> allocations{0};
+
+// Large buffers are kept after use and handed out again for the same rounded size: a fresh
+// large block comes from mmap and costs a page fault per 4 KiB on first touch, which for a
+// 64 MiB result is as slow as computing it. The cache holds at most kCacheLimit bytes.
+constexpr size_t kCachedMin = size_t{1} << 20;
+constexpr size_t kCacheLimit = size_t{1} << 30;
+
+struct BlockCache {
+  std::mutex mutex;
+  std::unordered_multimap<size_t, void*> free_blocks;
+  size_t cached = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive statics
+  return *cache;
+}
+
+// Allocation size: a multiple of 64 (aligned_alloc's rule), and of 64 KiB for cached blocks so
+// that nearby sizes share them.
+size_t rounded_size(size_t nbytes) {
+  size_t rounded = std::max<size_t>((nbytes + 63) / 64 * 64, 64);
+  if (rounded >= kCachedMin) rounded = (rounded + 65535) / 65536 * 65536;
+  return rounded;
+}
+
 void* allocate_host(size_t nbytes) {
-  // aligned_alloc wants a multiple of the alignment; a zero-byte tensor still gets a pointer.
-  size_t rounded = (nbytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  const size_t rounded = rounded_size(nbytes);
+  if (rounded >= kCachedMin) {
+    BlockCache& cache = block_cache();
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (auto it = cache.free_blocks.find(rounded); it != cache.free_blocks.end()) {
+      void* p = it->second;
+      cache.free_blocks.erase(it);
+      cache.cached -= rounded;
+      return p;
+    }
+  }
   void* p = std::aligned_alloc(64, rounded);
   if (!p) throw Error(str("[tensor] cannot allocate ", nbytes, " bytes of host memory"));
   return p;
+}
+
+void free_host(void* p, size_t nbytes) {
+  const size_t rounded = rounded_size(nbytes);
+  if (rounded >= kCachedMin) {
+    BlockCache& cache = block_cache();
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (cache.cached + rounded <= kCacheLimit) {
+      cache.free_blocks.emplace(rounded, p);
+      cache.cached += rounded;
+      return;
+    }
+  }
+  std::free(p);
 }
 }  // namespace
 
 HostStorage::HostStorage(size_t nbytes) : Storage(allocate_host(nbytes), nbytes, Device::cpu()) {}
 
-HostStorage::~HostStorage() { std::free(data()); }
+int64_t host_allocation_count() { return allocations.load(std::memory_order_relaxed); }
+
+HostStorage::~HostStorage() { free_host(data(), nbytes()); }
 
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_t offset)
     : dtype_(dtype), shape_(std::move(shape)), numel_(shape_.numel()),

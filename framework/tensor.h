@@ -31,6 +31,10 @@ class Storage {
   Device device_;
 };
 
+/// Number of host tensor buffers allocated so far in this process (a diagnostic: tests use it
+/// to check that a planned step allocates nothing).
+int64_t host_allocation_count();
+
 /// Host memory aligned to 64 bytes (a cache line, an AVX-512 vector).
 class HostStorage final : public Storage {
  public:

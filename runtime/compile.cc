@@ -37,7 +37,7 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
 
 Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                   const std::vector<Value>& fetches, const std::vector<Value>& targets,
-                  DeviceKind device, const PassOptions& passes) {
+                  DeviceKind device, const PassOptions& passes, int max_streams) {
   for (const auto* list : {&fetches, &targets})
     for (const Value& v : *list)
       KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
@@ -216,6 +216,8 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     plan.steps.push_back(std::move(step));
   }
   for (const Value& v : final_roots.outputs) plan.fetch_slots.push_back(slot_of.at(v.ref()));
+  schedule_streams(plan, max_streams);
+  plan_memory(plan, passes.in_place);
 
   // Liveness: a slot dies after its last reader, unless it is fetched (or never read).
   std::vector<int32_t> last_use(plan.num_slots, -1);

@@ -18,11 +18,18 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& 
   std::vector<char> fetched_slot(plan.num_slots, 0);
   for (int32_t slot : plan.fetch_slots) fetched_slot[slot] = 1;
   std::map<int32_t, Tensor> snapshots;
+  if (plan.arena_bytes > 0 && !plan.arena) plan.arena = std::make_shared<HostStorage>(plan.arena_bytes);
   for (const PlanStep& step : plan.steps) {
     const Node& node = plan.graph->node(step.node);
     inputs.clear();
     for (int32_t slot : step.input_slots) inputs.push_back(slots[slot]);
     outputs.assign(step.output_types.size(), Tensor());
+    for (size_t i = 0; i < outputs.size(); ++i) {  // planned outputs are views of the arena
+      const int64_t offset = plan.slot_offset[step.output_slots[i]];
+      if (offset >= 0)
+        outputs[i] = Tensor(step.output_types[i].dtype, step.output_types[i].shape, plan.arena,
+                            static_cast<size_t>(offset));
+    }
     KernelContext ctx(node, inputs, step.output_types, outputs, pool, &variables);
     try {
       step.kernel(ctx);

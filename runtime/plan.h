@@ -21,6 +21,10 @@ struct PlanStep {
   std::vector<TensorType> output_types;
   /// Slots whose last reader is this step: freed once it has run.
   std::vector<int32_t> release_after;
+  /// The stream (lane) the step runs on, and the steps on other streams it must wait for (one
+  /// event each: every cross-stream edge, data or "read before update").
+  int32_t stream = 0;
+  std::vector<int32_t> waits;
 };
 
 /// The compiled form of a run: steps in a topological order over value slots.
@@ -39,7 +43,48 @@ struct Plan {
   std::vector<PlanStep> steps;
   /// Slot of each fetch, in order.
   std::vector<int32_t> fetch_slots;
+
+  // ---- Scheduling (runtime/schedule.cc)
+  int32_t num_streams = 1;
+
+  // ---- Memory planning (runtime/memory_plan.cc)
+  /// Byte offset of each slot's buffer in the arena; -1 for slots outside it (feeds,
+  /// fetches, variables, constants, state updates).
+  std::vector<int64_t> slot_offset;
+  /// For a slot computed in place: the input slot whose buffer it takes over (else -1).
+  std::vector<int32_t> in_place_of;
+  /// Arena size: the planned peak of intermediate memory.
+  int64_t arena_bytes = 0;
+  /// What the same buffers would take without reuse.
+  int64_t unshared_bytes = 0;
+  /// The arena, allocated on the first run and reused by every later one.
+  mutable std::shared_ptr<Storage> arena;
 };
+
+/// Step order relations under a plan's streams and waits: "u completes before p starts".
+class HappensBefore {
+ public:
+  explicit HappensBefore(const Plan& plan);
+  bool before(int32_t u, int32_t p) const;
+
+ private:
+  std::vector<int32_t> stream_, position_;
+  std::vector<std::vector<int32_t>> clock_;  // per step: per stream, last position seen done
+};
+
+/// Assigns each step a stream (independent branches go to different streams, at most
+/// `max_streams`) and records a wait for every edge between streams: data edges and the
+/// edges that keep reads of a variable before its update.
+void schedule_streams(Plan& plan, int max_streams);
+
+/// Plans every intermediate buffer into one arena: liveness over the schedule, then first-fit
+/// offsets, reusing a buffer only after every reader of it (on any stream) happens before the
+/// new producer; with `in_place`, an elementwise op writes into an input buffer that dies at it.
+void plan_memory(Plan& plan, bool in_place);
+
+/// Checks the memory plan: no two arena buffers whose lifetimes can overlap share a byte
+/// (except an in-place output and the input it replaces). Throws kiln::Error naming both.
+void validate_memory_plan(const Plan& plan);
 
 /// What compile_plan knows about a feed: the value it replaces and its concrete type.
 struct FeedSpec {
@@ -54,7 +99,7 @@ struct FeedSpec {
 /// Throws kiln::FeedError / GraphError / Error.
 Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                   const std::vector<Value>& fetches, const std::vector<Value>& targets,
-                  DeviceKind device, const PassOptions& passes = {});
+                  DeviceKind device, const PassOptions& passes = {}, int max_streams = 1);
 
 /// The cache key of a plan: fetch and target ids, fed values and their shapes.
 std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,

@@ -11,6 +11,8 @@ Session::Session(const Graph& graph, SessionOptions options)
              " is present, but this build of Kiln has no CUDA executor yet; use Device::cpu()");
   KILN_CHECK(options_.intra_op_threads >= 0, Error, "[session] intra_op_threads must be >= 0, got ",
              options_.intra_op_threads);
+  KILN_CHECK(options_.inter_op_threads >= 1, Error, "[session] inter_op_threads must be >= 1, got ",
+             options_.inter_op_threads);
   pool_ = std::make_unique<ThreadPool>(options_.intra_op_threads);
 }
 
@@ -29,8 +31,10 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
   std::string key = plan_key(specs, fetches, targets);
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  auto plan = std::make_unique<Plan>(
-      compile_plan(graph_, specs, fetches, targets, options_.device.kind, options_.passes));
+  auto plan = std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets,
+                                                  options_.device.kind, options_.passes,
+                                                  options_.inter_op_threads));
+  if (options_.validate_memory_plan) validate_memory_plan(*plan);
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
 

@@ -22,6 +22,15 @@ struct SessionOptions {
   int intra_op_threads = 0;
   /// Graph passes run when a plan is compiled (each can be turned off).
   PassOptions passes;
+  /// Streams the plan spreads independent branches over, each run by its own thread on the
+  /// CPU. Total CPU threads = inter_op_threads - 1 + intra_op_threads: the defaults (1 and
+  /// one per core) never oversubscribe the cores.
+  int inter_op_threads = 1;
+  /// Check every compiled memory plan with the validator (tests; O(buffers^2)).
+  bool validate_memory_plan = false;
+  /// When set, every run's per-node timings are collected and written to this file in the
+  /// Chrome trace format (open it in Perfetto or chrome://tracing) when the session ends.
+  std::string trace_path;
 };
 
 /// Values fed to placeholders (or to any other value, which then is not computed).

@@ -28,6 +28,7 @@ bool broadcasts_to(const Shape& small, const Shape& big) {
 // ---- sum_to(x, like): x summed over the dims that broadcasting would stretch from like's
 // shape, so the result has like's shape. The gradient of every broadcasting op goes through it.
 KILN_OP(sum_to)
+    .may_alias_input()
     .input("x")
     .input("like")
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
@@ -89,6 +90,7 @@ KILN_OP(sum_to)
 
 // ---- broadcast_like(x, like): x broadcast to like's shape.
 KILN_OP(broadcast_like)
+    .may_alias_input()
     .input("x")
     .input("like")
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
@@ -116,6 +118,7 @@ KILN_OP(broadcast_like)
 
 // ---- reshape_like(x, like): x's elements with like's shape.
 KILN_OP(reshape_like)
+    .may_alias_input()
     .input("x")
     .input("like")
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
@@ -170,6 +173,7 @@ std::vector<TensorType> infer_expand_dims(const InferContext& ctx) {
 }
 
 KILN_OP(expand_dims)
+    .may_alias_input()
     .input("x")
     .attr("axes", AttrType::integers)
     .infer(infer_expand_dims)
@@ -182,6 +186,7 @@ KILN_OP(expand_dims)
 
 // ---- stop_gradient(x): x, but autograd treats it as a constant.
 KILN_OP(stop_gradient)
+    .may_alias_input()
     .input("x")
     .no_gradient()
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })

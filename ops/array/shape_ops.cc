@@ -44,6 +44,7 @@ std::vector<TensorType> infer_reshape(const InferContext& ctx) {
 }
 
 KILN_OP(reshape)
+    .may_alias_input()
     .input("x")
     .attr("shape", AttrType::shape)
     .infer(infer_reshape)
@@ -53,6 +54,7 @@ KILN_OP(reshape)
     });
 
 KILN_OP(identity)
+    .may_alias_input()
     .input("x")
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) { ctx.set_output(0, ctx.input(0)); })

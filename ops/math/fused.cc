@@ -47,18 +47,31 @@ namespace {
 
 constexpr int64_t kChunk = 1024;
 
+// Operand loops over one chunk. Scalars (stride 0) are hoisted so every loop vectorizes.
 template <typename T, typename F>
 void loop1(T* out, const T* a, int64_t sa, int64_t n, F f) {
-  if (sa == 1) for (int64_t j = 0; j < n; ++j) out[j] = f(a[j]);
-  else for (int64_t j = 0; j < n; ++j) out[j] = f(a[0]);
+  if (sa == 1) {
+    for (int64_t j = 0; j < n; ++j) out[j] = f(a[j]);
+  } else {
+    const T v = f(a[0]);
+    for (int64_t j = 0; j < n; ++j) out[j] = v;
+  }
 }
 
 template <typename T, typename F>
 void loop2(T* out, const T* a, int64_t sa, const T* b, int64_t sb, int64_t n, F f) {
-  if (sa == 1 && sb == 1) for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], b[j]));
-  else if (sa == 1) for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], b[0]));
-  else if (sb == 1) for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[0], b[j]));
-  else for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[0], b[0]));
+  if (sa == 1 && sb == 1) {
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], b[j]));
+  } else if (sa == 1) {
+    const T bv = b[0];
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], bv));
+  } else if (sb == 1) {
+    const T av = a[0];
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(av, b[j]));
+  } else {
+    const T v = static_cast<T>(f(a[0], b[0]));
+    for (int64_t j = 0; j < n; ++j) out[j] = v;
+  }
 }
 
 template <typename T>

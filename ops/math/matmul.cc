@@ -3,7 +3,6 @@
 // CPU kernel: one cblas gemm per batch entry (OpenBLAS, threaded by the session's pool size).
 #include <cblas.h>
 
-#include <atomic>
 #include <cstring>
 
 #include "framework/gradient.h"
@@ -61,11 +60,6 @@ std::vector<int64_t> batch_offsets(const Shape& out_batch, const Shape& in_batch
   return offsets;
 }
 
-void set_blas_threads(int threads) {
-  static std::atomic<int> current{-1};
-  if (current.exchange(threads) != threads) openblas_set_num_threads(threads);
-}
-
 void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
           int ldb, float* c, int ldc) {
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
@@ -98,15 +92,39 @@ void matmul_typed(KernelContext& ctx) {
       batch_offsets(out_batch, Shape(std::vector<int64_t>(as.begin(), as.end() - 2)));
   std::vector<int64_t> b_off =
       batch_offsets(out_batch, Shape(std::vector<int64_t>(bs.begin(), bs.end() - 2)));
-  set_blas_threads(ctx.pool().num_threads());
   const T* pa = a.data<T>();
   const T* pb = b.data<T>();
   T* pc = c.data<T>();
   const int lda = static_cast<int>(as[-1]), ldb = static_cast<int>(bs[-1]);
-  for (size_t i = 0; i < a_off.size(); ++i)
-    gemm(ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
-         pa + a_off[i] * m * k, lda, pb + b_off[i] * k * n, ldb, pc + i * m * n,
-         static_cast<int>(n));
+  // OpenBLAS runs single-threaded; the pool splits the work. Each task is one batch entry and
+  // a block of C's rows (or columns, when C is wide and short). A row of C does not depend on
+  // how the rows are split, so results are the same for any number of threads.
+  const int64_t threads = ctx.pool().num_threads();
+  const bool by_rows = m >= n;
+  const int64_t extent = by_rows ? m : n;
+  const int64_t per_batch = static_cast<int64_t>(a_off.size());
+  const int64_t want = std::max<int64_t>(1, threads / std::max<int64_t>(per_batch, 1));
+  const int64_t block = std::max<int64_t>(16, (extent + want - 1) / want);
+  const int64_t blocks = (extent + block - 1) / block;
+  ctx.pool().parallel_for(per_batch * blocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = t / blocks, start = (t % blocks) * block;
+      const int64_t len = std::min(block, extent - start);
+      const T* ab = pa + a_off[i] * m * k;
+      const T* bb = pb + b_off[i] * k * n;
+      T* cb = pc + i * m * n;
+      if (by_rows) {
+        // Rows [start, start + len) of op(A): row r is at r * lda, or column r when transposed.
+        const T* a_rows = ab + (ta ? start : start * lda);
+        gemm(ta, tb, static_cast<int>(len), static_cast<int>(n), static_cast<int>(k), a_rows,
+             lda, bb, ldb, cb + start * n, static_cast<int>(n));
+      } else {
+        const T* b_cols = bb + (tb ? start * ldb : start);
+        gemm(ta, tb, static_cast<int>(m), static_cast<int>(len), static_cast<int>(k), ab, lda,
+             b_cols, ldb, cb + start, static_cast<int>(n));
+      }
+    }
+  });
 }
 
 void matmul_cpu(KernelContext& ctx) {

@@ -1,0 +1,172 @@
+// Static memory planning: every intermediate gets a byte range of one arena, chosen before the
+// first run, so a step allocates no tensor memory after that run.
+#include <algorithm>
+#include <unordered_map>
+
+#include "runtime/plan.h"
+
+namespace kiln {
+
+namespace {
+
+constexpr int64_t kAlignment = 64;
+
+int64_t aligned(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+
+// Slots the arena does not hold: feeds, fetches, and outputs that are someone else's storage.
+bool external_output(const Node& node) {
+  return node.op_name() == "variable" || node.op_name() == "constant" ||
+         !node.op().mutated_inputs().empty();
+}
+
+// Lifetime facts per slot: producer step, and every step that reads it directly or through a
+// view (an output that may alias it).
+struct Liveness {
+  std::vector<int32_t> producer;
+  std::vector<std::vector<int32_t>> users;
+};
+
+Liveness liveness(const Plan& plan) {
+  Liveness live;
+  live.producer.assign(plan.num_slots, -1);
+  live.users.assign(plan.num_slots, {});
+  std::vector<int32_t> alias_of(plan.num_slots, -1);  // view slot -> the slot it may view
+  for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
+    const PlanStep& step = plan.steps[s];
+    const Node& node = plan.graph->node(step.node);
+    for (int32_t slot : step.output_slots) live.producer[slot] = s;
+    if ((node.op().may_alias() || !node.op().mutated_inputs().empty()) && !step.input_slots.empty())
+      alias_of[step.output_slots[0]] = step.input_slots[0];
+    for (int32_t slot : step.input_slots) {
+      // A read of a view is a read of everything under it.
+      for (int32_t at = slot; at >= 0; at = alias_of[at]) live.users[at].push_back(s);
+    }
+  }
+  return live;
+}
+
+}  // namespace
+
+void plan_memory(Plan& plan, bool in_place) {
+  const HappensBefore order(plan);
+  const Liveness live = liveness(plan);
+  plan.slot_offset.assign(plan.num_slots, -1);
+  plan.in_place_of.assign(plan.num_slots, -1);
+  plan.arena_bytes = plan.unshared_bytes = 0;
+  std::vector<char> fetched(plan.num_slots, 0), aliased(plan.num_slots, 0);
+  for (int32_t slot : plan.fetch_slots) fetched[slot] = 1;
+  for (const PlanStep& step : plan.steps) {
+    const Node& node = plan.graph->node(step.node);
+    if (node.op().may_alias() && !step.input_slots.empty()) aliased[step.input_slots[0]] = 1;
+  }
+
+  // A buffer in use: its byte range and the slot whose lifetime ends its use.
+  struct Block {
+    int64_t offset, size;
+    int32_t slot;
+  };
+  std::vector<Block> active;  // sorted by offset
+  std::vector<int32_t> tails(plan.num_streams, -1);
+  // True when every use of `slot` completes before step p starts.
+  auto done_before = [&](int32_t slot, int32_t p) {
+    const auto& users = live.users[slot];
+    if (users.empty()) return order.before(live.producer[slot], p);
+    for (int32_t u : users)
+      if (u == p || !order.before(u, p)) return false;
+    return true;
+  };
+
+  for (int32_t p = 0; p < static_cast<int32_t>(plan.steps.size()); ++p) {
+    const PlanStep& step = plan.steps[p];
+    tails[step.stream] = p;
+    const Node& node = plan.graph->node(step.node);
+    // Retire blocks that every stream's latest step has passed: free for good.
+    std::erase_if(active, [&](const Block& b) {
+      for (int32_t t : tails)
+        if (t < 0 || (t != p && !done_before(b.slot, t))) return false;  // a stream yet to start
+                                                                       // knows of nothing
+      return done_before(b.slot, p);
+    });
+    if (external_output(node)) continue;
+    for (size_t o = 0; o < step.output_slots.size(); ++o) {
+      const int32_t slot = step.output_slots[o];
+      const TensorType& type = step.output_types[o];
+      const int64_t bytes = static_cast<int64_t>(type.shape.numel() * dtype_size(type.dtype));
+      if (fetched[slot] || bytes == 0) continue;
+      plan.unshared_bytes += aligned(bytes);
+      // In place: an elementwise op takes over an input buffer of the same size whose every
+      // other use is already done (and that no view still needs).
+      if (in_place && node.op().is_elementwise() && step.output_slots.size() == 1) {
+        for (int32_t in : step.input_slots) {
+          if (plan.slot_offset[in] < 0 || aliased[in] || fetched[in]) continue;
+          const TensorType& it = plan.slot_types[in];
+          if (static_cast<int64_t>(it.shape.numel() * dtype_size(it.dtype)) != bytes) continue;
+          bool others_done = true;
+          for (int32_t u : live.users[in]) others_done &= (u == p || order.before(u, p));
+          if (!others_done) continue;
+          plan.slot_offset[slot] = plan.slot_offset[in];
+          plan.in_place_of[slot] = in;
+          for (Block& b : active)
+            if (b.slot == in) b.slot = slot;  // the block now lives as long as the output
+          break;
+        }
+        if (plan.slot_offset[slot] >= 0) continue;
+      }
+      // First fit among the bytes no unfinished buffer holds.
+      const int64_t size = aligned(bytes);
+      int64_t offset = 0;
+      for (const Block& b : active) {
+        if (done_before(b.slot, p)) continue;
+        if (offset + size <= b.offset) break;
+        offset = std::max(offset, b.offset + b.size);
+      }
+      plan.slot_offset[slot] = offset;
+      active.insert(std::upper_bound(active.begin(), active.end(), offset,
+                                     [](int64_t v, const Block& b) { return v < b.offset; }),
+                    Block{offset, size, slot});
+      plan.arena_bytes = std::max(plan.arena_bytes, offset + size);
+    }
+  }
+}
+
+void validate_memory_plan(const Plan& plan) {
+  const HappensBefore order(plan);
+  const Liveness live = liveness(plan);
+  struct Buffer {
+    int32_t slot;
+    int64_t begin, end;
+  };
+  std::vector<Buffer> buffers;
+  for (int32_t slot = 0; slot < plan.num_slots; ++slot) {
+    if (plan.slot_offset.empty() || plan.slot_offset[slot] < 0) continue;
+    const TensorType& t = plan.slot_types[slot];
+    int64_t bytes = static_cast<int64_t>(t.shape.numel() * dtype_size(t.dtype));
+    KILN_CHECK(plan.slot_offset[slot] % kAlignment == 0 && plan.slot_offset[slot] + bytes <= plan.arena_bytes,
+               Error, "[memory] slot ", slot, " at ", plan.slot_offset[slot], " (+", bytes,
+               ") is misaligned or outside the arena of ", plan.arena_bytes, " bytes");
+    buffers.push_back({slot, plan.slot_offset[slot], plan.slot_offset[slot] + bytes});
+  }
+  // a's uses all finish before b is produced; where b takes a's buffer over in place (through
+  // a chain of in-place steps), b's own step may be one of a's users.
+  auto finished_before = [&](int32_t a, int32_t b) {
+    const int32_t p = live.producer[b];
+    bool chain = false;
+    for (int32_t at = plan.in_place_of[b]; at >= 0; at = plan.in_place_of[at]) chain |= at == a;
+    std::vector<int32_t> uses = live.users[a];
+    if (uses.empty()) uses.push_back(live.producer[a]);
+    for (int32_t u : uses)
+      if (!(order.before(u, p) || (chain && u == p))) return false;
+    return true;
+  };
+  std::sort(buffers.begin(), buffers.end(), [](const Buffer& x, const Buffer& y) { return x.begin < y.begin; });
+  for (size_t i = 0; i < buffers.size(); ++i)
+    for (size_t j = i + 1; j < buffers.size() && buffers[j].begin < buffers[i].end; ++j) {
+      const int32_t a = buffers[i].slot, b = buffers[j].slot;
+      if (finished_before(a, b) || finished_before(b, a)) continue;
+      throw Error(str("[memory] slots ", a, " (", plan.graph->node(plan.steps[live.producer[a]].node).name(),
+                      ") and ", b, " (", plan.graph->node(plan.steps[live.producer[b]].node).name(),
+                      ") share arena bytes while both may be in use"));
+    }
+}
+
+}  // namespace kiln

@@ -1,0 +1,97 @@
+// Stream assignment and the happens-before relation it induces.
+#include <algorithm>
+#include <unordered_map>
+
+#include "runtime/plan.h"
+
+namespace kiln {
+
+namespace {
+
+// For each step, the steps that must complete first: producers of its inputs, and for an op
+// that writes a variable, every other reader of that variable.
+std::vector<std::vector<int32_t>> predecessors(const Plan& plan) {
+  std::unordered_map<int32_t, int32_t> producer;  // slot -> step
+  std::unordered_map<int32_t, std::vector<int32_t>> readers;
+  for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
+    for (int32_t slot : plan.steps[s].output_slots) producer[slot] = s;
+    for (int32_t slot : plan.steps[s].input_slots) readers[slot].push_back(s);
+  }
+  std::vector<std::vector<int32_t>> preds(plan.steps.size());
+  for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
+    const PlanStep& step = plan.steps[s];
+    for (int32_t slot : step.input_slots)
+      if (auto it = producer.find(slot); it != producer.end()) preds[s].push_back(it->second);
+    for (int index : plan.graph->node(step.node).op().mutated_inputs())
+      for (int32_t reader : readers[step.input_slots[index]])
+        if (reader < s) preds[s].push_back(reader);
+    std::sort(preds[s].begin(), preds[s].end());
+    preds[s].erase(std::unique(preds[s].begin(), preds[s].end()), preds[s].end());
+  }
+  return preds;
+}
+
+}  // namespace
+
+void schedule_streams(Plan& plan, int max_streams) {
+  max_streams = std::max(1, max_streams);
+  const auto preds = predecessors(plan);
+  std::vector<int32_t> tail;  // last step of each stream
+  for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
+    PlanStep& step = plan.steps[s];
+    int32_t stream = -1;
+    // Continue the chain of a predecessor that is still the end of its stream.
+    for (int32_t p : preds[s])
+      if (tail[plan.steps[p].stream] == p) {
+        stream = plan.steps[p].stream;
+        break;
+      }
+    if (stream < 0) {
+      if (preds[s].empty() && !tail.empty()) {
+        stream = 0;  // sources (constants, variables) are cheap: keep them on stream 0
+      } else if (static_cast<int>(tail.size()) < max_streams) {
+        stream = static_cast<int32_t>(tail.size());
+        tail.push_back(-1);
+      } else {
+        // The stream that has waited longest.
+        stream = static_cast<int32_t>(std::min_element(tail.begin(), tail.end()) - tail.begin());
+      }
+    }
+    step.stream = stream;
+    step.waits.clear();
+    for (int32_t p : preds[s])
+      if (plan.steps[p].stream != stream) step.waits.push_back(p);
+    tail[stream] = s;
+  }
+  plan.num_streams = std::max<int32_t>(1, static_cast<int32_t>(tail.size()));
+}
+
+HappensBefore::HappensBefore(const Plan& plan) {
+  const int32_t n = static_cast<int32_t>(plan.steps.size());
+  const int32_t streams = plan.num_streams;
+  stream_.resize(n);
+  position_.resize(n);
+  clock_.assign(n, std::vector<int32_t>(streams, -1));
+  std::vector<int32_t> last(streams, -1), count(streams, 0);
+  for (int32_t s = 0; s < n; ++s) {
+    const PlanStep& step = plan.steps[s];
+    stream_[s] = step.stream;
+    position_[s] = count[step.stream]++;
+    std::vector<int32_t>& clock = clock_[s];
+    if (last[step.stream] >= 0) {  // everything the previous step on this stream knew, and it
+      clock = clock_[last[step.stream]];
+      clock[step.stream] = position_[last[step.stream]];
+    }
+    for (int32_t w : step.waits) {  // everything each awaited step knew, and it
+      for (int32_t k = 0; k < streams; ++k) clock[k] = std::max(clock[k], clock_[w][k]);
+      clock[stream_[w]] = std::max(clock[stream_[w]], position_[w]);
+    }
+    last[step.stream] = s;
+  }
+}
+
+bool HappensBefore::before(int32_t u, int32_t p) const {
+  return u != p && clock_[p][stream_[u]] >= position_[u];
+}
+
+}  // namespace kiln
