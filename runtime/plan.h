@@ -108,8 +108,9 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
 /// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.
 /// Fetched tensors that share storage with a variable are copied, so later updates of the
 /// variable do not change what the caller holds.
+/// With inter_op_threads > 1 the plan's streams run on their own threads, waiting at events.
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
-                                   ThreadPool& pool,
-                                   VariableStore& variables);
+                                   ThreadPool& pool, VariableStore& variables,
+                                   int inter_op_threads = 1);
 
 }  // namespace kiln

@@ -47,7 +47,7 @@ void schedule_streams(Plan& plan, int max_streams) {
         break;
       }
     if (stream < 0) {
-      if (preds[s].empty() && !tail.empty()) {
+      if (step.input_slots.empty() && !tail.empty()) {
         stream = 0;  // sources (constants, variables) are cheap: keep them on stream 0
       } else if (static_cast<int>(tail.size()) < max_streams) {
         stream = static_cast<int32_t>(tail.size());

@@ -45,7 +45,7 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
   std::vector<Tensor> tensors;
   tensors.reserve(feeds.size());
   for (const auto& feed : feeds) tensors.push_back(feed.second);
-  return execute_on_cpu(plan, tensors, *pool_, variables_);
+  return execute_on_cpu(plan, tensors, *pool_, variables_, options_.inter_op_threads);
 }
 
 const Plan& Session::plan(const FeedList& feeds, const std::vector<Value>& fetches,
