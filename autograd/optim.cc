@@ -85,8 +85,13 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
 }
 
 Value Optimizer::slot(const Value& var, const std::string& suffix) {
-  return var.graph()->variable(var.node().name() + "/" + suffix, var.shape(), init::zeros(),
-                               var.dtype(), /*trainable=*/false);
+  // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
+  return var.graph()->add("variable", {},
+                          {{"dtype", var.dtype()}, {"shape", var.shape()}, {"init", std::string("zeros")},
+                           {"init_args", std::vector<double>{}}, {"seed", int64_t{0}},
+                           {"trainable", false}},
+                          {.name = var.node().name() + "/" + suffix, .exact_name = true,
+                           .absolute_name = true});
 }
 
 Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
@@ -130,7 +135,9 @@ Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
       decoupled_(decoupled_weight_decay) {}
 
 Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step) {
-  return adam_update(var, slot(var, "adam_m"), slot(var, "adam_v"), grad, lr, step,
+  Value m = slot(var, "adam_m");  // made in this order, whatever the compiler's argument order
+  Value v = slot(var, "adam_v");
+  return adam_update(var, m, v, grad, lr, step,
                      options_.beta1, options_.beta2, options_.eps, options_.weight_decay,
                      decoupled_);
 }

@@ -2,7 +2,7 @@
 // test accuracy. With --resume it continues from the saved graph file and checkpoint alone.
 //
 //   fashion_mnist_mlp [--data DIR] [--out DIR] [--epochs N] [--batch N] [--threads N]
-//                     [--resume] [--stop-after EPOCHS]
+//                     [--resume] [--stop-after EPOCHS] [--trace FILE.json]
 #include <kiln/kiln.h>
 #include <unistd.h>
 
@@ -24,6 +24,7 @@ struct Args {
   uint64_t seed = 0;
   bool resume = false;
   int64_t stop_after = -1;  // stop (as if interrupted) after this many epochs
+  std::string trace;        // write a Chrome trace of every step here
 };
 
 Args parse(int argc, char** argv) {
@@ -42,8 +43,9 @@ Args parse(int argc, char** argv) {
     else if (k == "--seed") a.seed = std::stoull(value());
     else if (k == "--resume") a.resume = true;
     else if (k == "--stop-after") a.stop_after = std::stoll(value());
+    else if (k == "--trace") a.trace = value();
     else throw Error(str("[args] unknown option ", k,
-                         " (options: --data --out --epochs --batch --threads --seed --resume --stop-after)"));
+                         " (options: --data --out --epochs --batch --threads --seed --resume --stop-after --trace)"));
   }
   return a;
 }
@@ -54,8 +56,8 @@ void build_training_graph(Graph& g, int64_t total_steps) {
   Value y = g.placeholder("labels", i64, {-1});
   auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
     NameScope scope(g, name);
-    Value w = g.variable(name + "/w", {in.shape()[1], units}, init::he_normal(seed));
-    Value b = g.variable(name + "/b", {units}, init::zeros());
+    Value w = g.variable("w", {in.shape()[1], units}, init::he_normal(seed));  // "<name>/w"
+    Value b = g.variable("b", {units}, init::zeros());
     return matmul(in, w) + b;
   };
   Value h1 = relu(dense("dense1", x, 256, 1));
@@ -127,7 +129,7 @@ int main(int argc, char** argv) {
       std::printf("saved the training graph (%d nodes) to %s\n", graph->num_nodes(),
                   graph_path.c_str());
     }
-    Session sess(*graph, {.intra_op_threads = args.threads});
+    Session sess(*graph, {.intra_op_threads = args.threads, .trace_path = args.trace});
     int64_t first_epoch = 0;
     if (args.resume) {
       sess.restore_checkpoint(ckpt_path);

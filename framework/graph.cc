@@ -83,7 +83,7 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   const std::string& local = options.name.empty() ? op_name : options.name;
   KILN_CHECK(local.find(':') == std::string::npos, GraphError, "[", op_name, "] node name '",
              local, "' contains ':', which is reserved for output indices");
-  std::string name = scope_prefix_ + local;
+  std::string name = (options.absolute_name ? std::string() : scope_prefix_) + local;
   auto fail = [&](auto&&... args) {
     throw GraphError(str("[", op_name, "] ", name, ": ", args...));
   };

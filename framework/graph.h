@@ -104,6 +104,8 @@ struct NodeOptions {
   /// a suffix "_1", "_2", ... makes it unique, unless `exact_name` is set (then it is an error).
   std::string name;
   bool exact_name = false;
+  /// Ignore the current name scope (optimizer slots are named after their variable).
+  bool absolute_name = false;
   std::string device_hint;
 };
 

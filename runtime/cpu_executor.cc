@@ -2,11 +2,15 @@
 #include <algorithm>
 #include <map>
 #include <atomic>
+#include <chrono>
+#include <iomanip>
+#include <sstream>
 #include <condition_variable>
 #include <mutex>
 #include <new>
 #include <thread>
 
+#include "framework/graph_io.h"
 #include "framework/kernel.h"
 #include "runtime/plan.h"
 
@@ -21,8 +25,9 @@ class StepRunner {
   /// `concurrent`: steps may run on several threads; a slot is then freed when its readers
   /// have all run (counted), not after the last reader in plan order.
   StepRunner(const Plan& plan, std::vector<Tensor>& slots, ThreadPool& pool,
-             VariableStore& variables, bool concurrent)
-      : plan_(plan), slots_(slots), pool_(pool), variables_(variables), concurrent_(concurrent) {
+             VariableStore& variables, bool concurrent, std::vector<TraceEvent>* trace)
+      : plan_(plan), slots_(slots), pool_(pool), variables_(variables), concurrent_(concurrent),
+        trace_(trace) {
     fetched_slot_.assign(plan.num_slots, 0);
     for (int32_t slot : plan.fetch_slots) fetched_slot_[slot] = 1;
     if (concurrent_) {
@@ -45,11 +50,20 @@ class StepRunner {
                             static_cast<size_t>(offset));
     }
     KernelContext ctx(node, inputs, step.output_types, outputs, pool_, &variables_);
+    const auto start = trace_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     try {
       step.kernel(ctx);
       for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);  // allocate any left untouched
     } catch (const std::bad_alloc&) {
       throw Error(str(ctx.where(), ": out of host memory"));
+    }
+    if (trace_) {
+      const auto end = std::chrono::steady_clock::now();
+      auto us = [](auto t) {
+        return std::chrono::duration<double, std::micro>(t.time_since_epoch()).count();
+      };
+      std::lock_guard<std::mutex> lock(mutex_);
+      trace_->push_back({node.name(), node.op_name(), step.stream, us(start), us(end) - us(start)});
     }
     inputs.clear();
     for (size_t i = 0; i < step.output_slots.size(); ++i) {
@@ -82,6 +96,7 @@ class StepRunner {
   ThreadPool& pool_;
   VariableStore& variables_;
   bool concurrent_;
+  std::vector<TraceEvent>* trace_;
   std::vector<char> fetched_slot_;
   std::vector<std::atomic<int32_t>> remaining_;
   std::mutex mutex_;
@@ -133,14 +148,37 @@ void run_streams(const Plan& plan, StepRunner& runner, int max_threads) {
 
 }  // namespace
 
+void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string& path) {
+  auto escape = [](const std::string& s) {
+    std::string out;
+    for (char c : s) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    return out;
+  };
+  const double origin = events.empty() ? 0 : events.front().start_us;
+  std::ostringstream json;
+  json << "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
+  for (size_t i = 0; i < events.size(); ++i) {
+    const TraceEvent& e = events[i];
+    json << "  {\"name\": \"" << escape(e.name) << "\", \"cat\": \"" << escape(e.op)
+         << "\", \"ph\": \"X\", \"pid\": 1, \"tid\": " << e.stream << ", \"ts\": "
+         << std::fixed << std::setprecision(3) << e.start_us - origin << ", \"dur\": " << e.duration_us
+         << ", \"args\": {\"op\": \"" << escape(e.op) << "\"}}" << (i + 1 < events.size() ? "," : "") << "\n";
+  }
+  json << "]}\n";
+  write_file_atomically(path, json.str());
+}
+
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
                                    ThreadPool& pool, VariableStore& variables,
-                                   int inter_op_threads) {
+                                   int inter_op_threads, std::vector<TraceEvent>* trace) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
   if (plan.arena_bytes > 0 && !plan.arena) plan.arena = std::make_shared<HostStorage>(plan.arena_bytes);
   const bool concurrent = inter_op_threads > 1 && plan.num_streams > 1;
-  StepRunner runner(plan, slots, pool, variables, concurrent);
+  StepRunner runner(plan, slots, pool, variables, concurrent, trace);
   if (concurrent) {
     run_streams(plan, runner, inter_op_threads);
   } else {

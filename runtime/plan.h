@@ -108,9 +108,22 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
 /// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.
 /// Fetched tensors that share storage with a variable are copied, so later updates of the
 /// variable do not change what the caller holds.
+/// One executed step, for profiles: node name, op, stream, start and duration in microseconds.
+struct TraceEvent {
+  std::string name, op;
+  int32_t stream = 0;
+  double start_us = 0, duration_us = 0;
+};
+
+/// Writes `events` as a Chrome trace (JSON; opens in Perfetto and chrome://tracing), one track
+/// per stream. Throws kiln::FileError.
+void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string& path);
+
 /// With inter_op_threads > 1 the plan's streams run on their own threads, waiting at events.
+/// With `trace`, one event per step is appended to it.
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
                                    ThreadPool& pool, VariableStore& variables,
-                                   int inter_op_threads = 1);
+                                   int inter_op_threads = 1,
+                                   std::vector<TraceEvent>* trace = nullptr);
 
 }  // namespace kiln

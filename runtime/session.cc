@@ -1,5 +1,7 @@
 #include "runtime/session.h"
 
+#include <cstdio>
+
 #include "runtime/checkpoint.h"
 
 namespace kiln {
@@ -16,7 +18,19 @@ Session::Session(const Graph& graph, SessionOptions options)
   pool_ = std::make_unique<ThreadPool>(options_.intra_op_threads);
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  if (options_.trace_path.empty()) return;
+  try {
+    write_trace(options_.trace_path);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kiln: could not write the trace: %s\n", e.what());
+  }
+}
+
+void Session::write_trace(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  write_chrome_trace(trace_, path);
+}
 
 const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& fetches,
                               const std::vector<Value>& targets) {
@@ -45,7 +59,10 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
   std::vector<Tensor> tensors;
   tensors.reserve(feeds.size());
   for (const auto& feed : feeds) tensors.push_back(feed.second);
-  return execute_on_cpu(plan, tensors, *pool_, variables_, options_.inter_op_threads);
+  // Bounded: a long training run keeps the first million steps' events.
+  const bool tracing = !options_.trace_path.empty() && trace_.size() < 1000000;
+  return execute_on_cpu(plan, tensors, *pool_, variables_, options_.inter_op_threads,
+                        tracing ? &trace_ : nullptr);
 }
 
 const Plan& Session::plan(const FeedList& feeds, const std::vector<Value>& fetches,

@@ -72,6 +72,10 @@ class Session {
   const Plan& plan(const FeedList& feeds, const std::vector<Value>& fetches,
                    const std::vector<Value>& targets = {});
 
+  /// Writes the per-node timings collected so far (collected when options.trace_path is set)
+  /// as a Chrome trace to `path`.
+  void write_trace(const std::string& path);
+
   /// Number of distinct plans compiled so far (one per fetch set and feed shapes).
   size_t num_compiled_plans() const { return plans_.size(); }
   const SessionOptions& options() const { return options_; }
@@ -85,6 +89,7 @@ class Session {
   std::unique_ptr<ThreadPool> pool_;
   std::map<std::string, std::unique_ptr<Plan>> plans_;
   VariableStore variables_;
+  std::vector<TraceEvent> trace_;
   std::mutex mutex_;
 };
 

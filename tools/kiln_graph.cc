@@ -2,6 +2,9 @@
 //   kiln-graph FILE            summary: nodes, op histogram, inputs, parameters, signatures
 //   kiln-graph FILE --text     the graph in protobuf text form
 //   kiln-graph FILE --dot [OUT]  Graphviz (to OUT, or standard output)
+//   kiln-graph FILE --optimized [--signature NAME] [--batch N] [--streams N]
+//                              the compiled plan: passes applied, every step with its stream
+//                              and arena offset, planned peak memory against no reuse
 #include <kiln/kiln.h>
 
 #include <cstdio>
@@ -16,10 +19,13 @@ namespace {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: kiln-graph FILE [--text | --dot [OUT.dot]]\n"
+               "usage: kiln-graph FILE [--text | --dot [OUT.dot] | --optimized [--signature NAME]\n"
+               "                  [--batch N] [--streams N]]\n"
                "  Describes a Kiln graph file (binary .pb, or text .pbtxt).\n"
-               "  --text  print the graph in protobuf text form\n"
-               "  --dot   write the graph as Graphviz dot (render with: dot -Tsvg)\n");
+               "  --text       print the graph in protobuf text form\n"
+               "  --dot        write the graph as Graphviz dot (render with: dot -Tsvg)\n"
+               "  --optimized  compile a signature (default: the first) as a Session would, with\n"
+               "               unknown dims set to --batch (default 1), and print the plan\n");
   return 2;
 }
 
@@ -56,26 +62,37 @@ void print_summary(const Graph& g, const std::string& path) {
     if (g.node(id).op_name() == "placeholder")
       std::printf("  %-32s %s\n", g.node(id).name().c_str(), type_of(g.node(id), 0).c_str());
 
-  // Parameters: variables (trainable state) and constants (baked-in tensors).
-  std::printf("\nparameters:\n");
-  int64_t total_elements = 0;
-  double total_bytes = 0;
-  int count = 0;
-  for (int32_t id = 0; id < g.num_nodes(); ++id) {
-    const Node& n = g.node(id);
-    if (n.op_name() != "variable" && n.op_name() != "constant") continue;
-    const TensorType& t = n.outputs()[0];
-    int64_t elements = t.shape.is_known() ? t.shape.numel() : 0;
-    double bytes = static_cast<double>(elements) * dtype_size(t.dtype);
-    total_elements += elements;
-    total_bytes += bytes;
-    ++count;
-    std::printf("  %-32s %-9s %-20s %12lld elements %10s\n", n.name().c_str(),
-                n.op_name().c_str(), type_of(n, 0).c_str(), static_cast<long long>(elements),
-                human_bytes(bytes).c_str());
+  // Trainable variables, then other state (optimizer slots, step counters), then constants;
+  // scalar constants are only counted.
+  const char* groups[] = {"parameters (trainable variables)", "state (other variables)",
+                          "constants (scalars only counted)"};
+  for (int group = 0; group < 3; ++group) {
+    std::printf("\n%s:\n", groups[group]);
+    int64_t total_elements = 0, scalars = 0;
+    double total_bytes = 0;
+    int count = 0;
+    for (int32_t id = 0; id < g.num_nodes(); ++id) {
+      const Node& n = g.node(id);
+      const bool is_var = n.op_name() == "variable";
+      if (group < 2 && (!is_var || n.attr<bool>("trainable") != (group == 0))) continue;
+      if (group == 2 && n.op_name() != "constant") continue;
+      const TensorType& t = n.outputs()[0];
+      const int64_t elements = t.shape.is_known() ? t.shape.numel() : 0;
+      const double bytes = static_cast<double>(elements) * dtype_size(t.dtype);
+      total_elements += elements;
+      total_bytes += bytes;
+      ++count;
+      if (group == 2 && elements <= 1) {
+        ++scalars;
+        continue;
+      }
+      std::printf("  %-36s %-20s %12lld elements %10s\n", n.name().c_str(), type_of(n, 0).c_str(),
+                  static_cast<long long>(elements), human_bytes(bytes).c_str());
+    }
+    if (scalars) std::printf("  (%lld scalar constants)\n", static_cast<long long>(scalars));
+    std::printf("  total: %d tensors, %lld elements, %s\n", count,
+                static_cast<long long>(total_elements), human_bytes(total_bytes).c_str());
   }
-  std::printf("  total: %d tensors, %lld elements, %s\n", count,
-              static_cast<long long>(total_elements), human_bytes(total_bytes).c_str());
 
   std::printf("\nsignatures:\n");
   if (g.signatures().empty()) std::printf("  (none)\n");
@@ -91,6 +108,51 @@ std::string dot_escape(const std::string& s) {
     out += c;
   }
   return out;
+}
+
+void print_optimized(const Graph& g, std::string signature, int64_t batch, int streams) {
+  if (signature.empty()) {
+    if (g.signatures().empty()) throw Error("[kiln-graph] the graph has no signatures to compile");
+    signature = g.signatures().begin()->first;
+  }
+  const Signature& sig = g.signature(signature);
+  FeedList feeds;
+  for (const Value& in : sig.inputs) {
+    std::vector<int64_t> dims = in.shape().dims();
+    for (int64_t& d : dims)
+      if (d < 0) d = batch;
+    feeds.emplace_back(in, Tensor::zeros(in.dtype(), Shape(dims)));
+  }
+  Session sess(g, {.intra_op_threads = 1, .inter_op_threads = streams});
+  const Plan& plan = sess.plan(feeds, sig.outputs, sig.targets);
+  std::string passes;
+  for (const std::string& p : plan.passes_applied) passes += (passes.empty() ? "" : ", ") + p;
+  std::printf("plan of signature '%s' (unknown dims = %lld): %zu steps on %d stream(s)\n",
+              signature.c_str(), static_cast<long long>(batch), plan.steps.size(), plan.num_streams);
+  std::printf("passes that changed the graph: %s\n", passes.empty() ? "none" : passes.c_str());
+  std::printf("arena: %s planned peak, %s without reuse (%.1fx smaller)\n\n",
+              human_bytes(static_cast<double>(plan.arena_bytes)).c_str(),
+              human_bytes(static_cast<double>(plan.unshared_bytes)).c_str(),
+              plan.arena_bytes ? static_cast<double>(plan.unshared_bytes) / plan.arena_bytes : 1.0);
+  std::printf("%5s %6s  %-18s %-36s %-22s %s\n", "step", "stream", "op", "node", "output", "arena offset");
+  for (size_t s = 0; s < plan.steps.size(); ++s) {
+    const PlanStep& step = plan.steps[s];
+    const Node& node = plan.graph->node(step.node);
+    std::string where = "-";
+    if (!step.output_slots.empty()) {
+      const int32_t slot = step.output_slots[0];
+      if (plan.slot_offset[slot] >= 0) {
+        where = std::to_string(plan.slot_offset[slot]);
+        if (plan.in_place_of[slot] >= 0) where += " (in place)";
+      }
+    }
+    std::string waits;
+    for (int32_t w : step.waits) waits += str(waits.empty() ? " waits for " : ",", w);
+    std::printf("%5zu %6d  %-18s %-36s %-22s %s%s\n", s, step.stream, node.op_name().c_str(),
+                node.name().c_str(), type_of(node, 0).c_str(), where.c_str(), waits.c_str());
+    if (node.op_name() == "fused_elementwise")
+      std::printf("%33s%s\n", "", node.attr<std::string>("expr").c_str());
+  }
 }
 
 void write_dot(const Graph& g, std::ostream& out) {
@@ -116,12 +178,22 @@ void write_dot(const Graph& g, std::ostream& out) {
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
-  std::string path, mode = "summary", dot_out;
+  std::string path, mode = "summary", dot_out, signature;
+  int64_t batch = 1;
+  int streams = 1;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") return usage(), 0;
     if (arg == "--text") {
       mode = "text";
+    } else if (arg == "--optimized") {
+      mode = "optimized";
+    } else if ((arg == "--signature" || arg == "--batch" || arg == "--streams") && i + 1 < argc) {
+      std::string v = argv[++i];
+      if (arg == "--signature") signature = v;
+      else if (arg == "--batch") batch = std::atoll(v.c_str());
+      else streams = std::atoi(v.c_str());
+      if (batch < 0 || streams < 1) return usage();
     } else if (arg == "--dot") {
       mode = "dot";
       if (i + 1 < argc && argv[i + 1][0] != '-') dot_out = argv[++i];
@@ -139,6 +211,8 @@ int main(int argc, char** argv) {
     std::unique_ptr<Graph> graph = load_graph(path);
     if (mode == "summary") {
       print_summary(*graph, path);
+    } else if (mode == "optimized") {
+      print_optimized(*graph, signature, batch, streams);
     } else if (mode == "text") {
       std::fputs(graph_to_text(*graph).c_str(), stdout);
     } else if (dot_out.empty()) {

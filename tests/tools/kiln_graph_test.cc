@@ -62,6 +62,34 @@ TEST(KilnGraphTool, SummaryTextAndDot) {
   EXPECT_EQ(run_tool(path + " --bogus").exit_code, 2);
 }
 
+TEST(KilnGraphTool, OptimizedPlanShowsStreamsOffsetsAndMemory) {
+  std::string path = save_sample();
+  Result r = run_tool(path + " --optimized --batch 16");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  for (const char* part : {"plan of signature 'predict'", "stream", "arena:", "planned peak",
+                           "without reuse", "matmul", "dense/relu"})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << "\n" << r.output;
+  EXPECT_EQ(run_tool(path + " --optimized --signature nope").exit_code, 1);
+}
+
+TEST(Trace, SessionWritesAChromeTrace) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4, 4});
+  Value y = relu(matmul(x, x));
+  {
+    Session s(g, {.trace_path = tmp("trace.json")});
+    for (int i = 0; i < 3; ++i) s.run({{x, Tensor::full(f32, {4, 4}, 1)}}, {y});
+  }
+  std::ifstream in(tmp("trace.json"));
+  std::string json((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(json.rfind("{\"displayTimeUnit\"", 0), 0u) << json.substr(0, 80);
+  size_t events = 0;
+  for (size_t at = json.find("\"ph\": \"X\""); at != std::string::npos; at = json.find("\"ph\": \"X\"", at + 1)) ++events;
+  EXPECT_EQ(events, 6u);  // matmul and relu, three runs
+  EXPECT_NE(json.find("\"name\": \"matmul\""), std::string::npos);
+  EXPECT_NE(json.find("\"dur\": "), std::string::npos);
+}
+
 TEST(KilnGraphTool, BrokenFilesExitOneWithAMessage) {
   std::string path = save_sample();
   std::ifstream in(path, std::ios::binary);
