@@ -8,6 +8,10 @@
 // dims (repeated over the leading ones, as a bias row).
 #include <cstring>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "framework/kernel.h"
 #include "ops/math/elementwise.h"
 #include "ops/math/fused.h"
@@ -46,6 +50,25 @@ const char* fused_op_name(int opcode) { return kNames[opcode]; }
 namespace {
 
 constexpr int64_t kChunk = 1024;
+
+// Outputs at least this large are written with streaming (non-temporal) stores: a result that
+// will not fit in cache then costs one write instead of a read-for-ownership plus a write.
+constexpr int64_t kStreamingBytes = int64_t{8} << 20;
+
+// dst[0, n) = src[0, n), bypassing the cache where the ISA allows.
+template <typename T>
+void stream_copy(T* dst, const T* src, int64_t n) {
+#if defined(__AVX__)
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0 && bytes % 32 == 0) {
+    auto* d = reinterpret_cast<__m256*>(dst);
+    const auto* s = reinterpret_cast<const float*>(src);
+    for (int64_t i = 0; i < bytes / 32; ++i) _mm256_stream_ps(reinterpret_cast<float*>(d + i), _mm256_loadu_ps(s + 8 * i));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(T));
+}
 
 // Operand loops over one chunk. Scalars (stride 0) are hoisted so every loop vectorizes.
 template <typename T, typename F>
@@ -91,6 +114,7 @@ void fused_typed(KernelContext& ctx) {
     period[i] = m == n ? -1 : m == 1 ? 0 : m;
   }
   const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const bool streaming = n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes;
   ctx.parallel_for(chunks, kChunk * n_ops, [&](int64_t c0, int64_t c1) {
     std::vector<T> scratch(static_cast<size_t>(n_ops + n_in) * kChunk);
     std::vector<const T*> reg(n_in + n_ops);
@@ -111,7 +135,8 @@ void fused_typed(KernelContext& ctx) {
       }
       for (int k = 0; k < n_ops; ++k) {
         const int64_t* ins = &code[4 * k];
-        T* dest = k == n_ops - 1 ? out + start : scratch.data() + static_cast<size_t>(k) * kChunk;
+        const bool last = k == n_ops - 1;
+        T* dest = last && !streaming ? out + start : scratch.data() + static_cast<size_t>(k) * kChunk;
         const T* a = reg[ins[1]];
         const int64_t sa = stride[ins[1]];
         const T* b = ins[2] >= 0 ? reg[ins[2]] : nullptr;
@@ -137,8 +162,12 @@ void fused_typed(KernelContext& ctx) {
         }
         reg[n_in + k] = dest;
         stride[n_in + k] = 1;
+        if (last && streaming) stream_copy(out + start, dest, len);
       }
     }
+#if defined(__AVX__)
+    if (streaming) _mm_sfence();  // streaming stores are weakly ordered: publish them
+#endif
   });
 }
 
