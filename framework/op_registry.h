@@ -53,6 +53,9 @@ class InferContext {
   const T& attr(const std::string& name) const {
     return std::get<T>(attrs_.at(name));
   }
+  const OpDef& op() const { return op_; }
+  const std::string& node_name() const { return node_name_; }
+  const AttrMap& attrs() const { return attrs_; }
   /// "[matmul] dense1/matmul" — the prefix of every message about this node.
   std::string where() const;
   /// Throws kiln::GraphError("[op] node: " + the pieces).

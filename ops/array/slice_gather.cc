@@ -97,6 +97,12 @@ KILN_OP(slice_grad)
     .attr("step", std::vector<int64_t>{})
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       ctx.expect_same_dtype(0, 1);
+      // dy must have the shape of the slice of x.
+      const std::vector<TensorType> x_only = {ctx.input(1)};  // InferContext keeps a reference
+      InferContext of_x(ctx.op(), ctx.node_name(), x_only, ctx.attrs());
+      const Shape sliced = infer_slice(of_x)[0].shape;
+      if (!ctx.shape(0).compatible_with(sliced))
+        ctx.fail("dy is ", ctx.shape(0), ", the slice of ", ctx.shape(1), " is ", sliced);
       return {ctx.input(1)};
     })
     .kernel(DeviceKind::cpu, slice_grad_cpu)
@@ -200,7 +206,17 @@ KILN_OP(gather_grad)
     .input("indices")
     .input("params")
     .attr("axis", int64_t{0})
-    .infer([](const InferContext& ctx) -> std::vector<TensorType> { return {ctx.input(2)}; })
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      // dy must have the shape gather(params, indices) has.
+      const std::vector<TensorType> params_indices = {ctx.input(2), ctx.input(1)};
+      InferContext forward(ctx.op(), ctx.node_name(), params_indices, ctx.attrs());
+      const TensorType gathered = infer_gather(forward)[0];
+      ctx.expect_dtype(0, {f32, f64, f16, bf16});
+      ctx.expect_same_dtype(0, 2);
+      if (!ctx.shape(0).compatible_with(gathered.shape))
+        ctx.fail("dy is ", ctx.shape(0), ", gather gives ", gathered.shape);
+      return {ctx.input(2)};
+    })
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
       const Tensor& dy = ctx.input(0);
       const Tensor& indices = ctx.input(1);

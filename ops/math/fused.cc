@@ -190,7 +190,21 @@ KILN_OP(fused_elementwise)
             ctx.fail("instruction ", k, " reads register ", code[4 * k + j], " of ", registers);
       }
       const Shape& shape = ctx.attr<Shape>("shape");
-      for (int i = 0; i < ctx.num_inputs(); ++i) ctx.expect_dtype(i, {ctx.attr<DType>("dtype")});
+      if (!shape.is_known()) ctx.fail("shape ", shape, " must be fully known");
+      for (int i = 0; i < ctx.num_inputs(); ++i) {
+        ctx.expect_dtype(i, {ctx.attr<DType>("dtype")});
+        // The kernel reads full-size inputs, scalars, or rows of the output's trailing dims.
+        const Shape& in = ctx.shape(i);
+        if (!in.is_known()) continue;
+        bool readable = in.numel() == shape.numel() || in.numel() == 1;
+        if (!readable && in.numel() > 0 && shape.numel() % in.numel() == 0) {
+          int64_t lead = 0;
+          while (lead < in.rank() && in[lead] == 1) ++lead;
+          readable = in.rank() - lead <= shape.rank();
+          for (int64_t d = 1; readable && d <= in.rank() - lead; ++d) readable = in[-d] == shape[-d];
+        }
+        if (!readable) ctx.fail("input ", i, " ", in, " cannot be read for an output of ", shape);
+      }
       return {{ctx.attr<DType>("dtype"), shape}};
     })
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) {

@@ -90,7 +90,11 @@ KILN_OP(softmax_cross_entropy_grad)
     .input("labels")
     .input("dloss")
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      // The forward op's checks, and dloss shaped like its loss.
+      std::vector<TensorType> loss = infer_cross_entropy(ctx);
       ctx.expect_same_dtype(0, 2);
+      if (!ctx.shape(2).compatible_with(loss[0].shape))
+        ctx.fail("dloss is ", ctx.shape(2), ", the loss is ", loss[0].shape);
       return {ctx.input(0)};
     })
     .kernel(DeviceKind::cpu, cross_entropy_cpu<true>, {f32, f64});

@@ -129,11 +129,33 @@ TEST(GraphIO, GarbledBytesNeverCrash) {
     std::string garbled = bytes;
     int flips = 1 + static_cast<int>(rng() % 8);
     for (int f = 0; f < flips; ++f) garbled[rng() % garbled.size()] = static_cast<char>(rng());
+    std::unique_ptr<Graph> g;
     try {
-      load_graph(write("fuzz_mut.pb", garbled));
+      g = load_graph(write("fuzz_mut.pb", garbled));
       ++loaded;
     } catch (const Error&) {
       ++rejected;
+      continue;
+    }
+    // What loads must also run (or fail with an error): every signature, batch 2. Graphs
+    // whose tensors would be huge are skipped, only to keep the test's memory small.
+    bool small = true;
+    for (int32_t id = 0; id < g->num_nodes(); ++id)
+      for (const TensorType& t : g->node(id).outputs())
+        for (int64_t d : t.shape) small &= d < 4096;
+    if (!small) continue;
+    for (const auto& [name, sig] : g->signatures()) {
+      std::vector<Tensor> inputs;
+      for (const Value& in : sig.inputs) {
+        std::vector<int64_t> dims = in.shape().dims();
+        for (int64_t& d : dims) d = d < 0 ? 2 : d;
+        inputs.push_back(Tensor::zeros(in.dtype(), Shape(dims)));
+      }
+      try {
+        Session s(*g);
+        s.run_signature(name, inputs);
+      } catch (const Error&) {
+      }
     }
   }
   EXPECT_EQ(loaded + rejected, 1500);
@@ -196,6 +218,22 @@ TEST(GraphIO, SemanticallyInvalidFilesAreRejectedWithTheProblem) {
                   {"signature 's'", "no node named 'q'"});
   expect_bad_text("version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" device: \"tpu:0\" }",
                   {"node 'y'", "tpu:0"});
+  // Gradient-only ops check their shapes too: a hand-made file cannot make a kernel read past
+  // an input.
+  const std::string labels = R"(nodes { name: "l" op: "placeholder" attrs { key: "dtype" value { dtype: 6 } }
+                attrs { key: "shape" value { shape { values: 1 } } } })";
+  expect_bad_text("version: 1 " + x + labels +
+                      " nodes { name: \"g\" op: \"softmax_cross_entropy_grad\" inputs: \"x\""
+                      " inputs: \"l\" inputs: \"l\" }",
+                  {"[softmax_cross_entropy_grad] g", "batch sizes differ"});
+  expect_bad_text("version: 1 " + x + labels +
+                      " nodes { name: \"g\" op: \"gather_grad\" inputs: \"x\" inputs: \"l\" inputs: \"x\" }",
+                  {"[gather_grad] g", "dy is [2, 3]"});
+  expect_bad_text("version: 1 " + x +
+                      " nodes { name: \"f\" op: \"fused_elementwise\" inputs: \"x\""
+                      " attrs { key: \"code\" value { ints { values: 1 values: 9 values: -1 values: -1 } } }"
+                      " attrs { key: \"shape\" value { shape { values: 2 values: 3 } } } }",
+                  {"[fused_elementwise] f", "reads register 9"});
 }
 
 TEST(GraphIO, NodesInAnyOrderLoad) {
