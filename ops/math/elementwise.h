@@ -19,13 +19,46 @@ KILN_HOST_DEVICE T sigmoid_of(T x) {
   return e / (T(1) + e);
 }
 
+// Integer arithmetic wraps around (two's complement), as in PyTorch and NumPy, instead of being
+// undefined on overflow: signed values go through their unsigned type.
+template <typename T>
+KILN_HOST_DEVICE T wrapping_neg(T x) {
+  if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
+    return static_cast<T>(std::make_unsigned_t<T>(0) - static_cast<std::make_unsigned_t<T>>(x));
+  else
+    return -x;
+}
+template <typename T>
+KILN_HOST_DEVICE T wrapping_add(T a, T b) {
+  if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
+    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) + static_cast<std::make_unsigned_t<T>>(b));
+  else
+    return static_cast<T>(a + b);
+}
+template <typename T>
+KILN_HOST_DEVICE T wrapping_sub(T a, T b) {
+  if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
+    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) - static_cast<std::make_unsigned_t<T>>(b));
+  else
+    return static_cast<T>(a - b);
+}
+template <typename T>
+KILN_HOST_DEVICE T wrapping_mul(T a, T b) {
+  if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
+    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) * static_cast<std::make_unsigned_t<T>>(b));
+  else if constexpr (std::is_integral_v<T>)
+    return static_cast<T>(static_cast<unsigned>(a) * static_cast<unsigned>(b));  // u8: no int overflow
+  else
+    return a * b;
+}
+
 // Integer division truncates toward zero; dividing by zero gives 0 instead of trapping.
 template <typename T>
 KILN_HOST_DEVICE T divide(T a, T b) {
   if constexpr (std::is_integral_v<T>) {
     if (b == T(0)) return T(0);
     if constexpr (std::is_signed_v<T>) {
-      if (b == T(-1)) return static_cast<T>(T(0) - a);  // avoids the INT_MIN / -1 trap
+      if (b == T(-1)) return wrapping_neg(a);  // avoids the INT_MIN / -1 trap
     }
     return static_cast<T>(a / b);
   } else {
@@ -42,8 +75,8 @@ KILN_HOST_DEVICE T power(T a, T b) {
     }
     T result = 1;
     while (b) {
-      if (b & 1) result = static_cast<T>(result * a);
-      a = static_cast<T>(a * a);
+      if (b & 1) result = wrapping_mul(result, a);
+      a = wrapping_mul(a, a);
       b = static_cast<T>(b >> 1);
     }
     return result;
@@ -62,10 +95,10 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //   gelu    y = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), the exact GELU (torch's
 //           default); the erfc form avoids cancellation for large negative x.
 #define KILN_UNARY_OPS(X)                                                  \
-  X(neg, signed_, -x)                                                      \
+  X(neg, signed_, wrapping_neg(x))                                         \
   X(sign, signed_, static_cast<T>((x > T(0)) - (x < T(0))))                \
-  X(abs, signed_, x < T(0) ? -x : x)                                       \
-  X(square, numeric, x * x)                                                \
+  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                          \
+  X(square, numeric, wrapping_mul(x, x))                                   \
   X(relu, signed_, x > T(0) ? x : T(0))                                    \
   X(exp, floating, exp(x))                                                 \
   X(log, floating, log(x))                                                 \
@@ -90,9 +123,9 @@ KILN_HOST_DEVICE T gelu_derivative(T x) {
 // propagate NaN from either side, as torch.maximum does. gelu_grad(x, dy) = dy * gelu'(x) is
 // gelu's gradient.
 #define KILN_BINARY_OPS(X)                       \
-  X(add, numeric, a + b)                         \
-  X(sub, numeric, a - b)                         \
-  X(mul, numeric, a * b)                         \
+  X(add, numeric, wrapping_add(a, b))            \
+  X(sub, numeric, wrapping_sub(a, b))            \
+  X(mul, numeric, wrapping_mul(a, b))            \
   X(div, numeric, divide(a, b))                  \
   X(pow, numeric, power(a, b))                   \
   X(maximum, numeric, (a != a || a > b) ? a : b) \

@@ -63,6 +63,9 @@ class ElementwiseFusion final : public Pass {
 
  private:
   static constexpr int64_t kUnused = -1000000;
+  // At most this many ops per fused node: bounds the kernel's scratch registers (and this
+  // pass's recursion) however long an elementwise chain is.
+  static constexpr size_t kMaxOps = 64;
 
   struct Group {
     const Graph& graph;
@@ -129,7 +132,8 @@ class ElementwiseFusion final : public Pass {
     for (size_t i = 0; i < n.inputs().size(); ++i) {
       OutputRef in = n.inputs()[i];
       int64_t token = -1;
-      if (inner_candidate(g, in.node)) token = add_member(g, in.node, members);
+      if (g.code.size() / 4 + 1 < kMaxOps && inner_candidate(g, in.node))
+        token = add_member(g, in.node, members);
       // where's condition is a bool: it must be computed inside the group.
       if (token == -1 && !(n.op_name() == "where" && i == 0)) token = external(g, in, is_root);
       if (token == -1) return fail();

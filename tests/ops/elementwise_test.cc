@@ -149,7 +149,13 @@ TEST(Binary, IntegerSemantics) {
   EXPECT_EQ(testing::run1(g, u + v).to_vector<int>(), (std::vector<int>{4, 7}));  // wraps
   Value m = g.constant(Tensor::from_vector<int32_t>({INT32_MIN}));
   Value neg1 = g.constant(Tensor::from_vector<int32_t>({-1}));
-  EXPECT_NO_THROW(testing::run1(g, m / neg1));  // no SIGFPE
+  EXPECT_EQ(testing::run1(g, m / neg1).to_vector<int32_t>()[0], INT32_MIN);  // wraps, no SIGFPE
+  // Signed overflow wraps around (two's complement), as in NumPy and PyTorch.
+  Value big = g.constant(Tensor::from_vector<int32_t>({INT32_MAX, INT32_MIN}));
+  Value one = g.constant(Tensor::from_vector<int32_t>({1}));
+  EXPECT_EQ(testing::run1(g, big + one).to_vector<int32_t>(), (std::vector<int32_t>{INT32_MIN, INT32_MIN + 1}));
+  EXPECT_EQ(testing::run1(g, -big).to_vector<int32_t>(), (std::vector<int32_t>{-INT32_MAX, INT32_MIN}));
+  EXPECT_EQ(testing::run1(g, big * (big - one)).to_vector<int32_t>()[1], 0);
 }
 
 TEST(Binary, MaximumAndMinimumPropagateNaN) {
