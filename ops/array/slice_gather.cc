@@ -124,13 +124,20 @@ std::vector<TensorType> infer_gather(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
 
+// params viewed as [outer, n, inner] around `axis`.
+struct AxisView {
+  int64_t outer = 1, n = 1, inner = 1;
+  AxisView(const Shape& shape, int64_t axis) : n(shape[axis]) {
+    for (int64_t i = 0; i < axis; ++i) outer *= shape[i];
+    for (int64_t i = axis + 1; i < shape.rank(); ++i) inner *= shape[i];
+  }
+};
+
 template <typename Index>
 void gather_typed(KernelContext& ctx, const Tensor& params, const Tensor& indices, Tensor& out,
                   int64_t axis) {
   const Shape& ps = params.shape();
-  int64_t outer = 1, inner = 1, n = ps[axis];
-  for (int64_t i = 0; i < axis; ++i) outer *= ps[i];
-  for (int64_t i = axis + 1; i < ps.rank(); ++i) inner *= ps[i];
+  const auto [outer, n, inner] = AxisView(ps, axis);
   const int64_t count = indices.numel();
   const Index* idx = indices.data<Index>();
   // Indices are data: check them all before copying anything.
@@ -179,10 +186,7 @@ KILN_OP(gather)
 template <typename T, typename Index>
 void gather_grad_typed(KernelContext& ctx, const Tensor& dy, const Tensor& indices, Tensor& dx,
                        int64_t axis) {
-  const Shape& ps = dx.shape();
-  int64_t outer = 1, inner = 1, n = ps[axis];
-  for (int64_t i = 0; i < axis; ++i) outer *= ps[i];
-  for (int64_t i = axis + 1; i < ps.rank(); ++i) inner *= ps[i];
+  const auto [outer, n, inner] = AxisView(dx.shape(), axis);
   const int64_t count = indices.numel();
   const Index* idx = indices.data<Index>();
   const T* g = dy.data<T>();
