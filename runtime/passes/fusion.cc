@@ -30,7 +30,7 @@ class ElementwiseFusion final : public Pass {
       if (opcode < 0 || node.num_outputs() != 1) continue;
       const TensorType& out = node.outputs()[0];
       if ((out.dtype != f32 && out.dtype != f64) || !out.shape.is_known()) continue;
-      Group group{graph, out, {}, {}};
+      Group group{graph, out, {}, {}, 0};
       std::vector<int32_t> members;
       if (add_member(group, root, members, /*is_root=*/true) < 0 || members.size() < 2) continue;
       // Renumber operands: externals are registers 0..e-1, instruction k is register e + k.
@@ -72,6 +72,7 @@ class ElementwiseFusion final : public Pass {
     TensorType out;
     std::vector<OutputRef> externals;
     std::vector<int64_t> code;  // 4 per instruction; operands as tokens until renumbered
+    size_t visited = 0;         // nodes tried for this group (bounds size and recursion)
   };
 
   // Can the fused kernel read a value of shape `in` for an output of shape `out`? Same element
@@ -120,6 +121,7 @@ class ElementwiseFusion final : public Pass {
   // index, or -1 (leaving the group as it was) when `id` cannot be fused.
   int64_t add_member(Group& g, int32_t id, std::vector<int32_t>& members, bool is_root = false) {
     const Node& n = g.graph.node(id);
+    ++g.visited;
     const size_t code_mark = g.code.size(), external_mark = g.externals.size();
     const size_t member_mark = members.size();
     auto fail = [&]() -> int64_t {
@@ -132,7 +134,7 @@ class ElementwiseFusion final : public Pass {
     for (size_t i = 0; i < n.inputs().size(); ++i) {
       OutputRef in = n.inputs()[i];
       int64_t token = -1;
-      if (g.code.size() / 4 + 1 < kMaxOps && inner_candidate(g, in.node))
+      if (g.visited < kMaxOps && inner_candidate(g, in.node))
         token = add_member(g, in.node, members);
       // where's condition is a bool: it must be computed inside the group.
       if (token == -1 && !(n.op_name() == "where" && i == 0)) token = external(g, in, is_root);
