@@ -7,6 +7,7 @@
 // Inputs have the output's element count, one element (a scalar), or the output's trailing
 // dims (repeated over the leading ones, as a bias row).
 #include <cstring>
+#include <memory>
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -115,8 +116,11 @@ void fused_typed(KernelContext& ctx) {
   }
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const bool streaming = n * static_cast<int64_t>(sizeof(T)) >= kStreamingBytes;
-  ctx.parallel_for(chunks, kChunk * n_ops, [&](int64_t c0, int64_t c1) {
-    std::vector<T> scratch(static_cast<size_t>(n_ops + n_in) * kChunk);
+  // Elementwise results do not depend on how chunks are grouped, so ranges can be large: a
+  // few per thread, each paying for its scratch registers once.
+  const int64_t grain = std::max<int64_t>(1, chunks / (8 * ctx.pool().num_threads()));
+  ctx.pool().parallel_for(chunks, grain, [&](int64_t c0, int64_t c1) {
+    std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(n_ops + n_in) * kChunk]);  // uninitialized
     std::vector<const T*> reg(n_in + n_ops);
     std::vector<int64_t> stride(n_in + n_ops, 1);
     for (int64_t c = c0; c < c1; ++c) {
@@ -127,7 +131,7 @@ void fused_typed(KernelContext& ctx) {
         } else if (period[i] == 0) {
           reg[i] = in[i], stride[i] = 0;
         } else {  // a row repeated over the leading dims
-          T* buf = scratch.data() + static_cast<size_t>(n_ops + i) * kChunk;
+          T* buf = scratch.get() + static_cast<size_t>(n_ops + i) * kChunk;
           const int64_t m = period[i];
           for (int64_t j = 0, at = start % m; j < len; ++j, at = at + 1 == m ? 0 : at + 1) buf[j] = in[i][at];
           reg[i] = buf, stride[i] = 1;
@@ -136,7 +140,7 @@ void fused_typed(KernelContext& ctx) {
       for (int k = 0; k < n_ops; ++k) {
         const int64_t* ins = &code[4 * k];
         const bool last = k == n_ops - 1;
-        T* dest = last && !streaming ? out + start : scratch.data() + static_cast<size_t>(k) * kChunk;
+        T* dest = last && !streaming ? out + start : scratch.get() + static_cast<size_t>(k) * kChunk;
         const T* a = reg[ins[1]];
         const int64_t sa = stride[ins[1]];
         const T* b = ins[2] >= 0 ? reg[ins[2]] : nullptr;
