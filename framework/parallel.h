@@ -43,7 +43,7 @@ class ThreadPool {
   int64_t n_ = 0, chunk_ = 0, num_chunks_ = 0;
   std::atomic<int64_t> next_chunk_{0};
   int64_t chunks_done_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // written under mutex_, read without it while spinning
   int active_workers_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;
