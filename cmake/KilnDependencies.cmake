@@ -3,19 +3,19 @@ find_package(Threads REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(ZLIB REQUIRED)  # gzip-compressed datasets
 
-# CPU matmul goes through OpenBLAS's cblas (DESIGN.md: faster than oneDNN on our machines), in
-# its single-threaded build: Kiln splits a product over its own thread pool, so no BLAS threads
-# spin beside Kiln's (the pthread build's idle workers busy-wait and steal the cores).
-find_path(KILN_CBLAS_INCLUDE_DIR cblas.h
-  PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-serial NO_DEFAULT_PATH REQUIRED)
-find_library(KILN_BLAS_LIBRARY NAMES openblas
-  PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-serial NO_DEFAULT_PATH REQUIRED)
-# The threaded build, only for the benchmark that times OpenBLAS called directly.
-find_library(KILN_BLAS_THREADED_LIBRARY NAMES openblas
-  PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-pthread NO_DEFAULT_PATH)
+# CPU matmul goes through OpenBLAS's cblas (DESIGN.md: faster than oneDNN on our machines). Kiln
+# splits each product over its own thread pool and asks OpenBLAS for one thread per call, so no
+# BLAS threads compete with Kiln's. It must be the pthread build: only it guards its packing
+# buffers for concurrent callers (Debian's serial build does not; concurrent calls from Kiln's
+# pool corrupted results, and ThreadSanitizer saw it).
+find_path(KILN_OPENBLAS_INCLUDE_DIR cblas.h
+  PATHS /usr/include/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-pthread NO_DEFAULT_PATH REQUIRED)
+find_library(KILN_OPENBLAS_LIBRARY NAMES openblas
+  PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-pthread NO_DEFAULT_PATH REQUIRED)
+set(KILN_BLAS_THREADED_LIBRARY ${KILN_OPENBLAS_LIBRARY})  # also what sgemm_reference times
 add_library(kiln_blas INTERFACE)
-target_include_directories(kiln_blas SYSTEM INTERFACE ${KILN_CBLAS_INCLUDE_DIR})
-target_link_libraries(kiln_blas INTERFACE ${KILN_BLAS_LIBRARY})
+target_include_directories(kiln_blas SYSTEM INTERFACE ${KILN_OPENBLAS_INCLUDE_DIR})
+target_link_libraries(kiln_blas INTERFACE ${KILN_OPENBLAS_LIBRARY})
 
 if(KILN_BUILD_TESTS)
   find_package(GTest REQUIRED)

@@ -71,8 +71,19 @@ void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const
               n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
 }
 
+// One OpenBLAS thread per call: parallelism comes from Kiln's pool (set once, before the first
+// product; OpenBLAS's own workers then stay asleep).
+void single_threaded_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
+
 template <typename T>
 void matmul_typed(KernelContext& ctx) {
+  single_threaded_blas();
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
   Tensor& c = ctx.output(0);
