@@ -21,9 +21,11 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Median seconds per call of fn over `reps` timed runs after `warmup` untimed ones.
+// Median seconds per call of fn over `reps` timed runs, after `warmup` untimed runs and at least
+// 0.3 s of warm-up in all (threads started at load time, such as BLAS workers, settle by then).
 double time_it(const std::function<void()>& fn, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) fn();
+  const double warm_until = now() + 0.3;
+  for (int i = 0; i < warmup || now() < warm_until; ++i) fn();
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
     double start = now();

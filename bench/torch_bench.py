@@ -13,8 +13,12 @@ import torch
 
 
 def time_it(fn, warmup, reps):
-    for _ in range(warmup):
+    # As kiln_bench: `warmup` runs and at least 0.3 s of warm-up before timing.
+    warm_until = time.perf_counter() + 0.3
+    done = 0
+    while done < warmup or time.perf_counter() < warm_until:
         fn()
+        done += 1
     times = []
     for _ in range(reps):
         start = time.perf_counter()
