@@ -1,6 +1,8 @@
 // Kiln: the whole public API. `#include <kiln/kiln.h>`.
 #pragma once
 
+#include "autograd/gradients.h"
+#include "autograd/optim.h"
 #include "framework/data.h"
 #include "framework/device.h"
 #include "framework/dtype.h"
@@ -14,6 +16,4 @@
 #include "ops/math.h"
 #include "ops/nn.h"
 #include "ops/state.h"
-#include "autograd/gradients.h"
-#include "autograd/optim.h"
 #include "runtime/session.h"

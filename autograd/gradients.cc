@@ -34,8 +34,9 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value
   for (const Value& x : xs) {
     KILN_CHECK(x.defined() && x.graph() == &g, GraphError, "[autograd] an x is not a value of ",
                y.name(), "'s graph");
-    KILN_CHECK(is_floating(x.dtype()), GraphError, "[autograd] cannot differentiate with respect to ",
-               x.name(), " of dtype ", x.dtype());
+    KILN_CHECK(is_floating(x.dtype()), GraphError,
+               "[autograd] cannot differentiate with respect to ", x.name(), " of dtype ",
+               x.dtype());
   }
   if (dy.defined()) {
     KILN_CHECK(dy.graph() == &g && dy.dtype() == y.dtype() && dy.shape().compatible_with(y.shape()),

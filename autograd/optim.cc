@@ -46,7 +46,8 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
   Value t = cast(step, dtype);
   Value lr = graph.scalar(base_lr, dtype);
   switch (schedule.kind) {
-    case Schedule::Kind::constant: break;
+    case Schedule::Kind::constant:
+      break;
     case Schedule::Kind::step_decay: {
       KILN_CHECK(schedule.step_size > 0, GraphError, "[optim] step_decay needs step_size > 0");
       Value decays = cast(step / static_cast<double>(schedule.step_size), dtype);  // floor: t >= 0
@@ -86,12 +87,15 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
 
 Value Optimizer::slot(const Value& var, const std::string& suffix) {
   // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
-  return var.graph()->add("variable", {},
-                          {{"dtype", var.dtype()}, {"shape", var.shape()}, {"init", std::string("zeros")},
-                           {"init_args", std::vector<double>{}}, {"seed", int64_t{0}},
-                           {"trainable", false}},
-                          {.name = var.node().name() + "/" + suffix, .exact_name = true,
-                           .absolute_name = true});
+  return var.graph()->add(
+      "variable", {},
+      {{"dtype", var.dtype()},
+       {"shape", var.shape()},
+       {"init", std::string("zeros")},
+       {"init_args", std::vector<double>{}},
+       {"seed", int64_t{0}},
+       {"trainable", false}},
+      {.name = var.node().name() + "/" + suffix, .exact_name = true, .absolute_name = true});
 }
 
 Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
@@ -131,15 +135,15 @@ Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Va
 }
 
 Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
-    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options),
+    : Optimizer(options.lr, options.schedule, options.clip_norm),
+      options_(options),
       decoupled_(decoupled_weight_decay) {}
 
 Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step) {
   Value m = slot(var, "adam_m");  // made in this order, whatever the compiler's argument order
   Value v = slot(var, "adam_v");
-  return adam_update(var, m, v, grad, lr, step,
-                     options_.beta1, options_.beta2, options_.eps, options_.weight_decay,
-                     decoupled_);
+  return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
+                     options_.weight_decay, decoupled_);
 }
 
 RMSProp::RMSProp(RMSPropOptions options)

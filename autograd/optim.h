@@ -13,11 +13,11 @@ namespace kiln::optim {
 struct Schedule {
   enum class Kind { constant, step_decay, cosine };
   Kind kind = Kind::constant;
-  int64_t step_size = 1;    ///< step_decay: lr * gamma^floor(t / step_size)
+  int64_t step_size = 1;  ///< step_decay: lr * gamma^floor(t / step_size)
   double gamma = 0.1;
   int64_t total_steps = 1;  ///< cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2
   double min_lr = 0;
-  int64_t warmup_steps = 0; ///< linear warm-up: the scheduled lr times min(1, (t + 1) / W)
+  int64_t warmup_steps = 0;  ///< linear warm-up: the scheduled lr times min(1, (t + 1) / W)
 
   static Schedule constant() { return {}; }
   static Schedule step_decay(int64_t step_size, double gamma);

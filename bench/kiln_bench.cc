@@ -58,7 +58,8 @@ struct Mlp {
 
 std::pair<Tensor, Tensor> mlp_batch(int64_t batch) {
   Tensor xb = Tensor::empty(f32, {batch, 784});
-  for (int64_t i = 0; i < xb.numel(); ++i) xb.data<float>()[i] = static_cast<float>((i * 7919) % 255) / 255.0f;
+  for (int64_t i = 0; i < xb.numel(); ++i)
+    xb.data<float>()[i] = static_cast<float>((i * 7919) % 255) / 255.0f;
   Tensor yb = Tensor::empty(i64, {batch});
   for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
   return {xb, yb};

@@ -16,8 +16,8 @@ int main(int argc, char** argv) {
   std::vector<double> times;
   for (int rep = 0; rep < 23; ++rep) {
     auto start = std::chrono::steady_clock::now();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
-                n, 0.0f, c.data(), n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
+                0.0f, c.data(), n);
     double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (rep >= 3) times.push_back(t);
   }

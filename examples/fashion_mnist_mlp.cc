@@ -35,17 +35,28 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) throw Error(str("[args] ", k, " needs a value"));
       return argv[++i];
     };
-    if (k == "--data") a.data = value();
-    else if (k == "--out") a.out = value();
-    else if (k == "--epochs") a.epochs = std::stoll(value());
-    else if (k == "--batch") a.batch = std::stoll(value());
-    else if (k == "--threads") a.threads = std::stoi(value());
-    else if (k == "--seed") a.seed = std::stoull(value());
-    else if (k == "--resume") a.resume = true;
-    else if (k == "--stop-after") a.stop_after = std::stoll(value());
-    else if (k == "--trace") a.trace = value();
-    else throw Error(str("[args] unknown option ", k,
-                         " (options: --data --out --epochs --batch --threads --seed --resume --stop-after --trace)"));
+    if (k == "--data")
+      a.data = value();
+    else if (k == "--out")
+      a.out = value();
+    else if (k == "--epochs")
+      a.epochs = std::stoll(value());
+    else if (k == "--batch")
+      a.batch = std::stoll(value());
+    else if (k == "--threads")
+      a.threads = std::stoi(value());
+    else if (k == "--seed")
+      a.seed = std::stoull(value());
+    else if (k == "--resume")
+      a.resume = true;
+    else if (k == "--stop-after")
+      a.stop_after = std::stoll(value());
+    else if (k == "--trace")
+      a.trace = value();
+    else
+      throw Error(str("[args] unknown option ", k,
+                      " (options: --data --out --epochs --batch --threads --seed --resume "
+                      "--stop-after --trace)"));
   }
   return a;
 }
@@ -85,8 +96,8 @@ std::pair<double, double> evaluate(Session& sess, const data::Dataset& set) {
   return {loss / set.size(), correct / set.size()};
 }
 
-void progress(int64_t epoch, int64_t epochs, int64_t done, int64_t total, double loss,
-              double rate, bool tty) {
+void progress(int64_t epoch, int64_t epochs, int64_t done, int64_t total, double loss, double rate,
+              bool tty) {
   if (!tty && done != total) return;
   constexpr int kWidth = 30;
   int filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
@@ -150,9 +161,11 @@ int main(int argc, char** argv) {
         running = done == 0 ? loss : 0.95 * running + 0.05 * loss;
         samples += batch->first.shape()[0];
         ++done;
-        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         if (done % 20 == 0 || done == loader.num_batches())
-          progress(epoch + 1, args.epochs, done, loader.num_batches(), running, samples / seconds, tty);
+          progress(epoch + 1, args.epochs, done, loader.num_batches(), running, samples / seconds,
+                   tty);
       }
       auto [test_loss, test_accuracy] = evaluate(sess, test_set);
       sess.save_checkpoint(ckpt_path);

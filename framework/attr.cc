@@ -6,15 +6,24 @@ namespace kiln {
 
 const char* attr_type_name(AttrType type) {
   switch (type) {
-    case AttrType::integer: return "int";
-    case AttrType::real: return "float";
-    case AttrType::boolean: return "bool";
-    case AttrType::string: return "string";
-    case AttrType::integers: return "ints";
-    case AttrType::reals: return "floats";
-    case AttrType::dtype: return "dtype";
-    case AttrType::shape: return "shape";
-    case AttrType::tensor: return "tensor";
+    case AttrType::integer:
+      return "int";
+    case AttrType::real:
+      return "float";
+    case AttrType::boolean:
+      return "bool";
+    case AttrType::string:
+      return "string";
+    case AttrType::integers:
+      return "ints";
+    case AttrType::reals:
+      return "floats";
+    case AttrType::dtype:
+      return "dtype";
+    case AttrType::shape:
+      return "shape";
+    case AttrType::tensor:
+      return "tensor";
   }
   return "invalid";
 }

@@ -23,22 +23,52 @@ enum class AttrType { integer, real, boolean, string, integers, reals, dtype, sh
 /// Attributes of a node, by name.
 using AttrMap = std::map<std::string, AttrValue>;
 
-inline AttrType attr_type(const AttrValue& value) { return static_cast<AttrType>(value.index()); }
+inline AttrType attr_type(const AttrValue& value) {
+  return static_cast<AttrType>(value.index());
+}
 /// "int", "float", "bool", "string", "ints", "floats", "dtype", "shape", "tensor".
 const char* attr_type_name(AttrType type);
 /// A short human-readable rendering, for dumps and error messages.
 std::string attr_to_string(const AttrValue& value);
 
 /// The C++ type stored for each AttrType.
-template <typename T> constexpr AttrType attr_type_of();
-template <> constexpr AttrType attr_type_of<int64_t>() { return AttrType::integer; }
-template <> constexpr AttrType attr_type_of<double>() { return AttrType::real; }
-template <> constexpr AttrType attr_type_of<bool>() { return AttrType::boolean; }
-template <> constexpr AttrType attr_type_of<std::string>() { return AttrType::string; }
-template <> constexpr AttrType attr_type_of<std::vector<int64_t>>() { return AttrType::integers; }
-template <> constexpr AttrType attr_type_of<std::vector<double>>() { return AttrType::reals; }
-template <> constexpr AttrType attr_type_of<DType>() { return AttrType::dtype; }
-template <> constexpr AttrType attr_type_of<Shape>() { return AttrType::shape; }
-template <> constexpr AttrType attr_type_of<Tensor>() { return AttrType::tensor; }
+template <typename T>
+constexpr AttrType attr_type_of();
+template <>
+constexpr AttrType attr_type_of<int64_t>() {
+  return AttrType::integer;
+}
+template <>
+constexpr AttrType attr_type_of<double>() {
+  return AttrType::real;
+}
+template <>
+constexpr AttrType attr_type_of<bool>() {
+  return AttrType::boolean;
+}
+template <>
+constexpr AttrType attr_type_of<std::string>() {
+  return AttrType::string;
+}
+template <>
+constexpr AttrType attr_type_of<std::vector<int64_t>>() {
+  return AttrType::integers;
+}
+template <>
+constexpr AttrType attr_type_of<std::vector<double>>() {
+  return AttrType::reals;
+}
+template <>
+constexpr AttrType attr_type_of<DType>() {
+  return AttrType::dtype;
+}
+template <>
+constexpr AttrType attr_type_of<Shape>() {
+  return AttrType::shape;
+}
+template <>
+constexpr AttrType attr_type_of<Tensor>() {
+  return AttrType::tensor;
+}
 
 }  // namespace kiln

@@ -15,7 +15,8 @@ namespace {
 // Whole file, gunzipped when it starts with the gzip magic. Bounded: 4 GiB uncompressed.
 std::string read_maybe_gzip(const std::string& path) {
   std::string raw = read_file(path, size_t{1} << 32);
-  if (raw.size() < 2 || static_cast<uint8_t>(raw[0]) != 0x1f || static_cast<uint8_t>(raw[1]) != 0x8b)
+  if (raw.size() < 2 || static_cast<uint8_t>(raw[0]) != 0x1f ||
+      static_cast<uint8_t>(raw[1]) != 0x8b)
     return raw;
   z_stream z{};
   KILN_CHECK(inflateInit2(&z, 16 + MAX_WBITS) == Z_OK, FileError, "[data] ", path,
@@ -64,11 +65,22 @@ Tensor read_idx(const std::string& path) {
   const int rank = static_cast<uint8_t>(data[3]);
   size_t element = 0;
   switch (type) {
-    case 0x08: case 0x09: element = 1; break;
-    case 0x0B: element = 2; break;
-    case 0x0C: case 0x0D: element = 4; break;
-    case 0x0E: element = 8; break;
-    default: throw FileError(str(where, ": unknown IDX element type 0x", std::hex, int(type)));
+    case 0x08:
+    case 0x09:
+      element = 1;
+      break;
+    case 0x0B:
+      element = 2;
+      break;
+    case 0x0C:
+    case 0x0D:
+      element = 4;
+      break;
+    case 0x0E:
+      element = 8;
+      break;
+    default:
+      throw FileError(str(where, ": unknown IDX element type 0x", std::hex, int(type)));
   }
   KILN_CHECK(rank >= 1 && data.size() >= 4 + 4 * size_t(rank), FileError, where,
              ": truncated header");
@@ -117,7 +129,8 @@ Tensor read_idx(const std::string& path) {
   return t;
 }
 
-Dataset::Dataset(Tensor inputs, Tensor labels) : inputs_(std::move(inputs)), labels_(std::move(labels)) {
+Dataset::Dataset(Tensor inputs, Tensor labels)
+    : inputs_(std::move(inputs)), labels_(std::move(labels)) {
   KILN_CHECK(inputs_.rank() >= 1 && labels_.rank() == 1 && inputs_.shape()[0] == labels_.shape()[0],
              Error, "[data] inputs ", inputs_.shape(), " and labels ", labels_.shape(),
              " do not have one label per example");
@@ -178,10 +191,12 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
 
 BatchLoader::BatchLoader(const Dataset& dataset, int64_t batch_size, uint64_t seed, int64_t epoch,
                          bool shuffle, bool drop_last)
-    : dataset_(dataset), order_(epoch_order(dataset.size(), seed, epoch, shuffle)),
+    : dataset_(dataset),
+      order_(epoch_order(dataset.size(), seed, epoch, shuffle)),
       batch_size_(batch_size) {
   KILN_CHECK(batch_size > 0, Error, "[data] batch size must be > 0, got ", batch_size);
-  num_batches_ = drop_last ? dataset.size() / batch_size : (dataset.size() + batch_size - 1) / batch_size;
+  num_batches_ =
+      drop_last ? dataset.size() / batch_size : (dataset.size() + batch_size - 1) / batch_size;
   prefetch(0);
 }
 
@@ -196,7 +211,8 @@ void BatchLoader::prefetch(int64_t batch) {
     try {
       int64_t begin = batch * batch_size_;
       int64_t end = std::min<int64_t>(begin + batch_size_, static_cast<int64_t>(order_.size()));
-      auto result = dataset_.gather(std::vector<int64_t>(order_.begin() + begin, order_.begin() + end));
+      auto result =
+          dataset_.gather(std::vector<int64_t>(order_.begin() + begin, order_.begin() + end));
       std::lock_guard<std::mutex> lock(mutex_);
       prepared_ = std::move(result);
       has_prepared_ = true;

@@ -18,7 +18,16 @@
 namespace kiln {
 
 /// The element type of a tensor. The numeric values are stable: they are written to graph files.
-enum class DType : int32_t { f32 = 1, f64 = 2, f16 = 3, bf16 = 4, i32 = 5, i64 = 6, u8 = 7, boolean = 8 };
+enum class DType : int32_t {
+  f32 = 1,
+  f64 = 2,
+  f16 = 3,
+  bf16 = 4,
+  i32 = 5,
+  i64 = 6,
+  u8 = 7,
+  boolean = 8
+};
 
 inline constexpr DType f32 = DType::f32;
 inline constexpr DType f64 = DType::f64;
@@ -57,7 +66,7 @@ struct Half {
     std::memcpy(&x, &value, 4);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t abs = x & 0x7fffffffu;
-    if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+    if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
     if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
     if (abs < 0x38800000u) {  // result is subnormal (or zero) in half precision
       // value * 2^24 rounded to an integer is the subnormal's mantissa.
@@ -117,26 +126,76 @@ struct BFloat16 {
 };
 
 /// The C++ type that stores one element of a DType.
-template <DType D> struct DTypeTraits;
-template <> struct DTypeTraits<DType::f32> { using type = float; };
-template <> struct DTypeTraits<DType::f64> { using type = double; };
-template <> struct DTypeTraits<DType::f16> { using type = Half; };
-template <> struct DTypeTraits<DType::bf16> { using type = BFloat16; };
-template <> struct DTypeTraits<DType::i32> { using type = int32_t; };
-template <> struct DTypeTraits<DType::i64> { using type = int64_t; };
-template <> struct DTypeTraits<DType::u8> { using type = uint8_t; };
-template <> struct DTypeTraits<DType::boolean> { using type = bool; };
+template <DType D>
+struct DTypeTraits;
+template <>
+struct DTypeTraits<DType::f32> {
+  using type = float;
+};
+template <>
+struct DTypeTraits<DType::f64> {
+  using type = double;
+};
+template <>
+struct DTypeTraits<DType::f16> {
+  using type = Half;
+};
+template <>
+struct DTypeTraits<DType::bf16> {
+  using type = BFloat16;
+};
+template <>
+struct DTypeTraits<DType::i32> {
+  using type = int32_t;
+};
+template <>
+struct DTypeTraits<DType::i64> {
+  using type = int64_t;
+};
+template <>
+struct DTypeTraits<DType::u8> {
+  using type = uint8_t;
+};
+template <>
+struct DTypeTraits<DType::boolean> {
+  using type = bool;
+};
 
 /// The DType of a C++ element type.
-template <typename T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::f32; }
-template <> constexpr DType dtype_of<double>() { return DType::f64; }
-template <> constexpr DType dtype_of<Half>() { return DType::f16; }
-template <> constexpr DType dtype_of<BFloat16>() { return DType::bf16; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
-template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
-template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
-template <> constexpr DType dtype_of<bool>() { return DType::boolean; }
+template <typename T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::f32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::f64;
+}
+template <>
+constexpr DType dtype_of<Half>() {
+  return DType::f16;
+}
+template <>
+constexpr DType dtype_of<BFloat16>() {
+  return DType::bf16;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::i32;
+}
+template <>
+constexpr DType dtype_of<int64_t>() {
+  return DType::i64;
+}
+template <>
+constexpr DType dtype_of<uint8_t>() {
+  return DType::u8;
+}
+template <>
+constexpr DType dtype_of<bool>() {
+  return DType::boolean;
+}
 
 /// Converts one element between any two element types (16-bit floats go through f32;
 /// to bool is "not zero").
@@ -161,14 +220,22 @@ KILN_HOST_DEVICE To convert(From value) {
 template <typename Fn>
 decltype(auto) dispatch_all(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case DType::f32: return fn(float{});
-    case DType::f64: return fn(double{});
-    case DType::f16: return fn(Half{});
-    case DType::bf16: return fn(BFloat16{});
-    case DType::i32: return fn(int32_t{});
-    case DType::i64: return fn(int64_t{});
-    case DType::u8: return fn(uint8_t{});
-    case DType::boolean: return fn(bool{});
+    case DType::f32:
+      return fn(float{});
+    case DType::f64:
+      return fn(double{});
+    case DType::f16:
+      return fn(Half{});
+    case DType::bf16:
+      return fn(BFloat16{});
+    case DType::i32:
+      return fn(int32_t{});
+    case DType::i64:
+      return fn(int64_t{});
+    case DType::u8:
+      return fn(uint8_t{});
+    case DType::boolean:
+      return fn(bool{});
   }
   throw Error(str("[dtype] invalid dtype value ", static_cast<int>(dtype)));
 }

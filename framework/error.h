@@ -58,8 +58,8 @@ std::string str(Args&&... args) {
 }  // namespace kiln
 
 /// Throws ErrorType with a message built from the remaining arguments when `cond` is false.
-#define KILN_CHECK(cond, ErrorType, ...)                 \
-  do {                                                   \
+#define KILN_CHECK(cond, ErrorType, ...)                    \
+  do {                                                      \
     if (!(cond)) throw ErrorType(::kiln::str(__VA_ARGS__)); \
   } while (0)
 

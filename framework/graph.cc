@@ -9,9 +9,13 @@ const Node& Value::node() const {
   return graph_->node(ref_.node);
 }
 
-DType Value::dtype() const { return node().outputs()[ref_.index].dtype; }
+DType Value::dtype() const {
+  return node().outputs()[ref_.index].dtype;
+}
 
-const Shape& Value::shape() const { return node().outputs()[ref_.index].shape; }
+const Shape& Value::shape() const {
+  return node().outputs()[ref_.index].shape;
+}
 
 std::string Value::name() const {
   return ref_.index == 0 ? node().name() : str(node().name(), ":", ref_.index);
@@ -27,8 +31,8 @@ Value Graph::constant(const Tensor& value, const std::string& name) {
   return add("constant", {}, {{"value", value.clone()}}, {.name = name});
 }
 
-Value Graph::variable(const std::string& name, const Shape& shape,
-                      const Initializer& initializer, DType dtype, bool trainable) {
+Value Graph::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
+                      DType dtype, bool trainable) {
   return add("variable", {},
              {{"dtype", dtype},
               {"shape", shape},
@@ -81,8 +85,8 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   const OpDef* op = OpRegistry::global().find(op_name);
   KILN_CHECK(op != nullptr, GraphError, "[graph] unknown op '", op_name, "'");
   const std::string& local = options.name.empty() ? op_name : options.name;
-  KILN_CHECK(local.find(':') == std::string::npos, GraphError, "[", op_name, "] node name '",
-             local, "' contains ':', which is reserved for output indices");
+  KILN_CHECK(local.find(':') == std::string::npos, GraphError, "[", op_name, "] node name '", local,
+             "' contains ':', which is reserved for output indices");
   std::string name = (options.absolute_name ? std::string() : scope_prefix_) + local;
   auto fail = [&](auto&&... args) {
     throw GraphError(str("[", op_name, "] ", name, ": ", args...));
@@ -125,8 +129,7 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
     attrs.emplace(spec.name, *spec.default_value);
   }
 
-  std::vector<TensorType> outputs =
-      op->infer_fn()(InferContext(*op, name, input_types, attrs));
+  std::vector<TensorType> outputs = op->infer_fn()(InferContext(*op, name, input_types, attrs));
 
   auto node = std::make_unique<Node>();
   node->id_ = num_nodes();
@@ -141,7 +144,8 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
 
   const Node& made = *nodes_.back();
   std::vector<Value> values;
-  for (int32_t i = 0; i < made.num_outputs(); ++i) values.emplace_back(this, OutputRef{made.id(), i});
+  for (int32_t i = 0; i < made.num_outputs(); ++i)
+    values.emplace_back(this, OutputRef{made.id(), i});
   return values;
 }
 
@@ -165,7 +169,8 @@ void Graph::rewrite_node(int32_t id, const std::string& op_name, const std::vect
     refs.push_back(v.ref());
   }
   for (const AttrSpec& spec : op.attrs())
-    if (!attrs.count(spec.name) && spec.default_value) attrs.emplace(spec.name, *spec.default_value);
+    if (!attrs.count(spec.name) && spec.default_value)
+      attrs.emplace(spec.name, *spec.default_value);
   std::vector<TensorType> outputs = op.infer_fn()(InferContext(op, node.name(), types, attrs));
   KILN_CHECK(outputs == node.outputs_, GraphError, "[graph] rewrite of '", node.name(), "' as ",
              op_name, " changes its output types");
@@ -258,8 +263,8 @@ Value Graph::value(std::string_view name) {
     node_name = name.substr(0, colon);
     std::string_view digits = name.substr(colon + 1);
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
-    KILN_CHECK(ec == std::errc() && end == digits.data() + digits.size() && index >= 0,
-               GraphError, "[graph] bad value name '", name, "' (expected node or node:index)");
+    KILN_CHECK(ec == std::errc() && end == digits.data() + digits.size() && index >= 0, GraphError,
+               "[graph] bad value name '", name, "' (expected node or node:index)");
   }
   const Node* node = find_node(node_name);
   KILN_CHECK(node != nullptr, GraphError, "[graph] no node named '", node_name, "'");
@@ -303,8 +308,8 @@ const Signature& Graph::signature(const std::string& name) const {
   if (it == signatures_.end()) {
     std::string known;
     for (const auto& [key, _] : signatures_) known += (known.empty() ? "" : ", ") + key;
-    throw GraphError(str("[graph] no signature named '", name, "' (the graph has: ",
-                         known.empty() ? "none" : known, ")"));
+    throw GraphError(str("[graph] no signature named '", name,
+                         "' (the graph has: ", known.empty() ? "none" : known, ")"));
   }
   return it->second;
 }

@@ -28,10 +28,8 @@ void tensor_to_proto(const Tensor& t, proto::TensorProto* out) {
 }
 
 Tensor tensor_from_proto(const proto::TensorProto& p, const std::string& where) {
-  KILN_CHECK(dtype_is_valid(p.dtype()), FileError, where, ": tensor has invalid dtype ",
-             p.dtype());
-  for (int64_t d : p.dims())
-    KILN_CHECK(d >= 0, FileError, where, ": tensor has negative dim ", d);
+  KILN_CHECK(dtype_is_valid(p.dtype()), FileError, where, ": tensor has invalid dtype ", p.dtype());
+  for (int64_t d : p.dims()) KILN_CHECK(d >= 0, FileError, where, ": tensor has negative dim ", d);
   Shape shape(std::vector<int64_t>(p.dims().begin(), p.dims().end()));
   DType dtype = static_cast<DType>(p.dtype());
   int64_t numel;
@@ -89,26 +87,30 @@ void attr_to_proto(const AttrValue& value, proto::AttrValue* out) {
 
 AttrValue attr_from_proto(const proto::AttrValue& p, const std::string& where) {
   switch (p.value_case()) {
-    case proto::AttrValue::kI: return p.i();
-    case proto::AttrValue::kF: return p.f();
-    case proto::AttrValue::kB: return p.b();
-    case proto::AttrValue::kS: return p.s();
+    case proto::AttrValue::kI:
+      return p.i();
+    case proto::AttrValue::kF:
+      return p.f();
+    case proto::AttrValue::kB:
+      return p.b();
+    case proto::AttrValue::kS:
+      return p.s();
     case proto::AttrValue::kInts:
       return std::vector<int64_t>(p.ints().values().begin(), p.ints().values().end());
     case proto::AttrValue::kFloats:
       return std::vector<double>(p.floats().values().begin(), p.floats().values().end());
     case proto::AttrValue::kDtype:
-      KILN_CHECK(dtype_is_valid(p.dtype()), FileError, where, ": invalid dtype value ",
-                 p.dtype());
+      KILN_CHECK(dtype_is_valid(p.dtype()), FileError, where, ": invalid dtype value ", p.dtype());
       return static_cast<DType>(p.dtype());
     case proto::AttrValue::kShape: {
       std::vector<int64_t> dims(p.shape().values().begin(), p.shape().values().end());
-      for (int64_t d : dims)
-        KILN_CHECK(d >= -1, FileError, where, ": shape has invalid dim ", d);
+      for (int64_t d : dims) KILN_CHECK(d >= -1, FileError, where, ": shape has invalid dim ", d);
       return Shape(std::move(dims));
     }
-    case proto::AttrValue::kTensor: return tensor_from_proto(p.tensor(), where);
-    case proto::AttrValue::VALUE_NOT_SET: break;
+    case proto::AttrValue::kTensor:
+      return tensor_from_proto(p.tensor(), where);
+    case proto::AttrValue::VALUE_NOT_SET:
+      break;
   }
   throw FileError(str(where, ": the attribute has no value"));
 }
@@ -143,7 +145,8 @@ class TextErrorCollector : public google::protobuf::io::ErrorCollector {
 };
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 GraphFormat resolve_format(const std::string& path, GraphFormat format) {
@@ -173,7 +176,8 @@ void graph_to_proto(const Graph& graph, proto::GraphDef* out) {
       const std::string& name = graph.node(in.node).name();
       def->add_inputs(in.index == 0 ? name : str(name, ":", in.index));
     }
-    for (const auto& [key, value] : node.attrs()) attr_to_proto(value, &(*def->mutable_attrs())[key]);
+    for (const auto& [key, value] : node.attrs())
+      attr_to_proto(value, &(*def->mutable_attrs())[key]);
     def->set_device(node.device_hint());
   }
   for (const auto& [name, sig] : graph.signatures()) {
@@ -187,8 +191,8 @@ void graph_to_proto(const Graph& graph, proto::GraphDef* out) {
 
 std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::string& source) {
   const std::string file = str("[graph_io] ", source);
-  KILN_CHECK(def.version() >= kMinGraphVersion && def.version() <= kGraphVersion, FileError,
-             file, ": unsupported graph format version ", def.version(), " (this build reads ",
+  KILN_CHECK(def.version() >= kMinGraphVersion && def.version() <= kGraphVersion, FileError, file,
+             ": unsupported graph format version ", def.version(), " (this build reads ",
              kMinGraphVersion, " to ", kGraphVersion, ")");
 
   // Names, ops and input references first, then a topological order (Kahn's algorithm), so
@@ -198,10 +202,10 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
   for (int i = 0; i < n; ++i) {
     const proto::NodeDef& node = def.nodes(i);
     KILN_CHECK(!node.name().empty(), FileError, file, ": node #", i, " has no name");
-    KILN_CHECK(index_of.emplace(node.name(), i).second, FileError, file,
-               ": two nodes are named '", node.name(), "'");
-    KILN_CHECK(OpRegistry::global().find(node.op()) != nullptr, FileError, file,
-               ": node '", node.name(), "' has unknown op '", node.op(), "'");
+    KILN_CHECK(index_of.emplace(node.name(), i).second, FileError, file, ": two nodes are named '",
+               node.name(), "'");
+    KILN_CHECK(OpRegistry::global().find(node.op()) != nullptr, FileError, file, ": node '",
+               node.name(), "' has unknown op '", node.op(), "'");
   }
   std::vector<std::vector<std::pair<int, int32_t>>> inputs(n);
   std::vector<std::vector<int>> consumers(n);
@@ -234,8 +238,8 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
   if (static_cast<int>(order.size()) != n) {
     for (int i = 0; i < n; ++i)
       if (pending[i] > 0)
-        throw FileError(str(file, ": the graph has a cycle through node '", def.nodes(i).name(),
-                            "'"));
+        throw FileError(
+            str(file, ": the graph has a cycle through node '", def.nodes(i).name(), "'"));
   }
 
   auto graph = std::make_unique<Graph>();
@@ -246,9 +250,8 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
     std::vector<Value> values;
     for (auto [producer, index] : inputs[i]) {
       const Node& made = graph->node(node_id[producer]);
-      KILN_CHECK(index < made.num_outputs(), FileError, where, ": input '",
-                 made.name(), ":", index, "' does not exist (", made.name(), " has ",
-                 made.num_outputs(), " output(s))");
+      KILN_CHECK(index < made.num_outputs(), FileError, where, ": input '", made.name(), ":", index,
+                 "' does not exist (", made.name(), " has ", made.num_outputs(), " output(s))");
       values.push_back(graph->value(OutputRef{made.id(), index}));
     }
     AttrMap attrs;
@@ -262,10 +265,11 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
       }
     }
     try {
-      node_id[i] = graph->add_node(node.op(), values, std::move(attrs),
-                                   {.name = node.name(), .exact_name = true,
-                                    .device_hint = node.device()})[0]
-                       .node_id();
+      node_id[i] =
+          graph
+              ->add_node(node.op(), values, std::move(attrs),
+                         {.name = node.name(), .exact_name = true, .device_hint = node.device()})[0]
+              .node_id();
     } catch (const FileError&) {
       throw;
     } catch (const Error& e) {
@@ -346,22 +350,22 @@ void write_file_atomically(const std::string& path, const std::string& data) {
   std::string tmp = str(path, ".tmp.", ::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    KILN_CHECK(out.good(), FileError, "[io] ", path, ": cannot open ", tmp, " for writing: ",
-               std::strerror(errno));
+    KILN_CHECK(out.good(), FileError, "[io] ", path, ": cannot open ", tmp,
+               " for writing: ", std::strerror(errno));
     out.write(data.data(), static_cast<std::streamsize>(data.size()));
     out.flush();
     if (!out.good()) {
       out.close();
       std::remove(tmp.c_str());
-      throw FileError(str("[io] ", path, ": writing ", data.size(), " bytes failed: ",
-                          std::strerror(errno)));
+      throw FileError(
+          str("[io] ", path, ": writing ", data.size(), " bytes failed: ", std::strerror(errno)));
     }
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     std::remove(tmp.c_str());
-    throw FileError(str("[io] ", path, ": cannot rename the finished file into place: ",
-                        std::strerror(err)));
+    throw FileError(
+        str("[io] ", path, ": cannot rename the finished file into place: ", std::strerror(err)));
   }
 }
 

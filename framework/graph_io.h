@@ -11,7 +11,7 @@ namespace kiln {
 namespace proto {
 class GraphDef;
 class TensorProto;
-}
+}  // namespace proto
 
 /// The graph file format version this build writes and the oldest it reads.
 inline constexpr int kGraphVersion = 1;
@@ -41,7 +41,8 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
 void save_graph(const Graph& graph, const std::string& path, const SaveGraphOptions& options = {});
 /// Reads a graph file written by save_graph (binary or text). Throws kiln::FileError naming the
 /// file and the problem for a missing, truncated, garbled or invalid file.
-std::unique_ptr<Graph> load_graph(const std::string& path, GraphFormat format = GraphFormat::automatic);
+std::unique_ptr<Graph> load_graph(const std::string& path,
+                                  GraphFormat format = GraphFormat::automatic);
 
 /// The text form of a graph (protobuf text format), as `kiln-graph --text` prints it.
 std::string graph_to_text(const Graph& graph);

@@ -17,8 +17,12 @@ class KernelContext {
   KernelContext(const Node& node, std::span<const Tensor> inputs,
                 std::span<const TensorType> output_types, std::span<Tensor> outputs,
                 ThreadPool& pool, VariableStore* variables = nullptr)
-      : node_(node), inputs_(inputs), output_types_(output_types), outputs_(outputs),
-        pool_(pool), variables_(variables) {}
+      : node_(node),
+        inputs_(inputs),
+        output_types_(output_types),
+        outputs_(outputs),
+        pool_(pool),
+        variables_(variables) {}
 
   const Node& node() const { return node_; }
   int num_inputs() const { return static_cast<int>(inputs_.size()); }

@@ -13,14 +13,22 @@ constexpr char kMagic[] = "\x93NUMPY";
 
 const char* descr_of(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "<f4";
-    case DType::f64: return "<f8";
-    case DType::f16: return "<f2";
-    case DType::i32: return "<i4";
-    case DType::i64: return "<i8";
-    case DType::u8: return "|u1";
-    case DType::boolean: return "|b1";
-    case DType::bf16: break;
+    case DType::f32:
+      return "<f4";
+    case DType::f64:
+      return "<f8";
+    case DType::f16:
+      return "<f2";
+    case DType::i32:
+      return "<i4";
+    case DType::i64:
+      return "<i8";
+    case DType::u8:
+      return "|u1";
+    case DType::boolean:
+      return "|b1";
+    case DType::bf16:
+      break;
   }
   return nullptr;
 }
@@ -79,8 +87,8 @@ void save_npy(const Tensor& tensor, const std::string& path) {
 
 Tensor load_npy(const std::string& path) {
   std::string data = read_file(path, size_t{1} << 40);
-  KILN_CHECK(data.size() >= 10 && data.compare(0, 6, kMagic, 6) == 0, FileError, "[npy] ",
-             path, ": not a .npy file (bad magic)");
+  KILN_CHECK(data.size() >= 10 && data.compare(0, 6, kMagic, 6) == 0, FileError, "[npy] ", path,
+             ": not a .npy file (bad magic)");
   uint8_t major = static_cast<uint8_t>(data[6]);
   size_t header_len, header_start;
   if (major == 1) {
@@ -130,8 +138,8 @@ Tensor load_npy(const std::string& path) {
   int64_t numel = shape.numel();
   size_t offset = header_start + header_len;
   uint64_t need = static_cast<uint64_t>(numel) * dtype_size(dtype);
-  KILN_CHECK(data.size() - offset == need, FileError, "[npy] ", path, ": ", dtype, shape,
-             " needs ", need, " bytes of data, the file has ", data.size() - offset);
+  KILN_CHECK(data.size() - offset == need, FileError, "[npy] ", path, ": ", dtype, shape, " needs ",
+             need, " bytes of data, the file has ", data.size() - offset);
   Tensor t = Tensor::empty(dtype, shape);
   if (need) std::memcpy(t.raw_data(), data.data() + offset, need);
   if (dtype == DType::boolean) {

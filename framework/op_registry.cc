@@ -15,8 +15,7 @@ void InferContext::expect_dtype(int i, std::span<const DType> allowed) const {
   for (DType d : allowed) list << (list.tellp() > 0 ? ", " : "") << d;
   const std::string& input_name =
       i < static_cast<int>(op_.inputs().size()) ? op_.inputs()[i] : op_.inputs().back();
-  fail("input '", input_name, "' has dtype ", inputs_[i].dtype, "; expected one of ",
-       list.str());
+  fail("input '", input_name, "' has dtype ", inputs_[i].dtype, "; expected one of ", list.str());
 }
 
 void InferContext::expect_same_dtype(int i, int j) const {

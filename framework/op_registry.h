@@ -40,8 +40,8 @@ class OpDef;
 /// What an op's inference function sees: input types and attributes of the node being built.
 class InferContext {
  public:
-  InferContext(const OpDef& op, const std::string& node_name,
-               const std::vector<TensorType>& inputs, const AttrMap& attrs)
+  InferContext(const OpDef& op, const std::string& node_name, const std::vector<TensorType>& inputs,
+               const AttrMap& attrs)
       : op_(op), node_name_(node_name), inputs_(inputs), attrs_(attrs) {}
 
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
@@ -197,6 +197,6 @@ struct OpRegistrar {
 #define KILN_CONCAT_INNER(a, b) a##b
 #define KILN_CONCAT(a, b) KILN_CONCAT_INNER(a, b)
 /// Defines and registers an op: KILN_OP(softmax).input("x").attr<int64_t>("axis", -1)...;
-#define KILN_OP(name)                                                                   \
+#define KILN_OP(name)                                                                        \
   [[maybe_unused]] static ::kiln::OpRegistrar KILN_CONCAT(kiln_op_registrar_, __COUNTER__) = \
       ::kiln::OpDef(#name)

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
-#include <unordered_map>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <sstream>
+#include <unordered_map>
 
 namespace kiln {
 
@@ -73,23 +73,29 @@ void free_host(void* p, size_t nbytes) {
 
 HostStorage::HostStorage(size_t nbytes) : Storage(allocate_host(nbytes), nbytes, Device::cpu()) {}
 
-int64_t host_allocation_count() { return allocations.load(std::memory_order_relaxed); }
+int64_t host_allocation_count() {
+  return allocations.load(std::memory_order_relaxed);
+}
 
-HostStorage::~HostStorage() { free_host(data(), nbytes()); }
+HostStorage::~HostStorage() {
+  free_host(data(), nbytes());
+}
 
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_t offset)
-    : dtype_(dtype), shape_(std::move(shape)), numel_(shape_.numel()),
-      storage_(std::move(storage)), offset_(offset) {
+    : dtype_(dtype),
+      shape_(std::move(shape)),
+      numel_(shape_.numel()),
+      storage_(std::move(storage)),
+      offset_(offset) {
   KILN_DASSERT(storage_ == nullptr || offset_ + nbytes() <= storage_->nbytes());
 }
 
 Tensor Tensor::empty(DType dtype, const Shape& shape) {
-  KILN_CHECK(shape.is_known(), Error, "[tensor] cannot allocate a tensor of unknown shape ",
-             shape);
+  KILN_CHECK(shape.is_known(), Error, "[tensor] cannot allocate a tensor of unknown shape ", shape);
   int64_t n = shape.numel();
   size_t size = dtype_size(dtype);
-  KILN_CHECK(static_cast<uint64_t>(n) <= (uint64_t{1} << 56) / size, Error,
-             "[tensor] ", dtype, shape, " is too large to allocate");
+  KILN_CHECK(static_cast<uint64_t>(n) <= (uint64_t{1} << 56) / size, Error, "[tensor] ", dtype,
+             shape, " is too large to allocate");
   return Tensor(dtype, shape, std::make_shared<HostStorage>(static_cast<size_t>(n) * size));
 }
 
@@ -104,7 +110,9 @@ Tensor Tensor::full(DType dtype, const Shape& shape, double value) {
   return t;
 }
 
-Device Tensor::device() const { return storage_ ? storage_->device() : Device::cpu(); }
+Device Tensor::device() const {
+  return storage_ ? storage_->device() : Device::cpu();
+}
 
 void* Tensor::raw_data() const {
   KILN_CHECK(defined(), Error, "[tensor] data of an undefined tensor");
@@ -127,8 +135,8 @@ Tensor Tensor::clone() const {
 }
 
 Tensor Tensor::reshaped(const Shape& shape) const {
-  KILN_CHECK(shape.is_known() && shape.numel() == numel_, Error, "[tensor] cannot view ",
-             shape_, " as ", shape);
+  KILN_CHECK(shape.is_known() && shape.numel() == numel_, Error, "[tensor] cannot view ", shape_,
+             " as ", shape);
   return Tensor(dtype_, shape, storage_, offset_);
 }
 

@@ -65,8 +65,8 @@ class Tensor {
   template <typename T>
   static Tensor from_vector(const std::vector<T>& values, const Shape& shape) {
     Tensor t = empty(dtype_of<T>(), shape);
-    KILN_CHECK(static_cast<int64_t>(values.size()) == t.numel(), Error, "[tensor] ",
-               values.size(), " values do not fill shape ", shape);
+    KILN_CHECK(static_cast<int64_t>(values.size()) == t.numel(), Error, "[tensor] ", values.size(),
+               " values do not fill shape ", shape);
     T* out = t.data<T>();
     for (size_t i = 0; i < values.size(); ++i) out[i] = values[i];
     return t;
@@ -102,8 +102,7 @@ class Tensor {
     dispatch_all(dtype_, [&](auto tag) {
       using S = decltype(tag);
       const S* in = static_cast<const S*>(raw_data());
-      for (int64_t i = 0; i < numel_; ++i)
-        out[i] = convert<T>(in[i]);
+      for (int64_t i = 0; i < numel_; ++i) out[i] = convert<T>(in[i]);
     });
     return out;
   }

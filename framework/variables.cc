@@ -3,17 +3,33 @@
 namespace kiln {
 
 namespace init {
-Initializer zeros() { return {"zeros", {}, 0}; }
-Initializer constant(double value) { return {"constant", {value}, 0}; }
-Initializer uniform(double low, double high, int64_t seed) { return {"uniform", {low, high}, seed}; }
-Initializer normal(double mean, double stddev, int64_t seed) { return {"normal", {mean, stddev}, seed}; }
+Initializer zeros() {
+  return {"zeros", {}, 0};
+}
+Initializer constant(double value) {
+  return {"constant", {value}, 0};
+}
+Initializer uniform(double low, double high, int64_t seed) {
+  return {"uniform", {low, high}, seed};
+}
+Initializer normal(double mean, double stddev, int64_t seed) {
+  return {"normal", {mean, stddev}, seed};
+}
 Initializer truncated_normal(double mean, double stddev, int64_t seed) {
   return {"truncated_normal", {mean, stddev}, seed};
 }
-Initializer glorot_uniform(int64_t seed) { return {"glorot_uniform", {}, seed}; }
-Initializer glorot_normal(int64_t seed) { return {"glorot_normal", {}, seed}; }
-Initializer he_uniform(int64_t seed) { return {"he_uniform", {}, seed}; }
-Initializer he_normal(int64_t seed) { return {"he_normal", {}, seed}; }
+Initializer glorot_uniform(int64_t seed) {
+  return {"glorot_uniform", {}, seed};
+}
+Initializer glorot_normal(int64_t seed) {
+  return {"glorot_normal", {}, seed};
+}
+Initializer he_uniform(int64_t seed) {
+  return {"he_uniform", {}, seed};
+}
+Initializer he_normal(int64_t seed) {
+  return {"he_normal", {}, seed};
+}
 }  // namespace init
 
 bool VariableStore::contains(const std::string& name) const {

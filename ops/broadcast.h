@@ -62,8 +62,7 @@ BroadcastLoop<N> make_broadcast_loop(const Shape& out, const std::array<Shape, N
       // Merge with the previous dim when, for every input, stepping the previous dim equals
       // stepping this one out[d] times.
       bool mergeable = true;
-      for (int k = 0; k < N; ++k)
-        mergeable &= loop.strides.back()[k] == strides[d][k] * out[d];
+      for (int k = 0; k < N; ++k) mergeable &= loop.strides.back()[k] == strides[d][k] * out[d];
       if (mergeable) {
         loop.dims.back() *= out[d];
         loop.strides.back() = strides[d];

@@ -25,13 +25,20 @@ std::vector<DType> cpu_dtypes_of(DTypeClass cls);
 template <typename Fn>
 decltype(auto) dispatch_cpu(DType dtype, Fn&& fn) {
   switch (dtype) {
-    case DType::f32: return fn(float{});
-    case DType::f64: return fn(double{});
-    case DType::i32: return fn(int32_t{});
-    case DType::i64: return fn(int64_t{});
-    case DType::u8: return fn(uint8_t{});
-    case DType::boolean: return fn(bool{});
-    default: break;
+    case DType::f32:
+      return fn(float{});
+    case DType::f64:
+      return fn(double{});
+    case DType::i32:
+      return fn(int32_t{});
+    case DType::i64:
+      return fn(int64_t{});
+    case DType::u8:
+      return fn(uint8_t{});
+    case DType::boolean:
+      return fn(bool{});
+    default:
+      break;
   }
   throw Error(str("[kernel] no CPU kernel for ", dtype));
 }

@@ -25,19 +25,19 @@ Value sin(const Value& x);      ///< sine
 Value cos(const Value& x);      ///< cosine
 
 // ---- Elementwise binary, broadcasting by NumPy rules. Both inputs must have the same dtype.
-Value add(const Value& a, const Value& b);       ///< a + b
-Value sub(const Value& a, const Value& b);       ///< a - b
-Value mul(const Value& a, const Value& b);       ///< a * b
-Value div(const Value& a, const Value& b);       ///< a / b (integers: toward zero; / 0 gives 0)
-Value pow(const Value& a, const Value& b);       ///< a ^ b
-Value maximum(const Value& a, const Value& b);   ///< larger of a and b (NaN wins)
-Value minimum(const Value& a, const Value& b);   ///< smaller of a and b (NaN wins)
-Value equal(const Value& a, const Value& b);     ///< a == b, as bool
-Value not_equal(const Value& a, const Value& b); ///< a != b, as bool
-Value less(const Value& a, const Value& b);      ///< a < b, as bool
-Value less_equal(const Value& a, const Value& b);    ///< a <= b, as bool
-Value greater(const Value& a, const Value& b);       ///< a > b, as bool
-Value greater_equal(const Value& a, const Value& b); ///< a >= b, as bool
+Value add(const Value& a, const Value& b);         ///< a + b
+Value sub(const Value& a, const Value& b);         ///< a - b
+Value mul(const Value& a, const Value& b);         ///< a * b
+Value div(const Value& a, const Value& b);         ///< a / b (integers: toward zero; / 0 gives 0)
+Value pow(const Value& a, const Value& b);         ///< a ^ b
+Value maximum(const Value& a, const Value& b);     ///< larger of a and b (NaN wins)
+Value minimum(const Value& a, const Value& b);     ///< smaller of a and b (NaN wins)
+Value equal(const Value& a, const Value& b);       ///< a == b, as bool
+Value not_equal(const Value& a, const Value& b);   ///< a != b, as bool
+Value less(const Value& a, const Value& b);        ///< a < b, as bool
+Value less_equal(const Value& a, const Value& b);  ///< a <= b, as bool
+Value greater(const Value& a, const Value& b);     ///< a > b, as bool
+Value greater_equal(const Value& a, const Value& b);  ///< a >= b, as bool
 /// The sum of tensors of one dtype and shape.
 Value add_n(const std::vector<Value>& values);
 /// cond ? a : b elementwise; cond is bool; all three broadcast together.

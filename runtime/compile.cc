@@ -31,7 +31,8 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
   key += "|t";
   for (const Value& v : targets) key += str(' ', v.node_id());
   key += "|in";
-  for (const FeedSpec& f : feeds) key += str(' ', f.value.node_id(), ':', f.value.index(), f.type.shape);
+  for (const FeedSpec& f : feeds)
+    key += str(' ', f.value.node_id(), ':', f.value.index(), f.type.shape);
   return key;
 }
 
@@ -47,17 +48,17 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   std::unordered_map<OutputRef, int32_t, RefHash> fed;  // ref -> feed index
   for (size_t i = 0; i < feeds.size(); ++i) {
     const Value& v = feeds[i].value;
-    KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
-               "[session] feed #", i, " is not a value of this session's graph");
+    KILN_CHECK(v.defined() && v.graph() == &graph, FeedError, "[session] feed #", i,
+               " is not a value of this session's graph");
     const std::string what = v.node().op_name() == "placeholder" ? "placeholder" : "value";
-    KILN_CHECK(fed.emplace(v.ref(), static_cast<int32_t>(i)).second, FeedError,
-               "[session] ", what, " '", v.name(), "' is fed twice");
+    KILN_CHECK(fed.emplace(v.ref(), static_cast<int32_t>(i)).second, FeedError, "[session] ", what,
+               " '", v.name(), "' is fed twice");
     KILN_CHECK(feeds[i].type.dtype == v.dtype(), FeedError, "[session] feed for ", what, " '",
                v.name(), "': dtype ", feeds[i].type.dtype, " does not match the ", what, "'s ",
                v.dtype());
     KILN_CHECK(feeds[i].type.shape.compatible_with(v.shape()), FeedError, "[session] feed for ",
-               what, " '", v.name(), "': shape ", feeds[i].type.shape, " contradicts the ",
-               what, "'s ", v.shape());
+               what, " '", v.name(), "': shape ", feeds[i].type.shape, " contradicts the ", what,
+               "'s ", v.shape());
   }
 
   // Prune: the nodes the fetches and targets reach without passing a fed value. `reason`
@@ -114,8 +115,10 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
             if (graph.node(reader).inputs()[j] == state) return true;
           return false;
         }();
-        if (!reader_writes) add_edge(reader, id);
-        else if (reader < id) add_edge(reader, id);
+        if (!reader_writes)
+          add_edge(reader, id);
+        else if (reader < id)
+          add_edge(reader, id);
       }
     }
   }
@@ -162,8 +165,9 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     for (OutputRef in : node.inputs()) inputs.push_back(work.value(to_work.at(in)));
     std::vector<Value> made;
     try {
-      made = work.add_node(node.op_name(), inputs, node.attrs(),
-                           {.name = node.name(), .exact_name = true, .device_hint = node.device_hint()});
+      made = work.add_node(
+          node.op_name(), inputs, node.attrs(),
+          {.name = node.name(), .exact_name = true, .device_hint = node.device_hint()});
     } catch (const GraphError& e) {
       throw GraphError(str(e.what(), " (with ", describe_feeds(feeds), ")"));
     }
@@ -178,8 +182,10 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   }
   Signature roots_signature{"__plan__", {}, {}, {}};
   for (const Value& v : fetches) roots_signature.outputs.push_back(work.value(to_work.at(v.ref())));
-  for (const Value& v : targets) roots_signature.targets.push_back(work.value(to_work.at(OutputRef{v.node_id(), 0})));
-  for (size_t i = 0; i < feeds.size(); ++i) roots_signature.inputs.push_back(work.value(OutputRef{static_cast<int32_t>(i), 0}));
+  for (const Value& v : targets)
+    roots_signature.targets.push_back(work.value(to_work.at(OutputRef{v.node_id(), 0})));
+  for (size_t i = 0; i < feeds.size(); ++i)
+    roots_signature.inputs.push_back(work.value(OutputRef{static_cast<int32_t>(i), 0}));
   work.add_signature(roots_signature);
 
   plan.passes_applied = optimize_graph(work, passes);
@@ -226,7 +232,8 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   std::vector<bool> fetched(plan.num_slots, false);
   for (int32_t slot : plan.fetch_slots) fetched[slot] = true;
   for (int32_t slot = 0; slot < plan.num_slots; ++slot)
-    if (last_use[slot] >= 0 && !fetched[slot]) plan.steps[last_use[slot]].release_after.push_back(slot);
+    if (last_use[slot] >= 0 && !fetched[slot])
+      plan.steps[last_use[slot]].release_after.push_back(slot);
   // Outputs nobody reads or fetches die right after the step that made them.
   for (PlanStep& step : plan.steps)
     for (int32_t slot : step.output_slots)

@@ -1,13 +1,13 @@
 // The CPU executor: runs a Plan's steps in order with intra-op parallel kernels.
 #include <algorithm>
-#include <map>
 #include <atomic>
 #include <chrono>
-#include <iomanip>
-#include <sstream>
 #include <condition_variable>
+#include <iomanip>
+#include <map>
 #include <mutex>
 #include <new>
+#include <sstream>
 #include <thread>
 
 #include "framework/graph_io.h"
@@ -26,14 +26,19 @@ class StepRunner {
   /// have all run (counted), not after the last reader in plan order.
   StepRunner(const Plan& plan, std::vector<Tensor>& slots, ThreadPool& pool,
              VariableStore& variables, bool concurrent, std::vector<TraceEvent>* trace)
-      : plan_(plan), slots_(slots), pool_(pool), variables_(variables), concurrent_(concurrent),
+      : plan_(plan),
+        slots_(slots),
+        pool_(pool),
+        variables_(variables),
+        concurrent_(concurrent),
         trace_(trace) {
     fetched_slot_.assign(plan.num_slots, 0);
     for (int32_t slot : plan.fetch_slots) fetched_slot_[slot] = 1;
     if (concurrent_) {
       remaining_ = std::vector<std::atomic<int32_t>>(plan.num_slots);
       for (const PlanStep& step : plan.steps)
-        for (int32_t slot : step.input_slots) remaining_[slot].fetch_add(1, std::memory_order_relaxed);
+        for (int32_t slot : step.input_slots)
+          remaining_[slot].fetch_add(1, std::memory_order_relaxed);
     }
   }
 
@@ -50,7 +55,8 @@ class StepRunner {
                             static_cast<size_t>(offset));
     }
     KernelContext ctx(node, inputs, step.output_types, outputs, pool_, &variables_);
-    const auto start = trace_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    const auto start =
+        trace_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     try {
       step.kernel(ctx);
       for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);  // allocate any left untouched
@@ -163,20 +169,22 @@ void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string
   for (size_t i = 0; i < events.size(); ++i) {
     const TraceEvent& e = events[i];
     json << "  {\"name\": \"" << escape(e.name) << "\", \"cat\": \"" << escape(e.op)
-         << "\", \"ph\": \"X\", \"pid\": 1, \"tid\": " << e.stream << ", \"ts\": "
-         << std::fixed << std::setprecision(3) << e.start_us - origin << ", \"dur\": " << e.duration_us
-         << ", \"args\": {\"op\": \"" << escape(e.op) << "\"}}" << (i + 1 < events.size() ? "," : "") << "\n";
+         << "\", \"ph\": \"X\", \"pid\": 1, \"tid\": " << e.stream << ", \"ts\": " << std::fixed
+         << std::setprecision(3) << e.start_us - origin << ", \"dur\": " << e.duration_us
+         << ", \"args\": {\"op\": \"" << escape(e.op) << "\"}}"
+         << (i + 1 < events.size() ? "," : "") << "\n";
   }
   json << "]}\n";
   write_file_atomically(path, json.str());
 }
 
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
-                                   ThreadPool& pool, VariableStore& variables,
-                                   int inter_op_threads, std::vector<TraceEvent>* trace) {
+                                   ThreadPool& pool, VariableStore& variables, int inter_op_threads,
+                                   std::vector<TraceEvent>* trace) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
-  if (plan.arena_bytes > 0 && !plan.arena) plan.arena = std::make_shared<HostStorage>(plan.arena_bytes);
+  if (plan.arena_bytes > 0 && !plan.arena)
+    plan.arena = std::make_shared<HostStorage>(plan.arena_bytes);
   const bool concurrent = inter_op_threads > 1 && plan.num_streams > 1;
   StepRunner runner(plan, slots, pool, variables, concurrent, trace);
   if (concurrent) {
@@ -187,7 +195,8 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& 
   }
   std::vector<Tensor> fetched;
   std::vector<const Storage*> state;
-  for (const std::string& name : variables.names()) state.push_back(variables.get(name).storage().get());
+  for (const std::string& name : variables.names())
+    state.push_back(variables.get(name).storage().get());
   for (int32_t slot : plan.fetch_slots) {
     if (auto it = runner.snapshots().find(slot); it != runner.snapshots().end()) {
       fetched.push_back(it->second);

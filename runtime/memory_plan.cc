@@ -11,7 +11,9 @@ namespace {
 
 constexpr int64_t kAlignment = 64;
 
-int64_t aligned(int64_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
+int64_t aligned(int64_t bytes) {
+  return (bytes + kAlignment - 1) / kAlignment * kAlignment;
+}
 
 // Slots the arena does not hold: feeds, fetches, and outputs that are someone else's storage.
 bool external_output(const Node& node) {
@@ -83,8 +85,9 @@ void plan_memory(Plan& plan, bool in_place) {
     // Retire blocks that every stream's latest step has passed: free for good.
     std::erase_if(active, [&](const Block& b) {
       for (int32_t t : tails)
-        if (t < 0 || (t != p && !done_before(b.slot, t))) return false;  // a stream yet to start
-                                                                       // knows of nothing
+        if (t < 0 || (t != p && !done_before(b.slot, t)))
+          return false;  // a stream yet to start
+                         // knows of nothing
       return done_before(b.slot, p);
     });
     if (external_output(node)) continue;
@@ -141,7 +144,8 @@ void validate_memory_plan(const Plan& plan) {
     if (plan.slot_offset.empty() || plan.slot_offset[slot] < 0) continue;
     const TensorType& t = plan.slot_types[slot];
     int64_t bytes = static_cast<int64_t>(t.shape.numel() * dtype_size(t.dtype));
-    KILN_CHECK(plan.slot_offset[slot] % kAlignment == 0 && plan.slot_offset[slot] + bytes <= plan.arena_bytes,
+    KILN_CHECK(plan.slot_offset[slot] % kAlignment == 0 &&
+                   plan.slot_offset[slot] + bytes <= plan.arena_bytes,
                Error, "[memory] slot ", slot, " at ", plan.slot_offset[slot], " (+", bytes,
                ") is misaligned or outside the arena of ", plan.arena_bytes, " bytes");
     buffers.push_back({slot, plan.slot_offset[slot], plan.slot_offset[slot] + bytes});
@@ -158,13 +162,15 @@ void validate_memory_plan(const Plan& plan) {
       if (!(order.before(u, p) || (chain && u == p))) return false;
     return true;
   };
-  std::sort(buffers.begin(), buffers.end(), [](const Buffer& x, const Buffer& y) { return x.begin < y.begin; });
+  std::sort(buffers.begin(), buffers.end(),
+            [](const Buffer& x, const Buffer& y) { return x.begin < y.begin; });
   for (size_t i = 0; i < buffers.size(); ++i)
     for (size_t j = i + 1; j < buffers.size() && buffers[j].begin < buffers[i].end; ++j) {
       const int32_t a = buffers[i].slot, b = buffers[j].slot;
       if (finished_before(a, b) || finished_before(b, a)) continue;
-      throw Error(str("[memory] slots ", a, " (", plan.graph->node(plan.steps[live.producer[a]].node).name(),
-                      ") and ", b, " (", plan.graph->node(plan.steps[live.producer[b]].node).name(),
+      throw Error(str("[memory] slots ", a, " (",
+                      plan.graph->node(plan.steps[live.producer[a]].node).name(), ") and ", b, " (",
+                      plan.graph->node(plan.steps[live.producer[b]].node).name(),
                       ") share arena bytes while both may be in use"));
     }
 }

@@ -6,8 +6,7 @@
 
 namespace kiln {
 
-Session::Session(const Graph& graph, SessionOptions options)
-    : graph_(graph), options_(options) {
+Session::Session(const Graph& graph, SessionOptions options) : graph_(graph), options_(options) {
   check_device_usable(options_.device);
   KILN_CHECK(options_.device.is_cpu(), DeviceError, "[session] ", options_.device,
              " is present, but this build of Kiln has no CUDA executor yet; use Device::cpu()");
@@ -45,9 +44,9 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
   std::string key = plan_key(specs, fetches, targets);
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  auto plan = std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets,
-                                                  options_.device.kind, options_.passes,
-                                                  options_.inter_op_threads));
+  auto plan =
+      std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets, options_.device.kind,
+                                          options_.passes, options_.inter_op_threads));
   if (options_.validate_memory_plan) validate_memory_plan(*plan);
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
@@ -87,14 +86,14 @@ void Session::initialize_variables() {
 }
 
 Tensor Session::variable_value(const Value& var) {
-  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable",
-             Error, "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
+  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable", Error,
+             "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
   return run({}, {var})[0];
 }
 
 void Session::set_variable(const Value& var, const Tensor& value) {
-  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable",
-             Error, "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
+  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable", Error,
+             "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
   KILN_CHECK(value.dtype() == var.dtype() && value.shape() == var.shape(), FeedError,
              "[session] variable '", var.name(), "' is ", var.dtype(), var.shape(), "; got ",
              value.dtype(), value.shape());
@@ -127,8 +126,9 @@ void Session::restore_checkpoint(const std::string& path, bool strict) {
   if (strict) {
     for (const auto& [name, _] : loaded) {
       const Node* node = graph_.find_node(name);
-      KILN_CHECK(node && node->op_name() == "variable", FileError, where, ": the checkpoint has '",
-                 name, "', which is not a variable of the graph (restore with strict=false to ignore it)");
+      KILN_CHECK(
+          node && node->op_name() == "variable", FileError, where, ": the checkpoint has '", name,
+          "', which is not a variable of the graph (restore with strict=false to ignore it)");
     }
   }
   std::lock_guard<std::mutex> lock(mutex_);

@@ -68,7 +68,8 @@ inline std::vector<int64_t> unravel(int64_t i, const Shape& shape) {
 inline int64_t broadcast_source(const std::vector<int64_t>& idx, const Shape& in) {
   int64_t offset = 0;
   const int64_t shift = static_cast<int64_t>(idx.size()) - in.rank();
-  for (int64_t d = 0; d < in.rank(); ++d) offset = offset * in[d] + (in[d] == 1 ? 0 : idx[d + shift]);
+  for (int64_t d = 0; d < in.rank(); ++d)
+    offset = offset * in[d] + (in[d] == 1 ? 0 : idx[d + shift]);
   return offset;
 }
 
@@ -103,6 +104,8 @@ void expect_error(const std::function<void()>& fn, const std::vector<std::string
 }
 
 /// The tolerance used for a floating dtype in op tests.
-inline double tolerance(DType dtype) { return dtype == f64 ? 1e-12 : 2e-6; }
+inline double tolerance(DType dtype) {
+  return dtype == f64 ? 1e-12 : 2e-6;
+}
 
 }  // namespace kiln::testing

@@ -128,13 +128,15 @@ void print_optimized(const Graph& g, std::string signature, int64_t batch, int s
   std::string passes;
   for (const std::string& p : plan.passes_applied) passes += (passes.empty() ? "" : ", ") + p;
   std::printf("plan of signature '%s' (unknown dims = %lld): %zu steps on %d stream(s)\n",
-              signature.c_str(), static_cast<long long>(batch), plan.steps.size(), plan.num_streams);
+              signature.c_str(), static_cast<long long>(batch), plan.steps.size(),
+              plan.num_streams);
   std::printf("passes that changed the graph: %s\n", passes.empty() ? "none" : passes.c_str());
   std::printf("arena: %s planned peak, %s without reuse (%.1fx smaller)\n\n",
               human_bytes(static_cast<double>(plan.arena_bytes)).c_str(),
               human_bytes(static_cast<double>(plan.unshared_bytes)).c_str(),
               plan.arena_bytes ? static_cast<double>(plan.unshared_bytes) / plan.arena_bytes : 1.0);
-  std::printf("%5s %6s  %-18s %-36s %-22s %s\n", "step", "stream", "op", "node", "output", "arena offset");
+  std::printf("%5s %6s  %-18s %-36s %-22s %s\n", "step", "stream", "op", "node", "output",
+              "arena offset");
   for (size_t s = 0; s < plan.steps.size(); ++s) {
     const PlanStep& step = plan.steps[s];
     const Node& node = plan.graph->node(step.node);
@@ -156,14 +158,15 @@ void print_optimized(const Graph& g, std::string signature, int64_t batch, int s
 }
 
 void write_dot(const Graph& g, std::ostream& out) {
-  out << "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\", fontsize=10];\n";
+  out << "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\", "
+         "fontsize=10];\n";
   for (int32_t id = 0; id < g.num_nodes(); ++id) {
     const Node& n = g.node(id);
     const char* style = n.op_name() == "placeholder" ? ", style=filled, fillcolor=\"#cfe8ff\""
                         : n.op_name() == "constant"  ? ", style=filled, fillcolor=\"#eeeeee\""
                                                      : "";
-    out << "  n" << id << " [label=\"" << dot_escape(n.name()) << "\\n" << n.op_name() << "\""
-        << style << "];\n";
+    out << "  n" << id << " [label=\"" << dot_escape(n.name()) << "\\n"
+        << n.op_name() << "\"" << style << "];\n";
   }
   for (int32_t id = 0; id < g.num_nodes(); ++id) {
     const Node& n = g.node(id);
@@ -190,9 +193,12 @@ int main(int argc, char** argv) {
       mode = "optimized";
     } else if ((arg == "--signature" || arg == "--batch" || arg == "--streams") && i + 1 < argc) {
       std::string v = argv[++i];
-      if (arg == "--signature") signature = v;
-      else if (arg == "--batch") batch = std::atoll(v.c_str());
-      else streams = std::atoi(v.c_str());
+      if (arg == "--signature")
+        signature = v;
+      else if (arg == "--batch")
+        batch = std::atoll(v.c_str());
+      else
+        streams = std::atoi(v.c_str());
       if (batch < 0 || streams < 1) return usage();
     } else if (arg == "--dot") {
       mode = "dot";

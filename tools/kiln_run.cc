@@ -41,13 +41,20 @@ int main(int argc, char** argv) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
     if (arg == "--help" || arg == "-h") return usage(), 0;
-    if (arg == "--checkpoint") checkpoint = value();
-    else if (arg == "--save-checkpoint") save_checkpoint = value();
-    else if (arg == "--out") out_dir = value();
-    else if (arg == "--threads") threads = std::atoi(value().c_str());
-    else if (arg.rfind("--", 0) == 0) return std::fprintf(stderr, "kiln-run: unknown option %s\n", arg.c_str()), usage();
-    else if (size_t eq = arg.find('='); eq != std::string::npos) inputs[arg.substr(0, eq)] = arg.substr(eq + 1);
-    else positional.push_back(arg);
+    if (arg == "--checkpoint")
+      checkpoint = value();
+    else if (arg == "--save-checkpoint")
+      save_checkpoint = value();
+    else if (arg == "--out")
+      out_dir = value();
+    else if (arg == "--threads")
+      threads = std::atoi(value().c_str());
+    else if (arg.rfind("--", 0) == 0)
+      return std::fprintf(stderr, "kiln-run: unknown option %s\n", arg.c_str()), usage();
+    else if (size_t eq = arg.find('='); eq != std::string::npos)
+      inputs[arg.substr(0, eq)] = arg.substr(eq + 1);
+    else
+      positional.push_back(arg);
   }
   if (positional.size() != 2) return usage();
   try {
@@ -57,8 +64,8 @@ int main(int argc, char** argv) {
     for (const Value& in : sig.inputs) {
       auto it = inputs.find(in.name());
       KILN_CHECK(it != inputs.end(), FeedError, "[kiln-run] signature '", sig.name,
-                 "' needs input '", in.name(), "' (", in.dtype(), in.shape(), "): pass ",
-                 in.name(), "=FILE.npy");
+                 "' needs input '", in.name(), "' (", in.dtype(), in.shape(), "): pass ", in.name(),
+                 "=FILE.npy");
       feeds.push_back(load_npy(it->second));
       inputs.erase(it);
     }
@@ -71,8 +78,8 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < outputs.size(); ++i) {
       std::string path = out_dir + "/" + file_name(sig.outputs[i].name());
       save_npy(outputs[i], path);
-      std::printf("%s %s -> %s\n", sig.outputs[i].name().c_str(),
-                  outputs[i].to_string(6).c_str(), path.c_str());
+      std::printf("%s %s -> %s\n", sig.outputs[i].name().c_str(), outputs[i].to_string(6).c_str(),
+                  path.c_str());
     }
     if (!save_checkpoint.empty()) {
       sess.save_checkpoint(save_checkpoint);

@@ -47,9 +47,9 @@ class Event {
 }  // namespace kiln::cuda
 
 /// Checks a CUDA runtime call; `context` names what it was for (a node name, say).
-#define KILN_CUDA_CHECK(call, context)                                         \
-  do {                                                                         \
-    cudaError_t kiln_status_ = (call);                                         \
-    if (kiln_status_ != cudaSuccess)                                           \
-      ::kiln::cuda::throw_cuda_error(kiln_status_, #call, (context));          \
+#define KILN_CUDA_CHECK(call, context)                                \
+  do {                                                                \
+    cudaError_t kiln_status_ = (call);                                \
+    if (kiln_status_ != cudaSuccess)                                  \
+      ::kiln::cuda::throw_cuda_error(kiln_status_, #call, (context)); \
   } while (0)

@@ -9,14 +9,17 @@ namespace kiln {
 namespace {
 std::string describe_missing_gpu(cudaError_t status) {
   switch (status) {
-    case cudaErrorNoDevice: return "the CUDA driver reports no GPU on this machine";
+    case cudaErrorNoDevice:
+      return "the CUDA driver reports no GPU on this machine";
     case cudaErrorInsufficientDriver:
       return str("the CUDA driver is older than the runtime Kiln was built with (runtime ",
                  CUDART_VERSION, ")");
     case cudaErrorInitializationError:
-    case cudaErrorStubLibrary: return "no CUDA driver is installed (libcuda.so is missing)";
-    default: return str("the CUDA runtime failed: ", cudaGetErrorName(status), ": ",
-                        cudaGetErrorString(status));
+    case cudaErrorStubLibrary:
+      return "no CUDA driver is installed (libcuda.so is missing)";
+    default:
+      return str("the CUDA runtime failed: ", cudaGetErrorName(status), ": ",
+                 cudaGetErrorString(status));
   }
 }
 }  // namespace
@@ -42,8 +45,8 @@ const CudaAvailability& cuda_availability() {
 namespace cuda {
 
 void throw_cuda_error(cudaError_t status, const char* call, const std::string& context) {
-  throw DeviceError(str("[cuda] ", context, context.empty() ? "" : ": ", call, " failed: ",
-                        cudaGetErrorName(status), ": ", cudaGetErrorString(status)));
+  throw DeviceError(str("[cuda] ", context, context.empty() ? "" : ": ", call,
+                        " failed: ", cudaGetErrorName(status), ": ", cudaGetErrorString(status)));
 }
 
 Stream::Stream() {
@@ -52,7 +55,9 @@ Stream::Stream() {
 Stream::~Stream() {
   if (stream_) cudaStreamDestroy(stream_);
 }
-void Stream::synchronize() const { KILN_CUDA_CHECK(cudaStreamSynchronize(stream_), "stream"); }
+void Stream::synchronize() const {
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_), "stream");
+}
 
 Event::Event() {
   KILN_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming), "event");

@@ -27,8 +27,9 @@ KILN_OP(cast)
         using From = decltype(from_tag);
         dispatch_all(y.dtype(), [&](auto to_tag) {
           using To = decltype(to_tag);
-          elementwise_loop(ctx, y.data<To>(), y.shape(),
-                           [](From v) { return convert<To>(v); }, {x.shape()}, x.data<From>());
+          elementwise_loop(
+              ctx, y.data<To>(), y.shape(), [](From v) { return convert<To>(v); }, {x.shape()},
+              x.data<From>());
         });
       });
     });

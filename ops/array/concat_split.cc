@@ -26,8 +26,8 @@ std::vector<TensorType> infer_concat(const InferContext& ctx) {
     ctx.expect_same_dtype(0, i);
     const Shape& s = ctx.shape(i);
     if (s.rank() != first.rank())
-      ctx.fail("input ", i, " has rank ", s.rank(), " (", s, "), input 0 has rank ",
-               first.rank(), " (", first, ")");
+      ctx.fail("input ", i, " has rank ", s.rank(), " (", s, "), input 0 has rank ", first.rank(),
+               " (", first, ")");
     for (int64_t d = 0; d < s.rank(); ++d) {
       if (d == axis) {
         dims[d] = (dims[d] < 0 || s[d] < 0) ? -1 : dims[d] + s[d];
@@ -56,7 +56,8 @@ void concat_cpu(KernelContext& ctx) {
     const auto* in = static_cast<const char*>(x.raw_data());
     if (block) {
       ctx.parallel_for(outer, static_cast<int64_t>(block / elem), [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1; ++o) std::memcpy(out + o * row_bytes + column, in + o * block, block);
+        for (int64_t o = o0; o < o1; ++o)
+          std::memcpy(out + o * row_bytes + column, in + o * block, block);
       });
     }
     column += block;
@@ -88,8 +89,8 @@ std::vector<TensorType> infer_split(const InferContext& ctx) {
     total += s;
   }
   if (x[axis] >= 0 && total != x[axis])
-    ctx.fail("sizes ", attr_to_string(sizes), " add up to ", total, ", but axis ", axis, " of ",
-             x, " has ", x[axis]);
+    ctx.fail("sizes ", attr_to_string(sizes), " add up to ", total, ", but axis ", axis, " of ", x,
+             " has ", x[axis]);
   std::vector<TensorType> out;
   for (int64_t s : sizes) {
     Shape piece = x;
@@ -113,7 +114,8 @@ void split_cpu(KernelContext& ctx) {
     auto* out = static_cast<char*>(y.raw_data());
     if (block) {
       ctx.parallel_for(outer, static_cast<int64_t>(block / elem), [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1; ++o) std::memcpy(out + o * block, in + o * row_bytes + column, block);
+        for (int64_t o = o0; o < o1; ++o)
+          std::memcpy(out + o * block, in + o * row_bytes + column, block);
       });
     }
     column += block;
@@ -146,7 +148,8 @@ KILN_OP(split_like)
       bool known = true;
       std::vector<TensorType> out;
       for (int i = 1; i < ctx.num_inputs(); ++i) {
-        if (ctx.shape(i).rank() != x.rank()) ctx.fail("like ", i - 1, " has rank ", ctx.shape(i).rank());
+        if (ctx.shape(i).rank() != x.rank())
+          ctx.fail("like ", i - 1, " has rank ", ctx.shape(i).rank());
         Shape piece = x;
         piece[axis] = ctx.shape(i)[axis];
         known &= piece[axis] >= 0;
@@ -177,7 +180,8 @@ Value concat(const std::vector<Value>& values, int64_t axis) {
 }
 
 std::vector<Value> split(const Value& x, std::vector<int64_t> sizes, int64_t axis) {
-  return common_graph("split", {&x}).add_node("split", {x}, {{"axis", axis}, {"sizes", std::move(sizes)}});
+  return common_graph("split", {&x})
+      .add_node("split", {x}, {{"axis", axis}, {"sizes", std::move(sizes)}});
 }
 
 std::vector<Value> split(const Value& x, int64_t num_splits, int64_t axis) {

@@ -37,53 +37,56 @@ KILN_OP(sum_to)
         ctx.fail("cannot sum ", ctx.shape(0), " down to ", ctx.shape(1));
       return {{ctx.dtype(0), ctx.shape(1)}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      const Tensor& x = ctx.input(0);
-      const Shape& target = ctx.output_type(0).shape;
-      if (x.shape().numel() == target.numel()) {  // nothing was stretched: a view
-        ctx.set_output(0, x.reshaped(target));
-        return;
-      }
-      Tensor& y = ctx.output(0);
-      const int64_t lead = x.rank() - target.rank();
-      std::vector<int64_t> axes;
-      for (int64_t d = 0; d < x.rank(); ++d)
-        if (d < lead || (target[d - lead] == 1 && x.shape()[d] != 1)) axes.push_back(d);
-      // Reuse the sum kernel's math through a one-off reduction: y = sum(x, axes) reshaped.
-      std::vector<int64_t> kept;
-      for (int64_t d = 0; d < x.rank(); ++d)
-        if (std::find(axes.begin(), axes.end(), d) == axes.end()) kept.push_back(x.shape()[d]);
-      dispatch_cpu(x.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        if constexpr (!std::is_same_v<T, bool>) {
-          // Accumulate each output element over the reduced index set (row-major walk).
-          using Acc = std::conditional_t<std::is_integral_v<T>, int64_t, double>;
-          std::vector<Acc> acc(static_cast<size_t>(y.numel()), Acc(0));
-          const T* in = x.data<T>();
-          const Shape& xs = x.shape();
-          std::vector<int64_t> out_strides(x.rank(), 0);
-          int64_t stride = 1;
-          for (int64_t d = x.rank() - 1; d >= 0; --d) {
-            bool reduced = std::find(axes.begin(), axes.end(), d) != axes.end();
-            out_strides[d] = reduced ? 0 : stride;
-            if (!reduced) stride *= xs[d];
+    .kernel(
+        DeviceKind::cpu,
+        [](KernelContext& ctx) {
+          const Tensor& x = ctx.input(0);
+          const Shape& target = ctx.output_type(0).shape;
+          if (x.shape().numel() == target.numel()) {  // nothing was stretched: a view
+            ctx.set_output(0, x.reshaped(target));
+            return;
           }
-          std::vector<int64_t> idx(x.rank(), 0);
-          int64_t out_at = 0;
-          for (int64_t i = 0; i < x.numel(); ++i) {
-            acc[out_at] += static_cast<Acc>(in[i]);
-            for (int64_t d = x.rank() - 1; d >= 0; --d) {  // odometer step
-              out_at += out_strides[d];
-              if (++idx[d] < xs[d]) break;
-              out_at -= out_strides[d] * xs[d];
-              idx[d] = 0;
+          Tensor& y = ctx.output(0);
+          const int64_t lead = x.rank() - target.rank();
+          std::vector<int64_t> axes;
+          for (int64_t d = 0; d < x.rank(); ++d)
+            if (d < lead || (target[d - lead] == 1 && x.shape()[d] != 1)) axes.push_back(d);
+          // Reuse the sum kernel's math through a one-off reduction: y = sum(x, axes) reshaped.
+          std::vector<int64_t> kept;
+          for (int64_t d = 0; d < x.rank(); ++d)
+            if (std::find(axes.begin(), axes.end(), d) == axes.end()) kept.push_back(x.shape()[d]);
+          dispatch_cpu(x.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            if constexpr (!std::is_same_v<T, bool>) {
+              // Accumulate each output element over the reduced index set (row-major walk).
+              using Acc = std::conditional_t<std::is_integral_v<T>, int64_t, double>;
+              std::vector<Acc> acc(static_cast<size_t>(y.numel()), Acc(0));
+              const T* in = x.data<T>();
+              const Shape& xs = x.shape();
+              std::vector<int64_t> out_strides(x.rank(), 0);
+              int64_t stride = 1;
+              for (int64_t d = x.rank() - 1; d >= 0; --d) {
+                bool reduced = std::find(axes.begin(), axes.end(), d) != axes.end();
+                out_strides[d] = reduced ? 0 : stride;
+                if (!reduced) stride *= xs[d];
+              }
+              std::vector<int64_t> idx(x.rank(), 0);
+              int64_t out_at = 0;
+              for (int64_t i = 0; i < x.numel(); ++i) {
+                acc[out_at] += static_cast<Acc>(in[i]);
+                for (int64_t d = x.rank() - 1; d >= 0; --d) {  // odometer step
+                  out_at += out_strides[d];
+                  if (++idx[d] < xs[d]) break;
+                  out_at -= out_strides[d] * xs[d];
+                  idx[d] = 0;
+                }
+              }
+              T* out = y.data<T>();
+              for (int64_t i = 0; i < y.numel(); ++i) out[i] = static_cast<T>(acc[i]);
             }
-          }
-          T* out = y.data<T>();
-          for (int64_t i = 0; i < y.numel(); ++i) out[i] = static_cast<T>(acc[i]);
-        }
-      });
-    }, cpu_dtypes_of(DTypeClass::numeric))
+          });
+        },
+        cpu_dtypes_of(DTypeClass::numeric))
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("broadcast_like", {c.grad_output(), c.input(0)}), Value()};
     });
@@ -98,20 +101,21 @@ KILN_OP(broadcast_like)
         ctx.fail("cannot broadcast ", ctx.shape(0), " to ", ctx.shape(1));
       return {{ctx.dtype(0), ctx.shape(1)}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      const Tensor& x = ctx.input(0);
-      const Shape& target = ctx.output_type(0).shape;
-      if (x.numel() == target.numel()) {
-        ctx.set_output(0, x.reshaped(target));
-        return;
-      }
-      Tensor& y = ctx.output(0);
-      dispatch_all(x.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        elementwise_loop(ctx, y.data<T>(), y.shape(), [](T v) { return v; }, {x.shape()},
-                         x.data<T>());
-      });
-    })
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              const Tensor& x = ctx.input(0);
+              const Shape& target = ctx.output_type(0).shape;
+              if (x.numel() == target.numel()) {
+                ctx.set_output(0, x.reshaped(target));
+                return;
+              }
+              Tensor& y = ctx.output(0);
+              dispatch_all(x.dtype(), [&](auto tag) {
+                using T = decltype(tag);
+                elementwise_loop(
+                    ctx, y.data<T>(), y.shape(), [](T v) { return v; }, {x.shape()}, x.data<T>());
+              });
+            })
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("sum_to", {c.grad_output(), c.input(0)}), Value()};
     });
@@ -127,9 +131,10 @@ KILN_OP(reshape_like)
         ctx.fail("cannot reshape ", ctx.shape(0), " like ", ctx.shape(1));
       return {{ctx.dtype(0), ctx.shape(1)}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
-    })
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
+            })
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("reshape_like", {c.grad_output(), c.input(0)}), Value()};
     });
@@ -153,7 +158,8 @@ KILN_OP(numel)
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
       Tensor& y = ctx.output(0);
       int64_t n = ctx.input(0).numel();
-      dispatch_all(y.dtype(), [&](auto tag) { *y.data<decltype(tag)>() = convert<decltype(tag)>(n); });
+      dispatch_all(y.dtype(),
+                   [&](auto tag) { *y.data<decltype(tag)>() = convert<decltype(tag)>(n); });
     });
 
 // ---- expand_dims(x, axes): inserts size-1 dims so that they sit at `axes` of the result.
@@ -177,9 +183,10 @@ KILN_OP(expand_dims)
     .input("x")
     .attr("axes", AttrType::integers)
     .infer(infer_expand_dims)
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
-    })
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
+            })
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("reshape_like", {c.grad_output(), c.input(0)})};
     });
@@ -197,7 +204,9 @@ KILN_OP(stop_gradient)
 KILN_OP(group)
     .variadic_input("values", 0)
     .no_gradient()
-    .infer([](const InferContext&) { return std::vector<TensorType>{{DType::boolean, Shape{}}}; })
+    .infer([](const InferContext&) {
+      return std::vector<TensorType>{{DType::boolean, Shape{}}};
+    })
     .kernel(DeviceKind::cpu, [](KernelContext& ctx) { *ctx.output(0).data<bool>() = true; });
 
 }  // namespace
@@ -218,8 +227,12 @@ Value reshape_like(const Value& x, const Value& like) {
 Value full_like(const Value& like, double value) {
   return common_graph("full_like", {&like}).add("full_like", {like}, {{"value", value}});
 }
-Value zeros_like(const Value& like) { return full_like(like, 0.0); }
-Value ones_like(const Value& like) { return full_like(like, 1.0); }
+Value zeros_like(const Value& like) {
+  return full_like(like, 0.0);
+}
+Value ones_like(const Value& like) {
+  return full_like(like, 1.0);
+}
 Value numel(const Value& x, DType dtype) {
   return common_graph("numel", {&x}).add("numel", {x}, {{"dtype", dtype}});
 }

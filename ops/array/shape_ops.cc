@@ -36,8 +36,7 @@ std::vector<TensorType> infer_reshape(const InferContext& ctx) {
         ctx.fail("cannot reshape ", x, " (", n, " elements) to ", target);
       dims[infer_at] = n / known;
     } else if (known != n) {
-      ctx.fail("cannot reshape ", x, " (", n, " elements) to ", target, " (", known,
-               " elements)");
+      ctx.fail("cannot reshape ", x, " (", n, " elements) to ", target, " (", known, " elements)");
     }
   }
   return {{ctx.dtype(0), Shape(std::move(dims))}};
@@ -123,8 +122,8 @@ KILN_OP(broadcast_to)
       Tensor& y = ctx.output(0);
       dispatch_all(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        elementwise_loop(ctx, y.data<T>(), y.shape(), [](T v) { return v; }, {x.shape()},
-                         x.data<T>());
+        elementwise_loop(
+            ctx, y.data<T>(), y.shape(), [](T v) { return v; }, {x.shape()}, x.data<T>());
       });
     });
 
@@ -134,7 +133,9 @@ KILN_OP(broadcast_to)
 Value reshape(const Value& x, const Shape& shape) {
   return common_graph("reshape", {&x}).add("reshape", {x}, {{"shape", shape}});
 }
-Value identity(const Value& x) { return common_graph("identity", {&x}).add("identity", {x}); }
+Value identity(const Value& x) {
+  return common_graph("identity", {&x}).add("identity", {x});
+}
 Value transpose(const Value& x, std::vector<int64_t> perm) {
   return common_graph("transpose", {&x}).add("transpose", {x}, {{"perm", std::move(perm)}});
 }

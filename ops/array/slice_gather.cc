@@ -32,8 +32,8 @@ std::vector<TensorType> infer_slice(const InferContext& ctx) {
   const auto& end = ctx.attr<std::vector<int64_t>>("end");
   const auto& step = ctx.attr<std::vector<int64_t>>("step");
   if (begin.size() != end.size() || (!step.empty() && step.size() != begin.size()))
-    ctx.fail("begin, end and step must have the same length; got ", begin.size(), ", ",
-             end.size(), " and ", step.size());
+    ctx.fail("begin, end and step must have the same length; got ", begin.size(), ", ", end.size(),
+             " and ", step.size());
   if (static_cast<int64_t>(begin.size()) > x.rank())
     ctx.fail(begin.size(), " axes given for ", x, " of rank ", x.rank());
   std::vector<int64_t> dims = x.dims();
@@ -221,21 +221,23 @@ KILN_OP(gather_grad)
         ctx.fail("dy is ", ctx.shape(0), ", gather gives ", gathered.shape);
       return {ctx.input(2)};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      const Tensor& dy = ctx.input(0);
-      const Tensor& indices = ctx.input(1);
-      Tensor& dx = ctx.output(0);
-      int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), dx.rank(), ctx.where());
-      dispatch_cpu(dy.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        if constexpr (std::is_floating_point_v<T>) {
-          if (indices.dtype() == i32)
-            gather_grad_typed<T, int32_t>(ctx, dy, indices, dx, axis);
-          else
-            gather_grad_typed<T, int64_t>(ctx, dy, indices, dx, axis);
-        }
-      });
-    }, {f32, f64})
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              const Tensor& dy = ctx.input(0);
+              const Tensor& indices = ctx.input(1);
+              Tensor& dx = ctx.output(0);
+              int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), dx.rank(), ctx.where());
+              dispatch_cpu(dy.dtype(), [&](auto tag) {
+                using T = decltype(tag);
+                if constexpr (std::is_floating_point_v<T>) {
+                  if (indices.dtype() == i32)
+                    gather_grad_typed<T, int32_t>(ctx, dy, indices, dx, axis);
+                  else
+                    gather_grad_typed<T, int64_t>(ctx, dy, indices, dx, axis);
+                }
+              });
+            },
+            {f32, f64})
     .grad([](GradContext& c) -> GradList {
       return {gather(c.grad_output(), c.input(1), c.attr<int64_t>("axis")), Value(), Value()};
     });
@@ -245,12 +247,14 @@ KILN_OP(gather_grad)
 
 Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end,
             std::vector<int64_t> step) {
-  return common_graph("slice", {&x}).add(
-      "slice", {x}, {{"begin", std::move(begin)}, {"end", std::move(end)}, {"step", std::move(step)}});
+  return common_graph("slice", {&x})
+      .add("slice", {x},
+           {{"begin", std::move(begin)}, {"end", std::move(end)}, {"step", std::move(step)}});
 }
 
 Value gather(const Value& params, const Value& indices, int64_t axis) {
-  return common_graph("gather", {&params, &indices}).add("gather", {params, indices}, {{"axis", axis}});
+  return common_graph("gather", {&params, &indices})
+      .add("gather", {params, indices}, {{"axis", axis}});
 }
 
 }  // namespace kiln

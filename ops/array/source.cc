@@ -77,21 +77,24 @@ KILN_OP(iota)
       if (ctx.attr<DType>("dtype") == DType::boolean) ctx.fail("dtype bool is not supported");
       return {{ctx.attr<DType>("dtype"), shape}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      Tensor& y = ctx.output(0);
-      const Shape& s = y.shape();
-      int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), s.rank(), ctx.where());
-      int64_t inner = 1;
-      for (int64_t i = axis + 1; i < s.rank(); ++i) inner *= s[i];
-      const int64_t dim = s[axis];
-      dispatch_all(y.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        T* out = y.data<T>();
-        ctx.parallel_for(y.numel(), 1, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) out[i] = convert<T>((i / inner) % dim);
-        });
-      });
-    }, cpu_dtypes_of(DTypeClass::numeric));
+    .kernel(
+        DeviceKind::cpu,
+        [](KernelContext& ctx) {
+          Tensor& y = ctx.output(0);
+          const Shape& s = y.shape();
+          int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), s.rank(), ctx.where());
+          int64_t inner = 1;
+          for (int64_t i = axis + 1; i < s.rank(); ++i) inner *= s[i];
+          const int64_t dim = s[axis];
+          dispatch_all(y.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            T* out = y.data<T>();
+            ctx.parallel_for(y.numel(), 1, [&](int64_t b, int64_t e) {
+              for (int64_t i = b; i < e; ++i) out[i] = convert<T>((i / inner) % dim);
+            });
+          });
+        },
+        cpu_dtypes_of(DTypeClass::numeric));
 
 // Random ops: element i uses Philox block i under key `seed`.
 std::vector<TensorType> infer_random(const InferContext& ctx) {
@@ -166,13 +169,15 @@ Value iota(Graph& graph, const Shape& shape, int64_t axis, DType dtype) {
 }
 Value random_uniform(Graph& graph, const Shape& shape, double low, double high, int64_t seed,
                      DType dtype) {
-  return graph.add("random_uniform", {},
-                   {{"shape", shape}, {"low", low}, {"high", high}, {"seed", seed}, {"dtype", dtype}});
+  return graph.add(
+      "random_uniform", {},
+      {{"shape", shape}, {"low", low}, {"high", high}, {"seed", seed}, {"dtype", dtype}});
 }
 Value random_normal(Graph& graph, const Shape& shape, double mean, double stddev, int64_t seed,
                     DType dtype) {
-  return graph.add("random_normal", {},
-                   {{"shape", shape}, {"mean", mean}, {"stddev", stddev}, {"seed", seed}, {"dtype", dtype}});
+  return graph.add(
+      "random_normal", {},
+      {{"shape", shape}, {"mean", mean}, {"stddev", stddev}, {"seed", seed}, {"dtype", dtype}});
 }
 
 }  // namespace kiln

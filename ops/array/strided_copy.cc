@@ -45,7 +45,8 @@ void copy_rows(const KernelContext& ctx, const Word* src, Word* out, int64_t off
 namespace {
 template <bool kScatter>
 void strided(const KernelContext& ctx, const Tensor& dense_or_src, void* out, const void* in,
-             int64_t offset, const std::vector<int64_t>& dims, const std::vector<int64_t>& strides) {
+             int64_t offset, const std::vector<int64_t>& dims,
+             const std::vector<int64_t>& strides) {
   switch (dtype_size(dense_or_src.dtype())) {
     case 1:
       copy_rows<kScatter>(ctx, static_cast<const uint8_t*>(in), static_cast<uint8_t*>(out), offset,

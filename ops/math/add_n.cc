@@ -22,24 +22,27 @@ KILN_OP(add_n)
       }
       return {{ctx.dtype(0), shape}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      Tensor& y = ctx.output(0);
-      const int n = ctx.num_inputs();
-      dispatch_cpu(y.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        if constexpr (!std::is_same_v<T, bool>) {
-          T* out = y.data<T>();
-          ctx.parallel_for(y.numel(), n, [&](int64_t b, int64_t e) {
-            const T* first = ctx.input(0).data<T>();
-            for (int64_t i = b; i < e; ++i) out[i] = first[i];
-            for (int k = 1; k < n; ++k) {
-              const T* in = ctx.input(k).data<T>();
-              for (int64_t i = b; i < e; ++i) out[i] = static_cast<T>(out[i] + in[i]);
+    .kernel(
+        DeviceKind::cpu,
+        [](KernelContext& ctx) {
+          Tensor& y = ctx.output(0);
+          const int n = ctx.num_inputs();
+          dispatch_cpu(y.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            if constexpr (!std::is_same_v<T, bool>) {
+              T* out = y.data<T>();
+              ctx.parallel_for(y.numel(), n, [&](int64_t b, int64_t e) {
+                const T* first = ctx.input(0).data<T>();
+                for (int64_t i = b; i < e; ++i) out[i] = first[i];
+                for (int k = 1; k < n; ++k) {
+                  const T* in = ctx.input(k).data<T>();
+                  for (int64_t i = b; i < e; ++i) out[i] = static_cast<T>(out[i] + in[i]);
+                }
+              });
             }
           });
-        }
-      });
-    }, cpu_dtypes_of(DTypeClass::numeric))
+        },
+        cpu_dtypes_of(DTypeClass::numeric))
     .grad([](GradContext& c) -> GradList { return GradList(c.num_inputs(), c.grad_output()); });
 
 }  // namespace

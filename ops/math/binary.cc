@@ -21,7 +21,8 @@ Shape broadcast_or_fail(const InferContext& ctx, const Shape& a, const Shape& b)
 std::vector<TensorType> infer_binary(const InferContext& ctx, DTypeClass cls, bool compare) {
   ctx.expect_dtype(0, dtypes_of(cls));
   ctx.expect_same_dtype(0, 1);
-  return {{compare ? DType::boolean : ctx.dtype(0), broadcast_or_fail(ctx, ctx.shape(0), ctx.shape(1))}};
+  return {{compare ? DType::boolean : ctx.dtype(0),
+           broadcast_or_fail(ctx, ctx.shape(0), ctx.shape(1))}};
 }
 
 template <typename F, bool kCompare>
@@ -46,7 +47,9 @@ Value unbroadcast(const Value& grad, const Value& like) {
   if (grad.shape() == like.shape() && like.shape().is_known()) return grad;
   return sum_to(grad, like);
 }
-Value zero(const Value& like) { return like.graph()->scalar(0, like.dtype()); }
+Value zero(const Value& like) {
+  return like.graph()->scalar(0, like.dtype());
+}
 
 // y = a + b       da = dy, db = dy
 GradList grad_add(GradContext& c) {
@@ -84,28 +87,32 @@ GradList grad_extreme(GradContext& c, bool is_max) {
   Value tie = where(equal(a, b), dy * 0.5, zero(dy));
   return {unbroadcast(where(a_wins, dy, tie), a), unbroadcast(where(b_wins, dy, tie), b)};
 }
-GradList grad_maximum(GradContext& c) { return grad_extreme(c, true); }
-GradList grad_minimum(GradContext& c) { return grad_extreme(c, false); }
+GradList grad_maximum(GradContext& c) {
+  return grad_extreme(c, true);
+}
+GradList grad_minimum(GradContext& c) {
+  return grad_extreme(c, false);
+}
 // gelu_grad is gelu's derivative; its own derivative (gelu's second) is not provided.
 const GradFn grad_gelu_grad = nullptr;
 
-#define KILN_REGISTER_BINARY(name, cls, expr)                                             \
-  KILN_OP(name)                                                                           \
-      .input("a")                                                                         \
-      .input("b")                                                                         \
-      .elementwise()                                                                      \
-      .grad(grad_##name)                                                                  \
+#define KILN_REGISTER_BINARY(name, cls, expr)                                               \
+  KILN_OP(name)                                                                             \
+      .input("a")                                                                           \
+      .input("b")                                                                           \
+      .elementwise()                                                                        \
+      .grad(grad_##name)                                                                    \
       .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::cls, false); }) \
       .kernel(DeviceKind::cpu, binary_cpu<name##_fn, false>, cpu_dtypes_of(DTypeClass::cls));
 KILN_BINARY_OPS(KILN_REGISTER_BINARY)
 #undef KILN_REGISTER_BINARY
 
-#define KILN_REGISTER_COMPARE(name, expr)                                                 \
-  KILN_OP(name)                                                                           \
-      .input("a")                                                                         \
-      .input("b")                                                                         \
-      .elementwise()                                                                      \
-      .no_gradient()                                                                      \
+#define KILN_REGISTER_COMPARE(name, expr)                                                  \
+  KILN_OP(name)                                                                            \
+      .input("a")                                                                          \
+      .input("b")                                                                          \
+      .elementwise()                                                                       \
+      .no_gradient()                                                                       \
       .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::any, true); }) \
       .kernel(DeviceKind::cpu, binary_cpu<name##_fn, true>, cpu_dtypes_of(DTypeClass::any));
 KILN_COMPARE_OPS(KILN_REGISTER_COMPARE)
@@ -129,24 +136,27 @@ KILN_OP(where)
       return {Value(), unbroadcast(where(cond, dy, zero(dy)), a),
               unbroadcast(where(cond, zero(dy), dy), b)};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      const Tensor& c = ctx.input(0);
-      const Tensor& a = ctx.input(1);
-      const Tensor& b = ctx.input(2);
-      Tensor& y = ctx.output(0);
-      dispatch_cpu(a.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        elementwise_loop(
-            ctx, y.data<T>(), y.shape(), [](bool p, T u, T v) { return p ? u : v; },
-            {c.shape(), a.shape(), b.shape()}, c.data<bool>(), a.data<T>(), b.data<T>());
-      });
-    }, cpu_dtypes_of(DTypeClass::any));
+    .kernel(
+        DeviceKind::cpu,
+        [](KernelContext& ctx) {
+          const Tensor& c = ctx.input(0);
+          const Tensor& a = ctx.input(1);
+          const Tensor& b = ctx.input(2);
+          Tensor& y = ctx.output(0);
+          dispatch_cpu(a.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            elementwise_loop(
+                ctx, y.data<T>(), y.shape(), [](bool p, T u, T v) { return p ? u : v; },
+                {c.shape(), a.shape(), b.shape()}, c.data<bool>(), a.data<T>(), b.data<T>());
+          });
+        },
+        cpu_dtypes_of(DTypeClass::any));
 
 }  // namespace
 }  // namespace ops
 
-#define KILN_BINARY_BUILDER(name, ...)                     \
-  Value name(const Value& a, const Value& b) {             \
+#define KILN_BINARY_BUILDER(name, ...)                       \
+  Value name(const Value& a, const Value& b) {               \
     return common_graph(#name, {&a, &b}).add(#name, {a, b}); \
   }
 KILN_BINARY_OPS(KILN_BINARY_BUILDER)
@@ -165,17 +175,41 @@ Value scalar_like(const Value& like, double value) {
 }
 }  // namespace
 
-Value operator+(const Value& a, const Value& b) { return add(a, b); }
-Value operator-(const Value& a, const Value& b) { return sub(a, b); }
-Value operator*(const Value& a, const Value& b) { return mul(a, b); }
-Value operator/(const Value& a, const Value& b) { return div(a, b); }
-Value operator+(const Value& a, double b) { return add(a, scalar_like(a, b)); }
-Value operator-(const Value& a, double b) { return sub(a, scalar_like(a, b)); }
-Value operator*(const Value& a, double b) { return mul(a, scalar_like(a, b)); }
-Value operator/(const Value& a, double b) { return div(a, scalar_like(a, b)); }
-Value operator+(double a, const Value& b) { return add(scalar_like(b, a), b); }
-Value operator-(double a, const Value& b) { return sub(scalar_like(b, a), b); }
-Value operator*(double a, const Value& b) { return mul(scalar_like(b, a), b); }
-Value operator/(double a, const Value& b) { return div(scalar_like(b, a), b); }
+Value operator+(const Value& a, const Value& b) {
+  return add(a, b);
+}
+Value operator-(const Value& a, const Value& b) {
+  return sub(a, b);
+}
+Value operator*(const Value& a, const Value& b) {
+  return mul(a, b);
+}
+Value operator/(const Value& a, const Value& b) {
+  return div(a, b);
+}
+Value operator+(const Value& a, double b) {
+  return add(a, scalar_like(a, b));
+}
+Value operator-(const Value& a, double b) {
+  return sub(a, scalar_like(a, b));
+}
+Value operator*(const Value& a, double b) {
+  return mul(a, scalar_like(a, b));
+}
+Value operator/(const Value& a, double b) {
+  return div(a, scalar_like(a, b));
+}
+Value operator+(double a, const Value& b) {
+  return add(scalar_like(b, a), b);
+}
+Value operator-(double a, const Value& b) {
+  return sub(scalar_like(b, a), b);
+}
+Value operator*(double a, const Value& b) {
+  return mul(scalar_like(b, a), b);
+}
+Value operator/(double a, const Value& b) {
+  return div(scalar_like(b, a), b);
+}
 
 }  // namespace kiln

@@ -31,23 +31,27 @@ KILN_HOST_DEVICE T wrapping_neg(T x) {
 template <typename T>
 KILN_HOST_DEVICE T wrapping_add(T a, T b) {
   if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
-    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) + static_cast<std::make_unsigned_t<T>>(b));
+    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) +
+                          static_cast<std::make_unsigned_t<T>>(b));
   else
     return static_cast<T>(a + b);
 }
 template <typename T>
 KILN_HOST_DEVICE T wrapping_sub(T a, T b) {
   if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
-    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) - static_cast<std::make_unsigned_t<T>>(b));
+    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) -
+                          static_cast<std::make_unsigned_t<T>>(b));
   else
     return static_cast<T>(a - b);
 }
 template <typename T>
 KILN_HOST_DEVICE T wrapping_mul(T a, T b) {
   if constexpr (std::is_integral_v<T> && std::is_signed_v<T>)
-    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) * static_cast<std::make_unsigned_t<T>>(b));
+    return static_cast<T>(static_cast<std::make_unsigned_t<T>>(a) *
+                          static_cast<std::make_unsigned_t<T>>(b));
   else if constexpr (std::is_integral_v<T>)
-    return static_cast<T>(static_cast<unsigned>(a) * static_cast<unsigned>(b));  // u8: no int overflow
+    return static_cast<T>(static_cast<unsigned>(a) *
+                          static_cast<unsigned>(b));  // u8: no int overflow
   else
     return a * b;
 }
@@ -94,20 +98,20 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //   relu    y = max(x, 0)
 //   gelu    y = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), the exact GELU (torch's
 //           default); the erfc form avoids cancellation for large negative x.
-#define KILN_UNARY_OPS(X)                                                  \
-  X(neg, signed_, wrapping_neg(x))                                         \
-  X(sign, signed_, static_cast<T>((x > T(0)) - (x < T(0))))                \
-  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                          \
-  X(square, numeric, wrapping_mul(x, x))                                   \
-  X(relu, signed_, x > T(0) ? x : T(0))                                    \
-  X(exp, floating, exp(x))                                                 \
-  X(log, floating, log(x))                                                 \
-  X(sqrt, floating, sqrt(x))                                               \
-  X(rsqrt, floating, T(1) / sqrt(x))                                       \
-  X(tanh, floating, tanh(x))                                               \
-  X(sigmoid, floating, sigmoid_of(x))                                      \
-  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440)))              \
-  X(sin, floating, sin(x))                                                 \
+#define KILN_UNARY_OPS(X)                                              \
+  X(neg, signed_, wrapping_neg(x))                                     \
+  X(sign, signed_, static_cast<T>((x > T(0)) - (x < T(0))))            \
+  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                      \
+  X(square, numeric, wrapping_mul(x, x))                               \
+  X(relu, signed_, x > T(0) ? x : T(0))                                \
+  X(exp, floating, exp(x))                                             \
+  X(log, floating, log(x))                                             \
+  X(sqrt, floating, sqrt(x))                                           \
+  X(rsqrt, floating, T(1) / sqrt(x))                                   \
+  X(tanh, floating, tanh(x))                                           \
+  X(sigmoid, floating, sigmoid_of(x))                                  \
+  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440))) \
+  X(sin, floating, sin(x))                                             \
   X(cos, floating, cos(x))
 
 // d/dx gelu(x) = Phi(x) + x phi(x), Phi the standard normal CDF and phi its density.
@@ -142,13 +146,13 @@ KILN_HOST_DEVICE T gelu_derivative(T x) {
   X(greater_equal, a >= b)
 
 // Functors: neg_fn{}(x), add_fn{}(a, b), less_fn{}(a, b).
-#define KILN_DEFINE_UNARY_FUNCTOR(name, cls, expr)       \
-  struct name##_fn {                                     \
-    template <typename T>                                \
-    KILN_HOST_DEVICE T operator()(T x) const {           \
+#define KILN_DEFINE_UNARY_FUNCTOR(name, cls, expr)                                   \
+  struct name##_fn {                                                                 \
+    template <typename T>                                                            \
+    KILN_HOST_DEVICE T operator()(T x) const {                                       \
       using std::exp, std::log, std::sqrt, std::tanh, std::erfc, std::sin, std::cos; \
-      return static_cast<T>(expr);                       \
-    }                                                    \
+      return static_cast<T>(expr);                                                   \
+    }                                                                                \
   };
 #define KILN_DEFINE_BINARY_FUNCTOR(name, cls, expr) \
   struct name##_fn {                                \

@@ -19,8 +19,8 @@ void broadcast_row(Out* out, int64_t n, const F& f, const std::array<int64_t, si
 
 // Two inputs: contiguous and scalar operands get loops the compiler can vectorize.
 template <typename Out, typename F, typename A, typename B>
-void broadcast_row2(Out* out, int64_t n, const F& f, const std::array<int64_t, 2>& st,
-                    const A* a, const B* b) {
+void broadcast_row2(Out* out, int64_t n, const F& f, const std::array<int64_t, 2>& st, const A* a,
+                    const B* b) {
   if (st[0] == 1 && st[1] == 1) {
     for (int64_t j = 0; j < n; ++j) out[j] = f(a[j], b[j]);
   } else if (st[0] == 1 && st[1] == 0) {
@@ -63,7 +63,8 @@ void elementwise_loop(const KernelContext& ctx, Out* out, const Shape& out_shape
           detail::broadcast_row2(o, inner, f, st, (in + off[I])...);
         else
           detail::broadcast_row(o, inner, f, st, seq, (in + off[I])...);
-      }(std::make_index_sequence<N>{});
+      }
+      (std::make_index_sequence<N>{});
     }
   });
 }

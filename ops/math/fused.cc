@@ -25,14 +25,14 @@ enum Opcode : int {
 #define KILN_OPCODE(name, ...) op_##name,
   KILN_UNARY_OPS(KILN_OPCODE) KILN_BINARY_OPS(KILN_OPCODE) KILN_COMPARE_OPS(KILN_OPCODE)
 #undef KILN_OPCODE
-  op_where,
+      op_where,
   op_count
 };
 constexpr const char* kNames[] = {
 #define KILN_OPNAME(name, ...) #name,
     KILN_UNARY_OPS(KILN_OPNAME) KILN_BINARY_OPS(KILN_OPNAME) KILN_COMPARE_OPS(KILN_OPNAME)
 #undef KILN_OPNAME
-    "where"};
+        "where"};
 constexpr int kFirstBinary = 0
 #define KILN_COUNT(...) +1
     KILN_UNARY_OPS(KILN_COUNT)
@@ -45,8 +45,12 @@ int fused_opcode(const std::string& op) {
     if (op == kNames[i]) return op == "gelu_grad" ? -1 : i;
   return -1;
 }
-int fused_arity(int opcode) { return opcode < kFirstBinary ? 1 : opcode == op_where ? 3 : 2; }
-const char* fused_op_name(int opcode) { return kNames[opcode]; }
+int fused_arity(int opcode) {
+  return opcode < kFirstBinary ? 1 : opcode == op_where ? 3 : 2;
+}
+const char* fused_op_name(int opcode) {
+  return kNames[opcode];
+}
 
 namespace {
 
@@ -64,7 +68,8 @@ void stream_copy(T* dst, const T* src, int64_t n) {
   if (reinterpret_cast<uintptr_t>(dst) % 32 == 0 && bytes % 32 == 0) {
     auto* d = reinterpret_cast<__m256*>(dst);
     const auto* s = reinterpret_cast<const float*>(src);
-    for (int64_t i = 0; i < bytes / 32; ++i) _mm256_stream_ps(reinterpret_cast<float*>(d + i), _mm256_loadu_ps(s + 8 * i));
+    for (int64_t i = 0; i < bytes / 32; ++i)
+      _mm256_stream_ps(reinterpret_cast<float*>(d + i), _mm256_loadu_ps(s + 8 * i));
     return;
   }
 #endif
@@ -120,7 +125,8 @@ void fused_typed(KernelContext& ctx) {
   // few per thread, each paying for its scratch registers once.
   const int64_t grain = std::max<int64_t>(1, chunks / (8 * ctx.pool().num_threads()));
   ctx.pool().parallel_for(chunks, grain, [&](int64_t c0, int64_t c1) {
-    std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(n_ops + n_in) * kChunk]);  // uninitialized
+    std::unique_ptr<T[]> scratch(
+        new T[static_cast<size_t>(n_ops + n_in) * kChunk]);  // uninitialized
     std::vector<const T*> reg(n_in + n_ops);
     std::vector<int64_t> stride(n_in + n_ops, 1);
     for (int64_t c = c0; c < c1; ++c) {
@@ -133,23 +139,29 @@ void fused_typed(KernelContext& ctx) {
         } else {  // a row repeated over the leading dims
           T* buf = scratch.get() + static_cast<size_t>(n_ops + i) * kChunk;
           const int64_t m = period[i];
-          for (int64_t j = 0, at = start % m; j < len; ++j, at = at + 1 == m ? 0 : at + 1) buf[j] = in[i][at];
+          for (int64_t j = 0, at = start % m; j < len; ++j, at = at + 1 == m ? 0 : at + 1)
+            buf[j] = in[i][at];
           reg[i] = buf, stride[i] = 1;
         }
       }
       for (int k = 0; k < n_ops; ++k) {
         const int64_t* ins = &code[4 * k];
         const bool last = k == n_ops - 1;
-        T* dest = last && !streaming ? out + start : scratch.get() + static_cast<size_t>(k) * kChunk;
+        T* dest =
+            last && !streaming ? out + start : scratch.get() + static_cast<size_t>(k) * kChunk;
         const T* a = reg[ins[1]];
         const int64_t sa = stride[ins[1]];
         const T* b = ins[2] >= 0 ? reg[ins[2]] : nullptr;
         const int64_t sb = ins[2] >= 0 ? stride[ins[2]] : 0;
         switch (static_cast<int>(ins[0])) {
-#define KILN_UNARY_CASE(name, ...) \
-  case op_##name: loop1(dest, a, sa, len, name##_fn{}); break;
-#define KILN_BINARY_CASE(name, ...) \
-  case op_##name: loop2(dest, a, sa, b, sb, len, name##_fn{}); break;
+#define KILN_UNARY_CASE(name, ...)        \
+  case op_##name:                         \
+    loop1(dest, a, sa, len, name##_fn{}); \
+    break;
+#define KILN_BINARY_CASE(name, ...)              \
+  case op_##name:                                \
+    loop2(dest, a, sa, b, sb, len, name##_fn{}); \
+    break;
           KILN_UNARY_OPS(KILN_UNARY_CASE)
           KILN_BINARY_OPS(KILN_BINARY_CASE)
           KILN_COMPARE_OPS(KILN_BINARY_CASE)
@@ -158,11 +170,11 @@ void fused_typed(KernelContext& ctx) {
           case op_where: {
             const T* cv = reg[ins[3]];
             const int64_t sc = stride[ins[3]];
-            for (int64_t j = 0; j < len; ++j)
-              dest[j] = a[j * sa] != T(0) ? b[j * sb] : cv[j * sc];
+            for (int64_t j = 0; j < len; ++j) dest[j] = a[j * sa] != T(0) ? b[j * sb] : cv[j * sc];
             break;
           }
-          default: throw Error(str(ctx.where(), ": bad opcode ", ins[0]));
+          default:
+            throw Error(str(ctx.where(), ": bad opcode ", ins[0]));
         }
         reg[n_in + k] = dest;
         stride[n_in + k] = 1;
@@ -205,16 +217,21 @@ KILN_OP(fused_elementwise)
           int64_t lead = 0;
           while (lead < in.rank() && in[lead] == 1) ++lead;
           readable = in.rank() - lead <= shape.rank();
-          for (int64_t d = 1; readable && d <= in.rank() - lead; ++d) readable = in[-d] == shape[-d];
+          for (int64_t d = 1; readable && d <= in.rank() - lead; ++d)
+            readable = in[-d] == shape[-d];
         }
         if (!readable) ctx.fail("input ", i, " ", in, " cannot be read for an output of ", shape);
       }
       return {{ctx.attr<DType>("dtype"), shape}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      if (ctx.output_type(0).dtype == f32) fused_typed<float>(ctx);
-      else fused_typed<double>(ctx);
-    }, {f32, f64});
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              if (ctx.output_type(0).dtype == f32)
+                fused_typed<float>(ctx);
+              else
+                fused_typed<double>(ctx);
+            },
+            {f32, f64});
 
 }  // namespace
 }  // namespace ops

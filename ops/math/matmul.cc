@@ -31,8 +31,8 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
   Shape batch_b(std::vector<int64_t>(b.begin(), b.end() - 2));
   Shape batch;
   if (!broadcast_shapes(batch_a, batch_b, &batch))
-    ctx.fail("batch dims ", batch_a, " and ", batch_b, " do not broadcast (a is ", a, ", b is ",
-             b, ")");
+    ctx.fail("batch dims ", batch_a, " and ", batch_b, " do not broadcast (a is ", a, ", b is ", b,
+             ")");
   std::vector<int64_t> dims = batch.dims();
   dims.push_back(m);
   dims.push_back(n);
@@ -60,15 +60,15 @@ std::vector<int64_t> batch_offsets(const Shape& out_batch, const Shape& in_batch
   return offsets;
 }
 
-void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
-          int ldb, float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
-              n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+          float* c, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+              k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
-void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b,
-          int ldb, double* c, int ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
-              n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
+          double* c, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+              k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
 }
 
 // One OpenBLAS thread per call: parallelism comes from Kiln's pool (set once, before the first
@@ -127,8 +127,8 @@ void matmul_typed(KernelContext& ctx) {
       if (by_rows) {
         // Rows [start, start + len) of op(A): row r is at r * lda, or column r when transposed.
         const T* a_rows = ab + (ta ? start : start * lda);
-        gemm(ta, tb, static_cast<int>(len), static_cast<int>(n), static_cast<int>(k), a_rows,
-             lda, bb, ldb, cb + start * n, static_cast<int>(n));
+        gemm(ta, tb, static_cast<int>(len), static_cast<int>(n), static_cast<int>(k), a_rows, lda,
+             bb, ldb, cb + start * n, static_cast<int>(n));
       } else {
         const T* b_cols = bb + (tb ? start * ldb : start);
         gemm(ta, tb, static_cast<int>(m), static_cast<int>(len), static_cast<int>(k), ab, lda,

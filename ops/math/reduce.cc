@@ -39,20 +39,22 @@ std::vector<int64_t> reduced_axes(const InferContext* ctx, const std::vector<int
 enum class Reduction { sum, mean, max, min };
 
 std::vector<TensorType> infer_reduce(const InferContext& ctx, Reduction kind) {
-  ctx.expect_dtype(0, dtypes_of(kind == Reduction::mean ? DTypeClass::floating
-                                                        : DTypeClass::numeric));
+  ctx.expect_dtype(0,
+                   dtypes_of(kind == Reduction::mean ? DTypeClass::floating : DTypeClass::numeric));
   const Shape& x = ctx.shape(0);
-  std::vector<int64_t> axes = reduced_axes(&ctx, ctx.attr<std::vector<int64_t>>("axes"),
-                                           x.rank(), "");
+  std::vector<int64_t> axes =
+      reduced_axes(&ctx, ctx.attr<std::vector<int64_t>>("axes"), x.rank(), "");
   bool keepdims = ctx.attr<bool>("keepdims");
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < x.rank(); ++i) {
     bool reduced = std::binary_search(axes.begin(), axes.end(), i);
     if (reduced && x[i] == 0 && (kind == Reduction::max || kind == Reduction::min))
-      ctx.fail("cannot take the ", kind == Reduction::max ? "max" : "min", " over axis ", i,
-               " of ", x, ": it is empty");
-    if (!reduced) dims.push_back(x[i]);
-    else if (keepdims) dims.push_back(1);
+      ctx.fail("cannot take the ", kind == Reduction::max ? "max" : "min", " over axis ", i, " of ",
+               x, ": it is empty");
+    if (!reduced)
+      dims.push_back(x[i]);
+    else if (keepdims)
+      dims.push_back(1);
   }
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
@@ -96,8 +98,8 @@ Acc<T> reduce_contiguous(const T* x, int64_t n, const Reducer<T>& red) {
 }
 
 template <typename T>
-void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_t r,
-               int64_t inner, const Reducer<T>& red) {
+void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_t r, int64_t inner,
+               const Reducer<T>& red) {
   if (inner == 1 && outer == 1) {
     // One long row: fixed-size blocks reduced in parallel, then combined in order, so the
     // result does not depend on the number of threads.
@@ -135,17 +137,21 @@ void reduce_cpu(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   Tensor& y = ctx.output(0);
   const Shape& shape = x.shape();
-  std::vector<int64_t> axes = reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"),
-                                           shape.rank(), ctx.where());
+  std::vector<int64_t> axes =
+      reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"), shape.rank(), ctx.where());
   if (y.numel() == 0) return;
   Tensor source = x;
   int64_t outer = 1, r = 1, inner = 1;
-  bool adjacent = axes.empty() || axes.back() - axes.front() + 1 == static_cast<int64_t>(axes.size());
+  bool adjacent =
+      axes.empty() || axes.back() - axes.front() + 1 == static_cast<int64_t>(axes.size());
   if (adjacent) {
     for (int64_t i = 0; i < shape.rank(); ++i) {
-      if (!axes.empty() && i < axes.front()) outer *= shape[i];
-      else if (!axes.empty() && i > axes.back()) inner *= shape[i];
-      else if (!axes.empty()) r *= shape[i];
+      if (!axes.empty() && i < axes.front())
+        outer *= shape[i];
+      else if (!axes.empty() && i > axes.back())
+        inner *= shape[i];
+      else if (!axes.empty())
+        r *= shape[i];
     }
   } else {
     // Move the reduced axes last: [kept..., reduced...].
@@ -174,7 +180,9 @@ Value expand_like_input(GradContext& c, const Value& dy) {
   return broadcast_like(axes.empty() ? dy : expand_dims(dy, axes), x);
 }
 // y = sum x        dx = dy (broadcast)
-GradList grad_sum(GradContext& c) { return {expand_like_input(c, c.grad_output())}; }
+GradList grad_sum(GradContext& c) {
+  return {expand_like_input(c, c.grad_output())};
+}
 // y = mean x       dx = dy / n, n = elements per output = numel(x) / numel(y)
 GradList grad_mean(GradContext& c) {
   Value x = c.input(0), y = c.output();
@@ -186,20 +194,20 @@ GradList grad_mean(GradContext& c) {
 GradList grad_extreme(GradContext& c) {
   Value x = c.input(0);
   Value mask = cast(equal(x, expand_like_input(c, c.output())), x.dtype());
-  Value count = c.graph().add("sum", {mask},
-                              {{"axes", c.attr<std::vector<int64_t>>("axes")},
-                               {"keepdims", c.attr<bool>("keepdims")}});
+  Value count = c.graph().add(
+      "sum", {mask},
+      {{"axes", c.attr<std::vector<int64_t>>("axes")}, {"keepdims", c.attr<bool>("keepdims")}});
   return {mask * expand_like_input(c, c.grad_output() / count)};
 }
 GradFn grad_max = grad_extreme, grad_min = grad_extreme;
 
-#define KILN_REGISTER_REDUCTION(name, cls)                                               \
-  KILN_OP(name)                                                                          \
-      .input("x")                                                                        \
-      .grad(grad_##name)                                                                 \
-      .attr("axes", std::vector<int64_t>{})                                              \
-      .attr("keepdims", false)                                                           \
-      .infer([](const InferContext& c) { return infer_reduce(c, Reduction::name); })    \
+#define KILN_REGISTER_REDUCTION(name, cls)                                           \
+  KILN_OP(name)                                                                      \
+      .input("x")                                                                    \
+      .grad(grad_##name)                                                             \
+      .attr("axes", std::vector<int64_t>{})                                          \
+      .attr("keepdims", false)                                                       \
+      .infer([](const InferContext& c) { return infer_reduce(c, Reduction::name); }) \
       .kernel(DeviceKind::cpu, reduce_cpu<Reduction::name>, cpu_dtypes_of(DTypeClass::cls));
 KILN_REGISTER_REDUCTION(sum, numeric)
 KILN_REGISTER_REDUCTION(mean, floating)
@@ -216,8 +224,10 @@ std::vector<TensorType> infer_arg(const InferContext& ctx) {
   if (x[axis] == 0) ctx.fail("axis ", axis, " of ", x, " is empty");
   std::vector<int64_t> dims;
   for (int64_t i = 0; i < x.rank(); ++i) {
-    if (i != axis) dims.push_back(x[i]);
-    else if (ctx.attr<bool>("keepdims")) dims.push_back(1);
+    if (i != axis)
+      dims.push_back(x[i]);
+    else if (ctx.attr<bool>("keepdims"))
+      dims.push_back(1);
   }
   return {{DType::i64, Shape(std::move(dims))}};
 }

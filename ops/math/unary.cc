@@ -28,26 +28,42 @@ std::vector<TensorType> infer_unary(const InferContext& ctx, DTypeClass cls) {
 }
 
 // Gradients: x is the input, y the output, dy = dL/dy.
-Value zero(const Value& like) { return like.graph()->scalar(0, like.dtype()); }
+Value zero(const Value& like) {
+  return like.graph()->scalar(0, like.dtype());
+}
 // y = -x          dx = -dy
-GradList grad_neg(GradContext& c) { return {-c.grad_output()}; }
+GradList grad_neg(GradContext& c) {
+  return {-c.grad_output()};
+}
 // y = sign(x)     dx = 0 (almost everywhere)
-GradList grad_sign(GradContext&) { return {Value()}; }
+GradList grad_sign(GradContext&) {
+  return {Value()};
+}
 // y = |x|         dx = dy sign(x)
-GradList grad_abs(GradContext& c) { return {c.grad_output() * sign(c.input(0))}; }
+GradList grad_abs(GradContext& c) {
+  return {c.grad_output() * sign(c.input(0))};
+}
 // y = x^2         dx = 2 x dy
-GradList grad_square(GradContext& c) { return {c.grad_output() * (c.input(0) * 2.0)}; }
+GradList grad_square(GradContext& c) {
+  return {c.grad_output() * (c.input(0) * 2.0)};
+}
 // y = max(x, 0)   dx = dy where x > 0
 GradList grad_relu(GradContext& c) {
   Value x = c.input(0);
   return {where(greater(x, zero(x)), c.grad_output(), zero(x))};
 }
 // y = e^x         dx = dy y
-GradList grad_exp(GradContext& c) { return {c.grad_output() * c.output()}; }
+GradList grad_exp(GradContext& c) {
+  return {c.grad_output() * c.output()};
+}
 // y = ln x        dx = dy / x
-GradList grad_log(GradContext& c) { return {c.grad_output() / c.input(0)}; }
+GradList grad_log(GradContext& c) {
+  return {c.grad_output() / c.input(0)};
+}
 // y = sqrt x      dx = dy / (2 y)
-GradList grad_sqrt(GradContext& c) { return {c.grad_output() / (c.output() * 2.0)}; }
+GradList grad_sqrt(GradContext& c) {
+  return {c.grad_output() / (c.output() * 2.0)};
+}
 // y = x^-1/2      dx = -1/2 x^-3/2 dy = -1/2 y^3 dy
 GradList grad_rsqrt(GradContext& c) {
   Value y = c.output();
@@ -68,15 +84,19 @@ GradList grad_gelu(GradContext& c) {
   return {c.graph().add("gelu_grad", {c.input(0), c.grad_output()})};
 }
 // y = sin x       dx = dy cos x
-GradList grad_sin(GradContext& c) { return {c.grad_output() * cos(c.input(0))}; }
+GradList grad_sin(GradContext& c) {
+  return {c.grad_output() * cos(c.input(0))};
+}
 // y = cos x       dx = -dy sin x
-GradList grad_cos(GradContext& c) { return {-(c.grad_output() * sin(c.input(0)))}; }
+GradList grad_cos(GradContext& c) {
+  return {-(c.grad_output() * sin(c.input(0)))};
+}
 
-#define KILN_REGISTER_UNARY(name, cls, expr)                                   \
-  KILN_OP(name)                                                                \
-      .input("x")                                                              \
-      .elementwise()                                                           \
-      .grad(grad_##name)                                                       \
+#define KILN_REGISTER_UNARY(name, cls, expr)                                        \
+  KILN_OP(name)                                                                     \
+      .input("x")                                                                   \
+      .elementwise()                                                                \
+      .grad(grad_##name)                                                            \
       .infer([](const InferContext& c) { return infer_unary(c, DTypeClass::cls); }) \
       .kernel(DeviceKind::cpu, unary_cpu<name##_fn>, cpu_dtypes_of(DTypeClass::cls));
 KILN_UNARY_OPS(KILN_REGISTER_UNARY)
@@ -85,11 +105,15 @@ KILN_UNARY_OPS(KILN_REGISTER_UNARY)
 }  // namespace
 }  // namespace ops
 
-#define KILN_UNARY_BUILDER(name, cls, expr) \
-  Value name(const Value& x) { return common_graph(#name, {&x}).add(#name, {x}); }
+#define KILN_UNARY_BUILDER(name, cls, expr)           \
+  Value name(const Value& x) {                        \
+    return common_graph(#name, {&x}).add(#name, {x}); \
+  }
 KILN_UNARY_OPS(KILN_UNARY_BUILDER)
 #undef KILN_UNARY_BUILDER
 
-Value operator-(const Value& x) { return neg(x); }
+Value operator-(const Value& x) {
+  return neg(x);
+}
 
 }  // namespace kiln

@@ -28,8 +28,8 @@ template <typename Index>
 int64_t label_at(const KernelContext& ctx, const Index* labels, int64_t i, int64_t classes) {
   int64_t label = labels[i];
   if (label < 0 || label >= classes)
-    throw Error(str(ctx.where(), ": label ", label, " at position ", i, " is outside [0, ",
-                    classes, ")"));
+    throw Error(
+        str(ctx.where(), ": label ", label, " at position ", i, " is outside [0, ", classes, ")"));
   return label;
 }
 
@@ -67,11 +67,15 @@ void cross_entropy_cpu(KernelContext& ctx) {
     });
   };
   auto with_index = [&](auto tag) {
-    if (labels.dtype() == i32) run(tag, int32_t{});
-    else run(tag, int64_t{});
+    if (labels.dtype() == i32)
+      run(tag, int32_t{});
+    else
+      run(tag, int64_t{});
   };
-  if (z.dtype() == f32) with_index(float{});
-  else with_index(double{});
+  if (z.dtype() == f32)
+    with_index(float{});
+  else
+    with_index(double{});
 }
 
 KILN_OP(softmax_cross_entropy)
@@ -80,9 +84,9 @@ KILN_OP(softmax_cross_entropy)
     .infer(infer_cross_entropy)
     .kernel(DeviceKind::cpu, cross_entropy_cpu<false>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
-      return {c.graph().add("softmax_cross_entropy_grad",
-                            {c.input(0), c.input(1), c.grad_output()}),
-              Value()};
+      return {
+          c.graph().add("softmax_cross_entropy_grad", {c.input(0), c.input(1), c.grad_output()}),
+          Value()};
     });
 
 KILN_OP(softmax_cross_entropy_grad)

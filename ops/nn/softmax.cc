@@ -55,8 +55,10 @@ void softmax_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (x.dtype() == f32) run(float{});
-  else run(double{});
+  if (x.dtype() == f32)
+    run(float{});
+  else
+    run(double{});
 }
 
 KILN_OP(softmax)

@@ -54,8 +54,10 @@ void sgd_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (ctx.input(0).dtype() == f32) run(float{});
-  else run(double{});
+  if (ctx.input(0).dtype() == f32)
+    run(float{});
+  else
+    run(double{});
   ctx.set_output(0, ctx.input(0));
 }
 
@@ -100,8 +102,10 @@ void adam_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (ctx.input(0).dtype() == f32) run(float{});
-  else run(double{});
+  if (ctx.input(0).dtype() == f32)
+    run(float{});
+  else
+    run(double{});
   ctx.set_output(0, ctx.input(0));
 }
 
@@ -142,8 +146,10 @@ void rmsprop_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (ctx.input(0).dtype() == f32) run(float{});
-  else run(double{});
+  if (ctx.input(0).dtype() == f32)
+    run(float{});
+  else
+    run(double{});
   ctx.set_output(0, ctx.input(0));
 }
 
@@ -176,7 +182,10 @@ Value adam_update(const Value& var, const Value& m, const Value& v, const Value&
                   double weight_decay, bool decoupled) {
   return common_graph("adam_update", {&var, &m, &v, &grad, &lr, &step})
       .add("adam_update", {var, m, v, grad, lr, step},
-           {{"beta1", beta1}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay},
+           {{"beta1", beta1},
+            {"beta2", beta2},
+            {"eps", eps},
+            {"weight_decay", weight_decay},
             {"decoupled", decoupled}});
 }
 

@@ -90,12 +90,12 @@ std::vector<TensorType> infer_variable(const InferContext& ctx) {
   if (!shape.is_known()) ctx.fail("variable shape ", shape, " must be fully known");
   const std::string& kind = ctx.attr<std::string>("init");
   const auto& args = ctx.attr<std::vector<double>>("init_args");
-  size_t want = kind == "constant" ? 1
+  size_t want = kind == "constant"                                                      ? 1
                 : (kind == "uniform" || kind == "normal" || kind == "truncated_normal") ? 2
-                : 0;
+                                                                                        : 0;
   bool known = kind == "zeros" || kind == "constant" || kind == "uniform" || kind == "normal" ||
-               kind == "truncated_normal" || kind == "glorot_uniform" ||
-               kind == "glorot_normal" || kind == "he_uniform" || kind == "he_normal";
+               kind == "truncated_normal" || kind == "glorot_uniform" || kind == "glorot_normal" ||
+               kind == "he_uniform" || kind == "he_normal";
   if (!known) ctx.fail("unknown initializer '", kind, "'");
   if (args.size() != want)
     ctx.fail("initializer '", kind, "' takes ", want, " argument(s), got ", args.size());
@@ -117,10 +117,10 @@ KILN_OP(variable)
       const std::string& name = ctx.node().name();
       if (!store.contains(name)) store.set(name, initial_value(ctx.node()));
       Tensor value = store.get(name);
-      KILN_CHECK(value.dtype() == ctx.output_type(0).dtype && value.shape() == ctx.output_type(0).shape,
-                 Error, ctx.where(), ": stored value ", value.dtype(), value.shape(),
-                 " does not match the variable's ", ctx.output_type(0).dtype,
-                 ctx.output_type(0).shape);
+      KILN_CHECK(
+          value.dtype() == ctx.output_type(0).dtype && value.shape() == ctx.output_type(0).shape,
+          Error, ctx.where(), ": stored value ", value.dtype(), value.shape(),
+          " does not match the variable's ", ctx.output_type(0).dtype, ctx.output_type(0).shape);
       ctx.set_output(0, value);
     });
 
@@ -140,11 +140,12 @@ void assign_cpu(KernelContext& ctx) {
     using T = decltype(tag);
     T* p = var.data<T>();
     if constexpr (kAdd && !std::is_same_v<T, bool>) {
-      elementwise_loop(ctx, p, var.shape(), [](T a, T b) { return static_cast<T>(a + b); },
-                       {var.shape(), value.shape()}, static_cast<const T*>(p), value.data<T>());
+      elementwise_loop(
+          ctx, p, var.shape(), [](T a, T b) { return static_cast<T>(a + b); },
+          {var.shape(), value.shape()}, static_cast<const T*>(p), value.data<T>());
     } else {
-      elementwise_loop(ctx, p, var.shape(), [](T v) { return v; }, {value.shape()},
-                       value.data<T>());
+      elementwise_loop(
+          ctx, p, var.shape(), [](T v) { return v; }, {value.shape()}, value.data<T>());
     }
   });
   ctx.set_output(0, var);

@@ -61,6 +61,8 @@ class ConstantFolding final : public Pass {
 
 }  // namespace
 
-std::unique_ptr<Pass> make_constant_folding() { return std::make_unique<ConstantFolding>(); }
+std::unique_ptr<Pass> make_constant_folding() {
+  return std::make_unique<ConstantFolding>();
+}
 
 }  // namespace kiln

@@ -34,7 +34,8 @@ void write_attr_key(std::ostringstream& out, const AttrValue& value) {
         } else if constexpr (std::is_same_v<T, Tensor>) {
           out << "t" << v.dtype() << v.shape();
           if (v.nbytes() <= 256)
-            out.write(static_cast<const char*>(v.raw_data()), static_cast<std::streamsize>(v.nbytes()));
+            out.write(static_cast<const char*>(v.raw_data()),
+                      static_cast<std::streamsize>(v.nbytes()));
           else
             out << v.storage().get() << "+" << v.offset();
         } else {

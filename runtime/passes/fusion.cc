@@ -52,9 +52,9 @@ class ElementwiseFusion final : public Pass {
       }
       std::vector<Value> inputs;
       for (OutputRef r : group.externals) inputs.push_back(graph.value(r));
-      graph.rewrite_node(root, "fused_elementwise", inputs,
-                         {{"code", group.code}, {"expr", expr}, {"dtype", out.dtype},
-                          {"shape", out.shape}});
+      graph.rewrite_node(
+          root, "fused_elementwise", inputs,
+          {{"code", group.code}, {"expr", expr}, {"dtype", out.dtype}, {"shape", out.shape}});
       for (int32_t m : members) fused[m] = 1;
       changed = true;
     }
@@ -153,6 +153,8 @@ class ElementwiseFusion final : public Pass {
 
 }  // namespace
 
-std::unique_ptr<Pass> make_elementwise_fusion() { return std::make_unique<ElementwiseFusion>(); }
+std::unique_ptr<Pass> make_elementwise_fusion() {
+  return std::make_unique<ElementwiseFusion>();
+}
 
 }  // namespace kiln

@@ -12,7 +12,9 @@ class DeadCodeElimination final : public Pass {
 
 }  // namespace
 
-std::unique_ptr<Pass> make_dead_code_elimination() { return std::make_unique<DeadCodeElimination>(); }
+std::unique_ptr<Pass> make_dead_code_elimination() {
+  return std::make_unique<DeadCodeElimination>();
+}
 
 std::vector<std::string> optimize_graph(Graph& graph, const PassOptions& options) {
   std::vector<std::unique_ptr<Pass>> passes;

@@ -37,15 +37,20 @@ class AlgebraicSimplification final : public Pass {
         bypass(x);
       } else if ((op == "reshape" || op == "reshape_like" || op == "expand_dims" ||
                   op == "sum_to" || op == "broadcast_like" || op == "broadcast_to" ||
-                  op == "cast") && same_type(x)) {
+                  op == "cast") &&
+                 same_type(x)) {
         bypass(x);  // changes neither shape nor dtype
       } else if (op == "add_n" && node.inputs().size() == 1) {
         bypass(x);
-      } else if ((op == "mul" || op == "add" || op == "sub" || op == "div") && node.inputs().size() == 2) {
+      } else if ((op == "mul" || op == "add" || op == "sub" || op == "div") &&
+                 node.inputs().size() == 2) {
         const OutputRef y = node.inputs()[1];
         const double unit = (op == "mul" || op == "div") ? 1.0 : 0.0;
-        if (is_constant_equal_to(graph, y, unit) && same_type(x)) bypass(x);
-        else if ((op == "mul" || op == "add") && is_constant_equal_to(graph, x, unit) && same_type(y)) bypass(y);
+        if (is_constant_equal_to(graph, y, unit) && same_type(x))
+          bypass(x);
+        else if ((op == "mul" || op == "add") && is_constant_equal_to(graph, x, unit) &&
+                 same_type(y))
+          bypass(y);
       } else if (op == "neg" && graph.node(x.node).op_name() == "neg") {
         bypass(graph.node(x.node).inputs()[0]);
       } else if (op == "reshape" && graph.node(x.node).op_name() == "reshape") {
@@ -54,7 +59,8 @@ class AlgebraicSimplification final : public Pass {
         graph.rewrite_node(id, "reshape", {a}, {{"shape", out.shape}});
         rewritten = true;
       } else if (op == "transpose" && graph.node(x.node).op_name() == "transpose") {
-        // transpose(transpose(a, p), q) = transpose(a, p∘q), and a itself when that is the identity.
+        // transpose(transpose(a, p), q) = transpose(a, p∘q), and a itself when that is the
+        // identity.
         const Node& inner = graph.node(x.node);
         const int64_t rank = out.shape.rank();
         auto perm_of = [rank](const Node& n) {
@@ -72,7 +78,8 @@ class AlgebraicSimplification final : public Pass {
         if (identity) {
           bypass(inner.inputs()[0]);
         } else {
-          graph.rewrite_node(id, "transpose", {graph.value(inner.inputs()[0])}, {{"perm", composed}});
+          graph.rewrite_node(id, "transpose", {graph.value(inner.inputs()[0])},
+                             {{"perm", composed}});
           rewritten = true;
         }
       }

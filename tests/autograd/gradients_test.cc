@@ -26,57 +26,120 @@ struct OpCase {
 
 std::vector<OpCase> op_cases() {
   auto unary = [](const char* op, double lo, double hi) {
-    return OpCase{op, [op](Graph& g, const std::vector<Value>& x) { return g.add(op, {x[0]}); },
+    return OpCase{op,
+                  [op](Graph& g, const std::vector<Value>& x) { return g.add(op, {x[0]}); },
                   {r64({3, 4}, lo, hi)}};
   };
   std::vector<OpCase> cases = {
-      unary("neg", -2, 2),   unary("abs", 0.1, 2),   unary("square", -2, 2),
-      unary("relu", 0.1, 2), unary("exp", -2, 2),    unary("log", 0.5, 3),
-      unary("sqrt", 0.5, 3), unary("rsqrt", 0.5, 3), unary("tanh", -2, 2),
-      unary("sigmoid", -3, 3), unary("gelu", -3, 3), unary("sin", -3, 3),
+      unary("neg", -2, 2),  unary("abs", 0.1, 2),    unary("square", -2, 2), unary("relu", 0.1, 2),
+      unary("exp", -2, 2),  unary("log", 0.5, 3),    unary("sqrt", 0.5, 3),  unary("rsqrt", 0.5, 3),
+      unary("tanh", -2, 2), unary("sigmoid", -3, 3), unary("gelu", -3, 3),   unary("sin", -3, 3),
       unary("cos", -3, 3),
   };
-  cases.push_back({"abs (negative side)", [](Graph&, auto& x) { return abs(x[0]); }, {r64({5}, -2, -0.1)}});
-  cases.push_back({"relu (negative side)", [](Graph&, auto& x) { return relu(x[0]); }, {r64({5}, -2, -0.1)}});
+  cases.push_back(
+      {"abs (negative side)", [](Graph&, auto& x) { return abs(x[0]); }, {r64({5}, -2, -0.1)}});
+  cases.push_back(
+      {"relu (negative side)", [](Graph&, auto& x) { return relu(x[0]); }, {r64({5}, -2, -0.1)}});
   for (const char* op : {"add", "sub", "mul", "div", "maximum", "minimum"}) {
-    cases.push_back({std::string(op) + " broadcast", [op](Graph& g, auto& x) { return g.add(op, {x[0], x[1]}); },
+    cases.push_back({std::string(op) + " broadcast",
+                     [op](Graph& g, auto& x) {
+                       return g.add(op, {x[0], x[1]});
+                     },
                      {r64({2, 3, 4}, 0.5, 2, 2), r64({3, 1}, 0.5, 2, 3)}});
-    cases.push_back({std::string(op) + " scalar", [op](Graph& g, auto& x) { return g.add(op, {x[0], x[1]}); },
+    cases.push_back({std::string(op) + " scalar",
+                     [op](Graph& g, auto& x) {
+                       return g.add(op, {x[0], x[1]});
+                     },
                      {r64({}, 0.5, 2, 4), r64({4}, 0.5, 2, 5)}});
   }
-  cases.push_back({"pow", [](Graph&, auto& x) { return pow(x[0], x[1]); }, {r64({3, 2}, 0.5, 2), r64({2}, -1.5, 2)}});
-  cases.push_back({"where", [](Graph& g, auto& x) { return where(greater(x[0], g.scalar(0, f64)), x[1], x[2]); },
-                   {r64({4, 1}), r64({4, 3}), r64({3})}});
-  cases.push_back({"matmul", [](Graph&, auto& x) { return matmul(x[0], x[1]); }, {r64({3, 4}), r64({4, 2})}});
-  cases.push_back({"matmul ta", [](Graph&, auto& x) { return matmul(x[0], x[1], true); }, {r64({4, 3}), r64({4, 2})}});
-  cases.push_back({"matmul tb", [](Graph&, auto& x) { return matmul(x[0], x[1], false, true); }, {r64({3, 4}), r64({2, 4})}});
-  cases.push_back({"matmul ta tb", [](Graph&, auto& x) { return matmul(x[0], x[1], true, true); }, {r64({4, 3}), r64({2, 4})}});
-  cases.push_back({"matmul batch broadcast", [](Graph&, auto& x) { return matmul(x[0], x[1]); },
+  cases.push_back({"pow",
+                   [](Graph&, auto& x) { return pow(x[0], x[1]); },
+                   {r64({3, 2}, 0.5, 2), r64({2}, -1.5, 2)}});
+  cases.push_back(
+      {"where",
+       [](Graph& g, auto& x) { return where(greater(x[0], g.scalar(0, f64)), x[1], x[2]); },
+       {r64({4, 1}), r64({4, 3}), r64({3})}});
+  cases.push_back(
+      {"matmul", [](Graph&, auto& x) { return matmul(x[0], x[1]); }, {r64({3, 4}), r64({4, 2})}});
+  cases.push_back({"matmul ta",
+                   [](Graph&, auto& x) { return matmul(x[0], x[1], true); },
+                   {r64({4, 3}), r64({4, 2})}});
+  cases.push_back({"matmul tb",
+                   [](Graph&, auto& x) { return matmul(x[0], x[1], false, true); },
+                   {r64({3, 4}), r64({2, 4})}});
+  cases.push_back({"matmul ta tb",
+                   [](Graph&, auto& x) { return matmul(x[0], x[1], true, true); },
+                   {r64({4, 3}), r64({2, 4})}});
+  cases.push_back({"matmul batch broadcast",
+                   [](Graph&, auto& x) { return matmul(x[0], x[1]); },
                    {r64({2, 3, 4}), r64({4, 2})}});
   for (bool keep : {false, true}) {
     std::string k = keep ? " keepdims" : "";
-    cases.push_back({"sum" + k, [keep](Graph&, auto& x) { return sum(x[0], {0, 2}, keep); }, {r64({2, 3, 4})}});
-    cases.push_back({"mean" + k, [keep](Graph&, auto& x) { return mean(x[0], {1}, keep); }, {r64({2, 3, 4})}});
-    cases.push_back({"max" + k, [keep](Graph&, auto& x) { return max(x[0], {-1}, keep); }, {r64({3, 5})}});
-    cases.push_back({"min" + k, [keep](Graph&, auto& x) { return min(x[0], {}, keep); }, {r64({3, 5})}});
+    cases.push_back({"sum" + k,
+                     [keep](Graph&, auto& x) {
+                       return sum(x[0], {0, 2}, keep);
+                     },
+                     {r64({2, 3, 4})}});
+    cases.push_back(
+        {"mean" + k, [keep](Graph&, auto& x) { return mean(x[0], {1}, keep); }, {r64({2, 3, 4})}});
+    cases.push_back(
+        {"max" + k, [keep](Graph&, auto& x) { return max(x[0], {-1}, keep); }, {r64({3, 5})}});
+    cases.push_back(
+        {"min" + k, [keep](Graph&, auto& x) { return min(x[0], {}, keep); }, {r64({3, 5})}});
   }
-  cases.push_back({"reshape", [](Graph&, auto& x) { return reshape(x[0], {4, -1}); }, {r64({2, 6})}});
-  cases.push_back({"transpose", [](Graph&, auto& x) { return transpose(x[0], {2, 0, 1}); }, {r64({2, 3, 4})}});
-  cases.push_back({"broadcast_to", [](Graph&, auto& x) { return broadcast_to(x[0], {2, 3, 4}); }, {r64({3, 1})}});
-  cases.push_back({"concat", [](Graph&, auto& x) { return concat({x[0], x[1], x[0]}, 1); }, {r64({2, 3}), r64({2, 1})}});
-  cases.push_back({"split", [](Graph&, auto& x) {
+  cases.push_back({"reshape",
+                   [](Graph&, auto& x) {
+                     return reshape(x[0], {4, -1});
+                   },
+                   {r64({2, 6})}});
+  cases.push_back({"transpose",
+                   [](Graph&, auto& x) {
+                     return transpose(x[0], {2, 0, 1});
+                   },
+                   {r64({2, 3, 4})}});
+  cases.push_back({"broadcast_to",
+                   [](Graph&, auto& x) {
+                     return broadcast_to(x[0], {2, 3, 4});
+                   },
+                   {r64({3, 1})}});
+  cases.push_back({"concat",
+                   [](Graph&, auto& x) {
+                     return concat({x[0], x[1], x[0]}, 1);
+                   },
+                   {r64({2, 3}), r64({2, 1})}});
+  cases.push_back({"split",
+                   [](Graph&, auto& x) {
                      auto p = split(x[0], {1, 2, 1}, 1);
                      return p[0] * 2.0 + sum(p[2], {1}, true);  // the middle piece is unused
-                   }, {r64({3, 4})}});
-  cases.push_back({"slice", [](Graph&, auto& x) { return slice(x[0], {1, 0}, {kSliceEnd, 5}, {1, 2}); }, {r64({3, 5})}});
-  cases.push_back({"gather (repeats)", [](Graph& g, auto& x) {
-                     return gather(x[0], g.constant(Tensor::from_vector<int64_t>({2, 0, 2, -1})), 1);
-                   }, {r64({2, 3})}});
-  cases.push_back({"cast", [](Graph&, auto& x) { return cast(cast(x[0], f32), f64) * x[0]; },
-                   {r64({4})}, 1e-2, 1e-4});
+                   },
+                   {r64({3, 4})}});
+  cases.push_back({"slice",
+                   [](Graph&, auto& x) {
+                     return slice(x[0], {1, 0}, {kSliceEnd, 5}, {1, 2});
+                   },
+                   {r64({3, 5})}});
+  cases.push_back(
+      {"gather (repeats)",
+       [](Graph& g, auto& x) {
+         return gather(x[0], g.constant(Tensor::from_vector<int64_t>({2, 0, 2, -1})), 1);
+       },
+       {r64({2, 3})}});
+  cases.push_back({"cast",
+                   [](Graph&, auto& x) { return cast(cast(x[0], f32), f64) * x[0]; },
+                   {r64({4})},
+                   1e-2,
+                   1e-4});
   cases.push_back({"identity", [](Graph&, auto& x) { return identity(x[0]) * x[0]; }, {r64({4})}});
-  cases.push_back({"expand_dims", [](Graph&, auto& x) { return expand_dims(x[0], {0, 2}) * 3.0; }, {r64({2, 3})}});
-  cases.push_back({"add_n", [](Graph&, auto& x) { return add_n({x[0], x[0] * x[0], x[0]}); }, {r64({3})}});
+  cases.push_back({"expand_dims",
+                   [](Graph&, auto& x) {
+                     return expand_dims(x[0], {0, 2}) * 3.0;
+                   },
+                   {r64({2, 3})}});
+  cases.push_back({"add_n",
+                   [](Graph&, auto& x) {
+                     return add_n({x[0], x[0] * x[0], x[0]});
+                   },
+                   {r64({3})}});
   return cases;
 }
 
@@ -150,8 +213,9 @@ TEST(Gradients, MissingGradientNamesOpAndPath) {
   Value x = g.placeholder("x", f32, {2});
   Value hidden = g.add("test_no_grad", {exp(x)}, {}, {.name = "mystery"});
   Value loss = sum(relu(hidden));
-  testing::expect_error<GraphError>([&] { gradients(loss, {x}); },
-                                    {"op 'test_no_grad'", "node 'mystery'", "sum <- relu <- mystery"});
+  testing::expect_error<GraphError>(
+      [&] { gradients(loss, {x}); },
+      {"op 'test_no_grad'", "node 'mystery'", "sum <- relu <- mystery"});
 }
 
 TEST(Gradients, DyAndMultipleUses) {

@@ -8,7 +8,9 @@
 namespace kiln {
 namespace {
 
-std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+std::string tmp(const std::string& name) {
+  return std::string(KILN_TEST_TMP) + "/" + name;
+}
 
 // An IDX file of u8 images [n, 2, 2] with pixel value i for image i, and labels i % 10.
 std::pair<std::string, std::string> idx_bytes(int n) {
@@ -45,7 +47,8 @@ TEST(Idx, ReadsPlainAndGzip) {
     EXPECT_EQ(t.dtype(), u8);
     EXPECT_EQ(t.shape(), Shape({12, 2, 2}));
     EXPECT_EQ(t.element(4 * 7), 7);
-    data::Dataset set = data::Dataset::from_idx(write("i.gz", images, true), write("l", labels, gz));
+    data::Dataset set =
+        data::Dataset::from_idx(write("i.gz", images, true), write("l", labels, gz));
     EXPECT_EQ(set.size(), 12);
     EXPECT_EQ(set.inputs().shape(), Shape({12, 4}));
     EXPECT_FLOAT_EQ(set.inputs().data<float>()[4 * 3], 3.0f / 255);
@@ -55,8 +58,10 @@ TEST(Idx, ReadsPlainAndGzip) {
 
 TEST(Idx, RealFashionMnistWhenInstalled) {
   const std::string dir = "/usr/share/datasets/fashion-mnist";
-  if (!std::ifstream(dir + "/t10k-labels-idx1-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  data::Dataset test = data::Dataset::from_idx(dir + "/t10k-images-idx3-ubyte.gz", dir + "/t10k-labels-idx1-ubyte.gz");
+  if (!std::ifstream(dir + "/t10k-labels-idx1-ubyte.gz"))
+    GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  data::Dataset test = data::Dataset::from_idx(dir + "/t10k-images-idx3-ubyte.gz",
+                                               dir + "/t10k-labels-idx1-ubyte.gz");
   EXPECT_EQ(test.size(), 10000);
   EXPECT_EQ(test.inputs().shape(), Shape({10000, 784}));
   std::vector<int> counts(10, 0);
@@ -66,20 +71,25 @@ TEST(Idx, RealFashionMnistWhenInstalled) {
 
 TEST(Idx, MalformedFilesAreRejected) {
   auto [images, labels] = idx_bytes(5);
-  testing::expect_error<FileError>([&] { data::read_idx(write("t.idx", images.substr(0, images.size() - 1))); },
-                                   {"t.idx", "20 bytes of data", "has 19"});
-  testing::expect_error<FileError>([&] { data::read_idx(write("m.idx", "\x01\x02\x08\x01" + std::string(8, 0))); },
-                                   {"bad magic"});
-  testing::expect_error<FileError>([&] { data::read_idx(write("ty.idx", std::string("\0\0\x07\x01", 4) + std::string(8, 0))); },
-                                   {"unknown IDX element type"});
-  testing::expect_error<FileError>([&] { data::read_idx(write("h.idx", std::string("\0\0\x08\x03\0\0", 6))); },
-                                   {"truncated header"});
+  testing::expect_error<FileError>(
+      [&] { data::read_idx(write("t.idx", images.substr(0, images.size() - 1))); },
+      {"t.idx", "20 bytes of data", "has 19"});
+  testing::expect_error<FileError>(
+      [&] { data::read_idx(write("m.idx", "\x01\x02\x08\x01" + std::string(8, 0))); },
+      {"bad magic"});
+  testing::expect_error<FileError>(
+      [&] { data::read_idx(write("ty.idx", std::string("\0\0\x07\x01", 4) + std::string(8, 0))); },
+      {"unknown IDX element type"});
+  testing::expect_error<FileError>(
+      [&] { data::read_idx(write("h.idx", std::string("\0\0\x08\x03\0\0", 6))); },
+      {"truncated header"});
   std::string gz = tmp("cut.gz");
   write("cut.gz", images, true);
   std::ifstream in(gz, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), {});
-  testing::expect_error<FileError>([&] { data::read_idx(write("cut2.gz", bytes.substr(0, bytes.size() / 2))); },
-                                   {"cut2.gz", "gzip"});
+  testing::expect_error<FileError>(
+      [&] { data::read_idx(write("cut2.gz", bytes.substr(0, bytes.size() / 2))); },
+      {"cut2.gz", "gzip"});
   testing::expect_error<FileError>(
       [&] { data::Dataset::from_idx(write("a", images), write("b", idx_bytes(4).second)); },
       {"5 images", "4 labels"});

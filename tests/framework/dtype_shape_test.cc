@@ -27,10 +27,10 @@ TEST(DType, HalfConversionMatchesIeee) {
   EXPECT_EQ(Half(1.0f).bits, 0x3c00);
   EXPECT_EQ(Half(-2.0f).bits, 0xc000);
   EXPECT_EQ(Half(65504.0f).bits, 0x7bff);
-  EXPECT_EQ(Half(1e6f).bits, 0x7c00);                 // overflow -> inf
+  EXPECT_EQ(Half(1e6f).bits, 0x7c00);                    // overflow -> inf
   EXPECT_EQ(Half(5.9604644775390625e-8f).bits, 0x0001);  // smallest subnormal
-  EXPECT_EQ(Half(1.0f + 1.0f / 2048).bits, 0x3c00);   // halfway: rounds to even (down)
-  EXPECT_EQ(Half(1.0f + 3.0f / 2048).bits, 0x3c02);   // halfway: rounds to even (up)
+  EXPECT_EQ(Half(1.0f + 1.0f / 2048).bits, 0x3c00);      // halfway: rounds to even (down)
+  EXPECT_EQ(Half(1.0f + 3.0f / 2048).bits, 0x3c02);      // halfway: rounds to even (up)
   EXPECT_TRUE(std::isnan(static_cast<float>(Half(std::nanf("")))));
   for (uint32_t bits = 0; bits < 0x7c00; bits += 7) {  // every finite positive half, sampled
     Half h;

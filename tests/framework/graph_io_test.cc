@@ -9,7 +9,9 @@ namespace {
 
 using testing::expect_error;
 
-std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+std::string tmp(const std::string& name) {
+  return std::string(KILN_TEST_TMP) + "/" + name;
+}
 
 std::string write(const std::string& name, const std::string& data) {
   std::string path = tmp(name);
@@ -188,9 +190,10 @@ TEST(GraphIO, SemanticallyInvalidFilesAreRejectedWithTheProblem) {
                   {"node 'y'", "x:3", "does not exist"});
   expect_bad_text("version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x:a\" }",
                   {"malformed input 'x:a'"});
-  expect_bad_text("version: 1 nodes { name: \"a\" op: \"exp\" inputs: \"b\" }"
-                  " nodes { name: \"b\" op: \"exp\" inputs: \"a\" }",
-                  {"cycle"});
+  expect_bad_text(
+      "version: 1 nodes { name: \"a\" op: \"exp\" inputs: \"b\" }"
+      " nodes { name: \"b\" op: \"exp\" inputs: \"a\" }",
+      {"cycle"});
   expect_bad_text("version: 1 " + x + " " + x, {"two nodes are named 'x'"});
   expect_bad_text("version: 1 " + x +
                       " nodes { name: \"y\" op: \"sum\" inputs: \"x\""
@@ -200,46 +203,54 @@ TEST(GraphIO, SemanticallyInvalidFilesAreRejectedWithTheProblem) {
                       " nodes { name: \"y\" op: \"exp\" inputs: \"x\""
                       " attrs { key: \"speed\" value { i: 3 } } }",
                   {"unknown attribute 'speed'"});
-  expect_bad_text("version: 1 " + x + " nodes { name: \"y\" op: \"matmul\" inputs: \"x\" inputs: \"x\" }",
-                  {"[matmul] y", "inner dimensions differ", "[2, 3]"});
+  expect_bad_text(
+      "version: 1 " + x + " nodes { name: \"y\" op: \"matmul\" inputs: \"x\" inputs: \"x\" }",
+      {"[matmul] y", "inner dimensions differ", "[2, 3]"});
   expect_bad_text("version: 1 " + x + " nodes { name: \"y\" op: \"cast\" inputs: \"x\" }",
                   {"missing required attribute 'dtype'"});
-  expect_bad_text("version: 1 nodes { name: \"c\" op: \"constant\" attrs { key: \"value\" value {"
-                  " tensor { dtype: 1 dims: 1000000 dims: 1000000 data: \"abcd\" } } } }",
-                  {"node 'c'", "needs 4000000000000 bytes", "has 4"});
-  expect_bad_text("version: 1 nodes { name: \"c\" op: \"constant\" attrs { key: \"value\" value {"
-                  " tensor { dtype: 42 data: \"abcd\" } } } }",
-                  {"invalid dtype 42"});
-  expect_bad_text("version: 1 nodes { name: \"c\" op: \"cast\" attrs { key: \"dtype\" value {"
-                  " dtype: 0 } } }",
-                  {"invalid dtype value 0"});
+  expect_bad_text(
+      "version: 1 nodes { name: \"c\" op: \"constant\" attrs { key: \"value\" value {"
+      " tensor { dtype: 1 dims: 1000000 dims: 1000000 data: \"abcd\" } } } }",
+      {"node 'c'", "needs 4000000000000 bytes", "has 4"});
+  expect_bad_text(
+      "version: 1 nodes { name: \"c\" op: \"constant\" attrs { key: \"value\" value {"
+      " tensor { dtype: 42 data: \"abcd\" } } } }",
+      {"invalid dtype 42"});
+  expect_bad_text(
+      "version: 1 nodes { name: \"c\" op: \"cast\" attrs { key: \"dtype\" value {"
+      " dtype: 0 } } }",
+      {"invalid dtype value 0"});
   expect_bad_text("version: 1 nodes { op: \"exp\" }", {"has no name"});
   expect_bad_text("version: 1 " + x + " signatures { name: \"s\" outputs: \"q\" }",
                   {"signature 's'", "no node named 'q'"});
-  expect_bad_text("version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" device: \"tpu:0\" }",
-                  {"node 'y'", "tpu:0"});
+  expect_bad_text(
+      "version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" device: \"tpu:0\" }",
+      {"node 'y'", "tpu:0"});
   // Gradient-only ops check their shapes too: a hand-made file cannot make a kernel read past
   // an input.
-  const std::string labels = R"(nodes { name: "l" op: "placeholder" attrs { key: "dtype" value { dtype: 6 } }
+  const std::string labels =
+      R"(nodes { name: "l" op: "placeholder" attrs { key: "dtype" value { dtype: 6 } }
                 attrs { key: "shape" value { shape { values: 1 } } } })";
   expect_bad_text("version: 1 " + x + labels +
                       " nodes { name: \"g\" op: \"softmax_cross_entropy_grad\" inputs: \"x\""
                       " inputs: \"l\" inputs: \"l\" }",
                   {"[softmax_cross_entropy_grad] g", "batch sizes differ"});
-  expect_bad_text("version: 1 " + x + labels +
-                      " nodes { name: \"g\" op: \"gather_grad\" inputs: \"x\" inputs: \"l\" inputs: \"x\" }",
-                  {"[gather_grad] g", "dy is [2, 3]"});
-  expect_bad_text("version: 1 " + x +
-                      " nodes { name: \"f\" op: \"fused_elementwise\" inputs: \"x\""
-                      " attrs { key: \"code\" value { ints { values: 1 values: 9 values: -1 values: -1 } } }"
-                      " attrs { key: \"shape\" value { shape { values: 2 values: 3 } } } }",
-                  {"[fused_elementwise] f", "reads register 9"});
+  expect_bad_text(
+      "version: 1 " + x + labels +
+          " nodes { name: \"g\" op: \"gather_grad\" inputs: \"x\" inputs: \"l\" inputs: \"x\" }",
+      {"[gather_grad] g", "dy is [2, 3]"});
+  expect_bad_text(
+      "version: 1 " + x +
+          " nodes { name: \"f\" op: \"fused_elementwise\" inputs: \"x\""
+          " attrs { key: \"code\" value { ints { values: 1 values: 9 values: -1 values: -1 } } }"
+          " attrs { key: \"shape\" value { shape { values: 2 values: 3 } } } }",
+      {"[fused_elementwise] f", "reads register 9"});
 }
 
 TEST(GraphIO, NodesInAnyOrderLoad) {
   // A hand-written file may list consumers before producers; the loader sorts them.
-  std::string text = std::string("version: 1 nodes { name: \"y\" op: \"exp\" inputs: \"x\" } ") +
-                     kPlaceholder;
+  std::string text =
+      std::string("version: 1 nodes { name: \"y\" op: \"exp\" inputs: \"x\" } ") + kPlaceholder;
   auto g = load_graph(write("order.pbtxt", text));
   EXPECT_EQ(g->value("y").shape(), Shape({2, 3}));
 }

@@ -27,14 +27,14 @@ TEST(Graph, ShapeErrorsNameOpNodeAndShapes) {
   Value w = g.constant(Tensor::zeros(f32, {512, 10}));
   {
     NameScope scope(g, "dense1");
-    expect_error<GraphError>([&] { matmul(x, w); },
-                             {"[matmul] dense1/matmul", "inner dimensions differ", "[64, 784]",
-                              "[512, 10]"});
+    expect_error<GraphError>(
+        [&] { matmul(x, w); },
+        {"[matmul] dense1/matmul", "inner dimensions differ", "[64, 784]", "[512, 10]"});
   }
   Value v = g.constant(Tensor::zeros(f32, {3}));
   expect_error<GraphError>([&] { x + v; }, {"[add]", "[64, 784]", "[3]", "do not broadcast"});
   Value d = g.constant(Tensor::zeros(f64, {784}));
-  expect_error<GraphError>([&] { x * d; }, {"[mul]", "f32", "f64"});
+  expect_error<GraphError>([&] { x* d; }, {"[mul]", "f32", "f64"});
   expect_error<GraphError>([&] { sum(x, {2}); }, {"[sum]", "axis 2", "rank 2"});
   expect_error<GraphError>([&] { sum(x, {1, -1}); }, {"[sum]", "twice"});
   Value i = g.placeholder("i", i32, {3});
@@ -60,13 +60,22 @@ TEST(Graph, SchemaIsEnforced) {
   Value x = g.placeholder("x", f32, {2});
   expect_error<GraphError>([&] { g.add("no_such_op", {x}); }, {"unknown op 'no_such_op'"});
   expect_error<GraphError>([&] { g.add("exp", {x, x}); }, {"[exp]", "takes 1 inputs, got 2"});
-  expect_error<GraphError>([&] { g.add("exp", {x}, {{"color", std::string("red")}}); },
-                           {"unknown attribute 'color'"});
+  expect_error<GraphError>(
+      [&] {
+        g.add("exp", {x}, {{"color", std::string("red")}});
+      },
+      {"unknown attribute 'color'"});
   expect_error<GraphError>([&] { g.add("cast", {x}); }, {"missing required attribute 'dtype'"});
-  expect_error<GraphError>([&] { g.add("cast", {x}, {{"dtype", std::string("f64")}}); },
-                           {"attribute 'dtype' must be dtype, got string"});
-  expect_error<GraphError>([&] { g.add("concat", {}, {{"axis", int64_t{0}}}); },
-                           {"at least 1 inputs"});
+  expect_error<GraphError>(
+      [&] {
+        g.add("cast", {x}, {{"dtype", std::string("f64")}});
+      },
+      {"attribute 'dtype' must be dtype, got string"});
+  expect_error<GraphError>(
+      [&] {
+        g.add("concat", {}, {{"axis", int64_t{0}}});
+      },
+      {"at least 1 inputs"});
   expect_error<GraphError>([&] { g.add("exp", {Value()}); }, {"undefined"});
   Graph other;
   Value y = other.placeholder("y", f32, {2});
@@ -104,7 +113,8 @@ TEST(Graph, Signatures) {
   Value x = g.placeholder("x", f32, {4});
   g.add_signature({"predict", {x}, {exp(x)}, {}});
   EXPECT_EQ(g.signature("predict").outputs.size(), 1u);
-  expect_error<GraphError>([&] { g.signature("train"); }, {"no signature named 'train'", "predict"});
+  expect_error<GraphError>([&] { g.signature("train"); },
+                           {"no signature named 'train'", "predict"});
   Graph other;
   Value y = other.placeholder("y", f32, {1});
   expect_error<GraphError>([&] { g.add_signature({"bad", {y}, {}, {}}); }, {"another graph"});
@@ -112,12 +122,15 @@ TEST(Graph, Signatures) {
 
 TEST(Graph, RegistryListsEveryCoreOp) {
   for (const char* op :
-       {"neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu", "sin",
-        "cos", "square", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal",
-        "not_equal", "less", "less_equal", "greater", "greater_equal", "where", "matmul", "sum",
-        "mean", "max", "min", "argmax", "argmin", "reshape", "transpose", "broadcast_to",
-        "concat", "split", "slice", "gather", "cast", "identity", "constant", "placeholder",
-        "fill", "iota", "random_uniform", "random_normal"}) {
+       {"neg",          "abs",           "exp",         "log",       "sqrt",    "rsqrt",
+        "tanh",         "sigmoid",       "relu",        "gelu",      "sin",     "cos",
+        "square",       "add",           "sub",         "mul",       "div",     "pow",
+        "maximum",      "minimum",       "equal",       "not_equal", "less",    "less_equal",
+        "greater",      "greater_equal", "where",       "matmul",    "sum",     "mean",
+        "max",          "min",           "argmax",      "argmin",    "reshape", "transpose",
+        "broadcast_to", "concat",        "split",       "slice",     "gather",  "cast",
+        "identity",     "constant",      "placeholder", "fill",      "iota",    "random_uniform",
+        "random_normal"}) {
     EXPECT_NE(OpRegistry::global().find(op), nullptr) << op;
   }
 }

@@ -36,9 +36,11 @@ TEST(ThreadPool, RangesDependOnlyOnGrain) {
 
 TEST(ThreadPool, PropagatesExceptionsAndStaysUsable) {
   ThreadPool pool(2);
-  EXPECT_THROW(pool.parallel_for(100, 1, [](int64_t b, int64_t) {
-    if (b == 50) throw Error("boom");
-  }), Error);
+  EXPECT_THROW(pool.parallel_for(100, 1,
+                                 [](int64_t b, int64_t) {
+                                   if (b == 50) throw Error("boom");
+                                 }),
+               Error);
   std::atomic<int64_t> total{0};
   pool.parallel_for(100, 1, [&](int64_t b, int64_t e) { total += e - b; });
   EXPECT_EQ(total.load(), 100);

@@ -7,7 +7,9 @@ namespace {
 
 using testing::expect_error;
 
-std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+std::string tmp(const std::string& name) {
+  return std::string(KILN_TEST_TMP) + "/" + name;
+}
 
 TEST(Tensor, FromAndToVector) {
   Tensor t = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
@@ -58,8 +60,9 @@ TEST(Tensor, NpyMalformedFilesAreRejected) {
     std::ofstream(path, std::ios::binary) << data;
     return path;
   };
-  expect_error<FileError>([&] { load_npy(write(tmp("trunc.npy"), bytes.substr(0, bytes.size() - 3))); },
-                          {"trunc.npy", "needs 16 bytes"});
+  expect_error<FileError>(
+      [&] { load_npy(write(tmp("trunc.npy"), bytes.substr(0, bytes.size() - 3))); },
+      {"trunc.npy", "needs 16 bytes"});
   expect_error<FileError>([&] { load_npy(write(tmp("magic.npy"), "hello world, not numpy")); },
                           {"bad magic"});
   std::string fortran = bytes;

@@ -26,11 +26,17 @@ TEST(Reshape, InfersMinusOneAndSharesData) {
   EXPECT_EQ(out.shape(), Shape({2, 3, 2}));
   EXPECT_EQ(out.to_vector<float>(), in.to_vector<float>());
   EXPECT_EQ(reshape(g.constant(Tensor::zeros(f32, {0, 4})), {-1, 2}).shape(), Shape({0, 2}));
-  expect_error<GraphError>([&] { reshape(g.constant(Tensor::zeros(f32, {0, 4})), {0, -1}); },
-                           {"[reshape]", "cannot reshape"});
+  expect_error<GraphError>(
+      [&] {
+        reshape(g.constant(Tensor::zeros(f32, {0, 4})), {0, -1});
+      },
+      {"[reshape]", "cannot reshape"});
   Session s(g);
-  expect_error<GraphError>([&] { s.run({{x, Tensor::zeros(f32, {1, 6})}}, {reshape(x, {4, -1})}); },
-                           {"[reshape]", "[1, 6]", "6 elements"});
+  expect_error<GraphError>(
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {1, 6})}}, {reshape(x, {4, -1})});
+      },
+      {"[reshape]", "[1, 6]", "6 elements"});
 }
 
 TEST(Transpose, EveryPermutationOfRank3AndLarge2D) {
@@ -44,7 +50,8 @@ TEST(Transpose, EveryPermutationOfRank3AndLarge2D) {
     std::vector<int64_t> strides = in.shape().strides();
     for (int64_t i = 0; i < out.numel(); ++i) {
       std::vector<int64_t> idx = testing::unravel(i, expected_shape);
-      int64_t src = idx[0] * strides[perm[0]] + idx[1] * strides[perm[1]] + idx[2] * strides[perm[2]];
+      int64_t src =
+          idx[0] * strides[perm[0]] + idx[1] * strides[perm[1]] + idx[2] * strides[perm[2]];
       ASSERT_EQ(out.element(i), src) << attr_to_string(perm);
     }
   } while (std::next_permutation(perm.begin(), perm.end()));
@@ -54,7 +61,8 @@ TEST(Transpose, EveryPermutationOfRank3AndLarge2D) {
   ASSERT_EQ(t.shape(), Shape({517, 301}));
   for (int64_t i = 0; i < 517; i += 37)
     for (int64_t j = 0; j < 301; j += 13) ASSERT_EQ(t.element(i * 301 + j), j * 517 + i);
-  EXPECT_EQ(testing::run1(g, transpose(g.constant(Tensor::zeros(u8, {0, 3})))).shape(), Shape({3, 0}));
+  EXPECT_EQ(testing::run1(g, transpose(g.constant(Tensor::zeros(u8, {0, 3})))).shape(),
+            Shape({3, 0}));
 }
 
 TEST(BroadcastTo, StretchesSizeOneDimsAndPrependsDims) {
@@ -63,7 +71,8 @@ TEST(BroadcastTo, StretchesSizeOneDimsAndPrependsDims) {
   Tensor y = testing::run1(g, broadcast_to(x, {2, 3, 2}));
   EXPECT_EQ(y.to_vector<int64_t>(), (std::vector<int64_t>{1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}));
   Value b = g.constant(Tensor::from_vector<bool>({true, false}));
-  EXPECT_EQ(testing::run1(g, broadcast_to(b, {2, 2})).to_vector<int>(), (std::vector<int>{1, 0, 1, 0}));
+  EXPECT_EQ(testing::run1(g, broadcast_to(b, {2, 2})).to_vector<int>(),
+            (std::vector<int>{1, 0, 1, 0}));
   expect_error<GraphError>([&] { broadcast_to(x, {3}); }, {"cannot broadcast [3, 1] to [3]"});
 }
 
@@ -80,8 +89,11 @@ TEST(Concat, JoinsAlongAnyAxisIncludingEmptyPieces) {
   Value p = g.placeholder("p", f32, {-1, 3});
   EXPECT_EQ(concat({p, va}, 0).shape(), Shape({-1, 3}));
   expect_error<GraphError>([&] { concat({va, vb}, 0); }, {"[concat]", "dim 1 differs"});
-  expect_error<GraphError>([&] { concat({va, g.constant(Tensor::zeros(i32, {2, 3}))}, 0); },
-                           {"f32", "i32"});
+  expect_error<GraphError>(
+      [&] {
+        concat({va, g.constant(Tensor::zeros(i32, {2, 3}))}, 0);
+      },
+      {"f32", "i32"});
 }
 
 TEST(Split, SizesAndEqualPieces) {
@@ -116,7 +128,7 @@ TEST(Slice, PythonSemantics) {
   check({0, 1}, {kSliceEnd, kSliceEnd}, {2, 2}, {2, 2}, {1, 3, 11, 13});
   check({-1, -2}, {kSliceEnd, kSliceEnd}, {}, {1, 2}, {18, 19});
   check({-100, 3}, {100, 100}, {3, 1}, {2, 2}, {3, 4, 18, 19});  // clamped
-  check({3, 0}, {1, 5}, {}, {0, 5}, {});                          // empty
+  check({3, 0}, {1, 5}, {}, {0, 5}, {});                         // empty
   Value p = g.placeholder("p", f32, {-1, 5});
   EXPECT_EQ(slice(p, {0, 1}, {2, 3}).shape(), Shape({-1, 2}));
 }
@@ -148,7 +160,8 @@ TEST(Cast, AllPairsOfDtypes) {
     ASSERT_EQ(y.dtype(), to);
     for (int64_t i = 0; i < in.numel(); ++i) {
       double v = in.element(i);
-      double expected = dispatch_all(to, [&](auto tag) { return convert<double>(convert<decltype(tag)>(v)); });
+      double expected =
+          dispatch_all(to, [&](auto tag) { return convert<double>(convert<decltype(tag)>(v)); });
       EXPECT_EQ(y.element(i), expected) << to << " " << v;
     }
     // And back to f64 from every dtype.
@@ -161,7 +174,8 @@ TEST(Sources, FillIotaConstantIdentity) {
   Graph g;
   EXPECT_EQ(testing::run1(g, fill(g, {2, 2}, 7.5, f64)).to_vector<double>(),
             (std::vector<double>{7.5, 7.5, 7.5, 7.5}));
-  EXPECT_EQ(testing::run1(g, fill(g, {3}, 1, boolean)).to_vector<int>(), (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(testing::run1(g, fill(g, {3}, 1, boolean)).to_vector<int>(),
+            (std::vector<int>{1, 1, 1}));
   EXPECT_EQ(testing::run1(g, iota(g, {2, 3}, 1, i32)).to_vector<int>(),
             (std::vector<int>{0, 1, 2, 0, 1, 2}));
   EXPECT_EQ(testing::run1(g, iota(g, {2, 3}, 0)).to_vector<float>(),

@@ -37,8 +37,8 @@ TEST(Unary, EveryOpMatchesReferenceOnEveryDtypeAndShape) {
     std::vector<DType> dtypes = {f32, f64};
     if (c.integers) dtypes.insert(dtypes.end(), {i32, i64});
     for (DType dtype : dtypes) {
-      for (const Shape& shape : {Shape{}, Shape{0}, Shape{1}, Shape{3, 0, 2}, Shape{7, 13},
-                                 Shape{100003}}) {
+      for (const Shape& shape :
+           {Shape{}, Shape{0}, Shape{1}, Shape{3, 0, 2}, Shape{7, 13}, Shape{100003}}) {
         Graph g;
         Tensor input = random_tensor(dtype, shape, c.low, c.high, 11);
         Value x = g.placeholder("x", dtype, shape);
@@ -52,8 +52,7 @@ TEST(Unary, EveryOpMatchesReferenceOnEveryDtypeAndShape) {
           expected.push_back(dtype == f32 ? static_cast<float>(r) : r);
         }
         double rtol = is_integer(dtype) ? 0 : (dtype == f32 ? 4e-6 : 1e-13);
-        expect_near(expected, y, rtol, dtype == f32 ? 1e-37 : 0,
-                    str(c.op, " ", dtype, shape));
+        expect_near(expected, y, rtol, dtype == f32 ? 1e-37 : 0, str(c.op, " ", dtype, shape));
       }
     }
   }
@@ -94,11 +93,19 @@ const std::vector<BinaryCase>& binary_cases() {
 // Broadcasting corners: equal shapes, scalars, size-0 and size-1 dims, both sides stretching,
 // rank differences, and a large case that runs in parallel.
 const std::vector<std::pair<Shape, Shape>>& broadcast_pairs() {
-  static const std::vector<std::pair<Shape, Shape>> pairs = {
-      {{}, {}},           {{5}, {5}},          {{}, {4}},          {{4}, {}},
-      {{2, 3}, {3}},      {{2, 1}, {1, 3}},    {{3, 1, 4}, {2, 1}}, {{0, 3}, {3}},
-      {{1, 0}, {5, 1}},   {{1}, {1, 1, 1}},    {{4, 1, 6}, {4, 5, 6}}, {{300, 257}, {257}},
-      {{257, 1}, {257, 300}}};
+  static const std::vector<std::pair<Shape, Shape>> pairs = {{{}, {}},
+                                                             {{5}, {5}},
+                                                             {{}, {4}},
+                                                             {{4}, {}},
+                                                             {{2, 3}, {3}},
+                                                             {{2, 1}, {1, 3}},
+                                                             {{3, 1, 4}, {2, 1}},
+                                                             {{0, 3}, {3}},
+                                                             {{1, 0}, {5, 1}},
+                                                             {{1}, {1, 1, 1}},
+                                                             {{4, 1, 6}, {4, 5, 6}},
+                                                             {{300, 257}, {257}},
+                                                             {{257, 1}, {257, 300}}};
   return pairs;
 }
 
@@ -153,8 +160,10 @@ TEST(Binary, IntegerSemantics) {
   // Signed overflow wraps around (two's complement), as in NumPy and PyTorch.
   Value big = g.constant(Tensor::from_vector<int32_t>({INT32_MAX, INT32_MIN}));
   Value one = g.constant(Tensor::from_vector<int32_t>({1}));
-  EXPECT_EQ(testing::run1(g, big + one).to_vector<int32_t>(), (std::vector<int32_t>{INT32_MIN, INT32_MIN + 1}));
-  EXPECT_EQ(testing::run1(g, -big).to_vector<int32_t>(), (std::vector<int32_t>{-INT32_MAX, INT32_MIN}));
+  EXPECT_EQ(testing::run1(g, big + one).to_vector<int32_t>(),
+            (std::vector<int32_t>{INT32_MIN, INT32_MIN + 1}));
+  EXPECT_EQ(testing::run1(g, -big).to_vector<int32_t>(),
+            (std::vector<int32_t>{-INT32_MAX, INT32_MIN}));
   // INT_MIN * (INT_MIN - 1) = -2^31 (2^31 - 1) = 2^31 (mod 2^32) = INT_MIN
   EXPECT_EQ(testing::run1(g, big * (big - one)).to_vector<int32_t>()[1], INT32_MIN);
 }
@@ -196,8 +205,11 @@ TEST(Elementwise, CpuKernelsRejectHalfPrecisionClearly) {
   Value x = g.placeholder("h", f16, {2});
   Value y = exp(x);
   Session s(g);
-  testing::expect_error([&] { s.run({{x, Tensor::zeros(f16, {2})}}, {y}); },
-                        {"[exp] exp", "no CPU kernel for f16"});
+  testing::expect_error(
+      [&] {
+        s.run({{x, Tensor::zeros(f16, {2})}}, {y});
+      },
+      {"[exp] exp", "no CPU kernel for f16"});
 }
 
 }  // namespace

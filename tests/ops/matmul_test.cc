@@ -35,13 +35,13 @@ TEST(Matmul, MatchesReferenceForShapesFlagsAndBatches) {
     bool ta, tb;
   };
   std::vector<Case> cases = {
-      {{3, 4}, {4, 5}, false, false},   {{4, 3}, {4, 5}, true, false},
-      {{3, 4}, {5, 4}, false, true},    {{4, 3}, {5, 4}, true, true},
-      {{1, 1}, {1, 1}, false, false},   {{1, 7}, {7, 1}, false, false},
-      {{0, 4}, {4, 5}, false, false},   {{3, 0}, {0, 5}, false, false},
+      {{3, 4}, {4, 5}, false, false},       {{4, 3}, {4, 5}, true, false},
+      {{3, 4}, {5, 4}, false, true},        {{4, 3}, {5, 4}, true, true},
+      {{1, 1}, {1, 1}, false, false},       {{1, 7}, {7, 1}, false, false},
+      {{0, 4}, {4, 5}, false, false},       {{3, 0}, {0, 5}, false, false},
       {{2, 3, 4}, {2, 4, 5}, false, false}, {{2, 3, 4}, {4, 5}, false, false},
-      {{3, 4}, {6, 4, 2}, false, false}, {{2, 1, 3, 4}, {1, 5, 4, 2}, false, false},
-      {{2, 4, 3}, {2, 2, 4}, true, true}, {{67, 129}, {129, 33}, false, false}};
+      {{3, 4}, {6, 4, 2}, false, false},    {{2, 1, 3, 4}, {1, 5, 4, 2}, false, false},
+      {{2, 4, 3}, {2, 2, 4}, true, true},   {{67, 129}, {129, 33}, false, false}};
   for (DType dtype : {f32, f64}) {
     for (const Case& c : cases) {
       Graph g;
@@ -75,7 +75,9 @@ TEST(Matmul, ShapesAndErrors) {
   Value w = g.placeholder("w", f32, {-1, 2});
   Session s(g);
   testing::expect_error<GraphError>(
-      [&] { s.run({{x, Tensor::zeros(f32, {2, 4})}, {w, Tensor::zeros(f32, {3, 2})}}, {matmul(x, w)}); },
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {2, 4})}, {w, Tensor::zeros(f32, {3, 2})}}, {matmul(x, w)});
+      },
       {"[matmul]", "inner dimensions differ", "[2, 4]", "[3, 2]", "with x f32[2, 4]"});
 }
 

@@ -18,8 +18,10 @@ TEST(Softmax, MatchesReferenceOnAnyAxisAndIsStable) {
         std::vector<int64_t> idx = testing::unravel(i, shape);
         double m = -INFINITY, total = 0;
         std::vector<int64_t> j = idx;
-        for (j[a] = 0; j[a] < shape[a]; ++j[a]) m = std::max(m, in.element((j[0] * 4 + j[1]) * 5 + j[2]));
-        for (j[a] = 0; j[a] < shape[a]; ++j[a]) total += std::exp(in.element((j[0] * 4 + j[1]) * 5 + j[2]) - m);
+        for (j[a] = 0; j[a] < shape[a]; ++j[a])
+          m = std::max(m, in.element((j[0] * 4 + j[1]) * 5 + j[2]));
+        for (j[a] = 0; j[a] < shape[a]; ++j[a])
+          total += std::exp(in.element((j[0] * 4 + j[1]) * 5 + j[2]) - m);
         expected_sm.push_back(std::exp(in.element(i) - m) / total);
         expected_lsm.push_back(in.element(i) - m - std::log(total));
       }
@@ -53,7 +55,9 @@ TEST(CrossEntropy, MatchesReferenceAndRejectsBadLabels) {
   testing::expect_error([&] { testing::run1(g, softmax_cross_entropy(z, bad)); },
                         {"[softmax_cross_entropy]", "label 6 at position 1", "[0, 6)"});
   testing::expect_error<GraphError>(
-      [&] { softmax_cross_entropy(z, g.constant(Tensor::from_vector<int64_t>({1, 2}))); },
+      [&] {
+        softmax_cross_entropy(z, g.constant(Tensor::from_vector<int64_t>({1, 2})));
+      },
       {"batch sizes differ"});
   testing::expect_error<GraphError>([&] { softmax_cross_entropy(z, z); }, {"labels", "f64"});
 }

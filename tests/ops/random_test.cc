@@ -8,13 +8,15 @@ namespace {
 TEST(Random, SameSeedSameNumbersOnEveryThreadCount) {
   for (bool normal : {false, true}) {
     Graph g;
-    Value r = normal ? random_normal(g, {1000, 257}, 0, 1, 42) : random_uniform(g, {1000, 257}, -1, 1, 42);
+    Value r = normal ? random_normal(g, {1000, 257}, 0, 1, 42)
+                     : random_uniform(g, {1000, 257}, -1, 1, 42);
     Tensor one = testing::run1(g, r, {}, 1);
     Tensor two = testing::run1(g, r, {}, 2);
     Tensor again = testing::run1(g, r, {}, 4);
     EXPECT_TRUE(equal_bits(one, two));
     EXPECT_TRUE(equal_bits(one, again));
-    Value other = normal ? random_normal(g, {1000, 257}, 0, 1, 43) : random_uniform(g, {1000, 257}, -1, 1, 43);
+    Value other = normal ? random_normal(g, {1000, 257}, 0, 1, 43)
+                         : random_uniform(g, {1000, 257}, -1, 1, 43);
     EXPECT_FALSE(equal_bits(one, testing::run1(g, other)));
   }
 }

@@ -24,9 +24,12 @@ std::vector<double> reference_reduce(const Tensor& x, const std::vector<int64_t>
     for (int64_t d = 0; d < s.rank(); ++d)
       if (std::find(axes.begin(), axes.end(), d) == axes.end()) o = o * s[d] + idx[d];
     double v = x.element(i);
-    if (kind == "max") acc[o] = std::max(acc[o], v);
-    else if (kind == "min") acc[o] = std::min(acc[o], v);
-    else acc[o] += v;
+    if (kind == "max")
+      acc[o] = std::max(acc[o], v);
+    else if (kind == "min")
+      acc[o] = std::min(acc[o], v);
+    else
+      acc[o] += v;
     ++count[o];
   }
   if (kind == "mean")

@@ -28,7 +28,8 @@ std::string join(const std::vector<int64_t>& v) {
 // Builds a Kiln graph while recording its spec.
 class CaseBuilder {
  public:
-  CaseBuilder(std::string dir, DType dtype, uint32_t seed) : dir_(std::move(dir)), dtype_(dtype), rng_(seed) {}
+  CaseBuilder(std::string dir, DType dtype, uint32_t seed)
+      : dir_(std::move(dir)), dtype_(dtype), rng_(seed) {}
 
   Value input(const Shape& shape, double low = -1, double high = 1) {
     Tensor t = random(shape, low, high);
@@ -73,8 +74,10 @@ class CaseBuilder {
     std::uniform_real_distribution<double> dist(low, high);
     Tensor t = Tensor::empty(dtype_, shape);
     for (int64_t i = 0; i < t.numel(); ++i) {
-      if (dtype_ == f32) t.data<float>()[i] = static_cast<float>(dist(rng_));
-      else t.data<double>()[i] = dist(rng_);
+      if (dtype_ == f32)
+        t.data<float>()[i] = static_cast<float>(dist(rng_));
+      else
+        t.data<double>()[i] = dist(rng_);
     }
     return t;
   }
@@ -123,19 +126,36 @@ using OpCase = std::function<Value(CaseBuilder&)>;
 // One case per op (and per interesting attribute setting).
 std::vector<std::pair<std::string, OpCase>> single_op_cases() {
   std::vector<std::pair<std::string, OpCase>> cases;
-  struct Unary { const char* op; double lo, hi; };
-  for (Unary u : {Unary{"neg", -2, 2}, {"abs", -2, 2}, {"square", -2, 2}, {"relu", -2, 2},
-                  {"exp", -2, 2}, {"log", 0.2, 3}, {"sqrt", 0.2, 3}, {"rsqrt", 0.2, 3},
-                  {"tanh", -2, 2}, {"sigmoid", -4, 4}, {"gelu", -4, 4}, {"sin", -3, 3},
-                  {"cos", -3, 3}, {"sign", -2, 2}}) {
-    cases.emplace_back(u.op, [u](CaseBuilder& b) { return b.op(u.op, {b.input({3, 5}, u.lo, u.hi)}, {}); });
+  struct Unary {
+    const char* op;
+    double lo, hi;
+  };
+  for (Unary u : {Unary{"neg", -2, 2},
+                  {"abs", -2, 2},
+                  {"square", -2, 2},
+                  {"relu", -2, 2},
+                  {"exp", -2, 2},
+                  {"log", 0.2, 3},
+                  {"sqrt", 0.2, 3},
+                  {"rsqrt", 0.2, 3},
+                  {"tanh", -2, 2},
+                  {"sigmoid", -4, 4},
+                  {"gelu", -4, 4},
+                  {"sin", -3, 3},
+                  {"cos", -3, 3},
+                  {"sign", -2, 2}}) {
+    cases.emplace_back(u.op, [u](CaseBuilder& b) {
+      return b.op(u.op, {b.input({3, 5}, u.lo, u.hi)}, {});
+    });
   }
   for (const char* op : {"add", "sub", "mul", "div", "maximum", "minimum"}) {
     cases.emplace_back(op, [op](CaseBuilder& b) {
       return b.op(op, {b.input({2, 3, 4}, 0.2, 2), b.input({3, 1}, 0.2, 2)}, {});
     });
   }
-  cases.emplace_back("pow", [](CaseBuilder& b) { return b.op("pow", {b.input({3, 4}, 0.3, 2), b.input({4}, -1.5, 2)}, {}); });
+  cases.emplace_back("pow", [](CaseBuilder& b) {
+    return b.op("pow", {b.input({3, 4}, 0.3, 2), b.input({4}, -1.5, 2)}, {});
+  });
   cases.emplace_back("where", [](CaseBuilder& b) {
     Value c = b.op("greater", {b.input({4, 1}), b.scalar(0)}, {});
     return b.op("where", {c, b.input({4, 3}), b.input({3})}, {});
@@ -162,17 +182,20 @@ std::vector<std::pair<std::string, OpCase>> single_op_cases() {
     return b.op("reshape", {b.input({2, 6})}, {{"shape", Shape{3, -1}}}, "shape=3,-1");
   });
   cases.emplace_back("transpose", [](CaseBuilder& b) {
-    return b.op("transpose", {b.input({2, 3, 4})}, {{"perm", std::vector<int64_t>{2, 0, 1}}}, "perm=2,0,1");
+    return b.op("transpose", {b.input({2, 3, 4})}, {{"perm", std::vector<int64_t>{2, 0, 1}}},
+                "perm=2,0,1");
   });
   cases.emplace_back("broadcast_to", [](CaseBuilder& b) {
     return b.op("broadcast_to", {b.input({3, 1})}, {{"shape", Shape{2, 3, 4}}}, "shape=2,3,4");
   });
   cases.emplace_back("concat", [](CaseBuilder& b) {
-    return b.op("concat", {b.input({2, 3}), b.input({2, 1}), b.input({2, 2})}, {{"axis", int64_t{1}}}, "axis=1");
+    return b.op("concat", {b.input({2, 3}), b.input({2, 1}), b.input({2, 2})},
+                {{"axis", int64_t{1}}}, "axis=1");
   });
   cases.emplace_back("slice", [](CaseBuilder& b) {
     return b.op("slice", {b.input({5, 6})},
-                {{"begin", std::vector<int64_t>{1, -5}}, {"end", std::vector<int64_t>{kSliceEnd, 6}},
+                {{"begin", std::vector<int64_t>{1, -5}},
+                 {"end", std::vector<int64_t>{kSliceEnd, 6}},
                  {"step", std::vector<int64_t>{2, 2}}},
                 str("begin=1,-5 end=", kSliceEnd, ",6 step=2,2"));
   });
@@ -199,16 +222,24 @@ Value random_composite(CaseBuilder& b) {
   std::vector<Value> pool = {b.input({3, 4}), b.input({4}), b.input({3, 1})};
   auto any = [&]() { return pool[pick(static_cast<int>(pool.size()))]; };
   // Keeps log/sqrt/div arguments away from 0: x^2 + 0.5.
-  auto positive = [&](Value v) { return b.op("add", {b.op("square", {v}, {}), b.scalar(0.5)}, {}); };
+  auto positive = [&](Value v) {
+    return b.op("add", {b.op("square", {v}, {}), b.scalar(0.5)}, {});
+  };
   const char* smooth[] = {"tanh", "sigmoid", "gelu", "sin", "cos", "exp", "neg", "square"};
   const char* binary[] = {"add", "sub", "mul", "maximum", "minimum"};
   int steps = 6 + pick(9);
   for (int s = 0; s < steps; ++s) {
     Value a = any(), v;
     switch (pick(9)) {
-      case 0: case 1: v = b.op(smooth[pick(8)], {a}, {}); break;
-      case 2: v = b.op(pick(2) ? "log" : "sqrt", {positive(a)}, {}); break;
-      case 3: case 4: {
+      case 0:
+      case 1:
+        v = b.op(smooth[pick(8)], {a}, {});
+        break;
+      case 2:
+        v = b.op(pick(2) ? "log" : "sqrt", {positive(a)}, {});
+        break;
+      case 3:
+      case 4: {
         Value c = any();
         Shape out;
         if (!broadcast_shapes(a.shape(), c.shape(), &out)) c = a;
@@ -243,7 +274,8 @@ Value random_composite(CaseBuilder& b) {
         const char* ops[] = {"sum", "mean", "max"};
         const char* op = ops[pick(3)];
         int64_t axis = a.shape().rank() > 0 ? pick(static_cast<int>(a.shape().rank())) : 0;
-        std::vector<int64_t> axes = a.shape().rank() > 0 ? std::vector<int64_t>{axis} : std::vector<int64_t>{};
+        std::vector<int64_t> axes =
+            a.shape().rank() > 0 ? std::vector<int64_t>{axis} : std::vector<int64_t>{};
         v = b.op(op, {a}, {{"axes", axes}, {"keepdims", true}},
                  str("axes=", join(axes), " keepdims=1"));
       }
@@ -253,7 +285,8 @@ Value random_composite(CaseBuilder& b) {
   // Combine the last two values so more than one branch reaches the output.
   Value last = pool.back(), other = pool[pool.size() - 2];
   Shape out;
-  return broadcast_shapes(last.shape(), other.shape(), &out) ? b.op("add", {last, other}, {}) : last;
+  return broadcast_shapes(last.shape(), other.shape(), &out) ? b.op("add", {last, other}, {})
+                                                             : last;
 }
 
 }  // namespace

@@ -34,7 +34,8 @@ std::vector<double> train_losses(int threads) {
 
 TEST(Determinism, TrainingIsRepeatableWithThreads) {
   const std::vector<double> first = train_losses(2);
-  for (int repeat = 0; repeat < 3; ++repeat) EXPECT_EQ(train_losses(2), first) << "repeat " << repeat;
+  for (int repeat = 0; repeat < 3; ++repeat)
+    EXPECT_EQ(train_losses(2), first) << "repeat " << repeat;
   EXPECT_LT(first.back(), first.front());
 }
 

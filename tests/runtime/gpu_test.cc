@@ -10,10 +10,10 @@
 namespace kiln {
 namespace {
 
-#define KILN_REQUIRE_GPU()                                                         \
-  do {                                                                             \
-    if (cuda_availability().device_count == 0)                                     \
-      GTEST_SKIP() << "no usable GPU: " << cuda_availability().reason;             \
+#define KILN_REQUIRE_GPU()                                             \
+  do {                                                                 \
+    if (cuda_availability().device_count == 0)                         \
+      GTEST_SKIP() << "no usable GPU: " << cuda_availability().reason; \
   } while (0)
 
 TEST(Gpu, BestDeviceIsTheGpu) {
@@ -30,10 +30,12 @@ TEST(Gpu, StreamsAndEventsOrderWork) {
   int* device = nullptr;
   KILN_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device), sizeof(int)), "test");
   int value = 42, back = 0;
-  KILN_CUDA_CHECK(cudaMemcpyAsync(device, &value, sizeof(int), cudaMemcpyHostToDevice, a.get()), "test");
+  KILN_CUDA_CHECK(cudaMemcpyAsync(device, &value, sizeof(int), cudaMemcpyHostToDevice, a.get()),
+                  "test");
   done.record(a);
   done.wait_on(b);
-  KILN_CUDA_CHECK(cudaMemcpyAsync(&back, device, sizeof(int), cudaMemcpyDeviceToHost, b.get()), "test");
+  KILN_CUDA_CHECK(cudaMemcpyAsync(&back, device, sizeof(int), cudaMemcpyDeviceToHost, b.get()),
+                  "test");
   b.synchronize();
   EXPECT_EQ(back, 42);
   cudaFree(device);
@@ -41,9 +43,8 @@ TEST(Gpu, StreamsAndEventsOrderWork) {
 
 TEST(Gpu, CudaErrorsNameTheCall) {
   KILN_REQUIRE_GPU();
-  testing::expect_error<DeviceError>(
-      [] { KILN_CUDA_CHECK(cudaSetDevice(1 << 20), "node x"); },
-      {"[cuda] node x", "cudaSetDevice", "cudaErrorInvalidDevice"});
+  testing::expect_error<DeviceError>([] { KILN_CUDA_CHECK(cudaSetDevice(1 << 20), "node x"); },
+                                     {"[cuda] node x", "cudaSetDevice", "cudaErrorInvalidDevice"});
 }
 #endif
 

@@ -22,13 +22,27 @@ struct RandomModel {
       Value a = pool[rng() % pool.size()];
       Value v;
       switch (rng() % 7) {
-        case 0: v = matmul(a, w); break;
-        case 1: v = tanh(a) * 0.5 + a; break;
-        case 2: v = reshape(transpose(reshape(a, {-1, 4, 4}), {0, 2, 1}), {-1, 16}); break;
-        case 3: v = a - mean(a, {1}, true); break;
-        case 4: v = relu(a) + pool[rng() % pool.size()]; break;
-        case 5: v = softmax(a); break;
-        default: v = concat(split(a, 2, 1), 1) * 2.0; break;
+        case 0:
+          v = matmul(a, w);
+          break;
+        case 1:
+          v = tanh(a) * 0.5 + a;
+          break;
+        case 2:
+          v = reshape(transpose(reshape(a, {-1, 4, 4}), {0, 2, 1}), {-1, 16});
+          break;
+        case 3:
+          v = a - mean(a, {1}, true);
+          break;
+        case 4:
+          v = relu(a) + pool[rng() % pool.size()];
+          break;
+        case 5:
+          v = softmax(a);
+          break;
+        default:
+          v = concat(split(a, 2, 1), 1) * 2.0;
+          break;
       }
       pool.push_back(v);
     }
@@ -45,8 +59,8 @@ TEST(MemoryPlan, ValidOnRandomGraphsForEveryStreamCountAndSameResults) {
     std::vector<Tensor> reference;
     for (int streams : {1, 2, 4}) {
       for (bool in_place : {true, false}) {
-        SessionOptions options{.intra_op_threads = 2, .inter_op_threads = streams,
-                               .validate_memory_plan = true};
+        SessionOptions options{
+            .intra_op_threads = 2, .inter_op_threads = streams, .validate_memory_plan = true};
         options.passes.in_place = in_place;
         Session s(m.g, options);
         const Plan& plan = s.plan({{m.x, in}}, m.fetches, {m.train});
@@ -78,7 +92,8 @@ TEST(MemoryPlan, ValidatorCatchesOverlappingBuffers) {
     for (int32_t in_slot : st.input_slots)
       if (plan.slot_offset[in_slot] >= 0 && st.input_slots.size() >= 2) {
         for (int32_t other : st.input_slots)
-          if (other != in_slot && plan.slot_offset[other] >= 0 && plan.slot_offset[other] != plan.slot_offset[in_slot])
+          if (other != in_slot && plan.slot_offset[other] >= 0 &&
+              plan.slot_offset[other] != plan.slot_offset[in_slot])
             a = in_slot, b = other;
       }
   (void)step;
@@ -133,8 +148,11 @@ TEST(Streams, IndependentBranchesRunInParallelAndErrorsStopEveryStream) {
   // A data error in one branch: reported, no hang, the session still works.
   Value idx = g.placeholder("idx", i64, {2});
   Value bad = gather(left, idx) + gather(right, idx);
-  testing::expect_error([&] { s.run({{x, in}, {idx, Tensor::from_vector<int64_t>({0, 99})}}, {bad}); },
-                        {"[gather]", "index 99"});
+  testing::expect_error(
+      [&] {
+        s.run({{x, in}, {idx, Tensor::from_vector<int64_t>({0, 99})}}, {bad});
+      },
+      {"[gather]", "index 99"});
   EXPECT_NO_THROW(s.run({{x, in}, {idx, Tensor::from_vector<int64_t>({0, 1})}}, {bad}));
 }
 

@@ -35,7 +35,8 @@ TEST(Passes, ConstantFoldingComputesConstantSubgraphsOnce) {
   EXPECT_EQ(ops_of(after)["exp"], 0);
   EXPECT_EQ(ops_of(after)["add"], 1);  // only x + c is left
   EXPECT_EQ(ops_of(after)["constant"], 1);
-  testing::expect_near(testing::values(off.run({{x, in}}, {y})[0]), on.run({{x, in}}, {y})[0], 1e-7, 0, "folded");
+  testing::expect_near(testing::values(off.run({{x, in}}, {y})[0]), on.run({{x, in}}, {y})[0], 1e-7,
+                       0, "folded");
   // Variables and random seeds stay as they are: a variable is state, not a constant.
   Value v = g.variable("v", {3}, init::constant(1));
   const Plan& with_var = on.plan({}, {v * 2.0});
@@ -73,11 +74,11 @@ TEST(Passes, DeadCodeIsRemoved) {
 TEST(Passes, AlgebraicSimplificationRemovesNoOps) {
   Graph g;
   Value x = g.placeholder("x", f32, {2, 3});
-  Value y = transpose(transpose(x, {1, 0}), {1, 0});             // the identity
-  y = reshape(reshape(y, {3, 2}), {6});                           // one reshape
-  y = identity(y) * 1.0 + 0.0;                                    // nothing
-  y = cast(y, f32) - 0.0;                                         // nothing
-  Value z = sum_to(y, g.placeholder("like", f32, {6}));          // same shape: nothing
+  Value y = transpose(transpose(x, {1, 0}), {1, 0});     // the identity
+  y = reshape(reshape(y, {3, 2}), {6});                  // one reshape
+  y = identity(y) * 1.0 + 0.0;                           // nothing
+  y = cast(y, f32) - 0.0;                                // nothing
+  Value z = sum_to(y, g.placeholder("like", f32, {6}));  // same shape: nothing
   Session off(g, only(nullptr)), on(g, only(&PassOptions::algebraic_simplification));
   Tensor in = testing::random_tensor(f32, {2, 3}, -1, 1, 3), like = Tensor::zeros(f32, {6});
   FeedList feeds = {{x, in}, {g.value("like"), like}};
@@ -99,10 +100,10 @@ TEST(Passes, ElementwiseFusionMakesOneKernel) {
   Value x = g.placeholder("x", f32, {64, 32});
   Value b = g.placeholder("b", f32, {32});
   Value col = g.placeholder("col", f32, {64, 1});
-  Value h = relu(x * 2.0 + b);                        // scalar and row inputs: fusable
-  Value shared = tanh(h);                              // read twice: stays materialized
+  Value h = relu(x * 2.0 + b);  // scalar and row inputs: fusable
+  Value shared = tanh(h);       // read twice: stays materialized
   Value y = shared * sigmoid(shared) - where(greater(x, g.scalar(0, f32)), x, -x);
-  Value c = exp(x + col) * 3.0;                        // a column input: the add cannot fuse
+  Value c = exp(x + col) * 3.0;  // a column input: the add cannot fuse
   Tensor xin = testing::random_tensor(f32, {64, 32}, -2, 2, 4);
   Tensor bin = testing::random_tensor(f32, {32}, -1, 1, 5);
   Tensor cin = testing::random_tensor(f32, {64, 1}, -1, 1, 6);
@@ -148,14 +149,21 @@ TEST(Passes, RandomGraphsGiveTheSameResultsWithAndWithoutPasses) {
       Value a = pool[rng() % pool.size()];
       Value v;
       switch (rng() % 5) {
-        case 0: case 1: v = g.add(unary[rng() % 8], {a}); break;
-        case 2: case 3: {
+        case 0:
+        case 1:
+          v = g.add(unary[rng() % 8], {a});
+          break;
+        case 2:
+        case 3: {
           Value b = pool[rng() % pool.size()];
           Shape out;
-          v = broadcast_shapes(a.shape(), b.shape(), &out) ? g.add(binary[rng() % 5], {a, b}) : a * 1.0;
+          v = broadcast_shapes(a.shape(), b.shape(), &out) ? g.add(binary[rng() % 5], {a, b})
+                                                           : a * 1.0;
           break;
         }
-        default: v = a.shape().rank() == 2 ? sum(a, {1}, true) + 0.0 : transpose(transpose(a)); break;
+        default:
+          v = a.shape().rank() == 2 ? sum(a, {1}, true) + 0.0 : transpose(transpose(a));
+          break;
       }
       pool.push_back(v);
     }

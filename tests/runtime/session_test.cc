@@ -26,24 +26,37 @@ TEST(Session, FeedErrorsNameThePlaceholder) {
   Value x = g.placeholder("images", f32, {-1, 784});
   Value y = relu(x);
   Session s(g);
-  expect_error<FeedError>([&] { s.run({}, {y}); },
-                          {"[session]", "placeholder 'images'", "f32[?, 784]", "must be fed",
-                           "fetch 'relu'"});
-  expect_error<FeedError>([&] { s.run({{x, Tensor::zeros(f64, {2, 784})}}, {y}); },
-                          {"placeholder 'images'", "dtype f64", "f32"});
-  expect_error<FeedError>([&] { s.run({{x, Tensor::zeros(f32, {2, 783})}}, {y}); },
-                          {"placeholder 'images'", "shape [2, 783]", "[?, 784]"});
-  expect_error<FeedError>([&] { s.run({{x, Tensor::zeros(f32, {784})}}, {y}); },
-                          {"placeholder 'images'", "shape [784]"});
+  expect_error<FeedError>([&] { s.run({}, {y}); }, {"[session]", "placeholder 'images'",
+                                                    "f32[?, 784]", "must be fed", "fetch 'relu'"});
   expect_error<FeedError>(
-      [&] { s.run({{x, Tensor::zeros(f32, {1, 784})}, {x, Tensor::zeros(f32, {1, 784})}}, {y}); },
+      [&] {
+        s.run({{x, Tensor::zeros(f64, {2, 784})}}, {y});
+      },
+      {"placeholder 'images'", "dtype f64", "f32"});
+  expect_error<FeedError>(
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {2, 783})}}, {y});
+      },
+      {"placeholder 'images'", "shape [2, 783]", "[?, 784]"});
+  expect_error<FeedError>(
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {784})}}, {y});
+      },
+      {"placeholder 'images'", "shape [784]"});
+  expect_error<FeedError>(
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {1, 784})}, {x, Tensor::zeros(f32, {1, 784})}}, {y});
+      },
       {"fed twice"});
   expect_error<FeedError>([&] { s.run({{x, Tensor()}}, {y}); }, {"undefined tensor"});
   Graph other;
   Value z = other.placeholder("z", f32, {1});
   expect_error<FeedError>([&] { s.run({}, {z}); }, {"not a value of this session's graph"});
-  expect_error<FeedError>([&] { s.run({{z, Tensor::zeros(f32, {1})}}, {y}); },
-                          {"not a value of this session's graph"});
+  expect_error<FeedError>(
+      [&] {
+        s.run({{z, Tensor::zeros(f32, {1})}}, {y});
+      },
+      {"not a value of this session's graph"});
 }
 
 TEST(Session, PrunesToWhatTheFetchesNeed) {
@@ -66,8 +79,11 @@ TEST(Session, FeedingAnIntermediateValueReplacesIt) {
   // x need not be fed when everything downstream of it is fed.
   Tensor y = s.run({{hidden, Tensor::from_vector<float>({1, 2})}}, {out, hidden})[0];
   EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{2, 4}));
-  expect_error<FeedError>([&] { s.run({{hidden, Tensor::zeros(f32, {3})}}, {out}); },
-                          {"value 'exp'", "shape [3]"});
+  expect_error<FeedError>(
+      [&] {
+        s.run({{hidden, Tensor::zeros(f32, {3})}}, {out});
+      },
+      {"value 'exp'", "shape [3]"});
 }
 
 TEST(Session, TargetsRunAndMultipleOutputsWork) {

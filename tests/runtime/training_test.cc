@@ -7,7 +7,9 @@ namespace {
 
 using testing::expect_error;
 
-std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+std::string tmp(const std::string& name) {
+  return std::string(KILN_TEST_TMP) + "/" + name;
+}
 
 TEST(Variables, InitializersAreSeededAndHaveTheRightScale) {
   Graph g;
@@ -35,9 +37,14 @@ TEST(Variables, InitializersAreSeededAndHaveTheRightScale) {
   // A second session starts from the same initial values.
   Session other(g);
   EXPECT_TRUE(equal_bits(h, other.variable_value(he)));
-  expect_error<GraphError>([&] { g.variable("bad", {2}, {"orthogonal", {}, 0}); }, {"unknown initializer 'orthogonal'"});
+  expect_error<GraphError>(
+      [&] {
+        g.variable("bad", {2}, {"orthogonal", {}, 0});
+      },
+      {"unknown initializer 'orthogonal'"});
   expect_error<GraphError>([&] { g.variable("bad2", {-1, 2}, init::zeros()); }, {"fully known"});
-  expect_error<GraphError>([&] { g.variable("bad3", {2}, init::uniform(1, 0, 0)); }, {"low < high"});
+  expect_error<GraphError>([&] { g.variable("bad3", {2}, init::uniform(1, 0, 0)); },
+                           {"low < high"});
 }
 
 TEST(Variables, AssignOrderingAndFetchedValuesAreSnapshots) {
@@ -54,7 +61,8 @@ TEST(Variables, AssignOrderingAndFetchedValuesAreSnapshots) {
   EXPECT_EQ(s.variable_value(v).to_vector<float>(), (std::vector<float>{5, 5}));
   s.set_variable(v, Tensor::from_vector<float>({7, 8}));
   EXPECT_EQ(s.variable_value(v).to_vector<float>(), (std::vector<float>{7, 8}));
-  expect_error<FeedError>([&] { s.set_variable(v, Tensor::zeros(f32, {3})); }, {"variable 'v'", "[2]", "[3]"});
+  expect_error<FeedError>([&] { s.set_variable(v, Tensor::zeros(f32, {3})); },
+                          {"variable 'v'", "[2]", "[3]"});
   Value c = g.constant(Tensor::zeros(f32, {2}));
   expect_error<GraphError>([&] { assign(c, c); }, {"[assign]", "must be a variable", "constant"});
 }
@@ -82,7 +90,11 @@ TEST(Optimizers, OneStepMatchesTheFormulas) {
         buf[i] = 0.9 * buf[i] + d;
         p[i] -= lr * (d + 0.9 * buf[i]);
       }
-    auto got = run([&] { return optim::SGD({.lr = lr, .momentum = 0.9, .nesterov = true, .weight_decay = 0.01}); }, 2);
+    auto got = run(
+        [&] {
+          return optim::SGD({.lr = lr, .momentum = 0.9, .nesterov = true, .weight_decay = 0.01});
+        },
+        2);
     for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-14);
   }
   for (bool decoupled : {false, true}) {  // Adam / AdamW: three steps.
@@ -94,7 +106,8 @@ TEST(Optimizers, OneStepMatchesTheFormulas) {
         if (decoupled) p[i] *= 1 - lr * wd;
         m[i] = 0.9 * m[i] + 0.1 * d;
         v[i] = 0.999 * v[i] + 0.001 * d * d;
-        p[i] -= lr * (m[i] / (1 - std::pow(0.9, t))) / (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
+        p[i] -= lr * (m[i] / (1 - std::pow(0.9, t))) /
+                (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
       }
     auto got = decoupled ? run([&] { return optim::AdamW({.lr = lr, .weight_decay = wd}); }, 3)
                          : run([&] { return optim::Adam({.lr = lr, .weight_decay = wd}); }, 3);
@@ -212,8 +225,9 @@ TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
   Graph other;
   other.variable("w", {6, 5}, init::zeros());
   Session so(other);
-  expect_error<FileError>([&] { so.restore_checkpoint(tmp("good.ckpt"), false); },
-                          {"variable 'w'", "f32[6, 4] in the checkpoint", "f32[6, 5] in the graph"});
+  expect_error<FileError>(
+      [&] { so.restore_checkpoint(tmp("good.ckpt"), false); },
+      {"variable 'w'", "f32[6, 4] in the checkpoint", "f32[6, 5] in the graph"});
   Graph missing;
   missing.variable("w", {6, 4}, init::zeros());
   missing.variable("extra", {1}, init::zeros());
@@ -223,7 +237,8 @@ TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
   Graph fewer;
   fewer.variable("w", {6, 4}, init::zeros());
   Session sf(fewer);
-  expect_error<FileError>([&] { sf.restore_checkpoint(tmp("good.ckpt")); }, {"not a variable of the graph"});
+  expect_error<FileError>([&] { sf.restore_checkpoint(tmp("good.ckpt")); },
+                          {"not a variable of the graph"});
   EXPECT_NO_THROW(sf.restore_checkpoint(tmp("good.ckpt"), /*strict=*/false));
 
   // A failed save leaves the previous checkpoint as it was.
@@ -241,7 +256,8 @@ TEST(KilnRunTool, RunsASignatureFromNpyFiles) {
   std::string tool = std::string(KILN_GRAPH_TOOL);
   tool = tool.substr(0, tool.rfind('/')) + "/kiln-run";
   std::string cmd = tool + " " + tmp("run.pb") + " train x=" + tmp("x.npy") + " y=" + tmp("y.npy") +
-                    " --out " + tmp("run_out") + " --save-checkpoint " + tmp("run.ckpt") + " > /dev/null";
+                    " --out " + tmp("run_out") + " --save-checkpoint " + tmp("run.ckpt") +
+                    " > /dev/null";
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   Tensor loss = load_npy(tmp("run_out/mean.npy"));
   EXPECT_EQ(loss.rank(), 0);
@@ -249,7 +265,8 @@ TEST(KilnRunTool, RunsASignatureFromNpyFiles) {
   Session s(m.g);
   s.restore_checkpoint(tmp("run.ckpt"));
   EXPECT_EQ(s.variable_value(m.g.value("global_step")).item<int64_t>(), 1);
-  std::string bad = tool + " " + tmp("run.pb") + " train x=" + tmp("y.npy") + " y=" + tmp("y.npy") + " 2>/dev/null";
+  std::string bad = tool + " " + tmp("run.pb") + " train x=" + tmp("y.npy") + " y=" + tmp("y.npy") +
+                    " 2>/dev/null";
   int status = std::system(bad.c_str());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
 }

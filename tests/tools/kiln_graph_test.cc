@@ -11,7 +11,9 @@
 namespace kiln {
 namespace {
 
-std::string tmp(const std::string& name) { return std::string(KILN_TEST_TMP) + "/" + name; }
+std::string tmp(const std::string& name) {
+  return std::string(KILN_TEST_TMP) + "/" + name;
+}
 
 struct Result {
   int exit_code;  // -1 when killed by a signal
@@ -84,7 +86,9 @@ TEST(Trace, SessionWritesAChromeTrace) {
   std::string json((std::istreambuf_iterator<char>(in)), {});
   EXPECT_EQ(json.rfind("{\"displayTimeUnit\"", 0), 0u) << json.substr(0, 80);
   size_t events = 0;
-  for (size_t at = json.find("\"ph\": \"X\""); at != std::string::npos; at = json.find("\"ph\": \"X\"", at + 1)) ++events;
+  for (size_t at = json.find("\"ph\": \"X\""); at != std::string::npos;
+       at = json.find("\"ph\": \"X\"", at + 1))
+    ++events;
   EXPECT_EQ(events, 6u);  // matmul and relu, three runs
   EXPECT_NE(json.find("\"name\": \"matmul\""), std::string::npos);
   EXPECT_NE(json.find("\"dur\": "), std::string::npos);
