@@ -12,6 +12,11 @@
 
 namespace kiln::testing {
 
+/// A path in the build tree's scratch folder for test files.
+inline std::string tmp(const std::string& name) {
+  return std::string(KILN_TEST_TMP) + "/" + name;
+}
+
 /// A tensor of `dtype` with elements drawn uniformly from [low, high) (integers: rounded).
 inline Tensor random_tensor(DType dtype, const Shape& shape, double low, double high,
                             uint32_t seed) {

@@ -8,9 +8,7 @@
 namespace kiln {
 namespace {
 
-std::string tmp(const std::string& name) {
-  return std::string(KILN_TEST_TMP) + "/" + name;
-}
+using testing::tmp;
 
 // An IDX file of u8 images [n, 2, 2] with pixel value i for image i, and labels i % 10.
 std::pair<std::string, std::string> idx_bytes(int n) {

@@ -9,9 +9,7 @@ namespace {
 
 using testing::expect_error;
 
-std::string tmp(const std::string& name) {
-  return std::string(KILN_TEST_TMP) + "/" + name;
-}
+using testing::tmp;
 
 std::string write(const std::string& name, const std::string& data) {
   std::string path = tmp(name);

@@ -7,9 +7,7 @@ namespace {
 
 using testing::expect_error;
 
-std::string tmp(const std::string& name) {
-  return std::string(KILN_TEST_TMP) + "/" + name;
-}
+using testing::tmp;
 
 TEST(Tensor, FromAndToVector) {
   Tensor t = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});

@@ -7,9 +7,7 @@ namespace {
 
 using testing::expect_error;
 
-std::string tmp(const std::string& name) {
-  return std::string(KILN_TEST_TMP) + "/" + name;
-}
+using testing::tmp;
 
 TEST(Variables, InitializersAreSeededAndHaveTheRightScale) {
   Graph g;

@@ -11,9 +11,7 @@
 namespace kiln {
 namespace {
 
-std::string tmp(const std::string& name) {
-  return std::string(KILN_TEST_TMP) + "/" + name;
-}
+using testing::tmp;
 
 struct Result {
   int exit_code;  // -1 when killed by a signal
