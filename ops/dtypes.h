@@ -43,4 +43,12 @@ decltype(auto) dispatch_cpu(DType dtype, Fn&& fn) {
   throw Error(str("[kernel] no CPU kernel for ", dtype));
 }
 
+/// Calls fn(T{}) with T float or double: the dispatch of kernels registered for f32 and f64.
+template <typename Fn>
+decltype(auto) dispatch_float(DType dtype, Fn&& fn) {
+  if (dtype == DType::f32) return fn(float{});
+  if (dtype == DType::f64) return fn(double{});
+  throw Error(str("[kernel] expected f32 or f64, got ", dtype));
+}
+
 }  // namespace kiln::ops

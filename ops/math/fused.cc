@@ -14,6 +14,7 @@
 #endif
 
 #include "framework/kernel.h"
+#include "ops/dtypes.h"
 #include "ops/math/elementwise.h"
 #include "ops/math/fused.h"
 
@@ -226,10 +227,8 @@ KILN_OP(fused_elementwise)
     })
     .kernel(DeviceKind::cpu,
             [](KernelContext& ctx) {
-              if (ctx.output_type(0).dtype == f32)
-                fused_typed<float>(ctx);
-              else
-                fused_typed<double>(ctx);
+              dispatch_float(ctx.output_type(0).dtype,
+                             [&](auto tag) { fused_typed<decltype(tag)>(ctx); });
             },
             {f32, f64});
 

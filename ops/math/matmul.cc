@@ -8,6 +8,7 @@
 #include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
+#include "ops/dtypes.h"
 #include "ops/math.h"
 
 namespace kiln {
@@ -139,10 +140,7 @@ void matmul_typed(KernelContext& ctx) {
 }
 
 void matmul_cpu(KernelContext& ctx) {
-  if (ctx.input(0).dtype() == f32)
-    matmul_typed<float>(ctx);
-  else
-    matmul_typed<double>(ctx);
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) { matmul_typed<decltype(tag)>(ctx); });
 }
 
 KILN_OP(matmul)

@@ -4,6 +4,7 @@
 
 #include "framework/gradient.h"
 #include "framework/kernel.h"
+#include "ops/dtypes.h"
 #include "ops/nn.h"
 
 namespace kiln {
@@ -72,10 +73,7 @@ void cross_entropy_cpu(KernelContext& ctx) {
     else
       run(tag, int64_t{});
   };
-  if (z.dtype() == f32)
-    with_index(float{});
-  else
-    with_index(double{});
+  dispatch_float(z.dtype(), with_index);
 }
 
 KILN_OP(softmax_cross_entropy)

@@ -7,6 +7,7 @@
 
 #include "framework/gradient.h"
 #include "framework/kernel.h"
+#include "ops/dtypes.h"
 #include "ops/math.h"
 #include "ops/nn.h"
 
@@ -55,10 +56,7 @@ void softmax_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (x.dtype() == f32)
-    run(float{});
-  else
-    run(double{});
+  dispatch_float(x.dtype(), run);
 }
 
 KILN_OP(softmax)

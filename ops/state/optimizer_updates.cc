@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "framework/kernel.h"
+#include "ops/dtypes.h"
 #include "ops/state.h"
 
 namespace kiln {
@@ -54,10 +55,7 @@ void sgd_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (ctx.input(0).dtype() == f32)
-    run(float{});
-  else
-    run(double{});
+  dispatch_float(ctx.input(0).dtype(), run);
   ctx.set_output(0, ctx.input(0));
 }
 
@@ -102,10 +100,7 @@ void adam_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (ctx.input(0).dtype() == f32)
-    run(float{});
-  else
-    run(double{});
+  dispatch_float(ctx.input(0).dtype(), run);
   ctx.set_output(0, ctx.input(0));
 }
 
@@ -146,10 +141,7 @@ void rmsprop_cpu(KernelContext& ctx) {
       }
     });
   };
-  if (ctx.input(0).dtype() == f32)
-    run(float{});
-  else
-    run(double{});
+  dispatch_float(ctx.input(0).dtype(), run);
   ctx.set_output(0, ctx.input(0));
 }
 
