@@ -60,7 +60,9 @@ Value operator/(double a, const Value& b);
 
 // ---- Matrix products.
 /// a @ b over the last two dims, with batch dims broadcast: a is [..., M, K] (or [..., K, M]
-/// with transpose_a), b is [..., K, N] (or [..., N, K] with transpose_b); f32 or f64.
+/// with transpose_a), b is [..., K, N] (or [..., N, K] with transpose_b); f32 or f64. A vector
+/// operand follows NumPy: a [K] is a row, b [K] a column, and that dim is dropped from the
+/// result ([K] @ [K] is a scalar).
 Value matmul(const Value& a, const Value& b, bool transpose_a = false, bool transpose_b = false);
 
 // ---- Reductions over `axes` (empty = all axes; negative axes count from the end).

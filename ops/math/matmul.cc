@@ -21,7 +21,8 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
   const Shape& a = ctx.shape(0);
   const Shape& b = ctx.shape(1);
   if (a.rank() < 2 || b.rank() < 2)
-    ctx.fail("both inputs need rank >= 2 (use reshape for vectors); a is ", a, ", b is ", b);
+    ctx.fail("both inputs need rank >= 2 (matmul() itself also takes vectors); a is ", a, ", b is ",
+             b);
   bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
   int64_t m = ta ? a[-1] : a[-2], ka = ta ? a[-2] : a[-1];
   int64_t kb = tb ? b[-1] : b[-2], n = tb ? b[-2] : b[-1];
@@ -183,8 +184,25 @@ KILN_OP(matmul)
 }  // namespace ops
 
 Value matmul(const Value& a, const Value& b, bool transpose_a, bool transpose_b) {
-  return common_graph("matmul", {&a, &b})
-      .add("matmul", {a, b}, {{"transpose_a", transpose_a}, {"transpose_b", transpose_b}});
+  Graph& g = common_graph("matmul", {&a, &b});
+  const bool vector_a = a.shape().rank() == 1, vector_b = b.shape().rank() == 1;
+  if (!vector_a && !vector_b)
+    return g.add("matmul", {a, b}, {{"transpose_a", transpose_a}, {"transpose_b", transpose_b}});
+  // NumPy's rule for vectors: a [K] acts as [1, K], b [K] as [K, 1], and the added dim is
+  // removed from the result. Built from reshapes, so gradients come for free.
+  Value a2 = vector_a ? reshape(a, {1, -1}) : a;
+  Value b2 = vector_b ? reshape(b, {-1, 1}) : b;
+  Value c =
+      g.add("matmul", {a2, b2},
+            {{"transpose_a", !vector_a && transpose_a}, {"transpose_b", !vector_b && transpose_b}});
+  std::vector<int64_t> dims = c.shape().dims();
+  if (vector_b) dims.erase(dims.end() - 1);
+  if (vector_a) dims.erase(dims.end() - (vector_b ? 1 : 2));
+  int64_t unknown = 0;
+  for (int64_t d : dims) unknown += d < 0;
+  KILN_CHECK(unknown <= 1, GraphError, "[matmul] ", c.name(), ": a vector operand with ", unknown,
+             " unknown batch dims cannot be squeezed back; reshape the operands to matrices");
+  return reshape(c, Shape(dims));
 }
 
 }  // namespace kiln

@@ -70,6 +70,12 @@ std::vector<OpCase> op_cases() {
   cases.push_back({"matmul ta tb",
                    [](Graph&, auto& x) { return matmul(x[0], x[1], true, true); },
                    {r64({4, 3}), r64({2, 4})}});
+  cases.push_back({"matmul vector @ matrix",
+                   [](Graph&, auto& x) { return matmul(x[0], x[1]); },
+                   {r64({4}), r64({4, 3})}});
+  cases.push_back({"matmul matrix @ vector",
+                   [](Graph&, auto& x) { return matmul(x[0], x[1]); },
+                   {r64({3, 4}), r64({4})}});
   cases.push_back({"matmul batch broadcast",
                    [](Graph&, auto& x) { return matmul(x[0], x[1]); },
                    {r64({2, 3, 4}), r64({4, 2})}});

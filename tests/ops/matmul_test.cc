@@ -56,6 +56,25 @@ TEST(Matmul, MatchesReferenceForShapesFlagsAndBatches) {
   }
 }
 
+TEST(Matmul, VectorsFollowNumpy) {
+  Graph g;
+  Tensor m = Tensor::from_vector<double>({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor v3 = Tensor::from_vector<double>({1, -1, 2}), v2 = Tensor::from_vector<double>({3, 4});
+  Value vm = g.constant(m), a = g.constant(v3), b = g.constant(v2);
+  Session s(g);
+  auto out = s.run({}, {matmul(vm, a), matmul(b, vm), matmul(a, a), matmul(vm, b, true)});
+  EXPECT_EQ(out[0].shape(), Shape({2}));
+  EXPECT_EQ(out[0].to_vector<double>(), (std::vector<double>{5, 11}));
+  EXPECT_EQ(out[1].shape(), Shape({3}));
+  EXPECT_EQ(out[1].to_vector<double>(), (std::vector<double>{19, 26, 33}));
+  EXPECT_EQ(out[2].shape(), Shape({}));
+  EXPECT_EQ(out[2].item<double>(), 6);
+  EXPECT_EQ(out[3].to_vector<double>(), (std::vector<double>{19, 26, 33}));
+  Value batch = g.placeholder("batch", f64, {-1, 2, 3});
+  EXPECT_EQ(matmul(batch, a).shape(), Shape({-1, 2}));
+  testing::expect_error<GraphError>([&] { matmul(a, b); }, {"inner dimensions differ"});
+}
+
 TEST(Matmul, ShapesAndErrors) {
   Graph g;
   Value a = g.placeholder("a", f32, {-1, 3, 4});
@@ -63,8 +82,8 @@ TEST(Matmul, ShapesAndErrors) {
   EXPECT_EQ(matmul(a, b).shape(), Shape({-1, 3, 2}));
   EXPECT_EQ(matmul(b, b, true, false).shape(), Shape({2, 2}));
   testing::expect_error<GraphError>([&] { matmul(a, a); }, {"[matmul]", "inner dimensions"});
-  Value v = g.placeholder("v", f32, {4});
-  testing::expect_error<GraphError>([&] { matmul(v, b); }, {"rank >= 2", "[4]"});
+  Value scalar = g.placeholder("scalar", f32, {});
+  testing::expect_error<GraphError>([&] { matmul(scalar, b); }, {"rank >= 2", "[]"});
   Value i = g.placeholder("i", i32, {4, 4});
   testing::expect_error<GraphError>([&] { matmul(i, i); }, {"[matmul]", "i32"});
   Value c = g.placeholder("c", f32, {2, 3, 4});
