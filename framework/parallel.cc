@@ -22,23 +22,23 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_chunks() {
+void ThreadPool::run_chunks(Loop& loop) {
   // Claims chunks until none are left; records the first exception.
   int64_t done = 0;
-  for (int64_t c; (c = next_chunk_.fetch_add(1)) < num_chunks_;) {
-    int64_t begin = c * chunk_;
-    int64_t end = std::min(n_, begin + chunk_);
+  for (int64_t c; (c = loop.next.fetch_add(1)) < loop.num_chunks;) {
+    const int64_t begin = c * loop.chunk;
+    const int64_t end = std::min(loop.n, begin + loop.chunk);
     try {
-      (*fn_)(begin, end);
+      (*loop.fn)(begin, end);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (!error_) error_ = std::current_exception();
+      if (!loop.error) loop.error = std::current_exception();
     }
     ++done;
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  chunks_done_ += done;
-  if (chunks_done_ == num_chunks_) done_.notify_all();
+  loop.done += done;
+  if (loop.done == loop.num_chunks) done_.notify_all();
 }
 
 void ThreadPool::worker_loop() {
@@ -53,16 +53,19 @@ void ThreadPool::worker_loop() {
       std::this_thread::yield();
 #endif
     }
+    Loop* loop;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      wake_.wait(lock, [&] { return stop_ || generation_.load() != seen; });
       if (stop_) return;
-      seen = generation_;
-      ++active_workers_;
+      seen = generation_.load();
+      loop = current_;  // null when the loop this wake-up was for has already finished
+      if (!loop) continue;
+      ++loop->workers;
     }
-    run_chunks();
+    run_chunks(*loop);
     std::lock_guard<std::mutex> lock(mutex_);
-    if (--active_workers_ == 0) done_.notify_all();
+    if (--loop->workers == 0) done_.notify_all();
   }
 }
 
@@ -76,26 +79,26 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
     for (int64_t begin = 0; begin < n; begin += grain) fn(begin, std::min(n, begin + grain));
     return;
   }
+  Loop loop;
+  loop.fn = &fn;
+  loop.n = n;
+  loop.chunk = grain;
+  loop.num_chunks = (n + grain - 1) / grain;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    fn_ = &fn;
-    n_ = n;
-    chunk_ = grain;
-    num_chunks_ = (n + grain - 1) / grain;
-    next_chunk_ = 0;
-    chunks_done_ = 0;
-    error_ = nullptr;
-    ++generation_;
+    current_ = &loop;
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
-  run_chunks();
+  run_chunks(loop);
   std::exception_ptr error;
   {
-    // Wait for every chunk and for every worker to leave run_chunks (they read fn_).
+    // Every chunk done and no worker still holding the loop; then unpublish it in the same
+    // critical section, so no worker can pick it up afterwards.
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return chunks_done_ == num_chunks_ && active_workers_ == 0; });
-    fn_ = nullptr;
-    error = error_;
+    done_.wait(lock, [&] { return loop.done == loop.num_chunks && loop.workers == 0; });
+    current_ = nullptr;
+    error = loop.error;
   }
   if (error) std::rethrow_exception(error);
 }

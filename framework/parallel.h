@@ -30,23 +30,28 @@ class ThreadPool {
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
+  // One parallel_for call. It lives on the caller's stack; workers reach it only through
+  // current_, under mutex_, and the caller waits until no worker holds it before returning.
+  struct Loop {
+    const std::function<void(int64_t, int64_t)>* fn = nullptr;
+    int64_t n = 0, chunk = 0, num_chunks = 0;
+    std::atomic<int64_t> next{0};  // next chunk to claim
+    int64_t done = 0;              // chunks finished (guarded by mutex_)
+    int workers = 0;               // workers inside run_chunks (guarded by mutex_)
+    std::exception_ptr error;      // first exception (guarded by mutex_)
+  };
+
   void worker_loop();
-  void run_chunks();
+  void run_chunks(Loop& loop);
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  std::mutex loop_mutex_;  // held by the thread that owns the current loop
-  // The current loop.
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-  int64_t n_ = 0, chunk_ = 0, num_chunks_ = 0;
-  std::atomic<int64_t> next_chunk_{0};
-  int64_t chunks_done_ = 0;
-  std::atomic<uint64_t> generation_{0};  // written under mutex_, read without it while spinning
-  int active_workers_ = 0;
+  std::mutex loop_mutex_;                // held by the thread that owns the current loop
+  Loop* current_ = nullptr;              // guarded by mutex_
+  std::atomic<uint64_t> generation_{0};  // bumped per loop under mutex_; polled while idle
   bool stop_ = false;
-  std::exception_ptr error_;
 };
 
 /// Number of hardware threads (at least 1).
