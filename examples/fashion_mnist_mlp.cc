@@ -3,6 +3,7 @@
 //
 //   fashion_mnist_mlp [--data DIR] [--out DIR] [--epochs N] [--batch N] [--threads N]
 //                     [--resume] [--stop-after EPOCHS] [--trace FILE.json]
+//                     [--device best|cpu|cuda|cuda:N] [--cuda-graphs]
 #include <kiln/kiln.h>
 #include <unistd.h>
 
@@ -23,8 +24,10 @@ struct Args {
   int threads = 0;
   uint64_t seed = 0;
   bool resume = false;
-  int64_t stop_after = -1;  // stop (as if interrupted) after this many epochs
-  std::string trace;        // write a Chrome trace of every step here
+  int64_t stop_after = -1;         // stop (as if interrupted) after this many epochs
+  std::string trace;               // write a Chrome trace of every step here
+  Device device = Device::best();  // the GPU where one is usable, else the CPU
+  bool cuda_graphs = false;        // replay each step as a captured CUDA Graph
 };
 
 Args parse(int argc, char** argv) {
@@ -53,10 +56,15 @@ Args parse(int argc, char** argv) {
       a.stop_after = std::stoll(value());
     else if (k == "--trace")
       a.trace = value();
+    else if (k == "--device") {
+      const std::string d = value();
+      a.device = d == "best" ? Device::best() : Device::parse(d);
+    } else if (k == "--cuda-graphs")
+      a.cuda_graphs = true;
     else
       throw Error(str("[args] unknown option ", k,
                       " (options: --data --out --epochs --batch --threads --seed --resume "
-                      "--stop-after --trace)"));
+                      "--stop-after --trace --device --cuda-graphs)"));
   }
   return a;
 }
@@ -140,7 +148,12 @@ int main(int argc, char** argv) {
       std::printf("saved the training graph (%d nodes) to %s\n", graph->num_nodes(),
                   graph_path.c_str());
     }
-    Session sess(*graph, {.intra_op_threads = args.threads, .trace_path = args.trace});
+    Session sess(*graph, {.device = args.device,
+                          .intra_op_threads = args.threads,
+                          .cuda_graphs = args.cuda_graphs,
+                          .trace_path = args.trace});
+    std::printf("training on %s%s\n", args.device.to_string().c_str(),
+                args.cuda_graphs ? " (CUDA Graphs)" : "");
     int64_t first_epoch = 0;
     if (args.resume) {
       sess.restore_checkpoint(ckpt_path);

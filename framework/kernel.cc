@@ -2,12 +2,33 @@
 
 #include <algorithm>
 
+#include "framework/cuda/device_memory.h"
+
 namespace kiln {
 
 Tensor& KernelContext::output(int i) {
   Tensor& out = outputs_[i];
-  if (!out.defined()) out = Tensor::empty(output_types_[i].dtype, output_types_[i].shape);
+  if (!out.defined()) {
+    const TensorType& type = output_types_[i];
+    if (cuda_) {
+      const size_t bytes = static_cast<size_t>(type.shape.numel()) * dtype_size(type.dtype);
+      out = Tensor(type.dtype, type.shape,
+                   allocate_device(cuda_->device, bytes, cuda_->stream, where()));
+    } else {
+      out = Tensor::empty(type.dtype, type.shape);
+    }
+  }
   return out;
+}
+
+void* KernelContext::stream() const {
+  KILN_CHECK(cuda_ != nullptr, Error, where(), ": a GPU stream was asked for on the CPU");
+  return cuda_->stream;
+}
+
+std::shared_ptr<Storage> KernelContext::scratch(size_t nbytes) const {
+  if (!cuda_) return std::make_shared<HostStorage>(nbytes);
+  return allocate_device(cuda_->device, nbytes, cuda_->stream, where());
 }
 
 void KernelContext::set_output(int i, Tensor tensor) {

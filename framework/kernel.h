@@ -9,6 +9,21 @@
 
 namespace kiln {
 
+/// What a kernel running on a GPU needs besides its tensors: the stream its work is queued
+/// on and that stream's library handles (opaque here; CUDA types in .cu files).
+struct CudaStepContext {
+  Device device = Device::cuda(0);
+  void* stream = nullptr;     ///< cudaStream_t
+  void* blaslt = nullptr;     ///< cublasLtHandle_t
+  void* workspace = nullptr;  ///< device scratch for cuBLASLt
+  size_t workspace_bytes = 0;
+  /// Host memory the GPU can write (pinned): where kernels report data errors (an index out
+  /// of range), read by the executor after the run. See ops/cuda/cuda_common.cuh.
+  int64_t* error_block = nullptr;
+  /// Index of the step being queued (named in data errors).
+  int32_t step = -1;
+};
+
 /// The inputs, outputs, attributes and thread pool of one node being executed.
 /// Outputs are allocated on first access with the shape the plan inferred; a kernel that
 /// produces a view of an input or an attribute (reshape, constant) may set_output instead.
@@ -16,19 +31,21 @@ class KernelContext {
  public:
   KernelContext(const Node& node, std::span<const Tensor> inputs,
                 std::span<const TensorType> output_types, std::span<Tensor> outputs,
-                ThreadPool& pool, VariableStore* variables = nullptr)
+                ThreadPool& pool, VariableStore* variables = nullptr,
+                const CudaStepContext* cuda = nullptr)
       : node_(node),
         inputs_(inputs),
         output_types_(output_types),
         outputs_(outputs),
         pool_(pool),
-        variables_(variables) {}
+        variables_(variables),
+        cuda_(cuda) {}
 
   const Node& node() const { return node_; }
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
   const Tensor& input(int i) const { return inputs_[i]; }
   int num_outputs() const { return static_cast<int>(outputs_.size()); }
-  /// Output `i`, allocated with its planned shape on first access.
+  /// Output `i`, allocated with its planned shape on first access (on the kernel's device).
   Tensor& output(int i);
   /// The planned (concrete) type of output `i`.
   const TensorType& output_type(int i) const { return output_types_[i]; }
@@ -42,6 +59,13 @@ class KernelContext {
   std::string where() const { return str("[", node_.op_name(), "] ", node_.name()); }
 
   ThreadPool& pool() const { return pool_; }
+  /// The GPU context when the node runs on a GPU, else nullptr.
+  const CudaStepContext* cuda() const { return cuda_; }
+  /// The stream of a GPU kernel (a cudaStream_t); throws on the CPU.
+  void* stream() const;
+  /// Scratch device memory on this kernel's stream for the duration of the step (freed
+  /// stream-ordered when the returned storage is released).
+  std::shared_ptr<Storage> scratch(size_t nbytes) const;
   /// The session's variables (for the variable op); throws when the executor has none.
   VariableStore& variables() const;
   /// pool().parallel_for with a grain chosen so each range holds about 32K units of work
@@ -55,6 +79,7 @@ class KernelContext {
   std::span<Tensor> outputs_;
   ThreadPool& pool_;
   VariableStore* variables_;
+  const CudaStepContext* cuda_;
 };
 
 }  // namespace kiln

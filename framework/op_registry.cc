@@ -110,6 +110,23 @@ void OpRegistry::add(OpDef op) {
   std::string name = op.name();
   auto [it, inserted] = ops_.emplace(name, std::make_unique<OpDef>(std::move(op)));
   KILN_CHECK(inserted, Error, "[registry] op '", name, "' is registered twice");
+  for (auto p = pending_.begin(); p != pending_.end();) {
+    if (p->op == name) {
+      it->second->kernel(p->device, p->fn, std::move(p->dtypes));
+      p = pending_.erase(p);
+    } else {
+      ++p;
+    }
+  }
+}
+
+void OpRegistry::add_kernel(const std::string& op_name, DeviceKind device, KernelFn fn,
+                            std::vector<DType> dtypes) {
+  auto it = ops_.find(op_name);
+  if (it != ops_.end())
+    it->second->kernel(device, fn, std::move(dtypes));
+  else
+    pending_.push_back({op_name, device, fn, std::move(dtypes)});
 }
 
 const OpDef* OpRegistry::find(const std::string& name) const {

@@ -181,9 +181,28 @@ class OpRegistry {
   /// The op called `name`; throws kiln::GraphError naming it when there is none.
   const OpDef& get(const std::string& name) const;
   std::vector<const OpDef*> all() const;
+  /// Adds a kernel to op `op_name` from another file (the CUDA kernels in .cu files). The op
+  /// may be registered before or after: static initialization order across files is unknown,
+  /// so a kernel for an op not yet registered waits until it is.
+  void add_kernel(const std::string& op_name, DeviceKind device, KernelFn fn,
+                  std::vector<DType> dtypes = {});
 
  private:
+  struct PendingKernel {
+    std::string op;
+    DeviceKind device;
+    KernelFn fn;
+    std::vector<DType> dtypes;
+  };
   std::map<std::string, std::unique_ptr<OpDef>> ops_;
+  std::vector<PendingKernel> pending_;
+};
+
+/// Registers a kernel for an op defined elsewhere at static-initialization time.
+struct KernelRegistrar {
+  KernelRegistrar(const char* op, DeviceKind device, KernelFn fn, std::vector<DType> dtypes = {}) {
+    OpRegistry::global().add_kernel(op, device, fn, std::move(dtypes));
+  }
 };
 
 /// Registers an op at static-initialization time (used by KILN_OP).
@@ -200,3 +219,8 @@ struct OpRegistrar {
 #define KILN_OP(name)                                                                        \
   [[maybe_unused]] static ::kiln::OpRegistrar KILN_CONCAT(kiln_op_registrar_, __COUNTER__) = \
       ::kiln::OpDef(#name)
+/// Registers the CUDA kernel of an op defined in a .cc file:
+/// KILN_CUDA_KERNEL(relu, relu_cuda, {DType::f32, DType::f16});
+#define KILN_CUDA_KERNEL(name, ...)                            \
+  [[maybe_unused]] static ::kiln::KernelRegistrar KILN_CONCAT( \
+      kiln_kernel_registrar_, __COUNTER__)(#name, ::kiln::DeviceKind::cuda, __VA_ARGS__)

@@ -8,6 +8,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "framework/cuda/device_memory.h"
+
 namespace kiln {
 
 namespace {
@@ -122,6 +124,7 @@ void* Tensor::raw_data() const {
 double Tensor::element(int64_t i) const {
   KILN_CHECK(i >= 0 && i < numel_, Error, "[tensor] element ", i, " of a tensor with ", numel_,
              " elements");
+  if (device().is_cuda()) return to(Device::cpu()).element(i);
   return dispatch_all(dtype_, [&](auto tag) -> double {
     using T = decltype(tag);
     return convert<double>(static_cast<const T*>(raw_data())[i]);
@@ -129,8 +132,23 @@ double Tensor::element(int64_t i) const {
 }
 
 Tensor Tensor::clone() const {
+  if (device().is_cuda()) {
+    Tensor out(dtype_, shape_, allocate_device(device(), nbytes(), nullptr, "clone"));
+    if (nbytes()) copy_bytes(out.raw_data(), raw_data(), nbytes(), nullptr, "clone");
+    return out;
+  }
   Tensor out = empty(dtype_, shape_);
   if (nbytes()) std::memcpy(out.raw_data(), raw_data(), nbytes());
+  return out;
+}
+
+Tensor Tensor::to(Device target) const {
+  KILN_CHECK(defined(), Error, "[tensor] to(", target, ") of an undefined tensor");
+  if (device() == target) return *this;
+  Tensor out = target.is_cpu()
+                   ? empty(dtype_, shape_)
+                   : Tensor(dtype_, shape_, allocate_device(target, nbytes(), nullptr, "to"));
+  if (nbytes()) copy_bytes(out.raw_data(), raw_data(), nbytes(), nullptr, str("copy to ", target));
   return out;
 }
 

@@ -98,6 +98,7 @@ class Tensor {
   /// Copies the elements out, converting to T.
   template <typename T>
   std::vector<T> to_vector() const {
+    if (device().is_cuda()) return to(Device::cpu()).template to_vector<T>();
     std::vector<T> out(static_cast<size_t>(numel_));
     dispatch_all(dtype_, [&](auto tag) {
       using S = decltype(tag);
@@ -115,8 +116,10 @@ class Tensor {
   /// Element `i` (row-major) as a double, for tests and printing.
   double element(int64_t i) const;
 
-  /// A deep copy into fresh host storage.
+  /// A deep copy into fresh storage on the same device.
   Tensor clone() const;
+  /// This tensor on `device` (itself when it is there already; else a synchronous copy).
+  Tensor to(Device device) const;
   /// The same data seen with another shape of the same element count (no copy).
   Tensor reshaped(const Shape& shape) const;
   /// Short description and up to `max_elements` values: "f32[2, 2] {1, 2, 3, 4}".

@@ -47,6 +47,12 @@ Tensor VariableStore::get(const std::string& name) const {
 void VariableStore::set(const std::string& name, Tensor value) {
   std::lock_guard<std::mutex> lock(mutex_);
   values_[name] = std::move(value);
+  ++generation_;
+}
+
+uint64_t VariableStore::generation() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return generation_;
 }
 
 std::vector<std::string> VariableStore::names() const {

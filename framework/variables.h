@@ -49,9 +49,13 @@ class VariableStore {
   Tensor get(const std::string& name) const;
   void set(const std::string& name, Tensor value);
   std::vector<std::string> names() const;
+  /// Counts set() calls: a change means some variable may now live in new storage (GPU
+  /// executors re-record captured graphs that hold the old addresses).
+  uint64_t generation() const;
 
  private:
   mutable std::mutex mutex_;
+  uint64_t generation_ = 0;
   std::map<std::string, Tensor> values_;
 };
 

@@ -8,16 +8,20 @@ namespace kiln {
 
 Session::Session(const Graph& graph, SessionOptions options) : graph_(graph), options_(options) {
   check_device_usable(options_.device);
-  KILN_CHECK(options_.device.is_cpu(), DeviceError, "[session] ", options_.device,
-             " is present, but this build of Kiln has no CUDA executor yet; use Device::cpu()");
   KILN_CHECK(options_.intra_op_threads >= 0, Error, "[session] intra_op_threads must be >= 0, got ",
              options_.intra_op_threads);
   KILN_CHECK(options_.inter_op_threads >= 1, Error, "[session] inter_op_threads must be >= 1, got ",
              options_.inter_op_threads);
+  KILN_CHECK(options_.cuda_streams >= 1, Error, "[session] cuda_streams must be >= 1, got ",
+             options_.cuda_streams);
   pool_ = std::make_unique<ThreadPool>(options_.intra_op_threads);
+  if (options_.device.is_cuda())
+    cuda_ = CudaExecutor::create(options_.device, options_.cuda_streams);
 }
 
 Session::~Session() {
+  // The executor's per-plan device state refers to the plans: it goes first.
+  cuda_.reset();
   if (options_.trace_path.empty()) return;
   try {
     write_trace(options_.trace_path);
@@ -44,9 +48,9 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
   std::string key = plan_key(specs, fetches, targets);
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  auto plan =
-      std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets, options_.device.kind,
-                                          options_.passes, options_.inter_op_threads));
+  const int streams = cuda_ ? options_.cuda_streams : options_.inter_op_threads;
+  auto plan = std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets,
+                                                  options_.device.kind, options_.passes, streams));
   if (options_.validate_memory_plan) validate_memory_plan(*plan);
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
@@ -60,6 +64,12 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
   for (const auto& feed : feeds) tensors.push_back(feed.second);
   // Bounded: a long training run keeps the first million steps' events.
   const bool tracing = !options_.trace_path.empty() && trace_.size() < 1000000;
+  if (cuda_) {
+    CudaRunOptions run_options;
+    run_options.cuda_graphs = options_.cuda_graphs;
+    run_options.trace = tracing ? &trace_ : nullptr;
+    return cuda_->run(plan, tensors, *pool_, variables_, run_options);
+  }
   return execute_on_cpu(plan, tensors, *pool_, variables_, options_.inter_op_threads,
                         tracing ? &trace_ : nullptr);
 }
@@ -98,7 +108,8 @@ void Session::set_variable(const Value& var, const Tensor& value) {
              "[session] variable '", var.name(), "' is ", var.dtype(), var.shape(), "; got ",
              value.dtype(), value.shape());
   std::lock_guard<std::mutex> lock(mutex_);
-  variables_.set(var.node().name(), value.clone());
+  variables_.set(var.node().name(),
+                 value.device() == options_.device ? value.clone() : value.to(options_.device));
 }
 
 void Session::save_checkpoint(const std::string& path) {
@@ -106,7 +117,7 @@ void Session::save_checkpoint(const std::string& path) {
   std::map<std::string, Tensor> tensors;
   std::lock_guard<std::mutex> lock(mutex_);
   for (const Value& var : all_variables(graph_))
-    tensors[var.node().name()] = variables_.get(var.node().name());
+    tensors[var.node().name()] = variables_.get(var.node().name()).to(Device::cpu());
   write_checkpoint(tensors, path);
 }
 
@@ -132,7 +143,8 @@ void Session::restore_checkpoint(const std::string& path, bool strict) {
     }
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const Value& var : vars) variables_.set(var.node().name(), loaded.at(var.node().name()));
+  for (const Value& var : vars)
+    variables_.set(var.node().name(), loaded.at(var.node().name()).to(options_.device));
 }
 
 std::vector<Tensor> Session::run_signature(const std::string& name,

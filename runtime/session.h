@@ -10,6 +10,7 @@
 
 #include "framework/graph.h"
 #include "framework/parallel.h"
+#include "runtime/cuda_executor.h"
 #include "runtime/plan.h"
 
 namespace kiln {
@@ -26,6 +27,11 @@ struct SessionOptions {
   /// CPU. Total CPU threads = inter_op_threads - 1 + intra_op_threads: the defaults (1 and
   /// one per core) never oversubscribe the cores.
   int inter_op_threads = 1;
+  /// On a GPU: how many CUDA streams a plan's independent branches are spread over.
+  int cuda_streams = 2;
+  /// On a GPU: capture each plan's whole step as a CUDA Graph on its second run and replay it
+  /// after that (one launch per step instead of one per node). Results are identical.
+  bool cuda_graphs = false;
   /// Check every compiled memory plan with the validator (tests; O(buffers^2)).
   bool validate_memory_plan = false;
   /// When set, every run's per-node timings are collected and written to this file in the
@@ -76,6 +82,8 @@ class Session {
   /// as a Chrome trace to `path`.
   void write_trace(const std::string& path);
 
+  /// How many runs replayed a captured CUDA Graph (0 on the CPU).
+  int64_t graph_replays() const { return cuda_ ? cuda_->graph_replays() : 0; }
   /// Number of distinct plans compiled so far (one per fetch set and feed shapes).
   size_t num_compiled_plans() const { return plans_.size(); }
   const SessionOptions& options() const { return options_; }
@@ -87,6 +95,7 @@ class Session {
   const Graph& graph_;
   SessionOptions options_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<CudaExecutor> cuda_;  // GPU sessions only; holds per-plan device state
   std::map<std::string, std::unique_ptr<Plan>> plans_;
   VariableStore variables_;
   std::vector<TraceEvent> trace_;

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <gtest/gtest.h>
+
 #include <kiln/kiln.h>
+#include <filesystem>
 
 #include <cmath>
 #include <functional>
@@ -14,6 +16,12 @@ namespace kiln::testing {
 
 /// A path in the build tree's scratch folder for test files.
 inline std::string tmp(const std::string& name) {
+  // Made on first use: a test binary carried to another machine has no build tree there.
+  static const bool made = [] {
+    std::filesystem::create_directories(KILN_TEST_TMP);
+    return true;
+  }();
+  (void)made;
   return std::string(KILN_TEST_TMP) + "/" + name;
 }
 

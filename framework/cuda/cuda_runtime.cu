@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include "framework/cuda/cuda_check.h"
+#include "framework/cuda/device_memory.h"
 #include "framework/device.h"
 
 namespace kiln {
@@ -45,6 +46,7 @@ const CudaAvailability& cuda_availability() {
 namespace cuda {
 
 void throw_cuda_error(cudaError_t status, const char* call, const std::string& context) {
+  cudaGetLastError();  // reported here: the next check must not see it again
   throw DeviceError(str("[cuda] ", context, context.empty() ? "" : ": ", call,
                         " failed: ", cudaGetErrorName(status), ": ", cudaGetErrorString(status)));
 }
@@ -73,4 +75,84 @@ void Event::wait_on(const Stream& stream) const {
 }
 
 }  // namespace cuda
+
+namespace {
+
+// Device memory from the pool; freed on the stream it was allocated on, so a free is ordered
+// after the work queued there before it.
+class DeviceStorage final : public Storage {
+ public:
+  DeviceStorage(void* data, size_t nbytes, Device device, cudaStream_t stream)
+      : Storage(data, nbytes, device), stream_(stream) {}
+  ~DeviceStorage() override {
+    if (data()) cudaFreeAsync(data(), stream_);
+  }
+
+ private:
+  cudaStream_t stream_;
+};
+
+class PinnedStorage final : public Storage {
+ public:
+  PinnedStorage(void* data, size_t nbytes) : Storage(data, nbytes, Device::cpu()) {}
+  ~PinnedStorage() override {
+    if (data()) cudaFreeHost(data());
+  }
+};
+
+std::string mib(size_t bytes) {
+  return str(static_cast<double>(bytes) / (1 << 20), " MiB");
+}
+
+}  // namespace
+
+std::shared_ptr<Storage> allocate_device(Device device, size_t nbytes, void* stream,
+                                         const std::string& what) {
+  KILN_CUDA_CHECK(cudaSetDevice(device.index), what);
+  void* p = nullptr;
+  auto s = static_cast<cudaStream_t>(stream);
+  // A zero-byte tensor still gets a distinct, valid (if unusable) allocation.
+  cudaError_t status = cudaMallocAsync(&p, nbytes ? nbytes : 1, s);
+  if (status == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    throw DeviceError(str("[cuda] ", what, ": out of GPU memory on ", device, ": asked for ",
+                          mib(nbytes), ", ", mib(free_bytes), " free of ", mib(total_bytes)));
+  }
+  if (status != cudaSuccess) cuda::throw_cuda_error(status, "cudaMallocAsync", what);
+  return std::make_shared<DeviceStorage>(p, nbytes, device, s);
+}
+
+std::shared_ptr<Storage> allocate_pinned(size_t nbytes) {
+  void* p = nullptr;
+  cudaError_t status = cudaMallocHost(&p, nbytes ? nbytes : 1);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    throw DeviceError(str("[cuda] cannot allocate ", mib(nbytes),
+                          " of pinned host memory: ", cudaGetErrorString(status)));
+  }
+  return std::make_shared<PinnedStorage>(p, nbytes);
+}
+
+void copy_bytes(void* dst, const void* src, size_t nbytes, void* stream, const std::string& what) {
+  if (nbytes == 0) return;
+  if (stream == nullptr) {
+    KILN_CUDA_CHECK(cudaMemcpy(dst, src, nbytes, cudaMemcpyDefault), what);
+  } else {
+    KILN_CUDA_CHECK(
+        cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)),
+        what);
+  }
+}
+
+void zero_device_bytes(void* dst, size_t nbytes, void* stream, const std::string& what) {
+  if (nbytes == 0) return;
+  KILN_CUDA_CHECK(cudaMemsetAsync(dst, 0, nbytes, static_cast<cudaStream_t>(stream)), what);
+}
+
+void synchronize_stream(void* stream, const std::string& what) {
+  KILN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), what);
+}
+
 }  // namespace kiln

@@ -1,20 +1,12 @@
 // concat and split: joining tensors along an axis and cutting one apart.
-#include <cstring>
-
 #include "framework/gradient.h"
 #include "framework/kernel.h"
 #include "ops/array.h"
+#include "ops/array/strided_copy.h"
 
 namespace kiln {
 namespace ops {
 namespace {
-
-// Product of dims [begin, end) of a concrete shape.
-int64_t dims_product(const Shape& s, int64_t begin, int64_t end) {
-  int64_t n = 1;
-  for (int64_t i = begin; i < end; ++i) n *= s[i];
-  return n;
-}
 
 // ---- concat: every input has the first's rank and dtype, and its dims except `axis`.
 std::vector<TensorType> infer_concat(const InferContext& ctx) {
@@ -42,25 +34,17 @@ std::vector<TensorType> infer_concat(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
 
-void concat_cpu(KernelContext& ctx) {
+// Input i is written into y at its offset along `axis` with y's strides (a strided scatter),
+// so the same kernel runs on the CPU and the GPU.
+void concat_kernel(KernelContext& ctx) {
   Tensor& y = ctx.output(0);
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), y.rank(), ctx.where());
-  const int64_t outer = dims_product(y.shape(), 0, axis);
-  const size_t elem = dtype_size(y.dtype());
-  const size_t row_bytes = static_cast<size_t>(dims_product(y.shape(), axis, y.rank())) * elem;
-  auto* out = static_cast<char*>(y.raw_data());
-  size_t column = 0;  // byte offset of this input's block inside each output row
+  const std::vector<int64_t> strides = y.shape().strides();
+  int64_t start = 0;  // where this input begins along axis
   for (int i = 0; i < ctx.num_inputs(); ++i) {
     const Tensor& x = ctx.input(i);
-    const size_t block = static_cast<size_t>(dims_product(x.shape(), axis, x.rank())) * elem;
-    const auto* in = static_cast<const char*>(x.raw_data());
-    if (block) {
-      ctx.parallel_for(outer, static_cast<int64_t>(block / elem), [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1; ++o)
-          std::memcpy(out + o * row_bytes + column, in + o * block, block);
-      });
-    }
-    column += block;
+    strided_scatter(ctx, x, y, start * strides[axis], strides);
+    start += x.shape()[axis];
   }
 }
 
@@ -68,7 +52,8 @@ KILN_OP(concat)
     .variadic_input("values", 1)
     .attr("axis", AttrType::integer)
     .infer(infer_concat)
-    .kernel(DeviceKind::cpu, concat_cpu)
+    .kernel(DeviceKind::cpu, concat_kernel)
+    .kernel(DeviceKind::cuda, concat_kernel)
     // y = [x0, x1, ...] along axis    dx_i = the piece of dy where x_i sits
     .grad([](GradContext& c) -> GradList {
       std::vector<Value> inputs = {c.grad_output()};
@@ -100,25 +85,16 @@ std::vector<TensorType> infer_split(const InferContext& ctx) {
   return out;
 }
 
-void split_cpu(KernelContext& ctx) {
+// Piece i is read from x at its offset along `axis` with x's strides (on either device).
+void split_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
-  const int64_t outer = dims_product(x.shape(), 0, axis);
-  const size_t elem = dtype_size(x.dtype());
-  const size_t row_bytes = static_cast<size_t>(dims_product(x.shape(), axis, x.rank())) * elem;
-  const auto* in = static_cast<const char*>(x.raw_data());
-  size_t column = 0;
+  const std::vector<int64_t> strides = x.shape().strides();
+  int64_t start = 0;
   for (int i = 0; i < ctx.num_outputs(); ++i) {
     Tensor& y = ctx.output(i);
-    const size_t block = static_cast<size_t>(dims_product(y.shape(), axis, y.rank())) * elem;
-    auto* out = static_cast<char*>(y.raw_data());
-    if (block) {
-      ctx.parallel_for(outer, static_cast<int64_t>(block / elem), [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1; ++o)
-          std::memcpy(out + o * block, in + o * row_bytes + column, block);
-      });
-    }
-    column += block;
+    strided_copy(ctx, x, start * strides[axis], strides, y);
+    start += y.shape()[axis];
   }
 }
 
@@ -127,7 +103,8 @@ KILN_OP(split)
     .attr("axis", AttrType::integer)
     .attr("sizes", AttrType::integers)
     .infer(infer_split)
-    .kernel(DeviceKind::cpu, split_cpu)
+    .kernel(DeviceKind::cpu, split_kernel)
+    .kernel(DeviceKind::cuda, split_kernel)
     // y_i = pieces of x    dx = [dy_0, dy_1, ...] (zeros for pieces nothing depends on)
     .grad([](GradContext& c) -> GradList {
       std::vector<Value> pieces;
@@ -160,7 +137,8 @@ KILN_OP(split_like)
         ctx.fail("the likes add up to ", total, " along axis ", axis, ", x has ", x[axis]);
       return out;
     })
-    .kernel(DeviceKind::cpu, split_cpu)
+    .kernel(DeviceKind::cpu, split_kernel)
+    .kernel(DeviceKind::cuda, split_kernel)
     .grad([](GradContext& c) -> GradList {
       std::vector<Value> pieces;
       for (int i = 0; i < c.node().num_outputs(); ++i) pieces.push_back(c.grad_output(i));

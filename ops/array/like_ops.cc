@@ -7,6 +7,7 @@
 #include "framework/kernel.h"
 #include "ops/array.h"
 #include "ops/array/fill.h"
+#include "ops/array/strided_copy.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
 #include "ops/math/elementwise_cpu.h"
@@ -131,10 +132,8 @@ KILN_OP(reshape_like)
         ctx.fail("cannot reshape ", ctx.shape(0), " like ", ctx.shape(1));
       return {{ctx.dtype(0), ctx.shape(1)}};
     })
-    .kernel(DeviceKind::cpu,
-            [](KernelContext& ctx) {
-              ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
-            })
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel)
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("reshape_like", {c.grad_output(), c.input(0)}), Value()};
     });
@@ -183,10 +182,8 @@ KILN_OP(expand_dims)
     .input("x")
     .attr("axes", AttrType::integers)
     .infer(infer_expand_dims)
-    .kernel(DeviceKind::cpu,
-            [](KernelContext& ctx) {
-              ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
-            })
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel)
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("reshape_like", {c.grad_output(), c.input(0)})};
     });
@@ -197,7 +194,8 @@ KILN_OP(stop_gradient)
     .input("x")
     .no_gradient()
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) { ctx.set_output(0, ctx.input(0)); });
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel);
 
 // ---- group(values...): runs all inputs; its output (a bool scalar) carries no data. Used as
 // one train target for many updates.

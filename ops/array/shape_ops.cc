@@ -6,6 +6,7 @@
 #include "framework/kernel.h"
 #include "ops/array.h"
 #include "ops/array/permute.h"
+#include "ops/array/strided_copy.h"
 #include "ops/dtypes.h"
 #include "ops/math/elementwise_cpu.h"
 
@@ -48,15 +49,15 @@ KILN_OP(reshape)
     .attr("shape", AttrType::shape)
     .infer(infer_reshape)
     .grad([](GradContext& c) -> GradList { return {reshape_like(c.grad_output(), c.input(0))}; })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
-    });
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel);
 
 KILN_OP(identity)
     .may_alias_input()
     .input("x")
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) { ctx.set_output(0, ctx.input(0)); })
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel)
     .grad([](GradContext& c) -> GradList { return {c.grad_output()}; });
 
 // ---- transpose: out.shape[i] = x.shape[perm[i]].
@@ -65,6 +66,13 @@ std::vector<int64_t> resolve_perm(const std::vector<int64_t>& perm, int64_t rank
   std::vector<int64_t> reversed(rank);
   std::iota(reversed.rbegin(), reversed.rend(), 0);
   return reversed;
+}
+
+// Runs on either device (permute_copy is a strided copy).
+void transpose_kernel(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  permute_copy(ctx, x, resolve_perm(ctx.attr<std::vector<int64_t>>("perm"), x.rank()),
+               ctx.output(0));
 }
 
 KILN_OP(transpose)
@@ -92,11 +100,8 @@ KILN_OP(transpose)
       for (int64_t p : perm) dims.push_back(x[p]);
       return {{ctx.dtype(0), Shape(std::move(dims))}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      const Tensor& x = ctx.input(0);
-      permute_copy(ctx, x, resolve_perm(ctx.attr<std::vector<int64_t>>("perm"), x.rank()),
-                   ctx.output(0));
-    });
+    .kernel(DeviceKind::cpu, transpose_kernel)
+    .kernel(DeviceKind::cuda, transpose_kernel);
 
 // ---- broadcast_to: NumPy broadcasting of x to exactly `shape`.
 KILN_OP(broadcast_to)

@@ -60,16 +60,17 @@ int64_t slice_view(const KernelContext& ctx, const Shape& shape, std::vector<int
   return offset;
 }
 
-void slice_cpu(KernelContext& ctx) {
+// slice and slice_grad run on either device (strided_copy picks the loop or the CUDA kernel).
+void slice_kernel(KernelContext& ctx) {
   std::vector<int64_t> strides;
   int64_t offset = slice_view(ctx, ctx.input(0).shape(), &strides);
   strided_copy(ctx, ctx.input(0), offset, strides, ctx.output(0));
 }
 
 // slice_grad(dy, x): zeros shaped like x with dy written where the slice came from.
-void slice_grad_cpu(KernelContext& ctx) {
+void slice_grad_kernel(KernelContext& ctx) {
   Tensor& dx = ctx.output(0);
-  std::memset(dx.raw_data(), 0, dx.nbytes());
+  fill_zero(ctx, dx);
   std::vector<int64_t> strides;
   int64_t offset = slice_view(ctx, dx.shape(), &strides);
   strided_scatter(ctx, ctx.input(0), dx, offset, strides);
@@ -81,7 +82,8 @@ KILN_OP(slice)
     .attr("end", AttrType::integers)
     .attr("step", std::vector<int64_t>{})
     .infer(infer_slice)
-    .kernel(DeviceKind::cpu, slice_cpu)
+    .kernel(DeviceKind::cpu, slice_kernel)
+    .kernel(DeviceKind::cuda, slice_kernel)
     .grad([](GradContext& c) -> GradList {
       return {c.graph().add("slice_grad", {c.grad_output(), c.input(0)},
                             {{"begin", c.attr<std::vector<int64_t>>("begin")},
@@ -105,7 +107,8 @@ KILN_OP(slice_grad)
         ctx.fail("dy is ", ctx.shape(0), ", the slice of ", ctx.shape(1), " is ", sliced);
       return {ctx.input(1)};
     })
-    .kernel(DeviceKind::cpu, slice_grad_cpu)
+    .kernel(DeviceKind::cpu, slice_grad_kernel)
+    .kernel(DeviceKind::cuda, slice_grad_kernel)
     .grad([](GradContext& c) -> GradList {
       return {slice(c.grad_output(), c.attr<std::vector<int64_t>>("begin"),
                     c.attr<std::vector<int64_t>>("end"), c.attr<std::vector<int64_t>>("step")),

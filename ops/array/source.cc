@@ -29,8 +29,14 @@ KILN_OP(constant)
       const Tensor& v = ctx.attr<Tensor>("value");
       return {{v.dtype(), v.shape()}};
     })
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      ctx.set_output(0, ctx.attr<Tensor>("value"));  // shared, never written
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              ctx.set_output(0, ctx.attr<Tensor>("value"));  // shared, never written
+            })
+    // The CUDA executor uploads each constant once per plan and does not call this; other
+    // callers get a fresh device copy.
+    .kernel(DeviceKind::cuda, [](KernelContext& ctx) {
+      ctx.set_output(0, ctx.attr<Tensor>("value").to(ctx.cuda()->device));
     });
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "framework/cuda/device_memory.h"
 #include "ops/array/permute.h"
 
 namespace kiln::ops {
@@ -71,12 +72,18 @@ void strided(const KernelContext& ctx, const Tensor& dense_or_src, void* out, co
 void strided_copy(const KernelContext& ctx, const Tensor& src, int64_t offset,
                   const std::vector<int64_t>& strides, Tensor& out) {
   if (out.numel() == 0) return;
+  if (ctx.cuda())
+    return strided_copy_cuda(ctx, false, dtype_size(src.dtype()), src.raw_data(), out.raw_data(),
+                             offset, out.shape().dims(), strides);
   strided<false>(ctx, src, out.raw_data(), src.raw_data(), offset, out.shape().dims(), strides);
 }
 
 void strided_scatter(const KernelContext& ctx, const Tensor& src, Tensor& dst, int64_t offset,
                      const std::vector<int64_t>& strides) {
   if (src.numel() == 0) return;
+  if (ctx.cuda())
+    return strided_copy_cuda(ctx, true, dtype_size(src.dtype()), src.raw_data(), dst.raw_data(),
+                             offset, src.shape().dims(), strides);
   strided<true>(ctx, src, dst.raw_data(), src.raw_data(), offset, src.shape().dims(), strides);
 }
 
@@ -87,5 +94,23 @@ void permute_copy(const KernelContext& ctx, const Tensor& x, const std::vector<i
   for (int64_t p : perm) strides.push_back(in_strides[p]);
   strided_copy(ctx, x, 0, strides, out);
 }
+
+void view_kernel(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0).reshaped(ctx.output_type(0).shape));
+}
+
+void fill_zero(const KernelContext& ctx, Tensor& t) {
+  if (ctx.cuda())
+    zero_device_bytes(t.raw_data(), t.nbytes(), ctx.stream(), ctx.where());
+  else if (t.nbytes())
+    std::memset(t.raw_data(), 0, t.nbytes());
+}
+
+#ifndef KILN_WITH_CUDA
+void strided_copy_cuda(const KernelContext& ctx, bool, size_t, const void*, void*, int64_t,
+                       const std::vector<int64_t>&, const std::vector<int64_t>&) {
+  throw DeviceError(str(ctx.where(), ": Kiln was built without CUDA"));
+}
+#endif
 
 }  // namespace kiln::ops

@@ -10,14 +10,27 @@
 
 namespace kiln::ops {
 
-// y = 1 / (1 + e^-x), evaluated so that neither branch overflows.
-template <typename T>
-KILN_HOST_DEVICE T sigmoid_of(T x) {
-  using std::exp;
-  if (x >= T(0)) return T(1) / (T(1) + exp(-x));
-  T e = exp(x);
-  return e / (T(1) + e);
-}
+// Floating-point helpers of the expressions below, written once as X-macro rows so that they
+// are both compiled here and, as text, part of the kernels the GPU fusion compiles at run time
+// (ops/math/fused_codegen.cc).
+//   sigmoid_of       y = 1 / (1 + e^-x), evaluated so that neither branch overflows
+//   gelu_derivative  d/dx gelu(x) = Phi(x) + x phi(x), Phi the standard normal CDF and phi
+//                    its density
+#define KILN_FLOAT_HELPERS(X)                                       \
+  X(template <typename T> KILN_HOST_DEVICE T sigmoid_of(T x) {      \
+    using std::exp;                                                 \
+    if (x >= T(0)) return T(1) / (T(1) + exp(-x));                  \
+    T e = exp(x);                                                   \
+    return e / (T(1) + e);                                          \
+  })                                                                \
+  X(template <typename T> KILN_HOST_DEVICE T gelu_derivative(T x) { \
+    using std::erfc, std::exp;                                      \
+    const T cdf = T(0.5) * erfc(-x * T(0.70710678118654752440));    \
+    const T pdf = exp(T(-0.5) * x * x) * T(0.39894228040143267794); \
+    return cdf + x * pdf;                                           \
+  })
+#define KILN_EMIT_SOURCE(...) __VA_ARGS__
+KILN_FLOAT_HELPERS(KILN_EMIT_SOURCE)
 
 // Integer arithmetic wraps around (two's complement), as in PyTorch and NumPy, instead of being
 // undefined on overflow: signed values go through their unsigned type.
@@ -113,15 +126,6 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440))) \
   X(sin, floating, sin(x))                                             \
   X(cos, floating, cos(x))
-
-// d/dx gelu(x) = Phi(x) + x phi(x), Phi the standard normal CDF and phi its density.
-template <typename T>
-KILN_HOST_DEVICE T gelu_derivative(T x) {
-  using std::erfc, std::exp;
-  const T cdf = T(0.5) * erfc(-x * T(0.70710678118654752440));
-  const T pdf = exp(T(-0.5) * x * x) * T(0.39894228040143267794);
-  return cdf + x * pdf;
-}
 
 // Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum
 // propagate NaN from either side, as torch.maximum does. gelu_grad(x, dy) = dy * gelu'(x) is

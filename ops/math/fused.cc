@@ -22,13 +22,6 @@ namespace kiln {
 namespace ops {
 
 namespace {
-enum Opcode : int {
-#define KILN_OPCODE(name, ...) op_##name,
-  KILN_UNARY_OPS(KILN_OPCODE) KILN_BINARY_OPS(KILN_OPCODE) KILN_COMPARE_OPS(KILN_OPCODE)
-#undef KILN_OPCODE
-      op_where,
-  op_count
-};
 constexpr const char* kNames[] = {
 #define KILN_OPNAME(name, ...) #name,
     KILN_UNARY_OPS(KILN_OPNAME) KILN_BINARY_OPS(KILN_OPNAME) KILN_COMPARE_OPS(KILN_OPNAME)
@@ -46,6 +39,32 @@ int fused_opcode(const std::string& op) {
     if (op == kNames[i]) return op == "gelu_grad" ? -1 : i;
   return -1;
 }
+bool assign_fused_slots(const std::vector<int64_t>& code, int num_inputs, int max_slots,
+                        std::vector<int>* slots) {
+  const int n_ops = static_cast<int>(code.size() / 4);
+  // last_use[k]: the last instruction reading instruction k's result.
+  std::vector<int> last_use(n_ops, -1);
+  for (int k = 0; k < n_ops; ++k)
+    for (int j = 1; j <= fused_arity(static_cast<int>(code[4 * k])); ++j)
+      if (code[4 * k + j] >= num_inputs) last_use[code[4 * k + j] - num_inputs] = k;
+  std::vector<int> owner(max_slots, -1);  // instruction whose result a slot holds
+  slots->assign(n_ops, -1);
+  for (int k = 0; k < n_ops; ++k) {
+    // Slots whose value was last read by this instruction are free for its result (an
+    // instruction reads all its operands before writing).
+    for (int s = 0; s < max_slots; ++s)
+      if (owner[s] >= 0 && last_use[owner[s]] <= k) owner[s] = -1;
+    int free_slot = -1;
+    for (int s = 0; s < max_slots && free_slot < 0; ++s)
+      if (owner[s] < 0) free_slot = s;
+    if (free_slot < 0) return false;
+    owner[free_slot] = k;
+    if (last_use[k] < 0) last_use[k] = n_ops;  // the output (or an unused value) stays
+    (*slots)[k] = free_slot;
+  }
+  return true;
+}
+
 int fused_arity(int opcode) {
   return opcode < kFirstBinary ? 1 : opcode == op_where ? 3 : 2;
 }

@@ -10,6 +10,7 @@
 #include "ops/array.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
+#include "ops/math/matmul_batch.h"
 
 namespace kiln {
 namespace ops {
@@ -39,27 +40,6 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
   dims.push_back(m);
   dims.push_back(n);
   return {{ctx.dtype(0), Shape(std::move(dims))}};
-}
-
-// Matrix offset (in matrices) of input `shape`'s batch entry for each output batch entry.
-std::vector<int64_t> batch_offsets(const Shape& out_batch, const Shape& in_batch) {
-  int64_t count = out_batch.numel();
-  std::vector<int64_t> offsets(count, 0);
-  const int64_t rank = out_batch.rank();
-  for (int64_t i = 0; i < count; ++i) {
-    int64_t rest = i, offset = 0, stride = 1;
-    for (int64_t d = rank - 1; d >= 0; --d) {
-      int64_t index = rest % out_batch[d];
-      rest /= out_batch[d];
-      int64_t in_d = d - (rank - in_batch.rank());
-      if (in_d >= 0) {
-        if (in_batch[in_d] != 1) offset += index * stride;
-        stride *= in_batch[in_d];
-      }
-    }
-    offsets[i] = offset;
-  }
-  return offsets;
 }
 
 void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,

@@ -85,6 +85,24 @@ Tensor initial_value(const Node& node) {
   return t;
 }
 
+// Outputs the stored value (initializing it first), moved to the kernel's device if it was set
+// from elsewhere (a checkpoint restored on the host, say).
+void variable_kernel(KernelContext& ctx) {
+  VariableStore& store = ctx.variables();
+  const std::string& name = ctx.node().name();
+  const Device device = ctx.cuda() ? ctx.cuda()->device : Device::cpu();
+  if (!store.contains(name)) store.set(name, initial_value(ctx.node()).to(device));
+  Tensor value = store.get(name);
+  KILN_CHECK(value.dtype() == ctx.output_type(0).dtype && value.shape() == ctx.output_type(0).shape,
+             Error, ctx.where(), ": stored value ", value.dtype(), value.shape(),
+             " does not match the variable's ", ctx.output_type(0).dtype, ctx.output_type(0).shape);
+  if (value.device() != device) {
+    value = value.to(device);
+    store.set(name, value);
+  }
+  ctx.set_output(0, value);
+}
+
 std::vector<TensorType> infer_variable(const InferContext& ctx) {
   const Shape& shape = ctx.attr<Shape>("shape");
   if (!shape.is_known()) ctx.fail("variable shape ", shape, " must be fully known");
@@ -112,17 +130,8 @@ KILN_OP(variable)
     .attr("seed", int64_t{0})
     .attr("trainable", true)
     .infer(infer_variable)
-    .kernel(DeviceKind::cpu, [](KernelContext& ctx) {
-      VariableStore& store = ctx.variables();
-      const std::string& name = ctx.node().name();
-      if (!store.contains(name)) store.set(name, initial_value(ctx.node()));
-      Tensor value = store.get(name);
-      KILN_CHECK(
-          value.dtype() == ctx.output_type(0).dtype && value.shape() == ctx.output_type(0).shape,
-          Error, ctx.where(), ": stored value ", value.dtype(), value.shape(),
-          " does not match the variable's ", ctx.output_type(0).dtype, ctx.output_type(0).shape);
-      ctx.set_output(0, value);
-    });
+    .kernel(DeviceKind::cpu, variable_kernel)
+    .kernel(DeviceKind::cuda, variable_kernel);
 
 std::vector<TensorType> infer_assign(const InferContext& ctx) {
   ctx.expect_same_dtype(0, 1);

@@ -1,20 +1,17 @@
 // Tests that need a CUDA GPU (CTest label `gpu`). They skip, saying so, where none is usable.
-#include "test_util.h"
+#include "gpu_test_util.h"
 
 #ifdef KILN_WITH_CUDA
 #include <cuda_runtime_api.h>
 
 #include "framework/cuda/cuda_check.h"
+#include "framework/cuda/runtime_compile.h"
+#include "ops/math/fused.h"
+#include "ops/math/fused_codegen.h"
 #endif
 
 namespace kiln {
 namespace {
-
-#define KILN_REQUIRE_GPU()                                             \
-  do {                                                                 \
-    if (cuda_availability().device_count == 0)                         \
-      GTEST_SKIP() << "no usable GPU: " << cuda_availability().reason; \
-  } while (0)
 
 TEST(Gpu, BestDeviceIsTheGpu) {
   KILN_REQUIRE_GPU();
@@ -39,6 +36,29 @@ TEST(Gpu, StreamsAndEventsOrderWork) {
   b.synchronize();
   EXPECT_EQ(back, 42);
   cudaFree(device);
+}
+
+// NVRTC needs no GPU: every opcode's generated kernel compiles here and in CI.
+TEST(Gpu, GeneratedFusedKernelsCompileForEveryOp) {
+  std::vector<int64_t> code;
+  for (int op = 0; op < ops::op_count; ++op) {
+    const int64_t r = 2 + static_cast<int64_t>(code.size() / 4);  // the last value
+    if (op == ops::op_where)
+      code.insert(code.end(), {op, r - 1, 0, 1});
+    else if (ops::fused_arity(op) == 1)
+      code.insert(code.end(), {op, r - 1, -1, -1});
+    else
+      code.insert(code.end(), {op, r - 1, 1, -1});
+  }
+  for (DType dtype : {f32, f64}) {
+    const std::string src =
+        ops::fused_cuda_source(code, {ops::FusedRead::full, ops::FusedRead::row}, dtype);
+    std::string cubin;
+    ASSERT_NO_THROW(cubin = compile_cuda_source(src, 90)) << src;
+    EXPECT_GT(cubin.size(), 1000u);
+  }
+  testing::expect_error<DeviceError>([] { compile_cuda_source("this is not C++", 90); },
+                                     {"[nvrtc]", "sm_90"});
 }
 
 TEST(Gpu, CudaErrorsNameTheCall) {

@@ -1,0 +1,126 @@
+// Kiln's side of the GPU benchmarks (tools/gpu-check runs it beside bench/torch_gpu_bench.py).
+//
+//   kiln_gpu_bench CASE     prints "CASE <seconds per iteration> [key=value ...]"
+//
+// Cases:
+//   matmul_bf16     C = A B, bf16 8192^3 (operands are variables, C an intermediate)
+//   chain_fused     an 8-op elementwise chain over 64M f32 (one fused kernel), with the bytes
+//                   it must move
+//   mlp_step        one training step of the 784-256-128-10 MLP with Adam, batch 128, the batch
+//                   fed from the host and the loss fetched; add --graphs for CUDA Graphs
+// Each iteration is a Session::run, so it includes the host round trip (launch and sync).
+#include <kiln/kiln.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+
+using namespace kiln;
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds per call over `reps` calls after `warmup` calls.
+double time_it(const std::function<void()>& fn, int warmup, int reps) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const double start = now();
+    fn();
+    t.push_back(now() - start);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+int matmul_bf16(bool graphs) {
+  constexpr int64_t n = 8192;
+  Graph g;
+  // Random operands drawn on the GPU (never zeros: they would time faster than real data).
+  Value a = g.variable("a", {n, n}, init::zeros(), bf16);
+  Value b = g.variable("b", {n, n}, init::zeros(), bf16);
+  Value fill = group(g, {assign(a, random_uniform(g, {n, n}, -1, 1, 1, bf16)),
+                         assign(b, random_uniform(g, {n, n}, -1, 1, 2, bf16))});
+  Value c = matmul(a, b);
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  s.run({}, {}, {fill});
+  const double t = time_it([&] { s.run({}, {}, {c}); }, 3, 20);
+  std::printf("matmul_bf16 %.6e tflops=%.1f\n", t, 2.0 * n * n * n / t / 1e12);
+  return 0;
+}
+
+int chain_fused(bool graphs) {
+  constexpr int64_t n = int64_t{1} << 26;
+  Graph g;
+  Value x = g.variable("x", {n}, init::zeros());
+  Value fill = assign(x, random_uniform(g, {n}, -1, 1, 3));
+  Value y = x * 1.5 + 0.5;
+  y = tanh(y) * x - 0.25;
+  y = relu(y) + sigmoid(x) * 0.5;
+  y = y * y;
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  s.run({}, {}, {fill});
+  const Plan& plan = s.plan({}, {}, {y});
+  const double t = time_it([&] { s.run({}, {}, {y}); }, 3, 30);
+  const double bytes = 2.0 * n * sizeof(float);  // x read once, y written once
+  std::printf("chain_fused %.6e gbps=%.1f kernels=%zu\n", t, bytes / t / 1e9, plan.steps.size());
+  return 0;
+}
+
+int mlp_step(bool graphs) {
+  constexpr int64_t batch = 128;
+  Graph g;
+  Value x = g.placeholder("x", f32, {batch, 784});
+  Value y = g.placeholder("y", i64, {batch});
+  auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
+    NameScope scope(g, name);
+    Value w = g.variable("w", {in.shape()[1], units}, init::he_normal(seed));
+    return matmul(in, w) + g.variable("b", {units}, init::zeros());
+  };
+  Value logits = dense("l3", relu(dense("l2", relu(dense("l1", x, 256, 1)), 128, 2)), 10, 3);
+  Value loss = mean(softmax_cross_entropy(logits, y));
+  Value train = optim::Adam({.lr = 1e-3}).minimize(loss);
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  std::mt19937 rng(0);
+  std::uniform_real_distribution<float> dist(0, 1);
+  Tensor images = Tensor::empty(f32, {batch, 784});
+  Tensor labels = Tensor::empty(i64, {batch});
+  for (int64_t i = 0; i < images.numel(); ++i) images.data<float>()[i] = dist(rng);
+  for (int64_t i = 0; i < batch; ++i) labels.data<int64_t>()[i] = static_cast<int64_t>(rng() % 10);
+  double last = 0;
+  const double t = time_it(
+      [&] {
+        last = s.run({{x, images}, {y, labels}}, {loss}, {train})[0].item<double>();
+      },
+      20, 300);
+  std::printf("mlp_step%s %.6e loss=%.4f replays=%lld\n", graphs ? "_graphs" : "", t, last,
+              static_cast<long long>(s.graph_replays()));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: kiln_gpu_bench matmul_bf16|chain_fused|mlp_step [--graphs]\n");
+    return 2;
+  }
+  const std::string which = argv[1];
+  const bool graphs = argc > 2 && std::strcmp(argv[2], "--graphs") == 0;
+  try {
+    if (which == "matmul_bf16") return matmul_bf16(graphs);
+    if (which == "chain_fused") return chain_fused(graphs);
+    if (which == "mlp_step") return mlp_step(graphs);
+    std::fprintf(stderr, "kiln_gpu_bench: unknown case %s\n", which.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kiln_gpu_bench %s: %s\n", which.c_str(), e.what());
+    return 1;
+  }
+}

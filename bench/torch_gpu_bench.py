@@ -1,0 +1,115 @@
+"""PyTorch's side of the GPU benchmarks, on the same device as kiln_gpu_bench, and the summary.
+
+    python3 bench/torch_gpu_bench.py KILN_RESULTS_FILE
+
+Measures torch.matmul bf16 8192^3, the same 8-op elementwise chain eagerly, a device-to-device
+copy (the card's practical memory bandwidth), and the MLP training step at batch 128 in eager
+mode (batch copied from the host, loss read back, as Kiln does). Then prints one table with
+Kiln's numbers (read from KILN_RESULTS_FILE, lines "case seconds key=value ...") beside them.
+"""
+import statistics
+import sys
+import time
+
+import torch
+
+
+def time_cuda(fn, warmup=3, reps=20):
+    """Median seconds per call, timed with CUDA events around each call."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def time_host(fn, warmup=20, reps=300):
+    """Median seconds per call of a function that synchronizes itself (wall clock)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    kiln = {}
+    for line in open(sys.argv[1]):
+        parts = line.split()
+        if len(parts) >= 2:
+            extra = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
+            kiln[parts[0]] = (float(parts[1]), extra)
+    dev = torch.device("cuda")
+    n = 8192
+    a = torch.rand(n, n, device=dev, dtype=torch.bfloat16) * 2 - 1
+    b = torch.rand(n, n, device=dev, dtype=torch.bfloat16) * 2 - 1
+    t_mm = time_cuda(lambda: torch.matmul(a, b))
+    del a, b
+
+    m = 1 << 26
+    x = torch.rand(m, device=dev) * 2 - 1
+
+    def chain():
+        y = x * 1.5 + 0.5
+        y = torch.tanh(y) * x - 0.25
+        y = torch.relu(y) + torch.sigmoid(x) * 0.5
+        return y * y
+
+    t_chain = time_cuda(chain)
+    big = torch.empty(1 << 28, device=dev)  # 1 GiB
+    t_copy = time_cuda(lambda: big.clone(), reps=10)
+    copy_gbps = 2 * big.numel() * 4 / t_copy / 1e9
+    del big
+
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 10)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.rand(128, 784)
+    labels = torch.randint(0, 10, (128,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(images.to(dev)), labels.to(dev))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    t_step = time_host(step)
+
+    name = torch.cuda.get_device_name()
+    print(f"\nKiln vs PyTorch {torch.__version__} on {name}, {time.strftime('%Y-%m-%d')}")
+    print(f"{'case':34s}{'Kiln':>14s}{'PyTorch':>14s}{'ratio':>9s}  target")
+    rows = []
+    if "matmul_bf16" in kiln:
+        k = kiln["matmul_bf16"][0]
+        f = 2 * n ** 3
+        rows.append(("matmul bf16 8192^3 (TFLOP/s)", f / k / 1e12, f / t_mm / 1e12,
+                     t_mm / k, ">= 0.90 of torch"))
+    if "chain_fused" in kiln:
+        k, extra = kiln["chain_fused"]
+        gbps = float(extra.get("gbps", 0))
+        rows.append(("fused chain 64M f32 (GB/s)", gbps, 2 * m * 4 / t_chain / 1e9,
+                     gbps / copy_gbps, f">= 0.80 of copy {copy_gbps:.0f} GB/s"))
+    for key, label in (("mlp_step_graphs", "MLP step b128, CUDA Graphs (ms)"),
+                       ("mlp_step", "MLP step b128, eager (ms)")):
+        if key in kiln:
+            k = kiln[key][0]
+            rows.append((label, k * 1e3, t_step * 1e3, t_step / k,
+                         ">= 2x faster than torch eager" if key == "mlp_step_graphs" else ""))
+    for label, kv, tv, ratio, target in rows:
+        print(f"{label:34s}{kv:14.2f}{tv:14.2f}{ratio:9.2f}  {target}")
+
+
+if __name__ == "__main__":
+    main()

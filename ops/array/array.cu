@@ -1,0 +1,163 @@
+// CUDA kernels of the array ops: the strided copy under transpose, slice, concat and split
+// (their kernels in the .cc files run on both devices through it), gather and gather_grad.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "ops/array/strided_copy.h"
+#include "ops/cuda/map.cuh"
+
+namespace kiln::ops {
+
+namespace cuda_array {
+using namespace kiln::ops::cuda;
+
+template <typename Word>
+void strided_typed(const KernelContext& ctx, bool scatter, const void* src, void* dst,
+                   const StridedIndex& index, int64_t n) {
+  const Word* in = static_cast<const Word*>(src);
+  Word* out = static_cast<Word*>(dst);
+  if (scatter)
+    for_each(ctx, n, [=] __device__(int64_t i) { out[index.at(i)] = in[i]; });
+  else
+    for_each(ctx, n, [=] __device__(int64_t i) { out[i] = in[index.at(i)]; });
+}
+
+}  // namespace cuda_array
+
+void strided_copy_cuda(const KernelContext& ctx, bool scatter, size_t word_bytes, const void* src,
+                       void* dst, int64_t offset, const std::vector<int64_t>& dims,
+                       const std::vector<int64_t>& strides) {
+  StridedIndex index;
+  KILN_CHECK(make_strided_index(dims, strides, offset, &index), Error, ctx.where(),
+             ": a strided copy over ", dims.size(), " dims that do not merge below ", kMaxIndexDims,
+             " is not supported on the GPU");
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  switch (word_bytes) {
+    case 1:
+      return cuda_array::strided_typed<uint8_t>(ctx, scatter, src, dst, index, n);
+    case 2:
+      return cuda_array::strided_typed<uint16_t>(ctx, scatter, src, dst, index, n);
+    case 4:
+      return cuda_array::strided_typed<uint32_t>(ctx, scatter, src, dst, index, n);
+    default:
+      return cuda_array::strided_typed<uint64_t>(ctx, scatter, src, dst, index, n);
+  }
+}
+
+namespace cuda_array {
+
+// params viewed as [outer, n, inner] around the gather axis.
+struct AxisView {
+  int64_t outer = 1, n = 1, inner = 1;
+  AxisView(const Shape& shape, int64_t axis) : n(shape[axis]) {
+    for (int64_t i = 0; i < axis; ++i) outer *= shape[i];
+    for (int64_t i = axis + 1; i < shape.rank(); ++i) inner *= shape[i];
+  }
+};
+
+// out[o, j, k] = params[o, indices[j], k]. An index out of range is reported (the run then
+// fails naming the node) and its row written as zeros.
+template <typename Word, typename Index>
+void gather_typed(KernelContext& ctx, int64_t axis) {
+  const Tensor& params = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  Tensor& y = ctx.output(0);
+  const AxisView v(params.shape(), axis);
+  const int64_t count = indices.numel(), n = v.n, inner = v.inner;
+  const Word* src = static_cast<const Word*>(params.raw_data());
+  const Index* idx = indices.data<Index>();
+  Word* out = static_cast<Word*>(y.raw_data());
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, y.numel(), [=] __device__(int64_t p) {
+    const int64_t k = p % inner, row = p / inner;
+    const int64_t j = row % count, o = row / count;
+    int64_t i = idx[j];
+    if (i < -n || i >= n) {
+      if (k == 0) errors.report(DataErrorKind::index_out_of_range, i, j, -n, n);
+      out[p] = Word(0);
+      return;
+    }
+    if (i < 0) i += n;
+    out[p] = src[(o * n + i) * inner + k];
+  });
+}
+
+template <typename Word>
+void gather_word(KernelContext& ctx, int64_t axis) {
+  if (ctx.input(1).dtype() == DType::i32)
+    gather_typed<Word, int32_t>(ctx, axis);
+  else
+    gather_typed<Word, int64_t>(ctx, axis);
+}
+
+void gather_cuda(KernelContext& ctx) {
+  if (ctx.output(0).numel() == 0) return;
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
+  switch (dtype_size(ctx.input(0).dtype())) {
+    case 1:
+      return gather_word<uint8_t>(ctx, axis);
+    case 2:
+      return gather_word<uint16_t>(ctx, axis);
+    case 4:
+      return gather_word<uint32_t>(ctx, axis);
+    default:
+      return gather_word<uint64_t>(ctx, axis);
+  }
+}
+KILN_CUDA_KERNEL(gather, gather_cuda);
+
+// Atomic adds in the storage type (16-bit floats through CUDA's own types).
+__device__ inline void add_to(float* p, float v) {
+  atomicAdd(p, v);
+}
+__device__ inline void add_to(double* p, double v) {
+  atomicAdd(p, v);
+}
+__device__ inline void add_to(Half* p, float v) {
+  atomicAdd(reinterpret_cast<__half*>(p), __float2half(v));
+}
+__device__ inline void add_to(BFloat16* p, float v) {
+  atomicAdd(reinterpret_cast<__nv_bfloat16*>(p), __float2bfloat16(v));
+}
+
+// dparams[o, indices[j], k] += dy[o, j, k]; repeated indices add up (in no fixed order).
+template <typename T, typename Index>
+void gather_grad_typed(KernelContext& ctx, int64_t axis) {
+  const Tensor& dy = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  Tensor& dx = ctx.output(0);
+  fill_zero(ctx, dx);
+  const AxisView v(dx.shape(), axis);
+  const int64_t count = indices.numel(), n = v.n, inner = v.inner;
+  const T* g = dy.data<T>();
+  const Index* idx = indices.data<Index>();
+  T* out = dx.data<T>();
+  for_each(ctx, dy.numel(), [=] __device__(int64_t p) {
+    const int64_t k = p % inner, row = p / inner;
+    const int64_t j = row % count, o = row / count;
+    int64_t i = idx[j];
+    if (i < -n || i >= n) return;  // the forward gather reported it
+    if (i < 0) i += n;
+    add_to(out + (o * n + i) * inner + k, static_cast<Compute<T>>(g[p]));
+  });
+}
+
+template <typename T>
+void gather_grad_index(KernelContext& ctx, int64_t axis) {
+  if (ctx.input(1).dtype() == DType::i32)
+    gather_grad_typed<T, int32_t>(ctx, axis);
+  else
+    gather_grad_typed<T, int64_t>(ctx, axis);
+}
+
+void gather_grad_cuda(KernelContext& ctx) {
+  const int64_t axis =
+      normalize_axis(ctx.attr<int64_t>("axis"), ctx.output_type(0).shape.rank(), ctx.where());
+  dispatch_cuda_float(ctx.input(0).dtype(),
+                      [&](auto tag) { gather_grad_index<decltype(tag)>(ctx, axis); });
+}
+KILN_CUDA_KERNEL(gather_grad, gather_grad_cuda, cuda_dtypes(DTypeClass::floating));
+
+}  // namespace cuda_array
+}  // namespace kiln::ops

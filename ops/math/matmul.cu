@@ -1,0 +1,174 @@
+// matmul on the GPU through cuBLASLt. Kiln's tensors are row-major and cuBLASLt's matrices
+// column-major; a row-major [R, C] matrix is a column-major [C, R] one, so
+//   C = op(A) op(B)  (row-major)   is computed as   C^T = op(B)^T op(A)^T  (column-major),
+// i.e. cuBLASLt's first operand is our B and its second our A, with the same transpose flags.
+// f16 and bf16 multiply on the tensor cores and accumulate in f32; f32 is exact f32 (no TF32,
+// like torch's default); f64 is f64.
+#include <cublasLt.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "ops/cuda/map.cuh"
+#include "ops/math/matmul_batch.h"
+
+namespace kiln::ops::cuda_matmul {
+
+using namespace kiln::ops::cuda;
+
+void check_blas(cublasStatus_t status, const char* call, const KernelContext& ctx) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw DeviceError(str(ctx.where(), ": ", call, " failed: ", cublasLtGetStatusName(status), " (",
+                          cublasLtGetStatusString(status), ")"));
+}
+#define KILN_BLAS_CHECK(call) check_blas((call), #call, ctx)
+
+cudaDataType_t data_type(DType dtype) {
+  switch (dtype) {
+    case DType::f64:
+      return CUDA_R_64F;
+    case DType::f16:
+      return CUDA_R_16F;
+    case DType::bf16:
+      return CUDA_R_16BF;
+    default:
+      return CUDA_R_32F;
+  }
+}
+
+// Owned cuBLASLt descriptors of one product.
+struct Descriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  ~Descriptors() {
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+  }
+};
+
+void set_batch(const KernelContext& ctx, cublasLtMatrixLayout_t layout, int32_t count,
+               int64_t stride) {
+  KILN_BLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                   &count, sizeof(count)));
+  KILN_BLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+      layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+}
+
+// The algorithm cuBLASLt's heuristic picks, cached per problem (the query costs more than a
+// small product).
+using ProblemKey =
+    std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int32_t, int64_t, int64_t>;
+
+/// One (batched) product: C[i] = op(A[i]) op(B[i]) for i < batch, the batch strides in
+/// elements (0 broadcasts one matrix).
+struct Product {
+  DType dtype;
+  bool ta, tb;
+  int64_t m, n, k;
+  const void* a;
+  const void* b;
+  void* c;
+  int32_t batch = 1;
+  int64_t a_stride = 0, b_stride = 0;
+};
+
+void run_product(const KernelContext& ctx, const Product& p) {
+  const CudaStepContext& gpu = *ctx.cuda();
+  auto handle = static_cast<cublasLtHandle_t>(gpu.blaslt);
+  const cudaDataType_t type = data_type(p.dtype);
+  const bool f64 = p.dtype == DType::f64;
+  Descriptors d;
+  KILN_BLAS_CHECK(cublasLtMatmulDescCreate(&d.op, f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
+                                           f64 ? CUDA_R_64F : CUDA_R_32F));
+  const cublasOperation_t first_op = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N;   // our B
+  const cublasOperation_t second_op = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // our A
+  KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &first_op,
+                                                 sizeof(first_op)));
+  KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &second_op,
+                                                 sizeof(second_op)));
+  // Stored column-major shapes: B is [N, K] (or [K, N] transposed), A is [K, M] (or [M, K]).
+  const uint64_t b_rows = p.tb ? p.k : p.n, b_cols = p.tb ? p.n : p.k;
+  const uint64_t a_rows = p.ta ? p.m : p.k, a_cols = p.ta ? p.k : p.m;
+  KILN_BLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, type, b_rows, b_cols, b_rows));
+  KILN_BLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, type, a_rows, a_cols, a_rows));
+  KILN_BLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, type, p.n, p.m, p.n));
+  if (p.batch > 1) {
+    set_batch(ctx, d.a, p.batch, p.b_stride);
+    set_batch(ctx, d.b, p.batch, p.a_stride);
+    set_batch(ctx, d.c, p.batch, p.m * p.n);
+  }
+  static std::mutex mutex;
+  static std::map<ProblemKey, cublasLtMatmulAlgo_t> algorithms;
+  const ProblemKey key{
+      static_cast<int>(p.dtype), p.ta, p.tb, p.m, p.n, p.k, p.batch, p.a_stride, p.b_stride};
+  cublasLtMatmulAlgo_t algo;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = algorithms.find(key);
+    if (it == algorithms.end()) {
+      cublasLtMatmulPreference_t preference = nullptr;
+      KILN_BLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+      size_t workspace = gpu.workspace_bytes;
+      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace, sizeof(workspace));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.c, d.c,
+                                                             preference, 1, &result, &found);
+      cublasLtMatmulPreferenceDestroy(preference);
+      KILN_BLAS_CHECK(status);
+      KILN_CHECK(found > 0, DeviceError, ctx.where(), ": cuBLASLt has no algorithm for ", p.dtype,
+                 " ", p.m, "x", p.k, "x", p.n);
+      it = algorithms.emplace(key, result.algo).first;
+    }
+    algo = it->second;
+  }
+  const double one = 1.0, zero = 0.0;
+  const float one_f = 1.0f, zero_f = 0.0f;
+  KILN_BLAS_CHECK(cublasLtMatmul(handle, d.op, f64 ? static_cast<const void*>(&one) : &one_f, p.b,
+                                 d.a, p.a, d.b, f64 ? static_cast<const void*>(&zero) : &zero_f,
+                                 p.c, d.c, p.c, d.c, &algo, gpu.workspace, gpu.workspace_bytes,
+                                 stream_of(ctx)));
+}
+
+void matmul_cuda(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  Tensor& c = ctx.output(0);
+  const bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+  const Shape& as = a.shape();
+  const Shape& bs = b.shape();
+  const int64_t m = c.shape()[-2], n = c.shape()[-1], k = ta ? as[-2] : as[-1];
+  if (c.numel() == 0) return;
+  if (k == 0) {
+    zero_device_bytes(c.raw_data(), c.nbytes(), ctx.stream(), ctx.where());
+    return;
+  }
+  KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
+             ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed cuBLAS's 32-bit limit");
+  const Shape out_batch(std::vector<int64_t>(c.shape().begin(), c.shape().end() - 2));
+  const std::vector<int64_t> a_off =
+      batch_offsets(out_batch, Shape(std::vector<int64_t>(as.begin(), as.end() - 2)));
+  const std::vector<int64_t> b_off =
+      batch_offsets(out_batch, Shape(std::vector<int64_t>(bs.begin(), bs.end() - 2)));
+  const int64_t a_stride = uniform_batch_stride(a_off), b_stride = uniform_batch_stride(b_off);
+  const size_t elem = dtype_size(a.dtype());
+  const auto* pa = static_cast<const char*>(a.raw_data());
+  const auto* pb = static_cast<const char*>(b.raw_data());
+  auto* pc = static_cast<char*>(c.raw_data());
+  const int64_t batch = static_cast<int64_t>(a_off.size());
+  if (a_stride >= 0 && b_stride >= 0 && batch < (int64_t{1} << 31)) {
+    run_product(ctx, {a.dtype(), ta, tb, m, n, k, pa, pb, pc, static_cast<int32_t>(batch),
+                      a_stride * m * k, b_stride * k * n});
+    return;
+  }
+  for (int64_t i = 0; i < batch; ++i)  // irregular broadcasting: one product per entry
+    run_product(ctx, {a.dtype(), ta, tb, m, n, k, pa + a_off[i] * m * k * elem,
+                      pb + b_off[i] * k * n * elem, pc + i * m * n * elem});
+}
+KILN_CUDA_KERNEL(matmul, matmul_cuda, {DType::f32, DType::f64, DType::f16, DType::bf16});
+
+}  // namespace kiln::ops::cuda_matmul

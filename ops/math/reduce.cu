@@ -1,0 +1,198 @@
+// CUDA kernels of the reductions (sum, mean, max, min over axes; argmax, argmin; sum_to).
+// As on the CPU, x is seen as [outer, r, inner] with the reduced dims in the middle (permuted
+// there first when they are not adjacent). inner == 1: one block reduces one row; else one
+// thread per (outer, inner) walks r (coalesced across inner). 16-bit floats accumulate in f32,
+// integers in i64.
+#include <algorithm>
+#include <cfloat>
+
+#include "ops/array/strided_copy.h"
+#include "ops/cuda/map.cuh"
+
+namespace kiln::ops::cuda_reduce {
+
+using namespace kiln::ops::cuda;
+
+enum class Kind { sum, mean, max, min };
+
+template <typename T>
+using Acc = std::conditional_t<std::is_integral_v<T>, int64_t, Compute<T>>;
+
+template <typename A>
+__device__ A initial(Kind kind) {
+  if (kind == Kind::max) return std::numeric_limits<A>::lowest();
+  if (kind == Kind::min) return std::numeric_limits<A>::max();
+  return A(0);
+}
+// NaN wins max and min, as in torch (and the CPU kernel).
+template <typename A>
+__device__ A combine(Kind kind, A acc, A v) {
+  if (kind == Kind::max) return (v != v || v > acc) ? v : acc;
+  if (kind == Kind::min) return (v != v || v < acc) ? v : acc;
+  return acc + v;
+}
+
+constexpr int kRowThreads = 256;
+
+// One block per row of r contiguous elements.
+template <typename T>
+__global__ void reduce_rows(const T* x, T* y, int64_t r, Kind kind) {
+  using A = Acc<T>;
+  __shared__ A partial[kRowThreads];
+  const T* row = x + blockIdx.x * r;
+  A acc = initial<A>(kind);
+  for (int64_t j = threadIdx.x; j < r; j += blockDim.x)
+    acc = combine(kind, acc, static_cast<A>(static_cast<Compute<T>>(row[j])));
+  partial[threadIdx.x] = acc;
+  __syncthreads();
+  for (int width = blockDim.x / 2; width > 0; width /= 2) {
+    if (threadIdx.x < width)
+      partial[threadIdx.x] = combine(kind, partial[threadIdx.x], partial[threadIdx.x + width]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    A total = partial[0];
+    if (kind == Kind::mean) total = total / static_cast<A>(r);
+    y[blockIdx.x] = static_cast<T>(total);
+  }
+}
+
+template <typename T>
+void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_t r, int64_t inner,
+               Kind kind) {
+  if (inner == 1) {
+    reduce_rows<T><<<static_cast<unsigned>(outer), kRowThreads, 0, stream_of(ctx)>>>(x, y, r, kind);
+    check_launch(ctx);
+    return;
+  }
+  for_each(ctx, outer * inner, [=] __device__(int64_t p) {
+    using A = Acc<T>;
+    const T* base = x + (p / inner) * r * inner + p % inner;
+    A acc = initial<A>(kind);
+    for (int64_t j = 0; j < r; ++j)
+      acc = combine(kind, acc, static_cast<A>(static_cast<Compute<T>>(base[j * inner])));
+    if (kind == Kind::mean) acc = acc / static_cast<A>(r);
+    y[p] = static_cast<T>(acc);
+  });
+}
+
+// Reduces x over `axes` (sorted, distinct) into y.
+template <typename T>
+void reduce_axes(const KernelContext& ctx, const Tensor& x, Tensor& y,
+                 const std::vector<int64_t>& axes, Kind kind) {
+  if (y.numel() == 0) return;
+  const Shape& shape = x.shape();
+  int64_t outer = 1, r = 1, inner = 1;
+  const T* source = x.data<T>();
+  std::shared_ptr<Storage> permuted;
+  const bool adjacent = axes.back() - axes.front() + 1 == static_cast<int64_t>(axes.size());
+  if (adjacent) {
+    for (int64_t i = 0; i < shape.rank(); ++i) {
+      if (i < axes.front())
+        outer *= shape[i];
+      else if (i > axes.back())
+        inner *= shape[i];
+      else
+        r *= shape[i];
+    }
+  } else {
+    // Kept dims first, reduced dims last, copied into scratch.
+    std::vector<int64_t> dims, strides;
+    const std::vector<int64_t> x_strides = shape.strides();
+    for (int64_t i = 0; i < shape.rank(); ++i)
+      if (!std::binary_search(axes.begin(), axes.end(), i))
+        dims.push_back(shape[i]), strides.push_back(x_strides[i]), outer *= shape[i];
+    for (int64_t a : axes) dims.push_back(shape[a]), strides.push_back(x_strides[a]), r *= shape[a];
+    permuted = ctx.scratch(x.nbytes());
+    strided_copy_cuda(ctx, false, sizeof(T), x.raw_data(), permuted->data(), 0, dims, strides);
+    source = static_cast<const T*>(permuted->data());
+  }
+  if (r == 0) {  // an empty sum is 0 (max/min over nothing is rejected when the graph is built)
+    zero_device_bytes(y.raw_data(), y.nbytes(), ctx.stream(), ctx.where());
+    return;
+  }
+  reduce_3d(ctx, source, y.data<T>(), outer, r, inner, kind);
+}
+
+std::vector<int64_t> sorted_axes(const KernelContext& ctx, int64_t rank) {
+  const auto& given = ctx.attr<std::vector<int64_t>>("axes");
+  std::vector<int64_t> axes;
+  if (given.empty())
+    for (int64_t i = 0; i < rank; ++i) axes.push_back(i);
+  for (int64_t a : given) axes.push_back(normalize_axis(a, rank, ctx.where()));
+  std::sort(axes.begin(), axes.end());
+  return axes;
+}
+
+template <Kind kKind>
+void reduce_cuda(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  Tensor& y = ctx.output(0);
+  const std::vector<int64_t> axes = sorted_axes(ctx, x.rank());
+  if (axes.empty()) {  // a scalar: nothing to reduce
+    copy_bytes(y.raw_data(), x.raw_data(), x.nbytes(), ctx.stream(), ctx.where());
+    return;
+  }
+  dispatch_cuda(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>) reduce_axes<T>(ctx, x, y, axes, kKind);
+  });
+}
+KILN_CUDA_KERNEL(sum, reduce_cuda<Kind::sum>, cuda_dtypes(DTypeClass::numeric));
+KILN_CUDA_KERNEL(mean, reduce_cuda<Kind::mean>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(max, reduce_cuda<Kind::max>, cuda_dtypes(DTypeClass::numeric));
+KILN_CUDA_KERNEL(min, reduce_cuda<Kind::min>, cuda_dtypes(DTypeClass::numeric));
+
+// sum_to(x, like): sums the dims broadcasting stretched (a view when nothing was).
+void sum_to_cuda(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const Shape& target = ctx.output_type(0).shape;
+  if (x.numel() == target.numel()) {
+    ctx.set_output(0, x.reshaped(target));
+    return;
+  }
+  Tensor& y = ctx.output(0);
+  const int64_t lead = x.rank() - target.rank();
+  std::vector<int64_t> axes;
+  for (int64_t d = 0; d < x.rank(); ++d)
+    if (d < lead || (target[d - lead] == 1 && x.shape()[d] != 1)) axes.push_back(d);
+  dispatch_cuda(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>) reduce_axes<T>(ctx, x, y, axes, Kind::sum);
+  });
+}
+KILN_CUDA_KERNEL(sum_to, sum_to_cuda, cuda_dtypes(DTypeClass::numeric));
+
+// argmax / argmin along one axis: ties go to the first index, NaN counts as the extreme.
+template <typename T, bool kMax>
+void arg_typed(KernelContext& ctx, int64_t outer, int64_t r, int64_t inner) {
+  const T* in = ctx.input(0).data<T>();
+  int64_t* out = ctx.output(0).data<int64_t>();
+  for_each(ctx, outer * inner, [=] __device__(int64_t p) {
+    using C = Compute<T>;
+    const T* row = in + (p / inner) * r * inner + p % inner;
+    int64_t best = 0;
+    C best_value = static_cast<C>(row[0]);
+    for (int64_t j = 1; j < r && best_value == best_value; ++j) {
+      const C v = static_cast<C>(row[j * inner]);
+      if (v != v || (kMax ? v > best_value : v < best_value)) best = j, best_value = v;
+    }
+    out[p] = best;
+  });
+}
+template <bool kMax>
+void arg_cuda(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
+  int64_t outer = 1, inner = 1;
+  for (int64_t i = 0; i < axis; ++i) outer *= x.shape()[i];
+  for (int64_t i = axis + 1; i < x.rank(); ++i) inner *= x.shape()[i];
+  dispatch_cuda(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>) arg_typed<T, kMax>(ctx, outer, x.shape()[axis], inner);
+  });
+}
+KILN_CUDA_KERNEL(argmax, arg_cuda<true>, cuda_dtypes(DTypeClass::numeric));
+KILN_CUDA_KERNEL(argmin, arg_cuda<false>, cuda_dtypes(DTypeClass::numeric));
+
+}  // namespace kiln::ops::cuda_reduce

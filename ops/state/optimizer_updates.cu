@@ -1,0 +1,102 @@
+// CUDA kernels of the fused optimizer updates (formulas in ops/state.h, as the CPU kernels).
+// The learning rate and the step counter are device scalars read inside the kernel, so a
+// captured CUDA Graph replays with the current values.
+#include "ops/cuda/map.cuh"
+
+namespace kiln::ops::cuda_optim {
+
+using namespace kiln::ops::cuda;
+
+template <typename T>
+T* mutable_data(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
+
+template <typename T>
+void sgd_typed(KernelContext& ctx) {
+  T* p = mutable_data<T>(ctx.input(0));
+  T* buf = mutable_data<T>(ctx.input(1));
+  const T* g = ctx.input(2).data<T>();
+  const T* lr = ctx.input(3).data<T>();
+  const T mu = static_cast<T>(ctx.attr<double>("momentum"));
+  const T decay = static_cast<T>(ctx.attr<double>("weight_decay"));
+  const bool nesterov = ctx.attr<bool>("nesterov"), momentum = mu != T(0);
+  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    T d = g[i] + decay * p[i];
+    if (momentum) {
+      buf[i] = mu * buf[i] + d;
+      d = nesterov ? d + mu * buf[i] : buf[i];
+    }
+    p[i] -= *lr * d;
+  });
+}
+void sgd_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>) sgd_typed<T>(ctx);
+  });
+  ctx.set_output(0, ctx.input(0));
+}
+KILN_CUDA_KERNEL(sgd_update, sgd_cuda, {DType::f32, DType::f64});
+
+template <typename T>
+void adam_typed(KernelContext& ctx) {
+  T* p = mutable_data<T>(ctx.input(0));
+  T* m = mutable_data<T>(ctx.input(1));
+  T* v = mutable_data<T>(ctx.input(2));
+  const T* g = ctx.input(3).data<T>();
+  const T* lr_at = ctx.input(4).data<T>();
+  const int64_t* step_at = ctx.input(5).data<int64_t>();
+  const double b1 = ctx.attr<double>("beta1"), b2 = ctx.attr<double>("beta2");
+  const T e = static_cast<T>(ctx.attr<double>("eps"));
+  const double wd = ctx.attr<double>("weight_decay");
+  const bool decoupled = ctx.attr<bool>("decoupled");
+  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    // Bias corrections in double: 1 - b^t loses everything in f32 for b close to 1.
+    const double t = static_cast<double>(*step_at + 1);
+    const double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
+    const double lr = static_cast<double>(*lr_at);
+    const T step = static_cast<T>(lr / c1), root_c2 = static_cast<T>(sqrt(c2));
+    const T beta1 = static_cast<T>(b1), beta2 = static_cast<T>(b2);
+    const T l2 = decoupled ? T(0) : static_cast<T>(wd);
+    const T shrink = decoupled ? static_cast<T>(1 - lr * wd) : T(1);
+    const T d = g[i] + l2 * p[i];
+    m[i] = beta1 * m[i] + (T(1) - beta1) * d;
+    v[i] = beta2 * v[i] + (T(1) - beta2) * d * d;
+    p[i] = p[i] * shrink - step * m[i] / (sqrt(v[i]) / root_c2 + e);
+  });
+}
+void adam_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>) adam_typed<T>(ctx);
+  });
+  ctx.set_output(0, ctx.input(0));
+}
+KILN_CUDA_KERNEL(adam_update, adam_cuda, {DType::f32, DType::f64});
+
+template <typename T>
+void rmsprop_typed(KernelContext& ctx) {
+  T* p = mutable_data<T>(ctx.input(0));
+  T* s = mutable_data<T>(ctx.input(1));
+  const T* g = ctx.input(2).data<T>();
+  const T* lr = ctx.input(3).data<T>();
+  const T a = static_cast<T>(ctx.attr<double>("alpha"));
+  const T e = static_cast<T>(ctx.attr<double>("eps"));
+  const T decay = static_cast<T>(ctx.attr<double>("weight_decay"));
+  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    const T d = g[i] + decay * p[i];
+    s[i] = a * s[i] + (T(1) - a) * d * d;
+    p[i] -= *lr * d / (sqrt(s[i]) + e);
+  });
+}
+void rmsprop_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>) rmsprop_typed<T>(ctx);
+  });
+  ctx.set_output(0, ctx.input(0));
+}
+KILN_CUDA_KERNEL(rmsprop_update, rmsprop_cuda, {DType::f32, DType::f64});
+
+}  // namespace kiln::ops::cuda_optim

@@ -1,0 +1,38 @@
+// The CUDA executor: runs a Plan on one GPU, its streams as CUDA streams.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "runtime/plan.h"
+
+namespace kiln {
+
+/// How the CUDA executor runs a plan.
+struct CudaRunOptions {
+  /// Capture the whole step (feeds in, every kernel, fetches out) as a CUDA Graph on the second
+  /// run of a plan and replay it from then on. Shapes are static per plan, so the graph is
+  /// exact; it is re-recorded when variables were replaced from the host.
+  bool cuda_graphs = false;
+  /// Collect one trace event per step (host enqueue times; the GPU runs them later).
+  std::vector<TraceEvent>* trace = nullptr;
+};
+
+/// Runs plans on GPU `device`: the plan's arena in device memory from the stream-ordered pool,
+/// its streams as cudaStreams with one cuBLASLt handle each, its waits as cudaEvents; feeds and
+/// fetches pass through pinned staging buffers.
+class CudaExecutor {
+ public:
+  /// Throws kiln::DeviceError saying why when `device` cannot be used (or CUDA is not built).
+  static std::unique_ptr<CudaExecutor> create(Device device, int max_streams);
+  virtual ~CudaExecutor() = default;
+
+  /// Runs `plan` with host `feeds` (in the plan's feed order); returns host fetches.
+  virtual std::vector<Tensor> run(const Plan& plan, const std::vector<Tensor>& feeds,
+                                  ThreadPool& pool, VariableStore& variables,
+                                  const CudaRunOptions& options) = 0;
+  /// How many times a captured graph was replayed (for tests and benchmarks).
+  virtual int64_t graph_replays() const = 0;
+};
+
+}  // namespace kiln

@@ -1,0 +1,207 @@
+// The CUDA executor (CTest label `gpu`): training against the CPU, optimizers, streams under
+// stress, CUDA Graph replay, checkpoints, and the errors a user can hit on a GPU.
+#include "gpu_test_util.h"
+
+namespace kiln {
+namespace {
+
+// A small MLP with `optimizer`; returns the train target and the loss.
+struct Mlp {
+  Graph g;
+  Value x, y, loss, train;
+};
+
+std::unique_ptr<Mlp> make_mlp(const std::function<Value(const Value&)>& minimize) {
+  auto m = std::make_unique<Mlp>();
+  Graph& g = m->g;
+  m->x = g.placeholder("x", f32, {-1, 20});
+  m->y = g.placeholder("y", i64, {-1});
+  Value w1 = g.variable("w1", {20, 32}, init::he_normal(1));
+  Value b1 = g.variable("b1", {32}, init::uniform(-0.1, 0.1, 2));
+  Value w2 = g.variable("w2", {32, 5}, init::glorot_uniform(3));
+  Value logits = matmul(gelu(matmul(m->x, w1) + b1), w2);
+  m->loss = mean(softmax_cross_entropy(logits, m->y));
+  m->train = minimize(m->loss);
+  return m;
+}
+
+std::pair<Tensor, Tensor> batch(int step) {
+  std::mt19937 rng(static_cast<uint32_t>(step));
+  std::uniform_real_distribution<float> dist(-1, 1);
+  Tensor x = Tensor::empty(f32, {16, 20});
+  Tensor y = Tensor::empty(i64, {16});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = dist(rng);
+  for (int64_t i = 0; i < 16; ++i) y.data<int64_t>()[i] = static_cast<int64_t>(rng() % 5);
+  return {x, y};
+}
+
+// Losses of `steps` training steps and the final variables.
+std::pair<std::vector<double>, std::vector<Tensor>> train(Mlp& m, SessionOptions options,
+                                                          int steps) {
+  Session s(m.g, options);
+  std::vector<double> losses;
+  for (int i = 0; i < steps; ++i) {
+    auto [x, y] = batch(i);
+    losses.push_back(s.run({{m.x, x}, {m.y, y}}, {m.loss}, {m.train})[0].item<double>());
+  }
+  std::vector<Tensor> vars;
+  for (const char* name : {"w1", "b1", "w2"}) vars.push_back(s.variable_value(m.g.value(name)));
+  if (options.cuda_graphs) {
+    EXPECT_GE(s.graph_replays(), steps - 2);
+  }
+  return {losses, vars};
+}
+
+TEST(CudaRuntime, EveryOptimizerTrainsLikeTheCpu) {
+  KILN_REQUIRE_GPU();
+  std::vector<std::pair<std::string, std::function<Value(const Value&)>>> optimizers = {
+      {"sgd", [](const Value& l) { return optim::SGD({.lr = 0.1}).minimize(l); }},
+      {"sgd_nesterov",
+       [](const Value& l) {
+         return optim::SGD({.lr = 0.05, .momentum = 0.9, .nesterov = true, .weight_decay = 1e-3})
+             .minimize(l);
+       }},
+      {"adam", [](const Value& l) { return optim::Adam({.lr = 1e-2}).minimize(l); }},
+      {"adamw", [](const Value& l) { return optim::AdamW({.lr = 1e-2}).minimize(l); }},
+      {"rmsprop", [](const Value& l) { return optim::RMSProp({.lr = 1e-3}).minimize(l); }},
+  };
+  for (const auto& [name, minimize] : optimizers) {
+    auto cpu = make_mlp(minimize);
+    auto gpu = make_mlp(minimize);
+    auto [cpu_losses, cpu_vars] = train(*cpu, {.device = Device::cpu()}, 6);
+    auto [gpu_losses, gpu_vars] = train(*gpu, {.device = Device::cuda(0)}, 6);
+    for (size_t i = 0; i < cpu_losses.size(); ++i)
+      EXPECT_NEAR(gpu_losses[i], cpu_losses[i], 1e-4 * (1 + std::abs(cpu_losses[i])))
+          << name << " step " << i;
+    for (size_t v = 0; v < cpu_vars.size(); ++v)
+      testing::expect_near(testing::values(cpu_vars[v]), gpu_vars[v], 1e-4, 1e-4, name);
+    EXPECT_LT(gpu_losses.back(), gpu_losses.front()) << name;
+  }
+}
+
+TEST(CudaRuntime, CudaGraphReplayEqualsPlainExecution) {
+  KILN_REQUIRE_GPU();
+  auto minimize = [](const Value& l) { return optim::Adam({.lr = 1e-2}).minimize(l); };
+  auto plain_mlp = make_mlp(minimize);
+  auto graph_mlp = make_mlp(minimize);
+  auto [plain_losses, plain_vars] = train(*plain_mlp, {.device = Device::cuda(0)}, 12);
+  auto [graph_losses, graph_vars] =
+      train(*graph_mlp, {.device = Device::cuda(0), .cuda_graphs = true}, 12);
+  EXPECT_EQ(plain_losses, graph_losses);  // bit for bit: the same kernels on the same data
+  for (size_t v = 0; v < plain_vars.size(); ++v)
+    EXPECT_TRUE(equal_bits(plain_vars[v], graph_vars[v])) << "variable " << v;
+}
+
+TEST(CudaRuntime, CudaGraphsSeeVariablesSetFromTheHost) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value v = g.variable("v", {4}, init::zeros());
+  Value x = g.placeholder("x", f32, {4});
+  Value y = v * x;
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = true});
+  Tensor ones = Tensor::full(f32, {4}, 1.0);
+  for (int i = 0; i < 3; ++i) s.run({{x, ones}}, {y});
+  s.set_variable(v, Tensor::from_vector<float>({1, 2, 3, 4}));
+  EXPECT_EQ(s.run({{x, ones}}, {y})[0].to_vector<float>(), (std::vector<float>{1, 2, 3, 4}));
+  EXPECT_EQ(s.run({{x, ones}}, {y})[0].to_vector<float>(), (std::vector<float>{1, 2, 3, 4}));
+}
+
+// Many independent branches over large buffers, spread over 4 streams, with the arena reusing
+// memory between them: a missing event shows up as a wrong sum.
+TEST(CudaRuntime, ManyStreamsGiveTheOneStreamResult) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value x = g.placeholder("x", f32, {1 << 18});
+  std::vector<Value> branches;
+  for (int b = 0; b < 12; ++b) {
+    Value v = x * g.scalar(1.0 + b, f32);
+    for (int k = 0; k < 6 + b % 5; ++k) v = (k % 2 ? tanh(v) : v * v) + g.scalar(0.01 * k, f32);
+    branches.push_back(sum(v));
+  }
+  Value total = add_n(branches);
+  Tensor input = testing::random_tensor(f32, {1 << 18}, -1, 1, 5);
+  PassOptions no_fusion;
+  no_fusion.elementwise_fusion = false;  // keep many small kernels, so streams really interleave
+  Session one(g, {.device = Device::cuda(0), .passes = no_fusion, .cuda_streams = 1});
+  Session four(g, {.device = Device::cuda(0), .passes = no_fusion, .cuda_streams = 4});
+  const Tensor want = one.run({{x, input}}, {total})[0];
+  EXPECT_GT(four.plan({{x, input}}, {total}).num_streams, 1);
+  for (int run = 0; run < 20; ++run)
+    ASSERT_TRUE(equal_bits(four.run({{x, input}}, {total})[0], want)) << "run " << run;
+}
+
+TEST(CudaRuntime, CheckpointsRoundTripThroughTheGpu) {
+  KILN_REQUIRE_GPU();
+  auto m = make_mlp([](const Value& l) { return optim::Adam({.lr = 1e-2}).minimize(l); });
+  const std::string path = testing::tmp("gpu.ckpt");
+  Tensor before;
+  {
+    Session s(m->g, {.device = Device::cuda(0)});
+    auto [x, y] = batch(0);
+    s.run({{m->x, x}, {m->y, y}}, {}, {m->train});
+    s.save_checkpoint(path);
+    before = s.variable_value(m->g.value("w1"));
+  }
+  Session cpu(m->g, {.device = Device::cpu()});
+  cpu.restore_checkpoint(path);
+  EXPECT_TRUE(equal_bits(cpu.variable_value(m->g.value("w1")), before));
+  Session gpu(m->g, {.device = Device::cuda(0)});
+  gpu.restore_checkpoint(path);
+  EXPECT_TRUE(equal_bits(gpu.variable_value(m->g.value("w1")), before));
+}
+
+TEST(CudaRuntime, DataErrorsNameTheNode) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value params = g.placeholder("params", f32, {5, 3});
+  Value idx = g.placeholder("idx", i64, {3});
+  Value picked = gather(params, idx);
+  Value labels = g.placeholder("labels", i64, {2});
+  Value loss = softmax_cross_entropy(g.placeholder("logits", f32, {2, 4}), labels);
+  Session s(g, {.device = Device::cuda(0)});
+  testing::expect_error<Error>(
+      [&] {
+        s.run(
+            {{params, Tensor::zeros(f32, {5, 3})}, {idx, Tensor::from_vector<int64_t>({1, 7, 0})}},
+            {picked});
+      },
+      {"[gather]", "index 7 at position 1", "[-5, 5)"});
+  testing::expect_error<Error>(
+      [&] {
+        s.run({{g.value("logits"), Tensor::zeros(f32, {2, 4})},
+               {labels, Tensor::from_vector<int64_t>({0, 4})}},
+              {loss});
+      },
+      {"[softmax_cross_entropy]", "label 4 at position 1", "[0, 4)"});
+  // The session is still usable after a data error.
+  auto ok = s.run(
+      {{params, Tensor::full(f32, {5, 3}, 2.0)}, {idx, Tensor::from_vector<int64_t>({1, 4, -1})}},
+      {picked});
+  EXPECT_EQ(ok[0].to_vector<float>(), std::vector<float>(9, 2.0f));
+}
+
+TEST(CudaRuntime, OutOfMemorySaysHowMuchAndWhere) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value huge = fill(g, {int64_t{1} << 40}, 1.0, f32);  // 4 TiB
+  Session s(g, {.device = Device::cuda(0)});
+  testing::expect_error<DeviceError>([&] { s.run({}, {huge}); },
+                                     {"out of GPU memory", "asked for", "free of", "fill"});
+}
+
+TEST(CudaRuntime, FeedsMustMatchOnTheGpuToo) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3});
+  Session s(g, {.device = Device::cuda(0)});
+  testing::expect_error<FeedError>(
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {2, 4})}}, {x * x});
+      },
+      {"'x'", "[?, 3]", "[2, 4]"});
+  EXPECT_EQ(s.run({{x, Tensor::full(f32, {2, 3}, 3.0)}}, {x * x})[0].to_vector<float>(),
+            std::vector<float>(6, 9.0f));
+}
+
+}  // namespace
+}  // namespace kiln
