@@ -2,6 +2,7 @@
 #pragma once
 
 #include "autograd/gradients.h"
+#include "autograd/mixed_precision.h"
 #include "autograd/optim.h"
 #include "framework/data.h"
 #include "framework/device.h"

@@ -109,29 +109,61 @@ Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
   KILN_CHECK(loss.shape().rank() == 0 || (loss.shape().is_known() && loss.shape().numel() == 1),
              GraphError, "[optim] the loss must be a scalar, got ", loss.shape(),
              " (take its mean or sum)");
-  std::vector<Value> grads = gradients(loss, vars);
   Value step = global_step(graph);
+  std::vector<Value> updates;
+  Value apply_if;  // with loss scaling: the gradients are finite
+  std::vector<Value> grads;
+  if (scaling_) {
+    Value scale = graph.variable("loss_scale", {}, init::constant(loss_scale_.initial), f32,
+                                 /*trainable=*/false);
+    Value good = graph.variable("loss_scale_good_steps", {}, init::zeros(), i64, false);
+    grads = gradients(loss * cast(scale, loss.dtype()), vars);
+    NameScope scope(graph, "loss_scaling");
+    // Unscale; then one overflow check over all of them: inf * 0 and NaN * 0 are NaN, so the
+    // sum of g * 0 is NaN exactly when some element of some g is not finite.
+    std::vector<Value> probes;
+    for (Value& g : grads) {
+      g = g / cast(scale, g.dtype());
+      probes.push_back(cast(sum(g * 0.0), f32));
+    }
+    Value probe = add_n(probes);
+    apply_if = equal(probe, probe);
+    // S grows after growth_interval good steps in a row, shrinks at every overflow.
+    Value next_good = good + graph.scalar(1, i64);
+    Value grow =
+        equal(next_good, graph.scalar(static_cast<double>(loss_scale_.growth_interval), i64));
+    Value new_scale = where(apply_if, where(grow, scale * loss_scale_.growth, scale),
+                            scale * loss_scale_.backoff);
+    Value new_good =
+        where(apply_if, where(grow, graph.scalar(0, i64), next_good), graph.scalar(0, i64));
+    updates.push_back(assign(scale, new_scale));
+    updates.push_back(assign(good, new_good));
+  } else {
+    grads = gradients(loss, vars);
+  }
   NameScope scope(graph, "optimizer");
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
   std::map<DType, Value> lr_by_dtype;
-  std::vector<Value> updates;
   for (size_t i = 0; i < vars.size(); ++i) {
     Value& lr = lr_by_dtype[vars[i].dtype()];
     if (!lr.defined()) lr = learning_rate(graph, lr_, schedule_, step, vars[i].dtype());
-    updates.push_back(update(vars[i], grads[i], lr, step));
+    updates.push_back(update(vars[i], grads[i], lr, step, apply_if));
   }
-  updates.push_back(assign_add(step, graph.scalar(1, i64)));
+  // A skipped step does not count.
+  updates.push_back(
+      assign_add(step, apply_if.defined() ? cast(apply_if, i64) : graph.scalar(1, i64)));
   return group(graph, updates);
 }
 
 SGD::SGD(SGDOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
 
-Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&) {
+Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&,
+                  const Value& apply_if) {
   // Without momentum there is no buffer: var stands in for it and is not touched as one.
   Value buf = options_.momentum != 0 ? slot(var, "momentum") : var;
-  return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov,
-                    options_.weight_decay);
+  return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov, options_.weight_decay,
+                    apply_if);
 }
 
 Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
@@ -139,19 +171,21 @@ Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
       options_(options),
       decoupled_(decoupled_weight_decay) {}
 
-Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step) {
+Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                   const Value& apply_if) {
   Value m = slot(var, "adam_m");  // made in this order, whatever the compiler's argument order
   Value v = slot(var, "adam_v");
   return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
-                     options_.weight_decay, decoupled_);
+                     options_.weight_decay, decoupled_, apply_if);
 }
 
 RMSProp::RMSProp(RMSPropOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
 
-Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value&) {
+Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value&,
+                      const Value& apply_if) {
   return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps,
-                        options_.weight_decay);
+                        options_.weight_decay, apply_if);
 }
 
 }  // namespace kiln::optim

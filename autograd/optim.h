@@ -54,10 +54,28 @@ struct RMSPropOptions {
   double clip_norm = 0;
 };
 
+/// Dynamic loss scaling (for f16 training, as torch.cuda.amp.GradScaler): the loss is
+/// multiplied by a scale S before differentiation and the gradients divided by it, so small
+/// gradients survive f16. A step whose gradients hold an inf or NaN is skipped (no variable,
+/// slot or step counter changes) and S is multiplied by `backoff`; after `growth_interval`
+/// good steps in a row S is multiplied by `growth`. S lives in the variable "loss_scale".
+struct LossScaleOptions {
+  double initial = 65536;
+  double growth = 2;
+  double backoff = 0.5;
+  int64_t growth_interval = 2000;
+};
+
 /// Base of the optimizers.
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
+  /// Turns on dynamic loss scaling for the next minimize().
+  Optimizer& with_loss_scaling(LossScaleOptions options = {}) {
+    loss_scale_ = options;
+    scaling_ = true;
+    return *this;
+  }
   /// Adds to loss's graph: gradients of `loss` with respect to `vars` (default: every
   /// trainable variable), optional global-norm clipping, the scheduled learning rate, one
   /// fused update per variable and the increment of the "global_step" variable. Returns one
@@ -67,8 +85,9 @@ class Optimizer {
  protected:
   Optimizer(double lr, Schedule schedule, double clip_norm)
       : lr_(lr), schedule_(schedule), clip_norm_(clip_norm) {}
-  /// The update op for one variable.
-  virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step) = 0;
+  /// The update op for one variable; it applies only where `apply_if` (when defined) is true.
+  virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                       const Value& apply_if) = 0;
   /// A zero-initialized, non-trainable variable "<var>/<suffix>" shaped like var.
   static Value slot(const Value& var, const std::string& suffix);
 
@@ -76,6 +95,8 @@ class Optimizer {
   double lr_;
   Schedule schedule_;
   double clip_norm_;
+  LossScaleOptions loss_scale_;
+  bool scaling_ = false;
 };
 
 class SGD : public Optimizer {
@@ -83,7 +104,8 @@ class SGD : public Optimizer {
   explicit SGD(SGDOptions options = {});
 
  private:
-  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step) override;
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               const Value& apply_if) override;
   SGDOptions options_;
 };
 
@@ -92,7 +114,8 @@ class Adam : public Optimizer {
   explicit Adam(AdamOptions options = {}, bool decoupled_weight_decay = false);
 
  private:
-  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step) override;
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               const Value& apply_if) override;
   AdamOptions options_;
   bool decoupled_;
 };
@@ -108,7 +131,8 @@ class RMSProp : public Optimizer {
   explicit RMSProp(RMSPropOptions options = {});
 
  private:
-  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step) override;
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               const Value& apply_if) override;
   RMSPropOptions options_;
 };
 

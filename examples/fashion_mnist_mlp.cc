@@ -3,7 +3,9 @@
 //
 //   fashion_mnist_mlp [--data DIR] [--out DIR] [--epochs N] [--batch N] [--threads N]
 //                     [--resume] [--stop-after EPOCHS] [--trace FILE.json]
-//                     [--device best|cpu|cuda|cuda:N] [--cuda-graphs]
+//                     [--device best|cpu|cuda|cuda:N] [--cuda-graphs] [--amp bf16|f16]
+// --amp trains with matrix products in bf16 or f16 and f32 master weights (autocast; f16 with
+// dynamic loss scaling); evaluation stays in f32. 16-bit compute needs a GPU.
 #include <kiln/kiln.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@ struct Args {
   std::string trace;               // write a Chrome trace of every step here
   Device device = Device::best();  // the GPU where one is usable, else the CPU
   bool cuda_graphs = false;        // replay each step as a captured CUDA Graph
+  std::string amp;                 // "", "bf16" or "f16"
 };
 
 Args parse(int argc, char** argv) {
@@ -59,18 +62,22 @@ Args parse(int argc, char** argv) {
     else if (k == "--device") {
       const std::string d = value();
       a.device = d == "best" ? Device::best() : Device::parse(d);
-    } else if (k == "--cuda-graphs")
+    } else if (k == "--cuda-graphs") {
       a.cuda_graphs = true;
-    else
+    } else if (k == "--amp") {
+      a.amp = value();
+      if (a.amp != "bf16" && a.amp != "f16")
+        throw Error(str("[args] --amp takes bf16 or f16, not '", a.amp, "'"));
+    } else
       throw Error(str("[args] unknown option ", k,
                       " (options: --data --out --epochs --batch --threads --seed --resume "
-                      "--stop-after --trace --device --cuda-graphs)"));
+                      "--stop-after --trace --device --cuda-graphs --amp)"));
   }
   return a;
 }
 
 // Builds the model, loss, Adam with a cosine schedule, and the train/eval/predict signatures.
-void build_training_graph(Graph& g, int64_t total_steps) {
+void build_training_graph(Graph& g, int64_t total_steps, const std::string& amp) {
   Value x = g.placeholder("images", f32, {-1, 784});
   Value y = g.placeholder("labels", i64, {-1});
   auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
@@ -85,9 +92,14 @@ void build_training_graph(Graph& g, int64_t total_steps) {
   Value loss = mean(softmax_cross_entropy(logits, y));
   Value predictions = argmax(logits, 1);
   Value correct = sum(cast(equal(predictions, y), f32));
-  Value train = optim::Adam({.lr = 2e-3, .schedule = optim::Schedule::cosine(total_steps, 1e-5)})
-                    .minimize(loss);
-  g.add_signature({"train", {x, y}, {loss}, {train}});
+  optim::Adam adam({.lr = 2e-3, .schedule = optim::Schedule::cosine(total_steps, 1e-5)});
+  Value train_loss = loss;
+  if (!amp.empty()) {
+    train_loss = autocast(loss, amp == "f16" ? f16 : bf16);
+    if (amp == "f16") adam.with_loss_scaling();
+  }
+  Value train = adam.minimize(train_loss);
+  g.add_signature({"train", {x, y}, {train_loss}, {train}});
   g.add_signature({"eval", {x, y}, {loss, correct}, {}});
   g.add_signature({"predict", {x}, {softmax(logits), predictions}, {}});
 }
@@ -143,7 +155,7 @@ int main(int argc, char** argv) {
       std::printf("resuming from %s and %s\n", graph_path.c_str(), ckpt_path.c_str());
     } else {
       graph = std::make_unique<Graph>();
-      build_training_graph(*graph, args.epochs * steps_per_epoch);
+      build_training_graph(*graph, args.epochs * steps_per_epoch, args.amp);
       save_graph(*graph, graph_path);
       std::printf("saved the training graph (%d nodes) to %s\n", graph->num_nodes(),
                   graph_path.c_str());
@@ -152,8 +164,9 @@ int main(int argc, char** argv) {
                           .intra_op_threads = args.threads,
                           .cuda_graphs = args.cuda_graphs,
                           .trace_path = args.trace});
-    std::printf("training on %s%s\n", args.device.to_string().c_str(),
-                args.cuda_graphs ? " (CUDA Graphs)" : "");
+    std::printf("training on %s%s%s\n", args.device.to_string().c_str(),
+                args.cuda_graphs ? " (CUDA Graphs)" : "",
+                args.amp.empty() ? "" : (" (" + args.amp + " autocast)").c_str());
     int64_t first_epoch = 0;
     if (args.resume) {
       sess.restore_checkpoint(ckpt_path);

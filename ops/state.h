@@ -11,19 +11,21 @@ Value assign(const Value& var, const Value& value);
 Value assign_add(const Value& var, const Value& delta);
 
 /// Fused update ops (one kernel reads and writes each element once). `lr` is a scalar of the
-/// variable's dtype; `step` is the i64 step counter before this step. Each returns var.
+/// variable's dtype; `step` is the i64 step counter before this step. With `apply_if` (a bool
+/// scalar) the update happens only where it is true: dynamic loss scaling skips steps whose
+/// gradients overflowed. Each returns var.
 ///   SGD:     g' = g + wd p;  b = mu b + g';  p -= lr (nesterov ? g' + mu b : b)
 ///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined)
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
-                 double momentum, bool nesterov, double weight_decay);
+                 double momentum, bool nesterov, double weight_decay, const Value& apply_if = {});
 ///   Adam:    g' = g + wd p (L2) or p *= 1 - lr wd (decoupled, AdamW);
 ///            m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  t = step + 1
 ///            p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
 Value adam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                   const Value& lr, const Value& step, double beta1, double beta2, double eps,
-                  double weight_decay, bool decoupled);
+                  double weight_decay, bool decoupled, const Value& apply_if = {});
 ///   RMSProp: g' = g + wd p;  s = a s + (1-a) g'^2;  p -= lr g' / (sqrt(s) + eps)
 Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
-                     double alpha, double eps, double weight_decay);
+                     double alpha, double eps, double weight_decay, const Value& apply_if = {});
 
 }  // namespace kiln

@@ -124,41 +124,105 @@ void matmul_cpu(KernelContext& ctx) {
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) { matmul_typed<decltype(tag)>(ctx); });
 }
 
+// C = op(A) op(B). With dC the output gradient:
+//   C = A B:      dA = dC B^T,   dB = A^T dC
+//   C = A^T B:    dA = B dC^T,   dB = A dC
+//   C = A B^T:    dA = dC B,     dB = dC^T A
+//   C = A^T B^T:  dA = B^T dC^T, dB = dC^T A^T
+// then summed over batch dims that were broadcast.
+GradList matmul_grads(const Value& a, const Value& b, const Value& dc, bool ta, bool tb) {
+  Value da, db;
+  if (!ta && !tb) {
+    da = matmul(dc, b, false, true);
+    db = matmul(a, dc, true, false);
+  } else if (ta && !tb) {
+    da = matmul(b, dc, false, true);
+    db = matmul(a, dc, false, false);
+  } else if (!ta && tb) {
+    da = matmul(dc, b, false, false);
+    db = matmul(dc, a, true, false);
+  } else {
+    da = matmul(b, dc, true, true);
+    db = matmul(dc, a, true, true);
+  }
+  auto fit = [](const Value& g, const Value& like) {
+    return g.shape() == like.shape() && like.shape().is_known() ? g : sum_to(g, like);
+  };
+  return {fit(da, a), fit(db, b)};
+}
+
 KILN_OP(matmul)
     .input("a")
     .input("b")
     .attr("transpose_a", false)
     .attr("transpose_b", false)
     .infer(infer_matmul)
-    // C = op(A) op(B). With dC the output gradient:
-    //   C = A B:      dA = dC B^T,   dB = A^T dC
-    //   C = A^T B:    dA = B dC^T,   dB = A dC
-    //   C = A B^T:    dA = dC B,     dB = dC^T A
-    //   C = A^T B^T:  dA = B^T dC^T, dB = dC^T A^T
-    // then summed over batch dims that were broadcast.
     .grad([](GradContext& c) -> GradList {
-      Value a = c.input(0), b = c.input(1), dc = c.grad_output();
-      bool ta = c.attr<bool>("transpose_a"), tb = c.attr<bool>("transpose_b");
-      Value da, db;
-      if (!ta && !tb) {
-        da = matmul(dc, b, false, true);
-        db = matmul(a, dc, true, false);
-      } else if (ta && !tb) {
-        da = matmul(b, dc, false, true);
-        db = matmul(a, dc, false, false);
-      } else if (!ta && tb) {
-        da = matmul(dc, b, false, false);
-        db = matmul(dc, a, true, false);
-      } else {
-        da = matmul(b, dc, true, true);
-        db = matmul(dc, a, true, true);
-      }
-      auto fit = [](const Value& g, const Value& like) {
-        return g.shape() == like.shape() && like.shape().is_known() ? g : sum_to(g, like);
-      };
-      return {fit(da, a), fit(db, b)};
+      return matmul_grads(c.input(0), c.input(1), c.grad_output(), c.attr<bool>("transpose_a"),
+                          c.attr<bool>("transpose_b"));
     })
     .kernel(DeviceKind::cpu, matmul_cpu, {f32, f64});
+
+// ---- matmul_bias: y = act(op(A) op(B) + bias) for matrices, bias [N] added to every row,
+// act none or relu. Made by the matmul_epilogue pass from matmul + add (+ relu), so that cuBLASLt
+// applies the bias and activation as it writes C; on the CPU, one pass over C after the gemm.
+std::vector<TensorType> infer_matmul_bias(const InferContext& ctx) {
+  std::vector<TensorType> out = infer_matmul(ctx);
+  ctx.expect_same_dtype(0, 2);
+  if (out[0].shape.rank() != 2) ctx.fail("takes matrices, got a product of shape ", out[0].shape);
+  const Shape& bias = ctx.shape(2);
+  if (bias.rank() != 1 || (bias[0] >= 0 && out[0].shape[1] >= 0 && bias[0] != out[0].shape[1]))
+    ctx.fail("bias must be [", out[0].shape[1], "], got ", bias);
+  const std::string& act = ctx.attr<std::string>("activation");
+  if (act != "none" && act != "relu") ctx.fail("activation must be none or relu, got '", act, "'");
+  return out;
+}
+
+template <typename T>
+void matmul_bias_typed(KernelContext& ctx) {
+  matmul_typed<T>(ctx);
+  Tensor& y = ctx.output(0);
+  const T* bias = ctx.input(2).data<T>();
+  T* out = y.data<T>();
+  const int64_t n = y.shape()[1];
+  const bool relu = ctx.attr<std::string>("activation") == "relu";
+  ctx.parallel_for(y.shape()[0], n, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* row = out + r * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = row[j] + bias[j];
+        row[j] = relu && !(v > T(0)) ? T(0) : v;
+      }
+    }
+  });
+}
+
+KILN_OP(matmul_bias)
+    .input("a")
+    .input("b")
+    .input("bias")
+    .attr("transpose_a", false)
+    .attr("transpose_b", false)
+    .attr("activation", std::string("none"))
+    .infer(infer_matmul_bias)
+    // y = act(z), z = op(A) op(B) + bias:  dz = dy (relu: where y > 0), then matmul's
+    // gradients for A and B, and dbias = dz summed over rows.
+    .grad([](GradContext& c) -> GradList {
+      Value dz = c.grad_output();
+      if (c.attr<std::string>("activation") == "relu")
+        dz = where(greater(c.output(), c.graph().scalar(0, dz.dtype())), dz,
+                   c.graph().scalar(0, dz.dtype()));
+      GradList grads = matmul_grads(c.input(0), c.input(1), dz, c.attr<bool>("transpose_a"),
+                                    c.attr<bool>("transpose_b"));
+      grads.push_back(sum(dz, {0}));
+      return grads;
+    })
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              dispatch_float(ctx.input(0).dtype(),
+                             [&](auto tag) { matmul_bias_typed<decltype(tag)>(ctx); });
+            },
+            {f32, f64});
 
 }  // namespace
 }  // namespace ops

@@ -73,6 +73,9 @@ struct Product {
   void* c;
   int32_t batch = 1;
   int64_t a_stride = 0, b_stride = 0;
+  /// Epilogue: bias [N] added to every row of C (nullptr: none), then ReLU when `relu`.
+  const void* bias = nullptr;
+  bool relu = false;
 };
 
 void run_product(const KernelContext& ctx, const Product& p) {
@@ -89,6 +92,15 @@ void run_product(const KernelContext& ctx, const Product& p) {
                                                  sizeof(first_op)));
   KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &second_op,
                                                  sizeof(second_op)));
+  if (p.bias) {
+    // C^T is column-major [N, M]: a bias of N rows is one value per column of C.
+    const cublasLtEpilogue_t epilogue =
+        p.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                                   sizeof(epilogue)));
+    KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
+                                                   sizeof(p.bias)));
+  }
   // Stored column-major shapes: B is [N, K] (or [K, N] transposed), A is [K, M] (or [M, K]).
   const uint64_t b_rows = p.tb ? p.k : p.n, b_cols = p.tb ? p.n : p.k;
   const uint64_t a_rows = p.ta ? p.m : p.k, a_cols = p.ta ? p.k : p.m;
@@ -170,5 +182,24 @@ void matmul_cuda(KernelContext& ctx) {
                       pb + b_off[i] * k * n * elem, pc + i * m * n * elem});
 }
 KILN_CUDA_KERNEL(matmul, matmul_cuda, {DType::f32, DType::f64, DType::f16, DType::bf16});
+
+// matmul_bias: one cuBLASLt call with the bias (and ReLU) epilogue.
+void matmul_bias_cuda(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  Tensor& c = ctx.output(0);
+  const bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+  const int64_t m = c.shape()[0], n = c.shape()[1], k = ta ? a.shape()[0] : a.shape()[1];
+  if (c.numel() == 0) return;
+  // The pass that makes matmul_bias (runtime/passes/matmul_epilogue.cc) leaves empty products
+  // to matmul + add.
+  KILN_CHECK(k > 0, Error, ctx.where(), ": an inner dimension of 0 is not supported on the GPU");
+  KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
+             ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed cuBLAS's 32-bit limit");
+  Product p{a.dtype(), ta, tb, m, n, k, a.raw_data(), ctx.input(1).raw_data(), c.raw_data()};
+  p.bias = ctx.input(2).raw_data();
+  p.relu = ctx.attr<std::string>("activation") == "relu";
+  run_product(ctx, p);
+}
+KILN_CUDA_KERNEL(matmul_bias, matmul_bias_cuda, {DType::f32, DType::f64, DType::f16, DType::bf16});
 
 }  // namespace kiln::ops::cuda_matmul

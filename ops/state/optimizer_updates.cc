@@ -26,6 +26,13 @@ std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, boo
     ctx.expect_dtype(lr + 1, {i64});
     if (ctx.shape(lr + 1).rank() != 0) ctx.fail("step must be a scalar");
   }
+  const int fixed = lr + 1 + (has_step ? 1 : 0);
+  if (ctx.num_inputs() > fixed + 1) ctx.fail("takes at most one apply_if input");
+  if (ctx.num_inputs() == fixed + 1) {
+    ctx.expect_dtype(fixed, {DType::boolean});
+    if (ctx.shape(fixed).rank() != 0)
+      ctx.fail("apply_if must be a bool scalar, got ", ctx.shape(fixed));
+  }
   return {ctx.input(0)};
 }
 
@@ -34,7 +41,14 @@ T* mutable_data(const Tensor& t) {
   return t.data<T>();
 }
 
+// False when the update's optional apply_if input (after its `fixed` inputs) says to skip it.
+bool applies(const KernelContext& ctx, int fixed) {
+  return ctx.num_inputs() <= fixed || *ctx.input(fixed).data<bool>();
+}
+
 void sgd_cpu(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, 4)) return;
   const double momentum = ctx.attr<double>("momentum"), wd = ctx.attr<double>("weight_decay");
   const bool nesterov = ctx.attr<bool>("nesterov");
   auto run = [&](auto tag) {
@@ -56,7 +70,6 @@ void sgd_cpu(KernelContext& ctx) {
     });
   };
   dispatch_float(ctx.input(0).dtype(), run);
-  ctx.set_output(0, ctx.input(0));
 }
 
 KILN_OP(sgd_update)
@@ -64,6 +77,7 @@ KILN_OP(sgd_update)
     .input("buf")
     .input("grad")
     .input("lr")
+    .variadic_input("apply_if", 0)
     .attr("momentum", 0.0)
     .attr("nesterov", false)
     .attr("weight_decay", 0.0)
@@ -74,6 +88,8 @@ KILN_OP(sgd_update)
     .kernel(DeviceKind::cpu, sgd_cpu, {f32, f64});
 
 void adam_cpu(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, 6)) return;
   const double b1 = ctx.attr<double>("beta1"), b2 = ctx.attr<double>("beta2");
   const double eps = ctx.attr<double>("eps"), wd = ctx.attr<double>("weight_decay");
   const bool decoupled = ctx.attr<bool>("decoupled");
@@ -101,7 +117,6 @@ void adam_cpu(KernelContext& ctx) {
     });
   };
   dispatch_float(ctx.input(0).dtype(), run);
-  ctx.set_output(0, ctx.input(0));
 }
 
 KILN_OP(adam_update)
@@ -111,6 +126,7 @@ KILN_OP(adam_update)
     .input("grad")
     .input("lr")
     .input("step")
+    .variadic_input("apply_if", 0)
     .attr("beta1", 0.9)
     .attr("beta2", 0.999)
     .attr("eps", 1e-8)
@@ -124,6 +140,8 @@ KILN_OP(adam_update)
     .kernel(DeviceKind::cpu, adam_cpu, {f32, f64});
 
 void rmsprop_cpu(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, 4)) return;
   const double alpha = ctx.attr<double>("alpha"), eps = ctx.attr<double>("eps");
   const double wd = ctx.attr<double>("weight_decay");
   auto run = [&](auto tag) {
@@ -142,7 +160,6 @@ void rmsprop_cpu(KernelContext& ctx) {
     });
   };
   dispatch_float(ctx.input(0).dtype(), run);
-  ctx.set_output(0, ctx.input(0));
 }
 
 KILN_OP(rmsprop_update)
@@ -150,6 +167,7 @@ KILN_OP(rmsprop_update)
     .input("sq")
     .input("grad")
     .input("lr")
+    .variadic_input("apply_if", 0)
     .attr("alpha", 0.99)
     .attr("eps", 1e-8)
     .attr("weight_decay", 0.0)
@@ -162,18 +180,26 @@ KILN_OP(rmsprop_update)
 }  // namespace
 }  // namespace ops
 
+namespace {
+// The inputs of an update, with apply_if last when given.
+std::vector<Value> with_apply_if(std::vector<Value> inputs, const Value& apply_if) {
+  if (apply_if.defined()) inputs.push_back(apply_if);
+  return inputs;
+}
+}  // namespace
+
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
-                 double momentum, bool nesterov, double weight_decay) {
+                 double momentum, bool nesterov, double weight_decay, const Value& apply_if) {
   return common_graph("sgd_update", {&var, &buf, &grad, &lr})
-      .add("sgd_update", {var, buf, grad, lr},
+      .add("sgd_update", with_apply_if({var, buf, grad, lr}, apply_if),
            {{"momentum", momentum}, {"nesterov", nesterov}, {"weight_decay", weight_decay}});
 }
 
 Value adam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                   const Value& lr, const Value& step, double beta1, double beta2, double eps,
-                  double weight_decay, bool decoupled) {
+                  double weight_decay, bool decoupled, const Value& apply_if) {
   return common_graph("adam_update", {&var, &m, &v, &grad, &lr, &step})
-      .add("adam_update", {var, m, v, grad, lr, step},
+      .add("adam_update", with_apply_if({var, m, v, grad, lr, step}, apply_if),
            {{"beta1", beta1},
             {"beta2", beta2},
             {"eps", eps},
@@ -182,9 +208,9 @@ Value adam_update(const Value& var, const Value& m, const Value& v, const Value&
 }
 
 Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
-                     double alpha, double eps, double weight_decay) {
+                     double alpha, double eps, double weight_decay, const Value& apply_if) {
   return common_graph("rmsprop_update", {&var, &sq, &grad, &lr})
-      .add("rmsprop_update", {var, sq, grad, lr},
+      .add("rmsprop_update", with_apply_if({var, sq, grad, lr}, apply_if),
            {{"alpha", alpha}, {"eps", eps}, {"weight_decay", weight_decay}});
 }
 

@@ -12,6 +12,12 @@ T* mutable_data(const Tensor& t) {
   return static_cast<T*>(t.raw_data());
 }
 
+// The optional apply_if input after the `fixed` ones (nullptr: always apply). Read on the
+// device, so a captured graph sees each step's value.
+const bool* apply_flag(const KernelContext& ctx, int fixed) {
+  return ctx.num_inputs() > fixed ? ctx.input(fixed).data<bool>() : nullptr;
+}
+
 template <typename T>
 void sgd_typed(KernelContext& ctx) {
   T* p = mutable_data<T>(ctx.input(0));
@@ -21,7 +27,9 @@ void sgd_typed(KernelContext& ctx) {
   const T mu = static_cast<T>(ctx.attr<double>("momentum"));
   const T decay = static_cast<T>(ctx.attr<double>("weight_decay"));
   const bool nesterov = ctx.attr<bool>("nesterov"), momentum = mu != T(0);
+  const bool* apply = apply_flag(ctx, 4);
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    if (apply && !*apply) return;
     T d = g[i] + decay * p[i];
     if (momentum) {
       buf[i] = mu * buf[i] + d;
@@ -51,7 +59,9 @@ void adam_typed(KernelContext& ctx) {
   const T e = static_cast<T>(ctx.attr<double>("eps"));
   const double wd = ctx.attr<double>("weight_decay");
   const bool decoupled = ctx.attr<bool>("decoupled");
+  const bool* apply = apply_flag(ctx, 6);
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    if (apply && !*apply) return;
     // Bias corrections in double: 1 - b^t loses everything in f32 for b close to 1.
     const double t = static_cast<double>(*step_at + 1);
     const double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
@@ -84,7 +94,9 @@ void rmsprop_typed(KernelContext& ctx) {
   const T a = static_cast<T>(ctx.attr<double>("alpha"));
   const T e = static_cast<T>(ctx.attr<double>("eps"));
   const T decay = static_cast<T>(ctx.attr<double>("weight_decay"));
+  const bool* apply = apply_flag(ctx, 4);
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    if (apply && !*apply) return;
     const T d = g[i] + decay * p[i];
     s[i] = a * s[i] + (T(1) - a) * d * d;
     p[i] -= *lr * d / (sqrt(s[i]) + e);

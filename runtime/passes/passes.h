@@ -35,11 +35,16 @@ std::unique_ptr<Pass> make_algebraic_simplification();
 /// reads its inputs once and writes its output once.
 std::unique_ptr<Pass> make_elementwise_fusion();
 
+/// Folds a bias add (and a relu that only it feeds) into the matmul before it: matmul_bias,
+/// which cuBLASLt runs as one product with an epilogue.
+std::unique_ptr<Pass> make_matmul_epilogue();
+
 /// Which passes a Session runs (all on by default).
 struct PassOptions {
   bool constant_folding = true;
   bool common_subexpression_elimination = true;
   bool algebraic_simplification = true;
+  bool matmul_epilogue = true;
   bool elementwise_fusion = true;
   bool dead_code_elimination = true;
   /// Let an elementwise op write into an input buffer that dies at it (memory planning).

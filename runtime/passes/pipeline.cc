@@ -35,6 +35,11 @@ std::vector<std::string> optimize_graph(Graph& graph, const PassOptions& options
       if (pass->run(graph)) any = true, note(*pass);
     if (!any) break;
   }
+  // Epilogues before fusion, which would otherwise take the add and relu into a chain.
+  if (options.matmul_epilogue) {
+    auto epilogue = make_matmul_epilogue();
+    if (epilogue->run(graph)) note(*epilogue);
+  }
   if (options.elementwise_fusion) {
     auto fusion = make_elementwise_fusion();
     if (fusion->run(graph)) {

@@ -52,6 +52,13 @@ std::vector<OpCase> op_cases() {
                      },
                      {r64({}, 0.5, 2, 4), r64({4}, 0.5, 2, 5)}});
   }
+  for (const char* act : {"none", "relu"})
+    cases.push_back({std::string("matmul_bias ") + act,
+                     [act](Graph& g, auto& x) {
+                       return g.add("matmul_bias", {x[0], x[1], x[2]},
+                                    {{"transpose_b", true}, {"activation", std::string(act)}});
+                     },
+                     {r64({3, 4}, -1, 1, 6), r64({5, 4}, -1, 1, 7), r64({5}, -1, 1, 8)}});
   cases.push_back({"pow",
                    [](Graph&, auto& x) { return pow(x[0], x[1]); },
                    {r64({3, 2}, 0.5, 2), r64({2}, -1.5, 2)}});

@@ -144,6 +144,12 @@ std::vector<OpCase> op_cases() {
                        Value w = c.input(tb ? Shape{50, 40} : Shape{40, 50});
                        return op(c, "matmul", {a, w}, {{"transpose_a", ta}, {"transpose_b", tb}});
                      }});
+  for (const char* act : {"none", "relu"})
+    cases.push_back({str("matmul_bias_", act), [act](CaseGraph& c) {
+                       return op(c, "matmul_bias",
+                                 {c.input({33, 40}), c.input({50, 40}), c.input({50})},
+                                 {{"transpose_b", true}, {"activation", std::string(act)}});
+                     }});
   cases.push_back({"matmul_batch", [](CaseGraph& c) {
                      return matmul(c.input({3, 1, 8, 16}), c.input({2, 16, 9}));
                    }});

@@ -79,6 +79,29 @@ TEST(CudaRuntime, EveryOptimizerTrainsLikeTheCpu) {
   }
 }
 
+// bf16 autocast, and f16 autocast with dynamic loss scaling, train like f32 (within 16-bit
+// rounding) with f32 master weights; the same with CUDA Graphs.
+TEST(CudaRuntime, MixedPrecisionTrainsLikeF32) {
+  KILN_REQUIRE_GPU();
+  auto f32_mlp = make_mlp([](const Value& l) { return optim::Adam({.lr = 1e-2}).minimize(l); });
+  auto [reference, ref_vars] = train(*f32_mlp, {.device = Device::cuda(0)}, 8);
+  for (DType low : {bf16, f16}) {
+    for (bool graphs : {false, true}) {
+      auto mixed = make_mlp([low](const Value& l) {
+        optim::Adam adam({.lr = 1e-2});
+        if (low == f16) adam.with_loss_scaling({.initial = 1024});
+        return adam.minimize(autocast(l, low));
+      });
+      auto [losses, vars] = train(*mixed, {.device = Device::cuda(0), .cuda_graphs = graphs}, 8);
+      EXPECT_EQ(vars[0].dtype(), f32);
+      for (size_t i = 0; i < losses.size(); ++i)
+        EXPECT_NEAR(losses[i], reference[i], 0.05 * (1 + std::abs(reference[i])))
+            << low << " step " << i;
+      EXPECT_LT(losses.back(), losses.front()) << low;
+    }
+  }
+}
+
 TEST(CudaRuntime, CudaGraphReplayEqualsPlainExecution) {
   KILN_REQUIRE_GPU();
   auto minimize = [](const Value& l) { return optim::Adam({.lr = 1e-2}).minimize(l); };

@@ -16,7 +16,7 @@ std::map<std::string, int> ops_of(const Plan& plan) {
 
 SessionOptions only(bool PassOptions::*flag) {
   SessionOptions o;
-  o.passes = {false, false, false, false, false, false};
+  o.passes = {false, false, false, false, false, false, false};
   if (flag) o.passes.*flag = true;
   o.passes.dead_code_elimination = true;
   return o;
@@ -42,6 +42,33 @@ TEST(Passes, ConstantFoldingComputesConstantSubgraphsOnce) {
   const Plan& with_var = on.plan({}, {v * 2.0});
   EXPECT_EQ(ops_of(with_var)["variable"], 1);
   EXPECT_EQ(ops_of(with_var)["mul"], 1);
+}
+
+TEST(Passes, MatmulEpilogueFoldsTheBiasAndTheRelu) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {5, 7});
+  Value w = g.placeholder("w", f32, {7, 3});
+  Value b = g.placeholder("b", f32, {3});
+  Value inference = relu(matmul(x, w) + b);  // bias and relu fold
+  Value shared = matmul(x, w, false, false) + b;
+  Value training = relu(shared) * sigmoid(shared);  // the sum has two readers: bias only
+  FeedList feeds = {{x, testing::random_tensor(f32, {5, 7}, -1, 1, 1)},
+                    {w, testing::random_tensor(f32, {7, 3}, -1, 1, 2)},
+                    {b, testing::random_tensor(f32, {3}, -1, 1, 3)}};
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::matmul_epilogue));
+  const Plan& folded = on.plan(feeds, {inference});
+  EXPECT_EQ(ops_of(folded)["matmul_bias"], 1);
+  EXPECT_EQ(ops_of(folded)["relu"], 0);
+  EXPECT_EQ(ops_of(folded)["matmul"], 0);
+  EXPECT_EQ(folded.graph->node(folded.steps.back().node).attr<std::string>("activation"), "relu");
+  const Plan& bias_only = on.plan(feeds, {training});
+  EXPECT_EQ(ops_of(bias_only)["matmul_bias"], 1);
+  EXPECT_EQ(ops_of(bias_only)["relu"], 1);
+  for (const Value& y : {inference, training})
+    EXPECT_TRUE(equal_bits(off.run(feeds, {y})[0], on.run(feeds, {y})[0]));
+  // A fetched product is kept as it is.
+  Value product = matmul(x, w);
+  EXPECT_EQ(ops_of(on.plan(feeds, {product, product + b}))["matmul_bias"], 0);
 }
 
 TEST(Passes, CommonSubexpressionsAreMergedButVariablesAreNot) {

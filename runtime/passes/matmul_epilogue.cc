@@ -1,0 +1,75 @@
+// Matmul epilogues: add(matmul(a, b), bias) with bias one value per column becomes
+// matmul_bias(a, b, bias), and a relu reading only that sum joins it too. cuBLASLt then adds the
+// bias and applies the ReLU while it writes C (one pass over C fewer per op folded in). In
+// training graphs the pre-activation usually has another reader (relu's gradient reads it), so
+// only the bias joins there. GELU is not folded: cuBLASLt's GELU epilogue is the tanh
+// approximation, Kiln's gelu is exact.
+#include "runtime/passes/passes.h"
+
+namespace kiln {
+
+namespace {
+
+class MatmulEpilogue final : public Pass {
+ public:
+  const char* name() const override { return "matmul_epilogue"; }
+
+  bool run(Graph& graph) override {
+    const auto consumers = graph.consumers();
+    std::vector<char> kept(graph.num_nodes(), 0);
+    for (const auto& [name, sig] : graph.signatures())
+      for (const auto* list : {&sig.outputs, &sig.targets})
+        for (const Value& v : *list) kept[v.node_id()] = 1;
+    // The one reader of node id's only output, or -1.
+    auto sole_reader = [&](int32_t id) -> int32_t {
+      if (kept[id] || consumers[id].size() != 1) return -1;
+      return consumers[id][0].first;
+    };
+    bool changed = false;
+    std::vector<char> done(graph.num_nodes(), 0);
+    for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+      const Node& add = graph.node(id);
+      if (add.op_name() != "add" || done[id]) continue;
+      for (int side = 0; side < 2; ++side) {
+        const OutputRef product = add.inputs()[side], bias = add.inputs()[1 - side];
+        const Node& mm = graph.node(product.node);
+        if (mm.op_name() != "matmul" || sole_reader(product.node) != id) continue;
+        const TensorType& c = mm.outputs()[0];
+        const TensorType& b = graph.node(bias.node).outputs()[bias.index];
+        const Shape& a_shape =
+            graph.node(mm.inputs()[0].node).outputs()[mm.inputs()[0].index].shape;
+        const int64_t k = mm.attr<bool>("transpose_a") ? a_shape[0] : a_shape[1];
+        // Matrices with known dims, k > 0, a bias of exactly [N], and y shaped like C.
+        if (c.shape.rank() != 2 || !c.shape.is_known() || k <= 0 || b.shape.rank() != 1 ||
+            b.shape[0] != c.shape[1] || !(add.outputs()[0].shape == c.shape))
+          continue;
+        int32_t target = id;
+        std::string activation = "none";
+        const int32_t reader = sole_reader(id);
+        if (reader >= 0 && graph.node(reader).op_name() == "relu") {
+          target = reader;
+          activation = "relu";
+        }
+        graph.rewrite_node(
+            target, "matmul_bias",
+            {graph.value(mm.inputs()[0]), graph.value(mm.inputs()[1]), graph.value(bias)},
+            {{"transpose_a", mm.attr<bool>("transpose_a")},
+             {"transpose_b", mm.attr<bool>("transpose_b")},
+             {"activation", activation}});
+        done[target] = 1;
+        changed = true;
+        break;
+      }
+    }
+    if (changed) graph.remove_unreachable();
+    return changed;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> make_matmul_epilogue() {
+  return std::make_unique<MatmulEpilogue>();
+}
+
+}  // namespace kiln

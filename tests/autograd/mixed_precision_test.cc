@@ -1,0 +1,97 @@
+// Mixed precision on the CPU: the autocast graph's structure and dtypes, and dynamic loss
+// scaling (which works in any dtype): skipped steps change nothing, the scale backs off and
+// grows. The GPU runs the 16-bit graphs (tests/gpu/cuda_runtime_test.cc).
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+struct Model {
+  Graph g;
+  Value x, y, w1, b1, w2, logits, loss;
+};
+
+std::unique_ptr<Model> model() {
+  auto m = std::make_unique<Model>();
+  Graph& g = m->g;
+  m->x = g.placeholder("x", f32, {-1, 6});
+  m->y = g.placeholder("y", i64, {-1});
+  m->w1 = g.variable("w1", {6, 8}, init::he_normal(1));
+  m->b1 = g.variable("b1", {8}, init::zeros());
+  m->w2 = g.variable("w2", {8, 3}, init::glorot_uniform(2));
+  m->logits = matmul(relu(matmul(m->x, m->w1) + m->b1), m->w2);
+  m->loss = mean(softmax_cross_entropy(m->logits, m->y));
+  return m;
+}
+
+TEST(MixedPrecision, AutocastRunsProductsIn16BitsAndKeepsF32Masters) {
+  auto m = model();
+  const int32_t before = m->g.num_nodes();
+  Value loss = autocast(m->loss, bf16);
+  EXPECT_EQ(loss.dtype(), f32);
+  int low_matmuls = 0, f32_cross_entropy = 0;
+  for (int32_t id = before; id < m->g.num_nodes(); ++id) {
+    const Node& n = m->g.node(id);
+    if (n.op_name() == "matmul") {
+      ++low_matmuls;
+      EXPECT_EQ(n.outputs()[0].dtype, bf16);
+    }
+    if (n.op_name() == "softmax_cross_entropy") {
+      ++f32_cross_entropy;
+      EXPECT_EQ(n.outputs()[0].dtype, f32);
+    }
+    EXPECT_NE(n.op_name(), "variable");  // the masters are shared, not copied
+  }
+  EXPECT_EQ(low_matmuls, 2);
+  EXPECT_EQ(f32_cross_entropy, 1);
+  // Gradients reach the f32 masters as f32.
+  for (const Value& grad : gradients(loss, {m->w1, m->b1, m->w2})) EXPECT_EQ(grad.dtype(), f32);
+  testing::expect_error<GraphError>([&] { autocast(m->loss, f32); }, {"[autocast]", "bf16 or f16"});
+}
+
+std::pair<Tensor, Tensor> batch(int seed) {
+  return {testing::random_tensor(f32, {5, 6}, -1, 1, seed),
+          Tensor::from_vector<int64_t>({0, 2, 1, 1, 0})};
+}
+
+TEST(MixedPrecision, LossScalingMatchesUnscaledTrainingWhenNothingOverflows) {
+  auto plain = model(), scaled = model();
+  Value t1 = optim::Adam({.lr = 1e-2}).minimize(plain->loss);
+  Value t2 = optim::Adam({.lr = 1e-2})
+                 .with_loss_scaling({.initial = 1024, .growth_interval = 3})
+                 .minimize(scaled->loss);
+  Session s1(plain->g), s2(scaled->g);
+  for (int step = 0; step < 7; ++step) {
+    auto [x, y] = batch(step);
+    double l1 = s1.run({{plain->x, x}, {plain->y, y}}, {plain->loss}, {t1})[0].item<double>();
+    double l2 = s2.run({{scaled->x, x}, {scaled->y, y}}, {scaled->loss}, {t2})[0].item<double>();
+    EXPECT_NEAR(l1, l2, 1e-5) << "step " << step;
+  }
+  // Seven good steps with growth every 3: 1024 -> 2048 -> 4096, one good step left over.
+  EXPECT_EQ(s2.variable_value(scaled->g.value("loss_scale")).item<float>(), 4096.0f);
+  EXPECT_EQ(s2.variable_value(scaled->g.value("loss_scale_good_steps")).item<int64_t>(), 1);
+  EXPECT_EQ(s2.variable_value(scaled->g.value("global_step")).item<int64_t>(), 7);
+}
+
+TEST(MixedPrecision, AnOverflowingStepIsSkippedAndTheScaleBacksOff) {
+  auto m = model();
+  // A scale at which the scaled loss overflows f32: every gradient is inf or NaN.
+  Value train = optim::SGD({.lr = 0.1, .momentum = 0.9})
+                    .with_loss_scaling({.initial = 3e38})
+                    .minimize(m->loss * 100.0);
+  Session s(m->g);
+  s.initialize_variables();
+  const Tensor w1 = s.variable_value(m->w1);
+  auto [x, y] = batch(0);
+  s.run({{m->x, x}, {m->y, y}}, {}, {train});
+  EXPECT_TRUE(equal_bits(s.variable_value(m->w1), w1));  // skipped: nothing moved
+  EXPECT_EQ(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
+  EXPECT_FLOAT_EQ(s.variable_value(m->g.value("loss_scale")).item<float>(), 1.5e38f);
+  // Backing off until the gradients fit, then training proceeds.
+  for (int i = 0; i < 40; ++i) s.run({{m->x, x}, {m->y, y}}, {}, {train});
+  EXPECT_GT(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
+  EXPECT_FALSE(equal_bits(s.variable_value(m->w1), w1));
+}
+
+}  // namespace
+}  // namespace kiln
