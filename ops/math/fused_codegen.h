@@ -18,13 +18,16 @@ enum class FusedRead { full, scalar, row };
 inline constexpr int kMaxFusedInputs = 48;
 
 /// The parameter block of a generated kernel, passed by value; the source declares the same
-/// layout. period[i] is m for FusedRead::row inputs.
+/// layout. period[i] is m for FusedRead::row inputs. vector_width: 16 / sizeof(T) when every
+/// full-size input and the output are 16-byte aligned and n is a multiple of it (each thread
+/// then moves 16 bytes at a time), else 1.
 template <typename T>
 struct FusedArgs {
   const T* in[kMaxFusedInputs];
   int64_t period[kMaxFusedInputs];
   T* out;
   int64_t n;
+  int64_t vector_width;
 };
 
 /// Source of `extern "C" __global__ void kiln_fused(FusedArgs)` computing `code`

@@ -105,7 +105,8 @@ TEST(LaunchConfig, GeneratedFusedSourceSpellsTheProgram) {
       code, {ops::FusedRead::full, ops::FusedRead::scalar, ops::FusedRead::row}, f32);
   for (const char* part :
        {"kiln_fused", "typedef float T", "const T s1 = a.in[1][0]", "a.in[2][i % a.period[2]]",
-        "op_tanh<T>(r0)", "a.out[i] = r2", "sigmoid_of"})
+        "op_tanh<T>(r0)", "return r2", "float4",
+        "eval<T>(v0[u].w, s1, a.in[2][(g * 4 + 3) % a.period[2]])", "sigmoid_of"})
     EXPECT_NE(src.find(part), std::string::npos) << part << "\n" << src;
   testing::expect_error<Error>([&] { ops::fused_cuda_source(code, {ops::FusedRead::full}, i32); },
                                {"f32 or f64", "i32"});
