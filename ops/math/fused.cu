@@ -5,6 +5,7 @@
 // a few slots assigned on the host, reading each input where it sits (full size, a scalar, or a
 // row repeated over the leading dims).
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -123,8 +124,77 @@ void fused_typed(KernelContext& ctx) {
   check_launch(ctx);
 }
 
+// The compiled kernel for a program (nullptr when it could not be compiled: the interpreter
+// runs it). Compiled once per process and program.
+// KILN_FUSED_INTERPRETER=1 forces the interpreter (tests compare the two).
+void* compiled_kernel(const KernelContext& ctx, const std::string& source) {
+  if (const char* forced = std::getenv("KILN_FUSED_INTERPRETER"); forced && *forced == '1')
+    return nullptr;
+  static std::mutex mutex;
+  static std::map<std::string, void*> kernels;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = kernels.find(source);
+  if (it != kernels.end()) return it->second;
+  void* kernel = nullptr;
+  try {
+    kernel = load_cuda_kernel(source, "kiln_fused", ctx.cuda()->device);
+  } catch (const std::exception& e) {
+    static bool warned = false;
+    if (!warned)
+      std::fprintf(stderr, "kiln: %s: fused kernels are interpreted: %s\n", ctx.where().c_str(),
+                   e.what());
+    warned = true;
+  }
+  return kernels.emplace(source, kernel).first->second;
+}
+
+// Runs the program as a generated kernel; false when none could be made.
+template <typename T>
+bool run_generated(KernelContext& ctx) {
+  const int n_in = ctx.num_inputs();
+  if (n_in > kMaxFusedInputs) return false;
+  Tensor& y = ctx.output(0);
+  FusedArgs<T> args{};
+  std::vector<FusedRead> reads(n_in);
+  args.n = y.numel();
+  args.out = y.template data<T>();
+  for (int i = 0; i < n_in; ++i) {
+    const int64_t m = ctx.input(i).numel();
+    args.in[i] = ctx.input(i).template data<T>();
+    args.period[i] = m;
+    reads[i] = m == args.n ? FusedRead::full : m == 1 ? FusedRead::scalar : FusedRead::row;
+  }
+  // 16-byte steps where every full-size operand allows them.
+  constexpr int64_t lanes = 16 / sizeof(T);
+  auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  bool vectorize = args.n % lanes == 0 && aligned16(args.out);
+  for (int i = 0; i < n_in; ++i)
+    if (reads[i] == FusedRead::full) vectorize &= aligned16(args.in[i]);
+  args.vector_width = vectorize ? lanes : 1;
+  void* kernel = compiled_kernel(
+      ctx, fused_cuda_source(ctx.attr<std::vector<int64_t>>("code"), reads, dtype_of<T>()));
+  if (!kernel) return false;
+  if (args.n == 0) return true;
+  // A grid of a few waves; each thread strides over the rest (fewer, longer-lived blocks).
+  static const int64_t max_blocks = [&] {
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.cuda()->device.index);
+    return std::max<int64_t>(sms, 1) * 16;
+  }();
+  const LaunchConfig config =
+      elementwise_launch(args.n, static_cast<int>(args.vector_width) * 4, max_blocks);
+  void* params[] = {&args};
+  KILN_CUDA_CHECK(cudaLaunchKernel(kernel, dim3(static_cast<unsigned>(config.blocks)),
+                                   dim3(config.threads), params, 0, stream_of(ctx)),
+                  ctx.where());
+  return true;
+}
+
 void fused_cuda(KernelContext& ctx) {
-  dispatch_cuda_float(ctx.output_type(0).dtype, [&](auto tag) { fused_typed<decltype(tag)>(ctx); });
+  const DType dtype = ctx.output_type(0).dtype;
+  if (dtype == DType::f32 && run_generated<float>(ctx)) return;
+  if (dtype == DType::f64 && run_generated<double>(ctx)) return;
+  dispatch_cuda_float(dtype, [&](auto tag) { fused_typed<decltype(tag)>(ctx); });
 }
 KILN_CUDA_KERNEL(fused_elementwise, fused_cuda, cuda_dtypes(DTypeClass::floating));
 

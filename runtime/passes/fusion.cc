@@ -18,6 +18,10 @@ class ElementwiseFusion final : public Pass {
   bool run(Graph& graph) override {
     consumers_ = graph.consumers();
     kept_.clear();
+    updated_.clear();
+    for (int32_t id = 0; id < graph.num_nodes(); ++id)
+      for (int index : graph.node(id).op().mutated_inputs())
+        updated_.insert(graph.node(id).inputs()[index].node);
     for (const auto& [name, sig] : graph.signatures())
       for (const auto* list : {&sig.outputs, &sig.targets})
         for (const Value& v : *list) kept_.insert(v.node_id());
@@ -89,10 +93,10 @@ class ElementwiseFusion final : public Pass {
   }
 
   // Token of external value `r` (-(index + 2)), added on first use; -1 when unreadable. Only
-  // the root may read a variable: an inner node's read would move to the root's place in the
-  // order, possibly after an update of the variable.
-  static int64_t external(Group& g, OutputRef r, bool for_root) {
-    if (!for_root && g.graph.node(r.node).op_name() == "variable") return -1;
+  // the root may read a variable that the graph also updates: an inner node's read would move
+  // to the root's place in the order, possibly after the update.
+  int64_t external(Group& g, OutputRef r, bool for_root) const {
+    if (!for_root && updated_.count(r.node)) return -1;
     const TensorType& t = g.graph.node(r.node).outputs()[r.index];
     if (t.dtype != g.out.dtype || !readable(t.shape, g.out.shape)) return -1;
     for (size_t i = 0; i < g.externals.size(); ++i)
@@ -149,6 +153,7 @@ class ElementwiseFusion final : public Pass {
 
   std::vector<std::vector<std::pair<int32_t, int32_t>>> consumers_;
   std::unordered_set<int32_t> kept_;
+  std::unordered_set<int32_t> updated_;  // variables some op of the graph writes
 };
 
 }  // namespace

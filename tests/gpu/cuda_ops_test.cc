@@ -298,5 +298,27 @@ TEST(CudaOps, EveryOpMatchesTheCpu) {
               failures.size());
 }
 
+// The generated kernels and the interpreter (where NVRTC is missing) compute the same values,
+// in both read modes (16-byte steps, and element by element with an odd count).
+TEST(CudaOps, GeneratedFusedKernelsMatchTheInterpreter) {
+  KILN_REQUIRE_GPU();
+  for (int64_t n : {int64_t{4096}, int64_t{4099}}) {
+    Graph g;
+    Value a = g.placeholder("a", f32, {n, 3}), b = g.placeholder("b", f32, {3});
+    Value y = where(greater(a, b), tanh(a * b + 0.5), -sigmoid(a) / (abs(b) + 1.0));
+    FeedList feeds = {{a, testing::random_tensor(f32, {n, 3}, -2, 2, 1)},
+                      {b, testing::random_tensor(f32, {3}, -2, 2, 2)}};
+    Session generated(g, {.device = Device::cuda(0)});
+    const Tensor want = generated.run(feeds, {y})[0];
+    ::setenv("KILN_FUSED_INTERPRETER", "1", 1);
+    Session interpreted(g, {.device = Device::cuda(0)});
+    const Tensor got = interpreted.run(feeds, {y})[0];
+    ::unsetenv("KILN_FUSED_INTERPRETER");
+    const Plan& plan = generated.plan(feeds, {y});
+    EXPECT_EQ(plan.graph->node(plan.steps.back().node).op_name(), "fused_elementwise");
+    testing::expect_near(testing::values(want), got, 1e-6, 1e-6, str("n = ", n));
+  }
+}
+
 }  // namespace
 }  // namespace kiln
