@@ -38,6 +38,16 @@ TEST(Gpu, StreamsAndEventsOrderWork) {
   cudaFree(device);
 }
 
+// Every op that runs on the CPU runs on the GPU too, for every dtype the CPU kernel takes.
+TEST(Gpu, EveryCpuKernelHasACudaKernel) {
+  std::vector<std::string> missing;
+  for (const OpDef* op : OpRegistry::global().all())
+    for (int d = 0; d < 8; ++d)
+      if (op->kernel_for(DeviceKind::cpu, DType(d)) && !op->kernel_for(DeviceKind::cuda, DType(d)))
+        missing.push_back(str(op->name(), " ", DType(d)));
+  EXPECT_TRUE(missing.empty()) << "no CUDA kernel for: " << ::testing::PrintToString(missing);
+}
+
 // NVRTC needs no GPU: every opcode's generated kernel compiles here and in CI.
 TEST(Gpu, GeneratedFusedKernelsCompileForEveryOp) {
   std::vector<int64_t> code;
