@@ -75,4 +75,14 @@ BroadcastLoop<N> make_broadcast_loop(const Shape& out, const std::array<Shape, N
   return loop;
 }
 
+/// The dims of `x` that broadcasting stretched from `target` (x = broadcast of target): the
+/// leading dims target lacks, and those where target has 1 and x does not. sum_to sums them.
+inline std::vector<int64_t> stretched_axes(const Shape& x, const Shape& target) {
+  const int64_t lead = x.rank() - target.rank();
+  std::vector<int64_t> axes;
+  for (int64_t d = 0; d < x.rank(); ++d)
+    if (d < lead || (target[d - lead] == 1 && x[d] != 1)) axes.push_back(d);
+  return axes;
+}
+
 }  // namespace kiln::ops

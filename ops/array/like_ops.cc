@@ -8,6 +8,7 @@
 #include "ops/array.h"
 #include "ops/array/fill.h"
 #include "ops/array/strided_copy.h"
+#include "ops/broadcast.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
 #include "ops/math/elementwise_cpu.h"
@@ -48,10 +49,7 @@ KILN_OP(sum_to)
             return;
           }
           Tensor& y = ctx.output(0);
-          const int64_t lead = x.rank() - target.rank();
-          std::vector<int64_t> axes;
-          for (int64_t d = 0; d < x.rank(); ++d)
-            if (d < lead || (target[d - lead] == 1 && x.shape()[d] != 1)) axes.push_back(d);
+          const std::vector<int64_t> axes = stretched_axes(x.shape(), target);
           // Reuse the sum kernel's math through a one-off reduction: y = sum(x, axes) reshaped.
           std::vector<int64_t> kept;
           for (int64_t d = 0; d < x.rank(); ++d)

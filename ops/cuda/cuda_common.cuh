@@ -36,31 +36,6 @@ template <typename T>
 inline constexpr bool is_float_v =
     std::is_floating_point_v<T> || std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
 
-/// Calls fn(T{}) for every dtype CUDA kernels handle (all of them; Half and BFloat16 are the
-/// storage types of f16 and bf16).
-template <typename Fn>
-decltype(auto) dispatch_cuda(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::f32:
-      return fn(float{});
-    case DType::f64:
-      return fn(double{});
-    case DType::f16:
-      return fn(Half{});
-    case DType::bf16:
-      return fn(BFloat16{});
-    case DType::i32:
-      return fn(int32_t{});
-    case DType::i64:
-      return fn(int64_t{});
-    case DType::u8:
-      return fn(uint8_t{});
-    case DType::boolean:
-      return fn(bool{});
-  }
-  throw Error(str("[kernel] no CUDA kernel for ", dtype));
-}
-
 /// Calls fn(T{}) for the floating dtypes.
 template <typename Fn>
 decltype(auto) dispatch_cuda_float(DType dtype, Fn&& fn) {

@@ -34,7 +34,7 @@ void compare_typed(KernelContext& ctx) {
 // never compiled.
 #define KILN_CUDA_UNARY(name, cls, expr)                                          \
   void name##_cuda(KernelContext& ctx) {                                          \
-    dispatch_cuda(ctx.input(0).dtype(), [&](auto tag) {                           \
+    dispatch_all(ctx.input(0).dtype(), [&](auto tag) {                            \
       using T = decltype(tag);                                                    \
       if constexpr (in_class<T>(DTypeClass::cls)) unary_typed<name##_fn, T>(ctx); \
     });                                                                           \
@@ -45,7 +45,7 @@ KILN_UNARY_OPS(KILN_CUDA_UNARY)
 
 #define KILN_CUDA_BINARY(name, cls, expr)                                          \
   void name##_cuda(KernelContext& ctx) {                                           \
-    dispatch_cuda(ctx.input(0).dtype(), [&](auto tag) {                            \
+    dispatch_all(ctx.input(0).dtype(), [&](auto tag) {                             \
       using T = decltype(tag);                                                     \
       if constexpr (in_class<T>(DTypeClass::cls)) binary_typed<name##_fn, T>(ctx); \
     });                                                                            \
@@ -54,11 +54,11 @@ KILN_UNARY_OPS(KILN_CUDA_UNARY)
 KILN_BINARY_OPS(KILN_CUDA_BINARY)
 #undef KILN_CUDA_BINARY
 
-#define KILN_CUDA_COMPARE(name, expr)                                               \
-  void name##_cuda(KernelContext& ctx) {                                            \
-    dispatch_cuda(ctx.input(0).dtype(),                                             \
-                  [&](auto tag) { compare_typed<name##_fn, decltype(tag)>(ctx); }); \
-  }                                                                                 \
+#define KILN_CUDA_COMPARE(name, expr)                                              \
+  void name##_cuda(KernelContext& ctx) {                                           \
+    dispatch_all(ctx.input(0).dtype(),                                             \
+                 [&](auto tag) { compare_typed<name##_fn, decltype(tag)>(ctx); }); \
+  }                                                                                \
   KILN_CUDA_KERNEL(name, name##_cuda, cuda_dtypes(DTypeClass::any));
 KILN_COMPARE_OPS(KILN_CUDA_COMPARE)
 #undef KILN_CUDA_COMPARE
@@ -69,7 +69,7 @@ void where_typed(KernelContext& ctx) {
                       [] __device__(bool c, T a, T b) { return c ? a : b; });
 }
 void where_cuda(KernelContext& ctx) {
-  dispatch_cuda(ctx.input(1).dtype(), [&](auto tag) { where_typed<decltype(tag)>(ctx); });
+  dispatch_all(ctx.input(1).dtype(), [&](auto tag) { where_typed<decltype(tag)>(ctx); });
 }
 KILN_CUDA_KERNEL(where, where_cuda);
 
@@ -79,9 +79,9 @@ void cast_typed(KernelContext& ctx) {
                  [] __device__(From v) { return convert<To>(v); });
 }
 void cast_cuda(KernelContext& ctx) {
-  dispatch_cuda(ctx.input(0).dtype(), [&](auto from) {
-    dispatch_cuda(ctx.output(0).dtype(),
-                  [&](auto to) { cast_typed<decltype(from), decltype(to)>(ctx); });
+  dispatch_all(ctx.input(0).dtype(), [&](auto from) {
+    dispatch_all(ctx.output(0).dtype(),
+                 [&](auto to) { cast_typed<decltype(from), decltype(to)>(ctx); });
   });
 }
 KILN_CUDA_KERNEL(cast, cast_cuda);
@@ -137,7 +137,7 @@ void add_n_typed(KernelContext& ctx) {
   }
 }
 void add_n_cuda(KernelContext& ctx) {
-  dispatch_cuda(ctx.output(0).dtype(), [&](auto tag) {
+  dispatch_all(ctx.output(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>) add_n_typed<T>(ctx);
   });
@@ -153,7 +153,7 @@ void fill_value(KernelContext& ctx, Tensor& y, double value) {
 }
 void fill_with(KernelContext& ctx, double value) {
   Tensor& y = ctx.output(0);
-  dispatch_cuda(y.dtype(), [&](auto tag) { fill_value<decltype(tag)>(ctx, y, value); });
+  dispatch_all(y.dtype(), [&](auto tag) { fill_value<decltype(tag)>(ctx, y, value); });
 }
 void fill_cuda(KernelContext& ctx) {
   fill_with(ctx, ctx.attr<double>("value"));
@@ -180,7 +180,7 @@ void iota_cuda(KernelContext& ctx) {
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), s.rank(), ctx.where());
   int64_t inner = 1;
   for (int64_t i = axis + 1; i < s.rank(); ++i) inner *= s[i];
-  dispatch_cuda(ctx.output(0).dtype(), [&](auto tag) {
+  dispatch_all(ctx.output(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>) iota_typed<T>(ctx, inner, s[axis]);
   });
@@ -230,7 +230,7 @@ void assign_typed(KernelContext& ctx) {
 }
 template <bool kAdd>
 void assign_cuda(KernelContext& ctx) {
-  dispatch_cuda(ctx.input(0).dtype(), [&](auto tag) {
+  dispatch_all(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!(kAdd && std::is_same_v<T, bool>)) assign_typed<T, kAdd>(ctx);
   });

@@ -133,7 +133,7 @@ void reduce_cuda(KernelContext& ctx) {
     copy_bytes(y.raw_data(), x.raw_data(), x.nbytes(), ctx.stream(), ctx.where());
     return;
   }
-  dispatch_cuda(x.dtype(), [&](auto tag) {
+  dispatch_all(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>) reduce_axes<T>(ctx, x, y, axes, kKind);
   });
@@ -152,11 +152,8 @@ void sum_to_cuda(KernelContext& ctx) {
     return;
   }
   Tensor& y = ctx.output(0);
-  const int64_t lead = x.rank() - target.rank();
-  std::vector<int64_t> axes;
-  for (int64_t d = 0; d < x.rank(); ++d)
-    if (d < lead || (target[d - lead] == 1 && x.shape()[d] != 1)) axes.push_back(d);
-  dispatch_cuda(x.dtype(), [&](auto tag) {
+  const std::vector<int64_t> axes = stretched_axes(x.shape(), target);
+  dispatch_all(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>) reduce_axes<T>(ctx, x, y, axes, Kind::sum);
   });
@@ -187,7 +184,7 @@ void arg_cuda(KernelContext& ctx) {
   int64_t outer = 1, inner = 1;
   for (int64_t i = 0; i < axis; ++i) outer *= x.shape()[i];
   for (int64_t i = axis + 1; i < x.rank(); ++i) inner *= x.shape()[i];
-  dispatch_cuda(x.dtype(), [&](auto tag) {
+  dispatch_all(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>) arg_typed<T, kMax>(ctx, outer, x.shape()[axis], inner);
   });
