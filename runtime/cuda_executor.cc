@@ -37,6 +37,23 @@ bool external_output(const Node& node) {
          !node.op().mutated_inputs().empty();
 }
 
+// What the arena holds, for an out-of-memory message: how many buffers and the largest one's
+// node.
+std::string arena_description(const Plan& plan) {
+  int32_t largest = -1, buffers = 0;
+  size_t largest_bytes = 0;
+  for (const PlanStep& step : plan.steps)
+    for (int32_t slot : step.output_slots) {
+      if (plan.slot_offset[slot] < 0) continue;
+      ++buffers;
+      if (slot_bytes(plan, slot) > largest_bytes)
+        largest_bytes = slot_bytes(plan, slot), largest = step.node;
+    }
+  return str("the plan's arena (", buffers, " intermediate buffers, the largest ",
+             largest_bytes >> 20, " MiB from node '",
+             largest >= 0 ? plan.graph->node(largest).name() : std::string("?"), "')");
+}
+
 // One stream with its cuBLASLt handle and workspace.
 struct Lane {
   cuda::Stream stream;
@@ -151,7 +168,7 @@ class CudaExecutorImpl final : public CudaExecutor {
     if (slot) return *slot;
     auto state = std::make_unique<PlanState>();
     if (plan.arena_bytes > 0)
-      state->arena = allocate_device(device_, plan.arena_bytes, nullptr, "arena");
+      state->arena = allocate_device(device_, plan.arena_bytes, nullptr, arena_description(plan));
     size_t feed_total = 0, fetch_total = 0;
     for (int32_t slot_id : plan.feed_slots) {
       const TensorType& t = plan.slot_types[slot_id];

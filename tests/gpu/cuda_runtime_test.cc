@@ -210,6 +210,14 @@ TEST(CudaRuntime, OutOfMemorySaysHowMuchAndWhere) {
   Session s(g, {.device = Device::cuda(0)});
   testing::expect_error<DeviceError>([&] { s.run({}, {huge}); },
                                      {"out of GPU memory", "asked for", "free of", "fill"});
+  // An intermediate too large: the arena's message names its largest buffer's node.
+  Value x = g.placeholder("x", f32, {1});
+  Value total = sum(broadcast_to(x, {int64_t{1} << 40}));
+  testing::expect_error<DeviceError>(
+      [&] {
+        s.run({{x, Tensor::full(f32, {1}, 1.0)}}, {total});
+      },
+      {"out of GPU memory", "arena", "broadcast_to"});
 }
 
 TEST(CudaRuntime, FeedsMustMatchOnTheGpuToo) {
