@@ -54,6 +54,12 @@ std::string arena_description(const Plan& plan) {
              largest >= 0 ? plan.graph->node(largest).name() : std::string("?"), "')");
 }
 
+// GPU start and end of one traced step: timing events recorded around it on its stream.
+struct StepTiming {
+  int32_t step = 0;
+  cudaEvent_t start = nullptr, end = nullptr;
+};
+
 // One stream with its cuBLASLt handle and workspace.
 struct Lane {
   cuda::Stream stream;
@@ -152,8 +158,22 @@ class CudaExecutorImpl final : public CudaExecutor {
       state.graph_generation = variables.generation();
       KILN_CUDA_CHECK(cudaGraphLaunch(state.graph, main), "graph replay");
     } else {
-      enqueue(plan, state, pool, variables, options.trace);
+      std::vector<StepTiming> timings;
+      cudaEvent_t origin = nullptr;
+      double origin_us = 0;
+      if (options.trace) {
+        KILN_CUDA_CHECK(cudaEventCreate(&origin), "trace");
+        KILN_CUDA_CHECK(cudaEventRecord(origin, main), "trace");
+        origin_us = std::chrono::duration<double, std::micro>(
+                        std::chrono::steady_clock::now().time_since_epoch())
+                        .count();
+      }
+      enqueue(plan, state, pool, variables, options.trace ? &timings : nullptr);
       ++state.eager_runs;
+      if (options.trace) {
+        synchronize_stream(main, "run");
+        record_trace(plan, origin, origin_us, timings, *options.trace);
+      }
     }
     synchronize_stream(main, "run");
     raise_data_error(plan);
@@ -234,7 +254,7 @@ class CudaExecutorImpl final : public CudaExecutor {
   // Queues one whole run on the lanes: feeds in, every step, fetches out, all lanes joined
   // back into lane 0. Used both eagerly and under graph capture.
   void enqueue(const Plan& plan, PlanState& state, ThreadPool& pool, VariableStore& variables,
-               std::vector<TraceEvent>* trace) {
+               std::vector<StepTiming>* timings) {
     cudaStream_t main = lanes_[0]->stream.get();
     auto* feed_staging = static_cast<char*>(state.feed_staging->data());
     auto* fetch_staging = static_cast<char*>(state.fetch_staging->data());
@@ -266,8 +286,12 @@ class CudaExecutorImpl final : public CudaExecutor {
       cudaStream_t stream = lane.stream.get();
       for (int32_t w : step.waits)
         KILN_CUDA_CHECK(cudaStreamWaitEvent(stream, state.step_events[w]->get(), 0), node.name());
-      const auto start_time =
-          trace ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+      StepTiming timing{static_cast<int32_t>(s)};
+      if (timings) {
+        KILN_CUDA_CHECK(cudaEventCreate(&timing.start), "trace");
+        KILN_CUDA_CHECK(cudaEventCreate(&timing.end), "trace");
+        KILN_CUDA_CHECK(cudaEventRecord(timing.start, stream), "trace");
+      }
       std::vector<Tensor> outputs(step.output_types.size());
       for (size_t i = 0; i < outputs.size(); ++i) {
         const int32_t out = step.output_slots[i];
@@ -303,13 +327,9 @@ class CudaExecutorImpl final : public CudaExecutor {
       }
       if (state.step_events[s])
         KILN_CUDA_CHECK(cudaEventRecord(state.step_events[s]->get(), stream), node.name());
-      if (trace) {
-        auto us = [](auto t) {
-          return std::chrono::duration<double, std::micro>(t.time_since_epoch()).count();
-        };
-        const double begin = us(start_time);
-        trace->push_back({node.name(), node.op_name(), step.stream, begin,
-                          us(std::chrono::steady_clock::now()) - begin});
+      if (timings) {
+        KILN_CUDA_CHECK(cudaEventRecord(timing.end, stream), "trace");
+        timings->push_back(timing);
       }
     }
     for (size_t l = 1; l < lanes_.size(); ++l) {
@@ -320,6 +340,24 @@ class CudaExecutorImpl final : public CudaExecutor {
     // Slot tensors allocated during the run (outputs of kernels whose slot had no planned
     // buffer) are freed here, stream-ordered, before the run (or capture) ends.
     slots.clear();
+  }
+
+  // Turns the timing events of one run into trace events (GPU times, placed on the host clock
+  // at the run's start), and destroys them.
+  void record_trace(const Plan& plan, cudaEvent_t origin, double origin_us,
+                    std::vector<StepTiming>& timings, std::vector<TraceEvent>& trace) {
+    for (StepTiming& t : timings) {
+      float from_origin = 0, duration = 0;
+      cudaEventElapsedTime(&from_origin, origin, t.start);
+      cudaEventElapsedTime(&duration, t.start, t.end);
+      const PlanStep& step = plan.steps[t.step];
+      const Node& node = plan.graph->node(step.node);
+      trace.push_back({node.name(), node.op_name(), step.stream, origin_us + 1e3 * from_origin,
+                       1e3 * duration});
+      cudaEventDestroy(t.start);
+      cudaEventDestroy(t.end);
+    }
+    cudaEventDestroy(origin);
   }
 
   // A data error a kernel reported (see ops/cuda/cuda_common.cuh), raised naming its node.

@@ -14,7 +14,8 @@ struct CudaRunOptions {
   /// run of a plan and replay it from then on. Shapes are static per plan, so the graph is
   /// exact; it is re-recorded when variables were replaced from the host.
   bool cuda_graphs = false;
-  /// Collect one trace event per step (host enqueue times; the GPU runs them later).
+  /// Collect one trace event per step: its GPU start and duration (timing events around it on
+  /// its stream). Runs traced this way are not captured as CUDA Graphs.
   std::vector<TraceEvent>* trace = nullptr;
 };
 

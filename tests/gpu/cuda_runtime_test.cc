@@ -1,5 +1,7 @@
 // The CUDA executor (CTest label `gpu`): training against the CPU, optimizers, streams under
 // stress, CUDA Graph replay, checkpoints, and the errors a user can hit on a GPU.
+#include <fstream>
+
 #include "gpu_test_util.h"
 
 namespace kiln {
@@ -218,6 +220,31 @@ TEST(CudaRuntime, OutOfMemorySaysHowMuchAndWhere) {
         s.run({{x, Tensor::full(f32, {1}, 1.0)}}, {total});
       },
       {"out of GPU memory", "arena", "broadcast_to"});
+}
+
+// A trace of a GPU session holds each step's GPU time (timing events on its stream).
+TEST(CudaRuntime, TracesTimeTheKernelsOnTheGpu) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value x = g.placeholder("x", f32, {512, 512});
+  Value y = tanh(matmul(x, x));
+  const std::string path = testing::tmp("gpu_trace.json");
+  {
+    Session s(g, {.device = Device::cuda(0), .trace_path = path});
+    FeedList feeds = {{x, testing::random_tensor(f32, {512, 512}, -1, 1, 3)}};
+    for (int i = 0; i < 2; ++i) s.run(feeds, {y});
+  }
+  std::ifstream file(path);
+  const std::string json((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(json.find("\"cat\": \"matmul\""), std::string::npos) << json;
+  // Two runs of every step, each with a duration; the matmul's is measurably above zero.
+  int events = 0;
+  double longest = 0;
+  for (size_t at = json.find("\"dur\": "); at != std::string::npos;
+       at = json.find("\"dur\": ", at + 1), ++events)
+    longest = std::max(longest, std::stod(json.substr(at + 7)));
+  EXPECT_GE(events, 4);
+  EXPECT_GT(longest, 1.0);  // microseconds
 }
 
 TEST(CudaRuntime, FeedsMustMatchOnTheGpuToo) {
