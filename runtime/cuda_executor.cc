@@ -11,6 +11,7 @@
 #include <map>
 
 #include "framework/cuda/cuda_check.h"
+#include "framework/cuda/cuda_libraries.h"
 #include "framework/cuda/device_memory.h"
 #include "framework/kernel.h"
 
@@ -101,7 +102,7 @@ class CudaExecutorImpl final : public CudaExecutor {
     auto* errors = static_cast<int64_t*>(error_block_->data());
     for (int i = 0; i < std::max(1, max_streams); ++i) {
       auto lane = std::make_unique<Lane>();
-      if (cublasLtCreate(&lane->blaslt) != CUBLAS_STATUS_SUCCESS)
+      if (cuda::blaslt().cublasLtCreate(&lane->blaslt) != CUBLAS_STATUS_SUCCESS)
         throw DeviceError(str("[cuda] cublasLtCreate failed on ", device));
       lane->workspace = allocate_device(device, kBlasWorkspaceBytes, nullptr, "cuBLASLt workspace");
       lane->context = {device,
@@ -120,7 +121,7 @@ class CudaExecutorImpl final : public CudaExecutor {
     cudaDeviceSynchronize();
     states_.clear();
     for (auto& lane : lanes_)
-      if (lane->blaslt) cublasLtDestroy(lane->blaslt);
+      if (lane->blaslt) cuda::blaslt().cublasLtDestroy(lane->blaslt);
   }
 
   std::vector<Tensor> run(const Plan& plan, const std::vector<Tensor>& feeds, ThreadPool& pool,

@@ -4,34 +4,37 @@
 #include <nvrtc.h>
 
 #include "framework/cuda/cuda_check.h"
+#include "framework/cuda/cuda_libraries.h"
 
 namespace kiln {
 
 std::string compile_cuda_source(const std::string& source, int arch) {
   nvrtcProgram program = nullptr;
-  nvrtcResult status =
-      nvrtcCreateProgram(&program, source.c_str(), "kiln_generated.cu", 0, nullptr, nullptr);
+  nvrtcResult status = cuda::nvrtc().nvrtcCreateProgram(&program, source.c_str(),
+                                                        "kiln_generated.cu", 0, nullptr, nullptr);
   if (status != NVRTC_SUCCESS)
-    throw DeviceError(str("[nvrtc] cannot create a program: ", nvrtcGetErrorString(status)));
+    throw DeviceError(
+        str("[nvrtc] cannot create a program: ", cuda::nvrtc().nvrtcGetErrorString(status)));
   const std::string arch_flag = str("--gpu-architecture=sm_", arch);
   const char* options[] = {arch_flag.c_str(), "-std=c++17"};
-  status = nvrtcCompileProgram(program, 2, options);
+  status = cuda::nvrtc().nvrtcCompileProgram(program, 2, options);
   std::string log;
   size_t log_size = 0;
-  if (nvrtcGetProgramLogSize(program, &log_size) == NVRTC_SUCCESS && log_size > 1) {
+  if (cuda::nvrtc().nvrtcGetProgramLogSize(program, &log_size) == NVRTC_SUCCESS && log_size > 1) {
     log.resize(log_size);
-    nvrtcGetProgramLog(program, log.data());
+    cuda::nvrtc().nvrtcGetProgramLog(program, log.data());
   }
   std::string cubin;
   size_t cubin_size = 0;
-  if (status == NVRTC_SUCCESS && nvrtcGetCUBINSize(program, &cubin_size) == NVRTC_SUCCESS) {
+  if (status == NVRTC_SUCCESS &&
+      cuda::nvrtc().nvrtcGetCUBINSize(program, &cubin_size) == NVRTC_SUCCESS) {
     cubin.resize(cubin_size);
-    nvrtcGetCUBIN(program, cubin.data());
+    cuda::nvrtc().nvrtcGetCUBIN(program, cubin.data());
   }
-  nvrtcDestroyProgram(&program);
+  cuda::nvrtc().nvrtcDestroyProgram(&program);
   if (status != NVRTC_SUCCESS || cubin.empty())
     throw DeviceError(str("[nvrtc] compiling a generated kernel for sm_", arch,
-                          " failed: ", nvrtcGetErrorString(status), "\n", log));
+                          " failed: ", cuda::nvrtc().nvrtcGetErrorString(status), "\n", log));
   return cubin;
 }
 

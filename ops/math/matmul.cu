@@ -6,6 +6,8 @@
 // like torch's default); f64 is f64.
 #include <cublasLt.h>
 
+#include "framework/cuda/cuda_libraries.h"
+
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -19,8 +21,9 @@ using namespace kiln::ops::cuda;
 
 void check_blas(cublasStatus_t status, const char* call, const KernelContext& ctx) {
   if (status != CUBLAS_STATUS_SUCCESS)
-    throw DeviceError(str(ctx.where(), ": ", call, " failed: ", cublasLtGetStatusName(status), " (",
-                          cublasLtGetStatusString(status), ")"));
+    throw DeviceError(str(ctx.where(), ": ", call,
+                          " failed: ", ::kiln::cuda::blaslt().cublasLtGetStatusName(status), " (",
+                          ::kiln::cuda::blaslt().cublasLtGetStatusString(status), ")"));
 }
 #define KILN_BLAS_CHECK(call) check_blas((call), #call, ctx)
 
@@ -42,18 +45,18 @@ struct Descriptors {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   ~Descriptors() {
-    if (op) cublasLtMatmulDescDestroy(op);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) ::kiln::cuda::blaslt().cublasLtMatmulDescDestroy(op);
+    if (a) ::kiln::cuda::blaslt().cublasLtMatrixLayoutDestroy(a);
+    if (b) ::kiln::cuda::blaslt().cublasLtMatrixLayoutDestroy(b);
+    if (c) ::kiln::cuda::blaslt().cublasLtMatrixLayoutDestroy(c);
   }
 };
 
 void set_batch(const KernelContext& ctx, cublasLtMatrixLayout_t layout, int32_t count,
                int64_t stride) {
-  KILN_BLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                                                   &count, sizeof(count)));
-  KILN_BLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatrixLayoutSetAttribute(
+      layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatrixLayoutSetAttribute(
       layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
 }
 
@@ -84,29 +87,31 @@ void run_product(const KernelContext& ctx, const Product& p) {
   const cudaDataType_t type = data_type(p.dtype);
   const bool f64 = p.dtype == DType::f64;
   Descriptors d;
-  KILN_BLAS_CHECK(cublasLtMatmulDescCreate(&d.op, f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F,
-                                           f64 ? CUDA_R_64F : CUDA_R_32F));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescCreate(
+      &d.op, f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F, f64 ? CUDA_R_64F : CUDA_R_32F));
   const cublasOperation_t first_op = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N;   // our B
   const cublasOperation_t second_op = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // our A
-  KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &first_op,
-                                                 sizeof(first_op)));
-  KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &second_op,
-                                                 sizeof(second_op)));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
+      d.op, CUBLASLT_MATMUL_DESC_TRANSA, &first_op, sizeof(first_op)));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
+      d.op, CUBLASLT_MATMUL_DESC_TRANSB, &second_op, sizeof(second_op)));
   if (p.bias) {
     // C^T is column-major [N, M]: a bias of N rows is one value per column of C.
     const cublasLtEpilogue_t epilogue =
         p.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-    KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
-                                                   sizeof(epilogue)));
-    KILN_BLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
-                                                   sizeof(p.bias)));
+    KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
+        d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
+        d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)));
   }
   // Stored column-major shapes: B is [N, K] (or [K, N] transposed), A is [K, M] (or [M, K]).
   const uint64_t b_rows = p.tb ? p.k : p.n, b_cols = p.tb ? p.n : p.k;
   const uint64_t a_rows = p.ta ? p.m : p.k, a_cols = p.ta ? p.k : p.m;
-  KILN_BLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, type, b_rows, b_cols, b_rows));
-  KILN_BLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, type, a_rows, a_cols, a_rows));
-  KILN_BLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, type, p.n, p.m, p.n));
+  KILN_BLAS_CHECK(
+      ::kiln::cuda::blaslt().cublasLtMatrixLayoutCreate(&d.a, type, b_rows, b_cols, b_rows));
+  KILN_BLAS_CHECK(
+      ::kiln::cuda::blaslt().cublasLtMatrixLayoutCreate(&d.b, type, a_rows, a_cols, a_rows));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatrixLayoutCreate(&d.c, type, p.n, p.m, p.n));
   if (p.batch > 1) {
     set_batch(ctx, d.a, p.batch, p.b_stride);
     set_batch(ctx, d.b, p.batch, p.a_stride);
@@ -122,15 +127,15 @@ void run_product(const KernelContext& ctx, const Product& p) {
     auto it = algorithms.find(key);
     if (it == algorithms.end()) {
       cublasLtMatmulPreference_t preference = nullptr;
-      KILN_BLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+      KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulPreferenceCreate(&preference));
       size_t workspace = gpu.workspace_bytes;
-      cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                           &workspace, sizeof(workspace));
+      ::kiln::cuda::blaslt().cublasLtMatmulPreferenceSetAttribute(
+          preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
-      cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle, d.op, d.a, d.b, d.c, d.c,
-                                                             preference, 1, &result, &found);
-      cublasLtMatmulPreferenceDestroy(preference);
+      cublasStatus_t status = ::kiln::cuda::blaslt().cublasLtMatmulAlgoGetHeuristic(
+          handle, d.op, d.a, d.b, d.c, d.c, preference, 1, &result, &found);
+      ::kiln::cuda::blaslt().cublasLtMatmulPreferenceDestroy(preference);
       KILN_BLAS_CHECK(status);
       KILN_CHECK(found > 0, DeviceError, ctx.where(), ": cuBLASLt has no algorithm for ", p.dtype,
                  " ", p.m, "x", p.k, "x", p.n);
@@ -140,10 +145,10 @@ void run_product(const KernelContext& ctx, const Product& p) {
   }
   const double one = 1.0, zero = 0.0;
   const float one_f = 1.0f, zero_f = 0.0f;
-  KILN_BLAS_CHECK(cublasLtMatmul(handle, d.op, f64 ? static_cast<const void*>(&one) : &one_f, p.b,
-                                 d.a, p.a, d.b, f64 ? static_cast<const void*>(&zero) : &zero_f,
-                                 p.c, d.c, p.c, d.c, &algo, gpu.workspace, gpu.workspace_bytes,
-                                 stream_of(ctx)));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmul(
+      handle, d.op, f64 ? static_cast<const void*>(&one) : &one_f, p.b, d.a, p.a, d.b,
+      f64 ? static_cast<const void*>(&zero) : &zero_f, p.c, d.c, p.c, d.c, &algo, gpu.workspace,
+      gpu.workspace_bytes, stream_of(ctx)));
 }
 
 void matmul_cuda(KernelContext& ctx) {

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include "framework/cuda/cuda_check.h"
+#include "framework/cuda/cuda_libraries.h"
 #include "framework/cuda/runtime_compile.h"
 #include "ops/math/fused.h"
 #include "ops/math/fused_codegen.h"
@@ -46,6 +47,19 @@ TEST(Gpu, EveryCpuKernelHasACudaKernel) {
       if (op->kernel_for(DeviceKind::cpu, DType(d)) && !op->kernel_for(DeviceKind::cuda, DType(d)))
         missing.push_back(str(op->name(), " ", DType(d)));
   EXPECT_TRUE(missing.empty()) << "no CUDA kernel for: " << ::testing::PrintToString(missing);
+}
+
+// cuBLASLt and NVRTC are opened on first use; every entry point Kiln calls resolves (no GPU
+// needed to load them and ask them for names).
+TEST(Gpu, CudaLibrariesLoadOnFirstUse) {
+  const cuda::BlasLtApi& lt = cuda::blaslt();
+#define KILN_EXPECT_LOADED(f) EXPECT_NE(reinterpret_cast<void*>(lt.f), nullptr) << #f;
+  KILN_BLASLT_FUNCTIONS(KILN_EXPECT_LOADED)
+#undef KILN_EXPECT_LOADED
+  EXPECT_STREQ(lt.cublasLtGetStatusName(CUBLAS_STATUS_NOT_SUPPORTED),
+               "CUBLAS_STATUS_NOT_SUPPORTED");
+  const cuda::NvrtcApi& nv = cuda::nvrtc();
+  EXPECT_STREQ(nv.nvrtcGetErrorString(NVRTC_SUCCESS), "NVRTC_SUCCESS");
 }
 
 // NVRTC needs no GPU: every opcode's generated kernel compiles here and in CI.

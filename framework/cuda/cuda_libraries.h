@@ -1,0 +1,56 @@
+// cuBLASLt and NVRTC, opened on first use (dlopen) instead of linked: loading libcublasLt alone
+// costs a process about 140 MB of resident memory, which programs that never run a product on
+// a GPU (every CPU session) should not pay. Calls read `blaslt().cublasLtMatmul(...)`.
+#pragma once
+
+#include <cublasLt.h>
+#include <nvrtc.h>
+
+namespace kiln::cuda {
+
+// clang-format off
+#define KILN_BLASLT_FUNCTIONS(X)          \
+  X(cublasLtCreate)                       \
+  X(cublasLtDestroy)                      \
+  X(cublasLtGetStatusName)                \
+  X(cublasLtGetStatusString)              \
+  X(cublasLtMatmul)                       \
+  X(cublasLtMatmulAlgoGetHeuristic)       \
+  X(cublasLtMatmulDescCreate)             \
+  X(cublasLtMatmulDescDestroy)            \
+  X(cublasLtMatmulDescSetAttribute)       \
+  X(cublasLtMatmulPreferenceCreate)       \
+  X(cublasLtMatmulPreferenceDestroy)      \
+  X(cublasLtMatmulPreferenceSetAttribute) \
+  X(cublasLtMatrixLayoutCreate)           \
+  X(cublasLtMatrixLayoutDestroy)          \
+  X(cublasLtMatrixLayoutSetAttribute)
+
+#define KILN_NVRTC_FUNCTIONS(X) \
+  X(nvrtcCreateProgram)         \
+  X(nvrtcCompileProgram)        \
+  X(nvrtcGetProgramLogSize)     \
+  X(nvrtcGetProgramLog)         \
+  X(nvrtcGetCUBINSize)          \
+  X(nvrtcGetCUBIN)              \
+  X(nvrtcDestroyProgram)        \
+  X(nvrtcGetErrorString)
+// clang-format on
+
+#define KILN_LIBRARY_MEMBER(f) decltype(&::f) f = nullptr;
+
+/// cuBLASLt's entry points.
+struct BlasLtApi {
+  KILN_BLASLT_FUNCTIONS(KILN_LIBRARY_MEMBER)
+};
+/// NVRTC's entry points.
+struct NvrtcApi {
+  KILN_NVRTC_FUNCTIONS(KILN_LIBRARY_MEMBER)
+};
+
+/// Loaded on first call; throws kiln::DeviceError naming the library (and dlerror) when it
+/// cannot be opened, and tries again on the next call.
+const BlasLtApi& blaslt();
+const NvrtcApi& nvrtc();
+
+}  // namespace kiln::cuda
