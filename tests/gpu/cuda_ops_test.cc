@@ -3,6 +3,7 @@
 // 16-bit cases are checked against the CPU in f32 on the same (rounded) inputs; the tolerance
 // per dtype is in one place, kTolerance.
 #include "gpu_test_util.h"
+#include "unary_ranges.h"
 
 namespace kiln {
 namespace {
@@ -80,24 +81,7 @@ Value op(CaseGraph& c, const std::string& name, const std::vector<Value>& inputs
 
 std::vector<OpCase> op_cases() {
   std::vector<OpCase> cases;
-  struct Range {
-    const char* op;
-    double low, high;
-  };
-  for (Range u : {Range{"neg", -2, 2},
-                  {"abs", -2, 2},
-                  {"square", -2, 2},
-                  {"relu", -2, 2},
-                  {"exp", -2, 2},
-                  {"log", 0.2, 3},
-                  {"sqrt", 0.2, 3},
-                  {"rsqrt", 0.2, 3},
-                  {"tanh", -2, 2},
-                  {"sigmoid", -4, 4},
-                  {"gelu", -4, 4},
-                  {"sin", -3, 3},
-                  {"cos", -3, 3},
-                  {"sign", -2, 2}})
+  for (const testing::UnaryRange& u : testing::unary_ranges())
     cases.push_back({u.op, [u](CaseGraph& c) {
                        return op(c, u.op, {c.input({3, 70}, u.low, u.high)});
                      }});

@@ -9,6 +9,8 @@
 //   scalar value=V      rank-0 constant of the case dtype
 #include <kiln/kiln.h>
 
+#include "unary_ranges.h"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -126,26 +128,9 @@ using OpCase = std::function<Value(CaseBuilder&)>;
 // One case per op (and per interesting attribute setting).
 std::vector<std::pair<std::string, OpCase>> single_op_cases() {
   std::vector<std::pair<std::string, OpCase>> cases;
-  struct Unary {
-    const char* op;
-    double lo, hi;
-  };
-  for (Unary u : {Unary{"neg", -2, 2},
-                  {"abs", -2, 2},
-                  {"square", -2, 2},
-                  {"relu", -2, 2},
-                  {"exp", -2, 2},
-                  {"log", 0.2, 3},
-                  {"sqrt", 0.2, 3},
-                  {"rsqrt", 0.2, 3},
-                  {"tanh", -2, 2},
-                  {"sigmoid", -4, 4},
-                  {"gelu", -4, 4},
-                  {"sin", -3, 3},
-                  {"cos", -3, 3},
-                  {"sign", -2, 2}}) {
+  for (const testing::UnaryRange& u : testing::unary_ranges()) {
     cases.emplace_back(u.op, [u](CaseBuilder& b) {
-      return b.op(u.op, {b.input({3, 5}, u.lo, u.hi)}, {});
+      return b.op(u.op, {b.input({3, 5}, u.low, u.high)}, {});
     });
   }
   for (const char* op : {"add", "sub", "mul", "div", "maximum", "minimum"}) {
