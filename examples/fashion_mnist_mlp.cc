@@ -135,6 +135,9 @@ void progress(int64_t epoch, int64_t epochs, int64_t done, int64_t total, double
 int main(int argc, char** argv) {
   try {
     Args args = parse(argc, argv);
+    if (!args.amp.empty() && args.device.is_cpu())
+      throw Error(str("[args] --amp ", args.amp,
+                      " computes in 16 bits, which needs a GPU; this run would be on the CPU"));
     std::filesystem::create_directories(args.out);
     const std::string graph_path = args.out + "/fashion_mnist_mlp.pb";
     const std::string ckpt_path = args.out + "/fashion_mnist_mlp.ckpt";
@@ -208,6 +211,7 @@ int main(int argc, char** argv) {
     std::printf("test_loss: %.4f\ntest_accuracy: %.4f\n", test_loss, test_accuracy);
     return 0;
   } catch (const std::exception& e) {
+    std::fflush(stdout);  // the progress so far first, then the error
     std::fprintf(stderr, "fashion_mnist_mlp: %s\n", e.what());
     return 1;
   }

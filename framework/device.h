@@ -36,7 +36,7 @@ std::ostream& operator<<(std::ostream& out, const Device& device);
 struct CudaAvailability {
   int device_count = 0;
   /// Why there is no usable GPU, empty when device_count > 0: "built without CUDA",
-  /// "no CUDA driver is installed", "the CUDA driver is older than the runtime", ...
+  /// "no CUDA driver is installed", "no CUDA driver, or one older than the CUDA 13.0 runtime", ...
   std::string reason;
 };
 

@@ -13,8 +13,9 @@ std::string describe_missing_gpu(cudaError_t status) {
     case cudaErrorNoDevice:
       return "the CUDA driver reports no GPU on this machine";
     case cudaErrorInsufficientDriver:
-      return str("the CUDA driver is older than the runtime Kiln was built with (runtime ",
-                 CUDART_VERSION, ")");
+      // Also what the runtime says when no driver is installed at all.
+      return str("no CUDA driver, or one older than the CUDA ", CUDART_VERSION / 1000, ".",
+                 CUDART_VERSION % 1000 / 10, " runtime Kiln was built with");
     case cudaErrorInitializationError:
     case cudaErrorStubLibrary:
       return "no CUDA driver is installed (libcuda.so is missing)";
