@@ -178,7 +178,7 @@ class CudaExecutorImpl final : public CudaExecutor {
     }
     synchronize_stream(main, "run");
     raise_data_error(plan);
-    return collect_fetches(plan, state, feeds);
+    return collect_fetches(plan, state);
   }
 
   int64_t graph_replays() const override { return replays_; }
@@ -372,8 +372,7 @@ class CudaExecutorImpl final : public CudaExecutor {
                     e[3], " is outside [", e[4], ", ", e[5], ")"));
   }
 
-  std::vector<Tensor> collect_fetches(const Plan& plan, PlanState& state,
-                                      const std::vector<Tensor>&) {
+  std::vector<Tensor> collect_fetches(const Plan& plan, const PlanState& state) {
     std::vector<Tensor> fetched;
     const auto* staging = static_cast<const char*>(state.fetch_staging->data());
     for (size_t i = 0; i < plan.fetch_slots.size(); ++i) {
