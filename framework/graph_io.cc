@@ -2,14 +2,13 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <queue>
 #include <sstream>
 
+#include "framework/crc32c.h"
 #include "framework/graph.pb.h"
 
 namespace kiln {
@@ -159,6 +158,58 @@ std::vector<std::string> value_names(const std::vector<Value>& values) {
   std::vector<std::string> out;
   for (const Value& v : values) out.push_back(v.name());
   return out;
+}
+
+// The checksum field of a binary file: tag (field 5, wire type fixed32) and 4 bytes.
+constexpr char kChecksumTag = (5 << 3) | 5;
+constexpr size_t kChecksumBytes = 5;
+
+uint32_t little_endian32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+// Appends GraphDef.crc32c, the CRC-32C of everything before it, to a serialized graph (a
+// protobuf message may be extended by appending fields).
+void append_binary_checksum(std::string* data) {
+  const uint32_t crc = crc32c(data->data(), data->size());
+  *data += kChecksumTag;
+  for (int i = 0; i < 4; ++i) *data += static_cast<char>((crc >> (8 * i)) & 0xff);
+}
+
+// Checks the file's checksum against its bytes. Binary files of version 2 and later must have
+// one, as their last 5 bytes; text files may lack one (edited by hand), but where it is
+// present it must be the last line and match every byte before that line.
+void verify_checksum(const std::string& data, bool text, const proto::GraphDef& def,
+                     const std::string& path) {
+  const std::string file = str("[graph_io] ", path);
+  if (!def.has_crc32c()) {
+    KILN_CHECK(text || def.version() < 2, FileError, file, ": a version ", def.version(),
+               " graph file must end with a checksum and this one has none: it is truncated or "
+               "corrupt");
+    return;
+  }
+  size_t covered = 0;
+  if (text) {
+    // The last non-blank line is "crc32c: N"; the checksum covers everything before it.
+    size_t end = data.find_last_not_of(" \t\r\n");
+    size_t line = end == std::string::npos ? 0 : data.rfind('\n', end);
+    line = line == std::string::npos ? 0 : line + 1;
+    KILN_CHECK(data.compare(line, 7, "crc32c:") == 0, FileError, file,
+               ": the checksum (crc32c) must be the file's last line");
+    covered = line;
+  } else {
+    KILN_CHECK(data.size() >= kChecksumBytes &&
+                   data[data.size() - kChecksumBytes] == kChecksumTag &&
+                   little_endian32(data.data() + data.size() - 4) == def.crc32c(),
+               FileError, file, ": the checksum is not at the end of the file: it is corrupt");
+    covered = data.size() - kChecksumBytes;
+  }
+  const uint32_t computed = crc32c(data.data(), covered);
+  KILN_CHECK(computed == def.crc32c(), FileError, file, ": checksum mismatch (stored ",
+             def.crc32c(), ", computed ", computed, "): the file is corrupt",
+             text ? " or was edited (to load a file edited on purpose, delete its last line)" : "");
 }
 
 }  // namespace
@@ -322,9 +373,11 @@ void save_graph(const Graph& graph, const std::string& path, const SaveGraphOpti
   std::string data;
   if (resolve_format(path, options.format) == GraphFormat::text) {
     google::protobuf::TextFormat::PrintToString(def, &data);
+    data += str("crc32c: ", crc32c(data.data(), data.size()), "\n");
   } else {
     KILN_CHECK(def.SerializeToString(&data), FileError, "[graph_io] ", path,
                ": cannot serialize the graph (larger than 2 GiB?)");
+    append_binary_checksum(&data);
   }
   write_file_atomically(path, data);
 }
@@ -332,7 +385,8 @@ void save_graph(const Graph& graph, const std::string& path, const SaveGraphOpti
 std::unique_ptr<Graph> load_graph(const std::string& path, GraphFormat format) {
   std::string data = read_file(path, kMaxGraphFileBytes);
   proto::GraphDef def;
-  if (resolve_format(path, format) == GraphFormat::text) {
+  const bool text = resolve_format(path, format) == GraphFormat::text;
+  if (text) {
     google::protobuf::TextFormat::Parser parser;
     TextErrorCollector errors;
     parser.RecordErrorsTo(&errors);
@@ -343,44 +397,8 @@ std::unique_ptr<Graph> load_graph(const std::string& path, GraphFormat format) {
     KILN_CHECK(def.ParseFromString(data), FileError, "[graph_io] ", path,
                ": not a binary graph file (truncated or garbled protobuf)");
   }
+  verify_checksum(data, text, def, path);
   return graph_from_proto(def, path);
-}
-
-void write_file_atomically(const std::string& path, const std::string& data) {
-  std::string tmp = str(path, ".tmp.", ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    KILN_CHECK(out.good(), FileError, "[io] ", path, ": cannot open ", tmp,
-               " for writing: ", std::strerror(errno));
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    out.flush();
-    if (!out.good()) {
-      out.close();
-      std::remove(tmp.c_str());
-      throw FileError(
-          str("[io] ", path, ": writing ", data.size(), " bytes failed: ", std::strerror(errno)));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    throw FileError(
-        str("[io] ", path, ": cannot rename the finished file into place: ", std::strerror(err)));
-  }
-}
-
-std::string read_file(const std::string& path, size_t max_bytes) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  KILN_CHECK(in.good(), FileError, "[io] ", path, ": cannot open: ", std::strerror(errno));
-  std::streamoff size = in.tellg();
-  KILN_CHECK(size >= 0, FileError, "[io] ", path, ": cannot read (not a regular file?)");
-  KILN_CHECK(static_cast<size_t>(size) <= max_bytes, FileError, "[io] ", path, ": ", size,
-             " bytes is larger than the limit of ", max_bytes);
-  std::string data(static_cast<size_t>(size), '\0');
-  in.seekg(0);
-  in.read(data.data(), size);
-  KILN_CHECK(in.good() || (size == 0), FileError, "[io] ", path, ": read failed");
-  return data;
 }
 
 }  // namespace kiln

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "framework/file_io.h"
 #include "framework/graph.h"
 
 namespace kiln {
@@ -13,8 +14,9 @@ class GraphDef;
 class TensorProto;
 }  // namespace proto
 
-/// The graph file format version this build writes and the oldest it reads.
-inline constexpr int kGraphVersion = 1;
+/// The graph file format version this build writes and the oldest it reads. Version 2 files
+/// end with a CRC-32C of their bytes (version 1 files, which have none, still load).
+inline constexpr int kGraphVersion = 2;
 inline constexpr int kMinGraphVersion = 1;
 
 /// On-disk form of a graph file.
@@ -37,10 +39,13 @@ void graph_to_proto(const Graph& graph, proto::GraphDef* out);
 /// cycles, shapes that inference accepts. Throws kiln::FileError on any problem.
 std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::string& source);
 
-/// Writes `graph` to `path` atomically (a temporary file renamed over the target).
+/// Writes `graph` to `path` atomically (a temporary file renamed over the target), with a
+/// CRC-32C of the file's bytes as its last field.
 void save_graph(const Graph& graph, const std::string& path, const SaveGraphOptions& options = {});
 /// Reads a graph file written by save_graph (binary or text). Throws kiln::FileError naming the
-/// file and the problem for a missing, truncated, garbled or invalid file.
+/// file and the problem for a missing, truncated, garbled or invalid file, and for one whose
+/// checksum does not match its bytes (a text file edited by hand loads once its last line,
+/// `crc32c: N`, is deleted).
 std::unique_ptr<Graph> load_graph(const std::string& path,
                                   GraphFormat format = GraphFormat::automatic);
 
@@ -52,11 +57,5 @@ void tensor_to_proto(const Tensor& tensor, proto::TensorProto* out);
 /// Reads a TensorProto, checking dtype, dims and byte count before allocating; `where` starts
 /// every error message. Throws kiln::FileError.
 Tensor tensor_from_proto(const proto::TensorProto& proto, const std::string& where);
-
-/// Writes `data` to `path` through a temporary file in the same folder and a rename, so
-/// readers see the old file or the new one, never half of one. Throws kiln::FileError.
-void write_file_atomically(const std::string& path, const std::string& data);
-/// Reads a whole file, refusing files larger than `max_bytes`. Throws kiln::FileError.
-std::string read_file(const std::string& path, size_t max_bytes);
 
 }  // namespace kiln

@@ -89,7 +89,14 @@ Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_
       numel_(shape_.numel()),
       storage_(std::move(storage)),
       offset_(offset) {
-  KILN_DASSERT(storage_ == nullptr || offset_ + nbytes() <= storage_->nbytes());
+  // Always checked: a tensor that claims more bytes than its storage holds would let a kernel
+  // read or write past the buffer.
+  KILN_CHECK(storage_ == nullptr || (offset_ <= storage_->nbytes() &&
+                                     static_cast<uint64_t>(numel_) <=
+                                         (storage_->nbytes() - offset_) / dtype_size(dtype_)),
+             Error, "[tensor] ", dtype_, shape_, " needs ", numel_, " elements of ",
+             dtype_size(dtype_), " bytes from byte offset ", offset_, "; its storage holds ",
+             storage_ ? storage_->nbytes() : 0, " bytes");
 }
 
 Tensor Tensor::empty(DType dtype, const Shape& shape) {

@@ -1,6 +1,7 @@
 #include <fstream>
 #include <random>
 
+#include "framework/crc32c.h"
 #include "framework/graph.pb.h"
 #include "test_util.h"
 
@@ -87,8 +88,9 @@ TEST(GraphIO, BinaryAndTextRoundTripPreserveEverythingAndRunTheSame) {
     EXPECT_TRUE(equal_bits(expected[2], sess.run_signature("part", {batch})[0])) << name;
   }
   EXPECT_NE(read(tmp("rt.pbtxt")).find("op: \"matmul\""), std::string::npos);
-  // The graph text form is what save_graph writes for .pbtxt.
-  EXPECT_EQ(read(tmp("rt.pbtxt")), graph_to_text(s.g));
+  // The graph text form is what save_graph writes for .pbtxt, and a checksum line last.
+  const std::string text = graph_to_text(s.g);
+  EXPECT_EQ(read(tmp("rt.pbtxt")), str(text, "crc32c: ", crc32c(text.data(), text.size()), "\n"));
 }
 
 TEST(GraphIO, SaveIsAtomicAndSignaturesCanBeGivenAtSave) {
@@ -243,6 +245,68 @@ TEST(GraphIO, SemanticallyInvalidFilesAreRejectedWithTheProblem) {
           " attrs { key: \"code\" value { ints { values: 1 values: 9 values: -1 values: -1 } } }"
           " attrs { key: \"shape\" value { shape { values: 2 values: 3 } } } }",
       {"[fused_elementwise] f", "reads register 9"});
+}
+
+// Every single-bit flip of a binary graph file is refused: the checksum covers every byte, and
+// a flip in the checksum field itself either breaks it or removes it (a version 2 file must
+// have one).
+TEST(GraphIO, EveryBitFlipOfABinaryFileIsRejected) {
+  SampleGraph s;
+  save_graph(s.g, tmp("flip.pb"));
+  const std::string bytes = read(tmp("flip.pb"));
+  int accepted = 0;
+  for (size_t i = 0; i < bytes.size(); ++i)
+    for (int bit = 0; bit < 8; ++bit) {
+      std::string flipped = bytes;
+      flipped[i] = static_cast<char>(flipped[i] ^ (1 << bit));
+      try {
+        load_graph(write("flip_mut.pb", flipped));
+        ++accepted;
+        ADD_FAILURE() << "a flip of bit " << bit << " of byte " << i << " was accepted";
+      } catch (const FileError& e) {
+        EXPECT_NE(std::string(e.what()).find("flip_mut.pb"), std::string::npos) << e.what();
+      }
+      if (accepted > 3) return;
+    }
+}
+
+TEST(GraphIO, ChecksumsAreVerifiedAndOldFilesStillLoad) {
+  SampleGraph s;
+  save_graph(s.g, tmp("sum.pb"));
+  std::string bytes = read(tmp("sum.pb"));
+  // A changed byte in a constant's data: the file parses, the checksum does not match.
+  std::string changed = bytes;
+  changed[bytes.size() / 2] = static_cast<char>(changed[bytes.size() / 2] ^ 0x10);
+  expect_error<FileError>([&] { load_graph(write("sum_bad.pb", changed)); }, {"sum_bad.pb"});
+  // Without its checksum a version 2 file is refused.
+  expect_error<FileError>(
+      [&] { load_graph(write("sum_cut.pb", bytes.substr(0, bytes.size() - 5))); },
+      {"sum_cut.pb", "must end with a checksum"});
+
+  // A version 1 file (no checksum) written by an earlier build loads and runs the same.
+  proto::GraphDef def;
+  graph_to_proto(s.g, &def);
+  def.set_version(1);
+  std::string v1;
+  ASSERT_TRUE(def.SerializeToString(&v1));
+  auto old = load_graph(write("v1.pb", v1));
+  expect_same_graph(s.g, *old);
+
+  // Text: the checksum is the last line; a mismatch says how to load a hand-edited file, and
+  // deleting the line does load it.
+  save_graph(s.g, tmp("sum.pbtxt"));
+  std::string text = read(tmp("sum.pbtxt"));
+  std::string edited = text;
+  edited.replace(edited.find("f: 0.25"), 7, "f: 0.50");
+  expect_error<FileError>([&] { load_graph(write("edited.pbtxt", edited)); },
+                          {"edited.pbtxt", "checksum mismatch", "delete its last line"});
+  edited.erase(edited.rfind("crc32c:"));
+  auto hand_edited = load_graph(write("edited.pbtxt", edited));
+  EXPECT_EQ(hand_edited->find_node("model/fill")->attr<double>("value"), 0.5);
+  // The checksum line anywhere but last is refused.
+  std::string moved = text.substr(text.rfind("crc32c:")) + text.substr(0, text.rfind("crc32c:"));
+  expect_error<FileError>([&] { load_graph(write("moved.pbtxt", moved)); },
+                          {"moved.pbtxt", "last line"});
 }
 
 TEST(GraphIO, NodesInAnyOrderLoad) {

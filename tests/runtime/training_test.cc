@@ -245,6 +245,37 @@ TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(again)), {}), bytes);
 }
 
+// Every single-bit flip of a checkpoint is refused by restore, or restores exactly the saved
+// values (a flip in the producer string changes no variable).
+TEST(Checkpoints, NoBitFlipChangesARestoredModel) {
+  Graph g;
+  Value w = g.variable("w", {3, 2}, init::glorot_uniform(5));
+  g.variable("step", {}, init::zeros(), i64, false);
+  Session s(g);
+  s.save_checkpoint(tmp("small.ckpt"));
+  const Tensor saved = s.variable_value(w);
+  std::ifstream in(tmp("small.ckpt"), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  int refused = 0, harmless = 0;
+  for (size_t i = 0; i < bytes.size(); ++i)
+    for (int bit = 0; bit < 8; ++bit) {
+      std::string flipped = bytes;
+      flipped[i] = static_cast<char>(flipped[i] ^ (1 << bit));
+      std::ofstream(tmp("small_flip.ckpt"), std::ios::binary) << flipped;
+      Session fresh(g);
+      try {
+        fresh.restore_checkpoint(tmp("small_flip.ckpt"));
+      } catch (const FileError&) {
+        ++refused;
+        continue;
+      }
+      ++harmless;
+      ASSERT_TRUE(equal_bits(saved, fresh.variable_value(w))) << "byte " << i << " bit " << bit;
+      ASSERT_EQ(fresh.variable_value(g.value("step")).item<int64_t>(), 0);
+    }
+  EXPECT_GT(refused, harmless);
+}
+
 TEST(KilnRunTool, RunsASignatureFromNpyFiles) {
   Model m;
   save_graph(m.g, tmp("run.pb"));

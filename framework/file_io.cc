@@ -1,0 +1,195 @@
+#include "framework/file_io.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "framework/error.h"
+
+namespace kiln {
+
+namespace {
+
+std::string reason(int err) {
+  return std::strerror(err);
+}
+
+// Closes a descriptor when it goes out of scope.
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd = -1) : fd_(fd) {}
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  FileDescriptor(FileDescriptor&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  int get() const { return fd_; }
+  /// Closes now, returning close()'s error (0 when it succeeded).
+  int close() {
+    int err = 0;
+    if (fd_ >= 0 && ::close(fd_) != 0) err = errno;
+    fd_ = -1;
+    return err;
+  }
+
+ private:
+  int fd_;
+};
+
+// The folder part of `path` ("." for a bare file name) and the file name.
+void split_path(const std::string& path, std::string* folder, std::string* name) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) {
+    *folder = ".";
+    *name = path;
+  } else {
+    *folder = slash == 0 ? "/" : path.substr(0, slash);
+    *name = path.substr(slash + 1);
+  }
+}
+
+// True for "<digits>.<digits>": the tail of a temporary made by write_file_atomically.
+bool is_temporary_tail(const std::string& tail) {
+  const size_t dot = tail.find('.');
+  if (dot == std::string::npos || dot == 0 || dot + 1 == tail.size()) return false;
+  for (size_t i = 0; i < tail.size(); ++i)
+    if (i != dot && (tail[i] < '0' || tail[i] > '9')) return false;
+  return true;
+}
+
+bool same_file(int fd, const std::string& path) {
+  struct stat by_fd {
+  }, by_path{};
+  return ::fstat(fd, &by_fd) == 0 && ::lstat(path.c_str(), &by_path) == 0 &&
+         by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+}
+
+// Removes temporaries `<name>.tmp.<pid>.<n>` in `folder` whose writer is gone. A live writer
+// holds an exclusive lock on its temporary from the moment it has checked that the name is
+// still its own until after the rename, and the lock dies with the process; so a temporary
+// whose lock can be taken (and that still has its name) belongs to nobody. Best effort: a
+// folder that cannot be listed is left alone (the save itself reports real problems).
+void remove_dead_temporaries(const std::string& folder, const std::string& name) {
+  DIR* dir = ::opendir(folder.c_str());
+  if (!dir) return;
+  const std::string prefix = name + ".tmp.";
+  while (const dirent* entry = ::readdir(dir)) {
+    const std::string entry_name = entry->d_name;
+    if (entry_name.compare(0, prefix.size(), prefix) != 0 ||
+        !is_temporary_tail(entry_name.substr(prefix.size())))
+      continue;
+    const std::string candidate = folder + "/" + entry_name;
+    FileDescriptor fd(::open(candidate.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    if (fd.get() < 0) continue;
+    struct stat info {};
+    if (::fstat(fd.get(), &info) != 0 || !S_ISREG(info.st_mode)) continue;
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // its writer is alive
+    if (same_file(fd.get(), candidate)) ::unlink(candidate.c_str());
+  }
+  ::closedir(dir);
+}
+
+void write_all(int fd, const std::string& data, const std::string& path) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      throw FileError(str("[io] ", path, ": writing ", data.size(), " bytes failed after ", done,
+                          ": ", reason(errno)));
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const std::string& data) {
+  std::string folder, name;
+  split_path(path, &folder, &name);
+  KILN_CHECK(!name.empty(), FileError, "[io] ", path, ": not a file name (it ends with '/')");
+  remove_dead_temporaries(folder, name);
+
+  // A temporary no other call uses: the pid tells processes apart, the counter threads and
+  // calls; O_EXCL refuses a leftover of the same name (then the next number is tried).
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp;
+  FileDescriptor fd = [&] {
+    for (int attempt = 0;; ++attempt) {
+      tmp = str(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
+      FileDescriptor made(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+      if (made.get() < 0) {
+        const int err = errno;
+        if (err == EEXIST && attempt < 1000) continue;
+        throw FileError(str("[io] ", path, ": cannot open the temporary file ", tmp,
+                            " for writing: ", reason(err)));
+      }
+      // Lock, then check the name is still ours: a cleaner that locked the new file before us
+      // took it for a dead writer's and may have removed it; then start again.
+      if (::flock(made.get(), LOCK_EX) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        throw FileError(str("[io] ", path, ": cannot lock ", tmp, ": ", reason(err)));
+      }
+      if (same_file(made.get(), tmp)) return made;
+    }
+  }();
+  try {
+    write_all(fd.get(), data, path);
+    if (::fsync(fd.get()) != 0)
+      throw FileError(str("[io] ", path, ": cannot flush the file to disk: ", reason(errno)));
+    if (::rename(tmp.c_str(), path.c_str()) != 0)
+      throw FileError(
+          str("[io] ", path, ": cannot rename the finished file into place: ", reason(errno)));
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  // The rename is durable once the folder is: sync it (some file systems refuse to sync a
+  // folder; the file itself is safe then too, so that is not an error).
+  FileDescriptor dir(::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() >= 0 && ::fsync(dir.get()) != 0 && errno != EINVAL && errno != EROFS)
+    throw FileError(str("[io] ", path, ": cannot flush the folder ", folder, ": ", reason(errno)));
+  if (int err = fd.close(); err != 0)
+    throw FileError(str("[io] ", path, ": closing the written file failed: ", reason(err)));
+}
+
+std::string read_file(const std::string& path, size_t max_bytes) {
+  // O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for regular
+  // files, the only kind read.
+  FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+  KILN_CHECK(fd.get() >= 0, FileError, "[io] ", path, ": cannot open: ", reason(errno));
+  struct stat info {};
+  KILN_CHECK(::fstat(fd.get(), &info) == 0, FileError, "[io] ", path,
+             ": cannot stat: ", reason(errno));
+  if (!S_ISREG(info.st_mode)) {
+    const char* kind = S_ISDIR(info.st_mode)                            ? "a folder"
+                       : S_ISFIFO(info.st_mode)                         ? "a FIFO"
+                       : S_ISSOCK(info.st_mode)                         ? "a socket"
+                       : S_ISCHR(info.st_mode) || S_ISBLK(info.st_mode) ? "a device"
+                                                                        : "not a regular file";
+    throw FileError(str("[io] ", path, ": is ", kind, ", not a regular file"));
+  }
+  const auto size = static_cast<uint64_t>(info.st_size);
+  KILN_CHECK(size <= max_bytes, FileError, "[io] ", path, ": ", size,
+             " bytes is larger than the limit of ", max_bytes);
+  std::string data(static_cast<size_t>(size), '\0');
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    KILN_CHECK(n >= 0, FileError, "[io] ", path, ": read failed: ", reason(errno));
+    KILN_CHECK(n > 0, FileError, "[io] ", path, ": the file shrank while it was read (", done,
+               " of ", size, " bytes)");
+    done += static_cast<size_t>(n);
+  }
+  return data;
+}
+
+}  // namespace kiln

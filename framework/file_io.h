@@ -1,0 +1,25 @@
+// Reading and writing whole files safely: every file Kiln writes (graphs, checkpoints, .npy,
+// traces) goes through write_file_atomically, and every file it loads through read_file.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace kiln {
+
+/// Writes `data` to `path` so that readers see the old file or the new one, never part of
+/// one, and so that the new file survives a crash once this returns:
+///   1. a temporary `PATH.tmp.<pid>.<n>` unique to this call (so threads and processes saving
+///      to one path never share it), created exclusively and locked while it is written;
+///   2. the data written and fsync'ed, the temporary renamed over `path`, the folder fsync'ed.
+/// Temporaries of earlier writers that died mid-save (no process holds their lock) are
+/// removed first. On any failure the temporary is removed and the old file is untouched.
+/// Throws kiln::FileError naming the path and the system's reason.
+void write_file_atomically(const std::string& path, const std::string& data);
+
+/// Reads a whole regular file, refusing anything else (a FIFO, a folder, a device: reading
+/// one could block forever or never end) and files larger than `max_bytes`.
+/// Throws kiln::FileError naming the path and the problem.
+std::string read_file(const std::string& path, size_t max_bytes);
+
+}  // namespace kiln
