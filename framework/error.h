@@ -33,6 +33,12 @@ class FeedError : public Error {
   using Error::Error;
 };
 
+/// A NaN or infinity found where SessionOptions::check_numerics asked for finite values.
+class NumericsError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// A device that was asked for but cannot be used (no driver, no such GPU, out of memory).
 class DeviceError : public Error {
  public:

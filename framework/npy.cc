@@ -86,7 +86,10 @@ void save_npy(const Tensor& tensor, const std::string& path) {
 }
 
 Tensor load_npy(const std::string& path) {
-  std::string data = read_file(path, size_t{1} << 40);
+  return parse_npy(read_file(path, size_t{1} << 40), path);
+}
+
+Tensor parse_npy(const std::string& data, const std::string& path) {
   KILN_CHECK(data.size() >= 10 && data.compare(0, 6, kMagic, 6) == 0, FileError, "[npy] ", path,
              ": not a .npy file (bad magic)");
   uint8_t major = static_cast<uint8_t>(data[6]);
@@ -135,11 +138,22 @@ Tensor load_npy(const std::string& path) {
     i = end;
   }
   Shape shape(dims);
-  int64_t numel = shape.numel();
-  size_t offset = header_start + header_len;
-  uint64_t need = static_cast<uint64_t>(numel) * dtype_size(dtype);
-  KILN_CHECK(data.size() - offset == need, FileError, "[npy] ", path, ": ", dtype, shape, " needs ",
-             need, " bytes of data, the file has ", data.size() - offset);
+  int64_t numel = 0;
+  try {
+    numel = shape.numel();
+  } catch (const Error&) {
+    throw FileError(str("[npy] ", path, ": shape ", shape, " is too large"));
+  }
+  const size_t offset = header_start + header_len;
+  const size_t available = data.size() - offset;
+  // The byte count is formed only where it cannot wrap around 64 bits.
+  const uint64_t size = dtype_size(dtype);
+  const bool representable = static_cast<uint64_t>(numel) <= UINT64_MAX / size;
+  KILN_CHECK(representable && static_cast<uint64_t>(numel) * size == available, FileError, "[npy] ",
+             path, ": ", dtype, shape, " needs ",
+             representable ? str(static_cast<uint64_t>(numel) * size) : str("over 2^64"),
+             " bytes of data, the file has ", available);
+  const size_t need = available;
   Tensor t = Tensor::empty(dtype, shape);
   if (need) std::memcpy(t.raw_data(), data.data() + offset, need);
   if (dtype == DType::boolean) {

@@ -23,7 +23,10 @@ void write_checkpoint(const std::map<std::string, Tensor>& tensors, const std::s
 }
 
 std::map<std::string, Tensor> read_checkpoint(const std::string& path) {
-  std::string data = read_file(path, size_t{2} << 30);
+  return parse_checkpoint(read_file(path, size_t{2} << 30), path);
+}
+
+std::map<std::string, Tensor> parse_checkpoint(const std::string& data, const std::string& path) {
   const std::string where = str("[checkpoint] ", path);
   proto::Checkpoint ckpt;
   KILN_CHECK(!data.empty(), FileError, where, ": the file is empty");

@@ -19,5 +19,7 @@ void write_checkpoint(const std::map<std::string, Tensor>& tensors, const std::s
 /// Throws kiln::FileError naming the file (and the variable) for a missing, truncated,
 /// garbled or corrupted file.
 std::map<std::string, Tensor> read_checkpoint(const std::string& path);
+/// read_checkpoint of the file's bytes held in memory; `source` names it in error messages.
+std::map<std::string, Tensor> parse_checkpoint(const std::string& data, const std::string& source);
 
 }  // namespace kiln

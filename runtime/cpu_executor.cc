@@ -25,13 +25,15 @@ class StepRunner {
   /// `concurrent`: steps may run on several threads; a slot is then freed when its readers
   /// have all run (counted), not after the last reader in plan order.
   StepRunner(const Plan& plan, std::vector<Tensor>& slots, ThreadPool& pool,
-             VariableStore& variables, bool concurrent, std::vector<TraceEvent>* trace)
+             VariableStore& variables, bool concurrent, std::vector<TraceEvent>* trace,
+             NumericsCheck check)
       : plan_(plan),
         slots_(slots),
         pool_(pool),
         variables_(variables),
         concurrent_(concurrent),
-        trace_(trace) {
+        trace_(trace),
+        check_(check) {
     fetched_slot_.assign(plan.num_slots, 0);
     for (int32_t slot : plan.fetch_slots) fetched_slot_[slot] = 1;
     if (concurrent_) {
@@ -71,6 +73,10 @@ class StepRunner {
       std::lock_guard<std::mutex> lock(mutex_);
       trace_->push_back({node.name(), node.op_name(), step.stream, us(start), us(end) - us(start)});
     }
+    if (check_ != NumericsCheck::off)
+      for (size_t i = 0; i < outputs.size(); ++i)
+        check_numerics(outputs[i], check_,
+                       str("node '", node.name(), "' (", node.op_name(), "), output ", i));
     inputs.clear();
     for (size_t i = 0; i < step.output_slots.size(); ++i) {
       const int32_t slot = step.output_slots[i];
@@ -103,6 +109,7 @@ class StepRunner {
   VariableStore& variables_;
   bool concurrent_;
   std::vector<TraceEvent>* trace_;
+  NumericsCheck check_;
   std::vector<char> fetched_slot_;
   std::vector<std::atomic<int32_t>> remaining_;
   std::mutex mutex_;
@@ -180,13 +187,13 @@ void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string
 
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
                                    ThreadPool& pool, VariableStore& variables, int inter_op_threads,
-                                   std::vector<TraceEvent>* trace) {
+                                   std::vector<TraceEvent>* trace, NumericsCheck check) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
   if (plan.arena_bytes > 0 && !plan.arena)
     plan.arena = std::make_shared<HostStorage>(plan.arena_bytes);
   const bool concurrent = inter_op_threads > 1 && plan.num_streams > 1;
-  StepRunner runner(plan, slots, pool, variables, concurrent, trace);
+  StepRunner runner(plan, slots, pool, variables, concurrent, trace, check);
   if (concurrent) {
     run_streams(plan, runner, inter_op_threads);
   } else {

@@ -140,13 +140,14 @@ class CudaExecutorImpl final : public CudaExecutor {
     if (options.cuda_graphs && state.graph) {
       KILN_CUDA_CHECK(cudaGraphLaunch(state.graph, main), "graph replay");
       ++replays_;
-    } else if (options.cuda_graphs && state.eager_runs >= 1 && !options.trace) {
+    } else if (options.cuda_graphs && state.eager_runs >= 1 && !options.trace &&
+               options.check_numerics == NumericsCheck::off) {
       // Record the step once (the first run allocated and uploaded everything), then replay.
       KILN_CUDA_CHECK(cudaStreamBeginCapture(main, cudaStreamCaptureModeThreadLocal),
                       "graph capture");
       cudaGraph_t graph = nullptr;
       try {
-        enqueue(plan, state, pool, variables, nullptr);
+        enqueue(plan, state, pool, variables, nullptr, NumericsCheck::off);
       } catch (...) {
         cudaStreamEndCapture(main, &graph);
         if (graph) cudaGraphDestroy(graph);
@@ -169,7 +170,8 @@ class CudaExecutorImpl final : public CudaExecutor {
                         std::chrono::steady_clock::now().time_since_epoch())
                         .count();
       }
-      enqueue(plan, state, pool, variables, options.trace ? &timings : nullptr);
+      enqueue(plan, state, pool, variables, options.trace ? &timings : nullptr,
+              options.check_numerics);
       ++state.eager_runs;
       if (options.trace) {
         synchronize_stream(main, "run");
@@ -255,7 +257,7 @@ class CudaExecutorImpl final : public CudaExecutor {
   // Queues one whole run on the lanes: feeds in, every step, fetches out, all lanes joined
   // back into lane 0. Used both eagerly and under graph capture.
   void enqueue(const Plan& plan, PlanState& state, ThreadPool& pool, VariableStore& variables,
-               std::vector<StepTiming>* timings) {
+               std::vector<StepTiming>* timings, NumericsCheck check) {
     cudaStream_t main = lanes_[0]->stream.get();
     auto* feed_staging = static_cast<char*>(state.feed_staging->data());
     auto* fetch_staging = static_cast<char*>(state.fetch_staging->data());
@@ -316,6 +318,14 @@ class CudaExecutorImpl final : public CudaExecutor {
         step.kernel(ctx);
         for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);
         KILN_CUDA_CHECK(cudaGetLastError(), ctx.where());
+      }
+      if (check != NumericsCheck::off) {
+        // Debugging mode: wait for the step and look at what it made, on the host.
+        synchronize_stream(stream, node.name());
+        for (size_t i = 0; i < outputs.size(); ++i)
+          if (is_floating(outputs[i].dtype()))
+            check_numerics(outputs[i].to(Device::cpu()), check,
+                           str("node '", node.name(), "' (", node.op_name(), "), output ", i));
       }
       for (size_t i = 0; i < outputs.size(); ++i) {
         const int32_t out = step.output_slots[i];

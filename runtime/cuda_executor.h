@@ -17,6 +17,9 @@ struct CudaRunOptions {
   /// Collect one trace event per step: its GPU start and duration (timing events around it on
   /// its stream). Runs traced this way are not captured as CUDA Graphs.
   std::vector<TraceEvent>* trace = nullptr;
+  /// Scan every floating output after its step (the step's stream is synchronized and the
+  /// output copied to the host) and stop at the first refused value. Not captured either.
+  NumericsCheck check_numerics = NumericsCheck::off;
 };
 
 /// Runs plans on GPU `device`: the plan's arena in device memory from the stream-ordered pool,

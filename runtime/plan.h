@@ -7,6 +7,7 @@
 
 #include "framework/graph.h"
 #include "framework/parallel.h"
+#include "runtime/numerics.h"
 #include "runtime/passes/passes.h"
 
 namespace kiln {
@@ -120,10 +121,12 @@ struct TraceEvent {
 void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string& path);
 
 /// With inter_op_threads > 1 the plan's streams run on their own threads, waiting at events.
-/// With `trace`, one event per step is appended to it.
+/// With `trace`, one event per step is appended to it. With `check`, every floating output is
+/// scanned after its step and the first refused value stops the run (kiln::NumericsError).
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
                                    ThreadPool& pool, VariableStore& variables,
                                    int inter_op_threads = 1,
-                                   std::vector<TraceEvent>* trace = nullptr);
+                                   std::vector<TraceEvent>* trace = nullptr,
+                                   NumericsCheck check = NumericsCheck::off);
 
 }  // namespace kiln

@@ -49,8 +49,14 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
   const int streams = cuda_ ? options_.cuda_streams : options_.inter_op_threads;
-  auto plan = std::make_unique<Plan>(compile_plan(graph_, specs, fetches, targets,
-                                                  options_.device.kind, options_.passes, streams));
+  PassOptions passes = options_.passes;
+  if (options_.check_numerics != NumericsCheck::off) {
+    // A finding names one of the graph's own nodes, not a merged one.
+    passes.elementwise_fusion = false;
+    passes.matmul_epilogue = false;
+  }
+  auto plan = std::make_unique<Plan>(
+      compile_plan(graph_, specs, fetches, targets, options_.device.kind, passes, streams));
   if (options_.validate_memory_plan) validate_memory_plan(*plan);
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
@@ -61,17 +67,22 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
   const Plan& plan = plan_for(feeds, fetches, targets);
   std::vector<Tensor> tensors;
   tensors.reserve(feeds.size());
-  for (const auto& feed : feeds) tensors.push_back(feed.second);
+  for (const auto& feed : feeds) {
+    if (options_.check_numerics != NumericsCheck::off)
+      check_numerics(feed.second, options_.check_numerics, str("feed '", feed.first.name(), "'"));
+    tensors.push_back(feed.second);
+  }
   // Bounded: a long training run keeps the first million steps' events.
   const bool tracing = !options_.trace_path.empty() && trace_.size() < 1000000;
   if (cuda_) {
     CudaRunOptions run_options;
     run_options.cuda_graphs = options_.cuda_graphs;
+    run_options.check_numerics = options_.check_numerics;
     run_options.trace = tracing ? &trace_ : nullptr;
     return cuda_->run(plan, tensors, *pool_, variables_, run_options);
   }
   return execute_on_cpu(plan, tensors, *pool_, variables_, options_.inter_op_threads,
-                        tracing ? &trace_ : nullptr);
+                        tracing ? &trace_ : nullptr, options_.check_numerics);
 }
 
 const Plan& Session::plan(const FeedList& feeds, const std::vector<Value>& fetches,

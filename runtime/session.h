@@ -11,6 +11,7 @@
 #include "framework/graph.h"
 #include "framework/parallel.h"
 #include "runtime/cuda_executor.h"
+#include "runtime/numerics.h"
 #include "runtime/plan.h"
 
 namespace kiln {
@@ -34,6 +35,14 @@ struct SessionOptions {
   bool cuda_graphs = false;
   /// Check every compiled memory plan with the validator (tests; O(buffers^2)).
   bool validate_memory_plan = false;
+  /// Stops a run at the first NaN (or, with nan_or_inf, also infinity) that a feed holds or a
+  /// step computes, with a NumericsError naming the node, its op, the element and the value,
+  /// as TensorFlow's check_numerics and PyTorch's anomaly mode do. For debugging: every output
+  /// is scanned (on a GPU, copied to the host after its step), CUDA Graphs are not used, and
+  /// the passes that merge nodes (elementwise fusion, matmul epilogues) are off so that the
+  /// node named is one of the graph's own. Dynamic loss scaling's skipped overflow steps are
+  /// reported too: they are infinities.
+  NumericsCheck check_numerics = NumericsCheck::off;
   /// When set, every run's per-node timings are collected and written to this file in the
   /// Chrome trace format (open it in Perfetto or chrome://tracing) when the session ends.
   std::string trace_path;

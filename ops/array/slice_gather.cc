@@ -140,7 +140,10 @@ template <typename Index>
 void gather_typed(KernelContext& ctx, const Tensor& params, const Tensor& indices, Tensor& out,
                   int64_t axis) {
   const Shape& ps = params.shape();
-  const auto [outer, n, inner] = AxisView(ps, axis);
+  // Plain variables, not a structured binding: lambdas capture them (clang 14 cannot capture
+  // bindings).
+  const AxisView view(ps, axis);
+  const int64_t outer = view.outer, n = view.n, inner = view.inner;
   const int64_t count = indices.numel();
   const Index* idx = indices.data<Index>();
   // Indices are data: check them all before copying anything.
@@ -189,7 +192,8 @@ KILN_OP(gather)
 template <typename T, typename Index>
 void gather_grad_typed(KernelContext& ctx, const Tensor& dy, const Tensor& indices, Tensor& dx,
                        int64_t axis) {
-  const auto [outer, n, inner] = AxisView(dx.shape(), axis);
+  const AxisView view(dx.shape(), axis);
+  const int64_t outer = view.outer, n = view.n, inner = view.inner;
   const int64_t count = indices.numel();
   const Index* idx = indices.data<Index>();
   const T* g = dy.data<T>();

@@ -103,28 +103,35 @@ KILN_HOST_DEVICE T power(T a, T b) {
   }
 }
 
+// NaN rule, for every row of these tables: a NaN operand gives a NaN result, as in PyTorch,
+// except where IEEE 754 and PyTorch define a number (pow(x, 0) = pow(1, y) = 1; comparisons
+// give false, not_equal true). So relu, maximum and minimum let NaN through rather than
+// swallowing it, and sign(NaN) is NaN (NumPy's and JAX's answer; PyTorch gives 0 there). The
+// tests check each op with NaN and +-Inf (tests/ops/elementwise_test.cc, tests/gpu/).
+//
 // Each row: X(name, dtype class, expression in x of type T).
 //   neg     y = -x
-//   sign    y = -1, 0 or 1
+//   sign    y = -1, 0 or 1 (NaN for NaN)
 //   abs     y = |x|
 //   square  y = x^2
-//   relu    y = max(x, 0)
+//   relu    y = max(x, 0), NaN for NaN: written "x < 0 ? 0 : x" so NaN (for which every
+//           comparison is false) takes the x branch; relu(-0) = -0 as in PyTorch
 //   gelu    y = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), the exact GELU (torch's
 //           default); the erfc form avoids cancellation for large negative x.
-#define KILN_UNARY_OPS(X)                                              \
-  X(neg, signed_, wrapping_neg(x))                                     \
-  X(sign, signed_, static_cast<T>((x > T(0)) - (x < T(0))))            \
-  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                      \
-  X(square, numeric, wrapping_mul(x, x))                               \
-  X(relu, signed_, x > T(0) ? x : T(0))                                \
-  X(exp, floating, exp(x))                                             \
-  X(log, floating, log(x))                                             \
-  X(sqrt, floating, sqrt(x))                                           \
-  X(rsqrt, floating, T(1) / sqrt(x))                                   \
-  X(tanh, floating, tanh(x))                                           \
-  X(sigmoid, floating, sigmoid_of(x))                                  \
-  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440))) \
-  X(sin, floating, sin(x))                                             \
+#define KILN_UNARY_OPS(X)                                                \
+  X(neg, signed_, wrapping_neg(x))                                       \
+  X(sign, signed_, x != x ? x : static_cast<T>((x > T(0)) - (x < T(0)))) \
+  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                        \
+  X(square, numeric, wrapping_mul(x, x))                                 \
+  X(relu, signed_, x < T(0) ? T(0) : x)                                  \
+  X(exp, floating, exp(x))                                               \
+  X(log, floating, log(x))                                               \
+  X(sqrt, floating, sqrt(x))                                             \
+  X(rsqrt, floating, T(1) / sqrt(x))                                     \
+  X(tanh, floating, tanh(x))                                             \
+  X(sigmoid, floating, sigmoid_of(x))                                    \
+  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440)))   \
+  X(sin, floating, sin(x))                                               \
   X(cos, floating, cos(x))
 
 // Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum

@@ -171,8 +171,10 @@ void fused_typed(KernelContext& ctx) {
             last && !streaming ? out + start : scratch.get() + static_cast<size_t>(k) * kChunk;
         const T* a = reg[ins[1]];
         const int64_t sa = stride[ins[1]];
-        const T* b = ins[2] >= 0 ? reg[ins[2]] : nullptr;
-        const int64_t sb = ins[2] >= 0 ? stride[ins[2]] : 0;
+        // Operands the opcode does not use are -1 (checked by inference): never read them.
+        const bool binary = fused_arity(static_cast<int>(ins[0])) >= 2;
+        const T* b = binary ? reg[ins[2]] : nullptr;
+        const int64_t sb = binary ? stride[ins[2]] : 0;
         switch (static_cast<int>(ins[0])) {
 #define KILN_UNARY_CASE(name, ...)        \
   case op_##name:                         \
@@ -215,15 +217,29 @@ KILN_OP(fused_elementwise)
     .attr("shape", AttrType::shape)
     .elementwise()
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      // The program comes from a file as often as from the fusion pass: every opcode and
+      // every operand the kernels will index with is checked here, and operand slots an
+      // opcode does not use must hold -1, so no value in the program goes unchecked.
       const auto& code = ctx.attr<std::vector<int64_t>>("code");
-      if (code.empty() || code.size() % 4 != 0) ctx.fail("malformed program");
+      if (code.empty() || code.size() % 4 != 0)
+        ctx.fail("malformed program: ", code.size(), " ints (4 per instruction)");
+      if (code.size() / 4 > kMaxFusedInstructions)
+        ctx.fail("the program has ", code.size() / 4, " instructions; at most ",
+                 kMaxFusedInstructions, " are allowed");
       const int64_t registers = ctx.num_inputs() + static_cast<int64_t>(code.size() / 4);
       for (size_t k = 0; k < code.size() / 4; ++k) {
         const int64_t opcode = code[4 * k];
-        if (opcode < 0 || opcode >= op_count) ctx.fail("bad opcode ", opcode);
-        for (int j = 1; j <= fused_arity(static_cast<int>(opcode)); ++j)
-          if (code[4 * k + j] < 0 || code[4 * k + j] >= ctx.num_inputs() + static_cast<int64_t>(k))
-            ctx.fail("instruction ", k, " reads register ", code[4 * k + j], " of ", registers);
+        if (opcode < 0 || opcode >= op_count) ctx.fail("instruction ", k, ": bad opcode ", opcode);
+        const int arity = fused_arity(static_cast<int>(opcode));
+        for (int j = 1; j <= 3; ++j) {
+          const int64_t operand = code[4 * k + j];
+          if (j > arity && operand != -1)
+            ctx.fail("instruction ", k, " (", fused_op_name(static_cast<int>(opcode)),
+                     ") has operand ", j, " = ", operand, " where it takes none (must be -1)");
+          if (j <= arity && (operand < 0 || operand >= ctx.num_inputs() + static_cast<int64_t>(k)))
+            ctx.fail("instruction ", k, " reads register ", operand, " of ", registers,
+                     " (it may read the inputs and earlier instructions' results)");
+        }
       }
       const Shape& shape = ctx.attr<Shape>("shape");
       if (!shape.is_known()) ctx.fail("shape ", shape, " must be fully known");

@@ -18,6 +18,10 @@ enum FusedOpcode : int {
   op_count
 };
 
+/// The most instructions a fused_elementwise program may have (the fusion pass makes at most
+/// 64; files are held to this bound).
+inline constexpr size_t kMaxFusedInstructions = 1024;
+
 /// Gives each instruction of a fused program (`code`, 4 ints per instruction) a value slot
 /// out of `max_slots`, reusing a slot once its value's last reader has run. False when more
 /// than max_slots values would be live at once. The GPU kernel keeps values in such slots.

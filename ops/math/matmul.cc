@@ -191,7 +191,7 @@ void matmul_bias_typed(KernelContext& ctx) {
       T* row = out + r * n;
       for (int64_t j = 0; j < n; ++j) {
         const T v = row[j] + bias[j];
-        row[j] = relu && !(v > T(0)) ? T(0) : v;
+        row[j] = relu && v < T(0) ? T(0) : v;  // relu's rule: NaN stays NaN
       }
     }
   });

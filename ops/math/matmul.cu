@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "ops/cuda/map.cuh"
+#include "ops/math/elementwise.h"
 #include "ops/math/matmul_batch.h"
 
 namespace kiln::ops::cuda_matmul {
@@ -76,9 +77,8 @@ struct Product {
   void* c;
   int32_t batch = 1;
   int64_t a_stride = 0, b_stride = 0;
-  /// Epilogue: bias [N] added to every row of C (nullptr: none), then ReLU when `relu`.
+  /// Epilogue: bias [N] added to every row of C (nullptr: none).
   const void* bias = nullptr;
-  bool relu = false;
 };
 
 void run_product(const KernelContext& ctx, const Product& p) {
@@ -97,8 +97,7 @@ void run_product(const KernelContext& ctx, const Product& p) {
       d.op, CUBLASLT_MATMUL_DESC_TRANSB, &second_op, sizeof(second_op)));
   if (p.bias) {
     // C^T is column-major [N, M]: a bias of N rows is one value per column of C.
-    const cublasLtEpilogue_t epilogue =
-        p.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
         d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
     KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
@@ -188,7 +187,16 @@ void matmul_cuda(KernelContext& ctx) {
 }
 KILN_CUDA_KERNEL(matmul, matmul_cuda, {DType::f32, DType::f64, DType::f16, DType::bf16});
 
-// matmul_bias: one cuBLASLt call with the bias (and ReLU) epilogue.
+// c = relu(c), with relu's own functor.
+template <typename T>
+void relu_in_place(const KernelContext& ctx, Tensor& c) {
+  map1<T, T>(ctx, c, c,
+             [] __device__(T x) { return static_cast<T>(relu_fn{}(static_cast<Compute<T>>(x))); });
+}
+
+// matmul_bias: one cuBLASLt call with the bias epilogue. Not cuBLASLt's RELU_BIAS: its ReLU is
+// max(x, 0), which turns NaN into 0 (a NaN would vanish from training unseen); relu's own
+// functor (NaN stays NaN) runs over C afterwards instead.
 void matmul_bias_cuda(KernelContext& ctx) {
   const Tensor& a = ctx.input(0);
   Tensor& c = ctx.output(0);
@@ -202,8 +210,9 @@ void matmul_bias_cuda(KernelContext& ctx) {
              ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed cuBLAS's 32-bit limit");
   Product p{a.dtype(), ta, tb, m, n, k, a.raw_data(), ctx.input(1).raw_data(), c.raw_data()};
   p.bias = ctx.input(2).raw_data();
-  p.relu = ctx.attr<std::string>("activation") == "relu";
   run_product(ctx, p);
+  if (ctx.attr<std::string>("activation") == "relu")
+    dispatch_cuda_float(c.dtype(), [&](auto tag) { relu_in_place<decltype(tag)>(ctx, c); });
 }
 KILN_CUDA_KERNEL(matmul_bias, matmul_bias_cuda, {DType::f32, DType::f64, DType::f16, DType::bf16});
 

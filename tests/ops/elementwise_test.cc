@@ -1,3 +1,5 @@
+#include "ops/math/elementwise.h"
+#include "special_values.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -198,6 +200,93 @@ TEST(Where, SelectsWithThreeWayBroadcast) {
   Value x = g.constant(Tensor::from_vector<float>({-2, 3, -1}));
   EXPECT_EQ(testing::run1(g, where(greater(x, g.scalar(0, f32)), x, -x)).to_vector<float>(),
             (std::vector<float>{2, 3, 1}));
+}
+
+// A f32 or f64 tensor holding `values`.
+Tensor floats(DType dtype, const std::vector<double>& values, const Shape& shape) {
+  if (dtype == f64) return Tensor::from_vector<double>(values, shape);
+  return Tensor::from_vector<float>(std::vector<float>(values.begin(), values.end()), shape);
+}
+
+// Every unary op at NaN and +-inf, alone and inside a fused chain (the fused kernel runs the
+// same functors), in f32 and f64.
+TEST(NaNRule, EveryUnaryOpPropagatesNaNAndHandlesInfinities) {
+  std::vector<std::string> covered;
+  for (const auto& c : testing::special_unary_cases()) covered.push_back(c.op);
+#define KILN_EXPECT_COVERED(name, ...)                                       \
+  EXPECT_NE(std::find(covered.begin(), covered.end(), #name), covered.end()) \
+      << #name << " has no case";
+  KILN_UNARY_OPS(KILN_EXPECT_COVERED)
+#undef KILN_EXPECT_COVERED
+  for (const auto& c : testing::special_unary_cases())
+    for (DType dtype : {f32, f64}) {
+      Graph g;
+      Value x = g.placeholder("x", dtype, {3});
+      Value zero = g.placeholder("zero", dtype, {3});
+      Value alone = g.add(c.op, {x});
+      Value fused = g.add(c.op, {x}) + zero;  // two elementwise ops: one fused kernel
+      const Tensor input = floats(dtype, {testing::kNaN, testing::kInf, -testing::kInf}, {3});
+      Session s(g);
+      std::vector<Tensor> out =
+          s.run({{x, input}, {zero, Tensor::zeros(dtype, {3})}}, {alone, fused});
+      ASSERT_EQ(s.plan({{x, input}, {zero, input}}, {fused}).steps.size(), 1u) << "not fused";
+      const double expected[] = {c.at_nan, c.at_pos_inf, c.at_neg_inf};
+      for (const Tensor& y : out)
+        for (int i = 0; i < 3; ++i)
+          EXPECT_TRUE(testing::same_special(expected[i], y.element(i)))
+              << c.op << "(" << input.element(i) << ") is " << y.element(i) << " in " << dtype
+              << ", expected " << expected[i];
+    }
+}
+
+TEST(NaNRule, EveryBinaryOpFollowsIeeeWithNaNAndInfinities) {
+  const std::vector<double>& v = testing::special_operands();
+  const int64_t n = static_cast<int64_t>(v.size());
+  // Every pair: a is [n, 1], b is [1, n], broadcast to [n, n].
+  for (DType dtype : {f32, f64}) {
+    const Tensor ta = floats(dtype, v, {n, 1}), tb = floats(dtype, v, {1, n});
+    for (const std::string& op : testing::special_binary_ops()) {
+      Graph g;
+      Value a = g.placeholder("a", dtype, {n, 1}), b = g.placeholder("b", dtype, {1, n});
+      Tensor y = testing::run1(g, g.add(op, {a, b}), {{a, ta}, {b, tb}});
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          const double exact = testing::special_binary_reference(op, v[i], v[j]);
+          const double expected = dtype == f32 ? static_cast<float>(exact) : exact;
+          EXPECT_TRUE(testing::same_special(expected, y.element(i * n + j)))
+              << op << "(" << v[i] << ", " << v[j] << ") is " << y.element(i * n + j) << " in "
+              << dtype << ", expected " << expected;
+        }
+    }
+  }
+}
+
+TEST(NaNRule, ReductionsSoftmaxAndMatmulBiasReluPropagateNaN) {
+  Graph g;
+  const float nan = std::nanf("");
+  Value x = g.placeholder("x", f32, {2, 3});
+  Tensor input = Tensor::from_vector<float>({1, nan, 2, -1, -2, -3}, {2, 3});
+  Session s(g);
+  auto out = s.run({{x, input}}, {max(x, {1}), min(x, {1}), sum(x, {1}), mean(x, {1}), argmax(x, 1),
+                                  softmax(x, 1), log_softmax(x, 1)});
+  EXPECT_TRUE(std::isnan(out[0].element(0)) && out[0].element(1) == -1);
+  EXPECT_TRUE(std::isnan(out[1].element(0)) && out[1].element(1) == -3);
+  EXPECT_TRUE(std::isnan(out[2].element(0)) && std::isnan(out[3].element(0)));
+  EXPECT_EQ(out[4].element(0), 1);  // argmax points at the NaN, as torch.argmax
+  for (int j = 0; j < 3; ++j)
+    EXPECT_TRUE(std::isnan(out[5].element(j)) && std::isnan(out[6].element(j)));
+  EXPECT_FALSE(std::isnan(out[5].element(3)));
+
+  // relu(x w + b), folded into one matmul_bias by the epilogue pass: the NaN row stays NaN.
+  Value w = g.constant(Tensor::from_vector<float>({1, 0, 0, 1, 0, 0}, {3, 2}));
+  Value b = g.constant(Tensor::from_vector<float>({-10, -10}));
+  Value h = relu(matmul(x, w) + b);
+  Tensor y = s.run({{x, input}}, {h})[0];
+  const Plan& plan = s.plan({{x, input}}, {h});
+  EXPECT_EQ(plan.graph->node(plan.steps.back().node).op_name(), "matmul_bias");
+  EXPECT_TRUE(std::isnan(y.element(0)) && std::isnan(y.element(1)));  // NaN in the row's products
+  EXPECT_EQ(y.element(2), 0);                                         // -11 -> 0
+  EXPECT_EQ(y.element(3), 0);
 }
 
 TEST(Elementwise, CpuKernelsRejectHalfPrecisionClearly) {

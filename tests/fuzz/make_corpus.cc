@@ -1,0 +1,147 @@
+// Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/): graph files that
+// between them use every op, attribute type and signature kind (including the plan-only ops a
+// compiled plan holds: fused_elementwise, matmul_bias), checkpoints and .npy files. Run it again
+// after adding ops:  build/tests/fuzz_make_corpus tests/fuzz/corpus
+#include <kiln/kiln.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "runtime/checkpoint.h"
+
+using namespace kiln;
+
+namespace {
+
+// An MLP trained by `optimizer`: train and predict signatures, batch unknown.
+void mlp(Graph& g, const std::function<Value(const Value&)>& minimize) {
+  Value x = g.placeholder("x", f32, {-1, 6});
+  Value y = g.placeholder("y", i64, {-1});
+  Value w1 = g.variable("w1", {6, 8}, init::he_normal(1));
+  Value b1 = g.variable("b1", {8}, init::zeros());
+  Value w2 = g.variable("w2", {8, 3}, init::glorot_uniform(2));
+  Value logits = matmul(relu(matmul(x, w1) + b1), w2);
+  Value loss = mean(softmax_cross_entropy(logits, y));
+  g.add_signature({"train", {x, y}, {loss}, {minimize(loss)}});
+  g.add_signature({"predict", {x}, {softmax(logits, 1), argmax(logits, 1)}, {}});
+}
+
+// Every other op family: shapes, indexing, reductions, comparisons, casts, sources, state.
+void op_zoo(Graph& g) {
+  Value x = g.placeholder("x", f32, {-1, 4});
+  Value idx = g.placeholder("idx", i32, {3});
+  Value t = transpose(reshape(x, {2, -1}), {1, 0});
+  Value parts = concat(split(x, {1, 3}, 1), 1);
+  Value picked = gather(x, idx, 1);
+  Value sliced = slice(x, {0, 1}, {kSliceEnd, 4}, {1, 2});
+  Value r = sum(x, {0}) + mean(x, {1}, true) * max(x) - min(x, {0, 1});
+  Value am = cast(argmin(x, 1), f32);
+  Value cmp = where(greater(x, fill(g, {4}, 0.5)), exp(x), log(abs(x) + 1.0));
+  Value e = sqrt(square(x) + 1.0) * rsqrt(abs(x) + 1.0) + tanh(x) + sigmoid(x) + gelu(x) + sin(x) +
+            cos(x) + sign(x) + neg(x) + pow(abs(x) + 1.0, x) + maximum(x, zeros_like(x)) +
+            minimum(x, zeros_like(x));
+  Value noise = random_uniform(g, {4}, -1, 1, 7) + random_normal(g, {4}, 0, 1, 8) +
+                iota(g, {4}, 0, f32) + cast(iota(g, {4}, 0, i64), f32);
+  Value ls = log_softmax(x, 1);
+  Value bl = broadcast_to(expand_dims(noise, {0}), {3, 4});
+  Value sq = sum_to(x, g.constant(Tensor::zeros(f32, {1, 4})));
+  Value counter = g.variable("counter", {}, init::zeros(), i64, false);
+  Value v = g.variable("v", {4}, init::uniform(-1, 1, 3));
+  Value step = assign_add(counter, g.scalar(1, i64));
+  Value write = assign(v, noise);
+  g.add_signature({"zoo",
+                   {x, idx},
+                   {t,
+                    parts,
+                    picked,
+                    sliced,
+                    r,
+                    am,
+                    cmp,
+                    e,
+                    ls,
+                    bl,
+                    sq,
+                    numel(x),
+                    zeros_like(x),
+                    add_n({x, x, x}),
+                    equal(x, x),
+                    not_equal(x, x),
+                    less(x, x),
+                    less_equal(x, x),
+                    greater_equal(x, x),
+                    stop_gradient(x)},
+                   {step, write}});
+  Value loss = sum(e * cmp) + sum(picked) + sum(ls);
+  std::vector<Value> grads = gradients(loss, {x});
+  g.add_signature({"grad", {x, idx}, {grads[0]}, {}});
+}
+
+// A compiled plan's own graph (fused_elementwise, matmul_bias, feed placeholders), saved as a
+// graph file with its "__plan__" signature.
+void save_plan_graph(const Graph& g, const FeedList& feeds, const std::string& signature,
+                     const std::string& path) {
+  Session s(g);
+  const Signature& sig = g.signature(signature);
+  const Plan& plan = s.plan(feeds, sig.outputs, sig.targets);
+  save_graph(*plan.graph, path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: fuzz_make_corpus CORPUS_DIR\n");
+    return 2;
+  }
+  const std::string root = argv[1];
+  for (const char* target : {"graph_binary", "graph_text", "graph_run", "checkpoint", "npy"})
+    std::filesystem::create_directories(root + "/" + target);
+  auto both = [&](const Graph& g, const std::string& name) {
+    for (const char* target : {"graph_binary", "graph_run"})
+      save_graph(g, str(root, "/", target, "/", name, ".pb"));
+    save_graph(g, str(root, "/graph_text/", name, ".pbtxt"));
+  };
+
+  Graph adam, sgd, rmsprop, zoo;
+  mlp(adam, [](const Value& loss) {
+    return optim::Adam({.lr = 1e-2, .schedule = optim::Schedule::cosine(100), .clip_norm = 1})
+        .minimize(loss);
+  });
+  mlp(sgd, [](const Value& loss) {
+    return optim::SGD({.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-4}).minimize(loss);
+  });
+  mlp(rmsprop, [](const Value& loss) {
+    return optim::RMSProp({.lr = 1e-2}).with_loss_scaling().minimize(loss);
+  });
+  op_zoo(zoo);
+  both(adam, "mlp_adam");
+  both(sgd, "mlp_sgd");
+  both(rmsprop, "mlp_rmsprop_scaled");
+  both(zoo, "op_zoo");
+
+  const FeedList mlp_feeds = {{adam.value("x"), Tensor::zeros(f32, {2, 6})},
+                              {adam.value("y"), Tensor::zeros(i64, {2})}};
+  save_plan_graph(adam, mlp_feeds, "train", root + "/graph_run/plan_mlp_train.pb");
+  save_plan_graph(adam, mlp_feeds, "train", root + "/graph_binary/plan_mlp_train.pb");
+  save_plan_graph(adam, {mlp_feeds[0]}, "predict", root + "/graph_text/plan_mlp_predict.pbtxt");
+  const FeedList zoo_feeds = {{zoo.value("x"), Tensor::zeros(f32, {2, 4})},
+                              {zoo.value("idx"), Tensor::zeros(i32, {3})}};
+  save_plan_graph(zoo, zoo_feeds, "zoo", root + "/graph_run/plan_zoo.pb");
+  save_plan_graph(zoo, zoo_feeds, "grad", root + "/graph_run/plan_zoo_grad.pb");
+
+  Graph ckpt;
+  Value w = ckpt.variable("w", {3, 2}, init::glorot_uniform(5));
+  ckpt.variable("global_step", {}, init::zeros(), i64, false);
+  Session s(ckpt);
+  s.run({}, {w});
+  s.save_checkpoint(root + "/checkpoint/small.ckpt");
+  write_checkpoint({{"w", Tensor::zeros(f32, {3, 2})}}, root + "/checkpoint/partial.ckpt");
+
+  save_npy(Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3}), root + "/npy/f32_2x3.npy");
+  save_npy(Tensor::from_vector<int64_t>({7, -8}), root + "/npy/i64_2.npy");
+  save_npy(Tensor::scalar<double>(0.5), root + "/npy/f64_scalar.npy");
+  save_npy(Tensor::zeros(boolean, {2, 0, 2}), root + "/npy/bool_empty.npy");
+  std::printf("wrote the seed corpora under %s\n", root.c_str());
+  return 0;
+}
