@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
   if (name == "mlp_step" || name == "mlp_memory") {
     Mlp m;
     Session s(m.g, options);
-    auto [xb, yb] = mlp_batch(name == "mlp_step" ? 128 : 1024);
+    const std::pair<Tensor, Tensor> batch = mlp_batch(name == "mlp_step" ? 128 : 1024);
+    const Tensor &xb = batch.first, &yb = batch.second;  // captured below: not a binding
     auto step = [&] { s.run({{m.x, xb}, {m.y, yb}}, {}, {m.train}); };
     double t = time_it(step, 10, name == "mlp_step" ? 200 : 20);
     std::printf("%s %.9f peak_rss_kib=%ld\n", name.c_str(), t, peak_rss_kib());

@@ -4,9 +4,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <list>
 #include <mutex>
 #include <sstream>
-#include <unordered_map>
+#include <vector>
 
 #include "framework/cuda/device_memory.h"
 
@@ -15,15 +16,23 @@ namespace kiln {
 namespace {
 std::atomic<int64_t> allocations{0};
 
-// Large buffers are kept after use and handed out again for the same rounded size: a fresh
-// large block comes from mmap and costs a page fault per 4 KiB on first touch, which for a
-// 64 MiB result is as slow as computing it. The cache holds at most kCacheLimit bytes.
+// Large buffers are kept after use and handed out again: a fresh large block comes from mmap
+// and costs a page fault per 4 KiB on first touch, which for a 64 MiB result is as slow as
+// computing it. A request takes the smallest cached block that holds it without wasting more
+// than an eighth; the cache holds at most kCacheLimit bytes, and when a freed block does not
+// fit, the oldest blocks are released to make room (blocks of sizes no longer asked for, as
+// after a change of batch size, do not stay resident).
 constexpr size_t kCachedMin = size_t{1} << 20;
-constexpr size_t kCacheLimit = size_t{1} << 30;
+constexpr size_t kCacheLimit = size_t{256} << 20;
+
+struct CachedBlock {
+  size_t bytes;
+  void* data;
+};
 
 struct BlockCache {
   std::mutex mutex;
-  std::unordered_multimap<size_t, void*> free_blocks;
+  std::list<CachedBlock> blocks;  // oldest first
   size_t cached = 0;
 };
 
@@ -40,16 +49,24 @@ size_t rounded_size(size_t nbytes) {
   return rounded;
 }
 
-void* allocate_host(size_t nbytes) {
+// A block of at least `nbytes`; its real size goes to *capacity.
+void* allocate_host(size_t nbytes, size_t* capacity) {
   allocations.fetch_add(1, std::memory_order_relaxed);
   const size_t rounded = rounded_size(nbytes);
+  *capacity = rounded;
   if (rounded >= kCachedMin) {
     BlockCache& cache = block_cache();
     std::lock_guard<std::mutex> lock(cache.mutex);
-    if (auto it = cache.free_blocks.find(rounded); it != cache.free_blocks.end()) {
-      void* p = it->second;
-      cache.free_blocks.erase(it);
-      cache.cached -= rounded;
+    auto best = cache.blocks.end();
+    for (auto it = cache.blocks.begin(); it != cache.blocks.end(); ++it)
+      if (it->bytes >= rounded && it->bytes <= rounded + rounded / 8 &&
+          (best == cache.blocks.end() || it->bytes < best->bytes))
+        best = it;
+    if (best != cache.blocks.end()) {
+      void* p = best->data;
+      *capacity = best->bytes;
+      cache.cached -= best->bytes;
+      cache.blocks.erase(best);
       return p;
     }
   }
@@ -58,29 +75,37 @@ void* allocate_host(size_t nbytes) {
   return p;
 }
 
-void free_host(void* p, size_t nbytes) {
-  const size_t rounded = rounded_size(nbytes);
-  if (rounded >= kCachedMin) {
-    BlockCache& cache = block_cache();
-    std::lock_guard<std::mutex> lock(cache.mutex);
-    if (cache.cached + rounded <= kCacheLimit) {
-      cache.free_blocks.emplace(rounded, p);
-      cache.cached += rounded;
-      return;
+void free_host(void* p, size_t capacity) {
+  if (capacity >= kCachedMin && capacity <= kCacheLimit) {
+    std::vector<void*> released;
+    {
+      BlockCache& cache = block_cache();
+      std::lock_guard<std::mutex> lock(cache.mutex);
+      while (cache.cached + capacity > kCacheLimit) {
+        released.push_back(cache.blocks.front().data);
+        cache.cached -= cache.blocks.front().bytes;
+        cache.blocks.pop_front();
+      }
+      cache.blocks.push_back({capacity, p});
+      cache.cached += capacity;
     }
+    for (void* old : released) std::free(old);
+    return;
   }
   std::free(p);
 }
 }  // namespace
 
-HostStorage::HostStorage(size_t nbytes) : Storage(allocate_host(nbytes), nbytes, Device::cpu()) {}
+HostStorage::HostStorage(size_t nbytes) : Storage(nullptr, nbytes, Device::cpu()) {
+  set_data(allocate_host(nbytes, &capacity_));
+}
 
 int64_t host_allocation_count() {
   return allocations.load(std::memory_order_relaxed);
 }
 
 HostStorage::~HostStorage() {
-  free_host(data(), nbytes());
+  free_host(data(), capacity_);
 }
 
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_t offset)

@@ -24,6 +24,7 @@ class Storage {
  protected:
   Storage(void* data, size_t nbytes, Device device)
       : data_(data), nbytes_(nbytes), device_(device) {}
+  void set_data(void* data) { data_ = data; }
 
  private:
   void* data_;
@@ -41,6 +42,9 @@ class HostStorage final : public Storage {
   /// Throws kiln::Error with the size when the allocation fails.
   explicit HostStorage(size_t nbytes);
   ~HostStorage() override;
+
+ private:
+  size_t capacity_ = 0;  // bytes of the block (at least nbytes(); a cached block may be larger)
 };
 
 /// A tensor. Copies share storage (like a shared_ptr); clone() copies the data.

@@ -24,10 +24,11 @@ class StepRunner {
  public:
   /// `concurrent`: steps may run on several threads; a slot is then freed when its readers
   /// have all run (counted), not after the last reader in plan order.
-  StepRunner(const Plan& plan, std::vector<Tensor>& slots, ThreadPool& pool,
-             VariableStore& variables, bool concurrent, std::vector<TraceEvent>* trace,
-             NumericsCheck check)
+  StepRunner(const Plan& plan, std::shared_ptr<Storage> arena, std::vector<Tensor>& slots,
+             ThreadPool& pool, VariableStore& variables, bool concurrent,
+             std::vector<TraceEvent>* trace, NumericsCheck check)
       : plan_(plan),
+        arena_(std::move(arena)),
         slots_(slots),
         pool_(pool),
         variables_(variables),
@@ -53,7 +54,7 @@ class StepRunner {
     for (size_t i = 0; i < outputs.size(); ++i) {  // planned outputs are views of the arena
       const int64_t offset = plan_.slot_offset[step.output_slots[i]];
       if (offset >= 0)
-        outputs[i] = Tensor(step.output_types[i].dtype, step.output_types[i].shape, plan_.arena,
+        outputs[i] = Tensor(step.output_types[i].dtype, step.output_types[i].shape, arena_,
                             static_cast<size_t>(offset));
     }
     KernelContext ctx(node, inputs, step.output_types, outputs, pool_, &variables_);
@@ -83,7 +84,7 @@ class StepRunner {
       // Fetched variables and constants are copied: later updates (or a caller writing into
       // the result) must not reach the fetched tensor or the plan's constants. So is a fetched
       // view of an arena buffer (a reshape of an intermediate), which later steps reuse.
-      const bool in_arena = plan_.arena && outputs[i].storage() == plan_.arena;
+      const bool in_arena = arena_ && outputs[i].storage() == arena_;
       if (fetched_slot_[slot] &&
           (node.op_name() == "variable" || node.op_name() == "constant" || in_arena)) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -104,6 +105,7 @@ class StepRunner {
 
  private:
   const Plan& plan_;
+  std::shared_ptr<Storage> arena_;
   std::vector<Tensor>& slots_;
   ThreadPool& pool_;
   VariableStore& variables_;
@@ -186,16 +188,22 @@ void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string
 }
 
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
-                                   ThreadPool& pool, VariableStore& variables, int inter_op_threads,
-                                   std::vector<TraceEvent>* trace, NumericsCheck check) {
+                                   ThreadPool& pool, VariableStore& variables,
+                                   const CpuRunOptions& options) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
-  if (plan.arena_bytes > 0 && !plan.arena)
-    plan.arena = std::make_shared<HostStorage>(plan.arena_bytes);
-  const bool concurrent = inter_op_threads > 1 && plan.num_streams > 1;
-  StepRunner runner(plan, slots, pool, variables, concurrent, trace, check);
+  std::shared_ptr<Storage> arena = options.arena ? *options.arena : nullptr;
+  if (plan.arena_bytes > 0 && (!arena || arena->nbytes() < static_cast<size_t>(plan.arena_bytes))) {
+    // Grown with some headroom, so that slowly growing plans do not reallocate every time.
+    const size_t want = static_cast<size_t>(plan.arena_bytes);
+    arena.reset();
+    arena = std::make_shared<HostStorage>(options.arena ? want + want / 4 : want);
+    if (options.arena) *options.arena = arena;
+  }
+  const bool concurrent = options.inter_op_threads > 1 && plan.num_streams > 1;
+  StepRunner runner(plan, arena, slots, pool, variables, concurrent, options.trace, options.check);
   if (concurrent) {
-    run_streams(plan, runner, inter_op_threads);
+    run_streams(plan, runner, options.inter_op_threads);
   } else {
     // One thread: the plan's order respects every edge, events included.
     for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) runner.run(s);

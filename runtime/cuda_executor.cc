@@ -185,6 +185,16 @@ class CudaExecutorImpl final : public CudaExecutor {
 
   int64_t graph_replays() const override { return replays_; }
 
+  void forget(const Plan& plan) override {
+    auto it = states_.find(&plan);
+    if (it == states_.end()) return;
+    // Its buffers may still be in use by queued work (freed stream-ordered, but a captured
+    // graph and the staging are not): wait for the device first.
+    cudaSetDevice(device_.index);
+    cudaDeviceSynchronize();
+    states_.erase(it);
+  }
+
  private:
   PlanState& state_for(const Plan& plan) {
     auto& slot = states_[&plan];

@@ -35,6 +35,9 @@ class CudaExecutor {
   virtual std::vector<Tensor> run(const Plan& plan, const std::vector<Tensor>& feeds,
                                   ThreadPool& pool, VariableStore& variables,
                                   const CudaRunOptions& options) = 0;
+  /// Releases what the executor keeps for `plan` (device buffers, staging, captured graph):
+  /// the session calls it before it drops the plan.
+  virtual void forget(const Plan& plan) = 0;
   /// How many times a captured graph was replayed (for tests and benchmarks).
   virtual int64_t graph_replays() const = 0;
 };

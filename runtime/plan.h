@@ -58,8 +58,6 @@ struct Plan {
   int64_t arena_bytes = 0;
   /// What the same buffers would take without reuse.
   int64_t unshared_bytes = 0;
-  /// The arena, allocated on the first run and reused by every later one.
-  mutable std::shared_ptr<Storage> arena;
 };
 
 /// Step order relations under a plan's streams and waits: "u completes before p starts".
@@ -106,9 +104,6 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
 std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,
                      const std::vector<Value>& targets);
 
-/// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.
-/// Fetched tensors that share storage with a variable are copied, so later updates of the
-/// variable do not change what the caller holds.
 /// One executed step, for profiles: node name, op, stream, start and duration in microseconds.
 struct TraceEvent {
   std::string name, op;
@@ -120,13 +115,27 @@ struct TraceEvent {
 /// per stream. Throws kiln::FileError.
 void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string& path);
 
-/// With inter_op_threads > 1 the plan's streams run on their own threads, waiting at events.
-/// With `trace`, one event per step is appended to it. With `check`, every floating output is
-/// scanned after its step and the first refused value stops the run (kiln::NumericsError).
+/// How execute_on_cpu runs a plan.
+struct CpuRunOptions {
+  /// With more than 1, the plan's streams run on their own threads, waiting at events.
+  int inter_op_threads = 1;
+  /// When set, one event per step is appended to it.
+  std::vector<TraceEvent>* trace = nullptr;
+  /// Every floating output is scanned after its step; the first refused value stops the run
+  /// (kiln::NumericsError).
+  NumericsCheck check = NumericsCheck::off;
+  /// The arena the plan's intermediates live in: replaced by a larger one when it holds less
+  /// than plan.arena_bytes. A Session keeps one for all its plans (its runs are serialized,
+  /// and nothing a run returns points into it), so its memory is the largest plan's, not the
+  /// sum. Null: a fresh arena for this run.
+  std::shared_ptr<Storage>* arena = nullptr;
+};
+
+/// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.
+/// Fetched tensors that share storage with a variable or the arena are copied, so later
+/// updates of the variable (or later runs) do not change what the caller holds.
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
                                    ThreadPool& pool, VariableStore& variables,
-                                   int inter_op_threads = 1,
-                                   std::vector<TraceEvent>* trace = nullptr,
-                                   NumericsCheck check = NumericsCheck::off);
+                                   const CpuRunOptions& options = {});
 
 }  // namespace kiln

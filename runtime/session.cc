@@ -14,6 +14,7 @@ Session::Session(const Graph& graph, SessionOptions options) : graph_(graph), op
              options_.inter_op_threads);
   KILN_CHECK(options_.cuda_streams >= 1, Error, "[session] cuda_streams must be >= 1, got ",
              options_.cuda_streams);
+  KILN_CHECK(options_.max_cached_plans >= 1, Error, "[session] max_cached_plans must be >= 1");
   pool_ = std::make_unique<ThreadPool>(options_.intra_op_threads);
   if (options_.device.is_cuda())
     cuda_ = CudaExecutor::create(options_.device, options_.cuda_streams);
@@ -46,8 +47,10 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
     specs.push_back({value, {tensor.dtype(), tensor.shape()}});
   }
   std::string key = plan_key(specs, fetches, targets);
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return *it->second;
+  if (auto it = plans_.find(key); it != plans_.end()) {
+    recency_.splice(recency_.begin(), recency_, it->second.recency);  // now the most recent
+    return *it->second.plan;
+  }
   const int streams = cuda_ ? options_.cuda_streams : options_.inter_op_threads;
   PassOptions passes = options_.passes;
   if (options_.check_numerics != NumericsCheck::off) {
@@ -58,7 +61,16 @@ const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& f
   auto plan = std::make_unique<Plan>(
       compile_plan(graph_, specs, fetches, targets, options_.device.kind, passes, streams));
   if (options_.validate_memory_plan) validate_memory_plan(*plan);
-  return *plans_.emplace(key, std::move(plan)).first->second;
+  ++compilations_;
+  while (plans_.size() >= options_.max_cached_plans) {
+    // Evict the least recently used plan, and what the GPU executor keeps for it.
+    auto victim = plans_.find(recency_.back());
+    if (cuda_) cuda_->forget(*victim->second.plan);
+    plans_.erase(victim);
+    recency_.pop_back();
+  }
+  recency_.push_front(key);
+  return *plans_.emplace(key, CachedPlan{std::move(plan), recency_.begin()}).first->second.plan;
 }
 
 std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>& fetches,
@@ -81,8 +93,11 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
     run_options.trace = tracing ? &trace_ : nullptr;
     return cuda_->run(plan, tensors, *pool_, variables_, run_options);
   }
-  return execute_on_cpu(plan, tensors, *pool_, variables_, options_.inter_op_threads,
-                        tracing ? &trace_ : nullptr, options_.check_numerics);
+  return execute_on_cpu(plan, tensors, *pool_, variables_,
+                        {.inter_op_threads = options_.inter_op_threads,
+                         .trace = tracing ? &trace_ : nullptr,
+                         .check = options_.check_numerics,
+                         .arena = &cpu_arena_});
 }
 
 const Plan& Session::plan(const FeedList& feeds, const std::vector<Value>& fetches,

@@ -1,6 +1,7 @@
 // Session: compiles a graph once per (fetches, targets, feed shapes) into a Plan and runs it.
 #pragma once
 
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +34,10 @@ struct SessionOptions {
   /// On a GPU: capture each plan's whole step as a CUDA Graph on its second run and replay it
   /// after that (one launch per step instead of one per node). Results are identical.
   bool cuda_graphs = false;
+  /// How many compiled plans the session keeps (least recently used ones go first; each holds
+  /// its arena, so this bounds memory). Every distinct feed shape compiles a plan of its own:
+  /// feed a fixed batch size (pad the last batch, or drop it) to compile once.
+  size_t max_cached_plans = 32;
   /// Check every compiled memory plan with the validator (tests; O(buffers^2)).
   bool validate_memory_plan = false;
   /// Stops a run at the first NaN (or, with nan_or_inf, also infinity) that a feed holds or a
@@ -83,7 +88,8 @@ class Session {
   /// others) pass before any variable changes. Throws kiln::FileError naming the problem.
   void restore_checkpoint(const std::string& path, bool strict = true);
 
-  /// The plan for these feeds, fetches and targets (compiled on first use), to inspect.
+  /// The plan for these feeds, fetches and targets (compiled on first use), to inspect. The
+  /// reference stays valid until the session evicts the plan (max_cached_plans).
   const Plan& plan(const FeedList& feeds, const std::vector<Value>& fetches,
                    const std::vector<Value>& targets = {});
 
@@ -93,8 +99,12 @@ class Session {
 
   /// How many runs replayed a captured CUDA Graph (0 on the CPU).
   int64_t graph_replays() const { return cuda_ ? cuda_->graph_replays() : 0; }
-  /// Number of distinct plans compiled so far (one per fetch set and feed shapes).
+  /// Number of plans the session holds now (one per fetch set and feed shapes, at most
+  /// options().max_cached_plans).
   size_t num_compiled_plans() const { return plans_.size(); }
+  /// Number of plans compiled since the session was made (evicted ones included): a number
+  /// that keeps growing during training means recompiles (varying feed shapes).
+  int64_t num_compilations() const { return compilations_; }
   const SessionOptions& options() const { return options_; }
 
  private:
@@ -105,8 +115,16 @@ class Session {
   SessionOptions options_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<CudaExecutor> cuda_;  // GPU sessions only; holds per-plan device state
-  std::map<std::string, std::unique_ptr<Plan>> plans_;
+  // Plans by key, with their place in the recency list (most recent first).
+  struct CachedPlan {
+    std::unique_ptr<Plan> plan;
+    std::list<std::string>::iterator recency;
+  };
+  std::map<std::string, CachedPlan> plans_;
+  std::list<std::string> recency_;
+  int64_t compilations_ = 0;
   VariableStore variables_;
+  std::shared_ptr<Storage> cpu_arena_;  // shared by every CPU plan (runs are serialized)
   std::vector<TraceEvent> trace_;
   std::mutex mutex_;
 };
