@@ -7,6 +7,7 @@
 //                              and arena offset, planned peak memory against no reuse
 #include <kiln/kiln.h>
 
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -27,6 +28,16 @@ int usage() {
                "  --optimized  compile a signature (default: the first) as a Session would, with\n"
                "               unknown dims set to --batch (default 1), and print the plan\n");
   return 2;
+}
+
+// A whole decimal number >= `min` (and below 2^31), or false.
+bool parse_count(const std::string& text, int64_t min, int64_t* out) {
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || v < min || v >= (int64_t{1} << 31))
+    return false;
+  *out = v;
+  return true;
 }
 
 std::string human_bytes(double bytes) {
@@ -116,15 +127,15 @@ void print_optimized(const Graph& g, std::string signature, int64_t batch, int s
     signature = g.signatures().begin()->first;
   }
   const Signature& sig = g.signature(signature);
-  FeedList feeds;
+  // Only the feeds' types are needed to compile: nothing is allocated or run.
+  std::vector<FeedSpec> feeds;
   for (const Value& in : sig.inputs) {
     std::vector<int64_t> dims = in.shape().dims();
     for (int64_t& d : dims)
       if (d < 0) d = batch;
-    feeds.emplace_back(in, Tensor::zeros(in.dtype(), Shape(dims)));
+    feeds.push_back({in, {in.dtype(), Shape(dims)}});
   }
-  Session sess(g, {.intra_op_threads = 1, .inter_op_threads = streams});
-  const Plan& plan = sess.plan(feeds, sig.outputs, sig.targets);
+  const Plan plan = compile_plan(g, feeds, sig.outputs, sig.targets, DeviceKind::cpu, {}, streams);
   std::string passes;
   for (const std::string& p : plan.passes_applied) passes += (passes.empty() ? "" : ", ") + p;
   std::printf("plan of signature '%s' (unknown dims = %lld): %zu steps on %d stream(s)\n",
@@ -182,8 +193,7 @@ void write_dot(const Graph& g, std::ostream& out) {
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
   std::string path, mode = "summary", dot_out, signature;
-  int64_t batch = 1;
-  int streams = 1;
+  int64_t batch = 1, stream_count = 1;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") return usage(), 0;
@@ -195,11 +205,14 @@ int main(int argc, char** argv) {
       std::string v = argv[++i];
       if (arg == "--signature")
         signature = v;
-      else if (arg == "--batch")
-        batch = std::atoll(v.c_str());
-      else
-        streams = std::atoi(v.c_str());
-      if (batch < 0 || streams < 1) return usage();
+      else if (arg == "--batch" && !parse_count(v, 0, &batch))
+        return std::fprintf(stderr, "kiln-graph: --batch takes a count >= 0, got '%s'\n",
+                            v.c_str()),
+               2;
+      else if (arg == "--streams" && !parse_count(v, 1, &stream_count))
+        return std::fprintf(stderr, "kiln-graph: --streams takes a count >= 1, got '%s'\n",
+                            v.c_str()),
+               2;
     } else if (arg == "--dot") {
       mode = "dot";
       if (i + 1 < argc && argv[i + 1][0] != '-') dot_out = argv[++i];
@@ -218,7 +231,7 @@ int main(int argc, char** argv) {
     if (mode == "summary") {
       print_summary(*graph, path);
     } else if (mode == "optimized") {
-      print_optimized(*graph, signature, batch, streams);
+      print_optimized(*graph, signature, batch, static_cast<int>(stream_count));
     } else if (mode == "text") {
       std::fputs(graph_to_text(*graph).c_str(), stdout);
     } else if (dot_out.empty()) {

@@ -5,10 +5,14 @@
 //            [--out DIR] [--threads N]
 //
 // Inputs are named as in the signature (kiln-graph lists them); outputs are written to
-// DIR/<output name>.npy with '/' and ':' replaced by '_'. With --save-checkpoint the variables
-// are saved after the run, so a "train" signature can be stepped from the command line.
+// DIR/<output name>.npy with '/' and ':' replaced by '_'. Outputs whose names would give the
+// same file ("split:1" and "split_1") each get their position in the signature added
+// ("split_1.out0.npy", "split_1.out1.npy"), so none overwrites another. With --save-checkpoint
+// the variables are saved after the run, so a "train" signature can be stepped from the
+// command line.
 #include <kiln/kiln.h>
 
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -24,10 +28,24 @@ int usage() {
   return 2;
 }
 
-std::string file_name(std::string name) {
+std::string sanitized(std::string name) {
   for (char& c : name)
     if (c == '/' || c == ':') c = '_';
-  return name + ".npy";
+  return name;
+}
+
+// The file of each output: its sanitized name, made unique by position where two different
+// outputs share one (an output listed twice is written once, under one name).
+std::vector<std::string> output_files(const std::vector<Value>& outputs) {
+  std::map<std::string, std::vector<size_t>> by_name;
+  for (size_t i = 0; i < outputs.size(); ++i) by_name[sanitized(outputs[i].name())].push_back(i);
+  std::vector<std::string> files(outputs.size());
+  for (const auto& [name, positions] : by_name) {
+    bool distinct = false;
+    for (size_t i : positions) distinct |= outputs[i] != outputs[positions[0]];
+    for (size_t i : positions) files[i] = distinct ? str(name, ".out", i, ".npy") : name + ".npy";
+  }
+  return files;
 }
 
 }  // namespace
@@ -47,9 +65,14 @@ int main(int argc, char** argv) {
       save_checkpoint = value();
     else if (arg == "--out")
       out_dir = value();
-    else if (arg == "--threads")
-      threads = std::atoi(value().c_str());
-    else if (arg.rfind("--", 0) == 0)
+    else if (arg == "--threads") {
+      const std::string v = value();
+      auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), threads);
+      if (ec != std::errc() || end != v.data() + v.size() || threads < 0)
+        return std::fprintf(stderr, "kiln-run: --threads takes a count >= 0, got '%s'\n",
+                            v.c_str()),
+               usage();
+    } else if (arg.rfind("--", 0) == 0)
       return std::fprintf(stderr, "kiln-run: unknown option %s\n", arg.c_str()), usage();
     else if (size_t eq = arg.find('='); eq != std::string::npos)
       inputs[arg.substr(0, eq)] = arg.substr(eq + 1);
@@ -75,8 +98,9 @@ int main(int argc, char** argv) {
     if (!checkpoint.empty()) sess.restore_checkpoint(checkpoint);
     std::vector<Tensor> outputs = sess.run_signature(sig.name, feeds);
     std::filesystem::create_directories(out_dir);
+    const std::vector<std::string> files = output_files(sig.outputs);
     for (size_t i = 0; i < outputs.size(); ++i) {
-      std::string path = out_dir + "/" + file_name(sig.outputs[i].name());
+      std::string path = out_dir + "/" + files[i];
       save_npy(outputs[i], path);
       std::printf("%s %s -> %s\n", sig.outputs[i].name().c_str(), outputs[i].to_string(6).c_str(),
                   path.c_str());

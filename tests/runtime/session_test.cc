@@ -128,6 +128,27 @@ TEST(Session, ResultsDoNotDependOnThreadCount) {
   testing::expect_near(testing::values(one), two, 1e-6, 1e-7, "threads");
 }
 
+// A batch of 0: inference gives empty results; a training step is refused (decided: the step
+// counter would advance and the update would apply the NaN mean of no elements).
+TEST(Session, AnEmptyBatchPredictsNothingAndCannotTrain) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3});
+  Value w = g.variable("w", {3, 2}, init::constant(0.5));
+  Value y = matmul(x, w);
+  Value loss = mean(y);
+  Value train = optim::SGD({.lr = 0.1}).minimize(loss);
+  Session s(g);
+  const Tensor empty = Tensor::zeros(f32, {0, 3});
+  EXPECT_EQ(s.run({{x, empty}}, {y})[0].shape(), Shape({0, 2}));
+  expect_error<FeedError>(
+      [&] {
+        s.run({{x, empty}}, {loss}, {train});
+      },
+      {"feed for 'x' is empty (f32[0, 3])", "updates variables", "skip it"});
+  EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(), 0);
+  EXPECT_EQ(s.variable_value(w).to_vector<float>(), std::vector<float>(6, 0.5f));
+}
+
 TEST(Session, DeviceErrorsSayWhy) {
   Graph g;
   const CudaAvailability& cuda = cuda_availability();

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -70,6 +71,41 @@ TEST(KilnGraphTool, OptimizedPlanShowsStreamsOffsetsAndMemory) {
                            "without reuse", "matmul", "dense/relu"})
     EXPECT_NE(r.output.find(part), std::string::npos) << part << "\n" << r.output;
   EXPECT_EQ(run_tool(path + " --optimized --signature nope").exit_code, 1);
+  EXPECT_EQ(run_tool(path + " --optimized --batch twelve").exit_code, 2);
+  EXPECT_EQ(run_tool(path + " --optimized --streams 0").exit_code, 2);
+}
+
+// Printing a plan needs the feeds' types, not their data: a batch whose input would take
+// 32 GB compiles and prints at once.
+TEST(KilnGraphTool, OptimizedPlanOfAHugeBatchAllocatesNothing) {
+  std::string path = save_sample();
+  Result r = run_tool(path + " --optimized --batch 1000000000");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("unknown dims = 1000000000"), std::string::npos) << r.output;
+}
+
+// kiln-run writes each output to its own file, even when two names map to one file name.
+TEST(KilnRunTool, OutputsWhoseNamesCollideGetDistinctFiles) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4});
+  std::vector<Value> parts = split(x, {1, 3}, 0);  // "split" and "split:1"
+  Value other = g.add("neg", {x}, {}, {.name = "split_1", .exact_name = true});
+  g.add_signature({"run", {x}, {parts[1], other, parts[0], parts[0]}, {}});
+  save_graph(g, tmp("collide.pb"));
+  save_npy(Tensor::from_vector<float>({1, 2, 3, 4}), tmp("collide_x.npy"));
+  std::string tool = std::string(KILN_GRAPH_TOOL);
+  tool = tool.substr(0, tool.rfind('/')) + "/kiln-run";
+  std::filesystem::remove_all(tmp("collide_out"));
+  const std::string cmd = tool + " " + tmp("collide.pb") + " run x=" + tmp("collide_x.npy") +
+                          " --out " + tmp("collide_out") + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  EXPECT_EQ(load_npy(tmp("collide_out/split_1.out0.npy")).to_vector<float>(),
+            (std::vector<float>{2, 3, 4}));
+  EXPECT_EQ(load_npy(tmp("collide_out/split_1.out1.npy")).to_vector<float>(),
+            (std::vector<float>{-1, -2, -3, -4}));
+  // The same output listed twice is one file under its plain name.
+  EXPECT_EQ(load_npy(tmp("collide_out/split.npy")).to_vector<float>(), (std::vector<float>{1}));
+  EXPECT_FALSE(std::filesystem::exists(tmp("collide_out/split_1.npy")));
 }
 
 TEST(Trace, SessionWritesAChromeTrace) {
