@@ -65,62 +65,122 @@ TEST(Variables, AssignOrderingAndFetchedValuesAreSnapshots) {
   expect_error<GraphError>([&] { assign(c, c); }, {"[assign]", "must be a variable", "constant"});
 }
 
-// One step of each optimizer against the torch.optim formulas written out by hand.
-TEST(Optimizers, OneStepMatchesTheFormulas) {
-  const std::vector<double> p0 = {0.5, -1.0, 2.0}, target = {1.0, 1.0, 1.0};
-  // loss = sum((p - target)^2) / 2, so grad = p - target.
-  auto run = [&](auto&& make_optimizer, int steps) {
+// Every optimizer variant against the torch.optim formulas written out by hand, for three
+// steps (so that slots carry over), with non-default hyperparameters (so that swapping two of
+// them, or dropping one, shows). loss = sum((p - target)^2) / 2, so grad = p - target.
+struct OptimizerCase {
+  const std::vector<double> p0 = {0.5, -1.0, 2.0}, target = {1.0, 1.0, -1.0};
+  static constexpr int kSteps = 3;
+  static constexpr double kLr = 0.1;
+
+  // Kiln's parameters after kSteps steps of `optimizer`.
+  std::vector<double> kiln(optim::Optimizer&& optimizer) const {
     Graph g;
     Value p = g.variable("p", {3}, init::zeros(), f64);
     Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(target)))) * 0.5;
-    Value train = make_optimizer().minimize(loss);
+    Value train = optimizer.minimize(loss);
     Session s(g);
     s.set_variable(p, Tensor::from_vector<double>(p0));
-    for (int i = 0; i < steps; ++i) s.run({}, {}, {train});
+    for (int i = 0; i < kSteps; ++i) s.run({}, {}, {train});
+    EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(), kSteps);
     return s.variable_value(p).to_vector<double>();
-  };
-  const double lr = 0.1;
-  {  // SGD, momentum 0.9, nesterov, weight decay 0.01: two steps.
-    std::vector<double> p = p0, buf(3, 0);
-    for (int step = 0; step < 2; ++step)
-      for (int i = 0; i < 3; ++i) {
-        double d = (p[i] - target[i]) + 0.01 * p[i];
-        buf[i] = 0.9 * buf[i] + d;
-        p[i] -= lr * (d + 0.9 * buf[i]);
-      }
-    auto got = run(
-        [&] {
-          return optim::SGD({.lr = lr, .momentum = 0.9, .nesterov = true, .weight_decay = 0.01});
-        },
-        2);
-    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-14);
   }
-  for (bool decoupled : {false, true}) {  // Adam / AdamW: three steps.
-    std::vector<double> p = p0, m(3, 0), v(3, 0);
-    const double wd = 0.1;
-    for (int t = 1; t <= 3; ++t)
-      for (int i = 0; i < 3; ++i) {
-        double d = (p[i] - target[i]) + (decoupled ? 0 : wd * p[i]);
-        if (decoupled) p[i] *= 1 - lr * wd;
-        m[i] = 0.9 * m[i] + 0.1 * d;
-        v[i] = 0.999 * v[i] + 0.001 * d * d;
-        p[i] -= lr * (m[i] / (1 - std::pow(0.9, t))) /
-                (std::sqrt(v[i] / (1 - std::pow(0.999, t))) + 1e-8);
-      }
-    auto got = decoupled ? run([&] { return optim::AdamW({.lr = lr, .weight_decay = wd}); }, 3)
-                         : run([&] { return optim::Adam({.lr = lr, .weight_decay = wd}); }, 3);
-    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-13) << (decoupled ? "AdamW" : "Adam");
+  // The reference: `step(p, grad, t)` updates p in place at step t = 1, 2, ...
+  template <typename Step>
+  std::vector<double> reference(Step step) const {
+    std::vector<double> p = p0;
+    for (int t = 1; t <= kSteps; ++t) {
+      std::vector<double> grad(3);
+      for (int i = 0; i < 3; ++i) grad[i] = p[i] - target[i];
+      step(p, grad, t);
+    }
+    return p;
   }
-  {  // RMSProp: two steps.
-    std::vector<double> p = p0, sq(3, 0);
-    for (int step = 0; step < 2; ++step)
+  void expect_same(const std::vector<double>& got, const std::vector<double>& want) const {
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], want[i], 1e-13) << i;
+    EXPECT_NE(want, p0);  // the case moves the parameters at all
+  }
+};
+
+TEST(Optimizers, PlainSgdMatchesTheFormula) {
+  OptimizerCase c;
+  c.expect_same(c.kiln(optim::SGD({.lr = c.kLr})), c.reference([&](auto& p, auto& g, int) {
+    for (int i = 0; i < 3; ++i) p[i] -= c.kLr * g[i];
+  }));
+}
+
+TEST(Optimizers, SgdWithWeightDecayMatchesTheFormula) {
+  OptimizerCase c;
+  c.expect_same(c.kiln(optim::SGD({.lr = c.kLr, .weight_decay = 0.05})),
+                c.reference([&](auto& p, auto& g, int) {
+                  for (int i = 0; i < 3; ++i) p[i] -= c.kLr * (g[i] + 0.05 * p[i]);
+                }));
+}
+
+// Plain (heavy-ball) momentum, the benchmark's optimizer: buf = mu buf + d, p -= lr buf.
+TEST(Optimizers, SgdMomentumMatchesTheFormula) {
+  OptimizerCase c;
+  std::vector<double> buf(3, 0);
+  c.expect_same(c.kiln(optim::SGD({.lr = c.kLr, .momentum = 0.8, .weight_decay = 0.01})),
+                c.reference([&](auto& p, auto& g, int) {
+                  for (int i = 0; i < 3; ++i) {
+                    const double d = g[i] + 0.01 * p[i];
+                    buf[i] = 0.8 * buf[i] + d;
+                    p[i] -= c.kLr * buf[i];
+                  }
+                }));
+}
+
+// Nesterov: the step looks ahead along the buffer, p -= lr (d + mu buf).
+TEST(Optimizers, SgdNesterovMatchesTheFormula) {
+  OptimizerCase c;
+  std::vector<double> buf(3, 0);
+  c.expect_same(
+      c.kiln(optim::SGD({.lr = c.kLr, .momentum = 0.9, .nesterov = true, .weight_decay = 0.01})),
+      c.reference([&](auto& p, auto& g, int) {
+        for (int i = 0; i < 3; ++i) {
+          const double d = g[i] + 0.01 * p[i];
+          buf[i] = 0.9 * buf[i] + d;
+          p[i] -= c.kLr * (d + 0.9 * buf[i]);
+        }
+      }));
+}
+
+// Adam with L2 weight decay (added to the gradient) and AdamW (decoupled: p shrinks first).
+TEST(Optimizers, AdamAndAdamWMatchTheFormulas) {
+  OptimizerCase c;
+  const double b1 = 0.8, b2 = 0.95, eps = 1e-3, wd = 0.1;
+  for (bool decoupled : {false, true}) {
+    std::vector<double> m(3, 0), v(3, 0);
+    const optim::AdamOptions options{
+        .lr = c.kLr, .beta1 = b1, .beta2 = b2, .eps = eps, .weight_decay = wd};
+    auto got = decoupled ? c.kiln(optim::AdamW(options)) : c.kiln(optim::Adam(options));
+    c.expect_same(got, c.reference([&](auto& p, auto& g, int t) {
       for (int i = 0; i < 3; ++i) {
-        double d = p[i] - target[i];
-        sq[i] = 0.99 * sq[i] + 0.01 * d * d;
-        p[i] -= lr * d / (std::sqrt(sq[i]) + 1e-8);
+        const double d = g[i] + (decoupled ? 0 : wd * p[i]);
+        if (decoupled) p[i] *= 1 - c.kLr * wd;
+        m[i] = b1 * m[i] + (1 - b1) * d;
+        v[i] = b2 * v[i] + (1 - b2) * d * d;
+        p[i] -= c.kLr * (m[i] / (1 - std::pow(b1, t))) /
+                (std::sqrt(v[i] / (1 - std::pow(b2, t))) + eps);
       }
-    auto got = run([&] { return optim::RMSProp({.lr = lr}); }, 2);
-    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], p[i], 1e-13);
+    }));
+  }
+}
+
+TEST(Optimizers, RmsPropMatchesTheFormula) {
+  OptimizerCase c;
+  for (double wd : {0.0, 0.05}) {
+    std::vector<double> sq(3, 0);
+    c.expect_same(
+        c.kiln(optim::RMSProp({.lr = c.kLr, .alpha = 0.9, .eps = 1e-3, .weight_decay = wd})),
+        c.reference([&](auto& p, auto& g, int) {
+          for (int i = 0; i < 3; ++i) {
+            const double d = g[i] + wd * p[i];
+            sq[i] = 0.9 * sq[i] + 0.1 * d * d;
+            p[i] -= c.kLr * d / (std::sqrt(sq[i]) + 1e-3);
+          }
+        }));
   }
 }
 
