@@ -91,13 +91,15 @@ int main(int argc, char** argv) {
   if (name == "chain_unfused") options.passes.elementwise_fusion = false;
 
   if (name == "mlp_step" || name == "mlp_memory") {
+    const long before = peak_rss_kib();  // the process before the model: what the step adds
     Mlp m;
     Session s(m.g, options);
     const std::pair<Tensor, Tensor> batch = mlp_batch(name == "mlp_step" ? 128 : 1024);
     const Tensor &xb = batch.first, &yb = batch.second;  // captured below: not a binding
     auto step = [&] { s.run({{m.x, xb}, {m.y, yb}}, {}, {m.train}); };
     double t = time_it(step, 10, name == "mlp_step" ? 200 : 20);
-    std::printf("%s %.9f peak_rss_kib=%ld\n", name.c_str(), t, peak_rss_kib());
+    std::printf("%s %.9f peak_rss_kib=%ld growth_kib=%ld\n", name.c_str(), t, peak_rss_kib(),
+                peak_rss_kib() - before);
   } else if (name == "matmul") {
     const int n = 1024;
     Tensor a = Tensor::full(f32, {n, n}, 0.5), b = Tensor::full(f32, {n, n}, 0.25);
@@ -116,8 +118,11 @@ int main(int argc, char** argv) {
     Session s(g, options);
     Tensor in = Tensor::full(f32, {4}, 1.0);
     double t = time_it([&] { s.run({{x, in}}, {v}); }, 20, 200);
+    // Per executed step: the passes (reshape pairs folded away) leave fewer steps than nodes.
     const int nodes = g.num_nodes() - 1;  // all but the placeholder
-    std::printf("dispatch %.9f per_node_us=%.3f nodes=%d\n", t, t / nodes * 1e6, nodes);
+    const size_t steps = s.plan({{x, in}}, {v}).steps.size();
+    std::printf("dispatch %.9f per_step_us=%.3f steps=%zu nodes=%d\n", t, t / steps * 1e6, steps,
+                nodes);
   } else if (name == "chain_fused" || name == "chain_unfused") {
     const int64_t n = 16 << 20;
     Graph g;

@@ -1,8 +1,9 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """PyTorch's side of the benchmarks: the same cases, sizes and thread count as kiln_bench.
 
-    OMP_NUM_THREADS=N /usr/bin/python3 torch_bench.py CASE [--threads N]
+    OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
+Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
 import resource
@@ -68,13 +69,28 @@ def main():
                 v = v.reshape(4, 1).sum(1).reshape(4)
             return v
         t = time_it(chain, 20, 200)
-        print(f"dispatch {t:.9f} per_node_us={t / 1500 * 1e6:.3f} nodes=1500")
-    elif case in ("chain_fused", "chain_unfused"):
+        print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
+    elif case.startswith("chain"):
+        # The 8-op chain three ways: eager (each op allocates its 64 MiB result), into
+        # preallocated outputs (the same ops, out= and in place), and torch.compile (fused).
         x = torch.full((16 << 20,), 0.1)
 
-        def chain():
+        def eager():
             return -(torch.relu(torch.abs(x * 1.5 + 0.25) - 0.1) * 0.9 + 1.0)
-        t = time_it(chain, 2, 10)
+        buf, out = torch.empty_like(x), torch.empty_like(x)
+
+        def preallocated():
+            torch.mul(x, 1.5, out=buf)
+            buf.add_(0.25).abs_().sub_(0.1).relu_().mul_(0.9).add_(1.0)
+            return torch.neg(buf, out=out)
+        fn = {"chain_eager": eager, "chain_out": preallocated}.get(case)
+        if case == "chain_compiled":
+            if not hasattr(torch, "compile"):
+                sys.exit(f"torch {torch.__version__} has no torch.compile")
+            fn = torch.compile(eager)
+        if fn is None:
+            sys.exit(f"unknown case {case}")
+        t = time_it(fn, 2, 10)
         print(f"{case} {t:.9f} gbps={2 * (16 << 20) * 4 / t / 1e9:.1f}")
     else:
         sys.exit(f"unknown case {case}")

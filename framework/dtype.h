@@ -198,7 +198,9 @@ constexpr DType dtype_of<bool>() {
 }
 
 /// Converts one element between any two element types (16-bit floats go through f32;
-/// to bool is "not zero").
+/// to bool is "not zero"). Float to integer is defined for every value, unlike a plain C++
+/// cast: truncated toward zero, NaN gives 0, values beyond int64's range saturate to it, and
+/// narrower integers take the low bits of that int64 (so -3.0 -> u8 is 253, as in PyTorch).
 template <typename To, typename From>
 KILN_HOST_DEVICE To convert(From value) {
   constexpr bool from_16 = std::is_same_v<From, Half> || std::is_same_v<From, BFloat16>;
@@ -211,6 +213,13 @@ KILN_HOST_DEVICE To convert(From value) {
     return To(static_cast<float>(value));
   } else if constexpr (std::is_same_v<To, bool>) {
     return value != From(0);
+  } else if constexpr (std::is_integral_v<To> && std::is_floating_point_v<From>) {
+    if (value != value) return To(0);
+    constexpr From two_to_63 = From(9223372036854775808.0);  // exact in f32 and f64
+    const int64_t wide = value >= two_to_63   ? INT64_MAX
+                         : value < -two_to_63 ? INT64_MIN
+                                              : static_cast<int64_t>(value);
+    return static_cast<To>(wide);  // modular for narrower types (C++20)
   } else {
     return static_cast<To>(value);
   }

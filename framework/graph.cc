@@ -130,6 +130,20 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   }
 
   std::vector<TensorType> outputs = op->infer_fn()(InferContext(*op, name, input_types, attrs));
+  // Every value's known dims make at most 2^48 bytes (256 TiB, beyond any machine), so that
+  // kernels, later inference and the memory planner can add and multiply sizes and byte counts
+  // without overflow, whatever a graph file says.
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    constexpr int64_t kMaxValueBytes = int64_t{1} << 48;
+    int64_t bytes = static_cast<int64_t>(dtype_size(outputs[i].dtype));
+    for (int64_t d : outputs[i].shape) {
+      if (d < -1) fail("output ", i, " would have shape ", outputs[i].shape, " (a dim below -1)");
+      if (d > 0 && bytes > kMaxValueBytes / d)
+        fail("output ", i, " would be ", outputs[i].dtype, outputs[i].shape,
+             ": more than 2^48 bytes");
+      if (d > 0) bytes *= d;
+    }
+  }
 
   auto node = std::make_unique<Node>();
   node->id_ = num_nodes();

@@ -29,6 +29,18 @@ int64_t InferContext::axis(int64_t axis, int64_t rank) const {
   return axis < 0 ? axis + rank : axis;
 }
 
+int64_t InferContext::checked_add(int64_t a, int64_t b) const {
+  int64_t sum = 0;
+  if (__builtin_add_overflow(a, b, &sum)) fail("sizes overflow: ", a, " + ", b);
+  return sum;
+}
+
+int64_t InferContext::checked_mul(int64_t a, int64_t b) const {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product)) fail("sizes overflow: ", a, " * ", b);
+  return product;
+}
+
 OpDef& OpDef::input(std::string name) {
   inputs_.push_back(std::move(name));
   return *this;

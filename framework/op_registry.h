@@ -72,6 +72,10 @@ class InferContext {
   void expect_same_dtype(int i, int j) const;
   /// Validates a possibly negative axis against `rank`, returning it in [0, rank).
   int64_t axis(int64_t axis, int64_t rank) const;
+  /// a + b and a * b for dims and sizes taken from attributes or shapes, failing (instead of
+  /// overflowing) when the result does not fit in int64.
+  int64_t checked_add(int64_t a, int64_t b) const;
+  int64_t checked_mul(int64_t a, int64_t b) const;
 
  private:
   const OpDef& op_;

@@ -96,6 +96,9 @@ void plan_memory(Plan& plan, bool in_place) {
       const TensorType& type = step.output_types[o];
       const int64_t bytes = static_cast<int64_t>(type.shape.numel() * dtype_size(type.dtype));
       if (fetched[slot] || bytes == 0) continue;
+      // Each value is at most 2^48 bytes (Graph::add_node); their sum is kept from overflowing.
+      KILN_CHECK(plan.unshared_bytes <= (int64_t{1} << 62) - aligned(bytes), Error,
+                 "[memory] the plan's intermediates need more than 2^62 bytes");
       plan.unshared_bytes += aligned(bytes);
       // In place: an elementwise op takes over an input buffer of the same size whose every
       // other use is already done (and that no view still needs).

@@ -22,7 +22,7 @@ std::vector<TensorType> infer_concat(const InferContext& ctx) {
                " (", first, ")");
     for (int64_t d = 0; d < s.rank(); ++d) {
       if (d == axis) {
-        dims[d] = (dims[d] < 0 || s[d] < 0) ? -1 : dims[d] + s[d];
+        dims[d] = (dims[d] < 0 || s[d] < 0) ? -1 : ctx.checked_add(dims[d], s[d]);
       } else if (dims[d] >= 0 && s[d] >= 0 && dims[d] != s[d]) {
         ctx.fail("input ", i, " is ", s, " but input 0 is ", first, ": dim ", d,
                  " differs (only axis ", axis, " may)");
@@ -71,7 +71,7 @@ std::vector<TensorType> infer_split(const InferContext& ctx) {
   int64_t total = 0;
   for (int64_t s : sizes) {
     if (s < 0) ctx.fail("sizes ", attr_to_string(sizes), " has a negative size");
-    total += s;
+    total = ctx.checked_add(total, s);
   }
   if (x[axis] >= 0 && total != x[axis])
     ctx.fail("sizes ", attr_to_string(sizes), " add up to ", total, ", but axis ", axis, " of ", x,
@@ -130,7 +130,7 @@ KILN_OP(split_like)
         Shape piece = x;
         piece[axis] = ctx.shape(i)[axis];
         known &= piece[axis] >= 0;
-        total += piece[axis];
+        total = ctx.checked_add(total, piece[axis]);
         out.push_back({ctx.dtype(0), piece});
       }
       if (known && x[axis] >= 0 && total != x[axis])

@@ -26,7 +26,7 @@ std::vector<TensorType> infer_reshape(const InferContext& ctx) {
     } else if (target[i] < 0) {
       ctx.fail("target shape ", target, " has a negative dim");
     } else {
-      known *= target[i];
+      known = ctx.checked_mul(known, target[i]);
     }
   }
   std::vector<int64_t> dims = target.dims();

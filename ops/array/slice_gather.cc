@@ -23,7 +23,8 @@ AxisRange resolve_range(int64_t begin, int64_t end, int64_t step, int64_t dim) {
     return i > dim ? dim : i;
   };
   int64_t b = clamp(begin), e = clamp(end);
-  return {b, e > b ? (e - b + step - 1) / step : 0};
+  // ceil((e - b) / step), written so that a huge step cannot overflow.
+  return {b, e > b ? (e - b - 1) / step + 1 : 0};
 }
 
 std::vector<TensorType> infer_slice(const InferContext& ctx) {

@@ -9,6 +9,7 @@
 #include "framework/kernel.h"
 #include "ops/array/philox.h"
 #include "ops/dtypes.h"
+#include "ops/math/elementwise.h"
 #include "ops/math/elementwise_cpu.h"
 #include "ops/state.h"
 
@@ -150,7 +151,7 @@ void assign_cpu(KernelContext& ctx) {
     T* p = var.data<T>();
     if constexpr (kAdd && !std::is_same_v<T, bool>) {
       elementwise_loop(
-          ctx, p, var.shape(), [](T a, T b) { return static_cast<T>(a + b); },
+          ctx, p, var.shape(), [](T a, T b) { return wrapping_add(a, b); },
           {var.shape(), value.shape()}, static_cast<const T*>(p), value.data<T>());
     } else {
       elementwise_loop(

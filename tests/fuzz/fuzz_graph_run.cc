@@ -3,6 +3,15 @@
 #include "framework/graph.pb.h"
 #include "fuzz_util.h"
 
+#ifdef KILN_FUZZING
+#include "graph_mutator.h"
+
+extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size,
+                                          unsigned int seed) {
+  return kiln::fuzz::mutate_graph_bytes(data, size, max_size, seed);
+}
+#endif
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   kiln::proto::GraphDef def;
   if (!def.ParseFromArray(data, static_cast<int>(size))) return 0;

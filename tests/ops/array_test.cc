@@ -170,6 +170,23 @@ TEST(Cast, AllPairsOfDtypes) {
   }
 }
 
+// Float to integer is defined for every value (a plain C++ cast is undefined out of range):
+// truncation, NaN -> 0, saturation at int64's range, low bits for narrower types.
+TEST(Cast, FloatsOutsideTheIntegerRangeHaveDefinedResults) {
+  Graph g;
+  Tensor in =
+      Tensor::from_vector<double>({NAN, INFINITY, -INFINITY, 1e30, -1e30, -3.0, 300.5, 3e9, -2.5});
+  Session s(g);
+  auto out =
+      s.run({}, {cast(g.constant(in), i64), cast(g.constant(in), i32), cast(g.constant(in), u8)});
+  EXPECT_EQ(out[0].to_vector<int64_t>(),
+            (std::vector<int64_t>{0, INT64_MAX, INT64_MIN, INT64_MAX, INT64_MIN, -3, 300,
+                                  3000000000, -2}));
+  EXPECT_EQ(out[1].to_vector<int32_t>(),
+            (std::vector<int32_t>{0, -1, 0, -1, 0, -3, 300, -1294967296, -2}));
+  EXPECT_EQ(out[2].to_vector<int>(), (std::vector<int>{0, 255, 0, 255, 0, 253, 44, 0, 254}));
+}
+
 TEST(Sources, FillIotaConstantIdentity) {
   Graph g;
   EXPECT_EQ(testing::run1(g, fill(g, {2, 2}, 7.5, f64)).to_vector<double>(),
