@@ -3,6 +3,7 @@
 // 16-bit cases are checked against the CPU in f32 on the same (rounded) inputs; the tolerance
 // per dtype is in one place, kTolerance.
 #include "gpu_test_util.h"
+#include "special_values.h"
 #include "unary_ranges.h"
 
 namespace kiln {
@@ -302,6 +303,73 @@ TEST(CudaOps, GeneratedFusedKernelsMatchTheInterpreter) {
     EXPECT_EQ(plan.graph->node(plan.steps.back().node).op_name(), "fused_elementwise");
     testing::expect_near(testing::values(want), got, 1e-6, 1e-6, str("n = ", n));
   }
+}
+
+// The NaN rule on the GPU: every unary and binary op with NaN and +-inf gives what the CPU
+// tests require (tests/special_values.h), alone and fused (generated kernel and interpreter),
+// in f32, f64, f16 and bf16; matmul_bias with relu (cuBLASLt bias epilogue, then relu's own
+// functor) keeps a NaN row NaN.
+TEST(CudaOps, NaNAndInfinitiesFollowTheRule) {
+  KILN_REQUIRE_GPU();
+  int checked = 0;
+  for (const char* interpreter : {"0", "1"}) {
+    ::setenv("KILN_FUSED_INTERPRETER", interpreter, 1);
+    for (DType dtype : {f32, f64, f16, bf16}) {
+      for (const auto& c : testing::special_unary_cases()) {
+        Graph g;
+        Value x = g.placeholder("x", f32, {3});
+        Value zero = g.placeholder("zero", dtype, {3});
+        Value xd = cast(x, dtype);
+        Value alone = g.add(c.op, {xd});
+        Value fused = g.add(c.op, {xd}) + zero;
+        Session s(g, {.device = Device::cuda(0)});
+        auto out = s.run({{x, Tensor::from_vector<float>({NAN, INFINITY, -INFINITY})},
+                          {zero, Tensor::zeros(dtype, {3})}},
+                         {alone, fused});
+        const double expected[] = {c.at_nan, c.at_pos_inf, c.at_neg_inf};
+        for (const Tensor& y : out)
+          for (int i = 0; i < 3; ++i, ++checked)
+            EXPECT_TRUE(testing::same_special(expected[i], y.element(i)))
+                << c.op << " in " << dtype << " at element " << i << " gave " << y.element(i)
+                << " (interpreter " << interpreter << ")";
+      }
+      const std::vector<double>& v = testing::special_operands();
+      const int64_t n = static_cast<int64_t>(v.size());
+      std::vector<float> values(v.begin(), v.end());
+      for (const std::string& op : testing::special_binary_ops()) {
+        Graph g;
+        Value a = g.placeholder("a", f32, {n, 1}), b = g.placeholder("b", f32, {1, n});
+        Value y = g.add(op, {cast(a, dtype), cast(b, dtype)});
+        Session s(g, {.device = Device::cuda(0)});
+        Tensor got = s.run({{a, Tensor::from_vector<float>(values, {n, 1})},
+                            {b, Tensor::from_vector<float>(values, {1, n})}},
+                           {y})[0];
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < n; ++j, ++checked) {
+            const double exact = testing::special_binary_reference(op, v[i], v[j]);
+            const double expected = dispatch_all(got.dtype(), [&](auto tag) {
+              return convert<double>(convert<decltype(tag)>(exact));
+            });
+            EXPECT_TRUE(testing::same_special(expected, got.element(i * n + j)))
+                << op << "(" << v[i] << ", " << v[j] << ") in " << dtype << " gave "
+                << got.element(i * n + j);
+          }
+      }
+    }
+  }
+  ::unsetenv("KILN_FUSED_INTERPRETER");
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3});
+  Value w = g.constant(Tensor::from_vector<float>({1, 0, 0, 1, 0, 0}, {3, 2}));
+  Value h = relu(matmul(x, w) + g.constant(Tensor::from_vector<float>({-10, -10})));
+  Session s(g, {.device = Device::cuda(0)});
+  const FeedList feeds = {{x, Tensor::from_vector<float>({1, NAN, 2, -1, -2, -3}, {2, 3})}};
+  Tensor y = s.run(feeds, {h})[0];
+  const Plan& plan = s.plan(feeds, {h});
+  EXPECT_EQ(plan.graph->node(plan.steps.back().node).op_name(), "matmul_bias");
+  EXPECT_TRUE(std::isnan(y.element(0)) && std::isnan(y.element(1)));
+  EXPECT_EQ(y.element(2), 0);
+  std::printf("cuda NaN rule: %d values checked\n", checked);
 }
 
 }  // namespace

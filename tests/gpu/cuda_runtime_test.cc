@@ -261,5 +261,44 @@ TEST(CudaRuntime, FeedsMustMatchOnTheGpuToo) {
             std::vector<float>(6, 9.0f));
 }
 
+TEST(CudaRuntime, CheckNumericsStopsAtTheNodeOnTheGpu) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 2});
+  Value w = g.variable("w", {2}, init::constant(1.0));
+  Value loss = sum((log(x) * 2.0 + 1.0) * w);
+  Value train = optim::SGD({.lr = 0.1}).minimize(loss);
+  Session s(g,
+            {.device = Device::cuda(0), .cuda_graphs = true, .check_numerics = NumericsCheck::nan});
+  testing::expect_error<NumericsError>(
+      [&] {
+        s.run({{x, Tensor::from_vector<float>({1, 2, -3, 4}, {2, 2})}}, {loss}, {train});
+      },
+      {"node 'log' (log), output 0", "NaN at [1, 0]"});
+  EXPECT_EQ(s.variable_value(w).to_vector<float>(), (std::vector<float>{1, 1}));
+  for (int i = 0; i < 3; ++i)
+    s.run({{x, Tensor::from_vector<float>({1, 2, 3, 4}, {2, 2})}}, {loss}, {train});
+  EXPECT_EQ(s.graph_replays(), 0);  // checking runs are never captured
+}
+
+// Evicted plans release their device state, and a plan compiled again runs correctly (the
+// executor's per-plan state is keyed by the plan's address, which a new plan may reuse).
+TEST(CudaRuntime, EvictedPlansAreForgottenByTheExecutor) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3});
+  Value y = sum(x * 2.0, {1});
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = true, .max_cached_plans = 2});
+  for (int round = 0; round < 3; ++round)
+    for (int64_t batch = 1; batch <= 5; ++batch)
+      for (int repeat = 0; repeat < 3; ++repeat) {
+        Tensor out = s.run({{x, Tensor::full(f32, {batch, 3}, 1.0 + round)}}, {y})[0];
+        ASSERT_EQ(out.shape(), Shape({batch}));
+        EXPECT_EQ(out.element(batch - 1), 6.0 * (1 + round));
+      }
+  EXPECT_EQ(s.num_compiled_plans(), 2u);
+  EXPECT_EQ(s.num_compilations(), 15);
+}
+
 }  // namespace
 }  // namespace kiln
