@@ -11,6 +11,7 @@
 #include "ops/broadcast.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
+#include "ops/math/elementwise.h"
 #include "ops/math/elementwise_cpu.h"
 
 namespace kiln {
@@ -72,7 +73,7 @@ KILN_OP(sum_to)
               std::vector<int64_t> idx(x.rank(), 0);
               int64_t out_at = 0;
               for (int64_t i = 0; i < x.numel(); ++i) {
-                acc[out_at] += static_cast<Acc>(in[i]);
+                acc[out_at] = wrapping_add(acc[out_at], static_cast<Acc>(in[i]));
                 for (int64_t d = x.rank() - 1; d >= 0; --d) {  // odometer step
                   out_at += out_strides[d];
                   if (++idx[d] < xs[d]) break;

@@ -3,6 +3,7 @@
 #include "framework/kernel.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
+#include "ops/math/elementwise.h"
 
 namespace kiln {
 namespace ops {
@@ -36,7 +37,7 @@ KILN_OP(add_n)
                 for (int64_t i = b; i < e; ++i) out[i] = first[i];
                 for (int k = 1; k < n; ++k) {
                   const T* in = ctx.input(k).data<T>();
-                  for (int64_t i = b; i < e; ++i) out[i] = static_cast<T>(out[i] + in[i]);
+                  for (int64_t i = b; i < e; ++i) out[i] = wrapping_add(out[i], in[i]);
                 }
               });
             }

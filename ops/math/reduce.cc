@@ -11,6 +11,7 @@
 #include "ops/array/permute.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
+#include "ops/math/elementwise.h"
 
 namespace kiln {
 namespace ops {
@@ -75,7 +76,7 @@ struct Reducer {
   Acc<T> combine(Acc<T> acc, Acc<T> v) const {
     if (kind == Reduction::max) return (v != v || v > acc) ? v : acc;
     if (kind == Reduction::min) return (v != v || v < acc) ? v : acc;
-    return acc + v;
+    return wrapping_add(acc, v);  // integers wrap, as every integer op does
   }
   T finish(Acc<T> acc, int64_t r) const {
     if (kind == Reduction::mean) return static_cast<T>(acc / static_cast<Acc<T>>(r));

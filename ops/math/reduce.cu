@@ -8,6 +8,7 @@
 
 #include "ops/array/strided_copy.h"
 #include "ops/cuda/map.cuh"
+#include "ops/math/elementwise.h"
 
 namespace kiln::ops::cuda_reduce {
 
@@ -29,7 +30,7 @@ template <typename A>
 __device__ A combine(Kind kind, A acc, A v) {
   if (kind == Kind::max) return (v != v || v > acc) ? v : acc;
   if (kind == Kind::min) return (v != v || v < acc) ? v : acc;
-  return acc + v;
+  return wrapping_add(acc, v);  // integers wrap, as on the CPU
 }
 
 constexpr int kRowThreads = 256;

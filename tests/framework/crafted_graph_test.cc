@@ -79,5 +79,21 @@ TEST(CraftedGraphs, IntegerAssignAddWraps) {
             (std::vector<int32_t>{INT32_MIN, INT32_MIN + 1}));
 }
 
+// Integer sums of user data wrap too (they overflowed, undefined behaviour, in sum, add_n and
+// sum_to).
+TEST(CraftedGraphs, IntegerSumsOfDataWrap) {
+  Graph g;
+  Value x = g.placeholder("x", i64, {2, 2});
+  Value like = g.placeholder("like", i64, {1, 2});
+  Session s(g);
+  const Tensor big = Tensor::from_vector<int64_t>({INT64_MAX, 1, 1, INT64_MAX}, {2, 2});
+  auto out = s.run({{x, big}, {like, Tensor::zeros(i64, {1, 2})}},
+                   {sum(x), sum(x, {0}), add_n({x, x}), sum_to(x, like)});
+  EXPECT_EQ(out[0].item<int64_t>(), 0);  // 2 (2^63 - 1) + 2 = 2^64 = 0 (mod 2^64)
+  EXPECT_EQ(out[1].to_vector<int64_t>(), (std::vector<int64_t>{INT64_MIN, INT64_MIN}));
+  EXPECT_EQ(out[2].to_vector<int64_t>()[0], -2);
+  EXPECT_EQ(out[3].to_vector<int64_t>(), (std::vector<int64_t>{INT64_MIN, INT64_MIN}));
+}
+
 }  // namespace
 }  // namespace kiln
