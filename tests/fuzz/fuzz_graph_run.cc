@@ -4,12 +4,7 @@
 #include "fuzz_util.h"
 
 #ifdef KILN_FUZZING
-#include "graph_mutator.h"
-
-extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size,
-                                          unsigned int seed) {
-  return kiln::fuzz::mutate_graph_bytes(data, size, max_size, seed);
-}
+#include "graph_mutator.h"  // defines this target's LLVMFuzzerCustomMutator
 #endif
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

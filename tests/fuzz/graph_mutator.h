@@ -3,6 +3,8 @@
 // half of the mutations here change the graph the way a crafted file would instead: an
 // attribute's value (indices, sizes, axes, dtypes, shapes, programs, special floats), an input's
 // source, a node's op, the outputs a signature fetches. The rest are libFuzzer's byte mutations.
+// Include it in exactly one file of a fuzz target: it defines the target's
+// LLVMFuzzerCustomMutator.
 #pragma once
 
 #include <kiln/kiln.h>
@@ -198,3 +200,8 @@ inline size_t mutate_graph_bytes(uint8_t* data, size_t size, size_t max_size, un
 }
 
 }  // namespace kiln::fuzz
+
+extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size,
+                                          unsigned int seed) {
+  return kiln::fuzz::mutate_graph_bytes(data, size, max_size, seed);
+}
