@@ -121,12 +121,12 @@ void write_file_atomically(const std::string& path, const std::string& data) {
   static std::atomic<uint64_t> counter{0};
   std::string tmp;
   FileDescriptor fd = [&] {
-    for (int attempt = 0;; ++attempt) {
+    for (int attempt = 0; attempt < 1000; ++attempt) {
       tmp = str(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
       FileDescriptor made(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
       if (made.get() < 0) {
         const int err = errno;
-        if (err == EEXIST && attempt < 1000) continue;
+        if (err == EEXIST) continue;
         throw FileError(str("[io] ", path, ": cannot open the temporary file ", tmp,
                             " for writing: ", reason(err)));
       }
@@ -139,6 +139,7 @@ void write_file_atomically(const std::string& path, const std::string& data) {
       }
       if (same_file(made.get(), tmp)) return made;
     }
+    throw FileError(str("[io] ", path, ": no unused temporary name after 1000 tries (", tmp, ")"));
   }();
   try {
     write_all(fd.get(), data, path);

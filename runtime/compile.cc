@@ -88,15 +88,15 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   // advance and the update would use the mean over no elements (NaN) or a zero gradient.
   for (size_t i = 0; i < feeds.size(); ++i) {
     if (!feeds[i].type.shape.is_known() || feeds[i].type.shape.numel() != 0) continue;
-    for (int32_t id = 0; id < graph.num_nodes(); ++id)
-      if (reason[id] >= 0 && !graph.node(id).op().mutated_inputs().empty())
-        throw FeedError(
-            str("[session] the feed for '", feeds[i].value.name(), "' is empty (",
-                feeds[i].type.dtype, feeds[i].type.shape, ") in a run that updates ", "variables (",
-                roots[reason[id]], " writes '",
-                graph.node(graph.node(id).inputs()[graph.node(id).op().mutated_inputs()[0]].node)
-                    .name(),
-                "'): an empty batch has no gradient to apply; skip it"));
+    for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+      const Node& writer = graph.node(id);
+      if (reason[id] < 0 || writer.op().mutated_inputs().empty()) continue;
+      const Node& state = graph.node(writer.inputs()[writer.op().mutated_inputs()[0]].node);
+      throw FeedError(str("[session] the feed for '", feeds[i].value.name(), "' is empty (",
+                          feeds[i].type.dtype, feeds[i].type.shape,
+                          ") in a run that updates variables (", roots[reason[id]], " writes '",
+                          state.name(), "'): an empty batch has no gradient to apply; skip it"));
+    }
   }
 
   // Order: data dependencies, plus "every other reader of a variable runs before an op that
