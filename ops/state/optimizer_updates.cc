@@ -93,7 +93,7 @@ void adam_cpu(KernelContext& ctx) {
   const double b1 = ctx.attr<double>("beta1"), b2 = ctx.attr<double>("beta2");
   const double eps = ctx.attr<double>("eps"), wd = ctx.attr<double>("weight_decay");
   const bool decoupled = ctx.attr<bool>("decoupled");
-  const double t = static_cast<double>(*ctx.input(5).data<int64_t>() + 1);
+  const double t = static_cast<double>(*ctx.input(5).data<int64_t>()) + 1;  // no int overflow
   // Bias corrections in double: 1 - b^t loses everything in f32 for b close to 1.
   const double c1 = 1 - std::pow(b1, t), c2 = 1 - std::pow(b2, t);
   auto run = [&](auto tag) {

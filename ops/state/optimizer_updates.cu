@@ -63,7 +63,7 @@ void adam_typed(KernelContext& ctx) {
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
     if (apply && !*apply) return;
     // Bias corrections in double: 1 - b^t loses everything in f32 for b close to 1.
-    const double t = static_cast<double>(*step_at + 1);
+    const double t = static_cast<double>(*step_at) + 1;  // no int overflow
     const double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
     const double lr = static_cast<double>(*lr_at);
     const T step = static_cast<T>(lr / c1), root_c2 = static_cast<T>(sqrt(c2));

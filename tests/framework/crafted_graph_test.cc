@@ -95,5 +95,20 @@ TEST(CraftedGraphs, IntegerSumsOfDataWrap) {
   EXPECT_EQ(out[3].to_vector<int64_t>(), (std::vector<int64_t>{INT64_MIN, INT64_MIN}));
 }
 
+// A checkpoint may hold any step count: Adam's bias correction at the largest one is computed
+// without integer overflow (it was step + 1 in int64), and the counter wraps.
+TEST(CraftedGraphs, AdamAtTheLargestStepCount) {
+  Graph g;
+  Value p = g.variable("p", {2}, init::constant(1.0));
+  Value train = optim::Adam({.lr = 0.1}).minimize(sum(square(p)));
+  Session s(g);
+  s.set_variable(g.value("global_step"), Tensor::scalar<int64_t>(INT64_MAX));
+  s.run({}, {}, {train});
+  EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(), INT64_MIN);
+  // No bias correction left at that step: p -= lr m / sqrt(v) = 0.1 (0.1 g) / sqrt(0.001 g^2).
+  for (float v : s.variable_value(p).to_vector<float>())
+    EXPECT_NEAR(v, 1 - 0.1 * 0.1 / std::sqrt(0.001), 1e-5);
+}
+
 }  // namespace
 }  // namespace kiln
