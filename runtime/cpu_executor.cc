@@ -195,8 +195,10 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& 
   std::shared_ptr<Storage> arena = options.arena ? *options.arena : nullptr;
   if (plan.arena_bytes > 0 && (!arena || arena->nbytes() < static_cast<size_t>(plan.arena_bytes))) {
     // Grown with some headroom, so that slowly growing plans do not reallocate every time.
+    // The old arena is released first, so the two are never held at once.
     const size_t want = static_cast<size_t>(plan.arena_bytes);
     arena.reset();
+    if (options.arena) options.arena->reset();
     arena = std::make_shared<HostStorage>(options.arena ? want + want / 4 : want);
     if (options.arena) *options.arena = arena;
   }
