@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <queue>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "runtime/plan.h"
 
@@ -31,9 +32,34 @@ std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value
   key += "|t";
   for (const Value& v : targets) key += str(' ', v.node_id());
   key += "|in";
+  // The dtype is part of the key: a plan's kernels, arena and feed checks are for its dtypes.
   for (const FeedSpec& f : feeds)
-    key += str(' ', f.value.node_id(), ':', f.value.index(), f.type.shape);
+    key += str(' ', f.value.node_id(), ':', f.value.index(), f.type.dtype, f.type.shape);
   return key;
+}
+
+void check_feeds(const Graph& graph, const std::vector<FeedSpec>& feeds) {
+  std::unordered_set<OutputRef, RefHash> fed;
+  for (size_t i = 0; i < feeds.size(); ++i) {
+    const Value& v = feeds[i].value;
+    KILN_CHECK(v.defined() && v.graph() == &graph, FeedError, "[session] feed #", i,
+               " is not a value of this session's graph");
+    const char* what = v.node().op_name() == "placeholder" ? "placeholder" : "value";
+    if (const Tensor* t = feeds[i].tensor) {
+      KILN_CHECK(t->defined(), FeedError, "[session] the feed for ", what, " '", v.name(),
+                 "' is an undefined tensor");
+      KILN_CHECK(t->device().is_cpu(), FeedError, "[session] the feed for ", what, " '", v.name(),
+                 "' is on ", t->device(), "; feeds must be host tensors");
+    }
+    KILN_CHECK(fed.insert(v.ref()).second, FeedError, "[session] ", what, " '", v.name(),
+               "' is fed twice");
+    KILN_CHECK(feeds[i].type.dtype == v.dtype(), FeedError, "[session] feed for ", what, " '",
+               v.name(), "': dtype ", feeds[i].type.dtype, " does not match the ", what, "'s ",
+               v.dtype());
+    KILN_CHECK(feeds[i].type.shape.compatible_with(v.shape()), FeedError, "[session] feed for ",
+               what, " '", v.name(), "': shape ", feeds[i].type.shape, " contradicts the ", what,
+               "'s ", v.shape());
+  }
 }
 
 Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
@@ -43,23 +69,10 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     for (const Value& v : *list)
       KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
                  "[session] a fetch or target is not a value of this session's graph");
-
-  // Feeds: each a value of this graph, fed once, with its dtype and a compatible shape.
+  check_feeds(graph, feeds);
   std::unordered_map<OutputRef, int32_t, RefHash> fed;  // ref -> feed index
-  for (size_t i = 0; i < feeds.size(); ++i) {
-    const Value& v = feeds[i].value;
-    KILN_CHECK(v.defined() && v.graph() == &graph, FeedError, "[session] feed #", i,
-               " is not a value of this session's graph");
-    const std::string what = v.node().op_name() == "placeholder" ? "placeholder" : "value";
-    KILN_CHECK(fed.emplace(v.ref(), static_cast<int32_t>(i)).second, FeedError, "[session] ", what,
-               " '", v.name(), "' is fed twice");
-    KILN_CHECK(feeds[i].type.dtype == v.dtype(), FeedError, "[session] feed for ", what, " '",
-               v.name(), "': dtype ", feeds[i].type.dtype, " does not match the ", what, "'s ",
-               v.dtype());
-    KILN_CHECK(feeds[i].type.shape.compatible_with(v.shape()), FeedError, "[session] feed for ",
-               what, " '", v.name(), "': shape ", feeds[i].type.shape, " contradicts the ", what,
-               "'s ", v.shape());
-  }
+  for (size_t i = 0; i < feeds.size(); ++i)
+    fed.emplace(feeds[i].value.ref(), static_cast<int32_t>(i));
 
   // Prune: the nodes the fetches and targets reach without passing a fed value. `reason`
   // remembers, for each needed node, a fetch or target that needs it (for error messages).

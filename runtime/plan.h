@@ -85,11 +85,19 @@ void plan_memory(Plan& plan, bool in_place);
 /// (except an in-place output and the input it replaces). Throws kiln::Error naming both.
 void validate_memory_plan(const Plan& plan);
 
-/// What compile_plan knows about a feed: the value it replaces and its concrete type.
+/// What compile_plan knows about a feed: the value it replaces and its concrete type, and,
+/// when a run feeds a tensor, that tensor (checked to be defined and on the host).
 struct FeedSpec {
   Value value;
   TensorType type;
+  const Tensor* tensor = nullptr;
 };
+
+/// The one check of feeds, run by every run (before the plan-cache lookup) and by compile_plan:
+/// each feed is a value of `graph`, fed once, a defined host tensor, of the value's dtype and a
+/// shape compatible with the value's. Throws kiln::FeedError naming the placeholder (or value)
+/// and both dtypes or shapes.
+void check_feeds(const Graph& graph, const std::vector<FeedSpec>& feeds);
 
 /// Compiles a plan: prunes the graph to what the fetches and targets need (stopping at fed
 /// values), checks every feed against its value (dtype, shape) and every needed placeholder
@@ -100,7 +108,7 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                   const std::vector<Value>& fetches, const std::vector<Value>& targets,
                   DeviceKind device, const PassOptions& passes = {}, int max_streams = 1);
 
-/// The cache key of a plan: fetch and target ids, fed values and their shapes.
+/// The cache key of a plan: fetch and target ids, fed values and their dtypes and shapes.
 std::string plan_key(const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,
                      const std::vector<Value>& targets);
 

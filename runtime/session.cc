@@ -39,13 +39,11 @@ void Session::write_trace(const std::string& path) {
 const Plan& Session::plan_for(const FeedList& feeds, const std::vector<Value>& fetches,
                               const std::vector<Value>& targets) {
   std::vector<FeedSpec> specs;
-  for (const auto& [value, tensor] : feeds) {
-    KILN_CHECK(tensor.defined(), FeedError, "[session] the feed for '",
-               value.defined() ? value.name() : std::string("?"), "' is an undefined tensor");
-    KILN_CHECK(tensor.device().is_cpu(), FeedError, "[session] the feed for '", value.name(),
-               "' is on ", tensor.device(), "; feeds must be host tensors");
-    specs.push_back({value, {tensor.dtype(), tensor.shape()}});
-  }
+  for (const auto& [value, tensor] : feeds)
+    specs.push_back({value, {tensor.dtype(), tensor.shape()}, &tensor});
+  // Every run, before the cache: a cached plan was compiled for feeds that passed, but this
+  // run's may not (an undefined tensor, a duplicate).
+  check_feeds(graph_, specs);
   std::string key = plan_key(specs, fetches, targets);
   if (auto it = plans_.find(key); it != plans_.end()) {
     recency_.splice(recency_.begin(), recency_, it->second.recency);  // now the most recent

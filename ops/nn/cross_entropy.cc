@@ -62,7 +62,7 @@ void cross_entropy_cpu(KernelContext& ctx) {
           for (int64_t c = 0; c < classes; ++c)
             o[i * classes + c] = g * (std::exp(row[c] - m) * inv - T(c == label));
         } else {
-          o[i] = m + std::log(s) - row[label];
+          o[i] = std::log(s) - (row[label] - m);  // (z_y - m) is exact; see softmax.cc
         }
       }
     });

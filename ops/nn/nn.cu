@@ -29,7 +29,8 @@ __device__ C negative_infinity() {
 }
 
 // softmax over rows of n contiguous elements, one warp per row.
-//   y = exp(x - m) / s  or (log) y = x - m - log s,  m = max x, s = sum exp(x - m)
+//   y = exp(x - m) / s  or (log) y = (x - m) - log s (see softmax.cc),  m = max x, s = sum exp(x -
+//   m)
 template <typename T, bool kLog>
 __global__ void softmax_rows(const T* x, T* y, int64_t rows, int64_t n) {
   using C = Compute<T>;
@@ -45,10 +46,10 @@ __global__ void softmax_rows(const T* x, T* y, int64_t rows, int64_t n) {
   C s = 0;
   for (int64_t j = lane; j < n; j += 32) s += exp(static_cast<C>(in[j]) - m);
   s = warp_sum(s);
-  const C shift = m + log(s), inv = C(1) / s;
+  const C log_s = log(s), inv = C(1) / s;
   for (int64_t j = lane; j < n; j += 32) {
     const C v = static_cast<C>(in[j]);
-    out[j] = static_cast<T>(kLog ? v - shift : exp(v - m) * inv);
+    out[j] = static_cast<T>(kLog ? (v - m) - log_s : exp(v - m) * inv);
   }
 }
 
@@ -72,10 +73,10 @@ void softmax_typed(KernelContext& ctx, int64_t outer, int64_t n, int64_t inner) 
     if (!isfinite(m)) m = C(0);
     C s = 0;
     for (int64_t j = 0; j < n; ++j) s += exp(static_cast<C>(x[base + j * inner]) - m);
-    const C shift = m + log(s), inv = C(1) / s;
+    const C log_s = log(s), inv = C(1) / s;
     for (int64_t j = 0; j < n; ++j) {
       const C v = static_cast<C>(x[base + j * inner]);
-      y[base + j * inner] = static_cast<T>(kLog ? v - shift : exp(v - m) * inv);
+      y[base + j * inner] = static_cast<T>(kLog ? (v - m) - log_s : exp(v - m) * inv);
     }
   });
 }
@@ -95,7 +96,7 @@ KILN_CUDA_KERNEL(softmax, softmax_cuda<false>, cuda_dtypes(DTypeClass::floating)
 KILN_CUDA_KERNEL(log_softmax, softmax_cuda<true>, cuda_dtypes(DTypeClass::floating));
 
 // softmax_cross_entropy, one warp per row of logits z:
-//   loss[i] = m + log s - z[i, y[i]]
+//   loss[i] = log s - (z[i, y[i]] - m)
 //   (grad)  dz[i, c] = dloss[i] * (exp(z[i, c] - m) / s - [c == y[i]])
 // A label outside [0, classes) is reported (the run fails naming the node and the label).
 template <typename T, typename Index, bool kGrad>
@@ -123,7 +124,7 @@ __global__ void cross_entropy_rows(const T* z, const Index* labels, const T* dlo
       out[row * classes + c] =
           static_cast<T>(g * (exp(static_cast<C>(in[c]) - m) * inv - C(c == label)));
   } else if (lane == 0) {
-    out[row] = static_cast<T>(m + log(s) - static_cast<C>(in[label]));
+    out[row] = static_cast<T>(log(s) - (static_cast<C>(in[label]) - m));
   }
 }
 

@@ -1,7 +1,8 @@
 // softmax and log_softmax along one axis.
 //   softmax:      y = exp(x - m) / s,      m = max x, s = sum exp(x - m)
 //                 dx = y * (dy - sum(dy * y))
-//   log_softmax:  y = x - m - log s
+//   log_softmax:  y = (x - m) - log s   (x - m is exact near the max; x - (m + log s) would
+//                 round m + log s to m's precision and lose log s on large logits)
 //                 dx = dy - exp(y) * sum(dy)
 #include <cmath>
 
@@ -47,8 +48,9 @@ void softmax_cpu(KernelContext& ctx) {
           s += e;
         }
         if constexpr (kLog) {
-          T shift = m + std::log(s);
-          for (int64_t j = 0; j < n; ++j) out[base + j * inner] = in[base + j * inner] - shift;
+          const T log_s = std::log(s);
+          for (int64_t j = 0; j < n; ++j)
+            out[base + j * inner] = (in[base + j * inner] - m) - log_s;
         } else {
           T inv = T(1) / s;
           for (int64_t j = 0; j < n; ++j) out[base + j * inner] *= inv;

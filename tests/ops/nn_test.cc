@@ -37,6 +37,26 @@ TEST(Softmax, MatchesReferenceOnAnyAxisAndIsStable) {
   EXPECT_FLOAT_EQ(y[2], 0.0f);
 }
 
+// Logits near 1e4 in f32: log_softmax and the cross-entropy must keep f32's relative accuracy
+// (computing x - (m + log s) rounds m + log s to a spacing of 1e-3 and was off by 2.8e-4).
+TEST(Softmax, LogSoftmaxKeepsF32AccuracyOnLargeLogits) {
+  Graph g;
+  const std::vector<float> row = {10000.0f, 10000.5f, 9999.25f, 10001.0f, 9998.0f};
+  Value x = g.constant(Tensor::from_vector<float>(row, {1, 5}));
+  Value labels = g.constant(Tensor::from_vector<int64_t>({3}));
+  Session s(g);
+  auto out = s.run({}, {log_softmax(x), softmax_cross_entropy(x, labels)});
+  double m = 10001.0, total = 0;
+  for (float v : row) total += std::exp(double(v) - m);
+  for (int i = 0; i < 5; ++i) {
+    const double expected = (double(row[i]) - m) - std::log(total);
+    EXPECT_NEAR(out[0].element(i), expected, 2e-7 * std::abs(expected))
+        << "log_softmax[" << i << "]";
+  }
+  const double loss = std::log(total);  // label 3 holds the max
+  EXPECT_NEAR(out[1].element(0), loss, 2e-7 * loss) << "softmax_cross_entropy";
+}
+
 TEST(CrossEntropy, MatchesReferenceAndRejectsBadLabels) {
   Graph g;
   Tensor logits = testing::random_tensor(f64, {4, 6}, -5, 5, 9);

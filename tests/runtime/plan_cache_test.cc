@@ -27,6 +27,35 @@ int64_t resident_kib() {
   return 0;
 }
 
+// A cached plan is for its feeds' dtypes as well as their shapes: after an f32 run, an i32
+// feed of the same shape gets the feed check's error, not the f32 plan.
+TEST(PlanCache, AFeedOfAnotherDtypeNeverReusesAPlan) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3});
+  Value y = sum(x * 2.0, {1});
+  Session s(g);
+  EXPECT_EQ(s.run({{x, Tensor::full(f32, {2, 3}, 1.0)}}, {y})[0].element(0), 6);
+  testing::expect_error(
+      [&] {
+        s.run({{x, Tensor::full(i32, {2, 3}, 1.0)}}, {y});
+      },
+      {"[session] feed for placeholder 'x'", "dtype i32", "f32"});
+  testing::expect_error(
+      [&] {
+        s.run({{x, Tensor()}}, {y});
+      },
+      {"[session] the feed for placeholder 'x'", "undefined"});
+  EXPECT_EQ(s.num_compilations(), 1);
+  // A value (not a placeholder) fed with the right dtype after one with the wrong one.
+  Value twice = x * 2.0;
+  testing::expect_error(
+      [&] {
+        s.run({{twice, Tensor::full(f64, {2, 3}, 1.0)}}, {y});
+      },
+      {"[session] feed for value", "dtype f64"});
+  EXPECT_EQ(s.run({{twice, Tensor::full(f32, {2, 3}, 1.0)}}, {sum(twice, {1})})[0].element(0), 3);
+}
+
 TEST(PlanCache, KeepsTheMostRecentlyUsedPlansUpToItsLimit) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 3});
