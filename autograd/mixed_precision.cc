@@ -1,6 +1,5 @@
 #include "autograd/mixed_precision.h"
 
-#include <set>
 #include <unordered_map>
 
 #include "ops/array.h"
@@ -8,26 +7,6 @@
 namespace kiln {
 
 namespace {
-
-enum class Policy { low, f32, widest };
-
-Policy policy_of(const std::string& op) {
-  static const std::set<std::string> low = {"matmul", "matmul_bias"};
-  static const std::set<std::string> f32_ops = {"softmax",
-                                                "log_softmax",
-                                                "softmax_cross_entropy",
-                                                "softmax_cross_entropy_grad",
-                                                "sum",
-                                                "mean",
-                                                "exp",
-                                                "log",
-                                                "pow",
-                                                "sqrt",
-                                                "rsqrt"};
-  if (low.count(op)) return Policy::low;
-  if (f32_ops.count(op)) return Policy::f32;
-  return Policy::widest;
-}
 
 int width(DType t) {
   return t == DType::f64 ? 3 : t == DType::f32 ? 2 : 1;
@@ -57,8 +36,9 @@ Value autocast(const Value& y, DType compute) {
     if (node.inputs().empty()) continue;  // sources: variables stay f32 masters
     std::vector<Value> inputs;
     for (OutputRef in : node.inputs()) inputs.push_back(lookup(in));
-    const Policy policy = policy_of(node.op_name());
-    const bool writes_state = !node.op().mutated_inputs().empty();
+    // The op's own declaration (OpDef::precision) decides; state keeps its dtype.
+    const Precision policy = node.op().precision_policy();
+    const bool writes_state = node.op().writes_state();
     int widest = 0;
     for (const Value& v : inputs)
       if (is_floating(v.dtype())) widest = std::max(widest, width(v.dtype()));
@@ -67,9 +47,9 @@ Value autocast(const Value& y, DType compute) {
       Value& v = inputs[i];
       if (!is_floating(v.dtype())) continue;
       DType want = v.dtype();
-      if (writes_state || policy == Policy::f32)
+      if (writes_state || policy == Precision::keep_f32)
         want = original;  // state keeps its dtype; sensitive ops get their f32 back
-      else if (policy == Policy::low && width(original) <= 2)
+      else if (policy == Precision::low && width(original) <= 2)
         want = compute;
       else if (width(v.dtype()) < widest)
         want = original;

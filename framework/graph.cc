@@ -46,7 +46,8 @@ Value Graph::variable(const std::string& name, const Shape& shape, const Initial
 std::vector<Value> Graph::variables(bool trainable_only) {
   std::vector<Value> out;
   for (const auto& node : nodes_)
-    if (node->op_name() == "variable" && (!trainable_only || node->attr<bool>("trainable")))
+    if (node->op().source() == OutputSource::state &&
+        (!trainable_only || node->attr<bool>("trainable")))
       out.emplace_back(this, OutputRef{node->id(), 0});
   return out;
 }
@@ -111,9 +112,19 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   }
   // An op that writes into an input may only write into a variable's state.
   for (int i : op->mutated_inputs())
-    if (i < static_cast<int>(inputs.size()) && inputs[i].node().op_name() != "variable")
+    if (i < static_cast<int>(inputs.size()) &&
+        inputs[i].node().op().source() != OutputSource::state)
       fail("input '", op->inputs()[i], "' must be a variable, got ", inputs[i].name(), " (",
            inputs[i].node().op_name(), ")");
+  // A random op draws under the graph's random counter: an i64 scalar variable.
+  if (op->is_random()) {
+    const Value& counter = inputs.back();
+    if (counter.node().op().source() != OutputSource::state || counter.dtype() != DType::i64 ||
+        counter.shape().rank() != 0)
+      fail("input 'counter' must be an i64 scalar variable (random_counter(graph)), got ",
+           counter.name(), " (", counter.node().op_name(), ", ", counter.dtype(), counter.shape(),
+           ")");
+  }
 
   // Attributes: only declared ones, each of its declared type; defaults fill the rest.
   for (auto& [key, value] : attrs) {
@@ -290,7 +301,7 @@ Value Graph::value(std::string_view name) {
 std::vector<Value> Graph::placeholders() {
   std::vector<Value> out;
   for (const auto& node : nodes_)
-    if (node->op_name() == "placeholder") out.emplace_back(this, OutputRef{node->id(), 0});
+    if (node->op().source() == OutputSource::feed) out.emplace_back(this, OutputRef{node->id(), 0});
   return out;
 }
 

@@ -92,8 +92,28 @@ OpDef& OpDef::may_alias_input() {
   return *this;
 }
 
-OpDef& OpDef::doc(std::string text) {
-  doc_ = std::move(text);
+OpDef& OpDef::stateful() {
+  stateful_ = true;
+  return *this;
+}
+
+OpDef& OpDef::random() {
+  random_ = true;
+  return *this;
+}
+
+OpDef& OpDef::communication() {
+  communication_ = true;
+  return *this;
+}
+
+OpDef& OpDef::output_source(OutputSource source) {
+  source_ = source;
+  return *this;
+}
+
+OpDef& OpDef::precision(Precision policy) {
+  precision_ = policy;
   return *this;
 }
 
@@ -119,6 +139,11 @@ OpRegistry& OpRegistry::global() {
 void OpRegistry::add(OpDef op) {
   KILN_CHECK(op.infer_fn() != nullptr, Error, "[registry] op '", op.name(),
              "' has no inference function");
+  // A random op's last input is the graph's random counter (see OpDef::random).
+  if (op.is_random()) {
+    KILN_CHECK(!op.variadic(), Error, "[registry] random op '", op.name(), "' cannot be variadic");
+    op.input("counter");
+  }
   std::string name = op.name();
   auto [it, inserted] = ops_.emplace(name, std::make_unique<OpDef>(std::move(op)));
   KILN_CHECK(inserted, Error, "[registry] op '", name, "' is registered twice");

@@ -92,7 +92,26 @@ using GradFn = std::function<std::vector<Value>(GradContext&)>;
 /// Runs one node on one device. Inputs are valid and outputs have their inferred shapes.
 using KernelFn = void (*)(KernelContext&);
 
+/// Where an op's output 0 comes from, for the planner and the executors.
+enum class OutputSource {
+  computed,   ///< its kernel computes it into memory the plan provides (most ops)
+  feed,       ///< a run's feed (placeholder): compile_plan refuses a plan that needs it unfed
+  attribute,  ///< the attribute "value" (constant): never computed, uploaded once per plan
+  state,      ///< the session's storage for the node (variable): never in the arena
+};
+
+/// How autocast (mixed precision) treats an op's floating inputs.
+enum class Precision {
+  follow_inputs,  ///< runs in the widest floating dtype among its inputs (the default)
+  low,            ///< f16/bf16-safe and faster there (products): inputs cast to the compute type
+  keep_f32,       ///< loses accuracy in 16 bits (exp, log, reductions, softmax): inputs stay f32
+};
+
 /// An op's definition. Built fluently and registered with KILN_OP.
+///
+/// Besides its schema, an op declares what it is (its traits), where it is registered, as
+/// TensorFlow's OpDefBuilder::SetIsStateful() does: passes, the memory planner, the executors
+/// and autocast read these instead of keeping lists of op names.
 class OpDef {
  public:
   explicit OpDef(std::string name) : name_(std::move(name)) {}
@@ -136,8 +155,22 @@ class OpDef {
   /// Marks an op whose output 0 may be a view of input 0's storage (reshape, identity, ...):
   /// memory planning keeps input 0's buffer alive while the output is used.
   OpDef& may_alias_input();
-  /// One line for tools and docs.
-  OpDef& doc(std::string text);
+  /// Trait: nodes of this op are distinct even with equal inputs and attributes (they hold
+  /// state, have effects, or are a target): never constant-folded, merged by CSE or hoisted.
+  OpDef& stateful();
+  /// Trait: draws new random numbers on every run (a dropout mask). Implies stateful. The
+  /// registry appends an input "counter": the graph's random counter (an i64 scalar variable,
+  /// see random_counter() in ops/array.h), which every run that executes such an op advances
+  /// by one after it has been read; the kernel draws from Philox under (seed attribute,
+  /// counter), so runs are reproducible and a restored checkpoint continues the sequence.
+  OpDef& random();
+  /// Trait: a collective (all-reduce, broadcast, ...): scheduled on the communication stream,
+  /// with events both ways; passes treat it as a barrier (never folded, merged or moved across).
+  OpDef& communication();
+  /// Trait: where output 0 comes from (default: computed by the kernel).
+  OpDef& output_source(OutputSource source);
+  /// Trait: how autocast treats the op (default: follow_inputs).
+  OpDef& precision(Precision policy);
 
   const std::string& name() const { return name_; }
   const std::vector<std::string>& inputs() const { return inputs_; }
@@ -153,7 +186,18 @@ class OpDef {
   bool has_no_gradient() const { return no_gradient_; }
   const std::vector<int>& mutated_inputs() const { return mutated_inputs_; }
   bool may_alias() const { return may_alias_; }
-  const std::string& doc_text() const { return doc_; }
+  bool is_stateful() const { return stateful_ || random_ || communication_ || writes_state(); }
+  bool is_random() const { return random_; }
+  bool is_communication() const { return communication_; }
+  OutputSource source() const { return source_; }
+  Precision precision_policy() const { return precision_; }
+  /// Writes into an input's storage (optimizer updates, assign).
+  bool writes_state() const { return !mutated_inputs_.empty(); }
+  /// Output 0 is storage the plan's arena does not hold: a variable, a constant's value, or
+  /// the variable an update writes into.
+  bool external_output() const {
+    return source_ == OutputSource::state || source_ == OutputSource::attribute || writes_state();
+  }
 
  private:
   std::string name_;
@@ -171,7 +215,9 @@ class OpDef {
   bool no_gradient_ = false;
   std::vector<int> mutated_inputs_;
   bool may_alias_ = false;
-  std::string doc_;
+  bool stateful_ = false, random_ = false, communication_ = false;
+  OutputSource source_ = OutputSource::computed;
+  Precision precision_ = Precision::follow_inputs;
 };
 
 /// All registered ops, by name.

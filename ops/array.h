@@ -67,7 +67,14 @@ Value random_uniform(Graph& graph, const Shape& shape, double low, double high, 
                      DType dtype = f32);
 /// Normal samples with `mean` and `stddev` (Box-Muller over Philox4x32-10), reproducible as
 /// random_uniform.
+///
+/// Both are seeded constants: the same tensor on every run. Ops with the random trait
+/// (OpDef::random, e.g. dropout_mask) draw anew on every run instead.
 Value random_normal(Graph& graph, const Shape& shape, double mean, double stddev, int64_t seed,
                     DType dtype = f32);
+/// The graph's random counter: the i64 scalar variable "random_counter" (not trainable), made
+/// on first use. Every op with the random trait reads it; each run that executes one advances
+/// it by one, and checkpoints save it, so a restored session draws what the original would.
+Value random_counter(Graph& graph);
 
 }  // namespace kiln

@@ -44,7 +44,7 @@ void check_feeds(const Graph& graph, const std::vector<FeedSpec>& feeds) {
     const Value& v = feeds[i].value;
     KILN_CHECK(v.defined() && v.graph() == &graph, FeedError, "[session] feed #", i,
                " is not a value of this session's graph");
-    const char* what = v.node().op_name() == "placeholder" ? "placeholder" : "value";
+    const char* what = v.node().op().source() == OutputSource::feed ? "placeholder" : "value";
     if (const Tensor* t = feeds[i].tensor) {
       KILN_CHECK(t->defined(), FeedError, "[session] the feed for ", what, " '", v.name(),
                  "' is an undefined tensor");
@@ -185,7 +185,7 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   }
   for (int32_t id : order) {
     const Node& node = graph.node(id);
-    if (node.op_name() == "placeholder")
+    if (node.op().source() == OutputSource::feed)
       throw FeedError(str("[session] placeholder '", node.name(), "' (", node.outputs()[0].dtype,
                           node.outputs()[0].shape, ") must be fed: ", roots[reason[id]],
                           " depends on it"));
@@ -208,10 +208,30 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
       to_work.emplace(OutputRef{id, i}, made[i].ref());
     }
   }
+  // Random ops (OpDef::random) advance their counter once per run, after every read of it:
+  // the increment is the plan graph's last node, and an update runs after all other readers.
+  std::vector<OutputRef> counters;
+  for (int32_t id = 0; id < work.num_nodes(); ++id) {
+    const Node& node = work.node(id);
+    if (!node.op().is_random()) continue;
+    const OutputRef counter = node.inputs().back();
+    if (work.node(counter.node).op().source() == OutputSource::state &&
+        std::find(counters.begin(), counters.end(), counter) == counters.end())
+      counters.push_back(counter);
+  }
+  std::vector<Value> advances;
+  for (OutputRef counter : counters) {
+    const std::string name = work.node(counter.node).name();
+    advances.push_back(work.add_node("assign_add",
+                                     {work.value(counter), work.scalar(1, DType::i64)}, {},
+                                     {.name = name + "/advance"})[0]);
+  }
+
   Signature roots_signature{"__plan__", {}, {}, {}};
   for (const Value& v : fetches) roots_signature.outputs.push_back(work.value(to_work.at(v.ref())));
   for (const Value& v : targets)
     roots_signature.targets.push_back(work.value(to_work.at(OutputRef{v.node_id(), 0})));
+  for (const Value& advance : advances) roots_signature.targets.push_back(advance);
   for (size_t i = 0; i < feeds.size(); ++i)
     roots_signature.inputs.push_back(work.value(OutputRef{static_cast<int32_t>(i), 0}));
   work.add_signature(roots_signature);
@@ -229,7 +249,7 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   }
   for (int32_t id = 0; id < work.num_nodes(); ++id) {
     const Node& node = work.node(id);
-    if (node.op_name() == "placeholder") continue;  // the feeds
+    if (node.op().source() == OutputSource::feed) continue;  // the feeds
     PlanStep step;
     step.node = id;
     std::vector<TensorType> input_types;

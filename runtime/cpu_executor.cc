@@ -85,8 +85,8 @@ class StepRunner {
       // the result) must not reach the fetched tensor or the plan's constants. So is a fetched
       // view of an arena buffer (a reshape of an intermediate), which later steps reuse.
       const bool in_arena = arena_ && outputs[i].storage() == arena_;
-      if (fetched_slot_[slot] &&
-          (node.op_name() == "variable" || node.op_name() == "constant" || in_arena)) {
+      if (fetched_slot_[slot] && (node.op().source() == OutputSource::state ||
+                                  node.op().source() == OutputSource::attribute || in_arena)) {
         std::lock_guard<std::mutex> lock(mutex_);
         snapshots_[slot] = outputs[i].clone();
       }

@@ -34,8 +34,11 @@ size_t slot_bytes(const Plan& plan, int32_t slot) {
 // Outputs that are not computed into memory of their own: the variable's storage, a constant,
 // an update written into a variable.
 bool external_output(const Node& node) {
-  return node.op_name() == "variable" || node.op_name() == "constant" ||
-         !node.op().mutated_inputs().empty();
+  return node.op().external_output();
+}
+
+bool is_constant(const Node& node) {
+  return node.op().source() == OutputSource::attribute;
 }
 
 // What the arena holds, for an out-of-memory message: how many buffers and the largest one's
@@ -232,7 +235,7 @@ class CudaExecutorImpl final : public CudaExecutor {
             out, Tensor(t.dtype, t.shape,
                         allocate_device(device_, slot_bytes(plan, out), nullptr, node.name())));
       }
-      if (node.op_name() == "constant")
+      if (is_constant(node))
         state->constants.emplace(step.output_slots[0], node.attr<Tensor>("value").to(device_));
     }
     // Pinned staging last: a plan whose fetches do not fit on the GPU fails above, naming the
@@ -315,7 +318,7 @@ class CudaExecutorImpl final : public CudaExecutor {
           outputs[i] = it->second;
         }
       }
-      if (node.op_name() == "constant") {
+      if (is_constant(node)) {
         outputs[0] = state.constants.at(step.output_slots[0]);
       } else {
         std::vector<Tensor> inputs;

@@ -17,8 +17,7 @@ int64_t aligned(int64_t bytes) {
 
 // Slots the arena does not hold: feeds, fetches, and outputs that are someone else's storage.
 bool external_output(const Node& node) {
-  return node.op_name() == "variable" || node.op_name() == "constant" ||
-         !node.op().mutated_inputs().empty();
+  return node.op().external_output();
 }
 
 // Lifetime facts per slot: producer step, and every step that reads it directly or through a

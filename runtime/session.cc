@@ -108,7 +108,7 @@ namespace {
 std::vector<Value> all_variables(const Graph& graph) {
   std::vector<Value> out;
   for (int32_t id = 0; id < graph.num_nodes(); ++id)
-    if (graph.node(id).op_name() == "variable")
+    if (graph.node(id).op().source() == OutputSource::state)
       out.emplace_back(const_cast<Graph*>(&graph), OutputRef{id, 0});
   return out;
 }
@@ -120,14 +120,16 @@ void Session::initialize_variables() {
 }
 
 Tensor Session::variable_value(const Value& var) {
-  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable", Error,
-             "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
+  KILN_CHECK(
+      var.defined() && var.graph() == &graph_ && var.node().op().source() == OutputSource::state,
+      Error, "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
   return run({}, {var})[0];
 }
 
 void Session::set_variable(const Value& var, const Tensor& value) {
-  KILN_CHECK(var.defined() && var.graph() == &graph_ && var.node().op_name() == "variable", Error,
-             "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
+  KILN_CHECK(
+      var.defined() && var.graph() == &graph_ && var.node().op().source() == OutputSource::state,
+      Error, "[session] ", var.defined() ? var.name() : "?", " is not a variable of this graph");
   KILN_CHECK(value.dtype() == var.dtype() && value.shape() == var.shape(), FeedError,
              "[session] variable '", var.name(), "' is ", var.dtype(), var.shape(), "; got ",
              value.dtype(), value.shape());
@@ -162,7 +164,8 @@ void Session::restore_checkpoint(const std::string& path, bool strict) {
     for (const auto& [name, _] : loaded) {
       const Node* node = graph_.find_node(name);
       KILN_CHECK(
-          node && node->op_name() == "variable", FileError, where, ": the checkpoint has '", name,
+          node && node->op().source() == OutputSource::state, FileError, where,
+          ": the checkpoint has '", name,
           "', which is not a variable of the graph (restore with strict=false to ignore it)");
     }
   }

@@ -200,6 +200,7 @@ KILN_OP(stop_gradient)
 // one train target for many updates.
 KILN_OP(group)
     .variadic_input("values", 0)
+    .stateful()  // a target: two groups of the same values are still two targets
     .no_gradient()
     .infer([](const InferContext&) {
       return std::vector<TensorType>{{DType::boolean, Shape{}}};

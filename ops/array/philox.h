@@ -5,15 +5,19 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 
 #include "framework/dtype.h"
 
 namespace kiln::ops {
 
-/// Four 32-bit random words for counter `counter` under 64-bit `key`.
-KILN_HOST_DEVICE std::array<uint32_t, 4> philox4x32(uint64_t counter, uint64_t key) {
+/// Four 32-bit random words for the 128-bit counter (`counter`, `stream`) under 64-bit `key`.
+/// Seeded sources use stream 0; random ops put the run's random counter there, so each run
+/// draws from a block of counters no other run touches.
+KILN_HOST_DEVICE std::array<uint32_t, 4> philox4x32(uint64_t counter, uint64_t key,
+                                                    uint64_t stream = 0) {
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32);
-  uint32_t c2 = 0, c3 = 0;
+  uint32_t c2 = static_cast<uint32_t>(stream), c3 = static_cast<uint32_t>(stream >> 32);
   uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
   for (int round = 0; round < 10; ++round) {
     uint64_t p0 = uint64_t{0xD2511F53u} * c0;
@@ -28,6 +32,14 @@ KILN_HOST_DEVICE std::array<uint32_t, 4> philox4x32(uint64_t counter, uint64_t k
     k1 += 0xBB67AE85u;  // sqrt(3) - 1
   }
   return {c0, c1, c2, c3};
+}
+
+/// A 64-bit key from a seed and a node's name (FNV-1a of the name, mixed into the seed), so
+/// two random nodes with one seed still draw independent numbers, on every machine.
+inline uint64_t random_key(int64_t seed, const std::string& node_name) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : node_name) h = (h ^ c) * 0x100000001b3ull;
+  return static_cast<uint64_t>(seed) ^ (h * 0x9E3779B97F4A7C15ull);
 }
 
 /// A double in [0, 1) from 53 random bits.

@@ -14,6 +14,8 @@ namespace {
 
 // A placeholder's value comes from the feeds; the executor never runs a kernel for it.
 KILN_OP(placeholder)
+    .output_source(OutputSource::feed)
+    .stateful()
     .attr("dtype", AttrType::dtype)
     .attr("shape", AttrType::shape)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
@@ -24,6 +26,7 @@ KILN_OP(placeholder)
     });
 
 KILN_OP(constant)
+    .output_source(OutputSource::attribute)
     .attr("value", AttrType::tensor)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       const Tensor& v = ctx.attr<Tensor>("value");
@@ -179,6 +182,23 @@ Value random_uniform(Graph& graph, const Shape& shape, double low, double high, 
       "random_uniform", {},
       {{"shape", shape}, {"low", low}, {"high", high}, {"seed", seed}, {"dtype", dtype}});
 }
+Value random_counter(Graph& graph) {
+  if (const Node* node = graph.find_node("random_counter")) {
+    KILN_CHECK(node->op().source() == OutputSource::state && node->outputs()[0].dtype == i64 &&
+                   node->outputs()[0].shape.rank() == 0,
+               GraphError, "[random] the node 'random_counter' is not an i64 scalar variable");
+    return graph.value("random_counter");
+  }
+  return graph.add("variable", {},
+                   {{"dtype", i64},
+                    {"shape", Shape{}},
+                    {"init", std::string("zeros")},
+                    {"init_args", std::vector<double>{}},
+                    {"seed", int64_t{0}},
+                    {"trainable", false}},
+                   {.name = "random_counter", .exact_name = true, .absolute_name = true});
+}
+
 Value random_normal(Graph& graph, const Shape& shape, double mean, double stddev, int64_t seed,
                     DType dtype) {
   return graph.add(

@@ -96,11 +96,22 @@ GradList grad_minimum(GradContext& c) {
 // gelu_grad is gelu's derivative; its own derivative (gelu's second) is not provided.
 const GradFn grad_gelu_grad = nullptr;
 
+// Autocast policy per op: pow loses accuracy in 16 bits and stays f32.
+constexpr Precision precision_add = Precision::follow_inputs;
+constexpr Precision precision_sub = Precision::follow_inputs;
+constexpr Precision precision_mul = Precision::follow_inputs;
+constexpr Precision precision_div = Precision::follow_inputs;
+constexpr Precision precision_pow = Precision::keep_f32;
+constexpr Precision precision_maximum = Precision::follow_inputs;
+constexpr Precision precision_minimum = Precision::follow_inputs;
+constexpr Precision precision_gelu_grad = Precision::follow_inputs;
+
 #define KILN_REGISTER_BINARY(name, cls, expr)                                               \
   KILN_OP(name)                                                                             \
       .input("a")                                                                           \
       .input("b")                                                                           \
       .elementwise()                                                                        \
+      .precision(precision_##name)                                                          \
       .grad(grad_##name)                                                                    \
       .infer([](const InferContext& c) { return infer_binary(c, DTypeClass::cls, false); }) \
       .kernel(DeviceKind::cpu, binary_cpu<name##_fn, false>, cpu_dtypes_of(DTypeClass::cls));

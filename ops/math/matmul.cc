@@ -152,6 +152,7 @@ GradList matmul_grads(const Value& a, const Value& b, const Value& dc, bool ta, 
 }
 
 KILN_OP(matmul)
+    .precision(Precision::low)
     .input("a")
     .input("b")
     .attr("transpose_a", false)
@@ -198,6 +199,7 @@ void matmul_bias_typed(KernelContext& ctx) {
 }
 
 KILN_OP(matmul_bias)
+    .precision(Precision::low)
     .input("a")
     .input("b")
     .input("bias")

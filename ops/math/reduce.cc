@@ -202,9 +202,16 @@ GradList grad_extreme(GradContext& c) {
 }
 GradFn grad_max = grad_extreme, grad_min = grad_extreme;
 
+// Autocast policy: sums and means accumulate in f32; max and min are exact in any dtype.
+constexpr Precision precision_sum = Precision::keep_f32;
+constexpr Precision precision_mean = Precision::keep_f32;
+constexpr Precision precision_max = Precision::follow_inputs;
+constexpr Precision precision_min = Precision::follow_inputs;
+
 #define KILN_REGISTER_REDUCTION(name, cls)                                           \
   KILN_OP(name)                                                                      \
       .input("x")                                                                    \
+      .precision(precision_##name)                                                   \
       .grad(grad_##name)                                                             \
       .attr("axes", std::vector<int64_t>{})                                          \
       .attr("keepdims", false)                                                       \

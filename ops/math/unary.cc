@@ -92,10 +92,27 @@ GradList grad_cos(GradContext& c) {
   return {-(c.grad_output() * sin(c.input(0)))};
 }
 
+// Autocast policy per op: exp, log and the roots lose accuracy in 16 bits and stay f32.
+constexpr Precision precision_neg = Precision::follow_inputs;
+constexpr Precision precision_sign = Precision::follow_inputs;
+constexpr Precision precision_abs = Precision::follow_inputs;
+constexpr Precision precision_square = Precision::follow_inputs;
+constexpr Precision precision_relu = Precision::follow_inputs;
+constexpr Precision precision_exp = Precision::keep_f32;
+constexpr Precision precision_log = Precision::keep_f32;
+constexpr Precision precision_sqrt = Precision::keep_f32;
+constexpr Precision precision_rsqrt = Precision::keep_f32;
+constexpr Precision precision_tanh = Precision::follow_inputs;
+constexpr Precision precision_sigmoid = Precision::follow_inputs;
+constexpr Precision precision_gelu = Precision::follow_inputs;
+constexpr Precision precision_sin = Precision::follow_inputs;
+constexpr Precision precision_cos = Precision::follow_inputs;
+
 #define KILN_REGISTER_UNARY(name, cls, expr)                                        \
   KILN_OP(name)                                                                     \
       .input("x")                                                                   \
       .elementwise()                                                                \
+      .precision(precision_##name)                                                  \
       .grad(grad_##name)                                                            \
       .infer([](const InferContext& c) { return infer_unary(c, DTypeClass::cls); }) \
       .kernel(DeviceKind::cpu, unary_cpu<name##_fn>, cpu_dtypes_of(DTypeClass::cls));

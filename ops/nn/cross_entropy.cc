@@ -77,6 +77,7 @@ void cross_entropy_cpu(KernelContext& ctx) {
 }
 
 KILN_OP(softmax_cross_entropy)
+    .precision(Precision::keep_f32)
     .input("logits")
     .input("labels")
     .infer(infer_cross_entropy)
@@ -88,6 +89,7 @@ KILN_OP(softmax_cross_entropy)
     });
 
 KILN_OP(softmax_cross_entropy_grad)
+    .precision(Precision::keep_f32)
     .input("logits")
     .input("labels")
     .input("dloss")

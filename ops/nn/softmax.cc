@@ -62,6 +62,7 @@ void softmax_cpu(KernelContext& ctx) {
 }
 
 KILN_OP(softmax)
+    .precision(Precision::keep_f32)
     .input("x")
     .attr("axis", int64_t{-1})
     .infer(infer_softmax)
@@ -72,6 +73,7 @@ KILN_OP(softmax)
     });
 
 KILN_OP(log_softmax)
+    .precision(Precision::keep_f32)
     .input("x")
     .attr("axis", int64_t{-1})
     .infer(infer_softmax)

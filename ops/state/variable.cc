@@ -124,6 +124,8 @@ std::vector<TensorType> infer_variable(const InferContext& ctx) {
 }
 
 KILN_OP(variable)
+    .output_source(OutputSource::state)
+    .stateful()
     .attr("dtype", DType::f32)
     .attr("shape", AttrType::shape)
     .attr("init", std::string("zeros"))

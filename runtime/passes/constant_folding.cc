@@ -10,10 +10,11 @@ namespace {
 // Outputs larger than this stay computed at run time (folding would trade compute for memory).
 constexpr int64_t kMaxFoldedElements = int64_t{1} << 20;
 
+// Only computed values without state, effects or randomness fold (the traits of the op).
 bool foldable(const Node& node) {
-  const std::string& op = node.op_name();
-  if (op == "constant" || op == "placeholder" || op == "variable" || op == "group") return false;
-  if (!node.op().mutated_inputs().empty() || node.num_outputs() == 0) return false;
+  const OpDef& op = node.op();
+  if (op.is_stateful() || op.source() != OutputSource::computed || node.num_outputs() == 0)
+    return false;
   for (const TensorType& t : node.outputs())
     if (!t.shape.is_known() || t.shape.numel() > kMaxFoldedElements) return false;
   return true;
@@ -32,7 +33,7 @@ class ConstantFolding final : public Pass {
       bool all_constant = true;
       for (OutputRef in : node.inputs()) {
         const Node& producer = graph.node(in.node);
-        if (producer.op_name() != "constant") {
+        if (producer.op().source() != OutputSource::attribute) {
           all_constant = false;
           break;
         }

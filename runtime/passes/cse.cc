@@ -9,10 +9,10 @@ namespace kiln {
 
 namespace {
 
-// Ops whose nodes are distinct even with equal inputs and attributes.
+// Nodes of stateful ops (variables, feeds, updates, random draws, collectives, targets) are
+// distinct even with equal inputs and attributes.
 bool has_identity(const Node& node) {
-  return node.op_name() == "variable" || node.op_name() == "placeholder" ||
-         !node.op().mutated_inputs().empty() || node.op_name() == "group";
+  return node.op().is_stateful();
 }
 
 // An exact key for an attribute (doubles by their bits; small tensors by their bytes, large

@@ -70,5 +70,60 @@ TEST(Random, UniformAndNormalStatistics) {
   EXPECT_NEAR(static_cast<double>(within) / n, 0.6827, 0.003);
 }
 
+// An op with the random trait draws anew on every run: the counter advances once per run
+// that executes it, the passes neither fold nor merge it, and a checkpoint restores the
+// sequence exactly.
+TEST(Random, DropoutMaskDrawsAnewEachRunAndResumesFromACheckpoint) {
+  Graph g;
+  Value x = g.constant(Tensor::full(f32, {64, 50}, 1.0));
+  Value a = dropout_mask(x, 0.25, 7);
+  Value b = dropout_mask(x, 0.25, 7);  // same seed and input, another node: another mask
+  Value counter = random_counter(g);
+  Session s(g);
+  std::vector<std::vector<float>> masks;
+  for (int run = 0; run < 3; ++run) {
+    auto out = s.run({}, {a, b});
+    masks.push_back(out[0].to_vector<float>());
+    EXPECT_NE(masks.back(), out[1].to_vector<float>()) << "two nodes drew the same mask";
+  }
+  EXPECT_NE(masks[0], masks[1]);
+  EXPECT_NE(masks[1], masks[2]);
+  EXPECT_EQ(s.variable_value(counter).item<int64_t>(), 3);
+  int64_t kept = 0;
+  for (float v : masks[0]) {
+    ASSERT_TRUE(v == 0.0f || v == 1.0f / 0.75f) << v;
+    kept += v != 0;
+  }
+  EXPECT_NEAR(static_cast<double>(kept) / masks[0].size(), 0.75, 0.05);
+  // Neither folded (its inputs are constants) nor merged by CSE.
+  int draws = 0;
+  const Plan& plan = s.plan({}, {a, b});
+  for (const PlanStep& step : plan.steps)
+    draws += plan.graph->node(step.node).op_name() == "dropout_mask";
+  EXPECT_EQ(draws, 2);
+
+  // Save after three runs; the fourth run's mask comes back in a restored session.
+  const std::string path = testing::tmp("dropout.ckpt");
+  s.save_checkpoint(path);
+  const auto fourth = s.run({}, {a})[0].to_vector<float>();
+  Session restored(g);
+  restored.restore_checkpoint(path);
+  EXPECT_EQ(restored.run({}, {a})[0].to_vector<float>(), fourth);
+  // A run without a random op leaves the counter alone.
+  restored.run({}, {x});
+  EXPECT_EQ(restored.variable_value(counter).item<int64_t>(), 4);
+}
+
+TEST(Random, ARandomOpNeedsTheCounterVariable) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {3});
+  testing::expect_error(
+      [&] {
+        g.add("dropout_mask", {x, g.scalar(0, i64)});
+      },
+      {"[dropout_mask]", "'counter' must be an i64 scalar variable"});
+  testing::expect_error([&] { dropout_mask(x, 1.0); }, {"rate 1 must be in [0, 1)"});
+}
+
 }  // namespace
 }  // namespace kiln
