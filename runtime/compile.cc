@@ -1,4 +1,5 @@
-// compile_plan: prune, check feeds, infer concrete shapes, pick kernels, compute liveness.
+// compile_plan and its stages: prune, specialize shapes, passes, choose kernels, schedule,
+// liveness, plan memory, release points.
 #include <algorithm>
 #include <queue>
 #include <unordered_map>
@@ -62,23 +63,25 @@ void check_feeds(const Graph& graph, const std::vector<FeedSpec>& feeds) {
   }
 }
 
-Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
-                  const std::vector<Value>& fetches, const std::vector<Value>& targets,
-                  DeviceKind device, const PassOptions& passes, int max_streams) {
+PrunedGraph prune(const Graph& graph, const std::vector<FeedSpec>& feeds,
+                  const std::vector<Value>& fetches, const std::vector<Value>& targets) {
   for (const auto* list : {&fetches, &targets})
     for (const Value& v : *list)
       KILN_CHECK(v.defined() && v.graph() == &graph, FeedError,
                  "[session] a fetch or target is not a value of this session's graph");
   check_feeds(graph, feeds);
-  std::unordered_map<OutputRef, int32_t, RefHash> fed;  // ref -> feed index
+  PrunedGraph pruned;
+  auto& fed = pruned.fed;
   for (size_t i = 0; i < feeds.size(); ++i)
     fed.emplace(feeds[i].value.ref(), static_cast<int32_t>(i));
+  auto& reason = pruned.reason;
+  auto& roots = pruned.roots;
+  auto& order = pruned.order;
 
   // Prune: the nodes the fetches and targets reach without passing a fed value. `reason`
   // remembers, for each needed node, a fetch or target that needs it (for error messages).
-  std::vector<int32_t> reason(graph.num_nodes(), -1);
+  reason.assign(graph.num_nodes(), -1);
   std::vector<int32_t> stack;
-  std::vector<std::string> roots;
   auto need = [&](int32_t node, int32_t root) {
     if (reason[node] < 0) reason[node] = root, stack.push_back(node);
   };
@@ -153,7 +156,6 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   std::priority_queue<int32_t, std::vector<int32_t>, std::greater<int32_t>> ready;
   for (int32_t id : needed)
     if (pending[id] == 0) ready.push(id);
-  std::vector<int32_t> order;
   while (!ready.empty()) {
     int32_t id = ready.top();
     ready.pop();
@@ -169,6 +171,14 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                              "fetch the update's output instead"));
   }
 
+  return pruned;
+}
+
+Plan specialize_shapes(const Graph& graph, const PrunedGraph& pruned,
+                       const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,
+                       const std::vector<Value>& targets) {
+  const auto& reason = pruned.reason;
+  const auto& roots = pruned.roots;
   // The plan's private graph: fed values become placeholders with the fed (concrete) shapes,
   // and the needed nodes are copied in `order` through add_node, so inference sees concrete
   // shapes and a fed shape that makes a node invalid is reported naming that node.
@@ -183,7 +193,7 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     Value p = work.placeholder(name, feeds[i].type.dtype, feeds[i].type.shape);
     to_work[feeds[i].value.ref()] = p.ref();
   }
-  for (int32_t id : order) {
+  for (int32_t id : pruned.order) {
     const Node& node = graph.node(id);
     if (node.op().source() == OutputSource::feed)
       throw FeedError(str("[session] placeholder '", node.name(), "' (", node.outputs()[0].dtype,
@@ -236,16 +246,19 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     roots_signature.inputs.push_back(work.value(OutputRef{static_cast<int32_t>(i), 0}));
   work.add_signature(roots_signature);
 
-  plan.passes_applied = optimize_graph(work, passes);
+  return plan;
+}
 
+void choose_kernels(Plan& plan, DeviceKind device) {
   // Steps: the optimized graph in id order (a topological order that keeps every read of a
   // variable before the op that updates it), one slot per output.
+  const Graph& work = *plan.graph;
   const Signature& final_roots = work.signature("__plan__");
   std::unordered_map<OutputRef, int32_t, RefHash> slot_of;
-  for (size_t i = 0; i < feeds.size(); ++i) {
+  for (size_t i = 0; i < final_roots.inputs.size(); ++i) {
     slot_of[final_roots.inputs[i].ref()] = plan.num_slots++;
     plan.feed_slots.push_back(plan.num_slots - 1);
-    plan.slot_types.push_back(feeds[i].type);
+    plan.slot_types.push_back(plan.graph->node(final_roots.inputs[i].node_id()).outputs()[0]);
   }
   for (int32_t id = 0; id < work.num_nodes(); ++id) {
     const Node& node = work.node(id);
@@ -270,13 +283,11 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
     plan.steps.push_back(std::move(step));
   }
   for (const Value& v : final_roots.outputs) plan.fetch_slots.push_back(slot_of.at(v.ref()));
-  schedule_streams(plan, max_streams);
-  plan_memory(plan, passes.in_place);
+}
 
-  // Liveness: a slot dies after its last reader, unless it is fetched (or never read).
-  std::vector<int32_t> last_use(plan.num_slots, -1);
-  for (size_t s = 0; s < plan.steps.size(); ++s)
-    for (int32_t slot : plan.steps[s].input_slots) last_use[slot] = static_cast<int32_t>(s);
+void mark_releases(Plan& plan) {
+  // A slot dies after its last reader, unless it is fetched (or never read).
+  const std::vector<int32_t>& last_use = plan.liveness.last_read;
   std::vector<bool> fetched(plan.num_slots, false);
   for (int32_t slot : plan.fetch_slots) fetched[slot] = true;
   for (int32_t slot = 0; slot < plan.num_slots; ++slot)
@@ -286,6 +297,19 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
   for (PlanStep& step : plan.steps)
     for (int32_t slot : step.output_slots)
       if (slot >= 0 && last_use[slot] < 0 && !fetched[slot]) step.release_after.push_back(slot);
+}
+
+Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
+                  const std::vector<Value>& fetches, const std::vector<Value>& targets,
+                  DeviceKind device, const PassOptions& passes, int max_streams) {
+  Plan plan =
+      specialize_shapes(graph, prune(graph, feeds, fetches, targets), feeds, fetches, targets);
+  plan.passes_applied = optimize_graph(*plan.graph, passes);
+  choose_kernels(plan, device);
+  schedule_streams(plan, max_streams);
+  analyze_liveness(plan);
+  plan_memory(plan, passes.in_place);
+  mark_releases(plan);
   return plan;
 }
 

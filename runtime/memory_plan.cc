@@ -20,37 +20,31 @@ bool external_output(const Node& node) {
   return node.op().external_output();
 }
 
-// Lifetime facts per slot: producer step, and every step that reads it directly or through a
-// view (an output that may alias it).
-struct Liveness {
-  std::vector<int32_t> producer;
-  std::vector<std::vector<int32_t>> users;
-};
+}  // namespace
 
-Liveness liveness(const Plan& plan) {
-  Liveness live;
+void analyze_liveness(Plan& plan) {
+  Liveness& live = plan.liveness;
   live.producer.assign(plan.num_slots, -1);
   live.users.assign(plan.num_slots, {});
+  live.last_read.assign(plan.num_slots, -1);
   std::vector<int32_t> alias_of(plan.num_slots, -1);  // view slot -> the slot it may view
   for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
     const PlanStep& step = plan.steps[s];
-    const Node& node = plan.graph->node(step.node);
+    const OpDef& op = plan.graph->node(step.node).op();
     for (int32_t slot : step.output_slots) live.producer[slot] = s;
-    if ((node.op().may_alias() || !node.op().mutated_inputs().empty()) && !step.input_slots.empty())
+    if ((op.may_alias() || op.writes_state()) && !step.input_slots.empty())
       alias_of[step.output_slots[0]] = step.input_slots[0];
     for (int32_t slot : step.input_slots) {
+      live.last_read[slot] = s;
       // A read of a view is a read of everything under it.
       for (int32_t at = slot; at >= 0; at = alias_of[at]) live.users[at].push_back(s);
     }
   }
-  return live;
 }
-
-}  // namespace
 
 void plan_memory(Plan& plan, bool in_place) {
   const HappensBefore order(plan);
-  const Liveness live = liveness(plan);
+  const Liveness& live = plan.liveness;
   plan.slot_offset.assign(plan.num_slots, -1);
   plan.in_place_of.assign(plan.num_slots, -1);
   plan.arena_bytes = plan.unshared_bytes = 0;
@@ -136,7 +130,7 @@ void plan_memory(Plan& plan, bool in_place) {
 
 void validate_memory_plan(const Plan& plan) {
   const HappensBefore order(plan);
-  const Liveness live = liveness(plan);
+  const Liveness& live = plan.liveness;
   struct Buffer {
     int32_t slot;
     int64_t begin, end;

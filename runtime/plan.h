@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "framework/graph.h"
@@ -28,6 +29,18 @@ struct PlanStep {
   std::vector<int32_t> waits;
 };
 
+/// Who makes and who reads each slot of a plan, computed once (analyze_liveness) and used by
+/// memory planning, its validator and the release points.
+struct Liveness {
+  /// The step that produces each slot (-1: a feed).
+  std::vector<int32_t> producer;
+  /// Every step that reads each slot, directly or through a view of it (an output that may
+  /// alias it), in step order.
+  std::vector<std::vector<int32_t>> users;
+  /// The last step that reads each slot directly (-1: none).
+  std::vector<int32_t> last_read;
+};
+
 /// The compiled form of a run: steps in a topological order over value slots.
 struct Plan {
   std::string key;
@@ -48,6 +61,9 @@ struct Plan {
   // ---- Scheduling (runtime/schedule.cc)
   int32_t num_streams = 1;
 
+  // ---- Liveness (runtime/memory_plan.cc)
+  Liveness liveness;
+
   // ---- Memory planning (runtime/memory_plan.cc)
   /// Byte offset of each slot's buffer in the arena; -1 for slots outside it (feeds,
   /// fetches, variables, constants, state updates).
@@ -59,31 +75,6 @@ struct Plan {
   /// What the same buffers would take without reuse.
   int64_t unshared_bytes = 0;
 };
-
-/// Step order relations under a plan's streams and waits: "u completes before p starts".
-class HappensBefore {
- public:
-  explicit HappensBefore(const Plan& plan);
-  bool before(int32_t u, int32_t p) const;
-
- private:
-  std::vector<int32_t> stream_, position_;
-  std::vector<std::vector<int32_t>> clock_;  // per step: per stream, last position seen done
-};
-
-/// Assigns each step a stream (independent branches go to different streams, at most
-/// `max_streams`) and records a wait for every edge between streams: data edges and the
-/// edges that keep reads of a variable before its update.
-void schedule_streams(Plan& plan, int max_streams);
-
-/// Plans every intermediate buffer into one arena: liveness over the schedule, then first-fit
-/// offsets, reusing a buffer only after every reader of it (on any stream) happens before the
-/// new producer; with `in_place`, an elementwise op writes into an input buffer that dies at it.
-void plan_memory(Plan& plan, bool in_place);
-
-/// Checks the memory plan: no two arena buffers whose lifetimes can overlap share a byte
-/// (except an in-place output and the input it replaces). Throws kiln::Error naming both.
-void validate_memory_plan(const Plan& plan);
 
 /// What compile_plan knows about a feed: the value it replaces and its concrete type, and,
 /// when a run feeds a tensor, that tensor (checked to be defined and on the host).
@@ -98,6 +89,61 @@ struct FeedSpec {
 /// shape compatible with the value's. Throws kiln::FeedError naming the placeholder (or value)
 /// and both dtypes or shapes.
 void check_feeds(const Graph& graph, const std::vector<FeedSpec>& feeds);
+
+/// Step order relations under a plan's streams and waits: "u completes before p starts".
+class HappensBefore {
+ public:
+  explicit HappensBefore(const Plan& plan);
+  bool before(int32_t u, int32_t p) const;
+
+ private:
+  std::vector<int32_t> stream_, position_;
+  std::vector<std::vector<int32_t>> clock_;  // per step: per stream, last position seen done
+};
+
+/// The stages of compile_plan, in order; each is a function of what the ones before made.
+///
+/// 1. prune: checks the feeds, finds the nodes the fetches and targets need (stopping at fed
+///    values) and orders them: the one topological sort (data edges, and every read of a
+///    variable before the updates of it). Throws FeedError for an unfed placeholder's need.
+struct PrunedGraph {
+  std::unordered_map<OutputRef, int32_t, OutputRefHash> fed;  ///< fed value -> feed index
+  std::vector<int32_t> order;      ///< needed nodes of the session graph, in execution order
+  std::vector<int32_t> reason;     ///< per node: index into `roots` of a root that needs it, or -1
+  std::vector<std::string> roots;  ///< "fetch 'x'", "target 'train'" (for messages)
+};
+PrunedGraph prune(const Graph& graph, const std::vector<FeedSpec>& feeds,
+                  const std::vector<Value>& fetches, const std::vector<Value>& targets);
+/// 2. specialize_shapes: copies the needed nodes in order into the plan's own graph, fed
+///    values as placeholders of the fed (concrete) types, so every shape is known; adds the
+///    random counters' advances; the signature "__plan__" names feeds, fetches and targets.
+Plan specialize_shapes(const Graph& graph, const PrunedGraph& pruned,
+                       const std::vector<FeedSpec>& feeds, const std::vector<Value>& fetches,
+                       const std::vector<Value>& targets);
+/// 3. passes: optimize_graph (runtime/passes/passes.h) on plan.graph.
+/// 4. choose_kernels: one step per node in id order, one slot per value, each step's kernel
+///    for `device` and its input dtype. Throws kiln::Error for a missing kernel.
+void choose_kernels(Plan& plan, DeviceKind device);
+/// 5. schedule_streams (below).
+/// 6. analyze_liveness: fills plan.liveness.
+void analyze_liveness(Plan& plan);
+/// 7. plan_memory (below).
+/// 8. mark_releases: each step's release_after from plan.liveness.
+void mark_releases(Plan& plan);
+
+/// Assigns each step a stream (independent branches go to different streams, at most
+/// `max_streams`) and records a wait for every edge between streams: data edges and the
+/// edges that keep reads of a variable before its update.
+void schedule_streams(Plan& plan, int max_streams);
+
+/// Plans every intermediate buffer into one arena: liveness over the schedule, then first-fit
+/// offsets, reusing a buffer only after every reader of it (on any stream) happens before the
+/// new producer; with `in_place`, an elementwise op writes into an input buffer that dies at it.
+void plan_memory(Plan& plan, bool in_place);
+
+/// Checks the memory plan: no two arena buffers whose lifetimes can overlap share a byte
+/// (except an in-place output and the input it replaces). Throws kiln::Error naming both.
+void validate_memory_plan(const Plan& plan);
 
 /// Compiles a plan: prunes the graph to what the fetches and targets need (stopping at fed
 /// values), checks every feed against its value (dtype, shape) and every needed placeholder

@@ -3,6 +3,7 @@
 // never change results beyond floating-point reassociation.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +40,10 @@ std::unique_ptr<Pass> make_elementwise_fusion();
 /// which cuBLASLt runs as one product with an epilogue.
 std::unique_ptr<Pass> make_matmul_epilogue();
 
+/// Whether pipelines check the graph's invariants after every pass by default: in debug
+/// builds, and wherever the environment sets KILN_VERIFY_PASSES=1 (CTest sets it for every test).
+bool verify_passes_by_default();
+
 /// Which passes a Session runs (all on by default).
 struct PassOptions {
   bool constant_folding = true;
@@ -49,10 +54,91 @@ struct PassOptions {
   bool dead_code_elimination = true;
   /// Let an elementwise op write into an input buffer that dies at it (memory planning).
   bool in_place = true;
+  /// Check the graph's invariants (verify_graph) after every pass.
+  bool verify = verify_passes_by_default();
 };
 
-/// Runs the enabled passes in order, repeating until none changes anything (at most 8
-/// rounds); fusion runs last, once. Returns the names of passes that changed the graph.
+/// Checks what every pass must keep true: each input of a node refers to an existing output
+/// of a node with a lower id (defined before use), each node's recorded output types are what
+/// its op infers from its inputs now (shapes and dtypes consistent), and each signature names
+/// existing values. Throws kiln::Error naming `after` (the pass just run) and the node.
+void verify_graph(const Graph& graph, const std::string& after);
+
+/// Passes run in order, as one pass (XLA's HloPassPipeline). With `verify`, verify_graph runs
+/// after each pass, so a broken rewrite is named where it happens.
+class PassPipeline : public Pass {
+ public:
+  explicit PassPipeline(std::string name, bool verify = verify_passes_by_default())
+      : name_(std::move(name)), verify_(verify) {}
+  const char* name() const override { return name_.c_str(); }
+  /// Adds a pass made from `args`; returns it.
+  template <typename T, typename... Args>
+  T& add_pass(Args&&... args) {
+    auto pass = std::make_unique<T>(std::forward<Args>(args)...);
+    T& ref = *pass;
+    add_pass(std::move(pass));
+    return ref;
+  }
+  /// Adds `pass` at the end.
+  Pass& add_pass(std::unique_ptr<Pass> pass);
+  /// Runs every pass once, in order; true when any changed the graph.
+  bool run(Graph& graph) override;
+  /// Names of the passes (nested pipelines: their passes) that changed the graph so far.
+  const std::vector<std::string>& changed() const { return changed_; }
+  size_t size() const { return passes_.size(); }
+
+ protected:
+  bool run_once(Graph& graph);
+
+ private:
+  std::string name_;
+  bool verify_;
+  std::vector<std::unique_ptr<Pass>> passes_;
+  std::vector<std::string> changed_;
+};
+
+/// A pipeline run again until none of its passes changes the graph, at most `max_rounds`
+/// times (XLA's HloPassFix).
+class FixedPointPipeline final : public PassPipeline {
+ public:
+  FixedPointPipeline(std::string name, int max_rounds = 8, bool verify = verify_passes_by_default())
+      : PassPipeline(std::move(name), verify), max_rounds_(max_rounds) {}
+  bool run(Graph& graph) override;
+
+ private:
+  int max_rounds_;
+};
+
+/// Where a registered pass runs in the default pipeline.
+enum class PassStage {
+  cleanup,        ///< with simplification, folding, CSE and DCE, repeated to a fixed point
+  before_fusion,  ///< once, after the clean-ups, before matmul epilogues and fusion
+  after_fusion,   ///< once, last
+};
+
+/// Makes a pass for a pipeline built with `options` (or nullptr: not this time).
+using PassFactory = std::function<std::unique_ptr<Pass>(const PassOptions&)>;
+
+/// Adds a pass to every default pipeline made while the returned handle lives: how modules
+/// outside runtime/ (distributed/) put their transforms into compilation without editing it.
+class PassRegistration {
+ public:
+  PassRegistration(PassStage stage, PassFactory factory);
+  ~PassRegistration();
+  PassRegistration(const PassRegistration&) = delete;
+  PassRegistration& operator=(const PassRegistration&) = delete;
+
+ private:
+  int64_t id_;
+};
+
+/// The pipeline compile_plan runs: [cleanup to a fixed point: algebraic simplification,
+/// constant folding, CSE, DCE, registered cleanup passes], registered before_fusion passes,
+/// matmul epilogues, elementwise fusion + DCE, registered after_fusion passes; each as enabled
+/// in `options`.
+std::unique_ptr<PassPipeline> make_default_pipeline(const PassOptions& options);
+
+/// Runs make_default_pipeline(options) on `graph`; returns the names of passes that changed it.
 std::vector<std::string> optimize_graph(Graph& graph, const PassOptions& options);
 
 }  // namespace kiln

@@ -207,3 +207,85 @@ TEST(Passes, RandomGraphsGiveTheSameResultsWithAndWithoutPasses) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// A pass that counts its runs and reports a change on the first `changes` of them.
+class CountingPass final : public Pass {
+ public:
+  CountingPass(int* runs, int changes) : runs_(runs), changes_(changes) {}
+  const char* name() const override { return "counting"; }
+  bool run(Graph&) override { return ++*runs_ <= changes_; }
+
+ private:
+  int* runs_;
+  int changes_;
+};
+
+// Points every reader of the first add's output at the add's input b, whose shape differs.
+class BrokenPass final : public Pass {
+ public:
+  const char* name() const override { return "broken_rewrite"; }
+  bool run(Graph& graph) override {
+    for (int32_t id = 0; id < graph.num_nodes(); ++id)
+      if (graph.node(id).op_name() == "add") {
+        graph.replace_uses({{OutputRef{id, 0}, graph.node(id).inputs()[1]}});
+        return true;
+      }
+    return false;
+  }
+};
+
+TEST(PassPipeline, RunsPassesInOrderAndRepeatsFixedPointGroups) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {3});
+  g.add_signature({"s", {x}, {neg(x)}, {}});
+  int outer = 0, inner = 0;
+  PassPipeline pipeline("test", /*verify=*/true);
+  pipeline.add_pass<CountingPass>(&outer, 1);
+  auto& fixed = pipeline.add_pass<FixedPointPipeline>("fixed", 8, true);
+  fixed.add_pass<CountingPass>(&inner, 3);
+  EXPECT_TRUE(pipeline.run(g));
+  EXPECT_EQ(outer, 1);
+  EXPECT_EQ(inner, 4);  // three rounds that changed something, then one that did not
+  EXPECT_EQ(pipeline.changed(), std::vector<std::string>{"counting"});
+  EXPECT_FALSE(pipeline.run(g));  // the outer pass now reports no change; the group neither
+}
+
+TEST(PassPipeline, TheInvariantCheckerNamesThePassThatBrokeTheGraph) {
+  Graph g;
+  Value a = g.placeholder("a", f32, {4, 3});
+  Value b = g.placeholder("b", f32, {3});
+  Value y = exp(a + b);
+  g.add_signature({"s", {a, b}, {y}, {}});
+  PassPipeline pipeline("test", /*verify=*/true);
+  pipeline.add_pass<BrokenPass>();
+  testing::expect_error([&] { pipeline.run(g); }, {"[passes] after broken_rewrite", "(exp)",
+                                                   "records outputs f32[4, 3]", "now give f32[3]"});
+  EXPECT_TRUE(verify_passes_by_default()) << "CTest sets KILN_VERIFY_PASSES=1";
+}
+
+TEST(PassPipeline, ARegisteredPassRunsInEveryCompilationWhileRegistered) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {3});
+  Value y = x * 2.0;
+  int runs = 0;
+  {
+    PassRegistration registration(PassStage::after_fusion, [&](const PassOptions&) {
+      return std::make_unique<CountingPass>(&runs, 1);
+    });
+    Session s(g);
+    s.run({{x, Tensor::full(f32, {3}, 1.0)}}, {y});
+    EXPECT_EQ(runs, 1);
+    const Plan& plan = s.plan({{x, Tensor::full(f32, {3}, 1.0)}}, {y});
+    EXPECT_NE(std::find(plan.passes_applied.begin(), plan.passes_applied.end(), "counting"),
+              plan.passes_applied.end());
+  }
+  Session s(g);
+  s.run({{x, Tensor::full(f32, {3}, 1.0)}}, {y});
+  EXPECT_EQ(runs, 1);  // unregistered with its handle
+}
+
+}  // namespace
+}  // namespace kiln
