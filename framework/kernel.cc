@@ -42,6 +42,17 @@ VariableStore& KernelContext::variables() const {
   return *variables_;
 }
 
+KernelCache& KernelContext::cache() const {
+  KILN_CHECK(cache_ != nullptr, Error, where(), ": no kernel cache here");
+  return *cache_;
+}
+
+std::string KernelContext::cache_key(const std::string& what) const {
+  std::string key = str(cuda_ ? cuda_->device : Device::cpu(), '|', node_.op_name());
+  for (const Tensor& t : inputs_) key += str('|', t.dtype(), t.shape());
+  return key + '|' + what;
+}
+
 void KernelContext::parallel_for(int64_t n, int64_t cost,
                                  const std::function<void(int64_t, int64_t)>& fn) const {
   constexpr int64_t kWorkPerRange = 32768;

@@ -4,24 +4,31 @@
 #include <span>
 
 #include "framework/graph.h"
+#include "framework/lane_resources.h"
 #include "framework/parallel.h"
 #include "framework/tensor.h"
 
 namespace kiln {
 
-/// What a kernel running on a GPU needs besides its tensors: the stream its work is queued
-/// on and that stream's library handles (opaque here; CUDA types in .cu files).
+/// What a kernel running on a GPU needs besides its tensors: the stream its work is queued on.
+/// Library handles are lane resources (KernelContext::lane_resource).
 struct CudaStepContext {
   Device device = Device::cuda(0);
-  void* stream = nullptr;     ///< cudaStream_t
-  void* blaslt = nullptr;     ///< cublasLtHandle_t
-  void* workspace = nullptr;  ///< device scratch for cuBLASLt
-  size_t workspace_bytes = 0;
+  void* stream = nullptr;  ///< cudaStream_t
   /// Host memory the GPU can write (pinned): where kernels report data errors (an index out
   /// of range), read by the executor after the run. See ops/cuda/cuda_common.cuh.
   int64_t* error_block = nullptr;
   /// Index of the step being queued (named in data errors).
   int32_t step = -1;
+};
+
+/// What an executor gives a kernel besides its tensors; all optional (constant folding runs
+/// kernels with none of them).
+struct KernelEnvironment {
+  VariableStore* variables = nullptr;
+  const CudaStepContext* cuda = nullptr;
+  LaneResources* lane = nullptr;
+  KernelCache* cache = nullptr;
 };
 
 /// The inputs, outputs, attributes and thread pool of one node being executed.
@@ -31,15 +38,16 @@ class KernelContext {
  public:
   KernelContext(const Node& node, std::span<const Tensor> inputs,
                 std::span<const TensorType> output_types, std::span<Tensor> outputs,
-                ThreadPool& pool, VariableStore* variables = nullptr,
-                const CudaStepContext* cuda = nullptr)
+                ThreadPool& pool, KernelEnvironment environment = {})
       : node_(node),
         inputs_(inputs),
         output_types_(output_types),
         outputs_(outputs),
         pool_(pool),
-        variables_(variables),
-        cuda_(cuda) {}
+        variables_(environment.variables),
+        cuda_(environment.cuda),
+        lane_(environment.lane),
+        cache_(environment.cache) {}
 
   const Node& node() const { return node_; }
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
@@ -68,6 +76,17 @@ class KernelContext {
   std::shared_ptr<Storage> scratch(size_t nbytes) const;
   /// The session's variables (for the variable op); throws when the executor has none.
   VariableStore& variables() const;
+  /// This lane's T (see LaneResources), made on first use; throws when run outside a lane.
+  template <typename T>
+  T& lane_resource() const {
+    KILN_CHECK(lane_ != nullptr, Error, where(), ": no lane resources here");
+    return lane_->get<T>();
+  }
+  /// The executor's cache of kernel choices; throws when run outside an executor.
+  KernelCache& cache() const;
+  /// The start of a KernelCache key: device, op, every input's dtype and shape, then `what`
+  /// (the attributes the choice depends on).
+  std::string cache_key(const std::string& what) const;
   /// pool().parallel_for with a grain chosen so each range holds about 32K units of work
   /// (`cost` units per item).
   void parallel_for(int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) const;
@@ -80,6 +99,8 @@ class KernelContext {
   ThreadPool& pool_;
   VariableStore* variables_;
   const CudaStepContext* cuda_;
+  LaneResources* lane_;
+  KernelCache* cache_;
 };
 
 }  // namespace kiln

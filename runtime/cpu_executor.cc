@@ -26,8 +26,11 @@ class StepRunner {
   /// have all run (counted), not after the last reader in plan order.
   StepRunner(const Plan& plan, std::shared_ptr<Storage> arena, std::vector<Tensor>& slots,
              ThreadPool& pool, VariableStore& variables, bool concurrent,
-             std::vector<TraceEvent>* trace, NumericsCheck check)
+             std::vector<TraceEvent>* trace, NumericsCheck check,
+             std::vector<LaneResources*> lane_of_step, KernelCache& cache)
       : plan_(plan),
+        lane_of_step_(std::move(lane_of_step)),
+        cache_(cache),
         arena_(std::move(arena)),
         slots_(slots),
         pool_(pool),
@@ -57,7 +60,8 @@ class StepRunner {
         outputs[i] = Tensor(step.output_types[i].dtype, step.output_types[i].shape, arena_,
                             static_cast<size_t>(offset));
     }
-    KernelContext ctx(node, inputs, step.output_types, outputs, pool_, &variables_);
+    KernelContext ctx(node, inputs, step.output_types, outputs, pool_,
+                      {.variables = &variables_, .lane = lane_of_step_[index], .cache = &cache_});
     const auto start =
         trace_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     try {
@@ -105,6 +109,8 @@ class StepRunner {
 
  private:
   const Plan& plan_;
+  std::vector<LaneResources*> lane_of_step_;
+  KernelCache& cache_;
   std::shared_ptr<Storage> arena_;
   std::vector<Tensor>& slots_;
   ThreadPool& pool_;
@@ -118,13 +124,13 @@ class StepRunner {
   std::map<int32_t, Tensor> snapshots_;
 };
 
-// Runs the plan's streams on one thread each; a step waits for the steps it depends on across
-// streams (its events). The first error stops every stream and is rethrown.
-void run_streams(const Plan& plan, StepRunner& runner, int max_threads) {
-  const int32_t streams = std::min<int32_t>(plan.num_streams, max_threads);
+// Runs each lane of `map` on a thread of its own; a step waits for the steps it depends on
+// across lanes (its events). The first error stops every lane and is rethrown.
+void run_lanes(const Plan& plan, const LaneMap& map, StepRunner& runner) {
+  const int32_t streams = static_cast<int32_t>(map.lane_kinds.size());
   std::vector<std::vector<int32_t>> lanes(streams);
   for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s)
-    lanes[plan.steps[s].stream % streams].push_back(s);
+    lanes[map.lane_of_stream[plan.steps[s].stream]].push_back(s);
   std::vector<char> done(plan.steps.size(), 0);
   std::mutex mutex;
   std::condition_variable changed;
@@ -155,7 +161,8 @@ void run_streams(const Plan& plan, StepRunner& runner, int max_threads) {
     }
   };
   std::vector<std::thread> threads;
-  for (int32_t l = 1; l < streams; ++l) threads.emplace_back(lane, l);
+  for (int32_t l = 1; l < streams; ++l)
+    if (!lanes[l].empty()) threads.emplace_back(lane, l);
   lane(0);
   for (auto& t : threads) t.join();
   if (error) std::rethrow_exception(error);
@@ -187,40 +194,57 @@ void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string
   write_file_atomically(path, json.str());
 }
 
+LaneResources& CpuExecutorState::lane(int32_t index, StreamKind kind) {
+  while (static_cast<int32_t>(lanes.size()) <= index) lanes.push_back(nullptr);
+  if (!lanes[index])
+    lanes[index] = std::make_unique<LaneResources>(LaneInfo{Device::cpu(), kind, index, nullptr});
+  return *lanes[index];
+}
+
 std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& feeds,
                                    ThreadPool& pool, VariableStore& variables,
                                    const CpuRunOptions& options) {
   std::vector<Tensor> slots(plan.num_slots);
   for (size_t i = 0; i < feeds.size(); ++i) slots[plan.feed_slots[i]] = feeds[i];
-  std::shared_ptr<Storage> arena = options.arena ? *options.arena : nullptr;
-  if (plan.arena_bytes > 0 && (!arena || arena->nbytes() < static_cast<size_t>(plan.arena_bytes))) {
+  CpuExecutorState local;
+  CpuExecutorState& state = options.state ? *options.state : local;
+  if (plan.arena_bytes > 0 &&
+      (!state.arena || state.arena->nbytes() < static_cast<size_t>(plan.arena_bytes))) {
     // Grown with some headroom, so that slowly growing plans do not reallocate every time.
     // The old arena is released first, so the two are never held at once.
     const size_t want = static_cast<size_t>(plan.arena_bytes);
-    arena.reset();
-    if (options.arena) options.arena->reset();
-    arena = std::make_shared<HostStorage>(options.arena ? want + want / 4 : want);
-    if (options.arena) *options.arena = arena;
+    state.arena.reset();
+    state.arena = std::make_shared<HostStorage>(options.state ? want + want / 4 : want);
   }
+  // Streams to lanes: with one thread every step runs on it in plan order (an order that
+  // respects every edge, events included), each step still with its own lane's resources.
   const bool concurrent = options.inter_op_threads > 1 && plan.num_streams > 1;
-  StepRunner runner(plan, arena, slots, pool, variables, concurrent, options.trace, options.check);
+  const LaneMap map = map_streams_to_lanes(plan, concurrent ? options.inter_op_threads : 1);
+  std::vector<LaneResources*> lane_of_step;
+  lane_of_step.reserve(plan.steps.size());
+  for (const PlanStep& step : plan.steps) {
+    const int32_t lane = map.lane_of_stream[step.stream];
+    lane_of_step.push_back(&state.lane(lane, map.lane_kinds[lane]));
+  }
+  StepRunner runner(plan, state.arena, slots, pool, variables, concurrent, options.trace,
+                    options.check, std::move(lane_of_step), state.cache);
   if (concurrent) {
-    run_streams(plan, runner, options.inter_op_threads);
+    run_lanes(plan, map, runner);
   } else {
-    // One thread: the plan's order respects every edge, events included.
     for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) runner.run(s);
   }
   std::vector<Tensor> fetched;
-  std::vector<const Storage*> state;
+  std::vector<const Storage*> variable_storage;
   for (const std::string& name : variables.names())
-    state.push_back(variables.get(name).storage().get());
+    variable_storage.push_back(variables.get(name).storage().get());
   for (int32_t slot : plan.fetch_slots) {
     if (auto it = runner.snapshots().find(slot); it != runner.snapshots().end()) {
       fetched.push_back(it->second);
       continue;
     }
     const Tensor& t = slots[slot];
-    bool aliases_state = std::find(state.begin(), state.end(), t.storage().get()) != state.end();
+    const bool aliases_state = std::find(variable_storage.begin(), variable_storage.end(),
+                                         t.storage().get()) != variable_storage.end();
     fetched.push_back(aliases_state ? t.clone() : t);
   }
   return fetched;

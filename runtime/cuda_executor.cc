@@ -3,7 +3,6 @@
 // event. Nothing blocks the host until the fetches are copied out at the end of the run.
 #include "runtime/cuda_executor.h"
 
-#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
 #include <chrono>
@@ -11,7 +10,6 @@
 #include <map>
 
 #include "framework/cuda/cuda_check.h"
-#include "framework/cuda/cuda_libraries.h"
 #include "framework/cuda/device_memory.h"
 #include "framework/kernel.h"
 
@@ -19,7 +17,6 @@ namespace kiln {
 
 namespace {
 
-constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's advice for Hopper
 constexpr size_t kStagingAlignment = 256;
 
 size_t aligned(size_t bytes) {
@@ -64,11 +61,14 @@ struct StepTiming {
   cudaEvent_t start = nullptr, end = nullptr;
 };
 
-// One stream with its cuBLASLt handle and workspace.
+// One CUDA stream and its library resources (made on first use by the kernels that need
+// them; released before the stream).
 struct Lane {
+  Lane(Device device, StreamKind kind, int32_t index, int64_t* error_block)
+      : resources(LaneInfo{device, kind, index, stream.get()}),
+        context{device, stream.get(), error_block, -1} {}
   cuda::Stream stream;
-  cublasLtHandle_t blaslt = nullptr;
-  std::shared_ptr<Storage> workspace;
+  LaneResources resources;
   CudaStepContext context;
 };
 
@@ -83,6 +83,7 @@ struct PlanState {
   std::vector<size_t> feed_offsets, fetch_offsets;
   std::vector<std::unique_ptr<cuda::Event>> step_events;  // for steps other streams wait on
   std::vector<std::unique_ptr<cuda::Event>> join_events;  // one per lane
+  LaneMap lanes;                                          // the plan's streams on the lanes
   cudaGraphExec_t graph = nullptr;
   uint64_t graph_generation = 0;
   int eager_runs = 0;
@@ -102,29 +103,15 @@ class CudaExecutorImpl final : public CudaExecutor {
     KILN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
                     "executor");
     error_block_ = allocate_pinned(8 * sizeof(int64_t));
-    auto* errors = static_cast<int64_t*>(error_block_->data());
-    for (int i = 0; i < std::max(1, max_streams); ++i) {
-      auto lane = std::make_unique<Lane>();
-      if (cuda::blaslt().cublasLtCreate(&lane->blaslt) != CUBLAS_STATUS_SUCCESS)
-        throw DeviceError(str("[cuda] cublasLtCreate failed on ", device));
-      lane->workspace = allocate_device(device, kBlasWorkspaceBytes, nullptr, "cuBLASLt workspace");
-      lane->context = {device,
-                       lane->stream.get(),
-                       lane->blaslt,
-                       lane->workspace->data(),
-                       kBlasWorkspaceBytes,
-                       errors,
-                       -1};
-      lanes_.push_back(std::move(lane));
-    }
+    compute_lanes_ = std::max(1, max_streams);
+    for (int i = 0; i < compute_lanes_; ++i) lane(i, StreamKind::compute);
     KILN_CUDA_CHECK(cudaDeviceSynchronize(), "executor");
   }
 
   ~CudaExecutorImpl() override {
     cudaDeviceSynchronize();
     states_.clear();
-    for (auto& lane : lanes_)
-      if (lane->blaslt) cuda::blaslt().cublasLtDestroy(lane->blaslt);
+    lanes_.clear();  // each lane's resources, then its stream
   }
 
   std::vector<Tensor> run(const Plan& plan, const std::vector<Tensor>& feeds, ThreadPool& pool,
@@ -199,10 +186,24 @@ class CudaExecutorImpl final : public CudaExecutor {
   }
 
  private:
+  // Lane `index` (made now, with a stream of its own, if it does not exist yet).
+  Lane& lane(int32_t index, StreamKind kind) {
+    while (static_cast<int32_t>(lanes_.size()) <= index) {
+      const int32_t next = static_cast<int32_t>(lanes_.size());
+      lanes_.push_back(std::make_unique<Lane>(device_, next == index ? kind : StreamKind::compute,
+                                              next, static_cast<int64_t*>(error_block_->data())));
+    }
+    return *lanes_[index];
+  }
+
   PlanState& state_for(const Plan& plan) {
     auto& slot = states_[&plan];
     if (slot) return *slot;
     auto state = std::make_unique<PlanState>();
+    // Compute streams on the compute lanes; a communication stream on a lane of its own.
+    state->lanes = map_streams_to_lanes(plan, compute_lanes_);
+    for (size_t l = 0; l < state->lanes.lane_kinds.size(); ++l)
+      lane(static_cast<int32_t>(l), state->lanes.lane_kinds[l]);
     if (plan.arena_bytes > 0)
       state->arena = allocate_device(device_, plan.arena_bytes, nullptr, arena_description(plan));
     size_t feed_total = 0, fetch_total = 0;
@@ -242,7 +243,7 @@ class CudaExecutorImpl final : public CudaExecutor {
     // node, before asking for as much host memory.
     state->feed_staging = allocate_pinned(feed_total);
     state->fetch_staging = allocate_pinned(fetch_total);
-    for (size_t l = 0; l < lanes_.size(); ++l)
+    for (size_t l = 0; l < state->lanes.lane_kinds.size(); ++l)
       state->join_events.push_back(std::make_unique<cuda::Event>());
     KILN_CUDA_CHECK(cudaDeviceSynchronize(), "plan setup");
     slot = std::move(state);
@@ -262,10 +263,6 @@ class CudaExecutorImpl final : public CudaExecutor {
     }
   }
 
-  size_t lane_of(const PlanStep& step) const {
-    return static_cast<size_t>(step.stream) % lanes_.size();
-  }
-
   // Queues one whole run on the lanes: feeds in, every step, fetches out, all lanes joined
   // back into lane 0. Used both eagerly and under graph capture.
   void enqueue(const Plan& plan, PlanState& state, ThreadPool& pool, VariableStore& variables,
@@ -279,7 +276,8 @@ class CudaExecutorImpl final : public CudaExecutor {
     // Every lane starts after the feeds are in.
     cuda::Event& start = *state.join_events[0];
     KILN_CUDA_CHECK(cudaEventRecord(start.get(), main), "run start");
-    for (size_t l = 1; l < lanes_.size(); ++l)
+    const size_t lanes = state.lanes.lane_kinds.size();
+    for (size_t l = 1; l < lanes; ++l)
       KILN_CUDA_CHECK(cudaStreamWaitEvent(lanes_[l]->stream.get(), start.get(), 0), "run start");
 
     std::vector<Tensor> slots(plan.num_slots);
@@ -297,7 +295,7 @@ class CudaExecutorImpl final : public CudaExecutor {
     for (size_t s = 0; s < plan.steps.size(); ++s) {
       const PlanStep& step = plan.steps[s];
       const Node& node = plan.graph->node(step.node);
-      Lane& lane = *lanes_[lane_of(step)];
+      Lane& lane = *lanes_[state.lanes.lane_of_stream[step.stream]];
       cudaStream_t stream = lane.stream.get();
       for (int32_t w : step.waits)
         KILN_CUDA_CHECK(cudaStreamWaitEvent(stream, state.step_events[w]->get(), 0), node.name());
@@ -325,8 +323,11 @@ class CudaExecutorImpl final : public CudaExecutor {
         inputs.reserve(step.input_slots.size());
         for (int32_t slot : step.input_slots) inputs.push_back(slots[slot]);
         lane.context.step = static_cast<int32_t>(s);
-        KernelContext ctx(node, inputs, step.output_types, outputs, pool, &variables,
-                          &lane.context);
+        KernelContext ctx(node, inputs, step.output_types, outputs, pool,
+                          {.variables = &variables,
+                           .cuda = &lane.context,
+                           .lane = &lane.resources,
+                           .cache = &cache_});
         step.kernel(ctx);
         for (int i = 0; i < ctx.num_outputs(); ++i) ctx.output(i);
         KILN_CUDA_CHECK(cudaGetLastError(), ctx.where());
@@ -355,7 +356,7 @@ class CudaExecutorImpl final : public CudaExecutor {
         timings->push_back(timing);
       }
     }
-    for (size_t l = 1; l < lanes_.size(); ++l) {
+    for (size_t l = 1; l < lanes; ++l) {
       KILN_CUDA_CHECK(cudaEventRecord(state.join_events[l]->get(), lanes_[l]->stream.get()),
                       "run end");
       KILN_CUDA_CHECK(cudaStreamWaitEvent(main, state.join_events[l]->get(), 0), "run end");
@@ -408,7 +409,9 @@ class CudaExecutorImpl final : public CudaExecutor {
 
   Device device_;
   std::shared_ptr<Storage> error_block_;  // pinned; kernels write data errors here
+  int compute_lanes_ = 1;
   std::vector<std::unique_ptr<Lane>> lanes_;
+  KernelCache cache_;  // kernels' choices (cuBLASLt heuristics, ...), for this device
   std::map<const Plan*, std::unique_ptr<PlanState>> states_;
   int64_t replays_ = 0;
 };

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "framework/graph.h"
+#include "framework/lane_resources.h"
 #include "framework/parallel.h"
 #include "runtime/numerics.h"
 #include "runtime/passes/passes.h"
@@ -60,6 +61,9 @@ struct Plan {
 
   // ---- Scheduling (runtime/schedule.cc)
   int32_t num_streams = 1;
+  /// The kind of each stream: compute streams first (0, 1, ...), then a communication stream
+  /// when some step is a collective.
+  std::vector<StreamKind> stream_kinds = {StreamKind::compute};
 
   // ---- Liveness (runtime/memory_plan.cc)
   Liveness liveness;
@@ -131,10 +135,22 @@ void analyze_liveness(Plan& plan);
 /// 8. mark_releases: each step's release_after from plan.liveness.
 void mark_releases(Plan& plan);
 
-/// Assigns each step a stream (independent branches go to different streams, at most
-/// `max_streams`) and records a wait for every edge between streams: data edges and the
-/// edges that keep reads of a variable before its update.
+/// Assigns each step a stream and records a wait (an event) for every edge between streams:
+/// data edges and the edges that keep reads of a variable before its update. Independent
+/// branches go to different compute streams (at most `max_streams`); collectives (the
+/// communication trait) go to one communication stream, so they overlap later compute, with
+/// events both ways.
 void schedule_streams(Plan& plan, int max_streams);
+
+/// How an executor runs a plan's streams: each stream's lane, and each lane's kind. Compute
+/// streams take compute lanes 0..compute_lanes-1 (in turn when the plan has more streams than
+/// the executor lanes); the communication stream (and a copy stream) each get a lane of their
+/// own after those.
+struct LaneMap {
+  std::vector<int32_t> lane_of_stream;
+  std::vector<StreamKind> lane_kinds;
+};
+LaneMap map_streams_to_lanes(const Plan& plan, int compute_lanes);
 
 /// Plans every intermediate buffer into one arena: liveness over the schedule, then first-fit
 /// offsets, reusing a buffer only after every reader of it (on any stream) happens before the
@@ -169,6 +185,20 @@ struct TraceEvent {
 /// per stream. Throws kiln::FileError.
 void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string& path);
 
+/// What the CPU executor keeps between runs of a session's plans (its runs are serialized).
+struct CpuExecutorState {
+  /// The arena the plans' intermediates live in: replaced by a larger one when it holds less
+  /// than a plan's arena_bytes. One for all plans (nothing a run returns points into it), so
+  /// its memory is the largest plan's, not the sum.
+  std::shared_ptr<Storage> arena;
+  /// Each lane's resources (a oneDNN engine and stream, ...), made when a lane is first used.
+  std::vector<std::unique_ptr<LaneResources>> lanes;
+  /// Kernel choices (algorithms) made once.
+  KernelCache cache;
+  /// Lane `index` of kind `kind`, made now if needed.
+  LaneResources& lane(int32_t index, StreamKind kind);
+};
+
 /// How execute_on_cpu runs a plan.
 struct CpuRunOptions {
   /// With more than 1, the plan's streams run on their own threads, waiting at events.
@@ -178,11 +208,8 @@ struct CpuRunOptions {
   /// Every floating output is scanned after its step; the first refused value stops the run
   /// (kiln::NumericsError).
   NumericsCheck check = NumericsCheck::off;
-  /// The arena the plan's intermediates live in: replaced by a larger one when it holds less
-  /// than plan.arena_bytes. A Session keeps one for all its plans (its runs are serialized,
-  /// and nothing a run returns points into it), so its memory is the largest plan's, not the
-  /// sum. Null: a fresh arena for this run.
-  std::shared_ptr<Storage>* arena = nullptr;
+  /// What the executor keeps between runs (see CpuExecutorState). Null: fresh for this run.
+  CpuExecutorState* state = nullptr;
 };
 
 /// Runs `plan` on the CPU with `feeds` (in the plan's feed order); returns the fetches.

@@ -36,14 +36,21 @@ std::vector<std::vector<int32_t>> predecessors(const Plan& plan) {
 void schedule_streams(Plan& plan, int max_streams) {
   max_streams = std::max(1, max_streams);
   const auto preds = predecessors(plan);
-  std::vector<int32_t> tail;  // last step of each stream
+  std::vector<int32_t> tail;  // last step of each compute stream
+  std::vector<int32_t> compute_of_step(plan.steps.size(), -1);
+  bool any_communication = false;
   for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
     PlanStep& step = plan.steps[s];
+    if (plan.graph->node(step.node).op().is_communication()) {
+      step.stream = -1;  // the communication stream, numbered once compute streams are known
+      any_communication = true;
+      continue;
+    }
     int32_t stream = -1;
-    // Continue the chain of a predecessor that is still the end of its stream.
+    // Continue the chain of a predecessor that is still the end of its compute stream.
     for (int32_t p : preds[s])
-      if (tail[plan.steps[p].stream] == p) {
-        stream = plan.steps[p].stream;
+      if (compute_of_step[p] >= 0 && tail[compute_of_step[p]] == p) {
+        stream = compute_of_step[p];
         break;
       }
     if (stream < 0) {
@@ -57,13 +64,49 @@ void schedule_streams(Plan& plan, int max_streams) {
         stream = static_cast<int32_t>(std::min_element(tail.begin(), tail.end()) - tail.begin());
       }
     }
-    step.stream = stream;
-    step.waits.clear();
-    for (int32_t p : preds[s])
-      if (plan.steps[p].stream != stream) step.waits.push_back(p);
+    step.stream = compute_of_step[s] = stream;
     tail[stream] = s;
   }
-  plan.num_streams = std::max<int32_t>(1, static_cast<int32_t>(tail.size()));
+  const int32_t compute_streams = std::max<int32_t>(1, static_cast<int32_t>(tail.size()));
+  plan.stream_kinds.assign(compute_streams, StreamKind::compute);
+  if (any_communication) plan.stream_kinds.push_back(StreamKind::communication);
+  plan.num_streams = static_cast<int32_t>(plan.stream_kinds.size());
+  for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
+    PlanStep& step = plan.steps[s];
+    if (step.stream < 0) step.stream = compute_streams;  // the communication stream
+    step.waits.clear();
+    for (int32_t p : preds[s])
+      if (plan.steps[p].stream != step.stream) step.waits.push_back(p);
+  }
+}
+
+LaneMap map_streams_to_lanes(const Plan& plan, int compute_lanes) {
+  compute_lanes = std::max(1, compute_lanes);
+  // Lanes 0..compute_lanes-1 compute, then one communication lane, then one copy lane: the same
+  // numbering for every plan of an executor, so a lane keeps its kind.
+  LaneMap map;
+  map.lane_kinds.assign(compute_lanes, StreamKind::compute);
+  int32_t compute_seen = 0;
+  for (StreamKind kind : plan.stream_kinds) {
+    int32_t lane = 0;
+    switch (kind) {
+      case StreamKind::compute:
+        lane = compute_seen++ % compute_lanes;  // more streams than lanes: in turn
+        break;
+      case StreamKind::communication:
+        lane = compute_lanes;
+        break;
+      case StreamKind::copy:
+        lane = compute_lanes + 1;
+        break;
+    }
+    if (lane >= static_cast<int32_t>(map.lane_kinds.size())) {
+      map.lane_kinds.resize(lane + 1, StreamKind::communication);
+      map.lane_kinds[lane] = kind;
+    }
+    map.lane_of_stream.push_back(lane);
+  }
+  return map;
 }
 
 HappensBefore::HappensBefore(const Plan& plan) {

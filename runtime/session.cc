@@ -95,7 +95,7 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
                         {.inter_op_threads = options_.inter_op_threads,
                          .trace = tracing ? &trace_ : nullptr,
                          .check = options_.check_numerics,
-                         .arena = &cpu_arena_});
+                         .state = &cpu_state_});
 }
 
 const Plan& Session::plan(const FeedList& feeds, const std::vector<Value>& fetches,

@@ -124,7 +124,7 @@ class Session {
   std::list<std::string> recency_;
   int64_t compilations_ = 0;
   VariableStore variables_;
-  std::shared_ptr<Storage> cpu_arena_;  // shared by every CPU plan (runs are serialized)
+  CpuExecutorState cpu_state_;  // the arena, lanes and kernel cache of every CPU plan
   std::vector<TraceEvent> trace_;
   std::mutex mutex_;
 };

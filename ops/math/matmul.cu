@@ -8,10 +8,7 @@
 
 #include "framework/cuda/cuda_libraries.h"
 
-#include <map>
-#include <mutex>
-#include <tuple>
-
+#include "framework/cuda/device_memory.h"
 #include "ops/cuda/map.cuh"
 #include "ops/math/elementwise.h"
 #include "ops/math/matmul_batch.h"
@@ -61,10 +58,20 @@ void set_batch(const KernelContext& ctx, cublasLtMatrixLayout_t layout, int32_t 
       layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
 }
 
-// The algorithm cuBLASLt's heuristic picks, cached per problem (the query costs more than a
-// small product).
-using ProblemKey =
-    std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int32_t, int64_t, int64_t>;
+// A lane's cuBLASLt handle and workspace, made when the lane's first product runs.
+struct BlasLtLane final : LaneResource {
+  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's advice for Hopper
+
+  explicit BlasLtLane(const LaneInfo& lane) {
+    if (::kiln::cuda::blaslt().cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS)
+      throw DeviceError(str("[cuda] cublasLtCreate failed on ", lane.device));
+    workspace = allocate_device(lane.device, kWorkspaceBytes, nullptr, "cuBLASLt workspace");
+  }
+  ~BlasLtLane() override { ::kiln::cuda::blaslt().cublasLtDestroy(handle); }
+
+  cublasLtHandle_t handle = nullptr;
+  std::shared_ptr<Storage> workspace;
+};
 
 /// One (batched) product: C[i] = op(A[i]) op(B[i]) for i < batch, the batch strides in
 /// elements (0 broadcasts one matrix).
@@ -82,8 +89,8 @@ struct Product {
 };
 
 void run_product(const KernelContext& ctx, const Product& p) {
-  const CudaStepContext& gpu = *ctx.cuda();
-  auto handle = static_cast<cublasLtHandle_t>(gpu.blaslt);
+  BlasLtLane& lane = ctx.lane_resource<BlasLtLane>();
+  const cublasLtHandle_t handle = lane.handle;
   const cudaDataType_t type = data_type(p.dtype);
   const bool f64 = p.dtype == DType::f64;
   Descriptors d;
@@ -116,38 +123,33 @@ void run_product(const KernelContext& ctx, const Product& p) {
     set_batch(ctx, d.b, p.batch, p.a_stride);
     set_batch(ctx, d.c, p.batch, p.m * p.n);
   }
-  static std::mutex mutex;
-  static std::map<ProblemKey, cublasLtMatmulAlgo_t> algorithms;
-  const ProblemKey key{
-      static_cast<int>(p.dtype), p.ta, p.tb, p.m, p.n, p.k, p.batch, p.a_stride, p.b_stride};
-  cublasLtMatmulAlgo_t algo;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    auto it = algorithms.find(key);
-    if (it == algorithms.end()) {
-      cublasLtMatmulPreference_t preference = nullptr;
-      KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulPreferenceCreate(&preference));
-      size_t workspace = gpu.workspace_bytes;
-      ::kiln::cuda::blaslt().cublasLtMatmulPreferenceSetAttribute(
-          preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
-      cublasLtMatmulHeuristicResult_t result{};
-      int found = 0;
-      cublasStatus_t status = ::kiln::cuda::blaslt().cublasLtMatmulAlgoGetHeuristic(
-          handle, d.op, d.a, d.b, d.c, d.c, preference, 1, &result, &found);
-      ::kiln::cuda::blaslt().cublasLtMatmulPreferenceDestroy(preference);
-      KILN_BLAS_CHECK(status);
-      KILN_CHECK(found > 0, DeviceError, ctx.where(), ": cuBLASLt has no algorithm for ", p.dtype,
-                 " ", p.m, "x", p.k, "x", p.n);
-      it = algorithms.emplace(key, result.algo).first;
-    }
-    algo = it->second;
-  }
+  // The heuristic's choice, made once per problem on this device (the query costs more than a
+  // small product): the key holds everything the descriptors above were made from.
+  const std::string key =
+      ctx.cache_key(str(p.dtype, p.ta, p.tb, ' ', p.m, 'x', p.k, 'x', p.n, " batch ", p.batch, ' ',
+                        p.a_stride, ' ', p.b_stride, p.bias ? " bias" : ""));
+  const cublasLtMatmulAlgo_t algo = ctx.cache().get<cublasLtMatmulAlgo_t>(key, [&] {
+    cublasLtMatmulPreference_t preference = nullptr;
+    KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulPreferenceCreate(&preference));
+    size_t workspace = BlasLtLane::kWorkspaceBytes;
+    ::kiln::cuda::blaslt().cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    cublasStatus_t status = ::kiln::cuda::blaslt().cublasLtMatmulAlgoGetHeuristic(
+        handle, d.op, d.a, d.b, d.c, d.c, preference, 1, &result, &found);
+    ::kiln::cuda::blaslt().cublasLtMatmulPreferenceDestroy(preference);
+    KILN_BLAS_CHECK(status);
+    KILN_CHECK(found > 0, DeviceError, ctx.where(), ": cuBLASLt has no algorithm for ", p.dtype,
+               " ", p.m, "x", p.k, "x", p.n);
+    return result.algo;
+  });
   const double one = 1.0, zero = 0.0;
   const float one_f = 1.0f, zero_f = 0.0f;
   KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmul(
       handle, d.op, f64 ? static_cast<const void*>(&one) : &one_f, p.b, d.a, p.a, d.b,
-      f64 ? static_cast<const void*>(&zero) : &zero_f, p.c, d.c, p.c, d.c, &algo, gpu.workspace,
-      gpu.workspace_bytes, stream_of(ctx)));
+      f64 ? static_cast<const void*>(&zero) : &zero_f, p.c, d.c, p.c, d.c, &algo,
+      lane.workspace->data(), BlasLtLane::kWorkspaceBytes, stream_of(ctx)));
 }
 
 void matmul_cuda(KernelContext& ctx) {
