@@ -33,7 +33,7 @@ Schedule Schedule::with_warmup(int64_t steps) const {
 
 Value global_step(Graph& graph) {
   if (const Node* node = graph.find_node("global_step")) {
-    KILN_CHECK(node->op_name() == "variable", GraphError,
+    KILN_CHECK(node->op().source() == OutputSource::state, GraphError,
                "[optim] the node 'global_step' is not a variable");
     return graph.value("global_step");
   }
@@ -99,33 +99,78 @@ Value Optimizer::slot(const Value& var, const std::string& suffix) {
 }
 
 Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
+  return apply_gradients(compute_gradients(loss, std::move(vars)));
+}
+
+namespace {
+// The loss scale S of a graph (made on first use).
+Value loss_scale_variable(Graph& graph, const LossScaleOptions& options) {
+  if (graph.find_node("loss_scale")) return graph.value("loss_scale");
+  return graph.variable("loss_scale", {}, init::constant(options.initial), f32,
+                        /*trainable=*/false);
+}
+}  // namespace
+
+std::vector<GradientAndVariable> Optimizer::compute_gradients(const Value& loss,
+                                                              std::vector<Value> vars) {
   KILN_CHECK(loss.defined(), GraphError, "[optim] minimize of an undefined loss");
   Graph& graph = *loss.graph();
   if (vars.empty()) vars = graph.variables(/*trainable_only=*/true);
   KILN_CHECK(!vars.empty(), GraphError, "[optim] the graph has no trainable variables");
   for (const Value& v : vars)
-    KILN_CHECK(v.graph() == &graph && v.node().op_name() == "variable", GraphError, "[optim] ",
-               v.name(), " is not a variable of the loss's graph");
+    KILN_CHECK(v.graph() == &graph && v.node().op().source() == OutputSource::state, GraphError,
+               "[optim] ", v.name(), " is not a variable of the loss's graph");
   KILN_CHECK(loss.shape().rank() == 0 || (loss.shape().is_known() && loss.shape().numel() == 1),
              GraphError, "[optim] the loss must be a scalar, got ", loss.shape(),
              " (take its mean or sum)");
+  std::vector<Value> grads;
+  if (scaling_) {
+    Value scale = loss_scale_variable(graph, loss_scale_);
+    grads = gradients(loss * cast(scale, loss.dtype()), vars);
+    NameScope scope(graph, "loss_scaling");
+    for (Value& g : grads) g = g / cast(scale, g.dtype());
+  } else {
+    grads = gradients(loss, vars);
+  }
+  std::vector<GradientAndVariable> pairs;
+  for (size_t i = 0; i < vars.size(); ++i) pairs.push_back({grads[i], vars[i]});
+  return pairs;
+}
+
+Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) {
+  KILN_CHECK(!pairs.empty(), GraphError, "[optim] apply_gradients of no gradients");
+  Graph& graph = *pairs[0].variable.graph();
+  std::vector<Value> grads, vars;
+  for (const GradientAndVariable& p : pairs) {
+    KILN_CHECK(p.variable.defined() && p.variable.graph() == &graph &&
+                   p.variable.node().op().source() == OutputSource::state,
+               GraphError, "[optim] apply_gradients: ",
+               p.variable.defined() ? p.variable.name() : std::string("?"),
+               " is not a variable of the graph");
+    KILN_CHECK(p.gradient.defined() && p.gradient.graph() == &graph, GraphError,
+               "[optim] apply_gradients: the gradient of ", p.variable.name(),
+               " is undefined or from another graph");
+    KILN_CHECK(p.gradient.dtype() == p.variable.dtype() &&
+                   p.gradient.shape().compatible_with(p.variable.shape()),
+               GraphError, "[optim] apply_gradients: the gradient of ", p.variable.name(), " is ",
+               p.gradient.dtype(), p.gradient.shape(), ", the variable ", p.variable.dtype(),
+               p.variable.shape());
+    grads.push_back(p.gradient);
+    vars.push_back(p.variable);
+  }
   Value step = global_step(graph);
   std::vector<Value> updates;
   Value apply_if;  // with loss scaling: the gradients are finite
-  std::vector<Value> grads;
   if (scaling_) {
-    Value scale = graph.variable("loss_scale", {}, init::constant(loss_scale_.initial), f32,
-                                 /*trainable=*/false);
-    Value good = graph.variable("loss_scale_good_steps", {}, init::zeros(), i64, false);
-    grads = gradients(loss * cast(scale, loss.dtype()), vars);
+    Value scale = loss_scale_variable(graph, loss_scale_);
+    Value good = graph.find_node("loss_scale_good_steps")
+                     ? graph.value("loss_scale_good_steps")
+                     : graph.variable("loss_scale_good_steps", {}, init::zeros(), i64, false);
     NameScope scope(graph, "loss_scaling");
-    // Unscale; then one overflow check over all of them: inf * 0 and NaN * 0 are NaN, so the
-    // sum of g * 0 is NaN exactly when some element of some g is not finite.
+    // One overflow check over all of them: inf * 0 and NaN * 0 are NaN, so the sum of g * 0
+    // is NaN exactly when some element of some g is not finite.
     std::vector<Value> probes;
-    for (Value& g : grads) {
-      g = g / cast(scale, g.dtype());
-      probes.push_back(cast(sum(g * 0.0), f32));
-    }
+    for (const Value& g : grads) probes.push_back(cast(sum(g * 0.0), f32));
     Value probe = add_n(probes);
     apply_if = equal(probe, probe);
     // S grows after growth_interval good steps in a row, shrinks at every overflow.
@@ -138,8 +183,6 @@ Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
         where(apply_if, where(grow, graph.scalar(0, i64), next_good), graph.scalar(0, i64));
     updates.push_back(assign(scale, new_scale));
     updates.push_back(assign(good, new_good));
-  } else {
-    grads = gradients(loss, vars);
   }
   NameScope scope(graph, "optimizer");
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);

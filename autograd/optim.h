@@ -66,6 +66,12 @@ struct LossScaleOptions {
   int64_t growth_interval = 2000;
 };
 
+/// A gradient and the variable it belongs to (TensorFlow's (gradient, variable) pairs).
+struct GradientAndVariable {
+  Value gradient;
+  Value variable;
+};
+
 /// Base of the optimizers.
 class Optimizer {
  public:
@@ -76,11 +82,21 @@ class Optimizer {
     scaling_ = true;
     return *this;
   }
-  /// Adds to loss's graph: gradients of `loss` with respect to `vars` (default: every
-  /// trainable variable), optional global-norm clipping, the scheduled learning rate, one
-  /// fused update per variable and the increment of the "global_step" variable. Returns one
-  /// target that runs all of it.
+  /// The one-line form: apply_gradients(compute_gradients(loss, vars)).
   Value minimize(const Value& loss, std::vector<Value> vars = {});
+  /// Step one: the gradients of `loss` with respect to `vars` (default: every trainable
+  /// variable), as graph values. With loss scaling the loss is multiplied by the scale before
+  /// differentiation and each gradient divided by it again, so what is returned is the true
+  /// gradient (computed in the scaled range). A transform may change the gradients before
+  /// step two (an all-reduce, an average over micro-batches).
+  std::vector<GradientAndVariable> compute_gradients(const Value& loss,
+                                                     std::vector<Value> vars = {});
+  /// Step two: optional global-norm clipping, the scheduled learning rate, one fused update
+  /// per variable and the increment of the "global_step" variable; with loss scaling, the
+  /// update is skipped when any gradient is not finite and the scale adapts (both decided on
+  /// the gradients as given here, so every rank of a data-parallel run decides alike).
+  /// Returns one target that runs all of it.
+  Value apply_gradients(const std::vector<GradientAndVariable>& gradients);
 
  protected:
   Optimizer(double lr, Schedule schedule, double clip_norm)

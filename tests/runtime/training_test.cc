@@ -184,6 +184,50 @@ TEST(Optimizers, RmsPropMatchesTheFormula) {
   }
 }
 
+// Gradients computed and applied in two steps, with a change in between (what a data-parallel
+// transform does with an all-reduce): halving every gradient is plain SGD at half the rate.
+TEST(Optimizers, ComputeThenApplyWithAChangeBetween) {
+  auto train = [](bool two_steps) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {4, 3});
+    Value w = g.variable("w", {3, 2}, init::glorot_uniform(5));
+    Value loss = mean(square(matmul(x, w)));
+    Value step;
+    if (two_steps) {
+      optim::SGD sgd({.lr = 0.1});
+      auto pairs = sgd.compute_gradients(loss);
+      EXPECT_EQ(pairs.size(), 1u);
+      EXPECT_EQ(pairs[0].variable.name(), "w");
+      for (auto& p : pairs) p.gradient = p.gradient * 0.5;
+      step = sgd.apply_gradients(pairs);
+    } else {
+      step = optim::SGD({.lr = 0.05}).minimize(loss);
+    }
+    Session s(g);
+    Tensor in = testing::random_tensor(f32, {4, 3}, -1, 1, 9);
+    for (int i = 0; i < 3; ++i) s.run({{x, in}}, {}, {step});
+    return s.variable_value(w).to_vector<float>();
+  };
+  const auto halved = train(true), half_rate = train(false);
+  ASSERT_EQ(halved.size(), half_rate.size());
+  for (size_t i = 0; i < halved.size(); ++i) EXPECT_FLOAT_EQ(halved[i], half_rate[i]);
+
+  Graph g;
+  Value w = g.variable("w", {3}, init::zeros());
+  optim::SGD sgd;
+  expect_error<GraphError>(
+      [&] {
+        sgd.apply_gradients({{g.constant(Tensor::zeros(f32, {2})), w}});
+      },
+      {"[optim] apply_gradients", "gradient of w is f32[2]", "f32[3]"});
+  expect_error<GraphError>(
+      [&] {
+        sgd.apply_gradients({{w * 1.0, w * 2.0}});
+      },
+      {"is not a variable"});
+  expect_error<GraphError>([&] { sgd.apply_gradients({}); }, {"of no gradients"});
+}
+
 TEST(Optimizers, SchedulesAndClipping) {
   Graph g;
   Value step = g.placeholder("step", i64, {});
