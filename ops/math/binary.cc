@@ -93,8 +93,14 @@ GradList grad_maximum(GradContext& c) {
 GradList grad_minimum(GradContext& c) {
   return grad_extreme(c, false);
 }
-// gelu_grad is gelu's derivative; its own derivative (gelu's second) is not provided.
-const GradFn grad_gelu_grad = nullptr;
+// y = gelu'(x) dy, gelu'(x) = Phi(x) + x phi(x)
+// dx = dy' dy gelu''(x) = dy' dy phi(x) (2 - x^2)      d(dy) = dy' gelu'(x)
+GradList grad_gelu_grad(GradContext& c) {
+  Value x = c.input(0), dy = c.input(1), up = c.grad_output();
+  Value pdf = exp(square(x) * -0.5) * 0.39894228040143267794;
+  Value second = pdf * (2.0 - square(x));
+  return {unbroadcast(up * dy * second, x), unbroadcast(c.graph().add("gelu_grad", {x, up}), dy)};
+}
 
 // Autocast policy per op: pow loses accuracy in 16 bits and stays f32.
 constexpr Precision precision_add = Precision::follow_inputs;

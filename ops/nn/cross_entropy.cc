@@ -4,7 +4,9 @@
 
 #include "framework/gradient.h"
 #include "framework/kernel.h"
+#include "ops/array.h"
 #include "ops/dtypes.h"
+#include "ops/math.h"
 #include "ops/nn.h"
 
 namespace kiln {
@@ -101,7 +103,18 @@ KILN_OP(softmax_cross_entropy_grad)
         ctx.fail("dloss is ", ctx.shape(2), ", the loss is ", loss[0].shape);
       return {ctx.input(0)};
     })
-    .kernel(DeviceKind::cpu, cross_entropy_cpu<true>, {f32, f64});
+    .kernel(DeviceKind::cpu, cross_entropy_cpu<true>, {f32, f64})
+    // dz = g (p - e_y), p = softmax(z), for upstream v (same shape as dz):
+    //   d/dz: g p * (v - sum_c(v p))   (softmax's Jacobian applied to g v)
+    //   d/dg: sum_c v (p - e_y)         (the op itself with dloss = 1)
+    .grad([](GradContext& c) -> GradList {
+      Value z = c.input(0), labels = c.input(1), g = c.input(2), v = c.grad_output();
+      Value p = softmax(z, -1);
+      Value gv = v * expand_dims(g, {1});
+      Value dz = p * (gv - sum(gv * p, {1}, true));
+      Value unit = c.graph().add("softmax_cross_entropy_grad", {z, labels, full_like(g, 1.0)});
+      return {dz, Value(), sum(v * unit, {1})};
+    });
 
 }  // namespace
 }  // namespace ops

@@ -2,224 +2,15 @@
 // f64, f16 and bf16 where the op takes them, forward values and the gradients of sum(y * r).
 // 16-bit cases are checked against the CPU in f32 on the same (rounded) inputs; the tolerance
 // per dtype is in one place, kTolerance.
+#include "cases/op_cases.h"
 #include "gpu_test_util.h"
 #include "special_values.h"
-#include "unary_ranges.h"
 
 namespace kiln {
 namespace {
 
-// |gpu - cpu| <= tolerance * max(1, |cpu|), per dtype of the GPU graph.
-double tolerance_of(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-      return 1e-9;
-    case DType::f32:
-      return 5e-5;
-    case DType::f16:
-      return 1.5e-2;
-    case DType::bf16:
-      return 6e-2;
-    default:
-      return 0;  // integers and bools match exactly
-  }
-}
-
-// A case's graph, built once for the GPU (in `dtype`) and once for the CPU (in f32 where dtype
-// is 16-bit). Inputs are drawn from the same seed and rounded through `dtype`, so both sides
-// see the same numbers.
-class CaseGraph {
- public:
-  CaseGraph(DType dtype, DType storage, uint32_t seed)
-      : dtype_(dtype), storage_(storage), rng_(seed) {}
-
-  Value input(const Shape& shape, double low = -1, double high = 1) {
-    std::uniform_real_distribution<double> dist(low, high);
-    Tensor rounded = Tensor::empty(storage_, shape);
-    dispatch_all(storage_, [&](auto tag) {
-      using T = decltype(tag);
-      for (int64_t i = 0; i < rounded.numel(); ++i) rounded.data<T>()[i] = convert<T>(dist(rng_));
-    });
-    Tensor value = Tensor::empty(dtype_, shape);
-    dispatch_all(dtype_, [&](auto tag) {
-      using T = decltype(tag);
-      for (int64_t i = 0; i < value.numel(); ++i)
-        value.data<T>()[i] = convert<T>(rounded.element(i));
-    });
-    Value v = g.placeholder(str("x", feeds.size()), dtype_, shape);
-    feeds.emplace_back(v, value);
-    float_inputs.push_back(v);
-    return v;
-  }
-  Value ints(const std::vector<int64_t>& values, const Shape& shape) {
-    Value v = g.placeholder(str("i", feeds.size()), i64, shape);
-    feeds.emplace_back(v, Tensor::from_vector(values, shape));
-    return v;
-  }
-  Value scalar(double value) { return g.scalar(value, dtype_); }
-  DType dtype() const { return dtype_; }
-
-  Graph g;
-  FeedList feeds;
-  std::vector<Value> float_inputs;
-
- private:
-  DType dtype_, storage_;
-  std::mt19937 rng_;
-};
-
-struct OpCase {
-  std::string name;
-  std::function<Value(CaseGraph&)> build;
-  std::vector<DType> dtypes = {f32, f64, f16, bf16};
-  bool gradients = true;
-};
-
-Value op(CaseGraph& c, const std::string& name, const std::vector<Value>& inputs,
-         AttrMap attrs = {}) {
-  return c.g.add(name, inputs, std::move(attrs));
-}
-
-std::vector<OpCase> op_cases() {
-  std::vector<OpCase> cases;
-  for (const testing::UnaryRange& u : testing::unary_ranges())
-    cases.push_back({u.op, [u](CaseGraph& c) {
-                       return op(c, u.op, {c.input({3, 70}, u.low, u.high)});
-                     }});
-  for (const char* name : {"add", "sub", "mul", "div", "maximum", "minimum"})
-    cases.push_back({name, [name](CaseGraph& c) {
-                       return op(c, name, {c.input({2, 3, 40}, 0.2, 2), c.input({3, 1}, 0.2, 2)});
-                     }});
-  cases.push_back({"pow", [](CaseGraph& c) {
-                     return op(c, "pow", {c.input({3, 40}, 0.3, 2), c.input({40}, -1.5, 2)});
-                   }});
-  cases.push_back({"gelu_grad",
-                   [](CaseGraph& c) {
-                     return op(c, "gelu_grad", {c.input({50}), c.input({50})});
-                   },
-                   {f32, f64, f16, bf16},
-                   false});
-  for (const char* name : {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"})
-    cases.push_back({name,
-                     [name](CaseGraph& c) {
-                       Value a = c.input({4, 30});
-                       // Half the pairs equal, so equal/not_equal see both answers.
-                       Value b = where(greater(c.input({4, 30}), c.scalar(0)), a, c.input({30}));
-                       return op(c, name, {a, b});
-                     },
-                     {f32, f64, f16, bf16},
-                     false});
-  cases.push_back({"where", [](CaseGraph& c) {
-                     Value cond = greater(c.input({4, 1}), c.scalar(0));
-                     return op(c, "where", {cond, c.input({4, 30}), c.input({30})});
-                   }});
-  cases.push_back({"cast",
-                   [](CaseGraph& c) { return cast(cast(c.input({60}, -50, 50), i32), c.dtype()); },
-                   {f32, f64, f16, bf16},
-                   false});
-  cases.push_back({"add_n", [](CaseGraph& c) {
-                     std::vector<Value> in;
-                     for (int i = 0; i < 10; ++i) in.push_back(c.input({5, 7}));
-                     return op(c, "add_n", in);
-                   }});
-  for (int t = 0; t < 4; ++t)
-    cases.push_back({str("matmul_t", t), [t](CaseGraph& c) {
-                       const bool ta = t & 1, tb = t & 2;
-                       Value a = c.input(ta ? Shape{2, 40, 33} : Shape{2, 33, 40});
-                       Value w = c.input(tb ? Shape{50, 40} : Shape{40, 50});
-                       return op(c, "matmul", {a, w}, {{"transpose_a", ta}, {"transpose_b", tb}});
-                     }});
-  for (const char* act : {"none", "relu"})
-    cases.push_back({str("matmul_bias_", act), [act](CaseGraph& c) {
-                       return op(c, "matmul_bias",
-                                 {c.input({33, 40}), c.input({50, 40}), c.input({50})},
-                                 {{"transpose_b", true}, {"activation", std::string(act)}});
-                     }});
-  cases.push_back({"matmul_batch", [](CaseGraph& c) {
-                     return matmul(c.input({3, 1, 8, 16}), c.input({2, 16, 9}));
-                   }});
-  for (const char* name : {"sum", "mean", "max", "min"}) {
-    for (auto axes : {std::vector<int64_t>{0, 2}, std::vector<int64_t>{1}, std::vector<int64_t>{2},
-                      std::vector<int64_t>{}})
-      for (bool keep : {false, true})
-        cases.push_back(
-            {str(name, "_axes", axes.size(), axes.empty() ? 9 : axes[0], "_keep", keep),
-             [name, axes, keep](CaseGraph& c) {
-               return op(c, name, {c.input({6, 50, 7})}, {{"axes", axes}, {"keepdims", keep}});
-             }});
-  }
-  for (const char* name : {"argmax", "argmin"})
-    cases.push_back({name,
-                     [name](CaseGraph& c) {
-                       return op(c, name, {c.input({5, 40, 3})}, {{"axis", int64_t{1}}});
-                     },
-                     {f32, f64, f16, bf16},
-                     false});
-  cases.push_back({"reshape", [](CaseGraph& c) { return reshape(c.input({4, 6}), {3, -1}); }});
-  cases.push_back({"transpose", [](CaseGraph& c) {
-                     return transpose(c.input({5, 6, 7}), {2, 0, 1});
-                   }});
-  cases.push_back({"broadcast_to", [](CaseGraph& c) {
-                     return broadcast_to(c.input({3, 1}), {4, 3, 5});
-                   }});
-  cases.push_back({"expand_dims", [](CaseGraph& c) {
-                     return expand_dims(c.input({3, 4}), {0, 2});
-                   }});
-  cases.push_back({"concat", [](CaseGraph& c) {
-                     return concat({c.input({4, 3, 2}), c.input({4, 1, 2}), c.input({4, 5, 2})}, 1);
-                   }});
-  cases.push_back(
-      {"split", [](CaseGraph& c) {
-         std::vector<Value> parts = split(c.input({4, 9, 3}), std::vector<int64_t>{2, 3, 4}, 1);
-         return parts[1] * parts[2].graph()->scalar(2.0, c.dtype()) + sum(parts[2], {1}, true) +
-                sum(parts[0], {1}, true);
-       }});
-  cases.push_back({"slice", [](CaseGraph& c) {
-                     return slice(c.input({9, 12}), {1, -9}, {8, 12}, {2, 3});
-                   }});
-  cases.push_back({"gather", [](CaseGraph& c) {
-                     Value idx = c.ints({4, 0, -1, 2, 4, 1}, {2, 3});
-                     return gather(c.input({5, 3, 6}), idx, 1 - 1);
-                   }});
-  cases.push_back({"gather_axis1", [](CaseGraph& c) {
-                     return gather(c.input({3, 7, 4}), c.ints({6, 0, 6}, {3}), 1);
-                   }});
-  for (int64_t axis : {int64_t{1}, int64_t{-1}})
-    for (const char* name : {"softmax", "log_softmax"})
-      cases.push_back({str(name, "_axis", axis), [name, axis](CaseGraph& c) {
-                         return op(c, name, {c.input({3, 40, 5}, -3, 3)}, {{"axis", axis}});
-                       }});
-  cases.push_back({"softmax_cross_entropy", [](CaseGraph& c) {
-                     Value labels = c.ints({3, 0, 39, 4, 17}, {5});
-                     return softmax_cross_entropy(c.input({5, 40}, -3, 3), labels);
-                   }});
-  cases.push_back({"fused_chain", [](CaseGraph& c) {  // the fusion pass makes one kernel
-                     Value a = c.input({64, 33}), b = c.input({33}), s = c.input({64, 1});
-                     return tanh(a * b + s) * sigmoid(a) - relu(a - b);
-                   }});
-  cases.push_back({"iota",
-                   [](CaseGraph& c) {
-                     return iota(c.g, {4, 5, 6}, 1, c.dtype());
-                   },
-                   {f32, f64, f16, bf16},
-                   false});
-  cases.push_back({"fill",
-                   [](CaseGraph& c) {
-                     return fill(c.g, {7, 3}, 2.5, c.dtype());
-                   },
-                   {f32, f64, f16, bf16},
-                   false});
-  for (const char* name : {"random_uniform", "random_normal"})
-    cases.push_back({name,
-                     [name](CaseGraph& c) {
-                       return std::string(name) == "random_uniform"
-                                  ? random_uniform(c.g, {40, 50}, -2, 3, 7, c.dtype())
-                                  : random_normal(c.g, {40, 50}, 1, 2, 7, c.dtype());
-                     },
-                     {f32, f64},
-                     false});
-  return cases;
-}
+using testing::CaseGraph;
+using testing::OpCase;
 
 // Runs y (and the gradients of sum(y * r)) on `device`.
 std::vector<Tensor> run_case(CaseGraph& c, const Value& y, Device device, bool with_gradients) {
@@ -243,14 +34,14 @@ std::vector<Tensor> run_case(CaseGraph& c, const Value& y, Device device, bool w
   return session.run(feeds, fetches);
 }
 
-TEST(CudaOps, EveryOpMatchesTheCpu) {
+TEST(CudaOps, EveryOpCaseMatchesTheCpu) {
   KILN_REQUIRE_GPU();
   int checked = 0;
   std::vector<std::string> failures;
-  for (const OpCase& oc : op_cases()) {
+  for (const OpCase& oc : testing::op_cases()) {
     for (DType dtype : oc.dtypes) {
       const bool half = dtype == f16 || dtype == bf16;
-      const uint32_t seed = static_cast<uint32_t>(std::hash<std::string>{}(oc.name));
+      const uint32_t seed = testing::case_seed(oc.name);
       CaseGraph gpu(dtype, dtype, seed), cpu(half ? f32 : dtype, dtype, seed);
       std::vector<Tensor> got, want;
       try {
@@ -261,20 +52,15 @@ TEST(CudaOps, EveryOpMatchesTheCpu) {
         continue;
       }
       ASSERT_EQ(got.size(), want.size()) << oc.name;
-      const double tol = tolerance_of(got[0].dtype());
       for (size_t k = 0; k < got.size(); ++k) {
-        ASSERT_EQ(got[k].shape(), want[k].shape()) << oc.name << " " << dtype << " output " << k;
-        std::vector<double> g = got[k].to_vector<double>(), w = want[k].to_vector<double>();
-        for (size_t i = 0; i < g.size(); ++i) {
-          const double allowed = tolerance_of(got[k].dtype()) * std::max(1.0, std::abs(w[i]));
-          if (!(std::abs(g[i] - w[i]) <= allowed) && !(std::isnan(g[i]) && std::isnan(w[i]))) {
-            failures.push_back(str(oc.name, " ", dtype, (k ? " gradient " : " output "), k,
-                                   " element ", i, ": gpu ", g[i], " cpu ", w[i], " (tol ", tol,
-                                   ")"));
-            break;
-          }
-          ++checked;
+        // Relative to each value (inputs were rounded to the 16-bit type on both sides).
+        const std::string problem = testing::compare_relative(got[k], want[k], got[k].dtype());
+        if (!problem.empty()) {
+          failures.push_back(
+              str(oc.name, " ", dtype, (k ? " gradient " : " output "), k, ": ", problem));
+          continue;
         }
+        checked += static_cast<int>(got[k].numel());
       }
     }
   }

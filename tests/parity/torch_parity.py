@@ -22,37 +22,74 @@ INT64_MAX = 2**63 - 1
 TOLERANCE = {"f64": (1e-9, 1e-11), "f32": (2e-4, 2e-5)}  # (rtol, atol)
 
 
+DTYPES = {"f64": torch.float64, "f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
+          "i32": torch.int32, "i64": torch.int64, "u8": torch.uint8, "bool": torch.bool}
+
+
 def ints(text):
     return [] if text == "none" else [int(v) for v in text.split(",")]
 
 
+def normal_pdf(x):
+    return torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+
+
+def sum_to(x, shape):
+    """Sums x down to `shape` (the reverse of broadcasting)."""
+    lead = x.dim() - len(shape)
+    if lead:
+        x = x.sum(dim=list(range(lead)))
+    dims = [d for d, n in enumerate(shape) if n == 1 and x.shape[d] != 1]
+    return x.sum(dim=dims, keepdim=True) if dims else x
+
+
+def slices(attrs):
+    begin, end, step = ints(attrs["begin"]), ints(attrs["end"]), ints(attrs["step"])
+    step = step or [1] * len(begin)
+    return tuple(slice(b, None if e == INT64_MAX else e, s) for b, e, s in zip(begin, end, step))
+
+
 def apply(op, args, attrs, dtype):
-    """One Kiln op in torch terms."""
+    """One Kiln op in torch terms (a tuple for ops with several outputs)."""
     a = args[0] if args else None
     unary = {
         "neg": torch.neg, "abs": torch.abs, "square": torch.square, "relu": torch.relu,
         "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
         "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "sin": torch.sin,
-        "cos": torch.cos, "sign": torch.sign,
+        "cos": torch.cos, "sign": torch.sign, "identity": lambda x: x * 1,
+        "stop_gradient": torch.Tensor.detach,
     }
     binary = {
         "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
         "pow": torch.pow, "maximum": torch.maximum, "minimum": torch.minimum,
-        "greater": torch.gt,
+        "equal": torch.eq, "not_equal": torch.ne, "less": torch.lt, "less_equal": torch.le,
+        "greater": torch.gt, "greater_equal": torch.ge,
     }
     if op in unary:
         return unary[op](a)
     if op in binary:
         return binary[op](a, args[1])
+    if op == "gelu_grad":  # gelu'(x) dy
+        x, dy = args
+        return (0.5 * torch.erfc(-x / 2 ** 0.5) + x * normal_pdf(x)) * dy
     if op == "where":
         return torch.where(a, args[1], args[2])
-    if op == "matmul":
+    if op == "cast":
+        return a.to(DTYPES[attrs["dtype"]])
+    if op == "add_n":
+        return sum(args[1:], args[0])
+    if op in ("matmul", "matmul_bias"):
         b = args[1]
-        if attrs["transpose_a"] == "1":
+        if attrs.get("transpose_a") == "1":
             a = a.transpose(-1, -2)
-        if attrs["transpose_b"] == "1":
+        if attrs.get("transpose_b") == "1":
             b = b.transpose(-1, -2)
-        return torch.matmul(a, b)
+        y = torch.matmul(a, b)
+        if op == "matmul_bias":
+            y = y + args[2]
+            if attrs["activation"] == "relu":
+                y = torch.relu(y)
+        return y
     if op in ("sum", "mean", "max", "min"):
         axes = ints(attrs["axes"]) or list(range(a.dim()))
         keep = attrs["keepdims"] == "1"
@@ -60,38 +97,89 @@ def apply(op, args, attrs, dtype):
             return a.clone()
         fn = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin}[op]
         return fn(a, dim=axes, keepdim=keep)
+    if op in ("argmax", "argmin"):
+        return (torch.argmax if op == "argmax" else torch.argmin)(a, dim=int(attrs["axis"]))
+    if op == "numel":
+        return torch.tensor(float(a.numel()), dtype=DTYPES[attrs["dtype"]])
     if op == "reshape":
         return a.reshape(ints(attrs["shape"]))
     if op == "transpose":
         return a.permute(ints(attrs["perm"]))
     if op == "broadcast_to":
         return a.broadcast_to(ints(attrs["shape"]))
+    if op == "expand_dims":
+        rank = a.dim() + len(ints(attrs["axes"]))
+        for axis in sorted(x % rank for x in ints(attrs["axes"])):
+            a = a.unsqueeze(axis)
+        return a
     if op == "concat":
         return torch.cat(args, dim=int(attrs["axis"]))
+    if op == "split":
+        return torch.split(a, ints(attrs["sizes"]), dim=int(attrs["axis"]))
+    if op == "split_like":
+        axis = int(attrs["axis"])
+        return torch.split(a, [like.shape[axis] for like in args[1:]], dim=axis)
     if op == "slice":
-        begin, end, step = ints(attrs["begin"]), ints(attrs["end"]), ints(attrs["step"])
-        index = tuple(slice(b, None if e == INT64_MAX else e, s) for b, e, s in zip(begin, end, step))
-        return a[index]
+        return a[slices(attrs)]
+    if op == "slice_grad":  # dy into zeros shaped like x
+        out = torch.zeros_like(args[1])
+        out[slices(attrs)] = a
+        return out
     if op == "gather":
         axis = int(attrs["axis"])
-        idx = args[1]
+        idx = args[1] % a.shape[axis]
         picked = a.index_select(axis, idx.flatten())
         return picked.reshape(a.shape[:axis] + idx.shape + a.shape[axis + 1:])
+    if op == "gather_grad":  # scatter-add of dy into zeros shaped like params
+        dy, idx, params = args
+        axis = int(attrs["axis"])
+        idx = idx % params.shape[axis]
+        flat = dy.reshape(params.shape[:axis] + (idx.numel(),) + params.shape[axis + 1:])
+        return torch.zeros_like(params).index_add(axis, idx.flatten(), flat)
+    if op == "sum_to":
+        return sum_to(a, args[1].shape)
+    if op == "broadcast_like":
+        return a.broadcast_to(args[1].shape)
+    if op == "reshape_like":
+        return a.reshape(args[1].shape)
+    if op == "full_like":
+        return torch.full_like(a, float(attrs["value"]))
     if op == "softmax":
         return torch.softmax(a, dim=int(attrs["axis"]))
     if op == "log_softmax":
         return torch.log_softmax(a, dim=int(attrs["axis"]))
     if op == "softmax_cross_entropy":
         return F.cross_entropy(a, args[1], reduction="none")
+    if op == "softmax_cross_entropy_grad":  # dloss (softmax(z) - onehot(y))
+        z, labels, dloss = args
+        onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)
+        return dloss.unsqueeze(1) * (torch.softmax(z, dim=1) - onehot)
+    if op == "fill":
+        return torch.full(ints(attrs["shape"]), float(attrs["value"]), dtype=DTYPES[attrs["dtype"]])
+    if op == "iota":
+        shape, axis = ints(attrs["shape"]), int(attrs["axis"])
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        ramp = torch.arange(shape[axis], dtype=DTYPES[attrs["dtype"]]).reshape(view)
+        return ramp.broadcast_to(shape).clone()
     raise ValueError(f"unknown op {op}")
+
+
+def lookup(values, ref):
+    node, _, index = ref.partition(":")
+    value = values[node]
+    if isinstance(value, tuple):
+        return value[int(index or 0)]
+    return value
 
 
 def run_case(case_dir):
     """Returns (number of values compared, list of mismatch messages)."""
     lines = open(os.path.join(case_dir, "spec.txt")).read().split("\n")
     dtype_name = lines[0].split()[1]
-    dtype = torch.float64 if dtype_name == "f64" else torch.float32
+    dtype = DTYPES[dtype_name]
     values, inputs, grads_wanted, output = {}, {}, [], None
+    rtol, atol = TOLERANCE[dtype_name]
     for line in lines[1:]:
         if not line:
             continue
@@ -102,8 +190,11 @@ def run_case(case_dir):
         if parts[0] == "grad":
             grads_wanted.append(parts[1])
             continue
+        if parts[0] == "tolerance":
+            rtol = atol = float(parts[1])
+            continue
         node, op = parts[0], parts[1]
-        args = [values[p] for p in parts[2:] if "=" not in p]
+        args = [lookup(values, p) for p in parts[2:] if "=" not in p]
         attrs = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
         if op in ("input", "const"):
             t = torch.from_numpy(np.load(os.path.join(case_dir, attrs["file"])))
@@ -111,15 +202,9 @@ def run_case(case_dir):
                 t = t.clone().requires_grad_(True)
                 inputs[node] = t
             values[node] = t
-        elif op == "scalar":
-            values[node] = torch.tensor(float(attrs["value"]), dtype=dtype)
         else:
             values[node] = apply(op, args, attrs, dtype)
-    y = values[output]
-    r = torch.from_numpy(np.load(os.path.join(case_dir, "r.npy")))
-    loss = (y * r).sum()
-    grads = torch.autograd.grad(loss, [inputs[g] for g in grads_wanted], allow_unused=True)
-    rtol, atol = TOLERANCE[dtype_name]
+    y = lookup(values, output)
     compared, problems = 0, []
 
     def compare(what, ours, theirs):
@@ -129,16 +214,21 @@ def run_case(case_dir):
             problems.append(f"{what}: shape {ours.shape} vs torch {theirs.shape}")
             return
         compared += ours.size
+        ours, theirs = ours.astype(np.float64), theirs.astype(np.float64)
         scale = max(1.0, float(np.max(np.abs(theirs))) if theirs.size else 1.0)
         if not np.allclose(ours, theirs, rtol=rtol, atol=atol * scale, equal_nan=True):
             worst = np.max(np.abs(ours - theirs))
             problems.append(f"{what}: max abs difference {worst:.3g}")
 
     compare("forward", np.load(os.path.join(case_dir, "kiln_y.npy")), y)
-    for name, grad in zip(grads_wanted, grads):
-        if grad is None:
-            grad = torch.zeros_like(inputs[name])
-        compare(f"d/d{name}", np.load(os.path.join(case_dir, f"kiln_grad_{name}.npy")), grad)
+    if grads_wanted:
+        r = torch.from_numpy(np.load(os.path.join(case_dir, "r.npy")))
+        loss = (y * r).sum()
+        grads = torch.autograd.grad(loss, [inputs[g] for g in grads_wanted], allow_unused=True)
+        for name, grad in zip(grads_wanted, grads):
+            if grad is None:
+                grad = torch.zeros_like(inputs[name])
+            compare(f"d/d{name}", np.load(os.path.join(case_dir, f"kiln_grad_{name}.npy")), grad)
     return compared, problems
 
 
@@ -146,6 +236,9 @@ def main():
     root = sys.argv[1]
     torch.set_num_threads(1)
     cases = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not cases:  # a suite that compares nothing must not pass
+        print(f"[torch-parity] no cases in {root}")
+        sys.exit(1)
     total_values, failures = 0, []
     for case in cases:
         try:

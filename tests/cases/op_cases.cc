@@ -1,0 +1,560 @@
+#include "cases/op_cases.h"
+
+#include <cmath>
+
+namespace kiln::testing {
+
+CaseGraph::CaseGraph(DType dtype, DType storage, uint32_t seed)
+    : dtype_(dtype), storage_(storage), rng_(seed) {}
+
+Value CaseGraph::input(const Shape& shape, double low, double high) {
+  std::uniform_real_distribution<double> dist(low, high);
+  Tensor rounded = Tensor::empty(storage_, shape);
+  dispatch_all(storage_, [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < rounded.numel(); ++i) rounded.data<T>()[i] = convert<T>(dist(rng_));
+  });
+  Tensor value = Tensor::empty(dtype_, shape);
+  dispatch_all(dtype_, [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < value.numel(); ++i) value.data<T>()[i] = convert<T>(rounded.element(i));
+  });
+  Value v = g.placeholder(str("x", feeds.size()), dtype_, shape);
+  feeds.emplace_back(v, value);
+  float_inputs.push_back(v);
+  return v;
+}
+
+Value CaseGraph::ints(const std::vector<int64_t>& values, const Shape& shape) {
+  Value v = g.placeholder(str("i", feeds.size()), i64, shape);
+  feeds.emplace_back(v, Tensor::from_vector(values, shape));
+  return v;
+}
+
+Value CaseGraph::scalar(double value) {
+  return g.scalar(value, dtype_);
+}
+
+Value CaseGraph::variable(const Shape& shape, double low, double high) {
+  return g.variable(str("v", variables_++), shape,
+                    init::uniform(low, high, static_cast<int64_t>(rng_() % 1000)), dtype_);
+}
+
+uint32_t case_seed(const std::string& name) {
+  uint32_t h = 2166136261u;  // FNV-1a
+  for (unsigned char c : name) h = (h ^ c) * 16777619u;
+  return h;
+}
+
+double relative_tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::f64:
+      return 1e-9;
+    case DType::f32:
+      return 5e-5;
+    case DType::f16:
+      return 1e-2;
+    case DType::bf16:
+      return 5e-2;
+    default:
+      return 0;  // integers and bools match exactly
+  }
+}
+
+std::string compare_relative(const Tensor& got, const Tensor& want, DType as) {
+  if (got.shape() != want.shape()) return str("shape ", got.shape(), " vs ", want.shape());
+  const std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
+  double largest = 0;
+  for (double v : w)
+    if (std::isfinite(v)) largest = std::max(largest, std::abs(v));
+  const double rtol = relative_tolerance(as);
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (std::isnan(g[i]) && std::isnan(w[i])) continue;
+    if (g[i] == w[i]) continue;  // infinities, exact integers
+    if (std::abs(g[i] - w[i]) <= rtol * (std::abs(w[i]) + 0.01 * largest)) continue;
+    return str("element ", i, ": ", g[i], " vs ", w[i], " (rtol ", rtol, ")");
+  }
+  return "";
+}
+
+namespace {
+
+Value op(CaseGraph& c, const std::string& name, const std::vector<Value>& inputs,
+         AttrMap attrs = {}) {
+  return c.g.add(name, inputs, std::move(attrs));
+}
+
+// f64 references of elementwise ops, with NumPy broadcasting of the inputs.
+Reference unary_reference(double (*f)(double)) {
+  return [f](const std::vector<Tensor>& in) {
+    std::vector<double> out;
+    for (int64_t i = 0; i < in[0].numel(); ++i) out.push_back(f(in[0].element(i)));
+    return out;
+  };
+}
+
+Reference binary_reference(double (*f)(double, double)) {
+  return [f](const std::vector<Tensor>& in) {
+    Shape shape;
+    broadcast_shapes(in[0].shape(), in[1].shape(), &shape);
+    std::vector<double> out;
+    for (int64_t i = 0; i < shape.numel(); ++i) {
+      // The element of input k that output element i reads.
+      auto at = [&](const Tensor& t) {
+        int64_t index = 0, rest = i, stride = 1;
+        std::vector<int64_t> coords(shape.rank());
+        for (int64_t d = shape.rank() - 1; d >= 0; --d)
+          coords[d] = rest % shape[d], rest /= shape[d];
+        for (int64_t d = t.rank() - 1, o = shape.rank() - 1; d >= 0; --d, --o) {
+          if (t.shape()[d] != 1) index += coords[o] * stride;
+          stride *= t.shape()[d];
+        }
+        return t.element(index);
+      };
+      out.push_back(f(at(in[0]), at(in[1])));
+    }
+    return out;
+  };
+}
+
+double gelu_ref(double x) {
+  return 0.5 * x * std::erfc(-x / std::sqrt(2.0));
+}
+double gelu_grad_ref(double x, double dy) {
+  return dy *
+         (0.5 * std::erfc(-x / std::sqrt(2.0)) + x * std::exp(-0.5 * x * x) / std::sqrt(2 * M_PI));
+}
+
+struct Unary {
+  const char* op;
+  double low, high;
+  double (*f)(double);
+};
+
+std::vector<OpCase> make_cases() {
+  std::vector<OpCase> cases;
+  auto add = [&](OpCase c) { cases.push_back(std::move(c)); };
+
+  // ---- Elementwise unary: ranges inside each domain, away from kinks for finite differences.
+  const Unary unary[] = {
+      {"neg", -2, 2, [](double x) { return -x; }},
+      {"abs", 0.1, 2, [](double x) { return std::abs(x); }},
+      {"square", -2, 2, [](double x) { return x * x; }},
+      {"relu", 0.1, 2, [](double x) { return x < 0 ? 0 : x; }},
+      {"exp", -2, 2, [](double x) { return std::exp(x); }},
+      {"log", 0.2, 3, [](double x) { return std::log(x); }},
+      {"sqrt", 0.2, 3, [](double x) { return std::sqrt(x); }},
+      {"rsqrt", 0.2, 3, [](double x) { return 1 / std::sqrt(x); }},
+      {"tanh", -2, 2, [](double x) { return std::tanh(x); }},
+      {"sigmoid", -4, 4, [](double x) { return 1 / (1 + std::exp(-x)); }},
+      {"gelu", -4, 4, gelu_ref},
+      {"sin", -3, 3, [](double x) { return std::sin(x); }},
+      {"cos", -3, 3, [](double x) { return std::cos(x); }},
+      {"sign", 0.1, 2, [](double x) { return double((x > 0) - (x < 0)); }},
+  };
+  for (const Unary& u : unary)
+    add({u.op,
+         u.op,
+         [u](CaseGraph& c) {
+           return op(c, u.op, {c.input({3, 20}, u.low, u.high)});
+         },
+         {f64, f32, f16, bf16},
+         true,
+         true,
+         1e-6,
+         1e-6,
+         0,
+         unary_reference(u.f)});
+  for (const char* name : {"abs", "relu", "sign"})  // the other side of the kink
+    add({name, str(name, "_negative"), [name](CaseGraph& c) {
+           return op(c, name, {c.input({4, 5}, -2, -0.1)});
+         }});
+
+  // ---- Elementwise binary, broadcasting both ways and against a scalar.
+  struct Binary {
+    const char* op;
+    double (*f)(double, double);
+  };
+  const Binary binary[] = {
+      {"add", [](double a, double b) { return a + b; }},
+      {"sub", [](double a, double b) { return a - b; }},
+      {"mul", [](double a, double b) { return a * b; }},
+      {"div", [](double a, double b) { return a / b; }},
+      {"maximum", [](double a, double b) { return std::max(a, b); }},
+      {"minimum", [](double a, double b) { return std::min(a, b); }},
+  };
+  for (const Binary& b : binary) {
+    add({b.op,
+         str(b.op, "_broadcast"),
+         [b](CaseGraph& c) {
+           return op(c, b.op, {c.input({2, 3, 8}, 0.2, 2), c.input({3, 1}, 0.2, 2)});
+         },
+         {f64, f32, f16, bf16},
+         true,
+         true,
+         1e-6,
+         1e-6,
+         0,
+         binary_reference(b.f)});
+    add({b.op,
+         str(b.op, "_scalar"),
+         [b](CaseGraph& c) {
+           return op(c, b.op, {c.input({}, 0.5, 2), c.input({5}, 0.5, 2)});
+         },
+         {f64, f32, f16, bf16},
+         true,
+         true,
+         1e-6,
+         1e-6,
+         0,
+         binary_reference(b.f)});
+  }
+  add({"pow",
+       "pow",
+       [](CaseGraph& c) {
+         return op(c, "pow", {c.input({3, 8}, 0.3, 2), c.input({8}, -1.5, 2)});
+       },
+       {f64, f32, f16, bf16},
+       true,
+       true,
+       1e-6,
+       1e-6,
+       0,
+       binary_reference([](double a, double b) { return std::pow(a, b); })});
+  add({"gelu_grad",
+       "gelu_grad",
+       [](CaseGraph& c) {
+         return op(c, "gelu_grad", {c.input({4, 6}, -3, 3), c.input({6})});
+       },
+       {f64, f32, f16, bf16},
+       true,
+       true,
+       1e-6,
+       1e-6,
+       0,
+       binary_reference(gelu_grad_ref)});
+  for (const char* name : {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"})
+    add({name,
+         name,
+         [name](CaseGraph& c) {
+           Value a = c.input({4, 10});
+           // Half the pairs equal, so every comparison sees both answers.
+           Value b = where(greater(c.input({4, 10}), c.scalar(0)), a, c.input({10}));
+           return op(c, name, {a, b});
+         },
+         {f64, f32, f16, bf16},
+         false});
+  add({"where", "where", [](CaseGraph& c) {
+         Value cond = greater(c.input({4, 1}), c.scalar(0));
+         return op(c, "where", {cond, c.input({4, 6}), c.input({6})});
+       }});
+  add({"cast",
+       "cast_float",
+       [](CaseGraph& c) {
+         // Through f32 and back: exact in f32, the gradient passes through both casts.
+         return cast(cast(c.input({12}), f32), c.dtype()) * c.input({12});
+       },
+       {f64, f32, f16, bf16},
+       true,
+       true,
+       1e-2,
+       1e-4});
+  add({"cast",
+       "cast_int",
+       [](CaseGraph& c) { return cast(cast(c.input({20}, -50, 50), i32), c.dtype()); },
+       {f64, f32, f16, bf16},
+       false});
+  add({"add_n", "add_n", [](CaseGraph& c) {
+         std::vector<Value> in;
+         for (int i = 0; i < 5; ++i) in.push_back(c.input({3, 4}));
+         return add_n(in);
+       }});
+
+  // ---- Products.
+  for (int t = 0; t < 4; ++t)
+    add({"matmul", str("matmul_t", t), [t](CaseGraph& c) {
+           const bool ta = t & 1, tb = t & 2;
+           Value a = c.input(ta ? Shape{2, 9, 7} : Shape{2, 7, 9});
+           Value w = c.input(tb ? Shape{5, 9} : Shape{9, 5});
+           return op(c, "matmul", {a, w}, {{"transpose_a", ta}, {"transpose_b", tb}});
+         }});
+  add({"matmul", "matmul_batch_broadcast", [](CaseGraph& c) {
+         return matmul(c.input({3, 1, 4, 6}), c.input({2, 6, 5}));
+       }});
+  add({"matmul", "matmul_vector_matrix", [](CaseGraph& c) {
+         return matmul(c.input({6}), c.input({6, 4}));
+       }});
+  for (const char* act : {"none", "relu"})
+    add({"matmul_bias", str("matmul_bias_", act), [act](CaseGraph& c) {
+           return op(c, "matmul_bias", {c.input({6, 8}), c.input({5, 8}), c.input({5})},
+                     {{"transpose_b", true}, {"activation", std::string(act)}});
+         }});
+
+  // ---- Reductions.
+  for (const char* name : {"sum", "mean", "max", "min"})
+    for (auto axes : {std::vector<int64_t>{0, 2}, std::vector<int64_t>{1}, std::vector<int64_t>{}})
+      for (bool keep : {false, true})
+        add({name, str(name, "_axes", axes.size(), "_keep", keep),
+             [name, axes, keep](CaseGraph& c) {
+               return op(c, name, {c.input({3, 10, 4})}, {{"axes", axes}, {"keepdims", keep}});
+             }});
+  for (const char* name : {"argmax", "argmin"})
+    add({name,
+         name,
+         [name](CaseGraph& c) {
+           return op(c, name, {c.input({5, 9, 3})}, {{"axis", int64_t{1}}});
+         },
+         {f64, f32, f16, bf16},
+         false});
+
+  // ---- Shapes and data movement.
+  add({"reshape", "reshape", [](CaseGraph& c) { return reshape(c.input({4, 6}), {3, -1}); }});
+  add({"transpose", "transpose", [](CaseGraph& c) {
+         return transpose(c.input({3, 4, 5}), {2, 0, 1});
+       }});
+  add({"broadcast_to", "broadcast_to", [](CaseGraph& c) {
+         return broadcast_to(c.input({3, 1}), {2, 3, 4});
+       }});
+  add({"expand_dims", "expand_dims", [](CaseGraph& c) {
+         return expand_dims(c.input({3, 4}), {0, 2}) * c.scalar(3);
+       }});
+  add({"concat", "concat", [](CaseGraph& c) {
+         return concat({c.input({4, 3, 2}), c.input({4, 1, 2}), c.input({4, 2, 2})}, 1);
+       }});
+  add({"split", "split", [](CaseGraph& c) {
+         std::vector<Value> parts = split(c.input({4, 9, 3}), std::vector<int64_t>{2, 3, 4}, 1);
+         return parts[1] * c.scalar(2) + sum(parts[2], {1}, true) + sum(parts[0], {1}, true);
+       }});
+  add({"slice", "slice", [](CaseGraph& c) {
+         return slice(c.input({9, 12}), {1, -9}, {8, 12}, {2, 3});
+       }});
+  add({"gather", "gather_axis0", [](CaseGraph& c) {
+         return gather(c.input({5, 3, 4}), c.ints({4, 0, -1, 2, 4, 1}, {2, 3}), 0);
+       }});
+  add({"gather", "gather_axis1", [](CaseGraph& c) {
+         return gather(c.input({3, 7, 4}), c.ints({6, 0, 6}, {3}), 1);
+       }});
+  add({"identity", "identity", [](CaseGraph& c) {
+         Value x = c.input({4});
+         return identity(x) * x;
+       }});
+  // stop_gradient breaks the gradient on purpose: PyTorch's detach() agrees, finite
+  // differences cannot.
+  add({"stop_gradient",
+       "stop_gradient",
+       [](CaseGraph& c) {
+         Value x = c.input({4});
+         return stop_gradient(x) * x;
+       },
+       {f64, f32, f16, bf16},
+       true,
+       true,
+       -1});  // fd_step < 0: no finite differences
+  add({"numel",
+       "numel",
+       [](CaseGraph& c) {
+         return numel(c.input({3, 5}), c.dtype());
+       },
+       {f64, f32, f16, bf16},
+       false});
+
+  // ---- Internal ops of gradients, each checked directly (so their own gradients, the
+  // second derivatives of the ops above, meet finite differences too).
+  add({"sum_to", "sum_to", [](CaseGraph& c) {
+         return op(c, "sum_to", {c.input({2, 3, 4}), c.input({3, 1})});
+       }});
+  add({"broadcast_like", "broadcast_like", [](CaseGraph& c) {
+         return op(c, "broadcast_like", {c.input({3, 1}), c.input({2, 3, 4})});
+       }});
+  add({"reshape_like", "reshape_like", [](CaseGraph& c) {
+         return op(c, "reshape_like", {c.input({4, 3}), c.input({2, 6})});
+       }});
+  add({"full_like",
+       "full_like",
+       [](CaseGraph& c) {
+         return op(c, "full_like", {c.input({2, 3})}, {{"value", 2.5}});
+       },
+       {f64, f32, f16, bf16},
+       false});
+  add({"slice_grad", "slice_grad", [](CaseGraph& c) {
+         return op(c, "slice_grad", {c.input({4, 3}), c.input({9, 12})},
+                   {{"begin", std::vector<int64_t>{1, -9}},
+                    {"end", std::vector<int64_t>{8, 12}},
+                    {"step", std::vector<int64_t>{2, 3}}});
+       }});
+  add({"gather_grad", "gather_grad", [](CaseGraph& c) {
+         Value idx = c.ints({4, 0, 4, 2, 4, 1}, {2, 3});
+         return op(c, "gather_grad", {c.input({2, 3, 3, 4}), idx, c.input({5, 3, 4})},
+                   {{"axis", int64_t{0}}});
+       }});
+  add({"split_like", "split_like", [](CaseGraph& c) {
+         std::vector<Value> parts =
+             c.g.add_node("split_like", {c.input({4, 9}), c.input({4, 2}), c.input({4, 7})},
+                          {{"axis", int64_t{1}}});
+         return sum(parts[0], {1}, true) * c.scalar(2) + parts[1];
+       }});
+  add({"softmax_cross_entropy_grad", "softmax_cross_entropy_grad", [](CaseGraph& c) {
+         Value labels = c.ints({3, 0, 9, 4, 7}, {5});
+         return op(c, "softmax_cross_entropy_grad",
+                   {c.input({5, 10}, -3, 3), labels, c.input({5})});
+       }});
+
+  // ---- Softmax and losses, including logits near 1e4 (f32 keeps its relative accuracy).
+  for (int64_t axis : {int64_t{1}, int64_t{-1}})
+    for (const char* name : {"softmax", "log_softmax"})
+      add({name, str(name, "_axis", axis), [name, axis](CaseGraph& c) {
+             return op(c, name, {c.input({3, 8, 5}, -3, 3)}, {{"axis", axis}});
+           }});
+  add({"log_softmax",
+       "log_softmax_large_logits",
+       [](CaseGraph& c) {
+         return log_softmax(c.input({4, 6}, 9997, 10003), -1);
+       },
+       {f64, f32},
+       true,
+       true,
+       1e-6,
+       1e-6,
+       1e-6});
+  add({"softmax_cross_entropy", "softmax_cross_entropy", [](CaseGraph& c) {
+         return softmax_cross_entropy(c.input({5, 10}, -3, 3), c.ints({3, 0, 9, 4, 7}, {5}));
+       }});
+  add({"softmax_cross_entropy",
+       "softmax_cross_entropy_large_logits",
+       [](CaseGraph& c) {
+         return softmax_cross_entropy(c.input({4, 6}, 9997, 10003), c.ints({1, 0, 5, 3}, {4}));
+       },
+       {f64, f32},
+       true,
+       true,
+       1e-6,
+       1e-6,
+       1e-6});
+
+  // ---- Fusion: the passes turn this chain into one fused_elementwise kernel.
+  add({"fused_elementwise", "fused_chain", [](CaseGraph& c) {
+         Value a = c.input({16, 9}), b = c.input({9}), s = c.input({16, 1});
+         return tanh(a * b + s) * sigmoid(a) - relu(a - b);
+       }});
+
+  // ---- Sources and state: forward only (no float input to differentiate).
+  add({"placeholder", "placeholder", [](CaseGraph& c) { return c.input({3, 4}); }});
+  add({"constant", "constant", [](CaseGraph& c) {
+         Tensor value = Tensor::empty(c.dtype(), {3});
+         const double values[] = {1.5, -2, 0.25};
+         dispatch_all(c.dtype(), [&](auto tag) {
+           for (int i = 0; i < 3; ++i)
+             value.data<decltype(tag)>()[i] = convert<decltype(tag)>(values[i]);
+         });
+         return c.g.constant(value) * c.input({3});
+       }});
+  add({"fill",
+       "fill",
+       [](CaseGraph& c) {
+         return fill(c.g, {7, 3}, 2.5, c.dtype());
+       },
+       {f64, f32, f16, bf16},
+       false});
+  add({"iota",
+       "iota",
+       [](CaseGraph& c) {
+         return iota(c.g, {4, 5, 6}, 1, c.dtype());
+       },
+       {f64, f32, f16, bf16},
+       false});
+  add({"random_uniform",
+       "random_uniform",
+       [](CaseGraph& c) {
+         return random_uniform(c.g, {40, 50}, -2, 3, 7, c.dtype());
+       },
+       {f64, f32},
+       false,
+       false});
+  add({"random_normal",
+       "random_normal",
+       [](CaseGraph& c) {
+         return random_normal(c.g, {40, 50}, 1, 2, 7, c.dtype());
+       },
+       {f64, f32},
+       false,
+       false});
+  add({"dropout_mask",
+       "dropout_mask",
+       [](CaseGraph& c) {
+         return dropout_mask(c.input({30, 20}), 0.3, 5);
+       },
+       {f64, f32, f16, bf16},
+       false,
+       false});
+  add({"variable",
+       "variable",
+       [](CaseGraph& c) {
+         return c.variable({3, 4}) * c.input({4});
+       },
+       {f64, f32},
+       true,
+       false});
+  add({"assign",
+       "assign",
+       [](CaseGraph& c) {
+         return assign(c.variable({3, 4}), c.input({4}));
+       },
+       {f64, f32},
+       false,
+       false});
+  add({"assign_add",
+       "assign_add",
+       [](CaseGraph& c) {
+         return assign_add(c.variable({3, 4}), c.input({3, 4}));
+       },
+       {f64, f32},
+       false,
+       false});
+  add({"group",
+       "group",
+       [](CaseGraph& c) { return group(c.g, {assign(c.variable({2}), c.input({2}))}); },
+       {f64, f32},
+       false,
+       false});
+  add({"sgd_update",
+       "sgd_update_nesterov",
+       [](CaseGraph& c) {
+         Value var = c.variable({3, 4});
+         return sgd_update(var, c.variable({3, 4}), c.input({3, 4}), c.scalar(0.1), 0.9, true,
+                           0.01);
+       },
+       {f64, f32},
+       false,
+       false});
+  add({"adam_update",
+       "adam_update",
+       [](CaseGraph& c) {
+         Value var = c.variable({3, 4});
+         Value m = c.variable({3, 4}, -0.1, 0.1), v = c.variable({3, 4}, 0, 0.1);
+         return adam_update(var, m, v, c.input({3, 4}), c.scalar(0.01), c.g.scalar(3, i64), 0.9,
+                            0.999, 1e-8, 0.01, true);
+       },
+       {f64, f32},
+       false,
+       false});
+  add({"rmsprop_update",
+       "rmsprop_update",
+       [](CaseGraph& c) {
+         Value var = c.variable({3, 4});
+         return rmsprop_update(var, c.variable({3, 4}, 0, 0.1), c.input({3, 4}), c.scalar(0.01),
+                               0.99, 1e-8, 0.01);
+       },
+       {f64, f32},
+       false,
+       false});
+  return cases;
+}
+
+}  // namespace
+
+const std::vector<OpCase>& op_cases() {
+  static const std::vector<OpCase> cases = make_cases();
+  return cases;
+}
+
+}  // namespace kiln::testing

@@ -1,0 +1,60 @@
+// The op-case table itself: every registered op has a case, every case builds, runs and
+// contains its op, and the cases with an f64 reference match it.
+#include <set>
+
+#include "cases/op_cases.h"
+#include "test_util.h"
+
+namespace kiln::testing {
+namespace {
+
+TEST(OpCases, EveryRegisteredOpHasACase) {
+  std::set<std::string> covered, names;
+  for (const OpCase& c : op_cases()) {
+    covered.insert(c.op);
+    EXPECT_TRUE(names.insert(c.name).second) << "two cases are called " << c.name;
+    EXPECT_NE(OpRegistry::global().find(c.op), nullptr) << c.name << ": no op " << c.op;
+  }
+  std::string missing;
+  for (const OpDef* op : OpRegistry::global().all())
+    if (!covered.count(op->name())) missing += " " + op->name();
+  EXPECT_TRUE(missing.empty()) << "registered ops without a case in tests/cases/op_cases.cc:"
+                               << missing;
+}
+
+// Each case on the CPU in its widest dtype: it builds, runs, and its op is in the plan (or,
+// for ops the passes make, in the optimized plan); a reference, when given, agrees.
+TEST(OpCases, EveryCaseRunsAndMatchesItsReference) {
+  int referenced = 0;
+  for (const OpCase& oc : op_cases()) {
+    for (DType dtype : {f64, f32}) {
+      if (std::find(oc.dtypes.begin(), oc.dtypes.end(), dtype) == oc.dtypes.end()) continue;
+      SCOPED_TRACE(str(oc.name, " ", dtype));
+      CaseGraph c(dtype, dtype, case_seed(oc.name));
+      Value y = oc.build(c);
+      bool in_graph = false;
+      for (int32_t id = 0; id < c.g.num_nodes(); ++id) in_graph |= c.g.node(id).op_name() == oc.op;
+      Session s(c.g);
+      const Plan& plan = s.plan(c.feeds, {y});
+      bool in_plan = false;
+      for (int32_t id = 0; id < plan.graph->num_nodes(); ++id)
+        in_plan |= plan.graph->node(id).op_name() == oc.op;
+      EXPECT_TRUE(in_graph || in_plan) << "the case never makes a " << oc.op << " node";
+      Tensor out = s.run(c.feeds, {y})[0];
+      if (!oc.reference) continue;
+      std::vector<Tensor> inputs;
+      for (const auto& feed : c.feeds) inputs.push_back(feed.second);
+      const std::vector<double> want = oc.reference(inputs);
+      ASSERT_EQ(static_cast<int64_t>(want.size()), out.numel());
+      Tensor expected = Tensor::empty(f64, out.shape());
+      for (size_t i = 0; i < want.size(); ++i) expected.data<double>()[i] = want[i];
+      const std::string problem = compare_relative(out, expected, dtype);
+      EXPECT_TRUE(problem.empty()) << problem;
+      ++referenced;
+    }
+  }
+  EXPECT_GT(referenced, 40);
+}
+
+}  // namespace
+}  // namespace kiln::testing
