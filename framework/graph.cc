@@ -163,7 +163,6 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   node->inputs_ = std::move(refs);
   node->outputs_ = std::move(outputs);
   node->attrs_ = std::move(attrs);
-  node->device_hint_ = options.device_hint;
   by_name_.emplace(node->name_, node->id_);
   nodes_.push_back(std::move(node));
 

@@ -77,7 +77,6 @@ class Node {
     return std::get<T>(attrs_.at(name));
   }
   /// "" when the node may run anywhere, else a device such as "cuda:1".
-  const std::string& device_hint() const { return device_hint_; }
 
  private:
   friend class Graph;
@@ -87,7 +86,6 @@ class Node {
   std::vector<OutputRef> inputs_;
   std::vector<TensorType> outputs_;
   AttrMap attrs_;
-  std::string device_hint_;
 };
 
 /// A named entry point into a graph: what to feed, what to fetch, what to run for effect.
@@ -106,7 +104,6 @@ struct NodeOptions {
   bool exact_name = false;
   /// Ignore the current name scope (optimizer slots are named after their variable).
   bool absolute_name = false;
-  std::string device_hint;
 };
 
 /// A static computation graph. Nodes are only ever appended, and every input of a node exists
@@ -168,8 +165,6 @@ class Graph {
   /// Opens a name scope: nodes made until pop_scope() are called "scope/...". Prefer NameScope.
   void push_scope(const std::string& scope);
   void pop_scope();
-  /// The current scope prefix, "" or "a/b/".
-  const std::string& scope_prefix() const { return scope_prefix_; }
 
   /// Adds or replaces a named signature. Its values must belong to this graph.
   void add_signature(Signature signature);

@@ -229,7 +229,6 @@ void graph_to_proto(const Graph& graph, proto::GraphDef* out) {
     }
     for (const auto& [key, value] : node.attrs())
       attr_to_proto(value, &(*def->mutable_attrs())[key]);
-    def->set_device(node.device_hint());
   }
   for (const auto& [name, sig] : graph.signatures()) {
     proto::SignatureDef* def = out->add_signatures();
@@ -308,19 +307,11 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
     AttrMap attrs;
     for (const auto& [key, value] : node.attrs())
       attrs.emplace(key, attr_from_proto(value, str(where, ": attribute '", key, "'")));
-    if (!node.device().empty()) {
-      try {
-        Device::parse(node.device());
-      } catch (const Error& e) {
-        throw FileError(str(where, ": ", e.what()));
-      }
-    }
     try {
-      node_id[i] =
-          graph
-              ->add_node(node.op(), values, std::move(attrs),
-                         {.name = node.name(), .exact_name = true, .device_hint = node.device()})[0]
-              .node_id();
+      node_id[i] = graph
+                       ->add_node(node.op(), values, std::move(attrs),
+                                  {.name = node.name(), .exact_name = true})[0]
+                       .node_id();
     } catch (const FileError&) {
       throw;
     } catch (const Error& e) {

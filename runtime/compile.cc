@@ -203,9 +203,8 @@ Plan specialize_shapes(const Graph& graph, const PrunedGraph& pruned,
     for (OutputRef in : node.inputs()) inputs.push_back(work.value(to_work.at(in)));
     std::vector<Value> made;
     try {
-      made = work.add_node(
-          node.op_name(), inputs, node.attrs(),
-          {.name = node.name(), .exact_name = true, .device_hint = node.device_hint()});
+      made = work.add_node(node.op_name(), inputs, node.attrs(),
+                           {.name = node.name(), .exact_name = true});
     } catch (const GraphError& e) {
       throw GraphError(str(e.what(), " (with ", describe_feeds(feeds), ")"));
     }
