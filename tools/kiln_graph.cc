@@ -70,7 +70,7 @@ void print_summary(const Graph& g, const std::string& path) {
 
   std::printf("\ninputs:\n");
   for (int32_t id = 0; id < g.num_nodes(); ++id)
-    if (g.node(id).op_name() == "placeholder")
+    if (g.node(id).op().source() == OutputSource::feed)
       std::printf("  %-32s %s\n", g.node(id).name().c_str(), type_of(g.node(id), 0).c_str());
 
   // Trainable variables, then other state (optimizer slots, step counters), then constants;
@@ -84,9 +84,9 @@ void print_summary(const Graph& g, const std::string& path) {
     int count = 0;
     for (int32_t id = 0; id < g.num_nodes(); ++id) {
       const Node& n = g.node(id);
-      const bool is_var = n.op_name() == "variable";
+      const bool is_var = n.op().source() == OutputSource::state;
       if (group < 2 && (!is_var || n.attr<bool>("trainable") != (group == 0))) continue;
-      if (group == 2 && n.op_name() != "constant") continue;
+      if (group == 2 && n.op().source() != OutputSource::attribute) continue;
       const TensorType& t = n.outputs()[0];
       const int64_t elements = t.shape.is_known() ? t.shape.numel() : 0;
       const double bytes = static_cast<double>(elements) * dtype_size(t.dtype);
@@ -173,9 +173,11 @@ void write_dot(const Graph& g, std::ostream& out) {
          "fontsize=10];\n";
   for (int32_t id = 0; id < g.num_nodes(); ++id) {
     const Node& n = g.node(id);
-    const char* style = n.op_name() == "placeholder" ? ", style=filled, fillcolor=\"#cfe8ff\""
-                        : n.op_name() == "constant"  ? ", style=filled, fillcolor=\"#eeeeee\""
-                                                     : "";
+    const OutputSource source = n.op().source();
+    const char* style = source == OutputSource::feed ? ", style=filled, fillcolor=\"#cfe8ff\""
+                        : source == OutputSource::attribute
+                            ? ", style=filled, fillcolor=\"#eeeeee\""
+                            : "";
     out << "  n" << id << " [label=\"" << dot_escape(n.name()) << "\\n"
         << n.op_name() << "\"" << style << "];\n";
   }
