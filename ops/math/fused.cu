@@ -125,7 +125,8 @@ void fused_typed(KernelContext& ctx) {
 }
 
 // The compiled kernel for a program (nullptr when it could not be compiled: the interpreter
-// runs it). Compiled once per process and program.
+// runs it). Compiled once per process, device and program (NVRTC targets the device's
+// architecture), shared by every executor.
 // KILN_FUSED_INTERPRETER=1 forces the interpreter (tests compare the two).
 void* compiled_kernel(const KernelContext& ctx, const std::string& source) {
   if (const char* forced = std::getenv("KILN_FUSED_INTERPRETER"); forced && *forced == '1')
@@ -133,7 +134,8 @@ void* compiled_kernel(const KernelContext& ctx, const std::string& source) {
   static std::mutex mutex;
   static std::map<std::string, void*> kernels;
   std::lock_guard<std::mutex> lock(mutex);
-  auto it = kernels.find(source);
+  const std::string key = str(ctx.cuda()->device, '\n', source);
+  auto it = kernels.find(key);
   if (it != kernels.end()) return it->second;
   void* kernel = nullptr;
   try {
@@ -145,7 +147,7 @@ void* compiled_kernel(const KernelContext& ctx, const std::string& source) {
                    e.what());
     warned = true;
   }
-  return kernels.emplace(source, kernel).first->second;
+  return kernels.emplace(key, kernel).first->second;
 }
 
 // Runs the program as a generated kernel; false when none could be made.

@@ -65,7 +65,8 @@ struct BlasLtLane final : LaneResource {
   explicit BlasLtLane(const LaneInfo& lane) {
     if (::kiln::cuda::blaslt().cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS)
       throw DeviceError(str("[cuda] cublasLtCreate failed on ", lane.device));
-    workspace = allocate_device(lane.device, kWorkspaceBytes, nullptr, "cuBLASLt workspace");
+    // Stream-ordered on the lane's own stream, so the products queued after it see it.
+    workspace = allocate_device(lane.device, kWorkspaceBytes, lane.stream, "cuBLASLt workspace");
   }
   ~BlasLtLane() override { ::kiln::cuda::blaslt().cublasLtDestroy(handle); }
 

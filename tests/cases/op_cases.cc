@@ -153,18 +153,13 @@ std::vector<OpCase> make_cases() {
       {"sign", 0.1, 2, [](double x) { return double((x > 0) - (x < 0)); }},
   };
   for (const Unary& u : unary)
-    add({u.op,
-         u.op,
-         [u](CaseGraph& c) {
-           return op(c, u.op, {c.input({3, 20}, u.low, u.high)});
-         },
-         {f64, f32, f16, bf16},
-         true,
-         true,
-         1e-6,
-         1e-6,
-         0,
-         unary_reference(u.f)});
+    add({.op = u.op,
+         .name = u.op,
+         .build =
+             [u](CaseGraph& c) {
+               return op(c, u.op, {c.input({3, 20}, u.low, u.high)});
+             },
+         .reference = unary_reference(u.f)});
   for (const char* name : {"abs", "relu", "sign"})  // the other side of the kink
     add({name, str(name, "_negative"), [name](CaseGraph& c) {
            return op(c, name, {c.input({4, 5}, -2, -0.1)});
@@ -184,86 +179,63 @@ std::vector<OpCase> make_cases() {
       {"minimum", [](double a, double b) { return std::min(a, b); }},
   };
   for (const Binary& b : binary) {
-    add({b.op,
-         str(b.op, "_broadcast"),
-         [b](CaseGraph& c) {
-           return op(c, b.op, {c.input({2, 3, 8}, 0.2, 2), c.input({3, 1}, 0.2, 2)});
-         },
-         {f64, f32, f16, bf16},
-         true,
-         true,
-         1e-6,
-         1e-6,
-         0,
-         binary_reference(b.f)});
-    add({b.op,
-         str(b.op, "_scalar"),
-         [b](CaseGraph& c) {
-           return op(c, b.op, {c.input({}, 0.5, 2), c.input({5}, 0.5, 2)});
-         },
-         {f64, f32, f16, bf16},
-         true,
-         true,
-         1e-6,
-         1e-6,
-         0,
-         binary_reference(b.f)});
+    add({.op = b.op,
+         .name = str(b.op, "_broadcast"),
+         .build =
+             [b](CaseGraph& c) {
+               return op(c, b.op, {c.input({2, 3, 8}, 0.2, 2), c.input({3, 1}, 0.2, 2)});
+             },
+         .reference = binary_reference(b.f)});
+    add({.op = b.op,
+         .name = str(b.op, "_scalar"),
+         .build =
+             [b](CaseGraph& c) {
+               return op(c, b.op, {c.input({}, 0.5, 2), c.input({5}, 0.5, 2)});
+             },
+         .reference = binary_reference(b.f)});
   }
-  add({"pow",
-       "pow",
-       [](CaseGraph& c) {
-         return op(c, "pow", {c.input({3, 8}, 0.3, 2), c.input({8}, -1.5, 2)});
-       },
-       {f64, f32, f16, bf16},
-       true,
-       true,
-       1e-6,
-       1e-6,
-       0,
-       binary_reference([](double a, double b) { return std::pow(a, b); })});
-  add({"gelu_grad",
-       "gelu_grad",
-       [](CaseGraph& c) {
-         return op(c, "gelu_grad", {c.input({4, 6}, -3, 3), c.input({6})});
-       },
-       {f64, f32, f16, bf16},
-       true,
-       true,
-       1e-6,
-       1e-6,
-       0,
-       binary_reference(gelu_grad_ref)});
+  add({.op = "pow",
+       .name = "pow",
+       .build =
+           [](CaseGraph& c) {
+             return op(c, "pow", {c.input({3, 8}, 0.3, 2), c.input({8}, -1.5, 2)});
+           },
+       .reference = binary_reference([](double a, double b) { return std::pow(a, b); })});
+  add({.op = "gelu_grad",
+       .name = "gelu_grad",
+       .build =
+           [](CaseGraph& c) {
+             return op(c, "gelu_grad", {c.input({4, 6}, -3, 3), c.input({6})});
+           },
+       .reference = binary_reference(gelu_grad_ref)});
   for (const char* name : {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"})
-    add({name,
-         name,
-         [name](CaseGraph& c) {
-           Value a = c.input({4, 10});
-           // Half the pairs equal, so every comparison sees both answers.
-           Value b = where(greater(c.input({4, 10}), c.scalar(0)), a, c.input({10}));
-           return op(c, name, {a, b});
-         },
-         {f64, f32, f16, bf16},
-         false});
+    add({.op = name,
+         .name = name,
+         .build =
+             [name](CaseGraph& c) {
+               Value a = c.input({4, 10});
+               // Half the pairs equal, so every comparison sees both answers.
+               Value b = where(greater(c.input({4, 10}), c.scalar(0)), a, c.input({10}));
+               return op(c, name, {a, b});
+             },
+         .gradients = false});
   add({"where", "where", [](CaseGraph& c) {
          Value cond = greater(c.input({4, 1}), c.scalar(0));
          return op(c, "where", {cond, c.input({4, 6}), c.input({6})});
        }});
-  add({"cast",
-       "cast_float",
-       [](CaseGraph& c) {
-         // Through f32 and back: exact in f32, the gradient passes through both casts.
-         return cast(cast(c.input({12}), f32), c.dtype()) * c.input({12});
-       },
-       {f64, f32, f16, bf16},
-       true,
-       true,
-       1e-2,
-       1e-4});
-  add({"cast",
-       "cast_int",
-       [](CaseGraph& c) { return cast(cast(c.input({20}, -50, 50), i32), c.dtype()); },
-       {f64, f32, f16, bf16},
-       false});
+  add({.op = "cast",
+       .name = "cast_float",
+       .build =
+           [](CaseGraph& c) {
+             // Through f32 and back: exact in f32, the gradient passes through both casts.
+             return cast(cast(c.input({12}), f32), c.dtype()) * c.input({12});
+           },
+       .fd_step = 1e-2,
+       .fd_rtol = 1e-4});
+  add({.op = "cast",
+       .name = "cast_int",
+       .build = [](CaseGraph& c) { return cast(cast(c.input({20}, -50, 50), i32), c.dtype()); },
+       .gradients = false});
   add({"add_n", "add_n", [](CaseGraph& c) {
          std::vector<Value> in;
          for (int i = 0; i < 5; ++i) in.push_back(c.input({3, 4}));
@@ -299,13 +271,13 @@ std::vector<OpCase> make_cases() {
                return op(c, name, {c.input({3, 10, 4})}, {{"axes", axes}, {"keepdims", keep}});
              }});
   for (const char* name : {"argmax", "argmin"})
-    add({name,
-         name,
-         [name](CaseGraph& c) {
-           return op(c, name, {c.input({5, 9, 3})}, {{"axis", int64_t{1}}});
-         },
-         {f64, f32, f16, bf16},
-         false});
+    add({.op = name,
+         .name = name,
+         .build =
+             [name](CaseGraph& c) {
+               return op(c, name, {c.input({5, 9, 3})}, {{"axis", int64_t{1}}});
+             },
+         .gradients = false});
 
   // ---- Shapes and data movement.
   add({"reshape", "reshape", [](CaseGraph& c) { return reshape(c.input({4, 6}), {3, -1}); }});
@@ -340,23 +312,21 @@ std::vector<OpCase> make_cases() {
        }});
   // stop_gradient breaks the gradient on purpose: PyTorch's detach() agrees, finite
   // differences cannot.
-  add({"stop_gradient",
-       "stop_gradient",
-       [](CaseGraph& c) {
-         Value x = c.input({4});
-         return stop_gradient(x) * x;
-       },
-       {f64, f32, f16, bf16},
-       true,
-       true,
-       -1});  // fd_step < 0: no finite differences
-  add({"numel",
-       "numel",
-       [](CaseGraph& c) {
-         return numel(c.input({3, 5}), c.dtype());
-       },
-       {f64, f32, f16, bf16},
-       false});
+  add({.op = "stop_gradient",
+       .name = "stop_gradient",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({4});
+             return stop_gradient(x) * x;
+           },
+       .fd_step = -1});  // fd_step < 0: no finite differences
+  add({.op = "numel",
+       .name = "numel",
+       .build =
+           [](CaseGraph& c) {
+             return numel(c.input({3, 5}), c.dtype());
+           },
+       .gradients = false});
 
   // ---- Internal ops of gradients, each checked directly (so their own gradients, the
   // second derivatives of the ops above, meet finite differences too).
@@ -369,13 +339,13 @@ std::vector<OpCase> make_cases() {
   add({"reshape_like", "reshape_like", [](CaseGraph& c) {
          return op(c, "reshape_like", {c.input({4, 3}), c.input({2, 6})});
        }});
-  add({"full_like",
-       "full_like",
-       [](CaseGraph& c) {
-         return op(c, "full_like", {c.input({2, 3})}, {{"value", 2.5}});
-       },
-       {f64, f32, f16, bf16},
-       false});
+  add({.op = "full_like",
+       .name = "full_like",
+       .build =
+           [](CaseGraph& c) {
+             return op(c, "full_like", {c.input({2, 3})}, {{"value", 2.5}});
+           },
+       .gradients = false});
   add({"slice_grad", "slice_grad", [](CaseGraph& c) {
          return op(c, "slice_grad", {c.input({4, 3}), c.input({9, 12})},
                    {{"begin", std::vector<int64_t>{1, -9}},
@@ -405,31 +375,25 @@ std::vector<OpCase> make_cases() {
       add({name, str(name, "_axis", axis), [name, axis](CaseGraph& c) {
              return op(c, name, {c.input({3, 8, 5}, -3, 3)}, {{"axis", axis}});
            }});
-  add({"log_softmax",
-       "log_softmax_large_logits",
-       [](CaseGraph& c) {
-         return log_softmax(c.input({4, 6}, 9997, 10003), -1);
-       },
-       {f64, f32},
-       true,
-       true,
-       1e-6,
-       1e-6,
-       1e-6});
+  add({.op = "log_softmax",
+       .name = "log_softmax_large_logits",
+       .build =
+           [](CaseGraph& c) {
+             return log_softmax(c.input({4, 6}, 9997, 10003), -1);
+           },
+       .dtypes = {f64, f32},
+       .parity_tolerance = 1e-6});
   add({"softmax_cross_entropy", "softmax_cross_entropy", [](CaseGraph& c) {
          return softmax_cross_entropy(c.input({5, 10}, -3, 3), c.ints({3, 0, 9, 4, 7}, {5}));
        }});
-  add({"softmax_cross_entropy",
-       "softmax_cross_entropy_large_logits",
-       [](CaseGraph& c) {
-         return softmax_cross_entropy(c.input({4, 6}, 9997, 10003), c.ints({1, 0, 5, 3}, {4}));
-       },
-       {f64, f32},
-       true,
-       true,
-       1e-6,
-       1e-6,
-       1e-6});
+  add({.op = "softmax_cross_entropy",
+       .name = "softmax_cross_entropy_large_logits",
+       .build =
+           [](CaseGraph& c) {
+             return softmax_cross_entropy(c.input({4, 6}, 9997, 10003), c.ints({1, 0, 5, 3}, {4}));
+           },
+       .dtypes = {f64, f32},
+       .parity_tolerance = 1e-6});
 
   // ---- Fusion: the passes turn this chain into one fused_elementwise kernel.
   add({"fused_elementwise", "fused_chain", [](CaseGraph& c) {
@@ -448,105 +412,112 @@ std::vector<OpCase> make_cases() {
          });
          return c.g.constant(value) * c.input({3});
        }});
-  add({"fill",
-       "fill",
-       [](CaseGraph& c) {
-         return fill(c.g, {7, 3}, 2.5, c.dtype());
-       },
-       {f64, f32, f16, bf16},
-       false});
-  add({"iota",
-       "iota",
-       [](CaseGraph& c) {
-         return iota(c.g, {4, 5, 6}, 1, c.dtype());
-       },
-       {f64, f32, f16, bf16},
-       false});
-  add({"random_uniform",
-       "random_uniform",
-       [](CaseGraph& c) {
-         return random_uniform(c.g, {40, 50}, -2, 3, 7, c.dtype());
-       },
-       {f64, f32},
-       false,
-       false});
-  add({"random_normal",
-       "random_normal",
-       [](CaseGraph& c) {
-         return random_normal(c.g, {40, 50}, 1, 2, 7, c.dtype());
-       },
-       {f64, f32},
-       false,
-       false});
-  add({"dropout_mask",
-       "dropout_mask",
-       [](CaseGraph& c) {
-         return dropout_mask(c.input({30, 20}), 0.3, 5);
-       },
-       {f64, f32, f16, bf16},
-       false,
-       false});
-  add({"variable",
-       "variable",
-       [](CaseGraph& c) {
-         return c.variable({3, 4}) * c.input({4});
-       },
-       {f64, f32},
-       true,
-       false});
-  add({"assign",
-       "assign",
-       [](CaseGraph& c) {
-         return assign(c.variable({3, 4}), c.input({4}));
-       },
-       {f64, f32},
-       false,
-       false});
-  add({"assign_add",
-       "assign_add",
-       [](CaseGraph& c) {
-         return assign_add(c.variable({3, 4}), c.input({3, 4}));
-       },
-       {f64, f32},
-       false,
-       false});
-  add({"group",
-       "group",
-       [](CaseGraph& c) { return group(c.g, {assign(c.variable({2}), c.input({2}))}); },
-       {f64, f32},
-       false,
-       false});
-  add({"sgd_update",
-       "sgd_update_nesterov",
-       [](CaseGraph& c) {
-         Value var = c.variable({3, 4});
-         return sgd_update(var, c.variable({3, 4}), c.input({3, 4}), c.scalar(0.1), 0.9, true,
-                           0.01);
-       },
-       {f64, f32},
-       false,
-       false});
-  add({"adam_update",
-       "adam_update",
-       [](CaseGraph& c) {
-         Value var = c.variable({3, 4});
-         Value m = c.variable({3, 4}, -0.1, 0.1), v = c.variable({3, 4}, 0, 0.1);
-         return adam_update(var, m, v, c.input({3, 4}), c.scalar(0.01), c.g.scalar(3, i64), 0.9,
-                            0.999, 1e-8, 0.01, true);
-       },
-       {f64, f32},
-       false,
-       false});
-  add({"rmsprop_update",
-       "rmsprop_update",
-       [](CaseGraph& c) {
-         Value var = c.variable({3, 4});
-         return rmsprop_update(var, c.variable({3, 4}, 0, 0.1), c.input({3, 4}), c.scalar(0.01),
-                               0.99, 1e-8, 0.01);
-       },
-       {f64, f32},
-       false,
-       false});
+  add({.op = "fill",
+       .name = "fill",
+       .build =
+           [](CaseGraph& c) {
+             return fill(c.g, {7, 3}, 2.5, c.dtype());
+           },
+       .gradients = false});
+  add({.op = "iota",
+       .name = "iota",
+       .build =
+           [](CaseGraph& c) {
+             return iota(c.g, {4, 5, 6}, 1, c.dtype());
+           },
+       .gradients = false});
+  add({.op = "random_uniform",
+       .name = "random_uniform",
+       .build =
+           [](CaseGraph& c) {
+             return random_uniform(c.g, {40, 50}, -2, 3, 7, c.dtype());
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "random_normal",
+       .name = "random_normal",
+       .build =
+           [](CaseGraph& c) {
+             return random_normal(c.g, {40, 50}, 1, 2, 7, c.dtype());
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "dropout_mask",
+       .name = "dropout_mask",
+       .build =
+           [](CaseGraph& c) {
+             return dropout_mask(c.input({30, 20}), 0.3, 5);
+           },
+       .gradients = false,
+       .parity = false});
+  add({.op = "variable",
+       .name = "variable",
+       .build =
+           [](CaseGraph& c) {
+             return c.variable({3, 4}) * c.input({4});
+           },
+       .dtypes = {f64, f32},
+       .parity = false});
+  add({.op = "assign",
+       .name = "assign",
+       .build =
+           [](CaseGraph& c) {
+             return assign(c.variable({3, 4}), c.input({4}));
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "assign_add",
+       .name = "assign_add",
+       .build =
+           [](CaseGraph& c) {
+             return assign_add(c.variable({3, 4}), c.input({3, 4}));
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "group",
+       .name = "group",
+       .build = [](CaseGraph& c) { return group(c.g, {assign(c.variable({2}), c.input({2}))}); },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "sgd_update",
+       .name = "sgd_update_nesterov",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return sgd_update(var, c.variable({3, 4}), c.input({3, 4}), c.scalar(0.1), 0.9, true,
+                               0.01);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "adam_update",
+       .name = "adam_update",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             Value m = c.variable({3, 4}, -0.1, 0.1), v = c.variable({3, 4}, 0, 0.1);
+             return adam_update(var, m, v, c.input({3, 4}), c.scalar(0.01), c.g.scalar(3, i64), 0.9,
+                                0.999, 1e-8, 0.01, true);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "rmsprop_update",
+       .name = "rmsprop_update",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return rmsprop_update(var, c.variable({3, 4}, 0, 0.1), c.input({3, 4}), c.scalar(0.01),
+                                   0.99, 1e-8, 0.01);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   return cases;
 }
 
