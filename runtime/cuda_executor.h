@@ -23,8 +23,9 @@ struct CudaRunOptions {
 };
 
 /// Runs plans on GPU `device`: the plan's arena in device memory from the stream-ordered pool,
-/// its streams as cudaStreams with one cuBLASLt handle each, its waits as cudaEvents; feeds and
-/// fetches pass through pinned staging buffers.
+/// its streams on lanes (map_streams_to_lanes: each a cudaStream with its LaneResources, such as
+/// a cuBLASLt handle, made on first use), its waits as cudaEvents; feeds and fetches pass
+/// through pinned staging buffers. Kernels' choices live in one KernelCache per executor.
 class CudaExecutor {
  public:
   /// Throws kiln::DeviceError saying why when `device` cannot be used (or CUDA is not built).
