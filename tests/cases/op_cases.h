@@ -66,6 +66,10 @@ struct OpCase {
   double fd_step = 1e-6, fd_rtol = 1e-6;
   /// PyTorch parity tolerance (rtol = atol) where tighter than the suite's default; 0: default.
   double parity_tolerance = 0;
+  /// The op in PyTorch terms, for an op tests/parity/torch_parity.py does not know: a Python
+  /// expression over `a` (the first input), `args` (all inputs), `attrs` (strings by name),
+  /// `torch` and `F` (torch.nn.functional), e.g. "F.softsign(a)". Empty: the script's own.
+  std::string torch;
   Reference reference;
 };
 

@@ -10,7 +10,8 @@
 //   "<id> const file=<id>.npy"    a fed integer input or a constant
 //   "<id> <op> <ref>... <attr>=<value>..."  an op; a ref is "<id>" or "<id>:<output>";
 //       lists are comma-separated ("none" when empty), bools 0/1, dtypes by name
-//   "output <ref>", "grad <id>" (one per float input), "tolerance <t>" (optional)
+//   "output <ref>", "grad <id>" (one per float input), "tolerance <t>" (optional),
+//   "torch <op> <python expression>" (optional: the case's own PyTorch form of its op)
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -61,11 +62,12 @@ std::string ref(const Value& v) {
 // Runs the case, writes its spec, inputs and Kiln's results (forward, and with
 // `with_gradients` the gradients) to `dir`.
 void write_case(const std::string& dir, CaseGraph& c, const Value& y, bool with_gradients,
-                double tolerance) {
+                double tolerance, const std::string& op = "", const std::string& torch = "") {
   std::filesystem::create_directories(dir);
   std::ofstream spec(dir + "/spec.txt");
   spec << "dtype " << c.dtype() << "\n";
   if (tolerance > 0) spec << "tolerance " << tolerance << "\n";
+  if (!torch.empty()) spec << "torch " << op << " " << torch << "\n";
   std::map<int32_t, Tensor> fed;
   for (const auto& [value, tensor] : c.feeds) fed[value.node_id()] = tensor;
   std::set<int32_t> float_inputs;
@@ -189,7 +191,8 @@ int main(int argc, char** argv) {
         if (std::find(oc.dtypes.begin(), oc.dtypes.end(), dtype) == oc.dtypes.end()) continue;
         CaseGraph c(dtype, dtype, testing::case_seed(oc.name));
         Value y = oc.build(c);
-        write_case(str(root, "/op_", oc.name, "_", dtype), c, y, oc.gradients, oc.parity_tolerance);
+        write_case(str(root, "/op_", oc.name, "_", dtype), c, y, oc.gradients, oc.parity_tolerance,
+                   oc.op, oc.torch);
         ++written;
       }
     }

@@ -49,9 +49,12 @@ def slices(attrs):
     return tuple(slice(b, None if e == INT64_MAX else e, s) for b, e, s in zip(begin, end, step))
 
 
-def apply(op, args, attrs, dtype):
-    """One Kiln op in torch terms (a tuple for ops with several outputs)."""
+def apply(op, args, attrs, dtype, custom):
+    """One Kiln op in torch terms (a tuple for ops with several outputs). `custom`: ops whose
+    case gave its own torch expression (OpCase::torch)."""
     a = args[0] if args else None
+    if op in custom:
+        return eval(custom[op], {"torch": torch, "F": F, "a": a, "args": args, "attrs": attrs})
     unary = {
         "neg": torch.neg, "abs": torch.abs, "square": torch.square, "relu": torch.relu,
         "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
@@ -178,7 +181,7 @@ def run_case(case_dir):
     lines = open(os.path.join(case_dir, "spec.txt")).read().split("\n")
     dtype_name = lines[0].split()[1]
     dtype = DTYPES[dtype_name]
-    values, inputs, grads_wanted, output = {}, {}, [], None
+    values, inputs, grads_wanted, output, custom = {}, {}, [], None, {}
     rtol, atol = TOLERANCE[dtype_name]
     for line in lines[1:]:
         if not line:
@@ -193,6 +196,9 @@ def run_case(case_dir):
         if parts[0] == "tolerance":
             rtol = atol = float(parts[1])
             continue
+        if parts[0] == "torch":
+            custom[parts[1]] = line.split(None, 2)[2]
+            continue
         node, op = parts[0], parts[1]
         args = [lookup(values, p) for p in parts[2:] if "=" not in p]
         attrs = dict(p.split("=", 1) for p in parts[2:] if "=" in p)
@@ -203,7 +209,7 @@ def run_case(case_dir):
                 inputs[node] = t
             values[node] = t
         else:
-            values[node] = apply(op, args, attrs, dtype)
+            values[node] = apply(op, args, attrs, dtype, custom)
     y = lookup(values, output)
     compared, problems = 0, []
 
