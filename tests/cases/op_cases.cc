@@ -71,7 +71,7 @@ std::string compare_relative(const Tensor& got, const Tensor& want, DType as) {
   for (size_t i = 0; i < g.size(); ++i) {
     if (std::isnan(g[i]) && std::isnan(w[i])) continue;
     if (g[i] == w[i]) continue;  // infinities, exact integers
-    if (std::abs(g[i] - w[i]) <= rtol * (std::abs(w[i]) + 0.01 * largest)) continue;
+    if (std::abs(g[i] - w[i]) <= rtol * (std::abs(w[i]) + 0.1 * largest)) continue;
     return str("element ", i, ": ", g[i], " vs ", w[i], " (rtol ", rtol, ")");
   }
   return "";
