@@ -45,6 +45,13 @@ class DeviceError : public Error {
   using Error::Error;
 };
 
+/// A distributed run that cannot go on: a bad environment, a rendezvous or collective that
+/// timed out, a peer that died. The message names the rank(s) and what was waited for.
+class DistributedError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 template <typename... Args>
 std::string concat(Args&&... args) {
