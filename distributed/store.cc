@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -491,23 +492,30 @@ Rendezvous rendezvous(const Environment& env, std::chrono::milliseconds timeout)
   r.store->set(str("rank/", env.rank), str(env.local_rank));
   std::vector<std::string> keys;
   for (int64_t k = 0; k < env.world_size; ++k) keys.push_back(str("rank/", k));
-  const auto left =
-      std::max(std::chrono::milliseconds(1),
-               std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
-  try {
-    r.store->wait(keys, left);
-  } catch (const DistributedError&) {
-    const std::vector<bool> here = r.store->check(keys);
-    std::string absent;
-    int64_t count = 0;
-    for (int64_t k = 0; k < env.world_size; ++k)
-      if (!here[k] && ++count <= 16) absent += str(count > 1 ? ", " : "", k);
-    if (count > 16) absent += str(" and ", count - 16, " more");
-    throw DistributedError(str("[rendezvous] rank ", env.rank, " of ", env.world_size, ": rank",
-                               count > 1 ? "s " : " ", absent, " did not arrive within ",
-                               timeout.count(), " ms at ", r.store->address()));
+  // Polled here rather than with Store::wait, so the ranks missing at the last look are known
+  // even when the store itself goes away (rank 0 giving up at its own timeout).
+  std::vector<bool> here(keys.size(), false);
+  std::string lost;
+  for (auto pause = std::chrono::milliseconds(1);;) {
+    try {
+      here = r.store->check(keys);
+    } catch (const DistributedError& e) {
+      lost = str(" (then the store went away: ", e.what(), ")");
+      break;
+    }
+    if (std::find(here.begin(), here.end(), false) == here.end()) return r;
+    if (Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::milliseconds(50));
   }
-  return r;
+  std::string absent;
+  int64_t count = 0;
+  for (int64_t k = 0; k < env.world_size; ++k)
+    if (!here[k] && ++count <= 16) absent += str(count > 1 ? ", " : "", k);
+  if (count > 16) absent += str(" and ", count - 16, " more");
+  throw DistributedError(str("[rendezvous] rank ", env.rank, " of ", env.world_size, ": rank",
+                             count > 1 ? "s " : " ", absent, " did not arrive within ",
+                             timeout.count(), " ms at ", r.store->address(), lost));
 }
 
 }  // namespace kiln::distributed

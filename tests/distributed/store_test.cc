@@ -192,10 +192,12 @@ TEST(Rendezvous, FourRanksMeetWhenMasterPortIsTaken) {
       Rendezvous meeting = rendezvous(env, 10s);
       meeting.store->add("arrived", 1);
       meeting.store->wait({"done"});
+      meeting.store->set(str("left/", r), "1");
+      // Rank 0 hosts the store: it stays until every rank is done with it.
+      if (r == 0) meeting.store->wait({"left/1", "left/2", "left/3"});
       return meeting.store->address();
     }));
-  // Rank 0's store outlives the others' use of it: tell them to finish once all arrived.
-  // (Rank 0 runs in ranks[3]; its server is destroyed when its task returns.)
+  // Once all four arrived, tell them to finish.
   std::this_thread::sleep_for(100ms);
   for (int tries = 0; tries < 200; ++tries) {
     try {

@@ -1,0 +1,122 @@
+// kiln-launch (CTest label `distributed`): the environment each rank gets, prefixed output,
+// a failing rank ending the others, forwarded signals, no process left behind.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+  double seconds = 0;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Runs kiln-launch with `args` through the shell.
+Result launch(const std::string& args) {
+  const std::string out = testing::tmp("launch.out"), err = testing::tmp("launch.err");
+  const auto start = std::chrono::steady_clock::now();
+  const int status = std::system(str(KILN_LAUNCH_TOOL, " ", args, " >", out, " 2>", err).c_str());
+  Result r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+bool alive(pid_t pid) {
+  return ::kill(pid, 0) == 0;
+}
+
+TEST(Launch, EveryRankGetsTheEnvironmentAndItsOutputIsPrefixed) {
+  const Result r = launch(
+      "--nproc-per-node 2 --master-port 1234 sh -c "
+      "'echo \"$RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $MASTER_ADDR $MASTER_PORT\"; "
+      "test -n \"$KILN_JOB_ID\" && printf partial >&2'");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("[rank 0] 0 2 0 2 127.0.0.1 1234\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[rank 1] 1 2 1 2 127.0.0.1 1234\n"), std::string::npos) << r.out;
+  // A last line without a newline is still printed, prefixed, on the right stream.
+  EXPECT_NE(r.err.find("[rank 1] partial\n"), std::string::npos) << r.err;
+  const Result nodes = launch(
+      "--nproc-per-node 2 --nnodes 3 --node-rank 2 --job-id j sh -c 'echo $RANK/$WORLD_SIZE'");
+  EXPECT_NE(nodes.out.find("[rank 4] 4/6"), std::string::npos) << nodes.out;
+  EXPECT_NE(nodes.out.find("[rank 5] 5/6"), std::string::npos) << nodes.out;
+}
+
+TEST(Launch, AFailingRankEndsTheOthersAndIsNamed) {
+  const std::string pidfile = testing::tmp("launch_sleeper.pid");
+  std::remove(pidfile.c_str());
+  const Result r = launch(
+      str("--nproc-per-node 3 --grace 2 sh -c 'if [ $RANK = 1 ]; then sleep 0.3; exit 3; fi; "
+          "if [ $RANK = 0 ]; then echo $$ > ",
+          pidfile, "; fi; exec sleep 60'"));
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("[kiln-launch] rank 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("exited with status 3; ending the other ranks"), std::string::npos);
+  EXPECT_LT(r.seconds, 30);
+  const pid_t sleeper = std::stoi(slurp(pidfile));
+  EXPECT_FALSE(alive(sleeper)) << "rank 0 was left running";
+
+  const Result crash =
+      launch("--nproc-per-node 2 sh -c 'if [ $RANK = 0 ]; then kill -SEGV $$; fi; sleep 60'");
+  EXPECT_EQ(crash.code, 1);
+  EXPECT_NE(crash.err.find("rank 0"), std::string::npos) << crash.err;
+  EXPECT_NE(crash.err.find("killed by signal 11"), std::string::npos) << crash.err;
+  EXPECT_LT(crash.seconds, 30);
+}
+
+TEST(Launch, SignalsAreForwardedAndNothingIsLeft) {
+  const std::string pidfile = testing::tmp("launch_signal.pid");
+  std::remove(pidfile.c_str());
+  const pid_t launcher = ::fork();
+  if (launcher == 0) {
+    const std::string script = str("echo $$ >> ", pidfile, "; exec sleep 60");
+    ::execl(KILN_LAUNCH_TOOL, KILN_LAUNCH_TOOL, "--nproc-per-node", "2", "--grace", "2", "sh", "-c",
+            script.c_str(), static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  // Until both ranks are running.
+  for (int i = 0; i < 200; ++i) {
+    const std::string pids = slurp(pidfile);
+    if (std::count(pids.begin(), pids.end(), '\n') >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(launcher, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  std::ifstream pids(pidfile);
+  int count = 0;
+  for (pid_t pid; pids >> pid; ++count) EXPECT_FALSE(alive(pid)) << "rank pid " << pid;
+  EXPECT_EQ(count, 2);
+}
+
+TEST(Launch, UsageErrors) {
+  EXPECT_EQ(launch("true").code, 2);
+  EXPECT_EQ(launch("--nproc-per-node 0 true").code, 2);
+  EXPECT_EQ(launch("--nproc-per-node 2 --nnodes 2 --node-rank 2 true").code, 2);
+  const Result missing = launch("--nproc-per-node 1 /no/such/program");
+  EXPECT_EQ(missing.code, 127);
+  EXPECT_NE(missing.err.find("cannot run '/no/such/program'"), std::string::npos) << missing.err;
+}
+
+}  // namespace
+}  // namespace kiln
