@@ -1,0 +1,241 @@
+// The Gloo communicator: Kiln's store adapted to Gloo's rendezvous, one full mesh of TCP pairs,
+// and each collective as Gloo's algorithm with Kiln's dtypes and reductions.
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/common/error.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/device.h>
+
+#include <cstring>
+
+#include "distributed/communicator.h"
+#include "framework/dtype.h"
+#include "framework/error.h"
+
+namespace kiln::distributed {
+
+namespace {
+
+// Gloo's rendezvous through Kiln's store, keys under a prefix.
+class GlooStore final : public gloo::rendezvous::Store {
+ public:
+  GlooStore(distributed::Store& store, std::string prefix, std::chrono::milliseconds timeout)
+      : store_(store), prefix_(std::move(prefix) + "/"), timeout_(timeout) {}
+  void set(const std::string& key, const std::vector<char>& data) override {
+    store_.set(prefix_ + key, std::string(data.begin(), data.end()));
+  }
+  std::vector<char> get(const std::string& key) override {
+    store_.wait({prefix_ + key}, timeout_);
+    const std::string value = *store_.try_get(prefix_ + key);
+    return std::vector<char>(value.begin(), value.end());
+  }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
+  void wait(const std::vector<std::string>& keys,
+            const std::chrono::milliseconds& timeout) override {
+    std::vector<std::string> full;
+    for (const std::string& k : keys) full.push_back(prefix_ + k);
+    store_.wait(full, timeout);
+  }
+
+ private:
+  distributed::Store& store_;
+  std::string prefix_;
+  std::chrono::milliseconds timeout_;
+};
+
+// out[i] = a[i] (op) b[i] for n elements of T, as Gloo's reduce function.
+template <typename T>
+void combine(void* out, const void* a, const void* b, size_t n, ReduceOp op) {
+  auto* o = static_cast<T*>(out);
+  const auto* x = static_cast<const T*>(a);
+  const auto* y = static_cast<const T*>(b);
+  for (size_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<T, bool>) {
+      o[i] = op == ReduceOp::min ? (x[i] && y[i]) : (x[i] || y[i]);
+    } else if constexpr (std::is_integral_v<T>) {
+      using U = std::make_unsigned_t<T>;  // sums wrap, as Kiln's integer adds do
+      o[i] = op == ReduceOp::max   ? std::max(x[i], y[i])
+             : op == ReduceOp::min ? std::min(x[i], y[i])
+                                   : static_cast<T>(static_cast<U>(x[i]) + static_cast<U>(y[i]));
+    } else {
+      // Floats (16-bit ones through float). NaN wins max and min, as Kiln's maximum does.
+      const float xf = convert<float>(x[i]), yf = convert<float>(y[i]);
+      const double xd = convert<double>(x[i]), yd = convert<double>(y[i]);
+      if (op == ReduceOp::max)
+        o[i] = (xd != xd || xd > yd) ? x[i] : y[i];
+      else if (op == ReduceOp::min)
+        o[i] = (xd != xd || xd < yd) ? x[i] : y[i];
+      else if constexpr (sizeof(T) == 2)
+        o[i] = convert<T>(xf + yf);
+      else
+        o[i] = x[i] + y[i];
+    }
+  }
+}
+
+class GlooCommunicator final : public Communicator {
+ public:
+  GlooCommunicator(distributed::Store& store, int64_t rank, int64_t world,
+                   std::chrono::milliseconds timeout, const std::string& prefix)
+      : rank_(rank), world_(world), timeout_(timeout) {
+    KILN_CHECK(world >= 1 && rank >= 0 && rank < world, DistributedError, "[gloo] rank ", rank,
+               " is outside a world of ", world);
+    try {
+      gloo::transport::tcp::attr attr;
+      attr.hostname = "";  // Gloo picks this host's address
+      device_ = gloo::transport::tcp::CreateDevice(attr);
+      context_ = std::make_shared<gloo::rendezvous::Context>(static_cast<int>(rank),
+                                                             static_cast<int>(world));
+      context_->setTimeout(timeout);
+      GlooStore gloo_store(store, prefix, timeout);
+      context_->connectFullMesh(gloo_store, device_);
+    } catch (const DistributedError& e) {
+      throw DistributedError(
+          str("[gloo] rank ", rank, " of ", world, ": the peers did not all connect: ", e.what()));
+    } catch (const ::gloo::Exception& e) {
+      throw DistributedError(str("[gloo] rank ", rank, " of ", world,
+                                 ": could not connect to every peer: ", e.what()));
+    }
+  }
+
+  int64_t rank() const override { return rank_; }
+  int64_t world_size() const override { return world_; }
+
+  void all_reduce(Tensor& tensor, ReduceOp op) override {
+    check_host(tensor, "all_reduce");
+    KILN_CHECK(op != ReduceOp::avg || is_floating(tensor.dtype()), DistributedError,
+               "[gloo] all_reduce: avg of ", tensor.dtype(), " (an integer dtype) is not defined");
+    if (tensor.numel() == 0 || world_ == 1) return;
+    run("all_reduce", [&] {
+      dispatch_all(tensor.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        gloo::AllreduceOptions options(context_);
+        T* data = tensor.data<T>();
+        options.setInputs(&data, 1, static_cast<size_t>(tensor.numel()));
+        options.setOutputs(&data, 1, static_cast<size_t>(tensor.numel()));
+        options.setReduceFunction([op](void* out, const void* a, const void* b, size_t n) {
+          combine<T>(out, a, b, n, op);
+        });
+        options.setTag(next_tag());
+        options.setTimeout(timeout_);
+        gloo::allreduce(options);
+      });
+    });
+    if (op == ReduceOp::avg) divide(tensor);
+  }
+
+  void broadcast(Tensor& tensor, int64_t root) override {
+    check_host(tensor, "broadcast");
+    KILN_CHECK(root >= 0 && root < world_, DistributedError, "[gloo] broadcast: root ", root,
+               " is outside a world of ", world_);
+    if (tensor.numel() == 0 || world_ == 1) return;
+    run("broadcast", [&] {
+      gloo::BroadcastOptions options(context_);
+      auto* bytes = static_cast<uint8_t*>(tensor.raw_data());
+      if (rank_ == root) options.setInput(bytes, tensor.nbytes());
+      options.setOutput(bytes, tensor.nbytes());
+      options.setRoot(static_cast<int>(root));
+      options.setTag(next_tag());
+      options.setTimeout(timeout_);
+      gloo::broadcast(options);
+    });
+  }
+
+  Tensor all_gather(const Tensor& tensor) override {
+    check_host(tensor, "all_gather");
+    std::vector<int64_t> dims = {world_};
+    for (int64_t d : tensor.shape()) dims.push_back(d);
+    Tensor out = Tensor::empty(tensor.dtype(), Shape(dims));
+    if (tensor.numel() == 0) return out;
+    if (world_ == 1) {
+      std::memcpy(out.raw_data(), tensor.raw_data(), tensor.nbytes());
+      return out;
+    }
+    run("all_gather", [&] {
+      gloo::AllgatherOptions options(context_);
+      options.setInput(static_cast<uint8_t*>(tensor.raw_data()), tensor.nbytes());
+      options.setOutput(static_cast<uint8_t*>(out.raw_data()), out.nbytes());
+      options.setTag(next_tag());
+      options.setTimeout(timeout_);
+      gloo::allgather(options);
+    });
+    return out;
+  }
+
+  Tensor reduce_scatter(const Tensor& tensor, ReduceOp op) override {
+    check_host(tensor, "reduce_scatter");
+    KILN_CHECK(tensor.rank() >= 1 && tensor.shape()[0] % world_ == 0, DistributedError,
+               "[gloo] reduce_scatter: the leading dim of ", tensor.dtype(), tensor.shape(),
+               " is not a multiple of the world size ", world_);
+    // All-reduce, then this rank's part: correct and simple; a ring reduce-scatter would move
+    // half the bytes.
+    Tensor all = tensor.clone();
+    all_reduce(all, op);
+    std::vector<int64_t> dims(tensor.shape().begin(), tensor.shape().end());
+    dims[0] /= world_;
+    Tensor part = Tensor::empty(tensor.dtype(), Shape(dims));
+    std::memcpy(part.raw_data(), static_cast<const char*>(all.raw_data()) + rank_ * part.nbytes(),
+                part.nbytes());
+    return part;
+  }
+
+  void barrier() override {
+    if (world_ == 1) return;
+    run("barrier", [&] {
+      gloo::BarrierOptions options(context_);
+      options.setTag(next_tag());
+      options.setTimeout(timeout_);
+      gloo::barrier(options);
+    });
+  }
+
+ private:
+  void check_host(const Tensor& tensor, const char* what) const {
+    KILN_CHECK(tensor.defined() && tensor.device().is_cpu(), DistributedError, "[gloo] ", what,
+               ": Gloo takes defined host tensors (use NCCL for GPU tensors)");
+  }
+
+  // Runs a collective; the transport's errors become Kiln's, naming rank and collective.
+  template <typename F>
+  void run(const char* what, F&& collective) {
+    try {
+      collective();
+    } catch (const ::gloo::Exception& e) {
+      throw DistributedError(str("[gloo] rank ", rank_, " of ", world_, ": ", what,
+                                 " failed (a peer died, hung past ", timeout_.count(),
+                                 " ms, or called another collective): ", e.what()));
+    }
+  }
+
+  void divide(Tensor& tensor) const {
+    dispatch_all(tensor.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (!std::is_integral_v<T>) {
+        T* data = tensor.data<T>();
+        for (int64_t i = 0; i < tensor.numel(); ++i)
+          data[i] = convert<T>(convert<double>(data[i]) / static_cast<double>(world_));
+      }
+    });
+  }
+
+  uint32_t next_tag() { return tag_++; }
+
+  int64_t rank_, world_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<gloo::transport::Device> device_;
+  std::shared_ptr<gloo::rendezvous::Context> context_;
+  uint32_t tag_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_gloo_communicator(Store& store, int64_t rank, int64_t world_size,
+                                                     std::chrono::milliseconds timeout,
+                                                     const std::string& prefix) {
+  return std::make_unique<GlooCommunicator>(store, rank, world_size, timeout, prefix);
+}
+
+}  // namespace kiln::distributed

@@ -1,0 +1,143 @@
+// The Gloo communicator (CTest labels `distributed`, `gloo`): ranks are threads of this process
+// over loopback TCP, 2 and 4 of them, every dtype, sizes 0, 1 and large odd ones.
+#include <functional>
+#include <future>
+
+#include "distributed/communicator.h"
+#include "test_util.h"
+
+namespace kiln::distributed {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Runs `body(communicator)` on `world` ranks at once; returns each rank's error ("" if none).
+std::vector<std::string> on_ranks(int64_t world, const std::function<void(Communicator&)>& body,
+                                  std::chrono::milliseconds timeout = 20s, int64_t arriving = -1) {
+  StoreServer server(0, "comm", world);
+  std::vector<std::future<std::string>> ranks;
+  for (int64_t r = 0; r < (arriving < 0 ? world : arriving); ++r)
+    ranks.push_back(std::async(std::launch::async, [&, r] {
+      try {
+        Store store("127.0.0.1", server.port(), "comm", world, timeout);
+        auto comm = make_gloo_communicator(store, r, world, timeout);
+        body(*comm);
+        return std::string();
+      } catch (const std::exception& e) {
+        return std::string(e.what());
+      }
+    }));
+  std::vector<std::string> errors;
+  for (auto& r : ranks) errors.push_back(r.get());
+  return errors;
+}
+
+// Rank r's value at element i in `dtype`: small integers (and for bool a sparse pattern), so
+// every dtype holds sums of 4 ranks exactly.
+double value_of(DType dtype, int64_t r, int64_t i) {
+  const double v = static_cast<double>((r + 1 + i % 5) % 7);
+  return dtype == DType::boolean ? double(v != 0 && (i + r) % 3 == 0) : v;
+}
+
+Tensor rank_tensor(DType dtype, int64_t n, int64_t r) {
+  Tensor t = Tensor::empty(dtype, {n});
+  dispatch_all(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t i = 0; i < n; ++i) t.data<T>()[i] = convert<T>(value_of(dtype, r, i));
+  });
+  return t;
+}
+
+TEST(Gloo, AllReduceEveryDtypeOpAndSize) {
+  for (int64_t world : {2, 4}) {
+    const auto errors = on_ranks(world, [&](Communicator& comm) {
+      for (DType dtype : {f32, f64, f16, bf16, i32, i64, u8, DType::boolean})
+        for (int64_t n : {0, 1, 1001, 100003})
+          for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max, ReduceOp::min}) {
+            if (op == ReduceOp::avg && !is_floating(dtype)) continue;
+            Tensor t = rank_tensor(dtype, n, comm.rank());
+            comm.all_reduce(t, op);
+            for (int64_t i = 0; i<n; i += n> 1000 ? 97 : 1) {
+              double want = op == ReduceOp::min ? 1e9 : op == ReduceOp::max ? -1e9 : 0;
+              for (int64_t r = 0; r < world; ++r) {
+                const double v = value_of(dtype, r, i);
+                want = op == ReduceOp::min   ? std::min(want, v)
+                       : op == ReduceOp::max ? std::max(want, v)
+                                             : want + v;
+              }
+              if (op == ReduceOp::avg) want /= static_cast<double>(world);
+              if (dtype == DType::boolean) want = want != 0;
+              const double tol = dtype == bf16 ? 0.02 : dtype == f16 ? 0.002 : 1e-6;
+              ASSERT_NEAR(t.element(i), want, tol * std::max(1.0, std::abs(want)))
+                  << "world " << world << " " << dtype << " n " << n << " " << reduce_op_name(op)
+                  << " element " << i;
+            }
+          }
+    });
+    for (const std::string& e : errors) EXPECT_EQ(e, "");
+  }
+}
+
+TEST(Gloo, BroadcastAllGatherReduceScatterBarrier) {
+  const int64_t world = 4;
+  const auto errors = on_ranks(world, [&](Communicator& comm) {
+    const int64_t r = comm.rank();
+    Tensor b = Tensor::full(i64, {1001}, static_cast<double>(r * 10));
+    comm.broadcast(b, 2);
+    for (int64_t i = 0; i < b.numel(); ++i) ASSERT_EQ(b.data<int64_t>()[i], 20);
+    Tensor mine = Tensor::from_vector<float>({float(r), float(r) + 0.5f, -float(r)}, {3});
+    Tensor all = comm.all_gather(mine);
+    ASSERT_EQ(all.shape(), Shape({4, 3}));
+    for (int64_t k = 0; k < world; ++k) {
+      EXPECT_EQ(all.data<float>()[3 * k + 1], float(k) + 0.5f);
+    }
+    Tensor big = Tensor::full(f64, {8, 5}, static_cast<double>(r + 1));
+    Tensor part = comm.reduce_scatter(big, ReduceOp::sum);
+    ASSERT_EQ(part.shape(), Shape({2, 5}));
+    EXPECT_EQ(part.element(0), 10);  // 1 + 2 + 3 + 4
+    comm.barrier();
+    // Errors a user can hit, named, on every rank alike (no collective is started).
+    Tensor ints = Tensor::full(i32, {3}, 1);
+    testing::expect_error([&] { comm.all_reduce(ints, ReduceOp::avg); },
+                          {"[gloo] all_reduce: avg of i32"});
+    testing::expect_error([&] { comm.reduce_scatter(Tensor::zeros(f32, {6}), ReduceOp::sum); },
+                          {"not a multiple of the world size 4"});
+    testing::expect_error([&] { comm.broadcast(b, 4); }, {"root 4 is outside a world of 4"});
+    comm.barrier();
+  });
+  for (const std::string& e : errors) EXPECT_EQ(e, "");
+}
+
+TEST(Gloo, ARankThatNeverArrivesIsAnErrorAfterTheTimeout) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto errors = on_ranks(
+      3, [](Communicator&) {}, 1500ms, /*arriving=*/2);
+  for (const std::string& e : errors) {
+    std::printf("%s\n", e.c_str());
+    EXPECT_NE(e.find("[gloo] rank "), std::string::npos) << e;
+    EXPECT_NE(e.find("of 3"), std::string::npos) << e;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
+TEST(Gloo, APeerThatLeavesMidJobIsAnErrorNotAHang) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto errors = on_ranks(
+      2,
+      [](Communicator& comm) {
+        comm.barrier();
+        if (comm.rank() == 1) return;  // leaves: its communicator closes its connections
+        std::this_thread::sleep_for(100ms);
+        Tensor t = Tensor::full(f32, {1000}, 1);
+        comm.all_reduce(t, ReduceOp::sum);
+      },
+      3s);
+  std::printf("%s\n", errors[0].c_str());
+  EXPECT_NE(errors[0].find("[gloo] rank 0 of 2: all_reduce failed"), std::string::npos)
+      << errors[0];
+  EXPECT_EQ(errors[1], "");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
+}  // namespace
+}  // namespace kiln::distributed
