@@ -1,0 +1,49 @@
+// The entry point of a distributed program: distributed::init() finds the job from the
+// environment (torchrun, Slurm, kiln-launch), meets the other ranks, and gives the process its
+// rank, world size and communicator. Without any of the variables the program is one process
+// (world size 1) and runs unchanged.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "distributed/communicator.h"
+#include "distributed/environment.h"
+#include "distributed/store.h"
+
+namespace kiln::distributed {
+
+struct InitOptions {
+  /// How long to wait for the other ranks, and for each collective.
+  std::chrono::milliseconds timeout = std::chrono::minutes(5);
+};
+
+/// This process's job: its place, the rendezvous store, a communicator for host tensors.
+class Group {
+ public:
+  int64_t rank() const { return env_.rank; }
+  int64_t world_size() const { return env_.world_size; }
+  int64_t local_rank() const { return env_.local_rank; }
+  const Environment& environment() const { return env_; }
+  /// The CPU communicator (Gloo; world size 1: a local one that does nothing).
+  Communicator& communicator() { return *communicator_; }
+  /// The rendezvous store (nullptr at world size 1).
+  Store* store() { return rendezvous_.store.get(); }
+
+ private:
+  friend std::shared_ptr<Group> init(const InitOptions&, const EnvironmentReader&);
+  Environment env_;
+  Rendezvous rendezvous_;
+  std::unique_ptr<Communicator> communicator_;
+};
+
+/// Reads the environment, meets the other ranks and connects the communicator. Throws
+/// kiln::DistributedError (a bad environment, a rank that never arrives, an unreachable
+/// master) after at most options.timeout.
+std::shared_ptr<Group> init(const InitOptions& options = {},
+                            const EnvironmentReader& read = process_environment);
+
+/// A communicator of one rank (world size 1): every collective leaves its tensor as it is.
+std::unique_ptr<Communicator> make_local_communicator();
+
+}  // namespace kiln::distributed
