@@ -29,7 +29,7 @@ class GlooStore final : public gloo::rendezvous::Store {
   }
   std::vector<char> get(const std::string& key) override {
     store_.wait({prefix_ + key}, timeout_);
-    const std::string value = *store_.try_get(prefix_ + key);
+    const std::string value = store_.get(prefix_ + key);
     return std::vector<char>(value.begin(), value.end());
   }
   void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }

@@ -126,6 +126,13 @@ std::optional<std::string> recv_message(int fd, Clock::time_point deadline) {
   return body;
 }
 
+// Whether `message` starts as a handshake of this protocol (any job).
+bool is_store_hello(const std::string& message) {
+  std::string magic;
+  put_string(magic, kStoreMagic);
+  return message.rfind(magic, 0) == 0;
+}
+
 // The handshake both sides send first: magic, job id, world size.
 std::string hello(const std::string& job_id, int64_t world_size) {
   std::string out;
@@ -154,7 +161,7 @@ struct StoreServer::State {
     const auto forever = Clock::time_point::max();
     // Handshake: the client speaks first; anything but our magic ends the connection.
     auto first = recv_message(fd, Clock::now() + std::chrono::seconds(30));
-    if (first && first->rfind(std::string("\x0b\0\0\0", 4) + kStoreMagic, 0) == 0)
+    if (first && is_store_hello(*first))
       send_message(fd, hello, forever);
     else
       return;
@@ -348,7 +355,7 @@ Store::Store(const std::string& host, int port, std::string job_id, int64_t worl
       if (theirs && *theirs == mine) return;
       ::close(fd_);
       fd_ = -1;
-      if (theirs && theirs->rfind(std::string("\x0b\0\0\0", 4) + kStoreMagic, 0) == 0)
+      if (theirs && is_store_hello(*theirs))
         error = "a Kiln store of another job or world size answered";
       else
         error = "the listener there is not a Kiln store";

@@ -28,12 +28,6 @@ size_t slot_bytes(const Plan& plan, int32_t slot) {
   return static_cast<size_t>(t.shape.numel()) * dtype_size(t.dtype);
 }
 
-// Outputs that are not computed into memory of their own: the variable's storage, a constant,
-// an update written into a variable.
-bool external_output(const Node& node) {
-  return node.op().external_output();
-}
-
 bool is_constant(const Node& node) {
   return node.op().source() == OutputSource::attribute;
 }
@@ -230,7 +224,7 @@ class CudaExecutorImpl final : public CudaExecutor {
       const Node& node = plan.graph->node(step.node);
       for (size_t i = 0; i < step.output_slots.size(); ++i) {
         const int32_t out = step.output_slots[i];
-        if (!fetched[out] || plan.slot_offset[out] >= 0 || external_output(node)) continue;
+        if (!fetched[out] || plan.slot_offset[out] >= 0 || node.op().external_output()) continue;
         const TensorType& t = step.output_types[i];
         state->slot_buffers.emplace(
             out, Tensor(t.dtype, t.shape,

@@ -15,11 +15,6 @@ int64_t aligned(int64_t bytes) {
   return (bytes + kAlignment - 1) / kAlignment * kAlignment;
 }
 
-// Slots the arena does not hold: feeds, fetches, and outputs that are someone else's storage.
-bool external_output(const Node& node) {
-  return node.op().external_output();
-}
-
 }  // namespace
 
 void analyze_liveness(Plan& plan) {
@@ -83,7 +78,9 @@ void plan_memory(Plan& plan, bool in_place) {
                          // knows of nothing
       return done_before(b.slot, p);
     });
-    if (external_output(node)) continue;
+    // Slots the arena does not hold: outputs that are someone else's storage (feeds and
+    // fetches are skipped below).
+    if (node.op().external_output()) continue;
     for (size_t o = 0; o < step.output_slots.size(); ++o) {
       const int32_t slot = step.output_slots[o];
       const TensorType& type = step.output_types[o];

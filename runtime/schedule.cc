@@ -37,7 +37,6 @@ void schedule_streams(Plan& plan, int max_streams) {
   max_streams = std::max(1, max_streams);
   const auto preds = predecessors(plan);
   std::vector<int32_t> tail;  // last step of each compute stream
-  std::vector<int32_t> compute_of_step(plan.steps.size(), -1);
   bool any_communication = false;
   for (int32_t s = 0; s < static_cast<int32_t>(plan.steps.size()); ++s) {
     PlanStep& step = plan.steps[s];
@@ -49,8 +48,8 @@ void schedule_streams(Plan& plan, int max_streams) {
     int32_t stream = -1;
     // Continue the chain of a predecessor that is still the end of its compute stream.
     for (int32_t p : preds[s])
-      if (compute_of_step[p] >= 0 && tail[compute_of_step[p]] == p) {
-        stream = compute_of_step[p];
+      if (plan.steps[p].stream >= 0 && tail[plan.steps[p].stream] == p) {
+        stream = plan.steps[p].stream;
         break;
       }
     if (stream < 0) {
@@ -64,7 +63,7 @@ void schedule_streams(Plan& plan, int max_streams) {
         stream = static_cast<int32_t>(std::min_element(tail.begin(), tail.end()) - tail.begin());
       }
     }
-    step.stream = compute_of_step[s] = stream;
+    step.stream = stream;
     tail[stream] = s;
   }
   const int32_t compute_streams = std::max<int32_t>(1, static_cast<int32_t>(tail.size()));
