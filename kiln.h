@@ -4,6 +4,7 @@
 #include "autograd/gradients.h"
 #include "autograd/mixed_precision.h"
 #include "autograd/optim.h"
+#include "distributed/data_parallel.h"
 #include "distributed/distributed.h"
 #include "framework/data.h"
 #include "framework/device.h"

@@ -32,16 +32,23 @@ std::unique_ptr<Communicator> make_local_communicator() {
   return std::make_unique<LocalCommunicator>();
 }
 
+Communicator& local_communicator() {
+  static const std::unique_ptr<Communicator> local = make_local_communicator();
+  return *local;
+}
+
 std::shared_ptr<Group> init(const InitOptions& options, const EnvironmentReader& read) {
   auto group = std::shared_ptr<Group>(new Group());
   group->env_ = read_environment(read);
   if (group->env_.world_size == 1) {
     group->communicator_ = make_local_communicator();
+    set_default_group(group);
     return group;
   }
   group->rendezvous_ = rendezvous(group->env_, options.timeout);
   group->communicator_ = make_gloo_communicator(*group->rendezvous_.store, group->env_.rank,
                                                 group->env_.world_size, options.timeout);
+  set_default_group(group);
   return group;
 }
 

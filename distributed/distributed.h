@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 
+#include "distributed/collectives.h"
 #include "distributed/communicator.h"
 #include "distributed/environment.h"
 #include "distributed/store.h"
@@ -37,7 +38,8 @@ class Group {
   std::unique_ptr<Communicator> communicator_;
 };
 
-/// Reads the environment, meets the other ranks and connects the communicator. Throws
+/// Reads the environment, meets the other ranks and connects the communicator; the group
+/// becomes the process's default (what collective ops in graphs use). Throws
 /// kiln::DistributedError (a bad environment, a rank that never arrives, an unreachable
 /// master) after at most options.timeout.
 std::shared_ptr<Group> init(const InitOptions& options = {},
@@ -45,5 +47,7 @@ std::shared_ptr<Group> init(const InitOptions& options = {},
 
 /// A communicator of one rank (world size 1): every collective leaves its tensor as it is.
 std::unique_ptr<Communicator> make_local_communicator();
+/// The process's one-rank communicator (what collectives use without a default group).
+Communicator& local_communicator();
 
 }  // namespace kiln::distributed

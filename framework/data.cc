@@ -189,14 +189,29 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
   return order;
 }
 
+std::vector<int64_t> shard_order(const std::vector<int64_t>& order, const Shard& shard) {
+  KILN_CHECK(shard.world_size >= 1 && shard.rank >= 0 && shard.rank < shard.world_size, Error,
+             "[data] shard rank ", shard.rank, " is outside a world of ", shard.world_size);
+  const int64_t n = static_cast<int64_t>(order.size());
+  const int64_t per_rank =
+      shard.drop_tail ? n / shard.world_size : (n + shard.world_size - 1) / shard.world_size;
+  std::vector<int64_t> part;
+  part.reserve(static_cast<size_t>(per_rank));
+  for (int64_t k = 0; k < per_rank; ++k) {
+    const int64_t i = shard.rank + k * shard.world_size;  // in the padded order
+    part.push_back(order[static_cast<size_t>(i % n)]);    // per_rank > 0 implies n > 0
+  }
+  return part;
+}
+
 BatchLoader::BatchLoader(const Dataset& dataset, int64_t batch_size, uint64_t seed, int64_t epoch,
-                         bool shuffle, bool drop_last)
+                         bool shuffle, bool drop_last, const Shard& shard)
     : dataset_(dataset),
-      order_(epoch_order(dataset.size(), seed, epoch, shuffle)),
+      order_(shard_order(epoch_order(dataset.size(), seed, epoch, shuffle), shard)),
       batch_size_(batch_size) {
   KILN_CHECK(batch_size > 0, Error, "[data] batch size must be > 0, got ", batch_size);
-  num_batches_ =
-      drop_last ? dataset.size() / batch_size : (dataset.size() + batch_size - 1) / batch_size;
+  const int64_t n = static_cast<int64_t>(order_.size());
+  num_batches_ = drop_last ? n / batch_size : (n + batch_size - 1) / batch_size;
   prefetch(0);
 }
 

@@ -45,13 +45,31 @@ class Dataset {
 /// epoch's order can be reproduced alone (a resumed run sees the same batches).
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle = true);
 
+/// One rank's part of a dataset in a data-parallel job (PyTorch's DistributedSampler).
+struct Shard {
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  /// false: the epoch's order is padded with its own first indices up to a multiple of
+  /// world_size, so every rank gets ceil(n / world_size) examples (a few seen twice);
+  /// true: the tail beyond the last multiple is dropped, so none is.
+  bool drop_tail = false;
+};
+
+/// Rank `shard.rank`'s indices of an epoch's `order`: order[rank], order[rank + world], ...
+/// (after padding or dropping the tail). Every rank gets the same count; the ranks' parts
+/// are disjoint (without padding) and together cover the order. Throws kiln::Error for a
+/// rank outside [0, world_size).
+std::vector<int64_t> shard_order(const std::vector<int64_t>& order, const Shard& shard);
+
 /// Iterates over one epoch in batches, preparing batch k+1 on a background thread while the
-/// caller trains on batch k.
+/// caller trains on batch k. With a shard, over this rank's part of the epoch: every rank
+/// shuffles with the same seed and epoch, then takes its part, so the parts are disjoint and
+/// change with the epoch.
 class BatchLoader {
  public:
   /// `drop_last`: skip a final partial batch.
   BatchLoader(const Dataset& dataset, int64_t batch_size, uint64_t seed, int64_t epoch,
-              bool shuffle = true, bool drop_last = false);
+              bool shuffle = true, bool drop_last = false, const Shard& shard = {});
   ~BatchLoader();
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;

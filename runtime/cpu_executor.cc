@@ -218,7 +218,11 @@ std::vector<Tensor> execute_on_cpu(const Plan& plan, const std::vector<Tensor>& 
   }
   // Streams to lanes: with one thread every step runs on it in plan order (an order that
   // respects every edge, events included), each step still with its own lane's resources.
-  const bool concurrent = options.inter_op_threads > 1 && plan.num_streams > 1;
+  // A communication stream always gets a thread of its own: a collective waits for the peers,
+  // and compute goes on meanwhile (the overlap of data-parallel training).
+  const bool communicates = std::find(plan.stream_kinds.begin(), plan.stream_kinds.end(),
+                                      StreamKind::communication) != plan.stream_kinds.end();
+  const bool concurrent = plan.num_streams > 1 && (options.inter_op_threads > 1 || communicates);
   const LaneMap map = map_streams_to_lanes(plan, concurrent ? options.inter_op_threads : 1);
   std::vector<LaneResources*> lane_of_step;
   lane_of_step.reserve(plan.steps.size());

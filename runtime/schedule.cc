@@ -1,5 +1,8 @@
 // Stream assignment and the happens-before relation it induces.
 #include <algorithm>
+#include <limits>
+#include <queue>
+#include <tuple>
 #include <unordered_map>
 
 #include "runtime/plan.h"
@@ -31,10 +34,62 @@ std::vector<std::vector<int32_t>> predecessors(const Plan& plan) {
   return preds;
 }
 
+// With collectives in the plan, reorders the steps (keeping a topological order) so that
+// communication overlaps compute: among the steps ready to run, first those that feed the
+// earliest collective (a gradient bucket's last gradient and its packing), then the rest, and
+// last those that wait for a collective (the updates that read an averaged gradient). Each
+// lane runs its steps in this order, so a compute lane reaches a step that needs a collective's
+// result only when nothing else is left to do. Collectives keep their relative order, which is
+// the same on every rank. Returns false (and changes nothing) without collectives.
+bool order_for_communication(Plan& plan) {
+  const int32_t n = static_cast<int32_t>(plan.steps.size());
+  auto communicates = [&](int32_t s) {
+    return plan.graph->node(plan.steps[s].node).op().is_communication();
+  };
+  constexpr int32_t none = std::numeric_limits<int32_t>::max();
+  std::vector<int32_t> feeds(n, none);  // the first collective a step leads to
+  int32_t collectives = 0;
+  for (int32_t s = 0; s < n; ++s)
+    if (communicates(s)) feeds[s] = collectives++;
+  if (collectives == 0) return false;
+  const auto preds = predecessors(plan);
+  std::vector<char> after(n, 0);  // depends on some collective
+  for (int32_t s = 0; s < n; ++s)
+    for (int32_t p : preds[s]) after[s] |= after[p] || communicates(p);
+  for (int32_t s = n - 1; s >= 0; --s)
+    for (int32_t p : preds[s]) feeds[p] = std::min(feeds[p], feeds[s]);
+  std::vector<std::vector<int32_t>> successors(n);
+  std::vector<int32_t> pending(n, 0);
+  for (int32_t s = 0; s < n; ++s) {
+    pending[s] = static_cast<int32_t>(preds[s].size());
+    for (int32_t p : preds[s]) successors[p].push_back(s);
+  }
+  using Key = std::tuple<char, int32_t, int32_t>;  // (waits for one, first fed, index)
+  std::priority_queue<Key, std::vector<Key>, std::greater<Key>> ready;
+  for (int32_t s = 0; s < n; ++s)
+    if (pending[s] == 0) ready.emplace(after[s], feeds[s], s);
+  std::vector<int32_t> order;
+  while (!ready.empty()) {
+    const int32_t s = std::get<2>(ready.top());
+    ready.pop();
+    order.push_back(s);
+    for (int32_t next : successors[s])
+      if (--pending[next] == 0) ready.emplace(after[next], feeds[next], next);
+  }
+  KILN_CHECK(static_cast<int32_t>(order.size()) == n, Error,
+             "[schedule] internal error: the plan's steps have a cycle");
+  std::vector<PlanStep> steps;
+  steps.reserve(n);
+  for (int32_t s : order) steps.push_back(std::move(plan.steps[s]));
+  plan.steps = std::move(steps);
+  return true;
+}
+
 }  // namespace
 
 void schedule_streams(Plan& plan, int max_streams) {
   max_streams = std::max(1, max_streams);
+  order_for_communication(plan);
   const auto preds = predecessors(plan);
   std::vector<int32_t> tail;  // last step of each compute stream
   bool any_communication = false;

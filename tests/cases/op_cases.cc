@@ -452,6 +452,43 @@ std::vector<OpCase> make_cases() {
            },
        .gradients = false,
        .parity = false});
+  // Collectives, in a process that is its own world (the default): identities, which checks
+  // their schemas, shapes, kernels and gradients here; tests/distributed runs them on 2 and 4
+  // ranks.
+  add({.op = "all_reduce",
+       .name = "all_reduce_avg",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({3, 5});
+             return distributed::all_reduce(x, distributed::ReduceOp::avg) * x;
+           },
+       .torch = "a"});
+  add({.op = "all_reduce",
+       .name = "all_reduce_sum",
+       .build = [](CaseGraph& c) { return distributed::all_reduce(c.input({7})); },
+       .torch = "a"});
+  add({.op = "broadcast",
+       .name = "broadcast",
+       .build =
+           [](CaseGraph& c) {
+             return distributed::broadcast(c.input({2, 3}));
+           },
+       .gradients = false,
+       .torch = "a"});
+  add({.op = "all_gather",
+       .name = "all_gather",
+       .build =
+           [](CaseGraph& c) {
+             return distributed::all_gather(c.input({2, 3}), 1);
+           },
+       .torch = "a.unsqueeze(0)"});
+  add({.op = "reduce_scatter",
+       .name = "reduce_scatter",
+       .build =
+           [](CaseGraph& c) {
+             return distributed::reduce_scatter(c.input({4, 3}), distributed::ReduceOp::avg, 1);
+           },
+       .torch = "a"});
   add({.op = "variable",
        .name = "variable",
        .build =

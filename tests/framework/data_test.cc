@@ -122,5 +122,50 @@ TEST(Batches, SeededShuffleCoversEveryExampleOnce) {
   }
 }
 
+// DistributedSampler's contract: equal counts, disjoint parts that cover the epoch, padded
+// with the epoch's first indices or with the tail dropped, a new split every epoch.
+TEST(Batches, ShardsAreDisjointEqualAndCoverTheEpoch) {
+  for (int64_t n : {0, 1, 10, 11, 1001}) {
+    for (int64_t world : {1, 2, 3, 4}) {
+      const auto order = data::epoch_order(n, 5, 2);
+      for (bool drop : {false, true}) {
+        std::multiset<int64_t> seen;
+        size_t count = 0;
+        for (int64_t rank = 0; rank < world; ++rank) {
+          const auto part = data::shard_order(order, {rank, world, drop});
+          if (rank == 0) count = part.size();
+          EXPECT_EQ(part.size(), count) << "n " << n << " world " << world;
+          seen.insert(part.begin(), part.end());
+        }
+        const int64_t want = drop ? n / world * world : (n + world - 1) / world * world;
+        EXPECT_EQ(static_cast<int64_t>(seen.size()), want) << "n " << n << " world " << world;
+        const std::set<int64_t> distinct(seen.begin(), seen.end());
+        // Padding goes on from the start of the order (round and round when n < world).
+        EXPECT_EQ(static_cast<int64_t>(distinct.size()), std::min(n, want));
+        for (int64_t j = 0; j < n && want > n; ++j) {
+          size_t times = j < want % n || want % n == 0 ? want / n + (want % n != 0) : want / n;
+          EXPECT_EQ(seen.count(order[j]), times) << "n " << n << " world " << world;
+        }
+      }
+    }
+  }
+  const auto part0 = data::shard_order(data::epoch_order(100, 5, 0), {1, 4});
+  EXPECT_NE(part0, data::shard_order(data::epoch_order(100, 5, 1), {1, 4}));
+  EXPECT_THROW(data::shard_order(data::epoch_order(10, 5, 0), {4, 4}), Error);
+  EXPECT_THROW(data::shard_order(data::epoch_order(10, 5, 0), {0, 0}), Error);
+  // The loader over a shard: this rank's examples, batched.
+  auto [images, labels] = idx_bytes(25);
+  data::Dataset set = data::Dataset::from_idx(write("si", images), write("sl", labels));
+  std::set<int64_t> all;
+  for (int64_t rank = 0; rank < 2; ++rank) {
+    data::BatchLoader loader(set, 5, 1, 0, true, false, {rank, 2, true});
+    EXPECT_EQ(loader.num_batches(), 3);
+    while (auto batch = loader.next())
+      for (int64_t i = 0; i < batch->second.numel(); ++i)
+        EXPECT_TRUE(all.insert(std::lround(batch->first.data<float>()[i * 4] * 255)).second);
+  }
+  EXPECT_EQ(all.size(), 24u);
+}
+
 }  // namespace
 }  // namespace kiln

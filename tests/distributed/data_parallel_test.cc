@@ -1,0 +1,220 @@
+// The data-parallel transform in one process (a world of one rank): bucket order and sizes,
+// the schedule's overlap of communication with backward, equality with plain training,
+// micro-batch accumulation, saving and loading, and its errors. Several ranks:
+// launched_data_parallel.cc.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <set>
+
+#include "runtime/plan.h"
+#include "tests/distributed/dp_model.h"
+#include "tests/test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::build_dp_model;
+using testing::dp_batch;
+using testing::DpModel;
+
+int64_t bytes(const Value& v) {
+  return v.shape().numel() * 4;
+}
+
+TEST(DataParallel, BucketsFollowBackwardOrderAndTheirSize) {
+  DpModel m;
+  build_dp_model(m, {.bucket_bytes = 300});
+  const auto& buckets = m.dp.buckets;
+  ASSERT_GE(buckets.size(), 3u);
+  // The last layer's gradients exist first: they open the first bucket.
+  EXPECT_TRUE(buckets[0].variables[0].name().starts_with("dense3/"))
+      << buckets[0].variables[0].name();
+  EXPECT_TRUE(buckets.back().variables.back().name().starts_with("dense1/"));
+  std::set<std::string> seen;
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    int64_t total = 0;
+    for (const Value& v : buckets[k].variables) {
+      EXPECT_TRUE(seen.insert(v.name()).second) << v.name() << " is in two buckets";
+      total += bytes(v);
+    }
+    EXPECT_EQ(total, buckets[k].bytes);
+    // Every bucket but the last is full: closing it one gradient earlier would leave it short.
+    if (k + 1 < buckets.size()) {
+      EXPECT_GE(total, 300);
+      EXPECT_LT(total - bytes(buckets[k].variables.back()), 300);
+    }
+    EXPECT_EQ(buckets[k].reduced.node().op_name(), "all_reduce");
+    EXPECT_EQ(buckets[k].reduced.node().template attr<std::string>("reduction"), "avg");
+  }
+  EXPECT_EQ(seen.size(), m.variables.size());
+  // The default: everything in one bucket.
+  DpModel one;
+  build_dp_model(one);
+  EXPECT_EQ(one.dp.buckets.size(), 1u);
+}
+
+TEST(DataParallel, ThePlanAllReducesEachBucketAsSoonAsItIsReadyWhileBackwardGoesOn) {
+  DpModel m;
+  build_dp_model(m, {.bucket_bytes = 300});
+  Session s(m.g);
+  auto [xb, yb] = dp_batch(8, 1);
+  const Plan& plan = s.plan({{m.x, xb}, {m.y, yb}}, {m.loss}, {m.train});
+  std::vector<int32_t> collectives;
+  for (int32_t i = 0; i < static_cast<int32_t>(plan.steps.size()); ++i)
+    if (plan.graph->node(plan.steps[i].node).op_name() == "all_reduce") collectives.push_back(i);
+  ASSERT_EQ(collectives.size(), m.dp.buckets.size());
+  std::vector<int32_t> producer(plan.num_slots, -1);
+  for (int32_t i = 0; i < static_cast<int32_t>(plan.steps.size()); ++i)
+    for (int32_t slot : plan.steps[i].output_slots) producer[slot] = i;
+  for (int32_t c : collectives) {
+    const PlanStep& step = plan.steps[c];
+    EXPECT_EQ(plan.stream_kinds[step.stream], StreamKind::communication);
+    // As soon as its packed input exists: the step just before it made that input.
+    EXPECT_EQ(producer[step.input_slots[0]], c - 1) << "bucket at step " << c;
+  }
+  // Overlap: after the first all-reduce, backward still has products to compute that do not
+  // wait for it (the earlier layers' gradients), and every update comes after the last
+  // gradient product.
+  const HappensBefore order(plan);
+  int independent_products = 0, last_product = -1, first_update = -1;
+  for (int32_t i = 0; i < static_cast<int32_t>(plan.steps.size()); ++i) {
+    const std::string& op = plan.graph->node(plan.steps[i].node).op_name();
+    if (op == "matmul" || op == "matmul_bias") {
+      last_product = i;
+      if (i > collectives[0] && !order.before(collectives[0], i)) ++independent_products;
+    }
+    if (op == "adam_update" && first_update < 0) first_update = i;
+  }
+  EXPECT_GE(independent_products, 2);
+  EXPECT_GT(first_update, last_product);
+  // The Chrome trace shows the collectives on the communication stream (its own tid).
+  const std::string trace = testing::tmp("dp_trace.json");
+  Session traced(m.g, {.trace_path = trace});
+  traced.run({{m.x, xb}, {m.y, yb}}, {m.loss}, {m.train});
+  traced.write_trace(trace);
+  std::ifstream in(trace);
+  const std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(json.find("\"cat\": \"all_reduce\""), std::string::npos);
+  EXPECT_NE(json.find(str("\"tid\": ", plan.num_streams - 1)), std::string::npos);
+}
+
+// At world size 1 the average is the identity: the same numbers as training without it.
+TEST(DataParallel, OneProcessTrainsExactlyAsWithoutTheTransform) {
+  DpModel dp, plain;
+  build_dp_model(dp, {.bucket_bytes = 300});
+  build_dp_model(plain, {.data_parallel = false});
+  Session a(dp.g), b(plain.g);
+  a.run({}, {}, {dp.sync});
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = dp_batch(16, step);
+    a.run({{dp.x, xb}, {dp.y, yb}}, {}, {dp.train});
+    b.run({{plain.x, xb}, {plain.y, yb}}, {}, {plain.train});
+  }
+  for (size_t i = 0; i < dp.variables.size(); ++i)
+    testing::expect_near(testing::values(b.variable_value(plain.variables[i])),
+                         a.variable_value(dp.variables[i]), 0, 0, dp.variables[i].name());
+}
+
+// Two micro-batches of 8 (accumulate, then step) update as one batch of 16 does.
+TEST(DataParallel, AccumulationOverMicroBatchesEqualsOneBigBatch) {
+  DpModel dp, plain;
+  build_dp_model(dp, {.bucket_bytes = 300, .accumulation_steps = 2});
+  build_dp_model(plain, {.data_parallel = false});
+  ASSERT_TRUE(dp.accumulate.defined());
+  Session a(dp.g), b(plain.g);
+  for (uint32_t step = 0; step < 3; ++step) {
+    auto batch = dp_batch(16, step);
+    auto first = testing::dp_rows(batch, 0, 8), second = testing::dp_rows(batch, 8, 16);
+    a.run({{dp.x, first.first}, {dp.y, first.second}}, {}, {dp.accumulate});
+    a.run({{dp.x, second.first}, {dp.y, second.second}}, {}, {dp.train});
+    b.run({{plain.x, batch.first}, {plain.y, batch.second}}, {}, {plain.train});
+  }
+  for (size_t i = 0; i < dp.variables.size(); ++i)
+    testing::expect_near(testing::values(b.variable_value(plain.variables[i])),
+                         a.variable_value(dp.variables[i]), 1e-5, 1e-5, dp.variables[i].name());
+  // The accumulators are zero again after each step.
+  for (const Value& var : dp.g.variables()) {
+    if (!var.name().ends_with("/grad_accumulator")) continue;
+    EXPECT_EQ(testing::values(a.variable_value(var)),
+              std::vector<double>(static_cast<size_t>(var.shape().numel()), 0.0))
+        << var.name();
+  }
+}
+
+// The transformed graph is a graph like any other: it saves, loads, trains and resumes.
+TEST(DataParallel, TheTransformedGraphSavesLoadsAndResumes) {
+  DpModel m;
+  build_dp_model(m, {.bucket_bytes = 300});
+  m.g.add_signature({"train", {m.x, m.y}, {m.loss}, {m.train}});
+  m.g.add_signature({"sync", {}, {}, {m.sync}});
+  const std::string graph = testing::tmp("dp.pb"), ckpt = testing::tmp("dp.ckpt");
+  save_graph(m.g, graph);
+  auto loaded = load_graph(graph);
+  int collectives = 0;
+  for (int32_t id = 0; id < loaded->num_nodes(); ++id)
+    collectives += loaded->node(id).op().is_communication();
+  std::set<DType> dtypes;  // broadcast_variables: one bucket per dtype
+  for (const Value& var : m.g.variables()) dtypes.insert(var.dtype());
+  EXPECT_EQ(collectives, static_cast<int>(m.dp.buckets.size() + dtypes.size()));
+  Session a(m.g), b(*loaded);
+  a.run({}, {}, {m.sync});
+  b.run_signature("sync", {});
+  auto [xb, yb] = dp_batch(16, 3);
+  for (int step = 0; step < 2; ++step) {
+    const double la = a.run({{m.x, xb}, {m.y, yb}}, {m.loss}, {m.train})[0].item<double>();
+    const double lb = b.run_signature("train", {xb, yb})[0].item<double>();
+    EXPECT_EQ(la, lb);
+  }
+  b.save_checkpoint(ckpt);
+  Session c(*loaded);
+  c.restore_checkpoint(ckpt);
+  const double lb = b.run_signature("train", {xb, yb})[0].item<double>();
+  const double lc = c.run_signature("train", {xb, yb})[0].item<double>();
+  EXPECT_EQ(lb, lc);
+}
+
+TEST(DataParallel, ErrorsNameTheProblem) {
+  DpModel m;
+  build_dp_model(m, {.data_parallel = false});
+  optim::SGD sgd;
+  auto grads = sgd.compute_gradients(m.loss);
+  testing::expect_error<GraphError>([&] { distributed::data_parallel({}); }, {"no gradients"});
+  testing::expect_error<GraphError>([&] { distributed::data_parallel(grads, {.bucket_bytes = 0}); },
+                                    {"bucket_bytes 0"});
+  testing::expect_error<GraphError>(
+      [&] { distributed::data_parallel(grads, {.accumulation_steps = 0}); },
+      {"accumulation_steps 0"});
+  Graph empty;
+  testing::expect_error<GraphError>([&] { distributed::broadcast_variables(empty); },
+                                    {"no variables"});
+}
+
+// Collectives built for another world size fail at run time naming both sizes; a reduction
+// without a gradient says so.
+TEST(Collectives, WorldSizeAndGradientErrors) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4, 2});
+  Value gathered = distributed::all_gather(x, 2);
+  EXPECT_EQ(gathered.shape(), Shape({2, 4, 2}));
+  Session s(g);
+  testing::expect_error<DistributedError>(
+      [&] {
+        s.run({{x, Tensor::full(f32, {4, 2}, 1.0)}}, {gathered});
+      },
+      {"built for a world of 2 ranks, run in one of 1"});
+  testing::expect_error<GraphError>(
+      [&] {
+        distributed::reduce_scatter(g.placeholder("odd", f32, {3}), distributed::ReduceOp::sum, 2);
+      },
+      {"not a multiple of the world size 2"});
+  testing::expect_error<GraphError>(
+      [&] { distributed::all_reduce(g.placeholder("n", i64, {3}), distributed::ReduceOp::avg); },
+      {"avg of i64"});
+  Value peak = distributed::all_reduce(x, distributed::ReduceOp::max);
+  testing::expect_error<GraphError>([&] { gradients(sum(peak), {x}); },
+                                    {"the max reduction has no gradient"});
+}
+
+}  // namespace
+}  // namespace kiln
