@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -108,6 +109,32 @@ TEST(Launch, SignalsAreForwardedAndNothingIsLeft) {
   for (pid_t pid; pids >> pid; ++count) EXPECT_FALSE(alive(pid)) << "rank pid " << pid;
   EXPECT_EQ(count, 2);
 }
+
+#ifdef KILN_DP_PROGRAM
+// A rank killed in the middle of data-parallel training (its peers wait in an all-reduce):
+// the launcher names it, ends the others and exits non-zero well within 60 s.
+TEST(Launch, ARankKilledMidStepEndsTheJob) {
+  const std::string pids = testing::tmp("dp_pids");
+  std::filesystem::remove_all(pids);
+  std::filesystem::create_directories(pids);
+  const Result r =
+      launch(str("--nproc-per-node 3 --master-port 29760 --grace 2 env "
+                 "KILN_TEST_KILL_RANK=1 KILN_TEST_PID_DIR=",
+                 pids, " ", KILN_DP_PROGRAM, " ", testing::tmp("dp_killed.ckpt")));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("[rank 1] rank 1 kills itself"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("rank 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("killed by signal 9"), std::string::npos) << r.err;
+  EXPECT_LT(r.seconds, 60);
+  int ranks = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(pids)) {
+    ++ranks;
+    const pid_t pid = std::stoi(slurp(entry.path().string()));
+    EXPECT_FALSE(alive(pid)) << entry.path() << " was left running";
+  }
+  EXPECT_EQ(ranks, 3);
+}
+#endif
 
 TEST(Launch, UsageErrors) {
   EXPECT_EQ(launch("true").code, 2);
