@@ -6,6 +6,11 @@
 //                     [--device best|cpu|cuda|cuda:N] [--cuda-graphs] [--amp bf16|f16]
 // --amp trains with matrix products in bf16 or f16 and f32 master weights (autocast; f16 with
 // dynamic loss scaling); evaluation stays in f32. 16-bit compute needs a GPU.
+//
+// Data-parallel on several processes, with the same global batch (each rank trains on
+// batch / world_size examples of its own shard, and the gradients are averaged):
+//   kiln-launch --nproc-per-node 2 fashion_mnist_mlp --epochs 10
+// (or under torchrun --no-python / srun). Rank 0 prints, saves the graph and checkpoints.
 #include <kiln/kiln.h>
 #include <unistd.h>
 
@@ -98,8 +103,12 @@ void build_training_graph(Graph& g, int64_t total_steps, const std::string& amp)
     train_loss = autocast(loss, amp == "f16" ? f16 : bf16);
     if (amp == "f16") adam.with_loss_scaling();
   }
-  Value train = adam.minimize(train_loss);
+  // Two steps, with the data-parallel transform in between: the gradients are averaged over
+  // the ranks in buckets while backward goes on (at world size 1 the average is the identity).
+  auto dp = distributed::data_parallel(adam.compute_gradients(train_loss));
+  Value train = dp.apply(adam);
   g.add_signature({"train", {x, y}, {train_loss}, {train}});
+  g.add_signature({"sync", {}, {}, {distributed::broadcast_variables(g)}});
   g.add_signature({"eval", {x, y}, {loss, correct}, {}});
   g.add_signature({"predict", {x}, {softmax(logits), predictions}, {}});
 }
@@ -119,6 +128,7 @@ std::pair<double, double> evaluate(Session& sess, const data::Dataset& set) {
 void progress(int64_t epoch, int64_t epochs, int64_t done, int64_t total, double loss, double rate,
               bool tty) {
   if (!tty && done != total) return;
+  if (auto group = distributed::default_group(); group && group->rank() != 0) return;
   constexpr int kWidth = 30;
   int filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
   std::printf("%sepoch %lld/%lld [%.*s%s%.*s] %lld/%lld  loss %.4f  %.0f samples/s%s",
@@ -138,6 +148,17 @@ int main(int argc, char** argv) {
     if (!args.amp.empty() && args.device.is_cpu())
       throw Error(str("[args] --amp ", args.amp,
                       " computes in 16 bits, which needs a GPU; this run would be on the CPU"));
+    // One process, or one rank of a launched job: each rank trains on its own shard with
+    // batch / world_size examples per step, so the global batch stays --batch.
+    auto group = distributed::init();
+    const int64_t rank = group->rank(), world = group->world_size();
+    if (args.batch % world != 0)
+      throw Error(str("[args] the batch ", args.batch, " does not split over ", world, " ranks"));
+    const int64_t rank_batch = args.batch / world;
+    if (world > 1 && args.device.is_cuda()) args.device = Device::cuda(group->local_rank());
+    // Only rank 0 reports (errors still reach stderr from every rank).
+    if (rank != 0 && !std::freopen("/dev/null", "w", stdout))
+      throw Error("[args] cannot silence the output of other ranks");
     std::filesystem::create_directories(args.out);
     const std::string graph_path = args.out + "/fashion_mnist_mlp.pb";
     const std::string ckpt_path = args.out + "/fashion_mnist_mlp.ckpt";
@@ -149,7 +170,9 @@ int main(int argc, char** argv) {
                                                      args.data + "/t10k-labels-idx1-ubyte.gz");
     std::printf("  %lld training and %lld test images\n", static_cast<long long>(train_set.size()),
                 static_cast<long long>(test_set.size()));
-    const int64_t steps_per_epoch = (train_set.size() + args.batch - 1) / args.batch;
+    const data::Shard shard{rank, world};
+    const int64_t shard_size = (train_set.size() + world - 1) / world;
+    const int64_t steps_per_epoch = (shard_size + rank_batch - 1) / rank_batch;
 
     std::unique_ptr<Graph> graph;
     if (args.resume) {
@@ -159,7 +182,7 @@ int main(int argc, char** argv) {
     } else {
       graph = std::make_unique<Graph>();
       build_training_graph(*graph, args.epochs * steps_per_epoch, args.amp);
-      save_graph(*graph, graph_path);
+      if (rank == 0) save_graph(*graph, graph_path);
       std::printf("saved the training graph (%d nodes) to %s\n", graph->num_nodes(),
                   graph_path.c_str());
     }
@@ -167,9 +190,10 @@ int main(int argc, char** argv) {
                           .intra_op_threads = args.threads,
                           .cuda_graphs = args.cuda_graphs,
                           .trace_path = args.trace});
-    std::printf("training on %s%s%s\n", args.device.to_string().c_str(),
+    std::printf("training on %s%s%s%s\n", args.device.to_string().c_str(),
                 args.cuda_graphs ? " (CUDA Graphs)" : "",
-                args.amp.empty() ? "" : (" (" + args.amp + " autocast)").c_str());
+                args.amp.empty() ? "" : (" (" + args.amp + " autocast)").c_str(),
+                world > 1 ? str(", data-parallel over ", world, " ranks").c_str() : "");
     int64_t first_epoch = 0;
     if (args.resume) {
       sess.restore_checkpoint(ckpt_path);
@@ -178,17 +202,19 @@ int main(int argc, char** argv) {
       std::printf("  at step %lld (epoch %lld)\n", static_cast<long long>(step),
                   static_cast<long long>(first_epoch));
     }
+    // Every rank starts from rank 0's variables.
+    if (world > 1) sess.run_signature("sync", {});
 
     const bool tty = isatty(fileno(stdout));
     for (int64_t epoch = first_epoch; epoch < args.epochs; ++epoch) {
-      data::BatchLoader loader(train_set, args.batch, args.seed, epoch);
+      data::BatchLoader loader(train_set, rank_batch, args.seed, epoch, true, false, shard);
       auto start = std::chrono::steady_clock::now();
       double running = 0;
       int64_t done = 0, samples = 0;
       while (auto batch = loader.next()) {
         double loss = sess.run_signature("train", {batch->first, batch->second})[0].item<double>();
         running = done == 0 ? loss : 0.95 * running + 0.05 * loss;
-        samples += batch->first.shape()[0];
+        samples += batch->first.shape()[0] * world;  // every rank trains alike
         ++done;
         double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -197,7 +223,7 @@ int main(int argc, char** argv) {
                    tty);
       }
       auto [test_loss, test_accuracy] = evaluate(sess, test_set);
-      sess.save_checkpoint(ckpt_path);
+      if (rank == 0) sess.save_checkpoint(ckpt_path);
       std::printf("  test loss %.4f  test accuracy %.4f  (checkpoint saved)\n", test_loss,
                   test_accuracy);
       if (epoch + 1 == args.stop_after) {
