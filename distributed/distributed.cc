@@ -40,6 +40,7 @@ Communicator& local_communicator() {
 std::shared_ptr<Group> init(const InitOptions& options, const EnvironmentReader& read) {
   auto group = std::shared_ptr<Group>(new Group());
   group->env_ = read_environment(read);
+  group->timeout_ = options.timeout;
   if (group->env_.world_size == 1) {
     group->communicator_ = make_local_communicator();
     set_default_group(group);

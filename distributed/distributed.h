@@ -30,12 +30,15 @@ class Group {
   Communicator& communicator() { return *communicator_; }
   /// The rendezvous store (nullptr at world size 1).
   Store* store() { return rendezvous_.store.get(); }
+  /// How long a collective (or meeting the others) may take before it is an error.
+  std::chrono::milliseconds timeout() const { return timeout_; }
 
  private:
   friend std::shared_ptr<Group> init(const InitOptions&, const EnvironmentReader&);
   Environment env_;
   Rendezvous rendezvous_;
   std::unique_ptr<Communicator> communicator_;
+  std::chrono::milliseconds timeout_{0};
 };
 
 /// Reads the environment, meets the other ranks and connects the communicator; the group

@@ -384,6 +384,11 @@ class CudaExecutorImpl final : public CudaExecutor {
     if (e[0] == 0) return;
     const size_t step = static_cast<size_t>(e[0] - 1);
     const Node& node = plan.graph->node(plan.steps.at(step).node);
+    if (e[1] == 3)
+      throw DistributedError(str("[", node.op_name(), "] ", node.name(), ": rank ", e[2],
+                                 ": the collective did not finish within ", e[3],
+                                 " ms, or NCCL reported an error (result ", e[4],
+                                 "): a peer died or hangs; the NCCL communicator was aborted"));
     const char* what = e[1] == 2 ? "label" : "index";
     throw Error(str("[", node.op_name(), "] ", node.name(), ": ", what, " ", e[2], " at position ",
                     e[3], " is outside [", e[4], ", ", e[5], ")"));

@@ -9,11 +9,7 @@
 
 namespace kiln::cuda {
 
-namespace {
-
-// The library by its soname (the loader's search: LD_LIBRARY_PATH, the caller's RUNPATH, the
-// system's cache), else in the CUDA toolkit Kiln was built against.
-void* open_library(const std::string& soname) {
+void* open_cuda_library(const std::string& soname) {
   void* handle = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) {
     const std::string first_error = dlerror();
@@ -26,17 +22,20 @@ void* open_library(const std::string& soname) {
   return handle;
 }
 
-void* symbol(void* library, const char* name, const std::string& soname) {
+void* cuda_library_symbol(void* library, const char* name, const std::string& soname) {
   void* p = dlsym(library, name);
   if (!p) throw DeviceError(str("[cuda] ", soname, " has no symbol ", name));
   return p;
 }
 
-#define KILN_LOAD_SYMBOL(f) api.f = reinterpret_cast<decltype(api.f)>(symbol(library, #f, soname));
+namespace {
+
+#define KILN_LOAD_SYMBOL(f) \
+  api.f = reinterpret_cast<decltype(api.f)>(cuda_library_symbol(library, #f, soname));
 
 BlasLtApi load_blaslt() {
   const std::string soname = str("libcublasLt.so.", CUBLAS_VER_MAJOR);
-  void* library = open_library(soname);
+  void* library = open_cuda_library(soname);
   BlasLtApi api;
   KILN_BLASLT_FUNCTIONS(KILN_LOAD_SYMBOL)
   return api;
@@ -44,7 +43,7 @@ BlasLtApi load_blaslt() {
 
 NvrtcApi load_nvrtc() {
   const std::string soname = str("libnvrtc.so.", CUDART_VERSION / 1000);
-  void* library = open_library(soname);
+  void* library = open_cuda_library(soname);
   NvrtcApi api;
   KILN_NVRTC_FUNCTIONS(KILN_LOAD_SYMBOL)
   return api;

@@ -6,6 +6,8 @@
 #include <cublasLt.h>
 #include <nvrtc.h>
 
+#include <string>
+
 namespace kiln::cuda {
 
 // clang-format off
@@ -47,6 +49,12 @@ struct BlasLtApi {
 struct NvrtcApi {
   KILN_NVRTC_FUNCTIONS(KILN_LIBRARY_MEMBER)
 };
+
+/// Opens a CUDA library by soname (the loader's search: LD_LIBRARY_PATH, RUNPATH, the system's
+/// cache), else from the toolkit Kiln was built against; throws kiln::DeviceError naming it.
+void* open_cuda_library(const std::string& soname);
+/// The address of `name` in `library`; throws kiln::DeviceError naming both when absent.
+void* cuda_library_symbol(void* library, const char* name, const std::string& soname);
 
 /// Loaded on first call; throws kiln::DeviceError naming the library (and dlerror) when it
 /// cannot be opened, and tries again on the next call.

@@ -79,7 +79,13 @@ void for_each(const KernelContext& ctx, int64_t n, F f) {
 /// Data errors found on the device. A kernel that finds one writes it once (the first wins)
 /// into the executor's error block; the executor raises it, naming the step's node, after the
 /// run: {step + 1, kind, value, position, low, high}.
-enum class DataErrorKind : int64_t { index_out_of_range = 1, label_out_of_range = 2 };
+/// communication_failed is written by the host (the NCCL watchdog in
+/// distributed/nccl_collectives.cc): {step + 1, 3, rank, timeout in ms, NCCL result}.
+enum class DataErrorKind : int64_t {
+  index_out_of_range = 1,
+  label_out_of_range = 2,
+  communication_failed = 3
+};
 
 struct ErrorReporter {
   unsigned long long* block = nullptr;

@@ -1,0 +1,64 @@
+// NCCL on one GPU (CTest label `gpu`): one GPU cannot host two NCCL ranks, so these run a
+// world of one rank through NCCL itself (KILN_NCCL_SINGLE_RANK=1; without it a world of one
+// copies and never loads NCCL), and the data-parallel path on the GPU against the CPU.
+#include <cstdlib>
+
+#include "gpu_test_util.h"
+#include "tests/distributed/dp_model.h"
+
+namespace kiln {
+namespace {
+
+// Sets KILN_NCCL_SINGLE_RANK=1 for the scope.
+struct ForceNccl {
+  ForceNccl() { ::setenv("KILN_NCCL_SINGLE_RANK", "1", 1); }
+  ~ForceNccl() { ::unsetenv("KILN_NCCL_SINGLE_RANK"); }
+};
+
+TEST(Nccl, EveryCollectiveEveryDtypeAndSizeOnOneRank) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  for (DType dtype : {f32, f64, f16, bf16, i32, i64, u8, boolean}) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{100003}}) {
+      Graph g;
+      Value x = g.placeholder("x", dtype, {n});
+      std::vector<Value> outs = {distributed::all_reduce(x, distributed::ReduceOp::sum),
+                                 distributed::all_reduce(x, distributed::ReduceOp::max),
+                                 distributed::broadcast(x, 0),
+                                 reshape(distributed::all_gather(x, 1), Shape({n})),
+                                 distributed::reduce_scatter(x, distributed::ReduceOp::sum, 1)};
+      if (is_floating(dtype))
+        outs.push_back(distributed::all_reduce(x, distributed::ReduceOp::avg));
+      Tensor in = testing::random_tensor(dtype, {n}, 0, 3, 7);
+      Session s(g, {.device = Device::cuda(0)});
+      auto got = s.run({{x, in}}, outs);
+      for (size_t k = 0; k < got.size(); ++k)
+        EXPECT_EQ(testing::values(got[k]), testing::values(in))
+            << dtype << " [" << n << "] output " << k;
+    }
+  }
+}
+
+// The data-parallel transform on the GPU (NCCL on the communication stream) trains as the
+// CPU does.
+TEST(Nccl, DataParallelTrainingOnTheGpuMatchesTheCpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  testing::DpModel gpu_model, cpu_model;
+  testing::build_dp_model(gpu_model, {.bucket_bytes = 300});
+  testing::build_dp_model(cpu_model, {.bucket_bytes = 300});
+  Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
+  gpu.run({}, {}, {gpu_model.sync});
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = testing::dp_batch(16, step);
+    gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
+    cpu.run({{cpu_model.x, xb}, {cpu_model.y, yb}}, {}, {cpu_model.train});
+  }
+  for (size_t i = 0; i < cpu_model.variables.size(); ++i)
+    testing::expect_near(testing::values(cpu.variable_value(cpu_model.variables[i])),
+                         gpu.variable_value(gpu_model.variables[i]), 1e-4, 1e-5,
+                         cpu_model.variables[i].name());
+}
+
+}  // namespace
+}  // namespace kiln
