@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Kiln's distributed side beside PyTorch's (torch.distributed with Gloo, DDP), same machine,
+# same run, same sizes:
+#   1. all-reduce bus bandwidth, 2 and 4 ranks (nccl-tests' busbw = algbw * 2 (n - 1) / n);
+#   2. the data-parallel MLP 784-512-512-10 step: one process with 2 threads against 2 ranks
+#      with 1 thread each (global batch 128), buckets of 1 MiB;
+#   3. the overlap of the all-reduces with backward in rank 0's Chrome trace of one step.
+#
+#   bench/distributed.sh      (PyTorch 2.x from bench's .bench-venv/, as bench/run.sh makes it)
+#
+# Prints the measurements, then "ratio <case> <x>" lines (Kiln / PyTorch time; below 1: Kiln is
+# faster). The trace goes to bench-out/dp_trace.json (open it in chrome://tracing or Perfetto).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${KILN_BUILD_DIR:-$root/build}
+[ -x "$build/bench/distributed_bench" ] || "$root/tools/kiln-dev" build >/dev/null
+python=${KILN_BENCH_PYTHON:-$root/.bench-venv/bin/python}
+"$python" -c 'import torch' 2>/dev/null || { echo "no PyTorch: run bench/run.sh once first" >&2; exit 1; }
+launch=$build/tools/kiln-launch
+kiln_bench=$build/bench/distributed_bench
+out=$root/bench-out
+mkdir -p "$out"
+torchrun() {  # NPROC THREADS ARGS...
+  local n=$1 t=$2
+  shift 2
+  OMP_NUM_THREADS=$t "$python" -m torch.distributed.run --nproc-per-node "$n" \
+    --master-port 29950 "$root/bench/torch_ddp_bench.py" "$@" 2>/dev/null | grep -v '^\['
+}
+strip() { sed 's/^\[rank 0\] //'; }
+
+echo "PyTorch $("$python" -c 'import torch; print(torch.__version__)'), $(nproc) cores"
+for n in 2 4; do
+  "$launch" --nproc-per-node "$n" --master-port 29930 "$kiln_bench" busbw | strip >"$out/kiln_busbw_$n.txt"
+  torchrun "$n" 1 busbw >"$out/torch_busbw_$n.txt"
+  echo "== all_reduce f32, $n ranks (Gloo over loopback)"
+  printf "%12s %14s %14s %14s %14s\n" bytes kiln_us torch_us kiln_busbw torch_busbw
+  paste <(grep '^busbw' "$out/kiln_busbw_$n.txt") <(grep '^busbw' "$out/torch_busbw_$n.txt") |
+    awk '{printf "%12d %14.1f %14.1f %14.3f %14.3f\n", $2, $3, $8, $5, $10}'
+done
+
+echo "== data-parallel MLP step (global batch 128)"
+kiln1=$("$kiln_bench" dp_step --threads 2 | strip)
+torch1=$(torchrun 1 2 dp_step)
+kiln2=$("$launch" --nproc-per-node 2 --master-port 29940 "$kiln_bench" dp_step --threads 1 \
+  --trace "$out/dp_trace.json" | strip)
+torch2=$(torchrun 2 1 dp_step)
+printf "kiln  %s\ntorch %s\nkiln  %s\ntorch %s\n" "$kiln1" "$torch1" "$kiln2" "$torch2"
+
+echo "== overlap in rank 0's trace (last step)"
+"$python" - "$out/dp_trace.json" <<'EOF'
+import json, sys
+events = json.load(open(sys.argv[1]))["traceEvents"]
+comm_tid = max(e["tid"] for e in events if e["cat"] == "all_reduce")
+# The last step: events after the last variable update of the step before.
+steps, current = [], []
+for e in events:
+    current.append(e)
+    if e["cat"] in ("sgd_update",) and sum(x["cat"] == "sgd_update" for x in current) == 6:
+        steps.append(current)
+        current = []
+step = steps[-1]
+reduces = [e for e in step if e["cat"] == "all_reduce"]
+compute = [e for e in step if e["tid"] != comm_tid]
+def overlap(a, b):
+    return max(0.0, min(a["ts"] + a["dur"], b["ts"] + b["dur"]) - max(a["ts"], b["ts"]))
+busy = sum(e["dur"] for e in reduces)
+hidden = sum(overlap(r, c) for r in reduces for c in compute)
+start = min(e["ts"] for e in step)
+end = max(e["ts"] + e["dur"] for e in step)
+for r in reduces:
+    print(f"all_reduce {r['name']}: {r['ts'] - start:8.1f} .. {r['ts'] + r['dur'] - start:8.1f} us")
+last_backward = max(e["ts"] + e["dur"] for e in compute if e["cat"] in ("matmul", "matmul_bias"))
+print(f"step {end - start:.1f} us; backward's last product ends at {last_backward - start:.1f} us")
+print(f"all-reduce time {busy:.1f} us, of which {hidden:.1f} us ({100 * hidden / max(busy, 1e-9):.0f}%) "
+      "overlaps compute on another stream")
+EOF
+
+echo "== ratios (Kiln time / PyTorch time)"
+for n in 2 4; do
+  paste <(grep '^busbw' "$out/kiln_busbw_$n.txt") <(grep '^busbw' "$out/torch_busbw_$n.txt") |
+    awk -v n="$n" '$2 == 65536 || $2 == 67108864 {printf "ratio allreduce_%dB_%dranks %.2f\n", $2, n, $3 / $8}'
+done
+ms() { awk '{print $(NF-1)}' <<<"$1"; }
+awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1rank %.2f\n", k / t}'
+awk -v k="$(ms "$kiln2")" -v t="$(ms "$torch2")" 'BEGIN{printf "ratio dp_step_2ranks %.2f\n", k / t}'

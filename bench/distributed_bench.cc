@@ -1,0 +1,143 @@
+// Distributed benchmarks, run under kiln-launch (bench/distributed.sh runs them beside PyTorch):
+//   distributed_bench busbw [--device cpu|cuda]   all-reduce of f32 buffers from 4 KiB to 64 MiB,
+//       nccl-tests' definitions: algbw = bytes / time, busbw = algbw * 2 (n - 1) / n
+//   distributed_bench dp_step [--threads N] [--trace FILE]   the data-parallel MLP
+//       784-512-512-10 step (SGD + momentum, global batch 128 split over the ranks), median ms;
+//       --trace writes rank 0's Chrome trace of one step (the all-reduce on its own stream)
+// Rank 0 prints one line per measurement.
+#include <kiln/kiln.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+using namespace kiln;
+
+namespace {
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The median of `reps` timed calls of fn after `warmup` untimed ones; every rank times the
+// same calls, and rank 0's median is reported.
+template <typename F>
+double median_ms(int warmup, int reps, F fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const double start = now_ms();
+    fn();
+    t.push_back(now_ms() - start);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void busbw(distributed::Group& group, Device device) {
+  const int64_t world = group.world_size();
+  if (group.rank() == 0)
+    std::printf("# all_reduce f32 on %s, %lld ranks\n# %12s %12s %12s %12s\n",
+                device.to_string().c_str(), static_cast<long long>(world), "bytes", "time_us",
+                "algbw_GB/s", "busbw_GB/s");
+  for (int64_t bytes = 4096; bytes <= (int64_t{64} << 20); bytes *= 4) {
+    const int64_t n = bytes / 4;
+    double ms = 0;
+    if (device.is_cpu()) {
+      Tensor t = Tensor::full(f32, {n}, 1.0);
+      ms = median_ms(3, bytes >= (16 << 20) ? 10 : 30,
+                     [&] { group.communicator().all_reduce(t, distributed::ReduceOp::sum); });
+    } else {
+      // The graph op on the GPU: NCCL on the communication stream (feeds and fetches kept on
+      // the device side small: the op's output is reduced to one element fetched).
+      Graph g;
+      Value x = g.variable("x", {n}, init::constant(1.0));
+      Value y = distributed::all_reduce(x, distributed::ReduceOp::sum);
+      Value probe = slice(y, {0}, {1});
+      Session s(g, {.device = device});
+      ms = median_ms(3, 20, [&] { s.run({}, {probe}); });
+    }
+    const double algbw = static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
+    const double bus = algbw * 2.0 * static_cast<double>(world - 1) / static_cast<double>(world);
+    if (group.rank() == 0)
+      std::printf("busbw %12lld %12.1f %12.3f %12.3f\n", static_cast<long long>(bytes), ms * 1e3,
+                  algbw, bus);
+  }
+}
+
+void dp_step(distributed::Group& group, int threads, const std::string& trace) {
+  const int64_t world = group.world_size(), batch = 128 / world;
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 784});
+  Value y = g.placeholder("y", i64, {-1});
+  auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
+    Value w = g.variable(name + "/w", {in.shape()[1], units}, init::he_normal(seed));
+    Value b = g.variable(name + "/b", {units}, init::zeros());
+    return matmul(in, w) + b;
+  };
+  Value h = relu(dense("l1", x, 512, 1));
+  h = relu(dense("l2", h, 512, 2));
+  Value loss = mean(softmax_cross_entropy(dense("l3", h, 10, 3), y));
+  optim::SGD sgd({.lr = 0.01, .momentum = 0.9});
+  // Buckets of 1 MiB (the model is 2.6 MB of gradients): three all-reduces to overlap.
+  auto dp = distributed::data_parallel(sgd.compute_gradients(loss), {.bucket_bytes = 1 << 20});
+  Value train = dp.apply(sgd);
+  Tensor xb = Tensor::empty(f32, {batch, 784});
+  for (int64_t i = 0; i < xb.numel(); ++i)
+    xb.data<float>()[i] = static_cast<float>(((i + group.rank()) * 7919) % 255) / 255.0f;
+  Tensor yb = Tensor::empty(i64, {batch});
+  for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
+  Session s(g, {.intra_op_threads = threads});
+  s.run({}, {}, {distributed::broadcast_variables(g)});
+  const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
+  if (group.rank() == 0)
+    std::printf("dp_step world=%lld threads=%d batch_per_rank=%lld buckets=%zu %.3f ms\n",
+                static_cast<long long>(world), threads, static_cast<long long>(batch),
+                dp.buckets.size(), ms);
+  if (!trace.empty() && group.rank() == 0) {
+    Session traced(g, {.intra_op_threads = threads, .trace_path = trace});
+    for (int i = 0; i < 3; ++i) traced.run({{x, xb}, {y, yb}}, {}, {train});
+    traced.write_trace(trace);
+  } else if (!trace.empty()) {
+    for (int i = 0; i < 3; ++i) s.run({{x, xb}, {y, yb}}, {}, {train});  // rank 0's peers
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 2) throw Error("usage: distributed_bench busbw|dp_step [options]");
+    const std::string what = argv[1];
+    Device device = Device::cpu();
+    int threads = 1;
+    std::string trace;
+    for (int i = 2; i + 1 < argc; i += 2) {
+      const std::string flag = argv[i];
+      if (flag == "--device")
+        device = Device::parse(argv[i + 1]);
+      else if (flag == "--threads")
+        threads = std::atoi(argv[i + 1]);
+      else if (flag == "--trace")
+        trace = argv[i + 1];
+      else
+        throw Error(str("[distributed_bench] unknown option ", flag));
+    }
+    auto group = distributed::init({.timeout = std::chrono::seconds(120)});
+    if (device.is_cuda() && group->world_size() > 1) device = Device::cuda(group->local_rank());
+    if (what == "busbw")
+      busbw(*group, device);
+    else if (what == "dp_step")
+      dp_step(*group, threads, trace);
+    else
+      throw Error(str("[distributed_bench] unknown benchmark ", what));
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "distributed_bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,78 @@
+"""PyTorch's side of bench/distributed.sh, run under torchrun with the Gloo backend:
+  torch_ddp_bench.py busbw     dist.all_reduce of f32 buffers from 4 KiB to 64 MiB
+  torch_ddp_bench.py dp_step   DistributedDataParallel MLP 784-512-512-10, SGD + momentum,
+                               global batch 128 split over the ranks, bucket_cap_mb=1
+Prints the same lines as distributed_bench (rank 0 only), so the script can set them side by side.
+"""
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+
+def median_ms(warmup, reps, fn):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def busbw(rank, world):
+    if rank == 0:
+        print(f"# all_reduce f32 on cpu (gloo), {world} ranks")
+    size = 4096
+    while size <= 64 << 20:
+        t = torch.ones(size // 4)
+        ms = median_ms(3, 10 if size >= 16 << 20 else 30, lambda: dist.all_reduce(t))
+        algbw = size / (ms * 1e-3) / 1e9
+        bus = algbw * 2 * (world - 1) / world
+        if rank == 0:
+            print(f"busbw {size:12d} {ms * 1e3:12.1f} {algbw:12.3f} {bus:12.3f}")
+        size *= 4
+
+
+def dp_step(rank, world, threads):
+    torch.manual_seed(0)
+    batch = 128 // world
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
+        torch.nn.Linear(512, 10))
+    ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+    i = torch.arange(batch * 784)
+    x = (((i + rank) * 7919) % 255).float().reshape(batch, 784) / 255
+    y = torch.arange(batch) % 10
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(ddp(x), y)
+        loss.backward()
+        opt.step()
+
+    ms = median_ms(10, 60, step)
+    if rank == 0:
+        print(f"dp_step world={world} threads={threads} batch_per_rank={batch} {ms:.3f} ms")
+
+
+def main():
+    what = sys.argv[1]
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if what == "busbw":
+        busbw(rank, world)
+    else:
+        dp_step(rank, world, threads)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
