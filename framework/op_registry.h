@@ -155,6 +155,11 @@ class OpDef {
   /// Marks an op whose output 0 may be a view of input 0's storage (reshape, identity, ...):
   /// memory planning keeps input 0's buffer alive while the output is used.
   OpDef& may_alias_input();
+  /// Trait: output 0 may be computed in input 0's buffer when this step is that buffer's last
+  /// use and the sizes match (memory planning decides; elementwise ops may take any input's).
+  /// The kernel must then work with output 0 and input 0 at one address (an in-place
+  /// all-reduce).
+  OpDef& may_overwrite_input();
   /// Trait: nodes of this op are distinct even with equal inputs and attributes (they hold
   /// state, have effects, or are a target): never constant-folded, merged by CSE or hoisted.
   OpDef& stateful();
@@ -186,6 +191,7 @@ class OpDef {
   bool has_no_gradient() const { return no_gradient_; }
   const std::vector<int>& mutated_inputs() const { return mutated_inputs_; }
   bool may_alias() const { return may_alias_; }
+  bool may_overwrite_input() const { return may_overwrite_; }
   bool is_stateful() const { return stateful_ || random_ || communication_ || writes_state(); }
   bool is_random() const { return random_; }
   bool is_communication() const { return communication_; }
@@ -215,6 +221,7 @@ class OpDef {
   bool no_gradient_ = false;
   std::vector<int> mutated_inputs_;
   bool may_alias_ = false;
+  bool may_overwrite_ = false;
   bool stateful_ = false, random_ = false, communication_ = false;
   OutputSource source_ = OutputSource::computed;
   Precision precision_ = Precision::follow_inputs;

@@ -91,9 +91,14 @@ void plan_memory(Plan& plan, bool in_place) {
                  "[memory] the plan's intermediates need more than 2^62 bytes");
       plan.unshared_bytes += aligned(bytes);
       // In place: an elementwise op takes over an input buffer of the same size whose every
-      // other use is already done (and that no view still needs).
-      if (in_place && node.op().is_elementwise() && step.output_slots.size() == 1) {
-        for (int32_t in : step.input_slots) {
+      // other use is already done (and that no view still needs); an op that may overwrite
+      // its input 0 (an all-reduce) takes over that one.
+      const bool elementwise = node.op().is_elementwise();
+      if (in_place && (elementwise || node.op().may_overwrite_input()) &&
+          step.output_slots.size() == 1 && !step.input_slots.empty()) {
+        const size_t candidates = elementwise ? step.input_slots.size() : 1;
+        for (size_t i = 0; i < candidates; ++i) {
+          const int32_t in = step.input_slots[i];
           if (plan.slot_offset[in] < 0 || aliased[in] || fetched[in]) continue;
           const TensorType& it = plan.slot_types[in];
           if (static_cast<int64_t>(it.shape.numel() * dtype_size(it.dtype)) != bytes) continue;

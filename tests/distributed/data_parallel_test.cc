@@ -67,12 +67,19 @@ TEST(DataParallel, ThePlanAllReducesEachBucketAsSoonAsItIsReadyWhileBackwardGoes
   std::vector<int32_t> producer(plan.num_slots, -1);
   for (int32_t i = 0; i < static_cast<int32_t>(plan.steps.size()); ++i)
     for (int32_t slot : plan.steps[i].output_slots) producer[slot] = i;
+  int packed = 0;
   for (int32_t c : collectives) {
     const PlanStep& step = plan.steps[c];
     EXPECT_EQ(plan.stream_kinds[step.stream], StreamKind::communication);
     // As soon as its packed input exists: the step just before it made that input.
     EXPECT_EQ(producer[step.input_slots[0]], c - 1) << "bucket at step " << c;
+    // A packed bucket (a concat's buffer) is reduced in place: no copy for the collective.
+    if (plan.graph->node(plan.steps[c - 1].node).op_name() == "concat") {
+      EXPECT_EQ(plan.in_place_of[step.output_slots[0]], step.input_slots[0]);
+      ++packed;
+    }
   }
+  EXPECT_GE(packed, 1);
   // Overlap: after the first all-reduce, backward still has products to compute that do not
   // wait for it (the earlier layers' gradients), and every update comes after the last
   // gradient product.
