@@ -87,6 +87,11 @@ OpDef& OpDef::mutates_input(int index) {
   return *this;
 }
 
+OpDef& OpDef::concatenates_inputs() {
+  concatenates_ = true;
+  return *this;
+}
+
 OpDef& OpDef::may_overwrite_input() {
   may_overwrite_ = true;
   return *this;

@@ -160,6 +160,10 @@ class OpDef {
   /// The kernel must then work with output 0 and input 0 at one address (an in-place
   /// all-reduce).
   OpDef& may_overwrite_input();
+  /// Trait: along axis 0 (attribute "axis"), output 0 is the inputs laid end to end (concat).
+  /// The planner may then have an input's producer write straight into its place in the
+  /// output (a gradient into its bucket); the kernel must skip an input already in place.
+  OpDef& concatenates_inputs();
   /// Trait: nodes of this op are distinct even with equal inputs and attributes (they hold
   /// state, have effects, or are a target): never constant-folded, merged by CSE or hoisted.
   OpDef& stateful();
@@ -192,6 +196,7 @@ class OpDef {
   const std::vector<int>& mutated_inputs() const { return mutated_inputs_; }
   bool may_alias() const { return may_alias_; }
   bool may_overwrite_input() const { return may_overwrite_; }
+  bool concatenates() const { return concatenates_; }
   bool is_stateful() const { return stateful_ || random_ || communication_ || writes_state(); }
   bool is_random() const { return random_; }
   bool is_communication() const { return communication_; }
@@ -222,6 +227,7 @@ class OpDef {
   std::vector<int> mutated_inputs_;
   bool may_alias_ = false;
   bool may_overwrite_ = false;
+  bool concatenates_ = false;
   bool stateful_ = false, random_ = false, communication_ = false;
   OutputSource source_ = OutputSource::computed;
   Precision precision_ = Precision::follow_inputs;

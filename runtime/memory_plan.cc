@@ -50,6 +50,64 @@ void plan_memory(Plan& plan, bool in_place) {
     if (node.op().may_alias() && !step.input_slots.empty()) aliased[step.input_slots[0]] = 1;
   }
 
+  // Packing: the inputs of a concatenation along axis 0 (a gradient bucket) whose buffers
+  // exist only to be copied into it are written straight into their place in its output. For
+  // each such input, its base buffer (under any views) and its byte offset in the output.
+  struct Packing {
+    int32_t out = -1;
+    int64_t offset = -1;  // the output's, once its first piece is planned
+  };
+  std::vector<Packing> packings;
+  std::vector<int32_t> piece_of(plan.num_slots, -1), packing_of_out(plan.num_slots, -1);
+  std::vector<int64_t> piece_offset(plan.num_slots, -1);
+  plan.packed_into.assign(plan.num_slots, -1);
+  if (in_place)
+    for (int32_t c = 0; c < static_cast<int32_t>(plan.steps.size()); ++c) {
+      const PlanStep& step = plan.steps[c];
+      const Node& node = plan.graph->node(step.node);
+      if (!node.op().concatenates() || step.output_slots.size() != 1) continue;
+      const int32_t out = step.output_slots[0];
+      const TensorType& type = plan.slot_types[out];
+      int64_t axis = node.attr<int64_t>("axis");
+      if (axis < 0) axis += type.shape.rank();
+      if (axis != 0 || fetched[out]) continue;
+      const int32_t index = static_cast<int32_t>(packings.size());
+      bool any = false;
+      int64_t offset = 0;
+      for (int32_t in : step.input_slots) {
+        const TensorType& t = plan.slot_types[in];
+        const int64_t bytes = static_cast<int64_t>(t.shape.numel() * dtype_size(t.dtype));
+        const int64_t at = offset;
+        offset += bytes;
+        // Under the views (reshapes) to the buffer a kernel writes.
+        std::vector<int32_t> chain = {c};
+        int32_t base = in;
+        while (live.producer[base] >= 0) {
+          const PlanStep& maker = plan.steps[live.producer[base]];
+          if (!plan.graph->node(maker.node).op().may_alias() || maker.output_slots[0] != base)
+            break;
+          chain.push_back(live.producer[base]);
+          base = maker.input_slots[0];
+        }
+        if (bytes == 0 || at % kAlignment != 0 || live.producer[base] < 0 || fetched[base] ||
+            piece_of[base] >= 0 || packing_of_out[base] >= 0)
+          continue;
+        const PlanStep& maker = plan.steps[live.producer[base]];
+        const OpDef& op = plan.graph->node(maker.node).op();
+        if (op.external_output() || op.may_alias()) continue;
+        bool only_packed = true;  // nothing but the views and the concat reads it
+        for (int32_t u : live.users[base])
+          only_packed &= std::find(chain.begin(), chain.end(), u) != chain.end();
+        if (!only_packed) continue;
+        piece_of[base] = index;
+        piece_offset[base] = at;
+        any = true;
+      }
+      if (!any) continue;
+      packing_of_out[out] = index;
+      packings.push_back({out, -1});
+    }
+
   // A buffer in use: its byte range and the slot whose lifetime ends its use.
   struct Block {
     int64_t offset, size;
@@ -64,6 +122,23 @@ void plan_memory(Plan& plan, bool in_place) {
     for (int32_t u : users)
       if (u == p || !order.before(u, p)) return false;
     return true;
+  };
+
+  // First fit among the bytes no unfinished buffer holds, at step p, for a buffer that lives
+  // as long as `slot`.
+  auto allocate = [&](int64_t bytes, int32_t slot, int32_t p) {
+    const int64_t size = aligned(bytes);
+    int64_t offset = 0;
+    for (const Block& b : active) {
+      if (done_before(b.slot, p)) continue;
+      if (offset + size <= b.offset) break;
+      offset = std::max(offset, b.offset + b.size);
+    }
+    active.insert(std::upper_bound(active.begin(), active.end(), offset,
+                                   [](int64_t v, const Block& b) { return v < b.offset; }),
+                  Block{offset, size, slot});
+    plan.arena_bytes = std::max(plan.arena_bytes, offset + size);
+    return offset;
   };
 
   for (int32_t p = 0; p < static_cast<int32_t>(plan.steps.size()); ++p) {
@@ -90,6 +165,23 @@ void plan_memory(Plan& plan, bool in_place) {
       KILN_CHECK(plan.unshared_bytes <= (int64_t{1} << 62) - aligned(bytes), Error,
                  "[memory] the plan's intermediates need more than 2^62 bytes");
       plan.unshared_bytes += aligned(bytes);
+      // A piece of a packing: the packed output's buffer is planned with its first piece (it
+      // lives until the concatenation's result dies), and each piece goes to its place in it.
+      if (const int32_t k = piece_of[slot]; k >= 0) {
+        Packing& packing = packings[k];
+        if (packing.offset < 0) {
+          const TensorType& t = plan.slot_types[packing.out];
+          packing.offset =
+              allocate(static_cast<int64_t>(t.shape.numel() * dtype_size(t.dtype)), packing.out, p);
+        }
+        plan.slot_offset[slot] = packing.offset + piece_offset[slot];
+        plan.packed_into[slot] = packing.out;
+        continue;
+      }
+      if (const int32_t k = packing_of_out[slot]; k >= 0 && packings[k].offset >= 0) {
+        plan.slot_offset[slot] = packings[k].offset;  // its buffer, planned with its pieces
+        continue;
+      }
       // In place: an elementwise op takes over an input buffer of the same size whose every
       // other use is already done (and that no view still needs); an op that may overwrite
       // its input 0 (an all-reduce) takes over that one.
@@ -113,19 +205,7 @@ void plan_memory(Plan& plan, bool in_place) {
         }
         if (plan.slot_offset[slot] >= 0) continue;
       }
-      // First fit among the bytes no unfinished buffer holds.
-      const int64_t size = aligned(bytes);
-      int64_t offset = 0;
-      for (const Block& b : active) {
-        if (done_before(b.slot, p)) continue;
-        if (offset + size <= b.offset) break;
-        offset = std::max(offset, b.offset + b.size);
-      }
-      plan.slot_offset[slot] = offset;
-      active.insert(std::upper_bound(active.begin(), active.end(), offset,
-                                     [](int64_t v, const Block& b) { return v < b.offset; }),
-                    Block{offset, size, slot});
-      plan.arena_bytes = std::max(plan.arena_bytes, offset + size);
+      plan.slot_offset[slot] = allocate(bytes, slot, p);
     }
   }
 }
@@ -151,6 +231,8 @@ void validate_memory_plan(const Plan& plan) {
   // a's uses all finish before b is produced; where b takes a's buffer over in place (through
   // a chain of in-place steps), b's own step may be one of a's users.
   auto finished_before = [&](int32_t a, int32_t b) {
+    // A piece written in place inside a packed output: the concatenation reads it there.
+    if (!plan.packed_into.empty() && plan.packed_into[a] == b) return true;
     const int32_t p = live.producer[b];
     bool chain = false;
     for (int32_t at = plan.in_place_of[b]; at >= 0; at = plan.in_place_of[at]) chain |= at == a;

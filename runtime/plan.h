@@ -74,6 +74,9 @@ struct Plan {
   std::vector<int64_t> slot_offset;
   /// For a slot computed in place: the input slot whose buffer it takes over (else -1).
   std::vector<int32_t> in_place_of;
+  /// For a slot written straight into its place inside a concatenation's output (a gradient
+  /// in its bucket): that output's slot (else -1).
+  std::vector<int32_t> packed_into;
   /// Arena size: the planned peak of intermediate memory.
   int64_t arena_bytes = 0;
   /// What the same buffers would take without reuse.

@@ -157,6 +157,7 @@ void print_optimized(const Graph& g, std::string signature, int64_t batch, int s
       if (plan.slot_offset[slot] >= 0) {
         where = std::to_string(plan.slot_offset[slot]);
         if (plan.in_place_of[slot] >= 0) where += " (in place)";
+        if (plan.packed_into[slot] >= 0) where += " (inside its concat)";
       }
     }
     std::string waits;
