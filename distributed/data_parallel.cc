@@ -42,6 +42,8 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
   KILN_CHECK(!gradients.empty(), GraphError, "[data_parallel] no gradients to average");
   KILN_CHECK(options.bucket_bytes > 0, GraphError, "[data_parallel] bucket_bytes ",
              options.bucket_bytes, " must be positive");
+  KILN_CHECK(options.first_bucket_bytes > 0, GraphError, "[data_parallel] first_bucket_bytes ",
+             options.first_bucket_bytes, " must be positive");
   KILN_CHECK(options.accumulation_steps >= 1, GraphError, "[data_parallel] accumulation_steps ",
              options.accumulation_steps, " must be at least 1");
   Graph& graph = *gradients[0].variable.graph();
@@ -84,7 +86,8 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
     return gradients[a].gradient.node_id() < gradients[b].gradient.node_id();
   });
 
-  // Buckets, one open per dtype, closed once they hold bucket_bytes.
+  // Buckets, one open per dtype, closed once they hold bucket_bytes (the first one:
+  // first_bucket_bytes).
   std::map<DType, std::vector<size_t>> open;
   std::map<DType, int64_t> open_bytes;
   std::vector<std::vector<size_t>> closed;
@@ -92,7 +95,9 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
     const DType dtype = gradients[i].gradient.dtype();
     open[dtype].push_back(i);
     open_bytes[dtype] += bytes_of(gradients[i].gradient);
-    if (open_bytes[dtype] >= options.bucket_bytes) {
+    const int64_t cap = closed.empty() ? std::min(options.first_bucket_bytes, options.bucket_bytes)
+                                       : options.bucket_bytes;
+    if (open_bytes[dtype] >= cap) {
       closed.push_back(std::move(open[dtype]));
       open.erase(dtype);
       open_bytes.erase(dtype);

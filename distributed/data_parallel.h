@@ -26,6 +26,10 @@ struct DataParallelOptions {
   /// Gradients are packed into buckets of at least this many bytes (the last one may be
   /// smaller; a gradient larger than this is a bucket of its own). PyTorch DDP's default.
   int64_t bucket_bytes = 25 * 1024 * 1024;
+  /// The first bucket (the last layers' gradients) closes at this size instead, so the first
+  /// all-reduce starts early in backward (PyTorch DDP's first bucket is 1 MiB too). At most
+  /// bucket_bytes counts.
+  int64_t first_bucket_bytes = 1024 * 1024;
   /// Micro-batches per optimizer step (PyTorch's no_sync): the first accumulation_steps - 1
   /// run the `accumulate` target, which adds the gradients into per-variable accumulators and
   /// communicates nothing; the last runs apply(), which all-reduces (accumulated + its own) /

@@ -57,6 +57,14 @@ TEST(DataParallel, BucketsFollowBackwardOrderAndTheirSize) {
     EXPECT_EQ(buckets[k].reduced.node().template attr<std::string>("reduction"), "avg");
   }
   EXPECT_EQ(seen.size(), m.variables.size());
+  // A small first bucket (DDP's), then full-size ones.
+  DpModel first;
+  build_dp_model(first, {.bucket_bytes = 2000, .first_bucket_bytes = 300});
+  ASSERT_GE(first.dp.buckets.size(), 2u);
+  EXPECT_GE(first.dp.buckets[0].bytes, 300);
+  EXPECT_LT(first.dp.buckets[0].bytes, 2000);
+  for (size_t k = 1; k + 1 < first.dp.buckets.size(); ++k)
+    EXPECT_GE(first.dp.buckets[k].bytes, 2000);
   // The default: everything in one bucket.
   DpModel one;
   build_dp_model(one);

@@ -19,6 +19,7 @@ struct DpModel {
 struct DpModelOptions {
   bool data_parallel = true;
   int64_t bucket_bytes = 25 * 1024 * 1024;
+  int64_t first_bucket_bytes = 1024 * 1024;
   int64_t accumulation_steps = 1;
 };
 
@@ -42,6 +43,7 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
   for (const auto& p : grads) m.variables.push_back(p.variable);
   if (options.data_parallel) {
     m.dp = distributed::data_parallel(grads, {.bucket_bytes = options.bucket_bytes,
+                                              .first_bucket_bytes = options.first_bucket_bytes,
                                               .accumulation_steps = options.accumulation_steps});
     m.train = m.dp.apply(adam);
     m.accumulate = m.dp.accumulate;
