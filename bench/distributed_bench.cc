@@ -13,6 +13,8 @@
 #include <cstring>
 #include <vector>
 
+#include "bench/mlp_model.h"
+
 using namespace kiln;
 
 namespace {
@@ -74,14 +76,7 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 784});
   Value y = g.placeholder("y", i64, {-1});
-  auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
-    Value w = g.variable(name + "/w", {in.shape()[1], units}, init::he_normal(seed));
-    Value b = g.variable(name + "/b", {units}, init::zeros());
-    return matmul(in, w) + b;
-  };
-  Value h = relu(dense("l1", x, 512, 1));
-  h = relu(dense("l2", h, 512, 2));
-  Value loss = mean(softmax_cross_entropy(dense("l3", h, 10, 3), y));
+  Value loss = bench::mlp_loss(g, x, y);
   optim::SGD sgd({.lr = 0.01, .momentum = 0.9});
   // Buckets of 1 MiB (the model is 2.6 MB of gradients): three all-reduces to overlap.
   auto dp = distributed::data_parallel(sgd.compute_gradients(loss), {.bucket_bytes = 1 << 20});

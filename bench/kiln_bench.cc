@@ -13,6 +13,8 @@
 #include <cstring>
 #include <functional>
 
+#include "bench/mlp_model.h"
+
 using namespace kiln;
 
 namespace {
@@ -44,14 +46,7 @@ struct Mlp {
     (void)options;
     x = g.placeholder("x", f32, {-1, 784});
     y = g.placeholder("y", i64, {-1});
-    auto dense = [&](const std::string& name, Value in, int64_t units, int64_t seed) {
-      Value w = g.variable(name + "/w", {in.shape()[1], units}, init::he_normal(seed));
-      Value b = g.variable(name + "/b", {units}, init::zeros());
-      return matmul(in, w) + b;
-    };
-    Value h = relu(dense("l1", x, 512, 1));
-    h = relu(dense("l2", h, 512, 2));
-    loss = mean(softmax_cross_entropy(dense("l3", h, 10, 3), y));
+    loss = bench::mlp_loss(g, x, y);
     train = optim::SGD({.lr = 0.01, .momentum = 0.9}).minimize(loss);
   }
 };
