@@ -118,6 +118,11 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //           comparison is false) takes the x branch; relu(-0) = -0 as in PyTorch
 //   gelu    y = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), the exact GELU (torch's
 //           default); the erfc form avoids cancellation for large negative x.
+//   silu    y = x sigmoid(x) (swish)
+//   erf     y = 2/sqrt(pi) integral_0^x e^-t^2 dt
+//   log1p   y = ln(1 + x), accurate for small x
+//   softplus y = ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|), which overflows for no x (NaN
+//           takes the x branch of max, as in relu)
 #define KILN_UNARY_OPS(X)                                                \
   X(neg, signed_, wrapping_neg(x))                                       \
   X(sign, signed_, x != x ? x : static_cast<T>((x > T(0)) - (x < T(0)))) \
@@ -132,7 +137,11 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(sigmoid, floating, sigmoid_of(x))                                    \
   X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440)))   \
   X(sin, floating, sin(x))                                               \
-  X(cos, floating, cos(x))
+  X(cos, floating, cos(x))                                               \
+  X(silu, floating, x* sigmoid_of(x))                                    \
+  X(erf, floating, erf(x))                                               \
+  X(log1p, floating, log1p(x))                                           \
+  X(softplus, floating, (x < T(0) ? T(0) : x) + log1p(exp(x < T(0) ? x : -x)))
 
 // Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum
 // propagate NaN from either side, as torch.maximum does. gelu_grad(x, dy) = dy * gelu'(x) is
@@ -157,13 +166,14 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(greater_equal, a >= b)
 
 // Functors: neg_fn{}(x), add_fn{}(a, b), less_fn{}(a, b).
-#define KILN_DEFINE_UNARY_FUNCTOR(name, cls, expr)                                   \
-  struct name##_fn {                                                                 \
-    template <typename T>                                                            \
-    KILN_HOST_DEVICE T operator()(T x) const {                                       \
-      using std::exp, std::log, std::sqrt, std::tanh, std::erfc, std::sin, std::cos; \
-      return static_cast<T>(expr);                                                   \
-    }                                                                                \
+#define KILN_DEFINE_UNARY_FUNCTOR(name, cls, expr)                                             \
+  struct name##_fn {                                                                           \
+    template <typename T>                                                                      \
+    KILN_HOST_DEVICE T operator()(T x) const {                                                 \
+      using std::exp, std::log, std::sqrt, std::tanh, std::erfc, std::sin, std::cos, std::erf, \
+          std::log1p;                                                                          \
+      return static_cast<T>(expr);                                                             \
+    }                                                                                          \
   };
 #define KILN_DEFINE_BINARY_FUNCTOR(name, cls, expr) \
   struct name##_fn {                                \

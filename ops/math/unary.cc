@@ -92,6 +92,25 @@ GradList grad_cos(GradContext& c) {
   return {-(c.grad_output() * sin(c.input(0)))};
 }
 
+// y = x s, s = sigmoid x        dx = dy s (1 + x (1 - s))
+GradList grad_silu(GradContext& c) {
+  Value x = c.input(0), s = sigmoid(x);
+  return {c.grad_output() * (s * (1.0 + x * (1.0 - s)))};
+}
+// y = erf x       dx = dy 2/sqrt(pi) e^-x^2
+GradList grad_erf(GradContext& c) {
+  Value x = c.input(0);
+  return {c.grad_output() * (exp(-(x * x)) * 1.12837916709551257390)};
+}
+// y = ln(1 + x)   dx = dy / (1 + x)
+GradList grad_log1p(GradContext& c) {
+  return {c.grad_output() / (c.input(0) + 1.0)};
+}
+// y = softplus x  dx = dy sigmoid(x)
+GradList grad_softplus(GradContext& c) {
+  return {c.grad_output() * sigmoid(c.input(0))};
+}
+
 // Autocast policy per op: exp, log and the roots lose accuracy in 16 bits and stay f32.
 constexpr Precision precision_neg = Precision::follow_inputs;
 constexpr Precision precision_sign = Precision::follow_inputs;
@@ -107,6 +126,10 @@ constexpr Precision precision_sigmoid = Precision::follow_inputs;
 constexpr Precision precision_gelu = Precision::follow_inputs;
 constexpr Precision precision_sin = Precision::follow_inputs;
 constexpr Precision precision_cos = Precision::follow_inputs;
+constexpr Precision precision_silu = Precision::follow_inputs;
+constexpr Precision precision_erf = Precision::follow_inputs;
+constexpr Precision precision_log1p = Precision::keep_f32;
+constexpr Precision precision_softplus = Precision::keep_f32;
 
 #define KILN_REGISTER_UNARY(name, cls, expr)                                        \
   KILN_OP(name)                                                                     \

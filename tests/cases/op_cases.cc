@@ -150,6 +150,10 @@ std::vector<OpCase> make_cases() {
       {"gelu", -4, 4, gelu_ref},
       {"sin", -3, 3, [](double x) { return std::sin(x); }},
       {"cos", -3, 3, [](double x) { return std::cos(x); }},
+      {"silu", -4, 4, [](double x) { return x / (1 + std::exp(-x)); }},
+      {"erf", -2, 2, [](double x) { return std::erf(x); }},
+      {"log1p", -0.5, 3, [](double x) { return std::log1p(x); }},
+      {"softplus", -4, 4, [](double x) { return std::log1p(std::exp(x)); }},
       {"sign", 0.1, 2, [](double x) { return double((x > 0) - (x < 0)); }},
   };
   for (const Unary& u : unary)
