@@ -9,18 +9,20 @@
 namespace kiln {
 
 // ---- Elementwise unary (float ops take f32/f64/f16/bf16; neg, abs, relu, square also ints).
-Value neg(const Value& x);       ///< -x
-Value sign(const Value& x);      ///< -1, 0 or 1
-Value abs(const Value& x);       ///< |x|
-Value square(const Value& x);    ///< x * x
-Value relu(const Value& x);      ///< max(x, 0)
-Value exp(const Value& x);       ///< e^x
-Value log(const Value& x);       ///< natural logarithm
-Value sqrt(const Value& x);      ///< square root
-Value rsqrt(const Value& x);     ///< 1 / sqrt(x)
-Value tanh(const Value& x);      ///< hyperbolic tangent
-Value sigmoid(const Value& x);   ///< 1 / (1 + e^-x)
-Value gelu(const Value& x);      ///< x/2 (1 + erf(x / sqrt 2)), the exact GELU
+Value neg(const Value& x);      ///< -x
+Value sign(const Value& x);     ///< -1, 0 or 1
+Value abs(const Value& x);      ///< |x|
+Value square(const Value& x);   ///< x * x
+Value relu(const Value& x);     ///< max(x, 0)
+Value exp(const Value& x);      ///< e^x
+Value log(const Value& x);      ///< natural logarithm
+Value sqrt(const Value& x);     ///< square root
+Value rsqrt(const Value& x);    ///< 1 / sqrt(x)
+Value tanh(const Value& x);     ///< hyperbolic tangent
+Value sigmoid(const Value& x);  ///< 1 / (1 + e^-x)
+Value gelu(const Value& x);     ///< x/2 (1 + erf(x / sqrt 2)), the exact GELU
+/// x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): GELU's tanh approximation
+Value gelu_tanh(const Value& x);
 Value silu(const Value& x);      ///< x sigmoid(x) (swish)
 Value erf(const Value& x);       ///< the error function
 Value log1p(const Value& x);     ///< ln(1 + x), accurate near 0

@@ -21,12 +21,13 @@ struct SpecialUnaryCase {
 
 inline const std::vector<SpecialUnaryCase>& special_unary_cases() {
   static const std::vector<SpecialUnaryCase> cases = {
-      {"neg", kNaN, -kInf, kInf},   {"sign", kNaN, 1, -1},       {"abs", kNaN, kInf, kInf},
-      {"square", kNaN, kInf, kInf}, {"relu", kNaN, kInf, 0},     {"exp", kNaN, kInf, 0},
-      {"log", kNaN, kInf, kNaN},    {"sqrt", kNaN, kInf, kNaN},  {"rsqrt", kNaN, 0, kNaN},
-      {"tanh", kNaN, 1, -1},        {"sigmoid", kNaN, 1, 0},     {"gelu", kNaN, kInf, kNaN},
-      {"sin", kNaN, kNaN, kNaN},    {"cos", kNaN, kNaN, kNaN},   {"silu", kNaN, kInf, kNaN},
-      {"erf", kNaN, 1, -1},         {"log1p", kNaN, kInf, kNaN}, {"softplus", kNaN, kInf, 0},
+      {"neg", kNaN, -kInf, kInf},      {"sign", kNaN, 1, -1},      {"abs", kNaN, kInf, kInf},
+      {"square", kNaN, kInf, kInf},    {"relu", kNaN, kInf, 0},    {"exp", kNaN, kInf, 0},
+      {"log", kNaN, kInf, kNaN},       {"sqrt", kNaN, kInf, kNaN}, {"rsqrt", kNaN, 0, kNaN},
+      {"tanh", kNaN, 1, -1},           {"sigmoid", kNaN, 1, 0},    {"gelu", kNaN, kInf, kNaN},
+      {"sin", kNaN, kNaN, kNaN},       {"cos", kNaN, kNaN, kNaN},  {"silu", kNaN, kInf, kNaN},
+      {"gelu_tanh", kNaN, kInf, kNaN}, {"erf", kNaN, 1, -1},       {"log1p", kNaN, kInf, kNaN},
+      {"softplus", kNaN, kInf, 0},
   };
   return cases;
 }

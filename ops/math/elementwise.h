@@ -118,29 +118,34 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //           comparison is false) takes the x branch; relu(-0) = -0 as in PyTorch
 //   gelu    y = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2), the exact GELU (torch's
 //           default); the erfc form avoids cancellation for large negative x.
+//   gelu_tanh y = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GELU's tanh approximation
+//           (torch's approximate="tanh", GPT-2's), computed as x sigmoid(2 sqrt(2/pi) (...))
+//           since 1 + tanh(u) = 2 sigmoid(2u): no cancellation for large negative x
 //   silu    y = x sigmoid(x) (swish)
 //   erf     y = 2/sqrt(pi) integral_0^x e^-t^2 dt
 //   log1p   y = ln(1 + x), accurate for small x
 //   softplus y = ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|), which overflows for no x (NaN
 //           takes the x branch of max, as in relu)
-#define KILN_UNARY_OPS(X)                                                \
-  X(neg, signed_, wrapping_neg(x))                                       \
-  X(sign, signed_, x != x ? x : static_cast<T>((x > T(0)) - (x < T(0)))) \
-  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                        \
-  X(square, numeric, wrapping_mul(x, x))                                 \
-  X(relu, signed_, x < T(0) ? T(0) : x)                                  \
-  X(exp, floating, exp(x))                                               \
-  X(log, floating, log(x))                                               \
-  X(sqrt, floating, sqrt(x))                                             \
-  X(rsqrt, floating, T(1) / sqrt(x))                                     \
-  X(tanh, floating, tanh(x))                                             \
-  X(sigmoid, floating, sigmoid_of(x))                                    \
-  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440)))   \
-  X(sin, floating, sin(x))                                               \
-  X(cos, floating, cos(x))                                               \
-  X(silu, floating, x* sigmoid_of(x))                                    \
-  X(erf, floating, erf(x))                                               \
-  X(log1p, floating, log1p(x))                                           \
+#define KILN_UNARY_OPS(X)                                                      \
+  X(neg, signed_, wrapping_neg(x))                                             \
+  X(sign, signed_, x != x ? x : static_cast<T>((x > T(0)) - (x < T(0))))       \
+  X(abs, signed_, x < T(0) ? wrapping_neg(x) : x)                              \
+  X(square, numeric, wrapping_mul(x, x))                                       \
+  X(relu, signed_, x < T(0) ? T(0) : x)                                        \
+  X(exp, floating, exp(x))                                                     \
+  X(log, floating, log(x))                                                     \
+  X(sqrt, floating, sqrt(x))                                                   \
+  X(rsqrt, floating, T(1) / sqrt(x))                                           \
+  X(tanh, floating, tanh(x))                                                   \
+  X(sigmoid, floating, sigmoid_of(x))                                          \
+  X(gelu, floating, T(0.5) * x * erfc(-x * T(0.70710678118654752440)))         \
+  X(sin, floating, sin(x))                                                     \
+  X(cos, floating, cos(x))                                                     \
+  X(gelu_tanh, floating,                                                       \
+    sigmoid_of(T(1.59576912160573071176) * (x + T(0.044715) * x * x * x)) * x) \
+  X(silu, floating, sigmoid_of(x) * x)                                         \
+  X(erf, floating, erf(x))                                                     \
+  X(log1p, floating, log1p(x))                                                 \
   X(softplus, floating, (x < T(0) ? T(0) : x) + log1p(exp(x < T(0) ? x : -x)))
 
 // Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum

@@ -92,6 +92,15 @@ GradList grad_cos(GradContext& c) {
   return {-(c.grad_output() * sin(c.input(0)))};
 }
 
+// y = x/2 (1 + t), t = tanh(u), u = c (x + a x^3), c = sqrt(2/pi), a = 0.044715
+// dx = dy (1/2 (1 + t) + x/2 (1 - t^2) c (1 + 3 a x^2))
+GradList grad_gelu_tanh(GradContext& c) {
+  Value x = c.input(0);
+  constexpr double k = 0.79788456080286535588, a = 0.044715;
+  Value t = tanh((x + x * x * x * a) * k);
+  Value slope = (t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * ((x * x * (3 * a) + 1.0) * k);
+  return {c.grad_output() * slope};
+}
 // y = x s, s = sigmoid x        dx = dy s (1 + x (1 - s))
 GradList grad_silu(GradContext& c) {
   Value x = c.input(0), s = sigmoid(x);
@@ -126,6 +135,7 @@ constexpr Precision precision_sigmoid = Precision::follow_inputs;
 constexpr Precision precision_gelu = Precision::follow_inputs;
 constexpr Precision precision_sin = Precision::follow_inputs;
 constexpr Precision precision_cos = Precision::follow_inputs;
+constexpr Precision precision_gelu_tanh = Precision::follow_inputs;
 constexpr Precision precision_silu = Precision::follow_inputs;
 constexpr Precision precision_erf = Precision::follow_inputs;
 constexpr Precision precision_log1p = Precision::keep_f32;

@@ -150,6 +150,10 @@ std::vector<OpCase> make_cases() {
       {"gelu", -4, 4, gelu_ref},
       {"sin", -3, 3, [](double x) { return std::sin(x); }},
       {"cos", -3, 3, [](double x) { return std::cos(x); }},
+      {"gelu_tanh", -4, 4,
+       [](double x) {
+         return x / (1 + std::exp(-2 * std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+       }},
       {"silu", -4, 4, [](double x) { return x / (1 + std::exp(-x)); }},
       {"erf", -2, 2, [](double x) { return std::erf(x); }},
       {"log1p", -0.5, 3, [](double x) { return std::log1p(x); }},

@@ -30,7 +30,9 @@ std::string slurp(const std::string& path) {
 
 // Runs kiln-launch with `args` through the shell.
 Result launch(const std::string& args) {
-  const std::string out = testing::tmp("launch.out"), err = testing::tmp("launch.err");
+  // Files of this process (CTest runs the tests of this binary as parallel processes).
+  const std::string base = testing::tmp(str("launch.", ::getpid()));
+  const std::string out = base + ".out", err = base + ".err";
   const auto start = std::chrono::steady_clock::now();
   const int status = std::system(str(KILN_LAUNCH_TOOL, " ", args, " >", out, " 2>", err).c_str());
   Result r;
@@ -65,9 +67,10 @@ TEST(Launch, AFailingRankEndsTheOthersAndIsNamed) {
   const std::string pidfile = testing::tmp("launch_sleeper.pid");
   std::remove(pidfile.c_str());
   const Result r = launch(
-      str("--nproc-per-node 3 --grace 2 sh -c 'if [ $RANK = 1 ]; then sleep 0.3; exit 3; fi; "
-          "if [ $RANK = 0 ]; then echo $$ > ",
-          pidfile, "; fi; exec sleep 60'"));
+      // Rank 1 fails once rank 0 has written its pid (however slowly a loaded machine starts it).
+      str("--nproc-per-node 3 --grace 2 sh -c 'if [ $RANK = 1 ]; then until [ -s ", pidfile,
+          " ]; do sleep 0.05; done; exit 3; fi; if [ $RANK = 0 ]; then echo $$ > ", pidfile,
+          ".tmp && mv ", pidfile, ".tmp ", pidfile, "; fi; exec sleep 60'"));
   EXPECT_EQ(r.code, 3);
   EXPECT_NE(r.err.find("[kiln-launch] rank 1"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("exited with status 3; ending the other ranks"), std::string::npos);

@@ -30,6 +30,11 @@ const std::vector<UnaryCase>& unary_cases() {
       {"gelu", [](double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); }, -6, 6, false},
       {"sin", [](double x) { return std::sin(x); }, -10, 10, false},
       {"cos", [](double x) { return std::cos(x); }, -10, 10, false},
+      {"gelu_tanh",
+       [](double x) {
+         return x / (1 + std::exp(-2 * std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+       },
+       -6, 6, false},
       {"silu", [](double x) { return x / (1 + std::exp(-x)); }, -30, 30, false},
       {"erf", [](double x) { return std::erf(x); }, -4, 4, false},
       {"log1p", [](double x) { return std::log1p(x); }, -0.999, 100, false},

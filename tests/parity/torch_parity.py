@@ -60,7 +60,7 @@ def apply(op, args, attrs, dtype, custom):
         "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt,
         "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "sin": torch.sin,
         "cos": torch.cos, "sign": torch.sign, "identity": lambda x: x * 1,
-        "silu": F.silu, "erf": torch.erf, "log1p": torch.log1p, "softplus": F.softplus,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "erf": torch.erf, "log1p": torch.log1p, "softplus": F.softplus,
         "stop_gradient": torch.Tensor.detach,
     }
     binary = {
