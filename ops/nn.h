@@ -1,4 +1,4 @@
-// Neural-network ops: softmax and losses.
+// Neural-network ops and functions: softmax, losses, activations with parameters.
 #pragma once
 
 #include "framework/graph.h"
@@ -18,5 +18,24 @@ Value softmax_cross_entropy(const Value& logits, const Value& labels);
 /// the graph's random counter, so a restored checkpoint continues the same sequence).
 /// Dropout is x * dropout_mask(x, rate, seed).
 Value dropout_mask(const Value& x, double rate, int64_t seed = 0);
+
+/// x where x >= 0, else slope x (NaN passes).
+Value leaky_relu(const Value& x, double slope = 0.01);
+/// x limited to [low, high] (NaN passes); low > high is a GraphError.
+Value clamp(const Value& x, double low, double high);
+/// mean((a - b)^2) over every element (PyTorch's MSELoss, reduction "mean").
+Value mse_loss(const Value& a, const Value& b);
+/// mean over every element of 0.5 d^2 where d = |a - b| < delta, else delta (d - delta / 2)
+/// (PyTorch's HuberLoss).
+Value huber_loss(const Value& a, const Value& b, double delta = 1.0);
+/// Per-element binary cross entropy of sigmoid(logits) against targets in [0, 1], computed as
+/// softplus(logits) - logits targets (stable for any logit). Take mean() for PyTorch's
+/// BCEWithLogitsLoss.
+Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets);
+/// x without the dims of size 1 in `axes` (every size-1 dim when empty); a listed dim that is
+/// not 1 is a GraphError. Its inverse is expand_dims (unsqueeze).
+Value squeeze(const Value& x, std::vector<int64_t> axes = {});
+/// The values (one shape) stacked along a new axis `axis` of the result.
+Value stack(const std::vector<Value>& values, int64_t axis = 0);
 
 }  // namespace kiln

@@ -1,0 +1,106 @@
+// The functions of ops/nn/functional.cc: forward against f64 formulas (PyTorch's definitions),
+// gradients against finite differences, NaN, and their errors.
+#include <cmath>
+
+#include "autograd/gradcheck.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::check_gradients;
+using testing::expect_error;
+
+Tensor r64(const Shape& s, double lo, double hi, uint32_t seed) {
+  return testing::random_tensor(f64, s, lo, hi, seed);
+}
+
+// Elementwise f(x) of a random x against `want` element by element.
+void expect_elementwise(const std::function<Value(const Value&)>& f,
+                        const std::function<double(double)>& want, const std::string& what) {
+  Graph g;
+  Tensor in = r64({40}, -3, 3, 5);
+  Value x = g.placeholder("x", f64, {40});
+  const auto got = testing::run1(g, f(x), {{x, in}}).to_vector<double>();
+  for (int64_t i = 0; i < 40; ++i)
+    EXPECT_NEAR(got[i], want(in.element(i)), 1e-12) << what << " at " << in.element(i);
+  check_gradients([&](Graph&, const std::vector<Value>& v) { return f(v[0]); }, {in}, what);
+}
+
+TEST(NnFunctional, ActivationsMatchTheirDefinitions) {
+  expect_elementwise([](const Value& x) { return leaky_relu(x, 0.1); },
+                     [](double x) { return x >= 0 ? x : 0.1 * x; }, "leaky_relu");
+  expect_elementwise([](const Value& x) { return clamp(x, -1, 2); },
+                     [](double x) { return std::min(std::max(x, -1.0), 2.0); }, "clamp");
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<float>({std::nanf(""), -INFINITY, INFINITY}));
+  const auto leaky = testing::run1(g, leaky_relu(x)).to_vector<float>();
+  EXPECT_TRUE(std::isnan(leaky[0]));
+  EXPECT_EQ(leaky[1], -INFINITY);
+  EXPECT_EQ(leaky[2], INFINITY);
+  const auto clamped = testing::run1(g, clamp(x, -1, 1)).to_vector<float>();
+  EXPECT_TRUE(std::isnan(clamped[0]));  // as torch.clamp
+  EXPECT_EQ(clamped[1], -1);
+  EXPECT_EQ(clamped[2], 1);
+  expect_error<GraphError>([&] { clamp(x, 2, 1); }, {"[clamp]", "low 2 is above high 1"});
+}
+
+TEST(NnFunctional, LossesMatchTheirDefinitions) {
+  Tensor a = r64({6, 5}, -3, 3, 1), b = r64({6, 5}, -3, 3, 2), t = r64({6, 5}, 0, 1, 3);
+  double mse = 0, huber = 0;
+  std::vector<double> bce;
+  for (int64_t i = 0; i < 30; ++i) {
+    const double d = a.element(i) - b.element(i), ad = std::abs(d);
+    mse += d * d / 30;
+    huber += (ad < 1.5 ? 0.5 * d * d : 1.5 * (ad - 0.75)) / 30;
+    const double s = 1 / (1 + std::exp(-a.element(i)));
+    bce.push_back(-(t.element(i) * std::log(s) + (1 - t.element(i)) * std::log(1 - s)));
+  }
+  Graph g;
+  Value va = g.placeholder("a", f64, {6, 5}), vb = g.placeholder("b", f64, {6, 5});
+  Value vt = g.placeholder("t", f64, {6, 5});
+  FeedList feeds = {{va, a}, {vb, b}, {vt, t}};
+  EXPECT_NEAR(testing::run1(g, mse_loss(va, vb), feeds).item<double>(), mse, 1e-12);
+  EXPECT_NEAR(testing::run1(g, huber_loss(va, vb, 1.5), feeds).item<double>(), huber, 1e-12);
+  testing::expect_near(bce, testing::run1(g, binary_cross_entropy_with_logits(va, vt), feeds),
+                       1e-12, 1e-12, "bce");
+  // Stable where the naive form is not: a logit of 800 with target 0 costs 800, not inf.
+  Value big = g.constant(Tensor::from_vector<double>({800, -800}));
+  Value zero = g.constant(Tensor::from_vector<double>({0, 0}));
+  EXPECT_EQ(testing::run1(g, binary_cross_entropy_with_logits(big, zero)).to_vector<double>(),
+            (std::vector<double>{800, 0}));
+  check_gradients([](Graph&, const std::vector<Value>& v) { return mse_loss(v[0], v[1]); }, {a, b},
+                  "mse");
+  check_gradients([](Graph&, const std::vector<Value>& v) { return huber_loss(v[0], v[1], 1.5); },
+                  {a, b}, "huber");
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) {
+        return binary_cross_entropy_with_logits(v[0], v[1]);
+      },
+      {a, t}, "bce with logits");
+  expect_error<GraphError>([&] { huber_loss(va, vb, 0); }, {"[huber_loss]", "delta 0"});
+}
+
+TEST(NnFunctional, SqueezeAndStack) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {1, 3, 1, 2});
+  EXPECT_EQ(squeeze(x).shape(), Shape({3, 2}));
+  EXPECT_EQ(squeeze(x, {-2}).shape(), Shape({1, 3, 2}));
+  expect_error<GraphError>([&] { squeeze(x, {1}); }, {"[squeeze]", "dim 1", "is not 1"});
+  expect_error<GraphError>([&] { squeeze(x, {4}); }, {"[squeeze]", "axis 4"});
+  Value a = g.constant(Tensor::from_vector<float>({1, 2, 3}));
+  Value b = g.constant(Tensor::from_vector<float>({4, 5, 6}));
+  Value rows = stack({a, b}), cols = stack({a, b}, -1);
+  EXPECT_EQ(rows.shape(), Shape({2, 3}));
+  EXPECT_EQ(cols.shape(), Shape({3, 2}));
+  EXPECT_EQ(testing::run1(g, cols).to_vector<float>(), (std::vector<float>{1, 4, 2, 5, 3, 6}));
+  expect_error<GraphError>([&] { stack({a, b}, 2); }, {"[stack]", "axis 2"});
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) {
+        return stack({v[0], squeeze(v[1])}, 1);
+      },
+      {r64({4}, -1, 1, 8), r64({4, 1}, -1, 1, 9)}, "stack of squeeze");
+}
+
+}  // namespace
+}  // namespace kiln
