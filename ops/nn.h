@@ -1,6 +1,9 @@
 // Neural-network ops and functions: softmax, losses, activations with parameters.
 #pragma once
 
+#include <utility>
+#include <vector>
+
 #include "framework/graph.h"
 
 namespace kiln {
@@ -37,5 +40,12 @@ Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets
 Value squeeze(const Value& x, std::vector<int64_t> axes = {});
 /// The values (one shape) stacked along a new axis `axis` of the result.
 Value stack(const std::vector<Value>& values, int64_t axis = 0);
+/// log(sum(exp(x))) over `axes` (every axis when empty), without overflow; -inf where every
+/// element is -inf.
+Value logsumexp(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+/// x with `value` added around its last dims: widths[0] = (before, after) for the last dim,
+/// widths[1] for the one before, ... (torch.nn.functional.pad's order, constant mode). The
+/// padded dims must be known.
+Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, double value = 0);
 
 }  // namespace kiln

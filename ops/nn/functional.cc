@@ -1,6 +1,8 @@
 // Neural-network functions built from other ops (no kernels of their own): their gradients
 // are the ops' gradients, and they run wherever those ops do (fusion merges the elementwise
 // parts into one kernel).
+#include <cmath>
+
 #include "ops/array.h"
 #include "ops/math.h"
 #include "ops/nn.h"
@@ -74,6 +76,48 @@ Value stack(const std::vector<Value>& values, int64_t axis) {
   std::vector<Value> expanded;
   for (const Value& v : values) expanded.push_back(expand_dims(v, {a}));
   return concat(expanded, a);
+}
+
+// m = max(x) (held constant: the result does not depend on it); y = m + log(sum(exp(x - m))).
+// Where every element is -inf, m is -inf and x - m NaN: m is replaced by 0 there, giving
+// log(0) = -inf as PyTorch does.
+Value logsumexp(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+  Value m = x.graph()->add("stop_gradient", {max(x, axes, /*keepdims=*/true)});
+  Value zero = scalar_like(x, 0);
+  Value finite_m = where(equal(m, scalar_like(x, -INFINITY)), zero, m);
+  Value y = log(sum(exp(x - finite_m), axes, /*keepdims=*/true)) + finite_m;
+  if (keepdims) return y;
+  std::vector<int64_t> reduced = axes;
+  if (reduced.empty())
+    for (int64_t d = 0; d < x.shape().rank(); ++d) reduced.push_back(d);
+  return squeeze(y, reduced);
+}
+
+Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, double value) {
+  const Shape& shape = x.shape();
+  KILN_CHECK(static_cast<int64_t>(widths.size()) <= shape.rank(), GraphError, "[pad] ", x.name(),
+             ": ", widths.size(), " (before, after) pairs for a shape of rank ", shape.rank());
+  Value y = x;
+  // The pairs are for the last dims, innermost first (torch.nn.functional.pad's order).
+  for (size_t i = 0; i < widths.size(); ++i) {
+    const auto [before, after] = widths[i];
+    const int64_t axis = shape.rank() - 1 - static_cast<int64_t>(i);
+    KILN_CHECK(before >= 0 && after >= 0, GraphError, "[pad] ", x.name(), ": widths (", before,
+               ", ", after, ") for dim ", axis, " must not be negative");
+    KILN_CHECK(y.shape().is_known(), GraphError, "[pad] ", x.name(), ": needs a known shape, got ",
+               y.shape());
+    std::vector<Value> parts;
+    auto band = [&](int64_t width) {
+      std::vector<int64_t> dims(y.shape().begin(), y.shape().end());
+      dims[axis] = width;
+      return fill(*x.graph(), Shape(dims), value, x.dtype());
+    };
+    if (before > 0) parts.push_back(band(before));
+    parts.push_back(y);
+    if (after > 0) parts.push_back(band(after));
+    if (parts.size() > 1) y = concat(parts, axis);
+  }
+  return y;
 }
 
 }  // namespace kiln

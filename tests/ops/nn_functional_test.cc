@@ -102,5 +102,41 @@ TEST(NnFunctional, SqueezeAndStack) {
       {r64({4}, -1, 1, 8), r64({4, 1}, -1, 1, 9)}, "stack of squeeze");
 }
 
+TEST(NnFunctional, LogsumexpAndPad) {
+  Tensor in = r64({3, 4}, -3, 3, 4);
+  Graph g;
+  Value x = g.placeholder("x", f64, {3, 4});
+  const auto rows = testing::run1(g, logsumexp(x, {1}), {{x, in}}).to_vector<double>();
+  ASSERT_EQ(rows.size(), 3u);
+  for (int64_t r = 0; r < 3; ++r) {
+    double total = 0;
+    for (int64_t c = 0; c < 4; ++c) total += std::exp(in.element(r * 4 + c));
+    EXPECT_NEAR(rows[r], std::log(total), 1e-12);
+  }
+  EXPECT_EQ(logsumexp(x).shape(), Shape({}));
+  EXPECT_EQ(logsumexp(x, {0}, true).shape(), Shape({1, 4}));
+  // No overflow at 1000, and -inf for a row of -inf.
+  Value extreme =
+      g.constant(Tensor::from_vector<double>({1000, 1000, -INFINITY, -INFINITY}, {2, 2}));
+  const auto e = testing::run1(g, logsumexp(extreme, {1})).to_vector<double>();
+  EXPECT_NEAR(e[0], 1000 + std::log(2.0), 1e-9);
+  EXPECT_EQ(e[1], -INFINITY);
+  check_gradients([](Graph&, const std::vector<Value>& v) { return logsumexp(v[0], {1}); }, {in},
+                  "logsumexp");
+  // pad: (1, 2) on the last dim, (0, 1) on the one before.
+  Value small = g.constant(Tensor::from_vector<float>({1, 2, 3, 4}, {2, 2}));
+  Tensor padded = testing::run1(g, pad(small, {{1, 2}, {0, 1}}, -1));
+  EXPECT_EQ(padded.shape(), Shape({3, 5}));
+  EXPECT_EQ(padded.to_vector<float>(),
+            (std::vector<float>{-1, 1, 2, -1, -1, -1, 3, 4, -1, -1, -1, -1, -1, -1, -1}));
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) {
+        return pad(v[0], {{2, 1}});
+      },
+      {r64({2, 3}, -1, 1, 6)}, "pad");
+  expect_error<GraphError>([&] { pad(small, {{-1, 0}}); }, {"[pad]", "must not be negative"});
+  expect_error<GraphError>([&] { pad(small, {{0, 0}, {0, 0}, {0, 0}}); }, {"[pad]", "rank 2"});
+}
+
 }  // namespace
 }  // namespace kiln
