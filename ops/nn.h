@@ -1,6 +1,7 @@
 // Neural-network ops and functions: softmax, losses, activations with parameters.
 #pragma once
 
+#include <array>
 #include <utility>
 #include <vector>
 
@@ -47,5 +48,38 @@ Value logsumexp(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = 
 /// widths[1] for the one before, ... (torch.nn.functional.pad's order, constant mode). The
 /// padded dims must be known.
 Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, double value = 0);
+
+/// Window of a 2-D convolution (pairs are (height, width)).
+struct Conv2dOptions {
+  std::array<int64_t, 2> stride{1, 1};
+  std::array<int64_t, 2> padding{0, 0};  ///< zeros added on both sides
+  std::array<int64_t, 2> dilation{1, 1};
+  int64_t groups = 1;  ///< input and output channels split into this many independent groups
+};
+/// 2-D cross-correlation (PyTorch's conv2d) of x [N, C, H, W] with filter [O, C / groups, KH,
+/// KW]: [N, O, OH, OW], OH = (H + 2 pad - dilation (KH - 1) - 1) / stride + 1. Add a bias with
+/// `+ reshape(b, {1, O, 1, 1})` (nn::Conv2d does).
+Value conv2d(const Value& x, const Value& filter, const Conv2dOptions& options = {});
+/// The transposed convolution (PyTorch's conv_transpose2d): the gradient of conv2d with
+/// respect to its input. x [N, C, H, W], filter [C, O / groups, KH, KW] (PyTorch's layout):
+/// [N, O, (H - 1) stride - 2 pad + dilation (KH - 1) + 1 + output_padding, ...].
+Value conv_transpose2d(const Value& x, const Value& filter, const Conv2dOptions& options = {},
+                       std::array<int64_t, 2> output_padding = {0, 0});
+
+/// Window of 2-D pooling. A stride of 0 means the window's size (PyTorch's default). Padding
+/// is at most half the window; windows start at the top left (floor mode).
+struct Pool2dOptions {
+  std::array<int64_t, 2> kernel_size{2, 2};
+  std::array<int64_t, 2> stride{0, 0};
+  std::array<int64_t, 2> padding{0, 0};
+};
+/// The maximum of each window of x [N, C, H, W] (NaN propagates; padding never wins). The
+/// gradient goes to each window's first maximum.
+Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
+/// The mean of each window; with count_include_pad (PyTorch's default) padding counts as
+/// zeros in the divisor.
+Value avg_pool2d(const Value& x, const Pool2dOptions& options = {}, bool count_include_pad = true);
+/// The mean of each channel plane: [N, C, H, W] -> [N, C].
+Value global_avg_pool2d(const Value& x);
 
 }  // namespace kiln

@@ -1,8 +1,6 @@
 // matmul: C = op(A) @ op(B) over the last two dims, batch dims broadcast.
 //   A is [..., M, K] (transpose_a: [..., K, M]); B is [..., K, N] (transpose_b: [..., N, K]).
 // CPU kernel: one cblas gemm per batch entry (OpenBLAS, threaded by the session's pool size).
-#include <cblas.h>
-
 #include <cstring>
 
 #include "framework/gradient.h"
@@ -10,6 +8,7 @@
 #include "ops/array.h"
 #include "ops/dtypes.h"
 #include "ops/math.h"
+#include "ops/math/blas.h"
 #include "ops/math/matmul_batch.h"
 
 namespace kiln {
@@ -40,27 +39,6 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
   dims.push_back(m);
   dims.push_back(n);
   return {{ctx.dtype(0), Shape(std::move(dims))}};
-}
-
-void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-          float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
-              k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
-}
-void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b, int ldb,
-          double* c, int ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
-              k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
-}
-
-// One OpenBLAS thread per call: parallelism comes from Kiln's pool (set once, before the first
-// product; OpenBLAS's own workers then stay asleep).
-void single_threaded_blas() {
-  static const bool done = [] {
-    openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)done;
 }
 
 template <typename T>

@@ -563,6 +563,7 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  add_nn_cases(add);
   return cases;
 }
 

@@ -49,6 +49,53 @@ def slices(attrs):
     return tuple(slice(b, None if e == INT64_MAX else e, s) for b, e, s in zip(begin, end, step))
 
 
+def window(attrs, *names):
+    return {name: ints(attrs[name]) for name in names}
+
+
+def pool_input_grad(pool, dy, size):
+    """The gradient of pool(x) for x of `size`, at upstream dy (differentiable in dy)."""
+    x = torch.zeros(size, dtype=dy.dtype, requires_grad=True)
+    return torch.autograd.grad(pool(x), x, dy, create_graph=True)[0]
+
+
+def conv_and_pool(op, args, attrs):
+    """The convolution and pooling ops (ops/nn/conv.cc, pool.cc), or None."""
+    if not args:
+        return None
+    a = args[0]
+    if op.startswith("conv2d"):
+        conv = dict(window(attrs, "stride", "padding", "dilation"), groups=int(attrs["groups"]))
+        if op == "conv2d":
+            return F.conv2d(a, args[1], **conv)
+        if op == "conv2d_backward_input":  # (dy, w)
+            w = args[1]
+            size = [a.shape[0], w.shape[1] * conv["groups"]] + ints(attrs["input_size"])
+            return torch.nn.grad.conv2d_input(size, w, a, **conv)
+        if op == "conv2d_backward_filter":  # (x, dy)
+            dy = args[1]
+            size = [dy.shape[1], a.shape[1] // conv["groups"]] + ints(attrs["kernel_size"])
+            return torch.nn.grad.conv2d_weight(a, size, dy, **conv)
+    if "pool2d" in op:
+        win = window(attrs, "kernel_size", "stride", "padding")
+        if op == "max_pool2d":
+            return F.max_pool2d(a, **win)
+        if op == "max_pool2d_backward":  # (x, dy)
+            x = a.detach().requires_grad_(True)
+            return torch.autograd.grad(F.max_pool2d(x, **win), x, args[1], create_graph=True)[0]
+        if op == "max_pool2d_select":  # (x, v): v at each window's maximum
+            y, idx = F.max_pool2d(a.detach(), **win, return_indices=True)
+            return args[1].flatten(2).gather(2, idx.flatten(2)).view_as(y)
+        include = attrs["count_include_pad"] == "1"
+        def avg(x):
+            return F.avg_pool2d(x, **win, count_include_pad=include)
+        if op == "avg_pool2d":
+            return avg(a)
+        if op == "avg_pool2d_backward":  # (dy)
+            return pool_input_grad(avg, a, list(a.shape[:2]) + ints(attrs["input_size"]))
+    return None
+
+
 def apply(op, args, attrs, dtype, custom):
     """One Kiln op in torch terms (a tuple for ops with several outputs). `custom`: ops whose
     case gave its own torch expression (OpCase::torch)."""
@@ -71,6 +118,9 @@ def apply(op, args, attrs, dtype, custom):
     }
     if op in unary:
         return unary[op](a)
+    nn_result = conv_and_pool(op, args, attrs)
+    if nn_result is not None:
+        return nn_result
     if op in binary:
         return binary[op](a, args[1])
     if op == "gelu_grad":  # gelu'(x) dy

@@ -1,0 +1,44 @@
+// The geometry of a 2-D convolution, shared by conv2d, its two gradient ops and their CPU and
+// CUDA kernels. Layout NCHW; the filter is [O, C / groups, KH, KW].
+//   out = floor((in + 2 pad - dilation (k - 1) - 1) / stride) + 1   per spatial dim
+//   y[n, o, i, j] = sum_{c in o's group, a, b} x[n, c, i s - p + a d, j s - p + b d] w[o, c, a, b]
+#pragma once
+
+#include <cstdint>
+
+#include "framework/graph.h"
+
+namespace kiln::ops {
+
+struct ConvGeometry {
+  int64_t batch = 0, in_channels = 0, in_h = 0, in_w = 0;
+  int64_t out_channels = 0, out_h = 0, out_w = 0;
+  int64_t kernel_h = 0, kernel_w = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+
+  int64_t group_in() const { return in_channels / groups; }
+  int64_t group_out() const { return out_channels / groups; }
+  /// Rows of the unfolded input (im2col): one per (input channel of a group, kernel offset).
+  int64_t patch_size() const { return group_in() * kernel_h * kernel_w; }
+  int64_t out_pixels() const { return out_h * out_w; }
+  int64_t in_pixels() const { return in_h * in_w; }
+  /// A 1x1 filter with stride 1 and no padding: the unfolded input is the input itself.
+  bool pointwise() const {
+    return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
+           pad_w == 0;
+  }
+};
+
+/// The output size of one spatial dim (may be < 1 for a window larger than the padded input).
+inline int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                                int64_t dilation) {
+  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+/// The geometry of `node` (conv2d or one of its gradient ops) from the shapes of its input
+/// side x [N, C, H, W], output side y [N, O, OH, OW] and filter [O, C / groups, KH, KW].
+ConvGeometry conv_geometry(const Node& node, const Shape& x, const Shape& y, const Shape& filter);
+
+}  // namespace kiln::ops

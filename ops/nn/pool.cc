@@ -1,0 +1,306 @@
+// 2-D pooling over NCHW planes (windows as in conv.h, without dilation):
+//   max_pool2d:          y[w] = max over window w of x (NaN wins; padding never does)
+//   max_pool2d_backward: dx[argmax w] += dy[w]  (the first maximum, as PyTorch)
+//   max_pool2d_select:   v[argmax w]            (the adjoint of the backward op in dy)
+//   avg_pool2d:          y[w] = sum over window w of x / count, count = the window's size, or
+//                        its part inside the input when count_include_pad is false
+//   avg_pool2d_backward: dx[p] += dy[w] / count(w) for every window w holding p
+// The backward ops are linear in dy, so their gradients are the ops above again.
+#include <cmath>
+
+#include "framework/gradient.h"
+#include "framework/kernel.h"
+#include "ops/dtypes.h"
+#include "ops/math.h"
+#include "ops/nn.h"
+#include "ops/nn/conv.h"
+
+namespace kiln {
+namespace ops {
+
+ConvGeometry pool_geometry(const Node& node, const Shape& x, const Shape& y) {
+  ConvGeometry g;
+  g.batch = x[0];
+  g.in_channels = g.out_channels = g.groups = x[1];
+  g.in_h = x[2];
+  g.in_w = x[3];
+  g.out_h = y[2];
+  g.out_w = y[3];
+  const auto& kernel = node.attr<std::vector<int64_t>>("kernel_size");
+  const auto& stride = node.attr<std::vector<int64_t>>("stride");
+  const auto& padding = node.attr<std::vector<int64_t>>("padding");
+  g.kernel_h = kernel[0];
+  g.kernel_w = kernel[1];
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  return g;
+}
+
+namespace {
+
+// Checks x (4-D float, known C/H/W) and the window; returns the output's type.
+TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
+  auto pair = [&](const char* name, int64_t min) {
+    const auto& v = ctx.attr<std::vector<int64_t>>(name);
+    if (v.size() != 2) ctx.fail(name, " needs 2 values (height, width), got ", v.size());
+    if (v[0] < min || v[1] < min) ctx.fail(name, " (", v[0], ", ", v[1], ") must be >= ", min);
+    return v;
+  };
+  const auto kernel = pair("kernel_size", 1);
+  const auto stride = pair("stride", 1);
+  const auto padding = pair("padding", 0);
+  if (padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1])
+    ctx.fail("padding (", padding[0], ", ", padding[1], ") must be at most half the window (",
+             kernel[0], ", ", kernel[1], ")");
+  if (x.rank() != 4) ctx.fail("x must be 4-D (NCHW), got ", x);
+  if (x[1] < 0 || x[2] < 0 || x[3] < 0) ctx.fail("x ", x, " needs known C, H, W");
+  Shape out{x[0], x[1], 0, 0};
+  for (int d : {0, 1}) {
+    out[2 + d] = conv_output_size(x[2 + d], kernel[d], stride[d], padding[d], 1);
+    if (out[2 + d] < 1)
+      ctx.fail("x ", x, " is smaller than the window (", kernel[0], ", ", kernel[1], ")");
+  }
+  return {ctx.dtype(0), out};
+}
+
+std::vector<TensorType> infer_pool(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  return {infer_pool_of(ctx, ctx.shape(0))};
+}
+
+// (x, dy) -> dx like x; (x, v) -> like the pooled output.
+template <bool kLikeX>
+std::vector<TensorType> infer_pool_pair(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  ctx.expect_same_dtype(0, 1);
+  const TensorType pooled = infer_pool_of(ctx, ctx.shape(0));
+  const Shape& want = kLikeX ? pooled.shape : ctx.shape(0);
+  if (!ctx.shape(1).compatible_with(want))
+    ctx.fail("input 1 is ", ctx.shape(1), ", expected ", want);
+  return {kLikeX ? ctx.input(0) : pooled};
+}
+
+// dy [N, C, OH, OW] and attribute input_size: dx [N, C, H, W].
+std::vector<TensorType> infer_avg_backward(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  const auto& size = ctx.attr<std::vector<int64_t>>("input_size");
+  if (size.size() != 2 || size[0] < 1 || size[1] < 1)
+    ctx.fail("input_size must be 2 positive values (height, width)");
+  const Shape& dy = ctx.shape(0);
+  if (dy.rank() != 4) ctx.fail("dy must be 4-D, got ", dy);
+  const Shape x{dy[0], dy[1], size[0], size[1]};
+  const TensorType pooled = infer_pool_of(ctx, x);
+  if (!dy.compatible_with(pooled.shape))
+    ctx.fail("dy ", dy, " does not match an input of ", size[0], "x", size[1], " (pooled ",
+             pooled.shape, ")");
+  return {{ctx.dtype(0), x}};
+}
+
+// Calls fn(plane, i, j, h0, h1, w0, w1) for every output pixel of every plane: the window's
+// rows [h0, h1) and columns [w0, w1) clipped to the input. Planes are split over threads.
+template <typename Fn>
+void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
+  ctx.parallel_for(g.batch * g.in_channels, g.out_pixels() * g.kernel_h * g.kernel_w,
+                   [&](int64_t p0, int64_t p1) {
+                     for (int64_t p = p0; p < p1; ++p)
+                       for (int64_t i = 0; i < g.out_h; ++i) {
+                         const int64_t h = i * g.stride_h - g.pad_h;
+                         const int64_t h0 = std::max<int64_t>(h, 0);
+                         const int64_t h1 = std::min(h + g.kernel_h, g.in_h);
+                         for (int64_t j = 0; j < g.out_w; ++j) {
+                           const int64_t w = j * g.stride_w - g.pad_w;
+                           fn(p, i, j, h0, h1, std::max<int64_t>(w, 0),
+                              std::min(w + g.kernel_w, g.in_w));
+                         }
+                       }
+                   });
+}
+
+// The offset in its plane of the window's first maximum (a NaN is the maximum).
+template <typename T>
+int64_t argmax_in(const T* plane, int64_t width, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+  int64_t best = h0 * width + w0;
+  T best_value = plane[best];
+  for (int64_t h = h0; h < h1; ++h)
+    for (int64_t w = w0; w < w1; ++w) {
+      const T v = plane[h * width + w];
+      if (std::isnan(v)) return h * width + w;
+      if (v > best_value) {
+        best = h * width + w;
+        best_value = v;
+      }
+    }
+  return best;
+}
+
+// kMode 0: y = max (input x); 1: y = v at the argmax (inputs x, v); 2: dx += dy at the argmax.
+template <int kMode, typename T>
+void max_pool_typed(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const Shape& pooled = kMode == 2 ? ctx.input(1).shape() : ctx.output(0).shape();
+  const ConvGeometry g = pool_geometry(ctx.node(), x.shape(), pooled);
+  const T* px = x.data<T>();
+  const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
+  T* out = ctx.output(0).data<T>();
+  if constexpr (kMode == 2) std::fill(out, out + ctx.output(0).numel(), T(0));
+  for_each_window(
+      ctx, g, [&](int64_t p, int64_t i, int64_t j, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        const int64_t at = argmax_in(px + p * g.in_pixels(), g.in_w, h0, h1, w0, w1);
+        const int64_t o = p * g.out_pixels() + i * g.out_w + j;
+        if constexpr (kMode == 0) out[o] = px[p * g.in_pixels() + at];
+        if constexpr (kMode == 1) out[o] = other[p * g.in_pixels() + at];
+        if constexpr (kMode == 2) out[p * g.in_pixels() + at] += other[o];
+      });
+}
+
+int64_t window_count(const ConvGeometry& g, bool include_pad, int64_t i, int64_t j, int64_t h0,
+                     int64_t h1, int64_t w0, int64_t w1) {
+  if (!include_pad) return (h1 - h0) * (w1 - w0);
+  // The window clipped to the padded input, as PyTorch counts it.
+  const int64_t h = i * g.stride_h - g.pad_h, w = j * g.stride_w - g.pad_w;
+  const int64_t hs = std::min(h + g.kernel_h, g.in_h + g.pad_h) - h;
+  const int64_t ws = std::min(w + g.kernel_w, g.in_w + g.pad_w) - w;
+  return hs * ws;
+}
+
+// kBackward false: y = window average of x; true: dx from dy.
+template <bool kBackward, typename T>
+void avg_pool_typed(KernelContext& ctx) {
+  const Tensor& in = ctx.input(0);
+  Tensor& out = ctx.output(0);
+  const ConvGeometry g = kBackward ? pool_geometry(ctx.node(), out.shape(), in.shape())
+                                   : pool_geometry(ctx.node(), in.shape(), out.shape());
+  const bool include_pad = ctx.attr<bool>("count_include_pad");
+  const T* pin = in.data<T>();
+  T* pout = out.data<T>();
+  if constexpr (kBackward) std::fill(pout, pout + out.numel(), T(0));
+  for_each_window(
+      ctx, g, [&](int64_t p, int64_t i, int64_t j, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        const T scale = T(1) / static_cast<T>(window_count(g, include_pad, i, j, h0, h1, w0, w1));
+        const int64_t o = p * g.out_pixels() + i * g.out_w + j;
+        if constexpr (kBackward) {
+          T* plane = pout + p * g.in_pixels();
+          const T d = pin[o] * scale;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) plane[h * g.in_w + w] += d;
+        } else {
+          const T* plane = pin + p * g.in_pixels();
+          T sum = 0;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) sum += plane[h * g.in_w + w];
+          pout[o] = sum * scale;
+        }
+      });
+}
+
+template <int kMode>
+void max_pool_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(),
+                 [&](auto tag) { max_pool_typed<kMode, decltype(tag)>(ctx); });
+}
+template <bool kBackward>
+void avg_pool_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(),
+                 [&](auto tag) { avg_pool_typed<kBackward, decltype(tag)>(ctx); });
+}
+
+AttrMap window_attrs(const Node& node) {
+  return {{"kernel_size", node.attr<std::vector<int64_t>>("kernel_size")},
+          {"stride", node.attr<std::vector<int64_t>>("stride")},
+          {"padding", node.attr<std::vector<int64_t>>("padding")}};
+}
+Value max_pool_op(const std::string& op, const Value& x, const Value& other, const Node& like) {
+  return x.graph()->add(op, {x, other}, window_attrs(like));
+}
+Value avg_pool_op(const Value& x, const Node& like) {
+  AttrMap attrs = window_attrs(like);
+  attrs["count_include_pad"] = like.attr<bool>("count_include_pad");
+  return x.graph()->add("avg_pool2d", {x}, attrs);
+}
+Value avg_backward_op(const Value& dy, const Node& like, const Shape& x) {
+  AttrMap attrs = window_attrs(like);
+  attrs["count_include_pad"] = like.attr<bool>("count_include_pad");
+  attrs["input_size"] = std::vector<int64_t>{x[2], x[3]};
+  return dy.graph()->add("avg_pool2d_backward", {dy}, attrs);
+}
+
+#define KILN_WINDOW_ATTRS                 \
+  attr("kernel_size", AttrType::integers) \
+      .attr("stride", AttrType::integers) \
+      .attr("padding", std::vector<int64_t>{0, 0})
+
+KILN_OP(max_pool2d)
+    .input("x")
+    .KILN_WINDOW_ATTRS.infer(infer_pool)
+    .kernel(DeviceKind::cpu, max_pool_cpu<0>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {max_pool_op("max_pool2d_backward", c.input(0), c.grad_output(), c.node())};
+    });
+
+KILN_OP(max_pool2d_select)
+    .input("x")
+    .input("v")
+    .KILN_WINDOW_ATTRS.infer(infer_pool_pair<false>)
+    .kernel(DeviceKind::cpu, max_pool_cpu<1>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      // Piecewise constant in x (the selection).
+      return {Value(), max_pool_op("max_pool2d_backward", c.input(0), c.grad_output(), c.node())};
+    });
+
+KILN_OP(max_pool2d_backward)
+    .input("x")
+    .input("dy")
+    .KILN_WINDOW_ATTRS.infer(infer_pool_pair<true>)
+    .kernel(DeviceKind::cpu, max_pool_cpu<2>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {Value(), max_pool_op("max_pool2d_select", c.input(0), c.grad_output(), c.node())};
+    });
+
+KILN_OP(avg_pool2d)
+    .input("x")
+    .KILN_WINDOW_ATTRS.attr("count_include_pad", true)
+    .infer(infer_pool)
+    .kernel(DeviceKind::cpu, avg_pool_cpu<false>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {avg_backward_op(c.grad_output(), c.node(), c.input(0).shape())};
+    });
+
+KILN_OP(avg_pool2d_backward)
+    .input("dy")
+    .KILN_WINDOW_ATTRS.attr("count_include_pad", true)
+    .attr("input_size", AttrType::integers)
+    .infer(infer_avg_backward)
+    .kernel(DeviceKind::cpu, avg_pool_cpu<true>, {f32, f64})
+    .grad([](GradContext& c) -> GradList { return {avg_pool_op(c.grad_output(), c.node())}; });
+
+#undef KILN_WINDOW_ATTRS
+
+AttrMap pool_attrs(const Pool2dOptions& o) {
+  const std::array<int64_t, 2> stride = o.stride[0] > 0 ? o.stride : o.kernel_size;
+  return {{"kernel_size", std::vector<int64_t>{o.kernel_size[0], o.kernel_size[1]}},
+          {"stride", std::vector<int64_t>{stride[0], stride[1]}},
+          {"padding", std::vector<int64_t>{o.padding[0], o.padding[1]}}};
+}
+
+}  // namespace
+}  // namespace ops
+
+Value max_pool2d(const Value& x, const Pool2dOptions& options) {
+  return common_graph("max_pool2d", {&x}).add("max_pool2d", {x}, ops::pool_attrs(options));
+}
+
+Value avg_pool2d(const Value& x, const Pool2dOptions& options, bool count_include_pad) {
+  AttrMap attrs = ops::pool_attrs(options);
+  attrs["count_include_pad"] = count_include_pad;
+  return common_graph("avg_pool2d", {&x}).add("avg_pool2d", {x}, attrs);
+}
+
+Value global_avg_pool2d(const Value& x) {
+  if (x.shape().rank() != 4)
+    throw GraphError(str("global_avg_pool2d: x must be 4-D (NCHW), got ", x.shape()));
+  return mean(x, {2, 3});
+}
+
+}  // namespace kiln

@@ -1,0 +1,185 @@
+// The op-case table's convolution and pooling cases (see op_cases.h), with direct-loop f64
+// references: the kernels unfold (im2col) and call gemm; the references do neither.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cases/op_cases.h"
+
+namespace kiln::testing {
+namespace {
+
+std::vector<double> values(const Tensor& t) {
+  std::vector<double> v;
+  for (int64_t i = 0; i < t.numel(); ++i) v.push_back(t.element(i));
+  return v;
+}
+
+struct Window {
+  int64_t kh, kw, sh, sw, ph, pw, dh = 1, dw = 1;
+};
+
+// y[n, o, i, j] = sum_{c, a, b} x[n, g Cg + c, i sh - ph + a dh, j sw - pw + b dw] w[o, c, a, b]
+Reference conv_reference(const Window& win, int64_t groups) {
+  return [win, groups](const std::vector<Tensor>& in) {
+    const Shape& xs = in[0].shape();
+    const Shape& ws = in[1].shape();
+    const std::vector<double> x = values(in[0]), w = values(in[1]);
+    const int64_t n = xs[0], c = xs[1], h = xs[2], wd = xs[3], o = ws[0], cg = ws[1];
+    const int64_t oh = (h + 2 * win.ph - win.dh * (win.kh - 1) - 1) / win.sh + 1;
+    const int64_t ow = (wd + 2 * win.pw - win.dw * (win.kw - 1) - 1) / win.sw + 1;
+    const int64_t og = o / groups;
+    std::vector<double> y;
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t oc = 0; oc < o; ++oc)
+        for (int64_t i = 0; i < oh; ++i)
+          for (int64_t j = 0; j < ow; ++j) {
+            double sum = 0;
+            for (int64_t ic = 0; ic < cg; ++ic)
+              for (int64_t a = 0; a < win.kh; ++a)
+                for (int64_t e = 0; e < win.kw; ++e) {
+                  const int64_t r = i * win.sh - win.ph + a * win.dh;
+                  const int64_t s = j * win.sw - win.pw + e * win.dw;
+                  if (r < 0 || r >= h || s < 0 || s >= wd) continue;
+                  const int64_t channel = (oc / og) * cg + ic;
+                  sum += x[((b * c + channel) * h + r) * wd + s] *
+                         w[((oc * cg + ic) * win.kh + a) * win.kw + e];
+                }
+            y.push_back(sum);
+          }
+    return y;
+  };
+}
+
+// max (NaN wins) or mean over each window; padding never takes part in the max.
+Reference pool_reference(const Window& win, bool max, bool include_pad) {
+  return [=](const std::vector<Tensor>& in) {
+    const Shape& xs = in[0].shape();
+    const std::vector<double> x = values(in[0]);
+    const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
+    const int64_t oh = (h + 2 * win.ph - win.kh) / win.sh + 1;
+    const int64_t ow = (wd + 2 * win.pw - win.kw) / win.sw + 1;
+    std::vector<double> y;
+    for (int64_t p = 0; p < planes; ++p)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j) {
+          double best = -std::numeric_limits<double>::infinity(), sum = 0;
+          int64_t inside = 0, padded = 0;
+          for (int64_t a = 0; a < win.kh; ++a)
+            for (int64_t e = 0; e < win.kw; ++e) {
+              const int64_t r = i * win.sh - win.ph + a, s = j * win.sw - win.pw + e;
+              if (r < h + win.ph && s < wd + win.pw) ++padded;
+              if (r < 0 || r >= h || s < 0 || s >= wd) continue;
+              const double v = x[(p * h + r) * wd + s];
+              best = std::isnan(best) || std::isnan(v) ? NAN : std::max(best, v);
+              sum += v;
+              ++inside;
+            }
+          y.push_back(max ? best : sum / static_cast<double>(include_pad ? padded : inside));
+        }
+    return y;
+  };
+}
+
+AttrMap conv_attrs(const Window& w, int64_t groups) {
+  return {{"stride", std::vector<int64_t>{w.sh, w.sw}},
+          {"padding", std::vector<int64_t>{w.ph, w.pw}},
+          {"dilation", std::vector<int64_t>{w.dh, w.dw}},
+          {"groups", groups}};
+}
+AttrMap pool_attrs(const Window& w) {
+  return {{"kernel_size", std::vector<int64_t>{w.kh, w.kw}},
+          {"stride", std::vector<int64_t>{w.sh, w.sw}},
+          {"padding", std::vector<int64_t>{w.ph, w.pw}}};
+}
+
+}  // namespace
+
+void add_nn_cases(const std::function<void(OpCase)>& add) {
+  // ---- conv2d: plain, strided + padded + dilated (unequal per dim), grouped, pointwise.
+  struct Conv {
+    const char* name;
+    Shape x, w;
+    Window win;
+    int64_t groups;
+  };
+  for (const Conv& conv :
+       {Conv{"conv2d", {2, 3, 7, 6}, {4, 3, 3, 3}, {3, 3, 1, 1, 0, 0}, 1},
+        Conv{"conv2d_stride_pad_dilation", {2, 2, 9, 8}, {3, 2, 3, 2}, {3, 2, 2, 1, 1, 2, 2, 1}, 1},
+        Conv{"conv2d_groups", {2, 4, 5, 5}, {6, 2, 3, 3}, {3, 3, 1, 1, 1, 1}, 2},
+        Conv{"conv2d_pointwise", {2, 3, 4, 5}, {5, 3, 1, 1}, {1, 1, 1, 1, 0, 0}, 1}})
+    add({.op = "conv2d",
+         .name = conv.name,
+         .build =
+             [conv](CaseGraph& c) {
+               return c.g.add("conv2d", {c.input(conv.x), c.input(conv.w)},
+                              conv_attrs(conv.win, conv.groups));
+             },
+         .reference = conv_reference(conv.win, conv.groups)});
+  // The transposed convolution is conv2d's input gradient, with an output padding.
+  add({"conv2d_backward_input", "conv_transpose2d", [](CaseGraph& c) {
+         return conv_transpose2d(c.input({2, 4, 4, 5}), c.input({4, 3, 3, 3}),
+                                 {.stride = {2, 2}, .padding = {1, 1}}, {1, 0});
+       }});
+  add({"conv2d_backward_input", "conv2d_backward_input_groups", [](CaseGraph& c) {
+         AttrMap attrs = conv_attrs({3, 3, 1, 1, 1, 1}, 2);
+         attrs["input_size"] = std::vector<int64_t>{5, 5};
+         return c.g.add("conv2d_backward_input", {c.input({2, 6, 5, 5}), c.input({6, 2, 3, 3})},
+                        attrs);
+       }});
+  add({"conv2d_backward_filter", "conv2d_backward_filter", [](CaseGraph& c) {
+         AttrMap attrs = conv_attrs({3, 3, 2, 2, 1, 1}, 1);
+         attrs["kernel_size"] = std::vector<int64_t>{3, 3};
+         return c.g.add("conv2d_backward_filter", {c.input({2, 3, 6, 6}), c.input({2, 4, 3, 3})},
+                        attrs);
+       }});
+  add({"conv2d_backward_filter", "conv2d_backward_filter_groups", [](CaseGraph& c) {
+         AttrMap attrs = conv_attrs({2, 3, 1, 2, 0, 1, 1, 2}, 2);
+         attrs["kernel_size"] = std::vector<int64_t>{2, 3};
+         return c.g.add("conv2d_backward_filter", {c.input({3, 4, 5, 7}), c.input({3, 2, 4, 3})},
+                        attrs);
+       }});
+
+  // ---- Pooling: a square window without padding, an overlapping padded one.
+  const Window square{2, 2, 2, 2, 0, 0}, padded{3, 2, 2, 1, 1, 1};
+  add({.op = "max_pool2d",
+       .name = "max_pool2d",
+       .build =
+           [square](CaseGraph& c) {
+             return c.g.add("max_pool2d", {c.input({2, 3, 6, 6})}, pool_attrs(square));
+           },
+       .reference = pool_reference(square, true, true)});
+  add({.op = "max_pool2d",
+       .name = "max_pool2d_padded",
+       .build =
+           [padded](CaseGraph& c) {
+             return c.g.add("max_pool2d", {c.input({2, 3, 6, 7})}, pool_attrs(padded));
+           },
+       .reference = pool_reference(padded, true, true)});
+  add({"max_pool2d_backward", "max_pool2d_backward", [padded](CaseGraph& c) {
+         return c.g.add("max_pool2d_backward", {c.input({2, 3, 6, 7}), c.input({2, 3, 3, 8})},
+                        pool_attrs(padded));
+       }});
+  add({"max_pool2d_select", "max_pool2d_select", [padded](CaseGraph& c) {
+         return c.g.add("max_pool2d_select", {c.input({2, 3, 6, 7}), c.input({2, 3, 6, 7})},
+                        pool_attrs(padded));
+       }});
+  for (bool include : {true, false}) {
+    AttrMap attrs = pool_attrs(padded);
+    attrs["count_include_pad"] = include;
+    add({.op = "avg_pool2d",
+         .name = include ? "avg_pool2d" : "avg_pool2d_exclude_pad",
+         .build =
+             [attrs](CaseGraph& c) {
+               return c.g.add("avg_pool2d", {c.input({2, 3, 6, 7})}, attrs);
+             },
+         .reference = pool_reference(padded, false, include)});
+    attrs["input_size"] = std::vector<int64_t>{6, 7};
+    add({"avg_pool2d_backward", include ? "avg_pool2d_backward" : "avg_pool2d_backward_exclude_pad",
+         [attrs](CaseGraph& c) {
+           return c.g.add("avg_pool2d_backward", {c.input({2, 3, 3, 8})}, attrs);
+         }});
+  }
+}
+
+}  // namespace kiln::testing
