@@ -49,6 +49,14 @@ NvrtcApi load_nvrtc() {
   return api;
 }
 
+CudnnApi load_cudnn() {
+  const std::string soname = str("libcudnn.so.", CUDNN_MAJOR);
+  void* library = open_cuda_library(soname);
+  CudnnApi api;
+  KILN_CUDNN_FUNCTIONS(KILN_LOAD_SYMBOL)
+  return api;
+}
+
 }  // namespace
 
 const BlasLtApi& blaslt() {
@@ -58,6 +66,11 @@ const BlasLtApi& blaslt() {
 
 const NvrtcApi& nvrtc() {
   static const NvrtcApi api = load_nvrtc();
+  return api;
+}
+
+const CudnnApi& cudnn() {
+  static const CudnnApi api = load_cudnn();
   return api;
 }
 

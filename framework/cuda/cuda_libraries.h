@@ -1,9 +1,10 @@
-// cuBLASLt and NVRTC, opened on first use (dlopen) instead of linked: loading libcublasLt alone
-// costs a process about 140 MB of resident memory, which programs that never run a product on
+// cuBLASLt, NVRTC and cuDNN, opened on first use (dlopen) instead of linked: loading libcublasLt
+// alone costs a process about 140 MB of resident memory, which programs that never run a product on
 // a GPU (every CPU session) should not pay. Calls read `blaslt().cublasLtMatmul(...)`.
 #pragma once
 
 #include <cublasLt.h>
+#include <cudnn.h>
 #include <nvrtc.h>
 
 #include <string>
@@ -37,6 +38,32 @@ namespace kiln::cuda {
   X(nvrtcGetCUBIN)              \
   X(nvrtcDestroyProgram)        \
   X(nvrtcGetErrorString)
+
+#define KILN_CUDNN_FUNCTIONS(X)                     \
+  X(cudnnCreate)                                    \
+  X(cudnnDestroy)                                   \
+  X(cudnnSetStream)                                 \
+  X(cudnnGetErrorString)                            \
+  X(cudnnCreateTensorDescriptor)                    \
+  X(cudnnSetTensor4dDescriptor)                     \
+  X(cudnnDestroyTensorDescriptor)                   \
+  X(cudnnCreateFilterDescriptor)                    \
+  X(cudnnSetFilter4dDescriptor)                     \
+  X(cudnnDestroyFilterDescriptor)                   \
+  X(cudnnCreateConvolutionDescriptor)               \
+  X(cudnnSetConvolution2dDescriptor)                \
+  X(cudnnSetConvolutionGroupCount)                  \
+  X(cudnnSetConvolutionMathType)                    \
+  X(cudnnDestroyConvolutionDescriptor)              \
+  X(cudnnGetConvolutionForwardAlgorithm_v7)         \
+  X(cudnnGetConvolutionForwardWorkspaceSize)        \
+  X(cudnnConvolutionForward)                        \
+  X(cudnnGetConvolutionBackwardDataAlgorithm_v7)    \
+  X(cudnnGetConvolutionBackwardDataWorkspaceSize)   \
+  X(cudnnConvolutionBackwardData)                   \
+  X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)  \
+  X(cudnnGetConvolutionBackwardFilterWorkspaceSize) \
+  X(cudnnConvolutionBackwardFilter)
 // clang-format on
 
 #define KILN_LIBRARY_MEMBER(f) decltype(&::f) f = nullptr;
@@ -50,6 +77,11 @@ struct NvrtcApi {
   KILN_NVRTC_FUNCTIONS(KILN_LIBRARY_MEMBER)
 };
 
+/// cuDNN's entry points (the legacy convolution API, through libcudnn.so's dispatcher).
+struct CudnnApi {
+  KILN_CUDNN_FUNCTIONS(KILN_LIBRARY_MEMBER)
+};
+
 /// Opens a CUDA library by soname (the loader's search: LD_LIBRARY_PATH, RUNPATH, the system's
 /// cache), else from the toolkit Kiln was built against; throws kiln::DeviceError naming it.
 void* open_cuda_library(const std::string& soname);
@@ -60,5 +92,6 @@ void* cuda_library_symbol(void* library, const char* name, const std::string& so
 /// cannot be opened, and tries again on the next call.
 const BlasLtApi& blaslt();
 const NvrtcApi& nvrtc();
+const CudnnApi& cudnn();
 
 }  // namespace kiln::cuda

@@ -1,0 +1,164 @@
+// CUDA kernels of the pooling ops (ops/nn/pool.cc), with the CPU kernels' rules: the first
+// maximum of a window wins (a NaN at once), padding never does; averages divide as
+// count_include_pad says. The backward ops gather rather than scatter: one thread per input
+// pixel sums over the windows that hold it, so no atomics and the same result on every run.
+#include "ops/cuda/map.cuh"
+#include "ops/nn/conv.h"
+
+namespace kiln::ops::cuda_pool {
+
+using namespace kiln::ops::cuda;
+
+struct Window {
+  int64_t h, w, oh, ow, kh, kw, sh, sw, ph, pw;
+  bool include_pad;
+
+  // Window (i, j)'s rows [*h0, *h1) and columns [*w0, *w1), clipped to the input.
+  __device__ void bounds(int64_t i, int64_t j, int64_t* h0, int64_t* h1, int64_t* w0,
+                         int64_t* w1) const {
+    const int64_t top = i * sh - ph, left = j * sw - pw;
+    *h0 = top < 0 ? 0 : top;
+    *h1 = top + kh < h ? top + kh : h;
+    *w0 = left < 0 ? 0 : left;
+    *w1 = left + kw < w ? left + kw : w;
+  }
+  // The divisor of an average over window (i, j) (see pool.cc).
+  __device__ int64_t count(int64_t i, int64_t j) const {
+    int64_t h0, h1, w0, w1;
+    bounds(i, j, &h0, &h1, &w0, &w1);
+    if (!include_pad) return (h1 - h0) * (w1 - w0);
+    const int64_t top = i * sh - ph, left = j * sw - pw;
+    const int64_t hs = (top + kh < h + ph ? top + kh : h + ph) - top;
+    const int64_t ws = (left + kw < w + pw ? left + kw : w + pw) - left;
+    return hs * ws;
+  }
+  // The windows holding input row r: [*i0, *i1) (and the same for columns with col_range).
+  __device__ void row_range(int64_t r, int64_t* i0, int64_t* i1) const {
+    const int64_t lo = r + ph - kh + 1;  // the first window's top must be > r - kh
+    *i0 = lo <= 0 ? 0 : (lo + sh - 1) / sh;
+    const int64_t hi = (r + ph) / sh + 1;
+    *i1 = hi < oh ? hi : oh;
+  }
+  __device__ void col_range(int64_t q, int64_t* j0, int64_t* j1) const {
+    const int64_t lo = q + pw - kw + 1;
+    *j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw;
+    const int64_t hi = (q + pw) / sw + 1;
+    *j1 = hi < ow ? hi : ow;
+  }
+  // The offset in its plane of window (i, j)'s first maximum.
+  template <typename T>
+  __device__ int64_t argmax(const T* plane, int64_t i, int64_t j) const {
+    using C = Compute<T>;
+    int64_t h0, h1, w0, w1;
+    bounds(i, j, &h0, &h1, &w0, &w1);
+    int64_t best = h0 * w + w0;
+    C best_value = static_cast<C>(plane[best]);
+    for (int64_t r = h0; r < h1; ++r)
+      for (int64_t q = w0; q < w1; ++q) {
+        const C v = static_cast<C>(plane[r * w + q]);
+        if (isnan(v)) return r * w + q;
+        if (v > best_value) {
+          best = r * w + q;
+          best_value = v;
+        }
+      }
+    return best;
+  }
+};
+
+Window window_of(const KernelContext& ctx, const Shape& x, const Shape& y) {
+  const ConvGeometry g = pool_geometry(ctx.node(), x, y);
+  const AttrMap& attrs = ctx.node().attrs();
+  const bool include_pad =
+      attrs.count("count_include_pad") != 0 && ctx.attr<bool>("count_include_pad");
+  return {g.in_h,     g.in_w,     g.out_h, g.out_w, g.kernel_h, g.kernel_w,
+          g.stride_h, g.stride_w, g.pad_h, g.pad_w, include_pad};
+}
+
+// kMode 0: y = max of x; 1: y = v at x's argmax; 2: dx from (x, dy).
+template <int kMode, typename T>
+void max_pool_typed(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const Shape& pooled = kMode == 2 ? ctx.input(1).shape() : ctx.output(0).shape();
+  const Window win = window_of(ctx, x.shape(), pooled);
+  const T* px = x.data<T>();
+  const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
+  T* out = static_cast<T*>(ctx.output(0).raw_data());
+  const int64_t in_plane = win.h * win.w, out_plane = win.oh * win.ow;
+  if constexpr (kMode == 2) {
+    for_each(ctx, x.numel(), [=] __device__(int64_t idx) {
+      const int64_t p = idx / in_plane, at = idx % in_plane, r = at / win.w, q = at % win.w;
+      int64_t i0, i1, j0, j1;
+      win.row_range(r, &i0, &i1);
+      win.col_range(q, &j0, &j1);
+      Compute<T> sum = 0;
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j)
+          if (win.argmax(px + p * in_plane, i, j) == at)
+            sum += static_cast<Compute<T>>(other[p * out_plane + i * win.ow + j]);
+      out[idx] = static_cast<T>(sum);
+    });
+  } else {
+    for_each(ctx, ctx.output(0).numel(), [=] __device__(int64_t idx) {
+      const int64_t p = idx / out_plane, i = idx % out_plane / win.ow, j = idx % win.ow;
+      const int64_t at = win.argmax(px + p * in_plane, i, j);
+      out[idx] = kMode == 0 ? px[p * in_plane + at] : other[p * in_plane + at];
+    });
+  }
+}
+
+// kBackward false: y = window means of x; true: dx from dy.
+template <bool kBackward, typename T>
+void avg_pool_typed(KernelContext& ctx) {
+  using C = Compute<T>;
+  const Tensor& in = ctx.input(0);
+  Tensor& out_tensor = ctx.output(0);
+  const Window win = kBackward ? window_of(ctx, out_tensor.shape(), in.shape())
+                               : window_of(ctx, in.shape(), out_tensor.shape());
+  const T* pin = in.data<T>();
+  T* out = static_cast<T*>(out_tensor.raw_data());
+  const int64_t in_plane = win.h * win.w, out_plane = win.oh * win.ow;
+  if constexpr (kBackward) {
+    for_each(ctx, out_tensor.numel(), [=] __device__(int64_t idx) {
+      const int64_t p = idx / in_plane, at = idx % in_plane;
+      int64_t i0, i1, j0, j1;
+      win.row_range(at / win.w, &i0, &i1);
+      win.col_range(at % win.w, &j0, &j1);
+      C sum = 0;
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j)
+          sum +=
+              static_cast<C>(pin[p * out_plane + i * win.ow + j]) / static_cast<C>(win.count(i, j));
+      out[idx] = static_cast<T>(sum);
+    });
+  } else {
+    for_each(ctx, out_tensor.numel(), [=] __device__(int64_t idx) {
+      const int64_t p = idx / out_plane, i = idx % out_plane / win.ow, j = idx % win.ow;
+      int64_t h0, h1, w0, w1;
+      win.bounds(i, j, &h0, &h1, &w0, &w1);
+      C sum = 0;
+      for (int64_t r = h0; r < h1; ++r)
+        for (int64_t q = w0; q < w1; ++q) sum += static_cast<C>(pin[p * in_plane + r * win.w + q]);
+      out[idx] = static_cast<T>(sum / static_cast<C>(win.count(i, j)));
+    });
+  }
+}
+
+template <int kMode>
+void max_pool_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(),
+                      [&](auto tag) { max_pool_typed<kMode, decltype(tag)>(ctx); });
+}
+template <bool kBackward>
+void avg_pool_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(),
+                      [&](auto tag) { avg_pool_typed<kBackward, decltype(tag)>(ctx); });
+}
+
+KILN_CUDA_KERNEL(max_pool2d, max_pool_cuda<0>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(max_pool2d_select, max_pool_cuda<1>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(max_pool2d_backward, max_pool_cuda<2>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(avg_pool2d, avg_pool_cuda<false>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(avg_pool2d_backward, avg_pool_cuda<true>, cuda_dtypes(DTypeClass::floating));
+
+}  // namespace kiln::ops::cuda_pool
