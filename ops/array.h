@@ -37,6 +37,9 @@ Value gather(const Value& params, const Value& indices, int64_t axis = 0);
 Value cast(const Value& x, DType dtype);
 /// x itself (useful to give a value a name).
 Value identity(const Value& x);
+/// x itself, computed only after every value in `deps` (a control dependency: whatever reads
+/// the result also runs deps).
+Value after(const Value& x, const std::vector<Value>& deps);
 
 /// x with size-1 dims inserted so that they sit at `axes` of the result (unsqueeze).
 Value expand_dims(const Value& x, std::vector<int64_t> axes);

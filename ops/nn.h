@@ -82,4 +82,35 @@ Value avg_pool2d(const Value& x, const Pool2dOptions& options = {}, bool count_i
 /// The mean of each channel plane: [N, C, H, W] -> [N, C].
 Value global_avg_pool2d(const Value& x);
 
+/// normalize's outputs: y = (x - mean) * rstd and the statistics, shaped like the dims not
+/// normalized.
+struct Normalized {
+  Value y, mean, rstd;
+};
+/// Normalizes x over `axes` (the other dims must be adjacent): mean and biased variance over
+/// the axes, rstd = 1 / sqrt(var + eps). Without `center` (RMS norm) the mean is 0 and rstd
+/// = 1 / sqrt(mean(x^2) + eps). The op behind every function below.
+Normalized normalize(const Value& x, const std::vector<int64_t>& axes, double eps = 1e-5,
+                     bool center = true);
+/// Layer normalization over the last `normalized_dims` dims, then * weight + bias (each
+/// optional, shaped like those dims): PyTorch's layer_norm.
+Value layer_norm(const Value& x, int64_t normalized_dims = 1, const Value& weight = {},
+                 const Value& bias = {}, double eps = 1e-5);
+/// Root-mean-square normalization over the last dims, then * weight (optional).
+Value rms_norm(const Value& x, int64_t normalized_dims = 1, const Value& weight = {},
+               double eps = 1e-6);
+/// Group normalization of x [N, C, ...]: the channels in `groups` groups, each group of each
+/// example normalized over its channels and positions; then per-channel weight [C] and bias
+/// [C] (optional).
+Value group_norm(const Value& x, int64_t groups, const Value& weight = {}, const Value& bias = {},
+                 double eps = 1e-5);
+/// Batch normalization of x [N, C, ...] per channel, then weight [C] and bias [C] (optional).
+/// Training: the batch's statistics, and where running_mean / running_var (variables [C]) are
+/// given they are updated whenever the result is computed (running = (1 - momentum) running +
+/// momentum batch, the variance unbiased), as PyTorch does. Evaluation: the running
+/// statistics.
+Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
+                 const Value& weight, const Value& bias, bool training, double momentum = 0.1,
+                 double eps = 1e-5);
+
 }  // namespace kiln

@@ -60,6 +60,21 @@ KILN_OP(identity)
     .kernel(DeviceKind::cuda, view_kernel)
     .grad([](GradContext& c) -> GradList { return {c.grad_output()}; });
 
+// ---- after: x itself, once `deps` have run (their values are unused). Whatever reads the
+// result runs after them: batch norm's running statistics update this way in training.
+KILN_OP(after)
+    .may_alias_input()
+    .input("x")
+    .variadic_input("deps", 1)
+    .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel)
+    .grad([](GradContext& c) -> GradList {
+      GradList grads(static_cast<size_t>(c.num_inputs()));
+      grads[0] = c.grad_output();
+      return grads;
+    });
+
 // ---- transpose: out.shape[i] = x.shape[perm[i]].
 std::vector<int64_t> resolve_perm(const std::vector<int64_t>& perm, int64_t rank) {
   if (!perm.empty()) return perm;
@@ -140,6 +155,11 @@ Value reshape(const Value& x, const Shape& shape) {
 }
 Value identity(const Value& x) {
   return common_graph("identity", {&x}).add("identity", {x});
+}
+Value after(const Value& x, const std::vector<Value>& deps) {
+  std::vector<Value> inputs{x};
+  inputs.insert(inputs.end(), deps.begin(), deps.end());
+  return x.graph()->add("after", inputs);
 }
 Value transpose(const Value& x, std::vector<int64_t> perm) {
   return common_graph("transpose", {&x}).add("transpose", {x}, {{"perm", std::move(perm)}});

@@ -183,3 +183,45 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
 }
 
 }  // namespace kiln::testing
+
+namespace kiln::testing {
+
+void add_normalization_cases(const std::function<void(OpCase)>& add) {
+  // normalize over batch norm's axes (N, H, W), layer norm's last two, and RMS norm's last;
+  // every output is used, so the statistics' own gradients are checked too.
+  struct Norm {
+    const char* name;
+    Shape x;
+    std::vector<int64_t> axes;
+    bool center;
+  };
+  for (const Norm& n : {Norm{"normalize_batch", {4, 3, 2, 5}, {0, 2, 3}, true},
+                        Norm{"normalize_layer", {3, 4, 6}, {-2, -1}, true},
+                        Norm{"normalize_rms", {5, 7}, {1}, false}})
+    add({"normalize", n.name, [n](CaseGraph& c) {
+           Value x = c.input(n.x, -2, 3);
+           Normalized out = normalize(x, n.axes, 1e-5, n.center);
+           // Weigh the statistics so that their gradients count (each shaped like the kept
+           // dims, broadcast back over the normalized ones).
+           std::vector<int64_t> axes;
+           for (int64_t a : n.axes) axes.push_back(a < 0 ? a + n.x.rank() : a);
+           return out.y + expand_dims(out.mean * 0.5 + out.rstd * 0.25, axes);
+         }});
+  add({.op = "normalize_backward",
+       .name = "normalize_backward",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({4, 3, 5}, -2, 3);
+             Normalized n = normalize(x, {0, 2});
+             return c.g.add(
+                 "normalize_backward", {x, n.mean, n.rstd, c.input({4, 3, 5})},
+                 {{"axes", std::vector<int64_t>{0, 2}}, {"eps", 1e-5}, {"center", true}});
+           },
+       .gradients = false});
+  add({"after", "after", [](CaseGraph& c) {
+         Value x = c.input({3, 4});
+         return after(x * 2.0, {c.input({2})}) * x;
+       }});
+}
+
+}  // namespace kiln::testing

@@ -564,6 +564,7 @@ std::vector<OpCase> make_cases() {
        .gradients = false,
        .parity = false});
   add_nn_cases(add);
+  add_normalization_cases(add);
   return cases;
 }
 

@@ -75,6 +75,8 @@ struct OpCase {
 
 /// Adds the convolution, pooling and normalization cases (tests/cases/nn_cases.cc).
 void add_nn_cases(const std::function<void(OpCase)>& add);
+/// Adds the normalization cases (tests/cases/nn_cases.cc).
+void add_normalization_cases(const std::function<void(OpCase)>& add);
 
 /// Every case, in a fixed order.
 const std::vector<OpCase>& op_cases();

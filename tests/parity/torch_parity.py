@@ -59,6 +59,25 @@ def pool_input_grad(pool, dy, size):
     return torch.autograd.grad(pool(x), x, dy, create_graph=True)[0]
 
 
+def normalize(x, attrs):
+    """normalize's (y, mean, rstd) (ops/nn/normalization.cc)."""
+    axes = [a % x.dim() for a in ints(attrs["axes"])]
+    eps = float(attrs["eps"])
+    if attrs["center"] == "1":
+        mean = x.mean(dim=axes, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
+    else:
+        mean = torch.zeros_like(x.sum(dim=axes, keepdim=True))
+        var = (x * x).mean(dim=axes, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+
+    def kept(t):
+        for axis in sorted(axes, reverse=True):
+            t = t.squeeze(axis)
+        return t
+    return (x - mean) * rstd, kept(mean), kept(rstd)
+
+
 def conv_and_pool(op, args, attrs):
     """The convolution and pooling ops (ops/nn/conv.cc, pool.cc), or None."""
     if not args:
@@ -118,6 +137,13 @@ def apply(op, args, attrs, dtype, custom):
     }
     if op in unary:
         return unary[op](a)
+    if op == "normalize":
+        return normalize(a, attrs)
+    if op == "normalize_backward":  # (x, mean, rstd, dy): the statistics come from x
+        x = a.detach().requires_grad_(True)
+        return torch.autograd.grad(normalize(x, attrs)[0], x, args[3], create_graph=True)[0]
+    if op == "after":
+        return a * 1
     nn_result = conv_and_pool(op, args, attrs)
     if nn_result is not None:
         return nn_result

@@ -1,0 +1,341 @@
+// normalize: the statistics step shared by batch, layer, group and RMS norm. Over the M
+// elements of `axes` (the other dims, K of them in all, each get their own statistics):
+//   center:    mean = sum x / M,  var = sum (x - mean)^2 / M,  rstd = 1 / sqrt(var + eps)
+//              y = (x - mean) rstd
+//   no center: mean = 0,          rstd = 1 / sqrt(sum x^2 / M + eps),  y = x rstd  (RMS norm)
+// Outputs y (like x), mean and rstd (shaped like the kept dims). The kept dims must be
+// adjacent, so x is [A, K, B] with the normalized elements at (a, k, b) for every a and b:
+// batch norm over (N, H, W) of [N, C, H, W] is A = N, K = C, B = H W; layer norm over the last
+// dims is A = 1.
+//
+// Gradient (xhat = y):  dx = rstd (dy - mean_M(dy) - xhat mean_M(dy xhat))   (no center: no
+// mean_M(dy) term), the normalize_backward op; plus, where the statistics' own outputs are
+// used, d mean/dx = 1 / M and d rstd/dx = -rstd^2 xhat / M.
+#include <cmath>
+
+#include "framework/gradient.h"
+#include "framework/kernel.h"
+#include "ops/array.h"
+#include "ops/dtypes.h"
+#include "ops/math.h"
+#include "ops/nn.h"
+#include "ops/nn/normalization.h"
+#include "ops/state.h"
+
+namespace kiln {
+namespace ops {
+
+NormLayout norm_layout(const Shape& x, const std::vector<int64_t>& axes) {
+  NormLayout layout;
+  const int64_t rank = x.rank();
+  std::vector<bool> reduced(static_cast<size_t>(rank), false);
+  for (int64_t axis : axes) reduced[static_cast<size_t>(axis < 0 ? axis + rank : axis)] = true;
+  int64_t first_kept = rank, last_kept = -1;
+  for (int64_t d = 0; d < rank; ++d)
+    if (!reduced[static_cast<size_t>(d)]) {
+      first_kept = std::min(first_kept, d);
+      last_kept = d;
+    }
+  for (int64_t d = 0; d < rank; ++d) {
+    if (d < first_kept)
+      layout.outer *= x[d];
+    else if (d > last_kept)
+      layout.inner *= x[d];
+    else
+      layout.kept *= x[d];
+  }
+  return layout;
+}
+
+namespace {
+
+// Checks the axes (in range, distinct, the other dims adjacent);
+// returns the kept dims' shape.
+Shape kept_shape(const InferContext& ctx) {
+  const Shape& x = ctx.shape(0);
+  const auto& axes = ctx.attr<std::vector<int64_t>>("axes");
+  if (axes.empty()) ctx.fail("needs at least one axis to normalize over");
+  std::vector<bool> reduced(static_cast<size_t>(x.rank()), false);
+  for (int64_t axis : axes) {
+    const int64_t a = ctx.axis(axis, x.rank());
+    if (reduced[static_cast<size_t>(a)]) ctx.fail("axis ", axis, " is listed twice");
+    reduced[static_cast<size_t>(a)] = true;
+  }
+  std::vector<int64_t> kept;
+  int64_t last = -2;
+  for (int64_t d = 0; d < x.rank(); ++d) {
+    if (reduced[static_cast<size_t>(d)]) continue;
+    if (last >= 0 && d != last + 1)
+      ctx.fail("the dims not normalized must be adjacent; axes ", Shape(axes), " of ", x,
+               " leave gaps");
+    kept.push_back(x[d]);
+    last = d;
+  }
+  if (ctx.attr<double>("eps") < 0) ctx.fail("eps ", ctx.attr<double>("eps"), " must be >= 0");
+  return Shape(std::move(kept));
+}
+
+std::vector<TensorType> infer_normalize(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  const Shape kept = kept_shape(ctx);
+  return {ctx.input(0), {ctx.dtype(0), kept}, {ctx.dtype(0), kept}};
+}
+
+// Inputs x, mean, rstd, dy.
+std::vector<TensorType> infer_normalize_backward(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  for (int i : {1, 2, 3}) ctx.expect_same_dtype(0, i);
+  const Shape kept = kept_shape(ctx);
+  for (int i : {1, 2})
+    if (!ctx.shape(i).compatible_with(kept))
+      ctx.fail("input ", i, " is ", ctx.shape(i), ", the statistics are ", kept);
+  if (!ctx.shape(3).compatible_with(ctx.shape(0)))
+    ctx.fail("dy ", ctx.shape(3), " differs from x ", ctx.shape(0));
+  return {ctx.input(0)};
+}
+
+// Calls fn(index) for each of the M elements of statistics group k, in a fixed order.
+template <typename Fn>
+void for_group(const NormLayout& l, int64_t k, Fn&& fn) {
+  for (int64_t a = 0; a < l.outer; ++a) {
+    const int64_t base = (a * l.kept + k) * l.inner;
+    for (int64_t b = 0; b < l.inner; ++b) fn(base + b);
+  }
+}
+
+// Sums accumulate in double (M reaches millions in batch norm).
+template <typename T>
+void normalize_typed(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const NormLayout l = norm_layout(x.shape(), ctx.attr<std::vector<int64_t>>("axes"));
+  const bool center = ctx.attr<bool>("center");
+  const double eps = ctx.attr<double>("eps");
+  const T* px = x.data<T>();
+  T* y = ctx.output(0).data<T>();
+  T* mean_out = ctx.output(1).data<T>();
+  T* rstd_out = ctx.output(2).data<T>();
+  const double count = static_cast<double>(l.outer * l.inner);
+  ctx.parallel_for(l.kept, l.outer * l.inner * 4, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      double mean = 0;
+      if (center) {
+        for_group(l, k, [&](int64_t i) { mean += px[i]; });
+        mean /= count;
+      }
+      double squares = 0;
+      for_group(l, k, [&](int64_t i) {
+        const double d = px[i] - mean;
+        squares += d * d;
+      });
+      const double rstd = 1 / std::sqrt(squares / count + eps);
+      const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
+      for_group(l, k, [&](int64_t i) { y[i] = (px[i] - m) * r; });
+      mean_out[k] = m;
+      rstd_out[k] = r;
+    }
+  });
+}
+
+template <typename T>
+void normalize_backward_typed(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const NormLayout l = norm_layout(x.shape(), ctx.attr<std::vector<int64_t>>("axes"));
+  const bool center = ctx.attr<bool>("center");
+  const T* px = x.data<T>();
+  const T* mean = ctx.input(1).data<T>();
+  const T* rstd = ctx.input(2).data<T>();
+  const T* dy = ctx.input(3).data<T>();
+  T* dx = ctx.output(0).data<T>();
+  const double count = static_cast<double>(l.outer * l.inner);
+  ctx.parallel_for(l.kept, l.outer * l.inner * 6, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const T m = center ? mean[k] : T(0), r = rstd[k];
+      double sum_dy = 0, sum_dy_xhat = 0;
+      for_group(l, k, [&](int64_t i) {
+        sum_dy += dy[i];
+        sum_dy_xhat += static_cast<double>(dy[i]) * static_cast<double>((px[i] - m) * r);
+      });
+      const T mean_dy = center ? static_cast<T>(sum_dy / count) : T(0);
+      const T mean_dy_xhat = static_cast<T>(sum_dy_xhat / count);
+      for_group(l, k,
+                [&](int64_t i) { dx[i] = r * (dy[i] - mean_dy - (px[i] - m) * r * mean_dy_xhat); });
+    }
+  });
+}
+
+void normalize_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) { normalize_typed<decltype(tag)>(ctx); });
+}
+void normalize_backward_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(),
+                 [&](auto tag) { normalize_backward_typed<decltype(tag)>(ctx); });
+}
+
+// The statistics broadcast back against x: kept dims in place, normalized dims of size 1.
+Value spread(const Value& stat, const Value& x, const std::vector<int64_t>& axes) {
+  std::vector<int64_t> positive;
+  for (int64_t axis : axes) positive.push_back(axis < 0 ? axis + x.shape().rank() : axis);
+  return expand_dims(stat, positive);
+}
+
+KILN_OP(normalize)
+    .precision(Precision::keep_f32)
+    .input("x")
+    .attr("axes", AttrType::integers)
+    .attr("eps", 1e-5)
+    .attr("center", true)
+    .infer(infer_normalize)
+    .kernel(DeviceKind::cpu, normalize_cpu, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      const auto& axes = c.attr<std::vector<int64_t>>("axes");
+      Value x = c.input(0), mean = c.output(1), rstd = c.output(2);
+      Value dx;
+      if (c.has_grad_output(0))
+        dx = c.graph().add(
+            "normalize_backward", {x, mean, rstd, c.grad_output(0)},
+            {{"axes", axes}, {"eps", c.attr<double>("eps")}, {"center", c.attr<bool>("center")}});
+      auto accumulate = [&](const Value& term) { dx = dx.defined() ? dx + term : term; };
+      Value inv_count = reciprocal_count(x, mean);
+      if (c.has_grad_output(1) && c.attr<bool>("center"))
+        accumulate(broadcast_like(spread(c.grad_output(1) * inv_count, x, axes), x));
+      if (c.has_grad_output(2)) {
+        Value xhat = c.output(0);
+        Value scale = -(c.grad_output(2) * rstd * rstd * inv_count);
+        accumulate(spread(scale, x, axes) * xhat);
+      }
+      return {dx};
+    });
+
+KILN_OP(normalize_backward)
+    .precision(Precision::keep_f32)
+    .input("x")
+    .input("mean")
+    .input("rstd")
+    .input("dy")
+    .attr("axes", AttrType::integers)
+    .attr("eps", 1e-5)
+    .attr("center", true)
+    .infer(infer_normalize_backward)
+    .kernel(DeviceKind::cpu, normalize_backward_cpu, {f32, f64});
+
+}  // namespace
+
+Value reciprocal_count(const Value& x, const Value& stats) {
+  return numel(stats, x.dtype()) / numel(x, x.dtype());
+}
+
+}  // namespace ops
+
+Normalized normalize(const Value& x, const std::vector<int64_t>& axes, double eps, bool center) {
+  std::vector<Value> out =
+      common_graph("normalize", {&x})
+          .add_node("normalize", {x}, {{"axes", axes}, {"eps", eps}, {"center", center}});
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace kiln
+
+// ---- The normalization functions: normalize, then the affine transform.
+namespace kiln {
+namespace {
+
+// v [C] shaped to broadcast along axis 1 of a rank-`rank` tensor: [1, C, 1, ...].
+Value per_channel(const Value& v, int64_t rank) {
+  std::vector<int64_t> axes{0};
+  for (int64_t d = 2; d < rank; ++d) axes.push_back(d);
+  return expand_dims(v, axes);
+}
+
+Value affine(Value y, const Value& weight, const Value& bias) {
+  if (weight.defined()) y = y * weight;
+  if (bias.defined()) y = y + bias;
+  return y;
+}
+
+std::vector<int64_t> last_axes(const char* fn, const Value& x, int64_t count) {
+  const int64_t rank = x.shape().rank();
+  if (count < 1 || count > rank)
+    throw GraphError(
+        str(fn, ": normalized_dims ", count, " must be in [1, ", rank, "] for x ", x.shape()));
+  std::vector<int64_t> axes;
+  for (int64_t d = rank - count; d < rank; ++d) axes.push_back(d);
+  return axes;
+}
+
+// Checks x is [N, C, ...] with known C; returns C.
+int64_t channels_of(const char* fn, const Value& x) {
+  if (x.shape().rank() < 2 || x.shape()[1] < 0)
+    throw GraphError(str(fn, ": x must be [N, C, ...] with known C, got ", x.shape()));
+  return x.shape()[1];
+}
+
+}  // namespace
+
+Value layer_norm(const Value& x, int64_t normalized_dims, const Value& weight, const Value& bias,
+                 double eps) {
+  return affine(normalize(x, last_axes("layer_norm", x, normalized_dims), eps, true).y, weight,
+                bias);
+}
+
+Value rms_norm(const Value& x, int64_t normalized_dims, const Value& weight, double eps) {
+  return affine(normalize(x, last_axes("rms_norm", x, normalized_dims), eps, false).y, weight,
+                Value());
+}
+
+Value group_norm(const Value& x, int64_t groups, const Value& weight, const Value& bias,
+                 double eps) {
+  const int64_t channels = channels_of("group_norm", x);
+  if (groups < 1 || channels % groups != 0)
+    throw GraphError(
+        str("group_norm: ", channels, " channels do not split into ", groups, " groups"));
+  int64_t per_group = channels / groups;
+  for (int64_t d = 2; d < x.shape().rank(); ++d) {
+    if (x.shape()[d] < 0)
+      throw GraphError(str("group_norm: x ", x.shape(), " needs known dims after the batch"));
+    per_group *= x.shape()[d];
+  }
+  Value grouped = reshape(x, Shape{-1, groups, per_group});
+  Value y = reshape_like(normalize(grouped, {2}, eps, true).y, x);
+  const int64_t rank = x.shape().rank();
+  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
+                bias.defined() ? per_channel(bias, rank) : Value());
+}
+
+Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
+                 const Value& weight, const Value& bias, bool training, double momentum,
+                 double eps) {
+  const int64_t channels = channels_of("batch_norm", x);
+  const int64_t rank = x.shape().rank();
+  for (const Value* v : {&running_mean, &running_var, &weight, &bias})
+    if (v->defined() && v->shape() != Shape{channels})
+      throw GraphError(str("batch_norm: ", v->name(), " is ", v->shape(), ", x ", x.shape(),
+                           " has ", channels, " channels"));
+  if (running_mean.defined() != running_var.defined())
+    throw GraphError("batch_norm: give both running statistics or neither");
+  if (!(momentum >= 0 && momentum <= 1))
+    throw GraphError(str("batch_norm: momentum ", momentum, " must be in [0, 1]"));
+  Value y;
+  if (training || !running_mean.defined()) {
+    std::vector<int64_t> axes{0};
+    for (int64_t d = 2; d < rank; ++d) axes.push_back(d);
+    Normalized n = normalize(x, axes, eps, true);
+    y = n.y;
+    if (running_mean.defined() && training) {
+      // running = (1 - momentum) running + momentum batch, with the batch variance unbiased
+      // (M / (M - 1)) as PyTorch keeps it. var = 1 / rstd^2 - eps.
+      Value count = numel(x, x.dtype()) / numel(n.mean, x.dtype());
+      Value mean = x.graph()->add("stop_gradient", {n.mean});
+      Value rstd = x.graph()->add("stop_gradient", {n.rstd});
+      Value var = (1.0 / (rstd * rstd) - eps) * (count / (count - 1.0));
+      Value new_mean = assign(running_mean, running_mean * (1 - momentum) + mean * momentum);
+      Value new_var = assign(running_var, running_var * (1 - momentum) + var * momentum);
+      y = after(y, {new_mean, new_var});
+    }
+  } else {
+    y = (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
+  }
+  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
+                bias.defined() ? per_channel(bias, rank) : Value());
+}
+
+}  // namespace kiln
