@@ -14,9 +14,16 @@ Value softmax(const Value& x, int64_t axis = -1);
 /// log(softmax(x)) along `axis`, computed without forming softmax.
 Value log_softmax(const Value& x, int64_t axis = -1);
 /// Per-example cross entropy of `logits` [N, C] (floating) against integer class `labels` [N]
-/// (i32 or i64): loss[i] = logsumexp(logits[i]) - logits[i, labels[i]]. A label outside
-/// [0, C) is an error when the graph runs, naming the position and value.
-Value softmax_cross_entropy(const Value& logits, const Value& labels);
+/// (i32 or i64): loss[i] = logsumexp(logits[i]) - logits[i, labels[i]]. With label smoothing
+/// e the target is (1 - e) onehot + e / C (PyTorch's). Rows labelled `ignore_index` get loss
+/// 0 and no gradient. Any other label outside [0, C) is an error when the graph runs, naming
+/// the position and value.
+Value softmax_cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
+                            double label_smoothing = 0);
+/// The mean of softmax_cross_entropy over the rows not labelled `ignore_index` (PyTorch's
+/// cross_entropy with reduction "mean"; NaN when every row is ignored, as there).
+Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
+                    double label_smoothing = 0);
 /// The mask of inverted dropout, shaped like `x`: 1 / (1 - rate) with probability 1 - rate,
 /// else 0; a new mask on every run (the random trait: drawn under `seed`, the node's name and
 /// the graph's random counter, so a restored checkpoint continues the same sequence).

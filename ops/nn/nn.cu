@@ -99,15 +99,25 @@ KILN_CUDA_KERNEL(log_softmax, softmax_cuda<true>, cuda_dtypes(DTypeClass::floati
 //   loss[i] = log s - (z[i, y[i]] - m)
 //   (grad)  dz[i, c] = dloss[i] * (exp(z[i, c] - m) / s - [c == y[i]])
 // A label outside [0, classes) is reported (the run fails naming the node and the label).
+// With label smoothing e and ignore_index as in cross_entropy.cc.
 template <typename T, typename Index, bool kGrad>
 __global__ void cross_entropy_rows(const T* z, const Index* labels, const T* dloss, T* out,
-                                   int64_t batch, int64_t classes, ErrorReporter errors) {
+                                   int64_t batch, int64_t classes, int64_t ignore, double smoothing,
+                                   ErrorReporter errors) {
   using C = Compute<T>;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= batch) return;
   const T* in = z + row * classes;
   const int64_t label = static_cast<int64_t>(labels[row]);
+  if (label == ignore) {
+    if constexpr (kGrad) {
+      for (int64_t c = lane; c < classes; c += 32) out[row * classes + c] = T(0);
+    } else if (lane == 0) {
+      out[row] = T(0);
+    }
+    return;
+  }
   if (label < 0 || label >= classes) {
     if (lane == 0) errors.report(DataErrorKind::label_out_of_range, label, row, 0, classes);
     return;
@@ -115,16 +125,22 @@ __global__ void cross_entropy_rows(const T* z, const Index* labels, const T* dlo
   C m = negative_infinity<C>();
   for (int64_t c = lane; c < classes; c += 32) m = fmax(m, static_cast<C>(in[c]));
   m = warp_max(m);
-  C s = 0;
-  for (int64_t c = lane; c < classes; c += 32) s += exp(static_cast<C>(in[c]) - m);
+  C s = 0, shifted_sum = 0;
+  for (int64_t c = lane; c < classes; c += 32) {
+    s += exp(static_cast<C>(in[c]) - m);
+    shifted_sum += static_cast<C>(in[c]) - m;
+  }
   s = warp_sum(s);
+  shifted_sum = warp_sum(shifted_sum);
+  const C e = static_cast<C>(smoothing), spread = e / static_cast<C>(classes);
   if constexpr (kGrad) {
     const C g = static_cast<C>(dloss[row]), inv = C(1) / s;
     for (int64_t c = lane; c < classes; c += 32)
-      out[row * classes + c] =
-          static_cast<T>(g * (exp(static_cast<C>(in[c]) - m) * inv - C(c == label)));
+      out[row * classes + c] = static_cast<T>(
+          g * (exp(static_cast<C>(in[c]) - m) * inv - (1 - e) * C(c == label) - spread));
   } else if (lane == 0) {
-    out[row] = static_cast<T>(log(s) - (static_cast<C>(in[label]) - m));
+    out[row] = static_cast<T>(log(s) - (1 - e) * (static_cast<C>(in[label]) - m) -
+                              e * shifted_sum / static_cast<C>(classes));
   }
 }
 
@@ -137,7 +153,8 @@ void cross_entropy_typed(KernelContext& ctx) {
   cross_entropy_rows<T, Index, kGrad>
       <<<static_cast<unsigned>(config.blocks), config.threads, 0, stream_of(ctx)>>>(
           z.data<T>(), ctx.input(1).data<Index>(), kGrad ? ctx.input(2).data<T>() : nullptr,
-          ctx.output(0).data<T>(), batch, classes, error_reporter(ctx));
+          ctx.output(0).data<T>(), batch, classes, ctx.attr<int64_t>("ignore_index"),
+          ctx.attr<double>("label_smoothing"), error_reporter(ctx));
   check_launch(ctx);
 }
 

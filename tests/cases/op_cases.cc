@@ -394,6 +394,16 @@ std::vector<OpCase> make_cases() {
   add({"softmax_cross_entropy", "softmax_cross_entropy", [](CaseGraph& c) {
          return softmax_cross_entropy(c.input({5, 10}, -3, 3), c.ints({3, 0, 9, 4, 7}, {5}));
        }});
+  add({"softmax_cross_entropy", "softmax_cross_entropy_smoothing_ignore", [](CaseGraph& c) {
+         return softmax_cross_entropy(c.input({5, 10}, -3, 3), c.ints({3, -100, 9, 4, -100}, {5}),
+                                      -100, 0.1);
+       }});
+  add({"softmax_cross_entropy_grad", "softmax_cross_entropy_grad_smoothing_ignore",
+       [](CaseGraph& c) {
+         Value labels = c.ints({3, 7, 9, 7, 0}, {5});
+         return op(c, "softmax_cross_entropy_grad", {c.input({5, 10}, -3, 3), labels, c.input({5})},
+                   {{"ignore_index", int64_t{7}}, {"label_smoothing", 0.2}});
+       }});
   add({.op = "softmax_cross_entropy",
        .name = "softmax_cross_entropy_large_logits",
        .build =

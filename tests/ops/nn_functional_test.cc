@@ -140,3 +140,37 @@ TEST(NnFunctional, LogsumexpAndPad) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(NnFunctional, CrossEntropyAveragesTheRowsNotIgnored) {
+  Graph g;
+  Tensor z = testing::random_tensor(f64, {4, 6}, -3, 3, 11);
+  Value logits = g.constant(z);
+  Value labels = g.constant(Tensor::from_vector<int64_t>({2, -1, 5, -1}));
+  const double got = testing::run1(g, cross_entropy(logits, labels, -1, 0.1)).element(0);
+  // Rows 0 and 2, each -sum_c t_c log p_c with t = 0.9 onehot + 0.1 / 6.
+  double want = 0;
+  for (int64_t row : {0, 2}) {
+    const int64_t label = row == 0 ? 2 : 5;
+    double lse = 0;
+    for (int64_t c = 0; c < 6; ++c) lse += std::exp(z.element(row * 6 + c));
+    lse = std::log(lse);
+    for (int64_t c = 0; c < 6; ++c)
+      want += ((c == label ? 0.9 : 0) + 0.1 / 6) * (lse - z.element(row * 6 + c)) / 2;
+  }
+  EXPECT_NEAR(got, want, 1e-12);
+  // Every row ignored: NaN, as PyTorch.
+  Value none = g.constant(Tensor::from_vector<int64_t>({-1, -1, -1, -1}));
+  EXPECT_TRUE(std::isnan(testing::run1(g, cross_entropy(logits, none, -1)).element(0)));
+  // A label that is neither a class nor ignored is still an error.
+  Value bad = g.constant(Tensor::from_vector<int64_t>({2, -1, 6, -1}));
+  testing::expect_error<Error>([&] { testing::run1(g, cross_entropy(logits, bad, -1)); },
+                               {"label 6 at position 2", "[0, 6)"});
+  expect_error<GraphError>([&] { softmax_cross_entropy(logits, labels, -1, 1.5); },
+                           {"label_smoothing 1.5"});
+}
+
+}  // namespace
+}  // namespace kiln

@@ -229,11 +229,15 @@ def apply(op, args, attrs, dtype, custom):
     if op == "log_softmax":
         return torch.log_softmax(a, dim=int(attrs["axis"]))
     if op == "softmax_cross_entropy":
-        return F.cross_entropy(a, args[1], reduction="none")
-    if op == "softmax_cross_entropy_grad":  # dloss (softmax(z) - onehot(y))
+        return F.cross_entropy(a, args[1], reduction="none", ignore_index=int(attrs["ignore_index"]),
+                               label_smoothing=float(attrs["label_smoothing"]))
+    if op == "softmax_cross_entropy_grad":  # dloss (softmax(z) - target), 0 on ignored rows
         z, labels, dloss = args
-        onehot = F.one_hot(labels, z.shape[1]).to(z.dtype)
-        return dloss.unsqueeze(1) * (torch.softmax(z, dim=1) - onehot)
+        ignore, e = int(attrs["ignore_index"]), float(attrs["label_smoothing"])
+        kept = labels != ignore
+        onehot = F.one_hot(torch.where(kept, labels, 0), z.shape[1]).to(z.dtype)
+        target = (1 - e) * onehot + e / z.shape[1]
+        return (dloss * kept).unsqueeze(1) * (torch.softmax(z, dim=1) - target)
     if op == "fill":
         return torch.full(ints(attrs["shape"]), float(attrs["value"]), dtype=DTYPES[attrs["dtype"]])
     if op == "iota":
