@@ -13,6 +13,13 @@ namespace kiln {
 Value softmax(const Value& x, int64_t axis = -1);
 /// log(softmax(x)) along `axis`, computed without forming softmax.
 Value log_softmax(const Value& x, int64_t axis = -1);
+/// Rows of `table` [V, D] picked by integer `ids` (any shape): [ids..., D]. The gradient is a
+/// scatter-add into the rows used. An id outside [0, V) is an error when the graph runs.
+Value embedding(const Value& table, const Value& ids);
+/// Inverted dropout: in training, x * dropout_mask(x, rate, seed) (a new mask every run);
+/// otherwise x itself.
+Value dropout(const Value& x, double rate, bool training, int64_t seed = 0);
+
 /// Per-example cross entropy of `logits` [N, C] (floating) against integer class `labels` [N]
 /// (i32 or i64): loss[i] = logsumexp(logits[i]) - logits[i, labels[i]]. With label smoothing
 /// e the target is (1 - e) onehot + e / C (PyTorch's). Rows labelled `ignore_index` get loss
@@ -88,6 +95,22 @@ Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
 Value avg_pool2d(const Value& x, const Pool2dOptions& options = {}, bool count_include_pad = true);
 /// The mean of each channel plane: [N, C, H, W] -> [N, C].
 Value global_avg_pool2d(const Value& x);
+
+/// Options of scaled_dot_product_attention.
+struct AttentionOptions {
+  /// bool [B or 1, H or 1, Tq or 1, Tk or 1]: true where query i may attend to key j
+  /// (PyTorch's bool attn_mask); a key-padding mask is [B, 1, 1, Tk].
+  Value mask;
+  /// Query i attends to keys j <= i only (top-left aligned, as PyTorch's is_causal).
+  bool causal = false;
+  /// The scores' factor; 0 means 1 / sqrt(depth).
+  double scale = 0;
+};
+/// softmax(scale q k^T, masked) v for q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv]:
+/// [B, H, Tq, Dv], fused (the score matrix is never a graph value; flash-attention's
+/// recomputation in the backward pass). A query with no key to attend gets zeros.
+Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
+                                   const AttentionOptions& options = {});
 
 /// normalize's outputs: y = (x - mean) * rstd and the statistics, shaped like the dims not
 /// normalized.

@@ -120,4 +120,15 @@ Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths
   return y;
 }
 
+Value embedding(const Value& table, const Value& ids) {
+  if (table.shape().rank() != 2)
+    throw GraphError(str("embedding: the table must be [rows, dim], got ", table.shape()));
+  return gather(table, ids, 0);
+}
+
+Value dropout(const Value& x, double rate, bool training, int64_t seed) {
+  if (!training || rate == 0) return x;
+  return x * dropout_mask(x, rate, seed);
+}
+
 }  // namespace kiln

@@ -225,3 +225,88 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
 }
 
 }  // namespace kiln::testing
+
+namespace kiln::testing {
+namespace {
+
+// softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D] etc.; `key_valid` masks keys
+// per batch entry (empty: none).
+Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid) {
+  return [=](const std::vector<Tensor>& in) {
+    const Shape& qs = in[0].shape();
+    const int64_t bh = qs[0] * qs[1], tq = qs[2], d = qs[3], tk = in[1].shape()[2],
+                  dv = in[2].shape()[3];
+    const double scale = 1 / std::sqrt(static_cast<double>(d));
+    std::vector<double> out;
+    for (int64_t p = 0; p < bh; ++p)
+      for (int64_t i = 0; i < tq; ++i) {
+        std::vector<double> s(static_cast<size_t>(tk), -INFINITY);
+        double m = -INFINITY;
+        for (int64_t j = 0; j < tk; ++j) {
+          if (causal && j > i) continue;
+          if (!key_valid.empty() && !key_valid[static_cast<size_t>(p / qs[1])][j]) continue;
+          double dot = 0;
+          for (int64_t c = 0; c < d; ++c)
+            dot += in[0].element((p * tq + i) * d + c) * in[1].element((p * tk + j) * d + c);
+          s[j] = dot * scale;
+          m = std::max(m, s[j]);
+        }
+        double sum = 0;
+        for (double& e : s) sum += e = std::exp(e - m);
+        for (int64_t c = 0; c < dv; ++c) {
+          double o = 0;
+          for (int64_t j = 0; j < tk; ++j) o += s[j] / sum * in[2].element((p * tk + j) * dv + c);
+          out.push_back(o);
+        }
+      }
+    return out;
+  };
+}
+
+}  // namespace
+
+void add_attention_cases(const std::function<void(OpCase)>& add) {
+  add({.op = "attention",
+       .name = "attention",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 3, 5, 4}), k = c.input({2, 3, 7, 4}), v = c.input({2, 3, 7, 6});
+             return scaled_dot_product_attention(q, k, v);
+           },
+       .reference = attention_reference(false, {})});
+  add({.op = "attention",
+       .name = "attention_causal",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 2, 6, 8}), k = c.input({1, 2, 6, 8}), v = c.input({1, 2, 6, 8});
+             return scaled_dot_product_attention(q, k, v, {.causal = true});
+           },
+       .reference = attention_reference(true, {})});
+  const std::vector<std::vector<bool>> valid = {{true, true, false, true, false},
+                                                {false, true, true, true, true}};
+  add({.op = "attention",
+       .name = "attention_key_padding",
+       .build =
+           [valid](CaseGraph& c) {
+             Tensor mask = Tensor::zeros(DType::boolean, {2, 1, 1, 5});
+             for (int64_t b = 0; b < 2; ++b)
+               for (int64_t j = 0; j < 5; ++j) mask.data<bool>()[b * 5 + j] = valid[b][j];
+             Value q = c.input({2, 2, 3, 4}), k = c.input({2, 2, 5, 4}), v = c.input({2, 2, 5, 3});
+             return scaled_dot_product_attention(q, k, v, {.mask = c.g.constant(mask)});
+           },
+       .reference = attention_reference(false, valid)});
+  add({.op = "attention_backward",
+       .name = "attention_backward",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 2, 4, 4}), k = c.input({2, 2, 6, 4}), v = c.input({2, 2, 6, 3});
+             std::vector<Value> fwd = c.g.add_node("attention", {q, k, v}, {{"causal", true}});
+             std::vector<Value> grads =
+                 c.g.add_node("attention_backward",
+                              {q, k, v, fwd[0], fwd[1], c.input({2, 2, 4, 3})}, {{"causal", true}});
+             return grads[0] * 2.0 + sum(grads[1]) + sum(grads[2]);
+           },
+       .gradients = false});
+}
+
+}  // namespace kiln::testing

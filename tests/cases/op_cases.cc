@@ -575,6 +575,7 @@ std::vector<OpCase> make_cases() {
        .parity = false});
   add_nn_cases(add);
   add_normalization_cases(add);
+  add_attention_cases(add);
   return cases;
 }
 

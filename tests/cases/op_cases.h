@@ -77,6 +77,8 @@ struct OpCase {
 void add_nn_cases(const std::function<void(OpCase)>& add);
 /// Adds the normalization cases (tests/cases/nn_cases.cc).
 void add_normalization_cases(const std::function<void(OpCase)>& add);
+/// Adds the attention cases (tests/cases/nn_cases.cc).
+void add_attention_cases(const std::function<void(OpCase)>& add);
 
 /// Every case, in a fixed order.
 const std::vector<OpCase>& op_cases();

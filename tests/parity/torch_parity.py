@@ -78,6 +78,17 @@ def normalize(x, attrs):
     return (x - mean) * rstd, kept(mean), kept(rstd)
 
 
+def attention(q, k, v, mask, attrs):
+    """attention's (out, logsumexp) (ops/nn/attention.cc)."""
+    scale = float(attrs["scale"]) or q.shape[-1] ** -0.5
+    s = q @ k.transpose(-1, -2) * scale
+    if attrs["causal"] == "1":
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+
+
 def conv_and_pool(op, args, attrs):
     """The convolution and pooling ops (ops/nn/conv.cc, pool.cc), or None."""
     if not args:
@@ -142,6 +153,12 @@ def apply(op, args, attrs, dtype, custom):
     if op == "normalize_backward":  # (x, mean, rstd, dy): the statistics come from x
         x = a.detach().requires_grad_(True)
         return torch.autograd.grad(normalize(x, attrs)[0], x, args[3], create_graph=True)[0]
+    if op == "attention":
+        return attention(a, args[1], args[2], args[3] if len(args) > 3 else None, attrs)
+    if op == "attention_backward":  # (q, k, v, out, lse, dout[, mask]): dq, dk, dv
+        qkv = [t.detach().requires_grad_(True) for t in args[:3]]
+        out = attention(*qkv, args[6] if len(args) > 6 else None, attrs)[0]
+        return torch.autograd.grad(out, qkv, args[5], create_graph=True)
     if op == "after":
         return a * 1
     nn_result = conv_and_pool(op, args, attrs)

@@ -1,0 +1,313 @@
+// attention: fused scaled dot-product attention over q [B, H, Tq, D], k [B, H, Tk, D],
+// v [B, H, Tk, Dv] and an optional bool mask broadcast to [B, H, Tq, Tk] (true: attend):
+//   s[i, j] = scale q[i] . k[j]   (-inf where masked, or where j > i when causal)
+//   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
+//   out[i]  = sum_j p[i, j] v[j]
+// Outputs out and lse (kept for the backward op, which recomputes p from it). A row with no
+// key to attend has out = 0 and lse = -inf. The score matrix never exists as a graph value:
+// the CPU kernel works on blocks of kQueryBlock rows with gemm (the matmul path), so its
+// memory is O(block x Tk) per thread.
+//
+// attention_backward, with dout and D[i] = dout[i] . out[i]:
+//   dv = p^T dout,   dp = dout v^T,   ds = p (dp - D),   dq = scale ds k,   dk = scale ds^T q
+#include <cmath>
+#include <limits>
+
+#include "framework/gradient.h"
+#include "framework/kernel.h"
+#include "ops/dtypes.h"
+#include "ops/math/blas.h"
+#include "ops/nn.h"
+#include "ops/nn/attention.h"
+
+namespace kiln {
+namespace ops {
+
+AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, const Shape* mask,
+                               const std::string& where) {
+  AttentionShape a;
+  a.batch = q[0];
+  a.heads = q[1];
+  a.queries = q[2];
+  a.keys = k[2];
+  a.depth = q[3];
+  a.value_depth = v[3];
+  if (mask != nullptr) {
+    // Strides of the mask in elements, 0 along broadcast dims.
+    const int64_t scores[4] = {a.batch, a.heads, a.queries, a.keys};
+    int64_t stride = 1;
+    for (int d = 3; d >= 0; --d) {
+      if ((*mask)[d] != 1 && (*mask)[d] != scores[d])
+        throw Error(str(where, ": the mask ", *mask, " does not broadcast to the scores [",
+                        scores[0], ", ", scores[1], ", ", scores[2], ", ", scores[3], "]"));
+      a.mask_strides[d] = (*mask)[d] == 1 ? 0 : stride;
+      stride *= (*mask)[d];
+    }
+  }
+  return a;
+}
+
+namespace {
+
+constexpr int64_t kQueryBlock = 64;
+
+void check_attention(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  ctx.expect_same_dtype(0, 1);
+  ctx.expect_same_dtype(0, 2);
+  const Shape& q = ctx.shape(0);
+  const Shape& k = ctx.shape(1);
+  const Shape& v = ctx.shape(2);
+  for (int i : {0, 1, 2})
+    if (ctx.shape(i).rank() != 4)
+      ctx.fail("q, k and v must be [batch, heads, length, depth]; input ", i, " is ", ctx.shape(i));
+  auto same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
+  if (!same(q[0], k[0]) || !same(q[0], v[0]) || !same(q[1], k[1]) || !same(q[1], v[1]))
+    ctx.fail("batch and heads differ: q ", q, ", k ", k, ", v ", v);
+  if (!same(k[2], v[2])) ctx.fail("k ", k, " and v ", v, " hold different numbers of keys");
+  if (!same(q[3], k[3])) ctx.fail("q ", q, " and k ", k, " have different depths");
+  if (ctx.attr<double>("scale") < 0) ctx.fail("scale ", ctx.attr<double>("scale"), " < 0");
+}
+
+// The optional mask is the input at `index` (if present): bool, rank 4, each dim 1 or the
+// scores' dim (dims unknown now are checked when the graph runs).
+void check_mask(const InferContext& ctx, int index) {
+  if (ctx.num_inputs() <= index) return;
+  if (ctx.num_inputs() > index + 1) ctx.fail("takes at most one mask");
+  ctx.expect_dtype(index, {DType::boolean});
+  const Shape& m = ctx.shape(index);
+  const Shape scores{ctx.shape(0)[0], ctx.shape(0)[1], ctx.shape(0)[2], ctx.shape(1)[2]};
+  if (m.rank() != 4) ctx.fail("the mask must be 4-D (broadcast to ", scores, "), got ", m);
+  for (int64_t d = 0; d < 4; ++d)
+    if (m[d] != 1 && m[d] >= 0 && scores[d] >= 0 && m[d] != scores[d])
+      ctx.fail("the mask ", m, " does not broadcast to the scores ", scores, " (dim ", d, ")");
+}
+
+std::vector<TensorType> infer_attention(const InferContext& ctx) {
+  check_attention(ctx);
+  check_mask(ctx, 3);
+  const Shape& q = ctx.shape(0);
+  const Shape& v = ctx.shape(2);
+  // The logsumexp stays f32 for 16-bit inputs (the backward op exponentiates against it).
+  const DType stats = ctx.dtype(0) == f64 ? f64 : f32;
+  return {{ctx.dtype(0), Shape{q[0], q[1], q[2], v[3]}}, {stats, Shape{q[0], q[1], q[2]}}};
+}
+
+// Inputs q, k, v, out, lse, dout[, mask]: dq, dk, dv.
+std::vector<TensorType> infer_attention_backward(const InferContext& ctx) {
+  check_attention(ctx);
+  check_mask(ctx, 6);
+  for (int i : {3, 5}) ctx.expect_same_dtype(0, i);
+  ctx.expect_dtype(4, {ctx.dtype(0) == f64 ? f64 : f32});
+  return {ctx.input(0), ctx.input(1), ctx.input(2)};
+}
+
+double scale_of(const KernelContext& ctx, int64_t depth) {
+  const double scale = ctx.attr<double>("scale");
+  return scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(depth));
+}
+
+// Scores of query rows [i0, i0 + rows) of one (b, h) into s [rows, Tk]: scale q k^T, masked
+// entries -inf.
+template <typename T>
+void block_scores(const AttentionShape& a, const T* q, const T* k, const bool* mask, int64_t b,
+                  int64_t h, int64_t i0, int64_t rows, bool causal, T scale, T* s) {
+  const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
+  gemm(false, true, static_cast<int>(rows), keys, d, q + i0 * d, d, k, d, s, keys);
+  const T minus_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = s + r * a.keys;
+    const int64_t i = i0 + r;
+    const bool* m = mask == nullptr ? nullptr
+                                    : mask + b * a.mask_strides[0] + h * a.mask_strides[1] +
+                                          i * a.mask_strides[2];
+    for (int64_t j = 0; j < a.keys; ++j) {
+      const bool masked = (causal && j > i) || (m != nullptr && !m[j * a.mask_strides[3]]);
+      row[j] = masked ? minus_inf : row[j] * scale;
+    }
+  }
+}
+
+template <typename T>
+void attention_typed(KernelContext& ctx) {
+  single_threaded_blas();
+  const Tensor& tq = ctx.input(0);
+  const bool has_mask = ctx.num_inputs() > 3;
+  const Shape* mask_shape = has_mask ? &ctx.input(3).shape() : nullptr;
+  const AttentionShape a = attention_shape(tq.shape(), ctx.input(1).shape(), ctx.input(2).shape(),
+                                           mask_shape, ctx.where());
+  const bool causal = ctx.attr<bool>("causal");
+  const T scale = static_cast<T>(scale_of(ctx, a.depth));
+  const T* q = tq.data<T>();
+  const T* k = ctx.input(1).data<T>();
+  const T* v = ctx.input(2).data<T>();
+  const bool* mask = has_mask ? ctx.input(3).data<bool>() : nullptr;
+  T* out = ctx.output(0).data<T>();
+  T* lse = ctx.output(1).data<T>();
+  const int64_t blocks = (a.queries + kQueryBlock - 1) / kQueryBlock;
+  ctx.parallel_for(a.batch * a.heads * blocks, kQueryBlock * a.keys * (a.depth + a.value_depth) * 2,
+                   [&](int64_t t0, int64_t t1) {
+                     std::vector<T> s(static_cast<size_t>(kQueryBlock * a.keys));
+                     for (int64_t t = t0; t < t1; ++t) {
+                       const int64_t bh = t / blocks, i0 = (t % blocks) * kQueryBlock;
+                       const int64_t b = bh / a.heads, h = bh % a.heads;
+                       const int64_t rows = std::min(kQueryBlock, a.queries - i0);
+                       const T* qh = q + bh * a.queries * a.depth;
+                       const T* kh = k + bh * a.keys * a.depth;
+                       const T* vh = v + bh * a.keys * a.value_depth;
+                       block_scores(a, qh, kh, mask, b, h, i0, rows, causal, scale, s.data());
+                       for (int64_t r = 0; r < rows; ++r) {
+                         T* row = s.data() + r * a.keys;
+                         T m = -std::numeric_limits<T>::infinity();
+                         for (int64_t j = 0; j < a.keys; ++j) m = std::max(m, row[j]);
+                         if (m == -std::numeric_limits<T>::infinity()) {  // nothing to attend
+                           std::fill(row, row + a.keys, T(0));
+                           lse[bh * a.queries + i0 + r] = m;
+                           continue;
+                         }
+                         T sum = 0;
+                         for (int64_t j = 0; j < a.keys; ++j) sum += row[j] = std::exp(row[j] - m);
+                         const T inv = T(1) / sum;
+                         for (int64_t j = 0; j < a.keys; ++j) row[j] *= inv;
+                         lse[bh * a.queries + i0 + r] = m + std::log(sum);
+                       }
+                       gemm(false, false, static_cast<int>(rows), static_cast<int>(a.value_depth),
+                            static_cast<int>(a.keys), s.data(), static_cast<int>(a.keys), vh,
+                            static_cast<int>(a.value_depth),
+                            out + (bh * a.queries + i0) * a.value_depth,
+                            static_cast<int>(a.value_depth));
+                     }
+                   });
+}
+
+template <typename T>
+void attention_backward_typed(KernelContext& ctx) {
+  single_threaded_blas();
+  const bool has_mask = ctx.num_inputs() > 6;
+  const Shape* mask_shape = has_mask ? &ctx.input(6).shape() : nullptr;
+  const AttentionShape a = attention_shape(ctx.input(0).shape(), ctx.input(1).shape(),
+                                           ctx.input(2).shape(), mask_shape, ctx.where());
+  const bool causal = ctx.attr<bool>("causal");
+  const T scale = static_cast<T>(scale_of(ctx, a.depth));
+  const T* q = ctx.input(0).data<T>();
+  const T* k = ctx.input(1).data<T>();
+  const T* v = ctx.input(2).data<T>();
+  const T* out = ctx.input(3).data<T>();
+  const T* lse = ctx.input(4).data<T>();
+  const T* dout = ctx.input(5).data<T>();
+  const bool* mask = has_mask ? ctx.input(6).data<bool>() : nullptr;
+  T* dq = ctx.output(0).data<T>();
+  T* dk = ctx.output(1).data<T>();
+  T* dv = ctx.output(2).data<T>();
+  const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
+  const int keys = static_cast<int>(a.keys);
+  // One (b, h) per task: dk and dv sum over every query block, in order.
+  ctx.parallel_for(
+      a.batch * a.heads, a.queries * a.keys * (a.depth + a.value_depth) * 4,
+      [&](int64_t t0, int64_t t1) {
+        std::vector<T> p(static_cast<size_t>(kQueryBlock * a.keys));
+        std::vector<T> dp(p.size());
+        for (int64_t bh = t0; bh < t1; ++bh) {
+          const int64_t b = bh / a.heads, h = bh % a.heads;
+          const T* qh = q + bh * a.queries * a.depth;
+          const T* kh = k + bh * a.keys * a.depth;
+          const T* vh = v + bh * a.keys * a.value_depth;
+          T* dkh = dk + bh * a.keys * a.depth;
+          T* dvh = dv + bh * a.keys * a.value_depth;
+          std::fill(dkh, dkh + a.keys * a.depth, T(0));
+          std::fill(dvh, dvh + a.keys * a.value_depth, T(0));
+          for (int64_t i0 = 0; i0 < a.queries; i0 += kQueryBlock) {
+            const int rows = static_cast<int>(std::min(kQueryBlock, a.queries - i0));
+            block_scores(a, qh, kh, mask, b, h, i0, rows, causal, scale, p.data());
+            const T* dout_blk = dout + (bh * a.queries + i0) * a.value_depth;
+            const T* out_blk = out + (bh * a.queries + i0) * a.value_depth;
+            for (int r = 0; r < rows; ++r) {
+              const T l = lse[bh * a.queries + i0 + r];
+              T* row = p.data() + r * a.keys;
+              for (int64_t j = 0; j < a.keys; ++j)
+                row[j] = l == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(row[j] - l);
+            }
+            // dv += p^T dout;  dp = dout v^T
+            gemm(true, false, keys, dvd, rows, p.data(), keys, dout_blk, dvd, dvh, dvd, T(1));
+            gemm(false, true, rows, keys, dvd, dout_blk, dvd, vh, dvd, dp.data(), keys);
+            for (int r = 0; r < rows; ++r) {
+              T delta = 0;  // D = dout . out
+              for (int c = 0; c < dvd; ++c) delta += dout_blk[r * dvd + c] * out_blk[r * dvd + c];
+              for (int64_t j = 0; j < a.keys; ++j) {
+                const int64_t at = r * a.keys + j;
+                dp[at] = p[at] * (dp[at] - delta) * scale;  // ds, scaled
+              }
+            }
+            // dq = ds k;  dk += ds^T q
+            gemm(false, false, rows, d, keys, dp.data(), keys, kh, d,
+                 dq + (bh * a.queries + i0) * d, d);
+            gemm(true, false, keys, d, rows, dp.data(), keys, qh + i0 * d, d, dkh, d, T(1));
+          }
+        }
+      });
+}
+
+void attention_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) { attention_typed<decltype(tag)>(ctx); });
+}
+void attention_backward_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(),
+                 [&](auto tag) { attention_backward_typed<decltype(tag)>(ctx); });
+}
+
+AttrMap attention_attrs(const Node& node) {
+  return {{"causal", node.attr<bool>("causal")}, {"scale", node.attr<double>("scale")}};
+}
+
+KILN_OP(attention)
+    .precision(Precision::low)
+    .input("q")
+    .input("k")
+    .input("v")
+    .variadic_input("mask", 0)
+    .attr("causal", false)
+    .attr("scale", 0.0)
+    .infer(infer_attention)
+    .kernel(DeviceKind::cpu, attention_cpu, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      KILN_CHECK(!c.has_grad_output(1), GraphError, "[attention] ", c.node().name(),
+                 ": its logsumexp output is not differentiable");
+      std::vector<Value> inputs{c.input(0),  c.input(1),  c.input(2),
+                                c.output(0), c.output(1), c.grad_output(0)};
+      if (c.num_inputs() > 3) inputs.push_back(c.input(3));
+      std::vector<Value> grads =
+          c.graph().add_node("attention_backward", inputs, attention_attrs(c.node()));
+      GradList out{grads[0], grads[1], grads[2]};
+      if (c.num_inputs() > 3) out.push_back(Value());
+      return out;
+    });
+
+KILN_OP(attention_backward)
+    .precision(Precision::low)
+    .input("q")
+    .input("k")
+    .input("v")
+    .input("out")
+    .input("lse")
+    .input("dout")
+    .variadic_input("mask", 0)
+    .attr("causal", false)
+    .attr("scale", 0.0)
+    .infer(infer_attention_backward)
+    .kernel(DeviceKind::cpu, attention_backward_cpu, {f32, f64});
+
+}  // namespace
+}  // namespace ops
+
+Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
+                                   const AttentionOptions& options) {
+  std::vector<Value> inputs{q, k, v};
+  if (options.mask.defined()) inputs.push_back(options.mask);
+  Graph& graph = options.mask.defined()
+                     ? common_graph("scaled_dot_product_attention", {&q, &k, &v, &options.mask})
+                     : common_graph("scaled_dot_product_attention", {&q, &k, &v});
+  return graph.add_node("attention", inputs,
+                        {{"causal", options.causal}, {"scale", options.scale}})[0];
+}
+
+}  // namespace kiln
