@@ -82,9 +82,16 @@ void plan_memory(Plan& plan, bool in_place) {
         // Under the views (reshapes) to the buffer a kernel writes.
         std::vector<int32_t> chain = {c};
         int32_t base = in;
+        // A may-alias op is a view only where its input has the same bytes: sum_to, which
+        // aliases when it reduces nothing, must not carry a larger input into the bucket.
+        auto bytes_of = [&](int32_t s) {
+          const TensorType& st = plan.slot_types[s];
+          return static_cast<int64_t>(st.shape.numel() * dtype_size(st.dtype));
+        };
         while (live.producer[base] >= 0) {
           const PlanStep& maker = plan.steps[live.producer[base]];
-          if (!plan.graph->node(maker.node).op().may_alias() || maker.output_slots[0] != base)
+          if (!plan.graph->node(maker.node).op().may_alias() || maker.output_slots[0] != base ||
+              bytes_of(maker.input_slots[0]) != bytes)
             break;
           chain.push_back(live.producer[base]);
           base = maker.input_slots[0];

@@ -153,6 +153,31 @@ TEST(DataParallel, OneProcessTrainsExactlyAsWithoutTheTransform) {
 }
 
 // Two micro-batches of 8 (accumulate, then step) update as one batch of 16 does.
+// A per-channel scale's gradient is sum_to(dy * x): the sum may alias its input where it
+// reduces nothing, but here it reduces a [32, 16, 2, 2] product to [1, 16, 1, 1]. The planner
+// once followed it as a view and wrote the whole product into the gradient's 64 bytes of the
+// bucket, over the next gradient (found by the CNN example training badly with batch norm).
+TEST(DataParallel, AGradientReducedFromALargerValueIsNotPackedAsAView) {
+  auto train = [](bool data_parallel) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {-1, 16, 2, 2});
+    Value scale = g.variable("scale", {16}, init::constant(1));
+    Value w = g.variable("w", {64, 16}, init::uniform(-0.5, 0.5, 1));
+    Value h = tanh(x * reshape(scale, {1, 16, 1, 1}));
+    Value loss = mean(square(matmul(reshape(h, {-1, 64}), w)));
+    optim::SGD sgd({.lr = 0.1});
+    Value step = data_parallel ? distributed::data_parallel(sgd.compute_gradients(loss)).apply(sgd)
+                               : sgd.minimize(loss);
+    Session s(g, {.validate_memory_plan = true});
+    Tensor xs = testing::random_tensor(f32, {32, 16, 2, 2}, -1, 1, 3);
+    for (int i = 0; i < 3; ++i) s.run({{x, xs}}, {}, {step});
+    return s.run({}, {scale, w});
+  };
+  std::vector<Tensor> plain = train(false), dp = train(true);
+  for (size_t i = 0; i < plain.size(); ++i)
+    EXPECT_EQ(dp[i].to_vector<float>(), plain[i].to_vector<float>()) << i;
+}
+
 TEST(DataParallel, AccumulationOverMicroBatchesEqualsOneBigBatch) {
   DpModel dp, plain;
   build_dp_model(dp, {.bucket_bytes = 300, .accumulation_steps = 2});
