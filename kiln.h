@@ -16,6 +16,7 @@
 #include "framework/shape.h"
 #include "framework/tensor.h"
 #include "ops/array.h"
+#include "ops/layers.h"
 #include "ops/math.h"
 #include "ops/nn.h"
 #include "ops/state.h"

@@ -165,6 +165,8 @@ class Graph {
   /// Opens a name scope: nodes made until pop_scope() are called "scope/...". Prefer NameScope.
   void push_scope(const std::string& scope);
   void pop_scope();
+  /// The open scopes as a prefix of node names: "a/b/", or "" outside any.
+  const std::string& scope() const { return scope_prefix_; }
 
   /// Adds or replaces a named signature. Its values must belong to this graph.
   void add_signature(Signature signature);

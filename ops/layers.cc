@@ -1,0 +1,266 @@
+#include "ops/layers.h"
+
+#include <cmath>
+
+#include "framework/error.h"
+#include "ops/array.h"
+#include "ops/math.h"
+
+namespace kiln::nn {
+
+// ---- Module.
+
+Module::Module(Graph& graph, std::string name)
+    : graph_(graph), name_(std::move(name)), path_(graph.scope() + name_) {
+  KILN_CHECK(!name_.empty() && name_.find('/') == std::string::npos, GraphError,
+             "[nn] a layer's name must be non-empty and without '/', got '", name_, "'");
+}
+
+Value Module::operator()(const Value& x) {
+  KILN_CHECK(x.defined() && x.graph() == &graph_, GraphError, "[nn] ", path_,
+             ": the input is not a value of the layer's graph");
+  NameScope scope(graph_, name_);
+  return forward(x);
+}
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& child : children_) child->train(on);
+}
+
+std::vector<Value> Module::parameters() const {
+  std::vector<Value> out;
+  for (const Value& v : variables_)
+    if (v.node().attr<bool>("trainable")) out.push_back(v);
+  for (const auto& child : children_) {
+    std::vector<Value> inner = child->parameters();
+    out.insert(out.end(), inner.begin(), inner.end());
+  }
+  return out;
+}
+
+Value Module::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
+                       bool trainable) {
+  NameScope scope(graph_, name_);
+  Value v = graph_.variable(name, shape, initializer, DType::f32, trainable);
+  variables_.push_back(v);
+  return v;
+}
+
+int64_t Module::seed_for(const std::string& variable) const {
+  // FNV-1a of the variable's full name: stable across runs, machines and compilers.
+  uint64_t h = 1469598103934665603ull;
+  for (char c : path_ + "/" + variable) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return static_cast<int64_t>(h >> 1);
+}
+
+namespace {
+
+// PyTorch's default for Linear and Conv2d weights and biases: uniform in +-1 / sqrt(fan_in).
+Initializer fan_in_uniform(int64_t fan_in, int64_t seed) {
+  const double bound = 1 / std::sqrt(static_cast<double>(fan_in));
+  return init::uniform(-bound, bound, seed);
+}
+
+// x's shape with its last dim replaced by `last` (for a flattened product's result).
+Shape with_last(const Shape& x, int64_t last) {
+  std::vector<int64_t> dims(x.begin(), x.end());
+  dims.back() = last;
+  return Shape(dims);
+}
+
+}  // namespace
+
+// ---- Linear.
+
+Linear::Linear(Graph& graph, const std::string& name, int64_t in, int64_t out, LayerOptions options)
+    : Module(graph, name), in_(in), out_(out) {
+  KILN_CHECK(in > 0 && out > 0, GraphError, "[nn] Linear ", path(), ": sizes ", in, " -> ", out,
+             " must be positive");
+  weight = variable("weight", {in, out}, fan_in_uniform(in, seed_for("weight") + options.seed));
+  if (options.bias)
+    bias = variable("bias", {out}, fan_in_uniform(in, seed_for("bias") + options.seed));
+}
+
+Value Linear::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() >= 1 && s[-1] == in_, GraphError, "[nn] Linear ", path(), ": expects [..., ",
+             in_, "], got ", s);
+  // Rank > 2: one product over the flattened leading dims.
+  Value flat = s.rank() > 2 ? reshape(x, {-1, in_}) : x;
+  Value y = matmul(flat, weight);
+  if (bias.defined()) y = y + bias;
+  if (s.rank() > 2) {
+    int64_t unknown = 0;
+    for (int64_t d = 0; d + 1 < s.rank(); ++d) unknown += s[d] < 0;
+    KILN_CHECK(unknown <= 1, GraphError, "[nn] Linear ", path(), ": x ", s,
+               " may have one unknown dim at most");
+    y = reshape(y, with_last(s, out_));
+  }
+  return y;
+}
+
+// ---- Conv2d.
+
+Conv2d::Conv2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+               std::array<int64_t, 2> kernel_size, Conv2dOptions conv, LayerOptions options)
+    : Module(graph, name), conv_(conv) {
+  KILN_CHECK(
+      in > 0 && out > 0 && conv.groups > 0 && in % conv.groups == 0 && out % conv.groups == 0,
+      GraphError, "[nn] Conv2d ", path(), ": channels ", in, " -> ", out,
+      " must be positive and divide by groups ", conv.groups);
+  const int64_t fan_in = in / conv.groups * kernel_size[0] * kernel_size[1];
+  weight = variable("weight", {out, in / conv.groups, kernel_size[0], kernel_size[1]},
+                    fan_in_uniform(fan_in, seed_for("weight") + options.seed));
+  if (options.bias)
+    bias = variable("bias", {out}, fan_in_uniform(fan_in, seed_for("bias") + options.seed));
+}
+
+Value Conv2d::forward(const Value& x) {
+  Value y = conv2d(x, weight, conv_);
+  if (bias.defined()) y = y + reshape(bias, {1, -1, 1, 1});
+  return y;
+}
+
+// ---- Normalization.
+
+BatchNorm2d::BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum,
+                         double eps)
+    : Module(graph, name), momentum_(momentum), eps_(eps) {
+  weight = variable("weight", {channels}, init::constant(1));
+  bias = variable("bias", {channels}, init::zeros());
+  running_mean = variable("running_mean", {channels}, init::zeros(), false);
+  running_var = variable("running_var", {channels}, init::constant(1), false);
+}
+
+Value BatchNorm2d::forward(const Value& x) {
+  return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_, eps_);
+}
+
+LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps)
+    : Module(graph, name), eps_(eps) {
+  weight = variable("weight", shape, init::constant(1));
+  bias = variable("bias", shape, init::zeros());
+}
+
+Value LayerNorm::forward(const Value& x) {
+  return layer_norm(x, weight.shape().rank(), weight, bias, eps_);
+}
+
+RMSNorm::RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps)
+    : Module(graph, name), eps_(eps) {
+  weight = variable("weight", shape, init::constant(1));
+}
+
+Value RMSNorm::forward(const Value& x) {
+  return rms_norm(x, weight.shape().rank(), weight, eps_);
+}
+
+// ---- Embedding, Dropout, Lambda.
+
+Embedding::Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
+                     LayerOptions options)
+    : Module(graph, name) {
+  weight = variable("weight", {count, dim}, init::normal(0, 1, seed_for("weight") + options.seed));
+}
+
+Value Embedding::forward(const Value& ids) {
+  return embedding(weight, ids);
+}
+
+Dropout::Dropout(Graph& graph, const std::string& name, double rate, LayerOptions options)
+    : Module(graph, name), rate_(rate), seed_(seed_for("mask") + options.seed) {
+  KILN_CHECK(rate >= 0 && rate < 1, GraphError, "[nn] Dropout ", path(), ": rate ", rate,
+             " must be in [0, 1)");
+}
+
+Value Dropout::forward(const Value& x) {
+  return dropout(x, rate_, training(), seed_);
+}
+
+Lambda::Lambda(Graph& graph, const std::string& name, std::function<Value(const Value&)> fn)
+    : Module(graph, name), fn_(std::move(fn)) {}
+
+Value Lambda::forward(const Value& x) {
+  return fn_(x);
+}
+
+// ---- Attention.
+
+MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim,
+                                       int64_t heads, Options options)
+    : Module(graph, name),
+      query(make<Linear>("query", dim, dim, LayerOptions{options.bias, options.seed})),
+      key(make<Linear>("key", dim, dim, LayerOptions{options.bias, options.seed})),
+      value(make<Linear>("value", dim, dim, LayerOptions{options.bias, options.seed})),
+      output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
+      dim_(dim),
+      heads_(heads),
+      causal_(options.causal) {
+  KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": dim ", dim, " does not split into ", heads, " heads");
+}
+
+Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
+  NameScope scope(graph(), name());
+  return self_attention(x, mask);
+}
+
+Value MultiHeadAttention::self_attention(const Value& x, const Value& mask) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
+             path(), ": expects [batch, length, ", dim_, "] with a known length, got ", s);
+  const int64_t length = s[1], depth = dim_ / heads_;
+  // [B, T, dim] -> [B, heads, T, depth]
+  auto split = [&](const Value& v) {
+    return transpose(reshape(v, {-1, length, heads_, depth}), {0, 2, 1, 3});
+  };
+  Value q = split(query(x)), k = split(key(x)), v = split(value(x));
+  Value attended = scaled_dot_product_attention(q, k, v, {.mask = mask, .causal = causal_});
+  return output(reshape(transpose(attended, {0, 2, 1, 3}), {-1, length, dim_}));
+}
+
+TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
+                                   int64_t heads, Options options)
+    : Module(graph, name),
+      norm1(make<LayerNorm>("norm1", Shape{dim})),
+      norm2(make<LayerNorm>("norm2", Shape{dim})),
+      attention(make<MultiHeadAttention>(
+          "attention", dim, heads,
+          MultiHeadAttention::Options{.causal = options.causal, .seed = options.seed})),
+      ffn_in(make<Linear>("ffn_in", dim, options.ffn_dim > 0 ? options.ffn_dim : 4 * dim,
+                          LayerOptions{.seed = options.seed})),
+      ffn_out(make<Linear>("ffn_out", options.ffn_dim > 0 ? options.ffn_dim : 4 * dim, dim,
+                           LayerOptions{.seed = options.seed})),
+      attention_dropout(
+          make<Dropout>("attention_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      ffn_dropout(
+          make<Dropout>("ffn_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      tanh_gelu_(options.tanh_gelu) {}
+
+Value TransformerBlock::forward(const Value& x) {
+  Value h = x + attention_dropout(attention(norm1(x)));
+  Value inner = ffn_in(norm2(h));
+  inner = tanh_gelu_ ? gelu_tanh(inner) : gelu(inner);
+  return h + ffn_dropout(ffn_out(inner));
+}
+
+// ---- Sequential.
+
+Sequential::Sequential(Graph& graph, const std::string& name) : Module(graph, name) {}
+
+Sequential& Sequential::add(const std::string& name, std::function<Value(const Value&)> fn) {
+  add<Lambda>(name, std::move(fn));
+  return *this;
+}
+
+Value Sequential::forward(const Value& x) {
+  Value y = x;
+  for (Module* layer : layers_) y = (*layer)(y);
+  return y;
+}
+
+}  // namespace kiln::nn

@@ -1,0 +1,269 @@
+// kiln::nn — layers: thin builders over the ops that own named variables and add ops to the
+// graph when called. A layer is made once (its variables are created under its name, e.g.
+// "conv1/weight") and may be called many times; every call shares the variables.
+//
+// Train and evaluation mode: a layer reads its mode when it is called, so a static graph holds
+// both versions side by side, sharing the variables:
+//   nn::Sequential model(g, "model");  ...
+//   Value loss = cross_entropy(model(x), y);                 // training mode (the default)
+//   model.eval();
+//   Value logits = model(x);                                 // evaluation mode
+//   save_graph(g, path, {.signatures = {{"train", {x, y}, {loss}, {step}},
+//                                       {"predict", {x}, {logits}}}});
+// Dropout is then active only under "train", and batch norm updates its running statistics
+// there and uses them under "predict".
+//
+// Initialization follows PyTorch's defaults; each layer's seed is derived from its variables'
+// names (plus LayerOptions::seed), so a model is the same on every run.
+#pragma once
+
+#include <array>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "framework/graph.h"
+#include "framework/variables.h"
+#include "ops/nn.h"
+
+namespace kiln::nn {
+
+/// A layer: variables made once, ops built on every call.
+class Module {
+ public:
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  /// Builds this layer's ops on x (under the layer's name scope), in its current mode.
+  Value operator()(const Value& x);
+  /// Training mode (true) or evaluation mode, for this layer and the layers inside it.
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool training() const { return training_; }
+  /// The layer's name, and its full path (the name scopes it was made in, then its name):
+  /// its variables are "<path>/<variable>".
+  const std::string& name() const { return name_; }
+  const std::string& path() const { return path_; }
+  /// The trainable variables of this layer and the layers inside it, in creation order.
+  std::vector<Value> parameters() const;
+  Graph& graph() const { return graph_; }
+
+ protected:
+  Module(Graph& graph, std::string name);
+  /// The layer's computation; called by operator() inside its name scope.
+  virtual Value forward(const Value& x) = 0;
+  /// A variable of this layer, named "<layer>/<name>". `trainable` false: state (running
+  /// statistics) that the optimizer leaves alone.
+  Value variable(const std::string& name, const Shape& shape, const Initializer& initializer,
+                 bool trainable = true);
+  /// A seed for one of this layer's random initializers (stable: from its name).
+  int64_t seed_for(const std::string& variable) const;
+  /// Registers a layer made inside this one (for train() and parameters()).
+  template <typename T>
+  T& child(std::unique_ptr<T> layer) {
+    T& ref = *layer;
+    children_.push_back(std::move(layer));
+    return ref;
+  }
+  /// Makes a layer inside this one, named "<this>/<name>".
+  template <typename T, typename... Args>
+  T& make(const std::string& name, Args&&... args) {
+    NameScope scope(graph_, name_);
+    return child(std::make_unique<T>(graph_, name, std::forward<Args>(args)...));
+  }
+
+ private:
+  Graph& graph_;
+  std::string name_, path_;
+  bool training_ = true;
+  std::vector<Value> variables_;
+  std::vector<std::unique_ptr<Module>> children_;
+};
+
+/// Options every layer with random weights takes.
+struct LayerOptions {
+  bool bias = true;
+  int64_t seed = 0;  ///< mixed into the name-derived seeds
+};
+
+/// y = x w + b over the last dim, w [in, out] (PyTorch's weight transposed) and b [out], both
+/// uniform in +-1 / sqrt(in) as PyTorch's Linear.
+class Linear : public Module {
+ public:
+  Linear(Graph& graph, const std::string& name, int64_t in, int64_t out, LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t in_, out_;
+};
+
+/// conv2d of x [N, in, H, W] with weight [out, in / groups, KH, KW] plus bias [out]; PyTorch's
+/// initialization (uniform in +-1 / sqrt(fan_in)).
+class Conv2d : public Module {
+ public:
+  Conv2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+         std::array<int64_t, 2> kernel_size, Conv2dOptions conv = {}, LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Conv2dOptions conv_;
+};
+
+/// Batch norm over x [N, C, ...] (BatchNorm1d/2d): weight 1, bias 0, running mean 0 and
+/// variance 1 (variables, not trainable, saved in checkpoints).
+class BatchNorm2d : public Module {
+ public:
+  BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
+              double eps = 1e-5);
+  Value weight, bias, running_mean, running_var;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  double momentum_, eps_;
+};
+
+/// Layer norm over the last dims `shape` (weight 1, bias 0).
+class LayerNorm : public Module {
+ public:
+  LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-5);
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  double eps_;
+};
+
+/// RMS norm over the last dims `shape` (weight 1).
+class RMSNorm : public Module {
+ public:
+  RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-6);
+  Value weight;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  double eps_;
+};
+
+/// A table [count, dim] of N(0, 1) rows looked up by integer ids.
+class Embedding : public Module {
+ public:
+  Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
+            LayerOptions options = {});
+  Value weight;
+
+ protected:
+  Value forward(const Value& ids) override;
+};
+
+/// Inverted dropout in training mode, the identity in evaluation mode. Each call draws its own
+/// masks (seeded from the layer's name).
+class Dropout : public Module {
+ public:
+  Dropout(Graph& graph, const std::string& name, double rate, LayerOptions options = {});
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  double rate_;
+  int64_t seed_;
+};
+
+/// A function of one value as a layer (activations in a Sequential).
+class Lambda : public Module {
+ public:
+  Lambda(Graph& graph, const std::string& name, std::function<Value(const Value&)> fn);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::function<Value(const Value&)> fn_;
+};
+
+/// Multi-head self-attention over x [B, T, dim]: q, k, v projections (Linear dim -> dim),
+/// `heads` heads of dim / heads, fused scaled dot-product attention, an output projection.
+class MultiHeadAttention : public Module {
+ public:
+  struct Options {
+    bool causal = false;
+    bool bias = true;
+    int64_t seed = 0;
+  };
+  MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
+                     Options options);
+  /// Self-attention with an optional bool mask broadcast to [B, heads, T, T] (true: attend).
+  Value attend(const Value& x, const Value& mask);
+  Linear &query, &key, &value, &output;
+
+ protected:
+  Value forward(const Value& x) override { return self_attention(x, Value()); }
+
+ private:
+  Value self_attention(const Value& x, const Value& mask);
+  int64_t dim_, heads_;
+  bool causal_;
+};
+
+/// A pre-norm transformer block (GPT-2's): x + dropout(attn(ln1(x))), then
+/// x + dropout(ffn(ln2(x))), ffn = Linear(dim, ffn_dim), GELU, Linear(ffn_dim, dim).
+class TransformerBlock : public Module {
+ public:
+  struct Options {
+    int64_t ffn_dim = 0;  ///< 0: 4 dim
+    double dropout = 0.1;
+    bool causal = true;
+    bool tanh_gelu = false;  ///< GELU's tanh approximation instead of the exact one
+    int64_t seed = 0;
+  };
+  TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
+                   Options options);
+  LayerNorm &norm1, &norm2;
+  MultiHeadAttention& attention;
+  Linear &ffn_in, &ffn_out;
+  Dropout &attention_dropout, &ffn_dropout;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  bool tanh_gelu_;
+};
+
+/// Layers applied in order.
+class Sequential : public Module {
+ public:
+  Sequential(Graph& graph, const std::string& name);
+  /// Appends a layer made here, named "<this>/<name>".
+  template <typename T, typename... Args>
+  T& add(const std::string& name, Args&&... args) {
+    T& layer = make<T>(name, std::forward<Args>(args)...);
+    layers_.push_back(&layer);
+    return layer;
+  }
+  /// Appends a function (an activation).
+  Sequential& add(const std::string& name, std::function<Value(const Value&)> fn);
+  size_t size() const { return layers_.size(); }
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::vector<Module*> layers_;
+};
+
+}  // namespace kiln::nn
