@@ -2,7 +2,8 @@
 //
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
-// Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused.
+// Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
+// transformer_step.
 // Flags: --no-fusion, --no-passes (the graph passes a Session runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <tuple>
 
 #include "bench/mlp_model.h"
 
@@ -58,6 +60,53 @@ std::pair<Tensor, Tensor> mlp_batch(int64_t batch) {
   Tensor yb = Tensor::empty(i64, {batch});
   for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
   return {xb, yb};
+}
+
+// Deterministic inputs in [0, 1) and labels.
+Tensor ramp(const Shape& shape) {
+  Tensor t = Tensor::empty(f32, shape);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.data<float>()[i] = static_cast<float>((i * 7919) % 255) / 255.0f;
+  return t;
+}
+
+// The CNN step of issue 12: batch 64 of 1x28x28, two blocks of conv 3x3 (32 and 64 channels)
+// + batch norm + ReLU + max-pool 2, then FC 3136 -> 128 -> 10; Adam.
+double cnn_step(const SessionOptions& options) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 1, 28, 28});
+  Value y = g.placeholder("y", i64, {-1});
+  nn::Sequential net(g, "cnn");
+  for (auto [name, in, out] : {std::tuple{"block1", 1, 32}, std::tuple{"block2", 32, 64}}) {
+    net.add<nn::Conv2d>(str(name, "_conv"), in, out, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.padding = {1, 1}});
+    net.add<nn::BatchNorm2d>(str(name, "_norm"), out);
+    net.add(str(name, "_act"), [](const Value& v) { return max_pool2d(relu(v)); });
+  }
+  net.add("flatten", [](const Value& v) { return reshape(v, {-1, 64 * 7 * 7}); });
+  net.add<nn::Linear>("fc1", 64 * 7 * 7, 128);
+  net.add("fc1_relu", [](const Value& v) { return relu(v); });
+  net.add<nn::Linear>("fc2", 128, 10);
+  Value loss = mean(softmax_cross_entropy(net(x), y));
+  Value train = optim::Adam({.lr = 1e-3}).minimize(loss);
+  Session s(g, options);
+  Tensor xb = ramp({64, 1, 28, 28});
+  Tensor yb = Tensor::empty(i64, {64});
+  for (int64_t i = 0; i < 64; ++i) yb.data<int64_t>()[i] = i % 10;
+  return time_it([&] { s.run({{x, xb}, {y, yb}}, {}, {train}); }, 3, 20);
+}
+
+// A pre-norm transformer block's training step: d 256, 4 heads, FFN 1024, sequence 128,
+// batch 16, causal; loss mean(square(block(x))); Adam.
+double transformer_step(const SessionOptions& options) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 128, 256});
+  nn::TransformerBlock block(g, "block", 256, 4, {.ffn_dim = 1024, .dropout = 0});
+  Value loss = mean(square(block(x)));
+  Value train = optim::Adam({.lr = 1e-4}).minimize(loss);
+  Session s(g, options);
+  Tensor xb = ramp({16, 128, 256});
+  return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
 }
 
 long peak_rss_kib() {
@@ -130,6 +179,10 @@ int main(int argc, char** argv) {
     Tensor in = Tensor::full(f32, {n}, 0.1);
     double t = time_it([&] { s.run({{x, in}}, {v}); }, 2, 10);
     std::printf("%s %.9f gbps=%.1f\n", name.c_str(), t, 2.0 * n * 4 / t / 1e9);
+  } else if (name == "cnn_step") {
+    std::printf("cnn_step %.9f\n", cnn_step(options));
+  } else if (name == "transformer_step") {
+    std::printf("transformer_step %.9f\n", transformer_step(options));
   } else {
     std::fprintf(stderr, "kiln_bench: unknown case %s\n", name.c_str());
     return 2;

@@ -49,6 +49,8 @@ mm=$(kiln matmul); sg=$("$build/bench/sgemm_reference" "$threads"); tmm=$(torch_
 dp=$(kiln dispatch); dp_off=$(kiln dispatch --no-passes); tdp=$(torch_best dispatch)
 fused=$(kiln chain_fused); unfused=$(kiln chain_unfused)
 teager=$(torch_best chain_eager); tout=$(torch_best chain_out); tcomp=$(torch_best chain_compiled)
+cnn=$(kiln cnn_step); tcnn=$(torch_best cnn_step)
+block=$(kiln transformer_step); tblock=$(torch_best transformer_step)
 
 # Nominal peak: cores x GHz x flops/cycle (2 FMA units x 16 f32 lanes x 2 with AVX-512, x 8
 # lanes with AVX2).
@@ -81,6 +83,10 @@ row "8 elementwise ops on 16M f32: Kiln fused" "$(ms "$(t "$fused")")" \
 row "  vs torch, ops into preallocated outputs" "" "$(ms "$(t "$tout")")" "$(ratio "$(t "$fused")" "$(t "$tout")")"
 row "  vs torch.compile (fused)" "" "$(ms "$(t "$tcomp")")" "$(ratio "$(t "$fused")" "$(t "$tcomp")")"
 row "  vs torch eager (allocates each result)" "" "$(ms "$(t "$teager")")" "$(ratio "$(t "$fused")" "$(t "$teager")")"
+row "CNN step (2 conv+BN+pool, FC), batch 64" "$(ms "$(t "$cnn")")" \
+  "torch $(ms "$(t "$tcnn")") ($(field "$tcnn" threads) thr)" "$(ratio "$(t "$cnn")" "$(t "$tcnn")")"
+row "transformer block step d256 T128 batch 16" "$(ms "$(t "$block")")" \
+  "torch $(ms "$(t "$tblock")") ($(field "$tblock" threads) thr)" "$(ratio "$(t "$block")" "$(t "$tblock")")"
 row "MLP step batch 1024: memory the step adds" "$(mib "$(field "$mem" growth_kib)")" \
   "torch $(mib "$(field "$tmem" growth_kib)")" "$(ratio "$(field "$mem" growth_kib)" "$(field "$tmem" growth_kib)")"
 row "  peak RSS of the whole process" "$(mib "$(field "$mem" peak_rss_kib)")" \
@@ -94,5 +100,7 @@ echo "ratio chain_fused_vs_unfused $(ratio "$(t "$fused")" "$(t "$unfused")")"
 echo "ratio chain_fused_vs_torch_preallocated $(ratio "$(t "$fused")" "$(t "$tout")")"
 echo "ratio chain_fused_vs_torch_compile $(ratio "$(t "$fused")" "$(t "$tcomp")")"
 echo "ratio chain_fused_vs_torch_eager $(ratio "$(t "$fused")" "$(t "$teager")")"
+echo "ratio cnn_step $(ratio "$(t "$cnn")" "$(t "$tcnn")")"
+echo "ratio transformer_step $(ratio "$(t "$block")" "$(t "$tblock")")"
 echo "ratio mlp_step_memory_growth $(ratio "$(field "$mem" growth_kib)" "$(field "$tmem" growth_kib)")"
 echo "ratio mlp_peak_rss_process $(ratio "$(field "$mem" peak_rss_kib)" "$(field "$tmem" peak_rss_kib)")"

@@ -3,7 +3,8 @@
 
     OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
-Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x).
+Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
+cnn_step, transformer_step.
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
 import resource
@@ -46,6 +47,66 @@ def mlp(batch):
     return step
 
 
+def ramp(*shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return (torch.arange(n, dtype=torch.float32) * 7919 % 255 / 255).reshape(*shape)
+
+
+def cnn_step():
+    """kiln_bench's cnn_step: two conv 3x3 + batch norm + ReLU + max-pool blocks, FC; Adam."""
+    torch.manual_seed(0)
+    nn = torch.nn
+
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+    model = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(), nn.Linear(3136, 128),
+                          nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = ramp(64, 1, 28, 28), torch.arange(64) % 10
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+class Block(torch.nn.Module):
+    """kiln::nn::TransformerBlock: pre-norm, causal attention, exact GELU, no dropout."""
+
+    def __init__(self, d, heads, ffn):
+        super().__init__()
+        nn = torch.nn
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ffn_in, self.ffn_out = nn.Linear(d, ffn), nn.Linear(ffn, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm1(x)
+        split = lambda v: v.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+        a = torch.nn.functional.scaled_dot_product_attention(
+            split(self.q(h)), split(self.k(h)), split(self.v(h)), is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.ffn_out(torch.nn.functional.gelu(self.ffn_in(self.norm2(x))))
+
+
+def transformer_step():
+    torch.manual_seed(0)
+    block = Block(256, 4, 1024)
+    opt = torch.optim.Adam(block.parameters(), lr=1e-4)
+    x = ramp(16, 128, 256)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        block(x).square().mean().backward()
+        opt.step()
+    return step
+
+
 def main():
     case = sys.argv[1]
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
@@ -70,6 +131,9 @@ def main():
             return v
         t = time_it(chain, 20, 200)
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
+    elif case in ("cnn_step", "transformer_step"):
+        t = time_it(cnn_step() if case == "cnn_step" else transformer_step(), 3, 20)
+        print(f"{case} {t:.9f}")
     elif case.startswith("chain"):
         # The 8-op chain three ways: eager (each op allocates its 64 MiB result), into
         # preallocated outputs (the same ops, out= and in place), and torch.compile (fused).

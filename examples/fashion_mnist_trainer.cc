@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <numeric>
 
 namespace kiln::examples {
 namespace {
@@ -24,6 +25,7 @@ struct Args {
   Device device = Device::best();  // the GPU where one is usable, else the CPU
   bool cuda_graphs = false;        // replay each step as a captured CUDA Graph
   std::string amp;                 // "", "bf16" or "f16"
+  int64_t train_limit = 0;         // > 0: train on the first this many images only (tests)
 };
 
 Args parse(int argc, char** argv, const TrainDefaults& defaults) {
@@ -48,6 +50,8 @@ Args parse(int argc, char** argv, const TrainDefaults& defaults) {
       a.threads = std::stoi(value());
     else if (k == "--seed")
       a.seed = std::stoull(value());
+    else if (k == "--train-limit")
+      a.train_limit = std::stoll(value());
     else if (k == "--resume")
       a.resume = true;
     else if (k == "--stop-after")
@@ -66,7 +70,7 @@ Args parse(int argc, char** argv, const TrainDefaults& defaults) {
     } else
       throw Error(str("[args] unknown option ", k,
                       " (options: --data --out --epochs --batch --threads --seed --resume "
-                      "--stop-after --trace --device --cuda-graphs --amp)"));
+                      "--stop-after --trace --device --cuda-graphs --amp --train-limit)"));
   }
   return a;
 }
@@ -157,6 +161,12 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
     std::printf("loading Fashion-MNIST from %s\n", args.data.c_str());
     data::Dataset train_set = data::Dataset::from_idx(args.data + "/train-images-idx3-ubyte.gz",
                                                       args.data + "/train-labels-idx1-ubyte.gz");
+    if (args.train_limit > 0 && args.train_limit < train_set.size()) {
+      std::vector<int64_t> first(static_cast<size_t>(args.train_limit));
+      std::iota(first.begin(), first.end(), 0);
+      auto [images, labels] = train_set.gather(first);
+      train_set = data::Dataset(images, labels);
+    }
     data::Dataset test_set = data::Dataset::from_idx(args.data + "/t10k-images-idx3-ubyte.gz",
                                                      args.data + "/t10k-labels-idx1-ubyte.gz");
     std::printf("  %lld training and %lld test images\n", static_cast<long long>(train_set.size()),

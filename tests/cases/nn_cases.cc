@@ -1,5 +1,6 @@
-// The op-case table's convolution and pooling cases (see op_cases.h), with direct-loop f64
-// references: the kernels unfold (im2col) and call gemm; the references do neither.
+// The op-case table's convolution, pooling, normalization and attention cases (see
+// op_cases.h), with direct-loop f64 references: the kernels unfold (im2col), block and call
+// gemm; the references do none of that.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -182,10 +183,6 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
   }
 }
 
-}  // namespace kiln::testing
-
-namespace kiln::testing {
-
 void add_normalization_cases(const std::function<void(OpCase)>& add) {
   // normalize over batch norm's axes (N, H, W), layer norm's last two, and RMS norm's last;
   // every output is used, so the statistics' own gradients are checked too.
@@ -224,9 +221,6 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
        }});
 }
 
-}  // namespace kiln::testing
-
-namespace kiln::testing {
 namespace {
 
 // softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D] etc.; `key_valid` masks keys

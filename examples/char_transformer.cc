@@ -1,0 +1,307 @@
+// A GPT-style character model trained on Debian's fortunes: token and position embeddings,
+// pre-norm transformer blocks with causal attention and dropout, a final layer norm and a
+// linear head. Prints the validation loss in nats per character and samples text.
+//
+//   char_transformer [--data DIR] [--out DIR] [--steps N] [--batch N] [--context N]
+//                    [--dim N] [--heads N] [--layers N] [--lr X] [--eval-every N]
+//                    [--threads N] [--device best|cpu|cuda] [--seed N] [--trace FILE.json]
+//   char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]
+// The second form needs only the saved graph and checkpoint: the vocabulary is a constant in
+// the graph, "predict" gives the next character's logits.
+//
+// Data: every fortune file, concatenated in name order; the first 90% trains, the rest
+// validates. Training windows start at positions drawn by splitmix64 from --seed, so
+// bench/char_transformer_torch.py trains the same model on the same batches.
+#include <kiln/kiln.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace kiln;
+
+namespace {
+
+struct Args {
+  std::string data = "/usr/share/games/fortunes";
+  std::string out = "out";
+  int64_t steps = 2000, batch = 32, context = 128, dim = 128, heads = 4, layers = 4;
+  double lr = 2e-3, dropout = 0.1;
+  int64_t eval_every = 250, eval_batches = 32;
+  int threads = 0;
+  uint64_t seed = 0;
+  Device device = Device::best();
+  int64_t sample = 0;  // > 0: sample this many characters from the saved model
+  std::string prompt = "\n";
+  double temperature = 0.8;
+  std::string trace;  // write a Chrome trace of every step here
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw Error(str("[args] ", k, " needs a value"));
+      return argv[++i];
+    };
+    auto integer = [&] { return std::stoll(value()); };
+    if (k == "--data")
+      a.data = value();
+    else if (k == "--out")
+      a.out = value();
+    else if (k == "--steps")
+      a.steps = integer();
+    else if (k == "--batch")
+      a.batch = integer();
+    else if (k == "--context")
+      a.context = integer();
+    else if (k == "--dim")
+      a.dim = integer();
+    else if (k == "--heads")
+      a.heads = integer();
+    else if (k == "--layers")
+      a.layers = integer();
+    else if (k == "--lr")
+      a.lr = std::stod(value());
+    else if (k == "--dropout")
+      a.dropout = std::stod(value());
+    else if (k == "--eval-every")
+      a.eval_every = integer();
+    else if (k == "--eval-batches")
+      a.eval_batches = integer();
+    else if (k == "--threads")
+      a.threads = static_cast<int>(integer());
+    else if (k == "--seed")
+      a.seed = static_cast<uint64_t>(integer());
+    else if (k == "--device") {
+      const std::string d = value();
+      a.device = d == "best" ? Device::best() : Device::parse(d);
+    } else if (k == "--sample")
+      a.sample = integer();
+    else if (k == "--prompt")
+      a.prompt = value();
+    else if (k == "--temperature")
+      a.temperature = std::stod(value());
+    else if (k == "--trace")
+      a.trace = value();
+    else
+      throw Error(str("[args] unknown option ", k, " (see the comment at the top of ",
+                      "examples/char_transformer.cc)"));
+  }
+  if (a.steps < 1 || a.batch < 1 || a.context < 2 || a.eval_every < 1 || a.eval_batches < 1)
+    throw Error(
+        "[args] --steps, --batch, --eval-every, --eval-batches must be >= 1, --context >= 2");
+  return a;
+}
+
+// splitmix64: the window positions, reproduced by the PyTorch script.
+struct SplitMix {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+};
+
+// The corpus as vocabulary indices, and the vocabulary (the bytes present, ascending).
+struct Corpus {
+  std::vector<uint8_t> vocab;
+  std::vector<int64_t> ids;
+};
+
+Corpus load_corpus(const std::string& dir) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string ext = entry.path().extension().string();
+    if (entry.is_regular_file() && ext != ".dat" && ext != ".u8") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) throw Error(str("[data] no fortune files in ", dir));
+  std::string text;
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    text += s.str();
+  }
+  Corpus c;
+  std::vector<int64_t> index(256, -1);
+  for (unsigned char ch : text) index[ch] = 0;
+  for (int b = 0; b < 256; ++b)
+    if (index[b] == 0) {
+      index[b] = static_cast<int64_t>(c.vocab.size());
+      c.vocab.push_back(static_cast<uint8_t>(b));
+    }
+  c.ids.reserve(text.size());
+  for (unsigned char ch : text) c.ids.push_back(index[ch]);
+  return c;
+}
+
+// `count` windows of context + 1 ids from ids[begin, end): inputs [count, T], targets [count, T].
+std::pair<Tensor, Tensor> windows(const std::vector<int64_t>& ids, int64_t begin, int64_t end,
+                                  int64_t count, int64_t context, SplitMix& rng) {
+  Tensor x = Tensor::zeros(i64, {count, context}), y = Tensor::zeros(i64, {count, context});
+  const uint64_t span = static_cast<uint64_t>(end - begin - context - 1);
+  for (int64_t b = 0; b < count; ++b) {
+    const int64_t start = begin + static_cast<int64_t>(rng.next() % span);
+    for (int64_t t = 0; t < context; ++t) {
+      x.data<int64_t>()[b * context + t] = ids[start + t];
+      y.data<int64_t>()[b * context + t] = ids[start + t + 1];
+    }
+  }
+  return {x, y};
+}
+
+void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
+  const int64_t vocab = static_cast<int64_t>(corpus.vocab.size()), T = a.context;
+  Value ids = g.placeholder("ids", i64, {-1, T});
+  Value targets = g.placeholder("targets", i64, {-1, T});
+  Tensor vocab_bytes = Tensor::zeros(u8, {vocab});
+  std::copy(corpus.vocab.begin(), corpus.vocab.end(), vocab_bytes.data<uint8_t>());
+  Value vocab_table = g.constant(vocab_bytes, "vocab");
+
+  nn::Embedding tokens(g, "tokens", vocab, a.dim);
+  nn::Embedding positions(g, "positions", T, a.dim);
+  nn::Dropout embedding_dropout(g, "embedding_dropout", a.dropout);
+  std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
+  for (int64_t l = 0; l < a.layers; ++l)
+    blocks.push_back(std::make_unique<nn::TransformerBlock>(
+        g, str("block", l), a.dim, a.heads,
+        nn::TransformerBlock::Options{.dropout = a.dropout, .causal = true}));
+  nn::LayerNorm final_norm(g, "final_norm", Shape{a.dim});
+  nn::Linear head(g, "head", a.dim, vocab);
+  Value position_ids = iota(g, Shape{T}, 0, i64);
+  auto logits_of = [&](bool training) {
+    embedding_dropout.train(training);
+    for (auto& b : blocks) b->train(training);
+    Value h = embedding_dropout(tokens(ids) + positions(position_ids));
+    for (auto& b : blocks) h = (*b)(h);
+    return head(final_norm(h));  // [B, T, vocab]
+  };
+  auto loss_of = [&](const Value& logits) {
+    return cross_entropy(reshape(logits, {-1, vocab}), reshape(targets, {-1}));
+  };
+  Value train_loss = loss_of(logits_of(true));
+  Value eval_logits = logits_of(false);
+  Value eval_loss = loss_of(eval_logits);
+  optim::Adam adam(
+      {.lr = a.lr, .schedule = optim::Schedule::cosine(a.steps, a.lr / 10), .clip_norm = 1.0});
+  Value step = adam.minimize(train_loss);
+  g.add_signature({"train", {ids, targets}, {train_loss}, {step}});
+  g.add_signature({"eval", {ids, targets}, {eval_loss}, {}});
+  g.add_signature({"predict", {ids}, {eval_logits}, {}});
+  g.add_signature({"vocabulary", {}, {vocab_table}, {}});
+}
+
+// Mean validation loss over fixed windows of the validation split (the same every time).
+double validate(Session& sess, const Corpus& c, const Args& a) {
+  const int64_t split = static_cast<int64_t>(c.ids.size()) * 9 / 10;
+  SplitMix rng{a.seed + 1};
+  double total = 0;
+  for (int64_t b = 0; b < a.eval_batches; ++b) {
+    auto [x, y] =
+        windows(c.ids, split, static_cast<int64_t>(c.ids.size()), a.batch, a.context, rng);
+    total += sess.run_signature("eval", {x, y})[0].item<double>();
+  }
+  return total / static_cast<double>(a.eval_batches);
+}
+
+// Samples `count` characters after the prompt from the saved graph and checkpoint alone.
+std::string sample(const Args& a, const std::string& graph_path, const std::string& ckpt_path) {
+  std::unique_ptr<Graph> g = load_graph(graph_path);
+  Session sess(*g, {.device = a.device, .intra_op_threads = a.threads});
+  sess.restore_checkpoint(ckpt_path);
+  Tensor vocab = sess.run_signature("vocabulary", {})[0];
+  const int64_t T = g->signature("predict").inputs[0].shape()[1];
+  std::vector<int64_t> index(256, -1);
+  for (int64_t i = 0; i < vocab.numel(); ++i) index[vocab.data<uint8_t>()[i]] = i;
+  std::vector<int64_t> context;
+  for (unsigned char ch : a.prompt)
+    if (index[ch] >= 0) context.push_back(index[ch]);
+  if (context.empty()) context.push_back(0);
+  SplitMix rng{a.seed + 7};
+  std::string text;
+  for (int64_t n = 0; n < a.sample; ++n) {
+    // Causal attention: the logits at the last real position do not depend on what follows,
+    // so a short context is padded at the end.
+    const int64_t used = std::min<int64_t>(static_cast<int64_t>(context.size()), T);
+    Tensor x = Tensor::zeros(i64, {1, T});
+    std::copy(context.end() - used, context.end(), x.data<int64_t>());
+    Tensor logits = sess.run_signature("predict", {x})[0];
+    const int64_t V = logits.shape()[2];
+    const float* row = logits.data<float>() + (used - 1) * V;
+    std::vector<double> p(static_cast<size_t>(V));
+    const double m = *std::max_element(row, row + V);
+    double total = 0;
+    for (int64_t v = 0; v < V; ++v) total += p[v] = std::exp((row[v] - m) / a.temperature);
+    double u = static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * total;
+    int64_t pick = V - 1;
+    for (int64_t v = 0; v < V; ++v)
+      if ((u -= p[v]) < 0) {
+        pick = v;
+        break;
+      }
+    context.push_back(pick);
+    text.push_back(static_cast<char>(vocab.data<uint8_t>()[pick]));
+  }
+  return text;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+    const std::string graph_path = a.out + "/char_transformer.pb";
+    const std::string ckpt_path = a.out + "/char_transformer.ckpt";
+    if (a.sample > 0) {
+      std::printf("%s%s\n", a.prompt.c_str(), sample(a, graph_path, ckpt_path).c_str());
+      return 0;
+    }
+    std::filesystem::create_directories(a.out);
+    const Corpus corpus = load_corpus(a.data);
+    const int64_t split = static_cast<int64_t>(corpus.ids.size()) * 9 / 10;
+    std::printf("corpus: %zu characters, vocabulary %zu; %lld train / %lld validation\n",
+                corpus.ids.size(), corpus.vocab.size(), static_cast<long long>(split),
+                static_cast<long long>(corpus.ids.size() - split));
+    Graph g;
+    build_graph(g, a, corpus);
+    save_graph(g, graph_path);
+    Session sess(g, {.device = a.device, .intra_op_threads = a.threads, .trace_path = a.trace});
+    std::printf("training on %s: %lld layers, dim %lld, %lld heads, context %lld, batch %lld\n",
+                a.device.to_string().c_str(), static_cast<long long>(a.layers),
+                static_cast<long long>(a.dim), static_cast<long long>(a.heads),
+                static_cast<long long>(a.context), static_cast<long long>(a.batch));
+    SplitMix rng{a.seed};
+    double running = 0, val_loss = 0;
+    for (int64_t s = 1; s <= a.steps; ++s) {
+      auto [x, y] = windows(corpus.ids, 0, split, a.batch, a.context, rng);
+      const double loss = sess.run_signature("train", {x, y})[0].item<double>();
+      running = s == 1 ? loss : 0.98 * running + 0.02 * loss;
+      if (s % a.eval_every == 0 || s == a.steps) {
+        val_loss = validate(sess, corpus, a);
+        std::printf("step %lld/%lld  train_loss %.4f  val_loss %.4f\n", static_cast<long long>(s),
+                    static_cast<long long>(a.steps), running, val_loss);
+        std::fflush(stdout);
+      }
+    }
+    sess.save_checkpoint(ckpt_path);
+    std::printf("saved graph %s and checkpoint %s\n", graph_path.c_str(), ckpt_path.c_str());
+    std::printf("val_loss: %.3f\n", val_loss);
+    Args sampling = a;
+    sampling.sample = 300;
+    std::printf("sample:\n%s%s\n", a.prompt.c_str(),
+                sample(sampling, graph_path, ckpt_path).c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "char_transformer: %s\n", e.what());
+    return 1;
+  }
+}

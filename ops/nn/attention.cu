@@ -1,0 +1,258 @@
+// CUDA kernels of attention and attention_backward (ops/nn/attention.cc), flash-style: the
+// score matrix is never stored. One warp per query row (forward, dq) or key row (dk, dv);
+// each lane holds depth / 32 of the row's elements, so depth is at most 32 * kChunks.
+//   forward: online softmax over the keys, m the running maximum and l the running sum:
+//            m' = max(m, s), l = l e^(m - m') + e^(s - m'), o = o e^(m - m') + e^(s - m') v
+//   backward: p = e^(s - lse), D = dout . out, ds = p (dout . v - D),
+//            dq = scale sum_j ds k_j, dk = scale sum_i ds q_i, dv = sum_i p dout_i
+// Every sum runs in a fixed order (no atomics): the same bits on every run. Arithmetic is f32
+// for 16-bit and f32 inputs and f64 for f64.
+#include <cfloat>
+
+#include "ops/cuda/map.cuh"
+#include "ops/nn/attention.h"
+
+namespace kiln::ops::cuda_attention {
+
+using namespace kiln::ops::cuda;
+
+constexpr int kChunks = 8;  // depth <= 256
+
+template <typename C>
+__device__ C warp_sum(C v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+struct Problem {
+  AttentionShape a;
+  bool causal;
+  double scale;
+  const bool* mask;
+
+  // Whether query i of (b, h) attends to key j.
+  __device__ bool attends(int64_t bh, int64_t i, int64_t j) const {
+    if (causal && j > i) return false;
+    if (mask == nullptr) return true;
+    const int64_t b = bh / a.heads, h = bh % a.heads;
+    return mask[b * a.mask_strides[0] + h * a.mask_strides[1] + i * a.mask_strides[2] +
+                j * a.mask_strides[3]];
+  }
+};
+
+// Loads row[c] for this lane's chunks (0 past the depth).
+template <typename T, typename C>
+__device__ void load(const T* row, int64_t depth, int lane, C (&out)[kChunks]) {
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) {
+    const int64_t c = lane + 32 * t;
+    out[t] = c < depth ? static_cast<C>(row[c]) : C(0);
+  }
+}
+
+template <typename T, typename C>
+__device__ C dot(const C (&x)[kChunks], const T* row, int64_t depth, int lane) {
+  C sum = 0;
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) {
+    const int64_t c = lane + 32 * t;
+    if (c < depth) sum += x[t] * static_cast<C>(row[c]);
+  }
+  return warp_sum(sum);
+}
+
+template <typename T, typename S>
+__global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T* out, S* lse) {
+  using C = Compute<T>;
+  const AttentionShape& a = pr.a;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= a.batch * a.heads * a.queries) return;
+  const int64_t bh = row / a.queries, i = row % a.queries;
+  C qi[kChunks], o[kChunks];
+  load(q + row * a.depth, a.depth, lane, qi);
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) o[t] = 0;
+  C m = -INFINITY, l = 0;
+  const C scale = static_cast<C>(pr.scale);
+  for (int64_t j = 0; j < a.keys; ++j) {
+    if (!pr.attends(bh, i, j)) continue;
+    const int64_t key = bh * a.keys + j;
+    const C s = dot(qi, k + key * a.depth, a.depth, lane) * scale;
+    const C m_new = s > m ? s : m;
+    const C correction = exp(m - m_new), e = exp(s - m_new);
+    l = l * correction + e;
+    const T* vj = v + key * a.value_depth;
+#pragma unroll
+    for (int t = 0; t < kChunks; ++t) {
+      const int64_t c = lane + 32 * t;
+      o[t] = o[t] * correction + (c < a.value_depth ? e * static_cast<C>(vj[c]) : C(0));
+    }
+    m = m_new;
+  }
+  const C inv = l > 0 ? C(1) / l : C(0);
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) {
+    const int64_t c = lane + 32 * t;
+    if (c < a.value_depth) out[row * a.value_depth + c] = static_cast<T>(o[t] * inv);
+  }
+  if (lane == 0) lse[row] = l > 0 ? static_cast<S>(m + log(l)) : static_cast<S>(-INFINITY);
+}
+
+// D[row] = dout[row] . out[row].
+template <typename T, typename S>
+__global__ void delta_kernel(int64_t rows, int64_t depth, const T* dout, const T* out, S* delta) {
+  using C = Compute<T>;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  C d[kChunks];
+  load(dout + row * depth, depth, lane, d);
+  const C sum = dot(d, out + row * depth, depth, lane);
+  if (lane == 0) delta[row] = static_cast<S>(sum);
+}
+
+// dq: one warp per query row.
+template <typename T, typename S>
+__global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const S* lse,
+                          const S* delta, const T* dout, T* dq) {
+  using C = Compute<T>;
+  const AttentionShape& a = pr.a;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= a.batch * a.heads * a.queries) return;
+  const int64_t bh = row / a.queries, i = row % a.queries;
+  C qi[kChunks], di[kChunks], acc[kChunks];
+  load(q + row * a.depth, a.depth, lane, qi);
+  load(dout + row * a.value_depth, a.value_depth, lane, di);
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) acc[t] = 0;
+  const C scale = static_cast<C>(pr.scale), l = static_cast<C>(lse[row]),
+          d = static_cast<C>(delta[row]);
+  if (l != -INFINITY)
+    for (int64_t j = 0; j < a.keys; ++j) {
+      if (!pr.attends(bh, i, j)) continue;
+      const int64_t key = bh * a.keys + j;
+      const T* kj = k + key * a.depth;
+      const C p = exp(dot(qi, kj, a.depth, lane) * scale - l);
+      const C ds = p * (dot(di, v + key * a.value_depth, a.value_depth, lane) - d) * scale;
+#pragma unroll
+      for (int t = 0; t < kChunks; ++t) {
+        const int64_t c = lane + 32 * t;
+        if (c < a.depth) acc[t] += ds * static_cast<C>(kj[c]);
+      }
+    }
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) {
+    const int64_t c = lane + 32 * t;
+    if (c < a.depth) dq[row * a.depth + c] = static_cast<T>(acc[t]);
+  }
+}
+
+// dk and dv: one warp per key row.
+template <typename T, typename S>
+__global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const S* lse,
+                           const S* delta, const T* dout, T* dk, T* dv) {
+  using C = Compute<T>;
+  const AttentionShape& a = pr.a;
+  const int64_t key = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (key >= a.batch * a.heads * a.keys) return;
+  const int64_t bh = key / a.keys, j = key % a.keys;
+  C kj[kChunks], vj[kChunks], dk_acc[kChunks], dv_acc[kChunks];
+  load(k + key * a.depth, a.depth, lane, kj);
+  load(v + key * a.value_depth, a.value_depth, lane, vj);
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) dk_acc[t] = dv_acc[t] = 0;
+  const C scale = static_cast<C>(pr.scale);
+  for (int64_t i = pr.causal ? j : 0; i < a.queries; ++i) {
+    if (!pr.attends(bh, i, j)) continue;
+    const int64_t row = bh * a.queries + i;
+    const C l = static_cast<C>(lse[row]);
+    if (l == -INFINITY) continue;
+    const T* qi = q + row * a.depth;
+    const T* di = dout + row * a.value_depth;
+    const C p = exp(dot(kj, qi, a.depth, lane) * scale - l);
+    const C ds = p * (dot(vj, di, a.value_depth, lane) - static_cast<C>(delta[row])) * scale;
+#pragma unroll
+    for (int t = 0; t < kChunks; ++t) {
+      const int64_t c = lane + 32 * t;
+      if (c < a.depth) dk_acc[t] += ds * static_cast<C>(qi[c]);
+      if (c < a.value_depth) dv_acc[t] += p * static_cast<C>(di[c]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kChunks; ++t) {
+    const int64_t c = lane + 32 * t;
+    if (c < a.depth) dk[key * a.depth + c] = static_cast<T>(dk_acc[t]);
+    if (c < a.value_depth) dv[key * a.value_depth + c] = static_cast<T>(dv_acc[t]);
+  }
+}
+
+Problem problem_of(const KernelContext& ctx, int mask_input) {
+  const bool has_mask = ctx.num_inputs() > mask_input;
+  const Shape* mask_shape = has_mask ? &ctx.input(mask_input).shape() : nullptr;
+  Problem pr;
+  pr.a = attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(),
+                         mask_shape, ctx.where());
+  KILN_CHECK(pr.a.depth <= 32 * kChunks && pr.a.value_depth <= 32 * kChunks, Error, ctx.where(),
+             ": the CUDA kernel takes depths up to ", 32 * kChunks, ", got ", pr.a.depth, " and ",
+             pr.a.value_depth);
+  pr.causal = ctx.attr<bool>("causal");
+  const double scale = ctx.attr<double>("scale");
+  pr.scale = scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(pr.a.depth));
+  pr.mask = has_mask ? ctx.input(mask_input).data<bool>() : nullptr;
+  return pr;
+}
+
+template <typename T>
+using Stats = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename K, typename... Args>
+void launch_rows(const KernelContext& ctx, int64_t rows, K kernel, Args... args) {
+  if (rows == 0) return;
+  const LaunchConfig config = warp_per_row_launch(rows);
+  kernel<<<static_cast<unsigned>(config.blocks), config.threads, 0, stream_of(ctx)>>>(args...);
+  check_launch(ctx);
+}
+
+void attention_cuda(KernelContext& ctx) {
+  const Problem pr = problem_of(ctx, 3);
+  const int64_t rows = pr.a.batch * pr.a.heads * pr.a.queries;
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    launch_rows(ctx, rows, forward_kernel<T, Stats<T>>, pr, ctx.input(0).data<T>(),
+                ctx.input(1).data<T>(), ctx.input(2).data<T>(),
+                static_cast<T*>(ctx.output(0).raw_data()),
+                static_cast<Stats<T>*>(ctx.output(1).raw_data()));
+  });
+}
+
+void attention_backward_cuda(KernelContext& ctx) {
+  const Problem pr = problem_of(ctx, 6);
+  const int64_t rows = pr.a.batch * pr.a.heads * pr.a.queries;
+  const int64_t key_rows = pr.a.batch * pr.a.heads * pr.a.keys;
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    using S = Stats<T>;
+    const T* q = ctx.input(0).data<T>();
+    const T* k = ctx.input(1).data<T>();
+    const T* v = ctx.input(2).data<T>();
+    const T* out = ctx.input(3).data<T>();
+    const S* lse = ctx.input(4).data<S>();
+    const T* dout = ctx.input(5).data<T>();
+    std::shared_ptr<Storage> delta_storage = ctx.scratch(sizeof(S) * std::max<int64_t>(rows, 1));
+    S* delta = static_cast<S*>(delta_storage->data());
+    launch_rows(ctx, rows, delta_kernel<T, S>, rows, pr.a.value_depth, dout, out, delta);
+    launch_rows(ctx, rows, dq_kernel<T, S>, pr, q, k, v, lse, static_cast<const S*>(delta), dout,
+                static_cast<T*>(ctx.output(0).raw_data()));
+    launch_rows(ctx, key_rows, dkv_kernel<T, S>, pr, q, k, v, lse, static_cast<const S*>(delta),
+                dout, static_cast<T*>(ctx.output(1).raw_data()),
+                static_cast<T*>(ctx.output(2).raw_data()));
+  });
+}
+
+KILN_CUDA_KERNEL(attention, attention_cuda, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(attention_backward, attention_backward_cuda, cuda_dtypes(DTypeClass::floating));
+
+}  // namespace kiln::ops::cuda_attention

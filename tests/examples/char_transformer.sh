@@ -1,0 +1,24 @@
+#!/bin/sh
+# char_transformer.sh PROGRAM DIR: trains a tiny char_transformer for a few steps, checks that it
+# learned (validation loss below MAX_LOSS nats/char, from about ln(vocabulary) = 5.2 at the
+# start) and saved its files, then samples from the saved graph and checkpoint alone.
+program=$1
+dir=$2
+max_loss=${3:-3.6}
+rm -rf "$dir"
+out=$("$program" --steps 80 --dim 32 --heads 2 --layers 2 --context 32 --batch 16 --lr 1e-2 \
+  --eval-every 40 --eval-batches 4 --out "$dir" --device cpu 2>&1)
+status=$?
+printf '%s\n' "$out"
+[ $status -eq 0 ] || { echo "FAIL: training exited with $status"; exit 1; }
+loss=$(printf '%s\n' "$out" | awk '/^val_loss:/ { print $2 }')
+[ -n "$loss" ] || { echo "FAIL: no val_loss line"; exit 1; }
+awk -v l="$loss" -v m="$max_loss" 'BEGIN { exit !(l + 0 < m + 0) }' ||
+  { echo "FAIL: val_loss $loss is not below $max_loss"; exit 1; }
+[ -s "$dir/char_transformer.pb" ] && [ -s "$dir/char_transformer.ckpt" ] ||
+  { echo "FAIL: the graph or checkpoint is missing"; exit 1; }
+sample=$("$program" --sample 60 --prompt "Th" --out "$dir" --device cpu 2>&1) ||
+  { printf '%s\n' "$sample"; echo "FAIL: sampling from the saved files failed"; exit 1; }
+printf 'sample: %s\n' "$sample"
+[ "$(printf '%s' "$sample" | wc -c)" -ge 62 ] || { echo "FAIL: the sample is too short"; exit 1; }
+echo "PASS: val_loss $loss < $max_loss; sampled from the saved graph and checkpoint"

@@ -1,0 +1,148 @@
+// kiln::nn layers (ops/layers.h): variable names and initialization, shared variables across
+// calls, the train/eval switch in one graph, attention against the direct formula, and the
+// errors a user can hit.
+#include <cmath>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+
+TEST(Layers, VariablesAreNamedUnderTheLayerAndInitializedAsPyTorch) {
+  Graph g;
+  nn::Sequential net(g, "net");
+  nn::Linear& fc = net.add<nn::Linear>("fc", 400, 30);
+  net.add<nn::BatchNorm2d>("bn", 30);
+  net.add("relu", [](const Value& x) { return relu(x); });
+  std::vector<std::string> names;
+  for (const Value& v : net.parameters()) names.push_back(v.name());
+  EXPECT_EQ(names, (std::vector<std::string>{"net/fc/weight", "net/fc/bias", "net/bn/weight",
+                                             "net/bn/bias"}));
+  EXPECT_NE(g.find_node("net/bn/running_mean"), nullptr);  // state, not a parameter
+  Session s(g);
+  Tensor w = s.variable_value(fc.weight);
+  double bound = 0, mean = 0;
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    bound = std::max(bound, std::abs(w.element(i)));
+    mean += w.element(i) / w.numel();
+  }
+  EXPECT_LE(bound, 1 / std::sqrt(400.0));  // uniform in +-1/sqrt(fan_in)
+  EXPECT_GT(bound, 0.9 / std::sqrt(400.0));
+  EXPECT_NEAR(mean, 0, 0.005);
+  // A second model of the same names starts from the same values: seeds come from names.
+  Graph g2;
+  nn::Linear again(g2, "fc", 400, 30);
+  Session s2(g2);
+  EXPECT_NE(s2.variable_value(again.weight).to_vector<float>(), w.to_vector<float>());
+  Graph g3;
+  nn::Sequential net3(g3, "net");
+  nn::Linear& fc3 = net3.add<nn::Linear>("fc", 400, 30);
+  Session s3(g3);
+  EXPECT_EQ(s3.variable_value(fc3.weight).to_vector<float>(), w.to_vector<float>());
+}
+
+TEST(Layers, TrainAndEvalModesLiveSideBySideInOneGraph) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3, 4, 4});
+  nn::Sequential net(g, "net");
+  net.add<nn::BatchNorm2d>("bn", 3);
+  net.add<nn::Dropout>("drop", 0.5);
+  Value train = net(x);
+  net.eval();
+  Value eval = net(x);
+  EXPECT_FALSE(net.training());
+  Session s(g);
+  Tensor in = testing::random_tensor(f32, {8, 3, 4, 4}, 1, 3, 1);
+  // Training: batch statistics (mean 0 per channel before dropout), dropout zeros about half.
+  Tensor t = s.run({{x, in}}, {train})[0];
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) zeros += t.element(i) == 0;
+  EXPECT_GT(zeros, t.numel() / 4);
+  EXPECT_LT(zeros, t.numel() * 3 / 4);
+  // Evaluation: running statistics after one update (mean 0.1 batch mean, var 0.9 + 0.1 var),
+  // no dropout, and the same output every run.
+  Tensor e1 = s.run({{x, in}}, {eval})[0], e2 = s.run({{x, in}}, {eval})[0];
+  EXPECT_EQ(e1.to_vector<float>(), e2.to_vector<float>());
+  Tensor mean = s.variable_value(g.value("net/bn/running_mean"));
+  double batch_mean0 = 0;
+  for (int64_t n = 0; n < 8; ++n)
+    for (int64_t p = 0; p < 16; ++p) batch_mean0 += in.element((n * 3) * 16 + p) / 128;
+  EXPECT_NEAR(mean.element(0), 0.1 * batch_mean0, 1e-5);
+  const double var0 = s.variable_value(g.value("net/bn/running_var")).element(0);
+  EXPECT_NEAR(e1.element(0), (in.element(0) - mean.element(0)) / std::sqrt(var0 + 1e-5), 1e-4);
+}
+
+TEST(Layers, MultiHeadAttentionIsTheDirectFormulaPerHead) {
+  Graph g;
+  const int64_t B = 2, T = 5, D = 8, H = 2;
+  Value x = g.placeholder("x", f32, {B, T, D});
+  nn::MultiHeadAttention mha(g, "mha", D, H, {.causal = true});
+  Value y = mha(x);
+  Session s(g);
+  Tensor in = testing::random_tensor(f32, {B, T, D}, -1, 1, 2);
+  Tensor got = s.run({{x, in}}, {y})[0];
+  // The same with plain ops: projections, per-head causal softmax(q k^T / sqrt(d)) v.
+  auto project = [&](const nn::Linear& l, int64_t b, int64_t t, int64_t o) {
+    Tensor w = s.variable_value(l.weight), bias = s.variable_value(l.bias);
+    double sum = bias.element(o);
+    for (int64_t i = 0; i < D; ++i) sum += in.element((b * T + t) * D + i) * w.element(i * D + o);
+    return sum;
+  };
+  const int64_t depth = D / H;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<double> attended(static_cast<size_t>(T * D));
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        std::vector<double> p;
+        double total = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (int64_t c = h * depth; c < (h + 1) * depth; ++c)
+            dot += project(mha.query, b, i, c) * project(mha.key, b, j, c);
+          p.push_back(std::exp(dot / std::sqrt(static_cast<double>(depth))));
+          total += p.back();
+        }
+        for (int64_t c = h * depth; c < (h + 1) * depth; ++c)
+          for (int64_t j = 0; j <= i; ++j)
+            attended[i * D + c] += p[j] / total * project(mha.value, b, j, c);
+      }
+    Tensor wo = s.variable_value(mha.output.weight), bo = s.variable_value(mha.output.bias);
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t o = 0; o < D; ++o) {
+        double want = bo.element(o);
+        for (int64_t c = 0; c < D; ++c) want += attended[i * D + c] * wo.element(c * D + o);
+        EXPECT_NEAR(got.element((b * T + i) * D + o), want, 1e-5) << b << " " << i << " " << o;
+      }
+  }
+}
+
+TEST(Layers, ATransformerBlockTrainsAndItsErrorsNameTheLayer) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 6, 16});
+  nn::TransformerBlock block(g, "block", 16, 4, {.ffn_dim = 32, .dropout = 0});
+  Value loss = mean(square(block(x) - x * 0.5));
+  Value step = optim::Adam({.lr = 1e-2}).minimize(loss);
+  Session s(g);
+  Tensor in = testing::random_tensor(f32, {4, 6, 16}, -1, 1, 3);
+  const double first = s.run({{x, in}}, {loss})[0].element(0);
+  for (int i = 0; i < 60; ++i) s.run({{x, in}}, {}, {step});
+  EXPECT_LT(s.run({{x, in}}, {loss})[0].element(0), first * 0.5);
+  EXPECT_EQ(block.parameters().size(), 16u);  // 2 norms x 2, 4 projections x 2, 2 FFN x 2
+
+  expect_error<GraphError>([&] { nn::MultiHeadAttention(g, "bad", 10, 3, {}); },
+                           {"[nn] MultiHeadAttention bad", "dim 10", "3 heads"});
+  expect_error<GraphError>(
+      [&] {
+        block(g.placeholder("y", f32, {-1, 6, 8}));
+      },
+      {"block/norm1", "[?, 6, 8]", "[16]"});
+  expect_error<GraphError>([&] { nn::Linear(g, "a/b", 2, 2); }, {"without '/'"});
+  nn::Linear original(g, "dup", 2, 2);
+  expect_error<GraphError>([&] { nn::Linear(g, "dup", 2, 2); }, {"'dup/weight' is already used"});
+  expect_error<GraphError>([&] { nn::Dropout(g, "d", 1.0); }, {"rate 1", "[0, 1)"});
+}
+
+}  // namespace
+}  // namespace kiln
