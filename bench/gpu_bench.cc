@@ -8,6 +8,8 @@
 //                   bandwidth it reaches (x read once, y written once)
 //   mlp_step        one training step of the 784-256-128-10 MLP with Adam, batch 128, the batch
 //                   fed from the host and the loss fetched; add --graphs for CUDA Graphs
+//   cnn_step        the CNN of bench/nn_models.h, batch 64, Adam, as mlp_step (--graphs too)
+//   attention_bf16  fused attention forward + backward, bf16, [4, 16, 2048, 64], causal
 // Each iteration is a Session::run, so it includes the host round trip (launch and sync).
 #include <kiln/kiln.h>
 
@@ -17,6 +19,8 @@
 #include <cstring>
 #include <functional>
 #include <random>
+
+#include "bench/nn_models.h"
 
 using namespace kiln;
 
@@ -106,11 +110,63 @@ int mlp_step(bool graphs) {
   return 0;
 }
 
+int cnn_step(bool graphs) {
+  constexpr int64_t batch = 64;
+  Graph g;
+  Value x = g.placeholder("x", f32, {batch, 1, 28, 28});
+  Value y = g.placeholder("y", i64, {batch});
+  Value loss = bench::cnn_loss(g, x, y);
+  Value train = optim::Adam({.lr = 1e-3}).minimize(loss);
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  std::mt19937 rng(0);
+  std::uniform_real_distribution<float> dist(0, 1);
+  Tensor images = Tensor::empty(f32, {batch, 1, 28, 28});
+  Tensor labels = Tensor::empty(i64, {batch});
+  for (int64_t i = 0; i < images.numel(); ++i) images.data<float>()[i] = dist(rng);
+  for (int64_t i = 0; i < batch; ++i) labels.data<int64_t>()[i] = static_cast<int64_t>(rng() % 10);
+  double last = 0;
+  const double t = time_it(
+      [&] {
+        last = s.run({{x, images}, {y, labels}}, {loss}, {train})[0].item<double>();
+      },
+      20, 200);
+  std::printf("cnn_step%s %.6e loss=%.4f replays=%lld\n", graphs ? "_graphs" : "", t, last,
+              static_cast<long long>(s.graph_replays()));
+  return 0;
+}
+
+// Forward and backward of attention at sequence 2,048: the gradients of sum(out * r) with
+// respect to q, k and v, all bf16 on the GPU.
+int attention_bf16(bool graphs) {
+  const Shape shape{4, 16, 2048, 64};
+  Graph g;
+  std::vector<Value> qkv;
+  std::vector<Value> fills;
+  for (int i = 0; i < 3; ++i) {
+    qkv.push_back(g.variable(str("qkv", i), shape, init::zeros(), bf16));
+    fills.push_back(assign(qkv.back(), random_uniform(g, shape, -1, 1, 10 + i, bf16)));
+  }
+  Value r = g.variable("r", shape, init::zeros(), bf16);
+  fills.push_back(assign(r, random_uniform(g, shape, -1, 1, 20, bf16)));
+  Value out = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], {.causal = true});
+  std::vector<Value> grads = gradients(sum(cast(out * r, f32)), qkv);
+  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  s.run({}, {}, {group(g, fills)});
+  Value all = group(g, grads);
+  const double t = time_it([&] { s.run({}, {}, {all}); }, 3, 20);
+  // Causal: half the 4 B H T^2 D products of forward (2) and backward (5).
+  const double flops = 0.5 * 7 * 2.0 * 4 * 16 * 2048.0 * 2048.0 * 64;
+  std::printf("attention_bf16%s %.6e tflops=%.1f\n", graphs ? "_graphs" : "", t, flops / t / 1e12);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: kiln_gpu_bench matmul_bf16|chain_fused|mlp_step [--graphs]\n");
+    std::fprintf(stderr,
+                 "usage: kiln_gpu_bench matmul_bf16|chain_fused|mlp_step|cnn_step|attention_bf16 "
+                 "[--graphs]\n");
     return 2;
   }
   const std::string which = argv[1];
@@ -119,6 +175,8 @@ int main(int argc, char** argv) {
     if (which == "matmul_bf16") return matmul_bf16(graphs);
     if (which == "chain_fused") return chain_fused(graphs);
     if (which == "mlp_step") return mlp_step(graphs);
+    if (which == "cnn_step") return cnn_step(graphs);
+    if (which == "attention_bf16") return attention_bf16(graphs);
     std::fprintf(stderr, "kiln_gpu_bench: unknown case %s\n", which.c_str());
     return 2;
   } catch (const std::exception& e) {

@@ -13,9 +13,9 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <tuple>
 
 #include "bench/mlp_model.h"
+#include "bench/nn_models.h"
 
 using namespace kiln;
 
@@ -70,25 +70,12 @@ Tensor ramp(const Shape& shape) {
   return t;
 }
 
-// The CNN step of issue 12: batch 64 of 1x28x28, two blocks of conv 3x3 (32 and 64 channels)
-// + batch norm + ReLU + max-pool 2, then FC 3136 -> 128 -> 10; Adam.
+// The CNN step of issue 12 (bench/nn_models.h), batch 64; Adam.
 double cnn_step(const SessionOptions& options) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 1, 28, 28});
   Value y = g.placeholder("y", i64, {-1});
-  nn::Sequential net(g, "cnn");
-  for (auto [name, in, out] : {std::tuple{"block1", 1, 32}, std::tuple{"block2", 32, 64}}) {
-    net.add<nn::Conv2d>(str(name, "_conv"), in, out, std::array<int64_t, 2>{3, 3},
-                        Conv2dOptions{.padding = {1, 1}});
-    net.add<nn::BatchNorm2d>(str(name, "_norm"), out);
-    net.add(str(name, "_act"), [](const Value& v) { return max_pool2d(relu(v)); });
-  }
-  net.add("flatten", [](const Value& v) { return reshape(v, {-1, 64 * 7 * 7}); });
-  net.add<nn::Linear>("fc1", 64 * 7 * 7, 128);
-  net.add("fc1_relu", [](const Value& v) { return relu(v); });
-  net.add<nn::Linear>("fc2", 128, 10);
-  Value loss = mean(softmax_cross_entropy(net(x), y));
-  Value train = optim::Adam({.lr = 1e-3}).minimize(loss);
+  Value train = optim::Adam({.lr = 1e-3}).minimize(bench::cnn_loss(g, x, y));
   Session s(g, options);
   Tensor xb = ramp({64, 1, 28, 28});
   Tensor yb = Tensor::empty(i64, {64});
@@ -96,14 +83,11 @@ double cnn_step(const SessionOptions& options) {
   return time_it([&] { s.run({{x, xb}, {y, yb}}, {}, {train}); }, 3, 20);
 }
 
-// A pre-norm transformer block's training step: d 256, 4 heads, FFN 1024, sequence 128,
-// batch 16, causal; loss mean(square(block(x))); Adam.
+// A pre-norm transformer block's training step (bench/nn_models.h), sequence 128, batch 16.
 double transformer_step(const SessionOptions& options) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 128, 256});
-  nn::TransformerBlock block(g, "block", 256, 4, {.ffn_dim = 1024, .dropout = 0});
-  Value loss = mean(square(block(x)));
-  Value train = optim::Adam({.lr = 1e-4}).minimize(loss);
+  Value train = optim::Adam({.lr = 1e-4}).minimize(bench::transformer_loss(g, x));
   Session s(g, options);
   Tensor xb = ramp({16, 128, 256});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);

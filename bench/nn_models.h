@@ -1,0 +1,35 @@
+// The benchmarks' issue-12 models, shared by the CPU (kiln_bench) and GPU (kiln_gpu_bench)
+// sides; bench/torch_bench.py and torch_gpu_bench.py build the same in PyTorch.
+#pragma once
+
+#include <kiln/kiln.h>
+
+#include <tuple>
+
+namespace kiln::bench {
+
+/// The CNN step's loss: x [batch, 1, 28, 28], two blocks of conv 3x3 (32 and 64 channels) +
+/// batch norm + ReLU + max-pool 2, then FC 3136 -> 128 -> ReLU -> 10; mean cross entropy.
+inline Value cnn_loss(Graph& g, const Value& x, const Value& y) {
+  nn::Sequential net(g, "cnn");
+  for (auto [name, in, out] : {std::tuple{"block1", 1, 32}, std::tuple{"block2", 32, 64}}) {
+    net.add<nn::Conv2d>(str(name, "_conv"), in, out, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.padding = {1, 1}});
+    net.add<nn::BatchNorm2d>(str(name, "_norm"), out);
+    net.add(str(name, "_act"), [](const Value& v) { return max_pool2d(relu(v)); });
+  }
+  net.add("flatten", [](const Value& v) { return reshape(v, {-1, 64 * 7 * 7}); });
+  net.add<nn::Linear>("fc1", 64 * 7 * 7, 128);
+  net.add("fc1_relu", [](const Value& v) { return relu(v); });
+  net.add<nn::Linear>("fc2", 128, 10);
+  return mean(softmax_cross_entropy(net(x), y));
+}
+
+/// The transformer step's loss: a pre-norm block (d 256, 4 heads, FFN 1024, causal, no
+/// dropout) on x [batch, 128, 256]; mean(square(block(x))).
+inline Value transformer_loss(Graph& g, const Value& x) {
+  nn::TransformerBlock block(g, "block", 256, 4, {.ffn_dim = 1024, .dropout = 0});
+  return mean(square(block(x)));
+}
+
+}  // namespace kiln::bench
