@@ -102,6 +102,15 @@ std::vector<TensorType> infer_attention_backward(const InferContext& ctx) {
   return {ctx.input(0), ctx.input(1), ctx.input(2)};
 }
 
+// The gemm sizes fit BLAS's 32-bit ints.
+void check_blas_sizes(const KernelContext& ctx, const AttentionShape& a) {
+  constexpr int64_t kMax = (int64_t{1} << 31) - 1;
+  KILN_CHECK(a.keys <= kMax && a.depth <= kMax && a.value_depth <= kMax &&
+                 a.keys * kQueryBlock <= (int64_t{1} << 40),
+             Error, ctx.where(), ": ", a.keys, " keys of depth ", a.depth,
+             " exceed the CPU kernel's limits");
+}
+
 double scale_of(const KernelContext& ctx, int64_t depth) {
   const double scale = ctx.attr<double>("scale");
   return scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(depth));
@@ -136,6 +145,7 @@ void attention_typed(KernelContext& ctx) {
   const Shape* mask_shape = has_mask ? &ctx.input(3).shape() : nullptr;
   const AttentionShape a = attention_shape(tq.shape(), ctx.input(1).shape(), ctx.input(2).shape(),
                                            mask_shape, ctx.where());
+  check_blas_sizes(ctx, a);
   const bool causal = ctx.attr<bool>("causal");
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
   const T* q = tq.data<T>();
@@ -187,6 +197,7 @@ void attention_backward_typed(KernelContext& ctx) {
   const Shape* mask_shape = has_mask ? &ctx.input(6).shape() : nullptr;
   const AttentionShape a = attention_shape(ctx.input(0).shape(), ctx.input(1).shape(),
                                            ctx.input(2).shape(), mask_shape, ctx.where());
+  check_blas_sizes(ctx, a);
   const bool causal = ctx.attr<bool>("causal");
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
   const T* q = ctx.input(0).data<T>();

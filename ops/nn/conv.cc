@@ -51,10 +51,14 @@ namespace {
 
 // ---- Schema: every conv op carries the same four attributes.
 
+// Window attributes are bounded so that no size arithmetic can overflow (they come from files).
+constexpr int64_t kMaxWindow = int64_t{1} << 24;
+
 void check_pair(const InferContext& ctx, const char* name, int64_t min) {
   const auto& v = ctx.attr<std::vector<int64_t>>(name);
   if (v.size() != 2) ctx.fail(name, " needs 2 values (height, width), got ", v.size());
-  if (v[0] < min || v[1] < min) ctx.fail(name, " (", v[0], ", ", v[1], ") must be >= ", min);
+  if (v[0] < min || v[1] < min || v[0] > kMaxWindow || v[1] > kMaxWindow)
+    ctx.fail(name, " (", v[0], ", ", v[1], ") must be in [", min, ", ", kMaxWindow, "]");
 }
 
 // Checks the attributes and the 4-D float operands; returns the filter's group count.
@@ -104,8 +108,9 @@ std::vector<TensorType> infer_backward_input(const InferContext& ctx) {
   const Shape& dy = ctx.shape(0);
   const Shape& w = ctx.shape(1);
   const auto& size = ctx.attr<std::vector<int64_t>>("input_size");
-  if (size.size() != 2 || size[0] < 1 || size[1] < 1)
-    ctx.fail("input_size must be 2 positive values (height, width)");
+  if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] > kMaxWindow ||
+      size[1] > kMaxWindow)
+    ctx.fail("input_size must be 2 values (height, width) in [1, ", kMaxWindow, "]");
   if (w[0] % groups != 0) ctx.fail("filter ", w, " channels do not divide by groups ", groups);
   if (dy[1] >= 0 && dy[1] != w[0])
     ctx.fail("dy ", dy, " has ", dy[1], " channels, the filter ", w, " makes ", w[0]);
@@ -124,8 +129,9 @@ std::vector<TensorType> infer_backward_filter(const InferContext& ctx) {
   const Shape& x = ctx.shape(0);
   const Shape& dy = ctx.shape(1);
   const auto& kernel = ctx.attr<std::vector<int64_t>>("kernel_size");
-  if (kernel.size() != 2 || kernel[0] < 1 || kernel[1] < 1)
-    ctx.fail("kernel_size must be 2 positive values (height, width)");
+  if (kernel.size() != 2 || kernel[0] < 1 || kernel[1] < 1 || kernel[0] > kMaxWindow ||
+      kernel[1] > kMaxWindow)
+    ctx.fail("kernel_size must be 2 values (height, width) in [1, ", kMaxWindow, "]");
   if (dy[1] < 0) ctx.fail("dy ", dy, " needs known channels");
   if (x[1] % groups != 0 || dy[1] % groups != 0)
     ctx.fail("channels in (", x[1], ") and out (", dy[1], ") must divide by groups ", groups);
@@ -178,6 +184,15 @@ int as_int(int64_t v) {
   return static_cast<int>(v);
 }
 
+// The gemm sizes of a problem fit BLAS's 32-bit ints.
+void check_blas_sizes(const KernelContext& ctx, const ConvGeometry& g) {
+  constexpr int64_t kMax = (int64_t{1} << 31) - 1;
+  KILN_CHECK(g.patch_size() <= kMax && g.out_pixels() <= kMax && g.group_out() <= kMax &&
+                 g.patch_size() * g.out_pixels() <= (int64_t{1} << 40),
+             Error, ctx.where(), ": a ", g.group_in(), "x", g.kernel_h, "x", g.kernel_w,
+             " patch over ", g.out_h, "x", g.out_w, " outputs exceeds the CPU kernel's limits");
+}
+
 template <typename T>
 void conv2d_typed(KernelContext& ctx) {
   single_threaded_blas();
@@ -185,6 +200,7 @@ void conv2d_typed(KernelContext& ctx) {
   const Tensor& w = ctx.input(1);
   Tensor& y = ctx.output(0);
   const ConvGeometry g = conv_geometry(ctx.node(), x.shape(), y.shape(), w.shape());
+  check_blas_sizes(ctx, g);
   const T* px = x.data<T>();
   const T* pw = w.data<T>();
   T* py = y.data<T>();
@@ -213,6 +229,7 @@ void backward_input_typed(KernelContext& ctx) {
   const Tensor& w = ctx.input(1);
   Tensor& dx = ctx.output(0);
   const ConvGeometry g = conv_geometry(ctx.node(), dx.shape(), dy.shape(), w.shape());
+  check_blas_sizes(ctx, g);
   const T* pdy = dy.data<T>();
   const T* pw = w.data<T>();
   T* pdx = dx.data<T>();
@@ -245,6 +262,7 @@ void backward_filter_typed(KernelContext& ctx) {
   const Tensor& dy = ctx.input(1);
   Tensor& dw = ctx.output(0);
   const ConvGeometry g = conv_geometry(ctx.node(), x.shape(), dy.shape(), dw.shape());
+  check_blas_sizes(ctx, g);
   const T* px = x.data<T>();
   const T* pdy = dy.data<T>();
   T* pdw = dw.data<T>();

@@ -45,7 +45,9 @@ TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
   auto pair = [&](const char* name, int64_t min) {
     const auto& v = ctx.attr<std::vector<int64_t>>(name);
     if (v.size() != 2) ctx.fail(name, " needs 2 values (height, width), got ", v.size());
-    if (v[0] < min || v[1] < min) ctx.fail(name, " (", v[0], ", ", v[1], ") must be >= ", min);
+    constexpr int64_t kMax = int64_t{1} << 24;  // no size arithmetic can overflow
+    if (v[0] < min || v[1] < min || v[0] > kMax || v[1] > kMax)
+      ctx.fail(name, " (", v[0], ", ", v[1], ") must be in [", min, ", ", kMax, "]");
     return v;
   };
   const auto kernel = pair("kernel_size", 1);
@@ -86,8 +88,9 @@ std::vector<TensorType> infer_pool_pair(const InferContext& ctx) {
 std::vector<TensorType> infer_avg_backward(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   const auto& size = ctx.attr<std::vector<int64_t>>("input_size");
-  if (size.size() != 2 || size[0] < 1 || size[1] < 1)
-    ctx.fail("input_size must be 2 positive values (height, width)");
+  if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] > (int64_t{1} << 24) ||
+      size[1] > (int64_t{1} << 24))
+    ctx.fail("input_size must be 2 values (height, width) in [1, 2^24]");
   const Shape& dy = ctx.shape(0);
   if (dy.rank() != 4) ctx.fail("dy must be 4-D, got ", dy);
   const Shape x{dy[0], dy[1], size[0], size[1]};

@@ -77,6 +77,35 @@ void op_zoo(Graph& g) {
   g.add_signature({"grad", {x, idx}, {grads[0]}, {}});
 }
 
+// The neural-network ops of issue 12 in a small training graph: convolution (and its
+// transpose), batch norm with running statistics (after, assign), both pools, dropout, layer
+// norm, attention with a mask, cross entropy with ignore_index and smoothing.
+void nn_zoo(Graph& g) {
+  Value x = g.placeholder("x", f32, {-1, 2, 6, 6});
+  Value y = g.placeholder("y", i64, {-1});
+  nn::Sequential net(g, "net");
+  net.add<nn::Conv2d>("conv", 2, 4, std::array<int64_t, 2>{3, 3},
+                      Conv2dOptions{.padding = {1, 1}, .groups = 2});
+  net.add<nn::BatchNorm2d>("norm", 4);
+  net.add<nn::Dropout>("drop", 0.2);
+  net.add("pool", [](const Value& v) {
+    return avg_pool2d(max_pool2d(relu(v)), {.kernel_size = {1, 1}});
+  });
+  Value h = net(x);  // [N, 4, 3, 3]
+  Value up =
+      conv_transpose2d(h, g.variable("up", {4, 2, 2, 2}, init::he_normal(4)), {.stride = {2, 2}});
+  Value seq = layer_norm(reshape(up, {-1, 2, 36}), 1);  // [N, 2, 36]: 2 tokens of 36
+  Value qkv = expand_dims(seq, {1});                    // [N, 1, 2, 36]
+  Value mask = g.constant(Tensor::full(DType::boolean, {1, 1, 2, 2}, 1));
+  Value att = scaled_dot_product_attention(qkv, qkv, qkv, {.mask = mask, .causal = true});
+  Value logits = reshape(att, {-1, 72});
+  Value w = g.variable("w", {72, 3}, init::glorot_uniform(5));
+  Value loss = cross_entropy(matmul(logits, w), y, -1, 0.1);
+  g.add_signature({"train", {x, y}, {loss}, {optim::Adam({.lr = 1e-2}).minimize(loss)}});
+  net.eval();
+  g.add_signature({"predict", {x}, {net(x)}, {}});
+}
+
 // A compiled plan's own graph (fused_elementwise, matmul_bias, feed placeholders), saved as a
 // graph file with its "__plan__" signature.
 void save_plan_graph(const Graph& g, const FeedList& feeds, const std::string& signature,
@@ -103,7 +132,7 @@ int main(int argc, char** argv) {
     save_graph(g, str(root, "/graph_text/", name, ".pbtxt"));
   };
 
-  Graph adam, sgd, rmsprop, zoo;
+  Graph adam, sgd, rmsprop, zoo, nn_graph;
   mlp(adam, [](const Value& loss) {
     return optim::Adam({.lr = 1e-2, .schedule = optim::Schedule::cosine(100), .clip_norm = 1})
         .minimize(loss);
@@ -115,6 +144,8 @@ int main(int argc, char** argv) {
     return optim::RMSProp({.lr = 1e-2}).with_loss_scaling().minimize(loss);
   });
   op_zoo(zoo);
+  nn_zoo(nn_graph);
+  both(nn_graph, "nn_zoo");
   both(adam, "mlp_adam");
   both(sgd, "mlp_sgd");
   both(rmsprop, "mlp_rmsprop_scaled");

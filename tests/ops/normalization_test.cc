@@ -138,7 +138,7 @@ TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {
       [&] {
         conv2d(x, w, {.stride = {0, 1}});
       },
-      {"stride (0, 1) must be >= 1"});
+      {"stride (0, 1) must be in [1, 16777216]"});
   expect_error<GraphError>(
       [&] {
         max_pool2d(x, {.kernel_size = {3, 3}, .padding = {2, 2}});
