@@ -174,3 +174,42 @@ TEST(NnFunctional, CrossEntropyAveragesTheRowsNotIgnored) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(NnFunctional, AttentionErrorsNameTheShapes) {
+  Graph g;
+  Value q = g.placeholder("q", f32, {2, 3, 5, 8});
+  Value k = g.placeholder("k", f32, {2, 3, 7, 8});
+  Value v = g.placeholder("v", f32, {2, 3, 7, 4});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(reshape(q, {6, 5, 8}), k, v);
+      },
+      {"[attention]", "[batch, heads, length, depth]", "[6, 5, 8]"});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(q, g.placeholder("k2", f32, {2, 3, 7, 6}), v);
+      },
+      {"[attention]", "different depths"});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(q, k, v,
+                                     {.mask = g.placeholder("m", DType::boolean, {2, 1, 1, 5})});
+      },
+      {"[attention]", "does not broadcast", "dim 3"});
+  // A mask whose dims are known only when the graph runs is checked then.
+  Value mask = g.placeholder("mask", DType::boolean, {-1, 1, 1, -1});
+  Value out = scaled_dot_product_attention(q, k, v, {.mask = mask});
+  Session s(g);
+  FeedList feeds = {{q, Tensor::zeros(f32, {2, 3, 5, 8})},
+                    {k, Tensor::zeros(f32, {2, 3, 7, 8})},
+                    {v, Tensor::zeros(f32, {2, 3, 7, 4})},
+                    {mask, Tensor::full(DType::boolean, {2, 1, 1, 6}, 1)}};
+  expect_error<Error>([&] { s.run(feeds, {out}); },
+                      {"[attention]", "the mask [2, 1, 1, 6] does not broadcast", "[2, 3, 5, 7]"});
+}
+
+}  // namespace
+}  // namespace kiln
