@@ -26,6 +26,7 @@ struct Args {
   bool cuda_graphs = false;        // replay each step as a captured CUDA Graph
   std::string amp;                 // "", "bf16" or "f16"
   int64_t train_limit = 0;         // > 0: train on the first this many images only (tests)
+  int64_t test_limit = 0;          // > 0: evaluate on the first this many test images only
 };
 
 Args parse(int argc, char** argv, const TrainDefaults& defaults) {
@@ -52,6 +53,8 @@ Args parse(int argc, char** argv, const TrainDefaults& defaults) {
       a.seed = std::stoull(value());
     else if (k == "--train-limit")
       a.train_limit = std::stoll(value());
+    else if (k == "--test-limit")
+      a.test_limit = std::stoll(value());
     else if (k == "--resume")
       a.resume = true;
     else if (k == "--stop-after")
@@ -68,9 +71,10 @@ Args parse(int argc, char** argv, const TrainDefaults& defaults) {
       if (a.amp != "bf16" && a.amp != "f16")
         throw Error(str("[args] --amp takes bf16 or f16, not '", a.amp, "'"));
     } else
-      throw Error(str("[args] unknown option ", k,
-                      " (options: --data --out --epochs --batch --threads --seed --resume "
-                      "--stop-after --trace --device --cuda-graphs --amp --train-limit)"));
+      throw Error(
+          str("[args] unknown option ", k,
+              " (options: --data --out --epochs --batch --threads --seed --resume "
+              "--stop-after --trace --device --cuda-graphs --amp --train-limit --test-limit)"));
   }
   return a;
 }
@@ -161,14 +165,18 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
     std::printf("loading Fashion-MNIST from %s\n", args.data.c_str());
     data::Dataset train_set = data::Dataset::from_idx(args.data + "/train-images-idx3-ubyte.gz",
                                                       args.data + "/train-labels-idx1-ubyte.gz");
-    if (args.train_limit > 0 && args.train_limit < train_set.size()) {
-      std::vector<int64_t> first(static_cast<size_t>(args.train_limit));
-      std::iota(first.begin(), first.end(), 0);
-      auto [images, labels] = train_set.gather(first);
-      train_set = data::Dataset(images, labels);
-    }
     data::Dataset test_set = data::Dataset::from_idx(args.data + "/t10k-images-idx3-ubyte.gz",
                                                      args.data + "/t10k-labels-idx1-ubyte.gz");
+    // The first `limit` examples only (tests and sanitizer builds use few).
+    auto keep_first = [](data::Dataset& set, int64_t limit) {
+      if (limit <= 0 || limit >= set.size()) return;
+      std::vector<int64_t> first(static_cast<size_t>(limit));
+      std::iota(first.begin(), first.end(), 0);
+      auto [images, labels] = set.gather(first);
+      set = data::Dataset(images, labels);
+    };
+    keep_first(train_set, args.train_limit);
+    keep_first(test_set, args.test_limit);
     std::printf("  %lld training and %lld test images\n", static_cast<long long>(train_set.size()),
                 static_cast<long long>(test_set.size()));
     const data::Shard shard{rank, world};
