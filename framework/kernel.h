@@ -90,6 +90,13 @@ class KernelContext {
   /// pool().parallel_for with a grain chosen so each range holds about 32K units of work
   /// (`cost` units per item).
   void parallel_for(int64_t n, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) const;
+  /// The same node, pool and environment over other tensors (a kernel that runs another
+  /// kernel on converted inputs: widen_to_f32).
+  KernelContext rebind(std::span<const Tensor> inputs, std::span<const TensorType> output_types,
+                       std::span<Tensor> outputs) const {
+    return KernelContext(node_, inputs, output_types, outputs, pool_,
+                         {variables_, cuda_, lane_, cache_});
+  }
 
  private:
   const Node& node_;
@@ -102,5 +109,18 @@ class KernelContext {
   LaneResources* lane_;
   KernelCache* cache_;
 };
+
+/// The kernel that runs `node` on `device` (input_types: its inputs' planned types), or nullptr
+/// when there is none. The op's kernel for its dtype (input 0's, or output 0's for an op
+/// without inputs) — except on the CPU for a node with f16 or bf16 values whose op has no CPU
+/// kernel taking them: then widen_to_f32.
+KernelFn choose_kernel(const Node& node, std::span<const TensorType> input_types,
+                       DeviceKind device);
+
+/// Runs the node's f32 CPU kernel on f32 copies of its 16-bit float inputs and rounds its
+/// 16-bit outputs from the f32 results: the arithmetic of the GPU's 16-bit kernels (f32 inside,
+/// one rounding per output), so autocast graphs run on the CPU. Ops that write state never
+/// widen (they would write the copy).
+void widen_to_f32(KernelContext& ctx);
 
 }  // namespace kiln

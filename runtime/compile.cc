@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "framework/kernel.h"
 #include "runtime/plan.h"
 
 namespace kiln {
@@ -275,8 +276,9 @@ void choose_kernels(Plan& plan, DeviceKind device) {
       step.output_slots.push_back(plan.num_slots - 1);
       plan.slot_types.push_back(node.outputs()[i]);
     }
-    DType kernel_dtype = input_types.empty() ? step.output_types[0].dtype : input_types[0].dtype;
-    step.kernel = node.op().kernel_for(device, kernel_dtype);
+    const DType kernel_dtype =
+        input_types.empty() ? step.output_types[0].dtype : input_types[0].dtype;
+    step.kernel = choose_kernel(node, input_types, device);
     KILN_CHECK(step.kernel != nullptr, Error, "[", node.op_name(), "] ", node.name(), ": no ",
                device == DeviceKind::cpu ? "CPU" : "CUDA", " kernel for ", kernel_dtype);
     plan.steps.push_back(std::move(step));

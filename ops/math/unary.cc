@@ -93,12 +93,15 @@ GradList grad_cos(GradContext& c) {
 }
 
 // y = x/2 (1 + t), t = tanh(u), u = c (x + a x^3), c = sqrt(2/pi), a = 0.044715
-// dx = dy (1/2 (1 + t) + x/2 (1 - t^2) c (1 + 3 a x^2))
+// With s = sigmoid(2u): (1 + t)/2 = s and (1 - t^2)/4 = s (1 - s), so
+//   dx = dy (s + 2 x s (1 - s) c (1 + 3 a x^2)).
+// The sigmoid form keeps its precision in 16 bits: where x is very negative, 1 + t cancels
+// (t near -1) while s is small and exact to its own rounding.
 GradList grad_gelu_tanh(GradContext& c) {
   Value x = c.input(0);
   constexpr double k = 0.79788456080286535588, a = 0.044715;
-  Value t = tanh((x + x * x * x * a) * k);
-  Value slope = (t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * ((x * x * (3 * a) + 1.0) * k);
+  Value s = sigmoid((x + x * x * x * a) * (2 * k));
+  Value slope = s + x * s * (1.0 - s) * ((x * x * (3 * a) + 1.0) * (2 * k));
   return {c.grad_output() * slope};
 }
 // y = x s, s = sigmoid x        dx = dy s (1 + x (1 - s))

@@ -40,8 +40,9 @@ class ConstantFolding final : public Pass {
         inputs.push_back(producer.attr<Tensor>("value"));
       }
       if (!all_constant) continue;
-      const DType kernel_dtype = inputs.empty() ? node.outputs()[0].dtype : inputs[0].dtype();
-      KernelFn kernel = node.op().kernel_for(DeviceKind::cpu, kernel_dtype);
+      std::vector<TensorType> input_types;
+      for (const Tensor& t : inputs) input_types.push_back({t.dtype(), t.shape()});
+      KernelFn kernel = choose_kernel(node, input_types, DeviceKind::cpu);
       if (!kernel) continue;
       std::vector<Tensor> outputs(node.outputs().size());
       KernelContext ctx(node, inputs, node.outputs(), outputs, pool);

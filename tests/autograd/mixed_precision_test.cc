@@ -1,6 +1,7 @@
-// Mixed precision on the CPU: the autocast graph's structure and dtypes, and dynamic loss
-// scaling (which works in any dtype): skipped steps change nothing, the scale backs off and
-// grows. The GPU runs the 16-bit graphs (tests/gpu/cuda_runtime_test.cc).
+// Mixed precision on the CPU: the autocast graph's structure and dtypes, 16-bit graphs training
+// like f32 (bf16 products on oneDNN, other ops widened to f32), and dynamic loss scaling
+// (which works in any dtype): skipped steps change nothing, the scale backs off and grows. The
+// GPU runs the same 16-bit graphs in tests/gpu/cuda_runtime_test.cc.
 #include "test_util.h"
 
 namespace kiln {
@@ -91,6 +92,57 @@ TEST(MixedPrecision, AnOverflowingStepIsSkippedAndTheScaleBacksOff) {
   for (int i = 0; i < 40; ++i) s.run({{m->x, x}, {m->y, y}}, {}, {train});
   EXPECT_GT(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
   EXPECT_FALSE(equal_bits(s.variable_value(m->w1), w1));
+}
+
+// Eight Adam steps on fixed batches; the losses.
+std::vector<double> train_losses(DType low) {
+  auto m = model();
+  optim::Adam adam({.lr = 1e-2});
+  if (low == f16) adam.with_loss_scaling({.initial = 1024});
+  Value loss = low == f32 ? m->loss : autocast(m->loss, low);
+  Value train = adam.minimize(loss);
+  Session s(m->g);
+  std::vector<double> losses;
+  for (int step = 0; step < 8; ++step) {
+    auto [x, y] = batch(step % 3);
+    losses.push_back(s.run({{m->x, x}, {m->y, y}}, {loss}, {train})[0].item<double>());
+  }
+  return losses;
+}
+
+TEST(MixedPrecision, SixteenBitGraphsTrainOnTheCpuLikeF32) {
+  const std::vector<double> reference = train_losses(f32);
+  for (DType low : {bf16, f16}) {
+    const std::vector<double> losses = train_losses(low);
+    for (size_t i = 0; i < losses.size(); ++i)
+      EXPECT_NEAR(losses[i], reference[i], 0.03 * (1 + std::abs(reference[i])))
+          << low << " step " << i;
+    EXPECT_LT(losses.back(), losses.front() - 0.1) << low;
+  }
+}
+
+// A pre-norm transformer block (attention, layer norm, GELU, dropout) under bf16 autocast runs
+// on the CPU, forward and backward, close to its f32 self.
+TEST(MixedPrecision, TransformerBlockRunsInBf16OnTheCpu) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 16, 32});
+  nn::TransformerBlock block(g, "block", 32, 4, {.dropout = 0.0, .causal = true});
+  Value loss = mean(square(block(x)));
+  Value low = autocast(loss, bf16);
+  std::vector<Value> grads = gradients(low, {x});
+  std::vector<Value> f32_grads = gradients(loss, {x});
+  Session s(g);
+  Tensor input = testing::random_tensor(f32, {2, 16, 32}, -1, 1, 3);
+  std::vector<Tensor> out = s.run({{x, input}}, {loss, low, f32_grads[0], grads[0]});
+  EXPECT_NEAR(out[1].item<double>(), out[0].item<double>(), 0.02 * out[0].item<double>());
+  EXPECT_EQ(out[3].dtype(), f32);
+  const std::vector<float> want = out[2].to_vector<float>(), got = out[3].to_vector<float>();
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err += (got[i] - want[i]) * (got[i] - want[i]);
+    norm += want[i] * want[i];
+  }
+  EXPECT_LT(std::sqrt(err / norm), 0.05);  // relative error of the whole gradient
 }
 
 }  // namespace

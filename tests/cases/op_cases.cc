@@ -1,6 +1,7 @@
 #include "cases/op_cases.h"
 
 #include <cmath>
+#include <random>
 
 namespace kiln::testing {
 
@@ -38,6 +39,58 @@ Value CaseGraph::scalar(double value) {
 Value CaseGraph::variable(const Shape& shape, double low, double high) {
   return g.variable(str("v", variables_++), shape,
                     init::uniform(low, high, static_cast<int64_t>(rng_() % 1000)), dtype_);
+}
+
+std::vector<Tensor> run_case(CaseGraph& c, const Value& y, Device device, bool with_gradients) {
+  std::vector<Value> fetches = {y};
+  FeedList feeds = c.feeds;
+  if (with_gradients && is_floating(y.dtype())) {
+    Value r = c.g.placeholder("r", y.dtype(), y.shape());
+    Tensor weights = Tensor::empty(y.dtype(), y.shape());
+    std::mt19937 rng(99);
+    std::uniform_real_distribution<double> dist(-1, 1);
+    dispatch_all(y.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      for (int64_t i = 0; i < weights.numel(); ++i) weights.data<T>()[i] = convert<T>(dist(rng));
+    });
+    feeds.emplace_back(r, weights);
+    std::vector<Value> grads = gradients(sum(y * r), c.float_inputs);
+    for (const Value& g : grads)
+      if (g.defined()) fetches.push_back(g);
+  }
+  Session session(c.g, {.device = device});
+  return session.run(feeds, fetches);
+}
+
+int compare_with_cpu(const OpCase& oc, DType dtype, Device device,
+                     std::vector<std::string>& failures) {
+  const bool half = dtype == f16 || dtype == bf16;
+  const uint32_t seed = case_seed(oc.name);
+  CaseGraph tested(dtype, dtype, seed), cpu(half ? f32 : dtype, dtype, seed);
+  std::vector<Tensor> got, want;
+  try {
+    got = run_case(tested, oc.build(tested), device, oc.gradients);
+    want = run_case(cpu, oc.build(cpu), Device::cpu(), oc.gradients);
+  } catch (const std::exception& e) {
+    failures.push_back(str(oc.name, " ", dtype, ": ", e.what()));
+    return 0;
+  }
+  if (got.size() != want.size()) {
+    failures.push_back(str(oc.name, " ", dtype, ": ", got.size(), " results, want ", want.size()));
+    return 0;
+  }
+  int checked = 0;
+  for (size_t k = 0; k < got.size(); ++k) {
+    // Relative to each value (inputs were rounded to the 16-bit type on both sides).
+    const std::string problem = compare_relative(got[k], want[k], got[k].dtype());
+    if (!problem.empty()) {
+      failures.push_back(
+          str(oc.name, " ", dtype, (k ? " gradient " : " output "), k, ": ", problem));
+      continue;
+    }
+    checked += static_cast<int>(got[k].numel());
+  }
+  return checked;
 }
 
 uint32_t case_seed(const std::string& name) {

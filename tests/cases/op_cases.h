@@ -83,6 +83,16 @@ void add_attention_cases(const std::function<void(OpCase)>& add);
 /// Every case, in a fixed order.
 const std::vector<OpCase>& op_cases();
 
+/// Runs y on `device` and, with `with_gradients` and a floating y, the gradients of sum(y * r)
+/// with respect to the case's float inputs (r fixed, uniform in [-1, 1)): y first, then those.
+std::vector<Tensor> run_case(CaseGraph& c, const Value& y, Device device, bool with_gradients);
+
+/// Runs case `oc` in `dtype` on `device` and on the CPU (in f32 for a 16-bit dtype, on the same
+/// rounded inputs), forward values and gradients, and compares them under
+/// relative_tolerance(dtype). Adds each disagreement to `failures`; returns the values checked.
+int compare_with_cpu(const OpCase& oc, DType dtype, Device device,
+                     std::vector<std::string>& failures);
+
 /// A stable seed for a case (the same on every run and machine).
 uint32_t case_seed(const std::string& name);
 

@@ -56,5 +56,21 @@ TEST(OpCases, EveryCaseRunsAndMatchesItsReference) {
   EXPECT_GT(referenced, 40);
 }
 
+// Every case in f16 and bf16 on the CPU against itself in f32 on the same rounded inputs,
+// forward values and gradients: ops without a 16-bit CPU kernel run widen_to_f32, so autocast
+// graphs run on the CPU. (The GPU runs the same comparison in tests/gpu/cuda_ops_test.cc.)
+TEST(OpCases, EveryCaseRunsIn16BitsOnTheCpu) {
+  int checked = 0;
+  std::vector<std::string> failures;
+  for (const OpCase& oc : op_cases())
+    for (DType dtype : {f16, bf16})
+      if (std::find(oc.dtypes.begin(), oc.dtypes.end(), dtype) != oc.dtypes.end())
+        checked += compare_with_cpu(oc, dtype, Device::cpu(), failures);
+  for (const std::string& f : failures) ADD_FAILURE() << f;
+  EXPECT_GT(checked, 10000);
+  std::printf("16-bit op table on the CPU: %d values checked against f32, %zu failures\n", checked,
+              failures.size());
+}
+
 }  // namespace
 }  // namespace kiln::testing

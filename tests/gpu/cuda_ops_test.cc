@@ -12,58 +12,13 @@ namespace {
 using testing::CaseGraph;
 using testing::OpCase;
 
-// Runs y (and the gradients of sum(y * r)) on `device`.
-std::vector<Tensor> run_case(CaseGraph& c, const Value& y, Device device, bool with_gradients) {
-  std::vector<Value> fetches = {y};
-  FeedList feeds = c.feeds;
-  if (with_gradients && is_floating(y.dtype())) {
-    Value r = c.g.placeholder("r", y.dtype(), y.shape());
-    Tensor weights = Tensor::empty(y.dtype(), y.shape());
-    std::mt19937 rng(99);
-    std::uniform_real_distribution<double> dist(-1, 1);
-    dispatch_all(y.dtype(), [&](auto tag) {
-      using T = decltype(tag);
-      for (int64_t i = 0; i < weights.numel(); ++i) weights.data<T>()[i] = convert<T>(dist(rng));
-    });
-    feeds.emplace_back(r, weights);
-    std::vector<Value> grads = gradients(sum(y * r), c.float_inputs);
-    for (const Value& g : grads)
-      if (g.defined()) fetches.push_back(g);
-  }
-  Session session(c.g, {.device = device});
-  return session.run(feeds, fetches);
-}
-
 TEST(CudaOps, EveryOpCaseMatchesTheCpu) {
   KILN_REQUIRE_GPU();
   int checked = 0;
   std::vector<std::string> failures;
-  for (const OpCase& oc : testing::op_cases()) {
-    for (DType dtype : oc.dtypes) {
-      const bool half = dtype == f16 || dtype == bf16;
-      const uint32_t seed = testing::case_seed(oc.name);
-      CaseGraph gpu(dtype, dtype, seed), cpu(half ? f32 : dtype, dtype, seed);
-      std::vector<Tensor> got, want;
-      try {
-        got = run_case(gpu, oc.build(gpu), Device::cuda(0), oc.gradients);
-        want = run_case(cpu, oc.build(cpu), Device::cpu(), oc.gradients);
-      } catch (const std::exception& e) {
-        failures.push_back(str(oc.name, " ", dtype, ": ", e.what()));
-        continue;
-      }
-      ASSERT_EQ(got.size(), want.size()) << oc.name;
-      for (size_t k = 0; k < got.size(); ++k) {
-        // Relative to each value (inputs were rounded to the 16-bit type on both sides).
-        const std::string problem = testing::compare_relative(got[k], want[k], got[k].dtype());
-        if (!problem.empty()) {
-          failures.push_back(
-              str(oc.name, " ", dtype, (k ? " gradient " : " output "), k, ": ", problem));
-          continue;
-        }
-        checked += static_cast<int>(got[k].numel());
-      }
-    }
-  }
+  for (const OpCase& oc : testing::op_cases())
+    for (DType dtype : oc.dtypes)
+      checked += testing::compare_with_cpu(oc, dtype, Device::cuda(0), failures);
   for (const std::string& f : failures) ADD_FAILURE() << f;
   std::printf("cuda op table: %d values checked against the CPU, %zu failures\n", checked,
               failures.size());

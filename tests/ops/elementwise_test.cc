@@ -299,16 +299,22 @@ TEST(NaNRule, ReductionsSoftmaxAndMatmulBiasReluPropagateNaN) {
   EXPECT_EQ(y.element(3), 0);
 }
 
-TEST(Elementwise, CpuKernelsRejectHalfPrecisionClearly) {
+// A CPU kernel without 16-bit support runs widened: f32 arithmetic on the f16 values, one
+// rounding of the result.
+TEST(Elementwise, CpuKernelsRunHalfPrecisionWidened) {
   Graph g;
-  Value x = g.placeholder("h", f16, {2});
+  Value x = g.placeholder("h", f16, {3});
   Value y = exp(x);
   Session s(g);
-  testing::expect_error(
-      [&] {
-        s.run({{x, Tensor::zeros(f16, {2})}}, {y});
-      },
-      {"[exp] exp", "no CPU kernel for f16"});
+  Tensor in = Tensor::empty(f16, {3});
+  const float values[] = {0.0f, 1.0f, -2.5f};
+  for (int64_t i = 0; i < 3; ++i) in.data<Half>()[i] = convert<Half>(values[i]);
+  Tensor out = s.run({{x, in}}, {y})[0];
+  ASSERT_EQ(out.dtype(), f16);
+  for (int64_t i = 0; i < 3; ++i) {
+    const float v = convert<float>(in.data<Half>()[i]);
+    EXPECT_EQ(convert<float>(out.data<Half>()[i]), convert<float>(convert<Half>(std::exp(v))));
+  }
 }
 
 }  // namespace
