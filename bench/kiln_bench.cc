@@ -103,7 +103,7 @@ long peak_rss_kib() {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: kiln_bench CASE [--threads N]\n");
+    std::fprintf(stderr, "usage: kiln_bench CASE [--threads N] [--trace FILE]\n");
     return 2;
   }
   std::string name = argv[1];
@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
     std::string flag = argv[i];
     if (flag == "--no-fusion") options.passes.elementwise_fusion = false;
     if (flag == "--no-passes") options.passes = {false, false, false, false, false, false};
+    if (flag == "--trace" && i + 1 < argc) options.trace_path = argv[i + 1];  // Chrome trace
   }
   if (name == "chain_unfused") options.passes.elementwise_fusion = false;
 

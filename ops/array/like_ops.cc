@@ -13,6 +13,7 @@
 #include "ops/math.h"
 #include "ops/math/elementwise.h"
 #include "ops/math/elementwise_cpu.h"
+#include "ops/math/reduce_cpu.h"
 
 namespace kiln {
 namespace ops {
@@ -51,40 +52,7 @@ KILN_OP(sum_to)
           }
           Tensor& y = ctx.output(0);
           const std::vector<int64_t> axes = stretched_axes(x.shape(), target);
-          // Reuse the sum kernel's math through a one-off reduction: y = sum(x, axes) reshaped.
-          std::vector<int64_t> kept;
-          for (int64_t d = 0; d < x.rank(); ++d)
-            if (std::find(axes.begin(), axes.end(), d) == axes.end()) kept.push_back(x.shape()[d]);
-          dispatch_cpu(x.dtype(), [&](auto tag) {
-            using T = decltype(tag);
-            if constexpr (!std::is_same_v<T, bool>) {
-              // Accumulate each output element over the reduced index set (row-major walk).
-              using Acc = std::conditional_t<std::is_integral_v<T>, int64_t, double>;
-              std::vector<Acc> acc(static_cast<size_t>(y.numel()), Acc(0));
-              const T* in = x.data<T>();
-              const Shape& xs = x.shape();
-              std::vector<int64_t> out_strides(x.rank(), 0);
-              int64_t stride = 1;
-              for (int64_t d = x.rank() - 1; d >= 0; --d) {
-                bool reduced = std::find(axes.begin(), axes.end(), d) != axes.end();
-                out_strides[d] = reduced ? 0 : stride;
-                if (!reduced) stride *= xs[d];
-              }
-              std::vector<int64_t> idx(x.rank(), 0);
-              int64_t out_at = 0;
-              for (int64_t i = 0; i < x.numel(); ++i) {
-                acc[out_at] = wrapping_add(acc[out_at], static_cast<Acc>(in[i]));
-                for (int64_t d = x.rank() - 1; d >= 0; --d) {  // odometer step
-                  out_at += out_strides[d];
-                  if (++idx[d] < xs[d]) break;
-                  out_at -= out_strides[d] * xs[d];
-                  idx[d] = 0;
-                }
-              }
-              T* out = y.data<T>();
-              for (int64_t i = 0; i < y.numel(); ++i) out[i] = static_cast<T>(acc[i]);
-            }
-          });
+          sum_into(ctx, x, axes, y);  // the sum kernel's reduction
         },
         cpu_dtypes_of(DTypeClass::numeric))
     .grad([](GradContext& c) -> GradList {

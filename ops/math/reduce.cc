@@ -133,41 +133,69 @@ void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_
   }
 }
 
+// y = reduce(x) over `axes` (sorted, distinct): y holds x's kept dims in order.
+template <typename T>
+void reduce_axes(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& axes, T* y,
+                 const Reducer<T>& red) {
+  const Shape& shape = x.shape();
+  // Collapse x into runs of reduced and kept dims (size-1 dims join either).
+  std::vector<std::pair<bool, int64_t>> runs;  // (reduced, size)
+  for (int64_t i = 0; i < shape.rank(); ++i) {
+    if (shape[i] == 1) continue;
+    const bool reduced = std::binary_search(axes.begin(), axes.end(), i);
+    if (!runs.empty() && runs.back().first == reduced)
+      runs.back().second *= shape[i];
+    else
+      runs.emplace_back(reduced, shape[i]);
+  }
+  if (runs.size() == 3 && runs[0].first && runs[2].first) {
+    // [a, k, i] reduced over a and i (batch norm's parameter gradients, sum_to of [N, C, H, W]
+    // to [C, 1, 1]): each output sums `a` contiguous rows of `i`, in a fixed order.
+    const int64_t a = runs[0].second, k = runs[1].second, inner = runs[2].second;
+    ctx.parallel_for(k, a * inner, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        Acc<T> acc = red.init();
+        for (int64_t o = 0; o < a; ++o)
+          acc = red.combine(acc, reduce_contiguous(x.data<T>() + (o * k + c) * inner, inner, red));
+        y[c] = red.finish(acc, a * inner);
+      }
+    });
+    return;
+  }
+  if (runs.empty()) runs.emplace_back(false, 1);
+  int64_t outer = 1, r = 1, inner = 1;
+  int first = -1, last = -1;
+  for (int i = 0; i < static_cast<int>(runs.size()); ++i)
+    if (runs[i].first) (first < 0 ? first : last) = i, last = i;
+  if (first < 0 || first == last) {
+    // At most one reduced run: x is [outer, r, inner] as it lies.
+    for (int i = 0; i < static_cast<int>(runs.size()); ++i)
+      (first < 0 || i < first ? outer : i > first ? inner : r) *= runs[i].second;
+    reduce_3d(ctx, x.data<T>(), y, outer, r, inner, red);
+    return;
+  }
+  // Move the reduced axes last: [kept..., reduced...].
+  std::vector<int64_t> perm, dims;
+  for (int64_t i = 0; i < shape.rank(); ++i)
+    if (!std::binary_search(axes.begin(), axes.end(), i)) perm.push_back(i), outer *= shape[i];
+  for (int64_t axis : axes) perm.push_back(axis), r *= shape[axis];
+  for (int64_t p : perm) dims.push_back(shape[p]);
+  Tensor source = Tensor::empty(x.dtype(), Shape(dims));
+  permute_copy(ctx, x, perm, source);
+  reduce_3d(ctx, source.data<T>(), y, outer, r, 1, red);
+}
+
 template <Reduction kKind>
 void reduce_cpu(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   Tensor& y = ctx.output(0);
-  const Shape& shape = x.shape();
   std::vector<int64_t> axes =
-      reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"), shape.rank(), ctx.where());
+      reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"), x.shape().rank(), ctx.where());
   if (y.numel() == 0) return;
-  Tensor source = x;
-  int64_t outer = 1, r = 1, inner = 1;
-  bool adjacent =
-      axes.empty() || axes.back() - axes.front() + 1 == static_cast<int64_t>(axes.size());
-  if (adjacent) {
-    for (int64_t i = 0; i < shape.rank(); ++i) {
-      if (!axes.empty() && i < axes.front())
-        outer *= shape[i];
-      else if (!axes.empty() && i > axes.back())
-        inner *= shape[i];
-      else if (!axes.empty())
-        r *= shape[i];
-    }
-  } else {
-    // Move the reduced axes last: [kept..., reduced...].
-    std::vector<int64_t> perm, dims;
-    for (int64_t i = 0; i < shape.rank(); ++i)
-      if (!std::binary_search(axes.begin(), axes.end(), i)) perm.push_back(i), outer *= shape[i];
-    for (int64_t a : axes) perm.push_back(a), r *= shape[a];
-    for (int64_t p : perm) dims.push_back(shape[p]);
-    source = Tensor::empty(x.dtype(), Shape(dims));
-    permute_copy(ctx, x, perm, source);
-  }
   dispatch_cpu(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>)
-      reduce_3d(ctx, source.data<T>(), y.data<T>(), outer, r, inner, Reducer<T>{kKind});
+      reduce_axes(ctx, x, axes, y.data<T>(), Reducer<T>{kKind});
   });
 }
 
@@ -283,6 +311,17 @@ KILN_OP(argmin)
     .kernel(DeviceKind::cpu, arg_cpu<false>, cpu_dtypes_of(DTypeClass::numeric));
 
 }  // namespace
+
+void sum_into(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& axes,
+              Tensor& y) {
+  if (y.numel() == 0) return;
+  dispatch_cpu(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool>)
+      reduce_axes(ctx, x, axes, y.data<T>(), Reducer<T>{Reduction::sum});
+  });
+}
+
 }  // namespace ops
 
 namespace {
