@@ -86,7 +86,7 @@ class Model(nn.Module):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="/usr/share/games/fortunes")
-    for name, default in [("steps", 2000), ("batch", 32), ("context", 128), ("dim", 128),
+    for name, default in [("steps", 4000), ("batch", 32), ("context", 128), ("dim", 128),
                           ("heads", 4), ("layers", 4), ("eval-every", 250), ("eval-batches", 32),
                           ("threads", 2), ("seed", 0)]:
         p.add_argument("--" + name, type=int, default=default)

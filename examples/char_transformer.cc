@@ -28,7 +28,7 @@ namespace {
 struct Args {
   std::string data = "/usr/share/games/fortunes";
   std::string out = "out";
-  int64_t steps = 2000, batch = 32, context = 128, dim = 128, heads = 4, layers = 4;
+  int64_t steps = 4000, batch = 32, context = 128, dim = 128, heads = 4, layers = 4;
   double lr = 2e-3, dropout = 0.1;
   int64_t eval_every = 250, eval_batches = 32;
   int threads = 0;

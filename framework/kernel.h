@@ -84,6 +84,8 @@ class KernelContext {
   }
   /// The executor's cache of kernel choices; throws when run outside an executor.
   KernelCache& cache() const;
+  /// Whether there is one (constant folding runs kernels without).
+  bool has_cache() const { return cache_ != nullptr; }
   /// The start of a KernelCache key: device, op, every input's dtype and shape, then `what`
   /// (the attributes the choice depends on).
   std::string cache_key(const std::string& what) const;

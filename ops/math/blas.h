@@ -18,16 +18,20 @@ extern "C" void omp_set_num_threads(int threads);
 
 namespace kiln::ops {
 
-inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
-                 int ldb, float* c, int ldc, float beta = 0.0f) {
-  // oneDNN's CPU runtime is OpenMP: one thread per call, on whichever pool thread calls (the
-  // setting is per calling thread), so no OpenMP team competes with Kiln's pool and a product
-  // does not depend on how many threads there are.
-  thread_local const bool one_thread = [] {
+/// oneDNN's CPU runtime is OpenMP: one thread per call, on whichever pool thread calls (the
+/// setting is per calling thread), so no OpenMP team competes with Kiln's pool and a result
+/// does not depend on how many threads there are. Call before each oneDNN call.
+inline void one_onednn_thread() {
+  thread_local const bool once = [] {
     omp_set_num_threads(1);
     return true;
   }();
-  (void)one_thread;
+  (void)once;
+}
+
+inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
+                 int ldb, float* c, int ldc, float beta = 0.0f) {
+  one_onednn_thread();
   const dnnl_status_t status =
       dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
   KILN_CHECK(status == dnnl_success, Error, "[kernel] oneDNN sgemm ", m, "x", k, "x", n,

@@ -19,6 +19,7 @@
 #include "ops/math/blas.h"
 #include "ops/nn.h"
 #include "ops/nn/conv.h"
+#include "ops/nn/conv_onednn.h"
 
 namespace kiln {
 namespace ops {
@@ -200,10 +201,12 @@ void conv2d_typed(KernelContext& ctx) {
   const Tensor& w = ctx.input(1);
   Tensor& y = ctx.output(0);
   const ConvGeometry g = conv_geometry(ctx.node(), x.shape(), y.shape(), w.shape());
-  check_blas_sizes(ctx, g);
   const T* px = x.data<T>();
   const T* pw = w.data<T>();
   T* py = y.data<T>();
+  if constexpr (std::is_same_v<T, float>)
+    if (onednn_convolution(ctx, ConvPass::forward, g, px, pw, py)) return;
+  check_blas_sizes(ctx, g);
   const int64_t patch = g.patch_size(), pixels = g.out_pixels(), og = g.group_out();
   ctx.parallel_for(g.batch * g.groups, og * patch * pixels, [&](int64_t t0, int64_t t1) {
     std::vector<T> col(g.pointwise() ? 0 : patch * pixels);
@@ -229,10 +232,12 @@ void backward_input_typed(KernelContext& ctx) {
   const Tensor& w = ctx.input(1);
   Tensor& dx = ctx.output(0);
   const ConvGeometry g = conv_geometry(ctx.node(), dx.shape(), dy.shape(), w.shape());
-  check_blas_sizes(ctx, g);
   const T* pdy = dy.data<T>();
   const T* pw = w.data<T>();
   T* pdx = dx.data<T>();
+  if constexpr (std::is_same_v<T, float>)
+    if (onednn_convolution(ctx, ConvPass::backward_input, g, pdy, pw, pdx)) return;
+  check_blas_sizes(ctx, g);
   const int64_t patch = g.patch_size(), pixels = g.out_pixels(), og = g.group_out();
   ctx.parallel_for(g.batch * g.groups, og * patch * pixels, [&](int64_t t0, int64_t t1) {
     std::vector<T> col(g.pointwise() ? 0 : patch * pixels);
@@ -262,10 +267,12 @@ void backward_filter_typed(KernelContext& ctx) {
   const Tensor& dy = ctx.input(1);
   Tensor& dw = ctx.output(0);
   const ConvGeometry g = conv_geometry(ctx.node(), x.shape(), dy.shape(), dw.shape());
-  check_blas_sizes(ctx, g);
   const T* px = x.data<T>();
   const T* pdy = dy.data<T>();
   T* pdw = dw.data<T>();
+  if constexpr (std::is_same_v<T, float>)
+    if (onednn_convolution(ctx, ConvPass::backward_filter, g, px, pdy, pdw)) return;
+  check_blas_sizes(ctx, g);
   const int64_t patch = g.patch_size(), pixels = g.out_pixels(), og = g.group_out();
   const int64_t blocks = (g.batch + kImagesPerBlock - 1) / kImagesPerBlock;
   const int64_t filter_size = g.out_channels * patch;
