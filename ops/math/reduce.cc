@@ -162,15 +162,14 @@ void reduce_axes(const KernelContext& ctx, const Tensor& x, const std::vector<in
     });
     return;
   }
-  if (runs.empty()) runs.emplace_back(false, 1);
-  int64_t outer = 1, r = 1, inner = 1;
-  int first = -1, last = -1;
+  int reduced_runs = 0, at = -1;  // at: the (last) reduced run
   for (int i = 0; i < static_cast<int>(runs.size()); ++i)
-    if (runs[i].first) (first < 0 ? first : last) = i, last = i;
-  if (first < 0 || first == last) {
-    // At most one reduced run: x is [outer, r, inner] as it lies.
+    if (runs[i].first) ++reduced_runs, at = i;
+  int64_t outer = 1, r = 1, inner = 1;
+  if (reduced_runs <= 1) {
+    // x is [outer, r, inner] as it lies (r = 1 when nothing is reduced).
     for (int i = 0; i < static_cast<int>(runs.size()); ++i)
-      (first < 0 || i < first ? outer : i > first ? inner : r) *= runs[i].second;
+      (at < 0 || i < at ? outer : i > at ? inner : r) *= runs[i].second;
     reduce_3d(ctx, x.data<T>(), y, outer, r, inner, red);
     return;
   }
@@ -185,18 +184,24 @@ void reduce_axes(const KernelContext& ctx, const Tensor& x, const std::vector<in
   reduce_3d(ctx, source.data<T>(), y, outer, r, 1, red);
 }
 
-template <Reduction kKind>
-void reduce_cpu(KernelContext& ctx) {
-  const Tensor& x = ctx.input(0);
-  Tensor& y = ctx.output(0);
-  std::vector<int64_t> axes =
-      reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"), x.shape().rank(), ctx.where());
+// y = reduce(x) over `axes` (sorted, distinct), for every CPU dtype but bool.
+void reduce_into(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& axes,
+                 Tensor& y, Reduction kind) {
   if (y.numel() == 0) return;
   dispatch_cpu(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>)
-      reduce_axes(ctx, x, axes, y.data<T>(), Reducer<T>{kKind});
+      reduce_axes(ctx, x, axes, y.data<T>(), Reducer<T>{kind});
   });
+}
+
+template <Reduction kKind>
+void reduce_cpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  reduce_into(
+      ctx, x,
+      reduced_axes(nullptr, ctx.attr<std::vector<int64_t>>("axes"), x.shape().rank(), ctx.where()),
+      ctx.output(0), kKind);
 }
 
 // Gradients. dy has y's shape; with keepdims off it first gets the reduced dims back (size 1)
@@ -314,12 +319,7 @@ KILN_OP(argmin)
 
 void sum_into(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& axes,
               Tensor& y) {
-  if (y.numel() == 0) return;
-  dispatch_cpu(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, bool>)
-      reduce_axes(ctx, x, axes, y.data<T>(), Reducer<T>{Reduction::sum});
-  });
+  reduce_into(ctx, x, axes, y, Reduction::sum);
 }
 
 }  // namespace ops

@@ -151,10 +151,10 @@ std::shared_ptr<const Problem> make_problem(ConvPass pass, const ConvGeometry& g
 }
 
 // `from` in `to`'s layout (`to` is `from` itself when the layouts agree).
-memory in_layout(const memory& from, const memory::desc& layout, dnnl::stream& stream) {
+memory in_layout(memory from, const memory::desc& layout, dnnl::stream& stream) {
   if (from.get_desc() == layout) return from;
   memory to(layout, cpu_engine());
-  dnnl::reorder(from, to).execute(stream, const_cast<memory&>(from), to);
+  dnnl::reorder(from, to).execute(stream, from, to);
   return to;
 }
 
