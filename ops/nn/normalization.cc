@@ -94,16 +94,15 @@ std::vector<TensorType> infer_normalize_backward(const InferContext& ctx) {
   return {ctx.input(0)};
 }
 
-// Calls fn(index) for each of the M elements of statistics group k, in a fixed order.
+// Calls fn(base) for each of the outer rows of statistics group k: the group's elements are
+// [base, base + inner) of every row, in a fixed order.
 template <typename Fn>
-void for_group(const NormLayout& l, int64_t k, Fn&& fn) {
-  for (int64_t a = 0; a < l.outer; ++a) {
-    const int64_t base = (a * l.kept + k) * l.inner;
-    for (int64_t b = 0; b < l.inner; ++b) fn(base + b);
-  }
+void for_group_rows(const NormLayout& l, int64_t k, Fn&& fn) {
+  for (int64_t a = 0; a < l.outer; ++a) fn((a * l.kept + k) * l.inner);
 }
 
-// Sums accumulate in double (M reaches millions in batch norm).
+// Sums accumulate in double (M reaches millions in batch norm), in SIMD lanes within a row
+// (the order depends on the vector width the build targets, never on the thread count).
 template <typename T>
 void normalize_typed(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
@@ -114,22 +113,35 @@ void normalize_typed(KernelContext& ctx) {
   T* y = ctx.output(0).data<T>();
   T* mean_out = ctx.output(1).data<T>();
   T* rstd_out = ctx.output(2).data<T>();
+  const int64_t inner = l.inner;
   const double count = static_cast<double>(l.outer * l.inner);
   ctx.parallel_for(l.kept, l.outer * l.inner * 4, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       double mean = 0;
       if (center) {
-        for_group(l, k, [&](int64_t i) { mean += px[i]; });
+        for_group_rows(l, k, [&](int64_t base) {
+          const T* row = px + base;
+#pragma omp simd reduction(+ : mean)
+          for (int64_t b = 0; b < inner; ++b) mean += static_cast<double>(row[b]);
+        });
         mean /= count;
       }
       double squares = 0;
-      for_group(l, k, [&](int64_t i) {
-        const double d = px[i] - mean;
-        squares += d * d;
+      for_group_rows(l, k, [&](int64_t base) {
+        const T* row = px + base;
+#pragma omp simd reduction(+ : squares)
+        for (int64_t b = 0; b < inner; ++b) {
+          const double d = static_cast<double>(row[b]) - mean;
+          squares += d * d;
+        }
       });
       const double rstd = 1 / std::sqrt(squares / count + eps);
       const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
-      for_group(l, k, [&](int64_t i) { y[i] = (px[i] - m) * r; });
+      for_group_rows(l, k, [&](int64_t base) {
+        const T* row = px + base;
+        T* out = y + base;
+        for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * r;
+      });
       mean_out[k] = m;
       rstd_out[k] = r;
     }
@@ -146,19 +158,30 @@ void normalize_backward_typed(KernelContext& ctx) {
   const T* rstd = ctx.input(2).data<T>();
   const T* dy = ctx.input(3).data<T>();
   T* dx = ctx.output(0).data<T>();
+  const int64_t inner = l.inner;
   const double count = static_cast<double>(l.outer * l.inner);
   ctx.parallel_for(l.kept, l.outer * l.inner * 6, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const T m = center ? mean[k] : T(0), r = rstd[k];
       double sum_dy = 0, sum_dy_xhat = 0;
-      for_group(l, k, [&](int64_t i) {
-        sum_dy += dy[i];
-        sum_dy_xhat += static_cast<double>(dy[i]) * static_cast<double>((px[i] - m) * r);
+      for_group_rows(l, k, [&](int64_t base) {
+        const T* row = px + base;
+        const T* drow = dy + base;
+#pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
+        for (int64_t b = 0; b < inner; ++b) {
+          sum_dy += static_cast<double>(drow[b]);
+          sum_dy_xhat += static_cast<double>(drow[b]) * static_cast<double>((row[b] - m) * r);
+        }
       });
       const T mean_dy = center ? static_cast<T>(sum_dy / count) : T(0);
       const T mean_dy_xhat = static_cast<T>(sum_dy_xhat / count);
-      for_group(l, k,
-                [&](int64_t i) { dx[i] = r * (dy[i] - mean_dy - (px[i] - m) * r * mean_dy_xhat); });
+      for_group_rows(l, k, [&](int64_t base) {
+        const T* row = px + base;
+        const T* drow = dy + base;
+        T* out = dx + base;
+        for (int64_t b = 0; b < inner; ++b)
+          out[b] = r * (drow[b] - mean_dy - (row[b] - m) * r * mean_dy_xhat);
+      });
     }
   });
 }

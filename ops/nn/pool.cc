@@ -7,6 +7,8 @@
 //   avg_pool2d_backward: dx[p] += dy[w] / count(w) for every window w holding p
 // The backward ops are linear in dy, so their gradients are the ops above again.
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "framework/gradient.h"
 #include "framework/kernel.h"
@@ -121,6 +123,104 @@ void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
                    });
 }
 
+// The tiled case: windows that tile the input without gaps or padding (kernel == stride,
+// in_w == out_w * kernel_w; rows below the last window are never read), as a 2x2 pool of an
+// even-sized map. Each window's first maximum (row-major order; a NaN wins) is found as the
+// first maximum of each row's piece (columns), then the first row holding the largest piece, so
+// both passes run over contiguous memory and vectorize. kIndex keeps the winner's place in its
+// window (r * kernel_w + c).
+bool tiles(const ConvGeometry& g) {
+  return g.pad_h == 0 && g.pad_w == 0 && g.stride_h == g.kernel_h && g.stride_w == g.kernel_w &&
+         g.in_w == g.out_w * g.kernel_w;
+}
+
+template <typename T>
+bool replaces(T v, T best) {
+  return (v > best || v != v) && best == best;
+}
+
+// best [out_h * out_w] (and at) for one plane; row_best/row_at hold kernel_h * out_h * out_w.
+// kKernelW: the window's width when known at compile time (2, the common case, lets the
+// compiler split even and odd columns with shuffles instead of gathers), else 0.
+template <bool kIndex, int kKernelW, typename T>
+void max_pool_tiled_plane(const T* plane, const ConvGeometry& g, T* row_best, int32_t* row_at,
+                          T* best, int32_t* at) {
+  const int64_t pieces = g.out_h * g.kernel_h * g.out_w;  // row pieces of all windows
+  const int64_t kw = kKernelW > 0 ? kKernelW : g.kernel_w;
+  for (int64_t t = 0; t < pieces; ++t) {
+    row_best[t] = plane[t * kw];
+    if constexpr (kIndex) row_at[t] = 0;
+  }
+  for (int64_t c = 1; c < kw; ++c)
+    for (int64_t t = 0; t < pieces; ++t) {
+      const T v = plane[t * kw + c];
+      const bool take = replaces(v, row_best[t]);
+      row_best[t] = take ? v : row_best[t];
+      if constexpr (kIndex) row_at[t] = take ? static_cast<int32_t>(c) : row_at[t];
+    }
+  const int64_t ow = g.out_w;
+  for (int64_t i = 0; i < g.out_h; ++i) {
+    T* b = best + i * ow;
+    const T* first = row_best + i * g.kernel_h * ow;
+    for (int64_t j = 0; j < ow; ++j) {
+      b[j] = first[j];
+      if constexpr (kIndex) at[i * ow + j] = row_at[i * g.kernel_h * ow + j];
+    }
+    for (int64_t r = 1; r < g.kernel_h; ++r) {
+      const T* piece = first + r * ow;
+      const int32_t* piece_at = row_at + (i * g.kernel_h + r) * ow;
+      for (int64_t j = 0; j < ow; ++j) {
+        const bool take = replaces(piece[j], b[j]);
+        b[j] = take ? piece[j] : b[j];
+        if constexpr (kIndex)
+          at[i * ow + j] = take ? static_cast<int32_t>(r * kw) + piece_at[j] : at[i * ow + j];
+      }
+    }
+  }
+}
+
+// kMode as max_pool_typed, for geometries that tile.
+template <int kMode, typename T>
+void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, const T* other,
+                    T* out) {
+  ctx.parallel_for(g.batch * g.in_channels, g.in_pixels() * 2, [&](int64_t p0, int64_t p1) {
+    const int64_t pieces = g.out_h * g.kernel_h * g.out_w;
+    std::vector<T> row_best(static_cast<size_t>(pieces));
+    std::vector<int32_t> row_at(kMode == 0 ? 0 : static_cast<size_t>(pieces));
+    std::vector<T> best(kMode == 0 ? 0 : static_cast<size_t>(g.out_pixels()));
+    std::vector<int32_t> at(kMode == 0 ? 0 : static_cast<size_t>(g.out_pixels()));
+    for (int64_t p = p0; p < p1; ++p) {
+      const T* plane = px + p * g.in_pixels();
+      if constexpr (kMode == 0) {
+        T* y = out + p * g.out_pixels();
+        if (g.kernel_w == 2)
+          max_pool_tiled_plane<false, 2>(plane, g, row_best.data(), nullptr, y, nullptr);
+        else
+          max_pool_tiled_plane<false, 0>(plane, g, row_best.data(), nullptr, y, nullptr);
+        continue;
+      }
+      if (g.kernel_w == 2)
+        max_pool_tiled_plane<true, 2>(plane, g, row_best.data(), row_at.data(), best.data(),
+                                      at.data());
+      else
+        max_pool_tiled_plane<true, 0>(plane, g, row_best.data(), row_at.data(), best.data(),
+                                      at.data());
+      T* dx = out + p * g.in_pixels();
+      if constexpr (kMode == 2) std::fill(dx, dx + g.in_pixels(), T(0));
+      for (int64_t i = 0; i < g.out_h; ++i)
+        for (int64_t j = 0; j < g.out_w; ++j) {
+          const int64_t o = i * g.out_w + j;
+          const int64_t r = at[o] / g.kernel_w, c = at[o] % g.kernel_w;
+          const int64_t offset = (i * g.kernel_h + r) * g.in_w + j * g.kernel_w + c;
+          if constexpr (kMode == 1)
+            out[p * g.out_pixels() + o] = other[p * g.in_pixels() + offset];
+          else
+            dx[offset] = other[p * g.out_pixels() + o];  // windows do not overlap
+        }
+    }
+  });
+}
+
 // The offset in its plane of the window's first maximum (a NaN is the maximum).
 template <typename T>
 int64_t argmax_in(const T* plane, int64_t width, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
@@ -147,6 +247,7 @@ void max_pool_typed(KernelContext& ctx) {
   const T* px = x.data<T>();
   const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
   T* out = ctx.output(0).data<T>();
+  if (tiles(g)) return max_pool_tiled<kMode>(ctx, g, px, other, out);
   if constexpr (kMode == 2) std::fill(out, out + ctx.output(0).numel(), T(0));
   for_each_window(
       ctx, g, [&](int64_t p, int64_t i, int64_t j, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {

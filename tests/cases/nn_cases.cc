@@ -146,7 +146,7 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
                         attrs);
        }});
 
-  // ---- Pooling: a square window without padding, an overlapping padded one.
+  // ---- Pooling: a square window without padding (tiling the input), an overlapping padded one.
   const Window square{2, 2, 2, 2, 0, 0}, padded{3, 2, 2, 1, 1, 1};
   add({.op = "max_pool2d",
        .name = "max_pool2d",
@@ -169,6 +169,15 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
   add({"max_pool2d_select", "max_pool2d_select", [padded](CaseGraph& c) {
          return c.g.add("max_pool2d_select", {c.input({2, 3, 6, 7}), c.input({2, 3, 6, 7})},
                         pool_attrs(padded));
+       }});
+  // The tiled fast path (windows that tile the input; a last row no window reads).
+  add({"max_pool2d_backward", "max_pool2d_backward_tiled", [square](CaseGraph& c) {
+         return c.g.add("max_pool2d_backward", {c.input({2, 3, 7, 6}), c.input({2, 3, 3, 3})},
+                        pool_attrs(square));
+       }});
+  add({"max_pool2d_select", "max_pool2d_select_tiled", [square](CaseGraph& c) {
+         return c.g.add("max_pool2d_select", {c.input({2, 3, 6, 6}), c.input({2, 3, 6, 6})},
+                        pool_attrs(square));
        }});
   for (bool include : {true, false}) {
     AttrMap attrs = pool_attrs(padded);

@@ -2,6 +2,7 @@
 // definitions), their gradients against finite differences, batch norm's running statistics,
 // and the errors a user can hit building convolution, pooling and normalization.
 #include <cmath>
+#include <limits>
 
 #include "autograd/gradcheck.h"
 #include "test_util.h"
@@ -117,6 +118,86 @@ TEST(Normalization, SecondDerivativesThroughNormalizeAreRefusedByName) {
   Value x = g.placeholder("x", f64, {3, 4});
   Value dx = gradients(sum(square(layer_norm(x))), {x})[0];
   expect_error<GraphError>([&] { gradients(sum(dx), {x}); }, {"normalize_backward", "no gradient"});
+}
+
+// Max pooling's gradient and selection go to each window's first maximum in row-major order,
+// and a NaN wins, on the tiled fast path (2x2 and 3x3 windows that tile the input) and on the
+// general one (overlapping, padded), for f32 and f64. Values come from a small set, so windows
+// hold many ties, NaNs and infinities.
+TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
+  struct Geometry {
+    Shape x;
+    Pool2dOptions window;
+  };
+  const std::vector<Geometry> geometries = {
+      {{2, 3, 6, 8}, {.kernel_size = {2, 2}}},  // tiled
+      {{1, 2, 7, 9}, {.kernel_size = {3, 3}}},  // tiled, row left
+      {{1, 2, 6, 7}, {.kernel_size = {3, 2}, .stride = {2, 1}, .padding = {1, 1}}}};  // general
+  const double kInf = std::numeric_limits<double>::infinity();
+  const double pool_values[] = {0, 1, 2, 2, -1, -kInf, kInf, NAN};
+  for (DType dtype : {f32, f64})
+    for (const Geometry& geo : geometries) {
+      SCOPED_TRACE(str(dtype, " ", geo.x));
+      std::vector<double> xs(static_cast<size_t>(geo.x.numel()));
+      uint32_t state = 7;
+      for (double& e : xs) {
+        state = state * 1664525u + 1013904223u;
+        e = pool_values[(state >> 24) % 8];
+      }
+      Tensor x = Tensor::from_vector<double>(xs, geo.x);
+      if (dtype == f32)
+        x = Tensor::from_vector<float>(std::vector<float>(xs.begin(), xs.end()), geo.x);
+      Graph g;
+      Value vx = g.placeholder("x", dtype, geo.x);
+      Value y = max_pool2d(vx, geo.window);
+      const Shape ys = y.shape();
+      Tensor dy = testing::random_tensor(dtype, ys, 1, 2, 11);
+      Value vdy = g.placeholder("dy", dtype, ys);
+      Value vv = g.placeholder("v", dtype, geo.x);
+      Value dx = gradients(sum(y * vdy), {vx})[0];
+      const auto stride = geo.window.stride[0] > 0 ? geo.window.stride : geo.window.kernel_size;
+      Value selected =
+          g.add("max_pool2d_select", {vx, vv},
+                {{"kernel_size",
+                  std::vector<int64_t>{geo.window.kernel_size[0], geo.window.kernel_size[1]}},
+                 {"stride", std::vector<int64_t>{stride[0], stride[1]}},
+                 {"padding", std::vector<int64_t>{geo.window.padding[0], geo.window.padding[1]}}});
+      Tensor v = testing::random_tensor(dtype, geo.x, -1, 1, 12);
+      Session session(g);
+      auto out = session.run({{vx, x}, {vdy, dy}, {vv, v}}, {y, dx, selected});
+
+      // The reference: scan each window row-major, keep the first maximum or the first NaN.
+      const auto& k = geo.window.kernel_size;
+      const auto& st = stride;
+      const auto& pad = geo.window.padding;
+      std::vector<double> want_dx(static_cast<size_t>(x.numel()), 0.0);
+      for (int64_t p = 0; p < ys[0] * ys[1]; ++p)
+        for (int64_t i = 0; i < ys[2]; ++i)
+          for (int64_t j = 0; j < ys[3]; ++j) {
+            int64_t at = -1;
+            for (int64_t a = 0; a < k[0]; ++a)
+              for (int64_t b = 0; b < k[1]; ++b) {
+                const int64_t h = i * st[0] - pad[0] + a, w = j * st[1] - pad[1] + b;
+                if (h < 0 || h >= geo.x[2] || w < 0 || w >= geo.x[3]) continue;
+                const int64_t idx = (p * geo.x[2] + h) * geo.x[3] + w;
+                if (at < 0) {
+                  at = idx;
+                } else if (!std::isnan(x.element(at)) &&
+                           (std::isnan(x.element(idx)) || x.element(idx) > x.element(at))) {
+                  at = idx;
+                }
+              }
+            const int64_t o = (p * ys[2] + i) * ys[3] + j;
+            const double want = x.element(at);
+            const double got = out[0].element(o);
+            EXPECT_TRUE(std::isnan(want) ? std::isnan(got) : got == want)
+                << "y at " << o << ": " << got << ", expected " << want;
+            EXPECT_EQ(out[2].element(o), v.element(at)) << "select at " << o;
+            want_dx[static_cast<size_t>(at)] += dy.element(o);
+          }
+      for (int64_t i = 0; i < x.numel(); ++i)
+        EXPECT_NEAR(out[1].element(i), want_dx[static_cast<size_t>(i)], 1e-6) << "dx at " << i;
+    }
 }
 
 TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {
