@@ -1,11 +1,11 @@
 // Reverse-mode differentiation over the graph. Node ids are a topological order (Graph's
 // invariant), so one backward sweep in decreasing id order visits every node after all of
 // its consumers, when its output gradients are complete.
-#include "autograd/gradients.h"
+#include "kiln/autograd/gradients.h"
 
 #include <unordered_map>
 
-#include "framework/gradient.h"
+#include "kiln/framework/gradient.h"
 
 namespace kiln {
 
@@ -19,6 +19,25 @@ std::string path_to(const Graph& g, int32_t id, const std::vector<int32_t>& reac
   return path;
 }
 
+// Why x gets no gradient from y: no path at all, or every path is cut at a node that passes
+// no gradient (the one nearest y that x reaches is named, with its path from y).
+std::string why_unused(const Graph& g, const Value& x, const Value& y,
+                       const std::vector<char>& blocks, const std::vector<int32_t>& reached_from) {
+  const int32_t n = y.node_id() + 1;
+  std::vector<char> reached(n, 0);
+  if (x.node_id() < n) reached[x.node_id()] = 1;
+  for (int32_t id = x.node_id() + 1; id < n; ++id)
+    for (OutputRef in : g.node(id).inputs()) reached[id] |= reached[in.node];
+  if (!reached[y.node_id()]) return "no path leads from it to y";
+  for (int32_t id = y.node_id(); id > x.node_id(); --id)
+    if (reached[id] && blocks[id])
+      return str(
+          "its paths to y pass no gradient (through integer or bool values, "
+          "stop_gradient or a piecewise-constant op), as at '",
+          g.node(id).name(), "' (", g.node(id).op_name(), "): y <- ", path_to(g, id, reached_from));
+  return "its paths to y pass no gradient";
+}
+
 Value sum_of(Graph& g, std::vector<Value>& parts) {
   if (parts.size() == 1) return parts[0];
   return g.add("add_n", parts);
@@ -26,7 +45,9 @@ Value sum_of(Graph& g, std::vector<Value>& parts) {
 
 }  // namespace
 
-std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value dy) {
+std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
+                             const GradientOptions& options) {
+  const Value& dy = options.dy;
   KILN_CHECK(y.defined(), GraphError, "[autograd] y is an undefined Value");
   Graph& g = *y.graph();
   KILN_CHECK(is_floating(y.dtype()), GraphError, "[autograd] cannot differentiate ", y.name(),
@@ -72,6 +93,8 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value
         dy.defined() ? dy : g.add("full_like", {y}, {{"value", 1.0}}, {.name = "dy"}));
   }
   std::unordered_map<int64_t, Value> result;  // x ref -> its total gradient
+  // Nodes that an x reaches through an input but that pass no gradient on (for messages).
+  std::vector<char> blocks(n, 0);
   std::vector<char> is_x(n, 0);
   for (const Value& x : xs)
     if (x.node_id() < n) is_x[x.node_id()] = 1;
@@ -97,7 +120,14 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value
       if (from_x[in.node] && is_floating(g.node(in.node).outputs()[in.index].dtype))
         wanted.push_back(static_cast<int>(i));
     }
-    if (wanted.empty() || node.op().has_no_gradient()) continue;
+    // Whether an x reaches this node through an input: if then no gradient flows on, the
+    // node is where x's paths are cut (named when an x ends up without a gradient).
+    bool input_from_x = false;
+    for (OutputRef in : node.inputs()) input_from_x |= from_x[in.node] != 0;
+    if (wanted.empty() || node.op().has_no_gradient()) {
+      blocks[id] = input_from_x;
+      continue;
+    }
     if (!node.op().grad_fn())
       throw GraphError(str("[autograd] op '", node.op_name(), "' (node '", node.name(),
                            "') has no gradient; path from y: ", path_to(g, id, reached_from)));
@@ -108,12 +138,15 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value
       grads = node.op().grad_fn()(ctx);
     }
     KILN_DASSERT(grads.size() == node.inputs().size());
+    bool passed = false;
     for (int i : wanted) {
       if (i >= static_cast<int>(grads.size()) || !grads[i].defined()) continue;
       OutputRef in = node.inputs()[i];
       partials[key(in)].push_back(grads[i]);
       if (reached_from[in.node] < 0) reached_from[in.node] = id;
+      passed = true;
     }
+    if (!passed) blocks[id] = 1;  // piecewise constant (sign, round)
   }
 
   std::vector<Value> out;
@@ -121,15 +154,24 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs, Value
     auto it = result.find(key(x.ref()));
     if (it != result.end()) {
       out.push_back(it->second);
+      continue;
+    }
+    auto pending = partials.find(key(x.ref()));  // x below `lowest` is impossible; y == x
+    if (pending != partials.end()) {
+      out.push_back(sum_of(g, pending->second));
+    } else if (options.materialize_unused) {
+      out.push_back(g.add("full_like", {x}, {{"value", 0.0}}));
+    } else if (options.allow_unused) {
+      out.push_back(Value());
     } else {
-      auto pending = partials.find(key(x.ref()));  // x below `lowest` is impossible; y == x
-      out.push_back(pending != partials.end() ? sum_of(g, pending->second)
-                                              : g.add("full_like", {x}, {{"value", 0.0}}));
+      throw GraphError(str("[autograd] y '", y.name(), "' does not depend on x '", x.name(),
+                           "': ", why_unused(g, x, y, blocks, reached_from),
+                           ". Set allow_unused (undefined gradient) or materialize_unused (zeros)"
+                           " in GradientOptions if that is intended"));
     }
   }
   return out;
 }
-
 Value stop_gradient(const Value& x) {
   return common_graph("stop_gradient", {&x}).add("stop_gradient", {x});
 }

@@ -1,8 +1,8 @@
-#include "autograd/mixed_precision.h"
+#include "kiln/autograd/mixed_precision.h"
 
 #include <unordered_map>
 
-#include "ops/array.h"
+#include "kiln/ops/array.h"
 
 namespace kiln {
 

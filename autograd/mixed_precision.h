@@ -2,7 +2,7 @@
 // (or f16) and f32 master weights, as torch.autocast does eagerly.
 #pragma once
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 

@@ -1,11 +1,11 @@
-#include "autograd/optim.h"
+#include "kiln/autograd/optim.h"
 
 #include <cmath>
 
-#include "autograd/gradients.h"
-#include "ops/array.h"
-#include "ops/math.h"
-#include "ops/state.h"
+#include "kiln/autograd/gradients.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/state.h"
 
 namespace kiln::optim {
 
@@ -123,17 +123,25 @@ std::vector<GradientAndVariable> Optimizer::compute_gradients(const Value& loss,
   KILN_CHECK(loss.shape().rank() == 0 || (loss.shape().is_known() && loss.shape().numel() == 1),
              GraphError, "[optim] the loss must be a scalar, got ", loss.shape(),
              " (take its mean or sum)");
+  // Variables the loss does not depend on get no update (as PyTorch's optimizers skip
+  // parameters whose gradient is None): momentum and weight decay leave them alone.
+  const GradientOptions allow{.allow_unused = true};
   std::vector<Value> grads;
   if (scaling_) {
     Value scale = loss_scale_variable(graph, loss_scale_);
-    grads = gradients(loss * cast(scale, loss.dtype()), vars);
+    grads = gradients(loss * cast(scale, loss.dtype()), vars, allow);
     NameScope scope(graph, "loss_scaling");
-    for (Value& g : grads) g = g / cast(scale, g.dtype());
+    for (Value& g : grads)
+      if (g.defined()) g = g / cast(scale, g.dtype());
   } else {
-    grads = gradients(loss, vars);
+    grads = gradients(loss, vars, allow);
   }
   std::vector<GradientAndVariable> pairs;
-  for (size_t i = 0; i < vars.size(); ++i) pairs.push_back({grads[i], vars[i]});
+  for (size_t i = 0; i < vars.size(); ++i)
+    if (grads[i].defined()) pairs.push_back({grads[i], vars[i]});
+  KILN_CHECK(!pairs.empty(), GraphError, "[optim] the loss ", loss.name(),
+             " depends on none of the ", vars.size(),
+             " variables to train (first: ", vars[0].name(), ")");
   return pairs;
 }
 

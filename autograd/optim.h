@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln::optim {
 
@@ -31,7 +31,7 @@ struct SGDOptions {
   double momentum = 0;
   bool nesterov = false;
   double weight_decay = 0;
-  Schedule schedule;
+  Schedule schedule{};
   double clip_norm = 0;  ///< > 0: scale gradients so their global L2 norm is at most this
 };
 
@@ -41,7 +41,7 @@ struct AdamOptions {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0;  ///< Adam: L2 added to the gradient; AdamW: decoupled decay
-  Schedule schedule;
+  Schedule schedule{};
   double clip_norm = 0;
 };
 
@@ -50,7 +50,7 @@ struct RMSPropOptions {
   double alpha = 0.99;
   double eps = 1e-8;
   double weight_decay = 0;
-  Schedule schedule;
+  Schedule schedule{};
   double clip_norm = 0;
 };
 
@@ -68,8 +68,8 @@ struct LossScaleOptions {
 
 /// A gradient and the variable it belongs to (TensorFlow's (gradient, variable) pairs).
 struct GradientAndVariable {
-  Value gradient;
-  Value variable;
+  Value gradient{};
+  Value variable{};
 };
 
 /// Base of the optimizers.
@@ -87,8 +87,9 @@ class Optimizer {
   /// Step one: the gradients of `loss` with respect to `vars` (default: every trainable
   /// variable), as graph values. With loss scaling the loss is multiplied by the scale before
   /// differentiation and each gradient divided by it again, so what is returned is the true
-  /// gradient (computed in the scaled range). A transform may change the gradients before
-  /// step two (an all-reduce, an average over micro-batches).
+  /// gradient (computed in the scaled range). Variables the loss does not depend on are left
+  /// out (and so never updated); none at all is a GraphError. A transform may change the
+  /// gradients before step two (an all-reduce, an average over micro-batches).
   std::vector<GradientAndVariable> compute_gradients(const Value& loss,
                                                      std::vector<Value> vars = {});
   /// Step two: optional global-norm clipping, the scheduled learning rate, one fused update

@@ -1,15 +1,15 @@
 // The collective ops: schemas, inference, gradients and host kernels (Gloo through the default
 // group's communicator). The CUDA kernels (NCCL) are in nccl_collectives.cc.
-#include "distributed/collectives.h"
+#include "kiln/distributed/collectives.h"
 
 #include <cstring>
 #include <mutex>
 
-#include "distributed/distributed.h"
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/math.h"
+#include "kiln/distributed/distributed.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
 
 namespace kiln::distributed {
 

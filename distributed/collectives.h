@@ -7,8 +7,8 @@
 
 #include <memory>
 
-#include "distributed/communicator.h"
-#include "framework/graph.h"
+#include "kiln/distributed/communicator.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln::distributed {
 

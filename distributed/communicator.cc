@@ -1,6 +1,6 @@
-#include "distributed/communicator.h"
+#include "kiln/distributed/communicator.h"
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::distributed {
 

@@ -7,8 +7,8 @@
 #include <memory>
 #include <string>
 
-#include "distributed/store.h"
-#include "framework/tensor.h"
+#include "kiln/distributed/store.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln::distributed {
 

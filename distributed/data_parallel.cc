@@ -1,14 +1,14 @@
 // The data-parallel transform: bucketed gradient averaging, micro-batch accumulation and the
 // broadcast of variables from one rank.
-#include "distributed/data_parallel.h"
+#include "kiln/distributed/data_parallel.h"
 
 #include <algorithm>
 #include <map>
 
-#include "distributed/collectives.h"
-#include "ops/array.h"
-#include "ops/math.h"
-#include "ops/state.h"
+#include "kiln/distributed/collectives.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/state.h"
 
 namespace kiln::distributed {
 

@@ -17,8 +17,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "autograd/optim.h"
-#include "framework/graph.h"
+#include "kiln/autograd/optim.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln::distributed {
 
@@ -40,23 +40,23 @@ struct DataParallelOptions {
 
 /// One all-reduced bucket: its gradients' variables, in packing order.
 struct GradientBucket {
-  std::vector<Value> variables;
+  std::vector<Value> variables{};
   DType dtype = DType::f32;
   int64_t bytes = 0;
   /// The all_reduce node's output (the packed, averaged gradients).
-  Value reduced;
+  Value reduced{};
 };
 
 /// What data_parallel adds to the graph.
 struct DataParallel {
   /// The gradients averaged over the ranks (and micro-batches), for apply_gradients.
-  std::vector<optim::GradientAndVariable> gradients;
+  std::vector<optim::GradientAndVariable> gradients{};
   /// In the order they are all-reduced.
-  std::vector<GradientBucket> buckets;
+  std::vector<GradientBucket> buckets{};
   /// With accumulation_steps > 1: the target of the micro-batches that do not step.
-  Value accumulate;
+  Value accumulate{};
   /// With accumulation_steps > 1: the target that zeroes the accumulators (part of apply()).
-  Value reset;
+  Value reset{};
   /// optimizer.apply_gradients(gradients), and the reset of the accumulators: one target.
   Value apply(optim::Optimizer& optimizer) const;
 };

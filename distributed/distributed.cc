@@ -1,8 +1,8 @@
-#include "distributed/distributed.h"
+#include "kiln/distributed/distributed.h"
 
 #include <cstring>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::distributed {
 

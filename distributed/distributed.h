@@ -7,10 +7,10 @@
 #include <chrono>
 #include <memory>
 
-#include "distributed/collectives.h"
-#include "distributed/communicator.h"
-#include "distributed/environment.h"
-#include "distributed/store.h"
+#include "kiln/distributed/collectives.h"
+#include "kiln/distributed/communicator.h"
+#include "kiln/distributed/environment.h"
+#include "kiln/distributed/store.h"
 
 namespace kiln::distributed {
 

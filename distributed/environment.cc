@@ -1,9 +1,9 @@
-#include "distributed/environment.h"
+#include "kiln/distributed/environment.h"
 
 #include <climits>
 #include <cstdlib>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::distributed {
 

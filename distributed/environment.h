@@ -25,7 +25,7 @@ struct Environment {
   bool port_taken_by_launcher = false;
   /// The job's identity (TORCHELASTIC_RUN_ID, SLURM_JOB_ID or KILN_JOB_ID; "" if none): the
   /// rendezvous refuses a store of another job.
-  std::string job_id;
+  std::string job_id{};
 };
 
 /// Reads a variable: its value, or nullopt when unset (tests pass their own).

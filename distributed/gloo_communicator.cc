@@ -11,9 +11,9 @@
 
 #include <cstring>
 
-#include "distributed/communicator.h"
-#include "framework/dtype.h"
-#include "framework/error.h"
+#include "kiln/distributed/communicator.h"
+#include "kiln/framework/dtype.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::distributed {
 

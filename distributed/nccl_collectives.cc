@@ -21,10 +21,10 @@
 #include <mutex>
 #include <thread>
 
-#include "distributed/distributed.h"
-#include "framework/cuda/cuda_libraries.h"
-#include "framework/kernel.h"
-#include "framework/lane_resources.h"
+#include "kiln/distributed/distributed.h"
+#include "kiln/framework/cuda/cuda_libraries.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/framework/lane_resources.h"
 
 namespace kiln::distributed {
 

@@ -1,7 +1,7 @@
 // The TCP store. Messages are length-prefixed: a request is [u32 size][u8 command][fields], a
 // string field [u32 size][bytes], an integer 8 bytes little-endian. Peers are untrusted:
 // sizes are bounded and a malformed request closes that connection.
-#include "distributed/store.h"
+#include "kiln/distributed/store.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,7 +20,7 @@
 #include <mutex>
 #include <thread>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::distributed {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "distributed/environment.h"
+#include "kiln/distributed/environment.h"
 
 namespace kiln::distributed {
 

@@ -8,7 +8,7 @@
 //                     [--resume] [--stop-after EPOCHS] [--trace FILE.json]
 //                     [--device best|cpu|cuda|cuda:N] [--cuda-graphs] [--amp bf16|f16]
 // Data-parallel under kiln-launch / torchrun / srun as fashion_mnist_mlp.
-#include "examples/fashion_mnist_trainer.h"
+#include "fashion_mnist_trainer.h"
 
 using namespace kiln;
 

@@ -11,7 +11,7 @@
 // batch / world_size examples of its own shard, and the gradients are averaged):
 //   kiln-launch --nproc-per-node 2 fashion_mnist_mlp --epochs 10
 // (or under torchrun --no-python / srun). Rank 0 prints, saves the graph and checkpoints.
-#include "examples/fashion_mnist_trainer.h"
+#include "fashion_mnist_trainer.h"
 
 using namespace kiln;
 

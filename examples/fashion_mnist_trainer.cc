@@ -1,5 +1,5 @@
 // The shared Fashion-MNIST training driver (see fashion_mnist_trainer.h).
-#include "examples/fashion_mnist_trainer.h"
+#include "fashion_mnist_trainer.h"
 
 #include <unistd.h>
 

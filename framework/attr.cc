@@ -1,4 +1,4 @@
-#include "framework/attr.h"
+#include "kiln/framework/attr.h"
 
 #include <sstream>
 

@@ -7,9 +7,9 @@
 #include <variant>
 #include <vector>
 
-#include "framework/dtype.h"
-#include "framework/shape.h"
-#include "framework/tensor.h"
+#include "kiln/framework/dtype.h"
+#include "kiln/framework/shape.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln {
 

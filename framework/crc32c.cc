@@ -1,4 +1,4 @@
-#include "framework/crc32c.h"
+#include "kiln/framework/crc32c.h"
 
 #include <array>
 

@@ -1,4 +1,4 @@
-#include "framework/data.h"
+#include "kiln/framework/data.h"
 
 #include <zlib.h>
 
@@ -6,7 +6,7 @@
 #include <numeric>
 #include <random>
 
-#include "framework/graph_io.h"
+#include "kiln/framework/graph_io.h"
 
 namespace kiln::data {
 

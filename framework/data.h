@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "framework/tensor.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln::data {
 

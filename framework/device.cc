@@ -1,9 +1,9 @@
-#include "framework/device.h"
+#include "kiln/framework/device.h"
 
 #include <charconv>
 #include <ostream>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln {
 
@@ -13,12 +13,18 @@ Device Device::best() {
 
 Device Device::parse(std::string_view text) {
   if (text == "cpu") return cpu();
-  if (text == "cuda" || text == "gpu") return cuda(0);
+  if (text == "cuda" || text == "gpu") {
+    check_device_usable(cuda(0));
+    return cuda(0);
+  }
   if (text.starts_with("cuda:")) {
     std::string_view digits = text.substr(5);
     int index = -1;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
-    if (ec == std::errc() && end == digits.data() + digits.size() && index >= 0) return cuda(index);
+    if (ec == std::errc() && end == digits.data() + digits.size() && index >= 0) {
+      check_device_usable(cuda(index));
+      return cuda(index);
+    }
   }
   throw Error(str("[device] cannot parse device '", text, "' (expected cpu, cuda or cuda:N)"));
 }

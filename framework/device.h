@@ -19,7 +19,9 @@ struct Device {
   static Device cuda(int index = 0) { return {DeviceKind::cuda, index}; }
   /// cuda:0 where a usable GPU and driver are present, else the CPU.
   static Device best();
-  /// Parses "cpu", "cuda" or "cuda:N"; throws kiln::Error naming the text otherwise.
+  /// Parses "cpu", "cuda" or "cuda:N" and checks that the device can be used here: throws
+  /// kiln::Error naming the text when it is not a device name, kiln::DeviceError saying why
+  /// when it names a GPU this machine cannot use (before any work is done on it).
   static Device parse(std::string_view text);
 
   bool is_cpu() const { return kind == DeviceKind::cpu; }
@@ -37,7 +39,7 @@ struct CudaAvailability {
   int device_count = 0;
   /// Why there is no usable GPU, empty when device_count > 0: "built without CUDA",
   /// "no CUDA driver is installed", "no CUDA driver, or one older than the CUDA 13.0 runtime", ...
-  std::string reason;
+  std::string reason{};
 };
 
 /// Queries the CUDA runtime once and caches the answer.

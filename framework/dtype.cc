@@ -1,4 +1,4 @@
-#include "framework/dtype.h"
+#include "kiln/framework/dtype.h"
 
 #include <ostream>
 

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <type_traits>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 #if defined(__CUDACC__)
 #define KILN_HOST_DEVICE __host__ __device__ __forceinline__

@@ -1,4 +1,4 @@
-#include "framework/file_io.h"
+#include "kiln/framework/file_io.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -10,7 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln {
 

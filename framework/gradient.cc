@@ -1,4 +1,4 @@
-#include "framework/gradient.h"
+#include "kiln/framework/gradient.h"
 
 namespace kiln {
 

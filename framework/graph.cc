@@ -1,4 +1,4 @@
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 #include <charconv>
 
@@ -33,14 +33,11 @@ Value Graph::constant(const Tensor& value, const std::string& name) {
 
 Value Graph::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
                       DType dtype, bool trainable) {
-  return add("variable", {},
-             {{"dtype", dtype},
-              {"shape", shape},
-              {"init", initializer.kind},
-              {"init_args", initializer.args},
-              {"seed", initializer.seed},
-              {"trainable", trainable}},
-             {.name = name, .exact_name = true});
+  AttrMap attrs{{"dtype", dtype},           {"shape", shape},
+                {"init", initializer.kind}, {"init_args", initializer.args},
+                {"seed", initializer.seed}, {"trainable", trainable}};
+  if (initializer.value.defined()) attrs["init_value"] = initializer.value;
+  return add("variable", {}, std::move(attrs), {.name = name, .exact_name = true});
 }
 
 std::vector<Value> Graph::variables(bool trainable_only) {

@@ -9,10 +9,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "framework/attr.h"
-#include "framework/op_registry.h"
-#include "framework/tensor.h"
-#include "framework/variables.h"
+#include "kiln/framework/attr.h"
+#include "kiln/framework/op_registry.h"
+#include "kiln/framework/tensor.h"
+#include "kiln/framework/variables.h"
 
 namespace kiln {
 
@@ -52,7 +52,20 @@ class Value {
   /// The node name, with ":index" for outputs other than the first.
   std::string name() const;
 
-  bool operator==(const Value& other) const = default;
+  /// True when both handles refer to the same output of the same graph. (`a == b` is the
+  /// elementwise comparison, a bool Value: ops/math.h.)
+  bool same_as(const Value& other) const { return graph_ == other.graph_ && ref_ == other.ref_; }
+
+  /// x[i]: the slice at index i of dim 0, that dim dropped (negative i counts from the end),
+  /// as PyTorch's and NumPy's x[i].
+  Value operator[](int64_t index) const;
+  /// x[begin:end:step] along `axis` (Python semantics: negative bounds count from the end, out
+  /// of range ones clamp), the other dims whole.
+  Value slice(int64_t axis, int64_t begin, int64_t end = kSliceEnd, int64_t step = 1) const;
+  /// This value under the name `name` in the current scope (an identity node named exactly
+  /// so; a name already taken is a GraphError): what signatures, fetches and kiln-run's output
+  /// files call it.
+  Value named(const std::string& name) const;
 
  private:
   Graph* graph_ = nullptr;
@@ -90,17 +103,17 @@ class Node {
 
 /// A named entry point into a graph: what to feed, what to fetch, what to run for effect.
 struct Signature {
-  std::string name;
-  std::vector<Value> inputs;
-  std::vector<Value> outputs;
-  std::vector<Value> targets;
+  std::string name{};
+  std::vector<Value> inputs{};
+  std::vector<Value> outputs{};
+  std::vector<Value> targets{};
 };
 
 /// Options for Graph::add_node.
 struct NodeOptions {
   /// The node's name inside the current scope; empty = derived from the op name. When taken,
   /// a suffix "_1", "_2", ... makes it unique, unless `exact_name` is set (then it is an error).
-  std::string name;
+  std::string name{};
   bool exact_name = false;
   /// Ignore the current name scope (optimizer slots are named after their variable).
   bool absolute_name = false;

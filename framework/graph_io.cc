@@ -1,4 +1,4 @@
-#include "framework/graph_io.h"
+#include "kiln/framework/graph_io.h"
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
@@ -8,8 +8,8 @@
 #include <queue>
 #include <sstream>
 
-#include "framework/crc32c.h"
 #include "framework/graph.pb.h"
+#include "kiln/framework/crc32c.h"
 
 namespace kiln {
 

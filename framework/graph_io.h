@@ -4,8 +4,8 @@
 #include <memory>
 #include <string>
 
-#include "framework/file_io.h"
-#include "framework/graph.h"
+#include "kiln/framework/file_io.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 
@@ -29,7 +29,7 @@ enum class GraphFormat {
 struct SaveGraphOptions {
   GraphFormat format = GraphFormat::automatic;
   /// Signatures to store in addition to those already added to the graph.
-  std::vector<Signature> signatures;
+  std::vector<Signature> signatures{};
 };
 
 /// Converts a graph to its protobuf form (nodes in id order, attributes, constants, signatures).

@@ -1,9 +1,9 @@
-#include "framework/kernel.h"
+#include "kiln/framework/kernel.h"
 
 #include <algorithm>
 
-#include "framework/cuda/device_memory.h"
-#include "framework/graph.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 

@@ -3,10 +3,10 @@
 
 #include <span>
 
-#include "framework/graph.h"
-#include "framework/lane_resources.h"
-#include "framework/parallel.h"
-#include "framework/tensor.h"
+#include "kiln/framework/graph.h"
+#include "kiln/framework/lane_resources.h"
+#include "kiln/framework/parallel.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln {
 

@@ -13,8 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "framework/device.h"
-#include "framework/error.h"
+#include "kiln/framework/device.h"
+#include "kiln/framework/error.h"
 
 namespace kiln {
 

@@ -1,9 +1,9 @@
-#include "framework/npy.h"
+#include "kiln/framework/npy.h"
 
 #include <cstring>
 #include <string_view>
 
-#include "framework/graph_io.h"
+#include "kiln/framework/graph_io.h"
 
 namespace kiln {
 

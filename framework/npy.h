@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "framework/tensor.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln {
 

@@ -1,4 +1,4 @@
-#include "framework/op_registry.h"
+#include "kiln/framework/op_registry.h"
 
 #include <sstream>
 

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "framework/attr.h"
-#include "framework/device.h"
-#include "framework/error.h"
+#include "kiln/framework/attr.h"
+#include "kiln/framework/device.h"
+#include "kiln/framework/error.h"
 
 namespace kiln {
 
@@ -24,7 +24,7 @@ class Value;
 /// What inference knows about one output: its dtype and its (possibly partly unknown) shape.
 struct TensorType {
   DType dtype = DType::f32;
-  Shape shape;
+  Shape shape{};
   bool operator==(const TensorType&) const = default;
 };
 

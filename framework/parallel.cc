@@ -1,4 +1,4 @@
-#include "framework/parallel.h"
+#include "kiln/framework/parallel.h"
 
 #include <algorithm>
 

@@ -1,9 +1,9 @@
-#include "framework/shape.h"
+#include "kiln/framework/shape.h"
 
 #include <ostream>
 #include <sstream>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln {
 

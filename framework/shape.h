@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <iosfwd>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,9 @@ namespace kiln {
 
 /// Marks a dim whose size is known only when the graph runs (a batch size, for example).
 inline constexpr int64_t kUnknownDim = -1;
+
+/// The `end` of a slice meaning "to the end of the axis".
+inline constexpr int64_t kSliceEnd = std::numeric_limits<int64_t>::max();
 
 /// The dims of a tensor, outermost first. A dim is >= 0, or kUnknownDim.
 class Shape {
@@ -47,6 +51,23 @@ class Shape {
 };
 
 std::ostream& operator<<(std::ostream& out, const Shape& shape);
+
+/// One axis or a list of axes, wherever an op takes axes: sum(x, 1) and sum(x, {0, 2}) both
+/// work. Negative axes count from the end; an empty list means what the op says (all axes for
+/// a reduction).
+class Axes {
+ public:
+  Axes() = default;
+  Axes(int64_t axis) : list_{axis} {}                          // NOLINT: implicit, sum(x, 1)
+  Axes(std::initializer_list<int64_t> axes) : list_(axes) {}   // sum(x, {0, 2})
+  Axes(std::vector<int64_t> axes) : list_(std::move(axes)) {}  // NOLINT: implicit
+  const std::vector<int64_t>& list() const { return list_; }
+  operator std::vector<int64_t>() const& { return list_; }         // NOLINT: implicit
+  operator std::vector<int64_t>() && { return std::move(list_); }  // NOLINT: implicit
+
+ private:
+  std::vector<int64_t> list_;
+};
 
 /// Validates a possibly negative axis for a tensor of `rank` and returns it in [0, rank).
 /// `what` names the caller for the error message ("[sum] loss/sum").

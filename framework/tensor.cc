@@ -1,4 +1,4 @@
-#include "framework/tensor.h"
+#include "kiln/framework/tensor.h"
 
 #include <algorithm>
 #include <atomic>
@@ -9,7 +9,7 @@
 #include <sstream>
 #include <vector>
 
-#include "framework/cuda/device_memory.h"
+#include "kiln/framework/cuda/device_memory.h"
 
 namespace kiln {
 
@@ -106,6 +106,37 @@ int64_t host_allocation_count() {
 
 HostStorage::~HostStorage() {
   free_host(data(), capacity_);
+}
+
+namespace {
+
+// Memory a caller lent to a tensor (Tensor::from_blob); `release` runs when the last tensor
+// sharing it goes.
+class BorrowedStorage final : public Storage {
+ public:
+  BorrowedStorage(void* data, size_t nbytes, std::function<void(void*)> release)
+      : Storage(data, nbytes, Device::cpu()), release_(std::move(release)) {}
+  ~BorrowedStorage() override {
+    if (release_) release_(data());
+  }
+
+ private:
+  std::function<void(void*)> release_;
+};
+
+}  // namespace
+
+Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype,
+                         std::function<void(void*)> deleter) {
+  KILN_CHECK(shape.is_known(), Error, "[tensor] from_blob with shape ", shape,
+             ": every dim must be known");
+  const size_t element = dtype_size(dtype);
+  KILN_CHECK(data != nullptr || shape.numel() == 0, Error,
+             "[tensor] from_blob of a null pointer for ", dtype, shape);
+  KILN_CHECK(reinterpret_cast<uintptr_t>(data) % element == 0, Error, "[tensor] from_blob: ", data,
+             " is not aligned to the ", element, "-byte elements of ", dtype);
+  const size_t nbytes = static_cast<size_t>(shape.numel()) * element;
+  return Tensor(dtype, shape, std::make_shared<BorrowedStorage>(data, nbytes, std::move(deleter)));
 }
 
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_t offset)

@@ -2,14 +2,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
-#include "framework/device.h"
-#include "framework/dtype.h"
-#include "framework/error.h"
-#include "framework/shape.h"
+#include "kiln/framework/device.h"
+#include "kiln/framework/dtype.h"
+#include "kiln/framework/error.h"
+#include "kiln/framework/shape.h"
 
 namespace kiln {
 
@@ -80,6 +82,13 @@ class Tensor {
   static Tensor from_vector(const std::vector<T>& values) {
     return from_vector(values, Shape{static_cast<int64_t>(values.size())});
   }
+  /// A host tensor over memory the caller owns, without copying (libtorch's from_blob). The
+  /// memory must hold shape.numel() elements of `dtype`, aligned to the element size, and stay
+  /// valid until `deleter` is called with `data`: when the last tensor sharing it goes (no
+  /// deleter: the caller keeps it valid while any such tensor lives). Kiln reads a fed
+  /// tensor's memory and never writes it.
+  static Tensor from_blob(void* data, const Shape& shape, DType dtype,
+                          std::function<void(void*)> deleter = {});
   /// Wraps existing storage; `offset` in bytes. Used by executors.
   Tensor(DType dtype, Shape shape, std::shared_ptr<Storage> storage, size_t offset = 0);
 
@@ -98,6 +107,13 @@ class Tensor {
     KILN_CHECK(dtype_of<T>() == dtype_, Error, "[tensor] data<", dtype_name(dtype_of<T>()),
                ">() on a ", dtype_, " tensor");
     return static_cast<T*>(raw_data());
+  }
+  /// The elements as a span (host tensors; T must match the dtype, as data<T>()).
+  template <typename T>
+  std::span<T> data_span() const {
+    KILN_CHECK(!device().is_cuda(), Error, "[tensor] data_span() of a tensor on ", device(),
+               " (copy it to the CPU with to(Device::cpu()) first)");
+    return std::span<T>(data<T>(), static_cast<size_t>(numel_));
   }
   /// Copies the elements out, converting to T.
   template <typename T>

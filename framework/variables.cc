@@ -1,4 +1,4 @@
-#include "framework/variables.h"
+#include "kiln/framework/variables.h"
 
 namespace kiln {
 
@@ -29,6 +29,10 @@ Initializer he_uniform(int64_t seed) {
 }
 Initializer he_normal(int64_t seed) {
   return {"he_normal", {}, seed};
+}
+Initializer from_tensor(const Tensor& value) {
+  KILN_CHECK(value.defined(), Error, "[init] from_tensor of an undefined tensor");
+  return {.kind = "tensor", .value = value.to(Device::cpu()).clone()};
 }
 }  // namespace init
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "framework/tensor.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln {
 
@@ -16,11 +16,13 @@ namespace kiln {
 /// based: the same seed gives the same tensor on every machine and thread count.
 struct Initializer {
   /// "zeros", "constant", "uniform", "normal", "truncated_normal", "glorot_uniform",
-  /// "glorot_normal", "he_uniform", "he_normal".
+  /// "glorot_normal", "he_uniform", "he_normal", "tensor".
   std::string kind = "zeros";
   /// Parameters of `kind` (value; low, high; mean, stddev).
-  std::vector<double> args;
+  std::vector<double> args{};
   int64_t seed = 0;
+  /// The starting value itself (kind "tensor"): saved in the graph with the variable.
+  Tensor value{};
 };
 
 namespace init {
@@ -39,6 +41,9 @@ Initializer glorot_normal(int64_t seed);
 Initializer he_uniform(int64_t seed);
 /// He/Kaiming for ReLU: normal with stddev sqrt(2 / fan_in).
 Initializer he_normal(int64_t seed);
+/// Exactly `value` (copied; its dtype and shape must be the variable's). The graph file keeps
+/// it, so starting weights made elsewhere (a NumPy array, another framework) travel with it.
+Initializer from_tensor(const Tensor& value);
 }  // namespace init
 
 /// The values of a session's variables, by variable node name. Thread-safe.

@@ -5,12 +5,9 @@
 #include <limits>
 #include <vector>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
-
-/// `end` value of slice() meaning "to the end of the axis".
-inline constexpr int64_t kSliceEnd = std::numeric_limits<int64_t>::max();
 
 /// The same elements seen with another shape. One dim may be -1: it is inferred.
 Value reshape(const Value& x, const Shape& shape);
@@ -35,6 +32,9 @@ Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end
 Value gather(const Value& params, const Value& indices, int64_t axis = 0);
 /// Elementwise conversion to `dtype` (floats to integers truncate; to bool is "not zero").
 Value cast(const Value& x, DType dtype);
+/// A constant holding `value` (copied into the graph, so it is saved with it): the same as
+/// graph.constant(value, name).
+Value constant(Graph& graph, const Tensor& value, const std::string& name = "");
 /// x itself (useful to give a value a name).
 Value identity(const Value& x);
 /// x itself, computed only after every value in `deps` (a control dependency: whatever reads
@@ -42,7 +42,7 @@ Value identity(const Value& x);
 Value after(const Value& x, const std::vector<Value>& deps);
 
 /// x with size-1 dims inserted so that they sit at `axes` of the result (unsqueeze).
-Value expand_dims(const Value& x, std::vector<int64_t> axes);
+Value expand_dims(const Value& x, Axes axes);
 /// x summed over the dims along which `like` would be broadcast to x's shape: the result has
 /// like's shape. (Gradients of broadcasting ops.)
 Value sum_to(const Value& x, const Value& like);

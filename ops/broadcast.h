@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "framework/dtype.h"
-#include "framework/shape.h"
+#include "kiln/framework/dtype.h"
+#include "kiln/framework/shape.h"
 
 namespace kiln::ops {
 

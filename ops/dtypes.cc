@@ -1,4 +1,4 @@
-#include "ops/dtypes.h"
+#include "kiln/ops/dtypes.h"
 
 namespace kiln::ops {
 

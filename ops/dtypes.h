@@ -4,7 +4,7 @@
 #include <span>
 #include <vector>
 
-#include "framework/dtype.h"
+#include "kiln/framework/dtype.h"
 
 namespace kiln::ops {
 

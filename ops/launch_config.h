@@ -5,8 +5,8 @@
 #include <array>
 #include <cstdint>
 
-#include "framework/dtype.h"
-#include "ops/broadcast.h"
+#include "kiln/framework/dtype.h"
+#include "kiln/ops/broadcast.h"
 
 namespace kiln::ops {
 

@@ -1,10 +1,10 @@
-#include "ops/layers.h"
+#include "kiln/ops/layers.h"
 
 #include <cmath>
 
-#include "framework/error.h"
-#include "ops/array.h"
-#include "ops/math.h"
+#include "kiln/framework/error.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
 
 namespace kiln::nn {
 

@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "framework/graph.h"
-#include "framework/variables.h"
-#include "ops/nn.h"
+#include "kiln/framework/graph.h"
+#include "kiln/framework/variables.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln::nn {
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 
@@ -49,7 +49,44 @@ Value add_n(const std::vector<Value>& values);
 /// cond ? a : b elementwise; cond is bool; all three broadcast together.
 Value where(const Value& cond, const Value& a, const Value& b);
 
-// Operators. A double on one side becomes a scalar constant of the Value's dtype.
+/// A rank-0 constant of like's dtype holding `value` (in like's graph).
+Value scalar_like(const Value& like, double value);
+
+// Scalar forms: a C++ number on either side becomes a scalar of the other operand's dtype, as
+// a Python number does in PyTorch (x + 1.0 in an f32 graph is f32): pow(x, 2.0),
+// maximum(x, 0.0), less(x, 0.5). Two Values of different dtypes are still an error.
+Value add(const Value& a, double b);
+Value add(double a, const Value& b);
+Value sub(const Value& a, double b);
+Value sub(double a, const Value& b);
+Value mul(const Value& a, double b);
+Value mul(double a, const Value& b);
+Value div(const Value& a, double b);
+Value div(double a, const Value& b);
+Value pow(const Value& a, double b);
+Value pow(double a, const Value& b);
+Value maximum(const Value& a, double b);
+Value maximum(double a, const Value& b);
+Value minimum(const Value& a, double b);
+Value minimum(double a, const Value& b);
+Value equal(const Value& a, double b);
+Value equal(double a, const Value& b);
+Value not_equal(const Value& a, double b);
+Value not_equal(double a, const Value& b);
+Value less(const Value& a, double b);
+Value less(double a, const Value& b);
+Value less_equal(const Value& a, double b);
+Value less_equal(double a, const Value& b);
+Value greater(const Value& a, double b);
+Value greater(double a, const Value& b);
+Value greater_equal(const Value& a, double b);
+Value greater_equal(double a, const Value& b);
+/// cond ? a : b with a number for either branch.
+Value where(const Value& cond, const Value& a, double b);
+Value where(const Value& cond, double a, const Value& b);
+
+// Operators: arithmetic, and elementwise comparisons giving bool Values (a > 0.5, a == b;
+// Value::same_as compares handles). A number on one side takes the Value's dtype.
 Value operator-(const Value& x);
 Value operator+(const Value& a, const Value& b);
 Value operator-(const Value& a, const Value& b);
@@ -63,6 +100,34 @@ Value operator+(double a, const Value& b);
 Value operator-(double a, const Value& b);
 Value operator*(double a, const Value& b);
 Value operator/(double a, const Value& b);
+Value operator==(const Value& a, const Value& b);
+Value operator!=(const Value& a, const Value& b);
+Value operator<(const Value& a, const Value& b);
+Value operator<=(const Value& a, const Value& b);
+Value operator>(const Value& a, const Value& b);
+Value operator>=(const Value& a, const Value& b);
+Value operator==(const Value& a, double b);
+Value operator!=(const Value& a, double b);
+Value operator<(const Value& a, double b);
+Value operator<=(const Value& a, double b);
+Value operator>(const Value& a, double b);
+Value operator>=(const Value& a, double b);
+Value operator==(double a, const Value& b);
+Value operator!=(double a, const Value& b);
+Value operator<(double a, const Value& b);
+Value operator<=(double a, const Value& b);
+Value operator>(double a, const Value& b);
+Value operator>=(double a, const Value& b);
+/// Compound forms rebind the handle to a new node (graph values never change): after
+/// `x += y`, x names the sum; the old value is untouched.
+Value& operator+=(Value& a, const Value& b);
+Value& operator-=(Value& a, const Value& b);
+Value& operator*=(Value& a, const Value& b);
+Value& operator/=(Value& a, const Value& b);
+Value& operator+=(Value& a, double b);
+Value& operator-=(Value& a, double b);
+Value& operator*=(Value& a, double b);
+Value& operator/=(Value& a, double b);
 
 // ---- Matrix products.
 /// a @ b over the last two dims, with batch dims broadcast: a is [..., M, K] (or [..., K, M]
@@ -72,11 +137,11 @@ Value operator/(double a, const Value& b);
 Value matmul(const Value& a, const Value& b, bool transpose_a = false, bool transpose_b = false);
 
 // ---- Reductions over `axes` (empty = all axes; negative axes count from the end).
-Value sum(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+Value sum(const Value& x, Axes axes = {}, bool keepdims = false);
 /// Mean; floating dtypes only.
-Value mean(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
-Value max(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
-Value min(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+Value mean(const Value& x, Axes axes = {}, bool keepdims = false);
+Value max(const Value& x, Axes axes = {}, bool keepdims = false);
+Value min(const Value& x, Axes axes = {}, bool keepdims = false);
 /// Index (i64) of the largest element along `axis`; the first one on ties.
 Value argmax(const Value& x, int64_t axis, bool keepdims = false);
 /// Index (i64) of the smallest element along `axis`; the first one on ties.

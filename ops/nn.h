@@ -5,7 +5,7 @@
 #include <utility>
 #include <vector>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 
@@ -52,12 +52,12 @@ Value huber_loss(const Value& a, const Value& b, double delta = 1.0);
 Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets);
 /// x without the dims of size 1 in `axes` (every size-1 dim when empty); a listed dim that is
 /// not 1 is a GraphError. Its inverse is expand_dims (unsqueeze).
-Value squeeze(const Value& x, std::vector<int64_t> axes = {});
+Value squeeze(const Value& x, Axes axes = {});
 /// The values (one shape) stacked along a new axis `axis` of the result.
 Value stack(const std::vector<Value>& values, int64_t axis = 0);
 /// log(sum(exp(x))) over `axes` (every axis when empty), without overflow; -inf where every
 /// element is -inf.
-Value logsumexp(const Value& x, std::vector<int64_t> axes = {}, bool keepdims = false);
+Value logsumexp(const Value& x, Axes axes = {}, bool keepdims = false);
 /// x with `value` added around its last dims: widths[0] = (before, after) for the last dim,
 /// widths[1] for the one before, ... (torch.nn.functional.pad's order, constant mode). The
 /// padded dims must be known.
@@ -100,7 +100,7 @@ Value global_avg_pool2d(const Value& x);
 struct AttentionOptions {
   /// bool [B or 1, H or 1, Tq or 1, Tk or 1]: true where query i may attend to key j
   /// (PyTorch's bool attn_mask); a key-padding mask is [B, 1, 1, Tk].
-  Value mask;
+  Value mask{};
   /// Query i attends to keys j <= i only (top-left aligned, as PyTorch's is_causal).
   bool causal = false;
   /// The scores' factor; 0 means 1 / sqrt(depth).
@@ -120,8 +120,7 @@ struct Normalized {
 /// Normalizes x over `axes` (the other dims must be adjacent): mean and biased variance over
 /// the axes, rstd = 1 / sqrt(var + eps). Without `center` (RMS norm) the mean is 0 and rstd
 /// = 1 / sqrt(mean(x^2) + eps). The op behind every function below.
-Normalized normalize(const Value& x, const std::vector<int64_t>& axes, double eps = 1e-5,
-                     bool center = true);
+Normalized normalize(const Value& x, const Axes& axes, double eps = 1e-5, bool center = true);
 /// Layer normalization over the last `normalized_dims` dims, then * weight + bias (each
 /// optional, shaped like those dims): PyTorch's layer_norm.
 Value layer_norm(const Value& x, int64_t normalized_dims = 1, const Value& weight = {},

@@ -1,7 +1,7 @@
 // State ops: reading and writing variables, and the fused optimizer updates.
 #pragma once
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 

@@ -1,8 +1,8 @@
-#include "runtime/checkpoint.h"
+#include "kiln/runtime/checkpoint.h"
 
 #include "framework/checkpoint.pb.h"
-#include "framework/crc32c.h"
-#include "framework/graph_io.h"
+#include "kiln/framework/crc32c.h"
+#include "kiln/framework/graph_io.h"
 
 namespace kiln {
 

@@ -5,8 +5,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "framework/kernel.h"
-#include "runtime/plan.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/runtime/plan.h"
 
 namespace kiln {
 

@@ -10,9 +10,9 @@
 #include <sstream>
 #include <thread>
 
-#include "framework/graph_io.h"
-#include "framework/kernel.h"
-#include "runtime/plan.h"
+#include "kiln/framework/graph_io.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/runtime/plan.h"
 
 namespace kiln {
 

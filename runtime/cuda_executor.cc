@@ -1,7 +1,7 @@
 // The CUDA executor. The host walks the plan's steps in order and queues each kernel on its
 // step's stream; a step that depends on a step of another stream first waits on that step's
 // event. Nothing blocks the host until the fetches are copied out at the end of the run.
-#include "runtime/cuda_executor.h"
+#include "kiln/runtime/cuda_executor.h"
 
 #include <cuda_runtime_api.h>
 
@@ -9,9 +9,9 @@
 #include <cstring>
 #include <map>
 
-#include "framework/cuda/cuda_check.h"
-#include "framework/cuda/device_memory.h"
-#include "framework/kernel.h"
+#include "kiln/framework/cuda/cuda_check.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/framework/kernel.h"
 
 namespace kiln {
 

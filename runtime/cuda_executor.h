@@ -4,7 +4,7 @@
 #include <memory>
 #include <vector>
 
-#include "runtime/plan.h"
+#include "kiln/runtime/plan.h"
 
 namespace kiln {
 

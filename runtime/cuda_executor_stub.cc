@@ -1,5 +1,5 @@
 // Stands in for runtime/cuda_executor.cc in a build without CUDA.
-#include "runtime/cuda_executor.h"
+#include "kiln/runtime/cuda_executor.h"
 
 namespace kiln {
 

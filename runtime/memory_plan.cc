@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <unordered_map>
 
-#include "runtime/plan.h"
+#include "kiln/runtime/plan.h"
 
 namespace kiln {
 

@@ -1,4 +1,4 @@
-#include "runtime/numerics.h"
+#include "kiln/runtime/numerics.h"
 
 #include <cmath>
 

@@ -6,11 +6,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "framework/graph.h"
-#include "framework/lane_resources.h"
-#include "framework/parallel.h"
-#include "runtime/numerics.h"
-#include "runtime/passes/passes.h"
+#include "kiln/framework/graph.h"
+#include "kiln/framework/lane_resources.h"
+#include "kiln/framework/parallel.h"
+#include "kiln/runtime/numerics.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

@@ -5,7 +5,7 @@
 #include <tuple>
 #include <unordered_map>
 
-#include "runtime/plan.h"
+#include "kiln/runtime/plan.h"
 
 namespace kiln {
 

@@ -1,8 +1,8 @@
-#include "runtime/session.h"
+#include "kiln/runtime/session.h"
 
 #include <cstdio>
 
-#include "runtime/checkpoint.h"
+#include "kiln/runtime/checkpoint.h"
 
 namespace kiln {
 

@@ -9,11 +9,11 @@
 #include <utility>
 #include <vector>
 
-#include "framework/graph.h"
-#include "framework/parallel.h"
-#include "runtime/cuda_executor.h"
-#include "runtime/numerics.h"
-#include "runtime/plan.h"
+#include "kiln/framework/graph.h"
+#include "kiln/framework/parallel.h"
+#include "kiln/runtime/cuda_executor.h"
+#include "kiln/runtime/numerics.h"
+#include "kiln/runtime/plan.h"
 
 namespace kiln {
 
@@ -24,7 +24,7 @@ struct SessionOptions {
   /// Threads for intra-op parallel loops (and BLAS); 0 = one per core.
   int intra_op_threads = 0;
   /// Graph passes run when a plan is compiled (each can be turned off).
-  PassOptions passes;
+  PassOptions passes{};
   /// Streams the plan spreads independent branches over, each run by its own thread on the
   /// CPU. Total CPU threads = inter_op_threads - 1 + intra_op_threads: the defaults (1 and
   /// one per core) never oversubscribe the cores.
@@ -50,7 +50,7 @@ struct SessionOptions {
   NumericsCheck check_numerics = NumericsCheck::off;
   /// When set, every run's per-node timings are collected and written to this file in the
   /// Chrome trace format (open it in Perfetto or chrome://tracing) when the session ends.
-  std::string trace_path;
+  std::string trace_path{};
 };
 
 /// Values fed to placeholders (or to any other value, which then is not computed).

@@ -42,7 +42,7 @@ std::vector<std::string> output_files(const std::vector<Value>& outputs) {
   std::vector<std::string> files(outputs.size());
   for (const auto& [name, positions] : by_name) {
     bool distinct = false;
-    for (size_t i : positions) distinct |= outputs[i] != outputs[positions[0]];
+    for (size_t i : positions) distinct |= !outputs[i].same_as(outputs[positions[0]]);
     for (size_t i : positions) files[i] = distinct ? str(name, ".out", i, ".npy") : name + ".npy";
   }
   return files;
@@ -95,7 +95,20 @@ int main(int argc, char** argv) {
     KILN_CHECK(inputs.empty(), FeedError, "[kiln-run] signature '", sig.name,
                "' has no input named '", inputs.empty() ? "" : inputs.begin()->first, "'");
     Session sess(*graph, {.intra_op_threads = threads});
-    if (!checkpoint.empty()) sess.restore_checkpoint(checkpoint);
+    if (!checkpoint.empty()) {
+      sess.restore_checkpoint(checkpoint);
+    } else {
+      // Weights that would start from their random initializers: almost surely a forgotten
+      // --checkpoint. (Variables initialized from a tensor carry their values in the graph.)
+      std::vector<std::string> untrained;
+      for (const Value& v : graph->variables(/*trainable_only=*/true))
+        if (v.node().attr<std::string>("init") != "tensor") untrained.push_back(v.name());
+      if (!untrained.empty())
+        std::fprintf(stderr,
+                     "kiln-run: WARNING: no --checkpoint given: %zu trainable variable(s) (%s%s) "
+                     "start from their initializers, not from trained values\n",
+                     untrained.size(), untrained[0].c_str(), untrained.size() > 1 ? ", ..." : "");
+    }
     std::vector<Tensor> outputs = sess.run_signature(sig.name, feeds);
     std::filesystem::create_directories(out_dir);
     const std::vector<std::string> files = output_files(sig.outputs);

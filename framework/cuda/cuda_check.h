@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::cuda {
 

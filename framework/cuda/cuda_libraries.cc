@@ -1,11 +1,11 @@
-#include "framework/cuda/cuda_libraries.h"
+#include "kiln/framework/cuda/cuda_libraries.h"
 
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
 #include <string>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 namespace kiln::cuda {
 

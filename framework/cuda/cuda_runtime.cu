@@ -1,9 +1,9 @@
 // The CUDA part of the framework: availability, checked calls, streams and events.
 #include <cuda_runtime_api.h>
 
-#include "framework/cuda/cuda_check.h"
-#include "framework/cuda/device_memory.h"
-#include "framework/device.h"
+#include "kiln/framework/cuda/cuda_check.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/framework/device.h"
 
 namespace kiln {
 

@@ -1,6 +1,6 @@
 // Stands in for framework/cuda/cuda_runtime.cu in a build without CUDA.
-#include "framework/cuda/device_memory.h"
-#include "framework/device.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/framework/device.h"
 
 namespace kiln {
 

@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-#include "framework/tensor.h"
+#include "kiln/framework/tensor.h"
 
 namespace kiln {
 

@@ -1,10 +1,10 @@
-#include "framework/cuda/runtime_compile.h"
+#include "kiln/framework/cuda/runtime_compile.h"
 
 #include <cuda_runtime_api.h>
 #include <nvrtc.h>
 
-#include "framework/cuda/cuda_check.h"
-#include "framework/cuda/cuda_libraries.h"
+#include "kiln/framework/cuda/cuda_check.h"
+#include "kiln/framework/cuda/cuda_libraries.h"
 
 namespace kiln {
 

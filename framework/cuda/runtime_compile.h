@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "framework/device.h"
+#include "kiln/framework/device.h"
 
 namespace kiln {
 

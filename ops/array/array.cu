@@ -3,8 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "ops/array/strided_copy.h"
-#include "ops/cuda/map.cuh"
+#include "kiln/ops/array/strided_copy.h"
+#include "kiln/ops/cuda/map.cuh"
 
 namespace kiln::ops {
 

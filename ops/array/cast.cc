@@ -1,8 +1,8 @@
 // cast: elementwise conversion between any two dtypes (see kiln::convert for the rules).
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/math/elementwise_cpu.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math/elementwise_cpu.h"
 
 namespace kiln {
 namespace ops {

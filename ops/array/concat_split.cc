@@ -1,8 +1,8 @@
 // concat and split: joining tensors along an axis and cutting one apart.
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/strided_copy.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/strided_copy.h"
 
 namespace kiln {
 namespace ops {

@@ -1,7 +1,7 @@
 // The fill kernel, shared by fill and full_like.
 #pragma once
 
-#include "framework/kernel.h"
+#include "kiln/framework/kernel.h"
 
 namespace kiln::ops {
 

@@ -3,17 +3,17 @@
 // numel; and expand_dims, stop_gradient, group.
 #include <cstring>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/fill.h"
-#include "ops/array/strided_copy.h"
-#include "ops/broadcast.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/elementwise.h"
-#include "ops/math/elementwise_cpu.h"
-#include "ops/math/reduce_cpu.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/fill.h"
+#include "kiln/ops/array/strided_copy.h"
+#include "kiln/ops/broadcast.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/elementwise_cpu.h"
+#include "kiln/ops/math/reduce_cpu.h"
 
 namespace kiln {
 namespace ops {
@@ -178,8 +178,8 @@ KILN_OP(group)
 }  // namespace
 }  // namespace ops
 
-Value expand_dims(const Value& x, std::vector<int64_t> axes) {
-  return common_graph("expand_dims", {&x}).add("expand_dims", {x}, {{"axes", std::move(axes)}});
+Value expand_dims(const Value& x, Axes axes) {
+  return common_graph("expand_dims", {&x}).add("expand_dims", {x}, {{"axes", axes.list()}});
 }
 Value sum_to(const Value& x, const Value& like) {
   return common_graph("sum_to", {&x, &like}).add("sum_to", {x, like});

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-#include "framework/dtype.h"
+#include "kiln/framework/dtype.h"
 
 namespace kiln::ops {
 

@@ -2,13 +2,13 @@
 #include <algorithm>
 #include <numeric>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/permute.h"
-#include "ops/array/strided_copy.h"
-#include "ops/dtypes.h"
-#include "ops/math/elementwise_cpu.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/permute.h"
+#include "kiln/ops/array/strided_copy.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math/elementwise_cpu.h"
 
 namespace kiln {
 namespace ops {
@@ -155,6 +155,14 @@ Value reshape(const Value& x, const Shape& shape) {
 }
 Value identity(const Value& x) {
   return common_graph("identity", {&x}).add("identity", {x});
+}
+Value Value::named(const std::string& name) const {
+  KILN_CHECK(defined(), GraphError, "[named] of an undefined Value");
+  KILN_CHECK(!name.empty(), GraphError, "[named] ", this->name(), ": the name is empty");
+  return graph()->add("identity", {*this}, {}, {.name = name, .exact_name = true});
+}
+Value constant(Graph& graph, const Tensor& value, const std::string& name) {
+  return graph.constant(value, name);
 }
 Value after(const Value& x, const std::vector<Value>& deps) {
   std::vector<Value> inputs{x};

@@ -1,11 +1,12 @@
 // slice and gather: picking parts of a tensor by range or by index.
 #include <cstring>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/strided_copy.h"
-#include "ops/dtypes.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/strided_copy.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln {
 namespace ops {
@@ -258,6 +259,30 @@ Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end
   return common_graph("slice", {&x})
       .add("slice", {x},
            {{"begin", std::move(begin)}, {"end", std::move(end)}, {"step", std::move(step)}});
+}
+
+Value Value::slice(int64_t axis, int64_t begin, int64_t end, int64_t step) const {
+  KILN_CHECK(defined(), GraphError, "[slice] of an undefined Value");
+  const int64_t a = normalize_axis(axis, shape().rank(), "[slice] " + name());
+  std::vector<int64_t> begins(static_cast<size_t>(a + 1), 0), ends(begins.size(), kSliceEnd),
+      steps(begins.size(), 1);
+  begins.back() = begin;
+  ends.back() = end;
+  steps.back() = step;
+  return kiln::slice(*this, begins, ends, steps);
+}
+
+Value Value::operator[](int64_t index) const {
+  KILN_CHECK(defined(), GraphError, "[index] of an undefined Value");
+  KILN_CHECK(shape().rank() > 0, GraphError, "[index] ", name(), " is a scalar (shape ", shape(),
+             "): there is no dim to index");
+  const int64_t size = shape()[0];
+  KILN_CHECK(size == kUnknownDim || (index >= -size && index < size), GraphError, "[index] ",
+             name(), ": index ", index, " is out of range for dim 0 of size ", size, " (shape ",
+             shape(), ")");
+  // [i, i + 1) picks the one row; for -1 that is [-1, end).
+  const int64_t end = index == -1 ? kSliceEnd : index + 1;
+  return squeeze(slice(0, index, end), {0});
 }
 
 Value gather(const Value& params, const Value& indices, int64_t axis) {

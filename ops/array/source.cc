@@ -2,11 +2,11 @@
 #include <cmath>
 #include <cstring>
 
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/fill.h"
-#include "ops/array/philox.h"
-#include "ops/dtypes.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/fill.h"
+#include "kiln/ops/array/philox.h"
+#include "kiln/ops/dtypes.h"
 
 namespace kiln {
 namespace ops {

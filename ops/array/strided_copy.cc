@@ -1,9 +1,9 @@
-#include "ops/array/strided_copy.h"
+#include "kiln/ops/array/strided_copy.h"
 
 #include <cstring>
 
-#include "framework/cuda/device_memory.h"
-#include "ops/array/permute.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/ops/array/permute.h"
 
 namespace kiln::ops {
 

@@ -4,10 +4,10 @@
 
 #include <cuda_runtime.h>
 
-#include "framework/cuda/cuda_check.h"
-#include "framework/cuda/device_memory.h"
-#include "framework/kernel.h"
-#include "ops/launch_config.h"
+#include "kiln/framework/cuda/cuda_check.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/launch_config.h"
 
 namespace kiln::ops::cuda {
 

@@ -2,8 +2,8 @@
 // operand has y's element count. f is a __device__ lambda or functor.
 #pragma once
 
-#include "ops/cuda/cuda_common.cuh"
-#include "ops/dtypes.h"
+#include "kiln/ops/cuda/cuda_common.cuh"
+#include "kiln/ops/dtypes.h"
 
 namespace kiln::ops::cuda {
 

@@ -1,9 +1,9 @@
 // add_n: the sum of any number of tensors of one dtype and shape (autograd's accumulator).
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/elementwise.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/elementwise.h"
 
 namespace kiln {
 namespace ops {

@@ -1,12 +1,12 @@
 // Elementwise binary ops with broadcasting (rows of KILN_BINARY_OPS and KILN_COMPARE_OPS),
 // `where`, and the Value operators.
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/elementwise.h"
-#include "ops/math/elementwise_cpu.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/elementwise_cpu.h"
 
 namespace kiln {
 namespace ops {
@@ -184,49 +184,69 @@ Value where(const Value& cond, const Value& a, const Value& b) {
   return common_graph("where", {&cond, &a, &b}).add("where", {cond, a, b});
 }
 
-namespace {
-// A scalar constant of `like`'s dtype.
 Value scalar_like(const Value& like, double value) {
   KILN_CHECK(like.defined(), GraphError, "[scalar] operator on an undefined Value");
   return like.graph()->scalar(value, like.dtype());
 }
-}  // namespace
 
-Value operator+(const Value& a, const Value& b) {
-  return add(a, b);
+#define KILN_SCALAR_FORMS(name, ...)     \
+  Value name(const Value& a, double b) { \
+    return name(a, scalar_like(a, b));   \
+  }                                      \
+  Value name(double a, const Value& b) { \
+    return name(scalar_like(b, a), b);   \
+  }
+KILN_SCALAR_FORMS(add)
+KILN_SCALAR_FORMS(sub)
+KILN_SCALAR_FORMS(mul)
+KILN_SCALAR_FORMS(div)
+KILN_SCALAR_FORMS(pow)
+KILN_SCALAR_FORMS(maximum)
+KILN_SCALAR_FORMS(minimum)
+KILN_COMPARE_OPS(KILN_SCALAR_FORMS)
+#undef KILN_SCALAR_FORMS
+
+Value where(const Value& cond, const Value& a, double b) {
+  return where(cond, a, scalar_like(a, b));
 }
-Value operator-(const Value& a, const Value& b) {
-  return sub(a, b);
+Value where(const Value& cond, double a, const Value& b) {
+  return where(cond, scalar_like(b, a), b);
 }
-Value operator*(const Value& a, const Value& b) {
-  return mul(a, b);
-}
-Value operator/(const Value& a, const Value& b) {
-  return div(a, b);
-}
-Value operator+(const Value& a, double b) {
-  return add(a, scalar_like(a, b));
-}
-Value operator-(const Value& a, double b) {
-  return sub(a, scalar_like(a, b));
-}
-Value operator*(const Value& a, double b) {
-  return mul(a, scalar_like(a, b));
-}
-Value operator/(const Value& a, double b) {
-  return div(a, scalar_like(a, b));
-}
-Value operator+(double a, const Value& b) {
-  return add(scalar_like(b, a), b);
-}
-Value operator-(double a, const Value& b) {
-  return sub(scalar_like(b, a), b);
-}
-Value operator*(double a, const Value& b) {
-  return mul(scalar_like(b, a), b);
-}
-Value operator/(double a, const Value& b) {
-  return div(scalar_like(b, a), b);
-}
+
+// Operators over Values and numbers alike: op(a, b) is function(a, b).
+#define KILN_OPERATOR(op, function)                   \
+  Value operator op(const Value& a, const Value& b) { \
+    return function(a, b);                            \
+  }                                                   \
+  Value operator op(const Value& a, double b) {       \
+    return function(a, b);                            \
+  }                                                   \
+  Value operator op(double a, const Value& b) {       \
+    return function(a, b);                            \
+  }
+KILN_OPERATOR(+, add)
+KILN_OPERATOR(-, sub)
+KILN_OPERATOR(*, mul)
+KILN_OPERATOR(/, div)
+KILN_OPERATOR(==, equal)
+KILN_OPERATOR(!=, not_equal)
+KILN_OPERATOR(<, less)
+KILN_OPERATOR(<=, less_equal)
+KILN_OPERATOR(>, greater)
+KILN_OPERATOR(>=, greater_equal)
+#undef KILN_OPERATOR
+
+#define KILN_COMPOUND(op, function)              \
+  Value& operator op(Value& a, const Value& b) { \
+    return a = function(a, b);                   \
+  }                                              \
+  Value& operator op(Value& a, double b) {       \
+    return a = function(a, b);                   \
+  }
+KILN_COMPOUND(+=, add)
+KILN_COMPOUND(-=, sub)
+KILN_COMPOUND(*=, mul)
+KILN_COMPOUND(/=, div)
+#undef KILN_COMPOUND
 
 }  // namespace kiln

@@ -11,7 +11,7 @@
 #include <cblas.h>
 #include <oneapi/dnnl/dnnl.h>
 
-#include "framework/error.h"
+#include "kiln/framework/error.h"
 
 // GNU OpenMP's, declared here: its omp.h is private to GCC, and the builds under clang use it too.
 extern "C" void omp_set_num_threads(int threads);

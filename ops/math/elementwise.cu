@@ -1,9 +1,9 @@
 // CUDA kernels of the elementwise ops: the rows of KILN_UNARY_OPS, KILN_BINARY_OPS and
 // KILN_COMPARE_OPS (the same functors as the CPU loops), where, cast, add_n, broadcasts,
 // fills and the random sources. 16-bit floats compute in f32.
-#include "ops/array/philox.h"
-#include "ops/cuda/map.cuh"
-#include "ops/math/elementwise.h"
+#include "kiln/ops/array/philox.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/math/elementwise.h"
 
 namespace kiln::ops::cuda_elementwise {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "framework/dtype.h"
+#include "kiln/framework/dtype.h"
 
 namespace kiln::ops {
 

@@ -5,8 +5,8 @@
 #include <tuple>
 #include <utility>
 
-#include "framework/kernel.h"
-#include "ops/broadcast.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/broadcast.h"
 
 namespace kiln::ops {
 

@@ -13,10 +13,10 @@
 #include <immintrin.h>
 #endif
 
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math/elementwise.h"
-#include "ops/math/fused.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/fused.h"
 
 namespace kiln {
 namespace ops {

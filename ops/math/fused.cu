@@ -9,10 +9,10 @@
 #include <map>
 #include <mutex>
 
-#include "framework/cuda/runtime_compile.h"
-#include "ops/cuda/map.cuh"
-#include "ops/math/fused.h"
-#include "ops/math/fused_codegen.h"
+#include "kiln/framework/cuda/runtime_compile.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/math/fused.h"
+#include "kiln/ops/math/fused_codegen.h"
 
 namespace kiln::ops::cuda_fused {
 

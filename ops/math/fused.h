@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/math/elementwise.h"
+#include "kiln/ops/math/elementwise.h"
 
 namespace kiln::ops {
 

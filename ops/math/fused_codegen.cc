@@ -1,10 +1,10 @@
-#include "ops/math/fused_codegen.h"
+#include "kiln/ops/math/fused_codegen.h"
 
 #include <sstream>
 
-#include "framework/error.h"
-#include "ops/math/elementwise.h"
-#include "ops/math/fused.h"
+#include "kiln/framework/error.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/fused.h"
 
 namespace kiln::ops {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "framework/dtype.h"
+#include "kiln/framework/dtype.h"
 
 namespace kiln::ops {
 

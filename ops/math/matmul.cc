@@ -3,13 +3,13 @@
 // CPU kernel: one cblas gemm per batch entry (OpenBLAS, threaded by the session's pool size).
 #include <cstring>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/blas.h"
-#include "ops/math/matmul_batch.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/blas.h"
+#include "kiln/ops/math/matmul_batch.h"
 
 namespace kiln {
 namespace ops {

@@ -6,12 +6,12 @@
 // like torch's default); f64 is f64.
 #include <cublasLt.h>
 
-#include "framework/cuda/cuda_libraries.h"
+#include "kiln/framework/cuda/cuda_libraries.h"
 
-#include "framework/cuda/device_memory.h"
-#include "ops/cuda/map.cuh"
-#include "ops/math/elementwise.h"
-#include "ops/math/matmul_batch.h"
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/matmul_batch.h"
 
 namespace kiln::ops::cuda_matmul {
 

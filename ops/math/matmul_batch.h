@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "framework/shape.h"
+#include "kiln/framework/shape.h"
 
 namespace kiln::ops {
 

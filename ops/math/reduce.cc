@@ -5,13 +5,13 @@
 #include <cmath>
 #include <limits>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/permute.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/elementwise.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/permute.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/elementwise.h"
 
 namespace kiln {
 namespace ops {
@@ -330,16 +330,16 @@ Value reduce(const char* op, const Value& x, std::vector<int64_t> axes, bool kee
 }
 }  // namespace
 
-Value sum(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+Value sum(const Value& x, Axes axes, bool keepdims) {
   return reduce("sum", x, std::move(axes), keepdims);
 }
-Value mean(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+Value mean(const Value& x, Axes axes, bool keepdims) {
   return reduce("mean", x, std::move(axes), keepdims);
 }
-Value max(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+Value max(const Value& x, Axes axes, bool keepdims) {
   return reduce("max", x, std::move(axes), keepdims);
 }
-Value min(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+Value min(const Value& x, Axes axes, bool keepdims) {
   return reduce("min", x, std::move(axes), keepdims);
 }
 Value argmax(const Value& x, int64_t axis, bool keepdims) {

@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <cfloat>
 
-#include "ops/array/strided_copy.h"
-#include "ops/cuda/map.cuh"
-#include "ops/math/elementwise.h"
+#include "kiln/ops/array/strided_copy.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/math/elementwise.h"
 
 namespace kiln::ops::cuda_reduce {
 

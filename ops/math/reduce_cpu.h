@@ -3,7 +3,7 @@
 
 #include <vector>
 
-#include "framework/kernel.h"
+#include "kiln/framework/kernel.h"
 
 namespace kiln::ops {
 

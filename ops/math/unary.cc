@@ -1,10 +1,10 @@
 // Elementwise unary ops, one registration per row of KILN_UNARY_OPS (ops/math/elementwise.h).
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/elementwise.h"
-#include "ops/math/elementwise_cpu.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/elementwise_cpu.h"
 
 namespace kiln {
 namespace ops {

@@ -13,12 +13,12 @@
 #include <cmath>
 #include <limits>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math/blas.h"
-#include "ops/nn.h"
-#include "ops/nn/attention.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math/blas.h"
+#include "kiln/ops/nn.h"
+#include "kiln/ops/nn/attention.h"
 
 namespace kiln {
 namespace ops {

@@ -9,8 +9,8 @@
 // for 16-bit and f32 inputs and f64 for f64.
 #include <cfloat>
 
-#include "ops/cuda/map.cuh"
-#include "ops/nn/attention.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/nn/attention.h"
 
 namespace kiln::ops::cuda_attention {
 

@@ -12,14 +12,14 @@
 #include <algorithm>
 #include <cstring>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/math/blas.h"
-#include "ops/nn.h"
-#include "ops/nn/conv.h"
-#include "ops/nn/conv_onednn.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/math/blas.h"
+#include "kiln/ops/nn.h"
+#include "kiln/ops/nn/conv.h"
+#include "kiln/ops/nn/conv_onednn.h"
 
 namespace kiln {
 namespace ops {

@@ -8,9 +8,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "framework/cuda/cuda_libraries.h"
-#include "ops/cuda/map.cuh"
-#include "ops/nn/conv.h"
+#include "kiln/framework/cuda/cuda_libraries.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/nn/conv.h"
 
 namespace kiln::ops::cuda_conv {
 

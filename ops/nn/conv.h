@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln::ops {
 

@@ -6,7 +6,7 @@
 // oneDNN prefers (format `any`), and reorders convert at the edges. Primitives run with a
 // user scratchpad: the same primitive runs on several pool threads at once, which oneDNN's own
 // (library) scratchpad does not allow.
-#include "ops/nn/conv_onednn.h"
+#include "kiln/ops/nn/conv_onednn.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "ops/math/blas.h"
+#include "kiln/ops/math/blas.h"
 
 namespace kiln::ops {
 namespace {

@@ -2,8 +2,8 @@
 // (ops/nn/conv.cc keeps im2col + sgemm for f64, and wherever oneDNN declines).
 #pragma once
 
-#include "framework/kernel.h"
-#include "ops/nn/conv.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/nn/conv.h"
 
 namespace kiln::ops {
 

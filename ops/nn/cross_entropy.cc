@@ -5,12 +5,12 @@
 // Rows whose label is ignore_index have loss 0 and gradient 0 (and their label is not checked).
 #include <cmath>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/nn.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln {
 namespace ops {

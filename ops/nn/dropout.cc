@@ -2,11 +2,11 @@
 //   mask = 1 / (1 - rate) where u >= rate, else 0;  u uniform in [0, 1)
 // Element i of run r uses Philox block (i, r) under random_key(seed, node name): the same
 // numbers on every thread count and on the GPU, new numbers on every run.
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/array/philox.h"
-#include "ops/dtypes.h"
-#include "ops/nn.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/array/philox.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln {
 namespace ops {

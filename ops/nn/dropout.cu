@@ -1,8 +1,8 @@
 // The CUDA kernel of dropout_mask (ops/nn/dropout.cc): the same Philox blocks as the CPU, so
 // both draw the same mask. The run's counter is read on the device, so a replayed CUDA Graph
 // draws a new mask each time as well.
-#include "ops/array/philox.h"
-#include "ops/cuda/map.cuh"
+#include "kiln/ops/array/philox.h"
+#include "kiln/ops/cuda/map.cuh"
 
 namespace kiln::ops::cuda_dropout {
 

@@ -3,19 +3,11 @@
 // parts into one kernel).
 #include <cmath>
 
-#include "ops/array.h"
-#include "ops/math.h"
-#include "ops/nn.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln {
-
-namespace {
-
-Value scalar_like(const Value& x, double value) {
-  return x.graph()->scalar(value, x.dtype());
-}
-
-}  // namespace
 
 // y = x where x >= 0, slope x below (NaN: every comparison is false, so NaN passes)
 Value leaky_relu(const Value& x, double slope) {
@@ -45,7 +37,8 @@ Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets
   return softplus(logits) - logits * targets;
 }
 
-Value squeeze(const Value& x, std::vector<int64_t> axes) {
+Value squeeze(const Value& x, Axes axes_in) {
+  const std::vector<int64_t>& axes = axes_in.list();
   const Shape& shape = x.shape();
   const int64_t rank = shape.rank();
   std::vector<bool> drop(static_cast<size_t>(rank), false);
@@ -81,13 +74,13 @@ Value stack(const std::vector<Value>& values, int64_t axis) {
 // m = max(x) (held constant: the result does not depend on it); y = m + log(sum(exp(x - m))).
 // Where every element is -inf, m is -inf and x - m NaN: m is replaced by 0 there, giving
 // log(0) = -inf as PyTorch does.
-Value logsumexp(const Value& x, std::vector<int64_t> axes, bool keepdims) {
+Value logsumexp(const Value& x, Axes axes, bool keepdims) {
   Value m = x.graph()->add("stop_gradient", {max(x, axes, /*keepdims=*/true)});
   Value zero = scalar_like(x, 0);
   Value finite_m = where(equal(m, scalar_like(x, -INFINITY)), zero, m);
   Value y = log(sum(exp(x - finite_m), axes, /*keepdims=*/true)) + finite_m;
   if (keepdims) return y;
-  std::vector<int64_t> reduced = axes;
+  std::vector<int64_t> reduced = axes.list();
   if (reduced.empty())
     for (int64_t d = 0; d < x.shape().rank(); ++d) reduced.push_back(d);
   return squeeze(y, reduced);

@@ -3,7 +3,7 @@
 // get one warp each (shuffle reductions); other axes one thread per (outer, inner) column.
 #include <cfloat>
 
-#include "ops/cuda/map.cuh"
+#include "kiln/ops/cuda/map.cuh"
 
 namespace kiln::ops::cuda_nn {
 

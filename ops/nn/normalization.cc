@@ -13,14 +13,14 @@
 // used, d mean/dx = 1 / M and d rstd/dx = -rstd^2 xhat / M.
 #include <cmath>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/nn.h"
-#include "ops/nn/normalization.h"
-#include "ops/state.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
+#include "kiln/ops/nn/normalization.h"
+#include "kiln/ops/state.h"
 
 namespace kiln {
 namespace ops {
@@ -249,10 +249,10 @@ Value reciprocal_count(const Value& x, const Value& stats) {
 
 }  // namespace ops
 
-Normalized normalize(const Value& x, const std::vector<int64_t>& axes, double eps, bool center) {
+Normalized normalize(const Value& x, const Axes& axes, double eps, bool center) {
   std::vector<Value> out =
       common_graph("normalize", {&x})
-          .add_node("normalize", {x}, {{"axes", axes}, {"eps", eps}, {"center", center}});
+          .add_node("normalize", {x}, {{"axes", axes.list()}, {"eps", eps}, {"center", center}});
   return {out[0], out[1], out[2]};
 }
 

@@ -1,8 +1,8 @@
 // CUDA kernels of normalize and normalize_backward (ops/nn/normalization.cc): one block per
 // statistics group, sums in f64 as on the CPU (batch norm's groups hold up to millions of
 // elements), a warp-shuffle then shared-memory reduction.
-#include "ops/cuda/map.cuh"
-#include "ops/nn/normalization.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/nn/normalization.h"
 
 namespace kiln::ops::cuda_norm {
 

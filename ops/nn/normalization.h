@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln::ops {
 

@@ -10,12 +10,12 @@
 #include <limits>
 #include <vector>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/nn.h"
-#include "ops/nn/conv.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
+#include "kiln/ops/nn/conv.h"
 
 namespace kiln {
 namespace ops {

@@ -2,8 +2,8 @@
 // maximum of a window wins (a NaN at once), padding never does; averages divide as
 // count_include_pad says. The backward ops gather rather than scatter: one thread per input
 // pixel sums over the windows that hold it, so no atomics and the same result on every run.
-#include "ops/cuda/map.cuh"
-#include "ops/nn/conv.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/nn/conv.h"
 
 namespace kiln::ops::cuda_pool {
 

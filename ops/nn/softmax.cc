@@ -6,11 +6,11 @@
 //                 dx = dy - exp(y) * sum(dy)
 #include <cmath>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/math.h"
-#include "ops/nn.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln {
 namespace ops {

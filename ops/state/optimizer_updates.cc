@@ -3,9 +3,9 @@
 // torch.optim (SGD, Adam/AdamW, RMSprop) so results can be compared step by step.
 #include <cmath>
 
-#include "framework/kernel.h"
-#include "ops/dtypes.h"
-#include "ops/state.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/state.h"
 
 namespace kiln {
 namespace ops {

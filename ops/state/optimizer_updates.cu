@@ -1,7 +1,7 @@
 // CUDA kernels of the fused optimizer updates (formulas in ops/state.h, as the CPU kernels).
 // The learning rate and the step counter are device scalars read inside the kernel, so a
 // captured CUDA Graph replays with the current values.
-#include "ops/cuda/map.cuh"
+#include "kiln/ops/cuda/map.cuh"
 
 namespace kiln::ops::cuda_optim {
 

@@ -5,13 +5,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "framework/gradient.h"
-#include "framework/kernel.h"
-#include "ops/array/philox.h"
-#include "ops/dtypes.h"
-#include "ops/math/elementwise.h"
-#include "ops/math/elementwise_cpu.h"
-#include "ops/state.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array/philox.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/elementwise_cpu.h"
+#include "kiln/ops/state.h"
 
 namespace kiln {
 namespace ops {
@@ -78,6 +78,7 @@ Tensor initial_value(const Node& node) {
   } else if (kind == "he_normal") {
     normal(0, std::sqrt(2.0 / fan_in), false);
   }
+  if (kind == "tensor") return node.attr<Tensor>("init_value").clone();
   Tensor t = Tensor::empty(dtype, shape);
   dispatch_all(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -114,8 +115,12 @@ std::vector<TensorType> infer_variable(const InferContext& ctx) {
                                                                                         : 0;
   bool known = kind == "zeros" || kind == "constant" || kind == "uniform" || kind == "normal" ||
                kind == "truncated_normal" || kind == "glorot_uniform" || kind == "glorot_normal" ||
-               kind == "he_uniform" || kind == "he_normal";
+               kind == "he_uniform" || kind == "he_normal" || kind == "tensor";
   if (!known) ctx.fail("unknown initializer '", kind, "'");
+  const Tensor& value = ctx.attr<Tensor>("init_value");
+  if (kind == "tensor" && (value.dtype() != ctx.attr<DType>("dtype") || !(value.shape() == shape)))
+    ctx.fail("init::from_tensor value ", value.dtype(), value.shape(),
+             " does not match the variable's ", ctx.attr<DType>("dtype"), shape);
   if (args.size() != want)
     ctx.fail("initializer '", kind, "' takes ", want, " argument(s), got ", args.size());
   if (kind == "uniform" && !(args[0] < args[1]))
@@ -131,6 +136,8 @@ KILN_OP(variable)
     .attr("init", std::string("zeros"))
     .attr("init_args", std::vector<double>{})
     .attr("seed", int64_t{0})
+    // The starting value of init "tensor" (init::from_tensor); empty otherwise.
+    .attr("init_value", Tensor::zeros(DType::f32, {0}))
     .attr("trainable", true)
     .infer(infer_variable)
     .kernel(DeviceKind::cpu, variable_kernel)

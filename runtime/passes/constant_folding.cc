@@ -1,7 +1,7 @@
 // Constant folding: a node whose inputs are all constants is computed once, here, and becomes
 // a constant. Sources without inputs (fill, iota, seeded random) fold too.
-#include "framework/kernel.h"
-#include "runtime/passes/passes.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "runtime/passes/passes.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

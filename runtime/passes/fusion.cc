@@ -4,8 +4,8 @@
 #include <functional>
 #include <unordered_set>
 
-#include "ops/math/fused.h"
-#include "runtime/passes/passes.h"
+#include "kiln/ops/math/fused.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

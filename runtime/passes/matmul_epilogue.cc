@@ -4,7 +4,7 @@
 // training graphs the pre-activation usually has another reader (relu's gradient reads it), so
 // only the bias joins there. GELU is not folded: cuBLASLt's GELU epilogue is the tanh
 // approximation, Kiln's gelu is exact.
-#include "runtime/passes/passes.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

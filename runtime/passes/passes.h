@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "framework/graph.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln {
 

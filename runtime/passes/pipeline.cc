@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <mutex>
 
-#include "runtime/passes/passes.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

@@ -1,6 +1,6 @@
 // Algebraic simplification on concrete shapes: no-op nodes are bypassed and pairs collapse.
-#include "ops/array.h"
-#include "runtime/passes/passes.h"
+#include "kiln/ops/array.h"
+#include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 

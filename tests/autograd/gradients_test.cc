@@ -2,8 +2,8 @@
 
 #include "autograd/gradcheck.h"
 #include "cases/op_cases.h"
-#include "framework/gradient.h"
-#include "framework/kernel.h"
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
 
 namespace kiln {
 namespace {
@@ -24,7 +24,7 @@ int check_case(const testing::OpCase& oc) {
   Graph& g = c.g;
   Value weights = g.placeholder("r", f64, y.shape());
   Value loss = sum(y * weights);
-  std::vector<Value> grads = gradients(loss, c.float_inputs);
+  std::vector<Value> grads = gradients(loss, c.float_inputs, {.materialize_unused = true});
   Session s(g, {.intra_op_threads = 1});
   FeedList feeds = c.feeds;
   feeds.emplace_back(weights, random_tensor(f64, y.shape(), -1, 1, 77));
@@ -32,7 +32,7 @@ int check_case(const testing::OpCase& oc) {
   int compared = 0;
   for (size_t k = 0; k < c.float_inputs.size(); ++k) {
     size_t feed = 0;
-    while (!(feeds[feed].first == c.float_inputs[k])) ++feed;
+    while (!feeds[feed].first.same_as(c.float_inputs[k])) ++feed;
     const Tensor& input = feeds[feed].second;
     const int64_t n = input.numel(), stride = std::max<int64_t>(1, n / 48);
     EXPECT_EQ(analytic[k].shape(), input.shape()) << oc.name;
@@ -105,12 +105,25 @@ TEST(Gradients, StopGradientIntegerPathsAndUnrelatedInputs) {
   Value z = g.placeholder("z", f64, {3});
   Value through_int = cast(cast(x, i32), f64);
   Value y = sum(stop_gradient(x) * x + through_int);
-  std::vector<Value> grads = gradients(y, {x, z});
+  std::vector<Value> grads = gradients(y, {x, z}, {.materialize_unused = true});
   Session s(g);
   Tensor in = Tensor::from_vector<double>({1.5, -2, 3});
   auto out = s.run({{x, in}, {z, in}}, grads);
   EXPECT_EQ(out[0].to_vector<double>(), in.to_vector<double>());  // only the x factor
   EXPECT_EQ(out[1].to_vector<double>(), (std::vector<double>{0, 0, 0}));
+  // As PyTorch: an unused x is an error unless allowed; allowed, its gradient is undefined.
+  testing::expect_error<GraphError>(
+      [&] {
+        gradients(y, {x, z});
+      },
+      {"[autograd]", "does not depend on x 'z'", "no path", "allow_unused"});
+  std::vector<Value> allowed = gradients(y, {x, z}, {.allow_unused = true});
+  EXPECT_TRUE(allowed[0].defined());
+  EXPECT_FALSE(allowed[1].defined());
+  // A path that passes no gradient is named in the message.
+  Value only_int = sum(cast(cast(z, i32), f64) + stop_gradient(z));
+  testing::expect_error<GraphError>([&] { gradients(only_int, {z}); },
+                                    {"does not depend on x 'z'", "pass no gradient", "y <- "});
   testing::expect_error<GraphError>([&] { gradients(argmax(x, 0), {x}); }, {"[autograd]", "i64"});
   Value i = g.placeholder("i", i32, {3});
   testing::expect_error<GraphError>([&] { gradients(y, {i}); }, {"with respect to", "i32"});
@@ -138,10 +151,11 @@ TEST(Gradients, DyAndMultipleUses) {
   Value y = x * x + x;  // dy/dx = 2x + 1, summed from three uses of x
   Value dy = g.constant(Tensor::from_vector<double>({10, 100}));
   Session s(g);
-  auto out = s.run({{x, Tensor::from_vector<double>({1, 2})}}, {gradients(y, {x}, dy)[0]});
+  auto out = s.run({{x, Tensor::from_vector<double>({1, 2})}}, {gradients(y, {x}, {.dy = dy})[0]});
   EXPECT_EQ(out[0].to_vector<double>(), (std::vector<double>{30, 500}));
-  testing::expect_error<GraphError>([&] { gradients(y, {x}, g.constant(Tensor::zeros(f64, {3}))); },
-                                    {"dy", "does not match"});
+  testing::expect_error<GraphError>(
+      [&] { gradients(y, {x}, {.dy = g.constant(Tensor::zeros(f64, {3}))}); },
+      {"dy", "does not match"});
 }
 
 TEST(Gradients, TenThousandNodeChainBuildsQuickly) {

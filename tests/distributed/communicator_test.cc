@@ -3,7 +3,7 @@
 #include <functional>
 #include <future>
 
-#include "distributed/communicator.h"
+#include "kiln/distributed/communicator.h"
 #include "test_util.h"
 
 namespace kiln::distributed {

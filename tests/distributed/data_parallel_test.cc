@@ -7,7 +7,7 @@
 #include <fstream>
 #include <set>
 
-#include "runtime/plan.h"
+#include "kiln/runtime/plan.h"
 #include "tests/distributed/dp_model.h"
 #include "tests/test_util.h"
 

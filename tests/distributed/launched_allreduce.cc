@@ -3,7 +3,7 @@
 //   kiln-launch --nproc-per-node N launched_allreduce
 #include <cstdio>
 
-#include "distributed/distributed.h"
+#include "kiln/distributed/distributed.h"
 
 using namespace kiln;
 

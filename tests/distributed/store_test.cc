@@ -8,8 +8,8 @@
 #include <map>
 #include <thread>
 
-#include "distributed/environment.h"
-#include "distributed/store.h"
+#include "kiln/distributed/environment.h"
+#include "kiln/distributed/store.h"
 #include "test_util.h"
 
 namespace kiln::distributed {

@@ -1,7 +1,7 @@
 // Graphs as a crafted file could describe them: every attribute a kernel trusts is checked when
 // the node is built (and so when a file is loaded), with a clear error and never a crash. Each
 // case here once got through (found by the fuzz targets in tests/fuzz or by review).
-#include "ops/math/fused.h"
+#include "kiln/ops/math/fused.h"
 #include "test_util.h"
 
 namespace kiln {

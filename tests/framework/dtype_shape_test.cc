@@ -99,12 +99,18 @@ TEST(Shape, BroadcastFollowsNumpy) {
 
 TEST(Device, ParseAndAvailability) {
   EXPECT_EQ(Device::parse("cpu"), Device::cpu());
-  EXPECT_EQ(Device::parse("cuda:3"), Device::cuda(3));
+  // A GPU name is checked at once: usable here, or a DeviceError that says why.
+  const CudaAvailability& cuda = cuda_availability();
+  if (cuda.device_count > 0)
+    EXPECT_EQ(Device::parse("cuda:0"), Device::cuda(0));
+  else
+    expect_error<DeviceError>([] { Device::parse("cuda:0"); },
+                              {"[device] cuda:0 is not available", cuda.reason});
+  expect_error<DeviceError>([] { Device::parse("cuda:999"); }, {"cuda:999", "not available"});
   EXPECT_EQ(Device::cuda(1).to_string(), "cuda:1");
   expect_error([] { Device::parse("tpu"); }, {"[device]", "tpu"});
   expect_error([] { Device::parse("cuda:x"); }, {"cuda:x"});
   // best() is the CPU exactly when CUDA reports no device, with a reason why.
-  const CudaAvailability& cuda = cuda_availability();
   if (cuda.device_count == 0) {
     EXPECT_EQ(Device::best(), Device::cpu());
     EXPECT_FALSE(cuda.reason.empty());

@@ -1,8 +1,8 @@
 #include <fstream>
 #include <random>
 
-#include "framework/crc32c.h"
 #include "framework/graph.pb.h"
+#include "kiln/framework/crc32c.h"
 #include "test_util.h"
 
 namespace kiln {

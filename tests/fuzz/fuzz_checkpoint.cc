@@ -1,7 +1,7 @@
 // Fuzz target: checkpoint bytes, parsed and restored into a session of a small graph whose
 // variables the seed checkpoints hold.
 #include "fuzz_util.h"
-#include "runtime/checkpoint.h"
+#include "kiln/runtime/checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static kiln::Graph* graph = [] {

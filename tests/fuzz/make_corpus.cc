@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "runtime/checkpoint.h"
+#include "kiln/runtime/checkpoint.h"
 
 using namespace kiln;
 

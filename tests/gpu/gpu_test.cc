@@ -4,11 +4,11 @@
 #ifdef KILN_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "framework/cuda/cuda_check.h"
-#include "framework/cuda/cuda_libraries.h"
-#include "framework/cuda/runtime_compile.h"
-#include "ops/math/fused.h"
-#include "ops/math/fused_codegen.h"
+#include "kiln/framework/cuda/cuda_check.h"
+#include "kiln/framework/cuda/cuda_libraries.h"
+#include "kiln/framework/cuda/runtime_compile.h"
+#include "kiln/ops/math/fused.h"
+#include "kiln/ops/math/fused_codegen.h"
 #endif
 
 namespace kiln {

@@ -1,4 +1,4 @@
-#include "ops/math/elementwise.h"
+#include "kiln/ops/math/elementwise.h"
 #include "special_values.h"
 #include "test_util.h"
 

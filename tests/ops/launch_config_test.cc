@@ -1,9 +1,9 @@
 // The CUDA path's host-side arithmetic, checked on the CPU: launch configurations, the index
 // structs the kernels walk, the slot assignment of fused programs and their generated source.
-#include "ops/launch_config.h"
+#include "kiln/ops/launch_config.h"
 
-#include "ops/math/fused.h"
-#include "ops/math/fused_codegen.h"
+#include "kiln/ops/math/fused.h"
+#include "kiln/ops/math/fused_codegen.h"
 #include "test_util.h"
 
 namespace kiln {

@@ -105,7 +105,8 @@ void write_case(const std::string& dir, CaseGraph& c, const Value& y, bool with_
     }
     feeds.emplace_back(weights, r);
     save_npy(r, dir + "/r.npy");
-    std::vector<Value> grads = gradients(sum(y * weights), c.float_inputs);
+    std::vector<Value> grads =
+        gradients(sum(y * weights), c.float_inputs, {.materialize_unused = true});
     fetches.insert(fetches.end(), grads.begin(), grads.end());
   }
   Session s(c.g, {.intra_op_threads = 1});

@@ -1,6 +1,6 @@
 // compile_plan's stages one at a time (runtime/plan.h): what each makes from the one before.
-#include "framework/kernel.h"
-#include "runtime/plan.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/runtime/plan.h"
 #include "test_util.h"
 
 namespace kiln {

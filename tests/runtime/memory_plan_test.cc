@@ -1,6 +1,6 @@
 #include <random>
 
-#include "runtime/plan.h"
+#include "kiln/runtime/plan.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -46,7 +46,8 @@ struct RandomModel {
       }
       pool.push_back(v);
     }
-    Value loss = mean(square(pool.back())) + mean(pool[pool.size() / 2]);
+    // The last product makes sure the loss depends on w, whatever the branches drew.
+    Value loss = mean(square(pool.back())) + mean(matmul(pool[pool.size() / 2], w));
     train = optim::SGD({.lr = 0.01}).minimize(loss);
     fetches = {loss, pool[pool.size() / 3]};
   }

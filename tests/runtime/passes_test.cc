@@ -1,7 +1,7 @@
 #include <random>
 
-#include "runtime/passes/passes.h"
-#include "runtime/plan.h"
+#include "kiln/runtime/passes/passes.h"
+#include "kiln/runtime/plan.h"
 #include "test_util.h"
 
 namespace kiln {

@@ -3,8 +3,8 @@
 // kernel cache.
 #include <atomic>
 
-#include "framework/kernel.h"
-#include "runtime/plan.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/runtime/plan.h"
 #include "test_util.h"
 
 namespace kiln {

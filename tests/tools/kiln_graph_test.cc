@@ -108,6 +108,45 @@ TEST(KilnRunTool, OutputsWhoseNamesCollideGetDistinctFiles) {
   EXPECT_FALSE(std::filesystem::exists(tmp("collide_out/split_1.npy")));
 }
 
+// Outputs named with Value::named get files of that name; trained variables without a
+// --checkpoint get a loud warning (and none once the checkpoint is given).
+TEST(KilnRunTool, NamedOutputsAndAWarningWithoutCheckpoint) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2});
+  Value w = g.variable("w", {2}, init::constant(3.0));
+  Value probs = sigmoid(x * w).named("probs");
+  g.add_signature({"predict", {x}, {probs}, {}});
+  save_graph(g, tmp("named.pb"));
+  save_npy(Tensor::from_vector<float>({0, 0}), tmp("named_x.npy"));
+  {
+    Session session(g);
+    session.run({{x, Tensor::from_vector<float>({0, 0})}}, {probs});
+    session.save_checkpoint(tmp("named.ckpt"));
+  }
+  std::string tool = std::string(KILN_GRAPH_TOOL);
+  tool = tool.substr(0, tool.rfind('/')) + "/kiln-run";
+  std::filesystem::remove_all(tmp("named_out"));
+  auto run = [&](const std::string& extra) {
+    const std::string cmd = tool + " " + tmp("named.pb") + " predict x=" + tmp("named_x.npy") +
+                            " --out " + tmp("named_out") + extra + " 2>&1";
+    FILE* pipe = popen(cmd.c_str(), "r");
+    std::string output;
+    std::array<char, 4096> buf;
+    size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) output.append(buf.data(), n);
+    EXPECT_EQ(pclose(pipe), 0) << output;
+    return output;
+  };
+  const std::string bare = run("");
+  EXPECT_NE(bare.find("WARNING: no --checkpoint given: 1 trainable variable(s) (w)"),
+            std::string::npos)
+      << bare;
+  EXPECT_EQ(load_npy(tmp("named_out/probs.npy")).to_vector<float>(),
+            (std::vector<float>{0.5f, 0.5f}));
+  const std::string restored = run(" --checkpoint " + tmp("named.ckpt"));
+  EXPECT_EQ(restored.find("WARNING"), std::string::npos) << restored;
+}
+
 TEST(Trace, SessionWritesAChromeTrace) {
   Graph g;
   Value x = g.placeholder("x", f32, {4, 4});
