@@ -14,6 +14,7 @@
 #include "kiln/framework/graph_io.h"
 #include "kiln/framework/npy.h"
 #include "kiln/framework/shape.h"
+#include "kiln/framework/summary_writer.h"
 #include "kiln/framework/tensor.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/layers.h"

@@ -5,6 +5,7 @@
 //   char_transformer [--data DIR] [--out DIR] [--steps N] [--batch N] [--context N]
 //                    [--dim N] [--heads N] [--layers N] [--lr X] [--eval-every N]
 //                    [--threads N] [--device best|cpu|cuda] [--seed N] [--trace FILE.json]
+//                    [--logdir DIR]
 //   char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]
 // The second form needs only the saved graph and checkpoint: the vocabulary is a constant in
 // the graph, "predict" gives the next character's logits.
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -37,8 +39,19 @@ struct Args {
   int64_t sample = 0;  // > 0: sample this many characters from the saved model
   std::string prompt = "\n";
   double temperature = 0.8;
-  std::string trace;  // write a Chrome trace of every step here
+  std::string trace;   // write a Chrome trace of every step here
+  std::string logdir;  // TensorBoard event files (default: <out>/logs)
 };
+
+constexpr const char* kUsage =
+    "usage: char_transformer trains a GPT-style character model on Debian's fortunes, prints\n"
+    "val_loss (nats/char) and a sample; or samples from the saved model.\n"
+    "  char_transformer [--data DIR] [--out DIR] [--steps N] [--batch N] [--context N]\n"
+    "                   [--dim N] [--heads N] [--layers N] [--lr X] [--dropout X]\n"
+    "                   [--eval-every N] [--eval-batches N] [--threads N]\n"
+    "                   [--device best|cpu|cuda|cuda:N] [--seed N] [--trace FILE.json]\n"
+    "                   [--logdir DIR  (TensorBoard; default <out>/logs)]\n"
+    "  char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]\n";
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -88,9 +101,13 @@ Args parse(int argc, char** argv) {
       a.temperature = std::stod(value());
     else if (k == "--trace")
       a.trace = value();
-    else
-      throw Error(str("[args] unknown option ", k, " (see the comment at the top of ",
-                      "examples/char_transformer.cc)"));
+    else if (k == "--logdir")
+      a.logdir = value();
+    else if (k == "--help" || k == "-h") {
+      std::printf("%s", kUsage);
+      std::exit(0);
+    } else
+      throw Error(str("[args] unknown option ", k, " (--help lists them)"));
   }
   if (a.steps < 1 || a.batch < 1 || a.context < 2 || a.eval_every < 1 || a.eval_batches < 1)
     throw Error(
@@ -194,6 +211,11 @@ void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
       {.lr = a.lr, .schedule = optim::Schedule::cosine(a.steps, a.lr / 10), .clip_norm = 1.0});
   Value step = adam.minimize(train_loss);
   g.add_signature({"train", {ids, targets}, {train_loss}, {step}});
+  g.add_signature({"learning_rate",
+                   {},
+                   {optim::learning_rate(g, a.lr, optim::Schedule::cosine(a.steps, a.lr / 10),
+                                         optim::global_step(g))},
+                   {}});
   g.add_signature({"eval", {ids, targets}, {eval_loss}, {}});
   g.add_signature({"predict", {ids}, {eval_logits}, {}});
   g.add_signature({"vocabulary", {}, {vocab_table}, {}});
@@ -278,14 +300,27 @@ int main(int argc, char** argv) {
                 a.device.to_string().c_str(), static_cast<long long>(a.layers),
                 static_cast<long long>(a.dim), static_cast<long long>(a.heads),
                 static_cast<long long>(a.context), static_cast<long long>(a.batch));
+    SummaryWriter log(a.logdir.empty() ? a.out + "/logs" : a.logdir);
+    log.add_text("run/options",
+                 str("steps ", a.steps, ", batch ", a.batch, ", context ", a.context, ", dim ",
+                     a.dim, ", heads ", a.heads, ", layers ", a.layers, ", lr ", a.lr, ", dropout ",
+                     a.dropout, ", device ", a.device),
+                 0);
+    log.add_graph(g);
     SplitMix rng{a.seed};
     double running = 0, val_loss = 0;
     for (int64_t s = 1; s <= a.steps; ++s) {
       auto [x, y] = windows(corpus.ids, 0, split, a.batch, a.context, rng);
       const double loss = sess.run_signature("train", {x, y})[0].item<double>();
       running = s == 1 ? loss : 0.98 * running + 0.02 * loss;
+      if (s % 50 == 0 || s == a.steps) {
+        log.add_scalar("train/loss", loss, s);
+        log.add_scalar("train/learning_rate",
+                       sess.run_signature("learning_rate", {})[0].item<double>(), s);
+      }
       if (s % a.eval_every == 0 || s == a.steps) {
         val_loss = validate(sess, corpus, a);
+        log.add_scalar("validation/loss", val_loss, s);
         std::printf("step %lld/%lld  train_loss %.4f  val_loss %.4f\n", static_cast<long long>(s),
                     static_cast<long long>(a.steps), running, val_loss);
         std::fflush(stdout);
@@ -296,8 +331,9 @@ int main(int argc, char** argv) {
     std::printf("val_loss: %.3f\n", val_loss);
     Args sampling = a;
     sampling.sample = 300;
-    std::printf("sample:\n%s%s\n", a.prompt.c_str(),
-                sample(sampling, graph_path, ckpt_path).c_str());
+    const std::string text = sample(sampling, graph_path, ckpt_path);
+    std::printf("sample:\n%s%s\n", a.prompt.c_str(), text.c_str());
+    log.add_text("sample", "```\n" + a.prompt + text + "\n```", a.steps);
     return 0;
   } catch (const std::exception& e) {
     std::fflush(stdout);

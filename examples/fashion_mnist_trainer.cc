@@ -23,11 +23,33 @@ struct Args {
   int64_t stop_after = -1;         // stop (as if interrupted) after this many epochs
   std::string trace;               // write a Chrome trace of every step here
   Device device = Device::best();  // the GPU where one is usable, else the CPU
+  std::string device_why;          // why this device (for the closing summary)
   bool cuda_graphs = false;        // replay each step as a captured CUDA Graph
   std::string amp;                 // "", "bf16" or "f16"
   int64_t train_limit = 0;         // > 0: train on the first this many images only (tests)
   int64_t test_limit = 0;          // > 0: evaluate on the first this many test images only
+  std::string logdir;              // TensorBoard event files (default: <out>/logs)
+  bool help = false;
 };
+
+constexpr const char* kUsage =
+    "options:\n"
+    "  --data DIR        Fashion-MNIST's .gz files (default /usr/share/datasets/fashion-mnist)\n"
+    "  --out DIR         where the graph, checkpoint and logs go (default out)\n"
+    "  --epochs N        training epochs\n"
+    "  --batch N         global batch size (split over the ranks of a launched job)\n"
+    "  --threads N       CPU threads (default: one per core)\n"
+    "  --seed N          shuffling seed\n"
+    "  --resume          continue from the saved graph and checkpoint in --out\n"
+    "  --stop-after N    stop after N epochs (as if interrupted)\n"
+    "  --trace FILE      write a Chrome trace of every step\n"
+    "  --device D        cpu, cuda, cuda:N or best (default best: a usable GPU, else the CPU)\n"
+    "  --cuda-graphs     replay each step as a captured CUDA Graph\n"
+    "  --amp T           autocast to bf16 or f16\n"
+    "  --train-limit N   train on the first N images only\n"
+    "  --test-limit N    evaluate on the first N test images only\n"
+    "  --logdir DIR      TensorBoard logs: loss, learning rate, accuracy, the graph, the options\n"
+    "                    (default <out>/logs; view with tensorboard --logdir DIR)\n";
 
 Args parse(int argc, char** argv, const TrainDefaults& defaults) {
   Args a;
@@ -61,9 +83,14 @@ Args parse(int argc, char** argv, const TrainDefaults& defaults) {
       a.stop_after = std::stoll(value());
     else if (k == "--trace")
       a.trace = value();
+    else if (k == "--logdir")
+      a.logdir = value();
+    else if (k == "--help" || k == "-h")
+      a.help = true;
     else if (k == "--device") {
       const std::string d = value();
       a.device = d == "best" ? Device::best() : Device::parse(d);
+      if (d != "best") a.device_why = "as asked (--device " + d + ")";
     } else if (k == "--cuda-graphs") {
       a.cuda_graphs = true;
     } else if (k == "--amp") {
@@ -71,10 +98,7 @@ Args parse(int argc, char** argv, const TrainDefaults& defaults) {
       if (a.amp != "bf16" && a.amp != "f16")
         throw Error(str("[args] --amp takes bf16 or f16, not '", a.amp, "'"));
     } else
-      throw Error(
-          str("[args] unknown option ", k,
-              " (options: --data --out --epochs --batch --threads --seed --resume "
-              "--stop-after --trace --device --cuda-graphs --amp --train-limit --test-limit)"));
+      throw Error(str("[args] unknown option ", k, " (--help lists them)"));
   }
   return a;
 }
@@ -109,6 +133,20 @@ void build_training_graph(Graph& g, const ModelFn& model, const TrainDefaults& d
   g.add_signature({"sync", {}, {}, {distributed::broadcast_variables(g)}});
   g.add_signature({"eval", {x, y}, {eval_loss, correct}, {}});
   g.add_signature({"predict", {x}, {softmax(logits.eval), predictions}, {}});
+  // The scheduled learning rate at the current step, for the logs.
+  g.add_signature({"learning_rate",
+                   {},
+                   {optim::learning_rate(g, options.lr, options.schedule, optim::global_step(g))},
+                   {}});
+}
+
+// The options of a run as a Markdown table, for TensorBoard's Text tab.
+std::string options_text(const Args& a, const std::string& name, int64_t world) {
+  return str("| option | value |\n|---|---|\n| example | ", name, " |\n| epochs | ", a.epochs,
+             " |\n| batch | ", a.batch, " |\n| ranks | ", world, " |\n| device | ", a.device,
+             " |\n| amp | ", a.amp.empty() ? "off" : a.amp, " |\n| seed | ", a.seed,
+             " |\n| resume | ", a.resume ? "yes" : "no", " |\n| train limit | ", a.train_limit,
+             " |\n");
 }
 
 // Loss and accuracy over a whole dataset through the "eval" signature.
@@ -144,6 +182,13 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
                         const TrainDefaults& defaults) {
   try {
     Args args = parse(argc, argv, defaults);
+    if (args.help) {
+      std::printf(
+          "%s: trains on Fashion-MNIST, saves the graph and checkpoint, logs for "
+          "TensorBoard\n%s",
+          name.c_str(), kUsage);
+      return 0;
+    }
     if (!args.amp.empty() && args.device.is_cpu())
       throw Error(str("[args] --amp ", args.amp,
                       " computes in 16 bits, which needs a GPU; this run would be on the CPU"));
@@ -213,6 +258,14 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
     }
     // Every rank starts from rank 0's variables.
     if (world > 1) sess.run_signature("sync", {});
+    // TensorBoard: rank 0 logs the options, the graph, and the curves as it trains.
+    std::unique_ptr<SummaryWriter> log;
+    if (rank == 0) {
+      log = std::make_unique<SummaryWriter>(args.logdir.empty() ? args.out + "/logs" : args.logdir);
+      log->add_text("run/options", options_text(args, name, world), 0);
+      log->add_graph(*graph);
+    }
+    const bool logs_lr = graph->signatures().count("learning_rate") > 0;  // older files lack it
 
     const bool tty = isatty(fileno(stdout));
     for (int64_t epoch = first_epoch; epoch < args.epochs; ++epoch) {
@@ -225,6 +278,13 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
         running = done == 0 ? loss : 0.95 * running + 0.05 * loss;
         samples += batch->first.shape()[0] * world;  // every rank trains alike
         ++done;
+        const int64_t step = epoch * steps_per_epoch + done;
+        if (log && (done % 20 == 0 || done == loader.num_batches())) {
+          log->add_scalar("train/loss", loss, step);
+          if (logs_lr)
+            log->add_scalar("train/learning_rate",
+                            sess.run_signature("learning_rate", {})[0].item<double>(), step);
+        }
         double seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         if (done % 20 == 0 || done == loader.num_batches())
@@ -233,6 +293,10 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
       }
       auto [test_loss, test_accuracy] = evaluate(sess, test_set);
       if (rank == 0) sess.save_checkpoint(ckpt_path);
+      if (log) {
+        log->add_scalar("test/loss", test_loss, (epoch + 1) * steps_per_epoch);
+        log->add_scalar("test/accuracy", test_accuracy, (epoch + 1) * steps_per_epoch);
+      }
       std::printf("  test loss %.4f  test accuracy %.4f  (checkpoint saved)\n", test_loss,
                   test_accuracy);
       if (epoch + 1 == args.stop_after) {
@@ -242,7 +306,13 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
       }
     }
     auto [test_loss, test_accuracy] = evaluate(sess, test_set);
-    std::printf("saved graph %s and checkpoint %s\n", graph_path.c_str(), ckpt_path.c_str());
+    if (args.device_why.empty())
+      args.device_why = args.device.is_cuda() ? "the first usable GPU (--device cpu to use the CPU)"
+                                              : "no usable GPU here: " + cuda_availability().reason;
+    std::printf("saved graph %s and checkpoint %s; TensorBoard logs in %s\n", graph_path.c_str(),
+                ckpt_path.c_str(),
+                (args.logdir.empty() ? args.out + "/logs" : args.logdir).c_str());
+    std::printf("trained on %s: %s\n", args.device.to_string().c_str(), args.device_why.c_str());
     std::printf("test_loss: %.4f\ntest_accuracy: %.4f\n", test_loss, test_accuracy);
     return 0;
   } catch (const std::exception& e) {

@@ -7,6 +7,12 @@ using namespace kiln;
 
 int main(int argc, char** argv) {
   const std::string path = argc > 1 ? argv[1] : "quickstart.pb";
+  if (path == "--help" || path == "-h") {
+    std::printf(
+        "usage: quickstart [GRAPH.pb]: builds a small graph, runs it, saves it (default\n"
+        "quickstart.pb), loads it back and checks the loaded graph gives the same result\n");
+    return 0;
+  }
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 4});  // batch size known at run time
   Value w = random_normal(g, {4, 3}, 0.0, 0.5, /*seed=*/42);

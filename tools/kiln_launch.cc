@@ -90,6 +90,17 @@ int main(int argc, char** argv) {
   for (; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--", 0) != 0) break;
+    if (a == "--help" || a == "-h") {
+      std::printf(
+          "kiln-launch: starts PROGRAM once per process of a data-parallel job (torchrun's\n"
+          "role), with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,\n"
+          "MASTER_PORT and KILN_JOB_ID set; prefixes each line of output with [rank R]; stops\n"
+          "every process (SIGTERM, then SIGKILL after --grace seconds) when one fails.\n"
+          "usage: kiln-launch --nproc-per-node N [--nnodes M --node-rank R]\n"
+          "                   [--master-addr A] [--master-port P] [--job-id ID]\n"
+          "                   [--grace SECONDS] PROGRAM [ARGS...]\n");
+      return 0;
+    }
     if (i + 1 >= argc) return usage(("missing value for " + a).c_str());
     const char* v = argv[++i];
     if (a == "--nproc-per-node") {
