@@ -1,12 +1,13 @@
 // kiln-graph: describes a saved graph file.
 //   kiln-graph FILE            summary: nodes, op histogram, inputs, parameters, signatures
 //   kiln-graph FILE --text     the graph in protobuf text form
-//   kiln-graph FILE --dot [OUT]  Graphviz (to OUT, or standard output)
+//   kiln-graph FILE --dot [OUT] [--signature NAME] [--forward]  Graphviz, scopes as clusters
 //   kiln-graph FILE --optimized [--signature NAME] [--batch N] [--streams N]
 //                              the compiled plan: passes applied, every step with its stream
 //                              and arena offset, planned peak memory against no reuse
 #include <kiln/kiln.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -20,11 +21,13 @@ namespace {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: kiln-graph FILE [--text | --dot [OUT.dot] | --optimized [--signature NAME]\n"
-               "                  [--batch N] [--streams N]]\n"
+               "usage: kiln-graph FILE [--text | --dot [OUT.dot] [--signature NAME] [--forward] |\n"
+               "                  --optimized [--signature NAME] [--batch N] [--streams N]]\n"
                "  Describes a Kiln graph file (binary .pb, or text .pbtxt).\n"
                "  --text       print the graph in protobuf text form\n"
-               "  --dot        write the graph as Graphviz dot (render with: dot -Tsvg)\n"
+               "  --dot        write the graph as Graphviz dot (render with: dot -Tsvg), name\n"
+               "               scopes as nested boxes; --signature NAME: only what it runs;\n"
+               "               --forward: only what the outputs need (no gradients, updates)\n"
                "  --optimized  compile a signature (default: the first) as a Session would, with\n"
                "               unknown dims set to --batch (default 1), and print the plan\n");
   return 2;
@@ -169,22 +172,86 @@ void print_optimized(const Graph& g, std::string signature, int64_t batch, int s
   }
 }
 
-void write_dot(const Graph& g, std::ostream& out) {
-  out << "digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\", "
-         "fontsize=10];\n";
-  for (int32_t id = 0; id < g.num_nodes(); ++id) {
+// The nodes a picture shows: all of them, or what the chosen signature's outputs (and, unless
+// forward_only, its targets) need. forward_only without a signature: what every signature's
+// outputs need (a training graph's forward pass, without gradients and updates).
+std::vector<char> dot_selection(const Graph& g, const std::string& signature, bool forward_only) {
+  std::vector<char> keep(static_cast<size_t>(g.num_nodes()), 0);
+  if (signature.empty() && !forward_only) {
+    std::fill(keep.begin(), keep.end(), 1);
+    return keep;
+  }
+  std::vector<const Signature*> signatures;
+  if (!signature.empty()) {
+    signatures.push_back(&g.signature(signature));
+  } else {
+    for (const auto& entry : g.signatures()) signatures.push_back(&entry.second);
+    if (signatures.empty())
+      throw Error("[kiln-graph] --forward needs signatures (their outputs mark the forward pass)");
+  }
+  for (const Signature* sig : signatures) {
+    for (const Value& v : sig->outputs) keep[static_cast<size_t>(v.node_id())] = 1;
+    if (!forward_only)
+      for (const Value& v : sig->targets) keep[static_cast<size_t>(v.node_id())] = 1;
+  }
+  for (int32_t id = g.num_nodes() - 1; id >= 0; --id)  // ids are a topological order
+    if (keep[static_cast<size_t>(id)])
+      for (OutputRef in : g.node(id).inputs()) keep[static_cast<size_t>(in.node)] = 1;
+  return keep;
+}
+
+// Name scopes as nested clusters: "block1/attention/matmul" sits in cluster "block1", inside
+// it "block1/attention". Each node is labelled once: the last part of its name, and its op
+// below when the name does not already say it.
+struct ScopeTree {
+  std::vector<int32_t> nodes;
+  std::map<std::string, ScopeTree> children;
+};
+
+void write_scope(const Graph& g, const std::string& path, const ScopeTree& scope,
+                 std::ostream& out, int depth) {
+  const std::string indent(static_cast<size_t>(2 * depth), ' ');
+  for (int32_t id : scope.nodes) {
     const Node& n = g.node(id);
+    const std::string leaf = n.name().substr(n.name().rfind('/') + 1);
     const OutputSource source = n.op().source();
     const char* style = source == OutputSource::feed ? ", style=filled, fillcolor=\"#cfe8ff\""
+                        : source == OutputSource::state
+                            ? ", style=filled, fillcolor=\"#ffe9c4\""
                         : source == OutputSource::attribute
                             ? ", style=filled, fillcolor=\"#eeeeee\""
                             : "";
-    out << "  n" << id << " [label=\"" << dot_escape(n.name()) << "\\n"
-        << n.op_name() << "\"" << style << "];\n";
+    std::string label = dot_escape(leaf);
+    if (leaf.rfind(n.op_name(), 0) != 0) label += "\\n(" + n.op_name() + ")";
+    out << indent << "n" << id << " [label=\"" << label << "\", tooltip=\"" << dot_escape(n.name())
+        << "\"" << style << "];\n";
   }
+  for (const auto& [name, child] : scope.children) {
+    const std::string child_path = path.empty() ? name : path + "/" + name;
+    out << indent << "subgraph \"cluster_" << dot_escape(child_path) << "\" {\n"
+        << indent << "  label=\"" << dot_escape(name) << "\"; style=rounded; color=\"#999999\";\n";
+    write_scope(g, child_path, child, out, depth + 1);
+    out << indent << "}\n";
+  }
+}
+
+void write_dot(const Graph& g, const std::vector<char>& keep, std::ostream& out) {
+  ScopeTree root;
   for (int32_t id = 0; id < g.num_nodes(); ++id) {
-    const Node& n = g.node(id);
-    for (OutputRef in : n.inputs())
+    if (!keep[static_cast<size_t>(id)]) continue;
+    ScopeTree* scope = &root;
+    const std::string& name = g.node(id).name();
+    size_t start = 0;
+    for (size_t slash; (slash = name.find('/', start)) != std::string::npos; start = slash + 1)
+      scope = &scope->children[name.substr(start, slash - start)];
+    scope->nodes.push_back(id);
+  }
+  out << "digraph kiln {\n  rankdir=TB;\n  compound=true;\n  node [shape=box, "
+         "fontname=\"Helvetica\", fontsize=10];\n";
+  write_scope(g, "", root, out, 1);
+  for (int32_t id = 0; id < g.num_nodes(); ++id) {
+    if (!keep[static_cast<size_t>(id)]) continue;
+    for (OutputRef in : g.node(id).inputs())
       out << "  n" << in.node << " -> n" << id << " [label=\""
           << dot_escape(type_of(g.node(in.node), in.index)) << "\", fontsize=8];\n";
   }
@@ -196,6 +263,7 @@ void write_dot(const Graph& g, std::ostream& out) {
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
   std::string path, mode = "summary", dot_out, signature;
+  bool forward_only = false;
   int64_t batch = 1, stream_count = 1;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -216,6 +284,8 @@ int main(int argc, char** argv) {
         return std::fprintf(stderr, "kiln-graph: --streams takes a count >= 1, got '%s'\n",
                             v.c_str()),
                2;
+    } else if (arg == "--forward") {
+      forward_only = true;
     } else if (arg == "--dot") {
       mode = "dot";
       if (i + 1 < argc && argv[i + 1][0] != '-') dot_out = argv[++i];
@@ -237,13 +307,18 @@ int main(int argc, char** argv) {
       print_optimized(*graph, signature, batch, static_cast<int>(stream_count));
     } else if (mode == "text") {
       std::fputs(graph_to_text(*graph).c_str(), stdout);
-    } else if (dot_out.empty()) {
-      write_dot(*graph, std::cout);
     } else {
+      const std::vector<char> keep = dot_selection(*graph, signature, forward_only);
       std::ostringstream dot;
-      write_dot(*graph, dot);
-      write_file_atomically(dot_out, dot.str());
-      std::printf("wrote %s (%d nodes)\n", dot_out.c_str(), graph->num_nodes());
+      write_dot(*graph, keep, dot);
+      if (dot_out.empty()) {
+        std::cout << dot.str();
+      } else {
+        write_file_atomically(dot_out, dot.str());
+        std::printf("wrote %s (%ld of %d nodes)\n", dot_out.c_str(),
+                    static_cast<long>(std::count(keep.begin(), keep.end(), 1)),
+                    graph->num_nodes());
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kiln-graph: %s\n", e.what());

@@ -59,8 +59,45 @@ TEST(KilnGraphTool, SummaryTextAndDot) {
   std::string content((std::istreambuf_iterator<char>(in)), {});
   EXPECT_NE(content.find("digraph kiln"), std::string::npos);
   EXPECT_NE(content.find("->"), std::string::npos);
+  // The scope is a cluster; inside it each node is labelled by its last name part, once.
+  EXPECT_NE(content.find("subgraph \"cluster_dense\""), std::string::npos) << content;
+  EXPECT_NE(content.find("[label=\"w\\n(constant)\""), std::string::npos) << content;
+  EXPECT_NE(content.find("[label=\"relu\", tooltip=\"dense/relu\"]"), std::string::npos)
+      << content;
+  EXPECT_EQ(content.find("dense/relu\\n"), std::string::npos) << content;
   EXPECT_EQ(run_tool("").exit_code, 2);
   EXPECT_EQ(run_tool(path + " --bogus").exit_code, 2);
+}
+
+// --signature and --forward pick what a picture shows: a training graph's forward pass only.
+TEST(KilnGraphTool, DotShowsOneSignatureOrTheForwardPass) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 4});
+  Value w = g.variable("w", {4, 2}, init::zeros());
+  Value probs = softmax(matmul(x, w)).named("probs");
+  Value loss = mean(square(probs));
+  Value train = optim::SGD().minimize(loss);
+  g.add_signature({"train", {x}, {loss}, {train}});
+  g.add_signature({"predict", {x}, {probs}, {}});
+  save_graph(g, tmp("train_dot.pb"));
+  auto nodes_in = [&](const std::string& args) {
+    Result r = run_tool(tmp("train_dot.pb") + " --dot " + args);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    int count = 0;
+    for (size_t at = 0; (at = r.output.find("tooltip=", at)) != std::string::npos; ++at) ++count;
+    return std::make_pair(count, r.output);
+  };
+  const auto [all, all_dot] = nodes_in("");
+  const auto [forward, forward_dot] = nodes_in("--forward");
+  const auto [predict, predict_dot] = nodes_in("--signature predict");
+  EXPECT_EQ(all, g.num_nodes());
+  EXPECT_LT(forward, all);
+  EXPECT_LT(predict, forward);
+  EXPECT_NE(all_dot.find("cluster_gradients"), std::string::npos);
+  EXPECT_EQ(forward_dot.find("cluster_gradients"), std::string::npos) << forward_dot;
+  EXPECT_EQ(forward_dot.find("cluster_optimizer"), std::string::npos) << forward_dot;
+  EXPECT_NE(predict_dot.find("tooltip=\"probs\""), std::string::npos);
+  EXPECT_EQ(run_tool(tmp("train_dot.pb") + " --dot --signature nope").exit_code, 1);
 }
 
 TEST(KilnGraphTool, OptimizedPlanShowsStreamsOffsetsAndMemory) {
