@@ -190,6 +190,14 @@ class OpDef {
   const InferFn& infer_fn() const { return infer_; }
   /// The kernel for `device` that handles `dtype`, or nullptr.
   KernelFn kernel_for(DeviceKind device, DType dtype) const;
+  /// Whether a kernel is registered for `device`, and the dtypes it was registered for (empty:
+  /// every dtype inference accepts).
+  bool has_kernel(DeviceKind device) const {
+    return kernels_[static_cast<size_t>(device)].fn != nullptr;
+  }
+  const std::vector<DType>& kernel_dtypes(DeviceKind device) const {
+    return kernels_[static_cast<size_t>(device)].dtypes;
+  }
   bool is_elementwise() const { return elementwise_; }
   const GradFn& grad_fn() const { return grad_; }
   bool has_no_gradient() const { return no_gradient_; }
