@@ -11,7 +11,7 @@
 
 namespace kiln {
 
-/// Appends events to one new file `LOG_DIR/events.out.tfevents.<time>.<host>.<pid>.<n>`
+/// Appends events to one new file `LOG_DIR/events.out.tfevents.TIME.HOST.PID.N`
 /// (TensorBoard's record format: each record carries CRC-32C checksums), flushed after every
 /// event so `tensorboard --logdir LOG_DIR` shows a run while it trains. Tags group by their
 /// prefix up to '/' ("train/loss", "train/lr"). Not thread-safe; throws kiln::FileError naming
