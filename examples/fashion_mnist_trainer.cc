@@ -129,15 +129,17 @@ void build_training_graph(Graph& g, const ModelFn& model, const TrainDefaults& d
   // the ranks in buckets while backward goes on (at world size 1 the average is the identity).
   auto dp = distributed::data_parallel(adam->compute_gradients(train_loss));
   Value train = dp.apply(*adam);
-  g.add_signature({"train", {x, y}, {train_loss}, {train}});
+  // Outputs carry names (what kiln-run calls its files: probabilities.npy, classes.npy).
+  g.add_signature({"train", {x, y}, {train_loss.named("loss")}, {train}});
   g.add_signature({"sync", {}, {}, {distributed::broadcast_variables(g)}});
-  g.add_signature({"eval", {x, y}, {eval_loss, correct}, {}});
-  g.add_signature({"predict", {x}, {softmax(logits.eval), predictions}, {}});
-  // The scheduled learning rate at the current step, for the logs.
-  g.add_signature({"learning_rate",
-                   {},
-                   {optim::learning_rate(g, options.lr, options.schedule, optim::global_step(g))},
+  g.add_signature({"eval", {x, y}, {eval_loss.named("eval_loss"), correct.named("correct")}, {}});
+  g.add_signature({"predict",
+                   {x},
+                   {softmax(logits.eval).named("probabilities"), predictions.named("classes")},
                    {}});
+  // The scheduled learning rate at the current step, for the logs.
+  const Value lr = optim::learning_rate(g, options.lr, options.schedule, optim::global_step(g));
+  g.add_signature({"learning_rate", {}, {lr.named("learning_rate")}, {}});
 }
 
 // The options of a run as a Markdown table, for TensorBoard's Text tab.

@@ -208,16 +208,15 @@ struct ScopeTree {
   std::map<std::string, ScopeTree> children;
 };
 
-void write_scope(const Graph& g, const std::string& path, const ScopeTree& scope,
-                 std::ostream& out, int depth) {
+void write_scope(const Graph& g, const std::string& path, const ScopeTree& scope, std::ostream& out,
+                 int depth) {
   const std::string indent(static_cast<size_t>(2 * depth), ' ');
   for (int32_t id : scope.nodes) {
     const Node& n = g.node(id);
     const std::string leaf = n.name().substr(n.name().rfind('/') + 1);
     const OutputSource source = n.op().source();
-    const char* style = source == OutputSource::feed ? ", style=filled, fillcolor=\"#cfe8ff\""
-                        : source == OutputSource::state
-                            ? ", style=filled, fillcolor=\"#ffe9c4\""
+    const char* style = source == OutputSource::feed    ? ", style=filled, fillcolor=\"#cfe8ff\""
+                        : source == OutputSource::state ? ", style=filled, fillcolor=\"#ffe9c4\""
                         : source == OutputSource::attribute
                             ? ", style=filled, fillcolor=\"#eeeeee\""
                             : "";
@@ -316,8 +315,7 @@ int main(int argc, char** argv) {
       } else {
         write_file_atomically(dot_out, dot.str());
         std::printf("wrote %s (%ld of %d nodes)\n", dot_out.c_str(),
-                    static_cast<long>(std::count(keep.begin(), keep.end(), 1)),
-                    graph->num_nodes());
+                    static_cast<long>(std::count(keep.begin(), keep.end(), 1)), graph->num_nodes());
       }
     }
   } catch (const std::exception& e) {

@@ -62,8 +62,7 @@ TEST(KilnGraphTool, SummaryTextAndDot) {
   // The scope is a cluster; inside it each node is labelled by its last name part, once.
   EXPECT_NE(content.find("subgraph \"cluster_dense\""), std::string::npos) << content;
   EXPECT_NE(content.find("[label=\"w\\n(constant)\""), std::string::npos) << content;
-  EXPECT_NE(content.find("[label=\"relu\", tooltip=\"dense/relu\"]"), std::string::npos)
-      << content;
+  EXPECT_NE(content.find("[label=\"relu\", tooltip=\"dense/relu\"]"), std::string::npos) << content;
   EXPECT_EQ(content.find("dense/relu\\n"), std::string::npos) << content;
   EXPECT_EQ(run_tool("").exit_code, 2);
   EXPECT_EQ(run_tool(path + " --bogus").exit_code, 2);
