@@ -168,7 +168,8 @@ void max_pool_tiled_plane(const T* plane, const ConvGeometry& g, T* row_best, in
     }
     for (int64_t r = 1; r < g.kernel_h; ++r) {
       const T* piece = first + r * ow;
-      const int32_t* piece_at = row_at + (i * g.kernel_h + r) * ow;
+      const int32_t* piece_at = nullptr;  // (no arithmetic on the null row_at of kIndex false)
+      if constexpr (kIndex) piece_at = row_at + (i * g.kernel_h + r) * ow;
       for (int64_t j = 0; j < ow; ++j) {
         const bool take = replaces(piece[j], b[j]);
         b[j] = take ? piece[j] : b[j];
