@@ -3,8 +3,9 @@
 #
 #   bench/run.sh            (after tools/kiln-dev build, or it builds first)
 #
-# PyTorch 2.x comes from PyPI into bench's own virtual environment, .bench-venv/ (made on the
-# first run, about 3 GB; KILN_BENCH_PYTHON=/path/to/python uses another Python with torch).
+# PyTorch 2.x, JAX and TensorFlow 2 come from PyPI into bench's own virtual environment,
+# .bench-venv/ (made on the first run, about 6 GB; KILN_BENCH_PYTHON=/path/to/python uses
+# another Python with them).
 # Where PyPI cannot be reached it falls back to Debian's python3-torch (1.13, no torch.compile)
 # and says so. PyTorch runs each case with OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1 and =2 and
 # keeps its faster time; Kiln runs with 2 intra-op threads (this machine's cores). Prints a
@@ -18,10 +19,11 @@ threads=$(nproc)
 python=${KILN_BENCH_PYTHON:-}
 if [ -z "$python" ]; then
   venv=$root/.bench-venv
-  if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
-    echo "setting up $venv with PyTorch from PyPI (once; about 3 GB)" >&2
-    { python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q torch numpy; } >&2 ||
-      echo "could not install PyTorch from PyPI; using Debian's python3-torch instead" >&2
+  if ! "$venv/bin/python" -c 'import torch, jax, tensorflow' 2>/dev/null; then
+    echo "setting up $venv with PyTorch, JAX and TensorFlow from PyPI (once; about 6 GB)" >&2
+    { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } >&2
+    "$venv/bin/python" -m pip install -q torch numpy jax tensorflow >&2 ||
+      echo "could not install every peer from PyPI; those missing are left out" >&2
   fi
   python=$venv/bin/python
   "$python" -c 'import torch' 2>/dev/null || python=/usr/bin/python3
@@ -94,6 +96,53 @@ row "MLP step batch 1024: memory the step adds" "$(mib "$(field "$mem" growth_ki
   "torch $(mib "$(field "$tmem" growth_kib)")" "$(ratio "$(field "$mem" growth_kib)" "$(field "$tmem" growth_kib)")"
 row "  peak RSS of the whole process" "$(mib "$(field "$mem" peak_rss_kib)")" \
   "torch + Python $(mib "$(field "$tmem" peak_rss_kib)")" "$(ratio "$(field "$mem" peak_rss_kib)" "$(field "$tmem" peak_rss_kib)")"
+
+# Every peer on the model cases and the product, each at the better of one core and all of
+# them (one core: pinned with taskset and told to use one thread): PyTorch eager and
+# torch.compile, JAX jit, TensorFlow tf.function without and with XLA.
+peer_once() {  # THREADS CASE PEER -> seconds, or nothing
+  local n=$1 case=$2 peer=$3 pin=()
+  [ "$n" = 1 ] && pin=(taskset -c 0)
+  local env=(env OMP_NUM_THREADS="$n" OPENBLAS_NUM_THREADS="$n" MKL_NUM_THREADS="$n")
+  case $peer in
+    torch) "${env[@]}" "${pin[@]}" "$python" "$root/bench/torch_bench.py" "$case" --threads "$n" ;;
+    torch.compile) "${env[@]}" "${pin[@]}" "$python" "$root/bench/torch_bench.py" "$case" --compile --threads "$n" ;;
+    jax) "${env[@]}" "${pin[@]}" "$python" "$root/bench/jax_bench.py" "$case" ;;
+    tf) "${env[@]}" "${pin[@]}" "$python" "$root/bench/tf_bench.py" "$case" --threads "$n" ;;
+    tf+xla) "${env[@]}" "${pin[@]}" "$python" "$root/bench/tf_bench.py" "$case" --xla --threads "$n" ;;
+  esac 2>/dev/null | awk -v c="$case" '$1 == c {print $2}'
+}
+peer_best() {  # CASE PEER -> "seconds threads" (the faster setting), or "nan -"
+  local best=nan best_n=-
+  for n in 1 "$threads"; do
+    local s
+    s=$(peer_once "$n" "$1" "$2")
+    [ -n "$s" ] || continue
+    if [ "$best" = nan ] || awk "BEGIN{exit !($s < $best)}"; then best=$s; best_n=$n; fi
+  done
+  echo "$best $best_n"
+}
+declare -A kiln_time=([mlp_step]=$(t "$mlp") [cnn_step]=$(t "$cnn")
+                      [transformer_step]=$(t "$block") [matmul]=$(t "$mm"))
+echo
+printf '%-18s %-12s' case kiln
+for peer in torch torch.compile jax tf tf+xla; do printf ' %-20s' "$peer"; done
+printf '\n'
+fastest_lines=()
+for case in mlp_step cnn_step transformer_step matmul; do
+  printf '%-18s %-12s' "$case" "$(ms "${kiln_time[$case]}")"
+  fastest=nan fastest_peer=none
+  for peer in torch torch.compile jax tf tf+xla; do
+    read -r s n <<<"$(peer_best "$case" "$peer")"
+    printf ' %-20s' "$([ "$s" = nan ] && echo "n/a" || echo "$(ms "$s") ($n thr)")"
+    if [ "$s" != nan ] && { [ "$fastest" = nan ] || awk "BEGIN{exit !($s < $fastest)}"; }; then
+      fastest=$s fastest_peer=$peer
+    fi
+  done
+  printf '\n'
+  fastest_lines+=("ratio ${case}_vs_fastest $(ratio "${kiln_time[$case]}" "$fastest") ($fastest_peer)")
+done
+
 echo
 echo "ratio mlp_step $(ratio "$(t "$mlp")" "$(t "$tmlp")")"
 echo "ratio matmul_vs_fastest $(ratio "$(t "$mm")" "$mm_best")"
@@ -107,3 +156,4 @@ echo "ratio cnn_step $(ratio "$(t "$cnn")" "$(t "$tcnn")")"
 echo "ratio transformer_step $(ratio "$(t "$block")" "$(t "$tblock")")"
 echo "ratio mlp_step_memory_growth $(ratio "$(field "$mem" growth_kib)" "$(field "$tmem" growth_kib)")"
 echo "ratio mlp_peak_rss_process $(ratio "$(field "$mem" peak_rss_kib)" "$(field "$tmem" peak_rss_kib)")"
+printf '%s\n' "${fastest_lines[@]}"
