@@ -9,25 +9,12 @@ Threads: run under `taskset -c 0` for one (bench/run.sh tries one and all cores)
 "CASE <seconds per iteration>" like kiln_bench.
 """
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
+from bench_timing import time_it  # noqa: E402
 
 
-def time_it(fn, warmup, reps):
-    warm_until = time.perf_counter() + 0.3
-    done = 0
-    while done < warmup or time.perf_counter() < warm_until:
-        fn()
-        done += 1
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def ramp(*shape):

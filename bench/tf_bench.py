@@ -9,25 +9,12 @@ Prints "CASE <seconds per iteration>" like kiln_bench.
 """
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
+from bench_timing import time_it  # noqa: E402
 
 
-def time_it(fn, warmup, reps):
-    warm_until = time.perf_counter() + 0.3
-    done = 0
-    while done < warmup or time.perf_counter() < warm_until:
-        fn()
-        done += 1
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def ramp(*shape):

@@ -10,25 +10,11 @@ Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
 import resource
 import sys
-import time
 
 import torch
+from bench_timing import time_it  # noqa: E402
 
 
-def time_it(fn, warmup, reps):
-    # As kiln_bench: `warmup` runs and at least 0.3 s of warm-up before timing.
-    warm_until = time.perf_counter() + 0.3
-    done = 0
-    while done < warmup or time.perf_counter() < warm_until:
-        fn()
-        done += 1
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
 
 
 COMPILE = "--compile" in sys.argv
