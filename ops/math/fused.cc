@@ -123,6 +123,31 @@ void loop2(T* out, const T* a, int64_t sa, const T* b, int64_t sb, int64_t n, F 
   }
 }
 
+// where(a, b, c) over one chunk: each stride (0 or 1) a compile-time constant, so the loop
+// vectorizes into blends (a ReLU gradient is where(y > 0, dy, 0)).
+template <int SA, int SB, int SC, typename T>
+void loop_where_fixed(T* out, const T* a, const T* b, const T* c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T when_true = b[j * SB], when_false = c[j * SC];  // both read: no branch to vectorize
+    out[j] = a[j * SA] != T(0) ? when_true : when_false;
+  }
+}
+
+template <typename T>
+void loop_where(T* out, const T* a, int64_t sa, const T* b, int64_t sb, const T* c, int64_t sc,
+                int64_t n) {
+  switch (sa * 4 + sb * 2 + sc) {
+    case 0: return loop_where_fixed<0, 0, 0>(out, a, b, c, n);
+    case 1: return loop_where_fixed<0, 0, 1>(out, a, b, c, n);
+    case 2: return loop_where_fixed<0, 1, 0>(out, a, b, c, n);
+    case 3: return loop_where_fixed<0, 1, 1>(out, a, b, c, n);
+    case 4: return loop_where_fixed<1, 0, 0>(out, a, b, c, n);
+    case 5: return loop_where_fixed<1, 0, 1>(out, a, b, c, n);
+    case 6: return loop_where_fixed<1, 1, 0>(out, a, b, c, n);
+    default: return loop_where_fixed<1, 1, 1>(out, a, b, c, n);
+  }
+}
+
 template <typename T>
 void fused_typed(KernelContext& ctx) {
   const auto& code = ctx.attr<std::vector<int64_t>>("code");
@@ -189,12 +214,9 @@ void fused_typed(KernelContext& ctx) {
           KILN_COMPARE_OPS(KILN_BINARY_CASE)
 #undef KILN_UNARY_CASE
 #undef KILN_BINARY_CASE
-          case op_where: {
-            const T* cv = reg[ins[3]];
-            const int64_t sc = stride[ins[3]];
-            for (int64_t j = 0; j < len; ++j) dest[j] = a[j * sa] != T(0) ? b[j * sb] : cv[j * sc];
+          case op_where:
+            loop_where(dest, a, sa, b, sb, reg[ins[3]], stride[ins[3]], len);
             break;
-          }
           default:
             throw Error(str(ctx.where(), ": bad opcode ", ins[0]));
         }

@@ -180,6 +180,54 @@ void max_pool_tiled_plane(const T* plane, const ConvGeometry& g, T* row_best, in
   }
 }
 
+// The tiled gradient of one plane: every dx element written once, dy where the window's
+// winner `at` (r * kernel_w + c) is, else 0 (windows do not overlap), so the loops run over
+// contiguous rows instead of scattering into a zeroed plane.
+template <typename T>
+void route_tiled_plane(const ConvGeometry& g, const int32_t* at, const T* dy, T* dx) {
+  const int64_t kw = g.kernel_w, ow = g.out_w;
+  for (int64_t i = 0; i < g.out_h; ++i)
+    for (int64_t r = 0; r < g.kernel_h; ++r) {
+      T* row = dx + (i * g.kernel_h + r) * g.in_w;
+      const int32_t* win = at + i * ow;
+      const T* grad = dy + i * ow;
+      for (int64_t j = 0; j < ow; ++j)
+        for (int64_t c = 0; c < kw; ++c)
+          row[j * kw + c] = win[j] == static_cast<int32_t>(r * kw + c) ? grad[j] : T(0);
+    }
+  // Rows below the last window get no gradient.
+  std::fill(dx + g.out_h * g.kernel_h * g.in_w, dx + g.in_pixels(), T(0));
+}
+
+// The gradient of a tiled 2x2 pool over one plane in one pass: each window's four values, its
+// first maximum (row-major; a NaN wins, as replaces() rules), and dy written to that place and
+// 0 to the other three. No scratch arrays; the loop over a row's windows vectorizes.
+template <typename T>
+void route_tiled_2x2_plane(const ConvGeometry& g, const T* x, const T* dy, T* dx) {
+  const int64_t ow = g.out_w, w = g.in_w;
+  for (int64_t i = 0; i < g.out_h; ++i) {
+    const T* x0 = x + 2 * i * w;
+    const T* x1 = x0 + w;
+    const T* grad = dy + i * ow;
+    T* d0 = dx + 2 * i * w;
+    T* d1 = d0 + w;
+    for (int64_t j = 0; j < ow; ++j) {
+      const T v00 = x0[2 * j], v01 = x0[2 * j + 1], v10 = x1[2 * j], v11 = x1[2 * j + 1];
+      T best = v00;
+      int winner = 0;
+      if (replaces(v01, best)) best = v01, winner = 1;
+      if (replaces(v10, best)) best = v10, winner = 2;
+      if (replaces(v11, best)) winner = 3;
+      const T gj = grad[j];
+      d0[2 * j] = winner == 0 ? gj : T(0);
+      d0[2 * j + 1] = winner == 1 ? gj : T(0);
+      d1[2 * j] = winner == 2 ? gj : T(0);
+      d1[2 * j + 1] = winner == 3 ? gj : T(0);
+    }
+  }
+  std::fill(dx + g.out_h * 2 * w, dx + g.in_pixels(), T(0));  // rows no window reads
+}
+
 // kMode as max_pool_typed, for geometries that tile.
 template <int kMode, typename T>
 void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, const T* other,
@@ -200,23 +248,26 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
           max_pool_tiled_plane<false, 0>(plane, g, row_best.data(), nullptr, y, nullptr);
         continue;
       }
+      if (kMode == 2 && g.kernel_w == 2 && g.kernel_h == 2) {
+        route_tiled_2x2_plane(g, plane, other + p * g.out_pixels(), out + p * g.in_pixels());
+        continue;
+      }
       if (g.kernel_w == 2)
         max_pool_tiled_plane<true, 2>(plane, g, row_best.data(), row_at.data(), best.data(),
                                       at.data());
       else
         max_pool_tiled_plane<true, 0>(plane, g, row_best.data(), row_at.data(), best.data(),
                                       at.data());
-      T* dx = out + p * g.in_pixels();
-      if constexpr (kMode == 2) std::fill(dx, dx + g.in_pixels(), T(0));
+      if constexpr (kMode == 2) {
+        route_tiled_plane(g, at.data(), other + p * g.out_pixels(), out + p * g.in_pixels());
+        continue;
+      }
       for (int64_t i = 0; i < g.out_h; ++i)
         for (int64_t j = 0; j < g.out_w; ++j) {
           const int64_t o = i * g.out_w + j;
           const int64_t r = at[o] / g.kernel_w, c = at[o] % g.kernel_w;
           const int64_t offset = (i * g.kernel_h + r) * g.in_w + j * g.kernel_w + c;
-          if constexpr (kMode == 1)
-            out[p * g.out_pixels() + o] = other[p * g.in_pixels() + offset];
-          else
-            dx[offset] = other[p * g.out_pixels() + o];  // windows do not overlap
+          out[p * g.out_pixels() + o] = other[p * g.in_pixels() + offset];
         }
     }
   });
