@@ -112,15 +112,18 @@ struct AttentionOptions {
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options = {});
 
-/// normalize's outputs: y = (x - mean) * rstd and the statistics, shaped like the dims not
-/// normalized.
+/// normalize's outputs: y = (x - mean) * rstd (times scale, plus shift) and the statistics,
+/// shaped like the dims not normalized.
 struct Normalized {
   Value y, mean, rstd;
 };
 /// Normalizes x over `axes` (the other dims must be adjacent): mean and biased variance over
 /// the axes, rstd = 1 / sqrt(var + eps). Without `center` (RMS norm) the mean is 0 and rstd
-/// = 1 / sqrt(mean(x^2) + eps). The op behind every function below.
-Normalized normalize(const Value& x, const Axes& axes, double eps = 1e-5, bool center = true);
+/// = 1 / sqrt(mean(x^2) + eps). The op behind every function below. With `scale` or `shift`
+/// (shaped like the statistics, as batch norm's per-channel weight and bias), y is
+/// xhat * scale + shift, computed in the same pass (and their gradients in the backward's).
+Normalized normalize(const Value& x, const Axes& axes, double eps = 1e-5, bool center = true,
+                     const Value& scale = {}, const Value& shift = {});
 /// Layer normalization over the last `normalized_dims` dims, then * weight + bias (each
 /// optional, shaped like those dims): PyTorch's layer_norm.
 Value layer_norm(const Value& x, int64_t normalized_dims = 1, const Value& weight = {},

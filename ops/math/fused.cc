@@ -137,14 +137,22 @@ template <typename T>
 void loop_where(T* out, const T* a, int64_t sa, const T* b, int64_t sb, const T* c, int64_t sc,
                 int64_t n) {
   switch (sa * 4 + sb * 2 + sc) {
-    case 0: return loop_where_fixed<0, 0, 0>(out, a, b, c, n);
-    case 1: return loop_where_fixed<0, 0, 1>(out, a, b, c, n);
-    case 2: return loop_where_fixed<0, 1, 0>(out, a, b, c, n);
-    case 3: return loop_where_fixed<0, 1, 1>(out, a, b, c, n);
-    case 4: return loop_where_fixed<1, 0, 0>(out, a, b, c, n);
-    case 5: return loop_where_fixed<1, 0, 1>(out, a, b, c, n);
-    case 6: return loop_where_fixed<1, 1, 0>(out, a, b, c, n);
-    default: return loop_where_fixed<1, 1, 1>(out, a, b, c, n);
+    case 0:
+      return loop_where_fixed<0, 0, 0>(out, a, b, c, n);
+    case 1:
+      return loop_where_fixed<0, 0, 1>(out, a, b, c, n);
+    case 2:
+      return loop_where_fixed<0, 1, 0>(out, a, b, c, n);
+    case 3:
+      return loop_where_fixed<0, 1, 1>(out, a, b, c, n);
+    case 4:
+      return loop_where_fixed<1, 0, 0>(out, a, b, c, n);
+    case 5:
+      return loop_where_fixed<1, 0, 1>(out, a, b, c, n);
+    case 6:
+      return loop_where_fixed<1, 1, 0>(out, a, b, c, n);
+    default:
+      return loop_where_fixed<1, 1, 1>(out, a, b, c, n);
   }
 }
 

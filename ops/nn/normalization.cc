@@ -3,14 +3,19 @@
 //   center:    mean = sum x / M,  var = sum (x - mean)^2 / M,  rstd = 1 / sqrt(var + eps)
 //              y = (x - mean) rstd
 //   no center: mean = 0,          rstd = 1 / sqrt(sum x^2 / M + eps),  y = x rstd  (RMS norm)
+// With the optional inputs scale and shift (both, shaped like the statistics: batch norm's
+// per-channel weight and bias), y = xhat scale[k] + shift[k] in the same pass.
 // Outputs y (like x), mean and rstd (shaped like the kept dims). The kept dims must be
 // adjacent, so x is [A, K, B] with the normalized elements at (a, k, b) for every a and b:
 // batch norm over (N, H, W) of [N, C, H, W] is A = N, K = C, B = H W; layer norm over the last
 // dims is A = 1.
 //
-// Gradient (xhat = y):  dx = rstd (dy - mean_M(dy) - xhat mean_M(dy xhat))   (no center: no
-// mean_M(dy) term), the normalize_backward op; plus, where the statistics' own outputs are
-// used, d mean/dx = 1 / M and d rstd/dx = -rstd^2 xhat / M.
+// Gradient (xhat = (x - mean) rstd; g = dy scale, or dy without scale):
+//   dx = rstd (g - mean_M(g) - xhat mean_M(g xhat))   (no center: no mean_M(g) term)
+//   dscale = sum_M(dy xhat),  dshift = sum_M(dy)
+// all from one pass's two sums per group (mean_M(g) = scale mean_M(dy), likewise for g xhat):
+// the normalize_backward op, with outputs dx[, dscale, dshift]. Plus, where the statistics' own
+// outputs are used, d mean/dx = 1 / M and d rstd/dx = -rstd^2 xhat / M.
 #include <cmath>
 
 #include "kiln/framework/gradient.h"
@@ -75,23 +80,38 @@ Shape kept_shape(const InferContext& ctx) {
   return Shape(std::move(kept));
 }
 
+// Inputs [first, first + count) must have x's dtype and the statistics' shape `kept`.
+void expect_like_statistics(const InferContext& ctx, int first, int count, const Shape& kept) {
+  for (int i = first; i < first + count; ++i) {
+    ctx.expect_same_dtype(0, i);
+    if (!ctx.shape(i).compatible_with(kept))
+      ctx.fail("input ", i, " is ", ctx.shape(i), ", the statistics are ", kept);
+  }
+}
+
+// Inputs x[, scale, shift].
 std::vector<TensorType> infer_normalize(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   const Shape kept = kept_shape(ctx);
+  if (ctx.num_inputs() != 1 && ctx.num_inputs() != 3)
+    ctx.fail("takes x, or x, scale and shift: got ", ctx.num_inputs(), " inputs");
+  expect_like_statistics(ctx, 1, ctx.num_inputs() - 1, kept);
   return {ctx.input(0), {ctx.dtype(0), kept}, {ctx.dtype(0), kept}};
 }
 
-// Inputs x, mean, rstd, dy.
+// Inputs x, mean, rstd, dy[, scale]; outputs dx[, dscale, dshift].
 std::vector<TensorType> infer_normalize_backward(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
-  for (int i : {1, 2, 3}) ctx.expect_same_dtype(0, i);
+  if (ctx.num_inputs() != 4 && ctx.num_inputs() != 5)
+    ctx.fail("takes x, mean, rstd, dy and optionally scale: got ", ctx.num_inputs(), " inputs");
+  ctx.expect_same_dtype(0, 3);
   const Shape kept = kept_shape(ctx);
-  for (int i : {1, 2})
-    if (!ctx.shape(i).compatible_with(kept))
-      ctx.fail("input ", i, " is ", ctx.shape(i), ", the statistics are ", kept);
+  expect_like_statistics(ctx, 1, 2, kept);
   if (!ctx.shape(3).compatible_with(ctx.shape(0)))
     ctx.fail("dy ", ctx.shape(3), " differs from x ", ctx.shape(0));
-  return {ctx.input(0)};
+  if (ctx.num_inputs() == 4) return {ctx.input(0)};
+  expect_like_statistics(ctx, 4, 1, kept);
+  return {ctx.input(0), {ctx.dtype(0), kept}, {ctx.dtype(0), kept}};
 }
 
 // Calls fn(base) for each of the outer rows of statistics group k: the group's elements are
@@ -113,6 +133,9 @@ void normalize_typed(KernelContext& ctx) {
   T* y = ctx.output(0).data<T>();
   T* mean_out = ctx.output(1).data<T>();
   T* rstd_out = ctx.output(2).data<T>();
+  const bool affine = ctx.num_inputs() == 3;
+  const T* scale = affine ? ctx.input(1).data<T>() : nullptr;
+  const T* shift = affine ? ctx.input(2).data<T>() : nullptr;
   const int64_t inner = l.inner;
   const double count = static_cast<double>(l.outer * l.inner);
   ctx.parallel_for(l.kept, l.outer * l.inner * 4, [&](int64_t k0, int64_t k1) {
@@ -137,10 +160,15 @@ void normalize_typed(KernelContext& ctx) {
       });
       const double rstd = 1 / std::sqrt(squares / count + eps);
       const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
+      // y = (x - m) r s + t: the rounded statistics, as the unfused ops would use them.
+      const T s = affine ? scale[k] : T(1), t = affine ? shift[k] : T(0), rs = r * s;
       for_group_rows(l, k, [&](int64_t base) {
         const T* row = px + base;
         T* out = y + base;
-        for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * r;
+        if (affine)
+          for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * rs + t;
+        else
+          for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * r;
       });
       mean_out[k] = m;
       rstd_out[k] = r;
@@ -158,11 +186,15 @@ void normalize_backward_typed(KernelContext& ctx) {
   const T* rstd = ctx.input(2).data<T>();
   const T* dy = ctx.input(3).data<T>();
   T* dx = ctx.output(0).data<T>();
+  const bool affine = ctx.num_inputs() == 5;
+  const T* scale = affine ? ctx.input(4).data<T>() : nullptr;
+  T* dscale = affine ? ctx.output(1).data<T>() : nullptr;
+  T* dshift = affine ? ctx.output(2).data<T>() : nullptr;
   const int64_t inner = l.inner;
   const double count = static_cast<double>(l.outer * l.inner);
   ctx.parallel_for(l.kept, l.outer * l.inner * 6, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      const T m = center ? mean[k] : T(0), r = rstd[k];
+      const T m = center ? mean[k] : T(0), r = rstd[k], s = affine ? scale[k] : T(1);
       double sum_dy = 0, sum_dy_xhat = 0;
       for_group_rows(l, k, [&](int64_t base) {
         const T* row = px + base;
@@ -173,14 +205,20 @@ void normalize_backward_typed(KernelContext& ctx) {
           sum_dy_xhat += static_cast<double>(drow[b]) * static_cast<double>((row[b] - m) * r);
         }
       });
+      if (affine) {
+        dscale[k] = static_cast<T>(sum_dy_xhat);
+        dshift[k] = static_cast<T>(sum_dy);
+      }
+      // dx = r s (dy - mean(dy) - xhat mean(dy xhat)): the sums of g = dy s are s times dy's.
       const T mean_dy = center ? static_cast<T>(sum_dy / count) : T(0);
       const T mean_dy_xhat = static_cast<T>(sum_dy_xhat / count);
+      const T rs = r * s;
       for_group_rows(l, k, [&](int64_t base) {
         const T* row = px + base;
         const T* drow = dy + base;
         T* out = dx + base;
         for (int64_t b = 0; b < inner; ++b)
-          out[b] = r * (drow[b] - mean_dy - (row[b] - m) * r * mean_dy_xhat);
+          out[b] = rs * (drow[b] - mean_dy - (row[b] - m) * r * mean_dy_xhat);
       });
     }
   });
@@ -204,6 +242,7 @@ Value spread(const Value& stat, const Value& x, const std::vector<int64_t>& axes
 KILN_OP(normalize)
     .precision(Precision::keep_f32)
     .input("x")
+    .variadic_input("scale_shift", 0)
     .attr("axes", AttrType::integers)
     .attr("eps", 1e-5)
     .attr("center", true)
@@ -211,22 +250,30 @@ KILN_OP(normalize)
     .kernel(DeviceKind::cpu, normalize_cpu, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       const auto& axes = c.attr<std::vector<int64_t>>("axes");
+      const bool affine = c.num_inputs() == 3;
       Value x = c.input(0), mean = c.output(1), rstd = c.output(2);
-      Value dx;
-      if (c.has_grad_output(0))
-        dx = c.graph().add(
-            "normalize_backward", {x, mean, rstd, c.grad_output(0)},
+      Value dx, dscale, dshift;
+      if (c.has_grad_output(0)) {
+        std::vector<Value> inputs{x, mean, rstd, c.grad_output(0)};
+        if (affine) inputs.push_back(c.input(1));
+        std::vector<Value> grads = c.graph().add_node(
+            "normalize_backward", inputs,
             {{"axes", axes}, {"eps", c.attr<double>("eps")}, {"center", c.attr<bool>("center")}});
+        dx = grads[0];
+        if (affine) dscale = grads[1], dshift = grads[2];
+      }
       auto accumulate = [&](const Value& term) { dx = dx.defined() ? dx + term : term; };
       Value inv_count = reciprocal_count(x, mean);
       if (c.has_grad_output(1) && c.attr<bool>("center"))
         accumulate(broadcast_like(spread(c.grad_output(1) * inv_count, x, axes), x));
       if (c.has_grad_output(2)) {
-        Value xhat = c.output(0);
+        // y is xhat only without the affine step.
+        Value xhat = affine ? (x - spread(mean, x, axes)) * spread(rstd, x, axes) : c.output(0);
         Value scale = -(c.grad_output(2) * rstd * rstd * inv_count);
         accumulate(spread(scale, x, axes) * xhat);
       }
-      return {dx};
+      if (!affine) return {dx};
+      return {dx, dscale, dshift};
     });
 
 KILN_OP(normalize_backward)
@@ -235,6 +282,7 @@ KILN_OP(normalize_backward)
     .input("mean")
     .input("rstd")
     .input("dy")
+    .variadic_input("scale", 0)
     .attr("axes", AttrType::integers)
     .attr("eps", 1e-5)
     .attr("center", true)
@@ -249,10 +297,19 @@ Value reciprocal_count(const Value& x, const Value& stats) {
 
 }  // namespace ops
 
-Normalized normalize(const Value& x, const Axes& axes, double eps, bool center) {
+Normalized normalize(const Value& x, const Axes& axes, double eps, bool center, const Value& scale,
+                     const Value& shift) {
+  Graph& g = common_graph("normalize", {&x});
+  for (const Value* v : {&scale, &shift})
+    if (v->defined()) common_graph("normalize", {&x, v});
+  std::vector<Value> inputs{x};
+  if (scale.defined() || shift.defined()) {
+    // The op takes both: the one not given is the identity's (1 or 0, like the other).
+    inputs.push_back(scale.defined() ? scale : ones_like(shift));
+    inputs.push_back(shift.defined() ? shift : zeros_like(scale));
+  }
   std::vector<Value> out =
-      common_graph("normalize", {&x})
-          .add_node("normalize", {x}, {{"axes", axes.list()}, {"eps", eps}, {"center", center}});
+      g.add_node("normalize", inputs, {{"axes", axes.list()}, {"eps", eps}, {"center", center}});
   return {out[0], out[1], out[2]};
 }
 
@@ -341,7 +398,9 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
   if (training || !running_mean.defined()) {
     std::vector<int64_t> axes{0};
     for (int64_t d = 2; d < rank; ++d) axes.push_back(d);
-    Normalized n = normalize(x, axes, eps, true);
+    // The per-channel weight and bias are normalize's scale and shift: one pass forward, and
+    // their gradients come from the sums the backward pass makes anyway.
+    Normalized n = normalize(x, axes, eps, true, weight, bias);
     y = n.y;
     if (running_mean.defined() && training) {
       // running = (1 - momentum) running + momentum batch, with the batch variance unbiased
@@ -354,9 +413,9 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
       Value new_var = assign(running_var, running_var * (1 - momentum) + var * momentum);
       y = after(y, {new_mean, new_var});
     }
-  } else {
-    y = (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
+    return y;
   }
+  y = (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
   return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
                 bias.defined() ? per_channel(bias, rank) : Value());
 }

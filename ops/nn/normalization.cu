@@ -29,8 +29,8 @@ __device__ int64_t at(const NormLayout& l, int64_t k, int64_t m) {
 }
 
 template <typename T>
-__global__ void normalize_kernel(const T* x, T* y, T* mean_out, T* rstd_out, NormLayout l,
-                                 bool center, double eps) {
+__global__ void normalize_kernel(const T* x, const T* scale, const T* shift, T* y, T* mean_out,
+                                 T* rstd_out, NormLayout l, bool center, double eps) {
   const int64_t k = blockIdx.x, count = l.outer * l.inner;
   double sum = 0;
   if (center)
@@ -46,9 +46,12 @@ __global__ void normalize_kernel(const T* x, T* y, T* mean_out, T* rstd_out, Nor
   using C = Compute<T>;
   // Rounded to the storage type first, as the CPU kernel computes y from the stored values.
   const C m_t = static_cast<C>(static_cast<T>(mean)), r_t = static_cast<C>(static_cast<T>(rstd));
+  // The affine step (scale and shift given, or neither): y = (x - m) r s + t.
+  const C rs = scale ? r_t * static_cast<C>(scale[k]) : r_t;
+  const C t = shift ? static_cast<C>(shift[k]) : C(0);
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
-    y[i] = static_cast<T>((static_cast<C>(x[i]) - m_t) * r_t);
+    y[i] = static_cast<T>((static_cast<C>(x[i]) - m_t) * rs + t);
   }
   if (threadIdx.x == 0) {
     mean_out[k] = static_cast<T>(mean);
@@ -58,10 +61,12 @@ __global__ void normalize_kernel(const T* x, T* y, T* mean_out, T* rstd_out, Nor
 
 template <typename T>
 __global__ void normalize_backward_kernel(const T* x, const T* mean, const T* rstd, const T* dy,
-                                          T* dx, NormLayout l, bool center) {
+                                          const T* scale, T* dx, T* dscale, T* dshift, NormLayout l,
+                                          bool center) {
   using C = Compute<T>;
   const int64_t k = blockIdx.x, count = l.outer * l.inner;
   const C m_k = center ? static_cast<C>(mean[k]) : C(0), r = static_cast<C>(rstd[k]);
+  const C rs = scale ? r * static_cast<C>(scale[k]) : r;
   double sum_dy = 0, sum_dy_xhat = 0;
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
@@ -69,12 +74,18 @@ __global__ void normalize_backward_kernel(const T* x, const T* mean, const T* rs
     sum_dy += g;
     sum_dy_xhat += static_cast<double>(g) * static_cast<double>((static_cast<C>(x[i]) - m_k) * r);
   }
-  const C mean_dy = center ? static_cast<C>(block_sum(sum_dy) / count) : C(0);
-  const C mean_dy_xhat = static_cast<C>(block_sum(sum_dy_xhat) / count);
+  // Every thread calls block_sum (it synchronizes the block), in the same order.
+  const double total_dy = block_sum(sum_dy), total_dy_xhat = block_sum(sum_dy_xhat);
+  if (scale && threadIdx.x == 0) {
+    dscale[k] = static_cast<T>(total_dy_xhat);
+    dshift[k] = static_cast<T>(total_dy);
+  }
+  const C mean_dy = center ? static_cast<C>(total_dy / count) : C(0);
+  const C mean_dy_xhat = static_cast<C>(total_dy_xhat / count);
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
     const C xhat = (static_cast<C>(x[i]) - m_k) * r;
-    dx[i] = static_cast<T>(r * (static_cast<C>(dy[i]) - mean_dy - xhat * mean_dy_xhat));
+    dx[i] = static_cast<T>(rs * (static_cast<C>(dy[i]) - mean_dy - xhat * mean_dy_xhat));
   }
 }
 
@@ -84,10 +95,12 @@ void normalize_cuda(KernelContext& ctx) {
   if (l.kept == 0) return;
   const bool center = ctx.attr<bool>("center");
   const double eps = ctx.attr<double>("eps");
+  const bool affine = ctx.num_inputs() == 3;
   dispatch_cuda_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     normalize_kernel<T><<<static_cast<unsigned>(l.kept), kThreads, 0, stream_of(ctx)>>>(
-        x.data<T>(), static_cast<T*>(ctx.output(0).raw_data()),
+        x.data<T>(), affine ? ctx.input(1).data<T>() : nullptr,
+        affine ? ctx.input(2).data<T>() : nullptr, static_cast<T*>(ctx.output(0).raw_data()),
         static_cast<T*>(ctx.output(1).raw_data()), static_cast<T*>(ctx.output(2).raw_data()), l,
         center, eps);
   });
@@ -97,13 +110,17 @@ void normalize_cuda(KernelContext& ctx) {
 void normalize_backward_cuda(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const NormLayout l = norm_layout(x.shape(), ctx.attr<std::vector<int64_t>>("axes"));
-  if (l.kept == 0 || x.numel() == 0) return;
+  if (l.kept == 0) return;
   const bool center = ctx.attr<bool>("center");
+  const bool affine = ctx.num_inputs() == 5;
   dispatch_cuda_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    // With x empty each block still writes its dscale and dshift (zeros).
     normalize_backward_kernel<T><<<static_cast<unsigned>(l.kept), kThreads, 0, stream_of(ctx)>>>(
         x.data<T>(), ctx.input(1).data<T>(), ctx.input(2).data<T>(), ctx.input(3).data<T>(),
-        static_cast<T*>(ctx.output(0).raw_data()), l, center);
+        affine ? ctx.input(4).data<T>() : nullptr, static_cast<T*>(ctx.output(0).raw_data()),
+        affine ? static_cast<T*>(ctx.output(1).raw_data()) : nullptr,
+        affine ? static_cast<T*>(ctx.output(2).raw_data()) : nullptr, l, center);
   });
   check_launch(ctx);
 }

@@ -218,6 +218,25 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
            for (int64_t a : n.axes) axes.push_back(a < 0 ? a + n.x.rank() : a);
            return out.y + expand_dims(out.mean * 0.5 + out.rstd * 0.25, axes);
          }});
+  // With scale and shift (batch norm's weight and bias, fused): gradients reach all three.
+  add({"normalize", "normalize_batch_affine", [](CaseGraph& c) {
+         Value x = c.input({4, 3, 2, 5}, -2, 3);
+         Normalized out =
+             normalize(x, {0, 2, 3}, 1e-5, true, c.input({3}, 0.5, 2), c.input({3}, -1, 1));
+         return out.y + expand_dims(out.mean * 0.5 + out.rstd * 0.25, {0, 2, 3});
+       }});
+  add({.op = "normalize_backward",
+       .name = "normalize_backward_affine",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({4, 3, 5}, -2, 3);
+             Normalized n = normalize(x, {0, 2});
+             std::vector<Value> grads = c.g.add_node(
+                 "normalize_backward", {x, n.mean, n.rstd, c.input({4, 3, 5}), c.input({3})},
+                 {{"axes", std::vector<int64_t>{0, 2}}, {"eps", 1e-5}, {"center", true}});
+             return grads[0] + expand_dims(grads[1] * 0.5 + grads[2] * 0.25, {0, 2});
+           },
+       .gradients = false});
   add({.op = "normalize_backward",
        .name = "normalize_backward",
        .build =

@@ -59,8 +59,8 @@ def pool_input_grad(pool, dy, size):
     return torch.autograd.grad(pool(x), x, dy, create_graph=True)[0]
 
 
-def normalize(x, attrs):
-    """normalize's (y, mean, rstd) (ops/nn/normalization.cc)."""
+def normalize(x, attrs, scale=None, shift=None):
+    """normalize's (y, mean, rstd) (ops/nn/normalization.cc), with its optional affine step."""
     axes = [a % x.dim() for a in ints(attrs["axes"])]
     eps = float(attrs["eps"])
     if attrs["center"] == "1":
@@ -75,7 +75,12 @@ def normalize(x, attrs):
         for axis in sorted(axes, reverse=True):
             t = t.squeeze(axis)
         return t
-    return (x - mean) * rstd, kept(mean), kept(rstd)
+    y = (x - mean) * rstd
+    if scale is not None:  # shaped like the statistics: put back the normalized dims
+        for axis in sorted(axes):
+            scale, shift = scale.unsqueeze(axis), shift.unsqueeze(axis)
+        y = y * scale + shift
+    return y, kept(mean), kept(rstd)
 
 
 def attention(q, k, v, mask, attrs):
@@ -149,10 +154,15 @@ def apply(op, args, attrs, dtype, custom):
     if op in unary:
         return unary[op](a)
     if op == "normalize":
-        return normalize(a, attrs)
-    if op == "normalize_backward":  # (x, mean, rstd, dy): the statistics come from x
+        return normalize(a, attrs, *args[1:])
+    if op == "normalize_backward":  # (x, mean, rstd, dy[, scale]): the statistics come from x
         x = a.detach().requires_grad_(True)
-        return torch.autograd.grad(normalize(x, attrs)[0], x, args[3], create_graph=True)[0]
+        if len(args) == 4:
+            return torch.autograd.grad(normalize(x, attrs)[0], x, args[3], create_graph=True)[0]
+        scale = args[4].detach().requires_grad_(True)
+        shift = torch.zeros_like(scale, requires_grad=True)
+        y = normalize(x, attrs, scale, shift)[0]
+        return torch.autograd.grad(y, (x, scale, shift), args[3], create_graph=True)
     if op == "attention":
         return attention(a, args[1], args[2], args[3] if len(args) > 3 else None, attrs)
     if op == "attention_backward":  # (q, k, v, out, lse, dout[, mask]): dq, dk, dv
