@@ -3,7 +3,7 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step.
+// transformer_step, peak_flops (the processor's measured f32 FMA peak, for the matmul's share).
 // Flags: --no-fusion, --no-passes (the graph passes a Session runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
@@ -13,6 +13,11 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <thread>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "bench/mlp_model.h"
 #include "bench/nn_models.h"
@@ -99,6 +104,63 @@ long peak_rss_kib() {
   return usage.ru_maxrss;
 }
 
+// ---- The processor's peak: register-only FMA chains, the most its FMA units can issue.
+// Twelve independent accumulators per thread cover the FMA latency (4 cycles) on two pipes;
+// each FMA is 2 flops per lane. Compiled for AVX-512 and AVX2 whatever -march says, and chosen
+// by what the processor reports, so a portable build measures the same peak.
+#if defined(__x86_64__)
+constexpr int kChains = 12;
+
+// One function per ISA (a target attribute does not reach into lambdas or templates it calls).
+#define KILN_FMA_CHAINS(V, SET, FMA)                                                     \
+  V acc[kChains];                                                                        \
+  for (int c = 0; c < kChains; ++c) acc[c] = SET(1.0f + 0.001f * static_cast<float>(c)); \
+  const V a = SET(0.9999999f), b = SET(1e-7f);                                           \
+  for (int64_t i = 0; i < iterations; ++i)                                               \
+    for (int c = 0; c < kChains; ++c) acc[c] = FMA(acc[c], a, b);                        \
+  float out = 0; /* every chain feeds the result, so none is optimized away */           \
+  for (int c = 0; c < kChains; ++c) out += reinterpret_cast<const float*>(&acc[c])[0];   \
+  return out;
+
+__attribute__((target("avx512f"))) float fma_avx512(int64_t iterations) {
+  KILN_FMA_CHAINS(__m512, _mm512_set1_ps, _mm512_fmadd_ps)
+}
+__attribute__((target("avx2,fma"))) float fma_avx2(int64_t iterations) {
+  KILN_FMA_CHAINS(__m256, _mm256_set1_ps, _mm256_fmadd_ps)
+}
+#undef KILN_FMA_CHAINS
+#endif
+
+// GFLOP/s of `threads` threads each running FMA chains (best of 5 rounds); lanes: f32 per vector.
+double peak_gflops(int threads, int* lanes) {
+#if defined(__x86_64__)
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (!avx512 && !__builtin_cpu_supports("fma")) return 0;
+  *lanes = avx512 ? 16 : 8;
+  const int64_t iterations = 20'000'000;
+  double best = 0;
+  for (int round = 0; round < 5; ++round) {
+    std::vector<std::thread> pool;
+    std::vector<float> sink(static_cast<size_t>(threads));
+    const double start = now();
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        sink[static_cast<size_t>(t)] = avx512 ? fma_avx512(iterations) : fma_avx2(iterations);
+      });
+    for (std::thread& th : pool) th.join();
+    const double seconds = now() - start;
+    const double flops = 2.0 * kChains * *lanes * static_cast<double>(iterations) * threads;
+    best = std::max(best, flops / seconds / 1e9);
+    if (sink[0] == 12345.0f) std::printf(" ");  // keep the results observable
+  }
+  return best;
+#else
+  (void)threads;
+  *lanes = 0;
+  return 0;
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -164,6 +226,11 @@ int main(int argc, char** argv) {
     Tensor in = Tensor::full(f32, {n}, 0.1);
     double t = time_it([&] { s.run({{x, in}}, {v}); }, 2, 10);
     std::printf("%s %.9f gbps=%.1f\n", name.c_str(), t, 2.0 * n * 4 / t / 1e9);
+  } else if (name == "peak_flops") {
+    int lanes = 0;
+    const double gflops = peak_gflops(threads, &lanes);
+    std::printf("peak_flops %.9f gflops=%.1f lanes=%d threads=%d\n", gflops > 0 ? 1 / gflops : 0.0,
+                gflops, lanes, threads);
   } else if (name == "cnn_step") {
     std::printf("cnn_step %.9f\n", cnn_step(options));
   } else if (name == "transformer_step") {
