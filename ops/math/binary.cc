@@ -7,6 +7,7 @@
 #include "kiln/ops/math.h"
 #include "kiln/ops/math/elementwise.h"
 #include "kiln/ops/math/elementwise_cpu.h"
+#include "kiln/ops/math/vector_math.h"
 
 namespace kiln {
 namespace ops {
@@ -36,8 +37,8 @@ void binary_cpu(KernelContext& ctx) {
       elementwise_loop(ctx, y.data<bool>(), y.shape(), F{}, {a.shape(), b.shape()}, a.data<T>(),
                        b.data<T>());
     } else if constexpr (!std::is_same_v<T, bool>) {
-      elementwise_loop(ctx, y.data<T>(), y.shape(), F{}, {a.shape(), b.shape()}, a.data<T>(),
-                       b.data<T>());
+      elementwise_loop(ctx, y.data<T>(), y.shape(), cpu_form(F{}), {a.shape(), b.shape()},
+                       a.data<T>(), b.data<T>());
     }
   });
 }

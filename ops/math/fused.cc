@@ -17,6 +17,7 @@
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math/elementwise.h"
 #include "kiln/ops/math/fused.h"
+#include "kiln/ops/math/vector_math.h"
 
 namespace kiln {
 namespace ops {
@@ -209,13 +210,13 @@ void fused_typed(KernelContext& ctx) {
         const T* b = binary ? reg[ins[2]] : nullptr;
         const int64_t sb = binary ? stride[ins[2]] : 0;
         switch (static_cast<int>(ins[0])) {
-#define KILN_UNARY_CASE(name, ...)        \
-  case op_##name:                         \
-    loop1(dest, a, sa, len, name##_fn{}); \
+#define KILN_UNARY_CASE(name, ...)                  \
+  case op_##name:                                   \
+    loop1(dest, a, sa, len, cpu_form(name##_fn{})); \
     break;
-#define KILN_BINARY_CASE(name, ...)              \
-  case op_##name:                                \
-    loop2(dest, a, sa, b, sb, len, name##_fn{}); \
+#define KILN_BINARY_CASE(name, ...)                        \
+  case op_##name:                                          \
+    loop2(dest, a, sa, b, sb, len, cpu_form(name##_fn{})); \
     break;
           KILN_UNARY_OPS(KILN_UNARY_CASE)
           KILN_BINARY_OPS(KILN_BINARY_CASE)

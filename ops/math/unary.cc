@@ -5,6 +5,7 @@
 #include "kiln/ops/math.h"
 #include "kiln/ops/math/elementwise.h"
 #include "kiln/ops/math/elementwise_cpu.h"
+#include "kiln/ops/math/vector_math.h"
 
 namespace kiln {
 namespace ops {
@@ -17,7 +18,7 @@ void unary_cpu(KernelContext& ctx) {
   dispatch_cpu(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, bool>) {
-      elementwise_loop(ctx, y.data<T>(), y.shape(), F{}, {x.shape()}, x.data<T>());
+      elementwise_loop(ctx, y.data<T>(), y.shape(), cpu_form(F{}), {x.shape()}, x.data<T>());
     }
   });
 }

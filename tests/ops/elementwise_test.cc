@@ -1,4 +1,5 @@
 #include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/math/vector_math.h"
 #include "special_values.h"
 #include "test_util.h"
 
@@ -319,3 +320,37 @@ TEST(Elementwise, CpuKernelsRunHalfPrecisionWidened) {
 
 }  // namespace
 }  // namespace kiln
+
+// The CPU's vectorizable f32 exp and erfc (ops/math/vector_math.h) against libm in double, over
+// every range they serve, and their special values.
+TEST(VectorMath, ExpAndErfcMatchLibmWithinTheirBounds) {
+  double worst_exp_ulp = 0;
+  for (float x = -103.9f; x < 88.7f; x += 0.00037f) {
+    const double want = std::exp(static_cast<double>(x));
+    if (want < std::numeric_limits<float>::min()) continue;  // subnormal: ulps mean little
+    const float w = static_cast<float>(want);
+    const double ulp = std::nextafter(w, INFINITY) - w;
+    worst_exp_ulp = std::max(worst_exp_ulp, std::abs(kiln::ops::exp_f32(x) - want) / ulp);
+  }
+  EXPECT_LE(worst_exp_ulp, 2.0);
+  double worst_near = 0, worst_tail = 0;
+  for (float x = -9.5f; x < 9.5f; x += 0.0001f) {
+    const double want = std::erfc(static_cast<double>(x));
+    if (want < std::numeric_limits<float>::min()) continue;
+    const double rel = std::abs(kiln::ops::erfc_f32(x) - want) / want;
+    (std::abs(x) < 5 ? worst_near : worst_tail) =
+        std::max(std::abs(x) < 5 ? worst_near : worst_tail, rel);
+  }
+  EXPECT_LE(worst_near, 1.2e-6);
+  EXPECT_LE(worst_tail, 5e-6);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(kiln::ops::exp_f32(inf), inf);
+  EXPECT_EQ(kiln::ops::exp_f32(-inf), 0.0f);
+  EXPECT_EQ(kiln::ops::exp_f32(89.0f), inf);
+  EXPECT_GT(kiln::ops::exp_f32(-103.0f), 0.0f);  // subnormal, not flushed
+  EXPECT_TRUE(std::isnan(kiln::ops::exp_f32(NAN)));
+  EXPECT_EQ(kiln::ops::erfc_f32(inf), 0.0f);
+  EXPECT_EQ(kiln::ops::erfc_f32(-inf), 2.0f);
+  EXPECT_EQ(kiln::ops::erfc_f32(0.0f), 1.0f);
+  EXPECT_TRUE(std::isnan(kiln::ops::erfc_f32(NAN)));
+}
