@@ -170,6 +170,11 @@ bool onednn_convolution(const KernelContext& ctx, ConvPass pass, const ConvGeome
   // is slower there than im2col + sgemm (1 -> 32 channels on 28x28: 0.44 ms per 8 images
   // against 0.16).
   if (!onednn_enabled() || g.batch == 0 || g.group_in() < kMinGroupChannels) return false;
+  // Before any primitive is made: a primitive takes its thread count from the creating
+  // thread's OpenMP setting and asks for that many threads when it runs (an explicit
+  // num_threads, whatever the running thread's setting): made at the default (one per core),
+  // each block would start an OpenMP team beside Kiln's pool, oversubscribing the cores.
+  one_onednn_thread();
   const int64_t full = std::min(g.batch, kImagesPerBlock), rest = g.batch % full;
   const int64_t blocks = (g.batch + full - 1) / full;
   auto problem_for = [&](int64_t images) {
@@ -195,7 +200,6 @@ bool onednn_convolution(const KernelContext& ctx, ConvPass pass, const ConvGeome
   const dnnl::engine& engine = cpu_engine();
 
   // The filter operand, in each problem's layout, once per call (read by every block).
-  one_onednn_thread();
   dnnl::stream stream(engine);
   memory full_filter, rest_filter;
   if (pass != ConvPass::backward_filter) {

@@ -1,5 +1,6 @@
 // The op-case table itself: every registered op has a case, every case builds, runs and
 // contains its op, and the cases with an f64 reference match it.
+#include <filesystem>
 #include <set>
 
 #include "cases/op_cases.h"
@@ -94,6 +95,32 @@ TEST(OpCases, OneDnnConvolutionsMatchTheF64Kernels) {
   }
   for (const std::string& f : failures) ADD_FAILURE() << f;
   EXPECT_GT(checked, 1000);
+}
+
+// The threads this process has (Linux: one entry per thread in /proc/self/task).
+int process_threads() {
+  int count = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/task"))
+    ++count;
+  return count;
+}
+
+// oneDNN runs on Kiln's pool, one thread per call: a convolution must not start an OpenMP team
+// of its own beside the pool (it did when its primitive was made before the calling thread's
+// OpenMP setting was: the team then oversubscribed the cores on every call).
+TEST(OpCases, OneDnnConvolutionsStartNoThreadsBesideThePool) {
+  const int before = process_threads();
+  Graph g;
+  Value x = g.placeholder("x", f32, {16, 16, 12, 12});
+  Value w = g.placeholder("w", f32, {16, 16, 3, 3});
+  Value y = conv2d(x, w, {.padding = {1, 1}});
+  std::vector<Value> grads = gradients(sum(y * y), {x, w});
+  Session session(g, {.intra_op_threads = 2});
+  const Tensor xt = random_tensor(f32, {16, 16, 12, 12}, -1, 1, 3);
+  const Tensor wt = random_tensor(f32, {16, 16, 3, 3}, -1, 1, 4);
+  for (int run = 0; run < 3; ++run) session.run({{x, xt}, {w, wt}}, {y, grads[0], grads[1]});
+  // The pool's one worker (the caller is the other thread) and at most one inter-op thread.
+  EXPECT_LE(process_threads() - before, 2);
 }
 
 }  // namespace
