@@ -2,6 +2,10 @@
 //   max_pool2d:          y[w] = max over window w of x (NaN wins; padding never does)
 //   max_pool2d_backward: dx[argmax w] += dy[w]  (the first maximum, as PyTorch)
 //   max_pool2d_select:   v[argmax w]            (the adjoint of the backward op in dy)
+// Both take `positive_only`: only windows whose maximum is > 0 route (and select); the others
+// give 0. That is the gradient of max_pool2d(relu(z)) with relu's gradient folded in (the
+// pool's input is relu's output, and relu passes gradient where it is > 0), which the
+// algebraic simplification pass makes of where(z > 0, max_pool2d_backward(relu(z), dy), 0).
 //   avg_pool2d:          y[w] = sum over window w of x / count, count = the window's size, or
 //                        its part inside the input when count_include_pad is false
 //   avg_pool2d_backward: dx[p] += dy[w] / count(w) for every window w holding p
@@ -184,16 +188,21 @@ void max_pool_tiled_plane(const T* plane, const ConvGeometry& g, T* row_best, in
 // winner `at` (r * kernel_w + c) is, else 0 (windows do not overlap), so the loops run over
 // contiguous rows instead of scattering into a zeroed plane.
 template <typename T>
-void route_tiled_plane(const ConvGeometry& g, const int32_t* at, const T* dy, T* dx) {
+void route_tiled_plane(const ConvGeometry& g, const int32_t* at, const T* best, const T* dy, T* dx,
+                       bool positive_only) {
   const int64_t kw = g.kernel_w, ow = g.out_w;
   for (int64_t i = 0; i < g.out_h; ++i)
     for (int64_t r = 0; r < g.kernel_h; ++r) {
       T* row = dx + (i * g.kernel_h + r) * g.in_w;
       const int32_t* win = at + i * ow;
       const T* grad = dy + i * ow;
+      const T* top = best + i * ow;
       for (int64_t j = 0; j < ow; ++j)
         for (int64_t c = 0; c < kw; ++c)
-          row[j * kw + c] = win[j] == static_cast<int32_t>(r * kw + c) ? grad[j] : T(0);
+          row[j * kw + c] =
+              win[j] == static_cast<int32_t>(r * kw + c) && (!positive_only || top[j] > T(0))
+                  ? grad[j]
+                  : T(0);
     }
   // Rows below the last window get no gradient.
   std::fill(dx + g.out_h * g.kernel_h * g.in_w, dx + g.in_pixels(), T(0));
@@ -203,7 +212,8 @@ void route_tiled_plane(const ConvGeometry& g, const int32_t* at, const T* dy, T*
 // first maximum (row-major; a NaN wins, as replaces() rules), and dy written to that place and
 // 0 to the other three. No scratch arrays; the loop over a row's windows vectorizes.
 template <typename T>
-void route_tiled_2x2_plane(const ConvGeometry& g, const T* x, const T* dy, T* dx) {
+void route_tiled_2x2_plane(const ConvGeometry& g, const T* x, const T* dy, T* dx,
+                           bool positive_only) {
   const int64_t ow = g.out_w, w = g.in_w;
   for (int64_t i = 0; i < g.out_h; ++i) {
     const T* x0 = x + 2 * i * w;
@@ -217,8 +227,8 @@ void route_tiled_2x2_plane(const ConvGeometry& g, const T* x, const T* dy, T* dx
       int winner = 0;
       if (replaces(v01, best)) best = v01, winner = 1;
       if (replaces(v10, best)) best = v10, winner = 2;
-      if (replaces(v11, best)) winner = 3;
-      const T gj = grad[j];
+      if (replaces(v11, best)) best = v11, winner = 3;
+      const T gj = positive_only && !(best > T(0)) ? T(0) : grad[j];
       d0[2 * j] = winner == 0 ? gj : T(0);
       d0[2 * j + 1] = winner == 1 ? gj : T(0);
       d1[2 * j] = winner == 2 ? gj : T(0);
@@ -230,8 +240,8 @@ void route_tiled_2x2_plane(const ConvGeometry& g, const T* x, const T* dy, T* dx
 
 // kMode as max_pool_typed, for geometries that tile.
 template <int kMode, typename T>
-void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, const T* other,
-                    T* out) {
+void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, const T* other, T* out,
+                    bool positive_only) {
   ctx.parallel_for(g.batch * g.in_channels, g.in_pixels() * 2, [&](int64_t p0, int64_t p1) {
     const int64_t pieces = g.out_h * g.kernel_h * g.out_w;
     std::vector<T> row_best(static_cast<size_t>(pieces));
@@ -249,7 +259,8 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
         continue;
       }
       if (kMode == 2 && g.kernel_w == 2 && g.kernel_h == 2) {
-        route_tiled_2x2_plane(g, plane, other + p * g.out_pixels(), out + p * g.in_pixels());
+        route_tiled_2x2_plane(g, plane, other + p * g.out_pixels(), out + p * g.in_pixels(),
+                              positive_only);
         continue;
       }
       if (g.kernel_w == 2)
@@ -259,7 +270,8 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
         max_pool_tiled_plane<true, 0>(plane, g, row_best.data(), row_at.data(), best.data(),
                                       at.data());
       if constexpr (kMode == 2) {
-        route_tiled_plane(g, at.data(), other + p * g.out_pixels(), out + p * g.in_pixels());
+        route_tiled_plane(g, at.data(), best.data(), other + p * g.out_pixels(),
+                          out + p * g.in_pixels(), positive_only);
         continue;
       }
       for (int64_t i = 0; i < g.out_h; ++i)
@@ -267,7 +279,8 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
           const int64_t o = i * g.out_w + j;
           const int64_t r = at[o] / g.kernel_w, c = at[o] % g.kernel_w;
           const int64_t offset = (i * g.kernel_h + r) * g.in_w + j * g.kernel_w + c;
-          out[p * g.out_pixels() + o] = other[p * g.in_pixels() + offset];
+          out[p * g.out_pixels() + o] =
+              positive_only && !(best[o] > T(0)) ? T(0) : other[p * g.in_pixels() + offset];
         }
     }
   });
@@ -299,15 +312,18 @@ void max_pool_typed(KernelContext& ctx) {
   const T* px = x.data<T>();
   const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
   T* out = ctx.output(0).data<T>();
-  if (tiles(g)) return max_pool_tiled<kMode>(ctx, g, px, other, out);
+  const bool positive_only = kMode != 0 && ctx.attr<bool>("positive_only");
+  if (tiles(g)) return max_pool_tiled<kMode>(ctx, g, px, other, out, positive_only);
   if constexpr (kMode == 2) std::fill(out, out + ctx.output(0).numel(), T(0));
   for_each_window(
       ctx, g, [&](int64_t p, int64_t i, int64_t j, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
         const int64_t at = argmax_in(px + p * g.in_pixels(), g.in_w, h0, h1, w0, w1);
         const int64_t o = p * g.out_pixels() + i * g.out_w + j;
+        const bool routes = !positive_only || px[p * g.in_pixels() + at] > T(0);
         if constexpr (kMode == 0) out[o] = px[p * g.in_pixels() + at];
-        if constexpr (kMode == 1) out[o] = other[p * g.in_pixels() + at];
-        if constexpr (kMode == 2) out[p * g.in_pixels() + at] += other[o];
+        if constexpr (kMode == 1) out[o] = routes ? other[p * g.in_pixels() + at] : T(0);
+        if constexpr (kMode == 2)
+          if (routes) out[p * g.in_pixels() + at] += other[o];
       });
 }
 
@@ -367,8 +383,12 @@ AttrMap window_attrs(const Node& node) {
           {"stride", node.attr<std::vector<int64_t>>("stride")},
           {"padding", node.attr<std::vector<int64_t>>("padding")}};
 }
+// The backward op or the selection for pool node `like`, with like's positive_only (false
+// for max_pool2d itself).
 Value max_pool_op(const std::string& op, const Value& x, const Value& other, const Node& like) {
-  return x.graph()->add(op, {x, other}, window_attrs(like));
+  AttrMap attrs = window_attrs(like);
+  attrs["positive_only"] = like.op_name() != "max_pool2d" && like.attr<bool>("positive_only");
+  return x.graph()->add(op, {x, other}, attrs);
 }
 Value avg_pool_op(const Value& x, const Node& like) {
   AttrMap attrs = window_attrs(like);
@@ -398,7 +418,8 @@ KILN_OP(max_pool2d)
 KILN_OP(max_pool2d_select)
     .input("x")
     .input("v")
-    .KILN_WINDOW_ATTRS.infer(infer_pool_pair<false>)
+    .KILN_WINDOW_ATTRS.attr("positive_only", false)
+    .infer(infer_pool_pair<false>)
     .kernel(DeviceKind::cpu, max_pool_cpu<1>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       // Piecewise constant in x (the selection).
@@ -408,7 +429,8 @@ KILN_OP(max_pool2d_select)
 KILN_OP(max_pool2d_backward)
     .input("x")
     .input("dy")
-    .KILN_WINDOW_ATTRS.infer(infer_pool_pair<true>)
+    .KILN_WINDOW_ATTRS.attr("positive_only", false)
+    .infer(infer_pool_pair<true>)
     .kernel(DeviceKind::cpu, max_pool_cpu<2>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       return {Value(), max_pool_op("max_pool2d_select", c.input(0), c.grad_output(), c.node())};

@@ -85,6 +85,8 @@ void max_pool_typed(KernelContext& ctx) {
   const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
   T* out = static_cast<T*>(ctx.output(0).raw_data());
   const int64_t in_plane = win.h * win.w, out_plane = win.oh * win.ow;
+  // positive_only (pool.cc): windows whose maximum is not > 0 route and select nothing.
+  const bool positive_only = kMode != 0 && ctx.attr<bool>("positive_only");
   if constexpr (kMode == 2) {
     for_each(ctx, x.numel(), [=] __device__(int64_t idx) {
       const int64_t p = idx / in_plane, at = idx % in_plane, r = at / win.w, q = at % win.w;
@@ -92,6 +94,8 @@ void max_pool_typed(KernelContext& ctx) {
       win.row_range(r, &i0, &i1);
       win.col_range(q, &j0, &j1);
       Compute<T> sum = 0;
+      // x[idx] is the maximum of every window it wins.
+      if (positive_only && !(static_cast<Compute<T>>(px[idx]) > Compute<T>(0))) i1 = i0;
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = j0; j < j1; ++j)
           if (win.argmax(px + p * in_plane, i, j) == at)
@@ -102,7 +106,9 @@ void max_pool_typed(KernelContext& ctx) {
     for_each(ctx, ctx.output(0).numel(), [=] __device__(int64_t idx) {
       const int64_t p = idx / out_plane, i = idx % out_plane / win.ow, j = idx % win.ow;
       const int64_t at = win.argmax(px + p * in_plane, i, j);
-      out[idx] = kMode == 0 ? px[p * in_plane + at] : other[p * in_plane + at];
+      const bool routes =
+          !positive_only || static_cast<Compute<T>>(px[p * in_plane + at]) > Compute<T>(0);
+      out[idx] = kMode == 0 ? px[p * in_plane + at] : routes ? other[p * in_plane + at] : T(0);
     });
   }
 }

@@ -17,6 +17,25 @@ bool is_constant_equal_to(const Graph& graph, OutputRef ref, double value) {
   return true;
 }
 
+// Whether `where` is where(greater(z, 0), max_pool2d_backward(relu(z), dy), 0), the pattern
+// relu's gradient makes behind a max-pool of a relu. Then, per element: where a window's winner
+// is z > 0 (so relu(z) = z > 0) the pool routes dy there and the mask keeps it; where the
+// window's maximum relu(z) is 0, the winner has z <= 0 (or NaN) and the mask zeroes what the
+// pool routed. So the pair equals the pool's gradient routing only from windows whose maximum
+// is > 0 (max_pool2d_backward's positive_only), and one pass replaces two.
+bool folds_relu_gradient_into_pool(const Graph& graph, const Node& where) {
+  const OutputRef cond = where.inputs()[0], routed = where.inputs()[1];
+  if (!is_constant_equal_to(graph, where.inputs()[2], 0.0)) return false;
+  const Node& greater = graph.node(cond.node);
+  const Node& pool = graph.node(routed.node);
+  if (greater.op_name() != "greater" || pool.op_name() != "max_pool2d_backward" ||
+      pool.attr<bool>("positive_only") || !is_constant_equal_to(graph, greater.inputs()[1], 0.0))
+    return false;
+  const Node& relu = graph.node(pool.inputs()[0].node);
+  return relu.op_name() == "relu" && relu.inputs()[0] == greater.inputs()[0] &&
+         pool.outputs()[0] == where.outputs()[0];
+}
+
 class AlgebraicSimplification final : public Pass {
  public:
   const char* name() const override { return "algebraic_simplification"; }
@@ -51,6 +70,16 @@ class AlgebraicSimplification final : public Pass {
         else if ((op == "mul" || op == "add") && is_constant_equal_to(graph, x, unit) &&
                  same_type(y))
           bypass(y);
+      } else if (op == "where" && node.inputs().size() == 3 &&
+                 folds_relu_gradient_into_pool(graph, node)) {
+        // where(z > 0, max_pool2d_backward(relu(z), dy), 0): relu's gradient masks the
+        // pool's; the pool routes only from windows whose maximum (a relu output) is > 0.
+        const Node& pool = graph.node(node.inputs()[1].node);
+        AttrMap attrs = pool.attrs();
+        attrs["positive_only"] = true;
+        graph.rewrite_node(id, "max_pool2d_backward",
+                           {graph.value(pool.inputs()[0]), graph.value(pool.inputs()[1])}, attrs);
+        rewritten = true;
       } else if (op == "neg" && graph.node(x.node).op_name() == "neg") {
         bypass(graph.node(x.node).inputs()[0]);
       } else if (op == "reshape" && graph.node(x.node).op_name() == "reshape") {

@@ -170,6 +170,26 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
          return c.g.add("max_pool2d_select", {c.input({2, 3, 6, 7}), c.input({2, 3, 6, 7})},
                         pool_attrs(padded));
        }});
+  // positive_only (relu's gradient folded in): inputs mostly below 0, so some windows route
+  // nothing; tiled 2x2, tiled 3x3 and padded windows.
+  for (const auto& [name, shape, window] :
+       {std::tuple{"2x2", Shape{2, 3, 6, 6}, square},
+        std::tuple{"padded", Shape{2, 3, 6, 7}, padded},
+        std::tuple{"3x3", Shape{1, 2, 7, 9}, Window{3, 3, 3, 3, 0, 0}}}) {
+    AttrMap attrs = pool_attrs(window);
+    attrs["positive_only"] = true;
+    const int64_t oh = (shape[2] + 2 * window.ph - window.kh) / window.sh + 1,
+                  ow = (shape[3] + 2 * window.pw - window.kw) / window.sw + 1;
+    add({"max_pool2d_backward", str("max_pool2d_backward_positive_", name),
+         [attrs, shape, oh, ow](CaseGraph& c) {
+           return c.g.add("max_pool2d_backward",
+                          {c.input(shape, -2, 1), c.input({shape[0], shape[1], oh, ow})}, attrs);
+         }});
+    add({"max_pool2d_select", str("max_pool2d_select_positive_", name),
+         [attrs, shape](CaseGraph& c) {
+           return c.g.add("max_pool2d_select", {c.input(shape, -2, 1), c.input(shape)}, attrs);
+         }});
+  }
   // The tiled fast path (windows that tile the input; a last row no window reads).
   add({"max_pool2d_backward", "max_pool2d_backward_tiled", [square](CaseGraph& c) {
          return c.g.add("max_pool2d_backward", {c.input({2, 3, 7, 6}), c.input({2, 3, 3, 3})},

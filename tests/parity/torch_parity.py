@@ -115,12 +115,16 @@ def conv_and_pool(op, args, attrs):
         win = window(attrs, "kernel_size", "stride", "padding")
         if op == "max_pool2d":
             return F.max_pool2d(a, **win)
+        # positive_only: relu's gradient folded in, windows whose maximum is not > 0 give 0.
+        positive = attrs.get("positive_only") == "1"
         if op == "max_pool2d_backward":  # (x, dy)
             x = a.detach().requires_grad_(True)
-            return torch.autograd.grad(F.max_pool2d(x, **win), x, args[1], create_graph=True)[0]
+            y = F.max_pool2d(F.relu(x) if positive else x, **win)
+            return torch.autograd.grad(y, x, args[1], create_graph=True)[0]
         if op == "max_pool2d_select":  # (x, v): v at each window's maximum
             y, idx = F.max_pool2d(a.detach(), **win, return_indices=True)
-            return args[1].flatten(2).gather(2, idx.flatten(2)).view_as(y)
+            selected = args[1].flatten(2).gather(2, idx.flatten(2)).view_as(y)
+            return selected * (y > 0) if positive else selected
         include = attrs["count_include_pad"] == "1"
         def avg(x):
             return F.avg_pool2d(x, **win, count_include_pad=include)

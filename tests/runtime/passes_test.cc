@@ -122,6 +122,35 @@ TEST(Passes, AlgebraicSimplificationRemovesNoOps) {
   EXPECT_EQ(counts2["transpose"], 1);  // the second pair composes into one
 }
 
+// relu's gradient behind a max-pool of a relu folds into the pool's gradient (positive_only):
+// the same bits, one pass fewer; on tiled and padded windows, with ties at 0, NaN and infinities.
+TEST(Passes, ReluGradientFoldsIntoTheMaxPoolGradient) {
+  for (const Pool2dOptions& window :
+       {Pool2dOptions{.kernel_size = {2, 2}}, Pool2dOptions{.kernel_size = {3, 3}},
+        Pool2dOptions{.kernel_size = {3, 2}, .stride = {2, 1}, .padding = {1, 1}}}) {
+    Graph g;
+    Value z = g.placeholder("z", f32, {2, 3, 6, 8});
+    Value pooled = max_pool2d(relu(z), window);
+    Value dy = g.placeholder("dy", f32, pooled.shape());
+    Value dz = gradients(sum(pooled * dy), {z})[0];
+    std::vector<float> values(2 * 3 * 6 * 8);
+    const float specials[] = {0.0f, -0.0f, -1.5f, 2.0f, NAN, INFINITY, -INFINITY, 0.5f};
+    for (size_t i = 0; i < values.size(); ++i)  // mostly random, a special value in every 5th
+      values[i] =
+          i % 5 == 0 ? specials[(i / 5) % 8] : static_cast<float>((i * 7919) % 200) / 100.0f - 1.2f;
+    Tensor zin = Tensor::from_vector<float>(values, {2, 3, 6, 8});
+    Tensor din = testing::random_tensor(f32, pooled.shape(), 0.5, 2, 7);
+    FeedList feeds = {{z, zin}, {dy, din}};
+    Session off(g, only(nullptr)), on(g, only(&PassOptions::algebraic_simplification));
+    auto counts = ops_of(on.plan(feeds, {dz}));
+    EXPECT_EQ(counts["where"] + counts["greater"], 0);
+    EXPECT_EQ(counts["max_pool2d_backward"], 1);
+    EXPECT_EQ(ops_of(off.plan(feeds, {dz}))["where"], 1);
+    EXPECT_TRUE(equal_bits(off.run(feeds, {dz})[0], on.run(feeds, {dz})[0]))
+        << "kernel " << window.kernel_size[0] << "x" << window.kernel_size[1];
+  }
+}
+
 TEST(Passes, ElementwiseFusionMakesOneKernel) {
   Graph g;
   Value x = g.placeholder("x", f32, {64, 32});
