@@ -99,6 +99,12 @@ std::vector<TensorType> infer_conv2d(const InferContext& ctx) {
   if (w[1] * groups != x[1])
     ctx.fail("the filter ", w, " takes ", w[1], " channels per group; x ", x, " has ",
              x[1] / groups, " (groups ", groups, ")");
+  if (ctx.num_inputs() > 3) ctx.fail("takes at most one bias, got ", ctx.num_inputs() - 2);
+  if (ctx.num_inputs() == 3) {
+    ctx.expect_same_dtype(0, 2);
+    if (!ctx.shape(2).compatible_with(Shape{w[0]}))
+      ctx.fail("bias must be [", w[0], "] (one per output channel), got ", ctx.shape(2));
+  }
   return {{ctx.dtype(0),
            Shape{x[0], w[0], out_size(ctx, x[2], w[2], 0), out_size(ctx, x[3], w[3], 1)}}};
 }
@@ -204,8 +210,9 @@ void conv2d_typed(KernelContext& ctx) {
   const T* px = x.data<T>();
   const T* pw = w.data<T>();
   T* py = y.data<T>();
+  const T* bias = ctx.num_inputs() == 3 ? ctx.input(2).data<T>() : nullptr;
   if constexpr (std::is_same_v<T, float>)
-    if (onednn_convolution(ctx, ConvPass::forward, g, px, pw, py)) return;
+    if (onednn_convolution(ctx, ConvPass::forward, g, px, pw, py, bias)) return;
   check_blas_sizes(ctx, g);
   const int64_t patch = g.patch_size(), pixels = g.out_pixels(), og = g.group_out();
   ctx.parallel_for(g.batch * g.groups, og * patch * pixels, [&](int64_t t0, int64_t t1) {
@@ -218,9 +225,10 @@ void conv2d_typed(KernelContext& ctx) {
         unfold<false, T>(g, g.group_in(), xg, col.data());
         unfolded = col.data();
       }
+      T* out = py + (n * g.out_channels + group * og) * pixels;
       gemm(false, false, as_int(og), as_int(pixels), as_int(patch), pw + group * og * patch,
-           as_int(patch), unfolded, as_int(pixels), py + (n * g.out_channels + group * og) * pixels,
-           as_int(pixels));
+           as_int(patch), unfolded, as_int(pixels), out, as_int(pixels));
+      if (bias) add_channel_bias(out, 1, og, pixels, bias + group * og);
     }
   });
 }
@@ -354,12 +362,15 @@ KILN_OP(conv2d)
     .precision(Precision::low)
     .input("x")
     .input("filter")
+    .variadic_input("bias", 0)  // optional [O]: the matmul_epilogue pass folds a bias add in
     .KILN_CONV_ATTRS.infer(infer_conv2d)
     .kernel(DeviceKind::cpu, float_kernel<Conv2d>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       Value x = c.input(0), w = c.input(1), dy = c.grad_output();
-      return {backward_input(dy, w, c.node(), x.shape()[2], x.shape()[3]),
-              backward_filter(x, dy, c.node(), w.shape()[2], w.shape()[3])};
+      GradList grads{backward_input(dy, w, c.node(), x.shape()[2], x.shape()[3]),
+                     backward_filter(x, dy, c.node(), w.shape()[2], w.shape()[3])};
+      if (c.num_inputs() == 3) grads.push_back(sum(dy, {0, 2, 3}));  // dbias: over n, h, w
+      return grads;
     });
 
 KILN_OP(conv2d_backward_input)

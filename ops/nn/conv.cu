@@ -299,9 +299,26 @@ void convolve(KernelContext& ctx, Direction direction, const Tensor& x, const Te
   });
 }
 
+// y[n, o, :] += bias[o], in place after the product (conv2d's optional bias).
+template <typename T>
+void add_bias(const KernelContext& ctx, T* out, const T* bias, int64_t n, int64_t pixels,
+              int64_t channels) {
+  using C = Compute<T>;
+  for_each(ctx, n, [=] __device__(int64_t idx) {
+    out[idx] =
+        static_cast<T>(static_cast<C>(out[idx]) + static_cast<C>(bias[idx / pixels % channels]));
+  });
+}
+
 void conv2d_cuda(KernelContext& ctx) {
   Tensor& y = ctx.output(0);
   convolve(ctx, Direction::forward, ctx.input(0), ctx.input(1), y);
+  if (ctx.num_inputs() < 3 || y.numel() == 0) return;
+  dispatch_cuda_float(y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    add_bias(ctx, static_cast<T*>(y.raw_data()), ctx.input(2).data<T>(), y.numel(),
+             y.shape()[2] * y.shape()[3], y.shape()[1]);
+  });
 }
 void backward_input_cuda(KernelContext& ctx) {
   Tensor& dx = ctx.output(0);

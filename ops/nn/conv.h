@@ -45,4 +45,16 @@ ConvGeometry conv_geometry(const Node& node, const Shape& x, const Shape& y, con
 /// its input side x and pooled side y.
 ConvGeometry pool_geometry(const Node& node, const Shape& x, const Shape& y);
 
+/// out[n, o, :] += bias[o] for `images` images of `channels` planes of `pixels`: conv2d's
+/// optional bias, added by each kernel to the images it has just written (still in cache).
+template <typename T>
+void add_channel_bias(T* out, int64_t images, int64_t channels, int64_t pixels, const T* bias) {
+  for (int64_t n = 0; n < images; ++n)
+    for (int64_t o = 0; o < channels; ++o) {
+      T* plane = out + (n * channels + o) * pixels;
+      const T b = bias[o];
+      for (int64_t p = 0; p < pixels; ++p) plane[p] += b;
+    }
+}
+
 }  // namespace kiln::ops

@@ -14,8 +14,9 @@ enum class ConvPass { forward, backward_input, backward_filter };
 /// Runs `pass` of the f32 convolution `g` through oneDNN's direct (JIT) kernels, the images in
 /// fixed blocks over Kiln's pool (one oneDNN thread per block), so a result depends on the
 /// batch and never on the thread count. Returns false, having written nothing, where oneDNN has
-/// no implementation for the problem or the environment sets KILN_ONEDNN=0.
+/// no implementation for the problem or the environment sets KILN_ONEDNN=0. `bias` (forward
+/// only, optional): [O], added to each block of images once written.
 bool onednn_convolution(const KernelContext& ctx, ConvPass pass, const ConvGeometry& g,
-                        const float* a, const float* b, float* out);
+                        const float* a, const float* b, float* out, const float* bias = nullptr);
 
 }  // namespace kiln::ops

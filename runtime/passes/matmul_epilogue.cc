@@ -3,12 +3,41 @@
 // bias and applies the ReLU while it writes C (one pass over C fewer per op folded in). In
 // training graphs the pre-activation usually has another reader (relu's gradient reads it), so
 // only the bias joins there. GELU is not folded: cuBLASLt's GELU epilogue is the tanh
-// approximation, Kiln's gelu is exact.
+// approximation, Kiln's gelu is exact. A convolution's per-channel bias joins it the same way.
 #include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
 
 namespace {
+
+// add(conv2d(x, w), b) with b a reshape or expand_dims of a [O] value to [1, O, 1, 1] (as
+// nn::Conv2d adds its bias) becomes conv2d(x, w, bias): each kernel adds the bias to the images
+// it has just written, one pass over the output fewer. Returns whether node `id` was rewritten.
+template <typename SoleReader>
+bool fold_conv_bias(Graph& graph, int32_t id, const SoleReader& sole_reader) {
+  const Node& add = graph.node(id);
+  for (int side = 0; side < 2; ++side) {
+    const OutputRef product = add.inputs()[side], spread = add.inputs()[1 - side];
+    const Node& conv = graph.node(product.node);
+    if (conv.op_name() != "conv2d" || conv.inputs().size() != 2 || sole_reader(product.node) != id)
+      continue;
+    const Node& shaper = graph.node(spread.node);
+    if (shaper.op_name() != "reshape" && shaper.op_name() != "expand_dims") continue;
+    const TensorType& y = conv.outputs()[0];
+    const OutputRef bias = shaper.inputs()[0];
+    const TensorType& b = graph.node(bias.node).outputs()[bias.index];
+    const Shape& spread_shape = shaper.outputs()[0].shape;
+    if (!y.shape.is_known() || b.dtype != y.dtype || !(b.shape == Shape{y.shape[1]}) ||
+        !(spread_shape == Shape{1, y.shape[1], 1, 1}) || !(add.outputs()[0] == y))
+      continue;
+    graph.rewrite_node(
+        id, "conv2d",
+        {graph.value(conv.inputs()[0]), graph.value(conv.inputs()[1]), graph.value(bias)},
+        conv.attrs());
+    return true;
+  }
+  return false;
+}
 
 class MatmulEpilogue final : public Pass {
  public:
@@ -59,6 +88,10 @@ class MatmulEpilogue final : public Pass {
         done[target] = 1;
         changed = true;
         break;
+      }
+      if (!done[id] && fold_conv_bias(graph, id, sole_reader)) {
+        done[id] = 1;
+        changed = true;
       }
     }
     if (changed) graph.remove_unreachable();

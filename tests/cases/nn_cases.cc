@@ -46,7 +46,7 @@ Reference conv_reference(const Window& win, int64_t groups) {
                   sum += x[((b * c + channel) * h + r) * wd + s] *
                          w[((oc * cg + ic) * win.kh + a) * win.kw + e];
                 }
-            y.push_back(sum);
+            y.push_back(sum + (in.size() > 2 ? in[2].element(oc) : 0.0));  // the bias
           }
     return y;
   };
@@ -119,6 +119,18 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
          .build =
              [conv](CaseGraph& c) {
                return c.g.add("conv2d", {c.input(conv.x), c.input(conv.w)},
+                              conv_attrs(conv.win, conv.groups));
+             },
+         .reference = conv_reference(conv.win, conv.groups)});
+  // With the bias the matmul_epilogue pass folds in: on the im2col path (groups) and oneDNN's.
+  for (const Conv& conv :
+       {Conv{"conv2d_bias_groups", {2, 4, 5, 5}, {6, 2, 3, 3}, {3, 3, 1, 1, 1, 1}, 2},
+        Conv{"conv2d_bias_batch_blocks", {11, 8, 6, 5}, {4, 8, 3, 3}, {3, 3, 2, 1, 1, 0}, 1}})
+    add({.op = "conv2d",
+         .name = conv.name,
+         .build =
+             [conv](CaseGraph& c) {
+               return c.g.add("conv2d", {c.input(conv.x), c.input(conv.w), c.input({conv.w[0]})},
                               conv_attrs(conv.win, conv.groups));
              },
          .reference = conv_reference(conv.win, conv.groups)});

@@ -49,9 +49,17 @@ std::vector<Tensor> run_case(CaseGraph& c, const Value& y, Device device, bool w
     Tensor weights = Tensor::empty(y.dtype(), y.shape());
     std::mt19937 rng(99);
     std::uniform_real_distribution<double> dist(-1, 1);
+    // Rounded through the case's storage dtype as its inputs are, so a 16-bit run and its
+    // f32 reference weigh y alike (a sum over many y, a bias gradient, would differ otherwise).
+    Tensor rounded = Tensor::empty(c.storage(), y.shape());
+    dispatch_all(c.storage(), [&](auto tag) {
+      using S = decltype(tag);
+      for (int64_t i = 0; i < rounded.numel(); ++i) rounded.data<S>()[i] = convert<S>(dist(rng));
+    });
     dispatch_all(y.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      for (int64_t i = 0; i < weights.numel(); ++i) weights.data<T>()[i] = convert<T>(dist(rng));
+      for (int64_t i = 0; i < weights.numel(); ++i)
+        weights.data<T>()[i] = convert<T>(rounded.element(i));
     });
     feeds.emplace_back(r, weights);
     std::vector<Value> grads = gradients(sum(y * r), c.float_inputs, {.materialize_unused = true});

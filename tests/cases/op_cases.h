@@ -25,6 +25,8 @@ class CaseGraph {
  public:
   CaseGraph(DType dtype, DType storage, uint32_t seed);
 
+  /// The dtype every drawn value is rounded through.
+  DType storage() const { return storage_; }
   /// A floating input (differentiable), uniform in [low, high).
   Value input(const Shape& shape, double low = -1, double high = 1);
   /// An i64 input holding `values` (indices, labels).

@@ -102,7 +102,7 @@ def conv_and_pool(op, args, attrs):
     if op.startswith("conv2d"):
         conv = dict(window(attrs, "stride", "padding", "dilation"), groups=int(attrs["groups"]))
         if op == "conv2d":
-            return F.conv2d(a, args[1], **conv)
+            return F.conv2d(a, args[1], args[2] if len(args) > 2 else None, **conv)
         if op == "conv2d_backward_input":  # (dy, w)
             w = args[1]
             size = [a.shape[0], w.shape[1] * conv["groups"]] + ints(attrs["input_size"])

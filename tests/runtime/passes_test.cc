@@ -151,6 +151,25 @@ TEST(Passes, ReluGradientFoldsIntoTheMaxPoolGradient) {
   }
 }
 
+// A convolution's per-channel bias (as nn::Conv2d adds it) joins the convolution: same bits.
+TEST(Passes, ConvolutionBiasJoinsTheConvolution) {
+  for (int64_t channels : {2, 16}) {  // im2col + gemm, and oneDNN (8 or more channels)
+    Graph g;
+    Value x = g.placeholder("x", f32, {3, channels, 7, 6});
+    Value w = g.placeholder("w", f32, {5, channels, 3, 3});
+    Value b = g.placeholder("b", f32, {5});
+    Value y = relu(conv2d(x, w, {.padding = {1, 1}}) + reshape(b, {1, 5, 1, 1}));
+    FeedList feeds = {{x, testing::random_tensor(f32, {3, channels, 7, 6}, -1, 1, 1)},
+                      {w, testing::random_tensor(f32, {5, channels, 3, 3}, -1, 1, 2)},
+                      {b, testing::random_tensor(f32, {5}, -1, 1, 3)}};
+    Session off(g, only(nullptr)), on(g, only(&PassOptions::matmul_epilogue));
+    auto counts = ops_of(on.plan(feeds, {y}));
+    EXPECT_EQ(counts["add"], 0);
+    EXPECT_EQ(counts["conv2d"], 1);
+    EXPECT_TRUE(equal_bits(off.run(feeds, {y})[0], on.run(feeds, {y})[0])) << channels;
+  }
+}
+
 TEST(Passes, ElementwiseFusionMakesOneKernel) {
   Graph g;
   Value x = g.placeholder("x", f32, {64, 32});
