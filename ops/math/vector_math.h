@@ -74,6 +74,15 @@ inline float erfc_f32(float x) {
   return x >= 0 ? e : (x != x ? x : 2.0f - e);
 }
 
+/// e^x for the CPU kernels' loops: exp_f32 for f32 (vectorizes), std::exp otherwise.
+template <typename T>
+T exp_cpu(T x) {
+  if constexpr (std::is_same_v<T, float>)
+    return exp_f32(x);
+  else
+    return std::exp(x);
+}
+
 /// The CPU loops' f32 GELU: gelu_fn's math with erfc_f32.
 struct gelu_cpu_fn {
   template <typename T>

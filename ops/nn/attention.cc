@@ -17,6 +17,7 @@
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math/blas.h"
+#include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn.h"
 #include "kiln/ops/nn/attention.h"
 
@@ -116,13 +117,20 @@ double scale_of(const KernelContext& ctx, int64_t depth) {
   return scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(depth));
 }
 
-// Scores of query rows [i0, i0 + rows) of one (b, h) into s [rows, Tk]: scale q k^T, masked
-// entries -inf.
+// The keys query rows [i0, i0 + rows) can attend: all of them, or with causal masking (key j
+// only for query i >= j) the first i0 + rows. Keys past it are masked for the whole block, so
+// the kernels leave them out of every product (half the work of a causal square).
+int64_t visible_keys(const AttentionShape& a, int64_t i0, int64_t rows, bool causal) {
+  return causal ? std::min(a.keys, i0 + rows) : a.keys;
+}
+
+// Scores of query rows [i0, i0 + rows) of one (b, h) against their first `kv` keys into s
+// [rows, Tk] (row stride Tk): scale q k^T, masked entries -inf.
 template <typename T>
 void block_scores(const AttentionShape& a, const T* q, const T* k, const bool* mask, int64_t b,
-                  int64_t h, int64_t i0, int64_t rows, bool causal, T scale, T* s) {
+                  int64_t h, int64_t i0, int64_t rows, int64_t kv, bool causal, T scale, T* s) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
-  gemm(false, true, static_cast<int>(rows), keys, d, q + i0 * d, d, k, d, s, keys);
+  gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * d, d, k, d, s, keys);
   const T minus_inf = -std::numeric_limits<T>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     T* row = s + r * a.keys;
@@ -130,7 +138,7 @@ void block_scores(const AttentionShape& a, const T* q, const T* k, const bool* m
     const bool* m = mask == nullptr ? nullptr
                                     : mask + b * a.mask_strides[0] + h * a.mask_strides[1] +
                                           i * a.mask_strides[2];
-    for (int64_t j = 0; j < a.keys; ++j) {
+    for (int64_t j = 0; j < kv; ++j) {
       const bool masked = (causal && j > i) || (m != nullptr && !m[j * a.mask_strides[3]]);
       row[j] = masked ? minus_inf : row[j] * scale;
     }
@@ -162,27 +170,29 @@ void attention_typed(KernelContext& ctx) {
                        const int64_t bh = t / blocks, i0 = (t % blocks) * kQueryBlock;
                        const int64_t b = bh / a.heads, h = bh % a.heads;
                        const int64_t rows = std::min(kQueryBlock, a.queries - i0);
+                       const int64_t kv = visible_keys(a, i0, rows, causal);
                        const T* qh = q + bh * a.queries * a.depth;
                        const T* kh = k + bh * a.keys * a.depth;
                        const T* vh = v + bh * a.keys * a.value_depth;
-                       block_scores(a, qh, kh, mask, b, h, i0, rows, causal, scale, s.data());
+                       block_scores(a, qh, kh, mask, b, h, i0, rows, kv, causal, scale, s.data());
                        for (int64_t r = 0; r < rows; ++r) {
                          T* row = s.data() + r * a.keys;
                          T m = -std::numeric_limits<T>::infinity();
-                         for (int64_t j = 0; j < a.keys; ++j) m = std::max(m, row[j]);
+                         for (int64_t j = 0; j < kv; ++j) m = std::max(m, row[j]);
                          if (m == -std::numeric_limits<T>::infinity()) {  // nothing to attend
-                           std::fill(row, row + a.keys, T(0));
+                           std::fill(row, row + kv, T(0));
                            lse[bh * a.queries + i0 + r] = m;
                            continue;
                          }
                          T sum = 0;
-                         for (int64_t j = 0; j < a.keys; ++j) sum += row[j] = std::exp(row[j] - m);
+                         for (int64_t j = 0; j < kv; ++j) row[j] = exp_cpu(row[j] - m);
+                         for (int64_t j = 0; j < kv; ++j) sum += row[j];
                          const T inv = T(1) / sum;
-                         for (int64_t j = 0; j < a.keys; ++j) row[j] *= inv;
+                         for (int64_t j = 0; j < kv; ++j) row[j] *= inv;
                          lse[bh * a.queries + i0 + r] = m + std::log(sum);
                        }
                        gemm(false, false, static_cast<int>(rows), static_cast<int>(a.value_depth),
-                            static_cast<int>(a.keys), s.data(), static_cast<int>(a.keys), vh,
+                            static_cast<int>(kv), s.data(), static_cast<int>(a.keys), vh,
                             static_cast<int>(a.value_depth),
                             out + (bh * a.queries + i0) * a.value_depth,
                             static_cast<int>(a.value_depth));
@@ -229,30 +239,34 @@ void attention_backward_typed(KernelContext& ctx) {
           std::fill(dvh, dvh + a.keys * a.value_depth, T(0));
           for (int64_t i0 = 0; i0 < a.queries; i0 += kQueryBlock) {
             const int rows = static_cast<int>(std::min(kQueryBlock, a.queries - i0));
-            block_scores(a, qh, kh, mask, b, h, i0, rows, causal, scale, p.data());
+            const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
+            block_scores(a, qh, kh, mask, b, h, i0, rows, kv, causal, scale, p.data());
             const T* dout_blk = dout + (bh * a.queries + i0) * a.value_depth;
             const T* out_blk = out + (bh * a.queries + i0) * a.value_depth;
             for (int r = 0; r < rows; ++r) {
               const T l = lse[bh * a.queries + i0 + r];
               T* row = p.data() + r * a.keys;
-              for (int64_t j = 0; j < a.keys; ++j)
-                row[j] = l == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(row[j] - l);
+              if (l == -std::numeric_limits<T>::infinity()) {  // the row attended to nothing
+                std::fill(row, row + a.keys, T(0));
+                continue;
+              }
+              for (int64_t j = 0; j < kv; ++j) row[j] = exp_cpu(row[j] - l);
             }
-            // dv += p^T dout;  dp = dout v^T
-            gemm(true, false, keys, dvd, rows, p.data(), keys, dout_blk, dvd, dvh, dvd, T(1));
-            gemm(false, true, rows, keys, dvd, dout_blk, dvd, vh, dvd, dp.data(), keys);
+            // Over the block's visible keys: dv += p^T dout;  dp = dout v^T
+            gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, dvd, dvh, dvd, T(1));
+            gemm(false, true, rows, kv, dvd, dout_blk, dvd, vh, dvd, dp.data(), keys);
             for (int r = 0; r < rows; ++r) {
               T delta = 0;  // D = dout . out
               for (int c = 0; c < dvd; ++c) delta += dout_blk[r * dvd + c] * out_blk[r * dvd + c];
-              for (int64_t j = 0; j < a.keys; ++j) {
+              for (int64_t j = 0; j < kv; ++j) {
                 const int64_t at = r * a.keys + j;
                 dp[at] = p[at] * (dp[at] - delta) * scale;  // ds, scaled
               }
             }
             // dq = ds k;  dk += ds^T q
-            gemm(false, false, rows, d, keys, dp.data(), keys, kh, d,
-                 dq + (bh * a.queries + i0) * d, d);
-            gemm(true, false, keys, d, rows, dp.data(), keys, qh + i0 * d, d, dkh, d, T(1));
+            gemm(false, false, rows, d, kv, dp.data(), keys, kh, d, dq + (bh * a.queries + i0) * d,
+                 d);
+            gemm(true, false, kv, d, rows, dp.data(), keys, qh + i0 * d, d, dkh, d, T(1));
           }
         }
       });

@@ -10,6 +10,7 @@
 #include "kiln/ops/array.h"
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math.h"
+#include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn.h"
 
 namespace kiln {
@@ -75,7 +76,7 @@ void cross_entropy_cpu(KernelContext& ctx) {
         for (int64_t c = 1; c < classes; ++c) m = std::max(m, row[c]);
         T s = 0, shifted_sum = 0;
         for (int64_t c = 0; c < classes; ++c) {
-          s += std::exp(row[c] - m);
+          s += exp_cpu(row[c] - m);
           shifted_sum += row[c] - m;
         }
         if constexpr (kGrad) {
@@ -83,7 +84,7 @@ void cross_entropy_cpu(KernelContext& ctx) {
           const T inv = T(1) / s;
           for (int64_t c = 0; c < classes; ++c)
             o[i * classes + c] =
-                g * (std::exp(row[c] - m) * inv - (1 - smoothing) * T(c == label) - spread);
+                g * (exp_cpu(row[c] - m) * inv - (1 - smoothing) * T(c == label) - spread);
         } else {
           // (z - m) is exact near the maximum; see softmax.cc.
           o[i] = std::log(s) - (1 - smoothing) * (row[label] - m) -

@@ -10,6 +10,7 @@
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math.h"
+#include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn.h"
 
 namespace kiln {
@@ -43,7 +44,7 @@ void softmax_cpu(KernelContext& ctx) {
         if (!std::isfinite(m)) m = 0;  // all -inf (or inf/NaN): let the math propagate
         T s = 0;
         for (int64_t j = 0; j < n; ++j) {
-          T e = std::exp(in[base + j * inner] - m);
+          T e = exp_cpu(in[base + j * inner] - m);
           if (!kLog) out[base + j * inner] = e;
           s += e;
         }

@@ -341,6 +341,16 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
              return scaled_dot_product_attention(q, k, v, {.causal = true});
            },
        .reference = attention_reference(true, {})});
+  // More queries than one block (64): each block's products stop at its last visible key.
+  add({.op = "attention",
+       .name = "attention_causal_blocks",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 1, 66, 2}), k = c.input({1, 1, 68, 2}),
+                   v = c.input({1, 1, 68, 2});
+             return scaled_dot_product_attention(q, k, v, {.causal = true});
+           },
+       .reference = attention_reference(true, {})});
   const std::vector<std::vector<bool>> valid = {{true, true, false, true, false},
                                                 {false, true, true, true, true}};
   add({.op = "attention",
