@@ -301,6 +301,7 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
       }
       std::printf("  test loss %.4f  test accuracy %.4f  (checkpoint saved)\n", test_loss,
                   test_accuracy);
+      std::fflush(stdout);  // seen at once when the output goes to a pipe or a log file
       if (epoch + 1 == args.stop_after) {
         std::printf("stopping after epoch %lld as asked; continue with --resume\n",
                     static_cast<long long>(epoch + 1));

@@ -1,7 +1,8 @@
 // Row-major gemm for the CPU kernels that share the matmul path (matmul, convolution,
 // attention): C = A' B' + beta C, where A' is A or A^T (ta) and B' is B or B^T (tb).
 //
-// f32 goes through oneDNN's sgemm, f64 through OpenBLAS. oneDNN picks its kernels from the
+// f32 goes through oneDNN's sgemm (or OpenBLAS's with KILN_CPU_GEMM=openblas), f64 through
+// OpenBLAS. oneDNN picks its kernels from the
 // processor's feature flags; Debian's OpenBLAS 0.3.21 picks them from the CPU model, and on
 // virtual machines that report a generic "Intel Xeon Processor" it falls back to its SSE3
 // ("Prescott") kernels: 28 GFLOP/s per core where oneDNN's AVX-512 kernel runs 160 (bench/
@@ -10,6 +11,9 @@
 
 #include <cblas.h>
 #include <oneapi/dnnl/dnnl.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "kiln/framework/error.h"
 
@@ -29,8 +33,37 @@ inline void one_onednn_thread() {
   (void)once;
 }
 
+/// One OpenBLAS thread per call (the f64 products): parallelism comes from Kiln's pool (set once,
+/// before the first product; OpenBLAS's own workers then stay asleep).
+inline void single_threaded_blas() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
+}
+
+/// Whether f32 products go through OpenBLAS instead of oneDNN: KILN_CPU_GEMM=openblas (default
+/// onednn), so the parity suite checks both product paths (ctest's torch_parity_openblas).
+inline bool f32_gemm_on_openblas() {
+  static const bool openblas = [] {
+    const char* value = std::getenv("KILN_CPU_GEMM");
+    const std::string name = value ? value : "onednn";
+    KILN_CHECK(name == "onednn" || name == "openblas", Error, "KILN_CPU_GEMM='", name,
+               "': use onednn or openblas");
+    return name == "openblas";
+  }();
+  return openblas;
+}
+
 inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
                  int ldb, float* c, int ldc, float beta = 0.0f) {
+  if (f32_gemm_on_openblas()) {
+    single_threaded_blas();
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+                k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   one_onednn_thread();
   const dnnl_status_t status =
       dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
@@ -41,16 +74,6 @@ inline void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda
                  int ldb, double* c, int ldc, double beta = 0.0) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
               k, 1.0, a, lda, b, ldb, beta, c, ldc);
-}
-
-/// One OpenBLAS thread per call (the f64 products): parallelism comes from Kiln's pool (set once,
-/// before the first product; OpenBLAS's own workers then stay asleep).
-inline void single_threaded_blas() {
-  static const bool done = [] {
-    openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)done;
 }
 
 }  // namespace kiln::ops
