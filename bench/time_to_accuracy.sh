@@ -33,6 +33,7 @@ for line in sys.stdin:
 OMP_NUM_THREADS=$threads "$python" "$root/bench/fashion_mnist_cnn_torch.py" --epochs "$epochs" \
   --threads "$threads" | sed 's/^/torch /' | tee "$out/torch.txt"
 for who in kiln torch; do
-  awk -v t="$target" -v who="$who" '$4 >= t {print "time_to_" t, who, $6 " s (epoch " $3 ")"; found = 1; exit}
+  # Lines read "<who> epoch E test_accuracy A seconds S".
+  awk -v t="$target" -v who="$who" '$5 + 0 >= t + 0 {print "time_to_" t, who, $7 " s (epoch " $3 ")"; found = 1; exit}
        END {if (!found) print "time_to_" t, who, "not reached"}' "$out/$who.txt"
 done
