@@ -184,10 +184,19 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
        }});
   // positive_only (relu's gradient folded in): inputs mostly below 0, so some windows route
   // nothing; tiled 2x2, tiled 3x3 and padded windows.
-  for (const auto& [name, shape, window] :
-       {std::tuple{"2x2", Shape{2, 3, 6, 6}, square},
-        std::tuple{"padded", Shape{2, 3, 6, 7}, padded},
-        std::tuple{"3x3", Shape{1, 2, 7, 9}, Window{3, 3, 3, 3, 0, 0}}}) {
+  struct Positive {
+    const char* name;
+    Shape shape;
+    Window window;
+  };
+  for (const Positive& p :
+       {Positive{"2x2", {2, 3, 6, 6}, square}, Positive{"padded", {2, 3, 6, 7}, padded},
+        Positive{"3x3", {1, 2, 7, 9}, {3, 3, 3, 3, 0, 0}}}) {
+    // Copies, not references into p: lambdas capture them (structured bindings they could
+    // not, before clang 16).
+    const Shape shape = p.shape;
+    const Window window = p.window;
+    const char* name = p.name;
     AttrMap attrs = pool_attrs(window);
     attrs["positive_only"] = true;
     const int64_t oh = (shape[2] + 2 * window.ph - window.kh) / window.sh + 1,
