@@ -12,7 +12,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from bench_timing import time_it  # noqa: E402
+from bench_timing import report_case  # noqa: E402
 
 
 
@@ -160,19 +160,11 @@ def transformer_step():
 
 
 def main():
-    case = sys.argv[1]
-    if case == "matmul":
-        a = jnp.full((1024, 1024), 0.5, jnp.float32)
-        b = jnp.full((1024, 1024), 0.25, jnp.float32)
-        mm = jax.jit(jnp.matmul)
-        t = time_it(lambda: mm(a, b).block_until_ready(), 3, 20)
-        print(f"matmul {t:.9f} gflops={2 * 1024**3 / t / 1e9:.1f}")
-        return
-    make = {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step}
-    if case not in make:
-        sys.exit(f"unknown case {case}")
-    reps = 200 if case == "mlp_step" else 20
-    print(f"{case} {time_it(make[case](), 3, reps):.9f}")
+    a = jnp.full((1024, 1024), 0.5, jnp.float32)
+    b = jnp.full((1024, 1024), 0.25, jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    report_case(sys.argv[1], lambda: mm(a, b).block_until_ready(),
+                {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
-from bench_timing import time_it  # noqa: E402
+from bench_timing import report_case  # noqa: E402
 
 
 
@@ -163,18 +163,11 @@ def main():
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    if case == "matmul":
-        a = tf.fill((1024, 1024), 0.5)
-        b = tf.fill((1024, 1024), 0.25)
-        mm = tf.function(lambda: tf.matmul(a, b), jit_compile=xla)
-        t = time_it(lambda: mm().numpy(), 3, 20)
-        print(f"matmul {t:.9f} gflops={2 * 1024**3 / t / 1e9:.1f}")
-        return
-    make = {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step}
-    if case not in make:
-        sys.exit(f"unknown case {case}")
-    reps = 200 if case == "mlp_step" else 20
-    print(f"{case} {time_it(make[case](xla), 3, reps):.9f}")
+    a = tf.fill((1024, 1024), 0.5)
+    b = tf.fill((1024, 1024), 0.25)
+    mm = tf.function(lambda: tf.matmul(a, b), jit_compile=xla)
+    steps = {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step}
+    report_case(case, lambda: mm().numpy(), {k: (lambda f=f: f(xla)) for k, f in steps.items()})
 
 
 if __name__ == "__main__":
