@@ -2,9 +2,13 @@
 // loop over them vectorizes (libm's expf and erfcf are scalar calls: the exact GELU and its
 // gradient spent ~3.5 ns per element in them). Used through cpu_form(), which swaps these in for
 // the f32 GELU functors of ops/math/elementwise.h; every other op and dtype keeps its math.
+// Also row helpers for softmax-like loops (max_of, exp_scaled_shifted) that keep their
+// reductions in lanes, so they vectorize without reassociating anything.
 #pragma once
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -81,6 +85,44 @@ T exp_cpu(T x) {
     return exp_f32(x);
   else
     return std::exp(x);
+}
+
+/// The largest of x[0, n), -inf when n is 0 (a NaN after the first element is passed over, as
+/// std::max does). Kept in 16 lanes so that the loop vectorizes without reassociating anything.
+template <typename T>
+T max_of(const T* x, int64_t n) {
+  constexpr int kLanes = 16;
+  T lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, -std::numeric_limits<T>::infinity());
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] = lanes[l] < x[j + l] ? x[j + l] : lanes[l];
+  T m = -std::numeric_limits<T>::infinity();
+  for (; j < n; ++j) m = m < x[j] ? x[j] : m;
+  for (int l = 0; l < kLanes; ++l) m = m < lanes[l] ? lanes[l] : m;
+  return m;
+}
+
+/// x[j] = e^(scale x[j] - shift) for j in [0, n); returns the sum of the new values, added in
+/// 16 lanes (so the loop vectorizes) and then across them.
+template <typename T>
+T exp_scaled_shifted(T* x, int64_t n, T scale, T shift) {
+  constexpr int kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T e = exp_cpu(scale * x[j + l] - shift);
+      x[j + l] = e;
+      lanes[l] += e;
+    }
+  T sum = 0;
+  for (; j < n; ++j) {
+    x[j] = exp_cpu(scale * x[j] - shift);
+    sum += x[j];
+  }
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
 }
 
 /// The CPU loops' f32 GELU: gelu_fn's math with erfc_f32.

@@ -124,24 +124,29 @@ int64_t visible_keys(const AttentionShape& a, int64_t i0, int64_t rows, bool cau
   return causal ? std::min(a.keys, i0 + rows) : a.keys;
 }
 
-// Scores of query rows [i0, i0 + rows) of one (b, h) against their first `kv` keys into s
-// [rows, Tk] (row stride Tk): scale q k^T, masked entries -inf.
+// The keys query row i of a block with `kv` visible keys attends: all kv, or with causal
+// masking those up to i.
+int64_t row_keys(int64_t kv, int64_t i, bool causal) {
+  return causal ? std::min(kv, i + 1) : kv;
+}
+
+// Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) against their first `kv` keys
+// into s [rows, Tk] (row stride Tk), -inf where the mask hides a key. The scale is applied by
+// the callers inside their exponentials (e^(scale s - shift), scale > 0), and the causal part of
+// the mask by their row ranges (row_keys): entries past a row's range are not read.
 template <typename T>
 void block_scores(const AttentionShape& a, const T* q, const T* k, const bool* mask, int64_t b,
-                  int64_t h, int64_t i0, int64_t rows, int64_t kv, bool causal, T scale, T* s) {
+                  int64_t h, int64_t i0, int64_t rows, int64_t kv, T* s) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
   gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * d, d, k, d, s, keys);
+  if (mask == nullptr) return;
   const T minus_inf = -std::numeric_limits<T>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     T* row = s + r * a.keys;
-    const int64_t i = i0 + r;
-    const bool* m = mask == nullptr ? nullptr
-                                    : mask + b * a.mask_strides[0] + h * a.mask_strides[1] +
-                                          i * a.mask_strides[2];
-    for (int64_t j = 0; j < kv; ++j) {
-      const bool masked = (causal && j > i) || (m != nullptr && !m[j * a.mask_strides[3]]);
-      row[j] = masked ? minus_inf : row[j] * scale;
-    }
+    const bool* m =
+        mask + b * a.mask_strides[0] + h * a.mask_strides[1] + (i0 + r) * a.mask_strides[2];
+    for (int64_t j = 0; j < kv; ++j)
+      if (!m[j * a.mask_strides[3]]) row[j] = minus_inf;
   }
 }
 
@@ -163,41 +168,46 @@ void attention_typed(KernelContext& ctx) {
   T* out = ctx.output(0).data<T>();
   T* lse = ctx.output(1).data<T>();
   const int64_t blocks = (a.queries + kQueryBlock - 1) / kQueryBlock;
-  ctx.parallel_for(a.batch * a.heads * blocks, kQueryBlock * a.keys * (a.depth + a.value_depth) * 2,
-                   [&](int64_t t0, int64_t t1) {
-                     std::vector<T> s(static_cast<size_t>(kQueryBlock * a.keys));
-                     for (int64_t t = t0; t < t1; ++t) {
-                       const int64_t bh = t / blocks, i0 = (t % blocks) * kQueryBlock;
-                       const int64_t b = bh / a.heads, h = bh % a.heads;
-                       const int64_t rows = std::min(kQueryBlock, a.queries - i0);
-                       const int64_t kv = visible_keys(a, i0, rows, causal);
-                       const T* qh = q + bh * a.queries * a.depth;
-                       const T* kh = k + bh * a.keys * a.depth;
-                       const T* vh = v + bh * a.keys * a.value_depth;
-                       block_scores(a, qh, kh, mask, b, h, i0, rows, kv, causal, scale, s.data());
-                       for (int64_t r = 0; r < rows; ++r) {
-                         T* row = s.data() + r * a.keys;
-                         T m = -std::numeric_limits<T>::infinity();
-                         for (int64_t j = 0; j < kv; ++j) m = std::max(m, row[j]);
-                         if (m == -std::numeric_limits<T>::infinity()) {  // nothing to attend
-                           std::fill(row, row + kv, T(0));
-                           lse[bh * a.queries + i0 + r] = m;
-                           continue;
-                         }
-                         T sum = 0;
-                         for (int64_t j = 0; j < kv; ++j) row[j] = exp_cpu(row[j] - m);
-                         for (int64_t j = 0; j < kv; ++j) sum += row[j];
-                         const T inv = T(1) / sum;
-                         for (int64_t j = 0; j < kv; ++j) row[j] *= inv;
-                         lse[bh * a.queries + i0 + r] = m + std::log(sum);
-                       }
-                       gemm(false, false, static_cast<int>(rows), static_cast<int>(a.value_depth),
-                            static_cast<int>(kv), s.data(), static_cast<int>(a.keys), vh,
-                            static_cast<int>(a.value_depth),
-                            out + (bh * a.queries + i0) * a.value_depth,
-                            static_cast<int>(a.value_depth));
-                     }
-                   });
+  const int dvd = static_cast<int>(a.value_depth);
+  ctx.parallel_for(
+      a.batch * a.heads * blocks, kQueryBlock * a.keys * (a.depth + a.value_depth) * 2,
+      [&](int64_t t0, int64_t t1) {
+        std::vector<T> s(static_cast<size_t>(kQueryBlock * a.keys));
+        T inverse_sums[kQueryBlock];
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t bh = t / blocks, i0 = (t % blocks) * kQueryBlock;
+          const int64_t b = bh / a.heads, h = bh % a.heads;
+          const int64_t rows = std::min(kQueryBlock, a.queries - i0);
+          const int64_t kv = visible_keys(a, i0, rows, causal);
+          const T* qh = q + bh * a.queries * a.depth;
+          const T* kh = k + bh * a.keys * a.depth;
+          const T* vh = v + bh * a.keys * a.value_depth;
+          T* out_blk = out + (bh * a.queries + i0) * a.value_depth;
+          block_scores(a, qh, kh, mask, b, h, i0, rows, kv, s.data());
+          // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p, the division on the
+          // product's Dv columns rather than on p's kv.
+          for (int64_t r = 0; r < rows; ++r) {
+            T* row = s.data() + r * a.keys;
+            const int64_t n = row_keys(kv, i0 + r, causal);
+            const T m = max_of(row, n);
+            T* lse_at = lse + bh * a.queries + i0 + r;
+            if (m == -std::numeric_limits<T>::infinity()) {  // nothing to attend: out 0
+              std::fill(row, row + kv, T(0));
+              inverse_sums[r] = 0;
+              *lse_at = m;
+              continue;
+            }
+            const T sum = exp_scaled_shifted(row, n, scale, scale * m);
+            std::fill(row + n, row + kv, T(0));
+            inverse_sums[r] = T(1) / sum;
+            *lse_at = scale * m + std::log(sum);
+          }
+          gemm(false, false, static_cast<int>(rows), dvd, static_cast<int>(kv), s.data(),
+               static_cast<int>(a.keys), vh, dvd, out_blk, dvd);
+          for (int64_t r = 0; r < rows; ++r)
+            for (int c = 0; c < dvd; ++c) out_blk[r * dvd + c] *= inverse_sums[r];
+        }
+      });
 }
 
 template <typename T>
@@ -240,17 +250,16 @@ void attention_backward_typed(KernelContext& ctx) {
           for (int64_t i0 = 0; i0 < a.queries; i0 += kQueryBlock) {
             const int rows = static_cast<int>(std::min(kQueryBlock, a.queries - i0));
             const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
-            block_scores(a, qh, kh, mask, b, h, i0, rows, kv, causal, scale, p.data());
+            block_scores(a, qh, kh, mask, b, h, i0, rows, kv, p.data());
             const T* dout_blk = dout + (bh * a.queries + i0) * a.value_depth;
             const T* out_blk = out + (bh * a.queries + i0) * a.value_depth;
-            for (int r = 0; r < rows; ++r) {
+            for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
               const T l = lse[bh * a.queries + i0 + r];
               T* row = p.data() + r * a.keys;
-              if (l == -std::numeric_limits<T>::infinity()) {  // the row attended to nothing
-                std::fill(row, row + a.keys, T(0));
-                continue;
-              }
-              for (int64_t j = 0; j < kv; ++j) row[j] = exp_cpu(row[j] - l);
+              const int64_t n =
+                  l == -std::numeric_limits<T>::infinity() ? 0 : row_keys(kv, i0 + r, causal);
+              exp_scaled_shifted(row, n, scale, l);
+              std::fill(row + n, row + kv, T(0));
             }
             // Over the block's visible keys: dv += p^T dout;  dp = dout v^T
             gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, dvd, dvh, dvd, T(1));
@@ -258,10 +267,9 @@ void attention_backward_typed(KernelContext& ctx) {
             for (int r = 0; r < rows; ++r) {
               T delta = 0;  // D = dout . out
               for (int c = 0; c < dvd; ++c) delta += dout_blk[r * dvd + c] * out_blk[r * dvd + c];
-              for (int64_t j = 0; j < kv; ++j) {
-                const int64_t at = r * a.keys + j;
-                dp[at] = p[at] * (dp[at] - delta) * scale;  // ds, scaled
-              }
+              const T* pr = p.data() + r * a.keys;
+              T* dpr = dp.data() + r * a.keys;
+              for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds
             }
             // dq = ds k;  dk += ds^T q
             gemm(false, false, rows, d, kv, dp.data(), keys, kh, d, dq + (bh * a.queries + i0) * d,

@@ -323,6 +323,31 @@ TEST(Elementwise, CpuKernelsRunHalfPrecisionWidened) {
 
 // The CPU's vectorizable f32 exp and erfc (ops/math/vector_math.h) against libm in double, over
 // every range they serve, and their special values.
+// The row helpers of attention's CPU kernel, at lengths around their 16 lanes (0, a tail only,
+// whole lanes, lanes and a tail), against plain loops in double.
+TEST(VectorMath, RowMaxAndScaledExponentialsMatchPlainLoops) {
+  for (int64_t n : {0, 1, 7, 16, 33, 130}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j)
+      x[j] = j % 11 == 5 ? -INFINITY : std::sin(0.7f * static_cast<float>(j)) * 9;
+    double want_max = -INFINITY;
+    for (float e : x) want_max = std::max<double>(want_max, e);
+    EXPECT_EQ(kiln::ops::max_of(x.data(), n), want_max) << "n " << n;
+    const float scale = 0.125f, shift = 0.3f;
+    std::vector<float> y = x;
+    const float sum = kiln::ops::exp_scaled_shifted(y.data(), n, scale, shift);
+    double want_sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double want = std::exp(static_cast<double>(scale) * x[j] - shift);
+      want_sum += want;
+      EXPECT_NEAR(y[j], want, 4e-7 * want) << "n " << n << ", j " << j;
+    }
+    EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum) << "n " << n;
+  }
+  const float nan_after_first[3] = {1.0f, NAN, 2.0f};  // as std::max: a later NaN is passed over
+  EXPECT_EQ(kiln::ops::max_of(nan_after_first, 3), 2.0f);
+}
+
 TEST(VectorMath, ExpAndErfcMatchLibmWithinTheirBounds) {
   double worst_exp_ulp = 0;
   for (float x = -103.9f; x < 88.7f; x += 0.00037f) {

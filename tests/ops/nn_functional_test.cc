@@ -211,5 +211,53 @@ TEST(NnFunctional, AttentionErrorsNameTheShapes) {
                       {"[attention]", "the mask [2, 1, 1, 6] does not broadcast", "[2, 3, 5, 7]"});
 }
 
+// A query row whose keys are all masked attends to nothing: its output is 0, its logsumexp
+// -inf, and no NaN reaches any gradient; the other rows are a softmax over their visible keys.
+TEST(NnFunctional, AttentionRowWithNothingToAttendIsZero) {
+  Graph g;
+  const int64_t tq = 3, tk = 20;  // 20 keys: the CPU kernel's 16-lane loops and their tails
+  Tensor qt = Tensor::zeros(f32, {1, 1, tq, 2}), kt = Tensor::zeros(f32, {1, 1, tk, 2});
+  Tensor vt = Tensor::zeros(f32, {1, 1, tk, 1}), mt = Tensor::zeros(DType::boolean, {1, 1, tq, tk});
+  for (int64_t i = 0; i < tq * 2; ++i) qt.data<float>()[i] = 0.3f * static_cast<float>(i) - 0.5f;
+  for (int64_t j = 0; j < tk; ++j) {
+    kt.data<float>()[2 * j] = std::sin(static_cast<float>(j));
+    kt.data<float>()[2 * j + 1] = std::cos(static_cast<float>(j));
+    vt.data<float>()[j] = static_cast<float>(j);
+    mt.data<bool>()[0 * tk + j] = j % 3 != 0;  // row 0 sees two keys in three
+    mt.data<bool>()[2 * tk + j] = true;        // row 2 all; row 1 none
+  }
+  Value q = g.constant(qt), k = g.constant(kt), v = g.constant(vt);
+  std::vector<Value> out =
+      g.add_node("attention", {q, k, v, g.constant(mt)}, {{"causal", false}, {"scale", 0.0}});
+  std::vector<Value> grads = gradients(sum(out[0] * out[0]), {q, k, v});
+  Session s(g);
+  std::vector<Tensor> r = s.run({}, {out[0], out[1], grads[0], grads[1], grads[2]});
+  EXPECT_EQ(r[0].data<float>()[1], 0.0f);
+  EXPECT_EQ(r[1].data<float>()[1], -INFINITY);
+  for (int64_t row : {0, 2}) {
+    double m = -INFINITY, sum = 0, weighted = 0;
+    std::vector<double> s_row(static_cast<size_t>(tk), -INFINITY);
+    for (int64_t j = 0; j < tk; ++j)
+      if (mt.data<bool>()[row * tk + j]) {
+        s_row[j] = (qt.data<float>()[2 * row] * kt.data<float>()[2 * j] +
+                    qt.data<float>()[2 * row + 1] * kt.data<float>()[2 * j + 1]) /
+                   std::sqrt(2.0);
+        m = std::max(m, s_row[j]);
+      }
+    for (int64_t j = 0; j < tk; ++j) {
+      const double e = std::exp(s_row[j] - m);
+      sum += e;
+      weighted += e * j;
+    }
+    EXPECT_NEAR(r[0].data<float>()[row], weighted / sum, 1e-4) << "row " << row;
+    EXPECT_NEAR(r[1].data<float>()[row], m + std::log(sum), 1e-5) << "row " << row;
+  }
+  for (int i = 2; i < 5; ++i)
+    for (int64_t e = 0; e < r[i].numel(); ++e)
+      ASSERT_TRUE(std::isfinite(r[i].data<float>()[e])) << "gradient " << i - 2 << "[" << e << "]";
+  EXPECT_EQ(r[2].data<float>()[2], 0.0f);  // dq of the row that attends to nothing
+  EXPECT_EQ(r[2].data<float>()[3], 0.0f);
+}
+
 }  // namespace
 }  // namespace kiln
