@@ -1,6 +1,6 @@
 // matmul: C = op(A) @ op(B) over the last two dims, batch dims broadcast.
 //   A is [..., M, K] (transpose_a: [..., K, M]); B is [..., K, N] (transpose_b: [..., N, K]).
-// CPU kernel: one cblas gemm per batch entry (OpenBLAS, threaded by the session's pool size).
+// CPU kernel: single-threaded gemms (ops/math/blas.h) on blocks of C spread over the pool.
 #include <cstring>
 
 #include "kiln/framework/gradient.h"
@@ -41,12 +41,23 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
 
-template <typename T>
-void matmul_typed(KernelContext& ctx) {
+// C (`c`, [..., M, N]) = op(A) op(B), inputs 0 and 1, on the pool: each task is one batch
+// entry and a block of C's rows (or columns, when C is wide and short), one single-threaded
+// gemm. Without an epilogue the extent is cut into one block per thread; with one, into blocks
+// of about kEpilogueBlockBytes of C, and epilogue(entry, row0, rows, col0, cols) runs on each
+// block right after its gemm wrote it, while it is still in cache. A row of C does not depend on
+// how the rows are cut, so results are the same for any number of threads.
+constexpr int64_t kEpilogueBlockBytes = 512 << 10;
+
+struct NoEpilogue {
+  void operator()(int64_t, int64_t, int64_t, int64_t, int64_t) const {}
+};
+
+template <typename T, typename Epilogue = NoEpilogue>
+void blocked_product(KernelContext& ctx, Tensor& c, const Epilogue& epilogue = {}) {
   single_threaded_blas();
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
-  Tensor& c = ctx.output(0);
   bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
   const Shape& as = a.shape();
   const Shape& bs = b.shape();
@@ -54,6 +65,8 @@ void matmul_typed(KernelContext& ctx) {
   if (c.numel() == 0) return;
   if (k == 0) {
     std::memset(c.raw_data(), 0, c.nbytes());
+    const int64_t entries = c.numel() / (m * n);
+    for (int64_t i = 0; i < entries; ++i) epilogue(i, 0, m, 0, n);
     return;
   }
   KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
@@ -67,15 +80,15 @@ void matmul_typed(KernelContext& ctx) {
   const T* pb = b.data<T>();
   T* pc = c.data<T>();
   const int lda = static_cast<int>(as[-1]), ldb = static_cast<int>(bs[-1]);
-  // OpenBLAS runs single-threaded; the pool splits the work. Each task is one batch entry and
-  // a block of C's rows (or columns, when C is wide and short). A row of C does not depend on
-  // how the rows are split, so results are the same for any number of threads.
   const int64_t threads = ctx.pool().num_threads();
   const bool by_rows = m >= n;
-  const int64_t extent = by_rows ? m : n;
+  const int64_t extent = by_rows ? m : n, across = by_rows ? n : m;
   const int64_t per_batch = static_cast<int64_t>(a_off.size());
   const int64_t want = std::max<int64_t>(1, threads / std::max<int64_t>(per_batch, 1));
-  const int64_t block = std::max<int64_t>(16, (extent + want - 1) / want);
+  int64_t block = std::max<int64_t>(16, (extent + want - 1) / want);
+  if constexpr (!std::is_same_v<Epilogue, NoEpilogue>)
+    block = std::min(block, std::max<int64_t>(16, kEpilogueBlockBytes /
+                                                      (across * static_cast<int64_t>(sizeof(T)))));
   const int64_t blocks = (extent + block - 1) / block;
   ctx.pool().parallel_for(per_batch * blocks, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -89,13 +102,20 @@ void matmul_typed(KernelContext& ctx) {
         const T* a_rows = ab + (ta ? start : start * lda);
         gemm(ta, tb, static_cast<int>(len), static_cast<int>(n), static_cast<int>(k), a_rows, lda,
              bb, ldb, cb + start * n, static_cast<int>(n));
+        epilogue(i, start, len, 0, n);
       } else {
         const T* b_cols = bb + (tb ? start * ldb : start);
         gemm(ta, tb, static_cast<int>(m), static_cast<int>(len), static_cast<int>(k), ab, lda,
              b_cols, ldb, cb + start, static_cast<int>(n));
+        epilogue(i, 0, m, start, len);
       }
     }
   });
+}
+
+template <typename T>
+void matmul_typed(KernelContext& ctx) {
+  blocked_product<T>(ctx, ctx.output(0));
 }
 
 void matmul_cpu(KernelContext& ctx) {
@@ -143,8 +163,9 @@ KILN_OP(matmul)
     .kernel(DeviceKind::cpu, matmul_cpu, {f32, f64});
 
 // ---- matmul_bias: y = act(op(A) op(B) + bias) for matrices, bias [N] added to every row,
-// act none or relu. Made by the matmul_epilogue pass from matmul + add (+ relu), so that cuBLASLt
-// applies the bias and activation as it writes C; on the CPU, one pass over C after the gemm.
+// act none or relu. Made by the matmul_epilogue pass from matmul + add (+ relu): cuBLASLt adds
+// the bias and applies the ReLU while it writes C; on the CPU each block of C gets them right
+// after its gemm wrote it, in cache.
 std::vector<TensorType> infer_matmul_bias(const InferContext& ctx) {
   std::vector<TensorType> out = infer_matmul(ctx);
   ctx.expect_same_dtype(0, 2);
@@ -157,22 +178,28 @@ std::vector<TensorType> infer_matmul_bias(const InferContext& ctx) {
   return out;
 }
 
+// y[j] += bias[j], then relu (relu's rule: NaN stays NaN).
+template <typename T>
+void bias_row(T* __restrict y, const T* __restrict bias, int64_t n, bool relu) {
+  if (relu) {
+    for (int64_t j = 0; j < n; ++j) {
+      const T v = y[j] + bias[j];
+      y[j] = v < T(0) ? T(0) : v;
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) y[j] += bias[j];
+  }
+}
+
 template <typename T>
 void matmul_bias_typed(KernelContext& ctx) {
-  matmul_typed<T>(ctx);
   Tensor& y = ctx.output(0);
+  const bool relu = ctx.attr<std::string>("activation") == "relu";
   const T* bias = ctx.input(2).data<T>();
   T* out = y.data<T>();
   const int64_t n = y.shape()[1];
-  const bool relu = ctx.attr<std::string>("activation") == "relu";
-  ctx.parallel_for(y.shape()[0], n, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      T* row = out + r * n;
-      for (int64_t j = 0; j < n; ++j) {
-        const T v = row[j] + bias[j];
-        row[j] = relu && v < T(0) ? T(0) : v;  // relu's rule: NaN stays NaN
-      }
-    }
+  blocked_product<T>(ctx, y, [=](int64_t, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    for (int64_t r = r0; r < r0 + rows; ++r) bias_row(out + r * n + c0, bias + c0, cols, relu);
   });
 }
 
