@@ -110,9 +110,9 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
         Conv{"conv2d_stride_pad_dilation", {2, 2, 9, 8}, {3, 2, 3, 2}, {3, 2, 2, 1, 1, 2, 2, 1}, 1},
         Conv{"conv2d_groups", {2, 4, 5, 5}, {6, 2, 3, 3}, {3, 3, 1, 1, 1, 1}, 2},
         Conv{"conv2d_pointwise", {2, 3, 4, 5}, {5, 3, 1, 1}, {1, 1, 1, 1, 0, 0}, 1},
-        // With 8 or more input channels per group f32 runs on oneDNN: 11 images (its blocks of 8
-        // and a remainder; stride 2 leaves the last row unread), and groups with dilation.
-        Conv{"conv2d_batch_blocks", {11, 8, 6, 5}, {4, 8, 3, 3}, {3, 3, 2, 1, 1, 0}, 1},
+        // With 8 or more input channels per group f32 runs on oneDNN: 19 images (its blocks of
+        // 16 and a remainder; stride 2 leaves the last row unread), and groups with dilation.
+        Conv{"conv2d_batch_blocks", {19, 8, 6, 5}, {4, 8, 3, 3}, {3, 3, 2, 1, 1, 0}, 1},
         Conv{"conv2d_groups_dilation", {3, 16, 5, 7}, {6, 8, 3, 3}, {3, 3, 1, 2, 1, 1, 1, 2}, 2}})
     add({.op = "conv2d",
          .name = conv.name,
@@ -125,7 +125,7 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
   // With the bias the matmul_epilogue pass folds in: on the im2col path (groups) and oneDNN's.
   for (const Conv& conv :
        {Conv{"conv2d_bias_groups", {2, 4, 5, 5}, {6, 2, 3, 3}, {3, 3, 1, 1, 1, 1}, 2},
-        Conv{"conv2d_bias_batch_blocks", {11, 8, 6, 5}, {4, 8, 3, 3}, {3, 3, 2, 1, 1, 0}, 1}})
+        Conv{"conv2d_bias_batch_blocks", {19, 8, 6, 5}, {4, 8, 3, 3}, {3, 3, 2, 1, 1, 0}, 1}})
     add({.op = "conv2d",
          .name = conv.name,
          .build =
