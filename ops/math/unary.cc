@@ -48,10 +48,12 @@ GradList grad_abs(GradContext& c) {
 GradList grad_square(GradContext& c) {
   return {c.grad_output() * (c.input(0) * 2.0)};
 }
-// y = max(x, 0)   dx = dy where x > 0
+// y = max(x, 0)   dx = dy where x > 0, tested on y: y > 0 exactly when x > 0 (NaN and -0 give
+// false both ways). Reading y, not x, leaves relu the pre-activation's only reader, so the
+// matmul_epilogue pass folds it into the product that makes x in training graphs too.
 GradList grad_relu(GradContext& c) {
-  Value x = c.input(0);
-  return {where(greater(x, zero(x)), c.grad_output(), zero(x))};
+  Value y = c.output();
+  return {where(greater(y, zero(y)), c.grad_output(), zero(y))};
 }
 // y = e^x         dx = dy y
 GradList grad_exp(GradContext& c) {

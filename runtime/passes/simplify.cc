@@ -17,8 +17,9 @@ bool is_constant_equal_to(const Graph& graph, OutputRef ref, double value) {
   return true;
 }
 
-// Whether `where` is where(greater(z, 0), max_pool2d_backward(relu(z), dy), 0), the pattern
-// relu's gradient makes behind a max-pool of a relu. Then, per element: where a window's winner
+// Whether `where` is where(greater(r, 0), max_pool2d_backward(relu(z), dy), 0) with r = relu(z)
+// (what relu's gradient makes behind a max-pool of a relu) or r = z (relu(z) > 0 exactly when
+// z > 0, so the two masks are equal). Then, per element: where a window's winner
 // is z > 0 (so relu(z) = z > 0) the pool routes dy there and the mask keeps it; where the
 // window's maximum relu(z) is 0, the winner has z <= 0 (or NaN) and the mask zeroes what the
 // pool routed. So the pair equals the pool's gradient routing only from windows whose maximum
@@ -32,7 +33,8 @@ bool folds_relu_gradient_into_pool(const Graph& graph, const Node& where) {
       pool.attr<bool>("positive_only") || !is_constant_equal_to(graph, greater.inputs()[1], 0.0))
     return false;
   const Node& relu = graph.node(pool.inputs()[0].node);
-  return relu.op_name() == "relu" && relu.inputs()[0] == greater.inputs()[0] &&
+  const OutputRef masked = greater.inputs()[0];
+  return relu.op_name() == "relu" && (masked == relu.inputs()[0] || masked == pool.inputs()[0]) &&
          pool.outputs()[0] == where.outputs()[0];
 }
 

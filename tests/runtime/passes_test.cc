@@ -69,6 +69,21 @@ TEST(Passes, MatmulEpilogueFoldsTheBiasAndTheRelu) {
   // A fetched product is kept as it is.
   Value product = matmul(x, w);
   EXPECT_EQ(ops_of(on.plan(feeds, {product, product + b}))["matmul_bias"], 0);
+  // In a training graph relu's gradient reads relu's output, not the sum, so the relu still
+  // joins the product, and the gradients match the unfused graph's.
+  Value loss = sum(square(relu(matmul(x, w) + b)));
+  std::vector<Value> grads = gradients(loss, {w, b});
+  const Plan& train = on.plan(feeds, {loss, grads[0], grads[1]});
+  EXPECT_EQ(ops_of(train)["relu"], 0);
+  int with_relu = 0;
+  for (int32_t id = 0; id < train.graph->num_nodes(); ++id) {
+    const Node& node = train.graph->node(id);
+    with_relu += node.op_name() == "matmul_bias" && node.attr<std::string>("activation") == "relu";
+  }
+  EXPECT_EQ(with_relu, 1);
+  std::vector<Tensor> expected = off.run(feeds, {loss, grads[0], grads[1]});
+  std::vector<Tensor> got = on.run(feeds, {loss, grads[0], grads[1]});
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(equal_bits(expected[i], got[i])) << i;
 }
 
 TEST(Passes, CommonSubexpressionsAreMergedButVariablesAreNot) {
