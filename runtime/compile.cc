@@ -305,7 +305,9 @@ Plan compile_plan(const Graph& graph, const std::vector<FeedSpec>& feeds,
                   DeviceKind device, const PassOptions& passes, int max_streams) {
   Plan plan =
       specialize_shapes(graph, prune(graph, feeds, fetches, targets), feeds, fetches, targets);
-  plan.passes_applied = optimize_graph(*plan.graph, passes);
+  PassOptions for_device = passes;
+  for_device.device = device;
+  plan.passes_applied = optimize_graph(*plan.graph, for_device);
   choose_kernels(plan, device);
   schedule_streams(plan, max_streams);
   analyze_liveness(plan);

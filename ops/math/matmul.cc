@@ -1,15 +1,12 @@
 // matmul: C = op(A) @ op(B) over the last two dims, batch dims broadcast.
 //   A is [..., M, K] (transpose_a: [..., K, M]); B is [..., K, N] (transpose_b: [..., N, K]).
 // CPU kernel: single-threaded gemms (ops/math/blas.h) on blocks of C spread over the pool.
-#include <cstring>
-
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math.h"
-#include "kiln/ops/math/blas.h"
-#include "kiln/ops/math/matmul_batch.h"
+#include "kiln/ops/math/blocked_product.h"
 
 namespace kiln {
 namespace ops {
@@ -41,81 +38,11 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
 
-// C (`c`, [..., M, N]) = op(A) op(B), inputs 0 and 1, on the pool: each task is one batch
-// entry and a block of C's rows (or columns, when C is wide and short), one single-threaded
-// gemm. Without an epilogue the extent is cut into one block per thread; with one, into blocks
-// of about kEpilogueBlockBytes of C, and epilogue(entry, row0, rows, col0, cols) runs on each
-// block right after its gemm wrote it, while it is still in cache. A row of C does not depend on
-// how the rows are cut, so results are the same for any number of threads.
-constexpr int64_t kEpilogueBlockBytes = 512 << 10;
-
-struct NoEpilogue {
-  void operator()(int64_t, int64_t, int64_t, int64_t, int64_t) const {}
-};
-
-template <typename T, typename Epilogue = NoEpilogue>
-void blocked_product(KernelContext& ctx, Tensor& c, const Epilogue& epilogue = {}) {
-  single_threaded_blas();
-  const Tensor& a = ctx.input(0);
-  const Tensor& b = ctx.input(1);
-  bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
-  const Shape& as = a.shape();
-  const Shape& bs = b.shape();
-  const int64_t m = c.shape()[-2], n = c.shape()[-1], k = ta ? as[-2] : as[-1];
-  if (c.numel() == 0) return;
-  if (k == 0) {
-    std::memset(c.raw_data(), 0, c.nbytes());
-    const int64_t entries = c.numel() / (m * n);
-    for (int64_t i = 0; i < entries; ++i) epilogue(i, 0, m, 0, n);
-    return;
-  }
-  KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
-             ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed BLAS's 32-bit limit");
-  Shape out_batch(std::vector<int64_t>(c.shape().begin(), c.shape().end() - 2));
-  std::vector<int64_t> a_off =
-      batch_offsets(out_batch, Shape(std::vector<int64_t>(as.begin(), as.end() - 2)));
-  std::vector<int64_t> b_off =
-      batch_offsets(out_batch, Shape(std::vector<int64_t>(bs.begin(), bs.end() - 2)));
-  const T* pa = a.data<T>();
-  const T* pb = b.data<T>();
-  T* pc = c.data<T>();
-  const int lda = static_cast<int>(as[-1]), ldb = static_cast<int>(bs[-1]);
-  const int64_t threads = ctx.pool().num_threads();
-  const bool by_rows = m >= n;
-  const int64_t extent = by_rows ? m : n, across = by_rows ? n : m;
-  const int64_t per_batch = static_cast<int64_t>(a_off.size());
-  const int64_t want = std::max<int64_t>(1, threads / std::max<int64_t>(per_batch, 1));
-  int64_t block = std::max<int64_t>(16, (extent + want - 1) / want);
-  if constexpr (!std::is_same_v<Epilogue, NoEpilogue>)
-    block = std::min(block, std::max<int64_t>(16, kEpilogueBlockBytes /
-                                                      (across * static_cast<int64_t>(sizeof(T)))));
-  const int64_t blocks = (extent + block - 1) / block;
-  ctx.pool().parallel_for(per_batch * blocks, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t i = t / blocks, start = (t % blocks) * block;
-      const int64_t len = std::min(block, extent - start);
-      const T* ab = pa + a_off[i] * m * k;
-      const T* bb = pb + b_off[i] * k * n;
-      T* cb = pc + i * m * n;
-      if (by_rows) {
-        // Rows [start, start + len) of op(A): row r is at r * lda, or column r when transposed.
-        const T* a_rows = ab + (ta ? start : start * lda);
-        gemm(ta, tb, static_cast<int>(len), static_cast<int>(n), static_cast<int>(k), a_rows, lda,
-             bb, ldb, cb + start * n, static_cast<int>(n));
-        epilogue(i, start, len, 0, n);
-      } else {
-        const T* b_cols = bb + (tb ? start * ldb : start);
-        gemm(ta, tb, static_cast<int>(m), static_cast<int>(len), static_cast<int>(k), ab, lda,
-             b_cols, ldb, cb + start, static_cast<int>(n));
-        epilogue(i, 0, m, start, len);
-      }
-    }
-  });
-}
-
 template <typename T>
 void matmul_typed(KernelContext& ctx) {
-  blocked_product<T>(ctx, ctx.output(0));
+  Tensor& c = ctx.output(0);
+  blocked_product<T>(ctx, ctx.input(0), ctx.input(1), ctx.attr<bool>("transpose_a"),
+                     ctx.attr<bool>("transpose_b"), c.shape(), c.data<T>());
 }
 
 void matmul_cpu(KernelContext& ctx) {
@@ -196,11 +123,12 @@ void matmul_bias_typed(KernelContext& ctx) {
   Tensor& y = ctx.output(0);
   const bool relu = ctx.attr<std::string>("activation") == "relu";
   const T* bias = ctx.input(2).data<T>();
-  T* out = y.data<T>();
-  const int64_t n = y.shape()[1];
-  blocked_product<T>(ctx, y, [=](int64_t, int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
-    for (int64_t r = r0; r < r0 + rows; ++r) bias_row(out + r * n + c0, bias + c0, cols, relu);
-  });
+  blocked_product<T>(
+      ctx, ctx.input(0), ctx.input(1), ctx.attr<bool>("transpose_a"), ctx.attr<bool>("transpose_b"),
+      y.shape(), y.data<T>(),
+      [=](int64_t, int64_t, int64_t rows, int64_t c0, int64_t cols, T* block, int64_t ld) {
+        for (int64_t r = 0; r < rows; ++r) bias_row(block + r * ld, bias + c0, cols, relu);
+      });
 }
 
 KILN_OP(matmul_bias)

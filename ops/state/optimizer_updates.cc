@@ -5,21 +5,38 @@
 
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/dtypes.h"
+#include "kiln/ops/math/blocked_product.h"
 #include "kiln/ops/state.h"
+#include "kiln/ops/state/update_rules.h"
 
 namespace kiln {
 namespace ops {
 namespace {
 
-// Checks that every input after the first has the variable's shape, and lr/step are scalars.
-std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, bool has_step) {
+// Checks an update's inputs: var, its slots and the gradient with the variable's shape (with
+// `product`, the gradient is op(a) op(b) of two matrices, inputs a and b, and must be the
+// variable's shape), lr (and step) scalars, an optional bool apply_if last.
+std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, bool has_step,
+                                     bool product = false) {
   ctx.expect_dtype(0, {f32, f64});
-  for (int i = 1; i <= num_slots + 1; ++i) {  // slots, then the gradient
-    ctx.expect_same_dtype(0, i);
+  const int gradient = num_slots + 1;
+  for (int i = 1; i < gradient + (product ? 2 : 1); ++i) ctx.expect_same_dtype(0, i);
+  for (int i = 1; i < (product ? gradient : gradient + 1); ++i)
     if (!ctx.shape(i).compatible_with(ctx.shape(0)))
       ctx.fail("input ", i, " is ", ctx.shape(i), ", the variable is ", ctx.shape(0));
+  if (product) {
+    const Shape &a = ctx.shape(gradient), &b = ctx.shape(gradient + 1), &var = ctx.shape(0);
+    const bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+    if (a.rank() != 2 || b.rank() != 2 || var.rank() != 2)
+      ctx.fail("the gradient's factors and the variable must be matrices; a is ", a, ", b is ", b,
+               ", the variable ", var);
+    const Shape c{ta ? a[1] : a[0], tb ? b[0] : b[1]};
+    const int64_t ka = ta ? a[0] : a[1], kb = tb ? b[1] : b[0];
+    if ((ka >= 0 && kb >= 0 && ka != kb) || !c.compatible_with(var))
+      ctx.fail("the gradient a", (ta ? "^T" : ""), " b", (tb ? "^T" : ""), " with a ", a, " and b ",
+               b, " is not the variable's shape ", var);
   }
-  const int lr = num_slots + 2;
+  const int lr = gradient + (product ? 2 : 1);
   ctx.expect_same_dtype(0, lr);
   if (ctx.shape(lr).rank() != 0) ctx.fail("lr must be a scalar, got ", ctx.shape(lr));
   if (has_step) {
@@ -49,27 +66,15 @@ bool applies(const KernelContext& ctx, int fixed) {
 void sgd_cpu(KernelContext& ctx) {
   ctx.set_output(0, ctx.input(0));
   if (!applies(ctx, 4)) return;
-  const double momentum = ctx.attr<double>("momentum"), wd = ctx.attr<double>("weight_decay");
-  const bool nesterov = ctx.attr<bool>("nesterov");
-  auto run = [&](auto tag) {
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
+    const SgdRule<T> rule(ctx, 3);
     T* p = mutable_data<T>(ctx.input(0));
     T* buf = mutable_data<T>(ctx.input(1));
     const T* g = ctx.input(2).data<T>();
-    const T lr = *ctx.input(3).data<T>();
-    const T mu = static_cast<T>(momentum), decay = static_cast<T>(wd);
-    ctx.parallel_for(ctx.input(0).numel(), 4, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        T d = g[i] + decay * p[i];
-        if (momentum != 0) {
-          buf[i] = mu * buf[i] + d;
-          d = nesterov ? d + mu * buf[i] : buf[i];
-        }
-        p[i] -= lr * d;
-      }
-    });
-  };
-  dispatch_float(ctx.input(0).dtype(), run);
+    ctx.parallel_for(ctx.input(0).numel(), 4,
+                     [&](int64_t b, int64_t e) { rule(p + b, buf + b, g + b, e - b); });
+  });
 }
 
 KILN_OP(sgd_update)
@@ -90,33 +95,16 @@ KILN_OP(sgd_update)
 void adam_cpu(KernelContext& ctx) {
   ctx.set_output(0, ctx.input(0));
   if (!applies(ctx, 6)) return;
-  const double b1 = ctx.attr<double>("beta1"), b2 = ctx.attr<double>("beta2");
-  const double eps = ctx.attr<double>("eps"), wd = ctx.attr<double>("weight_decay");
-  const bool decoupled = ctx.attr<bool>("decoupled");
-  const double t = static_cast<double>(*ctx.input(5).data<int64_t>()) + 1;  // no int overflow
-  // Bias corrections in double: 1 - b^t loses everything in f32 for b close to 1.
-  const double c1 = 1 - std::pow(b1, t), c2 = 1 - std::pow(b2, t);
-  auto run = [&](auto tag) {
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
+    const AdamRule<T> rule(ctx, 4);
     T* p = mutable_data<T>(ctx.input(0));
     T* m = mutable_data<T>(ctx.input(1));
     T* v = mutable_data<T>(ctx.input(2));
     const T* g = ctx.input(3).data<T>();
-    const double lr = static_cast<double>(*ctx.input(4).data<T>());
-    const T step = static_cast<T>(lr / c1), root_c2 = static_cast<T>(std::sqrt(c2));
-    const T beta1 = static_cast<T>(b1), beta2 = static_cast<T>(b2), e = static_cast<T>(eps);
-    const T l2 = decoupled ? T(0) : static_cast<T>(wd);
-    const T shrink = decoupled ? static_cast<T>(1 - lr * wd) : T(1);
-    ctx.parallel_for(ctx.input(0).numel(), 8, [&](int64_t b, int64_t end) {
-      for (int64_t i = b; i < end; ++i) {
-        const T d = g[i] + l2 * p[i];
-        m[i] = beta1 * m[i] + (T(1) - beta1) * d;
-        v[i] = beta2 * v[i] + (T(1) - beta2) * d * d;
-        p[i] = p[i] * shrink - step * m[i] / (std::sqrt(v[i]) / root_c2 + e);
-      }
-    });
-  };
-  dispatch_float(ctx.input(0).dtype(), run);
+    ctx.parallel_for(ctx.input(0).numel(), 8,
+                     [&](int64_t b, int64_t e) { rule(p + b, m + b, v + b, g + b, e - b); });
+  });
 }
 
 KILN_OP(adam_update)
@@ -138,6 +126,97 @@ KILN_OP(adam_update)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 2, true); })
     .kernel(DeviceKind::cpu, adam_cpu, {f32, f64});
+
+// ---- The updates whose gradient is a product, made by the matmul_epilogue pass on the CPU
+// from an update whose gradient is a matmul that nothing else reads (a Linear layer's weight
+// gradient, x^T dy). Each block of op(a) op(b) is computed into the thread's scratch (~512 KiB,
+// in L2) and applied to the variable and its slots at once, by the same rule as the plain
+// update: the gradient is never written whole and read back. Inputs as the plain update's with
+// the gradient replaced by a and b; the attributes add transpose_a and transpose_b.
+
+// Applies `apply(offset, gradient, count)` to the product a b (inputs a_index, a_index + 1),
+// block by block: `count` contiguous elements of the variable from `offset`.
+template <typename T, typename Apply>
+void apply_product(KernelContext& ctx, int a_index, const Apply& apply) {
+  const Shape& var = ctx.input(0).shape();
+  const int64_t n = var[1];
+  blocked_product<T>(ctx, ctx.input(a_index), ctx.input(a_index + 1), ctx.attr<bool>("transpose_a"),
+                     ctx.attr<bool>("transpose_b"), var, nullptr,
+                     [&](int64_t, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                         T* gradient, int64_t ld) {
+                       for (int64_t r = 0; r < rows; ++r)
+                         apply((row0 + r) * n + col0, gradient + r * ld, cols);
+                     });
+}
+
+void matmul_sgd_cpu(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, 5)) return;
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const SgdRule<T> rule(ctx, 4);
+    T* p = mutable_data<T>(ctx.input(0));
+    T* buf = mutable_data<T>(ctx.input(1));
+    apply_product<T>(
+        ctx, 2, [&](int64_t at, const T* g, int64_t count) { rule(p + at, buf + at, g, count); });
+  });
+}
+
+KILN_OP(matmul_sgd_update)
+    .input("var")
+    .input("buf")
+    .input("a")
+    .input("b")
+    .input("lr")
+    .variadic_input("apply_if", 0)
+    .attr("momentum", 0.0)
+    .attr("nesterov", false)
+    .attr("weight_decay", 0.0)
+    .attr("transpose_a", false)
+    .attr("transpose_b", false)
+    .mutates_input(0)
+    .mutates_input(1)
+    .no_gradient()
+    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, true); })
+    .kernel(DeviceKind::cpu, matmul_sgd_cpu, {f32, f64});
+
+void matmul_adam_cpu(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, 7)) return;
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const AdamRule<T> rule(ctx, 5);
+    T* p = mutable_data<T>(ctx.input(0));
+    T* m = mutable_data<T>(ctx.input(1));
+    T* v = mutable_data<T>(ctx.input(2));
+    apply_product<T>(ctx, 3, [&](int64_t at, const T* g, int64_t count) {
+      rule(p + at, m + at, v + at, g, count);
+    });
+  });
+}
+
+KILN_OP(matmul_adam_update)
+    .input("var")
+    .input("m")
+    .input("v")
+    .input("a")
+    .input("b")
+    .input("lr")
+    .input("step")
+    .variadic_input("apply_if", 0)
+    .attr("beta1", 0.9)
+    .attr("beta2", 0.999)
+    .attr("eps", 1e-8)
+    .attr("weight_decay", 0.0)
+    .attr("decoupled", false)
+    .attr("transpose_a", false)
+    .attr("transpose_b", false)
+    .mutates_input(0)
+    .mutates_input(1)
+    .mutates_input(2)
+    .no_gradient()
+    .infer([](const InferContext& ctx) { return infer_update(ctx, 2, true, true); })
+    .kernel(DeviceKind::cpu, matmul_adam_cpu, {f32, f64});
 
 void rmsprop_cpu(KernelContext& ctx) {
   ctx.set_output(0, ctx.input(0));

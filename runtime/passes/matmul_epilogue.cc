@@ -1,8 +1,9 @@
 // Matmul epilogues: add(matmul(a, b), bias) with bias one value per column becomes
-// matmul_bias(a, b, bias), and a relu reading only that sum joins it too. cuBLASLt then adds the
-// bias and applies the ReLU while it writes C (one pass over C fewer per op folded in). In
-// training graphs the pre-activation usually has another reader (relu's gradient reads it), so
-// only the bias joins there. GELU is not folded: cuBLASLt's GELU epilogue is the tanh
+// matmul_bias(a, b, bias), and a relu reading only that sum joins it too. On the CPU an
+// optimizer update joins the product that makes its gradient (fold_update_into_product). cuBLASLt
+// then adds the bias and applies the ReLU while it writes C (one pass over C fewer per op folded
+// in). In training graphs the pre-activation usually has another reader (relu's gradient reads it),
+// so only the bias joins there. GELU is not folded: cuBLASLt's GELU epilogue is the tanh
 // approximation, Kiln's gelu is exact. A convolution's per-channel bias joins it the same way.
 #include "kiln/runtime/passes/passes.h"
 
@@ -39,8 +40,44 @@ bool fold_conv_bias(Graph& graph, int32_t id, const SoleReader& sole_reader) {
   return false;
 }
 
+// An SGD or Adam update whose gradient is a matrix product that only it reads becomes the
+// update of that product (matmul_sgd_update, matmul_adam_update: the CPU applies the update to
+// each block of the product right after computing it, and never stores the gradient). The same
+// rule runs on the same product values, so the result is the unfused graph's. Returns whether
+// node `id` was rewritten.
+template <typename SoleReader>
+bool fold_update_into_product(Graph& graph, int32_t id, const SoleReader& sole_reader) {
+  const Node& update = graph.node(id);
+  const std::string& op = update.op_name();
+  const int gradient = op == "sgd_update" ? 2 : op == "adam_update" ? 3 : -1;
+  if (gradient < 0) return false;
+  const OutputRef grad = update.inputs()[gradient];
+  const Node& mm = graph.node(grad.node);
+  if (mm.op_name() != "matmul" || sole_reader(grad.node) != id) return false;
+  const TensorType& c = mm.outputs()[0];
+  const OutputRef var = update.inputs()[0];
+  if (c.shape.rank() != 2 || !c.shape.is_known() ||
+      !(graph.node(var.node).outputs()[var.index] == c))
+    return false;
+  std::vector<Value> inputs;
+  for (size_t i = 0; i < update.inputs().size(); ++i) {
+    if (static_cast<int>(i) != gradient) {
+      inputs.push_back(graph.value(update.inputs()[i]));
+      continue;
+    }
+    inputs.push_back(graph.value(mm.inputs()[0]));
+    inputs.push_back(graph.value(mm.inputs()[1]));
+  }
+  AttrMap attrs = update.attrs();
+  attrs["transpose_a"] = mm.attr<bool>("transpose_a");
+  attrs["transpose_b"] = mm.attr<bool>("transpose_b");
+  graph.rewrite_node(id, "matmul_" + op, inputs, attrs);
+  return true;
+}
+
 class MatmulEpilogue final : public Pass {
  public:
+  explicit MatmulEpilogue(DeviceKind device) : device_(device) {}
   const char* name() const override { return "matmul_epilogue"; }
 
   bool run(Graph& graph) override {
@@ -57,6 +94,12 @@ class MatmulEpilogue final : public Pass {
     bool changed = false;
     std::vector<char> done(graph.num_nodes(), 0);
     for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+      // The product updates have CPU kernels only: on a GPU the update stays one kernel after
+      // cuBLAS's product.
+      if (device_ == DeviceKind::cpu && fold_update_into_product(graph, id, sole_reader)) {
+        changed = true;
+        continue;
+      }
       const Node& add = graph.node(id);
       if (add.op_name() != "add" || done[id]) continue;
       for (int side = 0; side < 2; ++side) {
@@ -97,12 +140,15 @@ class MatmulEpilogue final : public Pass {
     if (changed) graph.remove_unreachable();
     return changed;
   }
+
+ private:
+  DeviceKind device_;
 };
 
 }  // namespace
 
-std::unique_ptr<Pass> make_matmul_epilogue() {
-  return std::make_unique<MatmulEpilogue>();
+std::unique_ptr<Pass> make_matmul_epilogue(DeviceKind device) {
+  return std::make_unique<MatmulEpilogue>(device);
 }
 
 }  // namespace kiln

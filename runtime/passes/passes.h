@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/framework/device.h"
 #include "kiln/framework/graph.h"
 
 namespace kiln {
@@ -37,8 +38,11 @@ std::unique_ptr<Pass> make_algebraic_simplification();
 std::unique_ptr<Pass> make_elementwise_fusion();
 
 /// Folds a bias add (and a relu that only it feeds) into the matmul before it: matmul_bias,
-/// which cuBLASLt runs as one product with an epilogue.
-std::unique_ptr<Pass> make_matmul_epilogue();
+/// which cuBLASLt runs as one product with an epilogue. For the CPU (`device`), also an SGD or
+/// Adam update into the matmul that makes its gradient and that nothing else reads:
+/// matmul_sgd_update, matmul_adam_update (the update applied to each block of the product while
+/// it is in cache).
+std::unique_ptr<Pass> make_matmul_epilogue(DeviceKind device = DeviceKind::cpu);
 
 /// Whether pipelines check the graph's invariants after every pass by default: in debug
 /// builds, and wherever the environment sets KILN_VERIFY_PASSES=1 (CTest sets it for every test).
@@ -56,6 +60,9 @@ struct PassOptions {
   bool in_place = true;
   /// Check the graph's invariants (verify_graph) after every pass.
   bool verify = verify_passes_by_default();
+  /// The device the plan runs on (compile_plan sets it): rewrites into ops that have a kernel
+  /// only there check it.
+  DeviceKind device = DeviceKind::cpu;
 };
 
 /// Checks what every pass must keep true: each input of a node refers to an existing output

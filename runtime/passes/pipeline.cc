@@ -160,7 +160,7 @@ std::unique_ptr<PassPipeline> make_default_pipeline(const PassOptions& options) 
   add_registered(cleanup, PassStage::cleanup, options);
   add_registered(*pipeline, PassStage::before_fusion, options);
   // Epilogues before fusion, which would otherwise take the add and relu into a chain.
-  if (options.matmul_epilogue) pipeline->add_pass(make_matmul_epilogue());
+  if (options.matmul_epilogue) pipeline->add_pass(make_matmul_epilogue(options.device));
   if (options.elementwise_fusion) {
     pipeline->add_pass(make_elementwise_fusion());
     // The nodes fusion replaced are gone only after dead-code elimination.

@@ -86,6 +86,87 @@ TEST(Passes, MatmulEpilogueFoldsTheBiasAndTheRelu) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(equal_bits(expected[i], got[i])) << i;
 }
 
+// On the CPU an SGD or Adam update joins the product that makes its gradient (the weight
+// gradient of a linear layer): the same bits as the update after a stored gradient, for every
+// optimizer variant, row and column blocks (several per thread, and a remainder), transposed
+// factors, f32 and f64 (to rounding: below), 1 and 2 threads, three steps so the slots carry
+// over.
+TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
+  struct Layer {
+    int64_t batch, in, out;
+    bool transposed;  // y = x W^T with W [out, in] (the gradient is dy^T x), else y = x W
+  };
+  // Weights of 1.3 MB (row blocks), 540 KB (column blocks: wide and short), and a small one.
+  const std::vector<Layer> layers = {
+      {24, 1100, 300, false}, {17, 64, 2100, false}, {5, 7, 3, true}, {9, 700, 30, true}};
+  std::vector<std::pair<std::string, std::function<Value(Value)>>> optimizers = {
+      {"sgd", [](Value loss) { return optim::SGD({.lr = 0.1}).minimize(loss); }},
+      {"sgd momentum",
+       [](Value loss) {
+         return optim::SGD({.lr = 0.05, .momentum = 0.9, .weight_decay = 0.01}).minimize(loss);
+       }},
+      {"nesterov",
+       [](Value loss) {
+         return optim::SGD({.lr = 0.05, .momentum = 0.8, .nesterov = true}).minimize(loss);
+       }},
+      {"adam",
+       [](Value loss) { return optim::Adam({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }},
+      {"adamw",
+       [](Value loss) { return optim::AdamW({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }}};
+  int fused = 0;
+  for (DType dtype : {f32, f64})
+    for (const Layer& layer : layers)
+      for (const auto& [optimizer, minimize] : optimizers) {
+        SCOPED_TRACE(str(optimizer, " ", dtype, " ", layer.in, "x", layer.out));
+        Graph g;
+        Value x = g.placeholder("x", dtype, {layer.batch, layer.in});
+        const Shape w_shape =
+            layer.transposed ? Shape{layer.out, layer.in} : Shape{layer.in, layer.out};
+        Value w = g.variable("w", w_shape, init::uniform(-0.1, 0.1, 3), dtype);
+        Value y = matmul(x, w, false, layer.transposed);
+        Value train = minimize(sum(square(y - 0.5)));
+        FeedList feeds = {{x, testing::random_tensor(dtype, {layer.batch, layer.in}, -1, 1, 5)}};
+        std::vector<Tensor> results;
+        for (int variant = 0; variant < 3; ++variant) {  // unfused, fused on 2 and on 1 thread
+          SessionOptions options = only(variant == 0 ? nullptr : &PassOptions::matmul_epilogue);
+          options.intra_op_threads = variant == 2 ? 1 : 2;
+          Session s(g, options);
+          const Plan& plan = s.plan(feeds, {}, {train});
+          const int products =
+              ops_of(plan)["matmul_sgd_update"] + ops_of(plan)["matmul_adam_update"];
+          EXPECT_EQ(products, variant == 0 ? 0 : 1);
+          fused += products;
+          for (int step = 0; step < 3; ++step) s.run(feeds, {}, {train});
+          results.push_back(s.variable_value(w));
+        }
+        EXPECT_FALSE(equal_bits(results[0], Session(g).variable_value(w)));  // training moved w
+        // f32 (oneDNN's sgemm) computes a row of C the same however the rows are cut; f64
+        // (OpenBLAS's dgemm) may round an element at a block's edge differently.
+        for (int variant = 1; variant < 3; ++variant)
+          if (dtype == f32)
+            EXPECT_TRUE(equal_bits(results[0], results[variant])) << "variant " << variant;
+          else
+            testing::expect_near(testing::values(results[0]), results[variant], 1e-11, 1e-13,
+                                 str("variant ", variant));
+      }
+  EXPECT_EQ(fused, 2 * 4 * 5 * 2);
+  // For a GPU the update stays after the product: the product updates have CPU kernels only.
+  for (DeviceKind device : {DeviceKind::cuda, DeviceKind::cpu}) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {4, 3});
+    Value w = g.variable("w", {3, 2}, init::uniform(-0.1, 0.1, 3));
+    Value train = optim::SGD({.lr = 0.1}).minimize(sum(matmul(x, w)));
+    g.add_signature({.name = "train", .inputs = {x}, .targets = {train}});
+    PassOptions options;
+    options.device = device;
+    optimize_graph(g, options);
+    int products = 0;
+    for (int32_t id = 0; id < g.num_nodes(); ++id)
+      products += g.node(id).op_name() == "matmul_sgd_update";
+    EXPECT_EQ(products, device == DeviceKind::cpu ? 1 : 0);
+  }
+}
+
 TEST(Passes, CommonSubexpressionsAreMergedButVariablesAreNot) {
   Graph g;
   Value x = g.placeholder("x", f32, {4});
