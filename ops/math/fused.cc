@@ -8,6 +8,7 @@
 // dims (repeated over the leading ones, as a bias row).
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -108,18 +109,28 @@ void loop1(T* out, const T* a, int64_t sa, int64_t n, F f) {
   }
 }
 
+// A binary op's result as a register value: a comparison's bool as 1 or 0, written as a select
+// (a bool-to-float conversion does not vectorize).
+template <typename T, typename R>
+T register_value(R r) {
+  if constexpr (std::is_same_v<R, bool>)
+    return r ? T(1) : T(0);
+  else
+    return static_cast<T>(r);
+}
+
 template <typename T, typename F>
 void loop2(T* out, const T* a, int64_t sa, const T* b, int64_t sb, int64_t n, F f) {
   if (sa == 1 && sb == 1) {
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], b[j]));
+    for (int64_t j = 0; j < n; ++j) out[j] = register_value<T>(f(a[j], b[j]));
   } else if (sa == 1) {
     const T bv = b[0];
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(a[j], bv));
+    for (int64_t j = 0; j < n; ++j) out[j] = register_value<T>(f(a[j], bv));
   } else if (sb == 1) {
     const T av = a[0];
-    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(f(av, b[j]));
+    for (int64_t j = 0; j < n; ++j) out[j] = register_value<T>(f(av, b[j]));
   } else {
-    const T v = static_cast<T>(f(a[0], b[0]));
+    const T v = register_value<T>(f(a[0], b[0]));
     for (int64_t j = 0; j < n; ++j) out[j] = v;
   }
 }
