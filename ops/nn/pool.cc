@@ -12,7 +12,12 @@
 // The backward ops are linear in dy, so their gradients are the ops above again.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
@@ -238,6 +243,98 @@ void route_tiled_2x2_plane(const ConvGeometry& g, const T* x, const T* dy, T* dx
   std::fill(dx + g.out_h * 2 * w, dx + g.in_pixels(), T(0));  // rows no window reads
 }
 
+#if defined(__AVX512F__)
+// The 2x2 tiled pool in f32 with AVX-512, one window row (a strip of two input rows) at a time,
+// 16 windows per step: each row's 32 floats are loaded and split into even and odd columns (the
+// windows' left and right values), the four compared in the scalar code's order with its rule
+// (replaces(): a NaN wins, ties keep the first), and the backward's four results interleaved
+// back. Masked loads and stores cover a row's last windows, so any width tiles.
+namespace avx512 {
+
+inline __mmask16 first_lanes(int64_t n) {
+  return static_cast<__mmask16>((1u << n) - 1);  // n in [0, 16]
+}
+
+// Columns [0, 2n) of `row` (n <= 16 windows): even ones (each window's left value) and odd.
+inline void split_columns(const float* row, int64_t n, __m512& even, __m512& odd) {
+  const __m512i even_index =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd_index = _mm512_add_epi32(even_index, _mm512_set1_epi32(1));
+  const __m512 lo = _mm512_maskz_loadu_ps(first_lanes(std::min<int64_t>(2 * n, 16)), row);
+  const __m512 hi = _mm512_maskz_loadu_ps(first_lanes(std::max<int64_t>(2 * n - 16, 0)), row + 16);
+  even = _mm512_permutex2var_ps(lo, even_index, hi);
+  odd = _mm512_permutex2var_ps(lo, odd_index, hi);
+}
+
+// Stores `even` and `odd` interleaved as columns [0, 2n) of `row`.
+inline void store_interleaved(float* row, int64_t n, __m512 even, __m512 odd) {
+  const __m512i lo_index =
+      _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi_index = _mm512_add_epi32(lo_index, _mm512_set1_epi32(8));
+  _mm512_mask_storeu_ps(row, first_lanes(std::min<int64_t>(2 * n, 16)),
+                        _mm512_permutex2var_ps(even, lo_index, odd));
+  _mm512_mask_storeu_ps(row + 16, first_lanes(std::max<int64_t>(2 * n - 16, 0)),
+                        _mm512_permutex2var_ps(even, hi_index, odd));
+}
+
+// Windows [j0, j0 + n) of window row i: their maximum, and in `at` the winner's place 0..3.
+inline __m512 window_max(const float* x0, const float* x1, int64_t n, __m512i* at) {
+  __m512 v[4];
+  split_columns(x0, n, v[0], v[1]);
+  split_columns(x1, n, v[2], v[3]);
+  __m512 best = v[0];
+  __m512i place = _mm512_setzero_si512();
+  for (int k = 1; k < 4; ++k) {
+    // replaces(v, best): (v > best || v is NaN) && best is not NaN.
+    const __mmask16 take = (_mm512_cmp_ps_mask(v[k], best, _CMP_GT_OQ) |
+                            _mm512_cmp_ps_mask(v[k], v[k], _CMP_UNORD_Q)) &
+                           _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q);
+    best = _mm512_mask_mov_ps(best, take, v[k]);
+    place = _mm512_mask_mov_epi32(place, take, _mm512_set1_epi32(k));
+  }
+  *at = place;
+  return best;
+}
+
+// y for one plane.
+inline void pool_2x2_plane(const ConvGeometry& g, const float* x, float* y) {
+  const int64_t ow = g.out_w, w = g.in_w;
+  for (int64_t i = 0; i < g.out_h; ++i)
+    for (int64_t j0 = 0; j0 < ow; j0 += 16) {
+      const int64_t n = std::min<int64_t>(16, ow - j0);
+      const float* x0 = x + 2 * i * w + 2 * j0;
+      __m512i at;
+      _mm512_mask_storeu_ps(y + i * ow + j0, first_lanes(n), window_max(x0, x0 + w, n, &at));
+    }
+}
+
+// dx for one plane: dy at each window's winner, 0 elsewhere (and, positive_only, 0 for windows
+// whose maximum is not > 0).
+inline void route_2x2_plane(const ConvGeometry& g, const float* x, const float* dy, float* dx,
+                            bool positive_only) {
+  const int64_t ow = g.out_w, w = g.in_w;
+  for (int64_t i = 0; i < g.out_h; ++i)
+    for (int64_t j0 = 0; j0 < ow; j0 += 16) {
+      const int64_t n = std::min<int64_t>(16, ow - j0);
+      const float* x0 = x + 2 * i * w + 2 * j0;
+      __m512i at;
+      const __m512 best = window_max(x0, x0 + w, n, &at);
+      __m512 grad = _mm512_maskz_loadu_ps(first_lanes(n), dy + i * ow + j0);
+      if (positive_only)
+        grad = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(best, _mm512_setzero_ps(), _CMP_GT_OQ), grad);
+      auto at_place = [&](int k) {
+        return _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(k)), grad);
+      };
+      float* d0 = dx + 2 * i * w + 2 * j0;
+      store_interleaved(d0, n, at_place(0), at_place(1));
+      store_interleaved(d0 + w, n, at_place(2), at_place(3));
+    }
+  std::fill(dx + g.out_h * 2 * w, dx + g.in_pixels(), 0.0f);  // rows no window reads
+}
+
+}  // namespace avx512
+#endif
+
 // kMode as max_pool_typed, for geometries that tile.
 template <int kMode, typename T>
 void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, const T* other, T* out,
@@ -250,6 +347,18 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
     std::vector<int32_t> at(kMode == 0 ? 0 : static_cast<size_t>(g.out_pixels()));
     for (int64_t p = p0; p < p1; ++p) {
       const T* plane = px + p * g.in_pixels();
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float> && kMode != 1) {
+        if (g.kernel_w == 2 && g.kernel_h == 2) {
+          if constexpr (kMode == 0)
+            avx512::pool_2x2_plane(g, plane, out + p * g.out_pixels());
+          else
+            avx512::route_2x2_plane(g, plane, other + p * g.out_pixels(), out + p * g.in_pixels(),
+                                    positive_only);
+          continue;
+        }
+      }
+#endif
       if constexpr (kMode == 0) {
         T* y = out + p * g.out_pixels();
         if (g.kernel_w == 2)
