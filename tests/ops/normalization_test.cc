@@ -130,10 +130,10 @@ TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
     Pool2dOptions window;
   };
   const std::vector<Geometry> geometries = {
-      {{2, 3, 6, 8}, {.kernel_size = {2, 2}}},  // tiled
-      {{1, 2, 7, 6}, {.kernel_size = {2, 2}}},  // tiled 2x2, row left
+      {{2, 3, 6, 8}, {.kernel_size = {2, 2}}},   // tiled
+      {{1, 2, 7, 6}, {.kernel_size = {2, 2}}},   // tiled 2x2, row left
       {{1, 2, 5, 38}, {.kernel_size = {2, 2}}},  // 19 windows a row: 16 per vector, then 3
-      {{1, 2, 7, 9}, {.kernel_size = {3, 3}}},  // tiled, row left
+      {{1, 2, 7, 9}, {.kernel_size = {3, 3}}},   // tiled, row left
       {{1, 2, 6, 7}, {.kernel_size = {3, 2}, .stride = {2, 1}, .padding = {1, 1}}}};  // general
   const double kInf = std::numeric_limits<double>::infinity();
   const double pool_values[] = {0, 1, 2, 2, -1, -kInf, kInf, NAN};
