@@ -20,14 +20,16 @@ install(TARGETS kiln-graph kiln-run kiln-launch RUNTIME DESTINATION ${CMAKE_INST
         COMPONENT runtime)
 
 # Every header of the modules, except those that include a third-party library's headers
-# (CUDA, cuDNN, oneDNN, BLAS): a program using Kiln never needs those installed to compile.
+# (CUDA, cuDNN, oneDNN, BLAS, or blas.h through blocked_product.h): a program using Kiln never
+# needs those installed to compile.
 install(FILES kiln.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kiln COMPONENT development)
 foreach(module framework ops autograd runtime distributed)
   install(DIRECTORY ${module} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kiln
           COMPONENT development
           FILES_MATCHING PATTERN "*.h"
           PATTERN "cuda" EXCLUDE
-          PATTERN "blas.h" EXCLUDE)
+          PATTERN "blas.h" EXCLUDE
+          PATTERN "blocked_product.h" EXCLUDE)
 endforeach()
 
 install(EXPORT KilnTargets NAMESPACE Kiln:: DESTINATION ${KILN_INSTALL_CMAKEDIR}

@@ -165,6 +165,21 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
       products += g.node(id).op_name() == "matmul_sgd_update";
     EXPECT_EQ(products, device == DeviceKind::cpu ? 1 : 0);
   }
+  // Written by hand (as a graph file could hold it), a product update whose factors do not make
+  // the variable's shape is refused when it is built, naming the shapes.
+  Graph g;
+  Value var = g.variable("var", {3, 2}, init::zeros());
+  Value a = g.placeholder("a", f32, {4, 3}), b = g.placeholder("b", f32, {4, 5});
+  testing::expect_error<GraphError>(
+      [&] {
+        g.add("matmul_sgd_update", {var, var, a, b, g.scalar(0.1, f32)}, {{"transpose_a", true}});
+      },
+      {"[matmul_sgd_update]", "[4, 3]", "[4, 5]", "not the variable's shape [3, 2]"});
+  testing::expect_error<GraphError>(
+      [&] {
+        g.add("matmul_sgd_update", {var, var, b, b, g.scalar(0.1, f32)});
+      },
+      {"[matmul_sgd_update]", "with a [4, 5] and b [4, 5]"});
 }
 
 TEST(Passes, CommonSubexpressionsAreMergedButVariablesAreNot) {
