@@ -1,6 +1,10 @@
 // CUDA kernels of the fused optimizer updates (formulas in ops/state.h, as the CPU kernels).
 // The learning rate and the step counter are device scalars read inside the kernel, so a
 // captured CUDA Graph replays with the current values.
+#include <span>
+#include <vector>
+
+#include "kiln/framework/op_registry.h"
 #include "kiln/ops/cuda/map.cuh"
 
 namespace kiln::ops::cuda_optim {
@@ -110,5 +114,36 @@ void rmsprop_cuda(KernelContext& ctx) {
   ctx.set_output(0, ctx.input(0));
 }
 KILN_CUDA_KERNEL(rmsprop_update, rmsprop_cuda, {DType::f32, DType::f64});
+
+// The product updates (matmul_sgd_update, matmul_adam_update: the gradient given as op(a) op(b),
+// inputs a_index and a_index + 1). The matmul_epilogue pass makes them for the CPU only; a graph
+// file or a hand-built graph may still hold one, so on a GPU they run as matmul's kernel into
+// stream-ordered scratch, then the plain update's kernel on that gradient.
+void product_update_cuda(KernelContext& ctx, int a_index, void (*update)(KernelContext&)) {
+  const Tensor& var = ctx.input(0);
+  const KernelFn product =
+      OpRegistry::global().find("matmul")->kernel_for(DeviceKind::cuda, var.dtype());
+  KILN_CHECK(product != nullptr, Error, ctx.where(), ": no CUDA matmul kernel for ", var.dtype());
+  const TensorType var_type{var.dtype(), var.shape()};
+  Tensor gradient[] = {Tensor(var.dtype(), var.shape(), ctx.scratch(var.nbytes()))};
+  const Tensor factors[] = {ctx.input(a_index), ctx.input(a_index + 1)};
+  KernelContext product_ctx = ctx.rebind(factors, std::span(&var_type, 1), gradient);
+  product(product_ctx);
+  std::vector<Tensor> inputs;  // the plain update's: the gradient in place of the factors
+  for (int i = 0; i < ctx.num_inputs(); ++i)
+    if (i != a_index + 1) inputs.push_back(i == a_index ? gradient[0] : ctx.input(i));
+  Tensor updated[1];
+  KernelContext update_ctx = ctx.rebind(inputs, std::span(&var_type, 1), updated);
+  update(update_ctx);
+  ctx.set_output(0, updated[0]);
+}
+void matmul_sgd_cuda(KernelContext& ctx) {
+  product_update_cuda(ctx, 2, sgd_cuda);
+}
+KILN_CUDA_KERNEL(matmul_sgd_update, matmul_sgd_cuda, {DType::f32, DType::f64});
+void matmul_adam_cuda(KernelContext& ctx) {
+  product_update_cuda(ctx, 3, adam_cuda);
+}
+KILN_CUDA_KERNEL(matmul_adam_update, matmul_adam_cuda, {DType::f32, DType::f64});
 
 }  // namespace kiln::ops::cuda_optim

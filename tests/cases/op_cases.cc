@@ -623,16 +623,18 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
-  // The updates whose gradient is a product: the matmul_epilogue pass makes them on the CPU
-  // from an update of a weight gradient x^T dy (on a GPU the case runs the plain ops).
+  // The updates whose gradient is a product, built as a graph file could hold them (the
+  // matmul_epilogue pass makes them on the CPU from an update of a matmul; passes_test checks
+  // that): so the GPU table runs their CUDA kernels against the CPU's.
   add({.op = "matmul_sgd_update",
        .name = "matmul_sgd_update",
        .build =
            [](CaseGraph& c) {
              Value var = c.variable({5, 4});
-             return sgd_update(var, c.variable({5, 4}),
-                               matmul(c.input({3, 5}), c.input({3, 4}), true), c.scalar(0.1), 0.9,
-                               false, 0.01);
+             return c.g.add(
+                 "matmul_sgd_update",
+                 {var, c.variable({5, 4}), c.input({3, 5}), c.input({3, 4}), c.scalar(0.1)},
+                 {{"momentum", 0.9}, {"weight_decay", 0.01}, {"transpose_a", true}});
            },
        .dtypes = {f64, f32},
        .gradients = false,
@@ -643,9 +645,10 @@ std::vector<OpCase> make_cases() {
            [](CaseGraph& c) {
              Value var = c.variable({4, 5});
              Value m = c.variable({4, 5}, -0.1, 0.1), v = c.variable({4, 5}, 0, 0.1);
-             Value grad = matmul(c.input({4, 3}), c.input({5, 3}), false, true);
-             return adam_update(var, m, v, grad, c.scalar(0.01), c.g.scalar(3, i64), 0.9, 0.999,
-                                1e-8, 0.01, false);
+             return c.g.add(
+                 "matmul_adam_update",
+                 {var, m, v, c.input({4, 3}), c.input({5, 3}), c.scalar(0.01), c.g.scalar(3, i64)},
+                 {{"weight_decay", 0.01}, {"transpose_b", true}});
            },
        .dtypes = {f64, f32},
        .gradients = false,
