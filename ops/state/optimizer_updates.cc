@@ -63,18 +63,60 @@ bool applies(const KernelContext& ctx, int fixed) {
   return ctx.num_inputs() <= fixed || *ctx.input(fixed).data<bool>();
 }
 
-void sgd_cpu(KernelContext& ctx) {
+// Applies `apply(offset, gradient, count)` to the product a b (inputs a_index, a_index + 1),
+// block by block: `count` contiguous elements of the variable from `offset`.
+template <typename T, typename Apply>
+void apply_product(KernelContext& ctx, int a_index, const Apply& apply) {
+  const Shape& var = ctx.input(0).shape();
+  const int64_t n = var[1];
+  blocked_product<T>(ctx, ctx.input(a_index), ctx.input(a_index + 1), ctx.attr<bool>("transpose_a"),
+                     ctx.attr<bool>("transpose_b"), var, nullptr,
+                     [&](int64_t, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                         T* gradient, int64_t ld) {
+                       for (int64_t r = 0; r < rows; ++r)
+                         apply((row0 + r) * n + col0, gradient + r * ld, cols);
+                     });
+}
+
+// One update kernel for SGD (Rule SgdRule, one slot) and Adam (AdamRule, two slots, a step
+// input after lr): the variable and its kSlots slots are inputs 0..kSlots, then the gradient,
+// stored whole (input kSlots + 1) or, with `product`, as the product of inputs kSlots + 1 and
+// kSlots + 2; then lr, the step, apply_if. `cost`: work units per element for parallel_for.
+template <template <typename> class Rule, int kSlots, bool kHasStep>
+void update_cpu(KernelContext& ctx, bool product, int64_t cost) {
+  const int gradient = kSlots + 1, lr = gradient + (product ? 2 : 1);
   ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, 4)) return;
+  if (!applies(ctx, lr + 1 + (kHasStep ? 1 : 0))) return;
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const SgdRule<T> rule(ctx, 3);
+    const Rule<T> rule(ctx, lr);
     T* p = mutable_data<T>(ctx.input(0));
-    T* buf = mutable_data<T>(ctx.input(1));
-    const T* g = ctx.input(2).data<T>();
-    ctx.parallel_for(ctx.input(0).numel(), 4,
-                     [&](int64_t b, int64_t e) { rule(p + b, buf + b, g + b, e - b); });
+    T* slot[kSlots];
+    for (int i = 0; i < kSlots; ++i) slot[i] = mutable_data<T>(ctx.input(1 + i));
+    auto apply = [&](int64_t at, const T* g, int64_t count) {
+      if constexpr (kSlots == 1)
+        rule(p + at, slot[0] + at, g, count);
+      else
+        rule(p + at, slot[0] + at, slot[1] + at, g, count);
+    };
+    if (product) return apply_product<T>(ctx, gradient, apply);
+    const T* g = ctx.input(gradient).data<T>();
+    ctx.parallel_for(ctx.input(0).numel(), cost,
+                     [&](int64_t b, int64_t e) { apply(b, g + b, e - b); });
   });
+}
+
+void sgd_cpu(KernelContext& ctx) {
+  update_cpu<SgdRule, 1, false>(ctx, false, 4);
+}
+void adam_cpu(KernelContext& ctx) {
+  update_cpu<AdamRule, 2, true>(ctx, false, 8);
+}
+void matmul_sgd_cpu(KernelContext& ctx) {
+  update_cpu<SgdRule, 1, false>(ctx, true, 4);
+}
+void matmul_adam_cpu(KernelContext& ctx) {
+  update_cpu<AdamRule, 2, true>(ctx, true, 8);
 }
 
 KILN_OP(sgd_update)
@@ -91,21 +133,6 @@ KILN_OP(sgd_update)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false); })
     .kernel(DeviceKind::cpu, sgd_cpu, {f32, f64});
-
-void adam_cpu(KernelContext& ctx) {
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, 6)) return;
-  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const AdamRule<T> rule(ctx, 4);
-    T* p = mutable_data<T>(ctx.input(0));
-    T* m = mutable_data<T>(ctx.input(1));
-    T* v = mutable_data<T>(ctx.input(2));
-    const T* g = ctx.input(3).data<T>();
-    ctx.parallel_for(ctx.input(0).numel(), 8,
-                     [&](int64_t b, int64_t e) { rule(p + b, m + b, v + b, g + b, e - b); });
-  });
-}
 
 KILN_OP(adam_update)
     .input("var")
@@ -134,34 +161,6 @@ KILN_OP(adam_update)
 // update: the gradient is never written whole and read back. Inputs as the plain update's with
 // the gradient replaced by a and b; the attributes add transpose_a and transpose_b.
 
-// Applies `apply(offset, gradient, count)` to the product a b (inputs a_index, a_index + 1),
-// block by block: `count` contiguous elements of the variable from `offset`.
-template <typename T, typename Apply>
-void apply_product(KernelContext& ctx, int a_index, const Apply& apply) {
-  const Shape& var = ctx.input(0).shape();
-  const int64_t n = var[1];
-  blocked_product<T>(ctx, ctx.input(a_index), ctx.input(a_index + 1), ctx.attr<bool>("transpose_a"),
-                     ctx.attr<bool>("transpose_b"), var, nullptr,
-                     [&](int64_t, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
-                         T* gradient, int64_t ld) {
-                       for (int64_t r = 0; r < rows; ++r)
-                         apply((row0 + r) * n + col0, gradient + r * ld, cols);
-                     });
-}
-
-void matmul_sgd_cpu(KernelContext& ctx) {
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, 5)) return;
-  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const SgdRule<T> rule(ctx, 4);
-    T* p = mutable_data<T>(ctx.input(0));
-    T* buf = mutable_data<T>(ctx.input(1));
-    apply_product<T>(
-        ctx, 2, [&](int64_t at, const T* g, int64_t count) { rule(p + at, buf + at, g, count); });
-  });
-}
-
 KILN_OP(matmul_sgd_update)
     .input("var")
     .input("buf")
@@ -179,21 +178,6 @@ KILN_OP(matmul_sgd_update)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, true); })
     .kernel(DeviceKind::cpu, matmul_sgd_cpu, {f32, f64});
-
-void matmul_adam_cpu(KernelContext& ctx) {
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, 7)) return;
-  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const AdamRule<T> rule(ctx, 5);
-    T* p = mutable_data<T>(ctx.input(0));
-    T* m = mutable_data<T>(ctx.input(1));
-    T* v = mutable_data<T>(ctx.input(2));
-    apply_product<T>(ctx, 3, [&](int64_t at, const T* g, int64_t count) {
-      rule(p + at, m + at, v + at, g, count);
-    });
-  });
-}
 
 KILN_OP(matmul_adam_update)
     .input("var")
