@@ -2,9 +2,10 @@
 // matmul_bias(a, b, bias), and a relu reading only that sum joins it too. On the CPU an
 // optimizer update joins the product that makes its gradient (fold_update_into_product). cuBLASLt
 // then adds the bias and applies the ReLU while it writes C (one pass over C fewer per op folded
-// in). In training graphs the pre-activation usually has another reader (relu's gradient reads it),
-// so only the bias joins there. GELU is not folded: cuBLASLt's GELU epilogue is the tanh
-// approximation, Kiln's gelu is exact. A convolution's per-channel bias joins it the same way.
+// in). relu's gradient reads relu's output, so in training graphs the relu joins too; only a
+// pre-activation with another reader keeps its relu apart. GELU is not folded: cuBLASLt's GELU
+// epilogue is the tanh approximation, Kiln's gelu is exact. A convolution's per-channel bias joins
+// it the same way.
 #include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
