@@ -41,18 +41,31 @@ void ThreadPool::run_chunks(Loop& loop) {
   if (loop.done == loop.num_chunks) done_.notify_all();
 }
 
+namespace {
+
+// Polls `done` up to `spins` times, pausing between tries; whether it became true. Threads poll
+// briefly before they sleep: a plan's loops come in quick succession, and waking a sleeping
+// thread (a futex, on a virtual machine an interrupt between processors) takes longer than
+// many of them.
+template <typename Done>
+bool poll(int spins, const Done& done) {
+  for (int spin = 0; spin < spins; ++spin) {
+    if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+  return done();
+}
+
+}  // namespace
+
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    // Poll briefly before sleeping: a plan's loops come in quick succession, and waking a
-    // sleeping thread takes longer than many of them.
-    for (int spin = 0; spin < 2000 && generation_.load(std::memory_order_acquire) == seen; ++spin) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#else
-      std::this_thread::yield();
-#endif
-    }
+    poll(2000, [&] { return generation_.load(std::memory_order_acquire) != seen; });
     Loop* loop;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -91,6 +104,11 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   }
   wake_.notify_all();
   run_chunks(loop);
+  // The other threads' last chunks: wait for them without sleeping first.
+  poll(2000, [&] {
+    return loop.done.load(std::memory_order_acquire) == loop.num_chunks &&
+           loop.workers.load(std::memory_order_acquire) == 0;
+  });
   std::exception_ptr error;
   {
     // Every chunk done and no worker still holding the loop; then unpublish it in the same

@@ -36,9 +36,11 @@ class ThreadPool {
     const std::function<void(int64_t, int64_t)>* fn = nullptr;
     int64_t n = 0, chunk = 0, num_chunks = 0;
     std::atomic<int64_t> next{0};  // next chunk to claim
-    int64_t done = 0;              // chunks finished (guarded by mutex_)
-    int workers = 0;               // workers inside run_chunks (guarded by mutex_)
-    std::exception_ptr error;      // first exception (guarded by mutex_)
+    // Chunks finished and workers inside run_chunks: changed under mutex_, read without it
+    // by the owner while it polls for the loop's end.
+    std::atomic<int64_t> done{0};
+    std::atomic<int> workers{0};
+    std::exception_ptr error;  // first exception (guarded by mutex_)
   };
 
   void worker_loop();
