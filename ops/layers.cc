@@ -214,13 +214,13 @@ Value MultiHeadAttention::self_attention(const Value& x, const Value& mask) {
   KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
              path(), ": expects [batch, length, ", dim_, "] with a known length, got ", s);
   const int64_t length = s[1], depth = dim_ / heads_;
-  // [B, T, dim] -> [B, heads, T, depth]
-  auto split = [&](const Value& v) {
-    return transpose(reshape(v, {-1, length, heads_, depth}), {0, 2, 1, 3});
-  };
+  // [B, T, dim] -> [B, T, heads, depth]: attention reads the heads in place (layout bthd), so
+  // no transpose splits or merges them.
+  auto split = [&](const Value& v) { return reshape(v, {-1, length, heads_, depth}); };
   Value q = split(query(x)), k = split(key(x)), v = split(value(x));
-  Value attended = scaled_dot_product_attention(q, k, v, {.mask = mask, .causal = causal_});
-  return output(reshape(transpose(attended, {0, 2, 1, 3}), {-1, length, dim_}));
+  Value attended =
+      scaled_dot_product_attention(q, k, v, {.mask = mask, .causal = causal_, .layout = "bthd"});
+  return output(reshape(attended, {-1, length, dim_}));
 }
 
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -105,10 +106,14 @@ struct AttentionOptions {
   bool causal = false;
   /// The scores' factor; 0 means 1 / sqrt(depth).
   double scale = 0;
+  /// "bhtd": q, k, v and the result are [B, H, T, D]; "bthd": [B, T, H, D], as a [B, T, H * D]
+  /// projection reshaped (read in place: no transposes to split or merge heads).
+  std::string layout = "bhtd";
 };
 /// softmax(scale q k^T, masked) v for q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv]:
-/// [B, H, Tq, Dv], fused (the score matrix is never a graph value; flash-attention's
-/// recomputation in the backward pass). A query with no key to attend gets zeros.
+/// [B, H, Tq, Dv] (or all [B, T, H, D] with layout "bthd"), fused (the score matrix is never a
+/// graph value; flash-attention's recomputation in the backward pass). A query with no key to
+/// attend gets zeros.
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options = {});
 

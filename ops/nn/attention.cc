@@ -3,10 +3,13 @@
 //   s[i, j] = scale q[i] . k[j]   (-inf where masked, or where j > i when causal)
 //   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
 //   out[i]  = sum_j p[i, j] v[j]
-// Outputs out and lse (kept for the backward op, which recomputes p from it). A row with no
-// key to attend has out = 0 and lse = -inf. The score matrix never exists as a graph value:
-// the CPU kernel works on blocks of kQueryBlock rows with gemm (the matmul path), so its
-// memory is O(block x Tk) per thread.
+// With layout "bthd" q, k, v and out are [B, T, H, D] instead: the heads of a [B, T, H * D]
+// projection, read and written in place (no transposes around the op; the gemms step over
+// rows H * D apart).
+// Outputs out and lse [B, H, Tq] (kept for the backward op, which recomputes p from it). A row with
+// no key to attend has out = 0 and lse = -inf. The score matrix never exists as a graph value: the
+// CPU kernel works on blocks of kQueryBlock rows with gemm (the matmul path), so its memory is
+// O(block x Tk) per thread.
 //
 // attention_backward, with dout and D[i] = dout[i] . out[i]:
 //   dv = p^T dout,   dp = dout v^T,   ds = p (dp - D),   dq = scale ds k,   dk = scale ds^T q
@@ -24,13 +27,19 @@
 namespace kiln {
 namespace ops {
 
+bool attention_layout_is_bthd(const std::string& layout) {
+  return layout == "bthd";
+}
+
 AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, const Shape* mask,
-                               const std::string& where) {
+                               const std::string& layout, const std::string& where) {
   AttentionShape a;
+  a.bthd = attention_layout_is_bthd(layout);
+  const int heads_dim = a.bthd ? 2 : 1, length_dim = a.bthd ? 1 : 2;
   a.batch = q[0];
-  a.heads = q[1];
-  a.queries = q[2];
-  a.keys = k[2];
+  a.heads = q[heads_dim];
+  a.queries = q[length_dim];
+  a.keys = k[length_dim];
   a.depth = q[3];
   a.value_depth = v[3];
   if (mask != nullptr) {
@@ -52,20 +61,31 @@ namespace {
 
 constexpr int64_t kQueryBlock = 64;
 
+// The dims of heads and of length in q, k, v for the node's layout attribute (checked here).
+std::pair<int, int> heads_and_length_dims(const InferContext& ctx) {
+  const std::string& layout = ctx.attr<std::string>("layout");
+  if (layout != "bhtd" && layout != "bthd")
+    ctx.fail("layout must be bhtd ([batch, heads, length, depth]) or bthd, got '", layout, "'");
+  return attention_layout_is_bthd(layout) ? std::pair{2, 1} : std::pair{1, 2};
+}
+
 void check_attention(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   ctx.expect_same_dtype(0, 1);
   ctx.expect_same_dtype(0, 2);
+  const auto [hd, ld] = heads_and_length_dims(ctx);
   const Shape& q = ctx.shape(0);
   const Shape& k = ctx.shape(1);
   const Shape& v = ctx.shape(2);
   for (int i : {0, 1, 2})
     if (ctx.shape(i).rank() != 4)
-      ctx.fail("q, k and v must be [batch, heads, length, depth]; input ", i, " is ", ctx.shape(i));
+      ctx.fail("q, k and v must be ",
+               hd == 1 ? "[batch, heads, length, depth]" : "[batch, length, heads, depth]",
+               "; input ", i, " is ", ctx.shape(i));
   auto same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
-  if (!same(q[0], k[0]) || !same(q[0], v[0]) || !same(q[1], k[1]) || !same(q[1], v[1]))
+  if (!same(q[0], k[0]) || !same(q[0], v[0]) || !same(q[hd], k[hd]) || !same(q[hd], v[hd]))
     ctx.fail("batch and heads differ: q ", q, ", k ", k, ", v ", v);
-  if (!same(k[2], v[2])) ctx.fail("k ", k, " and v ", v, " hold different numbers of keys");
+  if (!same(k[ld], v[ld])) ctx.fail("k ", k, " and v ", v, " hold different numbers of keys");
   if (!same(q[3], k[3])) ctx.fail("q ", q, " and k ", k, " have different depths");
   if (ctx.attr<double>("scale") < 0) ctx.fail("scale ", ctx.attr<double>("scale"), " < 0");
 }
@@ -77,7 +97,8 @@ void check_mask(const InferContext& ctx, int index) {
   if (ctx.num_inputs() > index + 1) ctx.fail("takes at most one mask");
   ctx.expect_dtype(index, {DType::boolean});
   const Shape& m = ctx.shape(index);
-  const Shape scores{ctx.shape(0)[0], ctx.shape(0)[1], ctx.shape(0)[2], ctx.shape(1)[2]};
+  const auto [hd, ld] = heads_and_length_dims(ctx);
+  const Shape scores{ctx.shape(0)[0], ctx.shape(0)[hd], ctx.shape(0)[ld], ctx.shape(1)[ld]};
   if (m.rank() != 4) ctx.fail("the mask must be 4-D (broadcast to ", scores, "), got ", m);
   for (int64_t d = 0; d < 4; ++d)
     if (m[d] != 1 && m[d] >= 0 && scores[d] >= 0 && m[d] != scores[d])
@@ -89,9 +110,11 @@ std::vector<TensorType> infer_attention(const InferContext& ctx) {
   check_mask(ctx, 3);
   const Shape& q = ctx.shape(0);
   const Shape& v = ctx.shape(2);
-  // The logsumexp stays f32 for 16-bit inputs (the backward op exponentiates against it).
+  const auto [hd, ld] = heads_and_length_dims(ctx);
+  // The logsumexp stays f32 for 16-bit inputs (the backward op exponentiates against it); it
+  // is [B, H, Tq] in both layouts.
   const DType stats = ctx.dtype(0) == f64 ? f64 : f32;
-  return {{ctx.dtype(0), Shape{q[0], q[1], q[2], v[3]}}, {stats, Shape{q[0], q[1], q[2]}}};
+  return {{ctx.dtype(0), Shape{q[0], q[1], q[2], v[3]}}, {stats, Shape{q[0], q[hd], q[ld]}}};
 }
 
 // Inputs q, k, v, out, lse, dout[, mask]: dq, dk, dv.
@@ -106,8 +129,8 @@ std::vector<TensorType> infer_attention_backward(const InferContext& ctx) {
 // The gemm sizes fit BLAS's 32-bit ints.
 void check_blas_sizes(const KernelContext& ctx, const AttentionShape& a) {
   constexpr int64_t kMax = (int64_t{1} << 31) - 1;
-  KILN_CHECK(a.keys <= kMax && a.depth <= kMax && a.value_depth <= kMax &&
-                 a.keys * kQueryBlock <= (int64_t{1} << 40),
+  KILN_CHECK(a.keys <= kMax && a.row_stride(a.depth) <= kMax &&
+                 a.row_stride(a.value_depth) <= kMax && a.keys * kQueryBlock <= (int64_t{1} << 40),
              Error, ctx.where(), ": ", a.keys, " keys of depth ", a.depth,
              " exceed the CPU kernel's limits");
 }
@@ -130,15 +153,17 @@ int64_t row_keys(int64_t kv, int64_t i, bool causal) {
   return causal ? std::min(kv, i + 1) : kv;
 }
 
-// Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) against their first `kv` keys
-// into s [rows, Tk] (row stride Tk), -inf where the mask hides a key. The scale is applied by
+// Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) (q and k at its first rows,
+// rows `ld` apart) against their first `kv` keys into s [rows, Tk] (row stride Tk), -inf where
+// the mask hides a key. The scale is applied by
 // the callers inside their exponentials (e^(scale s - shift), scale > 0), and the causal part of
 // the mask by their row ranges (row_keys): entries past a row's range are not read.
 template <typename T>
-void block_scores(const AttentionShape& a, const T* q, const T* k, const bool* mask, int64_t b,
-                  int64_t h, int64_t i0, int64_t rows, int64_t kv, T* s) {
+void block_scores(const AttentionShape& a, const T* q, const T* k, int ld, const bool* mask,
+                  int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t kv, T* s) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
-  gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * d, d, k, d, s, keys);
+  gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ld, ld, k, ld, s,
+       keys);
   if (mask == nullptr) return;
   const T minus_inf = -std::numeric_limits<T>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
@@ -156,8 +181,9 @@ void attention_typed(KernelContext& ctx) {
   const Tensor& tq = ctx.input(0);
   const bool has_mask = ctx.num_inputs() > 3;
   const Shape* mask_shape = has_mask ? &ctx.input(3).shape() : nullptr;
-  const AttentionShape a = attention_shape(tq.shape(), ctx.input(1).shape(), ctx.input(2).shape(),
-                                           mask_shape, ctx.where());
+  const AttentionShape a =
+      attention_shape(tq.shape(), ctx.input(1).shape(), ctx.input(2).shape(), mask_shape,
+                      ctx.attr<std::string>("layout"), ctx.where());
   check_blas_sizes(ctx, a);
   const bool causal = ctx.attr<bool>("causal");
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
@@ -169,6 +195,8 @@ void attention_typed(KernelContext& ctx) {
   T* lse = ctx.output(1).data<T>();
   const int64_t blocks = (a.queries + kQueryBlock - 1) / kQueryBlock;
   const int dvd = static_cast<int>(a.value_depth);
+  const int ldq = static_cast<int>(a.row_stride(a.depth));        // q, k
+  const int ldv = static_cast<int>(a.row_stride(a.value_depth));  // v, out
   ctx.parallel_for(
       a.batch * a.heads * blocks, kQueryBlock * a.keys * (a.depth + a.value_depth) * 2,
       [&](int64_t t0, int64_t t1) {
@@ -179,11 +207,11 @@ void attention_typed(KernelContext& ctx) {
           const int64_t b = bh / a.heads, h = bh % a.heads;
           const int64_t rows = std::min(kQueryBlock, a.queries - i0);
           const int64_t kv = visible_keys(a, i0, rows, causal);
-          const T* qh = q + bh * a.queries * a.depth;
-          const T* kh = k + bh * a.keys * a.depth;
-          const T* vh = v + bh * a.keys * a.value_depth;
-          T* out_blk = out + (bh * a.queries + i0) * a.value_depth;
-          block_scores(a, qh, kh, mask, b, h, i0, rows, kv, s.data());
+          const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
+          const T* kh = k + a.row_offset(bh, 0, a.keys, a.depth);
+          const T* vh = v + a.row_offset(bh, 0, a.keys, a.value_depth);
+          T* out_blk = out + a.row_offset(bh, i0, a.queries, a.value_depth);
+          block_scores(a, qh, kh, ldq, mask, b, h, i0, rows, kv, s.data());
           // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p, the division on the
           // product's Dv columns rather than on p's kv.
           for (int64_t r = 0; r < rows; ++r) {
@@ -203,9 +231,9 @@ void attention_typed(KernelContext& ctx) {
             *lse_at = scale * m + std::log(sum);
           }
           gemm(false, false, static_cast<int>(rows), dvd, static_cast<int>(kv), s.data(),
-               static_cast<int>(a.keys), vh, dvd, out_blk, dvd);
+               static_cast<int>(a.keys), vh, ldv, out_blk, ldv);
           for (int64_t r = 0; r < rows; ++r)
-            for (int c = 0; c < dvd; ++c) out_blk[r * dvd + c] *= inverse_sums[r];
+            for (int c = 0; c < dvd; ++c) out_blk[r * ldv + c] *= inverse_sums[r];
         }
       });
 }
@@ -215,8 +243,9 @@ void attention_backward_typed(KernelContext& ctx) {
   single_threaded_blas();
   const bool has_mask = ctx.num_inputs() > 6;
   const Shape* mask_shape = has_mask ? &ctx.input(6).shape() : nullptr;
-  const AttentionShape a = attention_shape(ctx.input(0).shape(), ctx.input(1).shape(),
-                                           ctx.input(2).shape(), mask_shape, ctx.where());
+  const AttentionShape a =
+      attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(), mask_shape,
+                      ctx.attr<std::string>("layout"), ctx.where());
   check_blas_sizes(ctx, a);
   const bool causal = ctx.attr<bool>("causal");
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
@@ -232,6 +261,9 @@ void attention_backward_typed(KernelContext& ctx) {
   T* dv = ctx.output(2).data<T>();
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
+  // Row strides: of q, k and their gradients; of v, out, dout and dv.
+  const int ldk = static_cast<int>(a.row_stride(a.depth));
+  const int ldv = static_cast<int>(a.row_stride(a.value_depth));
   // One (b, h) per task: dk and dv sum over every query block, in order.
   ctx.parallel_for(
       a.batch * a.heads, a.queries * a.keys * (a.depth + a.value_depth) * 4,
@@ -240,19 +272,24 @@ void attention_backward_typed(KernelContext& ctx) {
         std::vector<T> dp(p.size());
         for (int64_t bh = t0; bh < t1; ++bh) {
           const int64_t b = bh / a.heads, h = bh % a.heads;
-          const T* qh = q + bh * a.queries * a.depth;
-          const T* kh = k + bh * a.keys * a.depth;
-          const T* vh = v + bh * a.keys * a.value_depth;
-          T* dkh = dk + bh * a.keys * a.depth;
-          T* dvh = dv + bh * a.keys * a.value_depth;
-          std::fill(dkh, dkh + a.keys * a.depth, T(0));
-          std::fill(dvh, dvh + a.keys * a.value_depth, T(0));
+          const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
+          const T* kh = k + a.row_offset(bh, 0, a.keys, a.depth);
+          const T* vh = v + a.row_offset(bh, 0, a.keys, a.value_depth);
+          const T* outh = out + a.row_offset(bh, 0, a.queries, a.value_depth);
+          const T* douth = dout + a.row_offset(bh, 0, a.queries, a.value_depth);
+          T* dqh = dq + a.row_offset(bh, 0, a.queries, a.depth);
+          T* dkh = dk + a.row_offset(bh, 0, a.keys, a.depth);
+          T* dvh = dv + a.row_offset(bh, 0, a.keys, a.value_depth);
+          for (int64_t j = 0; j < a.keys; ++j) {
+            std::fill_n(dkh + j * ldk, d, T(0));
+            std::fill_n(dvh + j * ldv, dvd, T(0));
+          }
           for (int64_t i0 = 0; i0 < a.queries; i0 += kQueryBlock) {
             const int rows = static_cast<int>(std::min(kQueryBlock, a.queries - i0));
             const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
-            block_scores(a, qh, kh, mask, b, h, i0, rows, kv, p.data());
-            const T* dout_blk = dout + (bh * a.queries + i0) * a.value_depth;
-            const T* out_blk = out + (bh * a.queries + i0) * a.value_depth;
+            block_scores(a, qh, kh, ldk, mask, b, h, i0, rows, kv, p.data());
+            const T* dout_blk = douth + i0 * ldv;
+            const T* out_blk = outh + i0 * ldv;
             for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
               const T l = lse[bh * a.queries + i0 + r];
               T* row = p.data() + r * a.keys;
@@ -262,19 +299,18 @@ void attention_backward_typed(KernelContext& ctx) {
               std::fill(row + n, row + kv, T(0));
             }
             // Over the block's visible keys: dv += p^T dout;  dp = dout v^T
-            gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, dvd, dvh, dvd, T(1));
-            gemm(false, true, rows, kv, dvd, dout_blk, dvd, vh, dvd, dp.data(), keys);
+            gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, ldv, dvh, ldv, T(1));
+            gemm(false, true, rows, kv, dvd, dout_blk, ldv, vh, ldv, dp.data(), keys);
             for (int r = 0; r < rows; ++r) {
               T delta = 0;  // D = dout . out
-              for (int c = 0; c < dvd; ++c) delta += dout_blk[r * dvd + c] * out_blk[r * dvd + c];
+              for (int c = 0; c < dvd; ++c) delta += dout_blk[r * ldv + c] * out_blk[r * ldv + c];
               const T* pr = p.data() + r * a.keys;
               T* dpr = dp.data() + r * a.keys;
               for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds
             }
             // dq = ds k;  dk += ds^T q
-            gemm(false, false, rows, d, kv, dp.data(), keys, kh, d, dq + (bh * a.queries + i0) * d,
-                 d);
-            gemm(true, false, kv, d, rows, dp.data(), keys, qh + i0 * d, d, dkh, d, T(1));
+            gemm(false, false, rows, d, kv, dp.data(), keys, kh, ldk, dqh + i0 * ldk, ldk);
+            gemm(true, false, kv, d, rows, dp.data(), keys, qh + i0 * ldk, ldk, dkh, ldk, T(1));
           }
         }
       });
@@ -289,7 +325,9 @@ void attention_backward_cpu(KernelContext& ctx) {
 }
 
 AttrMap attention_attrs(const Node& node) {
-  return {{"causal", node.attr<bool>("causal")}, {"scale", node.attr<double>("scale")}};
+  return {{"causal", node.attr<bool>("causal")},
+          {"scale", node.attr<double>("scale")},
+          {"layout", node.attr<std::string>("layout")}};
 }
 
 KILN_OP(attention)
@@ -300,6 +338,7 @@ KILN_OP(attention)
     .variadic_input("mask", 0)
     .attr("causal", false)
     .attr("scale", 0.0)
+    .attr("layout", std::string("bhtd"))
     .infer(infer_attention)
     .kernel(DeviceKind::cpu, attention_cpu, {f32, f64})
     .grad([](GradContext& c) -> GradList {
@@ -326,6 +365,7 @@ KILN_OP(attention_backward)
     .variadic_input("mask", 0)
     .attr("causal", false)
     .attr("scale", 0.0)
+    .attr("layout", std::string("bhtd"))
     .infer(infer_attention_backward)
     .kernel(DeviceKind::cpu, attention_backward_cpu, {f32, f64});
 
@@ -339,8 +379,9 @@ Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& 
   Graph& graph = options.mask.defined()
                      ? common_graph("scaled_dot_product_attention", {&q, &k, &v, &options.mask})
                      : common_graph("scaled_dot_product_attention", {&q, &k, &v});
-  return graph.add_node("attention", inputs,
-                        {{"causal", options.causal}, {"scale", options.scale}})[0];
+  return graph.add_node(
+      "attention", inputs,
+      {{"causal", options.causal}, {"scale", options.scale}, {"layout", options.layout}})[0];
 }
 
 }  // namespace kiln

@@ -5,8 +5,9 @@
 //            m' = max(m, s), l = l e^(m - m') + e^(s - m'), o = o e^(m - m') + e^(s - m') v
 //   backward: p = e^(s - lse), D = dout . out, ds = p (dout . v - D),
 //            dq = scale sum_j ds k_j, dk = scale sum_i ds q_i, dv = sum_i p dout_i
-// Every sum runs in a fixed order (no atomics): the same bits on every run. Arithmetic is f32
-// for 16-bit and f32 inputs and f64 for f64.
+// Rows are found through AttentionShape::row_offset, so both layouts ([B, H, T, D] and
+// [B, T, H, D]) run the same kernels. Every sum runs in a fixed order (no atomics): the same bits
+// on every run. Arithmetic is f32 for 16-bit and f32 inputs and f64 for f64.
 #include <cfloat>
 
 #include "kiln/ops/cuda/map.cuh"
@@ -70,19 +71,18 @@ __global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T
   if (row >= a.batch * a.heads * a.queries) return;
   const int64_t bh = row / a.queries, i = row % a.queries;
   C qi[kChunks], o[kChunks];
-  load(q + row * a.depth, a.depth, lane, qi);
+  load(q + a.row_offset(bh, i, a.queries, a.depth), a.depth, lane, qi);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) o[t] = 0;
   C m = -INFINITY, l = 0;
   const C scale = static_cast<C>(pr.scale);
   for (int64_t j = 0; j < a.keys; ++j) {
     if (!pr.attends(bh, i, j)) continue;
-    const int64_t key = bh * a.keys + j;
-    const C s = dot(qi, k + key * a.depth, a.depth, lane) * scale;
+    const C s = dot(qi, k + a.row_offset(bh, j, a.keys, a.depth), a.depth, lane) * scale;
     const C m_new = s > m ? s : m;
     const C correction = exp(m - m_new), e = exp(s - m_new);
     l = l * correction + e;
-    const T* vj = v + key * a.value_depth;
+    const T* vj = v + a.row_offset(bh, j, a.keys, a.value_depth);
 #pragma unroll
     for (int t = 0; t < kChunks; ++t) {
       const int64_t c = lane + 32 * t;
@@ -91,24 +91,26 @@ __global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T
     m = m_new;
   }
   const C inv = l > 0 ? C(1) / l : C(0);
+  T* out_row = out + a.row_offset(bh, i, a.queries, a.value_depth);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) {
     const int64_t c = lane + 32 * t;
-    if (c < a.value_depth) out[row * a.value_depth + c] = static_cast<T>(o[t] * inv);
+    if (c < a.value_depth) out_row[c] = static_cast<T>(o[t] * inv);
   }
   if (lane == 0) lse[row] = l > 0 ? static_cast<S>(m + log(l)) : static_cast<S>(-INFINITY);
 }
 
-// D[row] = dout[row] . out[row].
+// D[row] = dout[row] . out[row], row = bh * queries + i ([B, H, Tq] as lse).
 template <typename T, typename S>
-__global__ void delta_kernel(int64_t rows, int64_t depth, const T* dout, const T* out, S* delta) {
+__global__ void delta_kernel(AttentionShape a, const T* dout, const T* out, S* delta) {
   using C = Compute<T>;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
+  if (row >= a.batch * a.heads * a.queries) return;
+  const int64_t at = a.row_offset(row / a.queries, row % a.queries, a.queries, a.value_depth);
   C d[kChunks];
-  load(dout + row * depth, depth, lane, d);
-  const C sum = dot(d, out + row * depth, depth, lane);
+  load(dout + at, a.value_depth, lane, d);
+  const C sum = dot(d, out + at, a.value_depth, lane);
   if (lane == 0) delta[row] = static_cast<S>(sum);
 }
 
@@ -123,8 +125,8 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
   if (row >= a.batch * a.heads * a.queries) return;
   const int64_t bh = row / a.queries, i = row % a.queries;
   C qi[kChunks], di[kChunks], acc[kChunks];
-  load(q + row * a.depth, a.depth, lane, qi);
-  load(dout + row * a.value_depth, a.value_depth, lane, di);
+  load(q + a.row_offset(bh, i, a.queries, a.depth), a.depth, lane, qi);
+  load(dout + a.row_offset(bh, i, a.queries, a.value_depth), a.value_depth, lane, di);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) acc[t] = 0;
   const C scale = static_cast<C>(pr.scale), l = static_cast<C>(lse[row]),
@@ -132,20 +134,22 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
   if (l != -INFINITY)
     for (int64_t j = 0; j < a.keys; ++j) {
       if (!pr.attends(bh, i, j)) continue;
-      const int64_t key = bh * a.keys + j;
-      const T* kj = k + key * a.depth;
+      const T* kj = k + a.row_offset(bh, j, a.keys, a.depth);
       const C p = exp(dot(qi, kj, a.depth, lane) * scale - l);
-      const C ds = p * (dot(di, v + key * a.value_depth, a.value_depth, lane) - d) * scale;
+      const C ds =
+          p * (dot(di, v + a.row_offset(bh, j, a.keys, a.value_depth), a.value_depth, lane) - d) *
+          scale;
 #pragma unroll
       for (int t = 0; t < kChunks; ++t) {
         const int64_t c = lane + 32 * t;
         if (c < a.depth) acc[t] += ds * static_cast<C>(kj[c]);
       }
     }
+  T* dq_row = dq + a.row_offset(bh, i, a.queries, a.depth);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) {
     const int64_t c = lane + 32 * t;
-    if (c < a.depth) dq[row * a.depth + c] = static_cast<T>(acc[t]);
+    if (c < a.depth) dq_row[c] = static_cast<T>(acc[t]);
   }
 }
 
@@ -160,8 +164,10 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
   if (key >= a.batch * a.heads * a.keys) return;
   const int64_t bh = key / a.keys, j = key % a.keys;
   C kj[kChunks], vj[kChunks], dk_acc[kChunks], dv_acc[kChunks];
-  load(k + key * a.depth, a.depth, lane, kj);
-  load(v + key * a.value_depth, a.value_depth, lane, vj);
+  const int64_t k_at = a.row_offset(bh, j, a.keys, a.depth);
+  const int64_t v_at = a.row_offset(bh, j, a.keys, a.value_depth);
+  load(k + k_at, a.depth, lane, kj);
+  load(v + v_at, a.value_depth, lane, vj);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) dk_acc[t] = dv_acc[t] = 0;
   const C scale = static_cast<C>(pr.scale);
@@ -170,8 +176,8 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
     const int64_t row = bh * a.queries + i;
     const C l = static_cast<C>(lse[row]);
     if (l == -INFINITY) continue;
-    const T* qi = q + row * a.depth;
-    const T* di = dout + row * a.value_depth;
+    const T* qi = q + a.row_offset(bh, i, a.queries, a.depth);
+    const T* di = dout + a.row_offset(bh, i, a.queries, a.value_depth);
     const C p = exp(dot(kj, qi, a.depth, lane) * scale - l);
     const C ds = p * (dot(vj, di, a.value_depth, lane) - static_cast<C>(delta[row])) * scale;
 #pragma unroll
@@ -184,8 +190,8 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) {
     const int64_t c = lane + 32 * t;
-    if (c < a.depth) dk[key * a.depth + c] = static_cast<T>(dk_acc[t]);
-    if (c < a.value_depth) dv[key * a.value_depth + c] = static_cast<T>(dv_acc[t]);
+    if (c < a.depth) dk[k_at + c] = static_cast<T>(dk_acc[t]);
+    if (c < a.value_depth) dv[v_at + c] = static_cast<T>(dv_acc[t]);
   }
 }
 
@@ -194,7 +200,7 @@ Problem problem_of(const KernelContext& ctx, int mask_input) {
   const Shape* mask_shape = has_mask ? &ctx.input(mask_input).shape() : nullptr;
   Problem pr;
   pr.a = attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(),
-                         mask_shape, ctx.where());
+                         mask_shape, ctx.attr<std::string>("layout"), ctx.where());
   KILN_CHECK(pr.a.depth <= 32 * kChunks && pr.a.value_depth <= 32 * kChunks, Error, ctx.where(),
              ": the CUDA kernel takes depths up to ", 32 * kChunks, ", got ", pr.a.depth, " and ",
              pr.a.value_depth);
@@ -243,7 +249,7 @@ void attention_backward_cuda(KernelContext& ctx) {
     const T* dout = ctx.input(5).data<T>();
     std::shared_ptr<Storage> delta_storage = ctx.scratch(sizeof(S) * std::max<int64_t>(rows, 1));
     S* delta = static_cast<S*>(delta_storage->data());
-    launch_rows(ctx, rows, delta_kernel<T, S>, rows, pr.a.value_depth, dout, out, delta);
+    launch_rows(ctx, rows, delta_kernel<T, S>, pr.a, dout, out, delta);
     launch_rows(ctx, rows, dq_kernel<T, S>, pr, q, k, v, lse, static_cast<const S*>(delta), dout,
                 static_cast<T*>(ctx.output(0).raw_data()));
     launch_rows(ctx, key_rows, dkv_kernel<T, S>, pr, q, k, v, lse, static_cast<const S*>(delta),

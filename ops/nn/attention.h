@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kiln/framework/dtype.h"
 #include "kiln/framework/shape.h"
 
 namespace kiln::ops {
@@ -12,12 +13,27 @@ struct AttentionShape {
   int64_t batch = 0, heads = 0, queries = 0, keys = 0, depth = 0, value_depth = 0;
   /// Element strides of the bool mask along [B, H, Tq, Tk] (0 where it broadcasts).
   int64_t mask_strides[4] = {0, 0, 0, 0};
+  /// Layout "bthd": q, k, v, out (and their gradients) are [B, T, H, D], the heads of a
+  /// [B, T, H * D] projection read in place; otherwise "bhtd", [B, H, T, D].
+  bool bthd = false;
+
+  /// Element offset of row i of batch-and-head bh (b * heads + h) in a tensor of `length` rows
+  /// of `depth` per head.
+  KILN_HOST_DEVICE int64_t row_offset(int64_t bh, int64_t i, int64_t length, int64_t depth) const {
+    if (!bthd) return (bh * length + i) * depth;
+    return ((bh / heads * length + i) * heads + bh % heads) * depth;
+  }
+  /// Elements from one row of a head to the next.
+  KILN_HOST_DEVICE int64_t row_stride(int64_t depth) const { return bthd ? heads * depth : depth; }
 };
 
-/// The problem of q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv] and the mask's shape (or
-/// nullptr). Throws kiln::Error naming `where` when the mask, known only now, does not
-/// broadcast to the scores.
+/// Whether the layout attribute says [B, T, H, D] ("bthd") rather than [B, H, T, D] ("bhtd").
+bool attention_layout_is_bthd(const std::string& layout);
+
+/// The problem of q, k, v in `layout` ("bhtd": [B, H, Tq, D], [B, H, Tk, D], [B, H, Tk, Dv];
+/// "bthd": [B, Tq, H, D] etc.) and the mask's shape (or nullptr). Throws kiln::Error naming
+/// `where` when the mask, known only now, does not broadcast to the scores [B, H, Tq, Tk].
 AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, const Shape* mask,
-                               const std::string& where);
+                               const std::string& layout, const std::string& where);
 
 }  // namespace kiln::ops

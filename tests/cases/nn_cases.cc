@@ -297,36 +297,45 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
 
 namespace {
 
-// softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D] etc.; `key_valid` masks keys
-// per batch entry (empty: none).
-Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid) {
+// softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D] etc. (with `bthd`, [B, Tq, H, D]
+// etc.); `key_valid` masks keys per batch entry (empty: none).
+Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid,
+                              bool bthd = false) {
   return [=](const std::vector<Tensor>& in) {
     const Shape& qs = in[0].shape();
-    const int64_t bh = qs[0] * qs[1], tq = qs[2], d = qs[3], tk = in[1].shape()[2],
-                  dv = in[2].shape()[3];
+    const int hd = bthd ? 2 : 1, ld = bthd ? 1 : 2;
+    const int64_t batch = qs[0], heads = qs[hd], tq = qs[ld], d = qs[3];
+    const int64_t tk = in[1].shape()[ld], dv = in[2].shape()[3];
+    // Offset of element c of row i of (b, h) in a tensor of `length` rows of `depth`.
+    auto at = [&](int64_t b, int64_t h, int64_t i, int64_t c, int64_t length, int64_t depth) {
+      return bthd ? ((b * length + i) * heads + h) * depth + c
+                  : ((b * heads + h) * length + i) * depth + c;
+    };
     const double scale = 1 / std::sqrt(static_cast<double>(d));
-    std::vector<double> out;
-    for (int64_t p = 0; p < bh; ++p)
-      for (int64_t i = 0; i < tq; ++i) {
-        std::vector<double> s(static_cast<size_t>(tk), -INFINITY);
-        double m = -INFINITY;
-        for (int64_t j = 0; j < tk; ++j) {
-          if (causal && j > i) continue;
-          if (!key_valid.empty() && !key_valid[static_cast<size_t>(p / qs[1])][j]) continue;
-          double dot = 0;
-          for (int64_t c = 0; c < d; ++c)
-            dot += in[0].element((p * tq + i) * d + c) * in[1].element((p * tk + j) * d + c);
-          s[j] = dot * scale;
-          m = std::max(m, s[j]);
+    std::vector<double> out(static_cast<size_t>(batch * heads * tq * dv));
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < tq; ++i) {
+          std::vector<double> s(static_cast<size_t>(tk), -INFINITY);
+          double m = -INFINITY;
+          for (int64_t j = 0; j < tk; ++j) {
+            if (causal && j > i) continue;
+            if (!key_valid.empty() && !key_valid[static_cast<size_t>(b)][j]) continue;
+            double dot = 0;
+            for (int64_t c = 0; c < d; ++c)
+              dot += in[0].element(at(b, h, i, c, tq, d)) * in[1].element(at(b, h, j, c, tk, d));
+            s[j] = dot * scale;
+            m = std::max(m, s[j]);
+          }
+          double sum = 0;
+          for (double& e : s) sum += e = std::exp(e - m);
+          for (int64_t c = 0; c < dv; ++c) {
+            double o = 0;
+            for (int64_t j = 0; j < tk; ++j)
+              o += s[j] / sum * in[2].element(at(b, h, j, c, tk, dv));
+            out[static_cast<size_t>(at(b, h, i, c, tq, dv))] = o;
+          }
         }
-        double sum = 0;
-        for (double& e : s) sum += e = std::exp(e - m);
-        for (int64_t c = 0; c < dv; ++c) {
-          double o = 0;
-          for (int64_t j = 0; j < tk; ++j) o += s[j] / sum * in[2].element((p * tk + j) * dv + c);
-          out.push_back(o);
-        }
-      }
     return out;
   };
 }
@@ -373,6 +382,34 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
              return scaled_dot_product_attention(q, k, v, {.mask = c.g.constant(mask)});
            },
        .reference = attention_reference(false, valid)});
+  // Heads read in place from [B, T, H, D] (MultiHeadAttention's layout), with a key mask and
+  // causal masking: rows of q, k, v, out and their gradients are H * D apart.
+  const std::vector<std::vector<bool>> valid_keys = {{true, true, false, true, true, true},
+                                                     {true, false, true, true, false, true}};
+  add({.op = "attention",
+       .name = "attention_bthd",
+       .build =
+           [valid_keys](CaseGraph& c) {
+             Tensor mask = Tensor::zeros(DType::boolean, {2, 1, 1, 6});
+             for (int64_t b = 0; b < 2; ++b)
+               for (int64_t j = 0; j < 6; ++j) mask.data<bool>()[b * 6 + j] = valid_keys[b][j];
+             Value q = c.input({2, 6, 3, 4}), k = c.input({2, 6, 3, 4}), v = c.input({2, 6, 3, 5});
+             return scaled_dot_product_attention(
+                 q, k, v, {.mask = c.g.constant(mask), .causal = true, .layout = "bthd"});
+           },
+       .reference = attention_reference(true, valid_keys, true)});
+  add({.op = "attention_backward",
+       .name = "attention_backward_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 4, 2, 4}), k = c.input({2, 6, 2, 4}), v = c.input({2, 6, 2, 3});
+             const AttrMap attrs = {{"causal", true}, {"layout", std::string("bthd")}};
+             std::vector<Value> fwd = c.g.add_node("attention", {q, k, v}, attrs);
+             std::vector<Value> grads = c.g.add_node(
+                 "attention_backward", {q, k, v, fwd[0], fwd[1], c.input({2, 4, 2, 3})}, attrs);
+             return grads[0] * 2.0 + sum(grads[1]) + sum(grads[2]);
+           },
+       .gradients = false});
   add({.op = "attention_backward",
        .name = "attention_backward",
        .build =

@@ -199,6 +199,23 @@ TEST(NnFunctional, AttentionErrorsNameTheShapes) {
                                      {.mask = g.placeholder("m", DType::boolean, {2, 1, 1, 5})});
       },
       {"[attention]", "does not broadcast", "dim 3"});
+  expect_error<GraphError>([&] { scaled_dot_product_attention(q, k, v, {.layout = "btdh"}); },
+                           {"[attention]", "layout must be bhtd", "'btdh'"});
+  // In layout bthd the heads are dim 2 and the length dim 1: read so, q [2, 3, 5, 8] has 5 heads
+  // of length 3 and k 7 heads; a mask is held against the scores [B, H, Tq, Tk] = [2, 5, 3, 3].
+  expect_error<GraphError>([&] { scaled_dot_product_attention(q, k, v, {.layout = "bthd"}); },
+                           {"[attention]", "batch and heads differ"});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(
+            q, q, q, {.mask = g.placeholder("m2", DType::boolean, {2, 1, 5, 3}), .layout = "bthd"});
+      },
+      {"[attention]", "does not broadcast", "[2, 5, 3, 3]", "dim 2"});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(reshape(q, {6, 5, 8}), k, v, {.layout = "bthd"});
+      },
+      {"[attention]", "[batch, length, heads, depth]"});
   // A mask whose dims are known only when the graph runs is checked then.
   Value mask = g.placeholder("mask", DType::boolean, {-1, 1, 1, -1});
   Value out = scaled_dot_product_attention(q, k, v, {.mask = mask});

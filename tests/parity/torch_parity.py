@@ -85,6 +85,10 @@ def normalize(x, attrs, scale=None, shift=None):
 
 def attention(q, k, v, mask, attrs):
     """attention's (out, logsumexp) (ops/nn/attention.cc)."""
+    if attrs.get("layout") == "bthd":  # [B, T, H, D]: the math on [B, H, T, D], out back
+        out, lse = attention(*(t.transpose(1, 2) for t in (q, k, v)), mask,
+                             {**attrs, "layout": "bhtd"})
+        return out.transpose(1, 2), lse
     scale = float(attrs["scale"]) or q.shape[-1] ** -0.5
     s = q @ k.transpose(-1, -2) * scale
     if attrs["causal"] == "1":
