@@ -8,8 +8,8 @@
 // rows H * D apart).
 // Outputs out and lse [B, H, Tq] (kept for the backward op, which recomputes p from it). A row with
 // no key to attend has out = 0 and lse = -inf. The score matrix never exists as a graph value: the
-// CPU kernel works on blocks of kQueryBlock rows with gemm (the matmul path), so its memory is
-// O(block x Tk) per thread.
+// CPU kernel works on blocks of query rows (query_block) with gemm (the matmul path), so its memory
+// is O(block x Tk) per thread.
 //
 // attention_backward, with dout and D[i] = dout[i] . out[i]:
 //   dv = p^T dout,   dp = dout v^T,   ds = p (dp - D),   dq = scale ds k,   dk = scale ds^T q
@@ -59,7 +59,14 @@ AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, c
 
 namespace {
 
-constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kQueryBlock = 128;
+
+// The query rows of a CPU block: kQueryBlock, or half of it with causal masking, where a
+// block's products stop at its last visible key (smaller blocks skip more of the masked
+// triangle). The products of 128 rows ran 5-10% faster than of 64 (head depth 64).
+int64_t query_block(bool causal) {
+  return causal ? kQueryBlock / 2 : kQueryBlock;
+}
 
 // The dims of heads and of length in q, k, v for the node's layout attribute (checked here).
 std::pair<int, int> heads_and_length_dims(const InferContext& ctx) {
@@ -193,19 +200,20 @@ void attention_typed(KernelContext& ctx) {
   const bool* mask = has_mask ? ctx.input(3).data<bool>() : nullptr;
   T* out = ctx.output(0).data<T>();
   T* lse = ctx.output(1).data<T>();
-  const int64_t blocks = (a.queries + kQueryBlock - 1) / kQueryBlock;
+  const int64_t block = query_block(causal);
+  const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
   const int ldq = static_cast<int>(a.row_stride(a.depth));        // q, k
   const int ldv = static_cast<int>(a.row_stride(a.value_depth));  // v, out
   ctx.parallel_for(
-      a.batch * a.heads * blocks, kQueryBlock * a.keys * (a.depth + a.value_depth) * 2,
+      a.batch * a.heads * blocks, block * a.keys * (a.depth + a.value_depth) * 2,
       [&](int64_t t0, int64_t t1) {
-        std::vector<T> s(static_cast<size_t>(kQueryBlock * a.keys));
+        std::vector<T> s(static_cast<size_t>(block * a.keys));
         T inverse_sums[kQueryBlock];
         for (int64_t t = t0; t < t1; ++t) {
-          const int64_t bh = t / blocks, i0 = (t % blocks) * kQueryBlock;
+          const int64_t bh = t / blocks, i0 = (t % blocks) * block;
           const int64_t b = bh / a.heads, h = bh % a.heads;
-          const int64_t rows = std::min(kQueryBlock, a.queries - i0);
+          const int64_t rows = std::min(block, a.queries - i0);
           const int64_t kv = visible_keys(a, i0, rows, causal);
           const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
           const T* kh = k + a.row_offset(bh, 0, a.keys, a.depth);
@@ -248,6 +256,7 @@ void attention_backward_typed(KernelContext& ctx) {
                       ctx.attr<std::string>("layout"), ctx.where());
   check_blas_sizes(ctx, a);
   const bool causal = ctx.attr<bool>("causal");
+  const int64_t block = query_block(causal);
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
   const T* q = ctx.input(0).data<T>();
   const T* k = ctx.input(1).data<T>();
@@ -268,7 +277,7 @@ void attention_backward_typed(KernelContext& ctx) {
   ctx.parallel_for(
       a.batch * a.heads, a.queries * a.keys * (a.depth + a.value_depth) * 4,
       [&](int64_t t0, int64_t t1) {
-        std::vector<T> p(static_cast<size_t>(kQueryBlock * a.keys));
+        std::vector<T> p(static_cast<size_t>(block * a.keys));
         std::vector<T> dp(p.size());
         for (int64_t bh = t0; bh < t1; ++bh) {
           const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -284,8 +293,8 @@ void attention_backward_typed(KernelContext& ctx) {
             std::fill_n(dkh + j * ldk, d, T(0));
             std::fill_n(dvh + j * ldv, dvd, T(0));
           }
-          for (int64_t i0 = 0; i0 < a.queries; i0 += kQueryBlock) {
-            const int rows = static_cast<int>(std::min(kQueryBlock, a.queries - i0));
+          for (int64_t i0 = 0; i0 < a.queries; i0 += block) {
+            const int rows = static_cast<int>(std::min(block, a.queries - i0));
             const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
             block_scores(a, qh, kh, ldk, mask, b, h, i0, rows, kv, p.data());
             const T* dout_blk = douth + i0 * ldv;

@@ -369,6 +369,16 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
              return scaled_dot_product_attention(q, k, v, {.causal = true});
            },
        .reference = attention_reference(true, {})});
+  // More queries than one block (128 without causal masking): a block of 2 rows after 128.
+  add({.op = "attention",
+       .name = "attention_blocks",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 1, 130, 2}), k = c.input({1, 1, 129, 2}),
+                   v = c.input({1, 1, 129, 3});
+             return scaled_dot_product_attention(q, k, v);
+           },
+       .reference = attention_reference(false, {})});
   const std::vector<std::vector<bool>> valid = {{true, true, false, true, false},
                                                 {false, true, true, true, true}};
   add({.op = "attention",
