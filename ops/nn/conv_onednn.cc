@@ -3,9 +3,12 @@
 // reorders in and out included, 3.9 ms; im2col + sgemm 10.0 ms (bench/RESULTS.md).
 //
 // Kiln's tensors are NCHW and its filters [O, C/g, KH, KW]; each primitive takes the layouts
-// oneDNN prefers (format `any`), and reorders convert at the edges. Primitives run with a
-// user scratchpad: the same primitive runs on several pool threads at once, which oneDNN's own
-// (library) scratchpad does not allow.
+// oneDNN prefers (format `any`), and reorders convert at the edges. Every primitive, reorders
+// included, is made once with its problem, on one thread: making one goes through oneDNN's
+// global primitive cache, which ThreadSanitizer caught racing when pool threads made reorders
+// at once (a key read while another thread's entry was being built). Pool threads only execute
+// primitives, with a user scratchpad: the same primitive runs on several threads at once, which
+// oneDNN's own (library) scratchpad does not allow.
 #include "kiln/ops/nn/conv_onednn.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -14,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kiln/ops/math/blas.h"
@@ -44,13 +48,53 @@ bool onednn_enabled() {
   return enabled;
 }
 
+// A change of layout between two descriptions of the same tensor: a reorder primitive, or
+// none where the layouts agree.
+class LayoutChange {
+ public:
+  LayoutChange() = default;
+  LayoutChange(const memory::desc& from, const memory::desc& to) : to_(to) {
+    if (from == to) return;
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const dnnl::reorder::primitive_desc pd(cpu_engine(), from, cpu_engine(), to, attr);
+    scratch_md_ = pd.scratchpad_desc();
+    reorder_ = dnnl::reorder(pd);
+    needed_ = true;
+  }
+
+  bool needed() const { return needed_; }
+
+  // Writes `from` into `to` in the target layout.
+  void run(const memory& from, const memory& to, dnnl::stream& stream) const {
+    std::unordered_map<int, memory> args{{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    if (scratch_md_.get_size() > 0)
+      args.emplace(DNNL_ARG_SCRATCHPAD, memory(scratch_md_, cpu_engine()));
+    reorder_.execute(stream, args);
+  }
+
+  // `from` in the target layout: `from` itself, or a new tensor the reorder writes.
+  memory applied(const memory& from, dnnl::stream& stream) const {
+    if (!needed_) return from;
+    memory to(to_, cpu_engine());
+    run(from, to, stream);
+    return to;
+  }
+
+ private:
+  bool needed_ = false;
+  memory::desc to_, scratch_md_;
+  dnnl::reorder reorder_;
+};
+
 // One pass over a block of `images` images: the primitive, Kiln's plain layouts and the ones
-// the primitive takes for its two operands and its result.
+// the primitive takes for its two operands and its result, and the reorders between them.
 struct Problem {
   memory::desc a_plain, b_plain, out_plain;
   memory::desc a_md, b_md, out_md, scratch_md;
   int a_arg = 0, b_arg = 0, out_arg = 0;
   dnnl::primitive conv;
+  LayoutChange a_in, b_in, out_back;
 };
 
 memory::desc plain(const memory::dims& dims, memory::format_tag tag) {
@@ -146,18 +190,13 @@ std::shared_ptr<const Problem> make_problem(ConvPass pass, const ConvGeometry& g
     }
     // oneDNN's reference kernels are plain loops, slower than im2col + sgemm.
     if (implementation.find("ref") != std::string::npos) return nullptr;
+    problem->a_in = LayoutChange(problem->a_plain, problem->a_md);
+    problem->b_in = LayoutChange(problem->b_plain, problem->b_md);
+    problem->out_back = LayoutChange(problem->out_md, problem->out_plain);
   } catch (const dnnl::error&) {
     return nullptr;  // no implementation for this problem
   }
   return problem;
-}
-
-// `from` in `to`'s layout (`to` is `from` itself when the layouts agree).
-memory in_layout(memory from, const memory::desc& layout, dnnl::stream& stream) {
-  if (from.get_desc() == layout) return from;
-  memory to(layout, cpu_engine());
-  dnnl::reorder(from, to).execute(stream, from, to);
-  return to;
 }
 
 void* mutable_ptr(const float* p) {
@@ -206,8 +245,8 @@ bool onednn_convolution(const KernelContext& ctx, ConvPass pass, const ConvGeome
   memory full_filter, rest_filter;
   if (pass != ConvPass::backward_filter) {
     const memory user(full_problem->b_plain, engine, mutable_ptr(b));
-    full_filter = in_layout(user, full_problem->b_md, stream);
-    rest_filter = in_layout(user, rest_problem->b_md, stream);
+    full_filter = full_problem->b_in.applied(user, stream);
+    rest_filter = rest_problem->b_in.applied(user, stream);
     stream.wait();
   }
   // The filter gradient: one partial sum per block, added in block order below.
@@ -222,24 +261,23 @@ bool onednn_convolution(const KernelContext& ctx, ConvPass pass, const ConvGeome
           const bool last = block == blocks - 1 && rest;
           const Problem& p = last ? *rest_problem : *full_problem;
           const int64_t first = block * full;
-          const memory a_mem = in_layout(
-              memory(p.a_plain, engine, mutable_ptr(a + first * a_image)), p.a_md, block_stream);
+          const memory a_mem = p.a_in.applied(
+              memory(p.a_plain, engine, mutable_ptr(a + first * a_image)), block_stream);
           const memory b_mem =
               pass == ConvPass::backward_filter
-                  ? in_layout(memory(p.b_plain, engine, mutable_ptr(b + first * b_image)), p.b_md,
-                              block_stream)
+                  ? p.b_in.applied(memory(p.b_plain, engine, mutable_ptr(b + first * b_image)),
+                                   block_stream)
                   : (last ? rest_filter : full_filter);
           float* out_ptr = pass == ConvPass::backward_filter ? partial.data() + block * filter_size
                                                              : out + first * out_image;
           memory out_user(p.out_plain, engine, out_ptr);
-          memory out_mem = p.out_md == p.out_plain ? out_user : memory(p.out_md, engine);
+          memory out_mem = p.out_back.needed() ? memory(p.out_md, engine) : out_user;
           memory scratch(p.scratch_md, engine);
           p.conv.execute(block_stream, {{p.a_arg, a_mem},
                                         {p.b_arg, b_mem},
                                         {p.out_arg, out_mem},
                                         {DNNL_ARG_SCRATCHPAD, scratch}});
-          if (out_mem != out_user)
-            dnnl::reorder(out_mem, out_user).execute(block_stream, out_mem, out_user);
+          if (p.out_back.needed()) p.out_back.run(out_mem, out_user, block_stream);
           block_stream.wait();
           if (bias)
             add_channel_bias(out_ptr, last ? rest : full, g.out_channels, g.out_pixels(), bias);
