@@ -133,8 +133,10 @@ fastest_lines=()
 for case in mlp_step cnn_step transformer_step matmul; do
   # Kiln measured again beside its peers, the lower median kept: this shared machine has bursts
   # of noise minutes long, and each peer also keeps the better of its two runs (1 and N threads).
-  again=$(t "$(kiln "$case")")
+  again_line=$(kiln "$case")
+  again=$(t "$again_line")
   awk "BEGIN{exit !($again < ${kiln_time[$case]})}" && kiln_time[$case]=$again
+  [ "$case" = matmul ] && mm_again=$again_line
   printf '%-18s %-12s' "$case" "$(ms "${kiln_time[$case]}")"
   fastest=nan fastest_peer=none
   for peer in torch torch.compile jax tf tf+xla; do
@@ -151,7 +153,11 @@ done
 echo
 echo "ratio mlp_step $(ratio "$(t "$mlp")" "$(t "$tmlp")")"
 echo "ratio matmul_vs_libraries $(ratio "$(t "$mm")" "$mm_best")"
-echo "ratio matmul_share_of_peak $(awk "BEGIN{printf \"%.3f\", 2 * 1024^3 / ${kiln_time[matmul]} / 1e9 / $peak}")"
+# The share of the peak compares like with like: the product's best call (of both runs) with the
+# best round of peak_flops; the median call's share is printed beside it.
+mm_best_gflops=$(awk "BEGIN{a = $(field "$mm" best_gflops); b = $(field "$mm_again" best_gflops); print a > b ? a : b}")
+echo "ratio matmul_share_of_peak $(awk "BEGIN{printf \"%.3f\", $mm_best_gflops / $peak}")"
+echo "ratio matmul_median_share_of_peak $(awk "BEGIN{printf \"%.3f\", 2 * 1024^3 / ${kiln_time[matmul]} / 1e9 / $peak}")"
 echo "ratio dispatch_per_step $(ratio "$(field "$dp" per_step_us)" "$(field "$tdp" per_step_us)")"
 echo "ratio dispatch_per_step_passes_off $(ratio "$(field "$dp_off" per_step_us)" "$(field "$tdp" per_step_us)")"
 echo "ratio chain_fused_vs_unfused $(ratio "$(t "$fused")" "$(t "$unfused")")"
