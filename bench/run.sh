@@ -155,7 +155,7 @@ echo "ratio mlp_step $(ratio "$(t "$mlp")" "$(t "$tmlp")")"
 echo "ratio matmul_vs_libraries $(ratio "$(t "$mm")" "$mm_best")"
 # The share of the peak compares like with like: the product's best call (of both runs) with the
 # best round of peak_flops; the median call's share is printed beside it.
-mm_best_gflops=$(awk "BEGIN{a = $(field "$mm" best_gflops); b = $(field "$mm_again" best_gflops); print a > b ? a : b}")
+mm_best_gflops=$(awk "BEGIN{a = $(field "$mm" best_gflops); b = $(field "$mm_again" best_gflops); print (a > b ? a : b)}")
 echo "ratio matmul_share_of_peak $(awk "BEGIN{printf \"%.3f\", $mm_best_gflops / $peak}")"
 echo "ratio matmul_median_share_of_peak $(awk "BEGIN{printf \"%.3f\", 2 * 1024^3 / ${kiln_time[matmul]} / 1e9 / $peak}")"
 echo "ratio dispatch_per_step $(ratio "$(field "$dp" per_step_us)" "$(field "$tdp" per_step_us)")"
