@@ -154,7 +154,12 @@ echo
 echo "ratio mlp_step $(ratio "$(t "$mlp")" "$(t "$tmlp")")"
 echo "ratio matmul_vs_libraries $(ratio "$(t "$mm")" "$mm_best")"
 # The share of the peak compares like with like: the product's best call (of both runs) with the
-# best round of peak_flops; the median call's share is printed beside it.
+# best round of peak_flops; the median call's share is printed beside it. The peak is measured
+# again here, after the peers, and the higher kept: one measurement's five rounds can all fall in
+# a burst of this shared machine's noise (one run read 206 GFLOP/s, below the product's best).
+peak_again=$(field "$(kiln peak_flops)" gflops)
+peak=$(awk "BEGIN{a = $peak; b = $peak_again; print (a > b ? a : b)}")
+echo "peak_flops_gflops $peak"
 mm_best_gflops=$(awk "BEGIN{a = $(field "$mm" best_gflops); b = $(field "$mm_again" best_gflops); print (a > b ? a : b)}")
 echo "ratio matmul_share_of_peak $(awk "BEGIN{printf \"%.3f\", $mm_best_gflops / $peak}")"
 echo "ratio matmul_median_share_of_peak $(awk "BEGIN{printf \"%.3f\", 2 * 1024^3 / ${kiln_time[matmul]} / 1e9 / $peak}")"
