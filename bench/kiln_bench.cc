@@ -30,10 +30,9 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Median seconds per call of fn over `reps` timed runs, after `warmup` untimed runs and at least
-// 0.3 s of warm-up in all (threads started at load time, such as BLAS workers, settle by then).
-// Seconds per call of fn: the median and the best of `reps` timed calls, after a warm-up of at
-// least `warmup` calls and 0.3 s.
+// Seconds per call of fn: the median and the best of `reps` timed calls, after `warmup` untimed
+// calls and at least 0.3 s of warm-up in all (threads started at load time, such as BLAS
+// workers, settle by then).
 struct Timing {
   double median, best;
 };
