@@ -4,7 +4,9 @@
 //              y = (x - mean) rstd
 //   no center: mean = 0,          rstd = 1 / sqrt(sum x^2 / M + eps),  y = x rstd  (RMS norm)
 // With the optional inputs scale and shift (both, shaped like the statistics: batch norm's
-// per-channel weight and bias), y = xhat scale[k] + shift[k] in the same pass.
+// per-channel weight and bias), y = xhat scale[k] + shift[k] in the same pass. With the
+// attribute activation "relu" (the matmul_epilogue pass folds a relu that alone reads y on the
+// CPU), y = relu(that), relu's own rule: NaN stays NaN, -0 stays -0.
 // Outputs y (like x), mean and rstd (shaped like the kept dims). The kept dims must be
 // adjacent, so x is [A, K, B] with the normalized elements at (a, k, b) for every a and b:
 // batch norm over (N, H, W) of [N, C, H, W] is A = N, K = C, B = H W; layer norm over the last
@@ -96,6 +98,8 @@ std::vector<TensorType> infer_normalize(const InferContext& ctx) {
   if (ctx.num_inputs() != 1 && ctx.num_inputs() != 3)
     ctx.fail("takes x, or x, scale and shift: got ", ctx.num_inputs(), " inputs");
   expect_like_statistics(ctx, 1, ctx.num_inputs() - 1, kept);
+  const std::string& act = ctx.attr<std::string>("activation");
+  if (act != "none" && act != "relu") ctx.fail("activation must be none or relu, got '", act, "'");
   return {ctx.input(0), {ctx.dtype(0), kept}, {ctx.dtype(0), kept}};
 }
 
@@ -136,6 +140,7 @@ void normalize_typed(KernelContext& ctx) {
   const bool affine = ctx.num_inputs() == 3;
   const T* scale = affine ? ctx.input(1).data<T>() : nullptr;
   const T* shift = affine ? ctx.input(2).data<T>() : nullptr;
+  const bool relu = ctx.attr<std::string>("activation") == "relu";
   const int64_t inner = l.inner;
   const double count = static_cast<double>(l.outer * l.inner);
   ctx.parallel_for(l.kept, l.outer * l.inner * 4, [&](int64_t k0, int64_t k1) {
@@ -169,6 +174,8 @@ void normalize_typed(KernelContext& ctx) {
           for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * rs + t;
         else
           for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * r;
+        if (relu)
+          for (int64_t b = 0; b < inner; ++b) out[b] = out[b] < T(0) ? T(0) : out[b];
       });
       mean_out[k] = m;
       rstd_out[k] = r;
@@ -246,15 +253,22 @@ KILN_OP(normalize)
     .attr("axes", AttrType::integers)
     .attr("eps", 1e-5)
     .attr("center", true)
+    .attr("activation", std::string("none"))
     .infer(infer_normalize)
     .kernel(DeviceKind::cpu, normalize_cpu, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       const auto& axes = c.attr<std::vector<int64_t>>("axes");
       const bool affine = c.num_inputs() == 3;
+      const bool relu = c.attr<std::string>("activation") == "relu";
       Value x = c.input(0), mean = c.output(1), rstd = c.output(2);
       Value dx, dscale, dshift;
       if (c.has_grad_output(0)) {
-        std::vector<Value> inputs{x, mean, rstd, c.grad_output(0)};
+        // relu's gradient first (y > 0 exactly where its input is > 0), as matmul_bias's.
+        Value dy = c.grad_output(0);
+        if (relu)
+          dy = where(greater(c.output(0), c.graph().scalar(0, dy.dtype())), dy,
+                     c.graph().scalar(0, dy.dtype()));
+        std::vector<Value> inputs{x, mean, rstd, dy};
         if (affine) inputs.push_back(c.input(1));
         std::vector<Value> grads = c.graph().add_node(
             "normalize_backward", inputs,
@@ -267,8 +281,9 @@ KILN_OP(normalize)
       if (c.has_grad_output(1) && c.attr<bool>("center"))
         accumulate(broadcast_like(spread(c.grad_output(1) * inv_count, x, axes), x));
       if (c.has_grad_output(2)) {
-        // y is xhat only without the affine step.
-        Value xhat = affine ? (x - spread(mean, x, axes)) * spread(rstd, x, axes) : c.output(0);
+        // y is xhat only without the affine step and the activation.
+        Value xhat =
+            affine || relu ? (x - spread(mean, x, axes)) * spread(rstd, x, axes) : c.output(0);
         Value scale = -(c.grad_output(2) * rstd * rstd * inv_count);
         accumulate(spread(scale, x, axes) * xhat);
       }

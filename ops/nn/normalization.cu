@@ -30,7 +30,7 @@ __device__ int64_t at(const NormLayout& l, int64_t k, int64_t m) {
 
 template <typename T>
 __global__ void normalize_kernel(const T* x, const T* scale, const T* shift, T* y, T* mean_out,
-                                 T* rstd_out, NormLayout l, bool center, double eps) {
+                                 T* rstd_out, NormLayout l, bool center, double eps, bool relu) {
   const int64_t k = blockIdx.x, count = l.outer * l.inner;
   double sum = 0;
   if (center)
@@ -51,7 +51,9 @@ __global__ void normalize_kernel(const T* x, const T* scale, const T* shift, T* 
   const C t = shift ? static_cast<C>(shift[k]) : C(0);
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
-    y[i] = static_cast<T>((static_cast<C>(x[i]) - m_t) * rs + t);
+    const T v = static_cast<T>((static_cast<C>(x[i]) - m_t) * rs + t);
+    // activation "relu": relu's rule on the stored value (NaN and -0 pass through).
+    y[i] = relu && static_cast<C>(v) < C(0) ? static_cast<T>(C(0)) : v;
   }
   if (threadIdx.x == 0) {
     mean_out[k] = static_cast<T>(mean);
@@ -96,13 +98,14 @@ void normalize_cuda(KernelContext& ctx) {
   const bool center = ctx.attr<bool>("center");
   const double eps = ctx.attr<double>("eps");
   const bool affine = ctx.num_inputs() == 3;
+  const bool relu = ctx.attr<std::string>("activation") == "relu";
   dispatch_cuda_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     normalize_kernel<T><<<static_cast<unsigned>(l.kept), kThreads, 0, stream_of(ctx)>>>(
         x.data<T>(), affine ? ctx.input(1).data<T>() : nullptr,
         affine ? ctx.input(2).data<T>() : nullptr, static_cast<T*>(ctx.output(0).raw_data()),
         static_cast<T*>(ctx.output(1).raw_data()), static_cast<T*>(ctx.output(2).raw_data()), l,
-        center, eps);
+        center, eps, relu);
   });
   check_launch(ctx);
 }

@@ -5,7 +5,11 @@
 // in). relu's gradient reads relu's output, so in training graphs the relu joins too; only a
 // pre-activation with another reader keeps its relu apart. GELU is not folded: cuBLASLt's GELU
 // epilogue is the tanh approximation, Kiln's gelu is exact. A convolution's per-channel bias joins
-// it the same way.
+// it the same way, and a relu that alone reads a normalization's y joins the normalize op.
+#include <optional>
+#include <unordered_set>
+#include <utility>
+
 #include "kiln/runtime/passes/passes.h"
 
 namespace kiln {
@@ -76,6 +80,33 @@ bool fold_update_into_product(Graph& graph, int32_t id, const SoleReader& sole_r
   return true;
 }
 
+// relu(y) with y = normalize(...) read by nothing else (batch norm then ReLU, as in every conv
+// block) becomes normalize(..., activation relu): the kernel applies relu as it writes y, and the
+// relu's pass over y goes. relu's gradient reads relu's output, which is then y itself, so
+// training graphs fold too. Returns the relu's output and the normalize's y to put in its place,
+// or nothing.
+template <typename Consumers>
+std::optional<std::pair<OutputRef, OutputRef>> fold_relu_into_normalize(
+    Graph& graph, int32_t id, const Consumers& consumers,
+    const std::unordered_set<OutputRef, OutputRefHash>& kept) {
+  const Node& relu = graph.node(id);
+  if (relu.op_name() != "relu" || relu.inputs().size() != 1) return std::nullopt;
+  const OutputRef y = relu.inputs()[0];
+  const Node& norm = graph.node(y.node);
+  if (norm.op_name() != "normalize" || y.index != 0 ||
+      norm.attr<std::string>("activation") != "none" || kept.count(y) ||
+      !(relu.outputs()[0] == norm.outputs()[0]))
+    return std::nullopt;
+  for (const auto& [reader, slot] : consumers[y.node])
+    if (graph.node(reader).inputs()[slot] == y && reader != id) return std::nullopt;
+  AttrMap attrs = norm.attrs();
+  attrs["activation"] = std::string("relu");
+  std::vector<Value> inputs;
+  for (const OutputRef& in : norm.inputs()) inputs.push_back(graph.value(in));
+  graph.rewrite_node(y.node, "normalize", inputs, attrs);
+  return std::make_pair(OutputRef{id, 0}, y);
+}
+
 class MatmulEpilogue final : public Pass {
  public:
   explicit MatmulEpilogue(DeviceKind device) : device_(device) {}
@@ -84,9 +115,13 @@ class MatmulEpilogue final : public Pass {
   bool run(Graph& graph) override {
     const auto consumers = graph.consumers();
     std::vector<char> kept(graph.num_nodes(), 0);
+    std::unordered_set<OutputRef, OutputRefHash> kept_values;
     for (const auto& [name, sig] : graph.signatures())
       for (const auto* list : {&sig.outputs, &sig.targets})
-        for (const Value& v : *list) kept[v.node_id()] = 1;
+        for (const Value& v : *list) {
+          kept[v.node_id()] = 1;
+          kept_values.insert(v.ref());
+        }
     // The one reader of node id's only output, or -1.
     auto sole_reader = [&](int32_t id) -> int32_t {
       if (kept[id] || consumers[id].size() != 1) return -1;
@@ -94,7 +129,12 @@ class MatmulEpilogue final : public Pass {
     };
     bool changed = false;
     std::vector<char> done(graph.num_nodes(), 0);
+    std::unordered_map<OutputRef, OutputRef, OutputRefHash> replace;
     for (int32_t id = 0; id < graph.num_nodes(); ++id) {
+      if (auto folded = fold_relu_into_normalize(graph, id, consumers, kept_values)) {
+        replace.insert(*folded);
+        continue;
+      }
       // The product updates have CPU kernels only: on a GPU the update stays one kernel after
       // cuBLAS's product.
       if (device_ == DeviceKind::cpu && fold_update_into_product(graph, id, sole_reader)) {
@@ -137,6 +177,10 @@ class MatmulEpilogue final : public Pass {
         done[id] = 1;
         changed = true;
       }
+    }
+    if (!replace.empty()) {
+      graph.replace_uses(replace);
+      changed = true;
     }
     if (changed) graph.remove_unreachable();
     return changed;

@@ -266,6 +266,21 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
              normalize(x, {0, 2, 3}, 1e-5, true, c.input({3}, 0.5, 2), c.input({3}, -1, 1));
          return out.y + expand_dims(out.mean * 0.5 + out.rstd * 0.25, {0, 2, 3});
        }});
+  // activation relu (the matmul_epilogue pass folds batch norm's relu in); the 40 random values
+  // leave none within the finite-difference step (1e-6) of relu's kink.
+  for (bool affine : {true, false})
+    add({"normalize", affine ? "normalize_batch_affine_relu" : "normalize_batch_relu",
+         [affine](CaseGraph& c) {
+           Value x = c.input({4, 3, 2, 5}, -2, 3);
+           std::vector<Value> inputs{x};
+           if (affine) inputs.insert(inputs.end(), {c.input({3}, 0.5, 2), c.input({3}, -1, 1)});
+           std::vector<Value> out = c.g.add_node("normalize", inputs,
+                                                 {{"axes", std::vector<int64_t>{0, 2, 3}},
+                                                  {"eps", 1e-5},
+                                                  {"center", true},
+                                                  {"activation", std::string("relu")}});
+           return out[0] + expand_dims(out[1] * 0.5 + out[2] * 0.25, {0, 2, 3});
+         }});
   add({.op = "normalize_backward",
        .name = "normalize_backward_affine",
        .build =

@@ -80,6 +80,8 @@ def normalize(x, attrs, scale=None, shift=None):
         for axis in sorted(axes):
             scale, shift = scale.unsqueeze(axis), shift.unsqueeze(axis)
         y = y * scale + shift
+    if attrs.get("activation") == "relu":
+        y = torch.relu(y)
     return y, kept(mean), kept(rstd)
 
 

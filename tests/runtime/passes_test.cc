@@ -285,6 +285,66 @@ TEST(Passes, ConvolutionBiasJoinsTheConvolution) {
   }
 }
 
+// A relu that alone reads batch norm's y joins the normalize op (forward and, through relu's
+// gradient, which reads relu's output, the training graph): the same bits, on affine and plain
+// normalizations, with NaN, infinities and signed zeros in x. A y with another reader keeps its
+// relu.
+TEST(Passes, ReluJoinsTheNormalizationItAloneReads) {
+  for (bool affine : {true, false}) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {4, 3, 5, 6});
+    Value scale = g.placeholder("scale", f32, {3});
+    Value shift = g.placeholder("shift", f32, {3});
+    Normalized n =
+        affine ? normalize(x, {0, 2, 3}, 1e-5, true, scale, shift) : normalize(x, {0, 2, 3});
+    Value pooled = max_pool2d(relu(n.y), {.kernel_size = {2, 2}});
+    Value dy = g.placeholder("dy", f32, pooled.shape());
+    std::vector<Value> wrt = {x};
+    if (affine) wrt.insert(wrt.end(), {scale, shift});
+    std::vector<Value> grads = gradients(sum(pooled * dy), wrt);
+    std::vector<Value> fetch = {pooled};
+    fetch.insert(fetch.end(), grads.begin(), grads.end());
+    std::vector<float> values(4 * 3 * 5 * 6);
+    const float specials[] = {0.0f, -0.0f, NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < values.size(); ++i)
+      values[i] = static_cast<float>((i * 7919) % 200) / 100.0f - 1.2f;
+    FeedList feeds = {{x, Tensor::from_vector<float>(values, {4, 3, 5, 6})},
+                      {scale, testing::random_tensor(f32, {3}, 0.5, 2, 2)},
+                      {shift, testing::random_tensor(f32, {3}, -1, 1, 3)},
+                      {dy, testing::random_tensor(f32, pooled.shape(), -1, 1, 4)}};
+    SessionOptions both = only(&PassOptions::matmul_epilogue);
+    both.passes.algebraic_simplification = true;  // relu's gradient into the pool's first
+    Session off(g, only(nullptr)), on(g, both);
+    const Plan& folded = on.plan(feeds, fetch);
+    EXPECT_EQ(ops_of(folded)["relu"], 0) << affine;
+    int with_relu = 0;
+    for (int32_t id = 0; id < folded.graph->num_nodes(); ++id) {
+      const Node& node = folded.graph->node(id);
+      if (node.op_name() == "normalize")
+        with_relu += node.attr<std::string>("activation") == "relu";
+    }
+    EXPECT_EQ(with_relu, 1) << affine;
+    std::vector<Tensor> want = off.run(feeds, fetch), got = on.run(feeds, fetch);
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_TRUE(equal_bits(want[i], got[i])) << "affine " << affine << ", output " << i;
+    // Special values (one channel's statistics turn NaN): still the same bits.
+    for (size_t i = 0; i < values.size(); i += 17) values[i] = specials[(i / 17) % 5];
+    feeds[0].second = Tensor::from_vector<float>(values, {4, 3, 5, 6});
+    want = off.run(feeds, fetch);
+    got = on.run(feeds, fetch);
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_TRUE(equal_bits(want[i], got[i])) << "special, affine " << affine << ", output " << i;
+  }
+  // y read by the relu and by something else: the relu stays.
+  Graph g;
+  Value x = g.placeholder("x", f32, {4, 3, 5, 6});
+  Value y = normalize(x, {0, 2, 3}).y;
+  Value z = relu(y) + y;
+  FeedList feeds = {{x, testing::random_tensor(f32, {4, 3, 5, 6}, -1, 1, 5)}};
+  Session on(g, only(&PassOptions::matmul_epilogue));
+  EXPECT_EQ(ops_of(on.plan(feeds, {z}))["relu"], 1);
+}
+
 TEST(Passes, ElementwiseFusionMakesOneKernel) {
   Graph g;
   Value x = g.placeholder("x", f32, {64, 32});
