@@ -5,8 +5,8 @@
 //   no center: mean = 0,          rstd = 1 / sqrt(sum x^2 / M + eps),  y = x rstd  (RMS norm)
 // With the optional inputs scale and shift (both, shaped like the statistics: batch norm's
 // per-channel weight and bias), y = xhat scale[k] + shift[k] in the same pass. With the
-// attribute activation "relu" (the matmul_epilogue pass folds a relu that alone reads y on the
-// CPU), y = relu(that), relu's own rule: NaN stays NaN, -0 stays -0.
+// attribute activation "relu" (the matmul_epilogue pass folds in a relu that alone reads y, on
+// every device), y = relu(that), relu's own rule: NaN stays NaN, -0 stays -0.
 // Outputs y (like x), mean and rstd (shaped like the kept dims). The kept dims must be
 // adjacent, so x is [A, K, B] with the normalized elements at (a, k, b) for every a and b:
 // batch norm over (N, H, W) of [N, C, H, W] is A = N, K = C, B = H W; layer norm over the last
