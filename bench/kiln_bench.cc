@@ -3,8 +3,8 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, peak_flops (the processor's measured f32 FMA peak, for the matmul's share).
-// Flags: --no-fusion, --no-passes (the graph passes a Session runs).
+// transformer_step, attention_step, peak_flops (the processor's measured f32 FMA peak, for the
+// matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
 
@@ -105,6 +105,20 @@ double transformer_step(const SessionOptions& options) {
   Session s(g, options);
   Tensor xb = ramp({16, 128, 256});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
+}
+
+// The transformer step's attention alone, forward and backward: causal, [16, 128, 4, 64] in
+// layout bthd (the heads of the block's projections), the gradients of sum(out * dout).
+double attention_step(const SessionOptions& options) {
+  Graph g;
+  const Shape shape{16, 128, 4, 64};
+  Value q = g.placeholder("q", f32, shape), k = g.placeholder("k", f32, shape);
+  Value v = g.placeholder("v", f32, shape), dout = g.placeholder("dout", f32, shape);
+  Value out = scaled_dot_product_attention(q, k, v, {.causal = true, .layout = "bthd"});
+  const std::vector<Value> grads = gradients(sum(mul(out, dout)), {q, k, v});
+  Session s(g, options);
+  Tensor qb = ramp(shape), kb = ramp(shape), vb = ramp(shape), db = ramp(shape);
+  return time_it([&] { s.run({{q, qb}, {k, kb}, {v, vb}, {dout, db}}, grads); }, 3, 50);
 }
 
 long peak_rss_kib() {
@@ -246,6 +260,8 @@ int main(int argc, char** argv) {
                 gflops, lanes, threads);
   } else if (name == "cnn_step") {
     std::printf("cnn_step %.9f\n", cnn_step(options));
+  } else if (name == "attention_step") {
+    std::printf("attention_step %.9f\n", attention_step(options));
   } else if (name == "transformer_step") {
     std::printf("transformer_step %.9f\n", transformer_step(options));
   } else {

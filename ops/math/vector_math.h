@@ -139,6 +139,21 @@ T max_of(const T* x, int64_t n) {
   return m;
 }
 
+/// The sum of a[j] b[j] over [0, n), added in 16 lanes (so the loop vectorizes) and then
+/// across them.
+template <typename T>
+T dot_of(const T* a, const T* b, int64_t n) {
+  constexpr int kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += a[j + l] * b[j + l];
+  T sum = 0;
+  for (; j < n; ++j) sum += a[j] * b[j];
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
 /// x[j] = e^(scale x[j] - shift) for j in [0, n); returns the sum of the new values, added in
 /// 16 lanes (so the loop vectorizes) and then across them.
 template <typename T>

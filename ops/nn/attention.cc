@@ -200,6 +200,9 @@ void attention_typed(KernelContext& ctx) {
   const bool* mask = has_mask ? ctx.input(3).data<bool>() : nullptr;
   T* out = ctx.output(0).data<T>();
   T* lse = ctx.output(1).data<T>();
+  if constexpr (std::is_same_v<T, float>)
+    if (attention_tiles_available())
+      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, mask, out, lse);
   const int64_t block = query_block(causal);
   const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
@@ -268,6 +271,10 @@ void attention_backward_typed(KernelContext& ctx) {
   T* dq = ctx.output(0).data<T>();
   T* dk = ctx.output(1).data<T>();
   T* dv = ctx.output(2).data<T>();
+  if constexpr (std::is_same_v<T, float>)
+    if (attention_tiles_available())
+      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, mask, dq, dk,
+                                      dv);
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
   // Row strides: of q, k and their gradients; of v, out, dout and dv.
@@ -311,8 +318,7 @@ void attention_backward_typed(KernelContext& ctx) {
             gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, ldv, dvh, ldv, T(1));
             gemm(false, true, rows, kv, dvd, dout_blk, ldv, vh, ldv, dp.data(), keys);
             for (int r = 0; r < rows; ++r) {
-              T delta = 0;  // D = dout . out
-              for (int c = 0; c < dvd; ++c) delta += dout_blk[r * ldv + c] * out_blk[r * ldv + c];
+              const T delta = dot_of(dout_blk + r * ldv, out_blk + r * ldv, dvd);  // dout . out
               const T* pr = p.data() + r * a.keys;
               T* dpr = dp.data() + r * a.keys;
               for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds

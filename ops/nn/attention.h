@@ -7,6 +7,10 @@
 #include "kiln/framework/dtype.h"
 #include "kiln/framework/shape.h"
 
+namespace kiln {
+class KernelContext;
+}
+
 namespace kiln::ops {
 
 struct AttentionShape {
@@ -35,5 +39,21 @@ bool attention_layout_is_bthd(const std::string& layout);
 /// `where` when the mask, known only now, does not broadcast to the scores [B, H, Tq, Tk].
 AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, const Shape* mask,
                                const std::string& layout, const std::string& where);
+
+/// Whether this build has the f32 CPU kernels on register-blocked tiles (attention_tiled.cc:
+/// AVX-512); the others run attention's products through the gemm path.
+bool attention_tiles_available();
+
+/// attention in f32 on the CPU through register-blocked tiles: out and lse (see attention.cc)
+/// for problem `a`, with `scale` resolved. Only where attention_tiles_available().
+void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+                             const float* q, const float* k, const float* v, const bool* mask,
+                             float* out, float* lse);
+
+/// attention_backward in f32 on the CPU through register-blocked tiles: dq, dk, dv.
+void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+                              const float* q, const float* k, const float* v, const float* out,
+                              const float* lse, const float* dout, const bool* mask, float* dq,
+                              float* dk, float* dv);
 
 }  // namespace kiln::ops

@@ -423,6 +423,31 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
                  q, k, v, {.mask = c.g.constant(mask), .causal = true, .layout = "bthd"});
            },
        .reference = attention_reference(true, valid_keys, true)});
+  // Sizes where the f32 kernel's tiles all take part (attention_tiled.cc): depth and keys past
+  // 16 (transposes in whole 16 x 16 blocks and at the edges), keys past 64 (two column blocks
+  // of a tile), queries past one backward chunk (36), and rows of every tile height. Too large
+  // for finite differences; the f32 kernels' gradients are held against the f64 ones
+  // (OpCases.SecondF32KernelsMatchTheF64Kernels) and PyTorch's.
+  add({.op = "attention",
+       .name = "attention_tiles",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 2, 45, 19}), k = c.input({1, 2, 83, 19}),
+                   v = c.input({1, 2, 83, 18});
+             return scaled_dot_product_attention(q, k, v);
+           },
+       .fd_step = 0,
+       .reference = attention_reference(false, {})});
+  add({.op = "attention",
+       .name = "attention_tiles_causal_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 50, 2, 32}), k = c.input({2, 70, 2, 32}),
+                   v = c.input({2, 70, 2, 20});
+             return scaled_dot_product_attention(q, k, v, {.causal = true, .layout = "bthd"});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true)});
   add({.op = "attention_backward",
        .name = "attention_backward_bthd",
        .build =

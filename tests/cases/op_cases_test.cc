@@ -73,18 +73,21 @@ TEST(OpCases, EveryCaseRunsIn16BitsOnTheCpu) {
               failures.size());
 }
 
-// The f32 CPU kernels that are a second implementation (oneDNN's convolutions; f64 runs
-// im2col + OpenBLAS) against f64 on the same f32 inputs, forward values and gradients, over
-// every convolution case (strides, padding, dilation, groups, odd batches).
-TEST(OpCases, OneDnnConvolutionsMatchTheF64Kernels) {
+// The f32 CPU kernels that are a second implementation against f64 on the same f32 inputs,
+// forward values and gradients: oneDNN's convolutions (f64 runs im2col + OpenBLAS) over every
+// convolution case (strides, padding, dilation, groups, odd batches), and attention's
+// register-blocked tiles (f64 runs the gemm path) over every attention case.
+TEST(OpCases, SecondF32KernelsMatchTheF64Kernels) {
   int checked = 0;
   std::vector<std::string> failures;
   for (const OpCase& oc : op_cases()) {
-    if (oc.op.rfind("conv2d", 0) != 0) continue;
+    if (oc.op.rfind("conv2d", 0) != 0 && oc.op.rfind("attention", 0) != 0) continue;
     const uint32_t seed = case_seed(oc.name);
     CaseGraph f32_case(f32, f32, seed), f64_case(f64, f32, seed);
-    const std::vector<Tensor> got = run_case(f32_case, oc.build(f32_case), Device::cpu(), true);
-    const std::vector<Tensor> want = run_case(f64_case, oc.build(f64_case), Device::cpu(), true);
+    const std::vector<Tensor> got =
+        run_case(f32_case, oc.build(f32_case), Device::cpu(), oc.gradients);
+    const std::vector<Tensor> want =
+        run_case(f64_case, oc.build(f64_case), Device::cpu(), oc.gradients);
     ASSERT_EQ(got.size(), want.size()) << oc.name;
     for (size_t k = 0; k < got.size(); ++k) {
       const std::string problem = compare_relative(got[k], want[k], f32);
@@ -94,7 +97,7 @@ TEST(OpCases, OneDnnConvolutionsMatchTheF64Kernels) {
     }
   }
   for (const std::string& f : failures) ADD_FAILURE() << f;
-  EXPECT_GT(checked, 1000);
+  EXPECT_GT(checked, 10000);
 }
 
 // The threads this process has (Linux: one entry per thread in /proc/self/task).

@@ -1,0 +1,342 @@
+// attention and attention_backward in f32 on the CPU, on register-blocked tiles (small_gemm.h):
+// the math of attention.cc, with every product done where its operands sit in L1 or L2.
+//
+// One (b, h) per task. Its keys are packed once: K^T [D, Tk] (the scores' right operand, rows
+// of keys contiguous), K [Tk, D] and V [Tk, Dv] contiguous (the [B, T, H, D] layout puts a
+// head's rows 1 KiB apart, which crowds L1's sets), and for the backward V^T [Dv, Tk].
+// Query rows go in tiles of small_gemm::kRows. With causal masking, a tile's products stop at
+// its last row's last key, so only a 6-row sliver of the masked triangle is ever computed
+// (blocks of 64 rows through a library gemm computed half of each diagonal block).
+//
+// The backward takes query rows in chunks of kChunk: each tile of the chunk computes its own
+// p, ds and dq; the chunk then adds p^T dout to dv and ds^T q to dk (products of depth
+// kChunk). dk and dv are summed in packed per-task buffers and written out once.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/math/small_gemm.h"
+#include "kiln/ops/math/vector_math.h"
+#include "kiln/ops/nn/attention.h"
+
+namespace kiln::ops {
+
+#if defined(__AVX512F__)
+
+bool attention_tiles_available() {
+  return true;
+}
+
+namespace {
+
+constexpr int64_t kTile = small_gemm::kRows;
+constexpr int64_t kChunk = 36;  // query rows per chunk of the backward: 6 tiles
+constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+// rows x cols (row stride ld) into dst [rows, cols].
+void pack(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(src + i * ld, cols, dst + i * cols);
+}
+
+// A 16 x 16 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
+// rows interleaved (unpack), then 4 x 4 transposes within each 128-bit lane (shuffle), then
+// the lanes exchanged twice (shuffle_f32x4), as one transposes a 4 x 4 matrix of 4 x 4 blocks.
+void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  // The zero-masked forms with every lane kept: GCC 12 warns that the plain forms' undefined
+  // pass-through operand is uninitialized.
+  constexpr __mmask16 kAll = 0xFFFF;
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_ps(kAll, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_maskz_shuffle_ps(kAll, t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_maskz_shuffle_ps(kAll, t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_maskz_shuffle_ps(kAll, t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_maskz_shuffle_ps(kAll, t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 8; ++i) {
+    const int j = (i / 4) * 8 + i % 4;
+    t[j] = _mm512_maskz_shuffle_f32x4(kAll, r[j], r[j + 4], 0x88);
+    t[j + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[j], r[j + 4], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_ps(dst + i * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88));
+    _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD));
+  }
+}
+
+// rows x cols (row stride ld) transposed into dst [cols, rows] with row stride ldd: 16 x 16
+// blocks in registers, the edges element by element.
+void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst,
+                     int64_t ldd) {
+  constexpr int64_t kBlock = 16;
+  const int64_t full_rows = rows / kBlock * kBlock, full_cols = cols / kBlock * kBlock;
+  for (int64_t i0 = 0; i0 < full_rows; i0 += kBlock)
+    for (int64_t j0 = 0; j0 < full_cols; j0 += kBlock)
+      transpose_block(src + i0 * ld + j0, ld, dst + j0 * ldd + i0, ldd);
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t i = j < full_cols ? full_rows : 0; i < rows; ++i)
+      dst[j * ldd + i] = src[i * ld + j];
+}
+
+// The row stride of a packed transpose of `keys` columns: a multiple of 16 floats, and not of
+// 64 (rows a multiple of 256 bytes apart would crowd into a quarter of L1's sets or fewer).
+int64_t transposed_stride(int64_t keys) {
+  const int64_t padded = (keys + 15) / 16 * 16;
+  return padded % 64 == 0 ? padded + 16 : padded;
+}
+
+// The keys a tile of query rows [i0, i0 + rows) computes: all, or with causal masking up to its
+// last row's (key j only for query i >= j).
+int64_t tile_keys(const AttentionShape& a, int64_t i0, int64_t rows, bool causal) {
+  return causal ? std::min(a.keys, i0 + rows) : a.keys;
+}
+
+// The keys row i attends among a tile's `kv`: all, or with causal masking those up to i.
+int64_t row_keys_of(int64_t kv, int64_t i, bool causal) {
+  return causal ? std::min(kv, i + 1) : kv;
+}
+
+// Heads per task: enough tasks (16 or more where there are) for the pool to balance, and no
+// more, so that a task's heads follow one another: while one head is computed the next one's
+// rows are prefetched (prefetch_rows), a stream no hardware prefetcher follows when the rows of
+// a head are 1 KiB apart.
+int64_t heads_per_task(const AttentionShape& a) {
+  return std::clamp<int64_t>(a.batch * a.heads / 16, 1, a.heads);
+}
+
+// Rows [r0, r1) of a head (rows `ld` floats apart, `cols` floats each) towards L2.
+void prefetch_rows(const float* head, int64_t r0, int64_t r1, int64_t cols, int64_t ld) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = 0; c < cols; c += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(head + r * ld + c), _MM_HINT_T1);
+}
+
+// One input of a head for prefetch_share: its data, row length, row stride, and whether its rows
+// are keys (else queries).
+struct HeadInput {
+  const float* data;
+  int64_t cols, ld;
+  bool keys;
+};
+
+// Over the query tile [i0, i0 + rows) of a head: prefetches the same share of the next head's
+// rows of each input.
+void prefetch_share(const AttentionShape& a, int64_t next_bh, int64_t i0, int64_t rows,
+                    std::initializer_list<HeadInput> inputs) {
+  for (const HeadInput& in : inputs) {
+    const int64_t length = in.keys ? a.keys : a.queries;
+    const int64_t r0 = i0 * length / a.queries, r1 = (i0 + rows) * length / a.queries;
+    prefetch_rows(in.data + a.row_offset(next_bh, 0, length, in.cols), r0, r1, in.cols, in.ld);
+  }
+}
+
+// The row stride of score rows over `keys`: whole vectors of 16, which pad_row fills.
+int64_t score_stride(int64_t keys) {
+  return (keys + 15) / 16 * 16;
+}
+
+// Entries [n, n rounded up to 16) of a score row set to -inf (e^-inf = 0: keys past the row's),
+// so that its max and exponentials run in whole vectors; returns the rounded length.
+int64_t pad_row(float* row, int64_t n) {
+  const int64_t padded = (n + 15) / 16 * 16;
+  std::fill(row + n, row + padded, kMinusInf);
+  return padded;
+}
+
+// The packed keys of one (b, h), and the backward's sums and chunk buffers: one per pool
+// thread, kept between calls (freeing ~200 KiB per call made glibc trim its heap, and every
+// trim cost a TLB shootdown across the cores).
+struct HeadBuffers {
+  std::vector<float> kt, k, v, vt;    // K^T [D, Tk], K [Tk, D], V [Tk, Dv], V^T [Dv, Tk]
+  std::vector<float> dk_sum, dv_sum;  // [Tk, D], [Tk, Dv]
+  std::vector<float> p, ds;  // the forward's s [kTile, Tk]; the backward's p, ds of a chunk
+
+  static HeadBuffers& of_this_thread() {
+    thread_local HeadBuffers buffers;
+    return buffers;
+  }
+};
+
+// v sized to at least n (contents undefined).
+float* at_least(std::vector<float>& v, int64_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// Raw scores of query rows [i0, i0 + rows) (q at the head's first row, rows ldq apart) against
+// keys [0, kv): s [rows, kv] with row stride lds, -inf where the mask hides a key.
+void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const float* kt,
+                 int64_t ldkt, const bool* mask, int64_t bh, int64_t i0, int64_t rows, int64_t kv,
+                 float* s, int64_t lds) {
+  small_gemm::multiply(rows, kv, a.depth, qh + i0 * ldq, ldq, 1, kt, ldkt, s, lds, false);
+  if (mask == nullptr) return;
+  const int64_t b = bh / a.heads, h = bh % a.heads;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool* m =
+        mask + b * a.mask_strides[0] + h * a.mask_strides[1] + (i0 + r) * a.mask_strides[2];
+    float* row = s + r * lds;
+    for (int64_t j = 0; j < kv; ++j)
+      if (!m[j * a.mask_strides[3]]) row[j] = kMinusInf;
+  }
+}
+
+}  // namespace
+
+void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+                             const float* q, const float* k, const float* v, const bool* mask,
+                             float* out, float* lse) {
+  const int64_t ldq = a.row_stride(a.depth), ldv = a.row_stride(a.value_depth);
+  const int64_t group = heads_per_task(a), heads = a.batch * a.heads;
+  ctx.parallel_for(
+      (heads + group - 1) / group, group * a.queries * a.keys * (a.depth + a.value_depth) * 2,
+      [&](int64_t t0, int64_t t1) {
+        HeadBuffers& buffers = HeadBuffers::of_this_thread();
+        const int64_t ldkt = transposed_stride(a.keys);
+        float* kt = at_least(buffers.kt, a.depth * ldkt);
+        float* vp = at_least(buffers.v, a.keys * a.value_depth);
+        const int64_t lds = score_stride(a.keys);
+        float* s = at_least(buffers.p, kTile * lds);
+        float inverse_sums[kTile];
+        const int64_t bh1 = std::min(heads, t1 * group);
+        for (int64_t bh = t0 * group; bh < bh1; ++bh) {
+          const float* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
+          pack_transposed(k + a.row_offset(bh, 0, a.keys, a.depth), a.keys, a.depth, ldq, kt, ldkt);
+          pack(v + a.row_offset(bh, 0, a.keys, a.value_depth), a.keys, a.value_depth, ldv, vp);
+          for (int64_t i0 = 0; i0 < a.queries; i0 += kTile) {
+            const int64_t rows = std::min(kTile, a.queries - i0);
+            const int64_t kv = tile_keys(a, i0, rows, causal);
+            if (bh + 1 < bh1)
+              prefetch_share(a, bh + 1, i0, rows,
+                             {{q, a.depth, ldq, false},
+                              {k, a.depth, ldq, true},
+                              {v, a.value_depth, ldv, true}});
+            tile_scores(a, qh, ldq, kt, ldkt, mask, bh, i0, rows, kv, s, lds);
+            // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p.
+            for (int64_t r = 0; r < rows; ++r) {
+              float* row = s + r * lds;
+              const int64_t n = pad_row(row, row_keys_of(kv, i0 + r, causal));
+              const float m = max_of(row, n);
+              float* lse_at = lse + bh * a.queries + i0 + r;
+              if (m == kMinusInf) {  // nothing to attend: out 0
+                std::fill(row, row + kv, 0.0f);
+                inverse_sums[r] = 0;
+                *lse_at = m;
+                continue;
+              }
+              const float sum = exp_scaled_shifted(row, n, scale, scale * m);
+              if (n < kv) std::fill(row + n, row + kv, 0.0f);
+              inverse_sums[r] = 1 / sum;
+              *lse_at = scale * m + std::log(sum);
+            }
+            float* out_tile = out + a.row_offset(bh, i0, a.queries, a.value_depth);
+            small_gemm::multiply(rows, a.value_depth, kv, s, lds, 1, vp, a.value_depth, out_tile,
+                                 ldv, false);
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = 0; c < a.value_depth; ++c) out_tile[r * ldv + c] *= inverse_sums[r];
+          }
+        }
+      });
+}
+
+void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+                              const float* q, const float* k, const float* v, const float* out,
+                              const float* lse, const float* dout, const bool* mask, float* dq,
+                              float* dk, float* dv) {
+  const int64_t d = a.depth, dvd = a.value_depth, keys = a.keys;
+  const int64_t ldq = a.row_stride(d), ldv = a.row_stride(dvd);  // q, k, dq, dk; v, out, dout, dv
+  const int64_t group = heads_per_task(a), heads = a.batch * a.heads;
+  ctx.parallel_for(
+      (heads + group - 1) / group, group * a.queries * keys * (d + dvd) * 4,
+      [&](int64_t t0, int64_t t1) {
+        HeadBuffers& buffers = HeadBuffers::of_this_thread();
+        const int64_t ldkt = transposed_stride(keys);  // of K^T and V^T
+        float* kt = at_least(buffers.kt, d * ldkt);
+        float* kp = at_least(buffers.k, keys * d);
+        float* vt = at_least(buffers.vt, dvd * ldkt);
+        float* dk_sum = at_least(buffers.dk_sum, keys * d);
+        float* dv_sum = at_least(buffers.dv_sum, keys * dvd);
+        const int64_t lds = score_stride(keys);  // of p and ds
+        float* p = at_least(buffers.p, kChunk * lds);
+        float* ds = at_least(buffers.ds, kChunk * lds);
+        const int64_t bh1 = std::min(heads, t1 * group);
+        for (int64_t bh = t0 * group; bh < bh1; ++bh) {
+          const float* qh = q + a.row_offset(bh, 0, a.queries, d);
+          const float* kh = k + a.row_offset(bh, 0, keys, d);
+          const float* outh = out + a.row_offset(bh, 0, a.queries, dvd);
+          const float* douth = dout + a.row_offset(bh, 0, a.queries, dvd);
+          float* dqh = dq + a.row_offset(bh, 0, a.queries, d);
+          pack_transposed(kh, keys, d, ldq, kt, ldkt);
+          pack(kh, keys, d, ldq, kp);
+          pack_transposed(v + a.row_offset(bh, 0, keys, dvd), keys, dvd, ldv, vt, ldkt);
+          std::fill_n(dk_sum, keys * d, 0.0f);
+          std::fill_n(dv_sum, keys * dvd, 0.0f);
+          for (int64_t c0 = 0; c0 < a.queries; c0 += kChunk) {
+            const int64_t chunk_rows = std::min(kChunk, a.queries - c0);
+            const int64_t chunk_keys = tile_keys(a, c0, chunk_rows, causal);
+            for (int64_t i0 = c0; i0 < c0 + chunk_rows; i0 += kTile) {
+              const int64_t rows = std::min(kTile, c0 + chunk_rows - i0);
+              const int64_t kv = tile_keys(a, i0, rows, causal);
+              if (bh + 1 < bh1)
+                prefetch_share(a, bh + 1, i0, rows,
+                               {{q, d, ldq, false},
+                                {out, dvd, ldv, false},
+                                {dout, dvd, ldv, false},
+                                {k, d, ldq, true},
+                                {v, dvd, ldv, true}});
+              float* pt = p + (i0 - c0) * lds;
+              float* dst = ds + (i0 - c0) * lds;
+              tile_scores(a, qh, ldq, kt, ldkt, mask, bh, i0, rows, kv, pt, lds);
+              for (int64_t r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
+                const float l = lse[bh * a.queries + i0 + r];
+                float* row = pt + r * lds;
+                const int64_t n =
+                    pad_row(row, l == kMinusInf ? 0 : row_keys_of(kv, i0 + r, causal));
+                exp_scaled_shifted(row, n, scale, l);
+                if (n < chunk_keys) std::fill(row + n, row + chunk_keys, 0.0f);
+              }
+              // dp = dout v^T over the tile's keys, then ds = p (dp - D) scale in its place,
+              // with D = dout . out.
+              small_gemm::multiply(rows, kv, dvd, douth + i0 * ldv, ldv, 1, vt, ldkt, dst, lds,
+                                   false);
+              for (int64_t r = 0; r < rows; ++r) {
+                const float* dout_row = douth + (i0 + r) * ldv;
+                const float* out_row = outh + (i0 + r) * ldv;
+                const float delta = dot_of(dout_row, out_row, dvd);
+                const float* pr = pt + r * lds;
+                float* dsr = dst + r * lds;
+                for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
+                std::fill(dsr + kv, dsr + chunk_keys, 0.0f);
+              }
+              small_gemm::multiply(rows, d, kv, dst, lds, 1, kp, d, dqh + i0 * ldq, ldq, false);
+            }
+            // Over the chunk's keys: dv += p^T dout;  dk += ds^T q
+            small_gemm::multiply(chunk_keys, dvd, chunk_rows, p, 1, lds, douth + c0 * ldv, ldv,
+                                 dv_sum, dvd, true);
+            small_gemm::multiply(chunk_keys, d, chunk_rows, ds, 1, lds, qh + c0 * ldq, ldq, dk_sum,
+                                 d, true);
+          }
+          float* dkh = dk + a.row_offset(bh, 0, keys, d);
+          float* dvh = dv + a.row_offset(bh, 0, keys, dvd);
+          for (int64_t j = 0; j < keys; ++j) {
+            std::copy_n(dk_sum + j * d, d, dkh + j * ldq);
+            std::copy_n(dv_sum + j * dvd, dvd, dvh + j * ldv);
+          }
+        }
+      });
+}
+
+#else
+
+bool attention_tiles_available() {
+  return false;
+}
+
+#endif  // __AVX512F__
+
+}  // namespace kiln::ops
