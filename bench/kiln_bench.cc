@@ -4,7 +4,8 @@
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, attention_step, peak_flops (the processor's measured f32 FMA peak, for the
-// matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs).
+// matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs),
+// --inter N (SessionOptions::inter_op_threads), --trace FILE (a Chrome trace of the runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
 
@@ -201,6 +202,7 @@ int main(int argc, char** argv) {
     if (flag == "--no-fusion") options.passes.elementwise_fusion = false;
     if (flag == "--no-passes") options.passes = {false, false, false, false, false, false};
     if (flag == "--trace" && i + 1 < argc) options.trace_path = argv[i + 1];  // Chrome trace
+    if (flag == "--inter" && i + 1 < argc) options.inter_op_threads = std::atoi(argv[i + 1]);
   }
   if (name == "chain_unfused") options.passes.elementwise_fusion = false;
 
