@@ -107,7 +107,7 @@ int64_t row_keys_of(int64_t kv, int64_t i, bool causal) {
 // rows are prefetched (prefetch_rows), a stream no hardware prefetcher follows when the rows of
 // a head are 1 KiB apart.
 int64_t heads_per_task(const AttentionShape& a) {
-  return std::clamp<int64_t>(a.batch * a.heads / 16, 1, a.heads);
+  return std::max<int64_t>(1, std::min(a.batch * a.heads / 16, a.heads));
 }
 
 // Rows [r0, r1) of a head (rows `ld` floats apart, `cols` floats each) towards L2.

@@ -228,6 +228,36 @@ TEST(NnFunctional, AttentionErrorsNameTheShapes) {
                       {"[attention]", "the mask [2, 1, 1, 6] does not broadcast", "[2, 3, 5, 7]"});
 }
 
+// Empty problems: no keys (every row attends to nothing: out 0, logsumexp -inf, gradients 0),
+// no heads, no queries; the f32 kernel (tiles with AVX-512) and f64 (the gemm path) alike.
+TEST(NnFunctional, AttentionOverEmptyDimsIsEmptyOrZero) {
+  for (DType dtype : {f32, f64}) {
+    SCOPED_TRACE(str(dtype));
+    for (const auto& [q_shape, kv_length] :
+         {std::pair{Shape{2, 3, 4, 5}, int64_t{0}}, std::pair{Shape{2, 0, 4, 5}, int64_t{6}},
+          std::pair{Shape{0, 3, 4, 5}, int64_t{6}}, std::pair{Shape{2, 3, 0, 5}, int64_t{6}}}) {
+      Graph g;
+      const Shape k_shape{q_shape[0], q_shape[1], kv_length, 5};
+      const Shape v_shape{q_shape[0], q_shape[1], kv_length, 3};
+      Value q = g.placeholder("q", dtype, q_shape), k = g.placeholder("k", dtype, k_shape);
+      Value v = g.placeholder("v", dtype, v_shape);
+      std::vector<Value> out = g.add_node("attention", {q, k, v}, {{"causal", true}});
+      std::vector<Value> grads = gradients(sum(out[0]) + sum(q), {q, k, v});
+      Session s(g);
+      std::vector<Tensor> r = s.run({{q, Tensor::full(dtype, q_shape, 0.5)},
+                                     {k, Tensor::full(dtype, k_shape, 0.5)},
+                                     {v, Tensor::full(dtype, v_shape, 0.5)}},
+                                    {out[0], out[1], grads[0], grads[1], grads[2]});
+      EXPECT_EQ(r[0].shape(), (Shape{q_shape[0], q_shape[1], q_shape[2], 3}));
+      for (int64_t e = 0; e < r[0].numel(); ++e) EXPECT_EQ(r[0].element(e), 0.0);
+      for (int64_t e = 0; e < r[1].numel(); ++e) EXPECT_EQ(r[1].element(e), -INFINITY);
+      for (int64_t e = 0; e < r[2].numel(); ++e) EXPECT_EQ(r[2].element(e), 1.0);  // sum(q)
+      EXPECT_EQ(r[3].shape(), k_shape);
+      EXPECT_EQ(r[4].shape(), v_shape);
+    }
+  }
+}
+
 // A query row whose keys are all masked attends to nothing: its output is 0, its logsumexp
 // -inf, and no NaN reaches any gradient; the other rows are a softmax over their visible keys.
 TEST(NnFunctional, AttentionRowWithNothingToAttendIsZero) {
