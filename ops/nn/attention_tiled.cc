@@ -84,10 +84,15 @@ void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, f
       dst[j * ldd + i] = src[i * ld + j];
 }
 
+// n rounded up to whole vectors of 16 floats.
+int64_t whole_vectors(int64_t n) {
+  return (n + 15) / 16 * 16;
+}
+
 // The row stride of a packed transpose of `keys` columns: a multiple of 16 floats, and not of
 // 64 (rows a multiple of 256 bytes apart would crowd into a quarter of L1's sets or fewer).
 int64_t transposed_stride(int64_t keys) {
-  const int64_t padded = (keys + 15) / 16 * 16;
+  const int64_t padded = whole_vectors(keys);
   return padded % 64 == 0 ? padded + 16 : padded;
 }
 
@@ -102,49 +107,10 @@ int64_t row_keys_of(int64_t kv, int64_t i, bool causal) {
   return causal ? std::min(kv, i + 1) : kv;
 }
 
-// Heads per task: enough tasks (16 or more where there are) for the pool to balance, and no
-// more, so that a task's heads follow one another: while one head is computed the next one's
-// rows are prefetched (prefetch_rows), a stream no hardware prefetcher follows when the rows of
-// a head are 1 KiB apart.
-int64_t heads_per_task(const AttentionShape& a) {
-  return std::max<int64_t>(1, std::min(a.batch * a.heads / 16, a.heads));
-}
-
-// Rows [r0, r1) of a head (rows `ld` floats apart, `cols` floats each) towards L2.
-void prefetch_rows(const float* head, int64_t r0, int64_t r1, int64_t cols, int64_t ld) {
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = 0; c < cols; c += 16)
-      _mm_prefetch(reinterpret_cast<const char*>(head + r * ld + c), _MM_HINT_T1);
-}
-
-// One input of a head for prefetch_share: its data, row length, row stride, and whether its rows
-// are keys (else queries).
-struct HeadInput {
-  const float* data;
-  int64_t cols, ld;
-  bool keys;
-};
-
-// Over the query tile [i0, i0 + rows) of a head: prefetches the same share of the next head's
-// rows of each input.
-void prefetch_share(const AttentionShape& a, int64_t next_bh, int64_t i0, int64_t rows,
-                    std::initializer_list<HeadInput> inputs) {
-  for (const HeadInput& in : inputs) {
-    const int64_t length = in.keys ? a.keys : a.queries;
-    const int64_t r0 = i0 * length / a.queries, r1 = (i0 + rows) * length / a.queries;
-    prefetch_rows(in.data + a.row_offset(next_bh, 0, length, in.cols), r0, r1, in.cols, in.ld);
-  }
-}
-
-// The row stride of score rows over `keys`: whole vectors of 16, which pad_row fills.
-int64_t score_stride(int64_t keys) {
-  return (keys + 15) / 16 * 16;
-}
-
 // Entries [n, n rounded up to 16) of a score row set to -inf (e^-inf = 0: keys past the row's),
 // so that its max and exponentials run in whole vectors; returns the rounded length.
 int64_t pad_row(float* row, int64_t n) {
-  const int64_t padded = (n + 15) / 16 * 16;
+  const int64_t padded = whole_vectors(n);
   std::fill(row + n, row + padded, kMinusInf);
   return padded;
 }
@@ -192,30 +158,23 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
                              const float* q, const float* k, const float* v, const bool* mask,
                              float* out, float* lse) {
   const int64_t ldq = a.row_stride(a.depth), ldv = a.row_stride(a.value_depth);
-  const int64_t group = heads_per_task(a), heads = a.batch * a.heads;
   ctx.parallel_for(
-      (heads + group - 1) / group, group * a.queries * a.keys * (a.depth + a.value_depth) * 2,
+      a.batch * a.heads, a.queries * a.keys * (a.depth + a.value_depth) * 2,
       [&](int64_t t0, int64_t t1) {
         HeadBuffers& buffers = HeadBuffers::of_this_thread();
         const int64_t ldkt = transposed_stride(a.keys);
         float* kt = at_least(buffers.kt, a.depth * ldkt);
         float* vp = at_least(buffers.v, a.keys * a.value_depth);
-        const int64_t lds = score_stride(a.keys);
+        const int64_t lds = whole_vectors(a.keys);
         float* s = at_least(buffers.p, kTile * lds);
         float inverse_sums[kTile];
-        const int64_t bh1 = std::min(heads, t1 * group);
-        for (int64_t bh = t0 * group; bh < bh1; ++bh) {
+        for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
           pack_transposed(k + a.row_offset(bh, 0, a.keys, a.depth), a.keys, a.depth, ldq, kt, ldkt);
           pack(v + a.row_offset(bh, 0, a.keys, a.value_depth), a.keys, a.value_depth, ldv, vp);
           for (int64_t i0 = 0; i0 < a.queries; i0 += kTile) {
             const int64_t rows = std::min(kTile, a.queries - i0);
             const int64_t kv = tile_keys(a, i0, rows, causal);
-            if (bh + 1 < bh1)
-              prefetch_share(a, bh + 1, i0, rows,
-                             {{q, a.depth, ldq, false},
-                              {k, a.depth, ldq, true},
-                              {v, a.value_depth, ldv, true}});
             tile_scores(a, qh, ldq, kt, ldkt, mask, bh, i0, rows, kv, s, lds);
             // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p.
             for (int64_t r = 0; r < rows; ++r) {
@@ -250,10 +209,8 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
                               float* dk, float* dv) {
   const int64_t d = a.depth, dvd = a.value_depth, keys = a.keys;
   const int64_t ldq = a.row_stride(d), ldv = a.row_stride(dvd);  // q, k, dq, dk; v, out, dout, dv
-  const int64_t group = heads_per_task(a), heads = a.batch * a.heads;
   ctx.parallel_for(
-      (heads + group - 1) / group, group * a.queries * keys * (d + dvd) * 4,
-      [&](int64_t t0, int64_t t1) {
+      a.batch * a.heads, a.queries * keys * (d + dvd) * 4, [&](int64_t t0, int64_t t1) {
         HeadBuffers& buffers = HeadBuffers::of_this_thread();
         const int64_t ldkt = transposed_stride(keys);  // of K^T and V^T
         float* kt = at_least(buffers.kt, d * ldkt);
@@ -261,11 +218,10 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
         float* vt = at_least(buffers.vt, dvd * ldkt);
         float* dk_sum = at_least(buffers.dk_sum, keys * d);
         float* dv_sum = at_least(buffers.dv_sum, keys * dvd);
-        const int64_t lds = score_stride(keys);  // of p and ds
+        const int64_t lds = whole_vectors(keys);  // of p and ds
         float* p = at_least(buffers.p, kChunk * lds);
         float* ds = at_least(buffers.ds, kChunk * lds);
-        const int64_t bh1 = std::min(heads, t1 * group);
-        for (int64_t bh = t0 * group; bh < bh1; ++bh) {
+        for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, d);
           const float* kh = k + a.row_offset(bh, 0, keys, d);
           const float* outh = out + a.row_offset(bh, 0, a.queries, dvd);
@@ -282,13 +238,6 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
             for (int64_t i0 = c0; i0 < c0 + chunk_rows; i0 += kTile) {
               const int64_t rows = std::min(kTile, c0 + chunk_rows - i0);
               const int64_t kv = tile_keys(a, i0, rows, causal);
-              if (bh + 1 < bh1)
-                prefetch_share(a, bh + 1, i0, rows,
-                               {{q, d, ldq, false},
-                                {out, dvd, ldv, false},
-                                {dout, dvd, ldv, false},
-                                {k, d, ldq, true},
-                                {v, dvd, ldv, true}});
               float* pt = p + (i0 - c0) * lds;
               float* dst = ds + (i0 - c0) * lds;
               tile_scores(a, qh, ldq, kt, ldkt, mask, bh, i0, rows, kv, pt, lds);
