@@ -40,9 +40,10 @@ struct NoEpilogue {
 /// pointing at element (row0, col0) with rows `ld` apart. With `c` the blocks are written into C
 /// (row-major, [..., M, N]); with c == nullptr each is written into a scratch buffer of the
 /// calling thread, and the epilogue is the only reader of the product (the optimizer updates:
-/// the gradient is never stored whole). In f32 (oneDNN's sgemm) an element of C does not depend
-/// on how C is cut, so results are the same for any number of threads and with or without an
-/// epilogue; in f64 (OpenBLAS's dgemm) an element at a block's edge may round differently.
+/// the gradient is never stored whole). In f32 with oneDNN's AVX-512 sgemm an element of C does
+/// not depend on how C is cut, so results are the same for any number of threads and with or
+/// without an epilogue; its AVX2 sgemm, and OpenBLAS's dgemm (f64), may round an element of a
+/// block of another shape differently (the last bit).
 template <typename T, typename Epilogue = NoEpilogue>
 void blocked_product(const KernelContext& ctx, const Tensor& a, const Tensor& b, bool ta, bool tb,
                      const Shape& c_shape, T* c, const Epilogue& epilogue = {}) {

@@ -1,55 +1,126 @@
 // A register-blocked f32 product for small operands already in cache (attention's tiles), with
-// AVX-512: C (=, or +=) A B for C [m, n], A [m, k] read through any two strides, B [k, n] with
-// rows `ldb` apart. No packing and no call overhead: a library gemm spends more on those than
-// on the arithmetic of a 6 x 128 x 64 product.
+// AVX-512 or AVX2: C (=, or +=) A B for C [m, n], A [m, k] read through any two strides, B [k, n]
+// with rows `ldb` apart. No packing and no call overhead: a library gemm spends more on those
+// than on the arithmetic of a 6 x 128 x 64 product.
 //
-// The micro-kernel keeps a tile of up to 6 rows x 64 columns of C in 24 zmm registers and walks
-// k: per step it loads one row of B (4 vectors, the last masked to n) and broadcasts one element
-// of A per row, 24 FMAs for 4 loads and 6 broadcasts. C's tiles are visited column block by
-// column block, so one block of B (k x 64) serves every row tile while it sits in L1.
+// The micro-kernel keeps a tile of up to 6 rows x kColumns of C in registers (AVX-512: 6 x 64 in
+// 24 of the 32 zmm registers; AVX2: 6 x 16 in 12 of the 16 ymm, two left for B's row and one for
+// A's broadcast) and walks k: per step it loads one row of B (kVectors vectors, the last masked
+// to n) and broadcasts one element of A per row. C's tiles are visited column block by column
+// block, so one block of B (k x kColumns) serves every row tile while it sits in L1.
 //
 // Every C element is the sum over p in order 0..k-1 of a[i, p] b[p, j], one FMA per term (the
-// accumulated C first, when accumulating): the result does not depend on how m and n are tiled.
+// accumulated C first, when accumulating): the result does not depend on how m and n are tiled,
+// nor on the vector width.
 #pragma once
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+/// Defined where this build has small_gemm (x86-64 with AVX-512, or AVX2 and FMA).
+#define KILN_HAS_SMALL_GEMM 1
 #include <immintrin.h>
 
 #include <cstdint>
 
 namespace kiln::ops::small_gemm {
 
+/// The vector operations the micro-kernel uses, for the widest ISA of this build.
+struct Simd {
+#if defined(__AVX512F__)
+  using Vec = __m512;
+  using Mask = __mmask16;  // lanes [0, n) of a partial vector
+  static constexpr int kLanes = 16, kVectors = 4;
+  static Vec zero() {
+    return _mm512_setzero_ps();
+  }
+  static Vec load(const float* p) {
+    return _mm512_loadu_ps(p);
+  }
+  static Vec load_first(const float* p, Mask m) {
+    return _mm512_maskz_loadu_ps(m, p);
+  }
+  static void store(float* p, Vec v) {
+    _mm512_storeu_ps(p, v);
+  }
+  static void store_first(float* p, Mask m, Vec v) {
+    _mm512_mask_storeu_ps(p, m, v);
+  }
+  static Vec broadcast(float x) {
+    return _mm512_set1_ps(x);
+  }
+  static Vec fma(Vec a, Vec b, Vec c) {
+    return _mm512_fmadd_ps(a, b, c);
+  }
+  static Mask first(int64_t n) {
+    return static_cast<Mask>((1u << n) - 1);
+  }
+#else
+  using Vec = __m256;
+  using Mask = __m256i;  // lanes [0, n) all ones, the rest zero
+  static constexpr int kLanes = 8, kVectors = 2;
+  static Vec zero() {
+    return _mm256_setzero_ps();
+  }
+  static Vec load(const float* p) {
+    return _mm256_loadu_ps(p);
+  }
+  static Vec load_first(const float* p, Mask m) {
+    return _mm256_maskload_ps(p, m);
+  }
+  static void store(float* p, Vec v) {
+    _mm256_storeu_ps(p, v);
+  }
+  static void store_first(float* p, Mask m, Vec v) {
+    _mm256_maskstore_ps(p, m, v);
+  }
+  static Vec broadcast(float x) {
+    return _mm256_set1_ps(x);
+  }
+  static Vec fma(Vec a, Vec b, Vec c) {
+    return _mm256_fmadd_ps(a, b, c);
+  }
+  static Mask first(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+#endif
+};
+
 /// Rows and columns of C that one micro-kernel call computes (at most).
 constexpr int kRows = 6;
-constexpr int kVectors = 4;  // of 16 floats: 64 columns
+constexpr int kVectors = Simd::kVectors;
+constexpr int64_t kColumns = int64_t{Simd::kLanes} * kVectors;
 
 namespace detail {
 
-// C[0..MR) x [0..16 NV) (the last vector's lanes cut to `last`) from A (row stride rs,
+using Vec = Simd::Vec;
+using Mask = Simd::Mask;
+constexpr int kLanes = Simd::kLanes;
+
+// C[0..MR) x [0..kLanes NV) (the last vector's lanes cut to `last`) from A (row stride rs,
 // column stride cs) and B (row stride ldb).
 template <int MR, int NV>
 void tile(int64_t k, const float* a, int64_t rs, int64_t cs, const float* b, int64_t ldb, float* c,
-          int64_t ldc, __mmask16 last, bool accumulate) {
-  __m512 acc[MR][NV];
+          int64_t ldc, Mask last, bool accumulate) {
+  Vec acc[MR][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      acc[r][v] = !accumulate  ? _mm512_setzero_ps()
-                  : v + 1 < NV ? _mm512_loadu_ps(c + r * ldc + 16 * v)
-                               : _mm512_maskz_loadu_ps(last, c + r * ldc + 16 * v);
+      acc[r][v] = !accumulate  ? Simd::zero()
+                  : v + 1 < NV ? Simd::load(c + r * ldc + kLanes * v)
+                               : Simd::load_first(c + r * ldc + kLanes * v, last);
   for (int64_t p = 0; p < k; ++p) {
     const float* bp = b + p * ldb;
-    __m512 bv[NV];
+    Vec bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
-      bv[v] = v + 1 < NV ? _mm512_loadu_ps(bp + 16 * v) : _mm512_maskz_loadu_ps(last, bp + 16 * v);
+      bv[v] = v + 1 < NV ? Simd::load(bp + kLanes * v) : Simd::load_first(bp + kLanes * v, last);
     const float* ap = a + p * cs;
 #pragma GCC unroll 6
     for (int r = 0; r < MR; ++r) {
-      const __m512 ar = _mm512_set1_ps(ap[r * rs]);
+      const Vec ar = Simd::broadcast(ap[r * rs]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = Simd::fma(ar, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 6
@@ -57,21 +128,24 @@ void tile(int64_t k, const float* a, int64_t rs, int64_t cs, const float* b, int
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       if (v + 1 < NV)
-        _mm512_storeu_ps(c + r * ldc + 16 * v, acc[r][v]);
+        Simd::store(c + r * ldc + kLanes * v, acc[r][v]);
       else
-        _mm512_mask_storeu_ps(c + r * ldc + 16 * v, last, acc[r][v]);
+        Simd::store_first(c + r * ldc + kLanes * v, last, acc[r][v]);
     }
 }
 
 using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
-                        int64_t, __mmask16, bool);
+                        int64_t, Mask, bool);
 
 template <int MR>
 constexpr TileFn tile_of_vectors(int nv) {
-  return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
+  if constexpr (kVectors == 4)
+    return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
+  else
+    return nv == 1 ? tile<MR, 1> : tile<MR, 2>;
 }
 
-// The micro-kernel for mr rows (1..6) and nv vectors (1..4).
+// The micro-kernel for mr rows (1..kRows) and nv vectors (1..kVectors).
 inline TileFn tile_for(int mr, int nv) {
   switch (mr) {
     case 1:
@@ -96,12 +170,10 @@ inline TileFn tile_for(int mr, int nv) {
 /// A transposed operand is the strides swapped (rs = 1, cs = its row stride).
 inline void multiply(int64_t m, int64_t n, int64_t k, const float* a, int64_t rs, int64_t cs,
                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  constexpr int64_t kColumns = 16 * kVectors;
   for (int64_t j0 = 0; j0 < n; j0 += kColumns) {
     const int64_t columns = n - j0 < kColumns ? n - j0 : kColumns;
-    const int nv = static_cast<int>((columns + 15) / 16);
-    const int64_t in_last = columns - 16 * (nv - 1);  // 1..16
-    const __mmask16 last = static_cast<__mmask16>((1u << in_last) - 1);
+    const int nv = static_cast<int>((columns + detail::kLanes - 1) / detail::kLanes);
+    const detail::Mask last = Simd::first(columns - detail::kLanes * (nv - 1));
     for (int64_t i0 = 0; i0 < m; i0 += kRows) {
       const int mr = static_cast<int>(m - i0 < kRows ? m - i0 : kRows);
       detail::tile_for(mr, nv)(k, a + i0 * rs, rs, cs, b + j0, ldb, c + i0 * ldc + j0, ldc, last,
@@ -112,4 +184,4 @@ inline void multiply(int64_t m, int64_t n, int64_t k, const float* a, int64_t rs
 
 }  // namespace kiln::ops::small_gemm
 
-#endif  // __AVX512F__
+#endif  // __AVX512F__ || (__AVX2__ && __FMA__)

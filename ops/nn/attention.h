@@ -41,7 +41,7 @@ AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, c
                                const std::string& layout, const std::string& where);
 
 /// Whether this build has the f32 CPU kernels on register-blocked tiles (attention_tiled.cc:
-/// AVX-512); the others run attention's products through the gemm path.
+/// AVX-512, or AVX2 and FMA); the others run attention's products through the gemm path.
 bool attention_tiles_available();
 
 /// attention in f32 on the CPU through register-blocked tiles: out and lse (see attention.cc)

@@ -23,7 +23,7 @@
 
 namespace kiln::ops {
 
-#if defined(__AVX512F__)
+#if defined(KILN_HAS_SMALL_GEMM)
 
 bool attention_tiles_available() {
   return true;
@@ -40,6 +40,7 @@ void pack(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) 
   for (int64_t i = 0; i < rows; ++i) std::copy_n(src + i * ld, cols, dst + i * cols);
 }
 
+#if defined(__AVX512F__)
 // A 16 x 16 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
 // rows interleaved (unpack), then 4 x 4 transposes within each 128-bit lane (shuffle), then
 // the lanes exchanged twice (shuffle_f32x4), as one transposes a 4 x 4 matrix of 4 x 4 blocks.
@@ -69,12 +70,35 @@ void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
     _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD));
   }
 }
+#else
+// An 8 x 8 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
+// rows interleaved (unpack), 4 x 4 transposes within each 128-bit lane (shuffle), then the
+// lanes exchanged (permute2f128): rows 0-3's lane with rows 4-7's.
+void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
 
-// rows x cols (row stride ld) transposed into dst [cols, rows] with row stride ldd: 16 x 16
-// blocks in registers, the edges element by element.
+// rows x cols (row stride ld) transposed into dst [cols, rows] with row stride ldd: blocks of a
+// vector's lanes square in registers, the edges element by element.
 void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst,
                      int64_t ldd) {
-  constexpr int64_t kBlock = 16;
+  constexpr int64_t kBlock = small_gemm::Simd::kLanes;
   const int64_t full_rows = rows / kBlock * kBlock, full_cols = cols / kBlock * kBlock;
   for (int64_t i0 = 0; i0 < full_rows; i0 += kBlock)
     for (int64_t j0 = 0; j0 < full_cols; j0 += kBlock)
@@ -286,6 +310,17 @@ bool attention_tiles_available() {
   return false;
 }
 
-#endif  // __AVX512F__
+void attention_forward_tiles(KernelContext&, const AttentionShape&, bool, float, const float*,
+                             const float*, const float*, const bool*, float*, float*) {
+  throw Error("attention_forward_tiles: this build has no register-blocked tiles");
+}
+
+void attention_backward_tiles(KernelContext&, const AttentionShape&, bool, float, const float*,
+                              const float*, const float*, const float*, const float*, const float*,
+                              const bool*, float*, float*, float*) {
+  throw Error("attention_backward_tiles: this build has no register-blocked tiles");
+}
+
+#endif  // KILN_HAS_SMALL_GEMM
 
 }  // namespace kiln::ops

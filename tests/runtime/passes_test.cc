@@ -117,6 +117,19 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
        [](Value loss) { return optim::Adam({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }},
       {"adamw",
        [](Value loss) { return optim::AdamW({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }}};
+  // f32 (oneDNN's sgemm) computes an element of C the same however C is cut in rows and columns
+  // with its AVX-512 kernels; its AVX2 kernels may round an element of a block of another shape
+  // differently (one thread: the fused 64 x 2100 gradient in two blocks, the unfused one whole).
+  // These layers' steps diverge (lr 0.1 on a sum over 7,200 squares), which turns a last-bit
+  // difference into a large one within three steps, so there the comparison is after one step
+  // and to f32 rounding. f64 (OpenBLAS's dgemm) may round an element at a block's edge
+  // differently.
+  constexpr bool kF32CutInvariant =
+#if defined(__AVX512F__)
+      true;
+#else
+      false;
+#endif
   int fused = 0;
   for (DType dtype : {f32, f64})
     for (const Layer& layer : layers)
@@ -131,27 +144,33 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
         Value train = minimize(sum(square(y - 0.5)));
         FeedList feeds = {{x, testing::random_tensor(dtype, {layer.batch, layer.in}, -1, 1, 5)}};
         std::vector<Tensor> results;
-        for (int variant = 0; variant < 3; ++variant) {  // unfused, fused on 2 and on 1 thread
-          SessionOptions options = only(variant == 0 ? nullptr : &PassOptions::matmul_epilogue);
-          options.intra_op_threads = variant == 2 ? 1 : 2;
+        // Unfused and fused on 2 threads, then unfused and fused on 1.
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool fuse = variant % 2 == 1;
+          SessionOptions options = only(fuse ? &PassOptions::matmul_epilogue : nullptr);
+          options.intra_op_threads = variant < 2 ? 2 : 1;
           Session s(g, options);
           const Plan& plan = s.plan(feeds, {}, {train});
           const int products =
               ops_of(plan)["matmul_sgd_update"] + ops_of(plan)["matmul_adam_update"];
-          EXPECT_EQ(products, variant == 0 ? 0 : 1);
+          EXPECT_EQ(products, fuse ? 1 : 0);
           fused += products;
-          for (int step = 0; step < 3; ++step) s.run(feeds, {}, {train});
+          const int steps = dtype == f32 && !kF32CutInvariant ? 1 : 3;
+          for (int step = 0; step < steps; ++step) s.run(feeds, {}, {train});
           results.push_back(s.variable_value(w));
         }
         EXPECT_FALSE(equal_bits(results[0], Session(g).variable_value(w)));  // training moved w
-        // f32 (oneDNN's sgemm) computes an element of C the same however C is cut in rows and
-        // columns; f64 (OpenBLAS's dgemm) may round an element at a block's edge differently.
-        for (int variant = 1; variant < 3; ++variant)
-          if (dtype == f32)
-            EXPECT_TRUE(equal_bits(results[0], results[variant])) << "variant " << variant;
+        // Fused against unfused on as many threads (see kF32CutInvariant).
+        for (int variant : {1, 3})
+          if (dtype == f32 && kF32CutInvariant)
+            EXPECT_TRUE(equal_bits(results[variant - 1], results[variant]))
+                << "variant " << variant;
+          else if (dtype == f32)
+            testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-5,
+                                 1e-6, str("variant ", variant));
           else
-            testing::expect_near(testing::values(results[0]), results[variant], 1e-11, 1e-13,
-                                 str("variant ", variant));
+            testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-11,
+                                 1e-13, str("variant ", variant));
       }
   EXPECT_EQ(fused, 2 * 5 * 5 * 2);
   // For a GPU the update stays after the product: the product updates have CPU kernels only.
