@@ -1,8 +1,8 @@
 // Row-major gemm for the CPU kernels that share the matmul path (matmul, convolution,
 // attention): C = A' B' + beta C, where A' is A or A^T (ta) and B' is B or B^T (tb).
 //
-// f32 goes through oneDNN's sgemm (or OpenBLAS's with KILN_CPU_GEMM=openblas), f64 through
-// OpenBLAS. oneDNN picks its kernels from the
+// f32 goes through Kiln's packed_sgemm, oneDNN's sgemm or OpenBLAS's (f32_gemm_library), f64
+// through OpenBLAS. oneDNN picks its kernels from the
 // processor's feature flags; Debian's OpenBLAS 0.3.21 picks them from the CPU model, and on
 // virtual machines that report a generic "Intel Xeon Processor" it falls back to its SSE3
 // ("Prescott") kernels: 28 GFLOP/s per core where oneDNN's AVX-512 kernel runs 160 (bench/
@@ -16,6 +16,7 @@
 #include <string>
 
 #include "kiln/framework/error.h"
+#include "kiln/ops/math/packed_gemm.h"
 
 // GNU OpenMP's, declared here: its omp.h is private to GCC, and the builds under clang use it too.
 extern "C" void omp_set_num_threads(int threads);
@@ -43,26 +44,42 @@ inline void single_threaded_blas() {
   (void)done;
 }
 
-/// Whether f32 products go through OpenBLAS instead of oneDNN: KILN_CPU_GEMM=openblas (default
-/// onednn), so the parity suite checks both product paths (ctest's torch_parity_openblas).
-inline bool f32_gemm_on_openblas() {
-  static const bool openblas = [] {
+/// The library behind f32 products: KILN_CPU_GEMM=onednn (the default), openblas, or kiln
+/// (packed_gemm.h: Kiln's own micro-kernel over packed panels, where the build has one), so the
+/// parity suite checks each path (ctest's torch_parity_*). oneDNN stays the default by
+/// measurement: on Zen 4 (AVX-512) its sgemm ran 84-113 GFLOP/s per core on the transformer's
+/// shapes against 74-100 for packed panels; on Zen 3 (AVX2) the transformer step's products
+/// summed level (123.7 against 126.0 ms of per-node minima) and the MLP step lost 15%
+/// (bench/RESULTS.md, 2026-12-02, eleventh session). packed_sgemm's elements do not depend on
+/// how C is cut, which oneDNN's AVX2 sgemm does not promise.
+enum class F32Gemm { kiln, onednn, openblas };
+inline F32Gemm f32_gemm_library() {
+  static const F32Gemm library = [] {
     const char* value = std::getenv("KILN_CPU_GEMM");
     const std::string name = value ? value : "onednn";
-    KILN_CHECK(name == "onednn" || name == "openblas", Error, "KILN_CPU_GEMM='", name,
-               "': use onednn or openblas");
-    return name == "openblas";
+    KILN_CHECK(name == "kiln" || name == "onednn" || name == "openblas", Error, "KILN_CPU_GEMM='",
+               name, "': use kiln, onednn or openblas");
+    KILN_CHECK(name != "kiln" || packed_sgemm_available(), Error,
+               "KILN_CPU_GEMM='kiln': this build has no AVX-512 or AVX2 micro-kernel");
+    return name == "kiln" ? F32Gemm::kiln : name == "onednn" ? F32Gemm::onednn : F32Gemm::openblas;
   }();
-  return openblas;
+  return library;
 }
 
 inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
                  int ldb, float* c, int ldc, float beta = 0.0f) {
-  if (f32_gemm_on_openblas()) {
-    single_threaded_blas();
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
-                k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-    return;
+  switch (f32_gemm_library()) {
+    case F32Gemm::kiln:
+      if (beta == 0.0f || beta == 1.0f)
+        return packed_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta);
+      break;  // another beta: oneDNN
+    case F32Gemm::openblas:
+      single_threaded_blas();
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+                  n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+      return;
+    case F32Gemm::onednn:
+      break;
   }
   one_onednn_thread();
   const dnnl_status_t status =

@@ -90,6 +90,60 @@ constexpr int kRows = 6;
 constexpr int kVectors = Simd::kVectors;
 constexpr int64_t kColumns = int64_t{Simd::kLanes} * kVectors;
 
+#if defined(__AVX512F__)
+/// A 16 x 16 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
+// rows interleaved (unpack), then 4 x 4 transposes within each 128-bit lane (shuffle), then
+// the lanes exchanged twice (shuffle_f32x4), as one transposes a 4 x 4 matrix of 4 x 4 blocks.
+inline void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  // The zero-masked forms with every lane kept: GCC 12 warns that the plain forms' undefined
+  // pass-through operand is uninitialized.
+  constexpr __mmask16 kAll = 0xFFFF;
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_ps(kAll, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_maskz_shuffle_ps(kAll, t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_maskz_shuffle_ps(kAll, t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_maskz_shuffle_ps(kAll, t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_maskz_shuffle_ps(kAll, t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 8; ++i) {
+    const int j = (i / 4) * 8 + i % 4;
+    t[j] = _mm512_maskz_shuffle_f32x4(kAll, r[j], r[j + 4], 0x88);
+    t[j + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[j], r[j + 4], 0xDD);
+  }
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_ps(dst + i * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88));
+    _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD));
+  }
+}
+#else
+/// An 8 x 8 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
+// rows interleaved (unpack), 4 x 4 transposes within each 128-bit lane (shuffle), then the
+// lanes exchanged (permute2f128): rows 0-3's lane with rows 4-7's.
+inline void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
 namespace detail {
 
 using Vec = Simd::Vec;

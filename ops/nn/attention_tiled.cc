@@ -40,60 +40,6 @@ void pack(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) 
   for (int64_t i = 0; i < rows; ++i) std::copy_n(src + i * ld, cols, dst + i * cols);
 }
 
-#if defined(__AVX512F__)
-// A 16 x 16 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
-// rows interleaved (unpack), then 4 x 4 transposes within each 128-bit lane (shuffle), then
-// the lanes exchanged twice (shuffle_f32x4), as one transposes a 4 x 4 matrix of 4 x 4 blocks.
-void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
-  // The zero-masked forms with every lane kept: GCC 12 warns that the plain forms' undefined
-  // pass-through operand is uninitialized.
-  constexpr __mmask16 kAll = 0xFFFF;
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_maskz_unpacklo_ps(kAll, r[i], r[i + 1]);
-    t[i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_maskz_shuffle_ps(kAll, t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_maskz_shuffle_ps(kAll, t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_maskz_shuffle_ps(kAll, t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_maskz_shuffle_ps(kAll, t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 8; ++i) {
-    const int j = (i / 4) * 8 + i % 4;
-    t[j] = _mm512_maskz_shuffle_f32x4(kAll, r[j], r[j + 4], 0x88);
-    t[j + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[j], r[j + 4], 0xDD);
-  }
-  for (int i = 0; i < 8; ++i) {
-    _mm512_storeu_ps(dst + i * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0x88));
-    _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_maskz_shuffle_f32x4(kAll, t[i], t[i + 8], 0xDD));
-  }
-}
-#else
-// An 8 x 8 block (rows ld apart) transposed into dst (rows ldd apart), in registers: pairs of
-// rows interleaved (unpack), 4 x 4 transposes within each 128-bit lane (shuffle), then the
-// lanes exchanged (permute2f128): rows 0-3's lane with rows 4-7's.
-void transpose_block(const float* src, int64_t ld, float* dst, int64_t ldd) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-  }
-}
-#endif
-
 // rows x cols (row stride ld) transposed into dst [cols, rows] with row stride ldd: blocks of a
 // vector's lanes square in registers, the edges element by element.
 void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst,
@@ -102,7 +48,7 @@ void pack_transposed(const float* src, int64_t rows, int64_t cols, int64_t ld, f
   const int64_t full_rows = rows / kBlock * kBlock, full_cols = cols / kBlock * kBlock;
   for (int64_t i0 = 0; i0 < full_rows; i0 += kBlock)
     for (int64_t j0 = 0; j0 < full_cols; j0 += kBlock)
-      transpose_block(src + i0 * ld + j0, ld, dst + j0 * ldd + i0, ldd);
+      small_gemm::transpose_block(src + i0 * ld + j0, ld, dst + j0 * ldd + i0, ldd);
   for (int64_t j = 0; j < cols; ++j)
     for (int64_t i = j < full_cols ? full_rows : 0; i < rows; ++i)
       dst[j * ldd + i] = src[i * ld + j];
