@@ -22,6 +22,7 @@
 
 #include "bench/mlp_model.h"
 #include "bench/nn_models.h"
+#include "kiln/ops/math/blas.h"
 
 using namespace kiln;
 
@@ -227,8 +228,9 @@ int main(int argc, char** argv) {
     // is itself the best of its rounds.
     const Timing t = time_calls([&] { s.run({{pa, a}, {pb, b}}, {c}); }, 3, 20);
     const double flop = 2.0 * n * n * n;
-    std::printf("%s %.9f gflops=%.1f best_gflops=%.1f\n", name.c_str(), t.median,
-                flop / t.median / 1e9, flop / t.best / 1e9);
+    std::printf("%s %.9f gflops=%.1f best_gflops=%.1f library=%s\n", name.c_str(), t.median,
+                flop / t.median / 1e9, flop / t.best / 1e9,
+                ops::f32_gemm_name(ops::f32_gemm_library()));
   } else if (name == "dispatch") {
     // 1,500 tiny ops that do not fuse: sum over a size-1 axis between reshapes.
     Graph g;

@@ -2,9 +2,9 @@
 // attention): C = A' B' + beta C, where A' is A or A^T (ta) and B' is B or B^T (tb).
 //
 // f32 goes through Kiln's packed_sgemm, oneDNN's sgemm or OpenBLAS's (f32_gemm_library), f64
-// through OpenBLAS. oneDNN picks its kernels from the
-// processor's feature flags; Debian's OpenBLAS 0.3.21 picks them from the CPU model, and on
-// virtual machines that report a generic "Intel Xeon Processor" it falls back to its SSE3
+// through OpenBLAS. oneDNN picks its kernels from the processor's feature flags; Debian's OpenBLAS
+// 0.3.21 picks them from the CPU model, and on virtual machines that report a generic "Intel Xeon
+// Processor" it falls back to its SSE3
 // ("Prescott") kernels: 28 GFLOP/s per core where oneDNN's AVX-512 kernel runs 160 (bench/
 // RESULTS.md, 2026-12-01). On processors OpenBLAS does know the two are level per core.
 #pragma once
@@ -44,27 +44,15 @@ inline void single_threaded_blas() {
   (void)done;
 }
 
-/// The library behind f32 products: KILN_CPU_GEMM=onednn (the default), openblas, or kiln
-/// (packed_gemm.h: Kiln's own micro-kernel over packed panels, where the build has one), so the
-/// parity suite checks each path (ctest's torch_parity_*). oneDNN stays the default by
-/// measurement: on Zen 4 (AVX-512) its sgemm ran 84-113 GFLOP/s per core on the transformer's
-/// shapes against 74-100 for packed panels; on Zen 3 (AVX2) the transformer step's products
-/// summed level (123.7 against 126.0 ms of per-node minima) and the MLP step lost 15%
-/// (bench/RESULTS.md, 2026-12-02, eleventh session). packed_sgemm's elements do not depend on
-/// how C is cut, which oneDNN's AVX2 sgemm does not promise.
+/// The library behind f32 products: KILN_CPU_GEMM=onednn, openblas, or kiln (packed_gemm.h:
+/// Kiln's own micro-kernel over packed panels, where the build has one), so the parity suite
+/// checks each path (ctest's torch_parity_*); without the variable, the faster one on this kind of
+/// processor (blas.cc). Decided once per process.
 enum class F32Gemm { kiln, onednn, openblas };
-inline F32Gemm f32_gemm_library() {
-  static const F32Gemm library = [] {
-    const char* value = std::getenv("KILN_CPU_GEMM");
-    const std::string name = value ? value : "onednn";
-    KILN_CHECK(name == "kiln" || name == "onednn" || name == "openblas", Error, "KILN_CPU_GEMM='",
-               name, "': use kiln, onednn or openblas");
-    KILN_CHECK(name != "kiln" || packed_sgemm_available(), Error,
-               "KILN_CPU_GEMM='kiln': this build has no AVX-512 or AVX2 micro-kernel");
-    return name == "kiln" ? F32Gemm::kiln : name == "onednn" ? F32Gemm::onednn : F32Gemm::openblas;
-  }();
-  return library;
-}
+F32Gemm f32_gemm_library();
+
+/// "kiln", "onednn" or "openblas".
+const char* f32_gemm_name(F32Gemm library);
 
 inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
                  int ldb, float* c, int ldc, float beta = 0.0f) {

@@ -7,9 +7,12 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "kiln/ops/math/blas.h"
 #include "kiln/ops/math/packed_gemm.h"
 
 namespace kiln {
@@ -112,6 +115,26 @@ TEST(PackedGemm, AnEmptySumZeroesOrKeepsC) {
     const std::vector<float> c = product(pr, beta, 2.5f);
     for (int64_t i = 0; i < pr.m; ++i)
       for (int64_t j = 0; j < pr.n; ++j) EXPECT_EQ(c[i * pr.ldc() + j], beta * 2.5f);
+  }
+}
+
+// The f32 library without KILN_CPU_GEMM: oneDNN on AVX-512, OpenBLAS only where it runs FMA
+// kernels (ctest's gemm_library_without_fma_kernels runs this with OPENBLAS_CORETYPE=Prescott,
+// OpenBLAS's SSE3 kernels, which must leave f32 on oneDNN), never Kiln's own.
+TEST(GemmLibrary, TheDefaultFollowsTheProcessor) {
+  const char* chosen = std::getenv("KILN_CPU_GEMM");
+  if (chosen && *chosen) GTEST_SKIP() << "KILN_CPU_GEMM=" << chosen << " chooses";
+  const ops::F32Gemm library = ops::f32_gemm_library();
+  EXPECT_NE(library, ops::F32Gemm::kiln);
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f")) {
+    EXPECT_EQ(library, ops::F32Gemm::onednn);
+  }
+#endif
+  const char* core = std::getenv("OPENBLAS_CORETYPE");
+  if (core && std::string(core) == "Prescott") {
+    ASSERT_EQ(std::string(openblas_get_corename()), "Prescott");
+    EXPECT_EQ(library, ops::F32Gemm::onednn) << ops::f32_gemm_name(library);
   }
 }
 
