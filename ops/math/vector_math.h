@@ -21,7 +21,8 @@ namespace kiln::ops {
 ///
 /// x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2: ln2 is split Cody-Waite style into a
 /// part with 9 significant bits (n ln2_hi is exact for |n| < 2^15) and the rest. e^r is its
-/// Taylor polynomial of degree 7 (the remainder r^8 / 8! < 2^-28 relative on that range); 2^n is
+/// Taylor polynomial of degree 7, evaluated by Estrin's scheme (the remainder r^8 / 8! < 2^-28
+/// relative on that range); 2^n is
 /// built in the exponent field in two halves, so n down to -150 scales without underflowing
 /// early.
 inline float exp_f32(float x) {
@@ -37,14 +38,11 @@ inline float exp_f32(float x) {
   // The integer n sits in the low bits of `shifted`'s mantissa.
   const int32_t ni = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kShifter);
   const float r = (c - n * kLn2Hi) - n * kLn2Lo;
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  // Estrin's scheme (see detail::erfc_fit): 3 dependent FMAs after r^4 where Horner's rule has 7.
+  const float r2 = r * r, r4 = r2 * r2;
+  const float p01 = r + 1.0f, p23 = r * (1.0f / 6) + 0.5f;
+  const float p45 = r * (1.0f / 120) + 1.0f / 24, p67 = r * (1.0f / 5040) + 1.0f / 720;
+  const float p = (p01 + p23 * r2) + (p45 + p67 * r2) * r4;
   const int32_t half = ni >> 1;  // 2^n = 2^half 2^(n - half), each a normal float
   const float scale_a = std::bit_cast<float>((half + 127) << 23);
   const float scale_b = std::bit_cast<float>((ni - half + 127) << 23);
@@ -60,17 +58,14 @@ namespace detail {
 // erfc(z) = t e^(-z^2 + P(t)) with a fractional error below 1.2e-7. P(t) lies in [-1.2656, 0]
 // (P(0) = ln(1 / (2 sqrt(pi))), P(1) = 0 as erfc(0) = 1).
 inline float erfc_fit(float t) {
-  float p = 0.17087277f;
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  return p;
+  // Estrin's scheme: pairs of coefficients joined with t^2, then t^4, then t^8: 4 dependent FMAs
+  // where Horner's rule has 9, so a vectorized loop over it is not one long chain of FMA
+  // latencies (the exact GELU ran 1.6 ns per element on 2 Zen 3 cores with Horner's rule).
+  const float t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;
+  const float p01 = 1.00002368f * t - 1.26551223f, p23 = 0.09678418f * t + 0.37409196f;
+  const float p45 = 0.27886807f * t - 0.18628806f, p67 = 1.48851587f * t - 1.13520398f;
+  const float p89 = 0.17087277f * t - 0.82215223f;
+  return ((p01 + p23 * t2) + (p45 + p67 * t2) * t4) + p89 * t8;
 }
 
 // e^u for u = erfc_fit(t) in [-1.2656, 0]: no range reduction, the Taylor polynomial of degree
@@ -92,8 +87,9 @@ inline float exp_of_erfc_fit(float u) {
 
 }  // namespace detail
 
-/// erfc(x) in f32: relative error below 1.2e-6 for |x| < 5, up to 5e-6 in the far tail where
-/// -x^2 in the exponent carries one rounding of a number near 60 (NaN -> NaN, erfc(inf) = 0,
+/// erfc(x) in f32: relative error below 1.3e-6 for |x| < 5 (most of it the rounding of
+/// -x^2 + P(t), about 17 at x = 4), up to 5e-6 in the far tail where -x^2 in the exponent carries
+/// one rounding of a number near 60 (NaN -> NaN, erfc(inf) = 0,
 /// erfc(-inf) = 2).
 ///
 /// For z = |x|: erfc(z) = t exp(-z^2 + P(t)) (detail::erfc_fit); erfc(-z) = 2 - erfc(z).
