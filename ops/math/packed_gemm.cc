@@ -102,11 +102,6 @@ struct PackBuffers {
   }
 };
 
-float* at_least(std::vector<float>& v, int64_t n) {
-  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
 }  // namespace
 
 void packed_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
@@ -120,10 +115,10 @@ void packed_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float
   PackBuffers& buffers = PackBuffers::of_this_thread();
   const int64_t depth_max = std::min(kDepth, k);
   const int64_t padded_rows = (std::min(kRowBlock, m) + kPanelRows - 1) / kPanelRows * kPanelRows;
-  float* a_packed = at_least(buffers.a, padded_rows * depth_max);
+  float* a_packed = small_gemm::at_least(buffers.a, padded_rows * depth_max);
   const int64_t column_block = std::min(kColumnBlock, n);
   const int64_t padded_columns = (column_block + kPanelColumns - 1) / kPanelColumns * kPanelColumns;
-  float* b_packed = at_least(buffers.b, padded_columns * depth_max);
+  float* b_packed = small_gemm::at_least(buffers.b, padded_columns * depth_max);
   for (int64_t j0 = 0; j0 < n; j0 += kColumnBlock) {
     const int64_t cols = std::min(kColumnBlock, n - j0);
     for (int64_t p0 = 0; p0 < k; p0 += kDepth) {

@@ -20,8 +20,16 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace kiln::ops::small_gemm {
+
+/// v's data, v grown to at least n elements (contents undefined): the per-thread packing buffers
+/// of packed_gemm.cc and attention_tiled.cc.
+inline float* at_least(std::vector<float>& v, int64_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
 
 /// The vector operations the micro-kernel uses, for the widest ISA of this build.
 struct Simd {

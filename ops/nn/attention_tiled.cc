@@ -99,12 +99,6 @@ struct HeadBuffers {
   }
 };
 
-// v sized to at least n (contents undefined).
-float* at_least(std::vector<float>& v, int64_t n) {
-  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
 // Raw scores of query rows [i0, i0 + rows) (q at the head's first row, rows ldq apart) against
 // keys [0, kv): s [rows, kv] with row stride lds, -inf where the mask hides a key.
 void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const float* kt,
@@ -133,10 +127,10 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
       [&](int64_t t0, int64_t t1) {
         HeadBuffers& buffers = HeadBuffers::of_this_thread();
         const int64_t ldkt = transposed_stride(a.keys);
-        float* kt = at_least(buffers.kt, a.depth * ldkt);
-        float* vp = at_least(buffers.v, a.keys * a.value_depth);
+        float* kt = small_gemm::at_least(buffers.kt, a.depth * ldkt);
+        float* vp = small_gemm::at_least(buffers.v, a.keys * a.value_depth);
         const int64_t lds = whole_vectors(a.keys);
-        float* s = at_least(buffers.p, kTile * lds);
+        float* s = small_gemm::at_least(buffers.p, kTile * lds);
         float inverse_sums[kTile];
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
@@ -183,14 +177,14 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
       a.batch * a.heads, a.queries * keys * (d + dvd) * 4, [&](int64_t t0, int64_t t1) {
         HeadBuffers& buffers = HeadBuffers::of_this_thread();
         const int64_t ldkt = transposed_stride(keys);  // of K^T and V^T
-        float* kt = at_least(buffers.kt, d * ldkt);
-        float* kp = at_least(buffers.k, keys * d);
-        float* vt = at_least(buffers.vt, dvd * ldkt);
-        float* dk_sum = at_least(buffers.dk_sum, keys * d);
-        float* dv_sum = at_least(buffers.dv_sum, keys * dvd);
+        float* kt = small_gemm::at_least(buffers.kt, d * ldkt);
+        float* kp = small_gemm::at_least(buffers.k, keys * d);
+        float* vt = small_gemm::at_least(buffers.vt, dvd * ldkt);
+        float* dk_sum = small_gemm::at_least(buffers.dk_sum, keys * d);
+        float* dv_sum = small_gemm::at_least(buffers.dv_sum, keys * dvd);
         const int64_t lds = whole_vectors(keys);  // of p and ds
-        float* p = at_least(buffers.p, kChunk * lds);
-        float* ds = at_least(buffers.ds, kChunk * lds);
+        float* p = small_gemm::at_least(buffers.p, kChunk * lds);
+        float* ds = small_gemm::at_least(buffers.ds, kChunk * lds);
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, d);
           const float* kh = k + a.row_offset(bh, 0, keys, d);
