@@ -38,7 +38,8 @@ inline float exp_f32(float x) {
   // The integer n sits in the low bits of `shifted`'s mantissa.
   const int32_t ni = std::bit_cast<int32_t>(shifted) - std::bit_cast<int32_t>(kShifter);
   const float r = (c - n * kLn2Hi) - n * kLn2Lo;
-  // Estrin's scheme (see detail::erfc_fit): 3 dependent FMAs after r^4 where Horner's rule has 7.
+  // Estrin's scheme: pairs of coefficients joined with r^2, then r^4: 3 dependent FMAs where
+  // Horner's rule has 7, so a vectorized loop over exp is not one long chain of FMA latencies.
   const float r2 = r * r, r4 = r2 * r2;
   const float p01 = r + 1.0f, p23 = r * (1.0f / 6) + 0.5f;
   const float p45 = r * (1.0f / 120) + 1.0f / 24, p67 = r * (1.0f / 5040) + 1.0f / 720;
@@ -58,14 +59,19 @@ namespace detail {
 // erfc(z) = t e^(-z^2 + P(t)) with a fractional error below 1.2e-7. P(t) lies in [-1.2656, 0]
 // (P(0) = ln(1 / (2 sqrt(pi))), P(1) = 0 as erfc(0) = 1).
 inline float erfc_fit(float t) {
-  // Estrin's scheme: pairs of coefficients joined with t^2, then t^4, then t^8: 4 dependent FMAs
-  // where Horner's rule has 9, so a vectorized loop over it is not one long chain of FMA
-  // latencies (the exact GELU ran 1.6 ns per element on 2 Zen 3 cores with Horner's rule).
-  const float t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;
-  const float p01 = 1.00002368f * t - 1.26551223f, p23 = 0.09678418f * t + 0.37409196f;
-  const float p45 = 0.27886807f * t - 0.18628806f, p67 = 1.48851587f * t - 1.13520398f;
-  const float p89 = 0.17087277f * t - 0.82215223f;
-  return ((p01 + p23 * t2) + (p45 + p67 * t2) * t4) + p89 * t8;
+  // Horner's rule, unlike exp_f32: by Estrin's scheme, clang's builds made the GELU gradient's
+  // erfc(0) one ulp off 1 (GCC's did not); with Horner's rule it is exactly 1 in both.
+  float p = 0.17087277f;
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  return p;
 }
 
 // e^u for u = erfc_fit(t) in [-1.2656, 0]: no range reduction, the Taylor polynomial of degree

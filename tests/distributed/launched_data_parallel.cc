@@ -167,7 +167,11 @@ void check_training(distributed::Group& group, const std::string& checkpoint) {
 
 int main(int argc, char** argv) {
   try {
-    auto group = distributed::init({.timeout = std::chrono::seconds(60)});
+    // 60 s for a collective, or KILN_TEST_COLLECTIVE_TIMEOUT_S: under ThreadSanitizer on 2 cores
+    // the ranks' steps stall for tens of seconds at a time (ctest sets 600 there).
+    const char* timeout_s = std::getenv("KILN_TEST_COLLECTIVE_TIMEOUT_S");
+    auto group = distributed::init(
+        {.timeout = std::chrono::seconds(timeout_s ? std::atoll(timeout_s) : 60)});
     if (const char* dir = std::getenv("KILN_TEST_PID_DIR"))
       std::ofstream(str(dir, "/", group->rank(), ".pid")) << ::getpid() << "\n";
     const std::string checkpoint =
