@@ -4,9 +4,9 @@
 // f32 goes through Kiln's packed_sgemm, oneDNN's sgemm or OpenBLAS's (f32_gemm_library), f64
 // through OpenBLAS. oneDNN picks its kernels from the processor's feature flags; Debian's OpenBLAS
 // 0.3.21 picks them from the CPU model, and on virtual machines that report a generic "Intel Xeon
-// Processor" it falls back to its SSE3
-// ("Prescott") kernels: 28 GFLOP/s per core where oneDNN's AVX-512 kernel runs 160 (bench/
-// RESULTS.md, 2026-12-01). On processors OpenBLAS does know the two are level per core.
+// Processor" it falls back to its SSE3 ("Prescott") kernels: 28 GFLOP/s per core where oneDNN's
+// AVX-512 kernel runs 160 (bench/RESULTS.md, 2026-12-01). f32_gemm_library takes OpenBLAS only
+// where it has FMA kernels.
 #pragma once
 
 #include <cblas.h>
@@ -34,8 +34,8 @@ inline void one_onednn_thread() {
   (void)once;
 }
 
-/// One OpenBLAS thread per call (the f64 products): parallelism comes from Kiln's pool (set once,
-/// before the first product; OpenBLAS's own workers then stay asleep).
+/// One OpenBLAS thread per call (f64 products, and f32 where OpenBLAS runs them): parallelism comes
+/// from Kiln's pool (set once, before the first product; OpenBLAS's own workers then stay asleep).
 inline void single_threaded_blas() {
   static const bool done = [] {
     openblas_set_num_threads(1);

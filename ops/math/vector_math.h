@@ -22,9 +22,8 @@ namespace kiln::ops {
 /// x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2: ln2 is split Cody-Waite style into a
 /// part with 9 significant bits (n ln2_hi is exact for |n| < 2^15) and the rest. e^r is its
 /// Taylor polynomial of degree 7, evaluated by Estrin's scheme (the remainder r^8 / 8! < 2^-28
-/// relative on that range); 2^n is
-/// built in the exponent field in two halves, so n down to -150 scales without underflowing
-/// early.
+/// relative on that range); 2^n is built in the exponent field in two halves, so n down to -150
+/// scales without underflowing early.
 inline float exp_f32(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
@@ -95,8 +94,7 @@ inline float exp_of_erfc_fit(float u) {
 
 /// erfc(x) in f32: relative error below 1.3e-6 for |x| < 5 (most of it the rounding of
 /// -x^2 + P(t), about 17 at x = 4), up to 5e-6 in the far tail where -x^2 in the exponent carries
-/// one rounding of a number near 60 (NaN -> NaN, erfc(inf) = 0,
-/// erfc(-inf) = 2).
+/// one rounding of a number near 60 (NaN -> NaN, erfc(inf) = 0, erfc(-inf) = 2).
 ///
 /// For z = |x|: erfc(z) = t exp(-z^2 + P(t)) (detail::erfc_fit); erfc(-z) = 2 - erfc(z).
 inline float erfc_f32(float x) {
