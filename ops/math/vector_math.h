@@ -24,14 +24,18 @@ namespace kiln::ops {
 /// Taylor polynomial of degree 7, evaluated by Estrin's scheme (the remainder r^8 / 8! < 2^-28
 /// relative on that range); 2^n is built in the exponent field in two halves, so n down to -150
 /// scales without underflowing early.
+///
+/// The special values need no selects of their own (they cost as much as the rest of the
+/// vectorized loop): x is clamped to [-104, 89], where e^89 overflows to inf and e^-104 rounds
+/// to 0 in the last multiplication as they should, and a NaN passes both clamps (a comparison
+/// with NaN is false) and reaches the polynomial, whose NaN the scaling keeps. The integer
+/// arithmetic on a NaN's bits is defined (bit_cast, not a conversion) and its result is unused.
 inline float exp_f32(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
   constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  // Clamp (NaN to 0 too: it is put back at the end, and never reaches an integer conversion).
   float c = x < -104.0f ? -104.0f : x;
   c = c > 89.0f ? 89.0f : c;
-  c = x != x ? 0.0f : c;
   const float shifted = c * kLog2e + kShifter;
   const float n = shifted - kShifter;
   // The integer n sits in the low bits of `shifted`'s mantissa.
@@ -46,10 +50,7 @@ inline float exp_f32(float x) {
   const int32_t half = ni >> 1;  // 2^n = 2^half 2^(n - half), each a normal float
   const float scale_a = std::bit_cast<float>((half + 127) << 23);
   const float scale_b = std::bit_cast<float>((ni - half + 127) << 23);
-  float y = p * scale_a * scale_b;
-  y = x > 88.7228394f ? std::numeric_limits<float>::infinity() : y;
-  y = x < -103.972084f ? 0.0f : y;
-  return x != x ? x : y;
+  return p * scale_a * scale_b;
 }
 
 namespace detail {
@@ -176,12 +177,15 @@ T exp_scaled_shifted(T* x, int64_t n, T scale, T shift) {
   return sum;
 }
 
-/// The CPU loops' f32 GELU: gelu_fn's math with erfc_f32.
+/// The CPU loops' f32 GELU: gelu_fn's math with erfc_f32_from_gaussian.
 struct gelu_cpu_fn {
   template <typename T>
   T operator()(T x) const {
     if constexpr (std::is_same_v<T, float>)
-      return 0.5f * x * erfc_f32(-x * 0.70710678118654752440f);
+      // Phi(x) = erfc(-x / sqrt 2) / 2 from e^(-x^2 / 2), computed beside the fit (the GELU
+      // gradient's form): two short chains where e^(-z^2 + P(t)) made one long one.
+      return 0.5f * x *
+             erfc_f32_from_gaussian(-x * 0.70710678118654752440f, exp_f32(-0.5f * x * x));
     else
       return gelu_fn{}(x);
   }
