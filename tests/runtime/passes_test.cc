@@ -97,12 +97,11 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
     bool transposed;  // y = x W^T with W [out, in] (the gradient is dy^T x), else y = x W
   };
   // Weights of 1.3 MB (row blocks), 540 KB (column blocks: wide and short), 2.9 MB with 700
-  // columns (blocks cut in rows and columns), and small ones.
-  const std::vector<Layer> layers = {{24, 1100, 300, false},
-                                     {17, 64, 2100, false},
-                                     {6, 1030, 700, false},
-                                     {5, 7, 3, true},
-                                     {9, 700, 30, true}};
+  // columns (blocks cut in rows and columns), 5 MB (row blocks of ~2 MiB with OpenBLAS's sgemm,
+  // which cuts no columns: several per thread and a remainder), and small ones.
+  const std::vector<Layer> layers = {{24, 1100, 300, false}, {17, 64, 2100, false},
+                                     {6, 1030, 700, false},  {8, 2101, 600, false},
+                                     {5, 7, 3, true},        {9, 700, 30, true}};
   std::vector<std::pair<std::string, std::function<Value(Value)>>> optimizers = {
       {"sgd", [](Value loss) { return optim::SGD({.lr = 0.1}).minimize(loss); }},
       {"sgd momentum",
@@ -123,7 +122,7 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
   // These layers' steps diverge (lr 0.1 on a sum over 7,200 squares), which turns a last-bit
   // difference into a large one within three steps, so there the comparison is after one step
   // and to f32 rounding. f64 (OpenBLAS's dgemm) may round an element at a block's edge
-  // differently.
+  // differently, and three steps carry that on (3.7e-11 relative on the 2101 x 600 layer).
   constexpr bool kF32CutInvariant =
 #if defined(__AVX512F__)
       true;
@@ -169,10 +168,10 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
             testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-5,
                                  1e-6, str("variant ", variant));
           else
-            testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-11,
+            testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-10,
                                  1e-13, str("variant ", variant));
       }
-  EXPECT_EQ(fused, 2 * 5 * 5 * 2);
+  EXPECT_EQ(fused, 2 * 6 * 5 * 2);
   // For a GPU the update stays after the product: the product updates have CPU kernels only.
   for (DeviceKind device : {DeviceKind::cuda, DeviceKind::cpu}) {
     Graph g;
