@@ -7,6 +7,7 @@
 
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/broadcast.h"
+#include "kiln/ops/math/vector_math.h"
 
 namespace kiln::ops {
 
@@ -22,7 +23,7 @@ template <typename Out, typename F, typename A, typename B>
 void broadcast_row2(Out* out, int64_t n, const F& f, const std::array<int64_t, 2>& st, const A* a,
                     const B* b) {
   if (st[0] == 1 && st[1] == 1) {
-    for (int64_t j = 0; j < n; ++j) out[j] = f(a[j], b[j]);
+    apply_contiguous(f, out, n, a, b);
   } else if (st[0] == 1 && st[1] == 0) {
     const B bv = *b;
     for (int64_t j = 0; j < n; ++j) out[j] = f(a[j], bv);
@@ -47,7 +48,7 @@ void elementwise_loop(const KernelContext& ctx, Out* out, const Shape& out_shape
   for (const Shape& s : shapes) same &= s.numel() == n;
   if (same) {
     ctx.parallel_for(n, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) out[i] = f(in[i]...);
+      apply_contiguous(f, out + begin, end - begin, (in + begin)...);
     });
     return;
   }

@@ -102,7 +102,7 @@ void stream_copy(T* dst, const T* src, int64_t n) {
 template <typename T, typename F>
 void loop1(T* out, const T* a, int64_t sa, int64_t n, F f) {
   if (sa == 1) {
-    for (int64_t j = 0; j < n; ++j) out[j] = f(a[j]);
+    apply_contiguous(f, out, n, a);
   } else {
     const T v = f(a[0]);
     for (int64_t j = 0; j < n; ++j) out[j] = v;

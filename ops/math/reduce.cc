@@ -98,6 +98,11 @@ Acc<T> reduce_contiguous(const T* x, int64_t n, const Reducer<T>& red) {
   return acc[0];
 }
 
+// reduce_3d's column sums go in blocks of this many rows where a slab has at least
+// kSplitElements elements.
+constexpr int64_t kRowBlock = 64;
+constexpr int64_t kSplitElements = 1 << 16;
+
 template <typename T>
 void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_t r, int64_t inner,
                const Reducer<T>& red) {
@@ -117,6 +122,28 @@ void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_
   } else if (inner == 1) {
     ctx.parallel_for(outer, r, [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) y[o] = red.finish(reduce_contiguous(x + o * r, r, red), r);
+    });
+  } else if (outer == 1 && r >= 2 * kRowBlock && r * inner >= kSplitElements) {
+    // One [r, inner] slab (column sums: a bias's or a norm parameter's gradient): blocks of
+    // kRowBlock rows summed in parallel into partial rows, then the partials in order, so the
+    // result does not depend on the number of threads (one thread over all the rows left the
+    // other cores idle: 0.39 ms for 2048 x 1024 on Zen 3).
+    const int64_t blocks = (r + kRowBlock - 1) / kRowBlock;
+    std::vector<Acc<T>> partial(static_cast<size_t>(blocks * inner));
+    ctx.pool().parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        Acc<T>* acc = partial.data() + b * inner;
+        std::fill_n(acc, inner, red.init());
+        for (int64_t j = b * kRowBlock; j < std::min(r, (b + 1) * kRowBlock); ++j)
+          for (int64_t i = 0; i < inner; ++i) acc[i] = red.combine(acc[i], x[j * inner + i]);
+      }
+    });
+    // The partials of block b join block 0's row, in the order of b.
+    ctx.parallel_for(inner, blocks, [&](int64_t i0, int64_t i1) {
+      Acc<T>* acc = partial.data();
+      for (int64_t b = 1; b < blocks; ++b)
+        for (int64_t i = i0; i < i1; ++i) acc[i] = red.combine(acc[i], partial[b * inner + i]);
+      for (int64_t i = i0; i < i1; ++i) y[i] = red.finish(acc[i], r);
     });
   } else {
     // Rows of `inner` elements accumulate into a buffer (vectorizes over inner).

@@ -178,6 +178,38 @@ T exp_scaled_shifted(T* x, int64_t n, T scale, T shift) {
   return sum;
 }
 
+namespace detail {
+
+constexpr float kSqrtHalf = 0.70710678118654752440f;
+constexpr float kInverseSqrt2Pi = 0.39894228040143267794f;  // the density's factor
+
+/// Elements per block of the GELU's array forms below.
+constexpr int64_t kGeluBlock = 128;
+
+// For the kGeluBlock elements of x: gaussian = e^(-x^2 / 2) and erfc = erfc(-x / sqrt 2), the
+// values erfc_f32_from_gaussian(-x / sqrt 2, gaussian) gives, computed stage by stage. As one
+// loop, each vector went through one chain of ~35 dependent operations (the exponential, then
+// the division, the fit and its exponential), longer than the out-of-order window holds several
+// of: on Zen 3 it ran at 54 cycles per 8 lanes. Each stage's loop here is 16 independent chains
+// of a few operations: 2.06 -> 1.32 ns per element on one core, the same bits.
+inline void gelu_parts(const float* x, float* gaussian, float* erfc) {
+  float t[kGeluBlock], fit[kGeluBlock];
+  for (int64_t l = 0; l < kGeluBlock; ++l) gaussian[l] = exp_f32(-0.5f * x[l] * x[l]);
+  for (int64_t l = 0; l < kGeluBlock; ++l) {
+    const float z = x[l] < 0 ? -x[l] * kSqrtHalf : x[l] * kSqrtHalf;  // |-x / sqrt 2|
+    t[l] = 1.0f / (1.0f + 0.5f * z);
+  }
+  for (int64_t l = 0; l < kGeluBlock; ++l) fit[l] = erfc_fit(t[l]);
+  for (int64_t l = 0; l < kGeluBlock; ++l) fit[l] = exp_of_erfc_fit(fit[l]);
+  for (int64_t l = 0; l < kGeluBlock; ++l) {
+    const float u = -x[l] * kSqrtHalf;
+    const float e = t[l] * gaussian[l] * fit[l];
+    erfc[l] = u >= 0 ? e : (u != u ? u : 2.0f - e);
+  }
+}
+
+}  // namespace detail
+
 /// The CPU loops' f32 GELU: gelu_fn's math with erfc_f32_from_gaussian.
 struct gelu_cpu_fn {
   template <typename T>
@@ -185,10 +217,19 @@ struct gelu_cpu_fn {
     if constexpr (std::is_same_v<T, float>)
       // Phi(x) = erfc(-x / sqrt 2) / 2 from e^(-x^2 / 2), computed beside the fit (the GELU
       // gradient's form): two short chains where e^(-z^2 + P(t)) made one long one.
-      return 0.5f * x *
-             erfc_f32_from_gaussian(-x * 0.70710678118654752440f, exp_f32(-0.5f * x * x));
+      return 0.5f * x * erfc_f32_from_gaussian(-x * detail::kSqrtHalf, exp_f32(-0.5f * x * x));
     else
       return gelu_fn{}(x);
+  }
+  /// y[i] = (*this)(x[i]) for i in [0, n), the same bits, in blocks of detail::gelu_parts.
+  void apply(float* y, int64_t n, const float* x) const {
+    int64_t i = 0;
+    for (; i + detail::kGeluBlock <= n; i += detail::kGeluBlock) {
+      float gaussian[detail::kGeluBlock], erfc[detail::kGeluBlock];
+      detail::gelu_parts(x + i, gaussian, erfc);
+      for (int64_t l = 0; l < detail::kGeluBlock; ++l) y[i + l] = 0.5f * x[i + l] * erfc[l];
+    }
+    for (; i < n; ++i) y[i] = (*this)(x[i]);
   }
 };
 
@@ -200,11 +241,24 @@ struct gelu_grad_cpu_fn {
     if constexpr (std::is_same_v<T, float>) {
       // e^(-a^2 / 2): the density's exponential, and erfc's e^(-z^2) for z = -a / sqrt 2.
       const float gaussian = exp_f32(-0.5f * a * a);
-      const float cdf = 0.5f * erfc_f32_from_gaussian(-a * 0.70710678118654752440f, gaussian);
-      return (cdf + a * gaussian * 0.39894228040143267794f) * b;
+      const float cdf = 0.5f * erfc_f32_from_gaussian(-a * detail::kSqrtHalf, gaussian);
+      return (cdf + a * gaussian * detail::kInverseSqrt2Pi) * b;
     } else {
       return gelu_grad_fn{}(a, b);
     }
+  }
+  /// y[i] = (*this)(a[i], b[i]) for i in [0, n), the same bits, in blocks of detail::gelu_parts.
+  void apply(float* y, int64_t n, const float* a, const float* b) const {
+    int64_t i = 0;
+    for (; i + detail::kGeluBlock <= n; i += detail::kGeluBlock) {
+      float gaussian[detail::kGeluBlock], erfc[detail::kGeluBlock];
+      detail::gelu_parts(a + i, gaussian, erfc);
+      for (int64_t l = 0; l < detail::kGeluBlock; ++l) {
+        const float cdf = 0.5f * erfc[l];
+        y[i + l] = (cdf + a[i + l] * gaussian[l] * detail::kInverseSqrt2Pi) * b[i + l];
+      }
+    }
+    for (; i < n; ++i) y[i] = (*this)(a[i], b[i]);
   }
 };
 
@@ -218,6 +272,16 @@ inline gelu_cpu_fn cpu_form(const gelu_fn&) {
 }
 inline gelu_grad_cpu_fn cpu_form(const gelu_grad_fn&) {
   return {};
+}
+
+/// out[i] = f(in[i]...) for i in [0, n) over contiguous arrays: f's array form `f.apply(out, n,
+/// in...)` where it has one for these types (the GELU's), else the plain loop.
+template <typename F, typename Out, typename... In>
+void apply_contiguous(const F& f, Out* out, int64_t n, const In*... in) {
+  if constexpr (requires { f.apply(out, n, in...); })
+    f.apply(out, n, in...);
+  else
+    for (int64_t i = 0; i < n; ++i) out[i] = f(in[i]...);
 }
 
 }  // namespace kiln::ops

@@ -348,6 +348,31 @@ TEST(VectorMath, RowMaxAndScaledExponentialsMatchPlainLoops) {
   EXPECT_EQ(kiln::ops::max_of(nan_after_first, 3), 2.0f);
 }
 
+// The GELU's array forms (blocks computed stage by stage) give the element forms' bits, in
+// whole blocks and tails, over the whole range and at the special values.
+TEST(VectorMath, GeluArrayFormsGiveTheElementFormsBits) {
+  std::vector<float> x, dy;
+  for (float v = -14.0f; v < 14.0f; v += 0.0131f) x.push_back(v);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (float v : {NAN, inf, -inf, 0.0f, -0.0f, 1e-40f, -1e-40f, 3e38f, -3e38f, 1e20f, -1e20f})
+    x.push_back(v);
+  for (size_t i = 0; i < x.size(); ++i) dy.push_back(i % 5 == 3 ? -inf : 0.25f * (i % 9) - 1);
+  auto bits = [](float v) { return std::bit_cast<uint32_t>(v); };
+  const kiln::ops::gelu_cpu_fn gelu;
+  const kiln::ops::gelu_grad_cpu_fn grad;
+  for (size_t start : {size_t{0}, size_t{3}})
+    for (int64_t n : {0, 5, 128, 300, static_cast<int>(x.size() - 3)}) {
+      std::vector<float> y(static_cast<size_t>(n)), dx(static_cast<size_t>(n));
+      gelu.apply(y.data(), n, x.data() + start);
+      grad.apply(dx.data(), n, x.data() + start, dy.data() + start);
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = x[start + i], d = dy[start + i];
+        ASSERT_EQ(bits(y[i]), bits(gelu(v))) << "gelu(" << v << "), n " << n;
+        ASSERT_EQ(bits(dx[i]), bits(grad(v, d))) << "gelu_grad(" << v << ", " << d << ")";
+      }
+    }
+}
+
 TEST(VectorMath, ExpAndErfcMatchLibmWithinTheirBounds) {
   double worst_exp_ulp = 0;
   for (float x = -103.9f; x < 88.7f; x += 0.00037f) {

@@ -47,6 +47,7 @@ TEST(Reduce, EveryKindEveryAxisSetMatchesReference) {
       {{2, 3, 4, 5}, {{1, 3}, {0, 2}, {0, 3}, {1, 2}}},
       {{100003}, {{0}}},
       {{64, 1000}, {{0}, {1}}},
+      {{300, 700}, {{0}}},  // column sums in blocks of rows, a short last block
   };
   for (const char* kind : {"sum", "mean", "max", "min"}) {
     for (DType dtype : {f32, f64, i32, i64}) {
@@ -92,7 +93,7 @@ TEST(Reduce, SumOfEmptyIsZeroAndMeanOfEmptyIsNaN) {
   for (float v : testing::run1(g, mean(x, {0})).to_vector<float>()) EXPECT_TRUE(std::isnan(v));
 }
 
-TEST(Reduce, LongSumIsIdenticalForAnyThreadCount) {
+TEST(Reduce, LongSumsAreIdenticalForAnyThreadCount) {
   Graph g;
   Tensor input = testing::random_tensor(f32, {1 << 20}, -1, 1, 8);
   Value x = g.placeholder("x", f32, {-1});
@@ -105,6 +106,13 @@ TEST(Reduce, LongSumIsIdenticalForAnyThreadCount) {
   double exact = 0;
   for (double v : testing::values(input)) exact += v;
   EXPECT_NEAR(one.item<double>(), exact, 1e-3);
+  // Column sums (a bias's gradient), summed in blocks of rows across the threads.
+  Tensor rows = testing::random_tensor(f32, {2000, 300}, -1, 1, 9);
+  Value m = g.placeholder("m", f32, {-1, 300});
+  Value columns = sum(m, {0});
+  Tensor by_one = testing::run1(g, columns, {{m, rows}}, 1);
+  EXPECT_TRUE(equal_bits(by_one, testing::run1(g, columns, {{m, rows}}, 2)));
+  EXPECT_TRUE(equal_bits(by_one, testing::run1(g, columns, {{m, rows}}, 3)));
 }
 
 TEST(Reduce, MaxAndMinPropagateNaN) {
