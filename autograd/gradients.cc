@@ -134,7 +134,9 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
     GradList grads;
     {
       NameScope node_scope(g, node.name());
-      GradContext ctx(g, node, std::move(grad_outputs));
+      std::vector<bool> wanted_inputs(node.inputs().size(), false);
+      for (int i : wanted) wanted_inputs[static_cast<size_t>(i)] = true;
+      GradContext ctx(g, node, std::move(grad_outputs), std::move(wanted_inputs));
       grads = node.op().grad_fn()(ctx);
     }
     KILN_DASSERT(grads.size() == node.inputs().size());

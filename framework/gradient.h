@@ -13,8 +13,13 @@ using GradList = std::vector<Value>;
 /// The node being differentiated, its inputs and outputs as Values, and dL/d(outputs).
 class GradContext {
  public:
-  GradContext(Graph& graph, const Node& node, std::vector<Value> grad_outputs)
-      : graph_(graph), node_(node), grad_outputs_(std::move(grad_outputs)) {}
+  /// `wanted`: per input, whether autograd will use its gradient (empty: all of them).
+  GradContext(Graph& graph, const Node& node, std::vector<Value> grad_outputs,
+              std::vector<bool> wanted = {})
+      : graph_(graph),
+        node_(node),
+        grad_outputs_(std::move(grad_outputs)),
+        wanted_(std::move(wanted)) {}
 
   Graph& graph() const { return graph_; }
   const Node& node() const { return node_; }
@@ -25,6 +30,9 @@ class GradContext {
   bool has_grad_output(int i) const { return grad_outputs_[i].defined(); }
   /// dL/d(output i); zeros shaped like the output when no gradient reached it.
   Value grad_output(int i = 0);
+  /// Whether the gradient of input `i` is used (an op whose backward computes several at once
+  /// may leave out those nobody reads; the others are dropped anyway).
+  bool wants_grad_input(int i) const { return wanted_.empty() || wanted_[static_cast<size_t>(i)]; }
   template <typename T>
   const T& attr(const std::string& name) const {
     return node_.attr<T>(name);
@@ -34,6 +42,7 @@ class GradContext {
   Graph& graph_;
   const Node& node_;
   std::vector<Value> grad_outputs_;
+  std::vector<bool> wanted_;
 };
 
 }  // namespace kiln

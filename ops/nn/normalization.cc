@@ -3,9 +3,11 @@
 //   center:    mean = sum x / M,  var = sum (x - mean)^2 / M,  rstd = 1 / sqrt(var + eps)
 //              y = (x - mean) rstd
 //   no center: mean = 0,          rstd = 1 / sqrt(sum x^2 / M + eps),  y = x rstd  (RMS norm)
-// With the optional inputs scale and shift (both, shaped like the statistics: batch norm's
-// per-channel weight and bias), y = xhat scale[k] + shift[k] in the same pass. With the
-// attribute activation "relu" (the matmul_epilogue pass folds in a relu that alone reads y, on
+// With the optional inputs scale and shift (both), y = xhat scale + shift in the same pass: with
+// the attribute affine "statistics" they are shaped like the statistics (batch norm's
+// per-channel weight and bias: scale[k]); with "elements", like the normalized dims, which must
+// be the trailing ones (layer and RMS norm's elementwise weight and bias: scale[b] of row k). With
+// the attribute activation "relu" (the matmul_epilogue pass folds in a relu that alone reads y, on
 // every device), y = relu(that), relu's own rule: NaN stays NaN, -0 stays -0.
 // Outputs y (like x), mean and rstd (shaped like the kept dims). The kept dims must be
 // adjacent, so x is [A, K, B] with the normalized elements at (a, k, b) for every a and b:
@@ -14,10 +16,11 @@
 //
 // Gradient (xhat = (x - mean) rstd; g = dy scale, or dy without scale):
 //   dx = rstd (g - mean_M(g) - xhat mean_M(g xhat))   (no center: no mean_M(g) term)
-//   dscale = sum_M(dy xhat),  dshift = sum_M(dy)
-// all from one pass's two sums per group (mean_M(g) = scale mean_M(dy), likewise for g xhat):
-// the normalize_backward op, with outputs dx[, dscale, dshift]. Plus, where the statistics' own
-// outputs are used, d mean/dx = 1 / M and d rstd/dx = -rstd^2 xhat / M.
+//   dscale = sum(dy xhat),  dshift = sum(dy)   over each group ("statistics"), or over the rows
+//                                              for each normalized element ("elements")
+// all from one pass's two sums per group (per statistics, mean_M(g) = scale mean_M(dy),
+// likewise for g xhat): the normalize_backward op, with outputs dx[, dscale, dshift]. Plus, where
+// the statistics' own outputs are used, d mean/dx = 1 / M and d rstd/dx = -rstd^2 xhat / M.
 #include <cmath>
 
 #include "kiln/framework/gradient.h"
@@ -82,13 +85,30 @@ Shape kept_shape(const InferContext& ctx) {
   return Shape(std::move(kept));
 }
 
-// Inputs [first, first + count) must have x's dtype and the statistics' shape `kept`.
-void expect_like_statistics(const InferContext& ctx, int first, int count, const Shape& kept) {
+// Inputs [first, first + count) must have x's dtype and the shape `like` (of `what`).
+void expect_shaped_like(const InferContext& ctx, int first, int count, const Shape& like,
+                        const char* what) {
   for (int i = first; i < first + count; ++i) {
     ctx.expect_same_dtype(0, i);
-    if (!ctx.shape(i).compatible_with(kept))
-      ctx.fail("input ", i, " is ", ctx.shape(i), ", the statistics are ", kept);
+    if (!ctx.shape(i).compatible_with(like))
+      ctx.fail("input ", i, " is ", ctx.shape(i), ", ", what, " are ", like);
   }
+}
+
+// The shape of scale and shift: the statistics' (`kept`), or with affine "elements" the
+// normalized dims', which must then be x's trailing dims.
+Shape affine_shape(const InferContext& ctx, const Shape& kept) {
+  const std::string& affine = ctx.attr<std::string>("affine");
+  if (affine == "statistics") return kept;
+  if (affine != "elements") ctx.fail("affine must be statistics or elements, got '", affine, "'");
+  const Shape& x = ctx.shape(0);
+  const int64_t first =
+      x.rank() - static_cast<int64_t>(ctx.attr<std::vector<int64_t>>("axes").size());
+  for (int64_t axis : ctx.attr<std::vector<int64_t>>("axes"))
+    if (ctx.axis(axis, x.rank()) < first)
+      ctx.fail("affine elements needs the normalized dims last; axes ",
+               Shape(ctx.attr<std::vector<int64_t>>("axes")), " of ", x, " are not");
+  return Shape(std::vector<int64_t>(x.begin() + first, x.end()));
 }
 
 // Inputs x[, scale, shift].
@@ -97,25 +117,33 @@ std::vector<TensorType> infer_normalize(const InferContext& ctx) {
   const Shape kept = kept_shape(ctx);
   if (ctx.num_inputs() != 1 && ctx.num_inputs() != 3)
     ctx.fail("takes x, or x, scale and shift: got ", ctx.num_inputs(), " inputs");
-  expect_like_statistics(ctx, 1, ctx.num_inputs() - 1, kept);
+  expect_shaped_like(ctx, 1, ctx.num_inputs() - 1, affine_shape(ctx, kept),
+                     "scale and shift's dims");
   const std::string& act = ctx.attr<std::string>("activation");
   if (act != "none" && act != "relu") ctx.fail("activation must be none or relu, got '", act, "'");
   return {ctx.input(0), {ctx.dtype(0), kept}, {ctx.dtype(0), kept}};
 }
 
-// Inputs x, mean, rstd, dy[, scale]; outputs dx[, dscale, dshift].
+// Inputs x, mean, rstd, dy[, scale]; outputs dx[, dscale, dshift], or without input_gradient
+// dscale and dshift alone.
 std::vector<TensorType> infer_normalize_backward(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   if (ctx.num_inputs() != 4 && ctx.num_inputs() != 5)
     ctx.fail("takes x, mean, rstd, dy and optionally scale: got ", ctx.num_inputs(), " inputs");
   ctx.expect_same_dtype(0, 3);
   const Shape kept = kept_shape(ctx);
-  expect_like_statistics(ctx, 1, 2, kept);
+  expect_shaped_like(ctx, 1, 2, kept, "the statistics");
   if (!ctx.shape(3).compatible_with(ctx.shape(0)))
     ctx.fail("dy ", ctx.shape(3), " differs from x ", ctx.shape(0));
-  if (ctx.num_inputs() == 4) return {ctx.input(0)};
-  expect_like_statistics(ctx, 4, 1, kept);
-  return {ctx.input(0), {ctx.dtype(0), kept}, {ctx.dtype(0), kept}};
+  const Shape scale = affine_shape(ctx, kept);
+  const bool input_gradient = ctx.attr<bool>("input_gradient");
+  if (ctx.num_inputs() == 4) {
+    if (!input_gradient) ctx.fail("without input_gradient it needs scale (nothing to compute)");
+    return {ctx.input(0)};
+  }
+  expect_shaped_like(ctx, 4, 1, scale, "scale's dims");
+  if (!input_gradient) return {{ctx.dtype(0), scale}, {ctx.dtype(0), scale}};
+  return {ctx.input(0), {ctx.dtype(0), scale}, {ctx.dtype(0), scale}};
 }
 
 // Calls fn(base) for each of the outer rows of statistics group k: the group's elements are
@@ -138,6 +166,8 @@ void normalize_typed(KernelContext& ctx) {
   T* mean_out = ctx.output(1).data<T>();
   T* rstd_out = ctx.output(2).data<T>();
   const bool affine = ctx.num_inputs() == 3;
+  // With affine "elements" (outer is 1): scale[b] and shift[b] for element b of every group.
+  const bool per_element = affine && ctx.attr<std::string>("affine") == "elements";
   const T* scale = affine ? ctx.input(1).data<T>() : nullptr;
   const T* shift = affine ? ctx.input(2).data<T>() : nullptr;
   const bool relu = ctx.attr<std::string>("activation") == "relu";
@@ -166,11 +196,14 @@ void normalize_typed(KernelContext& ctx) {
       const double rstd = 1 / std::sqrt(squares / count + eps);
       const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
       // y = (x - m) r s + t: the rounded statistics, as the unfused ops would use them.
-      const T s = affine ? scale[k] : T(1), t = affine ? shift[k] : T(0), rs = r * s;
+      const T s = affine && !per_element ? scale[k] : T(1);
+      const T t = affine && !per_element ? shift[k] : T(0), rs = r * s;
       for_group_rows(l, k, [&](int64_t base) {
         const T* row = px + base;
         T* out = y + base;
-        if (affine)
+        if (per_element)
+          for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * r * scale[b] + shift[b];
+        else if (affine)
           for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * rs + t;
         else
           for (int64_t b = 0; b < inner; ++b) out[b] = (row[b] - m) * r;
@@ -183,20 +216,83 @@ void normalize_typed(KernelContext& ctx) {
   });
 }
 
+// Rows per block of normalize_backward with affine "elements": each block sums its rows' dscale
+// and dshift terms apart, and the blocks' sums are added in order, so the result does not depend
+// on the number of threads.
+constexpr int64_t kElementRowBlock = 64;
+
+// normalize_backward with affine "elements": x is [rows, inner] (outer is 1); g = dy scale[b].
+template <typename T>
+void normalize_backward_per_element(KernelContext& ctx, const NormLayout& l, bool center) {
+  const T* px = ctx.input(0).data<T>();
+  const T* mean = ctx.input(1).data<T>();
+  const T* rstd = ctx.input(2).data<T>();
+  const T* dy = ctx.input(3).data<T>();
+  const T* scale = ctx.input(4).data<T>();
+  const bool input_gradient = ctx.attr<bool>("input_gradient");
+  T* dx = input_gradient ? ctx.output(0).data<T>() : nullptr;
+  const int64_t rows = l.kept, inner = l.inner;
+  const double count = static_cast<double>(inner);
+  const int64_t blocks = (rows + kElementRowBlock - 1) / kElementRowBlock;
+  // Block j's sums of dy xhat and of dy: partial[2 j inner + b] and partial[(2 j + 1) inner + b].
+  std::vector<T> partial(static_cast<size_t>(2 * std::max<int64_t>(blocks, 1) * inner), T(0));
+  ctx.parallel_for(blocks, kElementRowBlock * inner * 8, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      T* dscale_sum = partial.data() + 2 * j * inner;
+      T* dshift_sum = dscale_sum + inner;
+      for (int64_t k = j * kElementRowBlock; k < std::min(rows, (j + 1) * kElementRowBlock); ++k) {
+        const T m = center ? mean[k] : T(0), r = rstd[k];
+        const T* row = px + k * inner;
+        const T* drow = dy + k * inner;
+        for (int64_t b = 0; b < inner; ++b) {
+          dscale_sum[b] += drow[b] * ((row[b] - m) * r);
+          dshift_sum[b] += drow[b];
+        }
+        if (dx == nullptr) continue;
+        double sum_g = 0, sum_g_xhat = 0;
+#pragma omp simd reduction(+ : sum_g, sum_g_xhat)
+        for (int64_t b = 0; b < inner; ++b) {
+          const T xhat = (row[b] - m) * r, g = drow[b] * scale[b];
+          sum_g += static_cast<double>(g);
+          sum_g_xhat += static_cast<double>(g) * static_cast<double>(xhat);
+        }
+        // dx = r (g - mean(g) - xhat mean(g xhat)).
+        const T mean_g = center ? static_cast<T>(sum_g / count) : T(0);
+        const T mean_g_xhat = static_cast<T>(sum_g_xhat / count);
+        T* out = dx + k * inner;
+        for (int64_t b = 0; b < inner; ++b)
+          out[b] = r * (drow[b] * scale[b] - mean_g - (row[b] - m) * r * mean_g_xhat);
+      }
+    }
+  });
+  T* dscale = ctx.output(input_gradient ? 1 : 0).data<T>();
+  T* dshift = ctx.output(input_gradient ? 2 : 1).data<T>();
+  std::copy_n(partial.data(), inner, dscale);
+  std::copy_n(partial.data() + inner, inner, dshift);
+  for (int64_t j = 1; j < blocks; ++j)
+    for (int64_t b = 0; b < inner; ++b) {
+      dscale[b] += partial[2 * j * inner + b];
+      dshift[b] += partial[(2 * j + 1) * inner + b];
+    }
+}
+
 template <typename T>
 void normalize_backward_typed(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const NormLayout l = norm_layout(x.shape(), ctx.attr<std::vector<int64_t>>("axes"));
   const bool center = ctx.attr<bool>("center");
+  const bool affine = ctx.num_inputs() == 5;
+  if (affine && ctx.attr<std::string>("affine") == "elements")
+    return normalize_backward_per_element<T>(ctx, l, center);
   const T* px = x.data<T>();
   const T* mean = ctx.input(1).data<T>();
   const T* rstd = ctx.input(2).data<T>();
   const T* dy = ctx.input(3).data<T>();
-  T* dx = ctx.output(0).data<T>();
-  const bool affine = ctx.num_inputs() == 5;
+  const bool input_gradient = ctx.attr<bool>("input_gradient");  // else affine (inference)
+  T* dx = input_gradient ? ctx.output(0).data<T>() : nullptr;
   const T* scale = affine ? ctx.input(4).data<T>() : nullptr;
-  T* dscale = affine ? ctx.output(1).data<T>() : nullptr;
-  T* dshift = affine ? ctx.output(2).data<T>() : nullptr;
+  T* dscale = affine ? ctx.output(input_gradient ? 1 : 0).data<T>() : nullptr;
+  T* dshift = affine ? ctx.output(input_gradient ? 2 : 1).data<T>() : nullptr;
   const int64_t inner = l.inner;
   const double count = static_cast<double>(l.outer * l.inner);
   ctx.parallel_for(l.kept, l.outer * l.inner * 6, [&](int64_t k0, int64_t k1) {
@@ -216,6 +312,7 @@ void normalize_backward_typed(KernelContext& ctx) {
         dscale[k] = static_cast<T>(sum_dy_xhat);
         dshift[k] = static_cast<T>(sum_dy);
       }
+      if (dx == nullptr) continue;
       // dx = r s (dy - mean(dy) - xhat mean(dy xhat)): the sums of g = dy s are s times dy's.
       const T mean_dy = center ? static_cast<T>(sum_dy / count) : T(0);
       const T mean_dy_xhat = static_cast<T>(sum_dy_xhat / count);
@@ -254,6 +351,7 @@ KILN_OP(normalize)
     .attr("eps", 1e-5)
     .attr("center", true)
     .attr("activation", std::string("none"))
+    .attr("affine", std::string("statistics"))
     .infer(infer_normalize)
     .kernel(DeviceKind::cpu, normalize_cpu, {f32, f64})
     .grad([](GradContext& c) -> GradList {
@@ -262,6 +360,10 @@ KILN_OP(normalize)
       const bool relu = c.attr<std::string>("activation") == "relu";
       Value x = c.input(0), mean = c.output(1), rstd = c.output(2);
       Value dx, dscale, dshift;
+      // x's gradient only where it is used (a layer norm of a graph input: the parameters'
+      // gradients alone, as PyTorch's output mask does).
+      const bool want_dx = c.wants_grad_input(0);
+      if (!want_dx && !affine) return {Value()};
       if (c.has_grad_output(0)) {
         // relu's gradient first (y > 0 exactly where its input is > 0), as matmul_bias's.
         Value dy = c.grad_output(0);
@@ -270,12 +372,17 @@ KILN_OP(normalize)
                      c.graph().scalar(0, dy.dtype()));
         std::vector<Value> inputs{x, mean, rstd, dy};
         if (affine) inputs.push_back(c.input(1));
-        std::vector<Value> grads = c.graph().add_node(
-            "normalize_backward", inputs,
-            {{"axes", axes}, {"eps", c.attr<double>("eps")}, {"center", c.attr<bool>("center")}});
+        std::vector<Value> grads = c.graph().add_node("normalize_backward", inputs,
+                                                      {{"axes", axes},
+                                                       {"eps", c.attr<double>("eps")},
+                                                       {"center", c.attr<bool>("center")},
+                                                       {"affine", c.attr<std::string>("affine")},
+                                                       {"input_gradient", want_dx}});
+        if (!want_dx) return {Value(), grads[0], grads[1]};
         dx = grads[0];
         if (affine) dscale = grads[1], dshift = grads[2];
       }
+      if (!want_dx) return {Value(), dscale, dshift};
       auto accumulate = [&](const Value& term) { dx = dx.defined() ? dx + term : term; };
       Value inv_count = reciprocal_count(x, mean);
       if (c.has_grad_output(1) && c.attr<bool>("center"))
@@ -301,6 +408,8 @@ KILN_OP(normalize_backward)
     .attr("axes", AttrType::integers)
     .attr("eps", 1e-5)
     .attr("center", true)
+    .attr("affine", std::string("statistics"))
+    .attr("input_gradient", true)
     .infer(infer_normalize_backward)
     .kernel(DeviceKind::cpu, normalize_backward_cpu, {f32, f64});
 
@@ -364,17 +473,39 @@ int64_t channels_of(const char* fn, const Value& x) {
   return x.shape()[1];
 }
 
+// x normalized over its last dims `axes`, then * weight + bias (each optional). Where they are
+// shaped exactly like those dims (as PyTorch requires), in the same op (affine "elements": one
+// pass forward and backward, and their gradients from it); otherwise broadcast by mul and add.
+Value normalize_last_dims(const char* fn, const Value& x, const std::vector<int64_t>& axes,
+                          double eps, bool center, const Value& weight, const Value& bias) {
+  const Shape& shape = x.shape();
+  const Shape dims(
+      std::vector<int64_t>(shape.end() - static_cast<int64_t>(axes.size()), shape.end()));
+  bool fits = weight.defined() || bias.defined();
+  for (const Value* v : {&weight, &bias})
+    if (v->defined()) fits &= dims.is_known() && v->shape() == dims && v->dtype() == x.dtype();
+  if (!fits) return affine(normalize(x, axes, eps, center).y, weight, bias);
+  Graph& g = common_graph(fn, {&x});
+  for (const Value* v : {&weight, &bias})
+    if (v->defined()) common_graph(fn, {&x, v});
+  std::vector<Value> inputs{x, weight.defined() ? weight : ones_like(bias),
+                            bias.defined() ? bias : zeros_like(weight)};
+  return g.add_node(
+      "normalize", inputs,
+      {{"axes", axes}, {"eps", eps}, {"center", center}, {"affine", std::string("elements")}})[0];
+}
+
 }  // namespace
 
 Value layer_norm(const Value& x, int64_t normalized_dims, const Value& weight, const Value& bias,
                  double eps) {
-  return affine(normalize(x, last_axes("layer_norm", x, normalized_dims), eps, true).y, weight,
-                bias);
+  return normalize_last_dims("layer_norm", x, last_axes("layer_norm", x, normalized_dims), eps,
+                             true, weight, bias);
 }
 
 Value rms_norm(const Value& x, int64_t normalized_dims, const Value& weight, double eps) {
-  return affine(normalize(x, last_axes("rms_norm", x, normalized_dims), eps, false).y, weight,
-                Value());
+  return normalize_last_dims("rms_norm", x, last_axes("rms_norm", x, normalized_dims), eps, false,
+                             weight, Value());
 }
 
 Value group_norm(const Value& x, int64_t groups, const Value& weight, const Value& bias,

@@ -28,9 +28,12 @@ __device__ int64_t at(const NormLayout& l, int64_t k, int64_t m) {
   return ((m / l.inner) * l.kept + k) * l.inner + m % l.inner;
 }
 
+// With per_element (affine "elements", outer 1), scale and shift are indexed by the element of
+// the group (m), else by the group (k).
 template <typename T>
 __global__ void normalize_kernel(const T* x, const T* scale, const T* shift, T* y, T* mean_out,
-                                 T* rstd_out, NormLayout l, bool center, double eps, bool relu) {
+                                 T* rstd_out, NormLayout l, bool center, double eps, bool relu,
+                                 bool per_element) {
   const int64_t k = blockIdx.x, count = l.outer * l.inner;
   double sum = 0;
   if (center)
@@ -47,11 +50,14 @@ __global__ void normalize_kernel(const T* x, const T* scale, const T* shift, T* 
   // Rounded to the storage type first, as the CPU kernel computes y from the stored values.
   const C m_t = static_cast<C>(static_cast<T>(mean)), r_t = static_cast<C>(static_cast<T>(rstd));
   // The affine step (scale and shift given, or neither): y = (x - m) r s + t.
-  const C rs = scale ? r_t * static_cast<C>(scale[k]) : r_t;
-  const C t = shift ? static_cast<C>(shift[k]) : C(0);
+  const C rs = scale && !per_element ? r_t * static_cast<C>(scale[k]) : r_t;
+  const C t = shift && !per_element ? static_cast<C>(shift[k]) : C(0);
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
-    const T v = static_cast<T>((static_cast<C>(x[i]) - m_t) * rs + t);
+    const C xhat_s = (static_cast<C>(x[i]) - m_t) * rs;
+    const T v = per_element
+                    ? static_cast<T>(xhat_s * static_cast<C>(scale[m]) + static_cast<C>(shift[m]))
+                    : static_cast<T>(xhat_s + t);
     // activation "relu": relu's rule on the stored value (NaN and -0 pass through).
     y[i] = relu && static_cast<C>(v) < C(0) ? static_cast<T>(C(0)) : v;
   }
@@ -61,34 +67,66 @@ __global__ void normalize_kernel(const T* x, const T* scale, const T* shift, T* 
   }
 }
 
+// dx (unless null), and with scale per group (not per_element) dscale and dshift; with
+// per_element, g = dy scale[m] and the parameters' gradients come from
+// normalize_column_sums_kernel.
 template <typename T>
 __global__ void normalize_backward_kernel(const T* x, const T* mean, const T* rstd, const T* dy,
                                           const T* scale, T* dx, T* dscale, T* dshift, NormLayout l,
-                                          bool center) {
+                                          bool center, bool per_element) {
   using C = Compute<T>;
   const int64_t k = blockIdx.x, count = l.outer * l.inner;
   const C m_k = center ? static_cast<C>(mean[k]) : C(0), r = static_cast<C>(rstd[k]);
-  const C rs = scale ? r * static_cast<C>(scale[k]) : r;
+  const C rs = scale && !per_element ? r * static_cast<C>(scale[k]) : r;
+  // g: dy, or dy scale[m] per element.
+  auto g_at = [&](int64_t m, int64_t i) {
+    const C d = static_cast<C>(dy[i]);
+    return per_element ? d * static_cast<C>(scale[m]) : d;
+  };
   double sum_dy = 0, sum_dy_xhat = 0;
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
-    const C g = static_cast<C>(dy[i]);
+    const C g = g_at(m, i);
     sum_dy += g;
     sum_dy_xhat += static_cast<double>(g) * static_cast<double>((static_cast<C>(x[i]) - m_k) * r);
   }
   // Every thread calls block_sum (it synchronizes the block), in the same order.
   const double total_dy = block_sum(sum_dy), total_dy_xhat = block_sum(sum_dy_xhat);
-  if (scale && threadIdx.x == 0) {
+  if (scale && !per_element && threadIdx.x == 0) {
     dscale[k] = static_cast<T>(total_dy_xhat);
     dshift[k] = static_cast<T>(total_dy);
   }
+  if (dx == nullptr) return;  // the parameters' gradients alone
   const C mean_dy = center ? static_cast<C>(total_dy / count) : C(0);
   const C mean_dy_xhat = static_cast<C>(total_dy_xhat / count);
   for (int64_t m = threadIdx.x; m < count; m += kThreads) {
     const int64_t i = at(l, k, m);
     const C xhat = (static_cast<C>(x[i]) - m_k) * r;
-    dx[i] = static_cast<T>(rs * (static_cast<C>(dy[i]) - mean_dy - xhat * mean_dy_xhat));
+    dx[i] = static_cast<T>(rs * (g_at(m, i) - mean_dy - xhat * mean_dy_xhat));
   }
+}
+
+// Affine "elements": dscale[b] = sum over the rows k of dy xhat, dshift[b] = sum of dy, for x
+// [rows, inner]; one thread per element b (adjacent threads read adjacent elements), each sum in
+// row order in f64.
+template <typename T>
+__global__ void normalize_column_sums_kernel(const T* x, const T* mean, const T* rstd, const T* dy,
+                                             T* dscale, T* dshift, int64_t rows, int64_t inner,
+                                             bool center) {
+  using C = Compute<T>;
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= inner) return;
+  double sum_dy = 0, sum_dy_xhat = 0;
+  for (int64_t k = 0; k < rows; ++k) {
+    const int64_t i = k * inner + b;
+    const C m_k = center ? static_cast<C>(mean[k]) : C(0);
+    const C xhat = (static_cast<C>(x[i]) - m_k) * static_cast<C>(rstd[k]);
+    const double d = static_cast<double>(static_cast<C>(dy[i]));
+    sum_dy += d;
+    sum_dy_xhat += d * static_cast<double>(xhat);
+  }
+  dscale[b] = static_cast<T>(sum_dy_xhat);
+  dshift[b] = static_cast<T>(sum_dy);
 }
 
 void normalize_cuda(KernelContext& ctx) {
@@ -98,6 +136,7 @@ void normalize_cuda(KernelContext& ctx) {
   const bool center = ctx.attr<bool>("center");
   const double eps = ctx.attr<double>("eps");
   const bool affine = ctx.num_inputs() == 3;
+  const bool per_element = affine && ctx.attr<std::string>("affine") == "elements";
   const bool relu = ctx.attr<std::string>("activation") == "relu";
   dispatch_cuda_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -105,7 +144,7 @@ void normalize_cuda(KernelContext& ctx) {
         x.data<T>(), affine ? ctx.input(1).data<T>() : nullptr,
         affine ? ctx.input(2).data<T>() : nullptr, static_cast<T*>(ctx.output(0).raw_data()),
         static_cast<T*>(ctx.output(1).raw_data()), static_cast<T*>(ctx.output(2).raw_data()), l,
-        center, eps, relu);
+        center, eps, relu, per_element);
   });
   check_launch(ctx);
 }
@@ -113,17 +152,26 @@ void normalize_cuda(KernelContext& ctx) {
 void normalize_backward_cuda(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const NormLayout l = norm_layout(x.shape(), ctx.attr<std::vector<int64_t>>("axes"));
-  if (l.kept == 0) return;
   const bool center = ctx.attr<bool>("center");
   const bool affine = ctx.num_inputs() == 5;
+  const bool per_element = affine && ctx.attr<std::string>("affine") == "elements";
+  const bool input_gradient = ctx.attr<bool>("input_gradient");  // else affine (inference)
   dispatch_cuda_float(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    // With x empty each block still writes its dscale and dshift (zeros).
-    normalize_backward_kernel<T><<<static_cast<unsigned>(l.kept), kThreads, 0, stream_of(ctx)>>>(
-        x.data<T>(), ctx.input(1).data<T>(), ctx.input(2).data<T>(), ctx.input(3).data<T>(),
-        affine ? ctx.input(4).data<T>() : nullptr, static_cast<T*>(ctx.output(0).raw_data()),
-        affine ? static_cast<T*>(ctx.output(1).raw_data()) : nullptr,
-        affine ? static_cast<T*>(ctx.output(2).raw_data()) : nullptr, l, center);
+    T* dx = input_gradient ? static_cast<T*>(ctx.output(0).raw_data()) : nullptr;
+    T* dscale = affine ? static_cast<T*>(ctx.output(input_gradient ? 1 : 0).raw_data()) : nullptr;
+    T* dshift = affine ? static_cast<T*>(ctx.output(input_gradient ? 2 : 1).raw_data()) : nullptr;
+    // With x empty each block still writes its dscale and dshift (zeros); with no rows, the
+    // column sums do (per element). Per element without dx, the column sums are all there is.
+    if (l.kept > 0 && (dx != nullptr || !per_element))
+      normalize_backward_kernel<T><<<static_cast<unsigned>(l.kept), kThreads, 0, stream_of(ctx)>>>(
+          x.data<T>(), ctx.input(1).data<T>(), ctx.input(2).data<T>(), ctx.input(3).data<T>(),
+          affine ? ctx.input(4).data<T>() : nullptr, dx, dscale, dshift, l, center, per_element);
+    if (per_element && l.inner > 0)
+      normalize_column_sums_kernel<T>
+          <<<static_cast<unsigned>((l.inner + kThreads - 1) / kThreads), kThreads, 0,
+             stream_of(ctx)>>>(x.data<T>(), ctx.input(1).data<T>(), ctx.input(2).data<T>(),
+                               ctx.input(3).data<T>(), dscale, dshift, l.kept, l.inner, center);
   });
   check_launch(ctx);
 }

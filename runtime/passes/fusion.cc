@@ -1,6 +1,7 @@
 // Elementwise fusion: a tree of elementwise ops of one float dtype, whose inner values have one
 // reader each, becomes one fused_elementwise node (ops/math/fused.cc). Its inputs must have the
-// output's element count, be scalars, or be the output's trailing dims (a bias row).
+// output's element count, be scalars, or be the output's trailing dims (a bias row); a
+// broadcast of such a value to the output's shape is read through (its source is the input).
 #include <functional>
 #include <unordered_set>
 
@@ -105,6 +106,19 @@ class ElementwiseFusion final : public Pass {
     return -static_cast<int64_t>(g.externals.size()) - 1;
   }
 
+  // The source of `r` where r is a broadcast the kernel does as it reads (a scalar, or a row
+  // repeated over the leading dims: a mean's or a bias's gradient spread back over a batch), so
+  // the broadcast value is never written out; else r.
+  OutputRef through_broadcast(const Group& g, OutputRef r) const {
+    const Node& n = g.graph.node(r.node);
+    if (n.op_name() != "broadcast_like" && n.op_name() != "broadcast_to") return r;
+    if (n.outputs()[0].shape != g.out.shape) return r;
+    const OutputRef source = n.inputs()[0];
+    const TensorType& t = g.graph.node(source.node).outputs()[source.index];
+    return t.dtype == g.out.dtype && t.shape.is_known() && readable(t.shape, g.out.shape) ? source
+                                                                                          : r;
+  }
+
   // Can node `id`, read only inside the group, be computed inside it?
   bool inner_candidate(const Group& g, int32_t id) const {
     const Node& n = g.graph.node(id);
@@ -136,7 +150,7 @@ class ElementwiseFusion final : public Pass {
     };
     std::vector<int64_t> operands;
     for (size_t i = 0; i < n.inputs().size(); ++i) {
-      OutputRef in = n.inputs()[i];
+      const OutputRef in = through_broadcast(g, n.inputs()[i]);
       int64_t token = -1;
       if (g.visited < kMaxOps && inner_candidate(g, in.node))
         token = add_member(g, in.node, members);

@@ -304,6 +304,64 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
                  {{"axes", std::vector<int64_t>{0, 2}}, {"eps", 1e-5}, {"center", true}});
            },
        .gradients = false});
+  // Affine "elements" (layer and RMS norm's weight and bias, shaped like the normalized dims),
+  // forward and backward; 70 rows for the backward's blocks of 64 rows.
+  for (bool center : {true, false}) {
+    const AttrMap attrs{{"axes", std::vector<int64_t>{1, 2}},
+                        {"eps", 1e-5},
+                        {"center", center},
+                        {"affine", std::string("elements")}};
+    add({"normalize", center ? "normalize_layer_elements" : "normalize_rms_elements",
+         [attrs](CaseGraph& c) {
+           Value x = c.input({5, 3, 4}, -2, 3);
+           std::vector<Value> out = c.g.add_node(
+               "normalize", {x, c.input({3, 4}, 0.5, 2), c.input({3, 4}, -1, 1)}, attrs);
+           return out[0] + expand_dims(out[1] * 0.5 + out[2] * 0.25, {1, 2});
+         }});
+    add({.op = "normalize_backward",
+         .name = center ? "normalize_backward_layer_elements" : "normalize_backward_rms_elements",
+         .build =
+             [attrs, center](CaseGraph& c) {
+               Value x = c.input({70, 2, 3}, -2, 3);
+               Normalized n = normalize(x, {1, 2}, 1e-5, center);
+               std::vector<Value> grads =
+                   c.g.add_node("normalize_backward",
+                                {x, n.mean, n.rstd, c.input({70, 2, 3}), c.input({2, 3})}, attrs);
+               return grads[0] + (grads[1] * 0.5 + grads[2] * 0.25);
+             },
+         .gradients = false});
+    // The parameters' gradients alone (x needs none).
+    AttrMap parameters_only = attrs;
+    parameters_only["input_gradient"] = false;
+    add({.op = "normalize_backward",
+         .name =
+             center ? "normalize_backward_layer_parameters" : "normalize_backward_rms_parameters",
+         .build =
+             [parameters_only, center](CaseGraph& c) {
+               Value x = c.input({70, 2, 3}, -2, 3);
+               Normalized n = normalize(x, {1, 2}, 1e-5, center);
+               std::vector<Value> grads = c.g.add_node(
+                   "normalize_backward", {x, n.mean, n.rstd, c.input({70, 2, 3}), c.input({2, 3})},
+                   parameters_only);
+               return grads[0] * 0.5 + grads[1] * 0.25;
+             },
+         .gradients = false});
+  }
+  add({.op = "normalize_backward",
+       .name = "normalize_backward_batch_parameters",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({4, 3, 5}, -2, 3);
+             Normalized n = normalize(x, {0, 2});
+             std::vector<Value> grads = c.g.add_node(
+                 "normalize_backward", {x, n.mean, n.rstd, c.input({4, 3, 5}), c.input({3})},
+                 {{"axes", std::vector<int64_t>{0, 2}},
+                  {"eps", 1e-5},
+                  {"center", true},
+                  {"input_gradient", false}});
+             return grads[0] * 0.5 + grads[1] * 0.25;
+           },
+       .gradients = false});
   add({"after", "after", [](CaseGraph& c) {
          Value x = c.input({3, 4});
          return after(x * 2.0, {c.input({2})}) * x;

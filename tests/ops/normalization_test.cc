@@ -53,6 +53,37 @@ TEST(Normalization, LayerAndRmsNormMatchTheirDefinitions) {
                   {x, r64({5}, 0.5, 1.5, 4)}, "rms_norm");
 }
 
+// Layer norm's weight and bias (affine "elements") take their gradients from normalize_backward;
+// where x needs none (a graph input), the node leaves dx out (input_gradient false), with the
+// same parameter gradients. 150 rows: several of the CPU kernel's blocks of 64 rows.
+TEST(Normalization, ParameterGradientsAloneWhereXNeedsNone) {
+  Tensor x = r64({150, 6}, -2, 3, 11), w = r64({6}, 0.5, 1.5, 12), b = r64({6}, -1, 1, 13);
+  Graph g;
+  Value vx = g.placeholder("x", f64, {150, 6});
+  Value vw = g.placeholder("w", f64, {6}), vb = g.placeholder("b", f64, {6});
+  Value loss = sum(square(layer_norm(vx, 1, vw, vb)) * g.constant(r64({150, 6}, -1, 1, 14)));
+  std::vector<Value> all = gradients(loss, {vx, vw, vb});
+  std::vector<Value> params = gradients(loss, {vw, vb});
+  int without_dx = 0;
+  for (int32_t id = 0; id < g.num_nodes(); ++id)
+    if (g.node(id).op_name() == "normalize_backward") {
+      const bool dx = g.node(id).attr<bool>("input_gradient");
+      without_dx += !dx;
+      EXPECT_EQ(g.node(id).num_outputs(), dx ? 3 : 2);
+      EXPECT_EQ(g.node(id).attr<std::string>("affine"), "elements");
+    }
+  EXPECT_EQ(without_dx, 1);
+  Session s(g);
+  auto got = s.run({{vx, x}, {vw, w}, {vb, b}}, {all[1], all[2], params[0], params[1]});
+  EXPECT_TRUE(equal_bits(got[0], got[2]));
+  EXPECT_TRUE(equal_bits(got[1], got[3]));
+  check_gradients(
+      [](Graph& cg, const std::vector<Value>& v) {
+        return layer_norm(cg.constant(r64({150, 6}, -2, 3, 11)), 1, v[0], v[1]);
+      },
+      {w, b}, "layer_norm parameters");
+}
+
 TEST(Normalization, GroupNormNormalizesEachGroupOfEachExample) {
   Tensor x = r64({2, 6, 3, 2}, -2, 3, 5), w = r64({6}, 0.5, 1.5, 6), b = r64({6}, -1, 1, 7);
   Graph g;
@@ -234,6 +265,37 @@ TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {
       {"[avg_pool2d]", "smaller than the window"});
   expect_error<GraphError>([&] { normalize(x, {1, 3}); }, {"[normalize]", "adjacent"});
   expect_error<GraphError>([&] { layer_norm(x, 5); }, {"layer_norm", "normalized_dims 5"});
+  // Affine "elements" (layer norm's weight and bias): shaped like the normalized dims, last.
+  int made = 0;
+  auto elements = [&](std::vector<int64_t> axes, Shape scale, std::string affine) {
+    ++made;
+    g.add_node(
+        "normalize",
+        {x, g.placeholder(str("s", made), f32, scale), g.placeholder(str("t", made), f32, scale)},
+        {{"axes", axes}, {"eps", 1e-5}, {"center", true}, {"affine", affine}});
+  };
+  expect_error<GraphError>(
+      [&] {
+        elements({0, 1}, {2, 6}, "elements");
+      },
+      {"[normalize]", "normalized dims last", "axes [0, 1]"});
+  expect_error<GraphError>(
+      [&] {
+        elements({2, 3}, {5, 6}, "elements");
+      },
+      {"[normalize]", "input 1 is [5, 6]", "scale and shift's dims are"});
+  expect_error<GraphError>(
+      [&] {
+        Normalized n = normalize(x, {2, 3});
+        g.add_node("normalize_backward", {x, n.mean, n.rstd, x},
+                   {{"axes", std::vector<int64_t>{2, 3}}, {"input_gradient", false}});
+      },
+      {"[normalize_backward]", "without input_gradient it needs scale"});
+  expect_error<GraphError>(
+      [&] {
+        elements({2, 3}, {5, 5}, "channels");
+      },
+      {"[normalize]", "affine must be statistics or elements"});
   expect_error<GraphError>([&] { group_norm(x, 4); }, {"group_norm", "6 channels", "4 groups"});
   Value c4 = g.variable("c4", {4}, init::zeros());
   expect_error<GraphError>([&] { batch_norm(x, c4, c4, Value(), Value(), true); },

@@ -76,7 +76,9 @@ def normalize(x, attrs, scale=None, shift=None):
             t = t.squeeze(axis)
         return t
     y = (x - mean) * rstd
-    if scale is not None:  # shaped like the statistics: put back the normalized dims
+    if scale is not None and attrs.get("affine") == "elements":  # shaped like the trailing dims
+        y = y * scale + shift
+    elif scale is not None:  # shaped like the statistics: put back the normalized dims
         for axis in sorted(axes):
             scale, shift = scale.unsqueeze(axis), shift.unsqueeze(axis)
         y = y * scale + shift
@@ -172,7 +174,8 @@ def apply(op, args, attrs, dtype, custom):
         scale = args[4].detach().requires_grad_(True)
         shift = torch.zeros_like(scale, requires_grad=True)
         y = normalize(x, attrs, scale, shift)[0]
-        return torch.autograd.grad(y, (x, scale, shift), args[3], create_graph=True)
+        grads = torch.autograd.grad(y, (x, scale, shift), args[3], create_graph=True)
+        return grads[1:] if attrs.get("input_gradient") == "0" else grads
     if op == "attention":
         return attention(a, args[1], args[2], args[3] if len(args) > 3 else None, attrs)
     if op == "attention_backward":  # (q, k, v, out, lse, dout[, mask]): dq, dk, dv

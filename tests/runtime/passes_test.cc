@@ -388,6 +388,29 @@ TEST(Passes, ElementwiseFusionMakesOneKernel) {
   testing::expect_near(testing::values(a[1]), f[1], 1e-6, 1e-6, "fused c");
 }
 
+// A broadcast the fused kernel can do as it reads (a scalar, a trailing row) is read through:
+// the broadcast value is never written. A column's broadcast stays.
+TEST(Passes, ElementwiseFusionReadsThroughBroadcasts) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {64, 32});
+  Value col = g.placeholder("col", f32, {64, 1});
+  Value spread_mean = broadcast_like(mean(x), x);               // a mean's gradient, say
+  Value spread_row = broadcast_to(sum(x, {0}), Shape{64, 32});  // a row over the batch
+  Value y = exp(x * spread_mean) + spread_row;
+  Value z = tanh(x) * broadcast_like(col, x);
+  Tensor xin = testing::random_tensor(f32, {64, 32}, -1, 1, 7);
+  Tensor cin = testing::random_tensor(f32, {64, 1}, -1, 1, 8);
+  FeedList feeds = {{x, xin}, {col, cin}};
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::elementwise_fusion));
+  auto counts = ops_of(on.plan(feeds, {y, z}));
+  EXPECT_EQ(counts["fused_elementwise"], 2);
+  EXPECT_EQ(counts["broadcast_to"], 0);
+  EXPECT_EQ(counts["broadcast_like"], 1) << "the column's";
+  auto a = off.run(feeds, {y, z}), f = on.run(feeds, {y, z});
+  testing::expect_near(testing::values(a[0]), f[0], 1e-6, 1e-6, "through a scalar and a row");
+  testing::expect_near(testing::values(a[1]), f[1], 1e-6, 1e-6, "beside a column");
+}
+
 TEST(Passes, FetchedIntermediatesAreKept) {
   Graph g;
   Value x = g.placeholder("x", f64, {5});
