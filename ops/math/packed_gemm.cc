@@ -136,7 +136,7 @@ void packed_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float
           const float* b_panel = b_packed + q * depth;
           for (int64_t r = 0; r < rows; r += kPanelRows) {
             const int panel_rows = static_cast<int>(std::min(kPanelRows, rows - r));
-            small_gemm::detail::tile_for(panel_rows, vectors)(
+            small_gemm::detail::tile_for(panel_rows, vectors, panel_cols)(
                 depth, a_packed + r * depth, 1, kPanelRows, b_panel, kPanelColumns,
                 c + (i0 + r) * ldc + j0 + q, ldc, last, accumulate);
           }
