@@ -37,6 +37,12 @@ struct NoEpilogue {
   void operator()(int64_t, int64_t, int64_t, int64_t, int64_t, T*, int64_t) const {}
 };
 
+/// What a block of C holds before its gemm: zeros (the gemm overwrites it: beta 0).
+struct ZeroStart {
+  template <typename T>
+  void operator()(int64_t, int64_t, int64_t, int64_t, int64_t, T*, int64_t) const {}
+};
+
 /// C = op(A) op(B) for A `a` ([..., M, K], or [..., K, M] with ta) and B `b` ([..., K, N], or
 /// [..., N, K] with tb), batch dims broadcast; `c_shape` is C's shape ([..., M, N]).
 ///
@@ -50,10 +56,16 @@ struct NoEpilogue {
 /// not depend on how C is cut, so results are the same for any number of threads and with or
 /// without an epilogue; its AVX2 sgemm, and OpenBLAS's dgemm (f64), may round an element of a
 /// block of another shape differently (the last bit).
-template <typename T, typename Epilogue = NoEpilogue>
+///
+/// With `initial` (same arguments as the epilogue), each block is first filled by it and the gemm
+/// adds the product to what it wrote (beta 1): a bias added that way costs no pass over C after
+/// the product, and OpenBLAS's gemm then skips its own pass zeroing C.
+template <typename T, typename Epilogue = NoEpilogue, typename Start = ZeroStart>
 void blocked_product(const KernelContext& ctx, const Tensor& a, const Tensor& b, bool ta, bool tb,
-                     const Shape& c_shape, T* c, const Epilogue& epilogue = {}) {
+                     const Shape& c_shape, T* c, const Epilogue& epilogue = {},
+                     [[maybe_unused]] const Start& initial = {}) {
   constexpr bool has_epilogue = !std::is_same_v<Epilogue, NoEpilogue>;
+  constexpr bool has_start = !std::is_same_v<Start, ZeroStart>;
   single_threaded_blas();
   const Shape& as = a.shape();
   const Shape& bs = b.shape();
@@ -108,8 +120,10 @@ void blocked_product(const KernelContext& ctx, const Tensor& a, const Tensor& b,
         out = scratch.data();
         ld = cols;
       }
+      if constexpr (has_start) initial(i, row0, rows, col0, cols, out, ld);
       if (k == 0) {
-        for (int64_t r = 0; r < rows; ++r) std::fill_n(out + r * ld, cols, T(0));
+        if constexpr (!has_start)
+          for (int64_t r = 0; r < rows; ++r) std::fill_n(out + r * ld, cols, T(0));
       } else {
         const T* ab = pa + a_off[i] * m * k;
         const T* bb = pb + b_off[i] * k * n;
@@ -118,7 +132,7 @@ void blocked_product(const KernelContext& ctx, const Tensor& a, const Tensor& b,
         const T* a_rows = ab + (ta ? row0 : row0 * lda);
         const T* b_cols = bb + (tb ? col0 * ldb : col0);
         gemm(ta, tb, static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(k), a_rows,
-             lda, b_cols, ldb, out, static_cast<int>(ld));
+             lda, b_cols, ldb, out, static_cast<int>(ld), has_start ? T(1) : T(0));
       }
       epilogue(i, row0, rows, col0, cols, out, ld);
     }
