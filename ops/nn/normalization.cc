@@ -249,13 +249,24 @@ void normalize_backward_per_element(KernelContext& ctx, const NormLayout& l, boo
           dshift_sum[b] += drow[b];
         }
         if (dx == nullptr) continue;
+        // The two sums in kLanes lanes each (so the loop vectorizes without reassociating,
+        // under GCC and clang alike), then across them.
+        constexpr int64_t kLanes = 8;
+        double lanes_g[kLanes] = {}, lanes_g_xhat[kLanes] = {};
+        int64_t b = 0;
+        for (; b + kLanes <= inner; b += kLanes)
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const T xhat = (row[b + l] - m) * r, g = drow[b + l] * scale[b + l];
+            lanes_g[l] += static_cast<double>(g);
+            lanes_g_xhat[l] += static_cast<double>(g) * static_cast<double>(xhat);
+          }
         double sum_g = 0, sum_g_xhat = 0;
-#pragma omp simd reduction(+ : sum_g, sum_g_xhat)
-        for (int64_t b = 0; b < inner; ++b) {
+        for (; b < inner; ++b) {
           const T xhat = (row[b] - m) * r, g = drow[b] * scale[b];
           sum_g += static_cast<double>(g);
           sum_g_xhat += static_cast<double>(g) * static_cast<double>(xhat);
         }
+        for (int64_t l = 0; l < kLanes; ++l) sum_g += lanes_g[l], sum_g_xhat += lanes_g_xhat[l];
         // dx = r (g - mean(g) - xhat mean(g xhat)).
         const T mean_g = center ? static_cast<T>(sum_g / count) : T(0);
         const T mean_g_xhat = static_cast<T>(sum_g_xhat / count);
