@@ -238,6 +238,22 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
   }
 }
 
+namespace {
+
+// normalize_backward of a fresh x [shape] normalized over `axes`, with a random dy and, where
+// `scale` is given, a random scale of that shape.
+std::vector<Value> normalize_backward_of(CaseGraph& c, const Shape& shape,
+                                         const std::vector<int64_t>& axes, bool center,
+                                         const Shape* scale, const AttrMap& attrs) {
+  Value x = c.input(shape, -2, 3);
+  Normalized n = normalize(x, axes, 1e-5, center);
+  std::vector<Value> inputs{x, n.mean, n.rstd, c.input(shape)};
+  if (scale) inputs.push_back(c.input(*scale));
+  return c.g.add_node("normalize_backward", inputs, attrs);
+}
+
+}  // namespace
+
 void add_normalization_cases(const std::function<void(OpCase)>& add) {
   // normalize over batch norm's axes (N, H, W), layer norm's last two, and RMS norm's last;
   // every output is used, so the statistics' own gradients are checked too.
@@ -285,10 +301,9 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
        .name = "normalize_backward_affine",
        .build =
            [](CaseGraph& c) {
-             Value x = c.input({4, 3, 5}, -2, 3);
-             Normalized n = normalize(x, {0, 2});
-             std::vector<Value> grads = c.g.add_node(
-                 "normalize_backward", {x, n.mean, n.rstd, c.input({4, 3, 5}), c.input({3})},
+             const Shape scale{3};
+             std::vector<Value> grads = normalize_backward_of(
+                 c, {4, 3, 5}, {0, 2}, true, &scale,
                  {{"axes", std::vector<int64_t>{0, 2}}, {"eps", 1e-5}, {"center", true}});
              return grads[0] + expand_dims(grads[1] * 0.5 + grads[2] * 0.25, {0, 2});
            },
@@ -297,11 +312,9 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
        .name = "normalize_backward",
        .build =
            [](CaseGraph& c) {
-             Value x = c.input({4, 3, 5}, -2, 3);
-             Normalized n = normalize(x, {0, 2});
-             return c.g.add(
-                 "normalize_backward", {x, n.mean, n.rstd, c.input({4, 3, 5})},
-                 {{"axes", std::vector<int64_t>{0, 2}}, {"eps", 1e-5}, {"center", true}});
+             return normalize_backward_of(
+                 c, {4, 3, 5}, {0, 2}, true, nullptr,
+                 {{"axes", std::vector<int64_t>{0, 2}}, {"eps", 1e-5}, {"center", true}})[0];
            },
        .gradients = false});
   // Affine "elements" (layer and RMS norm's weight and bias, shaped like the normalized dims),
@@ -322,11 +335,9 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
          .name = center ? "normalize_backward_layer_elements" : "normalize_backward_rms_elements",
          .build =
              [attrs, center](CaseGraph& c) {
-               Value x = c.input({70, 2, 3}, -2, 3);
-               Normalized n = normalize(x, {1, 2}, 1e-5, center);
+               const Shape scale{2, 3};
                std::vector<Value> grads =
-                   c.g.add_node("normalize_backward",
-                                {x, n.mean, n.rstd, c.input({70, 2, 3}), c.input({2, 3})}, attrs);
+                   normalize_backward_of(c, {70, 2, 3}, {1, 2}, center, &scale, attrs);
                return grads[0] + (grads[1] * 0.5 + grads[2] * 0.25);
              },
          .gradients = false});
@@ -338,11 +349,9 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
              center ? "normalize_backward_layer_parameters" : "normalize_backward_rms_parameters",
          .build =
              [parameters_only, center](CaseGraph& c) {
-               Value x = c.input({70, 2, 3}, -2, 3);
-               Normalized n = normalize(x, {1, 2}, 1e-5, center);
-               std::vector<Value> grads = c.g.add_node(
-                   "normalize_backward", {x, n.mean, n.rstd, c.input({70, 2, 3}), c.input({2, 3})},
-                   parameters_only);
+               const Shape scale{2, 3};
+               std::vector<Value> grads =
+                   normalize_backward_of(c, {70, 2, 3}, {1, 2}, center, &scale, parameters_only);
                return grads[0] * 0.5 + grads[1] * 0.25;
              },
          .gradients = false});
@@ -351,14 +360,12 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
        .name = "normalize_backward_batch_parameters",
        .build =
            [](CaseGraph& c) {
-             Value x = c.input({4, 3, 5}, -2, 3);
-             Normalized n = normalize(x, {0, 2});
-             std::vector<Value> grads = c.g.add_node(
-                 "normalize_backward", {x, n.mean, n.rstd, c.input({4, 3, 5}), c.input({3})},
-                 {{"axes", std::vector<int64_t>{0, 2}},
-                  {"eps", 1e-5},
-                  {"center", true},
-                  {"input_gradient", false}});
+             const Shape scale{3};
+             std::vector<Value> grads = normalize_backward_of(c, {4, 3, 5}, {0, 2}, true, &scale,
+                                                              {{"axes", std::vector<int64_t>{0, 2}},
+                                                               {"eps", 1e-5},
+                                                               {"center", true},
+                                                               {"input_gradient", false}});
              return grads[0] * 0.5 + grads[1] * 0.25;
            },
        .gradients = false});
