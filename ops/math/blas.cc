@@ -28,12 +28,15 @@ bool openblas_has_fma_kernels() {
 // kernels (Zen 3, AVX2: oneDNN's AVX2 sgemm ran the transformer's FFN products and weight
 // gradients at 27-35 GFLOP/s per core inside the step against OpenBLAS's 50-60; the transformer
 // step's fastest of five went 134.5 -> 111.6 ms, the MLP step's 5.06 -> 4.04; bench/RESULTS.md,
-// twelfth session), oneDNN otherwise.
+// twelfth session), oneDNN otherwise. Where OpenBLAS is taken and this build has Kiln's gemm,
+// the mixed path (blas.h): Kiln's for the one-slice products OpenBLAS would zero C for first
+// (transformer step 67.2 -> 66.6 ms, MLP step 2.78 -> 2.71; fifteenth session).
 F32Gemm default_library() {
 #if defined(__x86_64__) || defined(__i386__)
   if (__builtin_cpu_supports("avx512f")) return F32Gemm::onednn;
 #endif
-  return openblas_has_fma_kernels() ? F32Gemm::openblas : F32Gemm::onednn;
+  if (!openblas_has_fma_kernels()) return F32Gemm::onednn;
+  return packed_sgemm_available() ? F32Gemm::mixed : F32Gemm::openblas;
 }
 
 }  // namespace
@@ -43,11 +46,14 @@ F32Gemm f32_gemm_library() {
     const char* value = std::getenv("KILN_CPU_GEMM");
     if (!value || !*value) return default_library();
     const std::string name = value;
-    KILN_CHECK(name == "kiln" || name == "onednn" || name == "openblas", Error, "KILN_CPU_GEMM='",
-               name, "': use kiln, onednn or openblas");
-    KILN_CHECK(name != "kiln" || packed_sgemm_available(), Error,
-               "KILN_CPU_GEMM='kiln': this build has no AVX-512 or AVX2 micro-kernel");
-    return name == "kiln" ? F32Gemm::kiln : name == "onednn" ? F32Gemm::onednn : F32Gemm::openblas;
+    KILN_CHECK(name == "kiln" || name == "onednn" || name == "openblas" || name == "mixed", Error,
+               "KILN_CPU_GEMM='", name, "': use kiln, onednn, openblas or mixed");
+    KILN_CHECK((name != "kiln" && name != "mixed") || packed_sgemm_available(), Error,
+               "KILN_CPU_GEMM='", name, "': this build has no AVX-512 or AVX2 micro-kernel");
+    return name == "kiln"     ? F32Gemm::kiln
+           : name == "onednn" ? F32Gemm::onednn
+           : name == "mixed"  ? F32Gemm::mixed
+                              : F32Gemm::openblas;
   }();
   return library;
 }
@@ -60,6 +66,8 @@ const char* f32_gemm_name(F32Gemm library) {
       return "onednn";
     case F32Gemm::openblas:
       return "openblas";
+    case F32Gemm::mixed:
+      return "mixed";
   }
   return "?";
 }

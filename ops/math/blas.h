@@ -44,15 +44,25 @@ inline void single_threaded_blas() {
   (void)done;
 }
 
-/// The library behind f32 products: KILN_CPU_GEMM=onednn, openblas, or kiln (packed_gemm.h:
-/// Kiln's own micro-kernel over packed panels, where the build has one), so the parity suite
-/// checks each path (ctest's torch_parity_*); without the variable, the faster one on this kind of
-/// processor (blas.cc). Decided once per process.
-enum class F32Gemm { kiln, onednn, openblas };
+/// The library behind f32 products: KILN_CPU_GEMM=onednn, openblas, kiln (packed_gemm.h: Kiln's
+/// own micro-kernel over packed panels, where the build has one) or mixed (OpenBLAS, except the
+/// products it would start by zeroing C, beta 0, whose sum is one slice of Kiln's, k <=
+/// kPackedGemmDepth: those through Kiln's, which writes each element of C once), so the parity
+/// suite checks each path (ctest's torch_parity_*); without the variable, the faster one on this
+/// kind of processor (blas.cc). Decided once per process.
+enum class F32Gemm { kiln, onednn, openblas, mixed };
 F32Gemm f32_gemm_library();
 
-/// "kiln", "onednn" or "openblas".
+/// "kiln", "onednn", "openblas" or "mixed".
 const char* f32_gemm_name(F32Gemm library);
+
+/// Whether f32 products go through OpenBLAS (all of them, or all but mixed's shallow ones): it
+/// packs its operands again on every call, so products are cut into fewer, larger blocks
+/// (blocked_product.h), and a bias is best added by starting C as the bias rows (beta 1).
+inline bool f32_gemm_openblas() {
+  const F32Gemm library = f32_gemm_library();
+  return library == F32Gemm::openblas || library == F32Gemm::mixed;
+}
 
 inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
                  int ldb, float* c, int ldc, float beta = 0.0f) {
@@ -61,6 +71,14 @@ inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda,
       if (beta == 0.0f || beta == 1.0f)
         return packed_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta);
       break;  // another beta: oneDNN
+    case F32Gemm::mixed:
+      // OpenBLAS with beta 0 first zeroes C, then adds the product to it: a pass over C (8 MiB for
+      // the transformer's FFN gradient) that Kiln's gemm does not make where one slice is the
+      // whole sum (transformer step: the dX products of k = 256 went 6.01 -> 5.68 and 1.52 ->
+      // 1.45 ms; bench/RESULTS.md, fifteenth session). Deeper sums stay on OpenBLAS, faster there.
+      if (beta == 0.0f && k <= kPackedGemmDepth)
+        return packed_sgemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, beta);
+      [[fallthrough]];
     case F32Gemm::openblas:
       single_threaded_blas();
       cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,

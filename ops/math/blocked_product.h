@@ -89,7 +89,7 @@ void blocked_product(const KernelContext& ctx, const Tensor& a, const Tensor& b,
   const int64_t want = std::max<int64_t>(1, threads / std::max<int64_t>(entries, 1));
   int64_t pieces = want, across_block = across;
   if constexpr (has_epilogue) {
-    const bool openblas = std::is_same_v<T, float> && f32_gemm_library() == F32Gemm::openblas;
+    const bool openblas = std::is_same_v<T, float> && f32_gemm_openblas();
     const int64_t block_bytes = openblas ? kOpenBlasEpilogueBlockBytes : kEpilogueBlockBytes;
     const int64_t across_max = openblas ? across : kEpilogueBlockAcross;
     const int64_t across_pieces = (across + across_max - 1) / across_max;

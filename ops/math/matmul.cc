@@ -128,7 +128,7 @@ void matmul_bias_typed(KernelContext& ctx) {
   // is the sum's, as the add after it would round (bits as before at one slice of k), and C is
   // neither zeroed by OpenBLAS nor read again after it (transformer step: 0.4 ms of 70). Kiln's
   // own gemm adds each term to C in turn, and oneDNN's was not measured: the epilogue there.
-  const bool openblas = !std::is_same_v<T, float> || f32_gemm_library() == F32Gemm::openblas;
+  const bool openblas = !std::is_same_v<T, float> || f32_gemm_openblas();
   if (!relu && openblas) {
     blocked_product<T>(
         ctx, ctx.input(0), ctx.input(1), ctx.attr<bool>("transpose_a"),

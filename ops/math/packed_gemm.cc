@@ -30,9 +30,9 @@ namespace {
 constexpr int64_t kPanelRows = small_gemm::kRows;
 constexpr int64_t kPanelColumns = small_gemm::kColumns;
 constexpr int64_t kLanes = small_gemm::Simd::kLanes;
-constexpr int64_t kDepth = 256;         // terms of the sum per slice
-constexpr int64_t kRowBlock = 144;      // rows of A packed at once (24 panels of 6)
-constexpr int64_t kColumnBlock = 4096;  // columns of B packed at once
+constexpr int64_t kDepth = kPackedGemmDepth;  // terms of the sum per slice
+constexpr int64_t kRowBlock = 144;            // rows of A packed at once (24 panels of 6)
+constexpr int64_t kColumnBlock = 4096;        // columns of B packed at once
 
 // Rows [i0, i0 + rows) and terms [p0, p0 + depth) of A' into panels of kPanelRows rows: panel q
 // holds A'[i0 + q kPanelRows + r, p0 + p] at q kPanelRows depth + p kPanelRows + r. A short last
@@ -43,8 +43,14 @@ void pack_a(bool ta, const float* a, int64_t lda, int64_t i0, int64_t rows, int6
     const int64_t panel_rows = std::min(kPanelRows, rows - q0);
     float* d = dst + q0 * depth;
     if (ta) {  // A stored [k, m]: a panel's rows of one term are contiguous
-      for (int64_t p = 0; p < depth; ++p)
-        std::copy_n(a + (p0 + p) * lda + i0 + q0, panel_rows, d + p * kPanelRows);
+      const float* src = a + p0 * lda + i0 + q0;
+      if (panel_rows == kPanelRows) {  // a copy of constant length, inlined (no call per term)
+        for (int64_t p = 0; p < depth; ++p)
+          std::copy_n(src + p * lda, kPanelRows, d + p * kPanelRows);
+      } else {
+        for (int64_t p = 0; p < depth; ++p)
+          std::copy_n(src + p * lda, panel_rows, d + p * kPanelRows);
+      }
     } else {
       // A [m, k]: kLanes x kLanes blocks transposed in registers where kLanes rows are there to
       // read (the rows past the panel's are read and dropped), the rest element by element.
@@ -74,8 +80,16 @@ void pack_b(bool tb, const float* b, int64_t ldb, int64_t p0, int64_t depth, int
     const int64_t panel_cols = std::min(kPanelColumns, cols - q0);
     float* d = dst + q0 * depth;
     if (!tb) {
-      for (int64_t p = 0; p < depth; ++p)
-        std::copy_n(b + (p0 + p) * ldb + j0 + q0, panel_cols, d + p * kPanelColumns);
+      const float* src = b + p0 * ldb + j0 + q0;
+      if (panel_cols == kPanelColumns) {  // whole vectors, no call per term
+        for (int64_t p = 0; p < depth; ++p)
+          for (int64_t v = 0; v < kPanelColumns; v += kLanes)
+            small_gemm::Simd::store(d + p * kPanelColumns + v,
+                                    small_gemm::Simd::load(src + p * ldb + v));
+      } else {
+        for (int64_t p = 0; p < depth; ++p)
+          std::copy_n(src + p * ldb, panel_cols, d + p * kPanelColumns);
+      }
       continue;
     }
     // B stored [n, k]: B'[p, j] = b[j ldb + p], transposed in blocks of kLanes x kLanes.

@@ -7,6 +7,10 @@
 
 namespace kiln::ops {
 
+/// Terms of the sum packed_sgemm takes per slice: a product with k at most this is one pass over
+/// C, each element written once (C is read first only with beta 1).
+constexpr int64_t kPackedGemmDepth = 256;
+
 /// Whether this build has packed_sgemm (x86-64 with AVX-512, or AVX2 and FMA: small_gemm.h).
 bool packed_sgemm_available();
 

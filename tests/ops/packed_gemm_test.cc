@@ -120,12 +120,18 @@ TEST(PackedGemm, AnEmptySumZeroesOrKeepsC) {
 
 // The f32 library without KILN_CPU_GEMM: oneDNN on AVX-512, OpenBLAS only where it runs FMA
 // kernels (ctest's gemm_library_without_fma_kernels runs this with OPENBLAS_CORETYPE=Prescott,
-// OpenBLAS's SSE3 kernels, which must leave f32 on oneDNN), never Kiln's own.
+// OpenBLAS's SSE3 kernels, which must leave f32 on oneDNN), and there the mixed path (Kiln's own
+// gemm for OpenBLAS's one-slice products with beta 0) where the build has Kiln's; never Kiln's
+// own alone.
 TEST(GemmLibrary, TheDefaultFollowsTheProcessor) {
   const char* chosen = std::getenv("KILN_CPU_GEMM");
   if (chosen && *chosen) GTEST_SKIP() << "KILN_CPU_GEMM=" << chosen << " chooses";
   const ops::F32Gemm library = ops::f32_gemm_library();
   EXPECT_NE(library, ops::F32Gemm::kiln);
+  if (library != ops::F32Gemm::onednn) {
+    EXPECT_EQ(library, ops::packed_sgemm_available() ? ops::F32Gemm::mixed : ops::F32Gemm::openblas)
+        << ops::f32_gemm_name(library);
+  }
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("avx512f")) {
     EXPECT_EQ(library, ops::F32Gemm::onednn);
@@ -136,6 +142,46 @@ TEST(GemmLibrary, TheDefaultFollowsTheProcessor) {
     ASSERT_EQ(std::string(openblas_get_corename()), "Prescott");
     EXPECT_EQ(library, ops::F32Gemm::onednn) << ops::f32_gemm_name(library);
   }
+}
+
+// The mixed path sends a product to Kiln's gemm exactly when OpenBLAS would zero C first and the
+// sum is one of Kiln's slices (beta 0, k <= kPackedGemmDepth), to OpenBLAS otherwise: each
+// product's bits are those of the library it was sent to.
+TEST(GemmLibrary, TheMixedPathSendsOneSliceProductsWithBetaZeroToKilnsGemm) {
+  if (ops::f32_gemm_library() != ops::F32Gemm::mixed)
+    GTEST_SKIP() << "f32 products run on " << ops::f32_gemm_name(ops::f32_gemm_library());
+  struct Case {
+    int64_t k;
+    float beta;
+    bool kiln;
+  };
+  const int64_t depth = ops::kPackedGemmDepth;
+  ops::single_threaded_blas();  // as Kiln calls OpenBLAS (its threads may round differently)
+  for (const Case& cs :
+       {Case{depth, 0.0f, true}, Case{37, 0.0f, true}, Case{depth + 1, 0.0f, false},
+        Case{depth, 1.0f, false}, Case{37, 1.0f, false}})
+    for (bool ta : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "k " << cs.k << " beta " << cs.beta << " ta " << ta);
+      const Problem pr = make_problem(ta, true, 29, 70, cs.k, 0, 5);
+      const std::vector<float> kiln = product(pr, cs.beta, 0.25f);
+      std::vector<float> openblas(pr.m * pr.ldc(), 0.25f), routed(pr.m * pr.ldc(), 0.25f);
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, CblasTrans, 29, 70,
+                  static_cast<int>(cs.k), 1.0f, pr.a.data(), static_cast<int>(pr.lda()),
+                  pr.b.data(), static_cast<int>(pr.ldb()), cs.beta, openblas.data(),
+                  static_cast<int>(pr.ldc()));
+      ops::gemm(ta, true, 29, 70, static_cast<int>(cs.k), pr.a.data(), static_cast<int>(pr.lda()),
+                pr.b.data(), static_cast<int>(pr.ldb()), routed.data(), static_cast<int>(pr.ldc()),
+                cs.beta);
+      const std::vector<float>& expected = cs.kiln ? kiln : openblas;
+      bool libraries_differ = false;
+      for (size_t e = 0; e < routed.size(); ++e) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(routed[e]), std::bit_cast<uint32_t>(expected[e]))
+            << "element " << e / pr.ldc() << ", " << e % pr.ldc();
+        libraries_differ |= kiln[e] != openblas[e];
+      }
+      // The two libraries round some element differently, so the check above says which ran.
+      EXPECT_TRUE(libraries_differ || cs.k < 64);
+    }
 }
 
 }  // namespace
