@@ -208,26 +208,55 @@ inline void gelu_parts(const float* x, float* gaussian, float* erfc) {
   }
 }
 
+// The GELU's t = 1 / (1 + z / 2) for z = |x| / sqrt 2 (erfc_f32's t at -x / sqrt 2).
+inline float gelu_t(float x) {
+  const float z = x < 0 ? -x * kSqrtHalf : x * kSqrtHalf;
+  return 1.0f / (1.0f + 0.5f * z);
+}
+
+// -x^2 / 2 + P(t), rounded once (an explicit FMA: where a compiler contracts on its own, it may
+// do so in one form of the GELU and not in the other).
+inline float gelu_exponent(float x, float fit) {
+  return std::fma(-0.5f * x, x, fit);
+}
+
+// The GELU's erfc(-x / sqrt 2) = 2 Phi(x) given t (gelu_t) and e = e^(-x^2 / 2 + P(t)): t e for
+// x <= 0, 2 - t e above (NaN stays NaN).
+inline float gelu_erfc(float x, float t, float e) {
+  const float u = -x * kSqrtHalf, erfc = t * e;
+  return u >= 0 ? erfc : (u != u ? u : 2.0f - erfc);
+}
+
 }  // namespace detail
 
-/// The CPU loops' f32 GELU: gelu_fn's math with erfc_f32_from_gaussian.
+/// The CPU loops' f32 GELU: gelu_fn's math, x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2 and
+/// erfc by erfc_f32's formula, t e^(-z^2 + P(t)), -z^2 + P(t) rounded once: one exponential
+/// (the gradient needs e^(-x^2 / 2) for the density anyway and takes erfc_f32_from_gaussian;
+/// the forward with it ran 1.33 ns per element on a Zen 3 core).
 struct gelu_cpu_fn {
   template <typename T>
   T operator()(T x) const {
-    if constexpr (std::is_same_v<T, float>)
-      // Phi(x) = erfc(-x / sqrt 2) / 2 from e^(-x^2 / 2), computed beside the fit (the GELU
-      // gradient's form): two short chains where e^(-z^2 + P(t)) made one long one.
-      return 0.5f * x * erfc_f32_from_gaussian(-x * detail::kSqrtHalf, exp_f32(-0.5f * x * x));
-    else
+    if constexpr (std::is_same_v<T, float>) {
+      const float t = detail::gelu_t(x);
+      return 0.5f * x *
+             detail::gelu_erfc(x, t, exp_f32(detail::gelu_exponent(x, detail::erfc_fit(t))));
+    } else {
       return gelu_fn{}(x);
+    }
   }
-  /// y[i] = (*this)(x[i]) for i in [0, n), the same bits, in blocks of detail::gelu_parts.
+  /// y[i] = (*this)(x[i]) for i in [0, n), the same bits, in blocks of detail::kGeluBlock
+  /// computed stage by stage (gelu_parts says why).
   void apply(float* y, int64_t n, const float* x) const {
     int64_t i = 0;
     for (; i + detail::kGeluBlock <= n; i += detail::kGeluBlock) {
-      float gaussian[detail::kGeluBlock], erfc[detail::kGeluBlock];
-      detail::gelu_parts(x + i, gaussian, erfc);
-      for (int64_t l = 0; l < detail::kGeluBlock; ++l) y[i + l] = 0.5f * x[i + l] * erfc[l];
+      const float* xb = x + i;
+      float t[detail::kGeluBlock], e[detail::kGeluBlock];
+      for (int64_t l = 0; l < detail::kGeluBlock; ++l) t[l] = detail::gelu_t(xb[l]);
+      for (int64_t l = 0; l < detail::kGeluBlock; ++l) e[l] = detail::erfc_fit(t[l]);
+      for (int64_t l = 0; l < detail::kGeluBlock; ++l)
+        e[l] = exp_f32(detail::gelu_exponent(xb[l], e[l]));
+      for (int64_t l = 0; l < detail::kGeluBlock; ++l)
+        y[i + l] = 0.5f * xb[l] * detail::gelu_erfc(xb[l], t[l], e[l]);
     }
     for (; i < n; ++i) y[i] = (*this)(x[i]);
   }
