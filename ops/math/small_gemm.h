@@ -58,6 +58,23 @@ struct Simd {
   static Vec fma(Vec a, Vec b, Vec c) {
     return _mm512_fmadd_ps(a, b, c);
   }
+  static Vec add(Vec a, Vec b) {
+    return _mm512_add_ps(a, b);
+  }
+  /// a > b ? a : b lane by lane: b where either is NaN.
+  static Vec max(Vec a, Vec b) {
+    return _mm512_max_ps(a, b);
+  }
+  /// Lanes [0, n) of p (Mask from first(n)), `fill` in the others.
+  static Vec load_first_or(const float* p, Mask m, float fill) {
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p);
+  }
+  static float reduce_add(Vec v) {
+    return _mm512_reduce_add_ps(v);
+  }
+  static float reduce_max(Vec v) {
+    return _mm512_reduce_max_ps(v);
+  }
   static Mask first(int64_t n) {
     return static_cast<Mask>((1u << n) - 1);
   }
@@ -85,6 +102,27 @@ struct Simd {
   }
   static Vec fma(Vec a, Vec b, Vec c) {
     return _mm256_fmadd_ps(a, b, c);
+  }
+  static Vec add(Vec a, Vec b) {
+    return _mm256_add_ps(a, b);
+  }
+  /// a > b ? a : b lane by lane: b where either is NaN.
+  static Vec max(Vec a, Vec b) {
+    return _mm256_max_ps(a, b);
+  }
+  /// Lanes [0, n) of p (Mask from first(n)), `fill` in the others.
+  static Vec load_first_or(const float* p, Mask m, float fill) {
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static float reduce_add(Vec v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  }
+  static float reduce_max(Vec v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
   }
   static Mask first(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),

@@ -156,6 +156,12 @@ T dot_of(const T* a, const T* b, int64_t n) {
   return sum;
 }
 
+/// x[j] = e^(scale x[j] - shift) for j in [0, n): one vectorized map, no reduction in its loop.
+template <typename T>
+void exp_scaled_shifted_each(T* x, int64_t n, T scale, T shift) {
+  for (int64_t j = 0; j < n; ++j) x[j] = exp_cpu(scale * x[j] - shift);
+}
+
 /// x[j] = e^(scale x[j] - shift) for j in [0, n); returns the sum of the new values, added in
 /// 16 lanes (so the loop vectorizes) and then across them.
 template <typename T>

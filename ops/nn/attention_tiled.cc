@@ -77,12 +77,51 @@ int64_t row_keys_of(int64_t kv, int64_t i, bool causal) {
   return causal ? std::min(kv, i + 1) : kv;
 }
 
-// Entries [n, n rounded up to 16) of a score row set to -inf (e^-inf = 0: keys past the row's),
-// so that its max and exponentials run in whole vectors; returns the rounded length.
-int64_t pad_row(float* row, int64_t n) {
-  const int64_t padded = whole_vectors(n);
-  std::fill(row + n, row + padded, kMinusInf);
-  return padded;
+// kv rounded up to whole vectors, at most `limit` (a score buffer's row stride): the columns the
+// score products compute, so that no tile ends in a masked vector (a masked store costs ~12
+// cycles on Zen 3). The columns past kv hold products of padding, never read.
+int64_t whole_vector_columns(int64_t kv, int64_t limit) {
+  constexpr int64_t kLanes = small_gemm::Simd::kLanes;
+  return std::min(limit, (kv + kLanes - 1) / kLanes * kLanes);
+}
+
+// The largest of row[0, n), NaNs passed over (as max_of); -inf when there is none. Two vectors
+// of running maxima, then across the lanes: a row's max costs a few cycles past its loads,
+// where max_of's 16 scalar lanes cost ~60 (as much as the row's exponentials, the forward's
+// softmax was 28% of its time).
+float row_max(const float* row, int64_t n) {
+  using Simd = small_gemm::Simd;
+  constexpr int64_t kLanes = Simd::kLanes;
+  Simd::Vec a = Simd::broadcast(kMinusInf), b = a;
+  int64_t j = 0;
+  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+    a = Simd::max(Simd::load(row + j), a);
+    b = Simd::max(Simd::load(row + j + kLanes), b);
+  }
+  if (j + kLanes <= n) {
+    a = Simd::max(Simd::load(row + j), a);
+    j += kLanes;
+  }
+  if (j < n) b = Simd::max(Simd::load_first_or(row + j, Simd::first(n - j), kMinusInf), b);
+  return Simd::reduce_max(Simd::max(a, b));
+}
+
+// The sum of row[0, n), in two vectors of lanes and then across them.
+float row_sum(const float* row, int64_t n) {
+  using Simd = small_gemm::Simd;
+  constexpr int64_t kLanes = Simd::kLanes;
+  Simd::Vec a = Simd::zero(), b = a;
+  int64_t j = 0;
+  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
+    a = Simd::add(a, Simd::load(row + j));
+    b = Simd::add(b, Simd::load(row + j + kLanes));
+  }
+  if (j + kLanes <= n) {
+    a = Simd::add(a, Simd::load(row + j));
+    j += kLanes;
+  }
+  if (j < n) b = Simd::add(b, Simd::load_first_or(row + j, Simd::first(n - j), 0.0f));
+  return Simd::reduce_add(Simd::add(a, b));
 }
 
 // The packed keys of one (b, h), and the backward's sums and chunk buffers: one per pool
@@ -104,7 +143,8 @@ struct HeadBuffers {
 void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const float* kt,
                  int64_t ldkt, const bool* mask, int64_t bh, int64_t i0, int64_t rows, int64_t kv,
                  float* s, int64_t lds) {
-  small_gemm::multiply(rows, kv, a.depth, qh + i0 * ldq, ldq, 1, kt, ldkt, s, lds, false);
+  small_gemm::multiply(rows, whole_vector_columns(kv, lds), a.depth, qh + i0 * ldq, ldq, 1, kt,
+                       ldkt, s, lds, false);
   if (mask == nullptr) return;
   const int64_t b = bh / a.heads, h = bh % a.heads;
   for (int64_t r = 0; r < rows; ++r) {
@@ -143,8 +183,8 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
             // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p.
             for (int64_t r = 0; r < rows; ++r) {
               float* row = s + r * lds;
-              const int64_t n = pad_row(row, row_keys_of(kv, i0 + r, causal));
-              const float m = max_of(row, n);
+              const int64_t n = row_keys_of(kv, i0 + r, causal);
+              const float m = row_max(row, n);
               float* lse_at = lse + bh * a.queries + i0 + r;
               if (m == kMinusInf) {  // nothing to attend: out 0
                 std::fill(row, row + kv, 0.0f);
@@ -152,8 +192,9 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
                 *lse_at = m;
                 continue;
               }
-              const float sum = exp_scaled_shifted(row, n, scale, scale * m);
-              if (n < kv) std::fill(row + n, row + kv, 0.0f);
+              exp_scaled_shifted_each(row, n, scale, scale * m);
+              const float sum = row_sum(row, n);
+              std::fill(row + n, row + kv, 0.0f);
               inverse_sums[r] = 1 / sum;
               *lse_at = scale * m + std::log(sum);
             }
@@ -208,15 +249,14 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
               for (int64_t r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
                 const float l = lse[bh * a.queries + i0 + r];
                 float* row = pt + r * lds;
-                const int64_t n =
-                    pad_row(row, l == kMinusInf ? 0 : row_keys_of(kv, i0 + r, causal));
-                exp_scaled_shifted(row, n, scale, l);
-                if (n < chunk_keys) std::fill(row + n, row + chunk_keys, 0.0f);
+                const int64_t n = l == kMinusInf ? 0 : row_keys_of(kv, i0 + r, causal);
+                exp_scaled_shifted_each(row, n, scale, l);
+                std::fill(row + n, row + chunk_keys, 0.0f);
               }
               // dp = dout v^T over the tile's keys, then ds = p (dp - D) scale in its place,
               // with D = dout . out.
-              small_gemm::multiply(rows, kv, dvd, douth + i0 * ldv, ldv, 1, vt, ldkt, dst, lds,
-                                   false);
+              small_gemm::multiply(rows, whole_vector_columns(kv, lds), dvd, douth + i0 * ldv, ldv,
+                                   1, vt, ldkt, dst, lds, false);
               for (int64_t r = 0; r < rows; ++r) {
                 const float* dout_row = douth + (i0 + r) * ldv;
                 const float* out_row = outh + (i0 + r) * ldv;
