@@ -35,9 +35,22 @@ constexpr int64_t kTile = small_gemm::kRows;
 constexpr int64_t kChunk = 36;  // query rows per chunk of the backward: 6 tiles
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
+// dst[0, n) = src[0, n) in whole vectors and a masked last one: a head's row is 16 to 128 floats,
+// where a library copy's call and dispatch cost as much as the copy.
+void copy_row(const float* src, int64_t n, float* dst) {
+  using Simd = small_gemm::Simd;
+  constexpr int64_t kLanes = Simd::kLanes;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) Simd::store(dst + j, Simd::load(src + j));
+  if (j < n) {
+    const Simd::Mask last = Simd::first(n - j);
+    Simd::store_first(dst + j, last, Simd::load_first(src + j, last));
+  }
+}
+
 // rows x cols (row stride ld) into dst [rows, cols].
 void pack(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
-  for (int64_t i = 0; i < rows; ++i) std::copy_n(src + i * ld, cols, dst + i * cols);
+  for (int64_t i = 0; i < rows; ++i) copy_row(src + i * ld, cols, dst + i * cols);
 }
 
 // rows x cols (row stride ld) transposed into dst [cols, rows] with row stride ldd: blocks of a
@@ -85,43 +98,64 @@ int64_t whole_vector_columns(int64_t kv, int64_t limit) {
   return std::min(limit, (kv + kLanes - 1) / kLanes * kLanes);
 }
 
-// The largest of row[0, n), NaNs passed over (as max_of); -inf when there is none. Two vectors
-// of running maxima, then across the lanes: a row's max costs a few cycles past its loads,
-// where max_of's 16 scalar lanes cost ~60 (as much as the row's exponentials, the forward's
-// softmax was 28% of its time).
-float row_max(const float* row, int64_t n) {
+using Vec = small_gemm::Simd::Vec;
+
+// Folds positions [0, n) of a row into two vectors of lanes (two chains, for the latency):
+// step(acc, j) takes the whole vector at j, last(acc, j, mask) the partial one at the end; the
+// two vectors are then joined lane by lane.
+template <typename Step, typename Last, typename Join>
+Vec fold_row(int64_t n, Vec init, const Step& step, const Last& last, const Join& join) {
   using Simd = small_gemm::Simd;
   constexpr int64_t kLanes = Simd::kLanes;
-  Simd::Vec a = Simd::broadcast(kMinusInf), b = a;
+  Vec a = init, b = init;
   int64_t j = 0;
   for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
-    a = Simd::max(Simd::load(row + j), a);
-    b = Simd::max(Simd::load(row + j + kLanes), b);
+    a = step(a, j);
+    b = step(b, j + kLanes);
   }
   if (j + kLanes <= n) {
-    a = Simd::max(Simd::load(row + j), a);
+    a = step(a, j);
     j += kLanes;
   }
-  if (j < n) b = Simd::max(Simd::load_first_or(row + j, Simd::first(n - j), kMinusInf), b);
-  return Simd::reduce_max(Simd::max(a, b));
+  if (j < n) b = last(b, j, Simd::first(n - j));
+  return join(a, b);
 }
 
-// The sum of row[0, n), in two vectors of lanes and then across them.
+// The largest of row[0, n), NaNs passed over (as max_of); -inf when there is none. A row's max
+// costs a few cycles past its loads, where max_of's 16 scalar lanes cost ~60 (as much as the
+// row's exponentials: the forward's softmax was 28% of its time).
+float row_max(const float* row, int64_t n) {
+  using Simd = small_gemm::Simd;
+  return Simd::reduce_max(fold_row(
+      n, Simd::broadcast(kMinusInf),
+      [&](Vec acc, int64_t j) { return Simd::max(Simd::load(row + j), acc); },
+      [&](Vec acc, int64_t j, Simd::Mask m) {
+        return Simd::max(Simd::load_first_or(row + j, m, kMinusInf), acc);
+      },
+      [](Vec a, Vec b) { return Simd::max(a, b); }));
+}
+
+// The sum of a[j] b[j] over [0, n).
+float row_dot(const float* a, const float* b, int64_t n) {
+  using Simd = small_gemm::Simd;
+  return Simd::reduce_add(fold_row(
+      n, Simd::zero(),
+      [&](Vec acc, int64_t j) { return Simd::fma(Simd::load(a + j), Simd::load(b + j), acc); },
+      [&](Vec acc, int64_t j, Simd::Mask m) {
+        return Simd::fma(Simd::load_first(a + j, m), Simd::load_first(b + j, m), acc);
+      },
+      [](Vec x, Vec y) { return Simd::add(x, y); }));
+}
+
+// The sum of row[0, n).
 float row_sum(const float* row, int64_t n) {
   using Simd = small_gemm::Simd;
-  constexpr int64_t kLanes = Simd::kLanes;
-  Simd::Vec a = Simd::zero(), b = a;
-  int64_t j = 0;
-  for (; j + 2 * kLanes <= n; j += 2 * kLanes) {
-    a = Simd::add(a, Simd::load(row + j));
-    b = Simd::add(b, Simd::load(row + j + kLanes));
-  }
-  if (j + kLanes <= n) {
-    a = Simd::add(a, Simd::load(row + j));
-    j += kLanes;
-  }
-  if (j < n) b = Simd::add(b, Simd::load_first_or(row + j, Simd::first(n - j), 0.0f));
-  return Simd::reduce_add(Simd::add(a, b));
+  return Simd::reduce_add(fold_row(
+      n, Simd::zero(), [&](Vec acc, int64_t j) { return Simd::add(acc, Simd::load(row + j)); },
+      [&](Vec acc, int64_t j, Simd::Mask m) {
+        return Simd::add(acc, Simd::load_first(row + j, m));
+      },
+      [](Vec x, Vec y) { return Simd::add(x, y); }));
 }
 
 // The packed keys of one (b, h), and the backward's sums and chunk buffers: one per pool
@@ -260,7 +294,7 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
               for (int64_t r = 0; r < rows; ++r) {
                 const float* dout_row = douth + (i0 + r) * ldv;
                 const float* out_row = outh + (i0 + r) * ldv;
-                const float delta = dot_of(dout_row, out_row, dvd);
+                const float delta = row_dot(dout_row, out_row, dvd);
                 const float* pr = pt + r * lds;
                 float* dsr = dst + r * lds;
                 for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
@@ -277,8 +311,8 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
           float* dkh = dk + a.row_offset(bh, 0, keys, d);
           float* dvh = dv + a.row_offset(bh, 0, keys, dvd);
           for (int64_t j = 0; j < keys; ++j) {
-            std::copy_n(dk_sum + j * d, d, dkh + j * ldq);
-            std::copy_n(dv_sum + j * dvd, dvd, dvh + j * ldv);
+            copy_row(dk_sum + j * d, d, dkh + j * ldq);
+            copy_row(dv_sum + j * dvd, dvd, dvh + j * ldv);
           }
         }
       });
