@@ -81,15 +81,8 @@ void pack_b(bool tb, const float* b, int64_t ldb, int64_t p0, int64_t depth, int
     float* d = dst + q0 * depth;
     if (!tb) {
       const float* src = b + p0 * ldb + j0 + q0;
-      if (panel_cols == kPanelColumns) {  // whole vectors, no call per term
-        for (int64_t p = 0; p < depth; ++p)
-          for (int64_t v = 0; v < kPanelColumns; v += kLanes)
-            small_gemm::Simd::store(d + p * kPanelColumns + v,
-                                    small_gemm::Simd::load(src + p * ldb + v));
-      } else {
-        for (int64_t p = 0; p < depth; ++p)
-          std::copy_n(src + p * ldb, panel_cols, d + p * kPanelColumns);
-      }
+      for (int64_t p = 0; p < depth; ++p)
+        small_gemm::copy_row(src + p * ldb, panel_cols, d + p * kPanelColumns);
       continue;
     }
     // B stored [n, k]: B'[p, j] = b[j ldb + p], transposed in blocks of kLanes x kLanes.

@@ -131,6 +131,17 @@ struct Simd {
 #endif
 };
 
+/// dst[0, n) = src[0, n) in whole vectors and a masked last one: the packing copies of rows of
+/// 6 to 128 floats, where a library copy's call and dispatch cost as much as the copy.
+inline void copy_row(const float* src, int64_t n, float* dst) {
+  int64_t j = 0;
+  for (; j + Simd::kLanes <= n; j += Simd::kLanes) Simd::store(dst + j, Simd::load(src + j));
+  if (j < n) {
+    const Simd::Mask last = Simd::first(n - j);
+    Simd::store_first(dst + j, last, Simd::load_first(src + j, last));
+  }
+}
+
 /// Rows and columns of C that one micro-kernel call computes (at most).
 constexpr int kRows = 6;
 constexpr int kVectors = Simd::kVectors;

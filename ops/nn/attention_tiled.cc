@@ -35,22 +35,9 @@ constexpr int64_t kTile = small_gemm::kRows;
 constexpr int64_t kChunk = 36;  // query rows per chunk of the backward: 6 tiles
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
 
-// dst[0, n) = src[0, n) in whole vectors and a masked last one: a head's row is 16 to 128 floats,
-// where a library copy's call and dispatch cost as much as the copy.
-void copy_row(const float* src, int64_t n, float* dst) {
-  using Simd = small_gemm::Simd;
-  constexpr int64_t kLanes = Simd::kLanes;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) Simd::store(dst + j, Simd::load(src + j));
-  if (j < n) {
-    const Simd::Mask last = Simd::first(n - j);
-    Simd::store_first(dst + j, last, Simd::load_first(src + j, last));
-  }
-}
-
 // rows x cols (row stride ld) into dst [rows, cols].
 void pack(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
-  for (int64_t i = 0; i < rows; ++i) copy_row(src + i * ld, cols, dst + i * cols);
+  for (int64_t i = 0; i < rows; ++i) small_gemm::copy_row(src + i * ld, cols, dst + i * cols);
 }
 
 // rows x cols (row stride ld) transposed into dst [cols, rows] with row stride ldd: blocks of a
@@ -311,8 +298,8 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
           float* dkh = dk + a.row_offset(bh, 0, keys, d);
           float* dvh = dv + a.row_offset(bh, 0, keys, dvd);
           for (int64_t j = 0; j < keys; ++j) {
-            copy_row(dk_sum + j * d, d, dkh + j * ldq);
-            copy_row(dv_sum + j * dvd, dvd, dvh + j * ldv);
+            small_gemm::copy_row(dk_sum + j * d, d, dkh + j * ldq);
+            small_gemm::copy_row(dv_sum + j * dvd, dvd, dvh + j * ldv);
           }
         }
       });
