@@ -1,6 +1,9 @@
 // CUDA kernels of attention and attention_backward (ops/nn/attention.cc), flash-style: the
-// score matrix is never stored. One warp per query row (forward, dq) or key row (dk, dv);
-// each lane holds depth / 32 of the row's elements, so depth is at most 32 * kChunks.
+// score matrix is never stored. f16 and bf16 at depths 64 and 128 run on tensor cores
+// (attention_flash.h, the kernels' bodies, shared with a CPU emulation that tests them); every
+// other problem, and any problem with KILN_CUDA_ATTENTION=rows, runs the kernels below: one warp
+// per query row (forward, dq) or key row (dk, dv); each lane holds depth / 32 of the row's
+// elements, so depth is at most 32 * kChunks.
 //   forward: online softmax over the keys, m the running maximum and l the running sum:
 //            m' = max(m, s), l = l e^(m - m') + e^(s - m'), o = o e^(m - m') + e^(s - m') v
 //   backward: p = e^(s - lse), D = dout . out, ds = p (dout . v - D),
@@ -8,10 +11,19 @@
 // Rows are found through AttentionShape::row_offset, so both layouts ([B, H, T, D] and
 // [B, T, H, D]) run the same kernels. Every sum runs in a fixed order (no atomics): the same bits
 // on every run. Arithmetic is f32 for 16-bit and f32 inputs and f64 for f64.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "kiln/ops/cuda/map.cuh"
 #include "kiln/ops/nn/attention.h"
+#include "kiln/ops/nn/attention_flash.h"
 
 namespace kiln::ops::cuda_attention {
 
@@ -222,11 +234,183 @@ void launch_rows(const KernelContext& ctx, int64_t rows, K kernel, Args... args)
   check_launch(ctx);
 }
 
+// ---- Tensor cores (attention_flash.h).
+
+// What attention_flash.h's bodies need of a thread block, on the GPU.
+struct DeviceEnv {
+  __device__ int thread() const { return static_cast<int>(threadIdx.x); }
+  __device__ void sync() const { __syncthreads(); }
+  __device__ float shfl_xor(float v, int lane_mask) const {
+    return __shfl_xor_sync(0xffffffffu, v, lane_mask);
+  }
+  __device__ float exp2(float x) const { return exp2f(x); }
+  // Two values rounded to T, `lo` in the low 16 bits (the element with the lower index).
+  template <typename T>
+  __device__ uint32_t pack(float lo, float hi) const {
+    uint32_t bits;
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      memcpy(&bits, &v, sizeof(bits));
+    } else {
+      const __half2 v = __floats2half2_rn(lo, hi);
+      memcpy(&bits, &v, sizeof(bits));
+    }
+    return bits;
+  }
+  // d += a b: one warp-wide 16 x 8 x 16 product, f32 sums.
+  // ldmatrix .x4: four 8 x 8 matrices; lane 8 m + r gives row r of matrix m (attention_flash.h).
+  template <bool kTransposed>
+  __device__ void load_matrices(uint32_t (&x)[4], const uint16_t* row) const {
+    const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+    if constexpr (kTransposed)
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+                   : "r"(address));
+    else
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(x[0]), "=r"(x[1]), "=r"(x[2]), "=r"(x[3])
+                   : "r"(address));
+  }
+  template <typename T>
+  __device__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) const {
+    if constexpr (std::is_same_v<T, BFloat16>)
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+      asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+          "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+          : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+          : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+extern __shared__ __align__(16) unsigned char flash_shared[];
+
+template <typename T, int D>
+__global__ void __launch_bounds__(flash::kThreads) flash_forward_kernel(flash::Params p) {
+  DeviceEnv env;
+  flash::forward_block<T, D>(env, p, blockIdx.x, reinterpret_cast<uint16_t*>(flash_shared));
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(flash::kThreads) flash_dq_kernel(flash::Params p) {
+  DeviceEnv env;
+  flash::dq_block<T, D>(env, p, blockIdx.x, reinterpret_cast<uint16_t*>(flash_shared));
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(flash::kThreads) flash_dkv_kernel(flash::Params p) {
+  DeviceEnv env;
+  flash::dkv_block<T, D>(env, p, blockIdx.x, reinterpret_cast<uint16_t*>(flash_shared));
+}
+
+// Whether `problem` runs on the flash kernels: their dtypes and depths, every tensor 16-byte
+// aligned (their rows are read in 16-byte pieces), and not turned off.
+bool use_flash(const KernelContext& ctx, const Problem& problem,
+               std::initializer_list<const void*> tensors) {
+  static const bool rows_only = [] {
+    const char* choice = std::getenv("KILN_CUDA_ATTENTION");
+    return choice != nullptr && std::strcmp(choice, "rows") == 0;
+  }();
+  if (rows_only || !flash::supports(ctx.input(0).dtype(), problem.a)) return false;
+  for (const void* t : tensors)
+    if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
+  return true;
+}
+
+// Launches a flash kernel of `blocks` blocks; raises its dynamic shared memory limit first (once
+// per kernel and device: past 48 KiB a kernel must ask).
+void launch_flash(const KernelContext& ctx, void (*kernel)(flash::Params), int64_t blocks,
+                  size_t shared_bytes, const flash::Params& p) {
+  if (blocks == 0) return;
+  KILN_CHECK(blocks < (int64_t{1} << 31), Error, ctx.where(), ": ", blocks,
+             " blocks exceed the grid's limit");
+  {
+    static std::mutex mutex;
+    static std::set<std::pair<const void*, int>> raised;
+    const int device = ctx.cuda()->device.index;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (raised.insert({reinterpret_cast<const void*>(kernel), device}).second) {
+      KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared_bytes)),
+                      ctx.where());
+    }
+  }
+  kernel<<<static_cast<unsigned>(blocks), flash::kThreads, shared_bytes, stream_of(ctx)>>>(p);
+  check_launch(ctx);
+}
+
+flash::Params flash_params(const Problem& problem) {
+  flash::Params p;
+  p.a = problem.a;
+  p.causal = problem.causal;
+  p.scale = static_cast<float>(problem.scale);
+  p.scale_log2 = static_cast<float>(problem.scale) * flash::kLog2e;
+  p.mask = problem.mask;
+  return p;
+}
+
+template <typename T>
+const uint16_t* bits_of(const Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.data<T>());
+}
+
+template <typename T, int D>
+void flash_forward(KernelContext& ctx, const Problem& problem) {
+  flash::Params p = flash_params(problem);
+  p.q = bits_of<T>(ctx.input(0));
+  p.k = bits_of<T>(ctx.input(1));
+  p.v = bits_of<T>(ctx.input(2));
+  p.out = static_cast<uint16_t*>(ctx.output(0).raw_data());
+  p.lse_out = static_cast<float*>(ctx.output(1).raw_data());
+  launch_flash(ctx, flash_forward_kernel<T, D>,
+               problem.a.batch * problem.a.heads * flash::blocks_of(problem.a.queries),
+               flash::forward_shared_bytes<D>(), p);
+}
+
+template <typename T, int D>
+void flash_backward(KernelContext& ctx, const Problem& problem, const float* delta) {
+  flash::Params p = flash_params(problem);
+  p.q = bits_of<T>(ctx.input(0));
+  p.k = bits_of<T>(ctx.input(1));
+  p.v = bits_of<T>(ctx.input(2));
+  p.lse = ctx.input(4).data<float>();
+  p.dout = bits_of<T>(ctx.input(5));
+  p.delta = delta;
+  p.dq = static_cast<uint16_t*>(ctx.output(0).raw_data());
+  p.dk = static_cast<uint16_t*>(ctx.output(1).raw_data());
+  p.dv = static_cast<uint16_t*>(ctx.output(2).raw_data());
+  const int64_t heads = problem.a.batch * problem.a.heads;
+  launch_flash(ctx, flash_dq_kernel<T, D>, heads * flash::blocks_of(problem.a.queries),
+               flash::dq_shared_bytes<D>(), p);
+  launch_flash(ctx, flash_dkv_kernel<T, D>, heads * flash::blocks_of(problem.a.keys),
+               flash::dkv_shared_bytes<D>(), p);
+}
+
+template <typename T>
+constexpr bool kTensorCoreType = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
+
+// ---- The ops.
+
 void attention_cuda(KernelContext& ctx) {
   const Problem pr = problem_of(ctx, 3);
+  const bool flash = use_flash(ctx, pr,
+                               {ctx.input(0).raw_data(), ctx.input(1).raw_data(),
+                                ctx.input(2).raw_data(), ctx.output(0).raw_data()});
   const int64_t rows = pr.a.batch * pr.a.heads * pr.a.queries;
   dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
+    if constexpr (kTensorCoreType<T>) {
+      if (flash) {
+        if (pr.a.depth == 64)
+          flash_forward<T, 64>(ctx, pr);
+        else
+          flash_forward<T, 128>(ctx, pr);
+        return;
+      }
+    }
     launch_rows(ctx, rows, forward_kernel<T, Stats<T>>, pr, ctx.input(0).data<T>(),
                 ctx.input(1).data<T>(), ctx.input(2).data<T>(),
                 static_cast<T*>(ctx.output(0).raw_data()),
@@ -238,6 +422,11 @@ void attention_backward_cuda(KernelContext& ctx) {
   const Problem pr = problem_of(ctx, 6);
   const int64_t rows = pr.a.batch * pr.a.heads * pr.a.queries;
   const int64_t key_rows = pr.a.batch * pr.a.heads * pr.a.keys;
+  const bool flash =
+      use_flash(ctx, pr,
+                {ctx.input(0).raw_data(), ctx.input(1).raw_data(), ctx.input(2).raw_data(),
+                 ctx.input(3).raw_data(), ctx.input(5).raw_data(), ctx.output(0).raw_data(),
+                 ctx.output(1).raw_data(), ctx.output(2).raw_data()});
   dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     using S = Stats<T>;
@@ -250,6 +439,15 @@ void attention_backward_cuda(KernelContext& ctx) {
     std::shared_ptr<Storage> delta_storage = ctx.scratch(sizeof(S) * std::max<int64_t>(rows, 1));
     S* delta = static_cast<S*>(delta_storage->data());
     launch_rows(ctx, rows, delta_kernel<T, S>, pr.a, dout, out, delta);
+    if constexpr (kTensorCoreType<T>) {
+      if (flash) {
+        if (pr.a.depth == 64)
+          flash_backward<T, 64>(ctx, pr, delta);
+        else
+          flash_backward<T, 128>(ctx, pr, delta);
+        return;
+      }
+    }
     launch_rows(ctx, rows, dq_kernel<T, S>, pr, q, k, v, lse, static_cast<const S*>(delta), dout,
                 static_cast<T*>(ctx.output(0).raw_data()));
     launch_rows(ctx, key_rows, dkv_kernel<T, S>, pr, q, k, v, lse, static_cast<const S*>(delta),

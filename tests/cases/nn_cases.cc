@@ -513,6 +513,32 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
            },
        .fd_step = 0,
        .reference = attention_reference(true, {}, true)});
+  // Depths 64 and 128 in f16 and bf16 run on the GPU's tensor-core kernels
+  // (ops/nn/attention_flash.h): two query blocks, a partial key step, causal masking and a key
+  // mask, both layouts.
+  add({.op = "attention",
+       .name = "attention_flash_causal_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 70, 2, 64}), k = c.input({1, 70, 2, 64}),
+                   v = c.input({1, 70, 2, 64});
+             return scaled_dot_product_attention(q, k, v, {.causal = true, .layout = "bthd"});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true)});
+  add({.op = "attention",
+       .name = "attention_flash_key_padding",
+       .build =
+           [valid](CaseGraph& c) {
+             Tensor mask = Tensor::zeros(DType::boolean, {2, 1, 1, 5});
+             for (int64_t b = 0; b < 2; ++b)
+               for (int64_t j = 0; j < 5; ++j) mask.data<bool>()[b * 5 + j] = valid[b][j];
+             Value q = c.input({2, 1, 67, 128}), k = c.input({2, 1, 5, 128}),
+                   v = c.input({2, 1, 5, 128});
+             return scaled_dot_product_attention(q, k, v, {.mask = c.g.constant(mask)});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(false, valid)});
   add({.op = "attention_backward",
        .name = "attention_backward_bthd",
        .build =

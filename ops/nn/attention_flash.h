@@ -1,0 +1,483 @@
+// Flash attention on tensor cores for f16 and bf16 (attention.cu's kernels for depths 64 and 128),
+// written once for two executors: the GPU, and a CPU emulation of a thread block
+// (tests/ops/simt_emulator.h) that runs these same bodies in CI, where no GPU is.
+//
+// A block of kThreads threads (4 warps) owns kRows = 64 rows: query rows (forward, dq) or key
+// rows (dk, dv), 16 per warp. It walks the other side in steps of kCols = 64 rows staged in
+// shared memory. Products are warp-wide mma.sync m16n8k16 (16-bit inputs, f32 sums), through
+// `Env::mma`. Their register fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
+// g = lane / 4 and t = lane % 4:
+//   A (16 x 16, 4 registers of two values): {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
+//   A[g+8][2t+8..]} B (16 x 8, 2 registers):                {B[2t..][g], B[2t+8..][g]}   (k = 2t,
+//   2t+1; n = g) C (16 x 8, 4 floats):                   {C[g][2t], C[g][2t+1], C[g+8][2t],
+//   C[g+8][2t+1]}
+// Two C tiles side by side (16 x 16) are, value for value, the A fragment of the next product:
+// probabilities and score gradients go from one product to the next in registers. Each lane
+// holds two rows of every C tile (g and g + 8); a row lives in the 4 lanes t = 0..3 of one g, so
+// a row reduction is two xor-shuffles (1, 2).
+//
+// The math (scores s = scale q k^T; in base 2, x = s log2(e), so exponentials are exp2):
+//   forward:  online softmax per query row: m' = max(m, x), l = l 2^(m - m') + sum 2^(x - m'),
+//             o = o 2^(m - m') + 2^(x - m') v; out = o / l, lse = (m ln 2 + ln l) [natural log]
+//   backward: p = 2^(x - lse log2(e)), D = dout . out (one per query row, delta),
+//             ds = p (dout . v - D); dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
+// dq is one kernel over query blocks and dk, dv another over key blocks: each output row is
+// summed by one warp in a fixed order (no atomics), so results are the same bits on every run.
+// Every masked score is exactly -inf (probability 0); a query row with no visible key gets out 0
+// and lse -inf, and adds nothing to any gradient (as the CPU kernels).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kiln/framework/dtype.h"
+#include "kiln/ops/nn/attention.h"
+
+#if defined(__CUDACC__)
+#define KILN_FLASH_FN __device__ __forceinline__
+#else
+#define KILN_FLASH_FN inline
+#endif
+
+namespace kiln::ops::flash {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kRows = 16 * kWarps;  // rows a block owns: 16 per warp
+constexpr int kCols = 64;           // rows of the other side staged per step
+constexpr int kPad = 8;  // elements after each shared row: 16 bytes, so the 8 rows a fragment
+                         // load touches start 4 banks apart (row stride = 4 mod 32 words)
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+/// Whether the flash kernels take a problem (otherwise the warp-per-row kernels run it).
+inline bool supports(DType dtype, const AttentionShape& a) {
+  return (dtype == DType::f16 || dtype == DType::bf16) && a.depth == a.value_depth &&
+         (a.depth == 64 || a.depth == 128);
+}
+
+/// The inputs and outputs of one launch; 16-bit tensors as their raw bits.
+struct Params {
+  AttentionShape a;
+  bool causal = false;
+  float scale = 1;       // of the scores
+  float scale_log2 = 1;  // scale * log2(e)
+  const bool* mask = nullptr;
+  const uint16_t* q = nullptr;
+  const uint16_t* k = nullptr;
+  const uint16_t* v = nullptr;
+  const uint16_t* dout = nullptr;  // backward
+  const float* lse = nullptr;      // forward: written; backward: read
+  const float* delta = nullptr;    // backward: dout . out per query row
+  uint16_t* out = nullptr;         // forward
+  uint16_t* dq = nullptr;          // backward
+  uint16_t* dk = nullptr;
+  uint16_t* dv = nullptr;
+  float* lse_out = nullptr;
+};
+
+/// Blocks of kRows rows over `rows` rows.
+KILN_HOST_DEVICE int64_t blocks_of(int64_t rows) {
+  return (rows + kRows - 1) / kRows;
+}
+
+/// Whether query i attends to key j of batch-and-head bh (i may be past the queries: rows a
+/// block computes but never writes).
+KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
+  const AttentionShape& a = p.a;
+  if (j >= a.keys || (p.causal && j > i)) return false;
+  if (p.mask == nullptr) return true;
+  if (i >= a.queries) return false;
+  const int64_t b = bh / a.heads, h = bh % a.heads;
+  return p.mask[b * a.mask_strides[0] + h * a.mask_strides[1] + i * a.mask_strides[2] +
+                j * a.mask_strides[3]];
+}
+
+/// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kPad) 16-bit values
+/// (forward: q, k, v; dq: q, dout, k, v; dk and dv: k, v, q, dout and two floats per query).
+template <int D>
+constexpr size_t forward_shared_bytes() {
+  return sizeof(uint16_t) * 3 * kRows * (D + kPad);
+}
+template <int D>
+constexpr size_t dq_shared_bytes() {
+  return sizeof(uint16_t) * 4 * kRows * (D + kPad);
+}
+template <int D>
+constexpr size_t dkv_shared_bytes() {
+  return sizeof(uint16_t) * 4 * kRows * (D + kPad) + sizeof(float) * 2 * kCols;
+}
+static_assert(kRows == kCols, "a tile is kRows or kCols rows: the sizes above count on both");
+
+// ---- Moving 16-bit values.
+
+struct alignas(16) Vec16 {
+  uint32_t word[4];
+};
+
+KILN_FLASH_FN void store32(uint16_t* p, uint32_t v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint32_t*>(p) = v;
+#else
+  std::memcpy(p, &v, sizeof(v));
+#endif
+}
+
+KILN_FLASH_FN Vec16 load16(const uint16_t* p) {  // p 16-byte aligned
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Vec16*>(p);
+#else
+  Vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+#endif
+}
+
+KILN_FLASH_FN void store16(uint16_t* p, const Vec16& v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Vec16*>(p) = v;
+#else
+  std::memcpy(p, &v, sizeof(v));
+#endif
+}
+
+/// Stages rows first .. first + kCols - 1 (or kRows: both 64) of (bh) from a [.., length, D]
+/// tensor into `tile` (row stride D + kPad); rows past `length` are zeros, so that nothing
+/// beyond the tensor can put a NaN into a product.
+template <int D, class Env>
+KILN_FLASH_FN void stage_rows(Env& env, uint16_t* tile, const uint16_t* src, const Params& p,
+                              int64_t bh, int64_t first, int64_t length) {
+  constexpr int kVectors = D / 8;  // 16-byte pieces of a row
+  for (int idx = env.thread(); idx < kCols * kVectors; idx += kThreads) {
+    const int r = idx / kVectors, c = idx % kVectors;
+    Vec16 v{};
+    if (first + r < length) v = load16(src + p.a.row_offset(bh, first + r, length, D) + c * 8);
+    store16(tile + r * (D + kPad) + c * 8, v);
+  }
+}
+
+// ---- Fragments, loaded from shared tiles with Env::load_matrices (ldmatrix: four 8 x 8
+// matrices, lane 8 m + r giving the address of row r of matrix m).
+
+/// The A fragment of k-step ks (columns 16 ks ..) of the 16 rows at `rows` (stride `stride`):
+/// matrices (rows 0-7, 8-15) x (columns 0-7, 8-15) in the fragment's register order.
+template <class Env>
+KILN_FLASH_FN void load_a(Env& env, uint32_t (&a)[4], const uint16_t* rows, int stride, int ks,
+                          int lane) {
+  const int m = lane / 8, r = lane % 8;
+  env.template load_matrices<false>(a, rows + (r + 8 * (m % 2)) * stride + ks * 16 + 8 * (m / 2));
+}
+
+/// The B fragments of n-tiles nt and nt + 1 (b[0..1], b[2..3]) at k-step ks for B = X^T, X a
+/// shared tile of rows n and columns k: B[k][n] = X[n][k], two k's of one row side by side.
+template <class Env>
+KILN_FLASH_FN void load_b_transposed(Env& env, uint32_t (&b)[4], const uint16_t* x, int stride,
+                                     int nt, int ks, int lane) {
+  const int m = lane / 8, r = lane % 8;
+  env.template load_matrices<false>(b, x + ((nt + m / 2) * 8 + r) * stride + ks * 16 + 8 * (m % 2));
+}
+
+/// The B fragments of n-tiles nt and nt + 1 at k-step ks for B = Y, a shared tile of rows k and
+/// columns n: each lane needs two rows of one column, which the transposing load gives.
+template <class Env>
+KILN_FLASH_FN void load_b(Env& env, uint32_t (&b)[4], const uint16_t* y, int stride, int nt, int ks,
+                          int lane) {
+  const int m = lane / 8, r = lane % 8;
+  env.template load_matrices<true>(b, y + (ks * 16 + 8 * (m % 2) + r) * stride + (nt + m / 2) * 8);
+}
+
+/// Two C tiles side by side (n-tiles 2 kk and 2 kk + 1) as the A fragment of k-step kk.
+template <typename T, class Env, int N>
+KILN_FLASH_FN void c_to_a(Env& env, uint32_t (&a)[4], const float (&c)[N][4], int kk) {
+  a[0] = env.template pack<T>(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = env.template pack<T>(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = env.template pack<T>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = env.template pack<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+/// acc (16 x 8 N) += A (16 x K, fragments a) X^T for the shared tile X (rows n).
+template <typename T, int K, int N, class Env>
+KILN_FLASH_FN void product_a_xt(Env& env, float (&acc)[N][4], const uint32_t (&a)[K / 16][4],
+                                const uint16_t* x, int stride, int lane) {
+  for (int nt = 0; nt < N; nt += 2)
+    for (int ks = 0; ks < K / 16; ++ks) {
+      uint32_t b[4];
+      load_b_transposed(env, b, x, stride, nt, ks, lane);
+      env.template mma<T>(acc[nt], a[ks], b[0], b[1]);
+      env.template mma<T>(acc[nt + 1], a[ks], b[2], b[3]);
+    }
+}
+
+/// acc (16 x 8 N) += A (16 x K, read from the shared rows `a_rows`) X^T.
+template <typename T, int K, int N, class Env>
+KILN_FLASH_FN void product_shared_xt(Env& env, float (&acc)[N][4], const uint16_t* a_rows,
+                                     int a_stride, const uint16_t* x, int stride, int lane) {
+  for (int ks = 0; ks < K / 16; ++ks) {
+    uint32_t a[4];
+    load_a(env, a, a_rows, a_stride, ks, lane);
+    for (int nt = 0; nt < N; nt += 2) {
+      uint32_t b[4];
+      load_b_transposed(env, b, x, stride, nt, ks, lane);
+      env.template mma<T>(acc[nt], a, b[0], b[1]);
+      env.template mma<T>(acc[nt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/// acc (16 x D) += C (16 x kCols, C tiles made A fragments) Y for the shared tile Y of kCols
+/// rows (stride D + kPad).
+template <typename T, int D, class Env>
+KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c)[kCols / 8][4],
+                               const uint16_t* y, int lane) {
+  for (int kk = 0; kk < kCols / 16; ++kk) {
+    uint32_t a[4];
+    c_to_a<T>(env, a, c, kk);
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      uint32_t b[4];
+      load_b(env, b, y, D + kPad, dt, kk, lane);
+      env.template mma<T>(acc[dt], a, b[0], b[1]);
+      env.template mma<T>(acc[dt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <int N>
+KILN_FLASH_FN void zero(float (&acc)[N][4]) {
+  for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+}
+
+/// Writes the 16 x D accumulator rows `first` .. of a [.., length, D] tensor (times `scale`),
+/// rows past `length` left out.
+template <typename T, int D, class Env>
+KILN_FLASH_FN void write_rows(Env& env, uint16_t* dst, const float (&acc)[D / 8][4],
+                              const Params& p, int64_t bh, int64_t first, int64_t length,
+                              const float (&row_scale)[2], int lane) {
+  const int g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = first + g + 8 * r;
+    if (row >= length) continue;
+    uint16_t* out = dst + p.a.row_offset(bh, row, length, D) + 2 * t;
+    for (int dt = 0; dt < D / 8; ++dt)
+      store32(out + dt * 8, env.template pack<T>(acc[dt][2 * r] * row_scale[r],
+                                                 acc[dt][2 * r + 1] * row_scale[r]));
+  }
+}
+
+// ---- The kernels' bodies: `block` is the block's index in a 1-D grid.
+
+/// The last key (exclusive) query rows q0 .. q0 + kRows - 1 can see.
+KILN_FLASH_FN int64_t key_end(const Params& p, int64_t q0) {
+  const int64_t last_query = q0 + kRows < p.a.queries ? q0 + kRows : p.a.queries;
+  return p.causal && last_query < p.a.keys ? last_query : p.a.keys;
+}
+
+/// Whether a step's scores need the per-score mask test: keys past the end, the causal
+/// diagonal, or a mask.
+KILN_FLASH_FN bool needs_mask_test(const Params& p, int64_t q0, int64_t k0) {
+  return p.mask != nullptr || k0 + kCols > p.a.keys || (p.causal && k0 + kCols - 1 > q0);
+}
+
+/// Forward: out and lse of query rows [q0, q0 + kRows) of one (b, h). Grid: blocks_of(queries)
+/// per (b, h), the longest causal rows first.
+template <typename T, int D, class Env>
+KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
+  const AttentionShape& a = p.a;
+  const int64_t q_blocks = blocks_of(a.queries);
+  const int64_t bh = block / q_blocks, q0 = (q_blocks - 1 - block % q_blocks) * kRows;
+  constexpr int S = D + kPad;
+  uint16_t* qs = shared;
+  uint16_t* ks = qs + kRows * S;
+  uint16_t* vs = ks + kCols * S;
+  const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
+
+  stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
+  env.sync();
+  uint32_t qf[D / 16][4];
+  for (int s = 0; s < D / 16; ++s) load_a(env, qf[s], qs + warp * 16 * S, S, s, lane);
+  const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+
+  float o[D / 8][4];
+  zero(o);
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // l: this lane's part of the row sum
+  const int64_t end = key_end(p, q0);
+  for (int64_t k0 = 0; k0 < end; k0 += kCols) {
+    env.sync();  // every warp is done with the last step's tiles
+    stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
+    stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
+    env.sync();
+    float s[kCols / 8][4];
+    zero(s);
+    product_a_xt<T, D>(env, s, qf, ks, S, lane);
+    const bool test = needs_mask_test(p, q0, k0);
+    for (int nt = 0; nt < kCols / 8; ++nt)
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+        s[nt][e] = test && !attends(p, bh, rows[e / 2], j) ? -INFINITY : s[nt][e] * p.scale_log2;
+      }
+    for (int r = 0; r < 2; ++r) {
+      float top = m[r];
+      for (int nt = 0; nt < kCols / 8; ++nt)
+        top = fmaxf(top, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      top = fmaxf(top, env.shfl_xor(top, 1));
+      top = fmaxf(top, env.shfl_xor(top, 2));
+      // A row with no visible key yet keeps m = -inf; 0 stands in so that no -inf - -inf is made.
+      const float ref = top == -INFINITY ? 0.0f : top;
+      const float correction = env.exp2(m[r] - ref);
+      m[r] = top;
+      float sum = 0;
+      for (int nt = 0; nt < kCols / 8; ++nt)
+        for (int e = 2 * r; e < 2 * r + 2; ++e) sum += s[nt][e] = env.exp2(s[nt][e] - ref);
+      l[r] = l[r] * correction + sum;
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[dt][2 * r] *= correction;
+        o[dt][2 * r + 1] *= correction;
+      }
+    }
+    product_c_y<T, D>(env, o, s, vs, lane);
+  }
+  float inverse[2];
+  for (int r = 0; r < 2; ++r) {
+    l[r] += env.shfl_xor(l[r], 1);
+    l[r] += env.shfl_xor(l[r], 2);
+    inverse[r] = l[r] > 0 ? 1 / l[r] : 0.0f;
+    if (t == 0 && rows[r] < a.queries)
+      p.lse_out[bh * a.queries + rows[r]] = l[r] > 0 ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
+  }
+  write_rows<T, D>(env, p.out, o, p, bh, q0 + warp * 16, a.queries, inverse, lane);
+}
+
+/// dq of query rows [q0, q0 + kRows) of one (b, h); grid as forward_block.
+template <typename T, int D, class Env>
+KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
+  const AttentionShape& a = p.a;
+  const int64_t q_blocks = blocks_of(a.queries);
+  const int64_t bh = block / q_blocks, q0 = (q_blocks - 1 - block % q_blocks) * kRows;
+  constexpr int S = D + kPad;
+  uint16_t* qs = shared;
+  uint16_t* dos = qs + kRows * S;
+  uint16_t* ks = dos + kRows * S;
+  uint16_t* vs = ks + kCols * S;
+  const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
+
+  stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
+  stage_rows<D>(env, dos, p.dout, p, bh, q0, a.queries);
+  env.sync();
+  // At depth 64 this warp's q and dout fragments stay in registers; at 128 they would take 64
+  // registers more than there are (the sums need 64 and the two score tiles 64): they are read
+  // from the shared tiles at each step instead.
+  constexpr bool kFragmentsInRegisters = D <= 64;
+  const uint16_t* qw = qs + warp * 16 * S;
+  const uint16_t* dw = dos + warp * 16 * S;
+  uint32_t qf[kFragmentsInRegisters ? D / 16 : 1][4], df[kFragmentsInRegisters ? D / 16 : 1][4];
+  if constexpr (kFragmentsInRegisters)
+    for (int s = 0; s < D / 16; ++s) {
+      load_a(env, qf[s], qw, S, s, lane);
+      load_a(env, df[s], dw, S, s, lane);
+    }
+  const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  float lse2[2], delta[2];
+  for (int r = 0; r < 2; ++r) {
+    // +inf for rows past the end: every probability 2^(x - inf) is 0. (A row that sees no key
+    // has lse -inf; each of its scores is masked, so no 2^(x + inf) is made.)
+    const bool live = rows[r] < a.queries;
+    lse2[r] = live ? p.lse[bh * a.queries + rows[r]] * kLog2e : INFINITY;
+    delta[r] = live ? p.delta[bh * a.queries + rows[r]] : 0.0f;
+  }
+
+  float acc[D / 8][4];
+  zero(acc);
+  const int64_t end = key_end(p, q0);
+  for (int64_t k0 = 0; k0 < end; k0 += kCols) {
+    env.sync();
+    stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
+    stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
+    env.sync();
+    float s[kCols / 8][4], dp[kCols / 8][4];
+    zero(s);
+    zero(dp);
+    if constexpr (kFragmentsInRegisters) {
+      product_a_xt<T, D>(env, s, qf, ks, S, lane);
+      product_a_xt<T, D>(env, dp, df, vs, S, lane);
+    } else {
+      product_shared_xt<T, D>(env, s, qw, S, ks, S, lane);
+      product_shared_xt<T, D>(env, dp, dw, S, vs, S, lane);
+    }
+    const bool test = needs_mask_test(p, q0, k0);
+    for (int nt = 0; nt < kCols / 8; ++nt)
+      for (int e = 0; e < 4; ++e) {
+        const int r = e / 2;
+        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+        const float prob = test && !attends(p, bh, rows[r], j)
+                               ? 0.0f
+                               : env.exp2(s[nt][e] * p.scale_log2 - lse2[r]);
+        s[nt][e] = prob * (dp[nt][e] - delta[r]);  // ds
+      }
+    product_c_y<T, D>(env, acc, s, ks, lane);
+  }
+  const float scale[2] = {p.scale, p.scale};
+  write_rows<T, D>(env, p.dq, acc, p, bh, q0 + warp * 16, a.queries, scale, lane);
+}
+
+/// dk and dv of key rows [k0, k0 + kRows) of one (b, h). Grid: blocks_of(keys) per (b, h).
+template <typename T, int D, class Env>
+KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
+  const AttentionShape& a = p.a;
+  const int64_t k_blocks = blocks_of(a.keys);
+  const int64_t bh = block / k_blocks, k0 = block % k_blocks * kRows;
+  constexpr int S = D + kPad;
+  uint16_t* ks = shared;
+  uint16_t* vs = ks + kRows * S;
+  uint16_t* qs = vs + kRows * S;
+  uint16_t* dos = qs + kCols * S;
+  float* lse2 = reinterpret_cast<float*>(dos + kCols * S);  // per query of the step, base 2
+  float* delta = lse2 + kCols;
+  const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
+
+  stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
+  stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
+  const uint16_t* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
+  const uint16_t* vw = vs + warp * 16 * S;
+  const int64_t keys[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+
+  float dk[D / 8][4], dv[D / 8][4];
+  zero(dk);
+  zero(dv);
+  // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
+  // query steps stay aligned to blocks.
+  for (int64_t q0 = p.causal ? k0 : 0; q0 < a.queries; q0 += kCols) {
+    env.sync();
+    stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
+    stage_rows<D>(env, dos, p.dout, p, bh, q0, a.queries);
+    for (int c = env.thread(); c < kCols; c += kThreads) {
+      const int64_t i = q0 + c;
+      const bool live = i < a.queries;  // as in dq_block
+      lse2[c] = live ? p.lse[bh * a.queries + i] * kLog2e : INFINITY;
+      delta[c] = live ? p.delta[bh * a.queries + i] : 0.0f;
+    }
+    env.sync();
+    // Transposed scores: rows are this warp's keys, columns the step's queries.
+    float st[kCols / 8][4], dpt[kCols / 8][4];
+    zero(st);
+    zero(dpt);
+    product_shared_xt<T, D>(env, st, kw, S, qs, S, lane);
+    product_shared_xt<T, D>(env, dpt, vw, S, dos, S, lane);
+    const bool test = p.mask != nullptr || (p.causal && q0 < k0 + kRows - 1);
+    for (int nt = 0; nt < kCols / 8; ++nt)
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t + (e & 1);
+        const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
+                               ? 0.0f
+                               : env.exp2(st[nt][e] * p.scale_log2 - lse2[c]);
+        st[nt][e] = prob;
+        dpt[nt][e] = prob * (dpt[nt][e] - delta[c]);  // ds^T
+      }
+    product_c_y<T, D>(env, dv, st, dos, lane);
+    product_c_y<T, D>(env, dk, dpt, qs, lane);
+  }
+  const float one[2] = {1, 1}, scale[2] = {p.scale, p.scale};
+  write_rows<T, D>(env, p.dk, dk, p, bh, k0 + warp * 16, a.keys, scale, lane);
+  write_rows<T, D>(env, p.dv, dv, p, bh, k0 + warp * 16, a.keys, one, lane);
+}
+
+}  // namespace kiln::ops::flash

@@ -1,0 +1,258 @@
+// The tensor-core attention kernels (ops/nn/attention_flash.h: the bodies attention.cu runs on
+// the GPU) run on the CPU through the thread-block emulator, against attention in double
+// precision on the same 16-bit inputs: out, lse, dq, dk and dv for f16 and bf16, depths 64 and
+// 128, causal and masked problems, a query row that sees no key, both layouts, and sizes that
+// leave a block or a step partly past the end.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kiln/ops/nn/attention_flash.h"
+#include "ops/simt_emulator.h"
+
+namespace kiln {
+namespace {
+
+namespace flash = ops::flash;
+using testing::EmulatedEnv;
+using testing::run_emulated_grid;
+
+struct Case {
+  int64_t batch, heads, queries, keys;
+  bool causal = false;
+  bool bthd = false;
+  bool mask = false;  // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
+};
+
+// A problem's tensors: 16-bit bits for the kernels, their values for the reference.
+struct Tensors {
+  std::vector<uint16_t> q, k, v, dout;
+  std::vector<double> qd, kd, vd, doutd;
+  std::vector<char> mask;  // [Tq][Tk]
+};
+
+template <typename T>
+void fill(std::vector<uint16_t>& bits, std::vector<double>& values, size_t n, double range,
+          std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(static_cast<float>(-range), static_cast<float>(range));
+  bits.resize(n);
+  values.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    bits[i] = T(dist(rng)).bits;
+    values[i] = T::to_float(bits[i]);
+  }
+}
+
+struct Reference {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+// Attention and its gradients in double: p = softmax(scale q k^T) over the visible keys,
+// out = p v, ds = p (dout . v - dout . out), dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
+Reference reference(const Case& c, int64_t depth, const Tensors& t) {
+  const int64_t tq = c.queries, tk = c.keys, d = depth;
+  auto at = [&](int64_t b, int64_t h, int64_t i, int64_t length) {
+    return c.bthd ? ((b * length + i) * c.heads + h) * d : ((b * c.heads + h) * length + i) * d;
+  };
+  const double scale = 1 / std::sqrt(static_cast<double>(d));
+  Reference r;
+  r.out.assign(t.qd.size(), 0);
+  r.dq.assign(t.qd.size(), 0);
+  r.dk.assign(t.kd.size(), 0);
+  r.dv.assign(t.vd.size(), 0);
+  r.lse.assign(static_cast<size_t>(c.batch * c.heads * tq), -INFINITY);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < tq; ++i) {
+        std::vector<double> p(static_cast<size_t>(tk), 0.0);
+        std::vector<char> visible(static_cast<size_t>(tk), 0);
+        double top = -INFINITY;
+        for (int64_t j = 0; j < tk; ++j) {
+          visible[j] = !(c.causal && j > i) && (!c.mask || t.mask[i * tk + j]);
+          if (!visible[j]) continue;
+          double dot = 0;
+          for (int64_t e = 0; e < d; ++e)
+            dot += t.qd[at(b, h, i, tq) + e] * t.kd[at(b, h, j, tk) + e];
+          p[j] = dot * scale;
+          top = std::max(top, p[j]);
+        }
+        if (top == -INFINITY) continue;  // no visible key: out, dq 0, lse -inf
+        double sum = 0;
+        for (int64_t j = 0; j < tk; ++j) sum += p[j] = visible[j] ? std::exp(p[j] - top) : 0.0;
+        r.lse[(b * c.heads + h) * tq + i] = top + std::log(sum);
+        double delta = 0;
+        for (int64_t e = 0; e < d; ++e) {
+          double o = 0;
+          for (int64_t j = 0; j < tk; ++j) o += p[j] / sum * t.vd[at(b, h, j, tk) + e];
+          r.out[at(b, h, i, tq) + e] = o;
+          delta += o * t.doutd[at(b, h, i, tq) + e];
+        }
+        for (int64_t j = 0; j < tk; ++j) {
+          if (!visible[j]) continue;
+          const double pj = p[j] / sum;
+          double dp = 0;
+          for (int64_t e = 0; e < d; ++e)
+            dp += t.doutd[at(b, h, i, tq) + e] * t.vd[at(b, h, j, tk) + e];
+          const double ds = pj * (dp - delta);
+          for (int64_t e = 0; e < d; ++e) {
+            r.dq[at(b, h, i, tq) + e] += scale * ds * t.kd[at(b, h, j, tk) + e];
+            r.dk[at(b, h, j, tk) + e] += scale * ds * t.qd[at(b, h, i, tq) + e];
+            r.dv[at(b, h, j, tk) + e] += pj * t.doutd[at(b, h, i, tq) + e];
+          }
+        }
+      }
+  return r;
+}
+
+// The largest |got - want| over the largest |want| (one number per tensor: 16-bit outputs and
+// 16-bit probabilities in the products make errors scale with the tensor, not the element);
+// infinite where a value is not finite (or was never written: NaN bits).
+template <typename T>
+double relative_error(const std::vector<uint16_t>& got, const std::vector<double>& want) {
+  double error = 0, size = 1e-30;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double value = T::to_float(got[i]);
+    if (!std::isfinite(value)) return INFINITY;
+    error = std::max(error, std::abs(value - want[i]));
+    size = std::max(size, std::abs(want[i]));
+  }
+  return error / size;
+}
+
+template <typename T, int D>
+void check(const Case& c, double tolerance) {
+  SCOPED_TRACE(::testing::Message()
+               << "batch " << c.batch << " heads " << c.heads << " queries " << c.queries
+               << " keys " << c.keys << " depth " << D << (c.causal ? " causal" : "")
+               << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : ""));
+  std::mt19937 rng(static_cast<unsigned>(c.queries * 131 + c.keys * 7 + D));
+  Tensors t;
+  const size_t nq = static_cast<size_t>(c.batch * c.heads * c.queries * D);
+  const size_t nk = static_cast<size_t>(c.batch * c.heads * c.keys * D);
+  fill<T>(t.q, t.qd, nq, 2.0, rng);
+  fill<T>(t.k, t.kd, nk, 2.0, rng);
+  fill<T>(t.v, t.vd, nk, 1.0, rng);
+  fill<T>(t.dout, t.doutd, nq, 1.0, rng);
+  if (c.mask) {
+    t.mask.resize(static_cast<size_t>(c.queries * c.keys));
+    std::bernoulli_distribution visible(0.7);
+    for (char& m : t.mask) m = visible(rng);
+    std::fill_n(t.mask.begin() + 3 * c.keys, c.keys, 0);  // row 3: no key
+  }
+  const Reference want = reference(c, D, t);
+
+  flash::Params p;
+  p.a.batch = c.batch;
+  p.a.heads = c.heads;
+  p.a.queries = c.queries;
+  p.a.keys = c.keys;
+  p.a.depth = p.a.value_depth = D;
+  p.a.bthd = c.bthd;
+  static_assert(sizeof(bool) == sizeof(char));
+  if (c.mask) {
+    p.a.mask_strides[2] = c.keys;
+    p.a.mask_strides[3] = 1;
+    p.mask = reinterpret_cast<const bool*>(t.mask.data());
+  }
+  p.causal = c.causal;
+  p.scale = static_cast<float>(1 / std::sqrt(static_cast<double>(D)));
+  p.scale_log2 = p.scale * flash::kLog2e;
+  p.q = t.q.data();
+  p.k = t.k.data();
+  p.v = t.v.data();
+  std::vector<uint16_t> out(nq, 0xffff);  // NaN bits where nothing is written
+  std::vector<float> lse(static_cast<size_t>(c.batch * c.heads * c.queries), NAN);
+  p.out = out.data();
+  p.lse_out = lse.data();
+  const int64_t heads = c.batch * c.heads;
+  run_emulated_grid(heads * flash::blocks_of(c.queries), flash::kThreads,
+                    flash::forward_shared_bytes<D>(),
+                    [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+                      flash::forward_block<T, D>(env, p, block, shared);
+                    });
+  EXPECT_LT(relative_error<T>(out, want.out), tolerance) << "out";
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (want.lse[i] == -INFINITY)
+      ASSERT_EQ(lse[i], -INFINITY) << "lse of row " << i;
+    else
+      ASSERT_NEAR(lse[i], want.lse[i], 1e-3 * std::max(1.0, std::abs(want.lse[i])))
+          << "lse of row " << i;
+  }
+
+  // Backward, with D = dout . out from the kernel's own out (as attention.cu's delta kernel).
+  std::vector<float> delta(lse.size(), 0.0f);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t i = 0; i < c.queries; ++i) {
+        const int64_t row = p.a.row_offset(b * c.heads + h, i, c.queries, D);
+        double sum = 0;
+        for (int64_t e = 0; e < D; ++e) sum += T::to_float(out[row + e]) * t.doutd[row + e];
+        delta[(b * c.heads + h) * c.queries + i] = static_cast<float>(sum);
+      }
+  std::vector<uint16_t> dq(nq, 0xffff), dk(nk, 0xffff), dv(nk, 0xffff);
+  p.lse = lse.data();
+  p.delta = delta.data();
+  p.dout = t.dout.data();
+  p.dq = dq.data();
+  p.dk = dk.data();
+  p.dv = dv.data();
+  run_emulated_grid(heads * flash::blocks_of(c.queries), flash::kThreads,
+                    flash::dq_shared_bytes<D>(),
+                    [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+                      flash::dq_block<T, D>(env, p, block, shared);
+                    });
+  run_emulated_grid(heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<D>(),
+                    [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+                      flash::dkv_block<T, D>(env, p, block, shared);
+                    });
+  EXPECT_LT(relative_error<T>(dq, want.dq), tolerance) << "dq";
+  EXPECT_LT(relative_error<T>(dk, want.dk), tolerance) << "dk";
+  EXPECT_LT(relative_error<T>(dv, want.dv), tolerance) << "dv";
+}
+
+// bf16 keeps 8 bits of mantissa, f16 11: the probabilities, score gradients and outputs are
+// rounded to them, so errors of a few parts in 2^8 (2^11) of the tensor's largest value.
+constexpr double kBf16 = 1e-2, kF16 = 2e-3;
+
+TEST(FlashAttention, OneBlockMatchesTheReference) {
+  check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kBf16);
+  check<Half, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kF16);
+}
+
+TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
+  // Two query blocks (the second of 6 rows) and two key steps (the second of 36 keys).
+  check<BFloat16, 64>({.batch = 1, .heads = 2, .queries = 70, .keys = 100}, kBf16);
+  check<Half, 128>({.batch = 1, .heads = 1, .queries = 30, .keys = 70}, kF16);
+}
+
+TEST(FlashAttention, CausalMatchesTheReference) {
+  check<Half, 64>({.batch = 1, .heads = 1, .queries = 100, .keys = 100, .causal = true}, kF16);
+  // More keys than queries (top-left aligned) and more queries than keys.
+  check<BFloat16, 128>({.batch = 1, .heads = 1, .queries = 40, .keys = 90, .causal = true}, kBf16);
+  check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 90, .keys = 40, .causal = true}, kBf16);
+}
+
+TEST(FlashAttention, MaskedAndBthdMatchTheReference) {
+  check<BFloat16, 64>({.batch = 2,
+                       .heads = 2,
+                       .queries = 20,
+                       .keys = 70,
+                       .causal = false,
+                       .bthd = true,
+                       .mask = true},
+                      kBf16);
+  check<Half, 64>({.batch = 1,
+                   .heads = 2,
+                   .queries = 66,
+                   .keys = 66,
+                   .causal = true,
+                   .bthd = true,
+                   .mask = true},
+                  kF16);
+}
+
+}  // namespace
+}  // namespace kiln

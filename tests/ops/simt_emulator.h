@@ -1,0 +1,158 @@
+// A CPU emulation of a CUDA thread block, for kernel bodies written against an `Env` (as
+// ops/nn/attention_flash.h's are): each of the block's threads is an OS thread; __syncthreads,
+// warp shuffles and the warp-wide mma.sync m16n8k16 product are barriers over the block or the
+// warp. Slow (a context switch per thread per barrier) and meant for small problems: it lets CI,
+// which has no GPU, run the very code the GPU runs, index arithmetic, masking and register
+// fragments included.
+#pragma once
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "kiln/framework/dtype.h"
+
+namespace kiln::testing {
+
+/// One block's shared state: its barriers, the warps' exchange slots, and shared memory.
+class EmulatedBlock {
+ public:
+  EmulatedBlock(int threads, size_t shared_bytes)
+      : block_barrier_(threads), shared_((shared_bytes + 15) / 16) {
+    const int warps = (threads + 31) / 32;
+    warps_.reserve(static_cast<size_t>(warps));
+    for (int w = 0; w < warps; ++w) warps_.emplace_back(std::make_unique<Warp>());
+  }
+
+  /// The block's shared memory: 16-byte aligned, filled with a pattern (not zeros), so that a
+  /// body reading what it never wrote gets garbage, as on a GPU.
+  uint16_t* shared() { return reinterpret_cast<uint16_t*>(shared_.data()); }
+  void fill_shared_with_garbage() {
+    std::memset(shared_.data(), 0x7f, shared_.size() * sizeof(shared_[0]));  // NaN-ish bits
+  }
+
+  struct alignas(16) Chunk {
+    unsigned char bytes[16];
+  };
+  struct Warp {
+    std::barrier<> barrier{32};
+    float value[32];
+    uint32_t a[32][4];
+    uint32_t b[32][2];
+    const uint16_t* address[32];
+  };
+
+  std::barrier<> block_barrier_;
+  std::vector<std::unique_ptr<Warp>> warps_;
+  std::vector<Chunk> shared_;
+};
+
+/// What a kernel body sees of its thread: attention_flash.h's Env, on the CPU.
+class EmulatedEnv {
+ public:
+  EmulatedEnv(EmulatedBlock& block, int thread) : block_(block), thread_(thread) {}
+
+  int thread() const { return thread_; }
+  void sync() { block_.block_barrier_.arrive_and_wait(); }
+
+  float shfl_xor(float v, int lane_mask) {
+    EmulatedBlock::Warp& w = warp();
+    w.value[lane()] = v;
+    w.barrier.arrive_and_wait();
+    const float other = w.value[lane() ^ lane_mask];
+    w.barrier.arrive_and_wait();
+    return other;
+  }
+
+  float exp2(float x) const { return std::exp2(x); }
+
+  template <typename T>
+  uint32_t pack(float lo, float hi) const {
+    return uint32_t{T(lo).bits} | uint32_t{T(hi).bits} << 16;
+  }
+
+  /// ldmatrix .x4 (PTX ISA): four 8 x 8 matrices of 16-bit values; lane 8 m + r gives the
+  /// address of row r of matrix m. Lane L = 4 g + t receives in x[m] the values (g, 2t) and
+  /// (g, 2t + 1) of matrix m, or with kTransposed (2t, g) and (2t + 1, g).
+  template <bool kTransposed>
+  void load_matrices(uint32_t (&x)[4], const uint16_t* row) {
+    EmulatedBlock::Warp& w = warp();
+    w.address[lane()] = row;
+    w.barrier.arrive_and_wait();
+    const int g = lane() / 4, t = lane() % 4;
+    for (int m = 0; m < 4; ++m) {
+      const uint16_t* const* rows = w.address + 8 * m;
+      const uint16_t lo = kTransposed ? rows[2 * t][g] : rows[g][2 * t];
+      const uint16_t hi = kTransposed ? rows[2 * t + 1][g] : rows[g][2 * t + 1];
+      x[m] = uint32_t{lo} | uint32_t{hi} << 16;
+    }
+    w.barrier.arrive_and_wait();
+  }
+
+  /// d += a b over the warp, with the PTX ISA's m16n8k16 fragments (attention_flash.h's header
+  /// comment): every lane puts its fragments in the warp's slots, then computes its own four
+  /// values of d from all of them.
+  template <typename T>
+  void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    EmulatedBlock::Warp& w = warp();
+    std::memcpy(w.a[lane()], a, sizeof(a));
+    w.b[lane()][0] = b0;
+    w.b[lane()][1] = b1;
+    w.barrier.arrive_and_wait();
+    float A[16][16], B[16][8];
+    auto low = [](uint32_t r) { return T::to_float(static_cast<uint16_t>(r & 0xffffu)); };
+    auto high = [](uint32_t r) { return T::to_float(static_cast<uint16_t>(r >> 16)); };
+    for (int l = 0; l < 32; ++l) {
+      const int g = l / 4, t = l % 4;
+      for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+        A[row][col] = low(w.a[l][r]);
+        A[row][col + 1] = high(w.a[l][r]);
+      }
+      for (int r = 0; r < 2; ++r) {
+        B[2 * t + 8 * r][g] = low(w.b[l][r]);
+        B[2 * t + 8 * r + 1][g] = high(w.b[l][r]);
+      }
+    }
+    const int g = lane() / 4, t = lane() % 4;
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + 8 * (e / 2), col = 2 * t + (e % 2);
+      float sum = d[e];
+      for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+      d[e] = sum;
+    }
+    w.barrier.arrive_and_wait();
+  }
+
+ private:
+  int lane() const { return thread_ % 32; }
+  EmulatedBlock::Warp& warp() { return *block_.warps_[static_cast<size_t>(thread_ / 32)]; }
+
+  EmulatedBlock& block_;
+  int thread_;
+};
+
+/// Runs body(env, block_index, shared) for every block of a 1-D grid, one block at a time, each
+/// on `threads` OS threads (a multiple of 32).
+template <typename Body>
+void run_emulated_grid(int64_t blocks, int threads, size_t shared_bytes, Body body) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    EmulatedBlock block(threads, shared_bytes);
+    block.fill_shared_with_garbage();
+    std::vector<std::thread> workers;
+    workers.reserve(static_cast<size_t>(threads));
+    for (int i = 0; i < threads; ++i)
+      workers.emplace_back([&block, &body, b, i] {
+        EmulatedEnv env(block, i);
+        body(env, b, block.shared());
+      });
+    for (std::thread& w : workers) w.join();
+  }
+}
+
+}  // namespace kiln::testing
