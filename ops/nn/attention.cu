@@ -258,6 +258,18 @@ struct DeviceEnv {
     return bits;
   }
   // d += a b: one warp-wide 16 x 8 x 16 product, f32 sums.
+  // cp.async of 16 bytes from global to shared memory; src-size 0 (read false) writes zeros and
+  // reads nothing. L2 only (.cg): a tile is read once per block.
+  __device__ void copy16_async(uint16_t* to, const uint16_t* from, bool read) const {
+    const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(to));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(from),
+                 "r"(read ? 16 : 0));
+  }
+  __device__ void commit_copies() const { asm volatile("cp.async.commit_group;\n" ::); }
+  template <int kPending>
+  __device__ void wait_copies() const {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+  }
   // ldmatrix .x4: four 8 x 8 matrices; lane 8 m + r gives row r of matrix m (attention_flash.h).
   template <bool kTransposed>
   __device__ void load_matrices(uint32_t (&x)[4], const uint16_t* row) const {

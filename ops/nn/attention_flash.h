@@ -94,27 +94,24 @@ KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
                 j * a.mask_strides[3]];
 }
 
-/// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kPad) 16-bit values
-/// (forward: q, k, v; dq: q, dout, k, v; dk and dv: k, v, q, dout and two floats per query).
+/// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kPad) 16-bit values, the
+/// side walked in steps twice (the next step's tiles load while this one's are used). forward:
+/// q, 2 x (k, v); dq: q, dout, 2 x (k, v); dk and dv: k, v, 2 x (q, dout, two floats per query).
 template <int D>
 constexpr size_t forward_shared_bytes() {
-  return sizeof(uint16_t) * 3 * kRows * (D + kPad);
+  return sizeof(uint16_t) * 5 * kRows * (D + kPad);
 }
 template <int D>
 constexpr size_t dq_shared_bytes() {
-  return sizeof(uint16_t) * 4 * kRows * (D + kPad);
+  return sizeof(uint16_t) * 6 * kRows * (D + kPad);
 }
 template <int D>
 constexpr size_t dkv_shared_bytes() {
-  return sizeof(uint16_t) * 4 * kRows * (D + kPad) + sizeof(float) * 2 * kCols;
+  return sizeof(uint16_t) * 6 * kRows * (D + kPad) + sizeof(float) * 2 * 2 * kCols;
 }
 static_assert(kRows == kCols, "a tile is kRows or kCols rows: the sizes above count on both");
 
 // ---- Moving 16-bit values.
-
-struct alignas(16) Vec16 {
-  uint32_t word[4];
-};
 
 KILN_FLASH_FN void store32(uint16_t* p, uint32_t v) {
 #if defined(__CUDA_ARCH__)
@@ -124,36 +121,20 @@ KILN_FLASH_FN void store32(uint16_t* p, uint32_t v) {
 #endif
 }
 
-KILN_FLASH_FN Vec16 load16(const uint16_t* p) {  // p 16-byte aligned
-#if defined(__CUDA_ARCH__)
-  return *reinterpret_cast<const Vec16*>(p);
-#else
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-#endif
-}
-
-KILN_FLASH_FN void store16(uint16_t* p, const Vec16& v) {
-#if defined(__CUDA_ARCH__)
-  *reinterpret_cast<Vec16*>(p) = v;
-#else
-  std::memcpy(p, &v, sizeof(v));
-#endif
-}
-
-/// Stages rows first .. first + kCols - 1 (or kRows: both 64) of (bh) from a [.., length, D]
-/// tensor into `tile` (row stride D + kPad); rows past `length` are zeros, so that nothing
-/// beyond the tensor can put a NaN into a product.
+/// Starts staging rows first .. first + 63 of (bh) from a [.., length, D] tensor into `tile`
+/// (row stride D + kPad), 16 bytes per copy (Env::copy16_async(to, from, read): cp.async on the
+/// GPU, zeros where `read` is false); rows past `length` become zeros, so that nothing beyond the
+/// tensor can put a NaN into a product. The tile is there once the thread's copies are waited for
+/// (Env::wait_copies) and the block has synchronized.
 template <int D, class Env>
 KILN_FLASH_FN void stage_rows(Env& env, uint16_t* tile, const uint16_t* src, const Params& p,
                               int64_t bh, int64_t first, int64_t length) {
   constexpr int kVectors = D / 8;  // 16-byte pieces of a row
   for (int idx = env.thread(); idx < kCols * kVectors; idx += kThreads) {
     const int r = idx / kVectors, c = idx % kVectors;
-    Vec16 v{};
-    if (first + r < length) v = load16(src + p.a.row_offset(bh, first + r, length, D) + c * 8);
-    store16(tile + r * (D + kPad) + c * 8, v);
+    const bool inside = first + r < length;
+    env.copy16_async(tile + r * (D + kPad) + c * 8,
+                     inside ? src + p.a.row_offset(bh, first + r, length, D) + c * 8 : src, inside);
   }
 }
 
@@ -278,6 +259,30 @@ KILN_FLASH_FN bool needs_mask_test(const Params& p, int64_t q0, int64_t k0) {
   return p.mask != nullptr || k0 + kCols > p.a.keys || (p.causal && k0 + kCols - 1 > q0);
 }
 
+/// Walks the other side's steps of kCols rows from `first` to `end` in two buffers: before step
+/// k0's tiles are used, step k0 + kCols's start loading into the other buffer.
+/// stage(k0, buffer) starts a step's copies (the caller has started and committed those of
+/// `first` into buffer 0, with whatever else the block stages once); use(k0, buffer) runs with
+/// the step's tiles in place, between two block synchronizations (the second keeps a buffer from
+/// being refilled while a warp still reads it).
+template <class Env, class Stage, class Use>
+KILN_FLASH_FN void walk_steps(Env& env, int64_t first, int64_t end, Stage&& stage, Use&& use) {
+  int buffer = 0;
+  for (int64_t k0 = first; k0 < end; k0 += kCols, buffer ^= 1) {
+    if (k0 + kCols < end) {
+      stage(k0 + kCols, buffer ^ 1);
+      env.commit_copies();
+      env.template wait_copies<1>();  // all but the group just started
+    } else {
+      env.template wait_copies<0>();
+    }
+    env.sync();
+    use(k0, buffer);
+    env.sync();
+  }
+  env.template wait_copies<0>();  // none left in flight (a walk of no steps)
+}
+
 /// Forward: out and lse of query rows [q0, q0 + kRows) of one (b, h). Grid: blocks_of(queries)
 /// per (b, h), the longest causal rows first.
 template <typename T, int D, class Env>
@@ -287,25 +292,29 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
   const int64_t bh = block / q_blocks, q0 = (q_blocks - 1 - block % q_blocks) * kRows;
   constexpr int S = D + kPad;
   uint16_t* qs = shared;
-  uint16_t* ks = qs + kRows * S;
-  uint16_t* vs = ks + kCols * S;
+  uint16_t* kv = qs + kRows * S;  // per buffer: k, then v
+  auto k_tile = [&](int buffer) { return kv + buffer * 2 * kCols * S; };
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
-
-  stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
-  env.sync();
-  uint32_t qf[D / 16][4];
-  for (int s = 0; s < D / 16; ++s) load_a(env, qf[s], qs + warp * 16 * S, S, s, lane);
   const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
+  auto stage = [&](int64_t k0, int buffer) {
+    stage_rows<D>(env, k_tile(buffer), p.k, p, bh, k0, a.keys);
+    stage_rows<D>(env, k_tile(buffer) + kCols * S, p.v, p, bh, k0, a.keys);
+  };
+  stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
+  stage(0, 0);
+  env.commit_copies();
+
+  uint32_t qf[D / 16][4];
   float o[D / 8][4];
   zero(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // l: this lane's part of the row sum
-  const int64_t end = key_end(p, q0);
-  for (int64_t k0 = 0; k0 < end; k0 += kCols) {
-    env.sync();  // every warp is done with the last step's tiles
-    stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
-    stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
-    env.sync();
+  walk_steps(env, 0, key_end(p, q0), stage, [&](int64_t k0, int buffer) {
+    const uint16_t* ks = k_tile(buffer);
+    const uint16_t* vs = ks + kCols * S;
+    if (k0 == 0)
+      for (int step = 0; step < D / 16; ++step)
+        load_a(env, qf[step], qs + warp * 16 * S, S, step, lane);
     float s[kCols / 8][4];
     zero(s);
     product_a_xt<T, D>(env, s, qf, ks, S, lane);
@@ -335,7 +344,7 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
       }
     }
     product_c_y<T, D>(env, o, s, vs, lane);
-  }
+  });
   float inverse[2];
   for (int r = 0; r < 2; ++r) {
     l[r] += env.shfl_xor(l[r], 1);
@@ -356,26 +365,20 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
   constexpr int S = D + kPad;
   uint16_t* qs = shared;
   uint16_t* dos = qs + kRows * S;
-  uint16_t* ks = dos + kRows * S;
-  uint16_t* vs = ks + kCols * S;
+  uint16_t* kv = dos + kRows * S;  // per buffer: k, then v
+  auto k_tile = [&](int buffer) { return kv + buffer * 2 * kCols * S; };
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
+  const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
+  auto stage = [&](int64_t k0, int buffer) {
+    stage_rows<D>(env, k_tile(buffer), p.k, p, bh, k0, a.keys);
+    stage_rows<D>(env, k_tile(buffer) + kCols * S, p.v, p, bh, k0, a.keys);
+  };
   stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
   stage_rows<D>(env, dos, p.dout, p, bh, q0, a.queries);
-  env.sync();
-  // At depth 64 this warp's q and dout fragments stay in registers; at 128 they would take 64
-  // registers more than there are (the sums need 64 and the two score tiles 64): they are read
-  // from the shared tiles at each step instead.
-  constexpr bool kFragmentsInRegisters = D <= 64;
-  const uint16_t* qw = qs + warp * 16 * S;
-  const uint16_t* dw = dos + warp * 16 * S;
-  uint32_t qf[kFragmentsInRegisters ? D / 16 : 1][4], df[kFragmentsInRegisters ? D / 16 : 1][4];
-  if constexpr (kFragmentsInRegisters)
-    for (int s = 0; s < D / 16; ++s) {
-      load_a(env, qf[s], qw, S, s, lane);
-      load_a(env, df[s], dw, S, s, lane);
-    }
-  const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  stage(0, 0);
+  env.commit_copies();
+
   float lse2[2], delta[2];
   for (int r = 0; r < 2; ++r) {
     // +inf for rows past the end: every probability 2^(x - inf) is 0. (A row that sees no key
@@ -384,19 +387,27 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
     lse2[r] = live ? p.lse[bh * a.queries + rows[r]] * kLog2e : INFINITY;
     delta[r] = live ? p.delta[bh * a.queries + rows[r]] : 0.0f;
   }
-
+  // At depth 64 this warp's q and dout fragments stay in registers; at 128 they would take 64
+  // registers more than there are (the sums need 64 and the two score tiles 64): they are read
+  // from the shared tiles at each step instead.
+  constexpr bool kFragmentsInRegisters = D <= 64;
+  const uint16_t* qw = qs + warp * 16 * S;
+  const uint16_t* dw = dos + warp * 16 * S;
+  uint32_t qf[kFragmentsInRegisters ? D / 16 : 1][4], df[kFragmentsInRegisters ? D / 16 : 1][4];
   float acc[D / 8][4];
   zero(acc);
-  const int64_t end = key_end(p, q0);
-  for (int64_t k0 = 0; k0 < end; k0 += kCols) {
-    env.sync();
-    stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
-    stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
-    env.sync();
+  walk_steps(env, 0, key_end(p, q0), stage, [&](int64_t k0, int buffer) {
+    const uint16_t* ks = k_tile(buffer);
+    const uint16_t* vs = ks + kCols * S;
     float s[kCols / 8][4], dp[kCols / 8][4];
     zero(s);
     zero(dp);
     if constexpr (kFragmentsInRegisters) {
+      if (k0 == 0)
+        for (int step = 0; step < D / 16; ++step) {
+          load_a(env, qf[step], qw, S, step, lane);
+          load_a(env, df[step], dw, S, step, lane);
+        }
       product_a_xt<T, D>(env, s, qf, ks, S, lane);
       product_a_xt<T, D>(env, dp, df, vs, S, lane);
     } else {
@@ -414,7 +425,7 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
         s[nt][e] = prob * (dp[nt][e] - delta[r]);  // ds
       }
     product_c_y<T, D>(env, acc, s, ks, lane);
-  }
+  });
   const float scale[2] = {p.scale, p.scale};
   write_rows<T, D>(env, p.dq, acc, p, bh, q0 + warp * 16, a.queries, scale, lane);
 }
@@ -428,34 +439,41 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t*
   constexpr int S = D + kPad;
   uint16_t* ks = shared;
   uint16_t* vs = ks + kRows * S;
-  uint16_t* qs = vs + kRows * S;
-  uint16_t* dos = qs + kCols * S;
-  float* lse2 = reinterpret_cast<float*>(dos + kCols * S);  // per query of the step, base 2
-  float* delta = lse2 + kCols;
+  uint16_t* qd = vs + kRows * S;  // per buffer: q, then dout
+  auto q_tile = [&](int buffer) { return qd + buffer * 2 * kCols * S; };
+  // Per buffer, per query of the step: lse in base 2, then delta.
+  float* stats = reinterpret_cast<float*>(qd + 4 * kCols * S);
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
-
-  stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
-  stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
-  const uint16_t* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
-  const uint16_t* vw = vs + warp * 16 * S;
   const int64_t keys[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
 
+  auto stage = [&](int64_t q0, int buffer) {
+    stage_rows<D>(env, q_tile(buffer), p.q, p, bh, q0, a.queries);
+    stage_rows<D>(env, q_tile(buffer) + kCols * S, p.dout, p, bh, q0, a.queries);
+    float* lse2 = stats + buffer * 2 * kCols;
+    for (int c = env.thread(); c < kCols; c += kThreads) {
+      const bool live = q0 + c < a.queries;  // as in dq_block
+      lse2[c] = live ? p.lse[bh * a.queries + q0 + c] * kLog2e : INFINITY;
+      lse2[kCols + c] = live ? p.delta[bh * a.queries + q0 + c] : 0.0f;
+    }
+  };
+  // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
+  // query steps stay aligned to blocks.
+  const int64_t first = p.causal ? k0 : 0;
+  stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
+  stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
+  stage(first, 0);
+  env.commit_copies();
+
+  const uint16_t* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
+  const uint16_t* vw = vs + warp * 16 * S;
   float dk[D / 8][4], dv[D / 8][4];
   zero(dk);
   zero(dv);
-  // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
-  // query steps stay aligned to blocks.
-  for (int64_t q0 = p.causal ? k0 : 0; q0 < a.queries; q0 += kCols) {
-    env.sync();
-    stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
-    stage_rows<D>(env, dos, p.dout, p, bh, q0, a.queries);
-    for (int c = env.thread(); c < kCols; c += kThreads) {
-      const int64_t i = q0 + c;
-      const bool live = i < a.queries;  // as in dq_block
-      lse2[c] = live ? p.lse[bh * a.queries + i] * kLog2e : INFINITY;
-      delta[c] = live ? p.delta[bh * a.queries + i] : 0.0f;
-    }
-    env.sync();
+  walk_steps(env, first, a.queries, stage, [&](int64_t q0, int buffer) {
+    const uint16_t* qs = q_tile(buffer);
+    const uint16_t* dos = qs + kCols * S;
+    const float* lse2 = stats + buffer * 2 * kCols;
+    const float* delta = lse2 + kCols;
     // Transposed scores: rows are this warp's keys, columns the step's queries.
     float st[kCols / 8][4], dpt[kCols / 8][4];
     zero(st);
@@ -474,7 +492,7 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t*
       }
     product_c_y<T, D>(env, dv, st, dos, lane);
     product_c_y<T, D>(env, dk, dpt, qs, lane);
-  }
+  });
   const float one[2] = {1, 1}, scale[2] = {p.scale, p.scale};
   write_rows<T, D>(env, p.dk, dk, p, bh, k0 + warp * 16, a.keys, scale, lane);
   write_rows<T, D>(env, p.dv, dv, p, bh, k0 + warp * 16, a.keys, one, lane);

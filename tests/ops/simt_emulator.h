@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -70,6 +71,31 @@ class EmulatedEnv {
   }
 
   float exp2(float x) const { return std::exp2(x); }
+
+  /// cp.async of 16 bytes (zeros where `read` is false). The copies land only when waited for
+  /// (wait_copies), so a body that reads a tile it has not waited for reads the garbage
+  /// run_emulated_grid puts in shared memory, as it might on a GPU.
+  void copy16_async(uint16_t* to, const uint16_t* from, bool read) {
+    open_.push_back({to, read ? from : nullptr});
+  }
+  /// Closes the group of copies started since the last commit.
+  void commit_copies() {
+    groups_.push_back(std::move(open_));
+    open_.clear();
+  }
+  /// Lands the oldest groups until at most kPending remain in flight.
+  template <int kPending>
+  void wait_copies() {
+    while (groups_.size() > static_cast<size_t>(kPending)) {
+      for (const Copy& c : groups_.front()) {
+        if (c.from)
+          std::memcpy(c.to, c.from, 16);
+        else
+          std::memset(c.to, 0, 16);
+      }
+      groups_.pop_front();
+    }
+  }
 
   template <typename T>
   uint32_t pack(float lo, float hi) const {
@@ -133,8 +159,15 @@ class EmulatedEnv {
   int lane() const { return thread_ % 32; }
   EmulatedBlock::Warp& warp() { return *block_.warps_[static_cast<size_t>(thread_ / 32)]; }
 
+  struct Copy {
+    uint16_t* to;
+    const uint16_t* from;  // nullptr: zeros
+  };
+
   EmulatedBlock& block_;
   int thread_;
+  std::vector<Copy> open_;
+  std::deque<std::vector<Copy>> groups_;
 };
 
 /// Runs body(env, block_index, shared) for every block of a 1-D grid, one block at a time, each
