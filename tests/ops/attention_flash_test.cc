@@ -17,6 +17,7 @@ namespace kiln {
 namespace {
 
 namespace flash = ops::flash;
+using testing::CopyTiming;
 using testing::EmulatedEnv;
 using testing::run_emulated_grid;
 
@@ -163,54 +164,62 @@ void check(const Case& c, double tolerance) {
   p.q = t.q.data();
   p.k = t.k.data();
   p.v = t.v.data();
-  std::vector<uint16_t> out(nq, 0xffff);  // NaN bits where nothing is written
-  std::vector<float> lse(static_cast<size_t>(c.batch * c.heads * c.queries), NAN);
-  p.out = out.data();
-  p.lse_out = lse.data();
-  const int64_t heads = c.batch * c.heads;
-  run_emulated_grid(heads * flash::blocks_of(c.queries), flash::kThreads,
-                    flash::forward_shared_bytes<D>(),
-                    [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
-                      flash::forward_block<T, D>(env, p, block, shared);
-                    });
-  EXPECT_LT(relative_error<T>(out, want.out), tolerance) << "out";
-  for (size_t i = 0; i < lse.size(); ++i) {
-    if (want.lse[i] == -INFINITY)
-      ASSERT_EQ(lse[i], -INFINITY) << "lse of row " << i;
-    else
-      ASSERT_NEAR(lse[i], want.lse[i], 1e-3 * std::max(1.0, std::abs(want.lse[i])))
-          << "lse of row " << i;
-  }
+  // Copies landing late (a missing wait reads garbage) and early (a buffer refilled while read).
+  for (CopyTiming timing : {CopyTiming::deferred, CopyTiming::eager}) {
+    SCOPED_TRACE(timing == CopyTiming::eager ? "copies land at once" : "copies land when waited");
+    std::vector<uint16_t> out(nq, 0xffff);  // NaN bits where nothing is written
+    std::vector<float> lse(static_cast<size_t>(c.batch * c.heads * c.queries), NAN);
+    p.out = out.data();
+    p.lse_out = lse.data();
+    const int64_t heads = c.batch * c.heads;
+    run_emulated_grid(
+        heads * flash::blocks_of(c.queries), flash::kThreads, flash::forward_shared_bytes<D>(),
+        [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+          flash::forward_block<T, D>(env, p, block, shared);
+        },
+        timing);
+    EXPECT_LT(relative_error<T>(out, want.out), tolerance) << "out";
+    for (size_t i = 0; i < lse.size(); ++i) {
+      if (want.lse[i] == -INFINITY)
+        ASSERT_EQ(lse[i], -INFINITY) << "lse of row " << i;
+      else
+        ASSERT_NEAR(lse[i], want.lse[i], 1e-3 * std::max(1.0, std::abs(want.lse[i])))
+            << "lse of row " << i;
+    }
 
-  // Backward, with D = dout . out from the kernel's own out (as attention.cu's delta kernel).
-  std::vector<float> delta(lse.size(), 0.0f);
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t h = 0; h < c.heads; ++h)
-      for (int64_t i = 0; i < c.queries; ++i) {
-        const int64_t row = p.a.row_offset(b * c.heads + h, i, c.queries, D);
-        double sum = 0;
-        for (int64_t e = 0; e < D; ++e) sum += T::to_float(out[row + e]) * t.doutd[row + e];
-        delta[(b * c.heads + h) * c.queries + i] = static_cast<float>(sum);
-      }
-  std::vector<uint16_t> dq(nq, 0xffff), dk(nk, 0xffff), dv(nk, 0xffff);
-  p.lse = lse.data();
-  p.delta = delta.data();
-  p.dout = t.dout.data();
-  p.dq = dq.data();
-  p.dk = dk.data();
-  p.dv = dv.data();
-  run_emulated_grid(heads * flash::blocks_of(c.queries), flash::kThreads,
-                    flash::dq_shared_bytes<D>(),
-                    [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
-                      flash::dq_block<T, D>(env, p, block, shared);
-                    });
-  run_emulated_grid(heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<D>(),
-                    [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
-                      flash::dkv_block<T, D>(env, p, block, shared);
-                    });
-  EXPECT_LT(relative_error<T>(dq, want.dq), tolerance) << "dq";
-  EXPECT_LT(relative_error<T>(dk, want.dk), tolerance) << "dk";
-  EXPECT_LT(relative_error<T>(dv, want.dv), tolerance) << "dv";
+    // Backward, with D = dout . out from the kernel's own out (as attention.cu's delta kernel).
+    std::vector<float> delta(lse.size(), 0.0f);
+    for (int64_t b = 0; b < c.batch; ++b)
+      for (int64_t h = 0; h < c.heads; ++h)
+        for (int64_t i = 0; i < c.queries; ++i) {
+          const int64_t row = p.a.row_offset(b * c.heads + h, i, c.queries, D);
+          double sum = 0;
+          for (int64_t e = 0; e < D; ++e) sum += T::to_float(out[row + e]) * t.doutd[row + e];
+          delta[(b * c.heads + h) * c.queries + i] = static_cast<float>(sum);
+        }
+    std::vector<uint16_t> dq(nq, 0xffff), dk(nk, 0xffff), dv(nk, 0xffff);
+    p.lse = lse.data();
+    p.delta = delta.data();
+    p.dout = t.dout.data();
+    p.dq = dq.data();
+    p.dk = dk.data();
+    p.dv = dv.data();
+    run_emulated_grid(
+        heads * flash::blocks_of(c.queries), flash::kThreads, flash::dq_shared_bytes<D>(),
+        [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+          flash::dq_block<T, D>(env, p, block, shared);
+        },
+        timing);
+    run_emulated_grid(
+        heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<D>(),
+        [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+          flash::dkv_block<T, D>(env, p, block, shared);
+        },
+        timing);
+    EXPECT_LT(relative_error<T>(dq, want.dq), tolerance) << "dq";
+    EXPECT_LT(relative_error<T>(dk, want.dk), tolerance) << "dk";
+    EXPECT_LT(relative_error<T>(dv, want.dv), tolerance) << "dv";
+  }
 }
 
 // bf16 keeps 8 bits of mantissa, f16 11: the probabilities, score gradients and outputs are

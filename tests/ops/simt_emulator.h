@@ -40,12 +40,19 @@ class EmulatedBlock {
   struct alignas(16) Chunk {
     unsigned char bytes[16];
   };
-  struct Warp {
-    std::barrier<> barrier{32};
+  /// What the lanes of a warp put down for one warp-wide operation.
+  struct Slots {
     float value[32];
     uint32_t a[32][4];
     uint32_t b[32][2];
     const uint16_t* address[32];
+  };
+  /// Two sets of slots, used by turns: a lane writes operation k's set only after the barrier
+  /// of operation k - 1, which every lane reaches after reading operation k - 2's (the same
+  /// set), so one barrier per operation suffices.
+  struct Warp {
+    std::barrier<> barrier{32};
+    Slots slots[2];
   };
 
   std::barrier<> block_barrier_;
@@ -53,30 +60,36 @@ class EmulatedBlock {
   std::vector<Chunk> shared_;
 };
 
+/// When an emulated cp.async lands. `deferred`: only when waited for, so reading a tile before
+/// its wait reads garbage. `eager`: at once, so refilling a buffer that another warp still
+/// reads changes what that warp reads. A body right under both is right on the GPU.
+enum class CopyTiming { deferred, eager };
+
 /// What a kernel body sees of its thread: attention_flash.h's Env, on the CPU.
 class EmulatedEnv {
  public:
-  EmulatedEnv(EmulatedBlock& block, int thread) : block_(block), thread_(thread) {}
+  EmulatedEnv(EmulatedBlock& block, int thread, CopyTiming timing = CopyTiming::deferred)
+      : block_(block), thread_(thread), timing_(timing) {}
 
   int thread() const { return thread_; }
   void sync() { block_.block_barrier_.arrive_and_wait(); }
 
   float shfl_xor(float v, int lane_mask) {
-    EmulatedBlock::Warp& w = warp();
+    EmulatedBlock::Slots& w = exchange_slots();
     w.value[lane()] = v;
-    w.barrier.arrive_and_wait();
-    const float other = w.value[lane() ^ lane_mask];
-    w.barrier.arrive_and_wait();
-    return other;
+    warp().barrier.arrive_and_wait();
+    return w.value[lane() ^ lane_mask];
   }
 
   float exp2(float x) const { return std::exp2(x); }
 
-  /// cp.async of 16 bytes (zeros where `read` is false). The copies land only when waited for
-  /// (wait_copies), so a body that reads a tile it has not waited for reads the garbage
-  /// run_emulated_grid puts in shared memory, as it might on a GPU.
+  /// cp.async of 16 bytes (zeros where `read` is false), landing as CopyTiming says.
   void copy16_async(uint16_t* to, const uint16_t* from, bool read) {
-    open_.push_back({to, read ? from : nullptr});
+    const Copy copy{to, read ? from : nullptr};
+    if (timing_ == CopyTiming::eager)
+      land(copy);
+    else
+      open_.push_back(copy);
   }
   /// Closes the group of copies started since the last commit.
   void commit_copies() {
@@ -87,12 +100,7 @@ class EmulatedEnv {
   template <int kPending>
   void wait_copies() {
     while (groups_.size() > static_cast<size_t>(kPending)) {
-      for (const Copy& c : groups_.front()) {
-        if (c.from)
-          std::memcpy(c.to, c.from, 16);
-        else
-          std::memset(c.to, 0, 16);
-      }
+      for (const Copy& c : groups_.front()) land(c);
       groups_.pop_front();
     }
   }
@@ -107,9 +115,9 @@ class EmulatedEnv {
   /// (g, 2t + 1) of matrix m, or with kTransposed (2t, g) and (2t + 1, g).
   template <bool kTransposed>
   void load_matrices(uint32_t (&x)[4], const uint16_t* row) {
-    EmulatedBlock::Warp& w = warp();
+    EmulatedBlock::Slots& w = exchange_slots();
     w.address[lane()] = row;
-    w.barrier.arrive_and_wait();
+    warp().barrier.arrive_and_wait();
     const int g = lane() / 4, t = lane() % 4;
     for (int m = 0; m < 4; ++m) {
       const uint16_t* const* rows = w.address + 8 * m;
@@ -117,7 +125,6 @@ class EmulatedEnv {
       const uint16_t hi = kTransposed ? rows[2 * t + 1][g] : rows[g][2 * t + 1];
       x[m] = uint32_t{lo} | uint32_t{hi} << 16;
     }
-    w.barrier.arrive_and_wait();
   }
 
   /// d += a b over the warp, with the PTX ISA's m16n8k16 fragments (attention_flash.h's header
@@ -125,11 +132,11 @@ class EmulatedEnv {
   /// values of d from all of them.
   template <typename T>
   void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    EmulatedBlock::Warp& w = warp();
+    EmulatedBlock::Slots& w = exchange_slots();
     std::memcpy(w.a[lane()], a, sizeof(a));
     w.b[lane()][0] = b0;
     w.b[lane()][1] = b1;
-    w.barrier.arrive_and_wait();
+    warp().barrier.arrive_and_wait();
     float A[16][16], B[16][8];
     auto low = [](uint32_t r) { return T::to_float(static_cast<uint16_t>(r & 0xffffu)); };
     auto high = [](uint32_t r) { return T::to_float(static_cast<uint16_t>(r >> 16)); };
@@ -152,20 +159,29 @@ class EmulatedEnv {
       for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
       d[e] = sum;
     }
-    w.barrier.arrive_and_wait();
   }
 
  private:
   int lane() const { return thread_ % 32; }
   EmulatedBlock::Warp& warp() { return *block_.warps_[static_cast<size_t>(thread_ / 32)]; }
+  // This warp operation's set of slots (every lane of a warp runs the same operations).
+  EmulatedBlock::Slots& exchange_slots() { return warp().slots[operations_++ % 2]; }
 
   struct Copy {
     uint16_t* to;
     const uint16_t* from;  // nullptr: zeros
   };
+  static void land(const Copy& c) {
+    if (c.from)
+      std::memcpy(c.to, c.from, 16);
+    else
+      std::memset(c.to, 0, 16);
+  }
 
   EmulatedBlock& block_;
   int thread_;
+  CopyTiming timing_;
+  uint64_t operations_ = 0;
   std::vector<Copy> open_;
   std::deque<std::vector<Copy>> groups_;
 };
@@ -173,15 +189,16 @@ class EmulatedEnv {
 /// Runs body(env, block_index, shared) for every block of a 1-D grid, one block at a time, each
 /// on `threads` OS threads (a multiple of 32).
 template <typename Body>
-void run_emulated_grid(int64_t blocks, int threads, size_t shared_bytes, Body body) {
+void run_emulated_grid(int64_t blocks, int threads, size_t shared_bytes, Body body,
+                       CopyTiming timing = CopyTiming::deferred) {
   for (int64_t b = 0; b < blocks; ++b) {
     EmulatedBlock block(threads, shared_bytes);
     block.fill_shared_with_garbage();
     std::vector<std::thread> workers;
     workers.reserve(static_cast<size_t>(threads));
     for (int i = 0; i < threads; ++i)
-      workers.emplace_back([&block, &body, b, i] {
-        EmulatedEnv env(block, i);
+      workers.emplace_back([&block, &body, b, i, timing] {
+        EmulatedEnv env(block, i, timing);
         body(env, b, block.shared());
       });
     for (std::thread& w : workers) w.join();
