@@ -6,11 +6,12 @@
 // rows (dk, dv), 16 per warp. It walks the other side in steps of kCols = 64 rows staged in
 // shared memory. Products are warp-wide mma.sync m16n8k16 (16-bit inputs, f32 sums), through
 // `Env::mma`. Their register fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
-// g = lane / 4 and t = lane % 4:
-//   A (16 x 16, 4 registers of two values): {A[g][2t..], A[g+8][2t..], A[g][2t+8..],
-//   A[g+8][2t+8..]} B (16 x 8, 2 registers):                {B[2t..][g], B[2t+8..][g]}   (k = 2t,
-//   2t+1; n = g) C (16 x 8, 4 floats):                   {C[g][2t], C[g][2t+1], C[g+8][2t],
-//   C[g+8][2t+1]}
+// g = lane / 4 and t = lane % 4, two values per 32-bit register:
+// clang-format off
+//   A (16 x 16, 4 registers): A[g][2t..],  A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]
+//   B (16 x 8, 2 registers):  B[2t..][g],  B[2t+8..][g]   (k = 2t, 2t + 1; n = g)
+//   C (16 x 8, 4 floats):     C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
+// clang-format on
 // Two C tiles side by side (16 x 16) are, value for value, the A fragment of the next product:
 // probabilities and score gradients go from one product to the next in registers. Each lane
 // holds two rows of every C tile (g and g + 8); a row lives in the 4 lanes t = 0..3 of one g, so
@@ -25,6 +26,12 @@
 // summed by one warp in a fixed order (no atomics), so results are the same bits on every run.
 // Every masked score is exactly -inf (probability 0); a query row with no visible key gets out 0
 // and lse -inf, and adds nothing to any gradient (as the CPU kernels).
+//
+// What a body asks of its Env (attention.cu's DeviceEnv; the emulator's EmulatedEnv):
+// thread() and sync() (__syncthreads); shfl_xor; exp2; pack<T>(lo, hi) (two values rounded to T
+// in one register); mma<T>(d, a, b0, b1) (d += a b); load_matrices<transposed>(x, row)
+// (ldmatrix .x4); copy16_async(to, from, read), commit_copies(), wait_copies<pending>()
+// (cp.async and its groups).
 #pragma once
 
 #include <cmath>
@@ -68,13 +75,13 @@ struct Params {
   const uint16_t* k = nullptr;
   const uint16_t* v = nullptr;
   const uint16_t* dout = nullptr;  // backward
-  const float* lse = nullptr;      // forward: written; backward: read
+  const float* lse = nullptr;      // backward: the forward's lse
   const float* delta = nullptr;    // backward: dout . out per query row
   uint16_t* out = nullptr;         // forward
+  float* lse_out = nullptr;        // forward
   uint16_t* dq = nullptr;          // backward
   uint16_t* dk = nullptr;
   uint16_t* dv = nullptr;
-  float* lse_out = nullptr;
 };
 
 /// Blocks of kRows rows over `rows` rows.
