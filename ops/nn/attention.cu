@@ -322,10 +322,8 @@ __global__ void __launch_bounds__(flash::kThreads) flash_dkv_kernel(flash::Param
 // aligned (their rows are read in 16-byte pieces), and not turned off.
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
-  static const bool rows_only = [] {
-    const char* choice = std::getenv("KILN_CUDA_ATTENTION");
-    return choice != nullptr && std::strcmp(choice, "rows") == 0;
-  }();
+  const char* choice = std::getenv("KILN_CUDA_ATTENTION");  // read per call: tests switch it
+  const bool rows_only = choice != nullptr && std::strcmp(choice, "rows") == 0;
   if (rows_only || !flash::supports(ctx.input(0).dtype(), problem.a)) return false;
   for (const void* t : tensors)
     if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;

@@ -113,5 +113,44 @@ TEST(CudaOps, NaNAndInfinitiesFollowTheRule) {
   std::printf("cuda NaN rule: %d values checked\n", checked);
 }
 
+// The tensor-core attention kernels (attention_flash.h) against the warp-per-row ones
+// (KILN_CUDA_ATTENTION=rows) at sizes the op table does not reach: many key steps, partial
+// blocks, both depths, causal masking with heads read in place; and the same bits run to run.
+TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
+  KILN_REQUIRE_GPU();
+  for (DType dtype : {bf16, f16})
+    for (int64_t depth : {int64_t{64}, int64_t{128}}) {
+      Graph g;
+      const Shape q_shape{2, 300, 3, depth}, k_shape{2, 333, 3, depth};
+      Value q = g.placeholder("q", f32, q_shape), k = g.placeholder("k", f32, k_shape),
+            v = g.placeholder("v", f32, k_shape), r = g.placeholder("r", f32, q_shape);
+      Value out = scaled_dot_product_attention(cast(q, dtype), cast(k, dtype), cast(v, dtype),
+                                               {.causal = true, .layout = "bthd"});
+      std::vector<Value> fetch = gradients(sum(cast(out, f32) * r), {q, k, v});
+      fetch.insert(fetch.begin(), cast(out, f32));
+      const FeedList feeds = {{q, testing::random_tensor(f32, q_shape, -2, 2, 1)},
+                              {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
+                              {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
+                              {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
+      Session flash(g, {.device = Device::cuda(0)});
+      const std::vector<Tensor> got = flash.run(feeds, fetch);
+      const std::vector<Tensor> again = flash.run(feeds, fetch);
+      ::setenv("KILN_CUDA_ATTENTION", "rows", 1);
+      Session rows(g, {.device = Device::cuda(0)});
+      const std::vector<Tensor> want = rows.run(feeds, fetch);
+      ::unsetenv("KILN_CUDA_ATTENTION");
+      const char* names[] = {"out", "dq", "dk", "dv"};
+      for (size_t i = 0; i < got.size(); ++i) {
+        const std::vector<double> expected = testing::values(want[i]);
+        double size = 0;
+        for (double e : expected) size = std::max(size, std::abs(e));
+        testing::expect_near(expected, got[i], 0, (dtype == bf16 ? 2e-2 : 4e-3) * size,
+                             str(names[i], " in ", dtype, " at depth ", depth));
+        EXPECT_EQ(testing::values(got[i]), testing::values(again[i]))
+            << names[i] << " differs run to run in " << dtype << " at depth " << depth;
+      }
+    }
+}
+
 }  // namespace
 }  // namespace kiln
