@@ -1,5 +1,5 @@
 // CUDA kernels of attention and attention_backward (ops/nn/attention.cc), flash-style: the
-// score matrix is never stored. f16 and bf16 at depths 64 and 128 run on tensor cores
+// score matrix is never stored. f16 and bf16 at depths 32, 64 and 128 run on tensor cores
 // (attention_flash.h, the kernels' bodies, shared with a CPU emulation that tests them); every
 // other problem, and any problem with KILN_CUDA_ATTENTION=rows, runs the kernels below: one warp
 // per query row (forward, dq) or key row (dk, dv); each lane holds depth / 32 of the row's
@@ -399,6 +399,17 @@ void flash_backward(KernelContext& ctx, const Problem& problem, const float* del
                flash::dkv_shared_bytes<D>(), p);
 }
 
+// Calls fn(std::integral_constant<int, D>) for a depth the flash kernels take.
+template <typename Fn>
+void by_flash_depth(int64_t depth, Fn&& fn) {
+  if (depth == 32)
+    fn(std::integral_constant<int, 32>{});
+  else if (depth == 64)
+    fn(std::integral_constant<int, 64>{});
+  else
+    fn(std::integral_constant<int, 128>{});
+}
+
 template <typename T>
 constexpr bool kTensorCoreType = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
 
@@ -414,10 +425,7 @@ void attention_cuda(KernelContext& ctx) {
     using T = decltype(tag);
     if constexpr (kTensorCoreType<T>) {
       if (flash) {
-        if (pr.a.depth == 64)
-          flash_forward<T, 64>(ctx, pr);
-        else
-          flash_forward<T, 128>(ctx, pr);
+        by_flash_depth(pr.a.depth, [&](auto depth) { flash_forward<T, depth.value>(ctx, pr); });
         return;
       }
     }
@@ -451,10 +459,8 @@ void attention_backward_cuda(KernelContext& ctx) {
     launch_rows(ctx, rows, delta_kernel<T, S>, pr.a, dout, out, delta);
     if constexpr (kTensorCoreType<T>) {
       if (flash) {
-        if (pr.a.depth == 64)
-          flash_backward<T, 64>(ctx, pr, delta);
-        else
-          flash_backward<T, 128>(ctx, pr, delta);
+        by_flash_depth(pr.a.depth,
+                       [&](auto depth) { flash_backward<T, depth.value>(ctx, pr, delta); });
         return;
       }
     }

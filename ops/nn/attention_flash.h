@@ -1,4 +1,5 @@
-// Flash attention on tensor cores for f16 and bf16 (attention.cu's kernels for depths 64 and 128),
+// Flash attention on tensor cores for f16 and bf16 (attention.cu's kernels for depths 32, 64 and
+// 128),
 // written once for two executors: the GPU, and a CPU emulation of a thread block
 // (tests/ops/simt_emulator.h) that runs these same bodies in CI, where no GPU is.
 //
@@ -53,15 +54,16 @@ constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kRows = 16 * kWarps;  // rows a block owns: 16 per warp
 constexpr int kCols = 64;           // rows of the other side staged per step
-constexpr int kPad = 8;  // elements after each shared row: 16 bytes, so the 8 rows a fragment
-                         // load touches start 4 banks apart (row stride = 4 mod 32 words)
+constexpr int kPad = 8;  // elements after each shared row: 16 bytes, so the 8 rows an ldmatrix
+                         // reads fall on 8 different groups of 4 banks (row stride of D + 8
+                         // elements: 4 mod 32 words at D = 64 and 128, 20 at D = 32)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 /// Whether the flash kernels take a problem (otherwise the warp-per-row kernels run it).
 inline bool supports(DType dtype, const AttentionShape& a) {
   return (dtype == DType::f16 || dtype == DType::bf16) && a.depth == a.value_depth &&
-         (a.depth == 64 || a.depth == 128);
+         (a.depth == 32 || a.depth == 64 || a.depth == 128);
 }
 
 /// The inputs and outputs of one launch; 16-bit tensors as their raw bits.

@@ -115,11 +115,11 @@ TEST(CudaOps, NaNAndInfinitiesFollowTheRule) {
 
 // The tensor-core attention kernels (attention_flash.h) against the warp-per-row ones
 // (KILN_CUDA_ATTENTION=rows) at sizes the op table does not reach: many key steps, partial
-// blocks, both depths, causal masking with heads read in place; and the same bits run to run.
+// blocks, every depth, causal masking with heads read in place; and the same bits run to run.
 TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
   KILN_REQUIRE_GPU();
   for (DType dtype : {bf16, f16})
-    for (int64_t depth : {int64_t{64}, int64_t{128}}) {
+    for (int64_t depth : {int64_t{32}, int64_t{64}, int64_t{128}}) {
       Graph g;
       const Shape q_shape{2, 300, 3, depth}, k_shape{2, 333, 3, depth};
       Value q = g.placeholder("q", f32, q_shape), k = g.placeholder("k", f32, k_shape),

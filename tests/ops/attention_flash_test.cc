@@ -1,7 +1,7 @@
 // The tensor-core attention kernels (ops/nn/attention_flash.h: the bodies attention.cu runs on
 // the GPU) run on the CPU through the thread-block emulator, against attention in double
-// precision on the same 16-bit inputs: out, lse, dq, dk and dv for f16 and bf16, depths 64 and
-// 128, causal and masked problems, a query row that sees no key, both layouts, and sizes that
+// precision on the same 16-bit inputs: out, lse, dq, dk and dv for f16 and bf16, depths 32, 64
+// and 128, causal and masked problems, a query row that sees no key, both layouts, and sizes that
 // leave a block or a step partly past the end.
 #include <gtest/gtest.h>
 
@@ -235,6 +235,7 @@ TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
   // Two query blocks (the second of 6 rows) and two key steps (the second of 36 keys).
   check<BFloat16, 64>({.batch = 1, .heads = 2, .queries = 70, .keys = 100}, kBf16);
   check<Half, 128>({.batch = 1, .heads = 1, .queries = 30, .keys = 70}, kF16);
+  check<BFloat16, 32>({.batch = 1, .heads = 2, .queries = 70, .keys = 70, .causal = true}, kBf16);
 }
 
 TEST(FlashAttention, CausalMatchesTheReference) {
