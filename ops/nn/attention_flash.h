@@ -310,15 +310,17 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
     stage_rows<D>(env, k_tile(buffer), p.k, p, bh, k0, a.keys);
     stage_rows<D>(env, k_tile(buffer) + kCols * S, p.v, p, bh, k0, a.keys);
   };
+  // Every staged tensor has rows (a copy past the end still names an address inside it).
+  const int64_t end = key_end(p, q0);
   stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
-  stage(0, 0);
+  if (end > 0) stage(0, 0);
   env.commit_copies();
 
   uint32_t qf[D / 16][4];
   float o[D / 8][4];
   zero(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // l: this lane's part of the row sum
-  walk_steps(env, 0, key_end(p, q0), stage, [&](int64_t k0, int buffer) {
+  walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
     const uint16_t* ks = k_tile(buffer);
     const uint16_t* vs = ks + kCols * S;
     if (k0 == 0)
@@ -383,9 +385,10 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
     stage_rows<D>(env, k_tile(buffer), p.k, p, bh, k0, a.keys);
     stage_rows<D>(env, k_tile(buffer) + kCols * S, p.v, p, bh, k0, a.keys);
   };
+  const int64_t end = key_end(p, q0);
   stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
   stage_rows<D>(env, dos, p.dout, p, bh, q0, a.queries);
-  stage(0, 0);
+  if (end > 0) stage(0, 0);  // as in forward_block
   env.commit_copies();
 
   float lse2[2], delta[2];
@@ -405,7 +408,7 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
   uint32_t qf[kFragmentsInRegisters ? D / 16 : 1][4], df[kFragmentsInRegisters ? D / 16 : 1][4];
   float acc[D / 8][4];
   zero(acc);
-  walk_steps(env, 0, key_end(p, q0), stage, [&](int64_t k0, int buffer) {
+  walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
     const uint16_t* ks = k_tile(buffer);
     const uint16_t* vs = ks + kCols * S;
     float s[kCols / 8][4], dp[kCols / 8][4];
@@ -470,7 +473,7 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t*
   const int64_t first = p.causal ? k0 : 0;
   stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
   stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
-  stage(first, 0);
+  if (first < a.queries) stage(first, 0);  // as in forward_block
   env.commit_copies();
 
   const uint16_t* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)

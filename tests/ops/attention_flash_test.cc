@@ -229,6 +229,8 @@ constexpr double kBf16 = 1e-2, kF16 = 2e-3;
 TEST(FlashAttention, OneBlockMatchesTheReference) {
   check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kBf16);
   check<Half, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kF16);
+  // No keys at all: out 0, lse -inf, dq 0, and nothing staged from the empty k and v.
+  check<Half, 64>({.batch = 1, .heads = 1, .queries = 10, .keys = 0}, kF16);
 }
 
 TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
