@@ -292,13 +292,30 @@ KILN_FLASH_FN void walk_steps(Env& env, int64_t first, int64_t end, Stage&& stag
   env.template wait_copies<0>();  // none left in flight (a walk of no steps)
 }
 
+/// The (b, h) and first query row of a block of the query-side kernels (forward, dq):
+/// blocks_of(queries) blocks per (b, h), the longest causal rows first.
+struct QueryBlock {
+  int64_t bh, q0;
+};
+KILN_FLASH_FN QueryBlock query_block(const AttentionShape& a, int64_t block) {
+  const int64_t q_blocks = blocks_of(a.queries);
+  return {block / q_blocks, (q_blocks - 1 - block % q_blocks) * kRows};
+}
+
+/// Starts staging key rows k0 .. of (bh): k into `tile`, v into the tile after it.
+template <int D, class Env>
+KILN_FLASH_FN void stage_keys_values(Env& env, uint16_t* tile, const Params& p, int64_t bh,
+                                     int64_t k0) {
+  stage_rows<D>(env, tile, p.k, p, bh, k0, p.a.keys);
+  stage_rows<D>(env, tile + kCols * (D + kPad), p.v, p, bh, k0, p.a.keys);
+}
+
 /// Forward: out and lse of query rows [q0, q0 + kRows) of one (b, h). Grid: blocks_of(queries)
-/// per (b, h), the longest causal rows first.
+/// per (b, h) (query_block).
 template <typename T, int D, class Env>
 KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
   const AttentionShape& a = p.a;
-  const int64_t q_blocks = blocks_of(a.queries);
-  const int64_t bh = block / q_blocks, q0 = (q_blocks - 1 - block % q_blocks) * kRows;
+  const auto [bh, q0] = query_block(a, block);
   constexpr int S = D + kPad;
   uint16_t* qs = shared;
   uint16_t* kv = qs + kRows * S;  // per buffer: k, then v
@@ -307,8 +324,7 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
   const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
   auto stage = [&](int64_t k0, int buffer) {
-    stage_rows<D>(env, k_tile(buffer), p.k, p, bh, k0, a.keys);
-    stage_rows<D>(env, k_tile(buffer) + kCols * S, p.v, p, bh, k0, a.keys);
+    stage_keys_values<D>(env, k_tile(buffer), p, bh, k0);
   };
   // Every staged tensor has rows (a copy past the end still names an address inside it).
   const int64_t end = key_end(p, q0);
@@ -371,8 +387,7 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
 template <typename T, int D, class Env>
 KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
   const AttentionShape& a = p.a;
-  const int64_t q_blocks = blocks_of(a.queries);
-  const int64_t bh = block / q_blocks, q0 = (q_blocks - 1 - block % q_blocks) * kRows;
+  const auto [bh, q0] = query_block(a, block);
   constexpr int S = D + kPad;
   uint16_t* qs = shared;
   uint16_t* dos = qs + kRows * S;
@@ -382,8 +397,7 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
   const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
   auto stage = [&](int64_t k0, int buffer) {
-    stage_rows<D>(env, k_tile(buffer), p.k, p, bh, k0, a.keys);
-    stage_rows<D>(env, k_tile(buffer) + kCols * S, p.v, p, bh, k0, a.keys);
+    stage_keys_values<D>(env, k_tile(buffer), p, bh, k0);
   };
   const int64_t end = key_end(p, q0);
   stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
