@@ -315,7 +315,8 @@ KILN_FLASH_FN void stage_keys_values(Env& env, uint16_t* tile, const Params& p, 
 template <typename T, int D, class Env>
 KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
   const AttentionShape& a = p.a;
-  const auto [bh, q0] = query_block(a, block);
+  const QueryBlock place = query_block(a, block);
+  const int64_t bh = place.bh, q0 = place.q0;  // plain variables: lambdas below capture them
   constexpr int S = D + kPad;
   uint16_t* qs = shared;
   uint16_t* kv = qs + kRows * S;  // per buffer: k, then v
@@ -387,7 +388,8 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
 template <typename T, int D, class Env>
 KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
   const AttentionShape& a = p.a;
-  const auto [bh, q0] = query_block(a, block);
+  const QueryBlock place = query_block(a, block);
+  const int64_t bh = place.bh, q0 = place.q0;  // plain variables: lambdas below capture them
   constexpr int S = D + kPad;
   uint16_t* qs = shared;
   uint16_t* dos = qs + kRows * S;
