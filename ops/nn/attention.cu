@@ -1,7 +1,8 @@
 // CUDA kernels of attention and attention_backward (ops/nn/attention.cc), flash-style: the
-// score matrix is never stored. f16 and bf16 at depths 32, 64 and 128 run on tensor cores
-// (attention_flash.h, the kernels' bodies, shared with a CPU emulation that tests them); every
-// other problem, and any problem with KILN_CUDA_ATTENTION=rows, runs the kernels below: one warp
+// score matrix is never stored. f16, bf16 and f32 (3xTF32) at depths 32, 64 and 128 run on
+// tensor cores (attention_flash.h, the kernels' bodies, shared with a CPU emulation that tests
+// them); every other problem (f64, other depths, tensors not 16-byte aligned), and any problem
+// with KILN_CUDA_ATTENTION=rows, runs the kernels below: one warp
 // per query row (forward, dq) or key row (dk, dv); each lane holds depth / 32 of the row's
 // elements, so depth is at most 32 * kChunks.
 //   forward: online softmax over the keys, m the running maximum and l the running sum:
@@ -17,6 +18,7 @@
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <set>
 #include <utility>
@@ -260,7 +262,7 @@ struct DeviceEnv {
   // d += a b: one warp-wide 16 x 8 x 16 product, f32 sums.
   // cp.async of 16 bytes from global to shared memory; src-size 0 (read false) writes zeros and
   // reads nothing. L2 only (.cg): a tile is read once per block.
-  __device__ void copy16_async(uint16_t* to, const uint16_t* from, bool read) const {
+  __device__ void copy16_async(void* to, const void* from, bool read) const {
     const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(to));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(from),
                  "r"(read ? 16 : 0));
@@ -272,7 +274,7 @@ struct DeviceEnv {
   }
   // ldmatrix .x4: four 8 x 8 matrices; lane 8 m + r gives row r of matrix m (attention_flash.h).
   template <bool kTransposed>
-  __device__ void load_matrices(uint32_t (&x)[4], const uint16_t* row) const {
+  __device__ void load_matrices(uint32_t (&x)[4], const void* row) const {
     const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(row));
     if constexpr (kTransposed)
       asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -296,6 +298,19 @@ struct DeviceEnv {
           : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
           : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+  // x rounded to tf32 (to nearest, ties away from zero), the 13 low bits zero.
+  __device__ uint32_t to_tf32(float x) const {
+    uint32_t bits;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
+    return bits;
+  }
+  // d += a b: one warp-wide 16 x 8 x 8 product on tf32, f32 sums.
+  __device__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) const {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
 };
 
 extern __shared__ __align__(16) unsigned char flash_shared[];
@@ -303,31 +318,19 @@ extern __shared__ __align__(16) unsigned char flash_shared[];
 template <typename T, int D>
 __global__ void __launch_bounds__(flash::kThreads) flash_forward_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::forward_block<T, D>(env, p, blockIdx.x, reinterpret_cast<uint16_t*>(flash_shared));
+  flash::forward_block<T, D>(env, p, blockIdx.x, flash_shared);
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(flash::kThreads) flash_dq_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::dq_block<T, D>(env, p, blockIdx.x, reinterpret_cast<uint16_t*>(flash_shared));
+  flash::dq_block<T, D>(env, p, blockIdx.x, flash_shared);
 }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(flash::kThreads) flash_dkv_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::dkv_block<T, D>(env, p, blockIdx.x, reinterpret_cast<uint16_t*>(flash_shared));
-}
-
-// Whether `problem` runs on the flash kernels: their dtypes and depths, every tensor 16-byte
-// aligned (their rows are read in 16-byte pieces), and not turned off.
-bool use_flash(const KernelContext& ctx, const Problem& problem,
-               std::initializer_list<const void*> tensors) {
-  const char* choice = std::getenv("KILN_CUDA_ATTENTION");  // read per call: tests switch it
-  const bool rows_only = choice != nullptr && std::strcmp(choice, "rows") == 0;
-  if (rows_only || !flash::supports(ctx.input(0).dtype(), problem.a)) return false;
-  for (const void* t : tensors)
-    if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
-  return true;
+  flash::dkv_block<T, D>(env, p, blockIdx.x, flash_shared);
 }
 
 // Launches a flash kernel of `blocks` blocks; raises its dynamic shared memory limit first (once
@@ -362,41 +365,36 @@ flash::Params flash_params(const Problem& problem) {
   return p;
 }
 
-template <typename T>
-const uint16_t* bits_of(const Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data<T>());
-}
-
 template <typename T, int D>
 void flash_forward(KernelContext& ctx, const Problem& problem) {
   flash::Params p = flash_params(problem);
-  p.q = bits_of<T>(ctx.input(0));
-  p.k = bits_of<T>(ctx.input(1));
-  p.v = bits_of<T>(ctx.input(2));
-  p.out = static_cast<uint16_t*>(ctx.output(0).raw_data());
+  p.q = ctx.input(0).data<T>();
+  p.k = ctx.input(1).data<T>();
+  p.v = ctx.input(2).data<T>();
+  p.out = ctx.output(0).raw_data();
   p.lse_out = static_cast<float*>(ctx.output(1).raw_data());
   launch_flash(ctx, flash_forward_kernel<T, D>,
                problem.a.batch * problem.a.heads * flash::blocks_of(problem.a.queries),
-               flash::forward_shared_bytes<D>(), p);
+               flash::forward_shared_bytes<T, D>(), p);
 }
 
 template <typename T, int D>
 void flash_backward(KernelContext& ctx, const Problem& problem, const float* delta) {
   flash::Params p = flash_params(problem);
-  p.q = bits_of<T>(ctx.input(0));
-  p.k = bits_of<T>(ctx.input(1));
-  p.v = bits_of<T>(ctx.input(2));
+  p.q = ctx.input(0).data<T>();
+  p.k = ctx.input(1).data<T>();
+  p.v = ctx.input(2).data<T>();
   p.lse = ctx.input(4).data<float>();
-  p.dout = bits_of<T>(ctx.input(5));
+  p.dout = ctx.input(5).data<T>();
   p.delta = delta;
-  p.dq = static_cast<uint16_t*>(ctx.output(0).raw_data());
-  p.dk = static_cast<uint16_t*>(ctx.output(1).raw_data());
-  p.dv = static_cast<uint16_t*>(ctx.output(2).raw_data());
+  p.dq = ctx.output(0).raw_data();
+  p.dk = ctx.output(1).raw_data();
+  p.dv = ctx.output(2).raw_data();
   const int64_t heads = problem.a.batch * problem.a.heads;
   launch_flash(ctx, flash_dq_kernel<T, D>, heads * flash::blocks_of(problem.a.queries),
-               flash::dq_shared_bytes<D>(), p);
+               flash::dq_shared_bytes<T, D>(), p);
   launch_flash(ctx, flash_dkv_kernel<T, D>, heads * flash::blocks_of(problem.a.keys),
-               flash::dkv_shared_bytes<D>(), p);
+               flash::dkv_shared_bytes<T, D>(), p);
 }
 
 // Calls fn(std::integral_constant<int, D>) for a depth the flash kernels take.
@@ -410,8 +408,42 @@ void by_flash_depth(int64_t depth, Fn&& fn) {
     fn(std::integral_constant<int, 128>{});
 }
 
+// The most shared memory a block may have on `device` (past 48 KiB, once the kernel asks).
+int shared_memory_limit(int device) {
+  static std::mutex mutex;
+  static std::map<int, int> limits;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = limits.find(device);
+  if (found != limits.end()) return found->second;
+  int limit = 0;
+  if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+      cudaSuccess)
+    limit = 48 * 1024;
+  return limits[device] = limit;
+}
+
+// Whether `problem` runs on the flash kernels: their dtypes and depths, every tensor 16-byte
+// aligned (their rows are read in 16-byte pieces), shared memory enough for the largest of them
+// (the dk/dv kernel: f32 at depth 128 takes 199 KiB, over an A100's 163), and not turned off.
+bool use_flash(const KernelContext& ctx, const Problem& problem,
+               std::initializer_list<const void*> tensors) {
+  const char* choice = std::getenv("KILN_CUDA_ATTENTION");  // read per call: tests switch it
+  const bool rows_only = choice != nullptr && std::strcmp(choice, "rows") == 0;
+  const DType dtype = ctx.input(0).dtype();
+  if (rows_only || !flash::supports(dtype, problem.a)) return false;
+  for (const void* t : tensors)
+    if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
+  size_t need = 0;
+  by_flash_depth(problem.a.depth, [&](auto depth) {
+    need = dtype == DType::f32 ? flash::dkv_shared_bytes<float, depth.value>()
+                               : flash::dkv_shared_bytes<Half, depth.value>();
+  });
+  return need <= static_cast<size_t>(shared_memory_limit(ctx.cuda()->device.index));
+}
+
 template <typename T>
-constexpr bool kTensorCoreType = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
+constexpr bool kTensorCoreType =
+    std::is_same_v<T, Half> || std::is_same_v<T, BFloat16> || std::is_same_v<T, float>;
 
 // ---- The ops.
 

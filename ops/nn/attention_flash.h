@@ -1,22 +1,27 @@
-// Flash attention on tensor cores for f16 and bf16 (attention.cu's kernels for depths 32, 64 and
-// 128),
-// written once for two executors: the GPU, and a CPU emulation of a thread block
+// Flash attention on tensor cores for f16, bf16 and f32 (attention.cu's kernels for depths 32, 64
+// and 128), written once for two executors: the GPU, and a CPU emulation of a thread block
 // (tests/ops/simt_emulator.h) that runs these same bodies in CI, where no GPU is.
 //
 // A block of kThreads threads (4 warps) owns kRows = 64 rows: query rows (forward, dq) or key
 // rows (dk, dv), 16 per warp. It walks the other side in steps of kCols = 64 rows staged in
-// shared memory. Products are warp-wide mma.sync m16n8k16 (16-bit inputs, f32 sums), through
-// `Env::mma`. Their register fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
-// g = lane / 4 and t = lane % 4, two values per 32-bit register:
+// shared memory. Products are warp-wide mma.sync with f32 sums: m16n8k16 for 16-bit inputs
+// (`Env::mma`), m16n8k8 on tf32 for f32 inputs, three per product (`mma` below, "3xTF32"). Their
+// register fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k8"), with
+// g = lane / 4 and t = lane % 4; 16-bit: two values per 32-bit register, tf32: one:
 // clang-format off
-//   A (16 x 16, 4 registers): A[g][2t..],  A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]
-//   B (16 x 8, 2 registers):  B[2t..][g],  B[2t+8..][g]   (k = 2t, 2t + 1; n = g)
-//   C (16 x 8, 4 floats):     C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
+//   16-bit A (16 x 16, 4 registers): A[g][2t..],  A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]
+//   16-bit B (16 x 8, 2 registers):  B[2t..][g],  B[2t+8..][g]   (k = 2t, 2t + 1; n = g)
+//   tf32 A (16 x 8, 4 registers):    A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]
+//   tf32 B (8 x 8, 2 registers):     B[t][g], B[t+4][g]
+//   C (16 x 8, 4 floats):            C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]
 // clang-format on
-// Two C tiles side by side (16 x 16) are, value for value, the A fragment of the next product:
-// probabilities and score gradients go from one product to the next in registers. Each lane
-// holds two rows of every C tile (g and g + 8); a row lives in the 4 lanes t = 0..3 of one g, so
-// a row reduction is two xor-shuffles (1, 2).
+// Either A fragment covers 32 bytes of each of its 16 rows (16 halves or 8 floats), so one
+// ldmatrix .x4 loads both kinds. C tiles are, value for value, the A fragment of the next
+// product: probabilities and score gradients go from one product to the next in registers (two
+// C tiles side by side for 16 bits; one for tf32, whose A takes the lane's columns 2t, 2t + 1 as
+// its k = t, t + 4: a product sums over k in any order, so B's rows are read in that order). Each
+// lane holds two rows of every C tile (g and g + 8); a row lives in the 4 lanes t = 0..3 of one g,
+// so a row reduction is two xor-shuffles (1, 2).
 //
 // The math (scores s = scale q k^T; in base 2, x = s log2(e), so exponentials are exp2):
 //   forward:  online softmax per query row: m' = max(m, x), l = l 2^(m - m') + sum 2^(x - m'),
@@ -30,14 +35,15 @@
 //
 // What a body asks of its Env (attention.cu's DeviceEnv; the emulator's EmulatedEnv):
 // thread() and sync() (__syncthreads); shfl_xor; exp2; pack<T>(lo, hi) (two values rounded to T
-// in one register); mma<T>(d, a, b0, b1) (d += a b); load_matrices<transposed>(x, row)
-// (ldmatrix .x4); copy16_async(to, from, read), commit_copies(), wait_copies<pending>()
-// (cp.async and its groups).
+// in one register); mma<T>(d, a, b0, b1) (d += a b, 16-bit); to_tf32(x) (cvt.rna.tf32.f32) and
+// mma_tf32(d, a, b0, b1); load_matrices<transposed>(x, row) (ldmatrix .x4);
+// copy16_async(to, from, read), commit_copies(), wait_copies<pending>() (cp.async and its groups).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kiln/framework/dtype.h"
 #include "kiln/ops/nn/attention.h"
@@ -54,37 +60,64 @@ constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kRows = 16 * kWarps;  // rows a block owns: 16 per warp
 constexpr int kCols = 64;           // rows of the other side staged per step
-constexpr int kPad = 8;  // elements after each shared row: 16 bytes, so the 8 rows an ldmatrix
-                         // reads fall on 8 different groups of 4 banks (row stride of D + 8
-                         // elements: 4 mod 32 words at D = 64 and 128, 20 at D = 32)
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+/// What the kernels store and stage of a T: f16 and bf16 values as their bits, f32 as itself.
+template <typename T>
+struct ElementOf {
+  using type = uint16_t;
+};
+template <>
+struct ElementOf<float> {
+  using type = float;
+};
+template <typename T>
+using Element = typename ElementOf<T>::type;
+template <typename T>
+constexpr bool kTf32 = std::is_same_v<T, float>;
+
+/// Elements in 16 bytes: one cp.async copy, one row of an ldmatrix matrix, and the padding after
+/// each shared row, so that the 8 rows an ldmatrix reads fall on 8 different groups of 4 banks
+/// (row strides of D + 8 halves: 4 mod 32 words at D = 64 and 128, 20 at D = 32; of D + 4 floats:
+/// 4 mod 32 at every depth).
+template <typename T>
+constexpr int kVector = 16 / static_cast<int>(sizeof(Element<T>));
+/// The k of one product: 16 (m16n8k16) for 16-bit inputs, 8 (m16n8k8) for tf32.
+template <typename T>
+constexpr int kStepK = 2 * kVector<T>;
+
 /// Whether the flash kernels take a problem (otherwise the warp-per-row kernels run it).
 inline bool supports(DType dtype, const AttentionShape& a) {
-  return (dtype == DType::f16 || dtype == DType::bf16) && a.depth == a.value_depth &&
-         (a.depth == 32 || a.depth == 64 || a.depth == 128);
+  return (dtype == DType::f16 || dtype == DType::bf16 || dtype == DType::f32) &&
+         a.depth == a.value_depth && (a.depth == 32 || a.depth == 64 || a.depth == 128);
 }
 
-/// The inputs and outputs of one launch; 16-bit tensors as their raw bits.
+/// The inputs and outputs of one launch: tensors of Element<T>.
 struct Params {
   AttentionShape a;
   bool causal = false;
   float scale = 1;       // of the scores
   float scale_log2 = 1;  // scale * log2(e)
   const bool* mask = nullptr;
-  const uint16_t* q = nullptr;
-  const uint16_t* k = nullptr;
-  const uint16_t* v = nullptr;
-  const uint16_t* dout = nullptr;  // backward
-  const float* lse = nullptr;      // backward: the forward's lse
-  const float* delta = nullptr;    // backward: dout . out per query row
-  uint16_t* out = nullptr;         // forward
-  float* lse_out = nullptr;        // forward
-  uint16_t* dq = nullptr;          // backward
-  uint16_t* dk = nullptr;
-  uint16_t* dv = nullptr;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* dout = nullptr;    // backward
+  const float* lse = nullptr;    // backward: the forward's lse
+  const float* delta = nullptr;  // backward: dout . out per query row
+  void* out = nullptr;           // forward
+  float* lse_out = nullptr;      // forward
+  void* dq = nullptr;            // backward
+  void* dk = nullptr;
+  void* dv = nullptr;
 };
+
+/// A tensor of Params as the Element<T>s it holds.
+template <typename T>
+KILN_HOST_DEVICE const Element<T>* elements(const void* tensor) {
+  return static_cast<const Element<T>*>(tensor);
+}
 
 /// Blocks of kRows rows over `rows` rows.
 KILN_HOST_DEVICE int64_t blocks_of(int64_t rows) {
@@ -103,24 +136,30 @@ KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
                 j * a.mask_strides[3]];
 }
 
-/// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kPad) 16-bit values, the
-/// side walked in steps twice (the next step's tiles load while this one's are used). forward:
-/// q, 2 x (k, v); dq: q, dout, 2 x (k, v); dk and dv: k, v, 2 x (q, dout, two floats per query).
-template <int D>
+/// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kVector) elements, the side
+/// walked in steps twice (the next step's tiles load while this one's are used). forward: q,
+/// 2 x (k, v); dq: q, dout, 2 x (k, v); dk and dv: k, v, 2 x (q, dout, two floats per query).
+/// At most 199 KiB (f32, depth 128): under the 227 KiB of a Hopper block, over the 163 KiB of an
+/// A100's (attention.cu checks the device's limit before it launches).
+template <typename T, int D>
+constexpr size_t tile_bytes() {
+  return sizeof(Element<T>) * kRows * (D + kVector<T>);
+}
+template <typename T, int D>
 constexpr size_t forward_shared_bytes() {
-  return sizeof(uint16_t) * 5 * kRows * (D + kPad);
+  return 5 * tile_bytes<T, D>();
 }
-template <int D>
+template <typename T, int D>
 constexpr size_t dq_shared_bytes() {
-  return sizeof(uint16_t) * 6 * kRows * (D + kPad);
+  return 6 * tile_bytes<T, D>();
 }
-template <int D>
+template <typename T, int D>
 constexpr size_t dkv_shared_bytes() {
-  return sizeof(uint16_t) * 6 * kRows * (D + kPad) + sizeof(float) * 2 * 2 * kCols;
+  return 6 * tile_bytes<T, D>() + sizeof(float) * 2 * 2 * kCols;
 }
 static_assert(kRows == kCols, "a tile is kRows or kCols rows: the sizes above count on both");
 
-// ---- Moving 16-bit values.
+// ---- Moving values.
 
 KILN_FLASH_FN void store32(uint16_t* p, uint32_t v) {
 #if defined(__CUDA_ARCH__)
@@ -129,105 +168,165 @@ KILN_FLASH_FN void store32(uint16_t* p, uint32_t v) {
   std::memcpy(p, &v, sizeof(v));
 #endif
 }
+KILN_FLASH_FN uint32_t bits_of(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+}
+KILN_FLASH_FN float float_of(uint32_t bits) {
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+}
 
 /// Starts staging rows first .. first + 63 of (bh) from a [.., length, D] tensor into `tile`
-/// (row stride D + kPad), 16 bytes per copy (Env::copy16_async(to, from, read): cp.async on the
-/// GPU, zeros where `read` is false); rows past `length` become zeros, so that nothing beyond the
-/// tensor can put a NaN into a product. The tile is there once the thread's copies are waited for
-/// (Env::wait_copies) and the block has synchronized.
-template <int D, class Env>
-KILN_FLASH_FN void stage_rows(Env& env, uint16_t* tile, const uint16_t* src, const Params& p,
+/// (row stride D + kVector), 16 bytes per copy (Env::copy16_async(to, from, read): cp.async on
+/// the GPU, zeros where `read` is false); rows past `length` become zeros, so that nothing beyond
+/// the tensor can put a NaN into a product. The tile is there once the thread's copies are waited
+/// for (Env::wait_copies) and the block has synchronized.
+template <typename T, int D, class Env>
+KILN_FLASH_FN void stage_rows(Env& env, Element<T>* tile, const Element<T>* src, const Params& p,
                               int64_t bh, int64_t first, int64_t length) {
-  constexpr int kVectors = D / 8;  // 16-byte pieces of a row
+  constexpr int kV = kVector<T>, kVectors = D / kV;  // 16-byte pieces of a row
   for (int idx = env.thread(); idx < kCols * kVectors; idx += kThreads) {
     const int r = idx / kVectors, c = idx % kVectors;
     const bool inside = first + r < length;
-    env.copy16_async(tile + r * (D + kPad) + c * 8,
-                     inside ? src + p.a.row_offset(bh, first + r, length, D) + c * 8 : src, inside);
+    env.copy16_async(tile + r * (D + kV) + c * kV,
+                     inside ? src + p.a.row_offset(bh, first + r, length, D) + c * kV : src,
+                     inside);
   }
 }
 
 // ---- Fragments, loaded from shared tiles with Env::load_matrices (ldmatrix: four 8 x 8
 // matrices, lane 8 m + r giving the address of row r of matrix m).
 
-/// The A fragment of k-step ks (columns 16 ks ..) of the 16 rows at `rows` (stride `stride`):
-/// matrices (rows 0-7, 8-15) x (columns 0-7, 8-15) in the fragment's register order.
-template <class Env>
-KILN_FLASH_FN void load_a(Env& env, uint32_t (&a)[4], const uint16_t* rows, int stride, int ks,
+/// The A fragment of k-step ks (32 bytes of each row from 32 ks bytes on) of the 16 rows at
+/// `rows` (stride `stride`): matrices (rows 0-7, 8-15) x (bytes 0-15, 16-31) in the fragment's
+/// register order, for 16-bit values and tf32 alike.
+template <typename T, class Env>
+KILN_FLASH_FN void load_a(Env& env, uint32_t (&a)[4], const Element<T>* rows, int stride, int ks,
                           int lane) {
   const int m = lane / 8, r = lane % 8;
-  env.template load_matrices<false>(a, rows + (r + 8 * (m % 2)) * stride + ks * 16 + 8 * (m / 2));
+  env.template load_matrices<false>(
+      a, rows + (r + 8 * (m % 2)) * stride + ks * kStepK<T> + kVector<T> * (m / 2));
 }
 
 /// The B fragments of n-tiles nt and nt + 1 (b[0..1], b[2..3]) at k-step ks for B = X^T, X a
-/// shared tile of rows n and columns k: B[k][n] = X[n][k], two k's of one row side by side.
-template <class Env>
-KILN_FLASH_FN void load_b_transposed(Env& env, uint32_t (&b)[4], const uint16_t* x, int stride,
+/// shared tile of rows n and columns k: B[k][n] = X[n][k], the k's of one row side by side.
+template <typename T, class Env>
+KILN_FLASH_FN void load_b_transposed(Env& env, uint32_t (&b)[4], const Element<T>* x, int stride,
                                      int nt, int ks, int lane) {
   const int m = lane / 8, r = lane % 8;
-  env.template load_matrices<false>(b, x + ((nt + m / 2) * 8 + r) * stride + ks * 16 + 8 * (m % 2));
+  env.template load_matrices<false>(
+      b, x + ((nt + m / 2) * 8 + r) * stride + ks * kStepK<T> + kVector<T> * (m % 2));
 }
 
 /// The B fragments of n-tiles nt and nt + 1 at k-step ks for B = Y, a shared tile of rows k and
-/// columns n: each lane needs two rows of one column, which the transposing load gives.
-template <class Env>
-KILN_FLASH_FN void load_b(Env& env, uint32_t (&b)[4], const uint16_t* y, int stride, int nt, int ks,
-                          int lane) {
-  const int m = lane / 8, r = lane % 8;
-  env.template load_matrices<true>(b, y + (ks * 16 + 8 * (m % 2) + r) * stride + (nt + m / 2) * 8);
+/// columns n: each lane needs rows of one column. 16-bit: two rows side by side, which the
+/// transposing load gives. tf32: rows ks 8 + 2t and + 1 as k = t and t + 4 (c_to_a's order), by
+/// plain loads; a warp's 32 lanes read 32 different banks (row stride 4 mod 32 words: 8t + g).
+template <typename T, class Env>
+KILN_FLASH_FN void load_b(Env& env, uint32_t (&b)[4], const Element<T>* y, int stride, int nt,
+                          int ks, int lane) {
+  if constexpr (kTf32<T>) {
+    const int g = lane / 4, t = lane % 4;
+    const float* at = y + (ks * 8 + 2 * t) * stride + nt * 8 + g;
+    b[0] = bits_of(at[0]);
+    b[1] = bits_of(at[stride]);
+    b[2] = bits_of(at[8]);
+    b[3] = bits_of(at[stride + 8]);
+  } else {
+    const int m = lane / 8, r = lane % 8;
+    env.template load_matrices<true>(
+        b, y + (ks * kStepK<T> + 8 * (m % 2) + r) * stride + (nt + m / 2) * 8);
+  }
 }
 
-/// Two C tiles side by side (n-tiles 2 kk and 2 kk + 1) as the A fragment of k-step kk.
+/// The C tiles of k-step kk as an A fragment: two side by side (n-tiles 2 kk, 2 kk + 1) rounded
+/// to 16 bits, or tile kk as tf32, its columns 2t, 2t + 1 taken as k = t, t + 4.
 template <typename T, class Env, int N>
 KILN_FLASH_FN void c_to_a(Env& env, uint32_t (&a)[4], const float (&c)[N][4], int kk) {
-  a[0] = env.template pack<T>(c[2 * kk][0], c[2 * kk][1]);
-  a[1] = env.template pack<T>(c[2 * kk][2], c[2 * kk][3]);
-  a[2] = env.template pack<T>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
-  a[3] = env.template pack<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  if constexpr (kTf32<T>) {
+    a[0] = bits_of(c[kk][0]);
+    a[1] = bits_of(c[kk][2]);
+    a[2] = bits_of(c[kk][1]);
+    a[3] = bits_of(c[kk][3]);
+  } else {
+    a[0] = env.template pack<T>(c[2 * kk][0], c[2 * kk][1]);
+    a[1] = env.template pack<T>(c[2 * kk][2], c[2 * kk][3]);
+    a[2] = env.template pack<T>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[3] = env.template pack<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  }
+}
+
+/// x as tf32 (hi, 10 mantissa bits, rounded to nearest) and what remains (lo, also tf32).
+template <class Env>
+KILN_FLASH_FN void split_tf32(Env& env, uint32_t x, uint32_t& hi, uint32_t& lo) {
+  hi = env.to_tf32(float_of(x));
+  lo = env.to_tf32(float_of(x) - float_of(hi));
+}
+
+/// d += a b over the warp. 16-bit: one mma. f32: three mma on tf32 ("3xTF32"): with
+/// x = hi + lo as split_tf32 gives, a b = hi_a hi_b + hi_a lo_b + lo_a hi_b + lo_a lo_b, and the
+/// last term, ~2^-22 of the product, is left out: about f32's accuracy at tensor-core speed.
+/// The small terms go first, so they are not lost under the large one.
+template <typename T, class Env>
+KILN_FLASH_FN void mma(Env& env, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kTf32<T>) {
+    uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
+    for (int i = 0; i < 4; ++i) split_tf32(env, a[i], a_hi[i], a_lo[i]);
+    split_tf32(env, b0, b_hi[0], b_lo[0]);
+    split_tf32(env, b1, b_hi[1], b_lo[1]);
+    env.mma_tf32(d, a_lo, b_hi[0], b_hi[1]);
+    env.mma_tf32(d, a_hi, b_lo[0], b_lo[1]);
+    env.mma_tf32(d, a_hi, b_hi[0], b_hi[1]);
+  } else {
+    env.template mma<T>(d, a, b0, b1);
+  }
 }
 
 /// acc (16 x 8 N) += A (16 x K, fragments a) X^T for the shared tile X (rows n).
 template <typename T, int K, int N, class Env>
-KILN_FLASH_FN void product_a_xt(Env& env, float (&acc)[N][4], const uint32_t (&a)[K / 16][4],
-                                const uint16_t* x, int stride, int lane) {
+KILN_FLASH_FN void product_a_xt(Env& env, float (&acc)[N][4], const uint32_t (&a)[K / kStepK<T>][4],
+                                const Element<T>* x, int stride, int lane) {
   for (int nt = 0; nt < N; nt += 2)
-    for (int ks = 0; ks < K / 16; ++ks) {
+    for (int ks = 0; ks < K / kStepK<T>; ++ks) {
       uint32_t b[4];
-      load_b_transposed(env, b, x, stride, nt, ks, lane);
-      env.template mma<T>(acc[nt], a[ks], b[0], b[1]);
-      env.template mma<T>(acc[nt + 1], a[ks], b[2], b[3]);
+      load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
+      mma<T>(env, acc[nt], a[ks], b[0], b[1]);
+      mma<T>(env, acc[nt + 1], a[ks], b[2], b[3]);
     }
 }
 
 /// acc (16 x 8 N) += A (16 x K, read from the shared rows `a_rows`) X^T.
 template <typename T, int K, int N, class Env>
-KILN_FLASH_FN void product_shared_xt(Env& env, float (&acc)[N][4], const uint16_t* a_rows,
-                                     int a_stride, const uint16_t* x, int stride, int lane) {
-  for (int ks = 0; ks < K / 16; ++ks) {
+KILN_FLASH_FN void product_shared_xt(Env& env, float (&acc)[N][4], const Element<T>* a_rows,
+                                     int a_stride, const Element<T>* x, int stride, int lane) {
+  for (int ks = 0; ks < K / kStepK<T>; ++ks) {
     uint32_t a[4];
-    load_a(env, a, a_rows, a_stride, ks, lane);
+    load_a<T>(env, a, a_rows, a_stride, ks, lane);
     for (int nt = 0; nt < N; nt += 2) {
       uint32_t b[4];
-      load_b_transposed(env, b, x, stride, nt, ks, lane);
-      env.template mma<T>(acc[nt], a, b[0], b[1]);
-      env.template mma<T>(acc[nt + 1], a, b[2], b[3]);
+      load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
+      mma<T>(env, acc[nt], a, b[0], b[1]);
+      mma<T>(env, acc[nt + 1], a, b[2], b[3]);
     }
   }
 }
 
 /// acc (16 x D) += C (16 x kCols, C tiles made A fragments) Y for the shared tile Y of kCols
-/// rows (stride D + kPad).
+/// rows (stride D + kVector).
 template <typename T, int D, class Env>
 KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c)[kCols / 8][4],
-                               const uint16_t* y, int lane) {
-  for (int kk = 0; kk < kCols / 16; ++kk) {
+                               const Element<T>* y, int lane) {
+  for (int kk = 0; kk < kCols / kStepK<T>; ++kk) {
     uint32_t a[4];
     c_to_a<T>(env, a, c, kk);
     for (int dt = 0; dt < D / 8; dt += 2) {
       uint32_t b[4];
-      load_b(env, b, y, D + kPad, dt, kk, lane);
-      env.template mma<T>(acc[dt], a, b[0], b[1]);
-      env.template mma<T>(acc[dt + 1], a, b[2], b[3]);
+      load_b<T>(env, b, y, D + kVector<T>, dt, kk, lane);
+      mma<T>(env, acc[dt], a, b[0], b[1]);
+      mma<T>(env, acc[dt + 1], a, b[2], b[3]);
     }
   }
 }
@@ -240,17 +339,23 @@ KILN_FLASH_FN void zero(float (&acc)[N][4]) {
 /// Writes the 16 x D accumulator rows `first` .. of a [.., length, D] tensor (times `scale`),
 /// rows past `length` left out.
 template <typename T, int D, class Env>
-KILN_FLASH_FN void write_rows(Env& env, uint16_t* dst, const float (&acc)[D / 8][4],
-                              const Params& p, int64_t bh, int64_t first, int64_t length,
+KILN_FLASH_FN void write_rows(Env& env, void* dst, const float (&acc)[D / 8][4], const Params& p,
+                              int64_t bh, int64_t first, int64_t length,
                               const float (&row_scale)[2], int lane) {
   const int g = lane / 4, t = lane % 4;
   for (int r = 0; r < 2; ++r) {
     const int64_t row = first + g + 8 * r;
     if (row >= length) continue;
-    uint16_t* out = dst + p.a.row_offset(bh, row, length, D) + 2 * t;
-    for (int dt = 0; dt < D / 8; ++dt)
-      store32(out + dt * 8, env.template pack<T>(acc[dt][2 * r] * row_scale[r],
-                                                 acc[dt][2 * r + 1] * row_scale[r]));
+    Element<T>* out = static_cast<Element<T>*>(dst) + p.a.row_offset(bh, row, length, D) + 2 * t;
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const float lo = acc[dt][2 * r] * row_scale[r], hi = acc[dt][2 * r + 1] * row_scale[r];
+      if constexpr (kTf32<T>) {
+        out[dt * 8] = lo;
+        out[dt * 8 + 1] = hi;
+      } else {
+        store32(out + dt * 8, env.template pack<T>(lo, hi));
+      }
+    }
   }
 }
 
@@ -303,49 +408,58 @@ KILN_FLASH_FN QueryBlock query_block(const AttentionShape& a, int64_t block) {
 }
 
 /// Starts staging key rows k0 .. of (bh): k into `tile`, v into the tile after it.
-template <int D, class Env>
-KILN_FLASH_FN void stage_keys_values(Env& env, uint16_t* tile, const Params& p, int64_t bh,
+template <typename T, int D, class Env>
+KILN_FLASH_FN void stage_keys_values(Env& env, Element<T>* tile, const Params& p, int64_t bh,
                                      int64_t k0) {
-  stage_rows<D>(env, tile, p.k, p, bh, k0, p.a.keys);
-  stage_rows<D>(env, tile + kCols * (D + kPad), p.v, p, bh, k0, p.a.keys);
+  stage_rows<T, D>(env, tile, elements<T>(p.k), p, bh, k0, p.a.keys);
+  stage_rows<T, D>(env, tile + kCols * (D + kVector<T>), elements<T>(p.v), p, bh, k0, p.a.keys);
 }
 
 /// Forward: out and lse of query rows [q0, q0 + kRows) of one (b, h). Grid: blocks_of(queries)
 /// per (b, h) (query_block).
 template <typename T, int D, class Env>
-KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
+KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void* shared) {
+  using E = Element<T>;
   const AttentionShape& a = p.a;
   const QueryBlock place = query_block(a, block);
   const int64_t bh = place.bh, q0 = place.q0;  // plain variables: lambdas below capture them
-  constexpr int S = D + kPad;
-  uint16_t* qs = shared;
-  uint16_t* kv = qs + kRows * S;  // per buffer: k, then v
+  constexpr int S = D + kVector<T>;
+  E* qs = static_cast<E*>(shared);
+  E* kv = qs + kRows * S;  // per buffer: k, then v
   auto k_tile = [&](int buffer) { return kv + buffer * 2 * kCols * S; };
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
   auto stage = [&](int64_t k0, int buffer) {
-    stage_keys_values<D>(env, k_tile(buffer), p, bh, k0);
+    stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
   // Every staged tensor has rows (a copy past the end still names an address inside it).
   const int64_t end = key_end(p, q0);
-  stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
+  stage_rows<T, D>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
   if (end > 0) stage(0, 0);
   env.commit_copies();
 
-  uint32_t qf[D / 16][4];
+  // This warp's q fragments stay in registers, except for f32 at depth 128 (64 registers more):
+  // then they are read from the shared tile at each step.
+  constexpr int kSteps = D / kStepK<T>;
+  constexpr bool kFragmentsInRegisters = kSteps <= 8;
+  const E* qw = qs + warp * 16 * S;
+  uint32_t qf[kFragmentsInRegisters ? kSteps : 1][4];
   float o[D / 8][4];
   zero(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // l: this lane's part of the row sum
   walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
-    const uint16_t* ks = k_tile(buffer);
-    const uint16_t* vs = ks + kCols * S;
-    if (k0 == 0)
-      for (int step = 0; step < D / 16; ++step)
-        load_a(env, qf[step], qs + warp * 16 * S, S, step, lane);
+    const E* ks = k_tile(buffer);
+    const E* vs = ks + kCols * S;
     float s[kCols / 8][4];
     zero(s);
-    product_a_xt<T, D>(env, s, qf, ks, S, lane);
+    if constexpr (kFragmentsInRegisters) {
+      if (k0 == 0)
+        for (int step = 0; step < kSteps; ++step) load_a<T>(env, qf[step], qw, S, step, lane);
+      product_a_xt<T, D>(env, s, qf, ks, S, lane);
+    } else {
+      product_shared_xt<T, D>(env, s, qw, S, ks, S, lane);
+    }
     const bool test = needs_mask_test(p, q0, k0);
     for (int nt = 0; nt < kCols / 8; ++nt)
       for (int e = 0; e < 4; ++e) {
@@ -386,24 +500,25 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, uint1
 
 /// dq of query rows [q0, q0 + kRows) of one (b, h); grid as forward_block.
 template <typename T, int D, class Env>
-KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
+KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shared) {
+  using E = Element<T>;
   const AttentionShape& a = p.a;
   const QueryBlock place = query_block(a, block);
   const int64_t bh = place.bh, q0 = place.q0;  // plain variables: lambdas below capture them
-  constexpr int S = D + kPad;
-  uint16_t* qs = shared;
-  uint16_t* dos = qs + kRows * S;
-  uint16_t* kv = dos + kRows * S;  // per buffer: k, then v
+  constexpr int S = D + kVector<T>;
+  E* qs = static_cast<E*>(shared);
+  E* dos = qs + kRows * S;
+  E* kv = dos + kRows * S;  // per buffer: k, then v
   auto k_tile = [&](int buffer) { return kv + buffer * 2 * kCols * S; };
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
   const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
   auto stage = [&](int64_t k0, int buffer) {
-    stage_keys_values<D>(env, k_tile(buffer), p, bh, k0);
+    stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
   const int64_t end = key_end(p, q0);
-  stage_rows<D>(env, qs, p.q, p, bh, q0, a.queries);
-  stage_rows<D>(env, dos, p.dout, p, bh, q0, a.queries);
+  stage_rows<T, D>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
+  stage_rows<T, D>(env, dos, elements<T>(p.dout), p, bh, q0, a.queries);
   if (end > 0) stage(0, 0);  // as in forward_block
   env.commit_copies();
 
@@ -415,26 +530,27 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
     lse2[r] = live ? p.lse[bh * a.queries + rows[r]] * kLog2e : INFINITY;
     delta[r] = live ? p.delta[bh * a.queries + rows[r]] : 0.0f;
   }
-  // At depth 64 this warp's q and dout fragments stay in registers; at 128 they would take 64
-  // registers more than there are (the sums need 64 and the two score tiles 64): they are read
-  // from the shared tiles at each step instead.
-  constexpr bool kFragmentsInRegisters = D <= 64;
-  const uint16_t* qw = qs + warp * 16 * S;
-  const uint16_t* dw = dos + warp * 16 * S;
-  uint32_t qf[kFragmentsInRegisters ? D / 16 : 1][4], df[kFragmentsInRegisters ? D / 16 : 1][4];
+  // At 16-bit depth 64 (f32 depth 32) this warp's q and dout fragments stay in registers; past
+  // it they would take 64 registers more than there are (the sums need 64 and the two score
+  // tiles 64): they are read from the shared tiles at each step instead.
+  constexpr int kSteps = D / kStepK<T>;
+  constexpr bool kFragmentsInRegisters = kSteps <= 4;
+  const E* qw = qs + warp * 16 * S;
+  const E* dw = dos + warp * 16 * S;
+  uint32_t qf[kFragmentsInRegisters ? kSteps : 1][4], df[kFragmentsInRegisters ? kSteps : 1][4];
   float acc[D / 8][4];
   zero(acc);
   walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
-    const uint16_t* ks = k_tile(buffer);
-    const uint16_t* vs = ks + kCols * S;
+    const E* ks = k_tile(buffer);
+    const E* vs = ks + kCols * S;
     float s[kCols / 8][4], dp[kCols / 8][4];
     zero(s);
     zero(dp);
     if constexpr (kFragmentsInRegisters) {
       if (k0 == 0)
-        for (int step = 0; step < D / 16; ++step) {
-          load_a(env, qf[step], qw, S, step, lane);
-          load_a(env, df[step], dw, S, step, lane);
+        for (int step = 0; step < kSteps; ++step) {
+          load_a<T>(env, qf[step], qw, S, step, lane);
+          load_a<T>(env, df[step], dw, S, step, lane);
         }
       product_a_xt<T, D>(env, s, qf, ks, S, lane);
       product_a_xt<T, D>(env, dp, df, vs, S, lane);
@@ -460,14 +576,15 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, uint16_t* 
 
 /// dk and dv of key rows [k0, k0 + kRows) of one (b, h). Grid: blocks_of(keys) per (b, h).
 template <typename T, int D, class Env>
-KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t* shared) {
+KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* shared) {
+  using E = Element<T>;
   const AttentionShape& a = p.a;
   const int64_t k_blocks = blocks_of(a.keys);
   const int64_t bh = block / k_blocks, k0 = block % k_blocks * kRows;
-  constexpr int S = D + kPad;
-  uint16_t* ks = shared;
-  uint16_t* vs = ks + kRows * S;
-  uint16_t* qd = vs + kRows * S;  // per buffer: q, then dout
+  constexpr int S = D + kVector<T>;
+  E* ks = static_cast<E*>(shared);
+  E* vs = ks + kRows * S;
+  E* qd = vs + kRows * S;  // per buffer: q, then dout
   auto q_tile = [&](int buffer) { return qd + buffer * 2 * kCols * S; };
   // Per buffer, per query of the step: lse in base 2, then delta.
   float* stats = reinterpret_cast<float*>(qd + 4 * kCols * S);
@@ -475,8 +592,8 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t*
   const int64_t keys[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
 
   auto stage = [&](int64_t q0, int buffer) {
-    stage_rows<D>(env, q_tile(buffer), p.q, p, bh, q0, a.queries);
-    stage_rows<D>(env, q_tile(buffer) + kCols * S, p.dout, p, bh, q0, a.queries);
+    stage_rows<T, D>(env, q_tile(buffer), elements<T>(p.q), p, bh, q0, a.queries);
+    stage_rows<T, D>(env, q_tile(buffer) + kCols * S, elements<T>(p.dout), p, bh, q0, a.queries);
     float* lse2 = stats + buffer * 2 * kCols;
     for (int c = env.thread(); c < kCols; c += kThreads) {
       const bool live = q0 + c < a.queries;  // as in dq_block
@@ -487,19 +604,19 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, uint16_t*
   // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
   // query steps stay aligned to blocks.
   const int64_t first = p.causal ? k0 : 0;
-  stage_rows<D>(env, ks, p.k, p, bh, k0, a.keys);
-  stage_rows<D>(env, vs, p.v, p, bh, k0, a.keys);
+  stage_rows<T, D>(env, ks, elements<T>(p.k), p, bh, k0, a.keys);
+  stage_rows<T, D>(env, vs, elements<T>(p.v), p, bh, k0, a.keys);
   if (first < a.queries) stage(first, 0);  // as in forward_block
   env.commit_copies();
 
-  const uint16_t* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
-  const uint16_t* vw = vs + warp * 16 * S;
+  const E* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
+  const E* vw = vs + warp * 16 * S;
   float dk[D / 8][4], dv[D / 8][4];
   zero(dk);
   zero(dv);
   walk_steps(env, first, a.queries, stage, [&](int64_t q0, int buffer) {
-    const uint16_t* qs = q_tile(buffer);
-    const uint16_t* dos = qs + kCols * S;
+    const E* qs = q_tile(buffer);
+    const E* dos = qs + kCols * S;
     const float* lse2 = stats + buffer * 2 * kCols;
     const float* delta = lse2 + kCols;
     // Transposed scores: rows are this warp's keys, columns the step's queries.

@@ -1,13 +1,14 @@
 // The tensor-core attention kernels (ops/nn/attention_flash.h: the bodies attention.cu runs on
 // the GPU) run on the CPU through the thread-block emulator, against attention in double
-// precision on the same 16-bit inputs: out, lse, dq, dk and dv for f16 and bf16, depths 32, 64
-// and 128, causal and masked problems, a query row that sees no key, both layouts, and sizes that
-// leave a block or a step partly past the end.
+// precision on the same inputs: out, lse, dq, dk and dv for f16, bf16 and f32 (3xTF32), depths
+// 32, 64 and 128, causal and masked problems, a query row that sees no key, both layouts, and
+// sizes that leave a block or a step partly past the end.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "kiln/ops/nn/attention_flash.h"
@@ -28,22 +29,50 @@ struct Case {
   bool mask = false;  // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
 };
 
-// A problem's tensors: 16-bit bits for the kernels, their values for the reference.
+template <typename T>
+using Element = flash::Element<T>;
+
+// What the kernels read and write of a T (16-bit bits, or the float), as a number.
+template <typename T>
+double value_of(Element<T> e) {
+  if constexpr (std::is_same_v<T, float>)
+    return e;
+  else
+    return T::to_float(e);
+}
+template <typename T>
+Element<T> element_of(float x) {
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else
+    return T(x).bits;
+}
+// An element that is NaN: outputs start as it, so one never written fails the comparison.
+template <typename T>
+Element<T> poison() {
+  if constexpr (std::is_same_v<T, float>)
+    return NAN;
+  else
+    return 0xffff;
+}
+
+// A problem's tensors: elements for the kernels, their values for the reference.
+template <typename T>
 struct Tensors {
-  std::vector<uint16_t> q, k, v, dout;
+  std::vector<Element<T>> q, k, v, dout;
   std::vector<double> qd, kd, vd, doutd;
   std::vector<char> mask;  // [Tq][Tk]
 };
 
 template <typename T>
-void fill(std::vector<uint16_t>& bits, std::vector<double>& values, size_t n, double range,
+void fill(std::vector<Element<T>>& elements, std::vector<double>& values, size_t n, double range,
           std::mt19937& rng) {
   std::uniform_real_distribution<float> dist(static_cast<float>(-range), static_cast<float>(range));
-  bits.resize(n);
+  elements.resize(n);
   values.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    bits[i] = T(dist(rng)).bits;
-    values[i] = T::to_float(bits[i]);
+    elements[i] = element_of<T>(dist(rng));
+    values[i] = value_of<T>(elements[i]);
   }
 }
 
@@ -53,7 +82,8 @@ struct Reference {
 
 // Attention and its gradients in double: p = softmax(scale q k^T) over the visible keys,
 // out = p v, ds = p (dout . v - dout . out), dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
-Reference reference(const Case& c, int64_t depth, const Tensors& t) {
+template <typename T>
+Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
   const int64_t tq = c.queries, tk = c.keys, d = depth;
   auto at = [&](int64_t b, int64_t h, int64_t i, int64_t length) {
     return c.bthd ? ((b * length + i) * c.heads + h) * d : ((b * c.heads + h) * length + i) * d;
@@ -108,14 +138,14 @@ Reference reference(const Case& c, int64_t depth, const Tensors& t) {
   return r;
 }
 
-// The largest |got - want| over the largest |want| (one number per tensor: 16-bit outputs and
-// 16-bit probabilities in the products make errors scale with the tensor, not the element);
-// infinite where a value is not finite (or was never written: NaN bits).
+// The largest |got - want| over the largest |want| (one number per tensor: rounded outputs and
+// probabilities rounded for the products make errors scale with the tensor, not the element);
+// infinite where a value is not finite (or was never written: NaN).
 template <typename T>
-double relative_error(const std::vector<uint16_t>& got, const std::vector<double>& want) {
+double relative_error(const std::vector<Element<T>>& got, const std::vector<double>& want) {
   double error = 0, size = 1e-30;
   for (size_t i = 0; i < want.size(); ++i) {
-    const double value = T::to_float(got[i]);
+    const double value = value_of<T>(got[i]);
     if (!std::isfinite(value)) return INFINITY;
     error = std::max(error, std::abs(value - want[i]));
     size = std::max(size, std::abs(want[i]));
@@ -130,7 +160,7 @@ void check(const Case& c, double tolerance) {
                << " keys " << c.keys << " depth " << D << (c.causal ? " causal" : "")
                << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : ""));
   std::mt19937 rng(static_cast<unsigned>(c.queries * 131 + c.keys * 7 + D));
-  Tensors t;
+  Tensors<T> t;
   const size_t nq = static_cast<size_t>(c.batch * c.heads * c.queries * D);
   const size_t nk = static_cast<size_t>(c.batch * c.heads * c.keys * D);
   fill<T>(t.q, t.qd, nq, 2.0, rng);
@@ -167,14 +197,14 @@ void check(const Case& c, double tolerance) {
   // Copies landing late (a missing wait reads garbage) and early (a buffer refilled while read).
   for (CopyTiming timing : {CopyTiming::deferred, CopyTiming::eager}) {
     SCOPED_TRACE(timing == CopyTiming::eager ? "copies land at once" : "copies land when waited");
-    std::vector<uint16_t> out(nq, 0xffff);  // NaN bits where nothing is written
+    std::vector<Element<T>> out(nq, poison<T>());
     std::vector<float> lse(static_cast<size_t>(c.batch * c.heads * c.queries), NAN);
     p.out = out.data();
     p.lse_out = lse.data();
     const int64_t heads = c.batch * c.heads;
     run_emulated_grid(
-        heads * flash::blocks_of(c.queries), flash::kThreads, flash::forward_shared_bytes<D>(),
-        [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+        heads * flash::blocks_of(c.queries), flash::kThreads, flash::forward_shared_bytes<T, D>(),
+        [&](EmulatedEnv& env, int64_t block, void* shared) {
           flash::forward_block<T, D>(env, p, block, shared);
         },
         timing);
@@ -194,10 +224,10 @@ void check(const Case& c, double tolerance) {
         for (int64_t i = 0; i < c.queries; ++i) {
           const int64_t row = p.a.row_offset(b * c.heads + h, i, c.queries, D);
           double sum = 0;
-          for (int64_t e = 0; e < D; ++e) sum += T::to_float(out[row + e]) * t.doutd[row + e];
+          for (int64_t e = 0; e < D; ++e) sum += value_of<T>(out[row + e]) * t.doutd[row + e];
           delta[(b * c.heads + h) * c.queries + i] = static_cast<float>(sum);
         }
-    std::vector<uint16_t> dq(nq, 0xffff), dk(nk, 0xffff), dv(nk, 0xffff);
+    std::vector<Element<T>> dq(nq, poison<T>()), dk(nk, poison<T>()), dv(nk, poison<T>());
     p.lse = lse.data();
     p.delta = delta.data();
     p.dout = t.dout.data();
@@ -205,14 +235,14 @@ void check(const Case& c, double tolerance) {
     p.dk = dk.data();
     p.dv = dv.data();
     run_emulated_grid(
-        heads * flash::blocks_of(c.queries), flash::kThreads, flash::dq_shared_bytes<D>(),
-        [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+        heads * flash::blocks_of(c.queries), flash::kThreads, flash::dq_shared_bytes<T, D>(),
+        [&](EmulatedEnv& env, int64_t block, void* shared) {
           flash::dq_block<T, D>(env, p, block, shared);
         },
         timing);
     run_emulated_grid(
-        heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<D>(),
-        [&](EmulatedEnv& env, int64_t block, uint16_t* shared) {
+        heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<T, D>(),
+        [&](EmulatedEnv& env, int64_t block, void* shared) {
           flash::dkv_block<T, D>(env, p, block, shared);
         },
         timing);
@@ -223,14 +253,16 @@ void check(const Case& c, double tolerance) {
 }
 
 // bf16 keeps 8 bits of mantissa, f16 11: the probabilities, score gradients and outputs are
-// rounded to them, so errors of a few parts in 2^8 (2^11) of the tensor's largest value.
-constexpr double kBf16 = 1e-2, kF16 = 2e-3;
+// rounded to them, so errors of a few parts in 2^8 (2^11) of the tensor's largest value. f32 on
+// 3xTF32 keeps ~21 bits in every product (one tf32 product alone, 11, would miss this by far).
+constexpr double kBf16 = 1e-2, kF16 = 2e-3, kF32 = 1e-5;
 
 TEST(FlashAttention, OneBlockMatchesTheReference) {
   check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kBf16);
   check<Half, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kF16);
   // No keys at all: out 0, lse -inf, dq 0, and nothing staged from the empty k and v.
   check<Half, 64>({.batch = 1, .heads = 1, .queries = 10, .keys = 0}, kF16);
+  check<float, 64>({.batch = 1, .heads = 1, .queries = 64, .keys = 64}, kF32);
 }
 
 TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
@@ -238,6 +270,9 @@ TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
   check<BFloat16, 64>({.batch = 1, .heads = 2, .queries = 70, .keys = 100}, kBf16);
   check<Half, 128>({.batch = 1, .heads = 1, .queries = 30, .keys = 70}, kF16);
   check<BFloat16, 32>({.batch = 1, .heads = 2, .queries = 70, .keys = 70, .causal = true}, kBf16);
+  // f32 at 128 reads its q fragments from shared memory in the forward; at 32 dq keeps them.
+  check<float, 128>({.batch = 1, .heads = 1, .queries = 30, .keys = 70}, kF32);
+  check<float, 32>({.batch = 1, .heads = 1, .queries = 70, .keys = 70, .causal = true}, kF32);
 }
 
 TEST(FlashAttention, CausalMatchesTheReference) {
@@ -245,6 +280,7 @@ TEST(FlashAttention, CausalMatchesTheReference) {
   // More keys than queries (top-left aligned) and more queries than keys.
   check<BFloat16, 128>({.batch = 1, .heads = 1, .queries = 40, .keys = 90, .causal = true}, kBf16);
   check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 90, .keys = 40, .causal = true}, kBf16);
+  check<float, 64>({.batch = 1, .heads = 1, .queries = 100, .keys = 100, .causal = true}, kF32);
 }
 
 TEST(FlashAttention, MaskedAndBthdMatchTheReference) {
@@ -264,6 +300,14 @@ TEST(FlashAttention, MaskedAndBthdMatchTheReference) {
                    .bthd = true,
                    .mask = true},
                   kF16);
+  check<float, 64>({.batch = 2,
+                    .heads = 1,
+                    .queries = 20,
+                    .keys = 70,
+                    .causal = false,
+                    .bthd = true,
+                    .mask = true},
+                   kF32);
 }
 
 }  // namespace

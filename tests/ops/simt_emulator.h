@@ -1,9 +1,9 @@
 // A CPU emulation of a CUDA thread block, for kernel bodies written against an `Env` (as
 // ops/nn/attention_flash.h's are): each of the block's threads is an OS thread; __syncthreads,
-// warp shuffles and the warp-wide mma.sync m16n8k16 product are barriers over the block or the
-// warp. Slow (a context switch per thread per barrier) and meant for small problems: it lets CI,
-// which has no GPU, run the very code the GPU runs, index arithmetic, masking and register
-// fragments included.
+// warp shuffles and the warp-wide mma.sync products (m16n8k16 on 16-bit values, m16n8k8 on tf32)
+// are barriers over the block or the warp. Slow (a context switch per thread per barrier) and meant
+// for small problems: it lets CI, which has no GPU, run the very code the GPU runs, index
+// arithmetic, masking and register fragments included.
 #pragma once
 
 #include <barrier>
@@ -32,7 +32,7 @@ class EmulatedBlock {
 
   /// The block's shared memory: 16-byte aligned, filled with a pattern (not zeros), so that a
   /// body reading what it never wrote gets garbage, as on a GPU.
-  uint16_t* shared() { return reinterpret_cast<uint16_t*>(shared_.data()); }
+  void* shared() { return shared_.data(); }
   void fill_shared_with_garbage() {
     std::memset(shared_.data(), 0x7f, shared_.size() * sizeof(shared_[0]));  // NaN-ish bits
   }
@@ -45,7 +45,7 @@ class EmulatedBlock {
     float value[32];
     uint32_t a[32][4];
     uint32_t b[32][2];
-    const uint16_t* address[32];
+    const void* address[32];
   };
   /// Two sets of slots, used by turns: a lane writes operation k's set only after the barrier
   /// of operation k - 1, which every lane reaches after reading operation k - 2's (the same
@@ -84,7 +84,7 @@ class EmulatedEnv {
   float exp2(float x) const { return std::exp2(x); }
 
   /// cp.async of 16 bytes (zeros where `read` is false), landing as CopyTiming says.
-  void copy16_async(uint16_t* to, const uint16_t* from, bool read) {
+  void copy16_async(void* to, const void* from, bool read) {
     const Copy copy{to, read ? from : nullptr};
     if (timing_ == CopyTiming::eager)
       land(copy);
@@ -114,17 +114,52 @@ class EmulatedEnv {
   /// address of row r of matrix m. Lane L = 4 g + t receives in x[m] the values (g, 2t) and
   /// (g, 2t + 1) of matrix m, or with kTransposed (2t, g) and (2t + 1, g).
   template <bool kTransposed>
-  void load_matrices(uint32_t (&x)[4], const uint16_t* row) {
+  void load_matrices(uint32_t (&x)[4], const void* row) {
     EmulatedBlock::Slots& w = exchange_slots();
     w.address[lane()] = row;
     warp().barrier.arrive_and_wait();
     const int g = lane() / 4, t = lane() % 4;
+    auto at = [&](int m, int r, int c) {
+      return static_cast<const uint16_t*>(w.address[8 * m + r])[c];
+    };
     for (int m = 0; m < 4; ++m) {
-      const uint16_t* const* rows = w.address + 8 * m;
-      const uint16_t lo = kTransposed ? rows[2 * t][g] : rows[g][2 * t];
-      const uint16_t hi = kTransposed ? rows[2 * t + 1][g] : rows[g][2 * t + 1];
+      const uint16_t lo = kTransposed ? at(m, 2 * t, g) : at(m, g, 2 * t);
+      const uint16_t hi = kTransposed ? at(m, 2 * t + 1, g) : at(m, g, 2 * t + 1);
       x[m] = uint32_t{lo} | uint32_t{hi} << 16;
     }
+  }
+
+  /// cvt.rna.tf32.f32: x rounded to 10 mantissa bits, to nearest with ties away from zero (a
+  /// carry into the exponent is right); the 13 low bits zero. NaN and infinity pass unchanged.
+  uint32_t to_tf32(float x) const {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
+    return (bits + 0x1000u) & 0xffffe000u;
+  }
+
+  /// d += a b over the warp with the PTX ISA's m16n8k8 tf32 fragments (attention_flash.h's
+  /// header comment); the tensor cores read 19 bits of each register (sign, exponent, 10 bits
+  /// of mantissa) and ignore the 13 below.
+  void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    EmulatedBlock::Slots& w = exchange_slots();
+    std::memcpy(w.a[lane()], a, sizeof(a));
+    w.b[lane()][0] = b0;
+    w.b[lane()][1] = b1;
+    warp().barrier.arrive_and_wait();
+    auto value = [](uint32_t bits) {
+      bits &= 0xffffe000u;
+      float x;
+      std::memcpy(&x, &bits, sizeof(x));
+      return x;
+    };
+    float A[16][8], B[8][8];
+    for (int l = 0; l < 32; ++l) {
+      const int g = l / 4, t = l % 4;
+      for (int r = 0; r < 4; ++r) A[g + 8 * (r % 2)][t + 4 * (r / 2)] = value(w.a[l][r]);
+      for (int r = 0; r < 2; ++r) B[t + 4 * r][g] = value(w.b[l][r]);
+    }
+    multiply_into<8>(d, A, B);
   }
 
   /// d += a b over the warp, with the PTX ISA's m16n8k16 fragments (attention_flash.h's header
@@ -152,24 +187,30 @@ class EmulatedEnv {
         B[2 * t + 8 * r + 1][g] = high(w.b[l][r]);
       }
     }
+    multiply_into<16>(d, A, B);
+  }
+
+ private:
+  // This lane's four values of d (the C fragment) += A B, summed in f32.
+  template <int K>
+  void multiply_into(float (&d)[4], const float (&A)[16][K], const float (&B)[K][8]) const {
     const int g = lane() / 4, t = lane() % 4;
     for (int e = 0; e < 4; ++e) {
       const int row = g + 8 * (e / 2), col = 2 * t + (e % 2);
       float sum = d[e];
-      for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+      for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
       d[e] = sum;
     }
   }
 
- private:
   int lane() const { return thread_ % 32; }
   EmulatedBlock::Warp& warp() { return *block_.warps_[static_cast<size_t>(thread_ / 32)]; }
   // This warp operation's set of slots (every lane of a warp runs the same operations).
   EmulatedBlock::Slots& exchange_slots() { return warp().slots[operations_++ % 2]; }
 
   struct Copy {
-    uint16_t* to;
-    const uint16_t* from;  // nullptr: zeros
+    void* to;
+    const void* from;  // nullptr: zeros
   };
   static void land(const Copy& c) {
     if (c.from)
