@@ -1,0 +1,155 @@
+// Model-level PyTorch parity of the layer library (kiln::nn): two models built as a user would,
+// trained three steps, every parameter, statistic, loss and evaluation output written as .npy
+// for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
+// initial values and compares.
+//   cnn: Conv2d (stride, padding) -> BatchNorm2d -> ReLU -> max pool -> Conv2d (no bias,
+//        dilation, groups) -> GELU -> global average pool -> Linear; cross entropy with label
+//        smoothing; SGD with momentum and weight decay; then the evaluation-mode logits (running
+//        statistics).
+//   lm:  Embedding -> MultiHeadAttention over a key-padding mask (residual) -> TransformerBlock
+//        (causal, tanh GELU) -> RMSNorm -> Linear without bias; cross entropy with an ignored
+//        label; AdamW with a clipped gradient norm.
+//
+//   layer_parity DIR
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "kiln/kiln.h"
+
+namespace kiln {
+namespace {
+
+Tensor normal(const Shape& shape, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0, 1);
+  std::vector<float> v(static_cast<size_t>(shape.numel()));
+  for (float& e : v) e = dist(rng);
+  return Tensor::from_vector<float>(v, shape);
+}
+
+// Writes the variables before training (init_i.npy, names and shapes in variables.txt), trains
+// `steps` steps writing each step's fetched losses (losses.txt), then the variables after
+// (final_i.npy).
+void train(Session& session, const std::vector<Value>& variables, const FeedList& feeds,
+           const std::vector<Value>& losses, const Value& step, const std::filesystem::path& dir,
+           int steps) {
+  session.initialize_variables();
+  std::ofstream names(dir / "variables.txt");
+  for (size_t i = 0; i < variables.size(); ++i) {
+    const Tensor value = session.variable_value(variables[i]);
+    names << variables[i].name() << "\n";
+    save_npy(value, (dir / str("init_", i, ".npy")).string());
+  }
+  std::ofstream out(dir / "losses.txt");
+  for (int s = 0; s < steps; ++s) {
+    const std::vector<Tensor> got = session.run(feeds, losses, {step});
+    for (const Tensor& t : got) {
+      char text[32];
+      std::snprintf(text, sizeof(text), "%.9g ", t.to_vector<double>()[0]);
+      out << text;
+    }
+    out << "\n";
+  }
+  for (size_t i = 0; i < variables.size(); ++i)
+    save_npy(session.variable_value(variables[i]), (dir / str("final_", i, ".npy")).string());
+}
+
+void cnn(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value x = g.placeholder("x", f32, {8, 3, 12, 12});
+  Value y = g.placeholder("y", i64, {8});
+  nn::Sequential model(g, "cnn");
+  model.add<nn::Conv2d>("c1", 3, 8, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.stride = {2, 2}, .padding = {1, 1}});
+  auto& bn = model.add<nn::BatchNorm2d>("bn", 8);
+  model.add("relu", [](const Value& v) { return relu(v); });
+  model.add("pool", [](const Value& v) { return max_pool2d(v, {.kernel_size = {2, 2}}); });
+  model.add<nn::Conv2d>("c2", 8, 8, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.padding = {2, 2}, .dilation = {2, 2}, .groups = 2},
+                        nn::LayerOptions{.bias = false});
+  model.add("gelu", [](const Value& v) { return gelu(v); });
+  model.add("avg", [](const Value& v) { return global_avg_pool2d(v); });
+  model.add<nn::Linear>("fc", 8, 5);
+  Value loss = cross_entropy(model(x), y, -100, 0.1);
+  optim::SGD sgd({.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-3});
+  Value step = sgd.minimize(loss);
+  model.eval();
+  Value logits = model(x);
+
+  std::vector<Value> variables = model.parameters();
+  variables.push_back(bn.running_mean);
+  variables.push_back(bn.running_var);
+  const Tensor xs = normal({8, 3, 12, 12}, 1);
+  const Tensor ys = Tensor::from_vector<int64_t>({0, 1, 2, 3, 4, 0, 1, 2}, {8});
+  save_npy(xs, (dir / "x.npy").string());
+  save_npy(ys, (dir / "y.npy").string());
+  Session session(g);
+  train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
+  save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
+}
+
+void lm(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kBatch = 3, kLength = 7, kVocab = 11, kDim = 16;
+  Graph g;
+  Value ids = g.placeholder("ids", i64, {kBatch, kLength});
+  Value labels = g.placeholder("labels", i64, {kBatch, kLength});
+  Value keep = g.placeholder("keep", boolean, {kBatch, 1, 1, kLength});
+  nn::Embedding embed(g, "embed", kVocab, kDim);
+  nn::MultiHeadAttention attention(g, "pad_attention", kDim, 2, {});
+  nn::TransformerBlock block(g, "block", kDim, 4,
+                             {.ffn_dim = 24, .dropout = 0.0, .causal = true, .tanh_gelu = true});
+  nn::RMSNorm norm(g, "norm", Shape{kDim});
+  nn::Linear head(g, "head", kDim, kVocab, {.bias = false});
+  Value h = embed(ids);
+  h = h + attention.attend(h, keep);
+  Value logits = head(norm(block(h)));
+  Value loss = cross_entropy(reshape(logits, {-1, kVocab}), reshape(labels, {-1}), -1);
+  optim::AdamW adamw({.lr = 1e-2, .weight_decay = 0.1, .clip_norm = 0.5});
+  Value step = adamw.minimize(loss);
+
+  std::vector<Value> variables;
+  for (nn::Module* m : std::initializer_list<nn::Module*>{&embed, &attention, &block, &norm, &head})
+    for (const Value& v : m->parameters()) variables.push_back(v);
+  std::vector<int64_t> id_values, label_values;
+  std::vector<uint8_t> keep_values;
+  for (int64_t i = 0; i < kBatch * kLength; ++i) {
+    id_values.push_back((i * 7 + 3) % kVocab);
+    label_values.push_back(i % 5 == 4 ? -1 : (i * 5 + 1) % kVocab);  // -1: ignored
+  }
+  for (int64_t b = 0; b < kBatch; ++b)
+    for (int64_t t = 0; t < kLength; ++t) keep_values.push_back(t < kLength - b);  // padding
+  const Tensor id_tensor = Tensor::from_vector<int64_t>(id_values, {kBatch, kLength});
+  const Tensor label_tensor = Tensor::from_vector<int64_t>(label_values, {kBatch, kLength});
+  Tensor keep_tensor = Tensor::empty(boolean, {kBatch, 1, 1, kLength});
+  std::copy(keep_values.begin(), keep_values.end(), keep_tensor.data<bool>());
+  save_npy(id_tensor, (dir / "ids.npy").string());
+  save_npy(label_tensor, (dir / "labels.npy").string());
+  save_npy(keep_tensor, (dir / "keep.npy").string());
+  Session session(g);
+  train(session, variables, {{ids, id_tensor}, {labels, label_tensor}, {keep, keep_tensor}}, {loss},
+        step, dir, 3);
+}
+
+}  // namespace
+}  // namespace kiln
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: layer_parity DIR\n");
+    return 2;
+  }
+  try {
+    const std::filesystem::path dir = argv[1];
+    kiln::cnn(dir / "cnn");
+    kiln::lm(dir / "lm");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "layer_parity: %s\n", e.what());
+    return 1;
+  }
+  std::printf("layer_parity: wrote the cnn and lm models' runs to %s\n", argv[1]);
+  return 0;
+}

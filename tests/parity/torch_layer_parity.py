@@ -1,0 +1,167 @@
+#!/usr/bin/python3
+"""Model-level PyTorch parity of kiln::nn: rebuilds the two models layer_parity trained (see
+tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
+three steps and compares every step's loss, every variable after training (parameters and batch
+norm's running statistics) and the CNN's evaluation-mode logits.
+
+    /usr/bin/python3 torch_layer_parity.py DIR
+
+Exits 1 on a mismatch or when nothing was compared.
+"""
+import math
+import os
+import sys
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:  # part of the test command: missing torch is a failure
+    print(f"[layer-parity] cannot import torch/numpy ({e}); install python3-torch")
+    sys.exit(1)
+
+torch.set_default_dtype(torch.float64)
+# Kiln trains in f32 and PyTorch here in f64: after three steps the variables agree to ~1e-7 of
+# each tensor's largest value; a wrong layer (a missing scale, bias or mask) is off by far more.
+WEIGHT_TOLERANCE = 2e-5
+LOSS_TOLERANCE = 2e-6
+
+
+class Run:
+    """What layer_parity wrote for one model, and the comparisons made against it."""
+
+    def __init__(self, root, model):
+        self.dir = os.path.join(root, model)
+        self.model = model
+        self.names = open(os.path.join(self.dir, "variables.txt")).read().split()
+        self.params = {n: torch.tensor(self.load(f"init_{i}.npy")).double()
+                       for i, n in enumerate(self.names)}
+        for n, p in self.params.items():
+            p.requires_grad_("running" not in n)
+        self.losses = [[float(v) for v in line.split()]
+                       for line in open(os.path.join(self.dir, "losses.txt"))]
+        self.compared = 0
+        self.failures = []
+
+    def load(self, name):
+        return np.load(os.path.join(self.dir, name))
+
+    def trainable(self):
+        return [p for n, p in self.params.items() if "running" not in n]
+
+    def check(self, what, got, want, tolerance):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        error = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
+        self.compared += got.size
+        if not error <= tolerance:  # NaN fails too
+            self.failures.append(f"{self.model}: {what} differs by {error:.2e} of its largest value")
+
+    def check_step(self, step, losses):
+        self.check(f"step {step} loss", self.losses[step], [float(l) for l in losses],
+                   LOSS_TOLERANCE)
+
+    def check_variables(self, skip=()):
+        for i, n in enumerate(self.names):
+            if n.endswith(skip):
+                continue
+            self.check(f"{n} after training", self.load(f"final_{i}.npy"),
+                       self.params[n].detach().numpy(), WEIGHT_TOLERANCE)
+
+
+def linear(p, name, x, bias=True):
+    # Kiln's Linear weight is [in, out]: PyTorch's transposed.
+    y = x @ p[name + "/weight"]
+    return y + p[name + "/bias"] if bias else y
+
+
+def cnn(run):
+    p = run.params
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+
+    def model(x, training):
+        h = F.conv2d(x, p["cnn/c1/weight"], p["cnn/c1/bias"], stride=2, padding=1)
+        h = F.batch_norm(h, p["cnn/bn/running_mean"], p["cnn/bn/running_var"], p["cnn/bn/weight"],
+                         p["cnn/bn/bias"], training=training, momentum=0.1, eps=1e-5)
+        h = F.max_pool2d(F.relu(h), 2)
+        h = F.conv2d(h, p["cnn/c2/weight"], None, padding=2, dilation=2, groups=2)
+        return linear(p, "cnn/fc", F.gelu(h).mean((2, 3)))
+
+    sgd = torch.optim.SGD(run.trainable(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for step in range(3):
+        sgd.zero_grad()
+        loss = F.cross_entropy(model(x, True), y, label_smoothing=0.1)
+        loss.backward()
+        sgd.step()
+        run.check_step(step, [loss])
+    run.check_variables()
+    with torch.no_grad():
+        run.check("evaluation logits", run.load("eval_logits.npy"), model(x, False).numpy(),
+                  WEIGHT_TOLERANCE)
+
+
+def attention(p, name, x, heads, causal=False, keep=None):
+    b, t, d = x.shape
+    split = [linear(p, f"{name}/{part}", x).view(b, t, heads, d // heads).transpose(1, 2)
+             for part in ("query", "key", "value")]
+    q, k, v = split
+    s = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
+    if causal:
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    o = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+    return linear(p, f"{name}/output", o)
+
+
+def lm(run):
+    p = run.params
+    ids = torch.tensor(run.load("ids.npy"))
+    labels = torch.tensor(run.load("labels.npy"))
+    keep = torch.tensor(run.load("keep.npy"))
+
+    def model():
+        h = p["embed/weight"][ids]
+        h = h + attention(p, "pad_attention", h, 2, keep=keep)
+        d = h.shape[-1]
+        a = F.layer_norm(h, (d,), p["block/norm1/weight"], p["block/norm1/bias"])
+        h = h + attention(p, "block/attention", a, 4, causal=True)
+        f = F.layer_norm(h, (d,), p["block/norm2/weight"], p["block/norm2/bias"])
+        h = h + linear(p, "block/ffn_out", F.gelu(linear(p, "block/ffn_in", f), approximate="tanh"))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * p["norm/weight"]
+        return linear(p, "head", h, bias=False)
+
+    adamw = torch.optim.AdamW(run.trainable(), lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        adamw.zero_grad()
+        loss = F.cross_entropy(model().reshape(-1, 11), labels.reshape(-1), ignore_index=-1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.trainable(), 0.5)
+        adamw.step()
+        run.check_step(step, [loss])
+    # The key projections' biases have a gradient of exactly 0 (softmax ignores a shift that
+    # every key of a row shares): Adam turns the f32 rounding left in Kiln's into whole steps of
+    # either sign, so they are not compared.
+    run.check_variables(skip=("/key/bias",))
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__)
+        return 2
+    runs = []
+    for model, build in (("cnn", cnn), ("lm", lm)):
+        run = Run(sys.argv[1], model)
+        build(run)
+        runs.append(run)
+    compared = sum(r.compared for r in runs)
+    failures = [f for r in runs for f in r.failures]
+    for f in failures:
+        print("[layer-parity] MISMATCH", f)
+    print(f"[layer-parity] {len(runs)} models, {compared} values compared, "
+          f"{len(failures)} mismatches (torch {torch.__version__})")
+    return 1 if failures or compared == 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
