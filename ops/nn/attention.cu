@@ -304,6 +304,17 @@ struct DeviceEnv {
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
     return bits;
   }
+  // Spins until *turn == value (a volatile read goes to L2 each time); what the block that set
+  // it wrote before its fence is visible after.
+  __device__ void wait_turn(int* turn, int value) const {
+    while (*static_cast<volatile int*>(turn) != value) __nanosleep(32);
+    __threadfence();
+  }
+  __device__ void pass_turn(int* turn, int value) const { atomicExch(turn, value); }
+  __device__ void fence() const { __threadfence(); }
+  // Global f32 sums another multiprocessor wrote: through L2 (.cg), never from a stale L1 line.
+  __device__ float load_through_l2(const float* at) const { return __ldcg(at); }
+  __device__ void store_through_l2(float* at, float v) const { __stcg(at, v); }
   // d += a b: one warp-wide 16 x 8 x 8 product on tf32, f32 sums.
   __device__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) const {
     asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
@@ -327,10 +338,22 @@ __global__ void __launch_bounds__(flash::kThreads) flash_dq_kernel(flash::Params
   flash::dq_block<T, D>(env, p, blockIdx.x, flash_shared);
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kDq>
 __global__ void __launch_bounds__(flash::kThreads) flash_dkv_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::dkv_block<T, D>(env, p, blockIdx.x, flash_shared);
+  flash::dkv_block<T, D, kDq>(env, p, blockIdx.x, flash_shared);
+}
+
+// KILN_CUDA_ATTENTION (read per call: tests switch it) is `choice`.
+bool attention_choice_is(const char* choice) {
+  const char* value = std::getenv("KILN_CUDA_ATTENTION");
+  return value != nullptr && std::strcmp(value, choice) == 0;
+}
+
+// Whether dq is a kernel of its own (KILN_CUDA_ATTENTION=separate_dq, or no keys: then no dk/dv
+// block would write it) rather than summed in the dk/dv kernel.
+bool separate_dq(const Problem& problem) {
+  return problem.a.keys == 0 || attention_choice_is("separate_dq");
 }
 
 // Launches a flash kernel of `blocks` blocks; raises its dynamic shared memory limit first (once
@@ -391,9 +414,21 @@ void flash_backward(KernelContext& ctx, const Problem& problem, const float* del
   p.dk = ctx.output(1).raw_data();
   p.dv = ctx.output(2).raw_data();
   const int64_t heads = problem.a.batch * problem.a.heads;
-  launch_flash(ctx, flash_dq_kernel<T, D>, heads * flash::blocks_of(problem.a.queries),
-               flash::dq_shared_bytes<T, D>(), p);
-  launch_flash(ctx, flash_dkv_kernel<T, D>, heads * flash::blocks_of(problem.a.keys),
+  const int64_t q_blocks = flash::blocks_of(problem.a.queries);
+  if (!separate_dq(problem)) {
+    // dq summed in the dk/dv kernel: f32 sums and one turn counter per (b h, query block).
+    const size_t sums = sizeof(float) * heads * problem.a.queries * D;
+    const size_t turns = sizeof(int) * heads * q_blocks;
+    std::shared_ptr<Storage> scratch = ctx.scratch(sums + turns);
+    p.dq_sums = static_cast<float*>(scratch->data());
+    p.dq_turns = reinterpret_cast<int*>(static_cast<char*>(scratch->data()) + sums);
+    KILN_CUDA_CHECK(cudaMemsetAsync(p.dq_turns, 0, turns, stream_of(ctx)), ctx.where());
+    launch_flash(ctx, flash_dkv_kernel<T, D, true>, heads * flash::blocks_of(problem.a.keys),
+                 flash::dkvq_shared_bytes<T, D>(), p);
+    return;
+  }
+  launch_flash(ctx, flash_dq_kernel<T, D>, heads * q_blocks, flash::dq_shared_bytes<T, D>(), p);
+  launch_flash(ctx, flash_dkv_kernel<T, D, false>, heads * flash::blocks_of(problem.a.keys),
                flash::dkv_shared_bytes<T, D>(), p);
 }
 
@@ -424,19 +459,18 @@ int shared_memory_limit(int device) {
 
 // Whether `problem` runs on the flash kernels: their dtypes and depths, every tensor 16-byte
 // aligned (their rows are read in 16-byte pieces), shared memory enough for the largest of them
-// (the dk/dv kernel: f32 at depth 128 takes 199 KiB, over an A100's 163), and not turned off.
+// (the dk/dv/dq kernel: f32 at depth 128 takes 216 KiB, over an A100's 163), and not turned off.
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
-  const char* choice = std::getenv("KILN_CUDA_ATTENTION");  // read per call: tests switch it
-  const bool rows_only = choice != nullptr && std::strcmp(choice, "rows") == 0;
   const DType dtype = ctx.input(0).dtype();
-  if (rows_only || !flash::supports(dtype, problem.a)) return false;
+  if (attention_choice_is("rows") || !flash::supports(dtype, problem.a)) return false;
   for (const void* t : tensors)
     if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
   size_t need = 0;
   by_flash_depth(problem.a.depth, [&](auto depth) {
-    need = dtype == DType::f32 ? flash::dkv_shared_bytes<float, depth.value>()
-                               : flash::dkv_shared_bytes<Half, depth.value>();
+    constexpr int D = depth.value;
+    need = dtype == DType::f32 ? flash::dkvq_shared_bytes<float, D>()
+                               : flash::dkvq_shared_bytes<Half, D>();
   });
   return need <= static_cast<size_t>(shared_memory_limit(ctx.cuda()->device.index));
 }

@@ -28,8 +28,10 @@
 //             o = o 2^(m - m') + 2^(x - m') v; out = o / l, lse = (m ln 2 + ln l) [natural log]
 //   backward: p = 2^(x - lse log2(e)), D = dout . out (one per query row, delta),
 //             ds = p (dout . v - D); dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
-// dq is one kernel over query blocks and dk, dv another over key blocks: each output row is
-// summed by one warp in a fixed order (no atomics), so results are the same bits on every run.
+// dk, dv (and dq) are one kernel over key blocks: dq's rows are summed over the key blocks in
+// turns, in the order of their index (dkv_block<T, D, true>); or, with
+// KILN_CUDA_ATTENTION=separate_dq, dq is a kernel of its own over query blocks (dq_block), 7
+// products instead of 5. Either way no atomics add anything: the same bits on every run.
 // Every masked score is exactly -inf (probability 0); a query row with no visible key gets out 0
 // and lse -inf, and adds nothing to any gradient (as the CPU kernels).
 //
@@ -37,7 +39,10 @@
 // thread() and sync() (__syncthreads); shfl_xor; exp2; pack<T>(lo, hi) (two values rounded to T
 // in one register); mma<T>(d, a, b0, b1) (d += a b, 16-bit); to_tf32(x) (cvt.rna.tf32.f32) and
 // mma_tf32(d, a, b0, b1); load_matrices<transposed>(x, row) (ldmatrix .x4);
-// copy16_async(to, from, read), commit_copies(), wait_copies<pending>() (cp.async and its groups).
+// copy16_async(to, from, read), commit_copies(), wait_copies<pending>() (cp.async and its groups);
+// for dq summed across blocks: wait_turn(counter, value) (spin until the counter holds value),
+// pass_turn(counter, value), fence() (__threadfence), load_through_l2 / store_through_l2 (global
+// f32 accesses that no multiprocessor's L1 keeps stale).
 #pragma once
 
 #include <cmath>
@@ -111,6 +116,10 @@ struct Params {
   void* dq = nullptr;            // backward
   void* dk = nullptr;
   void* dv = nullptr;
+  // dq summed by the dk/dv kernel (dkv_block<T, D, true>): f32 partial sums [B H, Tq, D], and a
+  // turn counter per (b h, query block), zero before the launch.
+  float* dq_sums = nullptr;
+  int* dq_turns = nullptr;
 };
 
 /// A tensor of Params as the Element<T>s it holds.
@@ -156,6 +165,14 @@ constexpr size_t dq_shared_bytes() {
 template <typename T, int D>
 constexpr size_t dkv_shared_bytes() {
   return 6 * tile_bytes<T, D>() + sizeof(float) * 2 * 2 * kCols;
+}
+/// The row stride of the score-gradient tile that dkv_block<T, D, true> passes between warps.
+template <typename T>
+constexpr int kGradientStride = kRows + kVector<T>;
+/// dk, dv and dq in one kernel: dkv's and the step's score gradients, [kCols][kGradientStride].
+template <typename T, int D>
+constexpr size_t dkvq_shared_bytes() {
+  return dkv_shared_bytes<T, D>() + sizeof(Element<T>) * kCols * kGradientStride<T>;
 }
 static_assert(kRows == kCols, "a tile is kRows or kCols rows: the sizes above count on both");
 
@@ -325,6 +342,23 @@ KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c
     for (int dt = 0; dt < D / 8; dt += 2) {
       uint32_t b[4];
       load_b<T>(env, b, y, D + kVector<T>, dt, kk, lane);
+      mma<T>(env, acc[dt], a, b[0], b[1]);
+      mma<T>(env, acc[dt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/// acc (16 x D) += A (16 x kRows, read from the shared rows `a_rows`) Y for the shared tile Y
+/// of kRows rows (stride D + kVector). For tf32, A's columns hold Y's rows in load_b's order.
+template <typename T, int D, class Env>
+KILN_FLASH_FN void product_shared_y(Env& env, float (&acc)[D / 8][4], const Element<T>* a_rows,
+                                    int a_stride, const Element<T>* y, int lane) {
+  for (int ks = 0; ks < kRows / kStepK<T>; ++ks) {
+    uint32_t a[4];
+    load_a<T>(env, a, a_rows, a_stride, ks, lane);
+    for (int dt = 0; dt < D / 8; dt += 2) {
+      uint32_t b[4];
+      load_b<T>(env, b, y, D + kVector<T>, dt, ks, lane);
       mma<T>(env, acc[dt], a, b[0], b[1]);
       mma<T>(env, acc[dt + 1], a, b[2], b[3]);
     }
@@ -574,8 +608,78 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
   write_rows<T, D>(env, p.dq, acc, p, bh, q0 + warp * 16, a.queries, scale, lane);
 }
 
-/// dk and dv of key rows [k0, k0 + kRows) of one (b, h). Grid: blocks_of(keys) per (b, h).
+/// Writes this warp's C tiles of dS^T (rows: its 16 keys; columns: the step's queries) into the
+/// shared tile `ds` as dS, rows queries and columns keys, rounded as the products take them. For
+/// tf32 the keys of each group of 8 go in load_b's order: key 2i in column i, 2i + 1 in i + 4.
+template <typename T, class Env>
+KILN_FLASH_FN void store_gradient_tile(Env& env, Element<T>* ds, const float (&dst)[kCols / 8][4],
+                                       int warp, int lane) {
+  const int g = lane / 4, t = lane % 4;
+  for (int nt = 0; nt < kCols / 8; ++nt)
+    for (int e = 0; e < 4; ++e) {
+      const int query = nt * 8 + 2 * t + (e & 1), key = warp * 16 + g + 8 * (e / 2);
+      if constexpr (kTf32<T>) {
+        const int column = (key & ~7) | (key & 7) >> 1 | (key & 1) << 2;
+        ds[query * kGradientStride<T> + column] = dst[nt][e];
+      } else {
+        ds[query * kGradientStride<T> + key] =
+            static_cast<uint16_t>(env.template pack<T>(dst[nt][e], 0.0f) & 0xffffu);
+      }
+    }
+}
+
+/// Adds this warp's 16 rows of one key block's dS K (acc) to dq rows q0 + 16 warp + ... The key
+/// blocks that see a query block take turns in the order of their index: block j waits until
+/// the counter of the query block says j, so each row of dq is summed in the same order on
+/// every run. The first writes f32 sums, the next ones add to them (through L2: another
+/// multiprocessor wrote them), the last writes dq itself (times scale, in T).
 template <typename T, int D, class Env>
+KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8][4], int64_t bh,
+                             int64_t q0, int64_t key_block, int warp, int lane) {
+  const AttentionShape& a = p.a;
+  const int64_t q_block = q0 / kRows, k_blocks = blocks_of(a.keys);
+  // Causal: key blocks 0 .. q_block see the query block (kRows == kCols); otherwise all do.
+  const int64_t last = p.causal && q_block < k_blocks - 1 ? q_block : k_blocks - 1;
+  int* turn = p.dq_turns + bh * blocks_of(a.queries) + q_block;
+  if (env.thread() == 0) env.wait_turn(turn, static_cast<int>(key_block));
+  env.sync();
+  const int g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = q0 + warp * 16 + g + 8 * r;
+    if (row >= a.queries) continue;
+    float* sums = p.dq_sums + (bh * a.queries + row) * D + 2 * t;
+    Element<T>* out = static_cast<Element<T>*>(p.dq) + a.row_offset(bh, row, a.queries, D) + 2 * t;
+    for (int dt = 0; dt < D / 8; ++dt) {
+      float lo = acc[dt][2 * r], hi = acc[dt][2 * r + 1];
+      if (key_block > 0) {
+        lo += env.load_through_l2(sums + dt * 8);
+        hi += env.load_through_l2(sums + dt * 8 + 1);
+      }
+      if (key_block < last) {
+        env.store_through_l2(sums + dt * 8, lo);
+        env.store_through_l2(sums + dt * 8 + 1, hi);
+      } else if constexpr (kTf32<T>) {
+        out[dt * 8] = lo * p.scale;
+        out[dt * 8 + 1] = hi * p.scale;
+      } else {
+        store32(out + dt * 8, env.template pack<T>(lo * p.scale, hi * p.scale));
+      }
+    }
+  }
+  if (key_block < last) {
+    env.fence();  // this thread's sums are visible to the device before the turn passes
+    env.sync();
+    if (env.thread() == 0) env.pass_turn(turn, static_cast<int>(key_block) + 1);
+  }
+}
+
+/// dk and dv of key rows [k0, k0 + kRows) of one (b, h). Grid: blocks_of(keys) per (b, h).
+/// With kDq, dq too (the dq kernel's three products become one: 5 in all, as with an atomic
+/// dq, and still the same bits on every run): each step's dS goes through shared memory, each
+/// warp multiplies 16 of its query rows by this block's keys, and add_to_dq sums the key blocks'
+/// parts in turn. Needs every key block of a (b, h) running or done when one waits: blocks start
+/// in index order, which the turns follow.
+template <typename T, int D, bool kDq, class Env>
 KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
   const AttentionShape& a = p.a;
@@ -588,6 +692,8 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
   auto q_tile = [&](int buffer) { return qd + buffer * 2 * kCols * S; };
   // Per buffer, per query of the step: lse in base 2, then delta.
   float* stats = reinterpret_cast<float*>(qd + 4 * kCols * S);
+  E* ds = reinterpret_cast<E*>(stats + 2 * 2 * kCols);  // kDq: the step's dS
+  const int64_t key_block = block % k_blocks;
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
   const int64_t keys[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
 
@@ -637,6 +743,15 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
       }
     product_c_y<T, D>(env, dv, st, dos, lane);
     product_c_y<T, D>(env, dk, dpt, qs, lane);
+    if constexpr (kDq) {
+      store_gradient_tile<T>(env, ds, dpt, warp, lane);
+      env.sync();
+      float dq[D / 8][4];
+      zero(dq);
+      product_shared_y<T, D>(env, dq, ds + warp * 16 * kGradientStride<T>, kGradientStride<T>, ks,
+                             lane);
+      add_to_dq<T, D>(env, p, dq, bh, q0, key_block, warp, lane);
+    }
   });
   const float one[2] = {1, 1}, scale[2] = {p.scale, p.scale};
   write_rows<T, D>(env, p.dk, dk, p, bh, k0 + warp * 16, a.keys, scale, lane);

@@ -132,24 +132,32 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
                               {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
                               {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
                               {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
-      Session flash(g, {.device = Device::cuda(0)});
-      const std::vector<Tensor> got = flash.run(feeds, fetch);
-      const std::vector<Tensor> again = flash.run(feeds, fetch);
-      ::setenv("KILN_CUDA_ATTENTION", "rows", 1);
-      Session rows(g, {.device = Device::cuda(0)});
-      const std::vector<Tensor> want = rows.run(feeds, fetch);
-      ::unsetenv("KILN_CUDA_ATTENTION");
-      const char* names[] = {"out", "dq", "dk", "dv"};
-      for (size_t i = 0; i < got.size(); ++i) {
-        const std::vector<double> expected = testing::values(want[i]);
-        double size = 0;
-        for (double e : expected) size = std::max(size, std::abs(e));
-        // f32 runs on 3xTF32: close to f32 arithmetic, not the same bits as the row kernels.
-        const double tolerance = dtype == bf16 ? 2e-2 : dtype == f16 ? 4e-3 : 2e-5;
-        testing::expect_near(expected, got[i], 0, tolerance * size,
-                             str(names[i], " in ", dtype, " at depth ", depth));
-        EXPECT_EQ(testing::values(got[i]), testing::values(again[i]))
-            << names[i] << " differs run to run in " << dtype << " at depth " << depth;
+      // KILN_CUDA_ATTENTION is read at each run: "" (dq summed in the dk/dv kernel's turns),
+      // "separate_dq" (a dq kernel of its own), "rows" (the warp-per-row kernels: the reference).
+      auto run_with = [&](const char* choice) {
+        ::setenv("KILN_CUDA_ATTENTION", choice, 1);
+        Session session(g, {.device = Device::cuda(0)});
+        std::vector<std::vector<Tensor>> runs = {session.run(feeds, fetch),
+                                                 session.run(feeds, fetch)};
+        ::unsetenv("KILN_CUDA_ATTENTION");
+        return runs;
+      };
+      const std::vector<Tensor> want = run_with("rows")[0];
+      for (const char* choice : {"", "separate_dq"}) {
+        const std::vector<std::vector<Tensor>> got = run_with(choice);
+        const char* names[] = {"out", "dq", "dk", "dv"};
+        for (size_t i = 0; i < want.size(); ++i) {
+          const std::vector<double> expected = testing::values(want[i]);
+          double size = 0;
+          for (double e : expected) size = std::max(size, std::abs(e));
+          // f32 runs on 3xTF32: close to f32 arithmetic, not the same bits as the row kernels.
+          const double tolerance = dtype == bf16 ? 2e-2 : dtype == f16 ? 4e-3 : 2e-5;
+          const std::string where = str(names[i], " in ", dtype, " at depth ", depth,
+                                        " (KILN_CUDA_ATTENTION=", choice, ")");
+          testing::expect_near(expected, got[0][i], 0, tolerance * size, where);
+          EXPECT_EQ(testing::values(got[0][i]), testing::values(got[1][i]))
+              << where << " differs run to run";
+        }
       }
     }
 }

@@ -6,9 +6,12 @@
 // arithmetic, masking and register fragments included.
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -128,6 +131,22 @@ class EmulatedEnv {
       x[m] = uint32_t{lo} | uint32_t{hi} << 16;
     }
   }
+
+  /// A turn across blocks (a counter in global memory). Blocks run one after another in index
+  /// order, so a block whose turn has not come would wait forever on the GPU as well (it waits
+  /// for a later block, which a GPU might not have started): that stops the run, loudly.
+  void wait_turn(const int* turn, int value) const {
+    if (*turn == value) return;
+    std::fprintf(stderr,
+                 "simt_emulator: a block waits for turn %d of a counter at %d: on a GPU it "
+                 "would wait forever\n",
+                 value, *turn);
+    std::abort();
+  }
+  void pass_turn(int* turn, int value) const { *turn = value; }
+  void fence() const { std::atomic_thread_fence(std::memory_order_seq_cst); }
+  float load_through_l2(const float* at) const { return *at; }
+  void store_through_l2(float* at, float v) const { *at = v; }
 
   /// cvt.rna.tf32.f32: x rounded to 10 mantissa bits, to nearest with ties away from zero (a
   /// carry into the exponent is right); the 13 low bits zero. NaN and infinity pass unchanged.
