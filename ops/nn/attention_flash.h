@@ -148,8 +148,8 @@ KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
 /// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kVector) elements, the side
 /// walked in steps twice (the next step's tiles load while this one's are used). forward: q,
 /// 2 x (k, v); dq: q, dout, 2 x (k, v); dk and dv: k, v, 2 x (q, dout, two floats per query).
-/// At most 199 KiB (f32, depth 128): under the 227 KiB of a Hopper block, over the 163 KiB of an
-/// A100's (attention.cu checks the device's limit before it launches).
+/// With dq summed in (dkvq_shared_bytes), at most 216 KiB (f32, depth 128): under the 227 KiB of
+/// a Hopper block, over the 163 KiB of an A100 (attention.cu checks the device before it launches).
 template <typename T, int D>
 constexpr size_t tile_bytes() {
   return sizeof(Element<T>) * kRows * (D + kVector<T>);
