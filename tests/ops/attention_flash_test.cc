@@ -292,6 +292,11 @@ TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
   // f32 at 128 reads its q fragments from shared memory in the forward; at 32 dq keeps them.
   check<float, 128>({.batch = 1, .heads = 1, .queries = 30, .keys = 70}, kF32);
   check<float, 32>({.batch = 1, .heads = 1, .queries = 70, .keys = 70, .causal = true}, kF32);
+  // Four key blocks add to one query block's dq (two in the middle read and write the sums); and
+  // causal, a third query block summed over three key blocks.
+  check<Half, 32>({.batch = 1, .heads = 1, .queries = 20, .keys = 200}, kF16);
+  check<BFloat16, 32>({.batch = 1, .heads = 1, .queries = 150, .keys = 150, .causal = true},
+                      kBf16);
 }
 
 TEST(FlashAttention, CausalMatchesTheReference) {
