@@ -295,8 +295,7 @@ TEST(FlashAttention, PartialBlocksAndStepsMatchTheReference) {
   // Four key blocks add to one query block's dq (two in the middle read and write the sums); and
   // causal, a third query block summed over three key blocks.
   check<Half, 32>({.batch = 1, .heads = 1, .queries = 20, .keys = 200}, kF16);
-  check<BFloat16, 32>({.batch = 1, .heads = 1, .queries = 150, .keys = 150, .causal = true},
-                      kBf16);
+  check<BFloat16, 32>({.batch = 1, .heads = 1, .queries = 150, .keys = 150, .causal = true}, kBf16);
 }
 
 TEST(FlashAttention, CausalMatchesTheReference) {
