@@ -331,14 +331,14 @@ KILN_FLASH_FN void product_shared_xt(Env& env, float (&acc)[N][4], const Element
   }
 }
 
-/// acc (16 x D) += C (16 x kCols, C tiles made A fragments) Y for the shared tile Y of kCols
-/// rows (stride D + kVector).
-template <typename T, int D, class Env>
-KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c)[kCols / 8][4],
-                               const Element<T>* y, int lane) {
-  for (int kk = 0; kk < kCols / kStepK<T>; ++kk) {
+/// acc (16 x D) += A Y for the shared tile Y of `Steps` k-steps of rows (stride D + kVector),
+/// with A's fragment for k-step kk made by `a_fragment(a, kk)`.
+template <typename T, int D, int Steps, class Env, class AFragment>
+KILN_FLASH_FN void product_y(Env& env, float (&acc)[D / 8][4], AFragment&& a_fragment,
+                             const Element<T>* y, int lane) {
+  for (int kk = 0; kk < Steps; ++kk) {
     uint32_t a[4];
-    c_to_a<T>(env, a, c, kk);
+    a_fragment(a, kk);
     for (int dt = 0; dt < D / 8; dt += 2) {
       uint32_t b[4];
       load_b<T>(env, b, y, D + kVector<T>, dt, kk, lane);
@@ -348,21 +348,23 @@ KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c
   }
 }
 
+/// acc (16 x D) += C (16 x kCols, C tiles made A fragments) Y for the shared tile Y of kCols
+/// rows (stride D + kVector).
+template <typename T, int D, class Env>
+KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c)[kCols / 8][4],
+                               const Element<T>* y, int lane) {
+  product_y<T, D, kCols / kStepK<T>>(
+      env, acc, [&](uint32_t(&a)[4], int kk) { c_to_a<T>(env, a, c, kk); }, y, lane);
+}
+
 /// acc (16 x D) += A (16 x kRows, read from the shared rows `a_rows`) Y for the shared tile Y
 /// of kRows rows (stride D + kVector). For tf32, A's columns hold Y's rows in load_b's order.
 template <typename T, int D, class Env>
 KILN_FLASH_FN void product_shared_y(Env& env, float (&acc)[D / 8][4], const Element<T>* a_rows,
                                     int a_stride, const Element<T>* y, int lane) {
-  for (int ks = 0; ks < kRows / kStepK<T>; ++ks) {
-    uint32_t a[4];
-    load_a<T>(env, a, a_rows, a_stride, ks, lane);
-    for (int dt = 0; dt < D / 8; dt += 2) {
-      uint32_t b[4];
-      load_b<T>(env, b, y, D + kVector<T>, dt, ks, lane);
-      mma<T>(env, acc[dt], a, b[0], b[1]);
-      mma<T>(env, acc[dt + 1], a, b[2], b[3]);
-    }
-  }
+  product_y<T, D, kRows / kStepK<T>>(
+      env, acc, [&](uint32_t(&a)[4], int ks) { load_a<T>(env, a, a_rows, a_stride, ks, lane); }, y,
+      lane);
 }
 
 template <int N>

@@ -163,11 +163,7 @@ class EmulatedEnv {
   /// header comment); the tensor cores read 19 bits of each register (sign, exponent, 10 bits
   /// of mantissa) and ignore the 13 below.
   void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    EmulatedBlock::Slots& w = exchange_slots();
-    std::memcpy(w.a[lane()], a, sizeof(a));
-    w.b[lane()][0] = b0;
-    w.b[lane()][1] = b1;
-    warp().barrier.arrive_and_wait();
+    const EmulatedBlock::Slots& w = publish_fragments(a, b0, b1);
     auto value = [](uint32_t bits) {
       bits &= 0xffffe000u;
       float x;
@@ -188,11 +184,7 @@ class EmulatedEnv {
   /// values of d from all of them.
   template <typename T>
   void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    EmulatedBlock::Slots& w = exchange_slots();
-    std::memcpy(w.a[lane()], a, sizeof(a));
-    w.b[lane()][0] = b0;
-    w.b[lane()][1] = b1;
-    warp().barrier.arrive_and_wait();
+    const EmulatedBlock::Slots& w = publish_fragments(a, b0, b1);
     float A[16][16], B[16][8];
     auto low = [](uint32_t r) { return T::to_float(static_cast<uint16_t>(r & 0xffffu)); };
     auto high = [](uint32_t r) { return T::to_float(static_cast<uint16_t>(r >> 16)); };
@@ -222,6 +214,16 @@ class EmulatedEnv {
       for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
       d[e] = sum;
     }
+  }
+
+  // Puts this lane's A and B fragments in the warp's slots and waits for every lane's.
+  const EmulatedBlock::Slots& publish_fragments(const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    EmulatedBlock::Slots& w = exchange_slots();
+    std::memcpy(w.a[lane()], a, sizeof(a));
+    w.b[lane()][0] = b0;
+    w.b[lane()][1] = b1;
+    warp().barrier.arrive_and_wait();
+    return w;
   }
 
   int lane() const { return thread_ % 32; }
