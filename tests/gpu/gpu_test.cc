@@ -49,8 +49,8 @@ TEST(Gpu, EveryCpuKernelHasACudaKernel) {
   EXPECT_TRUE(missing.empty()) << "no CUDA kernel for: " << ::testing::PrintToString(missing);
 }
 
-// cuBLASLt and NVRTC are opened on first use; every entry point Kiln calls resolves (no GPU
-// needed to load them and ask them for names).
+// cuBLASLt, NVRTC and cuDNN are opened on first use; every entry point Kiln calls resolves (no
+// GPU needed to load them and ask them for names).
 TEST(Gpu, CudaLibrariesLoadOnFirstUse) {
   const cuda::BlasLtApi& lt = cuda::blaslt();
 #define KILN_EXPECT_LOADED(f) EXPECT_NE(reinterpret_cast<void*>(lt.f), nullptr) << #f;
@@ -60,6 +60,11 @@ TEST(Gpu, CudaLibrariesLoadOnFirstUse) {
                "CUBLAS_STATUS_NOT_SUPPORTED");
   const cuda::NvrtcApi& nv = cuda::nvrtc();
   EXPECT_STREQ(nv.nvrtcGetErrorString(NVRTC_SUCCESS), "NVRTC_SUCCESS");
+  const cuda::CudnnApi& dnn = cuda::cudnn();
+#define KILN_EXPECT_LOADED(f) EXPECT_NE(reinterpret_cast<void*>(dnn.f), nullptr) << #f;
+  KILN_CUDNN_FUNCTIONS(KILN_EXPECT_LOADED)
+#undef KILN_EXPECT_LOADED
+  EXPECT_STREQ(dnn.cudnnGetErrorString(CUDNN_STATUS_NOT_SUPPORTED), "CUDNN_STATUS_NOT_SUPPORTED");
 }
 
 // NVRTC needs no GPU: every opcode's generated kernel compiles here and in CI.
