@@ -4,6 +4,7 @@
 // (deterministic algorithms first, so a run repeats bit for bit; f32 never uses TF32, as the
 // products). Where cuDNN cannot be opened, or KILN_CUDNN=0, Kiln's direct kernels run instead
 // (one thread per output element, f32 accumulation): slower, and a reference for cuDNN.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -132,6 +133,33 @@ Choice pick(const KernelContext& ctx, const Perf* results, int count, DType dtyp
 
 enum class Direction { forward, backward_input, backward_filter };
 
+// cuDNN's heuristic for one direction of the problem, its first usable answer (see pick).
+Choice query_heuristic(const KernelContext& ctx, cudnnHandle_t handle, const Descriptors& d,
+                       DType dtype, Direction direction) {
+  constexpr int kMax = 16;
+  int count = 0;
+  // FMA math for f32 (and f64) queries; tensor-op math is offered for 16-bit types.
+  const bool low = dtype == DType::f16 || dtype == DType::bf16;
+  KILN_CUDNN_CHECK(
+      cudnn().cudnnSetConvolutionMathType(d.conv, low ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+  if (direction == Direction::forward) {
+    cudnnConvolutionFwdAlgoPerf_t results[kMax];
+    KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y,
+                                                                    kMax, &count, results));
+    return pick(ctx, results, count, dtype);
+  }
+  if (direction == Direction::backward_input) {
+    cudnnConvolutionBwdDataAlgoPerf_t results[kMax];
+    KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionBackwardDataAlgorithm_v7(
+        handle, d.w, d.y, d.conv, d.x, kMax, &count, results));
+    return pick(ctx, results, count, dtype);
+  }
+  cudnnConvolutionBwdFilterAlgoPerf_t results[kMax];
+  KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+      handle, d.x, d.y, d.conv, d.w, kMax, &count, results));
+  return pick(ctx, results, count, dtype);
+}
+
 // The heuristic's choice for this node's problem, queried once per problem and device.
 Choice choose(const KernelContext& ctx, cudnnHandle_t handle, const Descriptors& d,
               const ConvGeometry& g, DType dtype, Direction direction) {
@@ -140,28 +168,25 @@ Choice choose(const KernelContext& ctx, cudnnHandle_t handle, const Descriptors&
           g.stride_w, " p", g.pad_h, ',', g.pad_w, " d", g.dilation_h, ',', g.dilation_w, " g",
           g.groups, " in ", g.in_h, 'x', g.in_w));
   return ctx.cache().get<Choice>(key, [&] {
-    constexpr int kMax = 16;
-    int count = 0;
-    // FMA math for f32 (and f64) queries; tensor-op math is offered for 16-bit types.
-    const bool low = dtype == DType::f16 || dtype == DType::bf16;
-    KILN_CUDNN_CHECK(
-        cudnn().cudnnSetConvolutionMathType(d.conv, low ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
-    if (direction == Direction::forward) {
-      cudnnConvolutionFwdAlgoPerf_t results[kMax];
-      KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y,
-                                                                      kMax, &count, results));
-      return pick(ctx, results, count, dtype);
-    }
-    if (direction == Direction::backward_input) {
-      cudnnConvolutionBwdDataAlgoPerf_t results[kMax];
-      KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionBackwardDataAlgorithm_v7(
-          handle, d.w, d.y, d.conv, d.x, kMax, &count, results));
-      return pick(ctx, results, count, dtype);
-    }
-    cudnnConvolutionBwdFilterAlgoPerf_t results[kMax];
-    KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-        handle, d.x, d.y, d.conv, d.w, kMax, &count, results));
-    return pick(ctx, results, count, dtype);
+    Choice choice = query_heuristic(ctx, handle, d, dtype, direction);
+    // The workspace of the algorithm with the math it will run with, asked for directly: the
+    // heuristic's figure was for the math of its query, and cuDNN refuses a smaller one.
+    KILN_CUDNN_CHECK(cudnn().cudnnSetConvolutionMathType(d.conv, choice.math));
+    size_t bytes = 0;
+    if (direction == Direction::forward)
+      KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionForwardWorkspaceSize(
+          handle, d.x, d.w, d.conv, d.y, static_cast<cudnnConvolutionFwdAlgo_t>(choice.algo),
+          &bytes));
+    else if (direction == Direction::backward_input)
+      KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionBackwardDataWorkspaceSize(
+          handle, d.w, d.y, d.conv, d.x, static_cast<cudnnConvolutionBwdDataAlgo_t>(choice.algo),
+          &bytes));
+    else
+      KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionBackwardFilterWorkspaceSize(
+          handle, d.x, d.y, d.conv, d.w, static_cast<cudnnConvolutionBwdFilterAlgo_t>(choice.algo),
+          &bytes));
+    choice.workspace = std::max(choice.workspace, bytes);
+    return choice;
   });
 }
 
