@@ -125,6 +125,30 @@ Value Conv2d::forward(const Value& x) {
   return y;
 }
 
+// ---- ConvTranspose2d.
+
+ConvTranspose2d::ConvTranspose2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+                                 std::array<int64_t, 2> kernel_size, Conv2dOptions conv,
+                                 std::array<int64_t, 2> output_padding, LayerOptions options)
+    : Module(graph, name), conv_(conv), output_padding_(output_padding) {
+  KILN_CHECK(
+      in > 0 && out > 0 && conv.groups > 0 && in % conv.groups == 0 && out % conv.groups == 0,
+      GraphError, "[nn] ConvTranspose2d ", path(), ": channels ", in, " -> ", out,
+      " must be positive and divide by groups ", conv.groups);
+  // PyTorch takes the fan-in from the weight's second dim, out / groups, for this layer too.
+  const int64_t fan_in = out / conv.groups * kernel_size[0] * kernel_size[1];
+  weight = variable("weight", {in, out / conv.groups, kernel_size[0], kernel_size[1]},
+                    fan_in_uniform(fan_in, seed_for("weight") + options.seed));
+  if (options.bias)
+    bias = variable("bias", {out}, fan_in_uniform(fan_in, seed_for("bias") + options.seed));
+}
+
+Value ConvTranspose2d::forward(const Value& x) {
+  Value y = conv_transpose2d(x, weight, conv_, output_padding_);
+  if (bias.defined()) y = y + reshape(bias, {1, -1, 1, 1});
+  return y;
+}
+
 // ---- Normalization.
 
 BatchNorm2d::BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum,
@@ -148,6 +172,23 @@ LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, 
 
 Value LayerNorm::forward(const Value& x) {
   return layer_norm(x, weight.shape().rank(), weight, bias, eps_);
+}
+
+GroupNorm::GroupNorm(Graph& graph, const std::string& name, int64_t groups, int64_t channels,
+                     double eps)
+    : Module(graph, name), groups_(groups), channels_(channels), eps_(eps) {
+  KILN_CHECK(groups > 0 && channels > 0 && channels % groups == 0, GraphError, "[nn] GroupNorm ",
+             path(), ": ", channels, " channels must be positive and divide into ", groups,
+             " groups");
+  weight = variable("weight", {channels}, init::constant(1));
+  bias = variable("bias", {channels}, init::zeros());
+}
+
+Value GroupNorm::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() >= 2 && (s[1] < 0 || s[1] == channels_), GraphError, "[nn] GroupNorm ",
+             path(), ": expects [N, ", channels_, ", ...], got ", s);
+  return group_norm(x, groups_, weight, bias, eps_);
 }
 
 RMSNorm::RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps)

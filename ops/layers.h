@@ -117,6 +117,24 @@ class Conv2d : public Module {
   Conv2dOptions conv_;
 };
 
+/// The transposed convolution (PyTorch's ConvTranspose2d) of x [N, in, H, W] with weight [in,
+/// out / groups, KH, KW] plus bias [out]; `output_padding` adds rows and columns at the bottom
+/// right, as PyTorch's. PyTorch's initialization: uniform in +-1 / sqrt(out / groups KH KW).
+class ConvTranspose2d : public Module {
+ public:
+  ConvTranspose2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+                  std::array<int64_t, 2> kernel_size, Conv2dOptions conv = {},
+                  std::array<int64_t, 2> output_padding = {0, 0}, LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Conv2dOptions conv_;
+  std::array<int64_t, 2> output_padding_;
+};
+
 /// Batch norm over x [N, C, ...] (BatchNorm1d/2d): weight 1, bias 0, running mean 0 and
 /// variance 1 (variables, not trainable, saved in checkpoints).
 class BatchNorm2d : public Module {
@@ -142,6 +160,23 @@ class LayerNorm : public Module {
   Value forward(const Value& x) override;
 
  private:
+  double eps_;
+};
+
+/// Group norm over x [N, C, ...]: the C channels in `groups` groups, each normalized per example
+/// over its channels and positions, then per-channel weight (1) and bias (0) (PyTorch's
+/// GroupNorm).
+class GroupNorm : public Module {
+ public:
+  GroupNorm(Graph& graph, const std::string& name, int64_t groups, int64_t channels,
+            double eps = 1e-5);
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t groups_, channels_;
   double eps_;
 };
 

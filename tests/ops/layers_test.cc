@@ -144,5 +144,51 @@ TEST(Layers, ATransformerBlockTrainsAndItsErrorsNameTheLayer) {
   expect_error<GraphError>([&] { nn::Dropout(g, "d", 1.0); }, {"rate 1", "[0, 1)"});
 }
 
+// ConvTranspose2d: PyTorch's weight layout [in, out / groups, KH, KW], its fan-in (out / groups
+// KH KW) for the bound, output_padding in the shape; GroupNorm: weight 1, bias 0, and each
+// group of each example normalized. Both name the layer in their errors.
+TEST(Layers, ConvTranspose2dAndGroupNormFollowPyTorch) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 6, 5, 5});
+  nn::ConvTranspose2d up(g, "up", 6, 4, {3, 3}, {.stride = {2, 2}, .padding = {1, 1}, .groups = 2},
+                         {1, 1});
+  nn::GroupNorm norm(g, "norm", 2, 4);
+  Value y = norm(up(x));
+  EXPECT_EQ(up.weight.shape(), Shape({6, 2, 3, 3}));
+  EXPECT_EQ(y.shape(), Shape({-1, 4, 10, 10}));  // (5 - 1) 2 - 2 + 3 + 1
+  Session s(g);
+  const Tensor w = s.variable_value(up.weight);
+  double bound = 0;
+  for (int64_t i = 0; i < w.numel(); ++i) bound = std::max(bound, std::abs(w.element(i)));
+  EXPECT_LE(bound, 1 / std::sqrt(18.0));  // fan-in 2 * 3 * 3, not 6 * 3 * 3
+  EXPECT_GT(bound, 0.9 / std::sqrt(18.0));
+  EXPECT_EQ(s.variable_value(norm.weight).to_vector<float>(), std::vector<float>(4, 1.0f));
+  const Tensor out = s.run({{x, testing::random_tensor(f32, {3, 6, 5, 5}, -2, 2, 4)}}, {y})[0];
+  for (int64_t n = 0; n < 3; ++n)
+    for (int64_t group = 0; group < 2; ++group) {
+      double sum = 0, squares = 0;
+      const int64_t first = (n * 4 + group * 2) * 100;  // two channels of 10 x 10
+      for (int64_t i = first; i < first + 200; ++i) {
+        sum += out.element(i);
+        squares += out.element(i) * out.element(i);
+      }
+      EXPECT_NEAR(sum / 200, 0, 1e-5);
+      EXPECT_NEAR(squares / 200, 1, 1e-3);
+    }
+
+  expect_error<GraphError>(
+      [&] {
+        nn::ConvTranspose2d(g, "t", 6, 5, {3, 3}, {.groups = 2});
+      },
+      {"[nn] ConvTranspose2d t", "6 -> 5", "groups 2"});
+  expect_error<GraphError>([&] { nn::GroupNorm(g, "gn", 3, 4); },
+                           {"[nn] GroupNorm gn", "4 channels", "3 groups"});
+  expect_error<GraphError>(
+      [&] {
+        norm(g.placeholder("z", f32, {2, 6, 3, 3}));
+      },
+      {"[nn] GroupNorm norm", "[N, 4, ...]", "[2, 6, 3, 3]"});
+}
+
 }  // namespace
 }  // namespace kiln

@@ -9,6 +9,10 @@
 //   lm:  Embedding -> MultiHeadAttention over a key-padding mask (residual) -> TransformerBlock
 //        (causal, tanh GELU) -> RMSNorm -> Linear without bias; cross entropy with an ignored
 //        label; AdamW with a clipped gradient norm.
+//   ae:  Conv2d (stride 2) -> GroupNorm -> SiLU, then ConvTranspose2d (stride 2, output padding,
+//        groups) back to the input's size and a Linear head on the pooled code; Huber loss of the
+//        reconstruction plus binary cross entropy with logits of the head; RMSProp with weight
+//        decay.
 //
 //   layer_parity DIR
 #include <cstdio>
@@ -134,6 +138,35 @@ void lm(const std::filesystem::path& dir) {
         step, dir, 3);
 }
 
+void autoencoder(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value x = g.placeholder("x", f32, {6, 4, 8, 8});
+  Value flags = g.placeholder("flags", f32, {6, 3});
+  nn::Conv2d encode(g, "encode", 4, 8, {3, 3}, {.stride = {2, 2}, .padding = {1, 1}});
+  nn::GroupNorm norm(g, "norm", 4, 8);
+  nn::ConvTranspose2d decode(g, "decode", 8, 4, {3, 3},
+                             {.stride = {2, 2}, .padding = {1, 1}, .groups = 2}, {1, 1});
+  nn::Linear head(g, "head", 8, 3);
+  Value code = silu(norm(encode(x)));
+  Value loss = huber_loss(decode(code), x, 0.5) +
+               mean(binary_cross_entropy_with_logits(head(global_avg_pool2d(code)), flags));
+  optim::RMSProp rmsprop({.lr = 1e-2, .alpha = 0.9, .weight_decay = 1e-3});
+  Value step = rmsprop.minimize(loss);
+
+  std::vector<Value> variables;
+  for (nn::Module* m : std::initializer_list<nn::Module*>{&encode, &norm, &decode, &head})
+    for (const Value& v : m->parameters()) variables.push_back(v);
+  const Tensor xs = normal({6, 4, 8, 8}, 2);
+  std::vector<float> flag_values;
+  for (int i = 0; i < 18; ++i) flag_values.push_back(static_cast<float>((i * 7) % 3 == 0));
+  const Tensor fs = Tensor::from_vector<float>(flag_values, {6, 3});
+  save_npy(xs, (dir / "x.npy").string());
+  save_npy(fs, (dir / "flags.npy").string());
+  Session session(g);
+  train(session, variables, {{x, xs}, {flags, fs}}, {loss}, step, dir, 3);
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -146,10 +179,11 @@ int main(int argc, char** argv) {
     const std::filesystem::path dir = argv[1];
     kiln::cnn(dir / "cnn");
     kiln::lm(dir / "lm");
+    kiln::autoencoder(dir / "ae");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());
     return 1;
   }
-  std::printf("layer_parity: wrote the cnn and lm models' runs to %s\n", argv[1]);
+  std::printf("layer_parity: wrote the cnn, lm and ae models' runs to %s\n", argv[1]);
   return 0;
 }

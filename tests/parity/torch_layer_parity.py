@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Model-level PyTorch parity of kiln::nn: rebuilds the two models layer_parity trained (see
+"""Model-level PyTorch parity of kiln::nn: rebuilds the three models layer_parity trained (see
 tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
 three steps and compares every step's loss, every variable after training (parameters and batch
 norm's running statistics) and the CNN's evaluation-mode logits.
@@ -145,12 +145,37 @@ def lm(run):
     run.check_variables(skip=("/key/bias",))
 
 
+def autoencoder(run):
+    p = run.params
+    x = torch.tensor(run.load("x.npy")).double()
+    flags = torch.tensor(run.load("flags.npy")).double()
+
+    def model():
+        h = F.conv2d(x, p["encode/weight"], p["encode/bias"], stride=2, padding=1)
+        code = F.silu(F.group_norm(h, 4, p["norm/weight"], p["norm/bias"], eps=1e-5))
+        out = F.conv_transpose2d(code, p["decode/weight"], p["decode/bias"], stride=2, padding=1,
+                                 output_padding=1, groups=2)
+        logits = linear(p, "head", code.mean((2, 3)))
+        return (F.huber_loss(out, x, delta=0.5) +
+                F.binary_cross_entropy_with_logits(logits, flags))
+
+    rmsprop = torch.optim.RMSprop(run.trainable(), lr=1e-2, alpha=0.9, eps=1e-8,
+                                  weight_decay=1e-3)
+    for step in range(3):
+        rmsprop.zero_grad()
+        loss = model()
+        loss.backward()
+        rmsprop.step()
+        run.check_step(step, [loss])
+    run.check_variables()
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
     runs = []
-    for model, build in (("cnn", cnn), ("lm", lm)):
+    for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
