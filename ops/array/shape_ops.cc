@@ -153,6 +153,36 @@ KILN_OP(broadcast_to)
 Value reshape(const Value& x, const Shape& shape) {
   return common_graph("reshape", {&x}).add("reshape", {x}, {{"shape", shape}});
 }
+Value flatten(const Value& x, int64_t start_axis, int64_t end_axis) {
+  KILN_CHECK(x.defined(), GraphError, "[flatten] of an undefined Value");
+  const Shape& s = x.shape();
+  const int64_t rank = std::max<int64_t>(s.rank(), 1);  // a scalar flattens to [1]
+  const int64_t first = normalize_axis(start_axis, rank, "[flatten] start_axis");
+  const int64_t last = normalize_axis(end_axis, rank, "[flatten] end_axis");
+  KILN_CHECK(first <= last, GraphError, "[flatten] ", x.name(), ": start_axis ", start_axis,
+             " comes after end_axis ", end_axis, " for x ", s);
+  std::vector<int64_t> dims;
+  int64_t merged = 1, unknown = 0;
+  for (int64_t d = 0; d < rank; ++d) {
+    const int64_t size = s.rank() == 0 ? 1 : s[d];
+    if (d < first || d > last) {
+      dims.push_back(size);
+      unknown += size < 0;
+    } else if (size < 0 || merged < 0) {
+      merged = -1;
+    } else {
+      merged *= size;
+    }
+    if (d == last) {
+      dims.push_back(merged);
+      unknown += merged < 0;
+    }
+  }
+  KILN_CHECK(unknown <= 1, GraphError, "[flatten] ", x.name(), ": x ", s, " flattened over dims ",
+             first, "..", last, " would leave ", unknown,
+             " unknown dims; a reshape can infer one only");
+  return reshape(x, Shape(dims));
+}
 Value identity(const Value& x) {
   return common_graph("identity", {&x}).add("identity", {x});
 }

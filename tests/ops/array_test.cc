@@ -39,6 +39,32 @@ TEST(Reshape, InfersMinusOneAndSharesData) {
       {"[reshape]", "[1, 6]", "6 elements"});
 }
 
+// torch.flatten's dims: [N, C, H, W] -> [N, C H W] by default, any run of dims, negative axes;
+// an unknown dim in the merged run makes it unknown; two unknown dims cannot be a reshape.
+TEST(Flatten, MergesARunOfDimsAsTorch) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3, 4, 5});
+  EXPECT_EQ(flatten(x).shape(), Shape({-1, 60}));
+  EXPECT_EQ(flatten(x, 1, 2).shape(), Shape({-1, 12, 5}));
+  EXPECT_EQ(flatten(x, -2).shape(), Shape({-1, 3, 20}));
+  EXPECT_EQ(flatten(x, 0, 1).shape(), Shape({-1, 4, 5}));
+  EXPECT_EQ(flatten(x, 2, 2).shape(), Shape({-1, 3, 4, 5}));
+  EXPECT_EQ(flatten(x, 0).shape(), Shape({-1}));
+  Tensor in = iota_tensor(f32, {2, 3, 4, 5});
+  Tensor out = testing::run1(g, flatten(x), {{x, in}});
+  EXPECT_EQ(out.shape(), Shape({2, 60}));
+  EXPECT_EQ(out.to_vector<float>(), in.to_vector<float>());
+  EXPECT_EQ(flatten(g.constant(Tensor::scalar(2.0f)), 0).shape(), Shape({1}));
+
+  Value two_unknown = g.placeholder("y", f32, {-1, -1, 4});
+  EXPECT_EQ(flatten(two_unknown, 0, 1).shape(), Shape({-1, 4}));
+  expect_error<GraphError>([&] { flatten(two_unknown, 2); },
+                           {"[flatten] y", "[?, ?, 4]", "2 unknown dims"});
+  expect_error<GraphError>([&] { flatten(x, 3, 1); },
+                           {"[flatten] x", "start_axis 3", "end_axis 1"});
+  expect_error<GraphError>([&] { flatten(x, 4); }, {"[flatten] start_axis", "axis 4", "rank 4"});
+}
+
 TEST(Transpose, EveryPermutationOfRank3AndLarge2D) {
   Tensor in = iota_tensor(f64, {2, 3, 4});
   std::vector<int64_t> perm = {0, 1, 2};
