@@ -247,18 +247,30 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
 
 Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
   NameScope scope(graph(), name());
-  return self_attention(x, mask);
+  return attention_of(x, x, mask);
 }
 
-Value MultiHeadAttention::self_attention(const Value& x, const Value& mask) {
-  const Shape& s = x.shape();
-  KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
-             path(), ": expects [batch, length, ", dim_, "] with a known length, got ", s);
-  const int64_t length = s[1], depth = dim_ / heads_;
+Value MultiHeadAttention::attend(const Value& x, const Value& memory, const Value& mask) {
+  NameScope scope(graph(), name());
+  return attention_of(x, memory, mask);
+}
+
+Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, const Value& mask) {
+  auto check = [&](const Value& v, const char* what) {
+    const Shape& s = v.shape();
+    KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
+               path(), ": expects ", what, " [batch, length, ", dim_, "] with a known length, got ",
+               s);
+    return s[1];
+  };
+  const int64_t length = check(x, "x");
+  const int64_t memory_length = &x == &memory ? length : check(memory, "memory");
+  const int64_t depth = dim_ / heads_;
   // [B, T, dim] -> [B, T, heads, depth]: attention reads the heads in place (layout bthd), so
   // no transpose splits or merges them.
-  auto split = [&](const Value& v) { return reshape(v, {-1, length, heads_, depth}); };
-  Value q = split(query(x)), k = split(key(x)), v = split(value(x));
+  auto split = [&](const Value& v, int64_t t) { return reshape(v, {-1, t, heads_, depth}); };
+  Value q = split(query(x), length);
+  Value k = split(key(memory), memory_length), v = split(value(memory), memory_length);
   Value attended =
       scaled_dot_product_attention(q, k, v, {.mask = mask, .causal = causal_, .layout = "bthd"});
   return output(reshape(attended, {-1, length, dim_}));

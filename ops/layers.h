@@ -243,13 +243,16 @@ class MultiHeadAttention : public Module {
                      Options options);
   /// Self-attention with an optional bool mask broadcast to [B, heads, T, T] (true: attend).
   Value attend(const Value& x, const Value& mask);
+  /// Cross-attention: queries from x [B, T, dim], keys and values from `memory` [B, S, dim] (an
+  /// encoder's output), the mask (optional) broadcast to [B, heads, T, S].
+  Value attend(const Value& x, const Value& memory, const Value& mask);
   Linear &query, &key, &value, &output;
 
  protected:
-  Value forward(const Value& x) override { return self_attention(x, Value()); }
+  Value forward(const Value& x) override { return attention_of(x, x, Value()); }
 
  private:
-  Value self_attention(const Value& x, const Value& mask);
+  Value attention_of(const Value& x, const Value& memory, const Value& mask);
   int64_t dim_, heads_;
   bool causal_;
 };

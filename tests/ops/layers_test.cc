@@ -138,6 +138,12 @@ TEST(Layers, ATransformerBlockTrainsAndItsErrorsNameTheLayer) {
         block(g.placeholder("y", f32, {-1, 6, 8}));
       },
       {"block/norm1", "[?, 6, 8]", "[16]"});
+  expect_error<GraphError>(
+      [&] {
+        block.attention.attend(g.placeholder("q", f32, {-1, 6, 16}),
+                               g.placeholder("memory", f32, {-1, -1, 16}), Value());
+      },
+      {"[nn] MultiHeadAttention block/attention", "memory [batch, length, 16]", "[?, ?, 16]"});
   expect_error<GraphError>([&] { nn::Linear(g, "a/b", 2, 2); }, {"without '/'"});
   nn::Linear original(g, "dup", 2, 2);
   expect_error<GraphError>([&] { nn::Linear(g, "dup", 2, 2); }, {"'dup/weight' is already used"});

@@ -6,7 +6,8 @@
 //        dilation, groups) -> GELU -> global average pool -> Linear; cross entropy with label
 //        smoothing; SGD with momentum and weight decay; then the evaluation-mode logits (running
 //        statistics).
-//   lm:  Embedding -> MultiHeadAttention over a key-padding mask (residual) -> TransformerBlock
+//   lm:  Embedding -> MultiHeadAttention over a key-padding mask (residual) -> cross-attention to
+//        a memory with its own padding (residual) -> TransformerBlock
 //        (causal, tanh GELU) -> RMSNorm -> Linear without bias; cross entropy with an ignored
 //        label; AdamW with a clipped gradient norm.
 //   ae:  Conv2d (stride 2) -> GroupNorm -> SiLU, then ConvTranspose2d (stride 2, output padding,
@@ -102,21 +103,27 @@ void lm(const std::filesystem::path& dir) {
   Value ids = g.placeholder("ids", i64, {kBatch, kLength});
   Value labels = g.placeholder("labels", i64, {kBatch, kLength});
   Value keep = g.placeholder("keep", boolean, {kBatch, 1, 1, kLength});
+  constexpr int64_t kMemory = 4;
+  Value memory = g.placeholder("memory", f32, {kBatch, kMemory, kDim});
+  Value memory_keep = g.placeholder("memory_keep", boolean, {kBatch, 1, 1, kMemory});
   nn::Embedding embed(g, "embed", kVocab, kDim);
   nn::MultiHeadAttention attention(g, "pad_attention", kDim, 2, {});
+  nn::MultiHeadAttention cross(g, "cross_attention", kDim, 4, {});
   nn::TransformerBlock block(g, "block", kDim, 4,
                              {.ffn_dim = 24, .dropout = 0.0, .causal = true, .tanh_gelu = true});
   nn::RMSNorm norm(g, "norm", Shape{kDim});
   nn::Linear head(g, "head", kDim, kVocab, {.bias = false});
   Value h = embed(ids);
   h = h + attention.attend(h, keep);
+  h = h + cross.attend(h, memory, memory_keep);
   Value logits = head(norm(block(h)));
   Value loss = cross_entropy(reshape(logits, {-1, kVocab}), reshape(labels, {-1}), -1);
   optim::AdamW adamw({.lr = 1e-2, .weight_decay = 0.1, .clip_norm = 0.5});
   Value step = adamw.minimize(loss);
 
   std::vector<Value> variables;
-  for (nn::Module* m : std::initializer_list<nn::Module*>{&embed, &attention, &block, &norm, &head})
+  for (nn::Module* m :
+       std::initializer_list<nn::Module*>{&embed, &attention, &cross, &block, &norm, &head})
     for (const Value& v : m->parameters()) variables.push_back(v);
   std::vector<int64_t> id_values, label_values;
   std::vector<uint8_t> keep_values;
@@ -133,9 +140,20 @@ void lm(const std::filesystem::path& dir) {
   save_npy(id_tensor, (dir / "ids.npy").string());
   save_npy(label_tensor, (dir / "labels.npy").string());
   save_npy(keep_tensor, (dir / "keep.npy").string());
+  const Tensor memory_tensor = normal({kBatch, kMemory, kDim}, 3);
+  Tensor memory_keep_tensor = Tensor::empty(boolean, {kBatch, 1, 1, kMemory});
+  for (int64_t i = 0; i < kBatch * kMemory; ++i)
+    memory_keep_tensor.data<bool>()[i] = i % kMemory < kMemory - i / kMemory % 2;  // padding
+  save_npy(memory_tensor, (dir / "memory.npy").string());
+  save_npy(memory_keep_tensor, (dir / "memory_keep.npy").string());
   Session session(g);
-  train(session, variables, {{ids, id_tensor}, {labels, label_tensor}, {keep, keep_tensor}}, {loss},
-        step, dir, 3);
+  train(session, variables,
+        {{ids, id_tensor},
+         {labels, label_tensor},
+         {keep, keep_tensor},
+         {memory, memory_tensor},
+         {memory_keep, memory_keep_tensor}},
+        {loss}, step, dir, 3);
 }
 
 void autoencoder(const std::filesystem::path& dir) {

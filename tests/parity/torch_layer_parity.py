@@ -100,11 +100,15 @@ def cnn(run):
                   WEIGHT_TOLERANCE)
 
 
-def attention(p, name, x, heads, causal=False, keep=None):
+def attention(p, name, x, heads, causal=False, keep=None, memory=None):
+    memory = x if memory is None else memory
     b, t, d = x.shape
-    split = [linear(p, f"{name}/{part}", x).view(b, t, heads, d // heads).transpose(1, 2)
-             for part in ("query", "key", "value")]
-    q, k, v = split
+
+    def split(part, source):
+        y = linear(p, f"{name}/{part}", source)
+        return y.view(b, source.shape[1], heads, d // heads).transpose(1, 2)
+
+    q, k, v = split("query", x), split("key", memory), split("value", memory)
     s = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
     if causal:
         s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
@@ -119,10 +123,13 @@ def lm(run):
     ids = torch.tensor(run.load("ids.npy"))
     labels = torch.tensor(run.load("labels.npy"))
     keep = torch.tensor(run.load("keep.npy"))
+    memory = torch.tensor(run.load("memory.npy")).double()
+    memory_keep = torch.tensor(run.load("memory_keep.npy"))
 
     def model():
         h = p["embed/weight"][ids]
         h = h + attention(p, "pad_attention", h, 2, keep=keep)
+        h = h + attention(p, "cross_attention", h, 4, keep=memory_keep, memory=memory)
         d = h.shape[-1]
         a = F.layer_norm(h, (d,), p["block/norm1/weight"], p["block/norm1/bias"])
         h = h + attention(p, "block/attention", a, 4, causal=True)
