@@ -203,13 +203,22 @@ Value RMSNorm::forward(const Value& x) {
 // ---- Embedding, Dropout, Lambda.
 
 Embedding::Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
-                     LayerOptions options)
-    : Module(graph, name) {
+                     LayerOptions options, std::optional<int64_t> padding_index)
+    : Module(graph, name), padding_index_(padding_index) {
+  KILN_CHECK(count > 0 && dim > 0, GraphError, "[nn] Embedding ", path(), ": a table of ", count,
+             " rows of ", dim, " must be non-empty");
+  KILN_CHECK(!padding_index || (*padding_index >= 0 && *padding_index < count), GraphError,
+             "[nn] Embedding ", path(), ": padding index ", padding_index.value_or(0),
+             " is outside [0, ", count, ")");
   weight = variable("weight", {count, dim}, init::normal(0, 1, seed_for("weight") + options.seed));
 }
 
 Value Embedding::forward(const Value& ids) {
-  return embedding(weight, ids);
+  Value rows = embedding(weight, ids);
+  if (!padding_index_) return rows;
+  // Rows of the padding id times 0: zeros out, and a zero gradient back to the table's row.
+  Value keep = cast(expand_dims(ids != static_cast<double>(*padding_index_), -1), weight.dtype());
+  return rows * keep;
 }
 
 Dropout::Dropout(Graph& graph, const std::string& name, double rate, LayerOptions options)

@@ -20,6 +20,7 @@
 #include <array>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -193,15 +194,20 @@ class RMSNorm : public Module {
   double eps_;
 };
 
-/// A table [count, dim] of N(0, 1) rows looked up by integer ids.
+/// A table [count, dim] of N(0, 1) rows looked up by integer ids. With a padding index (in
+/// [0, count)), that id reads zeros and passes no gradient to the table (PyTorch's padding_idx;
+/// its row of the table is not read).
 class Embedding : public Module {
  public:
   Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
-            LayerOptions options = {});
+            LayerOptions options = {}, std::optional<int64_t> padding_index = std::nullopt);
   Value weight;
 
  protected:
   Value forward(const Value& ids) override;
+
+ private:
+  std::optional<int64_t> padding_index_;
 };
 
 /// Inverted dropout in training mode, the identity in evaluation mode. Each call draws its own

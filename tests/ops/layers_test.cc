@@ -196,5 +196,32 @@ TEST(Layers, ConvTranspose2dAndGroupNormFollowPyTorch) {
       {"[nn] GroupNorm norm", "[N, 4, ...]", "[2, 6, 3, 3]"});
 }
 
+// Embedding's padding index (PyTorch's padding_idx): that id reads zeros, and training never
+// changes its row while the rows read do change.
+TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
+  Graph g;
+  Value ids = g.placeholder("ids", i64, {2, 3});
+  nn::Embedding embed(g, "embed", 5, 4, {}, 0);
+  Value out = embed(ids);
+  Value loss = sum(square(out - 1.0));
+  Value step = optim::SGD({.lr = 0.1}).minimize(loss);
+  Session s(g);
+  const Tensor id_values = Tensor::from_vector<int64_t>({0, 2, 0, 3, 0, 2}, {2, 3});
+  const Tensor before = s.variable_value(embed.weight);
+  const Tensor rows = s.run({{ids, id_values}}, {out})[0];
+  for (int64_t i : {0, 2, 4})  // positions holding id 0
+    for (int64_t c = 0; c < 4; ++c) EXPECT_EQ(rows.element(i * 4 + c), 0.0);
+  for (int64_t c = 0; c < 4; ++c) EXPECT_EQ(rows.element(4 + c), before.element(2 * 4 + c));
+  for (int i = 0; i < 3; ++i) s.run({{ids, id_values}}, {}, {step});
+  const Tensor after = s.variable_value(embed.weight);
+  for (int64_t c = 0; c < 4; ++c) {
+    EXPECT_EQ(after.element(c), before.element(c));                  // the padding row
+    EXPECT_NE(after.element(2 * 4 + c), before.element(2 * 4 + c));  // a row read
+    EXPECT_EQ(after.element(4 * 4 + c), before.element(4 * 4 + c));  // a row not read
+  }
+  expect_error<GraphError>([&] { nn::Embedding(g, "e", 5, 4, {}, 5); },
+                           {"[nn] Embedding e", "padding index 5", "[0, 5)"});
+}
+
 }  // namespace
 }  // namespace kiln
