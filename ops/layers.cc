@@ -57,19 +57,32 @@ int64_t Module::seed_for(const std::string& variable) const {
   return static_cast<int64_t>(h >> 1);
 }
 
-namespace {
-
-// PyTorch's default for Linear and Conv2d weights and biases: uniform in +-1 / sqrt(fan_in).
-Initializer fan_in_uniform(int64_t fan_in, int64_t seed) {
+Value Module::fan_in_variable(const std::string& name, const Shape& shape, int64_t fan_in,
+                              int64_t seed) {
   const double bound = 1 / std::sqrt(static_cast<double>(fan_in));
-  return init::uniform(-bound, bound, seed);
+  return variable(name, shape, init::uniform(-bound, bound, seed_for(name) + seed));
 }
+
+namespace {
 
 // x's shape with its last dim replaced by `last` (for a flattened product's result).
 Shape with_last(const Shape& x, int64_t last) {
   std::vector<int64_t> dims(x.begin(), x.end());
   dims.back() = last;
   return Shape(dims);
+}
+
+// A convolution layer's channels: positive, each a multiple of the groups.
+void check_channels(const char* layer, const std::string& path, int64_t in, int64_t out,
+                    int64_t groups) {
+  KILN_CHECK(in > 0 && out > 0 && groups > 0 && in % groups == 0 && out % groups == 0, GraphError,
+             "[nn] ", layer, " ", path, ": channels ", in, " -> ", out,
+             " must be positive and divide by groups ", groups);
+}
+
+// y [N, C, H, W] plus bias [C] (when defined) per channel.
+Value with_channel_bias(const Value& y, const Value& bias) {
+  return bias.defined() ? y + reshape(bias, {1, -1, 1, 1}) : y;
 }
 
 }  // namespace
@@ -80,9 +93,8 @@ Linear::Linear(Graph& graph, const std::string& name, int64_t in, int64_t out, L
     : Module(graph, name), in_(in), out_(out) {
   KILN_CHECK(in > 0 && out > 0, GraphError, "[nn] Linear ", path(), ": sizes ", in, " -> ", out,
              " must be positive");
-  weight = variable("weight", {in, out}, fan_in_uniform(in, seed_for("weight") + options.seed));
-  if (options.bias)
-    bias = variable("bias", {out}, fan_in_uniform(in, seed_for("bias") + options.seed));
+  weight = fan_in_variable("weight", {in, out}, in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, in, options.seed);
 }
 
 Value Linear::forward(const Value& x) {
@@ -108,21 +120,15 @@ Value Linear::forward(const Value& x) {
 Conv2d::Conv2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
                std::array<int64_t, 2> kernel_size, Conv2dOptions conv, LayerOptions options)
     : Module(graph, name), conv_(conv) {
-  KILN_CHECK(
-      in > 0 && out > 0 && conv.groups > 0 && in % conv.groups == 0 && out % conv.groups == 0,
-      GraphError, "[nn] Conv2d ", path(), ": channels ", in, " -> ", out,
-      " must be positive and divide by groups ", conv.groups);
+  check_channels("Conv2d", path(), in, out, conv.groups);
   const int64_t fan_in = in / conv.groups * kernel_size[0] * kernel_size[1];
-  weight = variable("weight", {out, in / conv.groups, kernel_size[0], kernel_size[1]},
-                    fan_in_uniform(fan_in, seed_for("weight") + options.seed));
-  if (options.bias)
-    bias = variable("bias", {out}, fan_in_uniform(fan_in, seed_for("bias") + options.seed));
+  weight = fan_in_variable("weight", {out, in / conv.groups, kernel_size[0], kernel_size[1]},
+                           fan_in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
 }
 
 Value Conv2d::forward(const Value& x) {
-  Value y = conv2d(x, weight, conv_);
-  if (bias.defined()) y = y + reshape(bias, {1, -1, 1, 1});
-  return y;
+  return with_channel_bias(conv2d(x, weight, conv_), bias);
 }
 
 // ---- ConvTranspose2d.
@@ -131,22 +137,16 @@ ConvTranspose2d::ConvTranspose2d(Graph& graph, const std::string& name, int64_t 
                                  std::array<int64_t, 2> kernel_size, Conv2dOptions conv,
                                  std::array<int64_t, 2> output_padding, LayerOptions options)
     : Module(graph, name), conv_(conv), output_padding_(output_padding) {
-  KILN_CHECK(
-      in > 0 && out > 0 && conv.groups > 0 && in % conv.groups == 0 && out % conv.groups == 0,
-      GraphError, "[nn] ConvTranspose2d ", path(), ": channels ", in, " -> ", out,
-      " must be positive and divide by groups ", conv.groups);
+  check_channels("ConvTranspose2d", path(), in, out, conv.groups);
   // PyTorch takes the fan-in from the weight's second dim, out / groups, for this layer too.
   const int64_t fan_in = out / conv.groups * kernel_size[0] * kernel_size[1];
-  weight = variable("weight", {in, out / conv.groups, kernel_size[0], kernel_size[1]},
-                    fan_in_uniform(fan_in, seed_for("weight") + options.seed));
-  if (options.bias)
-    bias = variable("bias", {out}, fan_in_uniform(fan_in, seed_for("bias") + options.seed));
+  weight = fan_in_variable("weight", {in, out / conv.groups, kernel_size[0], kernel_size[1]},
+                           fan_in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
 }
 
 Value ConvTranspose2d::forward(const Value& x) {
-  Value y = conv_transpose2d(x, weight, conv_, output_padding_);
-  if (bias.defined()) y = y + reshape(bias, {1, -1, 1, 1});
-  return y;
+  return with_channel_bias(conv_transpose2d(x, weight, conv_, output_padding_), bias);
 }
 
 // ---- Normalization.

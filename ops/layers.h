@@ -61,6 +61,9 @@ class Module {
                  bool trainable = true);
   /// A seed for one of this layer's random initializers (stable: from its name).
   int64_t seed_for(const std::string& variable) const;
+  /// A trainable variable uniform in +-1 / sqrt(fan_in) (PyTorch's default for the weights and
+  /// biases of Linear and the convolutions), seeded from its name plus `seed`.
+  Value fan_in_variable(const std::string& name, const Shape& shape, int64_t fan_in, int64_t seed);
   /// Registers a layer made inside this one (for train() and parameters()).
   template <typename T>
   T& child(std::unique_ptr<T> layer) {
