@@ -341,7 +341,17 @@ __global__ void __launch_bounds__(flash::kThreads) flash_dq_kernel(flash::Params
 template <typename T, int D, bool kDq>
 __global__ void __launch_bounds__(flash::kThreads) flash_dkv_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::dkv_block<T, D, kDq>(env, p, blockIdx.x, flash_shared);
+  int64_t block = blockIdx.x;
+  if constexpr (kDq) {
+    // With dq summed in turns, a block's place is the order it started in (a ticket), not its
+    // grid index: every block it waits for has a lower ticket, so has started and holds its
+    // multiprocessor, whatever order the hardware dispatched the grid in.
+    __shared__ int ticket;
+    if (threadIdx.x == 0) ticket = atomicAdd(p.block_tickets, 1);
+    __syncthreads();
+    block = ticket;
+  }
+  flash::dkv_block<T, D, kDq>(env, p, block, flash_shared);
 }
 
 // KILN_CUDA_ATTENTION (read per call: tests switch it) is `choice`.
@@ -416,13 +426,15 @@ void flash_backward(KernelContext& ctx, const Problem& problem, const float* del
   const int64_t heads = problem.a.batch * problem.a.heads;
   const int64_t q_blocks = flash::blocks_of(problem.a.queries);
   if (!separate_dq(problem)) {
-    // dq summed in the dk/dv kernel: f32 sums and one turn counter per (b h, query block).
+    // dq summed in the dk/dv kernel: f32 sums, one turn counter per (b h, query block), then
+    // the block ticket counter.
     const size_t sums = sizeof(float) * heads * problem.a.queries * D;
-    const size_t turns = sizeof(int) * heads * q_blocks;
-    std::shared_ptr<Storage> scratch = ctx.scratch(sums + turns);
+    const size_t counters = sizeof(int) * (heads * q_blocks + 1);
+    std::shared_ptr<Storage> scratch = ctx.scratch(sums + counters);
     p.dq_sums = static_cast<float*>(scratch->data());
     p.dq_turns = reinterpret_cast<int*>(static_cast<char*>(scratch->data()) + sums);
-    KILN_CUDA_CHECK(cudaMemsetAsync(p.dq_turns, 0, turns, stream_of(ctx)), ctx.where());
+    p.block_tickets = p.dq_turns + heads * q_blocks;
+    KILN_CUDA_CHECK(cudaMemsetAsync(p.dq_turns, 0, counters, stream_of(ctx)), ctx.where());
     launch_flash(ctx, flash_dkv_kernel<T, D, true>, heads * flash::blocks_of(problem.a.keys),
                  flash::dkvq_shared_bytes<T, D>(), p);
     return;

@@ -116,10 +116,12 @@ struct Params {
   void* dq = nullptr;            // backward
   void* dk = nullptr;
   void* dv = nullptr;
-  // dq summed by the dk/dv kernel (dkv_block<T, D, true>): f32 partial sums [B H, Tq, D], and a
-  // turn counter per (b h, query block), zero before the launch.
+  // dq summed by the dk/dv kernel (dkv_block<T, D, true>): f32 partial sums [B H, Tq, D], a
+  // turn counter per (b h, query block), and the counter that hands each block its place in
+  // the turns (attention.cu); the counters zero before the launch.
   float* dq_sums = nullptr;
   int* dq_turns = nullptr;
+  int* block_tickets = nullptr;
 };
 
 /// A tensor of Params as the Element<T>s it holds.
@@ -679,8 +681,9 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
 /// With kDq, dq too (the dq kernel's three products become one: 5 in all, as with an atomic
 /// dq, and still the same bits on every run): each step's dS goes through shared memory, each
 /// warp multiplies 16 of its query rows by this block's keys, and add_to_dq sums the key blocks'
-/// parts in turn. Needs every key block of a (b, h) running or done when one waits: blocks start
-/// in index order, which the turns follow.
+/// parts in turn. Needs every key block of a (b, h) before this one running or done when it
+/// waits: on the GPU `block` is the order the blocks started in (a ticket), not their grid
+/// index, so that holds whatever order the hardware starts them in.
 template <typename T, int D, bool kDq, class Env>
 KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
