@@ -85,6 +85,15 @@ Value with_channel_bias(const Value& y, const Value& bias) {
   return bias.defined() ? y + reshape(bias, {1, -1, 1, 1}) : y;
 }
 
+// The normalized dims of a norm layer: at least one, all known and positive.
+int64_t normalized_dims(const char* layer, const std::string& path, const Shape& shape) {
+  bool valid = shape.rank() > 0;
+  for (int64_t d : shape) valid = valid && d > 0;
+  KILN_CHECK(valid, GraphError, "[nn] ", layer, " ", path, ": the normalized shape ", shape,
+             " must have known positive dims");
+  return shape.rank();
+}
+
 }  // namespace
 
 // ---- Linear.
@@ -164,14 +173,16 @@ Value BatchNorm2d::forward(const Value& x) {
   return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_, eps_);
 }
 
-LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps)
-    : Module(graph, name), eps_(eps) {
+LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps,
+                     bool affine)
+    : Module(graph, name), dims_(normalized_dims("LayerNorm", path(), shape)), eps_(eps) {
+  if (!affine) return;
   weight = variable("weight", shape, init::constant(1));
   bias = variable("bias", shape, init::zeros());
 }
 
 Value LayerNorm::forward(const Value& x) {
-  return layer_norm(x, weight.shape().rank(), weight, bias, eps_);
+  return layer_norm(x, dims_, weight, bias, eps_);
 }
 
 GroupNorm::GroupNorm(Graph& graph, const std::string& name, int64_t groups, int64_t channels,
@@ -191,13 +202,13 @@ Value GroupNorm::forward(const Value& x) {
   return group_norm(x, groups_, weight, bias, eps_);
 }
 
-RMSNorm::RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps)
-    : Module(graph, name), eps_(eps) {
-  weight = variable("weight", shape, init::constant(1));
+RMSNorm::RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps, bool affine)
+    : Module(graph, name), dims_(normalized_dims("RMSNorm", path(), shape)), eps_(eps) {
+  if (affine) weight = variable("weight", shape, init::constant(1));
 }
 
 Value RMSNorm::forward(const Value& x) {
-  return rms_norm(x, weight.shape().rank(), weight, eps_);
+  return rms_norm(x, dims_, weight, eps_);
 }
 
 // ---- Embedding, Dropout, Lambda.

@@ -154,16 +154,19 @@ class BatchNorm2d : public Module {
   double momentum_, eps_;
 };
 
-/// Layer norm over the last dims `shape` (weight 1, bias 0).
+/// Layer norm over the last dims `shape`, then weight (1) and bias (0) unless `affine` is false
+/// (PyTorch's elementwise_affine).
 class LayerNorm : public Module {
  public:
-  LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-5);
+  LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-5,
+            bool affine = true);
   Value weight, bias;
 
  protected:
   Value forward(const Value& x) override;
 
  private:
+  int64_t dims_;
   double eps_;
 };
 
@@ -184,16 +187,18 @@ class GroupNorm : public Module {
   double eps_;
 };
 
-/// RMS norm over the last dims `shape` (weight 1).
+/// RMS norm over the last dims `shape`, then weight (1) unless `affine` is false.
 class RMSNorm : public Module {
  public:
-  RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-6);
+  RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-6,
+          bool affine = true);
   Value weight;
 
  protected:
   Value forward(const Value& x) override;
 
  private:
+  int64_t dims_;
   double eps_;
 };
 

@@ -223,5 +223,42 @@ TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
                            {"[nn] Embedding e", "padding index 5", "[0, 5)"});
 }
 
+// LayerNorm and RMSNorm without affine parameters (PyTorch's elementwise_affine=False): no
+// variables, and the plain normalization; a normalized shape must be known.
+TEST(Layers, NormsWithoutAffineHaveNoParameters) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3, 4});
+  nn::LayerNorm plain(g, "plain", Shape{3, 4}, 1e-5, false);
+  nn::RMSNorm rms(g, "rms", Shape{4}, 1e-6, false);
+  EXPECT_TRUE(plain.parameters().empty());
+  EXPECT_TRUE(rms.parameters().empty());
+  Value y = plain(x), z = rms(x);
+  Session s(g);
+  const Tensor in = testing::random_tensor(f32, {2, 3, 4}, -2, 2, 5);
+  const auto out = s.run({{x, in}}, {y, z});
+  for (int64_t b = 0; b < 2; ++b) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < 12; ++i) mean += in.element(b * 12 + i) / 12;
+    for (int64_t i = 0; i < 12; ++i) var += std::pow(in.element(b * 12 + i) - mean, 2) / 12;
+    for (int64_t i = 0; i < 12; ++i)
+      EXPECT_NEAR(out[0].element(b * 12 + i),
+                  (in.element(b * 12 + i) - mean) / std::sqrt(var + 1e-5), 1e-5);
+  }
+  for (int64_t row = 0; row < 6; ++row) {
+    double squares = 0;
+    for (int64_t i = 0; i < 4; ++i) squares += std::pow(in.element(row * 4 + i), 2) / 4;
+    for (int64_t i = 0; i < 4; ++i)
+      EXPECT_NEAR(out[1].element(row * 4 + i), in.element(row * 4 + i) / std::sqrt(squares + 1e-6),
+                  1e-5);
+  }
+  expect_error<GraphError>(
+      [&] {
+        nn::LayerNorm(g, "ln", Shape{-1, 4});
+      },
+      {"[nn] LayerNorm ln", "normalized shape [?, 4]", "known positive"});
+  expect_error<GraphError>([&] { nn::RMSNorm(g, "r", Shape{}); },
+                           {"[nn] RMSNorm r", "normalized shape []"});
+}
+
 }  // namespace
 }  // namespace kiln
