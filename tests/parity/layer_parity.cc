@@ -15,7 +15,7 @@
 //        reconstruction plus binary cross entropy with logits of the head; RMSProp with weight
 //        decay.
 //
-//   layer_parity DIR
+//   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -61,7 +61,7 @@ void train(Session& session, const std::vector<Value>& variables, const FeedList
     save_npy(session.variable_value(variables[i]), (dir / str("final_", i, ".npy")).string());
 }
 
-void cnn(const std::filesystem::path& dir) {
+void cnn(const std::filesystem::path& dir, Device device) {
   std::filesystem::create_directories(dir);
   Graph g;
   Value x = g.placeholder("x", f32, {8, 3, 12, 12});
@@ -91,12 +91,12 @@ void cnn(const std::filesystem::path& dir) {
   const Tensor ys = Tensor::from_vector<int64_t>({0, 1, 2, 3, 4, 0, 1, 2}, {8});
   save_npy(xs, (dir / "x.npy").string());
   save_npy(ys, (dir / "y.npy").string());
-  Session session(g);
+  Session session(g, {.device = device});
   train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
   save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
 }
 
-void lm(const std::filesystem::path& dir) {
+void lm(const std::filesystem::path& dir, Device device) {
   std::filesystem::create_directories(dir);
   constexpr int64_t kBatch = 3, kLength = 7, kVocab = 11, kDim = 16;
   Graph g;
@@ -146,7 +146,7 @@ void lm(const std::filesystem::path& dir) {
     memory_keep_tensor.data<bool>()[i] = i % kMemory < kMemory - i / kMemory % 2;  // padding
   save_npy(memory_tensor, (dir / "memory.npy").string());
   save_npy(memory_keep_tensor, (dir / "memory_keep.npy").string());
-  Session session(g);
+  Session session(g, {.device = device});
   train(session, variables,
         {{ids, id_tensor},
          {labels, label_tensor},
@@ -156,7 +156,7 @@ void lm(const std::filesystem::path& dir) {
         {loss}, step, dir, 3);
 }
 
-void autoencoder(const std::filesystem::path& dir) {
+void autoencoder(const std::filesystem::path& dir, Device device) {
   std::filesystem::create_directories(dir);
   Graph g;
   Value x = g.placeholder("x", f32, {6, 4, 8, 8});
@@ -181,7 +181,7 @@ void autoencoder(const std::filesystem::path& dir) {
   const Tensor fs = Tensor::from_vector<float>(flag_values, {6, 3});
   save_npy(xs, (dir / "x.npy").string());
   save_npy(fs, (dir / "flags.npy").string());
-  Session session(g);
+  Session session(g, {.device = device});
   train(session, variables, {{x, xs}, {flags, fs}}, {loss}, step, dir, 3);
 }
 
@@ -189,19 +189,22 @@ void autoencoder(const std::filesystem::path& dir) {
 }  // namespace kiln
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: layer_parity DIR\n");
+  const bool device_given = argc == 4 && std::string(argv[2]) == "--device";
+  if (argc != 2 && !device_given) {
+    std::fprintf(stderr, "usage: layer_parity DIR [--device cpu|cuda]\n");
     return 2;
   }
   try {
     const std::filesystem::path dir = argv[1];
-    kiln::cnn(dir / "cnn");
-    kiln::lm(dir / "lm");
-    kiln::autoencoder(dir / "ae");
+    const kiln::Device device = device_given ? kiln::Device::parse(argv[3]) : kiln::Device::cpu();
+    kiln::cnn(dir / "cnn", device);
+    kiln::lm(dir / "lm", device);
+    kiln::autoencoder(dir / "ae", device);
+    std::printf("layer_parity: wrote the cnn, lm and ae models' runs on %s to %s\n",
+                kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());
     return 1;
   }
-  std::printf("layer_parity: wrote the cnn, lm and ae models' runs to %s\n", argv[1]);
   return 0;
 }
