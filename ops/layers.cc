@@ -266,8 +266,7 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
 }
 
 Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
-  NameScope scope(graph(), name());
-  return attention_of(x, x, mask);
+  return attend(x, x, mask);
 }
 
 Value MultiHeadAttention::attend(const Value& x, const Value& memory, const Value& mask) {
@@ -284,7 +283,7 @@ Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, cons
     return s[1];
   };
   const int64_t length = check(x, "x");
-  const int64_t memory_length = &x == &memory ? length : check(memory, "memory");
+  const int64_t memory_length = check(memory, "memory");
   const int64_t depth = dim_ / heads_;
   // [B, T, dim] -> [B, T, heads, depth]: attention reads the heads in place (layout bthd), so
   // no transpose splits or merges them.
