@@ -14,8 +14,8 @@
 // nor on the vector width.
 #pragma once
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-/// Defined where this build has small_gemm (x86-64 with AVX-512, or AVX2 and FMA).
+#if (defined(__AVX512F__) && defined(__AVX512DQ__)) || (defined(__AVX2__) && defined(__FMA__))
+/// Defined where this build has small_gemm (x86-64 with AVX-512 F and DQ, or AVX2 and FMA).
 #define KILN_HAS_SMALL_GEMM 1
 #include <immintrin.h>
 
@@ -33,7 +33,7 @@ inline float* at_least(std::vector<float>& v, int64_t n) {
 
 /// The vector operations the micro-kernel uses, for the widest ISA of this build.
 struct Simd {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
   using Vec = __m512;
   using Mask = __mmask16;  // lanes [0, n) of a partial vector
   static constexpr int kLanes = 16, kVectors = 4;
@@ -61,19 +61,29 @@ struct Simd {
   static Vec add(Vec a, Vec b) {
     return _mm512_add_ps(a, b);
   }
-  /// a > b ? a : b lane by lane: b where either is NaN.
+  /// a > b ? a : b lane by lane: b where either is NaN. (The zero-masked form keeping every
+  /// lane: GCC 12 reports the plain form's undefined pass-through as maybe-uninitialized.)
   static Vec max(Vec a, Vec b) {
-    return _mm512_max_ps(a, b);
+    return _mm512_maskz_max_ps(0xFFFF, a, b);
   }
   /// Lanes [0, n) of p (Mask from first(n)), `fill` in the others.
   static Vec load_first_or(const float* p, Mask m, float fill) {
     return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), m, p);
   }
+  // The lanes folded in halves: 256 bits, 128, 64, 32. Not _mm512_reduce_add_ps: GCC 12
+  // builds it on an extract whose pass-through is an "undefined" vector, which -O3 inlining
+  // reports as maybe-uninitialized (an error under -Werror); extractf32x8's is zeros.
   static float reduce_add(Vec v) {
-    return _mm512_reduce_add_ps(v);
+    const __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
   }
   static float reduce_max(Vec v) {
-    return _mm512_reduce_max_ps(v);
+    const __m256 h = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
   }
   static Mask first(int64_t n) {
     return static_cast<Mask>((1u << n) - 1);
@@ -307,4 +317,4 @@ inline void multiply(int64_t m, int64_t n, int64_t k, const float* a, int64_t rs
 
 }  // namespace kiln::ops::small_gemm
 
-#endif  // __AVX512F__ || (__AVX2__ && __FMA__)
+#endif  // (__AVX512F__ && __AVX512DQ__) || (__AVX2__ && __FMA__)
