@@ -15,6 +15,9 @@ Initializer uniform(double low, double high, int64_t seed) {
 Initializer normal(double mean, double stddev, int64_t seed) {
   return {"normal", {mean, stddev}, seed};
 }
+Initializer normal_with_zero_row(double mean, double stddev, int64_t row, int64_t seed) {
+  return {"normal_zero_row", {mean, stddev, static_cast<double>(row)}, seed};
+}
 Initializer truncated_normal(double mean, double stddev, int64_t seed) {
   return {"truncated_normal", {mean, stddev}, seed};
 }

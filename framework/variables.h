@@ -15,10 +15,10 @@ namespace kiln {
 /// initializes its variables the same way. Every random initializer is seeded and counter
 /// based: the same seed gives the same tensor on every machine and thread count.
 struct Initializer {
-  /// "zeros", "constant", "uniform", "normal", "truncated_normal", "glorot_uniform",
-  /// "glorot_normal", "he_uniform", "he_normal", "tensor".
+  /// "zeros", "constant", "uniform", "normal", "normal_zero_row", "truncated_normal",
+  /// "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "tensor".
   std::string kind = "zeros";
-  /// Parameters of `kind` (value; low, high; mean, stddev).
+  /// Parameters of `kind` (value; low, high; mean, stddev; mean, stddev, row).
   std::vector<double> args{};
   int64_t seed = 0;
   /// The starting value itself (kind "tensor"): saved in the graph with the variable.
@@ -31,6 +31,9 @@ Initializer constant(double value);
 /// Uniform in [low, high).
 Initializer uniform(double low, double high, int64_t seed);
 Initializer normal(double mean, double stddev, int64_t seed);
+/// normal(), except that row `row` (of the first dim) is zeros: an embedding table whose padding
+/// id reads zeros, as PyTorch's Embedding with padding_idx starts. The other rows are normal()'s.
+Initializer normal_with_zero_row(double mean, double stddev, int64_t row, int64_t seed);
 /// Normal, redrawn where it falls more than two standard deviations from the mean.
 Initializer truncated_normal(double mean, double stddev, int64_t seed);
 /// Glorot/Xavier: uniform in +-sqrt(6 / (fan_in + fan_out)).

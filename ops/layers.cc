@@ -72,12 +72,16 @@ Shape with_last(const Shape& x, int64_t last) {
   return Shape(dims);
 }
 
-// A convolution layer's channels: positive, each a multiple of the groups.
-void check_channels(const char* layer, const std::string& path, int64_t in, int64_t out,
-                    int64_t groups) {
+// A convolution layer's channels (positive, each a multiple of the groups) and kernel sizes
+// (positive).
+void check_convolution(const char* layer, const std::string& path, int64_t in, int64_t out,
+                       int64_t groups, std::initializer_list<int64_t> kernel_size) {
   KILN_CHECK(in > 0 && out > 0 && groups > 0 && in % groups == 0 && out % groups == 0, GraphError,
              "[nn] ", layer, " ", path, ": channels ", in, " -> ", out,
              " must be positive and divide by groups ", groups);
+  for (int64_t k : kernel_size)
+    KILN_CHECK(k > 0, GraphError, "[nn] ", layer, " ", path, ": kernel size ", k,
+               " must be positive");
 }
 
 // y [N, C, H, W] plus bias [C] (when defined) per channel.
@@ -129,7 +133,7 @@ Value Linear::forward(const Value& x) {
 Conv2d::Conv2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
                std::array<int64_t, 2> kernel_size, Conv2dOptions conv, LayerOptions options)
     : Module(graph, name), conv_(conv) {
-  check_channels("Conv2d", path(), in, out, conv.groups);
+  check_convolution("Conv2d", path(), in, out, conv.groups, {kernel_size[0], kernel_size[1]});
   const int64_t fan_in = in / conv.groups * kernel_size[0] * kernel_size[1];
   weight = fan_in_variable("weight", {out, in / conv.groups, kernel_size[0], kernel_size[1]},
                            fan_in, options.seed);
@@ -140,13 +144,40 @@ Value Conv2d::forward(const Value& x) {
   return with_channel_bias(conv2d(x, weight, conv_), bias);
 }
 
+// ---- Conv1d.
+
+Conv1d::Conv1d(Graph& graph, const std::string& name, int64_t in, int64_t out, int64_t kernel_size,
+               Conv1dOptions conv, LayerOptions options)
+    : Module(graph, name), in_(in), conv_(conv) {
+  check_convolution("Conv1d", path(), in, out, conv.groups, {kernel_size});
+  const int64_t fan_in = in / conv.groups * kernel_size;
+  weight = fan_in_variable("weight", {out, in / conv.groups, kernel_size}, fan_in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
+}
+
+Value Conv1d::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 3 && (s[1] < 0 || s[1] == in_), GraphError, "[nn] Conv1d ", path(),
+             ": expects [N, ", in_, ", L], got ", s);
+  // [N, C, L] as [N, C, 1, L], the weight [O, C / groups, K] as [O, C / groups, 1, K].
+  const Shape& w = weight.shape();
+  Value y = conv2d(expand_dims(x, 2), reshape(weight, {w[0], w[1], 1, w[2]}),
+                   {.stride = {1, conv_.stride},
+                    .padding = {0, conv_.padding},
+                    .dilation = {1, conv_.dilation},
+                    .groups = conv_.groups});
+  y = squeeze(y, 2);
+  return bias.defined() ? y + reshape(bias, {1, -1, 1}) : y;
+}
+
 // ---- ConvTranspose2d.
 
 ConvTranspose2d::ConvTranspose2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
                                  std::array<int64_t, 2> kernel_size, Conv2dOptions conv,
                                  std::array<int64_t, 2> output_padding, LayerOptions options)
     : Module(graph, name), conv_(conv), output_padding_(output_padding) {
-  check_channels("ConvTranspose2d", path(), in, out, conv.groups);
+  check_convolution("ConvTranspose2d", path(), in, out, conv.groups,
+                    {kernel_size[0], kernel_size[1]});
   // PyTorch takes the fan-in from the weight's second dim, out / groups, for this layer too.
   const int64_t fan_in = out / conv.groups * kernel_size[0] * kernel_size[1];
   weight = fan_in_variable("weight", {in, out / conv.groups, kernel_size[0], kernel_size[1]},
@@ -211,7 +242,7 @@ Value RMSNorm::forward(const Value& x) {
   return rms_norm(x, dims_, weight, eps_);
 }
 
-// ---- Embedding, Dropout, Lambda.
+// ---- Embedding, Dropout, pooling, Flatten, Lambda.
 
 Embedding::Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
                      LayerOptions options, std::optional<int64_t> padding_index)
@@ -221,7 +252,12 @@ Embedding::Embedding(Graph& graph, const std::string& name, int64_t count, int64
   KILN_CHECK(!padding_index || (*padding_index >= 0 && *padding_index < count), GraphError,
              "[nn] Embedding ", path(), ": padding index ", padding_index.value_or(0),
              " is outside [0, ", count, ")");
-  weight = variable("weight", {count, dim}, init::normal(0, 1, seed_for("weight") + options.seed));
+  const int64_t seed = seed_for("weight") + options.seed;
+  // PyTorch starts the padding row at zeros; the forward below keeps it reading zeros whatever
+  // the row holds (a restored checkpoint, weight decay), and passes it no gradient.
+  weight = variable("weight", {count, dim},
+                    padding_index ? init::normal_with_zero_row(0, 1, *padding_index, seed)
+                                  : init::normal(0, 1, seed));
 }
 
 Value Embedding::forward(const Value& ids) {
@@ -240,6 +276,20 @@ Dropout::Dropout(Graph& graph, const std::string& name, double rate, LayerOption
 
 Value Dropout::forward(const Value& x) {
   return dropout(x, rate_, training(), seed_);
+}
+
+MaxPool2d::MaxPool2d(Graph& graph, const std::string& name, Pool2dOptions options)
+    : Module(graph, name), options_(options) {}
+
+AvgPool2d::AvgPool2d(Graph& graph, const std::string& name, Pool2dOptions options,
+                     bool count_include_pad)
+    : Module(graph, name), options_(options), count_include_pad_(count_include_pad) {}
+
+Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)
+    : Module(graph, name), start_axis_(start_axis), end_axis_(end_axis) {}
+
+Value Flatten::forward(const Value& x) {
+  return flatten(x, start_axis_, end_axis_);
 }
 
 Lambda::Lambda(Graph& graph, const std::string& name, std::function<Value(const Value&)> fn)
@@ -298,8 +348,8 @@ Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, cons
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
                                    int64_t heads, Options options)
     : Module(graph, name),
-      norm1(make<LayerNorm>("norm1", Shape{dim})),
-      norm2(make<LayerNorm>("norm2", Shape{dim})),
+      norm1(make<LayerNorm>("norm1", Shape{dim}, options.norm_eps)),
+      norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
       attention(make<MultiHeadAttention>(
           "attention", dim, heads,
           MultiHeadAttention::Options{.causal = options.causal, .seed = options.seed})),
@@ -311,13 +361,36 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
           make<Dropout>("attention_dropout", options.dropout, LayerOptions{.seed = options.seed})),
       ffn_dropout(
           make<Dropout>("ffn_dropout", options.dropout, LayerOptions{.seed = options.seed})),
-      tanh_gelu_(options.tanh_gelu) {}
+      activation_(options.activation),
+      norm_first_(options.norm_first) {}
 
-Value TransformerBlock::forward(const Value& x) {
-  Value h = x + attention_dropout(attention(norm1(x)));
-  Value inner = ffn_in(norm2(h));
-  inner = tanh_gelu_ ? gelu_tanh(inner) : gelu(inner);
-  return h + ffn_dropout(ffn_out(inner));
+Value TransformerBlock::attend(const Value& x, const Value& mask) {
+  NameScope scope(graph(), name());
+  return block_of(x, mask);
+}
+
+Value TransformerBlock::block_of(const Value& x, const Value& mask) {
+  auto ffn = [&](const Value& v) {
+    Value inner = ffn_in(v);
+    switch (activation_) {
+      case Activation::gelu:
+        inner = gelu(inner);
+        break;
+      case Activation::gelu_tanh:
+        inner = gelu_tanh(inner);
+        break;
+      case Activation::relu:
+        inner = relu(inner);
+        break;
+    }
+    return ffn_dropout(ffn_out(inner));
+  };
+  if (norm_first_) {
+    Value h = x + attention_dropout(attention.attend(norm1(x), mask));
+    return h + ffn(norm2(h));
+  }
+  Value h = norm1(x + attention_dropout(attention.attend(x, mask)));
+  return norm2(h + ffn(h));
 }
 
 // ---- Sequential.

@@ -121,6 +121,31 @@ class Conv2d : public Module {
   Conv2dOptions conv_;
 };
 
+/// Window of a 1-D convolution.
+struct Conv1dOptions {
+  int64_t stride = 1;
+  int64_t padding = 0;  ///< zeros added on both sides
+  int64_t dilation = 1;
+  int64_t groups = 1;
+};
+
+/// conv1d of x [N, in, L] with weight [out, in / groups, K] plus bias [out] (PyTorch's Conv1d:
+/// its layout and initialization, uniform in +-1 / sqrt(in / groups K)); runs as conv2d over a
+/// height of 1.
+class Conv1d : public Module {
+ public:
+  Conv1d(Graph& graph, const std::string& name, int64_t in, int64_t out, int64_t kernel_size,
+         Conv1dOptions conv = {}, LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t in_;
+  Conv1dOptions conv_;
+};
+
 /// The transposed convolution (PyTorch's ConvTranspose2d) of x [N, in, H, W] with weight [in,
 /// out / groups, KH, KW] plus bias [out]; `output_padding` adds rows and columns at the bottom
 /// right, as PyTorch's. PyTorch's initialization: uniform in +-1 / sqrt(out / groups KH KW).
@@ -203,8 +228,8 @@ class RMSNorm : public Module {
 };
 
 /// A table [count, dim] of N(0, 1) rows looked up by integer ids. With a padding index (in
-/// [0, count)), that id reads zeros and passes no gradient to the table (PyTorch's padding_idx;
-/// its row of the table is not read).
+/// [0, count)), that row starts at zeros, the id reads zeros and passes no gradient to the
+/// table (PyTorch's padding_idx).
 class Embedding : public Module {
  public:
   Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
@@ -230,6 +255,44 @@ class Dropout : public Module {
  private:
   double rate_;
   int64_t seed_;
+};
+
+/// max_pool2d as a layer (PyTorch's MaxPool2d).
+class MaxPool2d : public Module {
+ public:
+  MaxPool2d(Graph& graph, const std::string& name, Pool2dOptions options);
+
+ protected:
+  Value forward(const Value& x) override { return max_pool2d(x, options_); }
+
+ private:
+  Pool2dOptions options_;
+};
+
+/// avg_pool2d as a layer (PyTorch's AvgPool2d).
+class AvgPool2d : public Module {
+ public:
+  AvgPool2d(Graph& graph, const std::string& name, Pool2dOptions options,
+            bool count_include_pad = true);
+
+ protected:
+  Value forward(const Value& x) override { return avg_pool2d(x, options_, count_include_pad_); }
+
+ private:
+  Pool2dOptions options_;
+  bool count_include_pad_;
+};
+
+/// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).
+class Flatten : public Module {
+ public:
+  Flatten(Graph& graph, const std::string& name, int64_t start_axis = 1, int64_t end_axis = -1);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t start_axis_, end_axis_;
 };
 
 /// A function of one value as a layer (activations in a Sequential).
@@ -271,29 +334,39 @@ class MultiHeadAttention : public Module {
   bool causal_;
 };
 
-/// A pre-norm transformer block (GPT-2's): x + dropout(attn(ln1(x))), then
-/// x + dropout(ffn(ln2(x))), ffn = Linear(dim, ffn_dim), GELU, Linear(ffn_dim, dim).
+/// A transformer block. Pre-norm (GPT-2's, the default): x + dropout(attn(norm1(x))), then
+/// h + dropout(ffn(norm2(h))). Post-norm (norm_first false: PyTorch's TransformerEncoderLayer
+/// default): norm1(x + dropout(attn(x))), then norm2(h + dropout(ffn(h))). ffn = Linear(dim,
+/// ffn_dim), the activation, Linear(ffn_dim, dim).
 class TransformerBlock : public Module {
  public:
+  enum class Activation { gelu, gelu_tanh, relu };
   struct Options {
     int64_t ffn_dim = 0;  ///< 0: 4 dim
     double dropout = 0.1;
     bool causal = true;
-    bool tanh_gelu = false;  ///< GELU's tanh approximation instead of the exact one
+    Activation activation = Activation::gelu;  ///< gelu_tanh: GELU's tanh approximation
+    bool norm_first = true;
+    double norm_eps = 1e-5;
     int64_t seed = 0;
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);
+  /// The block with its attention restricted by a bool mask broadcast to [B, heads, T, T]
+  /// (true: attend), e.g. a key-padding mask [B, 1, 1, T]; calling the block is attend(x, {}).
+  Value attend(const Value& x, const Value& mask);
   LayerNorm &norm1, &norm2;
   MultiHeadAttention& attention;
   Linear &ffn_in, &ffn_out;
   Dropout &attention_dropout, &ffn_dropout;
 
  protected:
-  Value forward(const Value& x) override;
+  Value forward(const Value& x) override { return block_of(x, Value()); }
 
  private:
-  bool tanh_gelu_;
+  Value block_of(const Value& x, const Value& mask);
+  Activation activation_;
+  bool norm_first_;
 };
 
 /// Layers applied in order.

@@ -67,6 +67,12 @@ Tensor initial_value(const Node& node) {
     uniform(args[0], args[1]);
   } else if (kind == "normal" || kind == "truncated_normal") {
     normal(args[0], args[1], kind == "truncated_normal");
+  } else if (kind == "normal_zero_row") {
+    // The row is checked against the first dim when the graph is built or loaded.
+    normal(args[0], args[1], false);
+    const int64_t row_size = n / shape[0];
+    const auto row = static_cast<int64_t>(args[2]);
+    std::fill_n(values.begin() + row * row_size, row_size, 0.0);
   } else if (kind == "glorot_uniform") {
     double limit = std::sqrt(6.0 / (fan_in + fan_out));
     uniform(-limit, limit);
@@ -112,10 +118,12 @@ std::vector<TensorType> infer_variable(const InferContext& ctx) {
   const auto& args = ctx.attr<std::vector<double>>("init_args");
   size_t want = kind == "constant"                                                      ? 1
                 : (kind == "uniform" || kind == "normal" || kind == "truncated_normal") ? 2
+                : kind == "normal_zero_row"                                             ? 3
                                                                                         : 0;
   bool known = kind == "zeros" || kind == "constant" || kind == "uniform" || kind == "normal" ||
-               kind == "truncated_normal" || kind == "glorot_uniform" || kind == "glorot_normal" ||
-               kind == "he_uniform" || kind == "he_normal" || kind == "tensor";
+               kind == "normal_zero_row" || kind == "truncated_normal" ||
+               kind == "glorot_uniform" || kind == "glorot_normal" || kind == "he_uniform" ||
+               kind == "he_normal" || kind == "tensor";
   if (!known) ctx.fail("unknown initializer '", kind, "'");
   const Tensor& value = ctx.attr<Tensor>("init_value");
   if (kind == "tensor" && (value.dtype() != ctx.attr<DType>("dtype") || !(value.shape() == shape)))
@@ -125,6 +133,11 @@ std::vector<TensorType> infer_variable(const InferContext& ctx) {
     ctx.fail("initializer '", kind, "' takes ", want, " argument(s), got ", args.size());
   if (kind == "uniform" && !(args[0] < args[1]))
     ctx.fail("uniform initializer needs low < high, got ", args[0], " and ", args[1]);
+  // A file's row is untrusted: initial_value writes the row it names.
+  if (kind == "normal_zero_row" &&
+      (shape.rank() == 0 || !(args[2] >= 0 && args[2] < static_cast<double>(shape[0])) ||
+       args[2] != std::floor(args[2])))
+    ctx.fail("initializer 'normal_zero_row' row ", args[2], " is not a row of shape ", shape);
   return {{ctx.attr<DType>("dtype"), shape}};
 }
 

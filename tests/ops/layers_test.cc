@@ -196,6 +196,71 @@ TEST(Layers, ConvTranspose2dAndGroupNormFollowPyTorch) {
       {"[nn] GroupNorm norm", "[N, 4, ...]", "[2, 6, 3, 3]"});
 }
 
+// Conv1d: PyTorch's layout [out, in / groups, K] and fan-in, and each output the direct sum
+// over its group's channels and the dilated, strided window (zeros outside); the pooling and
+// Flatten layers are their functions.
+TEST(Layers, Conv1dIsTheDirectSumAndPoolingLayersAreTheirFunctions) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 4, 9});
+  nn::Conv1d conv(g, "conv", 4, 6, 3, {.stride = 2, .padding = 2, .dilation = 2, .groups = 2});
+  Value y = conv(x);
+  EXPECT_EQ(conv.weight.shape(), Shape({6, 2, 3}));
+  EXPECT_EQ(y.shape(), Shape({2, 6, 5}));  // (9 + 4 - 4 - 1) / 2 + 1
+  Value images = g.placeholder("images", f32, {2, 3, 4, 4});
+  nn::MaxPool2d max_layer(g, "max", {.kernel_size = {2, 2}});
+  nn::AvgPool2d avg_layer(g, "avg", {.kernel_size = {3, 3}, .stride = {1, 1}, .padding = {1, 1}},
+                          false);
+  nn::Flatten flat(g, "flat");
+  std::vector<Value> layered = {max_layer(images), avg_layer(images), flat(images)};
+  std::vector<Value> direct = {
+      max_pool2d(images, {.kernel_size = {2, 2}}),
+      avg_pool2d(images, {.kernel_size = {3, 3}, .stride = {1, 1}, .padding = {1, 1}}, false),
+      reshape(images, {2, 48})};
+  EXPECT_EQ(layered[2].shape(), Shape({2, 48}));
+  Session s(g);
+  const Tensor in = testing::random_tensor(f32, {2, 4, 9}, -1, 1, 7);
+  const Tensor out = s.run({{x, in}}, {y})[0];
+  const Tensor w = s.variable_value(conv.weight), b = s.variable_value(conv.bias);
+  double bound = 0;
+  for (int64_t i = 0; i < w.numel(); ++i) bound = std::max(bound, std::abs(w.element(i)));
+  EXPECT_LE(bound, 1 / std::sqrt(6.0));  // fan-in 2 * 3
+  EXPECT_GT(bound, 0.8 / std::sqrt(6.0));
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t o = 0; o < 6; ++o)
+      for (int64_t l = 0; l < 5; ++l) {
+        double want = b.element(o);
+        const int64_t group = o / 3;
+        for (int64_t c = 0; c < 2; ++c)
+          for (int64_t k = 0; k < 3; ++k) {
+            const int64_t at = l * 2 - 2 + k * 2;
+            if (at < 0 || at >= 9) continue;
+            want += w.element((o * 2 + c) * 3 + k) * in.element((n * 4 + group * 2 + c) * 9 + at);
+          }
+        EXPECT_NEAR(out.element((n * 6 + o) * 5 + l), want, 1e-5) << n << " " << o << " " << l;
+      }
+  const Tensor image_values = testing::random_tensor(f32, {2, 3, 4, 4}, -1, 1, 8);
+  std::vector<Value> both = layered;
+  both.insert(both.end(), direct.begin(), direct.end());
+  const auto pooled = s.run({{images, image_values}}, both);
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(pooled[i].to_vector<float>(), pooled[i + 3].to_vector<float>()) << i;
+
+  expect_error<GraphError>(
+      [&] {
+        conv(g.placeholder("wide", f32, {2, 5, 9}));
+      },
+      {"[nn] Conv1d conv", "[N, 4, L]", "[2, 5, 9]"});
+  expect_error<GraphError>([&] { nn::Conv1d(g, "odd", 4, 5, 3, {.groups = 2}); },
+                           {"[nn] Conv1d odd", "4 -> 5", "groups 2"});
+  expect_error<GraphError>([&] { nn::Conv1d(g, "empty", 4, 4, 0); },
+                           {"[nn] Conv1d empty", "kernel size 0", "positive"});
+  expect_error<GraphError>(
+      [&] {
+        nn::Conv2d(g, "flat", 4, 4, {3, -1});
+      },
+      {"[nn] Conv2d flat", "kernel size -1", "positive"});
+}
+
 // Embedding's padding index (PyTorch's padding_idx): that id reads zeros, and training never
 // changes its row while the rows read do change.
 TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
@@ -208,6 +273,12 @@ TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
   Session s(g);
   const Tensor id_values = Tensor::from_vector<int64_t>({0, 2, 0, 3, 0, 2}, {2, 3});
   const Tensor before = s.variable_value(embed.weight);
+  // The padding row starts at zeros, as PyTorch's; the other rows are the table without one.
+  Graph plain_graph;
+  nn::Embedding plain(plain_graph, "embed", 5, 4);
+  const Tensor plain_rows = Session(plain_graph).variable_value(plain.weight);
+  for (int64_t i = 0; i < 20; ++i)
+    EXPECT_EQ(before.element(i), i < 4 ? 0.0 : plain_rows.element(i)) << i;
   const Tensor rows = s.run({{ids, id_values}}, {out})[0];
   for (int64_t i : {0, 2, 4})  // positions holding id 0
     for (int64_t c = 0; c < 4; ++c) EXPECT_EQ(rows.element(i * 4 + c), 0.0);
@@ -221,6 +292,55 @@ TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
   }
   expect_error<GraphError>([&] { nn::Embedding(g, "e", 5, 4, {}, 5); },
                            {"[nn] Embedding e", "padding index 5", "[0, 5)"});
+  // The initializer checks its row itself (a graph file's row is untrusted).
+  expect_error<GraphError>(
+      [&] {
+        g.variable("table", {3, 2}, init::normal_with_zero_row(0, 1, 3, 1));
+      },
+      {"normal_zero_row", "row 3", "[3, 2]"});
+}
+
+// A post-norm block (PyTorch's TransformerEncoderLayer default) ends in its second layer norm:
+// every position's output has mean 0 and variance 1 while the norms are at their initial
+// values. Under a key-padding mask, the real positions' outputs do not depend on the padded
+// positions' inputs; without it they do.
+TEST(Layers, PostNormBlockAndItsPaddingMask) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 5, 8});
+  Value keep = g.placeholder("keep", boolean, {2, 1, 1, 5});
+  nn::TransformerBlock block(g, "block", 8, 2,
+                             {.ffn_dim = 16,
+                              .dropout = 0,
+                              .causal = false,
+                              .activation = nn::TransformerBlock::Activation::relu,
+                              .norm_first = false});
+  Value masked = block.attend(x, keep), unmasked = block(x);
+  Session s(g);
+  Tensor keep_values = Tensor::empty(boolean, {2, 1, 1, 5});
+  for (int64_t i = 0; i < 10; ++i) keep_values.data<bool>()[i] = i % 5 < 3;  // 2 padded each
+  const Tensor in = testing::random_tensor(f32, {2, 5, 8}, -2, 2, 6);
+  Tensor changed = in.clone();
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t i = (b * 5 + 3) * 8; i < (b * 5 + 5) * 8; ++i) changed.data<float>()[i] += 1;
+  const auto first = s.run({{x, in}, {keep, keep_values}}, {masked, unmasked});
+  const auto second = s.run({{x, changed}, {keep, keep_values}}, {masked, unmasked});
+  double unmasked_change = 0;
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 5; ++t) {
+      double sum = 0, squares = 0;
+      for (int64_t c = 0; c < 8; ++c) {
+        const int64_t i = (b * 5 + t) * 8 + c;
+        sum += first[0].element(i);
+        squares += first[0].element(i) * first[0].element(i);
+        if (t >= 3) continue;
+        EXPECT_NEAR(second[0].element(i), first[0].element(i), 1e-5) << b << " " << t;
+        unmasked_change =
+            std::max(unmasked_change, std::abs(second[1].element(i) - first[1].element(i)));
+      }
+      EXPECT_NEAR(sum / 8, 0, 1e-5);
+      EXPECT_NEAR(squares / 8, 1, 1e-3);  // layer norm's eps 1e-5
+    }
+  EXPECT_GT(unmasked_change, 1e-3);
 }
 
 // LayerNorm and RMSNorm without affine parameters (PyTorch's elementwise_affine=False): no

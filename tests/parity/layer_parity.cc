@@ -1,4 +1,4 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): two models built as a user would,
+// Model-level PyTorch parity of the layer library (kiln::nn): five models built as a user would,
 // trained three steps, every parameter, statistic, loss and evaluation output written as .npy
 // for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
 // initial values and compares.
@@ -14,6 +14,13 @@
 //        groups) back to the input's size and a Linear head on the pooled code; Huber loss of the
 //        reconstruction plus binary cross entropy with logits of the head; RMSProp with weight
 //        decay.
+//   encoder: an outside port of PyTorch's own modules (the script loads Kiln's initial values
+//        into nn.Embedding(padding_idx=0) and nn.TransformerEncoderLayer): Embedding with a
+//        padding index -> post-norm TransformerBlock (ReLU) over the key-padding mask the ids
+//        give -> mean over the real tokens -> Linear; cross entropy; Adam with L2 weight decay.
+//   text_cnn: PyTorch's modules again (nn.Sequential of Embedding... Conv1d, ReLU, Flatten,
+//        Linear): Embedding -> Conv1d (padding) -> ReLU -> Conv1d (stride, dilation, groups, no
+//        bias) -> Flatten -> Linear; cross entropy; SGD with Nesterov momentum and weight decay.
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -71,7 +78,7 @@ void cnn(const std::filesystem::path& dir, Device device) {
                         Conv2dOptions{.stride = {2, 2}, .padding = {1, 1}});
   auto& bn = model.add<nn::BatchNorm2d>("bn", 8);
   model.add("relu", [](const Value& v) { return relu(v); });
-  model.add("pool", [](const Value& v) { return max_pool2d(v, {.kernel_size = {2, 2}}); });
+  model.add<nn::MaxPool2d>("pool", Pool2dOptions{.kernel_size = {2, 2}});
   model.add<nn::Conv2d>("c2", 8, 8, std::array<int64_t, 2>{3, 3},
                         Conv2dOptions{.padding = {2, 2}, .dilation = {2, 2}, .groups = 2},
                         nn::LayerOptions{.bias = false});
@@ -110,7 +117,10 @@ void lm(const std::filesystem::path& dir, Device device) {
   nn::MultiHeadAttention attention(g, "pad_attention", kDim, 2, {});
   nn::MultiHeadAttention cross(g, "cross_attention", kDim, 4, {});
   nn::TransformerBlock block(g, "block", kDim, 4,
-                             {.ffn_dim = 24, .dropout = 0.0, .causal = true, .tanh_gelu = true});
+                             {.ffn_dim = 24,
+                              .dropout = 0.0,
+                              .causal = true,
+                              .activation = nn::TransformerBlock::Activation::gelu_tanh});
   nn::RMSNorm norm(g, "norm", Shape{kDim});
   nn::Linear head(g, "head", kDim, kVocab, {.bias = false});
   Value h = embed(ids);
@@ -185,6 +195,75 @@ void autoencoder(const std::filesystem::path& dir, Device device) {
   train(session, variables, {{x, xs}, {flags, fs}}, {loss}, step, dir, 3);
 }
 
+void encoder(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kBatch = 4, kLength = 6, kVocab = 13, kDim = 16, kClasses = 3;
+  Graph g;
+  Value ids = g.placeholder("ids", i64, {kBatch, kLength});
+  Value labels = g.placeholder("labels", i64, {kBatch});
+  nn::Embedding embed(g, "embed", kVocab, kDim, {}, 0);
+  nn::TransformerBlock block(g, "block", kDim, 4,
+                             {.ffn_dim = 32,
+                              .dropout = 0.0,
+                              .causal = false,
+                              .activation = nn::TransformerBlock::Activation::relu,
+                              .norm_first = false});
+  nn::Linear head(g, "head", kDim, kClasses);
+  Value real = ids != 0.0;  // id 0 pads
+  Value h = block.attend(embed(ids), expand_dims(expand_dims(real, 1), 1));
+  Value weights = expand_dims(cast(real, f32), -1);
+  Value pooled = sum(h * weights, {1}) / sum(weights, {1});
+  Value loss = cross_entropy(head(pooled), labels);
+  optim::Adam adam({.lr = 1e-2, .weight_decay = 1e-2});
+  Value step = adam.minimize(loss);
+
+  std::vector<Value> variables;
+  for (nn::Module* m : std::initializer_list<nn::Module*>{&embed, &block, &head})
+    for (const Value& v : m->parameters()) variables.push_back(v);
+  std::vector<int64_t> id_values;
+  for (int64_t b = 0; b < kBatch; ++b)
+    for (int64_t t = 0; t < kLength; ++t)
+      id_values.push_back(t < kLength - b ? 1 + (b * 5 + t * 3) % (kVocab - 1) : 0);
+  const Tensor id_tensor = Tensor::from_vector<int64_t>(id_values, {kBatch, kLength});
+  const Tensor label_tensor = Tensor::from_vector<int64_t>({0, 2, 1, 2}, {kBatch});
+  save_npy(id_tensor, (dir / "ids.npy").string());
+  save_npy(label_tensor, (dir / "labels.npy").string());
+  Session session(g, {.device = device});
+  train(session, variables, {{ids, id_tensor}, {labels, label_tensor}}, {loss}, step, dir, 3);
+}
+
+void text_cnn(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kBatch = 4, kLength = 10, kVocab = 9, kDim = 6;
+  Graph g;
+  Value ids = g.placeholder("ids", i64, {kBatch, kLength});
+  Value labels = g.placeholder("labels", i64, {kBatch});
+  nn::Embedding embed(g, "embed", kVocab, kDim);
+  nn::Sequential convs(g, "convs");
+  convs.add<nn::Conv1d>("c1", kDim, 12, 3, nn::Conv1dOptions{.padding = 1});
+  convs.add("relu", [](const Value& v) { return relu(v); });
+  convs.add<nn::Conv1d>("c2", 12, 12, 3, nn::Conv1dOptions{.stride = 2, .dilation = 2, .groups = 3},
+                        nn::LayerOptions{.bias = false});
+  convs.add<nn::Flatten>("flatten");  // [B, 12, 3] -> [B, 36]
+  convs.add<nn::Linear>("head", 36, 3);
+  // Embedding rows [B, T, C] -> channels first for the convolutions.
+  Value logits = convs(transpose(embed(ids), {0, 2, 1}));
+  Value loss = cross_entropy(logits, labels);
+  optim::SGD sgd({.lr = 0.05, .momentum = 0.9, .nesterov = true, .weight_decay = 1e-3});
+  Value step = sgd.minimize(loss);
+
+  std::vector<Value> variables = embed.parameters();
+  for (const Value& v : convs.parameters()) variables.push_back(v);
+  std::vector<int64_t> id_values;
+  for (int64_t i = 0; i < kBatch * kLength; ++i) id_values.push_back((i * 4 + i / 7) % kVocab);
+  const Tensor id_tensor = Tensor::from_vector<int64_t>(id_values, {kBatch, kLength});
+  const Tensor label_tensor = Tensor::from_vector<int64_t>({2, 0, 1, 1}, {kBatch});
+  save_npy(id_tensor, (dir / "ids.npy").string());
+  save_npy(label_tensor, (dir / "labels.npy").string());
+  Session session(g, {.device = device});
+  train(session, variables, {{ids, id_tensor}, {labels, label_tensor}}, {loss}, step, dir, 3);
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -200,8 +279,11 @@ int main(int argc, char** argv) {
     kiln::cnn(dir / "cnn", device);
     kiln::lm(dir / "lm", device);
     kiln::autoencoder(dir / "ae", device);
-    std::printf("layer_parity: wrote the cnn, lm and ae models' runs on %s to %s\n",
-                kiln::str(device).c_str(), argv[1]);
+    kiln::encoder(dir / "encoder", device);
+    kiln::text_cnn(dir / "text_cnn", device);
+    std::printf(
+        "layer_parity: wrote the cnn, lm, ae, encoder and text_cnn models' runs on %s to %s\n",
+        kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());
     return 1;
