@@ -93,9 +93,11 @@ inline void mutate_attr(std::mt19937_64& rng, proto::NodeDef* node) {
     attrs->erase(it);  // a missing attribute: the default, or "missing required attribute"
     return;
   }
+  // clang-format off
   static const char* strings[] = {
-      "zeros", "constant", "uniform", "normal", "he_normal", "glorot_uniform", "truncated_normal",
-      "none",  "relu",     "gelu",    ""};
+      "zeros", "constant", "uniform", "normal", "normal_zero_row", "he_normal", "glorot_uniform",
+      "truncated_normal", "none", "relu", "gelu", ""};
+  // clang-format on
   switch (v.value_case()) {
     case proto::AttrValue::kI:
       v.set_i(interesting_int(rng, v.i()));

@@ -41,12 +41,14 @@ Tensor normal(const Shape& shape, unsigned seed) {
   return Tensor::from_vector<float>(v, shape);
 }
 
-// Writes the variables before training (init_i.npy, names and shapes in variables.txt), trains
-// `steps` steps writing each step's fetched losses (losses.txt), then the variables after
-// (final_i.npy).
+// Writes each feed (<placeholder name>.npy) and the variables before training (init_i.npy,
+// their names in variables.txt), trains `steps` steps writing each step's fetched losses
+// (losses.txt), then the variables after (final_i.npy).
 void train(Session& session, const std::vector<Value>& variables, const FeedList& feeds,
            const std::vector<Value>& losses, const Value& step, const std::filesystem::path& dir,
            int steps) {
+  for (const auto& [placeholder, value] : feeds)
+    save_npy(value, (dir / (placeholder.name() + ".npy")).string());
   session.initialize_variables();
   std::ofstream names(dir / "variables.txt");
   for (size_t i = 0; i < variables.size(); ++i) {
@@ -96,8 +98,6 @@ void cnn(const std::filesystem::path& dir, Device device) {
   variables.push_back(bn.running_var);
   const Tensor xs = normal({8, 3, 12, 12}, 1);
   const Tensor ys = Tensor::from_vector<int64_t>({0, 1, 2, 3, 4, 0, 1, 2}, {8});
-  save_npy(xs, (dir / "x.npy").string());
-  save_npy(ys, (dir / "y.npy").string());
   Session session(g, {.device = device});
   train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
   save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
@@ -147,15 +147,10 @@ void lm(const std::filesystem::path& dir, Device device) {
   const Tensor label_tensor = Tensor::from_vector<int64_t>(label_values, {kBatch, kLength});
   Tensor keep_tensor = Tensor::empty(boolean, {kBatch, 1, 1, kLength});
   std::copy(keep_values.begin(), keep_values.end(), keep_tensor.data<bool>());
-  save_npy(id_tensor, (dir / "ids.npy").string());
-  save_npy(label_tensor, (dir / "labels.npy").string());
-  save_npy(keep_tensor, (dir / "keep.npy").string());
   const Tensor memory_tensor = normal({kBatch, kMemory, kDim}, 3);
   Tensor memory_keep_tensor = Tensor::empty(boolean, {kBatch, 1, 1, kMemory});
   for (int64_t i = 0; i < kBatch * kMemory; ++i)
     memory_keep_tensor.data<bool>()[i] = i % kMemory < kMemory - i / kMemory % 2;  // padding
-  save_npy(memory_tensor, (dir / "memory.npy").string());
-  save_npy(memory_keep_tensor, (dir / "memory_keep.npy").string());
   Session session(g, {.device = device});
   train(session, variables,
         {{ids, id_tensor},
@@ -189,8 +184,6 @@ void autoencoder(const std::filesystem::path& dir, Device device) {
   std::vector<float> flag_values;
   for (int i = 0; i < 18; ++i) flag_values.push_back(static_cast<float>((i * 7) % 3 == 0));
   const Tensor fs = Tensor::from_vector<float>(flag_values, {6, 3});
-  save_npy(xs, (dir / "x.npy").string());
-  save_npy(fs, (dir / "flags.npy").string());
   Session session(g, {.device = device});
   train(session, variables, {{x, xs}, {flags, fs}}, {loss}, step, dir, 3);
 }
@@ -226,8 +219,6 @@ void encoder(const std::filesystem::path& dir, Device device) {
       id_values.push_back(t < kLength - b ? 1 + (b * 5 + t * 3) % (kVocab - 1) : 0);
   const Tensor id_tensor = Tensor::from_vector<int64_t>(id_values, {kBatch, kLength});
   const Tensor label_tensor = Tensor::from_vector<int64_t>({0, 2, 1, 2}, {kBatch});
-  save_npy(id_tensor, (dir / "ids.npy").string());
-  save_npy(label_tensor, (dir / "labels.npy").string());
   Session session(g, {.device = device});
   train(session, variables, {{ids, id_tensor}, {labels, label_tensor}}, {loss}, step, dir, 3);
 }
@@ -258,8 +249,6 @@ void text_cnn(const std::filesystem::path& dir, Device device) {
   for (int64_t i = 0; i < kBatch * kLength; ++i) id_values.push_back((i * 4 + i / 7) % kVocab);
   const Tensor id_tensor = Tensor::from_vector<int64_t>(id_values, {kBatch, kLength});
   const Tensor label_tensor = Tensor::from_vector<int64_t>({2, 0, 1, 1}, {kBatch});
-  save_npy(id_tensor, (dir / "ids.npy").string());
-  save_npy(label_tensor, (dir / "labels.npy").string());
   Session session(g, {.device = device});
   train(session, variables, {{ids, id_tensor}, {labels, label_tensor}}, {loss}, step, dir, 3);
 }
