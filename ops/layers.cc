@@ -285,6 +285,38 @@ AvgPool2d::AvgPool2d(Graph& graph, const std::string& name, Pool2dOptions option
                      bool count_include_pad)
     : Module(graph, name), options_(options), count_include_pad_(count_include_pad) {}
 
+namespace {
+
+// A 1-D pooling layer's input [N, C, L] as [N, C, 1, L] and its window as a 2-D one.
+Value as_plane(const char* layer, const std::string& path, const Value& x) {
+  KILN_CHECK(x.shape().rank() == 3, GraphError, "[nn] ", layer, " ", path,
+             ": expects [N, C, L], got ", x.shape());
+  return expand_dims(x, 2);
+}
+Pool2dOptions plane_window(const Pool1dOptions& options) {
+  return {.kernel_size = {1, options.kernel_size},
+          .stride = {1, options.stride > 0 ? options.stride : options.kernel_size},
+          .padding = {0, options.padding}};
+}
+
+}  // namespace
+
+MaxPool1d::MaxPool1d(Graph& graph, const std::string& name, Pool1dOptions options)
+    : Module(graph, name), options_(options) {}
+
+Value MaxPool1d::forward(const Value& x) {
+  return squeeze(max_pool2d(as_plane("MaxPool1d", path(), x), plane_window(options_)), 2);
+}
+
+AvgPool1d::AvgPool1d(Graph& graph, const std::string& name, Pool1dOptions options,
+                     bool count_include_pad)
+    : Module(graph, name), options_(options), count_include_pad_(count_include_pad) {}
+
+Value AvgPool1d::forward(const Value& x) {
+  return squeeze(
+      avg_pool2d(as_plane("AvgPool1d", path(), x), plane_window(options_), count_include_pad_), 2);
+}
+
 Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)
     : Module(graph, name), start_axis_(start_axis), end_axis_(end_axis) {}
 
@@ -308,9 +340,12 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
       key(make<Linear>("key", dim, dim, LayerOptions{options.bias, options.seed})),
       value(make<Linear>("value", dim, dim, LayerOptions{options.bias, options.seed})),
       output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
+      probability_dropout(make<Dropout>("probability_dropout", options.dropout,
+                                        LayerOptions{.seed = options.seed})),
       dim_(dim),
       heads_(heads),
-      causal_(options.causal) {
+      causal_(options.causal),
+      dropout_(options.dropout) {
   KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": dim ", dim, " does not split into ", heads, " heads");
 }
@@ -340,9 +375,43 @@ Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, cons
   auto split = [&](const Value& v, int64_t t) { return reshape(v, {-1, t, heads_, depth}); };
   Value q = split(query(x), length);
   Value k = split(key(memory), memory_length), v = split(value(memory), memory_length);
-  Value attended =
-      scaled_dot_product_attention(q, k, v, {.mask = mask, .causal = causal_, .layout = "bthd"});
+  Value attended = dropout_ > 0 && training()
+                       ? attention_with_dropout(q, k, v, mask)
+                       : scaled_dot_product_attention(
+                             q, k, v, {.mask = mask, .causal = causal_, .layout = "bthd"});
   return output(reshape(attended, {-1, length, dim_}));
+}
+
+Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k, const Value& v,
+                                                 const Value& mask) {
+  const int64_t length = q.shape()[1], memory_length = k.shape()[1], depth = q.shape()[3];
+  auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
+  Value scores = matmul(heads_first(q), heads_first(k), false, true) *
+                 (1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
+  // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0.
+  Value keep;
+  if (mask.defined()) keep = cast(mask, q.dtype());
+  if (causal_) {
+    std::vector<float> lower(static_cast<size_t>(length * memory_length), 0.0f);
+    for (int64_t i = 0; i < length; ++i)
+      for (int64_t j = 0; j <= i && j < memory_length; ++j)
+        lower[static_cast<size_t>(i * memory_length + j)] = 1.0f;
+    Value causal =
+        constant(graph(), Tensor::from_vector(lower, {length, memory_length}), "causal_keep");
+    if (q.dtype() != f32) causal = cast(causal, q.dtype());
+    keep = keep.defined() ? keep * causal : causal;
+  }
+  Value probabilities;
+  if (keep.defined()) {
+    // Masked scores become the dtype's lowest finite value, not -inf: exp of it less the row's
+    // maximum is 0 wherever a row keeps a key, and a row that keeps none is uniform instead of
+    // NaN, then zeroed by the product with keep (the fused op's zeros for such a query).
+    const double lowest = q.dtype() == f16 ? -65504.0 : -3.0e38;
+    probabilities = softmax(where(greater(keep, 0.5), scores, lowest)) * keep;
+  } else {
+    probabilities = softmax(scores);
+  }
+  return transpose(matmul(probability_dropout(probabilities), heads_first(v)), {0, 2, 1, 3});
 }
 
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
@@ -352,15 +421,19 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
       norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
       attention(make<MultiHeadAttention>(
           "attention", dim, heads,
-          MultiHeadAttention::Options{.causal = options.causal, .seed = options.seed})),
+          MultiHeadAttention::Options{.causal = options.causal,
+                                      .seed = options.seed,
+                                      .dropout = options.attention_dropout})),
       ffn_in(make<Linear>("ffn_in", dim, options.ffn_dim > 0 ? options.ffn_dim : 4 * dim,
                           LayerOptions{.seed = options.seed})),
       ffn_out(make<Linear>("ffn_out", options.ffn_dim > 0 ? options.ffn_dim : 4 * dim, dim,
                            LayerOptions{.seed = options.seed})),
-      attention_dropout(
+      attention_output_dropout(
           make<Dropout>("attention_dropout", options.dropout, LayerOptions{.seed = options.seed})),
-      ffn_dropout(
+      ffn_output_dropout(
           make<Dropout>("ffn_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      activation_dropout(make<Dropout>("activation_dropout", options.activation_dropout,
+                                       LayerOptions{.seed = options.seed})),
       activation_(options.activation),
       norm_first_(options.norm_first) {}
 
@@ -383,13 +456,13 @@ Value TransformerBlock::block_of(const Value& x, const Value& mask) {
         inner = relu(inner);
         break;
     }
-    return ffn_dropout(ffn_out(inner));
+    return ffn_output_dropout(ffn_out(activation_dropout(inner)));
   };
   if (norm_first_) {
-    Value h = x + attention_dropout(attention.attend(norm1(x), mask));
+    Value h = x + attention_output_dropout(attention.attend(norm1(x), mask));
     return h + ffn(norm2(h));
   }
-  Value h = norm1(x + attention_dropout(attention.attend(x, mask)));
+  Value h = norm1(x + attention_output_dropout(attention.attend(x, mask)));
   return norm2(h + ffn(h));
 }
 

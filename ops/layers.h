@@ -283,6 +283,41 @@ class AvgPool2d : public Module {
   bool count_include_pad_;
 };
 
+/// Window of a 1-D pooling layer; a stride of 0 is the kernel size (PyTorch's default).
+struct Pool1dOptions {
+  int64_t kernel_size = 2;
+  int64_t stride = 0;
+  int64_t padding = 0;  ///< on both sides
+};
+
+/// The maximum of each window of x [N, C, L] (PyTorch's MaxPool1d): max_pool2d over a height of
+/// 1, so NaN propagates and padding never wins as there.
+class MaxPool1d : public Module {
+ public:
+  MaxPool1d(Graph& graph, const std::string& name, Pool1dOptions options);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Pool1dOptions options_;
+};
+
+/// The mean of each window of x [N, C, L] (PyTorch's AvgPool1d); with count_include_pad
+/// padding counts as zeros in the divisor.
+class AvgPool1d : public Module {
+ public:
+  AvgPool1d(Graph& graph, const std::string& name, Pool1dOptions options,
+            bool count_include_pad = true);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Pool1dOptions options_;
+  bool count_include_pad_;
+};
+
 /// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).
 class Flatten : public Module {
  public:
@@ -309,12 +344,18 @@ class Lambda : public Module {
 
 /// Multi-head self-attention over x [B, T, dim]: q, k, v projections (Linear dim -> dim),
 /// `heads` heads of dim / heads, fused scaled dot-product attention, an output projection.
+///
+/// With Options::dropout > 0 (PyTorch's MultiheadAttention `dropout`), training mode drops
+/// attention probabilities: softmax(scale q k^T, masked) becomes a graph value [B, heads, T, S],
+/// inverted dropout acts on it, and the product with v follows (PyTorch's math path; the fused
+/// op never forms the probabilities). Evaluation mode, and a rate of 0, keep the fused op.
 class MultiHeadAttention : public Module {
  public:
   struct Options {
     bool causal = false;
     bool bias = true;
     int64_t seed = 0;
+    double dropout = 0;  ///< the rate at which attention probabilities are dropped in training
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -324,26 +365,35 @@ class MultiHeadAttention : public Module {
   /// encoder's output), the mask (optional) broadcast to [B, heads, T, S].
   Value attend(const Value& x, const Value& memory, const Value& mask);
   Linear &query, &key, &value, &output;
+  Dropout& probability_dropout;
 
  protected:
   Value forward(const Value& x) override { return attention_of(x, x, Value()); }
 
  private:
   Value attention_of(const Value& x, const Value& memory, const Value& mask);
+  /// Attention of q [B, T, H, D], k and v [B, S, H, D] with the probabilities a graph value
+  /// and dropped: [B, T, H, Dv].
+  Value attention_with_dropout(const Value& q, const Value& k, const Value& v, const Value& mask);
   int64_t dim_, heads_;
   bool causal_;
+  double dropout_;
 };
 
 /// A transformer block. Pre-norm (GPT-2's, the default): x + dropout(attn(norm1(x))), then
 /// h + dropout(ffn(norm2(h))). Post-norm (norm_first false: PyTorch's TransformerEncoderLayer
 /// default): norm1(x + dropout(attn(x))), then norm2(h + dropout(ffn(h))). ffn = Linear(dim,
-/// ffn_dim), the activation, Linear(ffn_dim, dim).
+/// ffn_dim), the activation, dropout at activation_dropout, Linear(ffn_dim, dim); attn drops
+/// its probabilities at attention_dropout. PyTorch's TransformerEncoderLayer(dropout=p) is all
+/// three rates p; GPT-2's block is dropout = attention_dropout = p, activation_dropout 0.
 class TransformerBlock : public Module {
  public:
   enum class Activation { gelu, gelu_tanh, relu };
   struct Options {
-    int64_t ffn_dim = 0;  ///< 0: 4 dim
-    double dropout = 0.1;
+    int64_t ffn_dim = 0;   ///< 0: 4 dim
+    double dropout = 0.1;  ///< on the attention's and the FFN's outputs, before each residual sum
+    double attention_dropout = 0;   ///< on the attention probabilities (MultiHeadAttention's)
+    double activation_dropout = 0;  ///< on the FFN's hidden activations
     bool causal = true;
     Activation activation = Activation::gelu;  ///< gelu_tanh: GELU's tanh approximation
     bool norm_first = true;
@@ -358,7 +408,8 @@ class TransformerBlock : public Module {
   LayerNorm &norm1, &norm2;
   MultiHeadAttention& attention;
   Linear &ffn_in, &ffn_out;
-  Dropout &attention_dropout, &ffn_dropout;
+  /// The dropouts before the residual sums, and the FFN's inner one.
+  Dropout &attention_output_dropout, &ffn_output_dropout, &activation_dropout;
 
  protected:
   Value forward(const Value& x) override { return block_of(x, Value()); }

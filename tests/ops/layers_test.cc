@@ -2,6 +2,8 @@
 // calls, the train/eval switch in one graph, attention against the direct formula, and the
 // errors a user can hit.
 #include <cmath>
+#include <functional>
+#include <vector>
 
 #include "test_util.h"
 
@@ -74,6 +76,52 @@ TEST(Layers, TrainAndEvalModesLiveSideBySideInOneGraph) {
   EXPECT_NEAR(e1.element(0), (in.element(0) - mean.element(0)) / std::sqrt(var0 + 1e-5), 1e-4);
 }
 
+// MultiHeadAttention's output by the direct formula, in f64: the projections, per head the
+// softmax of q k^T / sqrt(depth) over the keys query i may attend (j <= i when causal, and
+// keeps(b, j)), each probability times drop(b, h, i, j) (the dropout mask's value; 1 without
+// dropout), times v, then the output projection. A query with no key to attend gets zeros.
+std::vector<double> direct_attention(
+    Session& s, const nn::MultiHeadAttention& mha, const Tensor& in, int64_t heads, bool causal,
+    const std::function<bool(int64_t, int64_t)>& keeps,
+    const std::function<double(int64_t, int64_t, int64_t, int64_t)>& drop) {
+  const int64_t B = in.shape()[0], T = in.shape()[1], D = in.shape()[2], depth = D / heads;
+  auto project = [&](const nn::Linear& l, int64_t b, int64_t t, int64_t o) {
+    Tensor w = s.variable_value(l.weight), bias = s.variable_value(l.bias);
+    double sum = bias.element(o);
+    for (int64_t i = 0; i < D; ++i) sum += in.element((b * T + t) * D + i) * w.element(i * D + o);
+    return sum;
+  };
+  Tensor wo = s.variable_value(mha.output.weight), bo = s.variable_value(mha.output.bias);
+  std::vector<double> out(static_cast<size_t>(B * T * D));
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<double> attended(static_cast<size_t>(T * D));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        std::vector<double> p(static_cast<size_t>(T), 0.0);
+        double total = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          if ((causal && j > i) || !keeps(b, j)) continue;
+          double dot = 0;
+          for (int64_t c = h * depth; c < (h + 1) * depth; ++c)
+            dot += project(mha.query, b, i, c) * project(mha.key, b, j, c);
+          p[j] = std::exp(dot / std::sqrt(static_cast<double>(depth)));
+          total += p[j];
+        }
+        for (int64_t c = h * depth; c < (h + 1) * depth; ++c)
+          for (int64_t j = 0; j < T; ++j)
+            if (p[j] > 0)
+              attended[i * D + c] += p[j] / total * drop(b, h, i, j) * project(mha.value, b, j, c);
+      }
+    for (int64_t i = 0; i < T; ++i)
+      for (int64_t o = 0; o < D; ++o) {
+        double want = bo.element(o);
+        for (int64_t c = 0; c < D; ++c) want += attended[i * D + c] * wo.element(c * D + o);
+        out[(b * T + i) * D + o] = want;
+      }
+  }
+  return out;
+}
+
 TEST(Layers, MultiHeadAttentionIsTheDirectFormulaPerHead) {
   Graph g;
   const int64_t B = 2, T = 5, D = 8, H = 2;
@@ -83,39 +131,75 @@ TEST(Layers, MultiHeadAttentionIsTheDirectFormulaPerHead) {
   Session s(g);
   Tensor in = testing::random_tensor(f32, {B, T, D}, -1, 1, 2);
   Tensor got = s.run({{x, in}}, {y})[0];
-  // The same with plain ops: projections, per-head causal softmax(q k^T / sqrt(d)) v.
-  auto project = [&](const nn::Linear& l, int64_t b, int64_t t, int64_t o) {
-    Tensor w = s.variable_value(l.weight), bias = s.variable_value(l.bias);
-    double sum = bias.element(o);
-    for (int64_t i = 0; i < D; ++i) sum += in.element((b * T + t) * D + i) * w.element(i * D + o);
-    return sum;
-  };
-  const int64_t depth = D / H;
-  for (int64_t b = 0; b < B; ++b) {
-    std::vector<double> attended(static_cast<size_t>(T * D));
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t i = 0; i < T; ++i) {
-        std::vector<double> p;
-        double total = 0;
-        for (int64_t j = 0; j <= i; ++j) {
-          double dot = 0;
-          for (int64_t c = h * depth; c < (h + 1) * depth; ++c)
-            dot += project(mha.query, b, i, c) * project(mha.key, b, j, c);
-          p.push_back(std::exp(dot / std::sqrt(static_cast<double>(depth))));
-          total += p.back();
-        }
-        for (int64_t c = h * depth; c < (h + 1) * depth; ++c)
-          for (int64_t j = 0; j <= i; ++j)
-            attended[i * D + c] += p[j] / total * project(mha.value, b, j, c);
-      }
-    Tensor wo = s.variable_value(mha.output.weight), bo = s.variable_value(mha.output.bias);
-    for (int64_t i = 0; i < T; ++i)
-      for (int64_t o = 0; o < D; ++o) {
-        double want = bo.element(o);
-        for (int64_t c = 0; c < D; ++c) want += attended[i * D + c] * wo.element(c * D + o);
-        EXPECT_NEAR(got.element((b * T + i) * D + o), want, 1e-5) << b << " " << i << " " << o;
-      }
+  const std::vector<double> want = direct_attention(
+      s, mha, in, H, true, [](int64_t, int64_t) { return true; },
+      [](int64_t, int64_t, int64_t, int64_t) { return 1.0; });
+  for (int64_t i = 0; i < B * T * D; ++i) EXPECT_NEAR(got.element(i), want[i], 1e-5) << i;
+}
+
+// Attention dropout (MultiHeadAttention's Options::dropout) drops probabilities in training
+// mode: the output is the direct formula with this run's mask (read back from the graph), a new
+// mask every run and the same first mask in a fresh session; evaluation mode is the fused op's
+// plain attention. The causal and key masks still hold: a query with no key gets zeros (the
+// output projection's bias), in both modes, not NaN.
+TEST(Layers, AttentionDropoutActsOnTheProbabilitiesInTrainingOnly) {
+  Graph g;
+  const int64_t B = 2, T = 4, D = 8, H = 2;
+  Value x = g.placeholder("x", f32, {B, T, D});
+  Value keep = g.placeholder("keep", boolean, {B, 1, 1, T});
+  nn::MultiHeadAttention mha(g, "mha", D, H, {.causal = true, .dropout = 0.5});
+  Value trained = mha.attend(x, keep);
+  mha.eval();
+  Value evaluated = mha.attend(x, keep);
+  Value mask;  // the one dropout_mask node: [B, H, T, T], 0 or 1 / (1 - 0.5)
+  for (int32_t id = 0; id < g.num_nodes(); ++id)
+    if (g.node(id).op_name() == "dropout_mask") {
+      ASSERT_FALSE(mask.defined());
+      mask = g.value(OutputRef{id, 0});
+    }
+  ASSERT_TRUE(mask.defined());
+  EXPECT_EQ(mask.shape(), Shape({B, H, T, T}));
+
+  Tensor keep_values = Tensor::empty(boolean, {B, 1, 1, T});
+  for (int64_t j = 0; j < B * T; ++j) keep_values.data<bool>()[j] = j != 1 && j < T;  // b 1: none
+  auto keeps = [&](int64_t b, int64_t j) { return keep_values.data<bool>()[b * T + j]; };
+  const Tensor in = testing::random_tensor(f32, {B, T, D}, -1, 1, 8);
+  Session s(g);
+  const auto first = s.run({{x, in}, {keep, keep_values}}, {trained, evaluated, mask});
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < first[2].numel(); ++i) {
+    ASSERT_TRUE(first[2].element(i) == 0.0 || first[2].element(i) == 2.0) << first[2].element(i);
+    dropped += first[2].element(i) == 0.0;
   }
+  EXPECT_GT(dropped, 16);  // of 64, at rate 0.5
+  EXPECT_LT(dropped, 48);
+  const std::vector<double> with_mask =
+      direct_attention(s, mha, in, H, true, keeps, [&](int64_t b, int64_t h, int64_t i, int64_t j) {
+        return first[2].element(((b * H + h) * T + i) * T + j);
+      });
+  const std::vector<double> plain = direct_attention(
+      s, mha, in, H, true, keeps, [](int64_t, int64_t, int64_t, int64_t) { return 1.0; });
+  double change = 0;
+  for (int64_t i = 0; i < B * T * D; ++i) {
+    EXPECT_NEAR(first[0].element(i), with_mask[i], 1e-5) << i;
+    EXPECT_NEAR(first[1].element(i), plain[i], 1e-5) << i;
+    change = std::max(change, std::abs(with_mask[i] - plain[i]));
+  }
+  EXPECT_GT(change, 1e-2);
+  const Tensor bias = s.variable_value(mha.output.bias);
+  for (int64_t i = T * D; i < B * T * D; ++i) {  // batch 1 keeps no key
+    EXPECT_NEAR(first[0].element(i), bias.element(i % D), 1e-6) << i;
+    EXPECT_NEAR(first[1].element(i), bias.element(i % D), 1e-6) << i;
+  }
+
+  const auto second = s.run({{x, in}, {keep, keep_values}}, {mask});
+  double mask_change = 0;
+  for (int64_t i = 0; i < second[0].numel(); ++i)
+    mask_change = std::max(mask_change, std::abs(second[0].element(i) - first[2].element(i)));
+  EXPECT_EQ(mask_change, 2.0);  // a new mask
+  Session fresh(g);
+  const Tensor again = fresh.run({{x, in}, {keep, keep_values}}, {mask})[0];
+  for (int64_t i = 0; i < again.numel(); ++i) EXPECT_EQ(again.element(i), first[2].element(i));
 }
 
 TEST(Layers, ATransformerBlockTrainsAndItsErrorsNameTheLayer) {
@@ -261,6 +345,47 @@ TEST(Layers, Conv1dIsTheDirectSumAndPoolingLayersAreTheirFunctions) {
       {"[nn] Conv2d flat", "kernel size -1", "positive"});
 }
 
+// MaxPool1d and AvgPool1d (PyTorch's): each output the max or mean of its window of the
+// sequence, padding never the max and counted in the mean only with count_include_pad; a
+// stride of 0 is the kernel size. A sequence that is not [N, C, L] names the layer.
+TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3, 7});
+  const nn::Pool1dOptions window{.kernel_size = 3, .stride = 2, .padding = 1};
+  nn::MaxPool1d max_layer(g, "max", window);
+  nn::AvgPool1d with_pad(g, "with_pad", window), without_pad(g, "without_pad", window, false);
+  nn::MaxPool1d halves(g, "halves", {.kernel_size = 2});
+  std::vector<Value> y = {max_layer(x), with_pad(x), without_pad(x), halves(x)};
+  EXPECT_EQ(y[0].shape(), Shape({2, 3, 4}));  // (7 + 2 - 3) / 2 + 1
+  EXPECT_EQ(y[3].shape(), Shape({2, 3, 3}));
+  Session s(g);
+  const Tensor in = testing::random_tensor(f32, {2, 3, 7}, -2, 2, 9);
+  const auto out = s.run({{x, in}}, y);
+  for (int64_t row = 0; row < 6; ++row) {
+    auto at = [&](int64_t l) { return in.element(row * 7 + l); };
+    for (int64_t o = 0; o < 4; ++o) {
+      double top = -1e30, sum = 0;
+      int64_t count = 0;
+      for (int64_t l = o * 2 - 1; l < o * 2 + 2; ++l) {
+        if (l < 0 || l >= 7) continue;
+        top = std::max(top, at(l));
+        sum += at(l);
+        ++count;
+      }
+      EXPECT_EQ(out[0].element(row * 4 + o), top) << row << " " << o;
+      EXPECT_NEAR(out[1].element(row * 4 + o), sum / 3, 1e-6) << row << " " << o;
+      EXPECT_NEAR(out[2].element(row * 4 + o), sum / count, 1e-6) << row << " " << o;
+    }
+    for (int64_t o = 0; o < 3; ++o)
+      EXPECT_EQ(out[3].element(row * 3 + o), std::max(at(2 * o), at(2 * o + 1)));
+  }
+  expect_error<GraphError>(
+      [&] {
+        max_layer(g.placeholder("flat", f32, {2, 7}));
+      },
+      {"[nn] MaxPool1d max", "[N, C, L]", "[2, 7]"});
+}
+
 // Embedding's padding index (PyTorch's padding_idx): that id reads zeros, and training never
 // changes its row while the rows read do change.
 TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
@@ -341,6 +466,43 @@ TEST(Layers, PostNormBlockAndItsPaddingMask) {
       EXPECT_NEAR(squares / 8, 1, 1e-3);  // layer norm's eps 1e-5
     }
   EXPECT_GT(unmasked_change, 1e-3);
+}
+
+// A block drops where PyTorch's TransformerEncoderLayer(dropout=p) does when all three rates
+// are set: the attention probabilities, the FFN's activations, and both outputs before their
+// residual sums; with the default attention and activation rates (0), only the two outputs, and
+// attention stays the fused op. Evaluation mode adds no dropout at all.
+TEST(Layers, BlockDropoutsSitWherePyTorchsEncoderLayerHasThem) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 5, 8});
+  auto ops_of = [&](int32_t from, const std::string& op) {
+    std::vector<Shape> shapes;
+    for (int32_t id = from; id < g.num_nodes(); ++id)
+      if (g.node(id).op_name() == op) shapes.push_back(g.node(id).outputs()[0].shape);
+    return shapes;
+  };
+  nn::TransformerBlock all(g, "all", 8, 2,
+                           {.ffn_dim = 16,
+                            .dropout = 0.1,
+                            .attention_dropout = 0.1,
+                            .activation_dropout = 0.1,
+                            .norm_first = false});
+  int32_t start = g.num_nodes();
+  all(x);
+  EXPECT_EQ(ops_of(start, "dropout_mask"),
+            (std::vector<Shape>{{2, 2, 5, 5}, {2, 5, 8}, {2, 5, 16}, {2, 5, 8}}));
+  EXPECT_TRUE(ops_of(start, "attention").empty());
+  all.eval();
+  start = g.num_nodes();
+  all(x);
+  EXPECT_TRUE(ops_of(start, "dropout_mask").empty());
+  EXPECT_EQ(ops_of(start, "attention").size(), 1u);
+
+  nn::TransformerBlock residual_only(g, "residual_only", 8, 2, {.ffn_dim = 16, .dropout = 0.1});
+  start = g.num_nodes();
+  residual_only(x);
+  EXPECT_EQ(ops_of(start, "dropout_mask"), (std::vector<Shape>{{2, 5, 8}, {2, 5, 8}}));
+  EXPECT_EQ(ops_of(start, "attention").size(), 1u);
 }
 
 // LayerNorm and RMSNorm without affine parameters (PyTorch's elementwise_affine=False): no
