@@ -1,5 +1,6 @@
 #include "kiln/ops/layers.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kiln/framework/error.h"
@@ -191,16 +192,34 @@ Value ConvTranspose2d::forward(const Value& x) {
 
 // ---- Normalization.
 
-BatchNorm2d::BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum,
-                         double eps)
-    : Module(graph, name), momentum_(momentum), eps_(eps) {
+BatchNorm::BatchNorm(Graph& graph, const std::string& name, const char* kind,
+                     std::vector<int64_t> ranks, int64_t channels, double momentum, double eps)
+    : Module(graph, name),
+      kind_(kind),
+      ranks_(std::move(ranks)),
+      channels_(channels),
+      momentum_(momentum),
+      eps_(eps) {
+  KILN_CHECK(channels > 0, GraphError, "[nn] ", kind, " ", path(), ": ", channels,
+             " channels; a positive count is needed");
   weight = variable("weight", {channels}, init::constant(1));
   bias = variable("bias", {channels}, init::zeros());
   running_mean = variable("running_mean", {channels}, init::zeros(), false);
   running_var = variable("running_var", {channels}, init::constant(1), false);
 }
 
-Value BatchNorm2d::forward(const Value& x) {
+Value BatchNorm::forward(const Value& x) {
+  const Shape& s = x.shape();
+  if (std::find(ranks_.begin(), ranks_.end(), s.rank()) == ranks_.end() ||
+      (s[1] >= 0 && s[1] != channels_)) {
+    std::string expected;  // e.g. "[N, 8] or [N, 8, L]"
+    for (const int64_t rank : ranks_)
+      expected += str(expected.empty() ? "" : " or ", "[N, ", channels_,
+                      rank == 3   ? ", L]"
+                      : rank == 4 ? ", H, W]"
+                                  : "]");
+    throw GraphError(str("[nn] ", kind_, " ", path(), ": expects ", expected, ", got ", s));
+  }
   return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_, eps_);
 }
 
@@ -315,6 +334,37 @@ AvgPool1d::AvgPool1d(Graph& graph, const std::string& name, Pool1dOptions option
 Value AvgPool1d::forward(const Value& x) {
   return squeeze(
       avg_pool2d(as_plane("AvgPool1d", path(), x), plane_window(options_), count_include_pad_), 2);
+}
+
+AdaptiveAvgPool2d::AdaptiveAvgPool2d(Graph& graph, const std::string& name,
+                                     std::array<int64_t, 2> output_size)
+    : Module(graph, name), output_size_(output_size) {
+  KILN_CHECK(output_size[0] > 0 && output_size[1] > 0, GraphError, "[nn] AdaptiveAvgPool2d ",
+             path(), ": output size ", output_size[0], "x", output_size[1], " must be positive");
+}
+
+Value AdaptiveAvgPool2d::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 4 && s[2] > 0 && s[3] > 0, GraphError, "[nn] AdaptiveAvgPool2d ", path(),
+             ": expects [N, C, H, W] with H and W known and positive, got ", s);
+  // The pooling is linear in each spatial dim: y = P_h x P_w^T with P [out, in] holding 1 / len
+  // over each output's window [floor(i in / out), ceil((i + 1) in / out)), so two products with
+  // constant matrices compute it for any sizes, and its gradient is theirs.
+  auto averaging = [&](int64_t in, int64_t out, bool transposed, const char* what) {
+    std::vector<float> p(static_cast<size_t>(in * out), 0.0f);
+    for (int64_t i = 0; i < out; ++i) {
+      const int64_t begin = i * in / out, end = ((i + 1) * in + out - 1) / out;
+      for (int64_t j = begin; j < end; ++j)
+        p[static_cast<size_t>(transposed ? j * out + i : i * in + j)] =
+            1.0f / static_cast<float>(end - begin);
+    }
+    Value m = constant(graph(),
+                       Tensor::from_vector(p, transposed ? Shape{in, out} : Shape{out, in}), what);
+    return x.dtype() == f32 ? m : cast(m, x.dtype());
+  };
+  Value rows = averaging(s[2], output_size_[0], false, "row_windows");
+  Value columns = averaging(s[3], output_size_[1], true, "column_windows");
+  return matmul(rows, matmul(x, columns));
 }
 
 Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)

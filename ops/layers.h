@@ -164,19 +164,40 @@ class ConvTranspose2d : public Module {
   std::array<int64_t, 2> output_padding_;
 };
 
-/// Batch norm over x [N, C, ...] (BatchNorm1d/2d): weight 1, bias 0, running mean 0 and
-/// variance 1 (variables, not trainable, saved in checkpoints).
-class BatchNorm2d : public Module {
+/// Batch norm over x [N, C, ...] per channel (batch_norm): weight 1, bias 0, running mean 0
+/// and variance 1 (variables, not trainable, saved in checkpoints). The layers are
+/// BatchNorm1d and BatchNorm2d, which check the input's rank as PyTorch's do.
+class BatchNorm : public Module {
  public:
-  BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
-              double eps = 1e-5);
   Value weight, bias, running_mean, running_var;
 
  protected:
+  /// `kind` names the layer in errors; `ranks` are the input ranks it takes.
+  BatchNorm(Graph& graph, const std::string& name, const char* kind, std::vector<int64_t> ranks,
+            int64_t channels, double momentum, double eps);
   Value forward(const Value& x) override;
 
  private:
+  const char* kind_;
+  std::vector<int64_t> ranks_;
+  int64_t channels_;
   double momentum_, eps_;
+};
+
+/// Batch norm of x [N, C] or [N, C, L] (PyTorch's BatchNorm1d).
+class BatchNorm1d : public BatchNorm {
+ public:
+  BatchNorm1d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
+              double eps = 1e-5)
+      : BatchNorm(graph, name, "BatchNorm1d", {2, 3}, channels, momentum, eps) {}
+};
+
+/// Batch norm of x [N, C, H, W] (PyTorch's BatchNorm2d).
+class BatchNorm2d : public BatchNorm {
+ public:
+  BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
+              double eps = 1e-5)
+      : BatchNorm(graph, name, "BatchNorm2d", {4}, channels, momentum, eps) {}
 };
 
 /// Layer norm over the last dims `shape`, then weight (1) and bias (0) unless `affine` is false
@@ -316,6 +337,21 @@ class AvgPool1d : public Module {
  private:
   Pool1dOptions options_;
   bool count_include_pad_;
+};
+
+/// The mean of x [N, C, H, W] over an output_size grid of windows (PyTorch's
+/// AdaptiveAvgPool2d): output row i averages input rows [floor(i H / out), ceil((i + 1) H /
+/// out)), windows that may be uneven and overlap; columns likewise. H and W must be known when
+/// the layer is called.
+class AdaptiveAvgPool2d : public Module {
+ public:
+  AdaptiveAvgPool2d(Graph& graph, const std::string& name, std::array<int64_t, 2> output_size);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::array<int64_t, 2> output_size_;
 };
 
 /// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).

@@ -386,6 +386,84 @@ TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
       {"[nn] MaxPool1d max", "[N, C, L]", "[2, 7]"});
 }
 
+// BatchNorm1d normalizes [N, C] and [N, C, L] per channel (over the batch, and the length) and
+// updates its running statistics as PyTorch (momentum 0.1, unbiased variance); the 1-D and 2-D
+// layers refuse the other's ranks by name. AdaptiveAvgPool2d averages PyTorch's windows, uneven
+// and overlapping ones (7 rows into 3: [0, 3), [2, 5), [4, 7)).
+TEST(Layers, BatchNorm1dAndAdaptiveAveragePoolingFollowPyTorch) {
+  Graph g;
+  Value flat = g.placeholder("flat", f32, {4, 3});
+  Value sequence = g.placeholder("sequence", f32, {2, 3, 5});
+  nn::BatchNorm1d bn(g, "bn", 3), bn_sequence(g, "bn_sequence", 3);
+  Value images = g.placeholder("images", f32, {2, 2, 7, 5});
+  nn::AdaptiveAvgPool2d pool(g, "pool", {3, 2});
+  std::vector<Value> y = {bn(flat), bn_sequence(sequence), pool(images)};
+  EXPECT_EQ(y[2].shape(), Shape({2, 2, 3, 2}));
+  Session s(g);
+  const Tensor flat_in = testing::random_tensor(f32, {4, 3}, -2, 2, 10);
+  const Tensor sequence_in = testing::random_tensor(f32, {2, 3, 5}, -2, 2, 11);
+  const Tensor image_in = testing::random_tensor(f32, {2, 2, 7, 5}, -2, 2, 12);
+  const auto out = s.run({{flat, flat_in}, {sequence, sequence_in}, {images, image_in}}, y);
+  // Per channel c: the elements at (n, l), normalized with the batch's biased variance.
+  auto check_channel = [&](const Tensor& in, const Tensor& got, const nn::BatchNorm& layer,
+                           int64_t n_count, int64_t length, int64_t c) {
+    auto at = [&](int64_t n, int64_t l) { return (n * 3 + c) * length + l; };
+    double mean = 0, var = 0;
+    const double count = static_cast<double>(n_count * length);
+    for (int64_t n = 0; n < n_count; ++n)
+      for (int64_t l = 0; l < length; ++l) mean += in.element(at(n, l)) / count;
+    for (int64_t n = 0; n < n_count; ++n)
+      for (int64_t l = 0; l < length; ++l) var += std::pow(in.element(at(n, l)) - mean, 2) / count;
+    for (int64_t n = 0; n < n_count; ++n)
+      for (int64_t l = 0; l < length; ++l)
+        EXPECT_NEAR(got.element(at(n, l)), (in.element(at(n, l)) - mean) / std::sqrt(var + 1e-5),
+                    1e-5)
+            << layer.path() << " " << c;
+    EXPECT_NEAR(s.variable_value(layer.running_mean).element(c), 0.1 * mean, 1e-6);
+    EXPECT_NEAR(s.variable_value(layer.running_var).element(c),
+                0.9 + 0.1 * var * count / (count - 1), 1e-5);
+  };
+  for (int64_t c = 0; c < 3; ++c) {
+    check_channel(flat_in, out[0], bn, 4, 1, c);
+    check_channel(sequence_in, out[1], bn_sequence, 2, 5, c);
+  }
+  auto window = [](int64_t i, int64_t in, int64_t count) {
+    return std::pair<int64_t, int64_t>{i * in / count, ((i + 1) * in + count - 1) / count};
+  };
+  for (int64_t plane = 0; plane < 4; ++plane)
+    for (int64_t i = 0; i < 3; ++i)
+      for (int64_t j = 0; j < 2; ++j) {
+        const auto [r0, r1] = window(i, 7, 3);
+        const auto [c0, c1] = window(j, 5, 2);
+        double sum = 0;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) sum += image_in.element((plane * 7 + r) * 5 + c);
+        EXPECT_NEAR(out[2].element((plane * 3 + i) * 2 + j), sum / ((r1 - r0) * (c1 - c0)), 1e-6)
+            << plane << " " << i << " " << j;
+      }
+
+  expect_error<GraphError>([&] { bn(images); },
+                           {"[nn] BatchNorm1d bn", "expects [N, 3] or [N, 3, L]", "[2, 2, 7, 5]"});
+  nn::BatchNorm2d bn2d(g, "bn2d", 3);
+  expect_error<GraphError>([&] { bn2d(flat); },
+                           {"[nn] BatchNorm2d bn2d", "[N, 3, H, W]", "[4, 3]"});
+  expect_error<GraphError>(
+      [&] {
+        bn(g.placeholder("wide", f32, {4, 5}));
+      },
+      {"[nn] BatchNorm1d bn", "[N, 3]", "[4, 5]"});
+  expect_error<GraphError>(
+      [&] {
+        pool(g.placeholder("unknown", f32, {2, 2, -1, 5}));
+      },
+      {"[nn] AdaptiveAvgPool2d pool", "H and W known", "[2, 2, ?, 5]"});
+  expect_error<GraphError>(
+      [&] {
+        nn::AdaptiveAvgPool2d(g, "none", {0, 2});
+      },
+      {"[nn] AdaptiveAvgPool2d none", "output size 0x2"});
+}
+
 // Embedding's padding index (PyTorch's padding_idx): that id reads zeros, and training never
 // changes its row while the rows read do change.
 TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {
