@@ -1,4 +1,4 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): five models built as a user would,
+// Model-level PyTorch parity of the layer library (kiln::nn): six models built as a user would,
 // trained three steps, every parameter, statistic, loss and evaluation output written as .npy
 // for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
 // initial values and compares.
@@ -21,6 +21,11 @@
 //   text_cnn: PyTorch's modules again (nn.Sequential of Embedding... Conv1d, ReLU, Flatten,
 //        Linear): Embedding -> Conv1d (padding) -> ReLU -> Conv1d (stride, dilation, groups, no
 //        bias) -> Flatten -> Linear; cross entropy; SGD with Nesterov momentum and weight decay.
+//   pool: PyTorch's modules (one nn.Sequential): Conv2d -> AdaptiveAvgPool2d to 3 x 2 (uneven,
+//        overlapping windows from 7 x 5) -> Flatten -> Linear -> BatchNorm1d -> ReLU -> Unflatten
+//        to [N, 2, 6] -> MaxPool1d (stride 2, padding 1) -> AvgPool1d (padding not counted) ->
+//        Flatten -> Linear; cross entropy; SGD with plain momentum; then the evaluation-mode
+//        logits (BatchNorm1d's running statistics).
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -253,6 +258,41 @@ void text_cnn(const std::filesystem::path& dir, Device device) {
   train(session, variables, {{ids, id_tensor}, {labels, label_tensor}}, {loss}, step, dir, 3);
 }
 
+void pool(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value x = g.placeholder("x", f32, {6, 2, 7, 5});
+  Value y = g.placeholder("y", i64, {6});
+  nn::Sequential model(g, "pool");
+  model.add<nn::Conv2d>("conv", 2, 4, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.padding = {1, 1}});
+  model.add<nn::AdaptiveAvgPool2d>("adaptive", std::array<int64_t, 2>{3, 2});
+  model.add<nn::Flatten>("flatten");  // [N, 4 * 3 * 2]
+  model.add<nn::Linear>("fc", 24, 12);
+  auto& bn = model.add<nn::BatchNorm1d>("bn", 12);
+  model.add("relu", [](const Value& v) { return relu(v); });
+  model.add("unflatten", [](const Value& v) { return reshape(v, {-1, 2, 6}); });
+  model.add<nn::MaxPool1d>("max", nn::Pool1dOptions{.kernel_size = 3, .stride = 2, .padding = 1});
+  model.add<nn::AvgPool1d>("avg", nn::Pool1dOptions{.kernel_size = 2, .stride = 1, .padding = 1},
+                           false);
+  model.add<nn::Flatten>("flatten_again");  // [N, 2 * 4]
+  model.add<nn::Linear>("head", 8, 3);
+  Value loss = cross_entropy(model(x), y);
+  optim::SGD sgd({.lr = 0.1, .momentum = 0.9});
+  Value step = sgd.minimize(loss);
+  model.eval();
+  Value logits = model(x);
+
+  std::vector<Value> variables = model.parameters();
+  variables.push_back(bn.running_mean);
+  variables.push_back(bn.running_var);
+  const Tensor xs = normal({6, 2, 7, 5}, 3);
+  const Tensor ys = Tensor::from_vector<int64_t>({0, 1, 2, 2, 1, 0}, {6});
+  Session session(g, {.device = device});
+  train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
+  save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -270,8 +310,10 @@ int main(int argc, char** argv) {
     kiln::autoencoder(dir / "ae", device);
     kiln::encoder(dir / "encoder", device);
     kiln::text_cnn(dir / "text_cnn", device);
+    kiln::pool(dir / "pool", device);
     std::printf(
-        "layer_parity: wrote the cnn, lm, ae, encoder and text_cnn models' runs on %s to %s\n",
+        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn and pool models' runs on %s to "
+        "%s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

@@ -1,11 +1,11 @@
 #!/usr/bin/python3
-"""Model-level PyTorch parity of kiln::nn: rebuilds the five models layer_parity trained (see
+"""Model-level PyTorch parity of kiln::nn: rebuilds the six models layer_parity trained (see
 tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
 three steps and compares every step's loss, every variable after training (parameters and batch
-norm's running statistics) and the CNN's evaluation-mode logits. Three are written with torch's
-functions; the encoder and the text CNN are PyTorch's own modules (nn.Embedding,
-nn.TransformerEncoderLayer, nn.Conv1d, nn.Flatten, ...) with Kiln's values loaded, as a user
-porting a model would.
+norm's running statistics) and the CNNs' evaluation-mode logits. Three are written with torch's
+functions; the encoder, the text CNN and the pooling model are PyTorch's own modules
+(nn.Embedding, nn.TransformerEncoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, ...)
+with Kiln's values loaded, as a user porting a model would.
 
     /usr/bin/python3 torch_layer_parity.py DIR
 
@@ -288,13 +288,48 @@ def text_cnn(run):
     port.check_variables()
 
 
+def pooling(run):
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    nn = torch.nn
+    conv, fc, bn, head = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(24, 12), nn.BatchNorm1d(12), \
+        nn.Linear(8, 3)
+    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d((3, 2)), nn.Flatten(), fc, bn, nn.ReLU(),
+                          nn.Unflatten(1, (2, 6)), nn.MaxPool1d(3, stride=2, padding=1),
+                          nn.AvgPool1d(2, stride=1, padding=1, count_include_pad=False),
+                          nn.Flatten(), head)
+    where = {"pool/conv/weight": (conv.weight, None, False),
+             "pool/conv/bias": (conv.bias, None, False),
+             "pool/bn/weight": (bn.weight, None, False), "pool/bn/bias": (bn.bias, None, False),
+             "pool/bn/running_mean": (bn.running_mean, None, False),
+             "pool/bn/running_var": (bn.running_var, None, False)}
+    linear_place(where, "pool/fc", fc)
+    linear_place(where, "pool/head", head)
+    port = Port(run, where)
+    if not port.valid:
+        return
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    for step in range(3):
+        sgd.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        sgd.step()
+        run.check_step(step, [loss])
+    port.check_variables()
+    model.eval()
+    with torch.no_grad():
+        run.check("evaluation logits", run.load("eval_logits.npy"), model(x).numpy(),
+                  WEIGHT_TOLERANCE)
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
     runs = []
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
-                         ("text_cnn", text_cnn)):
+                         ("text_cnn", text_cnn), ("pool", pooling)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
