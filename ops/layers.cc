@@ -464,6 +464,32 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
   return transpose(matmul(probability_dropout(probabilities), heads_first(v)), {0, 2, 1, 3});
 }
 
+namespace {
+
+// A transformer block's feed-forward part: out(dropout(activation(in(x)))).
+Value feed_forward(Linear& in, TransformerBlock::Activation activation, Dropout& dropout,
+                   Linear& out, const Value& x) {
+  Value inner = in(x);
+  switch (activation) {
+    case TransformerBlock::Activation::gelu:
+      inner = gelu(inner);
+      break;
+    case TransformerBlock::Activation::gelu_tanh:
+      inner = gelu_tanh(inner);
+      break;
+    case TransformerBlock::Activation::relu:
+      inner = relu(inner);
+      break;
+  }
+  return out(dropout(inner));
+}
+
+int64_t ffn_dim_of(int64_t dim, const TransformerBlock::Options& options) {
+  return options.ffn_dim > 0 ? options.ffn_dim : 4 * dim;
+}
+
+}  // namespace
+
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
                                    int64_t heads, Options options)
     : Module(graph, name),
@@ -474,9 +500,9 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
           MultiHeadAttention::Options{.causal = options.causal,
                                       .seed = options.seed,
                                       .dropout = options.attention_dropout})),
-      ffn_in(make<Linear>("ffn_in", dim, options.ffn_dim > 0 ? options.ffn_dim : 4 * dim,
+      ffn_in(make<Linear>("ffn_in", dim, ffn_dim_of(dim, options),
                           LayerOptions{.seed = options.seed})),
-      ffn_out(make<Linear>("ffn_out", options.ffn_dim > 0 ? options.ffn_dim : 4 * dim, dim,
+      ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
                            LayerOptions{.seed = options.seed})),
       attention_output_dropout(
           make<Dropout>("attention_dropout", options.dropout, LayerOptions{.seed = options.seed})),
@@ -494,19 +520,7 @@ Value TransformerBlock::attend(const Value& x, const Value& mask) {
 
 Value TransformerBlock::block_of(const Value& x, const Value& mask) {
   auto ffn = [&](const Value& v) {
-    Value inner = ffn_in(v);
-    switch (activation_) {
-      case Activation::gelu:
-        inner = gelu(inner);
-        break;
-      case Activation::gelu_tanh:
-        inner = gelu_tanh(inner);
-        break;
-      case Activation::relu:
-        inner = relu(inner);
-        break;
-    }
-    return ffn_output_dropout(ffn_out(activation_dropout(inner)));
+    return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
   };
   if (norm_first_) {
     Value h = x + attention_output_dropout(attention.attend(norm1(x), mask));
@@ -514,6 +528,71 @@ Value TransformerBlock::block_of(const Value& x, const Value& mask) {
   }
   Value h = norm1(x + attention_output_dropout(attention.attend(x, mask)));
   return norm2(h + ffn(h));
+}
+
+// ---- TransformerDecoderBlock.
+
+TransformerDecoderBlock::TransformerDecoderBlock(Graph& graph, const std::string& name, int64_t dim,
+                                                 int64_t heads, Options options)
+    : Module(graph, name),
+      norm1(make<LayerNorm>("norm1", Shape{dim}, options.norm_eps)),
+      norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
+      norm3(make<LayerNorm>("norm3", Shape{dim}, options.norm_eps)),
+      self_attention(make<MultiHeadAttention>(
+          "self_attention", dim, heads,
+          MultiHeadAttention::Options{.causal = options.causal,
+                                      .seed = options.seed,
+                                      .dropout = options.attention_dropout})),
+      cross_attention(make<MultiHeadAttention>(
+          "cross_attention", dim, heads,
+          MultiHeadAttention::Options{.seed = options.seed, .dropout = options.attention_dropout})),
+      ffn_in(make<Linear>("ffn_in", dim, ffn_dim_of(dim, options),
+                          LayerOptions{.seed = options.seed})),
+      ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
+                           LayerOptions{.seed = options.seed})),
+      self_attention_output_dropout(make<Dropout>("self_attention_dropout", options.dropout,
+                                                  LayerOptions{.seed = options.seed})),
+      cross_attention_output_dropout(make<Dropout>("cross_attention_dropout", options.dropout,
+                                                   LayerOptions{.seed = options.seed})),
+      ffn_output_dropout(
+          make<Dropout>("ffn_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      activation_dropout(make<Dropout>("activation_dropout", options.activation_dropout,
+                                       LayerOptions{.seed = options.seed})),
+      activation_(options.activation),
+      norm_first_(options.norm_first) {}
+
+Value TransformerDecoderBlock::decode(const Value& x, const Value& memory, const Value& self_mask,
+                                      const Value& memory_mask) {
+  KILN_CHECK(x.defined() && x.graph() == &graph() && memory.defined() && memory.graph() == &graph(),
+             GraphError, "[nn] ", path(), ": x and memory must be values of the layer's graph");
+  NameScope scope(graph(), name());
+  return block_of(x, memory, self_mask, memory_mask);
+}
+
+Value TransformerDecoderBlock::forward(const Value&) {
+  throw GraphError(str("[nn] TransformerDecoderBlock ", path(),
+                       ": a decoder attends to a memory; call decode(x, memory)"));
+}
+
+Value TransformerDecoderBlock::block_of(const Value& x, const Value& memory, const Value& self_mask,
+                                        const Value& memory_mask) {
+  auto self_part = [&](const Value& v) {
+    return self_attention_output_dropout(self_attention.attend(v, self_mask));
+  };
+  auto cross_part = [&](const Value& v) {
+    return cross_attention_output_dropout(cross_attention.attend(v, memory, memory_mask));
+  };
+  auto ffn = [&](const Value& v) {
+    return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
+  };
+  if (norm_first_) {
+    Value h = x + self_part(norm1(x));
+    h = h + cross_part(norm2(h));
+    return h + ffn(norm3(h));
+  }
+  Value h = norm1(x + self_part(x));
+  h = norm2(h + cross_part(h));
+  return norm3(h + ffn(h));
 }
 
 // ---- Sequential.

@@ -456,6 +456,40 @@ class TransformerBlock : public Module {
   bool norm_first_;
 };
 
+/// A transformer decoder block (PyTorch's TransformerDecoderLayer): self-attention over x [B, T,
+/// dim] (causal per Options::causal, and an optional mask), attention from x to `memory` [B, S,
+/// dim] (an encoder's output; an optional mask), and the FFN, each in a residual. Post-norm
+/// (norm_first false, PyTorch's default): h = norm1(x + sa(x)), h = norm2(h + ca(h, memory)),
+/// norm3(h + ffn(h)). Pre-norm: h = x + sa(norm1(x)), h = h + ca(norm2(h), memory), h +
+/// ffn(norm3(h)). Dropouts as TransformerBlock's: `dropout` on each of the three outputs,
+/// attention_dropout inside both attentions, activation_dropout inside the FFN.
+class TransformerDecoderBlock : public Module {
+ public:
+  using Options = TransformerBlock::Options;
+  using Activation = TransformerBlock::Activation;
+  TransformerDecoderBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
+                          Options options);
+  /// The block on x and memory; self_mask (broadcast to [B, heads, T, T]) and memory_mask
+  /// (to [B, heads, T, S], e.g. a key-padding mask [B, 1, 1, S]) are optional (true: attend).
+  Value decode(const Value& x, const Value& memory, const Value& self_mask = {},
+               const Value& memory_mask = {});
+  LayerNorm &norm1, &norm2, &norm3;
+  MultiHeadAttention &self_attention, &cross_attention;
+  Linear &ffn_in, &ffn_out;
+  Dropout &self_attention_output_dropout, &cross_attention_output_dropout, &ffn_output_dropout,
+      &activation_dropout;
+
+ protected:
+  /// A decoder needs its memory: calling it as a one-input layer is an error naming it.
+  Value forward(const Value& x) override;
+
+ private:
+  Value block_of(const Value& x, const Value& memory, const Value& self_mask,
+                 const Value& memory_mask);
+  Activation activation_;
+  bool norm_first_;
+};
+
 /// Layers applied in order.
 class Sequential : public Module {
  public:

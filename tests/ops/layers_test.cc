@@ -583,6 +583,73 @@ TEST(Layers, BlockDropoutsSitWherePyTorchsEncoderLayerHasThem) {
   EXPECT_EQ(ops_of(start, "attention").size(), 1u);
 }
 
+// TransformerDecoderBlock wires its sublayers as PyTorch's TransformerDecoderLayer, post-norm and
+// pre-norm: the block equals the residual sums built by hand from its own sublayers. Self-attention
+// is causal and cross-attention honours the memory's key mask: changing a later token or a masked
+// memory row changes nothing it must not. Called without a memory, it says so.
+TEST(Layers, DecoderBlockWiresItsSublayersAsPyTorchsDecoderLayer) {
+  for (const bool norm_first : {false, true}) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {2, 4, 8});
+    Value memory = g.placeholder("memory", f32, {2, 3, 8});
+    Value keep = g.placeholder("keep", boolean, {2, 1, 1, 3});
+    nn::TransformerDecoderBlock block(g, "dec", 8, 2,
+                                      {.ffn_dim = 16,
+                                       .dropout = 0.5,  // evaluation mode below: no dropout
+                                       .attention_dropout = 0.5,
+                                       .activation_dropout = 0.5,
+                                       .causal = true,
+                                       .norm_first = norm_first});
+    block.eval();
+    Value y = block.decode(x, memory, {}, keep);
+    auto sa = [&](const Value& v) { return block.self_attention.attend(v, Value()); };
+    auto ca = [&](const Value& v) { return block.cross_attention.attend(v, memory, keep); };
+    auto ffn = [&](const Value& v) { return block.ffn_out(gelu(block.ffn_in(v))); };
+    Value by_hand;
+    if (norm_first) {
+      Value h = x + sa(block.norm1(x));
+      h = h + ca(block.norm2(h));
+      by_hand = h + ffn(block.norm3(h));
+    } else {
+      Value h = block.norm1(x + sa(x));
+      h = block.norm2(h + ca(h));
+      by_hand = block.norm3(h + ffn(h));
+    }
+    Session s(g);
+    Tensor keep_values = Tensor::empty(boolean, {2, 1, 1, 3});
+    for (int64_t i = 0; i < 6; ++i) keep_values.data<bool>()[i] = i != 2 && i != 5;  // row 2 off
+    const Tensor in = testing::random_tensor(f32, {2, 4, 8}, -1, 1, 13);
+    const Tensor mem = testing::random_tensor(f32, {2, 3, 8}, -1, 1, 14);
+    Tensor later = in.clone(), masked = mem.clone();
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t c = 0; c < 8; ++c) {
+        later.data<float>()[(b * 4 + 3) * 8 + c] += 1;   // the last token
+        masked.data<float>()[(b * 3 + 2) * 8 + c] += 1;  // the masked memory row
+      }
+    auto run = [&](const Tensor& tokens, const Tensor& rows) {
+      return s.run({{x, tokens}, {memory, rows}, {keep, keep_values}}, {y, by_hand});
+    };
+    const auto base = run(in, mem), moved = run(later, mem), hidden = run(in, masked);
+    double later_change = 0;
+    for (int64_t i = 0; i < 64; ++i) {
+      EXPECT_NEAR(base[0].element(i), base[1].element(i), 1e-6) << norm_first << " " << i;
+      EXPECT_NEAR(hidden[0].element(i), base[0].element(i), 1e-6) << norm_first << " " << i;
+      if (i % 32 < 24)  // tokens 0-2 of each sequence
+        EXPECT_NEAR(moved[0].element(i), base[0].element(i), 1e-6) << norm_first << " " << i;
+      else
+        later_change = std::max(later_change, std::abs(moved[0].element(i) - base[0].element(i)));
+    }
+    EXPECT_GT(later_change, 1e-3);
+    expect_error<GraphError>([&] { block(x); },
+                             {"[nn] TransformerDecoderBlock dec", "call decode(x, memory)"});
+    expect_error<GraphError>(
+        [&] {
+          block.decode(x, g.placeholder("narrow", f32, {2, 3, 4}));
+        },
+        {"[nn] MultiHeadAttention dec/cross_attention", "memory [batch, length, 8]"});
+  }
+}
+
 // LayerNorm and RMSNorm without affine parameters (PyTorch's elementwise_affine=False): no
 // variables, and the plain normalization; a normalized shape must be known.
 TEST(Layers, NormsWithoutAffineHaveNoParameters) {

@@ -1,4 +1,4 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): six models built as a user would,
+// Model-level PyTorch parity of the layer library (kiln::nn): seven models built as a user would,
 // trained three steps, every parameter, statistic, loss and evaluation output written as .npy
 // for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
 // initial values and compares.
@@ -26,6 +26,9 @@
 //        to [N, 2, 6] -> MaxPool1d (stride 2, padding 1) -> AvgPool1d (padding not counted) ->
 //        Flatten -> Linear; cross entropy; SGD with plain momentum; then the evaluation-mode
 //        logits (BatchNorm1d's running statistics).
+//   decoder: PyTorch's nn.TransformerDecoderLayer (post-norm, ReLU) with Kiln's values loaded:
+//        Embedding -> TransformerDecoderBlock (causal self-attention, cross-attention to a memory
+//        over its key-padding mask) -> Linear; cross entropy; AdamW with non-default betas.
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -293,6 +296,48 @@ void pool(const std::filesystem::path& dir, Device device) {
   save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
 }
 
+void decoder(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kBatch = 3, kLength = 6, kMemory = 5, kVocab = 10, kDim = 16;
+  Graph g;
+  Value ids = g.placeholder("ids", i64, {kBatch, kLength});
+  Value labels = g.placeholder("labels", i64, {kBatch, kLength});
+  Value memory = g.placeholder("memory", f32, {kBatch, kMemory, kDim});
+  Value memory_keep = g.placeholder("memory_keep", boolean, {kBatch, 1, 1, kMemory});
+  nn::Embedding embed(g, "embed", kVocab, kDim);
+  nn::TransformerDecoderBlock block(g, "decoder", kDim, 4,
+                                    {.ffn_dim = 32,
+                                     .dropout = 0,
+                                     .causal = true,
+                                     .activation = nn::TransformerBlock::Activation::relu,
+                                     .norm_first = false});
+  nn::Linear head(g, "head", kDim, kVocab);
+  Value logits = head(block.decode(embed(ids), memory, {}, memory_keep));
+  Value loss = cross_entropy(reshape(logits, {-1, kVocab}), reshape(labels, {-1}));
+  optim::AdamW adamw({.lr = 5e-3, .beta1 = 0.8, .beta2 = 0.99, .weight_decay = 0.05});
+  Value step = adamw.minimize(loss);
+
+  std::vector<Value> variables = embed.parameters();
+  for (const nn::Module* m : std::initializer_list<const nn::Module*>{&block, &head})
+    for (const Value& v : m->parameters()) variables.push_back(v);
+  std::vector<int64_t> id_values, label_values;
+  for (int64_t i = 0; i < kBatch * kLength; ++i) {
+    id_values.push_back((i * 3 + i / 5) % kVocab);
+    label_values.push_back((i * 7 + 2) % kVocab);
+  }
+  Tensor keep_values = Tensor::empty(boolean, {kBatch, 1, 1, kMemory});
+  for (int64_t b = 0; b < kBatch; ++b)  // batch b keeps the first kMemory - b keys
+    for (int64_t j = 0; j < kMemory; ++j)
+      keep_values.data<bool>()[b * kMemory + j] = j < kMemory - b;
+  Session session(g, {.device = device});
+  train(session, variables,
+        {{ids, Tensor::from_vector<int64_t>(id_values, {kBatch, kLength})},
+         {labels, Tensor::from_vector<int64_t>(label_values, {kBatch, kLength})},
+         {memory, normal({kBatch, kMemory, kDim}, 4)},
+         {memory_keep, keep_values}},
+        {loss}, step, dir, 3);
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -311,9 +356,10 @@ int main(int argc, char** argv) {
     kiln::encoder(dir / "encoder", device);
     kiln::text_cnn(dir / "text_cnn", device);
     kiln::pool(dir / "pool", device);
+    kiln::decoder(dir / "decoder", device);
     std::printf(
-        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn and pool models' runs on %s to "
-        "%s\n",
+        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool and decoder models' runs on "
+        "%s to %s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

@@ -1,10 +1,11 @@
 #!/usr/bin/python3
-"""Model-level PyTorch parity of kiln::nn: rebuilds the six models layer_parity trained (see
+"""Model-level PyTorch parity of kiln::nn: rebuilds the seven models layer_parity trained (see
 tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
 three steps and compares every step's loss, every variable after training (parameters and batch
 norm's running statistics) and the CNNs' evaluation-mode logits. Three are written with torch's
-functions; the encoder, the text CNN and the pooling model are PyTorch's own modules
-(nn.Embedding, nn.TransformerEncoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, ...)
+functions; the encoder, the text CNN, the pooling model and the decoder are PyTorch's own modules
+(nn.Embedding, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Conv1d,
+nn.AdaptiveAvgPool2d, nn.BatchNorm1d, ...)
 with Kiln's values loaded, as a user porting a model would.
 
     /usr/bin/python3 torch_layer_parity.py DIR
@@ -218,6 +219,15 @@ def linear_place(where, name, module):
         where[name + "/bias"] = (module.bias, None, False)
 
 
+def attention_place(where, name, attention, dim):
+    linear_place(where, f"{name}/output", attention.out_proj)
+    # torch packs the q, k, v projections into one in_proj of 3 dim rows.
+    for i, part in enumerate(("query", "key", "value")):
+        rows = slice(dim * i, dim * (i + 1))
+        where[f"{name}/{part}/weight"] = (attention.in_proj_weight, rows, True)
+        where[f"{name}/{part}/bias"] = (attention.in_proj_bias, rows, False)
+
+
 def encoder(run):
     p = run.params
     ids = torch.tensor(run.load("ids.npy"))
@@ -234,14 +244,9 @@ def encoder(run):
     attention = layer.self_attn
     where = {"embed/weight": (embed.weight, None, False)}
     linear_place(where, "head", head)
-    linear_place(where, "block/attention/output", attention.out_proj)
+    attention_place(where, "block/attention", attention, 16)
     linear_place(where, "block/ffn_in", layer.linear1)
     linear_place(where, "block/ffn_out", layer.linear2)
-    # torch packs the q, k, v projections into one in_proj of 3 dim rows.
-    for i, part in enumerate(("query", "key", "value")):
-        rows = slice(16 * i, 16 * (i + 1))
-        where[f"block/attention/{part}/weight"] = (attention.in_proj_weight, rows, True)
-        where[f"block/attention/{part}/bias"] = (attention.in_proj_bias, rows, False)
     for norm in ("norm1", "norm2"):
         where[f"block/{norm}/weight"] = (getattr(layer, norm).weight, None, False)
         where[f"block/{norm}/bias"] = (getattr(layer, norm).bias, None, False)
@@ -257,6 +262,42 @@ def encoder(run):
         loss = F.cross_entropy(head((h * real).sum(1) / real.sum(1)), labels)
         loss.backward()
         adam.step()
+        run.check_step(step, [loss])
+    port.check_variables(skip=("/key/bias",))  # a zero gradient: see lm()
+
+
+def decoder(run):
+    ids = torch.tensor(run.load("ids.npy"))
+    labels = torch.tensor(run.load("labels.npy"))
+    memory = torch.tensor(run.load("memory.npy")).double()
+    memory_keep = torch.tensor(run.load("memory_keep.npy"))
+    embed = torch.nn.Embedding(10, 16)
+    layer = torch.nn.TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.0,
+                                             activation="relu", layer_norm_eps=1e-5,
+                                             batch_first=True, norm_first=False)
+    head = torch.nn.Linear(16, 10)
+    where = {"embed/weight": (embed.weight, None, False)}
+    linear_place(where, "head", head)
+    attention_place(where, "decoder/self_attention", layer.self_attn, 16)
+    attention_place(where, "decoder/cross_attention", layer.multihead_attn, 16)
+    linear_place(where, "decoder/ffn_in", layer.linear1)
+    linear_place(where, "decoder/ffn_out", layer.linear2)
+    for norm in ("norm1", "norm2", "norm3"):
+        where[f"decoder/{norm}/weight"] = (getattr(layer, norm).weight, None, False)
+        where[f"decoder/{norm}/bias"] = (getattr(layer, norm).bias, None, False)
+    port = Port(run, where)
+    if not port.valid:
+        return
+    modules = torch.nn.ModuleList([embed, layer, head])
+    adamw = torch.optim.AdamW(modules.parameters(), lr=5e-3, betas=(0.8, 0.99), weight_decay=0.05)
+    causal = torch.full((6, 6), float("-inf")).triu(1)
+    padding = ~memory_keep.reshape(3, 5)  # torch's key-padding mask: True where ignored
+    for step in range(3):
+        adamw.zero_grad()
+        h = layer(embed(ids), memory, tgt_mask=causal, memory_key_padding_mask=padding)
+        loss = F.cross_entropy(head(h).reshape(-1, 10), labels.reshape(-1))
+        loss.backward()
+        adamw.step()
         run.check_step(step, [loss])
     port.check_variables(skip=("/key/bias",))  # a zero gradient: see lm()
 
@@ -329,7 +370,7 @@ def main():
         return 2
     runs = []
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
-                         ("text_cnn", text_cnn), ("pool", pooling)):
+                         ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
