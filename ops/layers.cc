@@ -453,11 +453,12 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
   }
   Value probabilities;
   if (keep.defined()) {
-    // Masked scores become the dtype's lowest finite value, not -inf: exp of it less the row's
-    // maximum is 0 wherever a row keeps a key, and a row that keeps none is uniform instead of
-    // NaN, then zeroed by the product with keep (the fused op's zeros for such a query).
-    const double lowest = q.dtype() == f16 ? -65504.0 : -3.0e38;
-    probabilities = softmax(where(greater(keep, 0.5), scores, lowest)) * keep;
+    // Masked scores become -65504 (f16's lowest finite value, finite in every float dtype, also
+    // where autocast runs this in 16 bits), not -inf: exp of it less the row's maximum is 0
+    // wherever a row keeps a key (scores are far above it), and a row that keeps none is uniform
+    // instead of NaN, then zeroed by the product with keep (the fused op's zeros for such a
+    // query).
+    probabilities = softmax(where(greater(keep, 0.5), scores, -65504.0)) * keep;
   } else {
     probabilities = softmax(scores);
   }
@@ -488,6 +489,12 @@ int64_t ffn_dim_of(int64_t dim, const TransformerBlock::Options& options) {
   return options.ffn_dim > 0 ? options.ffn_dim : 4 * dim;
 }
 
+// A block's attention: causal or not, the block's seed and attention dropout.
+MultiHeadAttention::Options attention_options(const TransformerBlock::Options& options,
+                                              bool causal) {
+  return {.causal = causal, .seed = options.seed, .dropout = options.attention_dropout};
+}
+
 }  // namespace
 
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
@@ -495,11 +502,8 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
     : Module(graph, name),
       norm1(make<LayerNorm>("norm1", Shape{dim}, options.norm_eps)),
       norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
-      attention(make<MultiHeadAttention>(
-          "attention", dim, heads,
-          MultiHeadAttention::Options{.causal = options.causal,
-                                      .seed = options.seed,
-                                      .dropout = options.attention_dropout})),
+      attention(make<MultiHeadAttention>("attention", dim, heads,
+                                         attention_options(options, options.causal))),
       ffn_in(make<Linear>("ffn_in", dim, ffn_dim_of(dim, options),
                           LayerOptions{.seed = options.seed})),
       ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
@@ -538,14 +542,10 @@ TransformerDecoderBlock::TransformerDecoderBlock(Graph& graph, const std::string
       norm1(make<LayerNorm>("norm1", Shape{dim}, options.norm_eps)),
       norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
       norm3(make<LayerNorm>("norm3", Shape{dim}, options.norm_eps)),
-      self_attention(make<MultiHeadAttention>(
-          "self_attention", dim, heads,
-          MultiHeadAttention::Options{.causal = options.causal,
-                                      .seed = options.seed,
-                                      .dropout = options.attention_dropout})),
-      cross_attention(make<MultiHeadAttention>(
-          "cross_attention", dim, heads,
-          MultiHeadAttention::Options{.seed = options.seed, .dropout = options.attention_dropout})),
+      self_attention(make<MultiHeadAttention>("self_attention", dim, heads,
+                                              attention_options(options, options.causal))),
+      cross_attention(make<MultiHeadAttention>("cross_attention", dim, heads,
+                                               attention_options(options, false))),
       ffn_in(make<Linear>("ffn_in", dim, ffn_dim_of(dim, options),
                           LayerOptions{.seed = options.seed})),
       ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,

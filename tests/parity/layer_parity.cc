@@ -78,6 +78,21 @@ void train(Session& session, const std::vector<Value>& variables, const FeedList
     save_npy(session.variable_value(variables[i]), (dir / str("final_", i, ".npy")).string());
 }
 
+// Trains a classifier with batch norm three steps (train()) and writes its evaluation-mode
+// logits (the running statistics at work); its variables include the running statistics.
+void train_and_evaluate(nn::Sequential& model, const nn::BatchNorm& bn, const Value& x,
+                        const Value& y, const Tensor& xs, const Tensor& ys, const Value& loss,
+                        const Value& step, const std::filesystem::path& dir, Device device) {
+  model.eval();
+  Value logits = model(x);
+  std::vector<Value> variables = model.parameters();
+  variables.push_back(bn.running_mean);
+  variables.push_back(bn.running_var);
+  Session session(*x.graph(), {.device = device});
+  train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
+  save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
+}
+
 void cnn(const std::filesystem::path& dir, Device device) {
   std::filesystem::create_directories(dir);
   Graph g;
@@ -98,17 +113,9 @@ void cnn(const std::filesystem::path& dir, Device device) {
   Value loss = cross_entropy(model(x), y, -100, 0.1);
   optim::SGD sgd({.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-3});
   Value step = sgd.minimize(loss);
-  model.eval();
-  Value logits = model(x);
-
-  std::vector<Value> variables = model.parameters();
-  variables.push_back(bn.running_mean);
-  variables.push_back(bn.running_var);
-  const Tensor xs = normal({8, 3, 12, 12}, 1);
-  const Tensor ys = Tensor::from_vector<int64_t>({0, 1, 2, 3, 4, 0, 1, 2}, {8});
-  Session session(g, {.device = device});
-  train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
-  save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
+  train_and_evaluate(model, bn, x, y, normal({8, 3, 12, 12}, 1),
+                     Tensor::from_vector<int64_t>({0, 1, 2, 3, 4, 0, 1, 2}, {8}), loss, step, dir,
+                     device);
 }
 
 void lm(const std::filesystem::path& dir, Device device) {
@@ -283,17 +290,9 @@ void pool(const std::filesystem::path& dir, Device device) {
   Value loss = cross_entropy(model(x), y);
   optim::SGD sgd({.lr = 0.1, .momentum = 0.9});
   Value step = sgd.minimize(loss);
-  model.eval();
-  Value logits = model(x);
-
-  std::vector<Value> variables = model.parameters();
-  variables.push_back(bn.running_mean);
-  variables.push_back(bn.running_var);
-  const Tensor xs = normal({6, 2, 7, 5}, 3);
-  const Tensor ys = Tensor::from_vector<int64_t>({0, 1, 2, 2, 1, 0}, {6});
-  Session session(g, {.device = device});
-  train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
-  save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
+  train_and_evaluate(model, bn, x, y, normal({6, 2, 7, 5}, 3),
+                     Tensor::from_vector<int64_t>({0, 1, 2, 2, 1, 0}, {6}), loss, step, dir,
+                     device);
 }
 
 void decoder(const std::filesystem::path& dir, Device device) {

@@ -228,6 +228,12 @@ def attention_place(where, name, attention, dim):
         where[f"{name}/{part}/bias"] = (attention.in_proj_bias, rows, False)
 
 
+def norms_place(where, name, layer, norms):
+    for norm in norms:
+        where[f"{name}/{norm}/weight"] = (getattr(layer, norm).weight, None, False)
+        where[f"{name}/{norm}/bias"] = (getattr(layer, norm).bias, None, False)
+
+
 def encoder(run):
     p = run.params
     ids = torch.tensor(run.load("ids.npy"))
@@ -247,9 +253,7 @@ def encoder(run):
     attention_place(where, "block/attention", attention, 16)
     linear_place(where, "block/ffn_in", layer.linear1)
     linear_place(where, "block/ffn_out", layer.linear2)
-    for norm in ("norm1", "norm2"):
-        where[f"block/{norm}/weight"] = (getattr(layer, norm).weight, None, False)
-        where[f"block/{norm}/bias"] = (getattr(layer, norm).bias, None, False)
+    norms_place(where, "block", layer, ("norm1", "norm2"))
     port = Port(run, where)
     if not port.valid:
         return
@@ -282,9 +286,7 @@ def decoder(run):
     attention_place(where, "decoder/cross_attention", layer.multihead_attn, 16)
     linear_place(where, "decoder/ffn_in", layer.linear1)
     linear_place(where, "decoder/ffn_out", layer.linear2)
-    for norm in ("norm1", "norm2", "norm3"):
-        where[f"decoder/{norm}/weight"] = (getattr(layer, norm).weight, None, False)
-        where[f"decoder/{norm}/bias"] = (getattr(layer, norm).bias, None, False)
+    norms_place(where, "decoder", layer, ("norm1", "norm2", "norm3"))
     port = Port(run, where)
     if not port.valid:
         return
