@@ -336,6 +336,42 @@ Value AvgPool1d::forward(const Value& x) {
       avg_pool2d(as_plane("AvgPool1d", path(), x), plane_window(options_), count_include_pad_), 2);
 }
 
+namespace {
+
+// The averaging of adaptive pooling along one dim of `in` elements into `out`: P [out, in] (or
+// P^T with `transposed`) holding 1 / len over output i's window [floor(i in / out), ceil((i + 1)
+// in / out)) (PyTorch's windows, which may be uneven and overlap), a constant of x's dtype.
+// Pooling is linear in each dim, so products with these matrices compute it for any sizes, and
+// its gradient is theirs.
+Value window_averages(Graph& graph, const Value& x, int64_t in, int64_t out, bool transposed,
+                      const char* name) {
+  std::vector<float> p(static_cast<size_t>(in * out), 0.0f);
+  for (int64_t i = 0; i < out; ++i) {
+    const int64_t begin = i * in / out, end = ((i + 1) * in + out - 1) / out;
+    for (int64_t j = begin; j < end; ++j)
+      p[static_cast<size_t>(transposed ? j * out + i : i * in + j)] =
+          1.0f / static_cast<float>(end - begin);
+  }
+  Value m =
+      constant(graph, Tensor::from_vector(p, transposed ? Shape{in, out} : Shape{out, in}), name);
+  return x.dtype() == f32 ? m : cast(m, x.dtype());
+}
+
+}  // namespace
+
+AdaptiveAvgPool1d::AdaptiveAvgPool1d(Graph& graph, const std::string& name, int64_t output_size)
+    : Module(graph, name), output_size_(output_size) {
+  KILN_CHECK(output_size > 0, GraphError, "[nn] AdaptiveAvgPool1d ", path(), ": output size ",
+             output_size, " must be positive");
+}
+
+Value AdaptiveAvgPool1d::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 3 && s[2] > 0, GraphError, "[nn] AdaptiveAvgPool1d ", path(),
+             ": expects [N, C, L] with L known and positive, got ", s);
+  return matmul(x, window_averages(graph(), x, s[2], output_size_, true, "windows"));
+}
+
 AdaptiveAvgPool2d::AdaptiveAvgPool2d(Graph& graph, const std::string& name,
                                      std::array<int64_t, 2> output_size)
     : Module(graph, name), output_size_(output_size) {
@@ -347,23 +383,9 @@ Value AdaptiveAvgPool2d::forward(const Value& x) {
   const Shape& s = x.shape();
   KILN_CHECK(s.rank() == 4 && s[2] > 0 && s[3] > 0, GraphError, "[nn] AdaptiveAvgPool2d ", path(),
              ": expects [N, C, H, W] with H and W known and positive, got ", s);
-  // The pooling is linear in each spatial dim: y = P_h x P_w^T with P [out, in] holding 1 / len
-  // over each output's window [floor(i in / out), ceil((i + 1) in / out)), so two products with
-  // constant matrices compute it for any sizes, and its gradient is theirs.
-  auto averaging = [&](int64_t in, int64_t out, bool transposed, const char* what) {
-    std::vector<float> p(static_cast<size_t>(in * out), 0.0f);
-    for (int64_t i = 0; i < out; ++i) {
-      const int64_t begin = i * in / out, end = ((i + 1) * in + out - 1) / out;
-      for (int64_t j = begin; j < end; ++j)
-        p[static_cast<size_t>(transposed ? j * out + i : i * in + j)] =
-            1.0f / static_cast<float>(end - begin);
-    }
-    Value m = constant(graph(),
-                       Tensor::from_vector(p, transposed ? Shape{in, out} : Shape{out, in}), what);
-    return x.dtype() == f32 ? m : cast(m, x.dtype());
-  };
-  Value rows = averaging(s[2], output_size_[0], false, "row_windows");
-  Value columns = averaging(s[3], output_size_[1], true, "column_windows");
+  // y = P_h x P_w^T.
+  Value rows = window_averages(graph(), x, s[2], output_size_[0], false, "row_windows");
+  Value columns = window_averages(graph(), x, s[3], output_size_[1], true, "column_windows");
   return matmul(rows, matmul(x, columns));
 }
 

@@ -339,6 +339,19 @@ class AvgPool1d : public Module {
   bool count_include_pad_;
 };
 
+/// The mean of x [N, C, L] over output_size windows (PyTorch's AdaptiveAvgPool1d): output i
+/// averages [floor(i L / out), ceil((i + 1) L / out)); L must be known when the layer is called.
+class AdaptiveAvgPool1d : public Module {
+ public:
+  AdaptiveAvgPool1d(Graph& graph, const std::string& name, int64_t output_size);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t output_size_;
+};
+
 /// The mean of x [N, C, H, W] over an output_size grid of windows (PyTorch's
 /// AdaptiveAvgPool2d): output row i averages input rows [floor(i H / out), ceil((i + 1) H /
 /// out)), windows that may be uneven and overlap; columns likewise. H and W must be known when

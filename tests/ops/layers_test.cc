@@ -388,8 +388,8 @@ TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
 
 // BatchNorm1d normalizes [N, C] and [N, C, L] per channel (over the batch, and the length) and
 // updates its running statistics as PyTorch (momentum 0.1, unbiased variance); the 1-D and 2-D
-// layers refuse the other's ranks by name. AdaptiveAvgPool2d averages PyTorch's windows, uneven
-// and overlapping ones (7 rows into 3: [0, 3), [2, 5), [4, 7)).
+// layers refuse the other's ranks by name. AdaptiveAvgPool2d and AdaptiveAvgPool1d average
+// PyTorch's windows, uneven and overlapping ones (7 rows into 3: [0, 3), [2, 5), [4, 7)).
 TEST(Layers, BatchNorm1dAndAdaptiveAveragePoolingFollowPyTorch) {
   Graph g;
   Value flat = g.placeholder("flat", f32, {4, 3});
@@ -397,7 +397,8 @@ TEST(Layers, BatchNorm1dAndAdaptiveAveragePoolingFollowPyTorch) {
   nn::BatchNorm1d bn(g, "bn", 3), bn_sequence(g, "bn_sequence", 3);
   Value images = g.placeholder("images", f32, {2, 2, 7, 5});
   nn::AdaptiveAvgPool2d pool(g, "pool", {3, 2});
-  std::vector<Value> y = {bn(flat), bn_sequence(sequence), pool(images)};
+  nn::AdaptiveAvgPool1d pool1d(g, "pool1d", 3);
+  std::vector<Value> y = {bn(flat), bn_sequence(sequence), pool(images), pool1d(sequence)};
   EXPECT_EQ(y[2].shape(), Shape({2, 2, 3, 2}));
   Session s(g);
   const Tensor flat_in = testing::random_tensor(f32, {4, 3}, -2, 2, 10);
@@ -442,6 +443,14 @@ TEST(Layers, BatchNorm1dAndAdaptiveAveragePoolingFollowPyTorch) {
             << plane << " " << i << " " << j;
       }
 
+  for (int64_t row = 0; row < 6; ++row)  // 5 into 3: [0, 2), [1, 4), [3, 5)
+    for (int64_t i = 0; i < 3; ++i) {
+      const auto [l0, l1] = window(i, 5, 3);
+      double sum = 0;
+      for (int64_t l = l0; l < l1; ++l) sum += sequence_in.element(row * 5 + l);
+      EXPECT_NEAR(out[3].element(row * 3 + i), sum / (l1 - l0), 1e-6) << row << " " << i;
+    }
+
   expect_error<GraphError>([&] { bn(images); },
                            {"[nn] BatchNorm1d bn", "expects [N, 3] or [N, 3, L]", "[2, 2, 7, 5]"});
   nn::BatchNorm2d bn2d(g, "bn2d", 3);
@@ -462,6 +471,8 @@ TEST(Layers, BatchNorm1dAndAdaptiveAveragePoolingFollowPyTorch) {
         nn::AdaptiveAvgPool2d(g, "none", {0, 2});
       },
       {"[nn] AdaptiveAvgPool2d none", "output size 0x2"});
+  expect_error<GraphError>([&] { pool1d(images); },
+                           {"[nn] AdaptiveAvgPool1d pool1d", "[N, C, L]", "[2, 2, 7, 5]"});
 }
 
 // Embedding's padding index (PyTorch's padding_idx): that id reads zeros, and training never

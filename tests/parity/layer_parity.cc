@@ -24,8 +24,8 @@
 //   pool: PyTorch's modules (one nn.Sequential): Conv2d -> AdaptiveAvgPool2d to 3 x 2 (uneven,
 //        overlapping windows from 7 x 5) -> Flatten -> Linear -> BatchNorm1d -> ReLU -> Unflatten
 //        to [N, 2, 6] -> MaxPool1d (stride 2, padding 1) -> AvgPool1d (padding not counted) ->
-//        Flatten -> Linear; cross entropy; SGD with plain momentum; then the evaluation-mode
-//        logits (BatchNorm1d's running statistics).
+//        AdaptiveAvgPool1d (4 into 3) -> Flatten -> Linear; cross entropy; SGD with plain momentum;
+//        then the evaluation-mode logits (BatchNorm1d's running statistics).
 //   decoder: PyTorch's nn.TransformerDecoderLayer (post-norm, ReLU) with Kiln's values loaded:
 //        Embedding -> TransformerDecoderBlock (causal self-attention, cross-attention to a memory
 //        over its key-padding mask) -> Linear; cross entropy; AdamW with non-default betas.
@@ -285,8 +285,9 @@ void pool(const std::filesystem::path& dir, Device device) {
   model.add<nn::MaxPool1d>("max", nn::Pool1dOptions{.kernel_size = 3, .stride = 2, .padding = 1});
   model.add<nn::AvgPool1d>("avg", nn::Pool1dOptions{.kernel_size = 2, .stride = 1, .padding = 1},
                            false);
-  model.add<nn::Flatten>("flatten_again");  // [N, 2 * 4]
-  model.add<nn::Linear>("head", 8, 3);
+  model.add<nn::AdaptiveAvgPool1d>("adaptive1d", 3);  // [N, 2, 4] -> [N, 2, 3]
+  model.add<nn::Flatten>("flatten_again");            // [N, 2 * 3]
+  model.add<nn::Linear>("head", 6, 3);
   Value loss = cross_entropy(model(x), y);
   optim::SGD sgd({.lr = 0.1, .momentum = 0.9});
   Value step = sgd.minimize(loss);
