@@ -20,5 +20,6 @@
 #include "kiln/ops/layers.h"
 #include "kiln/ops/math.h"
 #include "kiln/ops/nn.h"
+#include "kiln/ops/recurrent.h"
 #include "kiln/ops/state.h"
 #include "kiln/runtime/session.h"

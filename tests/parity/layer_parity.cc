@@ -1,4 +1,4 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): seven models built as a user would,
+// Model-level PyTorch parity of the layer library (kiln::nn): eight models built as a user would,
 // trained three steps, every parameter, statistic, loss and evaluation output written as .npy
 // for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
 // initial values and compares.
@@ -29,6 +29,10 @@
 //   decoder: PyTorch's nn.TransformerDecoderLayer (post-norm, ReLU) with Kiln's values loaded:
 //        Embedding -> TransformerDecoderBlock (causal self-attention, cross-attention to a memory
 //        over its key-padding mask) -> Linear; cross entropy; AdamW with non-default betas.
+//   recurrent: PyTorch's nn.LSTM, nn.GRU and nn.RNN with Kiln's values loaded: Embedding -> LSTM
+//        (two layers, bidirectional, batch first, given h0 and c0) -> GRU (batch first) -> RNN
+//        (ReLU, no bias, time-major); a Linear on the LSTM's last backward c_n and the GRU's and
+//        RNN's h_n; cross entropy; Adam (eps 1e-6).
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -338,6 +342,47 @@ void decoder(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+void recurrent(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kBatch = 3, kLength = 7, kVocab = 11, kDim = 6;
+  Graph g;
+  Value ids = g.placeholder("ids", i64, {kBatch, kLength});
+  Value labels = g.placeholder("labels", i64, {kBatch});
+  Value h0 = g.placeholder("h0", f32, {4, kBatch, 8});
+  Value c0 = g.placeholder("c0", f32, {4, kBatch, 8});
+  nn::Embedding embed(g, "embed", kVocab, kDim);
+  nn::LSTM lstm(g, "lstm", kDim, 8, {.num_layers = 2, .batch_first = true, .bidirectional = true});
+  nn::GRU gru(g, "gru", 16, 5, {.batch_first = true});
+  nn::RNN rnn(g, "rnn", 5, 4, {.bias = false}, nn::RNN::Nonlinearity::relu);
+  nn::Linear head(g, "head", 17, 3);
+  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);               // [B, T, 16]
+  const nn::RecurrentResult gated = gru.run(encoded.output);                      // [B, T, 5]
+  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));  // time-major
+  // The last layer's backward cell, the GRU's and the RNN's last h.
+  Value features = concat({squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
+                           squeeze(plain.hidden, {0})},
+                          -1);
+  Value loss = cross_entropy(head(features), labels);
+  // eps 1e-6: with the default 1e-8 Adam's first steps are +-lr for any gradient above ~1e-7,
+  // so one of the 1,300 gradients that is that small moved differently by f32 rounding alone.
+  optim::Adam adam({.lr = 1e-2, .eps = 1e-6});
+  Value step = adam.minimize(loss);
+
+  std::vector<Value> variables;
+  for (const nn::Module* m :
+       std::initializer_list<const nn::Module*>{&embed, &lstm, &gru, &rnn, &head})
+    for (const Value& v : m->parameters()) variables.push_back(v);
+  std::vector<int64_t> id_values;
+  for (int64_t i = 0; i < kBatch * kLength; ++i) id_values.push_back((i * 5 + i / 4) % kVocab);
+  Session session(g, {.device = device});
+  train(session, variables,
+        {{ids, Tensor::from_vector<int64_t>(id_values, {kBatch, kLength})},
+         {labels, Tensor::from_vector<int64_t>({1, 2, 0}, {kBatch})},
+         {h0, normal({4, kBatch, 8}, 5)},
+         {c0, normal({4, kBatch, 8}, 6)}},
+        {loss}, step, dir, 3);
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -357,9 +402,10 @@ int main(int argc, char** argv) {
     kiln::text_cnn(dir / "text_cnn", device);
     kiln::pool(dir / "pool", device);
     kiln::decoder(dir / "decoder", device);
+    kiln::recurrent(dir / "recurrent", device);
     std::printf(
-        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool and decoder models' runs on "
-        "%s to %s\n",
+        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder and recurrent "
+        "models' runs on %s to %s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

@@ -1,11 +1,11 @@
 #!/usr/bin/python3
-"""Model-level PyTorch parity of kiln::nn: rebuilds the seven models layer_parity trained (see
+"""Model-level PyTorch parity of kiln::nn: rebuilds the eight models layer_parity trained (see
 tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
 three steps and compares every step's loss, every variable after training (parameters and batch
 norm's running statistics) and the CNNs' evaluation-mode logits. Three are written with torch's
-functions; the encoder, the text CNN, the pooling model and the decoder are PyTorch's own modules
-(nn.Embedding, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Conv1d,
-nn.AdaptiveAvgPool2d, nn.BatchNorm1d, ...)
+functions; the encoder, the text CNN, the pooling model, the decoder and the recurrent model are
+PyTorch's own modules (nn.Embedding, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+nn.Conv1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, ...)
 with Kiln's values loaded, as a user porting a model would.
 
     /usr/bin/python3 torch_layer_parity.py DIR
@@ -366,13 +366,48 @@ def pooling(run):
                   WEIGHT_TOLERANCE)
 
 
+def recurrent(run):
+    ids = torch.tensor(run.load("ids.npy"))
+    labels = torch.tensor(run.load("labels.npy"))
+    h0 = torch.tensor(run.load("h0.npy")).double()
+    c0 = torch.tensor(run.load("c0.npy")).double()
+    nn = torch.nn
+    embed = nn.Embedding(11, 6)
+    lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)
+    gru = nn.GRU(16, 5, batch_first=True)
+    rnn = nn.RNN(5, 4, nonlinearity="relu", bias=False)
+    head = nn.Linear(17, 3)
+    where = {"embed/weight": (embed.weight, None, False)}
+    linear_place(where, "head", head)
+    # Kiln's recurrent weights are PyTorch's transposed (as Linear's); the names are PyTorch's.
+    for name, module in (("lstm", lstm), ("gru", gru), ("rnn", rnn)):
+        for parameter, tensor in module.named_parameters():
+            where[f"{name}/{parameter}"] = (tensor, None, parameter.startswith("weight"))
+    port = Port(run, where)
+    if not port.valid:
+        return
+    modules = nn.ModuleList([embed, lstm, gru, rnn, head])
+    adam = torch.optim.Adam(modules.parameters(), lr=1e-2, eps=1e-6)
+    for step in range(3):
+        adam.zero_grad()
+        encoded, (_, c_n) = lstm(embed(ids), (h0, c0))
+        gated, gru_h = gru(encoded)
+        _, rnn_h = rnn(gated.transpose(0, 1))
+        loss = F.cross_entropy(head(torch.cat([c_n[3], gru_h[0], rnn_h[0]], -1)), labels)
+        loss.backward()
+        adam.step()
+        run.check_step(step, [loss])
+    port.check_variables()
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
     runs = []
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
-                         ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder)):
+                         ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
+                         ("recurrent", recurrent)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)

@@ -1,0 +1,192 @@
+#include "kiln/ops/recurrent.h"
+
+#include "kiln/framework/error.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+
+namespace kiln::nn {
+
+namespace {
+
+// The options of a recurrent layer, checked: positive sizes, at least one layer, a dropout rate
+// in [0, 1).
+const RecurrentOptions& checked(const char* kind, const std::string& path, int64_t input,
+                                int64_t hidden, const RecurrentOptions& options) {
+  KILN_CHECK(input > 0 && hidden > 0, GraphError, "[nn] ", kind, " ", path, ": sizes ", input,
+             " -> ", hidden, " must be positive");
+  KILN_CHECK(options.num_layers >= 1, GraphError, "[nn] ", kind, " ", path, ": num_layers ",
+             options.num_layers, " must be at least 1");
+  KILN_CHECK(options.dropout >= 0 && options.dropout < 1, GraphError, "[nn] ", kind, " ", path,
+             ": dropout ", options.dropout, " must be in [0, 1)");
+  return options;
+}
+
+// a + b, where an undefined b is zero.
+Value plus(const Value& a, const Value& b) {
+  return b.defined() ? a + b : a;
+}
+
+// x split into its `count` rows along axis 0, each without that axis.
+std::vector<Value> rows_of(const Value& x, int64_t count) {
+  std::vector<Value> rows = split(x, count, 0);
+  for (Value& row : rows) row = squeeze(row, {0});
+  return rows;
+}
+
+}  // namespace
+
+// ---- Recurrent.
+
+Recurrent::Recurrent(Graph& graph, const std::string& name, const char* kind, int64_t gates,
+                     int64_t input, int64_t hidden, RecurrentOptions options)
+    : Module(graph, name),
+      kind_(kind),
+      input_(input),
+      hidden_(hidden),
+      options_(checked(kind, path(), input, hidden, options)),
+      between_layers_(
+          make<Dropout>("dropout", options.dropout, LayerOptions{.seed = options.seed})) {
+  // PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh.
+  for (int64_t layer = 0; layer < options.num_layers; ++layer)
+    for (int64_t direction = 0; direction < directions(); ++direction) {
+      const std::string suffix = str("_l", layer, direction == 1 ? "_reverse" : "");
+      const int64_t in = layer == 0 ? input : directions() * hidden;
+      Weights w;
+      w.weight_ih =
+          fan_in_variable("weight_ih" + suffix, {in, gates * hidden}, hidden, options.seed);
+      w.weight_hh =
+          fan_in_variable("weight_hh" + suffix, {hidden, gates * hidden}, hidden, options.seed);
+      if (options.bias) {
+        w.bias_ih = fan_in_variable("bias_ih" + suffix, {gates * hidden}, hidden, options.seed);
+        w.bias_hh = fan_in_variable("bias_hh" + suffix, {gates * hidden}, hidden, options.seed);
+      }
+      weights.push_back(w);
+    }
+}
+
+RecurrentResult Recurrent::run(const Value& x, const Value& h0, const Value& c0) {
+  KILN_CHECK(x.defined() && x.graph() == &graph(), GraphError, "[nn] ", path(),
+             ": the input is not a value of the layer's graph");
+  NameScope scope(graph(), name());
+  return unrolled(x, h0, c0);
+}
+
+Value Recurrent::forward(const Value& x) {
+  return unrolled(x, {}, {}).output;
+}
+
+Value Recurrent::hidden_projection(const Value& h, const Weights& w) {
+  if (!h.defined()) return w.bias_hh;
+  return plus(matmul(h, w.weight_hh), w.bias_hh);
+}
+
+RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value& c0) {
+  const Shape& s = x.shape();
+  const int64_t time_axis = options_.batch_first ? 1 : 0;
+  KILN_CHECK(s.rank() == 3 && s[time_axis] > 0 && s[2] == input_, GraphError, "[nn] ", kind_, " ",
+             path(), ": expects ", options_.batch_first ? "[B, T, " : "[T, B, ", input_,
+             "] with a known length T, got ", s);
+  KILN_CHECK(has_cell() || !c0.defined(), GraphError, "[nn] ", kind_, " ", path(),
+             ": only an LSTM has a cell state, but c0 was given");
+  KILN_CHECK(h0.defined() == c0.defined() || !has_cell(), GraphError, "[nn] ", kind_, " ", path(),
+             ": give both h0 and c0, or neither (zeros)");
+  const int64_t length = s[time_axis], batch = s[1 - time_axis];
+  const std::vector<Value> h_rows = initial_rows(h0, batch, "h0");
+  const std::vector<Value> c_rows = initial_rows(c0, batch, "c0");
+  const int64_t gate_width = weights.front().weight_ih.shape()[1];
+
+  Value sequence = options_.batch_first ? transpose(x, {1, 0, 2}) : x;  // [T, B, in]
+  std::vector<Value> last_h, last_c;
+  for (int64_t layer = 0; layer < options_.num_layers; ++layer) {
+    const int64_t in = sequence.shape()[2];
+    const Value flat = reshape(sequence, {-1, in});
+    std::vector<Value> outputs;
+    for (int64_t direction = 0; direction < directions(); ++direction) {
+      const size_t index = static_cast<size_t>(layer * directions() + direction);
+      const Weights& w = weights[index];
+      // Every step's input projection in one product, then one row per step.
+      const Value projected =
+          reshape(plus(matmul(flat, w.weight_ih), w.bias_ih), {length, -1, gate_width});
+      State state{h_rows.empty() ? Value() : h_rows[index],
+                  c_rows.empty() ? Value() : c_rows[index]};
+      outputs.push_back(stack(unroll(rows_of(projected, length), direction == 1, state, w), 0));
+      last_h.push_back(state.h);
+      last_c.push_back(state.c);
+    }
+    sequence = outputs.size() == 1 ? outputs[0] : concat(outputs, -1);
+    if (layer + 1 < options_.num_layers) sequence = between_layers_(sequence);
+  }
+  RecurrentResult result;
+  result.output = options_.batch_first ? transpose(sequence, {1, 0, 2}) : sequence;
+  result.hidden = stack(last_h, 0);
+  if (has_cell()) result.cell = stack(last_c, 0);
+  return result;
+}
+
+std::vector<Value> Recurrent::unroll(const std::vector<Value>& projections, bool reverse,
+                                     State& state, const Weights& w) {
+  const size_t length = projections.size();
+  std::vector<Value> outputs(length);
+  for (size_t i = 0; i < length; ++i) {
+    const size_t t = reverse ? length - 1 - i : i;
+    state = step(projections[t], state, w);
+    outputs[t] = state.h;
+  }
+  return outputs;
+}
+
+std::vector<Value> Recurrent::initial_rows(const Value& initial, int64_t batch, const char* what) {
+  if (!initial.defined()) return {};
+  const int64_t rows = options_.num_layers * directions();
+  const Shape& s = initial.shape();
+  const bool batch_matches = s.rank() == 3 && (s[1] < 0 || batch < 0 || s[1] == batch);
+  KILN_CHECK(initial.graph() == &graph() && batch_matches && s[0] == rows && s[2] == hidden_,
+             GraphError, "[nn] ", kind_, " ", path(), ": ", what, " must be a value of its graph [",
+             rows, ", ", batch, ", ", hidden_, "] (layers x directions, batch, hidden), got ", s);
+  return rows_of(initial, rows);
+}
+
+// ---- RNN, LSTM, GRU.
+
+RNN::RNN(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+         RecurrentOptions options, Nonlinearity nonlinearity)
+    : Recurrent(graph, name, "RNN", 1, input, hidden, options), nonlinearity_(nonlinearity) {}
+
+Recurrent::State RNN::step(const Value& input_projection, const State& state, const Weights& w) {
+  const Value before = plus(input_projection, hidden_projection(state.h, w));
+  return {nonlinearity_ == Nonlinearity::tanh ? tanh(before) : relu(before), {}};
+}
+
+LSTM::LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+           RecurrentOptions options)
+    : Recurrent(graph, name, "LSTM", 4, input, hidden, options) {}
+
+Recurrent::State LSTM::step(const Value& input_projection, const State& state, const Weights& w) {
+  const std::vector<Value> gates =
+      split(plus(input_projection, hidden_projection(state.h, w)), 4, -1);
+  const Value input_gate = sigmoid(gates[0]), forget_gate = sigmoid(gates[1]);
+  const Value candidate = tanh(gates[2]), output_gate = sigmoid(gates[3]);
+  // A zero c (the first step by default) contributes nothing through the forget gate.
+  const Value c = plus(input_gate * candidate, state.c.defined() ? forget_gate * state.c : Value());
+  return {output_gate * tanh(c), c};
+}
+
+GRU::GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+         RecurrentOptions options)
+    : Recurrent(graph, name, "GRU", 3, input, hidden, options) {}
+
+Recurrent::State GRU::step(const Value& input_projection, const State& state, const Weights& w) {
+  const std::vector<Value> from_input = split(input_projection, 3, -1);
+  const Value from_hidden = hidden_projection(state.h, w);  // undefined: h and b_hh both zero
+  std::vector<Value> hidden_parts(3);
+  if (from_hidden.defined()) hidden_parts = split(from_hidden, 3, -1);
+  const Value reset = sigmoid(plus(from_input[0], hidden_parts[0]));
+  const Value update = sigmoid(plus(from_input[1], hidden_parts[1]));
+  const Value candidate =
+      tanh(hidden_parts[2].defined() ? from_input[2] + reset * hidden_parts[2] : from_input[2]);
+  // h' = (1 - z) n + z h (PyTorch's form; z h vanishes when h is zero).
+  const Value kept = (1.0 - update) * candidate;
+  return {state.h.defined() ? kept + update * state.h : kept, {}};
+}
+
+}  // namespace kiln::nn

@@ -1,0 +1,125 @@
+// kiln::nn recurrent layers: PyTorch's RNN, LSTM and GRU (multi-layer, bidirectional, batch
+// first, dropout between layers), unrolled over the sequence when they are called.
+//
+// A static graph unrolls the recurrence (TensorFlow 1's static_rnn): the sequence length must be
+// known when the layer is called, the batch may be unknown. Each layer projects the whole
+// sequence's input at once (one product [T B, in] x [in, G H]); each step then adds h W_hh, so the
+// per-step work is one [B, H] x [H, G H] product and the gate arithmetic. The gradient is
+// autograd's (back-propagation through time over the unrolled steps).
+//
+// Variables follow PyTorch's names, per layer k and direction (suffix "_reverse" for the
+// backward one): weight_ih_l{k} [in, G H], weight_hh_l{k} [H, G H], bias_ih_l{k} and
+// bias_hh_l{k} [G H] — the weights transposed as Linear's are, the gates in PyTorch's order
+// (LSTM: input, forget, cell, output; GRU: reset, update, new), so a PyTorch state dict loads
+// with a transpose. Every one starts uniform in +-1 / sqrt(H), as PyTorch's.
+#pragma once
+
+#include <vector>
+
+#include "kiln/ops/layers.h"
+
+namespace kiln::nn {
+
+/// Options of the recurrent layers (PyTorch's arguments of the same names).
+struct RecurrentOptions {
+  int64_t num_layers = 1;
+  bool bias = true;
+  bool batch_first = false;  ///< x [B, T, input] and output [B, T, D H]; default [T, B, ...]
+  bool bidirectional = false;
+  double dropout = 0;  ///< on every layer's output but the last one's, in training mode
+  int64_t seed = 0;    ///< mixed into the name-derived seeds
+};
+
+/// What a recurrent layer computes over a sequence (D = 2 when bidirectional, else 1).
+struct RecurrentResult {
+  Value output;  ///< the last layer's h at every step: [T, B, D H] ([B, T, D H] batch first)
+  Value hidden;  ///< the last h of every layer and direction: [layers D, B, H] (PyTorch's h_n)
+  Value cell;    ///< an LSTM's last c likewise (c_n); undefined for RNN and GRU
+};
+
+/// The shared part of RNN, LSTM and GRU: the variables, the unrolling, the checks.
+class Recurrent : public Module {
+ public:
+  /// One layer's and direction's variables (bias_ih and bias_hh undefined without a bias).
+  struct Weights {
+    Value weight_ih, weight_hh, bias_ih, bias_hh;
+  };
+  /// The layer over x ([T, B, input], or [B, T, input] batch first; T known). h0 (and c0 for an
+  /// LSTM) [layers D, B, H] start each layer and direction; undefined: zeros.
+  RecurrentResult run(const Value& x, const Value& h0 = {}, const Value& c0 = {});
+  int64_t hidden_size() const { return hidden_; }
+  /// weights[k D + d]: layer k, direction d (1: the backward one), PyTorch's order of h_n.
+  std::vector<Weights> weights;
+
+ protected:
+  /// `gates`: how many H-wide blocks the products have (RNN 1, LSTM 4, GRU 3).
+  Recurrent(Graph& graph, const std::string& name, const char* kind, int64_t gates, int64_t input,
+            int64_t hidden, RecurrentOptions options);
+  /// The output at every step (run(x).output).
+  Value forward(const Value& x) override;
+  /// Whether the state has a cell (an LSTM's c) besides h.
+  virtual bool has_cell() const { return false; }
+
+  /// The state between two steps; an undefined h or c is zeros (the first step's default).
+  struct State {
+    Value h, c;
+  };
+  /// One step: the input's projection x W_ih + b_ih [B, G H] and the state give the next state.
+  virtual State step(const Value& input_projection, const State& state, const Weights& w) = 0;
+  /// h W_hh + b_hh [B, G H] (just b_hh [G H] when h is zeros; undefined when that is zero too).
+  static Value hidden_projection(const Value& h, const Weights& w);
+
+ private:
+  /// run() inside the layer's name scope.
+  RecurrentResult unrolled(const Value& x, const Value& h0, const Value& c0);
+  /// One direction of one layer over the steps of x: the outputs in time order, and the last
+  /// state.
+  std::vector<Value> unroll(const std::vector<Value>& projections, bool reverse, State& state,
+                            const Weights& w);
+  /// A [layers D, B, H] initial state's row for (layer, direction), squeezed to [B, H].
+  std::vector<Value> initial_rows(const Value& initial, int64_t batch, const char* what);
+  int64_t directions() const { return options_.bidirectional ? 2 : 1; }
+  const char* kind_;
+  int64_t input_, hidden_;
+  RecurrentOptions options_;
+  Dropout& between_layers_;
+};
+
+/// h' = tanh(x W_ih + b_ih + h W_hh + b_hh) (or relu): PyTorch's RNN.
+class RNN : public Recurrent {
+ public:
+  enum class Nonlinearity { tanh, relu };
+  RNN(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+      RecurrentOptions options = {}, Nonlinearity nonlinearity = Nonlinearity::tanh);
+
+ protected:
+  State step(const Value& input_projection, const State& state, const Weights& w) override;
+
+ private:
+  Nonlinearity nonlinearity_;
+};
+
+/// PyTorch's LSTM: [i, f, g, o] = x W_ih + b_ih + h W_hh + b_hh split in four, c' = sigmoid(f)
+/// c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+class LSTM : public Recurrent {
+ public:
+  LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+       RecurrentOptions options = {});
+
+ protected:
+  State step(const Value& input_projection, const State& state, const Weights& w) override;
+  bool has_cell() const override { return true; }
+};
+
+/// PyTorch's GRU: with the products split in three, r = sigmoid(x_r + h_r), z = sigmoid(x_z +
+/// h_z), n = tanh(x_n + r h_n) (the reset gate scales h W_hn + b_hn), h' = (1 - z) n + z h.
+class GRU : public Recurrent {
+ public:
+  GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+      RecurrentOptions options = {});
+
+ protected:
+  State step(const Value& input_projection, const State& state, const Weights& w) override;
+};
+
+}  // namespace kiln::nn

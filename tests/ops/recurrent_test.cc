@@ -1,0 +1,263 @@
+// kiln::nn recurrent layers (ops/recurrent.h): RNN, LSTM and GRU against their equations
+// computed step by step in f64 (several layers, both directions, batch first, given initial
+// states), PyTorch's variable names and initialization, an unknown batch, dropout between
+// layers, and the errors a user can hit. tests/parity checks training against PyTorch's modules.
+#include <cmath>
+#include <vector>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+
+enum class Cell { rnn_tanh, rnn_relu, lstm, gru };
+
+int64_t gates_of(Cell cell) {
+  return cell == Cell::lstm ? 4 : cell == Cell::gru ? 3 : 1;
+}
+double sigmoid_of(double v) {
+  return 1 / (1 + std::exp(-v));
+}
+
+// What the layer should compute, in f64 and time-major: output [T, B, D H], h_n and c_n [L D,
+// B, H].
+struct Expected {
+  std::vector<double> output, hidden, cell;
+};
+
+// The recurrence by its equations (ops/recurrent.h), from the layer's variable values. x is [T, B,
+// in]; h0 and c0 (empty: zeros) [L D, B, H].
+Expected reference(Cell cell, Session& s, const nn::Recurrent& layer, const std::vector<double>& x,
+                   int64_t length, int64_t batch, int64_t layers, bool bidirectional,
+                   const std::vector<double>& h0, const std::vector<double>& c0) {
+  const int64_t hidden = layer.hidden_size(), gates = gates_of(cell), width = gates * hidden;
+  const int64_t directions = bidirectional ? 2 : 1;
+  auto values = [&](const Value& v) {
+    return v.defined() ? testing::values(s.variable_value(v)) : std::vector<double>(width, 0.0);
+  };
+  Expected e;
+  std::vector<double> input = x;
+  int64_t in = static_cast<int64_t>(x.size()) / (length * batch);
+  for (int64_t l = 0; l < layers; ++l) {
+    std::vector<double> output(length * batch * directions * hidden);
+    for (int64_t d = 0; d < directions; ++d) {
+      const int64_t row = l * directions + d;
+      const nn::Recurrent::Weights& w = layer.weights[static_cast<size_t>(row)];
+      const std::vector<double> wih = values(w.weight_ih), whh = values(w.weight_hh);
+      const std::vector<double> bih = values(w.bias_ih), bhh = values(w.bias_hh);
+      std::vector<double> h(batch * hidden, 0.0), c(batch * hidden, 0.0);
+      if (!h0.empty()) std::copy_n(h0.begin() + row * batch * hidden, batch * hidden, h.begin());
+      if (!c0.empty()) std::copy_n(c0.begin() + row * batch * hidden, batch * hidden, c.begin());
+      for (int64_t i = 0; i < length; ++i) {
+        const int64_t t = d == 1 ? length - 1 - i : i;
+        std::vector<double> next_h(batch * hidden), next_c(batch * hidden);
+        for (int64_t b = 0; b < batch; ++b) {
+          std::vector<double> xp(bih), hp(bhh);  // x W_ih + b_ih, h W_hh + b_hh
+          for (int64_t g = 0; g < width; ++g) {
+            for (int64_t k = 0; k < in; ++k)
+              xp[g] += input[(t * batch + b) * in + k] * wih[k * width + g];
+            for (int64_t k = 0; k < hidden; ++k) hp[g] += h[b * hidden + k] * whh[k * width + g];
+          }
+          for (int64_t j = 0; j < hidden; ++j) {
+            auto pre = [&](int64_t gate) { return xp[gate * hidden + j] + hp[gate * hidden + j]; };
+            const int64_t at = b * hidden + j;
+            switch (cell) {
+              case Cell::rnn_tanh:
+                next_h[at] = std::tanh(pre(0));
+                break;
+              case Cell::rnn_relu:
+                next_h[at] = std::max(pre(0), 0.0);
+                break;
+              case Cell::lstm:
+                next_c[at] = sigmoid_of(pre(1)) * c[at] + sigmoid_of(pre(0)) * std::tanh(pre(2));
+                next_h[at] = sigmoid_of(pre(3)) * std::tanh(next_c[at]);
+                break;
+              case Cell::gru: {
+                const double r = sigmoid_of(pre(0)), z = sigmoid_of(pre(1));
+                const double n = std::tanh(xp[2 * hidden + j] + r * hp[2 * hidden + j]);
+                next_h[at] = (1 - z) * n + z * h[at];
+                break;
+              }
+            }
+            output[((t * batch + b) * directions + d) * hidden + j] = next_h[at];
+          }
+        }
+        h = next_h;
+        c = next_c;
+      }
+      e.hidden.insert(e.hidden.end(), h.begin(), h.end());
+      e.cell.insert(e.cell.end(), c.begin(), c.end());
+    }
+    input = output;
+    in = directions * hidden;
+  }
+  e.output = input;
+  return e;
+}
+
+// [B, T, F] as [T, B, F], or back.
+std::vector<double> swap_leading(const std::vector<double>& v, int64_t first, int64_t second) {
+  const int64_t features = static_cast<int64_t>(v.size()) / (first * second);
+  std::vector<double> out(v.size());
+  for (int64_t i = 0; i < first; ++i)
+    for (int64_t j = 0; j < second; ++j)
+      for (int64_t f = 0; f < features; ++f)
+        out[(j * first + i) * features + f] = v[(i * second + j) * features + f];
+  return out;
+}
+
+TEST(Recurrent, LstmFollowsItsEquationsOverLayersDirectionsAndGivenStates) {
+  constexpr int64_t kLength = 5, kBatch = 3, kInput = 4, kHidden = 6;
+  Graph g;
+  Value x = g.placeholder("x", f32, {kBatch, kLength, kInput});  // batch first
+  Value h0 = g.placeholder("h0", f32, {4, kBatch, kHidden});
+  Value c0 = g.placeholder("c0", f32, {4, kBatch, kHidden});
+  nn::LSTM lstm(g, "lstm", kInput, kHidden,
+                {.num_layers = 2, .batch_first = true, .bidirectional = true});
+  const nn::RecurrentResult r = lstm.run(x, h0, c0);
+  EXPECT_EQ(r.output.shape(), (Shape{kBatch, kLength, 2 * kHidden}));
+  EXPECT_EQ(r.hidden.shape(), (Shape{4, kBatch, kHidden}));
+  EXPECT_EQ(r.cell.shape(), (Shape{4, kBatch, kHidden}));
+  Session s(g);
+  const Tensor xv = testing::random_tensor(f32, {kBatch, kLength, kInput}, -2, 2, 1);
+  const Tensor h0v = testing::random_tensor(f32, {4, kBatch, kHidden}, -1, 1, 2);
+  const Tensor c0v = testing::random_tensor(f32, {4, kBatch, kHidden}, -1, 1, 3);
+  const std::vector<Tensor> got =
+      s.run({{x, xv}, {h0, h0v}, {c0, c0v}}, {r.output, r.hidden, r.cell});
+  const Expected e =
+      reference(Cell::lstm, s, lstm, swap_leading(testing::values(xv), kBatch, kLength), kLength,
+                kBatch, 2, true, testing::values(h0v), testing::values(c0v));
+  testing::expect_near(swap_leading(e.output, kLength, kBatch), got[0], 1e-5, 1e-6, "output");
+  testing::expect_near(e.hidden, got[1], 1e-5, 1e-6, "h_n");
+  testing::expect_near(e.cell, got[2], 1e-5, 1e-6, "c_n");
+  // The backward direction's h_n is its state after t = 0: the output's first step, second half.
+  const std::vector<double> out = testing::values(got[0]), hidden = testing::values(got[1]);
+  for (int64_t j = 0; j < kHidden; ++j)
+    EXPECT_EQ(out[kHidden + j], hidden[3 * kBatch * kHidden + j]);
+}
+
+TEST(Recurrent, GruAndRnnFollowTheirEquationsFromZeroStates) {
+  constexpr int64_t kLength = 4, kBatch = 2, kInput = 3, kHidden = 5;
+  struct Case {
+    Cell cell;
+    nn::RecurrentOptions options;
+  };
+  for (const Case& c :
+       {Case{Cell::gru, {.num_layers = 2}}, Case{Cell::gru, {.bias = false, .bidirectional = true}},
+        Case{Cell::rnn_tanh, {.num_layers = 2, .bidirectional = true}},
+        Case{Cell::rnn_relu, {.bias = false}}}) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {kLength, kBatch, kInput});
+    std::unique_ptr<nn::Recurrent> layer;
+    if (c.cell == Cell::gru)
+      layer = std::make_unique<nn::GRU>(g, "gru", kInput, kHidden, c.options);
+    else
+      layer = std::make_unique<nn::RNN>(
+          g, "rnn", kInput, kHidden, c.options,
+          c.cell == Cell::rnn_relu ? nn::RNN::Nonlinearity::relu : nn::RNN::Nonlinearity::tanh);
+    const nn::RecurrentResult r = layer->run(x);
+    EXPECT_FALSE(r.cell.defined());
+    Session s(g);
+    const Tensor xv = testing::random_tensor(f32, {kLength, kBatch, kInput}, -2, 2, 4);
+    const std::vector<Tensor> got = s.run({{x, xv}}, {r.output, r.hidden});
+    const Expected e = reference(c.cell, s, *layer, testing::values(xv), kLength, kBatch,
+                                 c.options.num_layers, c.options.bidirectional, {}, {});
+    testing::expect_near(e.output, got[0], 1e-5, 1e-6, "output");
+    testing::expect_near(e.hidden, got[1], 1e-5, 1e-6, "h_n");
+  }
+}
+
+TEST(Recurrent, VariablesHavePyTorchsNamesAndBounds) {
+  Graph g;
+  nn::GRU gru(g, "gru", 7, 10, {.num_layers = 2, .bidirectional = true});
+  std::vector<std::string> names;
+  for (const Value& v : gru.parameters()) names.push_back(v.name());
+  ASSERT_EQ(names.size(), 16u);
+  EXPECT_EQ(names[0], "gru/weight_ih_l0");
+  EXPECT_EQ(names[5], "gru/weight_hh_l0_reverse");
+  EXPECT_EQ(names[15], "gru/bias_hh_l1_reverse");
+  EXPECT_EQ(gru.weights[0].weight_ih.shape(), (Shape{7, 30}));
+  EXPECT_EQ(gru.weights[2].weight_ih.shape(), (Shape{20, 30}));  // both directions' outputs
+  EXPECT_EQ(gru.weights[3].weight_hh.shape(), (Shape{10, 30}));
+  Session s(g);
+  const std::vector<double> w = testing::values(s.variable_value(gru.weights[2].weight_ih));
+  double bound = 0;
+  for (double v : w) bound = std::max(bound, std::abs(v));
+  EXPECT_LE(bound, 1 / std::sqrt(10.0));  // +-1 / sqrt(hidden), not of the input size
+  EXPECT_GT(bound, 0.95 / std::sqrt(10.0));
+}
+
+TEST(Recurrent, AnUnknownBatchRunsAtEverySize) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {6, -1, 3});
+  nn::LSTM lstm(g, "lstm", 3, 4);
+  const nn::RecurrentResult r = lstm.run(x);
+  Session s(g);
+  std::vector<double> first_row;
+  for (int64_t batch : {1, 5}) {
+    Tensor xv = testing::random_tensor(f32, {6, batch, 3}, -1, 1, 9);
+    const std::vector<Tensor> got = s.run({{x, xv}}, {r.output, r.cell});
+    EXPECT_EQ(got[0].shape(), (Shape{6, batch, 4}));
+    EXPECT_EQ(got[1].shape(), (Shape{1, batch, 4}));
+    const Expected e =
+        reference(Cell::lstm, s, lstm, testing::values(xv), 6, batch, 1, false, {}, {});
+    testing::expect_near(e.output, got[0], 1e-5, 1e-6, "output");
+  }
+}
+
+TEST(Recurrent, DropoutActsBetweenLayersInTrainingOnly) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {5, 4, 3});
+  nn::RNN rnn(g, "rnn", 3, 64, {.num_layers = 3, .dropout = 0.5});
+  Value train = rnn(x);
+  rnn.eval();
+  Value eval = rnn(x);
+  Graph plain;
+  Value px = plain.placeholder("x", f32, {5, 4, 3});
+  nn::RNN same(plain, "rnn", 3, 64, {.num_layers = 3});  // same names: same initial values
+  Value undropped = same(px);
+  int64_t masks = 0;
+  for (int32_t id = 0; id < g.num_nodes(); ++id) masks += g.node(id).op_name() == "dropout_mask";
+  EXPECT_EQ(masks, 2);  // after layers 0 and 1, not after the last, and none in eval mode
+  const Tensor xv = testing::random_tensor(f32, {5, 4, 3}, -1, 1, 5);
+  Session s(g), p(plain);
+  const Tensor e = s.run({{x, xv}}, {eval})[0], t = s.run({{x, xv}}, {train})[0];
+  EXPECT_EQ(e.to_vector<float>(), p.run({{px, xv}}, {undropped})[0].to_vector<float>());
+  EXPECT_NE(t.to_vector<float>(), e.to_vector<float>());
+}
+
+TEST(Recurrent, BadInputsAreErrorsNamingTheLayer) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {5, 2, 3});
+  nn::LSTM lstm(g, "lstm", 3, 4, {.num_layers = 2});
+  nn::GRU gru(g, "gru", 3, 4);
+  expect_error(
+      [&] {
+        lstm(g.placeholder("unknown", f32, {-1, 2, 3}));
+      },
+      {"[nn] LSTM lstm", "[T, B, 3] with a known length T", "[?, 2, 3]"});
+  expect_error([&] { lstm(g.placeholder("wide", f32, {5, 2, 7})); }, {"LSTM lstm", "[5, 2, 7]"});
+  expect_error([&] { gru(g.placeholder("flat", f32, {5, 3})); }, {"GRU gru", "[5, 3]"});
+  Value h0 = g.placeholder("h0", f32, {2, 2, 4});
+  expect_error(
+      [&] {
+        gru.run(x, g.placeholder("h", f32, {1, 2, 4}), h0);
+      },
+      {"GRU gru", "only an LSTM has a cell state"});
+  expect_error([&] { lstm.run(x, h0); }, {"LSTM lstm", "both h0 and c0"});
+  expect_error(
+      [&] {
+        lstm.run(x, h0, g.placeholder("c", f32, {2, 3, 4}));
+      },
+      {"LSTM lstm", "c0 must be", "[2, 2, 4]", "got [2, 3, 4]"});
+  expect_error([&] { gru.run(x, h0); }, {"GRU gru", "h0 must be", "[1, 2, 4]", "got [2, 2, 4]"});
+  expect_error([&] { nn::LSTM(g, "none", 3, 4, {.num_layers = 0}); },
+               {"LSTM none", "num_layers 0"});
+  expect_error([&] { nn::GRU(g, "zero", 0, 4); }, {"GRU zero", "sizes 0 -> 4"});
+  expect_error([&] { nn::RNN(g, "drop", 3, 4, {.dropout = 1}); }, {"RNN drop", "dropout 1"});
+}
+
+}  // namespace
+}  // namespace kiln
