@@ -3,7 +3,7 @@
 step one jax.jit-compiled function (parameters and optimizer state donated, so XLA updates
 them in place).
 
-    python jax_bench.py CASE        (CASE: mlp_step, cnn_step, transformer_step, matmul)
+    python jax_bench.py CASE        (CASE: mlp_step, cnn_step, transformer_step, lstm_step, matmul)
 
 Threads: run under `taskset -c 0` for one (bench/run.sh tries one and all cores). Prints
 "CASE <seconds per iteration>" like kiln_bench.
@@ -159,12 +159,37 @@ def transformer_step():
     return trainer(loss, params, adam(1e-4), ramp(16, 128, 256))
 
 
+def lstm_step():
+    """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128] as a lax.scan over time (PyTorch's
+    gate order, zero initial state); mean(square(output)); Adam."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    bound = 1 / 256**0.5
+    params = {"ih": jax.random.uniform(keys[0], (128, 1024), jnp.float32, -bound, bound),
+              "hh": jax.random.uniform(keys[1], (256, 1024), jnp.float32, -bound, bound),
+              "b": jax.random.uniform(keys[2], (1024,), jnp.float32, -bound, bound)}
+
+    def loss(params, x):
+        projected = jnp.swapaxes(x @ params["ih"] + params["b"], 0, 1)  # [T, B, 4H]
+
+        def cell(state, p):
+            h, c = state
+            i, f, g, o = jnp.split(p + h @ params["hh"], 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+        zeros = jnp.zeros((x.shape[0], 256), jnp.float32)
+        _, hs = jax.lax.scan(cell, (zeros, zeros), projected)
+        return jnp.mean(jnp.square(hs))
+    return trainer(loss, params, adam(1e-3), ramp(32, 32, 128))
+
+
 def main():
     a = jnp.full((1024, 1024), 0.5, jnp.float32)
     b = jnp.full((1024, 1024), 0.25, jnp.float32)
     mm = jax.jit(jnp.matmul)
     report_case(sys.argv[1], lambda: mm(a, b).block_until_ready(),
-                {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step})
+                {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step,
+                 "lstm_step": lstm_step})
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, attention_step, peak_flops (the processor's measured f32 FMA peak, for the
-// matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs),
+// transformer_step, lstm_step, attention_step, peak_flops (the processor's measured f32 FMA peak,
+// for the matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs),
 // --inter N (SessionOptions::inter_op_threads), --trace FILE (a Chrome trace of the runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
@@ -106,6 +106,16 @@ double transformer_step(const SessionOptions& options) {
   Value train = optim::Adam({.lr = 1e-4}).minimize(bench::transformer_loss(g, x));
   Session s(g, options);
   Tensor xb = ramp({16, 128, 256});
+  return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
+}
+
+// An LSTM layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.
+double lstm_step(const SessionOptions& options) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 32, 128});
+  Value train = optim::Adam({.lr = 1e-3}).minimize(bench::lstm_loss(g, x));
+  Session s(g, options);
+  Tensor xb = ramp({32, 32, 128});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
 }
 
@@ -266,6 +276,8 @@ int main(int argc, char** argv) {
     std::printf("cnn_step %.9f\n", cnn_step(options));
   } else if (name == "attention_step") {
     std::printf("attention_step %.9f\n", attention_step(options));
+  } else if (name == "lstm_step") {
+    std::printf("lstm_step %.9f\n", lstm_step(options));
   } else if (name == "transformer_step") {
     std::printf("transformer_step %.9f\n", transformer_step(options));
   } else {

@@ -1,5 +1,5 @@
-// The benchmarks' issue-12 models, shared by the CPU (kiln_bench) and GPU (kiln_gpu_bench)
-// sides; bench/torch_bench.py and torch_gpu_bench.py build the same in PyTorch.
+// The benchmarks' issue-12 models (and an LSTM), shared by the CPU (kiln_bench) and GPU
+// (kiln_gpu_bench) sides; bench/torch_bench.py and torch_gpu_bench.py build the same in PyTorch.
 #pragma once
 
 #include <kiln/kiln.h>
@@ -30,6 +30,13 @@ inline Value cnn_loss(Graph& g, const Value& x, const Value& y) {
 inline Value transformer_loss(Graph& g, const Value& x) {
   nn::TransformerBlock block(g, "block", 256, 4, {.ffn_dim = 1024, .dropout = 0});
   return mean(square(block(x)));
+}
+
+/// The LSTM step's loss: one LSTM layer (input 128, hidden 256, batch first; PyTorch's nn.LSTM)
+/// over x [batch, 32, 128]; mean(square(output)).
+inline Value lstm_loss(Graph& g, const Value& x) {
+  nn::LSTM lstm(g, "lstm", 128, 256, {.batch_first = true});
+  return mean(square(lstm(x)));
 }
 
 }  // namespace kiln::bench

@@ -3,7 +3,7 @@
 training step one tf.function (with --xla: jit_compile=True), variables updated in place.
 
     python tf_bench.py CASE [--xla] [--threads N]
-    (CASE: mlp_step, cnn_step, transformer_step, matmul)
+    (CASE: mlp_step, cnn_step, transformer_step, lstm_step, matmul)
 
 Prints "CASE <seconds per iteration>" like kiln_bench.
 """
@@ -156,6 +156,27 @@ def transformer_step(xla):
     return trainer(loss, variables, Adam(variables, 1e-4), xla, ramp(16, 128, 256))
 
 
+def lstm_step(xla):
+    """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128], unrolled (T is static; PyTorch's
+    gate order, zero initial state); mean(square(output)); Adam."""
+    bound = 1 / 256**0.5
+    w_ih, w_hh, b = (uniform((128, 1024), bound, 1), uniform((256, 1024), bound, 2),
+                     uniform((1024,), bound, 3))
+
+    def loss(x):
+        projected = x @ w_ih + b
+        h = c = tf.zeros((32, 256))
+        outputs = []
+        for t in range(32):
+            i, f, g, o = tf.split(projected[:, t] + h @ w_hh, 4, axis=-1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            outputs.append(h)
+        return tf.reduce_mean(tf.square(tf.stack(outputs, 1)))
+    weights = [w_ih, w_hh, b]
+    return trainer(loss, weights, Adam(weights, 1e-3), xla, ramp(32, 32, 128))
+
+
 def main():
     case = sys.argv[1]
     xla = "--xla" in sys.argv
@@ -166,7 +187,8 @@ def main():
     a = tf.fill((1024, 1024), 0.5)
     b = tf.fill((1024, 1024), 0.25)
     mm = tf.function(lambda: tf.matmul(a, b), jit_compile=xla)
-    steps = {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step}
+    steps = {"mlp_step": mlp_step, "cnn_step": cnn_step, "transformer_step": transformer_step,
+             "lstm_step": lstm_step}
     report_case(case, lambda: mm().numpy(), {k: (lambda f=f: f(xla)) for k, f in steps.items()})
 
 

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
-cnn_step, transformer_step. With --compile the model cases run their module through
+cnn_step, transformer_step, lstm_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -108,6 +108,21 @@ def transformer_step():
     return step
 
 
+def lstm_step():
+    """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128]; mean(square(output)); Adam."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(128, 256, batch_first=True)
+    opt = torch.optim.Adam(lstm.parameters(), lr=1e-3)
+    forward = compiled(lambda x: lstm(x)[0])
+    x = ramp(32, 32, 128)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        forward(x).square().mean().backward()
+        opt.step()
+    return step
+
+
 def main():
     case = sys.argv[1]
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
@@ -132,8 +147,9 @@ def main():
             return v
         t = time_it(chain, 20, 200)
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
-    elif case in ("cnn_step", "transformer_step"):
-        t = time_it(cnn_step() if case == "cnn_step" else transformer_step(), 3, 20)
+    elif case in ("cnn_step", "transformer_step", "lstm_step"):
+        steps = {"cnn_step": cnn_step, "transformer_step": transformer_step, "lstm_step": lstm_step}
+        t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
     elif case.startswith("chain"):
         # The 8-op chain three ways: eager (each op allocates its 64 MiB result), into

@@ -417,3 +417,34 @@ TEST(VectorMath, ExpAndErfcMatchLibmWithinTheirBounds) {
   EXPECT_EQ(kiln::ops::erfc_f32_from_gaussian(0.0f, 1.0f), 1.0f);
   EXPECT_TRUE(std::isnan(kiln::ops::erfc_f32_from_gaussian(NAN, NAN)));
 }
+
+// The CPU loops' f32 tanh and sigmoid against libm in f64, in ulps of the f32 result, over the
+// whole range that is not saturated, both sides of tanh's switch at |x| = 0.4 included; and
+// their special values.
+TEST(VectorMath, TanhAndSigmoidMatchLibmWithinTheirBounds) {
+  auto ulps = [](float got, double want) {
+    const float w = static_cast<float>(want);
+    const double ulp = std::nextafter(std::abs(w), INFINITY) - std::abs(w);
+    return std::abs(got - want) / ulp;
+  };
+  double worst_tanh = 0, worst_sigmoid = 0;
+  for (float x = -20.0f; x < 20.0f; x += 0.000123f) {
+    worst_tanh = std::max(worst_tanh, ulps(kiln::ops::tanh_f32(x), std::tanh(double{x})));
+    worst_sigmoid =
+        std::max(worst_sigmoid, ulps(kiln::ops::sigmoid_f32(x), 1 / (1 + std::exp(-double{x}))));
+  }
+  for (float x = 1e-30f; x < 0.5f; x *= 1.01f)  // tiny arguments: tanh x = x to the last bit
+    worst_tanh = std::max(worst_tanh, ulps(kiln::ops::tanh_f32(x), std::tanh(double{x})));
+  EXPECT_LE(worst_tanh, 4.0);
+  EXPECT_LE(worst_sigmoid, 4.0);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(kiln::ops::tanh_f32(inf), 1.0f);
+  EXPECT_EQ(kiln::ops::tanh_f32(-inf), -1.0f);
+  EXPECT_TRUE(std::signbit(kiln::ops::tanh_f32(-0.0f)));
+  EXPECT_TRUE(std::isnan(kiln::ops::tanh_f32(NAN)));
+  EXPECT_EQ(kiln::ops::sigmoid_f32(inf), 1.0f);
+  EXPECT_EQ(kiln::ops::sigmoid_f32(-inf), 0.0f);
+  EXPECT_EQ(kiln::ops::sigmoid_f32(0.0f), 0.5f);
+  EXPECT_GT(kiln::ops::sigmoid_f32(-100.0f), 0.0f);  // e^-100, subnormal-free and not flushed
+  EXPECT_TRUE(std::isnan(kiln::ops::sigmoid_f32(NAN)));
+}
