@@ -211,7 +211,14 @@ int main(int argc, char** argv) {
   for (int i = 2; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag == "--no-fusion") options.passes.elementwise_fusion = false;
-    if (flag == "--no-passes") options.passes = {false, false, false, false, false, false};
+    if (flag == "--no-passes")
+      options.passes = {.constant_folding = false,
+                        .common_subexpression_elimination = false,
+                        .algebraic_simplification = false,
+                        .product_sum_merging = false,
+                        .matmul_epilogue = false,
+                        .elementwise_fusion = false,
+                        .dead_code_elimination = false};
     if (flag == "--trace" && i + 1 < argc) options.trace_path = argv[i + 1];  // Chrome trace
     if (flag == "--inter" && i + 1 < argc) options.inter_op_threads = std::atoi(argv[i + 1]);
   }

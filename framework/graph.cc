@@ -1,5 +1,6 @@
 #include "kiln/framework/graph.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace kiln {
@@ -242,6 +243,28 @@ int32_t Graph::remove_unreachable() {
   }
   const int32_t removed = static_cast<int32_t>(nodes_.size() - kept.size());
   nodes_ = std::move(kept);
+  renumber(new_id);
+  return removed;
+}
+
+void Graph::move_before(int32_t first, int32_t position) {
+  const int32_t n = num_nodes();
+  KILN_CHECK(0 <= position && position <= first && first <= n, GraphError,
+             "[graph] cannot move nodes ", first, "..", n - 1, " before node ", position);
+  for (int32_t id = first; id < n; ++id)
+    for (OutputRef in : nodes_[id]->inputs_)
+      KILN_CHECK(in.node < position || in.node >= first, GraphError, "[graph] cannot move '",
+                 nodes_[id]->name_, "' before '", nodes_[position]->name_, "': it reads '",
+                 nodes_[in.node]->name_, "', which comes after");
+  // New order: [0, position), [first, n), [position, first).
+  std::vector<int32_t> new_id(nodes_.size());
+  for (int32_t id = 0; id < n; ++id)
+    new_id[id] = id < position ? id : id >= first ? position + (id - first) : id + (n - first);
+  std::rotate(nodes_.begin() + position, nodes_.begin() + first, nodes_.end());
+  renumber(new_id);
+}
+
+void Graph::renumber(const std::vector<int32_t>& new_id) {
   for (auto& node : nodes_) {
     node->id_ = new_id[node->id_];
     for (OutputRef& in : node->inputs_) in.node = new_id[in.node];
@@ -250,7 +273,6 @@ int32_t Graph::remove_unreachable() {
   for (auto& [name, sig] : signatures_)
     for (auto* list : {&sig.inputs, &sig.outputs, &sig.targets})
       for (Value& v : *list) v = Value(this, OutputRef{new_id[v.node_id()], v.index()});
-  return removed;
 }
 
 std::vector<std::vector<std::pair<int32_t, int32_t>>> Graph::consumers() const {

@@ -172,6 +172,10 @@ class Graph {
   /// Removes every node that no signature needs, renumbering the rest (order kept). Returns
   /// the number removed.
   int32_t remove_unreachable();
+  /// Moves the nodes from id `first` to the last one (nodes a pass has just added) to just
+  /// before node `position`, renumbering the nodes in between. Every input of a moved node must
+  /// come before `position` or be moved too (a GraphError names it otherwise).
+  void move_before(int32_t first, int32_t position);
   /// Node ids of each output's readers: consumers[id] lists (node, input index) pairs.
   std::vector<std::vector<std::pair<int32_t, int32_t>>> consumers() const;
 
@@ -189,6 +193,9 @@ class Graph {
 
  private:
   std::string unique_name(const std::string& base, bool exact);
+  /// Gives node new_id[id] (nodes_ already in the new order) the id new_id[id] everywhere:
+  /// node ids, inputs, names and signatures.
+  void renumber(const std::vector<int32_t>& new_id);
 
   std::vector<std::unique_ptr<Node>> nodes_;
   std::unordered_map<std::string, int32_t> by_name_;

@@ -37,6 +37,11 @@ std::unique_ptr<Pass> make_algebraic_simplification();
 /// reads its inputs once and writes its output once.
 std::unique_ptr<Pass> make_elementwise_fusion();
 
+/// Turns add_n over matrix products that only it reads (same transposes, dtype and shape) into
+/// one product over the concatenated contractions: sum_i A_i B_i = [A_1 .. A_k] [B_1; ..; B_k].
+/// Autograd makes such sums for a weight used at every step of an unrolled recurrence.
+std::unique_ptr<Pass> make_product_sum_merging();
+
 /// Folds a bias add (and a relu that only it feeds) into the matmul before it: matmul_bias,
 /// which cuBLASLt runs as one product with an epilogue. For the CPU (`device`), also an SGD or
 /// Adam update into the matmul that makes its gradient and that nothing else reads:
@@ -53,6 +58,7 @@ struct PassOptions {
   bool constant_folding = true;
   bool common_subexpression_elimination = true;
   bool algebraic_simplification = true;
+  bool product_sum_merging = true;
   bool matmul_epilogue = true;
   bool elementwise_fusion = true;
   bool dead_code_elimination = true;

@@ -159,6 +159,8 @@ std::unique_ptr<PassPipeline> make_default_pipeline(const PassOptions& options) 
   if (options.dead_code_elimination) cleanup.add_pass(make_dead_code_elimination());
   add_registered(cleanup, PassStage::cleanup, options);
   add_registered(*pipeline, PassStage::before_fusion, options);
+  // Sums of products first: the merged product's optimizer update can then join it.
+  if (options.product_sum_merging) pipeline->add_pass(make_product_sum_merging());
   // Epilogues before fusion, which would otherwise take the add and relu into a chain.
   if (options.matmul_epilogue) pipeline->add_pass(make_matmul_epilogue(options.device));
   if (options.elementwise_fusion) {

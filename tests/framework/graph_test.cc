@@ -137,3 +137,39 @@ TEST(Graph, RegistryListsEveryCoreOp) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Nodes a pass adds at the end move before an earlier node: ids, inputs, names and signatures
+// follow; a moved node may not read a node it would now precede.
+TEST(GraphRewriting, AddedNodesMoveBeforeAnEarlierNode) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2});
+  Value y = exp(x);
+  Value z = y + 1.0;
+  g.add_signature({"s", {x}, {z}});
+  const int32_t first = g.num_nodes(), y_id = y.node_id(), z_id = z.node_id();
+  const std::string y_name = y.node().name();
+  Value doubled = x * 2.0;  // added last (a constant and the product); reads only x
+  const std::string doubled_name = doubled.node().name();
+  const int32_t added = g.num_nodes() - first;
+  g.move_before(first, y_id);
+  // Values made before the move keep their old ids: look nodes up by name.
+  EXPECT_EQ(g.find_node(doubled_name)->id(), y_id + added - 1);  // the new nodes take y's place
+  EXPECT_EQ(g.find_node(y_name)->id(), y_id + added);            // and y follows them
+  EXPECT_EQ(g.find_node("x")->id(), 0);
+  EXPECT_EQ(g.signature("s").outputs[0].node_id(), z_id + added);
+  for (int32_t id = 0; id < g.num_nodes(); ++id) {
+    EXPECT_EQ(g.node(id).id(), id);
+    for (OutputRef in : g.node(id).inputs()) EXPECT_LT(in.node, id);
+  }
+  // A node that reads y cannot go before y.
+  const int32_t again = g.num_nodes();
+  exp(g.value(y_name));
+  testing::expect_error<GraphError>([&] { g.move_before(again, 1); },
+                                    {"cannot move", "before", "which comes after"});
+}
+
+}  // namespace
+}  // namespace kiln

@@ -16,7 +16,14 @@ std::map<std::string, int> ops_of(const Plan& plan) {
 
 SessionOptions only(bool PassOptions::*flag) {
   SessionOptions o;
-  o.passes = {false, false, false, false, false, false, false};
+  o.passes = {.constant_folding = false,
+              .common_subexpression_elimination = false,
+              .algebraic_simplification = false,
+              .product_sum_merging = false,
+              .matmul_epilogue = false,
+              .elementwise_fusion = false,
+              .dead_code_elimination = false,
+              .in_place = false};
   if (flag) o.passes.*flag = true;
   o.passes.dead_code_elimination = true;
   return o;
@@ -202,6 +209,61 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
         g.add("matmul_sgd_update", {var, var, b, b, g.scalar(0.1, f32)});
       },
       {"[matmul_sgd_update]", "with a [4, 5] and b [4, 5]"});
+}
+
+// A weight used at every step (an unrolled recurrence's W) gets add_n of one product per use
+// from autograd; the pass makes it one product over the concatenated contractions: the same
+// gradient to rounding, no add_n left, and the optimizer update then folds into it. A sum with
+// a term that is not a product keeps an add_n of the merged product and that term; products
+// with other transposes stay terms.
+TEST(Passes, SumsOfProductsBecomeOneProduct) {
+  Graph g;
+  Value w = g.variable("w", {6, 4}, init::uniform(-1, 1, 3));
+  std::vector<Value> xs;
+  Value loss;
+  for (int t = 0; t < 5; ++t) {
+    xs.push_back(g.placeholder(str("x", t), f32, {3, 6}));
+    Value term = sum(square(tanh(matmul(xs.back(), w))));  // dW_t = x_t^T dY_t
+    loss = t == 0 ? term : loss + term;
+  }
+  FeedList feeds;
+  for (int t = 0; t < 5; ++t)
+    feeds.emplace_back(xs[t], testing::random_tensor(f32, {3, 6}, -1, 1, 10 + t));
+  const Value grad = gradients(loss, {w})[0];
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::product_sum_merging));
+  EXPECT_EQ(ops_of(off.plan(feeds, {grad}))["add_n"], 1);
+  const Plan& merged = on.plan(feeds, {grad});
+  EXPECT_EQ(ops_of(merged)["add_n"], 0);
+  EXPECT_EQ(ops_of(merged)["concat"], 2);
+  int deep = 0;  // the merged product contracts over the 5 x 3 rows of every x_t
+  for (int32_t id = 0; id < merged.graph->num_nodes(); ++id) {
+    const Node& node = merged.graph->node(id);
+    if (node.op_name() == "matmul" && node.inputs().size() == 2)
+      deep += merged.graph->value(node.inputs()[0]).shape() == Shape{15, 6};
+  }
+  EXPECT_EQ(deep, 1);
+  testing::expect_near(testing::values(off.run(feeds, {grad})[0]), on.run(feeds, {grad})[0], 1e-5,
+                       1e-6, "merged gradient");
+
+  // w also used elementwise: its gradient's sum keeps that term beside the merged product; a
+  // use as w^T (x [3, 4] times w^T) gives a product with other transposes, which stays a term.
+  Value extra = g.placeholder("extra", f32, {3, 4});
+  Value both = loss + sum(w * w) + sum(matmul(extra, w, false, true));
+  FeedList more = feeds;
+  more.emplace_back(extra, testing::random_tensor(f32, {3, 4}, -1, 1, 20));
+  const Value grad2 = gradients(both, {w})[0];
+  const Plan& mixed = on.plan(more, {grad2});
+  EXPECT_EQ(ops_of(mixed)["add_n"], 1);
+  EXPECT_EQ(ops_of(mixed)["concat"], 2);
+  testing::expect_near(testing::values(off.run(more, {grad2})[0]), on.run(more, {grad2})[0], 1e-5,
+                       1e-6, "merged gradient beside other terms");
+
+  // In training, Adam's update joins the merged product (the passes as a Session runs them).
+  Value step = optim::Adam({.lr = 0.01}).minimize(loss);
+  Session all(g);
+  const Plan& trained = all.plan(feeds, {}, {step});
+  EXPECT_EQ(ops_of(trained)["add_n"], 0);
+  EXPECT_EQ(ops_of(trained)["matmul_adam_update"], 1);
 }
 
 TEST(Passes, CommonSubexpressionsAreMergedButVariablesAreNot) {
