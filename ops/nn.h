@@ -38,6 +38,16 @@ Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_ind
 /// Dropout is x * dropout_mask(x, rate, seed).
 Value dropout_mask(const Value& x, double rate, int64_t seed = 0);
 
+/// One LSTM step's outputs: the hidden state h and the cell state c, both [B, H].
+struct LSTMCellState {
+  Value h, c;
+};
+/// One LSTM step from its pre-activation gates [B, 4 H] (x W_ih + b_ih + h W_hh + b_hh, in
+/// PyTorch's order i, f, g, o) and the previous cell state c_prev [B, H] (undefined: zeros):
+/// c = sigmoid(f) c_prev + sigmoid(i) tanh(g), h = sigmoid(o) tanh(c). One op forward and one
+/// backward (lstm_cell_grad), where the same step in elementwise ops is a dozen nodes each way.
+LSTMCellState lstm_cell(const Value& gates, const Value& c_prev = {});
+
 /// x where x >= 0, else slope x (NaN passes).
 Value leaky_relu(const Value& x, double slope = 0.01);
 /// x limited to [low, high] (NaN passes); low > high is a GraphError.

@@ -3,6 +3,7 @@
 #include "kiln/framework/error.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
 
 namespace kiln::nn {
 
@@ -162,13 +163,11 @@ LSTM::LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "LSTM", 4, input, hidden, options) {}
 
 Recurrent::State LSTM::step(const Value& input_projection, const State& state, const Weights& w) {
-  const std::vector<Value> gates =
-      split(plus(input_projection, hidden_projection(state.h, w)), 4, -1);
-  const Value input_gate = sigmoid(gates[0]), forget_gate = sigmoid(gates[1]);
-  const Value candidate = tanh(gates[2]), output_gate = sigmoid(gates[3]);
-  // A zero c (the first step by default) contributes nothing through the forget gate.
-  const Value c = plus(input_gate * candidate, state.c.defined() ? forget_gate * state.c : Value());
-  return {output_gate * tanh(c), c};
+  // One fused op each way (ops/nn/lstm_cell.cc); a zero c (the first step by default) is left
+  // out, and contributes nothing through the forget gate.
+  const LSTMCellState next =
+      lstm_cell(plus(input_projection, hidden_projection(state.h, w)), state.c);
+  return {next.h, next.c};
 }
 
 GRU::GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,

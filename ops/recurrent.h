@@ -4,8 +4,9 @@
 // A static graph unrolls the recurrence (TensorFlow 1's static_rnn): the sequence length must be
 // known when the layer is called, the batch may be unknown. Each layer projects the whole
 // sequence's input at once (one product [T B, in] x [in, G H]); each step then adds h W_hh, so the
-// per-step work is one [B, H] x [H, G H] product and the gate arithmetic. The gradient is
-// autograd's (back-propagation through time over the unrolled steps).
+// per-step work is one [B, H] x [H, G H] product and the gate arithmetic (the LSTM's in one
+// fused op, lstm_cell). The gradient is autograd's (back-propagation through time over the
+// unrolled steps).
 //
 // Variables follow PyTorch's names, per layer k and direction (suffix "_reverse" for the
 // backward one): weight_ih_l{k} [in, G H], weight_hh_l{k} [H, G H], bias_ih_l{k} and

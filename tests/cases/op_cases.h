@@ -82,6 +82,9 @@ void add_normalization_cases(const std::function<void(OpCase)>& add);
 /// Adds the attention cases (tests/cases/nn_cases.cc).
 void add_attention_cases(const std::function<void(OpCase)>& add);
 
+/// Adds the fused recurrent cells' cases (tests/cases/recurrent_cases.cc).
+void add_recurrent_cases(const std::function<void(OpCase)>& add);
+
 /// Every case, in a fixed order.
 const std::vector<OpCase>& op_cases();
 

@@ -102,6 +102,14 @@ def attention(q, k, v, mask, attrs):
     return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
 
 
+def lstm_cell(gates, c_prev):
+    """PyTorch's LSTM cell arithmetic (torch.nn.LSTMCell after its products)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = i * g if c_prev is None else f * c_prev + i * g
+    return o * torch.tanh(c), c, torch.cat([i, f, g, o], 1)
+
+
 def conv_and_pool(op, args, attrs):
     """The convolution and pooling ops (ops/nn/conv.cc, pool.cc), or None."""
     if not args:
@@ -182,6 +190,15 @@ def apply(op, args, attrs, dtype, custom):
         qkv = [t.detach().requires_grad_(True) for t in args[:3]]
         out = attention(*qkv, args[6] if len(args) > 6 else None, attrs)[0]
         return torch.autograd.grad(out, qkv, args[5], create_graph=True)
+    if op == "lstm_cell":  # (gates[, c_prev]): h, c, activated gates
+        return lstm_cell(a, args[1] if len(args) > 1 else None)
+    if op == "lstm_cell_grad":  # (act, c, dh, dc[, c_prev]): d gates[, d c_prev], from autograd
+        i, f, g, o = a.detach().chunk(4, dim=1)
+        pre = torch.cat([torch.logit(i), torch.logit(f), torch.atanh(g), torch.logit(o)], 1)
+        pre.requires_grad_(True)
+        wrt = [pre] + ([args[4].detach().requires_grad_(True)] if len(args) > 4 else [])
+        h, c, _ = lstm_cell(pre, wrt[1] if len(wrt) > 1 else None)
+        return torch.autograd.grad((h, c), wrt, (args[2], args[3]))
     if op == "after":
         return a * 1
     nn_result = conv_and_pool(op, args, attrs)
