@@ -47,6 +47,11 @@ struct LSTMCellState {
 /// c = sigmoid(f) c_prev + sigmoid(i) tanh(g), h = sigmoid(o) tanh(c). One op forward and one
 /// backward (lstm_cell_grad), where the same step in elementwise ops is a dozen nodes each way.
 LSTMCellState lstm_cell(const Value& gates, const Value& c_prev = {});
+/// One GRU step (PyTorch's order r, z, n) from the input's gates x_gates = x W_ih + b_ih [B, 3 H]
+/// and the hidden state's h_gates = h W_hh + b_hh [B, 3 H] (one row [3 H], b_hh, when h is
+/// zero; undefined: zeros too) and h_prev [B, H] (undefined: zeros): r = sigmoid(x_r + h_r),
+/// z = sigmoid(x_z + h_z), n = tanh(x_n + r h_n), h = (1 - z) n + z h_prev. One op each way.
+Value gru_cell(const Value& x_gates, const Value& h_gates = {}, const Value& h_prev = {});
 
 /// x where x >= 0, else slope x (NaN passes).
 Value leaky_relu(const Value& x, double slope = 0.01);

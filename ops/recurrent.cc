@@ -163,7 +163,7 @@ LSTM::LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "LSTM", 4, input, hidden, options) {}
 
 Recurrent::State LSTM::step(const Value& input_projection, const State& state, const Weights& w) {
-  // One fused op each way (ops/nn/lstm_cell.cc); a zero c (the first step by default) is left
+  // One fused op each way (ops/nn/recurrent_cells.cc); a zero c (the first step by default) is left
   // out, and contributes nothing through the forget gate.
   const LSTMCellState next =
       lstm_cell(plus(input_projection, hidden_projection(state.h, w)), state.c);
@@ -175,17 +175,9 @@ GRU::GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "GRU", 3, input, hidden, options) {}
 
 Recurrent::State GRU::step(const Value& input_projection, const State& state, const Weights& w) {
-  const std::vector<Value> from_input = split(input_projection, 3, -1);
-  const Value from_hidden = hidden_projection(state.h, w);  // undefined: h and b_hh both zero
-  std::vector<Value> hidden_parts(3);
-  if (from_hidden.defined()) hidden_parts = split(from_hidden, 3, -1);
-  const Value reset = sigmoid(plus(from_input[0], hidden_parts[0]));
-  const Value update = sigmoid(plus(from_input[1], hidden_parts[1]));
-  const Value candidate =
-      tanh(hidden_parts[2].defined() ? from_input[2] + reset * hidden_parts[2] : from_input[2]);
-  // h' = (1 - z) n + z h (PyTorch's form; z h vanishes when h is zero).
-  const Value kept = (1.0 - update) * candidate;
-  return {state.h.defined() ? kept + update * state.h : kept, {}};
+  // One fused op each way (ops/nn/recurrent_cells.cc). The hidden projection is undefined when
+  // h and b_hh are both zero, one row (b_hh) when h alone is.
+  return {gru_cell(input_projection, hidden_projection(state.h, w), state.h), {}};
 }
 
 }  // namespace kiln::nn

@@ -1,5 +1,6 @@
-// The op cases of the fused recurrent cells (ops/nn/lstm_cell.cc), with a direct f64 reference
-// of the LSTM step written from its equations (not from lstm_cell.h's helpers).
+// The op cases of the fused recurrent cells (ops/nn/recurrent_cells.cc), with direct f64
+// references of the LSTM and GRU steps written from their equations (not from the kernels'
+// helpers in recurrent_cells.h).
 #include <cmath>
 
 #include "cases/op_cases.h"
@@ -33,6 +34,52 @@ Reference lstm_step_reference(bool has_cell) {
   };
 }
 
+// How a GRU case gives the hidden state's part: h_gates [B, 3H] and h_prev, one row of h_gates
+// (b_hh at a zero state), or neither.
+enum class GruHidden { full, row, none };
+
+// h' of a GRU step from x_gates [B, 3H] (r, z, n) and the inputs `hidden` says.
+Reference gru_step_reference(GruHidden hidden) {
+  return [hidden](const std::vector<Tensor>& inputs) {
+    std::vector<double> y;
+    for (int64_t b = 0; b < kBatch; ++b)
+      for (int64_t j = 0; j < kHidden; ++j) {
+        double hg[3] = {0, 0, 0};
+        for (int k = 0; k < 3; ++k)
+          if (hidden != GruHidden::none)
+            hg[k] = inputs[1].element((hidden == GruHidden::full ? b * 3 * kHidden : 0) +
+                                      k * kHidden + j);
+        const int64_t x = b * 3 * kHidden + j;
+        const double r = sigmoid(inputs[0].element(x) + hg[0]);
+        const double z = sigmoid(inputs[0].element(x + kHidden) + hg[1]);
+        const double n = std::tanh(inputs[0].element(x + 2 * kHidden) + r * hg[2]);
+        const double h = hidden == GruHidden::full ? inputs[2].element(b * kHidden + j) : 0;
+        y.push_back((1 - z) * n + z * h);
+      }
+    return y;
+  };
+}
+
+// The inputs after x_gates that `hidden` says, drawn in feed order.
+std::vector<Value> gru_hidden_inputs(CaseGraph& c, GruHidden hidden) {
+  if (hidden == GruHidden::none) return {};
+  if (hidden == GruHidden::row) return {c.input({3 * kHidden})};
+  Value h_gates = c.input({kBatch, 3 * kHidden});
+  return {h_gates, c.input({kBatch, kHidden})};
+}
+
+const char* gru_case_name(GruHidden hidden, bool backward) {
+  switch (hidden) {
+    case GruHidden::full:
+      return backward ? "gru_cell_grad" : "gru_cell";
+    case GruHidden::row:
+      return backward ? "gru_cell_grad_bias_row" : "gru_cell_bias_row";
+    case GruHidden::none:
+      break;
+  }
+  return backward ? "gru_cell_grad_input_only" : "gru_cell_input_only";
+}
+
 }  // namespace
 
 void add_recurrent_cases(const std::function<void(OpCase)>& add) {
@@ -64,6 +111,31 @@ void add_recurrent_cases(const std::function<void(OpCase)>& add) {
                return has_cell ? concat({grads[0], grads[1]}, 1) : grads[0];
              },
          .gradients = false});
+  for (GruHidden hidden : {GruHidden::full, GruHidden::row, GruHidden::none}) {
+    add({.op = "gru_cell",
+         .name = gru_case_name(hidden, false),
+         .build =
+             [hidden](CaseGraph& c) {
+               std::vector<Value> inputs{c.input({kBatch, 3 * kHidden}, -3, 3)};
+               for (const Value& v : gru_hidden_inputs(c, hidden)) inputs.push_back(v);
+               return c.g.add_node("gru_cell", inputs)[0];
+             },
+         .reference = gru_step_reference(hidden)});
+    add({.op = "gru_cell_grad",
+         .name = gru_case_name(hidden, true),
+         .build =
+             [hidden](CaseGraph& c) {
+               std::vector<Value> inputs{c.input({kBatch, 3 * kHidden}, -3, 3)};
+               const std::vector<Value> more = gru_hidden_inputs(c, hidden);
+               for (const Value& v : more) inputs.push_back(v);
+               const Value act = c.g.add_node("gru_cell", inputs)[1];
+               std::vector<Value> backward_inputs{act, c.input({kBatch, kHidden})};
+               for (const Value& v : more) backward_inputs.push_back(v);
+               std::vector<Value> grads = c.g.add_node("gru_cell_grad", backward_inputs);
+               return grads.size() == 1 ? grads[0] : concat(grads, 1);
+             },
+         .gradients = false});
+  }
 }
 
 }  // namespace kiln::testing

@@ -110,6 +110,16 @@ def lstm_cell(gates, c_prev):
     return o * torch.tanh(c), c, torch.cat([i, f, g, o], 1)
 
 
+def gru_cell(x_gates, h_gates, h_prev):
+    """PyTorch's GRU cell arithmetic (torch.nn.GRUCell after its products)."""
+    x_r, x_z, x_n = x_gates.chunk(3, dim=1)
+    h_r, h_z, h_n = h_gates.chunk(3, dim=-1) if h_gates is not None else (0, 0, 0)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)
+    h = (1 - z) * n + (z * h_prev if h_prev is not None else 0)
+    return h, torch.cat([r, z, n], 1)
+
+
 def conv_and_pool(op, args, attrs):
     """The convolution and pooling ops (ops/nn/conv.cc, pool.cc), or None."""
     if not args:
@@ -199,6 +209,22 @@ def apply(op, args, attrs, dtype, custom):
         wrt = [pre] + ([args[4].detach().requires_grad_(True)] if len(args) > 4 else [])
         h, c, _ = lstm_cell(pre, wrt[1] if len(wrt) > 1 else None)
         return torch.autograd.grad((h, c), wrt, (args[2], args[3]))
+    if op == "gru_cell":  # (x_gates[, h_gates[, h_prev]]): h, activated gates
+        return gru_cell(a, *(list(args[1:]) + [None, None])[:2])
+    if op == "gru_cell_grad":  # (act, dh[, h_gates[, h_prev]]): from autograd, in f64
+        more = [t.detach().double() for t in args[2:]]
+        r, z, n = a.detach().double().chunk(3, dim=1)
+        h_r, h_z, h_n = more[0].chunk(3, dim=-1) if more else (0, 0, 0)
+        x = torch.cat([torch.logit(r) - h_r, torch.logit(z) - h_z, torch.atanh(n) - r * h_n], 1)
+        wrt = [x.requires_grad_(True)] + [t.requires_grad_(True) for t in more]
+        h, _ = gru_cell(*(wrt + [None, None])[:3])
+        grads = torch.autograd.grad(h, wrt, args[1].double())
+        # d h_gates is per row, as the op gives it (not summed over a one-row h_gates)
+        if more and more[0].dim() == 1:
+            rr = r
+            h_gates_grad = torch.cat([grads[0][:, :2 * r.shape[1]], grads[0][:, 2 * r.shape[1]:] * rr], 1)
+            grads = (grads[0], h_gates_grad) + tuple(grads[2:])
+        return tuple(g.to(a.dtype) for g in grads)
     if op == "after":
         return a * 1
     nn_result = conv_and_pool(op, args, attrs)
