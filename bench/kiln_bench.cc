@@ -3,9 +3,10 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, lstm_step, attention_step, peak_flops (the processor's measured f32 FMA peak,
-// for the matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs),
-// --inter N (SessionOptions::inter_op_threads), --trace FILE (a Chrome trace of the runs).
+// transformer_step, lstm_step, gru_step (by hand: not in run.sh), attention_step, peak_flops (the
+// processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes
+// (the graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE
+// (a Chrome trace of the runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
 
@@ -109,11 +110,12 @@ double transformer_step(const SessionOptions& options) {
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
 }
 
-// An LSTM layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.
-double lstm_step(const SessionOptions& options) {
+// An LSTM (or GRU) layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.
+double lstm_step(const SessionOptions& options, bool gru = false) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 32, 128});
-  Value train = optim::Adam({.lr = 1e-3}).minimize(bench::lstm_loss(g, x));
+  Value train =
+      optim::Adam({.lr = 1e-3}).minimize(gru ? bench::gru_loss(g, x) : bench::lstm_loss(g, x));
   Session s(g, options);
   Tensor xb = ramp({32, 32, 128});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
@@ -285,6 +287,8 @@ int main(int argc, char** argv) {
     std::printf("attention_step %.9f\n", attention_step(options));
   } else if (name == "lstm_step") {
     std::printf("lstm_step %.9f\n", lstm_step(options));
+  } else if (name == "gru_step") {
+    std::printf("gru_step %.9f\n", lstm_step(options, /*gru=*/true));
   } else if (name == "transformer_step") {
     std::printf("transformer_step %.9f\n", transformer_step(options));
   } else {

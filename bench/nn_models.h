@@ -39,4 +39,10 @@ inline Value lstm_loss(Graph& g, const Value& x) {
   return mean(square(lstm(x)));
 }
 
+/// The GRU step's loss: lstm_loss with PyTorch's nn.GRU in place of the LSTM.
+inline Value gru_loss(Graph& g, const Value& x) {
+  nn::GRU gru(g, "gru", 128, 256, {.batch_first = true});
+  return mean(square(gru(x)));
+}
+
 }  // namespace kiln::bench

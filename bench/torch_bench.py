@@ -108,10 +108,11 @@ def transformer_step():
     return step
 
 
-def lstm_step():
-    """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128]; mean(square(output)); Adam."""
+def lstm_step(kind="LSTM"):
+    """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128]; mean(square(output)); Adam.
+    kind "GRU": the same with nn.GRU (gru_step, run by hand)."""
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(128, 256, batch_first=True)
+    lstm = getattr(torch.nn, kind)(128, 256, batch_first=True)
     opt = torch.optim.Adam(lstm.parameters(), lr=1e-3)
     forward = compiled(lambda x: lstm(x)[0])
     x = ramp(32, 32, 128)
@@ -147,8 +148,9 @@ def main():
             return v
         t = time_it(chain, 20, 200)
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
-    elif case in ("cnn_step", "transformer_step", "lstm_step"):
-        steps = {"cnn_step": cnn_step, "transformer_step": transformer_step, "lstm_step": lstm_step}
+    elif case in ("cnn_step", "transformer_step", "lstm_step", "gru_step"):
+        steps = {"cnn_step": cnn_step, "transformer_step": transformer_step, "lstm_step": lstm_step,
+                 "gru_step": lambda: lstm_step("GRU")}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
     elif case.startswith("chain"):
