@@ -65,15 +65,16 @@ Recurrent::Recurrent(Graph& graph, const std::string& name, const char* kind, in
     }
 }
 
-RecurrentResult Recurrent::run(const Value& x, const Value& h0, const Value& c0) {
+RecurrentResult Recurrent::run(const Value& x, const Value& h0, const Value& c0,
+                               const Value& lengths) {
   KILN_CHECK(x.defined() && x.graph() == &graph(), GraphError, "[nn] ", path(),
              ": the input is not a value of the layer's graph");
   NameScope scope(graph(), name());
-  return unrolled(x, h0, c0);
+  return unrolled(x, h0, c0, lengths);
 }
 
 Value Recurrent::forward(const Value& x) {
-  return unrolled(x, {}, {}).output;
+  return unrolled(x, {}, {}, {}).output;
 }
 
 Value Recurrent::hidden_projection(const Value& h, const Weights& w) {
@@ -81,7 +82,8 @@ Value Recurrent::hidden_projection(const Value& h, const Weights& w) {
   return plus(matmul(h, w.weight_hh), w.bias_hh);
 }
 
-RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value& c0) {
+RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value& c0,
+                                    const Value& lengths) {
   const Shape& s = x.shape();
   const int64_t time_axis = options_.batch_first ? 1 : 0;
   KILN_CHECK(s.rank() == 3 && s[time_axis] > 0 && s[2] == input_, GraphError, "[nn] ", kind_, " ",
@@ -94,6 +96,7 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
   const int64_t length = s[time_axis], batch = s[1 - time_axis];
   const std::vector<Value> h_rows = initial_rows(h0, batch, "h0");
   const std::vector<Value> c_rows = initial_rows(c0, batch, "c0");
+  const std::vector<Value> valid = valid_steps(lengths, length, batch);
   const int64_t gate_width = weights.front().weight_ih.shape()[1];
 
   Value sequence = options_.batch_first ? transpose(x, {1, 0, 2}) : x;  // [T, B, in]
@@ -110,7 +113,8 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
           reshape(plus(matmul(flat, w.weight_ih), w.bias_ih), {length, -1, gate_width});
       State state{h_rows.empty() ? Value() : h_rows[index],
                   c_rows.empty() ? Value() : c_rows[index]};
-      outputs.push_back(stack(unroll(rows_of(projected, length), direction == 1, state, w), 0));
+      outputs.push_back(
+          stack(unroll(rows_of(projected, length), direction == 1, state, w, valid), 0));
       last_h.push_back(state.h);
       last_c.push_back(state.c);
     }
@@ -125,15 +129,43 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
 }
 
 std::vector<Value> Recurrent::unroll(const std::vector<Value>& projections, bool reverse,
-                                     State& state, const Weights& w) {
+                                     State& state, const Weights& w,
+                                     const std::vector<Value>& valid) {
   const size_t length = projections.size();
   std::vector<Value> outputs(length);
   for (size_t i = 0; i < length; ++i) {
     const size_t t = reverse ? length - 1 - i : i;
-    state = step(projections[t], state, w);
-    outputs[t] = state.h;
+    State next = step(projections[t], state, w);
+    if (!valid.empty()) {
+      // A sequence past its length keeps its state (undefined: zeros) and outputs zeros.
+      const Value& takes = valid[t];
+      const Value output = where(takes, next.h, 0.0);
+      next.h = state.h.defined() ? where(takes, next.h, state.h) : output;
+      if (next.c.defined())
+        next.c = state.c.defined() ? where(takes, next.c, state.c) : where(takes, next.c, 0.0);
+      outputs[t] = output;
+    } else {
+      outputs[t] = next.h;
+    }
+    state = next;
   }
   return outputs;
+}
+
+std::vector<Value> Recurrent::valid_steps(const Value& lengths, int64_t length, int64_t batch) {
+  if (!lengths.defined()) return {};
+  const Shape& s = lengths.shape();
+  KILN_CHECK(lengths.graph() == &graph() && is_integer(lengths.dtype()) && s.rank() == 1 &&
+                 (s[0] < 0 || batch < 0 || s[0] == batch),
+             GraphError, "[nn] ", kind_, " ", path(),
+             ": lengths must be an integer vector of its graph [", batch, "], got ",
+             lengths.dtype(), " ", s);
+  // [T, 1] step numbers against [1, B] lengths: [T, B], then one [B, 1] row per step.
+  const Value steps = iota(graph(), Shape{length, 1}, 0, lengths.dtype());
+  const Value takes = less(steps, expand_dims(lengths, {0}));
+  std::vector<Value> rows = split(takes, length, 0);
+  for (Value& row : rows) row = reshape(row, {-1, 1});
+  return rows;
 }
 
 std::vector<Value> Recurrent::initial_rows(const Value& initial, int64_t batch, const char* what) {

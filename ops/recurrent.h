@@ -47,7 +47,14 @@ class Recurrent : public Module {
   };
   /// The layer over x ([T, B, input], or [B, T, input] batch first; T known). h0 (and c0 for an
   /// LSTM) [layers D, B, H] start each layer and direction; undefined: zeros.
-  RecurrentResult run(const Value& x, const Value& h0 = {}, const Value& c0 = {});
+  ///
+  /// `lengths` (an integer [B], fed or computed; undefined: every sequence has length T) makes
+  /// a padded batch run as PyTorch's packed sequences do: sequence b takes steps t < lengths[b]
+  /// only, its output is zeros from there on, and its h_n / c_n are the state after its own last
+  /// step (the backward direction starts at lengths[b] - 1). A length above T counts as T; a
+  /// length of 0 leaves h0 (PyTorch refuses one).
+  RecurrentResult run(const Value& x, const Value& h0 = {}, const Value& c0 = {},
+                      const Value& lengths = {});
   int64_t hidden_size() const { return hidden_; }
   /// weights[k D + d]: layer k, direction d (1: the backward one), PyTorch's order of h_n.
   std::vector<Weights> weights;
@@ -72,11 +79,14 @@ class Recurrent : public Module {
 
  private:
   /// run() inside the layer's name scope.
-  RecurrentResult unrolled(const Value& x, const Value& h0, const Value& c0);
+  RecurrentResult unrolled(const Value& x, const Value& h0, const Value& c0, const Value& lengths);
   /// One direction of one layer over the steps of x: the outputs in time order, and the last
-  /// state.
+  /// state. `valid` (empty: every step) holds per step a bool [B, 1]: whether sequence b takes
+  /// it; one that does not keeps its state and outputs zeros.
   std::vector<Value> unroll(const std::vector<Value>& projections, bool reverse, State& state,
-                            const Weights& w);
+                            const Weights& w, const std::vector<Value>& valid);
+  /// Per step t, the bool [B, 1] t < lengths (`lengths` checked: an integer [B]).
+  std::vector<Value> valid_steps(const Value& lengths, int64_t length, int64_t batch);
   /// A [layers D, B, H] initial state's row for (layer, direction), squeezed to [B, H].
   std::vector<Value> initial_rows(const Value& initial, int64_t batch, const char* what);
   int64_t directions() const { return options_.bidirectional ? 2 : 1; }

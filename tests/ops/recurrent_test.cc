@@ -169,6 +169,82 @@ TEST(Recurrent, GruAndRnnFollowTheirEquationsFromZeroStates) {
   }
 }
 
+// With lengths, each sequence of a padded batch runs as if alone: its output rows and h_n / c_n
+// are those of the same layer over just its own steps, and its output past them is zeros, in
+// both directions and every layer; gradients reach no padded input.
+TEST(Recurrent, LengthsRunEachSequenceAsIfAlone) {
+  constexpr int64_t kLength = 5, kInput = 3, kHidden = 4;
+  const std::vector<int64_t> lengths = {5, 3, 1, 2};
+  const int64_t batch = static_cast<int64_t>(lengths.size());
+  for (Cell cell : {Cell::lstm, Cell::gru}) {
+    SCOPED_TRACE(cell == Cell::lstm ? "LSTM" : "GRU");
+    Graph g;
+    Value x = g.placeholder("x", f32, {kLength, batch, kInput});
+    Value lens = g.placeholder("lengths", i64, {-1});
+    const nn::RecurrentOptions options{.num_layers = 2, .bidirectional = true};
+    std::unique_ptr<nn::Recurrent> layer;
+    if (cell == Cell::lstm)
+      layer = std::make_unique<nn::LSTM>(g, "rnn", kInput, kHidden, options);
+    else
+      layer = std::make_unique<nn::GRU>(g, "rnn", kInput, kHidden, options);
+    const nn::RecurrentResult packed = layer->run(x, {}, {}, lens);
+    const Value dx = gradients(sum(packed.output * packed.output), {x})[0];
+    const Tensor xv = testing::random_tensor(f32, {kLength, batch, kInput}, -2, 2, 7);
+    const std::vector<double> xs = testing::values(xv);
+    Tensor lv = Tensor::empty(i64, {batch});
+    std::copy(lengths.begin(), lengths.end(), lv.data<int64_t>());
+    Session s(g);
+    std::vector<Value> fetch{packed.output, packed.hidden, dx};
+    if (packed.cell.defined()) fetch.push_back(packed.cell);
+    const std::vector<Tensor> got = s.run({{x, xv}, {lens, lv}}, fetch);
+    const std::vector<double> out = testing::values(got[0]);
+    const std::vector<double> grad = testing::values(got[2]);
+    for (int64_t b = 0; b < batch; ++b) {
+      SCOPED_TRACE(str("sequence ", b, " of length ", lengths[b]));
+      const int64_t n = lengths[b];
+      Graph alone_graph;
+      Value xa = alone_graph.placeholder("x", f32, {n, 1, kInput});
+      std::unique_ptr<nn::Recurrent> alone;  // same names and seeds: the same variable values
+      if (cell == Cell::lstm)
+        alone = std::make_unique<nn::LSTM>(alone_graph, "rnn", kInput, kHidden, options);
+      else
+        alone = std::make_unique<nn::GRU>(alone_graph, "rnn", kInput, kHidden, options);
+      const nn::RecurrentResult r = alone->run(xa);
+      Tensor xb = Tensor::empty(f32, {n, 1, kInput});
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t k = 0; k < kInput; ++k)
+          xb.data<float>()[t * kInput + k] = static_cast<float>(xs[(t * batch + b) * kInput + k]);
+      Session sa(alone_graph);
+      std::vector<Value> want_fetch{r.output, r.hidden};
+      if (r.cell.defined()) want_fetch.push_back(r.cell);
+      const std::vector<Tensor> want = sa.run({{xa, xb}}, want_fetch);
+      const std::vector<double> want_out = testing::values(want[0]);
+      for (int64_t t = 0; t < kLength; ++t)
+        for (int64_t j = 0; j < 2 * kHidden; ++j) {
+          const double value = out[(t * batch + b) * 2 * kHidden + j];
+          if (t < n)
+            EXPECT_NEAR(value, want_out[t * 2 * kHidden + j], 1e-5) << "t " << t << " j " << j;
+          else
+            EXPECT_EQ(value, 0.0) << "padded step " << t;
+        }
+      // h_n, and an LSTM's c_n (fetched 4th here, 3rd alone).
+      std::vector<std::pair<size_t, size_t>> states{{1, 1}};
+      if (cell == Cell::lstm) states.push_back({3, 2});
+      for (const auto& [mine, theirs] : states) {
+        const std::vector<double> state = testing::values(got[mine]);
+        const std::vector<double> want_state = testing::values(want[theirs]);
+        for (int64_t row = 0; row < 4; ++row)
+          for (int64_t j = 0; j < kHidden; ++j)
+            EXPECT_NEAR(state[(row * batch + b) * kHidden + j], want_state[row * kHidden + j], 1e-5)
+                << (mine == 1 ? "h_n" : "c_n") << " row " << row;
+      }
+      for (int64_t t = n; t < kLength; ++t)
+        for (int64_t k = 0; k < kInput; ++k)
+          EXPECT_EQ(grad[(t * batch + b) * kInput + k], 0.0) << "padded input's gradient";
+    }
+  }
+}
+
 TEST(Recurrent, VariablesHavePyTorchsNamesAndBounds) {
   Graph g;
   nn::GRU gru(g, "gru", 7, 10, {.num_layers = 2, .bidirectional = true});
@@ -253,6 +329,10 @@ TEST(Recurrent, BadInputsAreErrorsNamingTheLayer) {
       },
       {"LSTM lstm", "c0 must be", "[2, 2, 4]", "got [2, 3, 4]"});
   expect_error([&] { gru.run(x, h0); }, {"GRU gru", "h0 must be", "[1, 2, 4]", "got [2, 2, 4]"});
+  expect_error([&] { gru.run(x, {}, {}, g.placeholder("lf", f32, {2})); },
+               {"GRU gru", "lengths must be an integer vector", "[2]", "f32"});
+  expect_error([&] { gru.run(x, {}, {}, g.placeholder("l3", i64, {3})); },
+               {"GRU gru", "lengths must be", "got i64 [3]"});
   expect_error([&] { nn::LSTM(g, "none", 3, 4, {.num_layers = 0}); },
                {"LSTM none", "num_layers 0"});
   expect_error([&] { nn::GRU(g, "zero", 0, 4); }, {"GRU zero", "sizes 0 -> 4"});

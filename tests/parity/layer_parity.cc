@@ -30,7 +30,8 @@
 //        Embedding -> TransformerDecoderBlock (causal self-attention, cross-attention to a memory
 //        over its key-padding mask) -> Linear; cross entropy; AdamW with non-default betas.
 //   recurrent: PyTorch's nn.LSTM, nn.GRU and nn.RNN with Kiln's values loaded: Embedding -> LSTM
-//        (two layers, bidirectional, batch first, given h0 and c0) -> GRU (batch first) -> RNN
+//        (two layers, bidirectional, batch first, given h0 and c0) -> GRU (batch first, over
+//        sequences of lengths 7, 4 and 2: PyTorch's packed sequences) -> RNN
 //        (ReLU, no bias, time-major); a Linear on the LSTM's last backward c_n and the GRU's and
 //        RNN's h_n; cross entropy; Adam (eps 1e-6).
 //
@@ -350,13 +351,14 @@ void recurrent(const std::filesystem::path& dir, Device device) {
   Value labels = g.placeholder("labels", i64, {kBatch});
   Value h0 = g.placeholder("h0", f32, {4, kBatch, 8});
   Value c0 = g.placeholder("c0", f32, {4, kBatch, 8});
+  Value lengths = g.placeholder("lengths", i64, {kBatch});
   nn::Embedding embed(g, "embed", kVocab, kDim);
   nn::LSTM lstm(g, "lstm", kDim, 8, {.num_layers = 2, .batch_first = true, .bidirectional = true});
   nn::GRU gru(g, "gru", 16, 5, {.batch_first = true});
   nn::RNN rnn(g, "rnn", 5, 4, {.bias = false}, nn::RNN::Nonlinearity::relu);
   nn::Linear head(g, "head", 17, 3);
   const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);               // [B, T, 16]
-  const nn::RecurrentResult gated = gru.run(encoded.output);                      // [B, T, 5]
+  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);     // [B, T, 5]
   const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));  // time-major
   // The last layer's backward cell, the GRU's and the RNN's last h.
   Value features = concat({squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
@@ -379,7 +381,8 @@ void recurrent(const std::filesystem::path& dir, Device device) {
         {{ids, Tensor::from_vector<int64_t>(id_values, {kBatch, kLength})},
          {labels, Tensor::from_vector<int64_t>({1, 2, 0}, {kBatch})},
          {h0, normal({4, kBatch, 8}, 5)},
-         {c0, normal({4, kBatch, 8}, 6)}},
+         {c0, normal({4, kBatch, 8}, 6)},
+         {lengths, Tensor::from_vector<int64_t>({7, 4, 2}, {kBatch})}},
         {loss}, step, dir, 3);
 }
 

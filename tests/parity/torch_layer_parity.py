@@ -371,6 +371,7 @@ def recurrent(run):
     labels = torch.tensor(run.load("labels.npy"))
     h0 = torch.tensor(run.load("h0.npy")).double()
     c0 = torch.tensor(run.load("c0.npy")).double()
+    lengths = torch.tensor(run.load("lengths.npy"))
     nn = torch.nn
     embed = nn.Embedding(11, 6)
     lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)
@@ -391,7 +392,11 @@ def recurrent(run):
     for step in range(3):
         adam.zero_grad()
         encoded, (_, c_n) = lstm(embed(ids), (h0, c0))
-        gated, gru_h = gru(encoded)
+        # Kiln's lengths: PyTorch's packed sequences, padded back with zeros.
+        packed = nn.utils.rnn.pack_padded_sequence(encoded, lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        gated, gru_h = gru(packed)
+        gated = nn.utils.rnn.pad_packed_sequence(gated, batch_first=True, total_length=7)[0]
         _, rnn_h = rnn(gated.transpose(0, 1))
         loss = F.cross_entropy(head(torch.cat([c_n[3], gru_h[0], rnn_h[0]], -1)), labels)
         loss.backward()
