@@ -152,8 +152,9 @@ class OpDef {
   /// Marks an op that writes into the storage of input `index` (a variable): the plan runs it
   /// after every other reader of that input in the same run.
   OpDef& mutates_input(int index);
-  /// Marks an op whose output 0 may be a view of input 0's storage (reshape, identity, ...):
-  /// memory planning keeps input 0's buffer alive while the output is used.
+  /// Marks an op whose outputs may be views of input 0's storage (reshape, identity; split's
+  /// pieces of a contiguous run): memory planning keeps input 0's buffer alive, and never
+  /// overwrites it in place, while any output is used.
   OpDef& may_alias_input();
   /// Trait: output 0 may be computed in input 0's buffer when this step is that buffer's last
   /// use and the sizes match (memory planning decides; elementwise ops may take any input's).

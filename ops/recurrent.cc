@@ -82,6 +82,10 @@ Value Recurrent::hidden_projection(const Value& h, const Weights& w) {
   return plus(matmul(h, w.weight_hh), w.bias_hh);
 }
 
+Value Recurrent::gate_sum(const Value& input_projection, const Value& h, const Weights& w) {
+  return h.defined() ? input_projection + matmul(h, w.weight_hh) : input_projection;
+}
+
 RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value& c0,
                                     const Value& lengths) {
   const Shape& s = x.shape();
@@ -98,6 +102,10 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
   const std::vector<Value> c_rows = initial_rows(c0, batch, "c0");
   const std::vector<Value> valid = valid_steps(lengths, length, batch);
   const int64_t gate_width = weights.front().weight_ih.shape()[1];
+  // The input projection's bias: b_ih, and b_hh too where the step would add it as it is.
+  auto input_bias = [&](const Weights& w) {
+    return adds_hidden_bias() && w.bias_ih.defined() ? w.bias_ih + w.bias_hh : w.bias_ih;
+  };
 
   Value sequence = options_.batch_first ? transpose(x, {1, 0, 2}) : x;  // [T, B, in]
   std::vector<Value> last_h, last_c;
@@ -110,7 +118,7 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
       const Weights& w = weights[index];
       // Every step's input projection in one product, then one row per step.
       const Value projected =
-          reshape(plus(matmul(flat, w.weight_ih), w.bias_ih), {length, -1, gate_width});
+          reshape(plus(matmul(flat, w.weight_ih), input_bias(w)), {length, -1, gate_width});
       State state{h_rows.empty() ? Value() : h_rows[index],
                   c_rows.empty() ? Value() : c_rows[index]};
       outputs.push_back(
@@ -186,7 +194,7 @@ RNN::RNN(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "RNN", 1, input, hidden, options), nonlinearity_(nonlinearity) {}
 
 Recurrent::State RNN::step(const Value& input_projection, const State& state, const Weights& w) {
-  const Value before = plus(input_projection, hidden_projection(state.h, w));
+  const Value before = gate_sum(input_projection, state.h, w);
   return {nonlinearity_ == Nonlinearity::tanh ? tanh(before) : relu(before), {}};
 }
 
@@ -197,8 +205,7 @@ LSTM::LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
 Recurrent::State LSTM::step(const Value& input_projection, const State& state, const Weights& w) {
   // One fused op each way (ops/nn/recurrent_cells.cc); a zero c (the first step by default) is left
   // out, and contributes nothing through the forget gate.
-  const LSTMCellState next =
-      lstm_cell(plus(input_projection, hidden_projection(state.h, w)), state.c);
+  const LSTMCellState next = lstm_cell(gate_sum(input_projection, state.h, w), state.c);
   return {next.h, next.c};
 }
 

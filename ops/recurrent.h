@@ -67,15 +67,22 @@ class Recurrent : public Module {
   Value forward(const Value& x) override;
   /// Whether the state has a cell (an LSTM's c) besides h.
   virtual bool has_cell() const { return false; }
+  /// Whether the step adds b_hh to the products as it is (RNN, LSTM; not the GRU, whose reset
+  /// gate scales part of it): then b_hh joins b_ih in the input projection, once per run, and a
+  /// step's sum of the two projections is the hidden product's epilogue on the CPU.
+  virtual bool adds_hidden_bias() const { return true; }
 
   /// The state between two steps; an undefined h or c is zeros (the first step's default).
   struct State {
     Value h, c;
   };
-  /// One step: the input's projection x W_ih + b_ih [B, G H] and the state give the next state.
+  /// One step: the input's projection x W_ih + b_ih [B, G H] (+ b_hh where adds_hidden_bias())
+  /// and the state give the next state.
   virtual State step(const Value& input_projection, const State& state, const Weights& w) = 0;
   /// h W_hh + b_hh [B, G H] (just b_hh [G H] when h is zeros; undefined when that is zero too).
   static Value hidden_projection(const Value& h, const Weights& w);
+  /// input_projection + h W_hh (b_hh already in the input projection: adds_hidden_bias()).
+  static Value gate_sum(const Value& input_projection, const Value& h, const Weights& w);
 
  private:
   /// run() inside the layer's name scope.
@@ -130,6 +137,7 @@ class GRU : public Recurrent {
       RecurrentOptions options = {});
 
  protected:
+  bool adds_hidden_bias() const override { return false; }
   State step(const Value& input_projection, const State& state, const Weights& w) override;
 };
 

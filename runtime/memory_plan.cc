@@ -27,7 +27,11 @@ void analyze_liveness(Plan& plan) {
     const PlanStep& step = plan.steps[s];
     const OpDef& op = plan.graph->node(step.node).op();
     for (int32_t slot : step.output_slots) live.producer[slot] = s;
-    if ((op.may_alias() || op.writes_state()) && !step.input_slots.empty())
+    // Every output of a may-alias op (split's pieces) may view input 0; a state write's output
+    // 0 is its variable.
+    if (op.may_alias() && !step.input_slots.empty())
+      for (int32_t slot : step.output_slots) alias_of[slot] = step.input_slots[0];
+    else if (op.writes_state() && !step.input_slots.empty())
       alias_of[step.output_slots[0]] = step.input_slots[0];
     for (int32_t slot : step.input_slots) {
       live.last_read[slot] = s;
@@ -50,9 +54,11 @@ void plan_memory(Plan& plan, bool in_place) {
     if (node.op().may_alias() && !step.input_slots.empty()) aliased[step.input_slots[0]] = 1;
   }
 
-  // Packing: the inputs of a concatenation along axis 0 (a gradient bucket) whose buffers
-  // exist only to be copied into it are written straight into their place in its output. For
-  // each such input, its base buffer (under any views) and its byte offset in the output.
+  // Packing: the inputs of a concatenation along axis 0 (a gradient bucket, the gate gradients
+  // of an unrolled recurrent layer) whose other readers are done before it are written straight
+  // into their place in its output. For each such input, its base buffer (under any views) and
+  // its byte offset in the output. A buffer goes into one output at most: the first
+  // concatenation (in step order) that qualifies takes it.
   struct Packing {
     int32_t out = -1;
     int64_t offset = -1;  // the output's, once its first piece is planned
@@ -102,10 +108,13 @@ void plan_memory(Plan& plan, bool in_place) {
         const PlanStep& maker = plan.steps[live.producer[base]];
         const OpDef& op = plan.graph->node(maker.node).op();
         if (op.external_output() || op.may_alias()) continue;
-        bool only_packed = true;  // nothing but the views and the concat reads it
+        // Its other readers (the views aside) all finish before the concatenation: the packed
+        // output, alive from the first piece until its own last use, then outlives them.
+        bool read_before = true;
         for (int32_t u : live.users[base])
-          only_packed &= std::find(chain.begin(), chain.end(), u) != chain.end();
-        if (!only_packed) continue;
+          read_before &=
+              std::find(chain.begin(), chain.end(), u) != chain.end() || order.before(u, c);
+        if (!read_before) continue;
         piece_of[base] = index;
         piece_offset[base] = at;
         any = true;

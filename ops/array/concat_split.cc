@@ -91,20 +91,32 @@ std::vector<TensorType> infer_split(const InferContext& ctx) {
   return out;
 }
 
-// Piece i is read from x at its offset along `axis` with x's strides (on either device).
+// Piece i is read from x at its offset along `axis` with x's strides (on either device). Where
+// every dim before `axis` is 1 (a split along the first axis), each piece is one contiguous run
+// of x: it becomes a view of x's storage (the op may alias its input) instead of a copy, when it
+// starts on a 64-byte boundary as a planned buffer does (vector loads may count on that).
 void split_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
   const std::vector<int64_t> strides = x.shape().strides();
+  int64_t outer = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= x.shape()[d];
+  const size_t element = dtype_size(x.dtype());
   int64_t start = 0;
   for (int i = 0; i < ctx.num_outputs(); ++i) {
-    Tensor& y = ctx.output(i);
-    strided_copy(ctx, x, start * strides[axis], strides, y);
-    start += y.shape()[axis];
+    const Shape& piece = ctx.output_type(i).shape;
+    const size_t at = x.offset() + static_cast<size_t>(start * strides[axis]) * element;
+    if (outer == 1 && x.storage() && at % 64 == 0) {
+      ctx.set_output(i, Tensor(x.dtype(), piece, x.storage(), at));
+    } else {
+      strided_copy(ctx, x, start * strides[axis], strides, ctx.output(i));
+    }
+    start += piece[axis];
   }
 }
 
 KILN_OP(split)
+    .may_alias_input()
     .input("x")
     .attr("axis", AttrType::integer)
     .attr("sizes", AttrType::integers)
@@ -121,6 +133,7 @@ KILN_OP(split)
 // ---- split_like(x, likes...): split with the sizes of each like along `axis`, known at run
 // time (concat's gradient).
 KILN_OP(split_like)
+    .may_alias_input()
     .input("x")
     .variadic_input("likes", 1)
     .attr("axis", AttrType::integer)

@@ -89,17 +89,24 @@ KILN_OP(matmul)
     })
     .kernel(DeviceKind::cpu, matmul_cpu, {f32, f64});
 
-// ---- matmul_bias: y = act(op(A) op(B) + bias) for matrices, bias [N] added to every row,
-// act none or relu. Made by the matmul_epilogue pass from matmul + add (+ relu): cuBLASLt adds
-// the bias and applies the ReLU while it writes C; on the CPU each block of C gets them right
-// after its gemm wrote it, in cache.
+// ---- matmul_bias: y = act(op(A) op(B) + bias) for matrices, act none or relu; bias [N] added
+// to every row, or an addend [M, N] (a residual, the input projection of a recurrent step).
+// Made by the matmul_epilogue pass from matmul + add (+ relu): cuBLASLt adds the bias, or starts
+// from the addend, as it writes C; on the CPU each block of C starts as its rows of the addend
+// (the gemm adds the product to them), or gets the bias and the ReLU right after its gemm wrote
+// it, in cache.
 std::vector<TensorType> infer_matmul_bias(const InferContext& ctx) {
   std::vector<TensorType> out = infer_matmul(ctx);
   ctx.expect_same_dtype(0, 2);
-  if (out[0].shape.rank() != 2) ctx.fail("takes matrices, got a product of shape ", out[0].shape);
+  const Shape& y = out[0].shape;
+  if (y.rank() != 2) ctx.fail("takes matrices, got a product of shape ", y);
   const Shape& bias = ctx.shape(2);
-  if (bias.rank() != 1 || (bias[0] >= 0 && out[0].shape[1] >= 0 && bias[0] != out[0].shape[1]))
-    ctx.fail("bias must be [", out[0].shape[1], "], got ", bias);
+  // A dim matches when it is equal or either side is unknown.
+  auto matches = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
+  const bool row = bias.rank() == 1 && matches(bias[0], y[1]);
+  const bool addend = bias.rank() == 2 && matches(bias[0], y[0]) && matches(bias[1], y[1]);
+  if (!row && !addend)
+    ctx.fail("bias must be [", y[1], "] or [", y[0], ", ", y[1], "], got ", bias);
   const std::string& act = ctx.attr<std::string>("activation");
   if (act != "none" && act != "relu") ctx.fail("activation must be none or relu, got '", act, "'");
   return out;
@@ -118,10 +125,36 @@ void bias_row(T* __restrict y, const T* __restrict bias, int64_t n, bool relu) {
   }
 }
 
+// y = A B + addend: each block of C starts as its rows of the addend and the gemm adds the
+// product to them (beta 1), then the ReLU (if any) runs over the block.
+template <typename T>
+void matmul_addend(KernelContext& ctx, bool relu) {
+  Tensor& y = ctx.output(0);
+  const T* addend = ctx.input(2).data<T>();
+  const int64_t n = y.shape()[1];
+  auto start = [=](int64_t, int64_t r0, int64_t rows, int64_t c0, int64_t cols, T* block,
+                   int64_t ld) {
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(addend + (r0 + r) * n + c0, cols, block + r * ld);
+  };
+  const Tensor &a = ctx.input(0), &b = ctx.input(1);
+  const bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+  if (!relu)
+    return blocked_product<T>(ctx, a, b, ta, tb, y.shape(), y.data<T>(), NoEpilogue{}, start);
+  blocked_product<T>(
+      ctx, a, b, ta, tb, y.shape(), y.data<T>(),
+      [](int64_t, int64_t, int64_t rows, int64_t, int64_t cols, T* block, int64_t ld) {
+        for (int64_t r = 0; r < rows; ++r)
+          for (T* v = block + r * ld; v < block + r * ld + cols; ++v) *v = *v < T(0) ? T(0) : *v;
+      },
+      start);
+}
+
 template <typename T>
 void matmul_bias_typed(KernelContext& ctx) {
   Tensor& y = ctx.output(0);
   const bool relu = ctx.attr<std::string>("activation") == "relu";
+  if (ctx.input(2).shape().rank() == 2) return matmul_addend<T>(ctx, relu);
   const T* bias = ctx.input(2).data<T>();
   // Without the relu, where OpenBLAS multiplies (f64; f32 where it is the library), each block
   // starts as the bias rows and the gemm adds the product to them: the product's last rounding
@@ -156,7 +189,7 @@ KILN_OP(matmul_bias)
     .attr("activation", std::string("none"))
     .infer(infer_matmul_bias)
     // y = act(z), z = op(A) op(B) + bias:  dz = dy (relu: where y > 0), then matmul's
-    // gradients for A and B, and dbias = dz summed over rows.
+    // gradients for A and B, and dbias = dz summed over rows (an addend's: dz itself).
     .grad([](GradContext& c) -> GradList {
       Value dz = c.grad_output();
       if (c.attr<std::string>("activation") == "relu")
@@ -164,7 +197,7 @@ KILN_OP(matmul_bias)
                    c.graph().scalar(0, dz.dtype()));
       GradList grads = matmul_grads(c.input(0), c.input(1), dz, c.attr<bool>("transpose_a"),
                                     c.attr<bool>("transpose_b"));
-      grads.push_back(sum(dz, {0}));
+      grads.push_back(c.input(2).shape().rank() == 2 ? dz : sum(dz, {0}));
       return grads;
     })
     .kernel(DeviceKind::cpu,

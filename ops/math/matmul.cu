@@ -87,6 +87,9 @@ struct Product {
   int64_t a_stride = 0, b_stride = 0;
   /// Epilogue: bias [N] added to every row of C (nullptr: none).
   const void* bias = nullptr;
+  /// An [M, N] matrix added to the product (cuBLASLt's C with beta 1; the result goes to `c`,
+  /// cuBLASLt's D, of the same layout), nullptr: none. Batch 1 only.
+  const void* addend = nullptr;
 };
 
 void run_product(const KernelContext& ctx, const Product& p) {
@@ -126,9 +129,9 @@ void run_product(const KernelContext& ctx, const Product& p) {
   }
   // The heuristic's choice, made once per problem on this device (the query costs more than a
   // small product): the key holds everything the descriptors above were made from.
-  const std::string key =
-      ctx.cache_key(str(p.dtype, p.ta, p.tb, ' ', p.m, 'x', p.k, 'x', p.n, " batch ", p.batch, ' ',
-                        p.a_stride, ' ', p.b_stride, p.bias ? " bias" : ""));
+  const std::string key = ctx.cache_key(str(p.dtype, p.ta, p.tb, ' ', p.m, 'x', p.k, 'x', p.n,
+                                            " batch ", p.batch, ' ', p.a_stride, ' ', p.b_stride,
+                                            p.bias ? " bias" : "", p.addend ? " addend" : ""));
   const cublasLtMatmulAlgo_t algo = ctx.cache().get<cublasLtMatmulAlgo_t>(key, [&] {
     cublasLtMatmulPreference_t preference = nullptr;
     KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulPreferenceCreate(&preference));
@@ -147,10 +150,11 @@ void run_product(const KernelContext& ctx, const Product& p) {
   });
   const double one = 1.0, zero = 0.0;
   const float one_f = 1.0f, zero_f = 0.0f;
+  const void* alpha = f64 ? static_cast<const void*>(&one) : &one_f;
+  const void* beta = p.addend ? alpha : f64 ? static_cast<const void*>(&zero) : &zero_f;
   KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmul(
-      handle, d.op, f64 ? static_cast<const void*>(&one) : &one_f, p.b, d.a, p.a, d.b,
-      f64 ? static_cast<const void*>(&zero) : &zero_f, p.c, d.c, p.c, d.c, &algo,
-      lane.workspace->data(), BlasLtLane::kWorkspaceBytes, stream_of(ctx)));
+      handle, d.op, alpha, p.b, d.a, p.a, d.b, beta, p.addend ? p.addend : p.c, d.c, p.c, d.c,
+      &algo, lane.workspace->data(), BlasLtLane::kWorkspaceBytes, stream_of(ctx)));
 }
 
 void matmul_cuda(KernelContext& ctx) {
@@ -197,9 +201,10 @@ void relu_in_place(const KernelContext& ctx, Tensor& c) {
              [] __device__(T x) { return static_cast<T>(relu_fn{}(static_cast<Compute<T>>(x))); });
 }
 
-// matmul_bias: one cuBLASLt call with the bias epilogue. Not cuBLASLt's RELU_BIAS: its ReLU is
-// max(x, 0), which turns NaN into 0 (a NaN would vanish from training unseen); relu's own
-// functor (NaN stays NaN) runs over C afterwards instead.
+// matmul_bias: one cuBLASLt call with the bias epilogue (a bias [N]) or C = the addend with beta
+// 1 (an addend [M, N]). Not cuBLASLt's RELU_BIAS: its ReLU is max(x, 0), which turns NaN into 0
+// (a NaN would vanish from training unseen); relu's own functor (NaN stays NaN) runs over C
+// afterwards instead.
 void matmul_bias_cuda(KernelContext& ctx) {
   const Tensor& a = ctx.input(0);
   Tensor& c = ctx.output(0);
@@ -212,7 +217,8 @@ void matmul_bias_cuda(KernelContext& ctx) {
   KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
              ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed cuBLAS's 32-bit limit");
   Product p{a.dtype(), ta, tb, m, n, k, a.raw_data(), ctx.input(1).raw_data(), c.raw_data()};
-  p.bias = ctx.input(2).raw_data();
+  const Tensor& bias = ctx.input(2);
+  (bias.shape().rank() == 2 ? p.addend : p.bias) = bias.raw_data();
   run_product(ctx, p);
   if (ctx.attr<std::string>("activation") == "relu")
     dispatch_cuda_float(c.dtype(), [&](auto tag) { relu_in_place<decltype(tag)>(ctx, c); });

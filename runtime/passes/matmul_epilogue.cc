@@ -1,4 +1,5 @@
-// Matmul epilogues: add(matmul(a, b), bias) with bias one value per column becomes
+// Matmul epilogues: add(matmul(a, b), bias) with bias one value per column (or, on the CPU, a
+// matrix of C's shape: a residual, a recurrent step's input projection) becomes
 // matmul_bias(a, b, bias), and a relu reading only that sum joins it too. On the CPU an
 // optimizer update joins the product that makes its gradient (fold_update_into_product). cuBLASLt
 // then adds the bias and applies the ReLU while it writes C (one pass over C fewer per op folded
@@ -142,7 +143,10 @@ class MatmulEpilogue final : public Pass {
         continue;
       }
       const Node& add = graph.node(id);
-      if (add.op_name() != "add" || done[id]) continue;
+      // add, or autograd's add_n of two (a gradient that reaches a value two ways).
+      const bool sum_of_two =
+          add.op_name() == "add" || (add.op_name() == "add_n" && add.inputs().size() == 2);
+      if (!sum_of_two || done[id]) continue;
       for (int side = 0; side < 2; ++side) {
         const OutputRef product = add.inputs()[side], bias = add.inputs()[1 - side];
         const Node& mm = graph.node(product.node);
@@ -152,9 +156,13 @@ class MatmulEpilogue final : public Pass {
         const Shape& a_shape =
             graph.node(mm.inputs()[0].node).outputs()[mm.inputs()[0].index].shape;
         const int64_t k = mm.attr<bool>("transpose_a") ? a_shape[0] : a_shape[1];
-        // Matrices with known dims, k > 0, a bias of exactly [N], and y shaped like C.
-        if (c.shape.rank() != 2 || !c.shape.is_known() || k <= 0 || b.shape.rank() != 1 ||
-            b.shape[0] != c.shape[1] || !(add.outputs()[0].shape == c.shape))
+        // Matrices with known dims, k > 0, a bias of exactly [N] or (on the CPU) an addend of
+        // exactly C's shape, and y shaped like C. The addend is folded only where it was
+        // measured (the CPU: one pass over C fewer); cuBLASLt's C with beta 1 takes it on a GPU.
+        const bool row = b.shape.rank() == 1 && b.shape[0] == c.shape[1];
+        const bool addend = device_ == DeviceKind::cpu && b.shape == c.shape;
+        if (c.shape.rank() != 2 || !c.shape.is_known() || k <= 0 || !(row || addend) ||
+            !(add.outputs()[0].shape == c.shape))
           continue;
         int32_t target = id;
         std::string activation = "none";

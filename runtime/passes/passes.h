@@ -43,7 +43,8 @@ std::unique_ptr<Pass> make_elementwise_fusion();
 std::unique_ptr<Pass> make_product_sum_merging();
 
 /// Folds a bias add (and a relu that only it feeds) into the matmul before it: matmul_bias,
-/// which cuBLASLt runs as one product with an epilogue. For the CPU (`device`), also an SGD or
+/// which cuBLASLt runs as one product with an epilogue. For the CPU (`device`), also an add of
+/// a matrix of the product's shape (the gemm starts from it), and an SGD or
 /// Adam update into the matmul that makes its gradient and that nothing else reads:
 /// matmul_sgd_update, matmul_adam_update (the update applied to each block of the product while
 /// it is in cache).

@@ -330,6 +330,12 @@ std::vector<OpCase> make_cases() {
            return op(c, "matmul_bias", {c.input({6, 8}), c.input({5, 8}), c.input({5})},
                      {{"transpose_b", true}, {"activation", std::string(act)}});
          }});
+  // An addend of C's shape (the epilogue pass's fold of a residual or a recurrent step's sum).
+  for (const char* act : {"none", "relu"})
+    add({"matmul_bias", str("matmul_bias_addend_", act), [act](CaseGraph& c) {
+           return op(c, "matmul_bias", {c.input({8, 6}), c.input({8, 5}), c.input({6, 5})},
+                     {{"transpose_a", true}, {"activation", std::string(act)}});
+         }});
 
   // ---- Reductions.
   for (const char* name : {"sum", "mean", "max", "min"})

@@ -77,24 +77,37 @@ TEST(Matmul, VectorsFollowNumpy) {
 
 // matmul_bias with k = 0 is the bias in every row, and with a large k (several of OpenBLAS's
 // slices of k: the bias is where its gemm starts) the product plus the bias, f32 and f64.
+// A bias [N] or an addend [M, N], at k = 0 (the bias or the addend alone) and deep products.
 TEST(Matmul, MatmulBiasAtEmptyAndDeepProducts) {
   for (DType dtype : {f32, f64})
-    for (int64_t k : {0, 1500}) {
-      Graph g;
-      Tensor a = testing::random_tensor(dtype, {70, k}, -1, 1, 3);
-      Tensor b = testing::random_tensor(dtype, {k, 40}, -1, 1, 4);
-      Tensor bias = testing::random_tensor(dtype, {40}, -1, 1, 5);
-      Value y = g.add("matmul_bias", {g.constant(a), g.constant(b), g.constant(bias)});
-      std::vector<double> want;
-      for (int64_t i = 0; i < 70; ++i)
-        for (int64_t j = 0; j < 40; ++j) {
-          double sum = bias.element(j);
-          for (int64_t p = 0; p < k; ++p) sum += a.element(i * k + p) * b.element(p * 40 + j);
-          want.push_back(sum);
-        }
-      testing::expect_near(want, testing::run1(g, y), dtype == f32 ? 1e-4 : 1e-12, 1e-4,
-                           str("matmul_bias k ", k, " ", dtype));
-    }
+    for (int64_t k : {0, 1500})
+      for (bool addend : {false, true}) {
+        Graph g;
+        Tensor a = testing::random_tensor(dtype, {70, k}, -1, 1, 3);
+        Tensor b = testing::random_tensor(dtype, {k, 40}, -1, 1, 4);
+        Tensor bias = testing::random_tensor(dtype, addend ? Shape{70, 40} : Shape{40}, -1, 1, 5);
+        Value y = g.add("matmul_bias", {g.constant(a), g.constant(b), g.constant(bias)});
+        std::vector<double> want;
+        for (int64_t i = 0; i < 70; ++i)
+          for (int64_t j = 0; j < 40; ++j) {
+            double sum = bias.element(addend ? i * 40 + j : j);
+            for (int64_t p = 0; p < k; ++p) sum += a.element(i * k + p) * b.element(p * 40 + j);
+            want.push_back(sum);
+          }
+        testing::expect_near(want, testing::run1(g, y), dtype == f32 ? 1e-4 : 1e-12, 1e-4,
+                             str("matmul_bias k ", k, " ", dtype, addend ? " addend" : " bias"));
+      }
+  // Any other bias shape is refused, naming the two it may have.
+  Graph g;
+  Value a = g.placeholder("a", f32, {6, 4}), b = g.placeholder("b", f32, {4, 5});
+  for (const Shape& bad : {Shape{6}, Shape{5, 6}, Shape{1, 5}, Shape{6, 5, 1}}) {
+    Value bias = g.placeholder(str("bias_", bad.rank(), "_", bad[0]), f32, bad);
+    testing::expect_error<GraphError>(
+        [&] {
+          g.add("matmul_bias", {a, b, bias});
+        },
+        {"[matmul_bias]", "bias must be [5] or [6, 5]", str(bad)});
+  }
 }
 
 TEST(Matmul, ShapesAndErrors) {

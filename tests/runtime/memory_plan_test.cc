@@ -132,6 +132,94 @@ TEST(MemoryPlan, ReuseMakesThePeakSmallerThanTheSum) {
   validate_memory_plan(plan);
 }
 
+// The slot of the step named `name`'s output `index` in a plan.
+int32_t slot_of(const Plan& plan, const std::string& name, size_t index = 0) {
+  for (const PlanStep& step : plan.steps)
+    if (plan.graph->node(step.node).name() == name) return step.output_slots.at(index);
+  ADD_FAILURE() << "no step " << name;
+  return -1;
+}
+
+// Along the first axis split's pieces are views of its input (no copy), and the input's bytes
+// stay untouched while any piece is still to be read: the last piece here is read after a chain
+// of new buffers that would take those bytes if the planner thought the input dead once its
+// last direct reader had run.
+TEST(MemoryPlan, SplitPiecesAlongTheFirstAxisAreViewsThatKeepTheirInputAlive) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4, 64});
+  Value y = exp(x);  // the arena's first buffer
+  std::vector<Value> rows = split(y, 4, 0);
+  Value v = rows[0] + sum(neg(y), {}, true);                        // y's last direct reader
+  for (int i = 0; i < 8; ++i) v = sum(exp(v) * 0.5, {}, true) + v;  // [1, 64] buffers
+  Value late = v + rows[3] * 3.0;
+  Value across = split(x, 2, 1)[1];
+  Tensor in = testing::random_tensor(f32, {4, 64}, -1, 1, 5);
+  for (bool in_place : {true, false}) {
+    SessionOptions options{.validate_memory_plan = true};
+    options.passes.elementwise_fusion = false;
+    options.passes.in_place = in_place;
+    Session s(g, options);
+    const Tensor got = s.run({{x, in}}, {late})[0];
+    ASSERT_EQ(got.shape(), Shape({1, 64}));
+    std::vector<double> chain(64), want;
+    double all = 0;
+    for (int64_t j = 0; j < 4 * 64; ++j) all += std::exp(in.element(j));
+    for (int64_t j = 0; j < 64; ++j) chain[j] = std::exp(in.element(j)) - all;
+    for (int i = 0; i < 8; ++i) {
+      double total = 0;
+      for (double c : chain) total += std::exp(c) * 0.5;
+      for (double& c : chain) c += total;
+    }
+    for (int64_t j = 0; j < 64; ++j)
+      want.push_back(chain[j] + 3 * std::exp(in.element(3 * 64 + j)));
+    testing::expect_near(want, got, 1e-5, 1e-5, str("in_place ", in_place));
+    // Fetched pieces of a fed value view the feed, as a reshape of it does; pieces across the
+    // second axis are copies.
+    const std::vector<Tensor> pieces = s.run({{x, in}}, {split(x, 2, 0)[1], across});
+    EXPECT_EQ(pieces[0].storage(), in.storage());
+    EXPECT_EQ(pieces[0].raw_data(), static_cast<const char*>(in.raw_data()) + 2 * 64 * 4);
+    EXPECT_NE(pieces[1].storage(), in.storage());
+    EXPECT_EQ(pieces[1].element(0), in.element(32));
+  }
+}
+
+// A concatenation along axis 0 has its pieces written in place even where other steps read
+// them too, if those run before it (an unrolled recurrence's gate gradients, read by the next
+// step's product and then gathered for the weight gradient); a piece read after it is copied.
+TEST(MemoryPlan, ConcatPacksPiecesThatOtherStepsReadBeforeIt) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {4, 32});
+  std::vector<Value> pieces, partial;
+  for (int i = 0; i < 4; ++i) {
+    pieces.push_back(exp(slice(x, {i, 0}, {i + 1, 32}) * static_cast<double>(i + 1)));
+    partial.push_back(sum(pieces.back()));  // another reader, before the concatenation
+  }
+  Value joined = concat(pieces, 0);
+  Value late = pieces[0] * sum(joined);  // read after it: pieces[0] stays apart
+  Value out = late + add_n(partial);
+  SessionOptions options{.validate_memory_plan = true};
+  options.passes.elementwise_fusion = false;
+  Session s(g, options);
+  Tensor in = testing::random_tensor(f32, {4, 32}, -1, 1, 6);
+  const Plan& plan = s.plan({{x, in}}, {out});
+  const int32_t joined_slot = slot_of(plan, joined.name());
+  EXPECT_EQ(plan.packed_into[slot_of(plan, pieces[0].name())], -1);
+  for (int i = 1; i < 4; ++i)
+    EXPECT_EQ(plan.packed_into[slot_of(plan, pieces[i].name())], joined_slot) << i;
+  double total = 0, partial_total = 0;
+  std::vector<double> first(32);
+  for (int i = 0; i < 4; ++i)
+    for (int64_t j = 0; j < 32; ++j) {
+      const double e = std::exp(in.element(i * 32 + j) * (i + 1));
+      total += e;
+      partial_total += e;
+      if (i == 0) first[j] = e;
+    }
+  std::vector<double> want;
+  for (double f : first) want.push_back(f * total + partial_total);
+  testing::expect_near(want, s.run({{x, in}}, {out})[0], 1e-5, 1e-5, "packed");
+}
+
 TEST(Streams, IndependentBranchesRunInParallelAndErrorsStopEveryStream) {
   Graph g;
   Value x = g.placeholder("x", f32, {64, 64});

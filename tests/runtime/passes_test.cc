@@ -93,6 +93,55 @@ TEST(Passes, MatmulEpilogueFoldsTheBiasAndTheRelu) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(equal_bits(expected[i], got[i])) << i;
 }
 
+// On the CPU an add of a matrix of the product's shape (a residual, a recurrent step's input
+// projection, a gradient reaching a value two ways: add_n of two) folds too: the gemm starts
+// from it. On a GPU the pass leaves it to the elementwise kernels.
+TEST(Passes, MatmulEpilogueStartsTheProductFromAnAddendOnTheCpu) {
+  auto build = [](Graph& g) {
+    Value x = g.placeholder("x", f32, {5, 7});
+    Value w = g.placeholder("w", f32, {7, 3});
+    Value r = g.placeholder("r", f32, {5, 3});
+    Value y = matmul(x, w) + r;
+    Value z = relu(r + matmul(x, w));  // the product on the right; the relu joins
+    // x reaches the loss two ways: its gradient is add_n(dy W^T, 2 x).
+    Value loss = sum(square(matmul(x, w))) + sum(square(x));
+    return std::vector<Value>{x, w, r, y, z, gradients(loss, {x})[0]};
+  };
+  Graph g;
+  const std::vector<Value> v = build(g);
+  FeedList feeds = {{v[0], testing::random_tensor(f32, {5, 7}, -1, 1, 1)},
+                    {v[1], testing::random_tensor(f32, {7, 3}, -1, 1, 2)},
+                    {v[2], testing::random_tensor(f32, {5, 3}, -1, 1, 3)}};
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::matmul_epilogue));
+  auto addends = [](const Plan& plan) {
+    int count = 0;
+    for (int32_t id = 0; id < plan.graph->num_nodes(); ++id) {
+      const Node& node = plan.graph->node(id);
+      count += node.op_name() == "matmul_bias" && node.outputs()[0].shape.rank() == 2 &&
+               plan.graph->value(node.inputs()[2]).shape().rank() == 2;
+    }
+    return count;
+  };
+  const Plan& sums = on.plan(feeds, {v[3], v[4]});
+  EXPECT_EQ(addends(sums), 2);
+  EXPECT_EQ(ops_of(sums)["add"], 0);
+  EXPECT_EQ(ops_of(sums)["relu"], 0);
+  const Plan& gradient = on.plan(feeds, {v[5]});
+  EXPECT_EQ(ops_of(gradient)["add_n"], 0);
+  EXPECT_GE(addends(gradient), 1);
+  // The sum is rounded once per term from the addend on, not after the product: to rounding.
+  for (const Value& out : {v[3], v[4], v[5]})
+    testing::expect_near(testing::values(off.run(feeds, {out})[0]), on.run(feeds, {out})[0], 1e-6,
+                         1e-6, out.name());
+  Graph gpu_graph;
+  build(gpu_graph);
+  make_matmul_epilogue(DeviceKind::cuda)->run(gpu_graph);
+  int folded = 0;
+  for (int32_t id = 0; id < gpu_graph.num_nodes(); ++id)
+    folded += gpu_graph.node(id).op_name() == "matmul_bias";
+  EXPECT_EQ(folded, 0) << "an addend folded on a GPU";
+}
+
 // On the CPU an SGD or Adam update joins the product that makes its gradient (the weight
 // gradient of a linear layer): the same bits as the update after a stored gradient, for every
 // optimizer variant, row and column blocks (several per thread, and a remainder), transposed
