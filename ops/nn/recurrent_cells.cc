@@ -43,14 +43,20 @@ int64_t expect_matrix(const InferContext& ctx, int i, int64_t batch, int64_t wid
   return batch >= 0 ? batch : s[0];
 }
 
-std::vector<TensorType> infer_lstm_cell(const InferContext& ctx) {
+// The hidden size H of input 0, a floating [B, G H] of `gates` blocks named `names`, checked
+// (-1: unknown).
+int64_t gate_hidden(const InferContext& ctx, const char* what, int64_t gates, const char* names) {
   ctx.expect_dtype(0, dtypes_of(DTypeClass::floating));
-  const Shape& gates = ctx.shape(0);
-  if (gates.rank() != 2 || (gates[1] >= 0 && gates[1] % 4 != 0))
-    ctx.fail("gates must be [B, 4 H] (i, f, g, o), got ", gates);
+  const Shape& s = ctx.shape(0);
+  if (s.rank() != 2 || (s[1] >= 0 && s[1] % gates != 0))
+    ctx.fail(what, " must be [B, ", gates, " H] (", names, "), got ", s);
+  return s[1] >= 0 ? s[1] / gates : -1;
+}
+
+std::vector<TensorType> infer_lstm_cell(const InferContext& ctx) {
+  const int64_t hidden = gate_hidden(ctx, "gates", 4, "i, f, g, o");
   if (ctx.num_inputs() > 2) ctx.fail("takes gates and at most one c_prev, got ", ctx.num_inputs());
-  const int64_t hidden = gates[1] >= 0 ? gates[1] / 4 : -1;
-  int64_t batch = gates[0];
+  int64_t batch = ctx.shape(0)[0];
   if (ctx.num_inputs() == 2) batch = expect_matrix(ctx, 1, batch, hidden, "c_prev");
   const DType d = ctx.dtype(0);
   return {{d, Shape{batch, hidden}},
@@ -60,14 +66,10 @@ std::vector<TensorType> infer_lstm_cell(const InferContext& ctx) {
 
 // Inputs act, c, dh, dc[, c_prev]: d gates[, d c_prev].
 std::vector<TensorType> infer_lstm_cell_grad(const InferContext& ctx) {
-  ctx.expect_dtype(0, dtypes_of(DTypeClass::floating));
-  const Shape& act = ctx.shape(0);
-  if (act.rank() != 2 || (act[1] >= 0 && act[1] % 4 != 0))
-    ctx.fail("act must be [B, 4 H] (i, f, g, o), got ", act);
+  const int64_t hidden = gate_hidden(ctx, "act", 4, "i, f, g, o");
   if (ctx.num_inputs() > 5)
     ctx.fail("takes act, c, dh, dc and at most one c_prev, got ", ctx.num_inputs(), " inputs");
-  const int64_t hidden = act[1] >= 0 ? act[1] / 4 : -1;
-  int64_t batch = act[0];
+  int64_t batch = ctx.shape(0)[0];
   const char* names[] = {"act", "c", "dh", "dc", "c_prev"};
   for (int i = 1; i < ctx.num_inputs(); ++i) batch = expect_matrix(ctx, i, batch, hidden, names[i]);
   const DType d = ctx.dtype(0);
@@ -237,15 +239,6 @@ KILN_OP(lstm_cell_grad)
 
 // ---- GRU.
 
-// The gate width of input 0 ([B, 3H]), checked; its hidden size (-1 unknown).
-int64_t gru_hidden(const InferContext& ctx, const char* what) {
-  ctx.expect_dtype(0, dtypes_of(DTypeClass::floating));
-  const Shape& s = ctx.shape(0);
-  if (s.rank() != 2 || (s[1] >= 0 && s[1] % 3 != 0))
-    ctx.fail(what, " must be [B, 3 H] (r, z, n), got ", s);
-  return s[1] >= 0 ? s[1] / 3 : -1;
-}
-
 // Checks h_gates (input i): [B, 3H], or one row [3H]; returns the batch.
 int64_t expect_hidden_gates(const InferContext& ctx, int i, int64_t batch, int64_t hidden) {
   const Shape& s = ctx.shape(i);
@@ -258,7 +251,7 @@ int64_t expect_hidden_gates(const InferContext& ctx, int i, int64_t batch, int64
 
 // Inputs x_gates[, h_gates[, h_prev]]: h, act.
 std::vector<TensorType> infer_gru_cell(const InferContext& ctx) {
-  const int64_t hidden = gru_hidden(ctx, "x_gates");
+  const int64_t hidden = gate_hidden(ctx, "x_gates", 3, "r, z, n");
   if (ctx.num_inputs() > 3)
     ctx.fail("takes x_gates, h_gates and h_prev, got ", ctx.num_inputs(), " inputs");
   int64_t batch = ctx.shape(0)[0];
@@ -270,7 +263,7 @@ std::vector<TensorType> infer_gru_cell(const InferContext& ctx) {
 
 // Inputs act, dh[, h_gates[, h_prev]]: d x_gates[, d h_gates [B, 3H][, d h_prev]].
 std::vector<TensorType> infer_gru_cell_grad(const InferContext& ctx) {
-  const int64_t hidden = gru_hidden(ctx, "act");
+  const int64_t hidden = gate_hidden(ctx, "act", 3, "r, z, n");
   if (ctx.num_inputs() > 4)
     ctx.fail("takes act, dh, h_gates and h_prev, got ", ctx.num_inputs(), " inputs");
   int64_t batch = expect_matrix(ctx, 1, ctx.shape(0)[0], hidden, "dh");
