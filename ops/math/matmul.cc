@@ -112,14 +112,17 @@ std::vector<TensorType> infer_matmul_bias(const InferContext& ctx) {
   return out;
 }
 
-// y[j] += bias[j], then relu (relu's rule: NaN stays NaN).
+// relu's rule (ops/math/elementwise.h): NaN, for which every comparison is false, stays NaN.
+template <typename T>
+T relu_value(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+// y[j] += bias[j], then relu.
 template <typename T>
 void bias_row(T* __restrict y, const T* __restrict bias, int64_t n, bool relu) {
   if (relu) {
-    for (int64_t j = 0; j < n; ++j) {
-      const T v = y[j] + bias[j];
-      y[j] = v < T(0) ? T(0) : v;
-    }
+    for (int64_t j = 0; j < n; ++j) y[j] = relu_value(y[j] + bias[j]);
   } else {
     for (int64_t j = 0; j < n; ++j) y[j] += bias[j];
   }
@@ -145,7 +148,7 @@ void matmul_addend(KernelContext& ctx, bool relu) {
       ctx, a, b, ta, tb, y.shape(), y.data<T>(),
       [](int64_t, int64_t, int64_t rows, int64_t, int64_t cols, T* block, int64_t ld) {
         for (int64_t r = 0; r < rows; ++r)
-          for (T* v = block + r * ld; v < block + r * ld + cols; ++v) *v = *v < T(0) ? T(0) : *v;
+          for (T* v = block + r * ld; v < block + r * ld + cols; ++v) *v = relu_value(*v);
       },
       start);
 }
