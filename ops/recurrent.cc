@@ -1,5 +1,7 @@
 #include "kiln/ops/recurrent.h"
 
+#include <string_view>
+
 #include "kiln/framework/error.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
@@ -10,7 +12,7 @@ namespace kiln::nn {
 namespace {
 
 // The options of a recurrent layer, checked: positive sizes, at least one layer, a dropout rate
-// in [0, 1).
+// in [0, 1), a projection (LSTM only) narrower than the hidden state.
 const RecurrentOptions& checked(const char* kind, const std::string& path, int64_t input,
                                 int64_t hidden, const RecurrentOptions& options) {
   KILN_CHECK(input > 0 && hidden > 0, GraphError, "[nn] ", kind, " ", path, ": sizes ", input,
@@ -19,6 +21,10 @@ const RecurrentOptions& checked(const char* kind, const std::string& path, int64
              options.num_layers, " must be at least 1");
   KILN_CHECK(options.dropout >= 0 && options.dropout < 1, GraphError, "[nn] ", kind, " ", path,
              ": dropout ", options.dropout, " must be in [0, 1)");
+  KILN_CHECK(options.proj_size == 0 || std::string_view(kind) == "LSTM", GraphError, "[nn] ", kind,
+             " ", path, ": proj_size ", options.proj_size, " is an LSTM option");
+  KILN_CHECK(options.proj_size >= 0 && options.proj_size < hidden, GraphError, "[nn] ", kind, " ",
+             path, ": proj_size ", options.proj_size, " must be in [0, hidden size ", hidden, ")");
   return options;
 }
 
@@ -47,20 +53,23 @@ Recurrent::Recurrent(Graph& graph, const std::string& name, const char* kind, in
       options_(checked(kind, path(), input, hidden, options)),
       between_layers_(
           make<Dropout>("dropout", options.dropout, LayerOptions{.seed = options.seed})) {
-  // PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh.
+  // PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh, w_hr.
+  const int64_t out = output_size();
   for (int64_t layer = 0; layer < options.num_layers; ++layer)
     for (int64_t direction = 0; direction < directions(); ++direction) {
       const std::string suffix = str("_l", layer, direction == 1 ? "_reverse" : "");
-      const int64_t in = layer == 0 ? input : directions() * hidden;
+      const int64_t in = layer == 0 ? input : directions() * out;
       Weights w;
       w.weight_ih =
           fan_in_variable("weight_ih" + suffix, {in, gates * hidden}, hidden, options.seed);
       w.weight_hh =
-          fan_in_variable("weight_hh" + suffix, {hidden, gates * hidden}, hidden, options.seed);
+          fan_in_variable("weight_hh" + suffix, {out, gates * hidden}, hidden, options.seed);
       if (options.bias) {
         w.bias_ih = fan_in_variable("bias_ih" + suffix, {gates * hidden}, hidden, options.seed);
         w.bias_hh = fan_in_variable("bias_hh" + suffix, {gates * hidden}, hidden, options.seed);
       }
+      if (options.proj_size > 0)
+        w.weight_hr = fan_in_variable("weight_hr" + suffix, {hidden, out}, hidden, options.seed);
       weights.push_back(w);
     }
 }
@@ -98,8 +107,8 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
   KILN_CHECK(h0.defined() == c0.defined() || !has_cell(), GraphError, "[nn] ", kind_, " ", path(),
              ": give both h0 and c0, or neither (zeros)");
   const int64_t length = s[time_axis], batch = s[1 - time_axis];
-  const std::vector<Value> h_rows = initial_rows(h0, batch, "h0");
-  const std::vector<Value> c_rows = initial_rows(c0, batch, "c0");
+  const std::vector<Value> h_rows = initial_rows(h0, batch, output_size(), "h0");
+  const std::vector<Value> c_rows = initial_rows(c0, batch, hidden_, "c0");
   const std::vector<Value> valid = valid_steps(lengths, length, batch);
   const int64_t gate_width = weights.front().weight_ih.shape()[1];
   // The input projection's bias: b_ih, and b_hh too where the step would add it as it is.
@@ -176,14 +185,16 @@ std::vector<Value> Recurrent::valid_steps(const Value& lengths, int64_t length, 
   return rows;
 }
 
-std::vector<Value> Recurrent::initial_rows(const Value& initial, int64_t batch, const char* what) {
+std::vector<Value> Recurrent::initial_rows(const Value& initial, int64_t batch, int64_t width,
+                                           const char* what) {
   if (!initial.defined()) return {};
   const int64_t rows = options_.num_layers * directions();
   const Shape& s = initial.shape();
   const bool batch_matches = s.rank() == 3 && (s[1] < 0 || batch < 0 || s[1] == batch);
-  KILN_CHECK(initial.graph() == &graph() && batch_matches && s[0] == rows && s[2] == hidden_,
+  KILN_CHECK(initial.graph() == &graph() && batch_matches && s[0] == rows && s[2] == width,
              GraphError, "[nn] ", kind_, " ", path(), ": ", what, " must be a value of its graph [",
-             rows, ", ", batch, ", ", hidden_, "] (layers x directions, batch, hidden), got ", s);
+             rows, ", ", batch, ", ", width, "] (layers x directions, batch, ",
+             width == hidden_ ? "hidden" : "projection", "), got ", s);
   return rows_of(initial, rows);
 }
 
@@ -206,7 +217,7 @@ Recurrent::State LSTM::step(const Value& input_projection, const State& state, c
   // One fused op each way (ops/nn/recurrent_cells.cc); a zero c (the first step by default) is left
   // out, and contributes nothing through the forget gate.
   const LSTMCellState next = lstm_cell(gate_sum(input_projection, state.h, w), state.c);
-  return {next.h, next.c};
+  return {w.weight_hr.defined() ? matmul(next.h, w.weight_hr) : next.h, next.c};
 }
 
 GRU::GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,

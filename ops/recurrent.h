@@ -10,9 +10,10 @@
 //
 // Variables follow PyTorch's names, per layer k and direction (suffix "_reverse" for the
 // backward one): weight_ih_l{k} [in, G H], weight_hh_l{k} [H, G H], bias_ih_l{k} and
-// bias_hh_l{k} [G H] — the weights transposed as Linear's are, the gates in PyTorch's order
-// (LSTM: input, forget, cell, output; GRU: reset, update, new), so a PyTorch state dict loads
-// with a transpose. Every one starts uniform in +-1 / sqrt(H), as PyTorch's.
+// bias_hh_l{k} [G H] (and an LSTM's projection weight_hr_l{k} [H, P]) — the weights transposed
+// as Linear's are, the gates in PyTorch's order (LSTM: input, forget, cell, output; GRU: reset,
+// update, new), so a PyTorch state dict loads with a transpose. Every one starts uniform in
+// +-1 / sqrt(H), as PyTorch's.
 #pragma once
 
 #include <vector>
@@ -29,6 +30,9 @@ struct RecurrentOptions {
   bool bidirectional = false;
   double dropout = 0;  ///< on every layer's output but the last one's, in training mode
   int64_t seed = 0;    ///< mixed into the name-derived seeds
+  /// LSTM only, 0 (none) or in (0, H): h = (o tanh(c)) W_hr with W_hr [H, P], so h, h0, h_n,
+  /// the output and W_hh's rows are P wide while c stays H wide (PyTorch's proj_size).
+  int64_t proj_size = 0;
 };
 
 /// What a recurrent layer computes over a sequence (D = 2 when bidirectional, else 1).
@@ -41,12 +45,14 @@ struct RecurrentResult {
 /// The shared part of RNN, LSTM and GRU: the variables, the unrolling, the checks.
 class Recurrent : public Module {
  public:
-  /// One layer's and direction's variables (bias_ih and bias_hh undefined without a bias).
+  /// One layer's and direction's variables (bias_ih and bias_hh undefined without a bias,
+  /// weight_hr without a projection).
   struct Weights {
-    Value weight_ih, weight_hh, bias_ih, bias_hh;
+    Value weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
   };
   /// The layer over x ([T, B, input], or [B, T, input] batch first; T known). h0 (and c0 for an
-  /// LSTM) [layers D, B, H] start each layer and direction; undefined: zeros.
+  /// LSTM) [layers D, B, H] start each layer and direction (h0 [layers D, B, P] with a
+  /// projection); undefined: zeros.
   ///
   /// `lengths` (an integer [B], fed or computed; undefined: every sequence has length T) makes
   /// a padded batch run as PyTorch's packed sequences do: sequence b takes steps t < lengths[b]
@@ -56,6 +62,8 @@ class Recurrent : public Module {
   RecurrentResult run(const Value& x, const Value& h0 = {}, const Value& c0 = {},
                       const Value& lengths = {});
   int64_t hidden_size() const { return hidden_; }
+  /// The width of h and of each direction's output: proj_size if set, else hidden_size().
+  int64_t output_size() const { return options_.proj_size > 0 ? options_.proj_size : hidden_; }
   /// weights[k D + d]: layer k, direction d (1: the backward one), PyTorch's order of h_n.
   std::vector<Weights> weights;
 
@@ -94,8 +102,9 @@ class Recurrent : public Module {
                             const Weights& w, const std::vector<Value>& valid);
   /// Per step t, the bool [B, 1] t < lengths (`lengths` checked: an integer [B]).
   std::vector<Value> valid_steps(const Value& lengths, int64_t length, int64_t batch);
-  /// A [layers D, B, H] initial state's row for (layer, direction), squeezed to [B, H].
-  std::vector<Value> initial_rows(const Value& initial, int64_t batch, const char* what);
+  /// A [layers D, B, width] initial state's row for (layer, direction), squeezed to [B, width].
+  std::vector<Value> initial_rows(const Value& initial, int64_t batch, int64_t width,
+                                  const char* what);
   int64_t directions() const { return options_.bidirectional ? 2 : 1; }
   const char* kind_;
   int64_t input_, hidden_;
@@ -118,7 +127,7 @@ class RNN : public Recurrent {
 };
 
 /// PyTorch's LSTM: [i, f, g, o] = x W_ih + b_ih + h W_hh + b_hh split in four, c' = sigmoid(f)
-/// c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+/// c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c') (times W_hr with options.proj_size).
 class LSTM : public Recurrent {
  public:
   LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,

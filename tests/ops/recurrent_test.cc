@@ -21,34 +21,35 @@ double sigmoid_of(double v) {
   return 1 / (1 + std::exp(-v));
 }
 
-// What the layer should compute, in f64 and time-major: output [T, B, D H], h_n and c_n [L D,
-// B, H].
+// What the layer should compute, in f64 and time-major: output [T, B, D P], h_n [L D, B, P] and
+// c_n [L D, B, H] (P: the projection's width, H without one).
 struct Expected {
   std::vector<double> output, hidden, cell;
 };
 
 // The recurrence by its equations (ops/recurrent.h), from the layer's variable values. x is [T, B,
-// in]; h0 and c0 (empty: zeros) [L D, B, H].
+// in]; h0 [L D, B, P] and c0 [L D, B, H] (empty: zeros).
 Expected reference(Cell cell, Session& s, const nn::Recurrent& layer, const std::vector<double>& x,
                    int64_t length, int64_t batch, int64_t layers, bool bidirectional,
                    const std::vector<double>& h0, const std::vector<double>& c0) {
   const int64_t hidden = layer.hidden_size(), gates = gates_of(cell), width = gates * hidden;
-  const int64_t directions = bidirectional ? 2 : 1;
-  auto values = [&](const Value& v) {
-    return v.defined() ? testing::values(s.variable_value(v)) : std::vector<double>(width, 0.0);
+  const int64_t out = layer.output_size(), directions = bidirectional ? 2 : 1;
+  auto values = [&](const Value& v, int64_t size) {
+    return v.defined() ? testing::values(s.variable_value(v)) : std::vector<double>(size, 0.0);
   };
   Expected e;
   std::vector<double> input = x;
   int64_t in = static_cast<int64_t>(x.size()) / (length * batch);
   for (int64_t l = 0; l < layers; ++l) {
-    std::vector<double> output(length * batch * directions * hidden);
+    std::vector<double> output(length * batch * directions * out);
     for (int64_t d = 0; d < directions; ++d) {
       const int64_t row = l * directions + d;
       const nn::Recurrent::Weights& w = layer.weights[static_cast<size_t>(row)];
-      const std::vector<double> wih = values(w.weight_ih), whh = values(w.weight_hh);
-      const std::vector<double> bih = values(w.bias_ih), bhh = values(w.bias_hh);
-      std::vector<double> h(batch * hidden, 0.0), c(batch * hidden, 0.0);
-      if (!h0.empty()) std::copy_n(h0.begin() + row * batch * hidden, batch * hidden, h.begin());
+      const std::vector<double> wih = values(w.weight_ih, 0), whh = values(w.weight_hh, 0);
+      const std::vector<double> bih = values(w.bias_ih, width), bhh = values(w.bias_hh, width);
+      const std::vector<double> whr = values(w.weight_hr, 0);
+      std::vector<double> h(batch * out, 0.0), c(batch * hidden, 0.0);
+      if (!h0.empty()) std::copy_n(h0.begin() + row * batch * out, batch * out, h.begin());
       if (!c0.empty()) std::copy_n(c0.begin() + row * batch * hidden, batch * hidden, c.begin());
       for (int64_t i = 0; i < length; ++i) {
         const int64_t t = d == 1 ? length - 1 - i : i;
@@ -58,7 +59,7 @@ Expected reference(Cell cell, Session& s, const nn::Recurrent& layer, const std:
           for (int64_t g = 0; g < width; ++g) {
             for (int64_t k = 0; k < in; ++k)
               xp[g] += input[(t * batch + b) * in + k] * wih[k * width + g];
-            for (int64_t k = 0; k < hidden; ++k) hp[g] += h[b * hidden + k] * whh[k * width + g];
+            for (int64_t k = 0; k < out; ++k) hp[g] += h[b * out + k] * whh[k * width + g];
           }
           for (int64_t j = 0; j < hidden; ++j) {
             auto pre = [&](int64_t gate) { return xp[gate * hidden + j] + hp[gate * hidden + j]; };
@@ -81,9 +82,19 @@ Expected reference(Cell cell, Session& s, const nn::Recurrent& layer, const std:
                 break;
               }
             }
-            output[((t * batch + b) * directions + d) * hidden + j] = next_h[at];
           }
         }
+        if (!whr.empty()) {  // h = (o tanh(c)) W_hr, [B, H] x [H, P]
+          std::vector<double> projected(batch * out, 0.0);
+          for (int64_t b = 0; b < batch; ++b)
+            for (int64_t k = 0; k < hidden; ++k)
+              for (int64_t j = 0; j < out; ++j)
+                projected[b * out + j] += next_h[b * hidden + k] * whr[k * out + j];
+          next_h = projected;
+        }
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t j = 0; j < out; ++j)
+            output[((t * batch + b) * directions + d) * out + j] = next_h[b * out + j];
         h = next_h;
         c = next_c;
       }
@@ -91,7 +102,7 @@ Expected reference(Cell cell, Session& s, const nn::Recurrent& layer, const std:
       e.cell.insert(e.cell.end(), c.begin(), c.end());
     }
     input = output;
-    in = directions * hidden;
+    in = directions * out;
   }
   e.output = input;
   return e;
@@ -136,6 +147,46 @@ TEST(Recurrent, LstmFollowsItsEquationsOverLayersDirectionsAndGivenStates) {
   const std::vector<double> out = testing::values(got[0]), hidden = testing::values(got[1]);
   for (int64_t j = 0; j < kHidden; ++j)
     EXPECT_EQ(out[kHidden + j], hidden[3 * kBatch * kHidden + j]);
+}
+
+// proj_size: h = (o tanh(c)) W_hr is P wide (h0, h_n, the output and W_hh's rows), c stays H
+// wide, and the next layer reads both directions' P-wide outputs.
+TEST(Recurrent, LstmProjectsItsHiddenStateWithProjSize) {
+  constexpr int64_t kLength = 4, kBatch = 3, kInput = 5, kHidden = 6, kProj = 2;
+  Graph g;
+  Value x = g.placeholder("x", f32, {kLength, kBatch, kInput});
+  Value h0 = g.placeholder("h0", f32, {4, kBatch, kProj});
+  Value c0 = g.placeholder("c0", f32, {4, kBatch, kHidden});
+  nn::LSTM lstm(g, "lstm", kInput, kHidden,
+                {.num_layers = 2, .bidirectional = true, .proj_size = kProj});
+  EXPECT_EQ(lstm.output_size(), kProj);
+  EXPECT_EQ(lstm.weights[2].weight_ih.shape(), (Shape{2 * kProj, 4 * kHidden}));
+  EXPECT_EQ(lstm.weights[1].weight_hh.shape(), (Shape{kProj, 4 * kHidden}));
+  EXPECT_EQ(lstm.weights[3].weight_hr.shape(), (Shape{kHidden, kProj}));
+  std::vector<std::string> names;
+  for (const Value& v : lstm.parameters()) names.push_back(v.name());
+  ASSERT_EQ(names.size(), 20u);  // PyTorch's order: w_ih, w_hh, b_ih, b_hh, w_hr
+  EXPECT_EQ(names[4], "lstm/weight_hr_l0");
+  EXPECT_EQ(names[19], "lstm/weight_hr_l1_reverse");
+  const nn::RecurrentResult r = lstm.run(x, h0, c0);
+  EXPECT_EQ(r.output.shape(), (Shape{kLength, kBatch, 2 * kProj}));
+  EXPECT_EQ(r.hidden.shape(), (Shape{4, kBatch, kProj}));
+  EXPECT_EQ(r.cell.shape(), (Shape{4, kBatch, kHidden}));
+  Value plain = lstm(x);  // zero states
+  Session s(g);
+  const Tensor xv = testing::random_tensor(f32, {kLength, kBatch, kInput}, -2, 2, 11);
+  const Tensor h0v = testing::random_tensor(f32, {4, kBatch, kProj}, -1, 1, 12);
+  const Tensor c0v = testing::random_tensor(f32, {4, kBatch, kHidden}, -1, 1, 13);
+  const std::vector<Tensor> got =
+      s.run({{x, xv}, {h0, h0v}, {c0, c0v}}, {r.output, r.hidden, r.cell, plain});
+  const Expected e = reference(Cell::lstm, s, lstm, testing::values(xv), kLength, kBatch, 2, true,
+                               testing::values(h0v), testing::values(c0v));
+  testing::expect_near(e.output, got[0], 1e-5, 1e-6, "output");
+  testing::expect_near(e.hidden, got[1], 1e-5, 1e-6, "h_n");
+  testing::expect_near(e.cell, got[2], 1e-5, 1e-6, "c_n");
+  const Expected zero =
+      reference(Cell::lstm, s, lstm, testing::values(xv), kLength, kBatch, 2, true, {}, {});
+  testing::expect_near(zero.output, got[3], 1e-5, 1e-6, "output from zero states");
 }
 
 TEST(Recurrent, GruAndRnnFollowTheirEquationsFromZeroStates) {
@@ -337,6 +388,19 @@ TEST(Recurrent, BadInputsAreErrorsNamingTheLayer) {
                {"LSTM none", "num_layers 0"});
   expect_error([&] { nn::GRU(g, "zero", 0, 4); }, {"GRU zero", "sizes 0 -> 4"});
   expect_error([&] { nn::RNN(g, "drop", 3, 4, {.dropout = 1}); }, {"RNN drop", "dropout 1"});
+  expect_error([&] { nn::GRU(g, "projected", 3, 4, {.proj_size = 2}); },
+               {"GRU projected", "proj_size 2 is an LSTM option"});
+  expect_error([&] { nn::LSTM(g, "wide", 3, 4, {.proj_size = 4}); },
+               {"LSTM wide", "proj_size 4 must be in [0, hidden size 4)"});
+  expect_error([&] { nn::LSTM(g, "negative", 3, 4, {.proj_size = -1}); },
+               {"LSTM negative", "proj_size -1"});
+  nn::LSTM projected(g, "projected_lstm", 3, 4, {.proj_size = 2});
+  expect_error(
+      [&] {
+        projected.run(x, h0, g.placeholder("pc", f32, {1, 2, 4}));
+      },
+      {"LSTM projected_lstm", "h0 must be", "[1, 2, 2]", "(layers x directions, batch, projection)",
+       "got [2, 2, 4]"});
 }
 
 }  // namespace

@@ -32,8 +32,9 @@
 //   recurrent: PyTorch's nn.LSTM, nn.GRU and nn.RNN with Kiln's values loaded: Embedding -> LSTM
 //        (two layers, bidirectional, batch first, given h0 and c0) -> GRU (batch first, over
 //        sequences of lengths 7, 4 and 2: PyTorch's packed sequences) -> RNN
-//        (ReLU, no bias, time-major); a Linear on the LSTM's last backward c_n and the GRU's and
-//        RNN's h_n; cross entropy; Adam (eps 1e-6).
+//        (ReLU, no bias, time-major), and the GRU's output -> an LSTM with proj_size 3
+//        (bidirectional, the same lengths); a Linear on the first LSTM's last backward c_n, the
+//        GRU's and RNN's h_n and the projected LSTM's backward h_n; cross entropy; Adam (eps 1e-6).
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -356,14 +357,18 @@ void recurrent(const std::filesystem::path& dir, Device device) {
   nn::LSTM lstm(g, "lstm", kDim, 8, {.num_layers = 2, .batch_first = true, .bidirectional = true});
   nn::GRU gru(g, "gru", 16, 5, {.batch_first = true});
   nn::RNN rnn(g, "rnn", 5, 4, {.bias = false}, nn::RNN::Nonlinearity::relu);
-  nn::Linear head(g, "head", 17, 3);
-  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);               // [B, T, 16]
-  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);     // [B, T, 5]
-  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));  // time-major
-  // The last layer's backward cell, the GRU's and the RNN's last h.
-  Value features = concat({squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
-                           squeeze(plain.hidden, {0})},
-                          -1);
+  nn::LSTM projected(g, "projected", 5, 6,
+                     {.batch_first = true, .bidirectional = true, .proj_size = 3});
+  nn::Linear head(g, "head", 20, 3);
+  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);                 // [B, T, 16]
+  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);       // [B, T, 5]
+  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));    // time-major
+  const nn::RecurrentResult narrow = projected.run(gated.output, {}, {}, lengths);  // [B, T, 6]
+  // The last layer's backward cell, the GRU's and the RNN's last h, the projected backward h.
+  Value features =
+      concat({squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
+              squeeze(plain.hidden, {0}), squeeze(slice(narrow.hidden, {1}, {2}), {0})},
+             -1);
   Value loss = cross_entropy(head(features), labels);
   // eps 1e-6: with the default 1e-8 Adam's first steps are +-lr for any gradient above ~1e-7,
   // so one of the 1,300 gradients that is that small moved differently by f32 rounding alone.
@@ -372,7 +377,7 @@ void recurrent(const std::filesystem::path& dir, Device device) {
 
   std::vector<Value> variables;
   for (const nn::Module* m :
-       std::initializer_list<const nn::Module*>{&embed, &lstm, &gru, &rnn, &head})
+       std::initializer_list<const nn::Module*>{&embed, &lstm, &gru, &rnn, &projected, &head})
     for (const Value& v : m->parameters()) variables.push_back(v);
   std::vector<int64_t> id_values;
   for (int64_t i = 0; i < kBatch * kLength; ++i) id_values.push_back((i * 5 + i / 4) % kVocab);

@@ -377,17 +377,18 @@ def recurrent(run):
     lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)
     gru = nn.GRU(16, 5, batch_first=True)
     rnn = nn.RNN(5, 4, nonlinearity="relu", bias=False)
-    head = nn.Linear(17, 3)
+    projected = nn.LSTM(5, 6, batch_first=True, bidirectional=True, proj_size=3)
+    head = nn.Linear(20, 3)
     where = {"embed/weight": (embed.weight, None, False)}
     linear_place(where, "head", head)
     # Kiln's recurrent weights are PyTorch's transposed (as Linear's); the names are PyTorch's.
-    for name, module in (("lstm", lstm), ("gru", gru), ("rnn", rnn)):
+    for name, module in (("lstm", lstm), ("gru", gru), ("rnn", rnn), ("projected", projected)):
         for parameter, tensor in module.named_parameters():
             where[f"{name}/{parameter}"] = (tensor, None, parameter.startswith("weight"))
     port = Port(run, where)
     if not port.valid:
         return
-    modules = nn.ModuleList([embed, lstm, gru, rnn, head])
+    modules = nn.ModuleList([embed, lstm, gru, rnn, projected, head])
     adam = torch.optim.Adam(modules.parameters(), lr=1e-2, eps=1e-6)
     for step in range(3):
         adam.zero_grad()
@@ -396,9 +397,11 @@ def recurrent(run):
         packed = nn.utils.rnn.pack_padded_sequence(encoded, lengths, batch_first=True,
                                                    enforce_sorted=False)
         gated, gru_h = gru(packed)
+        _, (narrow_h, _) = projected(gated)  # the GRU's packed output, the same lengths
         gated = nn.utils.rnn.pad_packed_sequence(gated, batch_first=True, total_length=7)[0]
         _, rnn_h = rnn(gated.transpose(0, 1))
-        loss = F.cross_entropy(head(torch.cat([c_n[3], gru_h[0], rnn_h[0]], -1)), labels)
+        features = torch.cat([c_n[3], gru_h[0], rnn_h[0], narrow_h[1]], -1)
+        loss = F.cross_entropy(head(features), labels)
         loss.backward()
         adam.step()
         run.check_step(step, [loss])
