@@ -389,6 +389,24 @@ Value AdaptiveAvgPool2d::forward(const Value& x) {
   return matmul(rows, matmul(x, columns));
 }
 
+AdaptiveMaxPool1d::AdaptiveMaxPool1d(Graph& graph, const std::string& name, int64_t output_size)
+    : Module(graph, name), output_size_(output_size) {
+  KILN_CHECK(output_size > 0, GraphError, "[nn] AdaptiveMaxPool1d ", path(), ": output size ",
+             output_size, " must be positive");
+}
+
+Value AdaptiveMaxPool1d::forward(const Value& x) {
+  return squeeze(adaptive_max_pool2d(as_plane("AdaptiveMaxPool1d", path(), x), {1, output_size_}),
+                 2);
+}
+
+AdaptiveMaxPool2d::AdaptiveMaxPool2d(Graph& graph, const std::string& name,
+                                     std::array<int64_t, 2> output_size)
+    : Module(graph, name), output_size_(output_size) {
+  KILN_CHECK(output_size[0] > 0 && output_size[1] > 0, GraphError, "[nn] AdaptiveMaxPool2d ",
+             path(), ": output size ", output_size[0], "x", output_size[1], " must be positive");
+}
+
 Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)
     : Module(graph, name), start_axis_(start_axis), end_axis_(end_axis) {}
 

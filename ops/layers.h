@@ -367,6 +367,31 @@ class AdaptiveAvgPool2d : public Module {
   std::array<int64_t, 2> output_size_;
 };
 
+/// The maximum of x [N, C, L] over output_size windows (PyTorch's AdaptiveMaxPool1d): output i
+/// covers [floor(i L / out), ceil((i + 1) L / out)); L must be known when the layer is called.
+class AdaptiveMaxPool1d : public Module {
+ public:
+  AdaptiveMaxPool1d(Graph& graph, const std::string& name, int64_t output_size);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t output_size_;
+};
+
+/// adaptive_max_pool2d as a layer (PyTorch's AdaptiveMaxPool2d).
+class AdaptiveMaxPool2d : public Module {
+ public:
+  AdaptiveMaxPool2d(Graph& graph, const std::string& name, std::array<int64_t, 2> output_size);
+
+ protected:
+  Value forward(const Value& x) override { return adaptive_max_pool2d(x, output_size_); }
+
+ private:
+  std::array<int64_t, 2> output_size_;
+};
+
 /// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).
 class Flatten : public Module {
  public:

@@ -109,6 +109,11 @@ Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
 /// The mean of each window; with count_include_pad (PyTorch's default) padding counts as
 /// zeros in the divisor.
 Value avg_pool2d(const Value& x, const Pool2dOptions& options = {}, bool count_include_pad = true);
+/// The maximum of x [N, C, H, W] over an output_size grid of windows (PyTorch's
+/// adaptive_max_pool2d): output row i covers input rows [floor(i H / OH), ceil((i + 1) H / OH)),
+/// columns likewise; H and W must be known. NaN propagates; the gradient goes to each window's
+/// first maximum.
+Value adaptive_max_pool2d(const Value& x, std::array<int64_t, 2> output_size);
 /// The mean of each channel plane: [N, C, H, W] -> [N, C].
 Value global_avg_pool2d(const Value& x);
 

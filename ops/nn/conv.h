@@ -16,6 +16,9 @@ struct ConvGeometry {
   int64_t kernel_h = 0, kernel_w = 0;
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
   int64_t groups = 1;
+  /// Pooling only: uneven adaptive windows, row i [floor(i in_h / out_h), ceil((i + 1) in_h /
+  /// out_h)) and columns likewise (kernel_h/w then bound the window, stride and pad unused).
+  bool adaptive = false;
 
   int64_t group_in() const { return in_channels / groups; }
   int64_t group_out() const { return out_channels / groups; }
@@ -42,7 +45,8 @@ inline int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int6
 ConvGeometry conv_geometry(const Node& node, const Shape& x, const Shape& y, const Shape& filter);
 
 /// The geometry of a pooling node (as a depthwise window: groups = channels, no dilation) from
-/// its input side x and pooled side y.
+/// its input side x and pooled side y. An adaptive pool (attribute output_size) whose windows
+/// tile the input is an ordinary window of in / out, stride the same; otherwise `adaptive`.
 ConvGeometry pool_geometry(const Node& node, const Shape& x, const Shape& y);
 
 /// out[n, o, :] += bias[o] for `images` images of `channels` planes of `pixels`: conv2d's

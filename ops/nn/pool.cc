@@ -10,9 +10,14 @@
 //                        its part inside the input when count_include_pad is false
 //   avg_pool2d_backward: dx[p] += dy[w] / count(w) for every window w holding p
 // The backward ops are linear in dy, so their gradients are the ops above again.
+//   adaptive_max_pool2d (and its _backward, _select): the max ops over an output_size grid of
+//                        windows, row i [floor(i H / OH), ceil((i + 1) H / OH)), columns
+//                        likewise (PyTorch's AdaptiveMaxPool2d): uneven and overlapping where
+//                        OH does not divide H, the ordinary tiled window where it does.
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -37,6 +42,13 @@ ConvGeometry pool_geometry(const Node& node, const Shape& x, const Shape& y) {
   g.in_w = x[3];
   g.out_h = y[2];
   g.out_w = y[3];
+  if (node.attrs().count("output_size") != 0) {
+    g.adaptive = g.in_h % g.out_h != 0 || g.in_w % g.out_w != 0;
+    // Tiled: a window of in / out; uneven: ceil(in / out) + 1 bounds every window.
+    g.kernel_h = g.stride_h = g.adaptive ? (g.in_h + g.out_h - 1) / g.out_h + 1 : g.in_h / g.out_h;
+    g.kernel_w = g.stride_w = g.adaptive ? (g.in_w + g.out_w - 1) / g.out_w + 1 : g.in_w / g.out_w;
+    return g;
+  }
   const auto& kernel = node.attr<std::vector<int64_t>>("kernel_size");
   const auto& stride = node.attr<std::vector<int64_t>>("stride");
   const auto& padding = node.attr<std::vector<int64_t>>("padding");
@@ -78,9 +90,25 @@ TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
   return {ctx.dtype(0), out};
 }
 
+// Checks x (4-D float, known C, H >= 1, W >= 1) and output_size; returns the output's type.
+TensorType infer_adaptive_of(const InferContext& ctx, const Shape& x) {
+  const auto& size = ctx.attr<std::vector<int64_t>>("output_size");
+  constexpr int64_t kMax = int64_t{1} << 24;
+  if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] > kMax || size[1] > kMax)
+    ctx.fail("output_size must be 2 values (height, width) in [1, ", kMax, "]");
+  if (x.rank() != 4) ctx.fail("x must be 4-D (NCHW), got ", x);
+  if (x[1] < 0 || x[2] < 1 || x[3] < 1) ctx.fail("x ", x, " needs known C and H, W >= 1");
+  return {ctx.dtype(0), Shape{x[0], x[1], size[0], size[1]}};
+}
+
+// The pooled type of x: by output_size for the adaptive ops, else by the window.
+TensorType pooled_type(const InferContext& ctx, const Shape& x) {
+  return ctx.attrs().count("output_size") != 0 ? infer_adaptive_of(ctx, x) : infer_pool_of(ctx, x);
+}
+
 std::vector<TensorType> infer_pool(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
-  return {infer_pool_of(ctx, ctx.shape(0))};
+  return {pooled_type(ctx, ctx.shape(0))};
 }
 
 // (x, dy) -> dx like x; (x, v) -> like the pooled output.
@@ -88,7 +116,7 @@ template <bool kLikeX>
 std::vector<TensorType> infer_pool_pair(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   ctx.expect_same_dtype(0, 1);
-  const TensorType pooled = infer_pool_of(ctx, ctx.shape(0));
+  const TensorType pooled = pooled_type(ctx, ctx.shape(0));
   const Shape& want = kLikeX ? pooled.shape : ctx.shape(0);
   if (!ctx.shape(1).compatible_with(want))
     ctx.fail("input 1 is ", ctx.shape(1), ", expected ", want);
@@ -112,6 +140,15 @@ std::vector<TensorType> infer_avg_backward(const InferContext& ctx) {
   return {{ctx.dtype(0), x}};
 }
 
+// Window i's first and one-past-last input index along a dim of `in` pooled to `out` (the
+// window's start offset by the padding, clipped to the input; adaptive windows as above).
+std::pair<int64_t, int64_t> window_span(const ConvGeometry& g, int64_t i, int64_t in, int64_t out,
+                                        int64_t kernel, int64_t stride, int64_t pad) {
+  if (g.adaptive) return {i * in / out, ((i + 1) * in + out - 1) / out};
+  const int64_t start = i * stride - pad;
+  return {std::max<int64_t>(start, 0), std::min(start + kernel, in)};
+}
+
 // Calls fn(plane, i, j, h0, h1, w0, w1) for every output pixel of every plane: the window's
 // rows [h0, h1) and columns [w0, w1) clipped to the input. Planes are split over threads.
 template <typename Fn>
@@ -120,13 +157,12 @@ void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
                    [&](int64_t p0, int64_t p1) {
                      for (int64_t p = p0; p < p1; ++p)
                        for (int64_t i = 0; i < g.out_h; ++i) {
-                         const int64_t h = i * g.stride_h - g.pad_h;
-                         const int64_t h0 = std::max<int64_t>(h, 0);
-                         const int64_t h1 = std::min(h + g.kernel_h, g.in_h);
+                         const auto [h0, h1] =
+                             window_span(g, i, g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h);
                          for (int64_t j = 0; j < g.out_w; ++j) {
-                           const int64_t w = j * g.stride_w - g.pad_w;
-                           fn(p, i, j, h0, h1, std::max<int64_t>(w, 0),
-                              std::min(w + g.kernel_w, g.in_w));
+                           const auto [w0, w1] =
+                               window_span(g, j, g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w);
+                           fn(p, i, j, h0, h1, w0, w1);
                          }
                        }
                    });
@@ -139,8 +175,8 @@ void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
 // both passes run over contiguous memory and vectorize. kIndex keeps the winner's place in its
 // window (r * kernel_w + c).
 bool tiles(const ConvGeometry& g) {
-  return g.pad_h == 0 && g.pad_w == 0 && g.stride_h == g.kernel_h && g.stride_w == g.kernel_w &&
-         g.in_w == g.out_w * g.kernel_w;
+  return !g.adaptive && g.pad_h == 0 && g.pad_w == 0 && g.stride_h == g.kernel_h &&
+         g.stride_w == g.kernel_w && g.in_w == g.out_w * g.kernel_w;
 }
 
 template <typename T>
@@ -421,7 +457,8 @@ void max_pool_typed(KernelContext& ctx) {
   const T* px = x.data<T>();
   const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
   T* out = ctx.output(0).data<T>();
-  const bool positive_only = kMode != 0 && ctx.attr<bool>("positive_only");
+  const bool positive_only = kMode != 0 && ctx.node().attrs().count("positive_only") != 0 &&
+                             ctx.attr<bool>("positive_only");
   if (tiles(g)) return max_pool_tiled<kMode>(ctx, g, px, other, out, positive_only);
   if constexpr (kMode == 2) std::fill(out, out + ctx.output(0).numel(), T(0));
   for_each_window(
@@ -492,12 +529,15 @@ AttrMap window_attrs(const Node& node) {
           {"stride", node.attr<std::vector<int64_t>>("stride")},
           {"padding", node.attr<std::vector<int64_t>>("padding")}};
 }
-// The backward op or the selection for pool node `like`, with like's positive_only (false
-// for max_pool2d itself).
-Value max_pool_op(const std::string& op, const Value& x, const Value& other, const Node& like) {
+// The backward op or the selection (`role`: "backward", "select") for max pool node `like`,
+// adaptive or not as it is, with like's positive_only (false for max_pool2d itself).
+Value max_pool_op(const char* role, const Value& x, const Value& other, const Node& like) {
+  if (like.attrs().count("output_size") != 0)
+    return x.graph()->add(str("adaptive_max_pool2d_", role), {x, other},
+                          {{"output_size", like.attr<std::vector<int64_t>>("output_size")}});
   AttrMap attrs = window_attrs(like);
   attrs["positive_only"] = like.op_name() != "max_pool2d" && like.attr<bool>("positive_only");
-  return x.graph()->add(op, {x, other}, attrs);
+  return x.graph()->add(str("max_pool2d_", role), {x, other}, attrs);
 }
 Value avg_pool_op(const Value& x, const Node& like) {
   AttrMap attrs = window_attrs(like);
@@ -521,7 +561,7 @@ KILN_OP(max_pool2d)
     .KILN_WINDOW_ATTRS.infer(infer_pool)
     .kernel(DeviceKind::cpu, max_pool_cpu<0>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
-      return {max_pool_op("max_pool2d_backward", c.input(0), c.grad_output(), c.node())};
+      return {max_pool_op("backward", c.input(0), c.grad_output(), c.node())};
     });
 
 KILN_OP(max_pool2d_select)
@@ -532,7 +572,7 @@ KILN_OP(max_pool2d_select)
     .kernel(DeviceKind::cpu, max_pool_cpu<1>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       // Piecewise constant in x (the selection).
-      return {Value(), max_pool_op("max_pool2d_backward", c.input(0), c.grad_output(), c.node())};
+      return {Value(), max_pool_op("backward", c.input(0), c.grad_output(), c.node())};
     });
 
 KILN_OP(max_pool2d_backward)
@@ -542,7 +582,7 @@ KILN_OP(max_pool2d_backward)
     .infer(infer_pool_pair<true>)
     .kernel(DeviceKind::cpu, max_pool_cpu<2>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
-      return {Value(), max_pool_op("max_pool2d_select", c.input(0), c.grad_output(), c.node())};
+      return {Value(), max_pool_op("select", c.input(0), c.grad_output(), c.node())};
     });
 
 KILN_OP(avg_pool2d)
@@ -564,6 +604,35 @@ KILN_OP(avg_pool2d_backward)
 
 #undef KILN_WINDOW_ATTRS
 
+KILN_OP(adaptive_max_pool2d)
+    .input("x")
+    .attr("output_size", AttrType::integers)
+    .infer(infer_pool)
+    .kernel(DeviceKind::cpu, max_pool_cpu<0>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {max_pool_op("backward", c.input(0), c.grad_output(), c.node())};
+    });
+
+KILN_OP(adaptive_max_pool2d_select)
+    .input("x")
+    .input("v")
+    .attr("output_size", AttrType::integers)
+    .infer(infer_pool_pair<false>)
+    .kernel(DeviceKind::cpu, max_pool_cpu<1>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {Value(), max_pool_op("backward", c.input(0), c.grad_output(), c.node())};
+    });
+
+KILN_OP(adaptive_max_pool2d_backward)
+    .input("x")
+    .input("dy")
+    .attr("output_size", AttrType::integers)
+    .infer(infer_pool_pair<true>)
+    .kernel(DeviceKind::cpu, max_pool_cpu<2>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {Value(), max_pool_op("select", c.input(0), c.grad_output(), c.node())};
+    });
+
 AttrMap pool_attrs(const Pool2dOptions& o) {
   const std::array<int64_t, 2> stride = o.stride[0] > 0 ? o.stride : o.kernel_size;
   return {{"kernel_size", std::vector<int64_t>{o.kernel_size[0], o.kernel_size[1]}},
@@ -582,6 +651,12 @@ Value avg_pool2d(const Value& x, const Pool2dOptions& options, bool count_includ
   AttrMap attrs = ops::pool_attrs(options);
   attrs["count_include_pad"] = count_include_pad;
   return common_graph("avg_pool2d", {&x}).add("avg_pool2d", {x}, attrs);
+}
+
+Value adaptive_max_pool2d(const Value& x, std::array<int64_t, 2> output_size) {
+  return common_graph("adaptive_max_pool2d", {&x})
+      .add("adaptive_max_pool2d", {x},
+           {{"output_size", std::vector<int64_t>{output_size[0], output_size[1]}}});
 }
 
 Value global_avg_pool2d(const Value& x) {

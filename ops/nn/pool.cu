@@ -1,7 +1,8 @@
 // CUDA kernels of the pooling ops (ops/nn/pool.cc), with the CPU kernels' rules: the first
 // maximum of a window wins (a NaN at once), padding never does; averages divide as
-// count_include_pad says. The backward ops gather rather than scatter: one thread per input
-// pixel sums over the windows that hold it, so no atomics and the same result on every run.
+// count_include_pad says; adaptive windows as ConvGeometry::adaptive. The backward ops gather
+// rather than scatter: one thread per input pixel sums over the windows that hold it, so no atomics
+// and the same result on every run.
 #include "kiln/ops/cuda/map.cuh"
 #include "kiln/ops/nn/conv.h"
 
@@ -12,10 +13,18 @@ using namespace kiln::ops::cuda;
 struct Window {
   int64_t h, w, oh, ow, kh, kw, sh, sw, ph, pw;
   bool include_pad;
+  bool adaptive;  // uneven adaptive windows (ConvGeometry::adaptive)
 
   // Window (i, j)'s rows [*h0, *h1) and columns [*w0, *w1), clipped to the input.
   __device__ void bounds(int64_t i, int64_t j, int64_t* h0, int64_t* h1, int64_t* w0,
                          int64_t* w1) const {
+    if (adaptive) {  // [floor(i H / OH), ceil((i + 1) H / OH))
+      *h0 = i * h / oh;
+      *h1 = ((i + 1) * h + oh - 1) / oh;
+      *w0 = j * w / ow;
+      *w1 = ((j + 1) * w + ow - 1) / ow;
+      return;
+    }
     const int64_t top = i * sh - ph, left = j * sw - pw;
     *h0 = top < 0 ? 0 : top;
     *h1 = top + kh < h ? top + kh : h;
@@ -33,13 +42,25 @@ struct Window {
     return hs * ws;
   }
   // The windows holding input row r: [*i0, *i1) (and the same for columns with col_range).
+  // Adaptive: window i holds r iff floor(i H / OH) <= r < ceil((i + 1) H / OH), that is
+  // floor(r OH / H) <= i < ceil((r + 1) OH / H).
   __device__ void row_range(int64_t r, int64_t* i0, int64_t* i1) const {
+    if (adaptive) {
+      *i0 = r * oh / h;
+      *i1 = ((r + 1) * oh + h - 1) / h;
+      return;
+    }
     const int64_t lo = r + ph - kh + 1;  // the first window's top must be > r - kh
     *i0 = lo <= 0 ? 0 : (lo + sh - 1) / sh;
     const int64_t hi = (r + ph) / sh + 1;
     *i1 = hi < oh ? hi : oh;
   }
   __device__ void col_range(int64_t q, int64_t* j0, int64_t* j1) const {
+    if (adaptive) {
+      *j0 = q * ow / w;
+      *j1 = ((q + 1) * ow + w - 1) / w;
+      return;
+    }
     const int64_t lo = q + pw - kw + 1;
     *j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw;
     const int64_t hi = (q + pw) / sw + 1;
@@ -71,8 +92,8 @@ Window window_of(const KernelContext& ctx, const Shape& x, const Shape& y) {
   const AttrMap& attrs = ctx.node().attrs();
   const bool include_pad =
       attrs.count("count_include_pad") != 0 && ctx.attr<bool>("count_include_pad");
-  return {g.in_h,     g.in_w,     g.out_h, g.out_w, g.kernel_h, g.kernel_w,
-          g.stride_h, g.stride_w, g.pad_h, g.pad_w, include_pad};
+  return {g.in_h,     g.in_w,     g.out_h, g.out_w, g.kernel_h,  g.kernel_w,
+          g.stride_h, g.stride_w, g.pad_h, g.pad_w, include_pad, g.adaptive};
 }
 
 // kMode 0: y = max of x; 1: y = v at x's argmax; 2: dx from (x, dy).
@@ -86,7 +107,8 @@ void max_pool_typed(KernelContext& ctx) {
   T* out = static_cast<T*>(ctx.output(0).raw_data());
   const int64_t in_plane = win.h * win.w, out_plane = win.oh * win.ow;
   // positive_only (pool.cc): windows whose maximum is not > 0 route and select nothing.
-  const bool positive_only = kMode != 0 && ctx.attr<bool>("positive_only");
+  const bool positive_only = kMode != 0 && ctx.node().attrs().count("positive_only") != 0 &&
+                             ctx.attr<bool>("positive_only");
   if constexpr (kMode == 2) {
     for_each(ctx, x.numel(), [=] __device__(int64_t idx) {
       const int64_t p = idx / in_plane, at = idx % in_plane, r = at / win.w, q = at % win.w;
@@ -164,6 +186,9 @@ void avg_pool_cuda(KernelContext& ctx) {
 KILN_CUDA_KERNEL(max_pool2d, max_pool_cuda<0>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(max_pool2d_select, max_pool_cuda<1>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(max_pool2d_backward, max_pool_cuda<2>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(adaptive_max_pool2d, max_pool_cuda<0>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(adaptive_max_pool2d_select, max_pool_cuda<1>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(adaptive_max_pool2d_backward, max_pool_cuda<2>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(avg_pool2d, avg_pool_cuda<false>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(avg_pool2d_backward, avg_pool_cuda<true>, cuda_dtypes(DTypeClass::floating));
 

@@ -82,6 +82,29 @@ Reference pool_reference(const Window& win, bool max, bool include_pad) {
   };
 }
 
+// The maximum (NaN wins) over adaptive windows: output row i covers input rows
+// [floor(i H / OH), ceil((i + 1) H / OH)), columns likewise.
+Reference adaptive_max_reference(int64_t oh, int64_t ow) {
+  return [=](const std::vector<Tensor>& in) {
+    const Shape& xs = in[0].shape();
+    const std::vector<double> x = values(in[0]);
+    const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
+    std::vector<double> y;
+    for (int64_t p = 0; p < planes; ++p)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j) {
+          double best = -std::numeric_limits<double>::infinity();
+          for (int64_t r = i * h / oh; r * oh < (i + 1) * h; ++r)
+            for (int64_t q = j * wd / ow; q * ow < (j + 1) * wd; ++q) {
+              const double v = x[(p * h + r) * wd + q];
+              best = std::isnan(best) || std::isnan(v) ? NAN : std::max(best, v);
+            }
+          y.push_back(best);
+        }
+    return y;
+  };
+}
+
 AttrMap conv_attrs(const Window& w, int64_t groups) {
   return {{"stride", std::vector<int64_t>{w.sh, w.sw}},
           {"padding", std::vector<int64_t>{w.ph, w.pw}},
@@ -234,6 +257,32 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
     add({"avg_pool2d_backward", include ? "avg_pool2d_backward" : "avg_pool2d_backward_exclude_pad",
          [attrs](CaseGraph& c) {
            return c.g.add("avg_pool2d_backward", {c.input({2, 3, 3, 8})}, attrs);
+         }});
+  }
+  // Adaptive max pooling: uneven overlapping windows (7 x 5 into 3 x 2), windows that tile the
+  // input (the ordinary window's fast paths), and more outputs than inputs (windows repeat).
+  struct Adaptive {
+    const char* name;
+    Shape x;
+    int64_t oh, ow;
+  };
+  for (const Adaptive& a :
+       {Adaptive{"uneven", {2, 3, 7, 5}, 3, 2}, Adaptive{"tiled", {2, 2, 6, 8}, 3, 4},
+        Adaptive{"upsampled", {1, 2, 3, 2}, 4, 5}}) {
+    const AttrMap attrs{{"output_size", std::vector<int64_t>{a.oh, a.ow}}};
+    const Shape x = a.x, pooled{a.x[0], a.x[1], a.oh, a.ow};
+    add({.op = "adaptive_max_pool2d",
+         .name = str("adaptive_max_pool2d_", a.name),
+         .build = [attrs,
+                   x](CaseGraph& c) { return c.g.add("adaptive_max_pool2d", {c.input(x)}, attrs); },
+         .reference = adaptive_max_reference(a.oh, a.ow)});
+    add({"adaptive_max_pool2d_backward", str("adaptive_max_pool2d_backward_", a.name),
+         [attrs, x, pooled](CaseGraph& c) {
+           return c.g.add("adaptive_max_pool2d_backward", {c.input(x), c.input(pooled)}, attrs);
+         }});
+    add({"adaptive_max_pool2d_select", str("adaptive_max_pool2d_select_", a.name),
+         [attrs, x](CaseGraph& c) {
+           return c.g.add("adaptive_max_pool2d_select", {c.input(x), c.input(x)}, attrs);
          }});
   }
 }

@@ -475,6 +475,70 @@ TEST(Layers, BatchNorm1dAndAdaptiveAveragePoolingFollowPyTorch) {
                            {"[nn] AdaptiveAvgPool1d pool1d", "[N, C, L]", "[2, 2, 7, 5]"});
 }
 
+// AdaptiveMaxPool2d and AdaptiveMaxPool1d take PyTorch's windows (7 into 3: [0, 3), [2, 5),
+// [4, 7)); a NaN wins its windows; the gradient of tied values goes to each window's first one,
+// so an element two windows share and both pick gets both gradients; bad sizes are errors.
+TEST(Layers, AdaptiveMaxPoolingTakesUnevenWindowsAndRoutesToTheFirstMaximum) {
+  Graph g;
+  Value images = g.placeholder("images", f32, {1, 1, 7, 5});
+  Value sequence = g.placeholder("sequence", f32, {1, 2, 7});
+  nn::AdaptiveMaxPool2d pool(g, "pool", {3, 2});
+  nn::AdaptiveMaxPool1d pool1d(g, "pool1d", 3);
+  const Value pooled = pool(images), pooled1d = pool1d(sequence);
+  EXPECT_EQ(pooled.shape(), Shape({1, 1, 3, 2}));
+  EXPECT_EQ(pooled1d.shape(), Shape({1, 2, 3}));
+  const std::vector<Value> grads = gradients(sum(pooled) + sum(pooled1d), {images, sequence});
+  Session s(g);
+  std::vector<float> ramp(35);
+  for (int64_t i = 0; i < 35; ++i) ramp[i] = static_cast<float>(i % 5 + 10 * (i / 5 % 3));
+  const std::vector<float> line = {1, 5, 2, 5, NAN, 0, 3, 2, 2, 2, 2, 2, 2, 2};
+  const auto out = s.run({{images, Tensor::from_vector(ramp, {1, 1, 7, 5})},
+                          {sequence, Tensor::from_vector(line, {1, 2, 7})}},
+                         {pooled, pooled1d, grads[0], grads[1]});
+  // Rows 0-2, 2-4, 4-6 and columns 0-2, 2-4 of (row % 3) * 10 + column.
+  EXPECT_EQ(out[0].to_vector<float>(), std::vector<float>({22, 24, 22, 24, 22, 24}));
+  const std::vector<float> y1 = out[1].to_vector<float>();
+  EXPECT_EQ(y1[0], 5);
+  EXPECT_TRUE(std::isnan(y1[1]) && std::isnan(y1[2]));  // [2, 5) and [4, 7) hold the NaN
+  EXPECT_EQ(std::vector<float>(y1.begin() + 3, y1.end()), std::vector<float>({2, 2, 2}));
+  // Images: (2, 2) wins windows (0, 0) and (1, 0), (2, 4) wins (0, 1) and (1, 1).
+  std::vector<float> want(35, 0);
+  want[2 * 5 + 2] = 2;
+  want[2 * 5 + 4] = 2;
+  want[5 * 5 + 2] = 1;  // rows 4-6: row 5 (row % 3 == 2) wins alone
+  want[5 * 5 + 4] = 1;
+  EXPECT_EQ(out[2].to_vector<float>(), want);
+  // Sequence: 5 at 1 for [0, 3), the NaN for [2, 5) and [4, 7); ties: 2 at 7, 9, 11.
+  EXPECT_EQ(out[3].to_vector<float>(),
+            std::vector<float>({0, 1, 0, 0, 2, 0, 0, 1, 0, 1, 0, 1, 0, 0}));
+
+  expect_error<GraphError>(
+      [&] {
+        pool(g.placeholder("unknown", f32, {1, 1, -1, 5}));
+      },
+      {"[adaptive_max_pool2d]", "needs known C and H, W >= 1", "[1, 1, ?, 5]"});
+  expect_error<GraphError>(
+      [&] {
+        nn::AdaptiveMaxPool2d(g, "none", {2, 0});
+      },
+      {"[nn] AdaptiveMaxPool2d none", "output size 2x0"});
+  expect_error<GraphError>([&] { nn::AdaptiveMaxPool1d(g, "zero", 0); },
+                           {"[nn] AdaptiveMaxPool1d zero", "output size 0"});
+  expect_error<GraphError>([&] { pool1d(images); },
+                           {"[nn] AdaptiveMaxPool1d pool1d", "[N, C, L]", "[1, 1, 7, 5]"});
+  expect_error<GraphError>(
+      [&] {
+        g.add("adaptive_max_pool2d", {images}, {{"output_size", std::vector<int64_t>{3}}});
+      },
+      {"[adaptive_max_pool2d]", "output_size must be 2 values"});
+  expect_error<GraphError>(
+      [&] {
+        g.add("adaptive_max_pool2d_backward", {images, g.placeholder("dy", f32, {1, 1, 2, 2})},
+              {{"output_size", std::vector<int64_t>{3, 2}}});
+      },
+      {"[adaptive_max_pool2d_backward]", "input 1 is [1, 1, 2, 2], expected [1, 1, 3, 2]"});
+}
+
 // Embedding's padding index (PyTorch's padding_idx): that id reads zeros, and training never
 // changes its row while the rows read do change.
 TEST(Layers, EmbeddingPaddingIndexReadsZerosAndGetsNoGradient) {

@@ -21,11 +21,12 @@
 //   text_cnn: PyTorch's modules again (nn.Sequential of Embedding... Conv1d, ReLU, Flatten,
 //        Linear): Embedding -> Conv1d (padding) -> ReLU -> Conv1d (stride, dilation, groups, no
 //        bias) -> Flatten -> Linear; cross entropy; SGD with Nesterov momentum and weight decay.
-//   pool: PyTorch's modules (one nn.Sequential): Conv2d -> AdaptiveAvgPool2d to 3 x 2 (uneven,
-//        overlapping windows from 7 x 5) -> Flatten -> Linear -> BatchNorm1d -> ReLU -> Unflatten
-//        to [N, 2, 6] -> MaxPool1d (stride 2, padding 1) -> AvgPool1d (padding not counted) ->
-//        AdaptiveAvgPool1d (4 into 3) -> Flatten -> Linear; cross entropy; SGD with plain momentum;
-//        then the evaluation-mode logits (BatchNorm1d's running statistics).
+//   pool: PyTorch's modules (one nn.Sequential): Conv2d -> AdaptiveMaxPool2d to 5 x 4 and
+//        AdaptiveAvgPool2d to 3 x 2 (uneven, overlapping windows from 7 x 5) -> Flatten -> Linear
+//        -> BatchNorm1d -> ReLU -> Unflatten to [N, 2, 6] -> MaxPool1d (stride 2, padding 1) ->
+//        AvgPool1d (padding not counted) -> AdaptiveAvgPool1d (4 into 3) -> AdaptiveMaxPool1d
+//        (3 into 2) -> Flatten -> Linear; cross entropy; SGD with plain momentum; then the
+//        evaluation-mode logits (BatchNorm1d's running statistics).
 //   decoder: PyTorch's nn.TransformerDecoderLayer (post-norm, ReLU) with Kiln's values loaded:
 //        Embedding -> TransformerDecoderBlock (causal self-attention, cross-attention to a memory
 //        over its key-padding mask) -> Linear; cross entropy; AdamW with non-default betas.
@@ -282,6 +283,8 @@ void pool(const std::filesystem::path& dir, Device device) {
   nn::Sequential model(g, "pool");
   model.add<nn::Conv2d>("conv", 2, 4, std::array<int64_t, 2>{3, 3},
                         Conv2dOptions{.padding = {1, 1}});
+  // Uneven overlapping windows: 7 x 5 into 5 x 4.
+  model.add<nn::AdaptiveMaxPool2d>("adaptive_max", std::array<int64_t, 2>{5, 4});
   model.add<nn::AdaptiveAvgPool2d>("adaptive", std::array<int64_t, 2>{3, 2});
   model.add<nn::Flatten>("flatten");  // [N, 4 * 3 * 2]
   model.add<nn::Linear>("fc", 24, 12);
@@ -291,9 +294,10 @@ void pool(const std::filesystem::path& dir, Device device) {
   model.add<nn::MaxPool1d>("max", nn::Pool1dOptions{.kernel_size = 3, .stride = 2, .padding = 1});
   model.add<nn::AvgPool1d>("avg", nn::Pool1dOptions{.kernel_size = 2, .stride = 1, .padding = 1},
                            false);
-  model.add<nn::AdaptiveAvgPool1d>("adaptive1d", 3);  // [N, 2, 4] -> [N, 2, 3]
-  model.add<nn::Flatten>("flatten_again");            // [N, 2 * 3]
-  model.add<nn::Linear>("head", 6, 3);
+  model.add<nn::AdaptiveAvgPool1d>("adaptive1d", 3);      // [N, 2, 4] -> [N, 2, 3]
+  model.add<nn::AdaptiveMaxPool1d>("adaptive_max1d", 2);  // [N, 2, 3] -> [N, 2, 2]
+  model.add<nn::Flatten>("flatten_again");                // [N, 2 * 2]
+  model.add<nn::Linear>("head", 4, 3);
   Value loss = cross_entropy(model(x), y);
   optim::SGD sgd({.lr = 0.1, .momentum = 0.9});
   Value step = sgd.minimize(loss);

@@ -336,11 +336,12 @@ def pooling(run):
     y = torch.tensor(run.load("y.npy"))
     nn = torch.nn
     conv, fc, bn, head = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(24, 12), nn.BatchNorm1d(12), \
-        nn.Linear(6, 3)
-    model = nn.Sequential(conv, nn.AdaptiveAvgPool2d((3, 2)), nn.Flatten(), fc, bn, nn.ReLU(),
-                          nn.Unflatten(1, (2, 6)), nn.MaxPool1d(3, stride=2, padding=1),
+        nn.Linear(4, 3)
+    model = nn.Sequential(conv, nn.AdaptiveMaxPool2d((5, 4)), nn.AdaptiveAvgPool2d((3, 2)),
+                          nn.Flatten(), fc, bn, nn.ReLU(), nn.Unflatten(1, (2, 6)),
+                          nn.MaxPool1d(3, stride=2, padding=1),
                           nn.AvgPool1d(2, stride=1, padding=1, count_include_pad=False),
-                          nn.AdaptiveAvgPool1d(3), nn.Flatten(), head)
+                          nn.AdaptiveAvgPool1d(3), nn.AdaptiveMaxPool1d(2), nn.Flatten(), head)
     where = {"pool/conv/weight": (conv.weight, None, False),
              "pool/conv/bias": (conv.bias, None, False),
              "pool/bn/weight": (bn.weight, None, False), "pool/bn/bias": (bn.bias, None, False),

@@ -137,6 +137,17 @@ def conv_and_pool(op, args, attrs):
             dy = args[1]
             size = [dy.shape[1], a.shape[1] // conv["groups"]] + ints(attrs["kernel_size"])
             return torch.nn.grad.conv2d_weight(a, size, dy, **conv)
+    if op.startswith("adaptive_max_pool2d"):
+        size = ints(attrs["output_size"])
+        if op == "adaptive_max_pool2d":
+            return F.adaptive_max_pool2d(a, size)
+        if op == "adaptive_max_pool2d_backward":  # (x, dy)
+            x = a.detach().requires_grad_(True)
+            return torch.autograd.grad(F.adaptive_max_pool2d(x, size), x, args[1],
+                                       create_graph=True)[0]
+        if op == "adaptive_max_pool2d_select":  # (x, v): v at each window's maximum
+            y, idx = F.adaptive_max_pool2d(a.detach(), size, return_indices=True)
+            return args[1].flatten(2).gather(2, idx.flatten(2)).view_as(y)
     if "pool2d" in op:
         win = window(attrs, "kernel_size", "stride", "padding")
         if op == "max_pool2d":
