@@ -407,6 +407,13 @@ AdaptiveMaxPool2d::AdaptiveMaxPool2d(Graph& graph, const std::string& name,
              path(), ": output size ", output_size[0], "x", output_size[1], " must be positive");
 }
 
+PReLU::PReLU(Graph& graph, const std::string& name, int64_t num_parameters, double init)
+    : Module(graph, name) {
+  KILN_CHECK(num_parameters >= 1, GraphError, "[nn] PReLU ", path(), ": num_parameters ",
+             num_parameters, " must be at least 1");
+  weight = variable("weight", {num_parameters}, init::constant(init));
+}
+
 Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)
     : Module(graph, name), start_axis_(start_axis), end_axis_(end_axis) {}
 

@@ -392,6 +392,17 @@ class AdaptiveMaxPool2d : public Module {
   std::array<int64_t, 2> output_size_;
 };
 
+/// prelu as a layer (PyTorch's PReLU): a learned slope for x < 0, one shared (num_parameters 1)
+/// or one per channel of x [N, C, ...], each starting at `init`.
+class PReLU : public Module {
+ public:
+  PReLU(Graph& graph, const std::string& name, int64_t num_parameters = 1, double init = 0.25);
+  Value weight;  ///< [num_parameters]
+
+ protected:
+  Value forward(const Value& x) override { return prelu(x, weight); }
+};
+
 /// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).
 class Flatten : public Module {
  public:

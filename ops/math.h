@@ -27,6 +27,7 @@ Value silu(const Value& x);      ///< x sigmoid(x) (swish)
 Value erf(const Value& x);       ///< the error function
 Value log1p(const Value& x);     ///< ln(1 + x), accurate near 0
 Value softplus(const Value& x);  ///< ln(1 + e^x), computed without overflow
+Value expm1(const Value& x);     ///< e^x - 1, accurate near 0
 Value sin(const Value& x);       ///< sine
 Value cos(const Value& x);       ///< cosine
 

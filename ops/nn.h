@@ -57,6 +57,32 @@ Value gru_cell(const Value& x_gates, const Value& h_gates = {}, const Value& h_p
 Value leaky_relu(const Value& x, double slope = 0.01);
 /// x limited to [low, high] (NaN passes); low > high is a GraphError.
 Value clamp(const Value& x, double low, double high);
+
+// More activations, as PyTorch defines them (composites: fusion makes each one kernel). NaN
+// passes through every one.
+/// x where x > 0, else alpha (e^x - 1) (ELU).
+Value elu(const Value& x, double alpha = 1.0);
+/// scale elu(x, alpha) with SELU's fixed alpha = 1.6732632423543772 and scale = 1.0507009873554805.
+Value selu(const Value& x);
+/// x where x > 0, else alpha (e^(x / alpha) - 1) (CELU); alpha 0 is a GraphError.
+Value celu(const Value& x, double alpha = 1.0);
+/// clamp(x, low, high) (Hardtanh).
+Value hardtanh(const Value& x, double low = -1.0, double high = 1.0);
+/// clamp(x, 0, 6) (ReLU6).
+Value relu6(const Value& x);
+/// clamp(x / 6 + 1 / 2, 0, 1) (Hardsigmoid).
+Value hardsigmoid(const Value& x);
+/// x hardsigmoid(x) (Hardswish, MobileNetV3's).
+Value hardswish(const Value& x);
+/// x tanh(softplus(x)) (Mish).
+Value mish(const Value& x);
+/// ln(sigmoid(x)) = -softplus(-x): no overflow for any x (LogSigmoid).
+Value logsigmoid(const Value& x);
+/// x / (1 + |x|) (Softsign).
+Value softsign(const Value& x);
+/// x where x >= 0, else weight x (PReLU): weight [1], or [C] for the channels of x [N, C, ...]
+/// (axis 1); anything else is a GraphError.
+Value prelu(const Value& x, const Value& weight);
 /// mean((a - b)^2) over every element (PyTorch's MSELoss, reduction "mean").
 Value mse_loss(const Value& a, const Value& b);
 /// mean over every element of 0.5 d^2 where d = |a - b| < delta, else delta (d - delta / 2)

@@ -27,7 +27,7 @@ inline const std::vector<SpecialUnaryCase>& special_unary_cases() {
       {"tanh", kNaN, 1, -1},           {"sigmoid", kNaN, 1, 0},    {"gelu", kNaN, kInf, kNaN},
       {"sin", kNaN, kNaN, kNaN},       {"cos", kNaN, kNaN, kNaN},  {"silu", kNaN, kInf, kNaN},
       {"gelu_tanh", kNaN, kInf, kNaN}, {"erf", kNaN, 1, -1},       {"log1p", kNaN, kInf, kNaN},
-      {"softplus", kNaN, kInf, 0},
+      {"softplus", kNaN, kInf, 0},     {"expm1", kNaN, kInf, -1},
   };
   return cases;
 }

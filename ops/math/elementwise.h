@@ -126,6 +126,7 @@ KILN_HOST_DEVICE T power(T a, T b) {
 //   log1p   y = ln(1 + x), accurate for small x
 //   softplus y = ln(1 + e^x) = max(x, 0) + ln(1 + e^-|x|), which overflows for no x (NaN
 //           takes the x branch of max, as in relu)
+//   expm1   y = e^x - 1, accurate for small x (ELU's negative side)
 #define KILN_UNARY_OPS(X)                                                      \
   X(neg, signed_, wrapping_neg(x))                                             \
   X(sign, signed_, x != x ? x : static_cast<T>((x > T(0)) - (x < T(0))))       \
@@ -146,7 +147,8 @@ KILN_HOST_DEVICE T power(T a, T b) {
   X(silu, floating, sigmoid_of(x) * x)                                         \
   X(erf, floating, erf(x))                                                     \
   X(log1p, floating, log1p(x))                                                 \
-  X(softplus, floating, (x < T(0) ? T(0) : x) + log1p(exp(x < T(0) ? x : -x)))
+  X(softplus, floating, (x < T(0) ? T(0) : x) + log1p(exp(x < T(0) ? x : -x))) \
+  X(expm1, floating, expm1(x))
 
 // Each row: X(name, dtype class, expression in a and b of type T). maximum and minimum
 // propagate NaN from either side, as torch.maximum does. gelu_grad(x, dy) = dy * gelu'(x) is
@@ -176,7 +178,7 @@ KILN_HOST_DEVICE T power(T a, T b) {
     template <typename T>                                                                      \
     KILN_HOST_DEVICE T operator()(T x) const {                                                 \
       using std::exp, std::log, std::sqrt, std::tanh, std::erfc, std::sin, std::cos, std::erf, \
-          std::log1p;                                                                          \
+          std::log1p, std::expm1;                                                              \
       return static_cast<T>(expr);                                                             \
     }                                                                                          \
   };

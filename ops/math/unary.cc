@@ -125,6 +125,10 @@ GradList grad_log1p(GradContext& c) {
 GradList grad_softplus(GradContext& c) {
   return {c.grad_output() * sigmoid(c.input(0))};
 }
+// y = e^x - 1  dx = dy e^x
+GradList grad_expm1(GradContext& c) {
+  return {c.grad_output() * exp(c.input(0))};
+}
 
 // Autocast policy per op: exp, log and the roots lose accuracy in 16 bits and stay f32.
 constexpr Precision precision_neg = Precision::follow_inputs;
@@ -146,6 +150,7 @@ constexpr Precision precision_silu = Precision::follow_inputs;
 constexpr Precision precision_erf = Precision::follow_inputs;
 constexpr Precision precision_log1p = Precision::keep_f32;
 constexpr Precision precision_softplus = Precision::keep_f32;
+constexpr Precision precision_expm1 = Precision::keep_f32;
 
 #define KILN_REGISTER_UNARY(name, cls, expr)                                        \
   KILN_OP(name)                                                                     \

@@ -20,6 +20,71 @@ Value clamp(const Value& x, double low, double high) {
   return minimum(maximum(x, scalar_like(x, low)), scalar_like(x, high));
 }
 
+// x > 0: x, else alpha (e^x - 1). expm1 reads min(x, 0): for large x, e^x would be inf and the
+// untaken branch's gradient 0 inf = NaN.
+Value elu(const Value& x, double alpha) {
+  return where(greater(x, scalar_like(x, 0)), x, expm1(minimum(x, scalar_like(x, 0))) * alpha);
+}
+
+Value selu(const Value& x) {
+  constexpr double kAlpha = 1.6732632423543772848170429916717;
+  constexpr double kScale = 1.0507009873554804934193349852946;
+  return elu(x, kAlpha) * kScale;
+}
+
+// x > 0: x, else alpha (e^(x / alpha) - 1), the exponent's argument clipped as in elu.
+Value celu(const Value& x, double alpha) {
+  KILN_CHECK(alpha != 0, GraphError, "[celu] ", x.name(), ": alpha must not be 0");
+  return where(greater(x, scalar_like(x, 0)), x,
+               expm1(minimum(x, scalar_like(x, 0)) * (1 / alpha)) * alpha);
+}
+
+Value hardtanh(const Value& x, double low, double high) {
+  return clamp(x, low, high);
+}
+
+Value relu6(const Value& x) {
+  return clamp(x, 0, 6);
+}
+
+Value hardsigmoid(const Value& x) {
+  return clamp(x * (1.0 / 6) + 0.5, 0, 1);
+}
+
+Value hardswish(const Value& x) {
+  return x * hardsigmoid(x);
+}
+
+Value mish(const Value& x) {
+  return x * tanh(softplus(x));
+}
+
+Value logsigmoid(const Value& x) {
+  return -softplus(-x);
+}
+
+Value softsign(const Value& x) {
+  return x / (abs(x) + 1.0);
+}
+
+// where(x < 0, w x, x) with w [C] reshaped to [C, 1, ...] against x [N, C, ...].
+Value prelu(const Value& x, const Value& weight) {
+  const Shape& s = x.shape();
+  const Shape& w = weight.shape();
+  const bool single = w.rank() == 1 && w[0] == 1;
+  const bool per_channel = w.rank() == 1 && s.rank() >= 2 && w[0] >= 1 && w[0] == s[1];
+  KILN_CHECK(single || per_channel, GraphError, "[prelu] ", x.name(), ": weight must be [1] or [",
+             s.rank() >= 2 ? str(s[1]) : std::string("C"), "] (x's channels, axis 1), got ", w,
+             " for x ", s);
+  Value slope = weight;
+  if (per_channel && s.rank() > 2) {
+    std::vector<int64_t> dims(static_cast<size_t>(s.rank() - 1), 1);
+    dims[0] = w[0];
+    slope = reshape(weight, Shape(dims));
+  }
+  return where(less(x, scalar_like(x, 0)), x * slope, x);
+}
+
 // mean((a - b)^2)
 Value mse_loss(const Value& a, const Value& b) {
   return mean(square(a - b));

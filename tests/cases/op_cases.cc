@@ -219,6 +219,7 @@ std::vector<OpCase> make_cases() {
       {"erf", -2, 2, [](double x) { return std::erf(x); }},
       {"log1p", -0.5, 3, [](double x) { return std::log1p(x); }},
       {"softplus", -4, 4, [](double x) { return std::log1p(std::exp(x)); }},
+      {"expm1", -3, 2, [](double x) { return std::expm1(x); }},
       {"sign", 0.1, 2, [](double x) { return double((x > 0) - (x < 0)); }},
   };
   for (const Unary& u : unary)

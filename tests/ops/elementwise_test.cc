@@ -41,6 +41,7 @@ const std::vector<UnaryCase>& unary_cases() {
       {"log1p", [](double x) { return std::log1p(x); }, -0.999, 100, false},
       {"softplus", [](double x) { return std::log1p(std::exp(-std::abs(x))) + std::max(x, 0.0); },
        -40, 40, false},
+      {"expm1", [](double x) { return std::expm1(x); }, -20, 20, false},
   };
   return cases;
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/gradcheck.h"
+#include "special_values.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -10,6 +11,8 @@ namespace {
 
 using testing::check_gradients;
 using testing::expect_error;
+using testing::kInf;
+using testing::kNaN;
 
 Tensor r64(const Shape& s, double lo, double hi, uint32_t seed) {
   return testing::random_tensor(f64, s, lo, hi, seed);
@@ -43,6 +46,98 @@ TEST(NnFunctional, ActivationsMatchTheirDefinitions) {
   EXPECT_EQ(clamped[1], -1);
   EXPECT_EQ(clamped[2], 1);
   expect_error<GraphError>([&] { clamp(x, 2, 1); }, {"[clamp]", "low 2 is above high 1"});
+}
+
+// The activations PyTorch has beyond the table's ops: forward against their f64 definitions,
+// gradients against finite differences, and PyTorch's answers at NaN and +-inf (printed by
+// torch 1.13: hardswish(-inf), mish(-inf) and softsign(+-inf) are NaN there too).
+TEST(NnFunctional, MoreActivationsMatchPyTorchsDefinitions) {
+  const double alpha = 1.6732632423543772, scale = 1.0507009873554805;
+  auto hardsigmoid_of = [](double x) { return std::min(std::max(x / 6 + 0.5, 0.0), 1.0); };
+  auto softplus_of = [](double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); };
+  struct Case {
+    const char* name;
+    std::function<Value(const Value&)> f;
+    std::function<double(double)> want;
+    double at_pos_inf, at_neg_inf;
+  };
+  const std::vector<Case> cases = {
+      {"elu", [](const Value& x) { return elu(x, 0.7); },
+       [](double x) { return x > 0 ? x : 0.7 * std::expm1(x); }, kInf, -0.7},
+      {"selu", [](const Value& x) { return selu(x); },
+       [&](double x) { return scale * (x > 0 ? x : alpha * std::expm1(x)); }, kInf, -scale * alpha},
+      {"celu", [](const Value& x) { return celu(x, 0.5); },
+       [](double x) { return x > 0 ? x : 0.5 * std::expm1(x / 0.5); }, kInf, -0.5},
+      {"hardtanh", [](const Value& x) { return hardtanh(x, -1.5, 2); },
+       [](double x) { return std::min(std::max(x, -1.5), 2.0); }, 2, -1.5},
+      {"relu6", [](const Value& x) { return relu6(x * 3.0); },
+       [](double x) { return std::min(std::max(3 * x, 0.0), 6.0); }, 6, 0},
+      {"hardsigmoid", [](const Value& x) { return hardsigmoid(x * 2.0); },
+       [&](double x) { return hardsigmoid_of(2 * x); }, 1, 0},
+      {"hardswish", [](const Value& x) { return hardswish(x * 2.0); },
+       [&](double x) { return 2 * x * hardsigmoid_of(2 * x); }, kInf, kNaN},
+      {"mish", [](const Value& x) { return mish(x); },
+       [&](double x) { return x * std::tanh(softplus_of(x)); }, kInf, kNaN},
+      {"logsigmoid", [](const Value& x) { return logsigmoid(x); },
+       [&](double x) { return -softplus_of(-x); }, 0, -kInf},
+      {"softsign", [](const Value& x) { return softsign(x); },
+       [](double x) { return x / (1 + std::abs(x)); }, kNaN, kNaN},
+  };
+  for (const Case& c : cases) {
+    expect_elementwise(c.f, c.want, c.name);
+    Graph g;
+    Value x = g.constant(Tensor::from_vector<float>({std::nanf(""), INFINITY, -INFINITY}));
+    const auto got = testing::run1(g, c.f(x)).to_vector<float>();
+    EXPECT_TRUE(std::isnan(got[0])) << c.name << "(NaN) = " << got[0];
+    for (int k : {1, 2}) {
+      const double want = k == 1 ? c.at_pos_inf : c.at_neg_inf;
+      if (std::isnan(want))
+        EXPECT_TRUE(std::isnan(got[k])) << c.name << " at " << (k == 1 ? "+inf" : "-inf");
+      else
+        EXPECT_FLOAT_EQ(got[k], want) << c.name << " at " << (k == 1 ? "+inf" : "-inf");
+    }
+  }
+  // ELU and CELU's exponential reads min(x, 0): no inf * 0 in the gradient at large x.
+  Graph g;
+  Value big = g.placeholder("big", f32, {2});
+  const Value grad = gradients(sum(elu(big) + celu(big, 0.1)), {big})[0];
+  const std::vector<float> got =
+      testing::run1(g, grad, {{big, Tensor::from_vector<float>({100, -1})}}).to_vector<float>();
+  EXPECT_EQ(got[0], 2);
+  EXPECT_NEAR(got[1], std::exp(-1.0) + std::exp(-10.0), 1e-7);  // e^x + e^(x / 0.1)
+  expect_error<GraphError>([&] { celu(big, 0); }, {"[celu]", "alpha must not be 0"});
+}
+
+// prelu: one slope, or one per channel (axis 1) of [N, C], [N, C, L] and [N, C, H, W]; the
+// slope's gradient sums x dy over x < 0; PReLU's weight starts at init; bad weights are errors.
+TEST(NnFunctional, PreluLearnsASlopePerChannel) {
+  for (const Shape& shape : {Shape{4, 3}, Shape{2, 3, 5}, Shape{2, 3, 2, 3}}) {
+    const Tensor in = r64(shape, -3, 3, 7);
+    const Tensor slopes = Tensor::from_vector<double>({0.1, -0.5, 2.0});
+    Graph g;
+    Value x = g.placeholder("x", f64, shape), w = g.placeholder("w", f64, {3});
+    const auto got = testing::run1(g, prelu(x, w), {{x, in}, {w, slopes}}).to_vector<double>();
+    const int64_t inner = in.numel() / (shape[0] * 3);
+    for (int64_t i = 0; i < in.numel(); ++i) {
+      const double v = in.element(i), slope = slopes.element(i / inner % 3);
+      EXPECT_DOUBLE_EQ(got[i], v >= 0 ? v : slope * v) << shape << " at " << i;
+    }
+    check_gradients([](Graph&, const std::vector<Value>& v) { return prelu(v[0], v[1]); },
+                    {in, slopes}, str("prelu ", shape));
+    check_gradients([](Graph&, const std::vector<Value>& v) { return prelu(v[0], v[1]); },
+                    {in, Tensor::from_vector<double>({0.3})}, str("prelu shared ", shape));
+  }
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 4, 5});
+  nn::PReLU shared(g, "shared"), channels(g, "channels", 4, 0.1);
+  Session s(g);
+  EXPECT_EQ(s.variable_value(shared.weight).to_vector<float>(), std::vector<float>({0.25f}));
+  EXPECT_EQ(s.variable_value(channels.weight).to_vector<float>(), std::vector<float>(4, 0.1f));
+  EXPECT_EQ(channels(x).shape(), x.shape());
+  expect_error<GraphError>([&] { prelu(x, g.placeholder("w3", f32, {3})); },
+                           {"[prelu]", "weight must be [1] or [4]", "got [3]", "[2, 4, 5]"});
+  expect_error<GraphError>([&] { nn::PReLU(g, "none", 0); },
+                           {"[nn] PReLU none", "num_parameters 0"});
 }
 
 TEST(NnFunctional, LossesMatchTheirDefinitions) {

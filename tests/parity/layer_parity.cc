@@ -36,6 +36,9 @@
 //        (ReLU, no bias, time-major), and the GRU's output -> an LSTM with proj_size 3
 //        (bidirectional, the same lengths); a Linear on the first LSTM's last backward c_n, the
 //        GRU's and RNN's h_n and the projected LSTM's backward h_n; cross entropy; Adam (eps 1e-6).
+//   activations: a chain of Linear layers, each followed by one of ELU (alpha 0.7), SELU, CELU
+//        (alpha 0.5), PReLU (a slope per feature), Hardswish, Mish, Softsign, ReLU6,
+//        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy; SGD with Nesterov momentum.
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -395,6 +398,44 @@ void recurrent(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+void activations(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kWidth = 10;
+  Graph g;
+  Value x = g.placeholder("x", f32, {8, 6});
+  Value y = g.placeholder("y", i64, {8});
+  nn::Sequential model(g, "act");
+  const std::vector<std::pair<const char*, std::function<Value(const Value&)>>> chain = {
+      {"elu", [](const Value& v) { return elu(v, 0.7); }},
+      {"selu", [](const Value& v) { return selu(v); }},
+      {"celu", [](const Value& v) { return celu(v, 0.5); }},
+      {"prelu", {}},
+      {"hardswish", [](const Value& v) { return hardswish(v); }},
+      {"mish", [](const Value& v) { return mish(v); }},
+      {"softsign", [](const Value& v) { return softsign(v * 3.0); }},
+      {"relu6", [](const Value& v) { return relu6(v * 4.0); }},
+      {"hardsigmoid", [](const Value& v) { return hardsigmoid(v * 4.0); }},
+      {"hardtanh", [](const Value& v) { return hardtanh(v * 2.0, -0.5, 0.8); }},
+      {"logsigmoid", [](const Value& v) { return logsigmoid(v); }}};
+  int64_t in = 6;
+  for (size_t i = 0; i < chain.size(); ++i) {
+    model.add<nn::Linear>(str("fc", i), in, kWidth);
+    in = kWidth;
+    if (chain[i].second)
+      model.add(chain[i].first, chain[i].second);
+    else
+      model.add<nn::PReLU>(chain[i].first, kWidth, 0.2);
+  }
+  model.add<nn::Linear>("head", kWidth, 3);
+  Value loss = cross_entropy(model(x), y);
+  optim::SGD sgd({.lr = 0.2, .momentum = 0.9, .nesterov = true});
+  Value step = sgd.minimize(loss);
+  Session session(g, {.device = device});
+  train(session, model.parameters(),
+        {{x, normal({8, 6}, 9)}, {y, Tensor::from_vector<int64_t>({0, 1, 2, 0, 1, 2, 2, 1}, {8})}},
+        {loss}, step, dir, 3);
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -415,9 +456,10 @@ int main(int argc, char** argv) {
     kiln::pool(dir / "pool", device);
     kiln::decoder(dir / "decoder", device);
     kiln::recurrent(dir / "recurrent", device);
+    kiln::activations(dir / "activations", device);
     std::printf(
-        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder and recurrent "
-        "models' runs on %s to %s\n",
+        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder, recurrent and "
+        "activations models' runs on %s to %s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

@@ -409,6 +409,27 @@ def recurrent(run):
     port.check_variables()
 
 
+def activations(run):
+    p = run.params
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    chain = [lambda v: F.elu(v, 0.7), F.selu, lambda v: F.celu(v, 0.5),
+             lambda v: F.prelu(v, p["act/prelu/weight"]), F.hardswish, F.mish,
+             lambda v: F.softsign(v * 3), lambda v: F.relu6(v * 4),
+             lambda v: F.hardsigmoid(v * 4), lambda v: F.hardtanh(v * 2, -0.5, 0.8), F.logsigmoid]
+    sgd = torch.optim.SGD(run.trainable(), lr=0.2, momentum=0.9, nesterov=True)
+    for step in range(3):
+        sgd.zero_grad()
+        h = x
+        for i, f in enumerate(chain):
+            h = f(linear(p, f"act/fc{i}", h))
+        loss = F.cross_entropy(linear(p, "act/head", h), y)
+        loss.backward()
+        sgd.step()
+        run.check_step(step, [loss])
+    run.check_variables()
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
@@ -416,7 +437,7 @@ def main():
     runs = []
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
-                         ("recurrent", recurrent)):
+                         ("recurrent", recurrent), ("activations", activations)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)

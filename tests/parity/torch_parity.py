@@ -184,7 +184,7 @@ def apply(op, args, attrs, dtype, custom):
         "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "sin": torch.sin,
         "cos": torch.cos, "sign": torch.sign, "identity": lambda x: x * 1,
         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "erf": torch.erf, "log1p": torch.log1p, "softplus": F.softplus,
-        "stop_gradient": torch.Tensor.detach,
+        "expm1": torch.expm1, "stop_gradient": torch.Tensor.detach,
     }
     binary = {
         "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
