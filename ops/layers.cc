@@ -414,6 +414,9 @@ PReLU::PReLU(Graph& graph, const std::string& name, int64_t num_parameters, doub
   weight = variable("weight", {num_parameters}, init::constant(init));
 }
 
+Upsample::Upsample(Graph& graph, const std::string& name, InterpolateOptions options)
+    : Module(graph, name), options_(std::move(options)) {}
+
 Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)
     : Module(graph, name), start_axis_(start_axis), end_axis_(end_axis) {}
 

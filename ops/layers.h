@@ -403,6 +403,19 @@ class PReLU : public Module {
   Value forward(const Value& x) override { return prelu(x, weight); }
 };
 
+/// interpolate as a layer (PyTorch's Upsample): x [N, C, L], [N, C, H, W] or [N, C, D, H, W]
+/// resized to options.size or by options.scale_factor.
+class Upsample : public Module {
+ public:
+  Upsample(Graph& graph, const std::string& name, InterpolateOptions options);
+
+ protected:
+  Value forward(const Value& x) override { return interpolate(x, options_); }
+
+ private:
+  InterpolateOptions options_;
+};
+
 /// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).
 class Flatten : public Module {
  public:

@@ -100,6 +100,26 @@ Value stack(const std::vector<Value>& values, int64_t axis = 0);
 /// log(sum(exp(x))) over `axes` (every axis when empty), without overflow; -inf where every
 /// element is -inf.
 Value logsumexp(const Value& x, Axes axes = {}, bool keepdims = false);
+/// How interpolate computes an output position from the input (PyTorch's modes).
+enum class InterpolateMode {
+  nearest,        ///< the input at floor(dst scale) (PyTorch's "nearest")
+  nearest_exact,  ///< the input at floor((dst + 1/2) scale) ("nearest-exact")
+  linear,         ///< linear along each dim: "linear", "bilinear", "trilinear"
+  cubic,          ///< Keys' cubic convolution (A = -0.75) along each dim: "bicubic"
+};
+/// Options of interpolate: the output's spatial size, or a factor per spatial dim (one value:
+/// every dim), as F.interpolate's size / scale_factor (a factor gives floor(in factor) outputs
+/// and, as PyTorch, positions scaled by 1 / factor).
+struct InterpolateOptions {
+  std::vector<int64_t> size;
+  std::vector<double> scale_factor;
+  InterpolateMode mode = InterpolateMode::nearest;
+  bool align_corners = false;  ///< linear and cubic: the corner pixels' centers line up
+};
+/// x [N, C, L], [N, C, H, W] or [N, C, D, H, W] resized over its spatial dims (PyTorch's
+/// F.interpolate and nn.Upsample; the batch may be unknown). Cubic reads positions clamped to
+/// the input, as PyTorch's bicubic.
+Value interpolate(const Value& x, const InterpolateOptions& options);
 /// x with `value` added around its last dims: widths[0] = (before, after) for the last dim,
 /// widths[1] for the one before, ... (torch.nn.functional.pad's order, constant mode). The
 /// padded dims must be known.

@@ -140,6 +140,71 @@ TEST(NnFunctional, PreluLearnsASlopePerChannel) {
                            {"[nn] PReLU none", "num_parameters 0"});
 }
 
+// interpolate (tests/parity compares every mode with F.interpolate): an unknown batch gives the
+// known batch's results on both paths (nearest by a whole factor is a broadcast, no product;
+// others are products), f64 and bf16 agree with f32, and bad arguments are errors.
+TEST(NnFunctional, InterpolateRunsAtAnyBatchInEveryFloatType) {
+  const Tensor x2 = testing::random_tensor(f32, {2, 3, 5, 4}, -2, 2, 31);
+  const std::vector<InterpolateOptions> options = {
+      {.scale_factor = {2}},
+      {.size = {7, 9}, .mode = InterpolateMode::linear},
+      {.size = {3, 6}, .mode = InterpolateMode::cubic, .align_corners = true}};
+  for (size_t k = 0; k < options.size(); ++k) {
+    Graph g;
+    Value known = g.placeholder("known", f32, {2, 3, 5, 4});
+    Value unknown = g.placeholder("unknown", f32, {-1, 3, 5, 4});
+    const Value wide = cast(known, f64), half = cast(known, bf16);
+    const Value y = interpolate(known, options[k]);
+    int64_t products = 0;
+    for (int32_t id = 0; id < g.num_nodes(); ++id) products += g.node(id).op_name() == "matmul";
+    EXPECT_EQ(products, k == 0 ? 0 : 2) << k;
+    const std::vector<Value> ys = {y, interpolate(unknown, options[k]),
+                                   interpolate(wide, options[k]),
+                                   cast(interpolate(half, options[k]), f32)};
+    EXPECT_EQ(ys[1].shape()[0], -1);
+    Session s(g);
+    const auto got = s.run({{known, x2}, {unknown, x2}}, ys);
+    const std::vector<double> want = testing::values(got[0]);
+    EXPECT_EQ(testing::values(got[1]), want) << k;
+    testing::expect_near(want, got[2], 1e-6, 1e-6, str("f64 ", k));
+    testing::expect_near(want, got[3], 3e-2, 3e-2, str("bf16 ", k));
+    const Tensor one = testing::random_tensor(f32, {1, 3, 5, 4}, -2, 2, 32);
+    EXPECT_EQ(s.run({{unknown, one}}, {ys[1]})[0].shape()[0], 1);
+  }
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3, 5, 4});
+  expect_error<GraphError>(
+      [&] {
+        interpolate(g.placeholder("flat", f32, {2, 3}), {.size = {4}});
+      },
+      {"[interpolate]", "[N, C, L], [N, C, H, W] or [N, C, D, H, W]", "[2, 3]"});
+  expect_error<GraphError>(
+      [&] {
+        interpolate(g.placeholder("ids", i64, {2, 3, 4}), {.size = {4}});
+      },
+      {"[interpolate]", "must be floating", "i64"});
+  expect_error<GraphError>(
+      [&] {
+        interpolate(g.placeholder("open", f32, {2, 3, -1, 4}), {.size = {4}});
+      },
+      {"[interpolate]", "every dim but the batch must be known", "[2, 3, ?, 4]"});
+  expect_error<GraphError>([&] { interpolate(x, {}); },
+                           {"give either size or scale_factor, not neither"});
+  expect_error<GraphError>([&] { interpolate(x, {.size = {4}, .scale_factor = {2}}); },
+                           {"not both"});
+  expect_error<GraphError>(
+      [&] {
+        interpolate(x, {.size = {4, 4, 4}});
+      },
+      {"size needs 1 or 2 values", "[2, 3, 5, 4]"});
+  expect_error<GraphError>([&] { interpolate(x, {.scale_factor = {0}}); },
+                           {"scale_factor 0 must be positive"});
+  expect_error<GraphError>([&] { interpolate(x, {.scale_factor = {0.1}}); },
+                           {"output size 0 along dim 2"});
+  expect_error<GraphError>([&] { interpolate(x, {.size = {4}, .align_corners = true}); },
+                           {"align_corners is for linear and cubic, not nearest"});
+}
+
 TEST(NnFunctional, LossesMatchTheirDefinitions) {
   Tensor a = r64({6, 5}, -3, 3, 1), b = r64({6, 5}, -3, 3, 2), t = r64({6, 5}, 0, 1, 3);
   double mse = 0, huber = 0;

@@ -39,6 +39,9 @@
 //   activations: a chain of Linear layers, each followed by one of ELU (alpha 0.7), SELU, CELU
 //        (alpha 0.5), PReLU (a slope per feature), Hardswish, Mish, Softsign, ReLU6,
 //        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy; SGD with Nesterov momentum.
+//   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
+//        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
+//        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
 #include <cstdio>
@@ -436,6 +439,57 @@ void activations(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+// One interpolate call of the table below (torch_layer_parity.py holds the same table).
+struct Resize {
+  Shape x;
+  InterpolateMode mode;
+  std::vector<int64_t> size;
+  std::vector<double> scale_factor;
+  bool align_corners = false;
+};
+
+void interpolation(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  using M = InterpolateMode;
+  const std::vector<Resize> table = {
+      {{2, 3, 5}, M::nearest, {12}, {}},
+      {{2, 3, 5}, M::linear, {}, {2.5}},
+      {{2, 3, 5}, M::linear, {9}, {}, true},
+      {{2, 3, 5}, M::nearest_exact, {7}, {}},
+      {{2, 3, 5, 4}, M::nearest, {}, {2}},
+      {{2, 3, 5, 4}, M::nearest, {}, {1.5}},
+      {{2, 3, 5, 4}, M::linear, {7, 9}, {}},
+      {{2, 3, 5, 4}, M::linear, {}, {2}, true},
+      {{2, 3, 5, 4}, M::linear, {3, 2}, {}},
+      {{2, 3, 5, 4}, M::cubic, {8, 6}, {}},
+      {{2, 3, 5, 4}, M::cubic, {10, 3}, {}, true},
+      {{2, 3, 5, 4}, M::cubic, {}, {1.7, 0.6}},
+      {{2, 3, 5, 4}, M::nearest_exact, {3, 9}, {}},
+      {{1, 2, 3, 4, 2}, M::linear, {5, 6, 3}, {}},
+      {{1, 2, 3, 4, 2}, M::nearest, {}, {2, 1, 3}},
+  };
+  std::ofstream cases(dir / "cases.txt");
+  for (size_t k = 0; k < table.size(); ++k) {
+    const Resize& r = table[k];
+    Graph g;
+    Value x = g.placeholder("x", f32, r.x);
+    Value y = interpolate(x, {.size = r.size,
+                              .scale_factor = r.scale_factor,
+                              .mode = r.mode,
+                              .align_corners = r.align_corners});
+    Value weights = g.placeholder("r", f32, y.shape());
+    Value dx = gradients(sum(y * weights), {x})[0];
+    Session session(g, {.device = device});
+    const Tensor xs = normal(r.x, 20 + static_cast<unsigned>(k));
+    const Tensor rs = normal(y.shape(), 40 + static_cast<unsigned>(k));
+    const std::vector<Tensor> got = session.run({{x, xs}, {weights, rs}}, {y, dx});
+    for (const auto& [name, t] :
+         {std::pair<const char*, const Tensor&>{"x", xs}, {"r", rs}, {"y", got[0]}, {"dx", got[1]}})
+      save_npy(t, (dir / str(name, "_", k, ".npy")).string());
+    cases << k << "\n";
+  }
+}
+
 }  // namespace
 }  // namespace kiln
 
@@ -457,9 +511,10 @@ int main(int argc, char** argv) {
     kiln::decoder(dir / "decoder", device);
     kiln::recurrent(dir / "recurrent", device);
     kiln::activations(dir / "activations", device);
+    kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder, recurrent and "
-        "activations models' runs on %s to %s\n",
+        "activations models' runs and the interpolate table on %s to %s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

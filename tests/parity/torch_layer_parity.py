@@ -430,6 +430,42 @@ def activations(run):
     run.check_variables()
 
 
+# layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners); x and r come
+# from its files.
+RESIZES = [
+    ("nearest", [12], None, None), ("linear", None, [2.5], False), ("linear", [9], None, True),
+    ("nearest-exact", [7], None, None), ("nearest", None, [2.0, 2.0], None),
+    ("nearest", None, [1.5, 1.5], None), ("bilinear", [7, 9], None, False),
+    ("bilinear", None, [2.0, 2.0], True), ("bilinear", [3, 2], None, False),
+    ("bicubic", [8, 6], None, False), ("bicubic", [10, 3], None, True),
+    ("bicubic", None, [1.7, 0.6], False), ("nearest-exact", [3, 9], None, None),
+    ("trilinear", [5, 6, 3], None, False), ("nearest", None, [2.0, 1.0, 3.0], None),
+]
+
+
+def interpolation(root):
+    """Each interpolate output and input gradient against F.interpolate's: (compared, failures)."""
+    folder = os.path.join(root, "interpolate")
+    written = open(os.path.join(folder, "cases.txt")).read().split()
+    if len(written) != len(RESIZES):
+        return 0, [f"interpolate: {len(written)} cases written, {len(RESIZES)} expected"]
+    compared, failures = 0, []
+    for k, (mode, size, scale, align) in enumerate(RESIZES):
+        def load(name):
+            return torch.tensor(np.load(os.path.join(folder, f"{name}_{k}.npy"))).double()
+        x = load("x").requires_grad_(True)
+        y = F.interpolate(x, size=size, scale_factor=scale, mode=mode, align_corners=align)
+        (dx,) = torch.autograd.grad((y * load("r")).sum(), x)
+        for what, got, want in (("output", load("y"), y), ("gradient", load("dx"), dx)):
+            compared += want.numel()
+            error = ((got - want).abs().max() / want.abs().max().clamp(min=1e-12)).item()
+            if got.shape != want.shape or not error <= 1e-5:
+                failures.append(f"interpolate case {k} ({mode}, size {size}, scale {scale}, "
+                                f"align_corners {align}): {what} {list(got.shape)} differs from "
+                                f"{list(want.shape)} by {error:.2e} of its largest value")
+    return compared, failures
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
@@ -441,11 +477,13 @@ def main():
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
-    compared = sum(r.compared for r in runs)
-    failures = [f for r in runs for f in r.failures]
+    resized, resize_failures = interpolation(sys.argv[1])
+    compared = sum(r.compared for r in runs) + resized
+    failures = [f for r in runs for f in r.failures] + resize_failures
     for f in failures:
         print("[layer-parity] MISMATCH", f)
-    print(f"[layer-parity] {len(runs)} models, {compared} values compared, "
+    print(f"[layer-parity] {len(runs)} models and {len(RESIZES)} interpolate cases, "
+          f"{compared} values compared, "
           f"{len(failures)} mismatches (torch {torch.__version__})")
     return 1 if failures or compared == 0 else 0
 

@@ -1,0 +1,202 @@
+// interpolate (PyTorch's F.interpolate / nn.Upsample) built from other ops. Every mode is
+// separable: along each spatial dim, output i is a fixed weighted sum of input positions, so
+// the whole resize is one product per dim with a constant [out, in] matrix of those weights
+// (x viewed as [..., in, rest], rest the later dims' product), and its gradient is the
+// products'. Nearest by a whole factor is a broadcast instead (each input repeated k times: no
+// arithmetic). The weights follow PyTorch's source-index rules (aten's UpSample.h):
+//   scale     align_corners: (in - 1) / (out - 1) (0 when out is 1); else 1 / scale_factor
+//             when one was given, in / out otherwise
+//   nearest   src = min(floor(dst scale), in - 1)
+//   nearest_exact  src = min(floor((dst + 1/2) scale), in - 1)
+//   linear    src = dst scale (align_corners) or max((dst + 1/2) scale - 1/2, 0); weights
+//             1 - t and t on floor(src) and the next position (the last one clamps)
+//   cubic     src as linear but not clamped at 0; Keys' cubic convolution with A = -0.75 on
+//             floor(src) - 1 .. floor(src) + 2, positions clamped to the input
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kiln/framework/error.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
+
+namespace kiln {
+
+namespace {
+
+const char* mode_name(InterpolateMode mode) {
+  switch (mode) {
+    case InterpolateMode::nearest:
+      return "nearest";
+    case InterpolateMode::nearest_exact:
+      return "nearest_exact";
+    case InterpolateMode::linear:
+      return "linear";
+    case InterpolateMode::cubic:
+      return "cubic";
+  }
+  return "?";
+}
+
+// Keys' cubic convolution kernel with A = -0.75 (PyTorch's bicubic) at distance d in [0, 2).
+template <typename T>
+T cubic_weight(T d) {
+  constexpr T a = T(-0.75);
+  if (d <= 1) return ((a + 2) * d - (a + 3)) * d * d + 1;
+  return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a;
+}
+
+// The [out, in] weights of one dim (row i: output i's weights over the inputs), computed in T
+// as PyTorch computes them for that dtype (float for f32 and 16-bit inputs, double for f64), so
+// that floor() picks the same positions. `scale_factor` is the user's (0: none given).
+template <typename T>
+std::vector<double> resize_weights(InterpolateMode mode, bool align_corners, int64_t in,
+                                   int64_t out, double scale_factor) {
+  T scale;
+  if (align_corners)
+    scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
+  else
+    scale = scale_factor > 0 ? static_cast<T>(1.0 / scale_factor)
+                             : static_cast<T>(in) / static_cast<T>(out);
+  std::vector<double> w(static_cast<size_t>(out * in), 0.0);
+  auto add = [&](int64_t i, int64_t j, T v) {
+    j = std::min(std::max<int64_t>(j, 0), in - 1);
+    w[static_cast<size_t>(i * in + j)] += static_cast<double>(v);
+  };
+  auto floor_of = [](T v) { return static_cast<int64_t>(std::floor(v)); };
+  for (int64_t i = 0; i < out; ++i) {
+    const T dst = static_cast<T>(i);
+    switch (mode) {
+      case InterpolateMode::nearest:
+        add(i, floor_of(dst * scale), T(1));
+        break;
+      case InterpolateMode::nearest_exact:
+        add(i, floor_of((dst + T(0.5)) * scale), T(1));
+        break;
+      case InterpolateMode::linear: {
+        const T src = align_corners ? dst * scale : std::max((dst + T(0.5)) * scale - T(0.5), T(0));
+        const int64_t j = floor_of(src);
+        const T t = src - static_cast<T>(j);
+        add(i, j, 1 - t);
+        add(i, j + 1, t);
+        break;
+      }
+      case InterpolateMode::cubic: {
+        const T src = align_corners ? dst * scale : (dst + T(0.5)) * scale - T(0.5);
+        const int64_t j = floor_of(src);
+        const T t = src - static_cast<T>(j);
+        add(i, j - 1, cubic_weight(t + 1));
+        add(i, j, cubic_weight(t));
+        add(i, j + 1, cubic_weight(1 - t));
+        add(i, j + 2, cubic_weight(2 - t));
+        break;
+      }
+    }
+  }
+  return w;
+}
+
+// Whether weights `w` [out, in] pick input i / k alone for output i (k = out / in): a repeat.
+bool repeats(const std::vector<double>& w, int64_t in, int64_t out) {
+  if (out % in != 0) return false;
+  for (int64_t i = 0; i < out; ++i)
+    for (int64_t j = 0; j < in; ++j)
+      if (w[static_cast<size_t>(i * in + j)] != (j == i / (out / in) ? 1.0 : 0.0)) return false;
+  return true;
+}
+
+// A constant of x's dtype holding `values` (f16/bf16: made in f32 and cast).
+Value constant_like(const Value& x, const std::vector<double>& values, const Shape& shape,
+                    const std::string& name) {
+  if (x.dtype() == f64) return constant(*x.graph(), Tensor::from_vector(values, shape), name);
+  const Value m =
+      constant(*x.graph(),
+               Tensor::from_vector(std::vector<float>(values.begin(), values.end()), shape), name);
+  return x.dtype() == f32 ? m : cast(m, x.dtype());
+}
+
+// x resized along `axis` from in to out elements.
+Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mode,
+                  bool align_corners, double scale_factor) {
+  const Shape& s = x.shape();
+  const int64_t in = s[axis];
+  // Same size: every mode is the identity unless a factor other than 1 scales the positions.
+  if (in == out && (align_corners || scale_factor <= 0 || scale_factor == 1)) return x;
+  int64_t rest = 1;
+  for (int64_t d = axis + 1; d < s.rank(); ++d) rest *= s[d];
+  std::vector<int64_t> lead(s.dims().begin(), s.dims().begin() + axis);
+  auto shaped = [&](std::vector<int64_t> tail) {
+    std::vector<int64_t> dims = lead;
+    dims.insert(dims.end(), tail.begin(), tail.end());
+    for (int64_t& d : dims) d = d < 0 ? -1 : d;  // an unknown batch stays unknown
+    return Shape(dims);
+  };
+  std::vector<int64_t> result_dims(s.dims().begin(), s.dims().end());
+  result_dims[static_cast<size_t>(axis)] = out;
+  for (int64_t& d : result_dims) d = d < 0 ? -1 : d;
+  const std::vector<double> w =
+      x.dtype() == f64 ? resize_weights<double>(mode, align_corners, in, out, scale_factor)
+                       : resize_weights<float>(mode, align_corners, in, out, scale_factor);
+  if (repeats(w, in, out)) {
+    // Each input position repeated out / in times: [..., in, 1, rest] to [..., in, k, rest] by
+    // a broadcast, or (an unknown batch) a product with ones of [in, k, rest].
+    const Value split = reshape(x, shaped({in, 1, rest}));
+    const bool known = std::all_of(lead.begin(), lead.end(), [](int64_t d) { return d >= 0; });
+    const Value repeated =
+        known
+            ? broadcast_to(split, shaped({in, out / in, rest}))
+            : split * constant_like(
+                          x, std::vector<double>(static_cast<size_t>(in * (out / in) * rest), 1.0),
+                          Shape{in, out / in, rest}, "repeat_ones");
+    return reshape(repeated, Shape(result_dims));
+  }
+  const Value m = constant_like(x, w, Shape{out, in}, str("resize_", axis));
+  return reshape(matmul(m, reshape(x, shaped({in, rest}))), Shape(result_dims));
+}
+
+}  // namespace
+
+Value interpolate(const Value& x, const InterpolateOptions& options) {
+  const Shape& s = x.shape();
+  const int64_t spatial = s.rank() - 2;
+  const char* mode = mode_name(options.mode);
+  KILN_CHECK(spatial >= 1 && spatial <= 3 && is_floating(x.dtype()), GraphError, "[interpolate] ",
+             x.name(), ": x must be floating [N, C, L], [N, C, H, W] or [N, C, D, H, W], got ",
+             x.dtype(), " ", s);
+  for (int64_t d = 1; d < s.rank(); ++d)
+    KILN_CHECK(s[d] >= 1, GraphError, "[interpolate] ", x.name(),
+               ": every dim but the batch must be known and positive, got ", s);
+  const bool by_size = !options.size.empty(), by_scale = !options.scale_factor.empty();
+  KILN_CHECK(by_size != by_scale, GraphError, "[interpolate] ", x.name(),
+             ": give either size or scale_factor, not ", by_size ? "both" : "neither");
+  auto count_ok = [&](size_t n) { return n == 1 || n == static_cast<size_t>(spatial); };
+  KILN_CHECK(count_ok(by_size ? options.size.size() : options.scale_factor.size()), GraphError,
+             "[interpolate] ", x.name(), ": ", by_size ? "size" : "scale_factor", " needs 1 or ",
+             spatial, " values for x ", s);
+  KILN_CHECK(!options.align_corners || options.mode == InterpolateMode::linear ||
+                 options.mode == InterpolateMode::cubic,
+             GraphError, "[interpolate] ", x.name(),
+             ": align_corners is for linear and cubic, not ", mode);
+  Value y = x;
+  for (int64_t d = 0; d < spatial; ++d) {
+    const int64_t axis = 2 + d, in = s[axis];
+    const size_t k = static_cast<size_t>(d);
+    double factor = 0;
+    int64_t out;
+    if (by_size) {
+      out = options.size.size() == 1 ? options.size[0] : options.size[k];
+    } else {
+      factor = options.scale_factor.size() == 1 ? options.scale_factor[0] : options.scale_factor[k];
+      KILN_CHECK(std::isfinite(factor) && factor > 0, GraphError, "[interpolate] ", x.name(),
+                 ": scale_factor ", factor, " must be positive");
+      out = static_cast<int64_t>(std::floor(static_cast<double>(in) * factor));
+    }
+    KILN_CHECK(out >= 1 && out <= (int64_t{1} << 24), GraphError, "[interpolate] ", x.name(),
+               ": output size ", out, " along dim ", axis, " must be in [1, 2^24]");
+    y = resize_axis(y, axis, out, options.mode, options.align_corners, factor);
+  }
+  return y;
+}
+
+}  // namespace kiln
