@@ -3,7 +3,8 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, lstm_step, gru_step (by hand: not in run.sh), attention_step, peak_flops (the
+// transformer_step, lstm_step, gru_step and upsample_step (by hand: not in run.sh),
+// attention_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes
 // (the graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE
 // (a Chrome trace of the runs).
@@ -119,6 +120,20 @@ double lstm_step(const SessionOptions& options, bool gru = false) {
   Session s(g, options);
   Tensor xb = ramp({32, 32, 128});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
+}
+
+// interpolate forward and backward, [16, 64, 32, 32] to 64 x 64: nearest (a broadcast) and
+// bilinear (two products), the input gradients of sum(y * dy).
+double upsample_step(const SessionOptions& options) {
+  Graph g;
+  const Shape shape{16, 64, 32, 32};
+  Value x = g.placeholder("x", f32, shape), dy = g.placeholder("dy", f32, {16, 64, 64, 64});
+  Value nearest = interpolate(x, {.scale_factor = {2}});
+  Value bilinear = interpolate(x, {.scale_factor = {2}, .mode = InterpolateMode::linear});
+  const std::vector<Value> grads = gradients(sum(mul(nearest + bilinear, dy)), {x});
+  Session s(g, options);
+  Tensor xb = ramp(shape), db = ramp({16, 64, 64, 64});
+  return time_it([&] { s.run({{x, xb}, {dy, db}}, {nearest, bilinear, grads[0]}); }, 3, 20);
 }
 
 // The transformer step's attention alone, forward and backward: causal, [16, 128, 4, 64] in
@@ -287,6 +302,8 @@ int main(int argc, char** argv) {
     std::printf("attention_step %.9f\n", attention_step(options));
   } else if (name == "lstm_step") {
     std::printf("lstm_step %.9f\n", lstm_step(options));
+  } else if (name == "upsample_step") {
+    std::printf("upsample_step %.9f\n", upsample_step(options));
   } else if (name == "gru_step") {
     std::printf("gru_step %.9f\n", lstm_step(options, /*gru=*/true));
   } else if (name == "transformer_step") {

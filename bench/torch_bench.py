@@ -124,6 +124,19 @@ def lstm_step(kind="LSTM"):
     return step
 
 
+def upsample_step():
+    """kiln_bench's upsample_step: nearest and bilinear 2x of [16, 64, 32, 32], forward and the
+    input gradient of sum((nearest + bilinear) * dy) (run by hand)."""
+    x = ramp(16, 64, 32, 32).requires_grad_(True)
+    dy = ramp(16, 64, 64, 64)
+
+    def step():
+        nearest = torch.nn.functional.interpolate(x, scale_factor=2)
+        bilinear = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear")
+        return torch.autograd.grad(((nearest + bilinear) * dy).sum(), x)
+    return step
+
+
 def main():
     case = sys.argv[1]
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
@@ -148,9 +161,9 @@ def main():
             return v
         t = time_it(chain, 20, 200)
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
-    elif case in ("cnn_step", "transformer_step", "lstm_step", "gru_step"):
+    elif case in ("cnn_step", "transformer_step", "lstm_step", "gru_step", "upsample_step"):
         steps = {"cnn_step": cnn_step, "transformer_step": transformer_step, "lstm_step": lstm_step,
-                 "gru_step": lambda: lstm_step("GRU")}
+                 "gru_step": lambda: lstm_step("GRU"), "upsample_step": upsample_step}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
     elif case.startswith("chain"):

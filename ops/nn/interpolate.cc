@@ -116,6 +116,10 @@ Value constant_like(const Value& x, const std::vector<double>& values, const Sha
   return x.dtype() == f32 ? m : cast(m, x.dtype());
 }
 
+// Below this many elements after the resized axis, a product per leading entry is too small to
+// run at the gemm's speed (per-call cost dominates), and the axis is moved last instead.
+constexpr int64_t kBatchedRest = 512;
+
 // x resized along `axis` from in to out elements.
 Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mode,
                   bool align_corners, double scale_factor) {
@@ -151,8 +155,26 @@ Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mod
                           Shape{in, out / in, rest}, "repeat_ones");
     return reshape(repeated, Shape(result_dims));
   }
-  const Value m = constant_like(x, w, Shape{out, in}, str("resize_", axis));
-  return reshape(matmul(m, reshape(x, shaped({in, rest}))), Shape(result_dims));
+  if (axis + 1 == s.rank() || rest >= kBatchedRest) {
+    // [out, in] x [..., in, rest]: one product per leading entry (just one for the last axis,
+    // x [..., in] times the weights' transpose).
+    if (axis + 1 == s.rank()) {
+      std::vector<double> wt(w.size());
+      for (int64_t i = 0; i < out; ++i)
+        for (int64_t j = 0; j < in; ++j)
+          wt[static_cast<size_t>(j * out + i)] = w[static_cast<size_t>(i * in + j)];
+      return matmul(x, constant_like(x, wt, Shape{in, out}, str("resize_", axis)));
+    }
+    const Value m = constant_like(x, w, Shape{out, in}, str("resize_", axis));
+    return reshape(matmul(m, reshape(x, shaped({in, rest}))), Shape(result_dims));
+  }
+  // A short rest would make many small products (one per leading entry): move the axis last
+  // instead, resize it there in one product, and move it back.
+  std::vector<int64_t> swap(static_cast<size_t>(s.rank()));
+  for (int64_t d = 0; d < s.rank(); ++d) swap[static_cast<size_t>(d)] = d;
+  std::swap(swap[static_cast<size_t>(axis)], swap.back());
+  return transpose(
+      resize_axis(transpose(x, swap), s.rank() - 1, out, mode, align_corners, scale_factor), swap);
 }
 
 }  // namespace
