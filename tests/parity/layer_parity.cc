@@ -467,6 +467,8 @@ void interpolation(const std::filesystem::path& dir, Device device) {
       {{2, 3, 5, 4}, M::nearest_exact, {3, 9}, {}},
       {{1, 2, 3, 4, 2}, M::linear, {5, 6, 3}, {}},
       {{1, 2, 3, 4, 2}, M::nearest, {}, {2, 1, 3}},
+      // 576 elements after the first axis: a product per leading entry, not the axis moved last.
+      {{1, 2, 2, 24, 24}, M::linear, {3, 30, 20}, {}},
   };
   std::ofstream cases(dir / "cases.txt");
   for (size_t k = 0; k < table.size(); ++k) {

@@ -440,6 +440,7 @@ RESIZES = [
     ("bicubic", [8, 6], None, False), ("bicubic", [10, 3], None, True),
     ("bicubic", None, [1.7, 0.6], False), ("nearest-exact", [3, 9], None, None),
     ("trilinear", [5, 6, 3], None, False), ("nearest", None, [2.0, 1.0, 3.0], None),
+    ("trilinear", [3, 30, 20], None, False),
 ]
 
 
