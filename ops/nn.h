@@ -92,6 +92,18 @@ Value huber_loss(const Value& a, const Value& b, double delta = 1.0);
 /// softplus(logits) - logits targets (stable for any logit). Take mean() for PyTorch's
 /// BCEWithLogitsLoss.
 Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets);
+/// mean(|a - b|) (PyTorch's L1Loss).
+Value l1_loss(const Value& a, const Value& b);
+/// d = |a - b|: 0.5 d^2 / beta where d < beta, d - beta / 2 beyond; averaged (PyTorch's
+/// SmoothL1Loss; beta 0 is l1_loss, a negative beta a GraphError).
+Value smooth_l1_loss(const Value& a, const Value& b, double beta = 1.0);
+/// Per-element Kullback-Leibler divergence of `target` from exp(log_input): target (log target -
+/// log_input), 0 where target is 0 (with log_target, target holds log probabilities: e^t (t -
+/// log_input)). Take mean() for PyTorch's kl_div default, sum() / batch for "batchmean".
+Value kl_div(const Value& log_input, const Value& target, bool log_target = false);
+/// The cosine of the angle between a and b along `axis`: sum(a / max(|a|, eps) * b / max(|b|,
+/// eps)) over it (PyTorch's cosine_similarity; the axis is removed).
+Value cosine_similarity(const Value& a, const Value& b, int64_t axis = 1, double eps = 1e-8);
 /// x without the dims of size 1 in `axes` (every size-1 dim when empty); a listed dim that is
 /// not 1 is a GraphError. Its inverse is expand_dims (unsqueeze).
 Value squeeze(const Value& x, Axes axes = {});

@@ -97,6 +97,38 @@ Value huber_loss(const Value& a, const Value& b, double delta) {
   return mean(where(less(d, scalar_like(d, delta)), square(d) * 0.5, (d - delta * 0.5) * delta));
 }
 
+Value l1_loss(const Value& a, const Value& b) {
+  return mean(abs(a - b));
+}
+
+// d = |a - b|;  0.5 d^2 / beta where d < beta, d - beta / 2 beyond; averaged
+Value smooth_l1_loss(const Value& a, const Value& b, double beta) {
+  KILN_CHECK(beta >= 0, GraphError, "[smooth_l1_loss] beta ", beta, " must not be negative");
+  if (beta == 0) return l1_loss(a, b);
+  Value d = abs(a - b);
+  return mean(where(less(d, scalar_like(d, beta)), square(d) * (0.5 / beta), d - beta * 0.5));
+}
+
+// t (log t - x), 0 where t is 0. log reads max(t, tiny) there, so the untaken branch's gradient
+// is 0 times a finite number, not 0 * inf.
+Value kl_div(const Value& log_input, const Value& target, bool log_target) {
+  if (log_target) return exp(target) * (target - log_input);
+  const Value positive = greater(target, scalar_like(target, 0));
+  const Value safe = where(positive, target, scalar_like(target, 1));
+  return where(positive, target * (log(safe) - log_input), scalar_like(target, 0));
+}
+
+Value cosine_similarity(const Value& a, const Value& b, int64_t axis, double eps) {
+  KILN_CHECK(eps > 0, GraphError, "[cosine_similarity] eps ", eps, " must be positive");
+  // max(|v|, eps) as sqrt(max(|v|^2, eps^2)): a zero vector gets a finite gradient (sqrt's
+  // derivative at 0 is infinite).
+  auto unit = [&](const Value& v) {
+    const Value squares = sum(square(v), {axis}, /*keepdims=*/true);
+    return v / sqrt(maximum(squares, scalar_like(squares, eps * eps)));
+  };
+  return sum(unit(a) * unit(b), {axis});
+}
+
 // -(y log s + (1 - y) log(1 - s)), s = sigmoid x, = softplus(x) - x y: no log of 0, no overflow
 Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets) {
   return softplus(logits) - logits * targets;

@@ -231,6 +231,65 @@ TEST(NnFunctional, LossesMatchTheirDefinitions) {
             (std::vector<double>{800, 0}));
   check_gradients([](Graph&, const std::vector<Value>& v) { return mse_loss(v[0], v[1]); }, {a, b},
                   "mse");
+  // L1, smooth L1, KL divergence (probabilities and log probabilities, zeros in the target) and
+  // cosine similarity against their definitions, and their gradients.
+  double l1 = 0, smooth = 0;
+  std::vector<double> kl, kl_log, cosine(6, 0.0), norms_a(6, 0.0), norms_b(6, 0.0);
+  for (int64_t i = 0; i < 30; ++i) {
+    const double d = std::abs(a.element(i) - b.element(i));
+    l1 += d / 30;
+    smooth += (d < 0.5 ? 0.5 * d * d / 0.5 : d - 0.25) / 30;
+    const double target = i % 7 == 0 ? 0.0 : t.element(i);
+    kl.push_back(target == 0 ? 0.0 : target * (std::log(target) - a.element(i)));
+    kl_log.push_back(std::exp(b.element(i)) * (b.element(i) - a.element(i)));
+    cosine[i / 5] += a.element(i) * b.element(i);
+    norms_a[i / 5] += a.element(i) * a.element(i);
+    norms_b[i / 5] += b.element(i) * b.element(i);
+  }
+  for (int64_t r = 0; r < 6; ++r) cosine[r] /= std::sqrt(norms_a[r] * norms_b[r]);
+  std::vector<double> with_zeros = testing::values(t);
+  for (size_t i = 0; i < with_zeros.size(); i += 7) with_zeros[i] = 0;
+  const Tensor tz = Tensor::from_vector<double>(with_zeros, {6, 5});
+  Value vz = g.placeholder("tz", f64, {6, 5});
+  feeds.push_back({vz, tz});
+  EXPECT_NEAR(testing::run1(g, l1_loss(va, vb), feeds).item<double>(), l1, 1e-12);
+  EXPECT_NEAR(testing::run1(g, smooth_l1_loss(va, vb, 0.5), feeds).item<double>(), smooth, 1e-12);
+  EXPECT_NEAR(testing::run1(g, smooth_l1_loss(va, vb, 0), feeds).item<double>(), l1, 1e-12);
+  testing::expect_near(kl, testing::run1(g, kl_div(va, vz), feeds), 1e-12, 1e-12, "kl_div");
+  testing::expect_near(kl_log, testing::run1(g, kl_div(va, vb, true), feeds), 1e-12, 1e-12,
+                       "kl_div log target");
+  testing::expect_near(cosine, testing::run1(g, cosine_similarity(va, vb), feeds), 1e-12, 1e-12,
+                       "cosine_similarity");
+  check_gradients([](Graph&, const std::vector<Value>& v) { return l1_loss(v[0], v[1]); }, {a, b},
+                  "l1");
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) { return smooth_l1_loss(v[0], v[1], 0.5); }, {a, b},
+      "smooth l1");
+  // In the target where it is positive (at 0, t log t has no derivative); in log_input everywhere.
+  check_gradients([](Graph&, const std::vector<Value>& v) { return kl_div(v[0], v[1]); }, {a, t},
+                  "kl_div");
+  check_gradients(
+      [&](Graph& graph, const std::vector<Value>& v) { return kl_div(v[0], graph.constant(tz)); },
+      {a}, "kl_div with zeros in the target");
+  check_gradients([](Graph&, const std::vector<Value>& v) { return kl_div(v[0], v[1], true); },
+                  {a, b}, "kl_div log target");
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) { return cosine_similarity(v[0], v[1], 1); }, {a, b},
+      "cosine_similarity");
+  // A zero vector: cosine 0 and a finite gradient (PyTorch's eps clamp).
+  Value zero_row = g.constant(Tensor::from_vector<double>({0, 0, 0}, {1, 3}));
+  Value some_row = g.placeholder("row", f64, {1, 3});
+  const std::vector<Value> at_zero = {
+      cosine_similarity(zero_row, some_row),
+      gradients(sum(cosine_similarity(some_row * 0.0, some_row)), {some_row})[0]};
+  Session s(g);
+  const auto zero_got =
+      s.run({{some_row, Tensor::from_vector<double>({1, 2, 3}, {1, 3})}}, at_zero);
+  EXPECT_EQ(zero_got[0].item<double>(), 0);
+  for (double v : testing::values(zero_got[1])) EXPECT_TRUE(std::isfinite(v));
+  expect_error<GraphError>([&] { smooth_l1_loss(va, vb, -1); }, {"[smooth_l1_loss]", "beta -1"});
+  expect_error<GraphError>([&] { cosine_similarity(va, vb, 1, 0); },
+                           {"[cosine_similarity]", "eps 0 must be positive"});
   check_gradients([](Graph&, const std::vector<Value>& v) { return huber_loss(v[0], v[1], 1.5); },
                   {a, b}, "huber");
   check_gradients(

@@ -38,7 +38,8 @@
 //        GRU's and RNN's h_n and the projected LSTM's backward h_n; cross entropy; Adam (eps 1e-6).
 //   activations: a chain of Linear layers, each followed by one of ELU (alpha 0.7), SELU, CELU
 //        (alpha 0.5), PReLU (a slope per feature), Hardswish, Mish, Softsign, ReLU6,
-//        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy; SGD with Nesterov momentum.
+//        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy plus L1, smooth L1, KL divergence
+//        and cosine similarity against a target; SGD with Nesterov momentum.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -430,12 +431,19 @@ void activations(const std::filesystem::path& dir, Device device) {
       model.add<nn::PReLU>(chain[i].first, kWidth, 0.2);
   }
   model.add<nn::Linear>("head", kWidth, 3);
-  Value loss = cross_entropy(model(x), y);
+  Value target = g.placeholder("target", f32, {8, 3});
+  const Value logits = model(x);
+  Value loss = cross_entropy(logits, y) + l1_loss(logits, target) * 0.1 +
+               smooth_l1_loss(logits, target, 0.5) * 0.1 +
+               mean(kl_div(log_softmax(logits), softmax(target))) * 0.1 +
+               mean(cosine_similarity(logits, target)) * 0.1;
   optim::SGD sgd({.lr = 0.2, .momentum = 0.9, .nesterov = true});
   Value step = sgd.minimize(loss);
   Session session(g, {.device = device});
   train(session, model.parameters(),
-        {{x, normal({8, 6}, 9)}, {y, Tensor::from_vector<int64_t>({0, 1, 2, 0, 1, 2, 2, 1}, {8})}},
+        {{x, normal({8, 6}, 9)},
+         {y, Tensor::from_vector<int64_t>({0, 1, 2, 0, 1, 2, 2, 1}, {8})},
+         {target, normal({8, 3}, 10)}},
         {loss}, step, dir, 3);
 }
 

@@ -413,6 +413,7 @@ def activations(run):
     p = run.params
     x = torch.tensor(run.load("x.npy")).double()
     y = torch.tensor(run.load("y.npy"))
+    target = torch.tensor(run.load("target.npy")).double()
     chain = [lambda v: F.elu(v, 0.7), F.selu, lambda v: F.celu(v, 0.5),
              lambda v: F.prelu(v, p["act/prelu/weight"]), F.hardswish, F.mish,
              lambda v: F.softsign(v * 3), lambda v: F.relu6(v * 4),
@@ -423,7 +424,13 @@ def activations(run):
         h = x
         for i, f in enumerate(chain):
             h = f(linear(p, f"act/fc{i}", h))
-        loss = F.cross_entropy(linear(p, "act/head", h), y)
+        logits = linear(p, "act/head", h)
+        loss = (F.cross_entropy(logits, y) + F.l1_loss(logits, target) * 0.1 +
+                F.smooth_l1_loss(logits, target, beta=0.5) * 0.1 +
+                # reduction "mean" (Kiln's mean of kl_div), written as a sum: "mean" warns.
+                F.kl_div(F.log_softmax(logits, 1), F.softmax(target, 1), reduction="sum") /
+                logits.numel() * 0.1 +
+                F.cosine_similarity(logits, target).mean() * 0.1)
         loss.backward()
         sgd.step()
         run.check_step(step, [loss])
