@@ -315,7 +315,8 @@ Value as_plane(const char* layer, const std::string& path, const Value& x) {
 Pool2dOptions plane_window(const Pool1dOptions& options) {
   return {.kernel_size = {1, options.kernel_size},
           .stride = {1, options.stride > 0 ? options.stride : options.kernel_size},
-          .padding = {0, options.padding}};
+          .padding = {0, options.padding},
+          .ceil_mode = options.ceil_mode};
 }
 
 }  // namespace

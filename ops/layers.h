@@ -308,7 +308,8 @@ class AvgPool2d : public Module {
 struct Pool1dOptions {
   int64_t kernel_size = 2;
   int64_t stride = 0;
-  int64_t padding = 0;  ///< on both sides
+  int64_t padding = 0;     ///< on both sides
+  bool ceil_mode = false;  ///< as Pool2dOptions::ceil_mode
 };
 
 /// The maximum of each window of x [N, C, L] (PyTorch's MaxPool1d): max_pool2d over a height of

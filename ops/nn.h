@@ -155,11 +155,14 @@ Value conv_transpose2d(const Value& x, const Value& filter, const Conv2dOptions&
                        std::array<int64_t, 2> output_padding = {0, 0});
 
 /// Window of 2-D pooling. A stride of 0 means the window's size (PyTorch's default). Padding
-/// is at most half the window; windows start at the top left (floor mode).
+/// is at most half the window; windows start at the top left.
 struct Pool2dOptions {
   std::array<int64_t, 2> kernel_size{2, 2};
   std::array<int64_t, 2> stride{0, 0};
   std::array<int64_t, 2> padding{0, 0};
+  /// PyTorch's ceil_mode: the output size rounded up, so a last, partial window covers what
+  /// the floor leaves out (it must start inside the input or the left padding).
+  bool ceil_mode = false;
 };
 /// The maximum of each window of x [N, C, H, W] (NaN propagates; padding never wins). The
 /// gradient goes to each window's first maximum.

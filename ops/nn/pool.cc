@@ -81,9 +81,16 @@ TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
              kernel[0], ", ", kernel[1], ")");
   if (x.rank() != 4) ctx.fail("x must be 4-D (NCHW), got ", x);
   if (x[1] < 0 || x[2] < 0 || x[3] < 0) ctx.fail("x ", x, " needs known C, H, W");
+  const bool ceil_mode = ctx.attr<bool>("ceil_mode");
   Shape out{x[0], x[1], 0, 0};
   for (int d : {0, 1}) {
-    out[2 + d] = conv_output_size(x[2 + d], kernel[d], stride[d], padding[d], 1);
+    // PyTorch's rule: floor((in + 2 pad - kernel) / stride) + 1 windows, rounded up instead in
+    // ceil_mode as long as the last window starts inside the input or its left padding (so in
+    // ceil_mode a window may also be larger than the padded input).
+    const int64_t span = x[2 + d] + 2 * padding[d] - kernel[d] + (ceil_mode ? stride[d] - 1 : 0);
+    int64_t count = (span >= 0 ? span / stride[d] : -((-span + stride[d] - 1) / stride[d])) + 1;
+    if (ceil_mode && count >= 1 && (count - 1) * stride[d] >= x[2 + d] + padding[d]) --count;
+    out[2 + d] = count;
     if (out[2 + d] < 1)
       ctx.fail("x ", x, " is smaller than the window (", kernel[0], ", ", kernel[1], ")");
   }
@@ -175,8 +182,8 @@ void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
 // both passes run over contiguous memory and vectorize. kIndex keeps the winner's place in its
 // window (r * kernel_w + c).
 bool tiles(const ConvGeometry& g) {
-  return !g.adaptive && g.pad_h == 0 && g.pad_w == 0 && g.stride_h == g.kernel_h &&
-         g.stride_w == g.kernel_w && g.in_w == g.out_w * g.kernel_w;
+  return !g.adaptive && g.out_h * g.kernel_h <= g.in_h && g.pad_h == 0 && g.pad_w == 0 &&
+         g.stride_h == g.kernel_h && g.stride_w == g.kernel_w && g.in_w == g.out_w * g.kernel_w;
 }
 
 template <typename T>
@@ -527,7 +534,8 @@ void avg_pool_cpu(KernelContext& ctx) {
 AttrMap window_attrs(const Node& node) {
   return {{"kernel_size", node.attr<std::vector<int64_t>>("kernel_size")},
           {"stride", node.attr<std::vector<int64_t>>("stride")},
-          {"padding", node.attr<std::vector<int64_t>>("padding")}};
+          {"padding", node.attr<std::vector<int64_t>>("padding")},
+          {"ceil_mode", node.attr<bool>("ceil_mode")}};
 }
 // The backward op or the selection (`role`: "backward", "select") for max pool node `like`,
 // adaptive or not as it is, with like's positive_only (false for max_pool2d itself).
@@ -551,10 +559,11 @@ Value avg_backward_op(const Value& dy, const Node& like, const Shape& x) {
   return dy.graph()->add("avg_pool2d_backward", {dy}, attrs);
 }
 
-#define KILN_WINDOW_ATTRS                 \
-  attr("kernel_size", AttrType::integers) \
-      .attr("stride", AttrType::integers) \
-      .attr("padding", std::vector<int64_t>{0, 0})
+#define KILN_WINDOW_ATTRS                          \
+  attr("kernel_size", AttrType::integers)          \
+      .attr("stride", AttrType::integers)          \
+      .attr("padding", std::vector<int64_t>{0, 0}) \
+      .attr("ceil_mode", false)
 
 KILN_OP(max_pool2d)
     .input("x")
@@ -637,7 +646,8 @@ AttrMap pool_attrs(const Pool2dOptions& o) {
   const std::array<int64_t, 2> stride = o.stride[0] > 0 ? o.stride : o.kernel_size;
   return {{"kernel_size", std::vector<int64_t>{o.kernel_size[0], o.kernel_size[1]}},
           {"stride", std::vector<int64_t>{stride[0], stride[1]}},
-          {"padding", std::vector<int64_t>{o.padding[0], o.padding[1]}}};
+          {"padding", std::vector<int64_t>{o.padding[0], o.padding[1]}},
+          {"ceil_mode", o.ceil_mode}};
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "cases/op_cases.h"
 
@@ -18,7 +19,16 @@ std::vector<double> values(const Tensor& t) {
 
 struct Window {
   int64_t kh, kw, sh, sw, ph, pw, dh = 1, dw = 1;
+  bool ceil = false;  // pooling's ceil_mode
 };
+
+// Pooled size of one dim by PyTorch's rule (floor, or ceil while the last window starts inside
+// the input or its left padding).
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil) {
+  int64_t out = (in + 2 * p - k + (ceil ? s - 1 : 0)) / s + 1;
+  if (ceil && (out - 1) * s >= in + p) --out;
+  return out;
+}
 
 // y[n, o, i, j] = sum_{c, a, b} x[n, g Cg + c, i sh - ph + a dh, j sw - pw + b dw] w[o, c, a, b]
 Reference conv_reference(const Window& win, int64_t groups) {
@@ -58,8 +68,8 @@ Reference pool_reference(const Window& win, bool max, bool include_pad) {
     const Shape& xs = in[0].shape();
     const std::vector<double> x = values(in[0]);
     const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
-    const int64_t oh = (h + 2 * win.ph - win.kh) / win.sh + 1;
-    const int64_t ow = (wd + 2 * win.pw - win.kw) / win.sw + 1;
+    const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil);
+    const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil);
     std::vector<double> y;
     for (int64_t p = 0; p < planes; ++p)
       for (int64_t i = 0; i < oh; ++i)
@@ -114,7 +124,8 @@ AttrMap conv_attrs(const Window& w, int64_t groups) {
 AttrMap pool_attrs(const Window& w) {
   return {{"kernel_size", std::vector<int64_t>{w.kh, w.kw}},
           {"stride", std::vector<int64_t>{w.sh, w.sw}},
-          {"padding", std::vector<int64_t>{w.ph, w.pw}}};
+          {"padding", std::vector<int64_t>{w.ph, w.pw}},
+          {"ceil_mode", w.ceil}};
 }
 
 }  // namespace
@@ -258,6 +269,40 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
          [attrs](CaseGraph& c) {
            return c.g.add("avg_pool2d_backward", {c.input({2, 3, 3, 8})}, attrs);
          }});
+  }
+  // ceil_mode: a last, partial window along H (padded: 6 rows give 4 windows, not 3) and along
+  // both dims of an unpadded 2 x 2 pool of 5 x 8 (columns tile, but the last row of windows
+  // overruns the input: not the tiled path).
+  const Window ceil_padded{3, 3, 2, 2, 1, 1, 1, 1, true}, ceil_square{2, 2, 2, 2, 0, 0, 1, 1, true};
+  for (const auto& ceil_case :
+       {std::tuple{"padded", ceil_padded, Shape{2, 3, 6, 7}, Shape{2, 3, 4, 4}},
+        std::tuple{"square", ceil_square, Shape{2, 2, 5, 8}, Shape{2, 2, 3, 4}}}) {
+    // Copies, not structured bindings: the lambdas capture them.
+    const auto& [name, win, x_ref, pooled_ref] = ceil_case;
+    const Shape x = x_ref, pooled = pooled_ref;
+    const AttrMap attrs = pool_attrs(win);
+    add({.op = "max_pool2d",
+         .name = str("max_pool2d_ceil_", name),
+         .build = [attrs, x](CaseGraph& c) { return c.g.add("max_pool2d", {c.input(x)}, attrs); },
+         .reference = pool_reference(win, true, true)});
+    add({"max_pool2d_backward", str("max_pool2d_backward_ceil_", name),
+         [attrs, x, pooled](CaseGraph& c) {
+           return c.g.add("max_pool2d_backward", {c.input(x), c.input(pooled)}, attrs);
+         }});
+    for (bool include : {true, false}) {
+      AttrMap avg = attrs;
+      avg["count_include_pad"] = include;
+      add({.op = "avg_pool2d",
+           .name = str("avg_pool2d_ceil_", name, include ? "" : "_exclude_pad"),
+           .build = [avg, x](CaseGraph& c) { return c.g.add("avg_pool2d", {c.input(x)}, avg); },
+           .reference = pool_reference(win, false, include)});
+      avg["input_size"] = std::vector<int64_t>{x[2], x[3]};
+      add({"avg_pool2d_backward",
+           str("avg_pool2d_backward_ceil_", name, include ? "" : "_exclude_pad"),
+           [avg, pooled](CaseGraph& c) {
+             return c.g.add("avg_pool2d_backward", {c.input(pooled)}, avg);
+           }});
+    }
   }
   // Adaptive max pooling: uneven overlapping windows (7 x 5 into 3 x 2), windows that tile the
   // input (the ordinary window's fast paths), and more outputs than inputs (windows repeat).

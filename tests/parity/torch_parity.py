@@ -150,6 +150,7 @@ def conv_and_pool(op, args, attrs):
             return args[1].flatten(2).gather(2, idx.flatten(2)).view_as(y)
     if "pool2d" in op:
         win = window(attrs, "kernel_size", "stride", "padding")
+        win["ceil_mode"] = attrs.get("ceil_mode") == "1"
         if op == "max_pool2d":
             return F.max_pool2d(a, **win)
         # positive_only: relu's gradient folded in, windows whose maximum is not > 0 give 0.
