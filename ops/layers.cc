@@ -173,6 +173,32 @@ Value Conv1d::forward(const Value& x) {
 
 // ---- ConvTranspose2d.
 
+ConvTranspose1d::ConvTranspose1d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+                                 int64_t kernel_size, Conv1dOptions conv, int64_t output_padding,
+                                 LayerOptions options)
+    : Module(graph, name), in_(in), conv_(conv), output_padding_(output_padding) {
+  check_convolution("ConvTranspose1d", path(), in, out, conv.groups, {kernel_size});
+  const int64_t fan_in = out / conv.groups * kernel_size;
+  weight = fan_in_variable("weight", {in, out / conv.groups, kernel_size}, fan_in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
+}
+
+Value ConvTranspose1d::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 3 && (s[1] < 0 || s[1] == in_), GraphError, "[nn] ConvTranspose1d ",
+             path(), ": expects [N, ", in_, ", L], got ", s);
+  // [N, C, L] as [N, C, 1, L], the weight [C, O / groups, K] as [C, O / groups, 1, K].
+  const Shape& w = weight.shape();
+  Value y = conv_transpose2d(expand_dims(x, 2), reshape(weight, {w[0], w[1], 1, w[2]}),
+                             {.stride = {1, conv_.stride},
+                              .padding = {0, conv_.padding},
+                              .dilation = {1, conv_.dilation},
+                              .groups = conv_.groups},
+                             {0, output_padding_});
+  y = squeeze(y, 2);
+  return bias.defined() ? y + reshape(bias, {1, -1, 1}) : y;
+}
+
 ConvTranspose2d::ConvTranspose2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
                                  std::array<int64_t, 2> kernel_size, Conv2dOptions conv,
                                  std::array<int64_t, 2> output_padding, LayerOptions options)

@@ -146,6 +146,25 @@ class Conv1d : public Module {
   Conv1dOptions conv_;
 };
 
+/// The transposed 1-D convolution (PyTorch's ConvTranspose1d) of x [N, in, L] with weight [in,
+/// out / groups, K] plus bias [out]; `output_padding` adds positions at the end. Runs as
+/// conv_transpose2d over a height of 1; PyTorch's initialization (fan-in out / groups K).
+class ConvTranspose1d : public Module {
+ public:
+  ConvTranspose1d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+                  int64_t kernel_size, Conv1dOptions conv = {}, int64_t output_padding = 0,
+                  LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t in_;
+  Conv1dOptions conv_;
+  int64_t output_padding_;
+};
+
 /// The transposed convolution (PyTorch's ConvTranspose2d) of x [N, in, H, W] with weight [in,
 /// out / groups, KH, KW] plus bias [out]; `output_padding` adds rows and columns at the bottom
 /// right, as PyTorch's. PyTorch's initialization: uniform in +-1 / sqrt(out / groups KH KW).

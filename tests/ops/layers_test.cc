@@ -338,6 +338,15 @@ TEST(Layers, Conv1dIsTheDirectSumAndPoolingLayersAreTheirFunctions) {
                            {"[nn] Conv1d odd", "4 -> 5", "groups 2"});
   expect_error<GraphError>([&] { nn::Conv1d(g, "empty", 4, 4, 0); },
                            {"[nn] Conv1d empty", "kernel size 0", "positive"});
+  nn::ConvTranspose1d up(g, "up", 4, 6, 3, {.stride = 2});
+  EXPECT_EQ(up(x).shape(), Shape({2, 6, 19}));  // (9 - 1) 2 + 3
+  expect_error<GraphError>(
+      [&] {
+        up(g.placeholder("flat_up", f32, {2, 4}));
+      },
+      {"[nn] ConvTranspose1d up", "[N, 4, L]", "[2, 4]"});
+  expect_error<GraphError>([&] { nn::ConvTranspose1d(g, "odd_up", 4, 5, 3, {.groups = 2}); },
+                           {"[nn] ConvTranspose1d odd_up", "4 -> 5", "groups 2"});
   expect_error<GraphError>(
       [&] {
         nn::Conv2d(g, "flat", 4, 4, {3, -1});

@@ -20,7 +20,8 @@
 //        give -> mean over the real tokens -> Linear; cross entropy; Adam with L2 weight decay.
 //   text_cnn: PyTorch's modules again (nn.Sequential of Embedding... Conv1d, ReLU, Flatten,
 //        Linear): Embedding -> Conv1d (padding) -> ReLU -> Conv1d (stride, dilation, groups, no
-//        bias) -> Flatten -> Linear; cross entropy; SGD with Nesterov momentum and weight decay.
+//        bias) -> ConvTranspose1d (stride, padding, dilation, groups, output padding) -> Flatten
+//        -> Linear; cross entropy; SGD with Nesterov momentum and weight decay.
 //   pool: PyTorch's modules (one nn.Sequential): Conv2d -> AdaptiveMaxPool2d to 5 x 4 and
 //        AdaptiveAvgPool2d to 3 x 2 (uneven, overlapping windows from 7 x 5) -> Flatten -> Linear
 //        -> BatchNorm1d -> ReLU -> Unflatten to [N, 2, 6] -> MaxPool1d (stride 2, padding 1) ->
@@ -264,8 +265,11 @@ void text_cnn(const std::filesystem::path& dir, Device device) {
   convs.add("relu", [](const Value& v) { return relu(v); });
   convs.add<nn::Conv1d>("c2", 12, 12, 3, nn::Conv1dOptions{.stride = 2, .dilation = 2, .groups = 3},
                         nn::LayerOptions{.bias = false});
-  convs.add<nn::Flatten>("flatten");  // [B, 12, 3] -> [B, 36]
-  convs.add<nn::Linear>("head", 36, 3);
+  // [B, 12, 3] -> [B, 4, 8]: (3 - 1) 2 - 2 + 2 (3 - 1) + 1 + 1.
+  convs.add<nn::ConvTranspose1d>(
+      "up", 12, 4, 3, nn::Conv1dOptions{.stride = 2, .padding = 1, .dilation = 2, .groups = 2}, 1);
+  convs.add<nn::Flatten>("flatten");  // [B, 32]
+  convs.add<nn::Linear>("head", 32, 3);
   // Embedding rows [B, T, C] -> channels first for the convolutions.
   Value logits = convs(transpose(embed(ids), {0, 2, 1}));
   Value loss = cross_entropy(logits, labels);

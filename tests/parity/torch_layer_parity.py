@@ -310,12 +310,15 @@ def text_cnn(run):
     embed = torch.nn.Embedding(9, 6)
     c1 = torch.nn.Conv1d(6, 12, 3, padding=1)
     c2 = torch.nn.Conv1d(12, 12, 3, stride=2, dilation=2, groups=3, bias=False)
-    head = torch.nn.Linear(36, 3)
-    convs = torch.nn.Sequential(c1, torch.nn.ReLU(), c2, torch.nn.Flatten(), head)
-    # Conv1d's weight layout is Kiln's; Linear's is transposed.
+    up = torch.nn.ConvTranspose1d(12, 4, 3, stride=2, padding=1, dilation=2, groups=2,
+                                  output_padding=1)
+    head = torch.nn.Linear(32, 3)
+    convs = torch.nn.Sequential(c1, torch.nn.ReLU(), c2, up, torch.nn.Flatten(), head)
+    # Conv1d's and ConvTranspose1d's weight layouts are Kiln's; Linear's is transposed.
     where = {"embed/weight": (embed.weight, None, False),
              "convs/c1/weight": (c1.weight, None, False), "convs/c1/bias": (c1.bias, None, False),
-             "convs/c2/weight": (c2.weight, None, False)}
+             "convs/c2/weight": (c2.weight, None, False),
+             "convs/up/weight": (up.weight, None, False), "convs/up/bias": (up.bias, None, False)}
     linear_place(where, "convs/head", head)
     port = Port(run, where)
     if not port.valid:
