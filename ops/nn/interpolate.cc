@@ -5,7 +5,9 @@
 // products'. Nearest by a whole factor is a broadcast instead (each input repeated k times: no
 // arithmetic). The weights follow PyTorch's source-index rules (aten's UpSample.h):
 //   scale     align_corners: (in - 1) / (out - 1) (0 when out is 1); else 1 / scale_factor
-//             when one was given, in / out otherwise
+//             when one was given, in / out otherwise (in float for nearest, as aten; in double
+//             for linear and cubic, where aten's CPU f32 kernels mix float and double: at
+//             thousands of positions theirs move by up to ~1e-4 of a step)
 //   nearest   src = min(floor(dst scale), in - 1)
 //   nearest_exact  src = min(floor((dst + 1/2) scale), in - 1)
 //   linear    src = dst scale (align_corners) or max((dst + 1/2) scale - 1/2, 0); weights
@@ -47,22 +49,31 @@ T cubic_weight(T d) {
   return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a;
 }
 
-// The [out, in] weights of one dim (row i: output i's weights over the inputs), computed in T
-// as PyTorch computes them for that dtype (float for f32 and 16-bit inputs, double for f64), so
-// that floor() picks the same positions. `scale_factor` is the user's (0: none given).
+// Output i's weights over the inputs along one dim: (input position, weight) pairs, at most four,
+// each position once, no zero weights.
+using WeightRows = std::vector<std::vector<std::pair<int64_t, double>>>;
+
+// The weights of one dim, the positions computed in T. `scale_factor` is the user's (0: none
+// given).
 template <typename T>
-std::vector<double> resize_weights(InterpolateMode mode, bool align_corners, int64_t in,
-                                   int64_t out, double scale_factor) {
+WeightRows resize_weights(InterpolateMode mode, bool align_corners, int64_t in, int64_t out,
+                          double scale_factor) {
   T scale;
   if (align_corners)
     scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
   else
     scale = scale_factor > 0 ? static_cast<T>(1.0 / scale_factor)
                              : static_cast<T>(in) / static_cast<T>(out);
-  std::vector<double> w(static_cast<size_t>(out * in), 0.0);
+  WeightRows rows(static_cast<size_t>(out));
   auto add = [&](int64_t i, int64_t j, T v) {
-    j = std::min(std::max<int64_t>(j, 0), in - 1);
-    w[static_cast<size_t>(i * in + j)] += static_cast<double>(v);
+    j = std::min(std::max<int64_t>(j, 0), in - 1);  // clamped taps add to the edge position
+    auto& row = rows[static_cast<size_t>(i)];
+    for (auto& [position, weight] : row)
+      if (position == j) {
+        weight += static_cast<double>(v);
+        return;
+      }
+    row.emplace_back(j, static_cast<double>(v));
   };
   auto floor_of = [](T v) { return static_cast<int64_t>(std::floor(v)); };
   for (int64_t i = 0; i < out; ++i) {
@@ -94,16 +105,28 @@ std::vector<double> resize_weights(InterpolateMode mode, bool align_corners, int
       }
     }
   }
-  return w;
+  for (auto& row : rows)
+    std::erase_if(row, [](const std::pair<int64_t, double>& tap) { return tap.second == 0; });
+  return rows;
 }
 
-// Whether weights `w` [out, in] pick input i / k alone for output i (k = out / in): a repeat.
-bool repeats(const std::vector<double>& w, int64_t in, int64_t out) {
+// Whether the weights pick input i / k alone for output i (k = out / in): a repeat.
+bool repeats(const WeightRows& rows, int64_t in, int64_t out) {
   if (out % in != 0) return false;
-  for (int64_t i = 0; i < out; ++i)
-    for (int64_t j = 0; j < in; ++j)
-      if (w[static_cast<size_t>(i * in + j)] != (j == i / (out / in) ? 1.0 : 0.0)) return false;
+  for (int64_t i = 0; i < out; ++i) {
+    const auto& row = rows[static_cast<size_t>(i)];
+    if (row.size() != 1 || row[0].first != i / (out / in) || row[0].second != 1.0) return false;
+  }
   return true;
+}
+
+// The weights as a dense [out, in] matrix (transposed: [in, out]).
+std::vector<double> dense(const WeightRows& rows, int64_t in, int64_t out, bool transposed) {
+  std::vector<double> m(static_cast<size_t>(in * out), 0.0);
+  for (int64_t i = 0; i < out; ++i)
+    for (const auto& [j, weight] : rows[static_cast<size_t>(i)])
+      m[static_cast<size_t>(transposed ? j * out + i : i * in + j)] = weight;
+  return m;
 }
 
 // A constant of x's dtype holding `values` (f16/bf16: made in f32 and cast).
@@ -115,6 +138,10 @@ Value constant_like(const Value& x, const std::vector<double>& values, const Sha
                Tensor::from_vector(std::vector<float>(values.begin(), values.end()), shape), name);
   return x.dtype() == f32 ? m : cast(m, x.dtype());
 }
+
+// Above this many entries (in x out) a dim's dense weight matrix is too large to hold and its
+// product too slow (in flops per output): the taps are gathered instead.
+constexpr int64_t kDenseLimit = int64_t{1} << 20;
 
 // Below this many elements after the resized axis, a product per leading entry is too small to
 // run at the gemm's speed (per-call cost dominates), and the axis is moved last instead.
@@ -139,9 +166,12 @@ Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mod
   std::vector<int64_t> result_dims(s.dims().begin(), s.dims().end());
   result_dims[static_cast<size_t>(axis)] = out;
   for (int64_t& d : result_dims) d = d < 0 ? -1 : d;
-  const std::vector<double> w =
-      x.dtype() == f64 ? resize_weights<double>(mode, align_corners, in, out, scale_factor)
-                       : resize_weights<float>(mode, align_corners, in, out, scale_factor);
+  // Nearest picks positions in float whatever the dtype, as aten's nearest_idx does (the pick is
+  // discrete: another rounding could pick another input); linear and cubic weights are
+  // continuous in the position, which is computed in double.
+  const bool nearest = mode == InterpolateMode::nearest || mode == InterpolateMode::nearest_exact;
+  const WeightRows w = nearest ? resize_weights<float>(mode, align_corners, in, out, scale_factor)
+                               : resize_weights<double>(mode, align_corners, in, out, scale_factor);
   if (repeats(w, in, out)) {
     // Each input position repeated out / in times: [..., in, 1, rest] to [..., in, k, rest] by
     // a broadcast, or (an unknown batch) a product with ones of [in, k, rest].
@@ -155,17 +185,43 @@ Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mod
                           Shape{in, out / in, rest}, "repeat_ones");
     return reshape(repeated, Shape(result_dims));
   }
+  if (in * out > kDenseLimit) {
+    // y = sum over taps t of gather(x, position_t, axis) weight_t, the weights [out, 1, ...]
+    // broadcast over the later dims (a row with fewer taps repeats its first at weight 0).
+    size_t taps = 0;
+    for (const auto& row : w) taps = std::max(taps, row.size());
+    std::vector<int64_t> trailing(static_cast<size_t>(s.rank() - axis), 1);
+    trailing[0] = out;
+    Value y;
+    for (size_t t = 0; t < taps; ++t) {
+      std::vector<int64_t> positions(static_cast<size_t>(out));
+      std::vector<double> weights(static_cast<size_t>(out), 0.0);
+      for (int64_t i = 0; i < out; ++i) {
+        const auto& row = w[static_cast<size_t>(i)];
+        const auto& tap = t < row.size() ? row[t] : row[0];
+        positions[static_cast<size_t>(i)] = tap.first;
+        if (t < row.size()) weights[static_cast<size_t>(i)] = tap.second;
+      }
+      const Value picked = gather(
+          x, constant(*x.graph(), Tensor::from_vector(positions, Shape{out}), str("taps_", t)),
+          axis);
+      const bool unit =
+          std::all_of(weights.begin(), weights.end(), [](double v) { return v == 1; });
+      const Value term =
+          unit ? picked
+               : picked * constant_like(x, weights, Shape(trailing), str("tap_weights_", t));
+      y = y.defined() ? y + term : term;
+    }
+    return y;
+  }
   if (axis + 1 == s.rank() || rest >= kBatchedRest) {
     // [out, in] x [..., in, rest]: one product per leading entry (just one for the last axis,
     // x [..., in] times the weights' transpose).
-    if (axis + 1 == s.rank()) {
-      std::vector<double> wt(w.size());
-      for (int64_t i = 0; i < out; ++i)
-        for (int64_t j = 0; j < in; ++j)
-          wt[static_cast<size_t>(j * out + i)] = w[static_cast<size_t>(i * in + j)];
-      return matmul(x, constant_like(x, wt, Shape{in, out}, str("resize_", axis)));
-    }
-    const Value m = constant_like(x, w, Shape{out, in}, str("resize_", axis));
+    if (axis + 1 == s.rank())
+      return matmul(
+          x, constant_like(x, dense(w, in, out, true), Shape{in, out}, str("resize_", axis)));
+    const Value m =
+        constant_like(x, dense(w, in, out, false), Shape{out, in}, str("resize_", axis));
     return reshape(matmul(m, reshape(x, shaped({in, rest}))), Shape(result_dims));
   }
   // A short rest would make many small products (one per leading entry): move the axis last

@@ -171,6 +171,23 @@ TEST(NnFunctional, InterpolateRunsAtAnyBatchInEveryFloatType) {
     const Tensor one = testing::random_tensor(f32, {1, 3, 5, 4}, -2, 2, 32);
     EXPECT_EQ(s.run({{unknown, one}}, {ys[1]})[0].shape()[0], 1);
   }
+  // An audio-sized dim (16,000 -> 32,000: a dense weight matrix would hold 512M entries) gathers
+  // its two taps instead: a ramp's linear interpolation with align_corners is the ramp again.
+  {
+    Graph g;
+    Value x = g.placeholder("x", f64, {-1, 1, 16000});
+    Value y =
+        interpolate(x, {.size = {32000}, .mode = InterpolateMode::linear, .align_corners = true});
+    std::vector<double> ramp(16000);
+    for (size_t j = 0; j < ramp.size(); ++j) ramp[j] = static_cast<double>(j);
+    const std::vector<double> got =
+        testing::values(testing::run1(g, y, {{x, Tensor::from_vector(ramp, {1, 1, 16000})}}));
+    ASSERT_EQ(got.size(), 32000u);
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, std::abs(got[i] - static_cast<double>(i) * 15999 / 31999));
+    EXPECT_LT(worst, 1e-9);
+  }
   Graph g;
   Value x = g.placeholder("x", f32, {2, 3, 5, 4});
   expect_error<GraphError>(

@@ -481,6 +481,10 @@ void interpolation(const std::filesystem::path& dir, Device device) {
       {{1, 2, 3, 4, 2}, M::nearest, {}, {2, 1, 3}},
       // 576 elements after the first axis: a product per leading entry, not the axis moved last.
       {{1, 2, 2, 24, 24}, M::linear, {3, 30, 20}, {}},
+      // Dims whose dense weights would pass 2^20 entries: the taps gathered.
+      {{1, 2, 1200}, M::linear, {2500}, {}},
+      {{1, 1, 1030, 4}, M::cubic, {2100, 5}, {}},
+      {{1, 1, 1100}, M::nearest, {1500}, {}},
   };
   std::ofstream cases(dir / "cases.txt");
   for (size_t k = 0; k < table.size(); ++k) {
