@@ -34,6 +34,11 @@ Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end
 /// count from the end): result shape is params[:axis] + indices.shape + params[axis+1:].
 /// An index out of range is an error when the graph runs.
 Value gather(const Value& params, const Value& indices, int64_t axis = 0);
+/// Elements of `params` picked along `axis` by integer `indices` of the same rank (PyTorch's
+/// torch.gather, NumPy's take_along_axis): out[.., j, ..] = params[.., indices[.., j, ..], ..],
+/// shaped like indices, whose dims other than `axis` must equal params'. Indices must lie in
+/// [0, params.shape[axis]): any other is an error when the graph runs, naming it.
+Value take_along_axis(const Value& params, const Value& indices, int64_t axis);
 /// Elementwise conversion to `dtype` (floats to integers truncate; to bool is "not zero").
 Value cast(const Value& x, DType dtype);
 /// A constant holding `value` (copied into the graph, so it is saved with it): the same as

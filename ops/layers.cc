@@ -156,19 +156,39 @@ Conv1d::Conv1d(Graph& graph, const std::string& name, int64_t in, int64_t out, i
   if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
 }
 
-Value Conv1d::forward(const Value& x) {
+namespace {
+
+// A 1-D convolution layer's input [N, in, L] as [N, in, 1, L], checked; its weight [A, B, K] as
+// [A, B, 1, K]; its window over a height of 1.
+Value as_height_one(const char* layer, const std::string& path, int64_t in, const Value& x) {
   const Shape& s = x.shape();
-  KILN_CHECK(s.rank() == 3 && (s[1] < 0 || s[1] == in_), GraphError, "[nn] Conv1d ", path(),
-             ": expects [N, ", in_, ", L], got ", s);
-  // [N, C, L] as [N, C, 1, L], the weight [O, C / groups, K] as [O, C / groups, 1, K].
+  KILN_CHECK(s.rank() == 3 && (s[1] < 0 || s[1] == in), GraphError, "[nn] ", layer, " ", path,
+             ": expects [N, ", in, ", L], got ", s);
+  return expand_dims(x, 2);
+}
+Value filter_of_height_one(const Value& weight) {
   const Shape& w = weight.shape();
-  Value y = conv2d(expand_dims(x, 2), reshape(weight, {w[0], w[1], 1, w[2]}),
-                   {.stride = {1, conv_.stride},
-                    .padding = {0, conv_.padding},
-                    .dilation = {1, conv_.dilation},
-                    .groups = conv_.groups});
-  y = squeeze(y, 2);
-  return bias.defined() ? y + reshape(bias, {1, -1, 1}) : y;
+  return reshape(weight, {w[0], w[1], 1, w[2]});
+}
+Conv2dOptions window_of_height_one(const Conv1dOptions& conv) {
+  return {.stride = {1, conv.stride},
+          .padding = {0, conv.padding},
+          .dilation = {1, conv.dilation},
+          .groups = conv.groups,
+          .padding_mode = conv.padding_mode};
+}
+// [N, out, 1, L'] back to [N, out, L'] plus the bias per channel.
+Value from_height_one(const Value& y, const Value& bias) {
+  const Value squeezed = squeeze(y, 2);
+  return bias.defined() ? squeezed + reshape(bias, {1, -1, 1}) : squeezed;
+}
+
+}  // namespace
+
+Value Conv1d::forward(const Value& x) {
+  return from_height_one(conv2d(as_height_one("Conv1d", path(), in_, x),
+                                filter_of_height_one(weight), window_of_height_one(conv_)),
+                         bias);
 }
 
 // ---- ConvTranspose2d.
@@ -184,19 +204,10 @@ ConvTranspose1d::ConvTranspose1d(Graph& graph, const std::string& name, int64_t 
 }
 
 Value ConvTranspose1d::forward(const Value& x) {
-  const Shape& s = x.shape();
-  KILN_CHECK(s.rank() == 3 && (s[1] < 0 || s[1] == in_), GraphError, "[nn] ConvTranspose1d ",
-             path(), ": expects [N, ", in_, ", L], got ", s);
-  // [N, C, L] as [N, C, 1, L], the weight [C, O / groups, K] as [C, O / groups, 1, K].
-  const Shape& w = weight.shape();
-  Value y = conv_transpose2d(expand_dims(x, 2), reshape(weight, {w[0], w[1], 1, w[2]}),
-                             {.stride = {1, conv_.stride},
-                              .padding = {0, conv_.padding},
-                              .dilation = {1, conv_.dilation},
-                              .groups = conv_.groups},
-                             {0, output_padding_});
-  y = squeeze(y, 2);
-  return bias.defined() ? y + reshape(bias, {1, -1, 1}) : y;
+  return from_height_one(conv_transpose2d(as_height_one("ConvTranspose1d", path(), in_, x),
+                                          filter_of_height_one(weight), window_of_height_one(conv_),
+                                          {0, output_padding_}),
+                         bias);
 }
 
 ConvTranspose2d::ConvTranspose2d(Graph& graph, const std::string& name, int64_t in, int64_t out,
@@ -276,6 +287,24 @@ Value GroupNorm::forward(const Value& x) {
   KILN_CHECK(s.rank() >= 2 && (s[1] < 0 || s[1] == channels_), GraphError, "[nn] GroupNorm ",
              path(), ": expects [N, ", channels_, ", ...], got ", s);
   return group_norm(x, groups_, weight, bias, eps_);
+}
+
+InstanceNorm::InstanceNorm(Graph& graph, const std::string& name, const char* kind, int64_t rank,
+                           int64_t channels, double eps, bool affine)
+    : Module(graph, name), kind_(kind), rank_(rank), channels_(channels), eps_(eps) {
+  KILN_CHECK(channels > 0, GraphError, "[nn] ", kind, " ", path(), ": ", channels,
+             " channels must be positive");
+  if (affine) {
+    weight = variable("weight", {channels}, init::constant(1));
+    bias = variable("bias", {channels}, init::zeros());
+  }
+}
+
+Value InstanceNorm::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == rank_ && (s[1] < 0 || s[1] == channels_), GraphError, "[nn] ", kind_, " ",
+             path(), ": expects [N, ", channels_, rank_ == 3 ? ", L]" : ", H, W]", ", got ", s);
+  return group_norm(x, channels_, weight, bias, eps_);
 }
 
 RMSNorm::RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps, bool affine)
@@ -386,10 +415,23 @@ Value window_averages(Graph& graph, const Value& x, int64_t in, int64_t out, boo
 
 }  // namespace
 
+namespace {
+
+// An adaptive pooling layer's output size: every extent positive.
+void check_output_size(const char* layer, const std::string& path,
+                       std::initializer_list<int64_t> size) {
+  std::string shown;
+  for (int64_t extent : size) shown += (shown.empty() ? "" : "x") + std::to_string(extent);
+  for (int64_t extent : size)
+    KILN_CHECK(extent > 0, GraphError, "[nn] ", layer, " ", path, ": output size ", shown,
+               " must be positive");
+}
+
+}  // namespace
+
 AdaptiveAvgPool1d::AdaptiveAvgPool1d(Graph& graph, const std::string& name, int64_t output_size)
     : Module(graph, name), output_size_(output_size) {
-  KILN_CHECK(output_size > 0, GraphError, "[nn] AdaptiveAvgPool1d ", path(), ": output size ",
-             output_size, " must be positive");
+  check_output_size("AdaptiveAvgPool1d", path(), {output_size});
 }
 
 Value AdaptiveAvgPool1d::forward(const Value& x) {
@@ -402,8 +444,7 @@ Value AdaptiveAvgPool1d::forward(const Value& x) {
 AdaptiveAvgPool2d::AdaptiveAvgPool2d(Graph& graph, const std::string& name,
                                      std::array<int64_t, 2> output_size)
     : Module(graph, name), output_size_(output_size) {
-  KILN_CHECK(output_size[0] > 0 && output_size[1] > 0, GraphError, "[nn] AdaptiveAvgPool2d ",
-             path(), ": output size ", output_size[0], "x", output_size[1], " must be positive");
+  check_output_size("AdaptiveAvgPool2d", path(), {output_size[0], output_size[1]});
 }
 
 Value AdaptiveAvgPool2d::forward(const Value& x) {
@@ -418,8 +459,7 @@ Value AdaptiveAvgPool2d::forward(const Value& x) {
 
 AdaptiveMaxPool1d::AdaptiveMaxPool1d(Graph& graph, const std::string& name, int64_t output_size)
     : Module(graph, name), output_size_(output_size) {
-  KILN_CHECK(output_size > 0, GraphError, "[nn] AdaptiveMaxPool1d ", path(), ": output size ",
-             output_size, " must be positive");
+  check_output_size("AdaptiveMaxPool1d", path(), {output_size});
 }
 
 Value AdaptiveMaxPool1d::forward(const Value& x) {
@@ -430,8 +470,7 @@ Value AdaptiveMaxPool1d::forward(const Value& x) {
 AdaptiveMaxPool2d::AdaptiveMaxPool2d(Graph& graph, const std::string& name,
                                      std::array<int64_t, 2> output_size)
     : Module(graph, name), output_size_(output_size) {
-  KILN_CHECK(output_size[0] > 0 && output_size[1] > 0, GraphError, "[nn] AdaptiveMaxPool2d ",
-             path(), ": output size ", output_size[0], "x", output_size[1], " must be positive");
+  check_output_size("AdaptiveMaxPool2d", path(), {output_size[0], output_size[1]});
 }
 
 PReLU::PReLU(Graph& graph, const std::string& name, int64_t num_parameters, double init)
@@ -443,6 +482,28 @@ PReLU::PReLU(Graph& graph, const std::string& name, int64_t num_parameters, doub
 
 Upsample::Upsample(Graph& graph, const std::string& name, InterpolateOptions options)
     : Module(graph, name), options_(std::move(options)) {}
+
+Pad::Pad(Graph& graph, const std::string& name, std::vector<std::pair<int64_t, int64_t>> widths,
+         PadMode mode, double value)
+    : Module(graph, name), widths_(std::move(widths)), mode_(mode), value_(value) {}
+
+Value Pad::forward(const Value& x) {
+  return pad(x, widths_, mode_, value_);
+}
+
+PixelShuffle::PixelShuffle(Graph& graph, const std::string& name, int64_t factor)
+    : Module(graph, name), factor_(factor) {}
+
+Value PixelShuffle::forward(const Value& x) {
+  return pixel_shuffle(x, factor_);
+}
+
+PixelUnshuffle::PixelUnshuffle(Graph& graph, const std::string& name, int64_t factor)
+    : Module(graph, name), factor_(factor) {}
+
+Value PixelUnshuffle::forward(const Value& x) {
+  return pixel_unshuffle(x, factor_);
+}
 
 Flatten::Flatten(Graph& graph, const std::string& name, int64_t start_axis, int64_t end_axis)
     : Module(graph, name), start_axis_(start_axis), end_axis_(end_axis) {}

@@ -127,6 +127,7 @@ struct Conv1dOptions {
   int64_t padding = 0;  ///< zeros added on both sides
   int64_t dilation = 1;
   int64_t groups = 1;
+  PadMode padding_mode = PadMode::constant;  ///< as Conv2dOptions::padding_mode
 };
 
 /// conv1d of x [N, in, L] with weight [out, in / groups, K] plus bias [out] (PyTorch's Conv1d:
@@ -250,6 +251,43 @@ class GroupNorm : public Module {
  private:
   int64_t groups_, channels_;
   double eps_;
+};
+
+/// Instance norm of x [N, C, ...]: each channel of each example normalized over its positions
+/// (group_norm with one channel per group), then per-channel weight (1) and bias (0) when
+/// `affine` (PyTorch's InstanceNorm1d/2d, whose affine is off by default). No running
+/// statistics are kept (PyTorch's default track_running_stats=False): evaluation normalizes
+/// each instance too.
+class InstanceNorm : public Module {
+ public:
+  Value weight, bias;
+
+ protected:
+  /// `kind` names the layer in errors; `rank` is the input rank it takes.
+  InstanceNorm(Graph& graph, const std::string& name, const char* kind, int64_t rank,
+               int64_t channels, double eps, bool affine);
+  Value forward(const Value& x) override;
+
+ private:
+  const char* kind_;
+  int64_t rank_, channels_;
+  double eps_;
+};
+
+/// Instance norm of x [N, C, L] (PyTorch's InstanceNorm1d).
+class InstanceNorm1d : public InstanceNorm {
+ public:
+  InstanceNorm1d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
+                 bool affine = false)
+      : InstanceNorm(graph, name, "InstanceNorm1d", 3, channels, eps, affine) {}
+};
+
+/// Instance norm of x [N, C, H, W] (PyTorch's InstanceNorm2d).
+class InstanceNorm2d : public InstanceNorm {
+ public:
+  InstanceNorm2d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
+                 bool affine = false)
+      : InstanceNorm(graph, name, "InstanceNorm2d", 4, channels, eps, affine) {}
 };
 
 /// RMS norm over the last dims `shape`, then weight (1) unless `affine` is false.
@@ -434,6 +472,46 @@ class Upsample : public Module {
 
  private:
   InterpolateOptions options_;
+};
+
+/// pad(x, widths, mode, value) as a layer (PyTorch's ZeroPad2d, ConstantPad1d/2d,
+/// ReflectionPad1d/2d, ReplicationPad1d/2d, CircularPad1d/2d: widths innermost dim first).
+class Pad : public Module {
+ public:
+  Pad(Graph& graph, const std::string& name, std::vector<std::pair<int64_t, int64_t>> widths,
+      PadMode mode = PadMode::constant, double value = 0);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::vector<std::pair<int64_t, int64_t>> widths_;
+  PadMode mode_;
+  double value_;
+};
+
+/// pixel_shuffle(x, factor) as a layer (PyTorch's PixelShuffle).
+class PixelShuffle : public Module {
+ public:
+  PixelShuffle(Graph& graph, const std::string& name, int64_t factor);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t factor_;
+};
+
+/// pixel_unshuffle(x, factor) as a layer (PyTorch's PixelUnshuffle).
+class PixelUnshuffle : public Module {
+ public:
+  PixelUnshuffle(Graph& graph, const std::string& name, int64_t factor);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t factor_;
 };
 
 /// flatten(x, start_axis, end_axis) as a layer (PyTorch's Flatten: from dim 1 by default).

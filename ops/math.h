@@ -148,4 +148,9 @@ Value argmax(const Value& x, int64_t axis, bool keepdims = false);
 /// Index (i64) of the smallest element along `axis`; the first one on ties.
 Value argmin(const Value& x, int64_t axis, bool keepdims = false);
 
+/// Running sums along `axis` (PyTorch's cumsum, TensorFlow's cumsum with its flags): y[j] =
+/// x[0] + ... + x[j]; `exclusive` leaves x[j] out (y[0] = 0), `reverse` sums from the end.
+/// Floating (added in double on the CPU) or i32/i64 (wrapping).
+Value cumsum(const Value& x, int64_t axis, bool exclusive = false, bool reverse = false);
+
 }  // namespace kiln

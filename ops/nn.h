@@ -32,6 +32,15 @@ Value softmax_cross_entropy(const Value& logits, const Value& labels, int64_t ig
 /// cross_entropy with reduction "mean"; NaN when every row is ignored, as there).
 Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
                     double label_smoothing = 0);
+/// Negative log likelihood of integer class `labels` [N, d1, ...] (i32 or i64) under
+/// `log_probs` [N, C, d1, ...]: the mean of -log_probs[n, labels[n, ...], ...] over the
+/// elements not labelled `ignore_index`, each weighted by weight[label] when a class `weight`
+/// [C] is given and divided by the sum of those weights (PyTorch's nll_loss with reduction
+/// "mean"; NaN when everything is ignored). nll_loss(log_softmax(x, 1), labels) is cross
+/// entropy over any number of trailing dims. A label outside [0, C) that is not ignored is an
+/// error when the graph runs.
+Value nll_loss(const Value& log_probs, const Value& labels, int64_t ignore_index = -100,
+               const Value& weight = {});
 /// The mask of inverted dropout, shaped like `x`: 1 / (1 - rate) with probability 1 - rate,
 /// else 0; a new mask on every run (the random trait: drawn under `seed`, the node's name and
 /// the graph's random counter, so a restored checkpoint continues the same sequence).
@@ -89,9 +98,15 @@ Value mse_loss(const Value& a, const Value& b);
 /// (PyTorch's HuberLoss).
 Value huber_loss(const Value& a, const Value& b, double delta = 1.0);
 /// Per-element binary cross entropy of sigmoid(logits) against targets in [0, 1], computed as
-/// softplus(logits) - logits targets (stable for any logit). Take mean() for PyTorch's
-/// BCEWithLogitsLoss.
-Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets);
+/// softplus(logits) - logits targets (stable for any logit). A `pos_weight` (broadcast against
+/// the logits, one per class in PyTorch's use) weighs the positive term: (1 - t) x + (1 + (w -
+/// 1) t) softplus(-x). Take mean() for PyTorch's BCEWithLogitsLoss.
+Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets,
+                                       const Value& pos_weight = {});
+/// Per-element binary cross entropy of probabilities `probs` in [0, 1] against targets:
+/// -(t log p + (1 - t) log(1 - p)), each log clamped at -100 as PyTorch's BCELoss (so p = 0 or 1
+/// gives a finite loss, and there a gradient of 0). Take mean() for BCELoss.
+Value binary_cross_entropy(const Value& probs, const Value& targets);
 /// mean(|a - b|) (PyTorch's L1Loss).
 Value l1_loss(const Value& a, const Value& b);
 /// d = |a - b|: 0.5 d^2 / beta where d < beta, d - beta / 2 beyond; averaged (PyTorch's
@@ -132,10 +147,26 @@ struct InterpolateOptions {
 /// F.interpolate and nn.Upsample; the batch may be unknown). Cubic reads positions clamped to
 /// the input, as PyTorch's bicubic.
 Value interpolate(const Value& x, const InterpolateOptions& options);
-/// x with `value` added around its last dims: widths[0] = (before, after) for the last dim,
-/// widths[1] for the one before, ... (torch.nn.functional.pad's order, constant mode). The
-/// padded dims must be known.
-Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, double value = 0);
+/// How pad() fills: with a constant value, mirrored about the edge element (reflect: "dcb|abcd|
+/// cba"), repeating the edge element (replicate), or wrapping around (circular), as
+/// torch.nn.functional.pad's modes.
+enum class PadMode { constant, reflect, replicate, circular };
+/// x padded around its last dims: widths[0] = (before, after) for the last dim, widths[1] for
+/// the one before, ... (torch.nn.functional.pad's order). The padded dims must be known (the
+/// others, a batch, may not); reflect pads at most size - 1 on a side, circular at most size.
+Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, PadMode mode,
+          double value = 0);
+/// pad() with `value` (constant mode).
+inline Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths,
+                 double value = 0) {
+  return pad(x, widths, PadMode::constant, value);
+}
+
+/// x [N, C r^2, H, W] rearranged to [N, C, H r, W r] (PyTorch's pixel_shuffle, sub-pixel
+/// convolution's upsampling): channel c r^2 + i r + j becomes pixel (h r + i, w r + j).
+Value pixel_shuffle(const Value& x, int64_t factor);
+/// The inverse of pixel_shuffle: [N, C, H r, W r] to [N, C r^2, H, W].
+Value pixel_unshuffle(const Value& x, int64_t factor);
 
 /// Window of a 2-D convolution (pairs are (height, width)).
 struct Conv2dOptions {
@@ -143,6 +174,10 @@ struct Conv2dOptions {
   std::array<int64_t, 2> padding{0, 0};  ///< zeros added on both sides
   std::array<int64_t, 2> dilation{1, 1};
   int64_t groups = 1;  ///< input and output channels split into this many independent groups
+  /// What the padding holds (PyTorch's Conv2d padding_mode): zeros (constant), or the input
+  /// reflected, replicated or wrapped (pad() then an unpadded convolution). Transposed
+  /// convolutions take zeros only.
+  PadMode padding_mode = PadMode::constant;
 };
 /// 2-D cross-correlation (PyTorch's conv2d) of x [N, C, H, W] with filter [O, C / groups, KH,
 /// KW]: [N, O, OH, OW], OH = (H + 2 pad - dilation (KH - 1) - 1) / stride + 1. Add a bias with

@@ -1,5 +1,6 @@
 // CUDA kernels of the array ops: the strided copy under transpose, slice, concat and split
-// (their kernels in the .cc files run on both devices through it), gather and gather_grad.
+// (their kernels in the .cc files run on both devices through it), gather, take_along_axis
+// and their gradients.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -158,6 +159,87 @@ void gather_grad_cuda(KernelContext& ctx) {
                       [&](auto tag) { gather_grad_index<decltype(tag)>(ctx, axis); });
 }
 KILN_CUDA_KERNEL(gather_grad, gather_grad_cuda, cuda_dtypes(DTypeClass::floating));
+
+// take_along_axis: out[o, j, k] = params[o, indices[o, j, k], k] with params [outer, n, inner]
+// and indices [outer, m, inner]. An index outside [0, n) is reported and its element zeroed.
+template <typename Word, typename Index>
+void take_along_axis_typed(KernelContext& ctx, int64_t axis) {
+  const Tensor& params = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  const AxisView v(params.shape(), axis);
+  const int64_t n = v.n, inner = v.inner, m = indices.shape()[axis];
+  const Word* src = static_cast<const Word*>(params.raw_data());
+  const Index* idx = indices.data<Index>();
+  Word* out = static_cast<Word*>(ctx.output(0).raw_data());
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, indices.numel(), [=] __device__(int64_t p) {
+    const int64_t k = p % inner, o = p / inner / m;
+    const int64_t i = idx[p];
+    if (i < 0 || i >= n) {
+      errors.report(DataErrorKind::index_out_of_range, i, p, 0, n);
+      out[p] = Word(0);
+      return;
+    }
+    out[p] = src[(o * n + i) * inner + k];
+  });
+}
+
+template <typename Word>
+void take_along_axis_word(KernelContext& ctx, int64_t axis) {
+  if (ctx.input(1).dtype() == DType::i32)
+    take_along_axis_typed<Word, int32_t>(ctx, axis);
+  else
+    take_along_axis_typed<Word, int64_t>(ctx, axis);
+}
+
+void take_along_axis_cuda(KernelContext& ctx) {
+  if (ctx.output(0).numel() == 0) return;
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
+  switch (dtype_size(ctx.input(0).dtype())) {
+    case 1:
+      return take_along_axis_word<uint8_t>(ctx, axis);
+    case 2:
+      return take_along_axis_word<uint16_t>(ctx, axis);
+    case 4:
+      return take_along_axis_word<uint32_t>(ctx, axis);
+    default:
+      return take_along_axis_word<uint64_t>(ctx, axis);
+  }
+}
+KILN_CUDA_KERNEL(take_along_axis, take_along_axis_cuda);
+
+// dparams[o, indices[o, j, k], k] += dy[o, j, k]; repeats add up (in no fixed order).
+template <typename T, typename Index>
+void take_along_axis_grad_typed(KernelContext& ctx, int64_t axis) {
+  const Tensor& indices = ctx.input(1);
+  Tensor& dx = ctx.output(0);
+  fill_zero(ctx, dx);
+  const AxisView v(dx.shape(), axis);
+  const int64_t n = v.n, inner = v.inner, m = indices.shape()[axis];
+  const T* g = ctx.input(0).data<T>();
+  const Index* idx = indices.data<Index>();
+  T* out = dx.data<T>();
+  for_each(ctx, indices.numel(), [=] __device__(int64_t p) {
+    const int64_t k = p % inner, o = p / inner / m;
+    const int64_t i = idx[p];
+    if (i < 0 || i >= n) return;  // the forward op reported it
+    add_to(out + (o * n + i) * inner + k, static_cast<Compute<T>>(g[p]));
+  });
+}
+
+void take_along_axis_grad_cuda(KernelContext& ctx) {
+  const int64_t axis =
+      normalize_axis(ctx.attr<int64_t>("axis"), ctx.output_type(0).shape.rank(), ctx.where());
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (ctx.input(1).dtype() == DType::i32)
+      take_along_axis_grad_typed<T, int32_t>(ctx, axis);
+    else
+      take_along_axis_grad_typed<T, int64_t>(ctx, axis);
+  });
+}
+KILN_CUDA_KERNEL(take_along_axis_grad, take_along_axis_grad_cuda,
+                 cuda_dtypes(DTypeClass::floating));
 
 }  // namespace cuda_array
 }  // namespace kiln::ops

@@ -1,4 +1,4 @@
-// slice and gather: picking parts of a tensor by range or by index.
+// slice, gather and take_along_axis: picking parts of a tensor by range or by index.
 #include <cstring>
 
 #include "kiln/framework/gradient.h"
@@ -251,6 +251,139 @@ KILN_OP(gather_grad)
       return {gather(c.grad_output(), c.input(1), c.attr<int64_t>("axis")), Value(), Value()};
     });
 
+// ---- take_along_axis (PyTorch's torch.gather): with params viewed as [outer, n, inner] and
+// indices as [outer, m, inner] around `axis`, out[o, j, k] = params[o, indices[o, j, k], k].
+std::vector<TensorType> infer_take_along_axis(const InferContext& ctx) {
+  ctx.expect_dtype(1, {i32, i64});
+  const Shape& params = ctx.shape(0);
+  const Shape& indices = ctx.shape(1);
+  if (params.rank() == 0) ctx.fail("params must have rank >= 1, got a scalar");
+  if (indices.rank() != params.rank())
+    ctx.fail("indices ", indices, " must have the rank of params ", params);
+  const int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), params.rank());
+  std::vector<int64_t> dims = indices.dims();
+  for (int64_t d = 0; d < params.rank(); ++d) {
+    if (d == axis) continue;
+    if (params[d] >= 0 && indices[d] >= 0 && params[d] != indices[d])
+      ctx.fail("indices ", indices, " and params ", params, " differ in dim ", d, " (only dim ",
+               axis, ", the axis, may differ)");
+    if (dims[d] < 0) dims[d] = params[d];
+  }
+  return {{ctx.dtype(0), Shape(std::move(dims))}};
+}
+
+// The index at flat position p of indices viewed as [outer, m, inner], checked against n.
+template <typename Index>
+void check_axis_indices(const KernelContext& ctx, const Tensor& indices, int64_t n, int64_t axis) {
+  const Index* idx = indices.data<Index>();
+  for (int64_t p = 0; p < indices.numel(); ++p)
+    if (idx[p] < 0 || idx[p] >= n)
+      throw Error(str(ctx.where(), ": index ", idx[p], " (at position ", p, " of indices ",
+                      indices.shape(), ") is out of range [0, ", n, ") for axis ", axis));
+}
+
+template <typename Index>
+void take_along_axis_typed(KernelContext& ctx, int64_t axis) {
+  const Tensor& params = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  Tensor& out = ctx.output(0);
+  const AxisView view(params.shape(), axis);
+  const int64_t n = view.n, inner = view.inner, m = indices.shape()[axis];
+  check_axis_indices<Index>(ctx, indices, n, axis);
+  const Index* idx = indices.data<Index>();
+  const size_t word = dtype_size(params.dtype());
+  const auto* src = static_cast<const char*>(params.raw_data());
+  auto* dst = static_cast<char*>(out.raw_data());
+  ctx.parallel_for(view.outer * m, inner, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t o = r / m;
+      for (int64_t k = 0; k < inner; ++k) {
+        const int64_t p = r * inner + k;
+        std::memcpy(dst + p * word, src + ((o * n + idx[p]) * inner + k) * word, word);
+      }
+    }
+  });
+}
+
+KILN_OP(take_along_axis)
+    .input("params")
+    .input("indices")
+    .attr("axis", int64_t{0})
+    .infer(infer_take_along_axis)
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              if (ctx.output(0).numel() == 0) return;
+              const int64_t axis =
+                  normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
+              if (ctx.input(1).dtype() == i32)
+                take_along_axis_typed<int32_t>(ctx, axis);
+              else
+                take_along_axis_typed<int64_t>(ctx, axis);
+            })
+    // dparams = zeros with dy added where each element came from (repeats add up).
+    .grad([](GradContext& c) -> GradList {
+      return {c.graph().add("take_along_axis_grad", {c.grad_output(), c.input(1), c.input(0)},
+                            {{"axis", c.attr<int64_t>("axis")}}),
+              Value()};
+    });
+
+template <typename T, typename Index>
+void take_along_axis_grad_typed(KernelContext& ctx, int64_t axis) {
+  const Tensor& dy = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  Tensor& dx = ctx.output(0);
+  const AxisView view(dx.shape(), axis);
+  const int64_t n = view.n, inner = view.inner, m = indices.shape()[axis];
+  const Index* idx = indices.data<Index>();
+  const T* g = dy.data<T>();
+  T* out = dx.data<T>();
+  std::fill(out, out + dx.numel(), T(0));
+  // Parallel over `outer` only: the repeats within one [m, inner] block add up in order.
+  ctx.parallel_for(view.outer, m * inner, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t p = o * m * inner; p < (o + 1) * m * inner; ++p) {
+        const int64_t i = idx[p];
+        if (i < 0 || i >= n) continue;  // the forward op reported it
+        out[(o * n + i) * inner + p % inner] += g[p];
+      }
+  });
+}
+
+KILN_OP(take_along_axis_grad)
+    .input("dy")
+    .input("indices")
+    .input("params")
+    .attr("axis", int64_t{0})
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const std::vector<TensorType> params_indices = {ctx.input(2), ctx.input(1)};
+      InferContext forward(ctx.op(), ctx.node_name(), params_indices, ctx.attrs());
+      const TensorType taken = infer_take_along_axis(forward)[0];
+      ctx.expect_dtype(0, {f32, f64, f16, bf16});
+      ctx.expect_same_dtype(0, 2);
+      if (!ctx.shape(0).compatible_with(taken.shape))
+        ctx.fail("dy is ", ctx.shape(0), ", take_along_axis gives ", taken.shape);
+      return {ctx.input(2)};
+    })
+    .kernel(DeviceKind::cpu,
+            [](KernelContext& ctx) {
+              const int64_t axis =
+                  normalize_axis(ctx.attr<int64_t>("axis"), ctx.output(0).rank(), ctx.where());
+              dispatch_cpu(ctx.input(0).dtype(), [&](auto tag) {
+                using T = decltype(tag);
+                if constexpr (std::is_floating_point_v<T>) {
+                  if (ctx.input(1).dtype() == i32)
+                    take_along_axis_grad_typed<T, int32_t>(ctx, axis);
+                  else
+                    take_along_axis_grad_typed<T, int64_t>(ctx, axis);
+                }
+              });
+            },
+            {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {take_along_axis(c.grad_output(), c.input(1), c.attr<int64_t>("axis")), Value(),
+              Value()};
+    });
+
 }  // namespace
 }  // namespace ops
 
@@ -288,6 +421,11 @@ Value Value::operator[](int64_t index) const {
 Value gather(const Value& params, const Value& indices, int64_t axis) {
   return common_graph("gather", {&params, &indices})
       .add("gather", {params, indices}, {{"axis", axis}});
+}
+
+Value take_along_axis(const Value& params, const Value& indices, int64_t axis) {
+  return common_graph("take_along_axis", {&params, &indices})
+      .add("take_along_axis", {params, indices}, {{"axis", axis}});
 }
 
 }  // namespace kiln

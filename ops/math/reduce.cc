@@ -1,9 +1,12 @@
-// Reductions: sum, mean, max, min over any set of axes; argmax and argmin along one axis.
+// Reductions: sum, mean, max, min over any set of axes; argmax and argmin along one axis; the
+// running sum cumsum.
 // Every reduction is cast as x viewed as [outer, r, inner] with the reduced dims in the middle
 // (when they are not adjacent, x is first permuted so that they are).
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
@@ -342,6 +345,83 @@ KILN_OP(argmin)
     .infer(infer_arg)
     .kernel(DeviceKind::cpu, arg_cpu<false>, cpu_dtypes_of(DTypeClass::numeric));
 
+// ---- cumsum: running sums along one axis, x viewed as [outer, n, inner]. Floats add in double
+// (PyTorch's CPU accumulator), integers in unsigned 64 bits (wrapping, as the other integer
+// arithmetic here). Exclusive: each output leaves its own element out; reverse: sums from the end.
+std::vector<TensorType> infer_cumsum(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16, i32, i64});
+  if (ctx.shape(0).rank() == 0) ctx.fail("needs an input of rank >= 1, got a scalar");
+  ctx.axis(ctx.attr<int64_t>("axis"), ctx.shape(0).rank());
+  return {ctx.input(0)};
+}
+
+template <typename T>
+void cumsum_lines(const T* in, T* out, int64_t n, int64_t inner, int64_t p0, int64_t p1,
+                  bool exclusive, bool reverse) {
+  using Acc = std::conditional_t<std::is_integral_v<T>, uint64_t, double>;
+  std::vector<Acc> acc;
+  // Lines p = o inner + k; the lines of one `o` run side by side, so each step of the scan reads
+  // a contiguous stretch of inner.
+  for (int64_t p = p0; p < p1;) {
+    const int64_t o = p / inner, k0 = p % inner, k1 = std::min(inner, k0 + (p1 - p));
+    acc.assign(static_cast<size_t>(k1 - k0), Acc(0));
+    for (int64_t step = 0; step < n; ++step) {
+      const int64_t j = reverse ? n - 1 - step : step;
+      const T* src = in + (o * n + j) * inner;
+      T* dst = out + (o * n + j) * inner;
+      for (int64_t k = k0; k < k1; ++k) {
+        Acc& a = acc[static_cast<size_t>(k - k0)];
+        const Acc v = static_cast<Acc>(src[k]);
+        if (exclusive) {
+          dst[k] = static_cast<T>(a);
+          a += v;
+        } else {
+          a += v;
+          dst[k] = static_cast<T>(a);
+        }
+      }
+    }
+    p += k1 - k0;
+  }
+}
+
+void cumsum_cpu(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  Tensor& y = ctx.output(0);
+  if (x.numel() == 0) return;
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
+  const bool exclusive = ctx.attr<bool>("exclusive"), reverse = ctx.attr<bool>("reverse");
+  int64_t outer = 1, inner = 1;
+  const int64_t n = x.shape()[axis];
+  for (int64_t i = 0; i < axis; ++i) outer *= x.shape()[i];
+  for (int64_t i = axis + 1; i < x.rank(); ++i) inner *= x.shape()[i];
+  dispatch_cpu(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                  std::is_same_v<T, int32_t> || std::is_same_v<T, int64_t>) {
+      const T* in = x.data<T>();
+      T* out = y.data<T>();
+      ctx.parallel_for(outer * inner, n, [&](int64_t p0, int64_t p1) {
+        cumsum_lines(in, out, n, inner, p0, p1, exclusive, reverse);
+      });
+    }
+  });
+}
+
+KILN_OP(cumsum)
+    .input("x")
+    .attr("axis", AttrType::integer)
+    .attr("exclusive", false)
+    .attr("reverse", false)
+    .infer(infer_cumsum)
+    .kernel(DeviceKind::cpu, cumsum_cpu, {f32, f64, i32, i64})
+    // y_j = sum over i <= j of x_i, so dx_i = sum over j >= i of dy_j: the scan run the other
+    // way (exclusive stays exclusive).
+    .grad([](GradContext& c) -> GradList {
+      return {cumsum(c.grad_output(), c.attr<int64_t>("axis"), c.attr<bool>("exclusive"),
+                     !c.attr<bool>("reverse"))};
+    });
+
 }  // namespace
 
 void sum_into(const KernelContext& ctx, const Tensor& x, const std::vector<int64_t>& axes,
@@ -374,6 +454,11 @@ Value argmax(const Value& x, int64_t axis, bool keepdims) {
 }
 Value argmin(const Value& x, int64_t axis, bool keepdims) {
   return common_graph("argmin", {&x}).add("argmin", {x}, {{"axis", axis}, {"keepdims", keepdims}});
+}
+
+Value cumsum(const Value& x, int64_t axis, bool exclusive, bool reverse) {
+  return common_graph("cumsum", {&x})
+      .add("cumsum", {x}, {{"axis", axis}, {"exclusive", exclusive}, {"reverse", reverse}});
 }
 
 }  // namespace kiln

@@ -1,4 +1,5 @@
-// CUDA kernels of the reductions (sum, mean, max, min over axes; argmax, argmin; sum_to).
+// CUDA kernels of the reductions (sum, mean, max, min over axes; argmax, argmin; sum_to) and
+// the running sum cumsum.
 // As on the CPU, x is seen as [outer, r, inner] with the reduced dims in the middle (permuted
 // there first when they are not adjacent). inner == 1: one block reduces one row; else one
 // thread per (outer, inner) walks r (coalesced across inner). 16-bit floats accumulate in f32,
@@ -192,5 +193,46 @@ void arg_cuda(KernelContext& ctx) {
 }
 KILN_CUDA_KERNEL(argmax, arg_cuda<true>, cuda_dtypes(DTypeClass::numeric));
 KILN_CUDA_KERNEL(argmin, arg_cuda<false>, cuda_dtypes(DTypeClass::numeric));
+
+// cumsum: one thread per line (o, k) of x viewed as [outer, n, inner], walking n (coalesced
+// across inner); floats add in double, integers in unsigned 64 bits, as on the CPU. A single
+// long line is one thread's walk: no parallel scan yet.
+template <typename T>
+void cumsum_typed(KernelContext& ctx, int64_t outer, int64_t n, int64_t inner, bool exclusive,
+                  bool reverse) {
+  using A = std::conditional_t<std::is_integral_v<T>, unsigned long long, double>;
+  const T* in = ctx.input(0).data<T>();
+  T* out = ctx.output(0).data<T>();
+  for_each(ctx, outer * inner, [=] __device__(int64_t p) {
+    const int64_t base = (p / inner) * n * inner + p % inner;
+    A acc = A(0);
+    for (int64_t step = 0; step < n; ++step) {
+      const int64_t at = base + (reverse ? n - 1 - step : step) * inner;
+      const A v = static_cast<A>(static_cast<Compute<T>>(in[at]));
+      if (exclusive) {
+        out[at] = static_cast<T>(static_cast<Compute<T>>(acc));
+        acc += v;
+      } else {
+        acc += v;
+        out[at] = static_cast<T>(static_cast<Compute<T>>(acc));
+      }
+    }
+  });
+}
+void cumsum_cuda(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  if (x.numel() == 0) return;
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
+  int64_t outer = 1, inner = 1;
+  for (int64_t i = 0; i < axis; ++i) outer *= x.shape()[i];
+  for (int64_t i = axis + 1; i < x.rank(); ++i) inner *= x.shape()[i];
+  const bool exclusive = ctx.attr<bool>("exclusive"), reverse = ctx.attr<bool>("reverse");
+  dispatch_all(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, bool> && !std::is_same_v<T, uint8_t>)
+      cumsum_typed<T>(ctx, outer, x.shape()[axis], inner, exclusive, reverse);
+  });
+}
+KILN_CUDA_KERNEL(cumsum, cumsum_cuda, cuda_dtypes(DTypeClass::signed_));
 
 }  // namespace kiln::ops::cuda_reduce

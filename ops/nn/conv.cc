@@ -411,13 +411,25 @@ AttrMap options_attrs(const Conv2dOptions& o) {
 }  // namespace ops
 
 Value conv2d(const Value& x, const Value& filter, const Conv2dOptions& options) {
-  return common_graph("conv2d", {&x, &filter})
-      .add("conv2d", {x, filter}, ops::options_attrs(options));
+  Graph& graph = common_graph("conv2d", {&x, &filter});
+  if (options.padding_mode != PadMode::constant &&
+      (options.padding[0] != 0 || options.padding[1] != 0)) {
+    KILN_CHECK(x.shape().rank() == 4, GraphError, "conv2d: x ", x.shape(), " must be [N, C, H, W]");
+    Conv2dOptions unpadded = options;
+    unpadded.padding = {0, 0};
+    const Value padded =
+        pad(x, {{options.padding[1], options.padding[1]}, {options.padding[0], options.padding[0]}},
+            options.padding_mode);
+    return graph.add("conv2d", {padded, filter}, ops::options_attrs(unpadded));
+  }
+  return graph.add("conv2d", {x, filter}, ops::options_attrs(options));
 }
 
 Value conv_transpose2d(const Value& x, const Value& filter, const Conv2dOptions& options,
                        std::array<int64_t, 2> output_padding) {
   Graph& graph = common_graph("conv_transpose2d", {&x, &filter});
+  KILN_CHECK(options.padding_mode == PadMode::constant, GraphError,
+             "conv_transpose2d: padding_mode must be zeros (constant), as PyTorch's");
   const Shape& xs = x.shape();
   const Shape& ws = filter.shape();
   if (xs.rank() != 4 || ws.rank() != 4 || xs[2] < 0 || xs[3] < 0 || ws[2] < 0 || ws[3] < 0)

@@ -173,4 +173,34 @@ Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_ind
   return sum(losses) / sum(counted);
 }
 
+// -log_probs[n, y[n, ...], ...] picked by take_along_axis over the class axis (which checks
+// every label not ignored: ignored ones are read as class 0 and weighted 0), weighted by
+// weight[y] and averaged by the sum of the weights counted (PyTorch's reduction "mean").
+Value nll_loss(const Value& log_probs, const Value& labels, int64_t ignore_index,
+               const Value& weight) {
+  const Shape& x = log_probs.shape();
+  const Shape& y = labels.shape();
+  KILN_CHECK(labels.dtype() == i32 || labels.dtype() == i64, GraphError,
+             "[nll_loss] labels must be i32 or i64, got ", labels.dtype());
+  KILN_CHECK(x.rank() >= 2 && y.rank() == x.rank() - 1, GraphError, "[nll_loss] log_probs ", x,
+             " must be [N, C, ...] and labels ", y, " [N, ...]");
+  for (int64_t d = 0; d < y.rank(); ++d) {
+    const int64_t xd = x[d == 0 ? 0 : d + 1];
+    KILN_CHECK(xd < 0 || y[d] < 0 || xd == y[d], GraphError, "[nll_loss] labels ", y,
+               " do not match log_probs ", x, " (log_probs without its class dim 1)");
+  }
+  Graph& graph = *log_probs.graph();
+  const Value ignore = graph.scalar(static_cast<double>(ignore_index), labels.dtype());
+  const Value safe = where(equal(labels, ignore), graph.scalar(0, labels.dtype()), labels);
+  const Value picked = squeeze(take_along_axis(log_probs, expand_dims(safe, {1}), 1), {1});
+  Value counted = cast(not_equal(labels, ignore), log_probs.dtype());
+  if (weight.defined()) {
+    KILN_CHECK(weight.shape().rank() == 1 &&
+                   (x[1] < 0 || weight.shape()[0] < 0 || weight.shape()[0] == x[1]),
+               GraphError, "[nll_loss] weight ", weight.shape(), " must be [C] for log_probs ", x);
+    counted = counted * gather(weight, safe, 0);
+  }
+  return -sum(picked * counted) / sum(counted);
+}
+
 }  // namespace kiln

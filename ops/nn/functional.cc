@@ -1,6 +1,7 @@
 // Neural-network functions built from other ops (no kernels of their own): their gradients
 // are the ops' gradients, and they run wherever those ops do (fusion merges the elementwise
 // parts into one kernel).
+#include <algorithm>
 #include <cmath>
 
 #include "kiln/ops/array.h"
@@ -130,8 +131,24 @@ Value cosine_similarity(const Value& a, const Value& b, int64_t axis, double eps
 }
 
 // -(y log s + (1 - y) log(1 - s)), s = sigmoid x, = softplus(x) - x y: no log of 0, no overflow
-Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets) {
-  return softplus(logits) - logits * targets;
+// softplus(x) - x t; with pos_weight w: (1 - t) x + (1 + (w - 1) t) softplus(-x).
+Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets,
+                                       const Value& pos_weight) {
+  if (!pos_weight.defined()) return softplus(logits) - logits * targets;
+  const Value one = scalar_like(logits, 1);
+  return (one - targets) * logits + (one + (pos_weight - one) * targets) * softplus(-logits);
+}
+
+// -(t log p + (1 - t) log(1 - p)) with each log at least -100 (PyTorch's clamp). A log of 0
+// reads log(1) through `where` and takes -100, so its gradient is 0, not 0 * inf.
+Value binary_cross_entropy(const Value& probs, const Value& targets) {
+  const Value zero = scalar_like(probs, 0), one = scalar_like(probs, 1);
+  auto clamped_log = [&](const Value& v) {
+    const Value positive = greater(v, zero);
+    return maximum(where(positive, log(where(positive, v, one)), scalar_like(v, -100)),
+                   scalar_like(v, -100));
+  };
+  return -(targets * clamped_log(probs) + (one - targets) * clamped_log(one - probs));
 }
 
 Value squeeze(const Value& x, Axes axes_in) {
@@ -183,31 +200,124 @@ Value logsumexp(const Value& x, Axes axes, bool keepdims) {
   return squeeze(y, reduced);
 }
 
-Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, double value) {
+namespace {
+
+const char* pad_mode_name(PadMode mode) {
+  switch (mode) {
+    case PadMode::constant:
+      return "constant";
+    case PadMode::reflect:
+      return "reflect";
+    case PadMode::replicate:
+      return "replicate";
+    case PadMode::circular:
+      return "circular";
+  }
+  return "?";
+}
+
+// Positions [-before, n + after) of an axis of n mapped into [0, n) by the mode (reflect
+// mirrors about the edge elements, replicate clamps, circular wraps); constant maps the padding
+// to n, one past the end, where the caller puts a slab of the value.
+std::vector<int64_t> pad_sources(PadMode mode, int64_t n, int64_t before, int64_t after) {
+  std::vector<int64_t> sources;
+  for (int64_t i = -before; i < n + after; ++i) {
+    int64_t j = i;
+    switch (mode) {
+      case PadMode::constant:
+        j = i < 0 || i >= n ? n : i;
+        break;
+      case PadMode::reflect:
+        j = i < 0 ? -i : i >= n ? 2 * (n - 1) - i : i;
+        break;
+      case PadMode::replicate:
+        j = std::clamp<int64_t>(i, 0, n - 1);
+        break;
+      case PadMode::circular:
+        j = ((i % n) + n) % n;
+        break;
+    }
+    sources.push_back(j);
+  }
+  return sources;
+}
+
+// The constant slab `width` wide along `axis`, shaped like y elsewhere. With every dim known it
+// is a folded constant; otherwise it follows y's first slice (full_like keeps unknown dims).
+Value constant_band(const Value& y, int64_t axis, int64_t width, double value) {
+  std::vector<int64_t> dims(y.shape().begin(), y.shape().end());
+  dims[axis] = width;
+  if (y.shape().is_known()) return fill(*y.graph(), Shape(dims), value, y.dtype());
+  const Value edge = full_like(y.slice(axis, 0, 1), value);
+  return width == 1 ? edge : gather(edge, y.graph()->constant(Tensor::zeros(i64, {width})), axis);
+}
+
+}  // namespace
+
+Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths, PadMode mode,
+          double value) {
   const Shape& shape = x.shape();
-  KILN_CHECK(static_cast<int64_t>(widths.size()) <= shape.rank(), GraphError, "[pad] ", x.name(),
-             ": ", widths.size(), " (before, after) pairs for a shape of rank ", shape.rank());
+  const std::string where = str("[pad] ", x.name(), " (", pad_mode_name(mode), ")");
+  KILN_CHECK(static_cast<int64_t>(widths.size()) <= shape.rank(), GraphError, where, ": ",
+             widths.size(), " (before, after) pairs for a shape of rank ", shape.rank());
   Value y = x;
   // The pairs are for the last dims, innermost first (torch.nn.functional.pad's order).
   for (size_t i = 0; i < widths.size(); ++i) {
     const auto [before, after] = widths[i];
     const int64_t axis = shape.rank() - 1 - static_cast<int64_t>(i);
-    KILN_CHECK(before >= 0 && after >= 0, GraphError, "[pad] ", x.name(), ": widths (", before,
-               ", ", after, ") for dim ", axis, " must not be negative");
-    KILN_CHECK(y.shape().is_known(), GraphError, "[pad] ", x.name(), ": needs a known shape, got ",
-               y.shape());
-    std::vector<Value> parts;
-    auto band = [&](int64_t width) {
-      std::vector<int64_t> dims(y.shape().begin(), y.shape().end());
-      dims[axis] = width;
-      return fill(*x.graph(), Shape(dims), value, x.dtype());
-    };
-    if (before > 0) parts.push_back(band(before));
-    parts.push_back(y);
-    if (after > 0) parts.push_back(band(after));
-    if (parts.size() > 1) y = concat(parts, axis);
+    const int64_t n = shape[axis];
+    KILN_CHECK(before >= 0 && after >= 0, GraphError, where, ": widths (", before, ", ", after,
+               ") for dim ", axis, " must not be negative");
+    if (before == 0 && after == 0) continue;
+    KILN_CHECK(n >= 0, GraphError, where, ": dim ", axis, " of ", shape,
+               " is padded, so it must be known");
+    if (mode == PadMode::constant) {
+      KILN_CHECK(n > 0 || y.shape().is_known(), GraphError, where, ": dim ", axis, " of ", shape,
+                 " is empty and other dims are unknown");
+      std::vector<Value> parts;
+      if (before > 0) parts.push_back(constant_band(y, axis, before, value));
+      parts.push_back(y);
+      if (after > 0) parts.push_back(constant_band(y, axis, after, value));
+      y = concat(parts, axis);
+      continue;
+    }
+    // PyTorch's limits: reflect reaches at most n - 1 past an edge, circular n, replicate needs
+    // an element to repeat.
+    const int64_t reach = mode == PadMode::reflect ? n - 1 : n;
+    KILN_CHECK(n > 0 && before <= reach && after <= reach, GraphError, where, ": widths (", before,
+               ", ", after, ") for dim ", axis, " of size ", n, " must be at most ", reach);
+    const std::vector<int64_t> sources = pad_sources(mode, n, before, after);
+    y = gather(y, y.graph()->constant(Tensor::from_vector<int64_t>(sources)), axis);
   }
   return y;
+}
+
+// [N, C r^2, H, W] -> [N, C, r, r, H, W] -> [N, C, H, r, W, r] -> [N, C, H r, W r]: channel
+// c r^2 + i r + j lands at row h r + i, column w r + j (PyTorch's order).
+Value pixel_shuffle(const Value& x, int64_t factor) {
+  const Shape& s = x.shape();
+  KILN_CHECK(factor >= 1, GraphError, "[pixel_shuffle] ", x.name(), ": factor ", factor,
+             " must be at least 1");
+  KILN_CHECK(s.rank() == 4 && s[1] >= 0 && s[1] % (factor * factor) == 0 && s[2] >= 0 && s[3] >= 0,
+             GraphError, "[pixel_shuffle] ", x.name(), ": expects [N, C ", factor * factor,
+             ", H, W] with known C, H, W, got ", s);
+  const int64_t c = s[1] / (factor * factor), h = s[2], w = s[3];
+  const Value split = reshape(x, {-1, c, factor, factor, h, w});
+  return reshape(transpose(split, {0, 1, 4, 2, 5, 3}), {-1, c, h * factor, w * factor});
+}
+
+// The inverse: [N, C, H r, W r] -> [N, C, H, r, W, r] -> [N, C, r, r, H, W] -> [N, C r^2, H, W].
+Value pixel_unshuffle(const Value& x, int64_t factor) {
+  const Shape& s = x.shape();
+  KILN_CHECK(factor >= 1, GraphError, "[pixel_unshuffle] ", x.name(), ": factor ", factor,
+             " must be at least 1");
+  KILN_CHECK(s.rank() == 4 && s[1] >= 0 && s[2] >= 0 && s[3] >= 0 && s[2] % factor == 0 &&
+                 s[3] % factor == 0,
+             GraphError, "[pixel_unshuffle] ", x.name(), ": expects [N, C, H, W] with known C, H",
+             " and W divisible by ", factor, ", got ", s);
+  const int64_t c = s[1], h = s[2] / factor, w = s[3] / factor;
+  const Value split = reshape(x, {-1, c, h, factor, w, factor});
+  return reshape(transpose(split, {0, 1, 3, 5, 2, 4}), {-1, c * factor * factor, h, w});
 }
 
 Value embedding(const Value& table, const Value& ids) {

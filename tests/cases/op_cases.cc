@@ -355,6 +355,32 @@ std::vector<OpCase> make_cases() {
              },
          .gradients = false});
 
+  // cumsum along the middle axis of [3, 7, 4], every flag combination, against running sums.
+  for (bool exclusive : {false, true})
+    for (bool reverse : {false, true})
+      add({.op = "cumsum",
+           .name = str("cumsum", exclusive ? "_exclusive" : "", reverse ? "_reverse" : ""),
+           .build =
+               [exclusive, reverse](CaseGraph& c) {
+                 return cumsum(c.input({3, 7, 4}), 1, exclusive, reverse);
+               },
+           .reference =
+               [exclusive, reverse](const std::vector<Tensor>& in) {
+                 std::vector<double> y(84);
+                 for (int64_t o = 0; o < 3; ++o)
+                   for (int64_t k = 0; k < 4; ++k) {
+                     double acc = 0;
+                     for (int64_t step = 0; step < 7; ++step) {
+                       const int64_t at = (o * 7 + (reverse ? 6 - step : step)) * 4 + k;
+                       if (!exclusive) acc += in[0].element(at);
+                       y[static_cast<size_t>(at)] = acc;
+                       if (exclusive) acc += in[0].element(at);
+                     }
+                   }
+                 return y;
+               }});
+  add({"cumsum", "cumsum_last", [](CaseGraph& c) { return cumsum(c.input({5, 6}), -1); }});
+
   // ---- Shapes and data movement.
   add({"reshape", "reshape", [](CaseGraph& c) { return reshape(c.input({4, 6}), {3, -1}); }});
   add({"transpose", "transpose", [](CaseGraph& c) {
@@ -381,6 +407,14 @@ std::vector<OpCase> make_cases() {
        }});
   add({"gather", "gather_axis1", [](CaseGraph& c) {
          return gather(c.input({3, 7, 4}), c.ints({6, 0, 6}, {3}), 1);
+       }});
+  // Repeated indices (the gradient adds them up) and more picks than the axis holds.
+  add({"take_along_axis", "take_along_axis_axis1", [](CaseGraph& c) {
+         return take_along_axis(c.input({2, 5, 3}),
+                                c.ints({4, 0, 4, 1, 1, 2, 3, 4, 0, 0, 2, 1}, {2, 2, 3}), 1);
+       }});
+  add({"take_along_axis", "take_along_axis_last", [](CaseGraph& c) {
+         return take_along_axis(c.input({3, 2}), c.ints({1, 1, 0, 0, 1, 0, 1, 1, 1}, {3, 3}), -1);
        }});
   add({"identity", "identity", [](CaseGraph& c) {
          Value x = c.input({4});
@@ -431,6 +465,11 @@ std::vector<OpCase> make_cases() {
   add({"gather_grad", "gather_grad", [](CaseGraph& c) {
          Value idx = c.ints({4, 0, 4, 2, 4, 1}, {2, 3});
          return op(c, "gather_grad", {c.input({2, 3, 3, 4}), idx, c.input({5, 3, 4})},
+                   {{"axis", int64_t{0}}});
+       }});
+  add({"take_along_axis_grad", "take_along_axis_grad", [](CaseGraph& c) {
+         Value idx = c.ints({2, 0, 2, 1, 0, 0, 1, 2}, {4, 2});
+         return op(c, "take_along_axis_grad", {c.input({4, 2}), idx, c.input({3, 2})},
                    {{"axis", int64_t{0}}});
        }});
   add({"split_like", "split_like", [](CaseGraph& c) {

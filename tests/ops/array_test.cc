@@ -178,6 +178,37 @@ TEST(Gather, AnyAxisNegativeIndicesAndRangeErrors) {
   EXPECT_EQ(testing::run1(g, gather(params, empty, 0)).shape(), Shape({0, 4}));
 }
 
+// torch.gather's semantics: indices of params' rank, the result shaped like them; any dtype
+// (integers and bool too); indices outside [0, n) fail naming the value and position.
+TEST(TakeAlongAxis, PicksPerRowAndChecksEveryIndex) {
+  Graph g;
+  Value params = g.constant(iota_tensor(f32, {3, 4}));  // rows 0..3, 4..7, 8..11
+  Value picks = g.constant(Tensor::from_vector<int64_t>({3, 3, 0, 1, 2, 1, 0, 0, 0}, {3, 3}));
+  Tensor y = testing::run1(g, take_along_axis(params, picks, 1));
+  EXPECT_EQ(y.shape(), Shape({3, 3}));
+  EXPECT_EQ(y.to_vector<float>(), (std::vector<float>{3, 3, 0, 5, 6, 5, 8, 8, 8}));
+  Value down = g.constant(Tensor::from_vector<int32_t>({2, 0, 1, 2}, {1, 4}));
+  EXPECT_EQ(testing::run1(g, take_along_axis(params, down, 0)).to_vector<float>(),
+            (std::vector<float>{8, 1, 6, 11}));
+  Value flags = g.constant(Tensor::from_vector<int64_t>({7, -2, 9}, {3}));
+  EXPECT_EQ(
+      testing::run1(
+          g, take_along_axis(flags, g.constant(Tensor::from_vector<int64_t>({2, 2, 1, 0}, {4})), 0))
+          .to_vector<int64_t>(),
+      (std::vector<int64_t>{9, 9, -2, 7}));
+  Value negative = g.constant(Tensor::from_vector<int64_t>({0, -1, 0}, {3, 1}));
+  expect_error([&] { testing::run1(g, take_along_axis(params, negative, 1)); },
+               {"[take_along_axis]", "index -1 (at position 1 of indices [3, 1])",
+                "out of range [0, 4) for axis 1"});
+  Value past = g.constant(Tensor::from_vector<int64_t>({0, 4, 0}, {3, 1}));
+  expect_error([&] { testing::run1(g, take_along_axis(params, past, 1)); }, {"index 4"});
+  expect_error<GraphError>([&] { take_along_axis(params, flags, 0); },
+                           {"[take_along_axis]", "rank of params"});
+  expect_error<GraphError>([&] { take_along_axis(params, picks, 0); },
+                           {"differ in dim 1", "only dim 0"});
+  expect_error<GraphError>([&] { take_along_axis(params, params, 0); }, {"indices", "f32"});
+}
+
 TEST(Cast, AllPairsOfDtypes) {
   Tensor in = Tensor::from_vector<double>({-2.75, -1, 0, 0.5, 3.25, 200});
   for (DType to : {f32, f64, f16, bf16, i32, i64, u8, boolean}) {

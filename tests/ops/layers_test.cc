@@ -280,6 +280,40 @@ TEST(Layers, ConvTranspose2dAndGroupNormFollowPyTorch) {
       {"[nn] GroupNorm norm", "[N, 4, ...]", "[2, 6, 3, 3]"});
 }
 
+// InstanceNorm: each channel of each example normalized over its positions, affine only when
+// asked (PyTorch's default off), the same in evaluation mode; errors name the layer.
+TEST(Layers, InstanceNormNormalizesEachChannelOfEachExample) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3, 4, 5});
+  nn::InstanceNorm2d plain(g, "plain", 3);
+  nn::InstanceNorm2d affine(g, "affine", 3, 1e-5, true);
+  EXPECT_TRUE(plain.parameters().empty());
+  ASSERT_EQ(affine.parameters().size(), 2u);
+  plain.eval();
+  Session s(g);
+  const Tensor in = testing::random_tensor(f32, {2, 3, 4, 5}, -3, 5, 8);
+  const Tensor out = s.run({{x, in}}, {plain(x)})[0];
+  for (int64_t plane = 0; plane < 6; ++plane) {
+    double sum = 0, squares = 0;
+    for (int64_t i = plane * 20; i < (plane + 1) * 20; ++i) {
+      sum += out.element(i);
+      squares += out.element(i) * out.element(i);
+    }
+    EXPECT_NEAR(sum / 20, 0, 1e-5) << plane;
+    EXPECT_NEAR(squares / 20, 1, 1e-3) << plane;
+  }
+  EXPECT_EQ(s.variable_value(affine.weight).to_vector<float>(), std::vector<float>(3, 1.0f));
+  nn::InstanceNorm1d line(g, "line", 3);
+  expect_error<GraphError>([&] { line(x); }, {"[nn] InstanceNorm1d line", "[N, 3, L]"});
+  expect_error<GraphError>(
+      [&] {
+        plain(g.placeholder("z", f32, {2, 4, 3, 3}));
+      },
+      {"[nn] InstanceNorm2d plain", "[N, 3, H, W]", "[2, 4, 3, 3]"});
+  expect_error<GraphError>([&] { nn::InstanceNorm2d(g, "none", 0); },
+                           {"[nn] InstanceNorm2d none", "0 channels"});
+}
+
 // Conv1d: PyTorch's layout [out, in / groups, K] and fan-in, and each output the direct sum
 // over its group's channels and the dilated, strided window (zeros outside); the pooling and
 // Flatten layers are their functions.

@@ -317,6 +317,96 @@ TEST(NnFunctional, LossesMatchTheirDefinitions) {
   expect_error<GraphError>([&] { huber_loss(va, vb, 0); }, {"[huber_loss]", "delta 0"});
 }
 
+TEST(NnFunctional, NllLossWeighsAndIgnoresOverTrailingDims) {
+  // log_probs [N=2, C=3, L=4]; labels [2, 4] with two ignored (-1) and class weights.
+  Tensor x = testing::random_tensor(f64, {2, 3, 4}, -3, 0, 21);
+  const std::vector<int64_t> y = {2, 0, -1, 1, 1, 1, 2, -1};
+  const std::vector<double> w = {0.5, 2.0, 1.5};
+  double weighted = 0, weights = 0, plain = 0, counted = 0;
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t l = 0; l < 4; ++l) {
+      const int64_t label = y[n * 4 + l];
+      if (label < 0) continue;
+      const double picked = x.element((n * 3 + label) * 4 + l);
+      weighted -= w[label] * picked;
+      weights += w[label];
+      plain -= picked;
+      counted += 1;
+    }
+  Graph g;
+  Value vx = g.placeholder("x", f64, {-1, 3, 4});
+  Value vy = g.constant(Tensor::from_vector<int64_t>(y, {2, 4}));
+  Value vw = g.constant(Tensor::from_vector<double>(w));
+  EXPECT_NEAR(testing::run1(g, nll_loss(vx, vy, -1), {{vx, x}}).item<double>(), plain / counted,
+              1e-12);
+  EXPECT_NEAR(testing::run1(g, nll_loss(vx, vy, -1, vw), {{vx, x}}).item<double>(),
+              weighted / weights, 1e-12);
+  check_gradients(
+      [&](Graph& graph, const std::vector<Value>& v) {
+        return nll_loss(v[0], graph.constant(Tensor::from_vector<int64_t>(y, {2, 4})), -1,
+                        graph.constant(Tensor::from_vector<double>(w)));
+      },
+      {x}, "nll_loss");
+  // With log_softmax over the class dim it is cross_entropy (one trailing dim of 1 here).
+  Tensor z = testing::random_tensor(f64, {5, 4}, -3, 3, 22);
+  Value vz = g.constant(z);
+  Value labels = g.constant(Tensor::from_vector<int64_t>({3, 0, -100, 2, 1}));
+  Session s(g);
+  const auto both = s.run({}, {nll_loss(log_softmax(vz, 1), labels), cross_entropy(vz, labels)});
+  EXPECT_NEAR(both[0].item<double>(), both[1].item<double>(), 1e-12);
+  // Labels: out of range (not ignored) fails when run, naming the value; shapes when built.
+  Value bad = g.constant(Tensor::from_vector<int64_t>({3, 0, 4, 2, 1}));
+  expect_error<Error>([&] { testing::run1(g, nll_loss(vz, bad)); },
+                      {"[take_along_axis]", "index 4", "out of range [0, 4)"});
+  Value negative = g.constant(Tensor::from_vector<int64_t>({3, 0, -2, 2, 1}));
+  expect_error<Error>([&] { testing::run1(g, nll_loss(vz, negative)); }, {"index -2"});
+  expect_error<GraphError>(
+      [&] {
+        nll_loss(vz, g.constant(Tensor::from_vector<int64_t>({1, 2})));
+      },
+      {"[nll_loss]", "do not match"});
+  expect_error<GraphError>([&] { nll_loss(vz, vz); }, {"[nll_loss]", "labels must be i32 or i64"});
+  expect_error<GraphError>([&] { nll_loss(vz, labels, -100, vw); }, {"[nll_loss] weight [3]"});
+}
+
+TEST(NnFunctional, BinaryCrossEntropyOnProbabilitiesAndWithPosWeight) {
+  Tensor p = r64({3, 4}, 0.02, 0.98, 31), t = r64({3, 4}, 0, 1, 32), x = r64({3, 4}, -4, 4, 33);
+  Tensor pw = r64({4}, 0.5, 3, 34);
+  std::vector<double> bce, weighted;
+  for (int64_t i = 0; i < 12; ++i) {
+    const double pi = p.element(i), ti = t.element(i), xi = x.element(i),
+                 s = 1 / (1 + std::exp(-xi));
+    bce.push_back(-(ti * std::log(pi) + (1 - ti) * std::log(1 - pi)));
+    weighted.push_back(-(pw.element(i % 4) * ti * std::log(s) + (1 - ti) * std::log(1 - s)));
+  }
+  Graph g;
+  Value vp = g.placeholder("p", f64, {3, 4}), vt = g.placeholder("t", f64, {3, 4});
+  Value vx = g.placeholder("x", f64, {3, 4}), vw = g.placeholder("w", f64, {4});
+  FeedList feeds = {{vp, p}, {vt, t}, {vx, x}, {vw, pw}};
+  testing::expect_near(bce, testing::run1(g, binary_cross_entropy(vp, vt), feeds), 1e-12, 1e-12,
+                       "bce");
+  testing::expect_near(weighted,
+                       testing::run1(g, binary_cross_entropy_with_logits(vx, vt, vw), feeds), 1e-12,
+                       1e-12, "bce with logits and pos_weight");
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) { return binary_cross_entropy(v[0], v[1]); }, {p, t},
+      "bce");
+  check_gradients(
+      [](Graph&, const std::vector<Value>& v) {
+        return binary_cross_entropy_with_logits(v[0], v[1], v[2]);
+      },
+      {x, t, pw}, "bce with logits and pos_weight");
+  // Probabilities of exactly 0 and 1: each log clamps at -100 (PyTorch's), gradients finite.
+  Value edge = g.placeholder("edge", f64, {4});
+  Value target = g.constant(Tensor::from_vector<double>({1, 0, 0, 1}));
+  Session s(g);
+  const auto got = s.run({{edge, Tensor::from_vector<double>({0, 1, 0, 1})}},
+                         {binary_cross_entropy(edge, target),
+                          gradients(sum(binary_cross_entropy(edge, target)), {edge})[0]});
+  EXPECT_EQ(got[0].to_vector<double>(), (std::vector<double>{100, 100, 0, 0}));
+  for (double v : testing::values(got[1])) EXPECT_TRUE(std::isfinite(v)) << v;
+}
+
 TEST(NnFunctional, SqueezeAndStack) {
   Graph g;
   Value x = g.placeholder("x", f32, {1, 3, 1, 2});
@@ -372,6 +462,103 @@ TEST(NnFunctional, LogsumexpAndPad) {
       {r64({2, 3}, -1, 1, 6)}, "pad");
   expect_error<GraphError>([&] { pad(small, {{-1, 0}}); }, {"[pad]", "must not be negative"});
   expect_error<GraphError>([&] { pad(small, {{0, 0}, {0, 0}, {0, 0}}); }, {"[pad]", "rank 2"});
+}
+
+// PyTorch's documented layout: out[n, c, h r + i, w r + j] = in[n, c r^2 + i r + j, h, w].
+TEST(NnFunctional, PixelShuffleMovesChannelsIntoPixelsAndBack) {
+  constexpr int64_t kN = 2, kC = 3, kR = 2, kH = 3, kW = 4;
+  const Tensor in = r64({kN, kC * kR * kR, kH, kW}, -1, 1, 41);
+  Graph g;
+  Value x = g.placeholder("x", f64, {-1, kC * kR * kR, kH, kW});
+  nn::PixelShuffle shuffle(g, "shuffle", kR);
+  nn::PixelUnshuffle unshuffle(g, "unshuffle", kR);
+  const Value y = shuffle(x);
+  EXPECT_EQ(y.shape(), Shape({-1, kC, kH * kR, kW * kR}));
+  Session s(g);
+  const auto got = s.run({{x, in}}, {y, unshuffle(y)});
+  for (int64_t n = 0; n < kN; ++n)
+    for (int64_t c = 0; c < kC; ++c)
+      for (int64_t i = 0; i < kR; ++i)
+        for (int64_t j = 0; j < kR; ++j)
+          for (int64_t h = 0; h < kH; ++h)
+            for (int64_t w = 0; w < kW; ++w) {
+              const int64_t from =
+                  ((n * kC * kR * kR + c * kR * kR + i * kR + j) * kH + h) * kW + w;
+              const int64_t to = ((n * kC + c) * kH * kR + h * kR + i) * kW * kR + w * kR + j;
+              ASSERT_EQ(got[0].element(to), in.element(from)) << n << c << i << j << h << w;
+            }
+  EXPECT_EQ(testing::values(got[1]), testing::values(in));
+  check_gradients([](Graph&, const std::vector<Value>& v) { return pixel_shuffle(v[0], 2); },
+                  {r64({1, 4, 2, 3}, -1, 1, 42)}, "pixel_shuffle");
+  expect_error<GraphError>(
+      [&] {
+        pixel_shuffle(g.placeholder("odd", f32, {1, 6, 2, 2}), 2);
+      },
+      {"[pixel_shuffle] odd", "[N, C 4, H, W]", "[1, 6, 2, 2]"});
+  expect_error<GraphError>(
+      [&] {
+        pixel_unshuffle(g.placeholder("tall", f32, {1, 2, 3, 4}), 2);
+      },
+      {"[pixel_unshuffle] tall", "divisible by 2"});
+  expect_error<GraphError>([&] { pixel_shuffle(x, 0); }, {"factor 0"});
+}
+
+TEST(NnFunctional, PadModesMirrorRepeatAndWrapOverAnUnknownBatch) {
+  // One row 1..4 (batch unknown when built), 3 before and 2 after (reflect reaches at most 3).
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 4});
+  const Tensor row = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6, 7, 8}, {2, 4});
+  const std::vector<std::pair<int64_t, int64_t>> widths = {{3, 2}};
+  Session s(g);
+  const auto got =
+      s.run({{x, row}}, {pad(x, widths, PadMode::reflect), pad(x, widths, PadMode::replicate),
+                         pad(x, widths, PadMode::circular), pad(x, widths, PadMode::constant, 9)});
+  EXPECT_EQ(got[0].to_vector<float>(),
+            (std::vector<float>{4, 3, 2, 1, 2, 3, 4, 3, 2, 8, 7, 6, 5, 6, 7, 8, 7, 6}));
+  EXPECT_EQ(got[1].to_vector<float>(),
+            (std::vector<float>{1, 1, 1, 1, 2, 3, 4, 4, 4, 5, 5, 5, 5, 6, 7, 8, 8, 8}));
+  EXPECT_EQ(got[2].to_vector<float>(),
+            (std::vector<float>{2, 3, 4, 1, 2, 3, 4, 1, 2, 6, 7, 8, 5, 6, 7, 8, 5, 6}));
+  EXPECT_EQ(got[3].to_vector<float>(),
+            (std::vector<float>{9, 9, 9, 1, 2, 3, 4, 9, 9, 9, 9, 9, 5, 6, 7, 8, 9, 9}));
+  for (const Tensor& t : got) EXPECT_EQ(t.shape(), Shape({2, 9}));
+  // Two dims at once, each mode's gradient (the reflected and wrapped elements add up).
+  for (PadMode mode : {PadMode::reflect, PadMode::replicate, PadMode::circular, PadMode::constant})
+    check_gradients(
+        [mode](Graph&, const std::vector<Value>& v) {
+          return pad(v[0], {{2, 1}, {1, 2}}, mode);
+        },
+        {r64({2, 3, 4}, -1, 1, 7)}, "pad mode " + std::to_string(static_cast<int>(mode)));
+  // An unknown batch with an empty padded dim has nothing to copy a slab's shape from.
+  Value empty = g.placeholder("empty", f32, {-1, 0});
+  expect_error<GraphError>([&] { pad(empty, {{1, 1}}); }, {"[pad]", "(constant)", "is empty"});
+  expect_error<GraphError>(
+      [&] {
+        pad(x, {{4, 0}}, PadMode::reflect);
+      },
+      {"[pad] x (reflect)", "widths (4, 0) for dim 1 of size 4", "at most 3"});
+  expect_error<GraphError>(
+      [&] {
+        pad(x, {{0, 5}}, PadMode::circular);
+      },
+      {"(circular)", "at most 4"});
+  expect_error<GraphError>(
+      [&] {
+        pad(x, {{0, 0}, {1, 1}}, PadMode::replicate);
+      },
+      {"(replicate)", "dim 0 of [?, 4] is padded, so it must be known"});
+  // Conv2d's padding_mode pads first; transposed convolutions take zeros only.
+  Value image = g.placeholder("image", f64, {1, 1, 3, 3});
+  Value ones = g.constant(Tensor::full(f64, {1, 1, 3, 3}, 1.0));
+  const Tensor nine = Tensor::from_vector<double>({1, 2, 3, 4, 5, 6, 7, 8, 9}, {1, 1, 3, 3});
+  const Tensor summed =
+      testing::run1(g, conv2d(image, ones, {.padding = {1, 1}, .padding_mode = PadMode::circular}),
+                    {{image, nine}});
+  // Every circular 3 x 3 window of a 3 x 3 image holds all nine values.
+  EXPECT_EQ(summed.to_vector<double>(), std::vector<double>(9, 45));
+  expect_error<GraphError>(
+      [&] { conv_transpose2d(image, ones, {.padding_mode = PadMode::reflect}); },
+      {"conv_transpose2d", "padding_mode must be zeros"});
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "test_util.h"
@@ -147,6 +148,53 @@ TEST(ArgMax, FirstIndexOnTiesNaNWinsAnyAxis) {
         if (input.element((o * 17 + j) * 5 + i) > input.element((o * 17 + best) * 5 + i)) best = j;
       EXPECT_EQ(got.element(o * 5 + i), best);
     }
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Integers wrap (as integer add does), NaN and inf carry forward, long f32 sums add in double,
+// and every line of a [outer, n, inner] view is its own scan whatever the thread split.
+TEST(Cumsum, IntegersWrapNaNCarriesAndLongFloatSumsStayExact) {
+  Graph g;
+  Value ints = g.constant(
+      Tensor::from_vector<int32_t>({std::numeric_limits<int32_t>::max(), 1, -5, 7}, {4}));
+  EXPECT_EQ(testing::run1(g, cumsum(ints, 0)).to_vector<int32_t>(),
+            (std::vector<int32_t>{
+                std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min(),
+                std::numeric_limits<int32_t>::max() - 4, std::numeric_limits<int32_t>::min() + 2}));
+  Value longs = g.constant(Tensor::from_vector<int64_t>({3, -1, 4, 1, -5, 9}, {2, 3}));
+  EXPECT_EQ(testing::run1(g, cumsum(longs, 1, true, true)).to_vector<int64_t>(),
+            (std::vector<int64_t>{3, 4, 0, 4, 9, 0}));
+  Value special = g.constant(Tensor::from_vector<float>({1, NAN, 2, INFINITY, -INFINITY}, {5}));
+  const auto s = testing::run1(g, cumsum(special, 0)).to_vector<float>();
+  EXPECT_EQ(s[0], 1);
+  for (size_t i = 1; i < s.size(); ++i) EXPECT_TRUE(std::isnan(s[i])) << i;
+  // 2^24 + 1 + 1 + ...: an f32 accumulator would stay at 2^24.
+  std::vector<float> ones(1000, 1.0f);
+  ones[0] = 16777216.0f;
+  Value many = g.constant(Tensor::from_vector<float>(ones, {1000}));
+  EXPECT_EQ(testing::run1(g, cumsum(many, 0)).to_vector<float>().back(), 16777216.0f + 1000.0f);
+  // [outer 3, n 50, inner 37] against a direct scan, for any thread count.
+  const Tensor x = testing::random_tensor(f64, {3, 50, 37}, -1, 1, 3);
+  Value vx = g.placeholder("x", f64, {3, 50, 37});
+  const Tensor y = testing::run1(g, cumsum(vx, 1), {{vx, x}});
+  for (int64_t o = 0; o < 3; ++o)
+    for (int64_t k = 0; k < 37; ++k) {
+      double acc = 0;
+      for (int64_t j = 0; j < 50; ++j) {
+        acc += x.element((o * 50 + j) * 37 + k);
+        ASSERT_EQ(y.element((o * 50 + j) * 37 + k), acc) << o << " " << j << " " << k;
+      }
+    }
+  testing::expect_error<GraphError>([&] { cumsum(g.scalar(1.0, f32), 0); },
+                                    {"[cumsum]", "rank >= 1"});
+  testing::expect_error<GraphError>([&] { cumsum(longs, 2); }, {"[cumsum]", "axis 2"});
+  testing::expect_error<GraphError>([&] { cumsum(cast(longs, DType::boolean), 0); },
+                                    {"[cumsum]", "bool"});
 }
 
 }  // namespace

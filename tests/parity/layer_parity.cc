@@ -1,4 +1,4 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): eight models built as a user would,
+// Model-level PyTorch parity of the layer library (kiln::nn): ten models built as a user would,
 // trained three steps, every parameter, statistic, loss and evaluation output written as .npy
 // for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
 // initial values and compares.
@@ -41,6 +41,12 @@
 //        (alpha 0.5), PReLU (a slope per feature), Hardswish, Mish, Softsign, ReLU6,
 //        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy plus L1, smooth L1, KL divergence
 //        and cosine similarity against a target; SGD with Nesterov momentum.
+//   segment: PyTorch's modules (nn.Sequential): Conv2d with reflect padding -> InstanceNorm2d
+//        (affine) -> ReLU -> ReplicationPad2d -> Conv2d with circular padding -> ConstantPad2d
+//        (0.5) -> ReflectionPad2d -> Conv2d, per-pixel logits over an unknown batch; a side
+//        branch Conv1d (replicate padding) -> InstanceNorm1d on the height mean; per-pixel
+//        nll_loss of log_softmax (class weights, ignored pixels), binary cross entropy of a
+//        sigmoid, with logits (pos_weight), MSE of the side branch; Adam.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -451,6 +457,65 @@ void activations(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+void segment(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  // The batch is unknown when the graph is built: every pad mode follows it.
+  Value x = g.placeholder("x", f32, {-1, 3, 9, 8});
+  Value y = g.placeholder("y", i64, {-1, 11, 14});
+  Value t = g.placeholder("t", f32, {-1, 11, 14});
+  Value side_target = g.placeholder("side_target", f32, {-1, 4, 14});
+  nn::Sequential model(g, "seg");
+  // The convolutions before an instance norm have no bias: the norm cancels one (its gradient
+  // is rounding noise, which Adam's sign-like first steps would amplify), as in PyTorch models.
+  model.add<nn::Conv2d>("reflect_conv", 3, 6, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.padding = {1, 1}, .padding_mode = PadMode::reflect},
+                        nn::LayerOptions{.bias = false});
+  model.add<nn::InstanceNorm2d>("norm", 6, 1e-5, /*affine=*/true);
+  model.add("relu", [](const Value& v) { return relu(v); });
+  model.add<nn::Pad>("replicate", std::vector<std::pair<int64_t, int64_t>>{{1, 2}, {0, 1}},
+                     PadMode::replicate);  // [N, 6, 10, 11]
+  model.add<nn::Conv2d>("circular_conv", 6, 6, std::array<int64_t, 2>{3, 3},
+                        Conv2dOptions{.padding = {1, 2}, .padding_mode = PadMode::circular});
+  model.add<nn::Pad>("constant", std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {1, 0}},
+                     PadMode::constant, 0.5);  // [N, 6, 11, 14]
+  model.add<nn::Pad>("reflect", std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {1, 1}},
+                     PadMode::reflect);
+  model.add<nn::Conv2d>("head", 6, 4, std::array<int64_t, 2>{3, 3});  // [N, 4, 11, 14]
+  const Value logits = model(x);
+  nn::Conv1d side_conv(g, "side_conv", 4, 4, 3, {.padding = 1, .padding_mode = PadMode::replicate},
+                       nn::LayerOptions{.bias = false});
+  nn::InstanceNorm1d side_norm(g, "side_norm", 4);
+  const Value side = side_norm(side_conv(mean(logits, {2})));
+  const Value class_weight = g.constant(Tensor::from_vector<float>({0.5f, 1, 2, 1.5f}));
+  std::vector<float> positive(14);
+  for (size_t i = 0; i < positive.size(); ++i) positive[i] = 0.5f + 0.25f * static_cast<float>(i);
+  const Value pos_weight = g.constant(Tensor::from_vector<float>(positive));
+  auto channel = [&](int64_t c) { return squeeze(logits.slice(1, c, c + 1), {1}); };
+  Value loss = nll_loss(log_softmax(logits, 1), y, -1, class_weight) +
+               mean(binary_cross_entropy(sigmoid(channel(0)), t)) * 0.1 +
+               mean(binary_cross_entropy_with_logits(channel(1), t, pos_weight)) * 0.1 +
+               mse_loss(side, side_target) * 0.1;
+  optim::Adam adam({.lr = 1e-2});
+  Value step = adam.minimize(loss);
+  std::vector<Value> variables = model.parameters();
+  for (const Value& v : side_conv.parameters()) variables.push_back(v);
+  // Labels 0..3 with some ignored (-1); targets in [0, 1].
+  std::vector<int64_t> labels(3 * 11 * 14);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = i % 7 == 3 ? -1 : (i * 5 + i / 14) % 4;
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> unit(0, 1);
+  std::vector<float> targets(3 * 11 * 14);
+  for (float& v : targets) v = unit(rng);
+  Session session(g, {.device = device});
+  train(session, variables,
+        {{x, normal({3, 3, 9, 8}, 13)},
+         {y, Tensor::from_vector<int64_t>(labels, {3, 11, 14})},
+         {t, Tensor::from_vector<float>(targets, {3, 11, 14})},
+         {side_target, normal({3, 4, 14}, 14)}},
+        {loss}, step, dir, 3);
+}
+
 // One interpolate call of the table below (torch_layer_parity.py holds the same table).
 struct Resize {
   Shape x;
@@ -529,10 +594,11 @@ int main(int argc, char** argv) {
     kiln::decoder(dir / "decoder", device);
     kiln::recurrent(dir / "recurrent", device);
     kiln::activations(dir / "activations", device);
+    kiln::segment(dir / "segment", device);
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
-        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder, recurrent and "
-        "activations models' runs and the interpolate table on %s to %s\n",
+        "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder, recurrent, "
+        "activations and segment models' runs and the interpolate table on %s to %s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

@@ -1,12 +1,13 @@
 #!/usr/bin/python3
-"""Model-level PyTorch parity of kiln::nn: rebuilds the eight models layer_parity trained (see
+"""Model-level PyTorch parity of kiln::nn: rebuilds the models layer_parity trained (see
 tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
 three steps and compares every step's loss, every variable after training (parameters and batch
-norm's running statistics) and the CNNs' evaluation-mode logits. Three are written with torch's
-functions; the encoder, the text CNN, the pooling model, the decoder and the recurrent model are
-PyTorch's own modules (nn.Embedding, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-nn.Conv1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, ...)
-with Kiln's values loaded, as a user porting a model would.
+norm's running statistics) and the CNNs' evaluation-mode logits. Four are written with torch's
+functions; the encoder, the text CNN, the pooling model, the decoder, the recurrent model and the
+segmentation model are PyTorch's own modules (nn.Embedding, nn.TransformerEncoderLayer,
+nn.TransformerDecoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.LSTM, nn.GRU,
+nn.RNN, nn.InstanceNorm2d, nn.ReflectionPad2d, ...) with Kiln's values loaded, as a user porting
+a model would.
 
     /usr/bin/python3 torch_layer_parity.py DIR
 
@@ -440,6 +441,48 @@ def activations(run):
     run.check_variables()
 
 
+def segment(run):
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    t = torch.tensor(run.load("t.npy")).double()
+    side_target = torch.tensor(run.load("side_target.npy")).double()
+    nn = torch.nn
+    reflect_conv = nn.Conv2d(3, 6, 3, padding=1, padding_mode="reflect", bias=False)
+    norm = nn.InstanceNorm2d(6, affine=True)
+    circular_conv = nn.Conv2d(6, 6, 3, padding=(1, 2), padding_mode="circular")
+    head = nn.Conv2d(6, 4, 3)
+    model = nn.Sequential(reflect_conv, norm, nn.ReLU(), nn.ReplicationPad2d((1, 2, 0, 1)),
+                          circular_conv, nn.ConstantPad2d((0, 1, 1, 0), 0.5),
+                          nn.ReflectionPad2d(1), head)
+    side_conv = nn.Conv1d(4, 4, 3, padding=1, padding_mode="replicate", bias=False)
+    side_norm = nn.InstanceNorm1d(4)
+    where = {}
+    for name, module in (("seg/reflect_conv", reflect_conv), ("seg/norm", norm),
+                         ("seg/circular_conv", circular_conv), ("seg/head", head),
+                         ("side_conv", side_conv)):
+        where[f"{name}/weight"] = (module.weight, None, False)
+        if module.bias is not None:
+            where[f"{name}/bias"] = (module.bias, None, False)
+    port = Port(run, where)
+    if not port.valid:
+        return
+    class_weight = torch.tensor([0.5, 1, 2, 1.5])
+    pos_weight = 0.5 + 0.25 * torch.arange(14.0)
+    adam = torch.optim.Adam(list(model.parameters()) + list(side_conv.parameters()), lr=1e-2)
+    for step in range(3):
+        adam.zero_grad()
+        logits = model(x)
+        side = side_norm(side_conv(logits.mean(2)))
+        loss = (F.nll_loss(F.log_softmax(logits, 1), y, weight=class_weight, ignore_index=-1) +
+                F.binary_cross_entropy(torch.sigmoid(logits[:, 0]), t) * 0.1 +
+                F.binary_cross_entropy_with_logits(logits[:, 1], t, pos_weight=pos_weight) * 0.1 +
+                F.mse_loss(side, side_target) * 0.1)
+        loss.backward()
+        adam.step()
+        run.check_step(step, [loss])
+    port.check_variables()
+
+
 # layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners); x and r come
 # from its files.
 RESIZES = [
@@ -487,7 +530,8 @@ def main():
     runs = []
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
-                         ("recurrent", recurrent), ("activations", activations)):
+                         ("recurrent", recurrent), ("activations", activations),
+                         ("segment", segment)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)

@@ -274,6 +274,14 @@ def apply(op, args, attrs, dtype, custom):
         return fn(a, dim=axes, keepdim=keep)
     if op in ("argmax", "argmin"):
         return (torch.argmax if op == "argmax" else torch.argmin)(a, dim=int(attrs["axis"]))
+    if op == "cumsum":
+        axis = int(attrs["axis"])
+        reverse = attrs["reverse"] == "1"
+        v = a.flip(axis) if reverse else a
+        y = torch.cumsum(v, axis)
+        if attrs["exclusive"] == "1":
+            y = y - v
+        return y.flip(axis) if reverse else y
     if op == "numel":
         return torch.tensor(float(a.numel()), dtype=DTYPES[attrs["dtype"]])
     if op == "reshape":
@@ -311,6 +319,11 @@ def apply(op, args, attrs, dtype, custom):
         idx = idx % params.shape[axis]
         flat = dy.reshape(params.shape[:axis] + (idx.numel(),) + params.shape[axis + 1:])
         return torch.zeros_like(params).index_add(axis, idx.flatten(), flat)
+    if op == "take_along_axis":
+        return torch.gather(a, int(attrs["axis"]), args[1])
+    if op == "take_along_axis_grad":  # scatter-add of dy into zeros shaped like params
+        dy, idx, params = args
+        return torch.zeros_like(params).scatter_add(int(attrs["axis"]), idx, dy)
     if op == "sum_to":
         return sum_to(a, args[1].shape)
     if op == "broadcast_like":
