@@ -29,9 +29,12 @@ Value dropout(const Value& x, double rate, bool training, int64_t seed = 0);
 Value softmax_cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
                             double label_smoothing = 0);
 /// The mean of softmax_cross_entropy over the rows not labelled `ignore_index` (PyTorch's
-/// cross_entropy with reduction "mean"; NaN when every row is ignored, as there).
+/// cross_entropy with reduction "mean"; NaN when every row is ignored, as there). Logits may be
+/// [N, C] or [N, C, d1, ...] with labels [N, d1, ...] (per pixel: the class dim is 1). A class
+/// `weight` [C] weighs each element by weight[label] and divides by the sum of those weights,
+/// label smoothing included, as PyTorch's.
 Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
-                    double label_smoothing = 0);
+                    double label_smoothing = 0, const Value& weight = {});
 /// Negative log likelihood of integer class `labels` [N, d1, ...] (i32 or i64) under
 /// `log_probs` [N, C, d1, ...]: the mean of -log_probs[n, labels[n, ...], ...] over the
 /// elements not labelled `ignore_index`, each weighted by weight[label] when a class `weight`

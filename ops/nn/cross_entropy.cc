@@ -4,6 +4,8 @@
 //   c] dz[i, c] = dloss[i] * (softmax(z)[i, c] - t[i, c])
 // Rows whose label is ignore_index have loss 0 and gradient 0 (and their label is not checked).
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
@@ -164,12 +166,55 @@ Value softmax_cross_entropy(const Value& logits, const Value& labels, int64_t ig
            {{"ignore_index", ignore_index}, {"label_smoothing", label_smoothing}});
 }
 
+namespace {
+
+// logits [N, C, d1, ...] as rows [N d1 ..., C] (the class dim moved last) and labels [N, d1,
+// ...] as [N d1 ...], for softmax_cross_entropy, which takes rows.
+std::pair<Value, Value> as_rows(const Value& logits, const Value& labels) {
+  const Shape& x = logits.shape();
+  const int64_t rank = x.rank();
+  KILN_CHECK(x[1] >= 0, GraphError, "[cross_entropy] logits ", x,
+             " need a known class dim 1 to be read as rows");
+  KILN_CHECK(labels.shape().rank() == rank - 1, GraphError, "[cross_entropy] labels ",
+             labels.shape(), " must be logits ", x, " without its class dim 1");
+  std::vector<int64_t> last(static_cast<size_t>(rank));
+  last[0] = 0;
+  for (int64_t d = 2; d < rank; ++d) last[static_cast<size_t>(d - 1)] = d;
+  last.back() = 1;
+  return {reshape(transpose(logits, last), {-1, x[1]}), reshape(labels, {-1})};
+}
+
+}  // namespace
+
 Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index,
-                    double label_smoothing) {
-  Value losses = softmax_cross_entropy(logits, labels, ignore_index, label_smoothing);
-  Value counted = cast(
-      not_equal(labels, logits.graph()->scalar(static_cast<double>(ignore_index), labels.dtype())),
-      losses.dtype());
+                    double label_smoothing, const Value& weight) {
+  KILN_CHECK(logits.shape().rank() >= 2, GraphError, "[cross_entropy] logits ", logits.shape(),
+             " must be [N, C, ...]");
+  if (weight.defined()) {
+    // PyTorch's weighted form: (1 - e) nll_loss(log p, y, weight) + e / C sum over the counted
+    // elements of -sum_c w_c log p_c, divided by the same sum of w[y] as the nll part.
+    const Value log_probs = log_softmax(logits, 1);
+    const Value nll = nll_loss(log_probs, labels, ignore_index, weight);
+    if (label_smoothing == 0) return nll;
+    KILN_CHECK(label_smoothing > 0 && label_smoothing <= 1, GraphError,
+               "[cross_entropy] label_smoothing ", label_smoothing, " must be in [0, 1]");
+    Graph& graph = *logits.graph();
+    std::vector<int64_t> along_classes(static_cast<size_t>(logits.shape().rank()), 1);
+    along_classes[1] = -1;
+    const Value ignore = graph.scalar(static_cast<double>(ignore_index), labels.dtype());
+    const Value counted = cast(not_equal(labels, ignore), log_probs.dtype());
+    const Value safe = where(equal(labels, ignore), graph.scalar(0, labels.dtype()), labels);
+    const Value smooth = -sum(log_probs * reshape(weight, Shape(along_classes)), {1}) * counted;
+    const Value total_weight = sum(gather(weight, safe, 0) * counted);
+    const double classes = static_cast<double>(logits.shape()[1]);
+    return nll * (1 - label_smoothing) + sum(smooth) / total_weight * (label_smoothing / classes);
+  }
+  const auto [rows, row_labels] =
+      logits.shape().rank() == 2 ? std::pair{logits, labels} : as_rows(logits, labels);
+  Value losses = softmax_cross_entropy(rows, row_labels, ignore_index, label_smoothing);
+  Value counted = cast(not_equal(row_labels, rows.graph()->scalar(static_cast<double>(ignore_index),
+                                                                  labels.dtype())),
+                       losses.dtype());
   return sum(losses) / sum(counted);
 }
 

@@ -369,6 +369,58 @@ TEST(NnFunctional, NllLossWeighsAndIgnoresOverTrailingDims) {
   expect_error<GraphError>([&] { nll_loss(vz, labels, -100, vw); }, {"[nll_loss] weight [3]"});
 }
 
+// Per-pixel cross entropy ([N, C, L] logits), with and without class weights and label
+// smoothing, against PyTorch's formula in f64.
+TEST(NnFunctional, CrossEntropyPerPixelWithClassWeightsAndSmoothing) {
+  constexpr int64_t kN = 2, kC = 3, kL = 4;
+  const Tensor z = testing::random_tensor(f64, {kN, kC, kL}, -3, 3, 51);
+  const std::vector<int64_t> y = {2, 0, -1, 1, 1, 1, 2, -1};
+  const std::vector<double> w = {0.5, 2.0, 1.5};
+  auto expected = [&](bool weighted, double e) {
+    double loss = 0, total = 0;
+    for (int64_t n = 0; n < kN; ++n)
+      for (int64_t l = 0; l < kL; ++l) {
+        const int64_t label = y[n * kL + l];
+        if (label < 0) continue;
+        double lse = 0;
+        for (int64_t c = 0; c < kC; ++c) lse += std::exp(z.element((n * kC + c) * kL + l));
+        lse = std::log(lse);
+        auto nll = [&](int64_t c) { return lse - z.element((n * kC + c) * kL + l); };
+        const double wy = weighted ? w[label] : 1.0;
+        double smooth = 0;
+        for (int64_t c = 0; c < kC; ++c) smooth += (weighted ? w[c] : 1.0) * nll(c);
+        loss += (1 - e) * wy * nll(label) + e / kC * smooth;
+        total += wy;
+      }
+    return loss / total;
+  };
+  Graph g;
+  Value logits = g.placeholder("z", f64, {-1, kC, kL});
+  Value labels = g.constant(Tensor::from_vector<int64_t>(y, {kN, kL}));
+  Value weight = g.constant(Tensor::from_vector<double>(w));
+  Session s(g);
+  const auto got = s.run({{logits, z}},
+                         {cross_entropy(logits, labels, -1), cross_entropy(logits, labels, -1, 0.2),
+                          cross_entropy(logits, labels, -1, 0, weight),
+                          cross_entropy(logits, labels, -1, 0.2, weight)});
+  EXPECT_NEAR(got[0].item<double>(), expected(false, 0), 1e-12);
+  EXPECT_NEAR(got[1].item<double>(), expected(false, 0.2), 1e-12);
+  EXPECT_NEAR(got[2].item<double>(), expected(true, 0), 1e-12);
+  EXPECT_NEAR(got[3].item<double>(), expected(true, 0.2), 1e-12);
+  for (bool weighted : {false, true})
+    check_gradients(
+        [&](Graph& graph, const std::vector<Value>& v) {
+          return cross_entropy(v[0], graph.constant(Tensor::from_vector<int64_t>(y, {kN, kL})), -1,
+                               0.2,
+                               weighted ? graph.constant(Tensor::from_vector<double>(w)) : Value());
+        },
+        {z}, weighted ? "weighted cross entropy" : "per-pixel cross entropy");
+  expect_error<GraphError>([&] { cross_entropy(logits, labels, -1, 1.5, weight); },
+                           {"[cross_entropy] label_smoothing 1.5"});
+  expect_error<GraphError>([&] { cross_entropy(logits, g.constant(Tensor::zeros(i64, {2}))); },
+                           {"[cross_entropy] labels [2]", "without its class dim 1"});
+}
+
 TEST(NnFunctional, BinaryCrossEntropyOnProbabilitiesAndWithPosWeight) {
   Tensor p = r64({3, 4}, 0.02, 0.98, 31), t = r64({3, 4}, 0, 1, 32), x = r64({3, 4}, -4, 4, 33);
   Tensor pw = r64({4}, 0.5, 3, 34);

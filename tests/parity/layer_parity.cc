@@ -45,8 +45,9 @@
 //        (affine) -> ReLU -> ReplicationPad2d -> Conv2d with circular padding -> ConstantPad2d
 //        (0.5) -> ReflectionPad2d -> Conv2d, per-pixel logits over an unknown batch; a side
 //        branch Conv1d (replicate padding) -> InstanceNorm1d on the height mean; per-pixel
-//        nll_loss of log_softmax (class weights, ignored pixels), binary cross entropy of a
-//        sigmoid, with logits (pos_weight), MSE of the side branch; Adam.
+//        nll_loss of log_softmax and cross entropy (class weights, label smoothing, ignored
+//        pixels), binary cross entropy of a sigmoid and with logits (pos_weight), MSE of the side
+//        branch; Adam.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -493,6 +494,8 @@ void segment(const std::filesystem::path& dir, Device device) {
   const Value pos_weight = g.constant(Tensor::from_vector<float>(positive));
   auto channel = [&](int64_t c) { return squeeze(logits.slice(1, c, c + 1), {1}); };
   Value loss = nll_loss(log_softmax(logits, 1), y, -1, class_weight) +
+               cross_entropy(logits, y, -1, 0.1, class_weight) * 0.5 +
+               cross_entropy(logits, y, -1, 0.2) * 0.5 +
                mean(binary_cross_entropy(sigmoid(channel(0)), t)) * 0.1 +
                mean(binary_cross_entropy_with_logits(channel(1), t, pos_weight)) * 0.1 +
                mse_loss(side, side_target) * 0.1;

@@ -474,6 +474,9 @@ def segment(run):
         logits = model(x)
         side = side_norm(side_conv(logits.mean(2)))
         loss = (F.nll_loss(F.log_softmax(logits, 1), y, weight=class_weight, ignore_index=-1) +
+                F.cross_entropy(logits, y, weight=class_weight, ignore_index=-1,
+                                label_smoothing=0.1) * 0.5 +
+                F.cross_entropy(logits, y, ignore_index=-1, label_smoothing=0.2) * 0.5 +
                 F.binary_cross_entropy(torch.sigmoid(logits[:, 0]), t) * 0.1 +
                 F.binary_cross_entropy_with_logits(logits[:, 1], t, pos_weight=pos_weight) * 0.1 +
                 F.mse_loss(side, side_target) * 0.1)
