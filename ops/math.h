@@ -148,6 +148,19 @@ Value argmax(const Value& x, int64_t axis, bool keepdims = false);
 /// Index (i64) of the smallest element along `axis`; the first one on ties.
 Value argmin(const Value& x, int64_t axis, bool keepdims = false);
 
+/// Values picked along an axis and their i64 indices (topk, sort).
+struct Sorted {
+  Value values, indices;
+};
+/// The k largest elements along `axis` (the smallest with largest = false), first to last, and
+/// their indices (PyTorch's topk, sorted). NaN counts as larger than every number; equal values
+/// keep their index order. The values' gradient goes back to where each came from.
+Sorted topk(const Value& x, int64_t k, int64_t axis = -1, bool largest = true);
+/// x sorted along `axis` (ascending, or descending) and the indices that sort it, stable
+/// (torch.sort(stable=True)); NaN last ascending, first descending.
+Sorted sort(const Value& x, int64_t axis = -1, bool descending = false);
+/// The indices that sort x along `axis` (torch.argsort(stable=True)).
+Value argsort(const Value& x, int64_t axis = -1, bool descending = false);
 /// Running sums along `axis` (PyTorch's cumsum, TensorFlow's cumsum with its flags): y[j] =
 /// x[0] + ... + x[j]; `exclusive` leaves x[j] out (y[0] = 0), `reverse` sums from the end.
 /// Floating (added in double on the CPU) or i32/i64 (wrapping).

@@ -381,6 +381,18 @@ std::vector<OpCase> make_cases() {
                }});
   add({"cumsum", "cumsum_last", [](CaseGraph& c) { return cumsum(c.input({5, 6}), -1); }});
 
+  // topk (sort is k = -1): both outputs read, the indices as values.
+  auto both = [](const Sorted& s) { return s.values + cast(s.indices, s.values.dtype()) * 0.125; };
+  add({"topk", "topk_largest_axis1", [both](CaseGraph& c) {
+         return both(topk(c.input({3, 7, 4}), 3, 1));
+       }});
+  add({"topk", "topk_smallest_last", [both](CaseGraph& c) {
+         return both(topk(c.input({4, 9}), 4, -1, false));
+       }});
+  add({"topk", "sort_descending", [both](CaseGraph& c) {
+         return both(sort(c.input({5, 6}), 0, true));
+       }});
+
   // ---- Shapes and data movement.
   add({"reshape", "reshape", [](CaseGraph& c) { return reshape(c.input({4, 6}), {3, -1}); }});
   add({"transpose", "transpose", [](CaseGraph& c) {

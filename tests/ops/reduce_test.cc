@@ -199,3 +199,47 @@ TEST(Cumsum, IntegersWrapNaNCarriesAndLongFloatSumsStayExact) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// topk / sort / argsort: PyTorch's order with NaN as the largest value, ties in index order
+// (stable), any axis, integers, k = 0, and errors naming k and the shape.
+TEST(Topk, OrdersWithNaNLargestAndTiesStable) {
+  Graph g;
+  Value x = g.constant(Tensor::from_vector<float>({3, NAN, 1, 3, -INFINITY, 7, 1}, {7}));
+  const Sorted top = topk(x, 4);
+  const Sorted low = topk(x, 3, 0, false);
+  const Sorted all = sort(x);
+  Session s(g);
+  const auto got = s.run(
+      {}, {top.values, top.indices, low.values, low.indices, all.indices, argsort(x, 0, true)});
+  const auto top_values = got[0].to_vector<float>();
+  EXPECT_TRUE(std::isnan(top_values[0]));
+  EXPECT_EQ(std::vector<float>(top_values.begin() + 1, top_values.end()),
+            (std::vector<float>{7, 3, 3}));
+  EXPECT_EQ(got[1].to_vector<int64_t>(), (std::vector<int64_t>{1, 5, 0, 3}));
+  EXPECT_EQ(got[2].to_vector<float>(), (std::vector<float>{-INFINITY, 1, 1}));
+  EXPECT_EQ(got[3].to_vector<int64_t>(), (std::vector<int64_t>{4, 2, 6}));
+  EXPECT_EQ(got[4].to_vector<int64_t>(), (std::vector<int64_t>{4, 2, 6, 0, 3, 5, 1}));
+  EXPECT_EQ(got[5].to_vector<int64_t>(), (std::vector<int64_t>{1, 5, 0, 3, 2, 6, 4}));
+  // Along axis 0 of [4, 3] integers (an unknown leading dim is fine for sort).
+  Value m = g.placeholder("m", i32, {-1, 3});
+  const Tensor mv = Tensor::from_vector<int32_t>({5, 0, 2, -1, 9, 2, 5, 4, 8, 7, 1, 2}, {4, 3});
+  const Sorted columns = sort(m, 0, true);
+  EXPECT_EQ(columns.values.shape(), Shape({-1, 3}));
+  const auto sorted = s.run({{m, mv}}, {columns.values, columns.indices});
+  EXPECT_EQ(sorted[0].to_vector<int32_t>(),
+            (std::vector<int32_t>{7, 9, 8, 5, 4, 2, 5, 1, 2, -1, 0, 2}));
+  EXPECT_EQ(sorted[1].to_vector<int64_t>(),
+            (std::vector<int64_t>{3, 1, 2, 0, 2, 0, 2, 3, 1, 1, 0, 3}));
+  EXPECT_EQ(testing::run1(g, topk(x, 0).values).shape(), Shape({0}));
+  testing::expect_error<GraphError>([&] { topk(x, 8); },
+                                    {"[topk]", "k 8 is more than the 7 elements along axis 0"});
+  testing::expect_error<GraphError>([&] { topk(x, -1); }, {"[topk]", "k -1"});
+  testing::expect_error<GraphError>([&] { sort(g.scalar(1.0, f32)); }, {"rank >= 1"});
+  testing::expect_error<GraphError>([&] { sort(cast(x, DType::boolean)); }, {"[topk]", "bool"});
+}
+
+}  // namespace
+}  // namespace kiln

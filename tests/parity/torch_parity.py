@@ -282,6 +282,12 @@ def apply(op, args, attrs, dtype, custom):
         if attrs["exclusive"] == "1":
             y = y - v
         return y.flip(axis) if reverse else y
+    if op == "topk":
+        axis, k = int(attrs["axis"]), int(attrs["k"])
+        largest = attrs["largest"] == "1"
+        if k < 0:
+            return tuple(torch.sort(a, dim=axis, descending=largest, stable=True))
+        return tuple(torch.topk(a, k, dim=axis, largest=largest, sorted=True))
     if op == "numel":
         return torch.tensor(float(a.numel()), dtype=DTYPES[attrs["dtype"]])
     if op == "reshape":
