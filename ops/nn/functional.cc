@@ -3,6 +3,7 @@
 // parts into one kernel).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
@@ -281,9 +282,11 @@ Value pad(const Value& x, const std::vector<std::pair<int64_t, int64_t>>& widths
       y = concat(parts, axis);
       continue;
     }
-    // PyTorch's limits: reflect reaches at most n - 1 past an edge, circular n, replicate needs
-    // an element to repeat.
-    const int64_t reach = mode == PadMode::reflect ? n - 1 : n;
+    // PyTorch's limits: reflect reaches at most n - 1 past an edge, circular n; replicate
+    // repeats the edge element as far as asked.
+    const int64_t reach = mode == PadMode::reflect    ? n - 1
+                          : mode == PadMode::circular ? n
+                                                      : std::numeric_limits<int64_t>::max();
     KILN_CHECK(n > 0 && before <= reach && after <= reach, GraphError, where, ": widths (", before,
                ", ", after, ") for dim ", axis, " of size ", n, " must be at most ", reach);
     const std::vector<int64_t> sources = pad_sources(mode, n, before, after);

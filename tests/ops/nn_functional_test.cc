@@ -574,6 +574,9 @@ TEST(NnFunctional, PadModesMirrorRepeatAndWrapOverAnUnknownBatch) {
   EXPECT_EQ(got[3].to_vector<float>(),
             (std::vector<float>{9, 9, 9, 1, 2, 3, 4, 9, 9, 9, 9, 9, 5, 6, 7, 8, 9, 9}));
   for (const Tensor& t : got) EXPECT_EQ(t.shape(), Shape({2, 9}));
+  // Replicate has no limit (PyTorch's ReplicationPad): 6 past an edge of 4.
+  EXPECT_EQ(testing::run1(g, pad(x, {{0, 6}}, PadMode::replicate), {{x, row}}).to_vector<float>(),
+            (std::vector<float>{1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 5, 6, 7, 8, 8, 8, 8, 8, 8, 8}));
   // Two dims at once, each mode's gradient (the reflected and wrapped elements add up).
   for (PadMode mode : {PadMode::reflect, PadMode::replicate, PadMode::circular, PadMode::constant})
     check_gradients(
