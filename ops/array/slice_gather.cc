@@ -129,6 +129,22 @@ std::vector<TensorType> infer_gather(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape(std::move(dims))}};
 }
 
+// The gradient of a picking op (gather, take_along_axis) takes (dy, indices, params) and gives
+// zeros shaped like params with dy added where it was picked from: dy must have the shape the
+// forward op gives for (params, indices).
+using InferFn = std::vector<TensorType> (*)(const InferContext&);
+std::vector<TensorType> infer_pick_grad(const InferContext& ctx, InferFn infer_forward,
+                                        const char* forward_op) {
+  const std::vector<TensorType> params_indices = {ctx.input(2), ctx.input(1)};
+  InferContext forward(ctx.op(), ctx.node_name(), params_indices, ctx.attrs());
+  const TensorType picked = infer_forward(forward)[0];
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  ctx.expect_same_dtype(0, 2);
+  if (!ctx.shape(0).compatible_with(picked.shape))
+    ctx.fail("dy is ", ctx.shape(0), ", ", forward_op, " gives ", picked.shape);
+  return {ctx.input(2)};
+}
+
 // params viewed as [outer, n, inner] around `axis`.
 struct AxisView {
   int64_t outer = 1, n = 1, inner = 1;
@@ -219,17 +235,7 @@ KILN_OP(gather_grad)
     .input("indices")
     .input("params")
     .attr("axis", int64_t{0})
-    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
-      // dy must have the shape gather(params, indices) has.
-      const std::vector<TensorType> params_indices = {ctx.input(2), ctx.input(1)};
-      InferContext forward(ctx.op(), ctx.node_name(), params_indices, ctx.attrs());
-      const TensorType gathered = infer_gather(forward)[0];
-      ctx.expect_dtype(0, {f32, f64, f16, bf16});
-      ctx.expect_same_dtype(0, 2);
-      if (!ctx.shape(0).compatible_with(gathered.shape))
-        ctx.fail("dy is ", ctx.shape(0), ", gather gives ", gathered.shape);
-      return {ctx.input(2)};
-    })
+    .infer([](const InferContext& ctx) { return infer_pick_grad(ctx, infer_gather, "gather"); })
     .kernel(DeviceKind::cpu,
             [](KernelContext& ctx) {
               const Tensor& dy = ctx.input(0);
@@ -354,15 +360,8 @@ KILN_OP(take_along_axis_grad)
     .input("indices")
     .input("params")
     .attr("axis", int64_t{0})
-    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
-      const std::vector<TensorType> params_indices = {ctx.input(2), ctx.input(1)};
-      InferContext forward(ctx.op(), ctx.node_name(), params_indices, ctx.attrs());
-      const TensorType taken = infer_take_along_axis(forward)[0];
-      ctx.expect_dtype(0, {f32, f64, f16, bf16});
-      ctx.expect_same_dtype(0, 2);
-      if (!ctx.shape(0).compatible_with(taken.shape))
-        ctx.fail("dy is ", ctx.shape(0), ", take_along_axis gives ", taken.shape);
-      return {ctx.input(2)};
+    .infer([](const InferContext& ctx) {
+      return infer_pick_grad(ctx, infer_take_along_axis, "take_along_axis");
     })
     .kernel(DeviceKind::cpu,
             [](KernelContext& ctx) {

@@ -218,15 +218,14 @@ const char* pad_mode_name(PadMode mode) {
 }
 
 // Positions [-before, n + after) of an axis of n mapped into [0, n) by the mode (reflect
-// mirrors about the edge elements, replicate clamps, circular wraps); constant maps the padding
-// to n, one past the end, where the caller puts a slab of the value.
+// mirrors about the edge elements, replicate clamps, circular wraps). Constant padding is not
+// a gather: pad() concatenates slabs of the value instead.
 std::vector<int64_t> pad_sources(PadMode mode, int64_t n, int64_t before, int64_t after) {
   std::vector<int64_t> sources;
   for (int64_t i = -before; i < n + after; ++i) {
     int64_t j = i;
     switch (mode) {
       case PadMode::constant:
-        j = i < 0 || i >= n ? n : i;
         break;
       case PadMode::reflect:
         j = i < 0 ? -i : i >= n ? 2 * (n - 1) - i : i;
