@@ -1,4 +1,5 @@
-// Neural-network ops and functions: softmax, losses, activations with parameters.
+// Neural-network ops and functions: softmax, dropout, recurrent cells, activations, attention,
+// convolution, pooling and normalization. The losses are in losses.h (included here).
 #pragma once
 
 #include <array>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "kiln/framework/graph.h"
+#include "kiln/ops/losses.h"
 
 namespace kiln {
 
@@ -21,29 +23,6 @@ Value embedding(const Value& table, const Value& ids);
 /// otherwise x itself.
 Value dropout(const Value& x, double rate, bool training, int64_t seed = 0);
 
-/// Per-example cross entropy of `logits` [N, C] (floating) against integer class `labels` [N]
-/// (i32 or i64): loss[i] = logsumexp(logits[i]) - logits[i, labels[i]]. With label smoothing
-/// e the target is (1 - e) onehot + e / C (PyTorch's). Rows labelled `ignore_index` get loss
-/// 0 and no gradient. Any other label outside [0, C) is an error when the graph runs, naming
-/// the position and value.
-Value softmax_cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
-                            double label_smoothing = 0);
-/// The mean of softmax_cross_entropy over the rows not labelled `ignore_index` (PyTorch's
-/// cross_entropy with reduction "mean"; NaN when every row is ignored, as there). Logits may be
-/// [N, C] or [N, C, d1, ...] with labels [N, d1, ...] (per pixel: the class dim is 1). A class
-/// `weight` [C] weighs each element by weight[label] and divides by the sum of those weights,
-/// label smoothing included, as PyTorch's.
-Value cross_entropy(const Value& logits, const Value& labels, int64_t ignore_index = -100,
-                    double label_smoothing = 0, const Value& weight = {});
-/// Negative log likelihood of integer class `labels` [N, d1, ...] (i32 or i64) under
-/// `log_probs` [N, C, d1, ...]: the mean of -log_probs[n, labels[n, ...], ...] over the
-/// elements not labelled `ignore_index`, each weighted by weight[label] when a class `weight`
-/// [C] is given and divided by the sum of those weights (PyTorch's nll_loss with reduction
-/// "mean"; NaN when everything is ignored). nll_loss(log_softmax(x, 1), labels) is cross
-/// entropy over any number of trailing dims. A label outside [0, C) that is not ignored is an
-/// error when the graph runs.
-Value nll_loss(const Value& log_probs, const Value& labels, int64_t ignore_index = -100,
-               const Value& weight = {});
 /// The mask of inverted dropout, shaped like `x`: 1 / (1 - rate) with probability 1 - rate,
 /// else 0; a new mask on every run (the random trait: drawn under `seed`, the node's name and
 /// the graph's random counter, so a restored checkpoint continues the same sequence).
@@ -95,30 +74,6 @@ Value softsign(const Value& x);
 /// x where x >= 0, else weight x (PReLU): weight [1], or [C] for the channels of x [N, C, ...]
 /// (axis 1); anything else is a GraphError.
 Value prelu(const Value& x, const Value& weight);
-/// mean((a - b)^2) over every element (PyTorch's MSELoss, reduction "mean").
-Value mse_loss(const Value& a, const Value& b);
-/// mean over every element of 0.5 d^2 where d = |a - b| < delta, else delta (d - delta / 2)
-/// (PyTorch's HuberLoss).
-Value huber_loss(const Value& a, const Value& b, double delta = 1.0);
-/// Per-element binary cross entropy of sigmoid(logits) against targets in [0, 1], computed as
-/// softplus(logits) - logits targets (stable for any logit). A `pos_weight` (broadcast against
-/// the logits, one per class in PyTorch's use) weighs the positive term: (1 - t) x + (1 + (w -
-/// 1) t) softplus(-x). Take mean() for PyTorch's BCEWithLogitsLoss.
-Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets,
-                                       const Value& pos_weight = {});
-/// Per-element binary cross entropy of probabilities `probs` in [0, 1] against targets:
-/// -(t log p + (1 - t) log(1 - p)), each log clamped at -100 as PyTorch's BCELoss (so p = 0 or 1
-/// gives a finite loss, and there a gradient of 0). Take mean() for BCELoss.
-Value binary_cross_entropy(const Value& probs, const Value& targets);
-/// mean(|a - b|) (PyTorch's L1Loss).
-Value l1_loss(const Value& a, const Value& b);
-/// d = |a - b|: 0.5 d^2 / beta where d < beta, d - beta / 2 beyond; averaged (PyTorch's
-/// SmoothL1Loss; beta 0 is l1_loss, a negative beta a GraphError).
-Value smooth_l1_loss(const Value& a, const Value& b, double beta = 1.0);
-/// Per-element Kullback-Leibler divergence of `target` from exp(log_input): target (log target -
-/// log_input), 0 where target is 0 (with log_target, target holds log probabilities: e^t (t -
-/// log_input)). Take mean() for PyTorch's kl_div default, sum() / batch for "batchmean".
-Value kl_div(const Value& log_input, const Value& target, bool log_target = false);
 /// The cosine of the angle between a and b along `axis`: sum(a / max(|a|, eps) * b / max(|b|,
 /// eps)) over it (PyTorch's cosine_similarity; the axis is removed).
 Value cosine_similarity(const Value& a, const Value& b, int64_t axis = 1, double eps = 1e-8);

@@ -87,39 +87,6 @@ Value prelu(const Value& x, const Value& weight) {
   return where(less(x, scalar_like(x, 0)), x * slope, x);
 }
 
-// mean((a - b)^2)
-Value mse_loss(const Value& a, const Value& b) {
-  return mean(square(a - b));
-}
-
-// d = |a - b|;  0.5 d^2 where d < delta, delta (d - delta / 2) beyond; averaged
-Value huber_loss(const Value& a, const Value& b, double delta) {
-  KILN_CHECK(delta > 0, GraphError, "[huber_loss] delta ", delta, " must be positive");
-  Value d = abs(a - b);
-  return mean(where(less(d, scalar_like(d, delta)), square(d) * 0.5, (d - delta * 0.5) * delta));
-}
-
-Value l1_loss(const Value& a, const Value& b) {
-  return mean(abs(a - b));
-}
-
-// d = |a - b|;  0.5 d^2 / beta where d < beta, d - beta / 2 beyond; averaged
-Value smooth_l1_loss(const Value& a, const Value& b, double beta) {
-  KILN_CHECK(beta >= 0, GraphError, "[smooth_l1_loss] beta ", beta, " must not be negative");
-  if (beta == 0) return l1_loss(a, b);
-  Value d = abs(a - b);
-  return mean(where(less(d, scalar_like(d, beta)), square(d) * (0.5 / beta), d - beta * 0.5));
-}
-
-// t (log t - x), 0 where t is 0. log reads max(t, tiny) there, so the untaken branch's gradient
-// is 0 times a finite number, not 0 * inf.
-Value kl_div(const Value& log_input, const Value& target, bool log_target) {
-  if (log_target) return exp(target) * (target - log_input);
-  const Value positive = greater(target, scalar_like(target, 0));
-  const Value safe = where(positive, target, scalar_like(target, 1));
-  return where(positive, target * (log(safe) - log_input), scalar_like(target, 0));
-}
-
 Value cosine_similarity(const Value& a, const Value& b, int64_t axis, double eps) {
   KILN_CHECK(eps > 0, GraphError, "[cosine_similarity] eps ", eps, " must be positive");
   // max(|v|, eps) as sqrt(max(|v|^2, eps^2)): a zero vector gets a finite gradient (sqrt's
@@ -129,27 +96,6 @@ Value cosine_similarity(const Value& a, const Value& b, int64_t axis, double eps
     return v / sqrt(maximum(squares, scalar_like(squares, eps * eps)));
   };
   return sum(unit(a) * unit(b), {axis});
-}
-
-// -(y log s + (1 - y) log(1 - s)), s = sigmoid x, = softplus(x) - x y: no log of 0, no overflow
-// softplus(x) - x t; with pos_weight w: (1 - t) x + (1 + (w - 1) t) softplus(-x).
-Value binary_cross_entropy_with_logits(const Value& logits, const Value& targets,
-                                       const Value& pos_weight) {
-  if (!pos_weight.defined()) return softplus(logits) - logits * targets;
-  const Value one = scalar_like(logits, 1);
-  return (one - targets) * logits + (one + (pos_weight - one) * targets) * softplus(-logits);
-}
-
-// -(t log p + (1 - t) log(1 - p)) with each log at least -100 (PyTorch's clamp). A log of 0
-// reads log(1) through `where` and takes -100, so its gradient is 0, not 0 * inf.
-Value binary_cross_entropy(const Value& probs, const Value& targets) {
-  const Value zero = scalar_like(probs, 0), one = scalar_like(probs, 1);
-  auto clamped_log = [&](const Value& v) {
-    const Value positive = greater(v, zero);
-    return maximum(where(positive, log(where(positive, v, one)), scalar_like(v, -100)),
-                   scalar_like(v, -100));
-  };
-  return -(targets * clamped_log(probs) + (one - targets) * clamped_log(one - probs));
 }
 
 Value squeeze(const Value& x, Axes axes_in) {

@@ -48,6 +48,10 @@
 //        nll_loss of log_softmax and cross entropy (class weights, label smoothing, ignored
 //        pixels), binary cross entropy of a sigmoid and with logits (pos_weight), MSE of the side
 //        branch; Adam.
+//   losses: Linear -> tanh -> Linear, [8, 5] outputs into every loss of losses.h with each
+//        reduction (none weighted by hand, sum, mean, batch_mean), class weights, pos_weight,
+//        ignored labels, p-norms, triplet swap, full Poisson and Gaussian likelihoods (variances
+//        per element and per row, some clamped at eps); SGD with plain momentum.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -519,6 +523,65 @@ void segment(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+void losses(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value x = g.placeholder("x", f32, {8, 6});
+  Value y = g.placeholder("y", i64, {8});
+  Value sign = g.placeholder("sign", f32, {8});
+  Value unit = g.placeholder("unit", f32, {8, 5});
+  Value target = g.placeholder("target", f32, {8, 5});
+  Value other = g.placeholder("other", f32, {8, 5});
+  Value counts = g.placeholder("counts", f32, {8, 5});
+  nn::Sequential model(g, "loss");
+  model.add<nn::Linear>("fc", 6, 10);
+  model.add("tanh", [](const Value& v) { return tanh(v); });
+  model.add<nn::Linear>("head", 10, 5);
+  const Value h = model(x);
+  const Value class_weight = g.constant(Tensor::from_vector<float>({0.5f, 1, 2, 1.5f, 0.8f}));
+  const Value pos_weight = g.constant(Tensor::from_vector<float>({1, 2, 0.5f, 3, 1.5f}));
+  const Value example_weight =
+      g.constant(Tensor::from_vector<float>({1, 0.5f, 2, 1, 0.25f, 1.5f, 1, 0.75f}));
+  auto column = [&](int64_t c) { return squeeze(h.slice(1, c, c + 1), {1}); };
+  const Reduction none = Reduction::none, total = Reduction::sum, batch = Reduction::batch_mean;
+  Value loss =
+      cross_entropy(h, y, -100, 0.1, class_weight, total) * 0.05 +
+      sum(cross_entropy(h, y, 2, 0, {}, none) * example_weight) * 0.1 +
+      nll_loss(log_softmax(h, 1), y, 2, class_weight, total) * 0.05 +
+      mse_loss(h, target, total) * 0.01 + l1_loss(h, target, batch) * 0.1 +
+      huber_loss(h, target, 0.5, batch) * 0.1 + mean(smooth_l1_loss(h, target, 0.3, none)) +
+      binary_cross_entropy_with_logits(h, unit, pos_weight, class_weight, Reduction::mean) +
+      binary_cross_entropy(sigmoid(h), unit, class_weight, total) * 0.02 +
+      kl_div(log_softmax(h, 1), softmax(target, 1), false, batch) +
+      margin_ranking_loss(column(0), column(1), sign, 0.2) +
+      hinge_embedding_loss(column(2), sign, 1.0) + soft_margin_loss(column(3), sign) +
+      multilabel_soft_margin_loss(h, unit, class_weight) + multi_margin_loss(h, y) +
+      multi_margin_loss(h, y, 2, 0.5, class_weight, total) * 0.1 +
+      cosine_embedding_loss(h, target, sign, 0.1) + triplet_margin_loss(h, target, other) +
+      triplet_margin_loss(h, target, other, 0.5, 1, 1e-6, true, total) * 0.1 +
+      triplet_margin_loss(h, target, other, 2, 3, 1e-6, false) + poisson_nll_loss(h, counts) * 0.1 +
+      poisson_nll_loss(softplus(h) + 0.1, counts, false, true, 1e-8, total) * 0.01 +
+      gaussian_nll_loss(h, target, softplus(other), false, 0.3) * 0.1 +
+      gaussian_nll_loss(h, target, square(column(4)), true, 0.05, total) * 0.01;
+  optim::SGD sgd({.lr = 0.05, .momentum = 0.9});
+  Value step = sgd.minimize(loss);
+  std::vector<float> unit_values(40), count_values(40);
+  std::mt19937 rng(15);
+  std::uniform_real_distribution<float> uniform(0, 1);
+  for (float& v : unit_values) v = uniform(rng);
+  for (size_t i = 0; i < count_values.size(); ++i) count_values[i] = static_cast<float>(i * 7 % 5);
+  Session session(g, {.device = device});
+  train(session, model.parameters(),
+        {{x, normal({8, 6}, 16)},
+         {y, Tensor::from_vector<int64_t>({0, 2, 4, 1, 3, 2, 0, 4}, {8})},
+         {sign, Tensor::from_vector<float>({1, -1, -1, 1, 1, -1, 1, -1})},
+         {unit, Tensor::from_vector<float>(unit_values, {8, 5})},
+         {target, normal({8, 5}, 17)},
+         {other, normal({8, 5}, 18)},
+         {counts, Tensor::from_vector<float>(count_values, {8, 5})}},
+        {loss}, step, dir, 3);
+}
+
 // One interpolate call of the table below (torch_layer_parity.py holds the same table).
 struct Resize {
   Shape x;
@@ -598,10 +661,11 @@ int main(int argc, char** argv) {
     kiln::recurrent(dir / "recurrent", device);
     kiln::activations(dir / "activations", device);
     kiln::segment(dir / "segment", device);
+    kiln::losses(dir / "losses", device);
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder, recurrent, "
-        "activations and segment models' runs and the interpolate table on %s to %s\n",
+        "activations, segment and losses models' runs and the interpolate table on %s to %s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

@@ -486,6 +486,56 @@ def segment(run):
     port.check_variables()
 
 
+def losses(run):
+    p = run.params
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    sign, unit, target, other, counts = (torch.tensor(run.load(f"{name}.npy")).double() for name in
+                                         ("sign", "unit", "target", "other", "counts"))
+    class_weight = torch.tensor([0.5, 1, 2, 1.5, 0.8]).double()
+    pos_weight = torch.tensor([1, 2, 0.5, 3, 1.5]).double()
+    example_weight = torch.tensor([1, 0.5, 2, 1, 0.25, 1.5, 1, 0.75]).double()
+    sgd = torch.optim.SGD(run.trainable(), lr=0.05, momentum=0.9)
+    n = x.shape[0]
+    for step in range(3):
+        sgd.zero_grad()
+        h = linear(p, "loss/head", torch.tanh(linear(p, "loss/fc", x)))
+        loss = (F.cross_entropy(h, y, weight=class_weight, label_smoothing=0.1, reduction="sum") * 0.05 +
+                (F.cross_entropy(h, y, ignore_index=2, reduction="none") * example_weight).sum() * 0.1 +
+                F.nll_loss(F.log_softmax(h, 1), y, weight=class_weight, ignore_index=2,
+                           reduction="sum") * 0.05 +
+                F.mse_loss(h, target, reduction="sum") * 0.01 +
+                F.l1_loss(h, target, reduction="sum") / n * 0.1 +
+                F.huber_loss(h, target, delta=0.5, reduction="sum") / n * 0.1 +
+                F.smooth_l1_loss(h, target, beta=0.3, reduction="none").mean() +
+                F.binary_cross_entropy_with_logits(h, unit, weight=class_weight,
+                                                   pos_weight=pos_weight) +
+                F.binary_cross_entropy(torch.sigmoid(h), unit, weight=class_weight,
+                                       reduction="sum") * 0.02 +
+                F.kl_div(F.log_softmax(h, 1), F.softmax(target, 1), reduction="batchmean") +
+                F.margin_ranking_loss(h[:, 0], h[:, 1], sign, margin=0.2) +
+                F.hinge_embedding_loss(h[:, 2], sign, margin=1.0) +
+                F.soft_margin_loss(h[:, 3], sign) +
+                F.multilabel_soft_margin_loss(h, unit, weight=class_weight) +
+                F.multi_margin_loss(h, y) +
+                F.multi_margin_loss(h, y, p=2, margin=0.5, weight=class_weight, reduction="sum") * 0.1 +
+                F.cosine_embedding_loss(h, target, sign, margin=0.1) +
+                F.triplet_margin_loss(h, target, other) +
+                F.triplet_margin_loss(h, target, other, margin=0.5, p=1, swap=True,
+                                      reduction="sum") * 0.1 +
+                F.triplet_margin_loss(h, target, other, margin=2, p=3) +
+                F.poisson_nll_loss(h, counts) * 0.1 +
+                F.poisson_nll_loss(F.softplus(h) + 0.1, counts, log_input=False, full=True,
+                                   reduction="sum") * 0.01 +
+                F.gaussian_nll_loss(h, target, F.softplus(other), eps=0.3) * 0.1 +
+                F.gaussian_nll_loss(h, target, h[:, 4:5] ** 2, full=True, eps=0.05,
+                                    reduction="sum") * 0.01)
+        loss.backward()
+        sgd.step()
+        run.check_step(step, [loss])
+    run.check_variables()
+
+
 # layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners); x and r come
 # from its files.
 RESIZES = [
@@ -534,7 +584,7 @@ def main():
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
                          ("recurrent", recurrent), ("activations", activations),
-                         ("segment", segment)):
+                         ("segment", segment), ("losses", losses)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
