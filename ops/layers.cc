@@ -342,14 +342,51 @@ Value Embedding::forward(const Value& ids) {
   return rows * keep;
 }
 
-Dropout::Dropout(Graph& graph, const std::string& name, double rate, LayerOptions options)
-    : Module(graph, name), rate_(rate), seed_(seed_for("mask") + options.seed) {
-  KILN_CHECK(rate >= 0 && rate < 1, GraphError, "[nn] Dropout ", path(), ": rate ", rate,
+namespace {
+
+// The rate of a dropout layer, checked: in [0, 1).
+double dropout_rate(const char* kind, const std::string& path, double rate) {
+  KILN_CHECK(rate >= 0 && rate < 1, GraphError, "[nn] ", kind, " ", path, ": rate ", rate,
              " must be in [0, 1)");
+  return rate;
 }
+
+}  // namespace
+
+Dropout::Dropout(Graph& graph, const std::string& name, double rate, LayerOptions options)
+    : Module(graph, name),
+      rate_(dropout_rate("Dropout", path(), rate)),
+      seed_(seed_for("mask") + options.seed) {}
 
 Value Dropout::forward(const Value& x) {
   return dropout(x, rate_, training(), seed_);
+}
+
+ChannelDropout::ChannelDropout(Graph& graph, const std::string& name, double rate,
+                               LayerOptions options)
+    : ChannelDropout(graph, name, rate, options, 0, "ChannelDropout") {}
+
+ChannelDropout::ChannelDropout(Graph& graph, const std::string& name, double rate,
+                               LayerOptions options, int64_t rank, const char* kind)
+    : Module(graph, name),
+      rate_(dropout_rate(kind, path(), rate)),
+      seed_(seed_for("mask") + options.seed),
+      rank_(rank),
+      kind_(kind) {}
+
+Value ChannelDropout::forward(const Value& x) {
+  KILN_CHECK(rank_ == 0 || x.shape().rank() == rank_, GraphError, "[nn] ", kind_, " ", path(),
+             ": x ", x.shape(), " must have rank ", rank_);
+  return channel_dropout(x, rate_, training(), seed_);
+}
+
+DropPath::DropPath(Graph& graph, const std::string& name, double rate, LayerOptions options)
+    : Module(graph, name),
+      rate_(dropout_rate("DropPath", path(), rate)),
+      seed_(seed_for("mask") + options.seed) {}
+
+Value DropPath::forward(const Value& x) {
+  return drop_path(x, rate_, training(), seed_);
 }
 
 MaxPool2d::MaxPool2d(Graph& graph, const std::string& name, Pool2dOptions options)

@@ -335,6 +335,56 @@ class Dropout : public Module {
   int64_t seed_;
 };
 
+/// channel_dropout in training mode (whole channels of [N, C, ...] zeroed), the identity in
+/// evaluation mode. Dropout1d, Dropout2d and Dropout3d also check the input's rank (3, 4, 5).
+class ChannelDropout : public Module {
+ public:
+  ChannelDropout(Graph& graph, const std::string& name, double rate, LayerOptions options = {});
+
+ protected:
+  Value forward(const Value& x) override;
+  /// The rank x must have (0: any of at least 2), and the layer's PyTorch name for the error.
+  ChannelDropout(Graph& graph, const std::string& name, double rate, LayerOptions options,
+                 int64_t rank, const char* kind);
+
+ private:
+  double rate_;
+  int64_t seed_, rank_ = 0;
+  const char* kind_ = "ChannelDropout";
+};
+/// ChannelDropout of [N, C, L] (PyTorch's Dropout1d).
+class Dropout1d : public ChannelDropout {
+ public:
+  Dropout1d(Graph& graph, const std::string& name, double rate, LayerOptions options = {})
+      : ChannelDropout(graph, name, rate, options, 3, "Dropout1d") {}
+};
+/// ChannelDropout of [N, C, H, W] (PyTorch's Dropout2d).
+class Dropout2d : public ChannelDropout {
+ public:
+  Dropout2d(Graph& graph, const std::string& name, double rate, LayerOptions options = {})
+      : ChannelDropout(graph, name, rate, options, 4, "Dropout2d") {}
+};
+/// ChannelDropout of [N, C, D, H, W] (PyTorch's Dropout3d).
+class Dropout3d : public ChannelDropout {
+ public:
+  Dropout3d(Graph& graph, const std::string& name, double rate, LayerOptions options = {})
+      : ChannelDropout(graph, name, rate, options, 5, "Dropout3d") {}
+};
+
+/// drop_path (stochastic depth: whole examples zeroed) in training mode, the identity in
+/// evaluation mode; for a residual branch (timm's DropPath, torchvision's StochasticDepth "row").
+class DropPath : public Module {
+ public:
+  DropPath(Graph& graph, const std::string& name, double rate, LayerOptions options = {});
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  double rate_;
+  int64_t seed_;
+};
+
 /// max_pool2d as a layer (PyTorch's MaxPool2d).
 class MaxPool2d : public Module {
  public:

@@ -22,6 +22,14 @@ Value embedding(const Value& table, const Value& ids);
 /// Inverted dropout: in training, x * dropout_mask(x, rate, seed) (a new mask every run);
 /// otherwise x itself.
 Value dropout(const Value& x, double rate, bool training, int64_t seed = 0);
+/// Channel dropout of x [N, C, ...] (PyTorch's dropout1d/2d/3d): in training each channel of each
+/// example is zeroed with probability `rate` as a whole, the others scaled by 1 / (1 - rate) (a
+/// new draw every run); otherwise x itself.
+Value channel_dropout(const Value& x, double rate, bool training, int64_t seed = 0);
+/// Stochastic depth (timm's drop_path, torchvision's stochastic_depth in "row" mode): in training
+/// each example of x [N, ...] is zeroed with probability `rate` as a whole, the others scaled by
+/// 1 / (1 - rate); otherwise x itself. Put on a residual branch: x + drop_path(f(x), rate, ...).
+Value drop_path(const Value& x, double rate, bool training, int64_t seed = 0);
 
 /// The mask of inverted dropout, shaped like `x`: 1 / (1 - rate) with probability 1 - rate,
 /// else 0; a new mask on every run (the random trait: drawn under `seed`, the node's name and

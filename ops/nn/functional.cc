@@ -279,4 +279,32 @@ Value dropout(const Value& x, double rate, bool training, int64_t seed) {
   return x * dropout_mask(x, rate, seed);
 }
 
+namespace {
+
+// x's first element along every dim from `from` on: shaped [d0, ..., d(from-1), 1, ..., 1], the
+// shape of a dropout mask shared over those dims (its other dims follow x, even unknown ones).
+Value first_along(const Value& x, int64_t from) {
+  Value v = x;
+  for (int64_t d = from; d < x.shape().rank(); ++d) v = v.slice(d, 0, 1);
+  return v;
+}
+
+}  // namespace
+
+// x * mask[n, c], one draw per channel of each example, broadcast over the positions
+Value channel_dropout(const Value& x, double rate, bool training, int64_t seed) {
+  KILN_CHECK(x.shape().rank() >= 2, GraphError, "[channel_dropout] ", x.name(), ": x ", x.shape(),
+             " must be [N, C, ...]");
+  if (!training || rate == 0) return x;
+  return x * dropout_mask(first_along(x, 2), rate, seed);
+}
+
+// x * mask[n], one draw per example, broadcast over the rest
+Value drop_path(const Value& x, double rate, bool training, int64_t seed) {
+  KILN_CHECK(x.shape().rank() >= 1, GraphError, "[drop_path] ", x.name(),
+             ": x is a scalar; it needs a batch dim 0");
+  if (!training || rate == 0) return x;
+  return x * dropout_mask(first_along(x, 1), rate, seed);
+}
+
 }  // namespace kiln

@@ -114,6 +114,51 @@ TEST(Random, DropoutMaskDrawsAnewEachRunAndResumesFromACheckpoint) {
   EXPECT_EQ(restored.variable_value(counter).item<int64_t>(), 4);
 }
 
+// Channel dropout zeroes whole (example, channel) planes and drop_path whole examples, over an
+// unknown batch; a new draw every run; the gradient is the mask; evaluation mode is x itself;
+// the layers check their input's rank.
+TEST(Random, ChannelDropoutAndDropPathZeroWholeChannelsAndExamples) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 16, 5, 3});
+  const Value channels = channel_dropout(x, 0.4, true, 3);
+  const Value examples = drop_path(x, 0.25, true, 4);
+  const Value dx = gradients(sum(channels), {x})[0];
+  EXPECT_EQ(channel_dropout(x, 0.4, false).node_id(), x.node_id());
+  EXPECT_EQ(drop_path(x, 0.25, false).node_id(), x.node_id());
+  Session s(g);
+  const FeedList feeds = {{x, Tensor::full(f32, {40, 16, 5, 3}, 1.0)}};
+  auto count_zero_blocks = [](const std::vector<float>& v, size_t block, float keep) {
+    int64_t zero = 0;
+    for (size_t b = 0; b < v.size() / block; ++b) {
+      for (size_t i = 1; i < block; ++i) EXPECT_EQ(v[b * block + i], v[b * block]) << "block " << b;
+      EXPECT_TRUE(v[b * block] == 0.0f || v[b * block] == keep) << v[b * block];
+      zero += v[b * block] == 0.0f;
+    }
+    return zero;
+  };
+  const auto first = s.run(feeds, {channels, examples, dx});
+  const auto planes = first[0].to_vector<float>();
+  EXPECT_NEAR(count_zero_blocks(planes, 15, 1 / 0.6f) / 640.0, 0.4, 0.06);
+  EXPECT_EQ(first[2].to_vector<float>(), planes);  // d sum(x mask) / dx = mask (x is ones)
+  EXPECT_NEAR(count_zero_blocks(first[1].to_vector<float>(), 240, 1 / 0.75f) / 40.0, 0.25, 0.15);
+  EXPECT_NE(s.run(feeds, {channels})[0].to_vector<float>(), planes);  // a new draw
+
+  nn::Dropout2d layer(g, "drop2d", 0.5);
+  EXPECT_EQ(layer(x).shape(), x.shape());
+  layer.eval();
+  EXPECT_EQ(layer(x).node_id(), x.node_id());
+  testing::expect_error<GraphError>([&] { nn::Dropout3d(g, "drop3d", 0.5)(x); },
+                                    {"[nn] Dropout3d drop3d", "x [?, 16, 5, 3] must have rank 5"});
+  testing::expect_error<GraphError>([&] { nn::Dropout1d(g, "drop1d", 1.0); },
+                                    {"[nn] Dropout1d drop1d: rate 1 must be in [0, 1)"});
+  testing::expect_error<GraphError>([&] { nn::DropPath(g, "path", -0.1); },
+                                    {"[nn] DropPath path: rate -0.1"});
+  testing::expect_error<GraphError>([&] { channel_dropout(g.scalar(1.0, f32), 0.5, true); },
+                                    {"[channel_dropout]", "must be [N, C, ...]"});
+  testing::expect_error<GraphError>([&] { drop_path(g.scalar(1.0, f32), 0.5, true); },
+                                    {"[drop_path]", "needs a batch dim 0"});
+}
+
 TEST(Random, ARandomOpNeedsTheCounterVariable) {
   Graph g;
   Value x = g.placeholder("x", f32, {3});
