@@ -85,9 +85,12 @@ void check_convolution(const char* layer, const std::string& path, int64_t in, i
                " must be positive");
 }
 
-// y [N, C, H, W] plus bias [C] (when defined) per channel.
+// y [N, C, ...] plus bias [C] (when defined) per channel.
 Value with_channel_bias(const Value& y, const Value& bias) {
-  return bias.defined() ? y + reshape(bias, {1, -1, 1, 1}) : y;
+  if (!bias.defined()) return y;
+  std::vector<int64_t> along_channels(static_cast<size_t>(y.shape().rank()), 1);
+  along_channels[1] = -1;
+  return y + reshape(bias, Shape(along_channels));
 }
 
 // The normalized dims of a norm layer: at least one, all known and positive.
@@ -229,6 +232,37 @@ Value ConvTranspose2d::forward(const Value& x) {
 
 // ---- Normalization.
 
+// ---- Conv3d and ConvTranspose3d.
+
+Conv3d::Conv3d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+               std::array<int64_t, 3> kernel_size, Conv3dOptions conv, LayerOptions options)
+    : Module(graph, name), conv_(conv) {
+  const auto [kd, kh, kw] = kernel_size;
+  check_convolution("Conv3d", path(), in, out, conv.groups, {kd, kh, kw});
+  const int64_t fan_in = in / conv.groups * kd * kh * kw;
+  weight = fan_in_variable("weight", {out, in / conv.groups, kd, kh, kw}, fan_in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
+}
+
+Value Conv3d::forward(const Value& x) {
+  return with_channel_bias(conv3d(x, weight, conv_), bias);
+}
+
+ConvTranspose3d::ConvTranspose3d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+                                 std::array<int64_t, 3> kernel_size, Conv3dOptions conv,
+                                 std::array<int64_t, 3> output_padding, LayerOptions options)
+    : Module(graph, name), conv_(conv), output_padding_(output_padding) {
+  const auto [kd, kh, kw] = kernel_size;
+  check_convolution("ConvTranspose3d", path(), in, out, conv.groups, {kd, kh, kw});
+  const int64_t fan_in = out / conv.groups * kd * kh * kw;  // PyTorch's: the weight's dim 1
+  weight = fan_in_variable("weight", {in, out / conv.groups, kd, kh, kw}, fan_in, options.seed);
+  if (options.bias) bias = fan_in_variable("bias", {out}, fan_in, options.seed);
+}
+
+Value ConvTranspose3d::forward(const Value& x) {
+  return with_channel_bias(conv_transpose3d(x, weight, conv_, output_padding_), bias);
+}
+
 BatchNorm::BatchNorm(Graph& graph, const std::string& name, const char* kind,
                      std::vector<int64_t> ranks, int64_t channels, double momentum, double eps)
     : Module(graph, name),
@@ -254,6 +288,7 @@ Value BatchNorm::forward(const Value& x) {
       expected += str(expected.empty() ? "" : " or ", "[N, ", channels_,
                       rank == 3   ? ", L]"
                       : rank == 4 ? ", H, W]"
+                      : rank == 5 ? ", D, H, W]"
                                   : "]");
     throw GraphError(str("[nn] ", kind_, " ", path(), ": expects ", expected, ", got ", s));
   }
@@ -303,7 +338,11 @@ InstanceNorm::InstanceNorm(Graph& graph, const std::string& name, const char* ki
 Value InstanceNorm::forward(const Value& x) {
   const Shape& s = x.shape();
   KILN_CHECK(s.rank() == rank_ && (s[1] < 0 || s[1] == channels_), GraphError, "[nn] ", kind_, " ",
-             path(), ": expects [N, ", channels_, rank_ == 3 ? ", L]" : ", H, W]", ", got ", s);
+             path(), ": expects [N, ", channels_,
+             rank_ == 3   ? ", L]"
+             : rank_ == 4 ? ", H, W]"
+                          : ", D, H, W]",
+             ", got ", s);
   return group_norm(x, channels_, weight, bias, eps_);
 }
 
@@ -431,29 +470,6 @@ Value AvgPool1d::forward(const Value& x) {
 
 namespace {
 
-// The averaging of adaptive pooling along one dim of `in` elements into `out`: P [out, in] (or
-// P^T with `transposed`) holding 1 / len over output i's window [floor(i in / out), ceil((i + 1)
-// in / out)) (PyTorch's windows, which may be uneven and overlap), a constant of x's dtype.
-// Pooling is linear in each dim, so products with these matrices compute it for any sizes, and
-// its gradient is theirs.
-Value window_averages(Graph& graph, const Value& x, int64_t in, int64_t out, bool transposed,
-                      const char* name) {
-  std::vector<float> p(static_cast<size_t>(in * out), 0.0f);
-  for (int64_t i = 0; i < out; ++i) {
-    const int64_t begin = i * in / out, end = ((i + 1) * in + out - 1) / out;
-    for (int64_t j = begin; j < end; ++j)
-      p[static_cast<size_t>(transposed ? j * out + i : i * in + j)] =
-          1.0f / static_cast<float>(end - begin);
-  }
-  Value m =
-      constant(graph, Tensor::from_vector(p, transposed ? Shape{in, out} : Shape{out, in}), name);
-  return x.dtype() == f32 ? m : cast(m, x.dtype());
-}
-
-}  // namespace
-
-namespace {
-
 // An adaptive pooling layer's output size: every extent positive.
 void check_output_size(const char* layer, const std::string& path,
                        std::initializer_list<int64_t> size) {
@@ -475,7 +491,7 @@ Value AdaptiveAvgPool1d::forward(const Value& x) {
   const Shape& s = x.shape();
   KILN_CHECK(s.rank() == 3 && s[2] > 0, GraphError, "[nn] AdaptiveAvgPool1d ", path(),
              ": expects [N, C, L] with L known and positive, got ", s);
-  return matmul(x, window_averages(graph(), x, s[2], output_size_, true, "windows"));
+  return adaptive_avg_pool(x, {output_size_});
 }
 
 AdaptiveAvgPool2d::AdaptiveAvgPool2d(Graph& graph, const std::string& name,
@@ -488,10 +504,21 @@ Value AdaptiveAvgPool2d::forward(const Value& x) {
   const Shape& s = x.shape();
   KILN_CHECK(s.rank() == 4 && s[2] > 0 && s[3] > 0, GraphError, "[nn] AdaptiveAvgPool2d ", path(),
              ": expects [N, C, H, W] with H and W known and positive, got ", s);
-  // y = P_h x P_w^T.
-  Value rows = window_averages(graph(), x, s[2], output_size_[0], false, "row_windows");
-  Value columns = window_averages(graph(), x, s[3], output_size_[1], true, "column_windows");
-  return matmul(rows, matmul(x, columns));
+  return adaptive_avg_pool(x, {output_size_[0], output_size_[1]});
+}
+
+AdaptiveAvgPool3d::AdaptiveAvgPool3d(Graph& graph, const std::string& name,
+                                     std::array<int64_t, 3> output_size)
+    : Module(graph, name), output_size_(output_size) {
+  check_output_size("AdaptiveAvgPool3d", path(), {output_size[0], output_size[1], output_size[2]});
+}
+
+Value AdaptiveAvgPool3d::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 5 && s[2] > 0 && s[3] > 0 && s[4] > 0, GraphError,
+             "[nn] AdaptiveAvgPool3d ", path(),
+             ": expects [N, C, D, H, W] with D, H and W known and positive, got ", s);
+  return adaptive_avg_pool(x, {output_size_[0], output_size_[1], output_size_[2]});
 }
 
 AdaptiveMaxPool1d::AdaptiveMaxPool1d(Graph& graph, const std::string& name, int64_t output_size)

@@ -184,6 +184,39 @@ class ConvTranspose2d : public Module {
   std::array<int64_t, 2> output_padding_;
 };
 
+/// conv3d of x [N, in, D, H, W] with weight [out, in / groups, KD, KH, KW] plus bias [out]
+/// (PyTorch's Conv3d: its layout and initialization, uniform in +-1 / sqrt(in / groups KD KH KW)).
+class Conv3d : public Module {
+ public:
+  Conv3d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+         std::array<int64_t, 3> kernel_size, Conv3dOptions conv = {}, LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Conv3dOptions conv_;
+};
+
+/// The transposed 3-D convolution (PyTorch's ConvTranspose3d) of x [N, in, D, H, W] with weight
+/// [in, out / groups, KD, KH, KW] plus bias [out]; PyTorch's initialization (fan-in out / groups
+/// KD KH KW).
+class ConvTranspose3d : public Module {
+ public:
+  ConvTranspose3d(Graph& graph, const std::string& name, int64_t in, int64_t out,
+                  std::array<int64_t, 3> kernel_size, Conv3dOptions conv = {},
+                  std::array<int64_t, 3> output_padding = {0, 0, 0}, LayerOptions options = {});
+  Value weight, bias;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Conv3dOptions conv_;
+  std::array<int64_t, 3> output_padding_;
+};
+
 /// Batch norm over x [N, C, ...] per channel (batch_norm): weight 1, bias 0, running mean 0
 /// and variance 1 (variables, not trainable, saved in checkpoints). The layers are
 /// BatchNorm1d and BatchNorm2d, which check the input's rank as PyTorch's do.
@@ -218,6 +251,14 @@ class BatchNorm2d : public BatchNorm {
   BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
               double eps = 1e-5)
       : BatchNorm(graph, name, "BatchNorm2d", {4}, channels, momentum, eps) {}
+};
+
+/// Batch norm of x [N, C, D, H, W] (PyTorch's BatchNorm3d).
+class BatchNorm3d : public BatchNorm {
+ public:
+  BatchNorm3d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
+              double eps = 1e-5)
+      : BatchNorm(graph, name, "BatchNorm3d", {5}, channels, momentum, eps) {}
 };
 
 /// Layer norm over the last dims `shape`, then weight (1) and bias (0) unless `affine` is false
@@ -288,6 +329,14 @@ class InstanceNorm2d : public InstanceNorm {
   InstanceNorm2d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
                  bool affine = false)
       : InstanceNorm(graph, name, "InstanceNorm2d", 4, channels, eps, affine) {}
+};
+
+/// Instance norm of x [N, C, D, H, W] (PyTorch's InstanceNorm3d).
+class InstanceNorm3d : public InstanceNorm {
+ public:
+  InstanceNorm3d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
+                 bool affine = false)
+      : InstanceNorm(graph, name, "InstanceNorm3d", 5, channels, eps, affine) {}
 };
 
 /// RMS norm over the last dims `shape`, then weight (1) unless `affine` is false.
@@ -411,6 +460,34 @@ class AvgPool2d : public Module {
   bool count_include_pad_;
 };
 
+/// max_pool3d as a layer (PyTorch's MaxPool3d).
+class MaxPool3d : public Module {
+ public:
+  MaxPool3d(Graph& graph, const std::string& name, Pool3dOptions options)
+      : Module(graph, name), options_(options) {}
+
+ protected:
+  Value forward(const Value& x) override { return max_pool3d(x, options_); }
+
+ private:
+  Pool3dOptions options_;
+};
+
+/// avg_pool3d as a layer (PyTorch's AvgPool3d).
+class AvgPool3d : public Module {
+ public:
+  AvgPool3d(Graph& graph, const std::string& name, Pool3dOptions options,
+            bool count_include_pad = true)
+      : Module(graph, name), options_(options), count_include_pad_(count_include_pad) {}
+
+ protected:
+  Value forward(const Value& x) override { return avg_pool3d(x, options_, count_include_pad_); }
+
+ private:
+  Pool3dOptions options_;
+  bool count_include_pad_;
+};
+
 /// Window of a 1-D pooling layer; a stride of 0 is the kernel size (PyTorch's default).
 struct Pool1dOptions {
   int64_t kernel_size = 2;
@@ -473,6 +550,19 @@ class AdaptiveAvgPool2d : public Module {
 
  private:
   std::array<int64_t, 2> output_size_;
+};
+
+/// The mean of x [N, C, D, H, W] over an output_size grid of windows (PyTorch's
+/// AdaptiveAvgPool3d; adaptive_avg_pool). C, D, H and W must be known when the layer is called.
+class AdaptiveAvgPool3d : public Module {
+ public:
+  AdaptiveAvgPool3d(Graph& graph, const std::string& name, std::array<int64_t, 3> output_size);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::array<int64_t, 3> output_size_;
 };
 
 /// The maximum of x [N, C, L] over output_size windows (PyTorch's AdaptiveMaxPool1d): output i

@@ -179,6 +179,43 @@ Value adaptive_max_pool2d(const Value& x, std::array<int64_t, 2> output_size);
 /// The mean of each channel plane: [N, C, H, W] -> [N, C].
 Value global_avg_pool2d(const Value& x);
 
+/// Window of a 3-D convolution (triples are (depth, height, width)).
+struct Conv3dOptions {
+  std::array<int64_t, 3> stride{1, 1, 1};
+  std::array<int64_t, 3> padding{0, 0, 0};  ///< zeros added on both sides
+  std::array<int64_t, 3> dilation{1, 1, 1};
+  int64_t groups = 1;
+  PadMode padding_mode = PadMode::constant;  ///< as Conv2dOptions::padding_mode
+};
+/// 3-D cross-correlation (PyTorch's conv3d) of x [N, C, D, H, W] with filter [O, C / groups, KD,
+/// KH, KW]: [N, O, OD, OH, OW] (C, D, H, W known). One conv2d per depth tap of the filter, over
+/// every output depth at once: a direct 3-D convolution's products, with conv2d's kernels and
+/// gradients.
+Value conv3d(const Value& x, const Value& filter, const Conv3dOptions& options = {});
+/// The transposed 3-D convolution (PyTorch's conv_transpose3d) of x [N, in, D, H, W] with filter
+/// [in, out / groups, KD, KH, KW]: the adjoint of conv3d in its input; `output_padding` adds
+/// depths, rows and columns at the end.
+Value conv_transpose3d(const Value& x, const Value& filter, const Conv3dOptions& options = {},
+                       std::array<int64_t, 3> output_padding = {0, 0, 0});
+/// Window of 3-D pooling, as Pool2dOptions with (depth, height, width) triples.
+struct Pool3dOptions {
+  std::array<int64_t, 3> kernel_size{2, 2, 2};
+  std::array<int64_t, 3> stride{0, 0, 0};  ///< 0: the window's size
+  std::array<int64_t, 3> padding{0, 0, 0};
+  bool ceil_mode = false;
+};
+/// The maximum of each window of x [N, C, D, H, W] (PyTorch's max_pool3d; C, D, H, W known):
+/// max_pool2d of each depth slice, then the maximum over the depth window (NaN propagates; a
+/// gradient goes to the first maximum within a slice, to one slice on a tie across slices).
+Value max_pool3d(const Value& x, const Pool3dOptions& options = {});
+/// The mean of each window of x [N, C, D, H, W] (PyTorch's avg_pool3d, either count_include_pad).
+Value avg_pool3d(const Value& x, const Pool3dOptions& options = {}, bool count_include_pad = true);
+/// The mean of x over a grid of output_size windows along its last output_size.size() dims
+/// (PyTorch's adaptive_avg_pool1d/2d/3d: output i covers [floor(i in / out), ceil((i + 1) in /
+/// out))); every dim but the batch must be known. Each pooled dim is a product with a constant
+/// matrix of the window weights.
+Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size);
+
 /// Options of scaled_dot_product_attention.
 struct AttentionOptions {
   /// bool [B or 1, H or 1, Tq or 1, Tk or 1]: true where query i may attend to key j

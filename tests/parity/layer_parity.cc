@@ -52,6 +52,11 @@
 //        reduction (none weighted by hand, sum, mean, batch_mean), class weights, pos_weight,
 //        ignored labels, p-norms, triplet swap, full Poisson and Gaussian likelihoods (variances
 //        per element and per row, some clamped at eps); SGD with plain momentum.
+//   volume: PyTorch's modules (one nn.Sequential): Conv3d (stride, padding) -> BatchNorm3d ->
+//        ReLU -> MaxPool3d (padding, ceil_mode) -> Conv3d (groups, dilation, replicate padding)
+//        -> InstanceNorm3d (affine) -> ConvTranspose3d (stride, output_padding) -> AvgPool3d
+//        (padding not counted) -> AdaptiveAvgPool3d (uneven windows) -> Flatten -> Linear; cross
+//        entropy; Adam; then the evaluation-mode logits.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -582,6 +587,45 @@ void losses(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+void volume(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 2, 7, 6, 5});
+  Value y = g.placeholder("y", i64, {-1});
+  nn::Sequential model(g, "vol");
+  model.add<nn::Conv3d>("conv", 2, 4, std::array<int64_t, 3>{3, 3, 2},
+                        Conv3dOptions{.stride = {1, 2, 1}, .padding = {1, 1, 1}},
+                        nn::LayerOptions{.bias = false});  // [N, 4, 7, 3, 6]; the norm's shift
+                                                           // replaces a bias
+  auto& bn = model.add<nn::BatchNorm3d>("bn", 4);
+  model.add("relu", [](const Value& v) { return relu(v); });
+  model.add<nn::MaxPool3d>("max", Pool3dOptions{.kernel_size = {3, 2, 2},
+                                                .stride = {2, 2, 2},
+                                                .padding = {1, 1, 0},
+                                                .ceil_mode = true});  // [N, 4, 4, 2, 3]
+  model.add<nn::Conv3d>("grouped", 4, 4, std::array<int64_t, 3>{2, 2, 2},
+                        Conv3dOptions{.padding = {1, 1, 1},
+                                      .dilation = {2, 1, 1},
+                                      .groups = 2,
+                                      .padding_mode = PadMode::replicate},
+                        nn::LayerOptions{.bias = false});  // [N, 4, 4, 3, 4]
+  model.add<nn::InstanceNorm3d>("norm", 4, 1e-5, /*affine=*/true);
+  model.add<nn::ConvTranspose3d>("up", 4, 3, std::array<int64_t, 3>{2, 3, 2},
+                                 Conv3dOptions{.stride = {2, 2, 1}, .padding = {1, 1, 0}},
+                                 std::array<int64_t, 3>{1, 1, 0});  // [N, 3, 7, 6, 5]
+  model.add<nn::AvgPool3d>(
+      "avg", Pool3dOptions{.kernel_size = {3, 2, 3}, .stride = {2, 1, 2}, .padding = {1, 1, 1}},
+      false);                                                                     // [N,3,4,7,3]
+  model.add<nn::AdaptiveAvgPool3d>("adaptive", std::array<int64_t, 3>{3, 2, 2});  // [N,3,3,2,2]
+  model.add<nn::Flatten>("flatten");
+  model.add<nn::Linear>("head", 36, 3);
+  Value loss = cross_entropy(model(x), y);
+  optim::Adam adam({.lr = 1e-2});
+  Value step = adam.minimize(loss);
+  train_and_evaluate(model, bn, x, y, normal({4, 2, 7, 6, 5}, 19),
+                     Tensor::from_vector<int64_t>({0, 2, 1, 2}, {4}), loss, step, dir, device);
+}
+
 // One interpolate call of the table below (torch_layer_parity.py holds the same table).
 struct Resize {
   Shape x;
@@ -662,10 +706,12 @@ int main(int argc, char** argv) {
     kiln::activations(dir / "activations", device);
     kiln::segment(dir / "segment", device);
     kiln::losses(dir / "losses", device);
+    kiln::volume(dir / "volume", device);
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, ae, encoder, text_cnn, pool, decoder, recurrent, "
-        "activations, segment and losses models' runs and the interpolate table on %s to %s\n",
+        "activations, segment, losses and volume models' runs and the interpolate table on %s to "
+        "%s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "layer_parity: %s\n", e.what());

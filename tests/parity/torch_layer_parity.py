@@ -536,6 +536,50 @@ def losses(run):
     run.check_variables()
 
 
+def volume(run):
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    nn = torch.nn
+    conv = nn.Conv3d(2, 4, (3, 3, 2), stride=(1, 2, 1), padding=1, bias=False)
+    bn = nn.BatchNorm3d(4)
+    grouped = nn.Conv3d(4, 4, 2, padding=1, dilation=(2, 1, 1), groups=2,
+                        padding_mode="replicate", bias=False)
+    norm = nn.InstanceNorm3d(4, affine=True)
+    up = nn.ConvTranspose3d(4, 3, (2, 3, 2), stride=(2, 2, 1), padding=(1, 1, 0),
+                            output_padding=(1, 1, 0))
+    head = nn.Linear(36, 3)
+    model = nn.Sequential(conv, bn, nn.ReLU(),
+                          nn.MaxPool3d((3, 2, 2), stride=2, padding=(1, 1, 0), ceil_mode=True),
+                          grouped, norm, up,
+                          nn.AvgPool3d((3, 2, 3), stride=(2, 1, 2), padding=1,
+                                       count_include_pad=False),
+                          nn.AdaptiveAvgPool3d((3, 2, 2)), nn.Flatten(), head)
+    where = {"vol/bn/running_mean": (bn.running_mean, None, False),
+             "vol/bn/running_var": (bn.running_var, None, False)}
+    for name, module in (("vol/conv", conv), ("vol/bn", bn), ("vol/grouped", grouped),
+                         ("vol/norm", norm), ("vol/up", up)):
+        where[f"{name}/weight"] = (module.weight, None, False)
+        if module.bias is not None:
+            where[f"{name}/bias"] = (module.bias, None, False)
+    linear_place(where, "vol/head", head)
+    port = Port(run, where)
+    if not port.valid:
+        return
+    adam = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for step in range(3):
+        adam.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        adam.step()
+        run.check_step(step, [loss])
+    port.check_variables()
+    model.eval()
+    with torch.no_grad():
+        run.check("evaluation logits", run.load("eval_logits.npy"), model(x).numpy(),
+                  WEIGHT_TOLERANCE)
+
+
 # layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners); x and r come
 # from its files.
 RESIZES = [
@@ -584,7 +628,8 @@ def main():
     for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
                          ("recurrent", recurrent), ("activations", activations),
-                         ("segment", segment), ("losses", losses)):
+                         ("segment", segment), ("losses", losses),
+                         ("volume", volume)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
