@@ -325,13 +325,17 @@ Value GroupNorm::forward(const Value& x) {
 }
 
 InstanceNorm::InstanceNorm(Graph& graph, const std::string& name, const char* kind, int64_t rank,
-                           int64_t channels, double eps, bool affine)
-    : Module(graph, name), kind_(kind), rank_(rank), channels_(channels), eps_(eps) {
+                           int64_t channels, InstanceNormOptions options)
+    : Module(graph, name), kind_(kind), rank_(rank), channels_(channels), options_(options) {
   KILN_CHECK(channels > 0, GraphError, "[nn] ", kind, " ", path(), ": ", channels,
              " channels must be positive");
-  if (affine) {
+  if (options.affine) {
     weight = variable("weight", {channels}, init::constant(1));
     bias = variable("bias", {channels}, init::zeros());
+  }
+  if (options.track_running_stats) {
+    running_mean = variable("running_mean", {channels}, init::zeros(), false);
+    running_var = variable("running_var", {channels}, init::constant(1), false);
   }
 }
 
@@ -343,7 +347,8 @@ Value InstanceNorm::forward(const Value& x) {
              : rank_ == 4 ? ", H, W]"
                           : ", D, H, W]",
              ", got ", s);
-  return group_norm(x, channels_, weight, bias, eps_);
+  return instance_norm(x, running_mean, running_var, weight, bias,
+                       training() || !running_mean.defined(), options_.momentum, options_.eps);
 }
 
 RMSNorm::RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps, bool affine)

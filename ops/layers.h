@@ -295,24 +295,35 @@ class GroupNorm : public Module {
 };
 
 /// Instance norm of x [N, C, ...]: each channel of each example normalized over its positions
-/// (group_norm with one channel per group), then per-channel weight (1) and bias (0) when
-/// `affine` (PyTorch's InstanceNorm1d/2d, whose affine is off by default). No running
-/// statistics are kept (PyTorch's default track_running_stats=False): evaluation normalizes
-/// each instance too.
+/// (instance_norm), then per-channel weight (1) and bias (0) when `affine` (PyTorch's
+/// InstanceNorm1d/2d/3d, whose affine is off by default). By default no running statistics are
+/// kept (PyTorch's track_running_stats=False): evaluation normalizes each instance too. With
+/// `track_running_stats`, running_mean (0) and running_var (1) are variables (not trainable,
+/// saved in checkpoints) that training moves by `momentum` and evaluation normalizes with. The
+/// layers are InstanceNorm1d/2d/3d, which check the input's rank.
+class InstanceNorm;
+/// The instance norm layers' arguments (PyTorch's, same defaults).
+struct InstanceNormOptions {
+  double eps = 1e-5;
+  bool affine = false;
+  double momentum = 0.1;
+  bool track_running_stats = false;
+};
 class InstanceNorm : public Module {
  public:
   Value weight, bias;
+  Value running_mean, running_var;  ///< undefined unless track_running_stats
 
  protected:
   /// `kind` names the layer in errors; `rank` is the input rank it takes.
   InstanceNorm(Graph& graph, const std::string& name, const char* kind, int64_t rank,
-               int64_t channels, double eps, bool affine);
+               int64_t channels, InstanceNormOptions options);
   Value forward(const Value& x) override;
 
  private:
   const char* kind_;
   int64_t rank_, channels_;
-  double eps_;
+  InstanceNormOptions options_;
 };
 
 /// Instance norm of x [N, C, L] (PyTorch's InstanceNorm1d).
@@ -320,7 +331,10 @@ class InstanceNorm1d : public InstanceNorm {
  public:
   InstanceNorm1d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
                  bool affine = false)
-      : InstanceNorm(graph, name, "InstanceNorm1d", 3, channels, eps, affine) {}
+      : InstanceNorm1d(graph, name, channels, InstanceNormOptions{.eps = eps, .affine = affine}) {}
+  InstanceNorm1d(Graph& graph, const std::string& name, int64_t channels,
+                 InstanceNormOptions options)
+      : InstanceNorm(graph, name, "InstanceNorm1d", 3, channels, options) {}
 };
 
 /// Instance norm of x [N, C, H, W] (PyTorch's InstanceNorm2d).
@@ -328,7 +342,10 @@ class InstanceNorm2d : public InstanceNorm {
  public:
   InstanceNorm2d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
                  bool affine = false)
-      : InstanceNorm(graph, name, "InstanceNorm2d", 4, channels, eps, affine) {}
+      : InstanceNorm2d(graph, name, channels, InstanceNormOptions{.eps = eps, .affine = affine}) {}
+  InstanceNorm2d(Graph& graph, const std::string& name, int64_t channels,
+                 InstanceNormOptions options)
+      : InstanceNorm(graph, name, "InstanceNorm2d", 4, channels, options) {}
 };
 
 /// Instance norm of x [N, C, D, H, W] (PyTorch's InstanceNorm3d).
@@ -336,7 +353,10 @@ class InstanceNorm3d : public InstanceNorm {
  public:
   InstanceNorm3d(Graph& graph, const std::string& name, int64_t channels, double eps = 1e-5,
                  bool affine = false)
-      : InstanceNorm(graph, name, "InstanceNorm3d", 5, channels, eps, affine) {}
+      : InstanceNorm3d(graph, name, channels, InstanceNormOptions{.eps = eps, .affine = affine}) {}
+  InstanceNorm3d(Graph& graph, const std::string& name, int64_t channels,
+                 InstanceNormOptions options)
+      : InstanceNorm(graph, name, "InstanceNorm3d", 5, channels, options) {}
 };
 
 /// RMS norm over the last dims `shape`, then weight (1) unless `affine` is false.

@@ -268,5 +268,14 @@ Value group_norm(const Value& x, int64_t groups, const Value& weight = {}, const
 Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
                  const Value& weight, const Value& bias, bool training, double momentum = 0.1,
                  double eps = 1e-5);
+/// Instance normalization of x [N, C, ...]: each channel of each example normalized over its
+/// positions, then weight [C] and bias [C] (optional) (PyTorch's instance_norm). With
+/// use_input_stats (training, or no running statistics kept) the instance's statistics are used,
+/// and given running_mean / running_var (variables [C]) they are updated whenever the result is
+/// computed toward the mean over the examples of the instance statistics (variances unbiased);
+/// otherwise the running statistics normalize (PyTorch's track_running_stats in evaluation).
+Value instance_norm(const Value& x, const Value& running_mean = {}, const Value& running_var = {},
+                    const Value& weight = {}, const Value& bias = {}, bool use_input_stats = true,
+                    double momentum = 0.1, double eps = 1e-5);
 
 }  // namespace kiln

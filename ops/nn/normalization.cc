@@ -538,19 +538,37 @@ Value group_norm(const Value& x, int64_t groups, const Value& weight, const Valu
                 bias.defined() ? per_channel(bias, rank) : Value());
 }
 
+namespace {
+
+// [N, C] statistics averaged over the examples: [C].
+Value mean_of_examples(const Value& statistics) {
+  return mean(statistics, {0});
+}
+
+// The arguments batch_norm and instance_norm share: every per-channel value given is [C], the
+// running statistics come both or neither, momentum is in [0, 1]. Returns C.
+int64_t check_norm_arguments(const char* fn, const Value& x, const Value& running_mean,
+                             const Value& running_var, const Value& weight, const Value& bias,
+                             double momentum) {
+  const int64_t channels = channels_of(fn, x);
+  for (const Value* v : {&running_mean, &running_var, &weight, &bias})
+    if (v->defined() && v->shape() != Shape{channels})
+      throw GraphError(str(fn, ": ", v->name(), " is ", v->shape(), ", x ", x.shape(), " has ",
+                           channels, " channels"));
+  if (running_mean.defined() != running_var.defined())
+    throw GraphError(str(fn, ": give both running statistics or neither"));
+  if (!(momentum >= 0 && momentum <= 1))
+    throw GraphError(str(fn, ": momentum ", momentum, " must be in [0, 1]"));
+  return channels;
+}
+
+}  // namespace
+
 Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
                  const Value& weight, const Value& bias, bool training, double momentum,
                  double eps) {
-  const int64_t channels = channels_of("batch_norm", x);
+  check_norm_arguments("batch_norm", x, running_mean, running_var, weight, bias, momentum);
   const int64_t rank = x.shape().rank();
-  for (const Value* v : {&running_mean, &running_var, &weight, &bias})
-    if (v->defined() && v->shape() != Shape{channels})
-      throw GraphError(str("batch_norm: ", v->name(), " is ", v->shape(), ", x ", x.shape(),
-                           " has ", channels, " channels"));
-  if (running_mean.defined() != running_var.defined())
-    throw GraphError("batch_norm: give both running statistics or neither");
-  if (!(momentum >= 0 && momentum <= 1))
-    throw GraphError(str("batch_norm: momentum ", momentum, " must be in [0, 1]"));
   Value y;
   if (training || !running_mean.defined()) {
     std::vector<int64_t> axes{0};
@@ -575,6 +593,39 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
   y = (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
   return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
                 bias.defined() ? per_channel(bias, rank) : Value());
+}
+
+Value instance_norm(const Value& x, const Value& running_mean, const Value& running_var,
+                    const Value& weight, const Value& bias, bool use_input_stats, double momentum,
+                    double eps) {
+  const int64_t channels =
+      check_norm_arguments("instance_norm", x, running_mean, running_var, weight, bias, momentum);
+  const int64_t rank = x.shape().rank();
+  if (!use_input_stats && !running_mean.defined())
+    throw GraphError("instance_norm: without the input's statistics, running ones are needed");
+  if (!use_input_stats) {
+    const Value y =
+        (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
+    return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
+                  bias.defined() ? per_channel(bias, rank) : Value());
+  }
+  Value y = group_norm(x, channels, weight, bias, eps);
+  if (!running_mean.defined()) return y;
+  // PyTorch's update: each channel's running statistic moves toward the mean over the examples
+  // of the instance statistics, the variances unbiased (S / (S - 1) over S positions). The
+  // statistics are recomputed here from x (group_norm's are internal to its node); CSE does not
+  // merge them with its, but they are a pass over x with no gradient.
+  int64_t positions = 1;
+  for (int64_t d = 2; d < rank; ++d) positions *= x.shape()[d];
+  const Value planes =
+      x.graph()->add("stop_gradient", {reshape(x, Shape{-1, channels, positions})});
+  const Normalized n = normalize(planes, {2}, eps, true);
+  const double unbiased = positions > 1 ? static_cast<double>(positions) / (positions - 1) : 1.0;
+  const Value mean = mean_of_examples(n.mean);
+  const Value var = mean_of_examples((1.0 / (n.rstd * n.rstd) - eps) * unbiased);
+  const Value new_mean = assign(running_mean, running_mean * (1 - momentum) + mean * momentum);
+  const Value new_var = assign(running_var, running_var * (1 - momentum) + var * momentum);
+  return after(y, {new_mean, new_var});
 }
 
 }  // namespace kiln

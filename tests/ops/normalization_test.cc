@@ -1,6 +1,6 @@
-// Layer, RMS, group and batch norm (ops/nn/normalization.cc) against f64 formulas (PyTorch's
-// definitions), their gradients against finite differences, batch norm's running statistics,
-// and the errors a user can hit building convolution, pooling and normalization.
+// Layer, RMS, group, batch and instance norm (ops/nn/normalization.cc) against f64 formulas
+// (PyTorch's definitions), their gradients against finite differences, the running statistics,
+// statistics, and the errors a user can hit building convolution, pooling and normalization.
 #include <cmath>
 #include <limits>
 
@@ -142,6 +142,53 @@ TEST(Normalization, BatchNormTrainsOnBatchStatisticsAndKeepsRunningOnes) {
         return batch_norm(v[0], Value(), Value(), v[1], v[2], true);
       },
       {x, r64({3}, 0.5, 1.5, 9), r64({3}, -1, 1, 10)}, "batch_norm");
+}
+
+// Instance norm with running statistics (PyTorch's track_running_stats): training normalizes
+// each instance and moves the running statistics toward the mean over the examples of the
+// instance statistics (variances unbiased over the positions); evaluation reads them.
+TEST(Normalization, InstanceNormKeepsRunningStatisticsOfTheInstances) {
+  const Shape shape{4, 3, 5};
+  Tensor x = r64(shape, -2, 3, 11);
+  Graph g;
+  Value vx = g.placeholder("x", f64, shape);
+  Value mean = g.variable("running_mean", {3}, init::zeros(), f64, false);
+  Value var = g.variable("running_var", {3}, init::constant(1), f64, false);
+  Value train = instance_norm(vx, mean, var, Value(), Value(), true, 0.2);
+  Value eval = instance_norm(vx, mean, var, Value(), Value(), false);
+  Session s(g, {.intra_op_threads = 2});
+  const auto y = s.run({{vx, x}}, {train})[0];
+  testing::expect_near(normalized_rows(x, 5, 1e-5, true), y, 1e-12, 1e-12, "instance_norm");
+  std::vector<double> want_mean(3, 0), want_var(3, 0.8);
+  for (int64_t n = 0; n < 4; ++n)
+    for (int64_t c = 0; c < 3; ++c) {
+      double m = 0, v = 0;
+      for (int64_t p = 0; p < 5; ++p) m += x.element((n * 3 + c) * 5 + p) / 5;
+      for (int64_t p = 0; p < 5; ++p) v += std::pow(x.element((n * 3 + c) * 5 + p) - m, 2) / 4;
+      want_mean[c] += 0.2 * m / 4;
+      want_var[c] += 0.2 * v / 4;
+    }
+  testing::expect_near(want_mean, s.run({}, {mean})[0], 1e-12, 1e-12, "running mean");
+  testing::expect_near(want_var, s.run({}, {var})[0], 1e-10, 1e-12, "running variance");
+  const auto e = s.run({{vx, x}}, {eval})[0];
+  for (int64_t c = 0; c < 3; ++c)
+    EXPECT_NEAR(e.element(c * 5), (x.element(c * 5) - want_mean[c]) / std::sqrt(want_var[c] + 1e-5),
+                1e-12);
+  expect_error<GraphError>([&] { instance_norm(vx, {}, {}, {}, {}, false); },
+                           {"instance_norm: without the input's statistics, running ones"});
+  expect_error<GraphError>([&] { instance_norm(vx, mean, {}); },
+                           {"instance_norm: give both running statistics or neither"});
+  expect_error<GraphError>([&] { instance_norm(vx, {}, {}, g.constant(Tensor::zeros(f64, {4}))); },
+                           {"instance_norm:", "is [4], x [4, 3, 5] has 3 channels"});
+  expect_error<GraphError>([&] { instance_norm(vx, mean, var, {}, {}, true, 1.5); },
+                           {"instance_norm: momentum 1.5 must be in [0, 1]"});
+  // The layer: statistics only when tracked; evaluation then reads them.
+  nn::InstanceNorm1d plain(g, "plain", 3);
+  nn::InstanceNorm1d tracked(g, "tracked", 3, nn::InstanceNormOptions{.track_running_stats = true});
+  EXPECT_FALSE(plain.running_mean.defined());
+  ASSERT_TRUE(tracked.running_var.defined());
+  EXPECT_EQ(tracked.running_var.name(), "tracked/running_var");
+  EXPECT_TRUE(tracked.parameters().empty());  // running statistics are not trainable
 }
 
 TEST(Normalization, SecondDerivativesThroughNormalizeAreRefusedByName) {

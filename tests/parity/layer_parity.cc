@@ -54,9 +54,9 @@
 //        per element and per row, some clamped at eps); SGD with plain momentum.
 //   volume: PyTorch's modules (one nn.Sequential): Conv3d (stride, padding) -> BatchNorm3d ->
 //        ReLU -> MaxPool3d (padding, ceil_mode) -> Conv3d (groups, dilation, replicate padding)
-//        -> InstanceNorm3d (affine) -> ConvTranspose3d (stride, output_padding) -> AvgPool3d
-//        (padding not counted) -> AdaptiveAvgPool3d (uneven windows) -> Flatten -> Linear; cross
-//        entropy; Adam; then the evaluation-mode logits.
+//        -> InstanceNorm3d (affine, running statistics) -> ConvTranspose3d (stride, output_padding)
+//        -> AvgPool3d (padding not counted) -> AdaptiveAvgPool3d (uneven windows) -> Flatten ->
+//        Linear; cross entropy; Adam; then the evaluation-mode logits.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -110,15 +110,15 @@ void train(Session& session, const std::vector<Value>& variables, const FeedList
 }
 
 // Trains a classifier with batch norm three steps (train()) and writes its evaluation-mode
-// logits (the running statistics at work); its variables include the running statistics.
-void train_and_evaluate(nn::Sequential& model, const nn::BatchNorm& bn, const Value& x,
-                        const Value& y, const Tensor& xs, const Tensor& ys, const Value& loss,
-                        const Value& step, const std::filesystem::path& dir, Device device) {
+// logits (the running statistics at work); its variables include the running `statistics`.
+void train_and_evaluate(nn::Sequential& model, const std::vector<const Value*>& statistics,
+                        const Value& x, const Value& y, const Tensor& xs, const Tensor& ys,
+                        const Value& loss, const Value& step, const std::filesystem::path& dir,
+                        Device device) {
   model.eval();
   Value logits = model(x);
   std::vector<Value> variables = model.parameters();
-  variables.push_back(bn.running_mean);
-  variables.push_back(bn.running_var);
+  for (const Value* statistic : statistics) variables.push_back(*statistic);
   Session session(*x.graph(), {.device = device});
   train(session, variables, {{x, xs}, {y, ys}}, {loss}, step, dir, 3);
   save_npy(session.run({{x, xs}}, {logits})[0], (dir / "eval_logits.npy").string());
@@ -144,7 +144,7 @@ void cnn(const std::filesystem::path& dir, Device device) {
   Value loss = cross_entropy(model(x), y, -100, 0.1);
   optim::SGD sgd({.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-3});
   Value step = sgd.minimize(loss);
-  train_and_evaluate(model, bn, x, y, normal({8, 3, 12, 12}, 1),
+  train_and_evaluate(model, {&bn.running_mean, &bn.running_var}, x, y, normal({8, 3, 12, 12}, 1),
                      Tensor::from_vector<int64_t>({0, 1, 2, 3, 4, 0, 1, 2}, {8}), loss, step, dir,
                      device);
 }
@@ -328,7 +328,7 @@ void pool(const std::filesystem::path& dir, Device device) {
   Value loss = cross_entropy(model(x), y);
   optim::SGD sgd({.lr = 0.1, .momentum = 0.9});
   Value step = sgd.minimize(loss);
-  train_and_evaluate(model, bn, x, y, normal({6, 2, 7, 5}, 3),
+  train_and_evaluate(model, {&bn.running_mean, &bn.running_var}, x, y, normal({6, 2, 7, 5}, 3),
                      Tensor::from_vector<int64_t>({0, 1, 2, 2, 1, 0}, {6}), loss, step, dir,
                      device);
 }
@@ -609,7 +609,8 @@ void volume(const std::filesystem::path& dir, Device device) {
                                       .groups = 2,
                                       .padding_mode = PadMode::replicate},
                         nn::LayerOptions{.bias = false});  // [N, 4, 4, 3, 4]
-  model.add<nn::InstanceNorm3d>("norm", 4, 1e-5, /*affine=*/true);
+  auto& norm = model.add<nn::InstanceNorm3d>(
+      "norm", 4, nn::InstanceNormOptions{.affine = true, .track_running_stats = true});
   model.add<nn::ConvTranspose3d>("up", 4, 3, std::array<int64_t, 3>{2, 3, 2},
                                  Conv3dOptions{.stride = {2, 2, 1}, .padding = {1, 1, 0}},
                                  std::array<int64_t, 3>{1, 1, 0});  // [N, 3, 7, 6, 5]
@@ -622,7 +623,9 @@ void volume(const std::filesystem::path& dir, Device device) {
   Value loss = cross_entropy(model(x), y);
   optim::Adam adam({.lr = 1e-2});
   Value step = adam.minimize(loss);
-  train_and_evaluate(model, bn, x, y, normal({4, 2, 7, 6, 5}, 19),
+  train_and_evaluate(model,
+                     {&bn.running_mean, &bn.running_var, &norm.running_mean, &norm.running_var}, x,
+                     y, normal({4, 2, 7, 6, 5}, 19),
                      Tensor::from_vector<int64_t>({0, 2, 1, 2}, {4}), loss, step, dir, device);
 }
 

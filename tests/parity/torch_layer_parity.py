@@ -544,7 +544,7 @@ def volume(run):
     bn = nn.BatchNorm3d(4)
     grouped = nn.Conv3d(4, 4, 2, padding=1, dilation=(2, 1, 1), groups=2,
                         padding_mode="replicate", bias=False)
-    norm = nn.InstanceNorm3d(4, affine=True)
+    norm = nn.InstanceNorm3d(4, affine=True, track_running_stats=True)
     up = nn.ConvTranspose3d(4, 3, (2, 3, 2), stride=(2, 2, 1), padding=(1, 1, 0),
                             output_padding=(1, 1, 0))
     head = nn.Linear(36, 3)
@@ -555,7 +555,9 @@ def volume(run):
                                        count_include_pad=False),
                           nn.AdaptiveAvgPool3d((3, 2, 2)), nn.Flatten(), head)
     where = {"vol/bn/running_mean": (bn.running_mean, None, False),
-             "vol/bn/running_var": (bn.running_var, None, False)}
+             "vol/bn/running_var": (bn.running_var, None, False),
+             "vol/norm/running_mean": (norm.running_mean, None, False),
+             "vol/norm/running_var": (norm.running_var, None, False)}
     for name, module in (("vol/conv", conv), ("vol/bn", bn), ("vol/grouped", grouped),
                          ("vol/norm", norm), ("vol/up", up)):
         where[f"{name}/weight"] = (module.weight, None, False)
