@@ -43,6 +43,11 @@ inline Tensor random_tensor(DType dtype, const Shape& shape, double low, double 
   return t;
 }
 
+/// An f64 tensor uniform in [lo, hi) (random_tensor's), the element type of the f64 formula tests.
+inline Tensor r64(const Shape& shape, double lo, double hi, uint32_t seed) {
+  return random_tensor(f64, shape, lo, hi, seed);
+}
+
 /// A copy with every element rounded down to a whole number (floating dtypes).
 inline Tensor floor_values(const Tensor& t) {
   Tensor out = t.clone();

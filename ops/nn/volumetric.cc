@@ -173,6 +173,16 @@ Pool2dOptions plane_window(const Pool3dOptions& o) {
           .ceil_mode = o.ceil_mode};
 }
 
+// A 3-D pooling's window along the depth, and the depths in and out.
+struct DepthWindow {
+  int64_t kernel, stride, padding, depth, out_depth;
+};
+DepthWindow depth_window(const char* op, const Value& x, const Pool3dOptions& o) {
+  const int64_t k = o.kernel_size[0], s = o.stride[0] > 0 ? o.stride[0] : k;
+  const int64_t depth = x.shape()[2];
+  return {k, s, o.padding[0], depth, pooled_size(op, depth, k, s, o.padding[0], o.ceil_mode)};
+}
+
 // pool2d applied to every depth slice of x: [N, D, C, OH, OW].
 Value pool_planes(const Value& x, const std::function<Value(const Value&)>& pool2d) {
   const Value slices = swap_channels_and_depth(x);
@@ -187,9 +197,7 @@ Value pool_planes(const Value& x, const std::function<Value(const Value&)>& pool
 Value max_pool3d(const Value& x, const Pool3dOptions& options) {
   check_volume("max_pool3d", x);
   const NameScope scope(*x.graph(), "max_pool3d");
-  const int64_t k = options.kernel_size[0], p = options.padding[0];
-  const int64_t s = options.stride[0] > 0 ? options.stride[0] : k, depth = x.shape()[2];
-  const int64_t out_depth = pooled_size("max_pool3d", depth, k, s, p, options.ceil_mode);
+  const auto [k, s, p, depth, out_depth] = depth_window("max_pool3d", x, options);
   const Pool2dOptions window = plane_window(options);
   Value planes = pool_planes(x, [&](const Value& v) { return max_pool2d(v, window); });
   // Padding of -inf never wins (every window holds an input depth).
@@ -208,9 +216,7 @@ Value max_pool3d(const Value& x, const Pool3dOptions& options) {
 Value avg_pool3d(const Value& x, const Pool3dOptions& options, bool count_include_pad) {
   check_volume("avg_pool3d", x);
   const NameScope scope(*x.graph(), "avg_pool3d");
-  const int64_t k = options.kernel_size[0], p = options.padding[0];
-  const int64_t s = options.stride[0] > 0 ? options.stride[0] : k, depth = x.shape()[2];
-  const int64_t out_depth = pooled_size("avg_pool3d", depth, k, s, p, options.ceil_mode);
+  const auto [k, s, p, depth, out_depth] = depth_window("avg_pool3d", x, options);
   const Pool2dOptions window = plane_window(options);
   const Value planes =
       pool_planes(x, [&](const Value& v) { return avg_pool2d(v, window, count_include_pad); });

@@ -14,10 +14,7 @@ namespace {
 
 using testing::check_gradients;
 using testing::expect_error;
-
-Tensor r64(const Shape& s, double lo, double hi, uint32_t seed) {
-  return testing::random_tensor(f64, s, lo, hi, seed);
-}
+using testing::r64;
 
 double total(const std::vector<double>& v) {
   double s = 0;

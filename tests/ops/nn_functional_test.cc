@@ -13,10 +13,7 @@ using testing::check_gradients;
 using testing::expect_error;
 using testing::kInf;
 using testing::kNaN;
-
-Tensor r64(const Shape& s, double lo, double hi, uint32_t seed) {
-  return testing::random_tensor(f64, s, lo, hi, seed);
-}
+using testing::r64;
 
 // Elementwise f(x) of a random x against `want` element by element.
 void expect_elementwise(const std::function<Value(const Value&)>& f,

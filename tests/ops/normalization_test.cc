@@ -12,10 +12,7 @@ namespace {
 
 using testing::check_gradients;
 using testing::expect_error;
-
-Tensor r64(const Shape& s, double lo, double hi, uint32_t seed) {
-  return testing::random_tensor(f64, s, lo, hi, seed);
-}
+using testing::r64;
 
 // (x - mean) / sqrt(var + eps) of each group of `size` consecutive elements (center) or
 // x / sqrt(mean(x^2) + eps).

@@ -12,10 +12,7 @@ namespace {
 
 using testing::check_gradients;
 using testing::expect_error;
-
-Tensor r64(const Shape& s, double lo, double hi, uint32_t seed) {
-  return testing::random_tensor(f64, s, lo, hi, seed);
-}
+using testing::r64;
 
 // Element (a, b, c, d, e) of a 5-D tensor of shape s, or `outside` where an index is out of range.
 double at(const Tensor& t, int64_t a, int64_t b, int64_t c, int64_t d, int64_t e,

@@ -214,6 +214,23 @@ class Port:
         self.run.check_variables(skip)
 
 
+def train_and_evaluate(run, port, model, optimizer, x, y):
+    """layer_parity.cc's train_and_evaluate: three cross-entropy steps in training mode, then the
+    variables (running statistics too) and the evaluation-mode logits compared."""
+    model.train()
+    for step in range(3):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        run.check_step(step, [loss])
+    port.check_variables()
+    model.eval()
+    with torch.no_grad():
+        run.check("evaluation logits", run.load("eval_logits.npy"), model(x).numpy(),
+                  WEIGHT_TOLERANCE)
+
+
 def linear_place(where, name, module):
     where[name + "/weight"] = (module.weight, None, True)
     if module.bias is not None:
@@ -356,19 +373,8 @@ def pooling(run):
     port = Port(run, where)
     if not port.valid:
         return
-    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model.train()
-    for step in range(3):
-        sgd.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        sgd.step()
-        run.check_step(step, [loss])
-    port.check_variables()
-    model.eval()
-    with torch.no_grad():
-        run.check("evaluation logits", run.load("eval_logits.npy"), model(x).numpy(),
-                  WEIGHT_TOLERANCE)
+    train_and_evaluate(run, port, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                       x, y)
 
 
 def recurrent(run):
@@ -567,19 +573,7 @@ def volume(run):
     port = Port(run, where)
     if not port.valid:
         return
-    adam = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for step in range(3):
-        adam.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        adam.step()
-        run.check_step(step, [loss])
-    port.check_variables()
-    model.eval()
-    with torch.no_grad():
-        run.check("evaluation logits", run.load("eval_logits.npy"), model(x).numpy(),
-                  WEIGHT_TOLERANCE)
+    train_and_evaluate(run, port, model, torch.optim.Adam(model.parameters(), lr=1e-2), x, y)
 
 
 # layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners); x and r come
