@@ -230,8 +230,6 @@ Value ConvTranspose2d::forward(const Value& x) {
   return with_channel_bias(conv_transpose2d(x, weight, conv_, output_padding_), bias);
 }
 
-// ---- Normalization.
-
 // ---- Conv3d and ConvTranspose3d.
 
 Conv3d::Conv3d(Graph& graph, const std::string& name, int64_t in, int64_t out,
@@ -262,6 +260,8 @@ ConvTranspose3d::ConvTranspose3d(Graph& graph, const std::string& name, int64_t 
 Value ConvTranspose3d::forward(const Value& x) {
   return with_channel_bias(conv_transpose3d(x, weight, conv_, output_padding_), bias);
 }
+
+// ---- Normalization.
 
 BatchNorm::BatchNorm(Graph& graph, const std::string& name, const char* kind,
                      std::vector<int64_t> ranks, int64_t channels, double momentum, double eps)

@@ -540,9 +540,24 @@ Value group_norm(const Value& x, int64_t groups, const Value& weight, const Valu
 
 namespace {
 
-// [N, C] statistics averaged over the examples: [C].
-Value mean_of_examples(const Value& statistics) {
-  return mean(statistics, {0});
+// Evaluation with running statistics: (x - running_mean) / sqrt(running_var + eps) per
+// channel, then the affine.
+Value normalize_by_running(const Value& x, const Value& running_mean, const Value& running_var,
+                           const Value& weight, const Value& bias, double eps) {
+  const int64_t rank = x.shape().rank();
+  const Value y =
+      (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
+  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
+                bias.defined() ? per_channel(bias, rank) : Value());
+}
+
+// y, once the running statistics have moved `momentum` of the way toward mean and var ([C]):
+// running = (1 - momentum) running + momentum new.
+Value update_running(const Value& y, const Value& running_mean, const Value& running_var,
+                     const Value& mean, const Value& var, double momentum) {
+  const Value new_mean = assign(running_mean, running_mean * (1 - momentum) + mean * momentum);
+  const Value new_var = assign(running_var, running_var * (1 - momentum) + var * momentum);
+  return after(y, {new_mean, new_var});
 }
 
 // The arguments batch_norm and instance_norm share: every per-channel value given is [C], the
@@ -569,30 +584,21 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
                  double eps) {
   check_norm_arguments("batch_norm", x, running_mean, running_var, weight, bias, momentum);
   const int64_t rank = x.shape().rank();
-  Value y;
   if (training || !running_mean.defined()) {
     std::vector<int64_t> axes{0};
     for (int64_t d = 2; d < rank; ++d) axes.push_back(d);
     // The per-channel weight and bias are normalize's scale and shift: one pass forward, and
     // their gradients come from the sums the backward pass makes anyway.
-    Normalized n = normalize(x, axes, eps, true, weight, bias);
-    y = n.y;
-    if (running_mean.defined() && training) {
-      // running = (1 - momentum) running + momentum batch, with the batch variance unbiased
-      // (M / (M - 1)) as PyTorch keeps it. var = 1 / rstd^2 - eps.
-      Value count = numel(x, x.dtype()) / numel(n.mean, x.dtype());
-      Value mean = x.graph()->add("stop_gradient", {n.mean});
-      Value rstd = x.graph()->add("stop_gradient", {n.rstd});
-      Value var = (1.0 / (rstd * rstd) - eps) * (count / (count - 1.0));
-      Value new_mean = assign(running_mean, running_mean * (1 - momentum) + mean * momentum);
-      Value new_var = assign(running_var, running_var * (1 - momentum) + var * momentum);
-      y = after(y, {new_mean, new_var});
-    }
-    return y;
+    const Normalized n = normalize(x, axes, eps, true, weight, bias);
+    if (!running_mean.defined() || !training) return n.y;
+    // The batch variance unbiased (M / (M - 1)) as PyTorch keeps it; var = 1 / rstd^2 - eps.
+    const Value count = numel(x, x.dtype()) / numel(n.mean, x.dtype());
+    const Value mean = x.graph()->add("stop_gradient", {n.mean});
+    const Value rstd = x.graph()->add("stop_gradient", {n.rstd});
+    const Value var = (1.0 / (rstd * rstd) - eps) * (count / (count - 1.0));
+    return update_running(n.y, running_mean, running_var, mean, var, momentum);
   }
-  y = (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
-  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
-                bias.defined() ? per_channel(bias, rank) : Value());
+  return normalize_by_running(x, running_mean, running_var, weight, bias, eps);
 }
 
 Value instance_norm(const Value& x, const Value& running_mean, const Value& running_var,
@@ -603,13 +609,9 @@ Value instance_norm(const Value& x, const Value& running_mean, const Value& runn
   const int64_t rank = x.shape().rank();
   if (!use_input_stats && !running_mean.defined())
     throw GraphError("instance_norm: without the input's statistics, running ones are needed");
-  if (!use_input_stats) {
-    const Value y =
-        (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
-    return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
-                  bias.defined() ? per_channel(bias, rank) : Value());
-  }
-  Value y = group_norm(x, channels, weight, bias, eps);
+  if (!use_input_stats)
+    return normalize_by_running(x, running_mean, running_var, weight, bias, eps);
+  const Value y = group_norm(x, channels, weight, bias, eps);
   if (!running_mean.defined()) return y;
   // PyTorch's update: each channel's running statistic moves toward the mean over the examples
   // of the instance statistics, the variances unbiased (S / (S - 1) over S positions). The
@@ -621,11 +623,9 @@ Value instance_norm(const Value& x, const Value& running_mean, const Value& runn
       x.graph()->add("stop_gradient", {reshape(x, Shape{-1, channels, positions})});
   const Normalized n = normalize(planes, {2}, eps, true);
   const double unbiased = positions > 1 ? static_cast<double>(positions) / (positions - 1) : 1.0;
-  const Value mean = mean_of_examples(n.mean);
-  const Value var = mean_of_examples((1.0 / (n.rstd * n.rstd) - eps) * unbiased);
-  const Value new_mean = assign(running_mean, running_mean * (1 - momentum) + mean * momentum);
-  const Value new_var = assign(running_var, running_var * (1 - momentum) + var * momentum);
-  return after(y, {new_mean, new_var});
+  const Value average_mean = mean(n.mean, {0});
+  const Value average_var = mean((1.0 / (n.rstd * n.rstd) - eps) * unbiased, {0});
+  return update_running(y, running_mean, running_var, average_mean, average_var, momentum);
 }
 
 }  // namespace kiln
