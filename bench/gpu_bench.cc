@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -28,6 +29,14 @@ namespace {
 
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The sessions' options: on GPU 0, with CUDA Graphs or not; with KILN_BENCH_TRACE=PATH, every
+// run also times its kernels and the session writes them to PATH as a Chrome trace (a
+// diagnosis: the timing printed then includes the tracing).
+SessionOptions gpu_options(bool graphs) {
+  const char* trace = std::getenv("KILN_BENCH_TRACE");
+  return {.device = Device::cuda(0), .cuda_graphs = graphs, .trace_path = trace ? trace : ""};
 }
 
 // Median seconds per call over `reps` calls after `warmup` calls.
@@ -52,7 +61,7 @@ int matmul_bf16(bool graphs) {
   Value fill = group(g, {assign(a, random_uniform(g, {n, n}, -1, 1, 1, bf16)),
                          assign(b, random_uniform(g, {n, n}, -1, 1, 2, bf16))});
   Value c = matmul(a, b);
-  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  Session s(g, gpu_options(graphs));
   s.run({}, {}, {fill});
   const double t = time_it([&] { s.run({}, {}, {c}); }, 3, 20);
   std::printf("matmul_bf16 %.6e tflops=%.1f\n", t, 2.0 * n * n * n / t / 1e12);
@@ -66,7 +75,7 @@ int chain_fused(bool graphs) {
   Value fill = assign(x, random_uniform(g, {n}, -1, 1, 3));
   // The CPU benchmark's chain: 8 ops (mul add abs sub relu mul add neg), one fused kernel.
   Value y = -(relu(abs(x * 1.5 + 0.25) - 0.1) * 0.9 + 1.0);
-  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  Session s(g, gpu_options(graphs));
   s.run({}, {}, {fill});
   const Plan& plan = s.plan({}, {}, {y});
   int fused = 0;
@@ -92,7 +101,7 @@ int mlp_step(bool graphs) {
   Value logits = dense("l3", relu(dense("l2", relu(dense("l1", x, 256, 1)), 128, 2)), 10, 3);
   Value loss = mean(softmax_cross_entropy(logits, y));
   Value train = optim::Adam({.lr = 1e-3}).minimize(loss);
-  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  Session s(g, gpu_options(graphs));
   std::mt19937 rng(0);
   std::uniform_real_distribution<float> dist(0, 1);
   Tensor images = Tensor::empty(f32, {batch, 784});
@@ -117,7 +126,7 @@ int cnn_step(bool graphs) {
   Value y = g.placeholder("y", i64, {batch});
   Value loss = bench::cnn_loss(g, x, y);
   Value train = optim::Adam({.lr = 1e-3}).minimize(loss);
-  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  Session s(g, gpu_options(graphs));
   std::mt19937 rng(0);
   std::uniform_real_distribution<float> dist(0, 1);
   Tensor images = Tensor::empty(f32, {batch, 1, 28, 28});
@@ -150,7 +159,7 @@ int attention_bf16(bool graphs) {
   fills.push_back(assign(r, random_uniform(g, shape, -1, 1, 20, bf16)));
   Value out = scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], {.causal = true});
   std::vector<Value> grads = gradients(sum(cast(out * r, f32)), qkv);
-  Session s(g, {.device = Device::cuda(0), .cuda_graphs = graphs});
+  Session s(g, gpu_options(graphs));
   s.run({}, {}, {group(g, fills)});
   Value all = group(g, grads);
   const double t = time_it([&] { s.run({}, {}, {all}); }, 3, 20);

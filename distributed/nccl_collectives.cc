@@ -260,9 +260,14 @@ ncclDataType_t nccl_type(DType dtype) {
   return ncclUint8;
 }
 
-// bool travels as bytes of 0 and 1: "or" is max, "and" is min.
-ncclRedOp_t nccl_op(ReduceOp op, DType dtype) {
+// bool travels as bytes of 0 and 1: "or" is max, "and" is min. In a world of one rank avg is
+// sum: NCCL's one-rank avg kernel (ncclLaunchOneRank, a pre-multiplied sum) splits the count
+// into at most 32 segments of 16-byte packs, each floor(n / blocks) rounded up to a pack, and
+// never writes the tail beyond the last one (f32, n = 100003: 25 blocks of 4000, the last 3
+// elements left as they were), while its plain copy, taken for sum, is whole.
+ncclRedOp_t nccl_op(ReduceOp op, DType dtype, int64_t world) {
   if (dtype == DType::boolean) return op == ReduceOp::min ? ncclMin : ncclMax;
+  if (op == ReduceOp::avg && world == 1) return ncclSum;
   switch (op) {
     case ReduceOp::sum:
       return ncclSum;
@@ -311,9 +316,11 @@ void all_reduce_cuda(KernelContext& ctx) {
   if (single_rank_copies()) return copy_on_stream(ctx, x, y);
   if (x.numel() == 0) return;
   const ReduceOp op = parse_reduce_op(ctx.attr<std::string>("reduction"));
-  lane_for(ctx).run(ctx, "ncclAllReduce", [&](ncclComm_t comm, cudaStream_t stream) {
+  NcclLane& lane = lane_for(ctx);
+  lane.run(ctx, "ncclAllReduce", [&](ncclComm_t comm, cudaStream_t stream) {
     return nccl().ncclAllReduce(x.raw_data(), y.raw_data(), static_cast<size_t>(x.numel()),
-                                nccl_type(x.dtype()), nccl_op(op, x.dtype()), comm, stream);
+                                nccl_type(x.dtype()), nccl_op(op, x.dtype(), lane.world_size()),
+                                comm, stream);
   });
 }
 
@@ -358,7 +365,8 @@ void reduce_scatter_cuda(KernelContext& ctx) {
   const ReduceOp op = parse_reduce_op(ctx.attr<std::string>("reduction"));
   lane.run(ctx, "ncclReduceScatter", [&](ncclComm_t comm, cudaStream_t stream) {
     return nccl().ncclReduceScatter(x.raw_data(), y.raw_data(), static_cast<size_t>(y.numel()),
-                                    nccl_type(x.dtype()), nccl_op(op, x.dtype()), comm, stream);
+                                    nccl_type(x.dtype()), nccl_op(op, x.dtype(), lane.world_size()),
+                                    comm, stream);
   });
 }
 

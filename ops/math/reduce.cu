@@ -2,7 +2,8 @@
 // the running sum cumsum.
 // As on the CPU, x is seen as [outer, r, inner] with the reduced dims in the middle (permuted
 // there first when they are not adjacent). inner == 1: one block reduces one row; else one
-// thread per (outer, inner) walks r (coalesced across inner). 16-bit floats accumulate in f32,
+// thread per (outer, inner) walks r (coalesced across inner); few long rows are split into
+// pieces reduced apart, then combined (Split). 16-bit floats accumulate in f32,
 // integers in i64.
 #include <algorithm>
 #include <cfloat>
@@ -36,15 +37,38 @@ __device__ A combine(Kind kind, A acc, A v) {
 
 constexpr int kRowThreads = 256;
 
-// One block per row of r contiguous elements.
-template <typename T>
-__global__ void reduce_rows(const T* x, T* y, int64_t r, Kind kind) {
-  using A = Acc<T>;
+// A reduction into few outputs over long rows is split, or one block (one thread) would walk a
+// whole row while the GPU idles (a loss summed over 8M values: 9 ms as one block, not 10 us):
+// each row is cut into `splits` pieces of `piece` elements, each reduced into an accumulator
+// (f32, f64 or i64), and a second pass combines a row's partials, in order. The cut depends on
+// the shape alone, so every run adds in the same order (the same bits).
+struct Split {
+  int64_t piece, splits;
+};
+constexpr int64_t kWantedBlocks = 512;       // rows of a block each: several waves of any GPU
+constexpr int64_t kBlockPiece = 4096;        // at least this many elements per block
+constexpr int64_t kWantedThreads = 1 << 17;  // columns of a thread each
+constexpr int64_t kThreadPiece = 64;         // at least this many elements per thread
+Split split_of(int64_t parallel, int64_t r, int64_t wanted, int64_t least) {
+  if (parallel >= wanted || r <= least) return {r, 1};
+  const int64_t splits = std::min((wanted + parallel - 1) / parallel, (r + least - 1) / least);
+  const int64_t piece = (r + splits - 1) / splits;
+  return {piece, (r + piece - 1) / piece};
+}
+
+// Rows of r contiguous elements, each cut into split.splits pieces: block b reduces piece
+// b % splits of row b / splits into y[b] (divided by `divisor` where it is not 0: a mean's
+// count, given on the last pass only).
+template <typename In, typename A, typename Out>
+__global__ void reduce_rows(const In* x, Out* y, int64_t r, Split split, int64_t divisor,
+                            Kind kind) {
   __shared__ A partial[kRowThreads];
-  const T* row = x + blockIdx.x * r;
+  const int64_t row = blockIdx.x / split.splits, first = blockIdx.x % split.splits * split.piece;
+  const int64_t length = std::min(split.piece, r - first);
+  const In* at = x + row * r + first;
   A acc = initial<A>(kind);
-  for (int64_t j = threadIdx.x; j < r; j += blockDim.x)
-    acc = combine(kind, acc, static_cast<A>(static_cast<Compute<T>>(row[j])));
+  for (int64_t j = threadIdx.x; j < length; j += blockDim.x)
+    acc = combine(kind, acc, static_cast<A>(static_cast<Compute<In>>(at[j])));
   partial[threadIdx.x] = acc;
   __syncthreads();
   for (int width = blockDim.x / 2; width > 0; width /= 2) {
@@ -54,28 +78,54 @@ __global__ void reduce_rows(const T* x, T* y, int64_t r, Kind kind) {
   }
   if (threadIdx.x == 0) {
     A total = partial[0];
-    if (kind == Kind::mean) total = total / static_cast<A>(r);
-    y[blockIdx.x] = static_cast<T>(total);
+    if (divisor != 0) total = total / static_cast<A>(divisor);
+    y[blockIdx.x] = static_cast<Out>(total);
   }
+}
+
+// x as [outer, r, inner] with inner > 1: one thread per (outer, piece, inner) walks its piece
+// of r (coalesced across inner) into y, [outer, splits, inner].
+template <typename In, typename A, typename Out>
+void reduce_columns(const KernelContext& ctx, const In* x, Out* y, int64_t outer, int64_t r,
+                    int64_t inner, Split split, int64_t divisor, Kind kind) {
+  for_each(ctx, outer * split.splits * inner, [=] __device__(int64_t p) {
+    const int64_t o = p / (split.splits * inner), i = p % inner;
+    const int64_t first = p / inner % split.splits * split.piece;
+    const int64_t end = std::min(r, first + split.piece);
+    const In* base = x + o * r * inner + i;
+    A acc = initial<A>(kind);
+    for (int64_t j = first; j < end; ++j)
+      acc = combine(kind, acc, static_cast<A>(static_cast<Compute<In>>(base[j * inner])));
+    if (divisor != 0) acc = acc / static_cast<A>(divisor);
+    y[p] = static_cast<Out>(acc);
+  });
 }
 
 template <typename T>
 void reduce_3d(const KernelContext& ctx, const T* x, T* y, int64_t outer, int64_t r, int64_t inner,
                Kind kind) {
-  if (inner == 1) {
-    reduce_rows<T><<<static_cast<unsigned>(outer), kRowThreads, 0, stream_of(ctx)>>>(x, y, r, kind);
-    check_launch(ctx);
-    return;
-  }
-  for_each(ctx, outer * inner, [=] __device__(int64_t p) {
-    using A = Acc<T>;
-    const T* base = x + (p / inner) * r * inner + p % inner;
-    A acc = initial<A>(kind);
-    for (int64_t j = 0; j < r; ++j)
-      acc = combine(kind, acc, static_cast<A>(static_cast<Compute<T>>(base[j * inner])));
-    if (kind == Kind::mean) acc = acc / static_cast<A>(r);
-    y[p] = static_cast<T>(acc);
-  });
+  using A = Acc<T>;
+  const int64_t divisor = kind == Kind::mean ? r : 0;
+  const bool rows = inner == 1;
+  const Split split = rows ? split_of(outer, r, kWantedBlocks, kBlockPiece)
+                           : split_of(outer * inner, r, kWantedThreads, kThreadPiece);
+  auto pass = [&](const auto* in, auto* out, int64_t length, Split cut, int64_t count) {
+    using In = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
+    using Out = std::remove_pointer_t<decltype(out)>;
+    if (rows) {
+      reduce_rows<In, A, Out>
+          <<<static_cast<unsigned>(outer * cut.splits), kRowThreads, 0, stream_of(ctx)>>>(
+              in, out, length, cut, count, kind);
+      check_launch(ctx);
+    } else {
+      reduce_columns<In, A, Out>(ctx, in, out, outer, length, inner, cut, count, kind);
+    }
+  };
+  if (split.splits == 1) return pass(x, y, r, split, divisor);
+  std::shared_ptr<Storage> partials = ctx.scratch(sizeof(A) * outer * split.splits * inner);
+  A* sums = static_cast<A*>(partials->data());
+  pass(x, sums, r, split, int64_t{0});
+  pass(static_cast<const A*>(sums), y, split.splits, Split{split.splits, 1}, divisor);
 }
 
 // Reduces x over `axes` (sorted, distinct) into y.

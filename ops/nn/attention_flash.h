@@ -28,10 +28,11 @@
 //             o = o 2^(m - m') + 2^(x - m') v; out = o / l, lse = (m ln 2 + ln l) [natural log]
 //   backward: p = 2^(x - lse log2(e)), D = dout . out (one per query row, delta),
 //             ds = p (dout . v - D); dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
-// dk, dv (and dq) are one kernel over key blocks: dq's rows are summed over the key blocks in
-// turns, in the order of their index (dkv_block<T, D, true>); or, with
-// KILN_CUDA_ATTENTION=separate_dq, dq is a kernel of its own over query blocks (dq_block), 7
-// products instead of 5. Either way no atomics add anything: the same bits on every run.
+// dq is a kernel of its own over query blocks (dq_block), dk and dv one over key blocks: 7
+// products. With KILN_CUDA_ATTENTION=summed_dq, one kernel over key blocks makes all three (5
+// products): dq's rows are summed over the key blocks in turns, in the order of their index
+// (dkv_block<T, D, true>), which serializes a head's key blocks (slower on the H200). Either way
+// no atomics add anything: the same bits on every run.
 // Every masked score is exactly -inf (probability 0); a query row with no visible key gets out 0
 // and lse -inf, and adds nothing to any gradient (as the CPU kernels).
 //

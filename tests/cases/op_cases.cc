@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <random>
+#include <tuple>
 
 namespace kiln::testing {
 
@@ -346,6 +347,21 @@ std::vector<OpCase> make_cases() {
              [name, axes, keep](CaseGraph& c) {
                return op(c, name, {c.input({3, 10, 4})}, {{"axes", axes}, {"keepdims", keep}});
              }});
+  // Long rows and columns into few outputs: the CUDA kernels split them into pieces reduced
+  // apart, then combined (ops/math/reduce.cu). Positive values: sums without cancellation, so
+  // 16-bit results compare relative to the value.
+  for (const char* name : {"sum", "mean", "max", "min"})
+    for (const auto& [label, shape, axes] :
+         {std::tuple{"rows", Shape{3, 9000}, std::vector<int64_t>{1}},
+          std::tuple{"columns", Shape{700, 6}, std::vector<int64_t>{0}},
+          std::tuple{"all", Shape{20000}, std::vector<int64_t>{}}})
+      add({.op = name,
+           .name = str(name, "_long_", label),
+           .build =
+               [name, shape, axes](CaseGraph& c) {
+                 return op(c, name, {c.input(shape, 0.5, 1.5)}, {{"axes", axes}});
+               },
+           .gradients = false});
   for (const char* name : {"argmax", "argmin"})
     add({.op = name,
          .name = name,

@@ -132,8 +132,8 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
                               {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
                               {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
                               {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
-      // KILN_CUDA_ATTENTION is read at each run: "" (dq summed in the dk/dv kernel's turns),
-      // "separate_dq" (a dq kernel of its own), "rows" (the warp-per-row kernels: the reference).
+      // KILN_CUDA_ATTENTION is read at each run: "" (a dq kernel of its own), "summed_dq" (dq
+      // summed in the dk/dv kernel's turns), "rows" (the warp-per-row kernels: the reference).
       auto run_with = [&](const char* choice) {
         ::setenv("KILN_CUDA_ATTENTION", choice, 1);
         Session session(g, {.device = Device::cuda(0)});
@@ -143,7 +143,7 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
         return runs;
       };
       const std::vector<Tensor> want = run_with("rows")[0];
-      for (const char* choice : {"", "separate_dq"}) {
+      for (const char* choice : {"", "summed_dq"}) {
         const std::vector<std::vector<Tensor>> got = run_with(choice);
         const char* names[] = {"out", "dq", "dk", "dv"};
         for (size_t i = 0; i < want.size(); ++i) {
