@@ -519,23 +519,38 @@ Value rms_norm(const Value& x, int64_t normalized_dims, const Value& weight, dou
                              weight, Value());
 }
 
+namespace {
+
+// x [N, C, ...] normalized over each group of C / groups channels and every position: x seen
+// as [N, groups, C / groups * positions], y reshaped back like x; mean and rstd [N, groups].
+Normalized normalize_groups(const char* fn, const Value& x, int64_t groups, double eps) {
+  int64_t per_group = x.shape()[1] / groups;
+  for (int64_t d = 2; d < x.shape().rank(); ++d) {
+    if (x.shape()[d] < 0)
+      throw GraphError(str(fn, ": x ", x.shape(), " needs known dims after the batch"));
+    per_group *= x.shape()[d];
+  }
+  Normalized n = normalize(reshape(x, Shape{-1, groups, per_group}), {2}, eps, true);
+  n.y = reshape_like(n.y, x);
+  return n;
+}
+
+// y * weight + bias per channel (each optional).
+Value channel_affine(const Value& y, const Value& weight, const Value& bias) {
+  const int64_t rank = y.shape().rank();
+  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
+                bias.defined() ? per_channel(bias, rank) : Value());
+}
+
+}  // namespace
+
 Value group_norm(const Value& x, int64_t groups, const Value& weight, const Value& bias,
                  double eps) {
   const int64_t channels = channels_of("group_norm", x);
   if (groups < 1 || channels % groups != 0)
     throw GraphError(
         str("group_norm: ", channels, " channels do not split into ", groups, " groups"));
-  int64_t per_group = channels / groups;
-  for (int64_t d = 2; d < x.shape().rank(); ++d) {
-    if (x.shape()[d] < 0)
-      throw GraphError(str("group_norm: x ", x.shape(), " needs known dims after the batch"));
-    per_group *= x.shape()[d];
-  }
-  Value grouped = reshape(x, Shape{-1, groups, per_group});
-  Value y = reshape_like(normalize(grouped, {2}, eps, true).y, x);
-  const int64_t rank = x.shape().rank();
-  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
-                bias.defined() ? per_channel(bias, rank) : Value());
+  return channel_affine(normalize_groups("group_norm", x, groups, eps).y, weight, bias);
 }
 
 namespace {
@@ -547,8 +562,7 @@ Value normalize_by_running(const Value& x, const Value& running_mean, const Valu
   const int64_t rank = x.shape().rank();
   const Value y =
       (x - per_channel(running_mean, rank)) * per_channel(rsqrt(running_var + eps), rank);
-  return affine(y, weight.defined() ? per_channel(weight, rank) : Value(),
-                bias.defined() ? per_channel(bias, rank) : Value());
+  return channel_affine(y, weight, bias);
 }
 
 // y, once the running statistics have moved `momentum` of the way toward mean and var ([C]):
@@ -611,20 +625,19 @@ Value instance_norm(const Value& x, const Value& running_mean, const Value& runn
     throw GraphError("instance_norm: without the input's statistics, running ones are needed");
   if (!use_input_stats)
     return normalize_by_running(x, running_mean, running_var, weight, bias, eps);
-  const Value y = group_norm(x, channels, weight, bias, eps);
+  // A group per channel: group_norm's normalization, whose statistics also move the running
+  // ones (PyTorch's update: toward the mean over the examples of the instance statistics, the
+  // variances unbiased, S / (S - 1) over S positions; var = 1 / rstd^2 - eps).
+  const Normalized n = normalize_groups("instance_norm", x, channels, eps);
+  const Value y = channel_affine(n.y, weight, bias);
   if (!running_mean.defined()) return y;
-  // PyTorch's update: each channel's running statistic moves toward the mean over the examples
-  // of the instance statistics, the variances unbiased (S / (S - 1) over S positions). The
-  // statistics are recomputed here from x (group_norm's are internal to its node); CSE does not
-  // merge them with its, but they are a pass over x with no gradient.
   int64_t positions = 1;
   for (int64_t d = 2; d < rank; ++d) positions *= x.shape()[d];
-  const Value planes =
-      x.graph()->add("stop_gradient", {reshape(x, Shape{-1, channels, positions})});
-  const Normalized n = normalize(planes, {2}, eps, true);
   const double unbiased = positions > 1 ? static_cast<double>(positions) / (positions - 1) : 1.0;
-  const Value average_mean = mean(n.mean, {0});
-  const Value average_var = mean((1.0 / (n.rstd * n.rstd) - eps) * unbiased, {0});
+  const Value plane_mean = x.graph()->add("stop_gradient", {n.mean});
+  const Value plane_rstd = x.graph()->add("stop_gradient", {n.rstd});
+  const Value average_mean = mean(plane_mean, {0});
+  const Value average_var = mean((1.0 / (plane_rstd * plane_rstd) - eps) * unbiased, {0});
   return update_running(y, running_mean, running_var, average_mean, average_var, momentum);
 }
 
