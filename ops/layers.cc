@@ -536,6 +536,20 @@ Value AdaptiveMaxPool1d::forward(const Value& x) {
                  2);
 }
 
+AdaptiveMaxPool3d::AdaptiveMaxPool3d(Graph& graph, const std::string& name,
+                                     std::array<int64_t, 3> output_size)
+    : Module(graph, name), output_size_(output_size) {
+  check_output_size("AdaptiveMaxPool3d", path(), {output_size[0], output_size[1], output_size[2]});
+}
+
+Value AdaptiveMaxPool3d::forward(const Value& x) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 5 && s[2] > 0 && s[3] > 0 && s[4] > 0, GraphError,
+             "[nn] AdaptiveMaxPool3d ", path(),
+             ": expects [N, C, D, H, W] with D, H and W known and positive, got ", s);
+  return adaptive_max_pool(x, {output_size_[0], output_size_[1], output_size_[2]});
+}
+
 AdaptiveMaxPool2d::AdaptiveMaxPool2d(Graph& graph, const std::string& name,
                                      std::array<int64_t, 2> output_size)
     : Module(graph, name), output_size_(output_size) {

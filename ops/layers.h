@@ -598,6 +598,19 @@ class AdaptiveMaxPool1d : public Module {
   int64_t output_size_;
 };
 
+/// The maximum of x [N, C, D, H, W] over an output_size grid of windows (PyTorch's
+/// AdaptiveMaxPool3d; adaptive_max_pool). D, H and W must be known when the layer is called.
+class AdaptiveMaxPool3d : public Module {
+ public:
+  AdaptiveMaxPool3d(Graph& graph, const std::string& name, std::array<int64_t, 3> output_size);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::array<int64_t, 3> output_size_;
+};
+
 /// adaptive_max_pool2d as a layer (PyTorch's AdaptiveMaxPool2d).
 class AdaptiveMaxPool2d : public Module {
  public:

@@ -215,6 +215,13 @@ Value avg_pool3d(const Value& x, const Pool3dOptions& options = {}, bool count_i
 /// out))); every dim but the batch must be known. Each pooled dim is a product with a constant
 /// matrix of the window weights.
 Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size);
+/// The maximum of x over a grid of output_size windows along its last output_size.size() dims
+/// (PyTorch's adaptive_max_pool1d/2d/3d windows, as adaptive_avg_pool's); the pooled dims must
+/// be known. Separable: per pooled dim, the maximum over the longest window's taps, each a
+/// gather of one input index per output (a shorter window repeats its last index). NaN
+/// propagates; the gradient goes to each window's maximum (split between equal values, as
+/// `maximum` splits it).
+Value adaptive_max_pool(const Value& x, const std::vector<int64_t>& output_size);
 
 /// Options of scaled_dot_product_attention.
 struct AttentionOptions {

@@ -12,8 +12,10 @@
 //                     matrix of 1 / count per depth window: PyTorch's divisor is a product of
 //                     per-dim counts (either count_include_pad rule), so averaging is separable.
 //   adaptive_avg_pool: one such matrix per pooled dim (PyTorch's uneven windows), any rank.
+//   adaptive_max_pool: per pooled dim, the maximum over the taps of its windows (gathers).
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kiln/ops/array.h"
@@ -234,7 +236,17 @@ Value avg_pool3d(const Value& x, const Pool3dOptions& options, bool count_includ
   return swap_channels_and_depth(reshape(averaged, {-1, out_depth, ps[2], ps[3], ps[4]}));
 }
 
-Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size) {
+namespace {
+
+// PyTorch's adaptive window o of `out` over `in`: [floor(o in / out), ceil((o + 1) in / out)).
+std::pair<int64_t, int64_t> adaptive_window(int64_t o, int64_t in, int64_t out) {
+  return {o * in / out, ((o + 1) * in + out - 1) / out};
+}
+
+// Checks that x has output_size.size() known positive dims after its batch to pool, each
+// output size positive; `unknown_allowed`: how many other dims may be unknown.
+void check_adaptive(const char* fn, const Value& x, const std::vector<int64_t>& output_size,
+                    int64_t unknown_allowed) {
   const Shape& s = x.shape();
   const int64_t dims = static_cast<int64_t>(output_size.size());
   bool known = dims >= 1 && s.rank() >= dims + 1;
@@ -243,9 +255,24 @@ Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size)
     if (d >= s.rank() - dims) known = s[d] > 0;
     unknown += s[d] < 0;
   }
-  KILN_CHECK(known && (dims == 1 || unknown <= 1), GraphError, "[adaptive_avg_pool] x ", s,
-             " must have ", dims, " known positive dims to pool after its batch",
-             dims > 1 ? ", and one unknown dim at most" : "");
+  KILN_CHECK(known && unknown <= unknown_allowed, GraphError, "[", fn, "] x ", s, " must have ",
+             dims, " known positive dims to pool after its batch",
+             unknown_allowed == 1 ? ", and one unknown dim at most" : "");
+  for (int64_t out : output_size)
+    if (out <= 0) {
+      std::string sizes;  // as given: a Shape would print -1 as ?
+      for (int64_t o : output_size) sizes += str(sizes.empty() ? "" : ", ", o);
+      throw GraphError(str("[", fn, "] output size [", sizes, "] must be positive"));
+    }
+}
+
+}  // namespace
+
+Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size) {
+  const Shape& s = x.shape();
+  const int64_t dims = static_cast<int64_t>(output_size.size());
+  // Past the last dim, blocks are reshaped: one unknown dim at most.
+  check_adaptive("adaptive_avg_pool", x, output_size, dims == 1 ? s.rank() : 1);
   const NameScope scope(*x.graph(), "adaptive_avg_pool");
   Value y = x;
   // Pool the last dim (a product with the matrix transposed), then each one before it as the
@@ -253,11 +280,9 @@ Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size)
   for (int64_t i = 0; i < dims; ++i) {
     const int64_t axis = s.rank() - 1 - i, in = s[axis],
                   out = output_size[static_cast<size_t>(dims - 1 - i)];
-    KILN_CHECK(out > 0, GraphError, "[adaptive_avg_pool] output size ", Shape(output_size),
-               " must be positive");
     std::vector<std::array<int64_t, 3>> windows;
     for (int64_t o = 0; o < out; ++o) {
-      const int64_t begin = o * in / out, end = ((o + 1) * in + out - 1) / out;
+      const auto [begin, end] = adaptive_window(o, in, out);
       windows.push_back({begin, end, end - begin});
     }
     const Value m = averaging_matrix(*x.graph(), x, in, windows);  // [out, in]
@@ -276,6 +301,35 @@ Value adaptive_avg_pool(const Value& x, const std::vector<int64_t>& output_size)
         if (ys[d] < 0) rows[static_cast<size_t>(d)] = back[static_cast<size_t>(d)] = -1;
       y = reshape(matmul(m, reshape(y, Shape(rows))), Shape(back));
     }
+  }
+  return y;
+}
+
+Value adaptive_max_pool(const Value& x, const std::vector<int64_t>& output_size) {
+  const Shape& s = x.shape();
+  check_adaptive("adaptive_max_pool", x, output_size, s.rank());
+  const NameScope scope(*x.graph(), "adaptive_max_pool");
+  const int64_t dims = static_cast<int64_t>(output_size.size());
+  Value y = x;
+  for (int64_t i = 0; i < dims; ++i) {
+    const int64_t axis = s.rank() - dims + i, in = s[axis], out = output_size[i];
+    int64_t taps = 0;
+    for (int64_t o = 0; o < out; ++o) {
+      const auto [begin, end] = adaptive_window(o, in, out);
+      taps = std::max(taps, end - begin);
+    }
+    Value pooled;
+    for (int64_t t = 0; t < taps; ++t) {
+      std::vector<int64_t> index;  // tap t of each window; past a short one's end, its last
+      for (int64_t o = 0; o < out; ++o) {
+        const auto [begin, end] = adaptive_window(o, in, out);
+        index.push_back(std::min(begin + t, end - 1));
+      }
+      const Value tap =
+          gather(y, x.graph()->constant(Tensor::from_vector<int64_t>(index, {out})), axis);
+      pooled = t == 0 ? tap : maximum(pooled, tap);
+    }
+    y = pooled;
   }
   return y;
 }

@@ -181,6 +181,32 @@ TEST(Volumetric, PoolsMatchTheirDefinitions) {
         }
   testing::expect_near(adaptive, testing::run1(g, adaptive_avg_pool(g.constant(small), {3, 2, 3})),
                        1e-12, 1e-12, "adaptive_avg_pool 3-D");
+  // The same windows' maxima; in 2-D, the adaptive_max_pool2d op's; in 1-D, one dim alone.
+  std::vector<double> adaptive_max;
+  for (int64_t c = 0; c < 2; ++c)
+    for (int64_t z = 0; z < to[0]; ++z)
+      for (int64_t i = 0; i < to[1]; ++i)
+        for (int64_t j = 0; j < to[2]; ++j) {
+          auto lo = [&](int d, int64_t o) { return o * in[d] / to[d]; };
+          auto hi = [&](int d, int64_t o) { return ((o + 1) * in[d] + to[d] - 1) / to[d]; };
+          double best = -std::numeric_limits<double>::infinity();
+          for (int64_t a = lo(0, z); a < hi(0, z); ++a)
+            for (int64_t b = lo(1, i); b < hi(1, i); ++b)
+              for (int64_t e = lo(2, j); e < hi(2, j); ++e)
+                best = std::max(best, at(small, 0, c, a, b, e));
+          adaptive_max.push_back(best);
+        }
+  const Value small_value = g.constant(small);
+  testing::expect_near(adaptive_max, testing::run1(g, adaptive_max_pool(small_value, {3, 2, 3})), 0,
+                       0, "adaptive_max_pool 3-D");
+  const Value planes = reshape(small_value, {2, 5, 3, 4});
+  testing::expect_near(testing::values(testing::run1(g, adaptive_max_pool2d(planes, {2, 3}))),
+                       testing::run1(g, adaptive_max_pool(planes, {2, 3})), 0, 0,
+                       "adaptive_max_pool 2-D against adaptive_max_pool2d");
+  const Tensor line = Tensor::from_vector<double>({3, -1, 4, 1, -5, 9, 2, 6}, {1, 1, 8});
+  // 8 -> 3: windows [0, 3), [2, 6), [5, 8).
+  testing::expect_near({4, 9, 9}, testing::run1(g, adaptive_max_pool(g.constant(line), {3})), 0, 0,
+                       "adaptive_max_pool 1-D");
 
   using Inputs = std::vector<Value>;
   const Tensor grad_x = r64({1, 2, 4, 3, 4}, -1, 1, 52);
@@ -193,10 +219,17 @@ TEST(Volumetric, PoolsMatchTheirDefinitions) {
         return adaptive_avg_pool(v[0], {3, 2, 3});
       },
       {grad_x}, "adaptive_avg_pool");
+  check_gradients(
+      [&](Graph&, const Inputs& v) {
+        return adaptive_max_pool(v[0], {3, 2, 3});
+      },
+      {grad_x}, "adaptive_max_pool");
   // NaN propagates through the depth maximum as through max_pool2d.
   Tensor with_nan = x.clone();
   with_nan.data<double>()[0] = std::numeric_limits<double>::quiet_NaN();
   EXPECT_TRUE(std::isnan(s.run({{vx, with_nan}}, {max_pool3d(vx, window)})[0].element(0)));
+  EXPECT_TRUE(
+      std::isnan(s.run({{vx, with_nan}}, {adaptive_max_pool(vx, {2, 2, 2})})[0].element(0)));
 }
 
 TEST(Volumetric, LayersAndErrors) {
@@ -211,6 +244,7 @@ TEST(Volumetric, LayersAndErrors) {
   net.add<nn::ConvTranspose3d>("up", 6, 2, std::array<int64_t, 3>{2, 2, 2},
                                Conv3dOptions{.stride = {2, 2, 2}});
   net.add<nn::AvgPool3d>("avg", Pool3dOptions{.kernel_size = {3, 3, 3}, .stride = {1, 1, 1}});
+  net.add<nn::AdaptiveMaxPool3d>("adaptive_max", std::array<int64_t, 3>{3, 4, 5});
   net.add<nn::AdaptiveAvgPool3d>("adaptive", std::array<int64_t, 3>{2, 1, 3});
   const Value y = net(x);
   EXPECT_EQ(y.shape(), Shape({-1, 2, 2, 1, 3}));
@@ -253,6 +287,21 @@ TEST(Volumetric, LayersAndErrors) {
         adaptive_avg_pool(x, {0, 2});
       },
       {"[adaptive_avg_pool] output size [0, 2] must be positive"});
+  expect_error<GraphError>(
+      [&] {
+        adaptive_max_pool(x, {2, -1});
+      },
+      {"[adaptive_max_pool] output size [2, -1] must be positive"});
+  expect_error<GraphError>(
+      [&] {
+        adaptive_max_pool(g.placeholder("free", f32, {2, 3, -1, 4}), {2, 2});
+      },
+      {"[adaptive_max_pool] x [2, 3, ?, 4] must have 2 known positive dims to pool"});
+  expect_error<GraphError>(
+      [&] {
+        nn::AdaptiveMaxPool3d(g, "m3", {1, 1, 1})(reshape(x, {-1, 4, 48, 8}));
+      },
+      {"[nn] AdaptiveMaxPool3d m3: expects [N, C, D, H, W]"});
   expect_error<GraphError>(
       [&] {
         nn::BatchNorm3d(g, "b3", 4)(reshape(x, {-1, 4, 48, 8}));

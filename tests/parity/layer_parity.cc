@@ -55,8 +55,8 @@
 //   volume: PyTorch's modules (one nn.Sequential): Conv3d (stride, padding) -> BatchNorm3d ->
 //        ReLU -> MaxPool3d (padding, ceil_mode) -> Conv3d (groups, dilation, replicate padding)
 //        -> InstanceNorm3d (affine, running statistics) -> ConvTranspose3d (stride, output_padding)
-//        -> AvgPool3d (padding not counted) -> AdaptiveAvgPool3d (uneven windows) -> Flatten ->
-//        Linear; cross entropy; Adam; then the evaluation-mode logits.
+//        -> AvgPool3d (padding not counted) -> AdaptiveMaxPool3d -> AdaptiveAvgPool3d (uneven
+//        windows) -> Flatten -> Linear; cross entropy; Adam; then the evaluation-mode logits.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -616,8 +616,9 @@ void volume(const std::filesystem::path& dir, Device device) {
                                  std::array<int64_t, 3>{1, 1, 0});  // [N, 3, 7, 6, 5]
   model.add<nn::AvgPool3d>(
       "avg", Pool3dOptions{.kernel_size = {3, 2, 3}, .stride = {2, 1, 2}, .padding = {1, 1, 1}},
-      false);                                                                     // [N,3,4,7,3]
-  model.add<nn::AdaptiveAvgPool3d>("adaptive", std::array<int64_t, 3>{3, 2, 2});  // [N,3,3,2,2]
+      false);                                                                         // [N,3,4,7,3]
+  model.add<nn::AdaptiveMaxPool3d>("adaptive_max", std::array<int64_t, 3>{3, 5, 2});  // [N,3,3,5,2]
+  model.add<nn::AdaptiveAvgPool3d>("adaptive", std::array<int64_t, 3>{3, 2, 2});      // [N,3,3,2,2]
   model.add<nn::Flatten>("flatten");
   model.add<nn::Linear>("head", 36, 3);
   Value loss = cross_entropy(model(x), y);

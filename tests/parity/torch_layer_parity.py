@@ -559,7 +559,8 @@ def volume(run):
                           grouped, norm, up,
                           nn.AvgPool3d((3, 2, 3), stride=(2, 1, 2), padding=1,
                                        count_include_pad=False),
-                          nn.AdaptiveAvgPool3d((3, 2, 2)), nn.Flatten(), head)
+                          nn.AdaptiveMaxPool3d((3, 5, 2)), nn.AdaptiveAvgPool3d((3, 2, 2)),
+                          nn.Flatten(), head)
     where = {"vol/bn/running_mean": (bn.running_mean, None, False),
              "vol/bn/running_var": (bn.running_var, None, False),
              "vol/norm/running_mean": (norm.running_mean, None, False),
