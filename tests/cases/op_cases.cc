@@ -351,14 +351,13 @@ std::vector<OpCase> make_cases() {
   // apart, then combined (ops/math/reduce.cu). Positive values: sums without cancellation, so
   // 16-bit results compare relative to the value.
   for (const char* name : {"sum", "mean", "max", "min"})
-    for (const auto& [label, shape, axes] :
-         {std::tuple{"rows", Shape{3, 9000}, std::vector<int64_t>{1}},
-          std::tuple{"columns", Shape{700, 6}, std::vector<int64_t>{0}},
-          std::tuple{"all", Shape{20000}, std::vector<int64_t>{}}})
+    for (const auto& long_case : {std::tuple{"rows", Shape{3, 9000}, std::vector<int64_t>{1}},
+                                  std::tuple{"columns", Shape{700, 6}, std::vector<int64_t>{0}},
+                                  std::tuple{"all", Shape{20000}, std::vector<int64_t>{}}})
       add({.op = name,
-           .name = str(name, "_long_", label),
+           .name = str(name, "_long_", std::get<0>(long_case)),
            .build =
-               [name, shape, axes](CaseGraph& c) {
+               [name, shape = std::get<1>(long_case), axes = std::get<2>(long_case)](CaseGraph& c) {
                  return op(c, name, {c.input(shape, 0.5, 1.5)}, {{"axes", axes}});
                },
            .gradients = false});
