@@ -162,9 +162,10 @@ TEST(Volumetric, PoolsMatchTheirDefinitions) {
   testing::expect_near(included, got[1], 1e-12, 1e-12, "avg_pool3d counting padding");
   testing::expect_near(excluded, got[2], 1e-12, 1e-12, "avg_pool3d not counting padding");
 
-  // Adaptive: uneven windows [floor(i in / out), ceil((i + 1) in / out)) in each dim.
+  // Adaptive: uneven windows [floor(i in / out), ceil((i + 1) in / out)) in each dim; their means
+  // and maxima.
   const Tensor small = r64({1, 2, 5, 3, 4}, -1, 1, 51);
-  std::vector<double> adaptive;
+  std::vector<double> adaptive, adaptive_max;
   const int64_t in[3] = {5, 3, 4}, to[3] = {3, 2, 3};
   for (int64_t c = 0; c < 2; ++c)
     for (int64_t z = 0; z < to[0]; ++z)
@@ -172,30 +173,19 @@ TEST(Volumetric, PoolsMatchTheirDefinitions) {
         for (int64_t j = 0; j < to[2]; ++j) {
           auto lo = [&](int d, int64_t o) { return o * in[d] / to[d]; };
           auto hi = [&](int d, int64_t o) { return ((o + 1) * in[d] + to[d] - 1) / to[d]; };
-          double sum = 0, count = 0;
+          double sum = 0, count = 0, best = -std::numeric_limits<double>::infinity();
           for (int64_t a = lo(0, z); a < hi(0, z); ++a)
             for (int64_t b = lo(1, i); b < hi(1, i); ++b)
-              for (int64_t e = lo(2, j); e < hi(2, j); ++e)
+              for (int64_t e = lo(2, j); e < hi(2, j); ++e) {
                 sum += at(small, 0, c, a, b, e), ++count;
+                best = std::max(best, at(small, 0, c, a, b, e));
+              }
           adaptive.push_back(sum / count);
+          adaptive_max.push_back(best);
         }
   testing::expect_near(adaptive, testing::run1(g, adaptive_avg_pool(g.constant(small), {3, 2, 3})),
                        1e-12, 1e-12, "adaptive_avg_pool 3-D");
-  // The same windows' maxima; in 2-D, the adaptive_max_pool2d op's; in 1-D, one dim alone.
-  std::vector<double> adaptive_max;
-  for (int64_t c = 0; c < 2; ++c)
-    for (int64_t z = 0; z < to[0]; ++z)
-      for (int64_t i = 0; i < to[1]; ++i)
-        for (int64_t j = 0; j < to[2]; ++j) {
-          auto lo = [&](int d, int64_t o) { return o * in[d] / to[d]; };
-          auto hi = [&](int d, int64_t o) { return ((o + 1) * in[d] + to[d] - 1) / to[d]; };
-          double best = -std::numeric_limits<double>::infinity();
-          for (int64_t a = lo(0, z); a < hi(0, z); ++a)
-            for (int64_t b = lo(1, i); b < hi(1, i); ++b)
-              for (int64_t e = lo(2, j); e < hi(2, j); ++e)
-                best = std::max(best, at(small, 0, c, a, b, e));
-          adaptive_max.push_back(best);
-        }
+  // In 2-D the adaptive_max_pool2d op's maxima; in 1-D, one dim alone.
   const Value small_value = g.constant(small);
   testing::expect_near(adaptive_max, testing::run1(g, adaptive_max_pool(small_value, {3, 2, 3})), 0,
                        0, "adaptive_max_pool 3-D");
