@@ -294,14 +294,6 @@ class GroupNorm : public Module {
   double eps_;
 };
 
-/// Instance norm of x [N, C, ...]: each channel of each example normalized over its positions
-/// (instance_norm), then per-channel weight (1) and bias (0) when `affine` (PyTorch's
-/// InstanceNorm1d/2d/3d, whose affine is off by default). By default no running statistics are
-/// kept (PyTorch's track_running_stats=False): evaluation normalizes each instance too. With
-/// `track_running_stats`, running_mean (0) and running_var (1) are variables (not trainable,
-/// saved in checkpoints) that training moves by `momentum` and evaluation normalizes with. The
-/// layers are InstanceNorm1d/2d/3d, which check the input's rank.
-class InstanceNorm;
 /// The instance norm layers' arguments (PyTorch's, same defaults).
 struct InstanceNormOptions {
   double eps = 1e-5;
@@ -309,6 +301,14 @@ struct InstanceNormOptions {
   double momentum = 0.1;
   bool track_running_stats = false;
 };
+
+/// Instance norm of x [N, C, ...]: each channel of each example normalized over its positions
+/// (instance_norm), then per-channel weight (1) and bias (0) when `affine` (PyTorch's
+/// InstanceNorm1d/2d/3d, whose affine is off by default). By default no running statistics are
+/// kept (PyTorch's track_running_stats=False): evaluation normalizes each instance too. With
+/// `track_running_stats`, running_mean (0) and running_var (1) are variables (not trainable,
+/// saved in checkpoints) that training moves by `momentum` and evaluation normalizes with. The
+/// layers are InstanceNorm1d/2d/3d, which check the input's rank.
 class InstanceNorm : public Module {
  public:
   Value weight, bias;
