@@ -1,6 +1,7 @@
 """PyTorch's side of the GPU benchmarks, on the same device as kiln_gpu_bench, and the summary.
 
     python3 bench/torch_gpu_bench.py KILN_RESULTS_FILE
+    python3 bench/torch_gpu_bench.py --cnn-steps N   (the eager CNN step, for a profiler)
 
 Measures torch.matmul bf16 8192^3, the same 8-op elementwise chain eagerly, a device-to-device
 copy (the card's practical memory bandwidth), and the MLP training step at batch 128 in eager
@@ -42,7 +43,38 @@ def time_host(fn, warmup=20, reps=300):
     return statistics.median(times)
 
 
+def cnn_model_on(dev):
+    """The CNN of bench/nn_models.h."""
+    nn = torch.nn
+
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(), nn.Linear(3136, 128),
+                         nn.ReLU(), nn.Linear(128, 10)).to(dev)
+
+
+def eager_cnn_step(dev, x, y):
+    """One eager Adam step of the CNN on host batch (x, y), loss read back (as Kiln's)."""
+    model = cnn_model_on(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
 def main():
+    if sys.argv[1] == "--cnn-steps":
+        # Under a profiler (tools/gpu-check run profile): 2 warm-up steps, then N.
+        step = eager_cnn_step(torch.device("cuda"), torch.rand(64, 1, 28, 28),
+                              torch.randint(0, 10, (64,)))
+        for _ in range(2 + int(sys.argv[2])):
+            step()
+        return
     kiln = {}
     for line in open(sys.argv[1]):
         parts = line.split()
@@ -90,49 +122,43 @@ def main():
     # The CNN step (bench/nn_models.h): eager, and replayed as a captured CUDA Graph (static
     # input buffers, the documented whole-network capture).
     def cnn():
-        nn = torch.nn
-
-        def block(i, o):
-            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
-        return nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(), nn.Linear(3136, 128),
-                             nn.ReLU(), nn.Linear(128, 10)).to(dev)
-    cnn_model = cnn()
-    cnn_opt = torch.optim.Adam(cnn_model.parameters(), lr=1e-3)
+        return cnn_model_on(dev)
     cnn_x, cnn_y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    t_cnn = time_host(eager_cnn_step(dev, cnn_x, cnn_y))
 
-    def cnn_step():
-        cnn_opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(cnn_model(cnn_x.to(dev)), cnn_y.to(dev))
-        loss.backward()
-        cnn_opt.step()
-        return loss.item()
-    t_cnn = time_host(cnn_step)
-
-    graph_model = cnn()
-    graph_opt = torch.optim.Adam(graph_model.parameters(), lr=1e-3, capturable=True)
-    static_x = torch.rand(64, 1, 28, 28, device=dev)
-    static_y = torch.randint(0, 10, (64,), device=dev)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # warm-up on a side stream before capture
-            graph_opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(graph_model(static_x), static_y).backward()
+    def time_cnn_graph():
+        """The CNN step captured as one CUDA Graph, its median seconds per replay."""
+        graph_model = cnn()
+        graph_opt = torch.optim.Adam(graph_model.parameters(), lr=1e-3, capturable=True)
+        static_x = torch.rand(64, 1, 28, 28, device=dev)
+        static_y = torch.randint(0, 10, (64,), device=dev)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up on a side stream before capture
+                graph_opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(graph_model(static_x), static_y).backward()
+                graph_opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        cuda_graph = torch.cuda.CUDAGraph()
+        graph_opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(cuda_graph):
+            static_loss = torch.nn.functional.cross_entropy(graph_model(static_x), static_y)
+            static_loss.backward()
             graph_opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    cuda_graph = torch.cuda.CUDAGraph()
-    graph_opt.zero_grad(set_to_none=True)
-    with torch.cuda.graph(cuda_graph):
-        static_loss = torch.nn.functional.cross_entropy(graph_model(static_x), static_y)
-        static_loss.backward()
-        graph_opt.step()
 
-    def cnn_graph_step():
-        static_x.copy_(cnn_x.to(dev, non_blocking=True))
-        static_y.copy_(cnn_y.to(dev, non_blocking=True))
-        cuda_graph.replay()
-        return static_loss.item()
-    t_cnn_graph = time_host(cnn_graph_step)
+        def cnn_graph_step():
+            static_x.copy_(cnn_x.to(dev, non_blocking=True))
+            static_y.copy_(cnn_y.to(dev, non_blocking=True))
+            cuda_graph.replay()
+            return static_loss.item()
+        return time_host(cnn_graph_step)
+    # PyTorch's default lets cuDNN convolve f32 in TF32 (torch.backends.cudnn.allow_tf32); Kiln's
+    # default is f32. Both ways, each against Kiln's like setting (--tf32: SessionOptions::allow_tf32).
+    t_cnn_graph = time_cnn_graph()
+    torch.backends.cudnn.allow_tf32 = False
+    t_cnn_graph_f32 = time_cnn_graph()
+    torch.backends.cudnn.allow_tf32 = True
 
     # Attention forward + backward at sequence 2,048, bf16, causal.
     qkv = [(torch.rand(4, 16, 2048, 64, device=dev, dtype=torch.bfloat16) * 2 - 1).requires_grad_()
@@ -179,6 +205,12 @@ def main():
         k = kiln["cnn_step_graphs"][0]
         rows.append(("  CNN, Kiln graphs vs torch eager", k * 1e3, t_cnn * 1e3, t_cnn / k,
                      ">= 2x faster than torch eager"))
+        rows.append(("  CNN graphs, f32 both (no TF32)", k * 1e3, t_cnn_graph_f32 * 1e3,
+                     t_cnn_graph_f32 / k, ""))
+    if "cnn_step_graphs_tf32" in kiln:
+        k = kiln["cnn_step_graphs_tf32"][0]
+        rows.append(("  CNN graphs, TF32 both", k * 1e3, t_cnn_graph * 1e3, t_cnn_graph / k,
+                     ">= 1.0x torch with CUDA Graphs"))
     for label, kv, tv, ratio, target in rows:
         print(f"{label:34s}{kv:14.2f}{tv:14.2f}{ratio:9.2f}  {target}")
 

@@ -1,10 +1,11 @@
 """Summarizes a Kiln Chrome trace (SessionOptions::trace_path): GPU or CPU time per node and per
-op, averaged over the runs the trace holds, the largest first.
+op: each node's median over the runs the trace holds, the largest first.
 
     python3 bench/trace_summary.py TRACE.json [TOP]
 """
 import collections
 import json
+import statistics
 import sys
 
 
@@ -15,24 +16,26 @@ def main():
     if not events:
         print(f"{path}: no events")
         return
-    by_node = collections.defaultdict(lambda: [0.0, 0, ""])
-    by_op = collections.defaultdict(float)
+    durations = collections.defaultdict(list)  # node: its durations, one per run
+    op_of = {}
     for e in events:
-        node = by_node[e["name"]]
-        node[0] += e["dur"]
-        node[1] += 1
-        node[2] = e["cat"]
-        by_op[e["cat"]] += e["dur"]
-    # A node runs once per run: the most frequent count is the number of runs.
-    runs = collections.Counter(n[1] for n in by_node.values()).most_common(1)[0][0]
-    total = sum(by_op.values()) / runs
-    print(f"{path}: {len(by_node)} nodes, {runs} runs, {total:.1f} us of kernels per run")
+        durations[e["name"]].append(e["dur"])
+        op_of[e["name"]] = e["cat"]
+    # A node runs once per run: the most frequent count is the number of runs. Each node's
+    # median over them leaves out the first runs' one-off costs (uploads, algorithm searches).
+    runs = collections.Counter(len(d) for d in durations.values()).most_common(1)[0][0]
+    by_node = {name: statistics.median(d) for name, d in durations.items()}
+    by_op = collections.defaultdict(float)
+    for name, us in by_node.items():
+        by_op[op_of[name]] += us
+    total = sum(by_op.values())
+    print(f"{path}: {len(by_node)} nodes, {runs} runs, {total:.1f} us per run (node medians)")
     print(f"  {'op':32s} {'us/run':>10s} {'share':>7s}")
-    for op, dur in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {op:32s} {dur / runs:10.1f} {dur / runs / total:7.1%}")
+    for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {op:32s} {us:10.1f} {us / total:7.1%}")
     print(f"  {'node':56s} {'op':24s} {'us/run':>9s}")
-    for name, (dur, count, op) in sorted(by_node.items(), key=lambda kv: -kv[1][0])[:top]:
-        print(f"  {name[-56:]:56s} {op[:24]:24s} {dur / runs:9.1f}")
+    for name, us in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {name[-56:]:56s} {op_of[name][:24]:24s} {us:9.1f}")
 
 
 if __name__ == "__main__":

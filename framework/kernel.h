@@ -20,6 +20,9 @@ struct CudaStepContext {
   int64_t* error_block = nullptr;
   /// Index of the step being queued (named in data errors).
   int32_t step = -1;
+  /// f32 products (matmul, convolution) may round their inputs to TF32 on tensor cores
+  /// (SessionOptions::allow_tf32).
+  bool allow_tf32 = false;
 };
 
 /// What an executor gives a kernel besides its tensors; all optional (constant folding runs

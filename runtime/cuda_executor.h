@@ -14,6 +14,8 @@ struct CudaRunOptions {
   /// run of a plan and replay it from then on. Shapes are static per plan, so the graph is
   /// exact; it is re-recorded when variables were replaced from the host.
   bool cuda_graphs = false;
+  /// f32 products and convolutions may use TF32 (SessionOptions::allow_tf32).
+  bool allow_tf32 = false;
   /// Collect one trace event per step: its GPU start and duration (timing events around it on
   /// its stream). Runs traced this way are not captured as CUDA Graphs.
   std::vector<TraceEvent>* trace = nullptr;

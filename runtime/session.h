@@ -34,6 +34,13 @@ struct SessionOptions {
   /// On a GPU: capture each plan's whole step as a CUDA Graph on its second run and replay it
   /// after that (one launch per step instead of one per node). Results are identical.
   bool cuda_graphs = false;
+  /// On a GPU: f32 matrix products and convolutions may run on tensor cores in TF32 (inputs
+  /// rounded to 10 mantissa bits, sums in f32: about 1e-3 relative error, several times the
+  /// speed). Off by default: f32 is f32, bit for bit the same kind of sums as the CPU's.
+  /// PyTorch's torch.backends.cudnn.allow_tf32 (on there by default, for convolutions) and
+  /// torch.backends.cuda.matmul.allow_tf32 together. f16/bf16 use tensor cores either way;
+  /// attention's f32 kernels keep f32 accuracy (three TF32 products each) either way.
+  bool allow_tf32 = false;
   /// How many compiled plans the session keeps (least recently used ones go first; each holds
   /// its arena, so this bounds memory). Every distinct feed shape compiles a plan of its own:
   /// feed a fixed batch size (pad the last batch, or drop it) to compile once.

@@ -3,7 +3,7 @@
 //   C = op(A) op(B)  (row-major)   is computed as   C^T = op(B)^T op(A)^T  (column-major),
 // i.e. cuBLASLt's first operand is our B and its second our A, with the same transpose flags.
 // f16 and bf16 multiply on the tensor cores and accumulate in f32; f32 is exact f32 (no TF32,
-// like torch's default); f64 is f64.
+// like torch's default) unless the session allows TF32 (SessionOptions::allow_tf32); f64 is f64.
 #include <cublasLt.h>
 
 #include "kiln/framework/cuda/cuda_libraries.h"
@@ -97,9 +97,13 @@ void run_product(const KernelContext& ctx, const Product& p) {
   const cublasLtHandle_t handle = lane.handle;
   const cudaDataType_t type = data_type(p.dtype);
   const bool f64 = p.dtype == DType::f64;
+  const bool tf32 = p.dtype == DType::f32 && ctx.cuda()->allow_tf32;
+  const cublasComputeType_t compute = f64    ? CUBLAS_COMPUTE_64F
+                                      : tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                             : CUBLAS_COMPUTE_32F;
   Descriptors d;
-  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescCreate(
-      &d.op, f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F, f64 ? CUDA_R_64F : CUDA_R_32F));
+  KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescCreate(&d.op, compute,
+                                                                  f64 ? CUDA_R_64F : CUDA_R_32F));
   const cublasOperation_t first_op = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N;   // our B
   const cublasOperation_t second_op = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;  // our A
   KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulDescSetAttribute(
@@ -129,9 +133,9 @@ void run_product(const KernelContext& ctx, const Product& p) {
   }
   // The heuristic's choice, made once per problem on this device (the query costs more than a
   // small product): the key holds everything the descriptors above were made from.
-  const std::string key = ctx.cache_key(str(p.dtype, p.ta, p.tb, ' ', p.m, 'x', p.k, 'x', p.n,
-                                            " batch ", p.batch, ' ', p.a_stride, ' ', p.b_stride,
-                                            p.bias ? " bias" : "", p.addend ? " addend" : ""));
+  const std::string key = ctx.cache_key(
+      str(p.dtype, p.ta, p.tb, ' ', p.m, 'x', p.k, 'x', p.n, " batch ", p.batch, ' ', p.a_stride,
+          ' ', p.b_stride, p.bias ? " bias" : "", p.addend ? " addend" : "", tf32 ? " tf32" : ""));
   const cublasLtMatmulAlgo_t algo = ctx.cache().get<cublasLtMatmulAlgo_t>(key, [&] {
     cublasLtMatmulPreference_t preference = nullptr;
     KILN_BLAS_CHECK(::kiln::cuda::blaslt().cublasLtMatmulPreferenceCreate(&preference));

@@ -1,9 +1,10 @@
 // CUDA kernels of conv2d and its gradient ops (ops/nn/conv.cc). cuDNN runs them: opened on
 // first use, one handle per lane (a lane resource, bound to the lane's stream), the algorithm
 // picked by cuDNN's heuristic once per problem and kept in the executor's kernel cache
-// (deterministic algorithms first, so a run repeats bit for bit; f32 never uses TF32, as the
-// products). Where cuDNN cannot be opened, or KILN_CUDNN=0, Kiln's direct kernels run instead
-// (one thread per output element, f32 accumulation): slower, and a reference for cuDNN.
+// (deterministic algorithms first, so a run repeats bit for bit; f32 uses TF32 only where the
+// session allows it, as the products). Where cuDNN cannot be opened, or KILN_CUDNN=0, Kiln's direct
+// kernels run instead (one thread per output element, f32 accumulation): slower, and a reference
+// for cuDNN.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -114,19 +115,27 @@ struct Choice {
   size_t workspace = 0;
 };
 
-// The first usable result of a heuristic query, preferring deterministic algorithms. 16-bit
-// types may use tensor cores; f32 and f64 only FMA kernels (no TF32).
+// Whether a problem may run on tensor cores: 16-bit types always, f32 in TF32 where the session
+// allows it (SessionOptions::allow_tf32), f64 never.
+bool tensor_cores(const KernelContext& ctx, DType dtype) {
+  return dtype == DType::f16 || dtype == DType::bf16 ||
+         (dtype == DType::f32 && ctx.cuda()->allow_tf32);
+}
+
+// The first usable result of a heuristic query, preferring deterministic algorithms. Where
+// tensor cores are not allowed (tensor_cores), only FMA kernels.
 template <typename Perf>
 Choice pick(const KernelContext& ctx, const Perf* results, int count, DType dtype) {
-  const bool low = dtype == DType::f16 || dtype == DType::bf16;
+  const bool tensor = tensor_cores(ctx, dtype);
   for (bool need_deterministic : {true, false})
     for (int i = 0; i < count; ++i) {
       const Perf& r = results[i];
       if (r.status != CUDNN_STATUS_SUCCESS) continue;
       if (need_deterministic && r.determinism != CUDNN_DETERMINISTIC) continue;
-      if (!low && r.mathType == CUDNN_TENSOR_OP_MATH) continue;
-      // f32 runs with FMA math, whatever the query reported (DEFAULT would allow TF32).
-      return {static_cast<int>(r.algo), low ? r.mathType : CUDNN_FMA_MATH, r.memory};
+      if (!tensor && r.mathType == CUDNN_TENSOR_OP_MATH) continue;
+      // Without tensor cores f32 runs with FMA math, whatever the query reported (DEFAULT
+      // would allow TF32).
+      return {static_cast<int>(r.algo), tensor ? r.mathType : CUDNN_FMA_MATH, r.memory};
     }
   throw DeviceError(str(ctx.where(), ": cuDNN offers no algorithm for this ", dtype, " problem"));
 }
@@ -138,10 +147,13 @@ Choice query_heuristic(const KernelContext& ctx, cudnnHandle_t handle, const Des
                        DType dtype, Direction direction) {
   constexpr int kMax = 16;
   int count = 0;
-  // FMA math for f32 (and f64) queries; tensor-op math is offered for 16-bit types.
+  // Tensor-op math is offered for 16-bit types, and for f32 where TF32 is allowed (cuDNN's
+  // DEFAULT math permits TF32 for f32 data on Ampere and later); FMA math otherwise.
   const bool low = dtype == DType::f16 || dtype == DType::bf16;
-  KILN_CUDNN_CHECK(
-      cudnn().cudnnSetConvolutionMathType(d.conv, low ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+  KILN_CUDNN_CHECK(cudnn().cudnnSetConvolutionMathType(d.conv, low ? CUDNN_TENSOR_OP_MATH
+                                                               : tensor_cores(ctx, dtype)
+                                                                   ? CUDNN_DEFAULT_MATH
+                                                                   : CUDNN_FMA_MATH));
   if (direction == Direction::forward) {
     cudnnConvolutionFwdAlgoPerf_t results[kMax];
     KILN_CUDNN_CHECK(cudnn().cudnnGetConvolutionForwardAlgorithm_v7(handle, d.x, d.w, d.conv, d.y,
@@ -166,7 +178,7 @@ Choice choose(const KernelContext& ctx, cudnnHandle_t handle, const Descriptors&
   const std::string key = ctx.cache_key(
       str(static_cast<int>(direction), " k", g.kernel_h, 'x', g.kernel_w, " s", g.stride_h, ',',
           g.stride_w, " p", g.pad_h, ',', g.pad_w, " d", g.dilation_h, ',', g.dilation_w, " g",
-          g.groups, " in ", g.in_h, 'x', g.in_w));
+          g.groups, " in ", g.in_h, 'x', g.in_w, tensor_cores(ctx, dtype) ? " tensor" : ""));
   return ctx.cache().get<Choice>(key, [&] {
     Choice choice = query_heuristic(ctx, handle, d, dtype, direction);
     // The workspace of the algorithm with the math it will run with, asked for directly: the

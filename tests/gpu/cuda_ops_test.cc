@@ -162,5 +162,38 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
     }
 }
 
+// SessionOptions::allow_tf32: without it f32 products and convolutions are f32 (the CPU's
+// values to f32 rounding); with it they run on TF32 tensor cores, near the CPU's values but
+// visibly not f32 (TF32 keeps 10 of the inputs' 23 mantissa bits).
+TEST(CudaOps, Tf32OnlyWhereTheSessionAllowsIt) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  const Shape a_shape{512, 768}, b_shape{768, 384}, x_shape{8, 64, 32, 32}, w_shape{64, 64, 3, 3};
+  Value a = g.placeholder("a", f32, a_shape), b = g.placeholder("b", f32, b_shape);
+  Value x = g.placeholder("x", f32, x_shape), w = g.placeholder("w", f32, w_shape);
+  const std::vector<Value> fetch = {matmul(a, b), conv2d(x, w, {.padding = {1, 1}})};
+  const FeedList feeds = {{a, testing::random_tensor(f32, a_shape, -1, 1, 1)},
+                          {b, testing::random_tensor(f32, b_shape, -1, 1, 2)},
+                          {x, testing::random_tensor(f32, x_shape, -1, 1, 3)},
+                          {w, testing::random_tensor(f32, w_shape, -1, 1, 4)}};
+  const std::vector<Tensor> cpu = Session(g).run(feeds, fetch);
+  const std::vector<Tensor> strict = Session(g, {.device = Device::cuda(0)}).run(feeds, fetch);
+  const std::vector<Tensor> tf32 =
+      Session(g, {.device = Device::cuda(0), .allow_tf32 = true}).run(feeds, fetch);
+  const char* names[] = {"matmul", "conv2d"};
+  for (size_t i = 0; i < fetch.size(); ++i) {
+    const std::vector<double> want = testing::values(cpu[i]), got = testing::values(tf32[i]);
+    double size = 0, largest_error = 0;
+    for (size_t j = 0; j < want.size(); ++j) {
+      size = std::max(size, std::abs(want[j]));
+      largest_error = std::max(largest_error, std::abs(got[j] - want[j]));
+    }
+    testing::expect_near(want, strict[i], 0, 1e-5 * size, str(names[i], " in f32"));
+    // Sums of 576 or 768 products of inputs rounded to 2^-11: errors near 1e-3 of the size.
+    EXPECT_LT(largest_error, 1e-2 * size) << names[i] << " with TF32";
+    EXPECT_GT(largest_error, 1e-5 * size) << names[i] << " with TF32 allowed is still f32";
+  }
+}
+
 }  // namespace
 }  // namespace kiln

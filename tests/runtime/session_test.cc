@@ -128,6 +128,19 @@ TEST(Session, ResultsDoNotDependOnThreadCount) {
   testing::expect_near(testing::values(one), two, 1e-6, 1e-7, "threads");
 }
 
+// allow_tf32 is a GPU setting: on the CPU f32 products and convolutions stay f32, bit for bit.
+TEST(Session, AllowTf32ChangesNothingOnTheCpu) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3, 9, 9});
+  Value w = random_normal(g, {4, 3, 3, 3}, 0, 0.5, 3);
+  Value m = random_normal(g, {4 * 7 * 7, 5}, 0, 0.5, 4);
+  Value y = matmul(reshape(conv2d(x, w), {2, 4 * 7 * 7}), m);
+  const FeedList feeds = {{x, testing::random_tensor(f32, {2, 3, 9, 9}, -1, 1, 5)}};
+  const Tensor strict = Session(g).run(feeds, {y})[0];
+  const Tensor allowed = Session(g, {.allow_tf32 = true}).run(feeds, {y})[0];
+  EXPECT_EQ(testing::values(strict), testing::values(allowed));
+}
+
 // A batch of 0: inference gives empty results; a training step is refused (decided: the step
 // counter would advance and the update would apply the NaN mean of no elements).
 TEST(Session, AnEmptyBatchPredictsNothingAndCannotTrain) {
