@@ -82,6 +82,11 @@ OpDef& OpDef::no_gradient() {
   return *this;
 }
 
+OpDef& OpDef::reads_only_type_of(int index) {
+  type_only_inputs_.push_back(index);
+  return *this;
+}
+
 OpDef& OpDef::mutates_input(int index) {
   mutated_inputs_.push_back(index);
   return *this;

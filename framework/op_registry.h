@@ -2,6 +2,7 @@
 // An op is defined in one place, ops/<family>/<op>.cc, with KILN_OP(name)...; see DESIGN.md.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <functional>
 #include <map>
@@ -177,6 +178,10 @@ class OpDef {
   /// Trait: a collective (all-reduce, broadcast, ...): scheduled on the communication stream,
   /// with events both ways; passes treat it as a barrier (never folded, merged or moved across).
   OpDef& communication();
+  /// Trait: the kernels read only the dtype and shape of input `index`, never its values
+  /// (numel, full_like; the "like" input of reshape_like). Constant folding then needs only that
+  /// input's shape, not a constant: numel(x) of a known shape is a constant.
+  OpDef& reads_only_type_of(int index);
   /// Trait: where output 0 comes from (default: computed by the kernel).
   OpDef& output_source(OutputSource source);
   /// Trait: how autocast treats the op (default: follow_inputs).
@@ -206,6 +211,11 @@ class OpDef {
   bool may_alias() const { return may_alias_; }
   bool may_overwrite_input() const { return may_overwrite_; }
   bool concatenates() const { return concatenates_; }
+  /// Whether the kernels read only input `index`'s type (reads_only_type_of).
+  bool reads_only_type(int index) const {
+    return std::find(type_only_inputs_.begin(), type_only_inputs_.end(), index) !=
+           type_only_inputs_.end();
+  }
   bool is_stateful() const { return stateful_ || random_ || communication_ || writes_state(); }
   bool is_random() const { return random_; }
   bool is_communication() const { return communication_; }
@@ -237,6 +247,7 @@ class OpDef {
   bool may_alias_ = false;
   bool may_overwrite_ = false;
   bool concatenates_ = false;
+  std::vector<int> type_only_inputs_;
   bool stateful_ = false, random_ = false, communication_ = false;
   OutputSource source_ = OutputSource::computed;
   Precision precision_ = Precision::follow_inputs;

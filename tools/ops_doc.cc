@@ -43,6 +43,9 @@ std::string traits_of(const OpDef& op) {
       "stateful");
   add(op.precision_policy() == Precision::low, "16-bit in autocast");
   add(op.precision_policy() == Precision::keep_f32, "f32 in autocast");
+  for (size_t i = 0; i < op.inputs().size(); ++i)
+    if (op.reads_only_type(static_cast<int>(i)))
+      out += (out.empty() ? "" : ", ") + str("reads only the type of ", op.inputs()[i]);
   return out.empty() ? "-" : out;
 }
 

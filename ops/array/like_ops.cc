@@ -35,6 +35,7 @@ KILN_OP(sum_to)
     .may_alias_input()
     .input("x")
     .input("like")
+    .reads_only_type_of(1)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       ctx.expect_dtype(0, dtypes_of(DTypeClass::numeric));
       if (!broadcasts_to(ctx.shape(1), ctx.shape(0)))
@@ -64,6 +65,7 @@ KILN_OP(broadcast_like)
     .may_alias_input()
     .input("x")
     .input("like")
+    .reads_only_type_of(1)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       if (!broadcasts_to(ctx.shape(0), ctx.shape(1)))
         ctx.fail("cannot broadcast ", ctx.shape(0), " to ", ctx.shape(1));
@@ -93,6 +95,7 @@ KILN_OP(reshape_like)
     .may_alias_input()
     .input("x")
     .input("like")
+    .reads_only_type_of(1)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
       if (ctx.shape(0).is_known() && ctx.shape(1).is_known() &&
           ctx.shape(0).numel() != ctx.shape(1).numel())
@@ -108,6 +111,7 @@ KILN_OP(reshape_like)
 // ---- full_like(x, value): like's shape and dtype, every element `value`.
 KILN_OP(full_like)
     .input("like")
+    .reads_only_type_of(0)
     .attr("value", 0.0)
     .no_gradient()
     .infer([](const InferContext& ctx) { return std::vector<TensorType>{ctx.input(0)}; })
@@ -116,6 +120,7 @@ KILN_OP(full_like)
 // ---- numel(x): the element count of x as a rank-0 tensor of `dtype`.
 KILN_OP(numel)
     .input("x")
+    .reads_only_type_of(0)
     .attr("dtype", DType::f32)
     .no_gradient()
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {

@@ -1,5 +1,7 @@
 // Constant folding: a node whose inputs are all constants is computed once, here, and becomes
-// a constant. Sources without inputs (fill, iota, seeded random) fold too.
+// a constant. Sources without inputs (fill, iota, seeded random) fold too, and so do inputs
+// whose values the op never reads (OpDef::reads_only_type_of) once their shapes are known:
+// numel(x) in a plan of concrete shapes is a constant, and x need not be.
 #include "kiln/framework/kernel.h"
 #include "kiln/runtime/passes/passes.h"
 
@@ -31,13 +33,18 @@ class ConstantFolding final : public Pass {
       if (!foldable(node) || node.num_outputs() != 1) continue;
       std::vector<Tensor> inputs;
       bool all_constant = true;
-      for (OutputRef in : node.inputs()) {
+      for (size_t i = 0; i < node.inputs().size() && all_constant; ++i) {
+        const OutputRef in = node.inputs()[i];
         const Node& producer = graph.node(in.node);
-        if (producer.op().source() != OutputSource::attribute) {
+        const TensorType& type = producer.outputs()[in.index];
+        if (node.op().reads_only_type(static_cast<int>(i)) && type.shape.is_known()) {
+          // Its dtype and shape without storage: the kernel reads nothing else of it.
+          inputs.emplace_back(type.dtype, type.shape, nullptr);
+        } else if (producer.op().source() == OutputSource::attribute) {
+          inputs.push_back(producer.attr<Tensor>("value"));
+        } else {
           all_constant = false;
-          break;
         }
-        inputs.push_back(producer.attr<Tensor>("value"));
       }
       if (!all_constant) continue;
       std::vector<TensorType> input_types;

@@ -2,7 +2,9 @@
 // reader each, becomes one fused_elementwise node (ops/math/fused.cc). Its inputs must have the
 // output's element count, be scalars, or be the output's trailing dims (a bias row); a
 // broadcast of such a value to the output's shape is read through (its source is the input).
+#include <algorithm>
 #include <functional>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "kiln/ops/math/fused.h"
@@ -19,10 +21,10 @@ class ElementwiseFusion final : public Pass {
   bool run(Graph& graph) override {
     consumers_ = graph.consumers();
     kept_.clear();
-    updated_.clear();
+    writers_.clear();
     for (int32_t id = 0; id < graph.num_nodes(); ++id)
       for (int index : graph.node(id).op().mutated_inputs())
-        updated_.insert(graph.node(id).inputs()[index].node);
+        writers_[graph.node(id).inputs()[index].node].push_back(id);
     for (const auto& [name, sig] : graph.signatures())
       for (const auto* list : {&sig.outputs, &sig.targets})
         for (const Value& v : *list) kept_.insert(v.node_id());
@@ -35,7 +37,7 @@ class ElementwiseFusion final : public Pass {
       if (opcode < 0 || node.num_outputs() != 1) continue;
       const TensorType& out = node.outputs()[0];
       if ((out.dtype != f32 && out.dtype != f64) || !out.shape.is_known()) continue;
-      Group group{graph, out, {}, {}, 0};
+      Group group{graph, root, out, {}, {}, 0};
       std::vector<int32_t> members;
       if (add_member(group, root, members, /*is_root=*/true) < 0 || members.size() < 2) continue;
       // Renumber operands: externals are registers 0..e-1, instruction k is register e + k.
@@ -74,6 +76,7 @@ class ElementwiseFusion final : public Pass {
 
   struct Group {
     const Graph& graph;
+    int32_t root;  // the node the group replaces
     TensorType out;
     std::vector<OutputRef> externals;
     std::vector<int64_t> code;  // 4 per instruction; operands as tokens until renumbered
@@ -93,11 +96,26 @@ class ElementwiseFusion final : public Pass {
     return true;
   }
 
-  // Token of external value `r` (-(index + 2)), added on first use; -1 when unreadable. Only
-  // the root may read a variable that the graph also updates: an inner node's read would move
-  // to the root's place in the order, possibly after the update.
+  // Whether every op that updates variable `var` reads the group's root (so runs after it):
+  // then an inner node's read of var may move to the root's place in the order. Else it could
+  // land after an update (plans run a variable's readers before its writers). Running
+  // statistics, v <- v m + x (1 - m), fuse whole this way: the assign reads the root.
+  bool updates_follow_root(const Group& g, int32_t var) const {
+    auto found = writers_.find(var);
+    if (found == writers_.end()) return true;
+    for (int32_t writer : found->second) {
+      const auto& inputs = g.graph.node(writer).inputs();
+      if (std::find(inputs.begin(), inputs.end(), OutputRef{g.root, 0}) == inputs.end())
+        return false;
+    }
+    return true;
+  }
+
+  // Token of external value `r` (-(index + 2)), added on first use; -1 when unreadable. The
+  // root may read a variable that the graph also updates; an inner node only where the
+  // updates follow the root (updates_follow_root).
   int64_t external(Group& g, OutputRef r, bool for_root) const {
-    if (!for_root && updated_.count(r.node)) return -1;
+    if (!for_root && !updates_follow_root(g, r.node)) return -1;
     const TensorType& t = g.graph.node(r.node).outputs()[r.index];
     if (t.dtype != g.out.dtype || !readable(t.shape, g.out.shape)) return -1;
     for (size_t i = 0; i < g.externals.size(); ++i)
@@ -167,7 +185,8 @@ class ElementwiseFusion final : public Pass {
 
   std::vector<std::vector<std::pair<int32_t, int32_t>>> consumers_;
   std::unordered_set<int32_t> kept_;
-  std::unordered_set<int32_t> updated_;  // variables some op of the graph writes
+  // The variables some op of the graph writes, and those ops.
+  std::unordered_map<int32_t, std::vector<int32_t>> writers_;
 };
 
 }  // namespace

@@ -51,6 +51,41 @@ TEST(Passes, ConstantFoldingComputesConstantSubgraphsOnce) {
   EXPECT_EQ(ops_of(with_var)["mul"], 1);
 }
 
+// Ops that read only the shape of an input (numel, full_like; the "like" input of
+// broadcast_like, reshape_like and sum_to) fold once the plan knows the shape: mean's gradient
+// 1 / numel(x) and the broadcast of a folded value are constants, while a node that reads a
+// computed value (sum_to of x * 2) stays. A feed of another batch size compiles a plan of its
+// own, with its own count.
+TEST(Passes, ShapeOnlyInputsFoldOnceTheirShapeIsKnown) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 3});
+  Value scaled = x * 2.0;
+  Value count = numel(scaled);
+  Value ones = full_like(scaled, 1.0);
+  Value summed = sum_to(scaled, g.constant(Tensor::from_vector<float>({0, 0, 0})));
+  // [1, 3] reshaped like summed [3], then broadcast like scaled [batch, 3].
+  Value spread = broadcast_like(
+      reshape_like(g.constant(Tensor::from_vector<float>({1, 2, 3}, {1, 3})), summed), scaled);
+  const std::vector<Value> fetch = {count, ones, spread, summed};
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::constant_folding));
+  for (int64_t batch : {2, 5}) {
+    const FeedList feeds = {{x, testing::random_tensor(f32, {batch, 3}, -1, 1, 7)}};
+    const Plan& before = off.plan(feeds, fetch);
+    const Plan& after = on.plan(feeds, fetch);
+    EXPECT_EQ(ops_of(before)["numel"], 1);
+    for (const char* op : {"numel", "full_like", "broadcast_like", "reshape_like"})
+      EXPECT_EQ(ops_of(after)[op], 0) << op << " at batch " << batch;
+    EXPECT_EQ(ops_of(after)["sum_to"], 1);  // reads x * 2, which is not a constant
+    EXPECT_EQ(ops_of(after)["mul"], 1);
+    const std::vector<Tensor> want = off.run(feeds, fetch), got = on.run(feeds, fetch);
+    EXPECT_EQ(got[0].item<double>(), 3.0 * batch);
+    for (size_t i = 0; i < fetch.size(); ++i) {
+      EXPECT_EQ(got[i].shape(), want[i].shape()) << i;
+      EXPECT_EQ(testing::values(got[i]), testing::values(want[i])) << i;
+    }
+  }
+}
+
 TEST(Passes, MatmulEpilogueFoldsTheBiasAndTheRelu) {
   Graph g;
   Value x = g.placeholder("x", f32, {5, 7});
@@ -520,6 +555,35 @@ TEST(Passes, ElementwiseFusionReadsThroughBroadcasts) {
   auto a = off.run(feeds, {y, z}), f = on.run(feeds, {y, z});
   testing::expect_near(testing::values(a[0]), f[0], 1e-6, 1e-6, "through a scalar and a row");
   testing::expect_near(testing::values(a[1]), f[1], 1e-6, 1e-6, "beside a column");
+}
+
+// A variable that the graph updates is read inside a fused group only where every update
+// reads the group's result (so runs after it): running statistics, v <- 0.9 v + 0.1 mean(x),
+// become one kernel. exp(w 2) + (w after its update) needs w both before and after the
+// update: the read of w stays apart, so it still runs before the update.
+TEST(Passes, FusionReadsAnUpdatedVariableOnlyBeforeItsUpdates) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {8, 4});
+  Value running = g.variable("running", {4}, init::constant(1));
+  Value blended = running * 0.9 + mean(x, {0}) * 0.1;
+  Value update = assign(running, blended);
+  Value w = g.variable("w", {4}, init::constant(2));
+  Value bumped = assign_add(w, g.constant(Tensor::from_vector<float>({10, 20, 30, 40})));
+  Value both = exp(w * 0.5) + bumped;
+  const FeedList feeds = {{x, testing::random_tensor(f32, {8, 4}, -1, 1, 9)}};
+  const std::vector<Value> fetch = {blended, both};
+  Session off(g, only(nullptr)), on(g, only(&PassOptions::elementwise_fusion));
+  auto counts = ops_of(on.plan(feeds, fetch, {update}));
+  EXPECT_EQ(counts["fused_elementwise"], 2);
+  EXPECT_EQ(counts["mul"], 1) << "w * 0.5 stays apart; running * 0.9 joins its group";
+  for (int run = 0; run < 2; ++run) {
+    const std::vector<Tensor> want = off.run(feeds, fetch, {update});
+    const std::vector<Tensor> got = on.run(feeds, fetch, {update});
+    testing::expect_near(testing::values(want[0]), got[0], 1e-6, 1e-7, "running statistics");
+    testing::expect_near(testing::values(want[1]), got[1], 1e-6, 1e-7, "w before its update");
+  }
+  EXPECT_EQ(testing::values(on.variable_value(running)),
+            testing::values(off.variable_value(running)));
 }
 
 TEST(Passes, FetchedIntermediatesAreKept) {
