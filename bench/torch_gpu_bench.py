@@ -53,9 +53,8 @@ def cnn_model_on(dev):
                          nn.ReLU(), nn.Linear(128, 10)).to(dev)
 
 
-def eager_cnn_step(dev, x, y):
-    """One eager Adam step of the CNN on host batch (x, y), loss read back (as Kiln's)."""
-    model = cnn_model_on(dev)
+def eager_step(model, dev, x, y):
+    """One eager Adam step of `model` on host batch (x, y), loss read back (as Kiln's)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step():
@@ -70,8 +69,9 @@ def eager_cnn_step(dev, x, y):
 def main():
     if sys.argv[1] == "--cnn-steps":
         # Under a profiler (tools/gpu-check run profile): 2 warm-up steps, then N.
-        step = eager_cnn_step(torch.device("cuda"), torch.rand(64, 1, 28, 28),
-                              torch.randint(0, 10, (64,)))
+        dev = torch.device("cuda")
+        step = eager_step(cnn_model_on(dev), dev, torch.rand(64, 1, 28, 28),
+                          torch.randint(0, 10, (64,)))
         for _ in range(2 + int(sys.argv[2])):
             step()
         return
@@ -106,17 +106,7 @@ def main():
     model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(),
                                 torch.nn.Linear(256, 128), torch.nn.ReLU(),
                                 torch.nn.Linear(128, 10)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images = torch.rand(128, 784)
-    labels = torch.randint(0, 10, (128,))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(images.to(dev)), labels.to(dev))
-        loss.backward()
-        opt.step()
-        return loss.item()
-
+    step = eager_step(model, dev, torch.rand(128, 784), torch.randint(0, 10, (128,)))
     t_step = time_host(step)
 
     # The CNN step (bench/nn_models.h): eager, and replayed as a captured CUDA Graph (static
@@ -124,7 +114,7 @@ def main():
     def cnn():
         return cnn_model_on(dev)
     cnn_x, cnn_y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    t_cnn = time_host(eager_cnn_step(dev, cnn_x, cnn_y))
+    t_cnn = time_host(eager_step(cnn(), dev, cnn_x, cnn_y))
 
     def time_cnn_graph():
         """The CNN step captured as one CUDA Graph, its median seconds per replay."""
