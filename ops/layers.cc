@@ -452,7 +452,8 @@ Pool2dOptions plane_window(const Pool1dOptions& options) {
   return {.kernel_size = {1, options.kernel_size},
           .stride = {1, options.stride > 0 ? options.stride : options.kernel_size},
           .padding = {0, options.padding},
-          .ceil_mode = options.ceil_mode};
+          .ceil_mode = options.ceil_mode,
+          .dilation = {1, options.dilation}};
 }
 
 }  // namespace

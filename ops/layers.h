@@ -514,6 +514,7 @@ struct Pool1dOptions {
   int64_t stride = 0;
   int64_t padding = 0;     ///< on both sides
   bool ceil_mode = false;  ///< as Pool2dOptions::ceil_mode
+  int64_t dilation = 1;    ///< MaxPool1d only: taps this far apart (Pool2dOptions::dilation)
 };
 
 /// The maximum of each window of x [N, C, L] (PyTorch's MaxPool1d): max_pool2d over a height of

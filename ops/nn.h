@@ -164,9 +164,13 @@ struct Pool2dOptions {
   /// PyTorch's ceil_mode: the output size rounded up, so a last, partial window covers what
   /// the floor leaves out (it must start inside the input or the left padding).
   bool ceil_mode = false;
+  /// Max pooling only (as PyTorch's MaxPool2d): the window's taps this many rows and columns
+  /// apart, so it spans dilation (kernel - 1) + 1; every window must still hold an input
+  /// element.
+  std::array<int64_t, 2> dilation{1, 1};
 };
 /// The maximum of each window of x [N, C, H, W] (NaN propagates; padding never wins). The
-/// gradient goes to each window's first maximum.
+/// gradient goes to each window's first maximum (row-major).
 Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
 /// The mean of each window; with count_include_pad (PyTorch's default) padding counts as
 /// zeros in the divisor.

@@ -44,9 +44,9 @@ inline int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int6
 /// side x [N, C, H, W], output side y [N, O, OH, OW] and filter [O, C / groups, KH, KW].
 ConvGeometry conv_geometry(const Node& node, const Shape& x, const Shape& y, const Shape& filter);
 
-/// The geometry of a pooling node (as a depthwise window: groups = channels, no dilation) from
-/// its input side x and pooled side y. An adaptive pool (attribute output_size) whose windows
-/// tile the input is an ordinary window of in / out, stride the same; otherwise `adaptive`.
+/// The geometry of a pooling node (as a depthwise window: groups = channels; dilation for the
+/// max ops) from its input side x and pooled side y. An adaptive pool (attribute output_size) whose
+/// windows tile the input is an ordinary window of in / out, stride the same; otherwise `adaptive`.
 ConvGeometry pool_geometry(const Node& node, const Shape& x, const Shape& y);
 
 /// out[n, o, :] += bias[o] for `images` images of `channels` planes of `pixels`: conv2d's

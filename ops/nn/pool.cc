@@ -1,4 +1,5 @@
-// 2-D pooling over NCHW planes (windows as in conv.h, without dilation):
+// 2-D pooling over NCHW planes (windows as in conv.h; dilation for the max ops only, as
+// PyTorch's: window w's taps are rows start + t dilation, t < kernel, and columns likewise):
 //   max_pool2d:          y[w] = max over window w of x (NaN wins; padding never does)
 //   max_pool2d_backward: dx[argmax w] += dy[w]  (the first maximum, as PyTorch)
 //   max_pool2d_select:   v[argmax w]            (the adjoint of the backward op in dy)
@@ -58,10 +59,28 @@ ConvGeometry pool_geometry(const Node& node, const Shape& x, const Shape& y) {
   g.stride_w = stride[1];
   g.pad_h = padding[0];
   g.pad_w = padding[1];
+  if (node.attrs().count("dilation") != 0) {
+    const auto& dilation = node.attr<std::vector<int64_t>>("dilation");
+    g.dilation_h = dilation[0];
+    g.dilation_w = dilation[1];
+  }
   return g;
 }
 
 namespace {
+
+// The first and one-past-last row (or column) of input `in` that a window starting at `start`
+// (in padded coordinates: start = i stride - pad) of `kernel` taps `dilation` apart touches:
+// the taps start + t dilation inside [0, in); {-1, -1} when none is. With dilation 1 the
+// window's rows clipped to the input.
+std::pair<int64_t, int64_t> window_taps(int64_t start, int64_t kernel, int64_t dilation,
+                                        int64_t in) {
+  const int64_t skip = start < 0 ? (-start + dilation - 1) / dilation : 0;  // taps in the padding
+  const int64_t first = start + skip * dilation;
+  const int64_t last = std::min(start + (kernel - 1) * dilation, in - 1);
+  if (skip >= kernel || first > last) return {-1, -1};
+  return {first, last + 1};
+}
 
 // Checks x (4-D float, known C/H/W) and the window; returns the output's type.
 TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
@@ -76,6 +95,8 @@ TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
   const auto kernel = pair("kernel_size", 1);
   const auto stride = pair("stride", 1);
   const auto padding = pair("padding", 0);
+  const std::vector<int64_t> dilation =
+      ctx.attrs().count("dilation") != 0 ? pair("dilation", 1) : std::vector<int64_t>{1, 1};
   if (padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1])
     ctx.fail("padding (", padding[0], ", ", padding[1], ") must be at most half the window (",
              kernel[0], ", ", kernel[1], ")");
@@ -84,15 +105,24 @@ TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
   const bool ceil_mode = ctx.attr<bool>("ceil_mode");
   Shape out{x[0], x[1], 0, 0};
   for (int d : {0, 1}) {
-    // PyTorch's rule: floor((in + 2 pad - kernel) / stride) + 1 windows, rounded up instead in
-    // ceil_mode as long as the last window starts inside the input or its left padding (so in
-    // ceil_mode a window may also be larger than the padded input).
-    const int64_t span = x[2 + d] + 2 * padding[d] - kernel[d] + (ceil_mode ? stride[d] - 1 : 0);
+    // PyTorch's rule: floor((in + 2 pad - extent) / stride) + 1 windows, extent = dilation
+    // (kernel - 1) + 1, rounded up instead in ceil_mode as long as the last window starts
+    // inside the input or its left padding (so in ceil_mode a window may also be larger than
+    // the padded input).
+    const int64_t extent = dilation[d] * (kernel[d] - 1) + 1;
+    const int64_t span = x[2 + d] + 2 * padding[d] - extent + (ceil_mode ? stride[d] - 1 : 0);
     int64_t count = (span >= 0 ? span / stride[d] : -((-span + stride[d] - 1) / stride[d])) + 1;
     if (ceil_mode && count >= 1 && (count - 1) * stride[d] >= x[2 + d] + padding[d]) --count;
     out[2 + d] = count;
     if (out[2 + d] < 1)
-      ctx.fail("x ", x, " is smaller than the window (", kernel[0], ", ", kernel[1], ")");
+      ctx.fail("x ", x, " is smaller than the window (", kernel[0], ", ", kernel[1],
+               dilation[d] > 1 ? str(", dilation ", dilation[0], ", ", dilation[1]) : "", ")");
+    // Dilated taps can step over a small input: every window must hold an input element.
+    for (int64_t i = 0; dilation[d] > 1 && i < count; ++i)
+      if (window_taps(i * stride[d] - padding[d], kernel[d], dilation[d], x[2 + d]).first < 0)
+        ctx.fail("window ", i, " along ", d == 0 ? "the height" : "the width", " of x ", x,
+                 " holds no input element (kernel ", kernel[d], ", dilation ", dilation[d],
+                 ", padding ", padding[d], ")");
   }
   return {ctx.dtype(0), out};
 }
@@ -148,27 +178,29 @@ std::vector<TensorType> infer_avg_backward(const InferContext& ctx) {
 }
 
 // Window i's first and one-past-last input index along a dim of `in` pooled to `out` (the
-// window's start offset by the padding, clipped to the input; adaptive windows as above).
+// window's start offset by the padding, its taps `dilation` apart, clipped to the input:
+// window_taps; adaptive windows as above).
 std::pair<int64_t, int64_t> window_span(const ConvGeometry& g, int64_t i, int64_t in, int64_t out,
-                                        int64_t kernel, int64_t stride, int64_t pad) {
+                                        int64_t kernel, int64_t stride, int64_t pad,
+                                        int64_t dilation) {
   if (g.adaptive) return {i * in / out, ((i + 1) * in + out - 1) / out};
-  const int64_t start = i * stride - pad;
-  return {std::max<int64_t>(start, 0), std::min(start + kernel, in)};
+  return window_taps(i * stride - pad, kernel, dilation, in);
 }
 
 // Calls fn(plane, i, j, h0, h1, w0, w1) for every output pixel of every plane: the window's
-// rows [h0, h1) and columns [w0, w1) clipped to the input. Planes are split over threads.
+// rows h0, h0 + dilation_h, ... < h1 and columns w0, w0 + dilation_w, ... < w1 inside the
+// input (inference made sure there is one). Planes are split over threads.
 template <typename Fn>
 void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
   ctx.parallel_for(g.batch * g.in_channels, g.out_pixels() * g.kernel_h * g.kernel_w,
                    [&](int64_t p0, int64_t p1) {
                      for (int64_t p = p0; p < p1; ++p)
                        for (int64_t i = 0; i < g.out_h; ++i) {
-                         const auto [h0, h1] =
-                             window_span(g, i, g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h);
+                         const auto [h0, h1] = window_span(g, i, g.in_h, g.out_h, g.kernel_h,
+                                                           g.stride_h, g.pad_h, g.dilation_h);
                          for (int64_t j = 0; j < g.out_w; ++j) {
-                           const auto [w0, w1] =
-                               window_span(g, j, g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w);
+                           const auto [w0, w1] = window_span(g, j, g.in_w, g.out_w, g.kernel_w,
+                                                             g.stride_w, g.pad_w, g.dilation_w);
                            fn(p, i, j, h0, h1, w0, w1);
                          }
                        }
@@ -182,8 +214,9 @@ void for_each_window(const KernelContext& ctx, const ConvGeometry& g, Fn&& fn) {
 // both passes run over contiguous memory and vectorize. kIndex keeps the winner's place in its
 // window (r * kernel_w + c).
 bool tiles(const ConvGeometry& g) {
-  return !g.adaptive && g.out_h * g.kernel_h <= g.in_h && g.pad_h == 0 && g.pad_w == 0 &&
-         g.stride_h == g.kernel_h && g.stride_w == g.kernel_w && g.in_w == g.out_w * g.kernel_w;
+  return !g.adaptive && g.dilation_h == 1 && g.dilation_w == 1 && g.out_h * g.kernel_h <= g.in_h &&
+         g.pad_h == 0 && g.pad_w == 0 && g.stride_h == g.kernel_h && g.stride_w == g.kernel_w &&
+         g.in_w == g.out_w * g.kernel_w;
 }
 
 template <typename T>
@@ -439,12 +472,15 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
 }
 
 // The offset in its plane of the window's first maximum (a NaN is the maximum).
+// The offset of the first maximum (a NaN at once) of rows h0, h0 + dh, .. < h1 and columns
+// w0, w0 + dw, .. < w1 of a plane `width` wide.
 template <typename T>
-int64_t argmax_in(const T* plane, int64_t width, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+int64_t argmax_in(const T* plane, int64_t width, int64_t h0, int64_t h1, int64_t w0, int64_t w1,
+                  int64_t dh, int64_t dw) {
   int64_t best = h0 * width + w0;
   T best_value = plane[best];
-  for (int64_t h = h0; h < h1; ++h)
-    for (int64_t w = w0; w < w1; ++w) {
+  for (int64_t h = h0; h < h1; h += dh)
+    for (int64_t w = w0; w < w1; w += dw) {
       const T v = plane[h * width + w];
       if (std::isnan(v)) return h * width + w;
       if (v > best_value) {
@@ -470,7 +506,8 @@ void max_pool_typed(KernelContext& ctx) {
   if constexpr (kMode == 2) std::fill(out, out + ctx.output(0).numel(), T(0));
   for_each_window(
       ctx, g, [&](int64_t p, int64_t i, int64_t j, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
-        const int64_t at = argmax_in(px + p * g.in_pixels(), g.in_w, h0, h1, w0, w1);
+        const int64_t at =
+            argmax_in(px + p * g.in_pixels(), g.in_w, h0, h1, w0, w1, g.dilation_h, g.dilation_w);
         const int64_t o = p * g.out_pixels() + i * g.out_w + j;
         const bool routes = !positive_only || px[p * g.in_pixels() + at] > T(0);
         if constexpr (kMode == 0) out[o] = px[p * g.in_pixels() + at];
@@ -532,10 +569,13 @@ void avg_pool_cpu(KernelContext& ctx) {
 }
 
 AttrMap window_attrs(const Node& node) {
-  return {{"kernel_size", node.attr<std::vector<int64_t>>("kernel_size")},
-          {"stride", node.attr<std::vector<int64_t>>("stride")},
-          {"padding", node.attr<std::vector<int64_t>>("padding")},
-          {"ceil_mode", node.attr<bool>("ceil_mode")}};
+  AttrMap attrs = {{"kernel_size", node.attr<std::vector<int64_t>>("kernel_size")},
+                   {"stride", node.attr<std::vector<int64_t>>("stride")},
+                   {"padding", node.attr<std::vector<int64_t>>("padding")},
+                   {"ceil_mode", node.attr<bool>("ceil_mode")}};
+  if (node.attrs().count("dilation") != 0)  // the max ops
+    attrs["dilation"] = node.attr<std::vector<int64_t>>("dilation");
+  return attrs;
 }
 // The backward op or the selection (`role`: "backward", "select") for max pool node `like`,
 // adaptive or not as it is, with like's positive_only (false for max_pool2d itself).
@@ -567,7 +607,8 @@ Value avg_backward_op(const Value& dy, const Node& like, const Shape& x) {
 
 KILN_OP(max_pool2d)
     .input("x")
-    .KILN_WINDOW_ATTRS.infer(infer_pool)
+    .KILN_WINDOW_ATTRS.attr("dilation", std::vector<int64_t>{1, 1})
+    .infer(infer_pool)
     .kernel(DeviceKind::cpu, max_pool_cpu<0>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
       return {max_pool_op("backward", c.input(0), c.grad_output(), c.node())};
@@ -576,7 +617,8 @@ KILN_OP(max_pool2d)
 KILN_OP(max_pool2d_select)
     .input("x")
     .input("v")
-    .KILN_WINDOW_ATTRS.attr("positive_only", false)
+    .KILN_WINDOW_ATTRS.attr("dilation", std::vector<int64_t>{1, 1})
+    .attr("positive_only", false)
     .infer(infer_pool_pair<false>)
     .kernel(DeviceKind::cpu, max_pool_cpu<1>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
@@ -587,7 +629,8 @@ KILN_OP(max_pool2d_select)
 KILN_OP(max_pool2d_backward)
     .input("x")
     .input("dy")
-    .KILN_WINDOW_ATTRS.attr("positive_only", false)
+    .KILN_WINDOW_ATTRS.attr("dilation", std::vector<int64_t>{1, 1})
+    .attr("positive_only", false)
     .infer(infer_pool_pair<true>)
     .kernel(DeviceKind::cpu, max_pool_cpu<2>, {f32, f64})
     .grad([](GradContext& c) -> GradList {
@@ -654,10 +697,15 @@ AttrMap pool_attrs(const Pool2dOptions& o) {
 }  // namespace ops
 
 Value max_pool2d(const Value& x, const Pool2dOptions& options) {
-  return common_graph("max_pool2d", {&x}).add("max_pool2d", {x}, ops::pool_attrs(options));
+  AttrMap attrs = ops::pool_attrs(options);
+  attrs["dilation"] = std::vector<int64_t>{options.dilation[0], options.dilation[1]};
+  return common_graph("max_pool2d", {&x}).add("max_pool2d", {x}, attrs);
 }
 
 Value avg_pool2d(const Value& x, const Pool2dOptions& options, bool count_include_pad) {
+  KILN_CHECK(options.dilation[0] == 1 && options.dilation[1] == 1, GraphError,
+             "[avg_pool2d] takes no dilation (PyTorch's neither), got (", options.dilation[0], ", ",
+             options.dilation[1], ")");
   AttrMap attrs = ops::pool_attrs(options);
   attrs["count_include_pad"] = count_include_pad;
   return common_graph("avg_pool2d", {&x}).add("avg_pool2d", {x}, attrs);

@@ -10,12 +10,22 @@ namespace kiln::ops::cuda_pool {
 
 using namespace kiln::ops::cuda;
 
+// The first and one-past-last of a window's taps start + t dilation (t < kernel) inside
+// [0, in) (pool.cc's window_taps; inference made sure there is one).
+__device__ void taps(int64_t start, int64_t kernel, int64_t dilation, int64_t in, int64_t* first,
+                     int64_t* end) {
+  *first = start < 0 ? start + (-start + dilation - 1) / dilation * dilation : start;
+  const int64_t last = start + (kernel - 1) * dilation;
+  *end = (last < in - 1 ? last : in - 1) + 1;
+}
+
 struct Window {
-  int64_t h, w, oh, ow, kh, kw, sh, sw, ph, pw;
+  int64_t h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
   bool include_pad;
   bool adaptive;  // uneven adaptive windows (ConvGeometry::adaptive)
 
-  // Window (i, j)'s rows [*h0, *h1) and columns [*w0, *w1), clipped to the input.
+  // Window (i, j)'s rows *h0, *h0 + dh, .. < *h1 and columns *w0, *w0 + dw, .. < *w1 inside
+  // the input (dh = dw = 1 but for dilated max pooling).
   __device__ void bounds(int64_t i, int64_t j, int64_t* h0, int64_t* h1, int64_t* w0,
                          int64_t* w1) const {
     if (adaptive) {  // [floor(i H / OH), ceil((i + 1) H / OH))
@@ -25,11 +35,8 @@ struct Window {
       *w1 = ((j + 1) * w + ow - 1) / ow;
       return;
     }
-    const int64_t top = i * sh - ph, left = j * sw - pw;
-    *h0 = top < 0 ? 0 : top;
-    *h1 = top + kh < h ? top + kh : h;
-    *w0 = left < 0 ? 0 : left;
-    *w1 = left + kw < w ? left + kw : w;
+    taps(i * sh - ph, kh, dh, h, h0, h1);
+    taps(j * sw - pw, kw, dw, w, w0, w1);
   }
   // The divisor of an average over window (i, j) (see pool.cc).
   __device__ int64_t count(int64_t i, int64_t j) const {
@@ -43,14 +50,16 @@ struct Window {
   }
   // The windows holding input row r: [*i0, *i1) (and the same for columns with col_range).
   // Adaptive: window i holds r iff floor(i H / OH) <= r < ceil((i + 1) H / OH), that is
-  // floor(r OH / H) <= i < ceil((r + 1) OH / H).
+  // floor(r OH / H) <= i < ceil((r + 1) OH / H). Dilated: the windows whose span
+  // dh (kh - 1) + 1 covers r, a superset of those with a tap on it (the max ops' backward asks
+  // each window's argmax, which is a tap).
   __device__ void row_range(int64_t r, int64_t* i0, int64_t* i1) const {
     if (adaptive) {
       *i0 = r * oh / h;
       *i1 = ((r + 1) * oh + h - 1) / h;
       return;
     }
-    const int64_t lo = r + ph - kh + 1;  // the first window's top must be > r - kh
+    const int64_t lo = r + ph - dh * (kh - 1);  // the first window's top must be > r - span
     *i0 = lo <= 0 ? 0 : (lo + sh - 1) / sh;
     const int64_t hi = (r + ph) / sh + 1;
     *i1 = hi < oh ? hi : oh;
@@ -61,7 +70,7 @@ struct Window {
       *j1 = ((q + 1) * ow + w - 1) / w;
       return;
     }
-    const int64_t lo = q + pw - kw + 1;
+    const int64_t lo = q + pw - dw * (kw - 1);
     *j0 = lo <= 0 ? 0 : (lo + sw - 1) / sw;
     const int64_t hi = (q + pw) / sw + 1;
     *j1 = hi < ow ? hi : ow;
@@ -74,8 +83,8 @@ struct Window {
     bounds(i, j, &h0, &h1, &w0, &w1);
     int64_t best = h0 * w + w0;
     C best_value = static_cast<C>(plane[best]);
-    for (int64_t r = h0; r < h1; ++r)
-      for (int64_t q = w0; q < w1; ++q) {
+    for (int64_t r = h0; r < h1; r += dh)
+      for (int64_t q = w0; q < w1; q += dw) {
         const C v = static_cast<C>(plane[r * w + q]);
         if (isnan(v)) return r * w + q;
         if (v > best_value) {
@@ -92,8 +101,8 @@ Window window_of(const KernelContext& ctx, const Shape& x, const Shape& y) {
   const AttrMap& attrs = ctx.node().attrs();
   const bool include_pad =
       attrs.count("count_include_pad") != 0 && ctx.attr<bool>("count_include_pad");
-  return {g.in_h,     g.in_w,     g.out_h, g.out_w, g.kernel_h,  g.kernel_w,
-          g.stride_h, g.stride_w, g.pad_h, g.pad_w, include_pad, g.adaptive};
+  return {g.in_h,     g.in_w,  g.out_h, g.out_w,      g.kernel_h,   g.kernel_w,  g.stride_h,
+          g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, include_pad, g.adaptive};
 }
 
 // kMode 0: y = max of x; 1: y = v at x's argmax; 2: dx from (x, dy).

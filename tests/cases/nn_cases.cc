@@ -23,9 +23,9 @@ struct Window {
 };
 
 // Pooled size of one dim by PyTorch's rule (floor, or ceil while the last window starts inside
-// the input or its left padding).
-int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil) {
-  int64_t out = (in + 2 * p - k + (ceil ? s - 1 : 0)) / s + 1;
+// the input or its left padding), for a window of k taps d apart.
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil, int64_t d = 1) {
+  int64_t out = (in + 2 * p - (d * (k - 1) + 1) + (ceil ? s - 1 : 0)) / s + 1;
   if (ceil && (out - 1) * s >= in + p) --out;
   return out;
 }
@@ -68,8 +68,8 @@ Reference pool_reference(const Window& win, bool max, bool include_pad) {
     const Shape& xs = in[0].shape();
     const std::vector<double> x = values(in[0]);
     const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
-    const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil);
-    const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil);
+    const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil, win.dh);
+    const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil, win.dw);
     std::vector<double> y;
     for (int64_t p = 0; p < planes; ++p)
       for (int64_t i = 0; i < oh; ++i)
@@ -78,7 +78,8 @@ Reference pool_reference(const Window& win, bool max, bool include_pad) {
           int64_t inside = 0, padded = 0;
           for (int64_t a = 0; a < win.kh; ++a)
             for (int64_t e = 0; e < win.kw; ++e) {
-              const int64_t r = i * win.sh - win.ph + a, s = j * win.sw - win.pw + e;
+              const int64_t r = i * win.sh - win.ph + a * win.dh,
+                            s = j * win.sw - win.pw + e * win.dw;
               if (r < h + win.ph && s < wd + win.pw) ++padded;
               if (r < 0 || r >= h || s < 0 || s >= wd) continue;
               const double v = x[(p * h + r) * wd + s];
@@ -122,10 +123,13 @@ AttrMap conv_attrs(const Window& w, int64_t groups) {
           {"groups", groups}};
 }
 AttrMap pool_attrs(const Window& w) {
-  return {{"kernel_size", std::vector<int64_t>{w.kh, w.kw}},
-          {"stride", std::vector<int64_t>{w.sh, w.sw}},
-          {"padding", std::vector<int64_t>{w.ph, w.pw}},
-          {"ceil_mode", w.ceil}};
+  AttrMap attrs = {{"kernel_size", std::vector<int64_t>{w.kh, w.kw}},
+                   {"stride", std::vector<int64_t>{w.sh, w.sw}},
+                   {"padding", std::vector<int64_t>{w.ph, w.pw}},
+                   {"ceil_mode", w.ceil}};
+  if (w.dh != 1 || w.dw != 1)  // the max ops only
+    attrs["dilation"] = std::vector<int64_t>{w.dh, w.dw};
+  return attrs;
 }
 
 }  // namespace
@@ -215,6 +219,24 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
   add({"max_pool2d_select", "max_pool2d_select", [padded](CaseGraph& c) {
          return c.g.add("max_pool2d_select", {c.input({2, 3, 6, 7}), c.input({2, 3, 6, 7})},
                         pool_attrs(padded));
+       }});
+  // Dilated windows (taps 2 rows and 3 columns apart), padded, in ceil mode: overlapping,
+  // partly in the padding, a last window whose taps step past the input.
+  const Window dilated{3, 2, 2, 1, 1, 1, 2, 3, true};
+  add({.op = "max_pool2d",
+       .name = "max_pool2d_dilated",
+       .build =
+           [dilated](CaseGraph& c) {
+             return c.g.add("max_pool2d", {c.input({2, 3, 8, 9})}, pool_attrs(dilated));
+           },
+       .reference = pool_reference(dilated, true, true)});
+  add({"max_pool2d_backward", "max_pool2d_backward_dilated", [dilated](CaseGraph& c) {
+         return c.g.add("max_pool2d_backward", {c.input({2, 3, 8, 9}), c.input({2, 3, 4, 8})},
+                        pool_attrs(dilated));
+       }});
+  add({"max_pool2d_select", "max_pool2d_select_dilated", [dilated](CaseGraph& c) {
+         return c.g.add("max_pool2d_select", {c.input({2, 3, 8, 9}), c.input({2, 3, 8, 9})},
+                        pool_attrs(dilated));
        }});
   // positive_only (relu's gradient folded in): inputs mostly below 0, so some windows route
   // nothing; tiled 2x2, tiled 3x3 and padded windows.

@@ -390,7 +390,8 @@ TEST(Layers, Conv1dIsTheDirectSumAndPoolingLayersAreTheirFunctions) {
 
 // MaxPool1d and AvgPool1d (PyTorch's): each output the max or mean of its window of the
 // sequence, padding never the max and counted in the mean only with count_include_pad; a
-// stride of 0 is the kernel size. A sequence that is not [N, C, L] names the layer.
+// stride of 0 is the kernel size; MaxPool1d's dilation spaces its taps. A sequence that is not
+// [N, C, L] names the layer.
 TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
   Graph g;
   Value x = g.placeholder("x", f32, {2, 3, 7});
@@ -398,9 +399,11 @@ TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
   nn::MaxPool1d max_layer(g, "max", window);
   nn::AvgPool1d with_pad(g, "with_pad", window), without_pad(g, "without_pad", window, false);
   nn::MaxPool1d halves(g, "halves", {.kernel_size = 2});
-  std::vector<Value> y = {max_layer(x), with_pad(x), without_pad(x), halves(x)};
+  nn::MaxPool1d spaced(g, "spaced", {.kernel_size = 2, .stride = 1, .dilation = 3});
+  std::vector<Value> y = {max_layer(x), with_pad(x), without_pad(x), halves(x), spaced(x)};
   EXPECT_EQ(y[0].shape(), Shape({2, 3, 4}));  // (7 + 2 - 3) / 2 + 1
   EXPECT_EQ(y[3].shape(), Shape({2, 3, 3}));
+  EXPECT_EQ(y[4].shape(), Shape({2, 3, 4}));  // 7 - (3 (2 - 1) + 1) + 1
   Session s(g);
   const Tensor in = testing::random_tensor(f32, {2, 3, 7}, -2, 2, 9);
   const auto out = s.run({{x, in}}, y);
@@ -421,6 +424,8 @@ TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
     }
     for (int64_t o = 0; o < 3; ++o)
       EXPECT_EQ(out[3].element(row * 3 + o), std::max(at(2 * o), at(2 * o + 1)));
+    for (int64_t o = 0; o < 4; ++o)
+      EXPECT_EQ(out[4].element(row * 4 + o), std::max(at(o), at(o + 3)));
   }
   expect_error<GraphError>(
       [&] {

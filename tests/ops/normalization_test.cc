@@ -307,6 +307,30 @@ TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {
         avg_pool2d(x, {.kernel_size = {9, 9}});
       },
       {"[avg_pool2d]", "smaller than the window"});
+  // Dilation: max pooling only; its span must fit; every window must hold an input element
+  // (2 taps 7 apart, padding 1: the window over -1 and 6 of a 6-wide input holds none).
+  expect_error<GraphError>(
+      [&] {
+        avg_pool2d(x, {.kernel_size = {2, 2}, .dilation = {2, 1}});
+      },
+      {"[avg_pool2d] takes no dilation", "(2, 1)"});
+  expect_error<GraphError>(
+      [&] {
+        max_pool2d(x, {.kernel_size = {3, 3}, .dilation = {4, 1}});
+      },
+      {"[max_pool2d]", "smaller than the window (3, 3, dilation 4, 1)"});
+  expect_error<GraphError>(
+      [&] {
+        max_pool2d(x, {.kernel_size = {2, 2}, .dilation = {0, 1}});
+      },
+      {"[max_pool2d]", "dilation (0, 1) must be in [1, 16777216]"});
+  expect_error<GraphError>(
+      [&] {
+        max_pool2d(
+            g.placeholder("narrow", f32, {1, 1, 8, 6}),
+            {.kernel_size = {2, 2}, .stride = {1, 1}, .padding = {1, 1}, .dilation = {1, 7}});
+      },
+      {"[max_pool2d]", "window 0 along the width", "holds no input element", "dilation 7"});
   expect_error<GraphError>([&] { normalize(x, {1, 3}); }, {"[normalize]", "adjacent"});
   expect_error<GraphError>([&] { layer_norm(x, 5); }, {"layer_norm", "normalized_dims 5"});
   // Affine "elements" (layer norm's weight and bias): shaped like the normalized dims, last.

@@ -151,6 +151,8 @@ def conv_and_pool(op, args, attrs):
     if "pool2d" in op:
         win = window(attrs, "kernel_size", "stride", "padding")
         win["ceil_mode"] = attrs.get("ceil_mode") == "1"
+        if "dilation" in attrs:  # the max ops
+            win.update(window(attrs, "dilation"))
         if op == "max_pool2d":
             return F.max_pool2d(a, **win)
         # positive_only: relu's gradient folded in, windows whose maximum is not > 0 give 0.
