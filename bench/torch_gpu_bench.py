@@ -144,7 +144,8 @@ def main():
             return static_loss.item()
         return time_host(cnn_graph_step)
     # PyTorch's default lets cuDNN convolve f32 in TF32 (torch.backends.cudnn.allow_tf32); Kiln's
-    # default is f32. Both ways, each against Kiln's like setting (--tf32: SessionOptions::allow_tf32).
+    # default is f32. Both ways, each against Kiln's like setting (--tf32: SessionOptions::allow_tf32,
+    # which also puts Kiln's two small products in TF32; PyTorch's matmuls stay f32).
     t_cnn_graph = time_cnn_graph()
     torch.backends.cudnn.allow_tf32 = False
     t_cnn_graph_f32 = time_cnn_graph()

@@ -471,7 +471,6 @@ void max_pool_tiled(KernelContext& ctx, const ConvGeometry& g, const T* px, cons
   });
 }
 
-// The offset in its plane of the window's first maximum (a NaN is the maximum).
 // The offset of the first maximum (a NaN at once) of rows h0, h0 + dh, .. < h1 and columns
 // w0, w0 + dw, .. < w1 of a plane `width` wide.
 template <typename T>
