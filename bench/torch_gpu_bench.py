@@ -188,7 +188,8 @@ def main():
              ">= 1.0x torch with CUDA Graphs"),
             ("attention_bf16", "attention fwd+bwd T2048 bf16 (ms)", t_attention,
              ">= 0.9x torch SDPA"),
-            ("attention_bf16_summed_dq", "  the same, dq summed in turns (ms)", t_attention, "")):
+            ("attention_bf16_summed_dq", "  the same, dq summed in turns (ms)", t_attention, ""),
+            ("attention_bf16_wide", "  the same, 32 query rows a warp (ms)", t_attention, "")):
         if key in kiln:
             k = kiln[key][0]
             rows.append((label, k * 1e3, torch_time * 1e3, torch_time / k, target))

@@ -1,7 +1,8 @@
 // CUDA kernels of attention and attention_backward (ops/nn/attention.cc), flash-style: the
 // score matrix is never stored. f16, bf16 and f32 (3xTF32) at depths 32, 64 and 128 run on
 // tensor cores (attention_flash.h, the kernels' bodies, shared with a CPU emulation that tests
-// them); every other problem (f64, other depths, tensors not 16-byte aligned), and any problem
+// them; KILN_CUDA_ATTENTION=wide gives the forward and dq kernels 32 query rows a warp); every
+// other problem (f64, other depths, tensors not 16-byte aligned), and any problem
 // with KILN_CUDA_ATTENTION=rows, runs the kernels below: one warp
 // per query row (forward, dq) or key row (dk, dv); each lane holds depth / 32 of the row's
 // elements, so depth is at most 32 * kChunks.
@@ -15,6 +16,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
@@ -245,7 +247,13 @@ struct DeviceEnv {
   __device__ float shfl_xor(float v, int lane_mask) const {
     return __shfl_xor_sync(0xffffffffu, v, lane_mask);
   }
-  __device__ float exp2(float x) const { return exp2f(x); }
+  // 2^x by the multifunction unit alone (MUFU.EX2): exp2f's ex2.approx.f32 adds instructions
+  // that keep subnormal results, which here are probabilities under 2^-126 (flushed to 0).
+  __device__ float exp2(float x) const {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+  }
   // Two values rounded to T, `lo` in the low 16 bits (the element with the lower index).
   template <typename T>
   __device__ uint32_t pack(float lo, float hi) const {
@@ -326,20 +334,23 @@ struct DeviceEnv {
 
 extern __shared__ __align__(16) unsigned char flash_shared[];
 
-template <typename T, int D>
-__global__ void __launch_bounds__(flash::kThreads) flash_forward_kernel(flash::Params p) {
+// __launch_bounds__(kThreads, 1): one block per multiprocessor is enough, so ptxas may use up to
+// 255 registers (left to itself it capped the bf16 depth-32 forward at 128 and spilled).
+
+template <typename T, int D, int M>
+__global__ void __launch_bounds__(flash::kThreads, 1) flash_forward_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::forward_block<T, D>(env, p, blockIdx.x, flash_shared);
+  flash::forward_block<T, D, M>(env, p, blockIdx.x, flash_shared);
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(flash::kThreads) flash_dq_kernel(flash::Params p) {
+template <typename T, int D, int M>
+__global__ void __launch_bounds__(flash::kThreads, 1) flash_dq_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::dq_block<T, D>(env, p, blockIdx.x, flash_shared);
+  flash::dq_block<T, D, M>(env, p, blockIdx.x, flash_shared);
 }
 
 template <typename T, int D, bool kDq>
-__global__ void __launch_bounds__(flash::kThreads) flash_dkv_kernel(flash::Params p) {
+__global__ void __launch_bounds__(flash::kThreads, 1) flash_dkv_kernel(flash::Params p) {
   DeviceEnv env;
   int64_t block = blockIdx.x;
   if constexpr (kDq) {
@@ -366,6 +377,20 @@ bool attention_choice_is(const char* choice) {
 // dk/dv/dq kernel took 3.78 ms, the dq and dk/dv kernels apart 2.1 ms less.
 bool separate_dq(const Problem& problem) {
   return problem.a.keys == 0 || !attention_choice_is("summed_dq");
+}
+
+// Calls fn(std::integral_constant<int, M>) with the m-tiles per warp of the query-side kernels:
+// 2 (32 query rows a warp, 128 a block) with KILN_CUDA_ATTENTION=wide where T and D allow it
+// (flash::kWideQueryBlocks), else 1. Not measured on a GPU yet, so not the default.
+template <typename T, int D, typename Fn>
+void by_query_tiles(Fn&& fn) {
+  if constexpr (flash::kWideQueryBlocks<T, D>) {
+    if (attention_choice_is("wide")) {
+      fn(std::integral_constant<int, 2>{});
+      return;
+    }
+  }
+  fn(std::integral_constant<int, 1>{});
 }
 
 // Launches a flash kernel of `blocks` blocks; raises its dynamic shared memory limit first (once
@@ -408,9 +433,13 @@ void flash_forward(KernelContext& ctx, const Problem& problem) {
   p.v = ctx.input(2).data<T>();
   p.out = ctx.output(0).raw_data();
   p.lse_out = static_cast<float*>(ctx.output(1).raw_data());
-  launch_flash(ctx, flash_forward_kernel<T, D>,
-               problem.a.batch * problem.a.heads * flash::blocks_of(problem.a.queries),
-               flash::forward_shared_bytes<T, D>(), p);
+  by_query_tiles<T, D>([&](auto tiles) {
+    constexpr int M = tiles.value;
+    launch_flash(ctx, flash_forward_kernel<T, D, M>,
+                 problem.a.batch * problem.a.heads *
+                     flash::blocks_of(problem.a.queries, flash::kQueryRows<M>),
+                 flash::forward_shared_bytes<T, D, M>(), p);
+  });
 }
 
 template <typename T, int D>
@@ -441,7 +470,12 @@ void flash_backward(KernelContext& ctx, const Problem& problem, const float* del
                  flash::dkvq_shared_bytes<T, D>(), p);
     return;
   }
-  launch_flash(ctx, flash_dq_kernel<T, D>, heads * q_blocks, flash::dq_shared_bytes<T, D>(), p);
+  by_query_tiles<T, D>([&](auto tiles) {
+    constexpr int M = tiles.value;
+    launch_flash(ctx, flash_dq_kernel<T, D, M>,
+                 heads * flash::blocks_of(problem.a.queries, flash::kQueryRows<M>),
+                 flash::dq_shared_bytes<T, D, M>(), p);
+  });
   launch_flash(ctx, flash_dkv_kernel<T, D, false>, heads * flash::blocks_of(problem.a.keys),
                flash::dkv_shared_bytes<T, D>(), p);
 }
@@ -473,7 +507,8 @@ int shared_memory_limit(int device) {
 
 // Whether `problem` runs on the flash kernels: their dtypes and depths, every tensor 16-byte
 // aligned (their rows are read in 16-byte pieces), shared memory enough for the largest of them
-// (the dk/dv/dq kernel: f32 at depth 128 takes 216 KiB, over an A100's 163), and not turned off.
+// (the dk/dv/dq kernel: f32 at depth 128 takes 216 KiB, over an A100's 163; or the wide dq
+// kernel), and not turned off.
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
@@ -483,8 +518,14 @@ bool use_flash(const KernelContext& ctx, const Problem& problem,
   size_t need = 0;
   by_flash_depth(problem.a.depth, [&](auto depth) {
     constexpr int D = depth.value;
-    need = dtype == DType::f32 ? flash::dkvq_shared_bytes<float, D>()
-                               : flash::dkvq_shared_bytes<Half, D>();
+    if (dtype == DType::f32) {
+      need = flash::dkvq_shared_bytes<float, D>();
+    } else {
+      need = flash::dkvq_shared_bytes<Half, D>();
+      by_query_tiles<Half, D>([&](auto tiles) {
+        need = std::max(need, flash::dq_shared_bytes<Half, D, tiles.value>());
+      });
+    }
   });
   return need <= static_cast<size_t>(shared_memory_limit(ctx.cuda()->device.index));
 }

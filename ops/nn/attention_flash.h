@@ -3,8 +3,11 @@
 // (tests/ops/simt_emulator.h) that runs these same bodies in CI, where no GPU is.
 //
 // A block of kThreads threads (4 warps) owns kRows = 64 rows: query rows (forward, dq) or key
-// rows (dk, dv), 16 per warp. It walks the other side in steps of kCols = 64 rows staged in
-// shared memory. Products are warp-wide mma.sync with f32 sums: m16n8k16 for 16-bit inputs
+// rows (dk, dv), 16 per warp; or, for the query side, 128 rows, 32 per warp (M = 2 m-tiles of 16:
+// FlashAttention-2's shape, each K or V fragment read from shared memory feeds twice the
+// products, for 64 more registers of sums). It walks the other side in steps of kCols = 64 rows
+// staged in shared memory. Products are warp-wide mma.sync with f32 sums: m16n8k16 for 16-bit
+// inputs
 // (`Env::mma`), m16n8k8 on tf32 for f32 inputs, three per product (`mma` below, "3xTF32"). Their
 // register fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k8"), with
 // g = lane / 4 and t = lane % 4; 16-bit: two values per 32-bit register, tf32: one:
@@ -56,8 +59,12 @@
 
 #if defined(__CUDACC__)
 #define KILN_FLASH_FN __device__ __forceinline__
+// Loops over the fragments and tiles a thread holds in registers: unrolled, or an array indexed
+// by the loop variable goes to local memory (nvcc leaves the bigger ones rolled on its own).
+#define KILN_FLASH_UNROLL _Pragma("unroll")
 #else
 #define KILN_FLASH_FN inline
+#define KILN_FLASH_UNROLL
 #endif
 
 namespace kiln::ops::flash {
@@ -65,7 +72,10 @@ namespace kiln::ops::flash {
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kRows = 16 * kWarps;  // rows a block owns: 16 per warp
-constexpr int kCols = 64;           // rows of the other side staged per step
+/// Rows a query-side block (forward, dq) owns with M m-tiles of 16 rows per warp: 64 or 128.
+template <int M>
+constexpr int kQueryRows = 16 * M* kWarps;
+constexpr int kCols = 64;  // rows of the other side staged per step
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -92,6 +102,12 @@ constexpr int kVector = 16 / static_cast<int>(sizeof(Element<T>));
 /// The k of one product: 16 (m16n8k16) for 16-bit inputs, 8 (m16n8k8) for tf32.
 template <typename T>
 constexpr int kStepK = 2 * kVector<T>;
+
+/// Whether the query-side kernels (forward, dq) may run with M = 2, 32 query rows a warp: 16-bit
+/// inputs at depth 64 or less. Deeper rows' sums, or f32's three products per product, would
+/// leave too few of a thread's 255 registers.
+template <typename T, int D>
+constexpr bool kWideQueryBlocks = !kTf32<T> && D <= 64;
 
 /// Whether the flash kernels take a problem (otherwise the warp-per-row kernels run it).
 inline bool supports(DType dtype, const AttentionShape& a) {
@@ -131,9 +147,9 @@ KILN_HOST_DEVICE const Element<T>* elements(const void* tensor) {
   return static_cast<const Element<T>*>(tensor);
 }
 
-/// Blocks of kRows rows over `rows` rows.
-KILN_HOST_DEVICE int64_t blocks_of(int64_t rows) {
-  return (rows + kRows - 1) / kRows;
+/// Blocks of `block_rows` rows (kRows unless given) over `rows` rows.
+KILN_HOST_DEVICE int64_t blocks_of(int64_t rows, int64_t block_rows = kRows) {
+  return (rows + block_rows - 1) / block_rows;
 }
 
 /// Whether query i attends to key j of batch-and-head bh (i may be past the queries: rows a
@@ -148,22 +164,23 @@ KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
                 j * a.mask_strides[3]];
 }
 
-/// Shared memory of each kernel, in bytes: tiles of 64 rows of D (+ kVector) elements, the side
-/// walked in steps twice (the next step's tiles load while this one's are used). forward: q,
-/// 2 x (k, v); dq: q, dout, 2 x (k, v); dk and dv: k, v, 2 x (q, dout, two floats per query).
-/// With dq summed in (dkvq_shared_bytes), at most 216 KiB (f32, depth 128): under the 227 KiB of
-/// a Hopper block, over the 163 KiB of an A100 (attention.cu checks the device before it launches).
-template <typename T, int D>
+/// Shared memory of each kernel, in bytes: tiles of 64 rows (the query side's: kQueryRows<M>) of
+/// D (+ kVector) elements, the side walked in steps twice (the next step's tiles load while this
+/// one's are used). forward: q, 2 x (k, v); dq: q, dout, 2 x (k, v); dk and dv: k, v,
+/// 2 x (q, dout, two floats per query). With dq summed in (dkvq_shared_bytes), at most 216 KiB
+/// (f32, depth 128): under the 227 KiB of a Hopper block, over the 163 KiB of an A100
+/// (attention.cu checks the device before it launches).
+template <typename T, int D, int Rows = kRows>
 constexpr size_t tile_bytes() {
-  return sizeof(Element<T>) * kRows * (D + kVector<T>);
+  return sizeof(Element<T>) * Rows * (D + kVector<T>);
 }
-template <typename T, int D>
+template <typename T, int D, int M = 1>
 constexpr size_t forward_shared_bytes() {
-  return 5 * tile_bytes<T, D>();
+  return tile_bytes<T, D, kQueryRows<M>>() + 4 * tile_bytes<T, D>();
 }
-template <typename T, int D>
+template <typename T, int D, int M = 1>
 constexpr size_t dq_shared_bytes() {
-  return 6 * tile_bytes<T, D>();
+  return 2 * tile_bytes<T, D, kQueryRows<M>>() + 4 * tile_bytes<T, D>();
 }
 template <typename T, int D>
 constexpr size_t dkv_shared_bytes() {
@@ -199,16 +216,16 @@ KILN_FLASH_FN float float_of(uint32_t bits) {
   return x;
 }
 
-/// Starts staging rows first .. first + 63 of (bh) from a [.., length, D] tensor into `tile`
+/// Starts staging rows first .. first + Rows - 1 of (bh) from a [.., length, D] tensor into `tile`
 /// (row stride D + kVector), 16 bytes per copy (Env::copy16_async(to, from, read): cp.async on
 /// the GPU, zeros where `read` is false); rows past `length` become zeros, so that nothing beyond
 /// the tensor can put a NaN into a product. The tile is there once the thread's copies are waited
 /// for (Env::wait_copies) and the block has synchronized.
-template <typename T, int D, class Env>
+template <typename T, int D, int Rows = kCols, class Env>
 KILN_FLASH_FN void stage_rows(Env& env, Element<T>* tile, const Element<T>* src, const Params& p,
                               int64_t bh, int64_t first, int64_t length) {
   constexpr int kV = kVector<T>, kVectors = D / kV;  // 16-byte pieces of a row
-  for (int idx = env.thread(); idx < kCols * kVectors; idx += kThreads) {
+  for (int idx = env.thread(); idx < Rows * kVectors; idx += kThreads) {
     const int r = idx / kVectors, c = idx % kVectors;
     const bool inside = first + r < length;
     env.copy16_async(tile + r * (D + kV) + c * kV,
@@ -294,6 +311,7 @@ template <typename T, class Env>
 KILN_FLASH_FN void mma(Env& env, float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (kTf32<T>) {
     uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
+    KILN_FLASH_UNROLL
     for (int i = 0; i < 4; ++i) split_tf32(env, a[i], a_hi[i], a_lo[i]);
     split_tf32(env, b0, b_hi[0], b_lo[0]);
     split_tf32(env, b1, b_hi[1], b_lo[1]);
@@ -305,74 +323,106 @@ KILN_FLASH_FN void mma(Env& env, float (&d)[4], const uint32_t (&a)[4], uint32_t
   }
 }
 
-/// acc (16 x 8 N) += A (16 x K, fragments a) X^T for the shared tile X (rows n).
-template <typename T, int K, int N, class Env>
-KILN_FLASH_FN void product_a_xt(Env& env, float (&acc)[N][4], const uint32_t (&a)[K / kStepK<T>][4],
-                                const Element<T>* x, int stride, int lane) {
-  for (int nt = 0; nt < N; nt += 2)
-    for (int ks = 0; ks < K / kStepK<T>; ++ks) {
-      uint32_t b[4];
-      load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
-      mma<T>(env, acc[nt], a[ks], b[0], b[1]);
-      mma<T>(env, acc[nt + 1], a[ks], b[2], b[3]);
+// The products below run over a warp's M m-tiles of 16 rows (acc[m] the sums of tile m): each B
+// fragment loaded from shared memory feeds all M, so M = 2 (32 rows per warp) halves the
+// shared-memory reads per product of M = 1.
+
+/// acc (M tiles of 16 x 8 N) += A (16 M x K, fragments a) X^T for the shared tile X (rows n).
+template <typename T, int K, int N, int M, class Env>
+KILN_FLASH_FN void product_a_xt(Env& env, float (&acc)[M][N][4],
+                                const uint32_t (&a)[M][K / kStepK<T>][4], const Element<T>* x,
+                                int stride, int lane) {
+  KILN_FLASH_UNROLL
+  for (int nt = 0; nt < N; nt += 2) KILN_FLASH_UNROLL
+  for (int ks = 0; ks < K / kStepK<T>; ++ks) {
+    uint32_t b[4];
+    load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
+    KILN_FLASH_UNROLL
+    for (int m = 0; m < M; ++m) {
+      mma<T>(env, acc[m][nt], a[m][ks], b[0], b[1]);
+      mma<T>(env, acc[m][nt + 1], a[m][ks], b[2], b[3]);
     }
+  }
 }
 
-/// acc (16 x 8 N) += A (16 x K, read from the shared rows `a_rows`) X^T.
-template <typename T, int K, int N, class Env>
-KILN_FLASH_FN void product_shared_xt(Env& env, float (&acc)[N][4], const Element<T>* a_rows,
+/// acc (M tiles of 16 x 8 N) += A (16 M x K, read from the shared rows `a_rows`) X^T.
+template <typename T, int K, int N, int M, class Env>
+KILN_FLASH_FN void product_shared_xt(Env& env, float (&acc)[M][N][4], const Element<T>* a_rows,
                                      int a_stride, const Element<T>* x, int stride, int lane) {
+  KILN_FLASH_UNROLL
   for (int ks = 0; ks < K / kStepK<T>; ++ks) {
-    uint32_t a[4];
-    load_a<T>(env, a, a_rows, a_stride, ks, lane);
+    uint32_t a[M][4];
+    KILN_FLASH_UNROLL
+    for (int m = 0; m < M; ++m)
+      load_a<T>(env, a[m], a_rows + 16 * m * a_stride, a_stride, ks, lane);
+    KILN_FLASH_UNROLL
     for (int nt = 0; nt < N; nt += 2) {
       uint32_t b[4];
       load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
-      mma<T>(env, acc[nt], a, b[0], b[1]);
-      mma<T>(env, acc[nt + 1], a, b[2], b[3]);
+      KILN_FLASH_UNROLL
+      for (int m = 0; m < M; ++m) {
+        mma<T>(env, acc[m][nt], a[m], b[0], b[1]);
+        mma<T>(env, acc[m][nt + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
 
-/// acc (16 x D) += A Y for the shared tile Y of `Steps` k-steps of rows (stride D + kVector),
-/// with A's fragment for k-step kk made by `a_fragment(a, kk)`.
-template <typename T, int D, int Steps, class Env, class AFragment>
-KILN_FLASH_FN void product_y(Env& env, float (&acc)[D / 8][4], AFragment&& a_fragment,
+/// acc (M tiles of 16 x D) += A Y for the shared tile Y of `Steps` k-steps of rows (stride
+/// D + kVector), with the A fragment of m-tile m at k-step kk made by `a_fragment(a, m, kk)`.
+template <typename T, int D, int Steps, int M, class Env, class AFragment>
+KILN_FLASH_FN void product_y(Env& env, float (&acc)[M][D / 8][4], AFragment&& a_fragment,
                              const Element<T>* y, int lane) {
+  KILN_FLASH_UNROLL
   for (int kk = 0; kk < Steps; ++kk) {
-    uint32_t a[4];
-    a_fragment(a, kk);
+    uint32_t a[M][4];
+    KILN_FLASH_UNROLL
+    for (int m = 0; m < M; ++m) a_fragment(a[m], m, kk);
+    KILN_FLASH_UNROLL
     for (int dt = 0; dt < D / 8; dt += 2) {
       uint32_t b[4];
       load_b<T>(env, b, y, D + kVector<T>, dt, kk, lane);
-      mma<T>(env, acc[dt], a, b[0], b[1]);
-      mma<T>(env, acc[dt + 1], a, b[2], b[3]);
+      KILN_FLASH_UNROLL
+      for (int m = 0; m < M; ++m) {
+        mma<T>(env, acc[m][dt], a[m], b[0], b[1]);
+        mma<T>(env, acc[m][dt + 1], a[m], b[2], b[3]);
+      }
     }
   }
 }
 
-/// acc (16 x D) += C (16 x kCols, C tiles made A fragments) Y for the shared tile Y of kCols
-/// rows (stride D + kVector).
-template <typename T, int D, class Env>
-KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[D / 8][4], const float (&c)[kCols / 8][4],
-                               const Element<T>* y, int lane) {
+/// acc (M tiles of 16 x D) += C (M tiles of 16 x kCols, C tiles made A fragments) Y for the
+/// shared tile Y of kCols rows (stride D + kVector).
+template <typename T, int D, int M, class Env>
+KILN_FLASH_FN void product_c_y(Env& env, float (&acc)[M][D / 8][4],
+                               const float (&c)[M][kCols / 8][4], const Element<T>* y, int lane) {
   product_y<T, D, kCols / kStepK<T>>(
-      env, acc, [&](uint32_t(&a)[4], int kk) { c_to_a<T>(env, a, c, kk); }, y, lane);
+      env, acc, [&](uint32_t(&a)[4], int m, int kk) { c_to_a<T>(env, a, c[m], kk); }, y, lane);
 }
 
-/// acc (16 x D) += A (16 x kRows, read from the shared rows `a_rows`) Y for the shared tile Y
-/// of kRows rows (stride D + kVector). For tf32, A's columns hold Y's rows in load_b's order.
-template <typename T, int D, class Env>
-KILN_FLASH_FN void product_shared_y(Env& env, float (&acc)[D / 8][4], const Element<T>* a_rows,
+/// acc (M tiles of 16 x D) += A (16 M x kRows, read from the shared rows `a_rows`) Y for the
+/// shared tile Y of kRows rows (stride D + kVector). For tf32, A's columns hold Y's rows in
+/// load_b's order.
+template <typename T, int D, int M, class Env>
+KILN_FLASH_FN void product_shared_y(Env& env, float (&acc)[M][D / 8][4], const Element<T>* a_rows,
                                     int a_stride, const Element<T>* y, int lane) {
   product_y<T, D, kRows / kStepK<T>>(
-      env, acc, [&](uint32_t(&a)[4], int ks) { load_a<T>(env, a, a_rows, a_stride, ks, lane); }, y,
-      lane);
+      env, acc,
+      [&](uint32_t(&a)[4], int m, int ks) {
+        load_a<T>(env, a, a_rows + 16 * m * a_stride, a_stride, ks, lane);
+      },
+      y, lane);
 }
 
 template <int N>
 KILN_FLASH_FN void zero(float (&acc)[N][4]) {
+  KILN_FLASH_UNROLL
   for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+}
+template <int M, int N>
+KILN_FLASH_FN void zero(float (&acc)[M][N][4]) {
+  KILN_FLASH_UNROLL
+  for (int m = 0; m < M; ++m) zero(acc[m]);
 }
 
 /// Writes the 16 x D accumulator rows `first` .. of a [.., length, D] tensor (times `scale`),
@@ -382,10 +432,12 @@ KILN_FLASH_FN void write_rows(Env& env, void* dst, const float (&acc)[D / 8][4],
                               int64_t bh, int64_t first, int64_t length,
                               const float (&row_scale)[2], int lane) {
   const int g = lane / 4, t = lane % 4;
+  KILN_FLASH_UNROLL
   for (int r = 0; r < 2; ++r) {
     const int64_t row = first + g + 8 * r;
     if (row >= length) continue;
     Element<T>* out = static_cast<Element<T>*>(dst) + p.a.row_offset(bh, row, length, D) + 2 * t;
+    KILN_FLASH_UNROLL
     for (int dt = 0; dt < D / 8; ++dt) {
       const float lo = acc[dt][2 * r] * row_scale[r], hi = acc[dt][2 * r + 1] * row_scale[r];
       if constexpr (kTf32<T>) {
@@ -400,9 +452,9 @@ KILN_FLASH_FN void write_rows(Env& env, void* dst, const float (&acc)[D / 8][4],
 
 // ---- The kernels' bodies: `block` is the block's index in a 1-D grid.
 
-/// The last key (exclusive) query rows q0 .. q0 + kRows - 1 can see.
-KILN_FLASH_FN int64_t key_end(const Params& p, int64_t q0) {
-  const int64_t last_query = q0 + kRows < p.a.queries ? q0 + kRows : p.a.queries;
+/// The last key (exclusive) query rows q0 .. q0 + rows - 1 can see.
+KILN_FLASH_FN int64_t key_end(const Params& p, int64_t q0, int64_t rows) {
+  const int64_t last_query = q0 + rows < p.a.queries ? q0 + rows : p.a.queries;
   return p.causal && last_query < p.a.keys ? last_query : p.a.keys;
 }
 
@@ -436,14 +488,15 @@ KILN_FLASH_FN void walk_steps(Env& env, int64_t first, int64_t end, Stage&& stag
   env.template wait_copies<0>();  // none left in flight (a walk of no steps)
 }
 
-/// The (b, h) and first query row of a block of the query-side kernels (forward, dq):
-/// blocks_of(queries) blocks per (b, h), the longest causal rows first.
+/// The (b, h) and first query row of a block of the query-side kernels (forward, dq) of
+/// `block_rows` rows: blocks_of(queries, block_rows) blocks per (b, h), the longest causal rows
+/// first.
 struct QueryBlock {
   int64_t bh, q0;
 };
-KILN_FLASH_FN QueryBlock query_block(const AttentionShape& a, int64_t block) {
-  const int64_t q_blocks = blocks_of(a.queries);
-  return {block / q_blocks, (q_blocks - 1 - block % q_blocks) * kRows};
+KILN_FLASH_FN QueryBlock query_block(const AttentionShape& a, int64_t block, int block_rows) {
+  const int64_t q_blocks = blocks_of(a.queries, block_rows);
+  return {block / q_blocks, (q_blocks - 1 - block % q_blocks) * block_rows};
 }
 
 /// Starts staging key rows k0 .. of (bh): k into `tile`, v into the tile after it.
@@ -454,143 +507,171 @@ KILN_FLASH_FN void stage_keys_values(Env& env, Element<T>* tile, const Params& p
   stage_rows<T, D>(env, tile + kCols * (D + kVector<T>), elements<T>(p.v), p, bh, k0, p.a.keys);
 }
 
-/// Forward: out and lse of query rows [q0, q0 + kRows) of one (b, h). Grid: blocks_of(queries)
-/// per (b, h) (query_block).
-template <typename T, int D, class Env>
+/// Forward: out and lse of query rows [q0, q0 + kQueryRows<M>) of one (b, h), 16 M per warp.
+/// Grid: blocks_of(queries, kQueryRows<M>) per (b, h) (query_block).
+template <typename T, int D, int M, class Env>
 KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
+  constexpr int R = kQueryRows<M>;
   const AttentionShape& a = p.a;
-  const QueryBlock place = query_block(a, block);
+  const QueryBlock place = query_block(a, block, R);
   const int64_t bh = place.bh, q0 = place.q0;  // plain variables: lambdas below capture them
   constexpr int S = D + kVector<T>;
   E* qs = static_cast<E*>(shared);
-  E* kv = qs + kRows * S;  // per buffer: k, then v
+  E* kv = qs + R * S;  // per buffer: k, then v
   auto k_tile = [&](int buffer) { return kv + buffer * 2 * kCols * S; };
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
-  const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const int64_t first_row = q0 + warp * 16 * M;  // this warp's: m-tile i from 16 i on
 
   auto stage = [&](int64_t k0, int buffer) {
     stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
   // Every staged tensor has rows (a copy past the end still names an address inside it).
-  const int64_t end = key_end(p, q0);
-  stage_rows<T, D>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
+  const int64_t end = key_end(p, q0, R);
+  stage_rows<T, D, R>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
   if (end > 0) stage(0, 0);
   env.commit_copies();
 
-  // This warp's q fragments stay in registers, except for f32 at depth 128 (64 registers more):
-  // then they are read from the shared tile at each step.
+  // This warp's q fragments stay in registers up to 32 of them with 16 rows a warp (f32 at depth
+  // 128 would take 64), up to 16 with 32 rows a warp (whose sums take twice the registers): past
+  // that they are read from the shared tile at each step.
   constexpr int kSteps = D / kStepK<T>;
-  constexpr bool kFragmentsInRegisters = kSteps <= 8;
-  const E* qw = qs + warp * 16 * S;
-  uint32_t qf[kFragmentsInRegisters ? kSteps : 1][4];
-  float o[D / 8][4];
+  constexpr bool kFragmentsInRegisters = 4 * M * kSteps <= 32 / M;
+  const E* qw = qs + warp * 16 * M * S;
+  uint32_t qf[M][kFragmentsInRegisters ? kSteps : 1][4];
+  float o[M][D / 8][4];
   zero(o);
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // l: this lane's part of the row sum
+  float m[M][2], l[M][2];  // l: this lane's part of the row sum
+  KILN_FLASH_UNROLL
+  for (int i = 0; i < M; ++i) m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0;
   walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
     const E* ks = k_tile(buffer);
     const E* vs = ks + kCols * S;
-    float s[kCols / 8][4];
+    float s[M][kCols / 8][4];
     zero(s);
     if constexpr (kFragmentsInRegisters) {
-      if (k0 == 0)
-        for (int step = 0; step < kSteps; ++step) load_a<T>(env, qf[step], qw, S, step, lane);
+      if (k0 == 0) KILN_FLASH_UNROLL
+      for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
+      for (int step = 0; step < kSteps; ++step)
+        load_a<T>(env, qf[i][step], qw + 16 * i * S, S, step, lane);
       product_a_xt<T, D>(env, s, qf, ks, S, lane);
     } else {
       product_shared_xt<T, D>(env, s, qw, S, ks, S, lane);
     }
     const bool test = needs_mask_test(p, q0, k0);
-    for (int nt = 0; nt < kCols / 8; ++nt)
-      for (int e = 0; e < 4; ++e) {
-        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-        s[nt][e] = test && !attends(p, bh, rows[e / 2], j) ? -INFINITY : s[nt][e] * p.scale_log2;
-      }
+    KILN_FLASH_UNROLL
+    for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
+    for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = first_row + 16 * i + g + 8 * (e / 2);
+      const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+      s[i][nt][e] = test && !attends(p, bh, row, j) ? -INFINITY : s[i][nt][e] * p.scale_log2;
+    }
+    KILN_FLASH_UNROLL
+    for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
     for (int r = 0; r < 2; ++r) {
-      float top = m[r];
+      float top = m[i][r];
+      KILN_FLASH_UNROLL
       for (int nt = 0; nt < kCols / 8; ++nt)
-        top = fmaxf(top, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        top = fmaxf(top, fmaxf(s[i][nt][2 * r], s[i][nt][2 * r + 1]));
       top = fmaxf(top, env.shfl_xor(top, 1));
       top = fmaxf(top, env.shfl_xor(top, 2));
-      // A row with no visible key yet keeps m = -inf; 0 stands in so that no -inf - -inf is made.
+      // A row with no visible key yet keeps m = -inf; 0 stands in so that no -inf - -inf is
+      // made.
       const float ref = top == -INFINITY ? 0.0f : top;
-      const float correction = env.exp2(m[r] - ref);
-      m[r] = top;
+      const float correction = env.exp2(m[i][r] - ref);
+      m[i][r] = top;
       float sum = 0;
-      for (int nt = 0; nt < kCols / 8; ++nt)
-        for (int e = 2 * r; e < 2 * r + 2; ++e) sum += s[nt][e] = env.exp2(s[nt][e] - ref);
-      l[r] = l[r] * correction + sum;
+      KILN_FLASH_UNROLL
+      for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
+      for (int e = 2 * r; e < 2 * r + 2; ++e) sum += s[i][nt][e] = env.exp2(s[i][nt][e] - ref);
+      l[i][r] = l[i][r] * correction + sum;
+      KILN_FLASH_UNROLL
       for (int dt = 0; dt < D / 8; ++dt) {
-        o[dt][2 * r] *= correction;
-        o[dt][2 * r + 1] *= correction;
+        o[i][dt][2 * r] *= correction;
+        o[i][dt][2 * r + 1] *= correction;
       }
     }
     product_c_y<T, D>(env, o, s, vs, lane);
   });
-  float inverse[2];
-  for (int r = 0; r < 2; ++r) {
-    l[r] += env.shfl_xor(l[r], 1);
-    l[r] += env.shfl_xor(l[r], 2);
-    inverse[r] = l[r] > 0 ? 1 / l[r] : 0.0f;
-    if (t == 0 && rows[r] < a.queries)
-      p.lse_out[bh * a.queries + rows[r]] = l[r] > 0 ? m[r] * kLn2 + logf(l[r]) : -INFINITY;
+  KILN_FLASH_UNROLL
+  for (int i = 0; i < M; ++i) {
+    float inverse[2];
+    KILN_FLASH_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = first_row + 16 * i + g + 8 * r;
+      l[i][r] += env.shfl_xor(l[i][r], 1);
+      l[i][r] += env.shfl_xor(l[i][r], 2);
+      inverse[r] = l[i][r] > 0 ? 1 / l[i][r] : 0.0f;
+      if (t == 0 && row < a.queries)
+        p.lse_out[bh * a.queries + row] = l[i][r] > 0 ? m[i][r] * kLn2 + logf(l[i][r]) : -INFINITY;
+    }
+    write_rows<T, D>(env, p.out, o[i], p, bh, first_row + 16 * i, a.queries, inverse, lane);
   }
-  write_rows<T, D>(env, p.out, o, p, bh, q0 + warp * 16, a.queries, inverse, lane);
 }
 
-/// dq of query rows [q0, q0 + kRows) of one (b, h); grid as forward_block.
-template <typename T, int D, class Env>
+/// dq of query rows [q0, q0 + kQueryRows<M>) of one (b, h); grid as forward_block<T, D, M>.
+template <typename T, int D, int M, class Env>
 KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
+  constexpr int R = kQueryRows<M>;
   const AttentionShape& a = p.a;
-  const QueryBlock place = query_block(a, block);
+  const QueryBlock place = query_block(a, block, R);
   const int64_t bh = place.bh, q0 = place.q0;  // plain variables: lambdas below capture them
   constexpr int S = D + kVector<T>;
   E* qs = static_cast<E*>(shared);
-  E* dos = qs + kRows * S;
-  E* kv = dos + kRows * S;  // per buffer: k, then v
+  E* dos = qs + R * S;
+  E* kv = dos + R * S;  // per buffer: k, then v
   auto k_tile = [&](int buffer) { return kv + buffer * 2 * kCols * S; };
   const int warp = env.thread() / 32, lane = env.thread() % 32, g = lane / 4, t = lane % 4;
-  const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const int64_t first_row = q0 + warp * 16 * M;  // this warp's: m-tile i from 16 i on
 
   auto stage = [&](int64_t k0, int buffer) {
     stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
-  const int64_t end = key_end(p, q0);
-  stage_rows<T, D>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
-  stage_rows<T, D>(env, dos, elements<T>(p.dout), p, bh, q0, a.queries);
+  const int64_t end = key_end(p, q0, R);
+  stage_rows<T, D, R>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
+  stage_rows<T, D, R>(env, dos, elements<T>(p.dout), p, bh, q0, a.queries);
   if (end > 0) stage(0, 0);  // as in forward_block
   env.commit_copies();
 
-  float lse2[2], delta[2];
+  float lse2[M][2], delta[M][2];
+  KILN_FLASH_UNROLL
+  for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
   for (int r = 0; r < 2; ++r) {
     // +inf for rows past the end: every probability 2^(x - inf) is 0. (A row that sees no key
     // has lse -inf; each of its scores is masked, so no 2^(x + inf) is made.)
-    const bool live = rows[r] < a.queries;
-    lse2[r] = live ? p.lse[bh * a.queries + rows[r]] * kLog2e : INFINITY;
-    delta[r] = live ? p.delta[bh * a.queries + rows[r]] : 0.0f;
+    const int64_t row = first_row + 16 * i + g + 8 * r;
+    const bool live = row < a.queries;
+    lse2[i][r] = live ? p.lse[bh * a.queries + row] * kLog2e : INFINITY;
+    delta[i][r] = live ? p.delta[bh * a.queries + row] : 0.0f;
   }
-  // At 16-bit depth 64 (f32 depth 32) this warp's q and dout fragments stay in registers; past
-  // it they would take 64 registers more than there are (the sums need 64 and the two score
-  // tiles 64): they are read from the shared tiles at each step instead.
+  // At 16-bit depth 64 (f32 depth 32), 16 rows a warp, this warp's q and dout fragments stay in
+  // registers; past it they would take 64 registers more than there are (the sums need 64 and
+  // the two score tiles 64): they are read from the shared tiles at each step instead, and
+  // always with 32 rows a warp (sums and score tiles 192 registers at depth 64: ptxas spills 44
+  // bytes even so).
   constexpr int kSteps = D / kStepK<T>;
-  constexpr bool kFragmentsInRegisters = kSteps <= 4;
-  const E* qw = qs + warp * 16 * S;
-  const E* dw = dos + warp * 16 * S;
-  uint32_t qf[kFragmentsInRegisters ? kSteps : 1][4], df[kFragmentsInRegisters ? kSteps : 1][4];
-  float acc[D / 8][4];
+  constexpr bool kFragmentsInRegisters = M == 1 && kSteps <= 4;
+  const E* qw = qs + warp * 16 * M * S;
+  const E* dw = dos + warp * 16 * M * S;
+  uint32_t qf[M][kFragmentsInRegisters ? kSteps : 1][4];
+  uint32_t df[M][kFragmentsInRegisters ? kSteps : 1][4];
+  float acc[M][D / 8][4];
   zero(acc);
   walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
     const E* ks = k_tile(buffer);
     const E* vs = ks + kCols * S;
-    float s[kCols / 8][4], dp[kCols / 8][4];
+    float s[M][kCols / 8][4], dp[M][kCols / 8][4];
     zero(s);
     zero(dp);
     if constexpr (kFragmentsInRegisters) {
-      if (k0 == 0)
-        for (int step = 0; step < kSteps; ++step) {
-          load_a<T>(env, qf[step], qw, S, step, lane);
-          load_a<T>(env, df[step], dw, S, step, lane);
-        }
+      if (k0 == 0) KILN_FLASH_UNROLL
+      for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
+      for (int step = 0; step < kSteps; ++step) {
+        load_a<T>(env, qf[i][step], qw + 16 * i * S, S, step, lane);
+        load_a<T>(env, df[i][step], dw + 16 * i * S, S, step, lane);
+      }
       product_a_xt<T, D>(env, s, qf, ks, S, lane);
       product_a_xt<T, D>(env, dp, df, vs, S, lane);
     } else {
@@ -598,19 +679,24 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
       product_shared_xt<T, D>(env, dp, dw, S, vs, S, lane);
     }
     const bool test = needs_mask_test(p, q0, k0);
-    for (int nt = 0; nt < kCols / 8; ++nt)
-      for (int e = 0; e < 4; ++e) {
-        const int r = e / 2;
-        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-        const float prob = test && !attends(p, bh, rows[r], j)
-                               ? 0.0f
-                               : env.exp2(s[nt][e] * p.scale_log2 - lse2[r]);
-        s[nt][e] = prob * (dp[nt][e] - delta[r]);  // ds
-      }
+    KILN_FLASH_UNROLL
+    for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
+    for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int r = e / 2;
+      const int64_t row = first_row + 16 * i + g + 8 * r;
+      const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+      const float prob = test && !attends(p, bh, row, j)
+                             ? 0.0f
+                             : env.exp2(s[i][nt][e] * p.scale_log2 - lse2[i][r]);
+      s[i][nt][e] = prob * (dp[i][nt][e] - delta[i][r]);  // ds
+    }
     product_c_y<T, D>(env, acc, s, ks, lane);
   });
   const float scale[2] = {p.scale, p.scale};
-  write_rows<T, D>(env, p.dq, acc, p, bh, q0 + warp * 16, a.queries, scale, lane);
+  KILN_FLASH_UNROLL
+  for (int i = 0; i < M; ++i)
+    write_rows<T, D>(env, p.dq, acc[i], p, bh, first_row + 16 * i, a.queries, scale, lane);
 }
 
 /// Writes this warp's C tiles of dS^T (rows: its 16 keys; columns: the step's queries) into the
@@ -620,17 +706,18 @@ template <typename T, class Env>
 KILN_FLASH_FN void store_gradient_tile(Env& env, Element<T>* ds, const float (&dst)[kCols / 8][4],
                                        int warp, int lane) {
   const int g = lane / 4, t = lane % 4;
-  for (int nt = 0; nt < kCols / 8; ++nt)
-    for (int e = 0; e < 4; ++e) {
-      const int query = nt * 8 + 2 * t + (e & 1), key = warp * 16 + g + 8 * (e / 2);
-      if constexpr (kTf32<T>) {
-        const int column = (key & ~7) | (key & 7) >> 1 | (key & 1) << 2;
-        ds[query * kGradientStride<T> + column] = dst[nt][e];
-      } else {
-        ds[query * kGradientStride<T> + key] =
-            static_cast<uint16_t>(env.template pack<T>(dst[nt][e], 0.0f) & 0xffffu);
-      }
+  KILN_FLASH_UNROLL
+  for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
+  for (int e = 0; e < 4; ++e) {
+    const int query = nt * 8 + 2 * t + (e & 1), key = warp * 16 + g + 8 * (e / 2);
+    if constexpr (kTf32<T>) {
+      const int column = (key & ~7) | (key & 7) >> 1 | (key & 1) << 2;
+      ds[query * kGradientStride<T> + column] = dst[nt][e];
+    } else {
+      ds[query * kGradientStride<T> + key] =
+          static_cast<uint16_t>(env.template pack<T>(dst[nt][e], 0.0f) & 0xffffu);
     }
+  }
 }
 
 /// Adds this warp's 16 rows of one key block's dS K (acc) to dq rows q0 + 16 warp + ... The key
@@ -649,11 +736,13 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
   if (env.thread() == 0) env.wait_turn(turn, static_cast<int>(key_block));
   env.sync();
   const int g = lane / 4, t = lane % 4;
+  KILN_FLASH_UNROLL
   for (int r = 0; r < 2; ++r) {
     const int64_t row = q0 + warp * 16 + g + 8 * r;
     if (row >= a.queries) continue;
     float* sums = p.dq_sums + (bh * a.queries + row) * D + 2 * t;
     Element<T>* out = static_cast<Element<T>*>(p.dq) + a.row_offset(bh, row, a.queries, D) + 2 * t;
+    KILN_FLASH_UNROLL
     for (int dt = 0; dt < D / 8; ++dt) {
       float lo = acc[dt][2 * r], hi = acc[dt][2 * r + 1];
       if (key_block > 0) {
@@ -723,7 +812,7 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
 
   const E* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
   const E* vw = vs + warp * 16 * S;
-  float dk[D / 8][4], dv[D / 8][4];
+  float dk[1][D / 8][4], dv[1][D / 8][4];  // one m-tile of 16 rows
   zero(dk);
   zero(dv);
   walk_steps(env, first, a.queries, stage, [&](int64_t q0, int buffer) {
@@ -732,36 +821,37 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
     const float* lse2 = stats + buffer * 2 * kCols;
     const float* delta = lse2 + kCols;
     // Transposed scores: rows are this warp's keys, columns the step's queries.
-    float st[kCols / 8][4], dpt[kCols / 8][4];
+    float st[1][kCols / 8][4], dpt[1][kCols / 8][4];
     zero(st);
     zero(dpt);
     product_shared_xt<T, D>(env, st, kw, S, qs, S, lane);
     product_shared_xt<T, D>(env, dpt, vw, S, dos, S, lane);
     const bool test = p.mask != nullptr || (p.causal && q0 < k0 + kRows - 1);
-    for (int nt = 0; nt < kCols / 8; ++nt)
-      for (int e = 0; e < 4; ++e) {
-        const int c = nt * 8 + 2 * t + (e & 1);
-        const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
-                               ? 0.0f
-                               : env.exp2(st[nt][e] * p.scale_log2 - lse2[c]);
-        st[nt][e] = prob;
-        dpt[nt][e] = prob * (dpt[nt][e] - delta[c]);  // ds^T
-      }
+    KILN_FLASH_UNROLL
+    for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int c = nt * 8 + 2 * t + (e & 1);
+      const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
+                             ? 0.0f
+                             : env.exp2(st[0][nt][e] * p.scale_log2 - lse2[c]);
+      st[0][nt][e] = prob;
+      dpt[0][nt][e] = prob * (dpt[0][nt][e] - delta[c]);  // ds^T
+    }
     product_c_y<T, D>(env, dv, st, dos, lane);
     product_c_y<T, D>(env, dk, dpt, qs, lane);
     if constexpr (kDq) {
-      store_gradient_tile<T>(env, ds, dpt, warp, lane);
+      store_gradient_tile<T>(env, ds, dpt[0], warp, lane);
       env.sync();
-      float dq[D / 8][4];
+      float dq[1][D / 8][4];
       zero(dq);
       product_shared_y<T, D>(env, dq, ds + warp * 16 * kGradientStride<T>, kGradientStride<T>, ks,
                              lane);
-      add_to_dq<T, D>(env, p, dq, bh, q0, key_block, warp, lane);
+      add_to_dq<T, D>(env, p, dq[0], bh, q0, key_block, warp, lane);
     }
   });
   const float one[2] = {1, 1}, scale[2] = {p.scale, p.scale};
-  write_rows<T, D>(env, p.dk, dk, p, bh, k0 + warp * 16, a.keys, scale, lane);
-  write_rows<T, D>(env, p.dv, dv, p, bh, k0 + warp * 16, a.keys, one, lane);
+  write_rows<T, D>(env, p.dk, dk[0], p, bh, k0 + warp * 16, a.keys, scale, lane);
+  write_rows<T, D>(env, p.dv, dv[0], p, bh, k0 + warp * 16, a.keys, one, lane);
 }
 
 }  // namespace kiln::ops::flash

@@ -133,7 +133,9 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
                               {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
                               {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
       // KILN_CUDA_ATTENTION is read at each run: "" (a dq kernel of its own), "summed_dq" (dq
-      // summed in the dk/dv kernel's turns), "rows" (the warp-per-row kernels: the reference).
+      // summed in the dk/dv kernel's turns), "wide" (32 query rows a warp in the forward and dq
+      // kernels: each row's sums in the same order as "", so the same bits), "rows" (the
+      // warp-per-row kernels: the reference).
       auto run_with = [&](const char* choice) {
         ::setenv("KILN_CUDA_ATTENTION", choice, 1);
         Session session(g, {.device = Device::cuda(0)});
@@ -143,8 +145,10 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
         return runs;
       };
       const std::vector<Tensor> want = run_with("rows")[0];
-      for (const char* choice : {"", "summed_dq"}) {
+      std::vector<Tensor> by_default;
+      for (const char* choice : {"", "summed_dq", "wide"}) {
         const std::vector<std::vector<Tensor>> got = run_with(choice);
+        if (by_default.empty()) by_default = got[0];
         const char* names[] = {"out", "dq", "dk", "dv"};
         for (size_t i = 0; i < want.size(); ++i) {
           const std::vector<double> expected = testing::values(want[i]);
@@ -157,6 +161,10 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
           testing::expect_near(expected, got[0][i], 0, tolerance * size, where);
           EXPECT_EQ(testing::values(got[0][i]), testing::values(got[1][i]))
               << where << " differs run to run";
+          if (std::string(choice) == "wide") {
+            EXPECT_EQ(testing::values(got[0][i]), testing::values(by_default[i]))
+                << where << " differs from the default kernels' bits";
+          }
         }
       }
     }

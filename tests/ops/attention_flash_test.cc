@@ -2,11 +2,13 @@
 // the GPU) run on the CPU through the thread-block emulator, against attention in double
 // precision on the same inputs: out, lse, dq, dk and dv for f16, bf16 and f32 (3xTF32), depths
 // 32, 64 and 128, causal and masked problems, a query row that sees no key, both layouts, and
-// sizes that leave a block or a step partly past the end.
+// sizes that leave a block or a step partly past the end. The forward and dq kernels with 32
+// query rows a warp (where T and D allow it) must give the bits of those with 16.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -205,10 +207,28 @@ void check(const Case& c, double tolerance) {
     run_emulated_grid(
         heads * flash::blocks_of(c.queries), flash::kThreads, flash::forward_shared_bytes<T, D>(),
         [&](EmulatedEnv& env, int64_t block, void* shared) {
-          flash::forward_block<T, D>(env, p, block, shared);
+          flash::forward_block<T, D, 1>(env, p, block, shared);
         },
         timing);
     EXPECT_LT(relative_error<T>(out, want.out), tolerance) << "out";
+    if constexpr (flash::kWideQueryBlocks<T, D>) {
+      // 32 query rows a warp: each row's sums in the same order, so the same bits.
+      std::vector<Element<T>> wide_out(nq, poison<T>());
+      std::vector<float> wide_lse(lse.size(), NAN);
+      flash::Params wide = p;
+      wide.out = wide_out.data();
+      wide.lse_out = wide_lse.data();
+      run_emulated_grid(
+          heads * flash::blocks_of(c.queries, flash::kQueryRows<2>), flash::kThreads,
+          flash::forward_shared_bytes<T, D, 2>(),
+          [&](EmulatedEnv& env, int64_t block, void* shared) {
+            flash::forward_block<T, D, 2>(env, wide, block, shared);
+          },
+          timing);
+      EXPECT_EQ(wide_out, out) << "out with 32 query rows a warp";
+      EXPECT_EQ(0, std::memcmp(wide_lse.data(), lse.data(), sizeof(float) * lse.size()))
+          << "lse with 32 query rows a warp";
+    }
     for (size_t i = 0; i < lse.size(); ++i) {
       if (want.lse[i] == -INFINITY)
         ASSERT_EQ(lse[i], -INFINITY) << "lse of row " << i;
@@ -247,9 +267,22 @@ void check(const Case& c, double tolerance) {
         run_emulated_grid(
             heads * flash::blocks_of(c.queries), flash::kThreads, flash::dq_shared_bytes<T, D>(),
             [&](EmulatedEnv& env, int64_t block, void* shared) {
-              flash::dq_block<T, D>(env, p, block, shared);
+              flash::dq_block<T, D, 1>(env, p, block, shared);
             },
             timing);
+        if constexpr (flash::kWideQueryBlocks<T, D>) {
+          std::vector<Element<T>> wide_dq(nq, poison<T>());
+          flash::Params wide = p;
+          wide.dq = wide_dq.data();
+          run_emulated_grid(
+              heads * flash::blocks_of(c.queries, flash::kQueryRows<2>), flash::kThreads,
+              flash::dq_shared_bytes<T, D, 2>(),
+              [&](EmulatedEnv& env, int64_t block, void* shared) {
+                flash::dq_block<T, D, 2>(env, wide, block, shared);
+              },
+              timing);
+          EXPECT_EQ(wide_dq, dq) << "dq with 32 query rows a warp";
+        }
         run_emulated_grid(
             heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<T, D>(),
             [&](EmulatedEnv& env, int64_t block, void* shared) {
