@@ -275,6 +275,12 @@ struct DeviceEnv {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(from),
                  "r"(read ? 16 : 0));
   }
+  // The same for 4 bytes (.ca: the 4-byte form caches in L1 too).
+  __device__ void copy4_async(void* to, const void* from, bool read) const {
+    const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(to));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(address), "l"(from),
+                 "r"(read ? 4 : 0));
+  }
   __device__ void commit_copies() const { asm volatile("cp.async.commit_group;\n" ::); }
   template <int kPending>
   __device__ void wait_copies() const {

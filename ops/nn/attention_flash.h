@@ -43,7 +43,8 @@
 // thread() and sync() (__syncthreads); shfl_xor; exp2; pack<T>(lo, hi) (two values rounded to T
 // in one register); mma<T>(d, a, b0, b1) (d += a b, 16-bit); to_tf32(x) (cvt.rna.tf32.f32) and
 // mma_tf32(d, a, b0, b1); load_matrices<transposed>(x, row) (ldmatrix .x4);
-// copy16_async(to, from, read), commit_copies(), wait_copies<pending>() (cp.async and its groups);
+// copy16_async(to, from, read) and copy4_async (16 or 4 bytes), commit_copies(),
+// wait_copies<pending>() (cp.async and its groups);
 // for dq summed across blocks: wait_turn(counter, value) (spin until the counter holds value),
 // pass_turn(counter, value), fence() (__threadfence), load_through_l2 / store_through_l2 (global
 // f32 accesses that no multiprocessor's L1 keeps stale).
@@ -333,14 +334,16 @@ KILN_FLASH_FN void product_a_xt(Env& env, float (&acc)[M][N][4],
                                 const uint32_t (&a)[M][K / kStepK<T>][4], const Element<T>* x,
                                 int stride, int lane) {
   KILN_FLASH_UNROLL
-  for (int nt = 0; nt < N; nt += 2) KILN_FLASH_UNROLL
-  for (int ks = 0; ks < K / kStepK<T>; ++ks) {
-    uint32_t b[4];
-    load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
+  for (int nt = 0; nt < N; nt += 2) {
     KILN_FLASH_UNROLL
-    for (int m = 0; m < M; ++m) {
-      mma<T>(env, acc[m][nt], a[m][ks], b[0], b[1]);
-      mma<T>(env, acc[m][nt + 1], a[m][ks], b[2], b[3]);
+    for (int ks = 0; ks < K / kStepK<T>; ++ks) {
+      uint32_t b[4];
+      load_b_transposed<T>(env, b, x, stride, nt, ks, lane);
+      KILN_FLASH_UNROLL
+      for (int m = 0; m < M; ++m) {
+        mma<T>(env, acc[m][nt], a[m][ks], b[0], b[1]);
+        mma<T>(env, acc[m][nt + 1], a[m][ks], b[2], b[3]);
+      }
     }
   }
 }
@@ -550,46 +553,58 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
     float s[M][kCols / 8][4];
     zero(s);
     if constexpr (kFragmentsInRegisters) {
-      if (k0 == 0) KILN_FLASH_UNROLL
-      for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
-      for (int step = 0; step < kSteps; ++step)
-        load_a<T>(env, qf[i][step], qw + 16 * i * S, S, step, lane);
+      if (k0 == 0) {
+        KILN_FLASH_UNROLL
+        for (int i = 0; i < M; ++i) {
+          KILN_FLASH_UNROLL
+          for (int step = 0; step < kSteps; ++step)
+            load_a<T>(env, qf[i][step], qw + 16 * i * S, S, step, lane);
+        }
+      }
       product_a_xt<T, D>(env, s, qf, ks, S, lane);
     } else {
       product_shared_xt<T, D>(env, s, qw, S, ks, S, lane);
     }
     const bool test = needs_mask_test(p, q0, k0);
     KILN_FLASH_UNROLL
-    for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
-    for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = first_row + 16 * i + g + 8 * (e / 2);
-      const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-      s[i][nt][e] = test && !attends(p, bh, row, j) ? -INFINITY : s[i][nt][e] * p.scale_log2;
+    for (int i = 0; i < M; ++i) {
+      KILN_FLASH_UNROLL
+      for (int nt = 0; nt < kCols / 8; ++nt) {
+        KILN_FLASH_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int64_t row = first_row + 16 * i + g + 8 * (e / 2);
+          const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+          s[i][nt][e] = test && !attends(p, bh, row, j) ? -INFINITY : s[i][nt][e] * p.scale_log2;
+        }
+      }
     }
     KILN_FLASH_UNROLL
-    for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
-    for (int r = 0; r < 2; ++r) {
-      float top = m[i][r];
+    for (int i = 0; i < M; ++i) {
       KILN_FLASH_UNROLL
-      for (int nt = 0; nt < kCols / 8; ++nt)
-        top = fmaxf(top, fmaxf(s[i][nt][2 * r], s[i][nt][2 * r + 1]));
-      top = fmaxf(top, env.shfl_xor(top, 1));
-      top = fmaxf(top, env.shfl_xor(top, 2));
-      // A row with no visible key yet keeps m = -inf; 0 stands in so that no -inf - -inf is
-      // made.
-      const float ref = top == -INFINITY ? 0.0f : top;
-      const float correction = env.exp2(m[i][r] - ref);
-      m[i][r] = top;
-      float sum = 0;
-      KILN_FLASH_UNROLL
-      for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
-      for (int e = 2 * r; e < 2 * r + 2; ++e) sum += s[i][nt][e] = env.exp2(s[i][nt][e] - ref);
-      l[i][r] = l[i][r] * correction + sum;
-      KILN_FLASH_UNROLL
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[i][dt][2 * r] *= correction;
-        o[i][dt][2 * r + 1] *= correction;
+      for (int r = 0; r < 2; ++r) {
+        float top = m[i][r];
+        KILN_FLASH_UNROLL
+        for (int nt = 0; nt < kCols / 8; ++nt)
+          top = fmaxf(top, fmaxf(s[i][nt][2 * r], s[i][nt][2 * r + 1]));
+        top = fmaxf(top, env.shfl_xor(top, 1));
+        top = fmaxf(top, env.shfl_xor(top, 2));
+        // A row with no visible key yet keeps m = -inf; 0 stands in so that no -inf - -inf is
+        // made.
+        const float ref = top == -INFINITY ? 0.0f : top;
+        const float correction = env.exp2(m[i][r] - ref);
+        m[i][r] = top;
+        float sum = 0;
+        KILN_FLASH_UNROLL
+        for (int nt = 0; nt < kCols / 8; ++nt) {
+          KILN_FLASH_UNROLL
+          for (int e = 2 * r; e < 2 * r + 2; ++e) sum += s[i][nt][e] = env.exp2(s[i][nt][e] - ref);
+        }
+        l[i][r] = l[i][r] * correction + sum;
+        KILN_FLASH_UNROLL
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[i][dt][2 * r] *= correction;
+          o[i][dt][2 * r + 1] *= correction;
+        }
       }
     }
     product_c_y<T, D>(env, o, s, vs, lane);
@@ -637,14 +652,16 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
 
   float lse2[M][2], delta[M][2];
   KILN_FLASH_UNROLL
-  for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    // +inf for rows past the end: every probability 2^(x - inf) is 0. (A row that sees no key
-    // has lse -inf; each of its scores is masked, so no 2^(x + inf) is made.)
-    const int64_t row = first_row + 16 * i + g + 8 * r;
-    const bool live = row < a.queries;
-    lse2[i][r] = live ? p.lse[bh * a.queries + row] * kLog2e : INFINITY;
-    delta[i][r] = live ? p.delta[bh * a.queries + row] : 0.0f;
+  for (int i = 0; i < M; ++i) {
+    KILN_FLASH_UNROLL
+    for (int r = 0; r < 2; ++r) {
+      // +inf for rows past the end: every probability 2^(x - inf) is 0. (A row that sees no key
+      // has lse -inf; each of its scores is masked, so no 2^(x + inf) is made.)
+      const int64_t row = first_row + 16 * i + g + 8 * r;
+      const bool live = row < a.queries;
+      lse2[i][r] = live ? p.lse[bh * a.queries + row] * kLog2e : INFINITY;
+      delta[i][r] = live ? p.delta[bh * a.queries + row] : 0.0f;
+    }
   }
   // At 16-bit depth 64 (f32 depth 32), 16 rows a warp, this warp's q and dout fragments stay in
   // registers; past it they would take 64 registers more than there are (the sums need 64 and
@@ -666,11 +683,15 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
     zero(s);
     zero(dp);
     if constexpr (kFragmentsInRegisters) {
-      if (k0 == 0) KILN_FLASH_UNROLL
-      for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
-      for (int step = 0; step < kSteps; ++step) {
-        load_a<T>(env, qf[i][step], qw + 16 * i * S, S, step, lane);
-        load_a<T>(env, df[i][step], dw + 16 * i * S, S, step, lane);
+      if (k0 == 0) {
+        KILN_FLASH_UNROLL
+        for (int i = 0; i < M; ++i) {
+          KILN_FLASH_UNROLL
+          for (int step = 0; step < kSteps; ++step) {
+            load_a<T>(env, qf[i][step], qw + 16 * i * S, S, step, lane);
+            load_a<T>(env, df[i][step], dw + 16 * i * S, S, step, lane);
+          }
+        }
       }
       product_a_xt<T, D>(env, s, qf, ks, S, lane);
       product_a_xt<T, D>(env, dp, df, vs, S, lane);
@@ -680,16 +701,20 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
     }
     const bool test = needs_mask_test(p, q0, k0);
     KILN_FLASH_UNROLL
-    for (int i = 0; i < M; ++i) KILN_FLASH_UNROLL
-    for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int r = e / 2;
-      const int64_t row = first_row + 16 * i + g + 8 * r;
-      const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-      const float prob = test && !attends(p, bh, row, j)
-                             ? 0.0f
-                             : env.exp2(s[i][nt][e] * p.scale_log2 - lse2[i][r]);
-      s[i][nt][e] = prob * (dp[i][nt][e] - delta[i][r]);  // ds
+    for (int i = 0; i < M; ++i) {
+      KILN_FLASH_UNROLL
+      for (int nt = 0; nt < kCols / 8; ++nt) {
+        KILN_FLASH_UNROLL
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2;
+          const int64_t row = first_row + 16 * i + g + 8 * r;
+          const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+          const float prob = test && !attends(p, bh, row, j)
+                                 ? 0.0f
+                                 : env.exp2(s[i][nt][e] * p.scale_log2 - lse2[i][r]);
+          s[i][nt][e] = prob * (dp[i][nt][e] - delta[i][r]);  // ds
+        }
+      }
     }
     product_c_y<T, D>(env, acc, s, ks, lane);
   });
@@ -707,15 +732,17 @@ KILN_FLASH_FN void store_gradient_tile(Env& env, Element<T>* ds, const float (&d
                                        int warp, int lane) {
   const int g = lane / 4, t = lane % 4;
   KILN_FLASH_UNROLL
-  for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
-  for (int e = 0; e < 4; ++e) {
-    const int query = nt * 8 + 2 * t + (e & 1), key = warp * 16 + g + 8 * (e / 2);
-    if constexpr (kTf32<T>) {
-      const int column = (key & ~7) | (key & 7) >> 1 | (key & 1) << 2;
-      ds[query * kGradientStride<T> + column] = dst[nt][e];
-    } else {
-      ds[query * kGradientStride<T> + key] =
-          static_cast<uint16_t>(env.template pack<T>(dst[nt][e], 0.0f) & 0xffffu);
+  for (int nt = 0; nt < kCols / 8; ++nt) {
+    KILN_FLASH_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int query = nt * 8 + 2 * t + (e & 1), key = warp * 16 + g + 8 * (e / 2);
+      if constexpr (kTf32<T>) {
+        const int column = (key & ~7) | (key & 7) >> 1 | (key & 1) << 2;
+        ds[query * kGradientStride<T> + column] = dst[nt][e];
+      } else {
+        ds[query * kGradientStride<T> + key] =
+            static_cast<uint16_t>(env.template pack<T>(dst[nt][e], 0.0f) & 0xffffu);
+      }
     }
   }
 }
@@ -785,7 +812,7 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
   E* vs = ks + kRows * S;
   E* qd = vs + kRows * S;  // per buffer: q, then dout
   auto q_tile = [&](int buffer) { return qd + buffer * 2 * kCols * S; };
-  // Per buffer, per query of the step: lse in base 2, then delta.
+  // Per buffer, per query of the step: lse, then delta (0 and 0 past the queries).
   float* stats = reinterpret_cast<float*>(qd + 4 * kCols * S);
   E* ds = reinterpret_cast<E*>(stats + 2 * 2 * kCols);  // kDq: the step's dS
   const int64_t key_block = block % k_blocks;
@@ -795,11 +822,15 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
   auto stage = [&](int64_t q0, int buffer) {
     stage_rows<T, D>(env, q_tile(buffer), elements<T>(p.q), p, bh, q0, a.queries);
     stage_rows<T, D>(env, q_tile(buffer) + kCols * S, elements<T>(p.dout), p, bh, q0, a.queries);
-    float* lse2 = stats + buffer * 2 * kCols;
-    for (int c = env.thread(); c < kCols; c += kThreads) {
-      const bool live = q0 + c < a.queries;  // as in dq_block
-      lse2[c] = live ? p.lse[bh * a.queries + q0 + c] * kLog2e : INFINITY;
-      lse2[kCols + c] = live ? p.delta[bh * a.queries + q0 + c] : 0.0f;
+    // Copied like the tiles, so no thread waits for them here. A query past the end gets lse 0
+    // and delta 0: its q and dout rows are zeros, so its probability 2^(0 - 0) = 1 multiplies
+    // zeros (dv, dk) and its score gradient 1 (0 - 0) is 0.
+    float* step_stats = stats + buffer * 2 * kCols;
+    for (int c = env.thread(); c < 2 * kCols; c += kThreads) {
+      const int64_t query = q0 + c % kCols;
+      const bool live = query < a.queries;
+      env.copy4_async(step_stats + c,
+                      (c < kCols ? p.lse : p.delta) + bh * a.queries + (live ? query : 0), live);
     }
   };
   // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
@@ -818,8 +849,8 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
   walk_steps(env, first, a.queries, stage, [&](int64_t q0, int buffer) {
     const E* qs = q_tile(buffer);
     const E* dos = qs + kCols * S;
-    const float* lse2 = stats + buffer * 2 * kCols;
-    const float* delta = lse2 + kCols;
+    const float* lse = stats + buffer * 2 * kCols;
+    const float* delta = lse + kCols;
     // Transposed scores: rows are this warp's keys, columns the step's queries.
     float st[1][kCols / 8][4], dpt[1][kCols / 8][4];
     zero(st);
@@ -828,14 +859,16 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
     product_shared_xt<T, D>(env, dpt, vw, S, dos, S, lane);
     const bool test = p.mask != nullptr || (p.causal && q0 < k0 + kRows - 1);
     KILN_FLASH_UNROLL
-    for (int nt = 0; nt < kCols / 8; ++nt) KILN_FLASH_UNROLL
-    for (int e = 0; e < 4; ++e) {
-      const int c = nt * 8 + 2 * t + (e & 1);
-      const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
-                             ? 0.0f
-                             : env.exp2(st[0][nt][e] * p.scale_log2 - lse2[c]);
-      st[0][nt][e] = prob;
-      dpt[0][nt][e] = prob * (dpt[0][nt][e] - delta[c]);  // ds^T
+    for (int nt = 0; nt < kCols / 8; ++nt) {
+      KILN_FLASH_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t + (e & 1);
+        const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
+                               ? 0.0f
+                               : env.exp2(st[0][nt][e] * p.scale_log2 - lse[c] * kLog2e);
+        st[0][nt][e] = prob;
+        dpt[0][nt][e] = prob * (dpt[0][nt][e] - delta[c]);  // ds^T
+      }
     }
     product_c_y<T, D>(env, dv, st, dos, lane);
     product_c_y<T, D>(env, dk, dpt, qs, lane);

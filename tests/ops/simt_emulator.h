@@ -86,13 +86,9 @@ class EmulatedEnv {
   float exp2(float x) const { return std::exp2(x); }
 
   /// cp.async of 16 bytes (zeros where `read` is false), landing as CopyTiming says.
-  void copy16_async(void* to, const void* from, bool read) {
-    const Copy copy{to, read ? from : nullptr};
-    if (timing_ == CopyTiming::eager)
-      land(copy);
-    else
-      open_.push_back(copy);
-  }
+  void copy16_async(void* to, const void* from, bool read) { copy_async(to, from, read, 16); }
+  /// The same for 4 bytes.
+  void copy4_async(void* to, const void* from, bool read) { copy_async(to, from, read, 4); }
   /// Closes the group of copies started since the last commit.
   void commit_copies() {
     groups_.push_back(std::move(open_));
@@ -234,12 +230,20 @@ class EmulatedEnv {
   struct Copy {
     void* to;
     const void* from;  // nullptr: zeros
+    size_t bytes;
   };
+  void copy_async(void* to, const void* from, bool read, size_t bytes) {
+    const Copy copy{to, read ? from : nullptr, bytes};
+    if (timing_ == CopyTiming::eager)
+      land(copy);
+    else
+      open_.push_back(copy);
+  }
   static void land(const Copy& c) {
     if (c.from)
-      std::memcpy(c.to, c.from, 16);
+      std::memcpy(c.to, c.from, c.bytes);
     else
-      std::memset(c.to, 0, 16);
+      std::memset(c.to, 0, c.bytes);
   }
 
   EmulatedBlock& block_;
