@@ -226,12 +226,14 @@ template <typename T, int D, int Rows = kCols, class Env>
 KILN_FLASH_FN void stage_rows(Env& env, Element<T>* tile, const Element<T>* src, const Params& p,
                               int64_t bh, int64_t first, int64_t length) {
   constexpr int kV = kVector<T>, kVectors = D / kV;  // 16-byte pieces of a row
+  // Rows lie row_stride apart in either layout: one offset computed in 64 bits, then a step.
+  const int64_t first_offset = p.a.row_offset(bh, first, length, D), stride = p.a.row_stride(D);
+  KILN_FLASH_UNROLL
   for (int idx = env.thread(); idx < Rows * kVectors; idx += kThreads) {
     const int r = idx / kVectors, c = idx % kVectors;
     const bool inside = first + r < length;
     env.copy16_async(tile + r * (D + kV) + c * kV,
-                     inside ? src + p.a.row_offset(bh, first + r, length, D) + c * kV : src,
-                     inside);
+                     inside ? src + first_offset + r * stride + c * kV : src, inside);
   }
 }
 
