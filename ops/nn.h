@@ -207,10 +207,14 @@ struct Pool3dOptions {
   std::array<int64_t, 3> stride{0, 0, 0};  ///< 0: the window's size
   std::array<int64_t, 3> padding{0, 0, 0};
   bool ceil_mode = false;
+  /// max_pool3d only (as PyTorch's MaxPool3d): the window's taps this many depths, rows and
+  /// columns apart; every window must still hold an input element.
+  std::array<int64_t, 3> dilation{1, 1, 1};
 };
 /// The maximum of each window of x [N, C, D, H, W] (PyTorch's max_pool3d; C, D, H, W known):
-/// max_pool2d of each depth slice, then the maximum over the depth window (NaN propagates; a
-/// gradient goes to the first maximum within a slice, to one slice on a tie across slices).
+/// max_pool2d of each depth slice, then the maximum over the depth window's taps (NaN
+/// propagates; a gradient goes to the first maximum within a slice, to one slice on a tie across
+/// slices).
 Value max_pool3d(const Value& x, const Pool3dOptions& options = {});
 /// The mean of each window of x [N, C, D, H, W] (PyTorch's avg_pool3d, either count_include_pad).
 Value avg_pool3d(const Value& x, const Pool3dOptions& options = {}, bool count_include_pad = true);

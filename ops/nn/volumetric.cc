@@ -7,7 +7,8 @@
 //                     products are a direct 3-D convolution's.
 //   conv_transpose3d: its adjoint: per tap kd, conv_transpose2d of every input depth, placed at
 //                     output depth id s + kd dil (zeros between, by padding), summed, cropped.
-//   max_pool3d:       max_pool2d of each depth slice, then the maximum over each depth window.
+//   max_pool3d:       max_pool2d of each depth slice, then the maximum over each depth window's
+//                     taps (dilation apart).
 //   avg_pool3d:       avg_pool2d of each depth slice, then a product with a constant [OD, D]
 //                     matrix of 1 / count per depth window: PyTorch's divisor is a product of
 //                     per-dim counts (either count_include_pad rule), so averaging is separable.
@@ -45,18 +46,28 @@ Value depth_tap(const Value& filter, int64_t kd) {
   return squeeze(filter.slice(2, kd, kd + 1), {2});
 }
 
-// The windows of a pooling along one dim: output i covers input [i s - p, i s - p + k) (PyTorch's
-// size rule, ceil_mode included).
+// The windows of a pooling along one dim: output i takes the inputs i s - p + t dilation, t < k
+// (PyTorch's size rule, ceil_mode included); each must take at least one input.
 int64_t pooled_size(const char* op, int64_t in, int64_t kernel, int64_t stride, int64_t padding,
-                    bool ceil_mode) {
-  KILN_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && padding * 2 <= kernel, GraphError, "[",
-             op, "] window ", kernel, ", stride ", stride, ", padding ", padding,
+                    bool ceil_mode, int64_t dilation = 1) {
+  KILN_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && padding * 2 <= kernel && dilation >= 1,
+             GraphError, "[", op, "] window ", kernel, ", stride ", stride, ", padding ", padding,
+             dilation != 1 ? str(", dilation ", dilation) : "",
              ": sizes must be positive and padding at most half the window");
-  const int64_t span = in + 2 * padding - kernel + (ceil_mode ? stride - 1 : 0);
+  const int64_t extent = dilation * (kernel - 1) + 1;
+  const int64_t span = in + 2 * padding - extent + (ceil_mode ? stride - 1 : 0);
   int64_t count = (span >= 0 ? span / stride : -((-span + stride - 1) / stride)) + 1;
   if (ceil_mode && count >= 1 && (count - 1) * stride >= in + padding) --count;
   KILN_CHECK(count >= 1, GraphError, "[", op, "] a dim of ", in, " is smaller than the window ",
-             kernel);
+             kernel, dilation > 1 ? str(" of dilation ", dilation) : "");
+  for (int64_t i = 0; dilation > 1 && i < count; ++i) {
+    // The first tap at or past 0 of window i, start + t dilation.
+    const int64_t start = i * stride - padding;
+    const int64_t first = start < 0 ? start + (-start + dilation - 1) / dilation * dilation : start;
+    KILN_CHECK(first < in && first <= start + (kernel - 1) * dilation, GraphError, "[", op,
+               "] window ", i, " over a dim of ", in, " holds no input element (kernel ", kernel,
+               ", dilation ", dilation, ", padding ", padding, ")");
+  }
   return count;
 }
 
@@ -172,17 +183,18 @@ Pool2dOptions plane_window(const Pool3dOptions& o) {
           .stride = {o.stride[1] > 0 ? o.stride[1] : o.kernel_size[1],
                      o.stride[2] > 0 ? o.stride[2] : o.kernel_size[2]},
           .padding = {o.padding[1], o.padding[2]},
-          .ceil_mode = o.ceil_mode};
+          .ceil_mode = o.ceil_mode,
+          .dilation = {o.dilation[1], o.dilation[2]}};
 }
 
 // A 3-D pooling's window along the depth, and the depths in and out.
 struct DepthWindow {
-  int64_t kernel, stride, padding, depth, out_depth;
+  int64_t kernel, stride, padding, dilation, depth, out_depth;
 };
 DepthWindow depth_window(const char* op, const Value& x, const Pool3dOptions& o) {
   const int64_t k = o.kernel_size[0], s = o.stride[0] > 0 ? o.stride[0] : k;
-  const int64_t depth = x.shape()[2];
-  return {k, s, o.padding[0], depth, pooled_size(op, depth, k, s, o.padding[0], o.ceil_mode)};
+  const int64_t depth = x.shape()[2], d = o.dilation[0];
+  return {k, s, o.padding[0], d, depth, pooled_size(op, depth, k, s, o.padding[0], o.ceil_mode, d)};
 }
 
 // pool2d applied to every depth slice of x: [N, D, C, OH, OW].
@@ -199,17 +211,17 @@ Value pool_planes(const Value& x, const std::function<Value(const Value&)>& pool
 Value max_pool3d(const Value& x, const Pool3dOptions& options) {
   check_volume("max_pool3d", x);
   const NameScope scope(*x.graph(), "max_pool3d");
-  const auto [k, s, p, depth, out_depth] = depth_window("max_pool3d", x, options);
+  const auto [k, s, p, d, depth, out_depth] = depth_window("max_pool3d", x, options);
   const Pool2dOptions window = plane_window(options);
   Value planes = pool_planes(x, [&](const Value& v) { return max_pool2d(v, window); });
   // Padding of -inf never wins (every window holds an input depth).
-  const int64_t after = std::max<int64_t>(0, (out_depth - 1) * s + k - depth - p);
+  const int64_t after = std::max<int64_t>(0, (out_depth - 1) * s + (k - 1) * d + 1 - depth - p);
   if (p > 0 || after > 0)
     planes =
         pad(planes, {{0, 0}, {0, 0}, {0, 0}, {p, after}}, -std::numeric_limits<double>::infinity());
   Value y;
-  for (int64_t kd = 0; kd < k; ++kd) {
-    const Value tap = planes.slice(1, kd, kd + (out_depth - 1) * s + 1, s);
+  for (int64_t kd = 0; kd < k; ++kd) {  // depth tap kd of window i: padded depth i s + kd d
+    const Value tap = planes.slice(1, kd * d, kd * d + (out_depth - 1) * s + 1, s);
     y = kd == 0 ? tap : maximum(y, tap);
   }
   return swap_channels_and_depth(y);
@@ -217,8 +229,11 @@ Value max_pool3d(const Value& x, const Pool3dOptions& options) {
 
 Value avg_pool3d(const Value& x, const Pool3dOptions& options, bool count_include_pad) {
   check_volume("avg_pool3d", x);
+  KILN_CHECK(options.dilation == (std::array<int64_t, 3>{1, 1, 1}), GraphError,
+             "[avg_pool3d] takes no dilation (PyTorch's has none), got ", options.dilation[0], ", ",
+             options.dilation[1], ", ", options.dilation[2]);
   const NameScope scope(*x.graph(), "avg_pool3d");
-  const auto [k, s, p, depth, out_depth] = depth_window("avg_pool3d", x, options);
+  const auto [k, s, p, d, depth, out_depth] = depth_window("avg_pool3d", x, options);
   const Pool2dOptions window = plane_window(options);
   const Value planes =
       pool_planes(x, [&](const Value& v) { return avg_pool2d(v, window, count_include_pad); });

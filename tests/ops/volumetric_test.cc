@@ -222,6 +222,78 @@ TEST(Volumetric, PoolsMatchTheirDefinitions) {
       std::isnan(s.run({{vx, with_nan}}, {adaptive_max_pool(vx, {2, 2, 2})})[0].element(0)));
 }
 
+// Dilated max pooling (PyTorch's MaxPool3d dilation) by its definition: window (z, i, j) takes
+// the inputs at z s - p + t d in each dim, t < k, inside the input; and its gradient.
+TEST(Volumetric, DilatedMaxPoolMatchesItsDefinition) {
+  const Shape xs{2, 2, 7, 6, 5};
+  const Tensor x = r64(xs, -2, 2, 53);
+  const Pool3dOptions window{.kernel_size = {2, 3, 2},
+                             .stride = {2, 1, 2},
+                             .padding = {1, 1, 0},
+                             .ceil_mode = true,
+                             .dilation = {2, 2, 3}};
+  int64_t out[3];
+  for (int d = 0; d < 3; ++d) {
+    const int64_t k = window.kernel_size[d], s = window.stride[d], p = window.padding[d];
+    const int64_t extent = window.dilation[d] * (k - 1) + 1;
+    out[d] = (xs[2 + d] + 2 * p - extent + s - 1) / s + 1;
+    if ((out[d] - 1) * s >= xs[2 + d] + p) --out[d];
+  }
+  std::vector<double> maxima;
+  for (int64_t n = 0; n < xs[0]; ++n)
+    for (int64_t c = 0; c < xs[1]; ++c)
+      for (int64_t z = 0; z < out[0]; ++z)
+        for (int64_t i = 0; i < out[1]; ++i)
+          for (int64_t j = 0; j < out[2]; ++j) {
+            const int64_t at_out[3] = {z, i, j};
+            int64_t start[3];
+            for (int d = 0; d < 3; ++d) start[d] = at_out[d] * window.stride[d] - window.padding[d];
+            double best = -INFINITY;
+            for (int64_t a = 0; a < window.kernel_size[0]; ++a)
+              for (int64_t b = 0; b < window.kernel_size[1]; ++b)
+                for (int64_t e = 0; e < window.kernel_size[2]; ++e) {
+                  const int64_t tap[3] = {start[0] + a * window.dilation[0],
+                                          start[1] + b * window.dilation[1],
+                                          start[2] + e * window.dilation[2]};
+                  if (tap[0] < 0 || tap[1] < 0 || tap[2] < 0 || tap[0] >= xs[2] ||
+                      tap[1] >= xs[3] || tap[2] >= xs[4])
+                    continue;
+                  best = std::max(best, at(x, n, c, tap[0], tap[1], tap[2]));
+                }
+            ASSERT_GT(best, -INFINITY) << "the test's window holds no input";
+            maxima.push_back(best);
+          }
+  Graph g;
+  Value vx = g.placeholder("x", f64, {-1, 2, 7, 6, 5});
+  const Tensor got = testing::run1(g, max_pool3d(vx, window), {{vx, x}});
+  EXPECT_EQ(got.shape(), Shape({2, 2, out[0], out[1], out[2]}));
+  testing::expect_near(maxima, got, 0, 0, "dilated max_pool3d");
+  check_gradients([&](Graph&, const std::vector<Value>& v) { return max_pool3d(v[0], window); },
+                  {r64({1, 2, 6, 5, 7}, -1, 1, 54)}, "dilated max_pool3d");
+
+  // A depth window whose taps fall in the padding and past the input; avg_pool3d has no dilation.
+  Value small = g.placeholder("small", f32, {1, 1, 2, 4, 4});
+  expect_error<GraphError>(
+      [&] {
+        max_pool3d(small, {.kernel_size = {2, 1, 1},
+                           .stride = {1, 1, 1},
+                           .padding = {1, 0, 0},
+                           .dilation = {3, 1, 1}});
+      },
+      {"[max_pool3d] window 0 over a dim of 2 holds no input element (kernel 2, dilation 3, "
+       "padding 1)"});
+  expect_error<GraphError>(
+      [&] {
+        avg_pool3d(small, {.kernel_size = {1, 2, 2}, .dilation = {1, 2, 1}});
+      },
+      {"[avg_pool3d] takes no dilation", "got 1, 2, 1"});
+  expect_error<GraphError>(
+      [&] {
+        max_pool3d(small, {.kernel_size = {1, 2, 2}, .dilation = {0, 1, 1}});
+      },
+      {"[max_pool3d] window 1, stride 1, padding 0, dilation 0: sizes must be positive"});
+}
+
 TEST(Volumetric, LayersAndErrors) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 4, 6, 8, 8});

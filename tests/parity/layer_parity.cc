@@ -53,7 +53,8 @@
 //        ignored labels, p-norms, triplet swap, full Poisson and Gaussian likelihoods (variances
 //        per element and per row, some clamped at eps); SGD with plain momentum.
 //   volume: PyTorch's modules (one nn.Sequential): Conv3d (stride, padding) -> BatchNorm3d ->
-//        ReLU -> MaxPool3d (padding, ceil_mode) -> Conv3d (groups, dilation, replicate padding)
+//        ReLU -> MaxPool3d (padding, dilation, ceil_mode) -> Conv3d (groups, dilation, replicate
+//        padding)
 //        -> InstanceNorm3d (affine, running statistics) -> ConvTranspose3d (stride, output_padding)
 //        -> AvgPool3d (padding not counted) -> AdaptiveMaxPool3d -> AdaptiveAvgPool3d (uneven
 //        windows) -> Flatten -> Linear; cross entropy; Adam; then the evaluation-mode logits.
@@ -599,10 +600,11 @@ void volume(const std::filesystem::path& dir, Device device) {
                                                            // replaces a bias
   auto& bn = model.add<nn::BatchNorm3d>("bn", 4);
   model.add("relu", [](const Value& v) { return relu(v); });
-  model.add<nn::MaxPool3d>("max", Pool3dOptions{.kernel_size = {3, 2, 2},
+  model.add<nn::MaxPool3d>("max", Pool3dOptions{.kernel_size = {2, 2, 2},
                                                 .stride = {2, 2, 2},
                                                 .padding = {1, 1, 0},
-                                                .ceil_mode = true});  // [N, 4, 4, 2, 3]
+                                                .ceil_mode = true,
+                                                .dilation = {2, 1, 2}});  // [N, 4, 4, 2, 3]
   model.add<nn::Conv3d>("grouped", 4, 4, std::array<int64_t, 3>{2, 2, 2},
                         Conv3dOptions{.padding = {1, 1, 1},
                                       .dilation = {2, 1, 1},

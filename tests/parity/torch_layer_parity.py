@@ -555,7 +555,8 @@ def volume(run):
                             output_padding=(1, 1, 0))
     head = nn.Linear(36, 3)
     model = nn.Sequential(conv, bn, nn.ReLU(),
-                          nn.MaxPool3d((3, 2, 2), stride=2, padding=(1, 1, 0), ceil_mode=True),
+                          nn.MaxPool3d(2, stride=2, padding=(1, 1, 0), dilation=(2, 1, 2),
+                                       ceil_mode=True),
                           grouped, norm, up,
                           nn.AvgPool3d((3, 2, 3), stride=(2, 1, 2), padding=1,
                                        count_include_pad=False),
