@@ -172,6 +172,18 @@ struct Pool2dOptions {
 /// The maximum of each window of x [N, C, H, W] (NaN propagates; padding never wins). The
 /// gradient goes to each window's first maximum (row-major).
 Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
+/// max_pool2d's output and, i64 and shaped like it, where each window's maximum is in its input
+/// plane, h W + w (PyTorch's return_indices=True: the first maximum in the window's row-major
+/// order; a NaN at once, where PyTorch takes the window's last NaN), for max_unpool2d.
+std::pair<Value, Value> max_pool2d_with_indices(const Value& x, const Pool2dOptions& options = {});
+/// PyTorch's max_unpool2d: zeros [N, C, H, W] with each x[n, c, i, j] added at place
+/// indices[n, c, i, j] (h W + w) of its plane. (H, W) = output_size, or where it is {0, 0} the
+/// size a pooling of `options` maps onto x's: ((OH - 1) stride - 2 padding + kernel, ...).
+/// Where several indices name one place their values add up (PyTorch keeps one; max_pool2d's
+/// indices repeat only where windows overlap). An index outside the plane is an error when the
+/// graph runs.
+Value max_unpool2d(const Value& x, const Value& indices, const Pool2dOptions& options = {},
+                   std::array<int64_t, 2> output_size = {0, 0});
 /// The mean of each window; with count_include_pad (PyTorch's default) padding counts as
 /// zeros in the divisor.
 Value avg_pool2d(const Value& x, const Pool2dOptions& options = {}, bool count_include_pad = true);

@@ -3,6 +3,11 @@
 //   max_pool2d:          y[w] = max over window w of x (NaN wins; padding never does)
 //   max_pool2d_backward: dx[argmax w] += dy[w]  (the first maximum, as PyTorch)
 //   max_pool2d_select:   v[argmax w]            (the adjoint of the backward op in dy)
+//   max_pool2d_indices:  argmax w as h W + w in x's plane, i64 (PyTorch's return_indices)
+//   max_unpool2d:        y[n, c, indices[n, c, i, j]] += x[n, c, i, j] over a zero plane of
+//                        output_size (PyTorch's max_unpool2d, which keeps one of several
+//                        values sent to one place where Kiln adds them); its gradient picks dy
+//                        at the indices (take_along_axis)
 // Both take `positive_only`: only windows whose maximum is > 0 route (and select); the others
 // give 0. That is the gradient of max_pool2d(relu(z)) with relu's gradient folded in (the
 // pool's input is relu's output, and relu passes gradient where it is > 0), which the
@@ -15,6 +20,7 @@
 //                        windows, row i [floor(i H / OH), ceil((i + 1) H / OH)), columns
 //                        likewise (PyTorch's AdaptiveMaxPool2d): uneven and overlapping where
 //                        OH does not divide H, the ordinary tiled window where it does.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -27,6 +33,7 @@
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math.h"
 #include "kiln/ops/nn.h"
@@ -146,6 +153,28 @@ TensorType pooled_type(const InferContext& ctx, const Shape& x) {
 std::vector<TensorType> infer_pool(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   return {pooled_type(ctx, ctx.shape(0))};
+}
+
+// The pooled shape, of i64 indices.
+std::vector<TensorType> infer_pool_indices(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  return {{i64, pooled_type(ctx, ctx.shape(0)).shape}};
+}
+
+// x [N, C, OH, OW] (C, OH, OW known) and i64 indices of its shape: [N, C, H, W] by output_size.
+std::vector<TensorType> infer_unpool(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  ctx.expect_dtype(1, {i64});
+  const Shape& x = ctx.shape(0);
+  if (x.rank() != 4 || x[1] < 0 || x[2] < 0 || x[3] < 0)
+    ctx.fail("x must be 4-D (NCHW) with known C, H, W, got ", x);
+  if (!ctx.shape(1).compatible_with(x))
+    ctx.fail("indices ", ctx.shape(1), " must be shaped like x ", x);
+  const auto& size = ctx.attr<std::vector<int64_t>>("output_size");
+  constexpr int64_t kMax = int64_t{1} << 24;
+  if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] > kMax || size[1] > kMax)
+    ctx.fail("output_size must be 2 values (height, width) in [1, ", kMax, "]");
+  return {{ctx.dtype(0), Shape{x[0], x[1], size[0], size[1]}}};
 }
 
 // (x, dy) -> dx like x; (x, v) -> like the pooled output.
@@ -490,18 +519,22 @@ int64_t argmax_in(const T* plane, int64_t width, int64_t h0, int64_t h1, int64_t
   return best;
 }
 
-// kMode 0: y = max (input x); 1: y = v at the argmax (inputs x, v); 2: dx += dy at the argmax.
+// kMode 0: y = max (input x); 1: y = v at the argmax (inputs x, v); 2: dx += dy at the argmax;
+// 3: the argmax (i64).
 template <int kMode, typename T>
 void max_pool_typed(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const Shape& pooled = kMode == 2 ? ctx.input(1).shape() : ctx.output(0).shape();
   const ConvGeometry g = pool_geometry(ctx.node(), x.shape(), pooled);
   const T* px = x.data<T>();
-  const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
-  T* out = ctx.output(0).data<T>();
+  const T* other = kMode == 0 || kMode == 3 ? nullptr : ctx.input(1).data<T>();
+  T* out = kMode == 3 ? nullptr : ctx.output(0).data<T>();
+  int64_t* argmax = kMode == 3 ? ctx.output(0).data<int64_t>() : nullptr;
   const bool positive_only = kMode != 0 && ctx.node().attrs().count("positive_only") != 0 &&
                              ctx.attr<bool>("positive_only");
-  if (tiles(g)) return max_pool_tiled<kMode>(ctx, g, px, other, out, positive_only);
+  if constexpr (kMode != 3) {  // the indices take the general path (the same first maximum)
+    if (tiles(g)) return max_pool_tiled<kMode>(ctx, g, px, other, out, positive_only);
+  }
   if constexpr (kMode == 2) std::fill(out, out + ctx.output(0).numel(), T(0));
   for_each_window(
       ctx, g, [&](int64_t p, int64_t i, int64_t j, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
@@ -513,7 +546,34 @@ void max_pool_typed(KernelContext& ctx) {
         if constexpr (kMode == 1) out[o] = routes ? other[p * g.in_pixels() + at] : T(0);
         if constexpr (kMode == 2)
           if (routes) out[p * g.in_pixels() + at] += other[o];
+        if constexpr (kMode == 3) argmax[o] = at;
       });
+}
+
+// y: zeros of output_size per plane, plus each x at its index in the plane. The indices are
+// data: all are checked before anything is written.
+template <typename T>
+void max_unpool_typed(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  const int64_t* indices = ctx.input(1).data<int64_t>();
+  Tensor& y = ctx.output(0);
+  const int64_t planes = x.shape()[0] * x.shape()[1], count = x.shape()[2] * x.shape()[3];
+  const int64_t height = y.shape()[2], width = y.shape()[3], plane = height * width;
+  for (int64_t k = 0; k < planes * count; ++k)
+    if (indices[k] < 0 || indices[k] >= plane)
+      throw Error(str(ctx.where(), ": index ", indices[k], " (at position ", k,
+                      ") is out of range for an output plane of ", height, " x ", width));
+  const T* px = x.data<T>();
+  T* out = y.data<T>();
+  ctx.parallel_for(planes, count, [&](int64_t p0, int64_t p1) {
+    std::fill(out + p0 * plane, out + p1 * plane, T(0));
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t k = p * count; k < (p + 1) * count; ++k) out[p * plane + indices[k]] += px[k];
+  });
+}
+
+void max_unpool_cpu(KernelContext& ctx) {
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) { max_unpool_typed<decltype(tag)>(ctx); });
 }
 
 int64_t window_count(const ConvGeometry& g, bool include_pad, int64_t i, int64_t j, int64_t h0,
@@ -613,6 +673,28 @@ KILN_OP(max_pool2d)
       return {max_pool_op("backward", c.input(0), c.grad_output(), c.node())};
     });
 
+KILN_OP(max_pool2d_indices)
+    .input("x")
+    .KILN_WINDOW_ATTRS.attr("dilation", std::vector<int64_t>{1, 1})
+    .no_gradient()
+    .infer(infer_pool_indices)
+    .kernel(DeviceKind::cpu, max_pool_cpu<3>, {f32, f64});
+
+KILN_OP(max_unpool2d)
+    .input("x")
+    .input("indices")
+    .attr("output_size", AttrType::integers)
+    .infer(infer_unpool)
+    .kernel(DeviceKind::cpu, max_unpool_cpu, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      // dx[n, c, i, j] = dy[n, c, indices[n, c, i, j]]: picked along the flattened plane.
+      const Shape& x = c.input(0).shape();
+      const Shape& y = c.output().shape();
+      const Value picked = take_along_axis(reshape(c.grad_output(), {-1, y[1], y[2] * y[3]}),
+                                           reshape(c.input(1), {-1, x[1], x[2] * x[3]}), 2);
+      return {reshape(picked, {-1, x[1], x[2], x[3]}), Value()};
+    });
+
 KILN_OP(max_pool2d_select)
     .input("x")
     .input("v")
@@ -699,6 +781,31 @@ Value max_pool2d(const Value& x, const Pool2dOptions& options) {
   AttrMap attrs = ops::pool_attrs(options);
   attrs["dilation"] = std::vector<int64_t>{options.dilation[0], options.dilation[1]};
   return common_graph("max_pool2d", {&x}).add("max_pool2d", {x}, attrs);
+}
+
+std::pair<Value, Value> max_pool2d_with_indices(const Value& x, const Pool2dOptions& options) {
+  AttrMap attrs = ops::pool_attrs(options);
+  attrs["dilation"] = std::vector<int64_t>{options.dilation[0], options.dilation[1]};
+  const Value indices =
+      common_graph("max_pool2d_indices", {&x}).add("max_pool2d_indices", {x}, attrs);
+  return {max_pool2d(x, options), indices};
+}
+
+Value max_unpool2d(const Value& x, const Value& indices, const Pool2dOptions& options,
+                   std::array<int64_t, 2> output_size) {
+  Graph& g = common_graph("max_unpool2d", {&x, &indices});
+  const Shape& xs = x.shape();
+  if (output_size[0] == 0 && output_size[1] == 0) {
+    KILN_CHECK(xs.rank() == 4 && xs[2] >= 0 && xs[3] >= 0, GraphError, "[max_unpool2d] x ", xs,
+               " must be [N, C, H, W] with known H, W");
+    // PyTorch's default: the size a pooling of this window maps onto x's size.
+    for (int d = 0; d < 2; ++d) {
+      const int64_t stride = options.stride[d] > 0 ? options.stride[d] : options.kernel_size[d];
+      output_size[d] = (xs[2 + d] - 1) * stride - 2 * options.padding[d] + options.kernel_size[d];
+    }
+  }
+  return g.add("max_unpool2d", {x, indices},
+               {{"output_size", std::vector<int64_t>{output_size[0], output_size[1]}}});
 }
 
 Value avg_pool2d(const Value& x, const Pool2dOptions& options, bool count_include_pad) {

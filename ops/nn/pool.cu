@@ -2,7 +2,8 @@
 // maximum of a window wins (a NaN at once), padding never does; averages divide as
 // count_include_pad says; adaptive windows as ConvGeometry::adaptive. The backward ops gather
 // rather than scatter: one thread per input pixel sums over the windows that hold it, so no atomics
-// and the same result on every run.
+// and the same result on every run (max_unpool2d, which scatters, runs a thread per plane).
+#include "kiln/ops/array/strided_copy.h"
 #include "kiln/ops/cuda/map.cuh"
 #include "kiln/ops/nn/conv.h"
 
@@ -105,15 +106,16 @@ Window window_of(const KernelContext& ctx, const Shape& x, const Shape& y) {
           g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, include_pad, g.adaptive};
 }
 
-// kMode 0: y = max of x; 1: y = v at x's argmax; 2: dx from (x, dy).
+// kMode 0: y = max of x; 1: y = v at x's argmax; 2: dx from (x, dy); 3: the argmax (i64).
 template <int kMode, typename T>
 void max_pool_typed(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const Shape& pooled = kMode == 2 ? ctx.input(1).shape() : ctx.output(0).shape();
   const Window win = window_of(ctx, x.shape(), pooled);
   const T* px = x.data<T>();
-  const T* other = kMode == 0 ? nullptr : ctx.input(1).data<T>();
-  T* out = static_cast<T*>(ctx.output(0).raw_data());
+  const T* other = kMode == 0 || kMode == 3 ? nullptr : ctx.input(1).data<T>();
+  T* out = kMode == 3 ? nullptr : static_cast<T*>(ctx.output(0).raw_data());
+  int64_t* argmax = kMode == 3 ? static_cast<int64_t*>(ctx.output(0).raw_data()) : nullptr;
   const int64_t in_plane = win.h * win.w, out_plane = win.oh * win.ow;
   // positive_only (pool.cc): windows whose maximum is not > 0 route and select nothing.
   const bool positive_only = kMode != 0 && ctx.node().attrs().count("positive_only") != 0 &&
@@ -137,6 +139,10 @@ void max_pool_typed(KernelContext& ctx) {
     for_each(ctx, ctx.output(0).numel(), [=] __device__(int64_t idx) {
       const int64_t p = idx / out_plane, i = idx % out_plane / win.ow, j = idx % win.ow;
       const int64_t at = win.argmax(px + p * in_plane, i, j);
+      if (kMode == 3) {  // not `if constexpr`: a device lambda may not first capture there
+        argmax[idx] = at;
+        return;
+      }
       const bool routes =
           !positive_only || static_cast<Compute<T>>(px[p * in_plane + at]) > Compute<T>(0);
       out[idx] = kMode == 0 ? px[p * in_plane + at] : routes ? other[p * in_plane + at] : T(0);
@@ -181,6 +187,43 @@ void avg_pool_typed(KernelContext& ctx) {
   }
 }
 
+// max_unpool2d: one thread per plane adds its x values at their indices in order, as the CPU
+// kernel does (the same sums where indices repeat, and no atomics). An index outside the plane
+// is reported (the run fails naming the node) and skipped.
+template <typename T>
+void max_unpool_typed(KernelContext& ctx) {
+  using C = Compute<T>;
+  const Tensor& x = ctx.input(0);
+  Tensor& y = ctx.output(0);
+  fill_zero(ctx, y);
+  const int64_t count = x.shape()[2] * x.shape()[3], width = y.shape()[3];
+  const int64_t plane = y.shape()[2] * width;
+  const T* px = x.data<T>();
+  const int64_t* indices = ctx.input(1).data<int64_t>();
+  T* out = static_cast<T*>(y.raw_data());
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, x.shape()[0] * x.shape()[1], [=] __device__(int64_t p) {
+    for (int64_t k = p * count; k < (p + 1) * count; ++k) {
+      const int64_t at = indices[k];
+      if (at < 0 || at >= plane) {
+        errors.report(DataErrorKind::index_out_of_range, at, k, 0, plane);
+        continue;
+      }
+      T& slot = out[p * plane + at];
+      slot = static_cast<T>(static_cast<C>(slot) + static_cast<C>(px[k]));
+    }
+  });
+}
+
+void max_unpool_cuda(KernelContext& ctx) {
+  if (ctx.input(0).numel() == 0) {
+    fill_zero(ctx, ctx.output(0));
+    return;
+  }
+  dispatch_cuda_float(ctx.input(0).dtype(),
+                      [&](auto tag) { max_unpool_typed<decltype(tag)>(ctx); });
+}
+
 template <int kMode>
 void max_pool_cuda(KernelContext& ctx) {
   dispatch_cuda_float(ctx.input(0).dtype(),
@@ -194,6 +237,8 @@ void avg_pool_cuda(KernelContext& ctx) {
 
 KILN_CUDA_KERNEL(max_pool2d, max_pool_cuda<0>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(max_pool2d_select, max_pool_cuda<1>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(max_pool2d_indices, max_pool_cuda<3>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(max_unpool2d, max_unpool_cuda, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(max_pool2d_backward, max_pool_cuda<2>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(adaptive_max_pool2d, max_pool_cuda<0>, cuda_dtypes(DTypeClass::floating));
 KILN_CUDA_KERNEL(adaptive_max_pool2d_select, max_pool_cuda<1>, cuda_dtypes(DTypeClass::floating));

@@ -93,6 +93,36 @@ Reference pool_reference(const Window& win, bool max, bool include_pad) {
   };
 }
 
+// Each window's first maximum, as its offset h W + w in the input plane.
+Reference pool_argmax_reference(const Window& win) {
+  return [=](const std::vector<Tensor>& in) {
+    const Shape& xs = in[0].shape();
+    const std::vector<double> x = values(in[0]);
+    const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
+    const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil, win.dh);
+    const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil, win.dw);
+    std::vector<double> at;
+    for (int64_t p = 0; p < planes; ++p)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j) {
+          double best = -std::numeric_limits<double>::infinity();
+          int64_t best_at = -1;
+          for (int64_t a = 0; a < win.kh; ++a)
+            for (int64_t e = 0; e < win.kw; ++e) {
+              const int64_t r = i * win.sh - win.ph + a * win.dh,
+                            s = j * win.sw - win.pw + e * win.dw;
+              if (r < 0 || r >= h || s < 0 || s >= wd) continue;
+              if (best_at < 0 || x[(p * h + r) * wd + s] > best) {
+                best = x[(p * h + r) * wd + s];
+                best_at = r * wd + s;
+              }
+            }
+          at.push_back(static_cast<double>(best_at));
+        }
+    return at;
+  };
+}
+
 // The maximum (NaN wins) over adaptive windows: output row i covers input rows
 // [floor(i H / OH), ceil((i + 1) H / OH)), columns likewise.
 Reference adaptive_max_reference(int64_t oh, int64_t ow) {
@@ -230,6 +260,15 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
              return c.g.add("max_pool2d", {c.input({2, 3, 8, 9})}, pool_attrs(dilated));
            },
        .reference = pool_reference(dilated, true, true)});
+  // Where each window's maximum is (i64, h W + w in its plane): the dilated windows'.
+  add({.op = "max_pool2d_indices",
+       .name = "max_pool2d_indices_dilated",
+       .build =
+           [dilated](CaseGraph& c) {
+             return c.g.add("max_pool2d_indices", {c.input({2, 3, 8, 9})}, pool_attrs(dilated));
+           },
+       .gradients = false,
+       .reference = pool_argmax_reference(dilated)});
   add({"max_pool2d_backward", "max_pool2d_backward_dilated", [dilated](CaseGraph& c) {
          return c.g.add("max_pool2d_backward", {c.input({2, 3, 8, 9}), c.input({2, 3, 4, 8})},
                         pool_attrs(dilated));
@@ -238,6 +277,26 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
          return c.g.add("max_pool2d_select", {c.input({2, 3, 8, 9}), c.input({2, 3, 8, 9})},
                         pool_attrs(dilated));
        }});
+  // Unpooling [2, 3, 2, 3] into 5 x 6 planes at distinct places (7 j + 3 p mod 30 for element j
+  // of plane p), against the scatter by hand.
+  add({.op = "max_unpool2d",
+       .name = "max_unpool2d",
+       .build =
+           [](CaseGraph& c) {
+             std::vector<int64_t> places;
+             for (int64_t p = 0; p < 6; ++p)
+               for (int64_t j = 0; j < 6; ++j) places.push_back((7 * j + 3 * p) % 30);
+             return c.g.add("max_unpool2d", {c.input({2, 3, 2, 3}), c.ints(places, {2, 3, 2, 3})},
+                            {{"output_size", std::vector<int64_t>{5, 6}}});
+           },
+       .reference =
+           [](const std::vector<Tensor>& in) {
+             const std::vector<double> x = values(in[0]), at = values(in[1]);
+             std::vector<double> y(6 * 30, 0.0);
+             for (size_t k = 0; k < x.size(); ++k)
+               y[k / 6 * 30 + static_cast<size_t>(at[k])] += x[k];
+             return y;
+           }});
   // positive_only (relu's gradient folded in): inputs mostly below 0, so some windows route
   // nothing; tiled 2x2, tiled 3x3 and padded windows.
   struct Positive {

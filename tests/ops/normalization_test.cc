@@ -240,8 +240,11 @@ TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
                  {"stride", std::vector<int64_t>{stride[0], stride[1]}},
                  {"padding", std::vector<int64_t>{geo.window.padding[0], geo.window.padding[1]}}});
       Tensor v = testing::random_tensor(dtype, geo.x, -1, 1, 12);
+      // Where each maximum is; dy put back there (summed where windows share a maximum) is dx.
+      const Value indices = max_pool2d_with_indices(vx, geo.window).second;
+      const Value unpooled = max_unpool2d(vdy, indices, geo.window, {geo.x[2], geo.x[3]});
       Session session(g);
-      auto out = session.run({{vx, x}, {vdy, dy}, {vv, v}}, {y, dx, selected});
+      auto out = session.run({{vx, x}, {vdy, dy}, {vv, v}}, {y, dx, selected, indices, unpooled});
 
       // The reference: scan each window row-major, keep the first maximum or the first NaN.
       const auto& k = geo.window.kernel_size;
@@ -270,11 +273,50 @@ TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
             EXPECT_TRUE(std::isnan(want) ? std::isnan(got) : got == want)
                 << "y at " << o << ": " << got << ", expected " << want;
             EXPECT_EQ(out[2].element(o), v.element(at)) << "select at " << o;
+            EXPECT_EQ(out[3].element(o), at - p * geo.x[2] * geo.x[3]) << "index at " << o;
             want_dx[static_cast<size_t>(at)] += dy.element(o);
           }
-      for (int64_t i = 0; i < x.numel(); ++i)
+      for (int64_t i = 0; i < x.numel(); ++i) {
         EXPECT_NEAR(out[1].element(i), want_dx[static_cast<size_t>(i)], 1e-6) << "dx at " << i;
+        EXPECT_NEAR(out[4].element(i), want_dx[static_cast<size_t>(i)], 1e-6)
+            << "unpooled dy at " << i;
+      }
     }
+}
+
+// max_unpool2d: PyTorch's default output size, and the errors a user can hit: indices of the
+// wrong dtype or shape, a size that is not positive, an index outside the plane (at run time).
+TEST(Pooling, MaxUnpoolSizesAndErrors) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 2, 2, 3});
+  Value at = g.placeholder("at", i64, {-1, 2, 2, 3});
+  EXPECT_EQ(max_unpool2d(x, at, {.kernel_size = {2, 2}}).shape(), Shape({-1, 2, 4, 6}));
+  EXPECT_EQ(
+      max_unpool2d(x, at, {.kernel_size = {3, 2}, .stride = {2, 2}, .padding = {1, 0}}).shape(),
+      Shape({-1, 2, 3, 6}));
+  EXPECT_EQ(max_unpool2d(x, at, {}, {5, 7}).shape(), Shape({-1, 2, 5, 7}));
+  expect_error<GraphError>(
+      [&] {
+        max_unpool2d(x, g.placeholder("i32", i32, {-1, 2, 2, 3}));
+      },
+      {"[max_unpool2d]", "i32"});
+  expect_error<GraphError>(
+      [&] {
+        max_unpool2d(x, g.placeholder("flat", i64, {-1, 2, 6}));
+      },
+      {"[max_unpool2d]", "indices [?, 2, 6] must be shaped like x [?, 2, 2, 3]"});
+  expect_error<GraphError>(
+      [&] {
+        max_unpool2d(x, at, {}, {0, 4});
+      },
+      {"[max_unpool2d]", "output_size must be 2 values"});
+  Value y = max_unpool2d(x, at, {}, {2, 2});
+  Tensor places = Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 4, 0, 0}, {1, 2, 2, 3});
+  expect_error<Error>(
+      [&] {
+        testing::run1(g, y, {{x, Tensor::full(f32, {1, 2, 2, 3}, 1)}, {at, places}});
+      },
+      {"max_unpool2d", "index 4 (at position 9) is out of range for an output plane of 2 x 2"});
 }
 
 TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {

@@ -148,6 +148,12 @@ def conv_and_pool(op, args, attrs):
         if op == "adaptive_max_pool2d_select":  # (x, v): v at each window's maximum
             y, idx = F.adaptive_max_pool2d(a.detach(), size, return_indices=True)
             return args[1].flatten(2).gather(2, idx.flatten(2)).view_as(y)
+    if op == "max_unpool2d":  # (x, indices)
+        # PyTorch wants output_size within a stride of the window's own size: a window as wide
+        # as its stride, ceil(size / in), covers the case's sizes.
+        size = ints(attrs["output_size"])
+        spread = [-(-size[d] // a.shape[2 + d]) for d in range(2)]
+        return F.max_unpool2d(a, args[1], kernel_size=spread, stride=spread, output_size=size)
     if "pool2d" in op:
         win = window(attrs, "kernel_size", "stride", "padding")
         win["ceil_mode"] = attrs.get("ceil_mode") == "1"
@@ -155,6 +161,8 @@ def conv_and_pool(op, args, attrs):
             win.update(window(attrs, "dilation"))
         if op == "max_pool2d":
             return F.max_pool2d(a, **win)
+        if op == "max_pool2d_indices":
+            return F.max_pool2d(a, **win, return_indices=True)[1]
         # positive_only: relu's gradient folded in, windows whose maximum is not > 0 give 0.
         positive = attrs.get("positive_only") == "1"
         if op == "max_pool2d_backward":  # (x, dy)
