@@ -62,18 +62,27 @@ Reference conv_reference(const Window& win, int64_t groups) {
   };
 }
 
+// One value per window of each plane of x, in output order: window(plane, h, w, i, j), the plane
+// as doubles.
+template <typename Fn>
+std::vector<double> per_window(const Window& win, const Tensor& x, Fn&& window) {
+  const Shape& xs = x.shape();
+  const std::vector<double> all = values(x);
+  const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
+  const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil, win.dh);
+  const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil, win.dw);
+  std::vector<double> y;
+  for (int64_t p = 0; p < planes; ++p)
+    for (int64_t i = 0; i < oh; ++i)
+      for (int64_t j = 0; j < ow; ++j) y.push_back(window(all.data() + p * h * wd, h, wd, i, j));
+  return y;
+}
+
 // max (NaN wins) or mean over each window; padding never takes part in the max.
 Reference pool_reference(const Window& win, bool max, bool include_pad) {
   return [=](const std::vector<Tensor>& in) {
-    const Shape& xs = in[0].shape();
-    const std::vector<double> x = values(in[0]);
-    const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
-    const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil, win.dh);
-    const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil, win.dw);
-    std::vector<double> y;
-    for (int64_t p = 0; p < planes; ++p)
-      for (int64_t i = 0; i < oh; ++i)
-        for (int64_t j = 0; j < ow; ++j) {
+    return per_window(
+        win, in[0], [&](const double* x, int64_t h, int64_t wd, int64_t i, int64_t j) {
           double best = -std::numeric_limits<double>::infinity(), sum = 0;
           int64_t inside = 0, padded = 0;
           for (int64_t a = 0; a < win.kh; ++a)
@@ -82,44 +91,31 @@ Reference pool_reference(const Window& win, bool max, bool include_pad) {
                             s = j * win.sw - win.pw + e * win.dw;
               if (r < h + win.ph && s < wd + win.pw) ++padded;
               if (r < 0 || r >= h || s < 0 || s >= wd) continue;
-              const double v = x[(p * h + r) * wd + s];
+              const double v = x[r * wd + s];
               best = std::isnan(best) || std::isnan(v) ? NAN : std::max(best, v);
               sum += v;
               ++inside;
             }
-          y.push_back(max ? best : sum / static_cast<double>(include_pad ? padded : inside));
-        }
-    return y;
+          return max ? best : sum / static_cast<double>(include_pad ? padded : inside);
+        });
   };
 }
 
 // Each window's first maximum, as its offset h W + w in the input plane.
 Reference pool_argmax_reference(const Window& win) {
   return [=](const std::vector<Tensor>& in) {
-    const Shape& xs = in[0].shape();
-    const std::vector<double> x = values(in[0]);
-    const int64_t planes = xs[0] * xs[1], h = xs[2], wd = xs[3];
-    const int64_t oh = pooled_size(h, win.kh, win.sh, win.ph, win.ceil, win.dh);
-    const int64_t ow = pooled_size(wd, win.kw, win.sw, win.pw, win.ceil, win.dw);
-    std::vector<double> at;
-    for (int64_t p = 0; p < planes; ++p)
-      for (int64_t i = 0; i < oh; ++i)
-        for (int64_t j = 0; j < ow; ++j) {
-          double best = -std::numeric_limits<double>::infinity();
-          int64_t best_at = -1;
-          for (int64_t a = 0; a < win.kh; ++a)
-            for (int64_t e = 0; e < win.kw; ++e) {
-              const int64_t r = i * win.sh - win.ph + a * win.dh,
-                            s = j * win.sw - win.pw + e * win.dw;
-              if (r < 0 || r >= h || s < 0 || s >= wd) continue;
-              if (best_at < 0 || x[(p * h + r) * wd + s] > best) {
-                best = x[(p * h + r) * wd + s];
-                best_at = r * wd + s;
-              }
-            }
-          at.push_back(static_cast<double>(best_at));
-        }
-    return at;
+    return per_window(win, in[0],
+                      [&](const double* x, int64_t h, int64_t wd, int64_t i, int64_t j) {
+                        int64_t best_at = -1;
+                        for (int64_t a = 0; a < win.kh; ++a)
+                          for (int64_t e = 0; e < win.kw; ++e) {
+                            const int64_t r = i * win.sh - win.ph + a * win.dh,
+                                          s = j * win.sw - win.pw + e * win.dw;
+                            if (r < 0 || r >= h || s < 0 || s >= wd) continue;
+                            if (best_at < 0 || x[r * wd + s] > x[best_at]) best_at = r * wd + s;
+                          }
+                        return static_cast<double>(best_at);
+                      });
   };
 }
 
