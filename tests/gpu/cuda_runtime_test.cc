@@ -201,12 +201,13 @@ TEST(CudaRuntime, DataErrorsNameTheNode) {
   // An unpooling index outside its 2 x 2 plane (the tenth value's).
   Value x = g.placeholder("x", f32, {1, 2, 2, 3}), places = g.placeholder("at", i64, {1, 2, 2, 3});
   Value unpooled = max_unpool2d(x, places, {}, {2, 2});
+  Session unpooling(g, {.device = Device::cuda(0)});
   testing::expect_error<Error>(
       [&] {
-        s.run({{x, Tensor::full(f32, {1, 2, 2, 3}, 1)},
-               {places,
-                Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 4, 0, 0}, {1, 2, 2, 3})}},
-              {unpooled});
+        unpooling.run({{x, Tensor::full(f32, {1, 2, 2, 3}, 1)},
+                       {places, Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 4, 0, 0},
+                                                             {1, 2, 2, 3})}},
+                      {unpooled});
       },
       {"[max_unpool2d]", "index 4 at position 9", "[0, 4)"});
   // The session is still usable after a data error.
