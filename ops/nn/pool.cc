@@ -134,12 +134,18 @@ TensorType infer_pool_of(const InferContext& ctx, const Shape& x) {
   return {ctx.dtype(0), out};
 }
 
-// Checks x (4-D float, known C, H >= 1, W >= 1) and output_size; returns the output's type.
-TensorType infer_adaptive_of(const InferContext& ctx, const Shape& x) {
+// The output_size attribute, checked: (height, width), each in [1, 2^24].
+const std::vector<int64_t>& output_size_of(const InferContext& ctx) {
   const auto& size = ctx.attr<std::vector<int64_t>>("output_size");
   constexpr int64_t kMax = int64_t{1} << 24;
   if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] > kMax || size[1] > kMax)
     ctx.fail("output_size must be 2 values (height, width) in [1, ", kMax, "]");
+  return size;
+}
+
+// Checks x (4-D float, known C, H >= 1, W >= 1) and output_size; returns the output's type.
+TensorType infer_adaptive_of(const InferContext& ctx, const Shape& x) {
+  const std::vector<int64_t>& size = output_size_of(ctx);
   if (x.rank() != 4) ctx.fail("x must be 4-D (NCHW), got ", x);
   if (x[1] < 0 || x[2] < 1 || x[3] < 1) ctx.fail("x ", x, " needs known C and H, W >= 1");
   return {ctx.dtype(0), Shape{x[0], x[1], size[0], size[1]}};
@@ -170,10 +176,7 @@ std::vector<TensorType> infer_unpool(const InferContext& ctx) {
     ctx.fail("x must be 4-D (NCHW) with known C, H, W, got ", x);
   if (!ctx.shape(1).compatible_with(x))
     ctx.fail("indices ", ctx.shape(1), " must be shaped like x ", x);
-  const auto& size = ctx.attr<std::vector<int64_t>>("output_size");
-  constexpr int64_t kMax = int64_t{1} << 24;
-  if (size.size() != 2 || size[0] < 1 || size[1] < 1 || size[0] > kMax || size[1] > kMax)
-    ctx.fail("output_size must be 2 values (height, width) in [1, ", kMax, "]");
+  const std::vector<int64_t>& size = output_size_of(ctx);
   return {{ctx.dtype(0), Shape{x[0], x[1], size[0], size[1]}}};
 }
 
@@ -773,21 +776,23 @@ AttrMap pool_attrs(const Pool2dOptions& o) {
           {"padding", std::vector<int64_t>{o.padding[0], o.padding[1]}},
           {"ceil_mode", o.ceil_mode}};
 }
+// The max ops' window: pool_attrs and the dilation.
+AttrMap max_pool_attrs(const Pool2dOptions& o) {
+  AttrMap attrs = pool_attrs(o);
+  attrs["dilation"] = std::vector<int64_t>{o.dilation[0], o.dilation[1]};
+  return attrs;
+}
 
 }  // namespace
 }  // namespace ops
 
 Value max_pool2d(const Value& x, const Pool2dOptions& options) {
-  AttrMap attrs = ops::pool_attrs(options);
-  attrs["dilation"] = std::vector<int64_t>{options.dilation[0], options.dilation[1]};
-  return common_graph("max_pool2d", {&x}).add("max_pool2d", {x}, attrs);
+  return common_graph("max_pool2d", {&x}).add("max_pool2d", {x}, ops::max_pool_attrs(options));
 }
 
 std::pair<Value, Value> max_pool2d_with_indices(const Value& x, const Pool2dOptions& options) {
-  AttrMap attrs = ops::pool_attrs(options);
-  attrs["dilation"] = std::vector<int64_t>{options.dilation[0], options.dilation[1]};
-  const Value indices =
-      common_graph("max_pool2d_indices", {&x}).add("max_pool2d_indices", {x}, attrs);
+  const Value indices = common_graph("max_pool2d_indices", {&x})
+                            .add("max_pool2d_indices", {x}, ops::max_pool_attrs(options));
   return {max_pool2d(x, options), indices};
 }
 
