@@ -30,6 +30,14 @@ std::vector<Value> split(const Value& x, int64_t num_splits, int64_t axis);
 /// an empty `step` means 1 everywhere. Steps must be positive.
 Value slice(const Value& x, std::vector<int64_t> begin, std::vector<int64_t> end,
             std::vector<int64_t> step = {});
+/// The window of `length` entries of x along `axis` from `start`, an integer scalar tensor
+/// (rank 0 or [1]; i32 or i64) known only at run time (XLA's DynamicSlice, PyTorch's narrow
+/// with a tensor start). A start outside [0, dim - length] fails the run, naming the node.
+Value dynamic_slice(const Value& x, const Value& start, int64_t length, int64_t axis);
+/// x with `update` written over its window along `axis` from `start` (an integer scalar
+/// tensor, as dynamic_slice's): update has x's rank and dims except along `axis`, where it is
+/// no longer. The write of a KV cache: one compiled plan serves every position.
+Value dynamic_update_slice(const Value& x, const Value& update, const Value& start, int64_t axis);
 /// Rows of `params` picked along `axis` by integer `indices` (i32 or i64; negative indices
 /// count from the end): result shape is params[:axis] + indices.shape + params[axis+1:].
 /// An index out of range is an error when the graph runs.

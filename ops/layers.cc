@@ -654,6 +654,48 @@ Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, cons
   return output(reshape(attended, {-1, length, dim_}));
 }
 
+MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, const KVCache& cache,
+                                                             const Value& position,
+                                                             const Value& mask) {
+  KILN_CHECK(!training(), GraphError, "[nn] MultiHeadAttention ", path(),
+             ": cached attention is for inference; build it in evaluation mode (eval())");
+  const Shape& xs = x.shape();
+  KILN_CHECK(x.defined() && x.graph() == &graph() && xs.rank() == 3 && xs[2] == dim_ && xs[1] >= 0,
+             GraphError, "[nn] MultiHeadAttention ", path(), ": expects x [batch, length, ", dim_,
+             "] with a known length, got ", xs);
+  const int64_t depth = dim_ / heads_, length = xs[1];
+  for (const Value* part : {&cache.keys, &cache.values}) {
+    KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
+               ": the cache's keys and values must both be given");
+    const Shape& cs = part->shape();
+    KILN_CHECK(cs.rank() == 4 && cs[1] >= length && cs[2] == heads_ && cs[3] == depth, GraphError,
+               "[nn] MultiHeadAttention ", path(), ": a cache must be [batch, ",
+               "max_length >= ", length, ", ", heads_, ", ", depth, "], got ", cs);
+  }
+  NameScope scope(graph(), name());
+  const int64_t max_length = cache.keys.shape()[1];
+  auto split = [&](const Value& v) { return reshape(v, {-1, length, heads_, depth}); };
+  KVCache next{dynamic_update_slice(cache.keys, split(key(x)), position, 1),
+               dynamic_update_slice(cache.values, split(value(x)), position, 1)};
+  // Query i sits at position + i and sees the entries written up to it: j <= position + i.
+  // [1, 1, n, max_length], broadcast over the batch and the heads.
+  Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
+  Value visible = less_equal(iota(graph(), Shape{1, 1, 1, max_length}, 3, i64), query_at);
+  if (mask.defined()) visible = where(mask, visible, 0.0);
+  Value attended =
+      scaled_dot_product_attention(split(query(x)), next.keys, next.values,
+                                   {.mask = visible, .causal = false, .layout = "bthd"});
+  return {output(reshape(attended, {-1, length, dim_})), next};
+}
+
+KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) {
+  KILN_CHECK(max_length > 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": a cache's max_length must be positive, got ", max_length);
+  const Shape shape{kUnknownDim, max_length, heads_, dim_ / heads_};
+  return {graph().placeholder(path() + "/cache_keys", dtype, shape),
+          graph().placeholder(path() + "/cache_values", dtype, shape)};
+}
+
 Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k, const Value& v,
                                                  const Value& mask) {
   const int64_t length = q.shape()[1], memory_length = k.shape()[1], depth = q.shape()[3];
@@ -739,20 +781,39 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
       activation_(options.activation),
       norm_first_(options.norm_first) {}
 
-Value TransformerBlock::attend(const Value& x, const Value& mask) {
-  NameScope scope(graph(), name());
-  return block_of(x, mask);
+Value TransformerBlock::forward(const Value& x) {
+  return block_of(x, [&](const Value& v) { return attention.attend(v, Value()); });
 }
 
-Value TransformerBlock::block_of(const Value& x, const Value& mask) {
+Value TransformerBlock::attend(const Value& x, const Value& mask) {
+  NameScope scope(graph(), name());
+  return block_of(x, [&](const Value& v) { return attention.attend(v, mask); });
+}
+
+MultiHeadAttention::Cached TransformerBlock::attend_cached(const Value& x, const KVCache& cache,
+                                                           const Value& position,
+                                                           const Value& mask) {
+  KILN_CHECK(!training(), GraphError, "[nn] TransformerBlock ", path(),
+             ": cached attention is for inference; build it in evaluation mode (eval())");
+  NameScope scope(graph(), name());
+  KVCache next;
+  Value y = block_of(x, [&](const Value& v) {
+    MultiHeadAttention::Cached step = attention.attend_cached(v, cache, position, mask);
+    next = step.cache;
+    return step.output;
+  });
+  return {y, next};
+}
+
+Value TransformerBlock::block_of(const Value& x, const std::function<Value(const Value&)>& attend) {
   auto ffn = [&](const Value& v) {
     return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
   };
   if (norm_first_) {
-    Value h = x + attention_output_dropout(attention.attend(norm1(x), mask));
+    Value h = x + attention_output_dropout(attend(norm1(x)));
     return h + ffn(norm2(h));
   }
-  Value h = norm1(x + attention_output_dropout(attention.attend(x, mask)));
+  Value h = norm1(x + attention_output_dropout(attend(x)));
   return norm2(h + ffn(h));
 }
 

@@ -712,6 +712,14 @@ class Lambda : public Module {
   std::function<Value(const Value&)> fn_;
 };
 
+/// The keys and values of the positions a generating model has seen, for one attention layer:
+/// [B, max_length, heads, head_dim] each (the layout the attention reads in place). A graph
+/// value: a decode step takes it as input and gives the next one as output, so the plan is
+/// compiled once and serves every position (the host feeds the cache back, or zeros to start).
+struct KVCache {
+  Value keys, values;
+};
+
 /// Multi-head self-attention over x [B, T, dim]: q, k, v projections (Linear dim -> dim),
 /// `heads` heads of dim / heads, fused scaled dot-product attention, an output projection.
 ///
@@ -734,6 +742,25 @@ class MultiHeadAttention : public Module {
   /// Cross-attention: queries from x [B, T, dim], keys and values from `memory` [B, S, dim] (an
   /// encoder's output), the mask (optional) broadcast to [B, heads, T, S].
   Value attend(const Value& x, const Value& memory, const Value& mask);
+
+  /// One step of incremental (cached) causal self-attention, for generation: x [B, n, dim]
+  /// holds the tokens at positions [position, position + n) (`position` an integer scalar
+  /// tensor, fed or computed at run time). Their keys and values are written into `cache` at
+  /// `position`, and query i attends to cache entries 0 .. position + i (and, with `mask`
+  /// broadcast to [B, heads, n, max_length], only where it is true: a key-padding mask).
+  /// Entries past position + n - 1 are never read, so a cache may start as zeros. The same
+  /// result as attend() with causal attention over the whole sequence, to rounding. A position
+  /// with no room for n entries fails the run naming the cache write. Inference only: built in
+  /// evaluation mode (eval()), or a GraphError.
+  struct Cached {
+    Value output;   ///< [B, n, dim]
+    KVCache cache;  ///< the cache with this step's entries written
+  };
+  Cached attend_cached(const Value& x, const KVCache& cache, const Value& position,
+                       const Value& mask = {});
+  /// Placeholders for this layer's cache, [-1, max_length, heads, head_dim] of `dtype`, named
+  /// "<path>/cache_keys" and "<path>/cache_values".
+  KVCache cache_placeholders(int64_t max_length, DType dtype = f32);
   Linear &query, &key, &value, &output;
   Dropout& probability_dropout;
 
@@ -775,6 +802,11 @@ class TransformerBlock : public Module {
   /// The block with its attention restricted by a bool mask broadcast to [B, heads, T, T]
   /// (true: attend), e.g. a key-padding mask [B, 1, 1, T]; calling the block is attend(x, {}).
   Value attend(const Value& x, const Value& mask);
+  /// One step of cached generation through the block: x [B, n, dim] at positions [position,
+  /// position + n), its attention MultiHeadAttention::attend_cached over `cache` (see there).
+  /// Evaluation mode only.
+  MultiHeadAttention::Cached attend_cached(const Value& x, const KVCache& cache,
+                                           const Value& position, const Value& mask = {});
   LayerNorm &norm1, &norm2;
   MultiHeadAttention& attention;
   Linear &ffn_in, &ffn_out;
@@ -782,10 +814,11 @@ class TransformerBlock : public Module {
   Dropout &attention_output_dropout, &ffn_output_dropout, &activation_dropout;
 
  protected:
-  Value forward(const Value& x) override { return block_of(x, Value()); }
+  Value forward(const Value& x) override;
 
  private:
-  Value block_of(const Value& x, const Value& mask);
+  /// The block around `attend`, its attention sublayer.
+  Value block_of(const Value& x, const std::function<Value(const Value&)>& attend);
   Activation activation_;
   bool norm_first_;
 };

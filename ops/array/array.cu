@@ -1,6 +1,6 @@
 // CUDA kernels of the array ops: the strided copy under transpose, slice, concat and split
 // (their kernels in the .cc files run on both devices through it), gather, take_along_axis
-// and their gradients.
+// and their gradients, dynamic_slice and dynamic_update_slice.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -240,6 +240,99 @@ void take_along_axis_grad_cuda(KernelContext& ctx) {
 }
 KILN_CUDA_KERNEL(take_along_axis_grad, take_along_axis_grad_cuda,
                  cuda_dtypes(DTypeClass::floating));
+
+// ---- dynamic_slice and dynamic_update_slice: the start is read on the device (no copy to the
+// host, so a CUDA Graph replays them with whatever start the step computes or is fed).
+
+// The start of a window of `length` within `n`, or -1 (reported) when it does not fit.
+template <typename Index>
+__device__ int64_t window_start(const Index* start, int64_t length, int64_t n,
+                                const ErrorReporter& errors, bool report) {
+  const int64_t at = start[0];
+  if (at >= 0 && at <= n - length) return at;
+  if (report) errors.report(DataErrorKind::start_out_of_range, at, 0, 0, n - length + 1);
+  return -1;
+}
+
+// out[o, j, k] = x[o, start + j, k], x viewed as [outer, n, inner], out as [outer, length,
+// inner]. A start that does not fit is reported and the output zeroed.
+template <typename Word, typename Index>
+void dynamic_slice_typed(KernelContext& ctx, int64_t axis) {
+  const AxisView v(ctx.input(0).shape(), axis);
+  const int64_t n = v.n, inner = v.inner, length = ctx.output(0).shape()[axis];
+  const Word* src = static_cast<const Word*>(ctx.input(0).raw_data());
+  const Index* start = ctx.input(1).data<Index>();
+  Word* out = static_cast<Word*>(ctx.output(0).raw_data());
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, ctx.output(0).numel(), [=] __device__(int64_t p) {
+    const int64_t at = window_start(start, length, n, errors, p == 0);
+    const int64_t k = p % inner, row = p / inner;
+    const int64_t j = row % length, o = row / length;
+    out[p] = at < 0 ? Word(0) : src[(o * n + at + j) * inner + k];
+  });
+}
+
+// out = x with update [outer, length, inner] over rows [start, start + length) of each outer
+// block. out may be x's buffer (computed in place): then only the window is written. A start
+// that does not fit is reported and out left equal to x.
+template <typename Word, typename Index>
+void dynamic_update_slice_typed(KernelContext& ctx, int64_t axis) {
+  const AxisView v(ctx.input(0).shape(), axis);
+  const int64_t n = v.n, inner = v.inner, length = ctx.input(1).shape()[axis];
+  const Word* x = static_cast<const Word*>(ctx.input(0).raw_data());
+  const Word* update = static_cast<const Word*>(ctx.input(1).raw_data());
+  const Index* start = ctx.input(2).data<Index>();
+  Word* out = static_cast<Word*>(ctx.output(0).raw_data());
+  const bool in_place = out == x;
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, ctx.output(0).numel(), [=] __device__(int64_t p) {
+    const int64_t at = window_start(start, length, n, errors, p == 0);
+    const int64_t k = p % inner, row = p / inner;
+    const int64_t i = row % n, o = row / n;
+    if (at >= 0 && i >= at && i < at + length)
+      out[p] = update[(o * length + i - at) * inner + k];
+    else if (!in_place)
+      out[p] = x[p];
+  });
+}
+
+// Calls f(Word{}, Index{}) for the element size of `x` and the dtype of `start`.
+template <typename F>
+void by_word_and_index(const Tensor& x, const Tensor& start, F f) {
+  auto with_index = [&](auto word) {
+    if (start.dtype() == DType::i32)
+      f(word, int32_t{});
+    else
+      f(word, int64_t{});
+  };
+  switch (dtype_size(x.dtype())) {
+    case 1:
+      return with_index(uint8_t{});
+    case 2:
+      return with_index(uint16_t{});
+    case 4:
+      return with_index(uint32_t{});
+    default:
+      return with_index(uint64_t{});
+  }
+}
+
+void dynamic_slice_cuda(KernelContext& ctx) {
+  if (ctx.output(0).numel() == 0) return;
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
+  by_word_and_index(ctx.input(0), ctx.input(1), [&](auto word, auto index) {
+    dynamic_slice_typed<decltype(word), decltype(index)>(ctx, axis);
+  });
+}
+void dynamic_update_slice_cuda(KernelContext& ctx) {
+  if (ctx.output(0).numel() == 0) return;
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
+  by_word_and_index(ctx.input(0), ctx.input(2), [&](auto word, auto index) {
+    dynamic_update_slice_typed<decltype(word), decltype(index)>(ctx, axis);
+  });
+}
+KILN_CUDA_KERNEL(dynamic_slice, dynamic_slice_cuda);
+KILN_CUDA_KERNEL(dynamic_update_slice, dynamic_update_slice_cuda);
 
 }  // namespace cuda_array
 }  // namespace kiln::ops

@@ -84,7 +84,8 @@ void for_each(const KernelContext& ctx, int64_t n, F f) {
 enum class DataErrorKind : int64_t {
   index_out_of_range = 1,
   label_out_of_range = 2,
-  communication_failed = 3
+  communication_failed = 3,
+  start_out_of_range = 4  ///< a dynamic window's start (dynamic_slice): value, 0, [low, high)
 };
 
 struct ErrorReporter {

@@ -443,6 +443,64 @@ std::vector<OpCase> make_cases() {
   add({"take_along_axis", "take_along_axis_last", [](CaseGraph& c) {
          return take_along_axis(c.input({3, 2}), c.ints({1, 1, 0, 0, 1, 0, 1, 1, 1}, {3, 3}), -1);
        }});
+  // A window at a start known only at run time: an i64 scalar, and an i32 [1].
+  add({.op = "dynamic_slice",
+       .name = "dynamic_slice_axis1",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({3, 7, 4});  // fed first: the reference reads it as in[0]
+             return dynamic_slice(x, c.ints({2}, {}), 3, 1);
+           },
+       .torch = "torch.narrow(a, int(attrs['axis']), int(args[1]), int(attrs['length']))",
+       .reference =
+           [](const std::vector<Tensor>& in) {
+             std::vector<double> y;
+             for (int64_t o = 0; o < 3; ++o)
+               for (int64_t j = 2; j < 5; ++j)
+                 for (int64_t k = 0; k < 4; ++k) y.push_back(in[0].element((o * 7 + j) * 4 + k));
+             return y;
+           }});
+  add({.op = "dynamic_slice",
+       .name = "dynamic_slice_last_i32",
+       .build =
+           [](CaseGraph& c) {
+             return dynamic_slice(c.input({4, 6}), cast(c.ints({4}, {1}), i32), 2, -1);
+           },
+       .torch = "torch.narrow(a, -1, int(args[1]), int(attrs['length']))"});
+  // index_copy: Debian's PyTorch 1.13 slice_scatter refuses any window longer than 1.
+  static const char* const kTorchUpdateSlice =
+      "a.index_copy(int(attrs['axis']), torch.arange(int(args[2]), int(args[2]) + "
+      "args[1].shape[int(attrs['axis'])]), args[1])";
+  // The update covers rows 4 and 5 of 7; a second write over the first one's window replaces
+  // it (its gradient then reaches x only outside both windows).
+  add({.op = "dynamic_update_slice",
+       .name = "dynamic_update_slice_axis1",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({3, 7, 4});  // fed in this order: the reference reads in[0], in[1]
+             Value update = c.input({3, 2, 4});
+             return dynamic_update_slice(x, update, c.ints({4}, {}), 1);
+           },
+       .torch = kTorchUpdateSlice,
+       .reference =
+           [](const std::vector<Tensor>& in) {
+             std::vector<double> y;
+             for (int64_t i = 0; i < in[0].numel(); ++i) y.push_back(in[0].element(i));
+             for (int64_t o = 0; o < 3; ++o)
+               for (int64_t j = 0; j < 2; ++j)
+                 for (int64_t k = 0; k < 4; ++k)
+                   y[(o * 7 + 4 + j) * 4 + k] = in[1].element((o * 2 + j) * 4 + k);
+             return y;
+           }});
+  add({.op = "dynamic_update_slice",
+       .name = "dynamic_update_slice_twice",
+       .build =
+           [](CaseGraph& c) {
+             Value start = cast(c.ints({0}, {1}), i32);
+             Value once = dynamic_update_slice(c.input({5, 3}), c.input({2, 3}), start, 0);
+             return dynamic_update_slice(once, c.input({1, 3}), start, 0);
+           },
+       .torch = kTorchUpdateSlice});
   add({"identity", "identity", [](CaseGraph& c) {
          Value x = c.input({4});
          return identity(x) * x;

@@ -210,6 +210,19 @@ TEST(CudaRuntime, DataErrorsNameTheNode) {
                       {unpooled});
       },
       {"[max_unpool2d]", "index 4 at position 9", "[0, 4)"});
+  // A cache write past the cache's end: start 7 of a window of 2 in 8 rows.
+  Value cache = g.placeholder("cache", f32, {1, 8, 4}), row = g.placeholder("row", f32, {1, 2, 4});
+  Value position = g.placeholder("position", i64, {});
+  Value cached = dynamic_update_slice(cache, row, position, 1);
+  Session caching(g, {.device = Device::cuda(0)});
+  testing::expect_error<Error>(
+      [&] {
+        caching.run({{cache, Tensor::zeros(f32, {1, 8, 4})},
+                     {row, Tensor::full(f32, {1, 2, 4}, 1)},
+                     {position, Tensor::scalar<int64_t>(7)}},
+                    {cached});
+      },
+      {"[dynamic_update_slice]", "window start 7 at position 0", "[0, 7)"});
   // The session is still usable after a data error.
   auto ok = s.run(
       {{params, Tensor::full(f32, {5, 3}, 2.0)}, {idx, Tensor::from_vector<int64_t>({1, 4, -1})}},

@@ -209,6 +209,80 @@ TEST(TakeAlongAxis, PicksPerRowAndChecksEveryIndex) {
   expect_error<GraphError>([&] { take_along_axis(params, params, 0); }, {"indices", "f32"});
 }
 
+// A window read and written at a start fed at run time: one plan for every start, i32 or i64
+// starts, any dtype, and every start that does not fit refused naming the node and the range.
+TEST(DynamicSlice, ReadsAndWritesAWindowAtAFedStart) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 5, 3});
+  Value start = g.placeholder("start", i64, {});
+  Value window = dynamic_slice(x, start, 2, 1);
+  Value written = dynamic_update_slice(x, g.constant(Tensor::full(f32, {2, 2, 3}, -1)), start, 1);
+  Session s(g);
+  const Tensor in = iota_tensor(f32, {2, 5, 3});  // row r of block b holds 15 b + 3 r + (0..2)
+  for (int64_t at = 0; at <= 3; ++at) {
+    auto out = s.run({{x, in}, {start, Tensor::scalar<int64_t>(at)}}, {window, written});
+    std::vector<float> want_window, want_written = in.to_vector<float>();
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t r = at; r < at + 2; ++r)
+        for (int64_t k = 0; k < 3; ++k) {
+          want_window.push_back(static_cast<float>(15 * b + 3 * r + k));
+          want_written[static_cast<size_t>(15 * b + 3 * r + k)] = -1;
+        }
+    EXPECT_EQ(out[0].to_vector<float>(), want_window) << "start " << at;
+    EXPECT_EQ(out[1].to_vector<float>(), want_written) << "start " << at;
+  }
+  EXPECT_EQ(s.num_compiled_plans(), 1u);
+  for (int64_t at : {int64_t{4}, int64_t{-1}})
+    expect_error(
+        [&] {
+          s.run({{x, in}, {start, Tensor::scalar<int64_t>(at)}}, {window});
+        },
+        {"[dynamic_slice]", str("start ", at, " is out of range"), "within [0, 5)", "[0, 3]"});
+  expect_error(
+      [&] {
+        s.run({{x, in}, {start, Tensor::scalar<int64_t>(9)}}, {written});
+      },
+      {"[dynamic_update_slice]", "start 9"});
+
+  // An i32 [1] start, integers along the last axis, and a write whose x lives on (so it is
+  // not computed in x's buffer) next to one whose x dies.
+  Value codes = g.constant(Tensor::from_vector<int64_t>({1, 2, 3, 4, 5, 6}, {2, 3}));
+  Value at2 = g.constant(Tensor::from_vector<int32_t>({2}));
+  EXPECT_EQ(testing::run1(g, dynamic_slice(codes, at2, 1, -1)).to_vector<int64_t>(),
+            (std::vector<int64_t>{3, 6}));
+  Value y = g.placeholder("y", f32, {4});
+  Value twice = y * 2.0;
+  Value kept = dynamic_update_slice(twice, g.constant(Tensor::full(f32, {1}, 9)), at2, 0);
+  Value both = kept + twice;
+  EXPECT_EQ(
+      testing::run1(g, both, {{y, Tensor::from_vector<float>({1, 2, 3, 4})}}).to_vector<float>(),
+      (std::vector<float>{4, 8, 15, 16}));
+  EXPECT_EQ(
+      testing::run1(g, kept, {{y, Tensor::from_vector<float>({1, 2, 3, 4})}}).to_vector<float>(),
+      (std::vector<float>{2, 4, 9, 8}));
+
+  // Build-time errors name the op and the shapes.
+  expect_error<GraphError>([&] { dynamic_slice(x, start, 6, 1); },
+                           {"[dynamic_slice]", "length 6 exceeds dim 1"});
+  expect_error<GraphError>([&] { dynamic_slice(x, x, 1, 1); }, {"[dynamic_slice]", "start"});
+  expect_error<GraphError>([&] { dynamic_slice(x, codes, 1, 1); }, {"integer scalar", "[2, 3]"});
+  expect_error<GraphError>(
+      [&] {
+        dynamic_update_slice(x, g.constant(Tensor::zeros(f32, {2, 6, 3})), start, 1);
+      },
+      {"[dynamic_update_slice]", "does not fit", "[2, 6, 3]"});
+  expect_error<GraphError>(
+      [&] {
+        dynamic_update_slice(x, g.constant(Tensor::zeros(f32, {2, 1, 4})), start, 1);
+      },
+      {"does not fit"});
+  expect_error<GraphError>(
+      [&] {
+        dynamic_update_slice(x, g.constant(Tensor::zeros(f32, {1, 3})), start, 1);
+      },
+      {"rank of x"});
+}
+
 TEST(Cast, AllPairsOfDtypes) {
   Tensor in = Tensor::from_vector<double>({-2.75, -1, 0, 0.5, 3.25, 200});
   for (DType to : {f32, f64, f16, bf16, i32, i64, u8, boolean}) {

@@ -1,0 +1,131 @@
+// Cached (incremental) attention for generation (nn::KVCache, attend_cached): a block decoded
+// one token at a time, or a chunk and then tokens, gives what the whole causal block gives;
+// one plan serves every position; and the errors a user can hit.
+#include <vector>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+
+constexpr int64_t kBatch = 2, kLength = 6, kDim = 8, kHeads = 2, kMaxLength = 8;
+
+// Rows [begin, begin + n) of x [B, T, dim] as a tensor [B, n, dim].
+Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
+  Tensor out = Tensor::empty(f32, {kBatch, n, kDim});
+  for (int64_t b = 0; b < kBatch; ++b)
+    for (int64_t i = 0; i < n * kDim; ++i)
+      out.data<float>()[b * n * kDim + i] = x.data<float>()[(b * kLength + begin) * kDim + i];
+  return out;
+}
+
+// The block decoded through its cache (a chunk of `chunk` tokens at position 0, then one token
+// a step) against the block over the whole sequence, both causal, for pre- and post-norm
+// blocks, with and without a key-padding mask. The cache starts as garbage: entries past the
+// position are never read.
+TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
+  for (bool norm_first : {true, false})
+    for (bool masked : {false, true})
+      for (int64_t chunk : {int64_t{1}, int64_t{3}}) {
+        SCOPED_TRACE(str("norm_first ", norm_first, ", masked ", masked, ", chunk ", chunk));
+        Graph g;
+        nn::TransformerBlock block(g, "block", kDim, kHeads,
+                                   {.ffn_dim = 16, .dropout = 0, .norm_first = norm_first});
+        block.eval();
+        Value x = g.placeholder("x", f32, {kBatch, kLength, kDim});
+        // Example 1 may not attend to position 1 (a padded prompt token).
+        Tensor keep_full = Tensor::empty(boolean, {kBatch, 1, 1, kLength});
+        Tensor keep_cache = Tensor::empty(boolean, {kBatch, 1, 1, kMaxLength});
+        for (int64_t b = 0; b < kBatch; ++b) {
+          for (int64_t j = 0; j < kLength; ++j)
+            keep_full.data<bool>()[b * kLength + j] = !(masked && b == 1 && j == 1);
+          for (int64_t j = 0; j < kMaxLength; ++j)
+            keep_cache.data<bool>()[b * kMaxLength + j] = !(masked && b == 1 && j == 1);
+        }
+        Value whole = block.attend(x, g.constant(keep_full));
+
+        nn::KVCache cache = block.attention.cache_placeholders(kMaxLength);
+        Value position = g.placeholder("position", i64, {});
+        Value keep = masked ? g.constant(keep_cache) : Value();
+        Value first = g.placeholder("first", f32, {kBatch, chunk, kDim});
+        Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
+        auto chunk_step = block.attend_cached(first, cache, position, keep);
+        auto token_step = block.attend_cached(token, cache, position, keep);
+
+        Session s(g);
+        const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 11);
+        const Tensor want = s.run({{x, in}}, {whole})[0];
+        const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
+        Tensor keys = testing::random_tensor(f32, cache_shape, -50, 50, 12);
+        Tensor values = testing::random_tensor(f32, cache_shape, -50, 50, 13);
+        std::vector<Tensor> got;  // [B, n, dim] per step
+        for (int64_t at = 0; at < kLength;) {
+          const bool is_chunk = at == 0;
+          const int64_t n = is_chunk ? chunk : 1;
+          const auto& step = is_chunk ? chunk_step : token_step;
+          auto out = s.run({{is_chunk ? first : token, rows(in, at, n)},
+                            {position, Tensor::scalar<int64_t>(at)},
+                            {cache.keys, keys},
+                            {cache.values, values}},
+                           {step.output, step.cache.keys, step.cache.values});
+          got.push_back(out[0]);
+          keys = out[1];
+          values = out[2];
+          at += n;
+        }
+        int64_t at = 0;
+        for (const Tensor& step : got) {
+          const int64_t n = step.shape()[1];
+          const Tensor expected = rows(want, at, n);
+          for (int64_t i = 0; i < step.numel(); ++i)
+            EXPECT_NEAR(step.data<float>()[i], expected.data<float>()[i], 2e-5)
+                << "position " << at + i / kDim % n;
+          at += n;
+        }
+        // The whole block's plan, the chunk's and the token's: one each, whatever the position.
+        EXPECT_EQ(s.num_compiled_plans(), 3u);
+      }
+}
+
+TEST(KVCache, ErrorsNameTheLayerAndTheWindow) {
+  Graph g;
+  nn::MultiHeadAttention attention(g, "attention", kDim, kHeads, {.causal = true});
+  Value token = g.placeholder("token", f32, {1, 1, kDim});
+  Value position = g.placeholder("position", i64, {});
+  nn::KVCache cache = attention.cache_placeholders(4);
+  EXPECT_EQ(cache.keys.name(), "attention/cache_keys");
+  EXPECT_EQ(cache.values.shape(), Shape({kUnknownDim, 4, kHeads, kDim / kHeads}));
+  expect_error<GraphError>([&] { attention.attend_cached(token, cache, position); },
+                           {"[nn] MultiHeadAttention attention", "evaluation mode"});
+  attention.eval();
+  nn::KVCache wrong{g.placeholder("k", f32, {1, 4, 4, 2}), cache.values};
+  expect_error<GraphError>([&] { attention.attend_cached(token, wrong, position); },
+                           {"a cache must be", "[1, 4, 4, 2]"});
+  expect_error<GraphError>(
+      [&] {
+        attention.attend_cached(token, {cache.keys, {}}, position);
+      },
+      {"keys and values must both be given"});
+  Value five = g.placeholder("five", f32, {1, 5, kDim});
+  expect_error<GraphError>([&] { attention.attend_cached(five, cache, position); },
+                           {"max_length >= 5"});
+  expect_error<GraphError>([&] { attention.cache_placeholders(0); }, {"max_length", "got 0"});
+  // A step past the cache's end fails naming the write and the range.
+  auto step = attention.attend_cached(token, cache, position);
+  Session s(g);
+  const Tensor zeros = Tensor::zeros(f32, {1, 4, kHeads, kDim / kHeads});
+  expect_error(
+      [&] {
+        s.run({{token, Tensor::zeros(f32, {1, 1, kDim})},
+               {position, Tensor::scalar<int64_t>(4)},
+               {cache.keys, zeros},
+               {cache.values, zeros}},
+              {step.output});
+      },
+      {"[dynamic_update_slice]", "attention/", "start 4 is out of range", "[0, 3]"});
+}
+
+}  // namespace
+}  // namespace kiln
