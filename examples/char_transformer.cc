@@ -7,8 +7,14 @@
 //                    [--threads N] [--device best|cpu|cuda] [--seed N] [--trace FILE.json]
 //                    [--logdir DIR]
 //   char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]
+//                    [--no-cache]
 // The second form needs only the saved graph and checkpoint: the vocabulary is a constant in
-// the graph, "predict" gives the next character's logits.
+// the graph. Sampling runs the model with a KV cache: "prefill" runs a window from position 0
+// and gives every block's keys and values, "decode" one character at the next position. When
+// the context is full, the last half is prefilled again (positions are absolute: the cached
+// entries cannot move), so a character sees between context/2 and context characters before
+// it. --no-cache runs "predict" over the last `context` characters for every character
+// instead (context times the work).
 //
 // Data: every fortune file, concatenated in name order; the first 90% trains, the rest
 // validates. Training windows start at positions drawn by splitmix64 from --seed, so
@@ -39,6 +45,7 @@ struct Args {
   int64_t sample = 0;  // > 0: sample this many characters from the saved model
   std::string prompt = "\n";
   double temperature = 0.8;
+  bool cache = true;   // sample through the KV cache ("prefill"/"decode"), else "predict"
   std::string trace;   // write a Chrome trace of every step here
   std::string logdir;  // TensorBoard event files (default: <out>/logs)
 };
@@ -51,7 +58,8 @@ constexpr const char* kUsage =
     "                   [--eval-every N] [--eval-batches N] [--threads N]\n"
     "                   [--device best|cpu|cuda|cuda:N] [--seed N] [--trace FILE.json]\n"
     "                   [--logdir DIR  (TensorBoard; default <out>/logs)]\n"
-    "  char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]\n";
+    "  char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]\n"
+    "                   [--no-cache  (recompute the whole window per character)]\n";
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -97,6 +105,8 @@ Args parse(int argc, char** argv) {
       a.sample = integer();
     else if (k == "--prompt")
       a.prompt = value();
+    else if (k == "--no-cache")
+      a.cache = false;
     else if (k == "--temperature")
       a.temperature = std::stod(value());
     else if (k == "--trace")
@@ -218,6 +228,28 @@ void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
                    {}});
   g.add_signature({"eval", {ids, targets}, {eval_loss}, {}});
   g.add_signature({"predict", {ids}, {eval_logits}, {}});
+
+  // Generation through a KV cache (evaluation mode): tokens [B, n] at positions [position,
+  // position + n), every block's cache in and out. "prefill" takes a whole window (padded at
+  // the end: the entries written for padding lie past the prompt and are overwritten before
+  // anything reads them), "decode" one token.
+  Value position = g.placeholder("position", i64, {});
+  std::vector<nn::KVCache> caches;
+  for (auto& b : blocks) caches.push_back(b->attention.cache_placeholders(T));
+  auto add_cached = [&](const std::string& name, const Value& step_ids, int64_t n) {
+    Value h = tokens(step_ids) + positions(iota(g, Shape{n}, 0, i64) + position);
+    std::vector<Value> inputs = {step_ids, position}, outputs;
+    for (size_t l = 0; l < blocks.size(); ++l) {
+      auto step = blocks[l]->attend_cached(h, caches[l], position);
+      h = step.output;
+      inputs.insert(inputs.end(), {caches[l].keys, caches[l].values});
+      outputs.insert(outputs.end(), {step.cache.keys, step.cache.values});
+    }
+    outputs.insert(outputs.begin(), head(final_norm(h)));  // [B, n, vocab]
+    g.add_signature({name, inputs, outputs, {}});
+  };
+  add_cached("prefill", g.placeholder("prefill_ids", i64, {-1, T}), T);
+  add_cached("decode", g.placeholder("decode_ids", i64, {-1, 1}), 1);
   g.add_signature({"vocabulary", {}, {vocab_table}, {}});
 }
 
@@ -234,13 +266,95 @@ double validate(Session& sess, const Corpus& c, const Args& a) {
   return total / static_cast<double>(a.eval_batches);
 }
 
+// A character drawn from logits `row` [V] at `temperature` (inverse CDF on one splitmix draw).
+int64_t draw(const float* row, int64_t V, double temperature, SplitMix& rng) {
+  std::vector<double> p(static_cast<size_t>(V));
+  const double m = *std::max_element(row, row + V);
+  double total = 0;
+  for (int64_t v = 0; v < V; ++v) total += p[v] = std::exp((row[v] - m) / temperature);
+  double u = static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * total;
+  for (int64_t v = 0; v < V; ++v)
+    if ((u -= p[v]) < 0) return v;
+  return V - 1;
+}
+
+// Runs the model for sampling: the next character's logits after the context so far.
+class Sampler {
+ public:
+  Sampler(const Graph& g, Session& sess, bool cache)
+      : sess_(sess), T_(g.signature("predict").inputs[0].shape()[1]), cache_(cache) {
+    if (!cache_) return;
+    if (!g.signatures().count("decode"))
+      throw Error(
+          "[sample] the saved graph has no \"decode\" signature (saved before the KV "
+          "cache): sample with --no-cache, or train again");
+    const Signature& decode = g.signature("decode");
+    for (size_t i = 2; i < decode.inputs.size(); ++i) {  // caches [?, T, heads, depth]
+      const Shape& shape = decode.inputs[i].shape();
+      empty_.push_back(
+          Tensor::zeros(decode.inputs[i].dtype(), Shape({1, shape[1], shape[2], shape[3]})));
+    }
+  }
+
+  // Logits [V] for the character after `context`, which has grown by one character since the
+  // last call (or is new).
+  Tensor next(const std::vector<int64_t>& context) {
+    const int64_t size = static_cast<int64_t>(context.size());
+    if (!cache_) {
+      const int64_t keep = std::min(size, T_);
+      return logits_row(sess_.run_signature("predict", {window(context, keep)}), keep - 1);
+    }
+    std::vector<Tensor> outputs;
+    int64_t at = 0;
+    if (position_ > 0 && position_ < T_ && size == seen_ + 1) {
+      std::vector<Tensor> inputs = {Tensor::from_vector<int64_t>({context.back()}, {1, 1}),
+                                    Tensor::scalar<int64_t>(position_)};
+      inputs.insert(inputs.end(), caches_.begin(), caches_.end());
+      outputs = sess_.run_signature("decode", inputs);
+      ++position_;
+    } else {
+      // The start, or the cache is full: prefill the last T characters (T/2 once full).
+      const int64_t keep = std::min(size, position_ == 0 ? T_ : T_ / 2);
+      std::vector<Tensor> inputs = {window(context, keep), Tensor::scalar<int64_t>(0)};
+      inputs.insert(inputs.end(), empty_.begin(), empty_.end());
+      outputs = sess_.run_signature("prefill", inputs);
+      position_ = keep;
+      at = keep - 1;
+    }
+    seen_ = size;
+    caches_.assign(outputs.begin() + 1, outputs.end());
+    return logits_row(outputs, at);
+  }
+
+ private:
+  // The last `keep` characters of the context as ids [1, T], padded at the end.
+  Tensor window(const std::vector<int64_t>& context, int64_t keep) const {
+    Tensor x = Tensor::zeros(i64, {1, T_});
+    std::copy(context.end() - keep, context.end(), x.data<int64_t>());
+    return x;
+  }
+  // Row `at` of the logits [1, n, V] in outputs[0].
+  static Tensor logits_row(const std::vector<Tensor>& outputs, int64_t at) {
+    const int64_t V = outputs[0].shape()[2];
+    Tensor row = Tensor::empty(f32, {V});
+    std::copy_n(outputs[0].data<float>() + at * V, V, row.data<float>());
+    return row;
+  }
+
+  Session& sess_;
+  const int64_t T_;
+  const bool cache_;
+  std::vector<Tensor> empty_, caches_;
+  int64_t position_ = 0;  // the next free cache entry
+  int64_t seen_ = 0;      // context characters the cache has seen
+};
+
 // Samples `count` characters after the prompt from the saved graph and checkpoint alone.
 std::string sample(const Args& a, const std::string& graph_path, const std::string& ckpt_path) {
   std::unique_ptr<Graph> g = load_graph(graph_path);
   Session sess(*g, {.device = a.device, .intra_op_threads = a.threads});
   sess.restore_checkpoint(ckpt_path);
   Tensor vocab = sess.run_signature("vocabulary", {})[0];
-  const int64_t T = g->signature("predict").inputs[0].shape()[1];
   std::vector<int64_t> index(256, -1);
   for (int64_t i = 0; i < vocab.numel(); ++i) index[vocab.data<uint8_t>()[i]] = i;
   std::vector<int64_t> context;
@@ -248,27 +362,11 @@ std::string sample(const Args& a, const std::string& graph_path, const std::stri
     if (index[ch] >= 0) context.push_back(index[ch]);
   if (context.empty()) context.push_back(0);
   SplitMix rng{a.seed + 7};
+  Sampler sampler(*g, sess, a.cache);
   std::string text;
   for (int64_t n = 0; n < a.sample; ++n) {
-    // Causal attention: the logits at the last real position do not depend on what follows,
-    // so a short context is padded at the end.
-    const int64_t used = std::min<int64_t>(static_cast<int64_t>(context.size()), T);
-    Tensor x = Tensor::zeros(i64, {1, T});
-    std::copy(context.end() - used, context.end(), x.data<int64_t>());
-    Tensor logits = sess.run_signature("predict", {x})[0];
-    const int64_t V = logits.shape()[2];
-    const float* row = logits.data<float>() + (used - 1) * V;
-    std::vector<double> p(static_cast<size_t>(V));
-    const double m = *std::max_element(row, row + V);
-    double total = 0;
-    for (int64_t v = 0; v < V; ++v) total += p[v] = std::exp((row[v] - m) / a.temperature);
-    double u = static_cast<double>(rng.next() >> 11) / 9007199254740992.0 * total;
-    int64_t pick = V - 1;
-    for (int64_t v = 0; v < V; ++v)
-      if ((u -= p[v]) < 0) {
-        pick = v;
-        break;
-      }
+    const Tensor row = sampler.next(context);
+    const int64_t pick = draw(row.data<float>(), row.numel(), a.temperature, rng);
     context.push_back(pick);
     text.push_back(static_cast<char>(vocab.data<uint8_t>()[pick]));
   }

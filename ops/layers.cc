@@ -436,6 +436,30 @@ Value DropPath::forward(const Value& x) {
 MaxPool2d::MaxPool2d(Graph& graph, const std::string& name, Pool2dOptions options)
     : Module(graph, name), options_(options) {}
 
+std::pair<Value, Value> MaxPool2d::with_indices(const Value& x) {
+  KILN_CHECK(x.defined() && x.graph() == &graph(), GraphError, "[nn] ", path(),
+             ": the input is not a value of the layer's graph");
+  NameScope scope(graph(), name());
+  return max_pool2d_with_indices(x, options_);
+}
+
+MaxUnpool2d::MaxUnpool2d(Graph& graph, const std::string& name, Pool2dOptions options)
+    : Module(graph, name), options_(options) {}
+
+Value MaxUnpool2d::unpool(const Value& x, const Value& indices,
+                          std::array<int64_t, 2> output_size) {
+  KILN_CHECK(
+      x.defined() && x.graph() == &graph() && indices.defined() && indices.graph() == &graph(),
+      GraphError, "[nn] ", path(), ": x and indices must be values of the layer's graph");
+  NameScope scope(graph(), name());
+  return max_unpool2d(x, indices, options_, output_size);
+}
+
+Value MaxUnpool2d::forward(const Value&) {
+  throw GraphError(str("[nn] MaxUnpool2d ", path(),
+                       ": unpooling needs the pool's indices; call unpool(x, indices)"));
+}
+
 AvgPool2d::AvgPool2d(Graph& graph, const std::string& name, Pool2dOptions options,
                      bool count_include_pad)
     : Module(graph, name), options_(options), count_include_pad_(count_include_pad) {}

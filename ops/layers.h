@@ -458,9 +458,30 @@ class DropPath : public Module {
 class MaxPool2d : public Module {
  public:
   MaxPool2d(Graph& graph, const std::string& name, Pool2dOptions options);
+  /// The pooled x and where each maximum is (PyTorch's return_indices=True): see
+  /// max_pool2d_with_indices; for a MaxUnpool2d.
+  std::pair<Value, Value> with_indices(const Value& x);
 
  protected:
   Value forward(const Value& x) override { return max_pool2d(x, options_); }
+
+ private:
+  Pool2dOptions options_;
+};
+
+/// max_unpool2d as a layer (PyTorch's MaxUnpool2d): unpool(x, indices) puts each value of x
+/// back where a MaxPool2d of the same options found it, zeros elsewhere. It needs the indices,
+/// so calling it as a one-input layer is an error naming it.
+class MaxUnpool2d : public Module {
+ public:
+  MaxUnpool2d(Graph& graph, const std::string& name, Pool2dOptions options);
+  /// The unpooled x [N, C, H, W]: (H, W) = output_size, or where that is {0, 0} the size the
+  /// pooling maps onto x's (PyTorch's default; an explicit size must lie strictly within one
+  /// stride of it, as PyTorch requires).
+  Value unpool(const Value& x, const Value& indices, std::array<int64_t, 2> output_size = {0, 0});
+
+ protected:
+  Value forward(const Value& x) override;
 
  private:
   Pool2dOptions options_;

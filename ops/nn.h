@@ -178,7 +178,8 @@ Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
 std::pair<Value, Value> max_pool2d_with_indices(const Value& x, const Pool2dOptions& options = {});
 /// PyTorch's max_unpool2d: zeros [N, C, H, W] with each x[n, c, i, j] added at place
 /// indices[n, c, i, j] (h W + w) of its plane. (H, W) = output_size, or where it is {0, 0} the
-/// size a pooling of `options` maps onto x's: ((OH - 1) stride - 2 padding + kernel, ...).
+/// size a pooling of `options` maps onto x's: ((OH - 1) stride - 2 padding + kernel, ...); an
+/// explicit size must lie strictly within one stride of that (PyTorch's rule), or a GraphError.
 /// Where several indices name one place their values add up (PyTorch keeps one; max_pool2d's
 /// indices repeat only where windows overlap). An index outside the plane is an error when the
 /// graph runs.

@@ -800,15 +800,26 @@ Value max_unpool2d(const Value& x, const Value& indices, const Pool2dOptions& op
                    std::array<int64_t, 2> output_size) {
   Graph& g = common_graph("max_unpool2d", {&x, &indices});
   const Shape& xs = x.shape();
-  if (output_size[0] == 0 && output_size[1] == 0) {
-    KILN_CHECK(xs.rank() == 4 && xs[2] >= 0 && xs[3] >= 0, GraphError, "[max_unpool2d] x ", xs,
-               " must be [N, C, H, W] with known H, W");
-    // PyTorch's default: the size a pooling of this window maps onto x's size.
+  const bool by_default = output_size[0] == 0 && output_size[1] == 0;
+  KILN_CHECK(!by_default || (xs.rank() == 4 && xs[2] >= 0 && xs[3] >= 0), GraphError,
+             "[max_unpool2d] x ", xs, " must be [N, C, H, W] with known H, W");
+  if (xs.rank() == 4 && xs[2] >= 0 && xs[3] >= 0)
     for (int d = 0; d < 2; ++d) {
+      // PyTorch's default: the size a pooling of this window maps onto x's size. An explicit
+      // size must lie strictly within one stride of it (the sizes a pooling maps onto x's).
       const int64_t stride = options.stride[d] > 0 ? options.stride[d] : options.kernel_size[d];
-      output_size[d] = (xs[2 + d] - 1) * stride - 2 * options.padding[d] + options.kernel_size[d];
+      const int64_t size =
+          (xs[2 + d] - 1) * stride - 2 * options.padding[d] + options.kernel_size[d];
+      if (by_default) {
+        output_size[d] = size;
+        continue;
+      }
+      const bool positive = output_size[0] >= 1 && output_size[1] >= 1;  // else the op refuses
+      KILN_CHECK(!positive || (output_size[d] > size - stride && output_size[d] < size + stride),
+                 GraphError, "[max_unpool2d] output_size (", output_size[0], ", ", output_size[1],
+                 ") is not a size this pooling maps onto x ", xs, ": ", d == 0 ? "height" : "width",
+                 " must lie in (", size - stride, ", ", size + stride, ")");
     }
-  }
   return g.add("max_unpool2d", {x, indices},
                {{"output_size", std::vector<int64_t>{output_size[0], output_size[1]}}});
 }

@@ -2,6 +2,7 @@
 // stress, CUDA Graph replay, checkpoints, and the errors a user can hit on a GPU.
 #include <fstream>
 
+#include "cases/op_cases.h"
 #include "gpu_test_util.h"
 
 namespace kiln {
@@ -131,6 +132,39 @@ TEST(CudaRuntime, CudaGraphsSeeVariablesSetFromTheHost) {
   EXPECT_EQ(s.run({{x, ones}}, {y})[0].to_vector<float>(), (std::vector<float>{1, 2, 3, 4}));
 }
 
+// Cached decoding replayed as a CUDA Graph: the position is fed (a different one every step)
+// and read on the device by the cache write and the mask, so one captured graph serves every
+// step; the outputs and caches follow the CPU's.
+TEST(CudaRuntime, CachedDecodingReplaysOneGraphForEveryPosition) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  nn::TransformerBlock block(g, "block", 16, 2, {.ffn_dim = 32, .dropout = 0});
+  block.eval();
+  nn::KVCache cache = block.attention.cache_placeholders(8);
+  Value token = g.placeholder("token", f32, {2, 1, 16});
+  Value position = g.placeholder("position", i64, {});
+  auto step = block.attend_cached(token, cache, position);
+  Session cpu(g), gpu(g, {.device = Device::cuda(0), .cuda_graphs = true});
+  const Tensor zeros = Tensor::zeros(f32, {2, 8, 2, 8});
+  std::vector<Tensor> cpu_cache = {zeros, zeros}, gpu_cache = {zeros, zeros};
+  for (int64_t at = 0; at < 8; ++at) {
+    const Tensor x = testing::random_tensor(f32, {2, 1, 16}, -1, 1, static_cast<uint32_t>(at));
+    auto run = [&](Session& s, std::vector<Tensor>& kv) {
+      auto out = s.run({{token, x},
+                        {position, Tensor::scalar<int64_t>(at)},
+                        {cache.keys, kv[0]},
+                        {cache.values, kv[1]}},
+                       {step.output, step.cache.keys, step.cache.values});
+      kv = {out[1], out[2]};
+      return out[0];
+    };
+    const Tensor want = run(cpu, cpu_cache), got = run(gpu, gpu_cache);
+    EXPECT_EQ(testing::compare_relative(got, want, f32), "") << "position " << at;
+    EXPECT_EQ(testing::compare_relative(gpu_cache[0], cpu_cache[0], f32), "") << at;
+  }
+  EXPECT_GE(gpu.graph_replays(), 6);
+}
+
 // Many independent branches over large buffers, spread over 4 streams, with the arena reusing
 // memory between them: a missing event shows up as a wrong sum.
 TEST(CudaRuntime, ManyStreamsGiveTheOneStreamResult) {
@@ -198,18 +232,18 @@ TEST(CudaRuntime, DataErrorsNameTheNode) {
               {loss});
       },
       {"[softmax_cross_entropy]", "label 4 at position 1", "[0, 4)"});
-  // An unpooling index outside its 2 x 2 plane (the tenth value's).
+  // An unpooling index outside its 3 x 5 plane (the tenth value's).
   Value x = g.placeholder("x", f32, {1, 2, 2, 3}), places = g.placeholder("at", i64, {1, 2, 2, 3});
-  Value unpooled = max_unpool2d(x, places, {}, {2, 2});
+  Value unpooled = max_unpool2d(x, places, {}, {3, 5});
   Session unpooling(g, {.device = Device::cuda(0)});
   testing::expect_error<Error>(
       [&] {
         unpooling.run({{x, Tensor::full(f32, {1, 2, 2, 3}, 1)},
-                       {places, Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 4, 0, 0},
+                       {places, Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 15, 0, 0},
                                                              {1, 2, 2, 3})}},
                       {unpooled});
       },
-      {"[max_unpool2d]", "index 4 at position 9", "[0, 4)"});
+      {"[max_unpool2d]", "index 15 at position 9", "[0, 15)"});
   // A cache write past the cache's end: start 7 of a window of 2 in 8 rows.
   Value cache = g.placeholder("cache", f32, {1, 8, 4}), row = g.placeholder("row", f32, {1, 2, 4});
   Value position = g.placeholder("position", i64, {});

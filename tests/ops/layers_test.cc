@@ -392,6 +392,36 @@ TEST(Layers, Conv1dIsTheDirectSumAndPoolingLayersAreTheirFunctions) {
 // sequence, padding never the max and counted in the mean only with count_include_pad; a
 // stride of 0 is the kernel size; MaxPool1d's dilation spaces its taps. A sequence that is not
 // [N, C, L] names the layer.
+// PyTorch's MaxPool2d(return_indices=True) then MaxUnpool2d: each window's maximum goes back to
+// where it was, zeros elsewhere; the unpooling layer needs the indices.
+TEST(Layers, MaxUnpoolPutsEachMaximumBackWhereThePoolFoundIt) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {1, 1, 4, 4});
+  nn::MaxPool2d pool(g, "pool", {.kernel_size = {2, 2}});
+  nn::MaxUnpool2d unpool(g, "unpool", {.kernel_size = {2, 2}});
+  auto [pooled, indices] = pool.with_indices(x);
+  Value restored = unpool.unpool(pooled, indices);
+  EXPECT_EQ(restored.shape(), Shape({1, 1, 4, 4}));
+  EXPECT_EQ(unpool.unpool(pooled, indices, {5, 5}).shape(), Shape({1, 1, 5, 5}));
+  const std::vector<float> in = {3, 1, 0, 7,  //
+                                 2, 0, 6, 5,  //
+                                 9, 8, 1, 1,  //
+                                 4, 9, 2, 3};
+  auto out = Session(g).run({{x, Tensor::from_vector(in, {1, 1, 4, 4})}}, {indices, restored});
+  EXPECT_EQ(out[0].to_vector<int64_t>(), (std::vector<int64_t>{0, 3, 8, 15}));
+  EXPECT_EQ(out[1].to_vector<float>(), (std::vector<float>{3, 0, 0, 7,  //
+                                                           0, 0, 0, 0,  //
+                                                           9, 0, 0, 0,  //
+                                                           0, 0, 0, 3}));
+  expect_error<GraphError>([&] { unpool(pooled); },
+                           {"[nn] MaxUnpool2d unpool", "call unpool(x, indices)"});
+  expect_error<GraphError>(
+      [&] {
+        unpool.unpool(pooled, indices, {6, 4});
+      },
+      {"output_size (6, 4)", "height must lie in (2, 6)"});
+}
+
 TEST(Layers, OneDimensionalPoolsAreTheirWindowsMaxAndMean) {
   Graph g;
   Value x = g.placeholder("x", f32, {2, 3, 7});

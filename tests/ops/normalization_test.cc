@@ -310,13 +310,20 @@ TEST(Pooling, MaxUnpoolSizesAndErrors) {
         max_unpool2d(x, at, {}, {0, 4});
       },
       {"[max_unpool2d]", "output_size must be 2 values"});
-  Value y = max_unpool2d(x, at, {}, {2, 2});
-  Tensor places = Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 4, 0, 0}, {1, 2, 2, 3});
+  // PyTorch's bound: strictly within a stride (2) of the default 4 x 6.
+  expect_error<GraphError>(
+      [&] {
+        max_unpool2d(x, at, {}, {6, 6});
+      },
+      {"[max_unpool2d] output_size (6, 6)", "height must lie in (2, 6)"});
+  expect_error<GraphError>([&] { max_unpool2d(x, at, {}, {3, 4}); }, {"width must lie in (4, 8)"});
+  Value y = max_unpool2d(x, at, {}, {3, 5});
+  Tensor places = Tensor::from_vector<int64_t>({0, 1, 2, 3, 3, 0, 1, 1, 2, 15, 0, 0}, {1, 2, 2, 3});
   expect_error<Error>(
       [&] {
         testing::run1(g, y, {{x, Tensor::full(f32, {1, 2, 2, 3}, 1)}, {at, places}});
       },
-      {"max_unpool2d", "index 4 (at position 9) is out of range for an output plane of 2 x 2"});
+      {"max_unpool2d", "index 15 (at position 9) is out of range for an output plane of 3 x 5"});
 }
 
 TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {
