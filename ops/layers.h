@@ -737,6 +737,9 @@ class Lambda : public Module {
 /// [B, max_length, heads, head_dim] each (the layout the attention reads in place). A graph
 /// value: a decode step takes it as input and gives the next one as output, so the plan is
 /// compiled once and serves every position (the host feeds the cache back, or zeros to start).
+/// To keep it in the session instead (on a GPU it then never crosses to the host), make the
+/// two values non-trainable variables and run assign(variable, next) as the step's targets;
+/// checkpoints then hold them too.
 struct KVCache {
   Value keys, values;
 };

@@ -70,6 +70,8 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
                             {cache.keys, keys},
                             {cache.values, values}},
                            {step.output, step.cache.keys, step.cache.values});
+          // The fed cache is the caller's: the write went to a buffer of the session's.
+          EXPECT_FALSE(equal_bits(keys, out[1]));
           got.push_back(out[0]);
           keys = out[1];
           values = out[2];
@@ -87,6 +89,42 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
         // The whole block's plan, the chunk's and the token's: one each, whatever the position.
         EXPECT_EQ(s.num_compiled_plans(), 3u);
       }
+}
+
+// The cache as session state instead (on a GPU it then never crosses to the host): variables
+// read by the step and assigned its new cache as targets. The same bits as feeding it back.
+TEST(KVCache, ACacheInVariablesGivesTheFedCachesResults) {
+  Graph g;
+  nn::TransformerBlock block(g, "block", kDim, kHeads, {.ffn_dim = 16, .dropout = 0});
+  block.eval();
+  Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
+  Value position = g.placeholder("position", i64, {});
+  const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
+  nn::KVCache fed = block.attention.cache_placeholders(kMaxLength);
+  nn::KVCache held{g.variable("held_keys", cache_shape, init::zeros(), f32, false),
+                   g.variable("held_values", cache_shape, init::zeros(), f32, false)};
+  auto fed_step = block.attend_cached(token, fed, position);
+  auto held_step = block.attend_cached(token, held, position);
+  std::vector<Value> writes = {assign(held.keys, held_step.cache.keys),
+                               assign(held.values, held_step.cache.values)};
+  Session s(g);
+  Tensor keys = Tensor::zeros(f32, cache_shape), values = keys;
+  for (int64_t at = 0; at < kMaxLength; ++at) {
+    const Tensor x =
+        testing::random_tensor(f32, {kBatch, 1, kDim}, -1, 1, static_cast<uint32_t>(20 + at));
+    auto out = s.run({{token, x},
+                      {position, Tensor::scalar<int64_t>(at)},
+                      {fed.keys, keys},
+                      {fed.values, values}},
+                     {fed_step.output, fed_step.cache.keys, fed_step.cache.values});
+    keys = out[1];
+    values = out[2];
+    const Tensor held_out =
+        s.run({{token, x}, {position, Tensor::scalar<int64_t>(at)}}, {held_step.output}, writes)[0];
+    EXPECT_EQ(held_out.to_vector<float>(), out[0].to_vector<float>()) << "position " << at;
+  }
+  EXPECT_EQ(s.variable_value(held.keys).to_vector<float>(), keys.to_vector<float>());
+  EXPECT_EQ(s.variable_value(held.values).to_vector<float>(), values.to_vector<float>());
 }
 
 TEST(KVCache, ErrorsNameTheLayerAndTheWindow) {
