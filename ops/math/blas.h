@@ -14,6 +14,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "kiln/framework/error.h"
 #include "kiln/ops/math/packed_gemm.h"
@@ -64,8 +65,27 @@ inline bool f32_gemm_openblas() {
   return library == F32Gemm::openblas || library == F32Gemm::mixed;
 }
 
+/// One row of C (m = 1, a decode step's products): c = op(B)^T a through OpenBLAS's gemv, which
+/// streams B once; its gemm (and Kiln's) would first copy all of B into packed panels for the
+/// one row. T is float or double.
+template <typename T>
+inline void row_times_matrix(bool ta, bool tb, int n, int k, const T* a, int lda, const T* b,
+                             int ldb, T* c, T beta) {
+  // op(A)'s one row is A's first row, or its first column (stride lda) when transposed. op(B)
+  // is B [k, n] (c = B^T a) or B^T with B [n, k] (c = B a).
+  const int stride = ta ? lda : 1;
+  const CBLAS_TRANSPOSE trans = tb ? CblasNoTrans : CblasTrans;
+  const int rows = tb ? n : k, cols = tb ? k : n;
+  single_threaded_blas();
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemv(CblasRowMajor, trans, rows, cols, 1.0f, b, ldb, a, stride, beta, c, 1);
+  else
+    cblas_dgemv(CblasRowMajor, trans, rows, cols, 1.0, b, ldb, a, stride, beta, c, 1);
+}
+
 inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
                  int ldb, float* c, int ldc, float beta = 0.0f) {
+  if (m == 1 && f32_gemm_openblas()) return row_times_matrix(ta, tb, n, k, a, lda, b, ldb, c, beta);
   switch (f32_gemm_library()) {
     case F32Gemm::kiln:
       if (beta == 0.0f || beta == 1.0f)
@@ -95,6 +115,7 @@ inline void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda,
 }
 inline void gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda, const double* b,
                  int ldb, double* c, int ldc, double beta = 0.0) {
+  if (m == 1) return row_times_matrix(ta, tb, n, k, a, lda, b, ldb, c, beta);
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
               k, 1.0, a, lda, b, ldb, beta, c, ldc);
 }

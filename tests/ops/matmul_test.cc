@@ -34,14 +34,28 @@ TEST(Matmul, MatchesReferenceForShapesFlagsAndBatches) {
     Shape a, b;
     bool ta, tb;
   };
-  std::vector<Case> cases = {
-      {{3, 4}, {4, 5}, false, false},       {{4, 3}, {4, 5}, true, false},
-      {{3, 4}, {5, 4}, false, true},        {{4, 3}, {5, 4}, true, true},
-      {{1, 1}, {1, 1}, false, false},       {{1, 7}, {7, 1}, false, false},
-      {{0, 4}, {4, 5}, false, false},       {{3, 0}, {0, 5}, false, false},
-      {{2, 3, 4}, {2, 4, 5}, false, false}, {{2, 3, 4}, {4, 5}, false, false},
-      {{3, 4}, {6, 4, 2}, false, false},    {{2, 1, 3, 4}, {1, 5, 4, 2}, false, false},
-      {{2, 4, 3}, {2, 2, 4}, true, true},   {{67, 129}, {129, 33}, false, false}};
+  std::vector<Case> cases = {{{3, 4}, {4, 5}, false, false},
+                             {{4, 3}, {4, 5}, true, false},
+                             {{3, 4}, {5, 4}, false, true},
+                             {{4, 3}, {5, 4}, true, true},
+                             {{1, 1}, {1, 1}, false, false},
+                             {{1, 7}, {7, 1}, false, false},
+                             {{0, 4}, {4, 5}, false, false},
+                             {{3, 0}, {0, 5}, false, false},
+                             {{2, 3, 4}, {2, 4, 5}, false, false},
+                             {{2, 3, 4}, {4, 5}, false, false},
+                             {{3, 4}, {6, 4, 2}, false, false},
+                             {{2, 1, 3, 4}, {1, 5, 4, 2}, false, false},
+                             {{2, 4, 3}, {2, 2, 4}, true, true},
+                             {{67, 129}, {129, 33}, false, false},
+                             // One row of C (gemv on OpenBLAS): every flag pair, batches, and a
+                             // transposed A whose row is a strided column.
+                             {{1, 9}, {9, 5}, false, false},
+                             {{9, 1}, {9, 5}, true, false},
+                             {{1, 9}, {5, 9}, false, true},
+                             {{9, 1}, {5, 9}, true, true},
+                             {{3, 1, 6}, {6, 4}, false, false},
+                             {{33, 17}, {33, 300}, true, false}};
   for (DType dtype : {f32, f64}) {
     for (const Case& c : cases) {
       Graph g;
@@ -81,22 +95,24 @@ TEST(Matmul, VectorsFollowNumpy) {
 TEST(Matmul, MatmulBiasAtEmptyAndDeepProducts) {
   for (DType dtype : {f32, f64})
     for (int64_t k : {0, 1500})
-      for (bool addend : {false, true}) {
-        Graph g;
-        Tensor a = testing::random_tensor(dtype, {70, k}, -1, 1, 3);
-        Tensor b = testing::random_tensor(dtype, {k, 40}, -1, 1, 4);
-        Tensor bias = testing::random_tensor(dtype, addend ? Shape{70, 40} : Shape{40}, -1, 1, 5);
-        Value y = g.add("matmul_bias", {g.constant(a), g.constant(b), g.constant(bias)});
-        std::vector<double> want;
-        for (int64_t i = 0; i < 70; ++i)
-          for (int64_t j = 0; j < 40; ++j) {
-            double sum = bias.element(addend ? i * 40 + j : j);
-            for (int64_t p = 0; p < k; ++p) sum += a.element(i * k + p) * b.element(p * 40 + j);
-            want.push_back(sum);
-          }
-        testing::expect_near(want, testing::run1(g, y), dtype == f32 ? 1e-4 : 1e-12, 1e-4,
-                             str("matmul_bias k ", k, " ", dtype, addend ? " addend" : " bias"));
-      }
+      for (bool addend : {false, true})
+        for (int64_t m : {70, 1}) {  // 1: one row (gemv on OpenBLAS), starting at the bias
+          Graph g;
+          Tensor a = testing::random_tensor(dtype, {m, k}, -1, 1, 3);
+          Tensor b = testing::random_tensor(dtype, {k, 40}, -1, 1, 4);
+          Tensor bias = testing::random_tensor(dtype, addend ? Shape{m, 40} : Shape{40}, -1, 1, 5);
+          Value y = g.add("matmul_bias", {g.constant(a), g.constant(b), g.constant(bias)});
+          std::vector<double> want;
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < 40; ++j) {
+              double sum = bias.element(addend ? i * 40 + j : j);
+              for (int64_t p = 0; p < k; ++p) sum += a.element(i * k + p) * b.element(p * 40 + j);
+              want.push_back(sum);
+            }
+          testing::expect_near(
+              want, testing::run1(g, y), dtype == f32 ? 1e-4 : 1e-12, 1e-4,
+              str("matmul_bias m ", m, " k ", k, " ", dtype, addend ? " addend" : " bias"));
+        }
   // Any other bias shape is refused, naming the two it may have.
   Graph g;
   Value a = g.placeholder("a", f32, {6, 4}), b = g.placeholder("b", f32, {4, 5});
