@@ -111,6 +111,33 @@ double transformer_step(const SessionOptions& options) {
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
 }
 
+// One token of generation through a KV cache: 4 pre-norm blocks (d 256, 4 heads, FFN 1024),
+// batch 1, the token at position 200 of a 256-entry cache per block (fed in, the new cache
+// fetched: the char model's sampler's way).
+double decode_step(const SessionOptions& options) {
+  Graph g;
+  Value token = g.placeholder("token", f32, {1, 1, 256});
+  Value position = g.placeholder("position", i64, {});
+  FeedList feeds = {{token, ramp({1, 1, 256})}, {position, Tensor::scalar<int64_t>(200)}};
+  std::vector<Value> fetches;
+  Value h = token;
+  std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
+  for (int l = 0; l < 4; ++l) {
+    blocks.push_back(std::make_unique<nn::TransformerBlock>(
+        g, str("block", l), 256, 4, nn::TransformerBlock::Options{.ffn_dim = 1024, .dropout = 0}));
+    blocks.back()->eval();
+    nn::KVCache cache = blocks.back()->attention.cache_placeholders(256);
+    auto step = blocks.back()->attend_cached(h, cache, position);
+    h = step.output;
+    feeds.emplace_back(cache.keys, ramp({1, 256, 4, 64}));
+    feeds.emplace_back(cache.values, ramp({1, 256, 4, 64}));
+    fetches.insert(fetches.end(), {step.cache.keys, step.cache.values});
+  }
+  fetches.insert(fetches.begin(), h);
+  Session s(g, options);
+  return time_it([&] { s.run(feeds, fetches); }, 10, 200);
+}
+
 // An LSTM (or GRU) layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.
 double lstm_step(const SessionOptions& options, bool gru = false) {
   Graph g;
@@ -306,6 +333,8 @@ int main(int argc, char** argv) {
     std::printf("upsample_step %.9f\n", upsample_step(options));
   } else if (name == "gru_step") {
     std::printf("gru_step %.9f\n", lstm_step(options, /*gru=*/true));
+  } else if (name == "decode_step") {
+    std::printf("decode_step %.9f\n", decode_step(options));
   } else if (name == "transformer_step") {
     std::printf("transformer_step %.9f\n", transformer_step(options));
   } else {

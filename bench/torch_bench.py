@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
-cnn_step, transformer_step, lstm_step. With --compile the model cases run their module through
+cnn_step, transformer_step, lstm_step, decode_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -108,6 +108,37 @@ def transformer_step():
     return step
 
 
+def decode_step():
+    """One token through 4 blocks with a KV cache, kiln_bench's decode_step: batch 1, position
+    200 of 256-entry caches, written in place; the attention reads the entries so far."""
+    torch.manual_seed(0)
+    blocks = [Block(256, 4, 1024) for _ in range(4)]
+    caches = [(ramp(1, 4, 256, 64), ramp(1, 4, 256, 64)) for _ in blocks]
+    token, pos = ramp(1, 1, 256), 200
+    F = torch.nn.functional
+
+    def block_step(block, x, keys, values):
+        split = lambda v: v.view(1, 1, block.heads, -1).transpose(1, 2)
+        h = block.norm1(x)
+        keys[:, :, pos] = split(block.k(h))[:, :, 0]
+        values[:, :, pos] = split(block.v(h))[:, :, 0]
+        a = F.scaled_dot_product_attention(split(block.q(h)), keys[:, :, :pos + 1],
+                                           values[:, :, :pos + 1])
+        x = x + block.o(a.transpose(1, 2).reshape(1, 1, -1))
+        return x + block.ffn_out(F.gelu(block.ffn_in(block.norm2(x))))
+
+    def forward(x):
+        for block, (keys, values) in zip(blocks, caches):
+            x = block_step(block, x, keys, values)
+        return x
+    forward = compiled(forward)
+
+    def step():
+        with torch.no_grad():
+            forward(token)
+    return step
+
+
 def lstm_step(kind="LSTM"):
     """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128]; mean(square(output)); Adam.
     kind "GRU": the same with nn.GRU (gru_step, run by hand)."""
@@ -161,6 +192,8 @@ def main():
             return v
         t = time_it(chain, 20, 200)
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
+    elif case == "decode_step":
+        print(f"decode_step {time_it(decode_step(), 10, 200):.9f}")
     elif case in ("cnn_step", "transformer_step", "lstm_step", "gru_step", "upsample_step"):
         steps = {"cnn_step": cnn_step, "transformer_step": transformer_step, "lstm_step": lstm_step,
                  "gru_step": lambda: lstm_step("GRU"), "upsample_step": upsample_step}
