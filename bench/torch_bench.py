@@ -108,13 +108,14 @@ def transformer_step():
     return step
 
 
-def decode_step():
+def decode_step(device="cpu"):
     """One token through 4 blocks with a KV cache, kiln_bench's decode_step: batch 1, position
-    200 of 256-entry caches, written in place; the attention reads the entries so far."""
+    200 of 256-entry caches, written in place; the attention reads the entries so far. Returns
+    the step (which returns the output; torch_gpu_bench.py times it on a GPU too)."""
     torch.manual_seed(0)
-    blocks = [Block(256, 4, 1024) for _ in range(4)]
-    caches = [(ramp(1, 4, 256, 64), ramp(1, 4, 256, 64)) for _ in blocks]
-    token, pos = ramp(1, 1, 256), 200
+    blocks = [Block(256, 4, 1024).to(device) for _ in range(4)]
+    caches = [(ramp(1, 4, 256, 64).to(device), ramp(1, 4, 256, 64).to(device)) for _ in blocks]
+    token, pos = ramp(1, 1, 256).to(device), 200
     F = torch.nn.functional
 
     def block_step(block, x, keys, values):
@@ -135,7 +136,7 @@ def decode_step():
 
     def step():
         with torch.no_grad():
-            forward(token)
+            return forward(token)
     return step
 
 

@@ -5,7 +5,8 @@
 
 Measures torch.matmul bf16 8192^3, the same 8-op elementwise chain eagerly, a device-to-device
 copy (the card's practical memory bandwidth), and the MLP training step at batch 128 in eager
-mode (batch copied from the host, loss read back, as Kiln does). Then prints one table with
+mode (batch copied from the host, loss read back, as Kiln does), the CNN step, attention, and
+one token of KV-cached decoding (bench/torch_bench.py's decode_step). Then prints one table with
 Kiln's numbers (read from KILN_RESULTS_FILE, lines "case seconds key=value ...") beside them.
 """
 import statistics
@@ -13,6 +14,7 @@ import sys
 import time
 
 import torch
+from torch_bench import decode_step  # noqa: E402  (the CPU benchmark's model, on the GPU)
 
 
 def time_cuda(fn, warmup=3, reps=20):
@@ -161,6 +163,11 @@ def main():
         return torch.autograd.grad((out * r).float().sum(), qkv)
     t_attention = time_cuda(attention)
 
+    # One token through 4 blocks with KV caches (the CPU benchmark's decode_step), eager; the
+    # output read back to the host each step, as Kiln's is.
+    decode = decode_step(dev)
+    t_decode = time_host(lambda: decode().cpu())
+
     name = torch.cuda.get_device_name()
     print(f"\nKiln vs PyTorch {torch.__version__} on {name}, {time.strftime('%Y-%m-%d')}")
     print(f"{'case':34s}{'Kiln':>14s}{'PyTorch':>14s}{'ratio':>9s}  target")
@@ -189,7 +196,9 @@ def main():
             ("attention_bf16", "attention fwd+bwd T2048 bf16 (ms)", t_attention,
              ">= 0.9x torch SDPA"),
             ("attention_bf16_summed_dq", "  the same, dq summed in turns (ms)", t_attention, ""),
-            ("attention_bf16_wide", "  the same, 32 query rows a warp (ms)", t_attention, "")):
+            ("attention_bf16_wide", "  the same, 32 query rows a warp (ms)", t_attention, ""),
+            ("decode_step", "decode 1 token, 4 blocks, KV cache (ms)", t_decode, ""),
+            ("decode_step_graphs", "  the same, CUDA Graphs (ms)", t_decode, "")):
         if key in kiln:
             k = kiln[key][0]
             rows.append((label, k * 1e3, torch_time * 1e3, torch_time / k, target))

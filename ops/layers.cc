@@ -17,9 +17,14 @@ Module::Module(Graph& graph, std::string name)
              "[nn] a layer's name must be non-empty and without '/', got '", name_, "'");
 }
 
+void Module::expect_own(std::initializer_list<const Value*> values, const char* what) const {
+  for (const Value* v : values)
+    KILN_CHECK(v->defined() && v->graph() == &graph_, GraphError, "[nn] ", path_, ": ", what,
+               values.size() == 1 ? " is not a value" : " must be values", " of the layer's graph");
+}
+
 Value Module::operator()(const Value& x) {
-  KILN_CHECK(x.defined() && x.graph() == &graph_, GraphError, "[nn] ", path_,
-             ": the input is not a value of the layer's graph");
+  expect_own({&x}, "the input");
   NameScope scope(graph_, name_);
   return forward(x);
 }
@@ -437,8 +442,7 @@ MaxPool2d::MaxPool2d(Graph& graph, const std::string& name, Pool2dOptions option
     : Module(graph, name), options_(options) {}
 
 std::pair<Value, Value> MaxPool2d::with_indices(const Value& x) {
-  KILN_CHECK(x.defined() && x.graph() == &graph(), GraphError, "[nn] ", path(),
-             ": the input is not a value of the layer's graph");
+  expect_own({&x}, "the input");
   NameScope scope(graph(), name());
   return max_pool2d_with_indices(x, options_);
 }
@@ -448,9 +452,7 @@ MaxUnpool2d::MaxUnpool2d(Graph& graph, const std::string& name, Pool2dOptions op
 
 Value MaxUnpool2d::unpool(const Value& x, const Value& indices,
                           std::array<int64_t, 2> output_size) {
-  KILN_CHECK(
-      x.defined() && x.graph() == &graph() && indices.defined() && indices.graph() == &graph(),
-      GraphError, "[nn] ", path(), ": x and indices must be values of the layer's graph");
+  expect_own({&x, &indices}, "x and indices");
   NameScope scope(graph(), name());
   return max_unpool2d(x, indices, options_, output_size);
 }
@@ -683,10 +685,10 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
                                                              const Value& mask) {
   KILN_CHECK(!training(), GraphError, "[nn] MultiHeadAttention ", path(),
              ": cached attention is for inference; build it in evaluation mode (eval())");
+  expect_own({&x, &position}, "x and position");
   const Shape& xs = x.shape();
-  KILN_CHECK(x.defined() && x.graph() == &graph() && xs.rank() == 3 && xs[2] == dim_ && xs[1] >= 0,
-             GraphError, "[nn] MultiHeadAttention ", path(), ": expects x [batch, length, ", dim_,
-             "] with a known length, got ", xs);
+  KILN_CHECK(xs.rank() == 3 && xs[2] == dim_ && xs[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
+             path(), ": expects x [batch, length, ", dim_, "] with a known length, got ", xs);
   const int64_t depth = dim_ / heads_, length = xs[1];
   for (const Value* part : {&cache.keys, &cache.values}) {
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
@@ -870,10 +872,28 @@ TransformerDecoderBlock::TransformerDecoderBlock(Graph& graph, const std::string
 
 Value TransformerDecoderBlock::decode(const Value& x, const Value& memory, const Value& self_mask,
                                       const Value& memory_mask) {
-  KILN_CHECK(x.defined() && x.graph() == &graph() && memory.defined() && memory.graph() == &graph(),
-             GraphError, "[nn] ", path(), ": x and memory must be values of the layer's graph");
+  expect_own({&x, &memory}, "x and memory");
   NameScope scope(graph(), name());
-  return block_of(x, memory, self_mask, memory_mask);
+  return block_of(x, memory, memory_mask,
+                  [&](const Value& v) { return self_attention.attend(v, self_mask); });
+}
+
+MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
+                                                                  const Value& memory,
+                                                                  const KVCache& cache,
+                                                                  const Value& position,
+                                                                  const Value& memory_mask) {
+  KILN_CHECK(!training(), GraphError, "[nn] TransformerDecoderBlock ", path(),
+             ": cached attention is for inference; build it in evaluation mode (eval())");
+  expect_own({&x, &memory}, "x and memory");
+  NameScope scope(graph(), name());
+  KVCache next;
+  Value y = block_of(x, memory, memory_mask, [&](const Value& v) {
+    MultiHeadAttention::Cached step = self_attention.attend_cached(v, cache, position);
+    next = step.cache;
+    return step.output;
+  });
+  return {y, next};
 }
 
 Value TransformerDecoderBlock::forward(const Value&) {
@@ -881,11 +901,10 @@ Value TransformerDecoderBlock::forward(const Value&) {
                        ": a decoder attends to a memory; call decode(x, memory)"));
 }
 
-Value TransformerDecoderBlock::block_of(const Value& x, const Value& memory, const Value& self_mask,
-                                        const Value& memory_mask) {
-  auto self_part = [&](const Value& v) {
-    return self_attention_output_dropout(self_attention.attend(v, self_mask));
-  };
+Value TransformerDecoderBlock::block_of(const Value& x, const Value& memory,
+                                        const Value& memory_mask,
+                                        const std::function<Value(const Value&)>& self_attend) {
+  auto self_part = [&](const Value& v) { return self_attention_output_dropout(self_attend(v)); };
   auto cross_part = [&](const Value& v) {
     return cross_attention_output_dropout(cross_attention.attend(v, memory, memory_mask));
   };

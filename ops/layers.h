@@ -19,6 +19,7 @@
 
 #include <array>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,6 +65,9 @@ class Module {
   /// A trainable variable uniform in +-1 / sqrt(fan_in) (PyTorch's default for the weights and
   /// biases of Linear and the convolutions), seeded from its name plus `seed`.
   Value fan_in_variable(const std::string& name, const Shape& shape, int64_t fan_in, int64_t seed);
+  /// Throws a GraphError naming this layer unless every value is defined and of its graph;
+  /// `what` names them in the message ("the input", "x and memory").
+  void expect_own(std::initializer_list<const Value*> values, const char* what) const;
   /// Registers a layer made inside this one (for train() and parameters()).
   template <typename T>
   T& child(std::unique_ptr<T> layer) {
@@ -864,6 +868,13 @@ class TransformerDecoderBlock : public Module {
   /// (to [B, heads, T, S], e.g. a key-padding mask [B, 1, 1, S]) are optional (true: attend).
   Value decode(const Value& x, const Value& memory, const Value& self_mask = {},
                const Value& memory_mask = {});
+  /// One step of cached generation: x [B, n, dim] at positions [position, position + n), its
+  /// self-attention MultiHeadAttention::attend_cached over `cache` (see there), its
+  /// cross-attention to `memory` as decode()'s (the memory's keys and values are projected
+  /// again every step). Evaluation mode only.
+  MultiHeadAttention::Cached decode_cached(const Value& x, const Value& memory,
+                                           const KVCache& cache, const Value& position,
+                                           const Value& memory_mask = {});
   LayerNorm &norm1, &norm2, &norm3;
   MultiHeadAttention &self_attention, &cross_attention;
   Linear &ffn_in, &ffn_out;
@@ -875,8 +886,9 @@ class TransformerDecoderBlock : public Module {
   Value forward(const Value& x) override;
 
  private:
-  Value block_of(const Value& x, const Value& memory, const Value& self_mask,
-                 const Value& memory_mask);
+  /// The block around `self_attend`, its self-attention sublayer.
+  Value block_of(const Value& x, const Value& memory, const Value& memory_mask,
+                 const std::function<Value(const Value&)>& self_attend);
   Activation activation_;
   bool norm_first_;
 };

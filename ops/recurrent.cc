@@ -76,8 +76,7 @@ Recurrent::Recurrent(Graph& graph, const std::string& name, const char* kind, in
 
 RecurrentResult Recurrent::run(const Value& x, const Value& h0, const Value& c0,
                                const Value& lengths) {
-  KILN_CHECK(x.defined() && x.graph() == &graph(), GraphError, "[nn] ", path(),
-             ": the input is not a value of the layer's graph");
+  expect_own({&x}, "the input");
   NameScope scope(graph(), name());
   return unrolled(x, h0, c0, lengths);
 }

@@ -91,6 +91,50 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
       }
 }
 
+// A decoder block (PyTorch's TransformerDecoderLayer: post-norm, cross-attention to a memory
+// over its padding mask) decoded a token at a time is the block over the whole sequence.
+TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
+  Graph g;
+  nn::TransformerDecoderBlock block(g, "decoder", kDim, kHeads,
+                                    {.ffn_dim = 16, .dropout = 0, .norm_first = false});
+  block.eval();
+  Value x = g.placeholder("x", f32, {kBatch, kLength, kDim});
+  Value memory = g.placeholder("memory", f32, {kBatch, 5, kDim});
+  Tensor keep = Tensor::empty(boolean, {kBatch, 1, 1, 5});
+  for (int64_t i = 0; i < kBatch * 5; ++i) keep.data<bool>()[i] = i != 7;  // one padded
+  Value memory_mask = g.constant(keep);
+  Value whole = block.decode(x, memory, {}, memory_mask);
+  nn::KVCache cache = block.self_attention.cache_placeholders(kMaxLength);
+  Value position = g.placeholder("position", i64, {});
+  Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
+  auto step = block.decode_cached(token, memory, cache, position, memory_mask);
+  expect_error<GraphError>([&] { block.decode_cached(token, Value(), cache, position); },
+                           {"[nn] decoder", "x and memory must be values"});
+
+  Session s(g);
+  const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 14);
+  const Tensor mem = testing::random_tensor(f32, {kBatch, 5, kDim}, -2, 2, 15);
+  const Tensor want = s.run({{x, in}, {memory, mem}}, {whole})[0];
+  const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
+  Tensor keys = Tensor::zeros(f32, cache_shape), values = keys;
+  for (int64_t at = 0; at < kLength; ++at) {
+    auto out = s.run({{token, rows(in, at, 1)},
+                      {memory, mem},
+                      {position, Tensor::scalar<int64_t>(at)},
+                      {cache.keys, keys},
+                      {cache.values, values}},
+                     {step.output, step.cache.keys, step.cache.values});
+    keys = out[1];
+    values = out[2];
+    const Tensor expected = rows(want, at, 1);
+    for (int64_t i = 0; i < out[0].numel(); ++i)
+      EXPECT_NEAR(out[0].data<float>()[i], expected.data<float>()[i], 2e-5) << "position " << at;
+  }
+  block.train();
+  expect_error<GraphError>([&] { block.decode_cached(token, memory, cache, position); },
+                           {"evaluation mode"});
+}
+
 // The cache as session state instead (on a GPU it then never crosses to the host): variables
 // read by the step and assigned its new cache as targets. The same bits as feeding it back.
 TEST(KVCache, ACacheInVariablesGivesTheFedCachesResults) {
