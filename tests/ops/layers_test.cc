@@ -399,7 +399,10 @@ TEST(Layers, MaxUnpoolPutsEachMaximumBackWhereThePoolFoundIt) {
   Value x = g.placeholder("x", f32, {1, 1, 4, 4});
   nn::MaxPool2d pool(g, "pool", {.kernel_size = {2, 2}});
   nn::MaxUnpool2d unpool(g, "unpool", {.kernel_size = {2, 2}});
-  auto [pooled, indices] = pool.with_indices(x);
+  // Plain Values, not a structured binding: lambdas capture them (clang 14 cannot capture
+  // bindings).
+  const std::pair<Value, Value> both = pool.with_indices(x);
+  const Value pooled = both.first, indices = both.second;
   Value restored = unpool.unpool(pooled, indices);
   EXPECT_EQ(restored.shape(), Shape({1, 1, 4, 4}));
   EXPECT_EQ(unpool.unpool(pooled, indices, {5, 5}).shape(), Shape({1, 1, 5, 5}));
