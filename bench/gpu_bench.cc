@@ -195,20 +195,19 @@ int decode_step(const Flags& flags) {
   Graph g;
   Value token = g.placeholder("token", f32, {1, 1, 256});
   Value position = g.placeholder("position", i64, {});
+  std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
+  Value h = bench::decode_output(
+      g, token, position,
+      [&g](int l, nn::MultiHeadAttention&) {
+        const Shape shape{1, 256, 4, 64};
+        return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
+                           g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
+      },
+      &caches);
   std::vector<Value> writes;
-  Value h = token;
-  std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
-  for (int l = 0; l < 4; ++l) {
-    blocks.push_back(std::make_unique<nn::TransformerBlock>(
-        g, str("block", l), 256, 4, nn::TransformerBlock::Options{.ffn_dim = 1024, .dropout = 0}));
-    blocks.back()->eval();
-    const Shape cache_shape{1, 256, 4, 64};
-    nn::KVCache cache{g.variable(str("keys", l), cache_shape, init::uniform(-1, 1, 30 + l)),
-                      g.variable(str("values", l), cache_shape, init::uniform(-1, 1, 40 + l))};
-    auto step = blocks.back()->attend_cached(h, cache, position);
-    h = step.output;
-    writes.push_back(assign(cache.keys, step.cache.keys));
-    writes.push_back(assign(cache.values, step.cache.values));
+  for (const auto& [held, next] : caches) {
+    writes.push_back(assign(held.keys, next.keys));
+    writes.push_back(assign(held.values, next.values));
   }
   Session s(g, gpu_options(flags));
   const FeedList feeds = {{token, Tensor::full(f32, {1, 1, 256}, 0.5)},

@@ -4,7 +4,10 @@
 
 #include <kiln/kiln.h>
 
+#include <functional>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 namespace kiln::bench {
 
@@ -43,6 +46,25 @@ inline Value lstm_loss(Graph& g, const Value& x) {
 inline Value gru_loss(Graph& g, const Value& x) {
   nn::GRU gru(g, "gru", 128, 256, {.batch_first = true});
   return mean(square(gru(x)));
+}
+
+/// The decode step's model: one token [1, 1, 256] through 4 pre-norm blocks (d 256, 4 heads,
+/// FFN 1024, evaluation mode) with KV caches of 256 entries, at `position`. `cache_of(l, block)`
+/// gives block l's cache (placeholders to feed, or variables); `next` receives each block's
+/// cache and the one the step gives back. Returns the output.
+inline Value decode_output(Graph& g, const Value& token, const Value& position,
+                           const std::function<nn::KVCache(int, nn::MultiHeadAttention&)>& cache_of,
+                           std::vector<std::pair<nn::KVCache, nn::KVCache>>* next) {
+  Value h = token;
+  for (int l = 0; l < 4; ++l) {
+    nn::TransformerBlock block(g, str("block", l), 256, 4, {.ffn_dim = 1024, .dropout = 0});
+    block.eval();
+    const nn::KVCache cache = cache_of(l, block.attention);
+    auto step = block.attend_cached(h, cache, position);
+    h = step.output;
+    next->emplace_back(cache, step.cache);
+  }
+  return h;
 }
 
 }  // namespace kiln::bench
