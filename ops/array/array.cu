@@ -48,6 +48,28 @@ void strided_copy_cuda(const KernelContext& ctx, bool scatter, size_t word_bytes
 
 namespace cuda_array {
 
+// Calls f(Word{}, Index{}) for the element size of `x` (copied as words of that size) and the
+// dtype of `index` (i32, else i64): indices (gather, take_along_axis) or a window's start.
+template <typename F>
+void by_word_and_index(const Tensor& x, const Tensor& index, F f) {
+  auto with_index = [&](auto word) {
+    if (index.dtype() == DType::i32)
+      f(word, int32_t{});
+    else
+      f(word, int64_t{});
+  };
+  switch (dtype_size(x.dtype())) {
+    case 1:
+      return with_index(uint8_t{});
+    case 2:
+      return with_index(uint16_t{});
+    case 4:
+      return with_index(uint32_t{});
+    default:
+      return with_index(uint64_t{});
+  }
+}
+
 // params viewed as [outer, n, inner] around the gather axis.
 struct AxisView {
   int64_t outer = 1, n = 1, inner = 1;
@@ -84,27 +106,12 @@ void gather_typed(KernelContext& ctx, int64_t axis) {
   });
 }
 
-template <typename Word>
-void gather_word(KernelContext& ctx, int64_t axis) {
-  if (ctx.input(1).dtype() == DType::i32)
-    gather_typed<Word, int32_t>(ctx, axis);
-  else
-    gather_typed<Word, int64_t>(ctx, axis);
-}
-
 void gather_cuda(KernelContext& ctx) {
   if (ctx.output(0).numel() == 0) return;
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
-  switch (dtype_size(ctx.input(0).dtype())) {
-    case 1:
-      return gather_word<uint8_t>(ctx, axis);
-    case 2:
-      return gather_word<uint16_t>(ctx, axis);
-    case 4:
-      return gather_word<uint32_t>(ctx, axis);
-    default:
-      return gather_word<uint64_t>(ctx, axis);
-  }
+  by_word_and_index(ctx.input(0), ctx.input(1), [&](auto word, auto index) {
+    gather_typed<decltype(word), decltype(index)>(ctx, axis);
+  });
 }
 KILN_CUDA_KERNEL(gather, gather_cuda);
 
@@ -184,27 +191,12 @@ void take_along_axis_typed(KernelContext& ctx, int64_t axis) {
   });
 }
 
-template <typename Word>
-void take_along_axis_word(KernelContext& ctx, int64_t axis) {
-  if (ctx.input(1).dtype() == DType::i32)
-    take_along_axis_typed<Word, int32_t>(ctx, axis);
-  else
-    take_along_axis_typed<Word, int64_t>(ctx, axis);
-}
-
 void take_along_axis_cuda(KernelContext& ctx) {
   if (ctx.output(0).numel() == 0) return;
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
-  switch (dtype_size(ctx.input(0).dtype())) {
-    case 1:
-      return take_along_axis_word<uint8_t>(ctx, axis);
-    case 2:
-      return take_along_axis_word<uint16_t>(ctx, axis);
-    case 4:
-      return take_along_axis_word<uint32_t>(ctx, axis);
-    default:
-      return take_along_axis_word<uint64_t>(ctx, axis);
-  }
+  by_word_and_index(ctx.input(0), ctx.input(1), [&](auto word, auto index) {
+    take_along_axis_typed<decltype(word), decltype(index)>(ctx, axis);
+  });
 }
 KILN_CUDA_KERNEL(take_along_axis, take_along_axis_cuda);
 
@@ -294,27 +286,6 @@ void dynamic_update_slice_typed(KernelContext& ctx, int64_t axis) {
     else if (!in_place)
       out[p] = x[p];
   });
-}
-
-// Calls f(Word{}, Index{}) for the element size of `x` and the dtype of `start`.
-template <typename F>
-void by_word_and_index(const Tensor& x, const Tensor& start, F f) {
-  auto with_index = [&](auto word) {
-    if (start.dtype() == DType::i32)
-      f(word, int32_t{});
-    else
-      f(word, int64_t{});
-  };
-  switch (dtype_size(x.dtype())) {
-    case 1:
-      return with_index(uint8_t{});
-    case 2:
-      return with_index(uint16_t{});
-    case 4:
-      return with_index(uint32_t{});
-    default:
-      return with_index(uint64_t{});
-  }
 }
 
 void dynamic_slice_cuda(KernelContext& ctx) {

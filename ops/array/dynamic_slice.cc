@@ -66,11 +66,12 @@ std::vector<TensorType> infer_dynamic_update_slice(const InferContext& ctx) {
   return {ctx.input(0)};
 }
 
-// The window's start in elements and x's strides (the window has x's strides).
+// Where the window of `length` from `start` begins in x, in elements, and x's strides (the
+// window's too).
 int64_t window_offset(const KernelContext& ctx, const Shape& x, int64_t axis, int64_t length,
-                      std::vector<int64_t>* strides) {
+                      const Tensor& start, std::vector<int64_t>* strides) {
   *strides = x.strides();
-  return dynamic_start(ctx, ctx.input(ctx.num_inputs() - 1), length, x[axis]) * (*strides)[axis];
+  return dynamic_start(ctx, start, length, x[axis]) * (*strides)[axis];
 }
 
 void dynamic_slice_cpu(KernelContext& ctx) {
@@ -78,7 +79,8 @@ void dynamic_slice_cpu(KernelContext& ctx) {
   Tensor& out = ctx.output(0);
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
   std::vector<int64_t> strides;
-  const int64_t offset = window_offset(ctx, x.shape(), axis, out.shape()[axis], &strides);
+  const int64_t offset =
+      window_offset(ctx, x.shape(), axis, out.shape()[axis], ctx.input(1), &strides);
   strided_copy(ctx, x, offset, strides, out);
 }
 
@@ -90,7 +92,8 @@ void dynamic_update_slice_cpu(KernelContext& ctx) {
   Tensor& out = ctx.output(0);
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
   std::vector<int64_t> strides;
-  const int64_t offset = window_offset(ctx, x.shape(), axis, update.shape()[axis], &strides);
+  const int64_t offset =
+      window_offset(ctx, x.shape(), axis, update.shape()[axis], ctx.input(2), &strides);
   if (out.raw_data() != x.raw_data() && x.nbytes() > 0)
     std::memcpy(out.raw_data(), x.raw_data(), x.nbytes());
   strided_scatter(ctx, update, out, offset, strides);
