@@ -631,21 +631,45 @@ Value Lambda::forward(const Value& x) {
 
 // ---- Attention.
 
+namespace {
+
+// The width of MultiHeadAttention's k and v projections: kv_heads heads of dim / heads (dim
+// itself with kv_heads 0). Checked in the constructor's body.
+int64_t key_value_width(int64_t dim, int64_t heads, int64_t kv_heads) {
+  if (kv_heads <= 0 || heads <= 0 || dim % heads != 0) return dim;
+  return kv_heads * (dim / heads);
+}
+
+}  // namespace
+
 MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim,
                                        int64_t heads, Options options)
     : Module(graph, name),
       query(make<Linear>("query", dim, dim, LayerOptions{options.bias, options.seed})),
-      key(make<Linear>("key", dim, dim, LayerOptions{options.bias, options.seed})),
-      value(make<Linear>("value", dim, dim, LayerOptions{options.bias, options.seed})),
+      key(make<Linear>("key", dim, key_value_width(dim, heads, options.kv_heads),
+                       LayerOptions{options.bias, options.seed})),
+      value(make<Linear>("value", dim, key_value_width(dim, heads, options.kv_heads),
+                         LayerOptions{options.bias, options.seed})),
       output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
       probability_dropout(make<Dropout>("probability_dropout", options.dropout,
                                         LayerOptions{.seed = options.seed})),
       dim_(dim),
       heads_(heads),
+      kv_heads_(options.kv_heads > 0 ? options.kv_heads : heads),
       causal_(options.causal),
-      dropout_(options.dropout) {
+      dropout_(options.dropout),
+      rotary_(options.rotary) {
   KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": dim ", dim, " does not split into ", heads, " heads");
+  KILN_CHECK(options.kv_heads >= 0 && heads % kv_heads_ == 0, GraphError,
+             "[nn] MultiHeadAttention ", path(), ": kv_heads ", options.kv_heads,
+             " must divide the ", heads, " heads");
+  KILN_CHECK(!rotary_ || (dim / heads) % 2 == 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": rotary embedding turns pairs of features; the head depth ", dim / heads, " is odd");
+}
+
+Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
+  return rotary_ ? rotary_embedding(x, start, *rotary_) : x;
 }
 
 Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
@@ -670,9 +694,12 @@ Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, cons
   const int64_t depth = dim_ / heads_;
   // [B, T, dim] -> [B, T, heads, depth]: attention reads the heads in place (layout bthd), so
   // no transpose splits or merges them.
-  auto split = [&](const Value& v, int64_t t) { return reshape(v, {-1, t, heads_, depth}); };
-  Value q = split(query(x), length);
-  Value k = split(key(memory), memory_length), v = split(value(memory), memory_length);
+  auto split = [&](const Value& v, int64_t t, int64_t heads) {
+    return reshape(v, {-1, t, heads, depth});
+  };
+  Value q = rotated(split(query(x), length, heads_), Value());
+  Value k = rotated(split(key(memory), memory_length, kv_heads_), Value());
+  Value v = split(value(memory), memory_length, kv_heads_);
   Value attended = dropout_ > 0 && training()
                        ? attention_with_dropout(q, k, v, mask)
                        : scaled_dot_product_attention(
@@ -694,30 +721,34 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
                ": the cache's keys and values must both be given");
     const Shape& cs = part->shape();
-    KILN_CHECK(cs.rank() == 4 && cs[1] >= length && cs[2] == heads_ && cs[3] == depth, GraphError,
-               "[nn] MultiHeadAttention ", path(), ": a cache must be [batch, ",
-               "max_length >= ", length, ", ", heads_, ", ", depth, "], got ", cs);
+    KILN_CHECK(cs.rank() == 4 && cs[1] >= length && cs[2] == kv_heads_ && cs[3] == depth,
+               GraphError, "[nn] MultiHeadAttention ", path(), ": a cache must be [batch, ",
+               "max_length >= ", length, ", ", kv_heads_, ", ", depth, "], got ", cs);
   }
   NameScope scope(graph(), name());
   const int64_t max_length = cache.keys.shape()[1];
-  auto split = [&](const Value& v) { return reshape(v, {-1, length, heads_, depth}); };
-  KVCache next{dynamic_update_slice(cache.keys, split(key(x)), position, 1),
-               dynamic_update_slice(cache.values, split(value(x)), position, 1)};
+  auto split = [&](const Value& v, int64_t heads) {
+    return reshape(v, {-1, length, heads, depth});
+  };
+  // Keys enter the cache rotated for their positions, as attend() rotates them.
+  KVCache next{
+      dynamic_update_slice(cache.keys, rotated(split(key(x), kv_heads_), position), position, 1),
+      dynamic_update_slice(cache.values, split(value(x), kv_heads_), position, 1)};
   // Query i sits at position + i and sees the entries written up to it: j <= position + i.
   // [1, 1, n, max_length], broadcast over the batch and the heads.
   Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
   Value visible = less_equal(iota(graph(), Shape{1, 1, 1, max_length}, 3, i64), query_at);
   if (mask.defined()) visible = where(mask, visible, 0.0);
-  Value attended =
-      scaled_dot_product_attention(split(query(x)), next.keys, next.values,
-                                   {.mask = visible, .causal = false, .layout = "bthd"});
+  Value attended = scaled_dot_product_attention(
+      rotated(split(query(x), heads_), position), next.keys, next.values,
+      {.mask = visible, .causal = false, .layout = "bthd"});
   return {output(reshape(attended, {-1, length, dim_})), next};
 }
 
 KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) {
   KILN_CHECK(max_length > 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": a cache's max_length must be positive, got ", max_length);
-  const Shape shape{kUnknownDim, max_length, heads_, dim_ / heads_};
+  const Shape shape{kUnknownDim, max_length, kv_heads_, dim_ / heads_};
   return {graph().placeholder(path() + "/cache_keys", dtype, shape),
           graph().placeholder(path() + "/cache_values", dtype, shape)};
 }
@@ -726,7 +757,14 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
                                                  const Value& mask) {
   const int64_t length = q.shape()[1], memory_length = k.shape()[1], depth = q.shape()[3];
   auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
-  Value scores = matmul(heads_first(q), heads_first(k), false, true) *
+  // Grouped heads: each key-value head repeated for its group, [B, S, kv_heads, group, depth]
+  // then [B, S, heads, depth] (query head h reads key-value head h / group).
+  auto repeated = [&](const Value& t) {
+    if (kv_heads_ == heads_) return t;
+    const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
+    return reshape(concat(copies, 3), {-1, memory_length, heads_, depth});
+  };
+  Value scores = matmul(heads_first(q), heads_first(repeated(k)), false, true) *
                  (1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
   // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0.
   Value keep;
@@ -752,16 +790,23 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
   } else {
     probabilities = softmax(scores);
   }
-  return transpose(matmul(probability_dropout(probabilities), heads_first(v)), {0, 2, 1, 3});
+  return transpose(matmul(probability_dropout(probabilities), heads_first(repeated(v))),
+                   {0, 2, 1, 3});
 }
 
 namespace {
 
-// A transformer block's feed-forward part: out(dropout(activation(in(x)))).
+// A transformer block's feed-forward part: out(dropout(activation(in(x)))); with swiglu,
+// out(dropout(silu(gate) * up)) for in(x)'s halves gate and up.
 Value feed_forward(Linear& in, TransformerBlock::Activation activation, Dropout& dropout,
                    Linear& out, const Value& x) {
   Value inner = in(x);
   switch (activation) {
+    case TransformerBlock::Activation::swiglu: {
+      std::vector<Value> gate_up = split(inner, 2, -1);
+      inner = silu(gate_up[0]) * gate_up[1];
+      break;
+    }
     case TransformerBlock::Activation::gelu:
       inner = gelu(inner);
       break;
@@ -779,10 +824,22 @@ int64_t ffn_dim_of(int64_t dim, const TransformerBlock::Options& options) {
   return options.ffn_dim > 0 ? options.ffn_dim : 4 * dim;
 }
 
-// A block's attention: causal or not, the block's seed and attention dropout.
-MultiHeadAttention::Options attention_options(const TransformerBlock::Options& options,
-                                              bool causal) {
-  return {.causal = causal, .seed = options.seed, .dropout = options.attention_dropout};
+// ffn_in's width: the FFN's, or twice it with swiglu (gate and up side by side).
+int64_t ffn_in_width(int64_t dim, const TransformerBlock::Options& options) {
+  const int64_t width = ffn_dim_of(dim, options);
+  return options.activation == TransformerBlock::Activation::swiglu ? 2 * width : width;
+}
+
+// A block's attention: causal or not, with rotary embedding or not; the block's seed, biases,
+// key-value heads and attention dropout.
+MultiHeadAttention::Options attention_options(const TransformerBlock::Options& options, bool causal,
+                                              bool rotary) {
+  return {.causal = causal,
+          .bias = options.bias,
+          .seed = options.seed,
+          .dropout = options.attention_dropout,
+          .kv_heads = options.kv_heads,
+          .rotary = rotary ? options.rotary : std::nullopt};
 }
 
 }  // namespace
@@ -790,14 +847,16 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
                                    int64_t heads, Options options)
     : Module(graph, name),
-      norm1(make<LayerNorm>("norm1", Shape{dim}, options.norm_eps)),
-      norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
+      norm1(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm1", Shape{dim},
+                                            options.norm_eps)),
+      norm2(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm2", Shape{dim},
+                                            options.norm_eps)),
       attention(make<MultiHeadAttention>("attention", dim, heads,
-                                         attention_options(options, options.causal))),
-      ffn_in(make<Linear>("ffn_in", dim, ffn_dim_of(dim, options),
-                          LayerOptions{.seed = options.seed})),
+                                         attention_options(options, options.causal, true))),
+      ffn_in(make<Linear>("ffn_in", dim, ffn_in_width(dim, options),
+                          LayerOptions{options.bias, options.seed})),
       ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
-                           LayerOptions{.seed = options.seed})),
+                           LayerOptions{options.bias, options.seed})),
       attention_output_dropout(
           make<Dropout>("attention_dropout", options.dropout, LayerOptions{.seed = options.seed})),
       ffn_output_dropout(
@@ -848,17 +907,20 @@ Value TransformerBlock::block_of(const Value& x, const std::function<Value(const
 TransformerDecoderBlock::TransformerDecoderBlock(Graph& graph, const std::string& name, int64_t dim,
                                                  int64_t heads, Options options)
     : Module(graph, name),
-      norm1(make<LayerNorm>("norm1", Shape{dim}, options.norm_eps)),
-      norm2(make<LayerNorm>("norm2", Shape{dim}, options.norm_eps)),
-      norm3(make<LayerNorm>("norm3", Shape{dim}, options.norm_eps)),
+      norm1(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm1", Shape{dim},
+                                            options.norm_eps)),
+      norm2(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm2", Shape{dim},
+                                            options.norm_eps)),
+      norm3(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm3", Shape{dim},
+                                            options.norm_eps)),
       self_attention(make<MultiHeadAttention>("self_attention", dim, heads,
-                                              attention_options(options, options.causal))),
+                                              attention_options(options, options.causal, true))),
       cross_attention(make<MultiHeadAttention>("cross_attention", dim, heads,
-                                               attention_options(options, false))),
-      ffn_in(make<Linear>("ffn_in", dim, ffn_dim_of(dim, options),
-                          LayerOptions{.seed = options.seed})),
+                                               attention_options(options, false, false))),
+      ffn_in(make<Linear>("ffn_in", dim, ffn_in_width(dim, options),
+                          LayerOptions{options.bias, options.seed})),
       ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
-                           LayerOptions{.seed = options.seed})),
+                           LayerOptions{options.bias, options.seed})),
       self_attention_output_dropout(make<Dropout>("self_attention_dropout", options.dropout,
                                                   LayerOptions{.seed = options.seed})),
       cross_attention_output_dropout(make<Dropout>("cross_attention_dropout", options.dropout,

@@ -81,6 +81,13 @@ class Module {
     NameScope scope(graph_, name_);
     return child(std::make_unique<T>(graph_, name, std::forward<Args>(args)...));
   }
+  /// Makes a layer of the first type if `first`, else of the second, with the same arguments:
+  /// a layer an option chooses.
+  template <typename A, typename B, typename... Args>
+  Module& make_either(bool first, const std::string& name, const Args&... args) {
+    if (first) return make<A>(name, args...);
+    return make<B>(name, args...);
+  }
 
  private:
   Graph& graph_;
@@ -751,6 +758,13 @@ struct KVCache {
 /// Multi-head self-attention over x [B, T, dim]: q, k, v projections (Linear dim -> dim),
 /// `heads` heads of dim / heads, fused scaled dot-product attention, an output projection.
 ///
+/// With Options::kv_heads (a divisor of heads), grouped-query attention (multi-query with 1):
+/// the k and v projections are dim -> kv_heads * dim / heads, each key-value head serving
+/// heads / kv_heads consecutive query heads (read in place, never repeated; a KV cache holds
+/// kv_heads heads). With Options::rotary, queries and keys get the rotary position embedding
+/// (rotary_embedding) after their projections: at positions 0.. in attend(), at position.. in
+/// attend_cached().
+///
 /// With Options::dropout > 0 (PyTorch's MultiheadAttention `dropout`), training mode drops
 /// attention probabilities: softmax(scale q k^T, masked) becomes a graph value [B, heads, T, S],
 /// inverted dropout acts on it, and the product with v follows (PyTorch's math path; the fused
@@ -761,7 +775,9 @@ class MultiHeadAttention : public Module {
     bool causal = false;
     bool bias = true;
     int64_t seed = 0;
-    double dropout = 0;  ///< the rate at which attention probabilities are dropped in training
+    double dropout = 0;    ///< the rate at which attention probabilities are dropped in training
+    int64_t kv_heads = 0;  ///< key-value heads: 0 for `heads`, or a divisor of it
+    std::optional<RotaryOptions> rotary{};  ///< rotary position embedding of queries and keys
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -786,7 +802,7 @@ class MultiHeadAttention : public Module {
   };
   Cached attend_cached(const Value& x, const KVCache& cache, const Value& position,
                        const Value& mask = {});
-  /// Placeholders for this layer's cache, [-1, max_length, heads, head_dim] of `dtype`, named
+  /// Placeholders for this layer's cache, [-1, max_length, kv_heads, head_dim] of `dtype`, named
   /// "<path>/cache_keys" and "<path>/cache_values".
   KVCache cache_placeholders(int64_t max_length, DType dtype = f32);
   Linear &query, &key, &value, &output;
@@ -800,9 +816,12 @@ class MultiHeadAttention : public Module {
   /// Attention of q [B, T, H, D], k and v [B, S, H, D] with the probabilities a graph value
   /// and dropped: [B, T, H, Dv].
   Value attention_with_dropout(const Value& q, const Value& k, const Value& v, const Value& mask);
-  int64_t dim_, heads_;
+  /// q or k [B, T, heads, depth] rotated for positions start.. (unchanged without rotary).
+  Value rotated(const Value& x, const Value& start) const;
+  int64_t dim_, heads_, kv_heads_;
   bool causal_;
   double dropout_;
+  std::optional<RotaryOptions> rotary_;
 };
 
 /// A transformer block. Pre-norm (GPT-2's, the default): x + dropout(attn(norm1(x))), then
@@ -811,9 +830,15 @@ class MultiHeadAttention : public Module {
 /// ffn_dim), the activation, dropout at activation_dropout, Linear(ffn_dim, dim); attn drops
 /// its probabilities at attention_dropout. PyTorch's TransformerEncoderLayer(dropout=p) is all
 /// three rates p; GPT-2's block is dropout = attention_dropout = p, activation_dropout 0.
+///
+/// A LLaMA-style block: norm rms, activation swiglu, bias false, rotary, and kv_heads for
+/// grouped-query attention. With swiglu, ffn_in is Linear(dim, 2 ffn_dim) and the FFN is
+/// ffn_out(silu(gate) * up), gate and up the first and second halves of ffn_in's output (LLaMA's
+/// w1 and w3 side by side).
 class TransformerBlock : public Module {
  public:
-  enum class Activation { gelu, gelu_tanh, relu };
+  enum class Activation { gelu, gelu_tanh, relu, swiglu };
+  enum class Norm { layer, rms };  ///< LayerNorm, or RMSNorm (weight only)
   struct Options {
     int64_t ffn_dim = 0;   ///< 0: 4 dim
     double dropout = 0.1;  ///< on the attention's and the FFN's outputs, before each residual sum
@@ -824,6 +849,10 @@ class TransformerBlock : public Module {
     bool norm_first = true;
     double norm_eps = 1e-5;
     int64_t seed = 0;
+    Norm norm = Norm::layer;
+    bool bias = true;      ///< biases of the attention's and the FFN's Linear layers
+    int64_t kv_heads = 0;  ///< the attention's key-value heads: 0 for `heads`, or a divisor
+    std::optional<RotaryOptions> rotary{};  ///< rotary embedding in the (self-)attention
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);
@@ -835,7 +864,7 @@ class TransformerBlock : public Module {
   /// Evaluation mode only.
   MultiHeadAttention::Cached attend_cached(const Value& x, const KVCache& cache,
                                            const Value& position, const Value& mask = {});
-  LayerNorm &norm1, &norm2;
+  Module &norm1, &norm2;  ///< LayerNorm or RMSNorm (Options::norm)
   MultiHeadAttention& attention;
   Linear &ffn_in, &ffn_out;
   /// The dropouts before the residual sums, and the FFN's inner one.
@@ -857,11 +886,13 @@ class TransformerBlock : public Module {
 /// (norm_first false, PyTorch's default): h = norm1(x + sa(x)), h = norm2(h + ca(h, memory)),
 /// norm3(h + ffn(h)). Pre-norm: h = x + sa(norm1(x)), h = h + ca(norm2(h), memory), h +
 /// ffn(norm3(h)). Dropouts as TransformerBlock's: `dropout` on each of the three outputs,
-/// attention_dropout inside both attentions, activation_dropout inside the FFN.
+/// attention_dropout inside both attentions, activation_dropout inside the FFN. norm, bias,
+/// kv_heads and the swiglu FFN as TransformerBlock's; rotary applies to the self-attention only.
 class TransformerDecoderBlock : public Module {
  public:
   using Options = TransformerBlock::Options;
   using Activation = TransformerBlock::Activation;
+  using Norm = TransformerBlock::Norm;
   TransformerDecoderBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                           Options options);
   /// The block on x and memory; self_mask (broadcast to [B, heads, T, T]) and memory_mask
@@ -875,7 +906,7 @@ class TransformerDecoderBlock : public Module {
   MultiHeadAttention::Cached decode_cached(const Value& x, const Value& memory,
                                            const KVCache& cache, const Value& position,
                                            const Value& memory_mask = {});
-  LayerNorm &norm1, &norm2, &norm3;
+  Module &norm1, &norm2, &norm3;  ///< LayerNorm or RMSNorm (Options::norm)
   MultiHeadAttention &self_attention, &cross_attention;
   Linear &ffn_in, &ffn_out;
   Dropout &self_attention_output_dropout, &cross_attention_output_dropout, &ffn_output_dropout,

@@ -257,10 +257,13 @@ struct AttentionOptions {
   /// projection reshaped (read in place: no transposes to split or merge heads).
   std::string layout = "bhtd";
 };
-/// softmax(scale q k^T, masked) v for q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv]:
+/// softmax(scale q k^T, masked) v for q [B, H, Tq, D], k [B, Hk, Tk, D], v [B, Hk, Tk, Dv]:
 /// [B, H, Tq, Dv] (or all [B, T, H, D] with layout "bthd"), fused (the score matrix is never a
 /// graph value; flash-attention's recomputation in the backward pass). A query with no key to
-/// attend gets zeros.
+/// attend gets zeros. Hk is H, or a divisor of it: grouped-query attention (PyTorch's
+/// enable_gqa), query head h reading key-value head h / (H / Hk) in place. Gradients sum over
+/// a group's query heads when H and Hk are known as the graph is built (as they are from
+/// projections reshaped into heads).
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options = {});
 
@@ -305,5 +308,25 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
 Value instance_norm(const Value& x, const Value& running_mean = {}, const Value& running_var = {},
                     const Value& weight = {}, const Value& bias = {}, bool use_input_stats = true,
                     double momentum = 0.1, double eps = 1e-5);
+
+/// Options of rotary_embedding.
+struct RotaryOptions {
+  /// theta: feature pair c of D turns by position * base^(-2c / D) radians.
+  double base = 10000;
+  /// The pairs are (x[2c], x[2c + 1]) (GPT-J's, Meta's LLaMA code); otherwise (x[c], x[c + D/2])
+  /// ("rotate half": GPT-NeoX's, Hugging Face's LLaMA).
+  bool interleaved = false;
+};
+/// Rotary position embedding (RoFormer) of x [B, T, H, D] (the heads of a [B, T, H D]
+/// projection; T, H known, D known and even): at position p = start + t each feature pair (a, b)
+/// becomes (a cos w - b sin w, b cos w + a sin w), w = p base^(-2c / D). `start` is an integer
+/// scalar tensor (rank 0 or [1]: the first row's position, fed or computed, as in cached
+/// decoding) or undefined for 0. The angles are computed in f32 and the rotation in x's dtype.
+/// Applied to queries and keys, their dot products depend on the positions' difference only.
+Value rotary_embedding(const Value& x, const Value& start = {}, const RotaryOptions& options = {});
+
+/// The gated linear unit (PyTorch's F.glu): x split in halves a, b along `axis` (even), a
+/// sigmoid(b).
+Value glu(const Value& x, int64_t axis = -1);
 
 }  // namespace kiln

@@ -1,5 +1,7 @@
-// attention: fused scaled dot-product attention over q [B, H, Tq, D], k [B, H, Tk, D],
-// v [B, H, Tk, Dv] and an optional bool mask broadcast to [B, H, Tq, Tk] (true: attend):
+// attention: fused scaled dot-product attention over q [B, H, Tq, D], k [B, Hk, Tk, D],
+// v [B, Hk, Tk, Dv] and an optional bool mask broadcast to [B, H, Tq, Tk] (true: attend). Hk
+// divides H: with fewer key-value heads (grouped-query attention) query head h reads key-value
+// head h / (H / Hk) in place (AttentionShape::kv_row_offset; nothing is repeated):
 //   s[i, j] = scale q[i] . k[j]   (-inf where masked, or where j > i when causal)
 //   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
 //   out[i]  = sum_j p[i, j] v[j]
@@ -13,12 +15,16 @@
 //
 // attention_backward, with dout and D[i] = dout[i] . out[i]:
 //   dv = p^T dout,   dp = dout v^T,   ds = p (dp - D),   dq = scale ds k,   dk = scale ds^T q
+// Its dk and dv are per query head ([B, H, Tk, D]); with grouped heads the gradient of k and v
+// sums each group's (sum_head_groups).
 #include <cmath>
 #include <limits>
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
 #include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
 #include "kiln/ops/math/blas.h"
 #include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn.h"
@@ -42,6 +48,11 @@ AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, c
   a.keys = k[length_dim];
   a.depth = q[3];
   a.value_depth = v[3];
+  a.kv_heads = k[heads_dim];
+  const bool divides = a.kv_heads == 0 ? a.heads == 0 : a.heads % a.kv_heads == 0;
+  if (!divides || v[heads_dim] != a.kv_heads)
+    throw Error(str(where, ": k ", k, " and v ", v, " must have the same number of heads, ",
+                    "dividing q's ", a.heads, " (q ", q, ")"));
   if (mask != nullptr) {
     // Strides of the mask in elements, 0 along broadcast dims.
     const int64_t scores[4] = {a.batch, a.heads, a.queries, a.keys};
@@ -90,8 +101,13 @@ void check_attention(const InferContext& ctx) {
                hd == 1 ? "[batch, heads, length, depth]" : "[batch, length, heads, depth]",
                "; input ", i, " is ", ctx.shape(i));
   auto same = [](int64_t a, int64_t b) { return a < 0 || b < 0 || a == b; };
-  if (!same(q[0], k[0]) || !same(q[0], v[0]) || !same(q[hd], k[hd]) || !same(q[hd], v[hd]))
-    ctx.fail("batch and heads differ: q ", q, ", k ", k, ", v ", v);
+  if (!same(q[0], k[0]) || !same(q[0], v[0]))
+    ctx.fail("batch differs: q ", q, ", k ", k, ", v ", v);
+  // Grouped-query attention: k and v may have fewer heads, a divisor of q's.
+  const bool divides = q[hd] < 0 || k[hd] < 0 || (k[hd] == 0 ? q[hd] == 0 : q[hd] % k[hd] == 0);
+  if (!same(k[hd], v[hd]) || !divides)
+    ctx.fail("k and v must have the same number of heads, dividing q's: q ", q, ", k ", k, ", v ",
+             v);
   if (!same(k[ld], v[ld])) ctx.fail("k ", k, " and v ", v, " hold different numbers of keys");
   if (!same(q[3], k[3])) ctx.fail("q ", q, " and k ", k, " have different depths");
   if (ctx.attr<double>("scale") < 0) ctx.fail("scale ", ctx.attr<double>("scale"), " < 0");
@@ -124,13 +140,17 @@ std::vector<TensorType> infer_attention(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape{q[0], q[1], q[2], v[3]}}, {stats, Shape{q[0], q[hd], q[ld]}}};
 }
 
-// Inputs q, k, v, out, lse, dout[, mask]: dq, dk, dv.
+// Inputs q, k, v, out, lse, dout[, mask]: dq, and dk, dv per query head: k's and v's shapes
+// with q's heads (with grouped heads the gradient sums each group's).
 std::vector<TensorType> infer_attention_backward(const InferContext& ctx) {
   check_attention(ctx);
   check_mask(ctx, 6);
   for (int i : {3, 5}) ctx.expect_same_dtype(0, i);
   ctx.expect_dtype(4, {ctx.dtype(0) == f64 ? f64 : f32});
-  return {ctx.input(0), ctx.input(1), ctx.input(2)};
+  const int hd = heads_and_length_dims(ctx).first;
+  TensorType dk = ctx.input(1), dv = ctx.input(2);
+  dk.shape[hd] = dv.shape[hd] = ctx.shape(0)[hd];
+  return {ctx.input(0), dk, dv};
 }
 
 // The gemm sizes fit BLAS's 32-bit ints.
@@ -161,15 +181,16 @@ int64_t row_keys(int64_t kv, int64_t i, bool causal) {
 }
 
 // Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) (q and k at its first rows,
-// rows `ld` apart) against their first `kv` keys into s [rows, Tk] (row stride Tk), -inf where
-// the mask hides a key. The scale is applied by
-// the callers inside their exponentials (e^(scale s - shift), scale > 0), and the causal part of
-// the mask by their row ranges (row_keys): entries past a row's range are not read.
+// rows ldq and ldk apart) against their first `kv` keys into s [rows, Tk] (row stride Tk), -inf
+// where the mask hides a key. The scale is applied by the callers inside their exponentials
+// (e^(scale s - shift), scale > 0), and the causal part of the mask by their row ranges (row_keys):
+// entries past a row's range are not read.
 template <typename T>
-void block_scores(const AttentionShape& a, const T* q, const T* k, int ld, const bool* mask,
-                  int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t kv, T* s) {
+void block_scores(const AttentionShape& a, const T* q, int ldq, const T* k, int ldk,
+                  const bool* mask, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t kv,
+                  T* s) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
-  gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ld, ld, k, ld, s,
+  gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ldq, ldq, k, ldk, s,
        keys);
   if (mask == nullptr) return;
   const T minus_inf = -std::numeric_limits<T>::infinity();
@@ -206,8 +227,10 @@ void attention_typed(KernelContext& ctx) {
   const int64_t block = query_block(causal);
   const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
-  const int ldq = static_cast<int>(a.row_stride(a.depth));        // q, k
-  const int ldv = static_cast<int>(a.row_stride(a.value_depth));  // v, out
+  const int ldq = static_cast<int>(a.row_stride(a.depth));           // q
+  const int ldo = static_cast<int>(a.row_stride(a.value_depth));     // out
+  const int ldk = static_cast<int>(a.kv_row_stride(a.depth));        // k
+  const int ldv = static_cast<int>(a.kv_row_stride(a.value_depth));  // v
   ctx.parallel_for(
       a.batch * a.heads * blocks, block * a.keys * (a.depth + a.value_depth) * 2,
       [&](int64_t t0, int64_t t1) {
@@ -219,10 +242,10 @@ void attention_typed(KernelContext& ctx) {
           const int64_t rows = std::min(block, a.queries - i0);
           const int64_t kv = visible_keys(a, i0, rows, causal);
           const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
-          const T* kh = k + a.row_offset(bh, 0, a.keys, a.depth);
-          const T* vh = v + a.row_offset(bh, 0, a.keys, a.value_depth);
+          const T* kh = k + a.kv_row_offset(bh, 0, a.depth);
+          const T* vh = v + a.kv_row_offset(bh, 0, a.value_depth);
           T* out_blk = out + a.row_offset(bh, i0, a.queries, a.value_depth);
-          block_scores(a, qh, kh, ldq, mask, b, h, i0, rows, kv, s.data());
+          block_scores(a, qh, ldq, kh, ldk, mask, b, h, i0, rows, kv, s.data());
           // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p, the division on the
           // product's Dv columns rather than on p's kv.
           for (int64_t r = 0; r < rows; ++r) {
@@ -242,9 +265,9 @@ void attention_typed(KernelContext& ctx) {
             *lse_at = scale * m + std::log(sum);
           }
           gemm(false, false, static_cast<int>(rows), dvd, static_cast<int>(kv), s.data(),
-               static_cast<int>(a.keys), vh, ldv, out_blk, ldv);
+               static_cast<int>(a.keys), vh, ldv, out_blk, ldo);
           for (int64_t r = 0; r < rows; ++r)
-            for (int c = 0; c < dvd; ++c) out_blk[r * ldv + c] *= inverse_sums[r];
+            for (int c = 0; c < dvd; ++c) out_blk[r * ldo + c] *= inverse_sums[r];
         }
       });
 }
@@ -277,9 +300,11 @@ void attention_backward_typed(KernelContext& ctx) {
                                       dv);
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
-  // Row strides: of q, k and their gradients; of v, out, dout and dv.
-  const int ldk = static_cast<int>(a.row_stride(a.depth));
-  const int ldv = static_cast<int>(a.row_stride(a.value_depth));
+  // Row strides: of q, dq and dk; of out, dout and dv; of k; of v.
+  const int ldq = static_cast<int>(a.row_stride(a.depth));
+  const int ldo = static_cast<int>(a.row_stride(a.value_depth));
+  const int ldk = static_cast<int>(a.kv_row_stride(a.depth));
+  const int ldv = static_cast<int>(a.kv_row_stride(a.value_depth));
   // One (b, h) per task: dk and dv sum over every query block, in order.
   ctx.parallel_for(
       a.batch * a.heads, a.queries * a.keys * (a.depth + a.value_depth) * 4,
@@ -289,23 +314,23 @@ void attention_backward_typed(KernelContext& ctx) {
         for (int64_t bh = t0; bh < t1; ++bh) {
           const int64_t b = bh / a.heads, h = bh % a.heads;
           const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
-          const T* kh = k + a.row_offset(bh, 0, a.keys, a.depth);
-          const T* vh = v + a.row_offset(bh, 0, a.keys, a.value_depth);
+          const T* kh = k + a.kv_row_offset(bh, 0, a.depth);
+          const T* vh = v + a.kv_row_offset(bh, 0, a.value_depth);
           const T* outh = out + a.row_offset(bh, 0, a.queries, a.value_depth);
           const T* douth = dout + a.row_offset(bh, 0, a.queries, a.value_depth);
           T* dqh = dq + a.row_offset(bh, 0, a.queries, a.depth);
           T* dkh = dk + a.row_offset(bh, 0, a.keys, a.depth);
           T* dvh = dv + a.row_offset(bh, 0, a.keys, a.value_depth);
           for (int64_t j = 0; j < a.keys; ++j) {
-            std::fill_n(dkh + j * ldk, d, T(0));
-            std::fill_n(dvh + j * ldv, dvd, T(0));
+            std::fill_n(dkh + j * ldq, d, T(0));
+            std::fill_n(dvh + j * ldo, dvd, T(0));
           }
           for (int64_t i0 = 0; i0 < a.queries; i0 += block) {
             const int rows = static_cast<int>(std::min(block, a.queries - i0));
             const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
-            block_scores(a, qh, kh, ldk, mask, b, h, i0, rows, kv, p.data());
-            const T* dout_blk = douth + i0 * ldv;
-            const T* out_blk = outh + i0 * ldv;
+            block_scores(a, qh, ldq, kh, ldk, mask, b, h, i0, rows, kv, p.data());
+            const T* dout_blk = douth + i0 * ldo;
+            const T* out_blk = outh + i0 * ldo;
             for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
               const T l = lse[bh * a.queries + i0 + r];
               T* row = p.data() + r * a.keys;
@@ -315,17 +340,17 @@ void attention_backward_typed(KernelContext& ctx) {
               std::fill(row + n, row + kv, T(0));
             }
             // Over the block's visible keys: dv += p^T dout;  dp = dout v^T
-            gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, ldv, dvh, ldv, T(1));
-            gemm(false, true, rows, kv, dvd, dout_blk, ldv, vh, ldv, dp.data(), keys);
+            gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, ldo, dvh, ldo, T(1));
+            gemm(false, true, rows, kv, dvd, dout_blk, ldo, vh, ldv, dp.data(), keys);
             for (int r = 0; r < rows; ++r) {
-              const T delta = dot_of(dout_blk + r * ldv, out_blk + r * ldv, dvd);  // dout . out
+              const T delta = dot_of(dout_blk + r * ldo, out_blk + r * ldo, dvd);  // dout . out
               const T* pr = p.data() + r * a.keys;
               T* dpr = dp.data() + r * a.keys;
               for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds
             }
             // dq = ds k;  dk += ds^T q
-            gemm(false, false, rows, d, kv, dp.data(), keys, kh, ldk, dqh + i0 * ldk, ldk);
-            gemm(true, false, kv, d, rows, dp.data(), keys, qh + i0 * ldk, ldk, dkh, ldk, T(1));
+            gemm(false, false, rows, d, kv, dp.data(), keys, kh, ldk, dqh + i0 * ldq, ldq);
+            gemm(true, false, kv, d, rows, dp.data(), keys, qh + i0 * ldq, ldq, dkh, ldq, T(1));
           }
         }
       });
@@ -337,6 +362,22 @@ void attention_cpu(KernelContext& ctx) {
 void attention_backward_cpu(KernelContext& ctx) {
   dispatch_float(ctx.input(0).dtype(),
                  [&](auto tag) { attention_backward_typed<decltype(tag)>(ctx); });
+}
+
+// dk or dv per query head (attention_backward's) summed over each group of heads / kv_heads
+// consecutive query heads sharing a key-value head: the gradient of k or v itself. Group member
+// r of every group is the heads r, r + G, r + 2G, ... (a strided slice along the heads dim).
+Value sum_head_groups(const Value& per_query_head, int64_t heads, int64_t kv_heads, int heads_dim) {
+  if (heads < 0 || kv_heads < 0 || heads == kv_heads) return per_query_head;
+  const int64_t group = heads / kv_heads;
+  std::vector<Value> members;
+  for (int64_t r = 0; r < group; ++r) {
+    std::vector<int64_t> begin(4, 0), end(4, std::numeric_limits<int64_t>::max()), step(4, 1);
+    begin[heads_dim] = r;
+    step[heads_dim] = group;
+    members.push_back(slice(per_query_head, begin, end, step));
+  }
+  return add_n(members);
 }
 
 AttrMap attention_attrs(const Node& node) {
@@ -364,7 +405,10 @@ KILN_OP(attention)
       if (c.num_inputs() > 3) inputs.push_back(c.input(3));
       std::vector<Value> grads =
           c.graph().add_node("attention_backward", inputs, attention_attrs(c.node()));
-      GradList out{grads[0], grads[1], grads[2]};
+      const int hd = attention_layout_is_bthd(c.node().attr<std::string>("layout")) ? 2 : 1;
+      const int64_t heads = c.input(0).shape()[hd], kv_heads = c.input(1).shape()[hd];
+      GradList out{grads[0], sum_head_groups(grads[1], heads, kv_heads, hd),
+                   sum_head_groups(grads[2], heads, kv_heads, hd)};
       if (c.num_inputs() > 3) out.push_back(Value());
       return out;
     });

@@ -94,11 +94,11 @@ __global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T
   const C scale = static_cast<C>(pr.scale);
   for (int64_t j = 0; j < a.keys; ++j) {
     if (!pr.attends(bh, i, j)) continue;
-    const C s = dot(qi, k + a.row_offset(bh, j, a.keys, a.depth), a.depth, lane) * scale;
+    const C s = dot(qi, k + a.kv_row_offset(bh, j, a.depth), a.depth, lane) * scale;
     const C m_new = s > m ? s : m;
     const C correction = exp(m - m_new), e = exp(s - m_new);
     l = l * correction + e;
-    const T* vj = v + a.row_offset(bh, j, a.keys, a.value_depth);
+    const T* vj = v + a.kv_row_offset(bh, j, a.value_depth);
 #pragma unroll
     for (int t = 0; t < kChunks; ++t) {
       const int64_t c = lane + 32 * t;
@@ -150,11 +150,10 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
   if (l != -INFINITY)
     for (int64_t j = 0; j < a.keys; ++j) {
       if (!pr.attends(bh, i, j)) continue;
-      const T* kj = k + a.row_offset(bh, j, a.keys, a.depth);
+      const T* kj = k + a.kv_row_offset(bh, j, a.depth);
       const C p = exp(dot(qi, kj, a.depth, lane) * scale - l);
       const C ds =
-          p * (dot(di, v + a.row_offset(bh, j, a.keys, a.value_depth), a.value_depth, lane) - d) *
-          scale;
+          p * (dot(di, v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane) - d) * scale;
 #pragma unroll
       for (int t = 0; t < kChunks; ++t) {
         const int64_t c = lane + 32 * t;
@@ -169,7 +168,7 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
   }
 }
 
-// dk and dv: one warp per key row.
+// dk and dv: one warp per key row of each query head (per query head with grouped heads).
 template <typename T, typename S>
 __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const S* lse,
                            const S* delta, const T* dout, T* dk, T* dv) {
@@ -180,10 +179,10 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
   if (key >= a.batch * a.heads * a.keys) return;
   const int64_t bh = key / a.keys, j = key % a.keys;
   C kj[kChunks], vj[kChunks], dk_acc[kChunks], dv_acc[kChunks];
-  const int64_t k_at = a.row_offset(bh, j, a.keys, a.depth);
+  const int64_t k_at = a.row_offset(bh, j, a.keys, a.depth);  // of dk and dv
   const int64_t v_at = a.row_offset(bh, j, a.keys, a.value_depth);
-  load(k + k_at, a.depth, lane, kj);
-  load(v + v_at, a.value_depth, lane, vj);
+  load(k + a.kv_row_offset(bh, j, a.depth), a.depth, lane, kj);
+  load(v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane, vj);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) dk_acc[t] = dv_acc[t] = 0;
   const C scale = static_cast<C>(pr.scale);

@@ -15,6 +15,9 @@ namespace kiln::ops {
 
 struct AttentionShape {
   int64_t batch = 0, heads = 0, queries = 0, keys = 0, depth = 0, value_depth = 0;
+  /// The heads of k and v: `heads`, or a divisor of it (grouped-query attention: the `heads /
+  /// kv_heads` consecutive query heads of a group read one key-value head).
+  int64_t kv_heads = 0;
   /// Element strides of the bool mask along [B, H, Tq, Tk] (0 where it broadcasts).
   int64_t mask_strides[4] = {0, 0, 0, 0};
   /// Layout "bthd": q, k, v, out (and their gradients) are [B, T, H, D], the heads of a
@@ -29,6 +32,23 @@ struct AttentionShape {
   }
   /// Elements from one row of a head to the next.
   KILN_HOST_DEVICE int64_t row_stride(int64_t depth) const { return bthd ? heads * depth : depth; }
+
+  /// The batch-and-head of k and v that batch-and-head bh of q reads: query head h reads
+  /// key-value head h / (heads / kv_heads) (PyTorch's enable_gqa, repeat_interleave's order).
+  KILN_HOST_DEVICE int64_t kv_of(int64_t bh) const {
+    return bh / heads * kv_heads + bh % heads / (heads / kv_heads);
+  }
+  /// Element offset of key row j, `depth` per head, that batch-and-head bh of q reads in k or v.
+  /// The gradients dk and dv are per query head (row_offset): a gradient sums their groups.
+  KILN_HOST_DEVICE int64_t kv_row_offset(int64_t bh, int64_t j, int64_t depth) const {
+    const int64_t bk = kv_of(bh);
+    if (!bthd) return (bk * keys + j) * depth;
+    return ((bk / kv_heads * keys + j) * kv_heads + bk % kv_heads) * depth;
+  }
+  /// Elements from one row of a key-value head to the next.
+  KILN_HOST_DEVICE int64_t kv_row_stride(int64_t depth) const {
+    return bthd ? kv_heads * depth : depth;
+  }
 };
 
 /// Whether the layout attribute says [B, T, H, D] ("bthd") rather than [B, H, T, D] ("bhtd").

@@ -221,13 +221,16 @@ KILN_FLASH_FN float float_of(uint32_t bits) {
 /// (row stride D + kVector), 16 bytes per copy (Env::copy16_async(to, from, read): cp.async on
 /// the GPU, zeros where `read` is false); rows past `length` become zeros, so that nothing beyond
 /// the tensor can put a NaN into a product. The tile is there once the thread's copies are waited
-/// for (Env::wait_copies) and the block has synchronized.
+/// for (Env::wait_copies) and the block has synchronized. `key_value`: src is k or v, whose rows
+/// query head bh reads are those of its key-value head (AttentionShape::kv_row_offset).
 template <typename T, int D, int Rows = kCols, class Env>
 KILN_FLASH_FN void stage_rows(Env& env, Element<T>* tile, const Element<T>* src, const Params& p,
-                              int64_t bh, int64_t first, int64_t length) {
+                              int64_t bh, int64_t first, int64_t length, bool key_value = false) {
   constexpr int kV = kVector<T>, kVectors = D / kV;  // 16-byte pieces of a row
   // Rows lie row_stride apart in either layout: one offset computed in 64 bits, then a step.
-  const int64_t first_offset = p.a.row_offset(bh, first, length, D), stride = p.a.row_stride(D);
+  const int64_t first_offset =
+      key_value ? p.a.kv_row_offset(bh, first, D) : p.a.row_offset(bh, first, length, D);
+  const int64_t stride = key_value ? p.a.kv_row_stride(D) : p.a.row_stride(D);
   KILN_FLASH_UNROLL
   for (int idx = env.thread(); idx < Rows * kVectors; idx += kThreads) {
     const int r = idx / kVectors, c = idx % kVectors;
@@ -508,8 +511,9 @@ KILN_FLASH_FN QueryBlock query_block(const AttentionShape& a, int64_t block, int
 template <typename T, int D, class Env>
 KILN_FLASH_FN void stage_keys_values(Env& env, Element<T>* tile, const Params& p, int64_t bh,
                                      int64_t k0) {
-  stage_rows<T, D>(env, tile, elements<T>(p.k), p, bh, k0, p.a.keys);
-  stage_rows<T, D>(env, tile + kCols * (D + kVector<T>), elements<T>(p.v), p, bh, k0, p.a.keys);
+  stage_rows<T, D>(env, tile, elements<T>(p.k), p, bh, k0, p.a.keys, true);
+  stage_rows<T, D>(env, tile + kCols * (D + kVector<T>), elements<T>(p.v), p, bh, k0, p.a.keys,
+                   true);
 }
 
 /// Forward: out and lse of query rows [q0, q0 + kQueryRows<M>) of one (b, h), 16 M per warp.
@@ -838,8 +842,8 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
   // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
   // query steps stay aligned to blocks.
   const int64_t first = p.causal ? k0 : 0;
-  stage_rows<T, D>(env, ks, elements<T>(p.k), p, bh, k0, a.keys);
-  stage_rows<T, D>(env, vs, elements<T>(p.v), p, bh, k0, a.keys);
+  stage_rows<T, D>(env, ks, elements<T>(p.k), p, bh, k0, a.keys, true);
+  stage_rows<T, D>(env, vs, elements<T>(p.v), p, bh, k0, a.keys, true);
   if (first < a.queries) stage(first, 0);  // as in forward_block
   env.commit_copies();
 

@@ -182,7 +182,8 @@ void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const fl
 void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
                              const float* q, const float* k, const float* v, const bool* mask,
                              float* out, float* lse) {
-  const int64_t ldq = a.row_stride(a.depth), ldv = a.row_stride(a.value_depth);
+  const int64_t ldq = a.row_stride(a.depth), ldo = a.row_stride(a.value_depth);  // q; out
+  const int64_t ldk = a.kv_row_stride(a.depth), ldv = a.kv_row_stride(a.value_depth);
   ctx.parallel_for(
       a.batch * a.heads, a.queries * a.keys * (a.depth + a.value_depth) * 2,
       [&](int64_t t0, int64_t t1) {
@@ -193,10 +194,14 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
         const int64_t lds = whole_vectors(a.keys);
         float* s = small_gemm::at_least(buffers.p, kTile * lds);
         float inverse_sums[kTile];
+        int64_t packed = -1;  // the key-value head in kt and vp: a group's heads pack it once
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
-          pack_transposed(k + a.row_offset(bh, 0, a.keys, a.depth), a.keys, a.depth, ldq, kt, ldkt);
-          pack(v + a.row_offset(bh, 0, a.keys, a.value_depth), a.keys, a.value_depth, ldv, vp);
+          if (a.kv_of(bh) != packed) {
+            pack_transposed(k + a.kv_row_offset(bh, 0, a.depth), a.keys, a.depth, ldk, kt, ldkt);
+            pack(v + a.kv_row_offset(bh, 0, a.value_depth), a.keys, a.value_depth, ldv, vp);
+            packed = a.kv_of(bh);
+          }
           for (int64_t i0 = 0; i0 < a.queries; i0 += kTile) {
             const int64_t rows = std::min(kTile, a.queries - i0);
             const int64_t kv = tile_keys(a, i0, rows, causal);
@@ -221,9 +226,9 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
             }
             float* out_tile = out + a.row_offset(bh, i0, a.queries, a.value_depth);
             small_gemm::multiply(rows, a.value_depth, kv, s, lds, 1, vp, a.value_depth, out_tile,
-                                 ldv, false);
+                                 ldo, false);
             for (int64_t r = 0; r < rows; ++r)
-              for (int64_t c = 0; c < a.value_depth; ++c) out_tile[r * ldv + c] *= inverse_sums[r];
+              for (int64_t c = 0; c < a.value_depth; ++c) out_tile[r * ldo + c] *= inverse_sums[r];
           }
         }
       });
@@ -234,7 +239,8 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
                               const float* lse, const float* dout, const bool* mask, float* dq,
                               float* dk, float* dv) {
   const int64_t d = a.depth, dvd = a.value_depth, keys = a.keys;
-  const int64_t ldq = a.row_stride(d), ldv = a.row_stride(dvd);  // q, k, dq, dk; v, out, dout, dv
+  const int64_t ldq = a.row_stride(d), ldo = a.row_stride(dvd);        // q, dq, dk; out, dout, dv
+  const int64_t ldk = a.kv_row_stride(d), ldv = a.kv_row_stride(dvd);  // k; v
   ctx.parallel_for(
       a.batch * a.heads, a.queries * keys * (d + dvd) * 4, [&](int64_t t0, int64_t t1) {
         HeadBuffers& buffers = HeadBuffers::of_this_thread();
@@ -247,15 +253,19 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
         const int64_t lds = whole_vectors(keys);  // of p and ds
         float* p = small_gemm::at_least(buffers.p, kChunk * lds);
         float* ds = small_gemm::at_least(buffers.ds, kChunk * lds);
+        int64_t packed = -1;  // the key-value head in kt, kp and vt
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, d);
-          const float* kh = k + a.row_offset(bh, 0, keys, d);
+          const float* kh = k + a.kv_row_offset(bh, 0, d);
           const float* outh = out + a.row_offset(bh, 0, a.queries, dvd);
           const float* douth = dout + a.row_offset(bh, 0, a.queries, dvd);
           float* dqh = dq + a.row_offset(bh, 0, a.queries, d);
-          pack_transposed(kh, keys, d, ldq, kt, ldkt);
-          pack(kh, keys, d, ldq, kp);
-          pack_transposed(v + a.row_offset(bh, 0, keys, dvd), keys, dvd, ldv, vt, ldkt);
+          if (a.kv_of(bh) != packed) {
+            pack_transposed(kh, keys, d, ldk, kt, ldkt);
+            pack(kh, keys, d, ldk, kp);
+            pack_transposed(v + a.kv_row_offset(bh, 0, dvd), keys, dvd, ldv, vt, ldkt);
+            packed = a.kv_of(bh);
+          }
           std::fill_n(dk_sum, keys * d, 0.0f);
           std::fill_n(dv_sum, keys * dvd, 0.0f);
           for (int64_t c0 = 0; c0 < a.queries; c0 += kChunk) {
@@ -276,11 +286,11 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
               }
               // dp = dout v^T over the tile's keys, then ds = p (dp - D) scale in its place,
               // with D = dout . out.
-              small_gemm::multiply(rows, whole_vector_columns(kv, lds), dvd, douth + i0 * ldv, ldv,
+              small_gemm::multiply(rows, whole_vector_columns(kv, lds), dvd, douth + i0 * ldo, ldo,
                                    1, vt, ldkt, dst, lds, false);
               for (int64_t r = 0; r < rows; ++r) {
-                const float* dout_row = douth + (i0 + r) * ldv;
-                const float* out_row = outh + (i0 + r) * ldv;
+                const float* dout_row = douth + (i0 + r) * ldo;
+                const float* out_row = outh + (i0 + r) * ldo;
                 const float delta = row_dot(dout_row, out_row, dvd);
                 const float* pr = pt + r * lds;
                 float* dsr = dst + r * lds;
@@ -290,7 +300,7 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
               small_gemm::multiply(rows, d, kv, dst, lds, 1, kp, d, dqh + i0 * ldq, ldq, false);
             }
             // Over the chunk's keys: dv += p^T dout;  dk += ds^T q
-            small_gemm::multiply(chunk_keys, dvd, chunk_rows, p, 1, lds, douth + c0 * ldv, ldv,
+            small_gemm::multiply(chunk_keys, dvd, chunk_rows, p, 1, lds, douth + c0 * ldo, ldo,
                                  dv_sum, dvd, true);
             small_gemm::multiply(chunk_keys, d, chunk_rows, ds, 1, lds, qh + c0 * ldq, ldq, dk_sum,
                                  d, true);
@@ -299,7 +309,7 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
           float* dvh = dv + a.row_offset(bh, 0, keys, dvd);
           for (int64_t j = 0; j < keys; ++j) {
             small_gemm::copy_row(dk_sum + j * d, d, dkh + j * ldq);
-            small_gemm::copy_row(dv_sum + j * dvd, dvd, dvh + j * ldv);
+            small_gemm::copy_row(dv_sum + j * dvd, dvd, dvh + j * ldo);
           }
         }
       });

@@ -548,19 +548,28 @@ void add_normalization_cases(const std::function<void(OpCase)>& add) {
 
 namespace {
 
-// softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D] etc. (with `bthd`, [B, Tq, H, D]
-// etc.); `key_valid` masks keys per batch entry (empty: none).
+// softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D], k [B, Hk, Tk, D] etc. (with
+// `bthd`, [B, Tq, H, D] etc.; Hk divides H, query head h reading key-value head h / (H / Hk));
+// `key_valid` masks keys per batch entry (empty: none).
 Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid,
                               bool bthd = false) {
   return [=](const std::vector<Tensor>& in) {
     const Shape& qs = in[0].shape();
     const int hd = bthd ? 2 : 1, ld = bthd ? 1 : 2;
     const int64_t batch = qs[0], heads = qs[hd], tq = qs[ld], d = qs[3];
-    const int64_t tk = in[1].shape()[ld], dv = in[2].shape()[3];
-    // Offset of element c of row i of (b, h) in a tensor of `length` rows of `depth`.
+    const int64_t tk = in[1].shape()[ld], dv = in[2].shape()[3], kv_heads = in[1].shape()[hd];
+    // Offset of element c of row i of (b, h) in a tensor of `n` heads of `length` rows of
+    // `depth`.
+    auto at_in = [&](int64_t b, int64_t h, int64_t i, int64_t c, int64_t length, int64_t depth,
+                     int64_t n) {
+      return bthd ? ((b * length + i) * n + h) * depth + c : ((b * n + h) * length + i) * depth + c;
+    };
     auto at = [&](int64_t b, int64_t h, int64_t i, int64_t c, int64_t length, int64_t depth) {
-      return bthd ? ((b * length + i) * heads + h) * depth + c
-                  : ((b * heads + h) * length + i) * depth + c;
+      return at_in(b, h, i, c, length, depth, heads);
+    };
+    // The same of k or v, for query head h.
+    auto kv_at = [&](int64_t b, int64_t h, int64_t j, int64_t c, int64_t depth) {
+      return at_in(b, h / (heads / kv_heads), j, c, tk, depth, kv_heads);
     };
     const double scale = 1 / std::sqrt(static_cast<double>(d));
     std::vector<double> out(static_cast<size_t>(batch * heads * tq * dv));
@@ -574,7 +583,7 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
             if (!key_valid.empty() && !key_valid[static_cast<size_t>(b)][j]) continue;
             double dot = 0;
             for (int64_t c = 0; c < d; ++c)
-              dot += in[0].element(at(b, h, i, c, tq, d)) * in[1].element(at(b, h, j, c, tk, d));
+              dot += in[0].element(at(b, h, i, c, tq, d)) * in[1].element(kv_at(b, h, j, c, d));
             s[j] = dot * scale;
             m = std::max(m, s[j]);
           }
@@ -582,8 +591,7 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
           for (double& e : s) sum += e = std::exp(e - m);
           for (int64_t c = 0; c < dv; ++c) {
             double o = 0;
-            for (int64_t j = 0; j < tk; ++j)
-              o += s[j] / sum * in[2].element(at(b, h, j, c, tk, dv));
+            for (int64_t j = 0; j < tk; ++j) o += s[j] / sum * in[2].element(kv_at(b, h, j, c, dv));
             out[static_cast<size_t>(at(b, h, i, c, tq, dv))] = o;
           }
         }
@@ -710,6 +718,62 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
            },
        .fd_step = 0,
        .reference = attention_reference(false, valid)});
+  // Grouped-query attention: fewer key-value heads (2 for 4 query heads; 1 for 3, multi-query),
+  // read in place; the gradients of k and v sum their groups' (sum_head_groups).
+  add({.op = "attention",
+       .name = "attention_grouped_heads",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 4, 5, 4}), k = c.input({2, 2, 7, 4}), v = c.input({2, 2, 7, 3});
+             return scaled_dot_product_attention(q, k, v);
+           },
+       .reference = attention_reference(false, {})});
+  add({.op = "attention",
+       .name = "attention_one_key_value_head_bthd",
+       .build =
+           [valid_keys](CaseGraph& c) {
+             Tensor mask = Tensor::zeros(DType::boolean, {2, 1, 1, 6});
+             for (int64_t b = 0; b < 2; ++b)
+               for (int64_t j = 0; j < 6; ++j) mask.data<bool>()[b * 6 + j] = valid_keys[b][j];
+             Value q = c.input({2, 6, 3, 4}), k = c.input({2, 6, 1, 4}), v = c.input({2, 6, 1, 5});
+             return scaled_dot_product_attention(
+                 q, k, v, {.mask = c.g.constant(mask), .causal = true, .layout = "bthd"});
+           },
+       .reference = attention_reference(true, valid_keys, true)});
+  add({.op = "attention",
+       .name = "attention_tiles_grouped_heads_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 50, 6, 32}), k = c.input({1, 70, 2, 32}),
+                   v = c.input({1, 70, 2, 20});
+             return scaled_dot_product_attention(q, k, v, {.causal = true, .layout = "bthd"});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true)});
+  add({.op = "attention",
+       .name = "attention_flash_grouped_heads",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 4, 70, 64}), k = c.input({1, 2, 70, 64}),
+                   v = c.input({1, 2, 70, 64});
+             return scaled_dot_product_attention(q, k, v, {.causal = true});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {})});
+  add({.op = "attention_backward",
+       .name = "attention_backward_grouped_heads_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 4, 4, 4}), k = c.input({2, 6, 2, 4}), v = c.input({2, 6, 2, 3});
+             const AttrMap attrs = {{"causal", true}, {"layout", std::string("bthd")}};
+             std::vector<Value> fwd = c.g.add_node("attention", {q, k, v}, attrs);
+             std::vector<Value> grads = c.g.add_node(
+                 "attention_backward", {q, k, v, fwd[0], fwd[1], c.input({2, 4, 4, 3})}, attrs);
+             // Every element of dq, and of dk and dv per query head ([2, 6, 4, *]).
+             return concat(
+                 {reshape(grads[0], {-1}), reshape(grads[1], {-1}), reshape(grads[2], {-1})}, 0);
+           },
+       .gradients = false});
   add({.op = "attention_backward",
        .name = "attention_backward_bthd",
        .build =

@@ -28,7 +28,10 @@ struct Case {
   int64_t batch, heads, queries, keys;
   bool causal = false;
   bool bthd = false;
-  bool mask = false;  // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
+  bool mask = false;     // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
+  int64_t kv_heads = 0;  // of k and v: 0 for `heads`, or a divisor (grouped-query attention)
+
+  int64_t key_value_heads() const { return kv_heads > 0 ? kv_heads : heads; }
 };
 
 template <typename T>
@@ -84,18 +87,23 @@ struct Reference {
 
 // Attention and its gradients in double: p = softmax(scale q k^T) over the visible keys,
 // out = p v, ds = p (dout . v - dout . out), dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
+// Query head h reads key-value head h / (heads / kv_heads); dk and dv are per query head.
 template <typename T>
 Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
-  const int64_t tq = c.queries, tk = c.keys, d = depth;
+  const int64_t tq = c.queries, tk = c.keys, d = depth, kvh = c.key_value_heads();
   auto at = [&](int64_t b, int64_t h, int64_t i, int64_t length) {
     return c.bthd ? ((b * length + i) * c.heads + h) * d : ((b * c.heads + h) * length + i) * d;
+  };
+  auto kv_at = [&](int64_t b, int64_t h, int64_t j) {
+    const int64_t hk = h / (c.heads / kvh);
+    return c.bthd ? ((b * tk + j) * kvh + hk) * d : ((b * kvh + hk) * tk + j) * d;
   };
   const double scale = 1 / std::sqrt(static_cast<double>(d));
   Reference r;
   r.out.assign(t.qd.size(), 0);
   r.dq.assign(t.qd.size(), 0);
-  r.dk.assign(t.kd.size(), 0);
-  r.dv.assign(t.vd.size(), 0);
+  r.dk.assign(static_cast<size_t>(c.batch * c.heads * tk * d), 0);
+  r.dv.assign(r.dk.size(), 0);
   r.lse.assign(static_cast<size_t>(c.batch * c.heads * tq), -INFINITY);
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t h = 0; h < c.heads; ++h)
@@ -108,7 +116,7 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
           if (!visible[j]) continue;
           double dot = 0;
           for (int64_t e = 0; e < d; ++e)
-            dot += t.qd[at(b, h, i, tq) + e] * t.kd[at(b, h, j, tk) + e];
+            dot += t.qd[at(b, h, i, tq) + e] * t.kd[kv_at(b, h, j) + e];
           p[j] = dot * scale;
           top = std::max(top, p[j]);
         }
@@ -119,7 +127,7 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
         double delta = 0;
         for (int64_t e = 0; e < d; ++e) {
           double o = 0;
-          for (int64_t j = 0; j < tk; ++j) o += p[j] / sum * t.vd[at(b, h, j, tk) + e];
+          for (int64_t j = 0; j < tk; ++j) o += p[j] / sum * t.vd[kv_at(b, h, j) + e];
           r.out[at(b, h, i, tq) + e] = o;
           delta += o * t.doutd[at(b, h, i, tq) + e];
         }
@@ -128,10 +136,10 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
           const double pj = p[j] / sum;
           double dp = 0;
           for (int64_t e = 0; e < d; ++e)
-            dp += t.doutd[at(b, h, i, tq) + e] * t.vd[at(b, h, j, tk) + e];
+            dp += t.doutd[at(b, h, i, tq) + e] * t.vd[kv_at(b, h, j) + e];
           const double ds = pj * (dp - delta);
           for (int64_t e = 0; e < d; ++e) {
-            r.dq[at(b, h, i, tq) + e] += scale * ds * t.kd[at(b, h, j, tk) + e];
+            r.dq[at(b, h, i, tq) + e] += scale * ds * t.kd[kv_at(b, h, j) + e];
             r.dk[at(b, h, j, tk) + e] += scale * ds * t.qd[at(b, h, i, tq) + e];
             r.dv[at(b, h, j, tk) + e] += pj * t.doutd[at(b, h, i, tq) + e];
           }
@@ -160,11 +168,13 @@ void check(const Case& c, double tolerance) {
   SCOPED_TRACE(::testing::Message()
                << "batch " << c.batch << " heads " << c.heads << " queries " << c.queries
                << " keys " << c.keys << " depth " << D << (c.causal ? " causal" : "")
-               << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : ""));
+               << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : "") << " kv heads "
+               << c.key_value_heads());
   std::mt19937 rng(static_cast<unsigned>(c.queries * 131 + c.keys * 7 + D));
   Tensors<T> t;
   const size_t nq = static_cast<size_t>(c.batch * c.heads * c.queries * D);
-  const size_t nk = static_cast<size_t>(c.batch * c.heads * c.keys * D);
+  const size_t nk = static_cast<size_t>(c.batch * c.key_value_heads() * c.keys * D);
+  const size_t nkq = static_cast<size_t>(c.batch * c.heads * c.keys * D);  // dk, dv
   fill<T>(t.q, t.qd, nq, 2.0, rng);
   fill<T>(t.k, t.kd, nk, 2.0, rng);
   fill<T>(t.v, t.vd, nk, 1.0, rng);
@@ -180,6 +190,7 @@ void check(const Case& c, double tolerance) {
   flash::Params p;
   p.a.batch = c.batch;
   p.a.heads = c.heads;
+  p.a.kv_heads = c.key_value_heads();
   p.a.queries = c.queries;
   p.a.keys = c.keys;
   p.a.depth = p.a.value_depth = D;
@@ -255,7 +266,7 @@ void check(const Case& c, double tolerance) {
     for (bool separate_dq : {true, false}) {
       if (!separate_dq && c.keys == 0) continue;
       SCOPED_TRACE(separate_dq ? "dq kernel" : "dq summed in the dk/dv kernel");
-      std::vector<Element<T>> dq(nq, poison<T>()), dk(nk, poison<T>()), dv(nk, poison<T>());
+      std::vector<Element<T>> dq(nq, poison<T>()), dk(nkq, poison<T>()), dv(nkq, poison<T>());
       std::vector<float> dq_sums(nq, NAN);
       std::vector<int> dq_turns(static_cast<size_t>(heads * flash::blocks_of(c.queries)), 0);
       p.dq = dq.data();
@@ -337,6 +348,29 @@ TEST(FlashAttention, CausalMatchesTheReference) {
   check<BFloat16, 128>({.batch = 1, .heads = 1, .queries = 40, .keys = 90, .causal = true}, kBf16);
   check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 90, .keys = 40, .causal = true}, kBf16);
   check<float, 64>({.batch = 1, .heads = 1, .queries = 100, .keys = 100, .causal = true}, kF32);
+}
+
+// Fewer key-value heads than query heads: staged k and v rows are their key-value head's, in
+// both layouts; dk and dv come out per query head.
+TEST(FlashAttention, GroupedKeyValueHeadsMatchTheReference) {
+  check<BFloat16, 64>({.batch = 1, .heads = 2, .queries = 70, .keys = 70, .kv_heads = 1}, kBf16);
+  check<Half, 32>({.batch = 2,
+                   .heads = 3,
+                   .queries = 20,
+                   .keys = 70,
+                   .causal = true,
+                   .bthd = true,
+                   .kv_heads = 1},
+                  kF16);
+  check<float, 32>({.batch = 1,
+                    .heads = 4,
+                    .queries = 20,
+                    .keys = 40,
+                    .causal = false,
+                    .bthd = true,
+                    .mask = true,
+                    .kv_heads = 2},
+                   kF32);
 }
 
 TEST(FlashAttention, MaskedAndBthdMatchTheReference) {

@@ -23,72 +23,85 @@ Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
 
 // The block decoded through its cache (a chunk of `chunk` tokens at position 0, then one token
 // a step) against the block over the whole sequence, both causal, for pre- and post-norm
-// blocks, with and without a key-padding mask. The cache starts as garbage: entries past the
-// position are never read.
+// blocks, with and without a key-padding mask, and a LLaMA-style block (RMS norm, SwiGLU, no
+// biases, rotary embedding at the step's position, one key-value head cached for both query
+// heads). The cache starts as garbage: entries past the position are never read.
 TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
-  for (bool norm_first : {true, false})
-    for (bool masked : {false, true})
-      for (int64_t chunk : {int64_t{1}, int64_t{3}}) {
-        SCOPED_TRACE(str("norm_first ", norm_first, ", masked ", masked, ", chunk ", chunk));
-        Graph g;
-        nn::TransformerBlock block(g, "block", kDim, kHeads,
-                                   {.ffn_dim = 16, .dropout = 0, .norm_first = norm_first});
-        block.eval();
-        Value x = g.placeholder("x", f32, {kBatch, kLength, kDim});
-        // Example 1 may not attend to position 1 (a padded prompt token).
-        Tensor keep_full = Tensor::empty(boolean, {kBatch, 1, 1, kLength});
-        Tensor keep_cache = Tensor::empty(boolean, {kBatch, 1, 1, kMaxLength});
-        for (int64_t b = 0; b < kBatch; ++b) {
-          for (int64_t j = 0; j < kLength; ++j)
-            keep_full.data<bool>()[b * kLength + j] = !(masked && b == 1 && j == 1);
-          for (int64_t j = 0; j < kMaxLength; ++j)
-            keep_cache.data<bool>()[b * kMaxLength + j] = !(masked && b == 1 && j == 1);
-        }
-        Value whole = block.attend(x, g.constant(keep_full));
+  for (bool llama : {false, true})
+    for (bool norm_first : {true, false})
+      for (bool masked : {false, true})
+        for (int64_t chunk : {int64_t{1}, int64_t{3}}) {
+          if (llama && !norm_first) continue;
+          SCOPED_TRACE(str("llama ", llama, ", norm_first ", norm_first, ", masked ", masked,
+                           ", chunk ", chunk));
+          Graph g;
+          nn::TransformerBlock::Options options{
+              .ffn_dim = 16, .dropout = 0, .norm_first = norm_first};
+          if (llama) {
+            options.activation = nn::TransformerBlock::Activation::swiglu;
+            options.norm = nn::TransformerBlock::Norm::rms;
+            options.bias = false;
+            options.kv_heads = 1;
+            options.rotary = RotaryOptions{.base = 100};
+          }
+          const int64_t kv_heads = llama ? 1 : kHeads;
+          nn::TransformerBlock block(g, "block", kDim, kHeads, options);
+          block.eval();
+          Value x = g.placeholder("x", f32, {kBatch, kLength, kDim});
+          // Example 1 may not attend to position 1 (a padded prompt token).
+          Tensor keep_full = Tensor::empty(boolean, {kBatch, 1, 1, kLength});
+          Tensor keep_cache = Tensor::empty(boolean, {kBatch, 1, 1, kMaxLength});
+          for (int64_t b = 0; b < kBatch; ++b) {
+            for (int64_t j = 0; j < kLength; ++j)
+              keep_full.data<bool>()[b * kLength + j] = !(masked && b == 1 && j == 1);
+            for (int64_t j = 0; j < kMaxLength; ++j)
+              keep_cache.data<bool>()[b * kMaxLength + j] = !(masked && b == 1 && j == 1);
+          }
+          Value whole = block.attend(x, g.constant(keep_full));
 
-        nn::KVCache cache = block.attention.cache_placeholders(kMaxLength);
-        Value position = g.placeholder("position", i64, {});
-        Value keep = masked ? g.constant(keep_cache) : Value();
-        Value first = g.placeholder("first", f32, {kBatch, chunk, kDim});
-        Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
-        auto chunk_step = block.attend_cached(first, cache, position, keep);
-        auto token_step = block.attend_cached(token, cache, position, keep);
+          nn::KVCache cache = block.attention.cache_placeholders(kMaxLength);
+          Value position = g.placeholder("position", i64, {});
+          Value keep = masked ? g.constant(keep_cache) : Value();
+          Value first = g.placeholder("first", f32, {kBatch, chunk, kDim});
+          Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
+          auto chunk_step = block.attend_cached(first, cache, position, keep);
+          auto token_step = block.attend_cached(token, cache, position, keep);
 
-        Session s(g);
-        const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 11);
-        const Tensor want = s.run({{x, in}}, {whole})[0];
-        const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
-        Tensor keys = testing::random_tensor(f32, cache_shape, -50, 50, 12);
-        Tensor values = testing::random_tensor(f32, cache_shape, -50, 50, 13);
-        std::vector<Tensor> got;  // [B, n, dim] per step
-        for (int64_t at = 0; at < kLength;) {
-          const bool is_chunk = at == 0;
-          const int64_t n = is_chunk ? chunk : 1;
-          const auto& step = is_chunk ? chunk_step : token_step;
-          auto out = s.run({{is_chunk ? first : token, rows(in, at, n)},
-                            {position, Tensor::scalar<int64_t>(at)},
-                            {cache.keys, keys},
-                            {cache.values, values}},
-                           {step.output, step.cache.keys, step.cache.values});
-          // The fed cache is the caller's: the write went to a buffer of the session's.
-          EXPECT_FALSE(equal_bits(keys, out[1]));
-          got.push_back(out[0]);
-          keys = out[1];
-          values = out[2];
-          at += n;
+          Session s(g);
+          const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 11);
+          const Tensor want = s.run({{x, in}}, {whole})[0];
+          const Shape cache_shape{kBatch, kMaxLength, kv_heads, kDim / kHeads};
+          Tensor keys = testing::random_tensor(f32, cache_shape, -50, 50, 12);
+          Tensor values = testing::random_tensor(f32, cache_shape, -50, 50, 13);
+          std::vector<Tensor> got;  // [B, n, dim] per step
+          for (int64_t at = 0; at < kLength;) {
+            const bool is_chunk = at == 0;
+            const int64_t n = is_chunk ? chunk : 1;
+            const auto& step = is_chunk ? chunk_step : token_step;
+            auto out = s.run({{is_chunk ? first : token, rows(in, at, n)},
+                              {position, Tensor::scalar<int64_t>(at)},
+                              {cache.keys, keys},
+                              {cache.values, values}},
+                             {step.output, step.cache.keys, step.cache.values});
+            // The fed cache is the caller's: the write went to a buffer of the session's.
+            EXPECT_FALSE(equal_bits(keys, out[1]));
+            got.push_back(out[0]);
+            keys = out[1];
+            values = out[2];
+            at += n;
+          }
+          int64_t at = 0;
+          for (const Tensor& step : got) {
+            const int64_t n = step.shape()[1];
+            const Tensor expected = rows(want, at, n);
+            for (int64_t i = 0; i < step.numel(); ++i)
+              EXPECT_NEAR(step.data<float>()[i], expected.data<float>()[i], 2e-5)
+                  << "position " << at + i / kDim % n;
+            at += n;
+          }
+          // The whole block's plan, the chunk's and the token's: one each, whatever the position.
+          EXPECT_EQ(s.num_compiled_plans(), 3u);
         }
-        int64_t at = 0;
-        for (const Tensor& step : got) {
-          const int64_t n = step.shape()[1];
-          const Tensor expected = rows(want, at, n);
-          for (int64_t i = 0; i < step.numel(); ++i)
-            EXPECT_NEAR(step.data<float>()[i], expected.data<float>()[i], 2e-5)
-                << "position " << at + i / kDim % n;
-          at += n;
-        }
-        // The whole block's plan, the chunk's and the token's: one each, whatever the position.
-        EXPECT_EQ(s.num_compiled_plans(), 3u);
-      }
 }
 
 // A decoder block (PyTorch's TransformerDecoderLayer: post-norm, cross-attention to a memory

@@ -679,7 +679,20 @@ TEST(NnFunctional, AttentionErrorsNameTheShapes) {
   // In layout bthd the heads are dim 2 and the length dim 1: read so, q [2, 3, 5, 8] has 5 heads
   // of length 3 and k 7 heads; a mask is held against the scores [B, H, Tq, Tk] = [2, 5, 3, 3].
   expect_error<GraphError>([&] { scaled_dot_product_attention(q, k, v, {.layout = "bthd"}); },
-                           {"[attention]", "batch and heads differ"});
+                           {"[attention]", "dividing q's", "k [2, 3, 7, 8]"});
+  // Grouped-query attention: k and v may have fewer heads, the same number, dividing q's.
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(q, g.placeholder("k3", f32, {2, 2, 7, 8}),
+                                     g.placeholder("v3", f32, {2, 2, 7, 4}));
+      },
+      {"[attention]", "dividing q's", "q [2, 3, 5, 8]", "k [2, 2, 7, 8]"});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(q, g.placeholder("k4", f32, {2, 1, 7, 8}), v);
+      },
+      {"[attention]", "the same number of heads", "v [2, 3, 7, 4]"});
+
   expect_error<GraphError>(
       [&] {
         scaled_dot_product_attention(
@@ -701,6 +714,19 @@ TEST(NnFunctional, AttentionErrorsNameTheShapes) {
                     {mask, Tensor::full(DType::boolean, {2, 1, 1, 6}, 1)}};
   expect_error<Error>([&] { s.run(feeds, {out}); },
                       {"[attention]", "the mask [2, 1, 1, 6] does not broadcast", "[2, 3, 5, 7]"});
+  // Heads known only when the graph runs are checked then.
+  Value qh = g.placeholder("qh", f32, {2, -1, 5, 8}), kh = g.placeholder("kh", f32, {2, -1, 7, 8});
+  Value vh = g.placeholder("vh", f32, {2, -1, 7, 4});
+  Value grouped = scaled_dot_product_attention(qh, kh, vh);
+  Session s2(g);
+  expect_error<Error>(
+      [&] {
+        s2.run({{qh, Tensor::zeros(f32, {2, 3, 5, 8})},
+                {kh, Tensor::zeros(f32, {2, 2, 7, 8})},
+                {vh, Tensor::zeros(f32, {2, 2, 7, 4})}},
+               {grouped});
+      },
+      {"[attention]", "dividing q's", "k [2, 2, 7, 8]"});
 }
 
 // Empty problems: no keys (every row attends to nothing: out 0, logsumexp -inf, gradients 0),

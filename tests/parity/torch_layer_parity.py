@@ -162,6 +162,67 @@ def lm(run):
     run.check_variables(skip=("/key/bias",))
 
 
+def rotary(x, base, interleaved):
+    """Rotary embedding of x [B, T, H, D] at positions 0..T-1, written as the two codebases that
+    define it: Hugging Face's rotate_half (pairs c, c + D/2) or Meta's complex products (pairs 2c,
+    2c + 1). Frequencies and angles in f32, as Kiln's (and those codebases') are."""
+    t, d = x.shape[1], x.shape[3]
+    frequencies = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    angles = (torch.arange(t, dtype=torch.float32)[:, None] *
+              frequencies.float()[None, :]).double()  # [T, D/2]
+    if interleaved:
+        turns = torch.polar(torch.ones_like(angles), angles)[None, :, None, :]
+        pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous())
+        return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
+    cos = torch.cat([angles.cos()] * 2, -1)[None, :, None, :]
+    sin = torch.cat([angles.sin()] * 2, -1)[None, :, None, :]
+    rotated_half = torch.cat([-x[..., d // 2:], x[..., :d // 2]], -1)
+    return (x * cos + rotated_half * sin).to(x.dtype)
+
+
+def llama(run):
+    p = run.params
+    ids = torch.tensor(run.load("ids.npy"))
+    labels = torch.tensor(run.load("labels.npy"))
+    heads, kv_heads = 4, 2
+
+    def rms(name, h):
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * p[name + "/weight"]
+
+    def attend(name, x, interleaved):
+        b, t, d = x.shape
+        depth = d // heads
+        q = linear(p, f"{name}/query", x, bias=False).view(b, t, heads, depth)
+        k = linear(p, f"{name}/key", x, bias=False).view(b, t, kv_heads, depth)
+        v = linear(p, f"{name}/value", x, bias=False).view(b, t, kv_heads, depth)
+        q, k = rotary(q, 1000, interleaved), rotary(k, 1000, interleaved)
+        k, v = (z.repeat_interleave(heads // kv_heads, dim=2) for z in (k, v))
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+        s = q @ k.transpose(-1, -2) / math.sqrt(depth)
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        o = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+        return linear(p, f"{name}/output", o, bias=False)
+
+    def block(name, h, interleaved):
+        h = h + attend(f"{name}/attention", rms(f"{name}/norm1", h), interleaved)
+        gate, up = linear(p, f"{name}/ffn_in", rms(f"{name}/norm2", h), bias=False).chunk(2, -1)
+        return h + linear(p, f"{name}/ffn_out", F.silu(gate) * up, bias=False)
+
+    def model():
+        h = block("block1", p["embed/weight"][ids], False)
+        h = block("block2", h, True)
+        return linear(p, "head", rms("norm", h), bias=False)
+
+    sgd = torch.optim.SGD(run.trainable(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for step in range(3):
+        sgd.zero_grad()
+        loss = F.cross_entropy(model().reshape(-1, 13), labels.reshape(-1))
+        loss.backward()
+        sgd.step()
+        run.check_step(step, [loss])
+    run.check_variables()
+
+
 def autoencoder(run):
     p = run.params
     x = torch.tensor(run.load("x.npy")).double()
@@ -623,7 +684,8 @@ def main():
         print(__doc__)
         return 2
     runs = []
-    for model, build in (("cnn", cnn), ("lm", lm), ("ae", autoencoder), ("encoder", encoder),
+    for model, build in (("cnn", cnn), ("lm", lm), ("llama", llama), ("ae", autoencoder),
+                         ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
                          ("recurrent", recurrent), ("activations", activations),
                          ("segment", segment), ("losses", losses),

@@ -87,8 +87,18 @@ def normalize(x, attrs, scale=None, shift=None):
     return y, kept(mean), kept(rstd)
 
 
+def heads_repeated(q, kv, attrs):
+    """k or v with each key-value head repeated for its group of query heads (grouped-query
+    attention: PyTorch's enable_gqa, whose order is repeat_interleave's)."""
+    dim = 2 if attrs.get("layout") == "bthd" else 1
+    if kv.shape[dim] in (0, q.shape[dim]):
+        return kv
+    return kv.repeat_interleave(q.shape[dim] // kv.shape[dim], dim=dim)
+
+
 def attention(q, k, v, mask, attrs):
     """attention's (out, logsumexp) (ops/nn/attention.cc)."""
+    k, v = heads_repeated(q, k, attrs), heads_repeated(q, v, attrs)
     if attrs.get("layout") == "bthd":  # [B, T, H, D]: the math on [B, H, T, D], out back
         out, lse = attention(*(t.transpose(1, 2) for t in (q, k, v)), mask,
                              {**attrs, "layout": "bhtd"})
@@ -219,7 +229,9 @@ def apply(op, args, attrs, dtype, custom):
     if op == "attention":
         return attention(a, args[1], args[2], args[3] if len(args) > 3 else None, attrs)
     if op == "attention_backward":  # (q, k, v, out, lse, dout[, mask]): dq, dk, dv
-        qkv = [t.detach().requires_grad_(True) for t in args[:3]]
+        # dk and dv per query head: the gradients of k and v repeated for their groups.
+        qkv = [a] + [heads_repeated(a, t, attrs) for t in args[1:3]]
+        qkv = [t.detach().requires_grad_(True) for t in qkv]
         out = attention(*qkv, args[6] if len(args) > 6 else None, attrs)[0]
         return torch.autograd.grad(out, qkv, args[5], create_graph=True)
     if op == "lstm_cell":  # (gates[, c_prev]): h, c, activated gates

@@ -1,0 +1,272 @@
+// The parts of a LLaMA-style model: rotary_embedding and glu against their formulas and finite
+// differences; grouped-query attention (MultiHeadAttention with kv_heads) against full attention
+// whose key and value weights repeat each group's, in values and in gradients; and the block's
+// options (RMS norm, SwiGLU, no biases) in its variables.
+#include <cmath>
+
+#include "autograd/gradcheck.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::check_gradients;
+using testing::expect_error;
+using testing::r64;
+
+// rotary_embedding of x [B, T, H, D] at positions start.., element by element: pair c of
+// (x[c], x[c + D/2]) (or (x[2c], x[2c + 1]) interleaved) turned by (start + t) base^(-2c / D),
+// the frequency and the angle rounded to f32 as the function computes them.
+std::vector<double> rotary_reference(const Tensor& x, int64_t start, double base,
+                                     bool interleaved) {
+  const Shape& s = x.shape();
+  const int64_t pairs = s[3] / 2;
+  std::vector<double> out(static_cast<size_t>(x.numel()));
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t t = 0; t < s[1]; ++t)
+      for (int64_t h = 0; h < s[2]; ++h)
+        for (int64_t c = 0; c < pairs; ++c) {
+          const float frequency = static_cast<float>(std::pow(base, -2.0 * c / s[3]));
+          const float angle = static_cast<float>(start + t) * frequency;
+          const double cos_w = std::cos(angle), sin_w = std::sin(angle);
+          const int64_t row = ((b * s[1] + t) * s[2] + h) * s[3];
+          const int64_t i = row + (interleaved ? 2 * c : c);
+          const int64_t j = row + (interleaved ? 2 * c + 1 : c + pairs);
+          const double a = x.element(i), bb = x.element(j);
+          out[static_cast<size_t>(i)] = a * cos_w - bb * sin_w;
+          out[static_cast<size_t>(j)] = bb * cos_w + a * sin_w;
+        }
+  return out;
+}
+
+TEST(RotaryEmbedding, TurnsEachPairByPositionTimesItsFrequency) {
+  for (bool interleaved : {false, true})
+    for (int64_t start : {int64_t{-1}, int64_t{0}, int64_t{37}}) {
+      SCOPED_TRACE(str("interleaved ", interleaved, ", start ", start));
+      Graph g;
+      Value x = g.placeholder("x", f64, {2, 5, 3, 8});
+      Value at = g.placeholder("start", i32, {1});
+      const RotaryOptions options{.base = 500, .interleaved = interleaved};
+      Value y = start < 0 ? rotary_embedding(x, {}, options) : rotary_embedding(x, at, options);
+      const Tensor in = r64({2, 5, 3, 8}, -2, 2, 3);
+      FeedList feeds{{x, in}};
+      if (start >= 0) feeds.emplace_back(at, Tensor::from_vector<int32_t>({int32_t(start)}));
+      const std::vector<double> got = Session(g).run(feeds, {y})[0].to_vector<double>();
+      const std::vector<double> want =
+          rotary_reference(in, std::max<int64_t>(start, 0), 500, interleaved);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-6) << "at " << i;
+    }
+}
+
+// A query and a key turned for positions p and p' have the dot product of the pair turned for
+// p - p' and 0: attention sees relative positions only.
+TEST(RotaryEmbedding, DotProductsDependOnTheDistanceOnly) {
+  Graph g;
+  Value q = g.placeholder("q", f64, {1, 1, 1, 16}), k = g.placeholder("k", f64, {1, 1, 1, 16});
+  Value p = g.placeholder("p", i64, {}), p2 = g.placeholder("p2", i64, {});
+  Value zero = g.placeholder("zero", i64, {});
+  Value dot_at = sum(rotary_embedding(q, p) * rotary_embedding(k, p2));
+  Value dot_shifted = sum(rotary_embedding(q, p - p2) * rotary_embedding(k, zero));
+  Session s(g);
+  const Tensor qv = r64({1, 1, 1, 16}, -1, 1, 4), kv = r64({1, 1, 1, 16}, -1, 1, 5);
+  const auto out = s.run({{q, qv},
+                          {k, kv},
+                          {p, Tensor::scalar<int64_t>(9)},
+                          {p2, Tensor::scalar<int64_t>(4)},
+                          {zero, Tensor::scalar<int64_t>(0)}},
+                         {dot_at, dot_shifted});
+  EXPECT_NEAR(out[0].element(0), out[1].element(0), 1e-5);
+  double plain = 0;
+  for (int64_t i = 0; i < 16; ++i) plain += qv.element(i) * kv.element(i);
+  EXPECT_GT(std::abs(out[0].element(0) - plain), 1e-3);  // the positions did turn them
+}
+
+TEST(RotaryEmbedding, GradientsMatchFiniteDifferences) {
+  for (bool interleaved : {false, true})
+    check_gradients(
+        [&](Graph& g, const std::vector<Value>& v) {
+          Value start = g.constant(Tensor::scalar<int64_t>(3));
+          return rotary_embedding(v[0], start, {.interleaved = interleaved});
+        },
+        {r64({2, 4, 2, 6}, -2, 2, 6)}, str("rotary_embedding interleaved ", interleaved));
+}
+
+TEST(RotaryEmbedding, ErrorsNameTheValueAndTheShape) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 5, 3, 8});
+  expect_error<GraphError>(
+      [&] {
+        rotary_embedding(g.placeholder("flat", f32, {2, 5, 24}));
+      },
+      {"[rotary_embedding] flat", "[batch, length, heads, depth]", "[2, 5, 24]"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_embedding(g.placeholder("odd", f32, {2, 5, 3, 7}));
+      },
+      {"[rotary_embedding] odd", "even", "[2, 5, 3, 7]"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_embedding(g.placeholder("unknown", f32, {2, -1, 3, 8}));
+      },
+      {"[rotary_embedding] unknown", "length and heads known"});
+  expect_error<GraphError>([&] { rotary_embedding(x, g.placeholder("p", f32, {})); },
+                           {"[rotary_embedding] x", "start must be an i32 or i64"});
+  expect_error<GraphError>([&] { rotary_embedding(x, g.placeholder("p2", i64, {2})); },
+                           {"[rotary_embedding] x", "scalar", "[2]"});
+  expect_error<GraphError>([&] { rotary_embedding(x, {}, {.base = 0}); },
+                           {"[rotary_embedding] x", "base 0"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_embedding(g.placeholder("ids", i32, {2, 5, 3, 8}));
+      },
+      {"[rotary_embedding] ids", "floating point"});
+}
+
+TEST(Glu, IsTheFirstHalfTimesTheSigmoidOfTheSecond) {
+  Graph g;
+  Value x = g.placeholder("x", f64, {3, 4, 5});
+  const Tensor in = r64({3, 4, 5}, -3, 3, 7);
+  const std::vector<double> got = Session(g).run({{x, in}}, {glu(x, 1)})[0].to_vector<double>();
+  ASSERT_EQ(got.size(), 30u);
+  for (int64_t a = 0; a < 3; ++a)
+    for (int64_t i = 0; i < 2; ++i)
+      for (int64_t c = 0; c < 5; ++c) {
+        const double first = in.element((a * 4 + i) * 5 + c);
+        const double second = in.element((a * 4 + i + 2) * 5 + c);
+        EXPECT_NEAR(got[static_cast<size_t>((a * 2 + i) * 5 + c)], first / (1 + std::exp(-second)),
+                    1e-12);
+      }
+  check_gradients([](Graph&, const std::vector<Value>& v) { return glu(v[0]); },
+                  {r64({3, 6}, -3, 3, 8)}, "glu");
+  expect_error<GraphError>([&] { glu(x); }, {"[glu] x", "dim 2", "even"});
+  expect_error<GraphError>([&] { glu(x, 3); }, {"[glu] x", "axis 3"});
+}
+
+constexpr int64_t kDim = 16, kHeads = 4, kGroup = 2, kDepth = kDim / kHeads;
+
+// Grouped-query attention is full attention whose key-value heads repeat each group's: a
+// layer with kv_heads 2 against one with 4 heads whose k and v weights (and biases) hold
+// column block h / 2 of the grouped layer's at block h. Outputs agree (the fused op in
+// evaluation, and the math path with attention dropout in training), and so do the
+// gradients: the input's, and the grouped weights' as the sums of their repeats'.
+TEST(GroupedQueryAttention, IsFullAttentionWithRepeatedKeyValueHeads) {
+  for (bool rotary : {false, true})
+    for (bool math_path : {false, true}) {
+      SCOPED_TRACE(str("rotary ", rotary, ", math path ", math_path));
+      Graph g;
+      nn::MultiHeadAttention::Options options{.causal = true, .dropout = math_path ? 1e-12 : 0};
+      if (rotary) options.rotary = RotaryOptions{};
+      nn::MultiHeadAttention full(g, "full", kDim, kHeads, options);
+      options.kv_heads = kHeads / kGroup;
+      nn::MultiHeadAttention grouped(g, "grouped", kDim, kHeads, options);
+      EXPECT_EQ(grouped.key.weight.shape(), (Shape{kDim, kDim / kGroup}));
+      if (!math_path) {
+        full.eval();
+        grouped.eval();
+      }
+      Value x = g.placeholder("x", f32, {2, 5, kDim});
+      Value y_full = full(x), y_grouped = grouped(x);
+      Value r = g.placeholder("r", f32, {2, 5, kDim});
+      std::vector<Value> wrt_full =
+          gradients(sum(y_full * r), {x, full.key.weight, full.value.bias});
+      std::vector<Value> wrt_grouped =
+          gradients(sum(y_grouped * r), {x, grouped.key.weight, grouped.value.bias});
+
+      Session s(g);
+      s.set_variable(full.query.weight, s.variable_value(grouped.query.weight));
+      s.set_variable(full.query.bias, s.variable_value(grouped.query.bias));
+      s.set_variable(full.output.weight, s.variable_value(grouped.output.weight));
+      s.set_variable(full.output.bias, s.variable_value(grouped.output.bias));
+      // Column c of head h of the full layer's k and v is column c of head h / group.
+      auto repeat_columns = [](const Tensor& t) {
+        const int64_t rows = t.shape().rank() == 2 ? t.shape()[0] : 1;
+        const int64_t columns = t.shape()[t.shape().rank() - 1];
+        std::vector<float> out(static_cast<size_t>(rows * kDim));
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t h = 0; h < kHeads; ++h)
+            for (int64_t c = 0; c < kDepth; ++c)
+              out[static_cast<size_t>(i * kDim + h * kDepth + c)] =
+                  t.data<float>()[i * columns + h / kGroup * kDepth + c];
+        return t.shape().rank() == 2 ? Tensor::from_vector(out, {rows, kDim})
+                                     : Tensor::from_vector(out, {kDim});
+      };
+      for (auto [to, from] : {std::pair{full.key.weight, grouped.key.weight},
+                              std::pair{full.key.bias, grouped.key.bias},
+                              std::pair{full.value.weight, grouped.value.weight},
+                              std::pair{full.value.bias, grouped.value.bias}})
+        s.set_variable(to, repeat_columns(s.variable_value(from)));
+
+      const Tensor in = testing::random_tensor(f32, {2, 5, kDim}, -2, 2, 9);
+      const Tensor weights = testing::random_tensor(f32, {2, 5, kDim}, -1, 1, 10);
+      std::vector<Value> fetches{y_full, y_grouped};
+      fetches.insert(fetches.end(), wrt_full.begin(), wrt_full.end());
+      fetches.insert(fetches.end(), wrt_grouped.begin(), wrt_grouped.end());
+      const auto out = s.run({{x, in}, {r, weights}}, fetches);
+      auto expect_near = [](const std::vector<float>& got, const std::vector<float>& want,
+                            const char* what) {
+        ASSERT_EQ(got.size(), want.size()) << what;
+        for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-5) << what;
+      };
+      expect_near(out[1].to_vector<float>(), out[0].to_vector<float>(), "output");
+      expect_near(out[5].to_vector<float>(), out[2].to_vector<float>(), "d x");
+      // d grouped column (g, c) = sum over the group's heads h of d full column (h, c).
+      auto summed = [](const Tensor& t) {
+        const int64_t rows = t.shape().rank() == 2 ? t.shape()[0] : 1;
+        const int64_t width = kDim / kGroup;
+        std::vector<float> out(static_cast<size_t>(rows * width), 0.0f);
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t h = 0; h < kHeads; ++h)
+            for (int64_t c = 0; c < kDepth; ++c)
+              out[static_cast<size_t>(i * width + h / kGroup * kDepth + c)] +=
+                  t.data<float>()[i * kDim + h * kDepth + c];
+        return out;
+      };
+      expect_near(out[6].to_vector<float>(), summed(out[3]), "d key weight");
+      expect_near(out[7].to_vector<float>(), summed(out[4]), "d value bias");
+    }
+}
+
+// A LLaMA-style block: RMS norms (weights only), one Linear of 2 ffn_dim for SwiGLU's gate and
+// up, no biases, k and v projections of kv_heads heads; its output is finite and its gradient
+// reaches every variable.
+TEST(GroupedQueryAttention, ALlamaStyleBlockHasItsVariablesAndTrains) {
+  Graph g;
+  nn::TransformerBlock block(g, "block", kDim, kHeads,
+                             {.ffn_dim = 24,
+                              .dropout = 0,
+                              .activation = nn::TransformerBlock::Activation::swiglu,
+                              .norm = nn::TransformerBlock::Norm::rms,
+                              .bias = false,
+                              .kv_heads = 1,
+                              .rotary = RotaryOptions{}});
+  std::vector<std::string> names;
+  for (const Value& v : block.parameters()) names.push_back(str(v.name(), " ", v.shape()));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{
+                "block/norm1/weight [16]", "block/norm2/weight [16]",
+                "block/attention/query/weight [16, 16]", "block/attention/key/weight [16, 4]",
+                "block/attention/value/weight [16, 4]", "block/attention/output/weight [16, 16]",
+                "block/ffn_in/weight [16, 48]", "block/ffn_out/weight [24, 16]"}));
+  Value x = g.placeholder("x", f32, {2, 6, kDim});
+  Value loss = sum(square(block(x)));
+  std::vector<Value> grads = gradients(loss, block.parameters());
+  Session s(g);
+  const auto out = s.run({{x, testing::random_tensor(f32, {2, 6, kDim}, -1, 1, 12)}}, grads);
+  for (size_t i = 0; i < out.size(); ++i) {
+    double norm = 0;
+    for (float v : out[i].to_vector<float>()) {
+      ASSERT_TRUE(std::isfinite(v)) << names[i];
+      norm += std::abs(v);
+    }
+    EXPECT_GT(norm, 0) << names[i];
+  }
+  expect_error<GraphError>([&] { nn::MultiHeadAttention(g, "bad", kDim, kHeads, {.kv_heads = 3}); },
+                           {"[nn] MultiHeadAttention bad", "kv_heads 3", "divide the 4 heads"});
+  expect_error<GraphError>(
+      [&] { nn::MultiHeadAttention(g, "odd", 12, 4, {.rotary = RotaryOptions{}}); },
+      {"[nn] MultiHeadAttention odd", "head depth 3", "odd"});
+}
+
+}  // namespace
+}  // namespace kiln
