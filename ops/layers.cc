@@ -678,28 +678,49 @@ Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
 
 Value MultiHeadAttention::attend(const Value& x, const Value& memory, const Value& mask) {
   NameScope scope(graph(), name());
-  return attention_of(x, memory, mask);
+  return attention_to(x, projected(memory), mask);
 }
 
-Value MultiHeadAttention::attention_of(const Value& x, const Value& memory, const Value& mask) {
-  auto check = [&](const Value& v, const char* what) {
-    const Shape& s = v.shape();
-    KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
-               path(), ": expects ", what, " [batch, length, ", dim_, "] with a known length, got ",
-               s);
-    return s[1];
-  };
-  const int64_t length = check(x, "x");
-  const int64_t memory_length = check(memory, "memory");
+KVCache MultiHeadAttention::project_memory(const Value& memory) {
+  expect_own({&memory}, "the memory");
+  NameScope scope(graph(), name());
+  return projected(memory);
+}
+
+Value MultiHeadAttention::attend_projected(const Value& x, const KVCache& memory,
+                                           const Value& mask) {
+  expect_own({&x, &memory.keys, &memory.values}, "x and the memory's keys and values");
   const int64_t depth = dim_ / heads_;
-  // [B, T, dim] -> [B, T, heads, depth]: attention reads the heads in place (layout bthd), so
-  // no transpose splits or merges them.
-  auto split = [&](const Value& v, int64_t t, int64_t heads) {
-    return reshape(v, {-1, t, heads, depth});
-  };
-  Value q = rotated(split(query(x), length, heads_), Value());
-  Value k = rotated(split(key(memory), memory_length, kv_heads_), Value());
-  Value v = split(value(memory), memory_length, kv_heads_);
+  const Shape& ks = memory.keys.shape();
+  KILN_CHECK(ks.rank() == 4 && ks[1] >= 0 && ks[2] == kv_heads_ && ks[3] == depth &&
+                 memory.values.shape() == ks,
+             GraphError, "[nn] MultiHeadAttention ", path(),
+             ": projected keys and values must both be [batch, length, ", kv_heads_, ", ", depth,
+             "] with a known length, got ", ks, " and ", memory.values.shape());
+  NameScope scope(graph(), name());
+  return attention_to(x, memory, mask);
+}
+
+int64_t MultiHeadAttention::length_of(const Value& x, const char* what) const {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
+             path(), ": expects ", what, " [batch, length, ", dim_, "] with a known length, got ",
+             s);
+  return s[1];
+}
+
+// [B, S, dim] -> [B, S, kv_heads, depth]: attention reads the heads in place (layout bthd), so
+// no transpose splits or merges them.
+KVCache MultiHeadAttention::projected(const Value& memory) {
+  const int64_t length = length_of(memory, "memory"), depth = dim_ / heads_;
+  return {rotated(reshape(key(memory), {-1, length, kv_heads_, depth}), Value()),
+          reshape(value(memory), {-1, length, kv_heads_, depth})};
+}
+
+Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, const Value& mask) {
+  const int64_t length = length_of(x, "x");
+  Value q = rotated(reshape(query(x), {-1, length, heads_, dim_ / heads_}), Value());
+  const Value &k = memory.keys, &v = memory.values;
   Value attended = dropout_ > 0 && training()
                        ? attention_with_dropout(q, k, v, mask)
                        : scaled_dot_product_attention(
@@ -713,10 +734,7 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   KILN_CHECK(!training(), GraphError, "[nn] MultiHeadAttention ", path(),
              ": cached attention is for inference; build it in evaluation mode (eval())");
   expect_own({&x, &position}, "x and position");
-  const Shape& xs = x.shape();
-  KILN_CHECK(xs.rank() == 3 && xs[2] == dim_ && xs[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
-             path(), ": expects x [batch, length, ", dim_, "] with a known length, got ", xs);
-  const int64_t depth = dim_ / heads_, length = xs[1];
+  const int64_t depth = dim_ / heads_, length = length_of(x, "x");
   for (const Value* part : {&cache.keys, &cache.values}) {
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
                ": the cache's keys and values must both be given");
@@ -936,8 +954,9 @@ Value TransformerDecoderBlock::decode(const Value& x, const Value& memory, const
                                       const Value& memory_mask) {
   expect_own({&x, &memory}, "x and memory");
   NameScope scope(graph(), name());
-  return block_of(x, memory, memory_mask,
-                  [&](const Value& v) { return self_attention.attend(v, self_mask); });
+  return block_of(
+      x, [&](const Value& v) { return self_attention.attend(v, self_mask); },
+      [&](const Value& v) { return cross_attention.attend(v, memory, memory_mask); });
 }
 
 MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
@@ -945,16 +964,42 @@ MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x
                                                                   const KVCache& cache,
                                                                   const Value& position,
                                                                   const Value& memory_mask) {
+  expect_own({&x, &memory}, "x and memory");
+  return step_of(x, cache, position,
+                 [&](const Value& v) { return cross_attention.attend(v, memory, memory_mask); });
+}
+
+KVCache TransformerDecoderBlock::project_memory(const Value& memory) {
+  NameScope scope(graph(), name());
+  return cross_attention.project_memory(memory);
+}
+
+MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
+                                                                  const KVCache& memory,
+                                                                  const KVCache& cache,
+                                                                  const Value& position,
+                                                                  const Value& memory_mask) {
+  expect_own({&x}, "x");
+  return step_of(x, cache, position, [&](const Value& v) {
+    return cross_attention.attend_projected(v, memory, memory_mask);
+  });
+}
+
+MultiHeadAttention::Cached TransformerDecoderBlock::step_of(
+    const Value& x, const KVCache& cache, const Value& position,
+    const std::function<Value(const Value&)>& cross_attend) {
   KILN_CHECK(!training(), GraphError, "[nn] TransformerDecoderBlock ", path(),
              ": cached attention is for inference; build it in evaluation mode (eval())");
-  expect_own({&x, &memory}, "x and memory");
   NameScope scope(graph(), name());
   KVCache next;
-  Value y = block_of(x, memory, memory_mask, [&](const Value& v) {
-    MultiHeadAttention::Cached step = self_attention.attend_cached(v, cache, position);
-    next = step.cache;
-    return step.output;
-  });
+  Value y = block_of(
+      x,
+      [&](const Value& v) {
+        MultiHeadAttention::Cached step = self_attention.attend_cached(v, cache, position);
+        next = step.cache;
+        return step.output;
+      },
+      cross_attend);
   return {y, next};
 }
 
@@ -963,13 +1008,11 @@ Value TransformerDecoderBlock::forward(const Value&) {
                        ": a decoder attends to a memory; call decode(x, memory)"));
 }
 
-Value TransformerDecoderBlock::block_of(const Value& x, const Value& memory,
-                                        const Value& memory_mask,
-                                        const std::function<Value(const Value&)>& self_attend) {
+Value TransformerDecoderBlock::block_of(const Value& x,
+                                        const std::function<Value(const Value&)>& self_attend,
+                                        const std::function<Value(const Value&)>& cross_attend) {
   auto self_part = [&](const Value& v) { return self_attention_output_dropout(self_attend(v)); };
-  auto cross_part = [&](const Value& v) {
-    return cross_attention_output_dropout(cross_attention.attend(v, memory, memory_mask));
-  };
+  auto cross_part = [&](const Value& v) { return cross_attention_output_dropout(cross_attend(v)); };
   auto ffn = [&](const Value& v) {
     return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
   };

@@ -805,14 +805,29 @@ class MultiHeadAttention : public Module {
   /// Placeholders for this layer's cache, [-1, max_length, kv_heads, head_dim] of `dtype`, named
   /// "<path>/cache_keys" and "<path>/cache_values".
   KVCache cache_placeholders(int64_t max_length, DType dtype = f32);
+
+  /// The keys and values of `memory` [B, S, dim] (an encoder's output) for cross-attention,
+  /// projected (and, with rotary, turned for positions 0..S-1) once: [B, S, kv_heads, head_dim]
+  /// each. An encoder-decoder that generates computes them once per input (a signature's
+  /// outputs) and feeds them to every step, instead of projecting the memory again each token.
+  KVCache project_memory(const Value& memory);
+  /// Cross-attention of x [B, T, dim] to keys and values from project_memory (or any [B, S,
+  /// kv_heads, head_dim] pair): attend(x, memory, mask) without the memory's projections.
+  Value attend_projected(const Value& x, const KVCache& memory, const Value& mask = {});
   Linear &query, &key, &value, &output;
   Dropout& probability_dropout;
 
  protected:
-  Value forward(const Value& x) override { return attention_of(x, x, Value()); }
+  Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
 
  private:
-  Value attention_of(const Value& x, const Value& memory, const Value& mask);
+  /// The length of x or memory [B, T, dim] (`what` names it), known, or a GraphError.
+  int64_t length_of(const Value& x, const char* what) const;
+  /// project_memory's body, inside the layer's name scope.
+  KVCache projected(const Value& memory);
+  /// Attention of x to projected keys and values [B, S, kv_heads, head_dim], inside the name
+  /// scope: the queries, the fused op (or the math path with dropout), the output projection.
+  Value attention_to(const Value& x, const KVCache& memory, const Value& mask);
   /// Attention of q [B, T, H, D], k and v [B, S, H, D] with the probabilities a graph value
   /// and dropped: [B, T, H, Dv].
   Value attention_with_dropout(const Value& q, const Value& k, const Value& v, const Value& mask);
@@ -902,8 +917,16 @@ class TransformerDecoderBlock : public Module {
   /// One step of cached generation: x [B, n, dim] at positions [position, position + n), its
   /// self-attention MultiHeadAttention::attend_cached over `cache` (see there), its
   /// cross-attention to `memory` as decode()'s (the memory's keys and values are projected
-  /// again every step). Evaluation mode only.
+  /// again every step: see the overload below). Evaluation mode only.
   MultiHeadAttention::Cached decode_cached(const Value& x, const Value& memory,
+                                           const KVCache& cache, const Value& position,
+                                           const Value& memory_mask = {});
+  /// The cross-attention's keys and values of `memory`, projected once
+  /// (MultiHeadAttention::project_memory) for the decode_cached below.
+  KVCache project_memory(const Value& memory);
+  /// decode_cached with the memory's keys and values from project_memory: a step projects
+  /// only its own tokens.
+  MultiHeadAttention::Cached decode_cached(const Value& x, const KVCache& memory,
                                            const KVCache& cache, const Value& position,
                                            const Value& memory_mask = {});
   Module &norm1, &norm2, &norm3;  ///< LayerNorm or RMSNorm (Options::norm)
@@ -917,9 +940,12 @@ class TransformerDecoderBlock : public Module {
   Value forward(const Value& x) override;
 
  private:
-  /// The block around `self_attend`, its self-attention sublayer.
-  Value block_of(const Value& x, const Value& memory, const Value& memory_mask,
-                 const std::function<Value(const Value&)>& self_attend);
+  /// The block around `self_attend` and `cross_attend`, its attention sublayers.
+  Value block_of(const Value& x, const std::function<Value(const Value&)>& self_attend,
+                 const std::function<Value(const Value&)>& cross_attend);
+  /// decode_cached's body, its cross-attention `cross_attend`.
+  MultiHeadAttention::Cached step_of(const Value& x, const KVCache& cache, const Value& position,
+                                     const std::function<Value(const Value&)>& cross_attend);
   Activation activation_;
   bool norm_first_;
 };

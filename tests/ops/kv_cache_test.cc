@@ -105,7 +105,9 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
 }
 
 // A decoder block (PyTorch's TransformerDecoderLayer: post-norm, cross-attention to a memory
-// over its padding mask) decoded a token at a time is the block over the whole sequence.
+// over its padding mask) decoded a token at a time is the block over the whole sequence; so is
+// one whose steps read the memory's keys and values projected once (project_memory), fed to
+// each step without the memory itself.
 TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   Graph g;
   nn::TransformerDecoderBlock block(g, "decoder", kDim, kHeads,
@@ -123,25 +125,49 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   auto step = block.decode_cached(token, memory, cache, position, memory_mask);
   expect_error<GraphError>([&] { block.decode_cached(token, Value(), cache, position); },
                            {"[nn] decoder", "x and memory must be values"});
+  const nn::KVCache memory_kv = block.project_memory(memory);
+  const Shape projected_shape{kBatch, 5, kHeads, kDim / kHeads};
+  const nn::KVCache fed_kv{g.placeholder("memory_keys", f32, projected_shape),
+                           g.placeholder("memory_values", f32, projected_shape)};
+  auto projected_step = block.decode_cached(token, fed_kv, cache, position, memory_mask);
+  EXPECT_EQ(memory_kv.keys.shape(), projected_shape);
+  expect_error<GraphError>(
+      [&] {
+        block.decode_cached(token,
+                            nn::KVCache{fed_kv.keys, g.placeholder("short", f32, {kBatch, 5})},
+                            cache, position);
+      },
+      {"[nn] MultiHeadAttention decoder/cross_attention", "projected keys and values must both be",
+       "[2, 5]"});
 
   Session s(g);
   const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 14);
   const Tensor mem = testing::random_tensor(f32, {kBatch, 5, kDim}, -2, 2, 15);
   const Tensor want = s.run({{x, in}, {memory, mem}}, {whole})[0];
+  const std::vector<Tensor> projected = s.run({{memory, mem}}, {memory_kv.keys, memory_kv.values});
   const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
-  Tensor keys = Tensor::zeros(f32, cache_shape), values = keys;
-  for (int64_t at = 0; at < kLength; ++at) {
-    auto out = s.run({{token, rows(in, at, 1)},
-                      {memory, mem},
-                      {position, Tensor::scalar<int64_t>(at)},
-                      {cache.keys, keys},
-                      {cache.values, values}},
-                     {step.output, step.cache.keys, step.cache.values});
-    keys = out[1];
-    values = out[2];
-    const Tensor expected = rows(want, at, 1);
-    for (int64_t i = 0; i < out[0].numel(); ++i)
-      EXPECT_NEAR(out[0].data<float>()[i], expected.data<float>()[i], 2e-5) << "position " << at;
+  for (bool project_once : {false, true}) {
+    SCOPED_TRACE(project_once ? "memory projected once" : "memory projected each step");
+    Tensor keys = Tensor::zeros(f32, cache_shape), values = keys;
+    for (int64_t at = 0; at < kLength; ++at) {
+      FeedList feeds{{token, rows(in, at, 1)},
+                     {position, Tensor::scalar<int64_t>(at)},
+                     {cache.keys, keys},
+                     {cache.values, values}};
+      if (project_once) {
+        feeds.emplace_back(fed_kv.keys, projected[0]);
+        feeds.emplace_back(fed_kv.values, projected[1]);
+      } else {
+        feeds.emplace_back(memory, mem);
+      }
+      const auto& run = project_once ? projected_step : step;
+      auto out = s.run(feeds, {run.output, run.cache.keys, run.cache.values});
+      keys = out[1];
+      values = out[2];
+      const Tensor expected = rows(want, at, 1);
+      for (int64_t i = 0; i < out[0].numel(); ++i)
+        EXPECT_NEAR(out[0].data<float>()[i], expected.data<float>()[i], 2e-5) << "position " << at;
+    }
   }
   block.train();
   expect_error<GraphError>([&] { block.decode_cached(token, memory, cache, position); },
