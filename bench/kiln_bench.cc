@@ -3,9 +3,9 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, lstm_step, gru_step and upsample_step (by hand: not in run.sh),
-// attention_step, peak_flops (the
-// processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes
+// transformer_step, llama_step, lstm_step, decode_step, attention_step, gru_step and
+// upsample_step (the last three by hand: not in run.sh), peak_flops (the processor's measured
+// f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes
 // (the graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE
 // (a Chrome trace of the runs).
 #include <kiln/kiln.h>
@@ -106,6 +106,16 @@ double transformer_step(const SessionOptions& options) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 128, 256});
   Value train = optim::Adam({.lr = 1e-4}).minimize(bench::transformer_loss(g, x));
+  Session s(g, options);
+  Tensor xb = ramp({16, 128, 256});
+  return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
+}
+
+// transformer_step with the LLaMA-style block (bench/nn_models.h).
+double llama_step(const SessionOptions& options) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 128, 256});
+  Value train = optim::Adam({.lr = 1e-4}).minimize(bench::llama_loss(g, x));
   Session s(g, options);
   Tensor xb = ramp({16, 128, 256});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
@@ -333,6 +343,8 @@ int main(int argc, char** argv) {
     std::printf("decode_step %.9f\n", decode_step(options));
   } else if (name == "transformer_step") {
     std::printf("transformer_step %.9f\n", transformer_step(options));
+  } else if (name == "llama_step") {
+    std::printf("llama_step %.9f\n", llama_step(options));
   } else {
     std::fprintf(stderr, "kiln_bench: unknown case %s\n", name.c_str());
     return 2;

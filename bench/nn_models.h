@@ -35,6 +35,21 @@ inline Value transformer_loss(Graph& g, const Value& x) {
   return mean(square(block(x)));
 }
 
+/// The LLaMA-style step's loss: transformer_loss's block as LLaMA builds it (RMS norms, a SwiGLU
+/// FFN of 704, no biases, rotary embedding, 2 key-value heads for the 4 query heads) on x
+/// [batch, 128, 256]; mean(square(block(x))).
+inline Value llama_loss(Graph& g, const Value& x) {
+  nn::TransformerBlock block(g, "block", 256, 4,
+                             {.ffn_dim = 704,
+                              .dropout = 0,
+                              .activation = nn::TransformerBlock::Activation::swiglu,
+                              .norm = nn::TransformerBlock::Norm::rms,
+                              .bias = false,
+                              .kv_heads = 2,
+                              .rotary = RotaryOptions{}});
+  return mean(square(block(x)));
+}
+
 /// The LSTM step's loss: one LSTM layer (input 128, hidden 256, batch first; PyTorch's nn.LSTM)
 /// over x [batch, 32, 128]; mean(square(output)).
 inline Value lstm_loss(Graph& g, const Value& x) {

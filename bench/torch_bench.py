@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
-cnn_step, transformer_step, lstm_step, decode_step. With --compile the model cases run their module through
+cnn_step, transformer_step, llama_step, lstm_step, decode_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -108,6 +108,73 @@ def transformer_step():
     return step
 
 
+class LlamaBlock(torch.nn.Module):
+    """kiln_bench's llama_step block, as LLaMA's code writes it: RMS norms, rotary embedding
+    (rotate-half, cos and sin tables made once), 2 key-value heads for 4 query heads (SDPA's
+    enable_gqa where this torch has it), a SwiGLU FFN, no biases."""
+
+    def __init__(self, d, heads, kv_heads, ffn, length):
+        super().__init__()
+        nn = torch.nn
+        self.heads, self.kv_heads, self.depth = heads, kv_heads, d // heads
+        norm = getattr(nn, "RMSNorm", None)
+        self.norm1, self.norm2 = ((norm(d, eps=1e-5) if norm else RmsNorm(d)) for _ in range(2))
+        self.q, self.o = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.k, self.v = (nn.Linear(d, kv_heads * self.depth, bias=False) for _ in range(2))
+        self.gate_up, self.down = nn.Linear(d, 2 * ffn, bias=False), nn.Linear(ffn, d, bias=False)
+        frequencies = 10000.0 ** (-torch.arange(0, self.depth, 2).float() / self.depth)
+        angles = torch.arange(length).float()[:, None] * frequencies[None, :]
+        self.register_buffer("cos", torch.cat([angles.cos()] * 2, -1))
+        self.register_buffer("sin", torch.cat([angles.sin()] * 2, -1))
+
+    def rotate(self, x):  # [B, H, T, D]
+        half = self.depth // 2
+        return x * self.cos + torch.cat([-x[..., half:], x[..., :half]], -1) * self.sin
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm1(x)
+        split = lambda v, n: v.view(b, t, n, self.depth).transpose(1, 2)
+        q = self.rotate(split(self.q(h), self.heads))
+        k = self.rotate(split(self.k(h), self.kv_heads))
+        v = split(self.v(h), self.kv_heads)
+        try:
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                 enable_gqa=True)
+        except TypeError:  # before 2.5
+            group = self.heads // self.kv_heads
+            a = torch.nn.functional.scaled_dot_product_attention(
+                q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        gate, up = self.gate_up(self.norm2(x)).chunk(2, -1)
+        return x + self.down(torch.nn.functional.silu(gate) * up)
+
+
+class RmsNorm(torch.nn.Module):
+    """torch.nn.RMSNorm, for a torch before 2.4."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.weight
+
+
+def llama_step():
+    torch.manual_seed(0)
+    block = LlamaBlock(256, 4, 2, 704, 128)
+    opt = torch.optim.Adam(block.parameters(), lr=1e-4)
+    block = compiled(block)
+    x = ramp(16, 128, 256)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        block(x).square().mean().backward()
+        opt.step()
+    return step
+
+
 def decode_step(device="cpu"):
     """One token through 4 blocks with a KV cache, kiln_bench's decode_step: batch 1, position
     200 of 256-entry caches, written in place; the attention reads the entries so far. Returns
@@ -195,8 +262,10 @@ def main():
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
     elif case == "decode_step":
         print(f"decode_step {time_it(decode_step(), 10, 200):.9f}")
-    elif case in ("cnn_step", "transformer_step", "lstm_step", "gru_step", "upsample_step"):
-        steps = {"cnn_step": cnn_step, "transformer_step": transformer_step, "lstm_step": lstm_step,
+    elif case in ("cnn_step", "transformer_step", "llama_step", "lstm_step", "gru_step",
+                  "upsample_step"):
+        steps = {"cnn_step": cnn_step, "transformer_step": transformer_step,
+                 "llama_step": llama_step, "lstm_step": lstm_step,
                  "gru_step": lambda: lstm_step("GRU"), "upsample_step": upsample_step}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")

@@ -1,9 +1,13 @@
 // A GPT-style character model trained on Debian's fortunes: token and position embeddings,
 // pre-norm transformer blocks with causal attention and dropout, a final layer norm and a
-// linear head. Prints the validation loss in nats per character and samples text.
+// linear head. Prints the validation loss in nats per character and samples text. With
+// --llama, LLaMA's block instead: RMS norms, a SwiGLU FFN (hidden 8/3 dim, rounded up to 32),
+// no biases, rotary position embedding in the attention (no position table), and --kv-heads
+// key-value heads (grouped-query attention; default: half the heads).
 //
 //   char_transformer [--data DIR] [--out DIR] [--steps N] [--batch N] [--context N]
-//                    [--dim N] [--heads N] [--layers N] [--lr X] [--eval-every N]
+//                    [--dim N] [--heads N] [--layers N] [--llama [--kv-heads N]]
+//                    [--lr X] [--eval-every N]
 //                    [--threads N] [--device best|cpu|cuda] [--seed N] [--trace FILE.json]
 //                    [--logdir DIR]
 //   char_transformer --sample N [--out DIR] [--prompt TEXT] [--temperature X] [--seed N]
@@ -27,6 +31,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 
 using namespace kiln;
@@ -37,6 +43,8 @@ struct Args {
   std::string data = "/usr/share/games/fortunes";
   std::string out = "out";
   int64_t steps = 4000, batch = 32, context = 128, dim = 128, heads = 4, layers = 4;
+  bool llama = false;    // LLaMA's block (RMS norm, SwiGLU, rotary, grouped heads)
+  int64_t kv_heads = 0;  // with llama: key-value heads (0: heads / 2, or 1)
   double lr = 2e-3, dropout = 0.1;
   int64_t eval_every = 250, eval_batches = 32;
   int threads = 0;
@@ -55,6 +63,7 @@ constexpr const char* kUsage =
     "val_loss (nats/char) and a sample; or samples from the saved model.\n"
     "  char_transformer [--data DIR] [--out DIR] [--steps N] [--batch N] [--context N]\n"
     "                   [--dim N] [--heads N] [--layers N] [--lr X] [--dropout X]\n"
+    "                   [--llama  (RMS norm, SwiGLU, rotary, grouped heads) [--kv-heads N]]\n"
     "                   [--eval-every N] [--eval-batches N] [--threads N]\n"
     "                   [--device best|cpu|cuda|cuda:N] [--seed N] [--trace FILE.json]\n"
     "                   [--logdir DIR  (TensorBoard; default <out>/logs)]\n"
@@ -86,6 +95,10 @@ Args parse(int argc, char** argv) {
       a.heads = integer();
     else if (k == "--layers")
       a.layers = integer();
+    else if (k == "--llama")
+      a.llama = true;
+    else if (k == "--kv-heads")
+      a.kv_heads = integer();
     else if (k == "--lr")
       a.lr = std::stod(value());
     else if (k == "--dropout")
@@ -122,6 +135,8 @@ Args parse(int argc, char** argv) {
   if (a.steps < 1 || a.batch < 1 || a.context < 2 || a.eval_every < 1 || a.eval_batches < 1)
     throw Error(
         "[args] --steps, --batch, --eval-every, --eval-batches must be >= 1, --context >= 2");
+  if (a.kv_heads != 0 && !a.llama) throw Error("[args] --kv-heads goes with --llama");
+  if (a.llama && a.kv_heads == 0) a.kv_heads = a.heads % 2 == 0 ? a.heads / 2 : 1;
   return a;
 }
 
@@ -194,22 +209,41 @@ void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
   Value vocab_table = g.constant(vocab_bytes, "vocab");
 
   nn::Embedding tokens(g, "tokens", vocab, a.dim);
-  nn::Embedding positions(g, "positions", T, a.dim);
+  // GPT's learned positions; LLaMA's rotary embedding turns queries and keys instead.
+  std::optional<nn::Embedding> positions;
+  if (!a.llama) positions.emplace(g, "positions", T, a.dim);
+  // The token embeddings of ids [B, n] at positions first.. (an i64 scalar, or 0 if undefined).
+  auto embed = [&](const Value& step_ids, int64_t n, const Value& first) {
+    if (!positions) return tokens(step_ids);
+    Value at = iota(g, Shape{n}, 0, i64);
+    return tokens(step_ids) + (*positions)(first.defined() ? at + first : at);
+  };
   nn::Dropout embedding_dropout(g, "embedding_dropout", a.dropout);
+  nn::TransformerBlock::Options options{.dropout = a.dropout, .causal = true};
+  if (a.llama) {
+    options.ffn_dim = (8 * a.dim / 3 + 31) / 32 * 32;
+    options.activation = nn::TransformerBlock::Activation::swiglu;
+    options.norm = nn::TransformerBlock::Norm::rms;
+    options.bias = false;
+    options.kv_heads = a.kv_heads;
+    options.rotary = RotaryOptions{};
+  }
   std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
   for (int64_t l = 0; l < a.layers; ++l)
-    blocks.push_back(std::make_unique<nn::TransformerBlock>(
-        g, str("block", l), a.dim, a.heads,
-        nn::TransformerBlock::Options{.dropout = a.dropout, .causal = true}));
-  nn::LayerNorm final_norm(g, "final_norm", Shape{a.dim});
-  nn::Linear head(g, "head", a.dim, vocab);
-  Value position_ids = iota(g, Shape{T}, 0, i64);
+    blocks.push_back(
+        std::make_unique<nn::TransformerBlock>(g, str("block", l), a.dim, a.heads, options));
+  std::unique_ptr<nn::Module> final_norm;
+  if (a.llama)
+    final_norm = std::make_unique<nn::RMSNorm>(g, "final_norm", Shape{a.dim}, 1e-5);
+  else
+    final_norm = std::make_unique<nn::LayerNorm>(g, "final_norm", Shape{a.dim});
+  nn::Linear head(g, "head", a.dim, vocab, {.bias = !a.llama});
   auto logits_of = [&](bool training) {
     embedding_dropout.train(training);
     for (auto& b : blocks) b->train(training);
-    Value h = embedding_dropout(tokens(ids) + positions(position_ids));
+    Value h = embedding_dropout(embed(ids, T, Value()));
     for (auto& b : blocks) h = (*b)(h);
-    return head(final_norm(h));  // [B, T, vocab]
+    return head((*final_norm)(h));  // [B, T, vocab]
   };
   auto loss_of = [&](const Value& logits) {
     return cross_entropy(reshape(logits, {-1, vocab}), reshape(targets, {-1}));
@@ -237,7 +271,7 @@ void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
   std::vector<nn::KVCache> caches;
   for (auto& b : blocks) caches.push_back(b->attention.cache_placeholders(T));
   auto add_cached = [&](const std::string& name, const Value& step_ids, int64_t n) {
-    Value h = tokens(step_ids) + positions(iota(g, Shape{n}, 0, i64) + position);
+    Value h = embed(step_ids, n, position);
     std::vector<Value> inputs = {step_ids, position}, outputs;
     for (size_t l = 0; l < blocks.size(); ++l) {
       auto step = blocks[l]->attend_cached(h, caches[l], position);
@@ -245,7 +279,7 @@ void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
       inputs.insert(inputs.end(), {caches[l].keys, caches[l].values});
       outputs.insert(outputs.end(), {step.cache.keys, step.cache.values});
     }
-    outputs.insert(outputs.begin(), head(final_norm(h)));  // [B, n, vocab]
+    outputs.insert(outputs.begin(), head((*final_norm)(h)));  // [B, n, vocab]
     g.add_signature({name, inputs, outputs, {}});
   };
   add_cached("prefill", g.placeholder("prefill_ids", i64, {-1, T}), T);
@@ -394,14 +428,18 @@ int main(int argc, char** argv) {
     build_graph(g, a, corpus);
     save_graph(g, graph_path);
     Session sess(g, {.device = a.device, .intra_op_threads = a.threads, .trace_path = a.trace});
-    std::printf("training on %s: %lld layers, dim %lld, %lld heads, context %lld, batch %lld\n",
-                a.device.to_string().c_str(), static_cast<long long>(a.layers),
-                static_cast<long long>(a.dim), static_cast<long long>(a.heads),
-                static_cast<long long>(a.context), static_cast<long long>(a.batch));
+    std::printf(
+        "training on %s: %lld %s layers, dim %lld, %lld heads (%lld key-value), context %lld, "
+        "batch %lld\n",
+        a.device.to_string().c_str(), static_cast<long long>(a.layers),
+        a.llama ? "LLaMA-style" : "GPT-style", static_cast<long long>(a.dim),
+        static_cast<long long>(a.heads), static_cast<long long>(a.llama ? a.kv_heads : a.heads),
+        static_cast<long long>(a.context), static_cast<long long>(a.batch));
     SummaryWriter log(a.logdir.empty() ? a.out + "/logs" : a.logdir);
     log.add_text("run/options",
                  str("steps ", a.steps, ", batch ", a.batch, ", context ", a.context, ", dim ",
-                     a.dim, ", heads ", a.heads, ", layers ", a.layers, ", lr ", a.lr, ", dropout ",
+                     a.dim, ", heads ", a.heads, ", layers ", a.layers, a.llama ? ", llama" : "",
+                     a.llama ? str(", kv heads ", a.kv_heads) : "", ", lr ", a.lr, ", dropout ",
                      a.dropout, ", device ", a.device),
                  0);
     log.add_graph(g);

@@ -318,7 +318,7 @@ struct RotaryOptions {
   bool interleaved = false;
 };
 /// Rotary position embedding (RoFormer) of x [B, T, H, D] (the heads of a [B, T, H D]
-/// projection; T, H known, D known and even): at position p = start + t each feature pair (a, b)
+/// projection; D known and even), one op: at position p = start + t each feature pair (a, b)
 /// becomes (a cos w - b sin w, b cos w + a sin w), w = p base^(-2c / D). `start` is an integer
 /// scalar tensor (rank 0 or [1]: the first row's position, fed or computed, as in cached
 /// decoding) or undefined for 0. The angles are computed in f32 and the rotation in x's dtype.

@@ -347,6 +347,28 @@ struct sigmoid_cpu_fn {
   }
 };
 
+/// The CPU loops' SiLU, x sigmoid(x), and tanh GELU, x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)):
+/// through sigmoid_f32 for f32 (the ops' own sigmoid_of calls libm's expf, a scalar call that
+/// took 4.2 ms of a SwiGLU block's 65 ms step on [16, 128, 704]), the op's own math otherwise.
+struct silu_cpu_fn {
+  template <typename T>
+  T operator()(T x) const {
+    if constexpr (std::is_same_v<T, float>)
+      return sigmoid_f32(x) * x;
+    else
+      return silu_fn{}(x);
+  }
+};
+struct gelu_tanh_cpu_fn {
+  template <typename T>
+  T operator()(T x) const {
+    if constexpr (std::is_same_v<T, float>)
+      return sigmoid_f32(1.59576912160573071176f * (x + 0.044715f * x * x * x)) * x;
+    else
+      return gelu_tanh_fn{}(x);
+  }
+};
+
 /// The functor a CPU loop runs for an op's functor: itself, or its vectorizable CPU form.
 template <typename F>
 const F& cpu_form(const F& f) {
@@ -362,6 +384,12 @@ inline tanh_cpu_fn cpu_form(const tanh_fn&) {
   return {};
 }
 inline sigmoid_cpu_fn cpu_form(const sigmoid_fn&) {
+  return {};
+}
+inline silu_cpu_fn cpu_form(const silu_fn&) {
+  return {};
+}
+inline gelu_tanh_cpu_fn cpu_form(const gelu_tanh_fn&) {
   return {};
 }
 

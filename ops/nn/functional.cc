@@ -307,58 +307,6 @@ Value drop_path(const Value& x, double rate, bool training, int64_t seed) {
   return x * dropout_mask(first_along(x, 1), rate, seed);
 }
 
-Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& options) {
-  const Shape& shape = x.shape();
-  KILN_CHECK(
-      shape.rank() == 4 && shape[1] >= 0 && shape[2] >= 0 && shape[3] > 0 && shape[3] % 2 == 0,
-      GraphError, "[rotary_embedding] ", x.name(),
-      ": expects x [batch, length, heads, depth] with length and heads known and the depth "
-      "known and even, got ",
-      shape);
-  KILN_CHECK(options.base > 0, GraphError, "[rotary_embedding] ", x.name(), ": base ", options.base,
-             " must be positive");
-  KILN_CHECK(is_floating(x.dtype()), GraphError, "[rotary_embedding] ", x.name(),
-             ": x must be floating point, got ", x.dtype());
-  Graph& graph = *x.graph();
-  const int64_t length = shape[1], heads = shape[2], depth = shape[3], pairs = depth / 2;
-  // Pair c's frequency base^(-2c / D), rounded once to f32 (as PyTorch-side implementations do).
-  std::vector<float> frequencies(static_cast<size_t>(pairs));
-  for (int64_t c = 0; c < pairs; ++c)
-    frequencies[static_cast<size_t>(c)] = static_cast<float>(
-        std::pow(options.base, -2.0 * static_cast<double>(c) / static_cast<double>(depth)));
-  // angles [T, D/2] = positions [T, 1] x frequencies [1, D/2], in f32.
-  Value positions = iota(graph, Shape{length, 1}, 0, f32);
-  if (start.defined()) {
-    KILN_CHECK(start.graph() == x.graph(), GraphError, "[rotary_embedding] ", x.name(), ": start ",
-               start.name(), " belongs to another graph");
-    KILN_CHECK(start.dtype() == i32 || start.dtype() == i64, GraphError, "[rotary_embedding] ",
-               x.name(), ": start must be an i32 or i64 scalar, got ", start.dtype());
-    KILN_CHECK(start.shape().rank() == 0 || start.shape() == Shape{1}, GraphError,
-               "[rotary_embedding] ", x.name(), ": start must be a scalar (rank 0 or [1]), got ",
-               start.shape());
-    positions = positions + cast(reshape(start, Shape{1, 1}), f32);
-  }
-  Value angles = positions * constant(graph, Tensor::from_vector(frequencies, {1, pairs}));
-  Value cos_w = cos(angles), sin_w = sin(angles);
-  if (x.dtype() != f32) {
-    cos_w = cast(cos_w, x.dtype());
-    sin_w = cast(sin_w, x.dtype());
-  }
-  if (options.interleaved) {
-    // [B, T, H, D/2, 2]: a = [..., 0], b = [..., 1]; cos and sin [1, T, 1, D/2, 1].
-    cos_w = reshape(cos_w, {1, length, 1, pairs, 1});
-    sin_w = reshape(sin_w, {1, length, 1, pairs, 1});
-    std::vector<Value> ab = split(reshape(x, {-1, length, heads, pairs, 2}), 2, 4);
-    Value turned = concat({ab[0] * cos_w - ab[1] * sin_w, ab[1] * cos_w + ab[0] * sin_w}, 4);
-    return reshape(turned, {-1, length, heads, depth});
-  }
-  // a = x[..., :D/2], b = x[..., D/2:]; cos and sin [1, T, 1, D/2].
-  cos_w = reshape(cos_w, {1, length, 1, pairs});
-  sin_w = reshape(sin_w, {1, length, 1, pairs});
-  std::vector<Value> ab = split(x, 2, 3);
-  return concat({ab[0] * cos_w - ab[1] * sin_w, ab[1] * cos_w + ab[0] * sin_w}, 3);
-}
-
 // a sigmoid(b) for the halves a, b of x along `axis`
 Value glu(const Value& x, int64_t axis) {
   const Shape& shape = x.shape();

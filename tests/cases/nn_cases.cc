@@ -601,6 +601,85 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
 
 }  // namespace
 
+namespace {
+
+// rotary in PyTorch terms: x [B, T, H, D], frequencies [D/2], an optional start; angles in f32
+// as Kiln's, the rotation in x's dtype.
+const char* const kTorchRotary =
+    "(lambda x, f, s, interleaved, sign: (lambda w: (lambda cos, sin, a, b: "
+    "torch.stack([a * cos - b * sin, b * cos + a * sin], -1).flatten(-2) if interleaved else "
+    "torch.cat([a * cos - b * sin, b * cos + a * sin], -1))("
+    "w.cos().to(x.dtype)[None, :, None, :], (sign * w.sin()).to(x.dtype)[None, :, None, :], "
+    "x[..., 0::2] if interleaved else x[..., :x.shape[-1] // 2], "
+    "x[..., 1::2] if interleaved else x[..., x.shape[-1] // 2:]))("
+    "(torch.arange(x.shape[1]).float() + float(s))[:, None] * f.float()[None, :]))("
+    "a, args[1], int(args[2]) if len(args) > 2 else 0, attrs['interleaved'] == '1', "
+    "-1.0 if attrs['inverse'] == '1' else 1.0)";
+
+// rotary's f64 reference of x [B, T, H, D] at positions start.. (frequency and angle rounded to
+// f32 as the op computes them), turned by -w with `inverse`.
+Reference rotary_reference(double base, int64_t start, bool interleaved, bool inverse) {
+  return [=](const std::vector<Tensor>& in) {
+    const Shape& s = in[0].shape();
+    const int64_t pairs = s[3] / 2;
+    std::vector<double> y(static_cast<size_t>(in[0].numel()));
+    for (int64_t row = 0; row < s[0] * s[1] * s[2]; ++row)
+      for (int64_t c = 0; c < pairs; ++c) {
+        const float f = static_cast<float>(std::pow(base, -2.0 * c / static_cast<double>(s[3])));
+        const float w = (static_cast<float>(row / s[2] % s[1]) + static_cast<float>(start)) * f;
+        const double cos_w = std::cos(w), sin_w = (inverse ? -1 : 1) * double(std::sin(w));
+        const int64_t i = row * s[3] + (interleaved ? 2 * c : c);
+        const int64_t j = i + (interleaved ? 1 : pairs);
+        const double a = in[0].element(i), b = in[0].element(j);
+        y[static_cast<size_t>(i)] = a * cos_w - b * sin_w;
+        y[static_cast<size_t>(j)] = b * cos_w + a * sin_w;
+      }
+    return y;
+  };
+}
+
+}  // namespace
+
+void add_rotary_cases(const std::function<void(OpCase)>& add) {
+  add({.op = "rotary",
+       .name = "rotary_half_from_start",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({2, 5, 3, 8});  // fed first: the reference reads in[0]
+             return rotary_embedding(x, c.ints({3}, {}), {.base = 100});
+           },
+       // The angles' cos and sin are f32 (libm's and PyTorch's differ by an ulp, 6e-8).
+       .parity_tolerance = 1e-6,
+       .torch = kTorchRotary,
+       .reference = rotary_reference(100, 3, false, false)});
+  add({.op = "rotary",
+       .name = "rotary_interleaved",
+       .build =
+           [](CaseGraph& c) {
+             return rotary_embedding(c.input({1, 4, 2, 6}), {}, {.interleaved = true});
+           },
+       // The angles' cos and sin are f32 (libm's and PyTorch's differ by an ulp, 6e-8).
+       .parity_tolerance = 1e-6,
+       .torch = kTorchRotary,
+       .reference = rotary_reference(10000, 0, true, false)});
+  // The inverse turn (the gradient's), with an i32 start [1].
+  add({.op = "rotary",
+       .name = "rotary_inverse_i32_start",
+       .build =
+           [](CaseGraph& c) {
+             Value x = c.input({2, 3, 1, 4});
+             std::vector<float> f = {1.0f, static_cast<float>(std::pow(50.0, -0.5))};
+             return c.g.add(
+                 "rotary",
+                 {x, c.g.constant(Tensor::from_vector(f, {2})), cast(c.ints({7}, {1}), i32)},
+                 {{"interleaved", false}, {"inverse", true}});
+           },
+       // The angles' cos and sin are f32 (libm's and PyTorch's differ by an ulp, 6e-8).
+       .parity_tolerance = 1e-6,
+       .torch = kTorchRotary,
+       .reference = rotary_reference(50, 7, false, true)});
+}
+
 void add_attention_cases(const std::function<void(OpCase)>& add) {
   add({.op = "attention",
        .name = "attention",

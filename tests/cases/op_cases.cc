@@ -798,6 +798,7 @@ std::vector<OpCase> make_cases() {
   add_nn_cases(add);
   add_normalization_cases(add);
   add_attention_cases(add);
+  add_rotary_cases(add);
   add_recurrent_cases(add);
   return cases;
 }

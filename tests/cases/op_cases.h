@@ -81,6 +81,8 @@ void add_nn_cases(const std::function<void(OpCase)>& add);
 void add_normalization_cases(const std::function<void(OpCase)>& add);
 /// Adds the attention cases (tests/cases/nn_cases.cc).
 void add_attention_cases(const std::function<void(OpCase)>& add);
+/// Adds the rotary embedding cases (tests/cases/nn_cases.cc).
+void add_rotary_cases(const std::function<void(OpCase)>& add);
 
 /// Adds the fused recurrent cells' cases (tests/cases/recurrent_cases.cc).
 void add_recurrent_cases(const std::function<void(OpCase)>& add);

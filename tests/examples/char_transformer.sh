@@ -1,13 +1,16 @@
 #!/bin/sh
-# char_transformer.sh PROGRAM DIR: trains a tiny char_transformer for a few steps, checks that it
+# char_transformer.sh PROGRAM DIR [MAX_LOSS [TRAINING OPTIONS...]]: trains a tiny
+# char_transformer for a few steps (with the extra options, e.g. --llama), checks that it
 # learned (validation loss below MAX_LOSS nats/char, from about ln(vocabulary) = 5.2 at the
 # start) and saved its files, then samples from the saved graph and checkpoint alone.
 program=$1
 dir=$2
 max_loss=${3:-3.6}
+shift 2
+[ $# -gt 0 ] && shift
 rm -rf "$dir"
 out=$("$program" --steps 80 --dim 32 --heads 2 --layers 2 --context 32 --batch 16 --lr 1e-2 \
-  --eval-every 40 --eval-batches 4 --out "$dir" --device cpu 2>&1)
+  --eval-every 40 --eval-batches 4 --out "$dir" --device cpu "$@" 2>&1)
 status=$?
 printf '%s\n' "$out"
 [ $status -eq 0 ] || { echo "FAIL: training exited with $status"; exit 1; }

@@ -107,9 +107,9 @@ TEST(RotaryEmbedding, ErrorsNameTheValueAndTheShape) {
       {"[rotary_embedding] odd", "even", "[2, 5, 3, 7]"});
   expect_error<GraphError>(
       [&] {
-        rotary_embedding(g.placeholder("unknown", f32, {2, -1, 3, 8}));
+        rotary_embedding(g.placeholder("unknown", f32, {2, 5, 3, -1}));
       },
-      {"[rotary_embedding] unknown", "length and heads known"});
+      {"[rotary_embedding] unknown", "depth known and even"});
   expect_error<GraphError>([&] { rotary_embedding(x, g.placeholder("p", f32, {})); },
                            {"[rotary_embedding] x", "start must be an i32 or i64"});
   expect_error<GraphError>([&] { rotary_embedding(x, g.placeholder("p2", i64, {2})); },
