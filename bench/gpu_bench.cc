@@ -11,6 +11,10 @@
 //   cnn_step        the CNN of bench/nn_models.h, batch 64, Adam, as mlp_step (--graphs too;
 //                   --tf32: SessionOptions::allow_tf32, f32 convolutions and products in TF32)
 //   attention_bf16  fused attention forward + backward, bf16, [4, 16, 2048, 64], causal
+//   llama_step      the CPU benchmark's LLaMA-style block (RMS norm, SwiGLU, rotary, 2 of 4
+//                   heads for keys and values) training step, f32, batch 16 of 128 x 256 held
+//                   on the device, Adam (--graphs too)
+//   decode_step     one token through 4 blocks with KV caches held on the device (--graphs too)
 // Each iteration is a Session::run, so it includes the host round trip (launch and sync).
 // KILN_BENCH_STEPS=N: 2 warm-up iterations and N timed ones (for a profiler); KILN_BENCH_TRACE:
 // see gpu_options.
@@ -187,6 +191,21 @@ int attention_bf16(const Flags& flags) {
   return 0;
 }
 
+// The LLaMA-style block's training step (bench/nn_models.h): x [16, 128, 256] in a variable (on
+// the device: nothing crosses to the host but the loss).
+int llama_step(const Flags& flags) {
+  Graph g;
+  Value x = g.variable("x", {16, 128, 256}, init::uniform(-1, 1, 50), f32, /*trainable=*/false);
+  Value loss = bench::llama_loss(g, x);
+  Value train = optim::Adam({.lr = 1e-4}).minimize(loss);
+  Session s(g, gpu_options(flags));
+  double last = 0;
+  const double t = time_it([&] { last = s.run({}, {loss}, {train})[0].item<double>(); }, 5, 50);
+  std::printf("llama_step%s %.6e loss=%.6f replays=%lld\n", flags.suffix().c_str(), t, last,
+              static_cast<long long>(s.graph_replays()));
+  return 0;
+}
+
 // One token of generation through 4 pre-norm blocks (d 256, 4 heads, FFN 1024; the CPU
 // benchmark's decode_step), batch 1, at position 200 of 256-entry caches held in the session
 // (variables, assigned the step's new cache as targets: nothing crosses to the host but the
@@ -224,7 +243,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: kiln_gpu_bench matmul_bf16|chain_fused|mlp_step|cnn_step|attention_bf16|"
-                 "decode_step "
+                 "llama_step|decode_step "
                  "[--graphs] [--tf32]\n");
     return 2;
   }
@@ -246,6 +265,7 @@ int main(int argc, char** argv) {
     if (which == "mlp_step") return mlp_step(flags);
     if (which == "cnn_step") return cnn_step(flags);
     if (which == "attention_bf16") return attention_bf16(flags);
+    if (which == "llama_step") return llama_step(flags);
     if (which == "decode_step") return decode_step(flags);
     std::fprintf(stderr, "kiln_gpu_bench: unknown case %s\n", which.c_str());
     return 2;

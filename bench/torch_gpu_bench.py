@@ -5,8 +5,8 @@
 
 Measures torch.matmul bf16 8192^3, the same 8-op elementwise chain eagerly, a device-to-device
 copy (the card's practical memory bandwidth), and the MLP training step at batch 128 in eager
-mode (batch copied from the host, loss read back, as Kiln does), the CNN step, attention, and
-one token of KV-cached decoding (bench/torch_bench.py's decode_step). Then prints one table with
+mode (batch copied from the host, loss read back, as Kiln does), the CNN step, attention, the
+LLaMA-style block's training step, and one token of KV-cached decoding (bench/torch_bench.py's decode_step). Then prints one table with
 Kiln's numbers (read from KILN_RESULTS_FILE, lines "case seconds key=value ...") beside them.
 """
 import statistics
@@ -14,7 +14,7 @@ import sys
 import time
 
 import torch
-from torch_bench import decode_step  # noqa: E402  (the CPU benchmark's model, on the GPU)
+from torch_bench import LlamaBlock, decode_step  # noqa: E402  (the CPU benchmarks' models)
 
 
 def time_cuda(fn, warmup=3, reps=20):
@@ -163,6 +163,21 @@ def main():
         return torch.autograd.grad((out * r).float().sum(), qkv)
     t_attention = time_cuda(attention)
 
+    # The LLaMA-style block's training step (the CPU benchmark's llama_step), f32, eager, the
+    # input on the device and the loss read back, as Kiln's.
+    torch.manual_seed(0)
+    llama = LlamaBlock(256, 4, 2, 704, 128).to(dev)
+    llama_adam = torch.optim.Adam(llama.parameters(), lr=1e-4)
+    llama_x = torch.rand(16, 128, 256, device=dev) * 2 - 1
+
+    def llama_step():
+        llama_adam.zero_grad(set_to_none=True)
+        loss = llama(llama_x).square().mean()
+        loss.backward()
+        llama_adam.step()
+        return loss.item()
+    t_llama = time_host(llama_step, 5, 50)
+
     # One token through 4 blocks with KV caches (the CPU benchmark's decode_step), eager; the
     # output read back to the host each step, as Kiln's is.
     decode = decode_step(dev)
@@ -197,6 +212,8 @@ def main():
              ">= 0.9x torch SDPA"),
             ("attention_bf16_summed_dq", "  the same, dq summed in turns (ms)", t_attention, ""),
             ("attention_bf16_wide", "  the same, 32 query rows a warp (ms)", t_attention, ""),
+            ("llama_step", "LLaMA-style block step f32 (ms)", t_llama, ""),
+            ("llama_step_graphs", "  the same, CUDA Graphs (ms)", t_llama, ""),
             ("decode_step", "decode 1 token, 4 blocks, KV cache (ms)", t_decode, ""),
             ("decode_step_graphs", "  the same, CUDA Graphs (ms)", t_decode, "")):
         if key in kiln:
