@@ -101,21 +101,12 @@ double cnn_step(const SessionOptions& options) {
   return time_it([&] { s.run({{x, xb}, {y, yb}}, {}, {train}); }, 3, 20);
 }
 
-// A pre-norm transformer block's training step (bench/nn_models.h), sequence 128, batch 16.
-double transformer_step(const SessionOptions& options) {
+// A transformer block's training step (bench/nn_models.h: `loss_of`, the GPT-style block or
+// the LLaMA-style one), sequence 128, batch 16; Adam.
+double block_step(const SessionOptions& options, Value (*loss_of)(Graph&, const Value&)) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 128, 256});
-  Value train = optim::Adam({.lr = 1e-4}).minimize(bench::transformer_loss(g, x));
-  Session s(g, options);
-  Tensor xb = ramp({16, 128, 256});
-  return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
-}
-
-// transformer_step with the LLaMA-style block (bench/nn_models.h).
-double llama_step(const SessionOptions& options) {
-  Graph g;
-  Value x = g.placeholder("x", f32, {-1, 128, 256});
-  Value train = optim::Adam({.lr = 1e-4}).minimize(bench::llama_loss(g, x));
+  Value train = optim::Adam({.lr = 1e-4}).minimize(loss_of(g, x));
   Session s(g, options);
   Tensor xb = ramp({16, 128, 256});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
@@ -342,9 +333,9 @@ int main(int argc, char** argv) {
   } else if (name == "decode_step") {
     std::printf("decode_step %.9f\n", decode_step(options));
   } else if (name == "transformer_step") {
-    std::printf("transformer_step %.9f\n", transformer_step(options));
+    std::printf("transformer_step %.9f\n", block_step(options, bench::transformer_loss));
   } else if (name == "llama_step") {
-    std::printf("llama_step %.9f\n", llama_step(options));
+    std::printf("llama_step %.9f\n", block_step(options, bench::llama_loss));
   } else {
     std::fprintf(stderr, "kiln_bench: unknown case %s\n", name.c_str());
     return 2;

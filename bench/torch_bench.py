@@ -94,9 +94,11 @@ class Block(torch.nn.Module):
         return x + self.ffn_out(torch.nn.functional.gelu(self.ffn_in(self.norm2(x))))
 
 
-def transformer_step():
+def block_step(make_block):
+    """A block's training step, kiln_bench's transformer_step and llama_step: x [16, 128, 256],
+    mean(square(block(x))), Adam 1e-4."""
     torch.manual_seed(0)
-    block = Block(256, 4, 1024)
+    block = make_block()
     opt = torch.optim.Adam(block.parameters(), lr=1e-4)
     block = compiled(block)
     x = ramp(16, 128, 256)
@@ -106,6 +108,10 @@ def transformer_step():
         block(x).square().mean().backward()
         opt.step()
     return step
+
+
+def transformer_step():
+    return block_step(lambda: Block(256, 4, 1024))
 
 
 class LlamaBlock(torch.nn.Module):
@@ -162,17 +168,7 @@ class RmsNorm(torch.nn.Module):
 
 
 def llama_step():
-    torch.manual_seed(0)
-    block = LlamaBlock(256, 4, 2, 704, 128)
-    opt = torch.optim.Adam(block.parameters(), lr=1e-4)
-    block = compiled(block)
-    x = ramp(16, 128, 256)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        block(x).square().mean().backward()
-        opt.step()
-    return step
+    return block_step(lambda: LlamaBlock(256, 4, 2, 704, 128))
 
 
 def decode_step(device="cpu"):
