@@ -1,6 +1,6 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): ten models built as a user would,
-// trained three steps, every parameter, statistic, loss and evaluation output written as .npy
-// for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
+// Model-level PyTorch parity of the layer library (kiln::nn): thirteen models built as a user
+// would, trained three steps, every parameter, statistic, loss and evaluation output written as
+// .npy for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
 // initial values and compares.
 //   cnn: Conv2d (stride, padding) -> BatchNorm2d -> ReLU -> max pool -> Conv2d (no bias,
 //        dilation, groups) -> GELU -> global average pool -> Linear; cross entropy with label
