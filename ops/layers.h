@@ -370,7 +370,9 @@ class InstanceNorm3d : public InstanceNorm {
       : InstanceNorm(graph, name, "InstanceNorm3d", 5, channels, options) {}
 };
 
-/// RMS norm over the last dims `shape`, then weight (1) unless `affine` is false.
+/// RMS norm over the last dims `shape`, then weight (1) unless `affine` is false. eps defaults
+/// to LLaMA's 1e-6; PyTorch's nn.RMSNorm defaults to the dtype's epsilon (1.19e-7 for f32), and
+/// TransformerBlock passes its `norm_eps` (1e-5): give the same eps when porting a model.
 class RMSNorm : public Module {
  public:
   RMSNorm(Graph& graph, const std::string& name, const Shape& shape, double eps = 1e-6,

@@ -14,7 +14,7 @@
 //        embedding: rotate-half in the first, interleaved pairs in the second; 4 query heads
 //        over 2 key-value heads) -> RMSNorm -> Linear without bias; cross entropy. The
 //        script writes rotary embedding as Hugging Face's rotate_half and Meta's complex
-//        products, and the grouped heads as repeat_interleave. SGD with momentum.
+//        products, and the grouped heads as repeat_interleave. AdamW.
 //   ae:  Conv2d (stride 2) -> GroupNorm -> SiLU, then ConvTranspose2d (stride 2, output padding,
 //        groups) back to the input's size and a Linear head on the pooled code; Huber loss of the
 //        reconstruction plus binary cross entropy with logits of the head; RMSProp with weight
@@ -234,11 +234,8 @@ void llama(const std::filesystem::path& dir, Device device) {
   nn::Linear head(g, "head", kDim, kVocab, {.bias = false});
   Value logits = head(norm(block2(block1(embed(ids)))));
   Value loss = cross_entropy(reshape(logits, {-1, kVocab}), reshape(labels, {-1}));
-  // SGD: Adam's steps, the gradient over its running root mean square, turn f32 rounding in
-  // this model's smallest gradients into differences of 3e-5..2e-3 of a weight after three
-  // steps (PyTorch's own f32 run: 2e-6..3e-5), past any tolerance that would catch an error.
-  optim::SGD sgd({.lr = 0.1, .momentum = 0.9, .weight_decay = 1e-3});
-  Value step = sgd.minimize(loss);
+  optim::AdamW adamw({.lr = 1e-2, .weight_decay = 0.1});
+  Value step = adamw.minimize(loss);
 
   std::vector<Value> variables;
   for (nn::Module* m : std::initializer_list<nn::Module*>{&embed, &block1, &block2, &norm, &head})

@@ -186,8 +186,8 @@ def llama(run):
     labels = torch.tensor(run.load("labels.npy"))
     heads, kv_heads = 4, 2
 
-    def rms(name, h):
-        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * p[name + "/weight"]
+    def rms(name, h, eps=1e-5):  # the blocks' norm_eps; nn::RMSNorm's default is 1e-6
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * p[name + "/weight"]
 
     def attend(name, x, interleaved):
         b, t, d = x.shape
@@ -211,14 +211,14 @@ def llama(run):
     def model():
         h = block("block1", p["embed/weight"][ids], False)
         h = block("block2", h, True)
-        return linear(p, "head", rms("norm", h), bias=False)
+        return linear(p, "head", rms("norm", h, 1e-6), bias=False)
 
-    sgd = torch.optim.SGD(run.trainable(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    adamw = torch.optim.AdamW(run.trainable(), lr=1e-2, weight_decay=0.1)
     for step in range(3):
-        sgd.zero_grad()
+        adamw.zero_grad()
         loss = F.cross_entropy(model().reshape(-1, 13), labels.reshape(-1))
         loss.backward()
-        sgd.step()
+        adamw.step()
         run.check_step(step, [loss])
     run.check_variables()
 
