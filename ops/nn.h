@@ -309,6 +309,39 @@ Value instance_norm(const Value& x, const Value& running_mean = {}, const Value&
                     const Value& weight = {}, const Value& bias = {}, bool use_input_stats = true,
                     double momentum = 0.1, double eps = 1e-5);
 
+/// How rotary_embedding stretches its frequencies so that a model reads contexts longer than it
+/// was trained on (the `rope_scaling` types of Hugging Face's configurations).
+struct RotaryScaling {
+  enum class Kind {
+    /// base^(-2c / D) as they are.
+    none,
+    /// Position interpolation (Chen et al. 2023): every frequency divided by `factor`, so
+    /// position factor p turns as p did.
+    linear,
+    /// LLaMA 3.1's: frequencies whose wavelength 2 pi / f is below original_length /
+    /// high_frequency_factor are kept, those above original_length / low_frequency_factor are
+    /// divided by `factor`, and those between blend the two linearly in original_length /
+    /// wavelength.
+    llama3,
+    /// YaRN (Peng et al. 2023): pairs that turn more than beta_fast times over original_length
+    /// are kept, those turning fewer than beta_slow times are divided by `factor`, those between
+    /// blend linearly in the pair index; the turned features are multiplied by attention_factor.
+    yarn,
+  };
+  Kind kind = Kind::none;
+  /// How many times longer the contexts are (at least 1).
+  double factor = 1;
+  /// The context length the model was trained on (llama3 and yarn).
+  int64_t original_length = 0;
+  /// llama3's wavelength bounds, as fractions of original_length's reciprocal.
+  double low_frequency_factor = 1, high_frequency_factor = 4;
+  /// yarn's rotation counts over original_length that bound the blend.
+  double beta_fast = 32, beta_slow = 1;
+  /// yarn's scale of the turned features (both queries and keys, so scores scale by its square);
+  /// 0 means 0.1 ln(factor) + 1.
+  double attention_factor = 0;
+};
+
 /// Options of rotary_embedding.
 struct RotaryOptions {
   /// theta: feature pair c of D turns by position * base^(-2c / D) radians.
@@ -316,13 +349,24 @@ struct RotaryOptions {
   /// The pairs are (x[2c], x[2c + 1]) (GPT-J's, Meta's LLaMA code); otherwise (x[c], x[c + D/2])
   /// ("rotate half": GPT-NeoX's, Hugging Face's LLaMA).
   bool interleaved = false;
+  /// Frequency scaling for longer contexts (none by default).
+  RotaryScaling scaling{};
 };
+
+/// The D/2 frequencies rotary_embedding turns the pairs of a depth-D head by (radians per
+/// position), after options.scaling, each rounded once to f32. Throws GraphError naming `depth`
+/// or the option that is out of range.
+std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& options = {});
+/// The factor rotary_embedding multiplies its turned features by: yarn's attention factor, 1
+/// for the other scalings.
+double rotary_attention_factor(const RotaryOptions& options);
 /// Rotary position embedding (RoFormer) of x [B, T, H, D] (the heads of a [B, T, H D]
 /// projection; D known and even), one op: at position p = start + t each feature pair (a, b)
 /// becomes (a cos w - b sin w, b cos w + a sin w), w = p base^(-2c / D). `start` is an integer
 /// scalar tensor (rank 0 or [1]: the first row's position, fed or computed, as in cached
 /// decoding) or undefined for 0. The angles are computed in f32 and the rotation in x's dtype.
 /// Applied to queries and keys, their dot products depend on the positions' difference only.
+/// options.scaling changes the frequencies (rotary_frequencies) and, for yarn, scales the result.
 Value rotary_embedding(const Value& x, const Value& start = {}, const RotaryOptions& options = {});
 
 /// The gated linear unit (PyTorch's F.glu): x split in halves a, b along `axis` (even), a

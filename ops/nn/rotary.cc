@@ -8,13 +8,16 @@
 // Angles are f32 as the composition's were: p = float(t) + float(start), then w = p f[c] (one f32
 // rounding each), cos and sin in f32; the products are in f32 for 16-bit x (one rounding of the
 // result) and f64 for f64.
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/dtypes.h"
+#include "kiln/ops/math.h"
 #include "kiln/ops/nn.h"
 
 namespace kiln {
@@ -116,23 +119,116 @@ KILN_OP(rotary)
 }  // namespace
 }  // namespace ops
 
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// Pair c of a depth-D head turns base^(-2c / D) radians per position: its wavelength is
+// 2 pi base^(2c / D) positions, so over `length` positions it turns length / wavelength times.
+// The (fractional) pair index that turns `rotations` times over `length`, solving
+// length / (2 pi base^(2c / D)) = rotations for c.
+double pair_turning(double rotations, double length, int64_t depth, double base) {
+  return static_cast<double>(depth) * std::log(length / (rotations * 2 * kPi)) /
+         (2 * std::log(base));
+}
+
+void check_scaling(const std::string& where, int64_t depth, const RotaryOptions& options) {
+  const RotaryScaling& s = options.scaling;
+  KILN_CHECK(depth > 0 && depth % 2 == 0, GraphError, where, ": depth ", depth,
+             " must be positive and even");
+  KILN_CHECK(options.base > 0, GraphError, where, ": base ", options.base, " must be positive");
+  if (s.kind == RotaryScaling::Kind::none) return;
+  KILN_CHECK(s.factor >= 1, GraphError, where, ": scaling factor ", s.factor,
+             " must be at least 1");
+  if (s.kind == RotaryScaling::Kind::linear) return;
+  KILN_CHECK(s.original_length > 0, GraphError, where, ": original_length ", s.original_length,
+             " must be positive for llama3 and yarn scaling");
+  if (s.kind == RotaryScaling::Kind::llama3)
+    KILN_CHECK(0 < s.low_frequency_factor && s.low_frequency_factor < s.high_frequency_factor,
+               GraphError, where, ": llama3 needs 0 < low_frequency_factor (",
+               s.low_frequency_factor, ") < high_frequency_factor (", s.high_frequency_factor, ")");
+  if (s.kind == RotaryScaling::Kind::yarn) {
+    KILN_CHECK(options.base > 1, GraphError, where, ": yarn needs a base above 1, got ",
+               options.base);
+    KILN_CHECK(0 < s.beta_slow && s.beta_slow < s.beta_fast, GraphError, where,
+               ": yarn needs 0 < beta_slow (", s.beta_slow, ") < beta_fast (", s.beta_fast, ")");
+    KILN_CHECK(s.attention_factor >= 0, GraphError, where, ": yarn attention_factor ",
+               s.attention_factor, " must be positive (or 0 for the default)");
+  }
+}
+
+// rotary_frequencies, its errors starting with `where`.
+std::vector<float> frequencies_checked(const std::string& where, int64_t depth,
+                                       const RotaryOptions& options) {
+  check_scaling(where, depth, options);
+  const RotaryScaling& s = options.scaling;
+  const int64_t pairs = depth / 2;
+  const double length = static_cast<double>(s.original_length);
+  // yarn's blend runs over pair indices [low, high]: the pairs turning beta_fast and beta_slow
+  // times over the original length, widened to whole pairs and kept inside the head.
+  double low = 0, high = 0;
+  if (s.kind == RotaryScaling::Kind::yarn) {
+    low = std::max(0.0, std::floor(pair_turning(s.beta_fast, length, depth, options.base)));
+    high = std::min(static_cast<double>(depth - 1),
+                    std::ceil(pair_turning(s.beta_slow, length, depth, options.base)));
+    if (high <= low) high = low + 1e-3;  // a step rather than a division by zero
+  }
+  std::vector<float> frequencies(static_cast<size_t>(pairs));
+  for (int64_t c = 0; c < pairs; ++c) {
+    const double f =
+        std::pow(options.base, -2.0 * static_cast<double>(c) / static_cast<double>(depth));
+    const double stretched = f / s.factor;
+    // The weight of the unscaled frequency: 1 keeps f, 0 divides it by the factor.
+    double keep = 1;
+    switch (s.kind) {
+      case RotaryScaling::Kind::none:
+        break;
+      case RotaryScaling::Kind::linear:
+        keep = 0;
+        break;
+      case RotaryScaling::Kind::llama3: {
+        // original_length / wavelength is how many turns the pair makes over the original
+        // context; below low_frequency_factor turns it is stretched, above high kept.
+        const double turns = length * f / (2 * kPi);
+        keep = std::clamp(
+            (turns - s.low_frequency_factor) / (s.high_frequency_factor - s.low_frequency_factor),
+            0.0, 1.0);
+        break;
+      }
+      case RotaryScaling::Kind::yarn:
+        keep = 1 - std::clamp((static_cast<double>(c) - low) / (high - low), 0.0, 1.0);
+        break;
+    }
+    frequencies[static_cast<size_t>(c)] = static_cast<float>(keep * f + (1 - keep) * stretched);
+  }
+  return frequencies;
+}
+
+}  // namespace
+
+std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& options) {
+  return frequencies_checked("[rotary_frequencies]", depth, options);
+}
+
+double rotary_attention_factor(const RotaryOptions& options) {
+  const RotaryScaling& s = options.scaling;
+  if (s.kind != RotaryScaling::Kind::yarn) return 1;
+  if (s.attention_factor > 0) return s.attention_factor;
+  return s.factor > 1 ? 0.1 * std::log(s.factor) + 1 : 1;
+}
+
 Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& options) {
   const Shape& shape = x.shape();
   KILN_CHECK(shape.rank() == 4 && shape[3] > 0 && shape[3] % 2 == 0, GraphError,
              "[rotary_embedding] ", x.name(),
              ": expects x [batch, length, heads, depth] with the depth known and even, got ",
              shape);
-  KILN_CHECK(options.base > 0, GraphError, "[rotary_embedding] ", x.name(), ": base ", options.base,
-             " must be positive");
   KILN_CHECK(is_floating(x.dtype()), GraphError, "[rotary_embedding] ", x.name(),
              ": x must be floating point, got ", x.dtype());
   Graph& graph = *x.graph();
-  const int64_t depth = shape[3], pairs = depth / 2;
-  // Pair c's frequency base^(-2c / D), rounded once to f32 (as PyTorch-side implementations do).
-  std::vector<float> frequencies(static_cast<size_t>(pairs));
-  for (int64_t c = 0; c < pairs; ++c)
-    frequencies[static_cast<size_t>(c)] = static_cast<float>(
-        std::pow(options.base, -2.0 * static_cast<double>(c) / static_cast<double>(depth)));
+  const int64_t pairs = shape[3] / 2;
+  const std::vector<float> frequencies =
+      frequencies_checked(str("[rotary_embedding] ", x.name()), shape[3], options);
   std::vector<Value> inputs{x, constant(graph, Tensor::from_vector(frequencies, {pairs}))};
   if (start.defined()) {
     KILN_CHECK(start.graph() == x.graph(), GraphError, "[rotary_embedding] ", x.name(), ": start ",
@@ -144,7 +240,10 @@ Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& 
                start.shape());
     inputs.push_back(start);
   }
-  return graph.add("rotary", inputs, {{"interleaved", options.interleaved}, {"inverse", false}});
+  Value turned =
+      graph.add("rotary", inputs, {{"interleaved", options.interleaved}, {"inverse", false}});
+  const double scale = rotary_attention_factor(options);
+  return scale == 1 ? turned : turned * scale;
 }
 
 }  // namespace kiln

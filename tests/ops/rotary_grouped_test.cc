@@ -123,6 +123,207 @@ TEST(RotaryEmbedding, ErrorsNameTheValueAndTheShape) {
       {"[rotary_embedding] ids", "floating point"});
 }
 
+// Hugging Face transformers 5.25's ROPE_INIT_FUNCTIONS on the same configurations (its inverse
+// frequencies, printed to 9 digits): an implementation written apart from this one.
+TEST(RotaryScaling, FrequenciesMatchHuggingFacesRopeParameters) {
+  struct Case {
+    const char* name;
+    int64_t depth;
+    RotaryOptions options;
+    std::vector<double> want;
+    double attention_factor;
+  };
+  using Kind = RotaryScaling::Kind;
+  const std::vector<Case> cases{
+      {"llama3 (LLaMA 3.1's: head 64 of theta 5e5, factor 8 over 8192)",
+       64,
+       {.base = 500000, .scaling = {.kind = Kind::llama3, .factor = 8, .original_length = 8192}},
+       {1,
+        0.663601279,
+        0.440366626,
+        0.292227834,
+        0.193922758,
+        0.128687382,
+        0.0853971019,
+        0.0566696189,
+        0.0376060307,
+        0.0249554086,
+        0.0165604409,
+        0.0109895291,
+        0.00729266508,
+        0.00483942125,
+        0.00321144611,
+        0.00137189368,
+        0.000524846022,
+        0.000178507791,
+        7.78465546e-05,
+        5.16590699e-05,
+        3.42810235e-05,
+        2.2748929e-05,
+        1.50962178e-05,
+        1.00178686e-05,
+        6.64786967e-06,
+        4.41153452e-06,
+        2.92749974e-06,
+        1.94269251e-06,
+        1.28917316e-06,
+        8.55496921e-07,
+        5.6770881e-07,
+        3.7673226e-07},
+       1},
+      {"yarn (head 64 of theta 1e4, factor 4 over 4096)",
+       64,
+       {.scaling = {.kind = Kind::yarn, .factor = 4, .original_length = 4096}},
+       {1,
+        0.749894202,
+        0.562341332,
+        0.421696514,
+        0.316227764,
+        0.237137362,
+        0.177827939,
+        0.133352146,
+        0.100000001,
+        0.0749894157,
+        0.0562341288,
+        0.039736785,
+        0.0279739965,
+        0.0196094345,
+        0.0136790723,
+        0.00948851742,
+        0.00653846189,
+        0.00447052345,
+        0.00302799162,
+        0.0020273868,
+        0.00133788679,
+        0.000866463524,
+        0.000547162897,
+        0.000333380362,
+        0.000250000012,
+        0.000187473546,
+        0.000140585325,
+        0.000105424122,
+        7.90569466e-05,
+        5.92843462e-05,
+        4.44569851e-05,
+        3.33380376e-05},
+       1.138629436111989},
+      {"linear (head 16 of theta 1e4, factor 4)",
+       16,
+       {.scaling = {.kind = Kind::linear, .factor = 4}},
+       {0.25, 0.079056941, 0.0250000004, 0.00790569466, 0.00249999994, 0.000790569466,
+        0.000250000012, 7.90569466e-05},
+       1},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::vector<float> got = rotary_frequencies(c.depth, c.options);
+    ASSERT_EQ(got.size(), c.want.size());
+    for (size_t i = 0; i < got.size(); ++i)  // f32 powers of the base differ by an ulp or two
+      EXPECT_NEAR(got[i], c.want[i], 1e-6 * c.want[i]) << "pair " << i;
+    EXPECT_NEAR(rotary_attention_factor(c.options), c.attention_factor, 1e-12);
+  }
+  // Unscaled: base^(-2c / D) itself.
+  const std::vector<float> plain = rotary_frequencies(8, {.base = 100});
+  for (size_t c = 0; c < plain.size(); ++c)
+    EXPECT_FLOAT_EQ(plain[c], static_cast<float>(std::pow(100.0, -2.0 * double(c) / 8)));
+}
+
+// Position interpolation divides every frequency by the factor: position 4 p then turns as p
+// did unscaled (exactly: the factor is a power of two).
+TEST(RotaryScaling, LinearTurnsPositionFactorTimesPAsUnscaledTurnsP) {
+  Graph g;
+  Value x = g.placeholder("x", f64, {1, 1, 2, 8});
+  Value p = g.placeholder("p", i64, {});
+  Value scaled_p = g.placeholder("scaled_p", i64, {});
+  RotaryOptions stretched{.scaling = {.kind = RotaryScaling::Kind::linear, .factor = 4}};
+  Value scaled = rotary_embedding(x, scaled_p, stretched);
+  Value plain = rotary_embedding(x, p);
+  const Tensor in = r64({1, 1, 2, 8}, -1, 1, 11);
+  const auto out = Session(g).run(
+      {{x, in}, {p, Tensor::scalar<int64_t>(7)}, {scaled_p, Tensor::scalar<int64_t>(28)}},
+      {scaled, plain});
+  const std::vector<double> a = out[0].to_vector<double>(), b = out[1].to_vector<double>();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-12) << "at " << i;
+  EXPECT_GT(std::abs(a[0] - in.element(0)), 1e-3);  // and position 7 did turn them
+}
+
+// YaRN multiplies the turned features by its attention factor: each pair's length grows by the
+// factor (0.1 ln 4 + 1 by default, or the one given); the
+// gradient carries the factor too.
+TEST(RotaryScaling, YarnScalesTheTurnedPairsByItsAttentionFactor) {
+  for (double given : {0.0, 1.5}) {
+    SCOPED_TRACE(str("attention_factor ", given));
+    const RotaryOptions options{.scaling = {.kind = RotaryScaling::Kind::yarn,
+                                            .factor = 4,
+                                            .original_length = 64,
+                                            .attention_factor = given}};
+    const double factor = given > 0 ? given : 0.1 * std::log(4.0) + 1;
+    Graph g;
+    Value x = g.placeholder("x", f64, {2, 3, 2, 8});
+    Value y = rotary_embedding(x, {}, options);
+    const Tensor in = r64({2, 3, 2, 8}, -2, 2, 12);
+    const Tensor out = Session(g).run({{x, in}}, {y})[0];
+    for (int64_t row = 0; row < 12; ++row)
+      for (int64_t c = 0; c < 4; ++c) {
+        const int64_t i = row * 8 + c, j = i + 4;
+        EXPECT_NEAR(std::hypot(out.element(i), out.element(j)),
+                    factor * std::hypot(in.element(i), in.element(j)), 1e-7);  // f32 cos, sin
+      }
+    check_gradients(
+        [&](Graph& graph, const std::vector<Value>& v) {
+          return rotary_embedding(v[0], graph.constant(Tensor::scalar<int64_t>(5)), options);
+        },
+        {r64({1, 3, 2, 8}, -2, 2, 13)}, "rotary_embedding yarn");
+  }
+}
+
+TEST(RotaryScaling, ErrorsNameTheOptionAndItsValue) {
+  using Kind = RotaryScaling::Kind;
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 5, 3, 8});
+  expect_error<GraphError>([&] { rotary_frequencies(7); },
+                           {"[rotary_frequencies]", "depth 7", "even"});
+  expect_error<GraphError>(
+      [&] { rotary_embedding(x, {}, {.scaling = {.kind = Kind::linear, .factor = 0.5}}); },
+      {"[rotary_embedding] x", "scaling factor 0.5", "at least 1"});
+  expect_error<GraphError>(
+      [&] { rotary_frequencies(8, {.scaling = {.kind = Kind::llama3, .factor = 8}}); },
+      {"[rotary_frequencies]", "original_length 0"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_frequencies(8, {.scaling = {.kind = Kind::llama3,
+                                           .factor = 8,
+                                           .original_length = 8192,
+                                           .low_frequency_factor = 4,
+                                           .high_frequency_factor = 4}});
+      },
+      {"[rotary_frequencies]", "low_frequency_factor (4) < high_frequency_factor (4)"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_frequencies(8, {.scaling = {.kind = Kind::yarn,
+                                           .factor = 2,
+                                           .original_length = 512,
+                                           .beta_fast = 1,
+                                           .beta_slow = 32}});
+      },
+      {"[rotary_frequencies]", "beta_slow (32) < beta_fast (1)"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_embedding(
+            x, {},
+            {.base = 1, .scaling = {.kind = Kind::yarn, .factor = 2, .original_length = 512}});
+      },
+      {"[rotary_embedding] x", "yarn needs a base above 1, got 1"});
+  expect_error<GraphError>(
+      [&] {
+        rotary_frequencies(
+            8,
+            {.scaling = {
+                 .kind = Kind::yarn, .factor = 2, .original_length = 512, .attention_factor = -1}});
+      },
+      {"[rotary_frequencies]", "attention_factor -1"});
+}
+
 TEST(Glu, IsTheFirstHalfTimesTheSigmoidOfTheSecond) {
   Graph g;
   Value x = g.placeholder("x", f64, {3, 4, 5});
