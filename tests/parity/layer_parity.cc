@@ -15,6 +15,11 @@
 //        over 2 key-value heads) -> RMSNorm -> Linear without bias; cross entropy. The
 //        script writes rotary embedding as Hugging Face's rotate_half and Meta's complex
 //        products, and the grouped heads as repeat_interleave. AdamW.
+//   vit: a vision transformer as a user's own Module: Conv2d 4x4 patches, a class token broadcast
+//        over an unknown batch, a position table, two pre-norm TransformerBlocks (exact GELU),
+//        LayerNorm and a Linear head on the class token; cross entropy with label smoothing;
+//        AdamW with a clipped norm; then the logits of another batch size. The script builds it
+//        from PyTorch's modules (nn.Conv2d, nn.TransformerEncoderLayer, nn.Parameter).
 //   ae:  Conv2d (stride 2) -> GroupNorm -> SiLU, then ConvTranspose2d (stride 2, output padding,
 //        groups) back to the input's size and a Linear head on the pooled code; Huber loss of the
 //        reconstruction plus binary cross entropy with logits of the head; RMSProp with weight
@@ -71,6 +76,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "kiln/kiln.h"
@@ -250,6 +256,66 @@ void llama(const std::filesystem::path& dir, Device device) {
         {{ids, Tensor::from_vector<int64_t>(id_values, {kBatch, kLength})},
          {labels, Tensor::from_vector<int64_t>(label_values, {kBatch, kLength})}},
         {loss}, step, dir, 3);
+}
+
+// A vision transformer written as a user writes one: a Module of its own holding a class token
+// and a position table beside the library's layers.
+class VisionTransformer : public nn::Module {
+ public:
+  static constexpr int64_t kDim = 16, kPatches = 16, kClasses = 5;
+  VisionTransformer(Graph& graph, const std::string& name) : Module(graph, name) {
+    patches_ = &make<nn::Conv2d>("patches", 3, kDim, std::array<int64_t, 2>{4, 4},
+                                 Conv2dOptions{.stride = {4, 4}});
+    cls_ = variable("cls", {1, 1, kDim}, init::truncated_normal(0, 0.02, seed_for("cls")));
+    positions_ = variable("positions", {1, kPatches + 1, kDim},
+                          init::truncated_normal(0, 0.02, seed_for("positions")));
+    for (int i = 0; i < 2; ++i)
+      blocks_.push_back(&make<nn::TransformerBlock>(
+          str("block", i), kDim, 4,
+          nn::TransformerBlock::Options{.ffn_dim = 32, .dropout = 0.0, .causal = false}));
+    norm_ = &make<nn::LayerNorm>("norm", Shape{kDim});
+    head_ = &make<nn::Linear>("head", kDim, kClasses);
+  }
+
+ protected:
+  Value forward(const Value& images) override {
+    // [B, 3, 16, 16] -> 4x4 patches [B, D, 4, 4] -> tokens [B, 16, D], the batch unknown.
+    Value tokens = transpose(flatten((*patches_)(images), 2), {0, 2, 1});
+    Value first = slice(tokens, {0, 0}, {std::numeric_limits<int64_t>::max(), 1});
+    Value h = concat({broadcast_like(cls_, first), tokens}, 1) + positions_;
+    for (nn::TransformerBlock* block : blocks_) h = (*block)(h);
+    return (*head_)(
+        (*norm_)(squeeze(slice(h, {0, 0}, {std::numeric_limits<int64_t>::max(), 1}), {1})));
+  }
+
+ private:
+  nn::Conv2d* patches_;
+  Value cls_, positions_;
+  std::vector<nn::TransformerBlock*> blocks_;
+  nn::LayerNorm* norm_;
+  nn::Linear* head_;
+};
+
+// The ViT trains three AdamW steps on a batch of 6, then gives its logits for a batch of 3 (the
+// batch is a placeholder dim).
+void vit(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value images = g.placeholder("images", f32, {-1, 3, 16, 16});
+  Value labels = g.placeholder("labels", i64, {-1});
+  VisionTransformer model(g, "vit");
+  Value logits = model(images);
+  Value loss = cross_entropy(logits, labels, -100, 0.1);
+  optim::AdamW adamw({.lr = 3e-3, .weight_decay = 0.05, .clip_norm = 1.0});
+  Value step = adamw.minimize(loss);
+  Session session(g, {.device = device});
+  train(session, model.parameters(),
+        {{images, normal({6, 3, 16, 16}, 21)},
+         {labels, Tensor::from_vector<int64_t>({0, 4, 2, 1, 3, 2}, {6})}},
+        {loss}, step, dir, 3);
+  const Tensor other = normal({3, 3, 16, 16}, 22);
+  save_npy(other, (dir / "other_images.npy").string());
+  save_npy(session.run({{images, other}}, {logits})[0], (dir / "other_logits.npy").string());
 }
 
 void autoencoder(const std::filesystem::path& dir, Device device) {
@@ -748,6 +814,7 @@ int main(int argc, char** argv) {
     kiln::cnn(dir / "cnn", device);
     kiln::lm(dir / "lm", device);
     kiln::llama(dir / "llama", device);
+    kiln::vit(dir / "vit", device);
     kiln::autoencoder(dir / "ae", device);
     kiln::encoder(dir / "encoder", device);
     kiln::text_cnn(dir / "text_cnn", device);
@@ -760,7 +827,8 @@ int main(int argc, char** argv) {
     kiln::volume(dir / "volume", device);
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
-        "layer_parity: wrote the cnn, lm, llama, ae, encoder, text_cnn, pool, decoder, recurrent, "
+        "layer_parity: wrote the cnn, lm, llama, vit, ae, encoder, text_cnn, pool, decoder, "
+        "recurrent, "
         "activations, segment, losses and volume models' runs and the interpolate table on %s to "
         "%s\n",
         kiln::str(device).c_str(), argv[1]);

@@ -3,11 +3,11 @@
 tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, trains them the same
 three steps and compares every step's loss, every variable after training (parameters and batch
 norm's running statistics) and the CNNs' evaluation-mode logits. Four are written with torch's
-functions; the encoder, the text CNN, the pooling model, the decoder, the recurrent model and the
-segmentation model are PyTorch's own modules (nn.Embedding, nn.TransformerEncoderLayer,
-nn.TransformerDecoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.LSTM, nn.GRU,
-nn.RNN, nn.InstanceNorm2d, nn.ReflectionPad2d, ...) with Kiln's values loaded, as a user porting
-a model would.
+functions; the encoder, the vision transformer, the text CNN, the pooling model, the decoder, the
+recurrent model and the segmentation model are PyTorch's own modules (nn.Embedding,
+nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d,
+nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, nn.InstanceNorm2d, nn.ReflectionPad2d, ...) with Kiln's
+values loaded, as a user porting a model would.
 
     /usr/bin/python3 torch_layer_parity.py DIR
 
@@ -221,6 +221,64 @@ def llama(run):
         adamw.step()
         run.check_step(step, [loss])
     run.check_variables()
+
+
+class VisionTransformer(torch.nn.Module):
+    """layer_parity.cc's VisionTransformer as a PyTorch user writes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, 16, 4, stride=4)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, 16))
+        self.positions = torch.nn.Parameter(torch.zeros(1, 17, 16))
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0,
+                                             activation="gelu", batch_first=True,
+                                             norm_first=True)
+            for _ in range(2))
+        self.norm = torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 5)
+
+    def forward(self, images):
+        tokens = self.patches(images).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(len(images), -1, -1), tokens], 1) + self.positions
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h[:, 0]))
+
+
+def vit(run):
+    images = torch.tensor(run.load("images.npy")).double()
+    labels = torch.tensor(run.load("labels.npy"))
+    model = VisionTransformer()
+    where = {"vit/cls": (model.cls, None, False), "vit/positions": (model.positions, None, False),
+             "vit/patches/weight": (model.patches.weight, None, False),
+             "vit/patches/bias": (model.patches.bias, None, False)}
+    for i, block in enumerate(model.blocks):
+        name = f"vit/block{i}"
+        attention_place(where, f"{name}/attention", block.self_attn, 16)
+        linear_place(where, f"{name}/ffn_in", block.linear1)
+        linear_place(where, f"{name}/ffn_out", block.linear2)
+        norms_place(where, name, block, ("norm1", "norm2"))
+    where["vit/norm/weight"] = (model.norm.weight, None, False)
+    where["vit/norm/bias"] = (model.norm.bias, None, False)
+    linear_place(where, "vit/head", model.head)
+    port = Port(run, where)
+    if not port.valid:
+        return
+    adamw = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    for step in range(3):
+        adamw.zero_grad()
+        loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        adamw.step()
+        run.check_step(step, [loss])
+    port.check_variables(skip=("/key/bias",))  # a zero gradient: see lm()
+    with torch.no_grad():
+        other = torch.tensor(run.load("other_images.npy")).double()
+        run.check("logits of a batch of 3", run.load("other_logits.npy"), model(other).numpy(),
+                  WEIGHT_TOLERANCE)
 
 
 def autoencoder(run):
@@ -684,7 +742,8 @@ def main():
         print(__doc__)
         return 2
     runs = []
-    for model, build in (("cnn", cnn), ("lm", lm), ("llama", llama), ("ae", autoencoder),
+    for model, build in (("cnn", cnn), ("lm", lm), ("llama", llama), ("vit", vit),
+                         ("ae", autoencoder),
                          ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
                          ("recurrent", recurrent), ("activations", activations),
