@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "kiln/framework/error.h"
 #include "kiln/ops/array.h"
@@ -756,7 +757,10 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   // [1, 1, n, max_length], broadcast over the batch and the heads.
   Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
   Value visible = less_equal(iota(graph(), Shape{1, 1, 1, max_length}, 3, i64), query_at);
-  if (mask.defined()) visible = where(mask, visible, 0.0);
+  if (mask.defined())  // a bool mask narrows what is visible; a bias is added where it is
+    visible = mask.dtype() == DType::boolean
+                  ? where(mask, visible, 0.0)
+                  : where(visible, mask, -std::numeric_limits<double>::infinity());
   Value attended = scaled_dot_product_attention(
       rotated(split(query(x), heads_), position), next.keys, next.values,
       {.mask = visible, .causal = false, .layout = "bthd"});
@@ -784,9 +788,15 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
   };
   Value scores = matmul(heads_first(q), heads_first(repeated(k)), false, true) *
                  (1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
-  // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0.
+  // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0. A float
+  // mask is a bias of the scores: it hides the keys where it is -inf.
   Value keep;
-  if (mask.defined()) keep = cast(mask, q.dtype());
+  if (mask.defined() && mask.dtype() != DType::boolean) {
+    scores = scores + mask;
+    keep = cast(greater(scores, -std::numeric_limits<double>::infinity()), q.dtype());
+  } else if (mask.defined()) {
+    keep = cast(mask, q.dtype());
+  }
   if (causal_) {
     std::vector<float> lower(static_cast<size_t>(length * memory_length), 0.0f);
     for (int64_t i = 0; i < length; ++i)

@@ -783,7 +783,8 @@ class MultiHeadAttention : public Module {
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
-  /// Self-attention with an optional bool mask broadcast to [B, heads, T, T] (true: attend).
+  /// Self-attention with an optional mask broadcast to [B, heads, T, T]: bool (true: attend) or
+  /// a bias of the scores (scaled_dot_product_attention's mask, either kind, in every method).
   Value attend(const Value& x, const Value& mask);
   /// Cross-attention: queries from x [B, T, dim], keys and values from `memory` [B, S, dim] (an
   /// encoder's output), the mask (optional) broadcast to [B, heads, T, S].
@@ -873,8 +874,9 @@ class TransformerBlock : public Module {
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);
-  /// The block with its attention restricted by a bool mask broadcast to [B, heads, T, T]
-  /// (true: attend), e.g. a key-padding mask [B, 1, 1, T]; calling the block is attend(x, {}).
+  /// The block with its attention restricted by a mask broadcast to [B, heads, T, T] (bool, true:
+  /// attend, e.g. a key-padding mask [B, 1, 1, T]; or a bias of the scores); calling the block is
+  /// attend(x, {}).
   Value attend(const Value& x, const Value& mask);
   /// One step of cached generation through the block: x [B, n, dim] at positions [position,
   /// position + n), its attention MultiHeadAttention::attend_cached over `cache` (see there).

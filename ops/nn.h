@@ -246,8 +246,9 @@ Value adaptive_max_pool(const Value& x, const std::vector<int64_t>& output_size)
 
 /// Options of scaled_dot_product_attention.
 struct AttentionOptions {
-  /// bool [B or 1, H or 1, Tq or 1, Tk or 1]: true where query i may attend to key j
-  /// (PyTorch's bool attn_mask); a key-padding mask is [B, 1, 1, Tk].
+  /// [B or 1, H or 1, Tq or 1, Tk or 1], as PyTorch's attn_mask: bool, true where query i may
+  /// attend to key j (a key-padding mask is [B, 1, 1, Tk]); or of q's dtype, a bias added to the
+  /// scaled scores (ALiBi, a relative position bias, -inf to hide a key), differentiable.
   Value mask{};
   /// Query i attends to keys j <= i only (top-left aligned, as PyTorch's is_causal).
   bool causal = false;

@@ -1,8 +1,9 @@
 // attention: fused scaled dot-product attention over q [B, H, Tq, D], k [B, Hk, Tk, D],
-// v [B, Hk, Tk, Dv] and an optional bool mask broadcast to [B, H, Tq, Tk] (true: attend). Hk
-// divides H: with fewer key-value heads (grouped-query attention) query head h reads key-value
-// head h / (H / Hk) in place (AttentionShape::kv_row_offset; nothing is repeated):
-//   s[i, j] = scale q[i] . k[j]   (-inf where masked, or where j > i when causal)
+// v [B, Hk, Tk, Dv] and an optional mask broadcast to [B, H, Tq, Tk]: bool (true: attend) or a
+// bias of q's dtype added to the scaled scores (PyTorch's float attn_mask). Hk divides H: with
+// fewer key-value heads (grouped-query attention) query head h reads key-value head h / (H / Hk)
+// in place (AttentionShape::kv_row_offset; nothing is repeated):
+//   s[i, j] = scale q[i] . k[j] (+ bias[i, j])   (-inf where masked, or where j > i when causal)
 //   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
 //   out[i]  = sum_j p[i, j] v[j]
 // With layout "bthd" q, k, v and out are [B, T, H, D] instead: the heads of a [B, T, H * D]
@@ -16,7 +17,9 @@
 // attention_backward, with dout and D[i] = dout[i] . out[i]:
 //   dv = p^T dout,   dp = dout v^T,   ds = p (dp - D),   dq = scale ds k,   dk = scale ds^T q
 // Its dk and dv are per query head ([B, H, Tk, D]); with grouped heads the gradient of k and v
-// sums each group's (sum_head_groups).
+// sums each group's (sum_head_groups). A bias's gradient, ds / scale summed to its shape, is a
+// composition (bias_gradient): it is the [B, H, Tq, Tk] matrix the op exists to avoid, built
+// only where something reads it (a learned bias: T5's, Swin's).
 #include <cmath>
 #include <limits>
 
@@ -113,12 +116,14 @@ void check_attention(const InferContext& ctx) {
   if (ctx.attr<double>("scale") < 0) ctx.fail("scale ", ctx.attr<double>("scale"), " < 0");
 }
 
-// The optional mask is the input at `index` (if present): bool, rank 4, each dim 1 or the
-// scores' dim (dims unknown now are checked when the graph runs).
+// The optional mask is the input at `index` (if present): bool, or a bias of q's dtype; rank 4,
+// each dim 1 or the scores' dim (dims unknown now are checked when the graph runs).
 void check_mask(const InferContext& ctx, int index) {
   if (ctx.num_inputs() <= index) return;
   if (ctx.num_inputs() > index + 1) ctx.fail("takes at most one mask");
-  ctx.expect_dtype(index, {DType::boolean});
+  if (ctx.dtype(index) != DType::boolean && ctx.dtype(index) != ctx.dtype(0))
+    ctx.fail("the mask must be bool (true: attend) or an additive bias of q's dtype ", ctx.dtype(0),
+             ", got ", ctx.dtype(index));
   const Shape& m = ctx.shape(index);
   const auto [hd, ld] = heads_and_length_dims(ctx);
   const Shape scores{ctx.shape(0)[0], ctx.shape(0)[hd], ctx.shape(0)[ld], ctx.shape(1)[ld]};
@@ -180,26 +185,50 @@ int64_t row_keys(int64_t kv, int64_t i, bool causal) {
   return causal ? std::min(kv, i + 1) : kv;
 }
 
+// The mask input: a bool mask or an additive bias (at most one is non-null).
+template <typename T>
+struct ScoreMask {
+  const bool* keep = nullptr;
+  const T* bias = nullptr;
+  // The factor the kernels' exponentials apply to the scores block_scores leaves: the scale,
+  // or 1 where block_scores applied it itself to add the bias.
+  T exp_scale(T scale) const { return bias != nullptr ? T(1) : scale; }
+};
+
+template <typename T>
+ScoreMask<T> score_mask(const KernelContext& ctx, int index) {
+  if (ctx.num_inputs() <= index) return {};
+  const Tensor& m = ctx.input(index);
+  if (m.dtype() == DType::boolean) return {m.data<bool>(), nullptr};
+  return {nullptr, m.data<T>()};
+}
+
 // Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) (q and k at its first rows,
 // rows ldq and ldk apart) against their first `kv` keys into s [rows, Tk] (row stride Tk), -inf
 // where the mask hides a key. The scale is applied by the callers inside their exponentials
-// (e^(scale s - shift), scale > 0), and the causal part of the mask by their row ranges (row_keys):
-// entries past a row's range are not read.
+// (e^(mask.exp_scale(scale) s - shift), scale > 0), except with a bias: then s = scale q k^T +
+// bias here. The causal part of the mask is the callers' row ranges (row_keys): entries past a
+// row's range are not read.
 template <typename T>
 void block_scores(const AttentionShape& a, const T* q, int ldq, const T* k, int ldk,
-                  const bool* mask, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t kv,
-                  T* s) {
+                  const ScoreMask<T>& mask, T scale, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                  int64_t kv, T* s) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
   gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ldq, ldq, k, ldk, s,
        keys);
-  if (mask == nullptr) return;
   const T minus_inf = -std::numeric_limits<T>::infinity();
-  for (int64_t r = 0; r < rows; ++r) {
+  const int64_t at = b * a.mask_strides[0] + h * a.mask_strides[1];
+  for (int64_t r = 0; r < rows && (mask.keep != nullptr || mask.bias != nullptr); ++r) {
     T* row = s + r * a.keys;
-    const bool* m =
-        mask + b * a.mask_strides[0] + h * a.mask_strides[1] + (i0 + r) * a.mask_strides[2];
-    for (int64_t j = 0; j < kv; ++j)
-      if (!m[j * a.mask_strides[3]]) row[j] = minus_inf;
+    const int64_t row_at = at + (i0 + r) * a.mask_strides[2];
+    if (mask.bias != nullptr) {
+      const T* bias = mask.bias + row_at;
+      for (int64_t j = 0; j < kv; ++j) row[j] = row[j] * scale + bias[j * a.mask_strides[3]];
+    } else {
+      const bool* keep = mask.keep + row_at;
+      for (int64_t j = 0; j < kv; ++j)
+        if (!keep[j * a.mask_strides[3]]) row[j] = minus_inf;
+    }
   }
 }
 
@@ -218,12 +247,13 @@ void attention_typed(KernelContext& ctx) {
   const T* q = tq.data<T>();
   const T* k = ctx.input(1).data<T>();
   const T* v = ctx.input(2).data<T>();
-  const bool* mask = has_mask ? ctx.input(3).data<bool>() : nullptr;
+  const ScoreMask<T> mask = score_mask<T>(ctx, 3);
+  const T exp_scale = mask.exp_scale(scale);
   T* out = ctx.output(0).data<T>();
   T* lse = ctx.output(1).data<T>();
-  if constexpr (std::is_same_v<T, float>)
-    if (attention_tiles_available())
-      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, mask, out, lse);
+  if constexpr (std::is_same_v<T, float>)  // the tiles take bool masks only
+    if (attention_tiles_available() && mask.bias == nullptr)
+      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, mask.keep, out, lse);
   const int64_t block = query_block(causal);
   const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
@@ -245,7 +275,7 @@ void attention_typed(KernelContext& ctx) {
           const T* kh = k + a.kv_row_offset(bh, 0, a.depth);
           const T* vh = v + a.kv_row_offset(bh, 0, a.value_depth);
           T* out_blk = out + a.row_offset(bh, i0, a.queries, a.value_depth);
-          block_scores(a, qh, ldq, kh, ldk, mask, b, h, i0, rows, kv, s.data());
+          block_scores(a, qh, ldq, kh, ldk, mask, scale, b, h, i0, rows, kv, s.data());
           // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p, the division on the
           // product's Dv columns rather than on p's kv.
           for (int64_t r = 0; r < rows; ++r) {
@@ -259,10 +289,10 @@ void attention_typed(KernelContext& ctx) {
               *lse_at = m;
               continue;
             }
-            const T sum = exp_scaled_shifted(row, n, scale, scale * m);
+            const T sum = exp_scaled_shifted(row, n, exp_scale, exp_scale * m);
             std::fill(row + n, row + kv, T(0));
             inverse_sums[r] = T(1) / sum;
-            *lse_at = scale * m + std::log(sum);
+            *lse_at = exp_scale * m + std::log(sum);
           }
           gemm(false, false, static_cast<int>(rows), dvd, static_cast<int>(kv), s.data(),
                static_cast<int>(a.keys), vh, ldv, out_blk, ldo);
@@ -290,14 +320,15 @@ void attention_backward_typed(KernelContext& ctx) {
   const T* out = ctx.input(3).data<T>();
   const T* lse = ctx.input(4).data<T>();
   const T* dout = ctx.input(5).data<T>();
-  const bool* mask = has_mask ? ctx.input(6).data<bool>() : nullptr;
+  const ScoreMask<T> mask = score_mask<T>(ctx, 6);
+  const T exp_scale = mask.exp_scale(scale);
   T* dq = ctx.output(0).data<T>();
   T* dk = ctx.output(1).data<T>();
   T* dv = ctx.output(2).data<T>();
   if constexpr (std::is_same_v<T, float>)
-    if (attention_tiles_available())
-      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, mask, dq, dk,
-                                      dv);
+    if (attention_tiles_available() && mask.bias == nullptr)
+      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, mask.keep, dq,
+                                      dk, dv);
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
   // Row strides: of q, dq and dk; of out, dout and dv; of k; of v.
@@ -328,7 +359,7 @@ void attention_backward_typed(KernelContext& ctx) {
           for (int64_t i0 = 0; i0 < a.queries; i0 += block) {
             const int rows = static_cast<int>(std::min(block, a.queries - i0));
             const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
-            block_scores(a, qh, ldq, kh, ldk, mask, b, h, i0, rows, kv, p.data());
+            block_scores(a, qh, ldq, kh, ldk, mask, scale, b, h, i0, rows, kv, p.data());
             const T* dout_blk = douth + i0 * ldo;
             const T* out_blk = outh + i0 * ldo;
             for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
@@ -336,7 +367,7 @@ void attention_backward_typed(KernelContext& ctx) {
               T* row = p.data() + r * a.keys;
               const int64_t n =
                   l == -std::numeric_limits<T>::infinity() ? 0 : row_keys(kv, i0 + r, causal);
-              exp_scaled_shifted(row, n, scale, l);
+              exp_scaled_shifted(row, n, exp_scale, l);
               std::fill(row + n, row + kv, T(0));
             }
             // Over the block's visible keys: dv += p^T dout;  dp = dout v^T
@@ -380,6 +411,61 @@ Value sum_head_groups(const Value& per_query_head, int64_t heads, int64_t kv_hea
   return add_n(members);
 }
 
+// k or v [B, Hk, T, D] with each key-value head repeated for its group of query heads: [B, H,
+// T, D] (query head h reads key-value head h / (H / Hk)).
+Value heads_repeated(const Value& kv, int64_t heads) {
+  const int64_t kv_heads = kv.shape()[1];
+  if (kv_heads == heads) return kv;
+  std::vector<int64_t> of_head(static_cast<size_t>(heads));
+  for (int64_t h = 0; h < heads; ++h) of_head[static_cast<size_t>(h)] = h / (heads / kv_heads);
+  return gather(kv, constant(*kv.graph(), Tensor::from_vector(of_head, {heads})), 1);
+}
+
+// The gradient of attention's additive bias (its mask input) given dout: dz summed to the
+// bias's shape, where z = scale q k^T + bias are the scores and, with p = e^(z - lse) and
+// D = dout . out per row, dz = p (dout v^T - D). Composed of products in the stats dtype (f32
+// for 16-bit inputs): it is the [B, H, Tq, Tk] matrix the fused op never forms, so it is built
+// only when the bias's gradient is read.
+Value bias_gradient(GradContext& c, const Value& dout) {
+  const Node& node = c.node();
+  const Value bias = c.input(3), lse = c.output(1);
+  const bool bthd = attention_layout_is_bthd(node.attr<std::string>("layout"));
+  const Shape& q_shape = c.input(0).shape();
+  const int64_t heads = q_shape[bthd ? 2 : 1], kv_heads = c.input(1).shape()[bthd ? 2 : 1];
+  const int64_t queries = q_shape[bthd ? 1 : 2], keys = c.input(1).shape()[bthd ? 1 : 2];
+  const bool causal = node.attr<bool>("causal");
+  double scale = node.attr<double>("scale");
+  KILN_CHECK((scale > 0 || q_shape[3] > 0) && heads >= 0 && kv_heads >= 0 &&
+                 (!causal || (queries >= 0 && keys >= 0)),
+             GraphError, "[attention] ", node.name(),
+             ": the gradient of its bias needs q's depth (or a scale), the heads",
+             causal ? " and, causal, the lengths" : "", " known as the graph is built; q ", q_shape,
+             ", k ", c.input(1).shape());
+  if (scale == 0) scale = 1 / std::sqrt(static_cast<double>(q_shape[3]));
+  auto prepared = [&](Value t) {  // [B, H, T, D] in the stats dtype
+    if (bthd) t = transpose(t, {0, 2, 1, 3});
+    return t.dtype() == lse.dtype() ? t : cast(t, lse.dtype());
+  };
+  const Value q = prepared(c.input(0)), k = heads_repeated(prepared(c.input(1)), heads),
+              v = heads_repeated(prepared(c.input(2)), heads), out = prepared(c.output(0)),
+              dy = prepared(dout);
+  Value z = matmul(q, k, false, true) * scale +
+            (bias.dtype() == lse.dtype() ? bias : cast(bias, lse.dtype()));
+  if (causal) {  // key j only for query i >= j
+    Graph& g = c.graph();
+    z = where(
+        less_equal(iota(g, Shape{1, 1, 1, keys}, 3, i64), iota(g, Shape{1, 1, queries, 1}, 2, i64)),
+        z, -std::numeric_limits<double>::infinity());
+  }
+  // A row that attends nothing has lse -inf and every z -inf: its p is 0, not NaN.
+  const Value shift =
+      expand_dims(where(equal(lse, -std::numeric_limits<double>::infinity()), 0.0, lse), {3});
+  const Value p = exp(z - shift);
+  const Value dz = p * (matmul(dy, v, false, true) - sum(dy * out, {3}, true));
+  const Value summed = sum_to(dz, bias);
+  return summed.dtype() == bias.dtype() ? summed : cast(summed, bias.dtype());
+}
+
 AttrMap attention_attrs(const Node& node) {
   return {{"causal", node.attr<bool>("causal")},
           {"scale", node.attr<double>("scale")},
@@ -409,7 +495,10 @@ KILN_OP(attention)
       const int64_t heads = c.input(0).shape()[hd], kv_heads = c.input(1).shape()[hd];
       GradList out{grads[0], sum_head_groups(grads[1], heads, kv_heads, hd),
                    sum_head_groups(grads[2], heads, kv_heads, hd)};
-      if (c.num_inputs() > 3) out.push_back(Value());
+      if (c.num_inputs() > 3) {
+        const bool bias = c.input(3).dtype() != DType::boolean;
+        out.push_back(bias && c.wants_grad_input(3) ? bias_gradient(c, c.grad_output(0)) : Value());
+      }
       return out;
     });
 

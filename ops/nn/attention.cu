@@ -46,14 +46,25 @@ struct Problem {
   bool causal;
   double scale;
   const bool* mask;
+  // An additive bias of the scores instead of the bool mask (of the inputs' dtype T).
+  const void* bias;
 
+  __device__ int64_t mask_offset(int64_t bh, int64_t i, int64_t j) const {
+    const int64_t b = bh / a.heads, h = bh % a.heads;
+    return b * a.mask_strides[0] + h * a.mask_strides[1] + i * a.mask_strides[2] +
+           j * a.mask_strides[3];
+  }
   // Whether query i of (b, h) attends to key j.
   __device__ bool attends(int64_t bh, int64_t i, int64_t j) const {
     if (causal && j > i) return false;
-    if (mask == nullptr) return true;
-    const int64_t b = bh / a.heads, h = bh % a.heads;
-    return mask[b * a.mask_strides[0] + h * a.mask_strides[1] + i * a.mask_strides[2] +
-                j * a.mask_strides[3]];
+    return mask == nullptr || mask[mask_offset(bh, i, j)];
+  }
+  // The score of query i and key j of (b, h) from their dot product: scale dot (+ bias).
+  template <typename T, typename C>
+  __device__ C score(C dot, int64_t bh, int64_t i, int64_t j) const {
+    const C s = dot * static_cast<C>(scale);
+    if (bias == nullptr) return s;
+    return s + static_cast<C>(static_cast<const T*>(bias)[mask_offset(bh, i, j)]);
   }
 };
 
@@ -91,10 +102,10 @@ __global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) o[t] = 0;
   C m = -INFINITY, l = 0;
-  const C scale = static_cast<C>(pr.scale);
   for (int64_t j = 0; j < a.keys; ++j) {
     if (!pr.attends(bh, i, j)) continue;
-    const C s = dot(qi, k + a.kv_row_offset(bh, j, a.depth), a.depth, lane) * scale;
+    const C s = pr.score<T>(dot(qi, k + a.kv_row_offset(bh, j, a.depth), a.depth, lane), bh, i, j);
+    if (s == -INFINITY) continue;  // a bias of -inf hides the key (and keeps m - m_new finite)
     const C m_new = s > m ? s : m;
     const C correction = exp(m - m_new), e = exp(s - m_new);
     l = l * correction + e;
@@ -151,7 +162,7 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
     for (int64_t j = 0; j < a.keys; ++j) {
       if (!pr.attends(bh, i, j)) continue;
       const T* kj = k + a.kv_row_offset(bh, j, a.depth);
-      const C p = exp(dot(qi, kj, a.depth, lane) * scale - l);
+      const C p = exp(pr.score<T>(dot(qi, kj, a.depth, lane), bh, i, j) - l);
       const C ds =
           p * (dot(di, v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane) - d) * scale;
 #pragma unroll
@@ -193,7 +204,7 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
     if (l == -INFINITY) continue;
     const T* qi = q + a.row_offset(bh, i, a.queries, a.depth);
     const T* di = dout + a.row_offset(bh, i, a.queries, a.value_depth);
-    const C p = exp(dot(kj, qi, a.depth, lane) * scale - l);
+    const C p = exp(pr.score<T>(dot(kj, qi, a.depth, lane), bh, i, j) - l);
     const C ds = p * (dot(vj, di, a.value_depth, lane) - static_cast<C>(delta[row])) * scale;
 #pragma unroll
     for (int t = 0; t < kChunks; ++t) {
@@ -222,7 +233,9 @@ Problem problem_of(const KernelContext& ctx, int mask_input) {
   pr.causal = ctx.attr<bool>("causal");
   const double scale = ctx.attr<double>("scale");
   pr.scale = scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(pr.a.depth));
-  pr.mask = has_mask ? ctx.input(mask_input).data<bool>() : nullptr;
+  const bool bias = has_mask && ctx.input(mask_input).dtype() != DType::boolean;
+  pr.mask = has_mask && !bias ? ctx.input(mask_input).data<bool>() : nullptr;
+  pr.bias = bias ? ctx.input(mask_input).raw_data() : nullptr;
   return pr;
 }
 
@@ -517,7 +530,9 @@ int shared_memory_limit(int device) {
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
-  if (attention_choice_is("rows") || !flash::supports(dtype, problem.a)) return false;
+  // The flash kernels take bool masks; an additive bias runs on the per-row kernels.
+  if (attention_choice_is("rows") || problem.bias != nullptr || !flash::supports(dtype, problem.a))
+    return false;
   for (const void* t : tensors)
     if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
   size_t need = 0;

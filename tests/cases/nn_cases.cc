@@ -550,9 +550,10 @@ namespace {
 
 // softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D], k [B, Hk, Tk, D] etc. (with
 // `bthd`, [B, Tq, H, D] etc.; Hk divides H, query head h reading key-value head h / (H / Hk));
-// `key_valid` masks keys per batch entry (empty: none).
+// `key_valid` masks keys per batch entry (empty: none); input `bias_input` (if >= 0), broadcast
+// to [B, H, Tq, Tk], is added to the scaled scores.
 Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid,
-                              bool bthd = false) {
+                              bool bthd = false, int bias_input = -1) {
   return [=](const std::vector<Tensor>& in) {
     const Shape& qs = in[0].shape();
     const int hd = bthd ? 2 : 1, ld = bthd ? 1 : 2;
@@ -585,6 +586,14 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
             for (int64_t c = 0; c < d; ++c)
               dot += in[0].element(at(b, h, i, c, tq, d)) * in[1].element(kv_at(b, h, j, c, d));
             s[j] = dot * scale;
+            if (bias_input >= 0) {
+              const Tensor& bias = in[static_cast<size_t>(bias_input)];
+              const Shape& bs = bias.shape();
+              const int64_t at[4] = {b, h, i, j};
+              int64_t offset = 0;
+              for (int d4 = 0; d4 < 4; ++d4) offset = offset * bs[d4] + (bs[d4] == 1 ? 0 : at[d4]);
+              s[j] += bias.element(offset);
+            }
             m = std::max(m, s[j]);
           }
           double sum = 0;
@@ -839,6 +848,39 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
            },
        .fd_step = 0,
        .reference = attention_reference(true, {})});
+  // A float mask is a bias added to the scaled scores (PyTorch's float attn_mask), here
+  // differentiable: its gradient is a composition of the scores' (bias_gradient).
+  add({.op = "attention",
+       .name = "attention_bias",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 3, 5, 4}), k = c.input({2, 3, 7, 4}), v = c.input({2, 3, 7, 6});
+             return scaled_dot_product_attention(q, k, v, {.mask = c.input({1, 3, 5, 7})});
+           },
+       .reference = attention_reference(false, {}, false, 3)});
+  add({.op = "attention",
+       .name = "attention_bias_causal_grouped_heads_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 6, 4, 4}), k = c.input({2, 6, 2, 4}), v = c.input({2, 6, 2, 5});
+             return scaled_dot_product_attention(
+                 q, k, v, {.mask = c.input({2, 1, 1, 6}), .causal = true, .layout = "bthd"});
+           },
+       .reference = attention_reference(true, {}, true, 3)});
+  // -inf in a bias hides a key, as false in a bool mask does; the f32 kernel takes the gemm path
+  // (its tiles take bool masks only).
+  add({.op = "attention",
+       .name = "attention_bias_hides_keys",
+       .build =
+           [valid](CaseGraph& c) {
+             std::vector<float> bias(10);
+             for (size_t i = 0; i < 10; ++i)
+               bias[i] = valid[i / 5][i % 5] ? 0.0f : -std::numeric_limits<float>::infinity();
+             Value q = c.input({2, 2, 3, 4}), k = c.input({2, 2, 5, 4}), v = c.input({2, 2, 5, 3});
+             Value mask = cast(c.g.constant(Tensor::from_vector(bias, {2, 1, 1, 5})), q.dtype());
+             return scaled_dot_product_attention(q, k, v, {.mask = mask});
+           },
+       .reference = attention_reference(false, valid)});
   add({.op = "attention_backward",
        .name = "attention_backward_grouped_heads_bthd",
        .build =

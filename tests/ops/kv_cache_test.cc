@@ -1,6 +1,7 @@
 // Cached (incremental) attention for generation (nn::KVCache, attend_cached): a block decoded
 // one token at a time, or a chunk and then tokens, gives what the whole causal block gives;
 // one plan serves every position; and the errors a user can hit.
+#include <cmath>
 #include <vector>
 
 #include "test_util.h"
@@ -25,11 +26,12 @@ Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
 // a step) against the block over the whole sequence, both causal, for pre- and post-norm
 // blocks, with and without a key-padding mask, and a LLaMA-style block (RMS norm, SwiGLU, no
 // biases, rotary embedding at the step's position, one key-value head cached for both query
-// heads). The cache starts as garbage: entries past the position are never read.
+// heads). The mask is bool or the equal float bias (0 or -inf). The cache starts as garbage:
+// entries past the position are never read.
 TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
   for (bool llama : {false, true})
     for (bool norm_first : {true, false})
-      for (bool masked : {false, true})
+      for (int masked : {0, 1, 2})  // no mask, bool, a bias
         for (int64_t chunk : {int64_t{1}, int64_t{3}}) {
           if (llama && !norm_first) continue;
           SCOPED_TRACE(str("llama ", llama, ", norm_first ", norm_first, ", masked ", masked,
@@ -57,11 +59,19 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
             for (int64_t j = 0; j < kMaxLength; ++j)
               keep_cache.data<bool>()[b * kMaxLength + j] = !(masked && b == 1 && j == 1);
           }
-          Value whole = block.attend(x, g.constant(keep_full));
+          // The bias hiding what the bool mask hides.
+          auto as_mask = [&](const Tensor& keep) {
+            if (masked != 2) return g.constant(keep);
+            Tensor bias = Tensor::empty(f32, keep.shape());
+            for (int64_t i = 0; i < keep.numel(); ++i)
+              bias.data<float>()[i] = keep.data<bool>()[i] ? 0.0f : -INFINITY;
+            return g.constant(bias);
+          };
+          Value whole = block.attend(x, as_mask(keep_full));
 
           nn::KVCache cache = block.attention.cache_placeholders(kMaxLength);
           Value position = g.placeholder("position", i64, {});
-          Value keep = masked ? g.constant(keep_cache) : Value();
+          Value keep = masked ? as_mask(keep_cache) : Value();
           Value first = g.placeholder("first", f32, {kBatch, chunk, kDim});
           Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
           auto chunk_step = block.attend_cached(first, cache, position, keep);

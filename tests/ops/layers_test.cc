@@ -141,65 +141,76 @@ TEST(Layers, MultiHeadAttentionIsTheDirectFormulaPerHead) {
 // mode: the output is the direct formula with this run's mask (read back from the graph), a new
 // mask every run and the same first mask in a fresh session; evaluation mode is the fused op's
 // plain attention. The causal and key masks still hold: a query with no key gets zeros (the
-// output projection's bias), in both modes, not NaN.
+// output projection's bias), in both modes, not NaN. The key mask is bool, or a float bias of
+// 0 and -inf.
 TEST(Layers, AttentionDropoutActsOnTheProbabilitiesInTrainingOnly) {
-  Graph g;
-  const int64_t B = 2, T = 4, D = 8, H = 2;
-  Value x = g.placeholder("x", f32, {B, T, D});
-  Value keep = g.placeholder("keep", boolean, {B, 1, 1, T});
-  nn::MultiHeadAttention mha(g, "mha", D, H, {.causal = true, .dropout = 0.5});
-  Value trained = mha.attend(x, keep);
-  mha.eval();
-  Value evaluated = mha.attend(x, keep);
-  Value mask;  // the one dropout_mask node: [B, H, T, T], 0 or 1 / (1 - 0.5)
-  for (int32_t id = 0; id < g.num_nodes(); ++id)
-    if (g.node(id).op_name() == "dropout_mask") {
-      ASSERT_FALSE(mask.defined());
-      mask = g.value(OutputRef{id, 0});
+  for (bool as_bias : {false, true}) {
+    SCOPED_TRACE(str("as_bias ", as_bias));
+    Graph g;
+    const int64_t B = 2, T = 4, D = 8, H = 2;
+    Value x = g.placeholder("x", f32, {B, T, D});
+    Value keep = g.placeholder("keep", as_bias ? f32 : boolean, {B, 1, 1, T});
+    nn::MultiHeadAttention mha(g, "mha", D, H, {.causal = true, .dropout = 0.5});
+    Value trained = mha.attend(x, keep);
+    mha.eval();
+    Value evaluated = mha.attend(x, keep);
+    Value mask;  // the one dropout_mask node: [B, H, T, T], 0 or 1 / (1 - 0.5)
+    for (int32_t id = 0; id < g.num_nodes(); ++id)
+      if (g.node(id).op_name() == "dropout_mask") {
+        ASSERT_FALSE(mask.defined());
+        mask = g.value(OutputRef{id, 0});
+      }
+    ASSERT_TRUE(mask.defined());
+    EXPECT_EQ(mask.shape(), Shape({B, H, T, T}));
+
+    Tensor keep_values = Tensor::empty(as_bias ? f32 : boolean, {B, 1, 1, T});
+    auto keeps = [&](int64_t b, int64_t j) {
+      return b * T + j != 1 && b * T + j < T;
+    };  // b 1: none
+    for (int64_t j = 0; j < B * T; ++j) {
+      if (as_bias)
+        keep_values.data<float>()[j] = keeps(j / T, j % T) ? 0.0f : -INFINITY;
+      else
+        keep_values.data<bool>()[j] = keeps(j / T, j % T);
     }
-  ASSERT_TRUE(mask.defined());
-  EXPECT_EQ(mask.shape(), Shape({B, H, T, T}));
+    const Tensor in = testing::random_tensor(f32, {B, T, D}, -1, 1, 8);
+    Session s(g);
+    const auto first = s.run({{x, in}, {keep, keep_values}}, {trained, evaluated, mask});
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < first[2].numel(); ++i) {
+      ASSERT_TRUE(first[2].element(i) == 0.0 || first[2].element(i) == 2.0) << first[2].element(i);
+      dropped += first[2].element(i) == 0.0;
+    }
+    EXPECT_GT(dropped, 16);  // of 64, at rate 0.5
+    EXPECT_LT(dropped, 48);
+    const std::vector<double> with_mask = direct_attention(
+        s, mha, in, H, true, keeps, [&](int64_t b, int64_t h, int64_t i, int64_t j) {
+          return first[2].element(((b * H + h) * T + i) * T + j);
+        });
+    const std::vector<double> plain = direct_attention(
+        s, mha, in, H, true, keeps, [](int64_t, int64_t, int64_t, int64_t) { return 1.0; });
+    double change = 0;
+    for (int64_t i = 0; i < B * T * D; ++i) {
+      EXPECT_NEAR(first[0].element(i), with_mask[i], 1e-5) << i;
+      EXPECT_NEAR(first[1].element(i), plain[i], 1e-5) << i;
+      change = std::max(change, std::abs(with_mask[i] - plain[i]));
+    }
+    EXPECT_GT(change, 1e-2);
+    const Tensor bias = s.variable_value(mha.output.bias);
+    for (int64_t i = T * D; i < B * T * D; ++i) {  // batch 1 keeps no key
+      EXPECT_NEAR(first[0].element(i), bias.element(i % D), 1e-6) << i;
+      EXPECT_NEAR(first[1].element(i), bias.element(i % D), 1e-6) << i;
+    }
 
-  Tensor keep_values = Tensor::empty(boolean, {B, 1, 1, T});
-  for (int64_t j = 0; j < B * T; ++j) keep_values.data<bool>()[j] = j != 1 && j < T;  // b 1: none
-  auto keeps = [&](int64_t b, int64_t j) { return keep_values.data<bool>()[b * T + j]; };
-  const Tensor in = testing::random_tensor(f32, {B, T, D}, -1, 1, 8);
-  Session s(g);
-  const auto first = s.run({{x, in}, {keep, keep_values}}, {trained, evaluated, mask});
-  int64_t dropped = 0;
-  for (int64_t i = 0; i < first[2].numel(); ++i) {
-    ASSERT_TRUE(first[2].element(i) == 0.0 || first[2].element(i) == 2.0) << first[2].element(i);
-    dropped += first[2].element(i) == 0.0;
+    const auto second = s.run({{x, in}, {keep, keep_values}}, {mask});
+    double mask_change = 0;
+    for (int64_t i = 0; i < second[0].numel(); ++i)
+      mask_change = std::max(mask_change, std::abs(second[0].element(i) - first[2].element(i)));
+    EXPECT_EQ(mask_change, 2.0);  // a new mask
+    Session fresh(g);
+    const Tensor again = fresh.run({{x, in}, {keep, keep_values}}, {mask})[0];
+    for (int64_t i = 0; i < again.numel(); ++i) EXPECT_EQ(again.element(i), first[2].element(i));
   }
-  EXPECT_GT(dropped, 16);  // of 64, at rate 0.5
-  EXPECT_LT(dropped, 48);
-  const std::vector<double> with_mask =
-      direct_attention(s, mha, in, H, true, keeps, [&](int64_t b, int64_t h, int64_t i, int64_t j) {
-        return first[2].element(((b * H + h) * T + i) * T + j);
-      });
-  const std::vector<double> plain = direct_attention(
-      s, mha, in, H, true, keeps, [](int64_t, int64_t, int64_t, int64_t) { return 1.0; });
-  double change = 0;
-  for (int64_t i = 0; i < B * T * D; ++i) {
-    EXPECT_NEAR(first[0].element(i), with_mask[i], 1e-5) << i;
-    EXPECT_NEAR(first[1].element(i), plain[i], 1e-5) << i;
-    change = std::max(change, std::abs(with_mask[i] - plain[i]));
-  }
-  EXPECT_GT(change, 1e-2);
-  const Tensor bias = s.variable_value(mha.output.bias);
-  for (int64_t i = T * D; i < B * T * D; ++i) {  // batch 1 keeps no key
-    EXPECT_NEAR(first[0].element(i), bias.element(i % D), 1e-6) << i;
-    EXPECT_NEAR(first[1].element(i), bias.element(i % D), 1e-6) << i;
-  }
-
-  const auto second = s.run({{x, in}, {keep, keep_values}}, {mask});
-  double mask_change = 0;
-  for (int64_t i = 0; i < second[0].numel(); ++i)
-    mask_change = std::max(mask_change, std::abs(second[0].element(i) - first[2].element(i)));
-  EXPECT_EQ(mask_change, 2.0);  // a new mask
-  Session fresh(g);
-  const Tensor again = fresh.run({{x, in}, {keep, keep_values}}, {mask})[0];
-  for (int64_t i = 0; i < again.numel(); ++i) EXPECT_EQ(again.element(i), first[2].element(i));
 }
 
 TEST(Layers, ATransformerBlockTrainsAndItsErrorsNameTheLayer) {

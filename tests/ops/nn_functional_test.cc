@@ -761,50 +761,100 @@ TEST(NnFunctional, AttentionOverEmptyDimsIsEmptyOrZero) {
 
 // A query row whose keys are all masked attends to nothing: its output is 0, its logsumexp
 // -inf, and no NaN reaches any gradient; the other rows are a softmax over their visible keys.
+// The mask is bool, or a bias of 0 and -inf (whose gradient is 0 where it hides a key).
 TEST(NnFunctional, AttentionRowWithNothingToAttendIsZero) {
-  Graph g;
-  const int64_t tq = 3, tk = 20;  // 20 keys: the CPU kernel's 16-lane loops and their tails
-  Tensor qt = Tensor::zeros(f32, {1, 1, tq, 2}), kt = Tensor::zeros(f32, {1, 1, tk, 2});
-  Tensor vt = Tensor::zeros(f32, {1, 1, tk, 1}), mt = Tensor::zeros(DType::boolean, {1, 1, tq, tk});
-  for (int64_t i = 0; i < tq * 2; ++i) qt.data<float>()[i] = 0.3f * static_cast<float>(i) - 0.5f;
-  for (int64_t j = 0; j < tk; ++j) {
-    kt.data<float>()[2 * j] = std::sin(static_cast<float>(j));
-    kt.data<float>()[2 * j + 1] = std::cos(static_cast<float>(j));
-    vt.data<float>()[j] = static_cast<float>(j);
-    mt.data<bool>()[0 * tk + j] = j % 3 != 0;  // row 0 sees two keys in three
-    mt.data<bool>()[2 * tk + j] = true;        // row 2 all; row 1 none
-  }
-  Value q = g.constant(qt), k = g.constant(kt), v = g.constant(vt);
-  std::vector<Value> out =
-      g.add_node("attention", {q, k, v, g.constant(mt)}, {{"causal", false}, {"scale", 0.0}});
-  std::vector<Value> grads = gradients(sum(out[0] * out[0]), {q, k, v});
-  Session s(g);
-  std::vector<Tensor> r = s.run({}, {out[0], out[1], grads[0], grads[1], grads[2]});
-  EXPECT_EQ(r[0].data<float>()[1], 0.0f);
-  EXPECT_EQ(r[1].data<float>()[1], -INFINITY);
-  for (int64_t row : {0, 2}) {
-    double m = -INFINITY, sum = 0, weighted = 0;
-    std::vector<double> s_row(static_cast<size_t>(tk), -INFINITY);
-    for (int64_t j = 0; j < tk; ++j)
-      if (mt.data<bool>()[row * tk + j]) {
-        s_row[j] = (qt.data<float>()[2 * row] * kt.data<float>()[2 * j] +
-                    qt.data<float>()[2 * row + 1] * kt.data<float>()[2 * j + 1]) /
-                   std::sqrt(2.0);
-        m = std::max(m, s_row[j]);
-      }
+  for (bool as_bias : {false, true}) {
+    SCOPED_TRACE(str("as_bias ", as_bias));
+    Graph g;
+    const int64_t tq = 3, tk = 20;  // 20 keys: the CPU kernel's 16-lane loops and their tails
+    Tensor qt = Tensor::zeros(f32, {1, 1, tq, 2}), kt = Tensor::zeros(f32, {1, 1, tk, 2});
+    Tensor vt = Tensor::zeros(f32, {1, 1, tk, 1}),
+           mt = Tensor::zeros(DType::boolean, {1, 1, tq, tk});
+    for (int64_t i = 0; i < tq * 2; ++i) qt.data<float>()[i] = 0.3f * static_cast<float>(i) - 0.5f;
     for (int64_t j = 0; j < tk; ++j) {
-      const double e = std::exp(s_row[j] - m);
-      sum += e;
-      weighted += e * j;
+      kt.data<float>()[2 * j] = std::sin(static_cast<float>(j));
+      kt.data<float>()[2 * j + 1] = std::cos(static_cast<float>(j));
+      vt.data<float>()[j] = static_cast<float>(j);
+      mt.data<bool>()[0 * tk + j] = j % 3 != 0;  // row 0 sees two keys in three
+      mt.data<bool>()[2 * tk + j] = true;        // row 2 all; row 1 none
     }
-    EXPECT_NEAR(r[0].data<float>()[row], weighted / sum, 1e-4) << "row " << row;
-    EXPECT_NEAR(r[1].data<float>()[row], m + std::log(sum), 1e-5) << "row " << row;
+    Tensor bt = Tensor::empty(f32, mt.shape());
+    for (int64_t i = 0; i < mt.numel(); ++i)
+      bt.data<float>()[i] = mt.data<bool>()[i] ? 0 : -INFINITY;
+    Value q = g.constant(qt), k = g.constant(kt), v = g.constant(vt);
+    Value mask = g.constant(as_bias ? bt : mt);
+    std::vector<Value> out =
+        g.add_node("attention", {q, k, v, mask}, {{"causal", false}, {"scale", 0.0}});
+    std::vector<Value> wrt{q, k, v};
+    if (as_bias) wrt.push_back(mask);
+    std::vector<Value> grads = gradients(sum(out[0] * out[0]), wrt);
+    Session s(g);
+    std::vector<Value> fetches{out[0], out[1]};
+    fetches.insert(fetches.end(), grads.begin(), grads.end());
+    std::vector<Tensor> r = s.run({}, fetches);
+    EXPECT_EQ(r[0].data<float>()[1], 0.0f);
+    EXPECT_EQ(r[1].data<float>()[1], -INFINITY);
+    for (int64_t row : {0, 2}) {
+      double m = -INFINITY, sum = 0, weighted = 0;
+      std::vector<double> s_row(static_cast<size_t>(tk), -INFINITY);
+      for (int64_t j = 0; j < tk; ++j)
+        if (mt.data<bool>()[row * tk + j]) {
+          s_row[j] = (qt.data<float>()[2 * row] * kt.data<float>()[2 * j] +
+                      qt.data<float>()[2 * row + 1] * kt.data<float>()[2 * j + 1]) /
+                     std::sqrt(2.0);
+          m = std::max(m, s_row[j]);
+        }
+      for (int64_t j = 0; j < tk; ++j) {
+        const double e = std::exp(s_row[j] - m);
+        sum += e;
+        weighted += e * j;
+      }
+      EXPECT_NEAR(r[0].data<float>()[row], weighted / sum, 1e-4) << "row " << row;
+      EXPECT_NEAR(r[1].data<float>()[row], m + std::log(sum), 1e-5) << "row " << row;
+    }
+    for (size_t i = 2; i < r.size(); ++i)
+      for (int64_t e = 0; e < r[i].numel(); ++e)
+        ASSERT_TRUE(std::isfinite(r[i].data<float>()[e]))
+            << "gradient " << i - 2 << "[" << e << "]";
+    EXPECT_EQ(r[2].data<float>()[2], 0.0f);  // dq of the row that attends to nothing
+    EXPECT_EQ(r[2].data<float>()[3], 0.0f);
+    if (as_bias) {  // the bias's gradient: 0 where it hides a key, not so everywhere else
+      double seen = 0;
+      for (int64_t e = 0; e < tq * tk; ++e) {
+        if (!mt.data<bool>()[e]) {
+          EXPECT_EQ(r[5].data<float>()[e], 0.0f) << e;
+        }
+        seen = std::max(seen, std::abs(double(r[5].data<float>()[e])));
+      }
+      EXPECT_GT(seen, 1e-3);
+    }
   }
-  for (int i = 2; i < 5; ++i)
-    for (int64_t e = 0; e < r[i].numel(); ++e)
-      ASSERT_TRUE(std::isfinite(r[i].data<float>()[e])) << "gradient " << i - 2 << "[" << e << "]";
-  EXPECT_EQ(r[2].data<float>()[2], 0.0f);  // dq of the row that attends to nothing
-  EXPECT_EQ(r[2].data<float>()[3], 0.0f);
+}
+
+// A float mask's gradient is the score matrix the fused op avoids: it is built only when read
+// (none of it for a constant bias), and a bias of another dtype than q's is an error.
+TEST(NnFunctional, AttentionBiasGradientIsBuiltOnlyWhenRead) {
+  auto products = [](Graph& g) {
+    int count = 0;
+    for (int32_t id = 0; id < g.num_nodes(); ++id) count += g.node(id).op_name() == "matmul";
+    return count;
+  };
+  Graph g;
+  Value q = g.placeholder("q", f32, {2, 3, 5, 8}), k = g.placeholder("k", f32, {2, 3, 7, 8});
+  Value v = g.placeholder("v", f32, {2, 3, 7, 4});
+  Value alibi = g.constant(testing::random_tensor(f32, {1, 3, 5, 7}, -1, 0, 3));
+  Value learned = g.variable("relative_bias", {1, 3, 5, 7}, init::zeros());
+  Value fixed = sum(scaled_dot_product_attention(q, k, v, {.mask = alibi}));
+  gradients(fixed, {q, k, v});
+  EXPECT_EQ(products(g), 0);
+  gradients(sum(scaled_dot_product_attention(q, k, v, {.mask = learned, .causal = true})),
+            {learned});
+  EXPECT_GE(products(g), 2);  // q k^T and dout v^T
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(q, k, v, {.mask = g.placeholder("m", f64, {1, 3, 5, 7})});
+      },
+      {"[attention]", "bool (true: attend) or an additive bias of q's dtype f32, got f64"});
 }
 
 }  // namespace

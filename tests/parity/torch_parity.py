@@ -107,8 +107,8 @@ def attention(q, k, v, mask, attrs):
     s = q @ k.transpose(-1, -2) * scale
     if attrs["causal"] == "1":
         s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
+    if mask is not None:  # bool: true attends; float: a bias added to the scores
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
     return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
 
 
