@@ -647,14 +647,17 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
                                        int64_t heads, Options options)
     : Module(graph, name),
       query(make<Linear>("query", dim, dim, LayerOptions{options.bias, options.seed})),
-      key(make<Linear>("key", dim, key_value_width(dim, heads, options.kv_heads),
+      key(make<Linear>("key", options.memory_dim > 0 ? options.memory_dim : dim,
+                       key_value_width(dim, heads, options.kv_heads),
                        LayerOptions{options.bias, options.seed})),
-      value(make<Linear>("value", dim, key_value_width(dim, heads, options.kv_heads),
+      value(make<Linear>("value", options.memory_dim > 0 ? options.memory_dim : dim,
+                         key_value_width(dim, heads, options.kv_heads),
                          LayerOptions{options.bias, options.seed})),
       output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
       probability_dropout(make<Dropout>("probability_dropout", options.dropout,
                                         LayerOptions{.seed = options.seed})),
       dim_(dim),
+      memory_dim_(options.memory_dim > 0 ? options.memory_dim : dim),
       heads_(heads),
       kv_heads_(options.kv_heads > 0 ? options.kv_heads : heads),
       causal_(options.causal),
@@ -662,6 +665,8 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
       rotary_(options.rotary) {
   KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": dim ", dim, " does not split into ", heads, " heads");
+  KILN_CHECK(options.memory_dim >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": memory_dim ", options.memory_dim, " must be positive (or 0 for dim)");
   KILN_CHECK(options.kv_heads >= 0 && heads % kv_heads_ == 0, GraphError,
              "[nn] MultiHeadAttention ", path(), ": kv_heads ", options.kv_heads,
              " must divide the ", heads, " heads");
@@ -702,10 +707,10 @@ Value MultiHeadAttention::attend_projected(const Value& x, const KVCache& memory
   return attention_to(x, memory, mask);
 }
 
-int64_t MultiHeadAttention::length_of(const Value& x, const char* what) const {
+int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t width) const {
   const Shape& s = x.shape();
-  KILN_CHECK(s.rank() == 3 && s[2] == dim_ && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
-             path(), ": expects ", what, " [batch, length, ", dim_, "] with a known length, got ",
+  KILN_CHECK(s.rank() == 3 && s[2] == width && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
+             path(), ": expects ", what, " [batch, length, ", width, "] with a known length, got ",
              s);
   return s[1];
 }
@@ -713,14 +718,25 @@ int64_t MultiHeadAttention::length_of(const Value& x, const char* what) const {
 // [B, S, dim] -> [B, S, kv_heads, depth]: attention reads the heads in place (layout bthd), so
 // no transpose splits or merges them.
 KVCache MultiHeadAttention::projected(const Value& memory) {
-  const int64_t length = length_of(memory, "memory"), depth = dim_ / heads_;
+  const int64_t length = length_of(memory, "memory", memory_dim_), depth = dim_ / heads_;
   return {rotated(reshape(key(memory), {-1, length, kv_heads_, depth}), Value()),
           reshape(value(memory), {-1, length, kv_heads_, depth})};
 }
 
+Value MultiHeadAttention::queries(const Value& x) {
+  return rotated(reshape(query(x), {-1, length_of(x, "x", dim_), heads_, dim_ / heads_}), Value());
+}
+
+Value MultiHeadAttention::attention_weights(const Value& x, const Value& memory,
+                                            const Value& mask) {
+  expect_own({&x, &memory}, "x and the memory");
+  NameScope scope(graph(), name());
+  return probabilities(queries(x), projected(memory).keys, mask);
+}
+
 Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, const Value& mask) {
-  const int64_t length = length_of(x, "x");
-  Value q = rotated(reshape(query(x), {-1, length, heads_, dim_ / heads_}), Value());
+  const int64_t length = length_of(x, "x", dim_);
+  Value q = queries(x);
   const Value &k = memory.keys, &v = memory.values;
   Value attended = dropout_ > 0 && training()
                        ? attention_with_dropout(q, k, v, mask)
@@ -735,7 +751,10 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   KILN_CHECK(!training(), GraphError, "[nn] MultiHeadAttention ", path(),
              ": cached attention is for inference; build it in evaluation mode (eval())");
   expect_own({&x, &position}, "x and position");
-  const int64_t depth = dim_ / heads_, length = length_of(x, "x");
+  KILN_CHECK(memory_dim_ == dim_, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": cached self-attention needs memory_dim (", memory_dim_, ") equal to dim (", dim_,
+             ")");
+  const int64_t depth = dim_ / heads_, length = length_of(x, "x", dim_);
   for (const Value* part : {&cache.keys, &cache.values}) {
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
                ": the cache's keys and values must both be given");
@@ -775,18 +794,19 @@ KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) 
           graph().placeholder(path() + "/cache_values", dtype, shape)};
 }
 
-Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k, const Value& v,
-                                                 const Value& mask) {
+// Grouped heads: each key-value head of t [B, S, kv_heads, depth] repeated for its group:
+// [B, S, kv_heads, group, depth], then [B, S, heads, depth] (query head h reads key-value head
+// h / group).
+Value MultiHeadAttention::heads_repeated(const Value& t) const {
+  if (kv_heads_ == heads_) return t;
+  const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
+  return reshape(concat(copies, 3), {-1, t.shape()[1], heads_, dim_ / heads_});
+}
+
+Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Value& mask) {
   const int64_t length = q.shape()[1], memory_length = k.shape()[1], depth = q.shape()[3];
   auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
-  // Grouped heads: each key-value head repeated for its group, [B, S, kv_heads, group, depth]
-  // then [B, S, heads, depth] (query head h reads key-value head h / group).
-  auto repeated = [&](const Value& t) {
-    if (kv_heads_ == heads_) return t;
-    const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
-    return reshape(concat(copies, 3), {-1, memory_length, heads_, depth});
-  };
-  Value scores = matmul(heads_first(q), heads_first(repeated(k)), false, true) *
+  Value scores = matmul(heads_first(q), heads_first(heads_repeated(k)), false, true) *
                  (1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
   // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0. A float
   // mask is a bias of the scores: it hides the keys where it is -inf.
@@ -807,19 +827,21 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
     if (q.dtype() != f32) causal = cast(causal, q.dtype());
     keep = keep.defined() ? keep * causal : causal;
   }
-  Value probabilities;
-  if (keep.defined()) {
-    // Masked scores become -65504 (f16's lowest finite value, finite in every float dtype, also
-    // where autocast runs this in 16 bits), not -inf: exp of it less the row's maximum is 0
-    // wherever a row keeps a key (scores are far above it), and a row that keeps none is uniform
-    // instead of NaN, then zeroed by the product with keep (the fused op's zeros for such a
-    // query).
-    probabilities = softmax(where(greater(keep, 0.5), scores, -65504.0)) * keep;
-  } else {
-    probabilities = softmax(scores);
-  }
-  return transpose(matmul(probability_dropout(probabilities), heads_first(repeated(v))),
-                   {0, 2, 1, 3});
+  if (!keep.defined()) return softmax(scores);
+  // Masked scores become -65504 (f16's lowest finite value, finite in every float dtype, also
+  // where autocast runs this in 16 bits), not -inf: exp of it less the row's maximum is 0
+  // wherever a row keeps a key (scores are far above it), and a row that keeps none is uniform
+  // instead of NaN, then zeroed by the product with keep (the fused op's zeros for such a
+  // query).
+  return softmax(where(greater(keep, 0.5), scores, -65504.0)) * keep;
+}
+
+Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k, const Value& v,
+                                                 const Value& mask) {
+  auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
+  return transpose(
+      matmul(probability_dropout(probabilities(q, k, mask)), heads_first(heads_repeated(v))),
+      {0, 2, 1, 3});
 }
 
 namespace {

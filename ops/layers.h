@@ -780,15 +780,23 @@ class MultiHeadAttention : public Module {
     double dropout = 0;    ///< the rate at which attention probabilities are dropped in training
     int64_t kv_heads = 0;  ///< key-value heads: 0 for `heads`, or a divisor of it
     std::optional<RotaryOptions> rotary{};  ///< rotary position embedding of queries and keys
+    /// The width of the memory cross-attention reads keys and values from (PyTorch's kdim and
+    /// vdim, equal): 0 for dim. Other than dim, the layer is for cross-attention only.
+    int64_t memory_dim = 0;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
   /// Self-attention with an optional mask broadcast to [B, heads, T, T]: bool (true: attend) or
   /// a bias of the scores (scaled_dot_product_attention's mask, either kind, in every method).
   Value attend(const Value& x, const Value& mask);
-  /// Cross-attention: queries from x [B, T, dim], keys and values from `memory` [B, S, dim] (an
-  /// encoder's output), the mask (optional) broadcast to [B, heads, T, S].
+  /// Cross-attention: queries from x [B, T, dim], keys and values from `memory` [B, S,
+  /// memory_dim] (an encoder's output), the mask (optional) broadcast to [B, heads, T, S].
   Value attend(const Value& x, const Value& memory, const Value& mask);
+  /// The probabilities [B, heads, T, S] with which attend(x, memory, mask) weighs the values
+  /// (PyTorch's need_weights with average_attn_weights=False; their mean over dim 1 is its
+  /// default), as a graph value: the scores' softmax, masked (0 where hidden, rows hiding every
+  /// key all 0), without dropout. Pass x as the memory for self-attention's.
+  Value attention_weights(const Value& x, const Value& memory, const Value& mask = {});
 
   /// One step of incremental (cached) causal self-attention, for generation: x [B, n, dim]
   /// holds the tokens at positions [position, position + n) (`position` an integer scalar
@@ -824,8 +832,15 @@ class MultiHeadAttention : public Module {
   Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
 
  private:
-  /// The length of x or memory [B, T, dim] (`what` names it), known, or a GraphError.
-  int64_t length_of(const Value& x, const char* what) const;
+  /// The length of x or memory [B, T, width] (`what` names it), known, or a GraphError.
+  int64_t length_of(const Value& x, const char* what, int64_t width) const;
+  /// x [B, T, dim] projected to queries [B, T, heads, depth] (rotated for positions 0..).
+  Value queries(const Value& x);
+  /// Keys or values [B, S, kv_heads, depth] with each head repeated for its group: [B, S,
+  /// heads, depth].
+  Value heads_repeated(const Value& t) const;
+  /// softmax(scale q k^T, masked) for q [B, T, H, D], k [B, S, kv_heads, D]: [B, H, T, S].
+  Value probabilities(const Value& q, const Value& k, const Value& mask);
   /// project_memory's body, inside the layer's name scope.
   KVCache projected(const Value& memory);
   /// Attention of x to projected keys and values [B, S, kv_heads, head_dim], inside the name
@@ -836,7 +851,7 @@ class MultiHeadAttention : public Module {
   Value attention_with_dropout(const Value& q, const Value& k, const Value& v, const Value& mask);
   /// q or k [B, T, heads, depth] rotated for positions start.. (unchanged without rotary).
   Value rotated(const Value& x, const Value& start) const;
-  int64_t dim_, heads_, kv_heads_;
+  int64_t dim_, memory_dim_, heads_, kv_heads_;
   bool causal_;
   double dropout_;
   std::optional<RotaryOptions> rotary_;

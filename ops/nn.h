@@ -248,7 +248,8 @@ Value adaptive_max_pool(const Value& x, const std::vector<int64_t>& output_size)
 struct AttentionOptions {
   /// [B or 1, H or 1, Tq or 1, Tk or 1], as PyTorch's attn_mask: bool, true where query i may
   /// attend to key j (a key-padding mask is [B, 1, 1, Tk]); or of q's dtype, a bias added to the
-  /// scaled scores (ALiBi, a relative position bias, -inf to hide a key), differentiable.
+  /// scaled scores (ALiBi, a relative position bias, -inf to hide a key), differentiable. A mask
+  /// of rank 1 to 3 broadcasts from the right ([Tq, Tk] is [1, 1, Tq, Tk]).
   Value mask{};
   /// Query i attends to keys j <= i only (top-left aligned, as PyTorch's is_causal).
   bool causal = false;

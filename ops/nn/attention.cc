@@ -523,7 +523,14 @@ KILN_OP(attention_backward)
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options) {
   std::vector<Value> inputs{q, k, v};
-  if (options.mask.defined()) inputs.push_back(options.mask);
+  if (options.mask.defined()) {
+    // A mask of lower rank broadcasts from the right, as NumPy's and PyTorch's: [Tq, Tk] is
+    // [1, 1, Tq, Tk].
+    const int64_t rank = options.mask.shape().rank();
+    std::vector<int64_t> leading;
+    for (int64_t d = 0; d < 4 - rank; ++d) leading.push_back(d);
+    inputs.push_back(rank >= 1 && rank < 4 ? expand_dims(options.mask, leading) : options.mask);
+  }
   Graph& graph = options.mask.defined()
                      ? common_graph("scaled_dot_product_attention", {&q, &k, &v, &options.mask})
                      : common_graph("scaled_dot_product_attention", {&q, &k, &v});

@@ -831,6 +831,36 @@ TEST(NnFunctional, AttentionRowWithNothingToAttendIsZero) {
   }
 }
 
+// Masks of rank 1 to 3 broadcast from the right (PyTorch's attn_mask [Tq, Tk]): the same as
+// the 4-D mask with leading 1s, bool or float.
+TEST(NnFunctional, AttentionMasksOfLowerRankBroadcastFromTheRight) {
+  Graph g;
+  Value q = g.placeholder("q", f32, {2, 3, 5, 8}), k = g.placeholder("k", f32, {2, 3, 7, 8});
+  Value v = g.placeholder("v", f32, {2, 3, 7, 4});
+  const Tensor keep = testing::random_tensor(f32, {5, 7}, 0, 1, 4);
+  Tensor keep_bool = Tensor::empty(boolean, {5, 7}), bias = Tensor::empty(f32, {5, 7});
+  for (int64_t i = 0; i < 35; ++i) {
+    keep_bool.data<bool>()[i] = i % 7 == 0 || keep.data<float>()[i] > 0.3f;
+    bias.data<float>()[i] = keep.data<float>()[i] - 0.5f;
+  }
+  std::vector<Value> pairs;
+  for (const Tensor& m : {keep_bool, bias}) {
+    Value mask = g.constant(m);
+    pairs.push_back(scaled_dot_product_attention(q, k, v, {.mask = mask}));
+    pairs.push_back(scaled_dot_product_attention(q, k, v, {.mask = reshape(mask, {1, 1, 5, 7})}));
+  }
+  Value row_mask = g.constant(Tensor::full(boolean, {7}, 1));  // rank 1: [Tk]
+  pairs.push_back(scaled_dot_product_attention(q, k, v, {.mask = row_mask}));
+  pairs.push_back(scaled_dot_product_attention(q, k, v));
+  const auto out = Session(g).run({{q, testing::random_tensor(f32, {2, 3, 5, 8}, -1, 1, 5)},
+                                   {k, testing::random_tensor(f32, {2, 3, 7, 8}, -1, 1, 6)},
+                                   {v, testing::random_tensor(f32, {2, 3, 7, 4}, -1, 1, 7)}},
+                                  pairs);
+  for (size_t p = 0; p < out.size(); p += 2)
+    for (int64_t i = 0; i < out[p].numel(); ++i)
+      ASSERT_EQ(out[p].element(i), out[p + 1].element(i)) << "pair " << p / 2 << " at " << i;
+}
+
 // A float mask's gradient is the score matrix the fused op avoids: it is built only when read
 // (none of it for a constant bias), and a bias of another dtype than q's is an error.
 TEST(NnFunctional, AttentionBiasGradientIsBuiltOnlyWhenRead) {

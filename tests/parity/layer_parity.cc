@@ -27,7 +27,8 @@
 //   encoder: an outside port of PyTorch's own modules (the script loads Kiln's initial values
 //        into nn.Embedding(padding_idx=0) and nn.TransformerEncoderLayer): Embedding with a
 //        padding index -> post-norm TransformerBlock (ReLU) over the key-padding mask the ids
-//        give -> mean over the real tokens -> Linear; cross entropy; Adam with L2 weight decay.
+//        give -> mean over the real tokens -> Linear; cross entropy; Adam with L2 weight decay;
+//        then the trained attention's probabilities (attention_weights, need_weights).
 //   text_cnn: PyTorch's modules again (nn.Sequential of Embedding... Conv1d, ReLU, Flatten,
 //        Linear): Embedding -> Conv1d (padding) -> ReLU -> Conv1d (stride, dilation, groups, no
 //        bias) -> ConvTranspose1d (stride, padding, dilation, groups, output padding) -> Flatten
@@ -360,7 +361,8 @@ void encoder(const std::filesystem::path& dir, Device device) {
                               .norm_first = false});
   nn::Linear head(g, "head", kDim, kClasses);
   Value real = ids != 0.0;  // id 0 pads
-  Value h = block.attend(embed(ids), expand_dims(expand_dims(real, 1), 1));
+  Value key_padding = expand_dims(expand_dims(real, 1), 1);
+  Value h = block.attend(embed(ids), key_padding);
   Value weights = expand_dims(cast(real, f32), -1);
   Value pooled = sum(h * weights, {1}) / sum(weights, {1});
   Value loss = cross_entropy(head(pooled), labels);
@@ -376,8 +378,13 @@ void encoder(const std::filesystem::path& dir, Device device) {
       id_values.push_back(t < kLength - b ? 1 + (b * 5 + t * 3) % (kVocab - 1) : 0);
   const Tensor id_tensor = Tensor::from_vector<int64_t>(id_values, {kBatch, kLength});
   const Tensor label_tensor = Tensor::from_vector<int64_t>({0, 2, 1, 2}, {kBatch});
+  // The trained block's attention probabilities (need_weights in PyTorch).
+  Value embedded = embed(ids);
+  Value probabilities = block.attention.attention_weights(embedded, embedded, key_padding);
   Session session(g, {.device = device});
   train(session, variables, {{ids, id_tensor}, {labels, label_tensor}}, {loss}, step, dir, 3);
+  save_npy(session.run({{ids, id_tensor}}, {probabilities})[0],
+           (dir / "attention_weights.npy").string());
 }
 
 void text_cnn(const std::filesystem::path& dir, Device device) {

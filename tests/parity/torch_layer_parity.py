@@ -405,6 +405,12 @@ def encoder(run):
         adam.step()
         run.check_step(step, [loss])
     port.check_variables(skip=("/key/bias",))  # a zero gradient: see lm()
+    with torch.no_grad():
+        h = embed(ids)
+        weights = attention(h, h, h, key_padding_mask=ids == 0, need_weights=True,
+                            average_attn_weights=False)[1]
+    run.check("attention weights", run.load("attention_weights.npy"), weights.numpy(),
+              WEIGHT_TOLERANCE)
 
 
 def decoder(run):
