@@ -670,12 +670,29 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
   KILN_CHECK(options.kv_heads >= 0 && heads % kv_heads_ == 0, GraphError,
              "[nn] MultiHeadAttention ", path(), ": kv_heads ", options.kv_heads,
              " must divide the ", heads, " heads");
-  KILN_CHECK(!rotary_ || (dim / heads) % 2 == 0, GraphError, "[nn] MultiHeadAttention ", path(),
-             ": rotary embedding turns pairs of features; the head depth ", dim / heads, " is odd");
+  if (options.qk_norm) {  // made after the check above: the head depth is whole
+    query_norm = &make<RMSNorm>("query_norm", Shape{dim / heads}, options.qk_norm_eps);
+    key_norm = &make<RMSNorm>("key_norm", Shape{dim / heads}, options.qk_norm_eps);
+  }
+  const int64_t turned = rotary_ && rotary_->dims > 0 ? rotary_->dims : dim / heads;
+  KILN_CHECK(!rotary_ || (turned % 2 == 0 && turned <= dim / heads), GraphError,
+             "[nn] MultiHeadAttention ", path(),
+             ": rotary embedding turns pairs of features; it cannot turn ", turned, " of the head ",
+             "depth ", dim / heads);
 }
 
 Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
   return rotary_ ? rotary_embedding(x, start, *rotary_) : x;
+}
+
+Value MultiHeadAttention::query_heads(const Value& projected, int64_t length, const Value& start) {
+  Value heads = reshape(projected, {-1, length, heads_, dim_ / heads_});
+  return rotated(query_norm != nullptr ? (*query_norm)(heads) : heads, start);
+}
+
+Value MultiHeadAttention::key_heads(const Value& projected, int64_t length, const Value& start) {
+  Value heads = reshape(projected, {-1, length, kv_heads_, dim_ / heads_});
+  return rotated(key_norm != nullptr ? (*key_norm)(heads) : heads, start);
 }
 
 Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
@@ -719,12 +736,12 @@ int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t 
 // no transpose splits or merges them.
 KVCache MultiHeadAttention::projected(const Value& memory) {
   const int64_t length = length_of(memory, "memory", memory_dim_), depth = dim_ / heads_;
-  return {rotated(reshape(key(memory), {-1, length, kv_heads_, depth}), Value()),
+  return {key_heads(key(memory), length, Value()),
           reshape(value(memory), {-1, length, kv_heads_, depth})};
 }
 
 Value MultiHeadAttention::queries(const Value& x) {
-  return rotated(reshape(query(x), {-1, length_of(x, "x", dim_), heads_, dim_ / heads_}), Value());
+  return query_heads(query(x), length_of(x, "x", dim_), Value());
 }
 
 Value MultiHeadAttention::attention_weights(const Value& x, const Value& memory,
@@ -769,9 +786,8 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
     return reshape(v, {-1, length, heads, depth});
   };
   // Keys enter the cache rotated for their positions, as attend() rotates them.
-  KVCache next{
-      dynamic_update_slice(cache.keys, rotated(split(key(x), kv_heads_), position), position, 1),
-      dynamic_update_slice(cache.values, split(value(x), kv_heads_), position, 1)};
+  KVCache next{dynamic_update_slice(cache.keys, key_heads(key(x), length, position), position, 1),
+               dynamic_update_slice(cache.values, split(value(x), kv_heads_), position, 1)};
   // Query i sits at position + i and sees the entries written up to it: j <= position + i.
   // [1, 1, n, max_length], broadcast over the batch and the heads.
   Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
@@ -780,9 +796,9 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
     visible = mask.dtype() == DType::boolean
                   ? where(mask, visible, 0.0)
                   : where(visible, mask, -std::numeric_limits<double>::infinity());
-  Value attended = scaled_dot_product_attention(
-      rotated(split(query(x), heads_), position), next.keys, next.values,
-      {.mask = visible, .causal = false, .layout = "bthd"});
+  Value attended =
+      scaled_dot_product_attention(query_heads(query(x), length, position), next.keys, next.values,
+                                   {.mask = visible, .causal = false, .layout = "bthd"});
   return {output(reshape(attended, {-1, length, dim_})), next};
 }
 
@@ -889,7 +905,9 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
           .seed = options.seed,
           .dropout = options.attention_dropout,
           .kv_heads = options.kv_heads,
-          .rotary = rotary ? options.rotary : std::nullopt};
+          .rotary = rotary ? options.rotary : std::nullopt,
+          .qk_norm = options.qk_norm,
+          .qk_norm_eps = options.norm_eps};
 }
 
 }  // namespace

@@ -783,6 +783,10 @@ class MultiHeadAttention : public Module {
     /// The width of the memory cross-attention reads keys and values from (PyTorch's kdim and
     /// vdim, equal): 0 for dim. Other than dim, the layer is for cross-attention only.
     int64_t memory_dim = 0;
+    /// RMSNorm over each head's queries and keys, before rotary embedding (Qwen3's and Gemma
+    /// 3's q_norm and k_norm): query_norm and key_norm, weights of the head depth.
+    bool qk_norm = false;
+    double qk_norm_eps = 1e-6;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -827,6 +831,8 @@ class MultiHeadAttention : public Module {
   Value attend_projected(const Value& x, const KVCache& memory, const Value& mask = {});
   Linear &query, &key, &value, &output;
   Dropout& probability_dropout;
+  RMSNorm* query_norm = nullptr;  ///< with Options::qk_norm, else null
+  RMSNorm* key_norm = nullptr;    ///< with Options::qk_norm, else null
 
  protected:
   Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
@@ -836,6 +842,10 @@ class MultiHeadAttention : public Module {
   int64_t length_of(const Value& x, const char* what, int64_t width) const;
   /// x [B, T, dim] projected to queries [B, T, heads, depth] (rotated for positions 0..).
   Value queries(const Value& x);
+  /// A query or key projection [B, length, width] split into heads, normalized (qk_norm) and
+  /// rotated for positions start.. (0.. for an undefined start).
+  Value query_heads(const Value& projected, int64_t length, const Value& start);
+  Value key_heads(const Value& projected, int64_t length, const Value& start);
   /// Keys or values [B, S, kv_heads, depth] with each head repeated for its group: [B, S,
   /// heads, depth].
   Value heads_repeated(const Value& t) const;
@@ -886,6 +896,7 @@ class TransformerBlock : public Module {
     bool bias = true;      ///< biases of the attention's and the FFN's Linear layers
     int64_t kv_heads = 0;  ///< the attention's key-value heads: 0 for `heads`, or a divisor
     std::optional<RotaryOptions> rotary{};  ///< rotary embedding in the (self-)attention
+    bool qk_norm = false;  ///< the attention's queries and keys RMS-normalized per head (Qwen3)
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);

@@ -353,6 +353,10 @@ struct RotaryOptions {
   bool interleaved = false;
   /// Frequency scaling for longer contexts (none by default).
   RotaryScaling scaling{};
+  /// Partial rotary embedding: only the first `dims` features of each head turn (pairs within
+  /// them, D read as `dims`), the rest pass unchanged (GPT-NeoX's rotary_pct, Phi's
+  /// partial_rotary_factor). Even, at most the depth; 0 for the whole head.
+  int64_t dims = 0;
 };
 
 /// The D/2 frequencies rotary_embedding turns the pairs of a depth-D head by (radians per
@@ -363,12 +367,13 @@ std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& option
 /// for the other scalings.
 double rotary_attention_factor(const RotaryOptions& options);
 /// Rotary position embedding (RoFormer) of x [B, T, H, D] (the heads of a [B, T, H D]
-/// projection; D known and even), one op: at position p = start + t each feature pair (a, b)
-/// becomes (a cos w - b sin w, b cos w + a sin w), w = p base^(-2c / D). `start` is an integer
-/// scalar tensor (rank 0 or [1]: the first row's position, fed or computed, as in cached
-/// decoding) or undefined for 0. The angles are computed in f32 and the rotation in x's dtype.
-/// Applied to queries and keys, their dot products depend on the positions' difference only.
-/// options.scaling changes the frequencies (rotary_frequencies) and, for yarn, scales the result.
+/// projection; D known, and even unless options.dims says which features turn), one op: at position
+/// p = start + t each feature pair (a, b) becomes (a cos w - b sin w, b cos w + a sin w), w = p
+/// base^(-2c / D). `start` is an integer scalar tensor (rank 0 or [1]: the first row's position,
+/// fed or computed, as in cached decoding) or undefined for 0. The angles are computed in f32 and
+/// the rotation in x's dtype. Applied to queries and keys, their dot products depend on the
+/// positions' difference only. options.scaling changes the frequencies (rotary_frequencies) and,
+/// for yarn, scales the result.
 Value rotary_embedding(const Value& x, const Value& start = {}, const RotaryOptions& options = {});
 
 /// The gated linear unit (PyTorch's F.glu): x split in halves a, b along `axis` (even), a

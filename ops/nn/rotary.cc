@@ -10,6 +10,7 @@
 // result) and f64 for f64.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -219,17 +220,19 @@ double rotary_attention_factor(const RotaryOptions& options) {
 
 Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& options) {
   const Shape& shape = x.shape();
-  KILN_CHECK(shape.rank() == 4 && shape[3] > 0 && shape[3] % 2 == 0, GraphError,
+  const int64_t turned = options.dims > 0 ? options.dims : shape.rank() == 4 ? shape[3] : 0;
+  KILN_CHECK(shape.rank() == 4 && shape[3] > 0 && turned % 2 == 0, GraphError,
              "[rotary_embedding] ", x.name(),
-             ": expects x [batch, length, heads, depth] with the depth known and even, got ",
-             shape);
+             ": expects x [batch, length, heads, depth] with the depth known and even, got ", shape,
+             options.dims > 0 ? str(" (turning its first ", options.dims, ")") : "");
+  KILN_CHECK(options.dims >= 0 && turned <= shape[3], GraphError, "[rotary_embedding] ", x.name(),
+             ": dims ", options.dims, " must be in [0, ", shape[3], "] (the depth of x ", shape,
+             ")");
   KILN_CHECK(is_floating(x.dtype()), GraphError, "[rotary_embedding] ", x.name(),
              ": x must be floating point, got ", x.dtype());
   Graph& graph = *x.graph();
-  const int64_t pairs = shape[3] / 2;
   const std::vector<float> frequencies =
-      frequencies_checked(str("[rotary_embedding] ", x.name()), shape[3], options);
-  std::vector<Value> inputs{x, constant(graph, Tensor::from_vector(frequencies, {pairs}))};
+      frequencies_checked(str("[rotary_embedding] ", x.name()), turned, options);
   if (start.defined()) {
     KILN_CHECK(start.graph() == x.graph(), GraphError, "[rotary_embedding] ", x.name(), ": start ",
                start.name(), " belongs to another graph");
@@ -238,12 +241,19 @@ Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& 
     KILN_CHECK(start.shape().rank() == 0 || start.shape() == Shape{1}, GraphError,
                "[rotary_embedding] ", x.name(), ": start must be a scalar (rank 0 or [1]), got ",
                start.shape());
-    inputs.push_back(start);
   }
-  Value turned =
+  // Partial: the turned features are a slice of the head, and the rest join them after.
+  const bool partial = turned < shape[3];
+  constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
+  std::vector<Value> inputs{partial ? slice(x, {0, 0, 0, 0}, {kAll, kAll, kAll, turned}) : x,
+                            constant(graph, Tensor::from_vector(frequencies, {turned / 2}))};
+  if (start.defined()) inputs.push_back(start);
+  Value out =
       graph.add("rotary", inputs, {{"interleaved", options.interleaved}, {"inverse", false}});
   const double scale = rotary_attention_factor(options);
-  return scale == 1 ? turned : turned * scale;
+  if (scale != 1) out = out * scale;
+  if (!partial) return out;
+  return concat({out, slice(x, {0, 0, 0, turned}, {kAll, kAll, kAll, kAll})}, 3);
 }
 
 }  // namespace kiln

@@ -25,9 +25,10 @@ Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
 // The block decoded through its cache (a chunk of `chunk` tokens at position 0, then one token
 // a step) against the block over the whole sequence, both causal, for pre- and post-norm
 // blocks, with and without a key-padding mask, and a LLaMA-style block (RMS norm, SwiGLU, no
-// biases, rotary embedding at the step's position, one key-value head cached for both query
-// heads). The mask is bool or the equal float bias (0 or -inf). The cache starts as garbage:
-// entries past the position are never read.
+// biases, rotary embedding of half of each head at the step's position, queries and keys
+// RMS-normalized per head, one key-value head cached for both query heads). The mask is bool
+// or the equal float bias (0 or -inf). The cache starts as garbage: entries past the position
+// are never read.
 TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
   for (bool llama : {false, true})
     for (bool norm_first : {true, false})
@@ -44,7 +45,8 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
             options.norm = nn::TransformerBlock::Norm::rms;
             options.bias = false;
             options.kv_heads = 1;
-            options.rotary = RotaryOptions{.base = 100};
+            options.rotary = RotaryOptions{.base = 100, .dims = 2};
+            options.qk_norm = true;
           }
           const int64_t kv_heads = llama ? 1 : kHeads;
           nn::TransformerBlock block(g, "block", kDim, kHeads, options);

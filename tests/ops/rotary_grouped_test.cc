@@ -324,6 +324,52 @@ TEST(RotaryScaling, ErrorsNameTheOptionAndItsValue) {
       {"[rotary_frequencies]", "attention_factor -1"});
 }
 
+// Partial rotary embedding (dims < depth): the first `dims` features of each head turn as a
+// head of depth `dims` would (frequencies base^(-2c / dims)), the others pass unchanged; with
+// YaRN's factor on the turned ones only.
+TEST(RotaryEmbedding, PartialTurnsTheFirstDimsAndPassesTheRest) {
+  constexpr int64_t kTurned = 6, kDepth = 10;
+  for (bool interleaved : {false, true}) {
+    SCOPED_TRACE(str("interleaved ", interleaved));
+    Graph g;
+    Value x = g.placeholder("x", f64, {2, 4, 3, kDepth});
+    Value y = rotary_embedding(x, g.constant(Tensor::scalar<int64_t>(5)),
+                               {.base = 300, .interleaved = interleaved, .dims = kTurned});
+    const Tensor in = r64({2, 4, 3, kDepth}, -2, 2, 14);
+    Tensor head = Tensor::empty(f64, {2, 4, 3, kTurned});
+    for (int64_t row = 0; row < 24; ++row)
+      for (int64_t c = 0; c < kTurned; ++c)
+        head.data<double>()[row * kTurned + c] = in.element(row * kDepth + c);
+    const std::vector<double> turned = rotary_reference(head, 5, 300, interleaved);
+    const std::vector<double> got = Session(g).run({{x, in}}, {y})[0].to_vector<double>();
+    for (int64_t row = 0; row < 24; ++row)
+      for (int64_t c = 0; c < kDepth; ++c) {
+        const double want = c < kTurned ? turned[static_cast<size_t>(row * kTurned + c)]
+                                        : in.element(row * kDepth + c);
+        EXPECT_NEAR(got[static_cast<size_t>(row * kDepth + c)], want, 2e-6)
+            << "row " << row << " feature " << c;
+      }
+    check_gradients(
+        [&](Graph&, const std::vector<Value>& v) {
+          return rotary_embedding(
+              v[0], {},
+              {.interleaved = interleaved,
+               .scaling = {.kind = RotaryScaling::Kind::yarn, .factor = 2, .original_length = 16},
+               .dims = 4});
+        },
+        {r64({1, 3, 2, 7}, -2, 2, 15)}, "partial rotary_embedding");
+  }
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 5, 3, 8});
+  expect_error<GraphError>([&] { rotary_embedding(x, {}, {.dims = 3}); },
+                           {"[rotary_embedding] x", "even", "turning its first 3"});
+  expect_error<GraphError>([&] { rotary_embedding(x, {}, {.dims = 10}); },
+                           {"[rotary_embedding] x", "dims 10 must be in [0, 8]"});
+  expect_error<GraphError>(
+      [&] { nn::MultiHeadAttention(g, "mha", 16, 2, {.rotary = RotaryOptions{.dims = 12}}); },
+      {"[nn] MultiHeadAttention mha", "cannot turn 12 of the head depth 8"});
+}
+
 TEST(Glu, IsTheFirstHalfTimesTheSigmoidOfTheSecond) {
   Graph g;
   Value x = g.placeholder("x", f64, {3, 4, 5});

@@ -195,7 +195,12 @@ def llama(run):
         q = linear(p, f"{name}/query", x, bias=False).view(b, t, heads, depth)
         k = linear(p, f"{name}/key", x, bias=False).view(b, t, kv_heads, depth)
         v = linear(p, f"{name}/value", x, bias=False).view(b, t, kv_heads, depth)
-        q, k = rotary(q, 1000, interleaved), rotary(k, 1000, interleaved)
+        if interleaved:  # block2: Qwen3's q_norm and k_norm, then half of each head turned
+            q, k = rms(f"{name}/query_norm", q), rms(f"{name}/key_norm", k)
+            q = torch.cat([rotary(q[..., :2], 1000, True), q[..., 2:]], -1)
+            k = torch.cat([rotary(k[..., :2], 1000, True), k[..., 2:]], -1)
+        else:
+            q, k = rotary(q, 1000, False), rotary(k, 1000, False)
         k, v = (z.repeat_interleave(heads // kv_heads, dim=2) for z in (k, v))
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         s = q @ k.transpose(-1, -2) / math.sqrt(depth)
