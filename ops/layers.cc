@@ -661,10 +661,13 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
       heads_(heads),
       kv_heads_(options.kv_heads > 0 ? options.kv_heads : heads),
       causal_(options.causal),
+      window_(options.window),
       dropout_(options.dropout),
       rotary_(options.rotary) {
   KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": dim ", dim, " does not split into ", heads, " heads");
+  KILN_CHECK(options.window >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": window ",
+             options.window, " must be positive (or 0 for none)");
   KILN_CHECK(options.memory_dim >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": memory_dim ", options.memory_dim, " must be positive (or 0 for dim)");
   KILN_CHECK(options.kv_heads >= 0 && heads % kv_heads_ == 0, GraphError,
@@ -755,10 +758,11 @@ Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, co
   const int64_t length = length_of(x, "x", dim_);
   Value q = queries(x);
   const Value &k = memory.keys, &v = memory.values;
-  Value attended = dropout_ > 0 && training()
-                       ? attention_with_dropout(q, k, v, mask)
-                       : scaled_dot_product_attention(
-                             q, k, v, {.mask = mask, .causal = causal_, .layout = "bthd"});
+  Value attended =
+      dropout_ > 0 && training()
+          ? attention_with_dropout(q, k, v, mask)
+          : scaled_dot_product_attention(
+                q, k, v, {.mask = mask, .causal = causal_, .window = window_, .layout = "bthd"});
   return output(reshape(attended, {-1, length, dim_}));
 }
 
@@ -791,11 +795,12 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   // Query i sits at position + i and sees the entries written up to it: j <= position + i.
   // [1, 1, n, max_length], broadcast over the batch and the heads.
   Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
-  Value visible = less_equal(iota(graph(), Shape{1, 1, 1, max_length}, 3, i64), query_at);
-  if (mask.defined())  // a bool mask narrows what is visible; a bias is added where it is
-    visible = mask.dtype() == DType::boolean
-                  ? where(mask, visible, 0.0)
-                  : where(visible, mask, -std::numeric_limits<double>::infinity());
+  Value entry = iota(graph(), Shape{1, 1, 1, max_length}, 3, i64);
+  Value visible = less_equal(entry, query_at);
+  if (window_ > 0)  // and within its window: j > position + i - window
+    visible = attention_mask_and(visible, greater(entry, query_at - double(window_)));
+  // A bool mask narrows what is visible; a bias is added where it is.
+  if (mask.defined()) visible = attention_mask_and(mask, visible);
   Value attended =
       scaled_dot_product_attention(query_heads(query(x), length, position), next.keys, next.values,
                                    {.mask = visible, .causal = false, .layout = "bthd"});
@@ -833,15 +838,16 @@ Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Va
   } else if (mask.defined()) {
     keep = cast(mask, q.dtype());
   }
-  if (causal_) {
-    std::vector<float> lower(static_cast<size_t>(length * memory_length), 0.0f);
+  if (causal_ || window_ > 0) {  // key j for query i: j <= i when causal, j > i - window
+    std::vector<float> positions(static_cast<size_t>(length * memory_length), 0.0f);
     for (int64_t i = 0; i < length; ++i)
-      for (int64_t j = 0; j <= i && j < memory_length; ++j)
-        lower[static_cast<size_t>(i * memory_length + j)] = 1.0f;
-    Value causal =
-        constant(graph(), Tensor::from_vector(lower, {length, memory_length}), "causal_keep");
-    if (q.dtype() != f32) causal = cast(causal, q.dtype());
-    keep = keep.defined() ? keep * causal : causal;
+      for (int64_t j = 0; j < memory_length; ++j)
+        positions[static_cast<size_t>(i * memory_length + j)] =
+            (!causal_ || j <= i) && (window_ == 0 || j > i - window_) ? 1.0f : 0.0f;
+    Value positional = constant(graph(), Tensor::from_vector(positions, {length, memory_length}),
+                                "positional_keep");
+    if (q.dtype() != f32) positional = cast(positional, q.dtype());
+    keep = keep.defined() ? keep * positional : positional;
   }
   if (!keep.defined()) return softmax(scores);
   // Masked scores become -65504 (f16's lowest finite value, finite in every float dtype, also
@@ -896,18 +902,20 @@ int64_t ffn_in_width(int64_t dim, const TransformerBlock::Options& options) {
   return options.activation == TransformerBlock::Activation::swiglu ? 2 * width : width;
 }
 
-// A block's attention: causal or not, with rotary embedding or not; the block's seed, biases,
-// key-value heads and attention dropout.
+// A block's attention: causal or not; self-attention (with the block's rotary embedding and
+// sliding window) or cross-attention; the block's seed, biases, key-value heads, query and key
+// norms and attention dropout.
 MultiHeadAttention::Options attention_options(const TransformerBlock::Options& options, bool causal,
-                                              bool rotary) {
+                                              bool self_attention) {
   return {.causal = causal,
           .bias = options.bias,
           .seed = options.seed,
           .dropout = options.attention_dropout,
           .kv_heads = options.kv_heads,
-          .rotary = rotary ? options.rotary : std::nullopt,
+          .rotary = self_attention ? options.rotary : std::nullopt,
           .qk_norm = options.qk_norm,
-          .qk_norm_eps = options.norm_eps};
+          .qk_norm_eps = options.norm_eps,
+          .window = self_attention ? options.window : 0};
 }
 
 }  // namespace

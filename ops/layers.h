@@ -787,6 +787,10 @@ class MultiHeadAttention : public Module {
     /// 3's q_norm and k_norm): query_norm and key_norm, weights of the head depth.
     bool qk_norm = false;
     double qk_norm_eps = 1e-6;
+    /// Sliding-window attention: query i attends to keys j > i - window only (with causal, the
+    /// `window` latest, itself included); 0 for none. In cached decoding the window follows
+    /// the position.
+    int64_t window = 0;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -863,6 +867,7 @@ class MultiHeadAttention : public Module {
   Value rotated(const Value& x, const Value& start) const;
   int64_t dim_, memory_dim_, heads_, kv_heads_;
   bool causal_;
+  int64_t window_;
   double dropout_;
   std::optional<RotaryOptions> rotary_;
 };
@@ -897,6 +902,7 @@ class TransformerBlock : public Module {
     int64_t kv_heads = 0;  ///< the attention's key-value heads: 0 for `heads`, or a divisor
     std::optional<RotaryOptions> rotary{};  ///< rotary embedding in the (self-)attention
     bool qk_norm = false;  ///< the attention's queries and keys RMS-normalized per head (Qwen3)
+    int64_t window = 0;    ///< the self-attention's sliding window (Mistral's, Gemma's local)
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);

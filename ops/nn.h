@@ -253,6 +253,11 @@ struct AttentionOptions {
   Value mask{};
   /// Query i attends to keys j <= i only (top-left aligned, as PyTorch's is_causal).
   bool causal = false;
+  /// Sliding-window (local) attention: query i attends to keys j > i - window only (with causal,
+  /// the `window` keys up to its own: Mistral's and Gemma's local layers); 0 for no window. A
+  /// bool mask built with the graph (the lengths must be known then) and joined to `mask`: the
+  /// kernels still compute the products outside the window.
+  int64_t window = 0;
   /// The scores' factor; 0 means 1 / sqrt(depth).
   double scale = 0;
   /// "bhtd": q, k, v and the result are [B, H, T, D]; "bthd": [B, T, H, D], as a [B, T, H * D]
@@ -268,6 +273,9 @@ struct AttentionOptions {
 /// projections reshaped into heads).
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options = {});
+/// An attention mask (bool, a float bias, or undefined) narrowed to where the bool `keep` is
+/// true (the shapes broadcast): mask && keep, or the bias where keep and -inf elsewhere.
+Value attention_mask_and(const Value& mask, const Value& keep);
 
 /// normalize's outputs: y = (x - mean) * rstd (times scale, plus shift) and the statistics,
 /// shaped like the dims not normalized.

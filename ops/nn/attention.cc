@@ -520,20 +520,41 @@ KILN_OP(attention_backward)
 }  // namespace
 }  // namespace ops
 
+Value attention_mask_and(const Value& mask, const Value& keep) {
+  if (!mask.defined()) return keep;
+  if (mask.dtype() == DType::boolean) return where(mask, keep, 0.0);
+  return where(keep, mask, -std::numeric_limits<double>::infinity());
+}
+
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options) {
-  std::vector<Value> inputs{q, k, v};
-  if (options.mask.defined()) {
-    // A mask of lower rank broadcasts from the right, as NumPy's and PyTorch's: [Tq, Tk] is
-    // [1, 1, Tq, Tk].
-    const int64_t rank = options.mask.shape().rank();
-    std::vector<int64_t> leading;
-    for (int64_t d = 0; d < 4 - rank; ++d) leading.push_back(d);
-    inputs.push_back(rank >= 1 && rank < 4 ? expand_dims(options.mask, leading) : options.mask);
-  }
   Graph& graph = options.mask.defined()
                      ? common_graph("scaled_dot_product_attention", {&q, &k, &v, &options.mask})
                      : common_graph("scaled_dot_product_attention", {&q, &k, &v});
+  Value mask = options.mask;
+  if (mask.defined()) {
+    // A mask of lower rank broadcasts from the right, as NumPy's and PyTorch's: [Tq, Tk] is
+    // [1, 1, Tq, Tk].
+    const int64_t rank = mask.shape().rank();
+    std::vector<int64_t> leading;
+    for (int64_t d = 0; d < 4 - rank; ++d) leading.push_back(d);
+    if (rank >= 1 && rank < 4) mask = expand_dims(mask, leading);
+  }
+  if (options.window != 0) {
+    const int length_dim = ops::attention_layout_is_bthd(options.layout) ? 1 : 2;
+    const int64_t queries = q.shape().rank() == 4 ? q.shape()[length_dim] : -1;
+    const int64_t keys = k.shape().rank() == 4 ? k.shape()[length_dim] : -1;
+    KILN_CHECK(options.window > 0 && queries >= 0 && keys >= 0, GraphError,
+               "[attention] a sliding window (", options.window,
+               ") must be positive, over lengths known as the graph is built: q ", q.shape(),
+               ", k ", k.shape());
+    // Key j is in query i's window when j > i - window.
+    Value first_key = iota(graph, Shape{1, 1, queries, 1}, 2, i64) - double(options.window - 1);
+    mask = attention_mask_and(mask,
+                              greater_equal(iota(graph, Shape{1, 1, 1, keys}, 3, i64), first_key));
+  }
+  std::vector<Value> inputs{q, k, v};
+  if (mask.defined()) inputs.push_back(mask);
   return graph.add_node(
       "attention", inputs,
       {{"causal", options.causal}, {"scale", options.scale}, {"layout", options.layout}})[0];

@@ -26,7 +26,8 @@ Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
 // a step) against the block over the whole sequence, both causal, for pre- and post-norm
 // blocks, with and without a key-padding mask, and a LLaMA-style block (RMS norm, SwiGLU, no
 // biases, rotary embedding of half of each head at the step's position, queries and keys
-// RMS-normalized per head, one key-value head cached for both query heads). The mask is bool
+// RMS-normalized per head, a sliding window of 3, one key-value head cached for both query
+// heads). The mask is bool
 // or the equal float bias (0 or -inf). The cache starts as garbage: entries past the position
 // are never read.
 TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
@@ -47,6 +48,7 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
             options.kv_heads = 1;
             options.rotary = RotaryOptions{.base = 100, .dims = 2};
             options.qk_norm = true;
+            options.window = 3;
           }
           const int64_t kv_heads = llama ? 1 : kHeads;
           nn::TransformerBlock block(g, "block", kDim, kHeads, options);

@@ -861,6 +861,58 @@ TEST(NnFunctional, AttentionMasksOfLowerRankBroadcastFromTheRight) {
       ASSERT_EQ(out[p].element(i), out[p + 1].element(i)) << "pair " << p / 2 << " at " << i;
 }
 
+// A sliding window is the bool mask j > i - window joined to the causal flag and to the mask
+// given (bool, or a bias that becomes -inf outside the window): the same bits as that mask
+// written out.
+TEST(NnFunctional, AttentionSlidingWindowIsItsMaskWrittenOut) {
+  constexpr int64_t kQueries = 6, kKeys = 8;
+  for (bool causal : {false, true})
+    for (int given : {0, 1, 2})  // no mask, a bool key mask, a bias
+      for (int64_t window : {int64_t{1}, int64_t{3}}) {
+        SCOPED_TRACE(str("causal ", causal, ", given ", given, ", window ", window));
+        Graph g;
+        Value q = g.placeholder("q", f32, {2, kQueries, 2, 4});
+        Value k = g.placeholder("k", f32, {2, kKeys, 2, 4});
+        Value v = g.placeholder("v", f32, {2, kKeys, 2, 3});
+        Tensor keys_kept = Tensor::empty(boolean, {2, 1, 1, kKeys});
+        Tensor bias = testing::random_tensor(f32, {2, 1, 1, kKeys}, -1, 1, 9);
+        for (int64_t j = 0; j < 2 * kKeys; ++j) keys_kept.data<bool>()[j] = j % 5 != 2;
+        Value mask = given == 0 ? Value() : g.constant(given == 1 ? keys_kept : bias);
+        Value windowed = scaled_dot_product_attention(
+            q, k, v, {.mask = mask, .causal = causal, .window = window, .layout = "bthd"});
+        // Written out: [2, 1, kQueries, kKeys].
+        Tensor written = Tensor::empty(given == 2 ? f32 : boolean, {2, 1, kQueries, kKeys});
+        for (int64_t b = 0; b < 2; ++b)
+          for (int64_t i = 0; i < kQueries; ++i)
+            for (int64_t j = 0; j < kKeys; ++j) {
+              const int64_t at = (b * kQueries + i) * kKeys + j;
+              const bool in_window = j > i - window;
+              if (given == 2)
+                written.data<float>()[at] =
+                    in_window ? bias.data<float>()[b * kKeys + j] : -INFINITY;
+              else
+                written.data<bool>()[at] =
+                    in_window && (given == 0 || keys_kept.data<bool>()[b * kKeys + j]);
+            }
+        Value by_hand = scaled_dot_product_attention(
+            q, k, v, {.mask = g.constant(written), .causal = causal, .layout = "bthd"});
+        const auto out =
+            Session(g).run({{q, testing::random_tensor(f32, {2, kQueries, 2, 4}, -1, 1, 10)},
+                            {k, testing::random_tensor(f32, {2, kKeys, 2, 4}, -1, 1, 11)},
+                            {v, testing::random_tensor(f32, {2, kKeys, 2, 3}, -1, 1, 12)}},
+                           {windowed, by_hand});
+        for (int64_t e = 0; e < out[0].numel(); ++e)
+          ASSERT_EQ(out[0].element(e), out[1].element(e)) << e;
+      }
+  Graph g;
+  Value q = g.placeholder("q", f32, {2, 3, -1, 4});
+  expect_error<GraphError>([&] { scaled_dot_product_attention(q, q, q, {.window = 2}); },
+                           {"[attention]", "sliding window (2)", "known", "[2, 3, ?, 4]"});
+  Value p = g.placeholder("p", f32, {2, 3, 5, 4});
+  expect_error<GraphError>([&] { scaled_dot_product_attention(p, p, p, {.window = -1}); },
+                           {"[attention]", "sliding window (-1) must be positive"});
+}
+
 // A float mask's gradient is the score matrix the fused op avoids: it is built only when read
 // (none of it for a constant bias), and a bias of another dtype than q's is an error.
 TEST(NnFunctional, AttentionBiasGradientIsBuiltOnlyWhenRead) {

@@ -11,9 +11,10 @@
 //        (causal, tanh GELU) -> RMSNorm -> Linear without bias; cross entropy with an ignored
 //        label; AdamW with a clipped gradient norm.
 //   llama: Embedding -> two LLaMA-style TransformerBlocks (RMS norm, SwiGLU, no biases, rotary
-//        embedding: rotate-half in the first, interleaved pairs of half the head in the second,
-//        which also RMS-normalizes queries and keys per head as Qwen3; 4 query heads over 2
-//        key-value heads) -> RMSNorm -> Linear without bias; cross entropy. The
+//        embedding: rotate-half in the first, with a sliding window of 4; interleaved pairs of
+//        half the head in the second, which also RMS-normalizes queries and keys per head as
+//        Qwen3; 4 query heads over 2 key-value heads) -> RMSNorm -> Linear without bias; cross
+//        entropy. The
 //        script writes rotary embedding as Hugging Face's rotate_half and Meta's complex
 //        products, and the grouped heads as repeat_interleave. AdamW.
 //   vit: a vision transformer as a user's own Module: Conv2d 4x4 patches, a class token broadcast
@@ -235,7 +236,9 @@ void llama(const std::filesystem::path& dir, Device device) {
                                         .bias = false,
                                         .kv_heads = 2,
                                         .rotary = RotaryOptions{.base = 1000}};
+  options.window = 4;  // of the length 9
   nn::TransformerBlock block1(g, "block1", kDim, 4, options);
+  options.window = 0;
   options.rotary->interleaved = true;
   options.rotary->dims = 2;  // of the depth 4
   options.qk_norm = true;

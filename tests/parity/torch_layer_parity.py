@@ -204,7 +204,10 @@ def llama(run):
         k, v = (z.repeat_interleave(heads // kv_heads, dim=2) for z in (k, v))
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         s = q @ k.transpose(-1, -2) / math.sqrt(depth)
-        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        hidden = torch.ones(t, t, dtype=torch.bool).triu(1)
+        if not interleaved:  # block1's sliding window: keys j > i - 4
+            hidden |= torch.ones(t, t, dtype=torch.bool).tril(-4)
+        s = s.masked_fill(hidden, float("-inf"))
         o = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
         return linear(p, f"{name}/output", o, bias=False)
 
