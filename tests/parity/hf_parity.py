@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Hugging Face parity of kiln::nn's LLaMA-family blocks: builds small random models with
+transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
+key norms and YaRN, a Mistral with a sliding window and grouped heads), in f64, and writes each
+one's weights (one .npy per state-dict entry), token ids, logits and shape into DIR/<model>/.
+tests/parity/hf_parity.cc then builds the same models from kiln::nn, loads the weights, and
+compares its logits.
+
+    python hf_parity.py DIR     (a Python with torch and transformers)
+
+Exits 77 (CTest's skip) when transformers cannot be imported.
+"""
+import os
+import sys
+
+try:
+    import numpy as np
+    import torch
+    from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3Config)
+    import transformers
+except ImportError as e:
+    print(f"[hf-parity] SKIPPED: cannot import torch, numpy and transformers ({e})")
+    sys.exit(77)
+
+BATCH, LENGTH = 2, 24
+SHAPE = dict(vocab_size=61, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+             num_attention_heads=4, head_dim=8, num_key_value_heads=2, tie_word_embeddings=False,
+             initializer_range=0.2)
+
+
+def models():
+    """(name, config, what Kiln needs to know beyond the shapes) for each model."""
+    llama3 = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                  high_freq_factor=4.0, original_max_position_embeddings=16)
+    yield ("llama3",
+           LlamaConfig(**SHAPE, rms_norm_eps=1e-5, max_position_embeddings=128,
+                       rope_parameters=llama3),
+           dict(rope="llama3", theta=500000.0, factor=8.0, original=16, low=1.0, high=4.0))
+    yarn = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0,
+                original_max_position_embeddings=8)
+    yield ("qwen3",
+           Qwen3Config(**SHAPE, rms_norm_eps=1e-6, max_position_embeddings=32,
+                       rope_parameters=yarn),
+           dict(rope="yarn", theta=10000.0, factor=4.0, original=8, qk_norm=1))
+    yield ("mistral",
+           MistralConfig(**SHAPE, rms_norm_eps=1e-5, sliding_window=5, max_position_embeddings=256,
+                         rope_parameters=dict(rope_type="default", rope_theta=1000.0)),
+           dict(rope="none", theta=1000.0, window=5))
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__)
+        return 2
+    torch.manual_seed(0)
+    for name, config, extra in models():
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").double()
+        model.eval()
+        with torch.no_grad():  # norms start at 1: make them matter
+            for key, p in model.named_parameters():
+                if key.endswith("norm.weight"):
+                    p.add_(torch.randn_like(p) * 0.3)
+        out = os.path.join(sys.argv[1], name)
+        os.makedirs(out, exist_ok=True)
+        for key, p in model.state_dict().items():
+            np.save(os.path.join(out, key + ".npy"), p.float().numpy())
+        ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH))
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        np.save(os.path.join(out, "ids.npy"), ids.numpy())
+        np.save(os.path.join(out, "logits.npy"), logits.numpy())
+        fields = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
+                      heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+                      ffn=config.intermediate_size, vocab=config.vocab_size,
+                      eps=config.rms_norm_eps, qk_norm=0, window=0, factor=1.0, original=0,
+                      low=1.0, high=4.0)
+        fields.update(extra)
+        with open(os.path.join(out, "config.txt"), "w") as f:
+            for key, value in fields.items():
+                f.write(f"{key} {value}\n")
+    print(f"[hf-parity] wrote llama3, qwen3 and mistral to {sys.argv[1]} "
+          f"(transformers {transformers.__version__}, torch {torch.__version__})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
