@@ -20,10 +20,10 @@ threads=$(nproc)
 python=${KILN_BENCH_PYTHON:-}
 if [ -z "$python" ]; then
   venv=$root/.bench-venv
-  if ! "$venv/bin/python" -c 'import torch, jax, tensorflow' 2>/dev/null; then
-    echo "setting up $venv with PyTorch, JAX and TensorFlow from PyPI (once; about 6 GB)" >&2
+  if ! "$venv/bin/python" -c 'import torch, jax, tensorflow, transformers' 2>/dev/null; then
+    echo "setting up $venv with PyTorch, JAX, TensorFlow and transformers from PyPI (once; about 6 GB)" >&2
     { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } >&2
-    "$venv/bin/python" -m pip install -q torch numpy jax tensorflow >&2 ||
+    "$venv/bin/python" -m pip install -q torch numpy jax tensorflow transformers >&2 ||
       echo "could not install every peer from PyPI; those missing are left out" >&2
   fi
   python=$venv/bin/python
