@@ -869,14 +869,16 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
 namespace {
 
 // A transformer block's feed-forward part: out(dropout(activation(in(x)))); with swiglu,
-// out(dropout(silu(gate) * up)) for in(x)'s halves gate and up.
+// out(dropout(silu(gate) * up)) for in(x)'s halves gate and up (geglu: tanh GELU of the gate).
 Value feed_forward(Linear& in, TransformerBlock::Activation activation, Dropout& dropout,
                    Linear& out, const Value& x) {
   Value inner = in(x);
   switch (activation) {
-    case TransformerBlock::Activation::swiglu: {
+    case TransformerBlock::Activation::swiglu:
+    case TransformerBlock::Activation::geglu: {
       std::vector<Value> gate_up = split(inner, 2, -1);
-      inner = silu(gate_up[0]) * gate_up[1];
+      const bool swish = activation == TransformerBlock::Activation::swiglu;
+      inner = (swish ? silu(gate_up[0]) : gelu_tanh(gate_up[0])) * gate_up[1];
       break;
     }
     case TransformerBlock::Activation::gelu:
@@ -896,10 +898,12 @@ int64_t ffn_dim_of(int64_t dim, const TransformerBlock::Options& options) {
   return options.ffn_dim > 0 ? options.ffn_dim : 4 * dim;
 }
 
-// ffn_in's width: the FFN's, or twice it with swiglu (gate and up side by side).
+// ffn_in's width: the FFN's, or twice it when gated (gate and up side by side).
 int64_t ffn_in_width(int64_t dim, const TransformerBlock::Options& options) {
   const int64_t width = ffn_dim_of(dim, options);
-  return options.activation == TransformerBlock::Activation::swiglu ? 2 * width : width;
+  const bool gated = options.activation == TransformerBlock::Activation::swiglu ||
+                     options.activation == TransformerBlock::Activation::geglu;
+  return gated ? 2 * width : width;
 }
 
 // A block's attention: causal or not; self-attention (with the block's rotary embedding and

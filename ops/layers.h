@@ -882,10 +882,11 @@ class MultiHeadAttention : public Module {
 /// A LLaMA-style block: norm rms, activation swiglu, bias false, rotary, and kv_heads for
 /// grouped-query attention. With swiglu, ffn_in is Linear(dim, 2 ffn_dim) and the FFN is
 /// ffn_out(silu(gate) * up), gate and up the first and second halves of ffn_in's output (LLaMA's
-/// w1 and w3 side by side).
+/// w1 and w3 side by side). geglu is the same with GELU's tanh form of the gate (Gemma's, T5
+/// v1.1's).
 class TransformerBlock : public Module {
  public:
-  enum class Activation { gelu, gelu_tanh, relu, swiglu };
+  enum class Activation { gelu, gelu_tanh, relu, swiglu, geglu };
   enum class Norm { layer, rms };  ///< LayerNorm, or RMSNorm (weight only)
   struct Options {
     int64_t ffn_dim = 0;   ///< 0: 4 dim

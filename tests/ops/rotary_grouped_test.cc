@@ -512,7 +512,38 @@ TEST(GroupedQueryAttention, ALlamaStyleBlockHasItsVariablesAndTrains) {
                            {"[nn] MultiHeadAttention bad", "kv_heads 3", "divide the 4 heads"});
   expect_error<GraphError>(
       [&] { nn::MultiHeadAttention(g, "odd", 12, 4, {.rotary = RotaryOptions{}}); },
-      {"[nn] MultiHeadAttention odd", "head depth 3", "odd"});
+      {"[nn] MultiHeadAttention odd", "cannot turn 3 of the head depth 3"});
+}
+
+// The gated FFNs: with the attention's output projection zeroed, a pre-norm block is x +
+// ffn_out(act(gate) * up) of rms_norm(x), gate and up the halves of ffn_in: SiLU for swiglu,
+// GELU's tanh form for geglu (Gemma's).
+TEST(GroupedQueryAttention, GatedFeedForwardsGateTheUpHalf) {
+  for (auto activation :
+       {nn::TransformerBlock::Activation::swiglu, nn::TransformerBlock::Activation::geglu}) {
+    const bool swish = activation == nn::TransformerBlock::Activation::swiglu;
+    SCOPED_TRACE(swish ? "swiglu" : "geglu");
+    Graph g;
+    nn::TransformerBlock block(g, "block", kDim, kHeads,
+                               {.ffn_dim = 12,
+                                .dropout = 0,
+                                .activation = activation,
+                                .norm = nn::TransformerBlock::Norm::rms,
+                                .bias = false});
+    Value x = g.placeholder("x", f32, {2, 3, kDim});
+    Value y = block(x);
+    std::vector<Value> halves =
+        split(matmul(rms_norm(x, 1, Value(), 1e-5), block.ffn_in.weight), 2, -1);
+    Value gate = swish ? silu(halves[0]) : gelu_tanh(halves[0]);
+    Value want = x + matmul(gate * halves[1], block.ffn_out.weight);
+    Session s(g);
+    s.initialize_variables();
+    s.set_variable(block.attention.output.weight, Tensor::zeros(f32, {kDim, kDim}));
+    const auto out = s.run({{x, testing::random_tensor(f32, {2, 3, kDim}, -2, 2, 13)}}, {y, want});
+    EXPECT_EQ(block.ffn_in.weight.shape(), Shape({kDim, 24}));
+    for (int64_t i = 0; i < out[0].numel(); ++i)
+      EXPECT_NEAR(out[0].element(i), out[1].element(i), 1e-5) << i;
+  }
 }
 
 }  // namespace

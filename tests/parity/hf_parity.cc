@@ -1,13 +1,14 @@
 // Hugging Face parity of kiln::nn's LLaMA-family blocks: for each model hf_parity.py wrote
 // (transformers' own LlamaForCausalLM with LLaMA 3.1's rope scaling, Qwen3ForCausalLM with
-// per-head query and key norms and YaRN, MistralForCausalLM with a sliding window; all with
-// grouped key-value heads), builds the same model from Embedding, TransformerBlock (RMS norms,
-// SwiGLU, no biases, rotary embedding), RMSNorm and Linear, loads its weights by their
-// state-dict names (Linear weights transposed: Kiln's are [in, out]; gate_proj and up_proj side
-// by side in ffn_in), and compares the logits of the same token ids with transformers' (f64)
-// within a tolerance of f32 rounding.
+// per-head query and key norms and YaRN, MistralForCausalLM with a sliding window,
+// GemmaForCausalLM with GeGLU and one key-value head; all with grouped key-value heads), builds
+// the same model from Embedding, TransformerBlock (RMS norms, SwiGLU or GeGLU, no biases, rotary
+// embedding), RMSNorm and Linear, loads its weights by their state-dict names (Linear weights
+// transposed: Kiln's are [in, out]; gate_proj and up_proj side by side in ffn_in; Gemma's norm
+// weights w as 1 + w, its embeddings times sqrt(hidden) in the graph), and compares the logits
+// of the same token ids with transformers' (f64) within a tolerance of f32 rounding.
 //
-//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/)
+//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/, gemma/)
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -82,24 +83,33 @@ double compare(const std::filesystem::path& dir) {
   const int64_t layers = integer(c, "layers"), dim = integer(c, "hidden"),
                 heads = integer(c, "heads"), vocab = integer(c, "vocab");
   auto weight = [&](const std::string& name) { return load_npy((dir / (name + ".npy")).string()); };
+  // A norm's weight: Gemma's RMSNorm scales by 1 + w.
+  const double norm_offset = real(c, "norm_offset");
+  auto norm_weight = [&](const std::string& name) {
+    Tensor w = weight(name);
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] += static_cast<float>(norm_offset);
+    return w;
+  };
   const Tensor ids = load_npy((dir / "ids.npy").string());
   const Tensor want = load_npy((dir / "logits.npy").string());
 
   Graph g;
   Value tokens = g.placeholder("ids", i64, ids.shape());
   nn::Embedding embed(g, "embed", vocab, dim);
-  nn::TransformerBlock::Options options{.ffn_dim = integer(c, "ffn"),
-                                        .dropout = 0,
-                                        .activation = nn::TransformerBlock::Activation::swiglu,
-                                        .norm_eps = real(c, "eps"),
-                                        .norm = nn::TransformerBlock::Norm::rms,
-                                        .bias = false,
-                                        .kv_heads = integer(c, "kv_heads"),
-                                        .rotary = rotary_of(c),
-                                        .qk_norm = integer(c, "qk_norm") != 0,
-                                        .window = integer(c, "window")};
+  nn::TransformerBlock::Options options{
+      .ffn_dim = integer(c, "ffn"),
+      .dropout = 0,
+      .activation = c.at("activation") == "geglu" ? nn::TransformerBlock::Activation::geglu
+                                                  : nn::TransformerBlock::Activation::swiglu,
+      .norm_eps = real(c, "eps"),
+      .norm = nn::TransformerBlock::Norm::rms,
+      .bias = false,
+      .kv_heads = integer(c, "kv_heads"),
+      .rotary = rotary_of(c),
+      .qk_norm = integer(c, "qk_norm") != 0,
+      .window = integer(c, "window")};
   std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
-  Value h = embed(tokens);
+  Value h = embed(tokens) * real(c, "embed_scale");
   for (int64_t i = 0; i < layers; ++i) {
     blocks.push_back(
         std::make_unique<nn::TransformerBlock>(g, str("layer", i), dim, heads, options));
@@ -117,9 +127,9 @@ double compare(const std::filesystem::path& dir) {
     nn::TransformerBlock& b = *blocks[static_cast<size_t>(i)];
     const std::string at = str("model.layers.", i, ".");
     session.set_variable(static_cast<nn::RMSNorm&>(b.norm1).weight,
-                         weight(at + "input_layernorm.weight"));
+                         norm_weight(at + "input_layernorm.weight"));
     session.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
-                         weight(at + "post_attention_layernorm.weight"));
+                         norm_weight(at + "post_attention_layernorm.weight"));
     for (const auto& [linear, name] : std::initializer_list<std::pair<nn::Linear*, const char*>>{
              {&b.attention.query, "self_attn.q_proj.weight"},
              {&b.attention.key, "self_attn.k_proj.weight"},
@@ -131,11 +141,13 @@ double compare(const std::filesystem::path& dir) {
                          side_by_side(transposed(weight(at + "mlp.gate_proj.weight")),
                                       transposed(weight(at + "mlp.up_proj.weight"))));
     if (b.attention.query_norm != nullptr) {
-      session.set_variable(b.attention.query_norm->weight, weight(at + "self_attn.q_norm.weight"));
-      session.set_variable(b.attention.key_norm->weight, weight(at + "self_attn.k_norm.weight"));
+      session.set_variable(b.attention.query_norm->weight,
+                           norm_weight(at + "self_attn.q_norm.weight"));
+      session.set_variable(b.attention.key_norm->weight,
+                           norm_weight(at + "self_attn.k_norm.weight"));
     }
   }
-  session.set_variable(norm.weight, weight("model.norm.weight"));
+  session.set_variable(norm.weight, norm_weight("model.norm.weight"));
   session.set_variable(head.weight, transposed(weight("lm_head.weight")));
   const Tensor got = session.run({{tokens, ids}}, {logits})[0];
   KILN_CHECK(got.numel() == want.numel(), Error, "[hf_parity] ", dir.string(), ": logits ",
@@ -161,7 +173,7 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model : {"llama3", "qwen3", "mistral"}) {
+    for (const char* model : {"llama3", "qwen3", "mistral", "gemma"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Hugging Face parity of kiln::nn's LLaMA-family blocks: builds small random models with
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
-key norms and YaRN, a Mistral with a sliding window and grouped heads), in f64, and writes each
+key norms and YaRN, a Mistral with a sliding window, a Gemma with GeGLU and one key-value head;
+grouped heads throughout), in f64 (Gemma's norms compute in f32 even so), and writes each
 one's weights (one .npy per state-dict entry), token ids, logits and shape into DIR/<model>/.
 tests/parity/hf_parity.cc then builds the same models from kiln::nn, loads the weights, and
 compares its logits.
@@ -16,7 +17,8 @@ import sys
 try:
     import numpy as np
     import torch
-    from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3Config)
+    from transformers import (AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig,
+                              Qwen3Config)
     import transformers
 except ImportError as e:
     print(f"[hf-parity] SKIPPED: cannot import torch, numpy and transformers ({e})")
@@ -46,6 +48,13 @@ def models():
            MistralConfig(**SHAPE, rms_norm_eps=1e-5, sliding_window=5, max_position_embeddings=256,
                          rope_parameters=dict(rope_type="default", rope_theta=1000.0)),
            dict(rope="none", theta=1000.0, window=5))
+    # Gemma: GeGLU, one key-value head, RMS norms scaling by 1 + weight, embeddings scaled by
+    # sqrt(hidden).
+    yield ("gemma",
+           GemmaConfig(**{**SHAPE, "num_key_value_heads": 1}, rms_norm_eps=1e-6,
+                       hidden_activation="gelu_pytorch_tanh", max_position_embeddings=256),
+           dict(rope="none", theta=10000.0, activation="geglu", norm_offset=1,
+                embed_scale=SHAPE["hidden_size"] ** 0.5))
 
 
 def main():
@@ -73,12 +82,12 @@ def main():
                       heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
                       ffn=config.intermediate_size, vocab=config.vocab_size,
                       eps=config.rms_norm_eps, qk_norm=0, window=0, factor=1.0, original=0,
-                      low=1.0, high=4.0)
+                      low=1.0, high=4.0, activation="swiglu", norm_offset=0, embed_scale=1.0)
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3 and mistral to {sys.argv[1]} "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral and gemma to {sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
 
