@@ -22,4 +22,5 @@
 #include "kiln/ops/nn.h"
 #include "kiln/ops/recurrent.h"
 #include "kiln/ops/state.h"
+#include "kiln/ops/transformer.h"
 #include "kiln/runtime/session.h"

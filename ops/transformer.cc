@@ -1,0 +1,473 @@
+// The attention layers of kiln::nn (ops/transformer.h): MultiHeadAttention and the transformer
+// blocks.
+#include "kiln/ops/transformer.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "kiln/framework/error.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+
+namespace kiln::nn {
+
+// ---- Attention.
+
+namespace {
+
+// The width of MultiHeadAttention's k and v projections: kv_heads heads of dim / heads (dim
+// itself with kv_heads 0). Checked in the constructor's body.
+int64_t key_value_width(int64_t dim, int64_t heads, int64_t kv_heads) {
+  if (kv_heads <= 0 || heads <= 0 || dim % heads != 0) return dim;
+  return kv_heads * (dim / heads);
+}
+
+}  // namespace
+
+MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim,
+                                       int64_t heads, Options options)
+    : Module(graph, name),
+      query(make<Linear>("query", dim, dim, LayerOptions{options.bias, options.seed})),
+      key(make<Linear>("key", options.memory_dim > 0 ? options.memory_dim : dim,
+                       key_value_width(dim, heads, options.kv_heads),
+                       LayerOptions{options.bias, options.seed})),
+      value(make<Linear>("value", options.memory_dim > 0 ? options.memory_dim : dim,
+                         key_value_width(dim, heads, options.kv_heads),
+                         LayerOptions{options.bias, options.seed})),
+      output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
+      probability_dropout(make<Dropout>("probability_dropout", options.dropout,
+                                        LayerOptions{.seed = options.seed})),
+      dim_(dim),
+      memory_dim_(options.memory_dim > 0 ? options.memory_dim : dim),
+      heads_(heads),
+      kv_heads_(options.kv_heads > 0 ? options.kv_heads : heads),
+      causal_(options.causal),
+      window_(options.window),
+      dropout_(options.dropout),
+      rotary_(options.rotary) {
+  KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": dim ", dim, " does not split into ", heads, " heads");
+  KILN_CHECK(options.window >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": window ",
+             options.window, " must be positive (or 0 for none)");
+  KILN_CHECK(options.memory_dim >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": memory_dim ", options.memory_dim, " must be positive (or 0 for dim)");
+  KILN_CHECK(options.kv_heads >= 0 && heads % kv_heads_ == 0, GraphError,
+             "[nn] MultiHeadAttention ", path(), ": kv_heads ", options.kv_heads,
+             " must divide the ", heads, " heads");
+  if (options.qk_norm) {  // made after the check above: the head depth is whole
+    query_norm = &make<RMSNorm>("query_norm", Shape{dim / heads}, options.qk_norm_eps);
+    key_norm = &make<RMSNorm>("key_norm", Shape{dim / heads}, options.qk_norm_eps);
+  }
+  const int64_t turned = rotary_ && rotary_->dims > 0 ? rotary_->dims : dim / heads;
+  KILN_CHECK(!rotary_ || (turned % 2 == 0 && turned <= dim / heads), GraphError,
+             "[nn] MultiHeadAttention ", path(),
+             ": rotary embedding turns pairs of features; it cannot turn ", turned, " of the head ",
+             "depth ", dim / heads);
+}
+
+Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
+  return rotary_ ? rotary_embedding(x, start, *rotary_) : x;
+}
+
+Value MultiHeadAttention::query_heads(const Value& projected, int64_t length, const Value& start) {
+  Value heads = reshape(projected, {-1, length, heads_, dim_ / heads_});
+  return rotated(query_norm != nullptr ? (*query_norm)(heads) : heads, start);
+}
+
+Value MultiHeadAttention::key_heads(const Value& projected, int64_t length, const Value& start) {
+  Value heads = reshape(projected, {-1, length, kv_heads_, dim_ / heads_});
+  return rotated(key_norm != nullptr ? (*key_norm)(heads) : heads, start);
+}
+
+Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
+  return attend(x, x, mask);
+}
+
+Value MultiHeadAttention::attend(const Value& x, const Value& memory, const Value& mask) {
+  NameScope scope(graph(), name());
+  return attention_to(x, projected(memory), mask);
+}
+
+KVCache MultiHeadAttention::project_memory(const Value& memory) {
+  expect_own({&memory}, "the memory");
+  NameScope scope(graph(), name());
+  return projected(memory);
+}
+
+Value MultiHeadAttention::attend_projected(const Value& x, const KVCache& memory,
+                                           const Value& mask) {
+  expect_own({&x, &memory.keys, &memory.values}, "x and the memory's keys and values");
+  const int64_t depth = dim_ / heads_;
+  const Shape& ks = memory.keys.shape();
+  KILN_CHECK(ks.rank() == 4 && ks[1] >= 0 && ks[2] == kv_heads_ && ks[3] == depth &&
+                 memory.values.shape() == ks,
+             GraphError, "[nn] MultiHeadAttention ", path(),
+             ": projected keys and values must both be [batch, length, ", kv_heads_, ", ", depth,
+             "] with a known length, got ", ks, " and ", memory.values.shape());
+  NameScope scope(graph(), name());
+  return attention_to(x, memory, mask);
+}
+
+int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t width) const {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 3 && s[2] == width && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
+             path(), ": expects ", what, " [batch, length, ", width, "] with a known length, got ",
+             s);
+  return s[1];
+}
+
+// [B, S, dim] -> [B, S, kv_heads, depth]: attention reads the heads in place (layout bthd), so
+// no transpose splits or merges them.
+KVCache MultiHeadAttention::projected(const Value& memory) {
+  const int64_t length = length_of(memory, "memory", memory_dim_), depth = dim_ / heads_;
+  return {key_heads(key(memory), length, Value()),
+          reshape(value(memory), {-1, length, kv_heads_, depth})};
+}
+
+Value MultiHeadAttention::queries(const Value& x) {
+  return query_heads(query(x), length_of(x, "x", dim_), Value());
+}
+
+Value MultiHeadAttention::attention_weights(const Value& x, const Value& memory,
+                                            const Value& mask) {
+  expect_own({&x, &memory}, "x and the memory");
+  NameScope scope(graph(), name());
+  return probabilities(queries(x), projected(memory).keys, mask);
+}
+
+Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, const Value& mask) {
+  const int64_t length = length_of(x, "x", dim_);
+  Value q = queries(x);
+  const Value &k = memory.keys, &v = memory.values;
+  Value attended =
+      dropout_ > 0 && training()
+          ? attention_with_dropout(q, k, v, mask)
+          : scaled_dot_product_attention(
+                q, k, v, {.mask = mask, .causal = causal_, .window = window_, .layout = "bthd"});
+  return output(reshape(attended, {-1, length, dim_}));
+}
+
+MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, const KVCache& cache,
+                                                             const Value& position,
+                                                             const Value& mask) {
+  KILN_CHECK(!training(), GraphError, "[nn] MultiHeadAttention ", path(),
+             ": cached attention is for inference; build it in evaluation mode (eval())");
+  expect_own({&x, &position}, "x and position");
+  KILN_CHECK(memory_dim_ == dim_, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": cached self-attention needs memory_dim (", memory_dim_, ") equal to dim (", dim_,
+             ")");
+  const int64_t depth = dim_ / heads_, length = length_of(x, "x", dim_);
+  for (const Value* part : {&cache.keys, &cache.values}) {
+    KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
+               ": the cache's keys and values must both be given");
+    const Shape& cs = part->shape();
+    KILN_CHECK(cs.rank() == 4 && cs[1] >= length && cs[2] == kv_heads_ && cs[3] == depth,
+               GraphError, "[nn] MultiHeadAttention ", path(), ": a cache must be [batch, ",
+               "max_length >= ", length, ", ", kv_heads_, ", ", depth, "], got ", cs);
+  }
+  NameScope scope(graph(), name());
+  const int64_t max_length = cache.keys.shape()[1];
+  auto split = [&](const Value& v, int64_t heads) {
+    return reshape(v, {-1, length, heads, depth});
+  };
+  // Keys enter the cache rotated for their positions, as attend() rotates them.
+  KVCache next{dynamic_update_slice(cache.keys, key_heads(key(x), length, position), position, 1),
+               dynamic_update_slice(cache.values, split(value(x), kv_heads_), position, 1)};
+  // Query i sits at position + i and sees the entries written up to it: j <= position + i.
+  // [1, 1, n, max_length], broadcast over the batch and the heads.
+  Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
+  Value entry = iota(graph(), Shape{1, 1, 1, max_length}, 3, i64);
+  Value visible = less_equal(entry, query_at);
+  if (window_ > 0)  // and within its window: j > position + i - window
+    visible = attention_mask_and(visible, greater(entry, query_at - double(window_)));
+  // A bool mask narrows what is visible; a bias is added where it is.
+  if (mask.defined()) visible = attention_mask_and(mask, visible);
+  Value attended =
+      scaled_dot_product_attention(query_heads(query(x), length, position), next.keys, next.values,
+                                   {.mask = visible, .causal = false, .layout = "bthd"});
+  return {output(reshape(attended, {-1, length, dim_})), next};
+}
+
+KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) {
+  KILN_CHECK(max_length > 0, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": a cache's max_length must be positive, got ", max_length);
+  const Shape shape{kUnknownDim, max_length, kv_heads_, dim_ / heads_};
+  return {graph().placeholder(path() + "/cache_keys", dtype, shape),
+          graph().placeholder(path() + "/cache_values", dtype, shape)};
+}
+
+// Grouped heads: each key-value head of t [B, S, kv_heads, depth] repeated for its group:
+// [B, S, kv_heads, group, depth], then [B, S, heads, depth] (query head h reads key-value head
+// h / group).
+Value MultiHeadAttention::heads_repeated(const Value& t) const {
+  if (kv_heads_ == heads_) return t;
+  const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
+  return reshape(concat(copies, 3), {-1, t.shape()[1], heads_, dim_ / heads_});
+}
+
+Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Value& mask) {
+  const int64_t length = q.shape()[1], memory_length = k.shape()[1], depth = q.shape()[3];
+  auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
+  Value scores = matmul(heads_first(q), heads_first(heads_repeated(k)), false, true) *
+                 (1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
+  // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0. A float
+  // mask is a bias of the scores: it hides the keys where it is -inf.
+  Value keep;
+  if (mask.defined() && mask.dtype() != DType::boolean) {
+    scores = scores + mask;
+    keep = cast(greater(scores, -std::numeric_limits<double>::infinity()), q.dtype());
+  } else if (mask.defined()) {
+    keep = cast(mask, q.dtype());
+  }
+  if (causal_ || window_ > 0) {  // key j for query i: j <= i when causal, j > i - window
+    std::vector<float> positions(static_cast<size_t>(length * memory_length), 0.0f);
+    for (int64_t i = 0; i < length; ++i)
+      for (int64_t j = 0; j < memory_length; ++j)
+        positions[static_cast<size_t>(i * memory_length + j)] =
+            (!causal_ || j <= i) && (window_ == 0 || j > i - window_) ? 1.0f : 0.0f;
+    Value positional = constant(graph(), Tensor::from_vector(positions, {length, memory_length}),
+                                "positional_keep");
+    if (q.dtype() != f32) positional = cast(positional, q.dtype());
+    keep = keep.defined() ? keep * positional : positional;
+  }
+  if (!keep.defined()) return softmax(scores);
+  // Masked scores become -65504 (f16's lowest finite value, finite in every float dtype, also
+  // where autocast runs this in 16 bits), not -inf: exp of it less the row's maximum is 0
+  // wherever a row keeps a key (scores are far above it), and a row that keeps none is uniform
+  // instead of NaN, then zeroed by the product with keep (the fused op's zeros for such a
+  // query).
+  return softmax(where(greater(keep, 0.5), scores, -65504.0)) * keep;
+}
+
+Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k, const Value& v,
+                                                 const Value& mask) {
+  auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
+  return transpose(
+      matmul(probability_dropout(probabilities(q, k, mask)), heads_first(heads_repeated(v))),
+      {0, 2, 1, 3});
+}
+
+namespace {
+
+// A transformer block's feed-forward part: out(dropout(activation(in(x)))); with swiglu,
+// out(dropout(silu(gate) * up)) for in(x)'s halves gate and up (geglu: tanh GELU of the gate).
+Value feed_forward(Linear& in, TransformerBlock::Activation activation, Dropout& dropout,
+                   Linear& out, const Value& x) {
+  Value inner = in(x);
+  switch (activation) {
+    case TransformerBlock::Activation::swiglu:
+    case TransformerBlock::Activation::geglu: {
+      std::vector<Value> gate_up = split(inner, 2, -1);
+      const bool swish = activation == TransformerBlock::Activation::swiglu;
+      inner = (swish ? silu(gate_up[0]) : gelu_tanh(gate_up[0])) * gate_up[1];
+      break;
+    }
+    case TransformerBlock::Activation::gelu:
+      inner = gelu(inner);
+      break;
+    case TransformerBlock::Activation::gelu_tanh:
+      inner = gelu_tanh(inner);
+      break;
+    case TransformerBlock::Activation::relu:
+      inner = relu(inner);
+      break;
+  }
+  return out(dropout(inner));
+}
+
+int64_t ffn_dim_of(int64_t dim, const TransformerBlock::Options& options) {
+  return options.ffn_dim > 0 ? options.ffn_dim : 4 * dim;
+}
+
+// ffn_in's width: the FFN's, or twice it when gated (gate and up side by side).
+int64_t ffn_in_width(int64_t dim, const TransformerBlock::Options& options) {
+  const int64_t width = ffn_dim_of(dim, options);
+  const bool gated = options.activation == TransformerBlock::Activation::swiglu ||
+                     options.activation == TransformerBlock::Activation::geglu;
+  return gated ? 2 * width : width;
+}
+
+// A block's attention: causal or not; self-attention (with the block's rotary embedding and
+// sliding window) or cross-attention; the block's seed, biases, key-value heads, query and key
+// norms and attention dropout.
+MultiHeadAttention::Options attention_options(const TransformerBlock::Options& options, bool causal,
+                                              bool self_attention) {
+  return {.causal = causal,
+          .bias = options.bias,
+          .seed = options.seed,
+          .dropout = options.attention_dropout,
+          .kv_heads = options.kv_heads,
+          .rotary = self_attention ? options.rotary : std::nullopt,
+          .qk_norm = options.qk_norm,
+          .qk_norm_eps = options.norm_eps,
+          .window = self_attention ? options.window : 0};
+}
+
+}  // namespace
+
+TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
+                                   int64_t heads, Options options)
+    : Module(graph, name),
+      norm1(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm1", Shape{dim},
+                                            options.norm_eps)),
+      norm2(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm2", Shape{dim},
+                                            options.norm_eps)),
+      attention(make<MultiHeadAttention>("attention", dim, heads,
+                                         attention_options(options, options.causal, true))),
+      ffn_in(make<Linear>("ffn_in", dim, ffn_in_width(dim, options),
+                          LayerOptions{options.bias, options.seed})),
+      ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
+                           LayerOptions{options.bias, options.seed})),
+      attention_output_dropout(
+          make<Dropout>("attention_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      ffn_output_dropout(
+          make<Dropout>("ffn_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      activation_dropout(make<Dropout>("activation_dropout", options.activation_dropout,
+                                       LayerOptions{.seed = options.seed})),
+      activation_(options.activation),
+      norm_first_(options.norm_first) {}
+
+Value TransformerBlock::forward(const Value& x) {
+  return block_of(x, [&](const Value& v) { return attention.attend(v, Value()); });
+}
+
+Value TransformerBlock::attend(const Value& x, const Value& mask) {
+  NameScope scope(graph(), name());
+  return block_of(x, [&](const Value& v) { return attention.attend(v, mask); });
+}
+
+MultiHeadAttention::Cached TransformerBlock::attend_cached(const Value& x, const KVCache& cache,
+                                                           const Value& position,
+                                                           const Value& mask) {
+  KILN_CHECK(!training(), GraphError, "[nn] TransformerBlock ", path(),
+             ": cached attention is for inference; build it in evaluation mode (eval())");
+  NameScope scope(graph(), name());
+  KVCache next;
+  Value y = block_of(x, [&](const Value& v) {
+    MultiHeadAttention::Cached step = attention.attend_cached(v, cache, position, mask);
+    next = step.cache;
+    return step.output;
+  });
+  return {y, next};
+}
+
+Value TransformerBlock::block_of(const Value& x, const std::function<Value(const Value&)>& attend) {
+  auto ffn = [&](const Value& v) {
+    return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
+  };
+  if (norm_first_) {
+    Value h = x + attention_output_dropout(attend(norm1(x)));
+    return h + ffn(norm2(h));
+  }
+  Value h = norm1(x + attention_output_dropout(attend(x)));
+  return norm2(h + ffn(h));
+}
+
+// ---- TransformerDecoderBlock.
+
+TransformerDecoderBlock::TransformerDecoderBlock(Graph& graph, const std::string& name, int64_t dim,
+                                                 int64_t heads, Options options)
+    : Module(graph, name),
+      norm1(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm1", Shape{dim},
+                                            options.norm_eps)),
+      norm2(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm2", Shape{dim},
+                                            options.norm_eps)),
+      norm3(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm3", Shape{dim},
+                                            options.norm_eps)),
+      self_attention(make<MultiHeadAttention>("self_attention", dim, heads,
+                                              attention_options(options, options.causal, true))),
+      cross_attention(make<MultiHeadAttention>("cross_attention", dim, heads,
+                                               attention_options(options, false, false))),
+      ffn_in(make<Linear>("ffn_in", dim, ffn_in_width(dim, options),
+                          LayerOptions{options.bias, options.seed})),
+      ffn_out(make<Linear>("ffn_out", ffn_dim_of(dim, options), dim,
+                           LayerOptions{options.bias, options.seed})),
+      self_attention_output_dropout(make<Dropout>("self_attention_dropout", options.dropout,
+                                                  LayerOptions{.seed = options.seed})),
+      cross_attention_output_dropout(make<Dropout>("cross_attention_dropout", options.dropout,
+                                                   LayerOptions{.seed = options.seed})),
+      ffn_output_dropout(
+          make<Dropout>("ffn_dropout", options.dropout, LayerOptions{.seed = options.seed})),
+      activation_dropout(make<Dropout>("activation_dropout", options.activation_dropout,
+                                       LayerOptions{.seed = options.seed})),
+      activation_(options.activation),
+      norm_first_(options.norm_first) {}
+
+Value TransformerDecoderBlock::decode(const Value& x, const Value& memory, const Value& self_mask,
+                                      const Value& memory_mask) {
+  expect_own({&x, &memory}, "x and memory");
+  NameScope scope(graph(), name());
+  return block_of(
+      x, [&](const Value& v) { return self_attention.attend(v, self_mask); },
+      [&](const Value& v) { return cross_attention.attend(v, memory, memory_mask); });
+}
+
+MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
+                                                                  const Value& memory,
+                                                                  const KVCache& cache,
+                                                                  const Value& position,
+                                                                  const Value& memory_mask) {
+  expect_own({&x, &memory}, "x and memory");
+  return step_of(x, cache, position,
+                 [&](const Value& v) { return cross_attention.attend(v, memory, memory_mask); });
+}
+
+KVCache TransformerDecoderBlock::project_memory(const Value& memory) {
+  NameScope scope(graph(), name());
+  return cross_attention.project_memory(memory);
+}
+
+MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
+                                                                  const KVCache& memory,
+                                                                  const KVCache& cache,
+                                                                  const Value& position,
+                                                                  const Value& memory_mask) {
+  expect_own({&x}, "x");
+  return step_of(x, cache, position, [&](const Value& v) {
+    return cross_attention.attend_projected(v, memory, memory_mask);
+  });
+}
+
+MultiHeadAttention::Cached TransformerDecoderBlock::step_of(
+    const Value& x, const KVCache& cache, const Value& position,
+    const std::function<Value(const Value&)>& cross_attend) {
+  KILN_CHECK(!training(), GraphError, "[nn] TransformerDecoderBlock ", path(),
+             ": cached attention is for inference; build it in evaluation mode (eval())");
+  NameScope scope(graph(), name());
+  KVCache next;
+  Value y = block_of(
+      x,
+      [&](const Value& v) {
+        MultiHeadAttention::Cached step = self_attention.attend_cached(v, cache, position);
+        next = step.cache;
+        return step.output;
+      },
+      cross_attend);
+  return {y, next};
+}
+
+Value TransformerDecoderBlock::forward(const Value&) {
+  throw GraphError(str("[nn] TransformerDecoderBlock ", path(),
+                       ": a decoder attends to a memory; call decode(x, memory)"));
+}
+
+Value TransformerDecoderBlock::block_of(const Value& x,
+                                        const std::function<Value(const Value&)>& self_attend,
+                                        const std::function<Value(const Value&)>& cross_attend) {
+  auto self_part = [&](const Value& v) { return self_attention_output_dropout(self_attend(v)); };
+  auto cross_part = [&](const Value& v) { return cross_attention_output_dropout(cross_attend(v)); };
+  auto ffn = [&](const Value& v) {
+    return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
+  };
+  if (norm_first_) {
+    Value h = x + self_part(norm1(x));
+    h = h + cross_part(norm2(h));
+    return h + ffn(norm3(h));
+  }
+  Value h = norm1(x + self_part(x));
+  h = norm2(h + cross_part(h));
+  return norm3(h + ffn(h));
+}
+}  // namespace kiln::nn

@@ -1,0 +1,255 @@
+// The attention layers: multi-head attention (grouped heads, rotary embedding, KV caches) and
+// the transformer blocks built on it (kiln::nn, as ops/layers.h; ops/transformer.cc).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "kiln/ops/layers.h"
+#include "kiln/ops/nn.h"
+
+namespace kiln::nn {
+
+/// The keys and values of the positions a generating model has seen, for one attention layer:
+/// [B, max_length, heads, head_dim] each (the layout the attention reads in place). A graph
+/// value: a decode step takes it as input and gives the next one as output, so the plan is
+/// compiled once and serves every position (the host feeds the cache back, or zeros to start).
+/// To keep it in the session instead (on a GPU it then never crosses to the host), make the
+/// two values non-trainable variables and run assign(variable, next) as the step's targets;
+/// checkpoints then hold them too.
+struct KVCache {
+  Value keys, values;
+};
+
+/// Multi-head self-attention over x [B, T, dim]: q, k, v projections (Linear dim -> dim),
+/// `heads` heads of dim / heads, fused scaled dot-product attention, an output projection.
+///
+/// With Options::kv_heads (a divisor of heads), grouped-query attention (multi-query with 1):
+/// the k and v projections are dim -> kv_heads * dim / heads, each key-value head serving
+/// heads / kv_heads consecutive query heads (read in place, never repeated; a KV cache holds
+/// kv_heads heads). With Options::rotary, queries and keys get the rotary position embedding
+/// (rotary_embedding) after their projections: at positions 0.. in attend(), at position.. in
+/// attend_cached().
+///
+/// With Options::dropout > 0 (PyTorch's MultiheadAttention `dropout`), training mode drops
+/// attention probabilities: softmax(scale q k^T, masked) becomes a graph value [B, heads, T, S],
+/// inverted dropout acts on it, and the product with v follows (PyTorch's math path; the fused
+/// op never forms the probabilities). Evaluation mode, and a rate of 0, keep the fused op.
+class MultiHeadAttention : public Module {
+ public:
+  struct Options {
+    bool causal = false;
+    bool bias = true;
+    int64_t seed = 0;
+    double dropout = 0;    ///< the rate at which attention probabilities are dropped in training
+    int64_t kv_heads = 0;  ///< key-value heads: 0 for `heads`, or a divisor of it
+    std::optional<RotaryOptions> rotary{};  ///< rotary position embedding of queries and keys
+    /// The width of the memory cross-attention reads keys and values from (PyTorch's kdim and
+    /// vdim, equal): 0 for dim. Other than dim, the layer is for cross-attention only.
+    int64_t memory_dim = 0;
+    /// RMSNorm over each head's queries and keys, before rotary embedding (Qwen3's and Gemma
+    /// 3's q_norm and k_norm): query_norm and key_norm, weights of the head depth.
+    bool qk_norm = false;
+    double qk_norm_eps = 1e-6;
+    /// Sliding-window attention: query i attends to keys j > i - window only (with causal, the
+    /// `window` latest, itself included); 0 for none. In cached decoding the window follows
+    /// the position.
+    int64_t window = 0;
+  };
+  MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
+                     Options options);
+  /// Self-attention with an optional mask broadcast to [B, heads, T, T]: bool (true: attend) or
+  /// a bias of the scores (scaled_dot_product_attention's mask, either kind, in every method).
+  Value attend(const Value& x, const Value& mask);
+  /// Cross-attention: queries from x [B, T, dim], keys and values from `memory` [B, S,
+  /// memory_dim] (an encoder's output), the mask (optional) broadcast to [B, heads, T, S].
+  Value attend(const Value& x, const Value& memory, const Value& mask);
+  /// The probabilities [B, heads, T, S] with which attend(x, memory, mask) weighs the values
+  /// (PyTorch's need_weights with average_attn_weights=False; their mean over dim 1 is its
+  /// default), as a graph value: the scores' softmax, masked (0 where hidden, rows hiding every
+  /// key all 0), without dropout. Pass x as the memory for self-attention's.
+  Value attention_weights(const Value& x, const Value& memory, const Value& mask = {});
+
+  /// One step of incremental (cached) causal self-attention, for generation: x [B, n, dim]
+  /// holds the tokens at positions [position, position + n) (`position` an integer scalar
+  /// tensor, fed or computed at run time). Their keys and values are written into `cache` at
+  /// `position`, and query i attends to cache entries 0 .. position + i (and, with `mask`
+  /// broadcast to [B, heads, n, max_length], only where it is true: a key-padding mask).
+  /// Entries past position + n - 1 are never read, so a cache may start as zeros. The same
+  /// result as attend() with causal attention over the whole sequence, to rounding. A position
+  /// with no room for n entries fails the run naming the cache write. Inference only: built in
+  /// evaluation mode (eval()), or a GraphError.
+  struct Cached {
+    Value output;   ///< [B, n, dim]
+    KVCache cache;  ///< the cache with this step's entries written
+  };
+  Cached attend_cached(const Value& x, const KVCache& cache, const Value& position,
+                       const Value& mask = {});
+  /// Placeholders for this layer's cache, [-1, max_length, kv_heads, head_dim] of `dtype`, named
+  /// "<path>/cache_keys" and "<path>/cache_values".
+  KVCache cache_placeholders(int64_t max_length, DType dtype = f32);
+
+  /// The keys and values of `memory` [B, S, dim] (an encoder's output) for cross-attention,
+  /// projected (and, with rotary, turned for positions 0..S-1) once: [B, S, kv_heads, head_dim]
+  /// each. An encoder-decoder that generates computes them once per input (a signature's
+  /// outputs) and feeds them to every step, instead of projecting the memory again each token.
+  KVCache project_memory(const Value& memory);
+  /// Cross-attention of x [B, T, dim] to keys and values from project_memory (or any [B, S,
+  /// kv_heads, head_dim] pair): attend(x, memory, mask) without the memory's projections.
+  Value attend_projected(const Value& x, const KVCache& memory, const Value& mask = {});
+  Linear &query, &key, &value, &output;
+  Dropout& probability_dropout;
+  RMSNorm* query_norm = nullptr;  ///< with Options::qk_norm, else null
+  RMSNorm* key_norm = nullptr;    ///< with Options::qk_norm, else null
+
+ protected:
+  Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
+
+ private:
+  /// The length of x or memory [B, T, width] (`what` names it), known, or a GraphError.
+  int64_t length_of(const Value& x, const char* what, int64_t width) const;
+  /// x [B, T, dim] projected to queries [B, T, heads, depth] (rotated for positions 0..).
+  Value queries(const Value& x);
+  /// A query or key projection [B, length, width] split into heads, normalized (qk_norm) and
+  /// rotated for positions start.. (0.. for an undefined start).
+  Value query_heads(const Value& projected, int64_t length, const Value& start);
+  Value key_heads(const Value& projected, int64_t length, const Value& start);
+  /// Keys or values [B, S, kv_heads, depth] with each head repeated for its group: [B, S,
+  /// heads, depth].
+  Value heads_repeated(const Value& t) const;
+  /// softmax(scale q k^T, masked) for q [B, T, H, D], k [B, S, kv_heads, D]: [B, H, T, S].
+  Value probabilities(const Value& q, const Value& k, const Value& mask);
+  /// project_memory's body, inside the layer's name scope.
+  KVCache projected(const Value& memory);
+  /// Attention of x to projected keys and values [B, S, kv_heads, head_dim], inside the name
+  /// scope: the queries, the fused op (or the math path with dropout), the output projection.
+  Value attention_to(const Value& x, const KVCache& memory, const Value& mask);
+  /// Attention of q [B, T, H, D], k and v [B, S, H, D] with the probabilities a graph value
+  /// and dropped: [B, T, H, Dv].
+  Value attention_with_dropout(const Value& q, const Value& k, const Value& v, const Value& mask);
+  /// q or k [B, T, heads, depth] rotated for positions start.. (unchanged without rotary).
+  Value rotated(const Value& x, const Value& start) const;
+  int64_t dim_, memory_dim_, heads_, kv_heads_;
+  bool causal_;
+  int64_t window_;
+  double dropout_;
+  std::optional<RotaryOptions> rotary_;
+};
+
+/// A transformer block. Pre-norm (GPT-2's, the default): x + dropout(attn(norm1(x))), then
+/// h + dropout(ffn(norm2(h))). Post-norm (norm_first false: PyTorch's TransformerEncoderLayer
+/// default): norm1(x + dropout(attn(x))), then norm2(h + dropout(ffn(h))). ffn = Linear(dim,
+/// ffn_dim), the activation, dropout at activation_dropout, Linear(ffn_dim, dim); attn drops
+/// its probabilities at attention_dropout. PyTorch's TransformerEncoderLayer(dropout=p) is all
+/// three rates p; GPT-2's block is dropout = attention_dropout = p, activation_dropout 0.
+///
+/// A LLaMA-style block: norm rms, activation swiglu, bias false, rotary, and kv_heads for
+/// grouped-query attention. With swiglu, ffn_in is Linear(dim, 2 ffn_dim) and the FFN is
+/// ffn_out(silu(gate) * up), gate and up the first and second halves of ffn_in's output (LLaMA's
+/// w1 and w3 side by side). geglu is the same with GELU's tanh form of the gate (Gemma's, T5
+/// v1.1's).
+class TransformerBlock : public Module {
+ public:
+  enum class Activation { gelu, gelu_tanh, relu, swiglu, geglu };
+  enum class Norm { layer, rms };  ///< LayerNorm, or RMSNorm (weight only)
+  struct Options {
+    int64_t ffn_dim = 0;   ///< 0: 4 dim
+    double dropout = 0.1;  ///< on the attention's and the FFN's outputs, before each residual sum
+    double attention_dropout = 0;   ///< on the attention probabilities (MultiHeadAttention's)
+    double activation_dropout = 0;  ///< on the FFN's hidden activations
+    bool causal = true;
+    Activation activation = Activation::gelu;  ///< gelu_tanh: GELU's tanh approximation
+    bool norm_first = true;
+    double norm_eps = 1e-5;
+    int64_t seed = 0;
+    Norm norm = Norm::layer;
+    bool bias = true;      ///< biases of the attention's and the FFN's Linear layers
+    int64_t kv_heads = 0;  ///< the attention's key-value heads: 0 for `heads`, or a divisor
+    std::optional<RotaryOptions> rotary{};  ///< rotary embedding in the (self-)attention
+    bool qk_norm = false;  ///< the attention's queries and keys RMS-normalized per head (Qwen3)
+    int64_t window = 0;    ///< the self-attention's sliding window (Mistral's, Gemma's local)
+  };
+  TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
+                   Options options);
+  /// The block with its attention restricted by a mask broadcast to [B, heads, T, T] (bool, true:
+  /// attend, e.g. a key-padding mask [B, 1, 1, T]; or a bias of the scores); calling the block is
+  /// attend(x, {}).
+  Value attend(const Value& x, const Value& mask);
+  /// One step of cached generation through the block: x [B, n, dim] at positions [position,
+  /// position + n), its attention MultiHeadAttention::attend_cached over `cache` (see there).
+  /// Evaluation mode only.
+  MultiHeadAttention::Cached attend_cached(const Value& x, const KVCache& cache,
+                                           const Value& position, const Value& mask = {});
+  Module &norm1, &norm2;  ///< LayerNorm or RMSNorm (Options::norm)
+  MultiHeadAttention& attention;
+  Linear &ffn_in, &ffn_out;
+  /// The dropouts before the residual sums, and the FFN's inner one.
+  Dropout &attention_output_dropout, &ffn_output_dropout, &activation_dropout;
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  /// The block around `attend`, its attention sublayer.
+  Value block_of(const Value& x, const std::function<Value(const Value&)>& attend);
+  Activation activation_;
+  bool norm_first_;
+};
+
+/// A transformer decoder block (PyTorch's TransformerDecoderLayer): self-attention over x [B, T,
+/// dim] (causal per Options::causal, and an optional mask), attention from x to `memory` [B, S,
+/// dim] (an encoder's output; an optional mask), and the FFN, each in a residual. Post-norm
+/// (norm_first false, PyTorch's default): h = norm1(x + sa(x)), h = norm2(h + ca(h, memory)),
+/// norm3(h + ffn(h)). Pre-norm: h = x + sa(norm1(x)), h = h + ca(norm2(h), memory), h +
+/// ffn(norm3(h)). Dropouts as TransformerBlock's: `dropout` on each of the three outputs,
+/// attention_dropout inside both attentions, activation_dropout inside the FFN. norm, bias,
+/// kv_heads and the swiglu FFN as TransformerBlock's; rotary applies to the self-attention only.
+class TransformerDecoderBlock : public Module {
+ public:
+  using Options = TransformerBlock::Options;
+  using Activation = TransformerBlock::Activation;
+  using Norm = TransformerBlock::Norm;
+  TransformerDecoderBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
+                          Options options);
+  /// The block on x and memory; self_mask (broadcast to [B, heads, T, T]) and memory_mask
+  /// (to [B, heads, T, S], e.g. a key-padding mask [B, 1, 1, S]) are optional (true: attend).
+  Value decode(const Value& x, const Value& memory, const Value& self_mask = {},
+               const Value& memory_mask = {});
+  /// One step of cached generation: x [B, n, dim] at positions [position, position + n), its
+  /// self-attention MultiHeadAttention::attend_cached over `cache` (see there), its
+  /// cross-attention to `memory` as decode()'s (the memory's keys and values are projected
+  /// again every step: see the overload below). Evaluation mode only.
+  MultiHeadAttention::Cached decode_cached(const Value& x, const Value& memory,
+                                           const KVCache& cache, const Value& position,
+                                           const Value& memory_mask = {});
+  /// The cross-attention's keys and values of `memory`, projected once
+  /// (MultiHeadAttention::project_memory) for the decode_cached below.
+  KVCache project_memory(const Value& memory);
+  /// decode_cached with the memory's keys and values from project_memory: a step projects
+  /// only its own tokens.
+  MultiHeadAttention::Cached decode_cached(const Value& x, const KVCache& memory,
+                                           const KVCache& cache, const Value& position,
+                                           const Value& memory_mask = {});
+  Module &norm1, &norm2, &norm3;  ///< LayerNorm or RMSNorm (Options::norm)
+  MultiHeadAttention &self_attention, &cross_attention;
+  Linear &ffn_in, &ffn_out;
+  Dropout &self_attention_output_dropout, &cross_attention_output_dropout, &ffn_output_dropout,
+      &activation_dropout;
+
+ protected:
+  /// A decoder needs its memory: calling it as a one-input layer is an error naming it.
+  Value forward(const Value& x) override;
+
+ private:
+  /// The block around `self_attend` and `cross_attend`, its attention sublayers.
+  Value block_of(const Value& x, const std::function<Value(const Value&)>& self_attend,
+                 const std::function<Value(const Value&)>& cross_attend);
+  /// decode_cached's body, its cross-attention `cross_attend`.
+  MultiHeadAttention::Cached step_of(const Value& x, const KVCache& cache, const Value& position,
+                                     const std::function<Value(const Value&)>& cross_attend);
+  Activation activation_;
+  bool norm_first_;
+};
+
+}  // namespace kiln::nn
