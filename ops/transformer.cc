@@ -327,7 +327,11 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
       activation_dropout(make<Dropout>("activation_dropout", options.activation_dropout,
                                        LayerOptions{.seed = options.seed})),
       activation_(options.activation),
-      norm_first_(options.norm_first) {}
+      norm_first_(options.norm_first),
+      parallel_(options.parallel) {
+  KILN_CHECK(!parallel_ || norm_first_, GraphError, "[nn] TransformerBlock ", path(),
+             ": a parallel block is pre-norm (norm_first)");
+}
 
 Value TransformerBlock::forward(const Value& x) {
   return block_of(x, [&](const Value& v) { return attention.attend(v, Value()); });
@@ -357,6 +361,7 @@ Value TransformerBlock::block_of(const Value& x, const std::function<Value(const
   auto ffn = [&](const Value& v) {
     return ffn_output_dropout(feed_forward(ffn_in, activation_, activation_dropout, ffn_out, v));
   };
+  if (parallel_) return x + attention_output_dropout(attend(norm1(x))) + ffn(norm2(x));
   if (norm_first_) {
     Value h = x + attention_output_dropout(attend(norm1(x)));
     return h + ffn(norm2(h));

@@ -169,6 +169,10 @@ class TransformerBlock : public Module {
     std::optional<RotaryOptions> rotary{};  ///< rotary embedding in the (self-)attention
     bool qk_norm = false;  ///< the attention's queries and keys RMS-normalized per head (Qwen3)
     int64_t window = 0;    ///< the self-attention's sliding window (Mistral's, Gemma's local)
+    /// The attention and the FFN side by side: x + attn(norm1(x)) + ffn(norm2(x)) (GPT-NeoX's
+    /// use_parallel_residual; GPT-J's and Phi's share one norm: give both the same weights).
+    /// Pre-norm only.
+    bool parallel = false;
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);
@@ -195,6 +199,7 @@ class TransformerBlock : public Module {
   Value block_of(const Value& x, const std::function<Value(const Value&)>& attend);
   Activation activation_;
   bool norm_first_;
+  bool parallel_;
 };
 
 /// A transformer decoder block (PyTorch's TransformerDecoderLayer): self-attention over x [B, T,

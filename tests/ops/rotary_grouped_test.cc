@@ -515,6 +515,28 @@ TEST(GroupedQueryAttention, ALlamaStyleBlockHasItsVariablesAndTrains) {
       {"[nn] MultiHeadAttention odd", "cannot turn 3 of the head depth 3"});
 }
 
+// A parallel block (GPT-NeoX's) adds the attention of norm1(x) and the FFN of norm2(x) to x,
+// both from x: the same as the block's own layers called that way.
+TEST(GroupedQueryAttention, AParallelBlockSumsAttentionAndFeedForwardOfX) {
+  Graph g;
+  nn::TransformerBlock block(
+      g, "block", kDim, kHeads,
+      {.ffn_dim = 12, .dropout = 0, .rotary = RotaryOptions{.dims = 2}, .parallel = true});
+  Value x = g.placeholder("x", f32, {2, 3, kDim});
+  Value y = block(x);
+  Value want =
+      x + block.attention(block.norm1(x)) + block.ffn_out(gelu(block.ffn_in(block.norm2(x))));
+  const auto out =
+      Session(g).run({{x, testing::random_tensor(f32, {2, 3, kDim}, -2, 2, 14)}}, {y, want});
+  for (int64_t i = 0; i < out[0].numel(); ++i)
+    EXPECT_NEAR(out[0].element(i), out[1].element(i), 1e-6) << i;
+  expect_error<GraphError>(
+      [&] {
+        nn::TransformerBlock(g, "post", kDim, kHeads, {.norm_first = false, .parallel = true});
+      },
+      {"[nn] TransformerBlock post", "parallel block is pre-norm"});
+}
+
 // The gated FFNs: with the attention's output projection zeroed, a pre-norm block is x +
 // ffn_out(act(gate) * up) of rms_norm(x), gate and up the halves of ffn_in: SiLU for swiglu,
 // GELU's tanh form for geglu (Gemma's).

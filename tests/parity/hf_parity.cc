@@ -1,19 +1,22 @@
 // Hugging Face parity of kiln::nn's LLaMA-family blocks: for each model hf_parity.py wrote
 // (transformers' own LlamaForCausalLM with LLaMA 3.1's rope scaling, Qwen3ForCausalLM with
 // per-head query and key norms and YaRN, MistralForCausalLM with a sliding window,
-// GemmaForCausalLM with GeGLU and one key-value head; all with grouped key-value heads), builds
-// the same model from Embedding, TransformerBlock (RMS norms, SwiGLU or GeGLU, no biases, rotary
-// embedding), RMSNorm and Linear, loads its weights by their state-dict names (Linear weights
-// transposed: Kiln's are [in, out]; gate_proj and up_proj side by side in ffn_in; Gemma's norm
-// weights w as 1 + w, its embeddings times sqrt(hidden) in the graph), and compares the logits
-// of the same token ids with transformers' (f64) within a tolerance of f32 rounding.
+// GemmaForCausalLM with GeGLU and one key-value head, GPTNeoXForCausalLM with parallel
+// attention and FFN, LayerNorms, biases and rotary embedding of half of each head), builds the
+// same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
+// weights by their state-dict names (Linear weights transposed: Kiln's are [in, out]; gate_proj
+// and up_proj side by side in ffn_in; Gemma's norm weights w as 1 + w, its embeddings times
+// sqrt(hidden) in the graph; NeoX's fused query_key_value split by head), and compares the
+// logits of the same token ids with transformers' (f64) within a tolerance of f32 rounding.
 //
-//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/, gemma/)
+//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/, gemma/, neox/)
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "kiln/kiln.h"
@@ -22,6 +25,7 @@ namespace kiln {
 namespace {
 
 using Config = std::map<std::string, std::string>;
+using Loader = std::function<Tensor(const std::string&)>;
 
 Config read_config(const std::filesystem::path& dir) {
   Config config;
@@ -43,7 +47,7 @@ double real(const Config& c, const std::string& key) {
 
 // The rotary embedding a configuration describes (transformers' rope_parameters).
 RotaryOptions rotary_of(const Config& c) {
-  RotaryOptions rotary{.base = real(c, "theta")};
+  RotaryOptions rotary{.base = real(c, "theta"), .dims = integer(c, "rotary_dims")};
   const std::string& kind = c.at("rope");
   RotaryScaling& s = rotary.scaling;
   if (kind == "llama3" || kind == "yarn") {
@@ -76,80 +80,152 @@ Tensor side_by_side(const Tensor& a, const Tensor& b) {
   return t;
 }
 
-// Builds, loads and runs one model; returns the largest difference of its logits from
-// transformers' over their largest magnitude.
-double compare(const std::filesystem::path& dir) {
-  const Config c = read_config(dir);
-  const int64_t layers = integer(c, "layers"), dim = integer(c, "hidden"),
-                heads = integer(c, "heads"), vocab = integer(c, "vocab");
-  auto weight = [&](const std::string& name) { return load_npy((dir / (name + ".npy")).string()); };
-  // A norm's weight: Gemma's RMSNorm scales by 1 + w.
-  const double norm_offset = real(c, "norm_offset");
-  auto norm_weight = [&](const std::string& name) {
-    Tensor w = weight(name);
-    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] += static_cast<float>(norm_offset);
-    return w;
-  };
-  const Tensor ids = load_npy((dir / "ids.npy").string());
-  const Tensor want = load_npy((dir / "logits.npy").string());
+// The rows [first, first + count) of w [rows, cols] taken every `period` rows in runs of
+// `run` (GPT-NeoX's fused query_key_value interleaves heads: [heads, 3, head_size] rows).
+Tensor every_run(const Tensor& w, int64_t first, int64_t run, int64_t period, int64_t runs) {
+  const int64_t cols = w.shape().rank() == 2 ? w.shape()[1] : 1;
+  Tensor out =
+      Tensor::empty(f32, w.shape().rank() == 2 ? Shape{run * runs, cols} : Shape{run * runs});
+  for (int64_t r = 0; r < runs; ++r)
+    std::copy_n(w.data<float>() + (r * period + first) * cols, run * cols,
+                out.data<float>() + r * run * cols);
+  return out;
+}
 
+// A model of either family, built from kiln::nn as the configuration says.
+struct Model {
   Graph g;
-  Value tokens = g.placeholder("ids", i64, ids.shape());
-  nn::Embedding embed(g, "embed", vocab, dim);
+  Value tokens, logits;
+  std::unique_ptr<nn::Embedding> embed;
+  std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
+  std::unique_ptr<nn::Module> norm;  // RMSNorm or LayerNorm
+  std::unique_ptr<nn::Linear> head;
+};
+
+void build(Model& m, const Config& c, const Shape& ids) {
+  const int64_t dim = integer(c, "hidden"), vocab = integer(c, "vocab");
+  const bool layer_norm = c.at("norm") == "layer";
+  using Activation = nn::TransformerBlock::Activation;
+  const std::string& activation = c.at("activation");
   nn::TransformerBlock::Options options{
       .ffn_dim = integer(c, "ffn"),
       .dropout = 0,
-      .activation = c.at("activation") == "geglu" ? nn::TransformerBlock::Activation::geglu
-                                                  : nn::TransformerBlock::Activation::swiglu,
+      .activation = activation == "geglu"  ? Activation::geglu
+                    : activation == "gelu" ? Activation::gelu
+                                           : Activation::swiglu,
       .norm_eps = real(c, "eps"),
-      .norm = nn::TransformerBlock::Norm::rms,
-      .bias = false,
+      .norm = layer_norm ? nn::TransformerBlock::Norm::layer : nn::TransformerBlock::Norm::rms,
+      .bias = integer(c, "bias") != 0,
       .kv_heads = integer(c, "kv_heads"),
       .rotary = rotary_of(c),
       .qk_norm = integer(c, "qk_norm") != 0,
-      .window = integer(c, "window")};
-  std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
-  Value h = embed(tokens) * real(c, "embed_scale");
-  for (int64_t i = 0; i < layers; ++i) {
-    blocks.push_back(
-        std::make_unique<nn::TransformerBlock>(g, str("layer", i), dim, heads, options));
-    blocks.back()->eval();
-    h = (*blocks.back())(h);
+      .window = integer(c, "window"),
+      .parallel = integer(c, "parallel") != 0};
+  m.tokens = m.g.placeholder("ids", i64, ids);
+  m.embed = std::make_unique<nn::Embedding>(m.g, "embed", vocab, dim);
+  Value h = (*m.embed)(m.tokens) * real(c, "embed_scale");
+  for (int64_t i = 0; i < integer(c, "layers"); ++i) {
+    m.blocks.push_back(std::make_unique<nn::TransformerBlock>(m.g, str("layer", i), dim,
+                                                              integer(c, "heads"), options));
+    m.blocks.back()->eval();
+    h = (*m.blocks.back())(h);
   }
-  nn::RMSNorm norm(g, "norm", Shape{dim}, real(c, "eps"));
-  nn::Linear head(g, "head", dim, vocab, {.bias = false});
-  Value logits = head(norm(h));
+  if (layer_norm)
+    m.norm = std::make_unique<nn::LayerNorm>(m.g, "norm", Shape{dim}, real(c, "eps"));
+  else
+    m.norm = std::make_unique<nn::RMSNorm>(m.g, "norm", Shape{dim}, real(c, "eps"));
+  m.head = std::make_unique<nn::Linear>(m.g, "head", dim, vocab, nn::LayerOptions{.bias = false});
+  m.logits = (*m.head)((*m.norm)(h));
+}
 
-  Session session(g);
-  session.initialize_variables();
-  session.set_variable(embed.weight, weight("model.embed_tokens.weight"));
-  for (int64_t i = 0; i < layers; ++i) {
-    nn::TransformerBlock& b = *blocks[static_cast<size_t>(i)];
+// Loads a LLaMA-family state dict (LLaMA, Qwen3, Mistral, Gemma).
+void load_llama_family(Session& s, Model& m, const Config& c, const Loader& weight) {
+  // A norm's weight: Gemma's RMSNorm scales by 1 + w.
+  const float norm_offset = static_cast<float>(real(c, "norm_offset"));
+  auto norm_weight = [&](const std::string& name) {
+    Tensor w = weight(name);
+    for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] += norm_offset;
+    return w;
+  };
+  s.set_variable(m.embed->weight, weight("model.embed_tokens.weight"));
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    nn::TransformerBlock& b = *m.blocks[i];
     const std::string at = str("model.layers.", i, ".");
-    session.set_variable(static_cast<nn::RMSNorm&>(b.norm1).weight,
-                         norm_weight(at + "input_layernorm.weight"));
-    session.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
-                         norm_weight(at + "post_attention_layernorm.weight"));
+    s.set_variable(static_cast<nn::RMSNorm&>(b.norm1).weight,
+                   norm_weight(at + "input_layernorm.weight"));
+    s.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
+                   norm_weight(at + "post_attention_layernorm.weight"));
     for (const auto& [linear, name] : std::initializer_list<std::pair<nn::Linear*, const char*>>{
              {&b.attention.query, "self_attn.q_proj.weight"},
              {&b.attention.key, "self_attn.k_proj.weight"},
              {&b.attention.value, "self_attn.v_proj.weight"},
              {&b.attention.output, "self_attn.o_proj.weight"},
              {&b.ffn_out, "mlp.down_proj.weight"}})
-      session.set_variable(linear->weight, transposed(weight(at + name)));
-    session.set_variable(b.ffn_in.weight,
-                         side_by_side(transposed(weight(at + "mlp.gate_proj.weight")),
-                                      transposed(weight(at + "mlp.up_proj.weight"))));
+      s.set_variable(linear->weight, transposed(weight(at + name)));
+    s.set_variable(b.ffn_in.weight, side_by_side(transposed(weight(at + "mlp.gate_proj.weight")),
+                                                 transposed(weight(at + "mlp.up_proj.weight"))));
     if (b.attention.query_norm != nullptr) {
-      session.set_variable(b.attention.query_norm->weight,
-                           norm_weight(at + "self_attn.q_norm.weight"));
-      session.set_variable(b.attention.key_norm->weight,
-                           norm_weight(at + "self_attn.k_norm.weight"));
+      s.set_variable(b.attention.query_norm->weight, norm_weight(at + "self_attn.q_norm.weight"));
+      s.set_variable(b.attention.key_norm->weight, norm_weight(at + "self_attn.k_norm.weight"));
     }
   }
-  session.set_variable(norm.weight, norm_weight("model.norm.weight"));
-  session.set_variable(head.weight, transposed(weight("lm_head.weight")));
-  const Tensor got = session.run({{tokens, ids}}, {logits})[0];
+  s.set_variable(static_cast<nn::RMSNorm&>(*m.norm).weight, norm_weight("model.norm.weight"));
+  s.set_variable(m.head->weight, transposed(weight("lm_head.weight")));
+}
+
+// Loads a GPT-NeoX state dict: LayerNorms with biases, the fused query_key_value, biases on
+// every Linear.
+void load_neox(Session& s, Model& m, const Config& c, const Loader& weight) {
+  const int64_t heads = integer(c, "heads"), depth = integer(c, "hidden") / heads;
+  auto set_norm = [&](nn::Module& norm, const std::string& name) {
+    auto& layer = static_cast<nn::LayerNorm&>(norm);
+    s.set_variable(layer.weight, weight(name + ".weight"));
+    s.set_variable(layer.bias, weight(name + ".bias"));
+  };
+  auto set_linear = [&](nn::Linear& linear, const std::string& name) {
+    s.set_variable(linear.weight, transposed(weight(name + ".weight")));
+    s.set_variable(linear.bias, weight(name + ".bias"));
+  };
+  s.set_variable(m.embed->weight, weight("gpt_neox.embed_in.weight"));
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    nn::TransformerBlock& b = *m.blocks[i];
+    const std::string at = str("gpt_neox.layers.", i, ".");
+    set_norm(b.norm1, at + "input_layernorm");
+    set_norm(b.norm2, at + "post_attention_layernorm");
+    const Tensor qkv = weight(at + "attention.query_key_value.weight");
+    const Tensor qkv_bias = weight(at + "attention.query_key_value.bias");
+    for (const auto& [linear, part] : std::initializer_list<std::pair<nn::Linear*, int64_t>>{
+             {&b.attention.query, 0}, {&b.attention.key, 1}, {&b.attention.value, 2}}) {
+      s.set_variable(linear->weight,
+                     transposed(every_run(qkv, part * depth, depth, 3 * depth, heads)));
+      s.set_variable(linear->bias, every_run(qkv_bias, part * depth, depth, 3 * depth, heads));
+    }
+    set_linear(b.attention.output, at + "attention.dense");
+    set_linear(b.ffn_in, at + "mlp.dense_h_to_4h");
+    set_linear(b.ffn_out, at + "mlp.dense_4h_to_h");
+  }
+  set_norm(*m.norm, "gpt_neox.final_layer_norm");
+  s.set_variable(m.head->weight, transposed(weight("lm_head.weight")));
+}
+
+// Builds, loads and runs one model; returns the largest difference of its logits from
+// transformers' over their largest magnitude.
+double compare(const std::filesystem::path& dir) {
+  const Config c = read_config(dir);
+  const Loader weight = [&](const std::string& name) {
+    return load_npy((dir / (name + ".npy")).string());
+  };
+  const Tensor ids = weight("ids");
+  const Tensor want = weight("logits");
+  Model m;
+  build(m, c, ids.shape());
+  Session session(m.g);
+  session.initialize_variables();
+  if (c.at("family") == "neox")
+    load_neox(session, m, c, weight);
+  else
+    load_llama_family(session, m, c, weight);
+  const Tensor got = session.run({{m.tokens, ids}}, {m.logits})[0];
   KILN_CHECK(got.numel() == want.numel(), Error, "[hf_parity] ", dir.string(), ": logits ",
              got.shape(), " against transformers' ", want.shape());
   double largest = 0, error = 0;
@@ -173,7 +249,7 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model : {"llama3", "qwen3", "mistral", "gemma"}) {
+    for (const char* model : {"llama3", "qwen3", "mistral", "gemma", "neox"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

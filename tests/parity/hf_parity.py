@@ -2,7 +2,8 @@
 """Hugging Face parity of kiln::nn's LLaMA-family blocks: builds small random models with
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
 key norms and YaRN, a Mistral with a sliding window, a Gemma with GeGLU and one key-value head;
-grouped heads throughout), in f64 (Gemma's norms compute in f32 even so), and writes each
+a GPT-NeoX with parallel attention and FFN and half of each head turned; grouped heads in the
+first four), in f64 (Gemma's norms compute in f32 even so), and writes each
 one's weights (one .npy per state-dict entry), token ids, logits and shape into DIR/<model>/.
 tests/parity/hf_parity.cc then builds the same models from kiln::nn, loads the weights, and
 compares its logits.
@@ -17,8 +18,8 @@ import sys
 try:
     import numpy as np
     import torch
-    from transformers import (AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig,
-                              Qwen3Config)
+    from transformers import (AutoModelForCausalLM, GemmaConfig, GPTNeoXConfig, LlamaConfig,
+                              MistralConfig, Qwen3Config)
     import transformers
 except ImportError as e:
     print(f"[hf-parity] SKIPPED: cannot import torch, numpy and transformers ({e})")
@@ -55,6 +56,16 @@ def models():
                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=256),
            dict(rope="none", theta=10000.0, activation="geglu", norm_offset=1,
                 embed_scale=SHAPE["hidden_size"] ** 0.5))
+    # GPT-NeoX (Pythia): attention and MLP side by side, LayerNorms, biases, exact GELU, rotary
+    # embedding of half of each head, the q, k, v projections fused and interleaved by head.
+    neox = {k: v for k, v in SHAPE.items() if k not in ("head_dim", "num_key_value_heads")}
+    yield ("neox",
+           GPTNeoXConfig(**neox, layer_norm_eps=1e-5, hidden_act="gelu",
+                         max_position_embeddings=256, use_parallel_residual=True,
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                              partial_rotary_factor=0.5)),
+           dict(family="neox", rope="none", theta=10000.0, rotary_dims=4, norm="layer",
+                activation="gelu", bias=1, parallel=1, kv_heads=SHAPE["num_attention_heads"]))
 
 
 def main():
@@ -67,7 +78,7 @@ def main():
         model.eval()
         with torch.no_grad():  # norms start at 1: make them matter
             for key, p in model.named_parameters():
-                if key.endswith("norm.weight"):
+                if key.endswith(("norm.weight", "norm.bias")):
                     p.add_(torch.randn_like(p) * 0.3)
         out = os.path.join(sys.argv[1], name)
         os.makedirs(out, exist_ok=True)
@@ -79,15 +90,18 @@ def main():
         np.save(os.path.join(out, "ids.npy"), ids.numpy())
         np.save(os.path.join(out, "logits.npy"), logits.numpy())
         fields = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
-                      heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+                      heads=config.num_attention_heads,
+                      kv_heads=getattr(config, "num_key_value_heads", None),
                       ffn=config.intermediate_size, vocab=config.vocab_size,
-                      eps=config.rms_norm_eps, qk_norm=0, window=0, factor=1.0, original=0,
-                      low=1.0, high=4.0, activation="swiglu", norm_offset=0, embed_scale=1.0)
+                      eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
+                      qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
+                      activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
+                      norm="rms", bias=0, parallel=0, rotary_dims=0)
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral and gemma to {sys.argv[1]} "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, gemma and neox to {sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
 
