@@ -29,13 +29,14 @@ int64_t key_value_width(int64_t dim, int64_t heads, int64_t kv_heads) {
 MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim,
                                        int64_t heads, Options options)
     : Module(graph, name),
-      query(make<Linear>("query", dim, dim, LayerOptions{options.bias, options.seed})),
+      query(make<Linear>("query", dim, dim,
+                         LayerOptions{options.qkv_bias.value_or(options.bias), options.seed})),
       key(make<Linear>("key", options.memory_dim > 0 ? options.memory_dim : dim,
                        key_value_width(dim, heads, options.kv_heads),
-                       LayerOptions{options.bias, options.seed})),
+                       LayerOptions{options.qkv_bias.value_or(options.bias), options.seed})),
       value(make<Linear>("value", options.memory_dim > 0 ? options.memory_dim : dim,
                          key_value_width(dim, heads, options.kv_heads),
-                         LayerOptions{options.bias, options.seed})),
+                         LayerOptions{options.qkv_bias.value_or(options.bias), options.seed})),
       output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
       probability_dropout(make<Dropout>("probability_dropout", options.dropout,
                                         LayerOptions{.seed = options.seed})),
@@ -302,6 +303,7 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
           .rotary = self_attention ? options.rotary : std::nullopt,
           .qk_norm = options.qk_norm,
           .qk_norm_eps = options.norm_eps,
+          .qkv_bias = options.qkv_bias,
           .window = self_attention ? options.window : 0};
 }
 

@@ -52,6 +52,9 @@ class MultiHeadAttention : public Module {
     /// 3's q_norm and k_norm): query_norm and key_norm, weights of the head depth.
     bool qk_norm = false;
     double qk_norm_eps = 1e-6;
+    /// Biases of the q, k and v projections: `bias` unless given (Qwen2's are true with `bias`
+    /// false: the output projection has none).
+    std::optional<bool> qkv_bias{};
     /// Sliding-window attention: query i attends to keys j > i - window only (with causal, the
     /// `window` latest, itself included); 0 for none. In cached decoding the window follows
     /// the position.
@@ -173,6 +176,7 @@ class TransformerBlock : public Module {
     /// use_parallel_residual; GPT-J's and Phi's share one norm: give both the same weights).
     /// Pre-norm only.
     bool parallel = false;
+    std::optional<bool> qkv_bias{};  ///< the attention's q, k, v biases: `bias` unless given
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);

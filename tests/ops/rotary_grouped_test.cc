@@ -515,6 +515,21 @@ TEST(GroupedQueryAttention, ALlamaStyleBlockHasItsVariablesAndTrains) {
       {"[nn] MultiHeadAttention odd", "cannot turn 3 of the head depth 3"});
 }
 
+// qkv_bias: biases on the q, k and v projections whatever `bias` says of the others (Qwen2's).
+TEST(GroupedQueryAttention, QkvBiasGivesTheInputProjectionsBiasesAlone) {
+  Graph g;
+  nn::TransformerBlock block(g, "block", kDim, kHeads,
+                             {.ffn_dim = 8, .bias = false, .kv_heads = 2, .qkv_bias = true});
+  std::vector<std::string> names;
+  for (const Value& v : block.attention.parameters()) names.push_back(v.name());
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"block/attention/query/weight", "block/attention/query/bias",
+                                      "block/attention/key/weight", "block/attention/key/bias",
+                                      "block/attention/value/weight", "block/attention/value/bias",
+                                      "block/attention/output/weight"}));
+  EXPECT_FALSE(block.ffn_in.bias.defined());
+}
+
 // A parallel block (GPT-NeoX's) adds the attention of norm1(x) and the FFN of norm2(x) to x,
 // both from x: the same as the block's own layers called that way.
 TEST(GroupedQueryAttention, AParallelBlockSumsAttentionAndFeedForwardOfX) {

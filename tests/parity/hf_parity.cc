@@ -1,6 +1,7 @@
 // Hugging Face parity of kiln::nn's LLaMA-family blocks: for each model hf_parity.py wrote
 // (transformers' own LlamaForCausalLM with LLaMA 3.1's rope scaling, Qwen3ForCausalLM with
 // per-head query and key norms and YaRN, MistralForCausalLM with a sliding window,
+// Qwen2ForCausalLM with biases on the q, k, v projections only,
 // GemmaForCausalLM with GeGLU and one key-value head, GPTNeoXForCausalLM with parallel
 // attention and FFN, LayerNorms, biases and rotary embedding of half of each head), builds the
 // same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
@@ -9,7 +10,7 @@
 // sqrt(hidden) in the graph; NeoX's fused query_key_value split by head), and compares the
 // logits of the same token ids with transformers' (f64) within a tolerance of f32 rounding.
 //
-//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/, gemma/, neox/)
+//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/, qwen2/, gemma/, neox/)
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -120,7 +121,8 @@ void build(Model& m, const Config& c, const Shape& ids) {
       .rotary = rotary_of(c),
       .qk_norm = integer(c, "qk_norm") != 0,
       .window = integer(c, "window"),
-      .parallel = integer(c, "parallel") != 0};
+      .parallel = integer(c, "parallel") != 0,
+      .qkv_bias = integer(c, "qkv_bias") != 0 || integer(c, "bias") != 0};
   m.tokens = m.g.placeholder("ids", i64, ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "embed", vocab, dim);
   Value h = (*m.embed)(m.tokens) * real(c, "embed_scale");
@@ -162,6 +164,12 @@ void load_llama_family(Session& s, Model& m, const Config& c, const Loader& weig
              {&b.attention.output, "self_attn.o_proj.weight"},
              {&b.ffn_out, "mlp.down_proj.weight"}})
       s.set_variable(linear->weight, transposed(weight(at + name)));
+    if (integer(c, "qkv_bias") != 0)  // Qwen2's
+      for (const auto& [linear, name] : std::initializer_list<std::pair<nn::Linear*, const char*>>{
+               {&b.attention.query, "self_attn.q_proj.bias"},
+               {&b.attention.key, "self_attn.k_proj.bias"},
+               {&b.attention.value, "self_attn.v_proj.bias"}})
+        s.set_variable(linear->bias, weight(at + name));
     s.set_variable(b.ffn_in.weight, side_by_side(transposed(weight(at + "mlp.gate_proj.weight")),
                                                  transposed(weight(at + "mlp.up_proj.weight"))));
     if (b.attention.query_norm != nullptr) {
@@ -249,7 +257,7 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model : {"llama3", "qwen3", "mistral", "gemma", "neox"}) {
+    for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "neox"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

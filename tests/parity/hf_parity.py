@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Hugging Face parity of kiln::nn's LLaMA-family blocks: builds small random models with
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
-key norms and YaRN, a Mistral with a sliding window, a Gemma with GeGLU and one key-value head;
+key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
+with GeGLU and one key-value head;
 a GPT-NeoX with parallel attention and FFN and half of each head turned; grouped heads in the
 first four), in f64 (Gemma's norms compute in f32 even so), and writes each
 one's weights (one .npy per state-dict entry), token ids, logits and shape into DIR/<model>/.
@@ -19,7 +20,7 @@ try:
     import numpy as np
     import torch
     from transformers import (AutoModelForCausalLM, GemmaConfig, GPTNeoXConfig, LlamaConfig,
-                              MistralConfig, Qwen3Config)
+                              MistralConfig, Qwen2Config, Qwen3Config)
     import transformers
 except ImportError as e:
     print(f"[hf-parity] SKIPPED: cannot import torch, numpy and transformers ({e})")
@@ -49,6 +50,11 @@ def models():
            MistralConfig(**SHAPE, rms_norm_eps=1e-5, sliding_window=5, max_position_embeddings=256,
                          rope_parameters=dict(rope_type="default", rope_theta=1000.0)),
            dict(rope="none", theta=1000.0, window=5))
+    # Qwen2: biases on the q, k and v projections only.
+    yield ("qwen2",
+           Qwen2Config(**SHAPE, rms_norm_eps=1e-6, max_position_embeddings=256,
+                       rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+           dict(rope="none", theta=1000000.0, qkv_bias=1))
     # Gemma: GeGLU, one key-value head, RMS norms scaling by 1 + weight, embeddings scaled by
     # sqrt(hidden).
     yield ("gemma",
@@ -76,9 +82,9 @@ def main():
     for name, config, extra in models():
         model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").double()
         model.eval()
-        with torch.no_grad():  # norms start at 1: make them matter
+        with torch.no_grad():  # norms start at 1 and biases at 0: make them matter
             for key, p in model.named_parameters():
-                if key.endswith(("norm.weight", "norm.bias")):
+                if key.endswith(("norm.weight", ".bias")):
                     p.add_(torch.randn_like(p) * 0.3)
         out = os.path.join(sys.argv[1], name)
         os.makedirs(out, exist_ok=True)
@@ -96,12 +102,12 @@ def main():
                       eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
                       qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
-                      norm="rms", bias=0, parallel=0, rotary_dims=0)
+                      norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0)
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, gemma and neox to {sys.argv[1]} "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma and neox to {sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
 
