@@ -400,7 +400,10 @@ TransformerDecoderBlock::TransformerDecoderBlock(Graph& graph, const std::string
       activation_dropout(make<Dropout>("activation_dropout", options.activation_dropout,
                                        LayerOptions{.seed = options.seed})),
       activation_(options.activation),
-      norm_first_(options.norm_first) {}
+      norm_first_(options.norm_first) {
+  KILN_CHECK(!options.parallel, GraphError, "[nn] TransformerDecoderBlock ", path(),
+             ": the parallel form is TransformerBlock's only");
+}
 
 Value TransformerDecoderBlock::decode(const Value& x, const Value& memory, const Value& self_mask,
                                       const Value& memory_mask) {

@@ -550,6 +550,9 @@ TEST(GroupedQueryAttention, AParallelBlockSumsAttentionAndFeedForwardOfX) {
         nn::TransformerBlock(g, "post", kDim, kHeads, {.norm_first = false, .parallel = true});
       },
       {"[nn] TransformerBlock post", "parallel block is pre-norm"});
+  expect_error<GraphError>(
+      [&] { nn::TransformerDecoderBlock(g, "decoder", kDim, kHeads, {.parallel = true}); },
+      {"[nn] TransformerDecoderBlock decoder", "TransformerBlock's only"});
 }
 
 // The gated FFNs: with the attention's output projection zeroed, a pre-norm block is x +
