@@ -46,10 +46,13 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
       kv_heads_(options.kv_heads > 0 ? options.kv_heads : heads),
       causal_(options.causal),
       window_(options.window),
+      scale_(options.scale),
       dropout_(options.dropout),
       rotary_(options.rotary) {
   KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": dim ", dim, " does not split into ", heads, " heads");
+  KILN_CHECK(options.scale >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": scale ",
+             options.scale, " must be positive (or 0 for 1 / sqrt(head depth))");
   KILN_CHECK(options.window >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": window ",
              options.window, " must be positive (or 0 for none)");
   KILN_CHECK(options.memory_dim >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
@@ -142,11 +145,13 @@ Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, co
   const int64_t length = length_of(x, "x", dim_);
   Value q = queries(x);
   const Value &k = memory.keys, &v = memory.values;
-  Value attended =
-      dropout_ > 0 && training()
-          ? attention_with_dropout(q, k, v, mask)
-          : scaled_dot_product_attention(
-                q, k, v, {.mask = mask, .causal = causal_, .window = window_, .layout = "bthd"});
+  Value attended = dropout_ > 0 && training() ? attention_with_dropout(q, k, v, mask)
+                                              : scaled_dot_product_attention(q, k, v,
+                                                                             {.mask = mask,
+                                                                              .causal = causal_,
+                                                                              .window = window_,
+                                                                              .scale = scale_,
+                                                                              .layout = "bthd"});
   return output(reshape(attended, {-1, length, dim_}));
 }
 
@@ -185,9 +190,9 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
     visible = attention_mask_and(visible, greater(entry, query_at - double(window_)));
   // A bool mask narrows what is visible; a bias is added where it is.
   if (mask.defined()) visible = attention_mask_and(mask, visible);
-  Value attended =
-      scaled_dot_product_attention(query_heads(query(x), length, position), next.keys, next.values,
-                                   {.mask = visible, .causal = false, .layout = "bthd"});
+  Value attended = scaled_dot_product_attention(
+      query_heads(query(x), length, position), next.keys, next.values,
+      {.mask = visible, .causal = false, .scale = scale_, .layout = "bthd"});
   return {output(reshape(attended, {-1, length, dim_})), next};
 }
 
@@ -211,8 +216,9 @@ Value MultiHeadAttention::heads_repeated(const Value& t) const {
 Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Value& mask) {
   const int64_t length = q.shape()[1], memory_length = k.shape()[1], depth = q.shape()[3];
   auto heads_first = [](const Value& t) { return transpose(t, {0, 2, 1, 3}); };
-  Value scores = matmul(heads_first(q), heads_first(heads_repeated(k)), false, true) *
-                 (1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
+  Value scores =
+      matmul(heads_first(q), heads_first(heads_repeated(k)), false, true) *
+      (scale_ > 0 ? scale_ : 1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
   // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0. A float
   // mask is a bias of the scores: it hides the keys where it is -inf.
   Value keep;
@@ -304,7 +310,8 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
           .qk_norm = options.qk_norm,
           .qk_norm_eps = options.norm_eps,
           .qkv_bias = options.qkv_bias,
-          .window = self_attention ? options.window : 0};
+          .window = self_attention ? options.window : 0,
+          .scale = options.attention_scale};
 }
 
 }  // namespace
@@ -333,6 +340,15 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
       parallel_(options.parallel) {
   KILN_CHECK(!parallel_ || norm_first_, GraphError, "[nn] TransformerBlock ", path(),
              ": a parallel block is pre-norm (norm_first)");
+  KILN_CHECK(!options.post_norms || (norm_first_ && !parallel_), GraphError,
+             "[nn] TransformerBlock ", path(),
+             ": post_norms are for a pre-norm block that is not parallel");
+  if (options.post_norms) {
+    attention_output_norm = &make_either<RMSNorm, LayerNorm>(
+        options.norm == Norm::rms, "attention_output_norm", Shape{dim}, options.norm_eps);
+    ffn_output_norm = &make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "ffn_output_norm",
+                                                       Shape{dim}, options.norm_eps);
+  }
 }
 
 Value TransformerBlock::forward(const Value& x) {
@@ -365,8 +381,10 @@ Value TransformerBlock::block_of(const Value& x, const std::function<Value(const
   };
   if (parallel_) return x + attention_output_dropout(attend(norm1(x))) + ffn(norm2(x));
   if (norm_first_) {
-    Value h = x + attention_output_dropout(attend(norm1(x)));
-    return h + ffn(norm2(h));
+    // With post_norms, each branch's output is normalized too before its residual sum.
+    auto post = [](Module* norm, const Value& v) { return norm != nullptr ? (*norm)(v) : v; };
+    Value h = x + attention_output_dropout(post(attention_output_norm, attend(norm1(x))));
+    return h + post(ffn_output_norm, ffn(norm2(h)));
   }
   Value h = norm1(x + attention_output_dropout(attend(x)));
   return norm2(h + ffn(h));

@@ -59,6 +59,9 @@ class MultiHeadAttention : public Module {
     /// `window` latest, itself included); 0 for none. In cached decoding the window follows
     /// the position.
     int64_t window = 0;
+    /// The scores' factor: 0 for 1 / sqrt(head depth) (Gemma 3's query_pre_attn_scalar s gives
+    /// 1 / sqrt(s); T5's is 1).
+    double scale = 0;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -136,6 +139,7 @@ class MultiHeadAttention : public Module {
   int64_t dim_, memory_dim_, heads_, kv_heads_;
   bool causal_;
   int64_t window_;
+  double scale_;
   double dropout_;
   std::optional<RotaryOptions> rotary_;
 };
@@ -177,6 +181,11 @@ class TransformerBlock : public Module {
     /// Pre-norm only.
     bool parallel = false;
     std::optional<bool> qkv_bias{};  ///< the attention's q, k, v biases: `bias` unless given
+    double attention_scale = 0;      ///< the attention's scale (MultiHeadAttention's `scale`)
+    /// Norms of each branch's output before its residual sum (Gemma 2 and 3's "sandwich"):
+    /// h = x + attention_output_norm(attn(norm1(x))), h + ffn_output_norm(ffn(norm2(h))).
+    /// Pre-norm, not parallel.
+    bool post_norms = false;
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);
@@ -190,6 +199,9 @@ class TransformerBlock : public Module {
   MultiHeadAttention::Cached attend_cached(const Value& x, const KVCache& cache,
                                            const Value& position, const Value& mask = {});
   Module &norm1, &norm2;  ///< LayerNorm or RMSNorm (Options::norm)
+  /// With Options::post_norms (else null): the norms of the attention's and the FFN's outputs.
+  Module* attention_output_norm = nullptr;
+  Module* ffn_output_norm = nullptr;
   MultiHeadAttention& attention;
   Linear &ffn_in, &ffn_out;
   /// The dropouts before the residual sums, and the FFN's inner one.

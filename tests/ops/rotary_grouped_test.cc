@@ -555,6 +555,58 @@ TEST(GroupedQueryAttention, AParallelBlockSumsAttentionAndFeedForwardOfX) {
       {"[nn] TransformerDecoderBlock decoder", "TransformerBlock's only"});
 }
 
+// Gemma 3's block: norms around both branches (post_norms), and its own attention scale; the
+// same as the block's layers called that way, and a scale s the same as the default scale with
+// the queries multiplied by s sqrt(depth).
+TEST(GroupedQueryAttention, PostNormsAndAnAttentionScale) {
+  Graph g;
+  nn::TransformerBlock block(g, "block", kDim, kHeads,
+                             {.ffn_dim = 12,
+                              .dropout = 0,
+                              .norm = nn::TransformerBlock::Norm::rms,
+                              .attention_scale = 0.25,
+                              .post_norms = true});
+  ASSERT_NE(block.attention_output_norm, nullptr);
+  ASSERT_NE(block.ffn_output_norm, nullptr);
+  Value x = g.placeholder("x", f32, {2, 3, kDim});
+  Value y = block(x);
+  Value h = x + (*block.attention_output_norm)(block.attention(block.norm1(x)));
+  Value want = h + (*block.ffn_output_norm)(block.ffn_out(gelu(block.ffn_in(block.norm2(h)))));
+  // The attention alone, and a default-scaled one whose query projection carries the scale.
+  nn::MultiHeadAttention plain(g, "plain", kDim, kHeads, {.causal = true});  // as the block
+  Value attended = block.attention(x), rescaled = plain(x);
+  Session s(g);
+  s.initialize_variables();
+  const double factor = 0.25 * std::sqrt(double(kDim / kHeads));
+  for (const auto& [from, to] : std::initializer_list<std::pair<nn::Linear*, nn::Linear*>>{
+           {&block.attention.query, &plain.query},
+           {&block.attention.key, &plain.key},
+           {&block.attention.value, &plain.value},
+           {&block.attention.output, &plain.output}}) {
+    Tensor w = s.variable_value(from->weight), b = s.variable_value(from->bias);
+    if (from == &block.attention.query) {
+      for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] *= static_cast<float>(factor);
+      for (int64_t i = 0; i < b.numel(); ++i) b.data<float>()[i] *= static_cast<float>(factor);
+    }
+    s.set_variable(to->weight, w);
+    s.set_variable(to->bias, b);
+  }
+  const auto out = s.run({{x, testing::random_tensor(f32, {2, 3, kDim}, -2, 2, 15)}},
+                         {y, want, attended, rescaled});
+  for (int64_t i = 0; i < out[0].numel(); ++i) {
+    EXPECT_NEAR(out[0].element(i), out[1].element(i), 1e-6) << i;
+    EXPECT_NEAR(out[2].element(i), out[3].element(i), 1e-5) << i;
+  }
+  expect_error<GraphError>(
+      [&] {
+        nn::TransformerBlock(g, "parallel", kDim, kHeads, {.parallel = true, .post_norms = true});
+      },
+      {"[nn] TransformerBlock parallel", "post_norms are for a pre-norm block"});
+  expect_error<GraphError>(
+      [&] { nn::MultiHeadAttention(g, "negative", kDim, kHeads, {.scale = -1}); },
+      {"[nn] MultiHeadAttention negative", "scale -1"});
+}
+
 // The gated FFNs: with the attention's output projection zeroed, a pre-norm block is x +
 // ffn_out(act(gate) * up) of rms_norm(x), gate and up the halves of ffn_in: SiLU for swiglu,
 // GELU's tanh form for geglu (Gemma's).

@@ -2,15 +2,16 @@
 // (transformers' own LlamaForCausalLM with LLaMA 3.1's rope scaling, Qwen3ForCausalLM with
 // per-head query and key norms and YaRN, MistralForCausalLM with a sliding window,
 // Qwen2ForCausalLM with biases on the q, k, v projections only,
-// GemmaForCausalLM with GeGLU and one key-value head, GPTNeoXForCausalLM with parallel
-// attention and FFN, LayerNorms, biases and rotary embedding of half of each head), builds the
-// same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
+// GemmaForCausalLM with GeGLU and one key-value head, Gemma3ForCausalLM with norms around both
+// branches, a local and a global layer and its own attention scale, GPTNeoXForCausalLM with
+// parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head), builds
+// the same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
 // weights by their state-dict names (Linear weights transposed: Kiln's are [in, out]; gate_proj
 // and up_proj side by side in ffn_in; Gemma's norm weights w as 1 + w, its embeddings times
 // sqrt(hidden) in the graph; NeoX's fused query_key_value split by head), and compares the
 // logits of the same token ids with transformers' (f64) within a tolerance of f32 rounding.
 //
-//   hf_parity DIR    (DIR holds hf_parity.py's llama3/, qwen3/, mistral/, qwen2/, gemma/, neox/)
+//   hf_parity DIR    (DIR holds hf_parity.py's model folders: llama3/, qwen3/, ..., neox/)
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -103,6 +104,15 @@ struct Model {
   std::unique_ptr<nn::Linear> head;
 };
 
+// Entry `layer` of a comma-separated per-layer list ("10000,1000000"), or `fallback` for "-".
+double per_layer(const Config& c, const std::string& key, int64_t layer, double fallback) {
+  const std::string& list = c.at(key);
+  if (list == "-") return fallback;
+  size_t at = 0;
+  for (int64_t i = 0; i < layer; ++i) at = list.find(',', at) + 1;
+  return std::stod(list.substr(at, list.find(',', at) - at));
+}
+
 void build(Model& m, const Config& c, const Shape& ids) {
   const int64_t dim = integer(c, "hidden"), vocab = integer(c, "vocab");
   const bool layer_norm = c.at("norm") == "layer";
@@ -122,11 +132,16 @@ void build(Model& m, const Config& c, const Shape& ids) {
       .qk_norm = integer(c, "qk_norm") != 0,
       .window = integer(c, "window"),
       .parallel = integer(c, "parallel") != 0,
-      .qkv_bias = integer(c, "qkv_bias") != 0 || integer(c, "bias") != 0};
+      .qkv_bias = integer(c, "qkv_bias") != 0 || integer(c, "bias") != 0,
+      .attention_scale = real(c, "attention_scale"),
+      .post_norms = integer(c, "post_norms") != 0};
   m.tokens = m.g.placeholder("ids", i64, ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "embed", vocab, dim);
   Value h = (*m.embed)(m.tokens) * real(c, "embed_scale");
   for (int64_t i = 0; i < integer(c, "layers"); ++i) {
+    // Gemma 3's layers differ: sliding-window or global, each kind with its rope base.
+    options.rotary->base = per_layer(c, "thetas", i, real(c, "theta"));
+    options.window = static_cast<int64_t>(per_layer(c, "windows", i, real(c, "window")));
     m.blocks.push_back(std::make_unique<nn::TransformerBlock>(m.g, str("layer", i), dim,
                                                               integer(c, "heads"), options));
     m.blocks.back()->eval();
@@ -155,8 +170,17 @@ void load_llama_family(Session& s, Model& m, const Config& c, const Loader& weig
     const std::string at = str("model.layers.", i, ".");
     s.set_variable(static_cast<nn::RMSNorm&>(b.norm1).weight,
                    norm_weight(at + "input_layernorm.weight"));
-    s.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
-                   norm_weight(at + "post_attention_layernorm.weight"));
+    if (b.attention_output_norm != nullptr) {  // Gemma 3's norms around both branches
+      s.set_variable(static_cast<nn::RMSNorm&>(*b.attention_output_norm).weight,
+                     norm_weight(at + "post_attention_layernorm.weight"));
+      s.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
+                     norm_weight(at + "pre_feedforward_layernorm.weight"));
+      s.set_variable(static_cast<nn::RMSNorm&>(*b.ffn_output_norm).weight,
+                     norm_weight(at + "post_feedforward_layernorm.weight"));
+    } else {
+      s.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
+                     norm_weight(at + "post_attention_layernorm.weight"));
+    }
     for (const auto& [linear, name] : std::initializer_list<std::pair<nn::Linear*, const char*>>{
              {&b.attention.query, "self_attn.q_proj.weight"},
              {&b.attention.key, "self_attn.k_proj.weight"},
@@ -257,7 +281,7 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "neox"}) {
+    for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "neox"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

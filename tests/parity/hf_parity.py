@@ -2,7 +2,7 @@
 """Hugging Face parity of kiln::nn's LLaMA-family blocks: builds small random models with
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
 key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
-with GeGLU and one key-value head;
+with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers;
 a GPT-NeoX with parallel attention and FFN and half of each head turned; grouped heads in the
 first four), in f64 (Gemma's norms compute in f32 even so), and writes each
 one's weights (one .npy per state-dict entry), token ids, logits and shape into DIR/<model>/.
@@ -19,8 +19,8 @@ import sys
 try:
     import numpy as np
     import torch
-    from transformers import (AutoModelForCausalLM, GemmaConfig, GPTNeoXConfig, LlamaConfig,
-                              MistralConfig, Qwen2Config, Qwen3Config)
+    from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig,
+                              LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
     import transformers
 except ImportError as e:
     print(f"[hf-parity] SKIPPED: cannot import torch, numpy and transformers ({e})")
@@ -62,6 +62,19 @@ def models():
                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=256),
            dict(rope="none", theta=10000.0, activation="geglu", norm_offset=1,
                 embed_scale=SHAPE["hidden_size"] ** 0.5))
+    # Gemma 3: a sliding-window layer then a global one, each with its own rope base; norms
+    # before and after each branch; per-head q/k norms; scores scaled by 1 / sqrt(16), not by
+    # the head depth 8's.
+    rope = dict(sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+                full_attention=dict(rope_type="default", rope_theta=1000000.0))
+    yield ("gemma3",
+           Gemma3TextConfig(**SHAPE, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+                            max_position_embeddings=256, sliding_window=5,
+                            layer_types=["sliding_attention", "full_attention"],
+                            query_pre_attn_scalar=16, rope_parameters=rope),
+           dict(rope="none", theta=10000.0, thetas="10000,1000000", windows="5,0",
+                activation="geglu", norm_offset=1, qk_norm=1, post_norms=1, attention_scale=0.25,
+                embed_scale=SHAPE["hidden_size"] ** 0.5))
     # GPT-NeoX (Pythia): attention and MLP side by side, LayerNorms, biases, exact GELU, rotary
     # embedding of half of each head, the q, k, v projections fused and interleaved by head.
     neox = {k: v for k, v in SHAPE.items() if k not in ("head_dim", "num_key_value_heads")}
@@ -102,12 +115,14 @@ def main():
                       eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
                       qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
-                      norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0)
+                      norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
+                      attention_scale=0.0, thetas="-", windows="-")
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma and neox to {sys.argv[1]} "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3 and neox to "
+          f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
 
