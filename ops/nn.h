@@ -343,7 +343,8 @@ struct RotaryScaling {
   double factor = 1;
   /// The context length the model was trained on (llama3 and yarn).
   int64_t original_length = 0;
-  /// llama3's wavelength bounds, as fractions of original_length's reciprocal.
+  /// llama3's bounds on the turns a pair makes over original_length (original_length /
+  /// wavelength): below the low one it is divided by `factor`, above the high one kept.
   double low_frequency_factor = 1, high_frequency_factor = 4;
   /// yarn's rotation counts over original_length that bound the blend.
   double beta_fast = 32, beta_slow = 1;
