@@ -13,6 +13,7 @@
 #include "kiln/framework/graph.h"
 #include "kiln/framework/graph_io.h"
 #include "kiln/framework/npy.h"
+#include "kiln/framework/safetensors.h"
 #include "kiln/framework/shape.h"
 #include "kiln/framework/summary_writer.h"
 #include "kiln/framework/tensor.h"

@@ -31,6 +31,12 @@ class FileDescriptor {
   FileDescriptor& operator=(const FileDescriptor&) = delete;
   FileDescriptor(FileDescriptor&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
   int get() const { return fd_; }
+  /// Gives the descriptor up: the caller closes it.
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
   /// Closes now, returning close()'s error (0 when it succeeded).
   int close() {
     int err = 0;
@@ -161,7 +167,7 @@ void write_file_atomically(const std::string& path, const std::string& data) {
     throw FileError(str("[io] ", path, ": closing the written file failed: ", reason(err)));
 }
 
-std::string read_file(const std::string& path, size_t max_bytes) {
+FileReader::FileReader(const std::string& path) : path_(path) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer. It changes nothing for regular
   // files, the only kind read.
   FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
@@ -177,19 +183,33 @@ std::string read_file(const std::string& path, size_t max_bytes) {
                                                                         : "not a regular file";
     throw FileError(str("[io] ", path, ": is ", kind, ", not a regular file"));
   }
-  const auto size = static_cast<uint64_t>(info.st_size);
-  KILN_CHECK(size <= max_bytes, FileError, "[io] ", path, ": ", size,
-             " bytes is larger than the limit of ", max_bytes);
-  std::string data(static_cast<size_t>(size), '\0');
+  size_ = static_cast<uint64_t>(info.st_size);
+  fd_ = fd.release();
+}
+
+FileReader::~FileReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void FileReader::read_at(uint64_t offset, void* out, size_t count) const {
+  auto* bytes = static_cast<char*>(out);
   size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
+  while (done < count) {
+    const ssize_t n = ::pread(fd_, bytes + done, count - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
-    KILN_CHECK(n >= 0, FileError, "[io] ", path, ": read failed: ", reason(errno));
-    KILN_CHECK(n > 0, FileError, "[io] ", path, ": the file shrank while it was read (", done,
-               " of ", size, " bytes)");
+    KILN_CHECK(n >= 0, FileError, "[io] ", path_, ": read failed: ", reason(errno));
+    KILN_CHECK(n > 0, FileError, "[io] ", path_, ": the file ended at byte ", offset + done,
+               " while ", count, " bytes at ", offset, " were read (it shrank?)");
     done += static_cast<size_t>(n);
   }
+}
+
+std::string read_file(const std::string& path, size_t max_bytes) {
+  const FileReader file(path);
+  KILN_CHECK(file.size() <= max_bytes, FileError, "[io] ", path, ": ", file.size(),
+             " bytes is larger than the limit of ", max_bytes);
+  std::string data(static_cast<size_t>(file.size()), '\0');
+  file.read_at(0, data.data(), data.size());
   return data;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace kiln {
@@ -21,5 +22,29 @@ void write_file_atomically(const std::string& path, const std::string& data);
 /// one could block forever or never end) and files larger than `max_bytes`.
 /// Throws kiln::FileError naming the path and the problem.
 std::string read_file(const std::string& path, size_t max_bytes);
+
+/// A regular file opened for reading parts of it, for files too large to hold twice in memory
+/// (model weights): each part is read straight into the memory that keeps it.
+class FileReader {
+ public:
+  /// Opens `path`, refusing anything but a regular file (as read_file does).
+  /// Throws kiln::FileError naming the path and the problem.
+  explicit FileReader(const std::string& path);
+  ~FileReader();
+  FileReader(const FileReader&) = delete;
+  FileReader& operator=(const FileReader&) = delete;
+
+  /// The file's size in bytes when it was opened.
+  uint64_t size() const { return size_; }
+  /// Reads `count` bytes at `offset` into `out`; throws kiln::FileError when the file ends
+  /// first (it shrank) or the read fails.
+  void read_at(uint64_t offset, void* out, size_t count) const;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+};
 
 }  // namespace kiln

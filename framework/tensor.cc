@@ -215,6 +215,23 @@ Tensor Tensor::to(Device target) const {
   return out;
 }
 
+Tensor Tensor::cast(DType dtype) const {
+  KILN_CHECK(defined(), Error, "[tensor] cast(", dtype, ") of an undefined tensor");
+  if (dtype == dtype_) return *this;
+  if (device().is_cuda()) return to(Device::cpu()).cast(dtype);
+  Tensor out = empty(dtype, shape_);
+  dispatch_all(dtype_, [&](auto from_tag) {
+    using From = decltype(from_tag);
+    dispatch_all(dtype, [&](auto to_tag) {
+      using To = decltype(to_tag);
+      const From* in = static_cast<const From*>(raw_data());
+      To* result = static_cast<To*>(out.raw_data());
+      for (int64_t i = 0; i < numel_; ++i) result[i] = convert<To>(in[i]);
+    });
+  });
+  return out;
+}
+
 Tensor Tensor::reshaped(const Shape& shape) const {
   KILN_CHECK(shape.is_known() && shape.numel() == numel_, Error, "[tensor] cannot view ", shape_,
              " as ", shape);

@@ -140,6 +140,10 @@ class Tensor {
   Tensor clone() const;
   /// This tensor on `device` (itself when it is there already; else a synchronous copy).
   Tensor to(Device device) const;
+  /// The elements converted to `dtype` (rounding to nearest, as the cast op does), in a new
+  /// host tensor; the tensor itself when it has that dtype already. E.g. bf16 weights from a
+  /// file for an f32 variable: `session.set_variable(w, loaded.cast(f32))`.
+  Tensor cast(DType dtype) const;
   /// The same data seen with another shape of the same element count (no copy).
   Tensor reshaped(const Shape& shape) const;
   /// Short description and up to `max_elements` values: "f32[2, 2] {1, 2, 3, 4}".

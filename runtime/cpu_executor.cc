@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "kiln/framework/graph_io.h"
+#include "kiln/framework/json.h"
 #include "kiln/framework/kernel.h"
 #include "kiln/runtime/plan.h"
 
@@ -171,23 +172,15 @@ void run_lanes(const Plan& plan, const LaneMap& map, StepRunner& runner) {
 }  // namespace
 
 void write_chrome_trace(const std::vector<TraceEvent>& events, const std::string& path) {
-  auto escape = [](const std::string& s) {
-    std::string out;
-    for (char c : s) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    return out;
-  };
   const double origin = events.empty() ? 0 : events.front().start_us;
   std::ostringstream json;
   json << "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n";
   for (size_t i = 0; i < events.size(); ++i) {
     const TraceEvent& e = events[i];
-    json << "  {\"name\": \"" << escape(e.name) << "\", \"cat\": \"" << escape(e.op)
-         << "\", \"ph\": \"X\", \"pid\": 1, \"tid\": " << e.stream << ", \"ts\": " << std::fixed
+    json << "  {\"name\": " << json_quoted(e.name) << ", \"cat\": " << json_quoted(e.op)
+         << ", \"ph\": \"X\", \"pid\": 1, \"tid\": " << e.stream << ", \"ts\": " << std::fixed
          << std::setprecision(3) << e.start_us - origin << ", \"dur\": " << e.duration_us
-         << ", \"args\": {\"op\": \"" << escape(e.op) << "\"}}"
+         << ", \"args\": {\"op\": " << json_quoted(e.op) << "}}"
          << (i + 1 < events.size() ? "," : "") << "\n";
   }
   json << "]}\n";

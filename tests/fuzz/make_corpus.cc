@@ -124,7 +124,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string root = argv[1];
-  for (const char* target : {"graph_binary", "graph_text", "graph_run", "checkpoint", "npy"})
+  for (const char* target :
+       {"graph_binary", "graph_text", "graph_run", "checkpoint", "npy", "safetensors"})
     std::filesystem::create_directories(root + "/" + target);
   auto both = [&](const Graph& g, const std::string& name) {
     for (const char* target : {"graph_binary", "graph_run"})
@@ -173,6 +174,13 @@ int main(int argc, char** argv) {
   save_npy(Tensor::from_vector<int64_t>({7, -8}), root + "/npy/i64_2.npy");
   save_npy(Tensor::scalar<double>(0.5), root + "/npy/f64_scalar.npy");
   save_npy(Tensor::zeros(boolean, {2, 0, 2}), root + "/npy/bool_empty.npy");
+  save_safetensors({{"a.weight", Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3})},
+                    {"b", Tensor::from_vector<int64_t>({7, -8})},
+                    {"c", Tensor::full(bf16, {3}, 0.5)},
+                    {"d", Tensor::zeros(boolean, {2, 0, 2})},
+                    {"e", Tensor::full(f16, {1, 2}, -2)}},
+                   root + "/safetensors/mixed.safetensors", {{"format", "pt"}});
+  save_safetensors({}, root + "/safetensors/empty.safetensors");
   std::printf("wrote the seed corpora under %s\n", root.c_str());
   return 0;
 }

@@ -6,9 +6,10 @@
 // branches, a local and a global layer and its own attention scale, GPTNeoXForCausalLM with
 // parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head), builds
 // the same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
-// weights by their state-dict names (Linear weights transposed: Kiln's are [in, out]; gate_proj
-// and up_proj side by side in ffn_in; Gemma's norm weights w as 1 + w, its embeddings times
-// sqrt(hidden) in the graph; NeoX's fused query_key_value split by head), and compares the
+// weights from the model.safetensors that save_pretrained wrote (f32, or bf16 for Mistral and
+// Gemma, cast to f32), by their state-dict names (Linear weights transposed: Kiln's are [in, out];
+// gate_proj and up_proj side by side in ffn_in; Gemma's norm weights w as 1 + w, its embeddings
+// times sqrt(hidden) in the graph; NeoX's fused query_key_value split by head), and compares the
 // logits of the same token ids with transformers' (f64) within a tolerance of f32 rounding.
 //
 //   hf_parity DIR    (DIR holds hf_parity.py's model folders: llama3/, qwen3/, ..., neox/)
@@ -237,18 +238,21 @@ void load_neox(Session& s, Model& m, const Config& c, const Loader& weight) {
     set_linear(b.ffn_out, at + "mlp.dense_4h_to_h");
   }
   set_norm(*m.norm, "gpt_neox.final_layer_norm");
-  s.set_variable(m.head->weight, transposed(weight("lm_head.weight")));
+  s.set_variable(m.head->weight, transposed(weight("embed_out.weight")));
 }
 
 // Builds, loads and runs one model; returns the largest difference of its logits from
 // transformers' over their largest magnitude.
 double compare(const std::filesystem::path& dir) {
   const Config c = read_config(dir);
-  const Loader weight = [&](const std::string& name) {
-    return load_npy((dir / (name + ".npy")).string());
-  };
-  const Tensor ids = weight("ids");
-  const Tensor want = weight("logits");
+  // As a user loads a checkpoint: by name from what save_pretrained wrote, bf16 cast to f32.
+  const SafetensorsFile file = load_safetensors((dir / "model.safetensors").string());
+  const Loader weight = [&](const std::string& name) { return file.at(name).cast(f32); };
+  KILN_CHECK(file.tensors.begin()->second.dtype() == (c.at("weights") == "bf16" ? bf16 : f32),
+             Error, "[hf_parity] ", dir.string(), ": weights not stored as ", c.at("weights"));
+  const SafetensorsFile reference = load_safetensors((dir / "reference.safetensors").string());
+  const Tensor ids = reference.at("ids");
+  const Tensor want = reference.at("logits");
   Model m;
   build(m, c, ids.shape());
   Session session(m.g);

@@ -4,26 +4,28 @@ transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-h
 key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
 with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers;
 a GPT-NeoX with parallel attention and FFN and half of each head turned; grouped heads in the
-first four), in f64 (Gemma's norms compute in f32 even so), and writes each
-one's weights (one .npy per state-dict entry), token ids, logits and shape into DIR/<model>/.
-tests/parity/hf_parity.cc then builds the same models from kiln::nn, loads the weights, and
-compares its logits.
+first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
+save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
+checkpoints ship; config.json), the token ids and logits (reference.safetensors) and what Kiln
+needs to know (config.txt). tests/parity/hf_parity.cc then builds the same models from kiln::nn,
+loads model.safetensors, and compares its logits.
 
     python hf_parity.py DIR     (a Python with torch and transformers)
 
 Exits 77 (CTest's skip) when transformers cannot be imported.
 """
+import copy
 import os
 import sys
 
 try:
-    import numpy as np
     import torch
+    from safetensors.torch import save_file
     from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig,
                               LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
     import transformers
 except ImportError as e:
-    print(f"[hf-parity] SKIPPED: cannot import torch, numpy and transformers ({e})")
+    print(f"[hf-parity] SKIPPED: cannot import torch, safetensors and transformers ({e})")
     sys.exit(77)
 
 BATCH, LENGTH = 2, 24
@@ -49,7 +51,7 @@ def models():
     yield ("mistral",
            MistralConfig(**SHAPE, rms_norm_eps=1e-5, sliding_window=5, max_position_embeddings=256,
                          rope_parameters=dict(rope_type="default", rope_theta=1000.0)),
-           dict(rope="none", theta=1000.0, window=5))
+           dict(rope="none", theta=1000.0, window=5, weights="bf16"))
     # Qwen2: biases on the q, k and v projections only.
     yield ("qwen2",
            Qwen2Config(**SHAPE, rms_norm_eps=1e-6, max_position_embeddings=256,
@@ -61,7 +63,7 @@ def models():
            GemmaConfig(**{**SHAPE, "num_key_value_heads": 1}, rms_norm_eps=1e-6,
                        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=256),
            dict(rope="none", theta=10000.0, activation="geglu", norm_offset=1,
-                embed_scale=SHAPE["hidden_size"] ** 0.5))
+                embed_scale=SHAPE["hidden_size"] ** 0.5, weights="bf16"))
     # Gemma 3: a sliding-window layer then a global one, each with its own rope base; norms
     # before and after each branch; per-head q/k norms; scores scaled by 1 / sqrt(16), not by
     # the head depth 8's.
@@ -101,13 +103,17 @@ def main():
                     p.add_(torch.randn_like(p) * 0.3)
         out = os.path.join(sys.argv[1], name)
         os.makedirs(out, exist_ok=True)
-        for key, p in model.state_dict().items():
-            np.save(os.path.join(out, key + ".npy"), p.float().numpy())
+        # The reference then runs (in f64) on exactly the weights the file holds; its buffers
+        # (rotary frequencies) stay f64, as Kiln computes them.
+        weights = torch.bfloat16 if extra.get("weights") == "bf16" else torch.float32
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(weights))
+        copy.deepcopy(model).to(weights).save_pretrained(out)
         ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH))
         with torch.no_grad():
             logits = model(input_ids=ids).logits
-        np.save(os.path.join(out, "ids.npy"), ids.numpy())
-        np.save(os.path.join(out, "logits.npy"), logits.numpy())
+        save_file({"ids": ids, "logits": logits}, os.path.join(out, "reference.safetensors"))
         fields = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
                       heads=config.num_attention_heads,
                       kv_heads=getattr(config, "num_key_value_heads", None),
@@ -116,7 +122,7 @@ def main():
                       qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
                       norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
-                      attention_scale=0.0, thetas="-", windows="-")
+                      attention_scale=0.0, thetas="-", windows="-", weights="f32")
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
