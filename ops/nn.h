@@ -276,6 +276,18 @@ Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& 
 /// An attention mask (bool, a float bias, or undefined) narrowed to where the bool `keep` is
 /// true (the shapes broadcast): mask && keep, or the bias where keep and -inf elsewhere.
 Value attention_mask_and(const Value& mask, const Value& keep);
+/// ALiBi's per-head slopes (Press et al., "Train Short, Test Long"; BLOOM's and MPT's): for H a
+/// power of two, head h's (from 0) is 2^(-8 (h + 1) / H); otherwise the largest power of two
+/// P below H gives the first P heads theirs, and the rest take 2^(-4 k / P) for k = 1, 3, 5, ...
+/// (every other slope of 2P heads), as the paper's code and transformers do.
+std::vector<double> alibi_slopes(int64_t heads);
+/// ALiBi's attention bias, a float mask for scaled_dot_product_attention or the attention
+/// layers: [heads, Tq, Tk] of `dtype`, slope_h * (j - i) for query i and key j (query i sits
+/// at key position i, as `causal` and `window` place it), or with `symmetric`
+/// -slope_h * |j - i| (for attention without a causal mask). BLOOM's slope_h * j differs from
+/// it by a constant per row, which softmax ignores. Lengths are those of the graph's build.
+Value alibi_bias(Graph& graph, int64_t heads, int64_t queries, int64_t keys, DType dtype = f32,
+                 bool symmetric = false);
 
 /// normalize's outputs: y = (x - mean) * rstd (times scale, plus shift) and the statistics,
 /// shaped like the dims not normalized.

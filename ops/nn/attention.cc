@@ -526,6 +526,31 @@ Value attention_mask_and(const Value& mask, const Value& keep) {
   return where(keep, mask, -std::numeric_limits<double>::infinity());
 }
 
+std::vector<double> alibi_slopes(int64_t heads) {
+  KILN_CHECK(heads > 0, GraphError, "[alibi] heads must be positive, not ", heads);
+  int64_t power = 1;
+  while (power * 2 <= heads) power *= 2;
+  std::vector<double> slopes;
+  for (int64_t h = 1; h <= power; ++h)
+    slopes.push_back(std::exp2(-8.0 * double(h) / double(power)));
+  for (int64_t k = 1; static_cast<int64_t>(slopes.size()) < heads; k += 2)
+    slopes.push_back(std::exp2(-4.0 * double(k) / double(power)));
+  return slopes;
+}
+
+Value alibi_bias(Graph& graph, int64_t heads, int64_t queries, int64_t keys, DType dtype,
+                 bool symmetric) {
+  KILN_CHECK(queries >= 0 && keys >= 0 && is_floating(dtype), GraphError,
+             "[alibi] needs known lengths and a float dtype: ", queries, " queries, ", keys,
+             " keys, ", dtype);
+  const Tensor slopes =
+      Tensor::from_vector<double>(alibi_slopes(heads), Shape{heads, 1, 1}).cast(dtype);
+  Value distance =
+      iota(graph, Shape{1, 1, keys}, 2, dtype) - iota(graph, Shape{1, queries, 1}, 1, dtype);
+  if (symmetric) distance = -abs(distance);
+  return graph.constant(slopes, "alibi_slopes") * distance;
+}
+
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,
                                    const AttentionOptions& options) {
   Graph& graph = options.mask.defined()

@@ -1,7 +1,7 @@
 // The parts of a LLaMA-style model: rotary_embedding and glu against their formulas and finite
 // differences; grouped-query attention (MultiHeadAttention with kv_heads) against full attention
 // whose key and value weights repeat each group's, in values and in gradients; and the block's
-// options (RMS norm, SwiGLU, no biases) in its variables.
+// options (RMS norm, SwiGLU, no biases) in its variables; ALiBi's slopes and bias.
 #include <cmath>
 
 #include "autograd/gradcheck.h"
@@ -636,6 +636,51 @@ TEST(GroupedQueryAttention, GatedFeedForwardsGateTheUpHalf) {
     for (int64_t i = 0; i < out[0].numel(); ++i)
       EXPECT_NEAR(out[0].element(i), out[1].element(i), 1e-5) << i;
   }
+}
+
+// ALiBi's slopes: the paper's geometric sequence for 8 heads (1/2 .. 1/256), and for 6 heads
+// those of 4 (1/4 .. 1/256) then every other of 8's (1/2, 1/8), as BLOOM's build_alibi_tensor.
+TEST(Alibi, SlopesFollowThePaperForEveryHeadCount) {
+  EXPECT_EQ(alibi_slopes(8), (std::vector<double>{1. / 2, 1. / 4, 1. / 8, 1. / 16, 1. / 32, 1. / 64,
+                                                  1. / 128, 1. / 256}));
+  EXPECT_EQ(alibi_slopes(6),
+            (std::vector<double>{1. / 4, 1. / 16, 1. / 64, 1. / 256, 1. / 2, 1. / 8}));
+  EXPECT_EQ(alibi_slopes(1), (std::vector<double>{1. / 256}));
+  EXPECT_EQ(alibi_slopes(3), (std::vector<double>{1. / 16, 1. / 256, 1. / 4}));
+  expect_error<GraphError>([] { alibi_slopes(0); }, {"[alibi]", "positive, not 0"});
+}
+
+// The bias is slope_h * (j - i), or -slope_h |j - i|; as a float mask it is the attention's
+// bias written out.
+TEST(Alibi, BiasIsTheSlopeTimesTheDistance) {
+  for (bool symmetric : {false, true}) {
+    Graph g;
+    Value bias = alibi_bias(g, 3, 4, 6, f64, symmetric);
+    EXPECT_EQ(bias.shape(), Shape({3, 4, 6}));
+    const Tensor got = Session(g).run({}, {bias})[0];
+    const std::vector<double> slopes = alibi_slopes(3);
+    for (int64_t h = 0; h < 3; ++h)
+      for (int64_t i = 0; i < 4; ++i)
+        for (int64_t j = 0; j < 6; ++j) {
+          const double distance = double(j - i);
+          ASSERT_EQ(got.element((h * 4 + i) * 6 + j),
+                    slopes[h] * (symmetric ? -std::abs(distance) : distance))
+              << h << " " << i << " " << j;
+        }
+  }
+  Graph g;
+  Value q = g.placeholder("q", f32, {2, 3, 5, 4});
+  Value with_alibi =
+      scaled_dot_product_attention(q, q, q, {.mask = alibi_bias(g, 3, 5, 5), .causal = true});
+  Value plain = scaled_dot_product_attention(q, q, q, {.causal = true});
+  const auto out = Session(g).run({{q, testing::random_tensor(f32, {2, 3, 5, 4}, -1, 1, 3)}},
+                                  {with_alibi, plain});
+  double largest = 0;  // the first query attends to itself alone either way; the rest differ
+  for (int64_t e = 0; e < out[0].numel(); ++e)
+    largest = std::max(largest, std::abs(out[0].element(e) - out[1].element(e)));
+  EXPECT_GT(largest, 1e-3);
+  expect_error<GraphError>([&] { alibi_bias(g, 2, -1, 4); }, {"[alibi]", "-1 queries"});
+  expect_error<GraphError>([&] { alibi_bias(g, 2, 3, 4, i32); }, {"[alibi]", "float dtype"});
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 // Qwen2ForCausalLM with biases on the q, k, v projections only,
 // GemmaForCausalLM with GeGLU and one key-value head, Gemma3ForCausalLM with norms around both
 // branches, a local and a global layer and its own attention scale, GPTNeoXForCausalLM with
-// parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head), builds
+// parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head,
+// BloomForCausalLM with ALiBi over six heads and a norm after the embedding), builds
 // the same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
 // weights from the model.safetensors that save_pretrained wrote (f32, or bf16 for Mistral and
 // Gemma, cast to f32), by their state-dict names (Linear weights transposed: Kiln's are [in, out];
@@ -100,6 +101,7 @@ struct Model {
   Graph g;
   Value tokens, logits;
   std::unique_ptr<nn::Embedding> embed;
+  std::unique_ptr<nn::LayerNorm> embed_norm;  // BLOOM's, after the embedding
   std::vector<std::unique_ptr<nn::TransformerBlock>> blocks;
   std::unique_ptr<nn::Module> norm;  // RMSNorm or LayerNorm
   std::unique_ptr<nn::Linear> head;
@@ -117,19 +119,21 @@ double per_layer(const Config& c, const std::string& key, int64_t layer, double 
 void build(Model& m, const Config& c, const Shape& ids) {
   const int64_t dim = integer(c, "hidden"), vocab = integer(c, "vocab");
   const bool layer_norm = c.at("norm") == "layer";
+  const bool alibi = c.at("rope") == "alibi";  // BLOOM: a bias of the scores, no rotary
   using Activation = nn::TransformerBlock::Activation;
   const std::string& activation = c.at("activation");
   nn::TransformerBlock::Options options{
       .ffn_dim = integer(c, "ffn"),
       .dropout = 0,
-      .activation = activation == "geglu"  ? Activation::geglu
-                    : activation == "gelu" ? Activation::gelu
-                                           : Activation::swiglu,
+      .activation = activation == "geglu"       ? Activation::geglu
+                    : activation == "gelu"      ? Activation::gelu
+                    : activation == "gelu_tanh" ? Activation::gelu_tanh
+                                                : Activation::swiglu,
       .norm_eps = real(c, "eps"),
       .norm = layer_norm ? nn::TransformerBlock::Norm::layer : nn::TransformerBlock::Norm::rms,
       .bias = integer(c, "bias") != 0,
       .kv_heads = integer(c, "kv_heads"),
-      .rotary = rotary_of(c),
+      .rotary = alibi ? std::nullopt : std::optional<RotaryOptions>(rotary_of(c)),
       .qk_norm = integer(c, "qk_norm") != 0,
       .window = integer(c, "window"),
       .parallel = integer(c, "parallel") != 0,
@@ -139,14 +143,20 @@ void build(Model& m, const Config& c, const Shape& ids) {
   m.tokens = m.g.placeholder("ids", i64, ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "embed", vocab, dim);
   Value h = (*m.embed)(m.tokens) * real(c, "embed_scale");
+  if (c.at("family") == "bloom") {
+    m.embed_norm = std::make_unique<nn::LayerNorm>(m.g, "embed_norm", Shape{dim}, real(c, "eps"));
+    h = (*m.embed_norm)(h);
+  }
+  const int64_t heads = integer(c, "heads"), length = ids[1];
+  const Value bias = alibi ? alibi_bias(m.g, heads, length, length) : Value();
   for (int64_t i = 0; i < integer(c, "layers"); ++i) {
     // Gemma 3's layers differ: sliding-window or global, each kind with its rope base.
-    options.rotary->base = per_layer(c, "thetas", i, real(c, "theta"));
+    if (!alibi) options.rotary->base = per_layer(c, "thetas", i, real(c, "theta"));
     options.window = static_cast<int64_t>(per_layer(c, "windows", i, real(c, "window")));
-    m.blocks.push_back(std::make_unique<nn::TransformerBlock>(m.g, str("layer", i), dim,
-                                                              integer(c, "heads"), options));
+    m.blocks.push_back(
+        std::make_unique<nn::TransformerBlock>(m.g, str("layer", i), dim, heads, options));
     m.blocks.back()->eval();
-    h = (*m.blocks.back())(h);
+    h = m.blocks.back()->attend(h, bias);
   }
   if (layer_norm)
     m.norm = std::make_unique<nn::LayerNorm>(m.g, "norm", Shape{dim}, real(c, "eps"));
@@ -206,9 +216,25 @@ void load_llama_family(Session& s, Model& m, const Config& c, const Loader& weig
   s.set_variable(m.head->weight, transposed(weight("lm_head.weight")));
 }
 
-// Loads a GPT-NeoX state dict: LayerNorms with biases, the fused query_key_value, biases on
-// every Linear.
-void load_neox(Session& s, Model& m, const Config& c, const Loader& weight) {
+// Where a fused-qkv family keeps its weights.
+struct FusedQkvNames {
+  std::string embed, embed_norm, layers, attention, final_norm, head;
+};
+const FusedQkvNames kNeoxNames{"gpt_neox.embed_in.weight",  "",
+                               "gpt_neox.layers.",          "attention.",
+                               "gpt_neox.final_layer_norm", "embed_out.weight"};
+// BLOOM ties its head to the embedding: the file holds that matrix once.
+const FusedQkvNames kBloomNames{"transformer.word_embeddings.weight",
+                                "transformer.word_embeddings_layernorm",
+                                "transformer.h.",
+                                "self_attention.",
+                                "transformer.ln_f",
+                                "transformer.word_embeddings.weight"};
+
+// Loads a GPT-NeoX or BLOOM state dict: LayerNorms with biases, the query_key_value projection
+// fused and interleaved by head, biases on every Linear.
+void load_fused_qkv(Session& s, Model& m, const Config& c, const Loader& weight,
+                    const FusedQkvNames& names) {
   const int64_t heads = integer(c, "heads"), depth = integer(c, "hidden") / heads;
   auto set_norm = [&](nn::Module& norm, const std::string& name) {
     auto& layer = static_cast<nn::LayerNorm&>(norm);
@@ -219,26 +245,27 @@ void load_neox(Session& s, Model& m, const Config& c, const Loader& weight) {
     s.set_variable(linear.weight, transposed(weight(name + ".weight")));
     s.set_variable(linear.bias, weight(name + ".bias"));
   };
-  s.set_variable(m.embed->weight, weight("gpt_neox.embed_in.weight"));
+  s.set_variable(m.embed->weight, weight(names.embed));
+  if (m.embed_norm) set_norm(*m.embed_norm, names.embed_norm);
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     nn::TransformerBlock& b = *m.blocks[i];
-    const std::string at = str("gpt_neox.layers.", i, ".");
+    const std::string at = str(names.layers, i, ".");
     set_norm(b.norm1, at + "input_layernorm");
     set_norm(b.norm2, at + "post_attention_layernorm");
-    const Tensor qkv = weight(at + "attention.query_key_value.weight");
-    const Tensor qkv_bias = weight(at + "attention.query_key_value.bias");
+    const Tensor qkv = weight(at + names.attention + "query_key_value.weight");
+    const Tensor qkv_bias = weight(at + names.attention + "query_key_value.bias");
     for (const auto& [linear, part] : std::initializer_list<std::pair<nn::Linear*, int64_t>>{
              {&b.attention.query, 0}, {&b.attention.key, 1}, {&b.attention.value, 2}}) {
       s.set_variable(linear->weight,
                      transposed(every_run(qkv, part * depth, depth, 3 * depth, heads)));
       s.set_variable(linear->bias, every_run(qkv_bias, part * depth, depth, 3 * depth, heads));
     }
-    set_linear(b.attention.output, at + "attention.dense");
+    set_linear(b.attention.output, at + names.attention + "dense");
     set_linear(b.ffn_in, at + "mlp.dense_h_to_4h");
     set_linear(b.ffn_out, at + "mlp.dense_4h_to_h");
   }
-  set_norm(*m.norm, "gpt_neox.final_layer_norm");
-  s.set_variable(m.head->weight, transposed(weight("embed_out.weight")));
+  set_norm(*m.norm, names.final_norm);
+  s.set_variable(m.head->weight, transposed(weight(names.head)));
 }
 
 // Builds, loads and runs one model; returns the largest difference of its logits from
@@ -258,7 +285,9 @@ double compare(const std::filesystem::path& dir) {
   Session session(m.g);
   session.initialize_variables();
   if (c.at("family") == "neox")
-    load_neox(session, m, c, weight);
+    load_fused_qkv(session, m, c, weight, kNeoxNames);
+  else if (c.at("family") == "bloom")
+    load_fused_qkv(session, m, c, weight, kBloomNames);
   else
     load_llama_family(session, m, c, weight);
   const Tensor got = session.run({{m.tokens, ids}}, {m.logits})[0];
@@ -285,7 +314,8 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "neox"}) {
+    for (const char* model :
+         {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "neox", "bloom"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

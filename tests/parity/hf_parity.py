@@ -3,8 +3,8 @@
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
 key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
 with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers;
-a GPT-NeoX with parallel attention and FFN and half of each head turned; grouped heads in the
-first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
+a GPT-NeoX with parallel attention and FFN and half of each head turned; a BLOOM with ALiBi
+over six heads and a norm after its embedding; grouped heads in the first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
 save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
 checkpoints ship; config.json), the token ids and logits (reference.safetensors) and what Kiln
 needs to know (config.txt). tests/parity/hf_parity.cc then builds the same models from kiln::nn,
@@ -21,7 +21,7 @@ import sys
 try:
     import torch
     from safetensors.torch import save_file
-    from transformers import (AutoModelForCausalLM, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig,
+    from transformers import (AutoModelForCausalLM, BloomConfig, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig,
                               LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
     import transformers
 except ImportError as e:
@@ -87,6 +87,14 @@ def models():
                                               partial_rotary_factor=0.5)),
            dict(family="neox", rope="none", theta=10000.0, rotary_dims=4, norm="layer",
                 activation="gelu", bias=1, parallel=1, kv_heads=SHAPE["num_attention_heads"]))
+    # BLOOM: ALiBi (no rotary) over 6 heads, whose slopes are 4 heads' then every other of 8's;
+    # a LayerNorm after the embedding; the fused query_key_value; GELU's tanh form; the head
+    # tied to the embedding (save_pretrained writes it once).
+    yield ("bloom",
+           BloomConfig(vocab_size=61, hidden_size=48, n_layer=2, n_head=6, layer_norm_epsilon=1e-5,
+                       initializer_range=0.2),
+           dict(family="bloom", rope="alibi", norm="layer", activation="gelu_tanh", bias=1,
+                kv_heads=6, ffn=4 * 48, eps=1e-5))
 
 
 def main():
@@ -117,8 +125,9 @@ def main():
         fields = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
                       heads=config.num_attention_heads,
                       kv_heads=getattr(config, "num_key_value_heads", None),
-                      ffn=config.intermediate_size, vocab=config.vocab_size,
-                      eps=getattr(config, "rms_norm_eps", None) or config.layer_norm_eps,
+                      ffn=getattr(config, "intermediate_size", None), vocab=config.vocab_size,
+                      eps=getattr(config, "rms_norm_eps", None) or
+                      getattr(config, "layer_norm_eps", None),
                       qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
                       norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
@@ -127,7 +136,7 @@ def main():
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3 and neox to "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, neox and bloom to "
           f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
