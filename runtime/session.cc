@@ -139,6 +139,38 @@ void Session::set_variable(const Value& var, const Tensor& value) {
                  value.device() == options_.device ? value.clone() : value.to(options_.device));
 }
 
+std::map<std::string, Tensor> Session::variable_values() {
+  initialize_variables();
+  std::map<std::string, Tensor> tensors;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const Value& var : all_variables(graph_)) {
+    const Tensor& value = variables_.get(var.node().name());
+    // A host variable is updated in place by later runs: the map gets its own copy.
+    tensors[var.node().name()] = value.device().is_cpu() ? value.clone() : value.to(Device::cpu());
+  }
+  return tensors;
+}
+
+void Session::set_variables(const std::map<std::string, Tensor>& values) {
+  std::map<std::string, Value> variables;
+  for (const Value& var : all_variables(graph_)) variables.emplace(var.node().name(), var);
+  for (const auto& [name, value] : values) {
+    const auto it = variables.find(name);
+    KILN_CHECK(it != variables.end(), FeedError, "[session] set_variables: '", name,
+               "' is not a variable of the graph (", variables.size(), " variables",
+               variables.empty() ? "" : str(", e.g. '", variables.begin()->first, "'"), ")");
+    const Value& var = it->second;
+    KILN_CHECK(
+        value.defined() && value.dtype() == var.dtype() && value.shape() == var.shape(), FeedError,
+        "[session] set_variables: variable '", name, "' is ", var.dtype(), var.shape(), "; got ",
+        value.defined() ? str(value.dtype(), value.shape()) : std::string("an undefined tensor"));
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [name, value] : values)
+    variables_.set(name,
+                   value.device() == options_.device ? value.clone() : value.to(options_.device));
+}
+
 void Session::save_checkpoint(const std::string& path) {
   initialize_variables();
   std::map<std::string, Tensor> tensors;

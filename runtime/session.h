@@ -85,6 +85,14 @@ class Session {
   Tensor variable_value(const Value& var);
   /// Overwrites variable `var` (dtype and shape must match).
   void set_variable(const Value& var, const Tensor& value);
+  /// Every variable's current value by name (host copies; initialized first where needed):
+  /// PyTorch's state_dict. `save_safetensors(session.variable_values(), path)` exports them.
+  std::map<std::string, Tensor> variable_values();
+  /// Overwrites the variables named in `values` (others keep theirs): PyTorch's load_state_dict
+  /// with strict=False for names the map lacks. Each name must be a variable of the graph whose
+  /// dtype and shape the tensor has (cast() a bf16 file's tensors first); every check passes
+  /// before any variable changes. Throws kiln::FeedError naming the variable and the values.
+  void set_variables(const std::map<std::string, Tensor>& values);
   /// Gives every variable of the graph its initial value (where it has none yet).
   void initialize_variables();
   /// Writes every variable of the graph (weights, optimizer slots, step counter) to `path`

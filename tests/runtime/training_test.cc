@@ -299,6 +299,46 @@ TEST(Checkpoints, StopAndResumeFromTheFilesGivesIdenticalLosses) {
   EXPECT_LT(straight.back(), straight.front());
 }
 
+// variable_values and set_variables (state_dict and load_state_dict) through a safetensors
+// file: a second session continues training from the exported state with the same losses.
+TEST(Checkpoints, VariablesExportedToSafetensorsResumeTraining) {
+  Model m;
+  Session s(m.g, {.intra_op_threads = 2});
+  std::vector<double> straight;
+  std::map<std::string, Tensor> at_step_3;
+  for (int i = 0; i < 6; ++i) {
+    auto [x, y] = batch(i);
+    straight.push_back(s.run_signature("train", {x, y})[0].item<double>());
+    if (i == 2) at_step_3 = s.variable_values();
+  }
+  // The map holds copies: training on changed the session's variables, not them.
+  EXPECT_EQ(at_step_3.at("global_step").item<int64_t>(), 3);
+  save_safetensors(at_step_3, tmp("state.safetensors"));
+  Session resumed(m.g, {.intra_op_threads = 2});
+  resumed.set_variables(load_safetensors(tmp("state.safetensors")).tensors);
+  for (int i = 3; i < 6; ++i) {
+    auto [x, y] = batch(i);
+    EXPECT_EQ(resumed.run_signature("train", {x, y})[0].item<double>(), straight[i]) << i;
+  }
+  // A subset sets those only; a bad entry anywhere changes nothing.
+  Session partial(m.g);
+  const std::string first = at_step_3.begin()->first;
+  const Tensor before = partial.variable_values().at(first);
+  std::map<std::string, Tensor> bad = {{first, at_step_3.at(first)},
+                                       {"no_such", Tensor::scalar<float>(1)}};
+  expect_error<FeedError>([&] { partial.set_variables(bad); },
+                          {"set_variables", "'no_such' is not a variable of the graph"});
+  bad.erase("no_such");
+  bad["global_step"] = Tensor::scalar<int32_t>(1);
+  expect_error<FeedError>([&] { partial.set_variables(bad); },
+                          {"variable 'global_step' is i64[]; got i32[]"});
+  bad["global_step"] = Tensor::zeros(i64, {2});
+  expect_error<FeedError>([&] { partial.set_variables(bad); }, {"got i64[2]"});
+  EXPECT_TRUE(equal_bits(partial.variable_values().at(first), before));
+  partial.set_variables({{first, at_step_3.at(first)}});
+  EXPECT_TRUE(equal_bits(partial.variable_values().at(first), at_step_3.at(first)));
+}
+
 TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
   Model m;
   Session s(m.g);
