@@ -47,12 +47,16 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
       causal_(options.causal),
       window_(options.window),
       scale_(options.scale),
+      softcap_(options.softcap),
       dropout_(options.dropout),
       rotary_(options.rotary) {
   KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": dim ", dim, " does not split into ", heads, " heads");
   KILN_CHECK(options.scale >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": scale ",
              options.scale, " must be positive (or 0 for 1 / sqrt(head depth))");
+  KILN_CHECK(options.softcap >= 0 && std::isfinite(options.softcap), GraphError,
+             "[nn] MultiHeadAttention ", path(), ": softcap ", options.softcap,
+             " must be positive (or 0 for none)");
   KILN_CHECK(options.window >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": window ",
              options.window, " must be positive (or 0 for none)");
   KILN_CHECK(options.memory_dim >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
@@ -151,6 +155,7 @@ Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, co
                                                                               .causal = causal_,
                                                                               .window = window_,
                                                                               .scale = scale_,
+                                                                              .softcap = softcap_,
                                                                               .layout = "bthd"});
   return output(reshape(attended, {-1, length, dim_}));
 }
@@ -192,7 +197,7 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   if (mask.defined()) visible = attention_mask_and(mask, visible);
   Value attended = scaled_dot_product_attention(
       query_heads(query(x), length, position), next.keys, next.values,
-      {.mask = visible, .causal = false, .scale = scale_, .layout = "bthd"});
+      {.mask = visible, .causal = false, .scale = scale_, .softcap = softcap_, .layout = "bthd"});
   return {output(reshape(attended, {-1, length, dim_})), next};
 }
 
@@ -219,6 +224,7 @@ Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Va
   Value scores =
       matmul(heads_first(q), heads_first(heads_repeated(k)), false, true) *
       (scale_ > 0 ? scale_ : 1.0 / std::sqrt(static_cast<double>(depth)));  // [B, H, T, S]
+  if (softcap_ > 0) scores = tanh(scores / softcap_) * softcap_;
   // keep: 1 where query i may attend key j (the mask, and j <= i when causal), else 0. A float
   // mask is a bias of the scores: it hides the keys where it is -inf.
   Value keep;
@@ -311,7 +317,8 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
           .qk_norm_eps = options.norm_eps,
           .qkv_bias = options.qkv_bias,
           .window = self_attention ? options.window : 0,
-          .scale = options.attention_scale};
+          .scale = options.attention_scale,
+          .softcap = options.attention_softcap};
 }
 
 }  // namespace

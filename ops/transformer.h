@@ -62,6 +62,9 @@ class MultiHeadAttention : public Module {
     /// The scores' factor: 0 for 1 / sqrt(head depth) (Gemma 3's query_pre_attn_scalar s gives
     /// 1 / sqrt(s); T5's is 1).
     double scale = 0;
+    /// Soft-capping of the scaled scores, softcap * tanh(score / softcap) (Gemma 2's
+    /// attn_logit_softcapping, 50); 0 for none. AttentionOptions::softcap, in every method.
+    double softcap = 0;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -140,6 +143,7 @@ class MultiHeadAttention : public Module {
   bool causal_;
   int64_t window_;
   double scale_;
+  double softcap_;
   double dropout_;
   std::optional<RotaryOptions> rotary_;
 };
@@ -182,6 +186,7 @@ class TransformerBlock : public Module {
     bool parallel = false;
     std::optional<bool> qkv_bias{};  ///< the attention's q, k, v biases: `bias` unless given
     double attention_scale = 0;      ///< the attention's scale (MultiHeadAttention's `scale`)
+    double attention_softcap = 0;    ///< its scores' soft cap (MultiHeadAttention's `softcap`)
     /// Norms of each branch's output before its residual sum (Gemma 2 and 3's "sandwich"):
     /// h = x + attention_output_norm(attn(norm1(x))), h + ffn_output_norm(ffn(norm2(h))).
     /// Pre-norm, not parallel.

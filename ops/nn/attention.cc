@@ -4,6 +4,8 @@
 // fewer key-value heads (grouped-query attention) query head h reads key-value head h / (H / Hk)
 // in place (AttentionShape::kv_row_offset; nothing is repeated):
 //   s[i, j] = scale q[i] . k[j] (+ bias[i, j])   (-inf where masked, or where j > i when causal)
+// or, with a softcap c (Gemma 2's attention logit soft-capping), c tanh(scale q[i] . k[j] / c)
+// (+ bias[i, j]): the scores bounded to (-c, c) before the mask.
 //   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
 //   out[i]  = sum_j p[i, j] v[j]
 // With layout "bthd" q, k, v and out are [B, T, H, D] instead: the heads of a [B, T, H * D]
@@ -16,6 +18,7 @@
 //
 // attention_backward, with dout and D[i] = dout[i] . out[i]:
 //   dv = p^T dout,   dp = dout v^T,   ds = p (dp - D),   dq = scale ds k,   dk = scale ds^T q
+// (with a softcap, scale (1 - tanh^2) in place of scale: the derivative of c tanh(scale x / c))
 // Its dk and dv are per query head ([B, H, Tk, D]); with grouped heads the gradient of k and v
 // sums each group's (sum_head_groups). A bias's gradient, ds / scale summed to its shape, is a
 // composition (bias_gradient): it is the [B, H, Tq, Tk] matrix the op exists to avoid, built
@@ -114,6 +117,9 @@ void check_attention(const InferContext& ctx) {
   if (!same(k[ld], v[ld])) ctx.fail("k ", k, " and v ", v, " hold different numbers of keys");
   if (!same(q[3], k[3])) ctx.fail("q ", q, " and k ", k, " have different depths");
   if (ctx.attr<double>("scale") < 0) ctx.fail("scale ", ctx.attr<double>("scale"), " < 0");
+  const double softcap = ctx.attr<double>("softcap");
+  if (!(softcap >= 0 && std::isfinite(softcap)))
+    ctx.fail("softcap ", softcap, " must be positive (or 0 for none)");
 }
 
 // The optional mask is the input at `index` (if present): bool, or a bias of q's dtype; rank 4,
@@ -185,47 +191,68 @@ int64_t row_keys(int64_t kv, int64_t i, bool causal) {
   return causal ? std::min(kv, i + 1) : kv;
 }
 
-// The mask input: a bool mask or an additive bias (at most one is non-null).
+// What block_scores does beyond q k^T: the mask input (a bool mask or an additive bias, at
+// most one non-null) and the softcap (0: none).
 template <typename T>
-struct ScoreMask {
+struct ScoreTerms {
   const bool* keep = nullptr;
   const T* bias = nullptr;
+  T softcap = 0;
+  // Whether block_scores scales the scores itself (to add a bias or cap them).
+  bool scaled_here() const { return bias != nullptr || softcap > 0; }
   // The factor the kernels' exponentials apply to the scores block_scores leaves: the scale,
-  // or 1 where block_scores applied it itself to add the bias.
-  T exp_scale(T scale) const { return bias != nullptr ? T(1) : scale; }
+  // or 1 where block_scores applied it.
+  T exp_scale(T scale) const { return scaled_here() ? T(1) : scale; }
 };
 
 template <typename T>
-ScoreMask<T> score_mask(const KernelContext& ctx, int index) {
-  if (ctx.num_inputs() <= index) return {};
-  const Tensor& m = ctx.input(index);
-  if (m.dtype() == DType::boolean) return {m.data<bool>(), nullptr};
-  return {nullptr, m.data<T>()};
+ScoreTerms<T> score_terms(const KernelContext& ctx, int mask_index) {
+  ScoreTerms<T> terms;
+  terms.softcap = static_cast<T>(ctx.attr<double>("softcap"));
+  if (ctx.num_inputs() <= mask_index) return terms;
+  const Tensor& m = ctx.input(mask_index);
+  if (m.dtype() == DType::boolean)
+    terms.keep = m.data<bool>();
+  else
+    terms.bias = m.data<T>();
+  return terms;
 }
 
 // Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) (q and k at its first rows,
 // rows ldq and ldk apart) against their first `kv` keys into s [rows, Tk] (row stride Tk), -inf
 // where the mask hides a key. The scale is applied by the callers inside their exponentials
-// (e^(mask.exp_scale(scale) s - shift), scale > 0), except with a bias: then s = scale q k^T +
-// bias here. The causal part of the mask is the callers' row ranges (row_keys): entries past a
-// row's range are not read.
+// (e^(terms.exp_scale(scale) s - shift), scale > 0), except with a bias or a softcap: then
+// s = softcap(scale q k^T) + bias here, and `slope` (when given, [rows, Tk] as s) receives
+// d s / d(q k^T): scale (1 - tanh^2) under a softcap, else scale. The causal part of the mask
+// is the callers' row ranges (row_keys): entries past a row's range are not read.
 template <typename T>
 void block_scores(const AttentionShape& a, const T* q, int ldq, const T* k, int ldk,
-                  const ScoreMask<T>& mask, T scale, int64_t b, int64_t h, int64_t i0, int64_t rows,
-                  int64_t kv, T* s) {
+                  const ScoreTerms<T>& terms, T scale, int64_t b, int64_t h, int64_t i0,
+                  int64_t rows, int64_t kv, T* s, T* slope = nullptr) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
   gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ldq, ldq, k, ldk, s,
        keys);
   const T minus_inf = -std::numeric_limits<T>::infinity();
   const int64_t at = b * a.mask_strides[0] + h * a.mask_strides[1];
-  for (int64_t r = 0; r < rows && (mask.keep != nullptr || mask.bias != nullptr); ++r) {
+  const T cap = terms.softcap;
+  for (int64_t r = 0; r < rows && (terms.scaled_here() || terms.keep != nullptr); ++r) {
     T* row = s + r * a.keys;
     const int64_t row_at = at + (i0 + r) * a.mask_strides[2];
-    if (mask.bias != nullptr) {
-      const T* bias = mask.bias + row_at;
-      for (int64_t j = 0; j < kv; ++j) row[j] = row[j] * scale + bias[j * a.mask_strides[3]];
-    } else {
-      const bool* keep = mask.keep + row_at;
+    if (cap > 0) {
+      T* slope_row = slope != nullptr ? slope + r * a.keys : nullptr;
+      for (int64_t j = 0; j < kv; ++j) {
+        const T t = std::tanh(row[j] * scale / cap);
+        row[j] = cap * t;
+        if (slope_row != nullptr) slope_row[j] = scale * (T(1) - t * t);
+      }
+    } else if (terms.bias != nullptr) {
+      for (int64_t j = 0; j < kv; ++j) row[j] *= scale;
+    }
+    if (terms.bias != nullptr) {
+      const T* bias = terms.bias + row_at;
+      for (int64_t j = 0; j < kv; ++j) row[j] += bias[j * a.mask_strides[3]];
+    } else if (terms.keep != nullptr) {
+      const bool* keep = terms.keep + row_at;
       for (int64_t j = 0; j < kv; ++j)
         if (!keep[j * a.mask_strides[3]]) row[j] = minus_inf;
     }
@@ -247,13 +274,13 @@ void attention_typed(KernelContext& ctx) {
   const T* q = tq.data<T>();
   const T* k = ctx.input(1).data<T>();
   const T* v = ctx.input(2).data<T>();
-  const ScoreMask<T> mask = score_mask<T>(ctx, 3);
-  const T exp_scale = mask.exp_scale(scale);
+  const ScoreTerms<T> terms = score_terms<T>(ctx, 3);
+  const T exp_scale = terms.exp_scale(scale);
   T* out = ctx.output(0).data<T>();
   T* lse = ctx.output(1).data<T>();
-  if constexpr (std::is_same_v<T, float>)  // the tiles take bool masks only
-    if (attention_tiles_available() && mask.bias == nullptr)
-      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, mask.keep, out, lse);
+  if constexpr (std::is_same_v<T, float>)  // the tiles take bool masks only, and no softcap
+    if (attention_tiles_available() && !terms.scaled_here())
+      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, terms.keep, out, lse);
   const int64_t block = query_block(causal);
   const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
@@ -275,7 +302,7 @@ void attention_typed(KernelContext& ctx) {
           const T* kh = k + a.kv_row_offset(bh, 0, a.depth);
           const T* vh = v + a.kv_row_offset(bh, 0, a.value_depth);
           T* out_blk = out + a.row_offset(bh, i0, a.queries, a.value_depth);
-          block_scores(a, qh, ldq, kh, ldk, mask, scale, b, h, i0, rows, kv, s.data());
+          block_scores(a, qh, ldq, kh, ldk, terms, scale, b, h, i0, rows, kv, s.data());
           // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p, the division on the
           // product's Dv columns rather than on p's kv.
           for (int64_t r = 0; r < rows; ++r) {
@@ -320,15 +347,15 @@ void attention_backward_typed(KernelContext& ctx) {
   const T* out = ctx.input(3).data<T>();
   const T* lse = ctx.input(4).data<T>();
   const T* dout = ctx.input(5).data<T>();
-  const ScoreMask<T> mask = score_mask<T>(ctx, 6);
-  const T exp_scale = mask.exp_scale(scale);
+  const ScoreTerms<T> terms = score_terms<T>(ctx, 6);
+  const T exp_scale = terms.exp_scale(scale);
   T* dq = ctx.output(0).data<T>();
   T* dk = ctx.output(1).data<T>();
   T* dv = ctx.output(2).data<T>();
   if constexpr (std::is_same_v<T, float>)
-    if (attention_tiles_available() && mask.bias == nullptr)
-      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, mask.keep, dq,
-                                      dk, dv);
+    if (attention_tiles_available() && !terms.scaled_here())
+      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, terms.keep,
+                                      dq, dk, dv);
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
   // Row strides: of q, dq and dk; of out, dout and dv; of k; of v.
@@ -342,6 +369,8 @@ void attention_backward_typed(KernelContext& ctx) {
       [&](int64_t t0, int64_t t1) {
         std::vector<T> p(static_cast<size_t>(block * a.keys));
         std::vector<T> dp(p.size());
+        // d s / d(q k^T) per score under a softcap; the scale everywhere otherwise.
+        std::vector<T> slope(terms.softcap > 0 ? p.size() : 0);
         for (int64_t bh = t0; bh < t1; ++bh) {
           const int64_t b = bh / a.heads, h = bh % a.heads;
           const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
@@ -359,7 +388,8 @@ void attention_backward_typed(KernelContext& ctx) {
           for (int64_t i0 = 0; i0 < a.queries; i0 += block) {
             const int rows = static_cast<int>(std::min(block, a.queries - i0));
             const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
-            block_scores(a, qh, ldq, kh, ldk, mask, scale, b, h, i0, rows, kv, p.data());
+            block_scores(a, qh, ldq, kh, ldk, terms, scale, b, h, i0, rows, kv, p.data(),
+                         slope.empty() ? nullptr : slope.data());
             const T* dout_blk = douth + i0 * ldo;
             const T* out_blk = outh + i0 * ldo;
             for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
@@ -377,7 +407,12 @@ void attention_backward_typed(KernelContext& ctx) {
               const T delta = dot_of(dout_blk + r * ldo, out_blk + r * ldo, dvd);  // dout . out
               const T* pr = p.data() + r * a.keys;
               T* dpr = dp.data() + r * a.keys;
-              for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds
+              if (slope.empty()) {
+                for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds
+              } else {
+                const T* sr = slope.data() + r * a.keys;
+                for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * sr[j];
+              }
             }
             // dq = ds k;  dk += ds^T q
             gemm(false, false, rows, d, kv, dp.data(), keys, kh, ldk, dqh + i0 * ldq, ldq);
@@ -449,8 +484,9 @@ Value bias_gradient(GradContext& c, const Value& dout) {
   const Value q = prepared(c.input(0)), k = heads_repeated(prepared(c.input(1)), heads),
               v = heads_repeated(prepared(c.input(2)), heads), out = prepared(c.output(0)),
               dy = prepared(dout);
-  Value z = matmul(q, k, false, true) * scale +
-            (bias.dtype() == lse.dtype() ? bias : cast(bias, lse.dtype()));
+  Value z = matmul(q, k, false, true) * scale;
+  if (const double cap = node.attr<double>("softcap"); cap > 0) z = tanh(z / cap) * cap;
+  z = z + (bias.dtype() == lse.dtype() ? bias : cast(bias, lse.dtype()));
   if (causal) {  // key j only for query i >= j
     Graph& g = c.graph();
     z = where(
@@ -469,6 +505,7 @@ Value bias_gradient(GradContext& c, const Value& dout) {
 AttrMap attention_attrs(const Node& node) {
   return {{"causal", node.attr<bool>("causal")},
           {"scale", node.attr<double>("scale")},
+          {"softcap", node.attr<double>("softcap")},
           {"layout", node.attr<std::string>("layout")}};
 }
 
@@ -480,6 +517,7 @@ KILN_OP(attention)
     .variadic_input("mask", 0)
     .attr("causal", false)
     .attr("scale", 0.0)
+    .attr("softcap", 0.0)
     .attr("layout", std::string("bhtd"))
     .infer(infer_attention)
     .kernel(DeviceKind::cpu, attention_cpu, {f32, f64})
@@ -513,6 +551,7 @@ KILN_OP(attention_backward)
     .variadic_input("mask", 0)
     .attr("causal", false)
     .attr("scale", 0.0)
+    .attr("softcap", 0.0)
     .attr("layout", std::string("bhtd"))
     .infer(infer_attention_backward)
     .kernel(DeviceKind::cpu, attention_backward_cpu, {f32, f64});
@@ -580,9 +619,11 @@ Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& 
   }
   std::vector<Value> inputs{q, k, v};
   if (mask.defined()) inputs.push_back(mask);
-  return graph.add_node(
-      "attention", inputs,
-      {{"causal", options.causal}, {"scale", options.scale}, {"layout", options.layout}})[0];
+  return graph.add_node("attention", inputs,
+                        {{"causal", options.causal},
+                         {"scale", options.scale},
+                         {"softcap", options.softcap},
+                         {"layout", options.layout}})[0];
 }
 
 }  // namespace kiln

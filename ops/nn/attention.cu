@@ -10,6 +10,8 @@
 //            m' = max(m, s), l = l e^(m - m') + e^(s - m'), o = o e^(m - m') + e^(s - m') v
 //   backward: p = e^(s - lse), D = dout . out, ds = p (dout . v - D),
 //            dq = scale sum_j ds k_j, dk = scale sum_i ds q_i, dv = sum_i p dout_i
+//            (with a softcap c, s = c tanh(scale q . k / c) + bias, and scale (1 - tanh^2) for
+//            scale: Problem::score's slope)
 // Rows are found through AttentionShape::row_offset, so both layouts ([B, H, T, D] and
 // [B, T, H, D]) run the same kernels. Every sum runs in a fixed order (no atomics): the same bits
 // on every run. Arithmetic is f32 for 16-bit and f32 inputs and f64 for f64.
@@ -48,6 +50,7 @@ struct Problem {
   const bool* mask;
   // An additive bias of the scores instead of the bool mask (of the inputs' dtype T).
   const void* bias;
+  double softcap;  // 0: none
 
   __device__ int64_t mask_offset(int64_t bh, int64_t i, int64_t j) const {
     const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -59,10 +62,18 @@ struct Problem {
     if (causal && j > i) return false;
     return mask == nullptr || mask[mask_offset(bh, i, j)];
   }
-  // The score of query i and key j of (b, h) from their dot product: scale dot (+ bias).
+  // The score of query i and key j of (b, h) from their dot product: scale dot, capped to
+  // softcap tanh(scale dot / softcap) with a softcap (+ bias). `slope`, when given, receives
+  // d score / d dot: scale, times 1 - tanh^2 under a softcap.
   template <typename T, typename C>
-  __device__ C score(C dot, int64_t bh, int64_t i, int64_t j) const {
-    const C s = dot * static_cast<C>(scale);
+  __device__ C score(C dot, int64_t bh, int64_t i, int64_t j, C* slope = nullptr) const {
+    C s = dot * static_cast<C>(scale);
+    if (slope != nullptr) *slope = static_cast<C>(scale);
+    if (softcap > 0) {
+      const C cap = static_cast<C>(softcap), t = tanh(s / cap);
+      s = cap * t;
+      if (slope != nullptr) *slope = static_cast<C>(scale) * (C(1) - t * t);
+    }
     if (bias == nullptr) return s;
     return s + static_cast<C>(static_cast<const T*>(bias)[mask_offset(bh, i, j)]);
   }
@@ -156,15 +167,15 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
   load(dout + a.row_offset(bh, i, a.queries, a.value_depth), a.value_depth, lane, di);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) acc[t] = 0;
-  const C scale = static_cast<C>(pr.scale), l = static_cast<C>(lse[row]),
-          d = static_cast<C>(delta[row]);
+  const C l = static_cast<C>(lse[row]), d = static_cast<C>(delta[row]);
   if (l != -INFINITY)
     for (int64_t j = 0; j < a.keys; ++j) {
       if (!pr.attends(bh, i, j)) continue;
       const T* kj = k + a.kv_row_offset(bh, j, a.depth);
-      const C p = exp(pr.score<T>(dot(qi, kj, a.depth, lane), bh, i, j) - l);
+      C slope;
+      const C p = exp(pr.score<T>(dot(qi, kj, a.depth, lane), bh, i, j, &slope) - l);
       const C ds =
-          p * (dot(di, v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane) - d) * scale;
+          p * (dot(di, v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane) - d) * slope;
 #pragma unroll
       for (int t = 0; t < kChunks; ++t) {
         const int64_t c = lane + 32 * t;
@@ -196,7 +207,6 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
   load(v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane, vj);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) dk_acc[t] = dv_acc[t] = 0;
-  const C scale = static_cast<C>(pr.scale);
   for (int64_t i = pr.causal ? j : 0; i < a.queries; ++i) {
     if (!pr.attends(bh, i, j)) continue;
     const int64_t row = bh * a.queries + i;
@@ -204,8 +214,9 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
     if (l == -INFINITY) continue;
     const T* qi = q + a.row_offset(bh, i, a.queries, a.depth);
     const T* di = dout + a.row_offset(bh, i, a.queries, a.value_depth);
-    const C p = exp(pr.score<T>(dot(kj, qi, a.depth, lane), bh, i, j) - l);
-    const C ds = p * (dot(vj, di, a.value_depth, lane) - static_cast<C>(delta[row])) * scale;
+    C slope;
+    const C p = exp(pr.score<T>(dot(kj, qi, a.depth, lane), bh, i, j, &slope) - l);
+    const C ds = p * (dot(vj, di, a.value_depth, lane) - static_cast<C>(delta[row])) * slope;
 #pragma unroll
     for (int t = 0; t < kChunks; ++t) {
       const int64_t c = lane + 32 * t;
@@ -236,6 +247,7 @@ Problem problem_of(const KernelContext& ctx, int mask_input) {
   const bool bias = has_mask && ctx.input(mask_input).dtype() != DType::boolean;
   pr.mask = has_mask && !bias ? ctx.input(mask_input).data<bool>() : nullptr;
   pr.bias = bias ? ctx.input(mask_input).raw_data() : nullptr;
+  pr.softcap = ctx.attr<double>("softcap");
   return pr;
 }
 
@@ -530,8 +542,9 @@ int shared_memory_limit(int device) {
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
-  // The flash kernels take bool masks; an additive bias runs on the per-row kernels.
-  if (attention_choice_is("rows") || problem.bias != nullptr || !flash::supports(dtype, problem.a))
+  // The flash kernels take bool masks and no softcap; the rest runs on the per-row kernels.
+  if (attention_choice_is("rows") || problem.bias != nullptr || problem.softcap > 0 ||
+      !flash::supports(dtype, problem.a))
     return false;
   for (const void* t : tensors)
     if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;

@@ -551,9 +551,10 @@ namespace {
 // softmax(scale q k^T, masked) v, direct, with q [B, H, Tq, D], k [B, Hk, Tk, D] etc. (with
 // `bthd`, [B, Tq, H, D] etc.; Hk divides H, query head h reading key-value head h / (H / Hk));
 // `key_valid` masks keys per batch entry (empty: none); input `bias_input` (if >= 0), broadcast
-// to [B, H, Tq, Tk], is added to the scaled scores.
+// to [B, H, Tq, Tk], is added to the scaled scores, after a `softcap` (> 0) has made each
+// softcap tanh(score / softcap).
 Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid,
-                              bool bthd = false, int bias_input = -1) {
+                              bool bthd = false, int bias_input = -1, double softcap = 0) {
   return [=](const std::vector<Tensor>& in) {
     const Shape& qs = in[0].shape();
     const int hd = bthd ? 2 : 1, ld = bthd ? 1 : 2;
@@ -586,6 +587,7 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
             for (int64_t c = 0; c < d; ++c)
               dot += in[0].element(at(b, h, i, c, tq, d)) * in[1].element(kv_at(b, h, j, c, d));
             s[j] = dot * scale;
+            if (softcap > 0) s[j] = softcap * std::tanh(s[j] / softcap);
             if (bias_input >= 0) {
               const Tensor& bias = in[static_cast<size_t>(bias_input)];
               const Shape& bs = bias.shape();
@@ -881,6 +883,30 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
              return scaled_dot_product_attention(q, k, v, {.mask = mask});
            },
        .reference = attention_reference(false, valid)});
+  // Gemma 2's soft-capped scores, c tanh(s / c): with a cap near the scores' size the tanh
+  // bends, so the gradient's 1 - tanh^2 matters. With causal masking and a bool key mask, and
+  // with a differentiable bias in the bthd layout.
+  add({.op = "attention",
+       .name = "attention_softcap_causal_key_padding",
+       .build =
+           [valid_keys](CaseGraph& c) {
+             Tensor mask = Tensor::zeros(DType::boolean, {2, 1, 1, 6});
+             for (int64_t b = 0; b < 2; ++b)
+               for (int64_t j = 0; j < 6; ++j) mask.data<bool>()[b * 6 + j] = valid_keys[b][j];
+             Value q = c.input({2, 2, 6, 4}), k = c.input({2, 2, 6, 4}), v = c.input({2, 2, 6, 3});
+             return scaled_dot_product_attention(
+                 q, k, v, {.mask = c.g.constant(mask), .causal = true, .softcap = 0.5});
+           },
+       .reference = attention_reference(true, valid_keys, false, -1, 0.5)});
+  add({.op = "attention",
+       .name = "attention_softcap_bias_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({2, 6, 3, 4}), k = c.input({2, 7, 3, 4}), v = c.input({2, 7, 3, 5});
+             return scaled_dot_product_attention(
+                 q, k, v, {.mask = c.input({1, 3, 6, 7}), .softcap = 0.3, .layout = "bthd"});
+           },
+       .reference = attention_reference(false, {}, true, 3, 0.3)});
   add({.op = "attention_backward",
        .name = "attention_backward_grouped_heads_bthd",
        .build =

@@ -293,8 +293,11 @@ TEST(Json, MalformedDocumentsNameTheByte) {
       {"{} {}", "unexpected text after"},
       {"[[[]]]", "nested more than 2 deep"},
   };
-  for (const auto& [text, what] : bad)
-    expect_error<FileError>([&] { parse_json(text, "doc.json", 2); }, {"[json] doc.json", what});
+  for (const auto& entry : bad) {
+    const std::string& text = entry.first;
+    expect_error<FileError>([&] { parse_json(text, "doc.json", 2); },
+                            {"[json] doc.json", entry.second});
+  }
 }
 
 }  // namespace

@@ -140,48 +140,51 @@ TEST(Layers, MultiHeadAttentionIsTheDirectFormulaPerHead) {
 // Cross-attention to a memory of another width (memory_dim, PyTorch's kdim = vdim) over a key
 // mask, and attention_weights: each row of the weights sums to 1 over the keys it may see and
 // is 0 on the others, and the weights times the values, through the output projection, are the
-// layer's output. A [T, S] float mask (rank 2, broadcast) hides keys with -inf too.
+// layer's output. A [T, S] float mask (rank 2, broadcast) hides keys with -inf too. With a
+// softcap both paths cap the scores (the fused op's kernel, the weights' composition).
 TEST(Layers, MultiHeadAttentionWeightsAndAMemoryOfAnotherWidth) {
-  for (bool float_mask : {false, true}) {
-    SCOPED_TRACE(str("float_mask ", float_mask));
-    Graph g;
-    const int64_t B = 2, T = 5, S = 7, D = 8, H = 2, M = 12;
-    Value x = g.placeholder("x", f32, {B, T, D}), memory = g.placeholder("memory", f32, {B, S, M});
-    nn::MultiHeadAttention mha(g, "cross", D, H, {.memory_dim = M});
-    auto hidden = [&](int64_t i, int64_t j) { return (i + j) % 3 == 0 && j != i; };
-    Tensor mask_values = Tensor::empty(float_mask ? f32 : boolean, {T, S});
-    for (int64_t i = 0; i < T * S; ++i) {
-      if (float_mask)
-        mask_values.data<float>()[i] = hidden(i / S, i % S) ? -INFINITY : 0.25f * (i % 3);
-      else
-        mask_values.data<bool>()[i] = !hidden(i / S, i % S);
-    }
-    Value mask = g.constant(mask_values);
-    Value y = mha.attend(x, memory, mask);
-    Value weights = mha.attention_weights(x, memory, mask);
-    EXPECT_EQ(weights.shape(), Shape({B, H, T, S}));
-    Value v = transpose(reshape(mha.value(memory), {B, S, H, D / H}), {0, 2, 1, 3});
-    Value rebuilt =
-        mha.output(reshape(transpose(matmul(weights, v), {0, 2, 1, 3}), {B, T, D}));  // [B, T, D]
-    Session s(g);
-    const auto out = s.run({{x, testing::random_tensor(f32, {B, T, D}, -1, 1, 30)},
-                            {memory, testing::random_tensor(f32, {B, S, M}, -1, 1, 31)}},
-                           {y, weights, rebuilt});
-    for (int64_t row = 0; row < B * H * T; ++row) {
-      const int64_t i = row % T;
-      double total = 0;
-      for (int64_t j = 0; j < S; ++j) {
-        const double w = out[1].element(row * S + j);
-        if (hidden(i, j)) {
-          EXPECT_EQ(w, 0.0) << "row " << row << " key " << j;
-        }
-        total += w;
+  for (bool float_mask : {false, true})
+    for (double softcap : {0.0, 0.4}) {
+      SCOPED_TRACE(str("float_mask ", float_mask, ", softcap ", softcap));
+      Graph g;
+      const int64_t B = 2, T = 5, S = 7, D = 8, H = 2, M = 12;
+      Value x = g.placeholder("x", f32, {B, T, D}),
+            memory = g.placeholder("memory", f32, {B, S, M});
+      nn::MultiHeadAttention mha(g, "cross", D, H, {.memory_dim = M, .softcap = softcap});
+      auto hidden = [&](int64_t i, int64_t j) { return (i + j) % 3 == 0 && j != i; };
+      Tensor mask_values = Tensor::empty(float_mask ? f32 : boolean, {T, S});
+      for (int64_t i = 0; i < T * S; ++i) {
+        if (float_mask)
+          mask_values.data<float>()[i] = hidden(i / S, i % S) ? -INFINITY : 0.25f * (i % 3);
+        else
+          mask_values.data<bool>()[i] = !hidden(i / S, i % S);
       }
-      EXPECT_NEAR(total, 1.0, 1e-5) << "row " << row;
+      Value mask = g.constant(mask_values);
+      Value y = mha.attend(x, memory, mask);
+      Value weights = mha.attention_weights(x, memory, mask);
+      EXPECT_EQ(weights.shape(), Shape({B, H, T, S}));
+      Value v = transpose(reshape(mha.value(memory), {B, S, H, D / H}), {0, 2, 1, 3});
+      Value rebuilt =
+          mha.output(reshape(transpose(matmul(weights, v), {0, 2, 1, 3}), {B, T, D}));  // [B, T, D]
+      Session s(g);
+      const auto out = s.run({{x, testing::random_tensor(f32, {B, T, D}, -1, 1, 30)},
+                              {memory, testing::random_tensor(f32, {B, S, M}, -1, 1, 31)}},
+                             {y, weights, rebuilt});
+      for (int64_t row = 0; row < B * H * T; ++row) {
+        const int64_t i = row % T;
+        double total = 0;
+        for (int64_t j = 0; j < S; ++j) {
+          const double w = out[1].element(row * S + j);
+          if (hidden(i, j)) {
+            EXPECT_EQ(w, 0.0) << "row " << row << " key " << j;
+          }
+          total += w;
+        }
+        EXPECT_NEAR(total, 1.0, 1e-5) << "row " << row;
+      }
+      for (int64_t i = 0; i < B * T * D; ++i)
+        EXPECT_NEAR(out[0].element(i), out[2].element(i), 1e-5) << i;
     }
-    for (int64_t i = 0; i < B * T * D; ++i)
-      EXPECT_NEAR(out[0].element(i), out[2].element(i), 1e-5) << i;
-  }
   Graph g;
   nn::MultiHeadAttention mha(g, "cross", 8, 2, {.memory_dim = 12});
   Value x = g.placeholder("x", f32, {2, 5, 8});
@@ -193,6 +196,11 @@ TEST(Layers, MultiHeadAttentionWeightsAndAMemoryOfAnotherWidth) {
       {"[nn] MultiHeadAttention cross", "memory_dim (12) equal to dim (8)"});
   expect_error<GraphError>([&] { nn::MultiHeadAttention(g, "bad", 8, 2, {.memory_dim = -1}); },
                            {"[nn] MultiHeadAttention bad", "memory_dim -1"});
+  expect_error<GraphError>([&] { nn::MultiHeadAttention(g, "capped", 8, 2, {.softcap = -1}); },
+                           {"[nn] MultiHeadAttention capped", "softcap -1 must be positive"});
+  Value q = g.placeholder("q", f32, {2, 2, 5, 4});
+  expect_error<GraphError>([&] { scaled_dot_product_attention(q, q, q, {.softcap = -2}); },
+                           {"[attention]", "softcap -2 must be positive"});
 }
 
 // Attention dropout (MultiHeadAttention's Options::dropout) drops probabilities in training

@@ -3,7 +3,8 @@
 // per-head query and key norms and YaRN, MistralForCausalLM with a sliding window,
 // Qwen2ForCausalLM with biases on the q, k, v projections only,
 // GemmaForCausalLM with GeGLU and one key-value head, Gemma3ForCausalLM with norms around both
-// branches, a local and a global layer and its own attention scale, GPTNeoXForCausalLM with
+// branches, a local and a global layer and its own attention scale, Gemma2ForCausalLM with
+// soft-capped attention scores and logits besides, GPTNeoXForCausalLM with
 // parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head,
 // BloomForCausalLM with ALiBi over six heads and a norm after the embedding), builds
 // the same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
@@ -139,6 +140,7 @@ void build(Model& m, const Config& c, const Shape& ids) {
       .parallel = integer(c, "parallel") != 0,
       .qkv_bias = integer(c, "qkv_bias") != 0 || integer(c, "bias") != 0,
       .attention_scale = real(c, "attention_scale"),
+      .attention_softcap = real(c, "attention_softcap"),
       .post_norms = integer(c, "post_norms") != 0};
   m.tokens = m.g.placeholder("ids", i64, ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "embed", vocab, dim);
@@ -164,6 +166,8 @@ void build(Model& m, const Config& c, const Shape& ids) {
     m.norm = std::make_unique<nn::RMSNorm>(m.g, "norm", Shape{dim}, real(c, "eps"));
   m.head = std::make_unique<nn::Linear>(m.g, "head", dim, vocab, nn::LayerOptions{.bias = false});
   m.logits = (*m.head)((*m.norm)(h));
+  if (const double cap = real(c, "final_softcap"); cap > 0)  // Gemma 2's capped logits
+    m.logits = tanh(m.logits / cap) * cap;
 }
 
 // Loads a LLaMA-family state dict (LLaMA, Qwen3, Mistral, Gemma).
@@ -315,7 +319,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   try {
     for (const char* model :
-         {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "neox", "bloom"}) {
+         {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2", "neox", "bloom"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

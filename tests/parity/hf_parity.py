@@ -2,7 +2,8 @@
 """Hugging Face parity of kiln::nn's LLaMA-family blocks: builds small random models with
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
 key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
-with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers;
+with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers; a
+Gemma 2 with soft-capped attention scores and logits;
 a GPT-NeoX with parallel attention and FFN and half of each head turned; a BLOOM with ALiBi
 over six heads and a norm after its embedding; grouped heads in the first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
 save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
@@ -21,7 +22,8 @@ import sys
 try:
     import torch
     from safetensors.torch import save_file
-    from transformers import (AutoModelForCausalLM, BloomConfig, Gemma3TextConfig, GemmaConfig, GPTNeoXConfig,
+    from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, Gemma3TextConfig,
+                              GemmaConfig, GPTNeoXConfig,
                               LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
     import transformers
 except ImportError as e:
@@ -77,6 +79,18 @@ def models():
            dict(rope="none", theta=10000.0, thetas="10000,1000000", windows="5,0",
                 activation="geglu", norm_offset=1, qk_norm=1, post_norms=1, attention_scale=0.25,
                 embed_scale=SHAPE["hidden_size"] ** 0.5))
+    # Gemma 2: Gemma 3's sandwich norms and local and global layers (one rope base), no q/k
+    # norms, and soft-capped attention scores and logits (caps small enough to bend these).
+    yield ("gemma2",
+           Gemma2Config(**SHAPE, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+                        max_position_embeddings=256, sliding_window=5,
+                        layer_types=["sliding_attention", "full_attention"],
+                        query_pre_attn_scalar=16, attn_logit_softcapping=1.5,
+                        final_logit_softcapping=4.0,
+                        rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+           dict(rope="none", theta=10000.0, windows="5,0", activation="geglu", norm_offset=1,
+                post_norms=1, attention_scale=0.25, attention_softcap=1.5, final_softcap=4.0,
+                embed_scale=SHAPE["hidden_size"] ** 0.5))
     # GPT-NeoX (Pythia): attention and MLP side by side, LayerNorms, biases, exact GELU, rotary
     # embedding of half of each head, the q, k, v projections fused and interleaved by head.
     neox = {k: v for k, v in SHAPE.items() if k not in ("head_dim", "num_key_value_heads")}
@@ -131,12 +145,14 @@ def main():
                       qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
                       norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
-                      attention_scale=0.0, thetas="-", windows="-", weights="f32")
+                      attention_scale=0.0, thetas="-", windows="-", weights="f32",
+                      attention_softcap=0.0, final_softcap=0.0)
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, neox and bloom to "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, neox and "
+          f"bloom to "
           f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0

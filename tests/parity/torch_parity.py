@@ -105,6 +105,9 @@ def attention(q, k, v, mask, attrs):
         return out.transpose(1, 2), lse
     scale = float(attrs["scale"]) or q.shape[-1] ** -0.5
     s = q @ k.transpose(-1, -2) * scale
+    cap = float(attrs.get("softcap", 0))
+    if cap:  # Gemma 2's soft-capping, before the mask
+        s = cap * torch.tanh(s / cap)
     if attrs["causal"] == "1":
         s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
     if mask is not None:  # bool: true attends; float: a bias added to the scores
