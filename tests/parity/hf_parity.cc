@@ -6,6 +6,7 @@
 // branches, a local and a global layer and its own attention scale, Gemma2ForCausalLM with
 // soft-capped attention scores and logits besides, GPTNeoXForCausalLM with
 // parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head,
+// PhiForCausalLM with both branches after one shared norm and a head with a bias,
 // BloomForCausalLM with ALiBi over six heads and a norm after the embedding), builds
 // the same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
 // weights from the model.safetensors that save_pretrained wrote (f32, or bf16 for Mistral and
@@ -164,7 +165,8 @@ void build(Model& m, const Config& c, const Shape& ids) {
     m.norm = std::make_unique<nn::LayerNorm>(m.g, "norm", Shape{dim}, real(c, "eps"));
   else
     m.norm = std::make_unique<nn::RMSNorm>(m.g, "norm", Shape{dim}, real(c, "eps"));
-  m.head = std::make_unique<nn::Linear>(m.g, "head", dim, vocab, nn::LayerOptions{.bias = false});
+  m.head = std::make_unique<nn::Linear>(m.g, "head", dim, vocab,
+                                        nn::LayerOptions{.bias = integer(c, "head_bias") != 0});
   m.logits = (*m.head)((*m.norm)(h));
   if (const double cap = real(c, "final_softcap"); cap > 0)  // Gemma 2's capped logits
     m.logits = tanh(m.logits / cap) * cap;
@@ -220,6 +222,20 @@ void load_llama_family(Session& s, Model& m, const Config& c, const Loader& weig
   s.set_variable(m.head->weight, transposed(weight("lm_head.weight")));
 }
 
+// A LayerNorm's weight and bias from NAME.weight and NAME.bias.
+void set_layer_norm(Session& s, nn::Module& norm, const Loader& weight, const std::string& name) {
+  auto& layer = static_cast<nn::LayerNorm&>(norm);
+  s.set_variable(layer.weight, weight(name + ".weight"));
+  s.set_variable(layer.bias, weight(name + ".bias"));
+}
+
+// A Linear's weight (PyTorch's [out, in], transposed) and bias from NAME.weight and NAME.bias.
+void set_biased_linear(Session& s, nn::Linear& linear, const Loader& weight,
+                       const std::string& name) {
+  s.set_variable(linear.weight, transposed(weight(name + ".weight")));
+  s.set_variable(linear.bias, weight(name + ".bias"));
+}
+
 // Where a fused-qkv family keeps its weights.
 struct FusedQkvNames {
   std::string embed, embed_norm, layers, attention, final_norm, head;
@@ -240,14 +256,11 @@ const FusedQkvNames kBloomNames{"transformer.word_embeddings.weight",
 void load_fused_qkv(Session& s, Model& m, const Config& c, const Loader& weight,
                     const FusedQkvNames& names) {
   const int64_t heads = integer(c, "heads"), depth = integer(c, "hidden") / heads;
-  auto set_norm = [&](nn::Module& norm, const std::string& name) {
-    auto& layer = static_cast<nn::LayerNorm&>(norm);
-    s.set_variable(layer.weight, weight(name + ".weight"));
-    s.set_variable(layer.bias, weight(name + ".bias"));
+  const auto set_norm = [&](nn::Module& norm, const std::string& name) {
+    set_layer_norm(s, norm, weight, name);
   };
-  auto set_linear = [&](nn::Linear& linear, const std::string& name) {
-    s.set_variable(linear.weight, transposed(weight(name + ".weight")));
-    s.set_variable(linear.bias, weight(name + ".bias"));
+  const auto set_linear = [&](nn::Linear& linear, const std::string& name) {
+    set_biased_linear(s, linear, weight, name);
   };
   s.set_variable(m.embed->weight, weight(names.embed));
   if (m.embed_norm) set_norm(*m.embed_norm, names.embed_norm);
@@ -272,6 +285,32 @@ void load_fused_qkv(Session& s, Model& m, const Config& c, const Loader& weight,
   s.set_variable(m.head->weight, transposed(weight(names.head)));
 }
 
+// Loads a Phi-2 state dict: one LayerNorm feeding both branches (the block's two norms get its
+// weights), q, k, v and dense projections with biases, fc1 and fc2, a head with a bias.
+void load_phi(Session& s, Model& m, const Loader& weight) {
+  const auto set_norm = [&](nn::Module& norm, const std::string& name) {
+    set_layer_norm(s, norm, weight, name);
+  };
+  const auto set_linear = [&](nn::Linear& linear, const std::string& name) {
+    set_biased_linear(s, linear, weight, name);
+  };
+  s.set_variable(m.embed->weight, weight("model.embed_tokens.weight"));
+  for (size_t i = 0; i < m.blocks.size(); ++i) {
+    nn::TransformerBlock& b = *m.blocks[i];
+    const std::string at = str("model.layers.", i, ".");
+    set_norm(b.norm1, at + "input_layernorm");
+    set_norm(b.norm2, at + "input_layernorm");
+    set_linear(b.attention.query, at + "self_attn.q_proj");
+    set_linear(b.attention.key, at + "self_attn.k_proj");
+    set_linear(b.attention.value, at + "self_attn.v_proj");
+    set_linear(b.attention.output, at + "self_attn.dense");
+    set_linear(b.ffn_in, at + "mlp.fc1");
+    set_linear(b.ffn_out, at + "mlp.fc2");
+  }
+  set_norm(*m.norm, "model.final_layernorm");
+  set_linear(*m.head, "lm_head");
+}
+
 // Builds, loads and runs one model; returns the largest difference of its logits from
 // transformers' over their largest magnitude.
 double compare(const std::filesystem::path& dir) {
@@ -292,6 +331,8 @@ double compare(const std::filesystem::path& dir) {
     load_fused_qkv(session, m, c, weight, kNeoxNames);
   else if (c.at("family") == "bloom")
     load_fused_qkv(session, m, c, weight, kBloomNames);
+  else if (c.at("family") == "phi")
+    load_phi(session, m, weight);
   else
     load_llama_family(session, m, c, weight);
   const Tensor got = session.run({{m.tokens, ids}}, {m.logits})[0];
@@ -318,8 +359,8 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model :
-         {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2", "neox", "bloom"}) {
+    for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2",
+                              "neox", "phi", "bloom"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

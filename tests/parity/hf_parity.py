@@ -4,7 +4,8 @@ transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-h
 key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
 with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers; a
 Gemma 2 with soft-capped attention scores and logits;
-a GPT-NeoX with parallel attention and FFN and half of each head turned; a BLOOM with ALiBi
+a GPT-NeoX with parallel attention and FFN and half of each head turned; a Phi-2 with both
+branches after one norm and a head with a bias; a BLOOM with ALiBi
 over six heads and a norm after its embedding; grouped heads in the first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
 save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
 checkpoints ship; config.json), the token ids and logits (reference.safetensors) and what Kiln
@@ -23,7 +24,7 @@ try:
     import torch
     from safetensors.torch import save_file
     from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, Gemma3TextConfig,
-                              GemmaConfig, GPTNeoXConfig,
+                              GemmaConfig, PhiConfig, GPTNeoXConfig,
                               LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
     import transformers
 except ImportError as e:
@@ -101,6 +102,17 @@ def models():
                                               partial_rotary_factor=0.5)),
            dict(family="neox", rope="none", theta=10000.0, rotary_dims=4, norm="layer",
                 activation="gelu", bias=1, parallel=1, kv_heads=SHAPE["num_attention_heads"]))
+    # Phi-2: attention and MLP side by side after one shared LayerNorm, biases everywhere (the
+    # head's too), GELU's tanh form, rotary embedding of half of each head.
+    phi = {k: v for k, v in SHAPE.items() if k not in ("head_dim", "num_key_value_heads")}
+    yield ("phi",
+           PhiConfig(**phi, layer_norm_eps=1e-5, hidden_act="gelu_new",
+                     max_position_embeddings=256,
+                     rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                          partial_rotary_factor=0.5)),
+           dict(family="phi", rope="none", theta=10000.0, rotary_dims=4, norm="layer",
+                activation="gelu_tanh", bias=1, parallel=1, head_bias=1,
+                kv_heads=SHAPE["num_attention_heads"]))
     # BLOOM: ALiBi (no rotary) over 6 heads, whose slopes are 4 heads' then every other of 8's;
     # a LayerNorm after the embedding; the fused query_key_value; GELU's tanh form; the head
     # tied to the embedding (save_pretrained writes it once).
@@ -146,13 +158,13 @@ def main():
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
                       norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
                       attention_scale=0.0, thetas="-", windows="-", weights="f32",
-                      attention_softcap=0.0, final_softcap=0.0)
+                      attention_softcap=0.0, final_softcap=0.0, head_bias=0)
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, neox and "
-          f"bloom to "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, neox, phi "
+          f"and bloom to "
           f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
