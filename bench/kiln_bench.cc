@@ -162,12 +162,20 @@ double upsample_step(const SessionOptions& options) {
 
 // The transformer step's attention alone, forward and backward: causal, [16, 128, 4, 64] in
 // layout bthd (the heads of the block's projections), the gradients of sum(out * dout).
-double attention_step(const SessionOptions& options) {
+// Causal attention forward and backward, [16, 128, 4, 64] in bthd; `variant` "alibi" adds an
+// ALiBi bias [4, 128, 128], "softcap" caps the scores at 30: the per-row paths those take in
+// place of the f32 tiles (not in run.sh: a comparison of Kiln's own paths).
+double attention_step(const SessionOptions& options, const std::string& variant = "") {
   Graph g;
   const Shape shape{16, 128, 4, 64};
   Value q = g.placeholder("q", f32, shape), k = g.placeholder("k", f32, shape);
   Value v = g.placeholder("v", f32, shape), dout = g.placeholder("dout", f32, shape);
-  Value out = scaled_dot_product_attention(q, k, v, {.causal = true, .layout = "bthd"});
+  Value out = scaled_dot_product_attention(
+      q, k, v,
+      {.mask = variant == "alibi" ? alibi_bias(g, 4, 128, 128) : Value(),
+       .causal = true,
+       .softcap = variant == "softcap" ? 30.0 : 0.0,
+       .layout = "bthd"});
   const std::vector<Value> grads = gradients(sum(mul(out, dout)), {q, k, v});
   Session s(g, options);
   Tensor qb = ramp(shape), kb = ramp(shape), vb = ramp(shape), db = ramp(shape);
@@ -324,6 +332,8 @@ int main(int argc, char** argv) {
     std::printf("cnn_step %.9f\n", cnn_step(options));
   } else if (name == "attention_step") {
     std::printf("attention_step %.9f\n", attention_step(options));
+  } else if (name == "attention_step_alibi" || name == "attention_step_softcap") {
+    std::printf("%s %.9f\n", name.c_str(), attention_step(options, name.substr(15)));
   } else if (name == "lstm_step") {
     std::printf("lstm_step %.9f\n", lstm_step(options));
   } else if (name == "upsample_step") {
