@@ -316,7 +316,12 @@ void load_phi(Session& s, Model& m, const Loader& weight) {
 double compare(const std::filesystem::path& dir) {
   const Config c = read_config(dir);
   // As a user loads a checkpoint: by name from what save_pretrained wrote, bf16 cast to f32.
-  const SafetensorsFile file = load_safetensors((dir / "model.safetensors").string());
+  const std::filesystem::path index = dir / "model.safetensors.index.json";
+  const SafetensorsFile file = load_safetensors(
+      (std::filesystem::exists(index) ? index : dir / "model.safetensors").string());
+  KILN_CHECK(
+      c.at("family") != "llama" || dir.filename() != "llama3" || std::filesystem::exists(index),
+      Error, "[hf_parity] ", dir.string(), ": LLaMA's weights were to come in shards");
   const Loader weight = [&](const std::string& name) { return file.at(name).cast(f32); };
   KILN_CHECK(file.tensors.begin()->second.dtype() == (c.at("weights") == "bf16" ? bf16 : f32),
              Error, "[hf_parity] ", dir.string(), ": weights not stored as ", c.at("weights"));

@@ -8,7 +8,7 @@ a GPT-NeoX with parallel attention and FFN and half of each head turned; a Phi-2
 branches after one norm and a head with a bias; a BLOOM with ALiBi
 over six heads and a norm after its embedding; grouped heads in the first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
 save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
-checkpoints ship; config.json), the token ids and logits (reference.safetensors) and what Kiln
+checkpoints ship; LLaMA's sharded, with model.safetensors.index.json; config.json), the token ids and logits (reference.safetensors) and what Kiln
 needs to know (config.txt). tests/parity/hf_parity.cc then builds the same models from kiln::nn,
 loads model.safetensors, and compares its logits.
 
@@ -143,7 +143,9 @@ def main():
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(p.to(weights))
-        copy.deepcopy(model).to(weights).save_pretrained(out)
+        # LLaMA's in shards of at most 20 kB with their index, as large checkpoints come.
+        copy.deepcopy(model).to(weights).save_pretrained(
+            out, max_shard_size="20KB" if name == "llama3" else "5GB")
         ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH))
         with torch.no_grad():
             logits = model(input_ids=ids).logits
