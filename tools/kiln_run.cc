@@ -2,14 +2,17 @@
 // outputs as .npy files.
 //
 //   kiln-run GRAPH SIGNATURE [INPUT=FILE.npy ...] [--checkpoint CKPT] [--save-checkpoint CKPT]
-//            [--out DIR] [--threads N]
+//            [--weights FILE.safetensors] [--save-weights FILE.safetensors] [--out DIR]
+//            [--threads N]
 //
 // Inputs are named as in the signature (kiln-graph lists them); outputs are written to
 // DIR/<output name>.npy with '/' and ':' replaced by '_'. Outputs whose names would give the
 // same file ("split:1" and "split_1") each get their position in the signature added
 // ("split_1.out0.npy", "split_1.out1.npy"), so none overwrites another. With --save-checkpoint
 // the variables are saved after the run, so a "train" signature can be stepped from the
-// command line.
+// command line. --weights sets the variables a safetensors file names (after --checkpoint, so it
+// overrides it; names, dtypes and shapes must match the graph's), and --save-weights writes every
+// variable after the run as safetensors (for PyTorch or JAX, whose loaders read it).
 #include <kiln/kiln.h>
 
 #include <charconv>
@@ -24,7 +27,8 @@ namespace {
 int usage() {
   std::fprintf(stderr,
                "usage: kiln-run GRAPH SIGNATURE [INPUT=FILE.npy ...] [--checkpoint CKPT]\n"
-               "                [--save-checkpoint CKPT] [--out DIR] [--threads N]\n");
+               "                [--save-checkpoint CKPT] [--weights FILE.safetensors]\n"
+               "                [--save-weights FILE.safetensors] [--out DIR] [--threads N]\n");
   return 2;
 }
 
@@ -53,7 +57,7 @@ std::vector<std::string> output_files(const std::vector<Value>& outputs) {
 int main(int argc, char** argv) {
   std::vector<std::string> positional;
   std::map<std::string, std::string> inputs;
-  std::string checkpoint, save_checkpoint, out_dir = ".";
+  std::string checkpoint, save_checkpoint, weights, save_weights, out_dir = ".";
   int threads = 0;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -63,6 +67,10 @@ int main(int argc, char** argv) {
       checkpoint = value();
     else if (arg == "--save-checkpoint")
       save_checkpoint = value();
+    else if (arg == "--weights")
+      weights = value();
+    else if (arg == "--save-weights")
+      save_weights = value();
     else if (arg == "--out")
       out_dir = value();
     else if (arg == "--threads") {
@@ -95,19 +103,28 @@ int main(int argc, char** argv) {
     KILN_CHECK(inputs.empty(), FeedError, "[kiln-run] signature '", sig.name,
                "' has no input named '", inputs.empty() ? "" : inputs.begin()->first, "'");
     Session sess(*graph, {.intra_op_threads = threads});
+    std::map<std::string, Tensor> loaded_weights;
+    if (!weights.empty()) loaded_weights = load_safetensors(weights).tensors;
     if (!checkpoint.empty()) {
       sess.restore_checkpoint(checkpoint);
     } else {
       // Weights that would start from their random initializers: almost surely a forgotten
-      // --checkpoint. (Variables initialized from a tensor carry their values in the graph.)
+      // --checkpoint or --weights. (Variables initialized from a tensor carry their values in
+      // the graph.)
       std::vector<std::string> untrained;
       for (const Value& v : graph->variables(/*trainable_only=*/true))
-        if (v.node().attr<std::string>("init") != "tensor") untrained.push_back(v.name());
+        if (v.node().attr<std::string>("init") != "tensor" && !loaded_weights.count(v.name()))
+          untrained.push_back(v.name());
       if (!untrained.empty())
         std::fprintf(stderr,
-                     "kiln-run: WARNING: no --checkpoint given: %zu trainable variable(s) (%s%s) "
-                     "start from their initializers, not from trained values\n",
+                     "kiln-run: WARNING: no --checkpoint given and %zu trainable variable(s) "
+                     "(%s%s) not in --weights: they start from their initializers, not from "
+                     "trained values\n",
                      untrained.size(), untrained[0].c_str(), untrained.size() > 1 ? ", ..." : "");
+    }
+    if (!loaded_weights.empty()) {
+      sess.set_variables(loaded_weights);
+      std::printf("set %zu variable(s) from %s\n", loaded_weights.size(), weights.c_str());
     }
     std::vector<Tensor> outputs = sess.run_signature(sig.name, feeds);
     std::filesystem::create_directories(out_dir);
@@ -121,6 +138,10 @@ int main(int argc, char** argv) {
     if (!save_checkpoint.empty()) {
       sess.save_checkpoint(save_checkpoint);
       std::printf("saved checkpoint %s\n", save_checkpoint.c_str());
+    }
+    if (!save_weights.empty()) {
+      save_safetensors(sess.variable_values(), save_weights, {{"format", "kiln"}});
+      std::printf("saved weights %s\n", save_weights.c_str());
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kiln-run: %s\n", e.what());

@@ -442,6 +442,32 @@ TEST(KilnRunTool, RunsASignatureFromNpyFiles) {
                     " 2>/dev/null";
   int status = std::system(bad.c_str());
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  // Weights in and out as safetensors: a step from the checkpoint's weights, exported; then a
+  // step from those weights alone gives the loss a session holding them gives.
+  cmd = tool + " " + tmp("run.pb") + " train x=" + tmp("x.npy") + " y=" + tmp("y.npy") +
+        " --checkpoint " + tmp("run.ckpt") + " --out " + tmp("run_out") + " --save-weights " +
+        tmp("run.safetensors") + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const SafetensorsFile saved = load_safetensors(tmp("run.safetensors"));
+  EXPECT_EQ(saved.at("global_step").item<int64_t>(), 2);
+  EXPECT_EQ(saved.metadata.at("format"), "kiln");
+  cmd = tool + " " + tmp("run.pb") + " train x=" + tmp("x.npy") + " y=" + tmp("y.npy") +
+        " --weights " + tmp("run.safetensors") + " --out " + tmp("run_weights") +
+        " > /dev/null 2>" + tmp("run_weights.err");
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  EXPECT_EQ(read_file(tmp("run_weights.err"), 1 << 20), "");  // no untrained-weights warning
+  Session trained(m.g);
+  trained.set_variables(saved.tensors);
+  EXPECT_TRUE(
+      equal_bits(load_npy(tmp("run_weights/mean.npy")), trained.run_signature("train", {x, y})[0]));
+  save_safetensors({{"global_step", Tensor::scalar<int32_t>(0)}}, tmp("bad.safetensors"));
+  bad = tool + " " + tmp("run.pb") + " train x=" + tmp("x.npy") + " y=" + tmp("y.npy") +
+        " --weights " + tmp("bad.safetensors") + " --out " + tmp("run_weights") + " 2>" +
+        tmp("bad.err");
+  status = std::system(bad.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+  EXPECT_NE(read_file(tmp("bad.err"), 1 << 20).find("variable 'global_step' is i64[]; got i32[]"),
+            std::string::npos);
 }
 
 }  // namespace
