@@ -262,7 +262,7 @@ struct AttentionOptions {
   double scale = 0;
   /// Soft-capping of the scaled scores (Gemma 2's attn_logit_softcapping): each becomes
   /// softcap * tanh(score / softcap), in (-softcap, softcap), before the mask is applied; 0 for
-  /// none. Runs on the per-row kernels (not the f32 tiles or flash).
+  /// none. On CUDA it runs on the per-row kernels, not flash.
   double softcap = 0;
   /// "bhtd": q, k, v and the result are [B, H, T, D]; "bthd": [B, T, H, D], as a [B, T, H * D]
   /// projection reshaped (read in place: no transposes to split or merge heads).

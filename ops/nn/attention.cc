@@ -191,20 +191,6 @@ int64_t row_keys(int64_t kv, int64_t i, bool causal) {
   return causal ? std::min(kv, i + 1) : kv;
 }
 
-// What block_scores does beyond q k^T: the mask input (a bool mask or an additive bias, at
-// most one non-null) and the softcap (0: none).
-template <typename T>
-struct ScoreTerms {
-  const bool* keep = nullptr;
-  const T* bias = nullptr;
-  T softcap = 0;
-  // Whether block_scores scales the scores itself (to add a bias or cap them).
-  bool scaled_here() const { return bias != nullptr || softcap > 0; }
-  // The factor the kernels' exponentials apply to the scores block_scores leaves: the scale,
-  // or 1 where block_scores applied it.
-  T exp_scale(T scale) const { return scaled_here() ? T(1) : scale; }
-};
-
 template <typename T>
 ScoreTerms<T> score_terms(const KernelContext& ctx, int mask_index) {
   ScoreTerms<T> terms;
@@ -278,9 +264,9 @@ void attention_typed(KernelContext& ctx) {
   const T exp_scale = terms.exp_scale(scale);
   T* out = ctx.output(0).data<T>();
   T* lse = ctx.output(1).data<T>();
-  if constexpr (std::is_same_v<T, float>)  // the tiles take bool masks only, and no softcap
-    if (attention_tiles_available() && !terms.scaled_here())
-      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, terms.keep, out, lse);
+  if constexpr (std::is_same_v<T, float>)
+    if (attention_tiles_available())
+      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, terms, out, lse);
   const int64_t block = query_block(causal);
   const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
@@ -353,9 +339,9 @@ void attention_backward_typed(KernelContext& ctx) {
   T* dk = ctx.output(1).data<T>();
   T* dv = ctx.output(2).data<T>();
   if constexpr (std::is_same_v<T, float>)
-    if (attention_tiles_available() && !terms.scaled_here())
-      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, terms.keep,
-                                      dq, dk, dv);
+    if (attention_tiles_available())
+      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, terms, dq, dk,
+                                      dv);
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
   // Row strides: of q, dq and dk; of out, dout and dv; of k; of v.

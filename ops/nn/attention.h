@@ -51,6 +51,20 @@ struct AttentionShape {
   }
 };
 
+/// What the CPU kernels do to the scores beyond q k^T: the mask input (a bool mask or an
+/// additive bias, at most one non-null) and the softcap (0: none).
+template <typename T>
+struct ScoreTerms {
+  const bool* keep = nullptr;
+  const T* bias = nullptr;
+  T softcap = 0;
+  /// Whether the score computation scales the scores itself (to add a bias or cap them).
+  bool scaled_here() const { return bias != nullptr || softcap > 0; }
+  /// The factor the kernels' exponentials apply to the scores they are given: the scale, or 1
+  /// where the score computation applied it.
+  T exp_scale(T scale) const { return scaled_here() ? T(1) : scale; }
+};
+
 /// Whether the layout attribute says [B, T, H, D] ("bthd") rather than [B, H, T, D] ("bhtd").
 bool attention_layout_is_bthd(const std::string& layout);
 
@@ -67,13 +81,13 @@ bool attention_tiles_available();
 /// attention in f32 on the CPU through register-blocked tiles: out and lse (see attention.cc)
 /// for problem `a`, with `scale` resolved. Only where attention_tiles_available().
 void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
-                             const float* q, const float* k, const float* v, const bool* mask,
-                             float* out, float* lse);
+                             const float* q, const float* k, const float* v,
+                             const ScoreTerms<float>& terms, float* out, float* lse);
 
 /// attention_backward in f32 on the CPU through register-blocked tiles: dq, dk, dv.
 void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
                               const float* q, const float* k, const float* v, const float* out,
-                              const float* lse, const float* dout, const bool* mask, float* dq,
-                              float* dk, float* dv);
+                              const float* lse, const float* dout, const ScoreTerms<float>& terms,
+                              float* dq, float* dk, float* dv);
 
 }  // namespace kiln::ops

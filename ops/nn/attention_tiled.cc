@@ -152,6 +152,7 @@ struct HeadBuffers {
   std::vector<float> kt, k, v, vt;    // K^T [D, Tk], K [Tk, D], V [Tk, Dv], V^T [Dv, Tk]
   std::vector<float> dk_sum, dv_sum;  // [Tk, D], [Tk, Dv]
   std::vector<float> p, ds;  // the forward's s [kTile, Tk]; the backward's p, ds of a chunk
+  std::vector<float> slope;  // the backward's d s / d(q k^T) of a tile, under a softcap
 
   static HeadBuffers& of_this_thread() {
     thread_local HeadBuffers buffers;
@@ -159,29 +160,49 @@ struct HeadBuffers {
   }
 };
 
-// Raw scores of query rows [i0, i0 + rows) (q at the head's first row, rows ldq apart) against
-// keys [0, kv): s [rows, kv] with row stride lds, -inf where the mask hides a key.
+// Scores of query rows [i0, i0 + rows) (q at the head's first row, rows ldq apart) against
+// keys [0, kv): s [rows, kv] with row stride lds, -inf where the mask hides a key. Raw q k^T
+// (the callers' exponentials scale them), except with a bias or a softcap: then
+// softcap(scale q k^T) + bias, and `slope` (when given, row stride lds) receives d s / d(q k^T),
+// scale (1 - tanh^2), as attention.cc's block_scores.
 void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const float* kt,
-                 int64_t ldkt, const bool* mask, int64_t bh, int64_t i0, int64_t rows, int64_t kv,
-                 float* s, int64_t lds) {
+                 int64_t ldkt, const ScoreTerms<float>& terms, float scale, int64_t bh, int64_t i0,
+                 int64_t rows, int64_t kv, float* s, int64_t lds, float* slope = nullptr) {
   small_gemm::multiply(rows, whole_vector_columns(kv, lds), a.depth, qh + i0 * ldq, ldq, 1, kt,
                        ldkt, s, lds, false);
-  if (mask == nullptr) return;
+  if (!terms.scaled_here() && terms.keep == nullptr) return;
   const int64_t b = bh / a.heads, h = bh % a.heads;
+  const float cap = terms.softcap;
   for (int64_t r = 0; r < rows; ++r) {
-    const bool* m =
-        mask + b * a.mask_strides[0] + h * a.mask_strides[1] + (i0 + r) * a.mask_strides[2];
+    const int64_t at = b * a.mask_strides[0] + h * a.mask_strides[1] + (i0 + r) * a.mask_strides[2];
     float* row = s + r * lds;
-    for (int64_t j = 0; j < kv; ++j)
-      if (!m[j * a.mask_strides[3]]) row[j] = kMinusInf;
+    if (cap > 0) {
+      float* slope_row = slope != nullptr ? slope + r * lds : nullptr;
+      for (int64_t j = 0; j < kv; ++j) {
+        const float t = tanh_f32(row[j] * (scale / cap));
+        row[j] = cap * t;
+        if (slope_row != nullptr) slope_row[j] = scale * (1 - t * t);
+      }
+    } else if (terms.bias != nullptr) {
+      for (int64_t j = 0; j < kv; ++j) row[j] *= scale;
+    }
+    if (terms.bias != nullptr) {
+      const float* bias = terms.bias + at;
+      for (int64_t j = 0; j < kv; ++j) row[j] += bias[j * a.mask_strides[3]];
+    } else if (terms.keep != nullptr) {
+      const bool* m = terms.keep + at;
+      for (int64_t j = 0; j < kv; ++j)
+        if (!m[j * a.mask_strides[3]]) row[j] = kMinusInf;
+    }
   }
 }
 
 }  // namespace
 
 void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
-                             const float* q, const float* k, const float* v, const bool* mask,
-                             float* out, float* lse) {
+                             const float* q, const float* k, const float* v,
+                             const ScoreTerms<float>& terms, float* out, float* lse) {
+  const float exp_scale = terms.exp_scale(scale);
   const int64_t ldq = a.row_stride(a.depth), ldo = a.row_stride(a.value_depth);  // q; out
   const int64_t ldk = a.kv_row_stride(a.depth), ldv = a.kv_row_stride(a.value_depth);
   ctx.parallel_for(
@@ -205,7 +226,7 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
           for (int64_t i0 = 0; i0 < a.queries; i0 += kTile) {
             const int64_t rows = std::min(kTile, a.queries - i0);
             const int64_t kv = tile_keys(a, i0, rows, causal);
-            tile_scores(a, qh, ldq, kt, ldkt, mask, bh, i0, rows, kv, s, lds);
+            tile_scores(a, qh, ldq, kt, ldkt, terms, scale, bh, i0, rows, kv, s, lds);
             // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p.
             for (int64_t r = 0; r < rows; ++r) {
               float* row = s + r * lds;
@@ -218,11 +239,11 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
                 *lse_at = m;
                 continue;
               }
-              exp_scaled_shifted_each(row, n, scale, scale * m);
+              exp_scaled_shifted_each(row, n, exp_scale, exp_scale * m);
               const float sum = row_sum(row, n);
               std::fill(row + n, row + kv, 0.0f);
               inverse_sums[r] = 1 / sum;
-              *lse_at = scale * m + std::log(sum);
+              *lse_at = exp_scale * m + std::log(sum);
             }
             float* out_tile = out + a.row_offset(bh, i0, a.queries, a.value_depth);
             small_gemm::multiply(rows, a.value_depth, kv, s, lds, 1, vp, a.value_depth, out_tile,
@@ -236,9 +257,10 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
 
 void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
                               const float* q, const float* k, const float* v, const float* out,
-                              const float* lse, const float* dout, const bool* mask, float* dq,
-                              float* dk, float* dv) {
+                              const float* lse, const float* dout, const ScoreTerms<float>& terms,
+                              float* dq, float* dk, float* dv) {
   const int64_t d = a.depth, dvd = a.value_depth, keys = a.keys;
+  const float exp_scale = terms.exp_scale(scale);
   const int64_t ldq = a.row_stride(d), ldo = a.row_stride(dvd);        // q, dq, dk; out, dout, dv
   const int64_t ldk = a.kv_row_stride(d), ldv = a.kv_row_stride(dvd);  // k; v
   ctx.parallel_for(
@@ -253,6 +275,8 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
         const int64_t lds = whole_vectors(keys);  // of p and ds
         float* p = small_gemm::at_least(buffers.p, kChunk * lds);
         float* ds = small_gemm::at_least(buffers.ds, kChunk * lds);
+        float* slope =
+            terms.softcap > 0 ? small_gemm::at_least(buffers.slope, kTile * lds) : nullptr;
         int64_t packed = -1;  // the key-value head in kt, kp and vt
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, d);
@@ -276,16 +300,16 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
               const int64_t kv = tile_keys(a, i0, rows, causal);
               float* pt = p + (i0 - c0) * lds;
               float* dst = ds + (i0 - c0) * lds;
-              tile_scores(a, qh, ldq, kt, ldkt, mask, bh, i0, rows, kv, pt, lds);
+              tile_scores(a, qh, ldq, kt, ldkt, terms, scale, bh, i0, rows, kv, pt, lds, slope);
               for (int64_t r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
                 const float l = lse[bh * a.queries + i0 + r];
                 float* row = pt + r * lds;
                 const int64_t n = l == kMinusInf ? 0 : row_keys_of(kv, i0 + r, causal);
-                exp_scaled_shifted_each(row, n, scale, l);
+                exp_scaled_shifted_each(row, n, exp_scale, l);
                 std::fill(row + n, row + chunk_keys, 0.0f);
               }
-              // dp = dout v^T over the tile's keys, then ds = p (dp - D) scale in its place,
-              // with D = dout . out.
+              // dp = dout v^T over the tile's keys, then ds = p (dp - D) scale in its place
+              // (the slope for scale under a softcap), with D = dout . out.
               small_gemm::multiply(rows, whole_vector_columns(kv, lds), dvd, douth + i0 * ldo, ldo,
                                    1, vt, ldkt, dst, lds, false);
               for (int64_t r = 0; r < rows; ++r) {
@@ -294,7 +318,12 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
                 const float delta = row_dot(dout_row, out_row, dvd);
                 const float* pr = pt + r * lds;
                 float* dsr = dst + r * lds;
-                for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
+                if (slope == nullptr) {
+                  for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
+                } else {
+                  const float* sr = slope + r * lds;
+                  for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * sr[j];
+                }
                 std::fill(dsr + kv, dsr + chunk_keys, 0.0f);
               }
               small_gemm::multiply(rows, d, kv, dst, lds, 1, kp, d, dqh + i0 * ldq, ldq, false);
@@ -322,13 +351,13 @@ bool attention_tiles_available() {
 }
 
 void attention_forward_tiles(KernelContext&, const AttentionShape&, bool, float, const float*,
-                             const float*, const float*, const bool*, float*, float*) {
+                             const float*, const float*, const ScoreTerms<float>&, float*, float*) {
   throw Error("attention_forward_tiles: this build has no register-blocked tiles");
 }
 
 void attention_backward_tiles(KernelContext&, const AttentionShape&, bool, float, const float*,
                               const float*, const float*, const float*, const float*, const float*,
-                              const bool*, float*, float*, float*) {
+                              const ScoreTerms<float>&, float*, float*, float*) {
   throw Error("attention_backward_tiles: this build has no register-blocked tiles");
 }
 
