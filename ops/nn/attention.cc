@@ -35,6 +35,7 @@
 #include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn.h"
 #include "kiln/ops/nn/attention.h"
+#include "kiln/ops/nn/attention_scores.h"
 
 namespace kiln {
 namespace ops {
@@ -218,31 +219,10 @@ void block_scores(const AttentionShape& a, const T* q, int ldq, const T* k, int 
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
   gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ldq, ldq, k, ldk, s,
        keys);
-  const T minus_inf = -std::numeric_limits<T>::infinity();
-  const int64_t at = b * a.mask_strides[0] + h * a.mask_strides[1];
-  const T cap = terms.softcap;
-  for (int64_t r = 0; r < rows && (terms.scaled_here() || terms.keep != nullptr); ++r) {
-    T* row = s + r * a.keys;
-    const int64_t row_at = at + (i0 + r) * a.mask_strides[2];
-    if (cap > 0) {
-      T* slope_row = slope != nullptr ? slope + r * a.keys : nullptr;
-      for (int64_t j = 0; j < kv; ++j) {
-        const T t = tanh_cpu_fn{}(row[j] * (scale / cap));  // f32: vectorized, within 4 ulp
-        row[j] = cap * t;
-        if (slope_row != nullptr) slope_row[j] = scale * (T(1) - t * t);
-      }
-    } else if (terms.bias != nullptr) {
-      for (int64_t j = 0; j < kv; ++j) row[j] *= scale;
-    }
-    if (terms.bias != nullptr) {
-      const T* bias = terms.bias + row_at;
-      for (int64_t j = 0; j < kv; ++j) row[j] += bias[j * a.mask_strides[3]];
-    } else if (terms.keep != nullptr) {
-      const bool* keep = terms.keep + row_at;
-      for (int64_t j = 0; j < kv; ++j)
-        if (!keep[j * a.mask_strides[3]]) row[j] = minus_inf;
-    }
-  }
+  if (!terms.scaled_here() && terms.keep == nullptr) return;
+  for (int64_t r = 0; r < rows; ++r)
+    apply_score_terms(terms, a, scale, b, h, i0 + r, kv, s + r * a.keys,
+                      slope != nullptr ? slope + r * a.keys : nullptr);
 }
 
 template <typename T>

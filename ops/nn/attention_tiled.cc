@@ -20,6 +20,7 @@
 #include "kiln/ops/math/small_gemm.h"
 #include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn/attention.h"
+#include "kiln/ops/nn/attention_scores.h"
 
 namespace kiln::ops {
 
@@ -171,30 +172,9 @@ void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const fl
   small_gemm::multiply(rows, whole_vector_columns(kv, lds), a.depth, qh + i0 * ldq, ldq, 1, kt,
                        ldkt, s, lds, false);
   if (!terms.scaled_here() && terms.keep == nullptr) return;
-  const int64_t b = bh / a.heads, h = bh % a.heads;
-  const float cap = terms.softcap;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t at = b * a.mask_strides[0] + h * a.mask_strides[1] + (i0 + r) * a.mask_strides[2];
-    float* row = s + r * lds;
-    if (cap > 0) {
-      float* slope_row = slope != nullptr ? slope + r * lds : nullptr;
-      for (int64_t j = 0; j < kv; ++j) {
-        const float t = tanh_f32(row[j] * (scale / cap));
-        row[j] = cap * t;
-        if (slope_row != nullptr) slope_row[j] = scale * (1 - t * t);
-      }
-    } else if (terms.bias != nullptr) {
-      for (int64_t j = 0; j < kv; ++j) row[j] *= scale;
-    }
-    if (terms.bias != nullptr) {
-      const float* bias = terms.bias + at;
-      for (int64_t j = 0; j < kv; ++j) row[j] += bias[j * a.mask_strides[3]];
-    } else if (terms.keep != nullptr) {
-      const bool* m = terms.keep + at;
-      for (int64_t j = 0; j < kv; ++j)
-        if (!m[j * a.mask_strides[3]]) row[j] = kMinusInf;
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    apply_score_terms(terms, a, scale, bh / a.heads, bh % a.heads, i0 + r, kv, s + r * lds,
+                      slope != nullptr ? slope + r * lds : nullptr);
 }
 
 }  // namespace
