@@ -237,10 +237,10 @@ SafetensorsFile load_sharded(const std::string& index_path) {
                "'] is a ", JsonValue::kind_name(shard.kind()), ", not a file name");
     // The index is untrusted: it names files beside it, never ones elsewhere.
     const std::string& file = shard.text();
-    KILN_CHECK(
-        !file.empty() && file[0] != '/' && ("/" + file + "/").find("/../") == std::string::npos,
-        FileError, prefix, ": weight_map['", name, "'] is \"", file,
-        "\": shards must be files in the index's folder");
+    KILN_CHECK(!file.empty() && file[0] != '/' && file.find('\0') == std::string::npos &&
+                   ("/" + file + "/").find("/../") == std::string::npos,
+               FileError, prefix, ": weight_map['", name, "'] is ", json_quoted(file),
+               ": shards must be files in the index's folder");
     wanted[file].insert(name);
   }
   SafetensorsFile result;
