@@ -7,6 +7,8 @@
 #include <fstream>
 #include <random>
 
+#include "kiln/framework/file_io.h"
+#include "kiln/framework/json.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -202,6 +204,25 @@ TEST(Trace, SessionWritesAChromeTrace) {
   EXPECT_EQ(events, 6u);  // matmul and relu, three runs
   EXPECT_NE(json.find("\"name\": \"matmul\""), std::string::npos);
   EXPECT_NE(json.find("\"dur\": "), std::string::npos);
+}
+
+// A node name with quotes, a backslash and control characters stays valid JSON in the trace
+// (the writer once escaped only quotes and backslashes).
+TEST(Trace, NamesAreEscapedAsJson) {
+  const std::string odd = "relu \"quoted\" \\ line\nbreak\ttab\x01";
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 2});
+  Value y = g.add("relu", {x}, {}, {.name = odd, .exact_name = true});
+  {
+    Session s(g, {.trace_path = tmp("odd_trace.json")});
+    s.run({{x, Tensor::full(f32, {2, 2}, 1)}}, {y});
+  }
+  const JsonValue trace = parse_json(read_file(tmp("odd_trace.json"), 1 << 20), "trace");
+  const JsonValue* events = trace.find("traceEvents");
+  ASSERT_NE(events, nullptr);
+  bool found = false;
+  for (const JsonValue& e : events->items()) found = found || e.find("name")->text() == odd;
+  EXPECT_TRUE(found);
 }
 
 TEST(KilnGraphTool, BrokenFilesExitOneWithAMessage) {
