@@ -4,10 +4,11 @@
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, attention_step, gru_step and
-// upsample_step (the last three by hand: not in run.sh), peak_flops (the processor's measured
-// f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes
-// (the graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE
-// (a Chrome trace of the runs).
+// upsample_step (the last three by hand: not in run.sh; also attention_step_alibi,
+// attention_step_softcap, attention_window_step and attention_window_step_mask), peak_flops (the
+// processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
+// graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
+// Chrome trace of the runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
 
@@ -182,6 +183,29 @@ double attention_step(const SessionOptions& options, const std::string& variant 
   return time_it([&] { s.run({{q, qb}, {k, kb}, {v, vb}, {dout, db}}, grads); }, 3, 50);
 }
 
+// Sliding-window attention forward and backward, Mistral's shape of it scaled down: causal,
+// window 256 over [2, 2048, 4, 64] in bthd. `as_mask` gives the window as the bool mask it
+// equals, which the kernels compute in full (a plain causal pass): the work the window's own
+// attribute skips (not in run.sh: a comparison of Kiln's own paths).
+double attention_window_step(const SessionOptions& options, bool as_mask) {
+  constexpr int64_t kLength = 2048, kWindow = 256;
+  Graph g;
+  const Shape shape{2, kLength, 4, 64};
+  Value q = g.placeholder("q", f32, shape), k = g.placeholder("k", f32, shape);
+  Value v = g.placeholder("v", f32, shape), dout = g.placeholder("dout", f32, shape);
+  AttentionOptions attention{.causal = true, .layout = "bthd"};
+  if (as_mask)
+    attention.mask = greater(iota(g, Shape{1, 1, 1, kLength}, 3, i64),
+                             iota(g, Shape{1, 1, kLength, 1}, 2, i64) - double(kWindow));
+  else
+    attention.window = kWindow;
+  Value out = scaled_dot_product_attention(q, k, v, attention);
+  const std::vector<Value> grads = gradients(sum(mul(out, dout)), {q, k, v});
+  Session s(g, options);
+  Tensor qb = ramp(shape), kb = ramp(shape), vb = ramp(shape), db = ramp(shape);
+  return time_it([&] { s.run({{q, qb}, {k, kb}, {v, vb}, {dout, db}}, grads); }, 2, 10);
+}
+
 long peak_rss_kib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -332,6 +356,9 @@ int main(int argc, char** argv) {
     std::printf("cnn_step %.9f\n", cnn_step(options));
   } else if (name == "attention_step") {
     std::printf("attention_step %.9f\n", attention_step(options));
+  } else if (name == "attention_window_step" || name == "attention_window_step_mask") {
+    std::printf("%s %.9f\n", name.c_str(),
+                attention_window_step(options, name == "attention_window_step_mask"));
   } else if (name == "attention_step_alibi" || name == "attention_step_softcap") {
     std::printf("%s %.9f\n", name.c_str(), attention_step(options, name.substr(15)));
   } else if (name == "lstm_step") {

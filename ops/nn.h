@@ -254,9 +254,9 @@ struct AttentionOptions {
   /// Query i attends to keys j <= i only (top-left aligned, as PyTorch's is_causal).
   bool causal = false;
   /// Sliding-window (local) attention: query i attends to keys j > i - window only (with causal,
-  /// the `window` keys up to its own: Mistral's and Gemma's local layers); 0 for no window. A
-  /// bool mask built with the graph (the lengths must be known then) and joined to `mask`: the
-  /// kernels still compute the products outside the window.
+  /// the `window` keys up to its own: Mistral's and Gemma's local layers); 0 for no window. The
+  /// kernels skip the products outside it (a step costs O(T window), not O(T^2)); lengths may
+  /// be unknown as the graph is built.
   int64_t window = 0;
   /// The scores' factor; 0 means 1 / sqrt(depth).
   double scale = 0;

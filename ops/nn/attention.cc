@@ -3,7 +3,8 @@
 // bias of q's dtype added to the scaled scores (PyTorch's float attn_mask). Hk divides H: with
 // fewer key-value heads (grouped-query attention) query head h reads key-value head h / (H / Hk)
 // in place (AttentionShape::kv_row_offset; nothing is repeated):
-//   s[i, j] = scale q[i] . k[j] (+ bias[i, j])   (-inf where masked, or where j > i when causal)
+//   s[i, j] = scale q[i] . k[j] (+ bias[i, j])   (-inf where masked, or out of reach: j > i when
+//                                                causal, j <= i - window with a sliding window)
 // or, with a softcap c (Gemma 2's attention logit soft-capping), c tanh(scale q[i] . k[j] / c)
 // (+ bias[i, j]): the scores bounded to (-c, c) before the mask.
 //   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
@@ -45,9 +46,12 @@ bool attention_layout_is_bthd(const std::string& layout) {
 }
 
 AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, const Shape* mask,
-                               const std::string& layout, const std::string& where) {
+                               const std::string& layout, bool causal, int64_t window,
+                               const std::string& where) {
   AttentionShape a;
   a.bthd = attention_layout_is_bthd(layout);
+  a.causal = causal;
+  a.window = window;
   const int heads_dim = a.bthd ? 2 : 1, length_dim = a.bthd ? 1 : 2;
   a.batch = q[0];
   a.heads = q[heads_dim];
@@ -75,15 +79,24 @@ AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, c
   return a;
 }
 
+AttentionShape attention_shape(const KernelContext& ctx, int mask_index) {
+  const bool has_mask = ctx.num_inputs() > mask_index;
+  return attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(),
+                         has_mask ? &ctx.input(mask_index).shape() : nullptr,
+                         ctx.attr<std::string>("layout"), ctx.attr<bool>("causal"),
+                         ctx.attr<int64_t>("window"), ctx.where());
+}
+
 namespace {
 
 constexpr int64_t kQueryBlock = 128;
 
-// The query rows of a CPU block: kQueryBlock, or half of it with causal masking, where a
-// block's products stop at its last visible key (smaller blocks skip more of the masked
-// triangle). The products of 128 rows ran 5-10% faster than of 64 (head depth 64).
-int64_t query_block(bool causal) {
-  return causal ? kQueryBlock / 2 : kQueryBlock;
+// The query rows of a CPU block: kQueryBlock, or half of it where the keys reached move with
+// the rows (causal, a window), as a block's products span the keys of all its rows (smaller
+// blocks skip more of what is out of reach). The products of 128 rows ran 5-10% faster than of
+// 64 (head depth 64).
+int64_t query_block(const AttentionShape& a) {
+  return a.causal || a.window > 0 ? kQueryBlock / 2 : kQueryBlock;
 }
 
 // The dims of heads and of length in q, k, v for the node's layout attribute (checked here).
@@ -118,6 +131,8 @@ void check_attention(const InferContext& ctx) {
   if (!same(k[ld], v[ld])) ctx.fail("k ", k, " and v ", v, " hold different numbers of keys");
   if (!same(q[3], k[3])) ctx.fail("q ", q, " and k ", k, " have different depths");
   if (ctx.attr<double>("scale") < 0) ctx.fail("scale ", ctx.attr<double>("scale"), " < 0");
+  if (ctx.attr<int64_t>("window") < 0)
+    ctx.fail("window ", ctx.attr<int64_t>("window"), " must be positive (or 0 for none)");
   const double softcap = ctx.attr<double>("softcap");
   if (!(softcap >= 0 && std::isfinite(softcap)))
     ctx.fail("softcap ", softcap, " must be positive (or 0 for none)");
@@ -179,17 +194,15 @@ double scale_of(const KernelContext& ctx, int64_t depth) {
   return scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(depth));
 }
 
-// The keys query rows [i0, i0 + rows) can attend: all of them, or with causal masking (key j
-// only for query i >= j) the first i0 + rows. Keys past it are masked for the whole block, so
-// the kernels leave them out of every product (half the work of a causal square).
-int64_t visible_keys(const AttentionShape& a, int64_t i0, int64_t rows, bool causal) {
-  return causal ? std::min(a.keys, i0 + rows) : a.keys;
-}
-
-// The keys query row i of a block with `kv` visible keys attends: all kv, or with causal
-// masking those up to i.
-int64_t row_keys(int64_t kv, int64_t i, bool causal) {
-  return causal ? std::min(kv, i + 1) : kv;
+// The keys query rows [i0, i0 + rows) reach together (AttentionShape::first_key and key_end
+// are monotone in the row): keys outside are out of every row's reach, so the kernels leave
+// them out of every product (half the work of a causal square, all but the window's).
+struct KeySpan {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+KeySpan block_keys(const AttentionShape& a, int64_t i0, int64_t rows) {
+  return {a.first_key(i0), rows > 0 ? a.key_end(i0 + rows - 1) : a.first_key(i0)};
 }
 
 template <typename T>
@@ -206,38 +219,32 @@ ScoreTerms<T> score_terms(const KernelContext& ctx, int mask_index) {
 }
 
 // Raw scores q k^T of query rows [i0, i0 + rows) of one (b, h) (q and k at its first rows,
-// rows ldq and ldk apart) against their first `kv` keys into s [rows, Tk] (row stride Tk), -inf
-// where the mask hides a key. The scale is applied by the callers inside their exponentials
-// (e^(terms.exp_scale(scale) s - shift), scale > 0), except with a bias or a softcap: then
-// s = softcap(scale q k^T) + bias here, and `slope` (when given, [rows, Tk] as s) receives
-// d s / d(q k^T): scale (1 - tanh^2) under a softcap, else scale. The causal part of the mask
-// is the callers' row ranges (row_keys): entries past a row's range are not read.
+// rows ldq and ldk apart) against keys `span` into s [rows, Tk] (row stride Tk, key j in column
+// j; the other columns untouched), -inf where the mask hides a key. The scale is applied by the
+// callers inside their exponentials (e^(terms.exp_scale(scale) s - shift), scale > 0), except
+// with a bias or a softcap: then s = softcap(scale q k^T) + bias here, and `slope` (when given,
+// [rows, Tk] as s) receives d s / d(q k^T): scale (1 - tanh^2) under a softcap, else scale. The
+// reach (causal, window) is the callers' row ranges: entries outside a row's are not read.
 template <typename T>
 void block_scores(const AttentionShape& a, const T* q, int ldq, const T* k, int ldk,
                   const ScoreTerms<T>& terms, T scale, int64_t b, int64_t h, int64_t i0,
-                  int64_t rows, int64_t kv, T* s, T* slope = nullptr) {
+                  int64_t rows, KeySpan span, T* s, T* slope = nullptr) {
   const int d = static_cast<int>(a.depth), keys = static_cast<int>(a.keys);
-  gemm(false, true, static_cast<int>(rows), static_cast<int>(kv), d, q + i0 * ldq, ldq, k, ldk, s,
-       keys);
+  gemm(false, true, static_cast<int>(rows), static_cast<int>(span.size()), d, q + i0 * ldq, ldq,
+       k + span.begin * ldk, ldk, s + span.begin, keys);
   if (!terms.scaled_here() && terms.keep == nullptr) return;
   for (int64_t r = 0; r < rows; ++r)
-    apply_score_terms(terms, a, scale, b, h, i0 + r, kv, s + r * a.keys,
+    apply_score_terms(terms, a, scale, b, h, i0 + r, span.begin, span.end, s + r * a.keys,
                       slope != nullptr ? slope + r * a.keys : nullptr);
 }
 
 template <typename T>
 void attention_typed(KernelContext& ctx) {
   single_threaded_blas();
-  const Tensor& tq = ctx.input(0);
-  const bool has_mask = ctx.num_inputs() > 3;
-  const Shape* mask_shape = has_mask ? &ctx.input(3).shape() : nullptr;
-  const AttentionShape a =
-      attention_shape(tq.shape(), ctx.input(1).shape(), ctx.input(2).shape(), mask_shape,
-                      ctx.attr<std::string>("layout"), ctx.where());
+  const AttentionShape a = attention_shape(ctx, 3);
   check_blas_sizes(ctx, a);
-  const bool causal = ctx.attr<bool>("causal");
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
-  const T* q = tq.data<T>();
+  const T* q = ctx.input(0).data<T>();
   const T* k = ctx.input(1).data<T>();
   const T* v = ctx.input(2).data<T>();
   const ScoreTerms<T> terms = score_terms<T>(ctx, 3);
@@ -246,14 +253,15 @@ void attention_typed(KernelContext& ctx) {
   T* lse = ctx.output(1).data<T>();
   if constexpr (std::is_same_v<T, float>)
     if (attention_tiles_available())
-      return attention_forward_tiles(ctx, a, causal, scale, q, k, v, terms, out, lse);
-  const int64_t block = query_block(causal);
+      return attention_forward_tiles(ctx, a, scale, q, k, v, terms, out, lse);
+  const int64_t block = query_block(a);
   const int64_t blocks = (a.queries + block - 1) / block;
   const int dvd = static_cast<int>(a.value_depth);
   const int ldq = static_cast<int>(a.row_stride(a.depth));           // q
   const int ldo = static_cast<int>(a.row_stride(a.value_depth));     // out
   const int ldk = static_cast<int>(a.kv_row_stride(a.depth));        // k
   const int ldv = static_cast<int>(a.kv_row_stride(a.value_depth));  // v
+  constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
   ctx.parallel_for(
       a.batch * a.heads * blocks, block * a.keys * (a.depth + a.value_depth) * 2,
       [&](int64_t t0, int64_t t1) {
@@ -263,32 +271,41 @@ void attention_typed(KernelContext& ctx) {
           const int64_t bh = t / blocks, i0 = (t % blocks) * block;
           const int64_t b = bh / a.heads, h = bh % a.heads;
           const int64_t rows = std::min(block, a.queries - i0);
-          const int64_t kv = visible_keys(a, i0, rows, causal);
+          const KeySpan span = block_keys(a, i0, rows);
           const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
           const T* kh = k + a.kv_row_offset(bh, 0, a.depth);
           const T* vh = v + a.kv_row_offset(bh, 0, a.value_depth);
           T* out_blk = out + a.row_offset(bh, i0, a.queries, a.value_depth);
-          block_scores(a, qh, ldq, kh, ldk, terms, scale, b, h, i0, rows, kv, s.data());
-          // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p, the division on the
-          // product's Dv columns rather than on p's kv.
+          if (span.size() == 0) {  // no row reaches a key: out 0, lse -inf
+            for (int64_t r = 0; r < rows; ++r) {
+              std::fill_n(out_blk + r * ldo, dvd, T(0));
+              lse[bh * a.queries + i0 + r] = kMinusInf;
+            }
+            continue;
+          }
+          block_scores(a, qh, ldq, kh, ldk, terms, scale, b, h, i0, rows, span, s.data());
+          // p = e^(scale (s - max)) unnormalized, 0 outside the row's reach; out = (p v) / sum p,
+          // the division on the product's Dv columns rather than on p's keys.
           for (int64_t r = 0; r < rows; ++r) {
             T* row = s.data() + r * a.keys;
-            const int64_t n = row_keys(kv, i0 + r, causal);
-            const T m = max_of(row, n);
+            const int64_t first = a.first_key(i0 + r), end = a.key_end(i0 + r);
+            const T m = max_of(row + first, end - first);
             T* lse_at = lse + bh * a.queries + i0 + r;
-            if (m == -std::numeric_limits<T>::infinity()) {  // nothing to attend: out 0
-              std::fill(row, row + kv, T(0));
+            std::fill(row + span.begin, row + first, T(0));
+            if (m == kMinusInf) {  // nothing to attend: out 0
+              std::fill(row + first, row + span.end, T(0));
               inverse_sums[r] = 0;
               *lse_at = m;
               continue;
             }
-            const T sum = exp_scaled_shifted(row, n, exp_scale, exp_scale * m);
-            std::fill(row + n, row + kv, T(0));
+            const T sum = exp_scaled_shifted(row + first, end - first, exp_scale, exp_scale * m);
+            std::fill(row + end, row + span.end, T(0));
             inverse_sums[r] = T(1) / sum;
             *lse_at = exp_scale * m + std::log(sum);
           }
-          gemm(false, false, static_cast<int>(rows), dvd, static_cast<int>(kv), s.data(),
-               static_cast<int>(a.keys), vh, ldv, out_blk, ldo);
+          gemm(false, false, static_cast<int>(rows), dvd, static_cast<int>(span.size()),
+               s.data() + span.begin, static_cast<int>(a.keys), vh + span.begin * ldv, ldv, out_blk,
+               ldo);
           for (int64_t r = 0; r < rows; ++r)
             for (int c = 0; c < dvd; ++c) out_blk[r * ldo + c] *= inverse_sums[r];
         }
@@ -298,14 +315,9 @@ void attention_typed(KernelContext& ctx) {
 template <typename T>
 void attention_backward_typed(KernelContext& ctx) {
   single_threaded_blas();
-  const bool has_mask = ctx.num_inputs() > 6;
-  const Shape* mask_shape = has_mask ? &ctx.input(6).shape() : nullptr;
-  const AttentionShape a =
-      attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(), mask_shape,
-                      ctx.attr<std::string>("layout"), ctx.where());
+  const AttentionShape a = attention_shape(ctx, 6);
   check_blas_sizes(ctx, a);
-  const bool causal = ctx.attr<bool>("causal");
-  const int64_t block = query_block(causal);
+  const int64_t block = query_block(a);
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
   const T* q = ctx.input(0).data<T>();
   const T* k = ctx.input(1).data<T>();
@@ -320,8 +332,7 @@ void attention_backward_typed(KernelContext& ctx) {
   T* dv = ctx.output(2).data<T>();
   if constexpr (std::is_same_v<T, float>)
     if (attention_tiles_available())
-      return attention_backward_tiles(ctx, a, causal, scale, q, k, v, out, lse, dout, terms, dq, dk,
-                                      dv);
+      return attention_backward_tiles(ctx, a, scale, q, k, v, out, lse, dout, terms, dq, dk, dv);
   const int d = static_cast<int>(a.depth), dvd = static_cast<int>(a.value_depth);
   const int keys = static_cast<int>(a.keys);
   // Row strides: of q, dq and dk; of out, dout and dv; of k; of v.
@@ -353,36 +364,49 @@ void attention_backward_typed(KernelContext& ctx) {
           }
           for (int64_t i0 = 0; i0 < a.queries; i0 += block) {
             const int rows = static_cast<int>(std::min(block, a.queries - i0));
-            const int kv = static_cast<int>(visible_keys(a, i0, rows, causal));
-            block_scores(a, qh, ldq, kh, ldk, terms, scale, b, h, i0, rows, kv, p.data(),
+            const KeySpan span = block_keys(a, i0, rows);
+            const int kv = static_cast<int>(span.size());
+            if (kv == 0) {  // no row reaches a key: dq 0
+              for (int r = 0; r < rows; ++r) std::fill_n(dqh + (i0 + r) * ldq, d, T(0));
+              continue;
+            }
+            block_scores(a, qh, ldq, kh, ldk, terms, scale, b, h, i0, rows, span, p.data(),
                          slope.empty() ? nullptr : slope.data());
             const T* dout_blk = douth + i0 * ldo;
             const T* out_blk = outh + i0 * ldo;
-            for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
+            for (int r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 outside the row's reach
               const T l = lse[bh * a.queries + i0 + r];
               T* row = p.data() + r * a.keys;
-              const int64_t n =
-                  l == -std::numeric_limits<T>::infinity() ? 0 : row_keys(kv, i0 + r, causal);
-              exp_scaled_shifted(row, n, exp_scale, l);
-              std::fill(row + n, row + kv, T(0));
+              const int64_t first = a.first_key(i0 + r);
+              const int64_t end =
+                  l == -std::numeric_limits<T>::infinity() ? first : a.key_end(i0 + r);
+              std::fill(row + span.begin, row + first, T(0));
+              exp_scaled_shifted(row + first, end - first, exp_scale, l);
+              std::fill(row + end, row + span.end, T(0));
             }
-            // Over the block's visible keys: dv += p^T dout;  dp = dout v^T
-            gemm(true, false, kv, dvd, rows, p.data(), keys, dout_blk, ldo, dvh, ldo, T(1));
-            gemm(false, true, rows, kv, dvd, dout_blk, ldo, vh, ldv, dp.data(), keys);
+            // Over the block's keys (p, dp and ds at their first column): dv += p^T dout;
+            // dp = dout v^T
+            T* pb = p.data() + span.begin;
+            T* dpb = dp.data() + span.begin;
+            gemm(true, false, kv, dvd, rows, pb, keys, dout_blk, ldo, dvh + span.begin * ldo, ldo,
+                 T(1));
+            gemm(false, true, rows, kv, dvd, dout_blk, ldo, vh + span.begin * ldv, ldv, dpb, keys);
             for (int r = 0; r < rows; ++r) {
               const T delta = dot_of(dout_blk + r * ldo, out_blk + r * ldo, dvd);  // dout . out
-              const T* pr = p.data() + r * a.keys;
-              T* dpr = dp.data() + r * a.keys;
+              const T* pr = pb + r * a.keys;
+              T* dpr = dpb + r * a.keys;
               if (slope.empty()) {
                 for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * scale;  // ds
               } else {
-                const T* sr = slope.data() + r * a.keys;
+                const T* sr = slope.data() + r * a.keys + span.begin;
                 for (int64_t j = 0; j < kv; ++j) dpr[j] = pr[j] * (dpr[j] - delta) * sr[j];
               }
             }
             // dq = ds k;  dk += ds^T q
-            gemm(false, false, rows, d, kv, dp.data(), keys, kh, ldk, dqh + i0 * ldq, ldq);
-            gemm(true, false, kv, d, rows, dp.data(), keys, qh + i0 * ldq, ldq, dkh, ldq, T(1));
+            gemm(false, false, rows, d, kv, dpb, keys, kh + span.begin * ldk, ldk, dqh + i0 * ldq,
+                 ldq);
+            gemm(true, false, kv, d, rows, dpb, keys, qh + i0 * ldq, ldq, dkh + span.begin * ldq,
+                 ldq, T(1));
           }
         }
       });
@@ -435,13 +459,15 @@ Value bias_gradient(GradContext& c, const Value& dout) {
   const int64_t heads = q_shape[bthd ? 2 : 1], kv_heads = c.input(1).shape()[bthd ? 2 : 1];
   const int64_t queries = q_shape[bthd ? 1 : 2], keys = c.input(1).shape()[bthd ? 1 : 2];
   const bool causal = node.attr<bool>("causal");
+  const int64_t window = node.attr<int64_t>("window");
+  const bool positional = causal || window > 0;
   double scale = node.attr<double>("scale");
   KILN_CHECK((scale > 0 || q_shape[3] > 0) && heads >= 0 && kv_heads >= 0 &&
-                 (!causal || (queries >= 0 && keys >= 0)),
+                 (!positional || (queries >= 0 && keys >= 0)),
              GraphError, "[attention] ", node.name(),
              ": the gradient of its bias needs q's depth (or a scale), the heads",
-             causal ? " and, causal, the lengths" : "", " known as the graph is built; q ", q_shape,
-             ", k ", c.input(1).shape());
+             positional ? " and, causal or windowed, the lengths" : "",
+             " known as the graph is built; q ", q_shape, ", k ", c.input(1).shape());
   if (scale == 0) scale = 1 / std::sqrt(static_cast<double>(q_shape[3]));
   auto prepared = [&](Value t) {  // [B, H, T, D] in the stats dtype
     if (bthd) t = transpose(t, {0, 2, 1, 3});
@@ -453,11 +479,14 @@ Value bias_gradient(GradContext& c, const Value& dout) {
   Value z = matmul(q, k, false, true) * scale;
   if (const double cap = node.attr<double>("softcap"); cap > 0) z = tanh(z / cap) * cap;
   z = z + (bias.dtype() == lse.dtype() ? bias : cast(bias, lse.dtype()));
-  if (causal) {  // key j only for query i >= j
+  if (positional) {  // key j for query i where i reaches it: j <= i, j > i - window
     Graph& g = c.graph();
-    z = where(
-        less_equal(iota(g, Shape{1, 1, 1, keys}, 3, i64), iota(g, Shape{1, 1, queries, 1}, 2, i64)),
-        z, -std::numeric_limits<double>::infinity());
+    const Value key = iota(g, Shape{1, 1, 1, keys}, 3, i64);
+    const Value query = iota(g, Shape{1, 1, queries, 1}, 2, i64);
+    Value reached;
+    if (causal) reached = less_equal(key, query);
+    if (window > 0) reached = attention_mask_and(reached, greater(key, query - double(window)));
+    z = where(reached, z, -std::numeric_limits<double>::infinity());
   }
   // A row that attends nothing has lse -inf and every z -inf: its p is 0, not NaN.
   const Value shift =
@@ -470,6 +499,7 @@ Value bias_gradient(GradContext& c, const Value& dout) {
 
 AttrMap attention_attrs(const Node& node) {
   return {{"causal", node.attr<bool>("causal")},
+          {"window", node.attr<int64_t>("window")},
           {"scale", node.attr<double>("scale")},
           {"softcap", node.attr<double>("softcap")},
           {"layout", node.attr<std::string>("layout")}};
@@ -482,6 +512,7 @@ KILN_OP(attention)
     .input("v")
     .variadic_input("mask", 0)
     .attr("causal", false)
+    .attr("window", int64_t{0})
     .attr("scale", 0.0)
     .attr("softcap", 0.0)
     .attr("layout", std::string("bhtd"))
@@ -516,6 +547,7 @@ KILN_OP(attention_backward)
     .input("dout")
     .variadic_input("mask", 0)
     .attr("causal", false)
+    .attr("window", int64_t{0})
     .attr("scale", 0.0)
     .attr("softcap", 0.0)
     .attr("layout", std::string("bhtd"))
@@ -570,23 +602,13 @@ Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& 
     for (int64_t d = 0; d < 4 - rank; ++d) leading.push_back(d);
     if (rank >= 1 && rank < 4) mask = expand_dims(mask, leading);
   }
-  if (options.window != 0) {
-    const int length_dim = ops::attention_layout_is_bthd(options.layout) ? 1 : 2;
-    const int64_t queries = q.shape().rank() == 4 ? q.shape()[length_dim] : -1;
-    const int64_t keys = k.shape().rank() == 4 ? k.shape()[length_dim] : -1;
-    KILN_CHECK(options.window > 0 && queries >= 0 && keys >= 0, GraphError,
-               "[attention] a sliding window (", options.window,
-               ") must be positive, over lengths known as the graph is built: q ", q.shape(),
-               ", k ", k.shape());
-    // Key j is in query i's window when j > i - window.
-    Value first_key = iota(graph, Shape{1, 1, queries, 1}, 2, i64) - double(options.window - 1);
-    mask = attention_mask_and(mask,
-                              greater_equal(iota(graph, Shape{1, 1, 1, keys}, 3, i64), first_key));
-  }
+  KILN_CHECK(options.window >= 0, GraphError, "[attention] a sliding window (", options.window,
+             ") must be positive (or 0 for none)");
   std::vector<Value> inputs{q, k, v};
   if (mask.defined()) inputs.push_back(mask);
   return graph.add_node("attention", inputs,
                         {{"causal", options.causal},
+                         {"window", options.window},
                          {"scale", options.scale},
                          {"softcap", options.softcap},
                          {"layout", options.layout}})[0];

@@ -44,8 +44,7 @@ __device__ C warp_sum(C v) {
 }
 
 struct Problem {
-  AttentionShape a;
-  bool causal;
+  AttentionShape a;  // with the reach: causal, window
   double scale;
   const bool* mask;
   // An additive bias of the scores instead of the bool mask (of the inputs' dtype T).
@@ -59,7 +58,7 @@ struct Problem {
   }
   // Whether query i of (b, h) attends to key j.
   __device__ bool attends(int64_t bh, int64_t i, int64_t j) const {
-    if (causal && j > i) return false;
+    if (!a.reaches(i, j)) return false;
     return mask == nullptr || mask[mask_offset(bh, i, j)];
   }
   // The score of query i and key j of (b, h) from their dot product: scale dot, capped to
@@ -113,7 +112,7 @@ __global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) o[t] = 0;
   C m = -INFINITY, l = 0;
-  for (int64_t j = 0; j < a.keys; ++j) {
+  for (int64_t j = a.first_key(i); j < a.key_end(i); ++j) {
     if (!pr.attends(bh, i, j)) continue;
     const C s = pr.score<T>(dot(qi, k + a.kv_row_offset(bh, j, a.depth), a.depth, lane), bh, i, j);
     if (s == -INFINITY) continue;  // a bias of -inf hides the key (and keeps m - m_new finite)
@@ -169,7 +168,7 @@ __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const 
   for (int t = 0; t < kChunks; ++t) acc[t] = 0;
   const C l = static_cast<C>(lse[row]), d = static_cast<C>(delta[row]);
   if (l != -INFINITY)
-    for (int64_t j = 0; j < a.keys; ++j) {
+    for (int64_t j = a.first_key(i); j < a.key_end(i); ++j) {
       if (!pr.attends(bh, i, j)) continue;
       const T* kj = k + a.kv_row_offset(bh, j, a.depth);
       C slope;
@@ -207,7 +206,7 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
   load(v + a.kv_row_offset(bh, j, a.value_depth), a.value_depth, lane, vj);
 #pragma unroll
   for (int t = 0; t < kChunks; ++t) dk_acc[t] = dv_acc[t] = 0;
-  for (int64_t i = pr.causal ? j : 0; i < a.queries; ++i) {
+  for (int64_t i = a.first_query(j); i < a.query_end(j); ++i) {
     if (!pr.attends(bh, i, j)) continue;
     const int64_t row = bh * a.queries + i;
     const C l = static_cast<C>(lse[row]);
@@ -234,14 +233,11 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
 
 Problem problem_of(const KernelContext& ctx, int mask_input) {
   const bool has_mask = ctx.num_inputs() > mask_input;
-  const Shape* mask_shape = has_mask ? &ctx.input(mask_input).shape() : nullptr;
   Problem pr;
-  pr.a = attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(),
-                         mask_shape, ctx.attr<std::string>("layout"), ctx.where());
+  pr.a = attention_shape(ctx, mask_input);
   KILN_CHECK(pr.a.depth <= 32 * kChunks && pr.a.value_depth <= 32 * kChunks, Error, ctx.where(),
              ": the CUDA kernel takes depths up to ", 32 * kChunks, ", got ", pr.a.depth, " and ",
              pr.a.value_depth);
-  pr.causal = ctx.attr<bool>("causal");
   const double scale = ctx.attr<double>("scale");
   pr.scale = scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(pr.a.depth));
   const bool bias = has_mask && ctx.input(mask_input).dtype() != DType::boolean;
@@ -402,11 +398,12 @@ bool attention_choice_is(const char* choice) {
 }
 
 // Whether dq is a kernel of its own (the default) rather than summed in the dk/dv kernel's turns
-// (KILN_CUDA_ATTENTION=summed_dq, with keys: else no dk/dv block would write it). On the H200
+// (KILN_CUDA_ATTENTION=summed_dq, where every query block reaches a key: else no dk/dv block
+// would write its dq). On the H200
 // (2026-12-04, [4, 16, 2048, 64] bf16 causal) the turns serialize the key blocks of a head: the
 // dk/dv/dq kernel took 3.78 ms, the dq and dk/dv kernels apart 2.1 ms less.
 bool separate_dq(const Problem& problem) {
-  return problem.a.keys == 0 || !attention_choice_is("summed_dq");
+  return !flash::every_query_block_reaches_a_key(problem.a) || !attention_choice_is("summed_dq");
 }
 
 // Calls fn(std::integral_constant<int, M>) with the m-tiles per warp of the query-side kernels:
@@ -448,7 +445,6 @@ void launch_flash(const KernelContext& ctx, void (*kernel)(flash::Params), int64
 flash::Params flash_params(const Problem& problem) {
   flash::Params p;
   p.a = problem.a;
-  p.causal = problem.causal;
   p.scale = static_cast<float>(problem.scale);
   p.scale_log2 = static_cast<float>(problem.scale) * flash::kLog2e;
   p.mask = problem.mask;

@@ -23,6 +23,36 @@ struct AttentionShape {
   /// Layout "bthd": q, k, v, out (and their gradients) are [B, T, H, D], the heads of a
   /// [B, T, H * D] projection read in place; otherwise "bhtd", [B, H, T, D].
   bool bthd = false;
+  /// The keys a query reaches by position, query i standing at key position i (top-left
+  /// aligned, as PyTorch's is_causal): with `causal` keys j <= i, with a sliding `window` > 0
+  /// keys j > i - window. The kernels compute no product outside the reach (beyond the edges of
+  /// their blocks); a mask narrows it further.
+  bool causal = false;
+  int64_t window = 0;
+
+  /// The first key query i reaches (keys where it reaches none past the end).
+  KILN_HOST_DEVICE int64_t first_key(int64_t i) const {
+    const int64_t first = window > 0 && i >= window ? i - window + 1 : 0;
+    return first < keys ? first : keys;
+  }
+  /// One past the last key query i reaches: first_key(i) <= key_end(i) <= keys.
+  KILN_HOST_DEVICE int64_t key_end(int64_t i) const {
+    const int64_t end = causal && i + 1 < keys ? i + 1 : keys;
+    return end > first_key(i) ? end : first_key(i);
+  }
+  /// Whether query i reaches key j (j < keys).
+  KILN_HOST_DEVICE bool reaches(int64_t i, int64_t j) const {
+    return j >= first_key(i) && j < key_end(i);
+  }
+  /// The first query that reaches key j (queries where none does past the end).
+  KILN_HOST_DEVICE int64_t first_query(int64_t j) const {
+    return causal ? (j < queries ? j : queries) : 0;
+  }
+  /// One past the last query that reaches key j: first_query(j) <= query_end(j) <= queries.
+  KILN_HOST_DEVICE int64_t query_end(int64_t j) const {
+    const int64_t end = window > 0 && j + window < queries ? j + window : queries;
+    return end > first_query(j) ? end : first_query(j);
+  }
 
   /// Element offset of row i of batch-and-head bh (b * heads + h) in a tensor of `length` rows
   /// of `depth` per head.
@@ -69,10 +99,16 @@ struct ScoreTerms {
 bool attention_layout_is_bthd(const std::string& layout);
 
 /// The problem of q, k, v in `layout` ("bhtd": [B, H, Tq, D], [B, H, Tk, D], [B, H, Tk, Dv];
-/// "bthd": [B, Tq, H, D] etc.) and the mask's shape (or nullptr). Throws kiln::Error naming
-/// `where` when the mask, known only now, does not broadcast to the scores [B, H, Tq, Tk].
+/// "bthd": [B, Tq, H, D] etc.) and the mask's shape (or nullptr), reaching keys as `causal`
+/// and `window` say. Throws kiln::Error naming `where` when the mask, known only now, does not
+/// broadcast to the scores [B, H, Tq, Tk].
 AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, const Shape* mask,
-                               const std::string& layout, const std::string& where);
+                               const std::string& layout, bool causal, int64_t window,
+                               const std::string& where);
+
+/// The problem of an attention or attention_backward node's kernel: its inputs' shapes (the
+/// mask, if any, is input `mask_index`) and its attributes.
+AttentionShape attention_shape(const KernelContext& ctx, int mask_index);
 
 /// Whether this build has the f32 CPU kernels on register-blocked tiles (attention_tiled.cc:
 /// AVX-512, or AVX2 and FMA); the others run attention's products through the gemm path.
@@ -80,12 +116,12 @@ bool attention_tiles_available();
 
 /// attention in f32 on the CPU through register-blocked tiles: out and lse (see attention.cc)
 /// for problem `a`, with `scale` resolved. Only where attention_tiles_available().
-void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, float scale,
                              const float* q, const float* k, const float* v,
                              const ScoreTerms<float>& terms, float* out, float* lse);
 
 /// attention_backward in f32 on the CPU through register-blocked tiles: dq, dk, dv.
-void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, float scale,
                               const float* q, const float* k, const float* v, const float* out,
                               const float* lse, const float* dout, const ScoreTerms<float>& terms,
                               float* dq, float* dk, float* dv);

@@ -118,8 +118,7 @@ inline bool supports(DType dtype, const AttentionShape& a) {
 
 /// The inputs and outputs of one launch: tensors of Element<T>.
 struct Params {
-  AttentionShape a;
-  bool causal = false;
+  AttentionShape a;      // with the reach: causal, window
   float scale = 1;       // of the scores
   float scale_log2 = 1;  // scale * log2(e)
   const bool* mask = nullptr;
@@ -153,11 +152,17 @@ KILN_HOST_DEVICE int64_t blocks_of(int64_t rows, int64_t block_rows = kRows) {
   return (rows + block_rows - 1) / block_rows;
 }
 
+/// Whether every query block of kRows rows reaches a key (a window can leave the last rows of a
+/// problem with more queries than keys none): dkv_block<T, D, true> writes dq only there.
+inline bool every_query_block_reaches_a_key(const AttentionShape& a) {
+  return a.keys > 0 && (a.queries == 0 || a.first_key((a.queries - 1) / kRows * kRows) < a.keys);
+}
+
 /// Whether query i attends to key j of batch-and-head bh (i may be past the queries: rows a
 /// block computes but never writes).
 KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
   const AttentionShape& a = p.a;
-  if (j >= a.keys || (p.causal && j > i)) return false;
+  if (j >= a.keys || !a.reaches(i, j)) return false;
   if (p.mask == nullptr) return true;
   if (i >= a.queries) return false;
   const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -460,16 +465,21 @@ KILN_FLASH_FN void write_rows(Env& env, void* dst, const float (&acc)[D / 8][4],
 
 // ---- The kernels' bodies: `block` is the block's index in a 1-D grid.
 
-/// The last key (exclusive) query rows q0 .. q0 + rows - 1 can see.
-KILN_FLASH_FN int64_t key_end(const Params& p, int64_t q0, int64_t rows) {
-  const int64_t last_query = q0 + rows < p.a.queries ? q0 + rows : p.a.queries;
-  return p.causal && last_query < p.a.keys ? last_query : p.a.keys;
+/// The keys query rows q0 .. q0 + rows - 1 reach together (rows past the queries reach what
+/// the last query does): [begin, end), begin a step's first key (a multiple of kCols).
+struct StepSpan {
+  int64_t begin, end;
+};
+KILN_FLASH_FN StepSpan key_steps(const Params& p, int64_t q0, int64_t rows) {
+  const int64_t last_query = (q0 + rows < p.a.queries ? q0 + rows : p.a.queries) - 1;
+  return {p.a.first_key(q0) / kCols * kCols, p.a.key_end(last_query)};
 }
 
-/// Whether a step's scores need the per-score mask test: keys past the end, the causal
-/// diagonal, or a mask.
-KILN_FLASH_FN bool needs_mask_test(const Params& p, int64_t q0, int64_t k0) {
-  return p.mask != nullptr || k0 + kCols > p.a.keys || (p.causal && k0 + kCols - 1 > q0);
+/// Whether a step of keys [k0, k0 + kCols) of query rows [q0, q0 + rows) needs the per-score
+/// mask test: keys past the end, the causal diagonal, the window's edge, or a mask.
+KILN_FLASH_FN bool needs_mask_test(const Params& p, int64_t q0, int64_t rows, int64_t k0) {
+  return p.mask != nullptr || k0 + kCols > p.a.keys || (p.a.causal && k0 + kCols - 1 > q0) ||
+         (p.a.window > 0 && k0 <= q0 + rows - 1 - p.a.window);
 }
 
 /// Walks the other side's steps of kCols rows from `first` to `end` in two buffers: before step
@@ -536,9 +546,10 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
     stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
   // Every staged tensor has rows (a copy past the end still names an address inside it).
-  const int64_t end = key_end(p, q0, R);
+  const StepSpan steps = key_steps(p, q0, R);
+  const int64_t begin = steps.begin;  // a plain variable: the lambdas below capture it
   stage_rows<T, D, R>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
-  if (end > 0) stage(0, 0);
+  if (begin < steps.end) stage(begin, 0);
   env.commit_copies();
 
   // This warp's q fragments stay in registers up to 32 of them with 16 rows a warp (f32 at depth
@@ -553,13 +564,13 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
   float m[M][2], l[M][2];  // l: this lane's part of the row sum
   KILN_FLASH_UNROLL
   for (int i = 0; i < M; ++i) m[i][0] = m[i][1] = -INFINITY, l[i][0] = l[i][1] = 0;
-  walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
+  walk_steps(env, begin, steps.end, stage, [&](int64_t k0, int buffer) {
     const E* ks = k_tile(buffer);
     const E* vs = ks + kCols * S;
     float s[M][kCols / 8][4];
     zero(s);
     if constexpr (kFragmentsInRegisters) {
-      if (k0 == 0) {
+      if (k0 == begin) {
         KILN_FLASH_UNROLL
         for (int i = 0; i < M; ++i) {
           KILN_FLASH_UNROLL
@@ -571,7 +582,7 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
     } else {
       product_shared_xt<T, D>(env, s, qw, S, ks, S, lane);
     }
-    const bool test = needs_mask_test(p, q0, k0);
+    const bool test = needs_mask_test(p, q0, R, k0);
     KILN_FLASH_UNROLL
     for (int i = 0; i < M; ++i) {
       KILN_FLASH_UNROLL
@@ -650,10 +661,11 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
   auto stage = [&](int64_t k0, int buffer) {
     stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
-  const int64_t end = key_end(p, q0, R);
+  const StepSpan steps = key_steps(p, q0, R);
+  const int64_t begin = steps.begin;  // a plain variable: the lambdas below capture it
   stage_rows<T, D, R>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
   stage_rows<T, D, R>(env, dos, elements<T>(p.dout), p, bh, q0, a.queries);
-  if (end > 0) stage(0, 0);  // as in forward_block
+  if (begin < steps.end) stage(begin, 0);  // as in forward_block
   env.commit_copies();
 
   float lse2[M][2], delta[M][2];
@@ -682,14 +694,14 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
   uint32_t df[M][kFragmentsInRegisters ? kSteps : 1][4];
   float acc[M][D / 8][4];
   zero(acc);
-  walk_steps(env, 0, end, stage, [&](int64_t k0, int buffer) {
+  walk_steps(env, begin, steps.end, stage, [&](int64_t k0, int buffer) {
     const E* ks = k_tile(buffer);
     const E* vs = ks + kCols * S;
     float s[M][kCols / 8][4], dp[M][kCols / 8][4];
     zero(s);
     zero(dp);
     if constexpr (kFragmentsInRegisters) {
-      if (k0 == 0) {
+      if (k0 == begin) {
         KILN_FLASH_UNROLL
         for (int i = 0; i < M; ++i) {
           KILN_FLASH_UNROLL
@@ -705,7 +717,7 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
       product_shared_xt<T, D>(env, s, qw, S, ks, S, lane);
       product_shared_xt<T, D>(env, dp, dw, S, vs, S, lane);
     }
-    const bool test = needs_mask_test(p, q0, k0);
+    const bool test = needs_mask_test(p, q0, R, k0);
     KILN_FLASH_UNROLL
     for (int i = 0; i < M; ++i) {
       KILN_FLASH_UNROLL
@@ -763,10 +775,13 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
                              int64_t q0, int64_t key_block, int warp, int lane) {
   const AttentionShape& a = p.a;
   const int64_t q_block = q0 / kRows, k_blocks = blocks_of(a.keys);
-  // Causal: key blocks 0 .. q_block see the query block (kRows == kCols); otherwise all do.
-  const int64_t last = p.causal && q_block < k_blocks - 1 ? q_block : k_blocks - 1;
+  // The key blocks that see the query block, in turn: all, from the one holding its first row's
+  // first key with a window (kRows == kCols: dkv_block's query steps are the query blocks), to
+  // q_block when causal. Turns count from the first.
+  const int64_t first = a.first_key(q0) / kRows;
+  const int64_t last = a.causal && q_block < k_blocks - 1 ? q_block : k_blocks - 1;
   int* turn = p.dq_turns + bh * blocks_of(a.queries) + q_block;
-  if (env.thread() == 0) env.wait_turn(turn, static_cast<int>(key_block));
+  if (env.thread() == 0) env.wait_turn(turn, static_cast<int>(key_block - first));
   env.sync();
   const int g = lane / 4, t = lane % 4;
   KILN_FLASH_UNROLL
@@ -778,7 +793,7 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
     KILN_FLASH_UNROLL
     for (int dt = 0; dt < D / 8; ++dt) {
       float lo = acc[dt][2 * r], hi = acc[dt][2 * r + 1];
-      if (key_block > 0) {
+      if (key_block > first) {
         lo += env.load_through_l2(sums + dt * 8);
         hi += env.load_through_l2(sums + dt * 8 + 1);
       }
@@ -796,7 +811,7 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
   if (key_block < last) {
     env.fence();  // this thread's sums are visible to the device before the turn passes
     env.sync();
-    if (env.thread() == 0) env.pass_turn(turn, static_cast<int>(key_block) + 1);
+    if (env.thread() == 0) env.pass_turn(turn, static_cast<int>(key_block - first) + 1);
   }
 }
 
@@ -839,12 +854,13 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
                       (c < kCols ? p.lse : p.delta) + bh * a.queries + (live ? query : 0), live);
     }
   };
-  // With causal masking, queries before k0 see none of these keys; kRows == kCols, so the
-  // query steps stay aligned to blocks.
-  const int64_t first = p.causal ? k0 : 0;
+  // The queries that reach these keys: from k0 with causal masking (kRows == kCols, so the
+  // query steps stay aligned to blocks), up to the last key's window.
+  const int64_t last_key = (k0 + kRows < a.keys ? k0 + kRows : a.keys) - 1;
+  const int64_t first = a.first_query(k0), end = a.query_end(last_key);
   stage_rows<T, D>(env, ks, elements<T>(p.k), p, bh, k0, a.keys, true);
   stage_rows<T, D>(env, vs, elements<T>(p.v), p, bh, k0, a.keys, true);
-  if (first < a.queries) stage(first, 0);  // as in forward_block
+  if (first < end) stage(first, 0);  // as in forward_block
   env.commit_copies();
 
   const E* kw = ks + warp * 16 * S;  // this warp's 16 keys (A fragments read in place)
@@ -852,7 +868,7 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
   float dk[1][D / 8][4], dv[1][D / 8][4];  // one m-tile of 16 rows
   zero(dk);
   zero(dv);
-  walk_steps(env, first, a.queries, stage, [&](int64_t q0, int buffer) {
+  walk_steps(env, first, end, stage, [&](int64_t q0, int buffer) {
     const E* qs = q_tile(buffer);
     const E* dos = qs + kCols * S;
     const float* lse = stats + buffer * 2 * kCols;
@@ -863,7 +879,8 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
     zero(dpt);
     product_shared_xt<T, D>(env, st, kw, S, qs, S, lane);
     product_shared_xt<T, D>(env, dpt, vw, S, dos, S, lane);
-    const bool test = p.mask != nullptr || (p.causal && q0 < k0 + kRows - 1);
+    const bool test = p.mask != nullptr || (a.causal && q0 < k0 + kRows - 1) ||
+                      (a.window > 0 && q0 + kCols - 1 - a.window >= k0);
     KILN_FLASH_UNROLL
     for (int nt = 0; nt < kCols / 8; ++nt) {
       KILN_FLASH_UNROLL

@@ -4,9 +4,11 @@
 // One (b, h) per task. Its keys are packed once: K^T [D, Tk] (the scores' right operand, rows
 // of keys contiguous), K [Tk, D] and V [Tk, Dv] contiguous (the [B, T, H, D] layout puts a
 // head's rows 1 KiB apart, which crowds L1's sets), and for the backward V^T [Dv, Tk].
-// Query rows go in tiles of small_gemm::kRows. With causal masking, a tile's products stop at
-// its last row's last key, so only a 6-row sliver of the masked triangle is ever computed
-// (blocks of 64 rows through a library gemm computed half of each diagonal block).
+// Query rows go in tiles of small_gemm::kRows. A tile's products span only the keys its rows
+// reach (AttentionShape: causal, a sliding window): with causal masking they stop at its last
+// row's last key, so only a 6-row sliver of the masked triangle is ever computed (blocks of 64
+// rows through a library gemm computed half of each diagonal block); a window starts them at
+// its first row's first key (rounded down to a vector).
 //
 // The backward takes query rows in chunks of kChunk: each tile of the chunk computes its own
 // p, ds and dq; the chunk then adds p^T dout to dv and ds^T q to dk (products of depth
@@ -67,15 +69,17 @@ int64_t transposed_stride(int64_t keys) {
   return padded % 64 == 0 ? padded + 16 : padded;
 }
 
-// The keys a tile of query rows [i0, i0 + rows) computes: all, or with causal masking up to its
-// last row's (key j only for query i >= j).
-int64_t tile_keys(const AttentionShape& a, int64_t i0, int64_t rows, bool causal) {
-  return causal ? std::min(a.keys, i0 + rows) : a.keys;
-}
-
-// The keys row i attends among a tile's `kv`: all, or with causal masking those up to i.
-int64_t row_keys_of(int64_t kv, int64_t i, bool causal) {
-  return causal ? std::min(kv, i + 1) : kv;
+// The keys a tile of query rows [i0, i0 + rows) computes: those its rows reach together
+// (AttentionShape::first_key and key_end are monotone in the row), the first rounded down to a
+// whole vector (so the score rows' vectors stay aligned to the buffer's).
+struct KeySpan {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+KeySpan tile_keys(const AttentionShape& a, int64_t i0, int64_t rows) {
+  constexpr int64_t kLanes = small_gemm::Simd::kLanes;
+  const int64_t end = a.key_end(i0 + rows - 1);
+  return {std::min(a.first_key(i0) / kLanes * kLanes, end), end};
 }
 
 // kv rounded up to whole vectors, at most `limit` (a score buffer's row stride): the columns the
@@ -162,24 +166,25 @@ struct HeadBuffers {
 };
 
 // Scores of query rows [i0, i0 + rows) (q at the head's first row, rows ldq apart) against
-// keys [0, kv): s [rows, kv] with row stride lds, -inf where the mask hides a key. Raw q k^T
-// (the callers' exponentials scale them), except with a bias or a softcap: then
+// keys `span`: s [rows, ...] with row stride lds, key j in column j (columns past span.end up to
+// a whole vector hold products of padding, never read), -inf where the mask hides a key. Raw
+// q k^T (the callers' exponentials scale them), except with a bias or a softcap: then
 // softcap(scale q k^T) + bias, and `slope` (when given, row stride lds) receives d s / d(q k^T),
 // scale (1 - tanh^2), as attention.cc's block_scores.
 void tile_scores(const AttentionShape& a, const float* qh, int64_t ldq, const float* kt,
                  int64_t ldkt, const ScoreTerms<float>& terms, float scale, int64_t bh, int64_t i0,
-                 int64_t rows, int64_t kv, float* s, int64_t lds, float* slope = nullptr) {
-  small_gemm::multiply(rows, whole_vector_columns(kv, lds), a.depth, qh + i0 * ldq, ldq, 1, kt,
-                       ldkt, s, lds, false);
+                 int64_t rows, KeySpan span, float* s, int64_t lds, float* slope = nullptr) {
+  small_gemm::multiply(rows, whole_vector_columns(span.size(), lds - span.begin), a.depth,
+                       qh + i0 * ldq, ldq, 1, kt + span.begin, ldkt, s + span.begin, lds, false);
   if (!terms.scaled_here() && terms.keep == nullptr) return;
   for (int64_t r = 0; r < rows; ++r)
-    apply_score_terms(terms, a, scale, bh / a.heads, bh % a.heads, i0 + r, kv, s + r * lds,
-                      slope != nullptr ? slope + r * lds : nullptr);
+    apply_score_terms(terms, a, scale, bh / a.heads, bh % a.heads, i0 + r, span.begin, span.end,
+                      s + r * lds, slope != nullptr ? slope + r * lds : nullptr);
 }
 
 }  // namespace
 
-void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, float scale,
                              const float* q, const float* k, const float* v,
                              const ScoreTerms<float>& terms, float* out, float* lse) {
   const float exp_scale = terms.exp_scale(scale);
@@ -205,29 +210,38 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
           }
           for (int64_t i0 = 0; i0 < a.queries; i0 += kTile) {
             const int64_t rows = std::min(kTile, a.queries - i0);
-            const int64_t kv = tile_keys(a, i0, rows, causal);
-            tile_scores(a, qh, ldq, kt, ldkt, terms, scale, bh, i0, rows, kv, s, lds);
-            // p = e^(scale (s - max)) unnormalized; out = (p v) / sum p.
+            const KeySpan span = tile_keys(a, i0, rows);
+            float* out_tile = out + a.row_offset(bh, i0, a.queries, a.value_depth);
+            if (span.size() == 0) {  // no row reaches a key: out 0, lse -inf
+              for (int64_t r = 0; r < rows; ++r) {
+                std::fill_n(out_tile + r * ldo, a.value_depth, 0.0f);
+                lse[bh * a.queries + i0 + r] = kMinusInf;
+              }
+              continue;
+            }
+            tile_scores(a, qh, ldq, kt, ldkt, terms, scale, bh, i0, rows, span, s, lds);
+            // p = e^(scale (s - max)) unnormalized, 0 outside the row's reach; out = (p v) / sum p.
             for (int64_t r = 0; r < rows; ++r) {
               float* row = s + r * lds;
-              const int64_t n = row_keys_of(kv, i0 + r, causal);
-              const float m = row_max(row, n);
+              const int64_t first = a.first_key(i0 + r), end = a.key_end(i0 + r);
+              const float m = row_max(row + first, end - first);
               float* lse_at = lse + bh * a.queries + i0 + r;
+              std::fill(row + span.begin, row + first, 0.0f);
               if (m == kMinusInf) {  // nothing to attend: out 0
-                std::fill(row, row + kv, 0.0f);
+                std::fill(row + first, row + span.end, 0.0f);
                 inverse_sums[r] = 0;
                 *lse_at = m;
                 continue;
               }
-              exp_scaled_shifted_each(row, n, exp_scale, exp_scale * m);
-              const float sum = row_sum(row, n);
-              std::fill(row + n, row + kv, 0.0f);
+              exp_scaled_shifted_each(row + first, end - first, exp_scale, exp_scale * m);
+              const float sum = row_sum(row + first, end - first);
+              std::fill(row + end, row + span.end, 0.0f);
               inverse_sums[r] = 1 / sum;
               *lse_at = exp_scale * m + std::log(sum);
             }
-            float* out_tile = out + a.row_offset(bh, i0, a.queries, a.value_depth);
-            small_gemm::multiply(rows, a.value_depth, kv, s, lds, 1, vp, a.value_depth, out_tile,
-                                 ldo, false);
+            small_gemm::multiply(rows, a.value_depth, span.size(), s + span.begin, lds, 1,
+                                 vp + span.begin * a.value_depth, a.value_depth, out_tile, ldo,
+                                 false);
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t c = 0; c < a.value_depth; ++c) out_tile[r * ldo + c] *= inverse_sums[r];
           }
@@ -235,7 +249,7 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, bool c
       });
 }
 
-void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool causal, float scale,
+void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, float scale,
                               const float* q, const float* k, const float* v, const float* out,
                               const float* lse, const float* dout, const ScoreTerms<float>& terms,
                               float* dq, float* dk, float* dv) {
@@ -274,24 +288,37 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
           std::fill_n(dv_sum, keys * dvd, 0.0f);
           for (int64_t c0 = 0; c0 < a.queries; c0 += kChunk) {
             const int64_t chunk_rows = std::min(kChunk, a.queries - c0);
-            const int64_t chunk_keys = tile_keys(a, c0, chunk_rows, causal);
+            const KeySpan chunk_span = tile_keys(a, c0, chunk_rows);
             for (int64_t i0 = c0; i0 < c0 + chunk_rows; i0 += kTile) {
               const int64_t rows = std::min(kTile, c0 + chunk_rows - i0);
-              const int64_t kv = tile_keys(a, i0, rows, causal);
+              const KeySpan span = tile_keys(a, i0, rows);  // within chunk_span
               float* pt = p + (i0 - c0) * lds;
               float* dst = ds + (i0 - c0) * lds;
-              tile_scores(a, qh, ldq, kt, ldkt, terms, scale, bh, i0, rows, kv, pt, lds, slope);
-              for (int64_t r = 0; r < rows; ++r) {  // p = e^(scale s - lse), 0 past the row's keys
+              if (span.size() == 0) {  // no row reaches a key: dq 0, nothing for dk and dv
+                for (int64_t r = 0; r < rows; ++r) {
+                  std::fill_n(dqh + (i0 + r) * ldq, d, 0.0f);
+                  std::fill(pt + r * lds + chunk_span.begin, pt + r * lds + chunk_span.end, 0.0f);
+                  std::fill(dst + r * lds + chunk_span.begin, dst + r * lds + chunk_span.end, 0.0f);
+                }
+                continue;
+              }
+              tile_scores(a, qh, ldq, kt, ldkt, terms, scale, bh, i0, rows, span, pt, lds, slope);
+              // p = e^(scale s - lse), 0 outside the row's reach (over the chunk's keys)
+              for (int64_t r = 0; r < rows; ++r) {
                 const float l = lse[bh * a.queries + i0 + r];
                 float* row = pt + r * lds;
-                const int64_t n = l == kMinusInf ? 0 : row_keys_of(kv, i0 + r, causal);
-                exp_scaled_shifted_each(row, n, exp_scale, l);
-                std::fill(row + n, row + chunk_keys, 0.0f);
+                const int64_t first = a.first_key(i0 + r);
+                const int64_t end = l == kMinusInf ? first : a.key_end(i0 + r);
+                std::fill(row + chunk_span.begin, row + first, 0.0f);
+                exp_scaled_shifted_each(row + first, end - first, exp_scale, l);
+                std::fill(row + end, row + chunk_span.end, 0.0f);
               }
               // dp = dout v^T over the tile's keys, then ds = p (dp - D) scale in its place
-              // (the slope for scale under a softcap), with D = dout . out.
-              small_gemm::multiply(rows, whole_vector_columns(kv, lds), dvd, douth + i0 * ldo, ldo,
-                                   1, vt, ldkt, dst, lds, false);
+              // (the slope for scale under a softcap), with D = dout . out; 0 over the rest of
+              // the chunk's keys.
+              small_gemm::multiply(rows, whole_vector_columns(span.size(), lds - span.begin), dvd,
+                                   douth + i0 * ldo, ldo, 1, vt + span.begin, ldkt,
+                                   dst + span.begin, lds, false);
               for (int64_t r = 0; r < rows; ++r) {
                 const float* dout_row = douth + (i0 + r) * ldo;
                 const float* out_row = outh + (i0 + r) * ldo;
@@ -299,20 +326,25 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, bool 
                 const float* pr = pt + r * lds;
                 float* dsr = dst + r * lds;
                 if (slope == nullptr) {
-                  for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * scale;
+                  for (int64_t j = span.begin; j < span.end; ++j)
+                    dsr[j] = pr[j] * (dsr[j] - delta) * scale;
                 } else {
                   const float* sr = slope + r * lds;
-                  for (int64_t j = 0; j < kv; ++j) dsr[j] = pr[j] * (dsr[j] - delta) * sr[j];
+                  for (int64_t j = span.begin; j < span.end; ++j)
+                    dsr[j] = pr[j] * (dsr[j] - delta) * sr[j];
                 }
-                std::fill(dsr + kv, dsr + chunk_keys, 0.0f);
+                std::fill(dsr + chunk_span.begin, dsr + span.begin, 0.0f);
+                std::fill(dsr + span.end, dsr + chunk_span.end, 0.0f);
               }
-              small_gemm::multiply(rows, d, kv, dst, lds, 1, kp, d, dqh + i0 * ldq, ldq, false);
+              small_gemm::multiply(rows, d, span.size(), dst + span.begin, lds, 1,
+                                   kp + span.begin * d, d, dqh + i0 * ldq, ldq, false);
             }
+            if (chunk_span.size() == 0) continue;
             // Over the chunk's keys: dv += p^T dout;  dk += ds^T q
-            small_gemm::multiply(chunk_keys, dvd, chunk_rows, p, 1, lds, douth + c0 * ldo, ldo,
-                                 dv_sum, dvd, true);
-            small_gemm::multiply(chunk_keys, d, chunk_rows, ds, 1, lds, qh + c0 * ldq, ldq, dk_sum,
-                                 d, true);
+            small_gemm::multiply(chunk_span.size(), dvd, chunk_rows, p + chunk_span.begin, 1, lds,
+                                 douth + c0 * ldo, ldo, dv_sum + chunk_span.begin * dvd, dvd, true);
+            small_gemm::multiply(chunk_span.size(), d, chunk_rows, ds + chunk_span.begin, 1, lds,
+                                 qh + c0 * ldq, ldq, dk_sum + chunk_span.begin * d, d, true);
           }
           float* dkh = dk + a.row_offset(bh, 0, keys, d);
           float* dvh = dv + a.row_offset(bh, 0, keys, dvd);
@@ -330,12 +362,12 @@ bool attention_tiles_available() {
   return false;
 }
 
-void attention_forward_tiles(KernelContext&, const AttentionShape&, bool, float, const float*,
+void attention_forward_tiles(KernelContext&, const AttentionShape&, float, const float*,
                              const float*, const float*, const ScoreTerms<float>&, float*, float*) {
   throw Error("attention_forward_tiles: this build has no register-blocked tiles");
 }
 
-void attention_backward_tiles(KernelContext&, const AttentionShape&, bool, float, const float*,
+void attention_backward_tiles(KernelContext&, const AttentionShape&, float, const float*,
                               const float*, const float*, const float*, const float*, const float*,
                               const ScoreTerms<float>&, float*, float*, float*) {
   throw Error("attention_backward_tiles: this build has no register-blocked tiles");

@@ -554,7 +554,8 @@ namespace {
 // to [B, H, Tq, Tk], is added to the scaled scores, after a `softcap` (> 0) has made each
 // softcap tanh(score / softcap).
 Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid,
-                              bool bthd = false, int bias_input = -1, double softcap = 0) {
+                              bool bthd = false, int bias_input = -1, double softcap = 0,
+                              int64_t window = 0) {
   return [=](const std::vector<Tensor>& in) {
     const Shape& qs = in[0].shape();
     const int hd = bthd ? 2 : 1, ld = bthd ? 1 : 2;
@@ -582,6 +583,7 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
           double m = -INFINITY;
           for (int64_t j = 0; j < tk; ++j) {
             if (causal && j > i) continue;
+            if (window > 0 && j <= i - window) continue;
             if (!key_valid.empty() && !key_valid[static_cast<size_t>(b)][j]) continue;
             double dot = 0;
             for (int64_t c = 0; c < d; ++c)
@@ -907,6 +909,61 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
                  q, k, v, {.mask = c.input({1, 3, 6, 7}), .softcap = 0.3, .layout = "bthd"});
            },
        .reference = attention_reference(false, {}, true, 3, 0.3)});
+  // A sliding window (Mistral's, Gemma's local layers): query i reaches keys j > i - window.
+  // Small, with a differentiable bias (whose gradient composition masks the window too); past a
+  // CPU block of 64 rows, whose products start at its first row's first key; on the f32 tiles
+  // (spans rounded down to a vector, backward chunks), not causal too; and on the GPU's
+  // tensor-core kernels (walks starting past key 0, key blocks whose queries end early).
+  add({.op = "attention",
+       .name = "attention_window_bias",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 2, 6, 4}), k = c.input({1, 2, 8, 4}), v = c.input({1, 2, 8, 3});
+             return scaled_dot_product_attention(q, k, v,
+                                                 {.mask = c.input({1, 2, 6, 8}), .window = 3});
+           },
+       .reference = attention_reference(false, {}, false, 3, 0, 3)});
+  add({.op = "attention",
+       .name = "attention_window_causal_blocks",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 1, 100, 2}), k = c.input({1, 1, 100, 2}),
+                   v = c.input({1, 1, 100, 2});
+             return scaled_dot_product_attention(q, k, v, {.causal = true, .window = 30});
+           },
+       .reference = attention_reference(true, {}, false, -1, 0, 30)});
+  add({.op = "attention",
+       .name = "attention_tiles_window_causal_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 90, 2, 19}), k = c.input({1, 90, 2, 19}),
+                   v = c.input({1, 90, 2, 18});
+             return scaled_dot_product_attention(q, k, v,
+                                                 {.causal = true, .window = 40, .layout = "bthd"});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true, -1, 0, 40)});
+  add({.op = "attention",
+       .name = "attention_tiles_window",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 1, 45, 8}), k = c.input({1, 1, 83, 8}),
+                   v = c.input({1, 1, 83, 8});
+             return scaled_dot_product_attention(q, k, v, {.window = 20});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(false, {}, false, -1, 0, 20)});
+  add({.op = "attention",
+       .name = "attention_flash_window_causal_bthd",
+       .build =
+           [](CaseGraph& c) {
+             Value q = c.input({1, 150, 2, 64}), k = c.input({1, 150, 2, 64}),
+                   v = c.input({1, 150, 2, 64});
+             return scaled_dot_product_attention(q, k, v,
+                                                 {.causal = true, .window = 70, .layout = "bthd"});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true, -1, 0, 70)});
   add({.op = "attention_backward",
        .name = "attention_backward_grouped_heads_bthd",
        .build =

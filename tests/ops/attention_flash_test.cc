@@ -30,6 +30,7 @@ struct Case {
   bool bthd = false;
   bool mask = false;     // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
   int64_t kv_heads = 0;  // of k and v: 0 for `heads`, or a divisor (grouped-query attention)
+  int64_t window = 0;    // a sliding window: query i sees keys j > i - window (0: none)
 
   int64_t key_value_heads() const { return kv_heads > 0 ? kv_heads : heads; }
 };
@@ -112,7 +113,8 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
         std::vector<char> visible(static_cast<size_t>(tk), 0);
         double top = -INFINITY;
         for (int64_t j = 0; j < tk; ++j) {
-          visible[j] = !(c.causal && j > i) && (!c.mask || t.mask[i * tk + j]);
+          visible[j] = !(c.causal && j > i) && !(c.window > 0 && j <= i - c.window) &&
+                       (!c.mask || t.mask[i * tk + j]);
           if (!visible[j]) continue;
           double dot = 0;
           for (int64_t e = 0; e < d; ++e)
@@ -169,7 +171,7 @@ void check(const Case& c, double tolerance) {
                << "batch " << c.batch << " heads " << c.heads << " queries " << c.queries
                << " keys " << c.keys << " depth " << D << (c.causal ? " causal" : "")
                << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : "") << " kv heads "
-               << c.key_value_heads());
+               << c.key_value_heads() << " window " << c.window);
   std::mt19937 rng(static_cast<unsigned>(c.queries * 131 + c.keys * 7 + D));
   Tensors<T> t;
   const size_t nq = static_cast<size_t>(c.batch * c.heads * c.queries * D);
@@ -201,7 +203,8 @@ void check(const Case& c, double tolerance) {
     p.a.mask_strides[3] = 1;
     p.mask = reinterpret_cast<const bool*>(t.mask.data());
   }
-  p.causal = c.causal;
+  p.a.causal = c.causal;
+  p.a.window = c.window;
   p.scale = static_cast<float>(1 / std::sqrt(static_cast<double>(D)));
   p.scale_log2 = p.scale * flash::kLog2e;
   p.q = t.q.data();
@@ -264,7 +267,7 @@ void check(const Case& c, double tolerance) {
     // dq by a kernel of its own, then summed in the dk/dv kernel's turns (attention.cu's
     // default; with no keys no dk/dv block runs, and the dq kernel writes its zeros).
     for (bool separate_dq : {true, false}) {
-      if (!separate_dq && c.keys == 0) continue;
+      if (!separate_dq && !flash::every_query_block_reaches_a_key(p.a)) continue;
       SCOPED_TRACE(separate_dq ? "dq kernel" : "dq summed in the dk/dv kernel");
       std::vector<Element<T>> dq(nq, poison<T>()), dk(nkq, poison<T>()), dv(nkq, poison<T>());
       std::vector<float> dq_sums(nq, NAN);
@@ -371,6 +374,36 @@ TEST(FlashAttention, GroupedKeyValueHeadsMatchTheReference) {
                     .mask = true,
                     .kv_heads = 2},
                    kF32);
+}
+
+// A sliding window: the walks start at the step holding a block's first reached key (the
+// query side) or end past the last key's window (the key side), and the summed dq's turns
+// start at the first key block that sees a query block.
+TEST(FlashAttention, SlidingWindowMatchesTheReference) {
+  // Causal, the window inside a block, across blocks, and wider than the problem.
+  check<Half, 64>(
+      {.batch = 1, .heads = 1, .queries = 200, .keys = 200, .causal = true, .window = 10}, kF16);
+  check<BFloat16, 32>(
+      {.batch = 1, .heads = 1, .queries = 200, .keys = 200, .causal = true, .window = 100}, kBf16);
+  check<float, 64>(
+      {.batch = 1, .heads = 1, .queries = 150, .keys = 150, .causal = true, .window = 64}, kF32);
+  check<Half, 32>(
+      {.batch = 1, .heads = 1, .queries = 70, .keys = 70, .causal = true, .window = 500}, kF16);
+  // Not causal: keys ahead stay visible; with more queries than keys past the window, the last
+  // rows and a whole query block see no key (out 0, lse -inf, dq 0).
+  check<BFloat16, 64>({.batch = 1, .heads = 1, .queries = 130, .keys = 100, .window = 40}, kBf16);
+  check<Half, 32>({.batch = 1, .heads = 1, .queries = 200, .keys = 60, .window = 30}, kF16);
+  // With a mask, grouped heads and the bthd layout.
+  check<Half, 64>({.batch = 1,
+                   .heads = 2,
+                   .queries = 140,
+                   .keys = 140,
+                   .causal = true,
+                   .bthd = true,
+                   .mask = true,
+                   .kv_heads = 1,
+                   .window = 70},
+                  kF16);
 }
 
 TEST(FlashAttention, MaskedAndBthdMatchTheReference) {

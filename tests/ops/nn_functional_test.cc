@@ -862,52 +862,73 @@ TEST(NnFunctional, AttentionMasksOfLowerRankBroadcastFromTheRight) {
 }
 
 // A sliding window is the bool mask j > i - window joined to the causal flag and to the mask
-// given (bool, or a bias that becomes -inf outside the window): the same bits as that mask
-// written out.
-TEST(NnFunctional, AttentionSlidingWindowIsItsMaskWrittenOut) {
-  constexpr int64_t kQueries = 6, kKeys = 8;
-  for (bool causal : {false, true})
-    for (int given : {0, 1, 2})  // no mask, a bool key mask, a bias
-      for (int64_t window : {int64_t{1}, int64_t{3}}) {
-        SCOPED_TRACE(str("causal ", causal, ", given ", given, ", window ", window));
-        Graph g;
-        Value q = g.placeholder("q", f32, {2, kQueries, 2, 4});
-        Value k = g.placeholder("k", f32, {2, kKeys, 2, 4});
-        Value v = g.placeholder("v", f32, {2, kKeys, 2, 3});
-        Tensor keys_kept = Tensor::empty(boolean, {2, 1, 1, kKeys});
-        Tensor bias = testing::random_tensor(f32, {2, 1, 1, kKeys}, -1, 1, 9);
-        for (int64_t j = 0; j < 2 * kKeys; ++j) keys_kept.data<bool>()[j] = j % 5 != 2;
-        Value mask = given == 0 ? Value() : g.constant(given == 1 ? keys_kept : bias);
-        Value windowed = scaled_dot_product_attention(
-            q, k, v, {.mask = mask, .causal = causal, .window = window, .layout = "bthd"});
-        // Written out: [2, 1, kQueries, kKeys].
-        Tensor written = Tensor::empty(given == 2 ? f32 : boolean, {2, 1, kQueries, kKeys});
-        for (int64_t b = 0; b < 2; ++b)
-          for (int64_t i = 0; i < kQueries; ++i)
-            for (int64_t j = 0; j < kKeys; ++j) {
-              const int64_t at = (b * kQueries + i) * kKeys + j;
-              const bool in_window = j > i - window;
-              if (given == 2)
-                written.data<float>()[at] =
-                    in_window ? bias.data<float>()[b * kKeys + j] : -INFINITY;
-              else
+// given (bool, or a bias that becomes -inf outside the window), the kernels leaving out what no
+// row of a block reaches: the results and gradients of that mask written out, on the gemm path
+// (f64) and the f32 tiles, with blocks and tiles whose reach starts past key 0 and (not causal,
+// more queries than keys past the window) rows that reach no key (out 0, gradient 0).
+TEST(NnFunctional, AttentionSlidingWindowMatchesItsMaskWrittenOut) {
+  constexpr int64_t kQueries = 150, kKeys = 100;
+  for (DType dtype : {f64, f32})
+    for (bool causal : {false, true})
+      for (int given : {0, 1, 2})  // no mask, a bool key mask, a bias
+        for (int64_t window : {int64_t{1}, int64_t{17}, int64_t{70}}) {
+          SCOPED_TRACE(str(dtype, ", causal ", causal, ", given ", given, ", window ", window));
+          Graph g;
+          Value q = g.placeholder("q", dtype, {2, kQueries, 2, 4});
+          Value k = g.placeholder("k", dtype, {2, kKeys, 2, 4});
+          Value v = g.placeholder("v", dtype, {2, kKeys, 2, 3});
+          Tensor keys_kept = Tensor::empty(boolean, {2, 1, 1, kKeys});
+          Tensor bias = testing::random_tensor(dtype, {2, 1, 1, kKeys}, -1, 1, 9);
+          for (int64_t j = 0; j < 2 * kKeys; ++j) keys_kept.data<bool>()[j] = j % 5 != 2;
+          Value mask = given == 0 ? Value() : g.constant(given == 1 ? keys_kept : bias);
+          Value windowed = scaled_dot_product_attention(
+              q, k, v, {.mask = mask, .causal = causal, .window = window, .layout = "bthd"});
+          // Written out: [2, 1, kQueries, kKeys].
+          Tensor written = Tensor::empty(boolean, {2, 1, kQueries, kKeys});
+          std::vector<double> written_bias(static_cast<size_t>(written.numel()));
+          for (int64_t b = 0; b < 2; ++b)
+            for (int64_t i = 0; i < kQueries; ++i)
+              for (int64_t j = 0; j < kKeys; ++j) {
+                const int64_t at = (b * kQueries + i) * kKeys + j;
+                const bool in_window = j > i - window;
+                written_bias[static_cast<size_t>(at)] =
+                    in_window ? bias.element(b * kKeys + j) : -INFINITY;
                 written.data<bool>()[at] =
                     in_window && (given == 0 || keys_kept.data<bool>()[b * kKeys + j]);
-            }
-        Value by_hand = scaled_dot_product_attention(
-            q, k, v, {.mask = g.constant(written), .causal = causal, .layout = "bthd"});
-        const auto out =
-            Session(g).run({{q, testing::random_tensor(f32, {2, kQueries, 2, 4}, -1, 1, 10)},
-                            {k, testing::random_tensor(f32, {2, kKeys, 2, 4}, -1, 1, 11)},
-                            {v, testing::random_tensor(f32, {2, kKeys, 2, 3}, -1, 1, 12)}},
-                           {windowed, by_hand});
-        for (int64_t e = 0; e < out[0].numel(); ++e)
-          ASSERT_EQ(out[0].element(e), out[1].element(e)) << e;
-      }
+              }
+          if (given == 2) written = Tensor::from_vector(written_bias, written.shape()).cast(dtype);
+          Value by_hand = scaled_dot_product_attention(
+              q, k, v, {.mask = g.constant(written), .causal = causal, .layout = "bthd"});
+          Value weights = g.constant(testing::random_tensor(dtype, {2, kQueries, 2, 3}, -1, 1, 13));
+          std::vector<Value> fetches{windowed, by_hand};
+          for (const Value& out : {windowed, by_hand})
+            for (const Value& grad : gradients(sum(out * weights), {q, k, v}))
+              fetches.push_back(grad);
+          const auto out =
+              Session(g).run({{q, testing::random_tensor(dtype, {2, kQueries, 2, 4}, -1, 1, 10)},
+                              {k, testing::random_tensor(dtype, {2, kKeys, 2, 4}, -1, 1, 11)},
+                              {v, testing::random_tensor(dtype, {2, kKeys, 2, 3}, -1, 1, 12)}},
+                             fetches);
+          const double tolerance = dtype == f64 ? 1e-13 : 2e-6;
+          for (size_t pair : {0, 2, 3, 4}) {
+            const Tensor& got = out[pair];
+            const Tensor& want = out[pair < 2 ? 1 : pair + 3];
+            for (int64_t e = 0; e < got.numel(); ++e)
+              ASSERT_NEAR(got.element(e), want.element(e), tolerance)
+                  << "output " << pair << " at " << e;
+          }
+          if (!causal && window < 50) {  // rows from keys + window - 1 on reach no key
+            for (int64_t c = 0; c < 3; ++c)
+              ASSERT_EQ(out[0].element(((kQueries - 1) * 2 + 1) * 3 + c), 0.0);
+          }
+        }
+  // The lengths may be unknown as the graph is built; a window must be positive.
   Graph g;
   Value q = g.placeholder("q", f32, {2, 3, -1, 4});
-  expect_error<GraphError>([&] { scaled_dot_product_attention(q, q, q, {.window = 2}); },
-                           {"[attention]", "sliding window (2)", "known", "[2, 3, ?, 4]"});
+  Value open = scaled_dot_product_attention(q, q, q, {.causal = true, .window = 2});
+  const Tensor x = testing::random_tensor(f32, {2, 3, 5, 4}, -1, 1, 14);
+  const Tensor got = Session(g).run({{q, x}}, {open})[0];
+  EXPECT_EQ(got.shape(), (Shape{2, 3, 5, 4}));
   Value p = g.placeholder("p", f32, {2, 3, 5, 4});
   expect_error<GraphError>([&] { scaled_dot_product_attention(p, p, p, {.window = -1}); },
                            {"[attention]", "sliding window (-1) must be positive"});

@@ -110,6 +110,9 @@ def attention(q, k, v, mask, attrs):
         s = cap * torch.tanh(s / cap)
     if attrs["causal"] == "1":
         s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    window = int(attrs.get("window", 0))
+    if window:  # a sliding window: query i reaches keys j > i - window
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).tril(-window), float("-inf"))
     if mask is not None:  # bool: true attends; float: a bias added to the scores
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
     return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
