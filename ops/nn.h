@@ -292,6 +292,18 @@ std::vector<double> alibi_slopes(int64_t heads);
 /// it by a constant per row, which softmax ignores. Lengths are those of the graph's build.
 Value alibi_bias(Graph& graph, int64_t heads, int64_t queries, int64_t keys, DType dtype = f32,
                  bool symmetric = false);
+/// T5's bucket of the relative position j - i of key j to query i (Raffel et al.; transformers'
+/// T5Attention._relative_position_bucket, in its f32 arithmetic). With `bidirectional` the
+/// first half of the buckets holds keys at or before the query, the second half keys after it;
+/// otherwise (a decoder's) all hold keys at or before it, and later keys share bucket 0. In each
+/// half, the first half of its buckets are the distances 0, 1, ... exactly; the rest grow
+/// logarithmically up to `max_distance`, and farther keys share the last.
+int64_t relative_position_bucket(int64_t relative, bool bidirectional, int64_t buckets = 32,
+                                 int64_t max_distance = 128);
+/// relative_position_bucket of every query i and key j: a constant [queries, keys] of i64 (for
+/// nn::RelativePositionBias, or an embedding of one's own).
+Value relative_position_buckets(Graph& graph, int64_t queries, int64_t keys, bool bidirectional,
+                                int64_t buckets = 32, int64_t max_distance = 128);
 
 /// normalize's outputs: y = (x - mean) * rstd (times scale, plus shift) and the statistics,
 /// shaped like the dims not normalized.

@@ -17,11 +17,16 @@ namespace kiln::nn {
 
 namespace {
 
-// The width of MultiHeadAttention's k and v projections: kv_heads heads of dim / heads (dim
-// itself with kv_heads 0). Checked in the constructor's body.
-int64_t key_value_width(int64_t dim, int64_t heads, int64_t kv_heads) {
-  if (kv_heads <= 0 || heads <= 0 || dim % heads != 0) return dim;
-  return kv_heads * (dim / heads);
+// The depth of MultiHeadAttention's heads: Options::head_dim, or dim / heads (1 where that is
+// not whole, so that the layers are made before the constructor's body says so).
+int64_t head_depth(int64_t dim, int64_t heads, const MultiHeadAttention::Options& options) {
+  if (options.head_dim > 0) return options.head_dim;
+  return heads > 0 && dim % heads == 0 ? dim / heads : 1;
+}
+
+// The heads of MultiHeadAttention's k and v projections: kv_heads, or heads.
+int64_t key_value_heads(int64_t heads, const MultiHeadAttention::Options& options) {
+  return options.kv_heads > 0 ? options.kv_heads : heads;
 }
 
 }  // namespace
@@ -29,29 +34,34 @@ int64_t key_value_width(int64_t dim, int64_t heads, int64_t kv_heads) {
 MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim,
                                        int64_t heads, Options options)
     : Module(graph, name),
-      query(make<Linear>("query", dim, dim,
+      query(make<Linear>("query", dim, heads * head_depth(dim, heads, options),
                          LayerOptions{options.qkv_bias.value_or(options.bias), options.seed})),
       key(make<Linear>("key", options.memory_dim > 0 ? options.memory_dim : dim,
-                       key_value_width(dim, heads, options.kv_heads),
+                       key_value_heads(heads, options) * head_depth(dim, heads, options),
                        LayerOptions{options.qkv_bias.value_or(options.bias), options.seed})),
       value(make<Linear>("value", options.memory_dim > 0 ? options.memory_dim : dim,
-                         key_value_width(dim, heads, options.kv_heads),
+                         key_value_heads(heads, options) * head_depth(dim, heads, options),
                          LayerOptions{options.qkv_bias.value_or(options.bias), options.seed})),
-      output(make<Linear>("output", dim, dim, LayerOptions{options.bias, options.seed})),
+      output(make<Linear>("output", heads * head_depth(dim, heads, options), dim,
+                          LayerOptions{options.bias, options.seed})),
       probability_dropout(make<Dropout>("probability_dropout", options.dropout,
                                         LayerOptions{.seed = options.seed})),
       dim_(dim),
       memory_dim_(options.memory_dim > 0 ? options.memory_dim : dim),
       heads_(heads),
-      kv_heads_(options.kv_heads > 0 ? options.kv_heads : heads),
+      kv_heads_(key_value_heads(heads, options)),
+      depth_(head_depth(dim, heads, options)),
       causal_(options.causal),
       window_(options.window),
       scale_(options.scale),
       softcap_(options.softcap),
       dropout_(options.dropout),
       rotary_(options.rotary) {
-  KILN_CHECK(heads > 0 && dim % heads == 0, GraphError, "[nn] MultiHeadAttention ", path(),
-             ": dim ", dim, " does not split into ", heads, " heads");
+  KILN_CHECK(options.head_dim >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": head_dim ",
+             options.head_dim, " must be positive (or 0 for dim / heads)");
+  KILN_CHECK(heads > 0 && (options.head_dim > 0 || dim % heads == 0), GraphError,
+             "[nn] MultiHeadAttention ", path(), ": dim ", dim, " does not split into ", heads,
+             " heads (give head_dim)");
   KILN_CHECK(options.scale >= 0, GraphError, "[nn] MultiHeadAttention ", path(), ": scale ",
              options.scale, " must be positive (or 0 for 1 / sqrt(head depth))");
   KILN_CHECK(options.softcap >= 0 && std::isfinite(options.softcap), GraphError,
@@ -65,14 +75,14 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
              "[nn] MultiHeadAttention ", path(), ": kv_heads ", options.kv_heads,
              " must divide the ", heads, " heads");
   if (options.qk_norm) {  // made after the check above: the head depth is whole
-    query_norm = &make<RMSNorm>("query_norm", Shape{dim / heads}, options.qk_norm_eps);
-    key_norm = &make<RMSNorm>("key_norm", Shape{dim / heads}, options.qk_norm_eps);
+    query_norm = &make<RMSNorm>("query_norm", Shape{depth_}, options.qk_norm_eps);
+    key_norm = &make<RMSNorm>("key_norm", Shape{depth_}, options.qk_norm_eps);
   }
-  const int64_t turned = rotary_ && rotary_->dims > 0 ? rotary_->dims : dim / heads;
-  KILN_CHECK(!rotary_ || (turned % 2 == 0 && turned <= dim / heads), GraphError,
+  const int64_t turned = rotary_ && rotary_->dims > 0 ? rotary_->dims : depth_;
+  KILN_CHECK(!rotary_ || (turned % 2 == 0 && turned <= depth_), GraphError,
              "[nn] MultiHeadAttention ", path(),
              ": rotary embedding turns pairs of features; it cannot turn ", turned, " of the head ",
-             "depth ", dim / heads);
+             "depth ", depth_);
 }
 
 Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
@@ -80,12 +90,12 @@ Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
 }
 
 Value MultiHeadAttention::query_heads(const Value& projected, int64_t length, const Value& start) {
-  Value heads = reshape(projected, {-1, length, heads_, dim_ / heads_});
+  Value heads = reshape(projected, {-1, length, heads_, depth_});
   return rotated(query_norm != nullptr ? (*query_norm)(heads) : heads, start);
 }
 
 Value MultiHeadAttention::key_heads(const Value& projected, int64_t length, const Value& start) {
-  Value heads = reshape(projected, {-1, length, kv_heads_, dim_ / heads_});
+  Value heads = reshape(projected, {-1, length, kv_heads_, depth_});
   return rotated(key_norm != nullptr ? (*key_norm)(heads) : heads, start);
 }
 
@@ -107,7 +117,7 @@ KVCache MultiHeadAttention::project_memory(const Value& memory) {
 Value MultiHeadAttention::attend_projected(const Value& x, const KVCache& memory,
                                            const Value& mask) {
   expect_own({&x, &memory.keys, &memory.values}, "x and the memory's keys and values");
-  const int64_t depth = dim_ / heads_;
+  const int64_t depth = depth_;
   const Shape& ks = memory.keys.shape();
   KILN_CHECK(ks.rank() == 4 && ks[1] >= 0 && ks[2] == kv_heads_ && ks[3] == depth &&
                  memory.values.shape() == ks,
@@ -129,7 +139,7 @@ int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t 
 // [B, S, dim] -> [B, S, kv_heads, depth]: attention reads the heads in place (layout bthd), so
 // no transpose splits or merges them.
 KVCache MultiHeadAttention::projected(const Value& memory) {
-  const int64_t length = length_of(memory, "memory", memory_dim_), depth = dim_ / heads_;
+  const int64_t length = length_of(memory, "memory", memory_dim_), depth = depth_;
   return {key_heads(key(memory), length, Value()),
           reshape(value(memory), {-1, length, kv_heads_, depth})};
 }
@@ -157,7 +167,7 @@ Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, co
                                                                               .scale = scale_,
                                                                               .softcap = softcap_,
                                                                               .layout = "bthd"});
-  return output(reshape(attended, {-1, length, dim_}));
+  return output(reshape(attended, {-1, length, heads_ * depth_}));
 }
 
 MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, const KVCache& cache,
@@ -169,7 +179,7 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   KILN_CHECK(memory_dim_ == dim_, GraphError, "[nn] MultiHeadAttention ", path(),
              ": cached self-attention needs memory_dim (", memory_dim_, ") equal to dim (", dim_,
              ")");
-  const int64_t depth = dim_ / heads_, length = length_of(x, "x", dim_);
+  const int64_t depth = depth_, length = length_of(x, "x", dim_);
   for (const Value* part : {&cache.keys, &cache.values}) {
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
                ": the cache's keys and values must both be given");
@@ -198,13 +208,13 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   Value attended = scaled_dot_product_attention(
       query_heads(query(x), length, position), next.keys, next.values,
       {.mask = visible, .causal = false, .scale = scale_, .softcap = softcap_, .layout = "bthd"});
-  return {output(reshape(attended, {-1, length, dim_})), next};
+  return {output(reshape(attended, {-1, length, heads_ * depth_})), next};
 }
 
 KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) {
   KILN_CHECK(max_length > 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": a cache's max_length must be positive, got ", max_length);
-  const Shape shape{kUnknownDim, max_length, kv_heads_, dim_ / heads_};
+  const Shape shape{kUnknownDim, max_length, kv_heads_, depth_};
   return {graph().placeholder(path() + "/cache_keys", dtype, shape),
           graph().placeholder(path() + "/cache_values", dtype, shape)};
 }
@@ -215,7 +225,7 @@ KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) 
 Value MultiHeadAttention::heads_repeated(const Value& t) const {
   if (kv_heads_ == heads_) return t;
   const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
-  return reshape(concat(copies, 3), {-1, t.shape()[1], heads_, dim_ / heads_});
+  return reshape(concat(copies, 3), {-1, t.shape()[1], heads_, depth_});
 }
 
 Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Value& mask) {
@@ -260,6 +270,35 @@ Value MultiHeadAttention::attention_with_dropout(const Value& q, const Value& k,
   return transpose(
       matmul(probability_dropout(probabilities(q, k, mask)), heads_first(heads_repeated(v))),
       {0, 2, 1, 3});
+}
+
+RelativePositionBias::RelativePositionBias(Graph& graph, const std::string& name, int64_t heads,
+                                           Options options)
+    : Module(graph, name), options_(options) {
+  KILN_CHECK(heads > 0, GraphError, "[nn] RelativePositionBias ", path(), ": heads ", heads,
+             " must be positive");
+  relative_position_bucket(0, options.bidirectional, options.buckets,
+                           options.max_distance);  // checks the buckets, naming them
+  weight = variable("weight", {options.buckets, heads},
+                    init::normal(0, 0.02, seed_for("weight") + options.seed));
+}
+
+Value RelativePositionBias::bias(int64_t queries, int64_t keys) {
+  NameScope scope(graph(), name());
+  return table_read(queries, keys);
+}
+
+Value RelativePositionBias::table_read(int64_t queries, int64_t keys) {
+  const Value buckets = relative_position_buckets(graph(), queries, keys, options_.bidirectional,
+                                                  options_.buckets, options_.max_distance);
+  // [Tq, Tk, heads] -> [1, heads, Tq, Tk]
+  return expand_dims(transpose(embedding(weight, buckets), {2, 0, 1}), {0});
+}
+
+Value RelativePositionBias::forward(const Value& x) {
+  KILN_CHECK(x.shape().rank() >= 2 && x.shape()[1] >= 0, GraphError, "[nn] RelativePositionBias ",
+             path(), ": expects x [batch, length, ...] with a known ", "length, got ", x.shape());
+  return table_read(x.shape()[1], x.shape()[1]);
 }
 
 namespace {
@@ -318,7 +357,8 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
           .qkv_bias = options.qkv_bias,
           .window = self_attention ? options.window : 0,
           .scale = options.attention_scale,
-          .softcap = options.attention_softcap};
+          .softcap = options.attention_softcap,
+          .head_dim = options.head_dim};
 }
 
 }  // namespace

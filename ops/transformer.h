@@ -23,7 +23,8 @@ struct KVCache {
 };
 
 /// Multi-head self-attention over x [B, T, dim]: q, k, v projections (Linear dim -> dim),
-/// `heads` heads of dim / heads, fused scaled dot-product attention, an output projection.
+/// `heads` heads of dim / heads (or of Options::head_dim), fused scaled dot-product attention,
+/// an output projection.
 ///
 /// With Options::kv_heads (a divisor of heads), grouped-query attention (multi-query with 1):
 /// the k and v projections are dim -> kv_heads * dim / heads, each key-value head serving
@@ -65,6 +66,10 @@ class MultiHeadAttention : public Module {
     /// Soft-capping of the scaled scores, softcap * tanh(score / softcap) (Gemma 2's
     /// attn_logit_softcapping, 50); 0 for none. AttentionOptions::softcap, in every method.
     double softcap = 0;
+    /// Each head's depth: 0 for dim / heads. Otherwise the q projection is dim -> heads *
+    /// head_dim, k and v memory_dim -> kv_heads * head_dim, the output heads * head_dim -> dim
+    /// (Gemma 7B's 16 heads of 256 in a width of 3072, Qwen3's, T5's d_kv).
+    int64_t head_dim = 0;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -140,12 +145,42 @@ class MultiHeadAttention : public Module {
   /// q or k [B, T, heads, depth] rotated for positions start.. (unchanged without rotary).
   Value rotated(const Value& x, const Value& start) const;
   int64_t dim_, memory_dim_, heads_, kv_heads_;
+  int64_t depth_;  ///< of each head: Options::head_dim, or dim / heads
   bool causal_;
   int64_t window_;
   double scale_;
   double softcap_;
   double dropout_;
   std::optional<RotaryOptions> rotary_;
+};
+
+/// T5's learned relative position bias: a table `weight` [buckets, heads] (transformers'
+/// relative_attention_bias, an Embedding) read at relative_position_buckets, giving a bias of
+/// the attention scores [1, heads, queries, keys] to pass as the attention layers' mask (T5
+/// computes it in a stack's first layer and adds it in every layer; a decoder's is one-directional
+/// and joins causal masking). Learned through the attention's bias gradient. Starts as normal(0,
+/// 0.02) (T5 initializes it with std dim^-0.5; a loaded checkpoint replaces it).
+class RelativePositionBias : public Module {
+ public:
+  struct Options {
+    int64_t buckets = 32;
+    int64_t max_distance = 128;
+    bool bidirectional = true;  ///< an encoder's; false for a decoder's self-attention
+    int64_t seed = 0;
+  };
+  RelativePositionBias(Graph& graph, const std::string& name, int64_t heads, Options options);
+  /// The bias of `queries` queries against `keys` keys (query i at key position i).
+  Value bias(int64_t queries, int64_t keys);
+  Value weight;
+
+ protected:
+  /// The bias for self-attention over x [B, T, ...]: bias(T, T).
+  Value forward(const Value& x) override;
+
+ private:
+  /// bias()'s body, inside the layer's name scope.
+  Value table_read(int64_t queries, int64_t keys);
+  Options options_;
 };
 
 /// A transformer block. Pre-norm (GPT-2's, the default): x + dropout(attn(norm1(x))), then
@@ -187,6 +222,7 @@ class TransformerBlock : public Module {
     std::optional<bool> qkv_bias{};  ///< the attention's q, k, v biases: `bias` unless given
     double attention_scale = 0;      ///< the attention's scale (MultiHeadAttention's `scale`)
     double attention_softcap = 0;    ///< its scores' soft cap (MultiHeadAttention's `softcap`)
+    int64_t head_dim = 0;  ///< the attention's head depth (MultiHeadAttention's `head_dim`)
     /// Norms of each branch's output before its residual sum (Gemma 2 and 3's "sandwich"):
     /// h = x + attention_output_norm(attn(norm1(x))), h + ffn_output_norm(ffn(norm2(h))).
     /// Pre-norm, not parallel.

@@ -24,8 +24,10 @@
 // sums each group's (sum_head_groups). A bias's gradient, ds / scale summed to its shape, is a
 // composition (bias_gradient): it is the [B, H, Tq, Tk] matrix the op exists to avoid, built
 // only where something reads it (a learned bias: T5's, Swin's).
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
@@ -586,6 +588,43 @@ Value alibi_bias(Graph& graph, int64_t heads, int64_t queries, int64_t keys, DTy
       iota(graph, Shape{1, 1, keys}, 2, dtype) - iota(graph, Shape{1, queries, 1}, 1, dtype);
   if (symmetric) distance = -abs(distance);
   return graph.constant(slopes, "alibi_slopes") * distance;
+}
+
+int64_t relative_position_bucket(int64_t relative, bool bidirectional, int64_t buckets,
+                                 int64_t max_distance) {
+  const int64_t per_side = bidirectional ? buckets / 2 : buckets, exact = per_side / 2;
+  KILN_CHECK(exact >= 1 && max_distance > exact, GraphError, "[relative_position_bucket] ", buckets,
+             " buckets (", bidirectional ? "bidirectional" : "one direction", ") need at least ",
+             bidirectional ? 4 : 2, ", and max_distance ", max_distance, " must exceed the ", exact,
+             " exact distances");
+  int64_t bucket = 0, distance = 0;
+  if (bidirectional) {
+    if (relative > 0) bucket = per_side;
+    distance = relative < 0 ? -relative : relative;
+  } else {
+    distance = relative < 0 ? -relative : 0;
+  }
+  if (distance < exact) return bucket + distance;
+  // exact + (per_side - exact) log(distance / exact) / log(max_distance / exact), truncated, in
+  // f32 as transformers computes it (its log's argument and the quotient are f32 tensors).
+  const float logarithmic =
+      std::log(static_cast<float>(distance) / static_cast<float>(exact)) /
+      static_cast<float>(std::log(static_cast<double>(max_distance) / static_cast<double>(exact))) *
+      static_cast<float>(per_side - exact);
+  return bucket + std::min(exact + static_cast<int64_t>(logarithmic), per_side - 1);
+}
+
+Value relative_position_buckets(Graph& graph, int64_t queries, int64_t keys, bool bidirectional,
+                                int64_t buckets, int64_t max_distance) {
+  KILN_CHECK(queries >= 0 && keys >= 0, GraphError,
+             "[relative_position_buckets] needs known lengths: ", queries, " queries, ", keys,
+             " keys");
+  std::vector<int64_t> table(static_cast<size_t>(queries * keys));
+  for (int64_t i = 0; i < queries; ++i)
+    for (int64_t j = 0; j < keys; ++j)
+      table[static_cast<size_t>(i * keys + j)] =
+          relative_position_bucket(j - i, bidirectional, buckets, max_distance);
+  return graph.constant(Tensor::from_vector(table, {queries, keys}), "relative_position_buckets");
 }
 
 Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& v,

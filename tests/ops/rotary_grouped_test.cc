@@ -474,6 +474,97 @@ TEST(GroupedQueryAttention, IsFullAttentionWithRepeatedKeyValueHeads) {
     }
 }
 
+// A head depth other than dim / heads (Gemma 7B's, Qwen3's, T5's d_kv): q [dim -> heads *
+// head_dim], k and v [dim -> kv_heads * head_dim], the output [heads * head_dim -> dim], and the
+// layer is its composition written out (per-head norms, rotary, the fused op); the math path
+// (attention dropout) and cached decoding agree with it.
+TEST(GroupedQueryAttention, AHeadDepthOtherThanDimOverHeads) {
+  constexpr int64_t kWidth = 8, kHeadCount = 3, kKvHeads = 1, kHeadDim = 6, kLength = 5;
+  for (bool math_path : {false, true}) {
+    SCOPED_TRACE(str("math path ", math_path));
+    Graph g;
+    nn::MultiHeadAttention attention(g, "attention", kWidth, kHeadCount,
+                                     {.causal = true,
+                                      .dropout = math_path ? 1e-12 : 0,
+                                      .kv_heads = kKvHeads,
+                                      .rotary = RotaryOptions{.base = 100},
+                                      .qk_norm = true,
+                                      .head_dim = kHeadDim});
+    if (!math_path) attention.eval();
+    EXPECT_EQ(attention.query.weight.shape(), (Shape{kWidth, kHeadCount * kHeadDim}));
+    EXPECT_EQ(attention.key.weight.shape(), (Shape{kWidth, kKvHeads * kHeadDim}));
+    EXPECT_EQ(attention.output.weight.shape(), (Shape{kHeadCount * kHeadDim, kWidth}));
+    EXPECT_EQ(attention.query_norm->weight.shape(), (Shape{kHeadDim}));
+    Value x = g.placeholder("x", f32, {2, kLength, kWidth});
+    Value y = attention(x);
+    // Written out from the layer's variables.
+    auto heads = [&](const nn::Linear& linear, int64_t count) {
+      return reshape(matmul(x, linear.weight) + linear.bias, {-1, kLength, count, kHeadDim});
+    };
+    auto normed = [](const Value& t, const Value& weight) { return rms_norm(t, 1, weight, 1e-6); };
+    Value q =
+        rotary_embedding(normed(heads(attention.query, kHeadCount), attention.query_norm->weight),
+                         {}, {.base = 100});
+    Value k = rotary_embedding(normed(heads(attention.key, kKvHeads), attention.key_norm->weight),
+                               {}, {.base = 100});
+    Value attended = scaled_dot_product_attention(q, k, heads(attention.value, kKvHeads),
+                                                  {.causal = true, .layout = "bthd"});
+    Value want =
+        matmul(reshape(attended, {-1, kLength, kHeadCount * kHeadDim}), attention.output.weight) +
+        attention.output.bias;
+    Session s(g);
+    const Tensor in = testing::random_tensor(f32, {2, kLength, kWidth}, -1, 1, 21);
+    // Norm weights away from 1, so that a norm over the wrong dims shows.
+    for (const nn::RMSNorm* norm : {attention.query_norm, attention.key_norm})
+      s.set_variable(norm->weight, testing::random_tensor(f32, {kHeadDim}, 0.5, 1.5, 22));
+    const auto out = s.run({{x, in}}, {y, want});
+    for (int64_t i = 0; i < out[0].numel(); ++i)
+      ASSERT_NEAR(out[0].element(i), out[1].element(i), 1e-5) << i;
+    if (math_path) continue;
+    // Cached decoding, one token at a time, gives the same rows.
+    Graph gc;
+    nn::MultiHeadAttention cached(gc, "attention", kWidth, kHeadCount,
+                                  {.causal = true,
+                                   .kv_heads = kKvHeads,
+                                   .rotary = RotaryOptions{.base = 100},
+                                   .qk_norm = true,
+                                   .head_dim = kHeadDim});
+    cached.eval();
+    Value token = gc.placeholder("token", f32, {2, 1, kWidth});
+    Value position = gc.placeholder("position", i64, {});
+    const nn::KVCache cache = cached.cache_placeholders(kLength);
+    EXPECT_EQ(cache.keys.shape(), (Shape{kUnknownDim, kLength, kKvHeads, kHeadDim}));
+    const auto step = cached.attend_cached(token, cache, position);
+    Session sc(gc);
+    sc.set_variables(s.variable_values());
+    Tensor keys = Tensor::zeros(f32, {2, kLength, kKvHeads, kHeadDim}), values = keys;
+    for (int64_t t = 0; t < kLength; ++t) {
+      Tensor one = Tensor::empty(f32, {2, 1, kWidth});
+      for (int64_t b = 0; b < 2; ++b)
+        std::copy_n(in.data<float>() + (b * kLength + t) * kWidth, kWidth,
+                    one.data<float>() + b * kWidth);
+      const auto got = sc.run({{token, one},
+                               {position, Tensor::scalar<int64_t>(t)},
+                               {cache.keys, keys},
+                               {cache.values, values}},
+                              {step.output, step.cache.keys, step.cache.values});
+      keys = got[1];
+      values = got[2];
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t c = 0; c < kWidth; ++c)
+          ASSERT_NEAR(got[0].element(b * kWidth + c),
+                      out[0].element((b * kLength + t) * kWidth + c), 1e-5)
+              << "position " << t;
+    }
+  }
+  Graph g;
+  expect_error<GraphError>(
+      [&] { nn::MultiHeadAttention(g, "odd", 8, 3, {}); },
+      {"[nn] MultiHeadAttention odd", "dim 8 does not split into 3 heads", "head_dim"});
+  expect_error<GraphError>([&] { nn::MultiHeadAttention(g, "negative", 8, 2, {.head_dim = -4}); },
+                           {"[nn] MultiHeadAttention negative", "head_dim -4 must be positive"});
+}
+
 // A LLaMA-style block: RMS norms (weights only), one Linear of 2 ffn_dim for SwiGLU's gate and
 // up, no biases, k and v projections of kv_heads heads; its output is finite and its gradient
 // reaches every variable.
@@ -681,6 +772,74 @@ TEST(Alibi, BiasIsTheSlopeTimesTheDistance) {
   EXPECT_GT(largest, 1e-3);
   expect_error<GraphError>([&] { alibi_bias(g, 2, -1, 4); }, {"[alibi]", "-1 queries"});
   expect_error<GraphError>([&] { alibi_bias(g, 2, 3, 4, i32); }, {"[alibi]", "float dtype"});
+}
+
+// T5's buckets against transformers 5.25's T5Attention._relative_position_bucket over relative
+// positions -300 .. 300: each run of equal buckets as (its first position, its bucket), with 32
+// buckets and max_distance 128 (T5's) both ways, and 8 buckets up to 20 bidirectionally.
+TEST(RelativePositionBias, BucketsAreTransformersOnes) {
+  struct Table {
+    bool bidirectional;
+    int64_t buckets, max_distance;
+    std::vector<std::pair<int64_t, int64_t>> runs;
+  };
+  const std::vector<Table> tables = {
+      {true, 32, 128, {{-300, 15}, {-90, 14}, {-63, 13}, {-45, 12}, {-31, 11}, {-22, 10}, {-15, 9},
+                       {-11, 8},   {-7, 7},   {-6, 6},   {-5, 5},   {-4, 4},   {-3, 3},   {-2, 2},
+                       {-1, 1},    {0, 0},    {1, 17},   {2, 18},   {3, 19},   {4, 20},   {5, 21},
+                       {6, 22},    {7, 23},   {8, 24},   {12, 25},  {16, 26},  {23, 27},  {32, 28},
+                       {46, 29},   {64, 30},  {91, 31}}},
+      {true, 8, 20, {{-300, 3}, {-6, 2}, {-1, 1}, {0, 0}, {1, 5}, {2, 6}, {7, 7}}},
+      {false, 32, 128, {{-300, 31}, {-112, 30}, {-98, 29}, {-86, 28}, {-76, 27}, {-66, 26},
+                        {-58, 25},  {-51, 24},  {-45, 23}, {-39, 22}, {-34, 21}, {-30, 20},
+                        {-26, 19},  {-23, 18},  {-20, 17}, {-18, 16}, {-15, 15}, {-14, 14},
+                        {-13, 13},  {-12, 12},  {-11, 11}, {-10, 10}, {-9, 9},   {-8, 8},
+                        {-7, 7},    {-6, 6},    {-5, 5},   {-4, 4},   {-3, 3},   {-2, 2},
+                        {-1, 1},    {0, 0}}}};
+  for (const Table& t : tables) {
+    size_t run = 0;
+    for (int64_t relative = -300; relative <= 300; ++relative) {
+      if (run + 1 < t.runs.size() && relative == t.runs[run + 1].first) ++run;
+      ASSERT_EQ(relative_position_bucket(relative, t.bidirectional, t.buckets, t.max_distance),
+                t.runs[run].second)
+          << "relative " << relative << ", " << t.buckets << " buckets, bidirectional "
+          << t.bidirectional;
+    }
+  }
+  expect_error<GraphError>([] { relative_position_bucket(0, true, 2); },
+                           {"[relative_position_bucket]", "2 buckets", "at least 4"});
+  expect_error<GraphError>([] { relative_position_bucket(0, false, 32, 10); },
+                           {"max_distance 10", "the 16 exact distances"});
+}
+
+// The layer's bias [1, heads, Tq, Tk] is its table read at the buckets of j - i; attention with
+// it passes its table a gradient (the bias gradient's composition through the embedding), which
+// finite differences confirm.
+TEST(RelativePositionBias, TheBiasIsTheTableAtTheBucketsAndLearns) {
+  Graph g;
+  nn::RelativePositionBias relative(g, "relative", 3, {.buckets = 8, .max_distance = 20});
+  EXPECT_EQ(relative.weight.shape(), (Shape{8, 3}));
+  Value bias = relative.bias(4, 6);
+  EXPECT_EQ(bias.shape(), (Shape{1, 3, 4, 6}));
+  Value x = g.placeholder("x", f32, {2, 5, 7});
+  EXPECT_EQ(relative(x).shape(), (Shape{1, 3, 5, 5}));
+  Session s(g);
+  const auto out = s.run({}, {bias, relative.weight});
+  for (int64_t h = 0; h < 3; ++h)
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t j = 0; j < 6; ++j)
+        ASSERT_EQ(out[0].element((h * 4 + i) * 6 + j),
+                  out[1].element(relative_position_bucket(j - i, true, 8, 20) * 3 + h));
+  check_gradients(
+      [&](Graph& gg, const std::vector<Value>& v) {
+        // The table as an input: the bias read from it the layer's way.
+        const Value buckets = relative_position_buckets(gg, 5, 6, false, 8, 20);
+        const Value read = expand_dims(transpose(embedding(v[3], buckets), {2, 0, 1}), {0});
+        return scaled_dot_product_attention(v[0], v[1], v[2], {.mask = read, .causal = true});
+      },
+      {r64({1, 2, 5, 4}, -1, 1, 31), r64({1, 2, 6, 4}, -1, 1, 32), r64({1, 2, 6, 3}, -1, 1, 33),
+       r64({8, 2}, -1, 1, 34)},
+      "attention with a relative position bias");
 }
 
 }  // namespace
