@@ -7,8 +7,10 @@
 // soft-capped attention scores and logits besides, GPTNeoXForCausalLM with
 // parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head,
 // PhiForCausalLM with both branches after one shared norm and a head with a bias,
-// BloomForCausalLM with ALiBi over six heads and a norm after the embedding), builds
-// the same model from Embedding, TransformerBlock, RMSNorm or LayerNorm and Linear, loads its
+// BloomForCausalLM with ALiBi over six heads and a norm after the embedding; and
+// T5ForConditionalGeneration, v1.1's and v1.0's, with learned relative position biases and
+// heads of their own depth), builds the same model from Embedding, TransformerBlock (and
+// TransformerDecoderBlock, RelativePositionBias), RMSNorm or LayerNorm and Linear, loads its
 // weights from the model.safetensors that save_pretrained wrote (f32, or bf16 for Mistral and
 // Gemma, cast to f32), by their state-dict names (Linear weights transposed: Kiln's are [in, out];
 // gate_proj and up_proj side by side in ffn_in; Gemma's norm weights w as 1 + w, its embeddings
@@ -311,6 +313,158 @@ void load_phi(Session& s, Model& m, const Loader& weight) {
   set_linear(*m.head, "lm_head");
 }
 
+// T5 (transformers' T5ForConditionalGeneration) from kiln::nn: the shared Embedding; an encoder
+// of TransformerBlocks and a decoder of TransformerDecoderBlocks, pre-norm with RMSNorm, no
+// biases, scores unscaled (attention_scale 1), heads of head_dim; a RelativePositionBias per
+// stack (bidirectional for the encoder, one-directional and causal for the decoder) added in
+// every layer; the padding mask on the encoder's self-attention and the cross-attention; the
+// head the shared embedding, after v1.0's scaling by dim^-0.5 where the config has it.
+struct T5Model {
+  Graph g;
+  Value ids, mask, decoder_ids, logits;
+  std::unique_ptr<nn::Embedding> embed;
+  std::unique_ptr<nn::RelativePositionBias> encoder_bias, decoder_bias;
+  std::vector<std::unique_ptr<nn::TransformerBlock>> encoder;
+  std::vector<std::unique_ptr<nn::TransformerDecoderBlock>> decoder;
+  std::unique_ptr<nn::RMSNorm> encoder_norm, decoder_norm;
+  std::unique_ptr<nn::Linear> head;
+};
+
+void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decoder_ids) {
+  const int64_t dim = integer(c, "hidden"), heads = integer(c, "heads");
+  const double eps = real(c, "eps");
+  using Block = nn::TransformerBlock;
+  Block::Options options{.ffn_dim = integer(c, "ffn"),
+                         .dropout = 0,
+                         .causal = false,
+                         .activation = c.at("activation") == "geglu" ? Block::Activation::geglu
+                                                                     : Block::Activation::relu,
+                         .norm_eps = eps,
+                         .norm = Block::Norm::rms,
+                         .bias = false,
+                         .attention_scale = 1.0,
+                         .head_dim = integer(c, "head_dim")};
+  const nn::RelativePositionBias::Options relative{.buckets = integer(c, "buckets"),
+                                                   .max_distance = integer(c, "max_distance")};
+  m.ids = m.g.placeholder("ids", i64, ids);
+  m.mask = m.g.placeholder("mask", i64, ids);
+  m.decoder_ids = m.g.placeholder("decoder_ids", i64, decoder_ids);
+  m.embed = std::make_unique<nn::Embedding>(m.g, "shared", integer(c, "vocab"), dim);
+  // The encoder's keys a query may read, [B, 1, 1, S]: not padding.
+  const Value keep = reshape(not_equal(m.mask, 0.0), {-1, 1, 1, ids[1]});
+  m.encoder_bias = std::make_unique<nn::RelativePositionBias>(m.g, "encoder_bias", heads, relative);
+  const Value encoder_mask = attention_mask_and(m.encoder_bias->bias(ids[1], ids[1]), keep);
+  Value h = (*m.embed)(m.ids);
+  for (int64_t i = 0; i < integer(c, "layers"); ++i) {
+    m.encoder.push_back(std::make_unique<Block>(m.g, str("encoder", i), dim, heads, options));
+    m.encoder.back()->eval();
+    h = m.encoder.back()->attend(h, encoder_mask);
+  }
+  m.encoder_norm = std::make_unique<nn::RMSNorm>(m.g, "encoder_norm", Shape{dim}, eps);
+  const Value memory = (*m.encoder_norm)(h);
+  m.decoder_bias = std::make_unique<nn::RelativePositionBias>(
+      m.g, "decoder_bias", heads,
+      nn::RelativePositionBias::Options{relative.buckets, relative.max_distance, false});
+  const Value decoder_mask = m.decoder_bias->bias(decoder_ids[1], decoder_ids[1]);
+  options.causal = true;
+  Value d = (*m.embed)(m.decoder_ids);
+  for (int64_t i = 0; i < integer(c, "decoder_layers"); ++i) {
+    m.decoder.push_back(
+        std::make_unique<nn::TransformerDecoderBlock>(m.g, str("decoder", i), dim, heads, options));
+    m.decoder.back()->eval();
+    d = m.decoder.back()->decode(d, memory, decoder_mask, keep);
+  }
+  m.decoder_norm = std::make_unique<nn::RMSNorm>(m.g, "decoder_norm", Shape{dim}, eps);
+  d = (*m.decoder_norm)(d);
+  if (integer(c, "scale_output") != 0) d = d * (1 / std::sqrt(static_cast<double>(dim)));
+  m.head = std::make_unique<nn::Linear>(m.g, "head", dim, integer(c, "vocab"),
+                                        nn::LayerOptions{.bias = false});
+  m.logits = (*m.head)(d);
+}
+
+// Loads a T5 state dict: q, k, v, o and the FFN's wi (or wi_0 and wi_1 side by side, GeGLU's
+// gate and up) and wo, transposed; each stack's relative_attention_bias from its first block.
+void load_t5(Session& s, T5Model& m, const Loader& weight) {
+  const auto set_linear = [&](nn::Linear& linear, const std::string& name) {
+    s.set_variable(linear.weight, transposed(weight(name + ".weight")));
+  };
+  const auto set_attention = [&](nn::MultiHeadAttention& attention, const std::string& at) {
+    set_linear(attention.query, at + "q");
+    set_linear(attention.key, at + "k");
+    set_linear(attention.value, at + "v");
+    set_linear(attention.output, at + "o");
+  };
+  const auto set_ffn = [&](nn::Linear& in, nn::Linear& out, const std::string& at) {
+    if (in.weight.shape()[1] == out.weight.shape()[0])
+      set_linear(in, at + "wi");
+    else
+      s.set_variable(in.weight, side_by_side(transposed(weight(at + "wi_0.weight")),
+                                             transposed(weight(at + "wi_1.weight"))));
+    set_linear(out, at + "wo");
+  };
+  const auto set_norm = [&](nn::Module& norm, const std::string& name) {
+    s.set_variable(static_cast<nn::RMSNorm&>(norm).weight, weight(name));
+  };
+  s.set_variable(m.embed->weight, weight("shared.weight"));
+  s.set_variable(m.head->weight, transposed(weight("shared.weight")));
+  s.set_variable(m.encoder_bias->weight,
+                 weight("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
+  s.set_variable(m.decoder_bias->weight,
+                 weight("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
+  for (size_t i = 0; i < m.encoder.size(); ++i) {
+    nn::TransformerBlock& b = *m.encoder[i];
+    const std::string at = str("encoder.block.", i, ".layer.");
+    set_norm(b.norm1, at + "0.layer_norm.weight");
+    set_attention(b.attention, at + "0.SelfAttention.");
+    set_norm(b.norm2, at + "1.layer_norm.weight");
+    set_ffn(b.ffn_in, b.ffn_out, at + "1.DenseReluDense.");
+  }
+  for (size_t i = 0; i < m.decoder.size(); ++i) {
+    nn::TransformerDecoderBlock& b = *m.decoder[i];
+    const std::string at = str("decoder.block.", i, ".layer.");
+    set_norm(b.norm1, at + "0.layer_norm.weight");
+    set_attention(b.self_attention, at + "0.SelfAttention.");
+    set_norm(b.norm2, at + "1.layer_norm.weight");
+    set_attention(b.cross_attention, at + "1.EncDecAttention.");
+    set_norm(b.norm3, at + "2.layer_norm.weight");
+    set_ffn(b.ffn_in, b.ffn_out, at + "2.DenseReluDense.");
+  }
+  set_norm(*m.encoder_norm, "encoder.final_layer_norm.weight");
+  set_norm(*m.decoder_norm, "decoder.final_layer_norm.weight");
+}
+
+// T5's logits for the reference's inputs.
+Tensor t5_logits(const Config& c, const Loader& weight, const SafetensorsFile& reference) {
+  T5Model m;
+  build_t5(m, c, reference.at("ids").shape(), reference.at("decoder_ids").shape());
+  Session session(m.g);
+  session.initialize_variables();
+  load_t5(session, m, weight);
+  return session.run({{m.ids, reference.at("ids")},
+                      {m.mask, reference.at("mask")},
+                      {m.decoder_ids, reference.at("decoder_ids")}},
+                     {m.logits})[0];
+}
+
+// A decoder-only model's logits for the reference's ids.
+Tensor decoder_only_logits(const Config& c, const Loader& weight,
+                           const SafetensorsFile& reference) {
+  const Tensor ids = reference.at("ids");
+  Model m;
+  build(m, c, ids.shape());
+  Session session(m.g);
+  session.initialize_variables();
+  if (c.at("family") == "neox")
+    load_fused_qkv(session, m, c, weight, kNeoxNames);
+  else if (c.at("family") == "bloom")
+    load_fused_qkv(session, m, c, weight, kBloomNames);
+  else if (c.at("family") == "phi")
+    load_phi(session, m, weight);
+  else
+    load_llama_family(session, m, c, weight);
+  return session.run({{m.tokens, ids}}, {m.logits})[0];
+}
+
 // Builds, loads and runs one model; returns the largest difference of its logits from
 // transformers' over their largest magnitude.
 double compare(const std::filesystem::path& dir) {
@@ -326,21 +480,9 @@ double compare(const std::filesystem::path& dir) {
   KILN_CHECK(file.tensors.begin()->second.dtype() == (c.at("weights") == "bf16" ? bf16 : f32),
              Error, "[hf_parity] ", dir.string(), ": weights not stored as ", c.at("weights"));
   const SafetensorsFile reference = load_safetensors((dir / "reference.safetensors").string());
-  const Tensor ids = reference.at("ids");
   const Tensor want = reference.at("logits");
-  Model m;
-  build(m, c, ids.shape());
-  Session session(m.g);
-  session.initialize_variables();
-  if (c.at("family") == "neox")
-    load_fused_qkv(session, m, c, weight, kNeoxNames);
-  else if (c.at("family") == "bloom")
-    load_fused_qkv(session, m, c, weight, kBloomNames);
-  else if (c.at("family") == "phi")
-    load_phi(session, m, weight);
-  else
-    load_llama_family(session, m, c, weight);
-  const Tensor got = session.run({{m.tokens, ids}}, {m.logits})[0];
+  const Tensor got = c.at("family") == "t5" ? t5_logits(c, weight, reference)
+                                            : decoder_only_logits(c, weight, reference);
   KILN_CHECK(got.numel() == want.numel(), Error, "[hf_parity] ", dir.string(), ": logits ",
              got.shape(), " against transformers' ", want.shape());
   double largest = 0, error = 0;
@@ -365,7 +507,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   try {
     for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2",
-                              "neox", "phi", "bloom"}) {
+                              "neox", "phi", "bloom", "t5", "t5_relu"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

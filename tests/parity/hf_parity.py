@@ -6,7 +6,9 @@ with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and g
 Gemma 2 with soft-capped attention scores and logits;
 a GPT-NeoX with parallel attention and FFN and half of each head turned; a Phi-2 with both
 branches after one norm and a head with a bias; a BLOOM with ALiBi
-over six heads and a norm after its embedding; grouped heads in the first four), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
+over six heads and a norm after its embedding; grouped heads in the first four; and two T5
+encoder-decoders, v1.1's gated GELU and v1.0's ReLU with its scaled decoder output, with
+learned relative position biases, heads of 12 in a width of 32, and padded encoder inputs), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
 save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
 checkpoints ship; LLaMA's sharded, with model.safetensors.index.json; config.json), the token ids and logits (reference.safetensors) and what Kiln
 needs to know (config.txt). tests/parity/hf_parity.cc then builds the same models from kiln::nn,
@@ -25,7 +27,8 @@ try:
     from safetensors.torch import save_file
     from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, Gemma3TextConfig,
                               GemmaConfig, PhiConfig, GPTNeoXConfig,
-                              LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config)
+                              LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, T5Config,
+                              T5ForConditionalGeneration)
     import transformers
 except ImportError as e:
     print(f"[hf-parity] SKIPPED: cannot import torch, safetensors and transformers ({e})")
@@ -123,6 +126,57 @@ def models():
                 kv_heads=6, ffn=4 * 48, eps=1e-5))
 
 
+def t5_models():
+    """(name, config, what Kiln needs to know) for the T5 encoder-decoders. Relative position
+    buckets 8 up to distance 20 (T5's are 32 up to 128) so that the lengths below reach the
+    logarithmic buckets and past the last; heads of d_kv 12, not d_model / heads = 8. In
+    transformers 5 the head is always the shared embedding; tie_word_embeddings in the config
+    only says whether the decoder's output is scaled by d_model^-0.5 first (v1.0's way)."""
+    shape = dict(vocab_size=61, d_model=32, d_kv=12, d_ff=40, num_layers=2, num_decoder_layers=2,
+                 num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                 dropout_rate=0.0, layer_norm_epsilon=1e-6)
+    yield ("t5", T5Config(**shape, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+           dict(activation="geglu", scale_output=0))
+    yield ("t5_relu", T5Config(**shape, feed_forward_proj="relu", tie_word_embeddings=True),
+           dict(activation="relu", scale_output=1))
+
+
+def write_t5(root):
+    """Writes each T5 model with its inputs (encoder ids with padding, decoder ids of another
+    length) and logits."""
+    for name, config, extra in t5_models():
+        model = T5ForConditionalGeneration(config).double()
+        model.eval()
+        with torch.no_grad():  # norms start at 1: make them matter
+            for key, p in model.named_parameters():
+                if key.endswith("layer_norm.weight"):
+                    p.add_(torch.randn_like(p) * 0.3)
+            for p in model.parameters():
+                p.copy_(p.float())
+        out = os.path.join(root, name)
+        os.makedirs(out, exist_ok=True)
+        copy.deepcopy(model).float().save_pretrained(out)
+        ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH))
+        mask = torch.ones(BATCH, LENGTH, dtype=torch.int64)
+        mask[1, LENGTH - 5:] = 0  # the second input is 5 tokens shorter: padding
+        decoder_ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH - 7))
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask,
+                           decoder_input_ids=decoder_ids).logits
+        save_file({"ids": ids, "mask": mask, "decoder_ids": decoder_ids, "logits": logits},
+                  os.path.join(out, "reference.safetensors"))
+        fields = dict(family="t5", layers=config.num_layers,
+                      decoder_layers=config.num_decoder_layers, hidden=config.d_model,
+                      heads=config.num_heads, head_dim=config.d_kv, ffn=config.d_ff,
+                      vocab=config.vocab_size, eps=config.layer_norm_epsilon,
+                      buckets=config.relative_attention_num_buckets,
+                      max_distance=config.relative_attention_max_distance, weights="f32")
+        fields.update(extra)
+        with open(os.path.join(out, "config.txt"), "w") as f:
+            for key, value in fields.items():
+                f.write(f"{key} {value}\n")
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
@@ -165,8 +219,9 @@ def main():
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, neox, phi "
-          f"and bloom to "
+    write_t5(sys.argv[1])
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, neox, phi, "
+          f"bloom, t5 and t5_relu to "
           f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
