@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
-cnn_step, transformer_step, llama_step, lstm_step, decode_step. With --compile the model cases run their module through
+cnn_step, transformer_step, llama_step, lstm_step, decode_step, attention_window_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -203,6 +203,24 @@ def decode_step(device="cpu"):
     return step
 
 
+def attention_window_step():
+    """kiln_bench's attention_window_step: causal sliding-window attention (window 256) over
+    [2, 4, 2048, 64] (heads first, as scaled_dot_product_attention takes them), forward and
+    backward of sum(out * dout). PyTorch's SDPA has no window: the window is its bool mask (as
+    transformers' Mistral builds it); flex_attention, which skips blocks, has no CPU backward."""
+    length, window = 2048, 256
+    q, k, v = (ramp(2, 4, length, 64).requires_grad_(True) for _ in range(3))
+    dout = ramp(2, 4, length, 64)
+    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    mask = (j <= i) & (j > i - window)
+    attend = compiled(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask))
+
+    def step():
+        return torch.autograd.grad((attend(q, k, v) * dout).sum(), (q, k, v))
+    return step
+
+
 def lstm_step(kind="LSTM"):
     """kiln::nn::LSTM(128, 256, batch first) over [32, 32, 128]; mean(square(output)); Adam.
     kind "GRU": the same with nn.GRU (gru_step, run by hand)."""
@@ -258,6 +276,8 @@ def main():
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
     elif case == "decode_step":
         print(f"decode_step {time_it(decode_step(), 10, 200):.9f}")
+    elif case == "attention_window_step":
+        print(f"attention_window_step {time_it(attention_window_step(), 2, 10):.9f}")
     elif case in ("cnn_step", "transformer_step", "llama_step", "lstm_step", "gru_step",
                   "upsample_step"):
         steps = {"cnn_step": cnn_step, "transformer_step": transformer_step,
