@@ -51,6 +51,7 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
       heads_(heads),
       kv_heads_(key_value_heads(heads, options)),
       depth_(head_depth(dim, heads, options)),
+      qk_norm_across_heads_(options.qk_norm_across_heads),
       causal_(options.causal),
       window_(options.window),
       scale_(options.scale),
@@ -75,8 +76,10 @@ MultiHeadAttention::MultiHeadAttention(Graph& graph, const std::string& name, in
              "[nn] MultiHeadAttention ", path(), ": kv_heads ", options.kv_heads,
              " must divide the ", heads, " heads");
   if (options.qk_norm) {  // made after the check above: the head depth is whole
-    query_norm = &make<RMSNorm>("query_norm", Shape{depth_}, options.qk_norm_eps);
-    key_norm = &make<RMSNorm>("key_norm", Shape{depth_}, options.qk_norm_eps);
+    const int64_t query_width = qk_norm_across_heads_ ? heads * depth_ : depth_;
+    const int64_t key_width = qk_norm_across_heads_ ? kv_heads_ * depth_ : depth_;
+    query_norm = &make<RMSNorm>("query_norm", Shape{query_width}, options.qk_norm_eps);
+    key_norm = &make<RMSNorm>("key_norm", Shape{key_width}, options.qk_norm_eps);
   }
   const int64_t turned = rotary_ && rotary_->dims > 0 ? rotary_->dims : depth_;
   KILN_CHECK(!rotary_ || (turned % 2 == 0 && turned <= depth_), GraphError,
@@ -89,14 +92,19 @@ Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
   return rotary_ ? rotary_embedding(x, start, *rotary_) : x;
 }
 
+Value MultiHeadAttention::normalized_heads(const Value& projected, int64_t length, int64_t heads,
+                                           RMSNorm* norm) {
+  if (norm == nullptr) return reshape(projected, {-1, length, heads, depth_});
+  if (qk_norm_across_heads_) return reshape((*norm)(projected), {-1, length, heads, depth_});
+  return (*norm)(reshape(projected, {-1, length, heads, depth_}));
+}
+
 Value MultiHeadAttention::query_heads(const Value& projected, int64_t length, const Value& start) {
-  Value heads = reshape(projected, {-1, length, heads_, depth_});
-  return rotated(query_norm != nullptr ? (*query_norm)(heads) : heads, start);
+  return rotated(normalized_heads(projected, length, heads_, query_norm), start);
 }
 
 Value MultiHeadAttention::key_heads(const Value& projected, int64_t length, const Value& start) {
-  Value heads = reshape(projected, {-1, length, kv_heads_, depth_});
-  return rotated(key_norm != nullptr ? (*key_norm)(heads) : heads, start);
+  return rotated(normalized_heads(projected, length, kv_heads_, key_norm), start);
 }
 
 Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
@@ -358,7 +366,8 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
           .window = self_attention ? options.window : 0,
           .scale = options.attention_scale,
           .softcap = options.attention_softcap,
-          .head_dim = options.head_dim};
+          .head_dim = options.head_dim,
+          .qk_norm_across_heads = options.qk_norm_across_heads};
 }
 
 }  // namespace
@@ -366,10 +375,8 @@ MultiHeadAttention::Options attention_options(const TransformerBlock::Options& o
 TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_t dim,
                                    int64_t heads, Options options)
     : Module(graph, name),
-      norm1(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm1", Shape{dim},
-                                            options.norm_eps)),
-      norm2(make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "norm2", Shape{dim},
-                                            options.norm_eps)),
+      norm1(input_norm("norm1", dim, options)),
+      norm2(input_norm("norm2", dim, options)),
       attention(make<MultiHeadAttention>("attention", dim, heads,
                                          attention_options(options, options.causal, true))),
       ffn_in(make<Linear>("ffn_in", dim, ffn_in_width(dim, options),
@@ -390,12 +397,20 @@ TransformerBlock::TransformerBlock(Graph& graph, const std::string& name, int64_
   KILN_CHECK(!options.post_norms || (norm_first_ && !parallel_), GraphError,
              "[nn] TransformerBlock ", path(),
              ": post_norms are for a pre-norm block that is not parallel");
+  KILN_CHECK(options.input_norms || options.post_norms, GraphError, "[nn] TransformerBlock ",
+             path(), ": a block without input_norms needs post_norms (OLMo 2's)");
   if (options.post_norms) {
     attention_output_norm = &make_either<RMSNorm, LayerNorm>(
         options.norm == Norm::rms, "attention_output_norm", Shape{dim}, options.norm_eps);
     ffn_output_norm = &make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, "ffn_output_norm",
                                                        Shape{dim}, options.norm_eps);
   }
+}
+
+Module& TransformerBlock::input_norm(const std::string& name, int64_t dim, const Options& options) {
+  if (!options.input_norms) return make<Lambda>(name, [](const Value& x) { return x; });
+  return make_either<RMSNorm, LayerNorm>(options.norm == Norm::rms, name, Shape{dim},
+                                         options.norm_eps);
 }
 
 Value TransformerBlock::forward(const Value& x) {

@@ -70,6 +70,9 @@ class MultiHeadAttention : public Module {
     /// head_dim, k and v memory_dim -> kv_heads * head_dim, the output heads * head_dim -> dim
     /// (Gemma 7B's 16 heads of 256 in a width of 3072, Qwen3's, T5's d_kv).
     int64_t head_dim = 0;
+    /// With qk_norm: one RMSNorm over all of a projection's heads (OLMo 2's q_norm and k_norm,
+    /// weights of heads * head_dim and kv_heads * head_dim), not one per head.
+    bool qk_norm_across_heads = false;
   };
   MultiHeadAttention(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                      Options options);
@@ -125,6 +128,9 @@ class MultiHeadAttention : public Module {
   int64_t length_of(const Value& x, const char* what, int64_t width) const;
   /// x [B, T, dim] projected to queries [B, T, heads, depth] (rotated for positions 0..).
   Value queries(const Value& x);
+  /// A projection [B, length, heads * depth] as [B, length, heads, depth], through `norm` (a
+  /// qk_norm, when not null) per head or across them.
+  Value normalized_heads(const Value& projected, int64_t length, int64_t heads, RMSNorm* norm);
   /// A query or key projection [B, length, width] split into heads, normalized (qk_norm) and
   /// rotated for positions start.. (0.. for an undefined start).
   Value query_heads(const Value& projected, int64_t length, const Value& start);
@@ -146,6 +152,7 @@ class MultiHeadAttention : public Module {
   Value rotated(const Value& x, const Value& start) const;
   int64_t dim_, memory_dim_, heads_, kv_heads_;
   int64_t depth_;  ///< of each head: Options::head_dim, or dim / heads
+  bool qk_norm_across_heads_;
   bool causal_;
   int64_t window_;
   double scale_;
@@ -227,6 +234,11 @@ class TransformerBlock : public Module {
     /// h = x + attention_output_norm(attn(norm1(x))), h + ffn_output_norm(ffn(norm2(h))).
     /// Pre-norm, not parallel.
     bool post_norms = false;
+    /// The norms before each branch. false (with post_norms): norms after each branch only,
+    /// h = x + attention_output_norm(attn(x)), h + ffn_output_norm(ffn(h)) (OLMo 2's); norm1 and
+    /// norm2 are then identities without variables.
+    bool input_norms = true;
+    bool qk_norm_across_heads = false;  ///< MultiHeadAttention's `qk_norm_across_heads`
   };
   TransformerBlock(Graph& graph, const std::string& name, int64_t dim, int64_t heads,
                    Options options);
@@ -252,6 +264,8 @@ class TransformerBlock : public Module {
   Value forward(const Value& x) override;
 
  private:
+  /// norm1 or norm2: LayerNorm or RMSNorm, or without Options::input_norms an identity.
+  Module& input_norm(const std::string& name, int64_t dim, const Options& options);
   /// The block around `attend`, its attention sublayer.
   Value block_of(const Value& x, const std::function<Value(const Value&)>& attend);
   Activation activation_;

@@ -698,6 +698,60 @@ TEST(GroupedQueryAttention, PostNormsAndAnAttentionScale) {
       {"[nn] MultiHeadAttention negative", "scale -1"});
 }
 
+// OLMo 2's block: norms after each branch and none before (norm1 and norm2 identities without
+// variables), x + attention_output_norm(attn(x)), then h + ffn_output_norm(ffn(h)); its q and k
+// norms span each projection's heads (weights of heads * depth and kv_heads * depth), applied
+// before the projection splits into heads.
+TEST(GroupedQueryAttention, NormsAfterEachBranchOnlyAndQkNormsAcrossHeads) {
+  Graph g;
+  nn::TransformerBlock block(g, "block", kDim, kHeads,
+                             {.ffn_dim = 12,
+                              .dropout = 0,
+                              .norm = nn::TransformerBlock::Norm::rms,
+                              .kv_heads = kHeads / kGroup,
+                              .qk_norm = true,
+                              .post_norms = true,
+                              .input_norms = false,
+                              .qk_norm_across_heads = true});
+  for (const Value& v : g.variables()) {
+    EXPECT_EQ(v.name().find("norm1"), std::string::npos) << v.name();
+    EXPECT_EQ(v.name().find("norm2"), std::string::npos) << v.name();
+  }
+  nn::MultiHeadAttention& attention = block.attention;
+  EXPECT_EQ(attention.query_norm->weight.shape(), (Shape{kDim}));
+  EXPECT_EQ(attention.key_norm->weight.shape(), (Shape{kDim / kGroup}));
+  Value x = g.placeholder("x", f32, {2, 3, kDim});
+  Value y = block(x);
+  Value h = x + (*block.attention_output_norm)(attention(x));
+  Value want = h + (*block.ffn_output_norm)(block.ffn_out(gelu(block.ffn_in(h))));
+  // The attention written out: each projection normalized whole, then split into heads.
+  auto heads = [&](const nn::Linear& linear, const nn::RMSNorm& norm, int64_t count) {
+    return reshape(rms_norm(matmul(x, linear.weight) + linear.bias, 1, norm.weight, 1e-5),
+                   {-1, 3, count, kDepth});
+  };
+  Value attended =
+      scaled_dot_product_attention(heads(attention.query, *attention.query_norm, kHeads),
+                                   heads(attention.key, *attention.key_norm, kHeads / kGroup),
+                                   reshape(matmul(x, attention.value.weight) + attention.value.bias,
+                                           {-1, 3, kHeads / kGroup, kDepth}),
+                                   {.causal = true, .layout = "bthd"});
+  Value attention_want =
+      matmul(reshape(attended, {-1, 3, kDim}), attention.output.weight) + attention.output.bias;
+  Session s(g);
+  s.initialize_variables();
+  for (const nn::RMSNorm* norm : {attention.query_norm, attention.key_norm})  // away from 1
+    s.set_variable(norm->weight, testing::random_tensor(f32, norm->weight.shape(), 0.5, 1.5, 16));
+  const auto out = s.run({{x, testing::random_tensor(f32, {2, 3, kDim}, -2, 2, 15)}},
+                         {y, want, attention(x), attention_want});
+  for (int64_t i = 0; i < out[0].numel(); ++i) {
+    EXPECT_NEAR(out[0].element(i), out[1].element(i), 1e-5) << i;
+    EXPECT_NEAR(out[2].element(i), out[3].element(i), 1e-5) << i;
+  }
+  expect_error<GraphError>(
+      [&] { nn::TransformerBlock(g, "bare", kDim, kHeads, {.input_norms = false}); },
+      {"[nn] TransformerBlock bare", "without input_norms needs post_norms"});
+}
+
 // The gated FFNs: with the attention's output projection zeroed, a pre-norm block is x +
 // ffn_out(act(gate) * up) of rms_norm(x), gate and up the halves of ffn_in: SiLU for swiglu,
 // GELU's tanh form for geglu (Gemma's).

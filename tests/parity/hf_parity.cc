@@ -4,7 +4,8 @@
 // Qwen2ForCausalLM with biases on the q, k, v projections only,
 // GemmaForCausalLM with GeGLU and one key-value head, Gemma3ForCausalLM with norms around both
 // branches, a local and a global layer and its own attention scale, Gemma2ForCausalLM with
-// soft-capped attention scores and logits besides, GPTNeoXForCausalLM with
+// soft-capped attention scores and logits besides, Olmo2ForCausalLM with norms after each
+// branch only and q and k norms across heads, GPTNeoXForCausalLM with
 // parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head,
 // PhiForCausalLM with both branches after one shared norm and a head with a bias,
 // BloomForCausalLM with ALiBi over six heads and a norm after the embedding; and
@@ -144,7 +145,9 @@ void build(Model& m, const Config& c, const Shape& ids) {
       .qkv_bias = integer(c, "qkv_bias") != 0 || integer(c, "bias") != 0,
       .attention_scale = real(c, "attention_scale"),
       .attention_softcap = real(c, "attention_softcap"),
-      .post_norms = integer(c, "post_norms") != 0};
+      .post_norms = integer(c, "post_norms") != 0,
+      .input_norms = integer(c, "input_norms") != 0,
+      .qk_norm_across_heads = integer(c, "qk_norm_across_heads") != 0};
   m.tokens = m.g.placeholder("ids", i64, ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "embed", vocab, dim);
   Value h = (*m.embed)(m.tokens) * real(c, "embed_scale");
@@ -187,13 +190,16 @@ void load_llama_family(Session& s, Model& m, const Config& c, const Loader& weig
   for (size_t i = 0; i < m.blocks.size(); ++i) {
     nn::TransformerBlock& b = *m.blocks[i];
     const std::string at = str("model.layers.", i, ".");
-    s.set_variable(static_cast<nn::RMSNorm&>(b.norm1).weight,
-                   norm_weight(at + "input_layernorm.weight"));
-    if (b.attention_output_norm != nullptr) {  // Gemma 3's norms around both branches
+    const bool input_norms = integer(c, "input_norms") != 0;  // OLMo 2's has none
+    if (input_norms)
+      s.set_variable(static_cast<nn::RMSNorm&>(b.norm1).weight,
+                     norm_weight(at + "input_layernorm.weight"));
+    if (b.attention_output_norm != nullptr) {  // norms after both branches (Gemma 2, 3; OLMo 2)
       s.set_variable(static_cast<nn::RMSNorm&>(*b.attention_output_norm).weight,
                      norm_weight(at + "post_attention_layernorm.weight"));
-      s.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
-                     norm_weight(at + "pre_feedforward_layernorm.weight"));
+      if (input_norms)
+        s.set_variable(static_cast<nn::RMSNorm&>(b.norm2).weight,
+                       norm_weight(at + "pre_feedforward_layernorm.weight"));
       s.set_variable(static_cast<nn::RMSNorm&>(*b.ffn_output_norm).weight,
                      norm_weight(at + "post_feedforward_layernorm.weight"));
     } else {
@@ -507,7 +513,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   try {
     for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2",
-                              "neox", "phi", "bloom", "t5", "t5_relu"}) {
+                              "olmo2", "neox", "phi", "bloom", "t5", "t5_relu"}) {
       const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
       const bool ok = error <= kTolerance;
       failures += !ok;

@@ -3,7 +3,8 @@
 transformers' own classes (a LLaMA 3.1 with its rope scaling, a Qwen3 with per-head query and
 key norms and YaRN, a Mistral with a sliding window, a Qwen2 with q, k and v biases, a Gemma
 with GeGLU and one key-value head, a Gemma 3 with sandwich norms and local and global layers; a
-Gemma 2 with soft-capped attention scores and logits;
+Gemma 2 with soft-capped attention scores and logits; an OLMo 2 with norms after each branch only
+and q and k norms across heads;
 a GPT-NeoX with parallel attention and FFN and half of each head turned; a Phi-2 with both
 branches after one norm and a head with a bias; a BLOOM with ALiBi
 over six heads and a norm after its embedding; grouped heads in the first four; and two T5
@@ -27,7 +28,8 @@ try:
     from safetensors.torch import save_file
     from transformers import (AutoModelForCausalLM, BloomConfig, Gemma2Config, Gemma3TextConfig,
                               GemmaConfig, PhiConfig, GPTNeoXConfig,
-                              LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, T5Config,
+                              LlamaConfig, MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config,
+                              T5Config,
                               T5ForConditionalGeneration)
     import transformers
 except ImportError as e:
@@ -95,6 +97,14 @@ def models():
            dict(rope="none", theta=10000.0, windows="5,0", activation="geglu", norm_offset=1,
                 post_norms=1, attention_scale=0.25, attention_softcap=1.5, final_softcap=4.0,
                 embed_scale=SHAPE["hidden_size"] ** 0.5))
+    # OLMo 2: norms after each branch and none before it; q and k norms over the whole
+    # projection (all heads, the key's two), not per head.
+    yield ("olmo2",
+           Olmo2Config(**SHAPE, rms_norm_eps=1e-6, max_position_embeddings=256,
+                       rope_parameters=dict(rope_type="default", rope_theta=500000.0),
+                       eos_token_id=None, pad_token_id=None, bos_token_id=None),
+           dict(rope="none", theta=500000.0, qk_norm=1, qk_norm_across_heads=1, post_norms=1,
+                input_norms=0))
     # GPT-NeoX (Pythia): attention and MLP side by side, LayerNorms, biases, exact GELU, rotary
     # embedding of half of each head, the q, k, v projections fused and interleaved by head.
     neox = {k: v for k, v in SHAPE.items() if k not in ("head_dim", "num_key_value_heads")}
@@ -214,14 +224,15 @@ def main():
                       activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
                       norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
                       attention_scale=0.0, thetas="-", windows="-", weights="f32",
-                      attention_softcap=0.0, final_softcap=0.0, head_bias=0)
+                      attention_softcap=0.0, final_softcap=0.0, head_bias=0,
+                      qk_norm_across_heads=0, input_norms=1)
         fields.update(extra)
         with open(os.path.join(out, "config.txt"), "w") as f:
             for key, value in fields.items():
                 f.write(f"{key} {value}\n")
     write_t5(sys.argv[1])
-    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, neox, phi, "
-          f"bloom, t5 and t5_relu to "
+    print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, olmo2, neox, "
+          f"phi, bloom, t5 and t5_relu to "
           f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0
