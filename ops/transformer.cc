@@ -303,6 +303,26 @@ Value RelativePositionBias::table_read(int64_t queries, int64_t keys) {
   return expand_dims(transpose(embedding(weight, buckets), {2, 0, 1}), {0});
 }
 
+Value RelativePositionBias::bias_at(const Value& position, int64_t queries, int64_t keys) {
+  KILN_CHECK(queries > 0 && keys >= queries, GraphError, "[nn] RelativePositionBias ", path(),
+             ": a cached step's ", queries, " queries need a cache of at least as many keys, got ",
+             keys);
+  expect_own({&position}, "position");
+  NameScope scope(graph(), name());
+  // Query i sits at position + i <= keys - 1, so j - (position + i) lies in [-(keys - 1),
+  // keys - 1]: the buckets of that range as a table, gathered at the distances of this step.
+  std::vector<int64_t> of_distance(static_cast<size_t>(2 * keys - 1));
+  for (int64_t d = -(keys - 1); d <= keys - 1; ++d)
+    of_distance[static_cast<size_t>(d + keys - 1)] = relative_position_bucket(
+        d, options_.bidirectional, options_.buckets, options_.max_distance);
+  const Value table =
+      graph().constant(Tensor::from_vector(of_distance, {2 * keys - 1}), "buckets_by_distance");
+  const Value query_at = iota(graph(), Shape{queries, 1}, 0, i64) + cast(position, i64);
+  const Value distance = iota(graph(), Shape{1, keys}, 1, i64) - query_at + double(keys - 1);
+  const Value buckets = gather(table, distance, 0);  // [queries, keys]
+  return expand_dims(transpose(embedding(weight, buckets), {2, 0, 1}), {0});
+}
+
 Value RelativePositionBias::forward(const Value& x) {
   KILN_CHECK(x.shape().rank() >= 2 && x.shape()[1] >= 0, GraphError, "[nn] RelativePositionBias ",
              path(), ": expects x [batch, length, ...] with a known ", "length, got ", x.shape());
@@ -494,13 +514,11 @@ Value TransformerDecoderBlock::decode(const Value& x, const Value& memory, const
       [&](const Value& v) { return cross_attention.attend(v, memory, memory_mask); });
 }
 
-MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
-                                                                  const Value& memory,
-                                                                  const KVCache& cache,
-                                                                  const Value& position,
-                                                                  const Value& memory_mask) {
+MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(
+    const Value& x, const Value& memory, const KVCache& cache, const Value& position,
+    const Value& memory_mask, const Value& self_mask) {
   expect_own({&x, &memory}, "x and memory");
-  return step_of(x, cache, position,
+  return step_of(x, cache, position, self_mask,
                  [&](const Value& v) { return cross_attention.attend(v, memory, memory_mask); });
 }
 
@@ -509,19 +527,17 @@ KVCache TransformerDecoderBlock::project_memory(const Value& memory) {
   return cross_attention.project_memory(memory);
 }
 
-MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(const Value& x,
-                                                                  const KVCache& memory,
-                                                                  const KVCache& cache,
-                                                                  const Value& position,
-                                                                  const Value& memory_mask) {
+MultiHeadAttention::Cached TransformerDecoderBlock::decode_cached(
+    const Value& x, const KVCache& memory, const KVCache& cache, const Value& position,
+    const Value& memory_mask, const Value& self_mask) {
   expect_own({&x}, "x");
-  return step_of(x, cache, position, [&](const Value& v) {
+  return step_of(x, cache, position, self_mask, [&](const Value& v) {
     return cross_attention.attend_projected(v, memory, memory_mask);
   });
 }
 
 MultiHeadAttention::Cached TransformerDecoderBlock::step_of(
-    const Value& x, const KVCache& cache, const Value& position,
+    const Value& x, const KVCache& cache, const Value& position, const Value& self_mask,
     const std::function<Value(const Value&)>& cross_attend) {
   KILN_CHECK(!training(), GraphError, "[nn] TransformerDecoderBlock ", path(),
              ": cached attention is for inference; build it in evaluation mode (eval())");
@@ -530,7 +546,8 @@ MultiHeadAttention::Cached TransformerDecoderBlock::step_of(
   Value y = block_of(
       x,
       [&](const Value& v) {
-        MultiHeadAttention::Cached step = self_attention.attend_cached(v, cache, position);
+        MultiHeadAttention::Cached step =
+            self_attention.attend_cached(v, cache, position, self_mask);
         next = step.cache;
         return step.output;
       },

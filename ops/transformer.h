@@ -178,6 +178,11 @@ class RelativePositionBias : public Module {
   RelativePositionBias(Graph& graph, const std::string& name, int64_t heads, Options options);
   /// The bias of `queries` queries against `keys` keys (query i at key position i).
   Value bias(int64_t queries, int64_t keys);
+  /// The bias of a cached step (MultiHeadAttention::attend_cached's mask): `queries` queries at
+  /// positions position, position + 1, ... (`position` an integer scalar tensor) against a cache
+  /// of `keys` entries, [1, heads, queries, keys]. The buckets of every distance a cache of that
+  /// size can hold are a table built with the graph, gathered at run time.
+  Value bias_at(const Value& position, int64_t queries, int64_t keys);
   Value weight;
 
  protected:
@@ -295,10 +300,13 @@ class TransformerDecoderBlock : public Module {
   /// One step of cached generation: x [B, n, dim] at positions [position, position + n), its
   /// self-attention MultiHeadAttention::attend_cached over `cache` (see there), its
   /// cross-attention to `memory` as decode()'s (the memory's keys and values are projected
-  /// again every step: see the overload below). Evaluation mode only.
+  /// again every step: see the overload below). `self_mask` is the self-attention's
+  /// attend_cached mask ([B, heads, n, max_length]: a bool mask or a bias, as T5's
+  /// RelativePositionBias::bias_at). Evaluation mode only.
   MultiHeadAttention::Cached decode_cached(const Value& x, const Value& memory,
                                            const KVCache& cache, const Value& position,
-                                           const Value& memory_mask = {});
+                                           const Value& memory_mask = {},
+                                           const Value& self_mask = {});
   /// The cross-attention's keys and values of `memory`, projected once
   /// (MultiHeadAttention::project_memory) for the decode_cached below.
   KVCache project_memory(const Value& memory);
@@ -306,7 +314,8 @@ class TransformerDecoderBlock : public Module {
   /// only its own tokens.
   MultiHeadAttention::Cached decode_cached(const Value& x, const KVCache& memory,
                                            const KVCache& cache, const Value& position,
-                                           const Value& memory_mask = {});
+                                           const Value& memory_mask = {},
+                                           const Value& self_mask = {});
   Module &norm1, &norm2, &norm3;  ///< LayerNorm or RMSNorm (Options::norm)
   MultiHeadAttention &self_attention, &cross_attention;
   Linear &ffn_in, &ffn_out;
@@ -323,6 +332,7 @@ class TransformerDecoderBlock : public Module {
                  const std::function<Value(const Value&)>& cross_attend);
   /// decode_cached's body, its cross-attention `cross_attend`.
   MultiHeadAttention::Cached step_of(const Value& x, const KVCache& cache, const Value& position,
+                                     const Value& self_mask,
                                      const std::function<Value(const Value&)>& cross_attend);
   Activation activation_;
   bool norm_first_;

@@ -121,7 +121,8 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
 // A decoder block (PyTorch's TransformerDecoderLayer: post-norm, cross-attention to a memory
 // over its padding mask) decoded a token at a time is the block over the whole sequence; so is
 // one whose steps read the memory's keys and values projected once (project_memory), fed to
-// each step without the memory itself.
+// each step without the memory itself; and one with T5's relative position bias on its
+// self-attention (RelativePositionBias::bias_at for a step, bias for the whole).
 TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   Graph g;
   nn::TransformerDecoderBlock block(g, "decoder", kDim, kHeads,
@@ -137,6 +138,13 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   Value position = g.placeholder("position", i64, {});
   Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
   auto step = block.decode_cached(token, memory, cache, position, memory_mask);
+  // T5's way: a learned relative position bias on the self-attention, the whole square's or a
+  // step's rows of it (bias_at).
+  nn::RelativePositionBias relative(g, "relative", kHeads,
+                                    {.buckets = 8, .max_distance = 20, .bidirectional = false});
+  Value whole_biased = block.decode(x, memory, relative.bias(kLength, kLength), memory_mask);
+  auto biased_step = block.decode_cached(token, memory, cache, position, memory_mask,
+                                         relative.bias_at(position, 1, kMaxLength));
   expect_error<GraphError>([&] { block.decode_cached(token, Value(), cache, position); },
                            {"[nn] decoder", "x and memory must be values"});
   const nn::KVCache memory_kv = block.project_memory(memory);
@@ -157,11 +165,16 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   Session s(g);
   const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 14);
   const Tensor mem = testing::random_tensor(f32, {kBatch, 5, kDim}, -2, 2, 15);
-  const Tensor want = s.run({{x, in}, {memory, mem}}, {whole})[0];
+  s.initialize_variables();
+  s.set_variable(relative.weight, testing::random_tensor(f32, {8, kHeads}, -2, 2, 16));
+  const std::vector<Tensor> wholes = s.run({{x, in}, {memory, mem}}, {whole, whole_biased});
   const std::vector<Tensor> projected = s.run({{memory, mem}}, {memory_kv.keys, memory_kv.values});
   const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
-  for (bool project_once : {false, true}) {
-    SCOPED_TRACE(project_once ? "memory projected once" : "memory projected each step");
+  for (int variant : {0, 1, 2}) {
+    const bool project_once = variant == 1, biased = variant == 2;
+    SCOPED_TRACE(project_once ? "memory projected once"
+                 : biased     ? "a relative position bias"
+                              : "memory projected each step");
     Tensor keys = Tensor::zeros(f32, cache_shape), values = keys;
     for (int64_t at = 0; at < kLength; ++at) {
       FeedList feeds{{token, rows(in, at, 1)},
@@ -174,11 +187,11 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
       } else {
         feeds.emplace_back(memory, mem);
       }
-      const auto& run = project_once ? projected_step : step;
+      const auto& run = project_once ? projected_step : biased ? biased_step : step;
       auto out = s.run(feeds, {run.output, run.cache.keys, run.cache.values});
       keys = out[1];
       values = out[2];
-      const Tensor expected = rows(want, at, 1);
+      const Tensor expected = rows(wholes[biased ? 1 : 0], at, 1);
       for (int64_t i = 0; i < out[0].numel(); ++i)
         EXPECT_NEAR(out[0].data<float>()[i], expected.data<float>()[i], 2e-5) << "position " << at;
     }

@@ -877,7 +877,22 @@ TEST(RelativePositionBias, TheBiasIsTheTableAtTheBucketsAndLearns) {
   EXPECT_EQ(bias.shape(), (Shape{1, 3, 4, 6}));
   Value x = g.placeholder("x", f32, {2, 5, 7});
   EXPECT_EQ(relative(x).shape(), (Shape{1, 3, 5, 5}));
+  // A cached step's: two queries at position p of a cache of 6 are rows p and p + 1 of the
+  // whole square's bias.
+  Value position = g.placeholder("position", i64, {});
+  Value step = relative.bias_at(position, 2, 6), square = relative.bias(6, 6);
   Session s(g);
+  for (int64_t p = 0; p <= 4; ++p) {
+    const auto got = s.run({{position, Tensor::scalar<int64_t>(p)}}, {step, square});
+    ASSERT_EQ(got[0].shape(), (Shape{1, 3, 2, 6}));
+    for (int64_t h = 0; h < 3; ++h)
+      for (int64_t i = 0; i < 2; ++i)
+        for (int64_t j = 0; j < 6; ++j)
+          ASSERT_EQ(got[0].element((h * 2 + i) * 6 + j), got[1].element((h * 6 + p + i) * 6 + j))
+              << "position " << p;
+  }
+  expect_error<GraphError>([&] { relative.bias_at(position, 7, 6); },
+                           {"[nn] RelativePositionBias relative", "7 queries", "got 6"});
   const auto out = s.run({}, {bias, relative.weight});
   for (int64_t h = 0; h < 3; ++h)
     for (int64_t i = 0; i < 4; ++i)

@@ -327,7 +327,7 @@ void load_phi(Session& s, Model& m, const Loader& weight) {
 // head the shared embedding, after v1.0's scaling by dim^-0.5 where the config has it.
 struct T5Model {
   Graph g;
-  Value ids, mask, decoder_ids, logits;
+  Value ids, mask, decoder_ids, memory, logits;
   std::unique_ptr<nn::Embedding> embed;
   std::unique_ptr<nn::RelativePositionBias> encoder_bias, decoder_bias;
   std::vector<std::unique_ptr<nn::TransformerBlock>> encoder;
@@ -336,29 +336,42 @@ struct T5Model {
   std::unique_ptr<nn::Linear> head;
 };
 
+// T5's blocks: pre-norm RMSNorm, no biases, unscaled scores, heads of head_dim; causal for the
+// decoder's.
+nn::TransformerBlock::Options t5_block_options(const Config& c, bool causal) {
+  using Block = nn::TransformerBlock;
+  return {.ffn_dim = integer(c, "ffn"),
+          .dropout = 0,
+          .causal = causal,
+          .activation =
+              c.at("activation") == "geglu" ? Block::Activation::geglu : Block::Activation::relu,
+          .norm_eps = real(c, "eps"),
+          .norm = Block::Norm::rms,
+          .bias = false,
+          .attention_scale = 1.0,
+          .head_dim = integer(c, "head_dim")};
+}
+
+// A T5 stack's relative position bias: bidirectional for the encoder, not for the decoder.
+nn::RelativePositionBias::Options t5_relative(const Config& c, bool bidirectional) {
+  return {.buckets = integer(c, "buckets"),
+          .max_distance = integer(c, "max_distance"),
+          .bidirectional = bidirectional};
+}
+
 void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decoder_ids) {
   const int64_t dim = integer(c, "hidden"), heads = integer(c, "heads");
   const double eps = real(c, "eps");
   using Block = nn::TransformerBlock;
-  Block::Options options{.ffn_dim = integer(c, "ffn"),
-                         .dropout = 0,
-                         .causal = false,
-                         .activation = c.at("activation") == "geglu" ? Block::Activation::geglu
-                                                                     : Block::Activation::relu,
-                         .norm_eps = eps,
-                         .norm = Block::Norm::rms,
-                         .bias = false,
-                         .attention_scale = 1.0,
-                         .head_dim = integer(c, "head_dim")};
-  const nn::RelativePositionBias::Options relative{.buckets = integer(c, "buckets"),
-                                                   .max_distance = integer(c, "max_distance")};
+  Block::Options options = t5_block_options(c, false);
   m.ids = m.g.placeholder("ids", i64, ids);
   m.mask = m.g.placeholder("mask", i64, ids);
   m.decoder_ids = m.g.placeholder("decoder_ids", i64, decoder_ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "shared", integer(c, "vocab"), dim);
   // The encoder's keys a query may read, [B, 1, 1, S]: not padding.
   const Value keep = reshape(not_equal(m.mask, 0.0), {-1, 1, 1, ids[1]});
-  m.encoder_bias = std::make_unique<nn::RelativePositionBias>(m.g, "encoder_bias", heads, relative);
+  m.encoder_bias =
+      std::make_unique<nn::RelativePositionBias>(m.g, "encoder_bias", heads, t5_relative(c, true));
   const Value encoder_mask = attention_mask_and(m.encoder_bias->bias(ids[1], ids[1]), keep);
   Value h = (*m.embed)(m.ids);
   for (int64_t i = 0; i < integer(c, "layers"); ++i) {
@@ -367,10 +380,9 @@ void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decode
     h = m.encoder.back()->attend(h, encoder_mask);
   }
   m.encoder_norm = std::make_unique<nn::RMSNorm>(m.g, "encoder_norm", Shape{dim}, eps);
-  const Value memory = (*m.encoder_norm)(h);
-  m.decoder_bias = std::make_unique<nn::RelativePositionBias>(
-      m.g, "decoder_bias", heads,
-      nn::RelativePositionBias::Options{relative.buckets, relative.max_distance, false});
+  m.memory = (*m.encoder_norm)(h);
+  m.decoder_bias =
+      std::make_unique<nn::RelativePositionBias>(m.g, "decoder_bias", heads, t5_relative(c, false));
   const Value decoder_mask = m.decoder_bias->bias(decoder_ids[1], decoder_ids[1]);
   options.causal = true;
   Value d = (*m.embed)(m.decoder_ids);
@@ -378,7 +390,7 @@ void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decode
     m.decoder.push_back(
         std::make_unique<nn::TransformerDecoderBlock>(m.g, str("decoder", i), dim, heads, options));
     m.decoder.back()->eval();
-    d = m.decoder.back()->decode(d, memory, decoder_mask, keep);
+    d = m.decoder.back()->decode(d, m.memory, decoder_mask, keep);
   }
   m.decoder_norm = std::make_unique<nn::RMSNorm>(m.g, "decoder_norm", Shape{dim}, eps);
   d = (*m.decoder_norm)(d);
@@ -439,22 +451,97 @@ void load_t5(Session& s, T5Model& m, const Loader& weight) {
   set_norm(*m.decoder_norm, "decoder.final_layer_norm.weight");
 }
 
-// T5's logits for the reference's inputs.
-Tensor t5_logits(const Config& c, const Loader& weight, const SafetensorsFile& reference) {
+// The logits of T5's decoder stepped one token at a time through KV caches: the graph of a
+// step (the layers named as build_t5's, their variables from `values`), each layer's memory
+// projected once (project_memory), the self-attention's bias RelativePositionBias::bias_at.
+Tensor t5_cached_logits(const Config& c, const std::map<std::string, Tensor>& values,
+                        const Tensor& memory, const Tensor& mask, const Tensor& decoder_ids) {
+  const int64_t dim = integer(c, "hidden"), heads = integer(c, "heads");
+  const int64_t batch = decoder_ids.shape()[0], length = decoder_ids.shape()[1];
+  const int64_t vocab = integer(c, "vocab");
+  Graph g;
+  Value token = g.placeholder("token", i64, {batch, 1});
+  Value position = g.placeholder("position", i64, {});
+  Value memory_in = g.placeholder("memory", f32, memory.shape());
+  Value mask_in = g.placeholder("mask", i64, mask.shape());
+  nn::Embedding embed(g, "shared", vocab, dim);
+  nn::RelativePositionBias decoder_bias(g, "decoder_bias", heads, t5_relative(c, false));
+  const Value keep = reshape(not_equal(mask_in, 0.0), {-1, 1, 1, mask.shape()[1]});
+  const Value self_mask = decoder_bias.bias_at(position, 1, length);
+  Value h = embed(token);
+  std::vector<std::unique_ptr<nn::TransformerDecoderBlock>> blocks;
+  std::vector<nn::KVCache> caches, next;
+  for (int64_t i = 0; i < integer(c, "decoder_layers"); ++i) {
+    blocks.push_back(std::make_unique<nn::TransformerDecoderBlock>(g, str("decoder", i), dim, heads,
+                                                                   t5_block_options(c, true)));
+    nn::TransformerDecoderBlock& block = *blocks.back();
+    block.eval();
+    caches.push_back(block.self_attention.cache_placeholders(length));
+    const auto step = block.decode_cached(h, block.project_memory(memory_in), caches.back(),
+                                          position, keep, self_mask);
+    h = step.output;
+    next.push_back(step.cache);
+  }
+  nn::RMSNorm norm(g, "decoder_norm", Shape{dim}, real(c, "eps"));
+  h = norm(h);
+  if (integer(c, "scale_output") != 0) h = h * (1 / std::sqrt(static_cast<double>(dim)));
+  nn::Linear head(g, "head", dim, vocab, nn::LayerOptions{.bias = false});
+  const Value logits = head(h);
+  Session session(g);
+  std::map<std::string, Tensor> own;  // the full model's variables this graph has
+  for (const Value& v : g.variables()) own[v.name()] = values.at(v.name());
+  session.set_variables(own);
+  std::vector<Tensor> state;  // each layer's keys and values, zeros to start
+  for (const nn::KVCache& cache : caches) {
+    const Shape shape{batch, length, cache.keys.shape()[2], cache.keys.shape()[3]};
+    state.push_back(Tensor::zeros(f32, shape));
+    state.push_back(Tensor::zeros(f32, shape));
+  }
+  std::vector<Value> fetches{logits};
+  for (const nn::KVCache& n : next) fetches.insert(fetches.end(), {n.keys, n.values});
+  Tensor all = Tensor::empty(f32, {batch, length, vocab});
+  for (int64_t t = 0; t < length; ++t) {
+    Tensor ids = Tensor::empty(i64, {batch, 1});
+    for (int64_t b = 0; b < batch; ++b)
+      ids.data<int64_t>()[b] = decoder_ids.data<int64_t>()[b * length + t];
+    FeedList feeds = {
+        {token, ids}, {position, Tensor::scalar<int64_t>(t)}, {memory_in, memory}, {mask_in, mask}};
+    for (size_t l = 0; l < caches.size(); ++l) {
+      feeds.emplace_back(caches[l].keys, state[2 * l]);
+      feeds.emplace_back(caches[l].values, state[2 * l + 1]);
+    }
+    const std::vector<Tensor> out = session.run(feeds, fetches);
+    for (int64_t b = 0; b < batch; ++b)
+      std::copy_n(out[0].data<float>() + b * vocab, vocab,
+                  all.data<float>() + (b * length + t) * vocab);
+    std::copy(out.begin() + 1, out.end(), state.begin());
+  }
+  return all;
+}
+
+// T5's logits for the reference's inputs: the whole decoder at once, and stepped through KV
+// caches (t5_cached_logits).
+std::vector<std::pair<std::string, Tensor>> t5_logits(const Config& c, const Loader& weight,
+                                                      const SafetensorsFile& reference) {
   T5Model m;
   build_t5(m, c, reference.at("ids").shape(), reference.at("decoder_ids").shape());
   Session session(m.g);
   session.initialize_variables();
   load_t5(session, m, weight);
-  return session.run({{m.ids, reference.at("ids")},
-                      {m.mask, reference.at("mask")},
-                      {m.decoder_ids, reference.at("decoder_ids")}},
-                     {m.logits})[0];
+  const std::vector<Tensor> out = session.run({{m.ids, reference.at("ids")},
+                                               {m.mask, reference.at("mask")},
+                                               {m.decoder_ids, reference.at("decoder_ids")}},
+                                              {m.logits, m.memory});
+  return {
+      {"", out[0]},
+      {" cached decoding", t5_cached_logits(c, session.variable_values(), out[1],
+                                            reference.at("mask"), reference.at("decoder_ids"))}};
 }
 
 // A decoder-only model's logits for the reference's ids.
-Tensor decoder_only_logits(const Config& c, const Loader& weight,
-                           const SafetensorsFile& reference) {
+std::vector<std::pair<std::string, Tensor>> decoder_only_logits(const Config& c,
+                                                                const Loader& weight,
+                                                                const SafetensorsFile& reference) {
   const Tensor ids = reference.at("ids");
   Model m;
   build(m, c, ids.shape());
@@ -468,12 +555,12 @@ Tensor decoder_only_logits(const Config& c, const Loader& weight,
     load_phi(session, m, weight);
   else
     load_llama_family(session, m, c, weight);
-  return session.run({{m.tokens, ids}}, {m.logits})[0];
+  return {{"", session.run({{m.tokens, ids}}, {m.logits})[0]}};
 }
 
-// Builds, loads and runs one model; returns the largest difference of its logits from
-// transformers' over their largest magnitude.
-double compare(const std::filesystem::path& dir) {
+// Builds, loads and runs one model; returns, for each way it was run (T5's also through KV
+// caches), the largest difference of its logits from transformers' over their largest magnitude.
+std::vector<std::pair<std::string, double>> compare(const std::filesystem::path& dir) {
   const Config c = read_config(dir);
   // As a user loads a checkpoint: by name from what save_pretrained wrote, bf16 cast to f32.
   const std::filesystem::path index = dir / "model.safetensors.index.json";
@@ -487,16 +574,20 @@ double compare(const std::filesystem::path& dir) {
              Error, "[hf_parity] ", dir.string(), ": weights not stored as ", c.at("weights"));
   const SafetensorsFile reference = load_safetensors((dir / "reference.safetensors").string());
   const Tensor want = reference.at("logits");
-  const Tensor got = c.at("family") == "t5" ? t5_logits(c, weight, reference)
-                                            : decoder_only_logits(c, weight, reference);
-  KILN_CHECK(got.numel() == want.numel(), Error, "[hf_parity] ", dir.string(), ": logits ",
-             got.shape(), " against transformers' ", want.shape());
-  double largest = 0, error = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) {
-    largest = std::max(largest, std::abs(want.element(i)));
-    error = std::max(error, std::abs(got.element(i) - want.element(i)));
+  std::vector<std::pair<std::string, double>> errors;
+  for (const auto& [way, got] : c.at("family") == "t5"
+                                    ? t5_logits(c, weight, reference)
+                                    : decoder_only_logits(c, weight, reference)) {
+    KILN_CHECK(got.numel() == want.numel(), Error, "[hf_parity] ", dir.string(), way, ": logits ",
+               got.shape(), " against transformers' ", want.shape());
+    double largest = 0, error = 0;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      largest = std::max(largest, std::abs(want.element(i)));
+      error = std::max(error, std::abs(got.element(i) - want.element(i)));
+    }
+    errors.emplace_back(way, error / largest);
   }
-  return error / largest;
+  return errors;
 }
 
 }  // namespace
@@ -514,11 +605,12 @@ int main(int argc, char** argv) {
   try {
     for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2",
                               "olmo2", "neox", "phi", "bloom", "t5", "t5_relu"}) {
-      const double error = kiln::compare(std::filesystem::path(argv[1]) / model);
-      const bool ok = error <= kTolerance;
-      failures += !ok;
-      std::printf("[hf-parity] %s: logits differ by %.2e of the largest (tolerance %.0e) %s\n",
-                  model, error, kTolerance, ok ? "ok" : "MISMATCH");
+      for (const auto& [way, error] : kiln::compare(std::filesystem::path(argv[1]) / model)) {
+        const bool ok = error <= kTolerance;
+        failures += !ok;
+        std::printf("[hf-parity] %s%s: logits differ by %.2e of the largest (tolerance %.0e) %s\n",
+                    model, way.c_str(), error, kTolerance, ok ? "ok" : "MISMATCH");
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "[hf-parity] %s\n", e.what());
