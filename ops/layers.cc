@@ -183,7 +183,8 @@ Conv2dOptions window_of_height_one(const Conv1dOptions& conv) {
           .padding = {0, conv.padding},
           .dilation = {1, conv.dilation},
           .groups = conv.groups,
-          .padding_mode = conv.padding_mode};
+          .padding_mode = conv.padding_mode,
+          .same = conv.same};
 }
 // [N, out, 1, L'] back to [N, out, L'] plus the bias per channel.
 Value from_height_one(const Value& y, const Value& bias) {

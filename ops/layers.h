@@ -139,6 +139,7 @@ struct Conv1dOptions {
   int64_t dilation = 1;
   int64_t groups = 1;
   PadMode padding_mode = PadMode::constant;  ///< as Conv2dOptions::padding_mode
+  bool same = false;                         ///< as Conv2dOptions::same
 };
 
 /// conv1d of x [N, in, L] with weight [out, in / groups, K] plus bias [out] (PyTorch's Conv1d:

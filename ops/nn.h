@@ -144,6 +144,10 @@ struct Conv2dOptions {
   /// reflected, replicated or wrapped (pad() then an unpadded convolution). Transposed
   /// convolutions take zeros only.
   PadMode padding_mode = PadMode::constant;
+  /// PyTorch's padding="same" (stride 1, `padding` left 0): the output as large as the input,
+  /// dilation (K - 1) padding per dim, half before and the rest (one more where it is odd)
+  /// after, as PyTorch puts it; in padding_mode. Not for transposed convolutions.
+  bool same = false;
 };
 /// 2-D cross-correlation (PyTorch's conv2d) of x [N, C, H, W] with filter [O, C / groups, KH,
 /// KW]: [N, O, OH, OW], OH = (H + 2 pad - dilation (KH - 1) - 1) / stride + 1. Add a bias with
@@ -203,6 +207,7 @@ struct Conv3dOptions {
   std::array<int64_t, 3> dilation{1, 1, 1};
   int64_t groups = 1;
   PadMode padding_mode = PadMode::constant;  ///< as Conv2dOptions::padding_mode
+  bool same = false;                         ///< as Conv2dOptions::same
 };
 /// 3-D cross-correlation (PyTorch's conv3d) of x [N, C, D, H, W] with filter [O, C / groups, KD,
 /// KH, KW]: [N, O, OD, OH, OW] (C, D, H, W known). One conv2d per depth tap of the filter, over

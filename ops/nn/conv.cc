@@ -410,8 +410,39 @@ AttrMap options_attrs(const Conv2dOptions& o) {
 }  // namespace
 }  // namespace ops
 
+std::vector<std::pair<int64_t, int64_t>> ops::same_padding(const std::string& op,
+                                                           const Shape& filter,
+                                                           const int64_t* stride,
+                                                           const int64_t* padding,
+                                                           const int64_t* dilation, int dims) {
+  std::vector<std::pair<int64_t, int64_t>> widths;
+  for (int d = 0; d < dims; ++d) {
+    const int64_t kernel = filter.rank() >= dims ? filter[filter.rank() - dims + d] : -1;
+    KILN_CHECK(stride[d] == 1 && padding[d] == 0 && kernel >= 0, GraphError, "[", op,
+               "] padding \"same\" takes stride 1, no padding of its own and a filter of known ",
+               "size: stride ", stride[d], ", padding ", padding[d], ", filter ", filter, " (dim ",
+               d, ")");
+    const int64_t total = dilation[d] * (kernel - 1);
+    widths.emplace_back(total / 2, total - total / 2);
+  }
+  return widths;
+}
+
 Value conv2d(const Value& x, const Value& filter, const Conv2dOptions& options) {
   Graph& graph = common_graph("conv2d", {&x, &filter});
+  if (options.same) {
+    const auto widths = ops::same_padding("conv2d", filter.shape(), options.stride.data(),
+                                          options.padding.data(), options.dilation.data(), 2);
+    Conv2dOptions resolved = options;
+    resolved.same = false;
+    if (widths[0].first == widths[0].second && widths[1].first == widths[1].second) {
+      resolved.padding = {widths[0].first, widths[1].first};  // even: the op's own padding
+      return conv2d(x, filter, resolved);
+    }
+    // An odd total: one more after than before, as PyTorch pads.
+    KILN_CHECK(x.shape().rank() == 4, GraphError, "conv2d: x ", x.shape(), " must be [N, C, H, W]");
+    return conv2d(pad(x, {widths[1], widths[0]}, options.padding_mode), filter, resolved);
+  }
   if (options.padding_mode != PadMode::constant &&
       (options.padding[0] != 0 || options.padding[1] != 0)) {
     KILN_CHECK(x.shape().rank() == 4, GraphError, "conv2d: x ", x.shape(), " must be [N, C, H, W]");
@@ -428,6 +459,9 @@ Value conv2d(const Value& x, const Value& filter, const Conv2dOptions& options) 
 Value conv_transpose2d(const Value& x, const Value& filter, const Conv2dOptions& options,
                        std::array<int64_t, 2> output_padding) {
   Graph& graph = common_graph("conv_transpose2d", {&x, &filter});
+  KILN_CHECK(!options.same, GraphError,
+             "conv_transpose2d: padding \"same\" is for convolutions, not transposed ones (as "
+             "PyTorch's)");
   KILN_CHECK(options.padding_mode == PadMode::constant, GraphError,
              "conv_transpose2d: padding_mode must be zeros (constant), as PyTorch's");
   const Shape& xs = x.shape();

@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "kiln/framework/graph.h"
 
@@ -60,5 +63,13 @@ void add_channel_bias(T* out, int64_t images, int64_t channels, int64_t pixels, 
       for (int64_t p = 0; p < pixels; ++p) plane[p] += b;
     }
 }
+
+/// PyTorch's padding="same" for a convolution's `dims` spatial dims: per dim (in order) the
+/// padding {before, after} = {dilation (K - 1) / 2, the rest}, K the filter's size there (its
+/// last `dims` dims). A GraphError naming `op` unless every stride is 1, the padding given is 0
+/// and the filter's sizes are known.
+std::vector<std::pair<int64_t, int64_t>> same_padding(const std::string& op, const Shape& filter,
+                                                      const int64_t* stride, const int64_t* padding,
+                                                      const int64_t* dilation, int dims);
 
 }  // namespace kiln::ops

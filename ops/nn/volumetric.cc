@@ -22,6 +22,7 @@
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
 #include "kiln/ops/nn.h"
+#include "kiln/ops/nn/conv.h"
 
 namespace kiln {
 
@@ -96,7 +97,12 @@ Value conv3d(const Value& x, const Value& filter, const Conv3dOptions& options) 
   const auto& [dd, dh, dw] = options.dilation;
   Value input = x;
   std::array<int64_t, 3> padding = options.padding;
-  if (options.padding_mode != PadMode::constant) {
+  if (options.same) {  // PyTorch's: half before, the rest after; then no padding of the op's
+    const auto widths = ops::same_padding("conv3d", filter.shape(), options.stride.data(),
+                                          options.padding.data(), options.dilation.data(), 3);
+    input = pad(x, {widths[2], widths[1], widths[0]}, options.padding_mode);
+    padding = {0, 0, 0};
+  } else if (options.padding_mode != PadMode::constant) {
     input = pad(x, {{padding[2], padding[2]}, {padding[1], padding[1]}, {padding[0], padding[0]}},
                 options.padding_mode);
     padding = {0, 0, 0};
@@ -136,6 +142,9 @@ Value conv_transpose3d(const Value& x, const Value& filter, const Conv3dOptions&
   check_volume("conv_transpose3d", filter, "filter");
   KILN_CHECK(options.padding_mode == PadMode::constant, GraphError,
              "[conv_transpose3d] padding_mode must be zeros (constant), as PyTorch's");
+  KILN_CHECK(!options.same, GraphError,
+             "[conv_transpose3d] padding \"same\" is for convolutions, not transposed ones (as "
+             "PyTorch's)");
   const NameScope scope(*x.graph(), "conv_transpose3d");
   const auto& [sd, sh, sw] = options.stride;
   const auto& [dd, dh, dw] = options.dilation;

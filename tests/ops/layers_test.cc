@@ -394,6 +394,77 @@ TEST(Layers, InstanceNormNormalizesEachChannelOfEachExample) {
 // Conv1d: PyTorch's layout [out, in / groups, K] and fan-in, and each output the direct sum
 // over its group's channels and the dilated, strided window (zeros outside); the pooling and
 // Flatten layers are their functions.
+// PyTorch's padding="same": the output as large as the input, dilation (K - 1) padding per dim
+// with the odd one after (PyTorch pads so; checked against F.conv2d(padding="same") and F.pad),
+// in the padding mode, for Conv1d, conv2d and conv3d; gradients through the pad; strides and
+// transposed convolutions refused.
+TEST(Layers, PaddingSameKeepsTheSizeAndPutsTheOddPaddingAfter) {
+  Graph g;
+  Value x = g.placeholder("x", f64, {1, 2, 7, 9});
+  Value filter = g.placeholder("filter", f64, {3, 2, 4, 3});
+  // Height: 1 (4 - 1) = 3, 1 before and 2 after; width: 2 (3 - 1) = 4, 2 and 2.
+  std::vector<Value> same, by_hand;
+  for (PadMode mode : {PadMode::constant, PadMode::reflect}) {
+    same.push_back(conv2d(x, filter, {.dilation = {1, 2}, .padding_mode = mode, .same = true}));
+    by_hand.push_back(conv2d(pad(x, {{2, 2}, {1, 2}}, mode), filter, {.dilation = {1, 2}}));
+  }
+  // Even totals only: the op's own symmetric padding.
+  Value odd_filter = g.placeholder("odd_filter", f64, {3, 2, 3, 5});
+  same.push_back(conv2d(x, odd_filter, {.same = true}));
+  by_hand.push_back(conv2d(x, odd_filter, {.padding = {1, 2}}));
+  Value volume = g.placeholder("volume", f64, {1, 2, 4, 5, 6});
+  Value volume_filter = g.placeholder("volume_filter", f64, {2, 2, 2, 3, 4});
+  same.push_back(conv3d(volume, volume_filter, {.same = true}));
+  by_hand.push_back(conv3d(pad(volume, {{1, 2}, {1, 1}, {0, 1}}), volume_filter));
+  Value line = g.placeholder("line", f32, {2, 4, 9});  // the layer's variables are f32
+  nn::Conv1d conv(g, "conv", 4, 6, 4, {.dilation = 3, .same = true});
+  same.push_back(conv(line));  // 3 (4 - 1) = 9: 4 before, 5 after
+  by_hand.push_back(conv2d(expand_dims(pad(line, {{4, 5}}), 2), reshape(conv.weight, {6, 4, 1, 4}),
+                           {.dilation = {1, 3}}) +
+                    reshape(conv.bias, {1, 6, 1, 1}));
+  by_hand.back() = squeeze(by_hand.back(), 2);
+  EXPECT_EQ(same[0].shape(), (Shape{1, 3, 7, 9}));
+  EXPECT_EQ(same[3].shape(), (Shape{1, 2, 4, 5, 6}));
+  EXPECT_EQ(same[4].shape(), (Shape{2, 6, 9}));
+  std::vector<Value> fetches = same;
+  fetches.insert(fetches.end(), by_hand.begin(), by_hand.end());
+  const std::vector<Value> grads = gradients(sum(square(same[0])), {x, filter});
+  const std::vector<Value> grads_by_hand = gradients(sum(square(by_hand[0])), {x, filter});
+  fetches.insert(fetches.end(), {grads[0], grads[1], grads_by_hand[0], grads_by_hand[1]});
+  Session s(g);
+  const auto out = s.run({{x, testing::random_tensor(f64, {1, 2, 7, 9}, -1, 1, 1)},
+                          {filter, testing::random_tensor(f64, {3, 2, 4, 3}, -1, 1, 2)},
+                          {odd_filter, testing::random_tensor(f64, {3, 2, 3, 5}, -1, 1, 3)},
+                          {volume, testing::random_tensor(f64, {1, 2, 4, 5, 6}, -1, 1, 4)},
+                          {volume_filter, testing::random_tensor(f64, {2, 2, 2, 3, 4}, -1, 1, 5)},
+                          {line, testing::random_tensor(f32, {2, 4, 9}, -1, 1, 6)}},
+                         fetches);
+  const size_t n = same.size();
+  for (size_t i = 0; i < n + 2; ++i) {
+    const Tensor& got = out[i < n ? i : 2 * n + (i - n)];
+    const Tensor& want = out[i < n ? n + i : 2 * n + 2 + (i - n)];
+    ASSERT_EQ(got.shape(), want.shape()) << i;
+    for (int64_t e = 0; e < got.numel(); ++e)
+      ASSERT_NEAR(got.element(e), want.element(e), got.dtype() == f64 ? 1e-12 : 1e-5)
+          << "case " << i << " at " << e;
+  }
+  expect_error<GraphError>(
+      [&] {
+        conv2d(x, filter, {.stride = {2, 1}, .same = true});
+      },
+      {"[conv2d] padding \"same\" takes stride 1", "stride 2"});
+  expect_error<GraphError>(
+      [&] {
+        conv2d(x, filter, {.padding = {1, 0}, .same = true});
+      },
+      {"[conv2d]", "padding 1"});
+  expect_error<GraphError>(
+      [&] {
+        conv_transpose2d(x, g.placeholder("t", f64, {2, 3, 3, 3}), {.same = true});
+      },
+      {"conv_transpose2d", "not transposed ones"});
+}
+
 TEST(Layers, Conv1dIsTheDirectSumAndPoolingLayersAreTheirFunctions) {
   Graph g;
   Value x = g.placeholder("x", f32, {2, 4, 9});
