@@ -196,17 +196,6 @@ double scale_of(const KernelContext& ctx, int64_t depth) {
   return scale > 0 ? scale : 1 / std::sqrt(static_cast<double>(depth));
 }
 
-// The keys query rows [i0, i0 + rows) reach together (AttentionShape::first_key and key_end
-// are monotone in the row): keys outside are out of every row's reach, so the kernels leave
-// them out of every product (half the work of a causal square, all but the window's).
-struct KeySpan {
-  int64_t begin, end;
-  int64_t size() const { return end - begin; }
-};
-KeySpan block_keys(const AttentionShape& a, int64_t i0, int64_t rows) {
-  return {a.first_key(i0), rows > 0 ? a.key_end(i0 + rows - 1) : a.first_key(i0)};
-}
-
 template <typename T>
 ScoreTerms<T> score_terms(const KernelContext& ctx, int mask_index) {
   ScoreTerms<T> terms;
@@ -273,7 +262,7 @@ void attention_typed(KernelContext& ctx) {
           const int64_t bh = t / blocks, i0 = (t % blocks) * block;
           const int64_t b = bh / a.heads, h = bh % a.heads;
           const int64_t rows = std::min(block, a.queries - i0);
-          const KeySpan span = block_keys(a, i0, rows);
+          const KeySpan span = a.keys_reached(i0, rows);
           const T* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
           const T* kh = k + a.kv_row_offset(bh, 0, a.depth);
           const T* vh = v + a.kv_row_offset(bh, 0, a.value_depth);
@@ -366,7 +355,7 @@ void attention_backward_typed(KernelContext& ctx) {
           }
           for (int64_t i0 = 0; i0 < a.queries; i0 += block) {
             const int rows = static_cast<int>(std::min(block, a.queries - i0));
-            const KeySpan span = block_keys(a, i0, rows);
+            const KeySpan span = a.keys_reached(i0, rows);
             const int kv = static_cast<int>(span.size());
             if (kv == 0) {  // no row reaches a key: dq 0
               for (int r = 0; r < rows; ++r) std::fill_n(dqh + (i0 + r) * ldq, d, T(0));

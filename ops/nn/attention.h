@@ -13,6 +13,12 @@ class KernelContext;
 
 namespace kiln::ops {
 
+/// Keys [begin, end) of an attention problem.
+struct KeySpan {
+  int64_t begin = 0, end = 0;
+  KILN_HOST_DEVICE int64_t size() const { return end - begin; }
+};
+
 struct AttentionShape {
   int64_t batch = 0, heads = 0, queries = 0, keys = 0, depth = 0, value_depth = 0;
   /// The heads of k and v: `heads`, or a divisor of it (grouped-query attention: the `heads /
@@ -39,6 +45,13 @@ struct AttentionShape {
   KILN_HOST_DEVICE int64_t key_end(int64_t i) const {
     const int64_t end = causal && i + 1 < keys ? i + 1 : keys;
     return end > first_key(i) ? end : first_key(i);
+  }
+  /// The keys query rows [i0, i0 + rows) reach together (first_key and key_end are monotone in
+  /// the row; rows past the queries reach what the last one does), begin rounded down to a
+  /// multiple of `align` (a vector's lanes, a kernel's step): the keys a block multiplies.
+  KILN_HOST_DEVICE KeySpan keys_reached(int64_t i0, int64_t rows, int64_t align = 1) const {
+    const int64_t last = (i0 + rows < queries ? i0 + rows : queries) - 1;
+    return {first_key(i0) / align * align, key_end(last)};
   }
   /// Whether query i reaches key j (j < keys).
   KILN_HOST_DEVICE bool reaches(int64_t i, int64_t j) const {

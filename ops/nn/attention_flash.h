@@ -465,16 +465,6 @@ KILN_FLASH_FN void write_rows(Env& env, void* dst, const float (&acc)[D / 8][4],
 
 // ---- The kernels' bodies: `block` is the block's index in a 1-D grid.
 
-/// The keys query rows q0 .. q0 + rows - 1 reach together (rows past the queries reach what
-/// the last query does): [begin, end), begin a step's first key (a multiple of kCols).
-struct StepSpan {
-  int64_t begin, end;
-};
-KILN_FLASH_FN StepSpan key_steps(const Params& p, int64_t q0, int64_t rows) {
-  const int64_t last_query = (q0 + rows < p.a.queries ? q0 + rows : p.a.queries) - 1;
-  return {p.a.first_key(q0) / kCols * kCols, p.a.key_end(last_query)};
-}
-
 /// Whether a step of keys [k0, k0 + kCols) of query rows [q0, q0 + rows) needs the per-score
 /// mask test: keys past the end, the causal diagonal, the window's edge, or a mask.
 KILN_FLASH_FN bool needs_mask_test(const Params& p, int64_t q0, int64_t rows, int64_t k0) {
@@ -546,7 +536,7 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
     stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
   // Every staged tensor has rows (a copy past the end still names an address inside it).
-  const StepSpan steps = key_steps(p, q0, R);
+  const KeySpan steps = a.keys_reached(q0, R, kCols);  // begin: a step's first key
   const int64_t begin = steps.begin;  // a plain variable: the lambdas below capture it
   stage_rows<T, D, R>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
   if (begin < steps.end) stage(begin, 0);
@@ -661,7 +651,7 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
   auto stage = [&](int64_t k0, int buffer) {
     stage_keys_values<T, D>(env, k_tile(buffer), p, bh, k0);
   };
-  const StepSpan steps = key_steps(p, q0, R);
+  const KeySpan steps = a.keys_reached(q0, R, kCols);  // begin: a step's first key
   const int64_t begin = steps.begin;  // a plain variable: the lambdas below capture it
   stage_rows<T, D, R>(env, qs, elements<T>(p.q), p, bh, q0, a.queries);
   stage_rows<T, D, R>(env, dos, elements<T>(p.dout), p, bh, q0, a.queries);

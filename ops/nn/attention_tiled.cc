@@ -69,17 +69,10 @@ int64_t transposed_stride(int64_t keys) {
   return padded % 64 == 0 ? padded + 16 : padded;
 }
 
-// The keys a tile of query rows [i0, i0 + rows) computes: those its rows reach together
-// (AttentionShape::first_key and key_end are monotone in the row), the first rounded down to a
-// whole vector (so the score rows' vectors stay aligned to the buffer's).
-struct KeySpan {
-  int64_t begin, end;
-  int64_t size() const { return end - begin; }
-};
+// The keys a tile of query rows [i0, i0 + rows) computes: those its rows reach together, the
+// first rounded down to a whole vector (so the score rows' vectors stay aligned to the buffer's).
 KeySpan tile_keys(const AttentionShape& a, int64_t i0, int64_t rows) {
-  constexpr int64_t kLanes = small_gemm::Simd::kLanes;
-  const int64_t end = a.key_end(i0 + rows - 1);
-  return {std::min(a.first_key(i0) / kLanes * kLanes, end), end};
+  return a.keys_reached(i0, rows, small_gemm::Simd::kLanes);
 }
 
 // kv rounded up to whole vectors, at most `limit` (a score buffer's row stride): the columns the
