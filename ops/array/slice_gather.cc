@@ -56,8 +56,12 @@ int64_t slice_view(const KernelContext& ctx, const Shape& shape, std::vector<int
   int64_t offset = 0;
   for (size_t i = 0; i < begin.size(); ++i) {
     int64_t s = step.empty() ? 1 : step[i];
-    offset += resolve_range(begin[i], end[i], s, shape[i]).begin * (*strides)[i];
-    (*strides)[i] *= s;
+    const AxisRange range = resolve_range(begin[i], end[i], s, shape[i]);
+    offset += range.begin * (*strides)[i];
+    // An axis of one element (or none) never steps, so its stride is unused; and a step from a
+    // graph file may be huge (step times stride would overflow). With two or more elements the
+    // step is below the dim, so step times stride stays within the tensor.
+    (*strides)[i] = range.length > 1 ? (*strides)[i] * s : 0;
   }
   return offset;
 }

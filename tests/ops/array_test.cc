@@ -1,3 +1,4 @@
+#include <limits>
 #include <numeric>
 
 #include "test_util.h"
@@ -155,6 +156,10 @@ TEST(Slice, PythonSemantics) {
   check({-1, -2}, {kSliceEnd, kSliceEnd}, {}, {1, 2}, {18, 19});
   check({-100, 3}, {100, 100}, {3, 1}, {2, 2}, {3, 4, 18, 19});  // clamped
   check({3, 0}, {1, 5}, {}, {0, 5}, {});                         // empty
+  // A step as large as int64 allows (a graph file may hold one): one element per axis, and no
+  // step times stride overflows (UBSan failed on it in fuzz_graph_run).
+  const int64_t huge = std::numeric_limits<int64_t>::max();
+  check({1, 2}, {kSliceEnd, kSliceEnd}, {huge, huge}, {1, 1}, {7});
   Value p = g.placeholder("p", f32, {-1, 5});
   EXPECT_EQ(slice(p, {0, 1}, {2, 3}).shape(), Shape({-1, 2}));
 }
