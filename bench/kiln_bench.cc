@@ -3,9 +3,10 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, llama_step, lstm_step, decode_step, attention_step, gru_step and
-// upsample_step (the last three by hand: not in run.sh; also attention_step_alibi,
-// attention_step_softcap, attention_window_step and attention_window_step_mask), peak_flops (the
+// transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step,
+// gru_step and upsample_step (the last three by hand: not in run.sh; also attention_step_alibi,
+// attention_step_softcap, attention_window_step_mask and decode_long_step_late, the same step at
+// position 2,000), attention_window_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
 // graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
 // Chrome trace of the runs).
@@ -134,6 +135,34 @@ double decode_step(const SessionOptions& options) {
   }
   Session s(g, options);
   return time_it([&] { s.run(feeds, fetches); }, 10, 200);
+}
+
+// One token through the same 4 blocks at position `position` of 2,048-entry caches held in the
+// session (variables assigned the step's new cache: no cache crosses the session's edge), as a
+// generator with a long context allocated does. The attention multiplies the position + 1
+// entries written so far, so a step early in the cache costs what a short cache's does.
+double decode_long_step(const SessionOptions& options, int64_t position_at) {
+  Graph g;
+  Value token = g.placeholder("token", f32, {1, 1, 256});
+  Value position = g.placeholder("position", i64, {});
+  std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
+  Value out = bench::decode_output(
+      g, token, position,
+      [&g](int l, nn::MultiHeadAttention&) {
+        const Shape shape{1, 2048, 4, 64};
+        return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
+                           g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
+      },
+      &caches);
+  std::vector<Value> writes;
+  for (const auto& [held, next] : caches) {
+    writes.push_back(assign(held.keys, next.keys));
+    writes.push_back(assign(held.values, next.values));
+  }
+  Session s(g, options);
+  const FeedList feeds = {{token, ramp({1, 1, 256})},
+                          {position, Tensor::scalar<int64_t>(position_at)}};
+  return time_it([&] { s.run(feeds, {out}, writes); }, 10, 200);
 }
 
 // An LSTM (or GRU) layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.
@@ -369,6 +398,10 @@ int main(int argc, char** argv) {
     std::printf("gru_step %.9f\n", lstm_step(options, /*gru=*/true));
   } else if (name == "decode_step") {
     std::printf("decode_step %.9f\n", decode_step(options));
+  } else if (name == "decode_long_step") {
+    std::printf("decode_long_step %.9f\n", decode_long_step(options, 100));
+  } else if (name == "decode_long_step_late") {
+    std::printf("decode_long_step_late %.9f\n", decode_long_step(options, 2000));
   } else if (name == "transformer_step") {
     std::printf("transformer_step %.9f\n", block_step(options, bench::transformer_loss));
   } else if (name == "llama_step") {

@@ -106,10 +106,11 @@ peer_once() {  # THREADS CASE PEER -> seconds, or nothing
   esac 2>/dev/null | awk -v c="$case" '$1 == c {print $2}'
 }
 peer_best() {  # CASE PEER -> "seconds threads" (the faster setting), or "nan -"
-  # decode_step, llama_step and attention_window_step have a PyTorch side only (JAX and
+  # decode_step(s), llama_step and attention_window_step have a PyTorch side only (JAX and
   # TensorFlow would each need their own cache, or rotary embedding and grouped heads written
   # out; and none of them skips a window's blocks either).
-  if [[ $1 = decode_step || $1 = llama_step || $1 = attention_window_step ]] &&
+  if [[ $1 = decode_step || $1 = decode_long_step || $1 = llama_step ||
+    $1 = attention_window_step ]] &&
     [[ $2 != torch* ]]; then
     echo "nan -"
     return
@@ -136,7 +137,8 @@ echo
 echo "the model steps (MLP 784-512-512-10 batch 128; CNN 2 conv+BN+pool, FC, batch 64;"
 echo "transformer block d256 T128 batch 16; the same as LLaMA's block (RMS norm, SwiGLU 704,"
 echo "rotary, 2 key-value heads), PyTorch and Kiln only; LSTM 128->256 T32 batch 32; one token"
-echo "through 4 such GPT blocks with a KV cache, batch 1, position 200 of 256: PyTorch and Kiln only;"
+echo "through 4 such GPT blocks with a KV cache, batch 1, position 200 of 256 (decode_long_step:"
+echo "100 of 2048, the caches held in place): PyTorch and Kiln only;"
 echo "causal sliding-window attention, window 256 over [2, 2048, 4, 64], forward and backward:"
 echo "PyTorch's SDPA with the window as its mask, and Kiln only)"
 echo "and the 1024^3 product"
@@ -147,7 +149,7 @@ for peer in "${peers[@]}"; do printf ' %-20s' "$peer"; done
 printf '\n'
 fastest_lines=()
 mm_again=$mm
-for case in mlp_step cnn_step transformer_step llama_step lstm_step decode_step attention_window_step matmul; do
+for case in mlp_step cnn_step transformer_step llama_step lstm_step decode_step decode_long_step attention_window_step matmul; do
   kiln_time[$case]=nan
   for peer in "${peers[@]}"; do best[$peer]=nan best_n[$peer]=-; done
   for ((round = 1; round <= rounds; round++)); do
@@ -194,7 +196,7 @@ echo "ratio chain_fused_vs_torch_preallocated $(ratio "$(t "$fused")" "$(t "$tou
 echo "ratio chain_fused_vs_torch_compile $(ratio "$(t "$fused")" "$(t "$tcomp")")"
 echo "ratio chain_fused_vs_torch_eager $(ratio "$(t "$fused")" "$(t "$teager")")"
 # The model cases against PyTorch eager alone, from the rounds above.
-for case in mlp_step cnn_step transformer_step llama_step lstm_step decode_step attention_window_step; do
+for case in mlp_step cnn_step transformer_step llama_step lstm_step decode_step decode_long_step attention_window_step; do
   echo "ratio $case $(ratio "${kiln_time[$case]}" "${torch_time[$case]}")"
 done
 echo "ratio mlp_step_memory_growth $(ratio "$(field "$mem" growth_kib)" "$(field "$tmem" growth_kib)")"

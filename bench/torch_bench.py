@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=N python torch_bench.py CASE [--threads N]
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
-cnn_step, transformer_step, llama_step, lstm_step, decode_step, attention_window_step. With --compile the model cases run their module through
+cnn_step, transformer_step, llama_step, lstm_step, decode_step, decode_long_step,
+attention_window_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -171,14 +172,16 @@ def llama_step():
     return block_step(lambda: LlamaBlock(256, 4, 2, 704, 128))
 
 
-def decode_step(device="cpu"):
+def decode_step(device="cpu", length=256, pos=200):
     """One token through 4 blocks with a KV cache, kiln_bench's decode_step: batch 1, position
-    200 of 256-entry caches, written in place; the attention reads the entries so far. Returns
-    the step (which returns the output; torch_gpu_bench.py times it on a GPU too)."""
+    200 of 256-entry caches (decode_long_step: 100 of 2,048), written in place; the attention
+    reads the entries so far. Returns the step (which returns the output; torch_gpu_bench.py
+    times it on a GPU too)."""
     torch.manual_seed(0)
     blocks = [Block(256, 4, 1024).to(device) for _ in range(4)]
-    caches = [(ramp(1, 4, 256, 64).to(device), ramp(1, 4, 256, 64).to(device)) for _ in blocks]
-    token, pos = ramp(1, 1, 256).to(device), 200
+    caches = [(ramp(1, 4, length, 64).to(device), ramp(1, 4, length, 64).to(device))
+              for _ in blocks]
+    token = ramp(1, 1, 256).to(device)
     F = torch.nn.functional
 
     def block_step(block, x, keys, values):
@@ -276,6 +279,8 @@ def main():
         print(f"dispatch {t:.9f} per_step_us={t / 1500 * 1e6:.3f} steps=1500")
     elif case == "decode_step":
         print(f"decode_step {time_it(decode_step(), 10, 200):.9f}")
+    elif case == "decode_long_step":
+        print(f"decode_long_step {time_it(decode_step(length=2048, pos=100), 10, 200):.9f}")
     elif case == "attention_window_step":
         print(f"attention_window_step {time_it(attention_window_step(), 2, 10):.9f}")
     elif case in ("cnn_step", "transformer_step", "llama_step", "lstm_step", "gru_step",

@@ -272,6 +272,12 @@ struct AttentionOptions {
   /// "bhtd": q, k, v and the result are [B, H, T, D]; "bthd": [B, T, H, D], as a [B, T, H * D]
   /// projection reshaped (read in place: no transposes to split or merge heads).
   std::string layout = "bhtd";
+  /// Where the queries stand among the keys, for `causal` and `window`: an integer scalar,
+  /// read when the graph runs; query i is at key position query_offset + i (undefined: 0, top
+  /// left). Tk - Tq aligns the last query with the last key (PyTorch's causal_lower_right);
+  /// cached decoding gives the cache's position, so a step multiplies only the entries written
+  /// so far, not the whole cache. Not differentiable.
+  Value query_offset{};
 };
 /// softmax(scale q k^T, masked) v for q [B, H, Tq, D], k [B, Hk, Tk, D], v [B, Hk, Tk, Dv]:
 /// [B, H, Tq, Dv] (or all [B, T, H, D] with layout "bthd"), fused (the score matrix is never a

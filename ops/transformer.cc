@@ -197,25 +197,24 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
                "max_length >= ", length, ", ", kv_heads_, ", ", depth, "], got ", cs);
   }
   NameScope scope(graph(), name());
-  const int64_t max_length = cache.keys.shape()[1];
   auto split = [&](const Value& v, int64_t heads) {
     return reshape(v, {-1, length, heads, depth});
   };
   // Keys enter the cache rotated for their positions, as attend() rotates them.
   KVCache next{dynamic_update_slice(cache.keys, key_heads(key(x), length, position), position, 1),
                dynamic_update_slice(cache.values, split(value(x), kv_heads_), position, 1)};
-  // Query i sits at position + i and sees the entries written up to it: j <= position + i.
-  // [1, 1, n, max_length], broadcast over the batch and the heads.
-  Value query_at = iota(graph(), Shape{1, 1, length, 1}, 2, i64) + cast(position, i64);
-  Value entry = iota(graph(), Shape{1, 1, 1, max_length}, 3, i64);
-  Value visible = less_equal(entry, query_at);
-  if (window_ > 0)  // and within its window: j > position + i - window
-    visible = attention_mask_and(visible, greater(entry, query_at - double(window_)));
-  // A bool mask narrows what is visible; a bias is added where it is.
-  if (mask.defined()) visible = attention_mask_and(mask, visible);
-  Value attended = scaled_dot_product_attention(
-      query_heads(query(x), length, position), next.keys, next.values,
-      {.mask = visible, .causal = false, .scale = scale_, .softcap = softcap_, .layout = "bthd"});
+  // Query i sits at position + i and sees the entries written up to it, j <= position + i (and
+  // within its window, j > position + i - window): the attention's reach at that offset, so
+  // the entries past it are never multiplied. A mask narrows it; a bias is added.
+  Value attended =
+      scaled_dot_product_attention(query_heads(query(x), length, position), next.keys, next.values,
+                                   {.mask = mask,
+                                    .causal = true,
+                                    .window = window_,
+                                    .scale = scale_,
+                                    .softcap = softcap_,
+                                    .layout = "bthd",
+                                    .query_offset = position});
   return {output(reshape(attended, {-1, length, heads_ * depth_})), next};
 }
 

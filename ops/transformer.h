@@ -58,7 +58,7 @@ class MultiHeadAttention : public Module {
     std::optional<bool> qkv_bias{};
     /// Sliding-window attention: query i attends to keys j > i - window only (with causal, the
     /// `window` latest, itself included); 0 for none. In cached decoding the window follows
-    /// the position.
+    /// the position (and only its entries are multiplied).
     int64_t window = 0;
     /// The scores' factor: 0 for 1 / sqrt(head depth) (Gemma 3's query_pre_attn_scalar s gives
     /// 1 / sqrt(s); T5's is 1).
@@ -93,7 +93,9 @@ class MultiHeadAttention : public Module {
   /// tensor, fed or computed at run time). Their keys and values are written into `cache` at
   /// `position`, and query i attends to cache entries 0 .. position + i (and, with `mask`
   /// broadcast to [B, heads, n, max_length], only where it is true: a key-padding mask).
-  /// Entries past position + n - 1 are never read, so a cache may start as zeros. The same
+  /// Entries past position + n - 1 are never read, so a cache may start as zeros; nor are they
+  /// multiplied (the attention's query offset is the position), so a step costs the entries
+  /// written so far, not the cache's max_length. The same
   /// result as attend() with causal attention over the whole sequence, to rounding. A position
   /// with no room for n entries fails the run naming the cache write. Inference only: built in
   /// evaluation mode (eval()), or a GraphError.

@@ -3,8 +3,11 @@
 // bias of q's dtype added to the scaled scores (PyTorch's float attn_mask). Hk divides H: with
 // fewer key-value heads (grouped-query attention) query head h reads key-value head h / (H / Hk)
 // in place (AttentionShape::kv_row_offset; nothing is repeated):
-//   s[i, j] = scale q[i] . k[j] (+ bias[i, j])   (-inf where masked, or out of reach: j > i when
-//                                                causal, j <= i - window with a sliding window)
+//   s[i, j] = scale q[i] . k[j] (+ bias[i, j])   (-inf where masked, or out of reach: j > p when
+//                                                causal, j <= p - window with a sliding window,
+//                                                at query i's position p = offset + i)
+// The offset is 0, or the optional int64 scalar input after the mask (read when the graph runs:
+// a KV cache's position; Tk - Tq for PyTorch's bottom-right causal alignment).
 // or, with a softcap c (Gemma 2's attention logit soft-capping), c tanh(scale q[i] . k[j] / c)
 // (+ bias[i, j]): the scores bounded to (-c, c) before the mask.
 //   lse[i]  = log sum_j exp s[i, j],   p[i, j] = exp(s[i, j] - lse[i])
@@ -81,12 +84,27 @@ AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, c
   return a;
 }
 
-AttentionShape attention_shape(const KernelContext& ctx, int mask_index) {
-  const bool has_mask = ctx.num_inputs() > mask_index;
+AttentionExtras attention_extras(int inputs, int first, DType last) {
+  AttentionExtras e;
+  if (inputs <= first) return e;
+  if (last == DType::i64) e.query_offset = inputs - 1;
+  if (e.query_offset != first) e.mask = first;
+  return e;
+}
+
+AttentionShape attention_shape(const KernelContext& ctx, int first) {
+  const int inputs = ctx.num_inputs();
+  const AttentionExtras e = attention_extras(inputs, first, ctx.input(inputs - 1).dtype());
   return attention_shape(ctx.input(0).shape(), ctx.input(1).shape(), ctx.input(2).shape(),
-                         has_mask ? &ctx.input(mask_index).shape() : nullptr,
+                         e.mask >= 0 ? &ctx.input(e.mask).shape() : nullptr,
                          ctx.attr<std::string>("layout"), ctx.attr<bool>("causal"),
                          ctx.attr<int64_t>("window"), ctx.where());
+}
+
+void read_query_offset(const KernelContext& ctx, int first, AttentionShape& a) {
+  const int inputs = ctx.num_inputs();
+  const int at = attention_extras(inputs, first, ctx.input(inputs - 1).dtype()).query_offset;
+  if (at >= 0) a.set_query_offset(ctx.input(at).data<int64_t>()[0]);
 }
 
 namespace {
@@ -140,11 +158,20 @@ void check_attention(const InferContext& ctx) {
     ctx.fail("softcap ", softcap, " must be positive (or 0 for none)");
 }
 
-// The optional mask is the input at `index` (if present): bool, or a bias of q's dtype; rank 4,
-// each dim 1 or the scores' dim (dims unknown now are checked when the graph runs).
-void check_mask(const InferContext& ctx, int index) {
-  if (ctx.num_inputs() <= index) return;
-  if (ctx.num_inputs() > index + 1) ctx.fail("takes at most one mask");
+// The optional inputs after input `first`: a mask, bool or a bias of q's dtype, rank 4, each
+// dim 1 or the scores' dim (dims unknown now are checked when the graph runs); then a query
+// offset, an int64 scalar.
+void check_extras(const InferContext& ctx, int first) {
+  const int inputs = ctx.num_inputs();
+  if (inputs <= first) return;
+  const AttentionExtras e = attention_extras(inputs, first, ctx.dtype(inputs - 1));
+  if (inputs - first > 2 || (inputs - first == 2 && (e.mask < 0 || e.query_offset < 0)))
+    ctx.fail("takes at most a mask (bool, or a bias of q's dtype) and a query offset (an int64 ",
+             "scalar), in that order; got ", inputs - first, " inputs after the first ", first);
+  if (e.query_offset >= 0 && ctx.shape(e.query_offset).rank() != 0)
+    ctx.fail("the query offset must be an int64 scalar, got shape ", ctx.shape(e.query_offset));
+  if (e.mask < 0) return;
+  const int index = e.mask;
   if (ctx.dtype(index) != DType::boolean && ctx.dtype(index) != ctx.dtype(0))
     ctx.fail("the mask must be bool (true: attend) or an additive bias of q's dtype ", ctx.dtype(0),
              ", got ", ctx.dtype(index));
@@ -159,7 +186,7 @@ void check_mask(const InferContext& ctx, int index) {
 
 std::vector<TensorType> infer_attention(const InferContext& ctx) {
   check_attention(ctx);
-  check_mask(ctx, 3);
+  check_extras(ctx, 3);
   const Shape& q = ctx.shape(0);
   const Shape& v = ctx.shape(2);
   const auto [hd, ld] = heads_and_length_dims(ctx);
@@ -169,11 +196,11 @@ std::vector<TensorType> infer_attention(const InferContext& ctx) {
   return {{ctx.dtype(0), Shape{q[0], q[1], q[2], v[3]}}, {stats, Shape{q[0], q[hd], q[ld]}}};
 }
 
-// Inputs q, k, v, out, lse, dout[, mask]: dq, and dk, dv per query head: k's and v's shapes
-// with q's heads (with grouped heads the gradient sums each group's).
+// Inputs q, k, v, out, lse, dout[, mask][, query offset]: dq, and dk, dv per query head: k's and
+// v's shapes with q's heads (with grouped heads the gradient sums each group's).
 std::vector<TensorType> infer_attention_backward(const InferContext& ctx) {
   check_attention(ctx);
-  check_mask(ctx, 6);
+  check_extras(ctx, 6);
   for (int i : {3, 5}) ctx.expect_same_dtype(0, i);
   ctx.expect_dtype(4, {ctx.dtype(0) == f64 ? f64 : f32});
   const int hd = heads_and_length_dims(ctx).first;
@@ -197,11 +224,13 @@ double scale_of(const KernelContext& ctx, int64_t depth) {
 }
 
 template <typename T>
-ScoreTerms<T> score_terms(const KernelContext& ctx, int mask_index) {
+ScoreTerms<T> score_terms(const KernelContext& ctx, int first) {
   ScoreTerms<T> terms;
   terms.softcap = static_cast<T>(ctx.attr<double>("softcap"));
-  if (ctx.num_inputs() <= mask_index) return terms;
-  const Tensor& m = ctx.input(mask_index);
+  const int inputs = ctx.num_inputs();
+  const int mask = attention_extras(inputs, first, ctx.input(inputs - 1).dtype()).mask;
+  if (mask < 0) return terms;
+  const Tensor& m = ctx.input(mask);
   if (m.dtype() == DType::boolean)
     terms.keep = m.data<bool>();
   else
@@ -232,7 +261,8 @@ void block_scores(const AttentionShape& a, const T* q, int ldq, const T* k, int 
 template <typename T>
 void attention_typed(KernelContext& ctx) {
   single_threaded_blas();
-  const AttentionShape a = attention_shape(ctx, 3);
+  AttentionShape a = attention_shape(ctx, 3);
+  read_query_offset(ctx, 3, a);
   check_blas_sizes(ctx, a);
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
   const T* q = ctx.input(0).data<T>();
@@ -306,7 +336,8 @@ void attention_typed(KernelContext& ctx) {
 template <typename T>
 void attention_backward_typed(KernelContext& ctx) {
   single_threaded_blas();
-  const AttentionShape a = attention_shape(ctx, 6);
+  AttentionShape a = attention_shape(ctx, 6);
+  read_query_offset(ctx, 6, a);
   check_blas_sizes(ctx, a);
   const int64_t block = query_block(a);
   const T scale = static_cast<T>(scale_of(ctx, a.depth));
@@ -444,7 +475,9 @@ Value heads_repeated(const Value& kv, int64_t heads) {
 // only when the bias's gradient is read.
 Value bias_gradient(GradContext& c, const Value& dout) {
   const Node& node = c.node();
-  const Value bias = c.input(3), lse = c.output(1);
+  const AttentionExtras extras =
+      attention_extras(c.num_inputs(), 3, c.input(c.num_inputs() - 1).dtype());
+  const Value bias = c.input(extras.mask), lse = c.output(1);
   const bool bthd = attention_layout_is_bthd(node.attr<std::string>("layout"));
   const Shape& q_shape = c.input(0).shape();
   const int64_t heads = q_shape[bthd ? 2 : 1], kv_heads = c.input(1).shape()[bthd ? 2 : 1];
@@ -470,10 +503,16 @@ Value bias_gradient(GradContext& c, const Value& dout) {
   Value z = matmul(q, k, false, true) * scale;
   if (const double cap = node.attr<double>("softcap"); cap > 0) z = tanh(z / cap) * cap;
   z = z + (bias.dtype() == lse.dtype() ? bias : cast(bias, lse.dtype()));
-  if (positional) {  // key j for query i where i reaches it: j <= i, j > i - window
+  if (positional) {  // key j for query i where i reaches it: j <= p, j > p - window at the
+                     // position p = query offset + i
     Graph& g = c.graph();
     const Value key = iota(g, Shape{1, 1, 1, keys}, 3, i64);
-    const Value query = iota(g, Shape{1, 1, queries, 1}, 2, i64);
+    Value query = iota(g, Shape{1, 1, queries, 1}, 2, i64);
+    if (extras.query_offset >= 0) {  // bounded as AttentionShape::set_query_offset bounds it
+      const Value offset =
+          minimum(maximum(c.input(extras.query_offset), -double(queries)), double(keys + window));
+      query = query + offset;
+    }
     Value reached;
     if (causal) reached = less_equal(key, query);
     if (window > 0) reached = attention_mask_and(reached, greater(key, query - double(window)));
@@ -501,7 +540,7 @@ KILN_OP(attention)
     .input("q")
     .input("k")
     .input("v")
-    .variadic_input("mask", 0)
+    .variadic_input("mask_and_query_offset", 0)
     .attr("causal", false)
     .attr("window", int64_t{0})
     .attr("scale", 0.0)
@@ -514,17 +553,21 @@ KILN_OP(attention)
                  ": its logsumexp output is not differentiable");
       std::vector<Value> inputs{c.input(0),  c.input(1),  c.input(2),
                                 c.output(0), c.output(1), c.grad_output(0)};
-      if (c.num_inputs() > 3) inputs.push_back(c.input(3));
+      for (int extra = 3; extra < c.num_inputs(); ++extra) inputs.push_back(c.input(extra));
       std::vector<Value> grads =
           c.graph().add_node("attention_backward", inputs, attention_attrs(c.node()));
       const int hd = attention_layout_is_bthd(c.node().attr<std::string>("layout")) ? 2 : 1;
       const int64_t heads = c.input(0).shape()[hd], kv_heads = c.input(1).shape()[hd];
       GradList out{grads[0], sum_head_groups(grads[1], heads, kv_heads, hd),
                    sum_head_groups(grads[2], heads, kv_heads, hd)};
-      if (c.num_inputs() > 3) {
-        const bool bias = c.input(3).dtype() != DType::boolean;
-        out.push_back(bias && c.wants_grad_input(3) ? bias_gradient(c, c.grad_output(0)) : Value());
+      const AttentionExtras extras =
+          attention_extras(c.num_inputs(), 3, c.input(c.num_inputs() - 1).dtype());
+      if (extras.mask >= 0) {
+        const bool bias = c.input(extras.mask).dtype() != DType::boolean;
+        out.push_back(bias && c.wants_grad_input(extras.mask) ? bias_gradient(c, c.grad_output(0))
+                                                              : Value());
       }
+      if (extras.query_offset >= 0) out.push_back(Value());  // an integer: no gradient
       return out;
     });
 
@@ -536,7 +579,7 @@ KILN_OP(attention_backward)
     .input("out")
     .input("lse")
     .input("dout")
-    .variadic_input("mask", 0)
+    .variadic_input("mask_and_query_offset", 0)
     .attr("causal", false)
     .attr("window", int64_t{0})
     .attr("scale", 0.0)
@@ -634,6 +677,15 @@ Value scaled_dot_product_attention(const Value& q, const Value& k, const Value& 
              ") must be positive (or 0 for none)");
   std::vector<Value> inputs{q, k, v};
   if (mask.defined()) inputs.push_back(mask);
+  if (options.query_offset.defined()) {
+    const Value& offset = options.query_offset;
+    KILN_CHECK(offset.graph() == &graph, GraphError,
+               "[attention] the query offset belongs to another graph");
+    KILN_CHECK(is_integer(offset.dtype()) && offset.shape().rank() == 0, GraphError,
+               "[attention] the query offset must be an integer scalar, got ", offset.dtype(), " ",
+               offset.shape());
+    inputs.push_back(offset.dtype() == DType::i64 ? offset : cast(offset, DType::i64));
+  }
   return graph.add_node("attention", inputs,
                         {{"causal", options.causal},
                          {"window", options.window},

@@ -44,12 +44,20 @@ __device__ C warp_sum(C v) {
 }
 
 struct Problem {
-  AttentionShape a;  // with the reach: causal, window
+  AttentionShape a;  // with the reach: causal, window (its query offset: read_query_offset)
   double scale;
   const bool* mask;
   // An additive bias of the scores instead of the bool mask (of the inputs' dtype T).
   const void* bias;
   double softcap;  // 0: none
+  // The op's query offset input in device memory (or nullptr: 0), read by each kernel (a CUDA
+  // Graph replays the step with whatever position it is given).
+  const int64_t* query_offset;
+
+  // Sets a's query offset from the input: the first thing a kernel does.
+  __device__ void read_query_offset() {
+    if (query_offset != nullptr) a.set_query_offset(*query_offset);
+  }
 
   __device__ int64_t mask_offset(int64_t bh, int64_t i, int64_t j) const {
     const int64_t b = bh / a.heads, h = bh % a.heads;
@@ -102,6 +110,7 @@ __device__ C dot(const C (&x)[kChunks], const T* row, int64_t depth, int lane) {
 template <typename T, typename S>
 __global__ void forward_kernel(Problem pr, const T* q, const T* k, const T* v, T* out, S* lse) {
   using C = Compute<T>;
+  pr.read_query_offset();
   const AttentionShape& a = pr.a;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -156,6 +165,7 @@ template <typename T, typename S>
 __global__ void dq_kernel(Problem pr, const T* q, const T* k, const T* v, const S* lse,
                           const S* delta, const T* dout, T* dq) {
   using C = Compute<T>;
+  pr.read_query_offset();
   const AttentionShape& a = pr.a;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -194,6 +204,7 @@ template <typename T, typename S>
 __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const S* lse,
                            const S* delta, const T* dout, T* dk, T* dv) {
   using C = Compute<T>;
+  pr.read_query_offset();
   const AttentionShape& a = pr.a;
   const int64_t key = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -231,10 +242,12 @@ __global__ void dkv_kernel(Problem pr, const T* q, const T* k, const T* v, const
   }
 }
 
-Problem problem_of(const KernelContext& ctx, int mask_input) {
-  const bool has_mask = ctx.num_inputs() > mask_input;
+Problem problem_of(const KernelContext& ctx, int first) {
+  const int inputs = ctx.num_inputs();
+  const int mask_input = attention_extras(inputs, first, ctx.input(inputs - 1).dtype()).mask;
+  const bool has_mask = mask_input >= 0;
   Problem pr;
-  pr.a = attention_shape(ctx, mask_input);
+  pr.a = attention_shape(ctx, first);
   KILN_CHECK(pr.a.depth <= 32 * kChunks && pr.a.value_depth <= 32 * kChunks, Error, ctx.where(),
              ": the CUDA kernel takes depths up to ", 32 * kChunks, ", got ", pr.a.depth, " and ",
              pr.a.value_depth);
@@ -244,6 +257,8 @@ Problem problem_of(const KernelContext& ctx, int mask_input) {
   pr.mask = has_mask && !bias ? ctx.input(mask_input).data<bool>() : nullptr;
   pr.bias = bias ? ctx.input(mask_input).raw_data() : nullptr;
   pr.softcap = ctx.attr<double>("softcap");
+  const int offset = attention_extras(inputs, first, ctx.input(inputs - 1).dtype()).query_offset;
+  pr.query_offset = offset >= 0 ? ctx.input(offset).data<int64_t>() : nullptr;
   return pr;
 }
 
@@ -363,9 +378,12 @@ extern __shared__ __align__(16) unsigned char flash_shared[];
 // __launch_bounds__(kThreads, 1): one block per multiprocessor is enough, so ptxas may use up to
 // 255 registers (left to itself it capped the bf16 depth-32 forward at 128 and spilled).
 
-template <typename T, int D, int M>
+// kOffset: the problem has a query offset input, read here into the shape the body reads (a
+// kernel of its own, so the kernels without one are what they were).
+template <typename T, int D, int M, bool kOffset>
 __global__ void __launch_bounds__(flash::kThreads, 1) flash_forward_kernel(flash::Params p) {
   DeviceEnv env;
+  if constexpr (kOffset) p.a.set_query_offset(*p.query_offset);
   flash::forward_block<T, D, M>(env, p, blockIdx.x, flash_shared);
 }
 
@@ -448,6 +466,7 @@ flash::Params flash_params(const Problem& problem) {
   p.scale = static_cast<float>(problem.scale);
   p.scale_log2 = static_cast<float>(problem.scale) * flash::kLog2e;
   p.mask = problem.mask;
+  p.query_offset = problem.query_offset;
   return p;
 }
 
@@ -459,9 +478,15 @@ void flash_forward(KernelContext& ctx, const Problem& problem) {
   p.v = ctx.input(2).data<T>();
   p.out = ctx.output(0).raw_data();
   p.lse_out = static_cast<float*>(ctx.output(1).raw_data());
+  if (p.query_offset != nullptr) {  // 16 query rows a warp only
+    launch_flash(ctx, flash_forward_kernel<T, D, 1, true>,
+                 problem.a.batch * problem.a.heads * flash::blocks_of(problem.a.queries),
+                 flash::forward_shared_bytes<T, D, 1>(), p);
+    return;
+  }
   by_query_tiles<T, D>([&](auto tiles) {
     constexpr int M = tiles.value;
-    launch_flash(ctx, flash_forward_kernel<T, D, M>,
+    launch_flash(ctx, flash_forward_kernel<T, D, M, false>,
                  problem.a.batch * problem.a.heads *
                      flash::blocks_of(problem.a.queries, flash::kQueryRows<M>),
                  flash::forward_shared_bytes<T, D, M>(), p);
@@ -590,7 +615,11 @@ void attention_backward_cuda(KernelContext& ctx) {
   const Problem pr = problem_of(ctx, 6);
   const int64_t rows = pr.a.batch * pr.a.heads * pr.a.queries;
   const int64_t key_rows = pr.a.batch * pr.a.heads * pr.a.keys;
+  // With a query offset (a problem for the forward: cached decoding), the per-row kernels: the
+  // flash bodies take one, but the summed dq's turns do not, and kernels of their own for it
+  // would lengthen the build for what training rarely does.
   const bool flash =
+      pr.query_offset == nullptr &&
       use_flash(ctx, pr,
                 {ctx.input(0).raw_data(), ctx.input(1).raw_data(), ctx.input(2).raw_data(),
                  ctx.input(3).raw_data(), ctx.input(5).raw_data(), ctx.output(0).raw_data(),

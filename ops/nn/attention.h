@@ -29,21 +29,35 @@ struct AttentionShape {
   /// Layout "bthd": q, k, v, out (and their gradients) are [B, T, H, D], the heads of a
   /// [B, T, H * D] projection read in place; otherwise "bhtd", [B, H, T, D].
   bool bthd = false;
-  /// The keys a query reaches by position, query i standing at key position i (top-left
-  /// aligned, as PyTorch's is_causal): with `causal` keys j <= i, with a sliding `window` > 0
-  /// keys j > i - window. The kernels compute no product outside the reach (beyond the edges of
-  /// their blocks); a mask narrows it further.
+  /// The keys a query reaches by position, query i standing at key position query_offset + i
+  /// (0: top-left aligned, as PyTorch's is_causal; Tk - Tq: bottom-right; a KV cache's position
+  /// in cached decoding): with `causal` keys j <= position, with a sliding `window` > 0 keys
+  /// j > position - window. The kernels compute no product outside the reach (beyond the edges
+  /// of their blocks); a mask narrows it further.
   bool causal = false;
   int64_t window = 0;
+  /// Set through set_query_offset (which bounds it), from the op's query_offset input.
+  int64_t query_offset = 0;
 
+  /// Takes an offset read from a tensor: any value, bounded to [-queries, keys + window], which
+  /// reaches the same keys from every query as the value itself (below, every position is
+  /// negative; above, every causal query reaches all keys and every windowed one none) and
+  /// keeps the positions' arithmetic far from overflow.
+  KILN_HOST_DEVICE void set_query_offset(int64_t offset) {
+    const int64_t low = -queries, high = keys + window;
+    query_offset = offset < low ? low : offset > high ? high : offset;
+  }
+  /// The key position query i stands at.
+  KILN_HOST_DEVICE int64_t position(int64_t i) const { return query_offset + i; }
   /// The first key query i reaches (keys where it reaches none past the end).
   KILN_HOST_DEVICE int64_t first_key(int64_t i) const {
-    const int64_t first = window > 0 && i >= window ? i - window + 1 : 0;
+    const int64_t p = position(i);
+    const int64_t first = window > 0 && p >= window ? p - window + 1 : 0;
     return first < keys ? first : keys;
   }
   /// One past the last key query i reaches: first_key(i) <= key_end(i) <= keys.
   KILN_HOST_DEVICE int64_t key_end(int64_t i) const {
-    const int64_t end = causal && i + 1 < keys ? i + 1 : keys;
+    const int64_t end = causal && position(i) + 1 < keys ? position(i) + 1 : keys;
     return end > first_key(i) ? end : first_key(i);
   }
   /// The keys query rows [i0, i0 + rows) reach together (first_key and key_end are monotone in
@@ -59,11 +73,14 @@ struct AttentionShape {
   }
   /// The first query that reaches key j (queries where none does past the end).
   KILN_HOST_DEVICE int64_t first_query(int64_t j) const {
-    return causal ? (j < queries ? j : queries) : 0;
+    if (!causal) return 0;
+    const int64_t first = j - query_offset;  // position(first) == j
+    return first < 0 ? 0 : first < queries ? first : queries;
   }
   /// One past the last query that reaches key j: first_query(j) <= query_end(j) <= queries.
   KILN_HOST_DEVICE int64_t query_end(int64_t j) const {
-    const int64_t end = window > 0 && j + window < queries ? j + window : queries;
+    const int64_t last_reaching = j + window - query_offset;  // position(i) < j + window
+    const int64_t end = window > 0 && last_reaching < queries ? last_reaching : queries;
     return end > first_query(j) ? end : first_query(j);
   }
 
@@ -119,9 +136,21 @@ AttentionShape attention_shape(const Shape& q, const Shape& k, const Shape& v, c
                                const std::string& layout, bool causal, int64_t window,
                                const std::string& where);
 
-/// The problem of an attention or attention_backward node's kernel: its inputs' shapes (the
-/// mask, if any, is input `mask_index`) and its attributes.
-AttentionShape attention_shape(const KernelContext& ctx, int mask_index);
+/// Where an attention (or attention_backward) node's optional inputs are, after its `first` 3
+/// (6): a mask (bool, or a bias of q's dtype) and then a query offset (an int64 scalar), each
+/// -1 where absent.
+struct AttentionExtras {
+  int mask = -1, query_offset = -1;
+};
+/// The extras of a node with `inputs` inputs, the last of dtype `last`.
+AttentionExtras attention_extras(int inputs, int first, DType last);
+
+/// The problem of an attention or attention_backward node's kernel (its optional inputs after
+/// input `first`): its inputs' shapes and its attributes. The query offset is not read (it may
+/// be in device memory): read_query_offset sets it on the CPU.
+AttentionShape attention_shape(const KernelContext& ctx, int first);
+/// Sets a.query_offset from the node's query offset input, if it has one (host memory).
+void read_query_offset(const KernelContext& ctx, int first, AttentionShape& a);
 
 /// Whether this build has the f32 CPU kernels on register-blocked tiles (attention_tiled.cc:
 /// AVX-512, or AVX2 and FMA); the others run attention's products through the gemm path.

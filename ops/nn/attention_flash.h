@@ -118,7 +118,10 @@ inline bool supports(DType dtype, const AttentionShape& a) {
 
 /// The inputs and outputs of one launch: tensors of Element<T>.
 struct Params {
-  AttentionShape a;      // with the reach: causal, window
+  AttentionShape a;  // with the reach: causal, window, query offset
+  // The op's query offset input in device memory (nullptr: none): attention.cu's forward
+  // kernel sets a's from it before the body runs (the bodies read only a).
+  const int64_t* query_offset = nullptr;
   float scale = 1;       // of the scores
   float scale_log2 = 1;  // scale * log2(e)
   const bool* mask = nullptr;
@@ -468,8 +471,10 @@ KILN_FLASH_FN void write_rows(Env& env, void* dst, const float (&acc)[D / 8][4],
 /// Whether a step of keys [k0, k0 + kCols) of query rows [q0, q0 + rows) needs the per-score
 /// mask test: keys past the end, the causal diagonal, the window's edge, or a mask.
 KILN_FLASH_FN bool needs_mask_test(const Params& p, int64_t q0, int64_t rows, int64_t k0) {
-  return p.mask != nullptr || k0 + kCols > p.a.keys || (p.a.causal && k0 + kCols - 1 > q0) ||
-         (p.a.window > 0 && k0 <= q0 + rows - 1 - p.a.window);
+  const AttentionShape& a = p.a;
+  return p.mask != nullptr || k0 + kCols > a.keys ||
+         (a.causal && k0 + kCols - 1 > a.position(q0)) ||
+         (a.window > 0 && k0 <= a.position(q0 + rows - 1) - a.window);
 }
 
 /// Walks the other side's steps of kCols rows from `first` to `end` in two buffers: before step
@@ -768,6 +773,7 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
   // The key blocks that see the query block, in turn: all, from the one holding its first row's
   // first key with a window (kRows == kCols: dkv_block's query steps are the query blocks), to
   // q_block when causal. Turns count from the first.
+  // (The turns take the query offset to be 0: attention.cu sums dq so only without one.)
   const int64_t first = a.first_key(q0) / kRows;
   const int64_t last = a.causal && q_block < k_blocks - 1 ? q_block : k_blocks - 1;
   int* turn = p.dq_turns + bh * blocks_of(a.queries) + q_block;
@@ -869,8 +875,8 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
     zero(dpt);
     product_shared_xt<T, D>(env, st, kw, S, qs, S, lane);
     product_shared_xt<T, D>(env, dpt, vw, S, dos, S, lane);
-    const bool test = p.mask != nullptr || (a.causal && q0 < k0 + kRows - 1) ||
-                      (a.window > 0 && q0 + kCols - 1 - a.window >= k0);
+    const bool test = p.mask != nullptr || (a.causal && a.position(q0) < k0 + kRows - 1) ||
+                      (a.window > 0 && a.position(q0 + kCols - 1) - a.window >= k0);
     KILN_FLASH_UNROLL
     for (int nt = 0; nt < kCols / 8; ++nt) {
       KILN_FLASH_UNROLL

@@ -555,7 +555,7 @@ namespace {
 // softcap tanh(score / softcap).
 Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_valid,
                               bool bthd = false, int bias_input = -1, double softcap = 0,
-                              int64_t window = 0) {
+                              int64_t window = 0, int64_t query_offset = 0) {
   return [=](const std::vector<Tensor>& in) {
     const Shape& qs = in[0].shape();
     const int hd = bthd ? 2 : 1, ld = bthd ? 1 : 2;
@@ -582,8 +582,9 @@ Reference attention_reference(bool causal, std::vector<std::vector<bool>> key_va
           std::vector<double> s(static_cast<size_t>(tk), -INFINITY);
           double m = -INFINITY;
           for (int64_t j = 0; j < tk; ++j) {
-            if (causal && j > i) continue;
-            if (window > 0 && j <= i - window) continue;
+            const int64_t position = query_offset + i;  // query i's among the keys
+            if (causal && j > position) continue;
+            if (window > 0 && j <= position - window) continue;
             if (!key_valid.empty() && !key_valid[static_cast<size_t>(b)][j]) continue;
             double dot = 0;
             for (int64_t c = 0; c < d; ++c)
@@ -964,6 +965,72 @@ void add_attention_cases(const std::function<void(OpCase)>& add) {
            },
        .fd_step = 0,
        .reference = attention_reference(true, {}, true, -1, 0, 70)});
+  // A query offset (read when the graph runs): query i stands at key position offset + i, as a
+  // KV cache's entries are (its position) or PyTorch's bottom-right alignment (Tk - Tq). Each
+  // row reaches a key. Small with a differentiable bias (whose gradient masks the reach at the
+  // offset); one query row against a cache (the gemm path); past a CPU block of 64 rows; on
+  // the f32 tiles; and on the GPU's tensor-core forward (its kernel reading the offset).
+  auto offset_of = [](CaseGraph& c, int64_t offset) {
+    return c.g.constant(Tensor::scalar<int64_t>(offset));
+  };
+  add({.op = "attention",
+       .name = "attention_query_offset_window_bias",
+       .build =
+           [offset_of](CaseGraph& c) {
+             Value q = c.input({1, 2, 4, 4}), k = c.input({1, 2, 9, 4}), v = c.input({1, 2, 9, 3});
+             return scaled_dot_product_attention(q, k, v,
+                                                 {.mask = c.input({1, 2, 4, 9}),
+                                                  .causal = true,
+                                                  .window = 3,
+                                                  .query_offset = offset_of(c, 4)});
+           },
+       .reference = attention_reference(true, {}, false, 3, 0, 3, 4)});
+  add({.op = "attention",
+       .name = "attention_query_offset_one_row",
+       .build =
+           [offset_of](CaseGraph& c) {
+             Value q = c.input({1, 2, 1, 8}), k = c.input({1, 2, 50, 8}),
+                   v = c.input({1, 2, 50, 8});
+             return scaled_dot_product_attention(
+                 q, k, v, {.causal = true, .query_offset = offset_of(c, 20)});
+           },
+       .reference = attention_reference(true, {}, false, -1, 0, 0, 20)});
+  add({.op = "attention",
+       .name = "attention_query_offset_window_blocks",
+       .build =
+           [offset_of](CaseGraph& c) {
+             Value q = c.input({1, 1, 100, 2}), k = c.input({1, 1, 130, 2}),
+                   v = c.input({1, 1, 130, 2});
+             return scaled_dot_product_attention(
+                 q, k, v, {.causal = true, .window = 40, .query_offset = offset_of(c, 30)});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, false, -1, 0, 40, 30)});
+  add({.op = "attention",
+       .name = "attention_tiles_query_offset_bthd",
+       .build =
+           [offset_of](CaseGraph& c) {
+             Value q = c.input({1, 40, 2, 19}), k = c.input({1, 90, 2, 19}),
+                   v = c.input({1, 90, 2, 18});
+             return scaled_dot_product_attention(
+                 q, k, v, {.causal = true, .layout = "bthd", .query_offset = offset_of(c, 50)});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true, -1, 0, 0, 50)});
+  add({.op = "attention",
+       .name = "attention_flash_query_offset_window_bthd",
+       .build =
+           [offset_of](CaseGraph& c) {
+             Value q = c.input({1, 70, 2, 64}), k = c.input({1, 200, 2, 64}),
+                   v = c.input({1, 200, 2, 64});
+             return scaled_dot_product_attention(q, k, v,
+                                                 {.causal = true,
+                                                  .window = 90,
+                                                  .layout = "bthd",
+                                                  .query_offset = offset_of(c, 100)});
+           },
+       .fd_step = 0,
+       .reference = attention_reference(true, {}, true, -1, 0, 90, 100)});
   add({.op = "attention_backward",
        .name = "attention_backward_grouped_heads_bthd",
        .build =

@@ -28,9 +28,10 @@ struct Case {
   int64_t batch, heads, queries, keys;
   bool causal = false;
   bool bthd = false;
-  bool mask = false;     // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
-  int64_t kv_heads = 0;  // of k and v: 0 for `heads`, or a divisor (grouped-query attention)
-  int64_t window = 0;    // a sliding window: query i sees keys j > i - window (0: none)
+  bool mask = false;         // a [Tq, Tk] mask over every (b, h); query row 3 sees no key
+  int64_t kv_heads = 0;      // of k and v: 0 for `heads`, or a divisor (grouped-query attention)
+  int64_t window = 0;        // a sliding window: query i sees keys j > i - window (0: none)
+  int64_t query_offset = 0;  // query i stands at key position query_offset + i (i above)
 
   int64_t key_value_heads() const { return kv_heads > 0 ? kv_heads : heads; }
 };
@@ -113,7 +114,8 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
         std::vector<char> visible(static_cast<size_t>(tk), 0);
         double top = -INFINITY;
         for (int64_t j = 0; j < tk; ++j) {
-          visible[j] = !(c.causal && j > i) && !(c.window > 0 && j <= i - c.window) &&
+          const int64_t position = c.query_offset + i;
+          visible[j] = !(c.causal && j > position) && !(c.window > 0 && j <= position - c.window) &&
                        (!c.mask || t.mask[i * tk + j]);
           if (!visible[j]) continue;
           double dot = 0;
@@ -171,7 +173,8 @@ void check(const Case& c, double tolerance) {
                << "batch " << c.batch << " heads " << c.heads << " queries " << c.queries
                << " keys " << c.keys << " depth " << D << (c.causal ? " causal" : "")
                << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : "") << " kv heads "
-               << c.key_value_heads() << " window " << c.window);
+               << c.key_value_heads() << " window " << c.window << " query offset "
+               << c.query_offset);
   std::mt19937 rng(static_cast<unsigned>(c.queries * 131 + c.keys * 7 + D));
   Tensors<T> t;
   const size_t nq = static_cast<size_t>(c.batch * c.heads * c.queries * D);
@@ -205,6 +208,7 @@ void check(const Case& c, double tolerance) {
   }
   p.a.causal = c.causal;
   p.a.window = c.window;
+  p.a.set_query_offset(c.query_offset);
   p.scale = static_cast<float>(1 / std::sqrt(static_cast<double>(D)));
   p.scale_log2 = p.scale * flash::kLog2e;
   p.q = t.q.data();
@@ -267,7 +271,9 @@ void check(const Case& c, double tolerance) {
     // dq by a kernel of its own, then summed in the dk/dv kernel's turns (attention.cu's
     // default; with no keys no dk/dv block runs, and the dq kernel writes its zeros).
     for (bool separate_dq : {true, false}) {
-      if (!separate_dq && !flash::every_query_block_reaches_a_key(p.a)) continue;
+      // (attention.cu sums dq in turns only without a query offset.)
+      if (!separate_dq && (!flash::every_query_block_reaches_a_key(p.a) || c.query_offset != 0))
+        continue;
       SCOPED_TRACE(separate_dq ? "dq kernel" : "dq summed in the dk/dv kernel");
       std::vector<Element<T>> dq(nq, poison<T>()), dk(nkq, poison<T>()), dv(nkq, poison<T>());
       std::vector<float> dq_sums(nq, NAN);
@@ -404,6 +410,48 @@ TEST(FlashAttention, SlidingWindowMatchesTheReference) {
                    .kv_heads = 1,
                    .window = 70},
                   kF16);
+}
+
+// A query offset: query i stands at key position offset + i (a KV cache's position, or Tk - Tq
+// for bottom-right alignment), so the walks, the mask tests at the diagonal and the window's
+// edge, and the key side's query range all move with it.
+TEST(FlashAttention, QueryOffsetMatchesTheReference) {
+  // One query against a cache (a decoding step) and a chunk of 20 past position 100.
+  check<Half, 64>(
+      {.batch = 1, .heads = 2, .queries = 1, .keys = 200, .causal = true, .query_offset = 150},
+      kF16);
+  check<BFloat16, 32>(
+      {.batch = 1, .heads = 1, .queries = 20, .keys = 200, .causal = true, .query_offset = 100},
+      kBf16);
+  // Bottom-right alignment with more keys than queries, a window across blocks, grouped heads.
+  check<float, 64>({.batch = 1,
+                    .heads = 2,
+                    .queries = 70,
+                    .keys = 150,
+                    .causal = true,
+                    .bthd = true,
+                    .kv_heads = 1,
+                    .window = 50,
+                    .query_offset = 80},
+                   kF32);
+  // More queries than keys (offset Tk - Tq < 0): the first rows and a whole block see no key;
+  // and whole steps of keys that a block's rows reach only in part (the diagonal moved below
+  // the block's first row).
+  check<Half, 32>(
+      {.batch = 1, .heads = 1, .queries = 150, .keys = 40, .causal = true, .query_offset = -110},
+      kF16);
+  check<BFloat16, 64>(
+      {.batch = 1, .heads = 1, .queries = 200, .keys = 130, .causal = true, .query_offset = -70},
+      kBf16);
+  // Past the keys: every causal row reaches them all; with a mask.
+  check<BFloat16, 64>({.batch = 1,
+                       .heads = 1,
+                       .queries = 70,
+                       .keys = 70,
+                       .causal = true,
+                       .mask = true,
+                       .query_offset = 1000},
+                      kBf16);
 }
 
 TEST(FlashAttention, MaskedAndBthdMatchTheReference) {

@@ -934,6 +934,133 @@ TEST(NnFunctional, AttentionSlidingWindowMatchesItsMaskWrittenOut) {
                            {"[attention]", "sliding window (-1) must be positive"});
 }
 
+// A query offset fed when the graph runs: query i stands at key position offset + i. One plan
+// serves every offset, each equal to its reach written out as a mask (values and gradients,
+// a bias's too), on the f64 gemm path and the f32 tiles; offsets far out of range reach what
+// the nearest in range does, and rows that reach nothing give zeros.
+TEST(NnFunctional, AttentionQueryOffsetMatchesItsMaskWrittenOut) {
+  constexpr int64_t kQueries = 90, kKeys = 140;
+  for (DType dtype : {f64, f32})
+    for (int64_t window : {int64_t{0}, int64_t{25}})
+      for (bool with_bias : {false, true}) {
+        SCOPED_TRACE(str(dtype, ", window ", window, ", bias ", with_bias));
+        Graph g;
+        Value q = g.placeholder("q", dtype, {2, kQueries, 2, 4});
+        Value k = g.placeholder("k", dtype, {2, kKeys, 2, 4});
+        Value v = g.placeholder("v", dtype, {2, kKeys, 2, 3});
+        Value offset = g.placeholder("offset", i64, {});
+        Value written =
+            g.placeholder("written", with_bias ? dtype : boolean, {2, 1, kQueries, kKeys});
+        Value bias = g.placeholder("bias", dtype, {2, 1, 1, kKeys});
+        Value at_offset = scaled_dot_product_attention(q, k, v,
+                                                       {.mask = with_bias ? bias : Value(),
+                                                        .causal = true,
+                                                        .window = window,
+                                                        .layout = "bthd",
+                                                        .query_offset = offset});
+        Value by_hand = scaled_dot_product_attention(q, k, v, {.mask = written, .layout = "bthd"});
+        Value weights = g.constant(testing::random_tensor(dtype, {2, kQueries, 2, 3}, -1, 1, 13));
+        std::vector<Value> fetches{at_offset, by_hand};
+        const std::vector<Value> wrt =
+            with_bias ? std::vector<Value>{q, k, v, bias} : std::vector<Value>{q, k, v};
+        for (const Value& grad : gradients(sum(at_offset * weights), wrt)) fetches.push_back(grad);
+        std::vector<Value> written_wrt{q, k, v};
+        if (with_bias) written_wrt.push_back(written);
+        for (const Value& grad : gradients(sum(by_hand * weights), written_wrt))
+          fetches.push_back(grad);
+        Session session(g);
+        const Tensor bias_values = testing::random_tensor(dtype, {2, 1, 1, kKeys}, -1, 1, 9);
+        for (int64_t given :
+             {std::numeric_limits<int64_t>::min(), int64_t{-150}, int64_t{-40}, int64_t{0},
+              int64_t{50}, int64_t{137}, int64_t{1000}, std::numeric_limits<int64_t>::max()}) {
+          SCOPED_TRACE(str("offset ", given));
+          // The reach at the offset (in wide arithmetic: the extremes stay exact).
+          Tensor mask = Tensor::empty(boolean, {2, 1, kQueries, kKeys});
+          std::vector<double> mask_bias(static_cast<size_t>(mask.numel()));
+          for (int64_t b = 0; b < 2; ++b)
+            for (int64_t i = 0; i < kQueries; ++i)
+              for (int64_t j = 0; j < kKeys; ++j) {
+                const int64_t at = (b * kQueries + i) * kKeys + j;
+                const __int128 position = static_cast<__int128>(given) + i;
+                const bool reached = j <= position && (window == 0 || j > position - window);
+                mask.data<bool>()[at] = reached;
+                mask_bias[static_cast<size_t>(at)] =
+                    reached ? bias_values.element(b * kKeys + j) : -INFINITY;
+              }
+          const Tensor written_value =
+              with_bias ? Tensor::from_vector(mask_bias, mask.shape()).cast(dtype) : mask;
+          const auto out =
+              session.run({{q, testing::random_tensor(dtype, {2, kQueries, 2, 4}, -1, 1, 10)},
+                           {k, testing::random_tensor(dtype, {2, kKeys, 2, 4}, -1, 1, 11)},
+                           {v, testing::random_tensor(dtype, {2, kKeys, 2, 3}, -1, 1, 12)},
+                           {offset, Tensor::scalar<int64_t>(given)},
+                           {written, written_value},
+                           {bias, bias_values}},
+                          fetches);
+          const double tolerance = dtype == f64 ? 1e-13 : 2e-6;
+          const size_t grads = wrt.size();
+          for (size_t pair = 0; pair <= grads; ++pair) {
+            const Tensor& got = out[pair == 0 ? 0 : 1 + pair];
+            const Tensor& want = out[pair == 0 ? 1 : 1 + grads + pair];
+            ASSERT_EQ(got.shape().rank(), 4);
+            // The bias's gradient: the written one's summed over the queries.
+            const bool summed = pair == 4;
+            for (int64_t e = 0; e < got.numel(); ++e) {
+              double expected = 0;
+              if (!summed) {
+                expected = want.element(e);
+              } else {
+                const int64_t b = e / kKeys, j = e % kKeys;
+                for (int64_t i = 0; i < kQueries; ++i)
+                  expected += want.element((b * kQueries + i) * kKeys + j);
+              }
+              ASSERT_NEAR(got.element(e), expected, tolerance) << "output " << pair << " at " << e;
+            }
+          }
+        }
+      }
+  // The offset is an integer scalar of the graph; an attention node takes at most a mask and
+  // then an offset.
+  Graph g;
+  Value q = g.placeholder("q", f32, {1, 2, 3, 4});
+  expect_error<GraphError>(
+      [&] { scaled_dot_product_attention(q, q, q, {.query_offset = g.placeholder("o", f32, {})}); },
+      {"[attention]", "query offset must be an integer scalar", "f32"});
+  expect_error<GraphError>(
+      [&] {
+        scaled_dot_product_attention(q, q, q, {.query_offset = g.placeholder("o2", i64, {2})});
+      },
+      {"[attention]", "integer scalar", "[2]"});
+  Value offset = g.placeholder("o3", i64, {});
+  Value mask = g.placeholder("m", boolean, {1, 1, 3, 3});
+  expect_error<GraphError>(
+      [&] {
+        g.add_node("attention", {q, q, q, offset, mask}, {});
+      },
+      {"attention", "at most a mask", "and a query offset", "in that order"});
+  expect_error<GraphError>(
+      [&] {
+        g.add_node("attention", {q, q, q, mask, mask}, {});
+      },
+      {"attention", "at most a mask"});
+  expect_error<GraphError>(
+      [&] {
+        g.add_node("attention", {q, q, q, g.placeholder("o4", i64, {1})}, {});
+      },
+      {"attention", "query offset must be an int64 scalar", "[1]"});
+  // With an i32 offset the builder casts: the same result as the i64 one.
+  Value o32 = g.placeholder("o32", i32, {});
+  Value o64 = g.placeholder("o64", i64, {});
+  Value a32 = scaled_dot_product_attention(q, q, q, {.causal = true, .query_offset = o32});
+  Value a64 = scaled_dot_product_attention(q, q, q, {.causal = true, .query_offset = o64});
+  const Tensor x = testing::random_tensor(f32, {1, 2, 3, 4}, -1, 1, 3);
+  const auto out = Session(g).run(
+      {{q, x}, {o32, Tensor::scalar<int32_t>(-1)}, {o64, Tensor::scalar<int64_t>(-1)}}, {a32, a64});
+  for (int64_t e = 0; e < out[0].numel(); ++e) EXPECT_EQ(out[0].element(e), out[1].element(e));
+  // At -1 query 0 reaches no key: zeros.
+  EXPECT_EQ(out[0].element(0), 0.0);
+}
+
 // A float mask's gradient is the score matrix the fused op avoids: it is built only when read
 // (none of it for a constant bias), and a bias of another dtype than q's is an error.
 TEST(NnFunctional, AttentionBiasGradientIsBuiltOnlyWhenRead) {

@@ -96,11 +96,17 @@ def heads_repeated(q, kv, attrs):
     return kv.repeat_interleave(q.shape[dim] // kv.shape[dim], dim=dim)
 
 
-def attention(q, k, v, mask, attrs):
-    """attention's (out, logsumexp) (ops/nn/attention.cc)."""
+def attention(q, k, v, extras, attrs):
+    """attention's (out, logsumexp) (ops/nn/attention.cc); extras: the inputs after v, a mask
+    and then a query offset (an int64 scalar), either absent."""
+    offset = 0
+    if extras and extras[-1].dtype == torch.int64:
+        offset, extras = int(extras[-1]), extras[:-1]
+    mask = extras[0] if extras else None
     k, v = heads_repeated(q, k, attrs), heads_repeated(q, v, attrs)
     if attrs.get("layout") == "bthd":  # [B, T, H, D]: the math on [B, H, T, D], out back
-        out, lse = attention(*(t.transpose(1, 2) for t in (q, k, v)), mask,
+        out, lse = attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                             ([mask] if mask is not None else []) + [torch.tensor(offset)],
                              {**attrs, "layout": "bhtd"})
         return out.transpose(1, 2), lse
     scale = float(attrs["scale"]) or q.shape[-1] ** -0.5
@@ -108,11 +114,14 @@ def attention(q, k, v, mask, attrs):
     cap = float(attrs.get("softcap", 0))
     if cap:  # Gemma 2's soft-capping, before the mask
         s = cap * torch.tanh(s / cap)
+    # Query i stands at key position offset + i (triu's and tril's diagonals move with it).
     if attrs["causal"] == "1":
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1 + offset),
+                          float("-inf"))
     window = int(attrs.get("window", 0))
-    if window:  # a sliding window: query i reaches keys j > i - window
-        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).tril(-window), float("-inf"))
+    if window:  # a sliding window: query i reaches keys j > i + offset - window
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).tril(offset - window),
+                          float("-inf"))
     if mask is not None:  # bool: true attends; float: a bias added to the scores
         s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
     return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
@@ -233,12 +242,12 @@ def apply(op, args, attrs, dtype, custom):
         grads = torch.autograd.grad(y, (x, scale, shift), args[3], create_graph=True)
         return grads[1:] if attrs.get("input_gradient") == "0" else grads
     if op == "attention":
-        return attention(a, args[1], args[2], args[3] if len(args) > 3 else None, attrs)
-    if op == "attention_backward":  # (q, k, v, out, lse, dout[, mask]): dq, dk, dv
+        return attention(a, args[1], args[2], args[3:], attrs)
+    if op == "attention_backward":  # (q, k, v, out, lse, dout[, mask][, offset]): dq, dk, dv
         # dk and dv per query head: the gradients of k and v repeated for their groups.
         qkv = [a] + [heads_repeated(a, t, attrs) for t in args[1:3]]
         qkv = [t.detach().requires_grad_(True) for t in qkv]
-        out = attention(*qkv, args[6] if len(args) > 6 else None, attrs)[0]
+        out = attention(*qkv, args[6:], attrs)[0]
         return torch.autograd.grad(out, qkv, args[5], create_graph=True)
     if op == "lstm_cell":  # (gates[, c_prev]): h, c, activated gates
         return lstm_cell(a, args[1] if len(args) > 1 else None)
