@@ -162,5 +162,10 @@ class Tensor {
 
 /// True when both tensors have the same dtype, shape and bytes.
 bool equal_bits(const Tensor& a, const Tensor& b);
+/// True when both tensors are the same elements: one dtype and shape at one address (on any
+/// device; nothing is read).
+inline bool same_elements(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() && a.raw_data() == b.raw_data();
+}
 
 }  // namespace kiln

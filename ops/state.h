@@ -9,6 +9,11 @@ namespace kiln {
 Value assign(const Value& var, const Value& value);
 /// Adds `delta` to variable `var` when run; returns var.
 Value assign_add(const Value& var, const Value& delta);
+/// Writes `update` over variable `var`'s window along `axis` from `start` (an integer scalar
+/// tensor) in place, when run: dynamic_update_slice into the variable's storage, only the
+/// window touched (a KV cache held in the session). Returns var. A start with no room for the
+/// update is an error naming the node.
+Value assign_slice(const Value& var, const Value& update, const Value& start, int64_t axis);
 
 /// Fused update ops (one kernel reads and writes each element once). `lr` is a scalar of the
 /// variable's dtype; `step` is the i64 step counter before this step. With `apply_if` (a bool

@@ -10,6 +10,7 @@
 #include "kiln/framework/error.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
+#include "kiln/ops/state.h"
 
 namespace kiln::nn {
 
@@ -27,6 +28,15 @@ int64_t head_depth(int64_t dim, int64_t heads, const MultiHeadAttention::Options
 // The heads of MultiHeadAttention's k and v projections: kv_heads, or heads.
 int64_t key_value_heads(int64_t heads, const MultiHeadAttention::Options& options) {
   return options.kv_heads > 0 ? options.kv_heads : heads;
+}
+
+// `cache` with `entries` written along its length from `position`: in the variable's own
+// storage where the cache is one held in the session (assign_slice: only the entries are
+// written), else a new value (dynamic_update_slice: a fed cache).
+Value cache_written(const Value& cache, const Value& entries, const Value& position) {
+  if (cache.graph()->node(cache.node_id()).op_name() == "variable")
+    return assign_slice(cache, entries, position, 1);
+  return dynamic_update_slice(cache, entries, position, 1);
 }
 
 }  // namespace
@@ -201,8 +211,8 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
     return reshape(v, {-1, length, heads, depth});
   };
   // Keys enter the cache rotated for their positions, as attend() rotates them.
-  KVCache next{dynamic_update_slice(cache.keys, key_heads(key(x), length, position), position, 1),
-               dynamic_update_slice(cache.values, split(value(x), kv_heads_), position, 1)};
+  KVCache next{cache_written(cache.keys, key_heads(key(x), length, position), position),
+               cache_written(cache.values, split(value(x), kv_heads_), position)};
   // Query i sits at position + i and sees the entries written up to it, j <= position + i (and
   // within its window, j > position + i - window): the attention's reach at that offset, so
   // the entries past it are never multiplied. A mask narrows it; a bias is added.

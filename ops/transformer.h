@@ -16,7 +16,9 @@ namespace kiln::nn {
 /// value: a decode step takes it as input and gives the next one as output, so the plan is
 /// compiled once and serves every position (the host feeds the cache back, or zeros to start).
 /// To keep it in the session instead (on a GPU it then never crosses to the host), make the
-/// two values non-trainable variables and run assign(variable, next) as the step's targets;
+/// two values non-trainable variables: a step then writes its entries into them in place
+/// (assign_slice: nothing else of the cache is copied), whenever it runs, and the next cache
+/// is the variables themselves (an assign(variable, next) target, as before, costs nothing);
 /// checkpoints then hold them too.
 struct KVCache {
   Value keys, values;

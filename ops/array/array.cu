@@ -288,6 +288,25 @@ void dynamic_update_slice_typed(KernelContext& ctx, int64_t axis) {
   });
 }
 
+// assign_slice: var's rows [start, start + length) of each outer block := update, in var's
+// storage; one thread per update element. A start that does not fit is reported and var left.
+template <typename Word, typename Index>
+void assign_slice_typed(KernelContext& ctx, int64_t axis) {
+  const AxisView v(ctx.input(0).shape(), axis);
+  const int64_t n = v.n, inner = v.inner, length = ctx.input(1).shape()[axis];
+  Word* var = static_cast<Word*>(ctx.input(0).raw_data());
+  const Word* update = static_cast<const Word*>(ctx.input(1).raw_data());
+  const Index* start = ctx.input(2).data<Index>();
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, ctx.input(1).numel(), [=] __device__(int64_t p) {
+    const int64_t at = window_start(start, length, n, errors, p == 0);
+    if (at < 0) return;
+    const int64_t k = p % inner, row = p / inner;
+    const int64_t i = row % length, o = row / length;
+    var[(o * n + at + i) * inner + k] = update[p];
+  });
+}
+
 void dynamic_slice_cuda(KernelContext& ctx) {
   if (ctx.output(0).numel() == 0) return;
   const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
@@ -302,7 +321,18 @@ void dynamic_update_slice_cuda(KernelContext& ctx) {
     dynamic_update_slice_typed<decltype(word), decltype(index)>(ctx, axis);
   });
 }
+void assign_slice_cuda(KernelContext& ctx) {
+  if (ctx.input(1).numel() > 0) {
+    const int64_t axis =
+        normalize_axis(ctx.attr<int64_t>("axis"), ctx.input(0).rank(), ctx.where());
+    by_word_and_index(ctx.input(0), ctx.input(2), [&](auto word, auto index) {
+      assign_slice_typed<decltype(word), decltype(index)>(ctx, axis);
+    });
+  }
+  ctx.set_output(0, ctx.input(0));
+}
 KILN_CUDA_KERNEL(dynamic_slice, dynamic_slice_cuda);
+KILN_CUDA_KERNEL(assign_slice, assign_slice_cuda);
 KILN_CUDA_KERNEL(dynamic_update_slice, dynamic_update_slice_cuda);
 
 }  // namespace cuda_array

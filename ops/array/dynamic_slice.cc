@@ -5,12 +5,17 @@
 //
 // A start outside [0, dim - length] is an error naming the node, the start and the sizes (XLA
 // clamps it; a cache written past its end should fail, not overwrite its last entries).
+//
+// assign_slice is dynamic_update_slice into a variable's own storage: a cache held in the
+// session gets its window written and nothing else copied (dynamic_update_slice of a variable
+// copies it whole into the result, and assigning that back copies it again).
 #include <cstring>
 
 #include "kiln/framework/gradient.h"
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/array/strided_copy.h"
+#include "kiln/ops/state.h"
 
 namespace kiln {
 namespace ops {
@@ -99,6 +104,20 @@ void dynamic_update_slice_cpu(KernelContext& ctx) {
   strided_scatter(ctx, update, out, offset, strides);
 }
 
+// assign_slice: the update written over the variable's window, in its storage (only the window
+// is touched); the output is the variable.
+void assign_slice_cpu(KernelContext& ctx) {
+  const Tensor& var = ctx.input(0);
+  const Tensor& update = ctx.input(1);
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), var.rank(), ctx.where());
+  std::vector<int64_t> strides;
+  const int64_t offset =
+      window_offset(ctx, var.shape(), axis, update.shape()[axis], ctx.input(2), &strides);
+  Tensor target = var;
+  strided_scatter(ctx, update, target, offset, strides);
+  ctx.set_output(0, var);
+}
+
 KILN_OP(dynamic_slice)
     .input("x")
     .input("start")
@@ -112,6 +131,16 @@ KILN_OP(dynamic_slice)
                                    c.attr<int64_t>("axis")),
               Value()};
     });
+
+KILN_OP(assign_slice)
+    .input("var")
+    .input("update")
+    .input("start")
+    .attr("axis", AttrType::integer)
+    .infer(infer_dynamic_update_slice)
+    .mutates_input(0)
+    .no_gradient()
+    .kernel(DeviceKind::cpu, assign_slice_cpu);
 
 KILN_OP(dynamic_update_slice)
     .input("x")
@@ -144,6 +173,11 @@ Value dynamic_slice(const Value& x, const Value& start, int64_t length, int64_t 
 Value dynamic_update_slice(const Value& x, const Value& update, const Value& start, int64_t axis) {
   return common_graph("dynamic_update_slice", {&x, &update, &start})
       .add("dynamic_update_slice", {x, update, start}, {{"axis", axis}});
+}
+
+Value assign_slice(const Value& var, const Value& update, const Value& start, int64_t axis) {
+  return common_graph("assign_slice", {&var, &update, &start})
+      .add("assign_slice", {var, update, start}, {{"axis", axis}});
 }
 
 }  // namespace kiln

@@ -193,12 +193,17 @@ void attention_forward_tiles(KernelContext& ctx, const AttentionShape& a, float 
         const int64_t lds = whole_vectors(a.keys);
         float* s = small_gemm::at_least(buffers.p, kTile * lds);
         float inverse_sums[kTile];
+        // Every tile's keys lie within the first tile's first and the last tile's end (the
+        // reach is monotone): a cached step's past the position are never packed.
+        const KeySpan reach = a.queries > 0 ? tile_keys(a, 0, a.queries) : KeySpan{};
         int64_t packed = -1;  // the key-value head in kt and vp: a group's heads pack it once
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, a.depth);
-          if (a.kv_of(bh) != packed) {
-            pack_transposed(k + a.kv_row_offset(bh, 0, a.depth), a.keys, a.depth, ldk, kt, ldkt);
-            pack(v + a.kv_row_offset(bh, 0, a.value_depth), a.keys, a.value_depth, ldv, vp);
+          if (a.kv_of(bh) != packed) {  // the keys some tile reaches, in their places
+            pack_transposed(k + a.kv_row_offset(bh, reach.begin, a.depth), reach.size(), a.depth,
+                            ldk, kt + reach.begin, ldkt);
+            pack(v + a.kv_row_offset(bh, reach.begin, a.value_depth), reach.size(), a.value_depth,
+                 ldv, vp + reach.begin * a.value_depth);
             packed = a.kv_of(bh);
           }
           for (int64_t i0 = 0; i0 < a.queries; i0 += kTile) {
@@ -264,17 +269,20 @@ void attention_backward_tiles(KernelContext& ctx, const AttentionShape& a, float
         float* ds = small_gemm::at_least(buffers.ds, kChunk * lds);
         float* slope =
             terms.softcap > 0 ? small_gemm::at_least(buffers.slope, kTile * lds) : nullptr;
+        // Every tile's keys (as the forward's).
+        const KeySpan reach = a.queries > 0 ? tile_keys(a, 0, a.queries) : KeySpan{};
         int64_t packed = -1;  // the key-value head in kt, kp and vt
         for (int64_t bh = t0; bh < t1; ++bh) {
           const float* qh = q + a.row_offset(bh, 0, a.queries, d);
-          const float* kh = k + a.kv_row_offset(bh, 0, d);
           const float* outh = out + a.row_offset(bh, 0, a.queries, dvd);
           const float* douth = dout + a.row_offset(bh, 0, a.queries, dvd);
           float* dqh = dq + a.row_offset(bh, 0, a.queries, d);
-          if (a.kv_of(bh) != packed) {
-            pack_transposed(kh, keys, d, ldk, kt, ldkt);
-            pack(kh, keys, d, ldk, kp);
-            pack_transposed(v + a.kv_row_offset(bh, 0, dvd), keys, dvd, ldv, vt, ldkt);
+          if (a.kv_of(bh) != packed) {  // the keys some tile reaches, in their places
+            const float* kr = k + a.kv_row_offset(bh, reach.begin, d);
+            pack_transposed(kr, reach.size(), d, ldk, kt + reach.begin, ldkt);
+            pack(kr, reach.size(), d, ldk, kp + reach.begin * d);
+            pack_transposed(v + a.kv_row_offset(bh, reach.begin, dvd), reach.size(), dvd, ldv,
+                            vt + reach.begin, ldkt);
             packed = a.kv_of(bh);
           }
           std::fill_n(dk_sum, keys * d, 0.0f);

@@ -725,6 +725,16 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  // Rows 4 and 5 of 7 along axis 1 of the variable, in place.
+  add({.op = "assign_slice",
+       .name = "assign_slice_axis1",
+       .build =
+           [](CaseGraph& c) {
+             return assign_slice(c.variable({3, 7, 4}), c.input({3, 2, 4}), c.ints({4}, {}), 1);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   add({.op = "group",
        .name = "group",
        .build = [](CaseGraph& c) { return group(c.g, {assign(c.variable({2}), c.input({2}))}); },

@@ -2,6 +2,8 @@
 // one token at a time, or a chunk and then tokens, gives what the whole causal block gives;
 // one plan serves every position; and the errors a user can hit.
 #include <cmath>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "test_util.h"
@@ -235,6 +237,29 @@ TEST(KVCache, ACacheInVariablesGivesTheFedCachesResults) {
   }
   EXPECT_EQ(s.variable_value(held.keys).to_vector<float>(), keys.to_vector<float>());
   EXPECT_EQ(s.variable_value(held.values).to_vector<float>(), values.to_vector<float>());
+  // The held cache is written in place (assign_slice: the next cache is the variable), the fed
+  // one into a new value.
+  std::map<std::string, int> ops;
+  for (int32_t id = 0; id < g.num_nodes(); ++id) ++ops[g.node(id).op_name()];
+  EXPECT_EQ(ops["assign_slice"], 2);
+  EXPECT_EQ(ops["dynamic_update_slice"], 2);
+  EXPECT_EQ(held_step.cache.keys.shape(), cache_shape);
+  // So a step writes it whenever it runs, without the assign targets too: a step at position 1
+  // again writes that entry's new key.
+  const Tensor x = testing::random_tensor(f32, {kBatch, 1, kDim}, -1, 1, 99);
+  s.run({{token, x}, {position, Tensor::scalar<int64_t>(1)}}, {held_step.output});
+  auto refed = s.run(
+      {{token, x}, {position, Tensor::scalar<int64_t>(1)}, {fed.keys, keys}, {fed.values, values}},
+      {fed_step.cache.keys});
+  EXPECT_EQ(s.variable_value(held.keys).to_vector<float>(), refed[0].to_vector<float>());
+  // A step past the end fails naming the write, and leaves the variables as they were.
+  const Tensor before = s.variable_value(held.keys).clone();
+  expect_error<Error>(
+      [&] {
+        s.run({{token, x}, {position, Tensor::scalar<int64_t>(kMaxLength)}}, {held_step.output});
+      },
+      {"assign_slice", "start " + std::to_string(kMaxLength), "out of range"});
+  EXPECT_EQ(s.variable_value(held.keys).to_vector<float>(), before.to_vector<float>());
 }
 
 TEST(KVCache, ErrorsNameTheLayerAndTheWindow) {
