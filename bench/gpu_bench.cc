@@ -15,6 +15,7 @@
 //                   heads for keys and values) training step, f32, batch 16 of 128 x 256 held
 //                   on the device, Adam (--graphs too)
 //   decode_step     one token through 4 blocks with KV caches held on the device (--graphs too)
+//   decode_long_step  the same at position 100 of 2,048-entry caches
 // Each iteration is a Session::run, so it includes the host round trip (launch and sync).
 // KILN_BENCH_STEPS=N: 2 warm-up iterations and N timed ones (for a profiler); KILN_BENCH_TRACE:
 // see gpu_options.
@@ -208,17 +209,19 @@ int llama_step(const Flags& flags) {
 
 // One token of generation through 4 pre-norm blocks (d 256, 4 heads, FFN 1024; the CPU
 // benchmark's decode_step), batch 1, at position 200 of 256-entry caches held in the session
-// (variables, assigned the step's new cache as targets: nothing crosses to the host but the
-// output). The position is fed, so --graphs replays one CUDA Graph for any position.
-int decode_step(const Flags& flags) {
+// (variables, written in place by the step: nothing crosses to the host but the output);
+// decode_long_step at position 100 of 2,048-entry caches. The position is fed, so --graphs
+// replays one CUDA Graph for any position.
+int decode_step(const Flags& flags, int64_t length = 256, int64_t position_at = 200,
+                const char* name = "decode_step") {
   Graph g;
   Value token = g.placeholder("token", f32, {1, 1, 256});
   Value position = g.placeholder("position", i64, {});
   std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
   Value h = bench::decode_output(
       g, token, position,
-      [&g](int l, nn::MultiHeadAttention&) {
-        const Shape shape{1, 256, 4, 64};
+      [&g, length](int l, nn::MultiHeadAttention&) {
+        const Shape shape{1, length, 4, 64};
         return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
                            g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
       },
@@ -230,9 +233,9 @@ int decode_step(const Flags& flags) {
   }
   Session s(g, gpu_options(flags));
   const FeedList feeds = {{token, Tensor::full(f32, {1, 1, 256}, 0.5)},
-                          {position, Tensor::scalar<int64_t>(200)}};
+                          {position, Tensor::scalar<int64_t>(position_at)}};
   const double t = time_it([&] { s.run(feeds, {h}, writes); }, 20, 300);
-  std::printf("decode_step%s %.6e replays=%lld\n", flags.suffix().c_str(), t,
+  std::printf("%s%s %.6e replays=%lld\n", name, flags.suffix().c_str(), t,
               static_cast<long long>(s.graph_replays()));
   return 0;
 }
@@ -243,7 +246,7 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: kiln_gpu_bench matmul_bf16|chain_fused|mlp_step|cnn_step|attention_bf16|"
-                 "llama_step|decode_step "
+                 "llama_step|decode_step|decode_long_step "
                  "[--graphs] [--tf32]\n");
     return 2;
   }
@@ -267,6 +270,7 @@ int main(int argc, char** argv) {
     if (which == "attention_bf16") return attention_bf16(flags);
     if (which == "llama_step") return llama_step(flags);
     if (which == "decode_step") return decode_step(flags);
+    if (which == "decode_long_step") return decode_step(flags, 2048, 100, "decode_long_step");
     std::fprintf(stderr, "kiln_gpu_bench: unknown case %s\n", which.c_str());
     return 2;
   } catch (const std::exception& e) {

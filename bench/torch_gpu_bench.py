@@ -182,6 +182,8 @@ def main():
     # output read back to the host each step, as Kiln's is.
     decode = decode_step(dev)
     t_decode = time_host(lambda: decode().cpu())
+    decode_long = decode_step(dev, length=2048, pos=100)
+    t_decode_long = time_host(lambda: decode_long().cpu())
 
     name = torch.cuda.get_device_name()
     print(f"\nKiln vs PyTorch {torch.__version__} on {name}, {time.strftime('%Y-%m-%d')}")
@@ -215,7 +217,9 @@ def main():
             ("llama_step", "LLaMA-style block step f32 (ms)", t_llama, ""),
             ("llama_step_graphs", "  the same, CUDA Graphs (ms)", t_llama, ""),
             ("decode_step", "decode 1 token, 4 blocks, KV cache (ms)", t_decode, ""),
-            ("decode_step_graphs", "  the same, CUDA Graphs (ms)", t_decode, "")):
+            ("decode_step_graphs", "  the same, CUDA Graphs (ms)", t_decode, ""),
+            ("decode_long_step_graphs", "  at 100 of 2,048, CUDA Graphs (ms)", t_decode_long,
+             "")):
         if key in kiln:
             k = kiln[key][0]
             rows.append((label, k * 1e3, torch_time * 1e3, torch_time / k, target))
