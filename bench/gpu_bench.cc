@@ -217,24 +217,11 @@ int decode_step(const Flags& flags, int64_t length = 256, int64_t position_at = 
   Graph g;
   Value token = g.placeholder("token", f32, {1, 1, 256});
   Value position = g.placeholder("position", i64, {});
-  std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
-  Value h = bench::decode_output(
-      g, token, position,
-      [&g, length](int l, nn::MultiHeadAttention&) {
-        const Shape shape{1, length, 4, 64};
-        return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
-                           g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
-      },
-      &caches);
-  std::vector<Value> writes;
-  for (const auto& [held, next] : caches) {
-    writes.push_back(assign(held.keys, next.keys));
-    writes.push_back(assign(held.values, next.values));
-  }
+  Value h = bench::decode_output_in_variables(g, token, position, length);
   Session s(g, gpu_options(flags));
   const FeedList feeds = {{token, Tensor::full(f32, {1, 1, 256}, 0.5)},
                           {position, Tensor::scalar<int64_t>(position_at)}};
-  const double t = time_it([&] { s.run(feeds, {h}, writes); }, 20, 300);
+  const double t = time_it([&] { s.run(feeds, {h}); }, 20, 300);
   std::printf("%s%s %.6e replays=%lld\n", name, flags.suffix().c_str(), t,
               static_cast<long long>(s.graph_replays()));
   return 0;

@@ -137,32 +137,19 @@ double decode_step(const SessionOptions& options) {
   return time_it([&] { s.run(feeds, fetches); }, 10, 200);
 }
 
-// One token through the same 4 blocks at position `position` of 2,048-entry caches held in the
-// session (variables assigned the step's new cache: no cache crosses the session's edge), as a
+// One token through the same 4 blocks at `position_at` of 2,048-entry caches held in the
+// session (variables the step writes in place: no cache crosses the session's edge), as a
 // generator with a long context allocated does. The attention multiplies the position + 1
 // entries written so far, so a step early in the cache costs what a short cache's does.
 double decode_long_step(const SessionOptions& options, int64_t position_at) {
   Graph g;
   Value token = g.placeholder("token", f32, {1, 1, 256});
   Value position = g.placeholder("position", i64, {});
-  std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
-  Value out = bench::decode_output(
-      g, token, position,
-      [&g](int l, nn::MultiHeadAttention&) {
-        const Shape shape{1, 2048, 4, 64};
-        return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
-                           g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
-      },
-      &caches);
-  std::vector<Value> writes;
-  for (const auto& [held, next] : caches) {
-    writes.push_back(assign(held.keys, next.keys));
-    writes.push_back(assign(held.values, next.values));
-  }
+  Value out = bench::decode_output_in_variables(g, token, position, 2048);
   Session s(g, options);
   const FeedList feeds = {{token, ramp({1, 1, 256})},
                           {position, Tensor::scalar<int64_t>(position_at)}};
-  return time_it([&] { s.run(feeds, {out}, writes); }, 10, 200);
+  return time_it([&] { s.run(feeds, {out}); }, 10, 200);
 }
 
 // An LSTM (or GRU) layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.

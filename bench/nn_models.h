@@ -64,9 +64,9 @@ inline Value gru_loss(Graph& g, const Value& x) {
 }
 
 /// The decode step's model: one token [1, 1, 256] through 4 pre-norm blocks (d 256, 4 heads,
-/// FFN 1024, evaluation mode) with KV caches of 256 entries, at `position`. `cache_of(l, block)`
-/// gives block l's cache (placeholders to feed, or variables); `next` receives each block's
-/// cache and the one the step gives back. Returns the output.
+/// FFN 1024, evaluation mode) with KV caches, at `position`. `cache_of(l, block)` gives block
+/// l's cache (placeholders to feed, or variables); `next` receives each block's cache and the
+/// one the step gives back. Returns the output.
 inline Value decode_output(Graph& g, const Value& token, const Value& position,
                            const std::function<nn::KVCache(int, nn::MultiHeadAttention&)>& cache_of,
                            std::vector<std::pair<nn::KVCache, nn::KVCache>>* next) {
@@ -80,6 +80,22 @@ inline Value decode_output(Graph& g, const Value& token, const Value& position,
     next->emplace_back(cache, step.cache);
   }
   return h;
+}
+
+/// decode_output over caches held in the session: variables [1, length, 4, 64] (uniform in
+/// [-1, 1]) that the step writes in place, so nothing but the token, the position and the
+/// output crosses the session's edge.
+inline Value decode_output_in_variables(Graph& g, const Value& token, const Value& position,
+                                        int64_t length) {
+  std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
+  return decode_output(
+      g, token, position,
+      [&g, length](int l, nn::MultiHeadAttention&) {
+        const Shape shape{1, length, 4, 64};
+        return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
+                           g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
+      },
+      &caches);
 }
 
 }  // namespace kiln::bench
