@@ -82,18 +82,16 @@ inline Value decode_output(Graph& g, const Value& token, const Value& position,
   return h;
 }
 
-/// decode_output over caches held in the session: variables [1, length, 4, 64] (uniform in
-/// [-1, 1]) that the step writes in place, so nothing but the token, the position and the
-/// output crosses the session's edge.
+/// decode_output over caches held in the session (MultiHeadAttention::cache_variables, batch
+/// 1, `length` entries) that the step writes in place, so nothing but the token, the position
+/// and the output crosses the session's edge.
 inline Value decode_output_in_variables(Graph& g, const Value& token, const Value& position,
                                         int64_t length) {
   std::vector<std::pair<nn::KVCache, nn::KVCache>> caches;
   return decode_output(
       g, token, position,
-      [&g, length](int l, nn::MultiHeadAttention&) {
-        const Shape shape{1, length, 4, 64};
-        return nn::KVCache{g.variable(str("keys", l), shape, init::uniform(-1, 1, 30 + l)),
-                           g.variable(str("values", l), shape, init::uniform(-1, 1, 40 + l))};
+      [length](int, nn::MultiHeadAttention& attention) {
+        return attention.cache_variables(1, length);
       },
       &caches);
 }

@@ -213,8 +213,10 @@ TEST(KVCache, ACacheInVariablesGivesTheFedCachesResults) {
   Value position = g.placeholder("position", i64, {});
   const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
   nn::KVCache fed = block.attention.cache_placeholders(kMaxLength);
-  nn::KVCache held{g.variable("held_keys", cache_shape, init::zeros(), f32, false),
-                   g.variable("held_values", cache_shape, init::zeros(), f32, false)};
+  nn::KVCache held = block.attention.cache_variables(kBatch, kMaxLength);
+  EXPECT_EQ(held.keys.name(), "block/attention/cache/keys");
+  EXPECT_EQ(held.values.shape(), cache_shape);
+  EXPECT_TRUE(g.variables(/*trainable_only=*/true).size() < g.variables().size());
   auto fed_step = block.attend_cached(token, fed, position);
   auto held_step = block.attend_cached(token, held, position);
   std::vector<Value> writes = {assign(held.keys, held_step.cache.keys),
@@ -285,6 +287,11 @@ TEST(KVCache, ErrorsNameTheLayerAndTheWindow) {
   expect_error<GraphError>([&] { attention.attend_cached(five, cache, position); },
                            {"max_length >= 5"});
   expect_error<GraphError>([&] { attention.cache_placeholders(0); }, {"max_length", "got 0"});
+  expect_error<GraphError>([&] { attention.cache_variables(0, 4); },
+                           {"[nn] MultiHeadAttention attention", "got 0 and 4"});
+  attention.cache_variables(1, 4);
+  expect_error<GraphError>([&] { attention.cache_variables(1, 4); },
+                           {"attention/cache/keys", "already used"});
   // A step past the cache's end fails naming the write and the range.
   auto step = attention.attend_cached(token, cache, position);
   Session s(g);
