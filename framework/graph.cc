@@ -34,9 +34,15 @@ Value Graph::constant(const Tensor& value, const std::string& name) {
 
 Value Graph::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
                       DType dtype, bool trainable) {
-  AttrMap attrs{{"dtype", dtype},           {"shape", shape},
-                {"init", initializer.kind}, {"init_args", initializer.args},
-                {"seed", initializer.seed}, {"trainable", trainable}};
+  return variable(name, shape, initializer, {.dtype = dtype, .trainable = trainable});
+}
+
+Value Graph::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
+                      const VariableOptions& options) {
+  AttrMap attrs{{"dtype", options.dtype},          {"shape", shape},
+                {"init", initializer.kind},        {"init_args", initializer.args},
+                {"seed", initializer.seed},        {"trainable", options.trainable},
+                {"persistent", options.persistent}};
   if (initializer.value.defined()) attrs["init_value"] = initializer.value;
   return add("variable", {}, std::move(attrs), {.name = name, .exact_name = true});
 }

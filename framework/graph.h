@@ -109,6 +109,18 @@ struct Signature {
   std::vector<Value> targets{};
 };
 
+/// How Graph::variable makes a variable.
+struct VariableOptions {
+  /// The element type.
+  DType dtype = DType::f32;
+  /// Updated by optimizers by default (a parameter); false for state such as running statistics.
+  bool trainable = true;
+  /// Saved by Session::save_checkpoint, restored by restore_checkpoint and listed by
+  /// variable_values(). false: scratch state the session keeps between runs but no file holds
+  /// (PyTorch's non-persistent buffer), such as a KV cache; a restore leaves its value alone.
+  bool persistent = true;
+};
+
 /// Options for Graph::add_node.
 struct NodeOptions {
   /// The node's name inside the current scope; empty = derived from the op name. When taken,
@@ -136,6 +148,10 @@ class Graph {
   /// by optimizer and assign ops. `trainable` variables are what optimizers update by default.
   Value variable(const std::string& name, const Shape& shape, const Initializer& initializer,
                  DType dtype = DType::f32, bool trainable = true);
+  /// variable() with every option named: `g.variable("cache", shape, init::zeros(),
+  /// {.trainable = false, .persistent = false})`.
+  Value variable(const std::string& name, const Shape& shape, const Initializer& initializer,
+                 const VariableOptions& options);
   /// Every variable, in creation order (trainable_only: only those marked trainable).
   std::vector<Value> variables(bool trainable_only = false);
   /// A rank-0 constant of `dtype` holding `value`.

@@ -240,8 +240,9 @@ KVCache MultiHeadAttention::cache_variables(int64_t batch, int64_t max_length, D
   KILN_CHECK(batch > 0 && max_length > 0, GraphError, "[nn] MultiHeadAttention ", path(),
              ": a cache's batch and max_length must be positive, got ", batch, " and ", max_length);
   const Shape shape{batch, max_length, kv_heads_, depth_};
-  return {graph().variable(path() + "/cache/keys", shape, init::zeros(), dtype, false),
-          graph().variable(path() + "/cache/values", shape, init::zeros(), dtype, false)};
+  const VariableOptions options{.dtype = dtype, .trainable = false, .persistent = false};
+  return {graph().variable(path() + "/cache/keys", shape, init::zeros(), options),
+          graph().variable(path() + "/cache/values", shape, init::zeros(), options)};
 }
 
 // Grouped heads: each key-value head of t [B, S, kv_heads, depth] repeated for its group:

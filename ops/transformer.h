@@ -16,11 +16,11 @@ namespace kiln::nn {
 /// value: a decode step takes it as input and gives the next one as output, so the plan is
 /// compiled once and serves every position (the host feeds the cache back, or zeros to start).
 /// To keep it in the session instead (on a GPU it then never crosses to the host), make the
-/// two values non-trainable variables (MultiHeadAttention::cache_variables): a step then
-/// writes its entries into them in place
-/// (assign_slice: nothing else of the cache is copied), whenever it runs, and the next cache
-/// is the variables themselves (an assign(variable, next) target, as before, costs nothing);
-/// checkpoints then hold them too.
+/// two values variables (MultiHeadAttention::cache_variables): a step then writes its entries
+/// into them in place (assign_slice: nothing else of the cache is copied), whenever it runs,
+/// and the next cache is the variables themselves (an assign(variable, next) target, as
+/// before, costs nothing). Made with persistent = false, as cache_variables makes them, they
+/// stay out of checkpoints.
 struct KVCache {
   Value keys, values;
 };
@@ -111,10 +111,11 @@ class MultiHeadAttention : public Module {
   /// Placeholders for this layer's cache, [-1, max_length, kv_heads, head_dim] of `dtype`, named
   /// "<path>/cache_keys" and "<path>/cache_values".
   KVCache cache_placeholders(int64_t max_length, DType dtype = f32);
-  /// A cache held in the session: non-trainable variables [batch, max_length, kv_heads,
-  /// head_dim] of `dtype`, zeros to start, named "<path>/cache/keys" and "<path>/cache/values"
-  /// (once per layer). attend_cached writes a step's entries into them in place (only those
-  /// entries), and checkpoints hold them.
+  /// A cache held in the session: variables [batch, max_length, kv_heads, head_dim] of
+  /// `dtype`, zeros to start, named "<path>/cache/keys" and "<path>/cache/values" (once per
+  /// layer), neither trainable nor persistent (no checkpoint holds them; a restore leaves them
+  /// as they are). attend_cached writes a step's entries into them in place (only those
+  /// entries).
   KVCache cache_variables(int64_t batch, int64_t max_length, DType dtype = f32);
 
   /// The keys and values of `memory` [B, S, dim] (an encoder's output) for cross-attention,

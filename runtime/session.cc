@@ -113,6 +113,13 @@ std::vector<Value> all_variables(const Graph& graph) {
       out.emplace_back(const_cast<Graph*>(&graph), OutputRef{id, 0});
   return out;
 }
+
+// The variables a checkpoint holds: all but those made with persistent = false.
+std::vector<Value> persistent_variables(const Graph& graph) {
+  std::vector<Value> out = all_variables(graph);
+  std::erase_if(out, [](const Value& var) { return !var.node().attr<bool>("persistent"); });
+  return out;
+}
 }  // namespace
 
 void Session::initialize_variables() {
@@ -143,7 +150,7 @@ std::map<std::string, Tensor> Session::variable_values() {
   initialize_variables();
   std::map<std::string, Tensor> tensors;
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const Value& var : all_variables(graph_)) {
+  for (const Value& var : persistent_variables(graph_)) {
     const Tensor& value = variables_.get(var.node().name());
     // A host variable is updated in place by later runs: the map gets its own copy.
     tensors[var.node().name()] = value.device().is_cpu() ? value.clone() : value.to(Device::cpu());
@@ -175,7 +182,7 @@ void Session::save_checkpoint(const std::string& path) {
   initialize_variables();
   std::map<std::string, Tensor> tensors;
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const Value& var : all_variables(graph_))
+  for (const Value& var : persistent_variables(graph_))
     tensors[var.node().name()] = variables_.get(var.node().name()).to(Device::cpu());
   write_checkpoint(tensors, path);
 }
@@ -183,7 +190,7 @@ void Session::save_checkpoint(const std::string& path) {
 void Session::restore_checkpoint(const std::string& path, bool strict) {
   std::map<std::string, Tensor> loaded = read_checkpoint(path);
   const std::string where = str("[checkpoint] ", path);
-  std::vector<Value> vars = all_variables(graph_);
+  std::vector<Value> vars = persistent_variables(graph_);
   for (const Value& var : vars) {
     auto it = loaded.find(var.node().name());
     KILN_CHECK(it != loaded.end(), FileError, where, ": variable '", var.node().name(),
@@ -194,6 +201,8 @@ void Session::restore_checkpoint(const std::string& path, bool strict) {
                " in the graph");
   }
   if (strict) {
+    // A non-persistent variable found in the file (saved before it was marked) is accepted and
+    // its value ignored.
     for (const auto& [name, _] : loaded) {
       const Node* node = graph_.find_node(name);
       KILN_CHECK(

@@ -85,8 +85,9 @@ class Session {
   Tensor variable_value(const Value& var);
   /// Overwrites variable `var` (dtype and shape must match).
   void set_variable(const Value& var, const Tensor& value);
-  /// Every variable's current value by name (host copies; initialized first where needed):
-  /// PyTorch's state_dict. `save_safetensors(session.variable_values(), path)` exports them.
+  /// Every persistent variable's current value by name (host copies; initialized first where
+  /// needed): PyTorch's state_dict. `save_safetensors(session.variable_values(), path)` exports
+  /// them.
   std::map<std::string, Tensor> variable_values();
   /// Overwrites the variables named in `values` (others keep theirs): PyTorch's load_state_dict
   /// with strict=False for names the map lacks. Each name must be a variable of the graph whose
@@ -95,10 +96,11 @@ class Session {
   void set_variables(const std::map<std::string, Tensor>& values);
   /// Gives every variable of the graph its initial value (where it has none yet).
   void initialize_variables();
-  /// Writes every variable of the graph (weights, optimizer slots, step counter) to `path`
-  /// atomically. Throws kiln::FileError.
+  /// Writes every persistent variable of the graph (weights, optimizer slots, step counter,
+  /// running statistics; not a KV cache) to `path` atomically. Throws kiln::FileError.
   void save_checkpoint(const std::string& path);
-  /// Loads every variable of the graph from `path`. All checks (file, version, CRCs, that each
+  /// Loads every persistent variable of the graph from `path` (the others keep their values;
+  /// a file that holds one anyway is accepted). All checks (file, version, CRCs, that each
   /// variable is present with its dtype and shape, and with `strict` that the file has no
   /// others) pass before any variable changes. Throws kiln::FileError naming the problem.
   void restore_checkpoint(const std::string& path, bool strict = true);

@@ -100,8 +100,9 @@ void print_summary(const Graph& g, const std::string& path) {
         ++scalars;
         continue;
       }
-      std::printf("  %-36s %-20s %12lld elements %10s\n", n.name().c_str(), type_of(n, 0).c_str(),
-                  static_cast<long long>(elements), human_bytes(bytes).c_str());
+      std::printf("  %-36s %-20s %12lld elements %10s%s\n", n.name().c_str(), type_of(n, 0).c_str(),
+                  static_cast<long long>(elements), human_bytes(bytes).c_str(),
+                  is_var && !n.attr<bool>("persistent") ? "  (not in checkpoints)" : "");
     }
     if (scalars) std::printf("  (%lld scalar constants)\n", static_cast<long long>(scalars));
     std::printf("  total: %d tensors, %lld elements, %s\n", count,

@@ -152,6 +152,8 @@ KILN_OP(variable)
     // The starting value of init "tensor" (init::from_tensor); empty otherwise.
     .attr("init_value", Tensor::zeros(DType::f32, {0}))
     .attr("trainable", true)
+    // false: session state that checkpoints and variable_values() leave out (a KV cache).
+    .attr("persistent", true)
     .infer(infer_variable)
     .kernel(DeviceKind::cpu, variable_kernel)
     .kernel(DeviceKind::cuda, variable_kernel);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/runtime/checkpoint.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -239,6 +240,22 @@ TEST(KVCache, ACacheInVariablesGivesTheFedCachesResults) {
   }
   EXPECT_EQ(s.variable_value(held.keys).to_vector<float>(), keys.to_vector<float>());
   EXPECT_EQ(s.variable_value(held.values).to_vector<float>(), values.to_vector<float>());
+  // The cache is not persistent: checkpoints and variable_values() leave it out, and a restore
+  // keeps the session's cache (a file that holds it anyway, from before, is accepted).
+  const std::map<std::string, Tensor> state = s.variable_values();
+  EXPECT_FALSE(state.count("block/attention/cache/keys"));
+  EXPECT_TRUE(state.count("block/attention/query/weight"));
+  s.save_checkpoint(testing::tmp("kv_cache.ckpt"));
+  const std::map<std::string, Tensor> saved = read_checkpoint(testing::tmp("kv_cache.ckpt"));
+  EXPECT_EQ(saved.size(), state.size());
+  EXPECT_FALSE(saved.count("block/attention/cache/values"));
+  std::map<std::string, Tensor> with_cache = saved;
+  with_cache["block/attention/cache/keys"] = Tensor::zeros(f32, cache_shape);
+  write_checkpoint(with_cache, testing::tmp("kv_cache_old.ckpt"));
+  for (const char* file : {"kv_cache.ckpt", "kv_cache_old.ckpt"}) {
+    s.restore_checkpoint(testing::tmp(file));
+    EXPECT_EQ(s.variable_value(held.keys).to_vector<float>(), keys.to_vector<float>()) << file;
+  }
   // The held cache is written in place (assign_slice: the next cache is the variable), the fed
   // one into a new value.
   std::map<std::string, int> ops;

@@ -1,5 +1,6 @@
 #include <fstream>
 
+#include "kiln/runtime/checkpoint.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -387,6 +388,34 @@ TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
   expect_error<FileError>([&] { s.save_checkpoint(tmp("no_dir/x.ckpt")); }, {"cannot open"});
   std::ifstream again(tmp("good.ckpt"), std::ios::binary);
   EXPECT_EQ(std::string((std::istreambuf_iterator<char>(again)), {}), bytes);
+}
+
+// A variable made with persistent = false is session state no file holds: save, restore and
+// variable_values() skip it, and a graph file keeps the mark.
+TEST(Checkpoints, NonPersistentVariablesStayOutOfThem) {
+  Graph g;
+  Value w = g.variable("w", {2}, init::constant(1));
+  Value scratch = g.variable("scratch", {3}, init::zeros(),
+                             {.dtype = f64, .trainable = false, .persistent = false});
+  EXPECT_EQ(scratch.dtype(), f64);
+  EXPECT_FALSE(scratch.node().attr<bool>("trainable"));
+  EXPECT_TRUE(w.node().attr<bool>("persistent"));
+  Value bump = assign_add(scratch, g.scalar(1, f64));
+  Session s(g);
+  s.run({}, {}, {bump});
+  EXPECT_EQ(s.variable_values().count("scratch"), 0u);
+  s.save_checkpoint(tmp("scratch.ckpt"));
+  EXPECT_EQ(read_checkpoint(tmp("scratch.ckpt")).size(), 1u);
+  s.run({}, {}, {bump});
+  s.restore_checkpoint(tmp("scratch.ckpt"));  // strict: the file lacks 'scratch', rightly
+  EXPECT_EQ(s.variable_value(scratch).to_vector<double>(), std::vector<double>(3, 2.0));
+  Session fresh(g);  // restored before its first run: the scratch starts at its initializer
+  fresh.restore_checkpoint(tmp("scratch.ckpt"));
+  EXPECT_EQ(fresh.variable_value(scratch).to_vector<double>(), std::vector<double>(3, 0.0));
+  save_graph(g, tmp("scratch.pb"));
+  std::unique_ptr<Graph> loaded = load_graph(tmp("scratch.pb"));
+  EXPECT_FALSE(loaded->value("scratch").node().attr<bool>("persistent"));
+  EXPECT_TRUE(loaded->value("w").node().attr<bool>("persistent"));
 }
 
 // Every single-bit flip of a checkpoint is refused by restore, or restores exactly the saved
