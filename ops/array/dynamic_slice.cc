@@ -89,33 +89,33 @@ void dynamic_slice_cpu(KernelContext& ctx) {
   strided_copy(ctx, x, offset, strides, out);
 }
 
+// Writes the update (input 1) over the window of `target` (shaped like input 0) that the start
+// (input 2) and the axis attribute name.
+void write_window(KernelContext& ctx, Tensor& target) {
+  const Tensor& update = ctx.input(1);
+  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), target.rank(), ctx.where());
+  std::vector<int64_t> strides;
+  const int64_t offset =
+      window_offset(ctx, target.shape(), axis, update.shape()[axis], ctx.input(2), &strides);
+  strided_scatter(ctx, update, target, offset, strides);
+}
+
 // out = x, then the update over its window. Output 0 may share x's buffer (the planner may
 // compute it in place when this is x's last use): then only the window is written.
 void dynamic_update_slice_cpu(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
-  const Tensor& update = ctx.input(1);
   Tensor& out = ctx.output(0);
-  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), x.rank(), ctx.where());
-  std::vector<int64_t> strides;
-  const int64_t offset =
-      window_offset(ctx, x.shape(), axis, update.shape()[axis], ctx.input(2), &strides);
   if (out.raw_data() != x.raw_data() && x.nbytes() > 0)
     std::memcpy(out.raw_data(), x.raw_data(), x.nbytes());
-  strided_scatter(ctx, update, out, offset, strides);
+  write_window(ctx, out);
 }
 
 // assign_slice: the update written over the variable's window, in its storage (only the window
 // is touched); the output is the variable.
 void assign_slice_cpu(KernelContext& ctx) {
-  const Tensor& var = ctx.input(0);
-  const Tensor& update = ctx.input(1);
-  const int64_t axis = normalize_axis(ctx.attr<int64_t>("axis"), var.rank(), ctx.where());
-  std::vector<int64_t> strides;
-  const int64_t offset =
-      window_offset(ctx, var.shape(), axis, update.shape()[axis], ctx.input(2), &strides);
-  Tensor target = var;
-  strided_scatter(ctx, update, target, offset, strides);
-  ctx.set_output(0, var);
+  Tensor target = ctx.input(0);
+  write_window(ctx, target);
+  ctx.set_output(0, ctx.input(0));
 }
 
 KILN_OP(dynamic_slice)
