@@ -261,9 +261,22 @@ SafetensorsFile load_sharded(const std::string& index_path) {
 }
 
 // The file's bytes; `where` starts error messages ("[safetensors] PATH: ").
-std::string serialize(const std::map<std::string, Tensor>& tensors,
-                      const std::map<std::string, std::string>& metadata,
-                      const std::string& where) {
+// A file's bytes in parts: its first 8 bytes and header, then every tensor's bytes (host
+// copies, in file order), so a save writes each from its own memory.
+struct FileParts {
+  std::string head;
+  std::vector<Tensor> tensors;
+
+  std::vector<std::string_view> views() const {
+    std::vector<std::string_view> out = {head};
+    for (const Tensor& t : tensors)
+      out.emplace_back(static_cast<const char*>(t.raw_data()), t.nbytes());
+    return out;
+  }
+};
+
+FileParts serialize(const std::map<std::string, Tensor>& tensors,
+                    const std::map<std::string, std::string>& metadata, const std::string& where) {
   std::vector<std::pair<const std::string*, Tensor>> order;
   for (const auto& [name, tensor] : tensors) {
     KILN_CHECK(name != "__metadata__", FileError, where,
@@ -296,13 +309,12 @@ std::string serialize(const std::map<std::string, Tensor>& tensors,
   }
   header += "}";
   header.append((8 - header.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-  std::string data(8, '\0');
-  for (int i = 0; i < 8; ++i) data[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
-  data.reserve(8 + header.size() + offset);
-  data += header;
-  for (const auto& [name, tensor] : order)
-    data.append(static_cast<const char*>(tensor.raw_data()), tensor.nbytes());
-  return data;
+  FileParts file;
+  file.head.assign(8, '\0');
+  for (int i = 0; i < 8; ++i) file.head[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  file.head += header;
+  for (auto& [name, tensor] : order) file.tensors.push_back(std::move(tensor));
+  return file;
 }
 
 }  // namespace
@@ -342,12 +354,16 @@ SafetensorsFile parse_safetensors(const std::string& data, const std::string& so
 
 void save_safetensors(const std::map<std::string, Tensor>& tensors, const std::string& path,
                       const std::map<std::string, std::string>& metadata) {
-  write_file_atomically(path, serialize(tensors, metadata, str("[safetensors] ", path, ": ")));
+  write_file_atomically(path,
+                        serialize(tensors, metadata, str("[safetensors] ", path, ": ")).views());
 }
 
 std::string serialize_safetensors(const std::map<std::string, Tensor>& tensors,
                                   const std::map<std::string, std::string>& metadata) {
-  return serialize(tensors, metadata, "[safetensors] ");
+  const FileParts file = serialize(tensors, metadata, "[safetensors] ");
+  std::string data;
+  for (std::string_view part : file.views()) data.append(part);
+  return data;
 }
 
 }  // namespace kiln

@@ -47,7 +47,8 @@ SafetensorsFile parse_safetensors(const std::string& data, const std::string& so
 /// Writes `tensors` (host or GPU; names unique by construction, "__metadata__" refused) and
 /// `metadata` as a safetensors file, atomically (file_io.h): the tensors in order of element
 /// size, largest first, then name, so each starts aligned to its element size, as the
-/// reference writer does. Throws kiln::FileError.
+/// reference writer does. Each tensor is written from its own memory (a GPU tensor from a host
+/// copy), never joined with the others first. Throws kiln::FileError.
 void save_safetensors(const std::map<std::string, Tensor>& tensors, const std::string& path,
                       const std::map<std::string, std::string>& metadata = {});
 /// The bytes save_safetensors writes, in memory (parse_safetensors reads them back).
