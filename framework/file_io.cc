@@ -102,7 +102,7 @@ void remove_dead_temporaries(const std::string& folder, const std::string& name)
   ::closedir(dir);
 }
 
-void write_all(int fd, const std::string& data, const std::string& path) {
+void write_all(int fd, std::string_view data, const std::string& path) {
   size_t done = 0;
   while (done < data.size()) {
     const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
@@ -117,6 +117,10 @@ void write_all(int fd, const std::string& data, const std::string& path) {
 }  // namespace
 
 void write_file_atomically(const std::string& path, const std::string& data) {
+  write_file_atomically(path, std::vector<std::string_view>{data});
+}
+
+void write_file_atomically(const std::string& path, const std::vector<std::string_view>& parts) {
   std::string folder, name;
   split_path(path, &folder, &name);
   KILN_CHECK(!name.empty(), FileError, "[io] ", path, ": not a file name (it ends with '/')");
@@ -148,7 +152,7 @@ void write_file_atomically(const std::string& path, const std::string& data) {
     throw FileError(str("[io] ", path, ": no unused temporary name after 1000 tries (", tmp, ")"));
   }();
   try {
-    write_all(fd.get(), data, path);
+    for (std::string_view part : parts) write_all(fd.get(), part, path);
     if (::fsync(fd.get()) != 0)
       throw FileError(str("[io] ", path, ": cannot flush the file to disk: ", reason(errno)));
     if (::rename(tmp.c_str(), path.c_str()) != 0)

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace kiln {
 
@@ -17,6 +19,9 @@ namespace kiln {
 /// removed first. On any failure the temporary is removed and the old file is untouched.
 /// Throws kiln::FileError naming the path and the system's reason.
 void write_file_atomically(const std::string& path, const std::string& data);
+/// write_file_atomically of `parts` one after another, without joining them in memory first
+/// (a checkpoint's header, then each tensor's bytes where the tensor holds them).
+void write_file_atomically(const std::string& path, const std::vector<std::string_view>& parts);
 
 /// Reads a whole regular file, refusing anything else (a FIFO, a folder, a device: reading
 /// one could block forever or never end) and files larger than `max_bytes`.

@@ -26,29 +26,40 @@ void tensor_to_proto(const Tensor& t, proto::TensorProto* out) {
   out->set_data(static_cast<const char*>(t.raw_data()), t.nbytes());
 }
 
-Tensor tensor_from_proto(const proto::TensorProto& p, const std::string& where) {
-  KILN_CHECK(dtype_is_valid(p.dtype()), FileError, where, ": tensor has invalid dtype ", p.dtype());
-  for (int64_t d : p.dims()) KILN_CHECK(d >= 0, FileError, where, ": tensor has negative dim ", d);
-  Shape shape(std::vector<int64_t>(p.dims().begin(), p.dims().end()));
-  DType dtype = static_cast<DType>(p.dtype());
+TensorType tensor_type_from_file(int32_t dtype, std::span<const int64_t> dims,
+                                 const std::string& where, uint64_t* bytes) {
+  KILN_CHECK(dtype_is_valid(dtype), FileError, where, ": tensor has invalid dtype ", dtype);
+  for (int64_t d : dims) KILN_CHECK(d >= 0, FileError, where, ": tensor has negative dim ", d);
+  const Shape shape(std::vector<int64_t>(dims.begin(), dims.end()));
   int64_t numel;
   try {
     numel = shape.numel();
   } catch (const Error&) {
     throw FileError(str(where, ": tensor shape ", shape, " is too large"));
   }
+  KILN_CHECK(numel <= int64_t{1} << 40, FileError, where, ": tensor shape ", shape,
+             " has more than 2^40 elements");
+  const auto type = static_cast<DType>(dtype);
+  *bytes = static_cast<uint64_t>(numel) * dtype_size(type);
+  return {type, shape};
+}
+
+void canonicalize_file_bools(Tensor& tensor) {
+  if (tensor.dtype() != DType::boolean) return;
+  auto* bytes = static_cast<uint8_t*>(tensor.raw_data());
+  for (int64_t i = 0; i < tensor.numel(); ++i) bytes[i] = bytes[i] != 0;
+}
+
+Tensor tensor_from_proto(const proto::TensorProto& p, const std::string& where) {
+  uint64_t expected = 0;
+  const TensorType type = tensor_type_from_file(
+      p.dtype(), {p.dims().data(), static_cast<size_t>(p.dims().size())}, where, &expected);
   // Check the byte count before allocating anything: a corrupt shape cannot make us allocate.
-  uint64_t expected = static_cast<uint64_t>(numel) * dtype_size(dtype);
-  KILN_CHECK(numel <= int64_t{1} << 40 && expected == p.data().size(), FileError, where,
-             ": tensor ", dtype, shape, " needs ", expected, " bytes of data, the file has ",
-             p.data().size());
-  Tensor t = Tensor::empty(dtype, shape);
+  KILN_CHECK(expected == p.data().size(), FileError, where, ": tensor ", type.dtype, type.shape,
+             " needs ", expected, " bytes of data, the file has ", p.data().size());
+  Tensor t = Tensor::empty(type.dtype, type.shape);
   if (expected) std::memcpy(t.raw_data(), p.data().data(), expected);
-  if (dtype == DType::boolean) {
-    // Canonicalize: a bool byte other than 0/1 would be undefined behaviour when read.
-    auto* bytes = static_cast<uint8_t*>(t.raw_data());
-    for (int64_t i = 0; i < numel; ++i) bytes[i] = bytes[i] != 0;
-  }
+  canonicalize_file_bools(t);
   return t;
 }
 

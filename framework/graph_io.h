@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 
 #include "kiln/framework/file_io.h"
@@ -57,5 +58,14 @@ void tensor_to_proto(const Tensor& tensor, proto::TensorProto* out);
 /// Reads a TensorProto, checking dtype, dims and byte count before allocating; `where` starts
 /// every error message. Throws kiln::FileError.
 Tensor tensor_from_proto(const proto::TensorProto& proto, const std::string& where);
+
+/// The type of a tensor a file describes by a dtype number and dims, checked before anything
+/// is allocated: a known dtype, dims >= 0, at most 2^40 elements. `bytes` gets its byte count.
+/// Throws kiln::FileError starting with `where`.
+TensorType tensor_type_from_file(int32_t dtype, std::span<const int64_t> dims,
+                                 const std::string& where, uint64_t* bytes);
+/// Makes every byte of a bool tensor read from a file 0 or 1 (another value would be undefined
+/// behaviour when read as bool); other dtypes are left as they are.
+void canonicalize_file_bools(Tensor& tensor);
 
 }  // namespace kiln

@@ -1,7 +1,8 @@
 // Writes the seed corpora of the fuzz targets (tests/fuzz/corpus/<target>/): graph files that
 // between them use every op, attribute type and signature kind (including the plan-only ops a
-// compiled plan holds: fused_elementwise, matmul_bias), checkpoints and .npy files. Run it again
-// after adding ops:  build/tests/fuzz_make_corpus tests/fuzz/corpus
+// compiled plan holds: fused_elementwise, matmul_bias), checkpoints (small_v1.ckpt and
+// partial_v1.ckpt, kept in the corpus, are version 1 files from before) and .npy files. Run it
+// again after adding ops:  build/tests/fuzz_make_corpus tests/fuzz/corpus
 #include <kiln/kiln.h>
 
 #include <cstdio>
