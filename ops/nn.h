@@ -376,20 +376,33 @@ struct RotaryScaling {
     /// are kept, those turning fewer than beta_slow times are divided by `factor`, those between
     /// blend linearly in the pair index; the turned features are multiplied by attention_factor.
     yarn,
+    /// Dynamic NTK (Hugging Face's "dynamic"): at a sequence length L = start + T past
+    /// original_length the base becomes base (factor L / original_length - (factor - 1))^(D /
+    /// (D - 2)), so the frequencies follow L at run time; up to original_length they are
+    /// unscaled. D must exceed 2.
+    dynamic,
+    /// LongRoPE (Phi-3's "longrope"): pair c's frequency divided by short_factors[c], or by
+    /// long_factors[c] once L = start + T passes original_length (chosen at run time); the
+    /// turned features multiplied by attention_factor.
+    longrope,
   };
   Kind kind = Kind::none;
-  /// How many times longer the contexts are (at least 1).
+  /// How many times longer the contexts are (at least 1). longrope's is the model's longest
+  /// context over original_length (Hugging Face's default when its config names none).
   double factor = 1;
-  /// The context length the model was trained on (llama3 and yarn).
+  /// The context length the model was trained on (llama3, yarn, dynamic, longrope).
   int64_t original_length = 0;
   /// llama3's bounds on the turns a pair makes over original_length (original_length /
   /// wavelength): below the low one it is divided by `factor`, above the high one kept.
   double low_frequency_factor = 1, high_frequency_factor = 4;
   /// yarn's rotation counts over original_length that bound the blend.
   double beta_fast = 32, beta_slow = 1;
-  /// yarn's scale of the turned features (both queries and keys, so scores scale by its square);
-  /// 0 means 0.1 ln(factor) + 1.
+  /// yarn's and longrope's scale of the turned features (both queries and keys, so scores scale
+  /// by its square); 0 means yarn's 0.1 ln(factor) + 1, longrope's sqrt(1 + ln(factor) /
+  /// ln(original_length)) (1 for a factor of 1).
   double attention_factor = 0;
+  /// longrope's divisors of the D/2 pair frequencies, within original_length and past it.
+  std::vector<double> short_factors, long_factors;
 };
 
 /// Options of rotary_embedding.
@@ -408,11 +421,13 @@ struct RotaryOptions {
 };
 
 /// The D/2 frequencies rotary_embedding turns the pairs of a depth-D head by (radians per
-/// position), after options.scaling, each rounded once to f32. Throws GraphError naming `depth`
-/// or the option that is out of range.
-std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& options = {});
-/// The factor rotary_embedding multiplies its turned features by: yarn's attention factor, 1
-/// for the other scalings.
+/// position), after options.scaling, each rounded once to f32, at sequence length `length`
+/// (only dynamic and longrope scaling depend on it; 0: within original_length). Throws
+/// GraphError naming `depth` or the option that is out of range.
+std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& options = {},
+                                      int64_t length = 0);
+/// The factor rotary_embedding multiplies its turned features by: yarn's or longrope's
+/// attention factor, 1 for the other scalings.
 double rotary_attention_factor(const RotaryOptions& options);
 /// Rotary position embedding (RoFormer) of x [B, T, H, D] (the heads of a [B, T, H D]
 /// projection; D known, and even unless options.dims says which features turn), one op: at position
@@ -421,7 +436,10 @@ double rotary_attention_factor(const RotaryOptions& options);
 /// fed or computed, as in cached decoding) or undefined for 0. The angles are computed in f32 and
 /// the rotation in x's dtype. Applied to queries and keys, their dot products depend on the
 /// positions' difference only. options.scaling changes the frequencies (rotary_frequencies) and,
-/// for yarn, scales the result.
+/// for yarn and longrope, scales the result. With dynamic or longrope scaling the frequencies
+/// are those at length start + T: a constant when both are known as the graph is built, else
+/// computed in the graph from `start` (a cached decoding step: one compiled plan serves every
+/// position).
 Value rotary_embedding(const Value& x, const Value& start = {}, const RotaryOptions& options = {});
 
 /// The gated linear unit (PyTorch's F.glu): x split in halves a, b along `axis` (even), a

@@ -143,7 +143,22 @@ void check_scaling(const std::string& where, int64_t depth, const RotaryOptions&
              " must be at least 1");
   if (s.kind == RotaryScaling::Kind::linear) return;
   KILN_CHECK(s.original_length > 0, GraphError, where, ": original_length ", s.original_length,
-             " must be positive for llama3 and yarn scaling");
+             " must be positive for llama3, yarn, dynamic and longrope scaling");
+  KILN_CHECK(s.attention_factor >= 0, GraphError, where, ": attention_factor ", s.attention_factor,
+             " must be positive (or 0 for the default)");
+  if (s.kind == RotaryScaling::Kind::dynamic)
+    KILN_CHECK(depth > 2, GraphError, where, ": dynamic scaling needs a depth above 2, got ",
+               depth);
+  if (s.kind == RotaryScaling::Kind::longrope) {
+    const auto pairs = static_cast<size_t>(depth / 2);
+    KILN_CHECK(s.short_factors.size() == pairs && s.long_factors.size() == pairs, GraphError, where,
+               ": longrope needs ", pairs, " short and long factors (depth ", depth, " / 2), got ",
+               s.short_factors.size(), " and ", s.long_factors.size());
+    for (const std::vector<double>* factors : {&s.short_factors, &s.long_factors})
+      for (double f : *factors)
+        KILN_CHECK(std::isfinite(f) && f > 0, GraphError, where,
+                   ": longrope factors must be positive and finite, got ", f);
+  }
   if (s.kind == RotaryScaling::Kind::llama3)
     KILN_CHECK(0 < s.low_frequency_factor && s.low_frequency_factor < s.high_frequency_factor,
                GraphError, where, ": llama3 needs 0 < low_frequency_factor (",
@@ -153,14 +168,21 @@ void check_scaling(const std::string& where, int64_t depth, const RotaryOptions&
                options.base);
     KILN_CHECK(0 < s.beta_slow && s.beta_slow < s.beta_fast, GraphError, where,
                ": yarn needs 0 < beta_slow (", s.beta_slow, ") < beta_fast (", s.beta_fast, ")");
-    KILN_CHECK(s.attention_factor >= 0, GraphError, where, ": yarn attention_factor ",
-               s.attention_factor, " must be positive (or 0 for the default)");
   }
+}
+
+// Dynamic NTK at sequence length L stretches pair c's frequency base^(-2c/D) by ratio^(-2c/(D-2)),
+// ratio = factor L / original - (factor - 1), at least 1 (the base raised by ratio^(D/(D-2))).
+double dynamic_ratio(const RotaryScaling& s, double length) {
+  return std::max(1.0, s.factor * length / static_cast<double>(s.original_length) - (s.factor - 1));
+}
+double dynamic_exponent(int64_t pair, int64_t depth) {
+  return -2.0 * static_cast<double>(pair) / static_cast<double>(depth - 2);
 }
 
 // rotary_frequencies, its errors starting with `where`.
 std::vector<float> frequencies_checked(const std::string& where, int64_t depth,
-                                       const RotaryOptions& options) {
+                                       const RotaryOptions& options, int64_t sequence_length) {
   check_scaling(where, depth, options);
   const RotaryScaling& s = options.scaling;
   const int64_t pairs = depth / 2;
@@ -199,6 +221,19 @@ std::vector<float> frequencies_checked(const std::string& where, int64_t depth,
       case RotaryScaling::Kind::yarn:
         keep = 1 - std::clamp((static_cast<double>(c) - low) / (high - low), 0.0, 1.0);
         break;
+      case RotaryScaling::Kind::dynamic: {
+        // As the graph computes it (rotary_embedding), so both give the same frequencies.
+        const double ratio = dynamic_ratio(s, static_cast<double>(sequence_length));
+        frequencies[static_cast<size_t>(c)] =
+            static_cast<float>(f * std::exp(std::log(ratio) * dynamic_exponent(c, depth)));
+        continue;
+      }
+      case RotaryScaling::Kind::longrope: {
+        const bool long_context = sequence_length > s.original_length;
+        frequencies[static_cast<size_t>(c)] = static_cast<float>(
+            f / (long_context ? s.long_factors : s.short_factors)[static_cast<size_t>(c)]);
+        continue;
+      }
     }
     frequencies[static_cast<size_t>(c)] = static_cast<float>(keep * f + (1 - keep) * stretched);
   }
@@ -207,16 +242,55 @@ std::vector<float> frequencies_checked(const std::string& where, int64_t depth,
 
 }  // namespace
 
-std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& options) {
-  return frequencies_checked("[rotary_frequencies]", depth, options);
+std::vector<float> rotary_frequencies(int64_t depth, const RotaryOptions& options, int64_t length) {
+  return frequencies_checked("[rotary_frequencies]", depth, options, length);
 }
 
 double rotary_attention_factor(const RotaryOptions& options) {
   const RotaryScaling& s = options.scaling;
-  if (s.kind != RotaryScaling::Kind::yarn) return 1;
+  if (s.kind != RotaryScaling::Kind::yarn && s.kind != RotaryScaling::Kind::longrope) return 1;
   if (s.attention_factor > 0) return s.attention_factor;
-  return s.factor > 1 ? 0.1 * std::log(s.factor) + 1 : 1;
+  if (s.factor <= 1) return 1;
+  if (s.kind == RotaryScaling::Kind::yarn) return 0.1 * std::log(s.factor) + 1;
+  return std::sqrt(1 + std::log(s.factor) / std::log(static_cast<double>(s.original_length)));
 }
+
+namespace {
+
+// The frequencies of dynamic or longrope scaling at the run-time sequence length start + T, as
+// a graph value [turned / 2] f32 (rotary_frequencies computes the same on the host).
+Value frequencies_in_graph(const Value& x, const Value& start, int64_t turned,
+                           const RotaryOptions& options) {
+  Graph& graph = *x.graph();
+  const RotaryScaling& s = options.scaling;
+  constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
+  // T, known or counted from x: a [1, T, 1, 1] slice's elements.
+  Value length = x.shape()[1] >= 0 ? graph.scalar(static_cast<double>(x.shape()[1]), f64)
+                                   : numel(slice(x, {0, 0, 0, 0}, {1, kAll, 1, 1}), f64);
+  if (start.defined()) length = length + reshape(cast(start, f64), Shape{});
+  const int64_t pairs = turned / 2;
+  if (s.kind == RotaryScaling::Kind::longrope) {
+    auto table = [&](int64_t at) {
+      return constant(graph, Tensor::from_vector(rotary_frequencies(turned, options, at), {pairs}));
+    };
+    return where(greater(length, static_cast<double>(s.original_length)),
+                 table(s.original_length + 1), table(0));
+  }
+  // dynamic: f_c ratio^(-2c / (D - 2)), in f64, rounded once to f32.
+  std::vector<double> unscaled(static_cast<size_t>(pairs)), exponents(unscaled.size());
+  for (int64_t c = 0; c < pairs; ++c) {
+    unscaled[static_cast<size_t>(c)] =
+        std::pow(options.base, -2.0 * static_cast<double>(c) / static_cast<double>(turned));
+    exponents[static_cast<size_t>(c)] = dynamic_exponent(c, turned);
+  }
+  const Value ratio =
+      maximum(length * (s.factor / static_cast<double>(s.original_length)) - (s.factor - 1), 1.0);
+  return cast(constant(graph, Tensor::from_vector(unscaled, {pairs})) *
+                  exp(log(ratio) * constant(graph, Tensor::from_vector(exponents, {pairs}))),
+              f32);
+}
+
+}  // namespace
 
 Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& options) {
   const Shape& shape = x.shape();
@@ -231,8 +305,10 @@ Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& 
   KILN_CHECK(is_floating(x.dtype()), GraphError, "[rotary_embedding] ", x.name(),
              ": x must be floating point, got ", x.dtype());
   Graph& graph = *x.graph();
-  const std::vector<float> frequencies =
-      frequencies_checked(str("[rotary_embedding] ", x.name()), turned, options);
+  const bool by_length = options.scaling.kind == RotaryScaling::Kind::dynamic ||
+                         options.scaling.kind == RotaryScaling::Kind::longrope;
+  const std::vector<float> frequencies = frequencies_checked(
+      str("[rotary_embedding] ", x.name()), turned, options, std::max<int64_t>(shape[1], 0));
   if (start.defined()) {
     KILN_CHECK(start.graph() == x.graph(), GraphError, "[rotary_embedding] ", x.name(), ": start ",
                start.name(), " belongs to another graph");
@@ -245,8 +321,13 @@ Value rotary_embedding(const Value& x, const Value& start, const RotaryOptions& 
   // Partial: the turned features are a slice of the head, and the rest join them after.
   const bool partial = turned < shape[3];
   constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
+  // Scalings that follow the sequence length compute their frequencies in the graph unless the
+  // length is known now.
+  const Value table = by_length && (start.defined() || shape[1] < 0)
+                          ? frequencies_in_graph(x, start, turned, options)
+                          : constant(graph, Tensor::from_vector(frequencies, {turned / 2}));
   std::vector<Value> inputs{partial ? slice(x, {0, 0, 0, 0}, {kAll, kAll, kAll, turned}) : x,
-                            constant(graph, Tensor::from_vector(frequencies, {turned / 2}))};
+                            table};
   if (start.defined()) inputs.push_back(start);
   Value out =
       graph.add("rotary", inputs, {{"interleaved", options.interleaved}, {"inverse", false}});

@@ -8,7 +8,8 @@
 // branch only and q and k norms across heads, GPTNeoXForCausalLM with
 // parallel attention and FFN, LayerNorms, biases and rotary embedding of half of each head,
 // PhiForCausalLM with both branches after one shared norm and a head with a bias,
-// BloomForCausalLM with ALiBi over six heads and a norm after the embedding; and
+// BloomForCausalLM with ALiBi over six heads and a norm after the embedding; LlamaForCausalLM
+// read past its trained length with dynamic NTK and with LongRoPE; and
 // T5ForConditionalGeneration, v1.1's and v1.0's, with learned relative position biases and
 // heads of their own depth), builds the same model from Embedding, TransformerBlock (and
 // TransformerDecoderBlock, RelativePositionBias), RMSNorm or LayerNorm and Linear, loads its
@@ -26,6 +27,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "kiln/kiln.h"
@@ -65,6 +67,21 @@ RotaryOptions rotary_of(const Config& c) {
     s.original_length = integer(c, "original");
     s.low_frequency_factor = real(c, "low");
     s.high_frequency_factor = real(c, "high");
+  }
+  if (kind == "dynamic" || kind == "longrope") {
+    s.kind = kind == "dynamic" ? RotaryScaling::Kind::dynamic : RotaryScaling::Kind::longrope;
+    s.factor = real(c, "factor");
+    s.original_length = integer(c, "original");
+    auto reals = [&](const std::string& key) {  // "1.0,2.0,..."
+      std::vector<double> out;
+      std::stringstream list(c.at(key));
+      for (std::string item; std::getline(list, item, ',');) out.push_back(std::stod(item));
+      return out;
+    };
+    if (kind == "longrope") {
+      s.short_factors = reals("short");
+      s.long_factors = reals("long");
+    }
   }
   return rotary;
 }
@@ -603,8 +620,9 @@ int main(int argc, char** argv) {
   constexpr double kTolerance = 2e-5;
   int failures = 0;
   try {
-    for (const char* model : {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2",
-                              "olmo2", "neox", "phi", "bloom", "t5", "t5_relu"}) {
+    for (const char* model :
+         {"llama3", "qwen3", "mistral", "qwen2", "gemma", "gemma3", "gemma2", "olmo2", "neox",
+          "phi", "bloom", "t5", "t5_relu", "llama_dynamic", "llama_longrope"}) {
       for (const auto& [way, error] : kiln::compare(std::filesystem::path(argv[1]) / model)) {
         const bool ok = error <= kTolerance;
         failures += !ok;

@@ -9,7 +9,8 @@ a GPT-NeoX with parallel attention and FFN and half of each head turned; a Phi-2
 branches after one norm and a head with a bias; a BLOOM with ALiBi
 over six heads and a norm after its embedding; grouped heads in the first four; and two T5
 encoder-decoders, v1.1's gated GELU and v1.0's ReLU with its scaled decoder output, with
-learned relative position biases, heads of 12 in a width of 32, and padded encoder inputs), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
+learned relative position biases, heads of 12 in a width of 32, and padded encoder inputs; and
+two LLaMAs read past their trained length, with dynamic NTK and with LongRoPE), in f64 (Gemma's norms compute in f32 even so), and writes into DIR/<model>/ what
 save_pretrained writes (model.safetensors, in f32, or in bf16 for Mistral and Gemma as their
 checkpoints ship; LLaMA's sharded, with model.safetensors.index.json; config.json), the token ids and logits (reference.safetensors) and what Kiln
 needs to know (config.txt). tests/parity/hf_parity.cc then builds the same models from kiln::nn,
@@ -187,52 +188,77 @@ def write_t5(root):
                 f.write(f"{key} {value}\n")
 
 
+def long_context_models():
+    """LLaMAs whose rotary frequencies follow the sequence length (24 tokens, past the 16 they
+    were "trained" on): dynamic NTK, and Phi-3's LongRoPE with its per-pair factors. Written after
+    the T5s, so the models before them draw the same weights as before these were added."""
+    yield ("llama_dynamic",
+           LlamaConfig(**SHAPE, rms_norm_eps=1e-5, max_position_embeddings=16,
+                       rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)),
+           dict(rope="dynamic", theta=10000.0, factor=2.0, original=16))
+    short, long = [1.0, 1.25, 1.5, 2.0], [1.0, 2.0, 4.0, 8.0]
+    yield ("llama_longrope",
+           LlamaConfig(**SHAPE, rms_norm_eps=1e-5, max_position_embeddings=64,
+                       rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                                            short_factor=short, long_factor=long,
+                                            original_max_position_embeddings=16, factor=4.0)),
+           dict(rope="longrope", theta=10000.0, factor=4.0, original=16,
+                short=",".join(map(str, short)), long=",".join(map(str, long))))
+
+
+def write_causal(root, name, config, extra):
+    """Writes one causal language model with its token ids and logits."""
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").double()
+    model.eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: make them matter
+        for key, p in model.named_parameters():
+            if key.endswith(("norm.weight", ".bias")):
+                p.add_(torch.randn_like(p) * 0.3)
+    out = os.path.join(root, name)
+    os.makedirs(out, exist_ok=True)
+    # The reference then runs (in f64) on exactly the weights the file holds; its buffers
+    # (rotary frequencies) stay f64, as Kiln computes them.
+    weights = torch.bfloat16 if extra.get("weights") == "bf16" else torch.float32
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(weights))
+    # LLaMA's in shards of at most 20 kB with their index, as large checkpoints come.
+    copy.deepcopy(model).to(weights).save_pretrained(
+        out, max_shard_size="20KB" if name == "llama3" else "5GB")
+    ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    save_file({"ids": ids, "logits": logits}, os.path.join(out, "reference.safetensors"))
+    fields = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
+                  heads=config.num_attention_heads,
+                  kv_heads=getattr(config, "num_key_value_heads", None),
+                  ffn=getattr(config, "intermediate_size", None), vocab=config.vocab_size,
+                  eps=getattr(config, "rms_norm_eps", None) or
+                  getattr(config, "layer_norm_eps", None),
+                  qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
+                  activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
+                  norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
+                  attention_scale=0.0, thetas="-", windows="-", weights="f32",
+                  attention_softcap=0.0, final_softcap=0.0, head_bias=0,
+                  qk_norm_across_heads=0, input_norms=1, short="-", long="-")
+    fields.update(extra)
+    with open(os.path.join(out, "config.txt"), "w") as f:
+        for key, value in fields.items():
+            f.write(f"{key} {value}\n")
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
         return 2
     torch.manual_seed(0)
     for name, config, extra in models():
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").double()
-        model.eval()
-        with torch.no_grad():  # norms start at 1 and biases at 0: make them matter
-            for key, p in model.named_parameters():
-                if key.endswith(("norm.weight", ".bias")):
-                    p.add_(torch.randn_like(p) * 0.3)
-        out = os.path.join(sys.argv[1], name)
-        os.makedirs(out, exist_ok=True)
-        # The reference then runs (in f64) on exactly the weights the file holds; its buffers
-        # (rotary frequencies) stay f64, as Kiln computes them.
-        weights = torch.bfloat16 if extra.get("weights") == "bf16" else torch.float32
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.to(weights))
-        # LLaMA's in shards of at most 20 kB with their index, as large checkpoints come.
-        copy.deepcopy(model).to(weights).save_pretrained(
-            out, max_shard_size="20KB" if name == "llama3" else "5GB")
-        ids = torch.randint(0, config.vocab_size, (BATCH, LENGTH))
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits
-        save_file({"ids": ids, "logits": logits}, os.path.join(out, "reference.safetensors"))
-        fields = dict(layers=config.num_hidden_layers, hidden=config.hidden_size,
-                      heads=config.num_attention_heads,
-                      kv_heads=getattr(config, "num_key_value_heads", None),
-                      ffn=getattr(config, "intermediate_size", None), vocab=config.vocab_size,
-                      eps=getattr(config, "rms_norm_eps", None) or
-                      getattr(config, "layer_norm_eps", None),
-                      qk_norm=0, window=0, factor=1.0, original=0, low=1.0, high=4.0,
-                      activation="swiglu", norm_offset=0, embed_scale=1.0, family="llama",
-                      norm="rms", bias=0, qkv_bias=0, parallel=0, rotary_dims=0, post_norms=0,
-                      attention_scale=0.0, thetas="-", windows="-", weights="f32",
-                      attention_softcap=0.0, final_softcap=0.0, head_bias=0,
-                      qk_norm_across_heads=0, input_norms=1)
-        fields.update(extra)
-        with open(os.path.join(out, "config.txt"), "w") as f:
-            for key, value in fields.items():
-                f.write(f"{key} {value}\n")
+        write_causal(sys.argv[1], name, config, extra)
     write_t5(sys.argv[1])
+    for name, config, extra in long_context_models():
+        write_causal(sys.argv[1], name, config, extra)
     print(f"[hf-parity] wrote llama3, qwen3, mistral, qwen2, gemma, gemma3, gemma2, olmo2, neox, "
-          f"phi, bloom, t5 and t5_relu to "
+          f"phi, bloom, t5, t5_relu, llama_dynamic and llama_longrope to "
           f"{sys.argv[1]} "
           f"(transformers {transformers.__version__}, torch {torch.__version__})")
     return 0

@@ -1,0 +1,118 @@
+// Rotary scalings that follow the sequence length (dynamic NTK, LongRoPE): the frequencies at
+// length L are the formulas' (Hugging Face's rope functions, written out here), and a graph
+// whose length is known only at run time (a start fed each step, or T unknown) turns as the
+// constant-frequency rotation at that length. Hugging Face parity: tests/parity (llama_dynamic,
+// llama_longrope).
+#include <cmath>
+#include <limits>
+
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+using testing::r64;
+using Kind = RotaryScaling::Kind;
+
+const RotaryOptions kDynamic{
+    .scaling = {.kind = Kind::dynamic, .factor = 2, .original_length = 16}};
+const RotaryOptions kLongRope{.scaling = {.kind = Kind::longrope,
+                                          .factor = 4,
+                                          .original_length = 16,
+                                          .short_factors = {1.0, 1.25, 1.5, 2.0},
+                                          .long_factors = {1.0, 2.0, 4.0, 8.0}}};
+
+TEST(RotaryScaling, DynamicAndLongRopeFrequenciesAtALength) {
+  for (int64_t length : {0, 5, 16, 17, 24, 100, 5000}) {
+    SCOPED_TRACE(str("length ", length));
+    const std::vector<float> dynamic = rotary_frequencies(8, kDynamic, length);
+    const std::vector<float> longrope = rotary_frequencies(8, kLongRope, length);
+    // dynamic NTK: the base raised to base (factor L / original - (factor - 1))^(D / (D - 2)).
+    const double ratio = std::max(1.0, 2.0 * static_cast<double>(length) / 16 - 1);
+    const double base = 10000 * std::pow(ratio, 8.0 / 6.0);
+    for (int c = 0; c < 4; ++c) {
+      EXPECT_NEAR(dynamic[c], std::pow(base, -2.0 * c / 8), 2e-7 * dynamic[c]) << "pair " << c;
+      const double divisor =
+          (length > 16 ? kLongRope.scaling.long_factors : kLongRope.scaling.short_factors)[c];
+      EXPECT_FLOAT_EQ(longrope[c], static_cast<float>(std::pow(10000.0, -2.0 * c / 8) / divisor));
+    }
+  }
+  // Pair 0 always turns at 1; within the original length dynamic is unscaled.
+  EXPECT_EQ(rotary_frequencies(8, kDynamic, 16), rotary_frequencies(8, {}));
+  EXPECT_NE(rotary_frequencies(8, kDynamic, 17), rotary_frequencies(8, {}));
+  // LongRoPE's attention factor: sqrt(1 + ln factor / ln original), or the one given.
+  EXPECT_NEAR(rotary_attention_factor(kLongRope), std::sqrt(1 + std::log(4.0) / std::log(16.0)),
+              1e-15);
+  RotaryOptions given = kLongRope;
+  given.scaling.attention_factor = 1.5;
+  EXPECT_EQ(rotary_attention_factor(given), 1.5);
+  EXPECT_EQ(rotary_attention_factor(kDynamic), 1);
+}
+
+// One plan, the start fed at run time: each step turns as the raw rotation with the frequencies
+// at length start + T, times the attention factor; T unknown likewise.
+TEST(RotaryScaling, TheFrequenciesFollowTheRunTimeLength) {
+  for (const RotaryOptions* options : {&kDynamic, &kLongRope}) {
+    SCOPED_TRACE(options == &kDynamic ? "dynamic" : "longrope");
+    Graph g;
+    Value x = g.placeholder("x", f64, {1, 2, 3, 8});
+    Value any_length = g.placeholder("any_length", f64, {1, -1, 3, 8});
+    Value start = g.placeholder("start", i64, {});
+    Value frequencies = g.placeholder("frequencies", f32, {4});
+    const double factor = rotary_attention_factor(*options);
+    Value stepped = rotary_embedding(x, start, *options);
+    Value reference =
+        g.add("rotary", {x, frequencies, start}, {{"interleaved", false}, {"inverse", false}}) *
+        factor;
+    Value whole = rotary_embedding(any_length, {}, *options);
+    Value whole_reference =
+        g.add("rotary", {any_length, frequencies}, {{"interleaved", false}, {"inverse", false}}) *
+        factor;
+    Session s(g);
+    const Tensor in = r64({1, 2, 3, 8}, -1, 1, 5);
+    for (int64_t at : {0, 13, 14, 15, 40, 3000}) {
+      const Tensor table = Tensor::from_vector(rotary_frequencies(8, *options, at + 2), {4});
+      const auto out = s.run({{x, in}, {start, Tensor::scalar<int64_t>(at)}, {frequencies, table}},
+                             {stepped, reference});
+      const std::vector<double> a = out[0].to_vector<double>(), b = out[1].to_vector<double>();
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-12) << at << " at " << i;
+    }
+    for (int64_t length : {3, 16, 17, 30}) {
+      const Tensor long_in = r64({1, length, 3, 8}, -1, 1, 6);
+      const Tensor table = Tensor::from_vector(rotary_frequencies(8, *options, length), {4});
+      const auto out =
+          s.run({{any_length, long_in}, {frequencies, table}}, {whole, whole_reference});
+      EXPECT_EQ(out[0].to_vector<double>(), out[1].to_vector<double>()) << "length " << length;
+    }
+    // The steps past the original length do turn otherwise than those within it.
+    EXPECT_NE(rotary_frequencies(8, *options, 20), rotary_frequencies(8, *options, 10));
+  }
+}
+
+TEST(RotaryScaling, DynamicAndLongRopeErrorsNameTheOption) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {1, 4, 2, 2});
+  expect_error<GraphError>(
+      [&] {
+        rotary_embedding(x, {},
+                         {.scaling = {.kind = Kind::dynamic, .factor = 2, .original_length = 16}});
+      },
+      {"[rotary_embedding] x", "dynamic scaling needs a depth above 2, got 2"});
+  expect_error<GraphError>([&] { rotary_frequencies(8, {.scaling = {.kind = Kind::dynamic}}); },
+                           {"original_length 0", "dynamic"});
+  RotaryOptions three = kLongRope;
+  three.scaling.long_factors.pop_back();
+  expect_error<GraphError>([&] { rotary_frequencies(8, three); },
+                           {"longrope needs 4 short and long factors", "got 4 and 3"});
+  RotaryOptions zero = kLongRope;
+  zero.scaling.short_factors[2] = 0;
+  expect_error<GraphError>([&] { rotary_frequencies(8, zero); },
+                           {"longrope factors must be positive and finite, got 0"});
+  RotaryOptions nan = kLongRope;
+  nan.scaling.long_factors[0] = std::numeric_limits<double>::quiet_NaN();
+  expect_error<GraphError>([&] { rotary_frequencies(8, nan); }, {"got nan"});
+}
+
+}  // namespace
+}  // namespace kiln
