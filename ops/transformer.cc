@@ -102,19 +102,30 @@ Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
   return rotary_ ? rotary_embedding(x, start, *rotary_) : x;
 }
 
-Value MultiHeadAttention::normalized_heads(const Value& projected, int64_t length, int64_t heads,
-                                           RMSNorm* norm) {
-  if (norm == nullptr) return reshape(projected, {-1, length, heads, depth_});
-  if (qk_norm_across_heads_) return reshape((*norm)(projected), {-1, length, heads, depth_});
-  return (*norm)(reshape(projected, {-1, length, heads, depth_}));
+namespace {
+// [B, T, ...] as [B, T, inner...]: -1 for the one of B and T that is unknown (length_of
+// allows at most one).
+Shape rows_of(const Value& x, std::initializer_list<int64_t> inner) {
+  const Shape& s = x.shape();
+  std::vector<int64_t> dims{s[1] >= 0 ? -1 : s[0], s[1]};
+  dims.insert(dims.end(), inner);
+  return Shape(std::move(dims));
+}
+}  // namespace
+
+Value MultiHeadAttention::normalized_heads(const Value& projected, int64_t heads, RMSNorm* norm) {
+  const Shape split = rows_of(projected, {heads, depth_});
+  if (norm == nullptr) return reshape(projected, split);
+  if (qk_norm_across_heads_) return reshape((*norm)(projected), split);
+  return (*norm)(reshape(projected, split));
 }
 
-Value MultiHeadAttention::query_heads(const Value& projected, int64_t length, const Value& start) {
-  return rotated(normalized_heads(projected, length, heads_, query_norm), start);
+Value MultiHeadAttention::query_heads(const Value& projected, const Value& start) {
+  return rotated(normalized_heads(projected, heads_, query_norm), start);
 }
 
-Value MultiHeadAttention::key_heads(const Value& projected, int64_t length, const Value& start) {
-  return rotated(normalized_heads(projected, length, kv_heads_, key_norm), start);
+Value MultiHeadAttention::key_heads(const Value& projected, const Value& start) {
+  return rotated(normalized_heads(projected, kv_heads_, key_norm), start);
 }
 
 Value MultiHeadAttention::attend(const Value& x, const Value& mask) {
@@ -137,55 +148,64 @@ Value MultiHeadAttention::attend_projected(const Value& x, const KVCache& memory
   expect_own({&x, &memory.keys, &memory.values}, "x and the memory's keys and values");
   const int64_t depth = depth_;
   const Shape& ks = memory.keys.shape();
-  KILN_CHECK(ks.rank() == 4 && ks[1] >= 0 && ks[2] == kv_heads_ && ks[3] == depth &&
-                 memory.values.shape() == ks,
+  KILN_CHECK(ks.rank() == 4 && ks[2] == kv_heads_ && ks[3] == depth && memory.values.shape() == ks,
              GraphError, "[nn] MultiHeadAttention ", path(),
              ": projected keys and values must both be [batch, length, ", kv_heads_, ", ", depth,
-             "] with a known length, got ", ks, " and ", memory.values.shape());
+             "], got ", ks, " and ", memory.values.shape());
   NameScope scope(graph(), name());
   return attention_to(x, memory, mask);
 }
 
-int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t width) const {
+int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t width,
+                                      bool known) const {
   const Shape& s = x.shape();
-  KILN_CHECK(s.rank() == 3 && s[2] == width && s[1] >= 0, GraphError, "[nn] MultiHeadAttention ",
-             path(), ": expects ", what, " [batch, length, ", width, "] with a known length, got ",
-             s);
+  KILN_CHECK(s.rank() == 3 && s[2] == width && (s[1] >= 0 || (!known && s[0] >= 0)), GraphError,
+             "[nn] MultiHeadAttention ", path(), ": expects ", what, " [batch, length, ", width,
+             "] with ", known ? "a known length" : "a known length or batch", ", got ", s);
   return s[1];
 }
 
 // [B, S, dim] -> [B, S, kv_heads, depth]: attention reads the heads in place (layout bthd), so
 // no transpose splits or merges them.
 KVCache MultiHeadAttention::projected(const Value& memory) {
-  const int64_t length = length_of(memory, "memory", memory_dim_), depth = depth_;
-  return {key_heads(key(memory), length, Value()),
-          reshape(value(memory), {-1, length, kv_heads_, depth})};
+  length_of(memory, "memory", memory_dim_, false);
+  return {key_heads(key(memory), Value()),
+          reshape(value(memory), rows_of(memory, {kv_heads_, depth_}))};
 }
 
 Value MultiHeadAttention::queries(const Value& x) {
-  return query_heads(query(x), length_of(x, "x", dim_), Value());
+  length_of(x, "x", dim_, false);
+  return query_heads(query(x), Value());
 }
 
 Value MultiHeadAttention::attention_weights(const Value& x, const Value& memory,
                                             const Value& mask) {
   expect_own({&x, &memory}, "x and the memory");
   NameScope scope(graph(), name());
+  length_of(x, "x", dim_, true);  // the math path's positional mask is built with the graph
+  length_of(memory, "memory", memory_dim_, true);
   return probabilities(queries(x), projected(memory).keys, mask);
 }
 
 Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, const Value& mask) {
-  const int64_t length = length_of(x, "x", dim_);
+  const bool dropped = dropout_ > 0 && training();
+  if (dropped) {  // the math path's positional mask is built with the graph
+    length_of(x, "x", dim_, true);
+    KILN_CHECK(memory.keys.shape()[1] >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
+               ": attention dropout in training needs the memory's length known, got ",
+               memory.keys.shape());
+  }
   Value q = queries(x);
   const Value &k = memory.keys, &v = memory.values;
-  Value attended = dropout_ > 0 && training() ? attention_with_dropout(q, k, v, mask)
-                                              : scaled_dot_product_attention(q, k, v,
-                                                                             {.mask = mask,
-                                                                              .causal = causal_,
-                                                                              .window = window_,
-                                                                              .scale = scale_,
-                                                                              .softcap = softcap_,
-                                                                              .layout = "bthd"});
-  return output(reshape(attended, {-1, length, heads_ * depth_}));
+  Value attended = dropped ? attention_with_dropout(q, k, v, mask)
+                           : scaled_dot_product_attention(q, k, v,
+                                                          {.mask = mask,
+                                                           .causal = causal_,
+                                                           .window = window_,
+                                                           .scale = scale_,
+                                                           .softcap = softcap_,
+                                                           .layout = "bthd"});
+  return output(reshape(attended, rows_of(x, {heads_ * depth_})));
 }
 
 MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, const KVCache& cache,
@@ -197,7 +217,7 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   KILN_CHECK(memory_dim_ == dim_, GraphError, "[nn] MultiHeadAttention ", path(),
              ": cached self-attention needs memory_dim (", memory_dim_, ") equal to dim (", dim_,
              ")");
-  const int64_t depth = depth_, length = length_of(x, "x", dim_);
+  const int64_t depth = depth_, length = length_of(x, "x", dim_, true);
   for (const Value* part : {&cache.keys, &cache.values}) {
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
                ": the cache's keys and values must both be given");
@@ -211,13 +231,13 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
     return reshape(v, {-1, length, heads, depth});
   };
   // Keys enter the cache rotated for their positions, as attend() rotates them.
-  KVCache next{cache_written(cache.keys, key_heads(key(x), length, position), position),
+  KVCache next{cache_written(cache.keys, key_heads(key(x), position), position),
                cache_written(cache.values, split(value(x), kv_heads_), position)};
   // Query i sits at position + i and sees the entries written up to it, j <= position + i (and
   // within its window, j > position + i - window): the attention's reach at that offset, so
   // the entries past it are never multiplied. A mask narrows it; a bias is added.
   Value attended =
-      scaled_dot_product_attention(query_heads(query(x), length, position), next.keys, next.values,
+      scaled_dot_product_attention(query_heads(query(x), position), next.keys, next.values,
                                    {.mask = mask,
                                     .causal = true,
                                     .window = window_,
@@ -251,7 +271,7 @@ KVCache MultiHeadAttention::cache_variables(int64_t batch, int64_t max_length, D
 Value MultiHeadAttention::heads_repeated(const Value& t) const {
   if (kv_heads_ == heads_) return t;
   const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
-  return reshape(concat(copies, 3), {-1, t.shape()[1], heads_, depth_});
+  return reshape(concat(copies, 3), rows_of(t, {heads_, depth_}));
 }
 
 Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Value& mask) {
@@ -342,9 +362,30 @@ Value RelativePositionBias::bias_at(const Value& position, int64_t queries, int6
 }
 
 Value RelativePositionBias::forward(const Value& x) {
-  KILN_CHECK(x.shape().rank() >= 2 && x.shape()[1] >= 0, GraphError, "[nn] RelativePositionBias ",
-             path(), ": expects x [batch, length, ...] with a known ", "length, got ", x.shape());
-  return table_read(x.shape()[1], x.shape()[1]);
+  KILN_CHECK(x.shape().rank() >= 2, GraphError, "[nn] RelativePositionBias ", path(),
+             ": expects x [batch, length, ...], got ", x.shape());
+  if (x.shape()[1] >= 0) return table_read(x.shape()[1], x.shape()[1]);
+  // A length known only at run time. Every distance of max_distance or more (either way) has
+  // the last bucket of its half, so the buckets of the distances clamped to [-max_distance,
+  // max_distance] are a table built now, gathered at the run's distances j - i.
+  const int64_t reach = options_.max_distance;
+  std::vector<int64_t> of_distance(static_cast<size_t>(2 * reach + 1));
+  for (int64_t d = -reach; d <= reach; ++d)
+    of_distance[static_cast<size_t>(d + reach)] = relative_position_bucket(
+        d, options_.bidirectional, options_.buckets, options_.max_distance);
+  const Value table =
+      graph().constant(Tensor::from_vector(of_distance, {2 * reach + 1}), "buckets_by_distance");
+  // The positions 0 .. T-1 of x's first row, counted from x itself.
+  std::vector<int64_t> first_row(static_cast<size_t>(x.shape().rank()), 0);
+  std::vector<int64_t> row_end(first_row.size(), 1);
+  row_end[1] = std::numeric_limits<int64_t>::max();
+  const Value positions = cumsum(reshape(ones_like(cast(slice(x, first_row, row_end), i64)), {-1}),
+                                 0, /*exclusive=*/true);  // [T]
+  const Value distance = clamp(expand_dims(positions, {0}) - expand_dims(positions, {1}),
+                               static_cast<double>(-reach), static_cast<double>(reach)) +
+                         static_cast<double>(reach);  // [T, T]: key j - query i, shifted
+  const Value buckets = gather(table, distance, 0);   // [T, T]
+  return expand_dims(transpose(embedding(weight, buckets), {2, 0, 1}), {0});
 }
 
 namespace {

@@ -135,17 +135,18 @@ class MultiHeadAttention : public Module {
   Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
 
  private:
-  /// The length of x or memory [B, T, width] (`what` names it), known, or a GraphError.
-  int64_t length_of(const Value& x, const char* what, int64_t width) const;
+  /// The length of x or memory [B, T, width] (`what` names it): known, or (unless `known`)
+  /// -1 with the batch known; else a GraphError.
+  int64_t length_of(const Value& x, const char* what, int64_t width, bool known) const;
   /// x [B, T, dim] projected to queries [B, T, heads, depth] (rotated for positions 0..).
   Value queries(const Value& x);
-  /// A projection [B, length, heads * depth] as [B, length, heads, depth], through `norm` (a
-  /// qk_norm, when not null) per head or across them.
-  Value normalized_heads(const Value& projected, int64_t length, int64_t heads, RMSNorm* norm);
-  /// A query or key projection [B, length, width] split into heads, normalized (qk_norm) and
+  /// A projection [B, T, heads * depth] as [B, T, heads, depth], through `norm` (a qk_norm,
+  /// when not null) per head or across them.
+  Value normalized_heads(const Value& projected, int64_t heads, RMSNorm* norm);
+  /// A query or key projection [B, T, width] split into heads, normalized (qk_norm) and
   /// rotated for positions start.. (0.. for an undefined start).
-  Value query_heads(const Value& projected, int64_t length, const Value& start);
-  Value key_heads(const Value& projected, int64_t length, const Value& start);
+  Value query_heads(const Value& projected, const Value& start);
+  Value key_heads(const Value& projected, const Value& start);
   /// Keys or values [B, S, kv_heads, depth] with each head repeated for its group: [B, S,
   /// heads, depth].
   Value heads_repeated(const Value& t) const;
@@ -197,7 +198,8 @@ class RelativePositionBias : public Module {
   Value weight;
 
  protected:
-  /// The bias for self-attention over x [B, T, ...]: bias(T, T).
+  /// The bias for self-attention over x [B, T, ...]: bias(T, T); with T unknown (-1), the
+  /// bias of the length each run feeds (one graph for every length).
   Value forward(const Value& x) override;
 
  private:

@@ -386,10 +386,11 @@ void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decode
   m.decoder_ids = m.g.placeholder("decoder_ids", i64, decoder_ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "shared", integer(c, "vocab"), dim);
   // The encoder's keys a query may read, [B, 1, 1, S]: not padding.
-  const Value keep = reshape(not_equal(m.mask, 0.0), {-1, 1, 1, ids[1]});
+  const Value keep = reshape(not_equal(m.mask, 0.0), {ids[0], 1, 1, -1});
   m.encoder_bias =
       std::make_unique<nn::RelativePositionBias>(m.g, "encoder_bias", heads, t5_relative(c, true));
-  const Value encoder_mask = attention_mask_and(m.encoder_bias->bias(ids[1], ids[1]), keep);
+  // bias(T, T) where the lengths are known, else the bias of the lengths each run feeds.
+  const Value encoder_mask = attention_mask_and((*m.encoder_bias)(m.ids), keep);
   Value h = (*m.embed)(m.ids);
   for (int64_t i = 0; i < integer(c, "layers"); ++i) {
     m.encoder.push_back(std::make_unique<Block>(m.g, str("encoder", i), dim, heads, options));
@@ -400,7 +401,7 @@ void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decode
   m.memory = (*m.encoder_norm)(h);
   m.decoder_bias =
       std::make_unique<nn::RelativePositionBias>(m.g, "decoder_bias", heads, t5_relative(c, false));
-  const Value decoder_mask = m.decoder_bias->bias(decoder_ids[1], decoder_ids[1]);
+  const Value decoder_mask = (*m.decoder_bias)(m.decoder_ids);
   options.causal = true;
   Value d = (*m.embed)(m.decoder_ids);
   for (int64_t i = 0; i < integer(c, "decoder_layers"); ++i) {
@@ -545,12 +546,24 @@ std::vector<std::pair<std::string, Tensor>> t5_logits(const Config& c, const Loa
   Session session(m.g);
   session.initialize_variables();
   load_t5(session, m, weight);
-  const std::vector<Tensor> out = session.run({{m.ids, reference.at("ids")},
-                                               {m.mask, reference.at("mask")},
-                                               {m.decoder_ids, reference.at("decoder_ids")}},
-                                              {m.logits, m.memory});
+  const FeedList feeds = {{m.ids, reference.at("ids")},
+                          {m.mask, reference.at("mask")},
+                          {m.decoder_ids, reference.at("decoder_ids")}};
+  const std::vector<Tensor> out = session.run(feeds, {m.logits, m.memory});
+  // The same model built for any lengths (the relative position biases then computed from the
+  // lengths fed).
+  T5Model any;
+  const int64_t batch = reference.at("ids").shape()[0];
+  build_t5(any, c, {batch, -1}, {batch, -1});
+  Session any_session(any.g);
+  any_session.set_variables(session.variable_values());
+  const Tensor any_length = any_session.run({{any.ids, reference.at("ids")},
+                                             {any.mask, reference.at("mask")},
+                                             {any.decoder_ids, reference.at("decoder_ids")}},
+                                            {any.logits})[0];
   return {
       {"", out[0]},
+      {" built for any length", any_length},
       {" cached decoding", t5_cached_logits(c, session.variable_values(), out[1],
                                             reference.at("mask"), reference.at("decoder_ids"))}};
 }

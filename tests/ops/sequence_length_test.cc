@@ -1,8 +1,11 @@
-// Rotary scalings that follow the sequence length (dynamic NTK, LongRoPE): the frequencies at
-// length L are the formulas' (Hugging Face's rope functions, written out here), and a graph
-// whose length is known only at run time (a start fed each step, or T unknown) turns as the
-// constant-frequency rotation at that length. Hugging Face parity: tests/parity (llama_dynamic,
-// llama_longrope).
+// What follows a sequence length known only at run time.
+// - Rotary scalings that depend on it (dynamic NTK, LongRoPE): the frequencies at length L are
+//   the formulas' (Hugging Face's rope functions, written out here), and a graph whose length is
+//   known only at run time (a start fed each step, or T unknown) turns as the constant-frequency
+//   rotation at that length. Hugging Face parity: tests/parity (llama_dynamic, llama_longrope).
+// - Attention layers and T5's relative position bias built for any length (the batch known):
+//   each run gives what a graph built for the fed length gives (T5 parity: "built for any
+//   length").
 #include <cmath>
 #include <limits>
 
@@ -112,6 +115,59 @@ TEST(RotaryScaling, DynamicAndLongRopeErrorsNameTheOption) {
   RotaryOptions nan = kLongRope;
   nan.scaling.long_factors[0] = std::numeric_limits<double>::quiet_NaN();
   expect_error<GraphError>([&] { rotary_frequencies(8, nan); }, {"got nan"});
+}
+
+// Beyond max_distance every distance has its half's last bucket, so the bias of a length fed at
+// run time is the static bias of that length, bit for bit, up to lengths far past the table.
+TEST(RelativePositionBias, ALengthKnownOnlyAtRunTime) {
+  for (bool bidirectional : {true, false}) {
+    SCOPED_TRACE(bidirectional ? "bidirectional" : "one direction");
+    Graph g;
+    nn::RelativePositionBias relative(
+        g, "relative", 3, {.buckets = 8, .max_distance = 20, .bidirectional = bidirectional});
+    Value any = g.placeholder("any", f32, {-1, -1, 4});
+    Value bias = relative(any);
+    EXPECT_EQ(bias.shape(), (Shape{1, 3, -1, -1}));
+    Session s(g);
+    for (int64_t length : {1, 7, 21, 60}) {
+      const Tensor got = s.run({{any, Tensor::zeros(f32, {2, length, 4})}}, {bias})[0];
+      const Tensor want = s.run({}, {relative.bias(length, length)})[0];
+      EXPECT_EQ(got.shape(), want.shape());
+      EXPECT_TRUE(equal_bits(got, want)) << "length " << length;
+    }
+  }
+}
+
+// A block built for [2, ?, dim] runs any length, as blocks built for that length do (the same
+// variables), training steps included; what needs the length as the graph is built says so.
+TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
+  Graph g;
+  nn::TransformerBlock block(g, "block", 8, 2,
+                             {.ffn_dim = 16,
+                              .dropout = 0,
+                              .causal = true,
+                              .kv_heads = 1,
+                              .rotary = RotaryOptions{.scaling = kDynamic.scaling}});
+  Value any = g.placeholder("any", f32, {2, -1, 8});
+  Value out = block(any);
+  EXPECT_EQ(out.shape(), (Shape{2, -1, 8}));
+  Value loss = mean(out * out);
+  std::vector<Value> grads = gradients(loss, block.parameters());
+  Session s(g);
+  for (int64_t length : {1, 5, 12}) {
+    Value fixed = g.placeholder(str("fixed", length), f32, {2, length, 8});
+    Value want = block(fixed);
+    const Tensor x = r64({2, length, 8}, -1, 1, static_cast<uint32_t>(length)).cast(f32);
+    const auto got = s.run({{any, x}, {fixed, x}}, {out, want, grads[0]});
+    EXPECT_EQ(got[0].to_vector<float>(), got[1].to_vector<float>()) << "length " << length;
+    EXPECT_TRUE(std::isfinite(got[2].element(0)));
+  }
+  Value unknown_both = g.placeholder("unknown_both", f32, {-1, -1, 8});
+  expect_error<GraphError>([&] { block(unknown_both); }, {"[nn] MultiHeadAttention block/attention",
+                                                          "[?, ?, 8]", "a known length or batch"});
+  nn::TransformerBlock dropping(g, "dropping", 8, 2,
+                                {.ffn_dim = 16, .dropout = 0, .attention_dropout = 0.1});
+  expect_error<GraphError>([&] { dropping(any); }, {"a known length", "[2, ?, 8]"});
 }
 
 }  // namespace
