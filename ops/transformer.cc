@@ -103,6 +103,15 @@ Value MultiHeadAttention::rotated(const Value& x, const Value& start) const {
 }
 
 namespace {
+// The positions 0 .. T-1 along dim 1 of x [B, T, ...] (T known or not), i64 [T], counted from
+// x's first row.
+Value positions_along_length(const Value& x) {
+  std::vector<int64_t> first(static_cast<size_t>(x.shape().rank()), 0);
+  std::vector<int64_t> end(first.size(), 1);
+  end[1] = std::numeric_limits<int64_t>::max();
+  return cumsum(reshape(ones_like(cast(slice(x, first, end), i64)), {-1}), 0, /*exclusive=*/true);
+}
+
 // [B, T, ...] as [B, T, inner...]: -1 for the one of B and T that is unknown (length_of
 // allows at most one).
 Shape rows_of(const Value& x, std::initializer_list<int64_t> inner) {
@@ -182,19 +191,11 @@ Value MultiHeadAttention::attention_weights(const Value& x, const Value& memory,
                                             const Value& mask) {
   expect_own({&x, &memory}, "x and the memory");
   NameScope scope(graph(), name());
-  length_of(x, "x", dim_, true);  // the math path's positional mask is built with the graph
-  length_of(memory, "memory", memory_dim_, true);
   return probabilities(queries(x), projected(memory).keys, mask);
 }
 
 Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, const Value& mask) {
   const bool dropped = dropout_ > 0 && training();
-  if (dropped) {  // the math path's positional mask is built with the graph
-    length_of(x, "x", dim_, true);
-    KILN_CHECK(memory.keys.shape()[1] >= 0, GraphError, "[nn] MultiHeadAttention ", path(),
-               ": attention dropout in training needs the memory's length known, got ",
-               memory.keys.shape());
-  }
   Value q = queries(x);
   const Value &k = memory.keys, &v = memory.values;
   Value attended = dropped ? attention_with_dropout(q, k, v, mask)
@@ -291,13 +292,22 @@ Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Va
     keep = cast(mask, q.dtype());
   }
   if (causal_ || window_ > 0) {  // key j for query i: j <= i when causal, j > i - window
-    std::vector<float> positions(static_cast<size_t>(length * memory_length), 0.0f);
-    for (int64_t i = 0; i < length; ++i)
-      for (int64_t j = 0; j < memory_length; ++j)
-        positions[static_cast<size_t>(i * memory_length + j)] =
-            (!causal_ || j <= i) && (window_ == 0 || j > i - window_) ? 1.0f : 0.0f;
-    Value positional = constant(graph(), Tensor::from_vector(positions, {length, memory_length}),
-                                "positional_keep");
+    Value positional;
+    if (length >= 0 && memory_length >= 0) {
+      std::vector<float> positions(static_cast<size_t>(length * memory_length), 0.0f);
+      for (int64_t i = 0; i < length; ++i)
+        for (int64_t j = 0; j < memory_length; ++j)
+          positions[static_cast<size_t>(i * memory_length + j)] =
+              (!causal_ || j <= i) && (window_ == 0 || j > i - window_) ? 1.0f : 0.0f;
+      positional = constant(graph(), Tensor::from_vector(positions, {length, memory_length}),
+                            "positional_keep");
+    } else {  // the same from the lengths of this run
+      const Value i = expand_dims(positions_along_length(q), {1});
+      const Value j = expand_dims(positions_along_length(k), {0});
+      Value kept = causal_ ? cast(less_equal(j, i), f32) : ones_like(cast(j - i, f32));
+      if (window_ > 0) kept = kept * cast(greater(j, i - static_cast<double>(window_)), f32);
+      positional = kept;
+    }
     if (q.dtype() != f32) positional = cast(positional, q.dtype());
     keep = keep.defined() ? keep * positional : positional;
   }
@@ -375,12 +385,7 @@ Value RelativePositionBias::forward(const Value& x) {
         d, options_.bidirectional, options_.buckets, options_.max_distance);
   const Value table =
       graph().constant(Tensor::from_vector(of_distance, {2 * reach + 1}), "buckets_by_distance");
-  // The positions 0 .. T-1 of x's first row, counted from x itself.
-  std::vector<int64_t> first_row(static_cast<size_t>(x.shape().rank()), 0);
-  std::vector<int64_t> row_end(first_row.size(), 1);
-  row_end[1] = std::numeric_limits<int64_t>::max();
-  const Value positions = cumsum(reshape(ones_like(cast(slice(x, first_row, row_end), i64)), {-1}),
-                                 0, /*exclusive=*/true);  // [T]
+  const Value positions = positions_along_length(x);  // [T]
   const Value distance = clamp(expand_dims(positions, {0}) - expand_dims(positions, {1}),
                                static_cast<double>(-reach), static_cast<double>(reach)) +
                          static_cast<double>(reach);  // [T, T]: key j - query i, shifted

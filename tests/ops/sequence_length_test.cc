@@ -139,7 +139,8 @@ TEST(RelativePositionBias, ALengthKnownOnlyAtRunTime) {
 }
 
 // A block built for [2, ?, dim] runs any length, as blocks built for that length do (the same
-// variables), training steps included; what needs the length as the graph is built says so.
+// variables), training steps and attention dropout included; with neither the batch nor the
+// length known it says so.
 TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
   Graph g;
   nn::TransformerBlock block(g, "block", 8, 2,
@@ -165,9 +166,22 @@ TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
   Value unknown_both = g.placeholder("unknown_both", f32, {-1, -1, 8});
   expect_error<GraphError>([&] { block(unknown_both); }, {"[nn] MultiHeadAttention block/attention",
                                                           "[?, ?, 8]", "a known length or batch"});
+  // The math path (attention_weights, attention dropout in training) builds its causal and
+  // window mask from the run's lengths too.
+  nn::MultiHeadAttention windowed(g, "windowed", 8, 2, {.causal = true, .window = 3});
+  Value weights = windowed.attention_weights(any, any);
   nn::TransformerBlock dropping(g, "dropping", 8, 2,
-                                {.ffn_dim = 16, .dropout = 0, .attention_dropout = 0.1});
-  expect_error<GraphError>([&] { dropping(any); }, {"a known length", "[2, ?, 8]"});
+                                {.ffn_dim = 16, .dropout = 0, .attention_dropout = 0.5});
+  Value dropped = dropping(any);
+  for (int64_t length : {1, 4, 9}) {
+    Value fixed = g.placeholder(str("fixed_window", length), f32, {2, length, 8});
+    Value want = windowed.attention_weights(fixed, fixed);
+    const Tensor x = r64({2, length, 8}, -1, 1, static_cast<uint32_t>(40 + length)).cast(f32);
+    const auto got = s.run({{any, x}, {fixed, x}}, {weights, want, dropped});
+    EXPECT_EQ(got[0].shape(), (Shape{2, 2, length, length}));
+    EXPECT_EQ(got[0].to_vector<float>(), got[1].to_vector<float>()) << "length " << length;
+    EXPECT_EQ(got[2].shape(), (Shape{2, length, 8}));
+  }
 }
 
 }  // namespace
