@@ -76,6 +76,26 @@ std::map<std::string, Tensor> every_dtype() {
   return tensors;
 }
 
+// The instruction path and the table agree, on RFC 3720's check values and at every length and
+// alignment, whole or continued.
+TEST(Crc32c, TheInstructionAndTheTableAgree) {
+  const std::string digits = "123456789";
+  EXPECT_EQ(crc32c(digits.data(), digits.size()), 0xE3069283u);
+  EXPECT_EQ(crc32c_bytewise(digits.data(), digits.size()), 0xE3069283u);
+  const std::string zeros(32, '\0'), ones(32, '\xff');
+  EXPECT_EQ(crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);
+  EXPECT_EQ(crc32c(ones.data(), ones.size()), 0x62A8AB43u);
+  std::string bytes(300, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 2654435761u >> 13);
+  for (size_t start = 0; start < 9; ++start)
+    for (size_t size = 0; start + size <= bytes.size(); size += 7) {
+      const char* p = bytes.data() + start;
+      const uint32_t want = crc32c_bytewise(p, size);
+      ASSERT_EQ(crc32c(p, size), want) << start << " " << size;
+      ASSERT_EQ(crc32c(p + size / 3, size - size / 3, crc32c(p, size / 3)), want);
+    }
+}
+
 TEST(CheckpointFormat, EveryDtypeAndShapeRoundTrips) {
   const std::map<std::string, Tensor> tensors = every_dtype();
   write_checkpoint(tensors, tmp("every_dtype.ckpt"));
