@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "framework/graph.pb.h"
+#include "kiln/framework/byte_order.h"
 #include "kiln/framework/crc32c.h"
 
 namespace kiln {
@@ -175,18 +176,12 @@ std::vector<std::string> value_names(const std::vector<Value>& values) {
 constexpr char kChecksumTag = (5 << 3) | 5;
 constexpr size_t kChecksumBytes = 5;
 
-uint32_t little_endian32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(p[i]);
-  return v;
-}
-
 // Appends GraphDef.crc32c, the CRC-32C of everything before it, to a serialized graph (a
 // protobuf message may be extended by appending fields).
 void append_binary_checksum(std::string* data) {
   const uint32_t crc = crc32c(data->data(), data->size());
   *data += kChecksumTag;
-  for (int i = 0; i < 4; ++i) *data += static_cast<char>((crc >> (8 * i)) & 0xff);
+  append_little_endian(*data, crc, 4);
 }
 
 // Checks the file's checksum against its bytes. Binary files of version 2 and later must have
@@ -213,7 +208,7 @@ void verify_checksum(const std::string& data, bool text, const proto::GraphDef& 
   } else {
     KILN_CHECK(data.size() >= kChecksumBytes &&
                    data[data.size() - kChecksumBytes] == kChecksumTag &&
-                   little_endian32(data.data() + data.size() - 4) == def.crc32c(),
+                   read_little_endian(data.data() + data.size() - 4, 4) == def.crc32c(),
                FileError, file, ": the checksum is not at the end of the file: it is corrupt");
     covered = data.size() - kChecksumBytes;
   }

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kiln/framework/byte_order.h"
 #include "kiln/framework/file_io.h"
 #include "kiln/framework/json.h"
 
@@ -51,15 +52,9 @@ struct Header {
   std::map<std::string, std::string> metadata;
 };
 
-uint64_t little_endian_u64(const char* bytes) {
-  uint64_t value = 0;
-  for (int i = 7; i >= 0; --i) value = (value << 8) | static_cast<uint8_t>(bytes[i]);
-  return value;
-}
-
 // The header length from the first 8 bytes, checked against the file's size.
 uint64_t header_length(const char* first8, uint64_t file_size, const std::string& source) {
-  const uint64_t length = little_endian_u64(first8);
+  const uint64_t length = read_little_endian(first8, 8);
   KILN_CHECK(length <= kMaxHeaderBytes, FileError, "[safetensors] ", source,
              ": the header length is ", length, " bytes, more than the format's limit of ",
              kMaxHeaderBytes, " (not a safetensors file?)");
@@ -310,8 +305,7 @@ FileParts serialize(const std::map<std::string, Tensor>& tensors,
   header += "}";
   header.append((8 - header.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
   FileParts file;
-  file.head.assign(8, '\0');
-  for (int i = 0; i < 8; ++i) file.head[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  append_little_endian(file.head, header.size(), 8);
   file.head += header;
   for (auto& [name, tensor] : order) file.tensors.push_back(std::move(tensor));
   return file;

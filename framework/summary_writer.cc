@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "framework/tensorboard.pb.h"
+#include "kiln/framework/byte_order.h"
 #include "kiln/framework/crc32c.h"
 
 namespace kiln {
@@ -26,10 +27,6 @@ double now_seconds() {
 uint32_t masked_crc(const void* data, size_t size) {
   const uint32_t crc = crc32c(data, size);
   return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
-}
-
-void put_le(std::string& out, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xff));
 }
 
 std::string event_file_name() {
@@ -77,10 +74,10 @@ SummaryWriter::~SummaryWriter() {
 // CRC (4).
 void SummaryWriter::write_event(const std::string& data) {
   std::string record;
-  put_le(record, data.size(), 8);
-  put_le(record, masked_crc(record.data(), 8), 4);
+  append_little_endian(record, data.size(), 8);
+  append_little_endian(record, masked_crc(record.data(), 8), 4);
   record += data;
-  put_le(record, masked_crc(data.data(), data.size()), 4);
+  append_little_endian(record, masked_crc(data.data(), data.size()), 4);
   const bool ok = std::fwrite(record.data(), 1, record.size(), file_) == record.size() &&
                   std::fflush(file_) == 0;
   KILN_CHECK(ok, FileError, "[summary] cannot write ", path_, ": ", std::strerror(errno));

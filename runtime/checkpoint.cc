@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "framework/checkpoint.pb.h"
+#include "kiln/framework/byte_order.h"
 #include "kiln/framework/crc32c.h"
 #include "kiln/framework/graph_io.h"
 
@@ -15,18 +16,6 @@ constexpr char kMagic[8] = {'K', 'I', 'L', 'N', 'C', 'K', 'P', '2'};
 constexpr uint64_t kPreludeBytes = sizeof(kMagic) + 8;  // magic, header length
 // Headers hold names and dims only; a longer one is garbage (checked before it is allocated).
 constexpr uint64_t kMaxHeaderBytes = uint64_t{1} << 30;
-
-std::string little_endian(uint64_t value, int bytes) {
-  std::string out(static_cast<size_t>(bytes), '\0');
-  for (int i = 0; i < bytes; ++i) out[static_cast<size_t>(i)] = static_cast<char>(value >> (8 * i));
-  return out;
-}
-
-uint64_t from_little_endian(const char* bytes, int count) {
-  uint64_t value = 0;
-  for (int i = 0; i < count; ++i) value |= uint64_t{static_cast<uint8_t>(bytes[i])} << (8 * i);
-  return value;
-}
 
 // Where a checkpoint's bytes come from: a file (read in parts) or memory.
 struct ByteSource {
@@ -61,7 +50,7 @@ std::map<std::string, Tensor> parse_version_2(const ByteSource& source, const st
              " bytes is truncated (its header's length alone takes ", kPreludeBytes, ")");
   char prelude[kPreludeBytes];
   source.read_at(0, prelude, sizeof(prelude));
-  const uint64_t header_bytes = from_little_endian(prelude + sizeof(kMagic), 8);
+  const uint64_t header_bytes = read_little_endian(prelude + sizeof(kMagic), 8);
   KILN_CHECK(header_bytes <= kMaxHeaderBytes && header_bytes + kPreludeBytes + 4 <= source.size,
              FileError, where, ": the header claims ", header_bytes, " bytes and the file has ",
              source.size, ": it is truncated or corrupt");
@@ -69,7 +58,7 @@ std::map<std::string, Tensor> parse_version_2(const ByteSource& source, const st
   source.read_at(kPreludeBytes, header.data(), header.size());
   char stored_crc[4];
   source.read_at(kPreludeBytes + header_bytes, stored_crc, 4);
-  const auto stored = static_cast<uint32_t>(from_little_endian(stored_crc, 4));
+  const auto stored = static_cast<uint32_t>(read_little_endian(stored_crc, 4));
   const uint32_t computed = crc32c(header.data(), header.size());
   KILN_CHECK(stored == computed, FileError, where, ": header checksum mismatch (stored ", stored,
              ", computed ", computed, "): the file is corrupt");
@@ -140,9 +129,9 @@ void write_checkpoint(const std::map<std::string, Tensor>& tensors, const std::s
   std::string header_bytes;
   KILN_CHECK(header.SerializeToString(&header_bytes), FileError, "[checkpoint] ", path,
              ": cannot serialize the header");
-  const std::string prelude =
-      std::string(kMagic, sizeof(kMagic)) + little_endian(header_bytes.size(), 8);
-  const std::string header_crc = little_endian(crc32c(header_bytes.data(), header_bytes.size()), 4);
+  std::string prelude(kMagic, sizeof(kMagic)), header_crc;
+  append_little_endian(prelude, header_bytes.size(), 8);
+  append_little_endian(header_crc, crc32c(header_bytes.data(), header_bytes.size()), 4);
   std::vector<std::string_view> parts = {prelude, header_bytes, header_crc};
   parts.insert(parts.end(), data.begin(), data.end());
   write_file_atomically(path, parts);
