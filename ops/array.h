@@ -12,9 +12,13 @@ namespace kiln {
 /// The same elements seen with another shape. One dim may be -1: it is inferred.
 Value reshape(const Value& x, const Shape& shape);
 /// Dims start_axis..end_axis (inclusive, negative counting from the end) merged into one
-/// (torch.flatten): flatten(x) of [N, C, H, W] is [N, C H W]. At most one dim of the result
-/// may be unknown (a merged run is unknown if any of its dims is).
+/// (torch.flatten): flatten(x) of [N, C, H, W] is [N, C H W]. Dims outside the run are kept,
+/// known or not; the merged dim is unknown if any of its dims is.
 Value flatten(const Value& x, int64_t start_axis = 1, int64_t end_axis = -1);
+/// Dim `axis` split into `sizes` (torch.unflatten): unflatten(x, 2, {heads, -1}) of [B, T, D]
+/// is [B, T, heads, D / heads]. One size may be -1, inferred from the dim; the other dims are
+/// kept, known or not, so B and T may both be unknown (a reshape's target infers one dim).
+Value unflatten(const Value& x, int64_t axis, const std::vector<int64_t>& sizes);
 /// Dims reordered: result.shape[i] = x.shape[perm[i]]. An empty perm reverses the dims.
 Value transpose(const Value& x, std::vector<int64_t> perm = {});
 /// x stretched to `shape` by NumPy broadcasting.

@@ -123,18 +123,15 @@ Value Linear::forward(const Value& x) {
   const Shape& s = x.shape();
   KILN_CHECK(s.rank() >= 1 && s[-1] == in_, GraphError, "[nn] Linear ", path(), ": expects [..., ",
              in_, "], got ", s);
-  // Rank > 2: one product over the flattened leading dims.
-  Value flat = s.rank() > 2 ? reshape(x, {-1, in_}) : x;
-  Value y = matmul(flat, weight);
+  int64_t unknown = 0;
+  for (int64_t d = 0; d + 1 < s.rank(); ++d) unknown += s[d] < 0;
+  // Rank > 2: one product over the flattened leading dims. With two of them unknown or more
+  // (a [?, ?, in] input), a reshape could not restore them: the product takes x whole, and
+  // matmul multiplies its rows as one matrix all the same.
+  const bool flat = s.rank() > 2 && unknown <= 1;
+  Value y = matmul(flat ? reshape(x, {-1, in_}) : x, weight);
   if (bias.defined()) y = y + bias;
-  if (s.rank() > 2) {
-    int64_t unknown = 0;
-    for (int64_t d = 0; d + 1 < s.rank(); ++d) unknown += s[d] < 0;
-    KILN_CHECK(unknown <= 1, GraphError, "[nn] Linear ", path(), ": x ", s,
-               " may have one unknown dim at most");
-    y = reshape(y, with_last(s, out_));
-  }
-  return y;
+  return flat ? reshape(y, with_last(s, out_)) : y;
 }
 
 // ---- Conv2d.

@@ -112,21 +112,21 @@ Value positions_along_length(const Value& x) {
   return cumsum(reshape(ones_like(cast(slice(x, first, end), i64)), {-1}), 0, /*exclusive=*/true);
 }
 
-// [B, T, ...] as [B, T, inner...]: -1 for the one of B and T that is unknown (length_of
-// allows at most one).
-Shape rows_of(const Value& x, std::initializer_list<int64_t> inner) {
-  const Shape& s = x.shape();
-  std::vector<int64_t> dims{s[1] >= 0 ? -1 : s[0], s[1]};
-  dims.insert(dims.end(), inner);
-  return Shape(std::move(dims));
+// [B, T, heads * depth] as [B, T, heads, depth], B and T known or not.
+Value heads_split(const Value& x, int64_t heads, int64_t depth) {
+  return unflatten(x, 2, {heads, depth});
+}
+
+// [B, T, heads, depth] as [B, T, heads * depth].
+Value heads_merged(const Value& x) {
+  return flatten(x, 2, 3);
 }
 }  // namespace
 
 Value MultiHeadAttention::normalized_heads(const Value& projected, int64_t heads, RMSNorm* norm) {
-  const Shape split = rows_of(projected, {heads, depth_});
-  if (norm == nullptr) return reshape(projected, split);
-  if (qk_norm_across_heads_) return reshape((*norm)(projected), split);
-  return (*norm)(reshape(projected, split));
+  if (norm == nullptr) return heads_split(projected, heads, depth_);
+  if (qk_norm_across_heads_) return heads_split((*norm)(projected), heads, depth_);
+  return (*norm)(heads_split(projected, heads, depth_));
 }
 
 Value MultiHeadAttention::query_heads(const Value& projected, const Value& start) {
@@ -165,25 +165,21 @@ Value MultiHeadAttention::attend_projected(const Value& x, const KVCache& memory
   return attention_to(x, memory, mask);
 }
 
-int64_t MultiHeadAttention::length_of(const Value& x, const char* what, int64_t width,
-                                      bool known) const {
+void MultiHeadAttention::expect_rows(const Value& x, const char* what, int64_t width) const {
   const Shape& s = x.shape();
-  KILN_CHECK(s.rank() == 3 && s[2] == width && (s[1] >= 0 || (!known && s[0] >= 0)), GraphError,
-             "[nn] MultiHeadAttention ", path(), ": expects ", what, " [batch, length, ", width,
-             "] with ", known ? "a known length" : "a known length or batch", ", got ", s);
-  return s[1];
+  KILN_CHECK(s.rank() == 3 && s[2] == width, GraphError, "[nn] MultiHeadAttention ", path(),
+             ": expects ", what, " [batch, length, ", width, "], got ", s);
 }
 
 // [B, S, dim] -> [B, S, kv_heads, depth]: attention reads the heads in place (layout bthd), so
 // no transpose splits or merges them.
 KVCache MultiHeadAttention::projected(const Value& memory) {
-  length_of(memory, "memory", memory_dim_, false);
-  return {key_heads(key(memory), Value()),
-          reshape(value(memory), rows_of(memory, {kv_heads_, depth_}))};
+  expect_rows(memory, "memory", memory_dim_);
+  return {key_heads(key(memory), Value()), heads_split(value(memory), kv_heads_, depth_)};
 }
 
 Value MultiHeadAttention::queries(const Value& x) {
-  length_of(x, "x", dim_, false);
+  expect_rows(x, "x", dim_);
   return query_heads(query(x), Value());
 }
 
@@ -206,7 +202,7 @@ Value MultiHeadAttention::attention_to(const Value& x, const KVCache& memory, co
                                                            .scale = scale_,
                                                            .softcap = softcap_,
                                                            .layout = "bthd"});
-  return output(reshape(attended, rows_of(x, {heads_ * depth_})));
+  return output(heads_merged(attended));
 }
 
 MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, const KVCache& cache,
@@ -218,22 +214,21 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
   KILN_CHECK(memory_dim_ == dim_, GraphError, "[nn] MultiHeadAttention ", path(),
              ": cached self-attention needs memory_dim (", memory_dim_, ") equal to dim (", dim_,
              ")");
-  const int64_t depth = depth_, length = length_of(x, "x", dim_, true);
+  expect_rows(x, "x", dim_);
+  const int64_t depth = depth_, length = x.shape()[1];
   for (const Value* part : {&cache.keys, &cache.values}) {
     KILN_CHECK(part->defined(), GraphError, "[nn] MultiHeadAttention ", path(),
                ": the cache's keys and values must both be given");
     const Shape& cs = part->shape();
     KILN_CHECK(cs.rank() == 4 && cs[1] >= length && cs[2] == kv_heads_ && cs[3] == depth,
                GraphError, "[nn] MultiHeadAttention ", path(), ": a cache must be [batch, ",
-               "max_length >= ", length, ", ", kv_heads_, ", ", depth, "], got ", cs);
+               length >= 0 ? str("max_length >= ", length) : "max_length", ", ", kv_heads_, ", ",
+               depth, "], got ", cs);
   }
   NameScope scope(graph(), name());
-  auto split = [&](const Value& v, int64_t heads) {
-    return reshape(v, {-1, length, heads, depth});
-  };
   // Keys enter the cache rotated for their positions, as attend() rotates them.
   KVCache next{cache_written(cache.keys, key_heads(key(x), position), position),
-               cache_written(cache.values, split(value(x), kv_heads_), position)};
+               cache_written(cache.values, heads_split(value(x), kv_heads_, depth), position)};
   // Query i sits at position + i and sees the entries written up to it, j <= position + i (and
   // within its window, j > position + i - window): the attention's reach at that offset, so
   // the entries past it are never multiplied. A mask narrows it; a bias is added.
@@ -246,7 +241,7 @@ MultiHeadAttention::Cached MultiHeadAttention::attend_cached(const Value& x, con
                                     .softcap = softcap_,
                                     .layout = "bthd",
                                     .query_offset = position});
-  return {output(reshape(attended, {-1, length, heads_ * depth_})), next};
+  return {output(heads_merged(attended)), next};
 }
 
 KVCache MultiHeadAttention::cache_placeholders(int64_t max_length, DType dtype) {
@@ -272,7 +267,7 @@ KVCache MultiHeadAttention::cache_variables(int64_t batch, int64_t max_length, D
 Value MultiHeadAttention::heads_repeated(const Value& t) const {
   if (kv_heads_ == heads_) return t;
   const std::vector<Value> copies(static_cast<size_t>(heads_ / kv_heads_), expand_dims(t, {3}));
-  return reshape(concat(copies, 3), rows_of(t, {heads_, depth_}));
+  return heads_merged(concat(copies, 3));
 }
 
 Value MultiHeadAttention::probabilities(const Value& q, const Value& k, const Value& mask) {

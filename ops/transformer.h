@@ -93,7 +93,8 @@ class MultiHeadAttention : public Module {
 
   /// One step of incremental (cached) causal self-attention, for generation: x [B, n, dim]
   /// holds the tokens at positions [position, position + n) (`position` an integer scalar
-  /// tensor, fed or computed at run time). Their keys and values are written into `cache` at
+  /// tensor, fed or computed at run time; B and n known or not, so one graph takes a prompt of
+  /// any length). Their keys and values are written into `cache` at
   /// `position`, and query i attends to cache entries 0 .. position + i (and, with `mask`
   /// broadcast to [B, heads, n, max_length], only where it is true: a key-padding mask).
   /// Entries past position + n - 1 are never read, so a cache may start as zeros; nor are they
@@ -135,9 +136,9 @@ class MultiHeadAttention : public Module {
   Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
 
  private:
-  /// The length of x or memory [B, T, width] (`what` names it): known, or (unless `known`)
-  /// -1 with the batch known; else a GraphError.
-  int64_t length_of(const Value& x, const char* what, int64_t width, bool known) const;
+  /// Checks that x or memory is [B, T, width] (`what` names it), B and T known or not; else a
+  /// GraphError.
+  void expect_rows(const Value& x, const char* what, int64_t width) const;
   /// x [B, T, dim] projected to queries [B, T, heads, depth] (rotated for positions 0..).
   Value queries(const Value& x);
   /// A projection [B, T, heads * depth] as [B, T, heads, depth], through `norm` (a qk_norm,

@@ -52,6 +52,114 @@ KILN_OP(reshape)
     .kernel(DeviceKind::cpu, view_kernel)
     .kernel(DeviceKind::cuda, view_kernel);
 
+// ---- flatten and unflatten: reshapes that keep the dims they do not merge or split, known or
+// not (a reshape's target can leave one dim unknown). The flatten() and unflatten() functions
+// build these ops only where that takes two unknown dims or more, and a reshape otherwise.
+
+// Any dim of x unknown.
+int64_t unknown_dims(const Shape& s) {
+  return std::count_if(s.begin(), s.end(), [](int64_t d) { return d < 0; });
+}
+
+// Throws through ctx (a node's error) or, without one, as the graph-building call `what`.
+template <typename... Pieces>
+[[noreturn]] void shape_error(const InferContext* ctx, const char* what, Pieces&&... pieces) {
+  if (ctx) ctx->fail(pieces...);
+  throw GraphError(str("[", what, "] ", pieces...));
+}
+
+// a * b for sizes, failing instead of overflowing.
+int64_t size_product(const InferContext* ctx, const char* what, int64_t a, int64_t b) {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product))
+    shape_error(ctx, what, "a size ", a, " * ", b, " overflows int64");
+  return product;
+}
+
+// x with dims first..last (in range, first <= last) merged into one, unknown where any of them
+// is; a scalar is seen as [1].
+Shape flattened(const Shape& x, int64_t first, int64_t last, const InferContext* ctx) {
+  std::vector<int64_t> dims;
+  int64_t merged = 1;
+  for (int64_t d = 0; d < std::max<int64_t>(x.rank(), 1); ++d) {
+    const int64_t size = x.rank() == 0 ? 1 : x[d];
+    if (d < first || d > last)
+      dims.push_back(size);
+    else if (size < 0 || merged < 0)
+      merged = -1;
+    else
+      merged = size_product(ctx, "flatten", merged, size);
+    if (d == last) dims.push_back(merged);
+  }
+  return Shape(std::move(dims));
+}
+
+// x with dim `axis` (in range) split into `sizes`: each >= 0, or one -1 inferred from the
+// dim when it is known. Reports through ctx (or throws GraphError) a size that does not fit.
+Shape unflattened(const Shape& x, int64_t axis, const std::vector<int64_t>& sizes,
+                  const InferContext* ctx) {
+  auto fail = [&](auto&&... pieces) { shape_error(ctx, "unflatten", pieces...); };
+  if (sizes.empty()) fail("x ", x, ": sizes for dim ", axis, " are empty");
+  int64_t infer_at = -1, known = 1;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] == -1 && infer_at < 0) {
+      infer_at = static_cast<int64_t>(i);
+    } else if (sizes[i] < 0) {
+      fail("x ", x, ": sizes ", attr_to_string(sizes), " for dim ", axis,
+           " may hold one -1 and no other negative size");
+    } else {
+      known = size_product(ctx, "unflatten", known, sizes[i]);
+    }
+  }
+  std::vector<int64_t> split = sizes;
+  const int64_t dim = x.rank() == 0 ? 1 : x[axis];
+  if (dim >= 0 && infer_at >= 0) {
+    if (known == 0 || dim % known != 0)
+      fail("x ", x, ": dim ", axis, " (", dim, ") cannot be split into ", attr_to_string(sizes));
+    split[static_cast<size_t>(infer_at)] = dim / known;
+  } else if (dim >= 0 && known != dim) {
+    fail("x ", x, ": dim ", axis, " (", dim, ") cannot be split into ", attr_to_string(sizes), " (",
+         known, " elements)");
+  }
+  std::vector<int64_t> dims(x.begin(), x.end());
+  if (dims.empty()) dims.push_back(1);
+  dims.erase(dims.begin() + axis);
+  dims.insert(dims.begin() + axis, split.begin(), split.end());
+  return Shape(std::move(dims));
+}
+
+KILN_OP(flatten)
+    .may_alias_input()
+    .input("x")
+    .attr("start_axis", int64_t{1})
+    .attr("end_axis", int64_t{-1})
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const Shape& x = ctx.shape(0);
+      const int64_t rank = std::max<int64_t>(x.rank(), 1);
+      const int64_t first = ctx.axis(ctx.attr<int64_t>("start_axis"), rank);
+      const int64_t last = ctx.axis(ctx.attr<int64_t>("end_axis"), rank);
+      if (first > last)
+        ctx.fail("start_axis ", first, " comes after end_axis ", last, " for x ", x);
+      return {{ctx.dtype(0), flattened(x, first, last, &ctx)}};
+    })
+    .grad([](GradContext& c) -> GradList { return {reshape_like(c.grad_output(), c.input(0))}; })
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel);
+
+KILN_OP(unflatten)
+    .may_alias_input()
+    .input("x")
+    .attr("axis", AttrType::integer)
+    .attr("sizes", AttrType::integers)
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      const Shape& x = ctx.shape(0);
+      const int64_t axis = ctx.axis(ctx.attr<int64_t>("axis"), std::max<int64_t>(x.rank(), 1));
+      return {{ctx.dtype(0), unflattened(x, axis, ctx.attr<std::vector<int64_t>>("sizes"), &ctx)}};
+    })
+    .grad([](GradContext& c) -> GradList { return {reshape_like(c.grad_output(), c.input(0))}; })
+    .kernel(DeviceKind::cpu, view_kernel)
+    .kernel(DeviceKind::cuda, view_kernel);
+
 KILN_OP(identity)
     .may_alias_input()
     .input("x")
@@ -161,27 +269,17 @@ Value flatten(const Value& x, int64_t start_axis, int64_t end_axis) {
   const int64_t last = normalize_axis(end_axis, rank, "[flatten] end_axis");
   KILN_CHECK(first <= last, GraphError, "[flatten] ", x.name(), ": start_axis ", start_axis,
              " comes after end_axis ", end_axis, " for x ", s);
-  std::vector<int64_t> dims;
-  int64_t merged = 1, unknown = 0;
-  for (int64_t d = 0; d < rank; ++d) {
-    const int64_t size = s.rank() == 0 ? 1 : s[d];
-    if (d < first || d > last) {
-      dims.push_back(size);
-      unknown += size < 0;
-    } else if (size < 0 || merged < 0) {
-      merged = -1;
-    } else {
-      merged *= size;
-    }
-    if (d == last) {
-      dims.push_back(merged);
-      unknown += merged < 0;
-    }
-  }
-  KILN_CHECK(unknown <= 1, GraphError, "[flatten] ", x.name(), ": x ", s, " flattened over dims ",
-             first, "..", last, " would leave ", unknown,
-             " unknown dims; a reshape can infer one only");
-  return reshape(x, Shape(dims));
+  const Shape merged = ops::flattened(s, first, last, nullptr);
+  if (ops::unknown_dims(merged) <= 1) return reshape(x, merged);
+  return x.graph()->add("flatten", {x}, {{"start_axis", first}, {"end_axis", last}});
+}
+Value unflatten(const Value& x, int64_t axis, const std::vector<int64_t>& sizes) {
+  KILN_CHECK(x.defined(), GraphError, "[unflatten] of an undefined Value");
+  const int64_t at = normalize_axis(axis, std::max<int64_t>(x.shape().rank(), 1),
+                                    "[unflatten] " + x.name() + " axis");
+  const Shape split = ops::unflattened(x.shape(), at, sizes, nullptr);
+  if (ops::unknown_dims(split) <= 1) return reshape(x, split);
+  return x.graph()->add("unflatten", {x}, {{"axis", at}, {"sizes", sizes}});
 }
 Value identity(const Value& x) {
   return common_graph("identity", {&x}).add("identity", {x});

@@ -41,8 +41,18 @@ std::vector<TensorType> infer_matmul(const InferContext& ctx) {
 template <typename T>
 void matmul_typed(KernelContext& ctx) {
   Tensor& c = ctx.output(0);
-  blocked_product<T>(ctx, ctx.input(0), ctx.input(1), ctx.attr<bool>("transpose_a"),
-                     ctx.attr<bool>("transpose_b"), c.shape(), c.data<T>());
+  const Tensor &a = ctx.input(0), &b = ctx.input(1);
+  const bool ta = ctx.attr<bool>("transpose_a"), tb = ctx.attr<bool>("transpose_b");
+  // [B, T, K] times a [K, N] matrix: one product of B T rows, not B products of T rows each
+  // (where BLAS's 32-bit rows reach).
+  const int64_t rows = rows_of_matrix(a.shape());
+  if (product_folds_rows(a.shape(), b.shape(), ta) && rows < (int64_t{1} << 31)) {
+    const Shape flat{rows, c.shape()[-1]};
+    blocked_product<T>(ctx, a.reshaped(Shape{rows, a.shape()[-1]}), b, false, tb, flat,
+                       c.data<T>());
+    return;
+  }
+  blocked_product<T>(ctx, a, b, ta, tb, c.shape(), c.data<T>());
 }
 
 void matmul_cpu(KernelContext& ctx) {
@@ -57,6 +67,13 @@ void matmul_cpu(KernelContext& ctx) {
 // then summed over batch dims that were broadcast.
 GradList matmul_grads(const Value& a, const Value& b, const Value& dc, bool ta, bool tb) {
   Value da, db;
+  if (product_folds_rows(a.shape(), b.shape(), ta)) {
+    // A [..., M, K] times a matrix: B's gradient is one product over all of A's rows (flat
+    // as [rows, K], dC as [rows, N]), not one per batch entry summed after.
+    const Value rows_a = flatten(a, 0, -2), rows_dc = flatten(dc, 0, -2);
+    return {matmul(dc, b, false, !tb),
+            tb ? matmul(rows_dc, rows_a, true, false) : matmul(rows_a, rows_dc, true, false)};
+  }
   if (!ta && !tb) {
     da = matmul(dc, b, false, true);
     db = matmul(a, dc, true, false);

@@ -176,6 +176,12 @@ void matmul_cuda(KernelContext& ctx) {
   }
   KILN_CHECK(m < (int64_t{1} << 31) && n < (int64_t{1} << 31) && k < (int64_t{1} << 31), Error,
              ctx.where(), ": matrix dims ", m, "x", k, "x", n, " exceed cuBLAS's 32-bit limit");
+  // [B, T, K] times a matrix: one product of B T rows (where cuBLAS's 32-bit rows reach).
+  if (product_folds_rows(as, bs, ta) && rows_of_matrix(as) < (int64_t{1} << 31)) {
+    run_product(ctx, {a.dtype(), false, tb, rows_of_matrix(as), n, k, a.raw_data(), b.raw_data(),
+                      c.raw_data()});
+    return;
+  }
   const Shape out_batch(std::vector<int64_t>(c.shape().begin(), c.shape().end() - 2));
   const std::vector<int64_t> a_off =
       batch_offsets(out_batch, Shape(std::vector<int64_t>(as.begin(), as.end() - 2)));

@@ -40,4 +40,17 @@ inline int64_t uniform_batch_stride(const std::vector<int64_t>& offsets) {
   return stride;
 }
 
+/// Whether C = A op(B) of a batched A [..., M, K], not transposed, and a matrix B is one
+/// product of A's rows: A lies in memory as [rows, K] (rows_of_matrix below) and C as [rows, N].
+inline bool product_folds_rows(const Shape& a, const Shape& b, bool ta) {
+  return !ta && b.rank() == 2 && a.rank() > 2;
+}
+
+/// The product of a known shape's dims but the last: its rows seen as one matrix.
+inline int64_t rows_of_matrix(const Shape& a) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < a.rank(); ++d) rows *= a[d];
+  return rows;
+}
+
 }  // namespace kiln::ops

@@ -56,9 +56,9 @@ class AlgebraicSimplification final : public Pass {
 
       if (op == "identity" || op == "stop_gradient") {
         bypass(x);
-      } else if ((op == "reshape" || op == "reshape_like" || op == "expand_dims" ||
-                  op == "sum_to" || op == "broadcast_like" || op == "broadcast_to" ||
-                  op == "cast") &&
+      } else if ((op == "reshape" || op == "flatten" || op == "unflatten" || op == "reshape_like" ||
+                  op == "expand_dims" || op == "sum_to" || op == "broadcast_like" ||
+                  op == "broadcast_to" || op == "cast") &&
                  same_type(x)) {
         bypass(x);  // changes neither shape nor dtype
       } else if (op == "add_n" && node.inputs().size() == 1) {

@@ -410,6 +410,27 @@ std::vector<OpCase> make_cases() {
 
   // ---- Shapes and data movement.
   add({"reshape", "reshape", [](CaseGraph& c) { return reshape(c.input({4, 6}), {3, -1}); }});
+  // flatten() and unflatten() build these ops where a reshape cannot keep two unknown dims;
+  // the cases build them directly.
+  const Reference same_elements = [](const std::vector<Tensor>& in) {
+    return in[0].cast(f64).to_vector<double>();
+  };
+  add({.op = "flatten",
+       .name = "flatten_middle",
+       .build =
+           [](CaseGraph& c) {
+             return op(c, "flatten", {c.input({2, 3, 4, 5})},
+                       {{"start_axis", int64_t{1}}, {"end_axis", int64_t{2}}});
+           },
+       .reference = same_elements});
+  add({.op = "unflatten",
+       .name = "unflatten_last",
+       .build =
+           [](CaseGraph& c) {
+             return op(c, "unflatten", {c.input({2, 3, 12})},
+                       {{"axis", int64_t{-1}}, {"sizes", std::vector<int64_t>{3, -1}}});
+           },
+       .reference = same_elements});
   add({"transpose", "transpose", [](CaseGraph& c) {
          return transpose(c.input({3, 4, 5}), {2, 0, 1});
        }});

@@ -8,6 +8,11 @@ namespace {
 
 using testing::expect_error;
 
+// The op that computes v.
+const std::string& op_of(const Value& v) {
+  return v.graph()->node(v.node_id()).op_name();
+}
+
 Tensor iota_tensor(DType dtype, const Shape& shape) {
   Tensor t = Tensor::empty(dtype, shape);
   dispatch_all(dtype, [&](auto tag) {
@@ -41,7 +46,7 @@ TEST(Reshape, InfersMinusOneAndSharesData) {
 }
 
 // torch.flatten's dims: [N, C, H, W] -> [N, C H W] by default, any run of dims, negative axes;
-// an unknown dim in the merged run makes it unknown; two unknown dims cannot be a reshape.
+// an unknown dim in the merged run makes it unknown; unknown dims outside the run stay so.
 TEST(Flatten, MergesARunOfDimsAsTorch) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 3, 4, 5});
@@ -57,13 +62,87 @@ TEST(Flatten, MergesARunOfDimsAsTorch) {
   EXPECT_EQ(out.to_vector<float>(), in.to_vector<float>());
   EXPECT_EQ(flatten(g.constant(Tensor::scalar(2.0f)), 0).shape(), Shape({1}));
 
-  Value two_unknown = g.placeholder("y", f32, {-1, -1, 4});
-  EXPECT_EQ(flatten(two_unknown, 0, 1).shape(), Shape({-1, 4}));
-  expect_error<GraphError>([&] { flatten(two_unknown, 2); },
-                           {"[flatten] y", "[?, ?, 4]", "2 unknown dims"});
+  Value two_unknown = g.placeholder("y", f32, {-1, -1, 4, 3});
+  EXPECT_EQ(flatten(two_unknown, 0, 1).shape(), Shape({-1, 4, 3}));
+  EXPECT_EQ(op_of(flatten(two_unknown, 0, 1)), "reshape");  // a reshape where one does
+  const Value heads = flatten(two_unknown, 2);
+  EXPECT_EQ(heads.shape(), Shape({-1, -1, 12}));
+  EXPECT_EQ(op_of(heads), "flatten");
+  Session s(g);
+  for (const Shape& fed : {Shape{2, 5, 4, 3}, Shape{1, 1, 4, 3}, Shape{3, 0, 4, 3}}) {
+    const Tensor y = iota_tensor(f32, fed);
+    const Tensor merged = s.run({{two_unknown, y}}, {heads})[0];
+    EXPECT_EQ(merged.shape(), Shape({fed[0], fed[1], 12}));
+    EXPECT_EQ(merged.to_vector<float>(), y.to_vector<float>());
+  }
+  expect_error<FeedError>(
+      [&] {
+        s.run({{two_unknown, Tensor::zeros(f32, {2, 5, 3, 4})}}, {heads});
+      },
+      {"placeholder 'y'", "[2, 5, 3, 4]"});
   expect_error<GraphError>([&] { flatten(x, 3, 1); },
                            {"[flatten] x", "start_axis 3", "end_axis 1"});
   expect_error<GraphError>([&] { flatten(x, 4); }, {"[flatten] start_axis", "axis 4", "rank 4"});
+}
+
+// torch.unflatten: one dim split into sizes, one of them inferred; the other dims are kept known
+// or not, so [?, ?, 12] splits into heads where a reshape (one unknown dim) cannot.
+TEST(Unflatten, SplitsOneDimAsTorch) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, -1, 12});
+  const Value split = unflatten(x, -1, {3, -1});
+  EXPECT_EQ(split.shape(), Shape({-1, -1, 3, 4}));
+  EXPECT_EQ(op_of(split), "unflatten");
+  Value batch_known = g.placeholder("b", f32, {2, -1, 12});
+  EXPECT_EQ(unflatten(batch_known, 2, {2, 2, 3}).shape(), Shape({2, -1, 2, 2, 3}));
+  EXPECT_EQ(op_of(unflatten(batch_known, 2, {2, 2, 3})), "reshape");
+  EXPECT_EQ(unflatten(batch_known, 1, {-1, 2}).shape(), Shape({2, -1, 2, 12}));
+  EXPECT_EQ(unflatten(g.constant(Tensor::scalar(2.0f)), 0, {1, 1}).shape(), Shape({1, 1}));
+  // The split dim unknown: sizes as given (checked when the graph runs), or one unknown.
+  const Value rows = unflatten(x, 1, {-1, 2});
+  EXPECT_EQ(rows.shape(), Shape({-1, -1, 2, 12}));
+  // Gradients flow back as a reshape to x's shape of this run.
+  const Value loss = sum(split * split);
+  const Value dx = gradients(loss, {x})[0];
+  Session s(g);
+  for (const Shape& fed : {Shape{2, 5, 12}, Shape{1, 1, 12}, Shape{4, 0, 12}}) {
+    const Tensor in = iota_tensor(f32, fed);
+    const auto got = s.run({{x, in}}, {split, dx});
+    EXPECT_EQ(got[0].shape(), Shape({fed[0], fed[1], 3, 4}));
+    EXPECT_EQ(got[0].to_vector<float>(), in.to_vector<float>());
+    EXPECT_EQ(got[1].shape(), fed);
+    std::vector<float> twice = in.to_vector<float>();
+    for (float& v : twice) v *= 2;
+    EXPECT_EQ(got[1].to_vector<float>(), twice);
+  }
+  EXPECT_EQ(s.run({{x, iota_tensor(f32, {3, 4, 12})}}, {rows})[0].shape(), Shape({3, 2, 2, 12}));
+  expect_error<GraphError>(
+      [&] {
+        s.run({{x, Tensor::zeros(f32, {3, 5, 12})}}, {rows});
+      },
+      {"[unflatten]", "dim 1 (5) cannot be split into [-1, 2]"});
+  expect_error<GraphError>(
+      [&] {
+        unflatten(x, 2, {5, -1});
+      },
+      {"[unflatten]", "[?, ?, 12]", "dim 2 (12) cannot be split into [5, -1]"});
+  expect_error<GraphError>(
+      [&] {
+        unflatten(x, 2, {3, 3});
+      },
+      {"dim 2 (12) cannot be split into [3, 3] (9 elements)"});
+  expect_error<GraphError>(
+      [&] {
+        unflatten(x, 2, {-1, -1});
+      },
+      {"sizes [-1, -1]", "one -1 and no other negative size"});
+  expect_error<GraphError>([&] { unflatten(x, 2, {}); }, {"sizes for dim 2 are empty"});
+  expect_error<GraphError>([&] { unflatten(x, 3, {1}); }, {"[unflatten] x axis", "axis 3"});
+  expect_error<GraphError>(
+      [&] {
+        unflatten(x, 2, {int64_t{1} << 40, int64_t{1} << 40});
+      },
+      {"overflows int64"});
 }
 
 TEST(Transpose, EveryPermutationOfRank3AndLarge2D) {

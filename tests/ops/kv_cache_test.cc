@@ -15,6 +15,7 @@ namespace {
 using testing::expect_error;
 
 constexpr int64_t kBatch = 2, kLength = 6, kDim = 8, kHeads = 2, kMaxLength = 8;
+constexpr int64_t kAnyLength = -1;  // a step built for [?, ?, dim]
 
 // Rows [begin, begin + n) of x [B, T, dim] as a tensor [B, n, dim].
 Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
@@ -26,21 +27,24 @@ Tensor rows(const Tensor& x, int64_t begin, int64_t n) {
 }
 
 // The block decoded through its cache (a chunk of `chunk` tokens at position 0, then one token
-// a step) against the block over the whole sequence, both causal, for pre- and post-norm
-// blocks, with and without a key-padding mask, and a LLaMA-style block (RMS norm, SwiGLU, no
-// biases, rotary embedding of half of each head at the step's position, queries and keys
-// RMS-normalized per head, a sliding window of 3, one key-value head cached for both query
-// heads). The mask is bool
-// or the equal float bias (0 or -inf). The cache starts as garbage: entries past the position
-// are never read.
+// a step; or one step of any length doing both) against the block over the whole sequence, both
+// causal, for pre- and post-norm blocks, with and without a key-padding mask, and a LLaMA-style
+// block (RMS norm, SwiGLU, no biases, rotary embedding of half of each head at the step's position,
+// queries and keys RMS-normalized per head, a sliding window of 3, one key-value head cached for
+// both query heads). The mask is bool or the equal float bias (0 or -inf). The cache starts as
+// garbage: entries past the position are never read.
 TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
   for (bool llama : {false, true})
     for (bool norm_first : {true, false})
       for (int masked : {0, 1, 2})  // no mask, bool, a bias
-        for (int64_t chunk : {int64_t{1}, int64_t{3}}) {
+        for (int64_t chunk : {int64_t{1}, int64_t{3}, kAnyLength}) {
           if (llama && !norm_first) continue;
           SCOPED_TRACE(str("llama ", llama, ", norm_first ", norm_first, ", masked ", masked,
                            ", chunk ", chunk));
+          // kAnyLength: one step built for x [?, ?, dim] takes the prompt's 3 tokens, then one
+          // token a step.
+          const bool any_length = chunk == kAnyLength;
+          if (any_length) chunk = 3;
           Graph g;
           nn::TransformerBlock::Options options{
               .ffn_dim = 16, .dropout = 0, .norm_first = norm_first};
@@ -79,10 +83,12 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
           nn::KVCache cache = block.attention.cache_placeholders(kMaxLength);
           Value position = g.placeholder("position", i64, {});
           Value keep = masked ? as_mask(keep_cache) : Value();
-          Value first = g.placeholder("first", f32, {kBatch, chunk, kDim});
-          Value token = g.placeholder("token", f32, {kBatch, 1, kDim});
+          Value first = any_length ? g.placeholder("first", f32, {-1, -1, kDim})
+                                   : g.placeholder("first", f32, {kBatch, chunk, kDim});
+          Value token = any_length ? first : g.placeholder("token", f32, {kBatch, 1, kDim});
           auto chunk_step = block.attend_cached(first, cache, position, keep);
-          auto token_step = block.attend_cached(token, cache, position, keep);
+          auto token_step =
+              any_length ? chunk_step : block.attend_cached(token, cache, position, keep);
 
           Session s(g);
           const Tensor in = testing::random_tensor(f32, {kBatch, kLength, kDim}, -2, 2, 11);
@@ -116,7 +122,8 @@ TEST(KVCache, DecodingStepByStepIsTheWholeCausalBlock) {
                   << "position " << at + i / kDim % n;
             at += n;
           }
-          // The whole block's plan, the chunk's and the token's: one each, whatever the position.
+          // The whole block's plan, the chunk's and the token's: one each, whatever the position
+          // (any_length: one step graph, compiled for each of its two shapes).
           EXPECT_EQ(s.num_compiled_plans(), 3u);
         }
 }

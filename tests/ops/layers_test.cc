@@ -302,9 +302,9 @@ TEST(Layers, ATransformerBlockTrainsAndItsErrorsNameTheLayer) {
   expect_error<GraphError>(
       [&] {
         block.attention.attend(g.placeholder("q", f32, {-1, 6, 16}),
-                               g.placeholder("memory", f32, {-1, -1, 16}), Value());
+                               g.placeholder("memory", f32, {-1, -1, 12}), Value());
       },
-      {"[nn] MultiHeadAttention block/attention", "memory [batch, length, 16]", "[?, ?, 16]"});
+      {"[nn] MultiHeadAttention block/attention", "memory [batch, length, 16]", "[?, ?, 12]"});
   expect_error<GraphError>([&] { nn::Linear(g, "a/b", 2, 2); }, {"without '/'"});
   nn::Linear original(g, "dup", 2, 2);
   expect_error<GraphError>([&] { nn::Linear(g, "dup", 2, 2); }, {"'dup/weight' is already used"});

@@ -140,7 +140,7 @@ TEST(RelativePositionBias, ALengthKnownOnlyAtRunTime) {
 
 // A block built for [2, ?, dim] runs any length, as blocks built for that length do (the same
 // variables), training steps and attention dropout included; with neither the batch nor the
-// length known it says so.
+// a wrong width it says so.
 TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
   Graph g;
   nn::TransformerBlock block(g, "block", 8, 2,
@@ -163,13 +163,13 @@ TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
     EXPECT_EQ(got[0].to_vector<float>(), got[1].to_vector<float>()) << "length " << length;
     EXPECT_TRUE(std::isfinite(got[2].element(0)));
   }
-  Value unknown_both = g.placeholder("unknown_both", f32, {-1, -1, 8});
-  expect_error<GraphError>([&] { block(unknown_both); }, {"[nn] MultiHeadAttention block/attention",
-                                                          "[?, ?, 8]", "a known length or batch"});
   // The math path (attention_weights, attention dropout in training) builds its causal and
   // window mask from the run's lengths too.
   nn::MultiHeadAttention windowed(g, "windowed", 8, 2, {.causal = true, .window = 3});
   Value weights = windowed.attention_weights(any, any);
+  Value wrong_width = g.placeholder("wrong_width", f32, {-1, -1, 6});
+  expect_error<GraphError>([&] { windowed(wrong_width); }, {"[nn] MultiHeadAttention windowed",
+                                                            "[batch, length, 8]", "got [?, ?, 6]"});
   nn::TransformerBlock dropping(g, "dropping", 8, 2,
                                 {.ffn_dim = 16, .dropout = 0, .attention_dropout = 0.5});
   Value dropped = dropping(any);
@@ -181,6 +181,66 @@ TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
     EXPECT_EQ(got[0].shape(), (Shape{2, 2, length, length}));
     EXPECT_EQ(got[0].to_vector<float>(), got[1].to_vector<float>()) << "length " << length;
     EXPECT_EQ(got[2].shape(), (Shape{2, length, 8}));
+  }
+}
+
+// Neither the batch nor the length known ([?, ?, dim], the way a saved model serves any batch
+// of any length): the heads split and merge with unflatten and flatten, and Linear multiplies
+// [?, ?, in] whole. An encoder block (grouped heads, rotary, q and k norms) and a decoder block
+// over a memory of another length give what blocks built for each fed shape give, gradients
+// included.
+TEST(TransformerBlock, BuiltForAnyBatchAndLength) {
+  Graph g;
+  nn::TransformerBlock encoder(g, "encoder", 8, 2,
+                               {.ffn_dim = 16,
+                                .dropout = 0,
+                                .causal = false,
+                                .activation = nn::TransformerBlock::Activation::swiglu,
+                                .kv_heads = 1,
+                                .rotary = RotaryOptions{},
+                                .qk_norm = true});
+  nn::TransformerDecoderBlock decoder(g, "decoder", 8, 2, {.ffn_dim = 16, .dropout = 0});
+  std::vector<Value> parameters = encoder.parameters();
+  for (const Value& p : decoder.parameters()) parameters.push_back(p);
+  auto model = [&](const Value& source, const Value& target) {
+    const Value out = decoder.decode(target, encoder(source));
+    return std::pair{out, gradients(mean(out * out), parameters)};
+  };
+  Value source = g.placeholder("source", f32, {-1, -1, 8});
+  Value target = g.placeholder("target", f32, {-1, -1, 8});
+  const auto [out, grads] = model(source, target);
+  EXPECT_EQ(out.shape(), (Shape{-1, -1, 8}));
+  Session s(g);
+  struct Fed {
+    int64_t batch, source_length, target_length;
+  };
+  for (const Fed& fed : {Fed{1, 1, 1}, Fed{3, 5, 2}, Fed{2, 7, 12}}) {
+    SCOPED_TRACE(
+        str("batch ", fed.batch, ", lengths ", fed.source_length, " and ", fed.target_length));
+    const std::string at = str(fed.batch, "_", fed.source_length, "_", fed.target_length);
+    Value fixed_source = g.placeholder("source" + at, f32, {fed.batch, fed.source_length, 8});
+    Value fixed_target = g.placeholder("target" + at, f32, {fed.batch, fed.target_length, 8});
+    const auto [want, want_grads] = model(fixed_source, fixed_target);
+    const Tensor x = r64({fed.batch, fed.source_length, 8}, -1, 1, 3).cast(f32);
+    const Tensor y = r64({fed.batch, fed.target_length, 8}, -1, 1, 4).cast(f32);
+    std::vector<Value> fetched{out, want};
+    for (size_t i = 0; i < grads.size(); ++i) {
+      fetched.push_back(grads[i]);
+      fetched.push_back(want_grads[i]);
+    }
+    const auto got =
+        s.run({{source, x}, {target, y}, {fixed_source, x}, {fixed_target, y}}, fetched);
+    for (size_t i = 0; i < got.size(); i += 2) {
+      SCOPED_TRACE(i == 0 ? std::string("output") : parameters[i / 2 - 1].name());
+      ASSERT_EQ(got[i].shape(), got[i + 1].shape());
+      const auto a = got[i].to_vector<float>(), b = got[i + 1].to_vector<float>();
+      float largest = 0, error = 0;
+      for (size_t j = 0; j < a.size(); ++j) {
+        largest = std::max(largest, std::abs(b[j]));
+        error = std::max(error, std::abs(a[j] - b[j]));
+      }
+      EXPECT_LE(error, 1e-5f * std::max(largest, 1.0f));
+    }
   }
 }
 

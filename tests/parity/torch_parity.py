@@ -329,6 +329,10 @@ def apply(op, args, attrs, dtype, custom):
         return torch.tensor(float(a.numel()), dtype=DTYPES[attrs["dtype"]])
     if op == "reshape":
         return a.reshape(ints(attrs["shape"]))
+    if op == "flatten":
+        return torch.flatten(a, int(attrs["start_axis"]), int(attrs["end_axis"]))
+    if op == "unflatten":
+        return a.unflatten(int(attrs["axis"]), ints(attrs["sizes"]))
     if op == "transpose":
         return a.permute(ints(attrs["perm"]))
     if op == "broadcast_to":
