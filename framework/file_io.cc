@@ -121,6 +121,46 @@ void write_file_atomically(const std::string& path, const std::string& data) {
 }
 
 void write_file_atomically(const std::string& path, const std::vector<std::string_view>& parts) {
+  write_file_atomically(path, [&](FileWriter& out) {
+    for (std::string_view part : parts) out.append(part);
+  });
+}
+
+namespace {
+
+// The temporary's descriptor, with the length appended so far (write_at stays inside it).
+class TemporaryWriter final : public FileWriter {
+ public:
+  TemporaryWriter(int fd, const std::string& path) : fd_(fd), path_(path) {}
+  void append(std::string_view data) override {
+    write_all(fd_, data, path_);
+    size_ += data.size();
+  }
+  void write_at(uint64_t offset, std::string_view data) override {
+    KILN_CHECK(offset <= size_ && data.size() <= size_ - offset, FileError, "[io] ", path_,
+               ": a write of ", data.size(), " bytes at ", offset, " passes the ", size_,
+               " bytes written");
+    for (size_t done = 0; done < data.size();) {
+      const ssize_t n =
+          ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0)
+        throw FileError(str("[io] ", path_, ": writing ", data.size(), " bytes at ", offset,
+                            " failed after ", done, ": ", reason(errno)));
+      done += static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  int fd_;
+  const std::string& path_;
+  uint64_t size_ = 0;
+};
+
+}  // namespace
+
+void write_file_atomically(const std::string& path,
+                           const std::function<void(FileWriter&)>& produce) {
   std::string folder, name;
   split_path(path, &folder, &name);
   KILN_CHECK(!name.empty(), FileError, "[io] ", path, ": not a file name (it ends with '/')");
@@ -152,7 +192,8 @@ void write_file_atomically(const std::string& path, const std::vector<std::strin
     throw FileError(str("[io] ", path, ": no unused temporary name after 1000 tries (", tmp, ")"));
   }();
   try {
-    for (std::string_view part : parts) write_all(fd.get(), part, path);
+    TemporaryWriter writer(fd.get(), path);
+    produce(writer);
     if (::fsync(fd.get()) != 0)
       throw FileError(str("[io] ", path, ": cannot flush the file to disk: ", reason(errno)));
     if (::rename(tmp.c_str(), path.c_str()) != 0)

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,8 +21,24 @@ namespace kiln {
 /// Throws kiln::FileError naming the path and the system's reason.
 void write_file_atomically(const std::string& path, const std::string& data);
 /// write_file_atomically of `parts` one after another, without joining them in memory first
-/// (a checkpoint's header, then each tensor's bytes where the tensor holds them).
+/// (a safetensors header, then each tensor's bytes where the tensor holds them).
 void write_file_atomically(const std::string& path, const std::vector<std::string_view>& parts);
+
+/// The temporary file of a write_file_atomically in progress.
+class FileWriter {
+ public:
+  virtual ~FileWriter() = default;
+  /// Appends `data` to what was written.
+  virtual void append(std::string_view data) = 0;
+  /// Writes `data` over bytes already appended from `offset` on (a header whose checksums are
+  /// known only once the data after it was written); the file does not grow.
+  virtual void write_at(uint64_t offset, std::string_view data) = 0;
+};
+/// write_file_atomically of what `produce` writes through the FileWriter it is given, as it
+/// produces it: a file larger than memory, or bytes copied from a device one part at a time.
+/// An exception from `produce` removes the temporary and leaves `path` as it was.
+void write_file_atomically(const std::string& path,
+                           const std::function<void(FileWriter&)>& produce);
 
 /// Reads a whole regular file, refusing anything else (a FIFO, a folder, a device: reading
 /// one could block forever or never end) and files larger than `max_bytes`.

@@ -180,40 +180,59 @@ void Session::set_variables(const std::map<std::string, Tensor>& values) {
 
 void Session::save_checkpoint(const std::string& path) {
   initialize_variables();
-  std::map<std::string, Tensor> tensors;
+  // In name order (the files of earlier builds had it); a device variable is copied to the host
+  // when the writer reaches it, so host memory holds one variable at a time.
+  std::map<std::string, Value> by_name;
+  for (const Value& var : persistent_variables(graph_)) by_name.emplace(var.node().name(), var);
+  std::vector<CheckpointSource> sources;
+  for (const auto& [name, var] : by_name)
+    sources.push_back({name, var.dtype(), var.shape(),
+                       [this, name = name] { return variables_.get(name).to(Device::cpu()); }});
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const Value& var : persistent_variables(graph_))
-    tensors[var.node().name()] = variables_.get(var.node().name()).to(Device::cpu());
-  write_checkpoint(tensors, path);
+  write_checkpoint(sources, path);
 }
 
 void Session::restore_checkpoint(const std::string& path, bool strict) {
-  std::map<std::string, Tensor> loaded = read_checkpoint(path);
+  const CheckpointReader reader(path);
   const std::string where = str("[checkpoint] ", path);
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < reader.entries().size(); ++i) index.emplace(reader.entries()[i].name, i);
   std::vector<Value> vars = persistent_variables(graph_);
   for (const Value& var : vars) {
-    auto it = loaded.find(var.node().name());
-    KILN_CHECK(it != loaded.end(), FileError, where, ": variable '", var.node().name(),
+    auto it = index.find(var.node().name());
+    KILN_CHECK(it != index.end(), FileError, where, ": variable '", var.node().name(),
                "' of the graph is missing from the checkpoint");
-    KILN_CHECK(it->second.dtype() == var.dtype() && it->second.shape() == var.shape(), FileError,
-               where, ": variable '", var.node().name(), "' is ", it->second.dtype(),
-               it->second.shape(), " in the checkpoint but ", var.dtype(), var.shape(),
-               " in the graph");
+    const CheckpointReader::Entry& entry = reader.entries()[it->second];
+    KILN_CHECK(entry.dtype == var.dtype() && entry.shape == var.shape(), FileError, where,
+               ": variable '", var.node().name(), "' is ", entry.dtype, entry.shape,
+               " in the checkpoint but ", var.dtype(), var.shape(), " in the graph");
   }
   if (strict) {
     // A non-persistent variable found in the file (saved before it was marked) is accepted and
     // its value ignored.
-    for (const auto& [name, _] : loaded) {
-      const Node* node = graph_.find_node(name);
+    for (const CheckpointReader::Entry& entry : reader.entries()) {
+      const Node* node = graph_.find_node(entry.name);
       KILN_CHECK(
           node && node->op().source() == OutputSource::state, FileError, where,
-          ": the checkpoint has '", name,
+          ": the checkpoint has '", entry.name,
           "', which is not a variable of the graph (restore with strict=false to ignore it)");
     }
   }
+  // Nothing is set until every variable's bytes checked out. On the host they are read once and
+  // kept; for a device, each is read, checked and dropped, then read again and copied over, so
+  // host memory holds one variable at a time (the file is read twice).
+  const bool on_host = options_.device.is_cpu();
+  std::map<std::string, Tensor> loaded;
+  for (const Value& var : vars) {
+    Tensor value = reader.read(index.at(var.node().name()));
+    if (on_host) loaded.emplace(var.node().name(), std::move(value));
+  }
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const Value& var : vars)
-    variables_.set(var.node().name(), loaded.at(var.node().name()).to(options_.device));
+  for (const Value& var : vars) {
+    const std::string& name = var.node().name();
+    variables_.set(name,
+                   on_host ? loaded.at(name) : reader.read(index.at(name)).to(options_.device));
+  }
 }
 
 std::vector<Tensor> Session::run_signature(const std::string& name,

@@ -152,6 +152,38 @@ TEST(FileIO, AFailedSaveLeavesWhatWasThereAndNoTemporary) {
   EXPECT_TRUE(entries_starting_with(folder, "keep.bin.tmp.").empty());
 }
 
+// A file produced as it is written: appends, then bytes written over (a header patched at the
+// end), never past what was appended; a failing producer leaves the old file and no temporary.
+TEST(FileIO, AProducedFileIsAppendedAndPatchedInPlace) {
+  const std::string folder = fresh_folder("produced");
+  const std::string path = folder + "/out.bin";
+  write_file_atomically(path, [](FileWriter& out) {
+    out.append("hello ");
+    out.append("world");
+    out.write_at(0, "H");
+    out.write_at(6, "WORLD");
+  });
+  EXPECT_EQ(read_file(path, 100), "Hello WORLD");
+  expect_error<FileError>(
+      [&] {
+        write_file_atomically(path, [](FileWriter& out) {
+          out.append("0123");
+          out.write_at(2, "abc");
+        });
+      },
+      {"out.bin", "a write of 3 bytes at 2 passes the 4 bytes written"});
+  expect_error<FileError>(
+      [&] {
+        write_file_atomically(path, [](FileWriter& out) {
+          out.append("partial");
+          throw FileError("[test] the producer failed");
+        });
+      },
+      {"the producer failed"});
+  EXPECT_EQ(read_file(path, 100), "Hello WORLD");
+  EXPECT_TRUE(entries_starting_with(folder, "out.bin.tmp.").empty());
+}
+
 TEST(Tensor, WrappingStorageChecksItsSizeInEveryBuild) {
   auto storage = std::make_shared<HostStorage>(16);
   Tensor fits(f32, {4}, storage);

@@ -109,8 +109,71 @@ TEST(CheckpointFormat, EveryDtypeAndShapeRoundTrips) {
       EXPECT_TRUE(equal_bits(read.at(name), tensor)) << name;
     }
   }
-  write_checkpoint({}, tmp("nothing.ckpt"));
+  write_checkpoint(std::map<std::string, Tensor>{}, tmp("nothing.ckpt"));
   EXPECT_TRUE(read_checkpoint(tmp("nothing.ckpt")).empty());
+}
+
+// A checkpoint of sources fetches each value once, in order, and releases it before the next
+// (a device's model is on the host one variable at a time): the file is the format's, its
+// header's checksums filled in at the end (an empty tensor's is 0, serialized all the same). A
+// source that gives another type, or fails, leaves the old file and no temporary.
+TEST(CheckpointFormat, SourcesAreFetchedOneAtATime) {
+  const std::map<std::string, Tensor> tensors = every_dtype();
+  std::vector<std::weak_ptr<Storage>> fetched;
+  std::vector<CheckpointSource> sources;
+  proto::CheckpointHeader header;
+  header.set_version(2);
+  header.set_producer("kiln 0.1.0");
+  std::string data;
+  for (const auto& [name, tensor] : tensors) {
+    sources.push_back({name, tensor.dtype(), tensor.shape(), [&fetched, tensor = tensor] {
+                         for (const auto& earlier : fetched) EXPECT_TRUE(earlier.expired());
+                         Tensor copy = tensor.clone();  // as a device variable's copy is new
+                         fetched.push_back(copy.storage());
+                         return copy;
+                       }});
+    proto::CheckpointEntry* entry = header.add_tensors();
+    entry->set_name(name);
+    entry->set_dtype(static_cast<int32_t>(tensor.dtype()));
+    for (int64_t d : tensor.shape()) entry->add_dims(d);
+    entry->set_crc32c(crc32c(tensor.raw_data(), tensor.nbytes()));
+    data.append(static_cast<const char*>(tensor.raw_data()), tensor.nbytes());
+  }
+  const std::string path = tmp("sources.ckpt");
+  write_checkpoint(sources, path);
+  EXPECT_EQ(fetched.size(), tensors.size());
+  EXPECT_EQ(file_bytes(path), version_2_file(header, data));
+
+  const CheckpointReader reader(path);
+  ASSERT_EQ(reader.entries().size(), tensors.size());
+  for (size_t i = 0; i < sources.size(); ++i) {
+    EXPECT_EQ(reader.entries()[i].name, sources[i].name);
+    EXPECT_EQ(reader.entries()[i].dtype, sources[i].dtype);
+    EXPECT_EQ(reader.entries()[i].shape, sources[i].shape);
+    EXPECT_TRUE(equal_bits(reader.read(i), tensors.at(sources[i].name))) << sources[i].name;
+  }
+
+  const std::string before = file_bytes(path);
+  auto no_temporary = [&] {
+    for (const auto& file :
+         std::filesystem::directory_iterator(std::filesystem::path(path).parent_path()))
+      EXPECT_EQ(file.path().filename().string().find("sources.ckpt.tmp"), std::string::npos);
+  };
+  std::vector<CheckpointSource> wrong = {{"w", f32, {2, 3}, [] {
+                                            return Tensor::zeros(f64, {2, 3});
+                                          }}};
+  expect_error<FileError>([&] { write_checkpoint(wrong, path); },
+                          {path, "variable 'w' should be a host tensor f32[2, 3], got f64[2, 3]"});
+  wrong[0].host_value = [] { return Tensor::zeros(f32, {3, 2}); };
+  expect_error<FileError>([&] { write_checkpoint(wrong, path); }, {"got f32[3, 2]"});
+  wrong[0].host_value = [] { return Tensor(); };
+  expect_error<FileError>([&] { write_checkpoint(wrong, path); }, {"got an undefined tensor"});
+  wrong[0].host_value = []() -> Tensor { throw DeviceError("[cuda] copy failed"); };
+  expect_error<DeviceError>([&] { write_checkpoint(wrong, path); }, {"copy failed"});
+  wrong.push_back(wrong[0]);
+  expect_error<FileError>([&] { write_checkpoint(wrong, path); }, {"variable 'w' is given twice"});
+  EXPECT_EQ(file_bytes(path), before);
+  no_temporary();
 }
 
 // Files written before version 2 (one protobuf message holding every tensor) still load.
