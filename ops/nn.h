@@ -108,6 +108,10 @@ struct InterpolateOptions {
   std::vector<double> scale_factor;
   InterpolateMode mode = InterpolateMode::nearest;
   bool align_corners = false;  ///< linear and cubic: the corner pixels' centers line up
+  /// Linear and cubic: when shrinking by s, each output averages the inputs its filter covers
+  /// stretched s times (PyTorch's antialias, PIL's resize; cubic with A = -0.5 then, as both),
+  /// instead of sampling 2 or 4 of them. PyTorch has it for 2-D only; here any dims.
+  bool antialias = false;
 };
 /// x [N, C, L], [N, C, H, W] or [N, C, D, H, W] resized over its spatial dims (PyTorch's
 /// F.interpolate and nn.Upsample; the batch may be unknown). Cubic reads positions clamped to

@@ -14,6 +14,11 @@
 //             1 - t and t on floor(src) and the next position (the last one clamps)
 //   cubic     src as linear but not clamped at 0; Keys' cubic convolution with A = -0.75 on
 //             floor(src) - 1 .. floor(src) + 2, positions clamped to the input
+//   antialias (linear and cubic; aten's _upsample_*_aa): the filter (1 - |d|, or the cubic
+//             with A = -0.5) stretched by s = max(scale, 1) around center = (dst + 1/2) scale:
+//             inputs j in [trunc(center - r s + 1/2), trunc(center + r s + 1/2)) within the
+//             input (r the filter's radius, 1 or 2) weigh filter((j - center + 1/2) / s), the
+//             weights normalized to sum to 1 (no clamped taps: the window is cut at the edges)
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -41,12 +46,38 @@ const char* mode_name(InterpolateMode mode) {
   return "?";
 }
 
-// Keys' cubic convolution kernel with A = -0.75 (PyTorch's bicubic) at distance d in [0, 2).
+// Keys' cubic convolution kernel at distance d in [0, 2): A = -0.75 is PyTorch's bicubic, -0.5
+// its antialiased bicubic (and PIL's).
 template <typename T>
-T cubic_weight(T d) {
-  constexpr T a = T(-0.75);
+T cubic_weight(T d, T a = T(-0.75)) {
   if (d <= 1) return ((a + 2) * d - (a + 3)) * d * d + 1;
   return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a;
+}
+
+// The antialiased weights of output i (see the top): the filter of `mode` stretched by the
+// downscale, its taps cut at the input's edges and normalized.
+template <typename T>
+std::vector<std::pair<int64_t, double>> antialiased_row(InterpolateMode mode, int64_t i, int64_t in,
+                                                        T scale) {
+  const T radius = mode == InterpolateMode::cubic ? T(2) : T(1);
+  const T stretch = scale >= 1 ? scale : T(1);
+  const T center = scale * (static_cast<T>(i) + T(0.5)), support = radius * stretch;
+  // Truncation toward zero, as aten's casts.
+  const int64_t first = std::max<int64_t>(static_cast<int64_t>(center - support + T(0.5)), 0);
+  const int64_t end = std::min<int64_t>(static_cast<int64_t>(center + support + T(0.5)), in);
+  std::vector<std::pair<int64_t, double>> row;
+  T total = 0;
+  for (int64_t j = first; j < end; ++j) {
+    const T d = std::abs((static_cast<T>(j) - center + T(0.5)) / stretch);
+    const T w = d >= radius                      ? T(0)
+                : mode == InterpolateMode::cubic ? cubic_weight(d, T(-0.5))
+                                                 : T(1) - d;
+    row.emplace_back(j, static_cast<double>(w));
+    total += w;
+  }
+  if (total != 0)
+    for (auto& tap : row) tap.second = static_cast<double>(static_cast<T>(tap.second) / total);
+  return row;
 }
 
 // Output i's weights over the inputs along one dim: (input position, weight) pairs, at most four,
@@ -56,8 +87,8 @@ using WeightRows = std::vector<std::vector<std::pair<int64_t, double>>>;
 // The weights of one dim, the positions computed in T. `scale_factor` is the user's (0: none
 // given).
 template <typename T>
-WeightRows resize_weights(InterpolateMode mode, bool align_corners, int64_t in, int64_t out,
-                          double scale_factor) {
+WeightRows resize_weights(InterpolateMode mode, bool align_corners, bool antialias, int64_t in,
+                          int64_t out, double scale_factor) {
   T scale;
   if (align_corners)
     scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
@@ -76,7 +107,9 @@ WeightRows resize_weights(InterpolateMode mode, bool align_corners, int64_t in, 
     row.emplace_back(j, static_cast<double>(v));
   };
   auto floor_of = [](T v) { return static_cast<int64_t>(std::floor(v)); };
-  for (int64_t i = 0; i < out; ++i) {
+  for (int64_t i = 0; antialias && i < out; ++i)
+    rows[static_cast<size_t>(i)] = antialiased_row(mode, i, in, scale);
+  for (int64_t i = 0; !antialias && i < out; ++i) {
     const T dst = static_cast<T>(i);
     switch (mode) {
       case InterpolateMode::nearest:
@@ -148,8 +181,10 @@ constexpr int64_t kDenseLimit = int64_t{1} << 20;
 constexpr int64_t kBatchedRest = 512;
 
 // x resized along `axis` from in to out elements.
-Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mode,
-                  bool align_corners, double scale_factor) {
+Value resize_axis(const Value& x, int64_t axis, int64_t out, const InterpolateOptions& options,
+                  double scale_factor) {
+  const InterpolateMode mode = options.mode;
+  const bool align_corners = options.align_corners;
   const Shape& s = x.shape();
   const int64_t in = s[axis];
   // Same size: every mode is the identity unless a factor other than 1 scales the positions.
@@ -170,8 +205,10 @@ Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mod
   // discrete: another rounding could pick another input); linear and cubic weights are
   // continuous in the position, which is computed in double.
   const bool nearest = mode == InterpolateMode::nearest || mode == InterpolateMode::nearest_exact;
-  const WeightRows w = nearest ? resize_weights<float>(mode, align_corners, in, out, scale_factor)
-                               : resize_weights<double>(mode, align_corners, in, out, scale_factor);
+  const WeightRows w =
+      nearest
+          ? resize_weights<float>(mode, align_corners, false, in, out, scale_factor)
+          : resize_weights<double>(mode, align_corners, options.antialias, in, out, scale_factor);
   if (repeats(w, in, out)) {
     // Each input position repeated out / in times: [..., in, 1, rest] to [..., in, k, rest] by
     // a broadcast, or (an unknown batch) a product with ones of [in, k, rest].
@@ -229,8 +266,7 @@ Value resize_axis(const Value& x, int64_t axis, int64_t out, InterpolateMode mod
   std::vector<int64_t> swap(static_cast<size_t>(s.rank()));
   for (int64_t d = 0; d < s.rank(); ++d) swap[static_cast<size_t>(d)] = d;
   std::swap(swap[static_cast<size_t>(axis)], swap.back());
-  return transpose(
-      resize_axis(transpose(x, swap), s.rank() - 1, out, mode, align_corners, scale_factor), swap);
+  return transpose(resize_axis(transpose(x, swap), s.rank() - 1, out, options, scale_factor), swap);
 }
 
 }  // namespace
@@ -256,6 +292,10 @@ Value interpolate(const Value& x, const InterpolateOptions& options) {
                  options.mode == InterpolateMode::cubic,
              GraphError, "[interpolate] ", x.name(),
              ": align_corners is for linear and cubic, not ", mode);
+  KILN_CHECK(!options.antialias || options.mode == InterpolateMode::linear ||
+                 options.mode == InterpolateMode::cubic,
+             GraphError, "[interpolate] ", x.name(), ": antialias is for linear and cubic, not ",
+             mode);
   Value y = x;
   for (int64_t d = 0; d < spatial; ++d) {
     const int64_t axis = 2 + d, in = s[axis];
@@ -272,7 +312,7 @@ Value interpolate(const Value& x, const InterpolateOptions& options) {
     }
     KILN_CHECK(out >= 1 && out <= (int64_t{1} << 24), GraphError, "[interpolate] ", x.name(),
                ": output size ", out, " along dim ", axis, " must be in [1, 2^24]");
-    y = resize_axis(y, axis, out, options.mode, options.align_corners, factor);
+    y = resize_axis(y, axis, out, options, factor);
   }
   return y;
 }

@@ -217,6 +217,44 @@ TEST(NnFunctional, InterpolateRunsAtAnyBatchInEveryFloatType) {
                            {"output size 0 along dim 2"});
   expect_error<GraphError>([&] { interpolate(x, {.size = {4}, .align_corners = true}); },
                            {"align_corners is for linear and cubic, not nearest"});
+  expect_error<GraphError>(
+      [&] {
+        interpolate(x, {.size = {4}, .mode = InterpolateMode::nearest_exact, .antialias = true});
+      },
+      {"antialias is for linear and cubic, not nearest_exact"});
+}
+
+// Antialiased shrinking averages what the stretched filter covers: halving a ramp with the
+// linear filter weighs inputs 2i - 1 .. 2i + 2 by 1/8, 3/8, 3/8, 1/8, so inside it gives
+// 2i + 1/2, and at the edge the cut window is renormalized; a constant stays constant in every
+// mode and dim (PyTorch's own values: torch_layer_parity's table).
+TEST(NnFunctional, AntialiasedShrinkingAveragesTheStretchedFilter) {
+  Graph g;
+  Value ramp = g.placeholder("ramp", f64, {1, 1, 12});
+  std::vector<double> values(12);
+  for (size_t j = 0; j < values.size(); ++j) values[j] = static_cast<double>(j);
+  const Value halved =
+      interpolate(ramp, {.size = {6}, .mode = InterpolateMode::linear, .antialias = true});
+  const std::vector<double> got =
+      testing::values(testing::run1(g, halved, {{ramp, Tensor::from_vector(values, {1, 1, 12})}}));
+  ASSERT_EQ(got.size(), 6u);
+  EXPECT_NEAR(got[0], (0 * 0.75 + 1 * 0.75 + 2 * 0.25) / 1.75, 1e-12);
+  for (int i = 1; i < 5; ++i) EXPECT_NEAR(got[static_cast<size_t>(i)], 2 * i + 0.5, 1e-12) << i;
+  // Without antialias two inputs are sampled (of squares: their mean), not four averaged.
+  std::vector<double> squares(12);
+  for (size_t j = 0; j < squares.size(); ++j) squares[j] = static_cast<double>(j * j);
+  const Value plain = interpolate(ramp, {.size = {6}, .mode = InterpolateMode::linear});
+  const Tensor squared = Tensor::from_vector(squares, {1, 1, 12});
+  EXPECT_NEAR(testing::values(testing::run1(g, plain, {{ramp, squared}}))[1], (4.0 + 9.0) / 2,
+              1e-12);
+  EXPECT_NEAR(testing::values(testing::run1(g, halved, {{ramp, squared}}))[1],
+              (1.0 + 3 * 4.0 + 3 * 9.0 + 16.0) / 8, 1e-12);
+  for (InterpolateMode mode : {InterpolateMode::linear, InterpolateMode::cubic}) {
+    Graph h;
+    Value image = h.constant(Tensor::full(f64, {1, 2, 9, 7, 5}, 3.25));
+    const Value y = interpolate(image, {.size = {4, 3, 8}, .mode = mode, .antialias = true});
+    for (double v : testing::values(testing::run1(h, y))) EXPECT_NEAR(v, 3.25, 1e-12);
+  }
 }
 
 TEST(NnFunctional, LossesMatchTheirDefinitions) {

@@ -762,6 +762,7 @@ struct Resize {
   std::vector<int64_t> size;
   std::vector<double> scale_factor;
   bool align_corners = false;
+  bool antialias = false;
 };
 
 void interpolation(const std::filesystem::path& dir, Device device) {
@@ -789,6 +790,14 @@ void interpolation(const std::filesystem::path& dir, Device device) {
       {{1, 2, 1200}, M::linear, {2500}, {}},
       {{1, 1, 1030, 4}, M::cubic, {2100, 5}, {}},
       {{1, 1, 1100}, M::nearest, {1500}, {}},
+      // Antialiased (PyTorch has it for 2-D): shrinking (the filter stretched), by a factor,
+      // growing, with align_corners.
+      {{2, 3, 12, 10}, M::linear, {5, 4}, {}, false, true},
+      {{2, 3, 12, 10}, M::cubic, {5, 7}, {}, false, true},
+      {{2, 3, 12, 10}, M::linear, {}, {0.4, 0.7}, false, true},
+      {{2, 3, 5, 4}, M::linear, {8, 6}, {}, false, true},
+      {{2, 3, 5, 4}, M::cubic, {9, 3}, {}, false, true},
+      {{2, 3, 12, 10}, M::cubic, {4, 3}, {}, true, true},
   };
   std::ofstream cases(dir / "cases.txt");
   for (size_t k = 0; k < table.size(); ++k) {
@@ -798,7 +807,8 @@ void interpolation(const std::filesystem::path& dir, Device device) {
     Value y = interpolate(x, {.size = r.size,
                               .scale_factor = r.scale_factor,
                               .mode = r.mode,
-                              .align_corners = r.align_corners});
+                              .align_corners = r.align_corners,
+                              .antialias = r.antialias});
     Value weights = g.placeholder("r", f32, y.shape());
     Value dx = gradients(sum(y * weights), {x})[0];
     Session session(g, {.device = device});

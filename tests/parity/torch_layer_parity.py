@@ -711,8 +711,8 @@ def volume(run):
     train_and_evaluate(run, port, model, torch.optim.Adam(model.parameters(), lr=1e-2), x, y)
 
 
-# layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners); x and r come
-# from its files.
+# layer_parity.cc's interpolate table: (mode, size, scale_factor, align_corners[, antialias]);
+# x and r come from its files.
 RESIZES = [
     ("nearest", [12], None, None), ("linear", None, [2.5], False), ("linear", [9], None, True),
     ("nearest-exact", [7], None, None), ("nearest", None, [2.0, 2.0], None),
@@ -723,6 +723,9 @@ RESIZES = [
     ("trilinear", [5, 6, 3], None, False), ("nearest", None, [2.0, 1.0, 3.0], None),
     ("trilinear", [3, 30, 20], None, False), ("linear", [2500], None, False),
     ("bicubic", [2100, 5], None, False), ("nearest", [1500], None, None),
+    ("bilinear", [5, 4], None, False, True), ("bicubic", [5, 7], None, False, True),
+    ("bilinear", None, [0.4, 0.7], False, True), ("bilinear", [8, 6], None, False, True),
+    ("bicubic", [9, 3], None, False, True), ("bicubic", [4, 3], None, True, True),
 ]
 
 
@@ -733,20 +736,21 @@ def interpolation(root):
     if len(written) != len(RESIZES):
         return 0, [f"interpolate: {len(written)} cases written, {len(RESIZES)} expected"]
     compared, failures = 0, []
-    for k, (mode, size, scale, align) in enumerate(RESIZES):
+    for k, (mode, size, scale, align, *antialias) in enumerate(RESIZES):
         # In f64: PyTorch's f32 kernels compute linear and cubic source positions partly in
         # float (at thousands of positions they move by ~1e-4 of a step); Kiln's are double.
         def load(name):
             return torch.tensor(np.load(os.path.join(folder, f"{name}_{k}.npy"))).double()
         x = load("x").requires_grad_(True)
-        y = F.interpolate(x, size=size, scale_factor=scale, mode=mode, align_corners=align)
+        y = F.interpolate(x, size=size, scale_factor=scale, mode=mode, align_corners=align,
+                          antialias=bool(antialias and antialias[0]))
         (dx,) = torch.autograd.grad((y * load("r")).sum(), x)
         for what, got, want in (("output", load("y"), y), ("gradient", load("dx"), dx)):
             compared += want.numel()
             error = ((got - want).abs().max() / want.abs().max().clamp(min=1e-12)).item()
             if got.shape != want.shape or not error <= 1e-5:
                 failures.append(f"interpolate case {k} ({mode}, size {size}, scale {scale}, "
-                                f"align_corners {align}): {what} {list(got.shape)} differs from "
+                                f"align_corners {align}, antialias {antialias}): {what} {list(got.shape)} differs from "
                                 f"{list(want.shape)} by {error:.2e} of its largest value")
     return compared, failures
 
