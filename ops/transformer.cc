@@ -352,6 +352,20 @@ Value RelativePositionBias::bias_at(const Value& position, int64_t queries, int6
              keys);
   expect_own({&position}, "position");
   NameScope scope(graph(), name());
+  return step_bias(position, iota(graph(), Shape{queries, 1}, 0, i64), keys);
+}
+
+Value RelativePositionBias::bias_at(const Value& position, const Value& x, int64_t keys) {
+  KILN_CHECK(keys > 0, GraphError, "[nn] RelativePositionBias ", path(),
+             ": a cached step needs a cache of at least one key, got ", keys);
+  expect_own({&position, &x}, "position and x");
+  KILN_CHECK(x.shape().rank() >= 2, GraphError, "[nn] RelativePositionBias ", path(),
+             ": expects x [batch, n, ...], got ", x.shape());
+  NameScope scope(graph(), name());
+  return step_bias(position, expand_dims(positions_along_length(x), {1}), keys);
+}
+
+Value RelativePositionBias::step_bias(const Value& position, const Value& offsets, int64_t keys) {
   // Query i sits at position + i <= keys - 1, so j - (position + i) lies in [-(keys - 1),
   // keys - 1]: the buckets of that range as a table, gathered at the distances of this step.
   std::vector<int64_t> of_distance(static_cast<size_t>(2 * keys - 1));
@@ -360,7 +374,7 @@ Value RelativePositionBias::bias_at(const Value& position, int64_t queries, int6
         d, options_.bidirectional, options_.buckets, options_.max_distance);
   const Value table =
       graph().constant(Tensor::from_vector(of_distance, {2 * keys - 1}), "buckets_by_distance");
-  const Value query_at = iota(graph(), Shape{queries, 1}, 0, i64) + cast(position, i64);
+  const Value query_at = offsets + cast(position, i64);
   const Value distance = iota(graph(), Shape{1, keys}, 1, i64) - query_at + double(keys - 1);
   const Value buckets = gather(table, distance, 0);  // [queries, keys]
   return expand_dims(transpose(embedding(weight, buckets), {2, 0, 1}), {0});

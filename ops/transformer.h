@@ -196,6 +196,9 @@ class RelativePositionBias : public Module {
   /// of `keys` entries, [1, heads, queries, keys]. The buckets of every distance a cache of that
   /// size can hold are a table built with the graph, gathered at run time.
   Value bias_at(const Value& position, int64_t queries, int64_t keys);
+  /// bias_at for the step whose queries are x's rows, x [B, n, ...] with n known or not (one
+  /// step graph for a prompt of any length and then each token): [1, heads, n, keys].
+  Value bias_at(const Value& position, const Value& x, int64_t keys);
   Value weight;
 
  protected:
@@ -206,6 +209,8 @@ class RelativePositionBias : public Module {
  private:
   /// bias()'s body, inside the layer's name scope.
   Value table_read(int64_t queries, int64_t keys);
+  /// bias_at's body: queries at position + `offsets` (i64 [n, 1]) against `keys` keys.
+  Value step_bias(const Value& position, const Value& offsets, int64_t keys);
   Options options_;
 };
 

@@ -155,6 +155,10 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   Value whole_biased = block.decode(x, memory, relative.bias(kLength, kLength), memory_mask);
   auto biased_step = block.decode_cached(token, memory, cache, position, memory_mask,
                                          relative.bias_at(position, 1, kMaxLength));
+  // The same step built for any number of tokens [?, ?, dim]: two, then one at a time.
+  Value tokens = g.placeholder("tokens", f32, {-1, -1, kDim});
+  auto any_step = block.decode_cached(tokens, memory, cache, position, memory_mask,
+                                      relative.bias_at(position, tokens, kMaxLength));
   expect_error<GraphError>([&] { block.decode_cached(token, Value(), cache, position); },
                            {"[nn] decoder", "x and memory must be values"});
   const nn::KVCache memory_kv = block.project_memory(memory);
@@ -180,14 +184,16 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
   const std::vector<Tensor> wholes = s.run({{x, in}, {memory, mem}}, {whole, whole_biased});
   const std::vector<Tensor> projected = s.run({{memory, mem}}, {memory_kv.keys, memory_kv.values});
   const Shape cache_shape{kBatch, kMaxLength, kHeads, kDim / kHeads};
-  for (int variant : {0, 1, 2}) {
-    const bool project_once = variant == 1, biased = variant == 2;
+  for (int variant : {0, 1, 2, 3}) {
+    const bool project_once = variant == 1, biased = variant >= 2, any_length = variant == 3;
     SCOPED_TRACE(project_once ? "memory projected once"
+                 : any_length ? "a relative position bias, steps of any length"
                  : biased     ? "a relative position bias"
                               : "memory projected each step");
     Tensor keys = Tensor::zeros(f32, cache_shape), values = keys;
-    for (int64_t at = 0; at < kLength; ++at) {
-      FeedList feeds{{token, rows(in, at, 1)},
+    for (int64_t at = 0, n = 1; at < kLength; at += n) {
+      n = any_length && at == 0 ? 2 : 1;
+      FeedList feeds{{any_length ? tokens : token, rows(in, at, n)},
                      {position, Tensor::scalar<int64_t>(at)},
                      {cache.keys, keys},
                      {cache.values, values}};
@@ -197,11 +203,15 @@ TEST(KVCache, ADecoderBlockDecodesStepByStepAsAWhole) {
       } else {
         feeds.emplace_back(memory, mem);
       }
-      const auto& run = project_once ? projected_step : biased ? biased_step : step;
+      const auto& run = project_once ? projected_step
+                        : any_length ? any_step
+                        : biased     ? biased_step
+                                     : step;
       auto out = s.run(feeds, {run.output, run.cache.keys, run.cache.values});
       keys = out[1];
       values = out[2];
-      const Tensor expected = rows(wholes[biased ? 1 : 0], at, 1);
+      const Tensor expected = rows(wholes[biased ? 1 : 0], at, n);
+      ASSERT_EQ(out[0].shape(), expected.shape());
       for (int64_t i = 0; i < out[0].numel(); ++i)
         EXPECT_NEAR(out[0].data<float>()[i], expected.data<float>()[i], 2e-5) << "position " << at;
     }
