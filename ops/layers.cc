@@ -620,6 +620,29 @@ Value Flatten::forward(const Value& x) {
   return flatten(x, start_axis_, end_axis_);
 }
 
+Unflatten::Unflatten(Graph& graph, const std::string& name, int64_t axis,
+                     std::vector<int64_t> sizes)
+    : Module(graph, name), axis_(axis), sizes_(std::move(sizes)) {}
+
+Value Unflatten::forward(const Value& x) {
+  return unflatten(x, axis_, sizes_);
+}
+
+Unfold::Unfold(Graph& graph, const std::string& name, UnfoldOptions options)
+    : Module(graph, name), options_(options) {}
+
+Value Unfold::forward(const Value& x) {
+  return unfold(x, options_);
+}
+
+Fold::Fold(Graph& graph, const std::string& name, std::array<int64_t, 2> output_size,
+           UnfoldOptions options)
+    : Module(graph, name), output_size_(output_size), options_(options) {}
+
+Value Fold::forward(const Value& x) {
+  return fold(x, output_size_, options_);
+}
+
 Lambda::Lambda(Graph& graph, const std::string& name, std::function<Value(const Value&)> fn)
     : Module(graph, name), fn_(std::move(fn)) {}
 

@@ -735,6 +735,45 @@ class Flatten : public Module {
   int64_t start_axis_, end_axis_;
 };
 
+/// unflatten(x, axis, sizes) as a layer (PyTorch's Unflatten).
+class Unflatten : public Module {
+ public:
+  Unflatten(Graph& graph, const std::string& name, int64_t axis, std::vector<int64_t> sizes);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  int64_t axis_;
+  std::vector<int64_t> sizes_;
+};
+
+/// unfold(x, options) as a layer (PyTorch's Unfold).
+class Unfold : public Module {
+ public:
+  Unfold(Graph& graph, const std::string& name, UnfoldOptions options);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  UnfoldOptions options_;
+};
+
+/// fold(columns, output_size, options) as a layer (PyTorch's Fold).
+class Fold : public Module {
+ public:
+  Fold(Graph& graph, const std::string& name, std::array<int64_t, 2> output_size,
+       UnfoldOptions options);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  std::array<int64_t, 2> output_size_;
+  UnfoldOptions options_;
+};
+
 /// A function of one value as a layer (activations in a Sequential).
 class Lambda : public Module {
  public:

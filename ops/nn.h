@@ -138,6 +138,23 @@ Value pixel_shuffle(const Value& x, int64_t factor);
 /// The inverse of pixel_shuffle: [N, C, H r, W r] to [N, C r^2, H, W].
 Value pixel_unshuffle(const Value& x, int64_t factor);
 
+/// The sliding blocks of unfold and fold (F.unfold's and F.fold's arguments; pairs are
+/// (height, width)).
+struct UnfoldOptions {
+  std::array<int64_t, 2> kernel_size{1, 1};
+  std::array<int64_t, 2> dilation{1, 1};
+  std::array<int64_t, 2> padding{0, 0};  ///< zeros added on both sides
+  std::array<int64_t, 2> stride{1, 1};
+};
+/// The blocks of x [N, C, H, W] (C, H, W known) as columns, im2col (PyTorch's F.unfold):
+/// [N, C kh kw, L], L = oh ow blocks in row-major order; row c kh kw + i kw + j holds each
+/// block's element (i, j) of channel c. Built from strided slices: gradients and every device
+/// come with them.
+Value unfold(const Value& x, const UnfoldOptions& options);
+/// The adjoint of unfold, col2im (PyTorch's F.fold): columns [N, C kh kw, L] summed into the
+/// image [N, C, H, W] of `output_size` (H, W) they were taken from; overlapping blocks add.
+Value fold(const Value& columns, std::array<int64_t, 2> output_size, const UnfoldOptions& options);
+
 /// Window of a 2-D convolution (pairs are (height, width)).
 struct Conv2dOptions {
   std::array<int64_t, 2> stride{1, 1};

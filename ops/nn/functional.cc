@@ -268,6 +268,100 @@ Value pixel_unshuffle(const Value& x, int64_t factor) {
   return reshape(transpose(split, {0, 1, 3, 5, 2, 4}), {-1, c * factor * factor, h, w});
 }
 
+namespace {
+
+// The block grid (oh, ow) of unfold / fold over an image of `size`, checking the options.
+std::array<int64_t, 2> block_grid(const char* fn, const std::string& name,
+                                  std::array<int64_t, 2> size, const UnfoldOptions& o) {
+  std::array<int64_t, 2> grid{};
+  for (size_t d = 0; d < 2; ++d) {
+    KILN_CHECK(o.kernel_size[d] > 0 && o.dilation[d] > 0 && o.stride[d] > 0 && o.padding[d] >= 0,
+               GraphError, "[", fn, "] ", name, ": kernel_size, dilation and stride must be ",
+               "positive and padding not negative, got kernel_size ", o.kernel_size[d],
+               ", dilation ", o.dilation[d], ", stride ", o.stride[d], ", padding ", o.padding[d],
+               " along ", d == 0 ? "the height" : "the width");
+    const int64_t span = o.dilation[d] * (o.kernel_size[d] - 1) + 1,
+                  padded = size[d] + 2 * o.padding[d];
+    KILN_CHECK(padded >= span, GraphError, "[", fn, "] ", name, ": a block spans ", span, " along ",
+               d == 0 ? "the height" : "the width", ", more than the padded ", padded);
+    grid[d] = (padded - span) / o.stride[d] + 1;
+  }
+  return grid;
+}
+
+// dims with the first replaced by -1 when it is unknown (a batch).
+Shape with_batch(int64_t batch, std::vector<int64_t> rest) {
+  rest.insert(rest.begin(), batch >= 0 ? batch : -1);
+  return Shape(std::move(rest));
+}
+
+}  // namespace
+
+// Block (i, j) of the padded x, for every output position at once: rows i d0, i d0 + s0, ...
+// (oh of them) and the same across; stacked in (i, j) order after the channel.
+Value unfold(const Value& x, const UnfoldOptions& o) {
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 4 && s[1] > 0 && s[2] > 0 && s[3] > 0, GraphError, "[unfold] ", x.name(),
+             ": expects x [N, C, H, W] with C, H and W known, got ", s);
+  const auto [oh, ow] = block_grid("unfold", x.name(), {s[2], s[3]}, o);
+  const auto [kh, kw] = o.kernel_size;
+  const Value padded = o.padding[0] || o.padding[1]
+                           ? pad(x, {{o.padding[1], o.padding[1]}, {o.padding[0], o.padding[0]}})
+                           : x;
+  constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
+  std::vector<Value> blocks;
+  for (int64_t i = 0; i < kh; ++i)
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t top = i * o.dilation[0], left = j * o.dilation[1];
+      blocks.push_back(
+          slice(padded, {0, 0, top, left},
+                {kAll, kAll, top + (oh - 1) * o.stride[0] + 1, left + (ow - 1) * o.stride[1] + 1},
+                {1, 1, o.stride[0], o.stride[1]}));
+    }
+  return reshape(stack(blocks, 2), with_batch(s[0], {s[1] * kh * kw, oh * ow}));
+}
+
+// Each block element (i, j), [N, C, oh, ow], spread to its image positions: zeros between its
+// rows and columns for the stride (a [.., oh, 1, ow, 1] padded to [.., oh, s0, ow, s1], cut
+// after the last), then padded out to the padded image at (i d0, j d1); the K terms added and
+// the padding cut off.
+Value fold(const Value& columns, std::array<int64_t, 2> output_size, const UnfoldOptions& o) {
+  const Shape& s = columns.shape();
+  const int64_t kh = o.kernel_size[0], kw = o.kernel_size[1];
+  KILN_CHECK(output_size[0] > 0 && output_size[1] > 0, GraphError, "[fold] ", columns.name(),
+             ": output_size (", output_size[0], ", ", output_size[1], ") must be positive");
+  const auto [oh, ow] = block_grid("fold", columns.name(), output_size, o);
+  KILN_CHECK(
+      s.rank() == 3 && kh > 0 && kw > 0 && s[1] > 0 && s[1] % (kh * kw) == 0 && s[2] == oh * ow,
+      GraphError, "[fold] ", columns.name(), ": expects columns [N, C ", kh * kw, ", ", oh * ow,
+      "] (", oh, " x ", ow, " blocks of ", kh, " x ", kw, "), got ", s);
+  const int64_t c = s[1] / (kh * kw), n = s[0];
+  const int64_t height = output_size[0] + 2 * o.padding[0],
+                width = output_size[1] + 2 * o.padding[1];
+  const int64_t rows = (oh - 1) * o.stride[0] + 1, cols = (ow - 1) * o.stride[1] + 1;
+  const Value blocks = reshape(columns, with_batch(n, {c, kh * kw, oh, ow}));
+  constexpr int64_t kAll = std::numeric_limits<int64_t>::max();
+  std::vector<Value> terms;
+  for (int64_t i = 0; i < kh; ++i)
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t k = i * kw + j, top = i * o.dilation[0], left = j * o.dilation[1];
+      Value block =
+          reshape(slice(blocks, {0, 0, k}, {kAll, kAll, k + 1}), with_batch(n, {c, oh, 1, ow, 1}));
+      if (o.stride[0] > 1 || o.stride[1] > 1) {
+        block = pad(block, {{0, o.stride[1] - 1}, {0, 0}, {0, o.stride[0] - 1}});
+        block = slice(reshape(block, with_batch(n, {c, oh * o.stride[0], ow * o.stride[1]})),
+                      {0, 0, 0, 0}, {kAll, kAll, rows, cols});
+      } else {
+        block = reshape(block, with_batch(n, {c, oh, ow}));
+      }
+      terms.push_back(pad(block, {{left, width - left - cols}, {top, height - top - rows}}));
+    }
+  const Value image = add_n(terms);
+  if (!o.padding[0] && !o.padding[1]) return image;
+  return slice(image, {0, 0, o.padding[0], o.padding[1]},
+               {kAll, kAll, o.padding[0] + output_size[0], o.padding[1] + output_size[1]});
+}
+
 Value embedding(const Value& table, const Value& ids) {
   if (table.shape().rank() != 2)
     throw GraphError(str("embedding: the table must be [rows, dim], got ", table.shape()));

@@ -1,3 +1,4 @@
+#include "autograd/gradcheck.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -80,6 +81,114 @@ TEST(CrossEntropy, MatchesReferenceAndRejectsBadLabels) {
       },
       {"batch sizes differ"});
   testing::expect_error<GraphError>([&] { softmax_cross_entropy(z, z); }, {"labels", "f64"});
+}
+
+// PyTorch's documented im2col: column l = (bi, bj) (row-major over the oh x ow blocks), row
+// c kh kw + i kw + j holds padded x[n, c, bi s0 + i d0, bj s1 + j d1] (0 in the padding); fold
+// adds each column element back where unfold took it. Every option together and apart, an
+// unknown batch, finite-difference gradients of both, and the errors.
+TEST(Unfold, BlocksAreColumnsAndFoldAddsThemBack) {
+  struct Case {
+    Shape x;
+    UnfoldOptions options;
+  };
+  const std::vector<Case> cases = {
+      {{2, 3, 5, 6}, {.kernel_size = {2, 3}}},
+      {{1, 2, 7, 6},
+       {.kernel_size = {3, 2}, .dilation = {2, 1}, .padding = {1, 2}, .stride = {2, 3}}},
+      {{2, 1, 4, 4}, {.kernel_size = {2, 2}, .stride = {2, 2}}},  // blocks that tile: fold inverts
+      {{1, 2, 3, 5}, {.kernel_size = {1, 1}, .padding = {1, 0}}},
+  };
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case& c = cases[k];
+    const UnfoldOptions& o = c.options;
+    SCOPED_TRACE(str("case ", k));
+    const int64_t n = c.x[0], ch = c.x[1], h = c.x[2], w = c.x[3];
+    const int64_t kh = o.kernel_size[0], kw = o.kernel_size[1];
+    const int64_t oh = (h + 2 * o.padding[0] - o.dilation[0] * (kh - 1) - 1) / o.stride[0] + 1;
+    const int64_t ow = (w + 2 * o.padding[1] - o.dilation[1] * (kw - 1) - 1) / o.stride[1] + 1;
+    const Tensor in = testing::r64(c.x, -1, 1, static_cast<uint32_t>(60 + k));
+    const Tensor cols_in =
+        testing::r64({n, ch * kh * kw, oh * ow}, -1, 1, static_cast<uint32_t>(70 + k));
+    Graph g;
+    Value x = g.placeholder("x", f64, {-1, ch, h, w});
+    Value cols = g.placeholder("cols", f64, {-1, ch * kh * kw, oh * ow});
+    const Value unfolded = unfold(x, o), folded = fold(cols, {h, w}, o);
+    EXPECT_EQ(unfolded.shape(), Shape({-1, ch * kh * kw, oh * ow}));
+    EXPECT_EQ(folded.shape(), Shape({-1, ch, h, w}));
+    Session s(g);
+    const auto got =
+        s.run({{x, in}, {cols, cols_in}}, {unfolded, folded, fold(unfolded, {h, w}, o)});
+    std::vector<double> want_unfolded(static_cast<size_t>(n * ch * kh * kw * oh * ow), 0.0);
+    std::vector<double> want_folded(static_cast<size_t>(in.numel()), 0.0);
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t cc = 0; cc < ch; ++cc)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j)
+            for (int64_t bi = 0; bi < oh; ++bi)
+              for (int64_t bj = 0; bj < ow; ++bj) {
+                const int64_t row = cc * kh * kw + i * kw + j, col = bi * ow + bj;
+                const size_t at = static_cast<size_t>((b * ch * kh * kw + row) * oh * ow + col);
+                const int64_t y = bi * o.stride[0] + i * o.dilation[0] - o.padding[0];
+                const int64_t xx = bj * o.stride[1] + j * o.dilation[1] - o.padding[1];
+                if (y < 0 || y >= h || xx < 0 || xx >= w) continue;
+                const size_t pixel = static_cast<size_t>(((b * ch + cc) * h + y) * w + xx);
+                want_unfolded[at] = in.element(static_cast<int64_t>(pixel));
+                want_folded[pixel] += cols_in.element(static_cast<int64_t>(at));
+              }
+    testing::expect_near(want_unfolded, got[0], 0, 0, "unfold");
+    testing::expect_near(want_folded, got[1], 1e-15, 1e-15, "fold");
+    if (k == 2) testing::expect_near(testing::values(in), got[2], 0, 0, "fold of unfold");
+    testing::check_gradients([&](Graph&, const std::vector<Value>& v) { return unfold(v[0], o); },
+                             {testing::r64(c.x, -1, 1, 80)}, str("unfold ", k));
+    testing::check_gradients(
+        [&](Graph&, const std::vector<Value>& v) {
+          return fold(v[0], {h, w}, o);
+        },
+        {testing::r64({1, ch * kh * kw, oh * ow}, -1, 1, 81)}, str("fold ", k));
+  }
+  // As layers (PyTorch's Unfold, Fold, Unflatten): tiling blocks fold back to the image.
+  {
+    Graph g;
+    nn::Sequential blocks(g, "blocks");
+    const UnfoldOptions tiles{.kernel_size = {2, 2}, .stride = {2, 2}};
+    blocks.add<nn::Unfold>("unfold", tiles);
+    blocks.add<nn::Unflatten>("split", 1, std::vector<int64_t>{2, -1});
+    blocks.add<nn::Flatten>("merge", 1, 2);
+    blocks.add<nn::Fold>("fold", std::array<int64_t, 2>{4, 6}, tiles);
+    Value x = g.placeholder("x", f64, {-1, 2, 4, 6});
+    const Value y = blocks(x);
+    EXPECT_EQ(y.shape(), Shape({-1, 2, 4, 6}));
+    const Tensor in = testing::r64({3, 2, 4, 6}, -1, 1, 90);
+    testing::expect_near(testing::values(in), testing::run1(g, y, {{x, in}}), 0, 0, "layers");
+  }
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3, 5, 6});
+  testing::expect_error<GraphError>(
+      [&] {
+        unfold(g.placeholder("flat", f32, {2, 3, 5}), {});
+      },
+      {"[unfold] flat", "[N, C, H, W]", "[2, 3, 5]"});
+  testing::expect_error<GraphError>(
+      [&] {
+        unfold(x, {.kernel_size = {6, 1}});
+      },
+      {"[unfold] x", "a block spans 6 along the height", "the padded 5"});
+  testing::expect_error<GraphError>(
+      [&] {
+        unfold(x, {.kernel_size = {2, 2}, .stride = {0, 1}});
+      },
+      {"stride 0", "along the height"});
+  testing::expect_error<GraphError>(
+      [&] {
+        fold(g.placeholder("cols", f32, {2, 12, 19}), {5, 6}, {.kernel_size = {2, 2}});
+      },
+      {"[fold] cols", "[N, C 4, 20] (4 x 5 blocks of 2 x 2)", "[2, 12, 19]"});
+  testing::expect_error<GraphError>(
+      [&] {
+        fold(g.placeholder("c2", f32, {2, 12, 20}), {0, 6}, {.kernel_size = {2, 2}});
+      },
+      {"[fold] c2", "output_size (0, 6) must be positive"});
 }
 
 }  // namespace
