@@ -56,7 +56,7 @@ KILN_OP(reshape)
 // not (a reshape's target can leave one dim unknown). The flatten() and unflatten() functions
 // build these ops only where that takes two unknown dims or more, and a reshape otherwise.
 
-// Any dim of x unknown.
+// The number of unknown dims of s.
 int64_t unknown_dims(const Shape& s) {
   return std::count_if(s.begin(), s.end(), [](int64_t d) { return d < 0; });
 }

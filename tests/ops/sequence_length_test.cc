@@ -139,8 +139,7 @@ TEST(RelativePositionBias, ALengthKnownOnlyAtRunTime) {
 }
 
 // A block built for [2, ?, dim] runs any length, as blocks built for that length do (the same
-// variables), training steps and attention dropout included; with neither the batch nor the
-// a wrong width it says so.
+// variables), training steps and attention dropout included; given a wrong width it says so.
 TEST(TransformerBlock, BuiltForAnyLengthWithTheBatchKnown) {
   Graph g;
   nn::TransformerBlock block(g, "block", 8, 2,
