@@ -386,7 +386,7 @@ void build_t5(T5Model& m, const Config& c, const Shape& ids, const Shape& decode
   m.decoder_ids = m.g.placeholder("decoder_ids", i64, decoder_ids);
   m.embed = std::make_unique<nn::Embedding>(m.g, "shared", integer(c, "vocab"), dim);
   // The encoder's keys a query may read, [B, 1, 1, S]: not padding.
-  const Value keep = reshape(not_equal(m.mask, 0.0), {ids[0], 1, 1, -1});
+  const Value keep = expand_dims(not_equal(m.mask, 0.0), {1, 2});
   m.encoder_bias =
       std::make_unique<nn::RelativePositionBias>(m.g, "encoder_bias", heads, t5_relative(c, true));
   // bias(T, T) where the lengths are known, else the bias of the lengths each run feeds.
@@ -550,11 +550,10 @@ std::vector<std::pair<std::string, Tensor>> t5_logits(const Config& c, const Loa
                           {m.mask, reference.at("mask")},
                           {m.decoder_ids, reference.at("decoder_ids")}};
   const std::vector<Tensor> out = session.run(feeds, {m.logits, m.memory});
-  // The same model built for any lengths (the relative position biases then computed from the
-  // lengths fed).
+  // The same model built for any batch and lengths (the relative position biases then computed
+  // from the lengths fed).
   T5Model any;
-  const int64_t batch = reference.at("ids").shape()[0];
-  build_t5(any, c, {batch, -1}, {batch, -1});
+  build_t5(any, c, {-1, -1}, {-1, -1});
   Session any_session(any.g);
   any_session.set_variables(session.variable_values());
   const Tensor any_length = any_session.run({{any.ids, reference.at("ids")},
@@ -563,7 +562,7 @@ std::vector<std::pair<std::string, Tensor>> t5_logits(const Config& c, const Loa
                                             {any.logits})[0];
   return {
       {"", out[0]},
-      {" built for any length", any_length},
+      {" built for any batch and length", any_length},
       {" cached decoding", t5_cached_logits(c, session.variable_values(), out[1],
                                             reference.at("mask"), reference.at("decoder_ids"))}};
 }
@@ -585,7 +584,19 @@ std::vector<std::pair<std::string, Tensor>> decoder_only_logits(const Config& c,
     load_phi(session, m, weight);
   else
     load_llama_family(session, m, c, weight);
-  return {{"", session.run({{m.tokens, ids}}, {m.logits})[0]}};
+  std::vector<std::pair<std::string, Tensor>> ways;
+  ways.emplace_back("", session.run({{m.tokens, ids}}, {m.logits})[0]);
+  if (c.at("rope") != "alibi") {  // BLOOM's ALiBi bias is built for the length
+    // The same model built for ids [?, ?]: the heads split with unflatten, the rotary table and
+    // the causal or window reach from the length fed.
+    Model any;
+    build(any, c, {-1, -1});
+    Session any_session(any.g);
+    any_session.set_variables(session.variable_values());
+    ways.emplace_back(" built for any batch and length",
+                      any_session.run({{any.tokens, ids}}, {any.logits})[0]);
+  }
+  return ways;
 }
 
 // Builds, loads and runs one model; returns, for each way it was run (T5's also through KV
