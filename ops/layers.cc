@@ -489,6 +489,34 @@ Value MaxPool1d::forward(const Value& x) {
   return squeeze(max_pool2d(as_plane("MaxPool1d", path(), x), plane_window(options_)), 2);
 }
 
+// Over the plane [N, C, 1, L] an index h W + w is w: the position along L.
+std::pair<Value, Value> MaxPool1d::with_indices(const Value& x) {
+  expect_own({&x}, "the input");
+  NameScope scope(graph(), name());
+  const auto [pooled, indices] =
+      max_pool2d_with_indices(as_plane("MaxPool1d", path(), x), plane_window(options_));
+  return {squeeze(pooled, 2), squeeze(indices, 2)};
+}
+
+MaxUnpool1d::MaxUnpool1d(Graph& graph, const std::string& name, Pool1dOptions options)
+    : Module(graph, name), options_(options) {}
+
+Value MaxUnpool1d::unpool(const Value& x, const Value& indices, int64_t output_size) {
+  expect_own({&x, &indices}, "x and indices");
+  KILN_CHECK(indices.shape().rank() == 3, GraphError, "[nn] MaxUnpool1d ", path(),
+             ": expects indices [N, C, L], got ", indices.shape());
+  NameScope scope(graph(), name());
+  const std::array<int64_t, 2> size{output_size > 0 ? 1 : 0, output_size};
+  return squeeze(max_unpool2d(as_plane("MaxUnpool1d", path(), x), expand_dims(indices, 2),
+                              plane_window(options_), size),
+                 2);
+}
+
+Value MaxUnpool1d::forward(const Value&) {
+  throw GraphError(str("[nn] MaxUnpool1d ", path(),
+                       ": unpooling needs the pool's indices; call unpool(x, indices)"));
+}
+
 AvgPool1d::AvgPool1d(Graph& graph, const std::string& name, Pool1dOptions options,
                      bool count_include_pad)
     : Module(graph, name), options_(options), count_include_pad_(count_include_pad) {}

@@ -557,6 +557,26 @@ struct Pool1dOptions {
 class MaxPool1d : public Module {
  public:
   MaxPool1d(Graph& graph, const std::string& name, Pool1dOptions options);
+  /// The pooled x and, i64 and shaped like it, the position along L of each window's maximum
+  /// (PyTorch's return_indices=True), for a MaxUnpool1d.
+  std::pair<Value, Value> with_indices(const Value& x);
+
+ protected:
+  Value forward(const Value& x) override;
+
+ private:
+  Pool1dOptions options_;
+};
+
+/// PyTorch's MaxUnpool1d: unpool(x, indices) puts each value of x [N, C, L'] back at the position
+/// along L where a MaxPool1d of the same options found it, zeros elsewhere (max_unpool2d over a
+/// height of 1). Calling it as a one-input layer is an error naming it.
+class MaxUnpool1d : public Module {
+ public:
+  MaxUnpool1d(Graph& graph, const std::string& name, Pool1dOptions options);
+  /// The unpooled x [N, C, L]: L = output_size, or where that is 0 the length the pooling maps
+  /// onto x's (an explicit one within one stride of it, as PyTorch requires).
+  Value unpool(const Value& x, const Value& indices, int64_t output_size = 0);
 
  protected:
   Value forward(const Value& x) override;

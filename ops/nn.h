@@ -201,13 +201,14 @@ Value max_pool2d(const Value& x, const Pool2dOptions& options = {});
 /// plane, h W + w (PyTorch's return_indices=True: the first maximum in the window's row-major
 /// order; a NaN at once, where PyTorch takes the window's last NaN), for max_unpool2d.
 std::pair<Value, Value> max_pool2d_with_indices(const Value& x, const Pool2dOptions& options = {});
-/// PyTorch's max_unpool2d: zeros [N, C, H, W] with each x[n, c, i, j] added at place
+/// PyTorch's max_unpool2d: zeros [N, C, H, W] with each x[n, c, i, j] written at place
 /// indices[n, c, i, j] (h W + w) of its plane. (H, W) = output_size, or where it is {0, 0} the
 /// size a pooling of `options` maps onto x's: ((OH - 1) stride - 2 padding + kernel, ...); an
 /// explicit size must lie strictly within one stride of that (PyTorch's rule), or a GraphError.
-/// Where several indices name one place their values add up (PyTorch keeps one; max_pool2d's
-/// indices repeat only where windows overlap). An index outside the plane is an error when the
-/// graph runs.
+/// Where several indices name one place the last (in x's order) stays, as in PyTorch
+/// (max_pool2d's indices repeat where windows overlap, with the same maximum); the gradient
+/// picks dy at every index, as PyTorch's. An index outside the plane is an error when the graph
+/// runs.
 Value max_unpool2d(const Value& x, const Value& indices, const Pool2dOptions& options = {},
                    std::array<int64_t, 2> output_size = {0, 0});
 /// The mean of each window; with count_include_pad (PyTorch's default) padding counts as

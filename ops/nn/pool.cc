@@ -4,10 +4,11 @@
 //   max_pool2d_backward: dx[argmax w] += dy[w]  (the first maximum, as PyTorch)
 //   max_pool2d_select:   v[argmax w]            (the adjoint of the backward op in dy)
 //   max_pool2d_indices:  argmax w as h W + w in x's plane, i64 (PyTorch's return_indices)
-//   max_unpool2d:        y[n, c, indices[n, c, i, j]] += x[n, c, i, j] over a zero plane of
-//                        output_size (PyTorch's max_unpool2d, which keeps one of several
-//                        values sent to one place where Kiln adds them); its gradient picks dy
-//                        at the indices (take_along_axis)
+//   max_unpool2d:        y[n, c, indices[n, c, i, j]] = x[n, c, i, j] over a zero plane of
+//                        output_size, in x's order, so of several values sent to one place the
+//                        last stays (PyTorch's max_unpool2d; overlapping pool windows send one
+//                        maximum twice); its gradient picks dy at the indices for every x
+//                        (take_along_axis), as PyTorch's
 // Both take `positive_only`: only windows whose maximum is > 0 route (and select); the others
 // give 0. That is the gradient of max_pool2d(relu(z)) with relu's gradient folded in (the
 // pool's input is relu's output, and relu passes gradient where it is > 0), which the
@@ -553,8 +554,9 @@ void max_pool_typed(KernelContext& ctx) {
       });
 }
 
-// y: zeros of output_size per plane, plus each x at its index in the plane. The indices are
-// data: all are checked before anything is written.
+// y: zeros of output_size per plane, each x written at its index in the plane in order (the
+// last of several at one place stays). The indices are data: all are checked before anything is
+// written.
 template <typename T>
 void max_unpool_typed(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
@@ -571,7 +573,7 @@ void max_unpool_typed(KernelContext& ctx) {
   ctx.parallel_for(planes, count, [&](int64_t p0, int64_t p1) {
     std::fill(out + p0 * plane, out + p1 * plane, T(0));
     for (int64_t p = p0; p < p1; ++p)
-      for (int64_t k = p * count; k < (p + 1) * count; ++k) out[p * plane + indices[k]] += px[k];
+      for (int64_t k = p * count; k < (p + 1) * count; ++k) out[p * plane + indices[k]] = px[k];
   });
 }
 

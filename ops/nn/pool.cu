@@ -187,12 +187,11 @@ void avg_pool_typed(KernelContext& ctx) {
   }
 }
 
-// max_unpool2d: one thread per plane adds its x values at their indices in order, as the CPU
-// kernel does (the same sums where indices repeat, and no atomics). An index outside the plane
-// is reported (the run fails naming the node) and skipped.
+// max_unpool2d: one thread per plane writes its x values at their indices in order, as the CPU
+// kernel does (the same value stays where indices repeat, and no races). An index outside the
+// plane is reported (the run fails naming the node) and skipped.
 template <typename T>
 void max_unpool_typed(KernelContext& ctx) {
-  using C = Compute<T>;
   const Tensor& x = ctx.input(0);
   Tensor& y = ctx.output(0);
   fill_zero(ctx, y);
@@ -209,8 +208,7 @@ void max_unpool_typed(KernelContext& ctx) {
         errors.report(DataErrorKind::index_out_of_range, at, k, 0, plane);
         continue;
       }
-      T& slot = out[p * plane + at];
-      slot = static_cast<T>(static_cast<C>(slot) + static_cast<C>(px[k]));
+      out[p * plane + at] = px[k];
     }
   });
 }

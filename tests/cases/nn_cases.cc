@@ -290,7 +290,7 @@ void add_nn_cases(const std::function<void(OpCase)>& add) {
              const std::vector<double> x = values(in[0]), at = values(in[1]);
              std::vector<double> y(6 * 30, 0.0);
              for (size_t k = 0; k < x.size(); ++k)
-               y[k / 6 * 30 + static_cast<size_t>(at[k])] += x[k];
+               y[k / 6 * 30 + static_cast<size_t>(at[k])] = x[k];
              return y;
            }});
   // positive_only (relu's gradient folded in): inputs mostly below 0, so some windows route

@@ -191,5 +191,65 @@ TEST(Unfold, BlocksAreColumnsAndFoldAddsThemBack) {
       {"[fold] c2", "output_size (0, 6) must be positive"});
 }
 
+// PyTorch's MaxPool1d(return_indices=True) and MaxUnpool1d: indices are positions along L (the
+// window's first maximum; padding never wins), and unpooling puts each maximum back there.
+TEST(Pool1d, IndicesArePositionsAlongTheSequenceAndUnpoolingPutsMaximaBack) {
+  constexpr int64_t kN = 2, kC = 3, kL = 11;
+  const nn::Pool1dOptions options{.kernel_size = 3, .stride = 2, .padding = 1};
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, kC, kL});
+  nn::MaxPool1d pool(g, "pool", options);
+  nn::MaxUnpool1d unpool(g, "unpool", options);
+  const std::pair<Value, Value> both = pool.with_indices(x);
+  const Value pooled = both.first, indices = both.second;
+  const Value restored = unpool.unpool(pooled, indices),
+              longer = unpool.unpool(pooled, indices, 12);
+  EXPECT_EQ(restored.shape(), Shape({-1, kC, kL}));
+  EXPECT_EQ(longer.shape(), Shape({-1, kC, 12}));
+  const Tensor in = testing::random_tensor(f32, {kN, kC, kL}, -2, 2, 95);
+  const auto got = Session(g).run({{x, in}}, {pooled, indices, restored, longer, pool(x)});
+  constexpr int64_t kOut = 6;  // floor((11 + 2 - 3) / 2) + 1
+  ASSERT_EQ(got[1].shape(), Shape({kN, kC, kOut}));
+  std::vector<float> want_restored(static_cast<size_t>(kN * kC * kL), 0.0f);
+  for (int64_t row = 0; row < kN * kC; ++row)
+    for (int64_t o = 0; o < kOut; ++o) {
+      int64_t best = -1;
+      for (int64_t t = o * 2 - 1; t < o * 2 + 2; ++t)
+        if (t >= 0 && t < kL &&
+            (best < 0 || in.element(row * kL + t) > in.element(row * kL + best)))
+          best = t;
+      const int64_t at = row * kOut + o;
+      EXPECT_EQ(got[1].to_vector<int64_t>()[static_cast<size_t>(at)], best) << row << " " << o;
+      EXPECT_EQ(got[0].element(at), in.element(row * kL + best));
+      EXPECT_EQ(got[4].element(at), in.element(row * kL + best));
+      want_restored[static_cast<size_t>(row * kL + best)] =
+          static_cast<float>(in.element(row * kL + best));
+    }
+  EXPECT_EQ(got[2].to_vector<float>(), want_restored);
+  for (int64_t row = 0; row < kN * kC; ++row)
+    for (int64_t l = 0; l < 12; ++l)
+      EXPECT_EQ(got[3].element(row * 12 + l),
+                l < kL ? want_restored[static_cast<size_t>(row * kL + l)] : 0.0f);
+  // PyTorch 1.13's values for a maximum two windows share: it is put back once, not summed.
+  {
+    Graph h;
+    Value seq = h.constant(Tensor::from_vector<float>({1, 5, 2, 0, 3, 4, 1}, {1, 1, 7}));
+    nn::MaxPool1d shared(h, "pool", options);
+    nn::MaxUnpool1d back(h, "unpool", options);
+    const std::pair<Value, Value> found = shared.with_indices(seq);
+    const auto out =
+        Session(h).run({}, {found.first, found.second, back.unpool(found.first, found.second)});
+    EXPECT_EQ(out[0].to_vector<float>(), (std::vector<float>{5, 5, 4, 4}));
+    EXPECT_EQ(out[1].to_vector<int64_t>(), (std::vector<int64_t>{1, 1, 5, 5}));
+    EXPECT_EQ(out[2].to_vector<float>(), (std::vector<float>{0, 5, 0, 0, 0, 4, 0}));
+  }
+  testing::expect_error<GraphError>([&] { unpool(pooled); },
+                                    {"[nn] MaxUnpool1d unpool", "call unpool(x, indices)"});
+  testing::expect_error<GraphError>([&] { unpool.unpool(pooled, indices, 14); },
+                                    {"output_size (1, 14)"});
+  testing::expect_error<GraphError>([&] { unpool.unpool(pooled, expand_dims(indices, 2)); },
+                                    {"[nn] MaxUnpool1d unpool", "indices [N, C, L]"});
+}
+
 }  // namespace
 }  // namespace kiln

@@ -240,7 +240,8 @@ TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
                  {"stride", std::vector<int64_t>{stride[0], stride[1]}},
                  {"padding", std::vector<int64_t>{geo.window.padding[0], geo.window.padding[1]}}});
       Tensor v = testing::random_tensor(dtype, geo.x, -1, 1, 12);
-      // Where each maximum is; dy put back there (summed where windows share a maximum) is dx.
+      // Where each maximum is; dy put back there is dx, except where windows share a maximum:
+      // there dx sums them and unpooling keeps the last, as PyTorch's max_unpool2d.
       const Value indices = max_pool2d_with_indices(vx, geo.window).second;
       const Value unpooled = max_unpool2d(vdy, indices, geo.window, {geo.x[2], geo.x[3]});
       Session session(g);
@@ -250,7 +251,7 @@ TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
       const auto& k = geo.window.kernel_size;
       const auto& st = stride;
       const auto& pad = geo.window.padding;
-      std::vector<double> want_dx(static_cast<size_t>(x.numel()), 0.0);
+      std::vector<double> want_dx(static_cast<size_t>(x.numel()), 0.0), want_unpooled = want_dx;
       for (int64_t p = 0; p < ys[0] * ys[1]; ++p)
         for (int64_t i = 0; i < ys[2]; ++i)
           for (int64_t j = 0; j < ys[3]; ++j) {
@@ -275,10 +276,11 @@ TEST(Pooling, MaxPoolRoutesToTheFirstMaximumAndNaNWins) {
             EXPECT_EQ(out[2].element(o), v.element(at)) << "select at " << o;
             EXPECT_EQ(out[3].element(o), at - p * geo.x[2] * geo.x[3]) << "index at " << o;
             want_dx[static_cast<size_t>(at)] += dy.element(o);
+            want_unpooled[static_cast<size_t>(at)] = dy.element(o);
           }
       for (int64_t i = 0; i < x.numel(); ++i) {
         EXPECT_NEAR(out[1].element(i), want_dx[static_cast<size_t>(i)], 1e-6) << "dx at " << i;
-        EXPECT_NEAR(out[4].element(i), want_dx[static_cast<size_t>(i)], 1e-6)
+        EXPECT_EQ(out[4].element(i), want_unpooled[static_cast<size_t>(i)])
             << "unpooled dy at " << i;
       }
     }
