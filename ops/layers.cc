@@ -389,6 +389,40 @@ Value Embedding::forward(const Value& ids) {
   return rows * keep;
 }
 
+EmbeddingBag::EmbeddingBag(Graph& graph, const std::string& name, int64_t count, int64_t dim,
+                           BagMode mode, LayerOptions options, std::optional<int64_t> padding_index,
+                           bool include_last_offset)
+    : Module(graph, name),
+      mode_(mode),
+      padding_index_(padding_index),
+      include_last_offset_(include_last_offset) {
+  KILN_CHECK(count > 0 && dim > 0, GraphError, "[nn] EmbeddingBag ", path(), ": a table of ", count,
+             " rows of ", dim, " must be non-empty");
+  KILN_CHECK(!padding_index || (*padding_index >= 0 && *padding_index < count), GraphError,
+             "[nn] EmbeddingBag ", path(), ": padding index ", padding_index.value_or(0),
+             " is outside [0, ", count, ")");
+  const int64_t seed = seed_for("weight") + options.seed;
+  weight = variable("weight", {count, dim},
+                    padding_index ? init::normal_with_zero_row(0, 1, *padding_index, seed)
+                                  : init::normal(0, 1, seed));
+}
+
+Value EmbeddingBag::bags(const Value& ids, const Value& offsets, const Value& per_sample_weights) {
+  expect_own({&ids}, "the ids");
+  NameScope scope(graph(), name());
+  return bagged(ids, offsets, per_sample_weights);
+}
+
+Value EmbeddingBag::bagged(const Value& ids, const Value& offsets,
+                           const Value& per_sample_weights) const {
+  return embedding_bag(weight, ids,
+                       {.mode = mode_,
+                        .offsets = offsets,
+                        .per_sample_weights = per_sample_weights,
+                        .padding_index = padding_index_,
+                        .include_last_offset = include_last_offset_});
+}
+
 namespace {
 
 // The rate of a dropout layer, checked: in [0, 1).

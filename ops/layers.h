@@ -404,6 +404,31 @@ class Embedding : public Module {
   std::optional<int64_t> padding_index_;
 };
 
+/// A table of `count` rows of `dim` (N(0, 1), the padding row zeros, as PyTorch's) whose bags
+/// of ids are summed, averaged or maxed (PyTorch's nn.EmbeddingBag): calling it on 2-D ids
+/// [B, L] makes each row a bag; bags() takes 1-D ids with offsets.
+class EmbeddingBag : public Module {
+ public:
+  EmbeddingBag(Graph& graph, const std::string& name, int64_t count, int64_t dim,
+               BagMode mode = BagMode::mean, LayerOptions options = {},
+               std::optional<int64_t> padding_index = std::nullopt,
+               bool include_last_offset = false);
+  /// The bags of 1-D `ids` starting at `offsets` (see embedding_bag), each row weighed by
+  /// `per_sample_weights` when given (mode sum). Also takes 2-D ids with offsets undefined.
+  Value bags(const Value& ids, const Value& offsets, const Value& per_sample_weights = {});
+  Value weight;
+
+ protected:
+  Value forward(const Value& ids) override { return bagged(ids, {}, {}); }
+
+ private:
+  // embedding_bag over the layer's table, in the caller's name scope.
+  Value bagged(const Value& ids, const Value& offsets, const Value& per_sample_weights) const;
+  BagMode mode_;
+  std::optional<int64_t> padding_index_;
+  bool include_last_offset_;
+};
+
 /// Inverted dropout in training mode, the identity in evaluation mode. Each call draws its own
 /// masks (seeded from the layer's name).
 class Dropout : public Module {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,26 @@ Value log_softmax(const Value& x, int64_t axis = -1);
 /// Rows of `table` [V, D] picked by integer `ids` (any shape): [ids..., D]. The gradient is a
 /// scatter-add into the rows used. An id outside [0, V) is an error when the graph runs.
 Value embedding(const Value& table, const Value& ids);
+/// How embedding_bag reduces each bag's rows (PyTorch's EmbeddingBag modes).
+enum class BagMode { sum, mean, max };
+/// embedding_bag's arguments besides the table and ids.
+struct EmbeddingBagOptions {
+  BagMode mode = BagMode::mean;
+  /// With 1-D ids: where each bag starts, [B] (the first 0, non-decreasing, at most the number
+  /// of ids); with `include_last_offset`, [B + 1], the last the end of bag B - 1 (ids after it
+  /// are in no bag). Undefined for 2-D ids [B, L], whose rows are the bags.
+  Value offsets;
+  /// Shaped like the ids: each row times its weight before the sum (mode sum only).
+  Value per_sample_weights;
+  /// Ids equal to it count in no bag (not in a mean's count either).
+  std::optional<int64_t> padding_index;
+  bool include_last_offset = false;
+};
+/// The sum, mean or maximum of the rows of `table` [V, D] in each bag of `ids` (PyTorch's
+/// F.embedding_bag): [B, D]. An empty bag (or one of padding only) gives zeros. Built from
+/// gather and its scatter-add, so it differentiates (max: into each maximum, as `max`) and runs
+/// on either device. The maximum needs 2-D ids; bags given by offsets take sum and mean.
+Value embedding_bag(const Value& table, const Value& ids, const EmbeddingBagOptions& options = {});
 /// Inverted dropout: in training, x * dropout_mask(x, rate, seed) (a new mask every run);
 /// otherwise x itself.
 Value dropout(const Value& x, double rate, bool training, int64_t seed = 0);
@@ -322,9 +343,20 @@ std::vector<double> alibi_slopes(int64_t heads);
 /// layers: [heads, Tq, Tk] of `dtype`, slope_h * (j - i) for query i and key j (query i sits
 /// at key position i, as `causal` and `window` place it), or with `symmetric`
 /// -slope_h * |j - i| (for attention without a causal mask). BLOOM's slope_h * j differs from
-/// it by a constant per row, which softmax ignores. Lengths are those of the graph's build.
+/// it by a constant per row, which softmax ignores. Lengths are those of the graph's build (the
+/// overload below takes positions computed when the graph runs).
 Value alibi_bias(Graph& graph, int64_t heads, int64_t queries, int64_t keys, DType dtype = f32,
                  bool symmetric = false);
+/// Positions 0, 1, ..., n - 1 along x's dim `axis` (n as the graph runs), plus `start` when
+/// given (an integer scalar tensor, rank 0 or [1]: a cache's position): [n] of `dtype`. For a
+/// bias or a table over a length the graph is not built for.
+Value positions_along(const Value& x, int64_t axis, DType dtype = f32, const Value& start = {});
+/// alibi_bias at query positions [Tq] and key positions [Tk] (vectors, any numeric dtype;
+/// positions_along gives them for lengths known only when the graph runs, or past a cache's
+/// offset): [heads, Tq, Tk] of `dtype`, slope_h * (key_j - query_i), or -slope_h |key_j -
+/// query_i| with `symmetric`.
+Value alibi_bias(int64_t heads, const Value& query_positions, const Value& key_positions,
+                 DType dtype = f32, bool symmetric = false);
 /// T5's bucket of the relative position j - i of key j to query i (Raffel et al.; transformers'
 /// T5Attention._relative_position_bucket, in its f32 arithmetic). With `bidirectional` the
 /// first half of the buckets holds keys at or before the query, the second half keys after it;

@@ -390,6 +390,12 @@ class CudaExecutorImpl final : public CudaExecutor {
                                  ": the collective did not finish within ", e[3],
                                  " ms, or NCCL reported an error (result ", e[4],
                                  "): a peer died or hangs; the NCCL communicator was aborted"));
+    if (e[1] == 5)
+      throw Error(str("[", node.op_name(), "] ", node.name(), ": length ", e[2], " of sequence ",
+                      e[3], " is outside [", e[4], ", ", e[5] - 1, "]"));
+    if (e[1] == 6)
+      throw Error(str("[", node.op_name(), "] ", node.name(), ": label ", e[2],
+                      " at position (flat) ", e[3], " is the blank"));
     const char* what = e[1] == 2 ? "label" : e[1] == 4 ? "window start" : "index";
     throw Error(str("[", node.op_name(), "] ", node.name(), ": ", what, " ", e[2], " at position ",
                     e[3], " is outside [", e[4], ", ", e[5], ")"));

@@ -85,7 +85,9 @@ enum class DataErrorKind : int64_t {
   index_out_of_range = 1,
   label_out_of_range = 2,
   communication_failed = 3,
-  start_out_of_range = 4  ///< a dynamic window's start (dynamic_slice): value, 0, [low, high)
+  start_out_of_range = 4,   ///< a dynamic window's start (dynamic_slice): value, 0, [low, high)
+  length_out_of_range = 5,  ///< a sequence length (ctc_loss): value, sequence, [low, high)
+  label_is_blank = 6        ///< a target label that is the blank (ctc_loss): value, position
 };
 
 struct ErrorReporter {

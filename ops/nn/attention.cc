@@ -609,17 +609,51 @@ std::vector<double> alibi_slopes(int64_t heads) {
   return slopes;
 }
 
+Value positions_along(const Value& x, int64_t axis, DType dtype, const Value& start) {
+  const int64_t rank = x.shape().rank();
+  KILN_CHECK(axis >= -rank && axis < rank && is_floating(dtype), GraphError, "[positions_along] ",
+             x.name(), ": axis ", axis, " of ", x.shape(), " in a float dtype (", dtype_name(dtype),
+             ")");
+  if (axis < 0) axis += rank;
+  // x's first element along every other dim, as a vector: a ramp of its length by cumsum.
+  Value line = x;
+  for (int64_t d = 0; d < rank; ++d)
+    if (d != axis) line = line.slice(d, 0, 1);
+  line = reshape(line, Shape{x.shape()[axis]});
+  Value ramp = cumsum(full_like(cast(line, dtype), 1.0), 0, /*exclusive=*/true);
+  if (!start.defined()) return ramp;
+  KILN_CHECK(is_integer(start.dtype()) && start.shape().numel() == 1, GraphError,
+             "[positions_along] ", x.name(),
+             ": the start must be an integer scalar (rank 0 or [1]), "
+             "got ",
+             dtype_name(start.dtype()), " ", start.shape());
+  return ramp + cast(reshape(start, Shape{}), dtype);
+}
+
+Value alibi_bias(int64_t heads, const Value& query_positions, const Value& key_positions,
+                 DType dtype, bool symmetric) {
+  Graph& graph = common_graph("alibi_bias", {&query_positions, &key_positions});
+  KILN_CHECK(query_positions.shape().rank() == 1 && key_positions.shape().rank() == 1 &&
+                 is_floating(dtype),
+             GraphError, "[alibi] needs positions as vectors and a float dtype: queries ",
+             query_positions.shape(), ", keys ", key_positions.shape(), ", ", dtype_name(dtype));
+  const Tensor slopes =
+      Tensor::from_vector<double>(alibi_slopes(heads), Shape{heads, 1, 1}).cast(dtype);
+  const auto as_dtype = [&](const Value& v) { return v.dtype() == dtype ? v : cast(v, dtype); };
+  // distance[i, j] = key j's position - query i's, [1, Tq, Tk].
+  Value distance =
+      expand_dims(as_dtype(key_positions), {0, 1}) - expand_dims(as_dtype(query_positions), {0, 2});
+  if (symmetric) distance = -abs(distance);
+  return graph.constant(slopes, "alibi_slopes") * distance;
+}
+
 Value alibi_bias(Graph& graph, int64_t heads, int64_t queries, int64_t keys, DType dtype,
                  bool symmetric) {
   KILN_CHECK(queries >= 0 && keys >= 0 && is_floating(dtype), GraphError,
              "[alibi] needs known lengths and a float dtype: ", queries, " queries, ", keys,
              " keys, ", dtype);
-  const Tensor slopes =
-      Tensor::from_vector<double>(alibi_slopes(heads), Shape{heads, 1, 1}).cast(dtype);
-  Value distance =
-      iota(graph, Shape{1, 1, keys}, 2, dtype) - iota(graph, Shape{1, queries, 1}, 1, dtype);
-  if (symmetric) distance = -abs(distance);
-  return graph.constant(slopes, "alibi_slopes") * distance;
+  return alibi_bias(heads, iota(graph, Shape{queries}, 0, dtype),
+                    iota(graph, Shape{keys}, 0, dtype), dtype, symmetric);
 }
 
 int64_t relative_position_bucket(int64_t relative, bool bidirectional, int64_t buckets,

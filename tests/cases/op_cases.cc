@@ -573,6 +573,19 @@ std::vector<OpCase> make_cases() {
          return op(c, "gather_grad", {c.input({2, 3, 3, 4}), idx, c.input({5, 3, 4})},
                    {{"axis", int64_t{0}}});
        }});
+  add({.op = "segment_ids",
+       .name = "segment_ids",
+       .build =
+           [](CaseGraph& c) {
+             // Bags [0, 2), [2, 2) (empty), [2, 7), [7, 8).
+             return op(c, "segment_ids",
+                       {c.ints({0, 2, 2, 7}, {4}), c.ints({5, 1, 0, 0, 3, 2, 2, 4}, {8})});
+           },
+       .dtypes = {f64},
+       .gradients = false,
+       .torch = "torch.searchsorted(a, torch.arange(args[1].numel()), right=True) - 1",
+       .reference =
+           [](const std::vector<Tensor>&) { return std::vector<double>{0, 0, 2, 2, 2, 2, 2, 3}; }});
   add({"take_along_axis_grad", "take_along_axis_grad", [](CaseGraph& c) {
          Value idx = c.ints({2, 0, 2, 1, 0, 0, 1, 2}, {4, 2});
          return op(c, "take_along_axis_grad", {c.input({4, 2}), idx, c.input({3, 2})},
@@ -831,6 +844,7 @@ std::vector<OpCase> make_cases() {
   add_attention_cases(add);
   add_rotary_cases(add);
   add_recurrent_cases(add);
+  add_loss_cases(add);
   return cases;
 }
 

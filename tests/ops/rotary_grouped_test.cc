@@ -795,6 +795,41 @@ TEST(Alibi, SlopesFollowThePaperForEveryHeadCount) {
   expect_error<GraphError>([] { alibi_slopes(0); }, {"[alibi]", "positive, not 0"});
 }
 
+// Positions read from a tensor when the graph runs, past an offset, give the bias of those
+// positions: a query at position p + i sees key j at distance j - (p + i). The bias for lengths
+// known at build time is the same with p = 0.
+TEST(Alibi, PositionsComeFromTheTensorsFed) {
+  Graph g;
+  Value x = g.placeholder("x", i64, {-1, -1});
+  Value start = g.placeholder("start", i32, {});
+  Value keys = g.placeholder("keys", f32, {-1, 3, -1, 2});
+  Value query_positions = positions_along(x, 1, f64, start);
+  Value key_positions = positions_along(keys, -2, f64);
+  Value bias = alibi_bias(3, query_positions, key_positions, f64);
+  Value symmetric = alibi_bias(3, positions_along(x, 1, f64), key_positions, f64, true);
+  Session s(g);
+  const auto got = s.run({{x, Tensor::from_vector<int64_t>(std::vector<int64_t>(8, 7), {2, 4})},
+                          {start, Tensor::scalar<int32_t>(2)},
+                          {keys, testing::random_tensor(f32, {1, 3, 6, 2}, -1, 1, 1)}},
+                         {query_positions, bias, symmetric});
+  testing::expect_near({2, 3, 4, 5}, got[0], 0, 0, "query positions");
+  ASSERT_EQ(got[1].shape(), Shape({3, 4, 6}));
+  const std::vector<double> slopes = alibi_slopes(3);
+  for (int64_t h = 0; h < 3; ++h)
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t j = 0; j < 6; ++j) {
+        ASSERT_EQ(got[1].element((h * 4 + i) * 6 + j), slopes[h] * double(j - (2 + i)));
+        ASSERT_EQ(got[2].element((h * 4 + i) * 6 + j), -slopes[h] * std::abs(double(j - i)));
+      }
+  Graph fixed;
+  testing::expect_near(testing::values(got[2]),
+                       Session(fixed).run({}, {alibi_bias(fixed, 3, 4, 6, f64, true)})[0], 0, 0,
+                       "the bias of known lengths");
+  expect_error<GraphError>([&] { positions_along(x, 2); }, {"[positions_along]", "axis 2 of"});
+  expect_error<GraphError>([&] { positions_along(x, 1, f32, g.scalar(1.0, f32)); },
+                           {"[positions_along]", "integer scalar", "f32"});
+}
+
 // The bias is slope_h * (j - i), or -slope_h |j - i|; as a float mask it is the attention's
 // bias written out.
 TEST(Alibi, BiasIsTheSlopeTimesTheDistance) {
@@ -825,6 +860,7 @@ TEST(Alibi, BiasIsTheSlopeTimesTheDistance) {
     largest = std::max(largest, std::abs(out[0].element(e) - out[1].element(e)));
   EXPECT_GT(largest, 1e-3);
   expect_error<GraphError>([&] { alibi_bias(g, 2, -1, 4); }, {"[alibi]", "-1 queries"});
+  expect_error<GraphError>([&] { alibi_bias(2, q, q); }, {"[alibi]", "positions as vectors"});
   expect_error<GraphError>([&] { alibi_bias(g, 2, 3, 4, i32); }, {"[alibi]", "float dtype"});
 }
 

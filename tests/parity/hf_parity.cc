@@ -172,8 +172,10 @@ void build(Model& m, const Config& c, const Shape& ids) {
     m.embed_norm = std::make_unique<nn::LayerNorm>(m.g, "embed_norm", Shape{dim}, real(c, "eps"));
     h = (*m.embed_norm)(h);
   }
-  const int64_t heads = integer(c, "heads"), length = ids[1];
-  const Value bias = alibi ? alibi_bias(m.g, heads, length, length) : Value();
+  const int64_t heads = integer(c, "heads");
+  // BLOOM's bias over the positions of the ids fed (the build's length, or any).
+  const Value positions = alibi ? positions_along(m.tokens, 1) : Value();
+  const Value bias = alibi ? alibi_bias(heads, positions, positions) : Value();
   for (int64_t i = 0; i < integer(c, "layers"); ++i) {
     // Gemma 3's layers differ: sliding-window or global, each kind with its rope base.
     if (!alibi) options.rotary->base = per_layer(c, "thetas", i, real(c, "theta"));
@@ -586,16 +588,14 @@ std::vector<std::pair<std::string, Tensor>> decoder_only_logits(const Config& c,
     load_llama_family(session, m, c, weight);
   std::vector<std::pair<std::string, Tensor>> ways;
   ways.emplace_back("", session.run({{m.tokens, ids}}, {m.logits})[0]);
-  if (c.at("rope") != "alibi") {  // BLOOM's ALiBi bias is built for the length
-    // The same model built for ids [?, ?]: the heads split with unflatten, the rotary table and
-    // the causal or window reach from the length fed.
-    Model any;
-    build(any, c, {-1, -1});
-    Session any_session(any.g);
-    any_session.set_variables(session.variable_values());
-    ways.emplace_back(" built for any batch and length",
-                      any_session.run({{any.tokens, ids}}, {any.logits})[0]);
-  }
+  // The same model built for ids [?, ?]: the heads split with unflatten, the rotary table, the
+  // ALiBi bias and the causal or window reach from the length fed.
+  Model any;
+  build(any, c, {-1, -1});
+  Session any_session(any.g);
+  any_session.set_variables(session.variable_values());
+  ways.emplace_back(" built for any batch and length",
+                    any_session.run({{any.tokens, ids}}, {any.logits})[0]);
   return ways;
 }
 

@@ -1,0 +1,243 @@
+// ctc_loss: the connectionist temporal classification loss of each sequence (PyTorch's
+// F.ctc_loss with reduction "none"), and ctc_loss_grad, its gradient with respect to the log
+// probabilities. The recursions are in ctc.h. The gradient op recomputes the forward variables
+// instead of keeping them from the forward pass: one more O(T S') sweep per sequence, where
+// keeping them would hold a [batch, time, 2 S + 1] tensor from the forward to the backward.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kiln/framework/gradient.h"
+#include "kiln/framework/kernel.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/dtypes.h"
+#include "kiln/ops/losses.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/nn.h"
+#include "kiln/ops/nn/ctc.h"
+
+namespace kiln {
+namespace ops {
+namespace {
+
+// log_probs [T, N, C], targets [N, S] (padded), input and target lengths [N], all three i64.
+std::vector<TensorType> infer_ctc_loss(const InferContext& ctx) {
+  ctx.expect_dtype(0, {f32, f64, f16, bf16});
+  for (int i : {1, 2, 3}) ctx.expect_dtype(i, {i64});
+  const Shape& log_probs = ctx.shape(0);
+  const Shape& targets = ctx.shape(1);
+  if (log_probs.rank() != 3) ctx.fail("log_probs must be [time, batch, classes], got ", log_probs);
+  if (targets.rank() != 2)
+    ctx.fail("targets must be [batch, longest target] (padded), got ", targets);
+  int64_t batch = log_probs[1];
+  const auto agree = [&](int64_t n, const char* what, const Shape& shape) {
+    if (n >= 0 && batch >= 0 && n != batch)
+      ctx.fail("batch sizes differ: log_probs ", log_probs, ", ", what, " ", shape);
+    if (batch < 0) batch = n;
+  };
+  agree(targets[0], "targets", targets);
+  for (int i : {2, 3}) {
+    const Shape& lengths = ctx.shape(i);
+    const char* what = i == 2 ? "input_lengths" : "target_lengths";
+    if (lengths.rank() != 1) ctx.fail(what, " must be [batch], got ", lengths);
+    agree(lengths[0], what, lengths);
+  }
+  const int64_t blank = ctx.attr<int64_t>("blank");
+  if (blank < 0 || (log_probs[2] >= 0 && blank >= log_probs[2]))
+    ctx.fail("blank ", blank, " is not a class of log_probs ", log_probs);
+  return {{ctx.dtype(0), Shape{batch}}};
+}
+
+// Checks what the kernels will read (lengths and labels are data), naming the sequence.
+void check_ctc_data(const KernelContext& ctx) {
+  const Shape& shape = ctx.input(0).shape();
+  const int64_t time = shape[0], batch = shape[1], classes = shape[2];
+  const int64_t longest = ctx.input(1).shape()[1], blank = ctx.attr<int64_t>("blank");
+  if (blank >= classes)
+    throw Error(str(ctx.where(), ": blank ", blank, " is not a class of log_probs ", shape));
+  const int64_t* targets = ctx.input(1).data<int64_t>();
+  const int64_t* input_lengths = ctx.input(2).data<int64_t>();
+  const int64_t* target_lengths = ctx.input(3).data<int64_t>();
+  for (int64_t n = 0; n < batch; ++n) {
+    if (input_lengths[n] < 0 || input_lengths[n] > time)
+      throw Error(str(ctx.where(), ": input length ", input_lengths[n], " of sequence ", n,
+                      " is outside [0, ", time, "] (log_probs ", shape, ")"));
+    if (target_lengths[n] < 0 || target_lengths[n] > longest)
+      throw Error(str(ctx.where(), ": target length ", target_lengths[n], " of sequence ", n,
+                      " is outside [0, ", longest, "] (targets ", ctx.input(1).shape(), ")"));
+    for (int64_t i = 0; i < target_lengths[n]; ++i) {
+      const int64_t label = targets[n * longest + i];
+      if (label == blank)
+        throw Error(str(ctx.where(), ": label ", label, " at position ", i, " of sequence ", n,
+                        " is the blank"));
+      if (label < 0 || label >= classes)
+        throw Error(str(ctx.where(), ": label ", label, " at position ", i, " of sequence ", n,
+                        " is outside [0, ", classes, ")"));
+    }
+  }
+}
+
+// kGrad: writes d log_probs [T, N, C] given dloss (input 4); otherwise each sequence's loss.
+template <bool kGrad>
+void ctc_loss_cpu(KernelContext& ctx) {
+  check_ctc_data(ctx);
+  const Tensor& log_probs = ctx.input(0);
+  const int64_t time = log_probs.shape()[0], batch = log_probs.shape()[1];
+  const int64_t classes = log_probs.shape()[2], longest = ctx.input(1).shape()[1];
+  const int64_t blank = ctx.attr<int64_t>("blank");
+  const bool zero_infinity = ctx.attr<bool>("zero_infinity");
+  const int64_t* targets = ctx.input(1).data<int64_t>();
+  const int64_t* input_lengths = ctx.input(2).data<int64_t>();
+  const int64_t* target_lengths = ctx.input(3).data<int64_t>();
+  dispatch_float(log_probs.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    constexpr T kInf = std::numeric_limits<T>::infinity();
+    const T* lp = log_probs.data<T>();
+    const int64_t step_stride = batch * classes;
+    T* out = ctx.output(0).data<T>();
+    const int64_t cost = time * (2 * longest + 1) * (kGrad ? 4 : 1) + (kGrad ? time * classes : 0);
+    ctx.parallel_for(batch, cost, [&](int64_t n0, int64_t n1) {
+      std::vector<T> alpha, beta;
+      std::vector<int64_t> labels;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t steps = input_lengths[n], extended = 2 * target_lengths[n] + 1;
+        labels.resize(static_cast<size_t>(extended));
+        for (int64_t s = 0; s < extended; ++s)
+          labels[s] = ctc_extended_label(targets + n * longest, s, blank);
+        const T* seq = lp + n * classes;  // step t's row: seq + t * step_stride
+        alpha.assign(static_cast<size_t>(steps * extended), -kInf);
+        for (int64_t t = 0; t < steps; ++t)
+          for (int64_t s = 0; s < extended; ++s)
+            alpha[t * extended + s] = t == 0
+                                          ? ctc_alpha_first<T>(seq, labels.data(), s, extended)
+                                          : ctc_alpha_next(&alpha[(t - 1) * extended],
+                                                           seq + t * step_stride, labels.data(), s);
+        const T nll = ctc_nll(steps ? &alpha[(steps - 1) * extended] : nullptr, steps, extended);
+        if constexpr (!kGrad) {
+          out[n] = zero_infinity && nll == kInf ? T(0) : nll;
+        } else {
+          // Rows past the input length get 0; an infinite loss gets 0 with zero_infinity, and
+          // is undefined (NaN, as PyTorch's) otherwise.
+          const T g = ctx.input(4).data<T>()[n];
+          const bool infinite = nll == kInf;
+          for (int64_t t = 0; t < time; ++t) {
+            T* row = out + t * step_stride + n * classes;
+            const T fill = t < steps && infinite && !zero_infinity
+                               ? std::numeric_limits<T>::quiet_NaN()
+                               : T(0);
+            std::fill(row, row + classes, fill);
+          }
+          if (infinite) continue;
+          beta.assign(alpha.size(), -kInf);
+          for (int64_t t = steps - 1; t >= 0; --t)
+            for (int64_t s = 0; s < extended; ++s)
+              beta[t * extended + s] =
+                  t == steps - 1
+                      ? ctc_beta_last<T>(seq + t * step_stride, labels.data(), s, extended)
+                      : ctc_beta_next(&beta[(t + 1) * extended], seq + t * step_stride,
+                                      labels.data(), s, extended);
+          std::vector<int64_t> firsts;  // the first position of each class in l'
+          for (int64_t s = 0; s < extended; ++s)
+            if (ctc_first_of_class(labels.data(), s)) firsts.push_back(s);
+          for (int64_t t = 0; t < steps; ++t) {
+            const T* lp_t = seq + t * step_stride;
+            T* row = out + t * step_stride + n * classes;
+            for (int64_t s : firsts) {
+              const int64_t c = labels[s];
+              const T through = ctc_paths_through_class(&alpha[t * extended], &beta[t * extended],
+                                                        labels.data(), s, extended);
+              row[c] = -std::exp(through + nll - lp_t[c]) * g;
+            }
+          }
+        }
+      }
+    });
+  });
+}
+
+AttrMap ctc_attrs(const Node& node) {
+  return {{"blank", node.attr<int64_t>("blank")},
+          {"zero_infinity", node.attr<bool>("zero_infinity")}};
+}
+
+KILN_OP(ctc_loss)
+    .precision(Precision::keep_f32)
+    .input("log_probs")
+    .input("targets")
+    .input("input_lengths")
+    .input("target_lengths")
+    .attr("blank", int64_t{0})
+    .attr("zero_infinity", false)
+    .infer(infer_ctc_loss)
+    .kernel(DeviceKind::cpu, ctc_loss_cpu<false>, {f32, f64})
+    .grad([](GradContext& c) -> GradList {
+      return {c.graph().add("ctc_loss_grad",
+                            {c.input(0), c.input(1), c.input(2), c.input(3), c.grad_output()},
+                            ctc_attrs(c.node())),
+              Value(), Value(), Value()};
+    });
+
+KILN_OP(ctc_loss_grad)
+    .precision(Precision::keep_f32)
+    .input("log_probs")
+    .input("targets")
+    .input("input_lengths")
+    .input("target_lengths")
+    .input("dloss")
+    .attr("blank", int64_t{0})
+    .attr("zero_infinity", false)
+    .infer([](const InferContext& ctx) -> std::vector<TensorType> {
+      // The forward op's checks, and dloss shaped like its loss.
+      std::vector<TensorType> loss = infer_ctc_loss(ctx);
+      ctx.expect_same_dtype(0, 4);
+      if (!ctx.shape(4).compatible_with(loss[0].shape))
+        ctx.fail("dloss is ", ctx.shape(4), ", the loss is ", loss[0].shape);
+      return {ctx.input(0)};
+    })
+    .kernel(DeviceKind::cpu, ctc_loss_cpu<true>, {f32, f64})
+    // The op is linear in dloss: its gradient there is the op at dloss = 1 against the upstream
+    // gradient, summed per sequence. The second derivative in the log probabilities needs the
+    // paths' pairwise marginals; like PyTorch, Kiln does not build it.
+    .grad([](GradContext& c) -> GradList {
+      KILN_CHECK(!c.wants_grad_input(0), GraphError, "[ctc_loss_grad] ", c.node().name(),
+                 ": the second derivative of ctc_loss in its log probabilities is not "
+                 "implemented (PyTorch has none either)");
+      Value unit = c.graph().add(
+          "ctc_loss_grad",
+          {c.input(0), c.input(1), c.input(2), c.input(3), full_like(c.input(4), 1.0)},
+          ctc_attrs(c.node()));
+      return {Value(), Value(), Value(), Value(), sum(c.grad_output() * unit, {0, 2})};
+    });
+
+}  // namespace
+}  // namespace ops
+
+Value ctc_loss(const Value& log_probs, const Value& targets, const Value& input_lengths,
+               const Value& target_lengths, int64_t blank, Reduction reduction,
+               bool zero_infinity) {
+  Graph& g = common_graph("ctc_loss", {&log_probs, &targets, &input_lengths, &target_lengths});
+  for (const Value* ints : {&targets, &input_lengths, &target_lengths})
+    KILN_CHECK(is_integer(ints->dtype()), GraphError, "[ctc_loss] ", ints->name(),
+               ": targets and lengths must be integers, got ", dtype_name(ints->dtype()));
+  // PyTorch's unbatched form: log_probs [T, C], targets [S], lengths scalars (or [1]).
+  const bool unbatched = log_probs.shape().rank() == 2;
+  const auto as_i64 = [](const Value& v) { return v.dtype() == i64 ? v : cast(v, i64); };
+  const auto one_sequence = [&](const Value& v, const Shape& shape) {
+    return unbatched ? reshape(as_i64(v), shape) : as_i64(v);
+  };
+  Value lp = unbatched ? expand_dims(log_probs, {1}) : log_probs;
+  Value losses =
+      g.add("ctc_loss",
+            {lp, one_sequence(targets, Shape{1, -1}), one_sequence(input_lengths, Shape{1}),
+             one_sequence(target_lengths, Shape{1})},
+            {{"blank", blank}, {"zero_infinity", zero_infinity}});
+  if (reduction == Reduction::mean) {
+    // PyTorch's: each loss divided by its target length (at least 1), then the batch mean.
+    Value lengths = cast(one_sequence(target_lengths, Shape{1}), losses.dtype());
+    return mean(losses / maximum(lengths, 1.0));
+  }
+  if (unbatched && reduction == Reduction::none) return reshape(losses, Shape{});
+  return reduce_loss(losses, reduction);
+}
+
+}  // namespace kiln

@@ -1,0 +1,162 @@
+// CUDA kernels of ctc_loss and ctc_loss_grad: one block per sequence. The block's threads share
+// the positions s of the extended target and step through time together (a barrier per step),
+// keeping alpha (and for the gradient beta) in scratch memory, [T, S'] per sequence. 16-bit
+// inputs are computed in f32. The math is ctc.h's, as on the CPU (ops/nn/ctc_loss.cc).
+#include <algorithm>
+#include <limits>
+
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/nn/ctc.h"
+
+namespace kiln::ops::cuda_nn {
+
+using namespace kiln::ops::cuda;
+
+constexpr int kCtcThreads = 256;
+
+struct CtcArgs {
+  const int64_t* targets;
+  const int64_t* input_lengths;
+  const int64_t* target_lengths;
+  int64_t time, batch, classes, longest, blank;
+  bool zero_infinity;
+};
+
+// Checks sequence n's lengths and labels (data); true when all threads may go on.
+__device__ bool ctc_sequence_valid(const CtcArgs& a, int64_t n, ErrorReporter errors) {
+  __shared__ int bad;
+  if (threadIdx.x == 0) {
+    bad = 0;
+    const int64_t steps = a.input_lengths[n], length = a.target_lengths[n];
+    if (steps < 0 || steps > a.time) {
+      errors.report(DataErrorKind::length_out_of_range, steps, n, 0, a.time + 1);
+      bad = 1;
+    } else if (length < 0 || length > a.longest) {
+      errors.report(DataErrorKind::length_out_of_range, length, n, 0, a.longest + 1);
+      bad = 1;
+    }
+  }
+  __syncthreads();
+  if (!bad) {
+    const int64_t length = a.target_lengths[n];
+    for (int64_t i = threadIdx.x; i < length; i += blockDim.x) {
+      const int64_t label = a.targets[n * a.longest + i];
+      if (label == a.blank) {
+        errors.report(DataErrorKind::label_is_blank, label, n * a.longest + i, 0, a.classes);
+        bad = 1;
+      } else if (label < 0 || label >= a.classes) {
+        errors.report(DataErrorKind::label_out_of_range, label, n * a.longest + i, 0, a.classes);
+        bad = 1;
+      }
+    }
+  }
+  __syncthreads();
+  return bad == 0;
+}
+
+// kGrad: out is d log_probs [T, N, C] (dloss given); otherwise each sequence's loss [N].
+// Scratch per sequence: l' (`labels_all`, [N, 2 * longest + 1]), alpha and, for the gradient,
+// beta ([N, T, 2 * longest + 1]).
+template <typename T, bool kGrad>
+__global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_t* labels_all,
+                              Compute<T>* alpha_all, Compute<T>* beta_all, CtcArgs a,
+                              ErrorReporter errors) {
+  using C = Compute<T>;
+  using std::exp;
+  const int64_t n = blockIdx.x;
+  if (!ctc_sequence_valid(a, n, errors)) return;  // the same for every thread of the block
+  const int64_t steps = a.input_lengths[n], extended = 2 * a.target_lengths[n] + 1;
+  const int64_t widest = 2 * a.longest + 1;
+  int64_t* labels = labels_all + n * widest;
+  for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
+    labels[s] = ctc_extended_label(a.targets + n * a.longest, s, a.blank);
+  __syncthreads();
+  const int64_t step_stride = a.batch * a.classes;
+  const T* seq = log_probs + n * a.classes;  // step t's row: seq + t * step_stride
+  C* alpha = alpha_all + n * a.time * widest;
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
+      alpha[t * extended + s] =
+          t == 0 ? ctc_alpha_first<C>(seq, labels, s, extended)
+                 : ctc_alpha_next(alpha + (t - 1) * extended, seq + t * step_stride, labels, s);
+    __syncthreads();
+  }
+  const C nll = ctc_nll(steps ? alpha + (steps - 1) * extended : alpha, steps, extended);
+  const bool infinite = nll == std::numeric_limits<C>::infinity();
+  if constexpr (!kGrad) {
+    if (threadIdx.x == 0) out[n] = static_cast<T>(a.zero_infinity && infinite ? C(0) : nll);
+  } else {
+    // Rows past the input length get 0; an infinite loss 0 with zero_infinity, else NaN.
+    const C fill_undefined =
+        infinite && !a.zero_infinity ? std::numeric_limits<C>::quiet_NaN() : C(0);
+    for (int64_t t = 0; t < a.time; ++t) {
+      T* row = out + t * step_stride + n * a.classes;
+      const T fill = static_cast<T>(t < steps ? fill_undefined : C(0));
+      for (int64_t c = threadIdx.x; c < a.classes; c += blockDim.x) row[c] = fill;
+    }
+    if (infinite) return;
+    C* beta = beta_all + n * a.time * widest;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
+        beta[t * extended + s] = t == steps - 1
+                                     ? ctc_beta_last<C>(seq + t * step_stride, labels, s, extended)
+                                     : ctc_beta_next(beta + (t + 1) * extended,
+                                                     seq + t * step_stride, labels, s, extended);
+      __syncthreads();
+    }
+    // The zero fill above and these writes touch the same rows: order them.
+    __syncthreads();
+    const C g = static_cast<C>(dloss[n]);
+    for (int64_t t = 0; t < steps; ++t) {
+      const T* lp_t = seq + t * step_stride;
+      T* row = out + t * step_stride + n * a.classes;
+      // One thread per class of l' (its first position) adds up that class's positions.
+      for (int64_t s = threadIdx.x; s < extended; s += blockDim.x) {
+        if (!ctc_first_of_class(labels, s)) continue;
+        const int64_t c = labels[s];
+        const C through =
+            ctc_paths_through_class(alpha + t * extended, beta + t * extended, labels, s, extended);
+        row[c] = static_cast<T>(-exp(through + nll - static_cast<C>(lp_t[c])) * g);
+      }
+    }
+  }
+}
+
+template <typename T, bool kGrad>
+void ctc_typed(KernelContext& ctx) {
+  using C = Compute<T>;
+  const Shape& shape = ctx.input(0).shape();
+  const CtcArgs args{ctx.input(1).data<int64_t>(),
+                     ctx.input(2).data<int64_t>(),
+                     ctx.input(3).data<int64_t>(),
+                     shape[0],
+                     shape[1],
+                     shape[2],
+                     ctx.input(1).shape()[1],
+                     ctx.attr<int64_t>("blank"),
+                     ctx.attr<bool>("zero_infinity")};
+  if (args.blank >= args.classes)
+    throw Error(str(ctx.where(), ": blank ", args.blank, " is not a class of log_probs ", shape));
+  if (args.batch == 0) return;
+  const size_t table = sizeof(C) * static_cast<size_t>(std::max<int64_t>(
+                                       args.batch * args.time * (2 * args.longest + 1), 1));
+  std::shared_ptr<Storage> labels =
+      ctx.scratch(sizeof(int64_t) * static_cast<size_t>(args.batch * (2 * args.longest + 1)));
+  std::shared_ptr<Storage> alpha = ctx.scratch(table);
+  std::shared_ptr<Storage> beta = kGrad ? ctx.scratch(table) : nullptr;
+  ctc_sequences<T, kGrad><<<static_cast<unsigned>(args.batch), kCtcThreads, 0, stream_of(ctx)>>>(
+      ctx.input(0).data<T>(), kGrad ? ctx.input(4).data<T>() : nullptr, ctx.output(0).data<T>(),
+      static_cast<int64_t*>(labels->data()), static_cast<C*>(alpha->data()),
+      kGrad ? static_cast<C*>(beta->data()) : nullptr, args, error_reporter(ctx));
+  check_launch(ctx);
+}
+
+template <bool kGrad>
+void ctc_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(),
+                      [&](auto tag) { ctc_typed<decltype(tag), kGrad>(ctx); });
+}
+KILN_CUDA_KERNEL(ctc_loss, ctc_cuda<false>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(ctc_loss_grad, ctc_cuda<true>, cuda_dtypes(DTypeClass::floating));
+
+}  // namespace kiln::ops::cuda_nn
