@@ -4,9 +4,9 @@
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step,
-// gru_step and upsample_step (the last three by hand: not in run.sh; also attention_step_alibi,
-// attention_step_softcap, attention_window_step_mask and decode_long_step_late, the same step at
-// position 2,000), attention_window_step, peak_flops (the
+// gru_step, upsample_step and ctc_step (the last four by hand: not in run.sh; also
+// attention_step_alibi, attention_step_softcap, attention_window_step_mask and
+// decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
 // graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
 // Chrome trace of the runs).
@@ -175,6 +175,29 @@ double upsample_step(const SessionOptions& options) {
   Session s(g, options);
   Tensor xb = ramp(shape), db = ramp({16, 64, 64, 64});
   return time_it([&] { s.run({{x, xb}, {dy, db}}, {nearest, bilinear, grads[0]}); }, 3, 20);
+}
+
+// CTC loss forward and backward: log_softmax of [200, 32, 32] logits (time first), targets
+// [32, 40] of labels 1..31 (no two neighbours equal), input lengths 165..200, target lengths
+// 30..40, PyTorch's mean; the loss and the logits' gradient (by hand, beside torch_bench.py
+// ctc_step).
+double ctc_step(const SessionOptions& options) {
+  constexpr int64_t kT = 200, kN = 32, kC = 32, kS = 40;
+  Graph g;
+  Value x = g.placeholder("x", f32, {kT, kN, kC});
+  std::vector<int64_t> targets, input_lengths, target_lengths;
+  for (int64_t n = 0; n < kN; ++n) {
+    for (int64_t i = 0; i < kS; ++i) targets.push_back(1 + (n * 7 + i * 3) % (kC - 1));
+    input_lengths.push_back(kT - (n % 8) * 5);
+    target_lengths.push_back(kS - n % 11);
+  }
+  Value loss = ctc_loss(log_softmax(x, -1), g.constant(Tensor::from_vector(targets, {kN, kS})),
+                        g.constant(Tensor::from_vector(input_lengths)),
+                        g.constant(Tensor::from_vector(target_lengths)));
+  Value dx = gradients(loss, {x})[0];
+  Session s(g, options);
+  Tensor xb = ramp({kT, kN, kC});
+  return time_it([&] { s.run({{x, xb}}, {loss, dx}); }, 3, 20);
 }
 
 // The transformer step's attention alone, forward and backward: causal, [16, 128, 4, 64] in
@@ -381,6 +404,8 @@ int main(int argc, char** argv) {
     std::printf("lstm_step %.9f\n", lstm_step(options));
   } else if (name == "upsample_step") {
     std::printf("upsample_step %.9f\n", upsample_step(options));
+  } else if (name == "ctc_step") {
+    std::printf("ctc_step %.9f\n", ctc_step(options));
   } else if (name == "gru_step") {
     std::printf("gru_step %.9f\n", lstm_step(options, /*gru=*/true));
   } else if (name == "decode_step") {

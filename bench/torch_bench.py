@@ -5,7 +5,7 @@
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
 cnn_step, transformer_step, llama_step, lstm_step, decode_step, decode_long_step,
-attention_window_step. With --compile the model cases run their module through
+attention_window_step; by hand: gru_step, upsample_step, ctc_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -253,6 +253,24 @@ def upsample_step():
     return step
 
 
+def ctc_step():
+    """kiln_bench's ctc_step: F.ctc_loss (mean) of log_softmax([200, 32, 32] logits) against
+    targets [32, 40] (labels 1..31), input lengths 165..200, target lengths 30..40; the loss and
+    the logits' gradient (run by hand)."""
+    T, N, C, S = 200, 32, 32, 40
+    x = ramp(T, N, C).requires_grad_(True)
+    targets = torch.tensor([[1 + (n * 7 + i * 3) % (C - 1) for i in range(S)] for n in range(N)])
+    input_lengths = torch.tensor([T - (n % 8) * 5 for n in range(N)])
+    target_lengths = torch.tensor([S - n % 11 for n in range(N)])
+    loss_of = compiled(lambda x: torch.nn.functional.ctc_loss(
+        x.log_softmax(-1), targets, input_lengths, target_lengths))
+
+    def step():
+        loss = loss_of(x)
+        return loss, torch.autograd.grad(loss, x)
+    return step
+
+
 def main():
     case = sys.argv[1]
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
@@ -284,10 +302,11 @@ def main():
     elif case == "attention_window_step":
         print(f"attention_window_step {time_it(attention_window_step(), 2, 10):.9f}")
     elif case in ("cnn_step", "transformer_step", "llama_step", "lstm_step", "gru_step",
-                  "upsample_step"):
+                  "upsample_step", "ctc_step"):
         steps = {"cnn_step": cnn_step, "transformer_step": transformer_step,
                  "llama_step": llama_step, "lstm_step": lstm_step,
-                 "gru_step": lambda: lstm_step("GRU"), "upsample_step": upsample_step}
+                 "gru_step": lambda: lstm_step("GRU"), "upsample_step": upsample_step,
+                 "ctc_step": ctc_step}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
     elif case.startswith("chain"):

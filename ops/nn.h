@@ -37,8 +37,9 @@ struct EmbeddingBagOptions {
 };
 /// The sum, mean or maximum of the rows of `table` [V, D] in each bag of `ids` (PyTorch's
 /// F.embedding_bag): [B, D]. An empty bag (or one of padding only) gives zeros. Built from
-/// gather and its scatter-add, so it differentiates (max: into each maximum, as `max`) and runs
-/// on either device. The maximum needs 2-D ids; bags given by offsets take sum and mean.
+/// gather and its scatter-add, so it differentiates (max: into each maximum) and runs on either
+/// device. Tied maxima: over 2-D ids the gradient is shared among them (as `max`); over offsets
+/// the first takes it (as PyTorch's).
 Value embedding_bag(const Value& table, const Value& ids, const EmbeddingBagOptions& options = {});
 /// Inverted dropout: in training, x * dropout_mask(x, rate, seed) (a new mask every run);
 /// otherwise x itself.

@@ -14,10 +14,11 @@
 //   beta[t][s] = lp[t][l'(s)] + lse(beta[t+1][s], beta[t+1][s+1], beta[t+1][s+2])
 // (the s + 2 term when l'(s + 2) may be reached by a skip). alpha[t][s] + beta[t][s] - lp[t][l'(s)]
 // is the log probability of all paths through (t, s), so
-//   d nll / d lp[t][c] = -exp(lse_{s: l'(s) = c}(alpha[t][s] + beta[t][s]) + nll - lp[t][c])
-// and 0 for classes not in l'. PyTorch's backward adds exp(lp[t][c]), which vanishes through
-// log_softmax (whose Jacobian removes what each row's gradient adds in proportion to exp(lp)):
-// the gradients reaching the logits agree; those reaching lp itself differ by that term.
+//   d nll / d lp[t][c] = -sum_{s: l'(s) = c} exp(alpha[t][s] + beta[t][s] - lp[t][c] + nll)
+// (minus the probability that the path is at class c at step t), and 0 for classes not in l'.
+// PyTorch's backward adds exp(lp[t][c]), which vanishes through log_softmax (whose Jacobian removes
+// what each row's gradient adds in proportion to exp(lp)): the gradients reaching the logits agree;
+// those reaching lp itself differ by that term.
 #pragma once
 
 #include <cmath>
@@ -39,6 +40,16 @@ KILN_HOST_DEVICE C log_add(C a, C b) {
   }
   if (b == -std::numeric_limits<C>::infinity()) return a;
   return a + log1p(exp(b - a));
+}
+
+/// log(exp(a) + exp(b) + exp(c)): one logarithm after shifting by the largest (-inf when all
+/// three are).
+template <typename C>
+KILN_HOST_DEVICE C log_sum_exp3(C a, C b, C c) {
+  using std::exp, std::log;
+  const C m = a > b ? (a > c ? a : c) : (b > c ? b : c);
+  if (m == -std::numeric_limits<C>::infinity()) return m;
+  return m + log(exp(a - m) + exp(b - m) + exp(c - m));
 }
 
 /// l'(s): the blank at even s, label (s - 1) / 2 at odd s. The recursions below read l' from an
@@ -63,10 +74,10 @@ KILN_HOST_DEVICE C ctc_alpha_first(const T* lp, const int64_t* labels, int64_t s
 /// alpha[t][s] from the row before (`prev`) and step t's log probabilities (`lp`).
 template <typename C, typename T>
 KILN_HOST_DEVICE C ctc_alpha_next(const C* prev, const T* lp, const int64_t* labels, int64_t s) {
-  C total = prev[s];
-  if (s >= 1) total = log_add(total, prev[s - 1]);
-  if (ctc_can_skip_to(labels, s)) total = log_add(total, prev[s - 2]);
-  return total + static_cast<C>(lp[labels[s]]);
+  constexpr C kNone = -std::numeric_limits<C>::infinity();
+  return log_sum_exp3(prev[s], s >= 1 ? prev[s - 1] : kNone,
+                      ctc_can_skip_to(labels, s) ? prev[s - 2] : kNone) +
+         static_cast<C>(lp[labels[s]]);
 }
 
 /// beta[T-1][s]; `lp` is the last step's row.
@@ -80,10 +91,10 @@ KILN_HOST_DEVICE C ctc_beta_last(const T* lp, const int64_t* labels, int64_t s, 
 template <typename C, typename T>
 KILN_HOST_DEVICE C ctc_beta_next(const C* next, const T* lp, const int64_t* labels, int64_t s,
                                  int64_t extended) {
-  C total = next[s];
-  if (s + 1 < extended) total = log_add(total, next[s + 1]);
-  if (s + 2 < extended && ctc_can_skip_to(labels, s + 2)) total = log_add(total, next[s + 2]);
-  return total + static_cast<C>(lp[labels[s]]);
+  constexpr C kNone = -std::numeric_limits<C>::infinity();
+  return log_sum_exp3(next[s], s + 1 < extended ? next[s + 1] : kNone,
+                      s + 2 < extended && ctc_can_skip_to(labels, s + 2) ? next[s + 2] : kNone) +
+         static_cast<C>(lp[labels[s]]);
 }
 
 /// The sequence's negative log likelihood from alpha's last row (`steps` = T > 0), or with no
@@ -105,14 +116,29 @@ KILN_HOST_DEVICE bool ctc_first_of_class(const int64_t* labels, int64_t s) {
   return true;
 }
 
-/// lse over the positions s' >= s of s's class (same parity) of alpha[t][s'] + beta[t][s'] (rows
-/// of step t).
+/// The probability that a path of the target is at position s at step t, from alpha[t][s] +
+/// beta[t][s] (both hold lp[t][l'(s)], so it is taken off once) and the sequence's nll. These
+/// sum to 1 over s at every step, so they are summed as they are (no shift): what underflows is
+/// below 1e-38 of that sum. (PyTorch's gradient is NaN where a label's lp is -inf; this is 0.)
 template <typename C>
-KILN_HOST_DEVICE C ctc_paths_through_class(const C* alpha, const C* beta, const int64_t* labels,
-                                           int64_t s, int64_t extended) {
-  C total = -std::numeric_limits<C>::infinity();
+KILN_HOST_DEVICE C ctc_posterior(C alpha, C beta, C lp, C nll) {
+  using std::exp;
+  // No path through s: 0, also where lp is -inf (alpha + beta - lp would be NaN).
+  constexpr C kNone = -std::numeric_limits<C>::infinity();
+  if (alpha == kNone || beta == kNone) return C(0);
+  return exp(alpha + beta - lp + nll);
+}
+
+/// The probability that a path is at s's class at step t: ctc_posterior summed over the
+/// positions s' >= s of that class (s is the class's first position: ctc_first_of_class).
+/// d nll / d lp[t][c] is minus it.
+template <typename C, typename T>
+KILN_HOST_DEVICE C ctc_class_posterior(const C* alpha, const C* beta, const T* lp,
+                                       const int64_t* labels, int64_t s, int64_t extended, C nll) {
+  const C lp_c = static_cast<C>(lp[labels[s]]);
+  C total = 0;
   for (int64_t other = s; other < extended; other += 2)
-    if (labels[other] == labels[s]) total = log_add(total, alpha[other] + beta[other]);
+    if (labels[other] == labels[s]) total += ctc_posterior(alpha[other], beta[other], lp_c, nll);
   return total;
 }
 

@@ -1,8 +1,10 @@
 // ctc_loss: the connectionist temporal classification loss of each sequence (PyTorch's
 // F.ctc_loss with reduction "none"), and ctc_loss_grad, its gradient with respect to the log
-// probabilities. The recursions are in ctc.h. The gradient op recomputes the forward variables
-// instead of keeping them from the forward pass: one more O(T S') sweep per sequence, where
-// keeping them would hold a [batch, time, 2 S + 1] tensor from the forward to the backward.
+// probabilities. The recursions are in ctc.h. The forward op's second output is alpha, [N, T,
+// 2 S + 1] (-inf past each sequence's steps and positions; f32 for 16-bit log probabilities),
+// which the gradient reads back instead of sweeping the sequences again (PyTorch keeps its
+// log_alpha alike).
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -45,7 +47,10 @@ std::vector<TensorType> infer_ctc_loss(const InferContext& ctx) {
   const int64_t blank = ctx.attr<int64_t>("blank");
   if (blank < 0 || (log_probs[2] >= 0 && blank >= log_probs[2]))
     ctx.fail("blank ", blank, " is not a class of log_probs ", log_probs);
-  return {{ctx.dtype(0), Shape{batch}}};
+  // alpha: [batch, time, 2 S + 1].
+  const int64_t widest = targets[1] >= 0 ? 2 * targets[1] + 1 : -1;
+  return {{ctx.dtype(0), Shape{batch}},
+          {ctx.dtype(0) == f64 ? f64 : f32, Shape{batch, log_probs[0], widest}}};
 }
 
 // Checks what the kernels will read (lengths and labels are data), naming the sequence.
@@ -77,77 +82,109 @@ void check_ctc_data(const KernelContext& ctx) {
   }
 }
 
-// kGrad: writes d log_probs [T, N, C] given dloss (input 4); otherwise each sequence's loss.
-template <bool kGrad>
+// The sizes every CTC kernel reads.
+struct CtcSizes {
+  int64_t time, batch, classes, longest, widest, blank;
+  explicit CtcSizes(const KernelContext& ctx)
+      : time(ctx.input(0).shape()[0]),
+        batch(ctx.input(0).shape()[1]),
+        classes(ctx.input(0).shape()[2]),
+        longest(ctx.input(1).shape()[1]),
+        widest(2 * longest + 1),
+        blank(ctx.attr<int64_t>("blank")) {}
+};
+
+// Sequence n's l' into `labels` (S' entries).
+void extended_labels(const KernelContext& ctx, const CtcSizes& z, int64_t n,
+                     std::vector<int64_t>& labels) {
+  const int64_t extended = 2 * ctx.input(3).data<int64_t>()[n] + 1;
+  labels.resize(static_cast<size_t>(extended));
+  for (int64_t s = 0; s < extended; ++s)
+    labels[s] = ctc_extended_label(ctx.input(1).data<int64_t>() + n * z.longest, s, z.blank);
+}
+
+// Each sequence's loss (output 0) and alpha (output 1, rows of `widest`).
 void ctc_loss_cpu(KernelContext& ctx) {
   check_ctc_data(ctx);
-  const Tensor& log_probs = ctx.input(0);
-  const int64_t time = log_probs.shape()[0], batch = log_probs.shape()[1];
-  const int64_t classes = log_probs.shape()[2], longest = ctx.input(1).shape()[1];
-  const int64_t blank = ctx.attr<int64_t>("blank");
+  const CtcSizes z(ctx);
   const bool zero_infinity = ctx.attr<bool>("zero_infinity");
-  const int64_t* targets = ctx.input(1).data<int64_t>();
   const int64_t* input_lengths = ctx.input(2).data<int64_t>();
-  const int64_t* target_lengths = ctx.input(3).data<int64_t>();
-  dispatch_float(log_probs.dtype(), [&](auto tag) {
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     constexpr T kInf = std::numeric_limits<T>::infinity();
-    const T* lp = log_probs.data<T>();
-    const int64_t step_stride = batch * classes;
-    T* out = ctx.output(0).data<T>();
-    const int64_t cost = time * (2 * longest + 1) * (kGrad ? 4 : 1) + (kGrad ? time * classes : 0);
-    ctx.parallel_for(batch, cost, [&](int64_t n0, int64_t n1) {
-      std::vector<T> alpha, beta;
+    const T* lp = ctx.input(0).data<T>();
+    T* loss = ctx.output(0).data<T>();
+    T* alpha_all = ctx.output(1).data<T>();
+    ctx.parallel_for(z.batch, z.time * z.widest * 4, [&](int64_t n0, int64_t n1) {
       std::vector<int64_t> labels;
       for (int64_t n = n0; n < n1; ++n) {
-        const int64_t steps = input_lengths[n], extended = 2 * target_lengths[n] + 1;
-        labels.resize(static_cast<size_t>(extended));
-        for (int64_t s = 0; s < extended; ++s)
-          labels[s] = ctc_extended_label(targets + n * longest, s, blank);
-        const T* seq = lp + n * classes;  // step t's row: seq + t * step_stride
-        alpha.assign(static_cast<size_t>(steps * extended), -kInf);
+        extended_labels(ctx, z, n, labels);
+        const int64_t steps = input_lengths[n], extended = static_cast<int64_t>(labels.size());
+        const T* seq = lp + n * z.classes;  // step t's row: seq + t * batch * classes
+        T* alpha = alpha_all + n * z.time * z.widest;
+        std::fill(alpha, alpha + z.time * z.widest, -kInf);
         for (int64_t t = 0; t < steps; ++t)
           for (int64_t s = 0; s < extended; ++s)
-            alpha[t * extended + s] = t == 0
-                                          ? ctc_alpha_first<T>(seq, labels.data(), s, extended)
-                                          : ctc_alpha_next(&alpha[(t - 1) * extended],
-                                                           seq + t * step_stride, labels.data(), s);
-        const T nll = ctc_nll(steps ? &alpha[(steps - 1) * extended] : nullptr, steps, extended);
-        if constexpr (!kGrad) {
-          out[n] = zero_infinity && nll == kInf ? T(0) : nll;
-        } else {
-          // Rows past the input length get 0; an infinite loss gets 0 with zero_infinity, and
-          // is undefined (NaN, as PyTorch's) otherwise.
-          const T g = ctx.input(4).data<T>()[n];
-          const bool infinite = nll == kInf;
-          for (int64_t t = 0; t < time; ++t) {
-            T* row = out + t * step_stride + n * classes;
-            const T fill = t < steps && infinite && !zero_infinity
-                               ? std::numeric_limits<T>::quiet_NaN()
-                               : T(0);
-            std::fill(row, row + classes, fill);
-          }
-          if (infinite) continue;
-          beta.assign(alpha.size(), -kInf);
-          for (int64_t t = steps - 1; t >= 0; --t)
-            for (int64_t s = 0; s < extended; ++s)
-              beta[t * extended + s] =
-                  t == steps - 1
-                      ? ctc_beta_last<T>(seq + t * step_stride, labels.data(), s, extended)
-                      : ctc_beta_next(&beta[(t + 1) * extended], seq + t * step_stride,
-                                      labels.data(), s, extended);
-          std::vector<int64_t> firsts;  // the first position of each class in l'
+            alpha[t * z.widest + s] =
+                t == 0 ? ctc_alpha_first<T>(seq, labels.data(), s, extended)
+                       : ctc_alpha_next(alpha + (t - 1) * z.widest, seq + t * z.batch * z.classes,
+                                        labels.data(), s);
+        const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * z.widest, steps, extended);
+        loss[n] = zero_infinity && nll == kInf ? T(0) : nll;
+      }
+    });
+  });
+}
+
+// d log_probs [T, N, C] from alpha (input 4) and dloss (input 5).
+void ctc_loss_grad_cpu(KernelContext& ctx) {
+  check_ctc_data(ctx);
+  const CtcSizes z(ctx);
+  const bool zero_infinity = ctx.attr<bool>("zero_infinity");
+  const int64_t* input_lengths = ctx.input(2).data<int64_t>();
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    constexpr T kInf = std::numeric_limits<T>::infinity();
+    const T* lp = ctx.input(0).data<T>();
+    const T* alpha_all = ctx.input(4).data<T>();
+    const T* dloss = ctx.input(5).data<T>();
+    T* out = ctx.output(0).data<T>();
+    const int64_t step_stride = z.batch * z.classes;
+    ctx.parallel_for(z.batch, z.time * (z.widest * 4 + z.classes), [&](int64_t n0, int64_t n1) {
+      std::vector<int64_t> labels;
+      std::vector<T> beta;
+      for (int64_t n = n0; n < n1; ++n) {
+        extended_labels(ctx, z, n, labels);
+        const int64_t steps = input_lengths[n], extended = static_cast<int64_t>(labels.size());
+        const T* seq = lp + n * z.classes;
+        const T* alpha = alpha_all + n * z.time * z.widest;
+        const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * z.widest, steps, extended);
+        // Rows past the input length get 0; an infinite loss gets 0 with zero_infinity, and is
+        // undefined (NaN, as PyTorch's) otherwise.
+        const bool infinite = nll == kInf;
+        for (int64_t t = 0; t < z.time; ++t) {
+          T* row = out + t * step_stride + n * z.classes;
+          const T fill =
+              t < steps && infinite && !zero_infinity ? std::numeric_limits<T>::quiet_NaN() : T(0);
+          std::fill(row, row + z.classes, fill);
+        }
+        if (infinite) continue;
+        beta.assign(static_cast<size_t>(steps * extended), -kInf);
+        for (int64_t t = steps - 1; t >= 0; --t)
           for (int64_t s = 0; s < extended; ++s)
-            if (ctc_first_of_class(labels.data(), s)) firsts.push_back(s);
-          for (int64_t t = 0; t < steps; ++t) {
-            const T* lp_t = seq + t * step_stride;
-            T* row = out + t * step_stride + n * classes;
-            for (int64_t s : firsts) {
-              const int64_t c = labels[s];
-              const T through = ctc_paths_through_class(&alpha[t * extended], &beta[t * extended],
-                                                        labels.data(), s, extended);
-              row[c] = -std::exp(through + nll - lp_t[c]) * g;
-            }
+            beta[t * extended + s] =
+                t == steps - 1 ? ctc_beta_last<T>(seq + t * step_stride, labels.data(), s, extended)
+                               : ctc_beta_next(&beta[(t + 1) * extended], seq + t * step_stride,
+                                               labels.data(), s, extended);
+        // Each position's posterior, added into its class's entry (rows start at 0 above).
+        for (int64_t t = 0; t < steps; ++t) {
+          const T* lp_t = seq + t * step_stride;
+          T* row = out + t * step_stride + n * z.classes;
+          const T* alpha_t = alpha + t * z.widest;
+          const T* beta_t = &beta[t * extended];
+          for (int64_t s = 0; s < extended; ++s) {
+            const int64_t c = labels[s];
+            row[c] -= ctc_posterior(alpha_t[s], beta_t[s], lp_t[c], nll) * dloss[n];
           }
         }
       }
@@ -169,11 +206,14 @@ KILN_OP(ctc_loss)
     .attr("blank", int64_t{0})
     .attr("zero_infinity", false)
     .infer(infer_ctc_loss)
-    .kernel(DeviceKind::cpu, ctc_loss_cpu<false>, {f32, f64})
+    .kernel(DeviceKind::cpu, ctc_loss_cpu, {f32, f64})
     .grad([](GradContext& c) -> GradList {
-      return {c.graph().add("ctc_loss_grad",
-                            {c.input(0), c.input(1), c.input(2), c.input(3), c.grad_output()},
-                            ctc_attrs(c.node())),
+      KILN_CHECK(!c.has_grad_output(1), GraphError, "[ctc_loss] ", c.node().name(),
+                 ": its alpha output is not differentiable");
+      return {c.graph().add(
+                  "ctc_loss_grad",
+                  {c.input(0), c.input(1), c.input(2), c.input(3), c.output(1), c.grad_output(0)},
+                  ctc_attrs(c.node())),
               Value(), Value(), Value()};
     });
 
@@ -183,30 +223,35 @@ KILN_OP(ctc_loss_grad)
     .input("targets")
     .input("input_lengths")
     .input("target_lengths")
+    .input("alpha")
     .input("dloss")
     .attr("blank", int64_t{0})
     .attr("zero_infinity", false)
     .infer([](const InferContext& ctx) -> std::vector<TensorType> {
-      // The forward op's checks, and dloss shaped like its loss.
-      std::vector<TensorType> loss = infer_ctc_loss(ctx);
-      ctx.expect_same_dtype(0, 4);
-      if (!ctx.shape(4).compatible_with(loss[0].shape))
-        ctx.fail("dloss is ", ctx.shape(4), ", the loss is ", loss[0].shape);
+      // The forward op's checks, alpha shaped as it makes it and dloss like its loss.
+      std::vector<TensorType> forward = infer_ctc_loss(ctx);
+      ctx.expect_same_dtype(0, 5);
+      if (ctx.dtype(4) != forward[1].dtype || !ctx.shape(4).compatible_with(forward[1].shape))
+        ctx.fail("alpha is ", dtype_name(ctx.dtype(4)), " ", ctx.shape(4),
+                 ", the forward op makes ", dtype_name(forward[1].dtype), " ", forward[1].shape);
+      if (!ctx.shape(5).compatible_with(forward[0].shape))
+        ctx.fail("dloss is ", ctx.shape(5), ", the loss is ", forward[0].shape);
       return {ctx.input(0)};
     })
-    .kernel(DeviceKind::cpu, ctc_loss_cpu<true>, {f32, f64})
+    .kernel(DeviceKind::cpu, ctc_loss_grad_cpu, {f32, f64})
     // The op is linear in dloss: its gradient there is the op at dloss = 1 against the upstream
     // gradient, summed per sequence. The second derivative in the log probabilities needs the
     // paths' pairwise marginals; like PyTorch, Kiln does not build it.
     .grad([](GradContext& c) -> GradList {
-      KILN_CHECK(!c.wants_grad_input(0), GraphError, "[ctc_loss_grad] ", c.node().name(),
+      KILN_CHECK(!c.wants_grad_input(0) && !c.wants_grad_input(4), GraphError, "[ctc_loss_grad] ",
+                 c.node().name(),
                  ": the second derivative of ctc_loss in its log probabilities is not "
                  "implemented (PyTorch has none either)");
       Value unit = c.graph().add(
           "ctc_loss_grad",
-          {c.input(0), c.input(1), c.input(2), c.input(3), full_like(c.input(4), 1.0)},
+          {c.input(0), c.input(1), c.input(2), c.input(3), c.input(4), full_like(c.input(5), 1.0)},
           ctc_attrs(c.node()));
-      return {Value(), Value(), Value(), Value(), sum(c.grad_output() * unit, {0, 2})};
+      return {Value(), Value(), Value(), Value(), Value(), sum(c.grad_output() * unit, {0, 2})};
     });
 
 }  // namespace
@@ -227,10 +272,10 @@ Value ctc_loss(const Value& log_probs, const Value& targets, const Value& input_
   };
   Value lp = unbatched ? expand_dims(log_probs, {1}) : log_probs;
   Value losses =
-      g.add("ctc_loss",
-            {lp, one_sequence(targets, Shape{1, -1}), one_sequence(input_lengths, Shape{1}),
-             one_sequence(target_lengths, Shape{1})},
-            {{"blank", blank}, {"zero_infinity", zero_infinity}});
+      g.add_node("ctc_loss",
+                 {lp, one_sequence(targets, Shape{1, -1}), one_sequence(input_lengths, Shape{1}),
+                  one_sequence(target_lengths, Shape{1})},
+                 {{"blank", blank}, {"zero_infinity", zero_infinity}})[0];
   if (reduction == Reduction::mean) {
     // PyTorch's: each loss divided by its target length (at least 1), then the batch mean.
     Value lengths = cast(one_sequence(target_lengths, Shape{1}), losses.dtype());

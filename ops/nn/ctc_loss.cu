@@ -1,7 +1,8 @@
 // CUDA kernels of ctc_loss and ctc_loss_grad: one block per sequence. The block's threads share
-// the positions s of the extended target and step through time together (a barrier per step),
-// keeping alpha (and for the gradient beta) in scratch memory, [T, S'] per sequence. 16-bit
-// inputs are computed in f32. The math is ctc.h's, as on the CPU (ops/nn/ctc_loss.cc).
+// the positions s of the extended target and step through time together (a barrier per step).
+// The forward writes alpha as its second output (f32 for 16-bit inputs: log probabilities of
+// long paths need its precision); the gradient reads it and keeps beta in scratch memory. The math
+// is ctc.h's, as on the CPU (ops/nn/ctc_loss.cc).
 #include <algorithm>
 #include <limits>
 
@@ -54,15 +55,16 @@ __device__ bool ctc_sequence_valid(const CtcArgs& a, int64_t n, ErrorReporter er
   return bad == 0;
 }
 
-// kGrad: out is d log_probs [T, N, C] (dloss given); otherwise each sequence's loss [N].
-// Scratch per sequence: l' (`labels_all`, [N, 2 * longest + 1]), alpha and, for the gradient,
-// beta ([N, T, 2 * longest + 1]).
+// Each block is one sequence. Forward (kGrad false): its loss into `out` [N] and alpha into
+// `alpha_all` [N, T, 2 longest + 1] (-inf where no path reaches). Gradient: d log_probs [T, N, C]
+// into `out` from alpha (read) and dloss, with beta in `beta_all` (scratch shaped like alpha).
+// `labels_all`: scratch for each sequence's l' [N, 2 longest + 1].
 template <typename T, bool kGrad>
 __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_t* labels_all,
                               Compute<T>* alpha_all, Compute<T>* beta_all, CtcArgs a,
                               ErrorReporter errors) {
   using C = Compute<T>;
-  using std::exp;
+  constexpr C kInf = std::numeric_limits<C>::infinity();
   const int64_t n = blockIdx.x;
   if (!ctc_sequence_valid(a, n, errors)) return;  // the same for every thread of the block
   const int64_t steps = a.input_lengths[n], extended = 2 * a.target_lengths[n] + 1;
@@ -70,19 +72,24 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
   int64_t* labels = labels_all + n * widest;
   for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
     labels[s] = ctc_extended_label(a.targets + n * a.longest, s, a.blank);
-  __syncthreads();
   const int64_t step_stride = a.batch * a.classes;
   const T* seq = log_probs + n * a.classes;  // step t's row: seq + t * step_stride
   C* alpha = alpha_all + n * a.time * widest;
-  for (int64_t t = 0; t < steps; ++t) {
-    for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
-      alpha[t * extended + s] =
-          t == 0 ? ctc_alpha_first<C>(seq, labels, s, extended)
-                 : ctc_alpha_next(alpha + (t - 1) * extended, seq + t * step_stride, labels, s);
-    __syncthreads();
+  if constexpr (!kGrad) {
+    for (int64_t i = threadIdx.x; i < a.time * widest; i += blockDim.x) alpha[i] = -kInf;
   }
-  const C nll = ctc_nll(steps ? alpha + (steps - 1) * extended : alpha, steps, extended);
-  const bool infinite = nll == std::numeric_limits<C>::infinity();
+  __syncthreads();
+  if constexpr (!kGrad) {
+    for (int64_t t = 0; t < steps; ++t) {
+      for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
+        alpha[t * widest + s] =
+            t == 0 ? ctc_alpha_first<C>(seq, labels, s, extended)
+                   : ctc_alpha_next(alpha + (t - 1) * widest, seq + t * step_stride, labels, s);
+      __syncthreads();
+    }
+  }
+  const C nll = ctc_nll(alpha + (steps > 0 ? steps - 1 : 0) * widest, steps, extended);
+  const bool infinite = nll == kInf;
   if constexpr (!kGrad) {
     if (threadIdx.x == 0) out[n] = static_cast<T>(a.zero_infinity && infinite ? C(0) : nll);
   } else {
@@ -98,10 +105,10 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
     C* beta = beta_all + n * a.time * widest;
     for (int64_t t = steps - 1; t >= 0; --t) {
       for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
-        beta[t * extended + s] = t == steps - 1
-                                     ? ctc_beta_last<C>(seq + t * step_stride, labels, s, extended)
-                                     : ctc_beta_next(beta + (t + 1) * extended,
-                                                     seq + t * step_stride, labels, s, extended);
+        beta[t * widest + s] = t == steps - 1
+                                   ? ctc_beta_last<C>(seq + t * step_stride, labels, s, extended)
+                                   : ctc_beta_next(beta + (t + 1) * widest, seq + t * step_stride,
+                                                   labels, s, extended);
       __syncthreads();
     }
     // The zero fill above and these writes touch the same rows: order them.
@@ -110,13 +117,13 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
     for (int64_t t = 0; t < steps; ++t) {
       const T* lp_t = seq + t * step_stride;
       T* row = out + t * step_stride + n * a.classes;
-      // One thread per class of l' (its first position) adds up that class's positions.
+      // One thread per class of l' (its first position) adds up that class's positions: no two
+      // threads write one entry.
       for (int64_t s = threadIdx.x; s < extended; s += blockDim.x) {
         if (!ctc_first_of_class(labels, s)) continue;
-        const int64_t c = labels[s];
-        const C through =
-            ctc_paths_through_class(alpha + t * extended, beta + t * extended, labels, s, extended);
-        row[c] = static_cast<T>(-exp(through + nll - static_cast<C>(lp_t[c])) * g);
+        row[labels[s]] = static_cast<T>(-ctc_class_posterior(alpha + t * widest, beta + t * widest,
+                                                             lp_t, labels, s, extended, nll) *
+                                        g);
       }
     }
   }
@@ -138,16 +145,17 @@ void ctc_typed(KernelContext& ctx) {
   if (args.blank >= args.classes)
     throw Error(str(ctx.where(), ": blank ", args.blank, " is not a class of log_probs ", shape));
   if (args.batch == 0) return;
-  const size_t table = sizeof(C) * static_cast<size_t>(std::max<int64_t>(
-                                       args.batch * args.time * (2 * args.longest + 1), 1));
+  const size_t table =
+      static_cast<size_t>(std::max<int64_t>(args.batch * args.time * (2 * args.longest + 1), 1));
   std::shared_ptr<Storage> labels =
       ctx.scratch(sizeof(int64_t) * static_cast<size_t>(args.batch * (2 * args.longest + 1)));
-  std::shared_ptr<Storage> alpha = ctx.scratch(table);
-  std::shared_ptr<Storage> beta = kGrad ? ctx.scratch(table) : nullptr;
+  std::shared_ptr<Storage> beta = kGrad ? ctx.scratch(sizeof(C) * table) : nullptr;
+  // The forward's output, or the gradient's input (read only).
+  C* alpha = kGrad ? const_cast<C*>(ctx.input(4).data<C>()) : ctx.output(1).data<C>();
   ctc_sequences<T, kGrad><<<static_cast<unsigned>(args.batch), kCtcThreads, 0, stream_of(ctx)>>>(
-      ctx.input(0).data<T>(), kGrad ? ctx.input(4).data<T>() : nullptr, ctx.output(0).data<T>(),
-      static_cast<int64_t*>(labels->data()), static_cast<C*>(alpha->data()),
-      kGrad ? static_cast<C*>(beta->data()) : nullptr, args, error_reporter(ctx));
+      ctx.input(0).data<T>(), kGrad ? ctx.input(5).data<T>() : nullptr, ctx.output(0).data<T>(),
+      static_cast<int64_t*>(labels->data()), alpha, kGrad ? static_cast<C*>(beta->data()) : nullptr,
+      args, error_reporter(ctx));
   check_launch(ctx);
 }
 

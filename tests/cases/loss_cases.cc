@@ -85,7 +85,8 @@ void add_loss_cases(const std::function<void(OpCase)>& add) {
              std::vector<Value> in =
                  ctc_inputs(c, -2, 2, {1, 1, 2, 3, 4, 9, 2, 7, 7}, {6, 4, 5}, {3, 2, 0});
              in[0] = log_softmax(in[0], -1);
-             return c.g.add("ctc_loss", in, {{"blank", int64_t{0}}, {"zero_infinity", false}});
+             return c.g.add_node("ctc_loss", in,
+                                 {{"blank", int64_t{0}}, {"zero_infinity", false}})[0];
            },
        .torch = kTorchCtc,
        .reference = ctc_reference(shapes, 0, true, false)});
@@ -98,7 +99,8 @@ void add_loss_cases(const std::function<void(OpCase)>& add) {
            [ctc_inputs](CaseGraph& c) {
              std::vector<Value> in =
                  ctc_inputs(c, -3, -0.2, {0, 4, 4, 3, 1, 1, 4, 4, 0}, {5, 6, 2}, {3, 3, 2});
-             return c.g.add("ctc_loss", in, {{"blank", int64_t{2}}, {"zero_infinity", true}});
+             return c.g.add_node("ctc_loss", in,
+                                 {{"blank", int64_t{2}}, {"zero_infinity", true}})[0];
            },
        .parity = false,
        .reference = ctc_reference(shapes, 2, false, true)});
@@ -109,8 +111,10 @@ void add_loss_cases(const std::function<void(OpCase)>& add) {
              std::vector<Value> in =
                  ctc_inputs(c, -2, 2, {1, 1, 2, 3, 4, 0, 2, 0, 0}, {6, 5, 3}, {3, 2, 1});
              in[0] = log_softmax(in[0], -1);
+             const AttrMap attrs = {{"blank", int64_t{0}}, {"zero_infinity", false}};
+             in.push_back(c.g.add_node("ctc_loss", in, attrs)[1]);  // alpha
              in.push_back(c.input({3}));
-             return c.g.add("ctc_loss_grad", in, {{"blank", int64_t{0}}, {"zero_infinity", false}});
+             return c.g.add("ctc_loss_grad", in, attrs);
            },
        .gradients = false,
        .parity = false});

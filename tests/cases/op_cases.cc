@@ -586,6 +586,33 @@ std::vector<OpCase> make_cases() {
        .torch = "torch.searchsorted(a, torch.arange(args[1].numel()), right=True) - 1",
        .reference =
            [](const std::vector<Tensor>&) { return std::vector<double>{0, 0, 2, 2, 2, 2, 2, 3}; }});
+  add({.op = "bag_argmax",
+       .name = "bag_argmax",
+       .build =
+           [](CaseGraph& c) {
+             // Bags [0, 3), [3, 3) (empty), [3, 6) with row 4 left out; row 6 is in no bag.
+             Value kept = c.g.constant(
+                 Tensor::from_vector<bool>({true, true, true, true, false, true, true}));
+             return op(c, "bag_argmax", {c.input({7, 4}), c.ints({0, 3, 3, 6}, {4}), kept},
+                       {{"include_last_offset", true}});
+           },
+       .gradients = false,
+       .parity = false,
+       .reference =
+           [](const std::vector<Tensor>& in) {
+             const int64_t ranges[3][2] = {{0, 3}, {3, 3}, {3, 6}};
+             std::vector<double> out;
+             for (const auto& range : ranges)
+               for (int64_t d = 0; d < 4; ++d) {
+                 int64_t best = 7;
+                 for (int64_t i = range[0]; i < range[1]; ++i)
+                   if (i != 4 &&
+                       (best == 7 || in[0].element(i * 4 + d) > in[0].element(best * 4 + d)))
+                     best = i;
+                 out.push_back(static_cast<double>(best));
+               }
+             return out;
+           }});
   add({"take_along_axis_grad", "take_along_axis_grad", [](CaseGraph& c) {
          Value idx = c.ints({2, 0, 2, 1, 0, 0, 1, 2}, {4, 2});
          return op(c, "take_along_axis_grad", {c.input({4, 2}), idx, c.input({3, 2})},

@@ -185,6 +185,28 @@ TEST(Ctc, AnImpossibleAlignmentIsInfiniteOrZeroed) {
   }
 }
 
+// A class masked out (log probability -inf) where no path needs it leaves the loss finite and
+// every gradient finite, 0 at the masked entry (PyTorch's is NaN there: it subtracts -inf from
+// -inf).
+TEST(Ctc, AMaskedClassGetsAZeroGradient) {
+  Graph g;
+  Value x = g.placeholder("x", f64, {kT, kN, kC});
+  Value targets = g.constant(Tensor::from_vector<int64_t>({1, 2, 2, 3, 1, 0, 2, 0, 0}, {3, 3}));
+  Value input_lengths = g.constant(Tensor::from_vector<int64_t>({7, 5, 6}));
+  Value target_lengths = g.constant(Tensor::from_vector<int64_t>({3, 2, 1}));
+  Value lp = log_softmax(x, -1);
+  Value loss = ctc_loss(lp, targets, input_lengths, target_lengths, 0, Reduction::sum);
+  const std::vector<Value> grads = gradients(loss, {x, lp});
+  Tensor logits = ctc_logits();
+  logits.data<double>()[2] = -INFINITY;  // step 0, sequence 0, class 2: the first label is 1
+  const auto got = Session(g).run({{x, logits}}, {loss, grads[0], grads[1]});
+  EXPECT_TRUE(std::isfinite(got[0].item<double>()));
+  for (int i : {1, 2})
+    for (int64_t e = 0; e < got[i].numel(); ++e)
+      ASSERT_TRUE(std::isfinite(got[i].element(e))) << i << " " << e;
+  EXPECT_EQ(got[2].element(2), 0.0);
+}
+
 TEST(Ctc, BadInputsNameTheSequenceAndTheValues) {
   Graph g;
   Value lp = g.placeholder("lp", f32, {5, 2, 4});

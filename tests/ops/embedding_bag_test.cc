@@ -36,7 +36,9 @@ struct TorchBag {
 //   ids1 = [1, 4, 2, 4, 5, 0, 3, 2], psw = [0.5, -1, 2, 1.5, 0.25, -0.75, 3, 9]
 //   F.embedding_bag(ids1, w, [0, 3, 3], mode="sum", per_sample_weights=psw),
 //   F.embedding_bag(ids1, w, [0, 3, 3, 8], mode="mean", padding_idx=4,
-//                   include_last_offset=True).
+//                   include_last_offset=True);
+//   (PyTorch 2.15) F.embedding_bag(ids1, w, [0, 3, 3], mode="max"),
+//   F.embedding_bag(ids1, w, [0, 3, 3, 8], mode="max", padding_idx=5, include_last_offset=True).
 TEST(EmbeddingBag, EveryModeIsTorchs) {
   const TorchBag torch[] = {
       {"sum2",
@@ -59,6 +61,14 @@ TEST(EmbeddingBag, EveryModeIsTorchs) {
        {0.45, 0.325, 0.2, 0.0, 0.0, 0.0, 0.75, 0.675, 0.6},
        {-0.125, 0.25, 0.03125, 0.25, -0.5, 1.0, 0.125, -0.25, 1.03125, -0.125, 0.25, 0.03125, 0.0,
         0.0, 0.0, -0.125, 0.25, 0.03125}},
+      {"max1",
+       {1.2, 1.2, 1.2, 0.0, 0.0, 0.0, 1.5, 1.55, 1.6},
+       {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, -1.0, 2.0, -0.5, 1.0,
+        0.125}},
+      {"max1_last_pad",
+       {1.2, 1.2, 1.2, 0.0, 0.0, 0.0, 1.2, 1.2, 1.2},
+       {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.125, 0.0, 0.0,
+        0.0}},
   };
   Graph g;
   Value table = g.placeholder("table", f64, {kV, kD});
@@ -80,6 +90,14 @@ TEST(EmbeddingBag, EveryModeIsTorchs) {
                     {.mode = BagMode::mean,
                      .offsets = g.constant(Tensor::from_vector<int64_t>({0, 3, 3, 8})),
                      .padding_index = 4,
+                     .include_last_offset = true}),
+      embedding_bag(
+          table, ids1,
+          {.mode = BagMode::max, .offsets = g.constant(Tensor::from_vector<int64_t>({0, 3, 3}))}),
+      embedding_bag(table, ids1,
+                    {.mode = BagMode::max,
+                     .offsets = g.constant(Tensor::from_vector<int64_t>({0, 3, 3, 8})),
+                     .padding_index = 5,
                      .include_last_offset = true}),
   };
   Session s(g);
@@ -140,6 +158,12 @@ TEST(EmbeddingBag, GradientsMatchFiniteDifferences) {
         return embedding_bag(v[0], ids, {.mode = BagMode::max});
       },
       {table}, "max");
+  check_gradients(
+      [&](Graph& g, const std::vector<Value>& v) {
+        return embedding_bag(v[0], ids1(g),
+                             {.mode = BagMode::max, .offsets = offsets(g), .padding_index = 1});
+      },
+      {table}, "max over offsets");
 }
 
 TEST(EmbeddingBag, TheLayerOwnsItsTableAndTakesOffsets) {
@@ -192,9 +216,6 @@ TEST(EmbeddingBag, BadArgumentsAndOffsetsNameTheValues) {
                       {.mode = BagMode::sum, .per_sample_weights = g.placeholder("w2", f32, {3})});
       },
       {"[embedding_bag]", "per_sample_weights f32 [3] must be shaped like the ids [2, 3]"});
-  expect_error<GraphError>(
-      [&] { embedding_bag(table, ids1, {.mode = BagMode::max, .offsets = offsets}); },
-      {"[embedding_bag]", "mode max needs 2-D ids"});
   expect_error<GraphError>([&] { embedding_bag(table, ids2, {.padding_index = 6}); },
                            {"[embedding_bag]", "padding index 6 is not a row of the table [6, 3]"});
   expect_error<GraphError>([&] { nn::EmbeddingBag(g, "b", kV, kD, BagMode::sum, {}, 9); },
@@ -210,6 +231,21 @@ TEST(EmbeddingBag, BadArgumentsAndOffsetsNameTheValues) {
           {bags});
   };
   EXPECT_NO_THROW(run({0, 4, 4}));  // empty bags at the end
+  Value maxima = embedding_bag(table, ids1, {.mode = BagMode::max, .offsets = offsets});
+  const Tensor got =
+      Session(g).run({{table, Tensor::from_vector<float>(std::vector<float>(18, 1.0f), {kV, kD})},
+                      {ids1, Tensor::from_vector<int64_t>({0, 1, 2, 3})},
+                      {offsets, Tensor::from_vector<int64_t>({0, 0, 4})}},
+                     {maxima})[0];
+  testing::expect_near({0, 0, 0, 1, 1, 1, 0, 0, 0}, got, 0, 0, "empty bags of max");
+  expect_error(
+      [&] {
+        Session(g).run({{table, Tensor::from_vector<float>(std::vector<float>(18, 1.0f), {kV, kD})},
+                        {ids1, Tensor::from_vector<int64_t>({0, 1, 2, 3})},
+                        {offsets, Tensor::from_vector<int64_t>({0, 3, 2})}},
+                       {maxima});
+      },
+      {"[bag_argmax]", "offset 2 at position 2 is outside [3, 4]"});
   expect_error(
       [&] {
         run({1, 2});
