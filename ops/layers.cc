@@ -367,12 +367,16 @@ Value RMSNorm::forward(const Value& x) {
 
 Embedding::Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
                      LayerOptions options, std::optional<int64_t> padding_index)
+    : Embedding(graph, name, count, dim, options, padding_index, "Embedding") {}
+
+Embedding::Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim,
+                     LayerOptions options, std::optional<int64_t> padding_index, const char* kind)
     : Module(graph, name), padding_index_(padding_index) {
-  KILN_CHECK(count > 0 && dim > 0, GraphError, "[nn] Embedding ", path(), ": a table of ", count,
+  KILN_CHECK(count > 0 && dim > 0, GraphError, "[nn] ", kind, " ", path(), ": a table of ", count,
              " rows of ", dim, " must be non-empty");
-  KILN_CHECK(!padding_index || (*padding_index >= 0 && *padding_index < count), GraphError,
-             "[nn] Embedding ", path(), ": padding index ", padding_index.value_or(0),
-             " is outside [0, ", count, ")");
+  KILN_CHECK(!padding_index || (*padding_index >= 0 && *padding_index < count), GraphError, "[nn] ",
+             kind, " ", path(), ": padding index ", padding_index.value_or(0), " is outside [0, ",
+             count, ")");
   const int64_t seed = seed_for("weight") + options.seed;
   // PyTorch starts the padding row at zeros; the forward below keeps it reading zeros whatever
   // the row holds (a restored checkpoint, weight decay), and passes it no gradient.
@@ -392,20 +396,9 @@ Value Embedding::forward(const Value& ids) {
 EmbeddingBag::EmbeddingBag(Graph& graph, const std::string& name, int64_t count, int64_t dim,
                            BagMode mode, LayerOptions options, std::optional<int64_t> padding_index,
                            bool include_last_offset)
-    : Module(graph, name),
+    : Embedding(graph, name, count, dim, options, padding_index, "EmbeddingBag"),
       mode_(mode),
-      padding_index_(padding_index),
-      include_last_offset_(include_last_offset) {
-  KILN_CHECK(count > 0 && dim > 0, GraphError, "[nn] EmbeddingBag ", path(), ": a table of ", count,
-             " rows of ", dim, " must be non-empty");
-  KILN_CHECK(!padding_index || (*padding_index >= 0 && *padding_index < count), GraphError,
-             "[nn] EmbeddingBag ", path(), ": padding index ", padding_index.value_or(0),
-             " is outside [0, ", count, ")");
-  const int64_t seed = seed_for("weight") + options.seed;
-  weight = variable("weight", {count, dim},
-                    padding_index ? init::normal_with_zero_row(0, 1, *padding_index, seed)
-                                  : init::normal(0, 1, seed));
-}
+      include_last_offset_(include_last_offset) {}
 
 Value EmbeddingBag::bags(const Value& ids, const Value& offsets, const Value& per_sample_weights) {
   expect_own({&ids}, "the ids");

@@ -399,15 +399,17 @@ class Embedding : public Module {
 
  protected:
   Value forward(const Value& ids) override;
+  /// The table for a layer that reads it otherwise (EmbeddingBag); `kind` names it in errors.
+  Embedding(Graph& graph, const std::string& name, int64_t count, int64_t dim, LayerOptions options,
+            std::optional<int64_t> padding_index, const char* kind);
 
- private:
   std::optional<int64_t> padding_index_;
 };
 
 /// A table of `count` rows of `dim` (N(0, 1), the padding row zeros, as PyTorch's) whose bags
 /// of ids are summed, averaged or maxed (PyTorch's nn.EmbeddingBag): calling it on 2-D ids
 /// [B, L] makes each row a bag; bags() takes 1-D ids with offsets.
-class EmbeddingBag : public Module {
+class EmbeddingBag : public Embedding {
  public:
   EmbeddingBag(Graph& graph, const std::string& name, int64_t count, int64_t dim,
                BagMode mode = BagMode::mean, LayerOptions options = {},
@@ -416,7 +418,6 @@ class EmbeddingBag : public Module {
   /// The bags of 1-D `ids` starting at `offsets` (see embedding_bag), each row weighed by
   /// `per_sample_weights` when given (mode sum). Also takes 2-D ids with offsets undefined.
   Value bags(const Value& ids, const Value& offsets, const Value& per_sample_weights = {});
-  Value weight;
 
  protected:
   Value forward(const Value& ids) override { return bagged(ids, {}, {}); }
@@ -425,7 +426,6 @@ class EmbeddingBag : public Module {
   // embedding_bag over the layer's table, in the caller's name scope.
   Value bagged(const Value& ids, const Value& offsets, const Value& per_sample_weights) const;
   BagMode mode_;
-  std::optional<int64_t> padding_index_;
   bool include_last_offset_;
 };
 

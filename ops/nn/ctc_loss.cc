@@ -82,16 +82,23 @@ void check_ctc_data(const KernelContext& ctx) {
   }
 }
 
-// The sizes every CTC kernel reads.
+// What every CTC kernel reads besides the tensors' data; making it checks the data
+// (check_ctc_data).
 struct CtcSizes {
   int64_t time, batch, classes, longest, widest, blank;
+  bool zero_infinity;
+  const int64_t* input_lengths;
   explicit CtcSizes(const KernelContext& ctx)
       : time(ctx.input(0).shape()[0]),
         batch(ctx.input(0).shape()[1]),
         classes(ctx.input(0).shape()[2]),
         longest(ctx.input(1).shape()[1]),
         widest(2 * longest + 1),
-        blank(ctx.attr<int64_t>("blank")) {}
+        blank(ctx.attr<int64_t>("blank")),
+        zero_infinity(ctx.attr<bool>("zero_infinity")),
+        input_lengths(ctx.input(2).data<int64_t>()) {
+    check_ctc_data(ctx);
+  }
 };
 
 // Sequence n's l' into `labels` (S' entries).
@@ -105,10 +112,7 @@ void extended_labels(const KernelContext& ctx, const CtcSizes& z, int64_t n,
 
 // Each sequence's loss (output 0) and alpha (output 1, rows of `widest`).
 void ctc_loss_cpu(KernelContext& ctx) {
-  check_ctc_data(ctx);
   const CtcSizes z(ctx);
-  const bool zero_infinity = ctx.attr<bool>("zero_infinity");
-  const int64_t* input_lengths = ctx.input(2).data<int64_t>();
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     constexpr T kInf = std::numeric_limits<T>::infinity();
@@ -119,7 +123,7 @@ void ctc_loss_cpu(KernelContext& ctx) {
       std::vector<int64_t> labels;
       for (int64_t n = n0; n < n1; ++n) {
         extended_labels(ctx, z, n, labels);
-        const int64_t steps = input_lengths[n], extended = static_cast<int64_t>(labels.size());
+        const int64_t steps = z.input_lengths[n], extended = static_cast<int64_t>(labels.size());
         const T* seq = lp + n * z.classes;  // step t's row: seq + t * batch * classes
         T* alpha = alpha_all + n * z.time * z.widest;
         std::fill(alpha, alpha + z.time * z.widest, -kInf);
@@ -130,7 +134,7 @@ void ctc_loss_cpu(KernelContext& ctx) {
                        : ctc_alpha_next(alpha + (t - 1) * z.widest, seq + t * z.batch * z.classes,
                                         labels.data(), s);
         const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * z.widest, steps, extended);
-        loss[n] = zero_infinity && nll == kInf ? T(0) : nll;
+        loss[n] = z.zero_infinity && nll == kInf ? T(0) : nll;
       }
     });
   });
@@ -138,10 +142,7 @@ void ctc_loss_cpu(KernelContext& ctx) {
 
 // d log_probs [T, N, C] from alpha (input 4) and dloss (input 5).
 void ctc_loss_grad_cpu(KernelContext& ctx) {
-  check_ctc_data(ctx);
   const CtcSizes z(ctx);
-  const bool zero_infinity = ctx.attr<bool>("zero_infinity");
-  const int64_t* input_lengths = ctx.input(2).data<int64_t>();
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     constexpr T kInf = std::numeric_limits<T>::infinity();
@@ -155,7 +156,7 @@ void ctc_loss_grad_cpu(KernelContext& ctx) {
       std::vector<T> beta;
       for (int64_t n = n0; n < n1; ++n) {
         extended_labels(ctx, z, n, labels);
-        const int64_t steps = input_lengths[n], extended = static_cast<int64_t>(labels.size());
+        const int64_t steps = z.input_lengths[n], extended = static_cast<int64_t>(labels.size());
         const T* seq = lp + n * z.classes;
         const T* alpha = alpha_all + n * z.time * z.widest;
         const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * z.widest, steps, extended);
@@ -164,8 +165,9 @@ void ctc_loss_grad_cpu(KernelContext& ctx) {
         const bool infinite = nll == kInf;
         for (int64_t t = 0; t < z.time; ++t) {
           T* row = out + t * step_stride + n * z.classes;
-          const T fill =
-              t < steps && infinite && !zero_infinity ? std::numeric_limits<T>::quiet_NaN() : T(0);
+          const T fill = t < steps && infinite && !z.zero_infinity
+                             ? std::numeric_limits<T>::quiet_NaN()
+                             : T(0);
           std::fill(row, row + z.classes, fill);
         }
         if (infinite) continue;
