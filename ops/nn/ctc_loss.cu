@@ -58,7 +58,8 @@ __device__ bool ctc_sequence_valid(const CtcArgs& a, int64_t n, ErrorReporter er
 // Each block is one sequence. Forward (kGrad false): its loss into `out` [N] and alpha into
 // `alpha_all` [N, T, 2 longest + 1] (-inf where no path reaches). Gradient: d log_probs [T, N, C]
 // into `out` from alpha (read) and dloss, with beta in `beta_all` (scratch shaped like alpha).
-// `labels_all`: scratch for each sequence's l' [N, 2 longest + 1].
+// `labels_all`: scratch for each sequence's l' [N, 2 longest + 1], and for the gradient after it
+// whether each position is its class's first ([N, 2 longest + 1]: decided once, not per step).
 template <typename T, bool kGrad>
 __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_t* labels_all,
                               Compute<T>* alpha_all, Compute<T>* beta_all, CtcArgs a,
@@ -102,6 +103,9 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
       for (int64_t c = threadIdx.x; c < a.classes; c += blockDim.x) row[c] = fill;
     }
     if (infinite) return;
+    int64_t* first_of_class = labels_all + (a.batch + n) * widest;
+    for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
+      first_of_class[s] = ctc_first_of_class(labels, s);  // read after the barriers below
     C* beta = beta_all + n * a.time * widest;
     for (int64_t t = steps - 1; t >= 0; --t) {
       for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
@@ -120,7 +124,7 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
       // One thread per class of l' (its first position) adds up that class's positions: no two
       // threads write one entry.
       for (int64_t s = threadIdx.x; s < extended; s += blockDim.x) {
-        if (!ctc_first_of_class(labels, s)) continue;
+        if (!first_of_class[s]) continue;
         row[labels[s]] = static_cast<T>(-ctc_class_posterior(alpha + t * widest, beta + t * widest,
                                                              lp_t, labels, s, extended, nll) *
                                         g);
@@ -147,8 +151,8 @@ void ctc_typed(KernelContext& ctx) {
   if (args.batch == 0) return;
   const size_t table =
       static_cast<size_t>(std::max<int64_t>(args.batch * args.time * (2 * args.longest + 1), 1));
-  std::shared_ptr<Storage> labels =
-      ctx.scratch(sizeof(int64_t) * static_cast<size_t>(args.batch * (2 * args.longest + 1)));
+  std::shared_ptr<Storage> labels = ctx.scratch(
+      sizeof(int64_t) * static_cast<size_t>((kGrad ? 2 : 1) * args.batch * (2 * args.longest + 1)));
   std::shared_ptr<Storage> beta = kGrad ? ctx.scratch(sizeof(C) * table) : nullptr;
   // The forward's output, or the gradient's input (read only).
   C* alpha = kGrad ? const_cast<C*>(ctx.input(4).data<C>()) : ctx.output(1).data<C>();
