@@ -49,13 +49,15 @@ Value nll_loss(const Value& log_probs, const Value& labels, int64_t ignore_index
 /// Connectionist temporal classification loss (PyTorch's CTCLoss): the negative log
 /// probability of each target under all alignments of the inputs. `log_probs` [T, N, C]
 /// (log_softmax over C, time first), `targets` [N, S] padded (sequence n's labels first, the
-/// rest unread), `input_lengths` and `target_lengths` [N]; integers of any dtype. Unbatched
-/// as PyTorch: log_probs [T, C], targets [S], lengths scalars. Labels are in [0, C) and never
-/// `blank`; lengths at most T and S. All three are checked when the graph runs, naming the
-/// sequence. `mean` divides each loss by its target length (at least 1) before the batch mean,
-/// as PyTorch. An impossible alignment (too few steps) gives +inf, or 0 and no gradient with
-/// `zero_infinity`. The gradient in log_probs is the exact one; PyTorch's adds exp(log_probs),
-/// which cancels through log_softmax, so gradients reaching the logits are the same.
+/// rest unread) or [L] concatenated (PyTorch's 1-D form: the sequences' labels one after
+/// another, the lengths summing to L), `input_lengths` and `target_lengths` [N]; integers of any
+/// dtype. Unbatched as PyTorch: log_probs [T, C], targets [S], lengths scalars. Labels are in [0,
+/// C) and never `blank`; lengths at most T and S (or what L leaves). All three are checked when the
+/// graph runs, naming the sequence. `mean` divides each loss by its target length (at least 1)
+/// before the batch mean, as PyTorch. An impossible alignment (too few steps) gives +inf, or 0 and
+/// no gradient with `zero_infinity`. The gradient in log_probs is the exact one; PyTorch's adds
+/// exp(log_probs), which cancels through log_softmax, so gradients reaching the logits are the
+/// same.
 Value ctc_loss(const Value& log_probs, const Value& targets, const Value& input_lengths,
                const Value& target_lengths, int64_t blank = 0,
                Reduction reduction = Reduction::mean, bool zero_infinity = false);

@@ -52,6 +52,48 @@ KILN_HOST_DEVICE C log_sum_exp3(C a, C b, C c) {
   return m + log(exp(a - m) + exp(b - m) + exp(c - m));
 }
 
+/// Where sequence n's labels and its rows of alpha (and beta) lie, for either form of targets:
+/// padded [N, S] (sequence n's labels at n S), or concatenated [L] as PyTorch's 1-D form (sequence
+/// n's at the sum of the lengths before it). A sequence's table of T rows starts at T *
+/// table_start(n) and its rows are row_width(n) apart: padded, 2 S + 1 (every row as wide as the
+/// widest target); concatenated, 2 L_n + 1 (tables packed, T (2 L + N) entries in all).
+struct CtcLayout {
+  const int64_t* targets;
+  const int64_t* target_lengths;
+  /// Padded: S. Concatenated: L, the number of labels the targets hold.
+  int64_t extent;
+  bool concatenated;
+
+  /// Where sequence n's labels start in `targets`. Concatenated, the sum of the lengths before n
+  /// (a length outside [0, L] makes it -1: that sequence reports the error, not this one).
+  KILN_HOST_DEVICE int64_t target_start(int64_t n) const {
+    if (!concatenated) return n * extent;
+    int64_t start = 0;
+    for (int64_t m = 0; m < n; ++m) {
+      if (target_lengths[m] < 0 || target_lengths[m] > extent - start) return -1;
+      start += target_lengths[m];
+    }
+    return start;
+  }
+  /// The labels sequence n may hold from `start` (its target_start): S padded, L - start
+  /// concatenated.
+  KILN_HOST_DEVICE int64_t room(int64_t start) const {
+    return concatenated ? extent - start : extent;
+  }
+  /// The entries of one step's row of sequence n.
+  KILN_HOST_DEVICE int64_t row_width(int64_t n) const {
+    return concatenated ? 2 * target_lengths[n] + 1 : 2 * extent + 1;
+  }
+  /// Where sequence n's extended labels (and, times T, its table) start, from `start`.
+  KILN_HOST_DEVICE int64_t table_start(int64_t n, int64_t start) const {
+    return concatenated ? 2 * start + n : n * (2 * extent + 1);
+  }
+  /// The entries of every sequence's extended labels: T times it is alpha's size.
+  KILN_HOST_DEVICE int64_t table_entries(int64_t batch) const {
+    return concatenated ? 2 * extent + batch : batch * (2 * extent + 1);
+  }
+};
+
 /// l'(s): the blank at even s, label (s - 1) / 2 at odd s. The recursions below read l' from an
 /// array made with it once per sequence (`labels`, S' entries).
 KILN_HOST_DEVICE int64_t ctc_extended_label(const int64_t* target, int64_t s, int64_t blank) {

@@ -1,9 +1,11 @@
 // ctc_loss: the connectionist temporal classification loss of each sequence (PyTorch's
 // F.ctc_loss with reduction "none"), and ctc_loss_grad, its gradient with respect to the log
-// probabilities. The recursions are in ctc.h. The forward op's second output is alpha, [N, T,
-// 2 S + 1] (-inf past each sequence's steps and positions; f32 for 16-bit log probabilities),
-// which the gradient reads back instead of sweeping the sequences again (PyTorch keeps its
-// log_alpha alike).
+// probabilities. The recursions are in ctc.h. Targets are padded [N, S] or concatenated [L]
+// (PyTorch's two batched forms). The forward op's second output is alpha (f32 for 16-bit log
+// probabilities; -inf past each sequence's steps and positions), which the gradient reads back
+// instead of sweeping the sequences again (PyTorch keeps its log_alpha alike): [N, T, 2 S + 1]
+// for padded targets, each sequence's [T, 2 L_n + 1] packed one after another, T (2 L + N)
+// entries, for concatenated ones (CtcLayout).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -22,22 +24,25 @@ namespace kiln {
 namespace ops {
 namespace {
 
-// log_probs [T, N, C], targets [N, S] (padded), input and target lengths [N], all three i64.
+// log_probs [T, N, C], targets [N, S] (padded) or [L] (concatenated), input and target lengths
+// [N], all three i64.
 std::vector<TensorType> infer_ctc_loss(const InferContext& ctx) {
   ctx.expect_dtype(0, {f32, f64, f16, bf16});
   for (int i : {1, 2, 3}) ctx.expect_dtype(i, {i64});
   const Shape& log_probs = ctx.shape(0);
   const Shape& targets = ctx.shape(1);
   if (log_probs.rank() != 3) ctx.fail("log_probs must be [time, batch, classes], got ", log_probs);
-  if (targets.rank() != 2)
-    ctx.fail("targets must be [batch, longest target] (padded), got ", targets);
+  if (targets.rank() != 1 && targets.rank() != 2)
+    ctx.fail("targets must be [batch, longest target] (padded) or [sum of target lengths] ",
+             "(concatenated), got ", targets);
+  const bool concatenated = targets.rank() == 1;
   int64_t batch = log_probs[1];
   const auto agree = [&](int64_t n, const char* what, const Shape& shape) {
     if (n >= 0 && batch >= 0 && n != batch)
       ctx.fail("batch sizes differ: log_probs ", log_probs, ", ", what, " ", shape);
     if (batch < 0) batch = n;
   };
-  agree(targets[0], "targets", targets);
+  if (!concatenated) agree(targets[0], "targets", targets);
   for (int i : {2, 3}) {
     const Shape& lengths = ctx.shape(i);
     const char* what = i == 2 ? "input_lengths" : "target_lengths";
@@ -47,31 +52,44 @@ std::vector<TensorType> infer_ctc_loss(const InferContext& ctx) {
   const int64_t blank = ctx.attr<int64_t>("blank");
   if (blank < 0 || (log_probs[2] >= 0 && blank >= log_probs[2]))
     ctx.fail("blank ", blank, " is not a class of log_probs ", log_probs);
-  // alpha: [batch, time, 2 S + 1].
+  // alpha: [batch, time, 2 S + 1] padded, [time (2 L + batch)] concatenated.
+  const DType alpha_dtype = ctx.dtype(0) == f64 ? f64 : f32;
+  if (concatenated) {
+    const bool known = log_probs[0] >= 0 && targets[0] >= 0 && batch >= 0;
+    return {{ctx.dtype(0), Shape{batch}},
+            {alpha_dtype, Shape{known ? log_probs[0] * (2 * targets[0] + batch) : -1}}};
+  }
   const int64_t widest = targets[1] >= 0 ? 2 * targets[1] + 1 : -1;
-  return {{ctx.dtype(0), Shape{batch}},
-          {ctx.dtype(0) == f64 ? f64 : f32, Shape{batch, log_probs[0], widest}}};
+  return {{ctx.dtype(0), Shape{batch}}, {alpha_dtype, Shape{batch, log_probs[0], widest}}};
 }
 
 // Checks what the kernels will read (lengths and labels are data), naming the sequence.
 void check_ctc_data(const KernelContext& ctx) {
   const Shape& shape = ctx.input(0).shape();
   const int64_t time = shape[0], batch = shape[1], classes = shape[2];
-  const int64_t longest = ctx.input(1).shape()[1], blank = ctx.attr<int64_t>("blank");
+  const Shape& targets_shape = ctx.input(1).shape();
+  const bool concatenated = targets_shape.rank() == 1;
+  const int64_t blank = ctx.attr<int64_t>("blank");
   if (blank >= classes)
     throw Error(str(ctx.where(), ": blank ", blank, " is not a class of log_probs ", shape));
   const int64_t* targets = ctx.input(1).data<int64_t>();
   const int64_t* input_lengths = ctx.input(2).data<int64_t>();
   const int64_t* target_lengths = ctx.input(3).data<int64_t>();
+  int64_t start = 0;  // where sequence n's labels start
   for (int64_t n = 0; n < batch; ++n) {
+    const int64_t first = concatenated ? start : n * targets_shape[1];
     if (input_lengths[n] < 0 || input_lengths[n] > time)
       throw Error(str(ctx.where(), ": input length ", input_lengths[n], " of sequence ", n,
                       " is outside [0, ", time, "] (log_probs ", shape, ")"));
-    if (target_lengths[n] < 0 || target_lengths[n] > longest)
+    if (!concatenated && (target_lengths[n] < 0 || target_lengths[n] > targets_shape[1]))
       throw Error(str(ctx.where(), ": target length ", target_lengths[n], " of sequence ", n,
-                      " is outside [0, ", longest, "] (targets ", ctx.input(1).shape(), ")"));
+                      " is outside [0, ", targets_shape[1], "] (targets ", targets_shape, ")"));
+    if (concatenated && (target_lengths[n] < 0 || target_lengths[n] > targets_shape[0] - start))
+      throw Error(str(ctx.where(), ": target length ", target_lengths[n], " of sequence ", n,
+                      " is outside [0, ", targets_shape[0] - start, "]: the ", targets_shape[0],
+                      " concatenated labels less the ", start, " of the sequences before it"));
     for (int64_t i = 0; i < target_lengths[n]; ++i) {
-      const int64_t label = targets[n * longest + i];
+      const int64_t label = targets[first + i];
       if (label == blank)
         throw Error(str(ctx.where(), ": label ", label, " at position ", i, " of sequence ", n,
                         " is the blank"));
@@ -79,38 +97,52 @@ void check_ctc_data(const KernelContext& ctx) {
         throw Error(str(ctx.where(), ": label ", label, " at position ", i, " of sequence ", n,
                         " is outside [0, ", classes, ")"));
     }
+    start += target_lengths[n];
   }
+  if (concatenated && start != targets_shape[0])
+    throw Error(str(ctx.where(), ": the target lengths sum to ", start, ", but the concatenated ",
+                    "targets hold ", targets_shape[0], " labels (they must be equal)"));
 }
 
 // What every CTC kernel reads besides the tensors' data; making it checks the data
 // (check_ctc_data).
 struct CtcSizes {
-  int64_t time, batch, classes, longest, widest, blank;
+  int64_t time, batch, classes, blank;
   bool zero_infinity;
   const int64_t* input_lengths;
+  CtcLayout layout;
   explicit CtcSizes(const KernelContext& ctx)
       : time(ctx.input(0).shape()[0]),
         batch(ctx.input(0).shape()[1]),
         classes(ctx.input(0).shape()[2]),
-        longest(ctx.input(1).shape()[1]),
-        widest(2 * longest + 1),
         blank(ctx.attr<int64_t>("blank")),
         zero_infinity(ctx.attr<bool>("zero_infinity")),
-        input_lengths(ctx.input(2).data<int64_t>()) {
+        input_lengths(ctx.input(2).data<int64_t>()),
+        layout{ctx.input(1).data<int64_t>(), ctx.input(3).data<int64_t>(),
+               ctx.input(1).shape()[ctx.input(1).shape().rank() - 1],
+               ctx.input(1).shape().rank() == 1} {
     check_ctc_data(ctx);
   }
 };
 
-// Sequence n's l' into `labels` (S' entries).
-void extended_labels(const KernelContext& ctx, const CtcSizes& z, int64_t n,
-                     std::vector<int64_t>& labels) {
-  const int64_t extended = 2 * ctx.input(3).data<int64_t>()[n] + 1;
-  labels.resize(static_cast<size_t>(extended));
-  for (int64_t s = 0; s < extended; ++s)
-    labels[s] = ctc_extended_label(ctx.input(1).data<int64_t>() + n * z.longest, s, z.blank);
-}
+// One sequence of a CTC kernel: its l' (S' entries) and where its table (alpha, beta) lies.
+struct CtcSequence {
+  std::vector<int64_t> labels;
+  int64_t table = 0;  // the first entry of its table, T rows of `width`
+  int64_t width = 0;
 
-// Each sequence's loss (output 0) and alpha (output 1, rows of `widest`).
+  void load(const CtcSizes& z, int64_t n) {
+    const int64_t start = z.layout.target_start(n);
+    const int64_t extended = 2 * z.layout.target_lengths[n] + 1;
+    labels.resize(static_cast<size_t>(extended));
+    for (int64_t s = 0; s < extended; ++s)
+      labels[s] = ctc_extended_label(z.layout.targets + start, s, z.blank);
+    table = z.time * z.layout.table_start(n, start);
+    width = z.layout.row_width(n);
+  }
+};
+
+// Each sequence's loss (output 0) and alpha (output 1, laid out as CtcLayout says).
 void ctc_loss_cpu(KernelContext& ctx) {
   const CtcSizes z(ctx);
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
@@ -119,21 +151,24 @@ void ctc_loss_cpu(KernelContext& ctx) {
     const T* lp = ctx.input(0).data<T>();
     T* loss = ctx.output(0).data<T>();
     T* alpha_all = ctx.output(1).data<T>();
-    ctx.parallel_for(z.batch, z.time * z.widest * 4, [&](int64_t n0, int64_t n1) {
-      std::vector<int64_t> labels;
+    // A sequence's alpha table, 4 units an entry.
+    const int64_t cost = ctx.output(1).numel() * 4 / std::max<int64_t>(z.batch, 1);
+    ctx.parallel_for(z.batch, cost, [&](int64_t n0, int64_t n1) {
+      CtcSequence q;
       for (int64_t n = n0; n < n1; ++n) {
-        extended_labels(ctx, z, n, labels);
+        q.load(z, n);
+        const std::vector<int64_t>& labels = q.labels;
         const int64_t steps = z.input_lengths[n], extended = static_cast<int64_t>(labels.size());
         const T* seq = lp + n * z.classes;  // step t's row: seq + t * batch * classes
-        T* alpha = alpha_all + n * z.time * z.widest;
-        std::fill(alpha, alpha + z.time * z.widest, -kInf);
+        T* alpha = alpha_all + q.table;
+        std::fill(alpha, alpha + z.time * q.width, -kInf);
         for (int64_t t = 0; t < steps; ++t)
           for (int64_t s = 0; s < extended; ++s)
-            alpha[t * z.widest + s] =
+            alpha[t * q.width + s] =
                 t == 0 ? ctc_alpha_first<T>(seq, labels.data(), s, extended)
-                       : ctc_alpha_next(alpha + (t - 1) * z.widest, seq + t * z.batch * z.classes,
+                       : ctc_alpha_next(alpha + (t - 1) * q.width, seq + t * z.batch * z.classes,
                                         labels.data(), s);
-        const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * z.widest, steps, extended);
+        const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * q.width, steps, extended);
         loss[n] = z.zero_infinity && nll == kInf ? T(0) : nll;
       }
     });
@@ -151,15 +186,19 @@ void ctc_loss_grad_cpu(KernelContext& ctx) {
     const T* dloss = ctx.input(5).data<T>();
     T* out = ctx.output(0).data<T>();
     const int64_t step_stride = z.batch * z.classes;
-    ctx.parallel_for(z.batch, z.time * (z.widest * 4 + z.classes), [&](int64_t n0, int64_t n1) {
-      std::vector<int64_t> labels;
+    // A sequence's alpha (and beta) table, and its rows of the gradient.
+    const int64_t cost =
+        ctx.input(4).numel() * 4 / std::max<int64_t>(z.batch, 1) + z.time * z.classes;
+    ctx.parallel_for(z.batch, cost, [&](int64_t n0, int64_t n1) {
+      CtcSequence q;
       std::vector<T> beta;
       for (int64_t n = n0; n < n1; ++n) {
-        extended_labels(ctx, z, n, labels);
+        q.load(z, n);
+        const std::vector<int64_t>& labels = q.labels;
         const int64_t steps = z.input_lengths[n], extended = static_cast<int64_t>(labels.size());
         const T* seq = lp + n * z.classes;
-        const T* alpha = alpha_all + n * z.time * z.widest;
-        const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * z.widest, steps, extended);
+        const T* alpha = alpha_all + q.table;
+        const T nll = ctc_nll(alpha + std::max<int64_t>(steps - 1, 0) * q.width, steps, extended);
         // Rows past the input length get 0; an infinite loss gets 0 with zero_infinity, and is
         // undefined (NaN, as PyTorch's) otherwise.
         const bool infinite = nll == kInf;
@@ -182,7 +221,7 @@ void ctc_loss_grad_cpu(KernelContext& ctx) {
         for (int64_t t = 0; t < steps; ++t) {
           const T* lp_t = seq + t * step_stride;
           T* row = out + t * step_stride + n * z.classes;
-          const T* alpha_t = alpha + t * z.widest;
+          const T* alpha_t = alpha + t * q.width;
           const T* beta_t = &beta[t * extended];
           for (int64_t s = 0; s < extended; ++s) {
             const int64_t c = labels[s];

@@ -16,37 +16,45 @@ using namespace kiln::ops::cuda;
 constexpr int kCtcThreads = 256;
 
 struct CtcArgs {
-  const int64_t* targets;
+  CtcLayout layout;
   const int64_t* input_lengths;
-  const int64_t* target_lengths;
-  int64_t time, batch, classes, longest, blank;
+  int64_t time, batch, classes, blank;
   bool zero_infinity;
 };
 
-// Checks sequence n's lengths and labels (data); true when all threads may go on.
-__device__ bool ctc_sequence_valid(const CtcArgs& a, int64_t n, ErrorReporter errors) {
+// Checks sequence n's lengths and labels (data), its labels starting at `start` (-1 where a
+// length before it is bad: that sequence reports it); true when all threads may go on.
+__device__ bool ctc_sequence_valid(const CtcArgs& a, int64_t n, int64_t start,
+                                   ErrorReporter errors) {
   __shared__ int bad;
   if (threadIdx.x == 0) {
     bad = 0;
-    const int64_t steps = a.input_lengths[n], length = a.target_lengths[n];
-    if (steps < 0 || steps > a.time) {
+    const int64_t steps = a.input_lengths[n], length = a.layout.target_lengths[n];
+    if (start < 0) {
+      bad = 1;
+    } else if (steps < 0 || steps > a.time) {
       errors.report(DataErrorKind::length_out_of_range, steps, n, 0, a.time + 1);
       bad = 1;
-    } else if (length < 0 || length > a.longest) {
-      errors.report(DataErrorKind::length_out_of_range, length, n, 0, a.longest + 1);
+    } else if (length < 0 || length > a.layout.room(start)) {
+      errors.report(DataErrorKind::length_out_of_range, length, n, 0, a.layout.room(start) + 1);
+      bad = 1;
+    } else if (a.layout.concatenated && n == a.batch - 1 && length != a.layout.room(start)) {
+      // The lengths must sum to the labels there are: the last sequence takes the rest.
+      errors.report(DataErrorKind::length_out_of_range, length, n, a.layout.room(start),
+                    a.layout.room(start) + 1);
       bad = 1;
     }
   }
   __syncthreads();
   if (!bad) {
-    const int64_t length = a.target_lengths[n];
+    const int64_t length = a.layout.target_lengths[n];
     for (int64_t i = threadIdx.x; i < length; i += blockDim.x) {
-      const int64_t label = a.targets[n * a.longest + i];
+      const int64_t label = a.layout.targets[start + i];
       if (label == a.blank) {
-        errors.report(DataErrorKind::label_is_blank, label, n * a.longest + i, 0, a.classes);
+        errors.report(DataErrorKind::label_is_blank, label, start + i, 0, a.classes);
         bad = 1;
       } else if (label < 0 || label >= a.classes) {
-        errors.report(DataErrorKind::label_out_of_range, label, n * a.longest + i, 0, a.classes);
+        errors.report(DataErrorKind::label_out_of_range, label, start + i, 0, a.classes);
         bad = 1;
       }
     }
@@ -56,10 +64,10 @@ __device__ bool ctc_sequence_valid(const CtcArgs& a, int64_t n, ErrorReporter er
 }
 
 // Each block is one sequence. Forward (kGrad false): its loss into `out` [N] and alpha into
-// `alpha_all` [N, T, 2 longest + 1] (-inf where no path reaches). Gradient: d log_probs [T, N, C]
-// into `out` from alpha (read) and dloss, with beta in `beta_all` (scratch shaped like alpha).
-// `labels_all`: scratch for each sequence's l' [N, 2 longest + 1], and for the gradient after it
-// whether each position is its class's first ([N, 2 longest + 1]: decided once, not per step).
+// `alpha_all` (laid out as CtcLayout says; -inf where no path reaches). Gradient: d log_probs
+// [T, N, C] into `out` from alpha (read) and dloss, with beta in `beta_all` (scratch laid out
+// like alpha). `labels_all`: scratch for each sequence's l' (table_entries), and for the gradient
+// after them whether each position is its class's first (as many: decided once, not per step).
 template <typename T, bool kGrad>
 __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_t* labels_all,
                               Compute<T>* alpha_all, Compute<T>* beta_all, CtcArgs a,
@@ -67,15 +75,16 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
   using C = Compute<T>;
   constexpr C kInf = std::numeric_limits<C>::infinity();
   const int64_t n = blockIdx.x;
-  if (!ctc_sequence_valid(a, n, errors)) return;  // the same for every thread of the block
-  const int64_t steps = a.input_lengths[n], extended = 2 * a.target_lengths[n] + 1;
-  const int64_t widest = 2 * a.longest + 1;
-  int64_t* labels = labels_all + n * widest;
+  const int64_t start = a.layout.target_start(n);
+  if (!ctc_sequence_valid(a, n, start, errors)) return;  // the same for every thread of the block
+  const int64_t steps = a.input_lengths[n], extended = 2 * a.layout.target_lengths[n] + 1;
+  const int64_t widest = a.layout.row_width(n), table = a.layout.table_start(n, start);
+  int64_t* labels = labels_all + table;
   for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
-    labels[s] = ctc_extended_label(a.targets + n * a.longest, s, a.blank);
+    labels[s] = ctc_extended_label(a.layout.targets + start, s, a.blank);
   const int64_t step_stride = a.batch * a.classes;
   const T* seq = log_probs + n * a.classes;  // step t's row: seq + t * step_stride
-  C* alpha = alpha_all + n * a.time * widest;
+  C* alpha = alpha_all + a.time * table;
   if constexpr (!kGrad) {
     for (int64_t i = threadIdx.x; i < a.time * widest; i += blockDim.x) alpha[i] = -kInf;
   }
@@ -103,10 +112,10 @@ __global__ void ctc_sequences(const T* log_probs, const T* dloss, T* out, int64_
       for (int64_t c = threadIdx.x; c < a.classes; c += blockDim.x) row[c] = fill;
     }
     if (infinite) return;
-    int64_t* first_of_class = labels_all + (a.batch + n) * widest;
+    int64_t* first_of_class = labels_all + a.layout.table_entries(a.batch) + table;
     for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
       first_of_class[s] = ctc_first_of_class(labels, s);  // read after the barriers below
-    C* beta = beta_all + n * a.time * widest;
+    C* beta = beta_all + a.time * table;
     for (int64_t t = steps - 1; t >= 0; --t) {
       for (int64_t s = threadIdx.x; s < extended; s += blockDim.x)
         beta[t * widest + s] = t == steps - 1
@@ -137,22 +146,22 @@ template <typename T, bool kGrad>
 void ctc_typed(KernelContext& ctx) {
   using C = Compute<T>;
   const Shape& shape = ctx.input(0).shape();
-  const CtcArgs args{ctx.input(1).data<int64_t>(),
+  const Shape& targets = ctx.input(1).shape();
+  const CtcArgs args{{ctx.input(1).data<int64_t>(), ctx.input(3).data<int64_t>(),
+                      targets[targets.rank() - 1], targets.rank() == 1},
                      ctx.input(2).data<int64_t>(),
-                     ctx.input(3).data<int64_t>(),
                      shape[0],
                      shape[1],
                      shape[2],
-                     ctx.input(1).shape()[1],
                      ctx.attr<int64_t>("blank"),
                      ctx.attr<bool>("zero_infinity")};
   if (args.blank >= args.classes)
     throw Error(str(ctx.where(), ": blank ", args.blank, " is not a class of log_probs ", shape));
   if (args.batch == 0) return;
-  const size_t table =
-      static_cast<size_t>(std::max<int64_t>(args.batch * args.time * (2 * args.longest + 1), 1));
-  std::shared_ptr<Storage> labels = ctx.scratch(
-      sizeof(int64_t) * static_cast<size_t>((kGrad ? 2 : 1) * args.batch * (2 * args.longest + 1)));
+  const int64_t entries = args.layout.table_entries(args.batch);
+  const size_t table = static_cast<size_t>(std::max<int64_t>(args.time * entries, 1));
+  std::shared_ptr<Storage> labels =
+      ctx.scratch(sizeof(int64_t) * static_cast<size_t>((kGrad ? 2 : 1) * entries));
   std::shared_ptr<Storage> beta = kGrad ? ctx.scratch(sizeof(C) * table) : nullptr;
   // The forward's output, or the gradient's input (read only).
   C* alpha = kGrad ? const_cast<C*>(ctx.input(4).data<C>()) : ctx.output(1).data<C>();

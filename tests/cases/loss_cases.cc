@@ -14,11 +14,12 @@ namespace {
 
 struct CtcShapes {
   int64_t time, batch, classes, longest;
+  bool concatenated = false;  // targets [L], the sequences' labels one after another
 };
 
 // Each sequence's -log sum over the paths of exp(sum_t lp[t][path_t]) whose collapse is its
 // target; `normalize`: lp is x's log_softmax over the classes. inputs: x [T, N, C], targets
-// [N, S], input lengths [N], target lengths [N] (the cases' feed order).
+// [N, S] (or [L] concatenated), input lengths [N], target lengths [N] (the cases' feed order).
 Reference ctc_reference(CtcShapes shapes, int64_t blank, bool normalize, bool zero_infinity) {
   return [=](const std::vector<Tensor>& in) {
     const auto lp = [&](int64_t t, int64_t n, int64_t c) {
@@ -30,12 +31,15 @@ Reference ctc_reference(CtcShapes shapes, int64_t blank, bool normalize, bool ze
       return value - std::log(total);
     };
     std::vector<double> out;
+    int64_t start = 0;  // concatenated: where sequence n's labels start
     for (int64_t n = 0; n < shapes.batch; ++n) {
       const int64_t steps = static_cast<int64_t>(in[2].element(n));
       const int64_t length = static_cast<int64_t>(in[3].element(n));
+      const int64_t first = shapes.concatenated ? start : n * shapes.longest;
+      start += length;
       std::vector<int64_t> target;
       for (int64_t i = 0; i < length; ++i)
-        target.push_back(static_cast<int64_t>(in[1].element(n * shapes.longest + i)));
+        target.push_back(static_cast<int64_t>(in[1].element(first + i)));
       double probability = 0;
       std::vector<int64_t> path(static_cast<size_t>(steps), 0);
       for (;;) {
@@ -104,6 +108,22 @@ void add_loss_cases(const std::function<void(OpCase)>& add) {
            },
        .parity = false,
        .reference = ctc_reference(shapes, 2, false, true)});
+  // Concatenated targets (PyTorch's 1-D form).
+  CtcShapes joined = shapes;
+  joined.concatenated = true;
+  add({.op = "ctc_loss",
+       .name = "ctc_loss_concatenated",
+       .build =
+           [shapes](CaseGraph& c) {
+             Value x = c.input({shapes.time, shapes.batch, shapes.classes}, -2, 2);
+             return c.g.add_node(
+                 "ctc_loss",
+                 {log_softmax(x, -1), c.ints({3, 3, 1, 2, 4, 2}, {6}),
+                  c.ints({6, 5, 4}, {shapes.batch}), c.ints({2, 3, 1}, {shapes.batch})},
+                 {{"blank", int64_t{0}}, {"zero_infinity", false}})[0];
+           },
+       .torch = kTorchCtc,
+       .reference = ctc_reference(joined, 0, true, false)});
   add({.op = "ctc_loss_grad",
        .name = "ctc_loss_grad",
        .build =

@@ -29,10 +29,16 @@ Tensor ctc_logits() {
 //   input_lengths [7, 5, 6], target_lengths [3, 2, 1] (int32);
 //   F.ctc_loss(lp, targets, input_lengths, target_lengths, reduction=...) and the gradient of
 //   the mean in x.
-TEST(Ctc, ReductionsAndTheGradientOfTheMeanAreTorchs) {
+// Concatenated targets [1, 2, 2, 3, 1, 2] (PyTorch's 1-D form) give the same values.
+class CtcTargets : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CtcTargets, ReductionsAndTheGradientOfTheMeanAreTorchs) {
+  const bool concatenated = GetParam();
   Graph g;
   Value x = g.placeholder("x", f64, {kT, -1, kC});
-  Value targets = g.constant(Tensor::from_vector<int32_t>({1, 2, 2, 3, 1, 0, 2, 0, 0}, {3, 3}));
+  Value targets =
+      g.constant(concatenated ? Tensor::from_vector<int32_t>({1, 2, 2, 3, 1, 2})
+                              : Tensor::from_vector<int32_t>({1, 2, 2, 3, 1, 0, 2, 0, 0}, {3, 3}));
   Value input_lengths = g.constant(Tensor::from_vector<int32_t>({7, 5, 6}));
   Value target_lengths = g.constant(Tensor::from_vector<int32_t>({3, 2, 1}));
   Value lp = log_softmax(x, -1);
@@ -136,6 +142,11 @@ TEST(Ctc, ReductionsAndTheGradientOfTheMeanAreTorchs) {
   testing::expect_near(torch_dx, got[3], 1e-12, 1e-12, "d mean / dx");
 }
 
+INSTANTIATE_TEST_SUITE_P(Ctc, CtcTargets, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Concatenated" : "Padded";
+                         });
+
 // log_probs [T, C], targets [S] and scalar lengths are one sequence: the batched loss of it.
 TEST(Ctc, UnbatchedIsOneSequence) {
   Graph g;
@@ -218,8 +229,13 @@ TEST(Ctc, BadInputsNameTheSequenceAndTheValues) {
         ctc_loss(reshape(lp, {5, 2, 2, 2}), targets, lengths, target_lengths);
       },
       {"[ctc_loss]", "log_probs must be [time, batch, classes], got [5, 2, 2, 2]"});
-  expect_error<GraphError>([&] { ctc_loss(lp, reshape(targets, {6}), lengths, target_lengths); },
-                           {"[ctc_loss]", "targets must be [batch, longest target] (padded)"});
+  expect_error<GraphError>(
+      [&] {
+        ctc_loss(lp, reshape(targets, {1, 2, 3}), lengths, target_lengths);
+      },
+      {"[ctc_loss]",
+       "targets must be [batch, longest target] (padded) or [sum of target lengths] "
+       "(concatenated), got [1, 2, 3]"});
   expect_error<GraphError>(
       [&] { ctc_loss(lp, targets, g.placeholder("three", i64, {3}), target_lengths); },
       {"[ctc_loss]", "batch sizes differ: log_probs [5, 2, 4], input_lengths [3]"});
@@ -265,6 +281,44 @@ TEST(Ctc, BadInputsNameTheSequenceAndTheValues) {
         run({1, 2, 3, 3, 3, 3}, {5, 4}, {4, 2});
       },
       {"[ctc_loss]", "target length 4 of sequence 0 is outside [0, 3]"});
+  // Concatenated targets: each length is checked against the labels the sequences before it
+  // leave, the lengths must sum to the labels there are (as PyTorch's), and labels are named by
+  // their position in their sequence.
+  Value joined = g.placeholder("joined", i64, {-1});
+  const auto run_joined = [&](std::vector<int64_t> t, std::vector<int64_t> tl) {
+    const auto count = static_cast<int64_t>(t.size());
+    Session s(g);
+    s.run({{lp, x},
+           {joined, Tensor::from_vector<int64_t>(t, {count})},
+           {lengths, Tensor::from_vector<int64_t>({5, 4})},
+           {target_lengths, Tensor::from_vector<int64_t>(tl)}},
+          {ctc_loss(lp, joined, lengths, target_lengths, 0, Reduction::sum)});
+  };
+  EXPECT_NO_THROW(run_joined({1, 2, 3, 3, 3}, {3, 2}));
+  expect_error(
+      [&] {
+        run_joined({1, 2, 3, 3, 3, 1}, {3, 2});
+      },
+      {"[ctc_loss]",
+       "the target lengths sum to 5, but the concatenated targets hold 6 "
+       "labels (they must be equal)"});
+  expect_error(
+      [&] {
+        run_joined({1, 2, 3, 3, 3}, {3, 3});
+      },
+      {"[ctc_loss]",
+       "target length 3 of sequence 1 is outside [0, 2]: the 5 "
+       "concatenated labels less the 3 of the sequences before it"});
+  expect_error(
+      [&] {
+        run_joined({1, 2, 3, 3, 3}, {-1, 3});
+      },
+      {"[ctc_loss]", "target length -1 of sequence 0 is outside [0, 5]"});
+  expect_error(
+      [&] {
+        run_joined({1, 2, 3, 3, 0}, {3, 2});
+      },
+      {"[ctc_loss]", "label 0 at position 1 of sequence 1 is the blank"});
   // The blank is checked against the classes known only when the graph runs.
   Value open = g.placeholder("open", f32, {5, 2, -1});
   Session s(g);
