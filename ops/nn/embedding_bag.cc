@@ -166,11 +166,13 @@ Value embedding_bag(const Value& table, const Value& ids, const EmbeddingBagOpti
   if (rank == 2) {
     Value count = expand_dims(sum(counted, {1}), {1});  // [B, 1]
     if (o.mode == BagMode::max) {
-      // Padding rows never win; a bag with nothing in it is zeros.
+      // Padding rows never win; a bag with nothing in it is zeros. The first maximum per column
+      // is picked, so its gradient goes to one row, as over offsets (bag_argmax) and PyTorch's.
       Value candidates = kept.defined() ? where(expand_dims(kept, {-1}) > 0.0, rows,
                                                 -std::numeric_limits<double>::infinity())
                                         : rows;
-      return where(count > 0.0, max(candidates, {1}), 0.0);
+      Value best = take_along_axis(candidates, argmax(candidates, 1, true), 1);
+      return where(count > 0.0, squeeze(best, {1}), 0.0);
     }
     Value weight = psw.defined() ? (kept.defined() ? psw * kept : psw) : kept;
     Value total = sum(weight.defined() ? rows * expand_dims(weight, {-1}) : rows, {1});

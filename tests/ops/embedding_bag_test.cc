@@ -260,5 +260,28 @@ TEST(EmbeddingBag, BadArgumentsAndOffsetsNameTheValues) {
   expect_error([&] { run({}); }, {"[segment_ids]", "4 ids and no offsets"});
 }
 
+// Rows 1 and 2 are equal: a bag of both has two maxima in every column. PyTorch's gradient goes
+// to the first of the bag (its max indices); Kiln's does so for 2-D ids and for offsets alike.
+TEST(EmbeddingBag, AMaximumTiedBetweenRowsSendsItsGradientToTheFirst) {
+  Graph g;
+  Value table = g.placeholder("table", f64, {3, 2});
+  Value ids2 = g.constant(Tensor::from_vector<int64_t>({2, 1, 1, 2}, {2, 2}));
+  Value ids1 = g.constant(Tensor::from_vector<int64_t>({2, 1, 1, 2}));
+  Value offsets = g.constant(Tensor::from_vector<int64_t>({0, 2}));
+  // Weights per bag and column, so each bag's gradient is told apart.
+  Value weights = g.constant(Tensor::from_vector<double>({1, 2, 10, 20}, {2, 2}));
+  const auto table_gradient = [&](const Value& bags) {
+    return gradients(sum(bags * weights), {table})[0];
+  };
+  const std::vector<Value> fetches = {
+      table_gradient(embedding_bag(table, ids2, {.mode = BagMode::max})),
+      table_gradient(embedding_bag(table, ids1, {.mode = BagMode::max, .offsets = offsets}))};
+  const auto got =
+      Session(g).run({{table, Tensor::from_vector<double>({0, 0, 1, 1, 1, 1}, {3, 2})}}, fetches);
+  // Bag 0 is [2, 1]: row 2 gets (1, 2); bag 1 is [1, 2]: row 1 gets (10, 20).
+  testing::expect_near({0, 0, 10, 20, 1, 2}, got[0], 0, 0, "2-D ids");
+  testing::expect_near({0, 0, 10, 20, 1, 2}, got[1], 0, 0, "offsets");
+}
+
 }  // namespace
 }  // namespace kiln
