@@ -5,7 +5,8 @@
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step,
 // gru_step, upsample_step and ctc_step (the last four by hand: not in run.sh; also
-// attention_step_alibi, attention_step_softcap, attention_window_step_mask and
+// lstm_scan_step and gru_scan_step, the same steps with a sequence length unknown when the graph
+// is built, attention_step_alibi, attention_step_softcap, attention_window_step_mask and
 // decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
 // graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
@@ -153,9 +154,11 @@ double decode_long_step(const SessionOptions& options, int64_t position_at) {
 }
 
 // An LSTM (or GRU) layer's training step (bench/nn_models.h), sequence 32, batch 32; Adam.
-double lstm_step(const SessionOptions& options, bool gru = false) {
+// `scanned`: the sequence length unknown when the graph is built (x [32, ?, 128]), so the layer
+// is one recurrence op each way instead of 32 unrolled steps (lstm_scan_step, by hand).
+double lstm_step(const SessionOptions& options, bool gru = false, bool scanned = false) {
   Graph g;
-  Value x = g.placeholder("x", f32, {-1, 32, 128});
+  Value x = g.placeholder("x", f32, scanned ? Shape{32, -1, 128} : Shape{-1, 32, 128});
   Value train =
       optim::Adam({.lr = 1e-3}).minimize(gru ? bench::gru_loss(g, x) : bench::lstm_loss(g, x));
   Session s(g, options);
@@ -404,6 +407,10 @@ int main(int argc, char** argv) {
     std::printf("lstm_step %.9f\n", lstm_step(options));
   } else if (name == "upsample_step") {
     std::printf("upsample_step %.9f\n", upsample_step(options));
+  } else if (name == "lstm_scan_step") {
+    std::printf("lstm_scan_step %.9f\n", lstm_step(options, /*gru=*/false, /*scanned=*/true));
+  } else if (name == "gru_scan_step") {
+    std::printf("gru_scan_step %.9f\n", lstm_step(options, /*gru=*/true, /*scanned=*/true));
   } else if (name == "ctc_step") {
     std::printf("ctc_step %.9f\n", ctc_step(options));
   } else if (name == "gru_step") {

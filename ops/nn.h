@@ -10,6 +10,7 @@
 
 #include "kiln/framework/graph.h"
 #include "kiln/ops/losses.h"
+#include "kiln/ops/nn/recurrent_cell.h"
 
 namespace kiln {
 
@@ -73,6 +74,24 @@ LSTMCellState lstm_cell(const Value& gates, const Value& c_prev = {});
 /// zero; undefined: zeros too) and h_prev [B, H] (undefined: zeros): r = sigmoid(x_r + h_r),
 /// z = sigmoid(x_z + h_z), n = tanh(x_n + r h_n), h = (1 - z) n + z h_prev. One op each way.
 Value gru_cell(const Value& x_gates, const Value& h_gates = {}, const Value& h_prev = {});
+
+/// What recurrence() returns: every step's h [T, B, H] (zeros past a sequence's length), and
+/// the state after each sequence's last step, h [B, H] and (LSTM) c [B, H].
+struct RecurrenceOutputs {
+  Value output, h, c;
+};
+/// One direction of a recurrent layer over a whole sequence as one op each way, for a length
+/// T known only when the graph runs (TensorFlow's dynamic_rnn; an unrolled graph needs T when it
+/// is built). `input_gates` [T, B, G H] is x W_ih + b_ih for every step (G: 1, 4 for the LSTM's
+/// i, f, g, o, 3 for the GRU's r, z, n, as recurrence.h computes them), `weight_hh` [H, G H],
+/// `bias_hh` [G H], `h0` and (LSTM only) `c0` [B, H]. `lengths` [B] (integers, optional):
+/// sequence b runs steps [0, lengths[b]) and keeps its state after them, as PyTorch's packed
+/// sequences (a length above T counts as T; a negative one is an error when the graph runs).
+/// `reverse` runs the steps backwards, each sequence from its last step. h0 and c0 may also be
+/// one row [1, H] for every sequence (zeros, say). Each step's h W_hh is one product in the op.
+RecurrenceOutputs recurrence(RecurrentCell cell, const Value& input_gates, const Value& weight_hh,
+                             const Value& bias_hh, const Value& h0, const Value& c0 = {},
+                             const Value& lengths = {}, bool reverse = false);
 
 /// x where x >= 0, else slope x (NaN passes).
 Value leaky_relu(const Value& x, double slope = 0.01);

@@ -98,9 +98,14 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
                                     const Value& lengths) {
   const Shape& s = x.shape();
   const int64_t time_axis = options_.batch_first ? 1 : 0;
-  KILN_CHECK(s.rank() == 3 && s[time_axis] > 0 && s[2] == input_, GraphError, "[nn] ", kind_, " ",
+  KILN_CHECK(s.rank() == 3 && s[time_axis] != 0 && s[2] == input_, GraphError, "[nn] ", kind_, " ",
              path(), ": expects ", options_.batch_first ? "[B, T, " : "[T, B, ", input_,
-             "] with a known length T, got ", s);
+             "] with T > 0 or unknown, got ", s);
+  // A length unknown until the graph runs: one recurrence op per layer and direction.
+  const bool known = s[time_axis] > 0;
+  KILN_CHECK(known || options_.proj_size == 0, GraphError, "[nn] ", kind_, " ", path(),
+             ": a projection (proj_size ", options_.proj_size,
+             ") needs a sequence length known when the layer is called, got ", s);
   KILN_CHECK(has_cell() || !c0.defined(), GraphError, "[nn] ", kind_, " ", path(),
              ": only an LSTM has a cell state, but c0 was given");
   KILN_CHECK(h0.defined() == c0.defined() || !has_cell(), GraphError, "[nn] ", kind_, " ", path(),
@@ -108,7 +113,9 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
   const int64_t length = s[time_axis], batch = s[1 - time_axis];
   const std::vector<Value> h_rows = initial_rows(h0, batch, output_size(), "h0");
   const std::vector<Value> c_rows = initial_rows(c0, batch, hidden_, "c0");
-  const std::vector<Value> valid = valid_steps(lengths, length, batch);
+  const std::vector<Value> valid =
+      known ? valid_steps(lengths, length, batch) : std::vector<Value>{};
+  if (!known) check_lengths(lengths, batch);
   const int64_t gate_width = weights.front().weight_ih.shape()[1];
   // The input projection's bias: b_ih, and b_hh too where the step would add it as it is.
   auto input_bias = [&](const Weights& w) {
@@ -119,18 +126,22 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
   std::vector<Value> last_h, last_c;
   for (int64_t layer = 0; layer < options_.num_layers; ++layer) {
     const int64_t in = sequence.shape()[2];
-    const Value flat = reshape(sequence, {-1, in});
+    const Value flat = known ? reshape(sequence, {-1, in}) : Value();
     std::vector<Value> outputs;
     for (int64_t direction = 0; direction < directions(); ++direction) {
       const size_t index = static_cast<size_t>(layer * directions() + direction);
       const Weights& w = weights[index];
-      // Every step's input projection in one product, then one row per step.
-      const Value projected =
-          reshape(plus(matmul(flat, w.weight_ih), input_bias(w)), {length, -1, gate_width});
       State state{h_rows.empty() ? Value() : h_rows[index],
                   c_rows.empty() ? Value() : c_rows[index]};
-      outputs.push_back(
-          stack(unroll(rows_of(projected, length), direction == 1, state, w, valid), 0));
+      if (!known) {
+        outputs.push_back(scanned(sequence, direction == 1, state, w, lengths));
+      } else {
+        // Every step's input projection in one product, then one row per step.
+        const Value projected =
+            reshape(plus(matmul(flat, w.weight_ih), input_bias(w)), {length, -1, gate_width});
+        outputs.push_back(
+            stack(unroll(rows_of(projected, length), direction == 1, state, w, valid), 0));
+      }
       last_h.push_back(state.h);
       last_c.push_back(state.c);
     }
@@ -168,14 +179,36 @@ std::vector<Value> Recurrent::unroll(const std::vector<Value>& projections, bool
   return outputs;
 }
 
-std::vector<Value> Recurrent::valid_steps(const Value& lengths, int64_t length, int64_t batch) {
-  if (!lengths.defined()) return {};
+Value Recurrent::scanned(const Value& sequence, bool reverse, State& state, const Weights& w,
+                         const Value& lengths) {
+  // The input's gates of every step in one product: x W_ih + b_ih, [T, B, G H]. b_hh is added
+  // inside the op, to each step's h W_hh (the GRU's reset gate scales part of it).
+  const Value gates = plus(matmul(sequence, w.weight_ih), w.bias_ih);
+  const DType dtype = w.weight_hh.dtype();
+  const Value bias_hh =
+      w.bias_hh.defined() ? w.bias_hh : fill(graph(), Shape{w.weight_hh.shape()[1]}, 0.0, dtype);
+  // A zero state is one row for every sequence.
+  const Value zeros = fill(graph(), Shape{1, hidden_}, 0.0, dtype);
+  const RecurrenceOutputs out =
+      recurrence(cell(), gates, w.weight_hh, bias_hh, state.h.defined() ? state.h : zeros,
+                 has_cell() ? (state.c.defined() ? state.c : zeros) : Value(), lengths, reverse);
+  state = {out.h, out.c};
+  return out.output;
+}
+
+void Recurrent::check_lengths(const Value& lengths, int64_t batch) {
+  if (!lengths.defined()) return;
   const Shape& s = lengths.shape();
   KILN_CHECK(lengths.graph() == &graph() && is_integer(lengths.dtype()) && s.rank() == 1 &&
                  (s[0] < 0 || batch < 0 || s[0] == batch),
              GraphError, "[nn] ", kind_, " ", path(),
              ": lengths must be an integer vector of its graph [", batch, "], got ",
              lengths.dtype(), " ", s);
+}
+
+std::vector<Value> Recurrent::valid_steps(const Value& lengths, int64_t length, int64_t batch) {
+  if (!lengths.defined()) return {};
+  check_lengths(lengths, batch);
   // [T, 1] step numbers against [1, B] lengths: [T, B], then one [B, 1] row per step.
   const Value steps = iota(graph(), Shape{length, 1}, 0, lengths.dtype());
   const Value takes = less(steps, expand_dims(lengths, {0}));

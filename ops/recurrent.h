@@ -1,12 +1,15 @@
 // kiln::nn recurrent layers: PyTorch's RNN, LSTM and GRU (multi-layer, bidirectional, batch
 // first, dropout between layers), unrolled over the sequence when they are called.
 //
-// A static graph unrolls the recurrence (TensorFlow 1's static_rnn): the sequence length must be
-// known when the layer is called, the batch may be unknown. Each layer projects the whole
-// sequence's input at once (one product [T B, in] x [in, G H]); each step then adds h W_hh, so the
-// per-step work is one [B, H] x [H, G H] product and the gate arithmetic (the LSTM's in one
-// fused op, lstm_cell). The gradient is autograd's (back-propagation through time over the
-// unrolled steps).
+// Where the sequence length T is known when the layer is called, the recurrence is unrolled
+// (TensorFlow 1's static_rnn): each layer projects the whole sequence's input at once (one
+// product [T B, in] x [in, G H]); each step then adds h W_hh, so the per-step work is one
+// [B, H] x [H, G H] product and the gate arithmetic (the LSTM's in one fused op, lstm_cell), and
+// the gradient is autograd's (back-propagation through time over the unrolled steps). Where T
+// is unknown (a placeholder [?, B, in]), each layer and direction is one recurrence op instead
+// (TensorFlow's dynamic_rnn), which loops over the steps the input has when the graph runs and
+// has its own backward op; the input projection is the same one product. The batch may be
+// unknown either way.
 //
 // Variables follow PyTorch's names, per layer k and direction (suffix "_reverse" for the
 // backward one): weight_ih_l{k} [in, G H], weight_hh_l{k} [H, G H], bias_ih_l{k} and
@@ -50,7 +53,8 @@ class Recurrent : public Module {
   struct Weights {
     Value weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
   };
-  /// The layer over x ([T, B, input], or [B, T, input] batch first; T known). h0 (and c0 for an
+  /// The layer over x ([T, B, input], or [B, T, input] batch first; T may be unknown, except
+  /// with a projection, proj_size). h0 (and c0 for an
   /// LSTM) [layers D, B, H] start each layer and direction (h0 [layers D, B, P] with a
   /// projection); undefined: zeros.
   ///
@@ -75,6 +79,8 @@ class Recurrent : public Module {
   Value forward(const Value& x) override;
   /// Whether the state has a cell (an LSTM's c) besides h.
   virtual bool has_cell() const { return false; }
+  /// The step the recurrence op runs for this layer (a sequence of unknown length).
+  virtual RecurrentCell cell() const = 0;
   /// Whether the step adds b_hh to the products as it is (RNN, LSTM; not the GRU, whose reset
   /// gate scales part of it): then b_hh joins b_ih in the input projection, once per run, and a
   /// step's sum of the two projections is the hidden product's epilogue on the CPU.
@@ -93,13 +99,18 @@ class Recurrent : public Module {
   static Value gate_sum(const Value& input_projection, const Value& h, const Weights& w);
 
  private:
-  /// run() inside the layer's name scope.
+  /// run() inside the layer's name scope: unrolled for a known length, else scanned.
   RecurrentResult unrolled(const Value& x, const Value& h0, const Value& c0, const Value& lengths);
+  /// One layer and direction over a sequence of unknown length: one recurrence op.
+  Value scanned(const Value& sequence, bool reverse, State& state, const Weights& w,
+                const Value& lengths);
   /// One direction of one layer over the steps of x: the outputs in time order, and the last
   /// state. `valid` (empty: every step) holds per step a bool [B, 1]: whether sequence b takes
   /// it; one that does not keeps its state and outputs zeros.
   std::vector<Value> unroll(const std::vector<Value>& projections, bool reverse, State& state,
                             const Weights& w, const std::vector<Value>& valid);
+  /// Checks `lengths` (when defined): an integer [B] of this graph.
+  void check_lengths(const Value& lengths, int64_t batch);
   /// Per step t, the bool [B, 1] t < lengths (`lengths` checked: an integer [B]).
   std::vector<Value> valid_steps(const Value& lengths, int64_t length, int64_t batch);
   /// A [layers D, B, width] initial state's row for (layer, direction), squeezed to [B, width].
@@ -121,6 +132,9 @@ class RNN : public Recurrent {
 
  protected:
   State step(const Value& input_projection, const State& state, const Weights& w) override;
+  RecurrentCell cell() const override {
+    return nonlinearity_ == Nonlinearity::tanh ? RecurrentCell::rnn_tanh : RecurrentCell::rnn_relu;
+  }
 
  private:
   Nonlinearity nonlinearity_;
@@ -136,6 +150,7 @@ class LSTM : public Recurrent {
  protected:
   State step(const Value& input_projection, const State& state, const Weights& w) override;
   bool has_cell() const override { return true; }
+  RecurrentCell cell() const override { return RecurrentCell::lstm; }
 };
 
 /// PyTorch's GRU: with the products split in three, r = sigmoid(x_r + h_r), z = sigmoid(x_z +
@@ -148,6 +163,7 @@ class GRU : public Recurrent {
  protected:
   bool adds_hidden_bias() const override { return false; }
   State step(const Value& input_projection, const State& state, const Weights& w) override;
+  RecurrentCell cell() const override { return RecurrentCell::gru; }
 };
 
 }  // namespace kiln::nn

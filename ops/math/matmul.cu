@@ -10,6 +10,7 @@
 
 #include "kiln/framework/cuda/device_memory.h"
 #include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/math/cuda_product.h"
 #include "kiln/ops/math/elementwise.h"
 #include "kiln/ops/math/matmul_batch.h"
 
@@ -72,24 +73,6 @@ struct BlasLtLane final : LaneResource {
 
   cublasLtHandle_t handle = nullptr;
   std::shared_ptr<Storage> workspace;
-};
-
-/// One (batched) product: C[i] = op(A[i]) op(B[i]) for i < batch, the batch strides in
-/// elements (0 broadcasts one matrix).
-struct Product {
-  DType dtype;
-  bool ta, tb;
-  int64_t m, n, k;
-  const void* a;
-  const void* b;
-  void* c;
-  int32_t batch = 1;
-  int64_t a_stride = 0, b_stride = 0;
-  /// Epilogue: bias [N] added to every row of C (nullptr: none).
-  const void* bias = nullptr;
-  /// An [M, N] matrix added to the product (cuBLASLt's C with beta 1; the result goes to `c`,
-  /// cuBLASLt's D, of the same layout), nullptr: none. Batch 1 only.
-  const void* addend = nullptr;
 };
 
 void run_product(const KernelContext& ctx, const Product& p) {

@@ -362,9 +362,9 @@ TEST(Recurrent, BadInputsAreErrorsNamingTheLayer) {
   nn::GRU gru(g, "gru", 3, 4);
   expect_error(
       [&] {
-        lstm(g.placeholder("unknown", f32, {-1, 2, 3}));
+        lstm(g.placeholder("empty", f32, {0, 2, 3}));
       },
-      {"[nn] LSTM lstm", "[T, B, 3] with a known length T", "[?, 2, 3]"});
+      {"[nn] LSTM lstm", "[T, B, 3] with T > 0 or unknown", "[0, 2, 3]"});
   expect_error([&] { lstm(g.placeholder("wide", f32, {5, 2, 7})); }, {"LSTM lstm", "[5, 2, 7]"});
   expect_error([&] { gru(g.placeholder("flat", f32, {5, 3})); }, {"GRU gru", "[5, 3]"});
   Value h0 = g.placeholder("h0", f32, {2, 2, 4});

@@ -50,6 +50,8 @@
 //        (ReLU, no bias, time-major), and the GRU's output -> an LSTM with proj_size 3
 //        (bidirectional, the same lengths); a Linear on the first LSTM's last backward c_n, the
 //        GRU's and RNN's h_n and the projected LSTM's backward h_n; cross entropy; Adam (eps 1e-6).
+//   recurrent_open: the same without the projected LSTM, over ids [B, ?]: a sequence length
+//        unknown when the graph is built, so each layer is recurrence ops (ops/nn/recurrence.cc).
 //   activations: a chain of Linear layers, each followed by one of ELU (alpha 0.7), SELU, CELU
 //        (alpha 0.5), PReLU (a slope per feature), Hardswish, Mish, Softsign, ReLU6,
 //        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy plus L1, smooth L1, KL divergence
@@ -499,11 +501,13 @@ void decoder(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
-void recurrent(const std::filesystem::path& dir, Device device) {
+// `open`: the ids' length is unknown when the graph is built, and the projected LSTM (which needs
+// it) is left out.
+void recurrent(const std::filesystem::path& dir, Device device, bool open = false) {
   std::filesystem::create_directories(dir);
   constexpr int64_t kBatch = 3, kLength = 7, kVocab = 11, kDim = 6;
   Graph g;
-  Value ids = g.placeholder("ids", i64, {kBatch, kLength});
+  Value ids = g.placeholder("ids", i64, {kBatch, open ? -1 : kLength});
   Value labels = g.placeholder("labels", i64, {kBatch});
   Value h0 = g.placeholder("h0", f32, {4, kBatch, 8});
   Value c0 = g.placeholder("c0", f32, {4, kBatch, 8});
@@ -514,16 +518,18 @@ void recurrent(const std::filesystem::path& dir, Device device) {
   nn::RNN rnn(g, "rnn", 5, 4, {.bias = false}, nn::RNN::Nonlinearity::relu);
   nn::LSTM projected(g, "projected", 5, 6,
                      {.batch_first = true, .bidirectional = true, .proj_size = 3});
-  nn::Linear head(g, "head", 20, 3);
-  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);                 // [B, T, 16]
-  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);       // [B, T, 5]
-  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));    // time-major
-  const nn::RecurrentResult narrow = projected.run(gated.output, {}, {}, lengths);  // [B, T, 6]
+  nn::Linear head(g, "head", open ? 17 : 20, 3);
+  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);               // [B, T, 16]
+  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);     // [B, T, 5]
+  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));  // time-major
   // The last layer's backward cell, the GRU's and the RNN's last h, the projected backward h.
-  Value features =
-      concat({squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
-              squeeze(plain.hidden, {0}), squeeze(slice(narrow.hidden, {1}, {2}), {0})},
-             -1);
+  std::vector<Value> parts{squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
+                           squeeze(plain.hidden, {0})};
+  if (!open) {
+    const nn::RecurrentResult narrow = projected.run(gated.output, {}, {}, lengths);  // [B, T, 6]
+    parts.push_back(squeeze(slice(narrow.hidden, {1}, {2}), {0}));
+  }
+  Value features = concat(parts, -1);
   Value loss = cross_entropy(head(features), labels);
   // eps 1e-6: with the default 1e-8 Adam's first steps are +-lr for any gradient above ~1e-7,
   // so one of the 1,300 gradients that is that small moved differently by f32 rounding alone.
@@ -533,7 +539,8 @@ void recurrent(const std::filesystem::path& dir, Device device) {
   std::vector<Value> variables;
   for (const nn::Module* m :
        std::initializer_list<const nn::Module*>{&embed, &lstm, &gru, &rnn, &projected, &head})
-    for (const Value& v : m->parameters()) variables.push_back(v);
+    if (!open || m != &projected)
+      for (const Value& v : m->parameters()) variables.push_back(v);
   std::vector<int64_t> id_values;
   for (int64_t i = 0; i < kBatch * kLength; ++i) id_values.push_back((i * 5 + i / 4) % kVocab);
   Session session(g, {.device = device});
@@ -844,6 +851,7 @@ int main(int argc, char** argv) {
     kiln::pool(dir / "pool", device);
     kiln::decoder(dir / "decoder", device);
     kiln::recurrent(dir / "recurrent", device);
+    kiln::recurrent(dir / "recurrent_open", device, /*open=*/true);
     kiln::activations(dir / "activations", device);
     kiln::segment(dir / "segment", device);
     kiln::losses(dir / "losses", device);
@@ -851,7 +859,7 @@ int main(int argc, char** argv) {
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, llama, vit, ae, encoder, text_cnn, pool, decoder, "
-        "recurrent, "
+        "recurrent, recurrent_open, "
         "activations, segment, losses and volume models' runs and the interpolate table on %s to "
         "%s\n",
         kiln::str(device).c_str(), argv[1]);

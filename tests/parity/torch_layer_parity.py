@@ -510,7 +510,7 @@ def pooling(run):
                        x, y)
 
 
-def recurrent(run):
+def recurrent(run, projected_lstm=True):
     ids = torch.tensor(run.load("ids.npy"))
     labels = torch.tensor(run.load("labels.npy"))
     h0 = torch.tensor(run.load("h0.npy")).double()
@@ -522,11 +522,14 @@ def recurrent(run):
     gru = nn.GRU(16, 5, batch_first=True)
     rnn = nn.RNN(5, 4, nonlinearity="relu", bias=False)
     projected = nn.LSTM(5, 6, batch_first=True, bidirectional=True, proj_size=3)
-    head = nn.Linear(20, 3)
+    head = nn.Linear(20 if projected_lstm else 17, 3)
     where = {"embed/weight": (embed.weight, None, False)}
     linear_place(where, "head", head)
     # Kiln's recurrent weights are PyTorch's transposed (as Linear's); the names are PyTorch's.
-    for name, module in (("lstm", lstm), ("gru", gru), ("rnn", rnn), ("projected", projected)):
+    layers = [("lstm", lstm), ("gru", gru), ("rnn", rnn)]
+    if projected_lstm:
+        layers.append(("projected", projected))
+    for name, module in layers:
         for parameter, tensor in module.named_parameters():
             where[f"{name}/{parameter}"] = (tensor, None, parameter.startswith("weight"))
     port = Port(run, where)
@@ -541,10 +544,12 @@ def recurrent(run):
         packed = nn.utils.rnn.pack_padded_sequence(encoded, lengths, batch_first=True,
                                                    enforce_sorted=False)
         gated, gru_h = gru(packed)
-        _, (narrow_h, _) = projected(gated)  # the GRU's packed output, the same lengths
+        if projected_lstm:
+            _, (narrow_h, _) = projected(gated)  # the GRU's packed output, the same lengths
         gated = nn.utils.rnn.pad_packed_sequence(gated, batch_first=True, total_length=7)[0]
         _, rnn_h = rnn(gated.transpose(0, 1))
-        features = torch.cat([c_n[3], gru_h[0], rnn_h[0], narrow_h[1]], -1)
+        parts = [c_n[3], gru_h[0], rnn_h[0]] + ([narrow_h[1]] if projected_lstm else [])
+        features = torch.cat(parts, -1)
         loss = F.cross_entropy(head(features), labels)
         loss.backward()
         adam.step()
@@ -764,7 +769,9 @@ def main():
                          ("ae", autoencoder),
                          ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
-                         ("recurrent", recurrent), ("activations", activations),
+                         ("recurrent", recurrent),
+                         ("recurrent_open", lambda run: recurrent(run, projected_lstm=False)),
+                         ("activations", activations),
                          ("segment", segment), ("losses", losses),
                          ("volume", volume)):
         run = Run(sys.argv[1], model)

@@ -1,0 +1,222 @@
+// The CUDA kernels of recurrence and recurrence_grad (ops/nn/recurrence.cc): per step, one
+// cuBLASLt product (h_prev W_hh + b_hh forward, dhg W_hh^T added to the state's gradient
+// backward) and one elementwise kernel, a thread per element of h, with recurrence.h's math;
+// 16-bit floats compute in f32 and keep the state in their own dtype, as the unrolled cells.
+// After the backward's steps, W_hh's gradient is one product over all of them.
+#include "kiln/framework/cuda/device_memory.h"
+#include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/math/cuda_product.h"
+#include "kiln/ops/math/elementwise.h"
+#include "kiln/ops/nn/recurrence.h"
+
+namespace kiln::ops::cuda_recurrence {
+
+using namespace kiln::ops::cuda;
+using cuda_matmul::Product;
+using cuda_matmul::run_product;
+
+struct DeviceActivations {
+  template <typename C>
+  KILN_HOST_DEVICE C sigmoid(C x) const {
+    return sigmoid_of(x);
+  }
+  template <typename C>
+  KILN_HOST_DEVICE C tanh(C x) const {
+    return std::tanh(x);
+  }
+};
+
+RecurrentCell cell_of(const KernelContext& ctx) {
+  RecurrentCell cell;
+  const std::string& name = ctx.attr<std::string>("cell");
+  if (!parse_recurrent_cell(name, cell))
+    throw Error(str(ctx.where(), ": cell \"", name, "\" is unknown"));
+  return cell;
+}
+
+// The lengths input `i` when there is one (nullptr otherwise), checked on the device: a
+// negative one is reported through the error block (one above T counts as T).
+const int64_t* checked_lengths(const KernelContext& ctx, int i, int64_t time) {
+  if (i >= ctx.num_inputs()) return nullptr;
+  const int64_t* lengths = ctx.input(i).data<int64_t>();
+  const ErrorReporter errors = error_reporter(ctx);
+  for_each(ctx, ctx.input(i).numel(), [=] __device__(int64_t b) {
+    if (lengths[b] < 0)
+      errors.report(DataErrorKind::length_out_of_range, lengths[b], b, 0, time + 1);
+  });
+  return lengths;
+}
+
+void copy_on_device(const KernelContext& ctx, void* dst, const Tensor& src) {
+  copy_bytes(dst, src.raw_data(), src.nbytes(), ctx.stream(), ctx.where());
+}
+
+// The initial state [B, H] from `initial`: [B, H], or one row [1, H] for every sequence (its
+// rows' stride is then 0).
+template <typename T>
+void copy_initial(const KernelContext& ctx, T* state, const Tensor& initial, int64_t batch,
+                  int64_t hidden) {
+  const T* from = initial.data<T>();
+  const int64_t stride = initial.shape()[0] == 1 ? 0 : hidden;
+  for_each(ctx, batch * hidden,
+           [=] __device__(int64_t e) { state[e] = from[e / hidden * stride + e % hidden]; });
+}
+
+template <RecurrentCell kCell, typename T>
+void recurrence_forward(KernelContext& ctx) {
+  using C = Compute<T>;
+  constexpr bool kLstm = kCell == RecurrentCell::lstm;
+  const Shape& xs = ctx.input(0).shape();
+  const int64_t time = xs[0], batch = xs[1], width = xs[2];
+  const int64_t hidden = ctx.input(1).shape()[0];
+  const bool reverse = ctx.attr<bool>("reverse");
+  const int64_t* lengths = checked_lengths(ctx, kLstm ? 5 : 4, time);
+  const T* x = ctx.input(0).data<T>();
+  T* y = ctx.output(0).data<T>();
+  T* h = ctx.output(1).data<T>();  // the state, updated in place: h_last at the end
+  T* act = ctx.output(2).data<T>();
+  T* aux = recurrent_has_aux(kCell) ? ctx.output(3).data<T>() : nullptr;
+  T* c = kLstm ? ctx.output(4).data<T>() : nullptr;
+  if (batch == 0 || hidden == 0) return;
+  copy_initial(ctx, h, ctx.input(3), batch, hidden);
+  if (kLstm) copy_initial(ctx, c, ctx.input(4), batch, hidden);
+  if (time == 0) return;
+  std::shared_ptr<Storage> scratch = ctx.scratch(sizeof(T) * static_cast<size_t>(batch * width));
+  T* hg = static_cast<T*>(scratch->data());
+  for (int64_t i = 0; i < time; ++i) {
+    const int64_t t = recurrence_step(i, time, reverse);
+    Product p{ctx.input(0).dtype(),    false, false, batch, width, hidden, h,
+              ctx.input(1).raw_data(), hg};
+    p.bias = ctx.input(2).raw_data();
+    run_product(ctx, p);
+    for_each(ctx, batch * hidden, [=] __device__(int64_t e) {
+      const int64_t r = e / hidden, j = e % hidden, row = t * batch + r;
+      if (lengths && t >= lengths[r]) {  // past the sequence: its state stays
+        y[row * hidden + j] = T(0);
+        for (int64_t k = 0; k < width / hidden; ++k) act[row * width + k * hidden + j] = T(0);
+        if (aux) aux[row * hidden + j] = T(0);
+        return;
+      }
+      C cell = kLstm ? static_cast<C>(c[e]) : C(0);
+      const C next = recurrence_forward_element<kCell>(
+          DeviceActivations{}, hidden, x + row * width + j, hg + r * width + j,
+          static_cast<C>(h[e]), cell, act + row * width + j,
+          aux ? aux + row * hidden + j : nullptr);
+      if (kLstm) c[e] = static_cast<T>(cell);
+      h[e] = static_cast<T>(next);
+      y[row * hidden + j] = static_cast<T>(next);
+    });
+  }
+}
+
+template <RecurrentCell kCell, typename T>
+void recurrence_backward(KernelContext& ctx) {
+  using C = Compute<T>;
+  constexpr bool kLstm = kCell == RecurrentCell::lstm, kAux = recurrent_has_aux(kCell);
+  constexpr bool kOwnDhg = kCell == RecurrentCell::gru;  // else dhg is dx
+  const DType dtype = ctx.input(0).dtype();
+  const T* h0 = ctx.input(1).data<T>();
+  const int64_t h0_stride = ctx.input(1).shape()[0] == 1 ? 0 : ctx.input(0).shape()[0];
+  const T* y = ctx.input(2).data<T>();
+  const Shape& as = ctx.input(3).shape();
+  const int64_t time = as[0], batch = as[1], width = as[2];
+  const int64_t hidden = ctx.input(0).shape()[0];
+  const T* act = ctx.input(3).data<T>();
+  const T* dy = ctx.input(4).data<T>();
+  const T* aux = kAux ? ctx.input(6).data<T>() : nullptr;
+  const T* c0 = kLstm ? ctx.input(7).data<T>() : nullptr;
+  const int64_t c0_stride = kLstm && ctx.input(7).shape()[0] != 1 ? ctx.input(0).shape()[0] : 0;
+  const bool reverse = ctx.attr<bool>("reverse");
+  const int fixed = kLstm ? 9 : kAux ? 7 : 6;
+  const RecurrencePrevious previous{time, batch, reverse, checked_lengths(ctx, fixed, time)};
+  T* dx = ctx.output(0).data<T>();
+  T* dbias = ctx.output(2).data<T>();
+  T* dh = ctx.output(3).data<T>();  // the gradient reaching the state: d h0 at the end
+  T* dc = kLstm ? ctx.output(4).data<T>() : nullptr;
+  copy_on_device(ctx, dh, ctx.input(5));
+  if (kLstm) copy_on_device(ctx, dc, ctx.input(8));
+  const int64_t rows = time * batch;
+  if (rows == 0 || hidden == 0) {
+    Tensor& dw = ctx.output(1);
+    zero_device_bytes(dw.raw_data(), dw.nbytes(), ctx.stream(), ctx.where());
+    zero_device_bytes(ctx.output(2).raw_data(), ctx.output(2).nbytes(), ctx.stream(), ctx.where());
+    return;
+  }
+  // Each step's d hg (dx itself where the two are equal) and h_prev, for W_hh's gradient.
+  std::shared_ptr<Storage> own_dhg =
+      kOwnDhg ? ctx.scratch(sizeof(T) * static_cast<size_t>(rows * width)) : nullptr;
+  T* dhg = kOwnDhg ? static_cast<T*>(own_dhg->data()) : dx;
+  std::shared_ptr<Storage> h_prev_storage =
+      ctx.scratch(sizeof(T) * static_cast<size_t>(rows * hidden));
+  T* h_prev_all = static_cast<T*>(h_prev_storage->data());
+  const int64_t gates = width / hidden;
+  for (int64_t i = 0; i < time; ++i) {
+    const int64_t t = recurrence_step(time - 1 - i, time, reverse);  // the forward's, backwards
+    for_each(ctx, batch * hidden, [=] __device__(int64_t e) {
+      const int64_t r = e / hidden, j = e % hidden, row = t * batch + r;
+      if (previous.lengths && t >= previous.lengths[r]) {  // the state passed through
+        for (int64_t k = 0; k < gates; ++k) {
+          dx[row * width + k * hidden + j] = T(0);
+          if (kOwnDhg) dhg[row * width + k * hidden + j] = T(0);
+        }
+        h_prev_all[row * hidden + j] = T(0);
+        return;
+      }
+      const int64_t before = previous.row(t, r);
+      const C h_prev = static_cast<C>(before < 0 ? h0[r * h0_stride + j] : y[before * hidden + j]);
+      const C c_prev =
+          kLstm ? static_cast<C>(before < 0 ? c0[r * c0_stride + j] : aux[before * hidden + j])
+                : C(0);
+      C d_cell = kLstm ? static_cast<C>(dc[e]) : C(0);
+      const C direct = recurrence_backward_element<kCell>(
+          DeviceActivations{}, hidden, act + row * width + j,
+          aux ? aux + row * hidden + j : nullptr, h_prev, c_prev,
+          static_cast<C>(dh[e]) + static_cast<C>(dy[row * hidden + j]), d_cell,
+          dx + row * width + j, dhg + row * width + j);
+      if (kLstm) dc[e] = static_cast<T>(d_cell);
+      dh[e] = static_cast<T>(direct);
+      h_prev_all[row * hidden + j] = static_cast<T>(h_prev);
+    });
+    // dh_prev += dhg W_hh^T (rows past their length have dhg 0), in place.
+    Product p{
+        dtype, false, true, batch, hidden, width, dhg + t * batch * width, ctx.input(0).raw_data(),
+        dh};
+    p.addend = dh;
+    run_product(ctx, p);
+  }
+  // d W_hh = h_prev^T dhg over all steps: [H, T B] x [T B, G H].
+  run_product(ctx,
+              {dtype, true, false, hidden, width, rows, h_prev_all, dhg, ctx.output(1).raw_data()});
+  // d bias_hh: dhg summed over steps and sequences, a thread per column.
+  for_each(ctx, width, [=] __device__(int64_t j) {
+    C total = 0;
+    for (int64_t row = 0; row < rows; ++row) total += static_cast<C>(dhg[row * width + j]);
+    dbias[j] = static_cast<T>(total);
+  });
+}
+
+template <bool kGrad>
+void recurrence_cuda(KernelContext& ctx) {
+  const RecurrentCell cell = cell_of(ctx);
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    switch (cell) {
+      case RecurrentCell::rnn_tanh:
+        return kGrad ? recurrence_backward<RecurrentCell::rnn_tanh, T>(ctx)
+                     : recurrence_forward<RecurrentCell::rnn_tanh, T>(ctx);
+      case RecurrentCell::rnn_relu:
+        return kGrad ? recurrence_backward<RecurrentCell::rnn_relu, T>(ctx)
+                     : recurrence_forward<RecurrentCell::rnn_relu, T>(ctx);
+      case RecurrentCell::lstm:
+        return kGrad ? recurrence_backward<RecurrentCell::lstm, T>(ctx)
+                     : recurrence_forward<RecurrentCell::lstm, T>(ctx);
+      case RecurrentCell::gru:
+        return kGrad ? recurrence_backward<RecurrentCell::gru, T>(ctx)
+                     : recurrence_forward<RecurrentCell::gru, T>(ctx);
+    }
+  });
+}
+KILN_CUDA_KERNEL(recurrence, recurrence_cuda<false>, cuda_dtypes(DTypeClass::floating));
+KILN_CUDA_KERNEL(recurrence_grad, recurrence_cuda<true>, cuda_dtypes(DTypeClass::floating));
+
+}  // namespace kiln::ops::cuda_recurrence
