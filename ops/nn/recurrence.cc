@@ -19,7 +19,7 @@
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/dtypes.h"
-#include "kiln/ops/math/blas.h"
+#include "kiln/ops/math/blocked_product.h"
 #include "kiln/ops/math/vector_math.h"
 #include "kiln/ops/nn.h"
 #include "kiln/ops/nn/recurrence.h"
@@ -173,6 +173,43 @@ const int64_t* checked_lengths(const KernelContext& ctx, int i) {
   return data;
 }
 
+// One row of a forward step: the new h (into the state and y) and c, the activations kept.
+// Each row's loop vectorizes (f32); aux and c are the cells' that have them.
+template <RecurrentCell kCell, typename T>
+void forward_row(int64_t hidden, const T* __restrict x, const T* __restrict hg, T* __restrict h,
+                 T* __restrict c, T* __restrict act, T* __restrict aux, T* __restrict y) {
+  constexpr bool kLstm = kCell == RecurrentCell::lstm, kAux = recurrent_has_aux(kCell);
+  KILN_CELL_LOOP
+  for (int64_t j = 0; j < hidden; ++j) {
+    T cell = kLstm ? c[j] : T(0);
+    const T next = recurrence_forward_element<kCell>(CpuActivations{}, hidden, x + j, hg + j, h[j],
+                                                     cell, act + j, kAux ? aux + j : nullptr);
+    if constexpr (kLstm) c[j] = cell;
+    h[j] = next;
+    y[j] = next;
+  }
+}
+
+// One row of a backward step: dx (and the GRU's dhg), c's gradient in place (LSTM), and h's
+// gradient replaced by what reaches h_prev besides hg; the row's h_prev kept for W_hh's gradient.
+template <RecurrentCell kCell, typename T>
+void backward_row(int64_t hidden, const T* __restrict act, const T* __restrict aux,
+                  const T* __restrict h_prev, const T* __restrict c_prev, const T* __restrict dy,
+                  T* __restrict dh, T* __restrict dc, T* __restrict dx, T* __restrict dhg,
+                  T* __restrict h_prev_kept) {
+  constexpr bool kLstm = kCell == RecurrentCell::lstm, kAux = recurrent_has_aux(kCell);
+  constexpr bool kGru = kCell == RecurrentCell::gru;
+  KILN_CELL_LOOP
+  for (int64_t j = 0; j < hidden; ++j) {
+    T d_cell = kLstm ? dc[j] : T(0);
+    dh[j] = recurrence_backward_element<kCell>(
+        CpuActivations{}, hidden, act + j, kAux ? aux + j : nullptr, h_prev[j],
+        kLstm ? c_prev[j] : T(0), dh[j] + dy[j], d_cell, dx + j, kGru ? dhg + j : nullptr);
+    if constexpr (kLstm) dc[j] = d_cell;
+    h_prev_kept[j] = h_prev[j];
+  }
+}
+
 template <RecurrentCell kCell, typename T>
 void recurrence_forward_cpu(KernelContext& ctx) {
   constexpr bool kLstm = kCell == RecurrentCell::lstm;
@@ -182,7 +219,6 @@ void recurrence_forward_cpu(KernelContext& ctx) {
   const bool reverse = ctx.attr<bool>("reverse");
   const int64_t* lengths = checked_lengths(ctx, kLstm ? 5 : 4);
   const T* x = ctx.input(0).data<T>();
-  const T* w = ctx.input(1).data<T>();
   const T* bias = ctx.input(2).data<T>();
   T* y = ctx.output(0).data<T>();
   T* h = ctx.output(1).data<T>();  // the state, updated in place: h_last at the end
@@ -196,15 +232,18 @@ void recurrence_forward_cpu(KernelContext& ctx) {
   }
   if (batch == 0 || hidden == 0) return;
   std::vector<T> hidden_gates(static_cast<size_t>(batch * width));
+  T* hg = hidden_gates.data();
+  // Each block of hg starts as the bias rows; the product adds h W_hh to it.
+  const auto bias_rows = [=](int64_t, int64_t, int64_t rows, int64_t c0, int64_t cols, T* block,
+                             int64_t ld) {
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(bias + c0, cols, block + r * ld);
+  };
   for (int64_t i = 0; i < time; ++i) {
     const int64_t t = recurrence_step(i, time, reverse);
-    // Rows are independent within a step: each range makes its rows' hg and steps them.
-    ctx.parallel_for(batch, hidden * (width + 20), [&](int64_t r0, int64_t r1) {
-      T* hg = hidden_gates.data() + r0 * width;
-      for (int64_t r = r0; r < r1; ++r) std::copy_n(bias, width, hg + (r - r0) * width);
-      gemm(false, false, static_cast<int>(r1 - r0), static_cast<int>(width),
-           static_cast<int>(hidden), h + r0 * hidden, static_cast<int>(hidden), w,
-           static_cast<int>(width), hg, static_cast<int>(width), T(1));
+    // hg = h W_hh + b_hh: matmul's product, cut over the pool (blocked_product.h).
+    blocked_product<T>(ctx, ctx.output(1), ctx.input(1), false, false, Shape{batch, width}, hg,
+                       NoEpilogue{}, bias_rows);
+    ctx.parallel_for(batch, hidden * 20, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t row = t * batch + r;
         T* y_row = y + row * hidden;
@@ -216,19 +255,8 @@ void recurrence_forward_cpu(KernelContext& ctx) {
           if (aux_row) std::fill_n(aux_row, hidden, T(0));
           continue;
         }
-        const T* x_row = x + row * width;
-        const T* hg_row = hg + (r - r0) * width;
-        T* h_row = h + r * hidden;
-        T* c_row = kLstm ? c + r * hidden : nullptr;
-        for (int64_t j = 0; j < hidden; ++j) {
-          T cell = kLstm ? c_row[j] : T(0);
-          const T next = recurrence_forward_element<kCell>(CpuActivations{}, hidden, x_row + j,
-                                                           hg_row + j, h_row[j], cell, act_row + j,
-                                                           aux_row ? aux_row + j : nullptr);
-          if constexpr (kLstm) c_row[j] = cell;
-          h_row[j] = next;
-          y_row[j] = next;
-        }
+        forward_row<kCell>(hidden, x + row * width, hg + r * width, h + r * hidden,
+                           kLstm ? c + r * hidden : nullptr, act_row, aux_row, y_row);
       }
     });
   }
@@ -237,7 +265,7 @@ void recurrence_forward_cpu(KernelContext& ctx) {
 template <RecurrentCell kCell, typename T>
 void recurrence_backward_cpu(KernelContext& ctx) {
   constexpr bool kLstm = kCell == RecurrentCell::lstm, kAux = recurrent_has_aux(kCell);
-  const T* w = ctx.input(0).data<T>();
+  const DType dtype = ctx.input(0).dtype();
   const T* y = ctx.input(2).data<T>();
   const Shape& as = ctx.input(3).shape();
   const int64_t time = as[0], batch = as[1], width = as[2];
@@ -264,7 +292,7 @@ void recurrence_backward_cpu(KernelContext& ctx) {
   for (int64_t i = 0; i < time && batch > 0 && hidden > 0; ++i) {
     const int64_t t =
         recurrence_step(time - 1 - i, time, reverse);  // the forward's order, backwards
-    ctx.parallel_for(batch, hidden * (width + 30), [&](int64_t r0, int64_t r1) {
+    ctx.parallel_for(batch, hidden * 30, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t row = t * batch + r;
         T* dx_row = dx + row * width;
@@ -282,36 +310,26 @@ void recurrence_backward_cpu(KernelContext& ctx) {
         const T* c_prev = !kLstm       ? nullptr
                           : before < 0 ? initial_row<T>(ctx.input(7), r, hidden)
                                        : aux + before * hidden;
-        const T* act_row = act + row * width;
-        const T* dy_row = dy + row * hidden;
-        T* dh_row = dh + r * hidden;
-        T* dc_row = kLstm ? dc + r * hidden : nullptr;
-        for (int64_t j = 0; j < hidden; ++j) {
-          T d_cell = kLstm ? dc_row[j] : T(0);
-          dh_row[j] = recurrence_backward_element<kCell>(
-              CpuActivations{}, hidden, act_row + j, aux ? aux + row * hidden + j : nullptr,
-              h_prev[j], kLstm ? c_prev[j] : T(0), dh_row[j] + dy_row[j], d_cell, dx_row + j,
-              dhg_row + j);
-          if constexpr (kLstm) dc_row[j] = d_cell;
-          h_prev_row[j] = h_prev[j];
-        }
+        backward_row<kCell>(hidden, act + row * width, aux ? aux + row * hidden : nullptr, h_prev,
+                            c_prev, dy + row * hidden, dh + r * hidden,
+                            kLstm ? dc + r * hidden : nullptr, dx_row,
+                            dhg != dx ? dhg_row : nullptr, h_prev_row);
       }
-      // dh_prev += dhg W_hh^T for these rows (rows past their length have dhg 0).
-      gemm(false, true, static_cast<int>(r1 - r0), static_cast<int>(hidden),
-           static_cast<int>(width), dhg + (t * batch + r0) * width, static_cast<int>(width), w,
-           static_cast<int>(width), dh + r0 * hidden, static_cast<int>(hidden), T(1));
     });
+    // dh_prev += dhg W_hh^T (rows past their length have dhg 0): the product added to what dh
+    // holds (a start that keeps it).
+    blocked_product<T>(ctx, Tensor::from_blob(dhg + t * batch * width, Shape{batch, width}, dtype),
+                       ctx.input(0), false, true, Shape{batch, hidden}, dh, NoEpilogue{},
+                       [](int64_t, int64_t, int64_t, int64_t, int64_t, T*, int64_t) {});
   }
   // d W_hh = sum over steps of h_prev^T dhg: [H, T B] x [T B, G H], split over W's rows.
   const int64_t rows = time * batch;
   if (rows == 0 || hidden == 0) {
     std::fill_n(dw, hidden * width, T(0));
   } else {
-    ctx.parallel_for(hidden, rows * width * 2, [&](int64_t k0, int64_t k1) {
-      gemm(true, false, static_cast<int>(k1 - k0), static_cast<int>(width), static_cast<int>(rows),
-           h_prev_all.data() + k0, static_cast<int>(hidden), dhg, static_cast<int>(width),
-           dw + k0 * width, static_cast<int>(width), T(0));
-    });
+    blocked_product<T>(ctx, Tensor::from_blob(h_prev_all.data(), Shape{rows, hidden}, dtype),
+                       Tensor::from_blob(dhg, Shape{rows, width}, dtype), true, false,
+                       Shape{hidden, width}, dw);
   }
   // d bias_hh: dhg summed over steps and sequences.
   ctx.parallel_for(width, rows, [&](int64_t j0, int64_t j1) {

@@ -90,9 +90,10 @@ KILN_HOST_DEVICE C recurrence_forward_element(const F& f, int64_t hidden, const 
 }
 
 /// The backward of element j of one row of a step, from what the forward kept (act, aux; x's
-/// layout as above), h_prev and c_prev, and dh, the gradient reaching h. Writes dx and dhg (same
-/// layout as x); `dc` holds the gradient reaching c and receives c_prev's (LSTM). Returns what
-/// reaches h_prev besides hg (the GRU's; 0 otherwise).
+/// layout as above), h_prev and c_prev, and dh, the gradient reaching h. Writes dx, and for the
+/// GRU dhg (same layout as x; the other cells' d hg is dx, so their callers read dx for it);
+/// `dc` holds the gradient reaching c and receives c_prev's (LSTM). Returns what reaches h_prev
+/// besides hg (the GRU's; 0 otherwise).
 template <RecurrentCell kCell, typename F, typename C, typename T>
 KILN_HOST_DEVICE C recurrence_backward_element(const F& f, int64_t hidden, const T* act,
                                                const T* aux, C h_prev, C c_prev, C dh, C& dc, T* dx,
@@ -100,6 +101,7 @@ KILN_HOST_DEVICE C recurrence_backward_element(const F& f, int64_t hidden, const
   (void)h_prev;  // each is read by some cells only
   (void)c_prev;
   (void)aux;
+  (void)dhg;
   if constexpr (kCell == RecurrentCell::lstm) {
     C d_i, d_f, d_g, d_o, dc_prev;
     lstm_cell_backward_element<C>(static_cast<C>(act[0]), static_cast<C>(act[hidden]),
@@ -107,7 +109,7 @@ KILN_HOST_DEVICE C recurrence_backward_element(const F& f, int64_t hidden, const
                                   f.tanh(static_cast<C>(*aux)), c_prev, dh, dc, d_i, d_f, d_g, d_o,
                                   dc_prev);
     const C d[4] = {d_i, d_f, d_g, d_o};
-    for (int k = 0; k < 4; ++k) dx[k * hidden] = dhg[k * hidden] = static_cast<T>(d[k]);
+    for (int k = 0; k < 4; ++k) dx[k * hidden] = static_cast<T>(d[k]);
     dc = dc_prev;
     return C(0);
   } else if constexpr (kCell == RecurrentCell::gru) {
@@ -124,7 +126,7 @@ KILN_HOST_DEVICE C recurrence_backward_element(const F& f, int64_t hidden, const
     // The activation's derivative from its output h: 1 - h^2, or whether h > 0.
     const C h = static_cast<C>(act[0]);
     const C d = kCell == RecurrentCell::rnn_tanh ? dh * (C(1) - h * h) : (h > C(0) ? dh : C(0));
-    dx[0] = dhg[0] = static_cast<T>(d);
+    dx[0] = static_cast<T>(d);
     return C(0);
   }
 }

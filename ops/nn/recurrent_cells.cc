@@ -78,16 +78,6 @@ std::vector<TensorType> infer_lstm_cell_grad(const InferContext& ctx) {
   return out;
 }
 
-// `#pragma omp simd` on the cells' row loops (with -fopenmp-simd, no OpenMP runtime): GCC's cost
-// model leaves them scalar without it (four activations an element). Clang is not asked: where it
-// cannot vectorize a loop so marked (the sanitizer builds, libm's f64 calls) it warns, and CI's
-// warnings are errors.
-#if defined(__clang__)
-#define KILN_CELL_LOOP
-#else
-#define KILN_CELL_LOOP _Pragma("omp simd")
-#endif
-
 // The CPU's activations: the vectorized f32 forms (ops/math/vector_math.h, within 4 ulp of
 // libm), libm in f64.
 inline float sigmoid_cpu(float x) {
