@@ -57,9 +57,12 @@ std::vector<TensorType> infer_ctc_loss(const InferContext& ctx) {
   if (concatenated) {
     const bool known = log_probs[0] >= 0 && targets[0] >= 0 && batch >= 0;
     return {{ctx.dtype(0), Shape{batch}},
-            {alpha_dtype, Shape{known ? log_probs[0] * (2 * targets[0] + batch) : -1}}};
+            {alpha_dtype,
+             Shape{known ? ctx.checked_mul(log_probs[0],
+                                           ctx.checked_add(ctx.checked_mul(2, targets[0]), batch))
+                         : -1}}};
   }
-  const int64_t widest = targets[1] >= 0 ? 2 * targets[1] + 1 : -1;
+  const int64_t widest = targets[1] >= 0 ? ctx.checked_add(ctx.checked_mul(2, targets[1]), 1) : -1;
   return {{ctx.dtype(0), Shape{batch}}, {alpha_dtype, Shape{batch, log_probs[0], widest}}};
 }
 

@@ -55,11 +55,11 @@ RecurrenceSizes infer_sizes(const InferContext& ctx, RecurrentCell cell, const S
                             std::initializer_list<int> states) {
   const int64_t gates = recurrent_gates(cell);
   const Shape& w = ctx.shape(weight);
-  if (w.rank() != 2 || (w[0] >= 0 && w[1] >= 0 && w[1] != gates * w[0]))
+  if (w.rank() != 2 || (w[0] >= 0 && w[1] >= 0 && w[1] != ctx.checked_mul(gates, w[0])))
     ctx.fail("weight_hh must be [H, ", gates, " H] for the ", recurrent_cell_name(cell),
              " cell, got ", w);
   const int64_t hidden = w[0] >= 0 ? w[0] : (w[1] >= 0 ? w[1] / gates : -1);
-  const int64_t width = hidden >= 0 ? gates * hidden : -1;
+  const int64_t width = hidden >= 0 ? ctx.checked_mul(gates, hidden) : -1;
   if (x.rank() != 3 || (x[2] >= 0 && width >= 0 && x[2] != width))
     ctx.fail("the input gates must be [T, B, ", gates, " H] with H = ", hidden, " (weight_hh ", w,
              "), got ", x);
