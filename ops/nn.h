@@ -89,9 +89,12 @@ struct RecurrenceOutputs {
 /// sequences (a length above T counts as T; a negative one is an error when the graph runs).
 /// `reverse` runs the steps backwards, each sequence from its last step. h0 and c0 may also be
 /// one row [1, H] for every sequence (zeros, say). Each step's h W_hh is one product in the op.
+/// An LSTM's `weight_hr` [H, P] projects its h (PyTorch's proj_size): h = (o tanh(c)) W_hr, so
+/// h0, the outputs and h are P wide and weight_hh is [P, 4 H].
 RecurrenceOutputs recurrence(RecurrentCell cell, const Value& input_gates, const Value& weight_hh,
                              const Value& bias_hh, const Value& h0, const Value& c0 = {},
-                             const Value& lengths = {}, bool reverse = false);
+                             const Value& lengths = {}, bool reverse = false,
+                             const Value& weight_hr = {});
 
 /// x where x >= 0, else slope x (NaN passes).
 Value leaky_relu(const Value& x, double slope = 0.01);

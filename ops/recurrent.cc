@@ -103,9 +103,6 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
              "] with T > 0 or unknown, got ", s);
   // A length unknown until the graph runs: one recurrence op per layer and direction.
   const bool known = s[time_axis] > 0;
-  KILN_CHECK(known || options_.proj_size == 0, GraphError, "[nn] ", kind_, " ", path(),
-             ": a projection (proj_size ", options_.proj_size,
-             ") needs a sequence length known when the layer is called, got ", s);
   KILN_CHECK(has_cell() || !c0.defined(), GraphError, "[nn] ", kind_, " ", path(),
              ": only an LSTM has a cell state, but c0 was given");
   KILN_CHECK(h0.defined() == c0.defined() || !has_cell(), GraphError, "[nn] ", kind_, " ", path(),
@@ -187,11 +184,12 @@ Value Recurrent::scanned(const Value& sequence, bool reverse, State& state, cons
   const DType dtype = w.weight_hh.dtype();
   const Value bias_hh =
       w.bias_hh.defined() ? w.bias_hh : fill(graph(), Shape{w.weight_hh.shape()[1]}, 0.0, dtype);
-  // A zero state is one row for every sequence.
-  const Value zeros = fill(graph(), Shape{1, hidden_}, 0.0, dtype);
-  const RecurrenceOutputs out =
-      recurrence(cell(), gates, w.weight_hh, bias_hh, state.h.defined() ? state.h : zeros,
-                 has_cell() ? (state.c.defined() ? state.c : zeros) : Value(), lengths, reverse);
+  // A zero state is one row for every sequence (h is P wide with a projection, c H wide).
+  const auto zeros = [&](int64_t width) { return fill(graph(), Shape{1, width}, 0.0, dtype); };
+  const RecurrenceOutputs out = recurrence(
+      cell(), gates, w.weight_hh, bias_hh, state.h.defined() ? state.h : zeros(output_size()),
+      has_cell() ? (state.c.defined() ? state.c : zeros(hidden_)) : Value(), lengths, reverse,
+      w.weight_hr);
   state = {out.h, out.c};
   return out.output;
 }

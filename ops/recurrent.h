@@ -53,9 +53,8 @@ class Recurrent : public Module {
   struct Weights {
     Value weight_ih, weight_hh, bias_ih, bias_hh, weight_hr;
   };
-  /// The layer over x ([T, B, input], or [B, T, input] batch first; T may be unknown, except
-  /// with a projection, proj_size). h0 (and c0 for an
-  /// LSTM) [layers D, B, H] start each layer and direction (h0 [layers D, B, P] with a
+  /// The layer over x ([T, B, input], or [B, T, input] batch first; T may be unknown). h0 (and
+  /// c0 for an LSTM) [layers D, B, H] start each layer and direction (h0 [layers D, B, P] with a
   /// projection); undefined: zeros.
   ///
   /// `lengths` (an integer [B], fed or computed; undefined: every sequence has length T) makes

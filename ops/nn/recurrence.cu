@@ -66,11 +66,15 @@ template <RecurrentCell kCell, typename T>
 void recurrence_forward(KernelContext& ctx) {
   using C = Compute<T>;
   constexpr bool kLstm = kCell == RecurrentCell::lstm;
+  const RecurrenceInputs in = forward_inputs(kCell, ctx.attr<bool>("projected"));
+  const bool projected = in.weight_hr >= 0;
+  const DType dtype = ctx.input(0).dtype();
   const Shape& xs = ctx.input(0).shape();
   const int64_t time = xs[0], batch = xs[1], width = xs[2];
-  const int64_t hidden = ctx.input(1).shape()[0];
+  const int64_t hidden = width / recurrent_gates(kCell), state = ctx.input(1).shape()[0];
   const bool reverse = ctx.attr<bool>("reverse");
-  const int64_t* lengths = checked_lengths(ctx, kLstm ? 5 : 4, time);
+  const int li = in.lengths(ctx.num_inputs());
+  const int64_t* lengths = li < 0 ? nullptr : checked_lengths(ctx, li, time);
   const T* x = ctx.input(0).data<T>();
   T* y = ctx.output(0).data<T>();
   T* h = ctx.output(1).data<T>();  // the state, updated in place: h_last at the end
@@ -78,33 +82,51 @@ void recurrence_forward(KernelContext& ctx) {
   T* aux = recurrent_has_aux(kCell) ? ctx.output(3).data<T>() : nullptr;
   T* c = kLstm ? ctx.output(4).data<T>() : nullptr;
   if (batch == 0 || hidden == 0) return;
-  copy_initial(ctx, h, ctx.input(3), batch, hidden);
-  if (kLstm) copy_initial(ctx, c, ctx.input(4), batch, hidden);
+  copy_initial(ctx, h, ctx.input(3), batch, state);
+  if (kLstm) copy_initial(ctx, c, ctx.input(in.c0), batch, hidden);
   if (time == 0) return;
   std::shared_ptr<Storage> scratch = ctx.scratch(sizeof(T) * static_cast<size_t>(batch * width));
   T* hg = static_cast<T*>(scratch->data());
+  // A projected LSTM's o tanh(c) per step, and its product with W_hr.
+  std::shared_ptr<Storage> raw_storage =
+      projected ? ctx.scratch(sizeof(T) * static_cast<size_t>(batch * (hidden + state))) : nullptr;
+  T* raw = projected ? static_cast<T*>(raw_storage->data()) : nullptr;
+  T* projection = projected ? raw + batch * hidden : nullptr;
   for (int64_t i = 0; i < time; ++i) {
     const int64_t t = recurrence_step(i, time, reverse);
-    Product p{ctx.input(0).dtype(),    false, false, batch, width, hidden, h,
-              ctx.input(1).raw_data(), hg};
+    Product p{dtype, false, false, batch, width, state, h, ctx.input(1).raw_data(), hg};
     p.bias = ctx.input(2).raw_data();
     run_product(ctx, p);
     for_each(ctx, batch * hidden, [=] __device__(int64_t e) {
       const int64_t r = e / hidden, j = e % hidden, row = t * batch + r;
       if (lengths && t >= lengths[r]) {  // past the sequence: its state stays
-        y[row * hidden + j] = T(0);
+        if (j < state) y[row * state + j] = T(0);
         for (int64_t k = 0; k < width / hidden; ++k) act[row * width + k * hidden + j] = T(0);
         if (aux) aux[row * hidden + j] = T(0);
         return;
       }
       C cell = kLstm ? static_cast<C>(c[e]) : C(0);
+      // h_prev is read by the GRU alone (never projected): element e of the state.
       const C next = recurrence_forward_element<kCell>(
           DeviceActivations{}, hidden, x + row * width + j, hg + r * width + j,
-          static_cast<C>(h[e]), cell, act + row * width + j,
+          projected ? C(0) : static_cast<C>(h[e]), cell, act + row * width + j,
           aux ? aux + row * hidden + j : nullptr);
       if (kLstm) c[e] = static_cast<T>(cell);
-      h[e] = static_cast<T>(next);
-      y[row * hidden + j] = static_cast<T>(next);
+      if (projected) {
+        raw[e] = static_cast<T>(next);
+      } else {
+        h[e] = static_cast<T>(next);
+        y[row * hidden + j] = static_cast<T>(next);
+      }
+    });
+    if (!projected) continue;
+    run_product(ctx, {dtype, false, false, batch, state, hidden, raw,
+                      ctx.input(in.weight_hr).raw_data(), projection});
+    for_each(ctx, batch * state, [=] __device__(int64_t e) {
+      const int64_t r = e / state;
+      if (lengths && t >= lengths[r]) return;
+      h[e] = projection[e];
+      y[t * batch * state + e] = projection[e];
     });
   }
 }
@@ -114,44 +136,69 @@ void recurrence_backward(KernelContext& ctx) {
   using C = Compute<T>;
   constexpr bool kLstm = kCell == RecurrentCell::lstm, kAux = recurrent_has_aux(kCell);
   constexpr bool kOwnDhg = kCell == RecurrentCell::gru;  // else dhg is dx
+  const RecurrenceInputs in = grad_inputs(kCell, ctx.attr<bool>("projected"));
+  const bool projected = in.weight_hr >= 0;
   const DType dtype = ctx.input(0).dtype();
-  const T* h0 = ctx.input(1).data<T>();
-  const int64_t h0_stride = ctx.input(1).shape()[0] == 1 ? 0 : ctx.input(0).shape()[0];
-  const T* y = ctx.input(2).data<T>();
   const Shape& as = ctx.input(3).shape();
   const int64_t time = as[0], batch = as[1], width = as[2];
-  const int64_t hidden = ctx.input(0).shape()[0];
+  const int64_t hidden = width / recurrent_gates(kCell), state = ctx.input(0).shape()[0];
+  const T* h0 = ctx.input(1).data<T>();
+  const int64_t h0_stride = ctx.input(1).shape()[0] == 1 ? 0 : state;
+  const T* y = ctx.input(2).data<T>();
   const T* act = ctx.input(3).data<T>();
   const T* dy = ctx.input(4).data<T>();
-  const T* aux = kAux ? ctx.input(6).data<T>() : nullptr;
-  const T* c0 = kLstm ? ctx.input(7).data<T>() : nullptr;
-  const int64_t c0_stride = kLstm && ctx.input(7).shape()[0] != 1 ? ctx.input(0).shape()[0] : 0;
-  const bool reverse = ctx.attr<bool>("reverse");
-  const int fixed = kLstm ? 9 : kAux ? 7 : 6;
-  const RecurrencePrevious previous{time, batch, reverse, checked_lengths(ctx, fixed, time)};
+  const T* aux = kAux ? ctx.input(in.aux).data<T>() : nullptr;
+  const T* c0 = kLstm ? ctx.input(in.c0).data<T>() : nullptr;
+  const int64_t c0_stride = kLstm && ctx.input(in.c0).shape()[0] != 1 ? hidden : 0;
+  const int li = in.lengths(ctx.num_inputs());
+  const RecurrencePrevious previous{time, batch, ctx.attr<bool>("reverse"),
+                                    li < 0 ? nullptr : checked_lengths(ctx, li, time)};
   T* dx = ctx.output(0).data<T>();
   T* dbias = ctx.output(2).data<T>();
   T* dh = ctx.output(3).data<T>();  // the gradient reaching the state: d h0 at the end
   T* dc = kLstm ? ctx.output(4).data<T>() : nullptr;
   copy_on_device(ctx, dh, ctx.input(5));
-  if (kLstm) copy_on_device(ctx, dc, ctx.input(8));
+  if (kLstm) copy_on_device(ctx, dc, ctx.input(in.dc_last));
   const int64_t rows = time * batch;
   if (rows == 0 || hidden == 0) {
-    Tensor& dw = ctx.output(1);
-    zero_device_bytes(dw.raw_data(), dw.nbytes(), ctx.stream(), ctx.where());
-    zero_device_bytes(ctx.output(2).raw_data(), ctx.output(2).nbytes(), ctx.stream(), ctx.where());
+    for (int o : {1, 2, 5}) {  // d W_hh, d b_hh, d W_hr: sums over no step
+      if (o >= ctx.num_outputs()) continue;
+      Tensor& out = ctx.output(o);
+      zero_device_bytes(out.raw_data(), out.nbytes(), ctx.stream(), ctx.where());
+    }
     return;
   }
-  // Each step's d hg (dx itself where the two are equal) and h_prev, for W_hh's gradient.
+  // Each step's d hg (dx itself where the two are equal) and h_prev, for W_hh's gradient; a
+  // projected LSTM's per-step state gradient, o tanh(c) and its gradient, for W_hr's.
   std::shared_ptr<Storage> own_dhg =
       kOwnDhg ? ctx.scratch(sizeof(T) * static_cast<size_t>(rows * width)) : nullptr;
   T* dhg = kOwnDhg ? static_cast<T*>(own_dhg->data()) : dx;
   std::shared_ptr<Storage> h_prev_storage =
-      ctx.scratch(sizeof(T) * static_cast<size_t>(rows * hidden));
+      ctx.scratch(sizeof(T) * static_cast<size_t>(rows * state));
   T* h_prev_all = static_cast<T*>(h_prev_storage->data());
+  std::shared_ptr<Storage> projection_storage =
+      projected
+          ? ctx.scratch(sizeof(T) * static_cast<size_t>(rows * (state + hidden) + batch * hidden))
+          : nullptr;
+  T* d_state_all = projected ? static_cast<T*>(projection_storage->data()) : nullptr;
+  T* raw_all = projected ? d_state_all + rows * state : nullptr;
+  T* d_raw = projected ? raw_all + rows * hidden : nullptr;
   const int64_t gates = width / hidden;
   for (int64_t i = 0; i < time; ++i) {
-    const int64_t t = recurrence_step(time - 1 - i, time, reverse);  // the forward's, backwards
+    const int64_t t = recurrence_step(time - 1 - i, time, previous.reverse);  // backwards
+    if (projected) {
+      // d state = dh + dy (0 past a length); o tanh(c)'s gradient is its product with W_hr^T.
+      T* d_state = d_state_all + t * batch * state;
+      for_each(ctx, batch * state, [=] __device__(int64_t e) {
+        const int64_t r = e / state;
+        d_state[e] =
+            previous.lengths && t >= previous.lengths[r]
+                ? T(0)
+                : static_cast<T>(static_cast<C>(dh[e]) + static_cast<C>(dy[t * batch * state + e]));
+      });
+      run_product(ctx, {dtype, false, true, batch, hidden, state, d_state,
+                        ctx.input(in.weight_hr).raw_data(), d_raw});
+    }
     for_each(ctx, batch * hidden, [=] __device__(int64_t e) {
       const int64_t r = e / hidden, j = e % hidden, row = t * batch + r;
       if (previous.lengths && t >= previous.lengths[r]) {  // the state passed through
@@ -159,34 +206,53 @@ void recurrence_backward(KernelContext& ctx) {
           dx[row * width + k * hidden + j] = T(0);
           if (kOwnDhg) dhg[row * width + k * hidden + j] = T(0);
         }
-        h_prev_all[row * hidden + j] = T(0);
+        if (j < state) h_prev_all[row * state + j] = T(0);
+        if (projected) raw_all[row * hidden + j] = T(0);
         return;
       }
       const int64_t before = previous.row(t, r);
-      const C h_prev = static_cast<C>(before < 0 ? h0[r * h0_stride + j] : y[before * hidden + j]);
+      // Element j of h_prev (the state is H wide here, or P <= H with a projection).
+      const auto h_prev_at = [&](int64_t k) {
+        return before < 0 ? h0[r * h0_stride + k] : y[before * state + k];
+      };
       const C c_prev =
           kLstm ? static_cast<C>(before < 0 ? c0[r * c0_stride + j] : aux[before * hidden + j])
                 : C(0);
       C d_cell = kLstm ? static_cast<C>(dc[e]) : C(0);
+      // Without a projection, h's gradient is dh + dy; with one it is d_raw (dy is in it).
+      const C d_h = projected ? static_cast<C>(d_raw[e])
+                              : static_cast<C>(dh[e]) + static_cast<C>(dy[row * hidden + j]);
       const C direct = recurrence_backward_element<kCell>(
           DeviceActivations{}, hidden, act + row * width + j,
-          aux ? aux + row * hidden + j : nullptr, h_prev, c_prev,
-          static_cast<C>(dh[e]) + static_cast<C>(dy[row * hidden + j]), d_cell,
-          dx + row * width + j, dhg + row * width + j);
+          aux ? aux + row * hidden + j : nullptr, projected ? C(0) : static_cast<C>(h_prev_at(j)),
+          c_prev, d_h, d_cell, dx + row * width + j, dhg + row * width + j);
       if (kLstm) dc[e] = static_cast<T>(d_cell);
-      dh[e] = static_cast<T>(direct);
-      h_prev_all[row * hidden + j] = static_cast<T>(h_prev);
+      if (projected) {
+        raw_all[row * hidden + j] =
+            static_cast<T>(static_cast<C>(act[row * width + 3 * hidden + j]) *
+                           DeviceActivations{}.tanh(static_cast<C>(aux[row * hidden + j])));
+        if (j < state) {
+          dh[r * state + j] = T(0);  // it went into d_raw
+          h_prev_all[row * state + j] = h_prev_at(j);
+        }
+      } else {
+        dh[e] = static_cast<T>(direct);
+        h_prev_all[row * hidden + j] = h_prev_at(j);
+      }
     });
     // dh_prev += dhg W_hh^T (rows past their length have dhg 0), in place.
     Product p{
-        dtype, false, true, batch, hidden, width, dhg + t * batch * width, ctx.input(0).raw_data(),
+        dtype, false, true, batch, state, width, dhg + t * batch * width, ctx.input(0).raw_data(),
         dh};
     p.addend = dh;
     run_product(ctx, p);
   }
-  // d W_hh = h_prev^T dhg over all steps: [H, T B] x [T B, G H].
+  // d W_hh = h_prev^T dhg over all steps: [S, T B] x [T B, G H]; d W_hr likewise.
   run_product(ctx,
-              {dtype, true, false, hidden, width, rows, h_prev_all, dhg, ctx.output(1).raw_data()});
+              {dtype, true, false, state, width, rows, h_prev_all, dhg, ctx.output(1).raw_data()});
+  if (projected)
+    run_product(ctx, {dtype, true, false, hidden, state, rows, raw_all, d_state_all,
+                      ctx.output(5).raw_data()});
   // d bias_hh: dhg summed over steps and sequences, a thread per column.
   for_each(ctx, width, [=] __device__(int64_t j) {
     C total = 0;

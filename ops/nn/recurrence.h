@@ -30,6 +30,38 @@ KILN_HOST_DEVICE constexpr bool recurrent_has_aux(RecurrentCell cell) {
   return cell == RecurrentCell::lstm || cell == RecurrentCell::gru;
 }
 
+/// Where a node's inputs after the fixed ones are (-1: absent). recurrence: x, weight_hh, bias_hh,
+// h0, then c0 (LSTM), weight_hr (a projected LSTM), lengths (when given). recurrence_grad:
+// weight_hh, h0, y, act, dy, dh_last, then aux (LSTM, GRU), c0 and dc_last (LSTM), weight_hr
+// (projected), lengths.
+struct RecurrenceInputs {
+  int c0 = -1, weight_hr = -1, aux = -1, dc_last = -1;
+  int count = 0;  // the inputs before lengths
+  int lengths(int num_inputs) const { return num_inputs > count ? count : -1; }
+};
+
+inline RecurrenceInputs forward_inputs(RecurrentCell cell, bool projected) {
+  RecurrenceInputs in;
+  int next = 4;
+  if (cell == RecurrentCell::lstm) in.c0 = next++;
+  if (projected) in.weight_hr = next++;
+  in.count = next;
+  return in;
+}
+
+inline RecurrenceInputs grad_inputs(RecurrentCell cell, bool projected) {
+  RecurrenceInputs in;
+  int next = 6;
+  if (recurrent_has_aux(cell)) in.aux = next++;
+  if (cell == RecurrentCell::lstm) {
+    in.c0 = next++;
+    in.dc_last = next++;
+  }
+  if (projected) in.weight_hr = next++;
+  in.count = next;
+  return in;
+}
+
 /// The step the i-th iteration of the forward runs.
 KILN_HOST_DEVICE int64_t recurrence_step(int64_t i, int64_t time, bool reverse) {
   return reverse ? time - 1 - i : i;

@@ -83,101 +83,108 @@ const char* gru_case_name(GruHidden hidden, bool backward) {
   return backward ? "gru_cell_grad_input_only" : "gru_cell_input_only";
 }
 
-// The recurrence cases' sizes: T steps of 3 sequences, lengths 4, 2 and 0 where given.
-constexpr int64_t kSteps = 4;
+// The recurrence cases' sizes: T steps of 3 sequences, lengths 4, 2 and 0 where given; a
+// projected LSTM's state P wide.
+constexpr int64_t kSteps = 4, kProjection = 3;
 const std::vector<int64_t> kLengths = {4, 2, 0};
 
-// The recurrence's output [T, B, H], h_last [B, H] and (LSTM) c_last [B, H], flattened one after
-// another, from x [T, B, G H], weight_hh [H, G H], bias_hh [G H], h0 [B, H] and (LSTM) c0 [1, H]
-// (the feed order), by the equations of recurrence.h, step by step.
-Reference recurrence_reference(RecurrentCell cell, bool reverse, bool has_lengths) {
-  return [=](const std::vector<Tensor>& in) {
-    const int64_t gates = cell == RecurrentCell::lstm ? 4 : cell == RecurrentCell::gru ? 3 : 1;
-    const int64_t width = gates * kHidden;
-    std::vector<double> output(kSteps * kBatch * kHidden, 0.0), h(kBatch * kHidden),
-        c(kBatch * kHidden, 0.0);
-    for (int64_t e = 0; e < kBatch * kHidden; ++e) {
-      h[e] = in[3].element(e);
-      if (cell == RecurrentCell::lstm) c[e] = in[4].element(e % kHidden);
-    }
-    for (int64_t i = 0; i < kSteps; ++i) {
-      const int64_t t = reverse ? kSteps - 1 - i : i;
-      std::vector<double> next_h = h, next_c = c;
-      for (int64_t b = 0; b < kBatch; ++b) {
-        if (has_lengths && t >= kLengths[b]) continue;
-        std::vector<double> hg(width);  // h W_hh + b_hh
-        for (int64_t g = 0; g < width; ++g) {
-          hg[g] = in[2].element(g);
-          for (int64_t k = 0; k < kHidden; ++k)
-            hg[g] += h[b * kHidden + k] * in[1].element(k * width + g);
-        }
-        for (int64_t j = 0; j < kHidden; ++j) {
-          const auto x = [&](int64_t gate) {
-            return in[0].element((t * kBatch + b) * width + gate * kHidden + j);
-          };
-          const auto pre = [&](int64_t gate) { return x(gate) + hg[gate * kHidden + j]; };
-          const int64_t at = b * kHidden + j;
-          switch (cell) {
-            case RecurrentCell::rnn_tanh:
-              next_h[at] = std::tanh(pre(0));
-              break;
-            case RecurrentCell::rnn_relu:
-              next_h[at] = std::max(pre(0), 0.0);
-              break;
-            case RecurrentCell::lstm:
-              next_c[at] = sigmoid(pre(1)) * c[at] + sigmoid(pre(0)) * std::tanh(pre(2));
-              next_h[at] = sigmoid(pre(3)) * std::tanh(next_c[at]);
-              break;
-            case RecurrentCell::gru: {
-              const double r = sigmoid(pre(0)), z = sigmoid(pre(1));
-              const double n = std::tanh(x(2) + r * hg[2 * kHidden + j]);
-              next_h[at] = (1 - z) * n + z * h[at];
-              break;
-            }
-          }
-          output[(t * kBatch + b) * kHidden + j] = next_h[at];
-        }
-      }
-      h = next_h;
-      c = next_c;
-    }
-    output.insert(output.end(), h.begin(), h.end());
-    if (cell == RecurrentCell::lstm) output.insert(output.end(), c.begin(), c.end());
-    return output;
-  };
-}
-
-// The recurrence's inputs in feed order (x, weight_hh, bias_hh, h0, c0 of one row for the LSTM,
-// lengths), and its outputs flattened as recurrence_reference gives them.
+// One recurrence case: the cell, the direction, lengths or none, a projection (LSTM only).
 struct RecurrenceCase {
   RecurrentCell cell;
-  bool reverse, has_lengths;
+  bool reverse, has_lengths, projected = false;
 
+  int64_t width() const {
+    return (cell == RecurrentCell::lstm ? 4 : cell == RecurrentCell::gru ? 3 : 1) * kHidden;
+  }
+  int64_t state() const { return projected ? kProjection : kHidden; }
+
+  // The inputs in feed order: x [T, B, G H], weight_hh [S, G H], bias_hh [G H], h0 [B, S], then
+  // c0 [1, H] (LSTM: one row for every sequence), weight_hr [H, P] (projected), lengths.
   std::vector<Value> inputs(CaseGraph& c) const {
-    const int64_t width = (cell == RecurrentCell::lstm  ? 4
-                           : cell == RecurrentCell::gru ? 3
-                                                        : 1) *
-                          kHidden;
-    std::vector<Value> in{c.input({kSteps, kBatch, width}, -1.5, 1.5),
-                          c.input({kHidden, width}, -0.6, 0.6), c.input({width}, -0.5, 0.5),
-                          c.input({kBatch, kHidden})};
+    std::vector<Value> in{c.input({kSteps, kBatch, width()}, -1.5, 1.5),
+                          c.input({state(), width()}, -0.6, 0.6), c.input({width()}, -0.5, 0.5),
+                          c.input({kBatch, state()})};
     if (cell == RecurrentCell::lstm) in.push_back(c.input({1, kHidden}));
+    if (projected) in.push_back(c.input({kHidden, kProjection}, -0.8, 0.8));
     if (has_lengths) in.push_back(c.ints(kLengths, {kBatch}));
     return in;
   }
   Value forward(CaseGraph& c) const { return forward_of(inputs(c)); }
+  // The output [T, B, S], h_last [B, S] and (LSTM) c_last [B, H], flattened one after another.
   Value forward_of(const std::vector<Value>& in) const {
     const bool lstm = cell == RecurrentCell::lstm;
     const RecurrenceOutputs out =
         recurrence(cell, in[0], in[1], in[2], in[3], lstm ? in[4] : Value(),
-                   has_lengths ? in.back() : Value(), reverse);
+                   has_lengths ? in.back() : Value(), reverse, projected ? in[5] : Value());
     std::vector<Value> parts{reshape(out.output, {-1}), reshape(out.h, {-1})};
     if (lstm) parts.push_back(reshape(out.c, {-1}));
     return concat(parts, 0);
   }
+  // What forward_of gives, by the equations of recurrence.h step by step, from the fed inputs.
+  Reference reference() const {
+    const RecurrenceCase rc = *this;
+    return [rc](const std::vector<Tensor>& in) {
+      const int64_t width = rc.width(), state = rc.state();
+      std::vector<double> output(kSteps * kBatch * state, 0.0), h(kBatch * state),
+          c(kBatch * kHidden, 0.0);
+      for (int64_t e = 0; e < kBatch * state; ++e) h[e] = in[3].element(e);
+      if (rc.cell == RecurrentCell::lstm)
+        for (int64_t e = 0; e < kBatch * kHidden; ++e) c[e] = in[4].element(e % kHidden);
+      for (int64_t i = 0; i < kSteps; ++i) {
+        const int64_t t = rc.reverse ? kSteps - 1 - i : i;
+        std::vector<double> next_h = h, next_c = c;
+        for (int64_t b = 0; b < kBatch; ++b) {
+          if (rc.has_lengths && t >= kLengths[b]) continue;
+          std::vector<double> hg(width), cell_h(kHidden);  // h W_hh + b_hh; the cell's h
+          for (int64_t g = 0; g < width; ++g) {
+            hg[g] = in[2].element(g);
+            for (int64_t k = 0; k < state; ++k)
+              hg[g] += h[b * state + k] * in[1].element(k * width + g);
+          }
+          for (int64_t j = 0; j < kHidden; ++j) {
+            const auto x = [&](int64_t gate) {
+              return in[0].element((t * kBatch + b) * width + gate * kHidden + j);
+            };
+            const auto pre = [&](int64_t gate) { return x(gate) + hg[gate * kHidden + j]; };
+            const int64_t at = b * kHidden + j;
+            switch (rc.cell) {
+              case RecurrentCell::rnn_tanh:
+                cell_h[j] = std::tanh(pre(0));
+                break;
+              case RecurrentCell::rnn_relu:
+                cell_h[j] = std::max(pre(0), 0.0);
+                break;
+              case RecurrentCell::lstm:
+                next_c[at] = sigmoid(pre(1)) * c[at] + sigmoid(pre(0)) * std::tanh(pre(2));
+                cell_h[j] = sigmoid(pre(3)) * std::tanh(next_c[at]);
+                break;
+              case RecurrentCell::gru: {
+                const double r = sigmoid(pre(0)), z = sigmoid(pre(1));
+                const double n = std::tanh(x(2) + r * hg[2 * kHidden + j]);
+                cell_h[j] = (1 - z) * n + z * h[at];
+                break;
+              }
+            }
+          }
+          for (int64_t p = 0; p < state; ++p) {  // with a projection, h = cell_h W_hr
+            double v = rc.projected ? 0.0 : cell_h[p];
+            if (rc.projected)
+              for (int64_t j = 0; j < kHidden; ++j) v += cell_h[j] * in[5].element(j * state + p);
+            next_h[b * state + p] = v;
+            output[(t * kBatch + b) * state + p] = v;
+          }
+        }
+        h = next_h;
+        c = next_c;
+      }
+      output.insert(output.end(), h.begin(), h.end());
+      if (rc.cell == RecurrentCell::lstm) output.insert(output.end(), c.begin(), c.end());
+      return output;
+    };
+  }
   std::string name(const char* op) const {
-    return str(op, "_", recurrent_cell_name(cell), reverse ? "_reverse" : "",
-               has_lengths ? "_lengths" : "");
+    return str(op, "_", recurrent_cell_name(cell), projected ? "_projected" : "",
+               reverse ? "_reverse" : "", has_lengths ? "_lengths" : "");
   }
 };
 
@@ -238,36 +245,38 @@ void add_recurrent_cases(const std::function<void(OpCase)>& add) {
          .gradients = false});
   }
   // The whole-sequence recurrence, each cell forwards with lengths (one sequence runs every step,
-  // one none) and backwards without; its gradient op is the forward's gradient (finite
-  // differences here), and alone below for the GPU table.
+  // one none) and backwards without, and a projected LSTM both ways; its gradient op is the
+  // forward's gradient (finite differences here), and alone below for the GPU table.
+  std::vector<RecurrenceCase> cases;
   for (RecurrentCell cell :
        {RecurrentCell::rnn_tanh, RecurrentCell::rnn_relu, RecurrentCell::lstm, RecurrentCell::gru})
-    for (bool reverse : {false, true}) {
-      const RecurrenceCase rc{cell, reverse, !reverse};
-      add({.op = "recurrence",
-           .name = rc.name("recurrence"),
-           .build = [rc](CaseGraph& c) { return rc.forward(c); },
-           .parity = false,
-           .fd_rtol = 1e-5,
-           .reference = recurrence_reference(cell, reverse, !reverse)});
-    }
-  for (RecurrentCell cell : {RecurrentCell::lstm, RecurrentCell::gru, RecurrentCell::rnn_tanh}) {
-    const RecurrenceCase rc{cell, true, true};
+    for (bool reverse : {false, true}) cases.push_back({cell, reverse, !reverse});
+  for (bool reverse : {false, true})
+    cases.push_back({RecurrentCell::lstm, reverse, !reverse, true});
+  for (const RecurrenceCase& rc : cases)
+    add({.op = "recurrence",
+         .name = rc.name("recurrence"),
+         .build = [rc](CaseGraph& c) { return rc.forward(c); },
+         .parity = false,
+         .fd_rtol = 1e-5,
+         .reference = rc.reference()});
+  for (const RecurrenceCase& rc : {RecurrenceCase{RecurrentCell::lstm, true, true},
+                                   RecurrenceCase{RecurrentCell::gru, true, true},
+                                   RecurrenceCase{RecurrentCell::rnn_tanh, true, true},
+                                   RecurrenceCase{RecurrentCell::lstm, false, true, true}})
     add({.op = "recurrence_grad",
          .name = rc.name("recurrence_grad"),
          .build =
              [rc](CaseGraph& c) {
-               const std::vector<Value> in = rc.inputs(c);
+               std::vector<Value> in = rc.inputs(c);
                const Value y = rc.forward_of(in);
-               std::vector<Value> wrt(in.begin(),
-                                      in.begin() + (rc.cell == RecurrentCell::lstm ? 5 : 4));
-               std::vector<Value> d = gradients(sum(y * c.input(y.shape())), wrt);
+               if (rc.has_lengths) in.pop_back();  // every float input
+               std::vector<Value> d = gradients(sum(y * c.input(y.shape())), in);
                for (Value& v : d) v = reshape(v, {-1});
                return concat(d, 0);
              },
          .gradients = false,
          .parity = false});
-  }
 }
 
 }  // namespace kiln::testing

@@ -36,6 +36,7 @@ std::unique_ptr<nn::Recurrent> make_layer(Graph& g, RecurrentCell cell,
 struct Config {
   RecurrentCell cell;
   bool batch_first, lengths, states;
+  int64_t proj_size = 0;
 };
 
 class UnknownLength : public ::testing::TestWithParam<Config> {};
@@ -49,23 +50,27 @@ TEST_P(UnknownLength, MatchesTheUnrolledLayer) {
   for (const int64_t length : {int64_t{5}, int64_t{2}}) {
     SCOPED_TRACE(str("T = ", length));
     Graph g;
-    auto layer = make_layer(
-        g, config.cell,
-        {.num_layers = kLayers, .batch_first = config.batch_first, .bidirectional = true});
+    auto layer = make_layer(g, config.cell,
+                            {.num_layers = kLayers,
+                             .batch_first = config.batch_first,
+                             .bidirectional = true,
+                             .proj_size = config.proj_size});
     const Shape known =
         config.batch_first ? Shape{kBatch, length, kInput} : Shape{length, kBatch, kInput};
     const Shape open{-1, -1, kInput};  // the batch unknown too
     Value x_known = g.placeholder("x_known", f32, known);
     Value x_open = g.placeholder("x_open", f32, open);
-    const Shape state{2 * kLayers, kBatch, kHidden};
+    const Shape state{2 * kLayers, kBatch, config.proj_size > 0 ? config.proj_size : kHidden};
+    const Shape cell_state{2 * kLayers, kBatch, kHidden};
     Value h0 = config.states ? g.placeholder("h0", f32, state) : Value();
-    Value c0 = config.states && lstm ? g.placeholder("c0", f32, state) : Value();
+    Value c0 = config.states && lstm ? g.placeholder("c0", f32, cell_state) : Value();
     // One sequence past T (counts as T), one empty, the others shorter.
     Value lengths =
         config.lengths ? g.constant(Tensor::from_vector<int32_t>({2, 0, 9, 1})) : Value();
     std::vector<Value> wrt;
     for (const nn::Recurrent::Weights& w : layer->weights)
-      for (const Value& v : {w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh}) wrt.push_back(v);
+      for (const Value& v : {w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh, w.weight_hr})
+        if (v.defined()) wrt.push_back(v);
     if (h0.defined()) wrt.push_back(h0);
     if (c0.defined()) wrt.push_back(c0);
     // What each call gives: output, h_n, [c_n], then the gradients in its x and in `wrt`.
@@ -90,7 +95,7 @@ TEST_P(UnknownLength, MatchesTheUnrolledLayer) {
     const Tensor xv = testing::random_tensor(f32, known, -2, 2, 1);
     FeedList feeds{{x_known, xv}, {x_open, xv}};
     if (h0.defined()) feeds.emplace_back(h0, testing::random_tensor(f32, state, -1, 1, 2));
-    if (c0.defined()) feeds.emplace_back(c0, testing::random_tensor(f32, state, -1, 1, 3));
+    if (c0.defined()) feeds.emplace_back(c0, testing::random_tensor(f32, cell_state, -1, 1, 3));
     const std::vector<Tensor> want = s.run(feeds, unrolled), got = s.run(feeds, scanned);
     ASSERT_EQ(want.size(), got.size());
     for (size_t i = 0; i < want.size(); ++i) {
@@ -104,6 +109,8 @@ TEST_P(UnknownLength, MatchesTheUnrolledLayer) {
 INSTANTIATE_TEST_SUITE_P(Recurrence, UnknownLength,
                          ::testing::Values(Config{RecurrentCell::lstm, false, true, true},
                                            Config{RecurrentCell::lstm, true, false, false},
+                                           Config{RecurrentCell::lstm, true, true, true, 3},
+                                           Config{RecurrentCell::lstm, false, false, false, 2},
                                            Config{RecurrentCell::gru, true, true, true},
                                            Config{RecurrentCell::gru, false, false, false},
                                            Config{RecurrentCell::rnn_tanh, false, true, false},
@@ -111,6 +118,7 @@ INSTANTIATE_TEST_SUITE_P(Recurrence, UnknownLength,
                          [](const ::testing::TestParamInfo<Config>& info) {
                            const Config& c = info.param;
                            return str(recurrent_cell_name(c.cell),
+                                      c.proj_size > 0 ? "_projected" : "",
                                       c.batch_first ? "_batch_first" : "",
                                       c.lengths ? "_lengths" : "", c.states ? "_states" : "");
                          });
@@ -144,7 +152,7 @@ TEST(Recurrence, BadInputsAreErrorsNamingTheOpAndTheValues) {
       [&] {
         recurrence(RecurrentCell::lstm, x, w, b, g.placeholder("h3", f32, {3, 2}), h0);
       },
-      {"[recurrence]", "h0 must be [B, H] = [2, 2] or [1, H], got [3, 2]"});
+      {"[recurrence]", "h0 must be [B, H] = [2, 2] or [1, 2], got [3, 2]"});
   expect_error<GraphError>(
       [&] { recurrence(RecurrentCell::lstm, x, w, g.placeholder("b4", f32, {4}), h0, h0); },
       {"[recurrence]", "bias_hh must be [8], got [4]"});
@@ -168,10 +176,21 @@ TEST(Recurrence, BadInputsAreErrorsNamingTheOpAndTheValues) {
               {out.output});
       },
       {"[recurrence]", "length -1 of sequence 1 is negative"});
-  // A projection needs the length when the layer is built.
-  nn::LSTM projected(g, "projected", 8, 4, {.proj_size = 2});
-  expect_error<GraphError>([&] { projected(x); }, {"[nn] LSTM projected", "proj_size 2",
-                                                   "needs a sequence length known", "[?, 2, 8]"});
+  // A projection is the LSTM's, at most H wide.
+  Value gates = g.placeholder("gates", f32, {-1, 2, 6});  // 3 H for the GRU, H = 2
+  expect_error<GraphError>(
+      [&] {
+        recurrence(RecurrentCell::gru, gates, g.placeholder("w6", f32, {2, 6}),
+                   g.placeholder("b6", f32, {6}), h0, {}, {}, false, w);
+      },
+      {"[recurrence]", "a projection (weight_hr) is the lstm cell's, not the gru cell's"});
+  expect_error<GraphError>(
+      [&] {
+        recurrence(RecurrentCell::lstm, x, g.placeholder("w3", f32, {3, 8}), b,
+                   g.placeholder("p3", f32, {2, 3}), h0, {}, false,
+                   g.placeholder("r3", f32, {2, 3}));
+      },
+      {"[recurrence]", "the projection's width P = 3 is above H = 2"});
 }
 
 }  // namespace

@@ -50,8 +50,8 @@
 //        (ReLU, no bias, time-major), and the GRU's output -> an LSTM with proj_size 3
 //        (bidirectional, the same lengths); a Linear on the first LSTM's last backward c_n, the
 //        GRU's and RNN's h_n and the projected LSTM's backward h_n; cross entropy; Adam (eps 1e-6).
-//   recurrent_open: the same without the projected LSTM, over ids [B, ?]: a sequence length
-//        unknown when the graph is built, so each layer is recurrence ops (ops/nn/recurrence.cc).
+//   recurrent_open: the same over ids [B, ?]: a sequence length unknown when the graph is
+//        built, so each layer is recurrence ops (ops/nn/recurrence.cc).
 //   activations: a chain of Linear layers, each followed by one of ELU (alpha 0.7), SELU, CELU
 //        (alpha 0.5), PReLU (a slope per feature), Hardswish, Mish, Softsign, ReLU6,
 //        Hardsigmoid, Hardtanh and LogSigmoid; cross entropy plus L1, smooth L1, KL divergence
@@ -501,8 +501,7 @@ void decoder(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
-// `open`: the ids' length is unknown when the graph is built, and the projected LSTM (which needs
-// it) is left out.
+// `open`: the ids' length is unknown when the graph is built.
 void recurrent(const std::filesystem::path& dir, Device device, bool open = false) {
   std::filesystem::create_directories(dir);
   constexpr int64_t kBatch = 3, kLength = 7, kVocab = 11, kDim = 6;
@@ -518,18 +517,16 @@ void recurrent(const std::filesystem::path& dir, Device device, bool open = fals
   nn::RNN rnn(g, "rnn", 5, 4, {.bias = false}, nn::RNN::Nonlinearity::relu);
   nn::LSTM projected(g, "projected", 5, 6,
                      {.batch_first = true, .bidirectional = true, .proj_size = 3});
-  nn::Linear head(g, "head", open ? 17 : 20, 3);
-  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);               // [B, T, 16]
-  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);     // [B, T, 5]
-  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));  // time-major
+  nn::Linear head(g, "head", 20, 3);
+  const nn::RecurrentResult encoded = lstm.run(embed(ids), h0, c0);                 // [B, T, 16]
+  const nn::RecurrentResult gated = gru.run(encoded.output, {}, {}, lengths);       // [B, T, 5]
+  const nn::RecurrentResult plain = rnn.run(transpose(gated.output, {1, 0, 2}));    // time-major
+  const nn::RecurrentResult narrow = projected.run(gated.output, {}, {}, lengths);  // [B, T, 6]
   // The last layer's backward cell, the GRU's and the RNN's last h, the projected backward h.
-  std::vector<Value> parts{squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
-                           squeeze(plain.hidden, {0})};
-  if (!open) {
-    const nn::RecurrentResult narrow = projected.run(gated.output, {}, {}, lengths);  // [B, T, 6]
-    parts.push_back(squeeze(slice(narrow.hidden, {1}, {2}), {0}));
-  }
-  Value features = concat(parts, -1);
+  Value features =
+      concat({squeeze(slice(encoded.cell, {3}, {4}), {0}), squeeze(gated.hidden, {0}),
+              squeeze(plain.hidden, {0}), squeeze(slice(narrow.hidden, {1}, {2}), {0})},
+             -1);
   Value loss = cross_entropy(head(features), labels);
   // eps 1e-6: with the default 1e-8 Adam's first steps are +-lr for any gradient above ~1e-7,
   // so one of the 1,300 gradients that is that small moved differently by f32 rounding alone.
@@ -539,8 +536,7 @@ void recurrent(const std::filesystem::path& dir, Device device, bool open = fals
   std::vector<Value> variables;
   for (const nn::Module* m :
        std::initializer_list<const nn::Module*>{&embed, &lstm, &gru, &rnn, &projected, &head})
-    if (!open || m != &projected)
-      for (const Value& v : m->parameters()) variables.push_back(v);
+    for (const Value& v : m->parameters()) variables.push_back(v);
   std::vector<int64_t> id_values;
   for (int64_t i = 0; i < kBatch * kLength; ++i) id_values.push_back((i * 5 + i / 4) % kVocab);
   Session session(g, {.device = device});

@@ -510,7 +510,7 @@ def pooling(run):
                        x, y)
 
 
-def recurrent(run, projected_lstm=True):
+def recurrent(run):
     ids = torch.tensor(run.load("ids.npy"))
     labels = torch.tensor(run.load("labels.npy"))
     h0 = torch.tensor(run.load("h0.npy")).double()
@@ -522,14 +522,11 @@ def recurrent(run, projected_lstm=True):
     gru = nn.GRU(16, 5, batch_first=True)
     rnn = nn.RNN(5, 4, nonlinearity="relu", bias=False)
     projected = nn.LSTM(5, 6, batch_first=True, bidirectional=True, proj_size=3)
-    head = nn.Linear(20 if projected_lstm else 17, 3)
+    head = nn.Linear(20, 3)
     where = {"embed/weight": (embed.weight, None, False)}
     linear_place(where, "head", head)
     # Kiln's recurrent weights are PyTorch's transposed (as Linear's); the names are PyTorch's.
-    layers = [("lstm", lstm), ("gru", gru), ("rnn", rnn)]
-    if projected_lstm:
-        layers.append(("projected", projected))
-    for name, module in layers:
+    for name, module in (("lstm", lstm), ("gru", gru), ("rnn", rnn), ("projected", projected)):
         for parameter, tensor in module.named_parameters():
             where[f"{name}/{parameter}"] = (tensor, None, parameter.startswith("weight"))
     port = Port(run, where)
@@ -544,12 +541,10 @@ def recurrent(run, projected_lstm=True):
         packed = nn.utils.rnn.pack_padded_sequence(encoded, lengths, batch_first=True,
                                                    enforce_sorted=False)
         gated, gru_h = gru(packed)
-        if projected_lstm:
-            _, (narrow_h, _) = projected(gated)  # the GRU's packed output, the same lengths
+        _, (narrow_h, _) = projected(gated)  # the GRU's packed output, the same lengths
         gated = nn.utils.rnn.pad_packed_sequence(gated, batch_first=True, total_length=7)[0]
         _, rnn_h = rnn(gated.transpose(0, 1))
-        parts = [c_n[3], gru_h[0], rnn_h[0]] + ([narrow_h[1]] if projected_lstm else [])
-        features = torch.cat(parts, -1)
+        features = torch.cat([c_n[3], gru_h[0], rnn_h[0], narrow_h[1]], -1)
         loss = F.cross_entropy(head(features), labels)
         loss.backward()
         adam.step()
@@ -769,8 +764,7 @@ def main():
                          ("ae", autoencoder),
                          ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
-                         ("recurrent", recurrent),
-                         ("recurrent_open", lambda run: recurrent(run, projected_lstm=False)),
+                         ("recurrent", recurrent), ("recurrent_open", recurrent),
                          ("activations", activations),
                          ("segment", segment), ("losses", losses),
                          ("volume", volume)):
