@@ -40,14 +40,6 @@ RecurrentCell cell_of(const InferContext& ctx) {
   return cell;
 }
 
-RecurrentCell cell_of(const KernelContext& ctx) {
-  RecurrentCell cell;
-  const std::string& name = ctx.attr<std::string>("cell");
-  if (!parse_recurrent_cell(name, cell))
-    throw Error(str(ctx.where(), ": cell \"", name, "\" is unknown"));
-  return cell;
-}
-
 // The sizes the kernels read: width G H, and the state's width (H, or a projected LSTM's P).
 struct RecurrenceSizes {
   int64_t time, batch, hidden, width, state;
@@ -426,23 +418,14 @@ void recurrence_backward_cpu(KernelContext& ctx) {
 
 template <bool kGrad>
 void recurrence_cpu(KernelContext& ctx) {
-  const RecurrentCell cell = cell_of(ctx);
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
-    switch (cell) {
-      case RecurrentCell::rnn_tanh:
-        return kGrad ? recurrence_backward_cpu<RecurrentCell::rnn_tanh, T>(ctx)
-                     : recurrence_forward_cpu<RecurrentCell::rnn_tanh, T>(ctx);
-      case RecurrentCell::rnn_relu:
-        return kGrad ? recurrence_backward_cpu<RecurrentCell::rnn_relu, T>(ctx)
-                     : recurrence_forward_cpu<RecurrentCell::rnn_relu, T>(ctx);
-      case RecurrentCell::lstm:
-        return kGrad ? recurrence_backward_cpu<RecurrentCell::lstm, T>(ctx)
-                     : recurrence_forward_cpu<RecurrentCell::lstm, T>(ctx);
-      case RecurrentCell::gru:
-        return kGrad ? recurrence_backward_cpu<RecurrentCell::gru, T>(ctx)
-                     : recurrence_forward_cpu<RecurrentCell::gru, T>(ctx);
-    }
+    dispatch_recurrent_cell(kernel_cell(ctx), [&](auto cell) {
+      if constexpr (kGrad)
+        recurrence_backward_cpu<decltype(cell)::value, T>(ctx);
+      else
+        recurrence_forward_cpu<decltype(cell)::value, T>(ctx);
+    });
   });
 }
 

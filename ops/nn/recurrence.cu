@@ -26,14 +26,6 @@ struct DeviceActivations {
   }
 };
 
-RecurrentCell cell_of(const KernelContext& ctx) {
-  RecurrentCell cell;
-  const std::string& name = ctx.attr<std::string>("cell");
-  if (!parse_recurrent_cell(name, cell))
-    throw Error(str(ctx.where(), ": cell \"", name, "\" is unknown"));
-  return cell;
-}
-
 // The lengths input `i` when there is one (nullptr otherwise), checked on the device: a
 // negative one is reported through the error block (one above T counts as T).
 const int64_t* checked_lengths(const KernelContext& ctx, int i, int64_t time) {
@@ -263,23 +255,14 @@ void recurrence_backward(KernelContext& ctx) {
 
 template <bool kGrad>
 void recurrence_cuda(KernelContext& ctx) {
-  const RecurrentCell cell = cell_of(ctx);
   dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
-    switch (cell) {
-      case RecurrentCell::rnn_tanh:
-        return kGrad ? recurrence_backward<RecurrentCell::rnn_tanh, T>(ctx)
-                     : recurrence_forward<RecurrentCell::rnn_tanh, T>(ctx);
-      case RecurrentCell::rnn_relu:
-        return kGrad ? recurrence_backward<RecurrentCell::rnn_relu, T>(ctx)
-                     : recurrence_forward<RecurrentCell::rnn_relu, T>(ctx);
-      case RecurrentCell::lstm:
-        return kGrad ? recurrence_backward<RecurrentCell::lstm, T>(ctx)
-                     : recurrence_forward<RecurrentCell::lstm, T>(ctx);
-      case RecurrentCell::gru:
-        return kGrad ? recurrence_backward<RecurrentCell::gru, T>(ctx)
-                     : recurrence_forward<RecurrentCell::gru, T>(ctx);
-    }
+    dispatch_recurrent_cell(kernel_cell(ctx), [&](auto cell) {
+      if constexpr (kGrad)
+        recurrence_backward<decltype(cell)::value, T>(ctx);
+      else
+        recurrence_forward<decltype(cell)::value, T>(ctx);
+    });
   });
 }
 KILN_CUDA_KERNEL(recurrence, recurrence_cuda<false>, cuda_dtypes(DTypeClass::floating));

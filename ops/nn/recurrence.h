@@ -12,8 +12,11 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <type_traits>
 
 #include "kiln/framework/dtype.h"
+#include "kiln/framework/kernel.h"
 #include "kiln/ops/nn/recurrent_cell.h"
 #include "kiln/ops/nn/recurrent_cells.h"
 
@@ -60,6 +63,30 @@ inline RecurrenceInputs grad_inputs(RecurrentCell cell, bool projected) {
   if (projected) in.weight_hr = next++;
   in.count = next;
   return in;
+}
+
+/// The cell a recurrence node's kernel runs (its `cell` attribute).
+inline RecurrentCell kernel_cell(const KernelContext& ctx) {
+  RecurrentCell cell = RecurrentCell::lstm;
+  const std::string& name = ctx.attr<std::string>("cell");
+  if (!parse_recurrent_cell(name, cell))
+    throw Error(str(ctx.where(), ": cell \"", name, "\" is unknown"));
+  return cell;
+}
+
+/// fn(std::integral_constant<RecurrentCell, cell>{}): a kernel instantiated for each cell.
+template <typename Fn>
+void dispatch_recurrent_cell(RecurrentCell cell, Fn&& fn) {
+  switch (cell) {
+    case RecurrentCell::rnn_tanh:
+      return fn(std::integral_constant<RecurrentCell, RecurrentCell::rnn_tanh>{});
+    case RecurrentCell::rnn_relu:
+      return fn(std::integral_constant<RecurrentCell, RecurrentCell::rnn_relu>{});
+    case RecurrentCell::lstm:
+      return fn(std::integral_constant<RecurrentCell, RecurrentCell::lstm>{});
+    case RecurrentCell::gru:
+      return fn(std::integral_constant<RecurrentCell, RecurrentCell::gru>{});
+  }
 }
 
 /// The step the i-th iteration of the forward runs.
