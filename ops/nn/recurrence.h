@@ -8,7 +8,9 @@
 //          h = (1 - z) n + z h_prev
 // The backward gives each step's gradient in x (dx) and in hg (dhg; equal to dx except for the
 // GRU's n block, d_n r), and what reaches h_prev besides hg (the GRU's dh z): the op then adds
-// dhg W_hh^T to it, and sums h_prev^T dhg over the steps for W_hh's gradient.
+// dhg W_hh^T to it, and sums h_prev^T dhg over the steps for W_hh's gradient. An LSTM with a
+// projection W_hr [H, P] keeps a P wide state h = (o tanh(c)) W_hr: the op multiplies each step's
+// cell output by W_hr, and its gradient by W_hr^T, around these elements.
 #pragma once
 
 #include <cstdint>
@@ -33,16 +35,17 @@ KILN_HOST_DEVICE constexpr bool recurrent_has_aux(RecurrentCell cell) {
   return cell == RecurrentCell::lstm || cell == RecurrentCell::gru;
 }
 
-/// Where a node's inputs after the fixed ones are (-1: absent). recurrence: x, weight_hh, bias_hh,
-// h0, then c0 (LSTM), weight_hr (a projected LSTM), lengths (when given). recurrence_grad:
-// weight_hh, h0, y, act, dy, dh_last, then aux (LSTM, GRU), c0 and dc_last (LSTM), weight_hr
-// (projected), lengths.
+/// Where a node's inputs after the fixed ones are (-1: absent). recurrence: x, weight_hh,
+/// bias_hh, h0, then c0 (LSTM), weight_hr (a projected LSTM), lengths (when given).
+/// recurrence_grad: weight_hh, h0, y, act, dy, dh_last, then aux (LSTM, GRU), c0 and dc_last
+/// (LSTM), weight_hr (projected), lengths.
 struct RecurrenceInputs {
   int c0 = -1, weight_hr = -1, aux = -1, dc_last = -1;
   int count = 0;  // the inputs before lengths
   int lengths(int num_inputs) const { return num_inputs > count ? count : -1; }
 };
 
+/// The places of a recurrence node's inputs.
 inline RecurrenceInputs forward_inputs(RecurrentCell cell, bool projected) {
   RecurrenceInputs in;
   int next = 4;
@@ -52,6 +55,7 @@ inline RecurrenceInputs forward_inputs(RecurrentCell cell, bool projected) {
   return in;
 }
 
+/// The places of a recurrence_grad node's inputs.
 inline RecurrenceInputs grad_inputs(RecurrentCell cell, bool projected) {
   RecurrenceInputs in;
   int next = 6;
