@@ -4,10 +4,11 @@
 //
 // Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step,
-// gru_step, upsample_step and ctc_step (the last four by hand: not in run.sh; also
-// lstm_scan_step and gru_scan_step, the same steps with a sequence length unknown when the graph
-// is built, attention_step_alibi, attention_step_softcap, attention_window_step_mask and
-// decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
+// gru_step, upsample_step and ctc_step (the last four by hand: not in run.sh; also by hand:
+// lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when
+// the graph is built, and attention_step_alibi, attention_step_softcap,
+// attention_window_step_mask and decode_long_step_late, the same step at position 2,000),
+// attention_window_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
 // graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
 // Chrome trace of the runs).

@@ -110,9 +110,8 @@ RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value
   const int64_t length = s[time_axis], batch = s[1 - time_axis];
   const std::vector<Value> h_rows = initial_rows(h0, batch, output_size(), "h0");
   const std::vector<Value> c_rows = initial_rows(c0, batch, hidden_, "c0");
-  const std::vector<Value> valid =
-      known ? valid_steps(lengths, length, batch) : std::vector<Value>{};
-  if (!known) check_lengths(lengths, batch);
+  check_lengths(lengths, batch);
+  const std::vector<Value> valid = known ? valid_steps(lengths, length) : std::vector<Value>{};
   const int64_t gate_width = weights.front().weight_ih.shape()[1];
   // The input projection's bias: b_ih, and b_hh too where the step would add it as it is.
   auto input_bias = [&](const Weights& w) {
@@ -204,9 +203,8 @@ void Recurrent::check_lengths(const Value& lengths, int64_t batch) {
              lengths.dtype(), " ", s);
 }
 
-std::vector<Value> Recurrent::valid_steps(const Value& lengths, int64_t length, int64_t batch) {
+std::vector<Value> Recurrent::valid_steps(const Value& lengths, int64_t length) {
   if (!lengths.defined()) return {};
-  check_lengths(lengths, batch);
   // [T, 1] step numbers against [1, B] lengths: [T, B], then one [B, 1] row per step.
   const Value steps = iota(graph(), Shape{length, 1}, 0, lengths.dtype());
   const Value takes = less(steps, expand_dims(lengths, {0}));

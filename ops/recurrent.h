@@ -110,8 +110,8 @@ class Recurrent : public Module {
                             const Weights& w, const std::vector<Value>& valid);
   /// Checks `lengths` (when defined): an integer [B] of this graph.
   void check_lengths(const Value& lengths, int64_t batch);
-  /// Per step t, the bool [B, 1] t < lengths (`lengths` checked: an integer [B]).
-  std::vector<Value> valid_steps(const Value& lengths, int64_t length, int64_t batch);
+  /// Per step t, the bool [B, 1] t < lengths (`lengths` already checked: an integer [B]).
+  std::vector<Value> valid_steps(const Value& lengths, int64_t length);
   /// A [layers D, B, width] initial state's row for (layer, direction), squeezed to [B, width].
   std::vector<Value> initial_rows(const Value& initial, int64_t batch, int64_t width,
                                   const char* what);
