@@ -1,6 +1,7 @@
 #include "kiln/autograd/optim.h"
 
 #include <cmath>
+#include <set>
 
 #include "kiln/autograd/gradients.h"
 #include "kiln/ops/array.h"
@@ -25,6 +26,49 @@ Schedule Schedule::cosine(int64_t total_steps, double min_lr) {
   return s;
 }
 
+Schedule Schedule::multi_step(std::vector<int64_t> milestones, double gamma) {
+  Schedule s;
+  s.kind = Kind::multi_step;
+  s.milestones = std::move(milestones);
+  s.gamma = gamma;
+  return s;
+}
+
+Schedule Schedule::exponential(double gamma) {
+  Schedule s;
+  s.kind = Kind::exponential;
+  s.gamma = gamma;
+  return s;
+}
+
+Schedule Schedule::linear(double start_factor, double end_factor, int64_t total_steps) {
+  Schedule s;
+  s.kind = Kind::linear;
+  s.start_factor = start_factor;
+  s.end_factor = end_factor;
+  s.total_steps = total_steps;
+  return s;
+}
+
+Schedule Schedule::polynomial(int64_t total_steps, double power) {
+  Schedule s;
+  s.kind = Kind::polynomial;
+  s.total_steps = total_steps;
+  s.power = power;
+  return s;
+}
+
+Schedule Schedule::one_cycle(int64_t total_steps, double pct_start, double div_factor,
+                             double final_div_factor) {
+  Schedule s;
+  s.kind = Kind::one_cycle;
+  s.total_steps = total_steps;
+  s.pct_start = pct_start;
+  s.div_factor = div_factor;
+  s.final_div_factor = final_div_factor;
+  return s;
+}
+
 Schedule Schedule::with_warmup(int64_t steps) const {
   Schedule s = *this;
   s.warmup_steps = steps;
@@ -40,11 +84,24 @@ Value global_step(Graph& graph) {
   return graph.variable("global_step", Shape{}, init::zeros(), i64, /*trainable=*/false);
 }
 
+namespace {
+// The cosine interpolation from `from` (at progress 0) to `to` (at progress 1) of PyTorch's
+// schedulers: to + (from - to) (1 + cos(pi progress)) / 2.
+Value cosine_between(double from, double to, const Value& progress) {
+  return to + (cos(progress * M_PI) + 1.0) * (0.5 * (from - to));
+}
+}  // namespace
+
 Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
                     DType dtype) {
   KILN_CHECK(base_lr > 0, GraphError, "[optim] learning rate must be > 0, got ", base_lr);
   Value t = cast(step, dtype);
   Value lr = graph.scalar(base_lr, dtype);
+  const double total = static_cast<double>(schedule.total_steps);
+  auto need_total = [&](const char* kind) {
+    KILN_CHECK(schedule.total_steps > 0, GraphError, "[optim] the ", kind,
+               " schedule needs total_steps > 0, got ", schedule.total_steps);
+  };
   switch (schedule.kind) {
     case Schedule::Kind::constant:
       break;
@@ -54,11 +111,54 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       lr = lr * pow(graph.scalar(schedule.gamma, dtype), decays);
       break;
     }
+    case Schedule::Kind::multi_step: {
+      KILN_CHECK(!schedule.milestones.empty(), GraphError, "[optim] multi_step needs milestones");
+      std::vector<Value> passed;
+      for (size_t i = 0; i < schedule.milestones.size(); ++i) {
+        const int64_t m = schedule.milestones[i];
+        KILN_CHECK(m > 0 && (i == 0 || m > schedule.milestones[i - 1]), GraphError,
+                   "[optim] multi_step milestones must be positive and ascending; milestone ", i,
+                   " is ", m);
+        passed.push_back(cast(greater_equal(t, static_cast<double>(m)), dtype));
+      }
+      lr = lr * pow(graph.scalar(schedule.gamma, dtype), add_n(passed));
+      break;
+    }
+    case Schedule::Kind::exponential:
+      lr = lr * pow(graph.scalar(schedule.gamma, dtype), t);
+      break;
+    case Schedule::Kind::linear: {
+      need_total("linear");
+      Value progress = minimum(t, total) / total;
+      lr = lr * (schedule.start_factor + progress * (schedule.end_factor - schedule.start_factor));
+      break;
+    }
+    case Schedule::Kind::polynomial: {
+      need_total("polynomial");
+      lr = lr * pow(1.0 - minimum(t, total) / total, schedule.power);
+      break;
+    }
     case Schedule::Kind::cosine: {
-      KILN_CHECK(schedule.total_steps > 0, GraphError, "[optim] cosine needs total_steps > 0");
-      const double total = static_cast<double>(schedule.total_steps);
-      Value progress = minimum(t, graph.scalar(total, dtype)) * (M_PI / total);
-      lr = schedule.min_lr + (cos(progress) + 1.0) * (0.5 * (base_lr - schedule.min_lr));
+      need_total("cosine");
+      lr = cosine_between(base_lr, schedule.min_lr, minimum(t, total) / total);
+      break;
+    }
+    case Schedule::Kind::one_cycle: {
+      // OneCycleLR's two phases: the rise ends at step pct_start T - 1, the fall at T - 1.
+      const double rise_end = schedule.pct_start * total - 1, fall_end = total - 1;
+      KILN_CHECK(schedule.total_steps > 1 && rise_end > 0 && rise_end < fall_end, GraphError,
+                 "[optim] one_cycle needs pct_start * total_steps - 1 in (0, total_steps - 1); "
+                 "total_steps is ",
+                 schedule.total_steps, ", pct_start ", schedule.pct_start);
+      KILN_CHECK(schedule.div_factor > 0 && schedule.final_div_factor > 0, GraphError,
+                 "[optim] one_cycle needs div_factor and final_div_factor > 0");
+      const double initial = base_lr / schedule.div_factor;
+      const double final_lr = initial / schedule.final_div_factor;
+      Value clamped = minimum(t, fall_end);
+      Value rising = cosine_between(initial, base_lr, clamped / rise_end);
+      Value falling =
+          cosine_between(base_lr, final_lr, (clamped - rise_end) / (fall_end - rise_end));
+      lr = where(less_equal(clamped, rise_end), rising, falling);
       break;
     }
   }
@@ -67,6 +167,15 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
     lr = lr * minimum(ramp, graph.scalar(1, dtype));
   }
   return lr;
+}
+
+std::vector<ParamGroup> decay_matrices_only(const std::vector<Value>& variables) {
+  ParamGroup decayed, kept{.weight_decay = 0.0};
+  for (const Value& v : variables) (v.shape().rank() >= 2 ? decayed : kept).variables.push_back(v);
+  std::vector<ParamGroup> groups;
+  for (ParamGroup* group : {&decayed, &kept})
+    if (!group->variables.empty()) groups.push_back(std::move(*group));
+  return groups;
 }
 
 std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
@@ -98,6 +207,27 @@ Value Optimizer::slot(const Value& var, const std::string& suffix) {
       {.name = var.node().name() + "/" + suffix, .exact_name = true, .absolute_name = true});
 }
 
+Optimizer& Optimizer::with_param_groups(std::vector<ParamGroup> groups) {
+  KILN_CHECK(!groups.empty(), GraphError, "[optim] with_param_groups of no groups");
+  std::set<std::string> seen;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const ParamGroup& group = groups[i];
+    KILN_CHECK(!group.variables.empty(), GraphError, "[optim] parameter group ", i,
+               " has no variables");
+    KILN_CHECK(!group.lr || *group.lr > 0, GraphError, "[optim] parameter group ", i,
+               ": learning rate must be > 0, got ", group.lr.value_or(0));
+    for (const Value& v : group.variables) {
+      KILN_CHECK(v.defined() && v.node().op().source() == OutputSource::state, GraphError,
+                 "[optim] parameter group ", i, ": ", v.defined() ? v.name() : std::string("?"),
+                 " is not a variable");
+      KILN_CHECK(seen.insert(v.name()).second, GraphError, "[optim] ", v.name(),
+                 " is in two parameter groups (the second is group ", i, ")");
+    }
+  }
+  groups_ = std::move(groups);
+  return *this;
+}
+
 Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
   return apply_gradients(compute_gradients(loss, std::move(vars)));
 }
@@ -115,6 +245,9 @@ std::vector<GradientAndVariable> Optimizer::compute_gradients(const Value& loss,
                                                               std::vector<Value> vars) {
   KILN_CHECK(loss.defined(), GraphError, "[optim] minimize of an undefined loss");
   Graph& graph = *loss.graph();
+  if (vars.empty())
+    for (const ParamGroup& group : groups_)
+      vars.insert(vars.end(), group.variables.begin(), group.variables.end());
   if (vars.empty()) vars = graph.variables(/*trainable_only=*/true);
   KILN_CHECK(!vars.empty(), GraphError, "[optim] the graph has no trainable variables");
   for (const Value& v : vars)
@@ -194,11 +327,24 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
   }
   NameScope scope(graph, "optimizer");
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
-  std::map<DType, Value> lr_by_dtype;
+  // Each variable's group (none: the optimizer's own settings); one schedule per rate and dtype.
+  std::map<std::string, const ParamGroup*> group_of;
+  for (const ParamGroup& group : groups_)
+    for (const Value& v : group.variables) group_of[v.name()] = &group;
+  std::map<std::pair<DType, double>, Value> lr_by_dtype_and_rate;
   for (size_t i = 0; i < vars.size(); ++i) {
-    Value& lr = lr_by_dtype[vars[i].dtype()];
-    if (!lr.defined()) lr = learning_rate(graph, lr_, schedule_, step, vars[i].dtype());
-    updates.push_back(update(vars[i], grads[i], lr, step, apply_if));
+    const ParamGroup* group = nullptr;
+    if (!groups_.empty()) {
+      auto found = group_of.find(vars[i].name());
+      KILN_CHECK(found != group_of.end(), GraphError, "[optim] apply_gradients: ", vars[i].name(),
+                 " is in none of the ", groups_.size(), " parameter groups");
+      group = found->second;
+    }
+    const double base_lr = group && group->lr ? *group->lr : lr_;
+    const double decay = group && group->weight_decay ? *group->weight_decay : weight_decay();
+    Value& lr = lr_by_dtype_and_rate[{vars[i].dtype(), base_lr}];
+    if (!lr.defined()) lr = learning_rate(graph, base_lr, schedule_, step, vars[i].dtype());
+    updates.push_back(update(vars[i], grads[i], lr, step, decay, apply_if));
   }
   // A skipped step does not count.
   updates.push_back(
@@ -210,10 +356,10 @@ SGD::SGD(SGDOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
 
 Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&,
-                  const Value& apply_if) {
+                  double weight_decay, const Value& apply_if) {
   // Without momentum there is no buffer: var stands in for it and is not touched as one.
   Value buf = options_.momentum != 0 ? slot(var, "momentum") : var;
-  return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov, options_.weight_decay,
+  return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov, weight_decay,
                     apply_if);
 }
 
@@ -223,20 +369,20 @@ Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
       decoupled_(decoupled_weight_decay) {}
 
 Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                   const Value& apply_if) {
+                   double weight_decay, const Value& apply_if) {
   Value m = slot(var, "adam_m");  // made in this order, whatever the compiler's argument order
   Value v = slot(var, "adam_v");
   return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
-                     options_.weight_decay, decoupled_, apply_if);
+                     weight_decay, decoupled_, apply_if);
 }
 
 RMSProp::RMSProp(RMSPropOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value&,
-                      const Value& apply_if) {
-  return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps,
-                        options_.weight_decay, apply_if);
+                      double weight_decay, const Value& apply_if) {
+  return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps, weight_decay,
+                        apply_if);
 }
 
 }  // namespace kiln::optim

@@ -3,28 +3,69 @@
 // training graph trains without the code that built it.
 #pragma once
 
+#include <optional>
 #include <vector>
 
 #include "kiln/framework/graph.h"
 
 namespace kiln::optim {
 
-/// A learning-rate schedule, evaluated inside the graph from the step counter t (0-based).
+/// A learning-rate schedule, evaluated inside the graph from the step counter t (0-based), as
+/// the torch.optim.lr_scheduler of the same name stepped once per optimizer step. Each factor
+/// scales every parameter group's own learning rate alike.
 struct Schedule {
-  enum class Kind { constant, step_decay, cosine };
+  enum class Kind {
+    constant,
+    step_decay,
+    multi_step,
+    exponential,
+    linear,
+    polynomial,
+    cosine,
+    one_cycle
+  };
   Kind kind = Kind::constant;
-  int64_t step_size = 1;  ///< step_decay: lr * gamma^floor(t / step_size)
-  double gamma = 0.1;
+  int64_t step_size = 1;              ///< step_decay: lr * gamma^floor(t / step_size)
+  double gamma = 0.1;                 ///< step_decay, multi_step, exponential (lr * gamma^t)
+  std::vector<int64_t> milestones{};  ///< multi_step: lr * gamma^(number of milestones <= t)
+  /// linear: lr * (start + (end - start) min(t, T) / T); polynomial: lr (1 - min(t, T) / T)^power
+  double start_factor = 1, end_factor = 1, power = 1;
   int64_t total_steps = 1;  ///< cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2
   double min_lr = 0;
+  /// one_cycle (OneCycleLR, cosine annealing, two phases; lr is the peak): from lr / div_factor
+  /// up to lr over the first pct_start T steps, then down to lr / div_factor / final_div_factor
+  /// at step T - 1, where it stays.
+  double pct_start = 0.3, div_factor = 25, final_div_factor = 1e4;
   int64_t warmup_steps = 0;  ///< linear warm-up: the scheduled lr times min(1, (t + 1) / W)
 
   static Schedule constant() { return {}; }
   static Schedule step_decay(int64_t step_size, double gamma);
+  /// StepLR with several steps: gamma once more at each milestone (ascending steps).
+  static Schedule multi_step(std::vector<int64_t> milestones, double gamma);
+  static Schedule exponential(double gamma);
+  /// LinearLR: the factor goes linearly from start_factor to end_factor over total_steps.
+  static Schedule linear(double start_factor, double end_factor, int64_t total_steps);
+  /// PolynomialLR: decays to 0 at total_steps as (1 - t / T)^power.
+  static Schedule polynomial(int64_t total_steps, double power = 1);
   static Schedule cosine(int64_t total_steps, double min_lr = 0);
+  static Schedule one_cycle(int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
+                            double final_div_factor = 1e4);
   /// This schedule with a linear warm-up over the first `steps` steps.
   Schedule with_warmup(int64_t steps) const;
 };
+
+/// Variables trained with their own learning rate and weight decay (a torch.optim parameter
+/// group); a field left unset takes the optimizer's option.
+struct ParamGroup {
+  std::vector<Value> variables{};
+  std::optional<double> lr{};
+  std::optional<double> weight_decay{};
+};
+
+/// The usual split for weight decay (as GPT-2's and ViT's recipes): the matrices and kernels
+/// (rank >= 2) decay with the optimizer's weight decay; the vectors and scalars (biases, norm
+/// scales and shifts) do not. Empty groups are left out.
+std::vector<ParamGroup> decay_matrices_only(const std::vector<Value>& variables);
 
 struct SGDOptions {
   double lr = 0.01;
@@ -82,6 +123,11 @@ class Optimizer {
     scaling_ = true;
     return *this;
   }
+  /// Gives each group's variables the group's learning rate and weight decay. From then on
+  /// minimize() and compute_gradients() with no variables train the groups' variables (in
+  /// group order), and apply_gradients() refuses a variable that is in no group. A variable in
+  /// two groups, an empty group or a rate <= 0 is a GraphError.
+  Optimizer& with_param_groups(std::vector<ParamGroup> groups);
   /// The one-line form: apply_gradients(compute_gradients(loss, vars)).
   Value minimize(const Value& loss, std::vector<Value> vars = {});
   /// Step one: the gradients of `loss` with respect to `vars` (default: every trainable
@@ -102,9 +148,12 @@ class Optimizer {
  protected:
   Optimizer(double lr, Schedule schedule, double clip_norm)
       : lr_(lr), schedule_(schedule), clip_norm_(clip_norm) {}
-  /// The update op for one variable; it applies only where `apply_if` (when defined) is true.
+  /// The update op for one variable with its group's weight decay; it applies only where
+  /// `apply_if` (when defined) is true.
   virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                       const Value& apply_if) = 0;
+                       double weight_decay, const Value& apply_if) = 0;
+  /// The optimizer's own weight decay (a group's default).
+  virtual double weight_decay() const = 0;
   /// A zero-initialized, non-trainable variable "<var>/<suffix>" shaped like var.
   static Value slot(const Value& var, const std::string& suffix);
 
@@ -114,6 +163,7 @@ class Optimizer {
   double clip_norm_;
   LossScaleOptions loss_scale_;
   bool scaling_ = false;
+  std::vector<ParamGroup> groups_;
 };
 
 class SGD : public Optimizer {
@@ -122,7 +172,8 @@ class SGD : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               const Value& apply_if) override;
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
   SGDOptions options_;
 };
 
@@ -132,7 +183,8 @@ class Adam : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               const Value& apply_if) override;
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
   AdamOptions options_;
   bool decoupled_;
 };
@@ -149,7 +201,8 @@ class RMSProp : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               const Value& apply_if) override;
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
   RMSPropOptions options_;
 };
 

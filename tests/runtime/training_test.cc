@@ -255,6 +255,106 @@ TEST(Optimizers, SchedulesAndClipping) {
   EXPECT_NEAR(s.run({}, {loose[0]})[0].element(0), 3, 1e-9);
 }
 
+// The schedules added after cosine, at steps before, on and after their breakpoints. The
+// one-cycle values are PyTorch's OneCycleLR (max_lr 2, 20 steps, pct_start 0.3) printed by
+// torch 1.13; the others are its closed forms, which torch's schedulers match to 1e-16.
+TEST(Optimizers, MoreSchedulesMatchPyTorch) {
+  Graph g;
+  Value step = g.placeholder("step", i64, {});
+  auto lr = [&](double base, const optim::Schedule& schedule) {
+    return optim::learning_rate(g, base, schedule, step, f64);
+  };
+  Value multi = lr(1.0, optim::Schedule::multi_step({3, 7, 12}, 0.5));
+  Value expo = lr(2.0, optim::Schedule::exponential(0.9));
+  Value linear = lr(1.0, optim::Schedule::linear(0.25, 0.75, 8));
+  Value poly = lr(1.0, optim::Schedule::polynomial(10, 2.0));
+  Value cycle = lr(2.0, optim::Schedule::one_cycle(20));
+  const std::map<int64_t, double> torch_cycle = {
+      {0, 0.08},      {1, 0.2633436854},   {5, 2.0},    {6, 1.97492801247},
+      {12, 1.000004}, {18, 0.02507998753}, {19, 8e-06}, {30, 8e-06}};
+  Session s(g);
+  for (int64_t t : {0, 1, 2, 3, 5, 6, 7, 8, 10, 12, 18, 19, 30}) {
+    auto out = s.run({{step, Tensor::scalar<int64_t>(t)}}, {multi, expo, linear, poly, cycle});
+    const double td = static_cast<double>(t);
+    EXPECT_NEAR(out[0].item<double>(), std::pow(0.5, (t >= 3) + (t >= 7) + (t >= 12)), 1e-12) << t;
+    EXPECT_NEAR(out[1].item<double>(), 2.0 * std::pow(0.9, td), 1e-12) << t;
+    EXPECT_NEAR(out[2].item<double>(), 0.25 + 0.5 * std::min(td, 8.0) / 8, 1e-12) << t;
+    EXPECT_NEAR(out[3].item<double>(), std::pow(1 - std::min(td, 10.0) / 10, 2), 1e-12) << t;
+    if (torch_cycle.count(t)) {
+      EXPECT_NEAR(out[4].item<double>(), torch_cycle.at(t), 1e-10) << t;
+    }
+  }
+  expect_error<GraphError>(
+      [&] {
+        lr(1.0, optim::Schedule::multi_step({5, 3}, 0.1));
+      },
+      {"ascending", "milestone 1 is 3"});
+  expect_error<GraphError>([&] { lr(1.0, optim::Schedule::polynomial(0)); },
+                           {"polynomial schedule needs total_steps > 0, got 0"});
+  expect_error<GraphError>([&] { lr(1.0, optim::Schedule::one_cycle(2)); },
+                           {"one_cycle", "total_steps is 2"});
+}
+
+// Parameter groups: each variable's update uses its group's rate and weight decay; the
+// schedule scales every group. Plain SGD, so the reference is p -= lr_t (g + wd p) per group.
+TEST(Optimizers, ParamGroupsHaveTheirOwnRateAndDecay) {
+  Graph g;
+  Value w = g.variable("w", {2, 2}, init::zeros(), f64);
+  Value b = g.variable("b", {2}, init::zeros(), f64);
+  Value frozen = g.variable("frozen", {2}, init::zeros(), f64);
+  const std::vector<double> w0 = {0.5, -1, 2, 0.25}, b0 = {1, -2};
+  Value loss = (sum(square(w - 1.0)) + sum(square(b + 0.5)) + sum(square(frozen))) * 0.5;
+  const auto groups = optim::decay_matrices_only({w, b});
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].variables[0].name(), "w");
+  EXPECT_EQ(groups[1].variables[0].name(), "b");
+  EXPECT_EQ(groups[1].weight_decay, 0.0);
+  optim::SGD sgd({.lr = 0.1, .weight_decay = 0.2, .schedule = optim::Schedule::exponential(0.5)});
+  std::vector<optim::ParamGroup> with_rates = groups;
+  with_rates[1].lr = 0.3;
+  Value train = sgd.with_param_groups(with_rates).minimize(loss);  // frozen: in no group
+  Session s(g);
+  s.set_variable(w, Tensor::from_vector<double>(w0, {2, 2}));
+  s.set_variable(b, Tensor::from_vector<double>(b0));
+  s.set_variable(frozen, Tensor::from_vector<double>({3, 3}));
+  std::vector<double> rw = w0, rb = b0;
+  for (int t = 0; t < 3; ++t) {
+    s.run({}, {}, {train});
+    const double factor = std::pow(0.5, t);
+    for (double& p : rw) p -= 0.1 * factor * ((p - 1) + 0.2 * p);
+    for (double& p : rb) p -= 0.3 * factor * (p + 0.5);
+  }
+  auto got_w = s.variable_value(w).to_vector<double>(),
+       got_b = s.variable_value(b).to_vector<double>();
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(got_w[i], rw[i], 1e-14) << i;
+  for (int i = 0; i < 2; ++i) EXPECT_NEAR(got_b[i], rb[i], 1e-14) << i;
+  EXPECT_EQ(s.variable_value(frozen).to_vector<double>(), (std::vector<double>{3, 3}));
+
+  optim::SGD other;
+  expect_error<GraphError>(
+      [&] {
+        other.with_param_groups({{{w}}, {{b, w}}});
+      },
+      {"w is in two parameter groups", "group 1"});
+  expect_error<GraphError>(
+      [&] {
+        other.with_param_groups({{{w}}, {}});
+      },
+      {"parameter group 1 has no variables"});
+  expect_error<GraphError>(
+      [&] {
+        other.with_param_groups({{{w}, -1.0}});
+      },
+      {"parameter group 0", "must be > 0, got -1"});
+  expect_error<GraphError>([&] { other.with_param_groups({{{w * 2.0}}}); }, {"is not a variable"});
+  other.with_param_groups({{{w}}});
+  expect_error<GraphError>(
+      [&] {
+        other.apply_gradients({{b * 1.0, b}});
+      },
+      {"b is in none of the 1 parameter groups"});
+}
+
 // A small classifier, trained through its signatures.
 struct Model {
   Graph g;
