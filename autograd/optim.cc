@@ -194,14 +194,14 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
   return out;
 }
 
-Value Optimizer::slot(const Value& var, const std::string& suffix) {
+Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) {
   // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
   return var.graph()->add(
       "variable", {},
       {{"dtype", var.dtype()},
        {"shape", var.shape()},
-       {"init", std::string("zeros")},
-       {"init_args", std::vector<double>{}},
+       {"init", std::string(initial == 0 ? "zeros" : "constant")},
+       {"init_args", initial == 0 ? std::vector<double>{} : std::vector<double>{initial}},
        {"seed", int64_t{0}},
        {"trainable", false}},
       {.name = var.node().name() + "/" + suffix, .exact_name = true, .absolute_name = true});
@@ -372,17 +372,79 @@ Value Adam::update(const Value& var, const Value& grad, const Value& lr, const V
                    double weight_decay, const Value& apply_if) {
   Value m = slot(var, "adam_m");  // made in this order, whatever the compiler's argument order
   Value v = slot(var, "adam_v");
+  if (options_.amsgrad)
+    return amsgrad_update(var, m, v, slot(var, "adam_v_max"), grad, lr, step,
+                          {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
+                          apply_if);
   return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
                      weight_decay, decoupled_, apply_if);
+}
+
+namespace {
+void refuse_amsgrad(const AdamOptions& options, const char* optimizer) {
+  KILN_CHECK(!options.amsgrad, GraphError, "[optim] ", optimizer,
+             " has no amsgrad variant (Adam and AdamW do)");
+}
+}  // namespace
+
+Adamax::Adamax(AdamOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {
+  refuse_amsgrad(options, "Adamax");
+}
+
+Value Adamax::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                     double weight_decay, const Value& apply_if) {
+  Value m = slot(var, "adamax_m");
+  Value u = slot(var, "adamax_u");
+  return adamax_update(var, m, u, grad, lr, step,
+                       {options_.beta1, options_.beta2, options_.eps, weight_decay, false},
+                       apply_if);
+}
+
+RAdam::RAdam(AdamOptions options, bool decoupled_weight_decay)
+    : Optimizer(options.lr, options.schedule, options.clip_norm),
+      options_(options),
+      decoupled_(decoupled_weight_decay) {
+  refuse_amsgrad(options, "RAdam");
+}
+
+Value RAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                    double weight_decay, const Value& apply_if) {
+  Value m = slot(var, "radam_m");
+  Value v = slot(var, "radam_v");
+  return radam_update(var, m, v, grad, lr, step,
+                      {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
+                      apply_if);
+}
+
+Adagrad::Adagrad(AdagradOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {
+  KILN_CHECK(options.lr_decay >= 0 && options.initial_accumulator_value >= 0, GraphError,
+             "[optim] Adagrad needs lr_decay >= 0 and initial_accumulator_value >= 0, got ",
+             options.lr_decay, " and ", options.initial_accumulator_value);
+}
+
+Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                      double weight_decay, const Value& apply_if) {
+  return adagrad_update(var, slot(var, "adagrad_sum", options_.initial_accumulator_value), grad, lr,
+                        step, options_.lr_decay, options_.eps, weight_decay, apply_if);
 }
 
 RMSProp::RMSProp(RMSPropOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
 
-Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value&,
+Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                       double weight_decay, const Value& apply_if) {
-  return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps, weight_decay,
-                        apply_if);
+  if (options_.momentum == 0 && !options_.centered)
+    return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps,
+                          weight_decay, apply_if);
+  // Only the slots the variant keeps: var stands in for the others, which the update leaves.
+  Value sq = slot(var, "rms");
+  Value grad_avg = options_.centered ? slot(var, "rms_grad_avg") : var;
+  Value buf = options_.momentum != 0 ? slot(var, "rms_momentum") : var;
+  return rmsprop_momentum_update(var, sq, grad_avg, buf, grad, lr, step, options_.alpha,
+                                 options_.eps, weight_decay, options_.momentum, options_.centered,
+                                 apply_if);
 }
 
 }  // namespace kiln::optim

@@ -84,6 +84,17 @@ struct AdamOptions {
   double weight_decay = 0;  ///< Adam: L2 added to the gradient; AdamW: decoupled decay
   Schedule schedule{};
   double clip_norm = 0;
+  bool amsgrad = false;  ///< Adam and AdamW: the denominator from the largest v so far
+};
+
+struct AdagradOptions {
+  double lr = 0.01;
+  double lr_decay = 0;  ///< the rate at step t is lr / (1 + t lr_decay), then the schedule's
+  double weight_decay = 0;
+  double initial_accumulator_value = 0;
+  double eps = 1e-10;
+  Schedule schedule{};
+  double clip_norm = 0;
 };
 
 struct RMSPropOptions {
@@ -93,6 +104,8 @@ struct RMSPropOptions {
   double weight_decay = 0;
   Schedule schedule{};
   double clip_norm = 0;
+  double momentum = 0;    ///< > 0: b = momentum b + g / denominator, p -= lr b
+  bool centered = false;  ///< the denominator from the variance, sqrt(s - mean(g)^2) + eps
 };
 
 /// Dynamic loss scaling (for f16 training, as torch.cuda.amp.GradScaler): the loss is
@@ -154,8 +167,8 @@ class Optimizer {
                        double weight_decay, const Value& apply_if) = 0;
   /// The optimizer's own weight decay (a group's default).
   virtual double weight_decay() const = 0;
-  /// A zero-initialized, non-trainable variable "<var>/<suffix>" shaped like var.
-  static Value slot(const Value& var, const std::string& suffix);
+  /// A non-trainable variable "<var>/<suffix>" shaped like var, every element `initial`.
+  static Value slot(const Value& var, const std::string& suffix, double initial = 0);
 
  private:
   double lr_;
@@ -193,6 +206,44 @@ class Adam : public Optimizer {
 class AdamW : public Adam {
  public:
   explicit AdamW(AdamOptions options = {.weight_decay = 0.01}) : Adam(options, true) {}
+};
+
+/// Adamax (Adam with the infinity norm); AdamOptions' lr is then torch's default 2e-3 only if
+/// set so, and amsgrad is refused.
+class Adamax : public Optimizer {
+ public:
+  explicit Adamax(AdamOptions options = {.lr = 2e-3});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  AdamOptions options_;
+};
+
+/// RAdam (rectified Adam), with L2 or (decoupled_weight_decay) AdamW-style decay; amsgrad is
+/// refused.
+class RAdam : public Optimizer {
+ public:
+  explicit RAdam(AdamOptions options = {}, bool decoupled_weight_decay = false);
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  AdamOptions options_;
+  bool decoupled_;
+};
+
+class Adagrad : public Optimizer {
+ public:
+  explicit Adagrad(AdagradOptions options = {});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  AdagradOptions options_;
 };
 
 class RMSProp : public Optimizer {

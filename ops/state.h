@@ -33,4 +33,37 @@ Value adam_update(const Value& var, const Value& m, const Value& v, const Value&
 Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
                      double alpha, double eps, double weight_decay, const Value& apply_if = {});
 
+/// The updates whose per-element rule is shared by both devices (ops/state/element_rules.h).
+/// Each takes the variable, its slots, the gradient, lr and the step counter before this step.
+///   Adagrad: clr = lr / (1 + step lr_decay);  g' = g + wd p;  s += g'^2;
+///            p -= clr g' / (sqrt(s) + eps)
+Value adagrad_update(const Value& var, const Value& sum, const Value& grad, const Value& lr,
+                     const Value& step, double lr_decay, double eps, double weight_decay,
+                     const Value& apply_if = {});
+/// Adam's hyperparameters, shared by the AMSGrad, Adamax and RAdam updates: weight decay as L2
+/// in the gradient, or decoupled (p *= 1 - lr wd first).
+struct AdamHyperparameters {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  bool decoupled = false;
+};
+///   AMSGrad: Adam with v_max = max(v_max, v) in the denominator in place of v.
+Value amsgrad_update(const Value& var, const Value& m, const Value& v, const Value& v_max,
+                     const Value& grad, const Value& lr, const Value& step,
+                     const AdamHyperparameters& hyper, const Value& apply_if = {});
+///   Adamax:  m as Adam;  u = max(b2 u, |g'| + eps);  p -= lr / (1-b1^t) m / u
+Value adamax_update(const Value& var, const Value& m, const Value& u, const Value& grad,
+                    const Value& lr, const Value& step, const AdamHyperparameters& hyper,
+                    const Value& apply_if = {});
+///   RAdam:   m, v as Adam; the adaptive term rectified once rho_t > 5 (element_rules.h)
+Value radam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
+                   const Value& lr, const Value& step, const AdamHyperparameters& hyper,
+                   const Value& apply_if = {});
+///   RMSProp with momentum mu and/or centered: s as rmsprop_update; centered: a = alpha a +
+///   (1-alpha) g' and the denominator sqrt(s - a^2) + eps; momentum: b = mu b + g' / denominator,
+///   p -= lr b. `grad_avg` (not centered) and `buf` (mu = 0) may then be var itself, unused.
+Value rmsprop_momentum_update(const Value& var, const Value& sq, const Value& grad_avg,
+                              const Value& buf, const Value& grad, const Value& lr,
+                              const Value& step, double alpha, double eps, double weight_decay,
+                              double momentum, bool centered, const Value& apply_if = {});
+
 }  // namespace kiln

@@ -7,6 +7,7 @@
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math/blocked_product.h"
 #include "kiln/ops/state.h"
+#include "kiln/ops/state/element_rules.h"
 #include "kiln/ops/state/update_rules.h"
 
 namespace kiln {
@@ -240,6 +241,96 @@ KILN_OP(rmsprop_update)
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false); })
     .kernel(DeviceKind::cpu, rmsprop_cpu, {f32, f64});
 
+// ---- The updates whose rule is in element_rules.h (one formula for both devices). Inputs: var,
+// the rule's kSlots slots, grad, lr, step (the i64 count before this step), apply_if.
+
+template <typename Rule>
+void element_update_cpu(KernelContext& ctx) {
+  constexpr int kSlots = Rule::kSlots, kGradient = kSlots + 1;
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, kGradient + 3)) return;
+  const Rule rule(ctx);
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const auto k = rule.coefficients(*ctx.input(kGradient + 1).data<T>(),
+                                     *ctx.input(kGradient + 2).data<int64_t>());
+    T* p = mutable_data<T>(ctx.input(0));
+    T* slots[kSlots];
+    bool writes[kSlots];
+    for (int j = 0; j < kSlots; ++j) {
+      slots[j] = mutable_data<T>(ctx.input(1 + j));
+      writes[j] = rule.writes(j);
+    }
+    const T* g = ctx.input(kGradient).data<T>();
+    ctx.parallel_for(ctx.input(0).numel(), 8, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T s[kSlots];
+        for (int j = 0; j < kSlots; ++j) s[j] = writes[j] ? slots[j][i] : T(0);
+        rule.apply(k, p[i], s, g[i]);
+        for (int j = 0; j < kSlots; ++j)
+          if (writes[j]) slots[j][i] = s[j];
+      }
+    });
+  });
+}
+
+// The definition of an element update with its schema: var, `slots`, grad, lr, step, apply_if.
+// The caller adds the rule's attributes and the kernel.
+OpDef element_update(const char* name, std::initializer_list<const char*> slots) {
+  OpDef op(name);
+  op.input("var");
+  for (const char* slot : slots) op.input(slot);
+  op.input("grad").input("lr").input("step").variadic_input("apply_if", 0);
+  const int num_slots = static_cast<int>(slots.size());
+  for (int i = 0; i <= num_slots; ++i) op.mutates_input(i);
+  op.no_gradient().infer(
+      [num_slots](const InferContext& ctx) { return infer_update(ctx, num_slots, true); });
+  return op;
+}
+
+[[maybe_unused]] static OpRegistrar adagrad_registrar =
+    element_update("adagrad_update", {"sum"})
+        .attr("lr_decay", 0.0)
+        .attr("eps", 1e-10)
+        .attr("weight_decay", 0.0)
+        .kernel(DeviceKind::cpu, element_update_cpu<AdagradRule>, {f32, f64});
+
+[[maybe_unused]] static OpRegistrar amsgrad_registrar =
+    element_update("amsgrad_update", {"m", "v", "v_max"})
+        .attr("beta1", 0.9)
+        .attr("beta2", 0.999)
+        .attr("eps", 1e-8)
+        .attr("weight_decay", 0.0)
+        .attr("decoupled", false)
+        .kernel(DeviceKind::cpu, element_update_cpu<AmsgradRule>, {f32, f64});
+
+[[maybe_unused]] static OpRegistrar adamax_registrar =
+    element_update("adamax_update", {"m", "u"})
+        .attr("beta1", 0.9)
+        .attr("beta2", 0.999)
+        .attr("eps", 1e-8)
+        .attr("weight_decay", 0.0)
+        .attr("decoupled", false)
+        .kernel(DeviceKind::cpu, element_update_cpu<AdamaxRule>, {f32, f64});
+
+[[maybe_unused]] static OpRegistrar radam_registrar =
+    element_update("radam_update", {"m", "v"})
+        .attr("beta1", 0.9)
+        .attr("beta2", 0.999)
+        .attr("eps", 1e-8)
+        .attr("weight_decay", 0.0)
+        .attr("decoupled", false)
+        .kernel(DeviceKind::cpu, element_update_cpu<RadamRule>, {f32, f64});
+
+[[maybe_unused]] static OpRegistrar rmsprop_momentum_registrar =
+    element_update("rmsprop_momentum_update", {"sq", "grad_avg", "buf"})
+        .attr("alpha", 0.99)
+        .attr("eps", 1e-8)
+        .attr("weight_decay", 0.0)
+        .attr("momentum", 0.0)
+        .attr("centered", false)
+        .kernel(DeviceKind::cpu, element_update_cpu<RmspropMomentumRule>, {f32, f64});
+
 }  // namespace
 }  // namespace ops
 
@@ -275,6 +366,61 @@ Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const
   return common_graph("rmsprop_update", {&var, &sq, &grad, &lr})
       .add("rmsprop_update", with_apply_if({var, sq, grad, lr}, apply_if),
            {{"alpha", alpha}, {"eps", eps}, {"weight_decay", weight_decay}});
+}
+
+namespace {
+AttrMap adam_attrs(const AdamHyperparameters& hyper) {
+  return {{"beta1", hyper.beta1},
+          {"beta2", hyper.beta2},
+          {"eps", hyper.eps},
+          {"weight_decay", hyper.weight_decay},
+          {"decoupled", hyper.decoupled}};
+}
+}  // namespace
+
+Value adagrad_update(const Value& var, const Value& sum, const Value& grad, const Value& lr,
+                     const Value& step, double lr_decay, double eps, double weight_decay,
+                     const Value& apply_if) {
+  return common_graph("adagrad_update", {&var, &sum, &grad, &lr, &step})
+      .add("adagrad_update", with_apply_if({var, sum, grad, lr, step}, apply_if),
+           {{"lr_decay", lr_decay}, {"eps", eps}, {"weight_decay", weight_decay}});
+}
+
+Value amsgrad_update(const Value& var, const Value& m, const Value& v, const Value& v_max,
+                     const Value& grad, const Value& lr, const Value& step,
+                     const AdamHyperparameters& hyper, const Value& apply_if) {
+  return common_graph("amsgrad_update", {&var, &m, &v, &v_max, &grad, &lr, &step})
+      .add("amsgrad_update", with_apply_if({var, m, v, v_max, grad, lr, step}, apply_if),
+           adam_attrs(hyper));
+}
+
+Value adamax_update(const Value& var, const Value& m, const Value& u, const Value& grad,
+                    const Value& lr, const Value& step, const AdamHyperparameters& hyper,
+                    const Value& apply_if) {
+  return common_graph("adamax_update", {&var, &m, &u, &grad, &lr, &step})
+      .add("adamax_update", with_apply_if({var, m, u, grad, lr, step}, apply_if),
+           adam_attrs(hyper));
+}
+
+Value radam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
+                   const Value& lr, const Value& step, const AdamHyperparameters& hyper,
+                   const Value& apply_if) {
+  return common_graph("radam_update", {&var, &m, &v, &grad, &lr, &step})
+      .add("radam_update", with_apply_if({var, m, v, grad, lr, step}, apply_if), adam_attrs(hyper));
+}
+
+Value rmsprop_momentum_update(const Value& var, const Value& sq, const Value& grad_avg,
+                              const Value& buf, const Value& grad, const Value& lr,
+                              const Value& step, double alpha, double eps, double weight_decay,
+                              double momentum, bool centered, const Value& apply_if) {
+  return common_graph("rmsprop_momentum_update", {&var, &sq, &grad_avg, &buf, &grad, &lr, &step})
+      .add("rmsprop_momentum_update",
+           with_apply_if({var, sq, grad_avg, buf, grad, lr, step}, apply_if),
+           {{"alpha", alpha},
+            {"eps", eps},
+            {"weight_decay", weight_decay},
+            {"momentum", momentum},
+            {"centered", centered}});
 }
 
 }  // namespace kiln

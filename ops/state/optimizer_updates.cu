@@ -6,6 +6,7 @@
 
 #include "kiln/framework/op_registry.h"
 #include "kiln/ops/cuda/map.cuh"
+#include "kiln/ops/state/element_rules.h"
 
 namespace kiln::ops::cuda_optim {
 
@@ -114,6 +115,49 @@ void rmsprop_cuda(KernelContext& ctx) {
   ctx.set_output(0, ctx.input(0));
 }
 KILN_CUDA_KERNEL(rmsprop_update, rmsprop_cuda, {DType::f32, DType::f64});
+
+// The updates whose rule is in element_rules.h: var, Rule::kSlots slots, grad, lr, step,
+// apply_if. Each thread computes the step's coefficients from the device scalars (as Adam's).
+template <typename T, int kSlots>
+struct SlotPointers {
+  T* at[kSlots];
+};
+
+template <typename Rule, typename T>
+void element_update_typed(KernelContext& ctx) {
+  constexpr int kSlots = Rule::kSlots, kGradient = kSlots + 1;
+  const Rule rule(ctx);
+  T* p = mutable_data<T>(ctx.input(0));
+  SlotPointers<T, kSlots> slots;
+  for (int j = 0; j < kSlots; ++j) slots.at[j] = mutable_data<T>(ctx.input(1 + j));
+  const T* g = ctx.input(kGradient).data<T>();
+  const T* lr = ctx.input(kGradient + 1).data<T>();
+  const int64_t* step = ctx.input(kGradient + 2).data<int64_t>();
+  const bool* apply = apply_flag(ctx, kGradient + 3);
+  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
+    if (apply && !*apply) return;
+    const auto k = rule.coefficients(*lr, *step);
+    T s[kSlots];
+    for (int j = 0; j < kSlots; ++j) s[j] = rule.writes(j) ? slots.at[j][i] : T(0);
+    rule.apply(k, p[i], s, g[i]);
+    for (int j = 0; j < kSlots; ++j)
+      if (rule.writes(j)) slots.at[j][i] = s[j];
+  });
+}
+template <typename Rule>
+void element_update_cuda(KernelContext& ctx) {
+  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>) element_update_typed<Rule, T>(ctx);
+  });
+  ctx.set_output(0, ctx.input(0));
+}
+KILN_CUDA_KERNEL(adagrad_update, element_update_cuda<AdagradRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(amsgrad_update, element_update_cuda<AmsgradRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(adamax_update, element_update_cuda<AdamaxRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(radam_update, element_update_cuda<RadamRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(rmsprop_momentum_update, element_update_cuda<RmspropMomentumRule>,
+                 {DType::f32, DType::f64});
 
 // The product updates (matmul_sgd_update, matmul_adam_update: the gradient given as op(a) op(b),
 // inputs a_index and a_index + 1). The matmul_epilogue pass makes them for the CPU only; a graph

@@ -866,6 +866,75 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  // The updates with one rule for both devices (ops/state/element_rules.h): non-default
+  // attributes and a step count past the first, so every coefficient shows in GPU-vs-CPU.
+  const AdamHyperparameters adam{.beta1 = 0.8, .beta2 = 0.95, .weight_decay = 0.01};
+  add({.op = "adagrad_update",
+       .name = "adagrad_update",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return adagrad_update(var, c.variable({3, 4}, 0, 0.1), c.input({3, 4}), c.scalar(0.1),
+                                   c.g.scalar(4, i64), 0.1, 1e-6, 0.01);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "amsgrad_update",
+       .name = "amsgrad_update_decoupled",
+       .build =
+           [adam](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             Value m = c.variable({3, 4}, -0.1, 0.1), v = c.variable({3, 4}, 0, 0.1);
+             AdamHyperparameters decoupled = adam;
+             decoupled.decoupled = true;
+             return amsgrad_update(var, m, v, c.variable({3, 4}, 0, 0.1), c.input({3, 4}),
+                                   c.scalar(0.01), c.g.scalar(3, i64), decoupled);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "adamax_update",
+       .name = "adamax_update",
+       .build =
+           [adam](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             Value m = c.variable({3, 4}, -0.1, 0.1), u = c.variable({3, 4}, 0, 0.5);
+             return adamax_update(var, m, u, c.input({3, 4}), c.scalar(0.01), c.g.scalar(3, i64),
+                                  adam);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  // Step 9 with beta2 0.8: past the rectification threshold (rho_t > 5).
+  add({.op = "radam_update",
+       .name = "radam_update_rectified",
+       .build =
+           [adam](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             Value m = c.variable({3, 4}, -0.1, 0.1), v = c.variable({3, 4}, 0, 0.1);
+             AdamHyperparameters rectified = adam;
+             rectified.beta2 = 0.8;
+             return radam_update(var, m, v, c.input({3, 4}), c.scalar(0.01), c.g.scalar(9, i64),
+                                 rectified);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "rmsprop_momentum_update",
+       .name = "rmsprop_momentum_update_centered",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             // The mean gradient's square stays below the mean square: a real variance.
+             Value sq = c.variable({3, 4}, 0.5, 1), grad_avg = c.variable({3, 4}, -0.1, 0.1);
+             return rmsprop_momentum_update(var, sq, grad_avg, c.variable({3, 4}), c.input({3, 4}),
+                                            c.scalar(0.01), c.g.scalar(2, i64), 0.9, 1e-8, 0.01,
+                                            0.7, true);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   add_nn_cases(add);
   add_normalization_cases(add);
   add_attention_cases(add);

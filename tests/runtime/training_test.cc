@@ -74,16 +74,16 @@ struct OptimizerCase {
   static constexpr int kSteps = 3;
   static constexpr double kLr = 0.1;
 
-  // Kiln's parameters after kSteps steps of `optimizer`.
-  std::vector<double> kiln(optim::Optimizer&& optimizer) const {
+  // Kiln's parameters after `steps` steps of `optimizer`.
+  std::vector<double> kiln(optim::Optimizer&& optimizer, int steps = kSteps) const {
     Graph g;
     Value p = g.variable("p", {3}, init::zeros(), f64);
     Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(target)))) * 0.5;
     Value train = optimizer.minimize(loss);
     Session s(g);
     s.set_variable(p, Tensor::from_vector<double>(p0));
-    for (int i = 0; i < kSteps; ++i) s.run({}, {}, {train});
-    EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(), kSteps);
+    for (int i = 0; i < steps; ++i) s.run({}, {}, {train});
+    EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(), steps);
     return s.variable_value(p).to_vector<double>();
   }
   // The reference: `step(p, grad, t)` updates p in place at step t = 1, 2, ...
@@ -183,6 +183,51 @@ TEST(Optimizers, RmsPropMatchesTheFormula) {
           }
         }));
   }
+}
+
+// The optimizers and variants whose update rule is shared by both devices, against the
+// parameters torch.optim (1.13, f64) gives for this case, printed to 17 digits. RAdam runs ten
+// steps with beta2 0.8, so its rectified term (from step 8) shows.
+TEST(Optimizers, MoreOptimizersMatchTorchOptim) {
+  OptimizerCase c;
+  const optim::AdamOptions adam{
+      .lr = 0.1, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-3, .weight_decay = 0.1, .amsgrad = true};
+  auto same = [&](std::vector<double> got, std::vector<double> torch, const char* what) {
+    SCOPED_TRACE(what);
+    c.expect_same(got, torch);
+  };
+  same(c.kiln(optim::Adam(adam)), {0.7903237481201686, -0.7011397252160911, 1.7007055098365864},
+       "Adam amsgrad");
+  same(c.kiln(optim::AdamW(adam)), {0.77575558620219, -0.6744869684570542, 1.6444089343368073},
+       "AdamW amsgrad");
+  optim::AdamOptions adamax = adam;
+  adamax.amsgrad = false;
+  same(c.kiln(optim::Adamax(adamax)), {0.7711848696677001, -0.693850537539606, 1.6953352028592445},
+       "Adamax");
+  optim::AdamOptions radam = adamax;
+  radam.beta1 = 0.7;
+  radam.beta2 = 0.8;
+  same(c.kiln(optim::RAdam(radam), 10),
+       {0.9096999030179655, 0.25085633451527084, 0.19915481068222332}, "RAdam");
+  same(c.kiln(optim::Adagrad({.lr = 0.1,
+                              .lr_decay = 0.3,
+                              .weight_decay = 0.05,
+                              .initial_accumulator_value = 0.2,
+                              .eps = 1e-3})),
+       {0.6391419253447552, -0.8155754519022205, 1.812815757140998}, "Adagrad");
+  const optim::RMSPropOptions rms{.lr = 0.1, .alpha = 0.9, .eps = 1e-3, .weight_decay = 0.05};
+  optim::RMSPropOptions momentum = rms, centered = rms, both = rms;
+  momentum.momentum = both.momentum = 0.7;
+  centered.centered = both.centered = true;
+  same(c.kiln(optim::RMSProp(momentum)), {1.2310044234560138, 0.19152076142276, 0.7768969894527045},
+       "RMSprop momentum");
+  same(c.kiln(optim::RMSProp(centered)),
+       {0.9464982729438419, -0.24800319756566766, 1.2250477843715493}, "RMSprop centered");
+  same(c.kiln(optim::RMSProp(both)), {1.243582322489111, 0.28392010904754733, 0.6758346523199319},
+       "RMSprop momentum centered");
+  expect_error<GraphError>([&] { optim::RAdam r(adam); }, {"RAdam has no amsgrad variant"});
+  expect_error<GraphError>([&] { optim::Adagrad a({.lr_decay = -1}); },
+                           {"Adagrad needs lr_decay >= 0", "got -1"});
 }
 
 // Gradients computed and applied in two steps, with a change in between (what a data-parallel

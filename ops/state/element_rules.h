@@ -1,0 +1,210 @@
+// Per-element optimizer rules shared by the CPU loops and the CUDA kernels of the updates
+// adagrad_update, adamax_update, amsgrad_update, radam_update and rmsprop_momentum_update, so the
+// two devices run one formula. Formulas follow torch.optim. Each rule has:
+//   - kSlots, its state tensors after the variable, and a constructor from the node's
+//     attributes (on the host; the rule is then copied to the device by value);
+//   - writes(j): whether slot j is real state (false: the optimizer passed a stand-in, which the
+//     update must not write);
+//   - coefficients(lr, step): the step's scalars from lr and the 0-based step count, in double
+//     (1 - b^t loses everything in f32 for b close to 1). The CPU computes them once per kernel,
+//     the GPU in each thread from device scalars, so a captured CUDA Graph replays each step's;
+//   - apply(k, p, s, g): one element, p the variable, s[kSlots] its slots, g the gradient.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kiln/framework/dtype.h"
+#include "kiln/framework/kernel.h"
+
+namespace kiln::ops {
+
+/// Adagrad: clr = lr / (1 + step lr_decay);  d = g + wd p;  s += d^2;  p -= clr d / (sqrt(s) +
+/// eps).
+struct AdagradRule {
+  static constexpr int kSlots = 1;
+  double lr_decay, eps, weight_decay;
+
+  explicit AdagradRule(const KernelContext& ctx)
+      : lr_decay(ctx.attr<double>("lr_decay")),
+        eps(ctx.attr<double>("eps")),
+        weight_decay(ctx.attr<double>("weight_decay")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return true; }
+
+  template <typename T>
+  struct Coefficients {
+    T rate, eps, decay;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+    return {static_cast<T>(static_cast<double>(lr) / (1 + static_cast<double>(step) * lr_decay)),
+            static_cast<T>(eps), static_cast<T>(weight_decay)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = g + k.decay * p;
+    s[0] += d * d;
+    p -= k.rate * d / (sqrt(s[0]) + k.eps);
+  }
+};
+
+/// The moment updates and bias corrections Adam's variants share: L2 decay in the gradient, or
+/// decoupled (p *= 1 - lr wd first, as AdamW); t = step + 1, c1 = 1 - b1^t, c2 = 1 - b2^t.
+struct AdamFamily {
+  double beta1, beta2, eps, weight_decay;
+  bool decoupled;
+
+  explicit AdamFamily(const KernelContext& ctx)
+      : beta1(ctx.attr<double>("beta1")),
+        beta2(ctx.attr<double>("beta2")),
+        eps(ctx.attr<double>("eps")),
+        weight_decay(ctx.attr<double>("weight_decay")),
+        decoupled(ctx.attr<bool>("decoupled")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return true; }
+
+  /// The per-step scalars: the learning rate over c1, sqrt(c2), the decays and the moment rates.
+  /// `extra` is for the rule's own (RAdam's rectification).
+  template <typename T>
+  struct Coefficients {
+    T rate, root_c2, eps, l2, shrink, beta1, beta2, extra;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> common(T lr_value, int64_t step) const {
+    using std::pow, std::sqrt;
+    const double lr = static_cast<double>(lr_value), t = static_cast<double>(step) + 1;
+    const double c1 = 1 - pow(beta1, t), c2 = 1 - pow(beta2, t);
+    return {static_cast<T>(lr / c1),
+            static_cast<T>(sqrt(c2)),
+            static_cast<T>(eps),
+            decoupled ? T(0) : static_cast<T>(weight_decay),
+            decoupled ? static_cast<T>(1 - lr * weight_decay) : T(1),
+            static_cast<T>(beta1),
+            static_cast<T>(beta2),
+            T(0)};
+  }
+  /// d = g + l2 p, then p shrinks; returns d. m = b1 m + (1 - b1) d.
+  template <typename T>
+  KILN_HOST_DEVICE static T decay_and_first_moment(const Coefficients<T>& k, T& p, T& m, T g) {
+    const T d = g + k.l2 * p;
+    p *= k.shrink;
+    m = k.beta1 * m + (T(1) - k.beta1) * d;
+    return d;
+  }
+};
+
+/// Adam with AMSGrad: as Adam, with the denominator from the largest v so far:
+/// v_max = max(v_max, v);  p -= lr / c1 m / (sqrt(v_max) / sqrt(c2) + eps).
+struct AmsgradRule : AdamFamily {
+  static constexpr int kSlots = 3;  // m, v, v_max
+  using AdamFamily::AdamFamily;
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+    return common(lr, step);
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = decay_and_first_moment(k, p, s[0], g);
+    s[1] = k.beta2 * s[1] + (T(1) - k.beta2) * d * d;
+    s[2] = s[2] > s[1] ? s[2] : s[1];
+    p -= k.rate * s[0] / (sqrt(s[2]) / k.root_c2 + k.eps);
+  }
+};
+
+/// Adamax (Adam's infinity norm): u = max(b2 u, |d| + eps);  p -= lr / c1 m / u.
+struct AdamaxRule : AdamFamily {
+  static constexpr int kSlots = 2;  // m, u
+  using AdamFamily::AdamFamily;
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+    return common(lr, step);
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::abs;
+    const T d = decay_and_first_moment(k, p, s[0], g);
+    const T decayed = k.beta2 * s[1], magnitude = abs(d) + k.eps;
+    s[1] = decayed > magnitude ? decayed : magnitude;
+    p -= k.rate * s[0] / s[1];
+  }
+};
+
+/// RAdam (Liu et al.): Adam whose adaptive term is switched on, rectified, once the variance of
+/// the adaptive rate is tractable. rho_inf = 2 / (1 - b2) - 1, rho_t = rho_inf - 2 t b2^t / c2;
+/// for rho_t > 5, r = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+/// and p -= lr / c1 m r sqrt(c2) / (sqrt(v) + eps); before that p -= lr / c1 m.
+struct RadamRule : AdamFamily {
+  static constexpr int kSlots = 2;  // m, v
+  using AdamFamily::AdamFamily;
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+    using std::pow, std::sqrt;
+    Coefficients<T> k = common(lr, step);
+    const double t = static_cast<double>(step) + 1, power = pow(beta2, t);
+    const double rho_inf = 2 / (1 - beta2) - 1, rho = rho_inf - 2 * t * power / (1 - power);
+    k.extra = rho > 5 ? static_cast<T>(sqrt((rho - 4) * (rho - 2) * rho_inf /
+                                            ((rho_inf - 4) * (rho_inf - 2) * rho)))
+                      : T(0);  // 0: no adaptive term yet
+    return k;
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = decay_and_first_moment(k, p, s[0], g);
+    s[1] = k.beta2 * s[1] + (T(1) - k.beta2) * d * d;
+    const T step = k.rate * s[0];
+    p -= k.extra == T(0) ? step : step * k.extra * k.root_c2 / (sqrt(s[1]) + k.eps);
+  }
+};
+
+/// RMSProp with momentum or centered (or both), as torch.optim.RMSprop: d = g + wd p;
+/// s = a s + (1 - a) d^2; centered: m = a m + (1 - a) d and the denominator
+/// sqrt(s - m^2) + eps (else sqrt(s) + eps); with momentum b = mu b + d / denominator and
+/// p -= lr b, else p -= lr d / denominator. Slots s, m (a stand-in when not centered) and b (a
+/// stand-in without momentum).
+struct RmspropMomentumRule {
+  static constexpr int kSlots = 3;
+  double alpha, eps, weight_decay, momentum;
+  bool centered;
+
+  explicit RmspropMomentumRule(const KernelContext& ctx)
+      : alpha(ctx.attr<double>("alpha")),
+        eps(ctx.attr<double>("eps")),
+        weight_decay(ctx.attr<double>("weight_decay")),
+        momentum(ctx.attr<double>("momentum")),
+        centered(ctx.attr<bool>("centered")) {}
+  KILN_HOST_DEVICE bool writes(int slot) const {
+    return slot == 0 || (slot == 1 && centered) || (slot == 2 && momentum != 0);
+  }
+
+  template <typename T>
+  struct Coefficients {
+    T lr, alpha, eps, decay, momentum;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t) const {
+    return {lr, static_cast<T>(alpha), static_cast<T>(eps), static_cast<T>(weight_decay),
+            static_cast<T>(momentum)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = g + k.decay * p;
+    s[0] = k.alpha * s[0] + (T(1) - k.alpha) * d * d;
+    T variance = s[0];
+    if (centered) {
+      s[1] = k.alpha * s[1] + (T(1) - k.alpha) * d;
+      variance -= s[1] * s[1];
+    }
+    const T scaled = d / (sqrt(variance) + k.eps);
+    if (momentum != 0) {
+      s[2] = k.momentum * s[2] + scaled;
+      p -= k.lr * s[2];
+    } else {
+      p -= k.lr * scaled;
+    }
+  }
+};
+
+}  // namespace kiln::ops
