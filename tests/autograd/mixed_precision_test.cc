@@ -2,6 +2,9 @@
 // like f32 (bf16 products on oneDNN, other ops widened to f32), and dynamic loss scaling
 // (which works in any dtype): skipped steps change nothing, the scale backs off and grows. The
 // GPU runs the same 16-bit graphs in tests/gpu/cuda_runtime_test.cc.
+#include <functional>
+#include <memory>
+
 #include "test_util.h"
 
 namespace kiln {
@@ -74,24 +77,39 @@ TEST(MixedPrecision, LossScalingMatchesUnscaledTrainingWhenNothingOverflows) {
   EXPECT_EQ(s2.variable_value(scaled->g.value("global_step")).item<int64_t>(), 7);
 }
 
+// Each kind of update honours apply_if: SGD's, and the shared-rule updates (element_rules.h).
 TEST(MixedPrecision, AnOverflowingStepIsSkippedAndTheScaleBacksOff) {
-  auto m = model();
-  // A scale at which the scaled loss overflows f32: every gradient is inf or NaN.
-  Value train = optim::SGD({.lr = 0.1, .momentum = 0.9})
-                    .with_loss_scaling({.initial = 3e38})
-                    .minimize(m->loss * 100.0);
-  Session s(m->g);
-  s.initialize_variables();
-  const Tensor w1 = s.variable_value(m->w1);
-  auto [x, y] = batch(0);
-  s.run({{m->x, x}, {m->y, y}}, {}, {train});
-  EXPECT_TRUE(equal_bits(s.variable_value(m->w1), w1));  // skipped: nothing moved
-  EXPECT_EQ(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
-  EXPECT_FLOAT_EQ(s.variable_value(m->g.value("loss_scale")).item<float>(), 1.5e38f);
-  // Backing off until the gradients fit, then training proceeds.
-  for (int i = 0; i < 40; ++i) s.run({{m->x, x}, {m->y, y}}, {}, {train});
-  EXPECT_GT(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
-  EXPECT_FALSE(equal_bits(s.variable_value(m->w1), w1));
+  std::vector<std::pair<const char*, std::function<std::unique_ptr<optim::Optimizer>()>>> makers = {
+      {"SGD",
+       [] { return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .momentum = 0.9}); }},
+      {"RMSProp",
+       [] {
+         return std::make_unique<optim::RMSProp>(
+             optim::RMSPropOptions{.lr = 1e-2, .momentum = 0.5, .centered = true});
+       }},
+      {"Adagrad", [] { return std::make_unique<optim::Adagrad>(); }},
+      {"RAdam", [] { return std::make_unique<optim::RAdam>(); }}};
+  for (auto& [name, make] : makers) {
+    SCOPED_TRACE(name);
+    auto m = model();
+    // A scale at which the scaled loss overflows f32: every gradient is inf or NaN.
+    Value train = make()->with_loss_scaling({.initial = 3e38}).minimize(m->loss * 100.0);
+    Session s(m->g);
+    s.initialize_variables();
+    const Tensor w1 = s.variable_value(m->w1);
+    auto [x, y] = batch(0);
+    s.run({{m->x, x}, {m->y, y}}, {}, {train});
+    EXPECT_TRUE(equal_bits(s.variable_value(m->w1), w1));  // skipped: nothing moved
+    EXPECT_EQ(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
+    EXPECT_FLOAT_EQ(s.variable_value(m->g.value("loss_scale")).item<float>(), 1.5e38f);
+    // Backing off until the gradients fit, then training proceeds.
+    for (int i = 0; i < 40; ++i) s.run({{m->x, x}, {m->y, y}}, {}, {train});
+    EXPECT_GT(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
+    EXPECT_FALSE(equal_bits(s.variable_value(m->w1), w1));
+    for (const Value& v : m->g.variables())  // slots stay finite: skipped steps wrote nothing
+      for (double e : testing::values(s.variable_value(v)))
+        ASSERT_TRUE(std::isfinite(e)) << v.name();
+  }
 }
 
 // Eight Adam steps on fixed batches; the losses.
