@@ -194,17 +194,26 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
   return out;
 }
 
-Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) {
-  // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
-  return var.graph()->add(
+namespace {
+// A non-trainable variable named `name` whatever the name scope, every element `initial`.
+Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
+                     double initial) {
+  return graph.add(
       "variable", {},
-      {{"dtype", var.dtype()},
-       {"shape", var.shape()},
+      {{"dtype", dtype},
+       {"shape", shape},
        {"init", std::string(initial == 0 ? "zeros" : "constant")},
        {"init_args", initial == 0 ? std::vector<double>{} : std::vector<double>{initial}},
        {"seed", int64_t{0}},
        {"trainable", false}},
-      {.name = var.node().name() + "/" + suffix, .exact_name = true, .absolute_name = true});
+      {.name = name, .exact_name = true, .absolute_name = true});
+}
+}  // namespace
+
+Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) {
+  // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
+  return state_variable(*var.graph(), var.node().name() + "/" + suffix, var.dtype(), var.shape(),
+                        initial);
 }
 
 Optimizer& Optimizer::with_param_groups(std::vector<ParamGroup> groups) {
@@ -327,6 +336,7 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
   }
   NameScope scope(graph, "optimizer");
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
+  for (Value& advance : prepare_step(graph, step, apply_if)) updates.push_back(advance);
   // Each variable's group (none: the optimizer's own settings); one schedule per rate and dtype.
   std::map<std::string, const ParamGroup*> group_of;
   for (const ParamGroup& group : groups_)
@@ -415,6 +425,38 @@ Value RAdam::update(const Value& var, const Value& grad, const Value& lr, const 
   return radam_update(var, m, v, grad, lr, step,
                       {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
                       apply_if);
+}
+
+NAdam::NAdam(AdamOptions options, double momentum_decay, bool decoupled_weight_decay)
+    : Optimizer(options.lr, options.schedule, options.clip_norm),
+      options_(options),
+      momentum_decay_(momentum_decay),
+      decoupled_(decoupled_weight_decay) {
+  refuse_amsgrad(options, "NAdam");
+  KILN_CHECK(momentum_decay >= 0, GraphError, "[optim] NAdam needs momentum_decay >= 0, got ",
+             momentum_decay);
+}
+
+std::vector<Value> NAdam::prepare_step(Graph& graph, const Value& step, const Value& apply_if) {
+  KILN_CHECK(!graph.find_node("nadam_mu_product"), GraphError,
+             "[optim] the graph already has a NAdam update (its variable nadam_mu_product); "
+             "train several variable sets with one NAdam and parameter groups");
+  Value product = state_variable(graph, "nadam_mu_product", f64, Shape{}, 1);
+  // mu_t = b1 (1 - 0.5 0.96^(t psi)) at t = step + 1, in f64 as torch's Python floats.
+  Value t = cast(step, f64) + 1.0;
+  Value mu = options_.beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay_));
+  mu_product_ = product * mu;
+  return {
+      assign(product, apply_if.defined() ? where(apply_if, mu_product_, product) : mu_product_)};
+}
+
+Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                    double weight_decay, const Value& apply_if) {
+  Value m = slot(var, "nadam_m");
+  Value v = slot(var, "nadam_v");
+  return nadam_update(var, m, v, grad, lr, step, mu_product_,
+                      {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
+                      momentum_decay_, apply_if);
 }
 
 Adagrad::Adagrad(AdagradOptions options)

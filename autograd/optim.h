@@ -167,6 +167,13 @@ class Optimizer {
                        double weight_decay, const Value& apply_if) = 0;
   /// The optimizer's own weight decay (a group's default).
   virtual double weight_decay() const = 0;
+  /// Makes the state every variable's update reads, once per apply_gradients and before the
+  /// updates (NAdam's running momentum product), and returns the ops that advance it; they
+  /// advance only where `apply_if` (when defined) is true.
+  virtual std::vector<Value> prepare_step(Graph&, const Value& /*step*/,
+                                          const Value& /*apply_if*/) {
+    return {};
+  }
   /// A non-trainable variable "<var>/<suffix>" shaped like var, every element `initial`.
   static Value slot(const Value& var, const std::string& suffix, double initial = 0);
 
@@ -208,8 +215,8 @@ class AdamW : public Adam {
   explicit AdamW(AdamOptions options = {.weight_decay = 0.01}) : Adam(options, true) {}
 };
 
-/// Adamax (Adam with the infinity norm); AdamOptions' lr is then torch's default 2e-3 only if
-/// set so, and amsgrad is refused.
+/// Adamax (Adam with the infinity norm: u = max(b2 u, |g| + eps)); amsgrad is refused. Its
+/// default rate is torch's 2e-3; options given without lr take AdamOptions' 1e-3.
 class Adamax : public Optimizer {
  public:
   explicit Adamax(AdamOptions options = {.lr = 2e-3});
@@ -233,6 +240,25 @@ class RAdam : public Optimizer {
   double weight_decay() const override { return options_.weight_decay; }
   AdamOptions options_;
   bool decoupled_;
+};
+
+/// NAdam (Adam with Nesterov momentum), with L2 or (decoupled_weight_decay) AdamW-style decay.
+/// Its running product of the momentum schedule is the f64 scalar variable "nadam_mu_product"
+/// (so one NAdam per graph); amsgrad is refused.
+class NAdam : public Optimizer {
+ public:
+  explicit NAdam(AdamOptions options = {.lr = 2e-3}, double momentum_decay = 4e-3,
+                 bool decoupled_weight_decay = false);
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  std::vector<Value> prepare_step(Graph& graph, const Value& step, const Value& apply_if) override;
+  AdamOptions options_;
+  double momentum_decay_;
+  bool decoupled_;
+  Value mu_product_;  ///< mu_1 ... mu_t of this step, made by prepare_step
 };
 
 class Adagrad : public Optimizer {

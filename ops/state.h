@@ -58,6 +58,14 @@ Value adamax_update(const Value& var, const Value& m, const Value& u, const Valu
 Value radam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                    const Value& lr, const Value& step, const AdamHyperparameters& hyper,
                    const Value& apply_if = {});
+///   NAdam:   m, v as Adam; mu_t = b1 (1 - 0.5 0.96^(t momentum_decay)), `mu_product` the f64
+///            scalar mu_1 ... mu_t (this step's included);
+///            p -= lr ((1-mu_t) / (1-P_t) g' + mu_{t+1} / (1 - P_t mu_{t+1}) m) / (sqrt(v/c2) +
+///            eps)
+Value nadam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
+                   const Value& lr, const Value& step, const Value& mu_product,
+                   const AdamHyperparameters& hyper, double momentum_decay = 4e-3,
+                   const Value& apply_if = {});
 ///   RMSProp with momentum mu and/or centered: s as rmsprop_update; centered: a = alpha a +
 ///   (1-alpha) g' and the denominator sqrt(s - a^2) + eps; momentum: b = mu b + g' / denominator,
 ///   p -= lr b. `grad_avg` (not centered) and `buf` (mu = 0) may then be var itself, unused.

@@ -1,11 +1,14 @@
 // Per-element optimizer rules shared by the CPU loops and the CUDA kernels of the updates
-// adagrad_update, adamax_update, amsgrad_update, radam_update and rmsprop_momentum_update, so the
-// two devices run one formula. Formulas follow torch.optim. Each rule has:
-//   - kSlots, its state tensors after the variable, and a constructor from the node's
-//     attributes (on the host; the rule is then copied to the device by value);
+// adagrad_update, adamax_update, amsgrad_update, nadam_update, radam_update and
+// rmsprop_momentum_update, so the two devices run one formula. Formulas follow torch.optim. Each
+// rule has:
+//   - kSlots, its state tensors after the variable; kScalars, the f64 scalar inputs it reads
+//     after the step count (NAdam's running product); a constructor from the node's attributes
+//     (on the host; the rule is then copied to the device by value);
 //   - writes(j): whether slot j is real state (false: the optimizer passed a stand-in, which the
 //     update must not write);
-//   - coefficients(lr, step): the step's scalars from lr and the 0-based step count, in double
+//   - coefficients(lr, step, scalars): the step's scalars from lr, the 0-based step count and
+//     the kScalars inputs, in double
 //     (1 - b^t loses everything in f32 for b close to 1). The CPU computes them once per kernel,
 //     the GPU in each thread from device scalars, so a captured CUDA Graph replays each step's;
 //   - apply(k, p, s, g): one element, p the variable, s[kSlots] its slots, g the gradient.
@@ -22,7 +25,7 @@ namespace kiln::ops {
 /// Adagrad: clr = lr / (1 + step lr_decay);  d = g + wd p;  s += d^2;  p -= clr d / (sqrt(s) +
 /// eps).
 struct AdagradRule {
-  static constexpr int kSlots = 1;
+  static constexpr int kSlots = 1, kScalars = 0;
   double lr_decay, eps, weight_decay;
 
   explicit AdagradRule(const KernelContext& ctx)
@@ -36,7 +39,7 @@ struct AdagradRule {
     T rate, eps, decay;
   };
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
     return {static_cast<T>(static_cast<double>(lr) / (1 + static_cast<double>(step) * lr_decay)),
             static_cast<T>(eps), static_cast<T>(weight_decay)};
   }
@@ -52,6 +55,7 @@ struct AdagradRule {
 /// The moment updates and bias corrections Adam's variants share: L2 decay in the gradient, or
 /// decoupled (p *= 1 - lr wd first, as AdamW); t = step + 1, c1 = 1 - b1^t, c2 = 1 - b2^t.
 struct AdamFamily {
+  static constexpr int kScalars = 0;
   double beta1, beta2, eps, weight_decay;
   bool decoupled;
 
@@ -99,7 +103,7 @@ struct AmsgradRule : AdamFamily {
   static constexpr int kSlots = 3;  // m, v, v_max
   using AdamFamily::AdamFamily;
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
     return common(lr, step);
   }
   template <typename T>
@@ -117,7 +121,7 @@ struct AdamaxRule : AdamFamily {
   static constexpr int kSlots = 2;  // m, u
   using AdamFamily::AdamFamily;
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
     return common(lr, step);
   }
   template <typename T>
@@ -138,7 +142,7 @@ struct RadamRule : AdamFamily {
   static constexpr int kSlots = 2;  // m, v
   using AdamFamily::AdamFamily;
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step) const {
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
     using std::pow, std::sqrt;
     Coefficients<T> k = common(lr, step);
     const double t = static_cast<double>(step) + 1, power = pow(beta2, t);
@@ -158,13 +162,47 @@ struct RadamRule : AdamFamily {
   }
 };
 
+/// NAdam (Dozat: Adam with Nesterov momentum), as torch.optim.NAdam: the momentum schedule
+/// mu_t = b1 (1 - 0.5 0.96^(t psi)), psi = momentum_decay, and P_t = mu_1 ... mu_t (scalar input
+/// 0, kept by the optimizer: it has no closed form). With m, v as Adam's and the denominator
+/// D = sqrt(v / c2) + eps:
+///   p -= lr (1 - mu_t) / (1 - P_t) g' / D + lr mu_{t+1} / (1 - P_t mu_{t+1}) m / D.
+struct NadamRule : AdamFamily {
+  static constexpr int kSlots = 2, kScalars = 1;  // m, v; P_t
+  double momentum_decay;
+  explicit NadamRule(const KernelContext& ctx)
+      : AdamFamily(ctx), momentum_decay(ctx.attr<double>("momentum_decay")) {}
+  /// mu_t.
+  KILN_HOST_DEVICE double momentum_at(double t) const {
+    using std::pow;
+    return beta1 * (1 - 0.5 * pow(0.96, t * momentum_decay));
+  }
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double* scalars) const {
+    Coefficients<T> k = common(lr, step);
+    const double t = static_cast<double>(step) + 1, product = scalars[0];
+    const double mu = momentum_at(t), mu_next = momentum_at(t + 1), rate = static_cast<double>(lr);
+    k.rate = static_cast<T>(rate * mu_next / (1 - product * mu_next));  // on m
+    k.extra = static_cast<T>(rate * (1 - mu) / (1 - product));          // on g'
+    return k;
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = decay_and_first_moment(k, p, s[0], g);
+    s[1] = k.beta2 * s[1] + (T(1) - k.beta2) * d * d;
+    const T denominator = sqrt(s[1]) / k.root_c2 + k.eps;
+    p -= (k.extra * d + k.rate * s[0]) / denominator;
+  }
+};
+
 /// RMSProp with momentum or centered (or both), as torch.optim.RMSprop: d = g + wd p;
 /// s = a s + (1 - a) d^2; centered: m = a m + (1 - a) d and the denominator
 /// sqrt(s - m^2) + eps (else sqrt(s) + eps); with momentum b = mu b + d / denominator and
 /// p -= lr b, else p -= lr d / denominator. Slots s, m (a stand-in when not centered) and b (a
 /// stand-in without momentum).
 struct RmspropMomentumRule {
-  static constexpr int kSlots = 3;
+  static constexpr int kSlots = 3, kScalars = 0;
   double alpha, eps, weight_decay, momentum;
   bool centered;
 
@@ -183,7 +221,7 @@ struct RmspropMomentumRule {
     T lr, alpha, eps, decay, momentum;
   };
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t) const {
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t, const double*) const {
     return {lr, static_cast<T>(alpha), static_cast<T>(eps), static_cast<T>(weight_decay),
             static_cast<T>(momentum)};
   }

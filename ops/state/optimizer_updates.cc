@@ -16,9 +16,10 @@ namespace {
 
 // Checks an update's inputs: var, its slots and the gradient with the variable's shape (with
 // `product`, the gradient is op(a) op(b) of two matrices, inputs a and b, and must be the
-// variable's shape), lr (and step) scalars, an optional bool apply_if last.
+// variable's shape), lr (and step) scalars, `num_scalars` f64 scalars, an optional bool apply_if
+// last.
 std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, bool has_step,
-                                     bool product = false) {
+                                     bool product = false, int num_scalars = 0) {
   ctx.expect_dtype(0, {f32, f64});
   const int gradient = num_slots + 1;
   for (int i = 1; i < gradient + (product ? 2 : 1); ++i) ctx.expect_same_dtype(0, i);
@@ -44,7 +45,13 @@ std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, boo
     ctx.expect_dtype(lr + 1, {i64});
     if (ctx.shape(lr + 1).rank() != 0) ctx.fail("step must be a scalar");
   }
-  const int fixed = lr + 1 + (has_step ? 1 : 0);
+  const int scalars = lr + 1 + (has_step ? 1 : 0), fixed = scalars + num_scalars;
+  for (int i = scalars; i < fixed && i < ctx.num_inputs(); ++i) {
+    ctx.expect_dtype(i, {f64});
+    if (ctx.shape(i).rank() != 0) ctx.fail("input ", i, " must be a scalar, got ", ctx.shape(i));
+  }
+  if (ctx.num_inputs() < fixed)
+    ctx.fail("takes ", fixed, " inputs or more, got ", ctx.num_inputs());
   if (ctx.num_inputs() > fixed + 1) ctx.fail("takes at most one apply_if input");
   if (ctx.num_inputs() == fixed + 1) {
     ctx.expect_dtype(fixed, {DType::boolean});
@@ -242,18 +249,22 @@ KILN_OP(rmsprop_update)
     .kernel(DeviceKind::cpu, rmsprop_cpu, {f32, f64});
 
 // ---- The updates whose rule is in element_rules.h (one formula for both devices). Inputs: var,
-// the rule's kSlots slots, grad, lr, step (the i64 count before this step), apply_if.
+// the rule's kSlots slots, grad, lr, step (the i64 count before this step), the rule's kScalars
+// f64 scalars, apply_if.
 
 template <typename Rule>
 void element_update_cpu(KernelContext& ctx) {
   constexpr int kSlots = Rule::kSlots, kGradient = kSlots + 1;
   ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, kGradient + 3)) return;
+  if (!applies(ctx, kGradient + 3 + Rule::kScalars)) return;
   const Rule rule(ctx);
+  double scalars[Rule::kScalars + 1];
+  for (int j = 0; j < Rule::kScalars; ++j)
+    scalars[j] = *ctx.input(kGradient + 3 + j).data<double>();
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
     const auto k = rule.coefficients(*ctx.input(kGradient + 1).data<T>(),
-                                     *ctx.input(kGradient + 2).data<int64_t>());
+                                     *ctx.input(kGradient + 2).data<int64_t>(), scalars);
     T* p = mutable_data<T>(ctx.input(0));
     T* slots[kSlots];
     bool writes[kSlots];
@@ -274,17 +285,22 @@ void element_update_cpu(KernelContext& ctx) {
   });
 }
 
-// The definition of an element update with its schema: var, `slots`, grad, lr, step, apply_if.
-// The caller adds the rule's attributes and the kernel.
-OpDef element_update(const char* name, std::initializer_list<const char*> slots) {
+// The definition of an element update with its schema: var, `slots`, grad, lr, step, `scalars`,
+// apply_if. The caller adds the rule's attributes and the kernel.
+OpDef element_update(const char* name, std::initializer_list<const char*> slots,
+                     std::initializer_list<const char*> scalars = {}) {
   OpDef op(name);
   op.input("var");
   for (const char* slot : slots) op.input(slot);
-  op.input("grad").input("lr").input("step").variadic_input("apply_if", 0);
-  const int num_slots = static_cast<int>(slots.size());
+  op.input("grad").input("lr").input("step");
+  for (const char* scalar : scalars) op.input(scalar);
+  op.variadic_input("apply_if", 0);
+  const int num_slots = static_cast<int>(slots.size()),
+            num_scalars = static_cast<int>(scalars.size());
   for (int i = 0; i <= num_slots; ++i) op.mutates_input(i);
-  op.no_gradient().infer(
-      [num_slots](const InferContext& ctx) { return infer_update(ctx, num_slots, true); });
+  op.no_gradient().infer([num_slots, num_scalars](const InferContext& ctx) {
+    return infer_update(ctx, num_slots, true, false, num_scalars);
+  });
   return op;
 }
 
@@ -321,6 +337,16 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots)
         .attr("weight_decay", 0.0)
         .attr("decoupled", false)
         .kernel(DeviceKind::cpu, element_update_cpu<RadamRule>, {f32, f64});
+
+[[maybe_unused]] static OpRegistrar nadam_registrar =
+    element_update("nadam_update", {"m", "v"}, {"mu_product"})
+        .attr("beta1", 0.9)
+        .attr("beta2", 0.999)
+        .attr("eps", 1e-8)
+        .attr("weight_decay", 0.0)
+        .attr("decoupled", false)
+        .attr("momentum_decay", 4e-3)
+        .kernel(DeviceKind::cpu, element_update_cpu<NadamRule>, {f32, f64});
 
 [[maybe_unused]] static OpRegistrar rmsprop_momentum_registrar =
     element_update("rmsprop_momentum_update", {"sq", "grad_avg", "buf"})
@@ -407,6 +433,15 @@ Value radam_update(const Value& var, const Value& m, const Value& v, const Value
                    const Value& apply_if) {
   return common_graph("radam_update", {&var, &m, &v, &grad, &lr, &step})
       .add("radam_update", with_apply_if({var, m, v, grad, lr, step}, apply_if), adam_attrs(hyper));
+}
+
+Value nadam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
+                   const Value& lr, const Value& step, const Value& mu_product,
+                   const AdamHyperparameters& hyper, double momentum_decay, const Value& apply_if) {
+  AttrMap attrs = adam_attrs(hyper);
+  attrs["momentum_decay"] = momentum_decay;
+  return common_graph("nadam_update", {&var, &m, &v, &grad, &lr, &step, &mu_product})
+      .add("nadam_update", with_apply_if({var, m, v, grad, lr, step, mu_product}, apply_if), attrs);
 }
 
 Value rmsprop_momentum_update(const Value& var, const Value& sq, const Value& grad_avg,

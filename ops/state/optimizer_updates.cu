@@ -117,7 +117,8 @@ void rmsprop_cuda(KernelContext& ctx) {
 KILN_CUDA_KERNEL(rmsprop_update, rmsprop_cuda, {DType::f32, DType::f64});
 
 // The updates whose rule is in element_rules.h: var, Rule::kSlots slots, grad, lr, step,
-// apply_if. Each thread computes the step's coefficients from the device scalars (as Adam's).
+// the rule's f64 scalars, apply_if. Each thread computes the step's coefficients from the device
+// scalars (as Adam's).
 template <typename T, int kSlots>
 struct SlotPointers {
   T* at[kSlots];
@@ -133,10 +134,16 @@ void element_update_typed(KernelContext& ctx) {
   const T* g = ctx.input(kGradient).data<T>();
   const T* lr = ctx.input(kGradient + 1).data<T>();
   const int64_t* step = ctx.input(kGradient + 2).data<int64_t>();
-  const bool* apply = apply_flag(ctx, kGradient + 3);
+  // The rule's f64 scalars are consecutive inputs but not one allocation: one pointer each.
+  SlotPointers<const double, Rule::kScalars + 1> scalars{};
+  for (int j = 0; j < Rule::kScalars; ++j)
+    scalars.at[j] = ctx.input(kGradient + 3 + j).data<double>();
+  const bool* apply = apply_flag(ctx, kGradient + 3 + Rule::kScalars);
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
     if (apply && !*apply) return;
-    const auto k = rule.coefficients(*lr, *step);
+    double scalar_values[Rule::kScalars + 1];
+    for (int j = 0; j < Rule::kScalars; ++j) scalar_values[j] = *scalars.at[j];
+    const auto k = rule.coefficients(*lr, *step, scalar_values);
     T s[kSlots];
     for (int j = 0; j < kSlots; ++j) s[j] = rule.writes(j) ? slots.at[j][i] : T(0);
     rule.apply(k, p[i], s, g[i]);
@@ -155,6 +162,7 @@ void element_update_cuda(KernelContext& ctx) {
 KILN_CUDA_KERNEL(adagrad_update, element_update_cuda<AdagradRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(amsgrad_update, element_update_cuda<AmsgradRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adamax_update, element_update_cuda<AdamaxRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(nadam_update, element_update_cuda<NadamRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(radam_update, element_update_cuda<RadamRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(rmsprop_momentum_update, element_update_cuda<RmspropMomentumRule>,
                  {DType::f32, DType::f64});

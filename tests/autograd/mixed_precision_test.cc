@@ -88,6 +88,7 @@ TEST(MixedPrecision, AnOverflowingStepIsSkippedAndTheScaleBacksOff) {
              optim::RMSPropOptions{.lr = 1e-2, .momentum = 0.5, .centered = true});
        }},
       {"Adagrad", [] { return std::make_unique<optim::Adagrad>(); }},
+      {"NAdam", [] { return std::make_unique<optim::NAdam>(); }},
       {"RAdam", [] { return std::make_unique<optim::RAdam>(); }}};
   for (auto& [name, make] : makers) {
     SCOPED_TRACE(name);
@@ -102,6 +103,9 @@ TEST(MixedPrecision, AnOverflowingStepIsSkippedAndTheScaleBacksOff) {
     EXPECT_TRUE(equal_bits(s.variable_value(m->w1), w1));  // skipped: nothing moved
     EXPECT_EQ(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);
     EXPECT_FLOAT_EQ(s.variable_value(m->g.value("loss_scale")).item<float>(), 1.5e38f);
+    if (m->g.find_node("nadam_mu_product")) {  // NAdam's momentum product did not advance
+      EXPECT_EQ(s.variable_value(m->g.value("nadam_mu_product")).item<double>(), 1.0);
+    }
     // Backing off until the gradients fit, then training proceeds.
     for (int i = 0; i < 40; ++i) s.run({{m->x, x}, {m->y, y}}, {}, {train});
     EXPECT_GT(s.variable_value(m->g.value("global_step")).item<int64_t>(), 0);

@@ -921,6 +921,19 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  // The running product mu_1 ... mu_t is an f64 scalar whatever the variable's dtype.
+  add({.op = "nadam_update",
+       .name = "nadam_update",
+       .build =
+           [adam](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             Value m = c.variable({3, 4}, -0.1, 0.1), v = c.variable({3, 4}, 0, 0.1);
+             return nadam_update(var, m, v, c.input({3, 4}), c.scalar(0.01), c.g.scalar(3, i64),
+                                 c.g.scalar(0.5, f64), adam, 0.05);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   add({.op = "rmsprop_momentum_update",
        .name = "rmsprop_momentum_update_centered",
        .build =
