@@ -342,6 +342,7 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
   for (const ParamGroup& group : groups_)
     for (const Value& v : group.variables) group_of[v.name()] = &group;
   std::map<std::pair<DType, double>, Value> lr_by_dtype_and_rate;
+  updated_.clear();
   for (size_t i = 0; i < vars.size(); ++i) {
     const ParamGroup* group = nullptr;
     if (!groups_.empty()) {
@@ -355,11 +356,76 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
     Value& lr = lr_by_dtype_and_rate[{vars[i].dtype(), base_lr}];
     if (!lr.defined()) lr = learning_rate(graph, base_lr, schedule_, step, vars[i].dtype());
     updates.push_back(update(vars[i], grads[i], lr, step, decay, apply_if));
+    updated_[vars[i].name()] = updates.back();
   }
   // A skipped step does not count.
   updates.push_back(
       assign_add(step, apply_if.defined() ? cast(apply_if, i64) : graph.scalar(1, i64)));
   return group(graph, updates);
+}
+
+Value Optimizer::updated(const Value& variable) const {
+  auto found = updated_.find(variable.name());
+  return found == updated_.end() ? Value{} : found->second;
+}
+
+ExponentialMovingAverage::ExponentialMovingAverage(double decay, bool warmup, std::string name)
+    : decay_(decay), warmup_(warmup), name_(std::move(name)) {
+  KILN_CHECK(decay >= 0 && decay <= 1, GraphError,
+             "[optim] ExponentialMovingAverage needs 0 <= decay <= 1, got ", decay);
+  KILN_CHECK(!name_.empty(), GraphError, "[optim] ExponentialMovingAverage needs a name");
+}
+
+Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables,
+                                      const Optimizer* trained_by) {
+  KILN_CHECK(shadows_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+             "' was already applied; make one per set of variables");
+  if (variables.empty()) variables = graph.variables(/*trainable_only=*/true);
+  KILN_CHECK(!variables.empty(), GraphError, "[optim] ExponentialMovingAverage of no variables");
+  Value count = state_variable(graph, name_ + "/num_updates", i64, Shape{}, 0);
+  NameScope scope(graph, name_);
+  Value first = equal(count, graph.scalar(0, i64));
+  Value rate = graph.scalar(decay_, f64);  // in f64, cast to each variable's dtype
+  if (warmup_) {
+    Value n = cast(count, f64);
+    rate = minimum(rate, (n + 1.0) / (n + 10.0));
+  }
+  std::vector<Value> moves;
+  for (const Value& var : variables) {
+    KILN_CHECK(
+        var.defined() && var.graph() == &graph && var.node().op().source() == OutputSource::state,
+        GraphError,
+        "[optim] ExponentialMovingAverage: ", var.defined() ? var.name() : std::string("?"),
+        " is not a variable of the graph");
+    KILN_CHECK(is_floating(var.dtype()), GraphError,
+               "[optim] ExponentialMovingAverage: ", var.name(), " is ", var.dtype(),
+               ", not floating point");
+    Value shadow =
+        state_variable(graph, var.node().name() + "/" + name_, var.dtype(), var.shape(), 0);
+    Value current =
+        trained_by && trained_by->updated(var).defined() ? trained_by->updated(var) : var;
+    Value d = cast(rate, var.dtype());
+    Value moved = shadow * d + current * (1.0 - d);
+    moves.push_back(assign(shadow, where(first, current, moved)));
+    shadows_.emplace_back(var, shadow);
+  }
+  moves.push_back(assign_add(count, graph.scalar(1, i64)));
+  return group(graph, moves);
+}
+
+Value ExponentialMovingAverage::average(const Value& variable) const {
+  for (const auto& [var, shadow] : shadows_)
+    if (var.name() == variable.name()) return shadow;
+  throw GraphError(str("[optim] ExponentialMovingAverage '", name_, "' has no average of ",
+                       variable.defined() ? variable.name() : std::string("?")));
+}
+
+Value ExponentialMovingAverage::copy_to_variables() const {
+  KILN_CHECK(!shadows_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+             "': copy_to_variables before apply");
+  std::vector<Value> copies;
+  for (const auto& [var, shadow] : shadows_) copies.push_back(assign(var, shadow));
+  return group(*shadows_[0].first.graph(), copies);
 }
 
 SGD::SGD(SGDOptions options)

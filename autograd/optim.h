@@ -3,7 +3,9 @@
 // training graph trains without the code that built it.
 #pragma once
 
+#include <map>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "kiln/framework/graph.h"
@@ -157,6 +159,10 @@ class Optimizer {
   /// the gradients as given here, so every rank of a data-parallel run decides alike).
   /// Returns one target that runs all of it.
   Value apply_gradients(const std::vector<GradientAndVariable>& gradients);
+  /// The value of `variable` after the step the last apply_gradients() made, computed in the
+  /// same run as that step (its update op's output): what reads the trained weights in the
+  /// run that trains them. Undefined when that step does not update the variable.
+  Value updated(const Value& variable) const;
 
  protected:
   Optimizer(double lr, Schedule schedule, double clip_norm)
@@ -184,6 +190,7 @@ class Optimizer {
   LossScaleOptions loss_scale_;
   bool scaling_ = false;
   std::vector<ParamGroup> groups_;
+  std::map<std::string, Value> updated_;  ///< by variable name, from the last apply_gradients
 };
 
 class SGD : public Optimizer {
@@ -281,6 +288,36 @@ class RMSProp : public Optimizer {
                double weight_decay, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
   RMSPropOptions options_;
+};
+
+/// Exponential moving averages of variables (tf.train.ExponentialMovingAverage; torch's
+/// AveragedModel with an EMA rule, as timm's model EMA): one shadow variable "<var>/<name>" per
+/// variable, which the target of apply() moves as
+///   shadow = decay shadow + (1 - decay) var
+/// and its first run sets to the variable (so restored or set weights start the average, as
+/// AveragedModel copies the model). With `warmup` the decay is min(decay, (1 + n) / (10 + n))
+/// after n updates (TensorFlow's num_updates), so early averages are not stuck near the start.
+/// The shadows and the count "<name>/num_updates" are state, saved in checkpoints.
+class ExponentialMovingAverage {
+ public:
+  explicit ExponentialMovingAverage(double decay, bool warmup = false, std::string name = "ema");
+  /// The target that moves the averages of `variables` (default: every trainable variable).
+  /// With `trained_by`, a variable that optimizer's last step updates is read as that step
+  /// leaves it (Optimizer::updated), so running {train, apply} together averages the new
+  /// weights, as PyTorch's update after optimizer.step(); other variables are read as they are.
+  Value apply(Graph& graph, std::vector<Value> variables = {},
+              const Optimizer* trained_by = nullptr);
+  /// The shadow of `variable` (from apply()); a GraphError when it has none.
+  Value average(const Value& variable) const;
+  /// The target that writes every shadow into its variable: evaluate or export the averaged
+  /// weights (save a checkpoint first to keep the trained ones).
+  Value copy_to_variables() const;
+
+ private:
+  double decay_;
+  bool warmup_;
+  std::string name_;
+  std::vector<std::pair<Value, Value>> shadows_;  ///< (variable, shadow)
 };
 
 /// The graph's step counter: the i64 scalar variable "global_step", made on first use.

@@ -421,6 +421,49 @@ TEST(Optimizers, ParamGroupsHaveTheirOwnRateAndDecay) {
       {"b is in none of the 1 parameter groups"});
 }
 
+// The moving average read in the training run itself: the first run copies the weights SGD
+// just made, later runs move towards them (torch's AveragedModel.update_parameters after each
+// optimizer.step()); with warm-up the decay is min(decay, (1 + n) / (10 + n)).
+TEST(Optimizers, ExponentialMovingAverageFollowsTheTrainedWeights) {
+  for (bool warmup : {false, true}) {
+    SCOPED_TRACE(warmup ? "warmup" : "fixed decay");
+    Graph g;
+    Value w = g.variable("w", {2}, init::zeros(), f64);
+    Value loss = sum(square(w - 1.0)) * 0.5;
+    optim::SGD sgd({.lr = 0.25});
+    Value train = sgd.minimize(loss);
+    optim::ExponentialMovingAverage ema(0.5, warmup);
+    Value average = ema.apply(g, {}, &sgd);
+    EXPECT_EQ(ema.average(w).name(), "w/ema");
+    Session s(g);
+    s.set_variable(w, Tensor::from_vector<double>({2, -2}));
+    std::vector<double> p = {2, -2}, shadow(2);
+    for (int n = 0; n < 4; ++n) {
+      s.run({}, {}, {train, average});
+      const double d = warmup ? std::min(0.5, (1.0 + n) / (10.0 + n)) : 0.5;
+      for (int i = 0; i < 2; ++i) {
+        p[i] -= 0.25 * (p[i] - 1);
+        shadow[i] = n == 0 ? p[i] : d * shadow[i] + (1 - d) * p[i];
+      }
+      const auto got = s.variable_value(ema.average(w)).to_vector<double>();
+      for (int i = 0; i < 2; ++i) EXPECT_NEAR(got[i], shadow[i], 1e-15) << n << " " << i;
+    }
+    EXPECT_EQ(s.variable_value(g.value("ema/num_updates")).item<int64_t>(), 4);
+    EXPECT_NE(s.variable_value(w).to_vector<double>(), shadow);
+    s.run({}, {}, {ema.copy_to_variables()});
+    EXPECT_EQ(s.variable_value(w).to_vector<double>(), shadow);
+
+    expect_error<GraphError>([&] { ema.apply(g); }, {"'ema' was already applied"});
+    expect_error<GraphError>([&] { ema.average(g.value("global_step")); },
+                             {"has no average of global_step"});
+  }
+  Graph g;
+  Value step = g.variable("count", {}, init::zeros(), i64);
+  expect_error<GraphError>([&] { optim::ExponentialMovingAverage(0.9).apply(g, {step}); },
+                           {"count is i64, not floating point"});
+  expect_error<GraphError>([&] { optim::ExponentialMovingAverage(1.5); }, {"got 1.5"});
+}
+
 // A small classifier, trained through its signatures.
 struct Model {
   Graph g;
