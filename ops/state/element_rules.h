@@ -1,7 +1,7 @@
 // Per-element optimizer rules shared by the CPU loops and the CUDA kernels of the updates
-// adagrad_update, adamax_update, amsgrad_update, nadam_update, radam_update and
-// rmsprop_momentum_update, so the two devices run one formula. Formulas follow torch.optim. Each
-// rule has:
+// adagrad_update, adamax_update, amsgrad_update, nadam_update, radam_update,
+// rmsprop_momentum_update and rmsprop_update, so the two devices run one formula. Formulas follow
+// torch.optim. Each rule has:
 //   - kSlots, its state tensors after the variable; kScalars, the f64 scalar inputs it reads
 //     after the step count (NAdam's running product); a constructor from the node's attributes
 //     (on the host; the rule is then copied to the device by value);
@@ -206,12 +206,21 @@ struct RmspropMomentumRule {
   double alpha, eps, weight_decay, momentum;
   bool centered;
 
+  RmspropMomentumRule(double alpha, double eps, double weight_decay, double momentum, bool centered)
+      : alpha(alpha),
+        eps(eps),
+        weight_decay(weight_decay),
+        momentum(momentum),
+        centered(centered) {}
   explicit RmspropMomentumRule(const KernelContext& ctx)
-      : alpha(ctx.attr<double>("alpha")),
-        eps(ctx.attr<double>("eps")),
-        weight_decay(ctx.attr<double>("weight_decay")),
-        momentum(ctx.attr<double>("momentum")),
-        centered(ctx.attr<bool>("centered")) {}
+      : RmspropMomentumRule(ctx.attr<double>("alpha"), ctx.attr<double>("eps"),
+                            ctx.attr<double>("weight_decay"), ctx.attr<double>("momentum"),
+                            ctx.attr<bool>("centered")) {}
+  /// Plain RMSProp (rmsprop_update: no momentum, not centered; slots 1 and 2 stand-ins).
+  static RmspropMomentumRule plain(const KernelContext& ctx) {
+    return {ctx.attr<double>("alpha"), ctx.attr<double>("eps"), ctx.attr<double>("weight_decay"), 0,
+            false};
+  }
   KILN_HOST_DEVICE bool writes(int slot) const {
     return slot == 0 || (slot == 1 && centered) || (slot == 2 && momentum != 0);
   }

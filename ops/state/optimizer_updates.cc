@@ -1,6 +1,7 @@
 // Fused optimizer updates: each reads the gradient and the slots once and writes the
 // variable and slots once, in one parallel loop. Formulas in ops/state.h; they follow
 // torch.optim (SGD, Adam/AdamW, RMSprop) so results can be compared step by step.
+#include <algorithm>
 #include <cmath>
 
 #include "kiln/framework/kernel.h"
@@ -210,28 +211,7 @@ KILN_OP(matmul_adam_update)
     .infer([](const InferContext& ctx) { return infer_update(ctx, 2, true, true); })
     .kernel(DeviceKind::cpu, matmul_adam_cpu, {f32, f64});
 
-void rmsprop_cpu(KernelContext& ctx) {
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, 4)) return;
-  const double alpha = ctx.attr<double>("alpha"), eps = ctx.attr<double>("eps");
-  const double wd = ctx.attr<double>("weight_decay");
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    T* p = mutable_data<T>(ctx.input(0));
-    T* s = mutable_data<T>(ctx.input(1));
-    const T* g = ctx.input(2).data<T>();
-    const T lr = *ctx.input(3).data<T>();
-    const T a = static_cast<T>(alpha), e = static_cast<T>(eps), decay = static_cast<T>(wd);
-    ctx.parallel_for(ctx.input(0).numel(), 6, [&](int64_t b, int64_t end) {
-      for (int64_t i = b; i < end; ++i) {
-        const T d = g[i] + decay * p[i];
-        s[i] = a * s[i] + (T(1) - a) * d * d;
-        p[i] -= lr * d / (std::sqrt(s[i]) + e);
-      }
-    });
-  };
-  dispatch_float(ctx.input(0).dtype(), run);
-}
+void rmsprop_cpu(KernelContext& ctx);  // below, on the shared rule
 
 KILN_OP(rmsprop_update)
     .input("var")
@@ -252,9 +232,46 @@ KILN_OP(rmsprop_update)
 // the rule's kSlots slots, grad, lr, step (the i64 count before this step), the rule's kScalars
 // f64 scalars, apply_if.
 
+// `count` elements of one rule's update, every pointer its own storage (restrict: the loop
+// vectorizes). Slots past Rule::kSlots are null and untouched.
+template <typename Rule, typename K, typename T>
+void apply_run(const Rule& rule, const K& k, int64_t count, T* __restrict p, const T* __restrict g,
+               T* __restrict s0, T* __restrict s1, T* __restrict s2) {
+  constexpr int kSlots = Rule::kSlots;
+  for (int64_t i = 0; i < count; ++i) {
+    T s[kSlots];
+    s[0] = s0[i];
+    if constexpr (kSlots > 1) s[1] = s1[i];
+    if constexpr (kSlots > 2) s[2] = s2[i];
+    rule.apply(k, p[i], s, g[i]);
+    s0[i] = s[0];
+    if constexpr (kSlots > 1) s1[i] = s[1];
+    if constexpr (kSlots > 2) s2[i] = s[2];
+  }
+}
+
+// The rule over every element of p in parallel; slots[j] null for a stand-in (the variable
+// itself, not state), which reads and writes `unused` instead, so the loop tests nothing per
+// element.
+template <typename Rule, typename K, typename T>
+void run_rule(KernelContext& ctx, const Rule& rule, const K& k, T* p, const T* g,
+              T* const slots[3]) {
+  ctx.parallel_for(ctx.input(0).numel(), 8, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kRun = 512;
+    T unused[kRun] = {};
+    for (int64_t at = begin; at < end; at += kRun) {
+      T* run[3];
+      for (int j = 0; j < 3; ++j)
+        run[j] = j >= Rule::kSlots ? nullptr : slots[j] ? slots[j] + at : unused;
+      apply_run(rule, k, std::min(kRun, end - at), p + at, g + at, run[0], run[1], run[2]);
+    }
+  });
+}
+
 template <typename Rule>
 void element_update_cpu(KernelContext& ctx) {
   constexpr int kSlots = Rule::kSlots, kGradient = kSlots + 1;
+  static_assert(kSlots >= 1 && kSlots <= 3);
   ctx.set_output(0, ctx.input(0));
   if (!applies(ctx, kGradient + 3 + Rule::kScalars)) return;
   const Rule rule(ctx);
@@ -266,22 +283,23 @@ void element_update_cpu(KernelContext& ctx) {
     const auto k = rule.coefficients(*ctx.input(kGradient + 1).data<T>(),
                                      *ctx.input(kGradient + 2).data<int64_t>(), scalars);
     T* p = mutable_data<T>(ctx.input(0));
-    T* slots[kSlots];
-    bool writes[kSlots];
-    for (int j = 0; j < kSlots; ++j) {
-      slots[j] = mutable_data<T>(ctx.input(1 + j));
-      writes[j] = rule.writes(j);
-    }
-    const T* g = ctx.input(kGradient).data<T>();
-    ctx.parallel_for(ctx.input(0).numel(), 8, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T s[kSlots];
-        for (int j = 0; j < kSlots; ++j) s[j] = writes[j] ? slots[j][i] : T(0);
-        rule.apply(k, p[i], s, g[i]);
-        for (int j = 0; j < kSlots; ++j)
-          if (writes[j]) slots[j][i] = s[j];
-      }
-    });
+    T* slots[3] = {};
+    for (int j = 0; j < kSlots; ++j)
+      slots[j] = rule.writes(j) ? mutable_data<T>(ctx.input(1 + j)) : nullptr;
+    run_rule(ctx, rule, k, p, ctx.input(kGradient).data<T>(), slots);
+  });
+}
+
+// rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if).
+void rmsprop_cpu(KernelContext& ctx) {
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, 4)) return;
+  const RmspropMomentumRule rule = RmspropMomentumRule::plain(ctx);
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const auto k = rule.coefficients(*ctx.input(3).data<T>(), 0, nullptr);
+    T* slots[3] = {mutable_data<T>(ctx.input(1)), nullptr, nullptr};
+    run_rule(ctx, rule, k, mutable_data<T>(ctx.input(0)), ctx.input(2).data<T>(), slots);
   });
 }
 

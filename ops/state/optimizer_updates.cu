@@ -90,21 +90,20 @@ void adam_cuda(KernelContext& ctx) {
 }
 KILN_CUDA_KERNEL(adam_update, adam_cuda, {DType::f32, DType::f64});
 
+// rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if).
 template <typename T>
 void rmsprop_typed(KernelContext& ctx) {
   T* p = mutable_data<T>(ctx.input(0));
-  T* s = mutable_data<T>(ctx.input(1));
+  T* sq = mutable_data<T>(ctx.input(1));
   const T* g = ctx.input(2).data<T>();
   const T* lr = ctx.input(3).data<T>();
-  const T a = static_cast<T>(ctx.attr<double>("alpha"));
-  const T e = static_cast<T>(ctx.attr<double>("eps"));
-  const T decay = static_cast<T>(ctx.attr<double>("weight_decay"));
+  const RmspropMomentumRule rule = RmspropMomentumRule::plain(ctx);
   const bool* apply = apply_flag(ctx, 4);
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
     if (apply && !*apply) return;
-    const T d = g[i] + decay * p[i];
-    s[i] = a * s[i] + (T(1) - a) * d * d;
-    p[i] -= *lr * d / (sqrt(s[i]) + e);
+    T s[3] = {sq[i], T(0), T(0)};
+    rule.apply(rule.coefficients(*lr, 0, nullptr), p[i], s, g[i]);
+    sq[i] = s[0];
   });
 }
 void rmsprop_cuda(KernelContext& ctx) {
