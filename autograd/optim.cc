@@ -178,6 +178,13 @@ std::vector<ParamGroup> decay_matrices_only(const std::vector<Value>& variables)
   return groups;
 }
 
+std::vector<Value> clip_by_value(const std::vector<Value>& grads, double limit) {
+  KILN_CHECK(limit > 0, GraphError, "[optim] clip_by_value needs a limit > 0, got ", limit);
+  std::vector<Value> out;
+  for (const Value& g : grads) out.push_back(minimum(maximum(g, -limit), limit));
+  return out;
+}
+
 std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
                                        Value* norm) {
   KILN_CHECK(!grads.empty(), GraphError, "[optim] clip_by_global_norm of no gradients");
@@ -335,6 +342,7 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
     updates.push_back(assign(good, new_good));
   }
   NameScope scope(graph, "optimizer");
+  if (clip_value_ > 0) grads = clip_by_value(grads, clip_value_);
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
   for (Value& advance : prepare_step(graph, step, apply_if)) updates.push_back(advance);
   // Each variable's group (none: the optimizer's own settings); one schedule per rate and dtype.
@@ -429,7 +437,8 @@ Value ExponentialMovingAverage::copy_to_variables() const {
 }
 
 SGD::SGD(SGDOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+      options_(options) {}
 
 Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&,
                   double weight_decay, const Value& apply_if) {
@@ -440,7 +449,7 @@ Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Va
 }
 
 Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
-    : Optimizer(options.lr, options.schedule, options.clip_norm),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
       options_(options),
       decoupled_(decoupled_weight_decay) {}
 
@@ -464,7 +473,8 @@ void refuse_amsgrad(const AdamOptions& options, const char* optimizer) {
 }  // namespace
 
 Adamax::Adamax(AdamOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+      options_(options) {
   refuse_amsgrad(options, "Adamax");
 }
 
@@ -478,7 +488,7 @@ Value Adamax::update(const Value& var, const Value& grad, const Value& lr, const
 }
 
 RAdam::RAdam(AdamOptions options, bool decoupled_weight_decay)
-    : Optimizer(options.lr, options.schedule, options.clip_norm),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
       options_(options),
       decoupled_(decoupled_weight_decay) {
   refuse_amsgrad(options, "RAdam");
@@ -494,7 +504,7 @@ Value RAdam::update(const Value& var, const Value& grad, const Value& lr, const 
 }
 
 NAdam::NAdam(AdamOptions options, double momentum_decay, bool decoupled_weight_decay)
-    : Optimizer(options.lr, options.schedule, options.clip_norm),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
       options_(options),
       momentum_decay_(momentum_decay),
       decoupled_(decoupled_weight_decay) {
@@ -526,7 +536,8 @@ Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const 
 }
 
 Adagrad::Adagrad(AdagradOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+      options_(options) {
   KILN_CHECK(options.lr_decay >= 0 && options.initial_accumulator_value >= 0, GraphError,
              "[optim] Adagrad needs lr_decay >= 0 and initial_accumulator_value >= 0, got ",
              options.lr_decay, " and ", options.initial_accumulator_value);
@@ -539,7 +550,8 @@ Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, cons
 }
 
 RMSProp::RMSProp(RMSPropOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm), options_(options) {}
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+      options_(options) {}
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                       double weight_decay, const Value& apply_if) {

@@ -75,7 +75,8 @@ struct SGDOptions {
   bool nesterov = false;
   double weight_decay = 0;
   Schedule schedule{};
-  double clip_norm = 0;  ///< > 0: scale gradients so their global L2 norm is at most this
+  double clip_norm = 0;   ///< > 0: scale gradients so their global L2 norm is at most this
+  double clip_value = 0;  ///< > 0: clamp each gradient element to [-clip_value, clip_value] first
 };
 
 struct AdamOptions {
@@ -86,6 +87,7 @@ struct AdamOptions {
   double weight_decay = 0;  ///< Adam: L2 added to the gradient; AdamW: decoupled decay
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_value = 0;
   bool amsgrad = false;  ///< Adam and AdamW: the denominator from the largest v so far
 };
 
@@ -97,6 +99,7 @@ struct AdagradOptions {
   double eps = 1e-10;
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_value = 0;
 };
 
 struct RMSPropOptions {
@@ -106,6 +109,7 @@ struct RMSPropOptions {
   double weight_decay = 0;
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_value = 0;
   double momentum = 0;    ///< > 0: b = momentum b + g / denominator, p -= lr b
   bool centered = false;  ///< the denominator from the variance, sqrt(s - mean(g)^2) + eps
 };
@@ -165,8 +169,8 @@ class Optimizer {
   Value updated(const Value& variable) const;
 
  protected:
-  Optimizer(double lr, Schedule schedule, double clip_norm)
-      : lr_(lr), schedule_(schedule), clip_norm_(clip_norm) {}
+  Optimizer(double lr, Schedule schedule, double clip_norm, double clip_value)
+      : lr_(lr), schedule_(schedule), clip_norm_(clip_norm), clip_value_(clip_value) {}
   /// The update op for one variable with its group's weight decay; it applies only where
   /// `apply_if` (when defined) is true.
   virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
@@ -187,6 +191,7 @@ class Optimizer {
   double lr_;
   Schedule schedule_;
   double clip_norm_;
+  double clip_value_;
   LossScaleOptions loss_scale_;
   bool scaling_ = false;
   std::vector<ParamGroup> groups_;
@@ -325,6 +330,8 @@ Value global_step(Graph& graph);
 /// The learning rate at step `step` (an i64 scalar) as a scalar of `dtype`.
 Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
                     DType dtype = f32);
+/// Each gradient with its elements clamped to [-limit, limit] (torch.nn.utils.clip_grad_value_).
+std::vector<Value> clip_by_value(const std::vector<Value>& grads, double limit);
 /// The gradients scaled by min(1, max_norm / ||grads||) (one global L2 norm); `norm` receives
 /// the norm before clipping.
 std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,

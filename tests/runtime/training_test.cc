@@ -319,6 +319,19 @@ TEST(Optimizers, SchedulesAndClipping) {
   EXPECT_NEAR(out[1].element(1), 0.8, 1e-6);
   auto loose = optim::clip_by_global_norm({a, b}, 100.0);
   EXPECT_NEAR(s.run({}, {loose[0]})[0].element(0), 3, 1e-9);
+  auto clamped = optim::clip_by_value({a, b}, 3.5);
+  auto values = s.run({}, {clamped[0], clamped[1]});
+  EXPECT_EQ(values[0].to_vector<double>(), (std::vector<double>{3, 0}));
+  EXPECT_EQ(values[1].to_vector<double>(), (std::vector<double>{0, 3.5}));
+  expect_error<GraphError>([&] { optim::clip_by_value({a}, 0); }, {"limit > 0, got 0"});
+  // As an option: SGD on sum(p^2) / 2 with gradients p = {5, -0.5} clamped to 1.
+  Graph h;
+  Value p = h.variable("p", {2}, init::zeros(), f64);
+  Value train = optim::SGD({.lr = 0.5, .clip_value = 1}).minimize(sum(square(p)) * 0.5);
+  Session t(h);
+  t.set_variable(p, Tensor::from_vector<double>({5, -0.5}));
+  t.run({}, {}, {train});
+  EXPECT_EQ(t.variable_value(p).to_vector<double>(), (std::vector<double>{4.5, -0.25}));
 }
 
 // The schedules added after cosine, at steps before, on and after their breakpoints. The
