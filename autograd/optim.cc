@@ -69,6 +69,17 @@ Schedule Schedule::one_cycle(int64_t total_steps, double pct_start, double div_f
   return s;
 }
 
+Schedule Schedule::reduce_on_plateau(double factor, int64_t patience, double threshold,
+                                     double min_lr) {
+  Schedule s;
+  s.kind = Kind::reduce_on_plateau;
+  s.gamma = factor;
+  s.patience = patience;
+  s.threshold = threshold;
+  s.min_lr = min_lr;
+  return s;
+}
+
 Schedule Schedule::with_warmup(int64_t steps) const {
   Schedule s = *this;
   s.warmup_steps = steps;
@@ -82,6 +93,76 @@ Value global_step(Graph& graph) {
     return graph.value("global_step");
   }
   return graph.variable("global_step", Shape{}, init::zeros(), i64, /*trainable=*/false);
+}
+
+namespace {
+// A non-trainable variable named `name` whatever the name scope, every element `initial`.
+Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
+                     double initial) {
+  return graph.add(
+      "variable", {},
+      {{"dtype", dtype},
+       {"shape", shape},
+       {"init", std::string(initial == 0 ? "zeros" : "constant")},
+       {"init_args", initial == 0 ? std::vector<double>{} : std::vector<double>{initial}},
+       {"seed", int64_t{0}},
+       {"trainable", false}},
+      {.name = name, .exact_name = true, .absolute_name = true});
+}
+
+// The state of the graph's reduce_on_plateau schedule (made on first use).
+struct PlateauState {
+  Value best, num_bad, cooldown_left, reductions;
+};
+PlateauState plateau_state(Graph& graph, const Schedule& schedule) {
+  KILN_CHECK(schedule.kind == Schedule::Kind::reduce_on_plateau, GraphError,
+             "[optim] observe_metric needs a reduce_on_plateau schedule");
+  KILN_CHECK(schedule.gamma > 0 && schedule.gamma < 1 && schedule.patience >= 0 &&
+                 schedule.cooldown >= 0 && schedule.threshold >= 0,
+             GraphError,
+             "[optim] reduce_on_plateau needs 0 < factor < 1 and patience, cooldown, threshold "
+             ">= 0; got factor ",
+             schedule.gamma, ", patience ", schedule.patience, ", cooldown ", schedule.cooldown,
+             ", threshold ", schedule.threshold);
+  auto state = [&](const char* name, DType dtype, double initial) {
+    const std::string full = std::string("lr_plateau/") + name;
+    return graph.find_node(full) ? graph.value(full)
+                                 : state_variable(graph, full, dtype, Shape{}, initial);
+  };
+  const double worst = schedule.maximize ? -INFINITY : INFINITY;
+  return {state("best", f64, worst), state("num_bad", i64, 0), state("cooldown_left", i64, 0),
+          state("reductions", i64, 0)};
+}
+}  // namespace
+
+Value observe_metric(Graph& graph, const Value& metric, const Schedule& schedule) {
+  KILN_CHECK(metric.defined() && metric.graph() == &graph && metric.shape().is_known() &&
+                 metric.shape().numel() == 1,
+             GraphError, "[optim] observe_metric needs a one-element metric of the graph, got ",
+             metric.defined() ? str(metric.shape()) : std::string("none"));
+  const PlateauState state = plateau_state(graph, schedule);
+  NameScope scope(graph, "lr_plateau");
+  Value m = reshape(cast(metric, f64), Shape{});
+  const double t = schedule.threshold;
+  Value better = schedule.maximize ? (schedule.threshold_relative ? greater(m, state.best * (1 + t))
+                                                                  : greater(m, state.best + t))
+                                   : (schedule.threshold_relative ? less(m, state.best * (1 - t))
+                                                                  : less(m, state.best - t));
+  Value zero = graph.scalar(0, i64), one = graph.scalar(1, i64);
+  // ReduceLROnPlateau.step's order: the best and the bad count, then the cool-down (which
+  // clears the count), then the reduction.
+  Value bad = where(better, zero, state.num_bad + one);
+  Value cooling = greater(state.cooldown_left, zero);
+  Value cooldown_left = where(cooling, state.cooldown_left - one, state.cooldown_left);
+  bad = where(cooling, zero, bad);
+  Value reduce = greater(bad, graph.scalar(static_cast<double>(schedule.patience), i64));
+  return group(graph,
+               {assign(state.best, where(better, m, state.best)),
+                assign(state.num_bad, where(reduce, zero, bad)),
+                assign(state.cooldown_left,
+                       where(reduce, graph.scalar(static_cast<double>(schedule.cooldown), i64),
+                             cooldown_left)),
+                assign_add(state.reductions, cast(reduce, i64))});
 }
 
 namespace {
@@ -143,6 +224,12 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       lr = cosine_between(base_lr, schedule.min_lr, minimum(t, total) / total);
       break;
     }
+    case Schedule::Kind::reduce_on_plateau: {
+      Value reductions = cast(plateau_state(graph, schedule).reductions, dtype);
+      lr = maximum(lr * pow(graph.scalar(schedule.gamma, dtype), reductions),
+                   graph.scalar(schedule.min_lr, dtype));
+      break;
+    }
     case Schedule::Kind::one_cycle: {
       // OneCycleLR's two phases: the rise ends at step pct_start T - 1, the fall at T - 1.
       const double rise_end = schedule.pct_start * total - 1, fall_end = total - 1;
@@ -200,22 +287,6 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
   for (const Value& g : grads) out.push_back(g * cast(scale, g.dtype()));
   return out;
 }
-
-namespace {
-// A non-trainable variable named `name` whatever the name scope, every element `initial`.
-Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
-                     double initial) {
-  return graph.add(
-      "variable", {},
-      {{"dtype", dtype},
-       {"shape", shape},
-       {"init", std::string(initial == 0 ? "zeros" : "constant")},
-       {"init_args", initial == 0 ? std::vector<double>{} : std::vector<double>{initial}},
-       {"seed", int64_t{0}},
-       {"trainable", false}},
-      {.name = name, .exact_name = true, .absolute_name = true});
-}
-}  // namespace
 
 Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) {
   // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".

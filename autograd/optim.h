@@ -24,7 +24,8 @@ struct Schedule {
     linear,
     polynomial,
     cosine,
-    one_cycle
+    one_cycle,
+    reduce_on_plateau
   };
   Kind kind = Kind::constant;
   int64_t step_size = 1;              ///< step_decay: lr * gamma^floor(t / step_size)
@@ -38,6 +39,15 @@ struct Schedule {
   /// up to lr over the first pct_start T steps, then down to lr / div_factor / final_div_factor
   /// at step T - 1, where it stays.
   double pct_start = 0.3, div_factor = 25, final_div_factor = 1e4;
+  /// reduce_on_plateau (ReduceLROnPlateau): lr * gamma^(reductions), at least min_lr. Each run
+  /// of observe_metric() compares the metric with the best so far (lower is better, or higher
+  /// with maximize; better means beyond best (1 -+ threshold), or best -+ threshold when not
+  /// threshold_relative); after more than `patience` observations in a row without
+  /// improvement the rate is reduced once, and `cooldown` observations pass before counting
+  /// again.
+  int64_t patience = 10, cooldown = 0;
+  double threshold = 1e-4;
+  bool threshold_relative = true, maximize = false;
   int64_t warmup_steps = 0;  ///< linear warm-up: the scheduled lr times min(1, (t + 1) / W)
 
   static Schedule constant() { return {}; }
@@ -52,6 +62,10 @@ struct Schedule {
   static Schedule cosine(int64_t total_steps, double min_lr = 0);
   static Schedule one_cycle(int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
                             double final_div_factor = 1e4);
+  /// ReduceLROnPlateau; the other fields (maximize, threshold_relative, cooldown) are set on
+  /// the result. Fed by observe_metric().
+  static Schedule reduce_on_plateau(double factor = 0.1, int64_t patience = 10,
+                                    double threshold = 1e-4, double min_lr = 0);
   /// This schedule with a linear warm-up over the first `steps` steps.
   Schedule with_warmup(int64_t steps) const;
 };
@@ -324,6 +338,12 @@ class ExponentialMovingAverage {
   std::string name_;
   std::vector<std::pair<Value, Value>> shadows_;  ///< (variable, shadow)
 };
+
+/// The target that feeds `metric` (a scalar: a placeholder fed the validation loss once an
+/// epoch, say) to the graph's reduce_on_plateau schedule, as ReduceLROnPlateau.step(metric).
+/// Its state is the variables "lr_plateau/best", ".../num_bad", ".../cooldown_left" and
+/// ".../reductions" (one such schedule per graph; saved in checkpoints).
+Value observe_metric(Graph& graph, const Value& metric, const Schedule& schedule);
 
 /// The graph's step counter: the i64 scalar variable "global_step", made on first use.
 Value global_step(Graph& graph);

@@ -374,6 +374,53 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
                            {"one_cycle", "total_steps is 2"});
 }
 
+// ReduceLROnPlateau fed one metric at a time, against the rates torch's scheduler gives for
+// the same metrics (printed by torch 1.13 and 2.15 alike): relative threshold with cool-down
+// and a floor, and an absolute threshold on a metric to maximize.
+TEST(Optimizers, ReduceOnPlateauMatchesPyTorch) {
+  struct Case {
+    optim::Schedule schedule;
+    std::vector<double> metrics, torch_lr;
+  };
+  optim::Schedule down = optim::Schedule::reduce_on_plateau(0.5, 2, 0.1, 0.1);
+  down.cooldown = 1;
+  optim::Schedule up = optim::Schedule::reduce_on_plateau(0.3, 1, 0.5);
+  up.maximize = true;
+  up.threshold_relative = false;
+  const std::vector<Case> cases = {
+      {down,
+       {5, 4, 3.9, 3.8, 3.7, 3.0, 3.0, 3.0, 3.0, 3.0, 2.9, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0},
+       {1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.125, 0.125, 0.125, 0.125,
+        0.1, 0.1}},
+      {up,
+       {1, 2, 2.5, 2.6, 2.7, 2.8, 5, 5, 5, 5, 5, 5},
+       {1.0, 1.0, 1.0, 1.0, 1.0, 0.3, 0.3, 0.3, 0.09, 0.09, 0.027, 0.027}}};
+  for (const Case& c : cases) {
+    Graph g;
+    Value metric = g.placeholder("val_loss", f32, {});
+    Value observe = optim::observe_metric(g, metric, c.schedule);
+    Value lr = optim::learning_rate(g, 1.0, c.schedule, g.scalar(0, i64), f64);
+    Session s(g);
+    for (size_t i = 0; i < c.metrics.size(); ++i) {
+      s.run({{metric, Tensor::scalar<float>(static_cast<float>(c.metrics[i]))}}, {}, {observe});
+      EXPECT_NEAR(s.run({}, {lr})[0].item<double>(), c.torch_lr[i], 1e-12) << i;
+    }
+  }
+  Graph g;
+  expect_error<GraphError>(
+      [&] {
+        optim::observe_metric(g, g.placeholder("m", f32, {2}),
+                              optim::Schedule::reduce_on_plateau());
+      },
+      {"one-element metric", "[2]"});
+  expect_error<GraphError>(
+      [&] { optim::observe_metric(g, g.scalar(1, f32), optim::Schedule::cosine(10)); },
+      {"needs a reduce_on_plateau schedule"});
+  expect_error<GraphError>(
+      [&] { optim::observe_metric(g, g.scalar(1, f32), optim::Schedule::reduce_on_plateau(2.0)); },
+      {"0 < factor < 1", "got factor 2"});
+}
+
 // Parameter groups: each variable's update uses its group's rate and weight decay; the
 // schedule scales every group. Plain SGD, so the reference is p -= lr_t (g + wd p) per group.
 TEST(Optimizers, ParamGroupsHaveTheirOwnRateAndDecay) {
