@@ -519,10 +519,14 @@ Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Va
                     apply_if);
 }
 
-Adam::Adam(AdamOptions options, bool decoupled_weight_decay)
+AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,
+                                         bool allows_amsgrad)
     : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
       options_(options),
-      decoupled_(decoupled_weight_decay) {}
+      decoupled_(decoupled) {
+  KILN_CHECK(allows_amsgrad || !options.amsgrad, GraphError, "[optim] ", name,
+             " has no amsgrad variant (Adam and AdamW do)");
+}
 
 Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                    double weight_decay, const Value& apply_if) {
@@ -530,56 +534,28 @@ Value Adam::update(const Value& var, const Value& grad, const Value& lr, const V
   Value v = slot(var, "adam_v");
   if (options_.amsgrad)
     return amsgrad_update(var, m, v, slot(var, "adam_v_max"), grad, lr, step,
-                          {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
-                          apply_if);
+                          hyperparameters(weight_decay), apply_if);
   return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
                      weight_decay, decoupled_, apply_if);
-}
-
-namespace {
-void refuse_amsgrad(const AdamOptions& options, const char* optimizer) {
-  KILN_CHECK(!options.amsgrad, GraphError, "[optim] ", optimizer,
-             " has no amsgrad variant (Adam and AdamW do)");
-}
-}  // namespace
-
-Adamax::Adamax(AdamOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
-      options_(options) {
-  refuse_amsgrad(options, "Adamax");
 }
 
 Value Adamax::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                      double weight_decay, const Value& apply_if) {
   Value m = slot(var, "adamax_m");
   Value u = slot(var, "adamax_u");
-  return adamax_update(var, m, u, grad, lr, step,
-                       {options_.beta1, options_.beta2, options_.eps, weight_decay, false},
-                       apply_if);
-}
-
-RAdam::RAdam(AdamOptions options, bool decoupled_weight_decay)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
-      options_(options),
-      decoupled_(decoupled_weight_decay) {
-  refuse_amsgrad(options, "RAdam");
+  return adamax_update(var, m, u, grad, lr, step, hyperparameters(weight_decay), apply_if);
 }
 
 Value RAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                     double weight_decay, const Value& apply_if) {
   Value m = slot(var, "radam_m");
   Value v = slot(var, "radam_v");
-  return radam_update(var, m, v, grad, lr, step,
-                      {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
-                      apply_if);
+  return radam_update(var, m, v, grad, lr, step, hyperparameters(weight_decay), apply_if);
 }
 
 NAdam::NAdam(AdamOptions options, double momentum_decay, bool decoupled_weight_decay)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
-      options_(options),
-      momentum_decay_(momentum_decay),
-      decoupled_(decoupled_weight_decay) {
-  refuse_amsgrad(options, "NAdam");
+    : AdamFamilyOptimizer(options, decoupled_weight_decay, "NAdam", false),
+      momentum_decay_(momentum_decay) {
   KILN_CHECK(momentum_decay >= 0, GraphError, "[optim] NAdam needs momentum_decay >= 0, got ",
              momentum_decay);
 }
@@ -601,8 +577,7 @@ Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const 
                     double weight_decay, const Value& apply_if) {
   Value m = slot(var, "nadam_m");
   Value v = slot(var, "nadam_v");
-  return nadam_update(var, m, v, grad, lr, step, mu_product_,
-                      {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_},
+  return nadam_update(var, m, v, grad, lr, step, mu_product_, hyperparameters(weight_decay),
                       momentum_decay_, apply_if);
 }
 

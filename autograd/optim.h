@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kiln/framework/graph.h"
+#include "kiln/ops/state.h"
 
 namespace kiln::optim {
 
@@ -223,16 +224,29 @@ class SGD : public Optimizer {
   SGDOptions options_;
 };
 
-class Adam : public Optimizer {
+/// The base of the optimizers AdamOptions configure (Adam's family): the options, and weight
+/// decay as L2 in the gradient or decoupled (AdamW-style).
+class AdamFamilyOptimizer : public Optimizer {
+ protected:
+  /// `name`: the optimizer, for the error when amsgrad is set and `allows_amsgrad` is false.
+  AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name, bool allows_amsgrad);
+  double weight_decay() const override { return options_.weight_decay; }
+  /// The update ops' hyperparameters with a group's weight decay.
+  AdamHyperparameters hyperparameters(double weight_decay) const {
+    return {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_};
+  }
+  AdamOptions options_;
+  bool decoupled_;
+};
+
+class Adam : public AdamFamilyOptimizer {
  public:
-  explicit Adam(AdamOptions options = {}, bool decoupled_weight_decay = false);
+  explicit Adam(AdamOptions options = {}, bool decoupled_weight_decay = false)
+      : AdamFamilyOptimizer(options, decoupled_weight_decay, "Adam", true) {}
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                double weight_decay, const Value& apply_if) override;
-  double weight_decay() const override { return options_.weight_decay; }
-  AdamOptions options_;
-  bool decoupled_;
 };
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter); torch.optim.AdamW's default decay.
@@ -243,35 +257,32 @@ class AdamW : public Adam {
 
 /// Adamax (Adam with the infinity norm: u = max(b2 u, |g| + eps)); amsgrad is refused. Its
 /// default rate is torch's 2e-3; options given without lr take AdamOptions' 1e-3.
-class Adamax : public Optimizer {
+class Adamax : public AdamFamilyOptimizer {
  public:
-  explicit Adamax(AdamOptions options = {.lr = 2e-3});
+  explicit Adamax(AdamOptions options = {.lr = 2e-3})
+      : AdamFamilyOptimizer(options, false, "Adamax", false) {}
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                double weight_decay, const Value& apply_if) override;
-  double weight_decay() const override { return options_.weight_decay; }
-  AdamOptions options_;
 };
 
 /// RAdam (rectified Adam), with L2 or (decoupled_weight_decay) AdamW-style decay; amsgrad is
 /// refused.
-class RAdam : public Optimizer {
+class RAdam : public AdamFamilyOptimizer {
  public:
-  explicit RAdam(AdamOptions options = {}, bool decoupled_weight_decay = false);
+  explicit RAdam(AdamOptions options = {}, bool decoupled_weight_decay = false)
+      : AdamFamilyOptimizer(options, decoupled_weight_decay, "RAdam", false) {}
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                double weight_decay, const Value& apply_if) override;
-  double weight_decay() const override { return options_.weight_decay; }
-  AdamOptions options_;
-  bool decoupled_;
 };
 
 /// NAdam (Adam with Nesterov momentum), with L2 or (decoupled_weight_decay) AdamW-style decay.
 /// Its running product of the momentum schedule is the f64 scalar variable "nadam_mu_product"
 /// (so one NAdam per graph); amsgrad is refused.
-class NAdam : public Optimizer {
+class NAdam : public AdamFamilyOptimizer {
  public:
   explicit NAdam(AdamOptions options = {.lr = 2e-3}, double momentum_decay = 4e-3,
                  bool decoupled_weight_decay = false);
@@ -279,11 +290,8 @@ class NAdam : public Optimizer {
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                double weight_decay, const Value& apply_if) override;
-  double weight_decay() const override { return options_.weight_decay; }
   std::vector<Value> prepare_step(Graph& graph, const Value& step, const Value& apply_if) override;
-  AdamOptions options_;
   double momentum_decay_;
-  bool decoupled_;
   Value mu_product_;  ///< mu_1 ... mu_t of this step, made by prepare_step
 };
 

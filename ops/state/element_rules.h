@@ -87,6 +87,11 @@ struct AdamFamily {
             static_cast<T>(beta2),
             T(0)};
   }
+  /// The coefficients of the rules that need nothing more (AMSGrad, Adamax).
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
+    return common(lr, step);
+  }
   /// d = g + l2 p, then p shrinks; returns d. m = b1 m + (1 - b1) d.
   template <typename T>
   KILN_HOST_DEVICE static T decay_and_first_moment(const Coefficients<T>& k, T& p, T& m, T g) {
@@ -103,10 +108,6 @@ struct AmsgradRule : AdamFamily {
   static constexpr int kSlots = 3;  // m, v, v_max
   using AdamFamily::AdamFamily;
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
-    return common(lr, step);
-  }
-  template <typename T>
   KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
     using std::sqrt;
     const T d = decay_and_first_moment(k, p, s[0], g);
@@ -120,10 +121,6 @@ struct AmsgradRule : AdamFamily {
 struct AdamaxRule : AdamFamily {
   static constexpr int kSlots = 2;  // m, u
   using AdamFamily::AdamFamily;
-  template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
-    return common(lr, step);
-  }
   template <typename T>
   KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
     using std::abs;
