@@ -92,6 +92,11 @@ struct AdamFamily {
   KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
     return common(lr, step);
   }
+  /// v = b2 v + (1 - b2) d^2.
+  template <typename T>
+  KILN_HOST_DEVICE static void second_moment(const Coefficients<T>& k, T& v, T d) {
+    v = k.beta2 * v + (T(1) - k.beta2) * d * d;
+  }
   /// d = g + l2 p, then p shrinks; returns d. m = b1 m + (1 - b1) d.
   template <typename T>
   KILN_HOST_DEVICE static T decay_and_first_moment(const Coefficients<T>& k, T& p, T& m, T g) {
@@ -111,7 +116,7 @@ struct AmsgradRule : AdamFamily {
   KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
     using std::sqrt;
     const T d = decay_and_first_moment(k, p, s[0], g);
-    s[1] = k.beta2 * s[1] + (T(1) - k.beta2) * d * d;
+    second_moment(k, s[1], d);
     s[2] = s[2] > s[1] ? s[2] : s[1];
     p -= k.rate * s[0] / (sqrt(s[2]) / k.root_c2 + k.eps);
   }
@@ -153,7 +158,7 @@ struct RadamRule : AdamFamily {
   KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
     using std::sqrt;
     const T d = decay_and_first_moment(k, p, s[0], g);
-    s[1] = k.beta2 * s[1] + (T(1) - k.beta2) * d * d;
+    second_moment(k, s[1], d);
     const T step = k.rate * s[0];
     p -= k.extra == T(0) ? step : step * k.extra * k.root_c2 / (sqrt(s[1]) + k.eps);
   }
@@ -187,7 +192,7 @@ struct NadamRule : AdamFamily {
   KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
     using std::sqrt;
     const T d = decay_and_first_moment(k, p, s[0], g);
-    s[1] = k.beta2 * s[1] + (T(1) - k.beta2) * d * d;
+    second_moment(k, s[1], d);
     const T denominator = sqrt(s[1]) / k.root_c2 + k.eps;
     p -= (k.extra * d + k.rate * s[0]) / denominator;
   }
