@@ -80,6 +80,14 @@ Schedule Schedule::reduce_on_plateau(double factor, int64_t patience, double thr
   return s;
 }
 
+Schedule Schedule::sequential(std::vector<Schedule> phases, std::vector<int64_t> milestones) {
+  Schedule s;
+  s.kind = Kind::sequential;
+  s.phases = std::move(phases);
+  s.milestones = std::move(milestones);
+  return s;
+}
+
 Schedule Schedule::with_warmup(int64_t steps) const {
   Schedule s = *this;
   s.warmup_steps = steps;
@@ -166,6 +174,12 @@ Value observe_metric(Graph& graph, const Value& metric, const Schedule& schedule
 }
 
 namespace {
+// The step counted from `start` (0 before it: that phase's value is then not used).
+Value phase_step(const Value& step, int64_t start) {
+  Graph& graph = *step.graph();
+  return maximum(step - graph.scalar(static_cast<double>(start), i64), graph.scalar(0, i64));
+}
+
 // The cosine interpolation from `from` (at progress 0) to `to` (at progress 1) of PyTorch's
 // schedulers: to + (from - to) (1 + cos(pi progress)) / 2.
 Value cosine_between(double from, double to, const Value& progress) {
@@ -228,6 +242,25 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       Value reductions = cast(plateau_state(graph, schedule).reductions, dtype);
       lr = maximum(lr * pow(graph.scalar(schedule.gamma, dtype), reductions),
                    graph.scalar(schedule.min_lr, dtype));
+      break;
+    }
+    case Schedule::Kind::sequential: {
+      const auto& phases = schedule.phases;
+      const auto& milestones = schedule.milestones;
+      KILN_CHECK(!phases.empty() && milestones.size() + 1 == phases.size(), GraphError,
+                 "[optim] a sequential schedule needs one milestone fewer than its phases; got ",
+                 phases.size(), " phases and ", milestones.size(), " milestones");
+      // From the last phase back: each earlier phase takes over below its end milestone.
+      lr = learning_rate(graph, base_lr, phases.back(),
+                         milestones.empty() ? step : phase_step(step, milestones.back()), dtype);
+      for (size_t i = milestones.size(); i-- > 0;) {
+        KILN_CHECK(milestones[i] > 0 && (i == 0 || milestones[i] > milestones[i - 1]), GraphError,
+                   "[optim] sequential milestones must be positive and ascending; milestone ", i,
+                   " is ", milestones[i]);
+        Value earlier = learning_rate(graph, base_lr, phases[i],
+                                      i == 0 ? step : phase_step(step, milestones[i - 1]), dtype);
+        lr = where(less(step, graph.scalar(static_cast<double>(milestones[i]), i64)), earlier, lr);
+      }
       break;
     }
     case Schedule::Kind::one_cycle: {

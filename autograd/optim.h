@@ -26,12 +26,16 @@ struct Schedule {
     polynomial,
     cosine,
     one_cycle,
-    reduce_on_plateau
+    reduce_on_plateau,
+    sequential
   };
   Kind kind = Kind::constant;
   int64_t step_size = 1;              ///< step_decay: lr * gamma^floor(t / step_size)
   double gamma = 0.1;                 ///< step_decay, multi_step, exponential (lr * gamma^t)
   std::vector<int64_t> milestones{};  ///< multi_step: lr * gamma^(number of milestones <= t)
+  /// sequential (SequentialLR): phases[i] from milestones[i - 1] (0 for the first) on, counting
+  /// its own steps from there.
+  std::vector<Schedule> phases{};
   /// linear: lr * (start + (end - start) min(t, T) / T); polynomial: lr (1 - min(t, T) / T)^power
   double start_factor = 1, end_factor = 1, power = 1;
   int64_t total_steps = 1;  ///< cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2
@@ -67,6 +71,10 @@ struct Schedule {
   /// the result. Fed by observe_metric().
   static Schedule reduce_on_plateau(double factor = 0.1, int64_t patience = 10,
                                     double threshold = 1e-4, double min_lr = 0);
+  /// SequentialLR: `phases` one after another, phase i + 1 starting at step milestones[i]
+  /// (ascending; one fewer than the phases). A warm-up then a cosine decay over the rest:
+  /// sequential({linear(0.01, 1, W), cosine(T - W)}, {W}).
+  static Schedule sequential(std::vector<Schedule> phases, std::vector<int64_t> milestones);
   /// This schedule with a linear warm-up over the first `steps` steps.
   Schedule with_warmup(int64_t steps) const;
 };

@@ -348,12 +348,28 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
   Value linear = lr(1.0, optim::Schedule::linear(0.25, 0.75, 8));
   Value poly = lr(1.0, optim::Schedule::polynomial(10, 2.0));
   Value cycle = lr(2.0, optim::Schedule::one_cycle(20));
+  using optim::Schedule;
+  Value phases =
+      lr(2.0, Schedule::sequential({Schedule::linear(0.1, 1, 5), Schedule::cosine(10, 0.01),
+                                    Schedule::exponential(0.5)},
+                                   {5, 15}));
+  // SequentialLR of LinearLR(0.1, total 5), CosineAnnealingLR(10, 0.01), ExponentialLR(0.5) at
+  // milestones 5 and 15, lr 2: torch's rates.
+  const std::map<int64_t, double> torch_phases = {{0, 0.2},
+                                                  {4, 1.6399999999999997},
+                                                  {5, 2.0},
+                                                  {6, 1.951301233713678},
+                                                  {14, 0.058698766286322236},
+                                                  {15, 2.0},
+                                                  {16, 1.0},
+                                                  {19, 0.125}};
   const std::map<int64_t, double> torch_cycle = {
       {0, 0.08},      {1, 0.2633436854},   {5, 2.0},    {6, 1.97492801247},
       {12, 1.000004}, {18, 0.02507998753}, {19, 8e-06}, {30, 8e-06}};
   Session s(g);
-  for (int64_t t : {0, 1, 2, 3, 5, 6, 7, 8, 10, 12, 18, 19, 30}) {
-    auto out = s.run({{step, Tensor::scalar<int64_t>(t)}}, {multi, expo, linear, poly, cycle});
+  for (int64_t t : {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 15, 16, 18, 19, 30}) {
+    auto out =
+        s.run({{step, Tensor::scalar<int64_t>(t)}}, {multi, expo, linear, poly, cycle, phases});
     const double td = static_cast<double>(t);
     EXPECT_NEAR(out[0].item<double>(), std::pow(0.5, (t >= 3) + (t >= 7) + (t >= 12)), 1e-12) << t;
     EXPECT_NEAR(out[1].item<double>(), 2.0 * std::pow(0.9, td), 1e-12) << t;
@@ -361,6 +377,9 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
     EXPECT_NEAR(out[3].item<double>(), std::pow(1 - std::min(td, 10.0) / 10, 2), 1e-12) << t;
     if (torch_cycle.count(t)) {
       EXPECT_NEAR(out[4].item<double>(), torch_cycle.at(t), 1e-10) << t;
+    }
+    if (torch_phases.count(t)) {
+      EXPECT_NEAR(out[5].item<double>(), torch_phases.at(t), 1e-12) << t;
     }
   }
   expect_error<GraphError>(
@@ -372,6 +391,17 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
                            {"polynomial schedule needs total_steps > 0, got 0"});
   expect_error<GraphError>([&] { lr(1.0, optim::Schedule::one_cycle(2)); },
                            {"one_cycle", "total_steps is 2"});
+  expect_error<GraphError>(
+      [&] {
+        lr(1.0, Schedule::sequential({Schedule::constant(), Schedule::constant()}, {}));
+      },
+      {"one milestone fewer than its phases; got 2 phases and 0 milestones"});
+  expect_error<GraphError>(
+      [&] {
+        lr(1.0, Schedule::sequential(
+                    {Schedule::constant(), Schedule::constant(), Schedule::constant()}, {4, 2}));
+      },
+      {"ascending; milestone 1 is 2"});
 }
 
 // ReduceLROnPlateau fed one metric at a time, against the rates torch's scheduler gives for
