@@ -145,6 +145,28 @@ int main(int argc, char** argv) {
   mlp(rmsprop, [](const Value& loss) {
     return optim::RMSProp({.lr = 1e-2}).with_loss_scaling().minimize(loss);
   });
+  // The optimizers with shared per-element rules, parameter groups, a phased schedule and the
+  // moving average: their update ops, state and attributes in graph files.
+  Graph nadam, rmsprop_centered;
+  mlp(nadam, [](const Value& loss) {
+    Graph& g = *loss.graph();
+    optim::NAdam optimizer(
+        {.lr = 1e-2,
+         .weight_decay = 0.01,
+         .schedule = optim::Schedule::sequential(
+             {optim::Schedule::linear(0.1, 1, 10), optim::Schedule::cosine(90)}, {10})});
+    optimizer.with_param_groups(optim::decay_matrices_only(g.variables(true)));
+    Value train = optimizer.minimize(loss);
+    optim::ExponentialMovingAverage ema(0.99, /*warmup=*/true);
+    return group(g, {train, ema.apply(g, {}, &optimizer)});
+  });
+  mlp(rmsprop_centered, [](const Value& loss) {
+    return optim::RMSProp({.lr = 1e-2, .clip_value = 1, .momentum = 0.9, .centered = true})
+        .with_loss_scaling()
+        .minimize(loss);
+  });
+  both(nadam, "mlp_nadam_groups_ema");
+  both(rmsprop_centered, "mlp_rmsprop_centered_scaled");
   op_zoo(zoo);
   nn_zoo(nn_graph);
   both(nn_graph, "nn_zoo");
