@@ -2,16 +2,16 @@
 //
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
-// Cases: mlp_step, mlp_memory, matmul, dispatch, chain_fused, chain_unfused, cnn_step,
-// transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step,
-// gru_step, upsample_step and ctc_step (the last four by hand: not in run.sh; also by hand:
-// lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when
-// the graph is built, and attention_step_alibi, attention_step_softcap,
-// attention_window_step_mask and decode_long_step_late, the same step at position 2,000),
-// attention_window_step, peak_flops (the
-// processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
-// graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
-// Chrome trace of the runs).
+// Cases: mlp_step, mlp_memory, optimizer_step_<sgd|adam|amsgrad|adamax|nadam|radam|adagrad|
+// rmsprop> (by hand: one update of a 4M-element weight under each optimizer), matmul, dispatch,
+// chain_fused, chain_unfused, cnn_step, transformer_step, llama_step, lstm_step, decode_step,
+// decode_long_step, attention_step, gru_step, upsample_step and ctc_step (the last four by hand:
+// not in run.sh; also by hand: lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a
+// sequence length unknown when the graph is built, and attention_step_alibi,
+// attention_step_softcap, attention_window_step_mask and decode_long_step_late, the same step at
+// position 2,000), attention_window_step, peak_flops (the processor's measured f32 FMA peak, for
+// the matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs), --inter N
+// (SessionOptions::inter_op_threads), --trace FILE (a Chrome trace of the runs).
 #include <kiln/kiln.h>
 #include <sys/resource.h>
 
@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 
 #if defined(__x86_64__)
@@ -202,6 +203,29 @@ double ctc_step(const SessionOptions& options) {
   Session s(g, options);
   Tensor xb = ramp({kT, kN, kC});
   return time_it([&] { s.run({{x, xb}}, {loss, dx}); }, 3, 20);
+}
+
+// One training step of a [4096, 1024] f32 weight w on sum((w - 1)^2) under `optimizer`,
+// torch.optim's defaults: the update ops' memory traffic, 4M elements (by hand, beside
+// torch_bench.py optimizer_step_<name>). The optimum is 1, not 0: weights shrinking to 0 would
+// become subnormal and time the processor's slow path. Zero for an unknown name.
+double optimizer_step(const SessionOptions& options, const std::string& optimizer) {
+  std::unique_ptr<optim::Optimizer> make;
+  if (optimizer == "sgd") make = std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 1e-3});
+  if (optimizer == "adam") make = std::make_unique<optim::Adam>();
+  if (optimizer == "amsgrad")
+    make = std::make_unique<optim::Adam>(optim::AdamOptions{.amsgrad = true});
+  if (optimizer == "adamax") make = std::make_unique<optim::Adamax>();
+  if (optimizer == "nadam") make = std::make_unique<optim::NAdam>();
+  if (optimizer == "radam") make = std::make_unique<optim::RAdam>();
+  if (optimizer == "adagrad") make = std::make_unique<optim::Adagrad>();
+  if (optimizer == "rmsprop") make = std::make_unique<optim::RMSProp>();
+  if (!make) return 0;
+  Graph g;
+  Value w = g.variable("w", {4096, 1024}, init::uniform(-1, 1, 1));
+  Value train = make->minimize(sum(square(w - 1.0)));
+  Session s(g, options);
+  return time_it([&] { s.run({}, {}, {train}); }, 3, 20);
 }
 
 // The transformer step's attention alone, forward and backward: causal, [16, 128, 4, 64] in
@@ -412,6 +436,13 @@ int main(int argc, char** argv) {
     std::printf("lstm_scan_step %.9f\n", lstm_step(options, /*gru=*/false, /*scanned=*/true));
   } else if (name == "gru_scan_step") {
     std::printf("gru_scan_step %.9f\n", lstm_step(options, /*gru=*/true, /*scanned=*/true));
+  } else if (name.rfind("optimizer_step_", 0) == 0) {
+    const double seconds = optimizer_step(options, name.substr(15));
+    if (seconds == 0) {
+      std::fprintf(stderr, "kiln_bench: unknown case %s\n", name.c_str());
+      return 2;
+    }
+    std::printf("%s %.9f\n", name.c_str(), seconds);
   } else if (name == "ctc_step") {
     std::printf("ctc_step %.9f\n", ctc_step(options));
   } else if (name == "gru_step") {

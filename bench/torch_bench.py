@@ -271,6 +271,25 @@ def ctc_step():
     return step
 
 
+def optimizer_step(name):
+    """kiln_bench's optimizer_step_<name>: one step of a [4096, 1024] weight on sum((w-1)^2) under
+    torch.optim's `name` with its defaults (foreach where torch picks it), run by hand."""
+    w = torch.nn.Parameter(torch.empty(4096, 1024).uniform_(-1, 1))
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3), "adam": torch.optim.Adam,
+            "amsgrad": lambda p: torch.optim.Adam(p, amsgrad=True), "adamax": torch.optim.Adamax,
+            "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam,
+            "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+    if name not in make:
+        sys.exit(f"unknown optimizer {name}")
+    optimizer = make[name]([w])
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        ((w - 1) ** 2).sum().backward()
+        optimizer.step()
+    return step
+
+
 def main():
     case = sys.argv[1]
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
@@ -309,6 +328,8 @@ def main():
                  "ctc_step": ctc_step}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
+    elif case.startswith("optimizer_step_"):
+        print(f"{case} {time_it(optimizer_step(case[len('optimizer_step_'):]), 3, 20):.9f}")
     elif case.startswith("chain"):
         # The 8-op chain three ways: eager (each op allocates its 64 MiB result), into
         # preallocated outputs (the same ops, out= and in place), and torch.compile (fused).
