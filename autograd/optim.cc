@@ -88,6 +88,22 @@ Schedule Schedule::sequential(std::vector<Schedule> phases, std::vector<int64_t>
   return s;
 }
 
+Schedule Schedule::cosine_restarts(int64_t first_period, int64_t period_mult, double min_lr) {
+  Schedule s;
+  s.kind = Kind::cosine_restarts;
+  s.total_steps = first_period;
+  s.period_mult = period_mult;
+  s.min_lr = min_lr;
+  return s;
+}
+
+Schedule Schedule::custom(std::function<Value(const Value&)> factor) {
+  Schedule s;
+  s.kind = Kind::custom;
+  s.factor = std::move(factor);
+  return s;
+}
+
 Schedule Schedule::with_warmup(int64_t steps) const {
   Schedule s = *this;
   s.warmup_steps = steps;
@@ -261,6 +277,41 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
                                       i == 0 ? step : phase_step(step, milestones[i - 1]), dtype);
         lr = where(less(step, graph.scalar(static_cast<double>(milestones[i]), i64)), earlier, lr);
       }
+      break;
+    }
+    case Schedule::Kind::cosine_restarts: {
+      need_total("cosine_restarts");
+      KILN_CHECK(schedule.period_mult >= 1, GraphError,
+                 "[optim] cosine_restarts needs period_mult >= 1, got ", schedule.period_mult);
+      // In f64 whatever the rate's dtype: the cycle's start must be exact. With period_mult m
+      // cycle i starts at T (m^i - 1) / (m - 1); i from a logarithm, then corrected by one
+      // where rounding put it a cycle off.
+      Value t64 = cast(step, f64);
+      const double first = total, mult = static_cast<double>(schedule.period_mult);
+      Value start, period;
+      if (schedule.period_mult == 1) {
+        start = cast(cast(t64 / first, i64), f64) * first;
+        period = graph.scalar(first, f64);
+      } else {
+        auto start_of = [&](const Value& i) { return (pow(mult, i) - 1.0) * (first / (mult - 1)); };
+        Value i = cast(cast(log(t64 * ((mult - 1) / first) + 1.0) / std::log(mult), i64), f64);
+        i = where(less(t64, start_of(i)), i - 1.0, i);
+        i = where(greater_equal(t64, start_of(i + 1.0)), i + 1.0, i);
+        start = start_of(i);
+        period = pow(mult, i) * first;
+      }
+      lr = cast(cosine_between(base_lr, schedule.min_lr, (t64 - start) / period), dtype);
+      break;
+    }
+    case Schedule::Kind::custom: {
+      KILN_CHECK(schedule.factor, GraphError, "[optim] a custom schedule needs a factor function");
+      Value factor = schedule.factor(t);
+      KILN_CHECK(factor.defined() && factor.graph() == &graph && factor.dtype() == dtype &&
+                     factor.shape().rank() == 0,
+                 GraphError, "[optim] a custom schedule's factor must be a ", dtype,
+                 " scalar of the graph, got ",
+                 factor.defined() ? str(factor.dtype(), factor.shape()) : std::string("none"));
+      lr = lr * factor;
       break;
     }
     case Schedule::Kind::one_cycle: {

@@ -3,6 +3,7 @@
 // training graph trains without the code that built it.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,7 +28,9 @@ struct Schedule {
     cosine,
     one_cycle,
     reduce_on_plateau,
-    sequential
+    sequential,
+    cosine_restarts,
+    custom
   };
   Kind kind = Kind::constant;
   int64_t step_size = 1;              ///< step_decay: lr * gamma^floor(t / step_size)
@@ -36,6 +39,12 @@ struct Schedule {
   /// sequential (SequentialLR): phases[i] from milestones[i - 1] (0 for the first) on, counting
   /// its own steps from there.
   std::vector<Schedule> phases{};
+  /// cosine_restarts (CosineAnnealingWarmRestarts): cosine from lr to min_lr over periods of
+  /// total_steps, total_steps * period_mult, ... steps, restarting at lr after each.
+  int64_t period_mult = 1;
+  /// custom (LambdaLR): lr * factor(t), t the step as a scalar of the rate's dtype; the ops
+  /// factor builds are part of the graph, so a saved graph keeps the schedule.
+  std::function<Value(const Value&)> factor{};
   /// linear: lr * (start + (end - start) min(t, T) / T); polynomial: lr (1 - min(t, T) / T)^power
   double start_factor = 1, end_factor = 1, power = 1;
   int64_t total_steps = 1;  ///< cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2
@@ -75,6 +84,8 @@ struct Schedule {
   /// (ascending; one fewer than the phases). A warm-up then a cosine decay over the rest:
   /// sequential({linear(0.01, 1, W), cosine(T - W)}, {W}).
   static Schedule sequential(std::vector<Schedule> phases, std::vector<int64_t> milestones);
+  static Schedule cosine_restarts(int64_t first_period, int64_t period_mult = 1, double min_lr = 0);
+  static Schedule custom(std::function<Value(const Value&)> factor);
   /// This schedule with a linear warm-up over the first `steps` steps.
   Schedule with_warmup(int64_t steps) const;
 };

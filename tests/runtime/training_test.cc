@@ -353,6 +353,23 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
       lr(2.0, Schedule::sequential({Schedule::linear(0.1, 1, 5), Schedule::cosine(10, 0.01),
                                     Schedule::exponential(0.5)},
                                    {5, 15}));
+  Value restarts = lr(2.0, Schedule::cosine_restarts(3, 1, 0.1));
+  Value growing = lr(2.0, Schedule::cosine_restarts(3, 2, 0.1));
+  Value inverse = lr(2.0, Schedule::custom([](const Value& t) { return 1.0 / (t * 0.5 + 1.0); }));
+  // CosineAnnealingWarmRestarts(T_0 3, eta_min 0.1) with T_mult 1 and 2, lr 2: torch's rates.
+  const std::vector<double> torch_restarts = {2.0, 1.525, 0.5750000000000002};
+  const std::map<int64_t, double> torch_growing = {{0, 2.0},
+                                                   {2, 0.5750000000000002},
+                                                   {3, 2.0},
+                                                   {4, 1.872724133595217},
+                                                   {8, 0.22727586640478323},
+                                                   {9, 2.0},
+                                                   {14, 1.2958780928473947},
+                                                   {20, 0.13237046502538521},
+                                                   {21, 2.0},
+                                                   {30, 1.4135492607468354},
+                                                   {45, 2.0},
+                                                   {93, 2.0}};
   // SequentialLR of LinearLR(0.1, total 5), CosineAnnealingLR(10, 0.01), ExponentialLR(0.5) at
   // milestones 5 and 15, lr 2: torch's rates.
   const std::map<int64_t, double> torch_phases = {{0, 0.2},
@@ -367,9 +384,9 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
       {0, 0.08},      {1, 0.2633436854},   {5, 2.0},    {6, 1.97492801247},
       {12, 1.000004}, {18, 0.02507998753}, {19, 8e-06}, {30, 8e-06}};
   Session s(g);
-  for (int64_t t : {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 15, 16, 18, 19, 30}) {
-    auto out =
-        s.run({{step, Tensor::scalar<int64_t>(t)}}, {multi, expo, linear, poly, cycle, phases});
+  for (int64_t t : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15, 16, 18, 19, 20, 21, 30, 45, 93}) {
+    auto out = s.run({{step, Tensor::scalar<int64_t>(t)}},
+                     {multi, expo, linear, poly, cycle, phases, restarts, growing, inverse});
     const double td = static_cast<double>(t);
     EXPECT_NEAR(out[0].item<double>(), std::pow(0.5, (t >= 3) + (t >= 7) + (t >= 12)), 1e-12) << t;
     EXPECT_NEAR(out[1].item<double>(), 2.0 * std::pow(0.9, td), 1e-12) << t;
@@ -381,6 +398,11 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
     if (torch_phases.count(t)) {
       EXPECT_NEAR(out[5].item<double>(), torch_phases.at(t), 1e-12) << t;
     }
+    EXPECT_NEAR(out[6].item<double>(), torch_restarts[t % 3], 1e-12) << t;
+    if (torch_growing.count(t)) {
+      EXPECT_NEAR(out[7].item<double>(), torch_growing.at(t), 1e-12) << t;
+    }
+    EXPECT_NEAR(out[8].item<double>(), 2.0 / (td * 0.5 + 1), 1e-12) << t;
   }
   expect_error<GraphError>(
       [&] {
@@ -402,6 +424,9 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
                     {Schedule::constant(), Schedule::constant(), Schedule::constant()}, {4, 2}));
       },
       {"ascending; milestone 1 is 2"});
+  expect_error<GraphError>(
+      [&] { lr(1.0, Schedule::custom([](const Value& t) { return cast(t, f32); })); },
+      {"factor must be a f64 scalar", "got f32"});
 }
 
 // ReduceLROnPlateau fed one metric at a time, against the rates torch's scheduler gives for
