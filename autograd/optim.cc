@@ -122,7 +122,7 @@ Value global_step(Graph& graph) {
 namespace {
 // A non-trainable variable named `name` whatever the name scope, every element `initial`.
 Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
-                     double initial) {
+                     double initial, bool persistent = true) {
   return graph.add(
       "variable", {},
       {{"dtype", dtype},
@@ -130,7 +130,8 @@ Value state_variable(Graph& graph, const std::string& name, DType dtype, const S
        {"init", std::string(initial == 0 ? "zeros" : "constant")},
        {"init_args", initial == 0 ? std::vector<double>{} : std::vector<double>{initial}},
        {"seed", int64_t{0}},
-       {"trainable", false}},
+       {"trainable", false},
+       {"persistent", persistent}},
       {.name = name, .exact_name = true, .absolute_name = true});
 }
 
@@ -589,6 +590,32 @@ Value ExponentialMovingAverage::copy_to_variables() const {
   std::vector<Value> copies;
   for (const auto& [var, shadow] : shadows_) copies.push_back(assign(var, shadow));
   return group(*shadows_[0].first.graph(), copies);
+}
+
+Value ExponentialMovingAverage::swap_in_averages() {
+  KILN_CHECK(!shadows_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+             "': swap_in_averages before apply");
+  Graph& graph = *shadows_[0].first.graph();
+  if (backups_.empty())
+    for (const auto& [var, shadow] : shadows_)
+      backups_.push_back(state_variable(graph, var.node().name() + "/" + name_ + "_backup",
+                                        var.dtype(), var.shape(), 0, /*persistent=*/false));
+  // The planner runs each backup's read of var before var's overwrite in the same run.
+  std::vector<Value> swaps;
+  for (size_t i = 0; i < shadows_.size(); ++i) {
+    swaps.push_back(assign(backups_[i], shadows_[i].first));
+    swaps.push_back(assign(shadows_[i].first, shadows_[i].second));
+  }
+  return group(graph, swaps);
+}
+
+Value ExponentialMovingAverage::restore_weights() const {
+  KILN_CHECK(!backups_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+             "': restore_weights needs swap_in_averages first");
+  std::vector<Value> restores;
+  for (size_t i = 0; i < shadows_.size(); ++i)
+    restores.push_back(assign(shadows_[i].first, backups_[i]));
+  return group(*shadows_[0].first.graph(), restores);
 }
 
 SGD::SGD(SGDOptions options)

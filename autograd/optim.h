@@ -355,15 +355,22 @@ class ExponentialMovingAverage {
               const Optimizer* trained_by = nullptr);
   /// The shadow of `variable` (from apply()); a GraphError when it has none.
   Value average(const Value& variable) const;
-  /// The target that writes every shadow into its variable: evaluate or export the averaged
-  /// weights (save a checkpoint first to keep the trained ones).
+  /// The target that writes every shadow into its variable: export the averaged weights (the
+  /// trained ones are lost; swap_in_averages keeps them).
   Value copy_to_variables() const;
+  /// The target that saves each variable into a scratch copy "<var>/<name>_backup" (kept by the
+  /// session, not by checkpoints) and writes its average in its place: evaluate with the
+  /// averages, then run restore_weights() and train on.
+  Value swap_in_averages();
+  /// The target that writes the weights swap_in_averages() saved back into the variables.
+  Value restore_weights() const;
 
  private:
   double decay_;
   bool warmup_;
   std::string name_;
   std::vector<std::pair<Value, Value>> shadows_;  ///< (variable, shadow)
+  std::vector<Value> backups_;                    ///< per shadow, made by swap_in_averages
 };
 
 /// The target that feeds `metric` (a scalar: a placeholder fed the validation loss once an

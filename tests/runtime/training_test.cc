@@ -565,6 +565,16 @@ TEST(Optimizers, ExponentialMovingAverageFollowsTheTrainedWeights) {
     }
     EXPECT_EQ(s.variable_value(g.value("ema/num_updates")).item<int64_t>(), 4);
     EXPECT_NE(s.variable_value(w).to_vector<double>(), shadow);
+    // Evaluate with the averages, then train on from the weights as they were.
+    expect_error<GraphError>([&] { ema.restore_weights(); }, {"needs swap_in_averages first"});
+    const Value swap = ema.swap_in_averages(), restore = ema.restore_weights();
+    const Tensor trained = s.variable_value(w);
+    s.run({}, {}, {swap});
+    EXPECT_EQ(s.variable_value(w).to_vector<double>(), shadow);
+    s.run({}, {}, {restore});
+    EXPECT_TRUE(equal_bits(s.variable_value(w), trained));
+    EXPECT_TRUE(g.find_node("w/ema_backup"));
+    EXPECT_FALSE(s.variable_values().count("w/ema_backup"));  // not checkpointed
     s.run({}, {}, {ema.copy_to_variables()});
     EXPECT_EQ(s.variable_value(w).to_vector<double>(), shadow);
 
