@@ -251,18 +251,18 @@ void apply_run(const Rule& rule, const K& k, int64_t count, T* __restrict p, con
 }
 
 // The rule over every element of p in parallel; slots[j] null for a stand-in (the variable
-// itself, not state), which reads and writes `unused` instead, so the loop tests nothing per
-// element.
+// itself, not state), which reads and writes a scratch run of its own instead (restrict
+// pointers must not share one), so the loop tests nothing per element.
 template <typename Rule, typename K, typename T>
 void run_rule(KernelContext& ctx, const Rule& rule, const K& k, T* p, const T* g,
               T* const slots[3]) {
   ctx.parallel_for(ctx.input(0).numel(), 8, [&](int64_t begin, int64_t end) {
     constexpr int64_t kRun = 512;
-    T unused[kRun] = {};
+    T unused[3][kRun] = {};
     for (int64_t at = begin; at < end; at += kRun) {
       T* run[3];
       for (int j = 0; j < 3; ++j)
-        run[j] = j >= Rule::kSlots ? nullptr : slots[j] ? slots[j] + at : unused;
+        run[j] = j >= Rule::kSlots ? nullptr : slots[j] ? slots[j] + at : unused[j];
       apply_run(rule, k, std::min(kRun, end - at), p + at, g + at, run[0], run[1], run[2]);
     }
   });
