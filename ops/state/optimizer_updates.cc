@@ -1,6 +1,8 @@
 // Fused optimizer updates: each reads the gradient and the slots once and writes the
 // variable and slots once, in one parallel loop. Formulas in ops/state.h; they follow
-// torch.optim (SGD, Adam/AdamW, RMSprop) so results can be compared step by step.
+// torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adagrad, RMSprop) so results
+// can be compared step by step. SGD's and Adam's rules are in update_rules.h (shared with the
+// product updates), the others' in element_rules.h (shared with the CUDA kernels).
 #include <algorithm>
 #include <cmath>
 
