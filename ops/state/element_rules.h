@@ -1,10 +1,12 @@
-// Per-element optimizer rules shared by the CPU loops and the CUDA kernels of the updates
+// Per-element optimizer rules shared by the CPU loops and the CUDA kernels of every fused update
+// (sgd_update, adam_update and their product forms matmul_sgd_update and matmul_adam_update,
 // adagrad_update, adamax_update, amsgrad_update, nadam_update, radam_update,
-// rmsprop_momentum_update and rmsprop_update, so the two devices run one formula. Formulas follow
+// rmsprop_momentum_update and rmsprop_update), so the two devices run one formula. Formulas follow
 // torch.optim. Each rule has:
-//   - kSlots, its state tensors after the variable; kScalars, the f64 scalar inputs it reads
-//     after the step count (NAdam's running product); a constructor from the node's attributes
-//     (on the host; the rule is then copied to the device by value);
+//   - kSlots, its state tensors after the variable; kHasStep, whether the op takes the i64 step
+//     count after lr; kScalars, the f64 scalar inputs it reads after that (NAdam's running
+//     product); a constructor from the node's attributes (on the host; the rule is then copied
+//     to the device by value);
 //   - writes(j): whether slot j is real state (false: the optimizer passed a stand-in, which the
 //     update must not write);
 //   - coefficients(lr, step, scalars): the step's scalars from lr, the 0-based step count and
@@ -22,10 +24,44 @@
 
 namespace kiln::ops {
 
+/// SGD: d = g + wd p; with momentum b = mu b + d and d = b (Nesterov: d + mu b); p -= lr d.
+/// Without momentum the slot is a stand-in (the optimizer passes the variable itself).
+struct SgdRule {
+  static constexpr int kSlots = 1, kScalars = 0;
+  static constexpr bool kHasStep = false;
+  double momentum, weight_decay;
+  bool nesterov;
+
+  explicit SgdRule(const KernelContext& ctx)
+      : momentum(ctx.attr<double>("momentum")),
+        weight_decay(ctx.attr<double>("weight_decay")),
+        nesterov(ctx.attr<bool>("nesterov")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return momentum != 0; }
+
+  template <typename T>
+  struct Coefficients {
+    T lr, momentum, decay;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t, const double*) const {
+    return {lr, static_cast<T>(momentum), static_cast<T>(weight_decay)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    T d = g + k.decay * p;
+    if (momentum != 0) {
+      s[0] = k.momentum * s[0] + d;
+      d = nesterov ? d + k.momentum * s[0] : s[0];
+    }
+    p -= k.lr * d;
+  }
+};
+
 /// Adagrad: clr = lr / (1 + step lr_decay);  d = g + wd p;  s += d^2;  p -= clr d / (sqrt(s) +
 /// eps).
 struct AdagradRule {
   static constexpr int kSlots = 1, kScalars = 0;
+  static constexpr bool kHasStep = true;
   double lr_decay, eps, weight_decay;
 
   explicit AdagradRule(const KernelContext& ctx)
@@ -56,6 +92,7 @@ struct AdagradRule {
 /// decoupled (p *= 1 - lr wd first, as AdamW); t = step + 1, c1 = 1 - b1^t, c2 = 1 - b2^t.
 struct AdamFamily {
   static constexpr int kScalars = 0;
+  static constexpr bool kHasStep = true;
   double beta1, beta2, eps, weight_decay;
   bool decoupled;
 
@@ -104,6 +141,22 @@ struct AdamFamily {
     p *= k.shrink;
     m = k.beta1 * m + (T(1) - k.beta1) * d;
     return d;
+  }
+};
+
+/// Adam (L2 decay) and AdamW (decoupled): m = b1 m + (1 - b1) d, v = b2 v + (1 - b2) d^2,
+/// p = p shrink - lr / c1 m / (sqrt(v) / sqrt(c2) + eps).
+struct AdamRule : AdamFamily {
+  static constexpr int kSlots = 2;  // m, v
+  using AdamFamily::AdamFamily;
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = g + k.l2 * p;
+    s[0] = k.beta1 * s[0] + (T(1) - k.beta1) * d;
+    second_moment(k, s[1], d);
+    // One expression, as Adam's kernels always had it (the shrink and the step fuse alike).
+    p = p * k.shrink - k.rate * s[0] / (sqrt(s[1]) / k.root_c2 + k.eps);
   }
 };
 
@@ -205,6 +258,7 @@ struct NadamRule : AdamFamily {
 /// stand-in without momentum).
 struct RmspropMomentumRule {
   static constexpr int kSlots = 3, kScalars = 0;
+  static constexpr bool kHasStep = true;
   double alpha, eps, weight_decay, momentum;
   bool centered;
 

@@ -1,17 +1,18 @@
 // Fused optimizer updates: each reads the gradient and the slots once and writes the
 // variable and slots once, in one parallel loop. Formulas in ops/state.h; they follow
 // torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adagrad, RMSprop) so results
-// can be compared step by step. SGD's and Adam's rules are in update_rules.h (shared with the
-// product updates), the others' in element_rules.h (shared with the CUDA kernels).
+// can be compared step by step. Each update's per-element rule is in element_rules.h, shared
+// with the CUDA kernels and, for SGD and Adam, with the product updates.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <utility>
 
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/dtypes.h"
 #include "kiln/ops/math/blocked_product.h"
 #include "kiln/ops/state.h"
 #include "kiln/ops/state/element_rules.h"
-#include "kiln/ops/state/update_rules.h"
 
 namespace kiln {
 namespace ops {
@@ -74,61 +75,12 @@ bool applies(const KernelContext& ctx, int fixed) {
   return ctx.num_inputs() <= fixed || *ctx.input(fixed).data<bool>();
 }
 
-// Applies `apply(offset, gradient, count)` to the product a b (inputs a_index, a_index + 1),
-// block by block: `count` contiguous elements of the variable from `offset`.
-template <typename T, typename Apply>
-void apply_product(KernelContext& ctx, int a_index, const Apply& apply) {
-  const Shape& var = ctx.input(0).shape();
-  const int64_t n = var[1];
-  blocked_product<T>(ctx, ctx.input(a_index), ctx.input(a_index + 1), ctx.attr<bool>("transpose_a"),
-                     ctx.attr<bool>("transpose_b"), var, nullptr,
-                     [&](int64_t, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
-                         T* gradient, int64_t ld) {
-                       for (int64_t r = 0; r < rows; ++r)
-                         apply((row0 + r) * n + col0, gradient + r * ld, cols);
-                     });
-}
-
-// One update kernel for SGD (Rule SgdRule, one slot) and Adam (AdamRule, two slots, a step
-// input after lr): the variable and its kSlots slots are inputs 0..kSlots, then the gradient,
-// stored whole (input kSlots + 1) or, with `product`, as the product of inputs kSlots + 1 and
-// kSlots + 2; then lr, the step, apply_if. `cost`: work units per element for parallel_for.
-template <template <typename> class Rule, int kSlots, bool kHasStep>
-void update_cpu(KernelContext& ctx, bool product, int64_t cost) {
-  const int gradient = kSlots + 1, lr = gradient + (product ? 2 : 1);
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, lr + 1 + (kHasStep ? 1 : 0))) return;
-  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const Rule<T> rule(ctx, lr);
-    T* p = mutable_data<T>(ctx.input(0));
-    T* slot[kSlots];
-    for (int i = 0; i < kSlots; ++i) slot[i] = mutable_data<T>(ctx.input(1 + i));
-    auto apply = [&](int64_t at, const T* g, int64_t count) {
-      if constexpr (kSlots == 1)
-        rule(p + at, slot[0] + at, g, count);
-      else
-        rule(p + at, slot[0] + at, slot[1] + at, g, count);
-    };
-    if (product) return apply_product<T>(ctx, gradient, apply);
-    const T* g = ctx.input(gradient).data<T>();
-    ctx.parallel_for(ctx.input(0).numel(), cost,
-                     [&](int64_t b, int64_t e) { apply(b, g + b, e - b); });
-  });
-}
-
-void sgd_cpu(KernelContext& ctx) {
-  update_cpu<SgdRule, 1, false>(ctx, false, 4);
-}
-void adam_cpu(KernelContext& ctx) {
-  update_cpu<AdamRule, 2, true>(ctx, false, 8);
-}
-void matmul_sgd_cpu(KernelContext& ctx) {
-  update_cpu<SgdRule, 1, false>(ctx, true, 4);
-}
-void matmul_adam_cpu(KernelContext& ctx) {
-  update_cpu<AdamRule, 2, true>(ctx, true, 8);
-}
+// An update's kernel: its rule over every element (run_update, below).
+template <typename Rule>
+void update_cpu(KernelContext& ctx);
+// The product form of SGD's and Adam's updates (the gradient op(a) op(b), below).
+template <typename Rule>
+void product_update_cpu(KernelContext& ctx);
 
 KILN_OP(sgd_update)
     .input("var")
@@ -143,7 +95,7 @@ KILN_OP(sgd_update)
     .mutates_input(1)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false); })
-    .kernel(DeviceKind::cpu, sgd_cpu, {f32, f64});
+    .kernel(DeviceKind::cpu, update_cpu<SgdRule>, {f32, f64});
 
 KILN_OP(adam_update)
     .input("var")
@@ -163,7 +115,7 @@ KILN_OP(adam_update)
     .mutates_input(2)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 2, true); })
-    .kernel(DeviceKind::cpu, adam_cpu, {f32, f64});
+    .kernel(DeviceKind::cpu, update_cpu<AdamRule>, {f32, f64});
 
 // ---- The updates whose gradient is a product, made by the matmul_epilogue pass on the CPU
 // from an update whose gradient is a matmul that nothing else reads (a Linear layer's weight
@@ -188,7 +140,7 @@ KILN_OP(matmul_sgd_update)
     .mutates_input(1)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, true); })
-    .kernel(DeviceKind::cpu, matmul_sgd_cpu, {f32, f64});
+    .kernel(DeviceKind::cpu, product_update_cpu<SgdRule>, {f32, f64});
 
 KILN_OP(matmul_adam_update)
     .input("var")
@@ -211,7 +163,7 @@ KILN_OP(matmul_adam_update)
     .mutates_input(2)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 2, true, true); })
-    .kernel(DeviceKind::cpu, matmul_adam_cpu, {f32, f64});
+    .kernel(DeviceKind::cpu, product_update_cpu<AdamRule>, {f32, f64});
 
 void rmsprop_cpu(KernelContext& ctx);  // below, on the shared rule
 
@@ -230,9 +182,10 @@ KILN_OP(rmsprop_update)
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false); })
     .kernel(DeviceKind::cpu, rmsprop_cpu, {f32, f64});
 
-// ---- The updates whose rule is in element_rules.h (one formula for both devices). Inputs: var,
-// the rule's kSlots slots, grad, lr, step (the i64 count before this step), the rule's kScalars
-// f64 scalars, apply_if.
+// ---- The kernels: every update runs its rule from element_rules.h (one formula for both
+// devices) over contiguous runs of elements.
+
+constexpr int64_t kRun = 512;  // elements per run: the stand-in scratch runs fit in L1
 
 // `count` elements of one rule's update, every pointer its own storage (restrict: the loop
 // vectorizes). Slots past Rule::kSlots are null and untouched.
@@ -252,57 +205,114 @@ void apply_run(const Rule& rule, const K& k, int64_t count, T* __restrict p, con
   }
 }
 
-// The rule over every element of p in parallel; slots[j] null for a stand-in (the variable
-// itself, not state), which reads and writes a scratch run of its own instead (restrict
-// pointers must not share one), so the loop tests nothing per element.
-template <typename Rule, typename K, typename T>
-void run_rule(KernelContext& ctx, const Rule& rule, const K& k, T* p, const T* g,
-              T* const slots[3]) {
-  ctx.parallel_for(ctx.input(0).numel(), 8, [&](int64_t begin, int64_t end) {
-    constexpr int64_t kRun = 512;
-    T unused[3][kRun] = {};
-    for (int64_t at = begin; at < end; at += kRun) {
+// One update in flight: the rule, its step's coefficients, the variable and its slots (null for
+// a stand-in: the variable itself passed where the rule keeps no state).
+template <typename Rule, typename T>
+struct RuleUpdate {
+  using Coefficients = decltype(std::declval<Rule>().coefficients(T(), 0, nullptr));
+  const Rule& rule;
+  Coefficients k;
+  T* p;
+  T* slots[3];
+
+  /// Elements [at, at + count) with the gradient g (count elements), in runs of kRun. A
+  /// stand-in slot reads and writes a scratch run of its own instead (restrict pointers must not
+  /// share one); the rule does not change it, so `scratch` zeroed once stays zero.
+  void apply(int64_t at, const T* g, int64_t count, T (&scratch)[3][kRun]) const {
+    for (int64_t done = 0; done < count; done += kRun) {
       T* run[3];
       for (int j = 0; j < 3; ++j)
-        run[j] = j >= Rule::kSlots ? nullptr : slots[j] ? slots[j] + at : unused[j];
-      apply_run(rule, k, std::min(kRun, end - at), p + at, g + at, run[0], run[1], run[2]);
+        run[j] = j >= Rule::kSlots ? nullptr : slots[j] ? slots[j] + at + done : scratch[j];
+      apply_run(rule, k, std::min(kRun, count - done), p + at + done, g + done, run[0], run[1],
+                run[2]);
     }
+  }
+};
+
+// The inputs of an update with rule Rule: var, the kSlots slots, the gradient (one tensor, or with
+// `product` the two factors), lr, the step when the rule has one, the rule's kScalars f64
+// scalars, apply_if.
+template <typename Rule>
+struct UpdateInputs {
+  int gradient, lr, step, scalars, apply_if;
+  explicit UpdateInputs(bool product)
+      : gradient(Rule::kSlots + 1),
+        lr(gradient + (product ? 2 : 1)),
+        step(Rule::kHasStep ? lr + 1 : -1),
+        scalars(lr + 1 + (Rule::kHasStep ? 1 : 0)),
+        apply_if(scalars + Rule::kScalars) {}
+};
+
+// Runs `body(update)` with the node's RuleUpdate, unless apply_if says to skip the step. The
+// variable is the output, updated in place.
+template <typename Rule, typename Body>
+void with_rule_update(KernelContext& ctx, bool product, const Body& body) {
+  static_assert(Rule::kSlots >= 1 && Rule::kSlots <= 3);
+  const UpdateInputs<Rule> in(product);
+  ctx.set_output(0, ctx.input(0));
+  if (!applies(ctx, in.apply_if)) return;
+  const Rule rule(ctx);
+  double scalars[Rule::kScalars + 1];
+  for (int j = 0; j < Rule::kScalars; ++j)
+    scalars[j] = *ctx.input(in.scalars + j).template data<double>();
+  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t step = Rule::kHasStep ? *ctx.input(in.step).template data<int64_t>() : 0;
+    RuleUpdate<Rule, T> update{
+        rule,
+        rule.coefficients(*ctx.input(in.lr).template data<T>(), step, scalars),
+        mutable_data<T>(ctx.input(0)),
+        {}};
+    for (int j = 0; j < Rule::kSlots; ++j)
+      update.slots[j] = rule.writes(j) ? mutable_data<T>(ctx.input(1 + j)) : nullptr;
+    body(update, in);
   });
 }
 
 template <typename Rule>
-void element_update_cpu(KernelContext& ctx) {
-  constexpr int kSlots = Rule::kSlots, kGradient = kSlots + 1;
-  static_assert(kSlots >= 1 && kSlots <= 3);
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, kGradient + 3 + Rule::kScalars)) return;
-  const Rule rule(ctx);
-  double scalars[Rule::kScalars + 1];
-  for (int j = 0; j < Rule::kScalars; ++j)
-    scalars[j] = *ctx.input(kGradient + 3 + j).data<double>();
-  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const auto k = rule.coefficients(*ctx.input(kGradient + 1).data<T>(),
-                                     *ctx.input(kGradient + 2).data<int64_t>(), scalars);
-    T* p = mutable_data<T>(ctx.input(0));
-    T* slots[3] = {};
-    for (int j = 0; j < kSlots; ++j)
-      slots[j] = rule.writes(j) ? mutable_data<T>(ctx.input(1 + j)) : nullptr;
-    run_rule(ctx, rule, k, p, ctx.input(kGradient).data<T>(), slots);
+void update_cpu(KernelContext& ctx) {
+  with_rule_update<Rule>(ctx, false, [&](const auto& update, const UpdateInputs<Rule>& in) {
+    using T = std::remove_pointer_t<decltype(update.p)>;
+    const T* g = ctx.input(in.gradient).template data<T>();
+    ctx.parallel_for(ctx.input(0).numel(), 4 + 2 * Rule::kSlots, [&](int64_t begin, int64_t end) {
+      T scratch[3][kRun] = {};
+      update.apply(begin, g + begin, end - begin, scratch);
+    });
   });
 }
 
-// rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if).
-void rmsprop_cpu(KernelContext& ctx) {
-  ctx.set_output(0, ctx.input(0));
-  if (!applies(ctx, 4)) return;
-  const RmspropMomentumRule rule = RmspropMomentumRule::plain(ctx);
-  dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const auto k = rule.coefficients(*ctx.input(3).data<T>(), 0, nullptr);
-    T* slots[3] = {mutable_data<T>(ctx.input(1)), nullptr, nullptr};
-    run_rule(ctx, rule, k, mutable_data<T>(ctx.input(0)), ctx.input(2).data<T>(), slots);
+// The gradient op(a) op(b) (inputs `in.gradient` and the next) is computed block by block into
+// the thread's scratch and each block applied at once: the gradient is never written whole.
+template <typename Rule>
+void product_update_cpu(KernelContext& ctx) {
+  with_rule_update<Rule>(ctx, true, [&](const auto& update, const UpdateInputs<Rule>& in) {
+    using T = std::remove_pointer_t<decltype(update.p)>;
+    const Shape& var = ctx.input(0).shape();
+    const int64_t n = var[1];
+    blocked_product<T>(ctx, ctx.input(in.gradient), ctx.input(in.gradient + 1),
+                       ctx.attr<bool>("transpose_a"), ctx.attr<bool>("transpose_b"), var, nullptr,
+                       [&](int64_t, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                           T* gradient, int64_t ld) {
+                         T scratch[3][kRun] = {};
+                         for (int64_t r = 0; r < rows; ++r)
+                           update.apply((row0 + r) * n + col0, gradient + r * ld, cols, scratch);
+                       });
   });
+}
+
+// rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if):
+// its two other slots are stand-ins.
+struct PlainRmspropRule : RmspropMomentumRule {
+  static constexpr bool kHasStep = false;
+  explicit PlainRmspropRule(const KernelContext& ctx) : RmspropMomentumRule(plain(ctx)) {}
+};
+template <>
+struct UpdateInputs<PlainRmspropRule> {
+  int gradient = 2, lr = 3, step = -1, scalars = 4, apply_if = 4;
+  explicit UpdateInputs(bool) {}
+};
+void rmsprop_cpu(KernelContext& ctx) {
+  update_cpu<PlainRmspropRule>(ctx);
 }
 
 // The definition of an element update with its schema: var, `slots`, grad, lr, step, `scalars`,
@@ -329,7 +339,7 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("lr_decay", 0.0)
         .attr("eps", 1e-10)
         .attr("weight_decay", 0.0)
-        .kernel(DeviceKind::cpu, element_update_cpu<AdagradRule>, {f32, f64});
+        .kernel(DeviceKind::cpu, update_cpu<AdagradRule>, {f32, f64});
 
 [[maybe_unused]] static OpRegistrar amsgrad_registrar =
     element_update("amsgrad_update", {"m", "v", "v_max"})
@@ -338,7 +348,7 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("eps", 1e-8)
         .attr("weight_decay", 0.0)
         .attr("decoupled", false)
-        .kernel(DeviceKind::cpu, element_update_cpu<AmsgradRule>, {f32, f64});
+        .kernel(DeviceKind::cpu, update_cpu<AmsgradRule>, {f32, f64});
 
 [[maybe_unused]] static OpRegistrar adamax_registrar =
     element_update("adamax_update", {"m", "u"})
@@ -347,7 +357,7 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("eps", 1e-8)
         .attr("weight_decay", 0.0)
         .attr("decoupled", false)
-        .kernel(DeviceKind::cpu, element_update_cpu<AdamaxRule>, {f32, f64});
+        .kernel(DeviceKind::cpu, update_cpu<AdamaxRule>, {f32, f64});
 
 [[maybe_unused]] static OpRegistrar radam_registrar =
     element_update("radam_update", {"m", "v"})
@@ -356,7 +366,7 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("eps", 1e-8)
         .attr("weight_decay", 0.0)
         .attr("decoupled", false)
-        .kernel(DeviceKind::cpu, element_update_cpu<RadamRule>, {f32, f64});
+        .kernel(DeviceKind::cpu, update_cpu<RadamRule>, {f32, f64});
 
 [[maybe_unused]] static OpRegistrar nadam_registrar =
     element_update("nadam_update", {"m", "v"}, {"mu_product"})
@@ -366,7 +376,7 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("weight_decay", 0.0)
         .attr("decoupled", false)
         .attr("momentum_decay", 4e-3)
-        .kernel(DeviceKind::cpu, element_update_cpu<NadamRule>, {f32, f64});
+        .kernel(DeviceKind::cpu, update_cpu<NadamRule>, {f32, f64});
 
 [[maybe_unused]] static OpRegistrar rmsprop_momentum_registrar =
     element_update("rmsprop_momentum_update", {"sq", "grad_avg", "buf"})
@@ -375,7 +385,7 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("weight_decay", 0.0)
         .attr("momentum", 0.0)
         .attr("centered", false)
-        .kernel(DeviceKind::cpu, element_update_cpu<RmspropMomentumRule>, {f32, f64});
+        .kernel(DeviceKind::cpu, update_cpu<RmspropMomentumRule>, {f32, f64});
 
 }  // namespace
 }  // namespace ops

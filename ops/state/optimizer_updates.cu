@@ -23,73 +23,6 @@ const bool* apply_flag(const KernelContext& ctx, int fixed) {
   return ctx.num_inputs() > fixed ? ctx.input(fixed).data<bool>() : nullptr;
 }
 
-template <typename T>
-void sgd_typed(KernelContext& ctx) {
-  T* p = mutable_data<T>(ctx.input(0));
-  T* buf = mutable_data<T>(ctx.input(1));
-  const T* g = ctx.input(2).data<T>();
-  const T* lr = ctx.input(3).data<T>();
-  const T mu = static_cast<T>(ctx.attr<double>("momentum"));
-  const T decay = static_cast<T>(ctx.attr<double>("weight_decay"));
-  const bool nesterov = ctx.attr<bool>("nesterov"), momentum = mu != T(0);
-  const bool* apply = apply_flag(ctx, 4);
-  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
-    if (apply && !*apply) return;
-    T d = g[i] + decay * p[i];
-    if (momentum) {
-      buf[i] = mu * buf[i] + d;
-      d = nesterov ? d + mu * buf[i] : buf[i];
-    }
-    p[i] -= *lr * d;
-  });
-}
-void sgd_cuda(KernelContext& ctx) {
-  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (std::is_floating_point_v<T>) sgd_typed<T>(ctx);
-  });
-  ctx.set_output(0, ctx.input(0));
-}
-KILN_CUDA_KERNEL(sgd_update, sgd_cuda, {DType::f32, DType::f64});
-
-template <typename T>
-void adam_typed(KernelContext& ctx) {
-  T* p = mutable_data<T>(ctx.input(0));
-  T* m = mutable_data<T>(ctx.input(1));
-  T* v = mutable_data<T>(ctx.input(2));
-  const T* g = ctx.input(3).data<T>();
-  const T* lr_at = ctx.input(4).data<T>();
-  const int64_t* step_at = ctx.input(5).data<int64_t>();
-  const double b1 = ctx.attr<double>("beta1"), b2 = ctx.attr<double>("beta2");
-  const T e = static_cast<T>(ctx.attr<double>("eps"));
-  const double wd = ctx.attr<double>("weight_decay");
-  const bool decoupled = ctx.attr<bool>("decoupled");
-  const bool* apply = apply_flag(ctx, 6);
-  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
-    if (apply && !*apply) return;
-    // Bias corrections in double: 1 - b^t loses everything in f32 for b close to 1.
-    const double t = static_cast<double>(*step_at) + 1;  // no int overflow
-    const double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
-    const double lr = static_cast<double>(*lr_at);
-    const T step = static_cast<T>(lr / c1), root_c2 = static_cast<T>(sqrt(c2));
-    const T beta1 = static_cast<T>(b1), beta2 = static_cast<T>(b2);
-    const T l2 = decoupled ? T(0) : static_cast<T>(wd);
-    const T shrink = decoupled ? static_cast<T>(1 - lr * wd) : T(1);
-    const T d = g[i] + l2 * p[i];
-    m[i] = beta1 * m[i] + (T(1) - beta1) * d;
-    v[i] = beta2 * v[i] + (T(1) - beta2) * d * d;
-    p[i] = p[i] * shrink - step * m[i] / (sqrt(v[i]) / root_c2 + e);
-  });
-}
-void adam_cuda(KernelContext& ctx) {
-  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (std::is_floating_point_v<T>) adam_typed<T>(ctx);
-  });
-  ctx.set_output(0, ctx.input(0));
-}
-KILN_CUDA_KERNEL(adam_update, adam_cuda, {DType::f32, DType::f64});
-
 // rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if).
 template <typename T>
 void rmsprop_typed(KernelContext& ctx) {
@@ -115,9 +48,9 @@ void rmsprop_cuda(KernelContext& ctx) {
 }
 KILN_CUDA_KERNEL(rmsprop_update, rmsprop_cuda, {DType::f32, DType::f64});
 
-// The updates whose rule is in element_rules.h: var, Rule::kSlots slots, grad, lr, step,
-// the rule's f64 scalars, apply_if. Each thread computes the step's coefficients from the device
-// scalars (as Adam's).
+// The updates on their rule from element_rules.h: var, Rule::kSlots slots, grad, lr, the step
+// (where the rule has one), the rule's f64 scalars, apply_if. Each thread computes the step's
+// coefficients from the device scalars.
 template <typename T, int kSlots>
 struct SlotPointers {
   T* at[kSlots];
@@ -132,17 +65,18 @@ void element_update_typed(KernelContext& ctx) {
   for (int j = 0; j < kSlots; ++j) slots.at[j] = mutable_data<T>(ctx.input(1 + j));
   const T* g = ctx.input(kGradient).data<T>();
   const T* lr = ctx.input(kGradient + 1).data<T>();
-  const int64_t* step = ctx.input(kGradient + 2).data<int64_t>();
+  constexpr int first_scalar = kGradient + 2 + (Rule::kHasStep ? 1 : 0);
+  const int64_t* step = Rule::kHasStep ? ctx.input(kGradient + 2).data<int64_t>() : nullptr;
   // The rule's f64 scalars are consecutive inputs but not one allocation: one pointer each.
   SlotPointers<const double, Rule::kScalars + 1> scalars{};
   for (int j = 0; j < Rule::kScalars; ++j)
-    scalars.at[j] = ctx.input(kGradient + 3 + j).data<double>();
-  const bool* apply = apply_flag(ctx, kGradient + 3 + Rule::kScalars);
+    scalars.at[j] = ctx.input(first_scalar + j).data<double>();
+  const bool* apply = apply_flag(ctx, first_scalar + Rule::kScalars);
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
     if (apply && !*apply) return;
     double scalar_values[Rule::kScalars + 1];
     for (int j = 0; j < Rule::kScalars; ++j) scalar_values[j] = *scalars.at[j];
-    const auto k = rule.coefficients(*lr, *step, scalar_values);
+    const auto k = rule.coefficients(*lr, step ? *step : 0, scalar_values);
     T s[kSlots];
     for (int j = 0; j < kSlots; ++j) s[j] = rule.writes(j) ? slots.at[j][i] : T(0);
     rule.apply(k, p[i], s, g[i]);
@@ -158,6 +92,8 @@ void element_update_cuda(KernelContext& ctx) {
   });
   ctx.set_output(0, ctx.input(0));
 }
+KILN_CUDA_KERNEL(sgd_update, element_update_cuda<SgdRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(adam_update, element_update_cuda<AdamRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adagrad_update, element_update_cuda<AdagradRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(amsgrad_update, element_update_cuda<AmsgradRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adamax_update, element_update_cuda<AdamaxRule>, {DType::f32, DType::f64});
@@ -189,11 +125,11 @@ void product_update_cuda(KernelContext& ctx, int a_index, void (*update)(KernelC
   ctx.set_output(0, updated[0]);
 }
 void matmul_sgd_cuda(KernelContext& ctx) {
-  product_update_cuda(ctx, 2, sgd_cuda);
+  product_update_cuda(ctx, 2, element_update_cuda<SgdRule>);
 }
 KILN_CUDA_KERNEL(matmul_sgd_update, matmul_sgd_cuda, {DType::f32, DType::f64});
 void matmul_adam_cuda(KernelContext& ctx) {
-  product_update_cuda(ctx, 3, adam_cuda);
+  product_update_cuda(ctx, 3, element_update_cuda<AdamRule>);
 }
 KILN_CUDA_KERNEL(matmul_adam_update, matmul_adam_cuda, {DType::f32, DType::f64});
 
