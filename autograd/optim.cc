@@ -69,6 +69,18 @@ Schedule Schedule::one_cycle(int64_t total_steps, double pct_start, double div_f
   return s;
 }
 
+Schedule Schedule::cyclic(double min_lr, int64_t step_size_up, int64_t step_size_down,
+                          CyclicMode mode, double gamma) {
+  Schedule s;
+  s.kind = Kind::cyclic;
+  s.min_lr = min_lr;
+  s.cycle_up = step_size_up;
+  s.cycle_down = step_size_down == 0 ? step_size_up : step_size_down;
+  s.cyclic_mode = mode;
+  s.gamma = gamma;
+  return s;
+}
+
 Schedule Schedule::reduce_on_plateau(double factor, int64_t patience, double threshold,
                                      double min_lr) {
   Schedule s;
@@ -316,21 +328,69 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       break;
     }
     case Schedule::Kind::one_cycle: {
-      // OneCycleLR's two phases: the rise ends at step pct_start T - 1, the fall at T - 1.
-      const double rise_end = schedule.pct_start * total - 1, fall_end = total - 1;
-      KILN_CHECK(schedule.total_steps > 1 && rise_end > 0 && rise_end < fall_end, GraphError,
-                 "[optim] one_cycle needs pct_start * total_steps - 1 in (0, total_steps - 1); "
-                 "total_steps is ",
-                 schedule.total_steps, ", pct_start ", schedule.pct_start);
+      // OneCycleLR's phases, each from the end of the one before (step 0 for the first): the
+      // rise ends at step pct_start T - 1, the fall at T - 1; with three_phase a fall back to
+      // the initial rate ends at 2 pct_start T - 2 before the last one.
+      const double rise_end = schedule.pct_start * total - 1, last_end = total - 1;
+      const double initial = base_lr / schedule.div_factor;
       KILN_CHECK(schedule.div_factor > 0 && schedule.final_div_factor > 0, GraphError,
                  "[optim] one_cycle needs div_factor and final_div_factor > 0");
-      const double initial = base_lr / schedule.div_factor;
-      const double final_lr = initial / schedule.final_div_factor;
-      Value clamped = minimum(t, fall_end);
-      Value rising = cosine_between(initial, base_lr, clamped / rise_end);
-      Value falling =
-          cosine_between(base_lr, final_lr, (clamped - rise_end) / (fall_end - rise_end));
-      lr = where(less_equal(clamped, rise_end), rising, falling);
+      struct Phase {
+        double end, from, to;
+      };
+      std::vector<Phase> phases{{rise_end, initial, base_lr}};
+      if (schedule.three_phase)
+        phases.push_back({2 * schedule.pct_start * total - 2, base_lr, initial});
+      phases.push_back({last_end, phases.back().to, initial / schedule.final_div_factor});
+      for (size_t i = 0; i < phases.size(); ++i) {
+        const double start = i == 0 ? 0 : phases[i - 1].end;
+        KILN_CHECK(phases[i].end > start, GraphError, "[optim] one_cycle",
+                   schedule.three_phase ? " (three phases)" : "",
+                   " needs its phases to end at ascending steps from 0 to total_steps - 1; "
+                   "with total_steps ",
+                   schedule.total_steps, " and pct_start ", schedule.pct_start, " phase ", i + 1,
+                   " would run from step ", start, " to ", phases[i].end);
+      }
+      Value clamped = minimum(t, last_end);
+      auto anneal = [&](size_t i) {
+        const double begin = i == 0 ? 0 : phases[i - 1].end;
+        Value progress = (clamped - begin) / (phases[i].end - begin);
+        return schedule.anneal_linear ? phases[i].from + progress * (phases[i].to - phases[i].from)
+                                      : cosine_between(phases[i].from, phases[i].to, progress);
+      };
+      // From the last phase back: each earlier one takes over up to its end.
+      lr = anneal(phases.size() - 1);
+      for (size_t i = phases.size() - 1; i-- > 0;)
+        lr = where(less_equal(clamped, phases[i].end), anneal(i), lr);
+      break;
+    }
+    case Schedule::Kind::cyclic: {
+      // CyclicLR: x is the position within the cycle, in [0, 1); the rate rises over the first
+      // up / (up + down) of it and falls over the rest.
+      KILN_CHECK(schedule.cycle_up > 0 && schedule.cycle_down > 0, GraphError,
+                 "[optim] cyclic needs step sizes > 0, got up ", schedule.cycle_up, " and down ",
+                 schedule.cycle_down);
+      KILN_CHECK(schedule.min_lr >= 0 && schedule.min_lr < base_lr, GraphError,
+                 "[optim] cyclic needs 0 <= min_lr < the learning rate; min_lr is ",
+                 schedule.min_lr, ", the rate ", base_lr);
+      const int64_t size = schedule.cycle_up + schedule.cycle_down;
+      const double ratio = static_cast<double>(schedule.cycle_up) / static_cast<double>(size);
+      Value cycles = step / graph.scalar(static_cast<double>(size), i64);  // floor: t >= 0
+      Value x = cast(step - cycles * graph.scalar(static_cast<double>(size), i64), dtype) /
+                static_cast<double>(size);
+      Value scale = where(less_equal(x, ratio), x / ratio, (x - 1.0) / (ratio - 1.0));
+      Value height = scale * (base_lr - schedule.min_lr);
+      switch (schedule.cyclic_mode) {
+        case Schedule::CyclicMode::triangular:
+          break;
+        case Schedule::CyclicMode::triangular2:
+          height = height * pow(graph.scalar(0.5, dtype), cast(cycles, dtype));
+          break;
+        case Schedule::CyclicMode::exp_range:
+          height = height * pow(graph.scalar(schedule.gamma, dtype), t);
+          break;
+      }
+      lr = schedule.min_lr + height;
       break;
     }
   }

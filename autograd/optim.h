@@ -30,7 +30,14 @@ struct Schedule {
     reduce_on_plateau,
     sequential,
     cosine_restarts,
+    cyclic,
     custom
+  };
+  /// How a cyclic schedule's height changes from cycle to cycle (CyclicLR's modes).
+  enum class CyclicMode {
+    triangular,   ///< every cycle alike
+    triangular2,  ///< the height halves each cycle
+    exp_range     ///< the height times gamma^t
   };
   Kind kind = Kind::constant;
   int64_t step_size = 1;              ///< step_decay: lr * gamma^floor(t / step_size)
@@ -49,10 +56,18 @@ struct Schedule {
   double start_factor = 1, end_factor = 1, power = 1;
   int64_t total_steps = 1;  ///< cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2
   double min_lr = 0;
-  /// one_cycle (OneCycleLR, cosine annealing, two phases; lr is the peak): from lr / div_factor
-  /// up to lr over the first pct_start T steps, then down to lr / div_factor / final_div_factor
-  /// at step T - 1, where it stays.
+  /// one_cycle (OneCycleLR; lr is the peak): from lr / div_factor up to lr over the first
+  /// pct_start T steps, then down to lr / div_factor / final_div_factor at step T - 1, where it
+  /// stays. With three_phase it first comes back down to lr / div_factor at step
+  /// 2 pct_start T - 2, then falls to the final rate. Each phase anneals by a half cosine, or
+  /// linearly with anneal_linear.
   double pct_start = 0.3, div_factor = 25, final_div_factor = 1e4;
+  bool three_phase = false, anneal_linear = false;
+  /// cyclic (CyclicLR; lr is max_lr, min_lr its base_lr): cycles of cycle_up steps rising
+  /// linearly from min_lr to lr and cycle_down steps falling back, the height above min_lr
+  /// scaled by cyclic_mode (exp_range: gamma^t).
+  int64_t cycle_up = 2000, cycle_down = 2000;
+  CyclicMode cyclic_mode = CyclicMode::triangular;
   /// reduce_on_plateau (ReduceLROnPlateau): lr * gamma^(reductions), at least min_lr. Each run
   /// of observe_metric() compares the metric with the best so far (lower is better, or higher
   /// with maximize; better means beyond best (1 -+ threshold), or best -+ threshold when not
@@ -74,8 +89,13 @@ struct Schedule {
   /// PolynomialLR: decays to 0 at total_steps as (1 - t / T)^power.
   static Schedule polynomial(int64_t total_steps, double power = 1);
   static Schedule cosine(int64_t total_steps, double min_lr = 0);
+  /// OneCycleLR with its defaults (two phases, cosine); three_phase and anneal_linear are set
+  /// on the result.
   static Schedule one_cycle(int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
                             double final_div_factor = 1e4);
+  /// CyclicLR between min_lr and the optimizer's rate; step_size_down 0 means step_size_up.
+  static Schedule cyclic(double min_lr, int64_t step_size_up, int64_t step_size_down = 0,
+                         CyclicMode mode = CyclicMode::triangular, double gamma = 1);
   /// ReduceLROnPlateau; the other fields (maximize, threshold_relative, cooldown) are set on
   /// the result. Fed by observe_metric().
   static Schedule reduce_on_plateau(double factor = 0.1, int64_t patience = 10,

@@ -411,8 +411,9 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
       {"ascending", "milestone 1 is 3"});
   expect_error<GraphError>([&] { lr(1.0, optim::Schedule::polynomial(0)); },
                            {"polynomial schedule needs total_steps > 0, got 0"});
-  expect_error<GraphError>([&] { lr(1.0, optim::Schedule::one_cycle(2)); },
-                           {"one_cycle", "total_steps is 2"});
+  expect_error<GraphError>(
+      [&] { lr(1.0, optim::Schedule::one_cycle(2)); },
+      {"one_cycle", "with total_steps 2", "phase 1 would run from step 0 to -0.4"});
   expect_error<GraphError>(
       [&] {
         lr(1.0, Schedule::sequential({Schedule::constant(), Schedule::constant()}, {}));
@@ -427,6 +428,109 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
   expect_error<GraphError>(
       [&] { lr(1.0, Schedule::custom([](const Value& t) { return cast(t, f32); })); },
       {"factor must be a f64 scalar", "got f32"});
+}
+
+// OneCycleLR's three-phase and linear variants and CyclicLR's three modes against the rates
+// torch 2.15 printed (max_lr 2; cycle_momentum off, which Kiln does not model).
+TEST(Optimizers, OneCycleVariantsAndCyclicMatchPyTorch) {
+  using optim::Schedule;
+  Graph g;
+  Value step = g.placeholder("step", i64, {});
+  auto lr = [&](const Schedule& schedule) {
+    return optim::learning_rate(g, 2.0, schedule, step, f64);
+  };
+  auto one_cycle = [](bool three_phase, bool linear, double pct_start) {
+    Schedule s = Schedule::one_cycle(20, pct_start);
+    s.three_phase = three_phase;
+    s.anneal_linear = linear;
+    return s;
+  };
+  using Mode = Schedule::CyclicMode;
+  const std::vector<Value> rates = {lr(one_cycle(true, false, 0.3)),
+                                    lr(one_cycle(false, true, 0.3)),
+                                    lr(one_cycle(true, true, 0.25)),
+                                    lr(Schedule::cyclic(0.1, 3, 5)),
+                                    lr(Schedule::cyclic(0.1, 4, 0, Mode::triangular2)),
+                                    lr(Schedule::cyclic(0.1, 2, 3, Mode::exp_range, 0.9))};
+  // torch's rates at the steps around each phase's and cycle's ends (OneCycle to step 19).
+  const std::vector<std::map<int64_t, double>> torch_rates = {{{0, 0.08000000000000007},
+                                                               {1, 0.2633436854000506},
+                                                               {4, 1.8166563145999495},
+                                                               {5, 2.0},
+                                                               {6, 1.8166563145999495},
+                                                               {9, 0.26334368540005054},
+                                                               {10, 0.08},
+                                                               {12, 0.07064271354698665},
+                                                               {16, 0.020006000000000013},
+                                                               {18, 0.0024200539390468114},
+                                                               {19, 8e-06}},
+                                                              {{0, 0.08},
+                                                               {1, 0.464},
+                                                               {4, 1.616},
+                                                               {5, 2.0},
+                                                               {6, 1.8571434285714286},
+                                                               {12, 1.0000040000000001},
+                                                               {18, 0.14286457142857145},
+                                                               {19, 8.000000000008e-06}},
+                                                              {{0, 0.08},
+                                                               {3, 1.52},
+                                                               {4, 2.0},
+                                                               {5, 1.52},
+                                                               {8, 0.08000000000000007},
+                                                               {9, 0.072728},
+                                                               {15, 0.029095999999999997},
+                                                               {19, 7.999999999994123e-06}},
+                                                              {{0, 0.1},
+                                                               {1, 0.7333333333333333},
+                                                               {3, 2.0},
+                                                               {4, 1.62},
+                                                               {7, 0.48},
+                                                               {8, 0.1},
+                                                               {9, 0.7333333333333333},
+                                                               {19, 2.0},
+                                                               {21, 1.24},
+                                                               {45, 1.24},
+                                                               {93, 1.24}},
+                                                              {{0, 0.1},
+                                                               {4, 2.0},
+                                                               {7, 0.575},
+                                                               {8, 0.1},
+                                                               {9, 0.3375},
+                                                               {12, 1.05},
+                                                               {19, 0.45624999999999993},
+                                                               {30, 0.21875},
+                                                               {45, 0.14453125},
+                                                               {93, 0.10069580078125001}},
+                                                              {{0, 0.1},
+                                                               {1, 0.9549999999999997},
+                                                               {2, 1.6389999999999998},
+                                                               {4, 0.5155299999999999},
+                                                               {5, 0.1},
+                                                               {7, 1.00876411},
+                                                               {12, 0.6366161193139},
+                                                               {18, 0.2901198713761991},
+                                                               {21, 0.2039480396749369},
+                                                               {93, 0.10007034216318555}}};
+  Session s(g);
+  for (int64_t t : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 16, 18, 19, 21, 30, 45, 93}) {
+    auto out = s.run({{step, Tensor::scalar<int64_t>(t)}}, rates);
+    for (size_t i = 0; i < rates.size(); ++i) {
+      if (!torch_rates[i].count(t)) continue;
+      EXPECT_NEAR(out[i].item<double>(), torch_rates[i].at(t), 1e-12)
+          << "schedule " << i << " t " << t;
+    }
+    // OneCycle stays at its final rate after total_steps (torch refuses to step on).
+    if (t > 19) {
+      for (size_t i = 0; i < 3; ++i) EXPECT_NEAR(out[i].item<double>(), 8e-06, 1e-17) << i;
+    }
+  }
+  expect_error<GraphError>(
+      [&] { lr(one_cycle(true, false, 0.6)); },
+      {"one_cycle (three phases)", "pct_start 0.6 phase 3 would run from step 22 to 19"});
+  expect_error<GraphError>([&] { lr(Schedule::cyclic(0.1, 0, 3)); },
+                           {"cyclic needs step sizes > 0, got up 0 and down 3"});
+  expect_error<GraphError>([&] { lr(Schedule::cyclic(3.0, 2)); },
+                           {"0 <= min_lr < the learning rate; min_lr is 3, the rate 2"});
 }
 
 // ReduceLROnPlateau fed one metric at a time, against the rates torch's scheduler gives for
