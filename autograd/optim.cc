@@ -66,6 +66,7 @@ Schedule Schedule::one_cycle(int64_t total_steps, double pct_start, double div_f
   s.pct_start = pct_start;
   s.div_factor = div_factor;
   s.final_div_factor = final_div_factor;
+  s.cycle_momentum = true;
   return s;
 }
 
@@ -78,6 +79,9 @@ Schedule Schedule::cyclic(double min_lr, int64_t step_size_up, int64_t step_size
   s.cycle_down = step_size_down == 0 ? step_size_up : step_size_down;
   s.cyclic_mode = mode;
   s.gamma = gamma;
+  s.cycle_momentum = true;
+  s.base_momentum = 0.8;
+  s.max_momentum = 0.9;
   return s;
 }
 
@@ -214,7 +218,79 @@ Value phase_step(const Value& step, int64_t start) {
 Value cosine_between(double from, double to, const Value& progress) {
   return to + (cos(progress * M_PI) + 1.0) * (0.5 * (from - to));
 }
+
+// OneCycleLR's phases at position t (a scalar of the result's dtype), each from the end of the
+// one before (step 0 for the first): from `low` to `peak` by step pct_start T - 1; with
+// three_phase back to `low` by 2 pct_start T - 2; then to `last` at T - 1, where it stays.
+Value one_cycle_anneal(const Schedule& schedule, const Value& t, double low, double peak,
+                       double last) {
+  const double total = static_cast<double>(schedule.total_steps);
+  struct Phase {
+    double end, from, to;
+  };
+  std::vector<Phase> phases{{schedule.pct_start * total - 1, low, peak}};
+  if (schedule.three_phase) phases.push_back({2 * schedule.pct_start * total - 2, peak, low});
+  phases.push_back({total - 1, phases.back().to, last});
+  for (size_t i = 0; i < phases.size(); ++i) {
+    const double start = i == 0 ? 0 : phases[i - 1].end;
+    KILN_CHECK(phases[i].end > start, GraphError, "[optim] one_cycle",
+               schedule.three_phase ? " (three phases)" : "",
+               " needs its phases to end at ascending steps from 0 to total_steps - 1; "
+               "with total_steps ",
+               schedule.total_steps, " and pct_start ", schedule.pct_start, " phase ", i + 1,
+               " would run from step ", start, " to ", phases[i].end);
+  }
+  Value clamped = minimum(t, total - 1);
+  auto anneal = [&](size_t i) {
+    const double begin = i == 0 ? 0 : phases[i - 1].end;
+    Value progress = (clamped - begin) / (phases[i].end - begin);
+    return schedule.anneal_linear ? phases[i].from + progress * (phases[i].to - phases[i].from)
+                                  : cosine_between(phases[i].from, phases[i].to, progress);
+  };
+  // From the last phase back: each earlier one takes over up to its end.
+  Value value = anneal(phases.size() - 1);
+  for (size_t i = phases.size() - 1; i-- > 0;)
+    value = where(less_equal(clamped, phases[i].end), anneal(i), value);
+  return value;
+}
+
+// CyclicLR's shape at step `step` in `dtype`: 0 at a cycle's start, 1 at its peak (after
+// cycle_up steps), back to 0 after cycle_down more, scaled by the mode (triangular2: halved each
+// cycle; exp_range: gamma^t). x is the position within the cycle, in [0, 1).
+Value cyclic_shape(Graph& graph, const Schedule& schedule, const Value& step, DType dtype) {
+  KILN_CHECK(schedule.cycle_up > 0 && schedule.cycle_down > 0, GraphError,
+             "[optim] cyclic needs step sizes > 0, got up ", schedule.cycle_up, " and down ",
+             schedule.cycle_down);
+  const int64_t size = schedule.cycle_up + schedule.cycle_down;
+  const double ratio = static_cast<double>(schedule.cycle_up) / static_cast<double>(size);
+  Value cycles = step / graph.scalar(static_cast<double>(size), i64);  // floor: t >= 0
+  Value x = cast(step - cycles * graph.scalar(static_cast<double>(size), i64), dtype) /
+            static_cast<double>(size);
+  Value shape = where(less_equal(x, ratio), x / ratio, (x - 1.0) / (ratio - 1.0));
+  switch (schedule.cyclic_mode) {
+    case Schedule::CyclicMode::triangular:
+      return shape;
+    case Schedule::CyclicMode::triangular2:
+      return shape * pow(graph.scalar(0.5, dtype), cast(cycles, dtype));
+    case Schedule::CyclicMode::exp_range:
+      return shape * pow(graph.scalar(schedule.gamma, dtype), cast(step, dtype));
+  }
+  return shape;
+}
 }  // namespace
+
+Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& step) {
+  const bool cycles =
+      schedule.kind == Schedule::Kind::one_cycle || schedule.kind == Schedule::Kind::cyclic;
+  if (!cycles || !schedule.cycle_momentum) return {};
+  const double base = schedule.base_momentum, max = schedule.max_momentum;
+  KILN_CHECK(base >= 0 && base <= max && max < 1, GraphError,
+             "[optim] cycling momentum needs 0 <= base_momentum <= max_momentum < 1; got ", base,
+             " and ", max);
+  if (schedule.kind == Schedule::Kind::one_cycle)
+    return one_cycle_anneal(schedule, cast(step, f64), max, base, max);
+  return max - cyclic_shape(graph, schedule, step, f64) * (max - base);
+}
 
 Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
                     DType dtype) {
@@ -328,69 +404,18 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       break;
     }
     case Schedule::Kind::one_cycle: {
-      // OneCycleLR's phases, each from the end of the one before (step 0 for the first): the
-      // rise ends at step pct_start T - 1, the fall at T - 1; with three_phase a fall back to
-      // the initial rate ends at 2 pct_start T - 2 before the last one.
-      const double rise_end = schedule.pct_start * total - 1, last_end = total - 1;
-      const double initial = base_lr / schedule.div_factor;
       KILN_CHECK(schedule.div_factor > 0 && schedule.final_div_factor > 0, GraphError,
                  "[optim] one_cycle needs div_factor and final_div_factor > 0");
-      struct Phase {
-        double end, from, to;
-      };
-      std::vector<Phase> phases{{rise_end, initial, base_lr}};
-      if (schedule.three_phase)
-        phases.push_back({2 * schedule.pct_start * total - 2, base_lr, initial});
-      phases.push_back({last_end, phases.back().to, initial / schedule.final_div_factor});
-      for (size_t i = 0; i < phases.size(); ++i) {
-        const double start = i == 0 ? 0 : phases[i - 1].end;
-        KILN_CHECK(phases[i].end > start, GraphError, "[optim] one_cycle",
-                   schedule.three_phase ? " (three phases)" : "",
-                   " needs its phases to end at ascending steps from 0 to total_steps - 1; "
-                   "with total_steps ",
-                   schedule.total_steps, " and pct_start ", schedule.pct_start, " phase ", i + 1,
-                   " would run from step ", start, " to ", phases[i].end);
-      }
-      Value clamped = minimum(t, last_end);
-      auto anneal = [&](size_t i) {
-        const double begin = i == 0 ? 0 : phases[i - 1].end;
-        Value progress = (clamped - begin) / (phases[i].end - begin);
-        return schedule.anneal_linear ? phases[i].from + progress * (phases[i].to - phases[i].from)
-                                      : cosine_between(phases[i].from, phases[i].to, progress);
-      };
-      // From the last phase back: each earlier one takes over up to its end.
-      lr = anneal(phases.size() - 1);
-      for (size_t i = phases.size() - 1; i-- > 0;)
-        lr = where(less_equal(clamped, phases[i].end), anneal(i), lr);
+      const double initial = base_lr / schedule.div_factor;
+      lr = one_cycle_anneal(schedule, t, initial, base_lr, initial / schedule.final_div_factor);
       break;
     }
     case Schedule::Kind::cyclic: {
-      // CyclicLR: x is the position within the cycle, in [0, 1); the rate rises over the first
-      // up / (up + down) of it and falls over the rest.
-      KILN_CHECK(schedule.cycle_up > 0 && schedule.cycle_down > 0, GraphError,
-                 "[optim] cyclic needs step sizes > 0, got up ", schedule.cycle_up, " and down ",
-                 schedule.cycle_down);
       KILN_CHECK(schedule.min_lr >= 0 && schedule.min_lr < base_lr, GraphError,
                  "[optim] cyclic needs 0 <= min_lr < the learning rate; min_lr is ",
                  schedule.min_lr, ", the rate ", base_lr);
-      const int64_t size = schedule.cycle_up + schedule.cycle_down;
-      const double ratio = static_cast<double>(schedule.cycle_up) / static_cast<double>(size);
-      Value cycles = step / graph.scalar(static_cast<double>(size), i64);  // floor: t >= 0
-      Value x = cast(step - cycles * graph.scalar(static_cast<double>(size), i64), dtype) /
-                static_cast<double>(size);
-      Value scale = where(less_equal(x, ratio), x / ratio, (x - 1.0) / (ratio - 1.0));
-      Value height = scale * (base_lr - schedule.min_lr);
-      switch (schedule.cyclic_mode) {
-        case Schedule::CyclicMode::triangular:
-          break;
-        case Schedule::CyclicMode::triangular2:
-          height = height * pow(graph.scalar(0.5, dtype), cast(cycles, dtype));
-          break;
-        case Schedule::CyclicMode::exp_range:
-          height = height * pow(graph.scalar(schedule.gamma, dtype), t);
-          break;
-      }
-      lr = schedule.min_lr + height;
+      lr = schedule.min_lr +
+           cyclic_shape(graph, schedule, step, dtype) * (base_lr - schedule.min_lr);
       break;
     }
   }
@@ -560,6 +585,7 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
   NameScope scope(graph, "optimizer");
   if (clip_value_ > 0) grads = clip_by_value(grads, clip_value_);
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
+  momentum_now_ = scheduled_momentum(graph, schedule_, step);
   for (Value& advance : prepare_step(graph, step, apply_if)) updates.push_back(advance);
   // Each variable's group (none: the optimizer's own settings); one schedule per rate and dtype.
   std::map<std::string, const ParamGroup*> group_of;
@@ -685,9 +711,10 @@ SGD::SGD(SGDOptions options)
 Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&,
                   double weight_decay, const Value& apply_if) {
   // Without momentum there is no buffer: var stands in for it and is not touched as one.
-  Value buf = options_.momentum != 0 ? slot(var, "momentum") : var;
+  const bool has_momentum = options_.momentum != 0 || momentum_now().defined();
+  Value buf = has_momentum ? slot(var, "momentum") : var;
   return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov, weight_decay,
-                    apply_if);
+                    apply_if, momentum_now());
 }
 
 AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,
@@ -705,23 +732,25 @@ Value Adam::update(const Value& var, const Value& grad, const Value& lr, const V
   Value v = slot(var, "adam_v");
   if (options_.amsgrad)
     return amsgrad_update(var, m, v, slot(var, "adam_v_max"), grad, lr, step,
-                          hyperparameters(weight_decay), apply_if);
+                          hyperparameters(weight_decay), apply_if, momentum_now());
   return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
-                     weight_decay, decoupled_, apply_if);
+                     weight_decay, decoupled_, apply_if, momentum_now());
 }
 
 Value Adamax::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                      double weight_decay, const Value& apply_if) {
   Value m = slot(var, "adamax_m");
   Value u = slot(var, "adamax_u");
-  return adamax_update(var, m, u, grad, lr, step, hyperparameters(weight_decay), apply_if);
+  return adamax_update(var, m, u, grad, lr, step, hyperparameters(weight_decay), apply_if,
+                       momentum_now());
 }
 
 Value RAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                     double weight_decay, const Value& apply_if) {
   Value m = slot(var, "radam_m");
   Value v = slot(var, "radam_v");
-  return radam_update(var, m, v, grad, lr, step, hyperparameters(weight_decay), apply_if);
+  return radam_update(var, m, v, grad, lr, step, hyperparameters(weight_decay), apply_if,
+                      momentum_now());
 }
 
 NAdam::NAdam(AdamOptions options, double momentum_decay, bool decoupled_weight_decay)
@@ -738,7 +767,9 @@ std::vector<Value> NAdam::prepare_step(Graph& graph, const Value& step, const Va
   Value product = state_variable(graph, "nadam_mu_product", f64, Shape{}, 1);
   // mu_t = b1 (1 - 0.5 0.96^(t psi)) at t = step + 1, in f64 as torch's Python floats.
   Value t = cast(step, f64) + 1.0;
-  Value mu = options_.beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay_));
+  // beta1 is this step's where the schedule cycles it.
+  Value beta1 = momentum_now().defined() ? momentum_now() : graph.scalar(options_.beta1, f64);
+  Value mu = beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay_));
   mu_product_ = product * mu;
   return {
       assign(product, apply_if.defined() ? where(apply_if, mu_product_, product) : mu_product_)};
@@ -749,7 +780,7 @@ Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const 
   Value m = slot(var, "nadam_m");
   Value v = slot(var, "nadam_v");
   return nadam_update(var, m, v, grad, lr, step, mu_product_, hyperparameters(weight_decay),
-                      momentum_decay_, apply_if);
+                      momentum_decay_, apply_if, momentum_now());
 }
 
 Adagrad::Adagrad(AdagradOptions options)
@@ -762,6 +793,9 @@ Adagrad::Adagrad(AdagradOptions options)
 
 Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                       double weight_decay, const Value& apply_if) {
+  KILN_CHECK(!momentum_now().defined(), GraphError,
+             "[optim] Adagrad has no momentum for the schedule to cycle; set the schedule's "
+             "cycle_momentum = false");
   return adagrad_update(var, slot(var, "adagrad_sum", options_.initial_accumulator_value), grad, lr,
                         step, options_.lr_decay, options_.eps, weight_decay, apply_if);
 }
@@ -772,16 +806,17 @@ RMSProp::RMSProp(RMSPropOptions options)
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                       double weight_decay, const Value& apply_if) {
-  if (options_.momentum == 0 && !options_.centered)
+  const bool has_momentum = options_.momentum != 0 || momentum_now().defined();
+  if (!has_momentum && !options_.centered)
     return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps,
                           weight_decay, apply_if);
   // Only the slots the variant keeps: var stands in for the others, which the update leaves.
   Value sq = slot(var, "rms");
   Value grad_avg = options_.centered ? slot(var, "rms_grad_avg") : var;
-  Value buf = options_.momentum != 0 ? slot(var, "rms_momentum") : var;
+  Value buf = has_momentum ? slot(var, "rms_momentum") : var;
   return rmsprop_momentum_update(var, sq, grad_avg, buf, grad, lr, step, options_.alpha,
                                  options_.eps, weight_decay, options_.momentum, options_.centered,
-                                 apply_if);
+                                 apply_if, momentum_now());
 }
 
 }  // namespace kiln::optim

@@ -68,6 +68,12 @@ struct Schedule {
   /// scaled by cyclic_mode (exp_range: gamma^t).
   int64_t cycle_up = 2000, cycle_down = 2000;
   CyclicMode cyclic_mode = CyclicMode::triangular;
+  /// one_cycle and cyclic (on by default, as torch's cycle_momentum): the optimizer's momentum
+  /// (SGD's and RMSProp's momentum, beta1 of Adam's family) moves against the rate, from
+  /// max_momentum where the rate is lowest to base_momentum where it peaks, through the same
+  /// phases. An optimizer without momentum turns it on; Adagrad, which has none, refuses.
+  bool cycle_momentum = false;
+  double base_momentum = 0.85, max_momentum = 0.95;
   /// reduce_on_plateau (ReduceLROnPlateau): lr * gamma^(reductions), at least min_lr. Each run
   /// of observe_metric() compares the metric with the best so far (lower is better, or higher
   /// with maximize; better means beyond best (1 -+ threshold), or best -+ threshold when not
@@ -89,11 +95,12 @@ struct Schedule {
   /// PolynomialLR: decays to 0 at total_steps as (1 - t / T)^power.
   static Schedule polynomial(int64_t total_steps, double power = 1);
   static Schedule cosine(int64_t total_steps, double min_lr = 0);
-  /// OneCycleLR with its defaults (two phases, cosine); three_phase and anneal_linear are set
-  /// on the result.
+  /// OneCycleLR with its defaults (two phases, cosine, momentum cycled between 0.85 and 0.95);
+  /// three_phase, anneal_linear and the momentum fields are set on the result.
   static Schedule one_cycle(int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
                             double final_div_factor = 1e4);
-  /// CyclicLR between min_lr and the optimizer's rate; step_size_down 0 means step_size_up.
+  /// CyclicLR between min_lr and the optimizer's rate, momentum cycled between 0.8 and 0.9 (as
+  /// torch's defaults); step_size_down 0 means step_size_up.
   static Schedule cyclic(double min_lr, int64_t step_size_up, int64_t step_size_down = 0,
                          CyclicMode mode = CyclicMode::triangular, double gamma = 1);
   /// ReduceLROnPlateau; the other fields (maximize, threshold_relative, cooldown) are set on
@@ -240,6 +247,9 @@ class Optimizer {
   }
   /// A non-trainable variable "<var>/<suffix>" shaped like var, every element `initial`.
   static Value slot(const Value& var, const std::string& suffix, double initial = 0);
+  /// This step's momentum when the schedule cycles it (an f64 scalar, set by apply_gradients
+  /// before prepare_step and the updates), else undefined.
+  const Value& momentum_now() const { return momentum_now_; }
 
  private:
   double lr_;
@@ -250,6 +260,7 @@ class Optimizer {
   bool scaling_ = false;
   std::vector<ParamGroup> groups_;
   std::map<std::string, Value> updated_;  ///< by variable name, from the last apply_gradients
+  Value momentum_now_;
 };
 
 class SGD : public Optimizer {
@@ -404,6 +415,9 @@ Value global_step(Graph& graph);
 /// The learning rate at step `step` (an i64 scalar) as a scalar of `dtype`.
 Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
                     DType dtype = f32);
+/// The momentum at step `step` (an f64 scalar) of a schedule that cycles it (one_cycle or
+/// cyclic with cycle_momentum); undefined for any other.
+Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& step);
 /// Each gradient with its elements clamped to [-limit, limit] (torch.nn.utils.clip_grad_value_).
 std::vector<Value> clip_by_value(const std::vector<Value>& grads, double limit);
 /// The gradients scaled by min(1, max_norm / ||grads||) (one global L2 norm); `norm` receives

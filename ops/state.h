@@ -18,17 +18,21 @@ Value assign_slice(const Value& var, const Value& update, const Value& start, in
 /// Fused update ops (one kernel reads and writes each element once). `lr` is a scalar of the
 /// variable's dtype; `step` is the i64 step counter before this step. With `apply_if` (a bool
 /// scalar) the update happens only where it is true: dynamic loss scaling skips steps whose
-/// gradients overflowed. Each returns var.
+/// gradients overflowed. With `momentum_now` (an f64 scalar; all but rmsprop_update and
+/// adagrad_update) it replaces the momentum (SGD's and RMSProp's) or beta1 (Adam's family) at
+/// this step: a schedule that cycles momentum, as OneCycleLR. Each returns var.
 ///   SGD:     g' = g + wd p;  b = mu b + g';  p -= lr (nesterov ? g' + mu b : b)
 ///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined)
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
-                 double momentum, bool nesterov, double weight_decay, const Value& apply_if = {});
+                 double momentum, bool nesterov, double weight_decay, const Value& apply_if = {},
+                 const Value& momentum_now = {});
 ///   Adam:    g' = g + wd p (L2) or p *= 1 - lr wd (decoupled, AdamW);
 ///            m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  t = step + 1
 ///            p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
 Value adam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                   const Value& lr, const Value& step, double beta1, double beta2, double eps,
-                  double weight_decay, bool decoupled, const Value& apply_if = {});
+                  double weight_decay, bool decoupled, const Value& apply_if = {},
+                  const Value& momentum_now = {});
 ///   RMSProp: g' = g + wd p;  s = a s + (1-a) g'^2;  p -= lr g' / (sqrt(s) + eps)
 Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
                      double alpha, double eps, double weight_decay, const Value& apply_if = {});
@@ -49,15 +53,16 @@ struct AdamHyperparameters {
 ///   AMSGrad: Adam with v_max = max(v_max, v) in the denominator in place of v.
 Value amsgrad_update(const Value& var, const Value& m, const Value& v, const Value& v_max,
                      const Value& grad, const Value& lr, const Value& step,
-                     const AdamHyperparameters& hyper, const Value& apply_if = {});
+                     const AdamHyperparameters& hyper, const Value& apply_if = {},
+                     const Value& momentum_now = {});
 ///   Adamax:  m as Adam;  u = max(b2 u, |g'| + eps);  p -= lr / (1-b1^t) m / u
 Value adamax_update(const Value& var, const Value& m, const Value& u, const Value& grad,
                     const Value& lr, const Value& step, const AdamHyperparameters& hyper,
-                    const Value& apply_if = {});
+                    const Value& apply_if = {}, const Value& momentum_now = {});
 ///   RAdam:   m, v as Adam; the adaptive term rectified once rho_t > 5 (element_rules.h)
 Value radam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                    const Value& lr, const Value& step, const AdamHyperparameters& hyper,
-                   const Value& apply_if = {});
+                   const Value& apply_if = {}, const Value& momentum_now = {});
 ///   NAdam:   m, v as Adam; mu_t = b1 (1 - 0.5 0.96^(t momentum_decay)), `mu_product` the f64
 ///            scalar mu_1 ... mu_t (this step's included);
 ///            p -= lr ((1-mu_t) / (1-P_t) g' + mu_{t+1} / (1 - P_t mu_{t+1}) m) / (sqrt(v/c2) +
@@ -65,13 +70,14 @@ Value radam_update(const Value& var, const Value& m, const Value& v, const Value
 Value nadam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                    const Value& lr, const Value& step, const Value& mu_product,
                    const AdamHyperparameters& hyper, double momentum_decay = 4e-3,
-                   const Value& apply_if = {});
+                   const Value& apply_if = {}, const Value& momentum_now = {});
 ///   RMSProp with momentum mu and/or centered: s as rmsprop_update; centered: a = alpha a +
 ///   (1-alpha) g' and the denominator sqrt(s - a^2) + eps; momentum: b = mu b + g' / denominator,
 ///   p -= lr b. `grad_avg` (not centered) and `buf` (mu = 0) may then be var itself, unused.
 Value rmsprop_momentum_update(const Value& var, const Value& sq, const Value& grad_avg,
                               const Value& buf, const Value& grad, const Value& lr,
                               const Value& step, double alpha, double eps, double weight_decay,
-                              double momentum, bool centered, const Value& apply_if = {});
+                              double momentum, bool centered, const Value& apply_if = {},
+                              const Value& momentum_now = {});
 
 }  // namespace kiln

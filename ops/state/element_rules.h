@@ -7,6 +7,10 @@
 //     count after lr; kScalars, the f64 scalar inputs it reads after that (NAdam's running
 //     product); a constructor from the node's attributes (on the host; the rule is then copied
 //     to the device by value);
+//   - kCyclesMomentum: whether the op may take this step's momentum (SGD's and RMSProp's
+//     momentum, beta1 of Adam's family) as an f64 scalar input, attribute momentum_input (a
+//     schedule that cycles momentum, as OneCycleLR); set_momentum(value) then overrides the
+//     attribute before writes() and coefficients();
 //   - writes(j): whether slot j is real state (false: the optimizer passed a stand-in, which the
 //     update must not write);
 //   - coefficients(lr, step, scalars): the step's scalars from lr, the 0-based step count and
@@ -28,7 +32,7 @@ namespace kiln::ops {
 /// Without momentum the slot is a stand-in (the optimizer passes the variable itself).
 struct SgdRule {
   static constexpr int kSlots = 1, kScalars = 0;
-  static constexpr bool kHasStep = false;
+  static constexpr bool kHasStep = false, kCyclesMomentum = true;
   double momentum, weight_decay;
   bool nesterov;
 
@@ -36,6 +40,7 @@ struct SgdRule {
       : momentum(ctx.attr<double>("momentum")),
         weight_decay(ctx.attr<double>("weight_decay")),
         nesterov(ctx.attr<bool>("nesterov")) {}
+  KILN_HOST_DEVICE void set_momentum(double value) { momentum = value; }
   KILN_HOST_DEVICE bool writes(int) const { return momentum != 0; }
 
   template <typename T>
@@ -61,7 +66,7 @@ struct SgdRule {
 /// eps).
 struct AdagradRule {
   static constexpr int kSlots = 1, kScalars = 0;
-  static constexpr bool kHasStep = true;
+  static constexpr bool kHasStep = true, kCyclesMomentum = false;
   double lr_decay, eps, weight_decay;
 
   explicit AdagradRule(const KernelContext& ctx)
@@ -92,7 +97,7 @@ struct AdagradRule {
 /// decoupled (p *= 1 - lr wd first, as AdamW); t = step + 1, c1 = 1 - b1^t, c2 = 1 - b2^t.
 struct AdamFamily {
   static constexpr int kScalars = 0;
-  static constexpr bool kHasStep = true;
+  static constexpr bool kHasStep = true, kCyclesMomentum = true;
   double beta1, beta2, eps, weight_decay;
   bool decoupled;
 
@@ -102,6 +107,7 @@ struct AdamFamily {
         eps(ctx.attr<double>("eps")),
         weight_decay(ctx.attr<double>("weight_decay")),
         decoupled(ctx.attr<bool>("decoupled")) {}
+  KILN_HOST_DEVICE void set_momentum(double value) { beta1 = value; }
   KILN_HOST_DEVICE bool writes(int) const { return true; }
 
   /// The per-step scalars: the learning rate over c1, sqrt(c2), the decays and the moment rates.
@@ -258,7 +264,7 @@ struct NadamRule : AdamFamily {
 /// stand-in without momentum).
 struct RmspropMomentumRule {
   static constexpr int kSlots = 3, kScalars = 0;
-  static constexpr bool kHasStep = true;
+  static constexpr bool kHasStep = true, kCyclesMomentum = true;
   double alpha, eps, weight_decay, momentum;
   bool centered;
 
@@ -277,6 +283,7 @@ struct RmspropMomentumRule {
     return {ctx.attr<double>("alpha"), ctx.attr<double>("eps"), ctx.attr<double>("weight_decay"), 0,
             false};
   }
+  KILN_HOST_DEVICE void set_momentum(double value) { momentum = value; }
   KILN_HOST_DEVICE bool writes(int slot) const {
     return slot == 0 || (slot == 1 && centered) || (slot == 2 && momentum != 0);
   }

@@ -20,10 +20,13 @@ namespace {
 
 // Checks an update's inputs: var, its slots and the gradient with the variable's shape (with
 // `product`, the gradient is op(a) op(b) of two matrices, inputs a and b, and must be the
-// variable's shape), lr (and step) scalars, `num_scalars` f64 scalars, an optional bool apply_if
-// last.
+// variable's shape), lr (and step) scalars, `num_scalars` f64 scalars, this step's momentum (an
+// f64 scalar) where the op `cycles_momentum` and its attribute momentum_input is set, an optional
+// bool apply_if last.
 std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, bool has_step,
-                                     bool product = false, int num_scalars = 0) {
+                                     bool product = false, int num_scalars = 0,
+                                     bool cycles_momentum = true) {
+  if (cycles_momentum && ctx.attr<bool>("momentum_input")) ++num_scalars;
   ctx.expect_dtype(0, {f32, f64});
   const int gradient = num_slots + 1;
   for (int i = 1; i < gradient + (product ? 2 : 1); ++i) ctx.expect_same_dtype(0, i);
@@ -91,6 +94,7 @@ KILN_OP(sgd_update)
     .attr("momentum", 0.0)
     .attr("nesterov", false)
     .attr("weight_decay", 0.0)
+    .attr("momentum_input", false)
     .mutates_input(0)
     .mutates_input(1)
     .no_gradient()
@@ -109,6 +113,7 @@ KILN_OP(adam_update)
     .attr("beta2", 0.999)
     .attr("eps", 1e-8)
     .attr("weight_decay", 0.0)
+    .attr("momentum_input", false)
     .attr("decoupled", false)
     .mutates_input(0)
     .mutates_input(1)
@@ -134,6 +139,7 @@ KILN_OP(matmul_sgd_update)
     .attr("momentum", 0.0)
     .attr("nesterov", false)
     .attr("weight_decay", 0.0)
+    .attr("momentum_input", false)
     .attr("transpose_a", false)
     .attr("transpose_b", false)
     .mutates_input(0)
@@ -155,6 +161,7 @@ KILN_OP(matmul_adam_update)
     .attr("beta2", 0.999)
     .attr("eps", 1e-8)
     .attr("weight_decay", 0.0)
+    .attr("momentum_input", false)
     .attr("decoupled", false)
     .attr("transpose_a", false)
     .attr("transpose_b", false)
@@ -179,7 +186,7 @@ KILN_OP(rmsprop_update)
     .mutates_input(0)
     .mutates_input(1)
     .no_gradient()
-    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false); })
+    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, false, 0, false); })
     .kernel(DeviceKind::cpu, rmsprop_cpu, {f32, f64});
 
 // ---- The kernels: every update runs its rule from element_rules.h (one formula for both
@@ -229,18 +236,26 @@ struct RuleUpdate {
   }
 };
 
+// Whether the node takes this step's momentum as an input (attribute momentum_input).
+template <typename Rule, typename Context>
+bool takes_momentum(const Context& ctx) {
+  if constexpr (Rule::kCyclesMomentum) return ctx.template attr<bool>("momentum_input");
+  return false;
+}
+
 // The inputs of an update with rule Rule: var, the kSlots slots, the gradient (one tensor, or with
 // `product` the two factors), lr, the step when the rule has one, the rule's kScalars f64
-// scalars, apply_if.
+// scalars, the momentum when the node takes it (-1: not), apply_if.
 template <typename Rule>
 struct UpdateInputs {
-  int gradient, lr, step, scalars, apply_if;
-  explicit UpdateInputs(bool product)
+  int gradient, lr, step, scalars, momentum, apply_if;
+  UpdateInputs(const KernelContext& ctx, bool product)
       : gradient(Rule::kSlots + 1),
         lr(gradient + (product ? 2 : 1)),
         step(Rule::kHasStep ? lr + 1 : -1),
         scalars(lr + 1 + (Rule::kHasStep ? 1 : 0)),
-        apply_if(scalars + Rule::kScalars) {}
+        momentum(takes_momentum<Rule>(ctx) ? scalars + Rule::kScalars : -1),
+        apply_if(scalars + Rule::kScalars + (momentum >= 0 ? 1 : 0)) {}
 };
 
 // Runs `body(update)` with the node's RuleUpdate, unless apply_if says to skip the step. The
@@ -248,10 +263,12 @@ struct UpdateInputs {
 template <typename Rule, typename Body>
 void with_rule_update(KernelContext& ctx, bool product, const Body& body) {
   static_assert(Rule::kSlots >= 1 && Rule::kSlots <= 3);
-  const UpdateInputs<Rule> in(product);
+  const UpdateInputs<Rule> in(ctx, product);
   ctx.set_output(0, ctx.input(0));
   if (!applies(ctx, in.apply_if)) return;
-  const Rule rule(ctx);
+  Rule rule(ctx);
+  if constexpr (Rule::kCyclesMomentum)
+    if (in.momentum >= 0) rule.set_momentum(*ctx.input(in.momentum).template data<double>());
   double scalars[Rule::kScalars + 1];
   for (int j = 0; j < Rule::kScalars; ++j)
     scalars[j] = *ctx.input(in.scalars + j).template data<double>();
@@ -303,22 +320,23 @@ void product_update_cpu(KernelContext& ctx) {
 // rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if):
 // its two other slots are stand-ins.
 struct PlainRmspropRule : RmspropMomentumRule {
-  static constexpr bool kHasStep = false;
+  static constexpr bool kHasStep = false, kCyclesMomentum = false;
   explicit PlainRmspropRule(const KernelContext& ctx) : RmspropMomentumRule(plain(ctx)) {}
 };
 template <>
 struct UpdateInputs<PlainRmspropRule> {
-  int gradient = 2, lr = 3, step = -1, scalars = 4, apply_if = 4;
-  explicit UpdateInputs(bool) {}
+  int gradient = 2, lr = 3, step = -1, scalars = 4, momentum = -1, apply_if = 4;
+  UpdateInputs(const KernelContext&, bool) {}
 };
 void rmsprop_cpu(KernelContext& ctx) {
   update_cpu<PlainRmspropRule>(ctx);
 }
 
 // The definition of an element update with its schema: var, `slots`, grad, lr, step, `scalars`,
-// apply_if. The caller adds the rule's attributes and the kernel.
+// (with `cycles_momentum`, the attribute momentum_input and then this step's momentum), apply_if.
+// The caller adds the rule's attributes and the kernel.
 OpDef element_update(const char* name, std::initializer_list<const char*> slots,
-                     std::initializer_list<const char*> scalars = {}) {
+                     std::initializer_list<const char*> scalars = {}, bool cycles_momentum = true) {
   OpDef op(name);
   op.input("var");
   for (const char* slot : slots) op.input(slot);
@@ -328,14 +346,15 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
   const int num_slots = static_cast<int>(slots.size()),
             num_scalars = static_cast<int>(scalars.size());
   for (int i = 0; i <= num_slots; ++i) op.mutates_input(i);
-  op.no_gradient().infer([num_slots, num_scalars](const InferContext& ctx) {
-    return infer_update(ctx, num_slots, true, false, num_scalars);
+  op.no_gradient().infer([num_slots, num_scalars, cycles_momentum](const InferContext& ctx) {
+    return infer_update(ctx, num_slots, true, false, num_scalars, cycles_momentum);
   });
+  if (cycles_momentum) op.attr("momentum_input", false);
   return op;
 }
 
 [[maybe_unused]] static OpRegistrar adagrad_registrar =
-    element_update("adagrad_update", {"sum"})
+    element_update("adagrad_update", {"sum"}, {}, /*cycles_momentum=*/false)
         .attr("lr_decay", 0.0)
         .attr("eps", 1e-10)
         .attr("weight_decay", 0.0)
@@ -396,25 +415,37 @@ std::vector<Value> with_apply_if(std::vector<Value> inputs, const Value& apply_i
   if (apply_if.defined()) inputs.push_back(apply_if);
   return inputs;
 }
+// The inputs of an update that may take this step's momentum: then `momentum` and apply_if
+// where given; `attrs` gains momentum_input.
+std::vector<Value> with_momentum(std::vector<Value> inputs, const Value& momentum,
+                                 const Value& apply_if, AttrMap& attrs) {
+  attrs["momentum_input"] = momentum.defined();
+  if (momentum.defined()) inputs.push_back(momentum);
+  return with_apply_if(std::move(inputs), apply_if);
+}
 }  // namespace
 
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
-                 double momentum, bool nesterov, double weight_decay, const Value& apply_if) {
-  return common_graph("sgd_update", {&var, &buf, &grad, &lr})
-      .add("sgd_update", with_apply_if({var, buf, grad, lr}, apply_if),
-           {{"momentum", momentum}, {"nesterov", nesterov}, {"weight_decay", weight_decay}});
+                 double momentum, bool nesterov, double weight_decay, const Value& apply_if,
+                 const Value& momentum_now) {
+  AttrMap attrs{{"momentum", momentum}, {"nesterov", nesterov}, {"weight_decay", weight_decay}};
+  std::vector<Value> inputs = with_momentum({var, buf, grad, lr}, momentum_now, apply_if, attrs);
+  return common_graph("sgd_update", {&var, &buf, &grad, &lr}).add("sgd_update", inputs, attrs);
 }
 
 Value adam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                   const Value& lr, const Value& step, double beta1, double beta2, double eps,
-                  double weight_decay, bool decoupled, const Value& apply_if) {
+                  double weight_decay, bool decoupled, const Value& apply_if,
+                  const Value& momentum_now) {
+  AttrMap attrs{{"beta1", beta1},
+                {"beta2", beta2},
+                {"eps", eps},
+                {"weight_decay", weight_decay},
+                {"decoupled", decoupled}};
+  std::vector<Value> inputs =
+      with_momentum({var, m, v, grad, lr, step}, momentum_now, apply_if, attrs);
   return common_graph("adam_update", {&var, &m, &v, &grad, &lr, &step})
-      .add("adam_update", with_apply_if({var, m, v, grad, lr, step}, apply_if),
-           {{"beta1", beta1},
-            {"beta2", beta2},
-            {"eps", eps},
-            {"weight_decay", weight_decay},
-            {"decoupled", decoupled}});
+      .add("adam_update", inputs, attrs);
 }
 
 Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
@@ -444,48 +475,61 @@ Value adagrad_update(const Value& var, const Value& sum, const Value& grad, cons
 
 Value amsgrad_update(const Value& var, const Value& m, const Value& v, const Value& v_max,
                      const Value& grad, const Value& lr, const Value& step,
-                     const AdamHyperparameters& hyper, const Value& apply_if) {
+                     const AdamHyperparameters& hyper, const Value& apply_if,
+                     const Value& momentum_now) {
+  AttrMap attrs = adam_attrs(hyper);
+  std::vector<Value> inputs =
+      with_momentum({var, m, v, v_max, grad, lr, step}, momentum_now, apply_if, attrs);
   return common_graph("amsgrad_update", {&var, &m, &v, &v_max, &grad, &lr, &step})
-      .add("amsgrad_update", with_apply_if({var, m, v, v_max, grad, lr, step}, apply_if),
-           adam_attrs(hyper));
+      .add("amsgrad_update", inputs, attrs);
 }
 
 Value adamax_update(const Value& var, const Value& m, const Value& u, const Value& grad,
                     const Value& lr, const Value& step, const AdamHyperparameters& hyper,
-                    const Value& apply_if) {
+                    const Value& apply_if, const Value& momentum_now) {
+  AttrMap attrs = adam_attrs(hyper);
+  std::vector<Value> inputs =
+      with_momentum({var, m, u, grad, lr, step}, momentum_now, apply_if, attrs);
   return common_graph("adamax_update", {&var, &m, &u, &grad, &lr, &step})
-      .add("adamax_update", with_apply_if({var, m, u, grad, lr, step}, apply_if),
-           adam_attrs(hyper));
+      .add("adamax_update", inputs, attrs);
 }
 
 Value radam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                    const Value& lr, const Value& step, const AdamHyperparameters& hyper,
-                   const Value& apply_if) {
+                   const Value& apply_if, const Value& momentum_now) {
+  AttrMap attrs = adam_attrs(hyper);
+  std::vector<Value> inputs =
+      with_momentum({var, m, v, grad, lr, step}, momentum_now, apply_if, attrs);
   return common_graph("radam_update", {&var, &m, &v, &grad, &lr, &step})
-      .add("radam_update", with_apply_if({var, m, v, grad, lr, step}, apply_if), adam_attrs(hyper));
+      .add("radam_update", inputs, attrs);
 }
 
 Value nadam_update(const Value& var, const Value& m, const Value& v, const Value& grad,
                    const Value& lr, const Value& step, const Value& mu_product,
-                   const AdamHyperparameters& hyper, double momentum_decay, const Value& apply_if) {
+                   const AdamHyperparameters& hyper, double momentum_decay, const Value& apply_if,
+                   const Value& momentum_now) {
   AttrMap attrs = adam_attrs(hyper);
   attrs["momentum_decay"] = momentum_decay;
+  std::vector<Value> inputs =
+      with_momentum({var, m, v, grad, lr, step, mu_product}, momentum_now, apply_if, attrs);
   return common_graph("nadam_update", {&var, &m, &v, &grad, &lr, &step, &mu_product})
-      .add("nadam_update", with_apply_if({var, m, v, grad, lr, step, mu_product}, apply_if), attrs);
+      .add("nadam_update", inputs, attrs);
 }
 
 Value rmsprop_momentum_update(const Value& var, const Value& sq, const Value& grad_avg,
                               const Value& buf, const Value& grad, const Value& lr,
                               const Value& step, double alpha, double eps, double weight_decay,
-                              double momentum, bool centered, const Value& apply_if) {
+                              double momentum, bool centered, const Value& apply_if,
+                              const Value& momentum_now) {
+  AttrMap attrs{{"alpha", alpha},
+                {"eps", eps},
+                {"weight_decay", weight_decay},
+                {"momentum", momentum},
+                {"centered", centered}};
+  std::vector<Value> inputs =
+      with_momentum({var, sq, grad_avg, buf, grad, lr, step}, momentum_now, apply_if, attrs);
   return common_graph("rmsprop_momentum_update", {&var, &sq, &grad_avg, &buf, &grad, &lr, &step})
-      .add("rmsprop_momentum_update",
-           with_apply_if({var, sq, grad_avg, buf, grad, lr, step}, apply_if),
-           {{"alpha", alpha},
-            {"eps", eps},
-            {"weight_decay", weight_decay},
-            {"momentum", momentum},
-            {"centered", centered}});
+      .add("rmsprop_momentum_update", inputs, attrs);
 }
 
 }  // namespace kiln

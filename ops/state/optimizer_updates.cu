@@ -56,6 +56,13 @@ struct SlotPointers {
   T* at[kSlots];
 };
 
+// Sets this step's momentum where the node takes one (momentum not null).
+template <typename Rule>
+__device__ void set_momentum(Rule& rule, const double* momentum) {
+  if constexpr (Rule::kCyclesMomentum)
+    if (momentum) rule.set_momentum(*momentum);
+}
+
 template <typename Rule, typename T>
 void element_update_typed(KernelContext& ctx) {
   constexpr int kSlots = Rule::kSlots, kGradient = kSlots + 1;
@@ -71,17 +78,24 @@ void element_update_typed(KernelContext& ctx) {
   SlotPointers<const double, Rule::kScalars + 1> scalars{};
   for (int j = 0; j < Rule::kScalars; ++j)
     scalars.at[j] = ctx.input(first_scalar + j).data<double>();
-  const bool* apply = apply_flag(ctx, first_scalar + Rule::kScalars);
+  // This step's momentum (attribute momentum_input), after the scalars.
+  bool takes_momentum = false;
+  if constexpr (Rule::kCyclesMomentum) takes_momentum = ctx.attr<bool>("momentum_input");
+  const int after_scalars = first_scalar + Rule::kScalars;
+  const double* momentum = takes_momentum ? ctx.input(after_scalars).data<double>() : nullptr;
+  const bool* apply = apply_flag(ctx, after_scalars + (takes_momentum ? 1 : 0));
   for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
     if (apply && !*apply) return;
+    Rule now = rule;
+    set_momentum(now, momentum);
     double scalar_values[Rule::kScalars + 1];
     for (int j = 0; j < Rule::kScalars; ++j) scalar_values[j] = *scalars.at[j];
-    const auto k = rule.coefficients(*lr, step ? *step : 0, scalar_values);
+    const auto k = now.coefficients(*lr, step ? *step : 0, scalar_values);
     T s[kSlots];
-    for (int j = 0; j < kSlots; ++j) s[j] = rule.writes(j) ? slots.at[j][i] : T(0);
-    rule.apply(k, p[i], s, g[i]);
+    for (int j = 0; j < kSlots; ++j) s[j] = now.writes(j) ? slots.at[j][i] : T(0);
+    now.apply(k, p[i], s, g[i]);
     for (int j = 0; j < kSlots; ++j)
-      if (rule.writes(j)) slots.at[j][i] = s[j];
+      if (now.writes(j)) slots.at[j][i] = s[j];
   });
 }
 template <typename Rule>

@@ -855,6 +855,33 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  // This step's momentum as an input (a schedule that cycles it), on the plain and product
+  // forms.
+  add({.op = "sgd_update",
+       .name = "sgd_update_momentum_input",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return sgd_update(var, c.variable({3, 4}), c.input({3, 4}), c.scalar(0.1), 0, false,
+                               0.01, {}, c.g.scalar(0.85, f64));
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "matmul_adam_update",
+       .name = "matmul_adam_update_momentum_input",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({4, 5});
+             Value m = c.variable({4, 5}, -0.1, 0.1), v = c.variable({4, 5}, 0, 0.1);
+             return c.g.add("matmul_adam_update",
+                            {var, m, v, c.input({3, 4}), c.input({3, 5}), c.scalar(0.01),
+                             c.g.scalar(3, i64), c.g.scalar(0.8, f64)},
+                            {{"transpose_a", true}, {"momentum_input", true}});
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   add({.op = "rmsprop_update",
        .name = "rmsprop_update",
        .build =

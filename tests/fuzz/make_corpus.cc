@@ -165,6 +165,22 @@ int main(int argc, char** argv) {
         .with_loss_scaling()
         .minimize(loss);
   });
+  // Schedules that cycle the momentum: the updates take this step's momentum as an input.
+  Graph sgd_cycle, adam_cyclic;
+  mlp(sgd_cycle, [](const Value& loss) {
+    optim::Schedule schedule = optim::Schedule::one_cycle(100, 0.25);
+    schedule.three_phase = schedule.anneal_linear = true;
+    return optim::SGD({.lr = 0.1, .momentum = 0.9, .nesterov = true, .schedule = schedule})
+        .minimize(loss);
+  });
+  mlp(adam_cyclic, [](const Value& loss) {
+    return optim::AdamW({.lr = 1e-2,
+                         .schedule = optim::Schedule::cyclic(
+                             1e-3, 10, 20, optim::Schedule::CyclicMode::exp_range, 0.99)})
+        .minimize(loss);
+  });
+  both(sgd_cycle, "mlp_sgd_one_cycle_momentum");
+  both(adam_cyclic, "mlp_adamw_cyclic_momentum");
   both(nadam, "mlp_nadam_groups_ema");
   both(rmsprop_centered, "mlp_rmsprop_centered_scaled");
   op_zoo(zoo);

@@ -206,7 +206,16 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
       {"adam",
        [](Value loss) { return optim::Adam({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }},
       {"adamw",
-       [](Value loss) { return optim::AdamW({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }}};
+       [](Value loss) { return optim::AdamW({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }},
+      // This step's momentum (beta1) as an input: the schedule cycles it.
+      {"sgd one cycle",
+       [](Value loss) {
+         return optim::SGD({.lr = 0.05, .schedule = optim::Schedule::one_cycle(20)}).minimize(loss);
+       }},
+      {"adam cyclic", [](Value loss) {
+         return optim::Adam({.lr = 0.01, .schedule = optim::Schedule::cyclic(0.001, 2)})
+             .minimize(loss);
+       }}};
   // f32 (oneDNN's sgemm) computes an element of C the same however C is cut in rows and columns
   // with its AVX-512 kernels; its AVX2 kernels may round an element of a block of another shape
   // differently (one thread: the fused 64 x 2100 gradient in two blocks, the unfused one whole).
@@ -262,7 +271,7 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
             testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-10,
                                  1e-13, str("variant ", variant));
       }
-  EXPECT_EQ(fused, 2 * 6 * 5 * 2);
+  EXPECT_EQ(fused, 2 * 6 * 7 * 2);
   // For a GPU the update stays after the product: the product updates have CPU kernels only.
   for (DeviceKind device : {DeviceKind::cuda, DeviceKind::cpu}) {
     Graph g;

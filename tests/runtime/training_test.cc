@@ -1,4 +1,6 @@
 #include <fstream>
+#include <functional>
+#include <memory>
 
 #include "kiln/runtime/checkpoint.h"
 #include "test_util.h"
@@ -428,6 +430,110 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
   expect_error<GraphError>(
       [&] { lr(1.0, Schedule::custom([](const Value& t) { return cast(t, f32); })); },
       {"factor must be a f64 scalar", "got f32"});
+}
+
+// OneCycleLR and CyclicLR cycle the momentum (SGD's, RMSProp's) or beta1 (Adam's family)
+// against the rate by default, as torch does: the parameters after 10 steps (torch 2.15, f64,
+// printed to 17 digits; max_lr 0.1; CyclicLR's base_lr 0.01). SGD and RMSProp without momentum
+// get it, as torch's scheduler gives it to them.
+TEST(Optimizers, CycledMomentumMatchesTorch) {
+  using optim::Schedule;
+  OptimizerCase c;
+  Schedule cycle = Schedule::one_cycle(10);
+  Schedule linear3 = Schedule::one_cycle(10, 0.25);
+  linear3.three_phase = linear3.anneal_linear = true;
+  const Schedule cyclic = Schedule::cyclic(0.01, 2, 3, Schedule::CyclicMode::triangular2);
+  const optim::AdamOptions adam{
+      .lr = 0.1, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-3, .weight_decay = 0.1};
+  auto with = [](optim::AdamOptions options, const Schedule& schedule) {
+    options.schedule = schedule;
+    return options;
+  };
+  struct Case {
+    const char* name;
+    std::function<std::unique_ptr<optim::Optimizer>()> make;
+    std::vector<double> torch;
+    double tolerance = 1e-13;
+  };
+  const std::vector<Case> cases = {
+      {"SGD (no momentum of its own), one cycle",
+       [&] {
+         return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .schedule = cycle});
+       },
+       {1.0757491569400373, 1.3029966277601484, -1.4544949416402222}},
+      {"SGD Nesterov, three linear phases",
+       [&] {
+         return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1,
+                                                               .momentum = 0.9,
+                                                               .nesterov = true,
+                                                               .weight_decay = 0.05,
+                                                               .schedule = linear3});
+       },
+       {0.7117896837807322, -0.08596031210420878, 0.6177936426941693}},
+      {"SGD, cyclic triangular2",
+       [&] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .schedule = cyclic});
+       },
+       {1.0255691944769316, 1.1022767779077267, -1.1534151668615897}},
+      {"Adam, one cycle",
+       [&] { return std::make_unique<optim::Adam>(with(adam, cycle)); },
+       {0.8764738988024072, -0.5962047081488089, 1.5948012551398063}},
+      {"AdamW, cyclic",
+       [&] { return std::make_unique<optim::AdamW>(with(adam, cyclic)); },
+       {0.8653796336158998, -0.5529034664949584, 1.5088239450107508}},
+      {"RAdam, one cycle",
+       [&] {
+         return std::make_unique<optim::RAdam>(
+             optim::AdamOptions{.lr = 0.1, .beta2 = 0.8, .eps = 1e-3, .schedule = cycle});
+       },
+       {0.694070728941845, -0.34544697451552686, 1.0384479823898476}},
+      {"RMSprop (no momentum of its own), one cycle",
+       [&] {
+         return std::make_unique<optim::RMSProp>(
+             optim::RMSPropOptions{.lr = 0.1, .alpha = 0.9, .eps = 1e-3, .schedule = cycle});
+       },
+       {1.388625976515722, 1.566762225956065, -0.8569619197525912}},
+      // torch keeps NAdam's running product in f32 (see above).
+      {"NAdam, one cycle",
+       [&] {
+         optim::AdamOptions options = with(adam, cycle);
+         options.weight_decay = 0;
+         return std::make_unique<optim::NAdam>(options, 0.05);
+       },
+       {0.7993051504675817, -0.6589155718100973, 1.6547785101673023},
+       1e-8}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::vector<double> got = c.kiln(std::move(*k.make()), 10);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], k.torch[i], k.tolerance) << i;
+  }
+  // Without cycling, the same SGD run differs: the momentum really moved.
+  Schedule fixed = cycle;
+  fixed.cycle_momentum = false;
+  EXPECT_GT(
+      std::abs(c.kiln(optim::SGD({.lr = 0.1, .schedule = fixed}), 10)[0] - 1.0757491569400373),
+      1e-3);
+  {
+    Graph g;
+    Value step = g.placeholder("step", i64, {});
+    Value momentum = optim::scheduled_momentum(g, cycle, step);
+    Session s(g);
+    // torch's momentum at steps 0, 1, 2 and 9 (0.95 down to 0.85 at the peak, back up).
+    for (auto [t, want] : std::vector<std::pair<int64_t, double>>{
+             {0, 0.95}, {1, 0.8999999999999999}, {2, 0.85}, {5, 0.8888739533021842}, {9, 0.95}})
+      EXPECT_NEAR(s.run({{step, Tensor::scalar<int64_t>(t)}}, {momentum})[0].item<double>(), want,
+                  1e-15)
+          << t;
+    EXPECT_FALSE(optim::scheduled_momentum(g, Schedule::cosine(10), step).defined());
+  }
+  expect_error<GraphError>(
+      [&] { c.kiln(optim::Adagrad({.schedule = cycle})); },
+      {"Adagrad has no momentum for the schedule to cycle", "cycle_momentum = false"});
+  Schedule inverted = cycle;
+  inverted.base_momentum = 0.99;
+  expect_error<GraphError>([&] { c.kiln(optim::SGD({.schedule = inverted})); },
+                           {"0 <= base_momentum <= max_momentum < 1; got 0.99 and 0.95"});
 }
 
 // OneCycleLR's three-phase and linear variants and CyclicLR's three modes against the rates
