@@ -458,10 +458,24 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
   return out;
 }
 
-Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) {
+Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) const {
   // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
-  return state_variable(*var.graph(), var.node().name() + "/" + suffix, var.dtype(), var.shape(),
-                        initial);
+  return state_variable(*var.graph(), var.node().name() + "/" + state_name(suffix), var.dtype(),
+                        var.shape(), initial);
+}
+
+Optimizer& Optimizer::named(std::string name) {
+  KILN_CHECK(!name.empty() && name.front() != '/' && name.back() != '/', GraphError,
+             "[optim] an optimizer's name must be non-empty and not begin or end with '/', got '",
+             name, "'");
+  name_ = std::move(name);
+  return *this;
+}
+
+Value Optimizer::step_counter(Graph& graph) const {
+  if (name_.empty()) return global_step(graph);
+  if (graph.find_node(state_name("step"))) return graph.value(state_name("step"));
+  return state_variable(graph, state_name("step"), i64, Shape{}, 0);
 }
 
 Optimizer& Optimizer::with_param_groups(std::vector<ParamGroup> groups) {
@@ -486,7 +500,12 @@ Optimizer& Optimizer::with_param_groups(std::vector<ParamGroup> groups) {
 }
 
 Value Optimizer::minimize(const Value& loss, std::vector<Value> vars) {
-  return apply_gradients(compute_gradients(loss, std::move(vars)));
+  if (!maximize_) return apply(compute_gradients(loss, std::move(vars)), false);
+  // Ascent: every gradient rule is linear in the incoming gradient, and negation is exact, so
+  // the gradients of -loss are the negated gradients bit for bit; unlike negating each one
+  // after, this keeps a weight gradient's product foldable into its update (matmul_epilogue).
+  KILN_CHECK(loss.defined(), GraphError, "[optim] minimize of an undefined loss");
+  return apply(compute_gradients(-loss, std::move(vars)), false);
 }
 
 namespace {
@@ -536,6 +555,10 @@ std::vector<GradientAndVariable> Optimizer::compute_gradients(const Value& loss,
 }
 
 Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) {
+  return apply(pairs, maximize_);
+}
+
+Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negate) {
   KILN_CHECK(!pairs.empty(), GraphError, "[optim] apply_gradients of no gradients");
   Graph& graph = *pairs[0].variable.graph();
   std::vector<Value> grads, vars;
@@ -556,7 +579,7 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
     grads.push_back(p.gradient);
     vars.push_back(p.variable);
   }
-  Value step = global_step(graph);
+  Value step = step_counter(graph);
   std::vector<Value> updates;
   Value apply_if;  // with loss scaling: the gradients are finite
   if (scaling_) {
@@ -583,6 +606,8 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
     updates.push_back(assign(good, new_good));
   }
   NameScope scope(graph, "optimizer");
+  if (negate)
+    for (Value& g : grads) g = -g;
   if (clip_value_ > 0) grads = clip_by_value(grads, clip_value_);
   if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
   momentum_now_ = scheduled_momentum(graph, schedule_, step);
@@ -705,7 +730,8 @@ Value ExponentialMovingAverage::restore_weights() const {
 }
 
 SGD::SGD(SGDOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
+                options.maximize),
       options_(options) {}
 
 Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&,
@@ -719,7 +745,8 @@ Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Va
 
 AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,
                                          bool allows_amsgrad)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
+                options.maximize),
       options_(options),
       decoupled_(decoupled) {
   KILN_CHECK(allows_amsgrad || !options.amsgrad, GraphError, "[optim] ", name,
@@ -761,10 +788,12 @@ NAdam::NAdam(AdamOptions options, double momentum_decay, bool decoupled_weight_d
 }
 
 std::vector<Value> NAdam::prepare_step(Graph& graph, const Value& step, const Value& apply_if) {
-  KILN_CHECK(!graph.find_node("nadam_mu_product"), GraphError,
-             "[optim] the graph already has a NAdam update (its variable nadam_mu_product); "
-             "train several variable sets with one NAdam and parameter groups");
-  Value product = state_variable(graph, "nadam_mu_product", f64, Shape{}, 1);
+  const std::string name = state_name("nadam_mu_product");
+  KILN_CHECK(!graph.find_node(name), GraphError,
+             "[optim] the graph already has a NAdam update (its variable ", name,
+             "); train several variable sets with one NAdam and parameter groups, or name each "
+             "NAdam (named())");
+  Value product = state_variable(graph, name, f64, Shape{}, 1);
   // mu_t = b1 (1 - 0.5 0.96^(t psi)) at t = step + 1, in f64 as torch's Python floats.
   Value t = cast(step, f64) + 1.0;
   // beta1 is this step's where the schedule cycles it.
@@ -784,7 +813,8 @@ Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const 
 }
 
 Adagrad::Adagrad(AdagradOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
+                options.maximize),
       options_(options) {
   KILN_CHECK(options.lr_decay >= 0 && options.initial_accumulator_value >= 0, GraphError,
              "[optim] Adagrad needs lr_decay >= 0 and initial_accumulator_value >= 0, got ",
@@ -801,7 +831,8 @@ Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, cons
 }
 
 RMSProp::RMSProp(RMSPropOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
+                options.maximize),
       options_(options) {}
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,

@@ -138,6 +138,7 @@ struct SGDOptions {
   Schedule schedule{};
   double clip_norm = 0;   ///< > 0: scale gradients so their global L2 norm is at most this
   double clip_value = 0;  ///< > 0: clamp each gradient element to [-clip_value, clip_value] first
+  bool maximize = false;  ///< ascend: every update follows the negated gradient (torch's maximize)
 };
 
 struct AdamOptions {
@@ -149,6 +150,7 @@ struct AdamOptions {
   Schedule schedule{};
   double clip_norm = 0;
   double clip_value = 0;
+  bool maximize = false;
   bool amsgrad = false;  ///< Adam and AdamW: the denominator from the largest v so far
 };
 
@@ -161,6 +163,7 @@ struct AdagradOptions {
   Schedule schedule{};
   double clip_norm = 0;
   double clip_value = 0;
+  bool maximize = false;
 };
 
 struct RMSPropOptions {
@@ -171,6 +174,7 @@ struct RMSPropOptions {
   Schedule schedule{};
   double clip_norm = 0;
   double clip_value = 0;
+  bool maximize = false;
   double momentum = 0;    ///< > 0: b = momentum b + g / denominator, p -= lr b
   bool centered = false;  ///< the denominator from the variance, sqrt(s - mean(g)^2) + eps
 };
@@ -208,7 +212,19 @@ class Optimizer {
   /// group order), and apply_gradients() refuses a variable that is in no group. A variable in
   /// two groups, an empty group or a rate <= 0 is a GraphError.
   Optimizer& with_param_groups(std::vector<ParamGroup> groups);
-  /// The one-line form: apply_gradients(compute_gradients(loss, vars)).
+  /// Gives the optimizer a name: its own step counter "<name>/step" in place of the graph's
+  /// "global_step", its slots "<var>/<name>/<slot>" and its other state under "<name>/". So
+  /// several optimizers train in one graph (a GAN's generator and discriminator, run in turns),
+  /// each counting its own steps for its bias corrections and schedule, as each torch.optim
+  /// optimizer does. Unnamed optimizers share "global_step", and optimizers of one name share
+  /// "<name>/step" (both advance it).
+  Optimizer& named(std::string name);
+  /// The step counter this optimizer advances (an i64 scalar variable): "<name>/step", or
+  /// "global_step" when unnamed; made on first use.
+  Value step_counter(Graph& graph) const;
+  /// The one-line form: apply_gradients(compute_gradients(loss, vars)). With the option
+  /// `maximize` it ascends the loss instead (torch's maximize); the gradients of -loss are
+  /// computed then, which are the negated gradients exactly.
   Value minimize(const Value& loss, std::vector<Value> vars = {});
   /// Step one: the gradients of `loss` with respect to `vars` (default: every trainable
   /// variable), as graph values. With loss scaling the loss is multiplied by the scale before
@@ -221,8 +237,8 @@ class Optimizer {
   /// Step two: optional global-norm clipping, the scheduled learning rate, one fused update
   /// per variable and the increment of the "global_step" variable; with loss scaling, the
   /// update is skipped when any gradient is not finite and the scale adapts (both decided on
-  /// the gradients as given here, so every rank of a data-parallel run decides alike).
-  /// Returns one target that runs all of it.
+  /// the gradients as given here, so every rank of a data-parallel run decides alike). With
+  /// `maximize` the gradients are negated first. Returns one target that runs all of it.
   Value apply_gradients(const std::vector<GradientAndVariable>& gradients);
   /// The value of `variable` after the step the last apply_gradients() made, computed in the
   /// same run as that step (its update op's output): what reads the trained weights in the
@@ -230,8 +246,12 @@ class Optimizer {
   Value updated(const Value& variable) const;
 
  protected:
-  Optimizer(double lr, Schedule schedule, double clip_norm, double clip_value)
-      : lr_(lr), schedule_(schedule), clip_norm_(clip_norm), clip_value_(clip_value) {}
+  Optimizer(double lr, Schedule schedule, double clip_norm, double clip_value, bool maximize)
+      : lr_(lr),
+        schedule_(schedule),
+        clip_norm_(clip_norm),
+        clip_value_(clip_value),
+        maximize_(maximize) {}
   /// The update op for one variable with its group's weight decay; it applies only where
   /// `apply_if` (when defined) is true.
   virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
@@ -245,8 +265,15 @@ class Optimizer {
                                           const Value& /*apply_if*/) {
     return {};
   }
-  /// A non-trainable variable "<var>/<suffix>" shaped like var, every element `initial`.
-  static Value slot(const Value& var, const std::string& suffix, double initial = 0);
+  /// A non-trainable variable "<var>/<suffix>" ("<var>/<name>/<suffix>" when named) shaped like
+  /// var, every element `initial`.
+  Value slot(const Value& var, const std::string& suffix, double initial = 0) const;
+  /// `base` under the optimizer's name ("<name>/<base>"), or `base` when unnamed.
+  std::string state_name(const std::string& base) const {
+    return name_.empty() ? base : name_ + "/" + base;
+  }
+  /// apply_gradients, the gradients negated first when `negate`.
+  Value apply(const std::vector<GradientAndVariable>& gradients, bool negate);
   /// This step's momentum when the schedule cycles it (an f64 scalar, set by apply_gradients
   /// before prepare_step and the updates), else undefined.
   const Value& momentum_now() const { return momentum_now_; }
@@ -256,11 +283,13 @@ class Optimizer {
   Schedule schedule_;
   double clip_norm_;
   double clip_value_;
+  bool maximize_;
   LossScaleOptions loss_scale_;
   bool scaling_ = false;
   std::vector<ParamGroup> groups_;
   std::map<std::string, Value> updated_;  ///< by variable name, from the last apply_gradients
   Value momentum_now_;
+  std::string name_;
 };
 
 class SGD : public Optimizer {
@@ -331,7 +360,7 @@ class RAdam : public AdamFamilyOptimizer {
 
 /// NAdam (Adam with Nesterov momentum), with L2 or (decoupled_weight_decay) AdamW-style decay.
 /// Its running product of the momentum schedule is the f64 scalar variable "nadam_mu_product"
-/// (so one NAdam per graph); amsgrad is refused.
+/// ("<name>/nadam_mu_product" when named: one unnamed NAdam per graph); amsgrad is refused.
 class NAdam : public AdamFamilyOptimizer {
  public:
   explicit NAdam(AdamOptions options = {.lr = 2e-3}, double momentum_decay = 4e-3,

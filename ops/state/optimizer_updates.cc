@@ -410,6 +410,13 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
 }  // namespace ops
 
 namespace {
+AttrMap adam_attrs(const AdamHyperparameters& hyper) {
+  return {{"beta1", hyper.beta1},
+          {"beta2", hyper.beta2},
+          {"eps", hyper.eps},
+          {"weight_decay", hyper.weight_decay},
+          {"decoupled", hyper.decoupled}};
+}
 // The inputs of an update, with apply_if last when given.
 std::vector<Value> with_apply_if(std::vector<Value> inputs, const Value& apply_if) {
   if (apply_if.defined()) inputs.push_back(apply_if);
@@ -437,11 +444,7 @@ Value adam_update(const Value& var, const Value& m, const Value& v, const Value&
                   const Value& lr, const Value& step, double beta1, double beta2, double eps,
                   double weight_decay, bool decoupled, const Value& apply_if,
                   const Value& momentum_now) {
-  AttrMap attrs{{"beta1", beta1},
-                {"beta2", beta2},
-                {"eps", eps},
-                {"weight_decay", weight_decay},
-                {"decoupled", decoupled}};
+  AttrMap attrs = adam_attrs({beta1, beta2, eps, weight_decay, decoupled});
   std::vector<Value> inputs =
       with_momentum({var, m, v, grad, lr, step}, momentum_now, apply_if, attrs);
   return common_graph("adam_update", {&var, &m, &v, &grad, &lr, &step})
@@ -454,16 +457,6 @@ Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const
       .add("rmsprop_update", with_apply_if({var, sq, grad, lr}, apply_if),
            {{"alpha", alpha}, {"eps", eps}, {"weight_decay", weight_decay}});
 }
-
-namespace {
-AttrMap adam_attrs(const AdamHyperparameters& hyper) {
-  return {{"beta1", hyper.beta1},
-          {"beta2", hyper.beta2},
-          {"eps", hyper.eps},
-          {"weight_decay", hyper.weight_decay},
-          {"decoupled", hyper.decoupled}};
-}
-}  // namespace
 
 Value adagrad_update(const Value& var, const Value& sum, const Value& grad, const Value& lr,
                      const Value& step, double lr_decay, double eps, double weight_decay,

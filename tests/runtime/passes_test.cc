@@ -207,6 +207,9 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
        [](Value loss) { return optim::Adam({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }},
       {"adamw",
        [](Value loss) { return optim::AdamW({.lr = 0.01, .weight_decay = 0.1}).minimize(loss); }},
+      // Ascent differentiates -loss: the weight gradient stays a product the update folds.
+      {"adam maximize",
+       [](Value loss) { return optim::Adam({.lr = 0.01, .maximize = true}).minimize(loss); }},
       // This step's momentum (beta1) as an input: the schedule cycles it.
       {"sgd one cycle",
        [](Value loss) {
@@ -271,7 +274,7 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
             testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-10,
                                  1e-13, str("variant ", variant));
       }
-  EXPECT_EQ(fused, 2 * 6 * 7 * 2);
+  EXPECT_EQ(fused, 2 * 6 * 8 * 2);
   // For a GPU the update stays after the product: the product updates have CPU kernels only.
   for (DeviceKind device : {DeviceKind::cuda, DeviceKind::cpu}) {
     Graph g;

@@ -432,6 +432,137 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
       {"factor must be a f64 scalar", "got f32"});
 }
 
+// maximize (torch's): the updates ascend. Against torch 2.15's parameters after 3 steps (f64);
+// compute_gradients + apply_gradients (which negates the gradients) and minimize (which
+// differentiates -loss) give the same bits.
+TEST(Optimizers, MaximizeAscendsAsTorch) {
+  OptimizerCase c;
+  struct Case {
+    const char* name;
+    std::function<std::unique_ptr<optim::Optimizer>()> make;
+    std::vector<double> torch;
+    double tolerance = 1e-13;
+  };
+  const std::vector<Case> cases = {
+      {"SGD Nesterov",
+       [] {
+         return std::make_unique<optim::SGD>(optim::SGDOptions{
+             .lr = 0.1, .momentum = 0.9, .nesterov = true, .weight_decay = 0.05, .maximize = true});
+       },
+       {0.0048114700624999765, -2.8392716826249997, 4.735327117750001}},
+      {"AdamW amsgrad",
+       [] {
+         return std::make_unique<optim::AdamW>(optim::AdamOptions{.lr = 0.1,
+                                                                  .beta1 = 0.8,
+                                                                  .beta2 = 0.95,
+                                                                  .eps = 1e-3,
+                                                                  .weight_decay = 0.1,
+                                                                  .maximize = true,
+                                                                  .amsgrad = true});
+       },
+       {0.18736024348422342, -1.2677496392751137, 2.237883430715464}},
+      {"Adagrad",
+       [] {
+         return std::make_unique<optim::Adagrad>(optim::AdagradOptions{
+             .lr = 0.1, .lr_decay = 0.3, .weight_decay = 0.05, .maximize = true});
+       },
+       {0.3013279628638884, -1.1929270868030413, 2.192145896182603}},
+      {"RMSprop centered",
+       [] {
+         return std::make_unique<optim::RMSProp>(optim::RMSPropOptions{.lr = 0.1,
+                                                                       .alpha = 0.9,
+                                                                       .eps = 1e-3,
+                                                                       .weight_decay = 0.05,
+                                                                       .maximize = true,
+                                                                       .centered = true});
+       },
+       {-0.4118257815163322, -1.8529275939779029, 2.8414128361395963}},
+      {"NAdam",  // torch's product in f32, as above
+       [] {
+         return std::make_unique<optim::NAdam>(
+             optim::AdamOptions{
+                 .lr = 0.1, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-3, .maximize = true},
+             4e-3);
+       },
+       {0.2039964442301579, -1.2850383442184001, 2.283573972888154},
+       2e-9}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::vector<double> got = c.kiln(std::move(*k.make()));
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], k.torch[i], k.tolerance) << i;
+    // The two-step form: the true gradients, negated by apply_gradients.
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    std::unique_ptr<optim::Optimizer> optimizer = k.make();
+    const auto pairs = optimizer->compute_gradients(loss);
+    Value train = optimizer->apply_gradients(pairs);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    EXPECT_NEAR(s.run({}, {pairs[0].gradient})[0].to_vector<double>()[0], c.p0[0] - c.target[0],
+                1e-15);  // the true gradient
+    for (int i = 0; i < OptimizerCase::kSteps; ++i) s.run({}, {}, {train});
+    EXPECT_EQ(s.variable_value(p).to_vector<double>(), got);
+  }
+}
+
+// Two optimizers in one graph, run in turns (a GAN's discriminator and generator): named, each
+// counts its own steps, so each trains its variables exactly as it would alone (Adam's bias
+// corrections and the schedule read its own count). Unnamed, they share global_step, which
+// advances on both turns.
+TEST(Optimizers, NamedOptimizersCountTheirOwnSteps) {
+  const optim::AdamOptions options{
+      .lr = 0.1, .beta1 = 0.5, .schedule = optim::Schedule::exponential(0.7)};
+  // a and b are trained on two losses by their own Adam each, in turns, for 4 rounds.
+  auto train = [&](bool named, bool only_first) {
+    Graph g;
+    Value a = g.variable("a", {3}, init::constant(0.5), f64);
+    Value b = g.variable("b", {2}, init::constant(-1.0), f64);
+    Value loss_a = sum(square(a - 2.0)), loss_b = sum(square(b * b - 0.5));
+    optim::Adam first(options), second(options);
+    if (named) {
+      first.named("discriminator");
+      second.named("generator");
+    }
+    Value train_a = first.minimize(loss_a, {a});
+    Value train_b = only_first ? Value() : second.minimize(loss_b, {b});
+    Session s(g);
+    for (int round = 0; round < 4; ++round) {
+      s.run({}, {}, {train_a});
+      if (train_b.defined()) s.run({}, {}, {train_b});
+    }
+    std::vector<double> out = s.variable_value(a).to_vector<double>();
+    if (named) {
+      EXPECT_EQ(s.variable_value(g.value("discriminator/step")).item<int64_t>(), 4);
+      EXPECT_EQ(s.variable_value(g.value("generator/step")).item<int64_t>(), 4);
+      EXPECT_FALSE(g.find_node("global_step"));
+      EXPECT_TRUE(g.find_node("a/discriminator/adam_m"));
+      EXPECT_TRUE(g.find_node("b/generator/adam_v"));
+    }
+    return out;
+  };
+  const std::vector<double> alone = train(/*named=*/false, /*only_first=*/true);
+  const std::vector<double> named = train(/*named=*/true, /*only_first=*/false);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(named[i], alone[i]) << i;
+  // Sharing global_step, the first optimizer's count runs twice as fast: its result differs.
+  EXPECT_GT(std::abs(train(false, false)[0] - alone[0]), 1e-3);
+
+  // Two optimizers on one variable keep separate slots when named.
+  Graph g;
+  Value w = g.variable("w", {2}, init::zeros(), f64);
+  optim::NAdam one, two;
+  one.named("one").minimize(sum(square(w - 1.0)));
+  two.named("two").minimize(sum(square(w + 1.0)));
+  EXPECT_TRUE(g.find_node("one/nadam_mu_product") && g.find_node("two/nadam_mu_product"));
+  EXPECT_TRUE(g.find_node("w/one/nadam_m") && g.find_node("w/two/nadam_m"));
+  // A second NAdam of the same name would share the running product: refused.
+  optim::NAdam again;
+  expect_error<GraphError>([&] { again.named("one").minimize(sum(w)); },
+                           {"already has a NAdam update", "one/nadam_mu_product", "named()"});
+  expect_error<GraphError>([&] { optim::SGD().named("/x"); },
+                           {"must be non-empty and not begin or end with '/'", "got '/x'"});
+}
+
 // OneCycleLR and CyclicLR cycle the momentum (SGD's, RMSProp's) or beta1 (Adam's family)
 // against the rate by default, as torch does: the parameters after 10 steps (torch 2.15, f64,
 // printed to 17 digits; max_lr 0.1; CyclicLR's base_lr 0.01). SGD and RMSProp without momentum
