@@ -850,4 +850,49 @@ Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, cons
                                  apply_if, momentum_now());
 }
 
+Rprop::Rprop(RpropOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
+                options.maximize),
+      options_(options) {
+  KILN_CHECK(0 < options.eta_minus && options.eta_minus < 1 && options.eta_plus > 1, GraphError,
+             "[optim] Rprop needs 0 < eta_minus < 1 < eta_plus, got ", options.eta_minus, " and ",
+             options.eta_plus);
+  KILN_CHECK(0 <= options.step_size_min && options.step_size_min <= options.step_size_max,
+             GraphError, "[optim] Rprop needs 0 <= step_size_min <= step_size_max, got ",
+             options.step_size_min, " and ", options.step_size_max);
+}
+
+Value Rprop::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                    double weight_decay, const Value& apply_if) {
+  KILN_CHECK(weight_decay == 0, GraphError, "[optim] Rprop has no weight decay; ", var.name(),
+             "'s parameter group sets ", weight_decay);
+  Value prev = slot(var, "rprop_prev");
+  Value step_size = slot(var, "rprop_step_size");
+  return rprop_update(var, prev, step_size, grad, lr, step, options_.eta_minus, options_.eta_plus,
+                      options_.step_size_min, options_.step_size_max, apply_if);
+}
+
+ASGD::ASGD(ASGDOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
+                options.maximize),
+      options_(options) {
+  KILN_CHECK(options.lambd >= 0 && options.alpha >= 0, GraphError,
+             "[optim] ASGD needs lambd >= 0 and alpha >= 0, got ", options.lambd, " and ",
+             options.alpha);
+}
+
+Value ASGD::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                   double weight_decay, const Value& apply_if) {
+  return asgd_update(var, slot(var, "asgd_ax"), grad, lr, step, options_.lambd, options_.alpha,
+                     options_.t0, weight_decay, apply_if);
+}
+
+Value ASGD::average(const Value& variable) const {
+  KILN_CHECK(variable.defined(), GraphError, "[optim] ASGD::average of an undefined value");
+  const std::string name = variable.node().name() + "/" + state_name("asgd_ax");
+  KILN_CHECK(variable.graph()->find_node(name), GraphError, "[optim] ASGD has no average of ",
+             variable.name(), " (no ", name, "): minimize must train it first");
+  return variable.graph()->value(name);
+}
+
 }  // namespace kiln::optim

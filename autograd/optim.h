@@ -179,6 +179,28 @@ struct RMSPropOptions {
   bool centered = false;  ///< the denominator from the variance, sqrt(s - mean(g)^2) + eps
 };
 
+struct RpropOptions {
+  double lr = 0.01;  ///< every element's first step size; the schedule has no effect after it
+  double eta_minus = 0.5, eta_plus = 1.2;
+  double step_size_min = 1e-6, step_size_max = 50;
+  Schedule schedule{};
+  double clip_norm = 0;
+  double clip_value = 0;
+  bool maximize = false;
+};
+
+struct ASGDOptions {
+  double lr = 0.01;
+  double lambd = 1e-4;  ///< the decay term, and how fast eta decays
+  double alpha = 0.75;  ///< eta's power
+  double t0 = 1e6;      ///< the step the averaging starts at
+  double weight_decay = 0;
+  Schedule schedule{};
+  double clip_norm = 0;
+  double clip_value = 0;
+  bool maximize = false;
+};
+
 /// Dynamic loss scaling (for f16 training, as torch.cuda.amp.GradScaler): the loss is
 /// multiplied by a scale S before differentiation and the gradients divided by it, so small
 /// gradients survive f16. A step whose gradients hold an inf or NaN is skipped (no variable,
@@ -394,6 +416,37 @@ class RMSProp : public Optimizer {
                double weight_decay, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
   RMSPropOptions options_;
+};
+
+/// Rprop (resilient backpropagation, torch.optim.Rprop): each element moves by its own step size,
+/// grown while its gradient keeps its sign and shrunk when it flips; only the gradients' signs
+/// count. For full-batch training. Has no weight decay (a group setting one is refused).
+class Rprop : public Optimizer {
+ public:
+  explicit Rprop(RpropOptions options = {});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return 0; }
+  RpropOptions options_;
+};
+
+/// ASGD (averaged SGD, torch.optim.ASGD): SGD with a decaying rate whose iterates are averaged
+/// from step t0 on; average(var) is the averaged weight, to evaluate or export with. Where a
+/// schedule is set, eta at step t uses that step's rate (torch's uses the previous step's).
+class ASGD : public Optimizer {
+ public:
+  explicit ASGD(ASGDOptions options = {});
+  /// The running average of `variable` (its slot "<var>/asgd_ax", after a minimize that trains
+  /// it); a GraphError when there is none.
+  Value average(const Value& variable) const;
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  ASGDOptions options_;
 };
 
 /// Exponential moving averages of variables (tf.train.ExponentialMovingAverage; torch's

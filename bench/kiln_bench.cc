@@ -3,11 +3,11 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, optimizer_step_<sgd|adam|amsgrad|adamax|nadam|radam|adagrad|
-// rmsprop> (by hand: one update of a 4M-element weight under each optimizer), matmul, dispatch,
-// chain_fused, chain_unfused, cnn_step, transformer_step, llama_step, lstm_step, decode_step,
-// decode_long_step, attention_step, gru_step, upsample_step and ctc_step (the last four by hand:
-// not in run.sh; also by hand: lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a
-// sequence length unknown when the graph is built, and attention_step_alibi,
+// rmsprop|rprop|asgd|sgd_one_cycle> (by hand: one update of a 4M-element weight under each
+// optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step, transformer_step, llama_step,
+// lstm_step, decode_step, decode_long_step, attention_step, gru_step, upsample_step and ctc_step
+// (the last four by hand: not in run.sh; also by hand: lstm_scan_step and gru_scan_step, the LSTM
+// and GRU steps with a sequence length unknown when the graph is built, and attention_step_alibi,
 // attention_step_softcap, attention_window_step_mask and decode_long_step_late, the same step at
 // position 2,000), attention_window_step, peak_flops (the processor's measured f32 FMA peak, for
 // the matmul's share). Flags: --no-fusion, --no-passes (the graph passes a Session runs), --inter N
@@ -220,6 +220,11 @@ double optimizer_step(const SessionOptions& options, const std::string& optimize
   if (optimizer == "radam") make = std::make_unique<optim::RAdam>();
   if (optimizer == "adagrad") make = std::make_unique<optim::Adagrad>();
   if (optimizer == "rmsprop") make = std::make_unique<optim::RMSProp>();
+  if (optimizer == "rprop") make = std::make_unique<optim::Rprop>();
+  if (optimizer == "asgd") make = std::make_unique<optim::ASGD>();
+  if (optimizer == "sgd_one_cycle")  // this step's momentum an input of the update
+    make = std::make_unique<optim::SGD>(
+        optim::SGDOptions{.lr = 1e-3, .schedule = optim::Schedule::one_cycle(1000)});
   if (!make) return 0;
   Graph g;
   Value w = g.variable("w", {4096, 1024}, init::uniform(-1, 1, 1));

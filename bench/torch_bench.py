@@ -278,15 +278,22 @@ def optimizer_step(name):
     make = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3), "adam": torch.optim.Adam,
             "amsgrad": lambda p: torch.optim.Adam(p, amsgrad=True), "adamax": torch.optim.Adamax,
             "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam,
-            "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+            "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
+            "rprop": torch.optim.Rprop, "asgd": torch.optim.ASGD,
+            "sgd_one_cycle": lambda p: torch.optim.SGD(p, lr=1e-3)}
     if name not in make:
         sys.exit(f"unknown optimizer {name}")
     optimizer = make[name]([w])
+    # sgd_one_cycle: OneCycleLR, stepped with the optimizer, cycles the rate and the momentum.
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=1000)
+                 if name == "sgd_one_cycle" else None)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         ((w - 1) ** 2).sum().backward()
         optimizer.step()
+        if scheduler:
+            scheduler.step()
     return step
 
 

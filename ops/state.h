@@ -18,9 +18,10 @@ Value assign_slice(const Value& var, const Value& update, const Value& start, in
 /// Fused update ops (one kernel reads and writes each element once). `lr` is a scalar of the
 /// variable's dtype; `step` is the i64 step counter before this step. With `apply_if` (a bool
 /// scalar) the update happens only where it is true: dynamic loss scaling skips steps whose
-/// gradients overflowed. With `momentum_now` (an f64 scalar; all but rmsprop_update and
-/// adagrad_update) it replaces the momentum (SGD's and RMSProp's) or beta1 (Adam's family) at
-/// this step: a schedule that cycles momentum, as OneCycleLR. Each returns var.
+/// gradients overflowed. With `momentum_now` (an f64 scalar; all but rmsprop_update,
+/// adagrad_update, rprop_update and asgd_update) it replaces the momentum (SGD's and RMSProp's) or
+/// beta1 (Adam's family) at this step: a schedule that cycles momentum, as OneCycleLR. Each returns
+/// var.
 ///   SGD:     g' = g + wd p;  b = mu b + g';  p -= lr (nesterov ? g' + mu b : b)
 ///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined)
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
@@ -44,6 +45,18 @@ Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const
 Value adagrad_update(const Value& var, const Value& sum, const Value& grad, const Value& lr,
                      const Value& step, double lr_decay, double eps, double weight_decay,
                      const Value& apply_if = {});
+///   Rprop:   per element step size s (lr on step 0) and last gradient q: f = eta_plus where
+///            g q > 0, eta_minus where g q < 0, else 1; s = clamp(s f, step_size_min,
+///            step_size_max); g' = 0 where f = eta_minus, else g; p -= sign(g') s; q = g'
+Value rprop_update(const Value& var, const Value& prev, const Value& step_size, const Value& grad,
+                   const Value& lr, const Value& step, double eta_minus = 0.5,
+                   double eta_plus = 1.2, double step_size_min = 1e-6, double step_size_max = 50,
+                   const Value& apply_if = {});
+///   ASGD:    eta = lr / (1 + lambd lr step)^alpha, mu = 1 / max(1, step - t0); g' = g + wd p;
+///            p = p (1 - lambd eta) - eta g';  ax += (p - ax) mu (ax = p while mu = 1)
+Value asgd_update(const Value& var, const Value& ax, const Value& grad, const Value& lr,
+                  const Value& step, double lambd = 1e-4, double alpha = 0.75, double t0 = 1e6,
+                  double weight_decay = 0, const Value& apply_if = {});
 /// Adam's hyperparameters, shared by the AMSGrad, Adamax and RAdam updates: weight decay as L2
 /// in the gradient, or decoupled (p *= 1 - lr wd first).
 struct AdamHyperparameters {

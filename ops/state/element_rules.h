@@ -1,8 +1,8 @@
 // Per-element optimizer rules shared by the CPU loops and the CUDA kernels of every fused update
 // (sgd_update, adam_update and their product forms matmul_sgd_update and matmul_adam_update,
-// adagrad_update, adamax_update, amsgrad_update, nadam_update, radam_update,
-// rmsprop_momentum_update and rmsprop_update), so the two devices run one formula. Formulas follow
-// torch.optim. Each rule has:
+// adagrad_update, adamax_update, amsgrad_update, asgd_update, nadam_update, radam_update,
+// rmsprop_momentum_update, rmsprop_update and rprop_update), so the two devices run one formula.
+// Formulas follow torch.optim. Each rule has:
 //   - kSlots, its state tensors after the variable; kHasStep, whether the op takes the i64 step
 //     count after lr; kScalars, the f64 scalar inputs it reads after that (NAdam's running
 //     product); a constructor from the node's attributes (on the host; the rule is then copied
@@ -90,6 +90,80 @@ struct AdagradRule {
     const T d = g + k.decay * p;
     s[0] += d * d;
     p -= k.rate * d / (sqrt(s[0]) + k.eps);
+  }
+};
+
+/// Rprop (resilient backpropagation), as torch.optim.Rprop: each element keeps its own step
+/// size s (lr at the first step) and the last gradient q. With f = eta_plus where g q > 0,
+/// eta_minus where g q < 0, else 1: s = clamp(s f, step_size_min, step_size_max); where f is
+/// eta_minus the gradient counts as 0 (no move, and q = 0); p -= sign(g) s; q = g.
+struct RpropRule {
+  static constexpr int kSlots = 2, kScalars = 0;  // q, s
+  static constexpr bool kHasStep = true, kCyclesMomentum = false;
+  double eta_minus, eta_plus, step_size_min, step_size_max;
+
+  explicit RpropRule(const KernelContext& ctx)
+      : eta_minus(ctx.attr<double>("eta_minus")),
+        eta_plus(ctx.attr<double>("eta_plus")),
+        step_size_min(ctx.attr<double>("step_size_min")),
+        step_size_max(ctx.attr<double>("step_size_max")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return true; }
+
+  template <typename T>
+  struct Coefficients {
+    T initial, eta_minus, eta_plus, low, high;  // initial: lr on the first step, else 0
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
+    return {step == 0 ? lr : T(0), static_cast<T>(eta_minus), static_cast<T>(eta_plus),
+            static_cast<T>(step_size_min), static_cast<T>(step_size_max)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    const T trend = g * s[0];
+    const T factor = trend > T(0) ? k.eta_plus : trend < T(0) ? k.eta_minus : T(1);
+    const T size = (k.initial != T(0) ? k.initial : s[1]) * factor;
+    s[1] = size < k.low ? k.low : size > k.high ? k.high : size;
+    const T d = factor == k.eta_minus ? T(0) : g;
+    p -= (d > T(0) ? s[1] : d < T(0) ? -s[1] : T(0));
+    s[0] = d;
+  }
+};
+
+/// ASGD (averaged SGD), as torch.optim.ASGD: at step t (0-based) eta = lr / (1 + lambd lr t)^alpha
+/// and mu = 1 / max(1, t - t0); d = g + wd p; p = p (1 - lambd eta) - eta d; the average
+/// a += (p - a) mu (a = p while mu is 1).
+struct AsgdRule {
+  static constexpr int kSlots = 1, kScalars = 0;  // a
+  static constexpr bool kHasStep = true, kCyclesMomentum = false;
+  double lambd, alpha, t0, weight_decay;
+
+  explicit AsgdRule(const KernelContext& ctx)
+      : lambd(ctx.attr<double>("lambd")),
+        alpha(ctx.attr<double>("alpha")),
+        t0(ctx.attr<double>("t0")),
+        weight_decay(ctx.attr<double>("weight_decay")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return true; }
+
+  template <typename T>
+  struct Coefficients {
+    T eta, keep, mu, decay;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr_value, int64_t step, const double*) const {
+    using std::pow;
+    const double lr = static_cast<double>(lr_value), t = static_cast<double>(step);
+    const double eta = lr / pow(1 + lambd * lr * t, alpha);
+    const double over = t - t0;
+    return {static_cast<T>(eta), static_cast<T>(1 - lambd * eta),
+            static_cast<T>(1 / (over > 1 ? over : 1)), static_cast<T>(weight_decay)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    const T d = g + k.decay * p;
+    p *= k.keep;
+    p -= k.eta * d;
+    s[0] = k.mu == T(1) ? p : s[0] + (p - s[0]) * k.mu;
   }
 };
 

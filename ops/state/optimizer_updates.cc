@@ -1,6 +1,7 @@
 // Fused optimizer updates: each reads the gradient and the slots once and writes the
 // variable and slots once, in one parallel loop. Formulas in ops/state.h; they follow
-// torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adagrad, RMSprop) so results
+// torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adagrad, RMSprop, Rprop, ASGD)
+// so results
 // can be compared step by step. Each update's per-element rule is in element_rules.h, shared
 // with the CUDA kernels and, for SGD and Adam, with the product updates.
 #include <algorithm>
@@ -360,6 +361,22 @@ OpDef element_update(const char* name, std::initializer_list<const char*> slots,
         .attr("weight_decay", 0.0)
         .kernel(DeviceKind::cpu, update_cpu<AdagradRule>, {f32, f64});
 
+[[maybe_unused]] static OpRegistrar rprop_registrar =
+    element_update("rprop_update", {"prev", "step_size"}, {}, /*cycles_momentum=*/false)
+        .attr("eta_minus", 0.5)
+        .attr("eta_plus", 1.2)
+        .attr("step_size_min", 1e-6)
+        .attr("step_size_max", 50.0)
+        .kernel(DeviceKind::cpu, update_cpu<RpropRule>, {f32, f64});
+
+[[maybe_unused]] static OpRegistrar asgd_registrar =
+    element_update("asgd_update", {"ax"}, {}, /*cycles_momentum=*/false)
+        .attr("lambd", 1e-4)
+        .attr("alpha", 0.75)
+        .attr("t0", 1e6)
+        .attr("weight_decay", 0.0)
+        .kernel(DeviceKind::cpu, update_cpu<AsgdRule>, {f32, f64});
+
 [[maybe_unused]] static OpRegistrar amsgrad_registrar =
     element_update("amsgrad_update", {"m", "v", "v_max"})
         .attr("beta1", 0.9)
@@ -464,6 +481,25 @@ Value adagrad_update(const Value& var, const Value& sum, const Value& grad, cons
   return common_graph("adagrad_update", {&var, &sum, &grad, &lr, &step})
       .add("adagrad_update", with_apply_if({var, sum, grad, lr, step}, apply_if),
            {{"lr_decay", lr_decay}, {"eps", eps}, {"weight_decay", weight_decay}});
+}
+
+Value rprop_update(const Value& var, const Value& prev, const Value& step_size, const Value& grad,
+                   const Value& lr, const Value& step, double eta_minus, double eta_plus,
+                   double step_size_min, double step_size_max, const Value& apply_if) {
+  return common_graph("rprop_update", {&var, &prev, &step_size, &grad, &lr, &step})
+      .add("rprop_update", with_apply_if({var, prev, step_size, grad, lr, step}, apply_if),
+           {{"eta_minus", eta_minus},
+            {"eta_plus", eta_plus},
+            {"step_size_min", step_size_min},
+            {"step_size_max", step_size_max}});
+}
+
+Value asgd_update(const Value& var, const Value& ax, const Value& grad, const Value& lr,
+                  const Value& step, double lambd, double alpha, double t0, double weight_decay,
+                  const Value& apply_if) {
+  return common_graph("asgd_update", {&var, &ax, &grad, &lr, &step})
+      .add("asgd_update", with_apply_if({var, ax, grad, lr, step}, apply_if),
+           {{"lambd", lambd}, {"alpha", alpha}, {"t0", t0}, {"weight_decay", weight_decay}});
 }
 
 Value amsgrad_update(const Value& var, const Value& m, const Value& v, const Value& v_max,

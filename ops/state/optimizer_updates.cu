@@ -109,6 +109,8 @@ void element_update_cuda(KernelContext& ctx) {
 KILN_CUDA_KERNEL(sgd_update, element_update_cuda<SgdRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adam_update, element_update_cuda<AdamRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adagrad_update, element_update_cuda<AdagradRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(rprop_update, element_update_cuda<RpropRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(asgd_update, element_update_cuda<AsgdRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(amsgrad_update, element_update_cuda<AmsgradRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adamax_update, element_update_cuda<AdamaxRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(nadam_update, element_update_cuda<NadamRule>, {DType::f32, DType::f64});

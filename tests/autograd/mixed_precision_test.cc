@@ -89,7 +89,9 @@ TEST(MixedPrecision, AnOverflowingStepIsSkippedAndTheScaleBacksOff) {
        }},
       {"Adagrad", [] { return std::make_unique<optim::Adagrad>(); }},
       {"NAdam", [] { return std::make_unique<optim::NAdam>(); }},
-      {"RAdam", [] { return std::make_unique<optim::RAdam>(); }}};
+      {"RAdam", [] { return std::make_unique<optim::RAdam>(); }},
+      {"Rprop", [] { return std::make_unique<optim::Rprop>(); }},
+      {"ASGD", [] { return std::make_unique<optim::ASGD>(optim::ASGDOptions{.t0 = 0}); }}};
   for (auto& [name, make] : makers) {
     SCOPED_TRACE(name);
     auto m = model();

@@ -907,6 +907,29 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  add({.op = "rprop_update",
+       .name = "rprop_update",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return rprop_update(var, c.variable({3, 4}, -1, 1), c.variable({3, 4}, 0.01, 0.1),
+                                 c.input({3, 4}), c.scalar(0.1), c.g.scalar(4, i64), 0.4, 1.3, 0.02,
+                                 0.08);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "asgd_update",
+       .name = "asgd_update_averaging",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return asgd_update(var, c.variable({3, 4}), c.input({3, 4}), c.scalar(0.1),
+                                c.g.scalar(5, i64), 0.1, 0.75, 2, 0.01);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   add({.op = "amsgrad_update",
        .name = "amsgrad_update_decoupled",
        .build =

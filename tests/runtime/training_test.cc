@@ -432,6 +432,66 @@ TEST(Optimizers, MoreSchedulesMatchPyTorch) {
       {"factor must be a f64 scalar", "got f32"});
 }
 
+// Rprop and ASGD against torch 2.15 (f64): Rprop over 8 steps, so step sizes grow, shrink on a
+// sign flip and hit both bounds, with its state; ASGD with t0 2, so the average starts moving.
+TEST(Optimizers, RpropAndAsgdMatchTorch) {
+  OptimizerCase c;
+  auto expect = [&](const std::vector<double>& got, const std::vector<double>& torch) {
+    for (size_t i = 0; i < torch.size(); ++i) EXPECT_NEAR(got[i], torch[i], 1e-14) << i;
+  };
+  {
+    SCOPED_TRACE("Rprop");
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    Value train = optim::Rprop({.lr = 0.4,
+                                .eta_minus = 0.3,
+                                .eta_plus = 1.5,
+                                .step_size_min = 0.05,
+                                .step_size_max = 0.9})
+                      .minimize(loss);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    for (int i = 0; i < 8; ++i) s.run({}, {}, {train});
+    expect(s.variable_value(p).to_vector<double>(),
+           {0.7665, 0.5175000000000002, -1.0250000000000001});
+    expect(s.variable_value(g.value("p/rprop_step_size")).to_vector<double>(),
+           {0.1215, 0.6075, 0.405});
+    expect(s.variable_value(g.value("p/rprop_prev")).to_vector<double>(),
+           {-0.355, 0.12500000000000022, -0.43000000000000016});
+  }
+  expect(c.kiln(optim::Rprop({.lr = 0.4, .maximize = true}), 4),
+         {-1.6471999999999998, -3.1471999999999998, 4.1472});
+  {
+    SCOPED_TRACE("ASGD");
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    optim::ASGD asgd({.lr = 0.1, .lambd = 0.1, .t0 = 2, .weight_decay = 0.05});
+    Value train = asgd.minimize(loss);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    for (int i = 0; i < 6; ++i) s.run({}, {}, {train});
+    expect(s.variable_value(p).to_vector<double>(),
+           {0.6894739686270873, -0.041484629298263354, 0.5287903612484971});
+    expect(s.variable_value(asgd.average(p)).to_vector<double>(),
+           {0.6660163549503609, -0.16015255730993827, 0.7109318321501377});
+    expect_error<GraphError>([&] { asgd.average(g.constant(Tensor::scalar<double>(1))); },
+                             {"ASGD has no average of", "minimize must train it first"});
+  }
+  expect_error<GraphError>([&] { optim::Rprop r({.eta_minus = 1.5}); },
+                           {"Rprop needs 0 < eta_minus < 1 < eta_plus, got 1.5 and 1.2"});
+  expect_error<GraphError>(
+      [&] {
+        Graph g;
+        Value w = g.variable("w", {2}, init::zeros());
+        optim::Rprop r;
+        r.with_param_groups({{.variables = {w}, .weight_decay = 0.1}});
+        r.minimize(sum(square(w)));
+      },
+      {"Rprop has no weight decay", "w's parameter group sets 0.1"});
+}
+
 // maximize (torch's): the updates ascend. Against torch 2.15's parameters after 3 steps (f64);
 // compute_gradients + apply_gradients (which negates the gradients) and minimize (which
 // differentiates -loss) give the same bits.
