@@ -464,6 +464,12 @@ Value Optimizer::slot(const Value& var, const std::string& suffix, double initia
                         var.shape(), initial);
 }
 
+void Optimizer::refuse_cycled_momentum(const char* optimizer) const {
+  KILN_CHECK(!momentum_now_.defined(), GraphError, "[optim] ", optimizer,
+             " has no momentum for the schedule to cycle; set the schedule's cycle_momentum = "
+             "false");
+}
+
 Optimizer& Optimizer::named(std::string name) {
   KILN_CHECK(!name.empty() && name.front() != '/' && name.back() != '/', GraphError,
              "[optim] an optimizer's name must be non-empty and not begin or end with '/', got '",
@@ -823,9 +829,7 @@ Adagrad::Adagrad(AdagradOptions options)
 
 Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                       double weight_decay, const Value& apply_if) {
-  KILN_CHECK(!momentum_now().defined(), GraphError,
-             "[optim] Adagrad has no momentum for the schedule to cycle; set the schedule's "
-             "cycle_momentum = false");
+  refuse_cycled_momentum("Adagrad");
   return adagrad_update(var, slot(var, "adagrad_sum", options_.initial_accumulator_value), grad, lr,
                         step, options_.lr_decay, options_.eps, weight_decay, apply_if);
 }
@@ -864,6 +868,7 @@ Rprop::Rprop(RpropOptions options)
 
 Value Rprop::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                     double weight_decay, const Value& apply_if) {
+  refuse_cycled_momentum("Rprop");
   KILN_CHECK(weight_decay == 0, GraphError, "[optim] Rprop has no weight decay; ", var.name(),
              "'s parameter group sets ", weight_decay);
   Value prev = slot(var, "rprop_prev");
@@ -883,6 +888,7 @@ ASGD::ASGD(ASGDOptions options)
 
 Value ASGD::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                    double weight_decay, const Value& apply_if) {
+  refuse_cycled_momentum("ASGD");
   return asgd_update(var, slot(var, "asgd_ax"), grad, lr, step, options_.lambd, options_.alpha,
                      options_.t0, weight_decay, apply_if);
 }

@@ -71,7 +71,8 @@ struct Schedule {
   /// one_cycle and cyclic (on by default, as torch's cycle_momentum): the optimizer's momentum
   /// (SGD's and RMSProp's momentum, beta1 of Adam's family) moves against the rate, from
   /// max_momentum where the rate is lowest to base_momentum where it peaks, through the same
-  /// phases. An optimizer without momentum turns it on; Adagrad, which has none, refuses.
+  /// phases. An optimizer without momentum turns it on; Adagrad, Rprop and ASGD, which have
+  /// none, refuse.
   bool cycle_momentum = false;
   double base_momentum = 0.85, max_momentum = 0.95;
   /// reduce_on_plateau (ReduceLROnPlateau): lr * gamma^(reductions), at least min_lr. Each run
@@ -299,6 +300,8 @@ class Optimizer {
   /// This step's momentum when the schedule cycles it (an f64 scalar, set by apply_gradients
   /// before prepare_step and the updates), else undefined.
   const Value& momentum_now() const { return momentum_now_; }
+  /// For an optimizer without momentum: a GraphError when the schedule cycles it.
+  void refuse_cycled_momentum(const char* optimizer) const;
 
  private:
   double lr_;

@@ -1,9 +1,8 @@
 // Fused optimizer updates: each reads the gradient and the slots once and writes the
 // variable and slots once, in one parallel loop. Formulas in ops/state.h; they follow
 // torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adagrad, RMSprop, Rprop, ASGD)
-// so results
-// can be compared step by step. Each update's per-element rule is in element_rules.h, shared
-// with the CUDA kernels and, for SGD and Adam, with the product updates.
+// so results can be compared step by step. Each update's per-element rule is in
+// element_rules.h, shared with the CUDA kernels and, for SGD and Adam, with the product updates.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -79,7 +78,7 @@ bool applies(const KernelContext& ctx, int fixed) {
   return ctx.num_inputs() <= fixed || *ctx.input(fixed).data<bool>();
 }
 
-// An update's kernel: its rule over every element (run_update, below).
+// An update's kernel: its rule over every element (defined below, after RuleUpdate).
 template <typename Rule>
 void update_cpu(KernelContext& ctx);
 // The product form of SGD's and Adam's updates (the gradient op(a) op(b), below).

@@ -479,6 +479,15 @@ TEST(Optimizers, RpropAndAsgdMatchTorch) {
     expect_error<GraphError>([&] { asgd.average(g.constant(Tensor::scalar<double>(1))); },
                              {"ASGD has no average of", "minimize must train it first"});
   }
+  for (const char* name : {"Rprop", "ASGD"}) {
+    const optim::Schedule cycle = optim::Schedule::one_cycle(10);
+    expect_error<GraphError>(
+        [&] {
+          if (std::string(name) == "Rprop") c.kiln(optim::Rprop({.schedule = cycle}));
+          if (std::string(name) == "ASGD") c.kiln(optim::ASGD({.schedule = cycle}));
+        },
+        {str(name, " has no momentum for the schedule to cycle")});
+  }
   expect_error<GraphError>([&] { optim::Rprop r({.eta_minus = 1.5}); },
                            {"Rprop needs 0 < eta_minus < 1 < eta_plus, got 1.5 and 1.2"});
   expect_error<GraphError>(
