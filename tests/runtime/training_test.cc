@@ -105,6 +105,21 @@ struct OptimizerCase {
   }
 };
 
+// An optimizer and the parameters torch printed for OptimizerCase after some steps.
+struct TorchCase {
+  const char* name;
+  std::function<std::unique_ptr<optim::Optimizer>()> make;
+  std::vector<double> torch;
+  double tolerance = 1e-13;
+
+  // Kiln's parameters after `steps` steps, checked against torch's; returned.
+  std::vector<double> expect_matches(const OptimizerCase& c, int steps) const {
+    const std::vector<double> got = c.kiln(std::move(*make()), steps);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], torch[i], tolerance) << i;
+    return got;
+  }
+};
+
 TEST(Optimizers, PlainSgdMatchesTheFormula) {
   OptimizerCase c;
   c.expect_same(c.kiln(optim::SGD({.lr = c.kLr})), c.reference([&](auto& p, auto& g, int) {
@@ -506,13 +521,7 @@ TEST(Optimizers, RpropAndAsgdMatchTorch) {
 // differentiates -loss) give the same bits.
 TEST(Optimizers, MaximizeAscendsAsTorch) {
   OptimizerCase c;
-  struct Case {
-    const char* name;
-    std::function<std::unique_ptr<optim::Optimizer>()> make;
-    std::vector<double> torch;
-    double tolerance = 1e-13;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<TorchCase> cases = {
       {"SGD Nesterov",
        [] {
          return std::make_unique<optim::SGD>(optim::SGDOptions{
@@ -555,10 +564,9 @@ TEST(Optimizers, MaximizeAscendsAsTorch) {
        },
        {0.2039964442301579, -1.2850383442184001, 2.283573972888154},
        2e-9}};
-  for (const Case& k : cases) {
+  for (const TorchCase& k : cases) {
     SCOPED_TRACE(k.name);
-    const std::vector<double> got = c.kiln(std::move(*k.make()));
-    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], k.torch[i], k.tolerance) << i;
+    const std::vector<double> got = k.expect_matches(c, OptimizerCase::kSteps);
     // The two-step form: the true gradients, negated by apply_gradients.
     Graph g;
     Value p = g.variable("p", {3}, init::zeros(), f64);
@@ -649,13 +657,7 @@ TEST(Optimizers, CycledMomentumMatchesTorch) {
     options.schedule = schedule;
     return options;
   };
-  struct Case {
-    const char* name;
-    std::function<std::unique_ptr<optim::Optimizer>()> make;
-    std::vector<double> torch;
-    double tolerance = 1e-13;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<TorchCase> cases = {
       {"SGD (no momentum of its own), one cycle",
        [&] {
          return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .schedule = cycle});
@@ -703,10 +705,9 @@ TEST(Optimizers, CycledMomentumMatchesTorch) {
        },
        {0.7993051504675817, -0.6589155718100973, 1.6547785101673023},
        1e-8}};
-  for (const Case& k : cases) {
+  for (const TorchCase& k : cases) {
     SCOPED_TRACE(k.name);
-    const std::vector<double> got = c.kiln(std::move(*k.make()), 10);
-    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], k.torch[i], k.tolerance) << i;
+    k.expect_matches(c, 10);
   }
   // Without cycling, the same SGD run differs: the momentum really moved.
   Schedule fixed = cycle;
