@@ -331,6 +331,36 @@ struct NadamRule : AdamFamily {
   }
 };
 
+/// Plain RMSProp (rmsprop_update), as torch.optim.RMSprop without momentum or centering:
+/// d = g + wd p; s = a s + (1 - a) d^2; p -= lr d / (sqrt(s) + eps).
+struct RmspropRule {
+  static constexpr int kSlots = 1, kScalars = 0;
+  static constexpr bool kHasStep = false, kCyclesMomentum = false;
+  double alpha, eps, weight_decay;
+
+  explicit RmspropRule(const KernelContext& ctx)
+      : alpha(ctx.attr<double>("alpha")),
+        eps(ctx.attr<double>("eps")),
+        weight_decay(ctx.attr<double>("weight_decay")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return true; }
+
+  template <typename T>
+  struct Coefficients {
+    T lr, alpha, eps, decay;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t, const double*) const {
+    return {lr, static_cast<T>(alpha), static_cast<T>(eps), static_cast<T>(weight_decay)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = g + k.decay * p;
+    s[0] = k.alpha * s[0] + (T(1) - k.alpha) * d * d;
+    p -= k.lr * (d / (sqrt(s[0]) + k.eps));
+  }
+};
+
 /// RMSProp with momentum or centered (or both), as torch.optim.RMSprop: d = g + wd p;
 /// s = a s + (1 - a) d^2; centered: m = a m + (1 - a) d and the denominator
 /// sqrt(s - m^2) + eps (else sqrt(s) + eps); with momentum b = mu b + d / denominator and
@@ -342,21 +372,12 @@ struct RmspropMomentumRule {
   double alpha, eps, weight_decay, momentum;
   bool centered;
 
-  RmspropMomentumRule(double alpha, double eps, double weight_decay, double momentum, bool centered)
-      : alpha(alpha),
-        eps(eps),
-        weight_decay(weight_decay),
-        momentum(momentum),
-        centered(centered) {}
   explicit RmspropMomentumRule(const KernelContext& ctx)
-      : RmspropMomentumRule(ctx.attr<double>("alpha"), ctx.attr<double>("eps"),
-                            ctx.attr<double>("weight_decay"), ctx.attr<double>("momentum"),
-                            ctx.attr<bool>("centered")) {}
-  /// Plain RMSProp (rmsprop_update: no momentum, not centered; slots 1 and 2 stand-ins).
-  static RmspropMomentumRule plain(const KernelContext& ctx) {
-    return {ctx.attr<double>("alpha"), ctx.attr<double>("eps"), ctx.attr<double>("weight_decay"), 0,
-            false};
-  }
+      : alpha(ctx.attr<double>("alpha")),
+        eps(ctx.attr<double>("eps")),
+        weight_decay(ctx.attr<double>("weight_decay")),
+        momentum(ctx.attr<double>("momentum")),
+        centered(ctx.attr<bool>("centered")) {}
   KILN_HOST_DEVICE void set_momentum(double value) { momentum = value; }
   KILN_HOST_DEVICE bool writes(int slot) const {
     return slot == 0 || (slot == 1 && centered) || (slot == 2 && momentum != 0);

@@ -172,8 +172,6 @@ KILN_OP(matmul_adam_update)
     .infer([](const InferContext& ctx) { return infer_update(ctx, 2, true, true); })
     .kernel(DeviceKind::cpu, product_update_cpu<AdamRule>, {f32, f64});
 
-void rmsprop_cpu(KernelContext& ctx);  // below, on the shared rule
-
 KILN_OP(rmsprop_update)
     .input("var")
     .input("sq")
@@ -187,7 +185,7 @@ KILN_OP(rmsprop_update)
     .mutates_input(1)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, false, 0, false); })
-    .kernel(DeviceKind::cpu, rmsprop_cpu, {f32, f64});
+    .kernel(DeviceKind::cpu, update_cpu<RmspropRule>, {f32, f64});
 
 // ---- The kernels: every update runs its rule from element_rules.h (one formula for both
 // devices) over contiguous runs of elements.
@@ -315,21 +313,6 @@ void product_update_cpu(KernelContext& ctx) {
                            update.apply((row0 + r) * n + col0, gradient + r * ld, cols, scratch);
                        });
   });
-}
-
-// rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if):
-// its two other slots are stand-ins.
-struct PlainRmspropRule : RmspropMomentumRule {
-  static constexpr bool kHasStep = false, kCyclesMomentum = false;
-  explicit PlainRmspropRule(const KernelContext& ctx) : RmspropMomentumRule(plain(ctx)) {}
-};
-template <>
-struct UpdateInputs<PlainRmspropRule> {
-  int gradient = 2, lr = 3, step = -1, scalars = 4, momentum = -1, apply_if = 4;
-  UpdateInputs(const KernelContext&, bool) {}
-};
-void rmsprop_cpu(KernelContext& ctx) {
-  update_cpu<PlainRmspropRule>(ctx);
 }
 
 // The definition of an element update with its schema: var, `slots`, grad, lr, step, `scalars`,

@@ -23,31 +23,6 @@ const bool* apply_flag(const KernelContext& ctx, int fixed) {
   return ctx.num_inputs() > fixed ? ctx.input(fixed).data<bool>() : nullptr;
 }
 
-// rmsprop_update: the shared rule without momentum or centering (var, sq, grad, lr, apply_if).
-template <typename T>
-void rmsprop_typed(KernelContext& ctx) {
-  T* p = mutable_data<T>(ctx.input(0));
-  T* sq = mutable_data<T>(ctx.input(1));
-  const T* g = ctx.input(2).data<T>();
-  const T* lr = ctx.input(3).data<T>();
-  const RmspropMomentumRule rule = RmspropMomentumRule::plain(ctx);
-  const bool* apply = apply_flag(ctx, 4);
-  for_each(ctx, ctx.input(0).numel(), [=] __device__(int64_t i) {
-    if (apply && !*apply) return;
-    T s[3] = {sq[i], T(0), T(0)};
-    rule.apply(rule.coefficients(*lr, 0, nullptr), p[i], s, g[i]);
-    sq[i] = s[0];
-  });
-}
-void rmsprop_cuda(KernelContext& ctx) {
-  dispatch_cuda_float(ctx.input(0).dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    if constexpr (std::is_floating_point_v<T>) rmsprop_typed<T>(ctx);
-  });
-  ctx.set_output(0, ctx.input(0));
-}
-KILN_CUDA_KERNEL(rmsprop_update, rmsprop_cuda, {DType::f32, DType::f64});
-
 // The updates on their rule from element_rules.h: var, Rule::kSlots slots, grad, lr, the step
 // (where the rule has one), the rule's f64 scalars, apply_if. Each thread computes the step's
 // coefficients from the device scalars.
@@ -115,6 +90,7 @@ KILN_CUDA_KERNEL(amsgrad_update, element_update_cuda<AmsgradRule>, {DType::f32, 
 KILN_CUDA_KERNEL(adamax_update, element_update_cuda<AdamaxRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(nadam_update, element_update_cuda<NadamRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(radam_update, element_update_cuda<RadamRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(rmsprop_update, element_update_cuda<RmspropRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(rmsprop_momentum_update, element_update_cuda<RmspropMomentumRule>,
                  {DType::f32, DType::f64});
 
