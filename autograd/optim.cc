@@ -738,15 +738,20 @@ Value ExponentialMovingAverage::restore_weights() const {
 SGD::SGD(SGDOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
                 options.maximize),
-      options_(options) {}
+      options_(options) {
+  KILN_CHECK(options.dampening >= 0 && options.dampening <= 1, GraphError,
+             "[optim] SGD needs 0 <= dampening <= 1, got ", options.dampening);
+  KILN_CHECK(!options.nesterov || options.dampening == 0, GraphError,
+             "[optim] SGD with Nesterov momentum needs dampening 0, got ", options.dampening);
+}
 
-Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value&,
+Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                   double weight_decay, const Value& apply_if) {
   // Without momentum there is no buffer: var stands in for it and is not touched as one.
   const bool has_momentum = options_.momentum != 0 || momentum_now().defined();
   Value buf = has_momentum ? slot(var, "momentum") : var;
   return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov, weight_decay,
-                    apply_if, momentum_now());
+                    apply_if, momentum_now(), options_.dampening, step);
 }
 
 AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,

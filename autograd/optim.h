@@ -136,6 +136,9 @@ struct SGDOptions {
   double momentum = 0;
   bool nesterov = false;
   double weight_decay = 0;
+  /// The buffer takes (1 - dampening) of each gradient after the first step (torch's
+  /// dampening; Nesterov needs 0).
+  double dampening = 0;
   Schedule schedule{};
   double clip_norm = 0;   ///< > 0: scale gradients so their global L2 norm is at most this
   double clip_value = 0;  ///< > 0: clamp each gradient element to [-clip_value, clip_value] first

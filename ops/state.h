@@ -22,11 +22,13 @@ Value assign_slice(const Value& var, const Value& update, const Value& start, in
 /// adagrad_update, rprop_update and asgd_update) it replaces the momentum (SGD's and RMSProp's) or
 /// beta1 (Adam's family) at this step: a schedule that cycles momentum, as OneCycleLR. Each returns
 /// var.
-///   SGD:     g' = g + wd p;  b = mu b + g';  p -= lr (nesterov ? g' + mu b : b)
-///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined)
+///   SGD:     g' = g + wd p;  b = mu b + (1 - dampening) g' (b = g' at step 0);
+///            p -= lr (nesterov ? g' + mu b : b)
+///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined). With dampening the
+///            op reads `step` (the i64 step count, 0 at the first step).
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
                  double momentum, bool nesterov, double weight_decay, const Value& apply_if = {},
-                 const Value& momentum_now = {});
+                 const Value& momentum_now = {}, double dampening = 0, const Value& step = {});
 ///   Adam:    g' = g + wd p (L2) or p *= 1 - lr wd (decoupled, AdamW);
 ///            m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  t = step + 1
 ///            p -= lr (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)

@@ -4,9 +4,9 @@
 // rmsprop_momentum_update, rmsprop_update and rprop_update), so the two devices run one formula.
 // Formulas follow torch.optim. Each rule has:
 //   - kSlots, its state tensors after the variable; kHasStep, whether the op takes the i64 step
-//     count after lr; kScalars, the f64 scalar inputs it reads after that (NAdam's running
-//     product); a constructor from the node's attributes (on the host; the rule is then copied
-//     to the device by value);
+//     count after lr (or takes_step(ctx), where that depends on the attributes); kScalars, the f64
+//     scalar inputs it reads after that (NAdam's running product); a constructor from the node's
+//     attributes (on the host; the rule is then copied to the device by value);
 //   - kCyclesMomentum: whether the op may take this step's momentum (SGD's and RMSProp's
 //     momentum, beta1 of Adam's family) as an f64 scalar input, attribute momentum_input (a
 //     schedule that cycles momentum, as OneCycleLR); set_momentum(value) then overrides the
@@ -28,34 +28,51 @@
 
 namespace kiln::ops {
 
-/// SGD: d = g + wd p; with momentum b = mu b + d and d = b (Nesterov: d + mu b); p -= lr d.
+/// Whether an update on `Rule` takes the i64 step count after lr: always with kHasStep; else
+/// where the rule says so from the node's attributes (Rule::takes_step; SGD with dampening).
+template <typename Rule>
+bool takes_step(const KernelContext& ctx) {
+  if constexpr (requires { Rule::takes_step(ctx); })
+    return Rule::takes_step(ctx);
+  else
+    return Rule::kHasStep;
+}
+
+/// SGD: d = g + wd p; with momentum b = mu b + (1 - dampening) d and d = b (Nesterov: d + mu b);
+/// p -= lr d. The first step sets b = d whatever the dampening (torch's buffer starts as a copy
+/// of d): with dampening the op takes the step count to know it.
 /// Without momentum the slot is a stand-in (the optimizer passes the variable itself).
 struct SgdRule {
   static constexpr int kSlots = 1, kScalars = 0;
   static constexpr bool kHasStep = false, kCyclesMomentum = true;
-  double momentum, weight_decay;
+  double momentum, weight_decay, dampening;
   bool nesterov;
 
   explicit SgdRule(const KernelContext& ctx)
       : momentum(ctx.attr<double>("momentum")),
         weight_decay(ctx.attr<double>("weight_decay")),
+        dampening(ctx.attr<double>("dampening")),
         nesterov(ctx.attr<bool>("nesterov")) {}
+  /// Whether the node takes the step count after lr (only to dampen after the first step).
+  static bool takes_step(const KernelContext& ctx) { return ctx.attr<double>("dampening") != 0; }
   KILN_HOST_DEVICE void set_momentum(double value) { momentum = value; }
   KILN_HOST_DEVICE bool writes(int) const { return momentum != 0; }
 
   template <typename T>
   struct Coefficients {
-    T lr, momentum, decay;
+    T lr, momentum, decay, undamped;  // undamped: 1 - dampening, 1 at the first step
   };
   template <typename T>
-  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t, const double*) const {
-    return {lr, static_cast<T>(momentum), static_cast<T>(weight_decay)};
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t step, const double*) const {
+    return {lr, static_cast<T>(momentum), static_cast<T>(weight_decay),
+            static_cast<T>(step == 0 ? 1 : 1 - dampening)};
   }
   template <typename T>
   KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
     T d = g + k.decay * p;
     if (momentum != 0) {
-      s[0] = k.momentum * s[0] + d;
+      // Without dampening d is added as is: the bits of the undamped rule, FMA or not.
+      s[0] = k.momentum * s[0] + (dampening != 0 ? k.undamped * d : d);
       d = nesterov ? d + k.momentum * s[0] : s[0];
     }
     p -= k.lr * d;

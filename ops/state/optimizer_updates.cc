@@ -85,6 +85,13 @@ void update_cpu(KernelContext& ctx);
 template <typename Rule>
 void product_update_cpu(KernelContext& ctx);
 
+// SGD with dampening takes the step count after lr (its first step is not dampened).
+bool dampens(const InferContext& ctx) {
+  const double dampening = ctx.attr<double>("dampening");
+  if (!(dampening >= 0 && dampening <= 1)) ctx.fail("dampening must be in [0, 1], got ", dampening);
+  return dampening != 0;
+}
+
 KILN_OP(sgd_update)
     .input("var")
     .input("buf")
@@ -94,11 +101,12 @@ KILN_OP(sgd_update)
     .attr("momentum", 0.0)
     .attr("nesterov", false)
     .attr("weight_decay", 0.0)
+    .attr("dampening", 0.0)
     .attr("momentum_input", false)
     .mutates_input(0)
     .mutates_input(1)
     .no_gradient()
-    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false); })
+    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, dampens(ctx)); })
     .kernel(DeviceKind::cpu, update_cpu<SgdRule>, {f32, f64});
 
 KILN_OP(adam_update)
@@ -139,13 +147,14 @@ KILN_OP(matmul_sgd_update)
     .attr("momentum", 0.0)
     .attr("nesterov", false)
     .attr("weight_decay", 0.0)
+    .attr("dampening", 0.0)
     .attr("momentum_input", false)
     .attr("transpose_a", false)
     .attr("transpose_b", false)
     .mutates_input(0)
     .mutates_input(1)
     .no_gradient()
-    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, true); })
+    .infer([](const InferContext& ctx) { return infer_update(ctx, 1, dampens(ctx), true); })
     .kernel(DeviceKind::cpu, product_update_cpu<SgdRule>, {f32, f64});
 
 KILN_OP(matmul_adam_update)
@@ -250,8 +259,8 @@ struct UpdateInputs {
   UpdateInputs(const KernelContext& ctx, bool product)
       : gradient(Rule::kSlots + 1),
         lr(gradient + (product ? 2 : 1)),
-        step(Rule::kHasStep ? lr + 1 : -1),
-        scalars(lr + 1 + (Rule::kHasStep ? 1 : 0)),
+        step(takes_step<Rule>(ctx) ? lr + 1 : -1),
+        scalars(lr + 1 + (step >= 0 ? 1 : 0)),
         momentum(takes_momentum<Rule>(ctx) ? scalars + Rule::kScalars : -1),
         apply_if(scalars + Rule::kScalars + (momentum >= 0 ? 1 : 0)) {}
 };
@@ -272,7 +281,7 @@ void with_rule_update(KernelContext& ctx, bool product, const Body& body) {
     scalars[j] = *ctx.input(in.scalars + j).template data<double>();
   dispatch_float(ctx.input(0).dtype(), [&](auto tag) {
     using T = decltype(tag);
-    const int64_t step = Rule::kHasStep ? *ctx.input(in.step).template data<int64_t>() : 0;
+    const int64_t step = in.step >= 0 ? *ctx.input(in.step).template data<int64_t>() : 0;
     RuleUpdate<Rule, T> update{
         rule,
         rule.coefficients(*ctx.input(in.lr).template data<T>(), step, scalars),
@@ -433,9 +442,16 @@ std::vector<Value> with_momentum(std::vector<Value> inputs, const Value& momentu
 
 Value sgd_update(const Value& var, const Value& buf, const Value& grad, const Value& lr,
                  double momentum, bool nesterov, double weight_decay, const Value& apply_if,
-                 const Value& momentum_now) {
-  AttrMap attrs{{"momentum", momentum}, {"nesterov", nesterov}, {"weight_decay", weight_decay}};
-  std::vector<Value> inputs = with_momentum({var, buf, grad, lr}, momentum_now, apply_if, attrs);
+                 const Value& momentum_now, double dampening, const Value& step) {
+  AttrMap attrs{{"momentum", momentum},
+                {"nesterov", nesterov},
+                {"weight_decay", weight_decay},
+                {"dampening", dampening}};
+  KILN_CHECK(dampening == 0 || step.defined(), GraphError, "[sgd_update] dampening ", dampening,
+             " needs the step count");
+  std::vector<Value> inputs{var, buf, grad, lr};
+  if (dampening != 0) inputs.push_back(step);
+  inputs = with_momentum(std::move(inputs), momentum_now, apply_if, attrs);
   return common_graph("sgd_update", {&var, &buf, &grad, &lr}).add("sgd_update", inputs, attrs);
 }
 

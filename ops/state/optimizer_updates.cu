@@ -47,8 +47,9 @@ void element_update_typed(KernelContext& ctx) {
   for (int j = 0; j < kSlots; ++j) slots.at[j] = mutable_data<T>(ctx.input(1 + j));
   const T* g = ctx.input(kGradient).data<T>();
   const T* lr = ctx.input(kGradient + 1).data<T>();
-  constexpr int first_scalar = kGradient + 2 + (Rule::kHasStep ? 1 : 0);
-  const int64_t* step = Rule::kHasStep ? ctx.input(kGradient + 2).data<int64_t>() : nullptr;
+  const bool has_step = takes_step<Rule>(ctx);
+  const int first_scalar = kGradient + 2 + (has_step ? 1 : 0);
+  const int64_t* step = has_step ? ctx.input(kGradient + 2).data<int64_t>() : nullptr;
   // The rule's f64 scalars are consecutive inputs but not one allocation: one pointer each.
   SlotPointers<const double, Rule::kScalars + 1> scalars{};
   for (int j = 0; j < Rule::kScalars; ++j)

@@ -868,6 +868,32 @@ std::vector<OpCase> make_cases() {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  // Dampening: the step count after lr, then this step's momentum (step 2: dampened; the product
+  // form at step 0: not).
+  add({.op = "sgd_update",
+       .name = "sgd_update_dampening",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return sgd_update(var, c.variable({3, 4}), c.input({3, 4}), c.scalar(0.1), 0.9, false,
+                               0.01, {}, c.g.scalar(0.85, f64), 0.4, c.g.scalar(2, i64));
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
+  add({.op = "matmul_sgd_update",
+       .name = "matmul_sgd_update_dampening",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({5, 4});
+             return c.g.add("matmul_sgd_update",
+                            {var, c.variable({5, 4}), c.input({3, 5}), c.input({3, 4}),
+                             c.scalar(0.1), c.g.scalar(0, i64)},
+                            {{"momentum", 0.9}, {"dampening", 0.4}, {"transpose_a", true}});
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   add({.op = "matmul_adam_update",
        .name = "matmul_adam_update_momentum_input",
        .build =

@@ -199,6 +199,11 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
        [](Value loss) {
          return optim::SGD({.lr = 0.05, .momentum = 0.9, .weight_decay = 0.01}).minimize(loss);
        }},
+      // Dampened after the first step: the step count is an input.
+      {"sgd dampening",
+       [](Value loss) {
+         return optim::SGD({.lr = 0.05, .momentum = 0.9, .dampening = 0.3}).minimize(loss);
+       }},
       {"nesterov",
        [](Value loss) {
          return optim::SGD({.lr = 0.05, .momentum = 0.8, .nesterov = true}).minimize(loss);
@@ -274,7 +279,7 @@ TEST(Passes, OptimizerUpdatesJoinTheWeightGradientsProduct) {
             testing::expect_near(testing::values(results[variant - 1]), results[variant], 1e-10,
                                  1e-13, str("variant ", variant));
       }
-  EXPECT_EQ(fused, 2 * 6 * 8 * 2);
+  EXPECT_EQ(fused, 2 * 6 * static_cast<int>(optimizers.size()) * 2);
   // For a GPU the update stays after the product: the product updates have CPU kernels only.
   for (DeviceKind device : {DeviceKind::cuda, DeviceKind::cpu}) {
     Graph g;

@@ -640,6 +640,55 @@ TEST(Optimizers, NamedOptimizersCountTheirOwnSteps) {
                            {"must be non-empty and not begin or end with '/'", "got '/x'"});
 }
 
+// SGD's dampening: the buffer takes (1 - dampening) of each gradient after the first step, which
+// copies it (torch 2.15's parameters, f64, printed to 17 digits).
+TEST(Optimizers, SgdDampeningMatchesTorch) {
+  OptimizerCase c;
+  const std::vector<TorchCase> cases = {
+      {"momentum 0.9, dampening 0.5",
+       [] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .dampening = 0.5});
+       },
+       {1.2104619076413086, 1.8418476305652343, -2.262771445847852}},
+      {"with weight decay",
+       [] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1, .momentum = 0.8, .weight_decay = 0.05, .dampening = 0.3});
+       },
+       {1.073404197478253, 1.4746917996429871, -1.74221686775281}},
+      {"under OneCycleLR (momentum cycled)",
+       [] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1,
+                               .momentum = 0.9,
+                               .dampening = 0.5,
+                               .schedule = optim::Schedule::one_cycle(10)});
+       },
+       {0.8961181067585018, 0.5844724270340076, -0.3767086405510111}},
+      {"no momentum: dampening does nothing",
+       [] { return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .dampening = 0.5}); },
+       {0.82566077995, 0.3026431198, 0.046035320300000016}}};
+  for (const TorchCase& k : cases) {
+    SCOPED_TRACE(k.name);
+    k.expect_matches(c, 10);
+  }
+  // Ascent, 4 steps.
+  const std::vector<double> ascended =
+      c.kiln(optim::SGD({.lr = 0.1, .momentum = 0.9, .dampening = 0.5, .maximize = true}), 4);
+  const std::vector<double> torch_ascended{0.15844375, -2.366225, 4.0493375};
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(ascended[i], torch_ascended[i], 1e-13) << i;
+  expect_error<GraphError>([] { optim::SGD({.dampening = 1.5}); }, {"0 <= dampening <= 1", "1.5"});
+  expect_error<GraphError>(
+      [] { optim::SGD({.momentum = 0.9, .nesterov = true, .dampening = 0.1}); },
+      {"Nesterov", "dampening 0", "0.1"});
+  Graph g;
+  Value p = g.variable("p", {3}, init::zeros(), f64);
+  expect_error<GraphError>(
+      [&] { sgd_update(p, p, p, g.scalar(0.1, f64), 0.9, false, 0, {}, {}, 0.5); },
+      {"[sgd_update]", "dampening 0.5", "step"});
+}
+
 // OneCycleLR and CyclicLR cycle the momentum (SGD's, RMSProp's) or beta1 (Adam's family)
 // against the rate by default, as torch does: the parameters after 10 steps (torch 2.15, f64,
 // printed to 17 digits; max_lr 0.1; CyclicLR's base_lr 0.01). SGD and RMSProp without momentum
