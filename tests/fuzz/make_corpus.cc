@@ -179,7 +179,13 @@ int main(int argc, char** argv) {
                              1e-3, 10, 20, optim::Schedule::CyclicMode::exp_range, 0.99)})
         .minimize(loss);
   });
+  // SGD with dampening: its updates take the step count.
+  Graph sgd_dampened;
+  mlp(sgd_dampened, [](const Value& loss) {
+    return optim::SGD({.lr = 0.1, .momentum = 0.9, .dampening = 0.1}).minimize(loss);
+  });
   both(sgd_cycle, "mlp_sgd_one_cycle_momentum");
+  both(sgd_dampened, "mlp_sgd_dampening");
   both(adam_cyclic, "mlp_adamw_cyclic_momentum");
   both(nadam, "mlp_nadam_groups_ema");
   both(rmsprop_centered, "mlp_rmsprop_centered_scaled");
