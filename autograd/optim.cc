@@ -104,6 +104,21 @@ Schedule Schedule::sequential(std::vector<Schedule> phases, std::vector<int64_t>
   return s;
 }
 
+Schedule Schedule::constant_factor(double factor, int64_t total_steps) {
+  Schedule s;
+  s.kind = Kind::constant_factor;
+  s.gamma = factor;
+  s.total_steps = total_steps;
+  return s;
+}
+
+Schedule Schedule::chained(std::vector<Schedule> schedules) {
+  Schedule s;
+  s.kind = Kind::chained;
+  s.phases = std::move(schedules);
+  return s;
+}
+
 Schedule Schedule::cosine_restarts(int64_t first_period, int64_t period_mult, double min_lr) {
   Schedule s;
   s.kind = Kind::cosine_restarts;
@@ -279,6 +294,42 @@ Value cyclic_shape(Graph& graph, const Schedule& schedule, const Value& step, DT
 }
 }  // namespace
 
+namespace {
+// Why `schedule` cannot be a factor of a chained one (torch's ChainedScheduler multiplies the
+// rate by each scheduler's step in turn: the result is a product only where every scheduler
+// multiplies the rate it finds), or null where it can.
+const char* not_chainable(const Schedule& schedule) {
+  using Kind = Schedule::Kind;
+  switch (schedule.kind) {
+    case Kind::constant:
+    case Kind::constant_factor:
+    case Kind::step_decay:
+    case Kind::multi_step:
+    case Kind::exponential:
+    case Kind::linear:
+    case Kind::polynomial:
+    case Kind::chained:
+      return nullptr;
+    case Kind::cosine:
+      return schedule.min_lr == 0 ? nullptr
+                                  : "(cosine to a min_lr above 0) moves the rate toward min_lr";
+    case Kind::one_cycle:
+      return "(one_cycle) sets the rate outright";
+    case Kind::cyclic:
+      return "(cyclic) sets the rate outright";
+    case Kind::cosine_restarts:
+      return "(cosine_restarts) sets the rate outright";
+    case Kind::reduce_on_plateau:
+      return "(reduce_on_plateau) is stepped by observe_metric, not by the step";
+    case Kind::sequential:
+      return "(sequential) sets the rate outright at its milestones";
+    case Kind::custom:
+      return "(custom, LambdaLR) sets the rate outright";
+  }
+  return "is unknown";
+}
+}  // namespace
+
 Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& step) {
   const bool cycles =
       schedule.kind == Schedule::Kind::one_cycle || schedule.kind == Schedule::Kind::cyclic;
@@ -365,6 +416,24 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
         Value earlier = learning_rate(graph, base_lr, phases[i],
                                       i == 0 ? step : phase_step(step, milestones[i - 1]), dtype);
         lr = where(less(step, graph.scalar(static_cast<double>(milestones[i]), i64)), earlier, lr);
+      }
+      break;
+    }
+    case Schedule::Kind::constant_factor: {
+      KILN_CHECK(schedule.gamma > 0 && schedule.gamma <= 1 && schedule.total_steps >= 0, GraphError,
+                 "[optim] constant_factor needs 0 < factor <= 1 and total_steps >= 0; ",
+                 "got factor ", schedule.gamma, " and total_steps ", schedule.total_steps);
+      lr = where(less(step, graph.scalar(total, i64)), lr * schedule.gamma, lr);
+      break;
+    }
+    case Schedule::Kind::chained: {
+      KILN_CHECK(!schedule.phases.empty(), GraphError, "[optim] chained needs schedules");
+      // The rate times each schedule's factor (its rate from a base of 1).
+      for (size_t i = 0; i < schedule.phases.size(); ++i) {
+        const char* refused = not_chainable(schedule.phases[i]);
+        KILN_CHECK(refused == nullptr, GraphError, "[optim] chained: schedule ", i, " ", refused,
+                   "; only schedules that multiply the rate chain");
+        lr = lr * learning_rate(graph, 1.0, schedule.phases[i], step, dtype);
       }
       break;
     }

@@ -31,7 +31,9 @@ struct Schedule {
     sequential,
     cosine_restarts,
     cyclic,
-    custom
+    custom,
+    constant_factor,
+    chained
   };
   /// How a cyclic schedule's height changes from cycle to cycle (CyclicLR's modes).
   enum class CyclicMode {
@@ -44,7 +46,8 @@ struct Schedule {
   double gamma = 0.1;                 ///< step_decay, multi_step, exponential (lr * gamma^t)
   std::vector<int64_t> milestones{};  ///< multi_step: lr * gamma^(number of milestones <= t)
   /// sequential (SequentialLR): phases[i] from milestones[i - 1] (0 for the first) on, counting
-  /// its own steps from there.
+  /// its own steps from there. chained (ChainedScheduler): every phase at once, their factors
+  /// multiplied.
   std::vector<Schedule> phases{};
   /// cosine_restarts (CosineAnnealingWarmRestarts): cosine from lr to min_lr over periods of
   /// total_steps, total_steps * period_mult, ... steps, restarting at lr after each.
@@ -54,7 +57,9 @@ struct Schedule {
   std::function<Value(const Value&)> factor{};
   /// linear: lr * (start + (end - start) min(t, T) / T); polynomial: lr (1 - min(t, T) / T)^power
   double start_factor = 1, end_factor = 1, power = 1;
-  int64_t total_steps = 1;  ///< cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2
+  /// cosine: min_lr + (lr - min_lr) (1 + cos(pi min(t, T) / T)) / 2; constant_factor:
+  /// lr * gamma while t < T
+  int64_t total_steps = 1;
   double min_lr = 0;
   /// one_cycle (OneCycleLR; lr is the peak): from lr / div_factor up to lr over the first
   /// pct_start T steps, then down to lr / div_factor / final_div_factor at step T - 1, where it
@@ -91,6 +96,8 @@ struct Schedule {
   /// StepLR with several steps: gamma once more at each milestone (ascending steps).
   static Schedule multi_step(std::vector<int64_t> milestones, double gamma);
   static Schedule exponential(double gamma);
+  /// ConstantLR: lr * factor (0 < factor <= 1) for the first total_steps steps, then lr.
+  static Schedule constant_factor(double factor, int64_t total_steps);
   /// LinearLR: the factor goes linearly from start_factor to end_factor over total_steps.
   static Schedule linear(double start_factor, double end_factor, int64_t total_steps);
   /// PolynomialLR: decays to 0 at total_steps as (1 - t / T)^power.
@@ -112,6 +119,12 @@ struct Schedule {
   /// (ascending; one fewer than the phases). A warm-up then a cosine decay over the rest:
   /// sequential({linear(0.01, 1, W), cosine(T - W)}, {W}).
   static Schedule sequential(std::vector<Schedule> phases, std::vector<int64_t> milestones);
+  /// ChainedScheduler: the product of the schedules' factors, all stepped together
+  /// (chained({constant_factor(0.1, 2), exponential(0.9)}): 0.1 lr, 0.09 lr, 0.81 lr, ...). As in
+  /// torch, only schedules that multiply the rate chain: constant, constant_factor, step_decay,
+  /// multi_step, exponential, linear, polynomial, cosine to min_lr 0 (within its total_steps)
+  /// and chained; the others set the rate outright, and are refused.
+  static Schedule chained(std::vector<Schedule> schedules);
   static Schedule cosine_restarts(int64_t first_period, int64_t period_mult = 1, double min_lr = 0);
   static Schedule custom(std::function<Value(const Value&)> factor);
   /// This schedule with a linear warm-up over the first `steps` steps.

@@ -354,6 +354,66 @@ TEST(Optimizers, SchedulesAndClipping) {
 // The schedules added after cosine, at steps before, on and after their breakpoints. The
 // one-cycle values are PyTorch's OneCycleLR (max_lr 2, 20 steps, pct_start 0.3) printed by
 // torch 1.13; the others are its closed forms, which torch's schedulers match to 1e-16.
+// ConstantLR and ChainedScheduler: torch 2.15's rates at every step (lr 0.1).
+TEST(Optimizers, ConstantFactorAndChainedMatchPyTorch) {
+  using optim::Schedule;
+  Graph g;
+  Value step = g.placeholder("step", i64, {});
+  const std::vector<std::pair<Schedule, std::vector<double>>> cases = {
+      {Schedule::constant_factor(0.25, 3), {0.025, 0.025, 0.025, 0.1, 0.1, 0.1}},
+      {Schedule::chained({Schedule::constant_factor(0.1, 2), Schedule::exponential(0.9)}),
+       {0.010000000000000002, 0.009000000000000003, 0.08100000000000003, 0.07290000000000003,
+        0.06561000000000003, 0.059049000000000025}},
+      {Schedule::chained({Schedule::linear(0.5, 1, 4), Schedule::step_decay(3, 0.5),
+                          Schedule::polynomial(10, 2)}),
+       {0.05, 0.050625, 0.048, 0.021437499999999998, 0.018000000000000002, 0.012500000000000002,
+        0.004000000000000002, 0.002250000000000002, 0.001, 0.000125, 0.0, 0.0}},
+      {Schedule::chained({Schedule::multi_step({2, 5}, 0.5), Schedule::cosine(8)}),
+       {0.1, 0.09619397662556434, 0.04267766952966369, 0.03456708580912725, 0.025,
+        0.007716457095436379, 0.0036611652351681567, 0.0009515058436089159, 0.0}},
+      // SequentialLR of ConstantLR(0.5, 2) and ExponentialLR(0.8) at milestone 3.
+      {Schedule::sequential({Schedule::constant_factor(0.5, 2), Schedule::exponential(0.8)}, {3}),
+       {0.05, 0.05, 0.1, 0.1, 0.08000000000000002, 0.06400000000000002, 0.051200000000000016}}};
+  Session s(g);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Value lr = optim::learning_rate(g, 0.1, cases[i].first, step, f64);
+    const std::vector<double>& torch = cases[i].second;
+    for (size_t t = 0; t < torch.size(); ++t)
+      EXPECT_NEAR(
+          s.run({{step, Tensor::scalar<int64_t>(static_cast<int64_t>(t))}}, {lr})[0].item<double>(),
+          torch[t], 1e-15)
+          << "case " << i << " step " << t;
+  }
+  // Schedules that set the rate outright do not chain (torch's result would not be a product).
+  for (const auto& [schedule, why] : std::vector<std::pair<Schedule, const char*>>{
+           {Schedule::one_cycle(10), "(one_cycle) sets the rate outright"},
+           {Schedule::cosine(10, 0.01), "min_lr above 0"},
+           {Schedule::custom([](const Value& t) { return t; }), "LambdaLR"},
+           {Schedule::reduce_on_plateau(), "observe_metric"}})
+    expect_error<GraphError>(
+        [&] {
+          optim::learning_rate(g, 0.1, Schedule::chained({Schedule::exponential(0.9), schedule}),
+                               step, f64);
+        },
+        {"[optim] chained: schedule 1", why});
+  expect_error<GraphError>([&] { optim::learning_rate(g, 0.1, Schedule::chained({}), step, f64); },
+                           {"chained needs schedules"});
+  expect_error<GraphError>(
+      [&] { optim::learning_rate(g, 0.1, Schedule::constant_factor(1.5, 3), step, f64); },
+      {"0 < factor <= 1", "1.5"});
+  // In training: SGD under the chained schedule moves as torch's (two steps of lr 0.01, 0.009).
+  OptimizerCase c;
+  const std::vector<double> trained =
+      c.kiln(optim::SGD({.lr = 0.1,
+                         .schedule = Schedule::chained(
+                             {Schedule::constant_factor(0.1, 2), Schedule::exponential(0.9)})}),
+             2);
+  std::vector<double> want = c.p0;
+  for (double rate : {0.010000000000000002, 0.009000000000000003})
+    for (int i = 0; i < 3; ++i) want[i] -= rate * (want[i] - c.target[i]);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(trained[i], want[i], 1e-15) << i;
+}
+
 TEST(Optimizers, MoreSchedulesMatchPyTorch) {
   Graph g;
   Value step = g.placeholder("step", i64, {});
