@@ -1,0 +1,563 @@
+// The optimizers against torch.optim: formulas written out, and numbers torch printed.
+#include <functional>
+#include <map>
+#include <memory>
+
+#include "optimizer_case.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+using testing::expect_error;
+using testing::OptimizerCase;
+using testing::TorchCase;
+
+TEST(Optimizers, PlainSgdMatchesTheFormula) {
+  OptimizerCase c;
+  c.expect_same(c.kiln(optim::SGD({.lr = c.kLr})), c.reference([&](auto& p, auto& g, int) {
+    for (int i = 0; i < 3; ++i) p[i] -= c.kLr * g[i];
+  }));
+}
+
+TEST(Optimizers, SgdWithWeightDecayMatchesTheFormula) {
+  OptimizerCase c;
+  c.expect_same(c.kiln(optim::SGD({.lr = c.kLr, .weight_decay = 0.05})),
+                c.reference([&](auto& p, auto& g, int) {
+                  for (int i = 0; i < 3; ++i) p[i] -= c.kLr * (g[i] + 0.05 * p[i]);
+                }));
+}
+
+// Plain (heavy-ball) momentum, the benchmark's optimizer: buf = mu buf + d, p -= lr buf.
+TEST(Optimizers, SgdMomentumMatchesTheFormula) {
+  OptimizerCase c;
+  std::vector<double> buf(3, 0);
+  c.expect_same(c.kiln(optim::SGD({.lr = c.kLr, .momentum = 0.8, .weight_decay = 0.01})),
+                c.reference([&](auto& p, auto& g, int) {
+                  for (int i = 0; i < 3; ++i) {
+                    const double d = g[i] + 0.01 * p[i];
+                    buf[i] = 0.8 * buf[i] + d;
+                    p[i] -= c.kLr * buf[i];
+                  }
+                }));
+}
+
+// Nesterov: the step looks ahead along the buffer, p -= lr (d + mu buf).
+TEST(Optimizers, SgdNesterovMatchesTheFormula) {
+  OptimizerCase c;
+  std::vector<double> buf(3, 0);
+  c.expect_same(
+      c.kiln(optim::SGD({.lr = c.kLr, .momentum = 0.9, .nesterov = true, .weight_decay = 0.01})),
+      c.reference([&](auto& p, auto& g, int) {
+        for (int i = 0; i < 3; ++i) {
+          const double d = g[i] + 0.01 * p[i];
+          buf[i] = 0.9 * buf[i] + d;
+          p[i] -= c.kLr * (d + 0.9 * buf[i]);
+        }
+      }));
+}
+
+// Adam with L2 weight decay (added to the gradient) and AdamW (decoupled: p shrinks first).
+TEST(Optimizers, AdamAndAdamWMatchTheFormulas) {
+  OptimizerCase c;
+  const double b1 = 0.8, b2 = 0.95, eps = 1e-3, wd = 0.1;
+  for (bool decoupled : {false, true}) {
+    std::vector<double> m(3, 0), v(3, 0);
+    const optim::AdamOptions options{
+        .lr = c.kLr, .beta1 = b1, .beta2 = b2, .eps = eps, .weight_decay = wd};
+    auto got = decoupled ? c.kiln(optim::AdamW(options)) : c.kiln(optim::Adam(options));
+    c.expect_same(got, c.reference([&](auto& p, auto& g, int t) {
+      for (int i = 0; i < 3; ++i) {
+        const double d = g[i] + (decoupled ? 0 : wd * p[i]);
+        if (decoupled) p[i] *= 1 - c.kLr * wd;
+        m[i] = b1 * m[i] + (1 - b1) * d;
+        v[i] = b2 * v[i] + (1 - b2) * d * d;
+        p[i] -= c.kLr * (m[i] / (1 - std::pow(b1, t))) /
+                (std::sqrt(v[i] / (1 - std::pow(b2, t))) + eps);
+      }
+    }));
+  }
+}
+
+TEST(Optimizers, RmsPropMatchesTheFormula) {
+  OptimizerCase c;
+  for (double wd : {0.0, 0.05}) {
+    std::vector<double> sq(3, 0);
+    c.expect_same(
+        c.kiln(optim::RMSProp({.lr = c.kLr, .alpha = 0.9, .eps = 1e-3, .weight_decay = wd})),
+        c.reference([&](auto& p, auto& g, int) {
+          for (int i = 0; i < 3; ++i) {
+            const double d = g[i] + wd * p[i];
+            sq[i] = 0.9 * sq[i] + 0.1 * d * d;
+            p[i] -= c.kLr * d / (std::sqrt(sq[i]) + 1e-3);
+          }
+        }));
+  }
+}
+
+// The optimizers and variants whose update rule is shared by both devices, against the
+// parameters torch.optim (1.13, f64) gives for this case, printed to 17 digits. RAdam runs ten
+// steps with beta2 0.8, so its rectified term (from step 8) shows.
+TEST(Optimizers, MoreOptimizersMatchTorchOptim) {
+  OptimizerCase c;
+  const optim::AdamOptions adam{
+      .lr = 0.1, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-3, .weight_decay = 0.1, .amsgrad = true};
+  auto same = [&](std::vector<double> got, std::vector<double> torch, const char* what) {
+    SCOPED_TRACE(what);
+    c.expect_same(got, torch);
+  };
+  same(c.kiln(optim::Adam(adam)), {0.7903237481201686, -0.7011397252160911, 1.7007055098365864},
+       "Adam amsgrad");
+  same(c.kiln(optim::AdamW(adam)), {0.77575558620219, -0.6744869684570542, 1.6444089343368073},
+       "AdamW amsgrad");
+  optim::AdamOptions adamax = adam;
+  adamax.amsgrad = false;
+  same(c.kiln(optim::Adamax(adamax)), {0.7711848696677001, -0.693850537539606, 1.6953352028592445},
+       "Adamax");
+  optim::AdamOptions radam = adamax;
+  radam.beta1 = 0.7;
+  radam.beta2 = 0.8;
+  same(c.kiln(optim::RAdam(radam), 10),
+       {0.9096999030179655, 0.25085633451527084, 0.19915481068222332}, "RAdam");
+  same(c.kiln(optim::Adagrad({.lr = 0.1,
+                              .lr_decay = 0.3,
+                              .weight_decay = 0.05,
+                              .initial_accumulator_value = 0.2,
+                              .eps = 1e-3})),
+       {0.6391419253447552, -0.8155754519022205, 1.812815757140998}, "Adagrad");
+  const optim::RMSPropOptions rms{.lr = 0.1, .alpha = 0.9, .eps = 1e-3, .weight_decay = 0.05};
+  optim::RMSPropOptions momentum = rms, centered = rms, both = rms;
+  momentum.momentum = both.momentum = 0.7;
+  centered.centered = both.centered = true;
+  same(c.kiln(optim::RMSProp(momentum)), {1.2310044234560138, 0.19152076142276, 0.7768969894527045},
+       "RMSprop momentum");
+  same(c.kiln(optim::RMSProp(centered)),
+       {0.9464982729438419, -0.24800319756566766, 1.2250477843715493}, "RMSprop centered");
+  same(c.kiln(optim::RMSProp(both)), {1.243582322489111, 0.28392010904754733, 0.6758346523199319},
+       "RMSprop momentum centered");
+  // NAdam against torch 2.15, whose running product mu_1 ... mu_t is an f32 tensor (Kiln's is
+  // f64): hence 2e-9. (torch 1.13 multiplies mu into the next step's product twice, a bug
+  // fixed since.) momentum_decay 0.05, so the momentum schedule moves within three steps.
+  for (bool decoupled : {false, true}) {
+    SCOPED_TRACE(decoupled ? "NAdam decoupled" : "NAdam");
+    const auto got = c.kiln(optim::NAdam(adamax, 0.05, decoupled));
+    const std::vector<double> torch =
+        decoupled
+            ? std::vector<double>{0.7391000695290504, -0.6987526057842575, 1.6673706711862584}
+            : std::vector<double>{0.7481992227722151, -0.7251526298135527, 1.7231438785123887};
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(got[i], torch[i], 2e-9) << i;
+  }
+  expect_error<GraphError>([&] { optim::RAdam r(adam); }, {"RAdam has no amsgrad variant"});
+  {
+    Graph g;
+    Value p = g.variable("p", {2}, init::zeros());
+    Value loss = sum(square(p));
+    optim::NAdam().minimize(loss);
+    EXPECT_TRUE(g.find_node("nadam_mu_product"));
+    expect_error<GraphError>([&] { optim::NAdam().minimize(loss); },
+                             {"already has a NAdam update", "parameter groups"});
+  }
+  expect_error<GraphError>([&] { optim::Adagrad a({.lr_decay = -1}); },
+                           {"Adagrad needs lr_decay >= 0", "got -1"});
+}
+
+// Gradients computed and applied in two steps, with a change in between (what a data-parallel
+// transform does with an all-reduce): halving every gradient is plain SGD at half the rate.
+TEST(Optimizers, ComputeThenApplyWithAChangeBetween) {
+  auto train = [](bool two_steps) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {4, 3});
+    Value w = g.variable("w", {3, 2}, init::glorot_uniform(5));
+    Value loss = mean(square(matmul(x, w)));
+    Value step;
+    if (two_steps) {
+      optim::SGD sgd({.lr = 0.1});
+      auto pairs = sgd.compute_gradients(loss);
+      EXPECT_EQ(pairs.size(), 1u);
+      EXPECT_EQ(pairs[0].variable.name(), "w");
+      for (auto& p : pairs) p.gradient = p.gradient * 0.5;
+      step = sgd.apply_gradients(pairs);
+    } else {
+      step = optim::SGD({.lr = 0.05}).minimize(loss);
+    }
+    Session s(g);
+    Tensor in = testing::random_tensor(f32, {4, 3}, -1, 1, 9);
+    for (int i = 0; i < 3; ++i) s.run({{x, in}}, {}, {step});
+    return s.variable_value(w).to_vector<float>();
+  };
+  const auto halved = train(true), half_rate = train(false);
+  ASSERT_EQ(halved.size(), half_rate.size());
+  for (size_t i = 0; i < halved.size(); ++i) EXPECT_FLOAT_EQ(halved[i], half_rate[i]);
+
+  Graph g;
+  Value w = g.variable("w", {3}, init::zeros());
+  optim::SGD sgd;
+  expect_error<GraphError>(
+      [&] {
+        sgd.apply_gradients({{g.constant(Tensor::zeros(f32, {2})), w}});
+      },
+      {"[optim] apply_gradients", "gradient of w is f32[2]", "f32[3]"});
+  expect_error<GraphError>(
+      [&] {
+        sgd.apply_gradients({{w * 1.0, w * 2.0}});
+      },
+      {"is not a variable"});
+  expect_error<GraphError>([&] { sgd.apply_gradients({}); }, {"of no gradients"});
+}
+// Rprop and ASGD against torch 2.15 (f64): Rprop over 8 steps, so step sizes grow, shrink on a
+// sign flip and hit both bounds, with its state; ASGD with t0 2, so the average starts moving.
+TEST(Optimizers, RpropAndAsgdMatchTorch) {
+  OptimizerCase c;
+  auto expect = [&](const std::vector<double>& got, const std::vector<double>& torch) {
+    for (size_t i = 0; i < torch.size(); ++i) EXPECT_NEAR(got[i], torch[i], 1e-14) << i;
+  };
+  {
+    SCOPED_TRACE("Rprop");
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    Value train = optim::Rprop({.lr = 0.4,
+                                .eta_minus = 0.3,
+                                .eta_plus = 1.5,
+                                .step_size_min = 0.05,
+                                .step_size_max = 0.9})
+                      .minimize(loss);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    for (int i = 0; i < 8; ++i) s.run({}, {}, {train});
+    expect(s.variable_value(p).to_vector<double>(),
+           {0.7665, 0.5175000000000002, -1.0250000000000001});
+    expect(s.variable_value(g.value("p/rprop_step_size")).to_vector<double>(),
+           {0.1215, 0.6075, 0.405});
+    expect(s.variable_value(g.value("p/rprop_prev")).to_vector<double>(),
+           {-0.355, 0.12500000000000022, -0.43000000000000016});
+  }
+  expect(c.kiln(optim::Rprop({.lr = 0.4, .maximize = true}), 4),
+         {-1.6471999999999998, -3.1471999999999998, 4.1472});
+  {
+    SCOPED_TRACE("ASGD");
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    optim::ASGD asgd({.lr = 0.1, .lambd = 0.1, .t0 = 2, .weight_decay = 0.05});
+    Value train = asgd.minimize(loss);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    for (int i = 0; i < 6; ++i) s.run({}, {}, {train});
+    expect(s.variable_value(p).to_vector<double>(),
+           {0.6894739686270873, -0.041484629298263354, 0.5287903612484971});
+    expect(s.variable_value(asgd.average(p)).to_vector<double>(),
+           {0.6660163549503609, -0.16015255730993827, 0.7109318321501377});
+    expect_error<GraphError>([&] { asgd.average(g.constant(Tensor::scalar<double>(1))); },
+                             {"ASGD has no average of", "minimize must train it first"});
+  }
+  for (const char* name : {"Rprop", "ASGD"}) {
+    const optim::Schedule cycle = optim::Schedule::one_cycle(10);
+    expect_error<GraphError>(
+        [&] {
+          if (std::string(name) == "Rprop") c.kiln(optim::Rprop({.schedule = cycle}));
+          if (std::string(name) == "ASGD") c.kiln(optim::ASGD({.schedule = cycle}));
+        },
+        {str(name, " has no momentum for the schedule to cycle")});
+  }
+  expect_error<GraphError>([&] { optim::Rprop r({.eta_minus = 1.5}); },
+                           {"Rprop needs 0 < eta_minus < 1 < eta_plus, got 1.5 and 1.2"});
+  expect_error<GraphError>(
+      [&] {
+        Graph g;
+        Value w = g.variable("w", {2}, init::zeros());
+        optim::Rprop r;
+        r.with_param_groups({{.variables = {w}, .weight_decay = 0.1}});
+        r.minimize(sum(square(w)));
+      },
+      {"Rprop has no weight decay", "w's parameter group sets 0.1"});
+}
+
+// maximize (torch's): the updates ascend. Against torch 2.15's parameters after 3 steps (f64);
+// compute_gradients + apply_gradients (which negates the gradients) and minimize (which
+// differentiates -loss) give the same bits.
+TEST(Optimizers, MaximizeAscendsAsTorch) {
+  OptimizerCase c;
+  const std::vector<TorchCase> cases = {
+      {"SGD Nesterov",
+       [] {
+         return std::make_unique<optim::SGD>(optim::SGDOptions{
+             .lr = 0.1, .momentum = 0.9, .nesterov = true, .weight_decay = 0.05, .maximize = true});
+       },
+       {0.0048114700624999765, -2.8392716826249997, 4.735327117750001}},
+      {"AdamW amsgrad",
+       [] {
+         return std::make_unique<optim::AdamW>(optim::AdamOptions{.lr = 0.1,
+                                                                  .beta1 = 0.8,
+                                                                  .beta2 = 0.95,
+                                                                  .eps = 1e-3,
+                                                                  .weight_decay = 0.1,
+                                                                  .maximize = true,
+                                                                  .amsgrad = true});
+       },
+       {0.18736024348422342, -1.2677496392751137, 2.237883430715464}},
+      {"Adagrad",
+       [] {
+         return std::make_unique<optim::Adagrad>(optim::AdagradOptions{
+             .lr = 0.1, .lr_decay = 0.3, .weight_decay = 0.05, .maximize = true});
+       },
+       {0.3013279628638884, -1.1929270868030413, 2.192145896182603}},
+      {"RMSprop centered",
+       [] {
+         return std::make_unique<optim::RMSProp>(optim::RMSPropOptions{.lr = 0.1,
+                                                                       .alpha = 0.9,
+                                                                       .eps = 1e-3,
+                                                                       .weight_decay = 0.05,
+                                                                       .maximize = true,
+                                                                       .centered = true});
+       },
+       {-0.4118257815163322, -1.8529275939779029, 2.8414128361395963}},
+      {"NAdam",  // torch's product in f32, as above
+       [] {
+         return std::make_unique<optim::NAdam>(
+             optim::AdamOptions{
+                 .lr = 0.1, .beta1 = 0.8, .beta2 = 0.95, .eps = 1e-3, .maximize = true},
+             4e-3);
+       },
+       {0.2039964442301579, -1.2850383442184001, 2.283573972888154},
+       2e-9}};
+  for (const TorchCase& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::vector<double> got = k.expect_matches(c, OptimizerCase::kSteps);
+    // The two-step form: the true gradients, negated by apply_gradients.
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    std::unique_ptr<optim::Optimizer> optimizer = k.make();
+    const auto pairs = optimizer->compute_gradients(loss);
+    Value train = optimizer->apply_gradients(pairs);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    EXPECT_NEAR(s.run({}, {pairs[0].gradient})[0].to_vector<double>()[0], c.p0[0] - c.target[0],
+                1e-15);  // the true gradient
+    for (int i = 0; i < OptimizerCase::kSteps; ++i) s.run({}, {}, {train});
+    EXPECT_EQ(s.variable_value(p).to_vector<double>(), got);
+  }
+}
+
+// Two optimizers in one graph, run in turns (a GAN's discriminator and generator): named, each
+// counts its own steps, so each trains its variables exactly as it would alone (Adam's bias
+// corrections and the schedule read its own count). Unnamed, they share global_step, which
+// advances on both turns.
+TEST(Optimizers, NamedOptimizersCountTheirOwnSteps) {
+  const optim::AdamOptions options{
+      .lr = 0.1, .beta1 = 0.5, .schedule = optim::Schedule::exponential(0.7)};
+  // a and b are trained on two losses by their own Adam each, in turns, for 4 rounds.
+  auto train = [&](bool named, bool only_first) {
+    Graph g;
+    Value a = g.variable("a", {3}, init::constant(0.5), f64);
+    Value b = g.variable("b", {2}, init::constant(-1.0), f64);
+    Value loss_a = sum(square(a - 2.0)), loss_b = sum(square(b * b - 0.5));
+    optim::Adam first(options), second(options);
+    if (named) {
+      first.named("discriminator");
+      second.named("generator");
+    }
+    Value train_a = first.minimize(loss_a, {a});
+    Value train_b = only_first ? Value() : second.minimize(loss_b, {b});
+    Session s(g);
+    for (int round = 0; round < 4; ++round) {
+      s.run({}, {}, {train_a});
+      if (train_b.defined()) s.run({}, {}, {train_b});
+    }
+    std::vector<double> out = s.variable_value(a).to_vector<double>();
+    if (named) {
+      EXPECT_EQ(s.variable_value(g.value("discriminator/step")).item<int64_t>(), 4);
+      EXPECT_EQ(s.variable_value(g.value("generator/step")).item<int64_t>(), 4);
+      EXPECT_FALSE(g.find_node("global_step"));
+      EXPECT_TRUE(g.find_node("a/discriminator/adam_m"));
+      EXPECT_TRUE(g.find_node("b/generator/adam_v"));
+    }
+    return out;
+  };
+  const std::vector<double> alone = train(/*named=*/false, /*only_first=*/true);
+  const std::vector<double> named = train(/*named=*/true, /*only_first=*/false);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(named[i], alone[i]) << i;
+  // Sharing global_step, the first optimizer's count runs twice as fast: its result differs.
+  EXPECT_GT(std::abs(train(false, false)[0] - alone[0]), 1e-3);
+
+  // Two optimizers on one variable keep separate slots when named.
+  Graph g;
+  Value w = g.variable("w", {2}, init::zeros(), f64);
+  optim::NAdam one, two;
+  one.named("one").minimize(sum(square(w - 1.0)));
+  two.named("two").minimize(sum(square(w + 1.0)));
+  EXPECT_TRUE(g.find_node("one/nadam_mu_product") && g.find_node("two/nadam_mu_product"));
+  EXPECT_TRUE(g.find_node("w/one/nadam_m") && g.find_node("w/two/nadam_m"));
+  // A second NAdam of the same name would share the running product: refused.
+  optim::NAdam again;
+  expect_error<GraphError>([&] { again.named("one").minimize(sum(w)); },
+                           {"already has a NAdam update", "one/nadam_mu_product", "named()"});
+  expect_error<GraphError>([&] { optim::SGD().named("/x"); },
+                           {"must be non-empty and not begin or end with '/'", "got '/x'"});
+}
+
+// SGD's dampening: the buffer takes (1 - dampening) of each gradient after the first step, which
+// copies it (torch 2.15's parameters, f64, printed to 17 digits).
+TEST(Optimizers, SgdDampeningMatchesTorch) {
+  OptimizerCase c;
+  const std::vector<TorchCase> cases = {
+      {"momentum 0.9, dampening 0.5",
+       [] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .dampening = 0.5});
+       },
+       {1.2104619076413086, 1.8418476305652343, -2.262771445847852}},
+      {"with weight decay",
+       [] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1, .momentum = 0.8, .weight_decay = 0.05, .dampening = 0.3});
+       },
+       {1.073404197478253, 1.4746917996429871, -1.74221686775281}},
+      {"under OneCycleLR (momentum cycled)",
+       [] {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1,
+                               .momentum = 0.9,
+                               .dampening = 0.5,
+                               .schedule = optim::Schedule::one_cycle(10)});
+       },
+       {0.8961181067585018, 0.5844724270340076, -0.3767086405510111}},
+      {"no momentum: dampening does nothing",
+       [] { return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .dampening = 0.5}); },
+       {0.82566077995, 0.3026431198, 0.046035320300000016}}};
+  for (const TorchCase& k : cases) {
+    SCOPED_TRACE(k.name);
+    k.expect_matches(c, 10);
+  }
+  // Ascent, 4 steps.
+  const std::vector<double> ascended =
+      c.kiln(optim::SGD({.lr = 0.1, .momentum = 0.9, .dampening = 0.5, .maximize = true}), 4);
+  const std::vector<double> torch_ascended{0.15844375, -2.366225, 4.0493375};
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(ascended[i], torch_ascended[i], 1e-13) << i;
+  expect_error<GraphError>([] { optim::SGD({.dampening = 1.5}); }, {"0 <= dampening <= 1", "1.5"});
+  expect_error<GraphError>(
+      [] { optim::SGD({.momentum = 0.9, .nesterov = true, .dampening = 0.1}); },
+      {"Nesterov", "dampening 0", "0.1"});
+  Graph g;
+  Value p = g.variable("p", {3}, init::zeros(), f64);
+  expect_error<GraphError>(
+      [&] { sgd_update(p, p, p, g.scalar(0.1, f64), 0.9, false, 0, {}, {}, 0.5); },
+      {"[sgd_update]", "dampening 0.5", "step"});
+}
+
+// Parameter groups: each variable's update uses its group's rate and weight decay; the
+// schedule scales every group. Plain SGD, so the reference is p -= lr_t (g + wd p) per group.
+TEST(Optimizers, ParamGroupsHaveTheirOwnRateAndDecay) {
+  Graph g;
+  Value w = g.variable("w", {2, 2}, init::zeros(), f64);
+  Value b = g.variable("b", {2}, init::zeros(), f64);
+  Value frozen = g.variable("frozen", {2}, init::zeros(), f64);
+  const std::vector<double> w0 = {0.5, -1, 2, 0.25}, b0 = {1, -2};
+  Value loss = (sum(square(w - 1.0)) + sum(square(b + 0.5)) + sum(square(frozen))) * 0.5;
+  const auto groups = optim::decay_matrices_only({w, b});
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[0].variables[0].name(), "w");
+  EXPECT_EQ(groups[1].variables[0].name(), "b");
+  EXPECT_EQ(groups[1].weight_decay, 0.0);
+  optim::SGD sgd({.lr = 0.1, .weight_decay = 0.2, .schedule = optim::Schedule::exponential(0.5)});
+  std::vector<optim::ParamGroup> with_rates = groups;
+  with_rates[1].lr = 0.3;
+  Value train = sgd.with_param_groups(with_rates).minimize(loss);  // frozen: in no group
+  Session s(g);
+  s.set_variable(w, Tensor::from_vector<double>(w0, {2, 2}));
+  s.set_variable(b, Tensor::from_vector<double>(b0));
+  s.set_variable(frozen, Tensor::from_vector<double>({3, 3}));
+  std::vector<double> rw = w0, rb = b0;
+  for (int t = 0; t < 3; ++t) {
+    s.run({}, {}, {train});
+    const double factor = std::pow(0.5, t);
+    for (double& p : rw) p -= 0.1 * factor * ((p - 1) + 0.2 * p);
+    for (double& p : rb) p -= 0.3 * factor * (p + 0.5);
+  }
+  auto got_w = s.variable_value(w).to_vector<double>(),
+       got_b = s.variable_value(b).to_vector<double>();
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(got_w[i], rw[i], 1e-14) << i;
+  for (int i = 0; i < 2; ++i) EXPECT_NEAR(got_b[i], rb[i], 1e-14) << i;
+  EXPECT_EQ(s.variable_value(frozen).to_vector<double>(), (std::vector<double>{3, 3}));
+
+  optim::SGD other;
+  expect_error<GraphError>(
+      [&] {
+        other.with_param_groups({{{w}}, {{b, w}}});
+      },
+      {"w is in two parameter groups", "group 1"});
+  expect_error<GraphError>(
+      [&] {
+        other.with_param_groups({{{w}}, {}});
+      },
+      {"parameter group 1 has no variables"});
+  expect_error<GraphError>(
+      [&] {
+        other.with_param_groups({{{w}, -1.0}});
+      },
+      {"parameter group 0", "must be > 0, got -1"});
+  expect_error<GraphError>([&] { other.with_param_groups({{{w * 2.0}}}); }, {"is not a variable"});
+  other.with_param_groups({{{w}}});
+  expect_error<GraphError>(
+      [&] {
+        other.apply_gradients({{b * 1.0, b}});
+      },
+      {"b is in none of the 1 parameter groups"});
+}
+
+// The moving average read in the training run itself: the first run copies the weights SGD
+// just made, later runs move towards them (torch's AveragedModel.update_parameters after each
+// optimizer.step()); with warm-up the decay is min(decay, (1 + n) / (10 + n)).
+TEST(Optimizers, ExponentialMovingAverageFollowsTheTrainedWeights) {
+  for (bool warmup : {false, true}) {
+    SCOPED_TRACE(warmup ? "warmup" : "fixed decay");
+    Graph g;
+    Value w = g.variable("w", {2}, init::zeros(), f64);
+    Value loss = sum(square(w - 1.0)) * 0.5;
+    optim::SGD sgd({.lr = 0.25});
+    Value train = sgd.minimize(loss);
+    optim::ExponentialMovingAverage ema(0.5, warmup);
+    Value average = ema.apply(g, {}, &sgd);
+    EXPECT_EQ(ema.average(w).name(), "w/ema");
+    Session s(g);
+    s.set_variable(w, Tensor::from_vector<double>({2, -2}));
+    std::vector<double> p = {2, -2}, shadow(2);
+    for (int n = 0; n < 4; ++n) {
+      s.run({}, {}, {train, average});
+      const double d = warmup ? std::min(0.5, (1.0 + n) / (10.0 + n)) : 0.5;
+      for (int i = 0; i < 2; ++i) {
+        p[i] -= 0.25 * (p[i] - 1);
+        shadow[i] = n == 0 ? p[i] : d * shadow[i] + (1 - d) * p[i];
+      }
+      const auto got = s.variable_value(ema.average(w)).to_vector<double>();
+      for (int i = 0; i < 2; ++i) EXPECT_NEAR(got[i], shadow[i], 1e-15) << n << " " << i;
+    }
+    EXPECT_EQ(s.variable_value(g.value("ema/num_updates")).item<int64_t>(), 4);
+    EXPECT_NE(s.variable_value(w).to_vector<double>(), shadow);
+    // Evaluate with the averages, then train on from the weights as they were.
+    expect_error<GraphError>([&] { ema.restore_weights(); }, {"needs swap_in_averages first"});
+    const Value swap = ema.swap_in_averages(), restore = ema.restore_weights();
+    const Tensor trained = s.variable_value(w);
+    s.run({}, {}, {swap});
+    EXPECT_EQ(s.variable_value(w).to_vector<double>(), shadow);
+    s.run({}, {}, {restore});
+    EXPECT_TRUE(equal_bits(s.variable_value(w), trained));
+    EXPECT_TRUE(g.find_node("w/ema_backup"));
+    EXPECT_FALSE(s.variable_values().count("w/ema_backup"));  // not checkpointed
+    s.run({}, {}, {ema.copy_to_variables()});
+    EXPECT_EQ(s.variable_value(w).to_vector<double>(), shadow);
+
+    expect_error<GraphError>([&] { ema.apply(g); }, {"'ema' was already applied"});
+    expect_error<GraphError>([&] { ema.average(g.value("global_step")); },
+                             {"has no average of global_step"});
+  }
+  Graph g;
+  Value step = g.variable("count", {}, init::zeros(), i64);
+  expect_error<GraphError>([&] { optim::ExponentialMovingAverage(0.9).apply(g, {step}); },
+                           {"count is i64, not floating point"});
+  expect_error<GraphError>([&] { optim::ExponentialMovingAverage(1.5); }, {"got 1.5"});
+}
+
+}  // namespace
+}  // namespace kiln
