@@ -87,6 +87,9 @@ void add_rotary_cases(const std::function<void(OpCase)>& add);
 /// Adds the cases of the losses with kernels of their own: ctc_loss (tests/cases/loss_cases.cc).
 void add_loss_cases(const std::function<void(OpCase)>& add);
 
+/// Adds the fused optimizer updates' cases (tests/cases/update_cases.cc).
+void add_update_cases(const std::function<void(OpCase)>& add);
+
 /// Adds the fused recurrent cells' cases (tests/cases/recurrent_cases.cc).
 void add_recurrent_cases(const std::function<void(OpCase)>& add);
 
