@@ -79,9 +79,9 @@ struct OpCase {
 void add_nn_cases(const std::function<void(OpCase)>& add);
 /// Adds the normalization cases (tests/cases/nn_cases.cc).
 void add_normalization_cases(const std::function<void(OpCase)>& add);
-/// Adds the attention cases (tests/cases/nn_cases.cc).
+/// Adds the attention cases (tests/cases/attention_cases.cc).
 void add_attention_cases(const std::function<void(OpCase)>& add);
-/// Adds the rotary embedding cases (tests/cases/nn_cases.cc).
+/// Adds the rotary embedding cases (tests/cases/attention_cases.cc).
 void add_rotary_cases(const std::function<void(OpCase)>& add);
 
 /// Adds the cases of the losses with kernels of their own: ctc_loss (tests/cases/loss_cases.cc).
