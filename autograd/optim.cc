@@ -512,16 +512,40 @@ std::vector<Value> clip_by_value(const std::vector<Value>& grads, double limit) 
 }
 
 std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
-                                       Value* norm) {
+                                       Value* norm, double norm_type) {
   KILN_CHECK(!grads.empty(), GraphError, "[optim] clip_by_global_norm of no gradients");
   KILN_CHECK(max_norm > 0, GraphError, "[optim] max_norm must be > 0, got ", max_norm);
-  std::vector<Value> squares;
-  for (const Value& g : grads) squares.push_back(cast(sum(square(g)), f32));
-  Value total = sqrt(add_n(squares));
+  KILN_CHECK(norm_type > 0, GraphError,
+             "[optim] clip_by_global_norm needs a norm_type > 0 (or INFINITY), got ", norm_type);
+  DType acc = f32;
+  for (const Value& g : grads)
+    if (g.dtype() == f64) acc = f64;
+  // Each gradient's share: sum |g|^p (p = 2: g^2; p = 1: |g|), or max |g| for p = inf.
+  const bool largest = std::isinf(norm_type);
+  std::vector<Value> parts;
+  for (const Value& gradient : grads) {
+    // 16-bit gradients widened first: their squares and powers overflow early.
+    const Value g =
+        gradient.dtype() == f32 || gradient.dtype() == f64 ? gradient : cast(gradient, f32);
+    Value magnitude = norm_type == 2 ? Value() : abs(g);
+    parts.push_back(cast(largest          ? max(magnitude)
+                         : norm_type == 2 ? sum(square(g))
+                         : norm_type == 1 ? sum(magnitude)
+                                          : sum(pow(magnitude, norm_type)),
+                         acc));
+  }
+  Value total;
+  if (largest) {
+    total = parts[0];
+    for (size_t i = 1; i < parts.size(); ++i) total = maximum(total, parts[i]);
+  } else {
+    total = add_n(parts);
+    total = norm_type == 2 ? sqrt(total) : norm_type == 1 ? total : pow(total, 1 / norm_type);
+  }
   if (norm) *norm = total;
   // scale = min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.
   Graph& graph = *total.graph();
-  Value scale = minimum(graph.scalar(max_norm, f32) / (total + 1e-6), graph.scalar(1, f32));
+  Value scale = minimum(graph.scalar(max_norm, acc) / (total + 1e-6), graph.scalar(1, acc));
   std::vector<Value> out;
   for (const Value& g : grads) out.push_back(g * cast(scale, g.dtype()));
   return out;
@@ -684,7 +708,7 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
   if (negate)
     for (Value& g : grads) g = -g;
   if (clip_value_ > 0) grads = clip_by_value(grads, clip_value_);
-  if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_);
+  if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_, nullptr, clip_norm_type_);
   momentum_now_ = scheduled_momentum(graph, schedule_, step);
   for (Value& advance : prepare_step(graph, step, apply_if)) updates.push_back(advance);
   // Each variable's group (none: the optimizer's own settings); one schedule per rate and dtype.
@@ -805,8 +829,8 @@ Value ExponentialMovingAverage::restore_weights() const {
 }
 
 SGD::SGD(SGDOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
-                options.maximize),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
       options_(options) {
   KILN_CHECK(options.dampening >= 0 && options.dampening <= 1, GraphError,
              "[optim] SGD needs 0 <= dampening <= 1, got ", options.dampening);
@@ -825,8 +849,8 @@ Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Va
 
 AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,
                                          bool allows_amsgrad)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
-                options.maximize),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
       options_(options),
       decoupled_(decoupled) {
   KILN_CHECK(allows_amsgrad || !options.amsgrad, GraphError, "[optim] ", name,
@@ -893,8 +917,8 @@ Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const 
 }
 
 Adagrad::Adagrad(AdagradOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
-                options.maximize),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
       options_(options) {
   KILN_CHECK(options.lr_decay >= 0 && options.initial_accumulator_value >= 0, GraphError,
              "[optim] Adagrad needs lr_decay >= 0 and initial_accumulator_value >= 0, got ",
@@ -909,8 +933,8 @@ Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, cons
 }
 
 RMSProp::RMSProp(RMSPropOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
-                options.maximize),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
       options_(options) {}
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
@@ -929,8 +953,8 @@ Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, cons
 }
 
 Rprop::Rprop(RpropOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
-                options.maximize),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
       options_(options) {
   KILN_CHECK(0 < options.eta_minus && options.eta_minus < 1 && options.eta_plus > 1, GraphError,
              "[optim] Rprop needs 0 < eta_minus < 1 < eta_plus, got ", options.eta_minus, " and ",
@@ -952,8 +976,8 @@ Value Rprop::update(const Value& var, const Value& grad, const Value& lr, const 
 }
 
 ASGD::ASGD(ASGDOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_value,
-                options.maximize),
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
       options_(options) {
   KILN_CHECK(options.lambd >= 0 && options.alpha >= 0, GraphError,
              "[optim] ASGD needs lambd >= 0 and alpha >= 0, got ", options.lambd, " and ",

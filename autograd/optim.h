@@ -153,7 +153,8 @@ struct SGDOptions {
   /// dampening; Nesterov needs 0).
   double dampening = 0;
   Schedule schedule{};
-  double clip_norm = 0;   ///< > 0: scale gradients so their global L2 norm is at most this
+  double clip_norm = 0;       ///< > 0: scale gradients so their global norm is at most this
+  double clip_norm_type = 2;  ///< that norm: 2 (L2), 1, any p > 0, or INFINITY (the largest |g|)
   double clip_value = 0;  ///< > 0: clamp each gradient element to [-clip_value, clip_value] first
   bool maximize = false;  ///< ascend: every update follows the negated gradient (torch's maximize)
 };
@@ -166,6 +167,7 @@ struct AdamOptions {
   double weight_decay = 0;  ///< Adam: L2 added to the gradient; AdamW: decoupled decay
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
   double clip_value = 0;
   bool maximize = false;
   bool amsgrad = false;  ///< Adam and AdamW: the denominator from the largest v so far
@@ -179,6 +181,7 @@ struct AdagradOptions {
   double eps = 1e-10;
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
   double clip_value = 0;
   bool maximize = false;
 };
@@ -190,6 +193,7 @@ struct RMSPropOptions {
   double weight_decay = 0;
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
   double clip_value = 0;
   bool maximize = false;
   double momentum = 0;    ///< > 0: b = momentum b + g / denominator, p -= lr b
@@ -202,6 +206,7 @@ struct RpropOptions {
   double step_size_min = 1e-6, step_size_max = 50;
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
   double clip_value = 0;
   bool maximize = false;
 };
@@ -214,6 +219,7 @@ struct ASGDOptions {
   double weight_decay = 0;
   Schedule schedule{};
   double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
   double clip_value = 0;
   bool maximize = false;
 };
@@ -285,10 +291,12 @@ class Optimizer {
   Value updated(const Value& variable) const;
 
  protected:
-  Optimizer(double lr, Schedule schedule, double clip_norm, double clip_value, bool maximize)
+  Optimizer(double lr, Schedule schedule, double clip_norm, double clip_norm_type,
+            double clip_value, bool maximize)
       : lr_(lr),
         schedule_(schedule),
         clip_norm_(clip_norm),
+        clip_norm_type_(clip_norm_type),
         clip_value_(clip_value),
         maximize_(maximize) {}
   /// The update op for one variable with its group's weight decay; it applies only where
@@ -322,7 +330,7 @@ class Optimizer {
  private:
   double lr_;
   Schedule schedule_;
-  double clip_norm_;
+  double clip_norm_, clip_norm_type_;
   double clip_value_;
   bool maximize_;
   LossScaleOptions loss_scale_;
@@ -521,9 +529,11 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
 Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& step);
 /// Each gradient with its elements clamped to [-limit, limit] (torch.nn.utils.clip_grad_value_).
 std::vector<Value> clip_by_value(const std::vector<Value>& grads, double limit);
-/// The gradients scaled by min(1, max_norm / ||grads||) (one global L2 norm); `norm` receives
-/// the norm before clipping.
+/// The gradients scaled by min(1, max_norm / (||grads|| + 1e-6)), ||grads|| the p-norm of all
+/// their elements together (p = norm_type: 2, 1, any p > 0, or INFINITY for the largest |g|), as
+/// torch.nn.utils.clip_grad_norm_. The norm is computed in f64 where a gradient is f64, else in
+/// f32; `norm` receives it (before clipping).
 std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
-                                       Value* norm = nullptr);
+                                       Value* norm = nullptr, double norm_type = 2);
 
 }  // namespace kiln::optim

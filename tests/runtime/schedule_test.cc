@@ -37,6 +37,57 @@ TEST(Optimizers, SchedulesAndClipping) {
   EXPECT_NEAR(out[1].element(1), 0.8, 1e-6);
   auto loose = optim::clip_by_global_norm({a, b}, 100.0);
   EXPECT_NEAR(s.run({}, {loose[0]})[0].element(0), 3, 1e-9);
+  {
+    // Other norms (torch.nn.utils.clip_grad_norm_'s norm_type, f64: computed in f64), max_norm 1:
+    // torch's norm and clipped gradients.
+    Value u = g.constant(Tensor::from_vector<double>({1.5, -2.0, 0.25}));
+    Value w = g.constant(Tensor::from_vector<double>({0.5, 3.0, -1.0, 0.125}).reshaped({2, 2}));
+    struct Norm {
+      double type, torch_norm;
+      std::vector<double> torch_u, torch_w;
+    };
+    const std::vector<Norm> norms = {
+        {INFINITY,
+         3.0,
+         {0.4999998333333889, -0.6666664444445185, 0.08333330555556481},
+         {0.16666661111112963, 0.9999996666667778, -0.33333322222225925, 0.041666652777782406}},
+        {1.0,
+         8.375,
+         {0.17910445622633359, -0.23880594163511146, 0.029850742704388932},
+         {0.059701485408777864, 0.35820891245266717, -0.11940297081755573, 0.014925371352194466}},
+        {3.0,
+         3.40614741716146,
+         {0.44038010570603275, -0.5871734742747103, 0.07339668428433879},
+         {0.14679336856867758, 0.8807602114120655, -0.29358673713735517, 0.036698342142169396}},
+        {2.0,
+         4.071624368725582,
+         {0.36840324542665365, -0.4912043272355382, 0.061400540904442275},
+         {0.12280108180888455, 0.7368064908533073, -0.2456021636177691, 0.030700270452221137}}};
+    for (const Norm& n : norms) {
+      SCOPED_TRACE(n.type);
+      Value total;
+      auto scaled = optim::clip_by_global_norm({u, w}, 1.0, &total, n.type);
+      EXPECT_EQ(total.dtype(), f64);
+      auto got = s.run({}, {scaled[0], scaled[1], total});
+      EXPECT_NEAR(got[2].item<double>(), n.torch_norm, 1e-14);
+      testing::expect_near(n.torch_u, got[0], 1e-15, 1e-14, "u");
+      testing::expect_near(n.torch_w, got[1], 1e-15, 1e-14, "w");
+    }
+    for (double bad : {0.0, -1.0, std::nan("")})
+      expect_error<GraphError>([&] { optim::clip_by_global_norm({u}, 1.0, nullptr, bad); },
+                               {"norm_type > 0"});
+    // As an option: SGD on sum(p^2) / 2 from {5, -0.5}, its gradient clipped to a largest
+    // element of 1, three steps as torch's.
+    Graph h;
+    Value p = h.variable("p", {2}, init::zeros(), f64);
+    Value train = optim::SGD({.lr = 0.5, .clip_norm = 1, .clip_norm_type = INFINITY})
+                      .minimize(sum(square(p)) * 0.5);
+    Session t(h);
+    t.set_variable(p, Tensor::from_vector<double>({5, -0.5}));
+    for (int i = 0; i < 3; ++i) t.run({}, {}, {train});
+    testing::expect_near({3.500000336111026, -0.3500000336111026}, t.variable_value(p), 1e-15,
+                         1e-14, "SGD");
+  }
   auto clamped = optim::clip_by_value({a, b}, 3.5);
   auto values = s.run({}, {clamped[0], clamped[1]});
   EXPECT_EQ(values[0].to_vector<double>(), (std::vector<double>{3, 0}));
