@@ -716,6 +716,7 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
   for (const ParamGroup& group : groups_)
     for (const Value& v : group.variables) group_of[v.name()] = &group;
   std::map<std::pair<DType, double>, Value> lr_by_dtype_and_rate;
+  const Value rate_step = schedule_step(step);
   updated_.clear();
   for (size_t i = 0; i < vars.size(); ++i) {
     const ParamGroup* group = nullptr;
@@ -728,7 +729,7 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
     const double base_lr = group && group->lr ? *group->lr : lr_;
     const double decay = group && group->weight_decay ? *group->weight_decay : weight_decay();
     Value& lr = lr_by_dtype_and_rate[{vars[i].dtype(), base_lr}];
-    if (!lr.defined()) lr = learning_rate(graph, base_lr, schedule_, step, vars[i].dtype());
+    if (!lr.defined()) lr = learning_rate(graph, base_lr, schedule_, rate_step, vars[i].dtype());
     updates.push_back(update(vars[i], grads[i], lr, step, decay, apply_if));
     updated_[vars[i].name()] = updates.back();
   }
@@ -989,6 +990,13 @@ Value ASGD::update(const Value& var, const Value& grad, const Value& lr, const V
   refuse_cycled_momentum("ASGD");
   return asgd_update(var, slot(var, "asgd_ax"), grad, lr, step, options_.lambd, options_.alpha,
                      options_.t0, weight_decay, apply_if);
+}
+
+Value ASGD::schedule_step(const Value& step) const {
+  // torch's ASGD computes the step size eta at the end of each step from that step's rate and
+  // uses it in the next: step t's update reads the rate of step t - 1 (step 0's, its own).
+  Graph& graph = *step.graph();
+  return maximum(step - graph.scalar(1, i64), graph.scalar(0, i64));
 }
 
 Value ASGD::average(const Value& variable) const {

@@ -305,6 +305,8 @@ class Optimizer {
                        double weight_decay, const Value& apply_if) = 0;
   /// The optimizer's own weight decay (a group's default).
   virtual double weight_decay() const = 0;
+  /// The step whose scheduled rate the update at `step` reads (ASGD: the step before).
+  virtual Value schedule_step(const Value& step) const { return step; }
   /// Makes the state every variable's update reads, once per apply_gradients and before the
   /// updates (NAdam's running momentum product), and returns the ops that advance it; they
   /// advance only where `apply_if` (when defined) is true.
@@ -473,6 +475,7 @@ class ASGD : public Optimizer {
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                double weight_decay, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  Value schedule_step(const Value& step) const override;
   ASGDOptions options_;
 };
 

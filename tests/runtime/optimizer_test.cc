@@ -251,6 +251,27 @@ TEST(Optimizers, RpropAndAsgdMatchTorch) {
     expect_error<GraphError>([&] { asgd.average(g.constant(Tensor::scalar<double>(1))); },
                              {"ASGD has no average of", "minimize must train it first"});
   }
+  {
+    // Under a schedule (StepLR(2, 0.5)): torch's step t reads the step size eta it computed at
+    // the end of step t - 1 from that step's rate.
+    SCOPED_TRACE("ASGD under StepLR");
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    optim::ASGD asgd({.lr = 0.1,
+                      .lambd = 0.01,
+                      .t0 = 2,
+                      .weight_decay = 0.05,
+                      .schedule = optim::Schedule::step_decay(2, 0.5)});
+    Value train = asgd.minimize(loss);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    for (int i = 0; i < 6; ++i) s.run({}, {}, {train});
+    expect(s.variable_value(p).to_vector<double>(),
+           {0.6666823629894887, -0.269434749450326, 0.8935128244102025});
+    expect(s.variable_value(asgd.average(p)).to_vector<double>(),
+           {0.6563712951203422, -0.3146279405363728, 0.961960764307516});
+  }
   for (const char* name : {"Rprop", "ASGD"}) {
     const optim::Schedule cycle = optim::Schedule::one_cycle(10);
     expect_error<GraphError>(
