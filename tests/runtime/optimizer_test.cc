@@ -234,44 +234,34 @@ TEST(Optimizers, RpropAndAsgdMatchTorch) {
   }
   expect(c.kiln(optim::Rprop({.lr = 0.4, .maximize = true}), 4),
          {-1.6471999999999998, -3.1471999999999998, 4.1472});
-  {
-    SCOPED_TRACE("ASGD");
+  // ASGD for 6 steps: its parameters and their average against torch's.
+  auto expect_asgd = [&](const optim::ASGDOptions& options, const std::vector<double>& torch_p,
+                         const std::vector<double>& torch_average) {
     Graph g;
     Value p = g.variable("p", {3}, init::zeros(), f64);
     Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
-    optim::ASGD asgd({.lr = 0.1, .lambd = 0.1, .t0 = 2, .weight_decay = 0.05});
+    optim::ASGD asgd(options);
     Value train = asgd.minimize(loss);
     Session s(g);
     s.set_variable(p, Tensor::from_vector<double>(c.p0));
     for (int i = 0; i < 6; ++i) s.run({}, {}, {train});
-    expect(s.variable_value(p).to_vector<double>(),
-           {0.6894739686270873, -0.041484629298263354, 0.5287903612484971});
-    expect(s.variable_value(asgd.average(p)).to_vector<double>(),
-           {0.6660163549503609, -0.16015255730993827, 0.7109318321501377});
+    expect(s.variable_value(p).to_vector<double>(), torch_p);
+    expect(s.variable_value(asgd.average(p)).to_vector<double>(), torch_average);
     expect_error<GraphError>([&] { asgd.average(g.constant(Tensor::scalar<double>(1))); },
                              {"ASGD has no average of", "minimize must train it first"});
-  }
-  {
-    // Under a schedule (StepLR(2, 0.5)): torch's step t reads the step size eta it computed at
-    // the end of step t - 1 from that step's rate.
-    SCOPED_TRACE("ASGD under StepLR");
-    Graph g;
-    Value p = g.variable("p", {3}, init::zeros(), f64);
-    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
-    optim::ASGD asgd({.lr = 0.1,
-                      .lambd = 0.01,
-                      .t0 = 2,
-                      .weight_decay = 0.05,
-                      .schedule = optim::Schedule::step_decay(2, 0.5)});
-    Value train = asgd.minimize(loss);
-    Session s(g);
-    s.set_variable(p, Tensor::from_vector<double>(c.p0));
-    for (int i = 0; i < 6; ++i) s.run({}, {}, {train});
-    expect(s.variable_value(p).to_vector<double>(),
-           {0.6666823629894887, -0.269434749450326, 0.8935128244102025});
-    expect(s.variable_value(asgd.average(p)).to_vector<double>(),
-           {0.6563712951203422, -0.3146279405363728, 0.961960764307516});
-  }
+  };
+  expect_asgd({.lr = 0.1, .lambd = 0.1, .t0 = 2, .weight_decay = 0.05},
+              {0.6894739686270873, -0.041484629298263354, 0.5287903612484971},
+              {0.6660163549503609, -0.16015255730993827, 0.7109318321501377});
+  // Under a schedule (StepLR(2, 0.5)): torch's step t reads the step size eta it computed at the
+  // end of step t - 1 from that step's rate.
+  expect_asgd({.lr = 0.1,
+               .lambd = 0.01,
+               .t0 = 2,
+               .weight_decay = 0.05,
+               .schedule = optim::Schedule::step_decay(2, 0.5)},
+              {0.6666823629894887, -0.269434749450326, 0.8935128244102025},
+              {0.6563712951203422, -0.3146279405363728, 0.961960764307516});
   for (const char* name : {"Rprop", "ASGD"}) {
     const optim::Schedule cycle = optim::Schedule::one_cycle(10);
     expect_error<GraphError>(
