@@ -680,7 +680,25 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
   }
   Value step = step_counter(graph);
   std::vector<Value> updates;
-  Value apply_if;  // with loss scaling: the gradients are finite
+  steps_now_ = {};
+  if (micro_batches_ > 1) {
+    // Sum this run's gradients into the accumulators; the run that completes the count steps
+    // with their mean and clears them.
+    const double count_to = static_cast<double>(micro_batches_);
+    Value count = state_variable(graph, state_name("accumulated_micro_batches"), i64, Shape{}, 0);
+    NameScope scope(graph, "gradient_accumulation");
+    Value counted = count + graph.scalar(1, i64);
+    steps_now_ = equal(counted, graph.scalar(count_to, i64));
+    updates.push_back(assign(count, where(steps_now_, graph.scalar(0, i64), counted)));
+    for (size_t i = 0; i < grads.size(); ++i) {
+      Value sum = slot(vars[i], "grad_sum");
+      Value total = sum + grads[i];
+      updates.push_back(assign(sum, where(steps_now_, 0.0, total)));
+      grads[i] = total / count_to;
+    }
+  }
+  Value apply_if = steps_now_;  // with accumulation, this run steps; with loss scaling, and
+                                // the gradients are finite
   if (scaling_) {
     Value scale = loss_scale_variable(graph, loss_scale_);
     Value good = graph.find_node("loss_scale_good_steps")
@@ -692,15 +710,22 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
     std::vector<Value> probes;
     for (const Value& g : grads) probes.push_back(cast(sum(g * 0.0), f32));
     Value probe = add_n(probes);
-    apply_if = equal(probe, probe);
+    Value finite = equal(probe, probe);
     // S grows after growth_interval good steps in a row, shrinks at every overflow.
     Value next_good = good + graph.scalar(1, i64);
     Value grow =
         equal(next_good, graph.scalar(static_cast<double>(loss_scale_.growth_interval), i64));
-    Value new_scale = where(apply_if, where(grow, scale * loss_scale_.growth, scale),
-                            scale * loss_scale_.backoff);
+    Value new_scale =
+        where(finite, where(grow, scale * loss_scale_.growth, scale), scale * loss_scale_.backoff);
     Value new_good =
-        where(apply_if, where(grow, graph.scalar(0, i64), next_good), graph.scalar(0, i64));
+        where(finite, where(grow, graph.scalar(0, i64), next_good), graph.scalar(0, i64));
+    if (steps_now_.defined()) {  // the scale adapts once per step, as GradScaler.update()
+      new_scale = where(steps_now_, new_scale, scale);
+      new_good = where(steps_now_, new_good, good);
+      apply_if = where(steps_now_, finite, 0.0);
+    } else {
+      apply_if = finite;
+    }
     updates.push_back(assign(scale, new_scale));
     updates.push_back(assign(good, new_good));
   }
@@ -739,6 +764,13 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
   return group(graph, updates);
 }
 
+Optimizer& Optimizer::with_gradient_accumulation(int64_t micro_batches) {
+  KILN_CHECK(micro_batches >= 1, GraphError,
+             "[optim] gradient accumulation needs micro_batches >= 1, got ", micro_batches);
+  micro_batches_ = micro_batches;
+  return *this;
+}
+
 Value Optimizer::updated(const Value& variable) const {
   auto found = updated_.find(variable.name());
   return found == updated_.end() ? Value{} : found->second;
@@ -758,6 +790,8 @@ Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables
   if (variables.empty()) variables = graph.variables(/*trainable_only=*/true);
   KILN_CHECK(!variables.empty(), GraphError, "[optim] ExponentialMovingAverage of no variables");
   Value count = state_variable(graph, name_ + "/num_updates", i64, Shape{}, 0);
+  const Value* steps =
+      trained_by && trained_by->steps_now().defined() ? &trained_by->steps_now() : nullptr;
   NameScope scope(graph, name_);
   Value first = equal(count, graph.scalar(0, i64));
   Value rate = graph.scalar(decay_, f64);  // in f64, cast to each variable's dtype
@@ -780,11 +814,13 @@ Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables
     Value current =
         trained_by && trained_by->updated(var).defined() ? trained_by->updated(var) : var;
     Value d = cast(rate, var.dtype());
-    Value moved = shadow * d + current * (1.0 - d);
-    moves.push_back(assign(shadow, where(first, current, moved)));
+    Value moved = where(first, current, shadow * d + current * (1.0 - d));
+    // Under gradient accumulation the average moves only in the runs that step.
+    if (steps) moved = where(*steps, moved, shadow);
+    moves.push_back(assign(shadow, moved));
     shadows_.emplace_back(var, shadow);
   }
-  moves.push_back(assign_add(count, graph.scalar(1, i64)));
+  moves.push_back(assign_add(count, steps ? cast(*steps, i64) : graph.scalar(1, i64)));
   return group(graph, moves);
 }
 

@@ -252,6 +252,17 @@ class Optimizer {
     scaling_ = true;
     return *this;
   }
+  /// Accumulates gradients over `micro_batches` runs before each step (torch: that many
+  /// backward() calls, each on loss / micro_batches, before one step()): every run adds its
+  /// gradients to the variables "<var>/grad_sum" and counts it ("accumulated_micro_batches"); the
+  /// run that completes the count steps with their mean (clipping, loss scaling's overflow
+  /// check and the step counter see only that) and clears them. The other runs change no
+  /// variable, slot or step. An ExponentialMovingAverage given this optimizer moves only on
+  /// the runs that step. micro_batches < 1 is a GraphError; 1 turns it off.
+  Optimizer& with_gradient_accumulation(int64_t micro_batches);
+  /// With gradient accumulation, after apply_gradients: the bool scalar that is true in the run
+  /// that steps; else undefined (every run steps).
+  const Value& steps_now() const { return steps_now_; }
   /// Gives each group's variables the group's learning rate and weight decay. From then on
   /// minimize() and compute_gradients() with no variables train the groups' variables (in
   /// group order), and apply_gradients() refuses a variable that is in no group. A variable in
@@ -340,6 +351,8 @@ class Optimizer {
   std::vector<ParamGroup> groups_;
   std::map<std::string, Value> updated_;  ///< by variable name, from the last apply_gradients
   Value momentum_now_;
+  int64_t micro_batches_ = 1;
+  Value steps_now_;  ///< with gradient accumulation: this run completes the micro-batches
   std::string name_;
 };
 

@@ -1,4 +1,5 @@
 // The optimizers against torch.optim: formulas written out, and numbers torch printed.
+#include <cmath>
 #include <functional>
 #include <map>
 #include <memory>
@@ -568,6 +569,106 @@ TEST(Optimizers, ExponentialMovingAverageFollowsTheTrainedWeights) {
   expect_error<GraphError>([&] { optim::ExponentialMovingAverage(0.9).apply(g, {step}); },
                            {"count is i64, not floating point"});
   expect_error<GraphError>([&] { optim::ExponentialMovingAverage(1.5); }, {"got 1.5"});
+}
+
+// Gradient accumulation over micro-batches against torch's loss / N backward() N times, then
+// step(): least squares on two rows a micro-batch (torch 2.15's parameters, f64).
+TEST(Optimizers, GradientAccumulationStepsOnTheMeanAsTorch) {
+  auto micro_batch = [](int r) {
+    std::vector<double> x, y;
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 3; ++j) x.push_back(std::sin(r * 7 + i * 3 + j));
+      y.push_back(std::cos(r + i));
+    }
+    return std::make_pair(Tensor::from_vector<double>(x).reshaped({2, 3}),
+                          Tensor::from_vector<double>(y));
+  };
+  struct Case {
+    const char* name;
+    std::function<std::unique_ptr<optim::Optimizer>()> make;
+    int64_t micro_batches;
+    int runs;
+    std::vector<double> torch;
+  };
+  const std::vector<Case> cases = {
+      {"SGD momentum, 3 micro-batches",
+       [] { return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .momentum = 0.9}); },
+       3,
+       6,
+       {0.7119438342634946, -0.9981643624241776, 1.7900397641664152}},
+      {"Adam, 3 micro-batches",
+       [] { return std::make_unique<optim::Adam>(optim::AdamOptions{.lr = 0.05}); },
+       3,
+       6,
+       {0.5996407960834608, -0.9677834274122359, 1.9016005315124678}},
+      {"SGD clipped to norm 0.5 (the mean's norm), 2 micro-batches",
+       [] { return std::make_unique<optim::SGD>(optim::SGDOptions{.lr = 0.1, .clip_norm = 0.5}); },
+       2,
+       4,
+       {0.5570277384021178, -1.0053078363914907, 1.9372365891148957}}};
+  const std::vector<double> p0{0.5, -1.0, 2.0};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    Graph g;
+    Value x = g.placeholder("x", f64, {2, 3}), y = g.placeholder("y", f64, {2});
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    std::unique_ptr<optim::Optimizer> optimizer = k.make();
+    optimizer->with_gradient_accumulation(k.micro_batches);
+    Value train = optimizer->minimize(mean(square(sum(x * p, {1}) - y)));
+    optim::ExponentialMovingAverage ema(0.5);
+    Value step = group(g, {train, ema.apply(g, {p}, optimizer.get())});
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(p0));
+    std::vector<double> last_step = p0;
+    for (int r = 0; r < k.runs; ++r) {
+      const auto [xs, ys] = micro_batch(r);
+      s.run({{x, xs}, {y, ys}}, {}, {step});
+      const bool steps = (r + 1) % k.micro_batches == 0;
+      const std::vector<double> now = s.variable_value(p).to_vector<double>();
+      // Only the run that completes the micro-batches moves the weights, the counter and the
+      // average (which its first step sets to the weights).
+      EXPECT_EQ(now != last_step, steps) << "run " << r;
+      EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(),
+                (r + 1) / k.micro_batches);
+      EXPECT_EQ(s.variable_value(g.value("ema/num_updates")).item<int64_t>(),
+                (r + 1) / k.micro_batches);
+      if (steps && r + 1 == k.micro_batches) {
+        EXPECT_EQ(s.variable_value(ema.average(p)).to_vector<double>(), now);
+      }
+      last_step = now;
+    }
+    testing::expect_near(k.torch, s.variable_value(p), 1e-13, 1e-14, "p");
+    // The accumulators are clear after a step.
+    EXPECT_EQ(s.variable_value(g.value("p/grad_sum")).to_vector<double>(),
+              (std::vector<double>{0, 0, 0}));
+  }
+  expect_error<GraphError>([] { optim::SGD().with_gradient_accumulation(0); },
+                           {"micro_batches >= 1, got 0"});
+}
+
+// With loss scaling, a micro-batch that overflows spoils its whole step: the step is skipped and
+// the scale backs off once, at the run that would step.
+TEST(Optimizers, GradientAccumulationWithLossScalingSkipsASpoiledStep) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {3});
+  Value p = g.variable("p", {3}, init::constant(1), f32);
+  optim::SGD sgd({.lr = 0.1});
+  sgd.with_loss_scaling({.initial = 8, .growth_interval = 1000}).with_gradient_accumulation(2);
+  Value train = sgd.minimize(sum(x * p));
+  Session s(g);
+  auto run = [&](float v) {
+    s.run({{x, Tensor::from_vector<float>({v, v, v})}}, {}, {train});
+    return std::make_pair(s.variable_value(p).to_vector<float>()[0],
+                          s.variable_value(g.value("loss_scale")).item<float>());
+  };
+  const float first = 1.0f - 0.1f * 2, second = first - 0.1f * 2;  // steps on the mean, 2
+  EXPECT_EQ(run(1), std::make_pair(1.0f, 8.0f));                   // accumulates
+  EXPECT_EQ(run(3), std::make_pair(first, 8.0f));                  // steps
+  EXPECT_EQ(run(INFINITY), std::make_pair(first, 8.0f));           // overflows; the scale waits
+  EXPECT_EQ(run(1), std::make_pair(first, 4.0f));  // the step is skipped, backs off once
+  EXPECT_EQ(s.variable_value(g.value("global_step")).item<int64_t>(), 1);
+  EXPECT_EQ(run(1), std::make_pair(first, 4.0f));  // a fresh accumulation
+  EXPECT_EQ(run(3), std::make_pair(second, 4.0f));
 }
 
 }  // namespace
