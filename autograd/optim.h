@@ -258,8 +258,12 @@ class Optimizer {
   /// run that completes the count steps with their mean (clipping, loss scaling's overflow
   /// check and the step counter see only that) and clears them. The other runs change no
   /// variable, slot or step. An ExponentialMovingAverage given this optimizer moves only on
-  /// the runs that step. micro_batches < 1 is a GraphError; 1 turns it off.
+  /// the runs that step. micro_batches < 1 is a GraphError; 1 turns it off. Data-parallel runs
+  /// accumulate with DataParallelOptions::accumulation_steps instead, which all-reduces only in
+  /// the run that steps (this one would all-reduce every micro-batch).
   Optimizer& with_gradient_accumulation(int64_t micro_batches);
+  /// The micro-batches per step (1: no gradient accumulation).
+  int64_t micro_batches() const { return micro_batches_; }
   /// With gradient accumulation, after apply_gradients: the bool scalar that is true in the run
   /// that steps; else undefined (every run steps).
   const Value& steps_now() const { return steps_now_; }

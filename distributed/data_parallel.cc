@@ -137,6 +137,11 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
 }
 
 Value DataParallel::apply(optim::Optimizer& optimizer) const {
+  KILN_CHECK(!reset.defined() || optimizer.micro_batches() == 1, GraphError,
+             "[data_parallel] the optimizer accumulates ", optimizer.micro_batches(),
+             " micro-batches itself (with_gradient_accumulation) and data_parallel accumulates "
+             "too (accumulation_steps): accumulate in one place, data_parallel's, which "
+             "all-reduces only in the run that steps");
   Value update = optimizer.apply_gradients(gradients);
   if (!reset.defined()) return update;
   return group(*update.graph(), {update, reset});

@@ -246,6 +246,12 @@ TEST(DataParallel, ErrorsNameTheProblem) {
   testing::expect_error<GraphError>(
       [&] { distributed::data_parallel(grads, {.accumulation_steps = 0}); },
       {"accumulation_steps 0"});
+  // Accumulating in the optimizer and in data_parallel both would average twice.
+  optim::SGD accumulating;
+  accumulating.with_gradient_accumulation(2);
+  testing::expect_error<GraphError>(
+      [&] { distributed::data_parallel(grads, {.accumulation_steps = 2}).apply(accumulating); },
+      {"[data_parallel]", "accumulates 2 micro-batches itself", "accumulate in one place"});
   Graph empty;
   testing::expect_error<GraphError>([&] { distributed::broadcast_variables(empty); },
                                     {"no variables"});
