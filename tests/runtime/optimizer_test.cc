@@ -644,6 +644,31 @@ TEST(Optimizers, GradientAccumulationStepsOnTheMeanAsTorch) {
   }
   expect_error<GraphError>([] { optim::SGD().with_gradient_accumulation(0); },
                            {"micro_batches >= 1, got 0"});
+  // A checkpoint taken between micro-batches holds the sums and the count: the restored session
+  // finishes the step as the uninterrupted one does, bit for bit.
+  Graph g;
+  Value x = g.placeholder("x", f64, {2, 3}), y = g.placeholder("y", f64, {2});
+  Value p = g.variable("p", {3}, init::uniform(-1, 1, 4), f64);
+  Value train = optim::Adam({.lr = 0.05})
+                    .with_gradient_accumulation(3)
+                    .minimize(mean(square(sum(x * p, {1}) - y)));
+  auto run = [&](Session& s, int r) {
+    const auto [xs, ys] = micro_batch(r);
+    s.run({{x, xs}, {y, ys}}, {}, {train});
+  };
+  Session straight(g), stopped(g);
+  for (int r = 0; r < 5; ++r) run(straight, r);
+  for (int r = 0; r < 4; ++r) run(stopped, r);
+  stopped.save_checkpoint(testing::tmp("accumulating.ckpt"));
+  Session resumed(g);
+  resumed.restore_checkpoint(testing::tmp("accumulating.ckpt"));
+  EXPECT_EQ(resumed.variable_value(g.value("accumulated_micro_batches")).item<int64_t>(), 1);
+  run(resumed, 4);
+  EXPECT_TRUE(equal_bits(resumed.variable_value(p), straight.variable_value(p)));
+  run(resumed, 5);
+  run(straight, 5);
+  EXPECT_TRUE(equal_bits(resumed.variable_value(p), straight.variable_value(p)));
+  EXPECT_EQ(straight.variable_value(g.value("global_step")).item<int64_t>(), 2);
 }
 
 // With loss scaling, a micro-batch that overflows spoils its whole step: the step is skipped and
