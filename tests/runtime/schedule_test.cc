@@ -137,17 +137,19 @@ TEST(Optimizers, ConstantFactorAndChainedMatchPyTorch) {
           << "case " << i << " step " << t;
   }
   // Schedules that set the rate outright do not chain (torch's result would not be a product).
-  for (const auto& [schedule, why] : std::vector<std::pair<Schedule, const char*>>{
+  // (Not a structured binding: clang before 16 cannot capture one in a lambda.)
+  for (const std::pair<Schedule, const char*>& refused :
+       std::vector<std::pair<Schedule, const char*>>{
            {Schedule::one_cycle(10), "(one_cycle) sets the rate outright"},
            {Schedule::cosine(10, 0.01), "min_lr above 0"},
            {Schedule::custom([](const Value& t) { return t; }), "LambdaLR"},
            {Schedule::reduce_on_plateau(), "observe_metric"}})
     expect_error<GraphError>(
         [&] {
-          optim::learning_rate(g, 0.1, Schedule::chained({Schedule::exponential(0.9), schedule}),
-                               step, f64);
+          optim::learning_rate(
+              g, 0.1, Schedule::chained({Schedule::exponential(0.9), refused.first}), step, f64);
         },
-        {"[optim] chained: schedule 1", why});
+        {"[optim] chained: schedule 1", refused.second});
   expect_error<GraphError>([&] { optim::learning_rate(g, 0.1, Schedule::chained({}), step, f64); },
                            {"chained needs schedules"});
   expect_error<GraphError>(
