@@ -292,9 +292,7 @@ Value cyclic_shape(Graph& graph, const Schedule& schedule, const Value& step, DT
   }
   return shape;
 }
-}  // namespace
 
-namespace {
 // Why `schedule` cannot be a factor of a chained one (torch's ChainedScheduler multiplies the
 // rate by each scheduler's step in turn: the result is a product only where every scheduler
 // multiplies the rate it finds), or null where it can.
@@ -790,8 +788,7 @@ Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables
   if (variables.empty()) variables = graph.variables(/*trainable_only=*/true);
   KILN_CHECK(!variables.empty(), GraphError, "[optim] ExponentialMovingAverage of no variables");
   Value count = state_variable(graph, name_ + "/num_updates", i64, Shape{}, 0);
-  const Value* steps =
-      trained_by && trained_by->steps_now().defined() ? &trained_by->steps_now() : nullptr;
+  const Value steps = trained_by ? trained_by->steps_now() : Value();  // undefined: every run
   NameScope scope(graph, name_);
   Value first = equal(count, graph.scalar(0, i64));
   Value rate = graph.scalar(decay_, f64);  // in f64, cast to each variable's dtype
@@ -816,11 +813,11 @@ Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables
     Value d = cast(rate, var.dtype());
     Value moved = where(first, current, shadow * d + current * (1.0 - d));
     // Under gradient accumulation the average moves only in the runs that step.
-    if (steps) moved = where(*steps, moved, shadow);
+    if (steps.defined()) moved = where(steps, moved, shadow);
     moves.push_back(assign(shadow, moved));
     shadows_.emplace_back(var, shadow);
   }
-  moves.push_back(assign_add(count, steps ? cast(*steps, i64) : graph.scalar(1, i64)));
+  moves.push_back(assign_add(count, steps.defined() ? cast(steps, i64) : graph.scalar(1, i64)));
   return group(graph, moves);
 }
 
