@@ -966,6 +966,22 @@ Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, cons
                         step, options_.lr_decay, options_.eps, weight_decay, apply_if);
 }
 
+Adadelta::Adadelta(AdadeltaOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
+      options_(options) {
+  KILN_CHECK(options.rho >= 0 && options.rho <= 1 && options.eps >= 0, GraphError,
+             "[optim] Adadelta needs rho in [0, 1] and eps >= 0, got rho ", options.rho,
+             " and eps ", options.eps);
+}
+
+Value Adadelta::update(const Value& var, const Value& grad, const Value& lr, const Value&,
+                       double weight_decay, const Value& apply_if) {
+  refuse_cycled_momentum("Adadelta");
+  return adadelta_update(var, slot(var, "adadelta_square_avg"), slot(var, "adadelta_acc_delta"),
+                         grad, lr, options_.rho, options_.eps, weight_decay, apply_if);
+}
+
 RMSProp::RMSProp(RMSPropOptions options)
     : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
                 options.clip_value, options.maximize),

@@ -186,6 +186,18 @@ struct AdagradOptions {
   bool maximize = false;
 };
 
+struct AdadeltaOptions {
+  double lr = 1.0;   ///< scales the step Adadelta computes (torch's default 1: the step as is)
+  double rho = 0.9;  ///< the decay of both running averages, in [0, 1]
+  double eps = 1e-6;
+  double weight_decay = 0;
+  Schedule schedule{};
+  double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
+  double clip_value = 0;
+  bool maximize = false;
+};
+
 struct RMSPropOptions {
   double lr = 0.01;
   double alpha = 0.99;
@@ -451,6 +463,20 @@ class Adagrad : public Optimizer {
                double weight_decay, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
   AdagradOptions options_;
+};
+
+/// Adadelta (Zeiler 2012, torch.optim.Adadelta): each element's step is the running RMS of its
+/// past steps over the running RMS of its gradients, times lr. Slots "adadelta_square_avg" and
+/// "adadelta_acc_delta".
+class Adadelta : public Optimizer {
+ public:
+  explicit Adadelta(AdadeltaOptions options = {});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  AdadeltaOptions options_;
 };
 
 class RMSProp : public Optimizer {

@@ -3,7 +3,7 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, optimizer_step_<sgd|adam|amsgrad|adamax|nadam|radam|adagrad|
-// rmsprop|rprop|asgd|sgd_one_cycle> (by hand: one update of a 4M-element weight under each
+// adadelta|rmsprop|rprop|asgd|sgd_one_cycle> (by hand: one update of a 4M-element weight under each
 // optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step, transformer_step, llama_step,
 // lstm_step, decode_step, decode_long_step, attention_step, gru_step, upsample_step and ctc_step
 // (the last four by hand: not in run.sh; also by hand: lstm_scan_step and gru_scan_step, the LSTM
@@ -219,6 +219,7 @@ double optimizer_step(const SessionOptions& options, const std::string& optimize
   if (optimizer == "nadam") make = std::make_unique<optim::NAdam>();
   if (optimizer == "radam") make = std::make_unique<optim::RAdam>();
   if (optimizer == "adagrad") make = std::make_unique<optim::Adagrad>();
+  if (optimizer == "adadelta") make = std::make_unique<optim::Adadelta>();
   if (optimizer == "rmsprop") make = std::make_unique<optim::RMSProp>();
   if (optimizer == "rprop") make = std::make_unique<optim::Rprop>();
   if (optimizer == "asgd") make = std::make_unique<optim::ASGD>();

@@ -278,7 +278,8 @@ def optimizer_step(name):
     make = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3), "adam": torch.optim.Adam,
             "amsgrad": lambda p: torch.optim.Adam(p, amsgrad=True), "adamax": torch.optim.Adamax,
             "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam,
-            "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
+            "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
+            "rmsprop": torch.optim.RMSprop,
             "rprop": torch.optim.Rprop, "asgd": torch.optim.ASGD,
             "sgd_one_cycle": lambda p: torch.optim.SGD(p, lr=1e-3)}
     if name not in make:

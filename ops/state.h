@@ -19,9 +19,9 @@ Value assign_slice(const Value& var, const Value& update, const Value& start, in
 /// variable's dtype; `step` is the i64 step counter before this step. With `apply_if` (a bool
 /// scalar) the update happens only where it is true: dynamic loss scaling skips steps whose
 /// gradients overflowed. With `momentum_now` (an f64 scalar; all but rmsprop_update,
-/// adagrad_update, rprop_update and asgd_update) it replaces the momentum (SGD's and RMSProp's) or
-/// beta1 (Adam's family) at this step: a schedule that cycles momentum, as OneCycleLR. Each returns
-/// var.
+/// adadelta_update, adagrad_update, rprop_update and asgd_update) it replaces the momentum (SGD's
+/// and RMSProp's) or beta1 (Adam's family) at this step: a schedule that cycles momentum, as
+/// OneCycleLR. Each returns var.
 ///   SGD:     g' = g + wd p;  b = mu b + (1 - dampening) g' (b = g' at step 0);
 ///            p -= lr (nesterov ? g' + mu b : b)
 ///            (mu = 0: p -= lr g'; `buf` is unused and may be undefined). With dampening the
@@ -39,6 +39,12 @@ Value adam_update(const Value& var, const Value& m, const Value& v, const Value&
 ///   RMSProp: g' = g + wd p;  s = a s + (1-a) g'^2;  p -= lr g' / (sqrt(s) + eps)
 Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const Value& lr,
                      double alpha, double eps, double weight_decay, const Value& apply_if = {});
+
+///   Adadelta: g' = g + wd p;  s = rho s + (1-rho) g'^2;  delta = sqrt(u + eps) / sqrt(s + eps) g';
+///            u = rho u + (1-rho) delta^2;  p -= lr delta  (`square_avg` s, `acc_delta` u)
+Value adadelta_update(const Value& var, const Value& square_avg, const Value& acc_delta,
+                      const Value& grad, const Value& lr, double rho, double eps,
+                      double weight_decay, const Value& apply_if = {});
 
 /// The updates whose per-element rule is shared by both devices (ops/state/element_rules.h).
 /// Each takes the variable, its slots, the gradient, lr and the step counter before this step.

@@ -1,8 +1,8 @@
 // Per-element optimizer rules shared by the CPU loops and the CUDA kernels of every fused update
 // (sgd_update, adam_update and their product forms matmul_sgd_update and matmul_adam_update,
-// adagrad_update, adamax_update, amsgrad_update, asgd_update, nadam_update, radam_update,
-// rmsprop_momentum_update, rmsprop_update and rprop_update), so the two devices run one formula.
-// Formulas follow torch.optim. Each rule has:
+// adadelta_update, adagrad_update, adamax_update, amsgrad_update, asgd_update, nadam_update,
+// radam_update, rmsprop_momentum_update, rmsprop_update and rprop_update), so the two devices run
+// one formula. Formulas follow torch.optim. Each rule has:
 //   - kSlots, its state tensors after the variable; kHasStep, whether the op takes the i64 step
 //     count after lr (or takes_step(ctx), where that depends on the attributes); kScalars, the f64
 //     scalar inputs it reads after that (NAdam's running product); a constructor from the node's
@@ -345,6 +345,40 @@ struct NadamRule : AdamFamily {
     second_moment(k, s[1], d);
     const T denominator = sqrt(s[1]) / k.root_c2 + k.eps;
     p -= (k.extra * d + k.rate * s[0]) / denominator;
+  }
+};
+
+/// Adadelta (Zeiler), as torch.optim.Adadelta: d = g + wd p; s = rho s + (1 - rho) d^2;
+/// delta = sqrt(u + eps) / sqrt(s + eps) d; u = rho u + (1 - rho) delta^2; p -= lr delta. The
+/// ratio of the two running RMS gives each element its own unit-correct step; lr only scales it.
+struct AdadeltaRule {
+  static constexpr int kSlots = 2, kScalars = 0;  // s (square_avg), u (acc_delta)
+  static constexpr bool kHasStep = false, kCyclesMomentum = false;
+  double rho, eps, weight_decay;
+
+  explicit AdadeltaRule(const KernelContext& ctx)
+      : rho(ctx.attr<double>("rho")),
+        eps(ctx.attr<double>("eps")),
+        weight_decay(ctx.attr<double>("weight_decay")) {}
+  KILN_HOST_DEVICE bool writes(int) const { return true; }
+
+  template <typename T>
+  struct Coefficients {
+    T lr, rho, eps, decay;
+  };
+  template <typename T>
+  KILN_HOST_DEVICE Coefficients<T> coefficients(T lr, int64_t, const double*) const {
+    return {lr, static_cast<T>(rho), static_cast<T>(eps), static_cast<T>(weight_decay)};
+  }
+  template <typename T>
+  KILN_HOST_DEVICE void apply(const Coefficients<T>& k, T& p, T* s, T g) const {
+    using std::sqrt;
+    const T d = g + k.decay * p;
+    s[0] = k.rho * s[0] + (T(1) - k.rho) * (d * d);
+    // torch's order: sqrt(u + eps) / sqrt(s + eps), then times d.
+    const T delta = sqrt(s[1] + k.eps) / sqrt(s[0] + k.eps) * d;
+    s[1] = k.rho * s[1] + (T(1) - k.rho) * (delta * delta);
+    p -= k.lr * delta;
   }
 };
 

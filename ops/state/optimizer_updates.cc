@@ -1,7 +1,7 @@
 // Fused optimizer updates: each reads the gradient and the slots once and writes the
 // variable and slots once, in one parallel loop. Formulas in ops/state.h; they follow
-// torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adagrad, RMSprop, Rprop, ASGD)
-// so results can be compared step by step. Each update's per-element rule is in
+// torch.optim (SGD, Adam/AdamW and AMSGrad, Adamax, NAdam, RAdam, Adadelta, Adagrad, RMSprop,
+// Rprop, ASGD) so results can be compared step by step. Each update's per-element rule is in
 // element_rules.h, shared with the CUDA kernels and, for SGD and Adam, with the product updates.
 #include <algorithm>
 #include <cmath>
@@ -195,6 +195,29 @@ KILN_OP(rmsprop_update)
     .no_gradient()
     .infer([](const InferContext& ctx) { return infer_update(ctx, 1, false, false, 0, false); })
     .kernel(DeviceKind::cpu, update_cpu<RmspropRule>, {f32, f64});
+
+// Adadelta takes no step count (its rule does not depend on it).
+KILN_OP(adadelta_update)
+    .input("var")
+    .input("square_avg")
+    .input("acc_delta")
+    .input("grad")
+    .input("lr")
+    .variadic_input("apply_if", 0)
+    .attr("rho", 0.9)
+    .attr("eps", 1e-6)
+    .attr("weight_decay", 0.0)
+    .mutates_input(0)
+    .mutates_input(1)
+    .mutates_input(2)
+    .no_gradient()
+    .infer([](const InferContext& ctx) {
+      const double rho = ctx.attr<double>("rho"), eps = ctx.attr<double>("eps");
+      if (!(rho >= 0 && rho <= 1)) ctx.fail("rho must be in [0, 1], got ", rho);
+      if (!(eps >= 0)) ctx.fail("eps must be >= 0, got ", eps);
+      return infer_update(ctx, 2, false, false, 0, false);
+    })
+    .kernel(DeviceKind::cpu, update_cpu<AdadeltaRule>, {f32, f64});
 
 // ---- The kernels: every update runs its rule from element_rules.h (one formula for both
 // devices) over contiguous runs of elements.
@@ -471,6 +494,14 @@ Value rmsprop_update(const Value& var, const Value& sq, const Value& grad, const
   return common_graph("rmsprop_update", {&var, &sq, &grad, &lr})
       .add("rmsprop_update", with_apply_if({var, sq, grad, lr}, apply_if),
            {{"alpha", alpha}, {"eps", eps}, {"weight_decay", weight_decay}});
+}
+
+Value adadelta_update(const Value& var, const Value& square_avg, const Value& acc_delta,
+                      const Value& grad, const Value& lr, double rho, double eps,
+                      double weight_decay, const Value& apply_if) {
+  return common_graph("adadelta_update", {&var, &square_avg, &acc_delta, &grad, &lr})
+      .add("adadelta_update", with_apply_if({var, square_avg, acc_delta, grad, lr}, apply_if),
+           {{"rho", rho}, {"eps", eps}, {"weight_decay", weight_decay}});
 }
 
 Value adagrad_update(const Value& var, const Value& sum, const Value& grad, const Value& lr,

@@ -84,6 +84,7 @@ void element_update_cuda(KernelContext& ctx) {
 }
 KILN_CUDA_KERNEL(sgd_update, element_update_cuda<SgdRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adam_update, element_update_cuda<AdamRule>, {DType::f32, DType::f64});
+KILN_CUDA_KERNEL(adadelta_update, element_update_cuda<AdadeltaRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(adagrad_update, element_update_cuda<AdagradRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(rprop_update, element_update_cuda<RpropRule>, {DType::f32, DType::f64});
 KILN_CUDA_KERNEL(asgd_update, element_update_cuda<AsgdRule>, {DType::f32, DType::f64});

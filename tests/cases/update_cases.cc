@@ -126,6 +126,17 @@ void add_update_cases(const std::function<void(OpCase)>& add) {
        .dtypes = {f64, f32},
        .gradients = false,
        .parity = false});
+  add({.op = "adadelta_update",
+       .name = "adadelta_update",
+       .build =
+           [](CaseGraph& c) {
+             Value var = c.variable({3, 4});
+             return adadelta_update(var, c.variable({3, 4}, 0, 0.1), c.variable({3, 4}, 0, 0.01),
+                                    c.input({3, 4}), c.scalar(0.5), 0.8, 1e-3, 0.01);
+           },
+       .dtypes = {f64, f32},
+       .gradients = false,
+       .parity = false});
   // The updates with one rule for both devices (ops/state/element_rules.h): non-default
   // attributes and a step count past the first, so every coefficient shows in GPU-vs-CPU.
   const AdamHyperparameters adam{.beta1 = 0.8, .beta2 = 0.95, .weight_decay = 0.01};

@@ -162,6 +162,38 @@ TEST(Optimizers, MoreOptimizersMatchTorchOptim) {
                            {"Adagrad needs lr_decay >= 0", "got -1"});
 }
 
+// Adadelta against torch 2.15 (f64): non-default rho, eps and weight decay; torch's defaults;
+// maximize over 4 steps; under StepLR(2, 0.5) over 5 steps (lr scales the step Adadelta makes).
+TEST(Optimizers, AdadeltaMatchesTorch) {
+  OptimizerCase c;
+  c.expect_same(c.kiln(optim::Adadelta({.lr = 0.5, .rho = 0.8, .eps = 1e-3, .weight_decay = 0.05})),
+                {0.6052049846086852, -0.8898829084497425, 1.8894827988364198});
+  c.expect_same(c.kiln(optim::Adadelta()),
+                {0.5096741329351463, -0.9903007617144737, 1.9902979985521612});
+  c.expect_same(c.kiln(optim::Adadelta({.lr = 2, .rho = 0.7, .eps = 1e-2, .maximize = true}), 4),
+                {-1.4711974277223616, -2.7990344623938523, 3.748982759205046});
+  c.expect_same(
+      c.kiln(
+          optim::Adadelta(
+              {.lr = 1, .rho = 0.8, .eps = 1e-2, .schedule = optim::Schedule::step_decay(2, 0.5)}),
+          5),
+      {0.9430786902151852, -0.2977971423407524, 1.2724954273966007});
+  expect_error<GraphError>([&] { optim::Adadelta a({.rho = 1.5}); },
+                           {"Adadelta needs rho in [0, 1] and eps >= 0", "got rho 1.5"});
+  expect_error<GraphError>(
+      [&] { c.kiln(optim::Adadelta({.schedule = optim::Schedule::one_cycle(10)})); },
+      {"Adadelta has no momentum for the schedule to cycle"});
+  // A graph file's attributes are checked when it is loaded, as the builder's options are.
+  Graph g;
+  Value w = g.variable("w", {2}, init::zeros());
+  Value s = g.variable("s", {2}, init::zeros()), u = g.variable("u", {2}, init::zeros());
+  expect_error<GraphError>(
+      [&] {
+        g.add("adadelta_update", {w, s, u, w * 2.0, g.scalar(1.0, f32)}, {{"rho", std::nan("")}});
+      },
+      {"adadelta_update", "rho must be in [0, 1], got nan"});
+}
+
 // Gradients computed and applied in two steps, with a change in between (what a data-parallel
 // transform does with an all-reduce): halving every gradient is plain SGD at half the rate.
 TEST(Optimizers, ComputeThenApplyWithAChangeBetween) {
