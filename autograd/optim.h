@@ -522,6 +522,51 @@ class ASGD : public Optimizer {
   ASGDOptions options_;
 };
 
+/// How Muon scales the rate for a variable of shape [A, B] (torch's adjust_lr_fn).
+enum class MuonLrAdjustment {
+  original,            ///< lr sqrt(max(1, A / B)) (Keller Jordan's Muon; torch's default)
+  match_rms_adamw,     ///< lr 0.2 sqrt(max(A, B)) (Moonshot: reuse AdamW's rate and decay)
+  spectral_unclamped,  ///< lr sqrt(A / B) (Bernstein's spectral scaling)
+};
+
+struct MuonOptions {
+  double lr = 1e-3;
+  double weight_decay = 0.1;  ///< decoupled: p *= 1 - lr weight_decay before the step
+  double momentum = 0.95;
+  bool nesterov = true;
+  /// The quintic Newton-Schulz iteration X = a X + (b A + c A^2) X, A = X X^T.
+  double ns_a = 3.4445, ns_b = -4.7750, ns_c = 2.0315;
+  int ns_steps = 5;   ///< iterations, 1 to 99
+  double eps = 1e-7;  ///< the floor of the norm the iteration's input is divided by
+  MuonLrAdjustment adjust_lr = MuonLrAdjustment::original;
+  /// The dtype the iteration runs in: bf16 as torch's (each product rounded once from f32
+  /// sums), or f32/f64 for an exact orthogonalization.
+  DType ns_dtype = DType::bf16;
+  Schedule schedule{};  ///< may cycle the momentum (one_cycle, cyclic)
+  double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
+  double clip_value = 0;
+  bool maximize = false;
+};
+
+/// Muon (torch.optim.Muon; Keller Jordan et al.): SGD momentum whose step is orthogonalized.
+/// For a matrix W with gradient G: B = mu B + (1 - mu) G; U = Nesterov ? (1 - mu) G + mu B : B;
+/// O = NS(U / max(||U||_F, eps)), ns_steps Newton-Schulz iterations that push every singular
+/// value of U towards 1 (to about [0.5, 1.5]); W = W (1 - lr wd) - lr' O, lr' the adjusted rate.
+/// Only for matrices (rank 2: hidden layers' weights); train embeddings, heads, biases and
+/// norms with another optimizer (named(), e.g. AdamW named "adamw"), as torch's recipe does:
+/// a variable of another rank is a GraphError naming it. Slot "<var>/muon_momentum".
+class Muon : public Optimizer {
+ public:
+  explicit Muon(MuonOptions options = {});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  MuonOptions options_;
+};
+
 /// Exponential moving averages of variables (tf.train.ExponentialMovingAverage; torch's
 /// AveragedModel with an EMA rule, as timm's model EMA): one shadow variable "<var>/<name>" per
 /// variable, which the target of apply() moves as

@@ -1,0 +1,88 @@
+// Muon: momentum SGD with the step orthogonalized by a Newton-Schulz iteration, built from
+// graph ops (products, sums, elementwise), so it runs wherever they do and in the dtype asked.
+#include <cmath>
+
+#include "kiln/autograd/optim.h"
+#include "kiln/ops/array.h"
+#include "kiln/ops/math.h"
+#include "kiln/ops/state.h"
+
+namespace kiln::optim {
+
+Muon::Muon(MuonOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
+      options_(options) {
+  KILN_CHECK(options.momentum >= 0 && options.momentum < 1 && options.weight_decay >= 0 &&
+                 options.eps >= 0,
+             GraphError,
+             "[optim] Muon needs 0 <= momentum < 1, weight_decay >= 0 and eps >= 0, got ",
+             options.momentum, ", ", options.weight_decay, " and ", options.eps);
+  KILN_CHECK(options.ns_steps >= 1 && options.ns_steps < 100, GraphError,
+             "[optim] Muon needs 1 to 99 Newton-Schulz steps, got ", options.ns_steps);
+  KILN_CHECK(is_floating(options.ns_dtype), GraphError,
+             "[optim] Muon's Newton-Schulz dtype must be floating point, got ", options.ns_dtype);
+}
+
+namespace {
+// The rate's factor for a [rows, cols] matrix.
+double lr_ratio(MuonLrAdjustment adjust, double rows, double cols) {
+  switch (adjust) {
+    case MuonLrAdjustment::original:
+      return std::sqrt(std::max(1.0, rows / cols));
+    case MuonLrAdjustment::match_rms_adamw:
+      return 0.2 * std::sqrt(std::max(rows, cols));
+    case MuonLrAdjustment::spectral_unclamped:
+      return std::sqrt(rows / cols);
+  }
+  return 1;
+}
+
+// The quintic Newton-Schulz iteration on u [rows, cols]. With X the wide orientation (rows <=
+// cols; a tall u is iterated as its transpose, so A is the smaller Gram matrix):
+// X = u / max(||u||_F, eps), then ns_steps times A = X X^T, X = a X + (b A + c A A) X. For a
+// tall u the same steps read X^T: A = X^T X and X = a X + X (b A + c A A) (A is symmetric).
+// A 16-bit ns_dtype computes in f32 and rounds where torch's bf16 tensors round: u's cast, the
+// norm, X after the division, A, b A + c A A (torch's addmm rounds once) and each new X.
+Value newton_schulz(const Value& u, const MuonOptions& o) {
+  const bool tall = u.shape()[0] > u.shape()[1];
+  const DType work = o.ns_dtype == f64 ? f64 : f32;
+  auto rounded = [&](const Value& v) {
+    return o.ns_dtype == work ? v : cast(cast(v, o.ns_dtype), work);
+  };
+  Value x = rounded(cast(u, work));
+  Value norm = rounded(sqrt(sum(square(x))));
+  x = rounded(x / rounded(maximum(norm, o.eps)));
+  for (int i = 0; i < o.ns_steps; ++i) {
+    Value gram = rounded(tall ? matmul(x, x, true, false) : matmul(x, x, false, true));
+    Value poly = rounded(gram * o.ns_b + matmul(gram, gram) * o.ns_c);
+    x = rounded(x * o.ns_a + (tall ? matmul(x, poly) : matmul(poly, x)));
+  }
+  return cast(x, u.dtype());
+}
+}  // namespace
+
+Value Muon::update(const Value& var, const Value& grad, const Value& lr, const Value&,
+                   double weight_decay, const Value& apply_if) {
+  const Shape& shape = var.shape();
+  KILN_CHECK(shape.rank() == 2 && shape[0] > 0 && shape[1] > 0, GraphError,
+             "[optim] Muon trains matrices only; ", var.name(), " is ", shape,
+             ": train it with another optimizer (AdamW, named()), as torch's Muon recipe does");
+  Graph& graph = *var.graph();
+  const DType dtype = var.dtype();
+  Value mu = momentum_now().defined() ? cast(momentum_now(), dtype)
+                                      : graph.scalar(options_.momentum, dtype);
+  // torch's lerps: B = B + (1 - mu)(G - B); Nesterov U = B - (B - G)(1 - mu).
+  Value buf = slot(var, "muon_momentum");
+  Value blended = buf + (grad - buf) * (1.0 - mu);
+  // The buffer's assign is read back, so the variable's update runs after it.
+  Value moved = assign(buf, apply_if.defined() ? where(apply_if, blended, buf) : blended);
+  Value u = options_.nesterov ? moved - (moved - grad) * (1.0 - mu) : moved;
+  Value orthogonal = newton_schulz(u, options_);
+  const double ratio =
+      lr_ratio(options_.adjust_lr, static_cast<double>(shape[0]), static_cast<double>(shape[1]));
+  Value stepped = var * (1.0 - lr * weight_decay) - orthogonal * (lr * ratio);
+  return assign(var, apply_if.defined() ? where(apply_if, stepped, var) : stepped);
+}
+
+}  // namespace kiln::optim
