@@ -555,6 +555,12 @@ Value Optimizer::slot(const Value& var, const std::string& suffix, double initia
                         var.shape(), initial);
 }
 
+Value Optimizer::shaped_slot(const Value& var, const std::string& suffix,
+                             const Shape& shape) const {
+  return state_variable(*var.graph(), var.node().name() + "/" + state_name(suffix), var.dtype(),
+                        shape, 0);
+}
+
 void Optimizer::refuse_cycled_momentum(const char* optimizer) const {
   KILN_CHECK(!momentum_now_.defined(), GraphError, "[optim] ", optimizer,
              " has no momentum for the schedule to cycle; set the schedule's cycle_momentum = "

@@ -344,6 +344,8 @@ class Optimizer {
   /// A non-trainable variable "<var>/<suffix>" ("<var>/<name>/<suffix>" when named) shaped like
   /// var, every element `initial`.
   Value slot(const Value& var, const std::string& suffix, double initial = 0) const;
+  /// As slot(), shaped `shape` (statistics of var rather than per element: Adafactor's).
+  Value shaped_slot(const Value& var, const std::string& suffix, const Shape& shape) const;
   /// `base` under the optimizer's name ("<name>/<base>"), or `base` when unnamed.
   std::string state_name(const std::string& base) const {
     return name_.empty() ? base : name_ + "/" + base;
@@ -520,6 +522,40 @@ class ASGD : public Optimizer {
   double weight_decay() const override { return options_.weight_decay; }
   Value schedule_step(const Value& step) const override;
   ASGDOptions options_;
+};
+
+struct AdafactorOptions {
+  double lr = 1e-2;            ///< caps the relative step size: rho_t = min(lr, 1 / sqrt(t))
+  double beta2_decay = -0.8;   ///< the second moments' rate at step t is t^beta2_decay (<= 0)
+  std::optional<double> eps1;  ///< floor of the variance estimate's root (default: the
+                               ///< variable dtype's machine epsilon)
+  double eps2 = 1e-3;          ///< floor of the variable's RMS, which scales the step
+  double d = 1;                ///< the update's RMS is clipped to d (>= 1)
+  double weight_decay = 0;     ///< decoupled: p *= 1 - lr weight_decay
+  Schedule schedule{};
+  double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
+  double clip_value = 0;
+  bool maximize = false;
+};
+
+/// Adafactor (Shazeer and Stern 2018; torch.optim.Adafactor): second moments without first
+/// moments, and for a variable of rank >= 2 factored over its last two axes [..., R, C]: a row
+/// variance r [..., R, 1] and a column variance c [..., 1, C] stand for the [R, C] one (v = r c
+/// / mean(r)), so the state is R + C numbers per matrix instead of R C. At step t (from 1),
+/// with w = t^beta2_decay: r, c (or v for vectors) move towards the mean g^2 by w;
+/// u = g / sqrt(max(v, eps1^2)); the step is max(eps2, RMS(p)) min(lr, 1 / sqrt(t)) u /
+/// max(1, RMS(u) / d). Slots "<var>/adafactor_row_var" and "<var>/adafactor_col_var"
+/// (factored), or "<var>/adafactor_variance".
+class Adafactor : public Optimizer {
+ public:
+  explicit Adafactor(AdafactorOptions options = {});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               double weight_decay, const Value& apply_if) override;
+  double weight_decay() const override { return options_.weight_decay; }
+  AdafactorOptions options_;
 };
 
 /// How Muon scales the rate for a variable of shape [A, B] (torch's adjust_lr_fn).

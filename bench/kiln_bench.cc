@@ -3,12 +3,12 @@
 //   kiln_bench CASE [--threads N]     prints "CASE <seconds per iteration> [extra]"
 //
 // Cases: mlp_step, mlp_memory, optimizer_step_<sgd|adam|amsgrad|adamax|nadam|radam|adagrad|
-// adadelta|muon|rmsprop|rprop|asgd|sgd_one_cycle> (by hand: one update of a 4M-element weight under
-// each optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step, transformer_step,
-// llama_step, lstm_step, decode_step, decode_long_step, attention_step, gru_step, upsample_step and
-// ctc_step (the last four by hand: not in run.sh; also by hand: lstm_scan_step and gru_scan_step,
-// the LSTM and GRU steps with a sequence length unknown when the graph is built, and
-// attention_step_alibi, attention_step_softcap, attention_window_step_mask and
+// adadelta|adafactor|muon|rmsprop|rprop|asgd|sgd_one_cycle> (by hand: one update of a 4M-element
+// weight under each optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step,
+// transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step, gru_step,
+// upsample_step and ctc_step (the last four by hand: not in run.sh; also by hand: lstm_scan_step
+// and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when the graph is built,
+// and attention_step_alibi, attention_step_softcap, attention_window_step_mask and
 // decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
 // graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
@@ -222,6 +222,7 @@ double optimizer_step(const SessionOptions& options, const std::string& optimize
   if (optimizer == "adagrad") make = std::make_unique<optim::Adagrad>();
   if (optimizer == "adadelta") make = std::make_unique<optim::Adadelta>();
   if (optimizer == "muon") make = std::make_unique<optim::Muon>();
+  if (optimizer == "adafactor") make = std::make_unique<optim::Adafactor>();
   if (optimizer == "rmsprop") make = std::make_unique<optim::RMSProp>();
   if (optimizer == "rprop") make = std::make_unique<optim::Rprop>();
   if (optimizer == "asgd") make = std::make_unique<optim::ASGD>();

@@ -279,7 +279,7 @@ def optimizer_step(name):
             "amsgrad": lambda p: torch.optim.Adam(p, amsgrad=True), "adamax": torch.optim.Adamax,
             "nadam": torch.optim.NAdam, "radam": torch.optim.RAdam,
             "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
-            "muon": torch.optim.Muon,
+            "muon": torch.optim.Muon, "adafactor": torch.optim.Adafactor,
             "rmsprop": torch.optim.RMSprop,
             "rprop": torch.optim.Rprop, "asgd": torch.optim.ASGD,
             "sgd_one_cycle": lambda p: torch.optim.SGD(p, lr=1e-3)}

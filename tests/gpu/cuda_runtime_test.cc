@@ -68,6 +68,7 @@ TEST(CudaRuntime, EveryOptimizerTrainsLikeTheCpu) {
       {"adamw", [](const Value& l) { return optim::AdamW({.lr = 1e-2}).minimize(l); }},
       {"rmsprop", [](const Value& l) { return optim::RMSProp({.lr = 1e-3}).minimize(l); }},
       {"adadelta", [](const Value& l) { return optim::Adadelta({.lr = 0.5}).minimize(l); }},
+      {"adafactor", [](const Value& l) { return optim::Adafactor({.lr = 1e-2}).minimize(l); }},
   };
   for (const auto& [name, minimize] : optimizers) {
     auto cpu = make_mlp(minimize);

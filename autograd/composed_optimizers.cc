@@ -1,6 +1,9 @@
-// Muon: momentum SGD with the step orthogonalized by a Newton-Schulz iteration, built from
-// graph ops (products, sums, elementwise), so it runs wherever they do and in the dtype asked.
+// The optimizers built from graph ops (products, reductions, elementwise) rather than one fused
+// update op, because their step needs more than each element's own state: Muon orthogonalizes
+// the whole matrix, Adafactor factors its variance over rows and columns and scales by norms.
+// They run wherever those ops do.
 #include <cmath>
+#include <limits>
 
 #include "kiln/autograd/optim.h"
 #include "kiln/ops/array.h"
@@ -83,6 +86,68 @@ Value Muon::update(const Value& var, const Value& grad, const Value& lr, const V
       lr_ratio(options_.adjust_lr, static_cast<double>(shape[0]), static_cast<double>(shape[1]));
   Value stepped = var * (1.0 - lr * weight_decay) - orthogonal * (lr * ratio);
   return assign(var, apply_if.defined() ? where(apply_if, stepped, var) : stepped);
+}
+
+Adafactor::Adafactor(AdafactorOptions options)
+    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                options.clip_value, options.maximize),
+      options_(options) {
+  KILN_CHECK(options.beta2_decay <= 0 && options.eps1.value_or(0) >= 0 && options.eps2 >= 0 &&
+                 options.d >= 1 && options.weight_decay >= 0,
+             GraphError,
+             "[optim] Adafactor needs beta2_decay <= 0, eps1 and eps2 >= 0, d >= 1 and "
+             "weight_decay >= 0; got beta2_decay ",
+             options.beta2_decay, ", eps1 ", options.eps1.value_or(0), ", eps2 ", options.eps2,
+             ", d ", options.d, ", weight_decay ", options.weight_decay);
+}
+
+namespace {
+// sqrt(mean(x^2)) over all of x.
+Value root_mean_square(const Value& x) {
+  return sqrt(mean(square(x)));
+}
+}  // namespace
+
+Value Adafactor::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                        double weight_decay, const Value& apply_if) {
+  refuse_cycled_momentum("Adafactor");
+  const Shape& shape = var.shape();
+  KILN_CHECK(shape.is_known(), GraphError, "[optim] Adafactor needs ", var.name(), "'s shape, got ",
+             shape);
+  const DType dtype = var.dtype();
+  auto gated = [&](const Value& state, const Value& moved) {
+    return assign(state, apply_if.defined() ? where(apply_if, moved, state) : moved);
+  };
+  // The step's scalars, in f64 as torch's Python floats: t counts from 1.
+  Value t = cast(step, f64) + 1.0;
+  Value rate = cast(pow(t, options_.beta2_decay), dtype);  // 1 - beta2_t
+  Value relative_step = minimum(lr, cast(rsqrt(t), dtype));
+  Value scale = maximum(root_mean_square(var), options_.eps2) * relative_step;
+  // torch's default eps1: the dtype's machine epsilon (torch.finfo(dtype).eps).
+  const double eps1 = options_.eps1  ? *options_.eps1
+                      : dtype == f64 ? std::numeric_limits<double>::epsilon()
+                      : dtype == f32 ? std::numeric_limits<float>::epsilon()
+                                     : std::ldexp(1.0, dtype == bf16 ? -7 : -10);
+  Value squared = square(grad), variance;
+  if (shape.rank() >= 2) {
+    // Factored over the last two axes: r = mean over columns, c = mean over rows of g^2.
+    Shape rows = shape, cols = shape;
+    rows[-1] = 1;
+    cols[-2] = 1;
+    Value row_var = shaped_slot(var, "adafactor_row_var", rows);
+    Value col_var = shaped_slot(var, "adafactor_col_var", cols);
+    Value r = gated(row_var, row_var + (mean(squared, -1, true) - row_var) * rate);
+    Value c = gated(col_var, col_var + (mean(squared, -2, true) - col_var) * rate);
+    // v = r c / mean(r): the rank-one estimate whose row and column means are r and c.
+    variance = r * c / maximum(mean(r, -2, true), eps1);
+  } else {
+    Value v = slot(var, "adafactor_variance");
+    variance = gated(v, v + (squared - v) * rate);
+  }
+  Value u = rsqrt(maximum(variance, eps1 * eps1)) * grad;
+  Value clipped = maximum(root_mean_square(u) / options_.d, 1.0);
+  Value stepped = var * (1.0 - lr * weight_decay) - u * (scale / clipped);
+  return gated(var, stepped);
 }
 
 }  // namespace kiln::optim
