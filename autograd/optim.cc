@@ -26,6 +26,15 @@ Schedule Schedule::cosine(int64_t total_steps, double min_lr) {
   return s;
 }
 
+Schedule Schedule::swa(double swa_lr, int64_t anneal_steps, bool anneal_linear) {
+  Schedule s;
+  s.kind = Kind::swa;
+  s.swa_lr = swa_lr;
+  s.total_steps = anneal_steps;
+  s.anneal_linear = anneal_linear;
+  return s;
+}
+
 Schedule Schedule::multi_step(std::vector<int64_t> milestones, double gamma) {
   Schedule s;
   s.kind = Kind::multi_step;
@@ -323,6 +332,8 @@ const char* not_chainable(const Schedule& schedule) {
       return "(sequential) sets the rate outright at its milestones";
     case Kind::custom:
       return "(custom, LambdaLR) sets the rate outright";
+    case Kind::swa:
+      return "(swa, SWALR) moves the rate toward swa_lr";
   }
   return "is unknown";
 }
@@ -342,7 +353,7 @@ Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& st
 }
 
 Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
-                    DType dtype) {
+                    DType dtype, const Value& start_rate) {
   KILN_CHECK(base_lr > 0, GraphError, "[optim] learning rate must be > 0, got ", base_lr);
   Value t = cast(step, dtype);
   Value lr = graph.scalar(base_lr, dtype);
@@ -393,7 +404,19 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       break;
     }
     case Schedule::Kind::reduce_on_plateau: {
-      Value reductions = cast(plateau_state(graph, schedule).reductions, dtype);
+      KILN_CHECK(schedule.plateau_eps >= 0, GraphError,
+                 "[optim] reduce_on_plateau needs plateau_eps >= 0, got ", schedule.plateau_eps);
+      // torch applies a reduction only where it moves the rate by more than eps. The rate only
+      // falls, so the first reduction skipped is the last one tried: the rate stops after
+      // `applied` reductions, found here from this group's base rate.
+      int64_t applied = 0;
+      for (double rate = base_lr; applied < 100000; ++applied) {
+        const double next = std::max(rate * schedule.gamma, schedule.min_lr);
+        if (!(rate - next > schedule.plateau_eps)) break;
+        rate = next;
+      }
+      Value reductions = minimum(cast(plateau_state(graph, schedule).reductions, dtype),
+                                 static_cast<double>(applied));
       lr = maximum(lr * pow(graph.scalar(schedule.gamma, dtype), reductions),
                    graph.scalar(schedule.min_lr, dtype));
       break;
@@ -404,15 +427,27 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
       KILN_CHECK(!phases.empty() && milestones.size() + 1 == phases.size(), GraphError,
                  "[optim] a sequential schedule needs one milestone fewer than its phases; got ",
                  phases.size(), " phases and ", milestones.size(), " milestones");
-      // From the last phase back: each earlier phase takes over below its end milestone.
-      lr = learning_rate(graph, base_lr, phases.back(),
-                         milestones.empty() ? step : phase_step(step, milestones.back()), dtype);
-      for (size_t i = milestones.size(); i-- > 0;) {
+      for (size_t i = 0; i < milestones.size(); ++i)
         KILN_CHECK(milestones[i] > 0 && (i == 0 || milestones[i] > milestones[i - 1]), GraphError,
                    "[optim] sequential milestones must be positive and ascending; milestone ", i,
                    " is ", milestones[i]);
-        Value earlier = learning_rate(graph, base_lr, phases[i],
-                                      i == 0 ? step : phase_step(step, milestones[i - 1]), dtype);
+      auto begin = [&](size_t j) { return j == 0 ? int64_t{0} : milestones[j - 1]; };
+      // The rate an swa phase anneals from: the phase before it at the milestone (which, an
+      // swa phase itself, starts from the one before it); undefined for the others.
+      std::function<Value(size_t)> start_of = [&](size_t j) -> Value {
+        if (phases[j].kind != Schedule::Kind::swa) return {};
+        if (j == 0) return start_rate;
+        const Value at_end = graph.scalar(static_cast<double>(begin(j) - begin(j - 1)), i64);
+        return learning_rate(graph, base_lr, phases[j - 1], at_end, dtype, start_of(j - 1));
+      };
+      // From the last phase back: each earlier phase takes over below its end milestone.
+      const size_t last = phases.size() - 1;
+      lr = learning_rate(graph, base_lr, phases[last],
+                         last == 0 ? step : phase_step(step, begin(last)), dtype, start_of(last));
+      for (size_t i = last; i-- > 0;) {
+        Value earlier =
+            learning_rate(graph, base_lr, phases[i], i == 0 ? step : phase_step(step, begin(i)),
+                          dtype, start_of(i));
         lr = where(less(step, graph.scalar(static_cast<double>(milestones[i]), i64)), earlier, lr);
       }
       break;
@@ -457,6 +492,17 @@ Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, cons
         period = pow(mult, i) * first;
       }
       lr = cast(cosine_between(base_lr, schedule.min_lr, (t64 - start) / period), dtype);
+      break;
+    }
+    case Schedule::Kind::swa: {
+      KILN_CHECK(schedule.swa_lr > 0 && schedule.total_steps >= 0, GraphError,
+                 "[optim] swa needs swa_lr > 0 and anneal_steps >= 0; got swa_lr ", schedule.swa_lr,
+                 " and anneal_steps ", schedule.total_steps);
+      // a: 0 at the phase's start, 1 from T on (at once for T = 0, as SWALR's).
+      Value a = schedule.total_steps == 0 ? graph.scalar(1, dtype) : minimum(t, total) / total;
+      if (!schedule.anneal_linear) a = (1.0 - cos(a * M_PI)) * 0.5;
+      const Value from = start_rate.defined() ? start_rate : lr;
+      lr = a * schedule.swa_lr + from * (1.0 - a);
       break;
     }
     case Schedule::Kind::custom: {
@@ -787,17 +833,25 @@ ExponentialMovingAverage::ExponentialMovingAverage(double decay, bool warmup, st
   KILN_CHECK(!name_.empty(), GraphError, "[optim] ExponentialMovingAverage needs a name");
 }
 
+ExponentialMovingAverage::ExponentialMovingAverage(std::string name, bool equal)
+    : decay_(0), warmup_(false), equal_(equal), name_(std::move(name)) {
+  KILN_CHECK(!name_.empty(), GraphError, "[optim] StochasticWeightAveraging needs a name");
+}
+
 Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables,
                                       const Optimizer* trained_by) {
-  KILN_CHECK(shadows_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+  KILN_CHECK(shadows_.empty(), GraphError, "[optim] ", kind(), " '", name_,
              "' was already applied; make one per set of variables");
   if (variables.empty()) variables = graph.variables(/*trainable_only=*/true);
-  KILN_CHECK(!variables.empty(), GraphError, "[optim] ExponentialMovingAverage of no variables");
+  KILN_CHECK(!variables.empty(), GraphError, "[optim] ", kind(), " of no variables");
   Value count = state_variable(graph, name_ + "/num_updates", i64, Shape{}, 0);
   const Value steps = trained_by ? trained_by->steps_now() : Value();  // undefined: every run
   NameScope scope(graph, name_);
   Value first = equal(count, graph.scalar(0, i64));
-  Value rate = graph.scalar(decay_, f64);  // in f64, cast to each variable's dtype
+  // In f64, cast to each variable's dtype: the shadow's weight (decay), or for the equal
+  // average the new weights' 1 / (n + 1) (shadow + (var - shadow) / (n + 1), torch's lerp).
+  Value rate = graph.scalar(decay_, f64);
+  if (equal_) rate = 1.0 / (cast(count, f64) + 1.0);
   if (warmup_) {
     Value n = cast(count, f64);
     rate = minimum(rate, (n + 1.0) / (n + 10.0));
@@ -806,18 +860,18 @@ Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables
   for (const Value& var : variables) {
     KILN_CHECK(
         var.defined() && var.graph() == &graph && var.node().op().source() == OutputSource::state,
-        GraphError,
-        "[optim] ExponentialMovingAverage: ", var.defined() ? var.name() : std::string("?"),
+        GraphError, "[optim] ", kind(), ": ", var.defined() ? var.name() : std::string("?"),
         " is not a variable of the graph");
-    KILN_CHECK(is_floating(var.dtype()), GraphError,
-               "[optim] ExponentialMovingAverage: ", var.name(), " is ", var.dtype(),
-               ", not floating point");
+    KILN_CHECK(is_floating(var.dtype()), GraphError, "[optim] ", kind(), ": ", var.name(), " is ",
+               var.dtype(), ", not floating point");
     Value shadow =
         state_variable(graph, var.node().name() + "/" + name_, var.dtype(), var.shape(), 0);
     Value current =
         trained_by && trained_by->updated(var).defined() ? trained_by->updated(var) : var;
     Value d = cast(rate, var.dtype());
-    Value moved = where(first, current, shadow * d + current * (1.0 - d));
+    Value moved =
+        where(first, current,
+              equal_ ? shadow + (current - shadow) * d : shadow * d + current * (1.0 - d));
     // Under gradient accumulation the average moves only in the runs that step.
     if (steps.defined()) moved = where(steps, moved, shadow);
     moves.push_back(assign(shadow, moved));
@@ -830,12 +884,12 @@ Value ExponentialMovingAverage::apply(Graph& graph, std::vector<Value> variables
 Value ExponentialMovingAverage::average(const Value& variable) const {
   for (const auto& [var, shadow] : shadows_)
     if (var.name() == variable.name()) return shadow;
-  throw GraphError(str("[optim] ExponentialMovingAverage '", name_, "' has no average of ",
+  throw GraphError(str("[optim] ", kind(), " '", name_, "' has no average of ",
                        variable.defined() ? variable.name() : std::string("?")));
 }
 
 Value ExponentialMovingAverage::copy_to_variables() const {
-  KILN_CHECK(!shadows_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+  KILN_CHECK(!shadows_.empty(), GraphError, "[optim] ", kind(), " '", name_,
              "': copy_to_variables before apply");
   std::vector<Value> copies;
   for (const auto& [var, shadow] : shadows_) copies.push_back(assign(var, shadow));
@@ -843,7 +897,7 @@ Value ExponentialMovingAverage::copy_to_variables() const {
 }
 
 Value ExponentialMovingAverage::swap_in_averages() {
-  KILN_CHECK(!shadows_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+  KILN_CHECK(!shadows_.empty(), GraphError, "[optim] ", kind(), " '", name_,
              "': swap_in_averages before apply");
   Graph& graph = *shadows_[0].first.graph();
   if (backups_.empty())
@@ -860,7 +914,7 @@ Value ExponentialMovingAverage::swap_in_averages() {
 }
 
 Value ExponentialMovingAverage::restore_weights() const {
-  KILN_CHECK(!backups_.empty(), GraphError, "[optim] ExponentialMovingAverage '", name_,
+  KILN_CHECK(!backups_.empty(), GraphError, "[optim] ", kind(), " '", name_,
              "': restore_weights needs swap_in_averages first");
   std::vector<Value> restores;
   for (size_t i = 0; i < shadows_.size(); ++i)

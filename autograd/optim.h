@@ -33,7 +33,8 @@ struct Schedule {
     cyclic,
     custom,
     constant_factor,
-    chained
+    chained,
+    swa
   };
   /// How a cyclic schedule's height changes from cycle to cycle (CyclicLR's modes).
   enum class CyclicMode {
@@ -86,9 +87,16 @@ struct Schedule {
   /// threshold_relative); after more than `patience` observations in a row without
   /// improvement the rate is reduced once, and `cooldown` observations pass before counting
   /// again.
+  /// ... and a reduction that would change the rate by plateau_eps or less is skipped (torch's
+  /// eps), as is every later one then.
   int64_t patience = 10, cooldown = 0;
-  double threshold = 1e-4;
+  double threshold = 1e-4, plateau_eps = 1e-8;
   bool threshold_relative = true, maximize = false;
+  /// swa (SWALR): from the rate r0 the phase starts at to swa_lr over total_steps steps (cosine,
+  /// or linear with anneal_linear): swa_lr a + r0 (1 - a), a = (1 - cos(pi min(t, T) / T)) / 2
+  /// (linear: min(t, T) / T; T = 0: a = 1). r0 is the optimizer's rate, or within `sequential`
+  /// the rate the phase before gives at the milestone, as SWALR anneals from the rate it finds.
+  double swa_lr = 0;
   int64_t warmup_steps = 0;  ///< linear warm-up: the scheduled lr times min(1, (t + 1) / W)
 
   static Schedule constant() { return {}; }
@@ -127,6 +135,10 @@ struct Schedule {
   static Schedule chained(std::vector<Schedule> schedules);
   static Schedule cosine_restarts(int64_t first_period, int64_t period_mult = 1, double min_lr = 0);
   static Schedule custom(std::function<Value(const Value&)> factor);
+  /// SWALR (stochastic weight averaging's rate): anneals to swa_lr over anneal_steps, then holds
+  /// it; usually the last phase of a sequential schedule, from the step averaging starts:
+  /// sequential({cosine(T), swa(0.05, 10)}, {swa_start}).
+  static Schedule swa(double swa_lr, int64_t anneal_steps = 10, bool anneal_linear = false);
   /// This schedule with a linear warm-up over the first `steps` steps.
   Schedule with_warmup(int64_t steps) const;
 };
@@ -632,12 +644,36 @@ class ExponentialMovingAverage {
   /// The target that writes the weights swap_in_averages() saved back into the variables.
   Value restore_weights() const;
 
+ protected:
+  /// An equal average (StochasticWeightAveraging) when `equal`.
+  ExponentialMovingAverage(std::string name, bool equal);
+  /// The class's name, for messages.
+  const char* kind() const {
+    return equal_ ? "StochasticWeightAveraging" : "ExponentialMovingAverage";
+  }
+
  private:
   double decay_;
   bool warmup_;
+  bool equal_ = false;  ///< shadow += (var - shadow) / (n + 1): every update weighs the same
   std::string name_;
   std::vector<std::pair<Value, Value>> shadows_;  ///< (variable, shadow)
   std::vector<Value> backups_;                    ///< per shadow, made by swap_in_averages
+};
+
+/// Stochastic weight averaging (torch.optim.swa_utils.AveragedModel with its default, equal
+/// average): each run of apply()'s target adds the current weights to a running mean,
+///   shadow = shadow + (var - shadow) / (n + 1)
+/// after n updates (the first copies them). Run it from the step averaging starts, once per
+/// step or per epoch as torch's update_parameters, usually under Schedule::swa; then evaluate
+/// or export the average as an ExponentialMovingAverage's (swap_in_averages,
+/// copy_to_variables). Batch-norm running statistics are variables too: average them (pass
+/// them to apply), or recompute them for the averaged weights by running training-mode
+/// forwards (torch's update_bn) before exporting.
+class StochasticWeightAveraging : public ExponentialMovingAverage {
+ public:
+  explicit StochasticWeightAveraging(std::string name = "swa")
+      : ExponentialMovingAverage(std::move(name), /*equal=*/true) {}
 };
 
 /// The target that feeds `metric` (a scalar: a placeholder fed the validation loss once an
@@ -648,9 +684,10 @@ Value observe_metric(Graph& graph, const Value& metric, const Schedule& schedule
 
 /// The graph's step counter: the i64 scalar variable "global_step", made on first use.
 Value global_step(Graph& graph);
-/// The learning rate at step `step` (an i64 scalar) as a scalar of `dtype`.
+/// The learning rate at step `step` (an i64 scalar) as a scalar of `dtype`. `start_rate` (a
+/// scalar of `dtype`): the rate an swa schedule anneals from (default base_lr).
 Value learning_rate(Graph& graph, double base_lr, const Schedule& schedule, const Value& step,
-                    DType dtype = f32);
+                    DType dtype = f32, const Value& start_rate = {});
 /// The momentum at step `step` (an f64 scalar) of a schedule that cycles it (one_cycle or
 /// cyclic with cycle_momentum); undefined for any other.
 Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& step);

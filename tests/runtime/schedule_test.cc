@@ -463,7 +463,7 @@ TEST(Optimizers, OneCycleVariantsAndCyclicMatchPyTorch) {
 
 // ReduceLROnPlateau fed one metric at a time, against the rates torch's scheduler gives for
 // the same metrics (printed by torch 1.13 and 2.15 alike): relative threshold with cool-down
-// and a floor, and an absolute threshold on a metric to maximize.
+// and a floor, an absolute threshold on a metric to maximize, and eps.
 TEST(Optimizers, ReduceOnPlateauMatchesPyTorch) {
   struct Case {
     optim::Schedule schedule;
@@ -474,6 +474,12 @@ TEST(Optimizers, ReduceOnPlateauMatchesPyTorch) {
   optim::Schedule up = optim::Schedule::reduce_on_plateau(0.3, 1, 0.5);
   up.maximize = true;
   up.threshold_relative = false;
+  // eps: the fourth reduction (0.001 to 0.0001) moves the rate by 0.0009, not more than 1e-3,
+  // so it and all after it are skipped; and the third of `floor` (0.25 to its floor 0.2) too.
+  optim::Schedule tiny = optim::Schedule::reduce_on_plateau(0.1, 0);
+  tiny.plateau_eps = 1e-3;
+  optim::Schedule floor = optim::Schedule::reduce_on_plateau(0.5, 0, 1e-4, 0.2);
+  floor.plateau_eps = 0.1;
   const std::vector<Case> cases = {
       {down,
        {5, 4, 3.9, 3.8, 3.7, 3.0, 3.0, 3.0, 3.0, 3.0, 2.9, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0},
@@ -481,7 +487,9 @@ TEST(Optimizers, ReduceOnPlateauMatchesPyTorch) {
         0.1, 0.1}},
       {up,
        {1, 2, 2.5, 2.6, 2.7, 2.8, 5, 5, 5, 5, 5, 5},
-       {1.0, 1.0, 1.0, 1.0, 1.0, 0.3, 0.3, 0.3, 0.09, 0.09, 0.027, 0.027}}};
+       {1.0, 1.0, 1.0, 1.0, 1.0, 0.3, 0.3, 0.3, 0.09, 0.09, 0.027, 0.027}},
+      {tiny, {5, 5, 5, 5, 5, 5}, {1.0, 0.1, 0.01, 0.001, 0.001, 0.001}},
+      {floor, {5, 5, 5, 5, 5, 5}, {1.0, 0.5, 0.25, 0.25, 0.25, 0.25}}};
   for (const Case& c : cases) {
     Graph g;
     Value metric = g.placeholder("val_loss", f32, {});
@@ -506,6 +514,107 @@ TEST(Optimizers, ReduceOnPlateauMatchesPyTorch) {
   expect_error<GraphError>(
       [&] { optim::observe_metric(g, g.scalar(1, f32), optim::Schedule::reduce_on_plateau(2.0)); },
       {"0 < factor < 1", "got factor 2"});
+}
+
+// Stochastic weight averaging as torch.optim.swa_utils: SGD (momentum 0.5) under CosineAnnealingLR
+// (T 10) until swa_start, then SWALR, which anneals from the rate it finds there; the equal
+// average of the weights after each step from swa_start on (AveragedModel.update_parameters).
+// The rate of every step, the weights and their average against torch 2.15 (f64), for cosine
+// and linear annealing and for anneal_steps 0 (swa_lr at once).
+TEST(Optimizers, StochasticWeightAveragingMatchesTorch) {
+  struct Case {
+    int64_t swa_start;
+    double swa_lr;
+    int64_t anneal_steps;
+    bool linear;
+    int steps;
+    std::vector<double> rates, weights, average;
+  };
+  const std::vector<Case> cases = {
+      {4,
+       0.05,
+       3,
+       false,
+       10,
+       {0.1, 0.09755282581475769, 0.09045084971874738, 0.07938926261462367, 0.06545084971874739,
+        0.06158813728906054, 0.05386271242968685, 0.05, 0.05, 0.05},
+       {0.8861187800011034, 0.5444751200044141, -0.31671268000662134},
+       {0.8389978344803186, 0.3559913379212747, -0.033987006881912196}},
+      {3,
+       0.02,
+       4,
+       true,
+       9,
+       {0.1, 0.09755282581475769, 0.09045084971874738, 0.07938926261462367, 0.06454194696096775,
+        0.04969463130731184, 0.03484731565365592, 0.02, 0.02},
+       {0.8351633901284251, 0.34065356051369977, -0.010980340770549985},
+       {0.8002747367819852, 0.20109894712794074, 0.1983515793080886}},
+      {2,
+       0.03,
+       0,
+       false,
+       5,
+       {0.1, 0.09755282581475769, 0.03, 0.03, 0.03},
+       {0.6830309777390086, -0.26787608904396587, 0.9018141335659485},
+       {0.6617587531541826, -0.3529649873832695, 1.0294474810749041}},
+  };
+  const OptimizerCase c;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.swa_start);
+    Graph g;
+    Value p = g.variable("p", {3}, init::zeros(), f64);
+    Value loss = sum(square(p - g.constant(Tensor::from_vector<double>(c.target)))) * 0.5;
+    const optim::Schedule schedule = optim::Schedule::sequential(
+        {optim::Schedule::cosine(10), optim::Schedule::swa(k.swa_lr, k.anneal_steps, k.linear)},
+        {k.swa_start});
+    optim::SGD sgd({.lr = 0.1, .momentum = 0.5, .schedule = schedule});
+    Value train = sgd.minimize(loss);
+    optim::StochasticWeightAveraging swa;
+    Value average = swa.apply(g, {p}, &sgd);
+    Value rate = optim::learning_rate(g, 0.1, schedule, g.value("global_step"), f64);
+    Session s(g);
+    s.set_variable(p, Tensor::from_vector<double>(c.p0));
+    for (int i = 0; i < k.steps; ++i) {
+      EXPECT_NEAR(s.run({}, {rate})[0].item<double>(), k.rates[i], 1e-15) << "step " << i;
+      if (i >= k.swa_start)
+        s.run({}, {}, {train, average});
+      else
+        s.run({}, {}, {train});
+    }
+    const auto weights = s.variable_value(p).to_vector<double>();
+    const auto averaged = s.variable_value(swa.average(p)).to_vector<double>();
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(weights[i], k.weights[i], 1e-14) << i;
+      EXPECT_NEAR(averaged[i], k.average[i], 1e-14) << i;
+    }
+    EXPECT_EQ(s.variable_value(g.value("swa/num_updates")).item<int64_t>(), k.steps - k.swa_start);
+  }
+  {
+    // Alone, swa anneals from the optimizer's rate: linearly, halfway at step 1 of 2.
+    Graph g;
+    Value step = g.placeholder("step", i64, {});
+    Value rate = optim::learning_rate(g, 0.1, optim::Schedule::swa(0.05, 2, true), step, f64);
+    Session s(g);
+    for (auto [t, want] : std::vector<std::pair<int64_t, double>>{{0, 0.1}, {1, 0.075}, {5, 0.05}})
+      EXPECT_NEAR(s.run({{step, Tensor::scalar<int64_t>(t)}}, {rate})[0].item<double>(), want,
+                  1e-15)
+          << t;
+  }
+  expect_error<GraphError>([&] { c.kiln(optim::SGD({.schedule = optim::Schedule::swa(0)})); },
+                           {"swa needs swa_lr > 0 and anneal_steps >= 0", "swa_lr 0"});
+  expect_error<GraphError>(
+      [&] {
+        c.kiln(optim::SGD({.schedule = optim::Schedule::chained({optim::Schedule::swa(0.1)})}));
+      },
+      {"chained: schedule 0 (swa, SWALR) moves the rate toward swa_lr"});
+  {
+    Graph g;
+    Value w = g.variable("w", {2}, init::zeros());
+    optim::StochasticWeightAveraging twice;
+    twice.apply(g, {w});
+    expect_error<GraphError>([&] { twice.apply(g, {w}); },
+                             {"StochasticWeightAveraging 'swa' was already applied"});
+  }
 }
 
 }  // namespace
