@@ -267,7 +267,8 @@ Value ConvTranspose3d::forward(const Value& x) {
 // ---- Normalization.
 
 BatchNorm::BatchNorm(Graph& graph, const std::string& name, const char* kind,
-                     std::vector<int64_t> ranks, int64_t channels, double momentum, double eps)
+                     std::vector<int64_t> ranks, int64_t channels, std::optional<double> momentum,
+                     double eps, bool affine, bool track_running_stats)
     : Module(graph, name),
       kind_(kind),
       ranks_(std::move(ranks)),
@@ -276,10 +277,19 @@ BatchNorm::BatchNorm(Graph& graph, const std::string& name, const char* kind,
       eps_(eps) {
   KILN_CHECK(channels > 0, GraphError, "[nn] ", kind, " ", path(), ": ", channels,
              " channels; a positive count is needed");
-  weight = variable("weight", {channels}, init::constant(1));
-  bias = variable("bias", {channels}, init::zeros());
+  KILN_CHECK(!momentum || (*momentum >= 0 && *momentum <= 1), GraphError, "[nn] ", kind, " ",
+             path(), ": momentum ", momentum.value_or(0), " must be in [0, 1] (or std::nullopt)");
+  if (affine) {
+    weight = variable("weight", {channels}, init::constant(1));
+    bias = variable("bias", {channels}, init::zeros());
+  }
+  if (!track_running_stats) return;
   running_mean = variable("running_mean", {channels}, init::zeros(), false);
   running_var = variable("running_var", {channels}, init::constant(1), false);
+  if (!momentum) {
+    NameScope scope(graph, this->name());
+    num_batches_tracked = graph.variable("num_batches_tracked", Shape{}, init::zeros(), i64, false);
+  }
 }
 
 Value BatchNorm::forward(const Value& x) {
@@ -295,7 +305,8 @@ Value BatchNorm::forward(const Value& x) {
                                   : "]");
     throw GraphError(str("[nn] ", kind_, " ", path(), ": expects ", expected, ", got ", s));
   }
-  return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_, eps_);
+  return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_.value_or(0),
+                    eps_, num_batches_tracked);
 }
 
 LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps,

@@ -231,46 +231,61 @@ class ConvTranspose3d : public Module {
 
 /// Batch norm over x [N, C, ...] per channel (batch_norm): weight 1, bias 0, running mean 0
 /// and variance 1 (variables, not trainable, saved in checkpoints). The layers are
-/// BatchNorm1d and BatchNorm2d, which check the input's rank as PyTorch's do.
+/// BatchNorm1d, BatchNorm2d and BatchNorm3d, which check the input's rank as PyTorch's do,
+/// with PyTorch's options:
+///   - momentum: the running statistics' factor; std::nullopt (PyTorch's None) averages every
+///     training batch equally, counted in the variable "<layer>/num_batches_tracked";
+///   - affine false: no weight and bias;
+///   - track_running_stats false: no running statistics; the batch's normalize in evaluation
+///     too.
 class BatchNorm : public Module {
  public:
-  Value weight, bias, running_mean, running_var;
+  Value weight, bias, running_mean, running_var;  ///< undefined where the options leave them out
+  Value num_batches_tracked;                      ///< with momentum std::nullopt only
 
  protected:
   /// `kind` names the layer in errors; `ranks` are the input ranks it takes.
   BatchNorm(Graph& graph, const std::string& name, const char* kind, std::vector<int64_t> ranks,
-            int64_t channels, double momentum, double eps);
+            int64_t channels, std::optional<double> momentum, double eps, bool affine,
+            bool track_running_stats);
   Value forward(const Value& x) override;
 
  private:
   const char* kind_;
   std::vector<int64_t> ranks_;
   int64_t channels_;
-  double momentum_, eps_;
+  std::optional<double> momentum_;
+  double eps_;
 };
 
 /// Batch norm of x [N, C] or [N, C, L] (PyTorch's BatchNorm1d).
 class BatchNorm1d : public BatchNorm {
  public:
-  BatchNorm1d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
-              double eps = 1e-5)
-      : BatchNorm(graph, name, "BatchNorm1d", {2, 3}, channels, momentum, eps) {}
+  BatchNorm1d(Graph& graph, const std::string& name, int64_t channels,
+              std::optional<double> momentum = 0.1, double eps = 1e-5, bool affine = true,
+              bool track_running_stats = true)
+      : BatchNorm(graph, name, "BatchNorm1d", {2, 3}, channels, momentum, eps, affine,
+                  track_running_stats) {}
 };
 
 /// Batch norm of x [N, C, H, W] (PyTorch's BatchNorm2d).
 class BatchNorm2d : public BatchNorm {
  public:
-  BatchNorm2d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
-              double eps = 1e-5)
-      : BatchNorm(graph, name, "BatchNorm2d", {4}, channels, momentum, eps) {}
+  BatchNorm2d(Graph& graph, const std::string& name, int64_t channels,
+              std::optional<double> momentum = 0.1, double eps = 1e-5, bool affine = true,
+              bool track_running_stats = true)
+      : BatchNorm(graph, name, "BatchNorm2d", {4}, channels, momentum, eps, affine,
+                  track_running_stats) {}
 };
 
 /// Batch norm of x [N, C, D, H, W] (PyTorch's BatchNorm3d).
 class BatchNorm3d : public BatchNorm {
  public:
-  BatchNorm3d(Graph& graph, const std::string& name, int64_t channels, double momentum = 0.1,
-              double eps = 1e-5)
-      : BatchNorm(graph, name, "BatchNorm3d", {5}, channels, momentum, eps) {}
+  BatchNorm3d(Graph& graph, const std::string& name, int64_t channels,
+              std::optional<double> momentum = 0.1, double eps = 1e-5, bool affine = true,
+              bool track_running_stats = true)
+      : BatchNorm(graph, name, "BatchNorm3d", {5}, channels, momentum, eps, affine,
+                  track_running_stats) {}
 };
 
 /// Layer norm over the last dims `shape`, then weight (1) and bias (0) unless `affine` is false

@@ -421,10 +421,12 @@ Value group_norm(const Value& x, int64_t groups, const Value& weight = {}, const
 /// Training: the batch's statistics, and where running_mean / running_var (variables [C]) are
 /// given they are updated whenever the result is computed (running = (1 - momentum) running +
 /// momentum batch, the variance unbiased), as PyTorch does. Evaluation: the running
-/// statistics.
+/// statistics. With `num_batches_tracked` (an i64 scalar variable, the batches averaged so far)
+/// momentum is ignored and the running statistics are the plain average of every training
+/// batch's: the count grows by one and the factor is 1 / count (PyTorch's momentum=None).
 Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
                  const Value& weight, const Value& bias, bool training, double momentum = 0.1,
-                 double eps = 1e-5);
+                 double eps = 1e-5, const Value& num_batches_tracked = {});
 /// Instance normalization of x [N, C, ...]: each channel of each example normalized over its
 /// positions, then weight [C] and bias [C] (optional) (PyTorch's instance_norm). With
 /// use_input_stats (training, or no running statistics kept) the instance's statistics are used,

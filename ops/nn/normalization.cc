@@ -594,9 +594,16 @@ int64_t check_norm_arguments(const char* fn, const Value& x, const Value& runnin
 }  // namespace
 
 Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
-                 const Value& weight, const Value& bias, bool training, double momentum,
-                 double eps) {
+                 const Value& weight, const Value& bias, bool training, double momentum, double eps,
+                 const Value& num_batches_tracked) {
   check_norm_arguments("batch_norm", x, running_mean, running_var, weight, bias, momentum);
+  if (num_batches_tracked.defined()) {
+    if (!running_mean.defined())
+      throw GraphError("batch_norm: num_batches_tracked without running statistics to average");
+    if (num_batches_tracked.dtype() != i64 || num_batches_tracked.shape() != Shape{})
+      throw GraphError(str("batch_norm: num_batches_tracked must be an i64 scalar, got ",
+                           num_batches_tracked.dtype(), num_batches_tracked.shape()));
+  }
   const int64_t rank = x.shape().rank();
   if (training || !running_mean.defined()) {
     std::vector<int64_t> axes{0};
@@ -610,6 +617,15 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
     const Value mean = x.graph()->add("stop_gradient", {n.mean});
     const Value rstd = x.graph()->add("stop_gradient", {n.rstd});
     const Value var = (1.0 / (rstd * rstd) - eps) * (count / (count - 1.0));
+    if (num_batches_tracked.defined()) {
+      // The cumulative average: the count after this batch, read from its assign_add, so
+      // the factor 1 / count sees this batch counted.
+      const Value counted = assign_add(num_batches_tracked, x.graph()->scalar(1, i64));
+      const Value factor = 1.0 / cast(counted, x.dtype());
+      const Value new_mean = assign(running_mean, running_mean * (1.0 - factor) + mean * factor);
+      const Value new_var = assign(running_var, running_var * (1.0 - factor) + var * factor);
+      return after(n.y, {new_mean, new_var});
+    }
     return update_running(n.y, running_mean, running_var, mean, var, momentum);
   }
   return normalize_by_running(x, running_mean, running_var, weight, bias, eps);

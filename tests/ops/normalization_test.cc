@@ -426,5 +426,66 @@ TEST(Normalization, BadShapesAndSettingsAreGraphErrors) {
       {"conv_transpose2d", "output_padding 1"});
 }
 
+// BatchNorm2d with PyTorch's options, against torch 2.15 (f64, printed to 9 digits): momentum
+// std::nullopt (PyTorch's None) averages three training batches equally (num_batches_tracked
+// counts them) and evaluation reads that average; affine false with track_running_stats false
+// has no variables and normalizes by the batch in evaluation too.
+TEST(Normalization, BatchNormLayerOptionsFollowPyTorch) {
+  auto batch = [](int k) {  // sin(0.37 (k + 1) i + k), i = 0 ... 23, as [2, 3, 2, 2]
+    std::vector<float> v(24);
+    for (int i = 0; i < 24; ++i) v[i] = static_cast<float>(std::sin(i * 0.37 * (k + 1) + k));
+    return Tensor::from_vector<float>(v, {2, 3, 2, 2});
+  };
+  auto expect_near = [](const std::vector<float>& got, const std::vector<double>& torch,
+                        double tolerance, const char* what) {
+    ASSERT_EQ(got.size(), torch.size()) << what;
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], torch[i], tolerance) << what << i;
+  };
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3, 2, 2});
+  nn::BatchNorm2d average(g, "average", 3, std::nullopt);
+  Value train = average(x);
+  average.eval();
+  Value eval = average(x);
+  Session s(g);
+  for (int k = 0; k < 3; ++k) s.run({{x, batch(k)}}, {train});
+  EXPECT_EQ(s.variable_value(average.num_batches_tracked).item<int64_t>(), 3);
+  expect_near(s.variable_value(average.running_mean).to_vector<float>(),
+              {-0.174243932, 0.265744104, 0.142945614}, 1e-6, "running_mean");
+  expect_near(s.variable_value(average.running_var).to_vector<float>(),
+              {0.55372955, 0.424052642, 0.588971566}, 1e-6, "running_var");
+  expect_near(s.run({{x, batch(3)}}, {eval})[0].to_vector<float>(),
+              {0.423798349, -1.07355942,   -0.192632105, 1.46447588,   0.334564946, -1.67931361,
+               -1.38126025, 0.686668269,   0.807957931,  -0.934888307, -1.31623692, 0.357454322,
+               1.50122402,  -0.0968195602, -1.09293259,  0.32447261,   1.12711588,  -0.232891498,
+               -1.9115123,  -0.855911471,  1.02052646,   0.412575571,  -1.28445198, -0.984245571},
+              1e-5, "eval");
+
+  Graph h;
+  Value y = h.placeholder("y", f32, {2, 3, 2, 2});
+  nn::BatchNorm2d plain(h, "plain", 3, 0.1, 1e-5, /*affine=*/false,
+                        /*track_running_stats=*/false);
+  plain.eval();
+  Value normalized = plain(y);
+  EXPECT_TRUE(h.variables().empty());
+  EXPECT_FALSE(plain.weight.defined() || plain.running_mean.defined());
+  Session t(h);
+  expect_near(t.run({{y, batch(4)}}, {normalized})[0].to_vector<float>(),
+              {-1.13994048,  -0.641691434, 1.43967596,    -0.205782192, -1.17419877,  0.812011536,
+               0.734642211,  -1.20892363,  -0.0518577095, 1.55227271,   -0.737914566, -1.07973843,
+               1.27368017,   0.307713518,  -1.49723818,   0.463582639,  1.05041123,   -0.99401427,
+               -0.494521596, 1.27459329,   -0.222866064,  -1.39352255,  1.05675867,   0.876867942},
+              1e-5, "no running statistics");
+
+  expect_error<GraphError>([&] { nn::BatchNorm2d bad(h, "bad", 3, 1.5); },
+                           {"[nn] BatchNorm2d bad: momentum 1.5 must be in [0, 1]"});
+  expect_error<GraphError>(
+      [&] {
+        Value count = h.variable("count", Shape{}, init::zeros(), f32, false);
+        batch_norm(y, Value(), Value(), Value(), Value(), true, 0.1, 1e-5, count);
+      },
+      {"batch_norm: num_batches_tracked without running statistics"});
+}
+
 }  // namespace
 }  // namespace kiln
