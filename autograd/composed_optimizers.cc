@@ -12,10 +12,7 @@
 
 namespace kiln::optim {
 
-Muon::Muon(MuonOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+Muon::Muon(MuonOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(options.momentum >= 0 && options.momentum < 1 && options.weight_decay >= 0 &&
                  options.eps >= 0,
              GraphError,
@@ -88,10 +85,7 @@ Value Muon::update(const Value& var, const Value& grad, const Value& lr, const V
   return assign(var, apply_if.defined() ? where(apply_if, stepped, var) : stepped);
 }
 
-Adafactor::Adafactor(AdafactorOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+Adafactor::Adafactor(AdafactorOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(options.beta2_decay <= 0 && options.eps1.value_or(0) >= 0 && options.eps2 >= 0 &&
                  options.d >= 1 && options.weight_decay >= 0,
              GraphError,

@@ -417,10 +417,7 @@ Value ExponentialMovingAverage::restore_weights() const {
   return group(*shadows_[0].first.graph(), restores);
 }
 
-SGD::SGD(SGDOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+SGD::SGD(SGDOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(options.dampening >= 0 && options.dampening <= 1, GraphError,
              "[optim] SGD needs 0 <= dampening <= 1, got ", options.dampening);
   KILN_CHECK(!options.nesterov || options.dampening == 0, GraphError,
@@ -438,10 +435,7 @@ Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Va
 
 AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,
                                          bool allows_amsgrad)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options),
-      decoupled_(decoupled) {
+    : Optimizer(options), options_(options), decoupled_(decoupled) {
   KILN_CHECK(allows_amsgrad || !options.amsgrad, GraphError, "[optim] ", name,
              " has no amsgrad variant (Adam and AdamW do)");
 }
@@ -505,10 +499,7 @@ Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const 
                       momentum_decay_, apply_if, momentum_now());
 }
 
-Adagrad::Adagrad(AdagradOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+Adagrad::Adagrad(AdagradOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(options.lr_decay >= 0 && options.initial_accumulator_value >= 0, GraphError,
              "[optim] Adagrad needs lr_decay >= 0 and initial_accumulator_value >= 0, got ",
              options.lr_decay, " and ", options.initial_accumulator_value);
@@ -521,10 +512,7 @@ Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, cons
                         step, options_.lr_decay, options_.eps, weight_decay, apply_if);
 }
 
-Adadelta::Adadelta(AdadeltaOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+Adadelta::Adadelta(AdadeltaOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(options.rho >= 0 && options.rho <= 1 && options.eps >= 0, GraphError,
              "[optim] Adadelta needs rho in [0, 1] and eps >= 0, got rho ", options.rho,
              " and eps ", options.eps);
@@ -537,10 +525,7 @@ Value Adadelta::update(const Value& var, const Value& grad, const Value& lr, con
                          grad, lr, options_.rho, options_.eps, weight_decay, apply_if);
 }
 
-RMSProp::RMSProp(RMSPropOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {}
+RMSProp::RMSProp(RMSPropOptions options) : Optimizer(options), options_(options) {}
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
                       double weight_decay, const Value& apply_if) {
@@ -557,10 +542,7 @@ Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, cons
                                  apply_if, momentum_now());
 }
 
-Rprop::Rprop(RpropOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+Rprop::Rprop(RpropOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(0 < options.eta_minus && options.eta_minus < 1 && options.eta_plus > 1, GraphError,
              "[optim] Rprop needs 0 < eta_minus < 1 < eta_plus, got ", options.eta_minus, " and ",
              options.eta_plus);
@@ -580,10 +562,7 @@ Value Rprop::update(const Value& var, const Value& grad, const Value& lr, const 
                       options_.step_size_min, options_.step_size_max, apply_if);
 }
 
-ASGD::ASGD(ASGDOptions options)
-    : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
-                options.clip_value, options.maximize),
-      options_(options) {
+ASGD::ASGD(ASGDOptions options) : Optimizer(options), options_(options) {
   KILN_CHECK(options.lambd >= 0 && options.alpha >= 0, GraphError,
              "[optim] ASGD needs lambd >= 0 and alpha >= 0, got ", options.lambd, " and ",
              options.alpha);

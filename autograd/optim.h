@@ -338,6 +338,12 @@ class Optimizer {
         clip_norm_type_(clip_norm_type),
         clip_value_(clip_value),
         maximize_(maximize) {}
+  /// The settings every options struct has: lr, schedule, clip_norm, clip_norm_type,
+  /// clip_value and maximize.
+  template <typename Options>
+  explicit Optimizer(const Options& options)
+      : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
+                  options.clip_value, options.maximize) {}
   /// The update op for one variable with its group's weight decay; it applies only where
   /// `apply_if` (when defined) is true.
   virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
