@@ -2,6 +2,7 @@
 // update op, because their step needs more than each element's own state: Muon orthogonalizes
 // the whole matrix, Adafactor factors its variance over rows and columns and scales by norms.
 // They run wherever those ops do.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
