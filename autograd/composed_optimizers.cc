@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "kiln/autograd/optim.h"
+#include "kiln/autograd/optim_state.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
 #include "kiln/ops/state.h"
@@ -77,13 +78,13 @@ Value Muon::update(const Value& var, const Value& grad, const Value& lr, const V
   Value buf = slot(var, "muon_momentum");
   Value blended = buf + (grad - buf) * (1.0 - mu);
   // The buffer's assign is read back, so the variable's update runs after it.
-  Value moved = assign(buf, apply_if.defined() ? where(apply_if, blended, buf) : blended);
+  Value moved = assign_unless_skipped(buf, blended, apply_if);
   Value u = options_.nesterov ? moved - (moved - grad) * (1.0 - mu) : moved;
   Value orthogonal = newton_schulz(u, options_);
   const double ratio =
       lr_ratio(options_.adjust_lr, static_cast<double>(shape[0]), static_cast<double>(shape[1]));
   Value stepped = var * (1.0 - lr * weight_decay) - orthogonal * (lr * ratio);
-  return assign(var, apply_if.defined() ? where(apply_if, stepped, var) : stepped);
+  return assign_unless_skipped(var, stepped, apply_if);
 }
 
 Adafactor::Adafactor(AdafactorOptions options) : Optimizer(options), options_(options) {
@@ -110,9 +111,6 @@ Value Adafactor::update(const Value& var, const Value& grad, const Value& lr, co
   KILN_CHECK(shape.is_known(), GraphError, "[optim] Adafactor needs ", var.name(), "'s shape, got ",
              shape);
   const DType dtype = var.dtype();
-  auto gated = [&](const Value& state, const Value& moved) {
-    return assign(state, apply_if.defined() ? where(apply_if, moved, state) : moved);
-  };
   // The step's scalars, in f64 as torch's Python floats: t counts from 1.
   Value t = cast(step, f64) + 1.0;
   Value rate = cast(pow(t, options_.beta2_decay), dtype);  // 1 - beta2_t
@@ -131,18 +129,20 @@ Value Adafactor::update(const Value& var, const Value& grad, const Value& lr, co
     cols[-2] = 1;
     Value row_var = shaped_slot(var, "adafactor_row_var", rows);
     Value col_var = shaped_slot(var, "adafactor_col_var", cols);
-    Value r = gated(row_var, row_var + (mean(squared, -1, true) - row_var) * rate);
-    Value c = gated(col_var, col_var + (mean(squared, -2, true) - col_var) * rate);
+    Value r = assign_unless_skipped(row_var, row_var + (mean(squared, -1, true) - row_var) * rate,
+                                    apply_if);
+    Value c = assign_unless_skipped(col_var, col_var + (mean(squared, -2, true) - col_var) * rate,
+                                    apply_if);
     // v = r c / mean(r): the rank-one estimate whose row and column means are r and c.
     variance = r * c / maximum(mean(r, -2, true), eps1);
   } else {
     Value v = slot(var, "adafactor_variance");
-    variance = gated(v, v + (squared - v) * rate);
+    variance = assign_unless_skipped(v, v + (squared - v) * rate, apply_if);
   }
   Value u = rsqrt(maximum(variance, eps1 * eps1)) * grad;
   Value clipped = maximum(root_mean_square(u) / options_.d, 1.0);
   Value stepped = var * (1.0 - lr * weight_decay) - u * (scale / clipped);
-  return gated(var, stepped);
+  return assign_unless_skipped(var, stepped, apply_if);
 }
 
 }  // namespace kiln::optim

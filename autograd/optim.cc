@@ -34,6 +34,10 @@ Value state_variable(Graph& graph, const std::string& name, DType dtype, const S
       {.name = name, .exact_name = true, .absolute_name = true});
 }
 
+Value assign_unless_skipped(const Value& state, const Value& moved, const Value& apply_if) {
+  return assign(state, apply_if.defined() ? where(apply_if, moved, state) : moved);
+}
+
 std::vector<ParamGroup> decay_matrices_only(const std::vector<Value>& variables) {
   ParamGroup decayed, kept{.weight_decay = 0.0};
   for (const Value& v : variables) (v.shape().rank() >= 2 ? decayed : kept).variables.push_back(v);
@@ -487,8 +491,7 @@ std::vector<Value> NAdam::prepare_step(Graph& graph, const Value& step, const Va
   Value beta1 = momentum_now().defined() ? momentum_now() : graph.scalar(options_.beta1, f64);
   Value mu = beta1 * (1.0 - 0.5 * pow(0.96, t * momentum_decay_));
   mu_product_ = product * mu;
-  return {
-      assign(product, apply_if.defined() ? where(apply_if, mu_product_, product) : mu_product_)};
+  return {assign_unless_skipped(product, mu_product_, apply_if)};
 }
 
 Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,

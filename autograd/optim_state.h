@@ -12,4 +12,9 @@ namespace kiln::optim {
 Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
                      double initial, bool persistent = true);
 
+/// Writes `moved` into the variable `state`, or where `apply_if` (a bool scalar) is defined and
+/// false leaves it as it is (a step loss scaling or gradient accumulation skips). Returns the
+/// assign's output, so what reads it runs after the write.
+Value assign_unless_skipped(const Value& state, const Value& moved, const Value& apply_if);
+
 }  // namespace kiln::optim
