@@ -27,8 +27,14 @@ std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, boo
                                      bool product = false, int num_scalars = 0,
                                      bool cycles_momentum = true) {
   if (cycles_momentum && ctx.attr<bool>("momentum_input")) ++num_scalars;
+  // The count first: which inputs there must be depends on attributes (SGD's dampening takes a
+  // step, momentum_input a scalar) that the schema's fixed inputs do not cover.
+  const int gradient = num_slots + 1, lr = gradient + (product ? 2 : 1);
+  const int scalars = lr + 1 + (has_step ? 1 : 0), fixed = scalars + num_scalars;
+  if (ctx.num_inputs() < fixed)
+    ctx.fail("takes ", fixed, " inputs or more, got ", ctx.num_inputs());
+  if (ctx.num_inputs() > fixed + 1) ctx.fail("takes at most one apply_if input");
   ctx.expect_dtype(0, {f32, f64});
-  const int gradient = num_slots + 1;
   for (int i = 1; i < gradient + (product ? 2 : 1); ++i) ctx.expect_same_dtype(0, i);
   for (int i = 1; i < (product ? gradient : gradient + 1); ++i)
     if (!ctx.shape(i).compatible_with(ctx.shape(0)))
@@ -45,21 +51,16 @@ std::vector<TensorType> infer_update(const InferContext& ctx, int num_slots, boo
       ctx.fail("the gradient a", (ta ? "^T" : ""), " b", (tb ? "^T" : ""), " with a ", a, " and b ",
                b, " is not the variable's shape ", var);
   }
-  const int lr = gradient + (product ? 2 : 1);
   ctx.expect_same_dtype(0, lr);
   if (ctx.shape(lr).rank() != 0) ctx.fail("lr must be a scalar, got ", ctx.shape(lr));
   if (has_step) {
     ctx.expect_dtype(lr + 1, {i64});
     if (ctx.shape(lr + 1).rank() != 0) ctx.fail("step must be a scalar");
   }
-  const int scalars = lr + 1 + (has_step ? 1 : 0), fixed = scalars + num_scalars;
-  for (int i = scalars; i < fixed && i < ctx.num_inputs(); ++i) {
+  for (int i = scalars; i < fixed; ++i) {
     ctx.expect_dtype(i, {f64});
     if (ctx.shape(i).rank() != 0) ctx.fail("input ", i, " must be a scalar, got ", ctx.shape(i));
   }
-  if (ctx.num_inputs() < fixed)
-    ctx.fail("takes ", fixed, " inputs or more, got ", ctx.num_inputs());
-  if (ctx.num_inputs() > fixed + 1) ctx.fail("takes at most one apply_if input");
   if (ctx.num_inputs() == fixed + 1) {
     ctx.expect_dtype(fixed, {DType::boolean});
     if (ctx.shape(fixed).rank() != 0)

@@ -488,6 +488,19 @@ TEST(Optimizers, SgdDampeningMatchesTorch) {
   expect_error<GraphError>(
       [&] { sgd_update(p, p, p, g.scalar(0.1, f64), 0.9, false, 0, {}, {}, 0.5); },
       {"[sgd_update]", "dampening 0.5", "step"});
+  // A graph file's node whose attributes ask for an input it lacks (dampening: the step;
+  // momentum_input: the momentum) is refused when it is loaded, before anything reads past them.
+  Value lr = g.scalar(0.1, f64);
+  expect_error<GraphError>(
+      [&] {
+        g.add("sgd_update", {p, p, p, lr}, {{"dampening", 0.5}});
+      },
+      {"sgd_update", "takes 5 inputs or more, got 4"});
+  expect_error<GraphError>(
+      [&] {
+        g.add("adam_update", {p, p, p, p, lr, g.scalar(0, i64)}, {{"momentum_input", true}});
+      },
+      {"adam_update", "takes 7 inputs or more, got 6"});
 }
 
 // Parameter groups: each variable's update uses its group's rate and weight decay; the
