@@ -46,9 +46,9 @@ std::vector<Value> Module::parameters() const {
 }
 
 Value Module::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
-                       bool trainable) {
+                       bool trainable, DType dtype) {
   NameScope scope(graph_, name_);
-  Value v = graph_.variable(name, shape, initializer, DType::f32, trainable);
+  Value v = graph_.variable(name, shape, initializer, dtype, trainable);
   variables_.push_back(v);
   return v;
 }
@@ -286,10 +286,8 @@ BatchNorm::BatchNorm(Graph& graph, const std::string& name, const char* kind,
   if (!track_running_stats) return;
   running_mean = variable("running_mean", {channels}, init::zeros(), false);
   running_var = variable("running_var", {channels}, init::constant(1), false);
-  if (!momentum) {
-    NameScope scope(graph, this->name());
-    num_batches_tracked = graph.variable("num_batches_tracked", Shape{}, init::zeros(), i64, false);
-  }
+  if (!momentum)
+    num_batches_tracked = variable("num_batches_tracked", {}, init::zeros(), false, i64);
 }
 
 Value BatchNorm::forward(const Value& x) {

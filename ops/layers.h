@@ -20,6 +20,7 @@
 #include <array>
 #include <functional>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,14 +53,46 @@ class Module {
   std::vector<Value> parameters() const;
   Graph& graph() const { return graph_; }
 
+  /// PyTorch's state_dict of the torch.nn module this layer stands for, from Kiln's variable
+  /// values by name (Session::variable_values()): names relative to this layer, '.'-separated
+  /// ("block.self_attn.in_proj_weight"), tensors in PyTorch's layouts (Linear's and the recurrent
+  /// layers' weights transposed to [out, in]; MultiHeadAttention's query, key and value packed
+  /// into in_proj as torch.nn.MultiheadAttention's; TransformerBlock's parts named as
+  /// torch.nn.TransformerEncoderLayer's). A child keeps the name it was made with, so a
+  /// Sequential whose layers are named "0", "1", ... matches torch.nn.Sequential. Throws
+  /// kiln::GraphError naming a variable `values` lacks.
+  std::map<std::string, Tensor> torch_state_dict(const std::map<std::string, Tensor>& values) const;
+  /// The reverse, PyTorch's load_state_dict: Kiln's variable values by name (for
+  /// Session::set_variables) from a PyTorch state_dict, each cast to its variable's dtype. With
+  /// `strict`, a key the layer does not have or a key it has that `state_dict` lacks is an error,
+  /// as in PyTorch. Throws kiln::FeedError naming the keys, or the key and both shapes.
+  std::map<std::string, Tensor> from_torch_state_dict(
+      const std::map<std::string, Tensor>& state_dict, bool strict = true) const;
+
  protected:
+  /// One tensor of PyTorch's state_dict: `name` (relative to the layer) holds the Kiln
+  /// variables `parts`, each transposed when `transposed` (2-D), concatenated along dim 0.
+  /// No parts: a key PyTorch's module has and Kiln's keeps no variable for (accepted when
+  /// loading, not written).
+  struct TorchTensor {
+    std::string name;
+    std::vector<Value> parts;
+    bool transposed = false;
+  };
+  /// This layer's tensors as PyTorch names and lays them out, its children's included. The
+  /// default: each variable as it is under its own name, then each child's under the child's
+  /// name (torch_child_name).
+  virtual std::vector<TorchTensor> torch_tensors() const;
+  /// The attribute name PyTorch's module gives `child` (default: the name it was made with).
+  virtual std::string torch_child_name(const Module& child) const { return child.name(); }
+
   Module(Graph& graph, std::string name);
   /// The layer's computation; called by operator() inside its name scope.
   virtual Value forward(const Value& x) = 0;
   /// A variable of this layer, named "<layer>/<name>". `trainable` false: state (running
   /// statistics) that the optimizer leaves alone.
   Value variable(const std::string& name, const Shape& shape, const Initializer& initializer,
-                 bool trainable = true);
+                 bool trainable = true, DType dtype = DType::f32);
   /// A seed for one of this layer's random initializers (stable: from its name).
   int64_t seed_for(const std::string& variable) const;
   /// A trainable variable uniform in +-1 / sqrt(fan_in) (PyTorch's default for the weights and
@@ -112,6 +145,7 @@ class Linear : public Module {
 
  protected:
   Value forward(const Value& x) override;
+  std::vector<TorchTensor> torch_tensors() const override;
 
  private:
   int64_t in_, out_;
@@ -249,6 +283,7 @@ class BatchNorm : public Module {
             int64_t channels, std::optional<double> momentum, double eps, bool affine,
             bool track_running_stats);
   Value forward(const Value& x) override;
+  std::vector<TorchTensor> torch_tensors() const override;
 
  private:
   const char* kind_;
@@ -346,6 +381,7 @@ class InstanceNorm : public Module {
   InstanceNorm(Graph& graph, const std::string& name, const char* kind, int64_t rank,
                int64_t channels, InstanceNormOptions options);
   Value forward(const Value& x) override;
+  std::vector<TorchTensor> torch_tensors() const override;
 
  private:
   const char* kind_;

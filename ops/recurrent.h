@@ -76,6 +76,7 @@ class Recurrent : public Module {
             int64_t hidden, RecurrentOptions options);
   /// The output at every step (run(x).output).
   Value forward(const Value& x) override;
+  std::vector<TorchTensor> torch_tensors() const override;
   /// Whether the state has a cell (an LSTM's c) besides h.
   virtual bool has_cell() const { return false; }
   /// The step the recurrence op runs for this layer (a sequence of unknown length).

@@ -134,6 +134,8 @@ class MultiHeadAttention : public Module {
 
  protected:
   Value forward(const Value& x) override { return attention_to(x, projected(x), Value()); }
+  std::vector<TorchTensor> torch_tensors() const override;
+  std::string torch_child_name(const Module& child) const override;
 
  private:
   /// Checks that x or memory is [B, T, width] (`what` names it), B and T known or not; else a
@@ -286,6 +288,7 @@ class TransformerBlock : public Module {
 
  protected:
   Value forward(const Value& x) override;
+  std::string torch_child_name(const Module& child) const override;
 
  private:
   /// norm1 or norm2: LayerNorm or RMSNorm, or without Options::input_norms an identity.
@@ -344,6 +347,7 @@ class TransformerDecoderBlock : public Module {
  protected:
   /// A decoder needs its memory: calling it as a one-input layer is an error naming it.
   Value forward(const Value& x) override;
+  std::string torch_child_name(const Module& child) const override;
 
  private:
   /// The block around `self_attend` and `cross_attend`, its attention sublayers.

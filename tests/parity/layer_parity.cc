@@ -1,7 +1,7 @@
-// Model-level PyTorch parity of the layer library (kiln::nn): thirteen models built as a user
+// Model-level PyTorch parity of the layer library (kiln::nn): fifteen models built as a user
 // would, trained three steps, every parameter, statistic, loss and evaluation output written as
 // .npy for tests/parity/torch_layer_parity.py, which rebuilds both in PyTorch (f64) from the same
-// initial values and compares.
+// initial values and compares; and five layers' PyTorch state_dicts (ported, below).
 //   cnn: Conv2d (stride, padding) -> BatchNorm2d -> ReLU -> max pool -> Conv2d (no bias,
 //        dilation, groups) -> GELU -> global average pool -> Linear; cross entropy with label
 //        smoothing; SGD with momentum and weight decay; then the evaluation-mode logits (running
@@ -73,15 +73,22 @@
 //        -> InstanceNorm3d (affine, running statistics) -> ConvTranspose3d (stride, output_padding)
 //        -> AvgPool3d (padding not counted) -> AdaptiveMaxPool3d -> AdaptiveAvgPool3d (uneven
 //        windows) -> Flatten -> Linear; cross entropy; Adam; then the evaluation-mode logits.
+//   ported: Module::torch_state_dict, checked by PyTorch's own load_state_dict(strict=True):
+//        random values in a Sequential (Conv2d, BatchNorm2d, ReLU, Flatten, Linear), a post-norm
+//        TransformerBlock, a TransformerDecoderBlock, a MultiHeadAttention over a memory of
+//        another width (kdim/vdim) and a bidirectional two-layer LSTM with proj_size; each one's
+//        state_dict and evaluation-mode output, which the script's torch.nn modules must give.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
 //
 //   layer_parity DIR [--device cpu|cuda]   (tools/gpu-check runs it on the GPU)
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "kiln/kiln.h"
@@ -501,6 +508,74 @@ void decoder(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+// Module::torch_state_dict of five layers with random values, each written as
+// <dir>/<layer>/<key>.npy (keys.txt lists them) beside its evaluation-mode output (output.npy):
+// the script loads each into the torch.nn module it stands for with strict=True.
+void ported(const std::filesystem::path& dir, Device device) {
+  constexpr int64_t kBatch = 2, kLength = 5, kMemory = 7, kDim = 16;
+  Graph g;
+  Value images = g.placeholder("images", f32, {kBatch, 3, 6, 6});
+  Value tokens = g.placeholder("tokens", f32, {kBatch, kLength, kDim});
+  Value memory = g.placeholder("memory", f32, {kBatch, kMemory, kDim});
+  Value narrow_memory = g.placeholder("narrow_memory", f32, {kBatch, kMemory, 12});
+  nn::Sequential cnn(g, "cnn");
+  cnn.add<nn::Conv2d>("0", 3, 4, std::array<int64_t, 2>{3, 3}, Conv2dOptions{.padding = {1, 1}});
+  cnn.add<nn::BatchNorm2d>("1", 4);
+  cnn.add("2", [](const Value& x) { return relu(x); });
+  cnn.add<nn::Flatten>("3");
+  cnn.add<nn::Linear>("4", 4 * 6 * 6, 5);
+  const nn::TransformerBlock::Options post_norm{
+      .ffn_dim = 32,
+      .dropout = 0,
+      .causal = false,
+      .activation = nn::TransformerBlock::Activation::relu,
+      .norm_first = false};
+  nn::TransformerBlock encoder(g, "encoder", kDim, 4, post_norm);
+  nn::TransformerDecoderBlock decoder(g, "decoder", kDim, 4, post_norm);
+  nn::MultiHeadAttention cross(g, "cross", kDim, 4, {.memory_dim = 12});
+  nn::LSTM lstm(g, "lstm", kDim, 8,
+                {.num_layers = 2, .batch_first = true, .bidirectional = true, .proj_size = 3});
+  // Evaluation mode before the layers are called (a layer reads its mode then).
+  for (nn::Module* layer :
+       std::initializer_list<nn::Module*>{&cnn, &encoder, &decoder, &cross, &lstm})
+    layer->eval();
+  const std::vector<std::pair<nn::Module*, Value>> layers = {
+      {&cnn, cnn(images)},
+      {&encoder, encoder(tokens)},
+      {&decoder, decoder.decode(tokens, memory)},
+      {&cross, cross.attend(tokens, narrow_memory, {})},
+      {&lstm, lstm(tokens)}};
+  Session session(g, {.device = device});
+  session.initialize_variables();
+  unsigned seed = 100;
+  for (const auto& [name, value] : session.variable_values()) {
+    if (value.dtype() != f32) continue;
+    Tensor random = normal(value.shape(), seed++);
+    const bool variance = name.find("running_var") != std::string::npos;
+    for (float& e : random.data_span<float>()) e = variance ? std::abs(e) + 0.5f : 0.3f * e;
+    session.set_variable(g.value(name), random);
+  }
+  const FeedList feeds = {{images, normal({kBatch, 3, 6, 6}, 1)},
+                          {tokens, normal({kBatch, kLength, kDim}, 2)},
+                          {memory, normal({kBatch, kMemory, kDim}, 3)},
+                          {narrow_memory, normal({kBatch, kMemory, 12}, 4)}};
+  for (const auto& [placeholder, value] : feeds) {
+    std::filesystem::create_directories(dir);
+    save_npy(value, (dir / (placeholder.name() + ".npy")).string());
+  }
+  const std::map<std::string, Tensor> values = session.variable_values();
+  for (const auto& [layer, output] : layers) {
+    const std::filesystem::path at = dir / layer->name();
+    std::filesystem::create_directories(at);
+    std::ofstream keys(at / "keys.txt");
+    for (const auto& [key, tensor] : layer->torch_state_dict(values)) {
+      keys << key << "\n";
+      save_npy(tensor, (at / (key + ".npy")).string());
+    }
+    save_npy(session.run(feeds, {output})[0], (at / "output.npy").string());
+  }
+}
+
 // `open`: the ids' length is unknown when the graph is built.
 void recurrent(const std::filesystem::path& dir, Device device, bool open = false) {
   std::filesystem::create_directories(dir);
@@ -852,11 +927,13 @@ int main(int argc, char** argv) {
     kiln::segment(dir / "segment", device);
     kiln::losses(dir / "losses", device);
     kiln::volume(dir / "volume", device);
+    kiln::ported(dir / "ported", device);
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, llama, vit, ae, encoder, text_cnn, pool, decoder, "
         "recurrent, recurrent_open, "
-        "activations, segment, losses and volume models' runs and the interpolate table on %s to "
+        "activations, segment, losses, volume and ported models' runs and the interpolate table on "
+        "%s to "
         "%s\n",
         kiln::str(device).c_str(), argv[1]);
   } catch (const std::exception& e) {

@@ -7,7 +7,10 @@ functions; the encoder, the vision transformer, the text CNN, the pooling model,
 recurrent model and the segmentation model are PyTorch's own modules (nn.Embedding,
 nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d,
 nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, nn.InstanceNorm2d, nn.ReflectionPad2d, ...) with Kiln's
-values loaded, as a user porting a model would.
+values loaded, as a user porting a model would. Last, five state_dicts that Kiln's
+Module::torch_state_dict wrote go through PyTorch's own load_state_dict(strict=True) into
+nn.Sequential, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention
+(kdim/vdim) and nn.LSTM (proj_size), whose outputs must be Kiln's.
 
     /usr/bin/python3 torch_layer_parity.py DIR
 
@@ -755,6 +758,51 @@ def interpolation(root):
     return compared, failures
 
 
+def ported(root):
+    """layer_parity.cc's ported(): each layer's Module::torch_state_dict, loaded into the torch.nn
+    module it stands for by load_state_dict(strict=True) (a key too many, too few or of another
+    shape fails there), must give Kiln's evaluation-mode output."""
+    directory = os.path.join(root, "ported")
+    nn = torch.nn
+
+    def load(name):  # Kiln's f32 inputs, run in f64 as the other models
+        return torch.tensor(np.load(os.path.join(directory, name))).double()
+
+    post_norm = dict(dim_feedforward=32, dropout=0.0, activation="relu", batch_first=True)
+    images, tokens, memory = load("images.npy"), load("tokens.npy"), load("memory.npy")
+    narrow_memory = load("narrow_memory.npy")
+    lstm = nn.LSTM(16, 8, num_layers=2, batch_first=True, bidirectional=True, proj_size=3)
+    layers = {
+        "cnn": (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(4 * 6 * 6, 5)), lambda m: m(images)),
+        "encoder": (nn.TransformerEncoderLayer(16, 4, **post_norm), lambda m: m(tokens)),
+        "decoder": (nn.TransformerDecoderLayer(16, 4, **post_norm), lambda m: m(tokens, memory)),
+        "cross": (nn.MultiheadAttention(16, 4, kdim=12, vdim=12, batch_first=True),
+                  lambda m: m(tokens, narrow_memory, narrow_memory, need_weights=False)[0]),
+        "lstm": (lstm, lambda m: m(tokens)[0]),
+    }
+    compared, failures = 0, []
+    for name, (module, run) in layers.items():
+        at = os.path.join(directory, name)
+        keys = open(os.path.join(at, "keys.txt")).read().split()
+        state = {k: torch.tensor(np.load(os.path.join(at, k + ".npy"))) for k in keys}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            failures.append(f"ported {name}: {e}")
+            continue
+        module.eval()
+        with torch.no_grad():
+            got = run(module).numpy()
+        want = np.load(os.path.join(at, "output.npy"))
+        error = float(np.abs(got - want).max())
+        compared += got.size
+        if got.shape != want.shape or error > 1e-5:
+            failures.append(f"ported {name}: output {got.shape} vs Kiln's {want.shape}, "
+                            f"max difference {error:.3g}")
+    return compared, failures
+
+
 def main():
     if len(sys.argv) != 2:
         print(__doc__)
@@ -772,11 +820,13 @@ def main():
         build(run)
         runs.append(run)
     resized, resize_failures = interpolation(sys.argv[1])
-    compared = sum(r.compared for r in runs) + resized
-    failures = [f for r in runs for f in r.failures] + resize_failures
+    loaded, port_failures = ported(sys.argv[1])
+    compared = sum(r.compared for r in runs) + resized + loaded
+    failures = [f for r in runs for f in r.failures] + resize_failures + port_failures
     for f in failures:
         print("[layer-parity] MISMATCH", f)
-    print(f"[layer-parity] {len(runs)} models and {len(RESIZES)} interpolate cases, "
+    print(f"[layer-parity] {len(runs)} models, {len(RESIZES)} interpolate cases and 5 "
+          f"state_dicts loaded by torch, "
           f"{compared} values compared, "
           f"{len(failures)} mismatches (torch {torch.__version__})")
     return 1 if failures or compared == 0 else 0
