@@ -90,16 +90,13 @@ std::map<std::string, Tensor> Module::torch_state_dict(
       parts.push_back(t.transposed ? transposed(part) : part);
       shapes.push_back(v.shape());
     }
+    // The parts stacked along dim 0: their bytes one after another.
     Tensor whole =
-        parts.size() == 1
-            ? parts[0].clone()
-            : Tensor::empty(parts[0].dtype(), torch_shape(path_, t.name, shapes, t.transposed));
-    if (parts.size() > 1) {
-      auto* to = static_cast<char*>(whole.raw_data());
-      for (const Tensor& part : parts) {
-        std::memcpy(to, part.raw_data(), part.nbytes());
-        to += part.nbytes();
-      }
+        Tensor::empty(parts[0].dtype(), torch_shape(path_, t.name, shapes, t.transposed));
+    auto* to = static_cast<char*>(whole.raw_data());
+    for (const Tensor& part : parts) {
+      std::memcpy(to, part.raw_data(), part.nbytes());
+      to += part.nbytes();
     }
     out.emplace(t.name, std::move(whole));
   }
