@@ -3,6 +3,7 @@
 
 #include "kiln/autograd/gradients.h"
 #include "kiln/autograd/mixed_precision.h"
+#include "kiln/autograd/lbfgs.h"
 #include "kiln/autograd/optim.h"
 #include "kiln/distributed/data_parallel.h"
 #include "kiln/distributed/distributed.h"

@@ -73,12 +73,12 @@ class Run:
         self.check(f"step {step} loss", self.losses[step], [float(l) for l in losses],
                    LOSS_TOLERANCE if step == 0 else TRAINED_LOSS_TOLERANCE)
 
-    def check_variables(self, skip=()):
+    def check_variables(self, skip=(), tolerance=WEIGHT_TOLERANCE):
         for i, n in enumerate(self.names):
             if n.endswith(skip):
                 continue
             self.check(f"{n} after training", self.load(f"final_{i}.npy"),
-                       self.params[n].detach().numpy(), WEIGHT_TOLERANCE)
+                       self.params[n].detach().numpy(), tolerance)
 
 
 def linear(p, name, x, bias=True):
@@ -758,6 +758,30 @@ def interpolation(root):
     return compared, failures
 
 
+def lbfgs(run):
+    """L-BFGS with the strong Wolfe line search: each step() evaluates the closure several times;
+    Kiln's optim::LBFGS evaluates its graph as often and must land on the same points."""
+    p = run.params
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    optimizer = torch.optim.LBFGS(run.trainable(), max_iter=4, history_size=3,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (F.cross_entropy(linear(p, "lbfgs/head", torch.tanh(linear(p, "lbfgs/fc", x))), y)
+                + 0.01 * (p["lbfgs/fc/weight"] ** 2).sum() + 0.01 * (p["lbfgs/head/weight"] ** 2).sum())
+        loss.backward()
+        return loss
+
+    for step in range(3):
+        run.check_step(step, [optimizer.step(closure)])
+    # Twelve quasi-Newton iterations magnify rounding: torch's own f32 run of this model ends
+    # 1e-5 from its f64 one, as Kiln's does (measured); a wrong update (h_diag left at 1) is off
+    # by 0.15 to 0.5.
+    run.check_variables(tolerance=2e-4)
+
+
 def ported(root):
     """layer_parity.cc's ported(): each layer's Module::torch_state_dict, loaded into the torch.nn
     module it stands for by load_state_dict(strict=True) (a key too many, too few or of another
@@ -815,7 +839,7 @@ def main():
                          ("recurrent", recurrent), ("recurrent_open", recurrent),
                          ("activations", activations),
                          ("segment", segment), ("losses", losses),
-                         ("volume", volume)):
+                         ("volume", volume), ("lbfgs", lbfgs)):
         run = Run(sys.argv[1], model)
         build(run)
         runs.append(run)
