@@ -1,6 +1,7 @@
 // Kiln: the whole public API. `#include <kiln/kiln.h>`.
 #pragma once
 
+#include "kiln/autograd/batch_norm_update.h"
 #include "kiln/autograd/gradients.h"
 #include "kiln/autograd/mixed_precision.h"
 #include "kiln/autograd/lbfgs.h"

@@ -45,6 +45,15 @@ std::vector<Value> Module::parameters() const {
   return out;
 }
 
+std::vector<Module*> Module::modules() {
+  std::vector<Module*> out{this};
+  for (const auto& child : children_) {
+    std::vector<Module*> inner = child->modules();
+    out.insert(out.end(), inner.begin(), inner.end());
+  }
+  return out;
+}
+
 Value Module::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
                        bool trainable, DType dtype) {
   NameScope scope(graph_, name_);
@@ -304,7 +313,7 @@ Value BatchNorm::forward(const Value& x) {
     throw GraphError(str("[nn] ", kind_, " ", path(), ": expects ", expected, ", got ", s));
   }
   return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_.value_or(0),
-                    eps_, num_batches_tracked);
+                    eps_, average_count_.defined() ? average_count_ : num_batches_tracked);
 }
 
 LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps,

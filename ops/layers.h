@@ -51,6 +51,8 @@ class Module {
   const std::string& path() const { return path_; }
   /// The trainable variables of this layer and the layers inside it, in creation order.
   std::vector<Value> parameters() const;
+  /// This layer and every layer inside it, depth first (PyTorch's modules()).
+  std::vector<Module*> modules();
   Graph& graph() const { return graph_; }
 
   /// PyTorch's state_dict of the torch.nn module this layer stands for, from Kiln's variable
@@ -276,6 +278,11 @@ class BatchNorm : public Module {
  public:
   Value weight, bias, running_mean, running_var;  ///< undefined where the options leave them out
   Value num_batches_tracked;                      ///< with momentum std::nullopt only
+  /// From the next call on, training mode averages every batch equally into the running
+  /// statistics, counting the batches in `count` (an i64 scalar variable), whatever the
+  /// momentum: the pass of torch.optim.swa_utils.update_bn (optim::BatchNormUpdate sets it
+  /// around its own call). An undefined `count` goes back to the momentum.
+  void average_batches_into(const Value& count) { average_count_ = count; }
 
  protected:
   /// `kind` names the layer in errors; `ranks` are the input ranks it takes.
@@ -291,6 +298,7 @@ class BatchNorm : public Module {
   int64_t channels_;
   std::optional<double> momentum_;
   double eps_;
+  Value average_count_;
 };
 
 /// Batch norm of x [N, C] or [N, C, L] (PyTorch's BatchNorm1d).

@@ -81,6 +81,10 @@
 //   lbfgs: Linear -> tanh -> Linear, cross entropy and an L2 penalty, trained by optim::LBFGS with
 //   the strong
 //        Wolfe line search (4 iterations a step, 3 pairs kept): torch.optim.LBFGS's steps.
+//   update_bn: optim::BatchNormUpdate (torch.optim.swa_utils.update_bn) on a Conv1d ->
+//        BatchNorm1d (momentum 0.3) -> ReLU -> Flatten -> Linear -> BatchNorm1d (momentum None)
+//        over three batches: the state_dicts before and after, which torch's update_bn on the
+//        same nn.Sequential must reproduce.
 //   interpolate: F.interpolate's modes (nearest, nearest-exact, (bi/tri)linear with and
 //        without align_corners, bicubic) by size and by scale factor, up and down, over 1-D, 2-D
 //        and 3-D inputs: each output and the gradient of sum(y r) for a random r.
@@ -830,6 +834,50 @@ void lbfgs(const std::filesystem::path& dir, Device device) {
                   [&] { return std::vector<double>{optimizer.step(session, feeds)}; });
 }
 
+// Writes a layer's PyTorch state_dict into DIR/<prefix>_<key>.npy, the keys in <prefix>_keys.txt.
+void write_state_dict(const nn::Module& layer, const std::map<std::string, Tensor>& values,
+                      const std::filesystem::path& dir, const std::string& prefix) {
+  std::ofstream keys(dir / (prefix + "_keys.txt"));
+  for (const auto& [key, tensor] : layer.torch_state_dict(values)) {
+    keys << key << "\n";
+    save_npy(tensor, (dir / (prefix + "_" + key + ".npy")).string());
+  }
+}
+
+// optim::BatchNormUpdate over three batches, from random running statistics: the state_dicts
+// before and after, which torch.optim.swa_utils.update_bn must turn one into the other.
+void update_bn(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  Graph g;
+  Value x = g.placeholder("x", f32, {5, 4, 3});
+  nn::Sequential model(g, "update_bn");
+  model.add<nn::Conv1d>("0", 4, 6, 2);
+  model.add<nn::BatchNorm1d>("1", 6, 0.3);
+  model.add("2", [](const Value& v) { return relu(v); });
+  model.add<nn::Flatten>("3");
+  model.add<nn::Linear>("4", 12, 3);
+  model.add<nn::BatchNorm1d>("5", 3, std::nullopt);  // momentum None: its own batch count
+  model.eval();
+  optim::BatchNormUpdate update(model, x);
+  Session session(g, {.device = device});
+  session.initialize_variables();
+  unsigned seed = 40;
+  for (const auto& [name, value] : session.variable_values()) {
+    if (value.dtype() != f32) continue;
+    Tensor random = normal(value.shape(), seed++);
+    for (float& e : random.data_span<float>()) e = 0.5f * e + (name.ends_with("var") ? 2.0f : 0.0f);
+    session.set_variable(g.value(name), random);
+  }
+  write_state_dict(model, session.variable_values(), dir, "before");
+  std::vector<FeedList> batches;
+  for (unsigned b = 0; b < 3; ++b) {
+    batches.push_back({{x, normal({5, 4, 3}, 50 + b)}});
+    save_npy(batches.back()[0].second, (dir / str("batch_", b, ".npy")).string());
+  }
+  update.run(session, batches);
+  write_state_dict(model, session.variable_values(), dir, "after");
+}
+
 void volume(const std::filesystem::path& dir, Device device) {
   std::filesystem::create_directories(dir);
   Graph g;
@@ -969,12 +1017,14 @@ int main(int argc, char** argv) {
     kiln::losses(dir / "losses", device);
     kiln::volume(dir / "volume", device);
     kiln::lbfgs(dir / "lbfgs", device);
+    kiln::update_bn(dir / "update_bn", device);
     kiln::ported(dir / "ported", device);
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, llama, vit, ae, encoder, text_cnn, pool, decoder, "
         "recurrent, recurrent_open, "
-        "activations, segment, losses, volume, lbfgs and ported models' runs and the interpolate "
+        "activations, segment, losses, volume, lbfgs, update_bn and ported models' runs and the "
+        "interpolate "
         "table on "
         "%s to "
         "%s\n",

@@ -10,7 +10,9 @@ nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, nn.InstanceNorm2d, nn.ReflectionPad2d, 
 values loaded, as a user porting a model would. Last, five state_dicts that Kiln's
 Module::torch_state_dict wrote go through PyTorch's own load_state_dict(strict=True) into
 nn.Sequential, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention
-(kdim/vdim) and nn.LSTM (proj_size), whose outputs must be Kiln's.
+(kdim/vdim) and nn.LSTM (proj_size), whose outputs must be Kiln's. A classifier trained by
+Kiln's LBFGS must take torch.optim.LBFGS's steps, and torch.optim.swa_utils.update_bn must give
+the running statistics Kiln's BatchNormUpdate wrote.
 
     /usr/bin/python3 torch_layer_parity.py DIR
 
@@ -782,6 +784,39 @@ def lbfgs(run):
     run.check_variables(tolerance=2e-4)
 
 
+def update_bn(root):
+    """layer_parity.cc's update_bn(): torch.optim.swa_utils.update_bn on the nn.Sequential Kiln's
+    state_dict loads into must give the running statistics (and batch count) Kiln's
+    BatchNormUpdate wrote."""
+    directory = os.path.join(root, "update_bn")
+    nn = torch.nn
+
+    def state(prefix):
+        keys = open(os.path.join(directory, prefix + "_keys.txt")).read().split()
+        return {k: torch.tensor(np.load(os.path.join(directory, f"{prefix}_{k}.npy")))
+                for k in keys}
+
+    model = nn.Sequential(nn.Conv1d(4, 6, 2), nn.BatchNorm1d(6, momentum=0.3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(12, 3), nn.BatchNorm1d(3, momentum=None))
+    model.load_state_dict(state("before"), strict=True)
+    model.eval()
+    batches = [torch.tensor(np.load(os.path.join(directory, f"batch_{b}.npy"))).double()
+               for b in range(3)]
+    torch.optim.swa_utils.update_bn(batches, model)
+    after = state("after")
+    compared, failures = 0, []
+    if model.training:
+        failures.append("update_bn: torch left the model in training mode")
+    for key in ("1.running_mean", "1.running_var", "5.running_mean", "5.running_var",
+                "5.num_batches_tracked"):
+        got, want = model.state_dict()[key].numpy(), after[key].numpy()
+        error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+        compared += got.size
+        if error > 1e-5:
+            failures.append(f"update_bn: {key} differs by {error:.2e} of its largest value")
+    return compared, failures
+
+
 def ported(root):
     """layer_parity.cc's ported(): each layer's Module::torch_state_dict, loaded into the torch.nn
     module it stands for by load_state_dict(strict=True) (a key too many, too few or of another
@@ -845,12 +880,14 @@ def main():
         runs.append(run)
     resized, resize_failures = interpolation(sys.argv[1])
     loaded, port_failures = ported(sys.argv[1])
-    compared = sum(r.compared for r in runs) + resized + loaded
-    failures = [f for r in runs for f in r.failures] + resize_failures + port_failures
+    updated, update_failures = update_bn(sys.argv[1])
+    compared = sum(r.compared for r in runs) + resized + loaded + updated
+    failures = ([f for r in runs for f in r.failures] + resize_failures + port_failures +
+                update_failures)
     for f in failures:
         print("[layer-parity] MISMATCH", f)
     print(f"[layer-parity] {len(runs)} models, {len(RESIZES)} interpolate cases and 5 "
-          f"state_dicts loaded by torch, "
+          f"state_dicts loaded by torch, update_bn, "
           f"{compared} values compared, "
           f"{len(failures)} mismatches (torch {torch.__version__})")
     return 1 if failures or compared == 0 else 0
