@@ -33,6 +33,40 @@ Value plus(const Value& a, const Value& b) {
   return b.defined() ? a + b : a;
 }
 
+// h W_hh + b_hh [B, G H] (just b_hh [G H] when h is zeros; undefined when that is zero too).
+Value hidden_projection(const Value& h, const Recurrent::Weights& w) {
+  if (!h.defined()) return w.bias_hh;
+  return plus(matmul(h, w.weight_hh), w.bias_hh);
+}
+
+// input_projection + h W_hh (b_hh already in the input projection: adds_hidden_bias()).
+Value gate_sum(const Value& input_projection, const Value& h, const Recurrent::Weights& w) {
+  return h.defined() ? input_projection + matmul(h, w.weight_hh) : input_projection;
+}
+
+// The steps of the three kinds from the input's projection (with b_hh for RNN and LSTM) and
+// the state; the layers and the cells both run these.
+Value rnn_step(const Value& projection, const Value& h, const Recurrent::Weights& w,
+               RNN::Nonlinearity nonlinearity) {
+  const Value before = gate_sum(projection, h, w);
+  return nonlinearity == RNN::Nonlinearity::tanh ? tanh(before) : relu(before);
+}
+
+LSTMCellState lstm_step(const Value& projection, const Value& h, const Value& c,
+                        const Recurrent::Weights& w) {
+  // One fused op each way (ops/nn/recurrent_cells.cc); a zero c (the first step by default) is
+  // left out, and contributes nothing through the forget gate.
+  LSTMCellState next = lstm_cell(gate_sum(projection, h, w), c);
+  if (w.weight_hr.defined()) next.h = matmul(next.h, w.weight_hr);
+  return next;
+}
+
+Value gru_step(const Value& projection, const Value& h, const Recurrent::Weights& w) {
+  // One fused op each way (ops/nn/recurrent_cells.cc). The hidden projection is undefined when
+  // h and b_hh are both zero, one row (b_hh) when h alone is.
+  return gru_cell(projection, hidden_projection(h, w), h);
+}
+
 // x split into its `count` rows along axis 0, each without that axis.
 std::vector<Value> rows_of(const Value& x, int64_t count) {
   std::vector<Value> rows = split(x, count, 0);
@@ -83,15 +117,6 @@ RecurrentResult Recurrent::run(const Value& x, const Value& h0, const Value& c0,
 
 Value Recurrent::forward(const Value& x) {
   return unrolled(x, {}, {}, {}).output;
-}
-
-Value Recurrent::hidden_projection(const Value& h, const Weights& w) {
-  if (!h.defined()) return w.bias_hh;
-  return plus(matmul(h, w.weight_hh), w.bias_hh);
-}
-
-Value Recurrent::gate_sum(const Value& input_projection, const Value& h, const Weights& w) {
-  return h.defined() ? input_projection + matmul(h, w.weight_hh) : input_projection;
 }
 
 RecurrentResult Recurrent::unrolled(const Value& x, const Value& h0, const Value& c0,
@@ -233,8 +258,7 @@ RNN::RNN(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "RNN", 1, input, hidden, options), nonlinearity_(nonlinearity) {}
 
 Recurrent::State RNN::step(const Value& input_projection, const State& state, const Weights& w) {
-  const Value before = gate_sum(input_projection, state.h, w);
-  return {nonlinearity_ == Nonlinearity::tanh ? tanh(before) : relu(before), {}};
+  return {rnn_step(input_projection, state.h, w, nonlinearity_), {}};
 }
 
 LSTM::LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
@@ -242,10 +266,8 @@ LSTM::LSTM(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "LSTM", 4, input, hidden, options) {}
 
 Recurrent::State LSTM::step(const Value& input_projection, const State& state, const Weights& w) {
-  // One fused op each way (ops/nn/recurrent_cells.cc); a zero c (the first step by default) is left
-  // out, and contributes nothing through the forget gate.
-  const LSTMCellState next = lstm_cell(gate_sum(input_projection, state.h, w), state.c);
-  return {w.weight_hr.defined() ? matmul(next.h, w.weight_hr) : next.h, next.c};
+  const LSTMCellState next = lstm_step(input_projection, state.h, state.c, w);
+  return {next.h, next.c};
 }
 
 GRU::GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
@@ -253,9 +275,70 @@ GRU::GRU(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
     : Recurrent(graph, name, "GRU", 3, input, hidden, options) {}
 
 Recurrent::State GRU::step(const Value& input_projection, const State& state, const Weights& w) {
-  // One fused op each way (ops/nn/recurrent_cells.cc). The hidden projection is undefined when
-  // h and b_hh are both zero, one row (b_hh) when h alone is.
-  return {gru_cell(input_projection, hidden_projection(state.h, w), state.h), {}};
+  return {gru_step(input_projection, state.h, w), {}};
+}
+
+// ---- The cells.
+
+RecurrentCellLayer::RecurrentCellLayer(Graph& graph, const std::string& name, const char* kind,
+                                       int64_t gates, int64_t input, int64_t hidden,
+                                       LayerOptions options)
+    : Module(graph, name), kind_(kind), input_(input), hidden_(hidden) {
+  KILN_CHECK(input > 0 && hidden > 0, GraphError, "[nn] ", kind, " ", path(), ": sizes ", input,
+             " -> ", hidden, " must be positive");
+  weight_ih = fan_in_variable("weight_ih", {input, gates * hidden}, hidden, options.seed);
+  weight_hh = fan_in_variable("weight_hh", {hidden, gates * hidden}, hidden, options.seed);
+  if (!options.bias) return;
+  bias_ih = fan_in_variable("bias_ih", {gates * hidden}, hidden, options.seed);
+  bias_hh = fan_in_variable("bias_hh", {gates * hidden}, hidden, options.seed);
+}
+
+Value RecurrentCellLayer::input_projection(const Value& x,
+                                           const std::vector<std::pair<Value, const char*>>& states,
+                                           bool hidden_bias) {
+  expect_own({&x}, "the input");
+  const Shape& s = x.shape();
+  KILN_CHECK(s.rank() == 2 && s[1] == input_, GraphError, "[nn] ", kind_, " ", path(),
+             ": expects x [B, ", input_, "], got ", s);
+  for (const auto& [state, name] : states) {
+    if (!state.defined()) continue;
+    expect_own({&state}, name);
+    const Shape& t = state.shape();
+    KILN_CHECK(t.rank() == 2 && t[1] == hidden_ && (t[0] < 0 || s[0] < 0 || t[0] == s[0]),
+               GraphError, "[nn] ", kind_, " ", path(), ": expects ", name, " [", s[0], ", ",
+               hidden_, "] (x is ", s, "), got ", t);
+  }
+  Value projection = matmul(x, weight_ih);
+  if (!bias_ih.defined()) return projection;
+  return projection + (hidden_bias ? bias_ih + bias_hh : bias_ih);
+}
+
+RNNCell::RNNCell(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+                 LayerOptions options, RNN::Nonlinearity nonlinearity)
+    : RecurrentCellLayer(graph, name, "RNNCell", 1, input, hidden, options),
+      nonlinearity_(nonlinearity) {}
+
+Value RNNCell::step(const Value& x, const Value& h) {
+  NameScope scope(graph(), name());
+  return rnn_step(input_projection(x, {{h, "h"}}, true), h, weights(), nonlinearity_);
+}
+
+LSTMCell::LSTMCell(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+                   LayerOptions options)
+    : RecurrentCellLayer(graph, name, "LSTMCell", 4, input, hidden, options) {}
+
+LSTMCellState LSTMCell::step(const Value& x, const Value& h, const Value& c) {
+  NameScope scope(graph(), name());
+  return lstm_step(input_projection(x, {{h, "h"}, {c, "c"}}, true), h, c, weights());
+}
+
+GRUCell::GRUCell(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+                 LayerOptions options)
+    : RecurrentCellLayer(graph, name, "GRUCell", 3, input, hidden, options) {}
+
+Value GRUCell::step(const Value& x, const Value& h) {
+  NameScope scope(graph(), name());
+  return gru_step(input_projection(x, {{h, "h"}}, false), h, weights());
 }
 
 }  // namespace kiln::nn

@@ -1,5 +1,6 @@
 // kiln::nn recurrent layers: PyTorch's RNN, LSTM and GRU (multi-layer, bidirectional, batch
-// first, dropout between layers), unrolled over the sequence when they are called.
+// first, dropout between layers), unrolled over the sequence when they are called, and their
+// single steps RNNCell, LSTMCell and GRUCell.
 //
 // Where the sequence length T is known when the layer is called, the recurrence is unrolled
 // (TensorFlow 1's static_rnn): each layer projects the whole sequence's input at once (one
@@ -93,10 +94,6 @@ class Recurrent : public Module {
   /// One step: the input's projection x W_ih + b_ih [B, G H] (+ b_hh where adds_hidden_bias())
   /// and the state give the next state.
   virtual State step(const Value& input_projection, const State& state, const Weights& w) = 0;
-  /// h W_hh + b_hh [B, G H] (just b_hh [G H] when h is zeros; undefined when that is zero too).
-  static Value hidden_projection(const Value& h, const Weights& w);
-  /// input_projection + h W_hh (b_hh already in the input projection: adds_hidden_bias()).
-  static Value gate_sum(const Value& input_projection, const Value& h, const Weights& w);
 
  private:
   /// run() inside the layer's name scope: unrolled for a known length, else scanned.
@@ -164,6 +161,73 @@ class GRU : public Recurrent {
   bool adds_hidden_bias() const override { return false; }
   State step(const Value& input_projection, const State& state, const Weights& w) override;
   RecurrentCell cell() const override { return RecurrentCell::gru; }
+};
+
+/// What PyTorch's RNNCell, LSTMCell and GRUCell share: one step of the recurrent layers above,
+/// for loops of one's own (a decoder that feeds its output back, attention over the state at
+/// every step). The variables are a one-layer recurrent layer's without the "_l0" suffix:
+/// weight_ih [input, G H], weight_hh [H, G H] (transposed from PyTorch's, as Linear's),
+/// bias_ih and bias_hh [G H] (none without a bias), uniform in +-1 / sqrt(H) as PyTorch's. Calling
+/// the layer on x is a step from zeros.
+class RecurrentCellLayer : public Module {
+ public:
+  Value weight_ih, weight_hh, bias_ih, bias_hh;
+  int64_t hidden_size() const { return hidden_; }
+
+ protected:
+  /// `gates`: the H-wide blocks of the products (RNN 1, LSTM 4, GRU 3).
+  RecurrentCellLayer(Graph& graph, const std::string& name, const char* kind, int64_t gates,
+                     int64_t input, int64_t hidden, LayerOptions options);
+  /// x W_ih + b_ih (+ b_hh with `hidden_bias`) for x [B, input], after checking x and the
+  /// states [B, H] (undefined ones are zeros; `names` name them in errors).
+  Value input_projection(const Value& x, const std::vector<std::pair<Value, const char*>>& states,
+                         bool hidden_bias);
+  /// The variables as a recurrent layer's weights.
+  Recurrent::Weights weights() const { return {weight_ih, weight_hh, bias_ih, bias_hh, {}}; }
+  std::vector<TorchTensor> torch_tensors() const override;
+
+ private:
+  const char* kind_;
+  int64_t input_, hidden_;
+};
+
+/// PyTorch's RNNCell: h' = tanh(x W_ih + b_ih + h W_hh + b_hh) (or relu).
+class RNNCell : public RecurrentCellLayer {
+ public:
+  RNNCell(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+          LayerOptions options = {}, RNN::Nonlinearity nonlinearity = RNN::Nonlinearity::tanh);
+  /// h' [B, H] from x [B, input] and h [B, H] (undefined: zeros).
+  Value step(const Value& x, const Value& h = {});
+
+ protected:
+  Value forward(const Value& x) override { return step(x); }
+
+ private:
+  RNN::Nonlinearity nonlinearity_;
+};
+
+/// PyTorch's LSTMCell: the LSTM's step (gates i, f, g, o).
+class LSTMCell : public RecurrentCellLayer {
+ public:
+  LSTMCell(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+           LayerOptions options = {});
+  /// h' and c' [B, H] from x [B, input], h and c [B, H] (undefined: zeros).
+  LSTMCellState step(const Value& x, const Value& h = {}, const Value& c = {});
+
+ protected:
+  Value forward(const Value& x) override { return step(x).h; }
+};
+
+/// PyTorch's GRUCell: the GRU's step (gates r, z, n; the reset gate scales h W_hn + b_hn).
+class GRUCell : public RecurrentCellLayer {
+ public:
+  GRUCell(Graph& graph, const std::string& name, int64_t input, int64_t hidden,
+          LayerOptions options = {});
+  /// h' [B, H] from x [B, input] and h [B, H] (undefined: zeros).
+  Value step(const Value& x, const Value& h = {});
+
+ protected:
+  Value forward(const Value& x) override { return step(x); }
 };
 
 }  // namespace kiln::nn

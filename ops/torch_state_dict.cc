@@ -173,10 +173,22 @@ std::vector<Module::TorchTensor> InstanceNorm::torch_tensors() const {
 
 // torch.nn.LSTM, GRU and RNN keep weight_ih_l<k> [gates * hidden, in] (and weight_hh, weight_hr)
 // under the names Kiln's variables have.
+// The recurrent layers' and cells' tensors: every weight_* transposed ([in, G H] is PyTorch's
+// [G H, in]), the biases as they are. (A template: TorchTensor is Module's protected type.)
+namespace {
+template <typename Tensors>
+Tensors with_weights_transposed(Tensors tensors) {
+  for (auto& t : tensors) t.transposed = t.name.rfind("weight_", 0) == 0;
+  return tensors;
+}
+}  // namespace
+
 std::vector<Module::TorchTensor> Recurrent::torch_tensors() const {
-  std::vector<TorchTensor> out = Module::torch_tensors();
-  for (TorchTensor& t : out) t.transposed = t.name.rfind("weight_", 0) == 0;
-  return out;
+  return with_weights_transposed(Module::torch_tensors());
+}
+
+std::vector<Module::TorchTensor> RecurrentCellLayer::torch_tensors() const {
+  return with_weights_transposed(Module::torch_tensors());
 }
 
 // torch.nn.MultiheadAttention packs the query, key and value projections: in_proj_weight

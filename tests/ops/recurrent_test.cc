@@ -405,3 +405,127 @@ TEST(Recurrent, BadInputsAreErrorsNamingTheLayer) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// A cell's step is the one-layer layer's step over a sequence of length 1 from the same state:
+// both are checked against the equations (reference()) with the cell's values in the layer.
+TEST(RecurrentCells, StepFollowsTheLayersEquationsFromAGivenState) {
+  constexpr int64_t kBatch = 3, kInput = 4, kHidden = 5;
+  for (const Cell cell : {Cell::rnn_tanh, Cell::rnn_relu, Cell::lstm, Cell::gru}) {
+    for (const bool bias : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << "cell " << static_cast<int>(cell) << " bias " << bias);
+      Graph g;
+      Value x = g.placeholder("x", f32, {kBatch, kInput});
+      Value h = g.placeholder("h", f32, {kBatch, kHidden});
+      Value c = g.placeholder("c", f32, {kBatch, kHidden});
+      const nn::LayerOptions options{.bias = bias};
+      const nn::RecurrentOptions layer_options{.bias = bias};
+      const auto relu = nn::RNN::Nonlinearity::relu, tanh = nn::RNN::Nonlinearity::tanh;
+      std::unique_ptr<nn::RecurrentCellLayer> layer;
+      std::unique_ptr<nn::Recurrent> twin;
+      Value next_h, next_c;
+      if (cell == Cell::lstm) {
+        auto lstm = std::make_unique<nn::LSTMCell>(g, "cell", kInput, kHidden, options);
+        const LSTMCellState next = lstm->step(x, h, c);
+        next_h = next.h;
+        next_c = next.c;
+        layer = std::move(lstm);
+        twin = std::make_unique<nn::LSTM>(g, "twin", kInput, kHidden, layer_options);
+      } else if (cell == Cell::gru) {
+        auto gru = std::make_unique<nn::GRUCell>(g, "cell", kInput, kHidden, options);
+        next_h = gru->step(x, h);
+        layer = std::move(gru);
+        twin = std::make_unique<nn::GRU>(g, "twin", kInput, kHidden, layer_options);
+      } else {
+        const auto nonlinearity = cell == Cell::rnn_relu ? relu : tanh;
+        auto rnn = std::make_unique<nn::RNNCell>(g, "cell", kInput, kHidden, options, nonlinearity);
+        next_h = rnn->step(x, h);
+        layer = std::move(rnn);
+        twin = std::make_unique<nn::RNN>(g, "twin", kInput, kHidden, layer_options, nonlinearity);
+      }
+      EXPECT_EQ(layer->bias_ih.defined(), bias);
+      Session s(g);
+      const nn::Recurrent::Weights& w = twin->weights[0];
+      s.set_variable(w.weight_ih, s.variable_value(layer->weight_ih));
+      s.set_variable(w.weight_hh, s.variable_value(layer->weight_hh));
+      if (bias) {
+        s.set_variable(w.bias_ih, s.variable_value(layer->bias_ih));
+        s.set_variable(w.bias_hh, s.variable_value(layer->bias_hh));
+      }
+      const Tensor xv = testing::random_tensor(f32, {kBatch, kInput}, -2, 2, 7);
+      const Tensor hv = testing::random_tensor(f32, {kBatch, kHidden}, -1, 1, 8);
+      const Tensor cv = testing::random_tensor(f32, {kBatch, kHidden}, -1, 1, 9);
+      const Expected e =
+          reference(cell, s, *twin, testing::values(xv), 1, kBatch, 1, false, testing::values(hv),
+                    cell == Cell::lstm ? testing::values(cv) : std::vector<double>{});
+      FeedList feeds{{x, xv}, {h, hv}};
+      if (cell == Cell::lstm) feeds.push_back({c, cv});
+      std::vector<Value> fetches{next_h};
+      if (cell == Cell::lstm) fetches.push_back(next_c);
+      const std::vector<Tensor> got = s.run(feeds, fetches);
+      testing::expect_near(e.hidden, got[0], 1e-5, 1e-6, "h'");
+      if (cell == Cell::lstm) testing::expect_near(e.cell, got[1], 1e-5, 1e-6, "c'");
+    }
+  }
+}
+
+TEST(RecurrentCells, CalledOnXTheyStepFromZerosWithPyTorchsNames) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3});
+  nn::LSTMCell lstm(g, "lstm", 3, 4);
+  Value from_zeros = lstm(x);
+  Value explicit_zeros =
+      lstm.step(x, g.constant(Tensor::zeros(f32, {2, 4})), g.constant(Tensor::zeros(f32, {2, 4})))
+          .h;
+  EXPECT_EQ(lstm.weight_ih.name(), "lstm/weight_ih");
+  EXPECT_EQ(lstm.weight_ih.shape(), (Shape{3, 16}));
+  EXPECT_EQ(lstm.weight_hh.shape(), (Shape{4, 16}));
+  Session s(g);
+  const Tensor xv = testing::random_tensor(f32, {2, 3}, -1, 1, 2);
+  const std::vector<Tensor> got = s.run({{x, xv}}, {from_zeros, explicit_zeros});
+  testing::expect_near(testing::values(got[1]), got[0], 1e-6, 1e-7, "h'");
+  // Every element within PyTorch's +-1/sqrt(H), and the state_dict PyTorch's LSTMCell has.
+  for (const double v : testing::values(s.variable_value(lstm.weight_hh)))
+    EXPECT_LE(std::abs(v), 0.5);
+  const std::map<std::string, Tensor> dict = lstm.torch_state_dict(s.variable_values());
+  ASSERT_EQ(dict.size(), 4u);
+  EXPECT_EQ(dict.at("weight_ih").shape(), (Shape{16, 3}));
+  EXPECT_EQ(dict.at("weight_hh").shape(), (Shape{16, 4}));
+  EXPECT_EQ(dict.at("bias_ih").shape(), (Shape{16}));
+  EXPECT_EQ(dict.at("bias_hh").shape(), (Shape{16}));
+  EXPECT_EQ(dict.at("weight_ih").to_vector<float>()[1],
+            s.variable_value(lstm.weight_ih).to_vector<float>()[16]);  // [1, 0] is [0, 1]
+}
+
+TEST(RecurrentCells, BadInputsAreErrorsNamingTheCell) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {2, 3});
+  nn::GRUCell gru(g, "gru", 3, 4);
+  nn::LSTMCell lstm(g, "lstm", 3, 4);
+  expect_error<GraphError>(
+      [&] {
+        gru.step(g.placeholder("wide", f32, {2, 5}));
+      },
+      {"GRUCell gru", "x [B, 3]", "[2, 5]"});
+  expect_error<GraphError>(
+      [&] {
+        gru.step(x, g.placeholder("h", f32, {2, 6}));
+      },
+      {"GRUCell gru", "h [2, 4]", "[2, 6]"});
+  expect_error<GraphError>(
+      [&] {
+        gru.step(x, g.placeholder("h_rows", f32, {3, 4}));
+      },
+      {"h [2, 4]", "[3, 4]"});
+  expect_error<GraphError>([&] { lstm.step(x, {}, g.placeholder("c", f32, {2})); },
+                           {"LSTMCell lstm", "c [2, 4]", "[2]"});
+  expect_error<GraphError>([&] { nn::RNNCell(g, "empty", 3, 0); }, {"RNNCell empty", "positive"});
+  Graph other;
+  Value foreign = other.placeholder("foreign", f32, {2, 3});
+  expect_error<GraphError>([&] { gru.step(foreign); }, {"gru"});
+}
+
+}  // namespace
+}  // namespace kiln

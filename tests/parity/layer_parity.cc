@@ -78,6 +78,8 @@
 //        TransformerBlock, a TransformerDecoderBlock, a MultiHeadAttention over a memory of
 //        another width (kdim/vdim) and a bidirectional two-layer LSTM with proj_size; each one's
 //        state_dict and evaluation-mode output, which the script's torch.nn modules must give.
+//   cells: PyTorch's LSTMCell (h given, c zeros), GRUCell and ReLU RNNCell without bias in a
+//        loop of four steps, each fed the one before's h and carrying its own state; Adam.
 //   lbfgs: Linear -> tanh -> Linear, cross entropy and an L2 penalty, trained by optim::LBFGS with
 //   the strong
 //        Wolfe line search (4 iterations a step, 3 pairs kept): torch.optim.LBFGS's steps.
@@ -806,6 +808,40 @@ void losses(const std::filesystem::path& dir, Device device) {
         {loss}, step, dir, 3);
 }
 
+// The cells in a loop of one's own: an LSTMCell over the steps of x, a GRUCell fed its h and
+// a bias-free ReLU RNNCell fed the GRU's, each carrying its state; the RNN's last h classified.
+void cells(const std::filesystem::path& dir, Device device) {
+  std::filesystem::create_directories(dir);
+  constexpr int64_t kLength = 4, kBatch = 3, kIn = 5;
+  Graph g;
+  Value x = g.placeholder("x", f32, {kLength, kBatch, kIn});
+  Value y = g.placeholder("y", i64, {kBatch});
+  Value h0 = g.placeholder("h0", f32, {kBatch, 6});
+  nn::LSTMCell lstm(g, "lstm", kIn, 6);
+  nn::GRUCell gru(g, "gru", 6, 7);
+  nn::RNNCell rnn(g, "rnn", 7, 4, {.bias = false}, nn::RNN::Nonlinearity::relu);
+  nn::Linear head(g, "head", 4, 3);
+  LSTMCellState state{h0, {}};  // h given, c zeros
+  Value gru_h, rnn_h;
+  for (int64_t t = 0; t < kLength; ++t) {
+    state = lstm.step(squeeze(slice(x, {t}, {t + 1}), {0}), state.h, state.c);
+    gru_h = gru.step(state.h, gru_h);
+    rnn_h = rnn.step(gru_h, rnn_h);
+  }
+  Value loss = cross_entropy(head(rnn_h), y);
+  optim::Adam adam({.lr = 1e-2, .eps = 1e-6});
+  Value step = adam.minimize(loss);
+  std::vector<Value> variables;
+  for (const nn::Module* m : std::initializer_list<const nn::Module*>{&lstm, &gru, &rnn, &head})
+    for (const Value& v : m->parameters()) variables.push_back(v);
+  Session session(g, {.device = device});
+  train(session, variables,
+        {{x, normal({kLength, kBatch, kIn}, 31)},
+         {y, Tensor::from_vector<int64_t>({2, 0, 1}, {kBatch})},
+         {h0, normal({kBatch, 6}, 32)}},
+        {loss}, step, dir, 3);
+}
+
 // A classifier trained by L-BFGS with the strong Wolfe line search: each step evaluates the
 // loss several times (the script's torch.optim.LBFGS must take the same steps).
 void lbfgs(const std::filesystem::path& dir, Device device) {
@@ -1012,6 +1048,7 @@ int main(int argc, char** argv) {
     kiln::decoder(dir / "decoder", device);
     kiln::recurrent(dir / "recurrent", device);
     kiln::recurrent(dir / "recurrent_open", device, /*open=*/true);
+    kiln::cells(dir / "cells", device);
     kiln::activations(dir / "activations", device);
     kiln::segment(dir / "segment", device);
     kiln::losses(dir / "losses", device);
@@ -1022,7 +1059,7 @@ int main(int argc, char** argv) {
     kiln::interpolation(dir / "interpolate", device);
     std::printf(
         "layer_parity: wrote the cnn, lm, llama, vit, ae, encoder, text_cnn, pool, decoder, "
-        "recurrent, recurrent_open, "
+        "recurrent, recurrent_open, cells, "
         "activations, segment, losses, volume, lbfgs, update_bn and ported models' runs and the "
         "interpolate "
         "table on "

@@ -557,6 +557,37 @@ def recurrent(run):
     port.check_variables()
 
 
+def cells(run):
+    """nn.LSTMCell, nn.GRUCell and nn.RNNCell with Kiln's values, stepped in a loop."""
+    x = torch.tensor(run.load("x.npy")).double()
+    y = torch.tensor(run.load("y.npy"))
+    h0 = torch.tensor(run.load("h0.npy")).double()
+    nn = torch.nn
+    lstm, gru = nn.LSTMCell(5, 6), nn.GRUCell(6, 7)
+    rnn, head = nn.RNNCell(7, 4, bias=False, nonlinearity="relu"), nn.Linear(4, 3)
+    where = {}
+    linear_place(where, "head", head)
+    for name, module in (("lstm", lstm), ("gru", gru), ("rnn", rnn)):
+        for parameter, tensor in module.named_parameters():
+            where[f"{name}/{parameter}"] = (tensor, None, parameter.startswith("weight"))
+    port = Port(run, where)
+    if not port.valid:
+        return
+    adam = torch.optim.Adam(nn.ModuleList([lstm, gru, rnn, head]).parameters(), lr=1e-2, eps=1e-6)
+    for step in range(3):
+        adam.zero_grad()
+        h, c, gru_h, rnn_h = h0, torch.zeros(3, 6), None, None
+        for t in range(x.shape[0]):
+            h, c = lstm(x[t], (h, c))
+            gru_h = gru(h, gru_h)
+            rnn_h = rnn(gru_h, rnn_h)
+        loss = F.cross_entropy(head(rnn_h), y)
+        loss.backward()
+        adam.step()
+        run.check_step(step, [loss])
+    port.check_variables()
+
+
 def activations(run):
     p = run.params
     x = torch.tensor(run.load("x.npy")).double()
@@ -872,6 +903,7 @@ def main():
                          ("encoder", encoder),
                          ("text_cnn", text_cnn), ("pool", pooling), ("decoder", decoder),
                          ("recurrent", recurrent), ("recurrent_open", recurrent),
+                         ("cells", cells),
                          ("activations", activations),
                          ("segment", segment), ("losses", losses),
                          ("volume", volume), ("lbfgs", lbfgs)):
