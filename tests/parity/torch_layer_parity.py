@@ -4,9 +4,9 @@ tests/parity/layer_parity.cc) in PyTorch, in f64, from Kiln's initial values, tr
 three steps and compares every step's loss, every variable after training (parameters and batch
 norm's running statistics) and the CNNs' evaluation-mode logits. Four are written with torch's
 functions; the encoder, the vision transformer, the text CNN, the pooling model, the decoder, the
-recurrent model and the segmentation model are PyTorch's own modules (nn.Embedding,
+recurrent model, the cells and the segmentation model are PyTorch's own modules (nn.Embedding,
 nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Conv1d, nn.AdaptiveAvgPool2d,
-nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, nn.InstanceNorm2d, nn.ReflectionPad2d, ...) with Kiln's
+nn.BatchNorm1d, nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.InstanceNorm2d, nn.ReflectionPad2d, ...) with Kiln's
 values loaded, as a user porting a model would. Last, five state_dicts that Kiln's
 Module::torch_state_dict wrote go through PyTorch's own load_state_dict(strict=True) into
 nn.Sequential, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention
