@@ -177,12 +177,11 @@ double LBFGS::strong_wolfe(Session& session, const FeedList& feeds, const std::v
   constexpr double c1 = 1e-4, c2 = 0.9;  // sufficient decrease; curvature
   constexpr int64_t max_steps = 25;
   const double f = eval.loss, d_norm = max_abs(d);
-  // Evaluates x + t d, then puts the variables back at x.
+  // Evaluates x + t d (the variables stay there: the caller writes the point chosen).
   auto probe = [&](double at) {
     write_variables(session, point(x, at, d));
     Evaluation e = evaluate(session, feeds);
     ++evaluations;
-    write_variables(session, x);
     Probe p{.t = at, .f = e.loss, .gtd = dot(e.grad, d), .grad = std::move(e.grad)};
     return p;
   };

@@ -36,18 +36,18 @@ struct LBFGSOptions {
 
 /// Minimizes a scalar loss over variables by L-BFGS, as torch.optim.LBFGS: `step` is torch's
 /// step(closure), each evaluation one run of the session computing the loss and gradients at
-/// the feeds given. Make it before the Session runs the graph's gradients (or after: nodes
-/// added later run too), then step:
+/// the feeds given. The constructor adds the gradients to the graph (a Session made before
+/// runs them too):
 ///
 ///     optim::LBFGS lbfgs(loss, {}, {.line_search = optim::LineSearch::strong_wolfe});
 ///     Session session(graph);
 ///     for (int i = 0; i < 10; ++i) lbfgs.step(session, {{x, data}, {y, labels}});
 ///
-/// Every session run evaluates the whole batch fed (L-BFGS is for full-batch problems: a new
-/// batch each step makes its curvature pairs meaningless). Variables must be f32 or f64; each
-/// update is rounded to the variable's dtype, as torch updates the parameters in place. The
-/// history lives here, not in the graph: state() and load_state() save and restore it (with
-/// the session's checkpoint, a resumed run continues bit for bit).
+/// Every evaluation runs on the whole batch fed: L-BFGS is for full-batch problems (its
+/// curvature pairs assume the same function at every step, as torch's do). Variables must be f32 or
+/// f64; each update is rounded to the variable's dtype, as torch updates the parameters in place.
+/// The history lives here, not in the graph: state() and load_state() save and restore it (with the
+/// session's checkpoint, a resumed run continues bit for bit).
 class LBFGS {
  public:
   /// Adds the gradients of `loss` (a floating scalar) with respect to `variables` (default:
