@@ -6,9 +6,9 @@
 // adadelta|adafactor|muon|rmsprop|rprop|asgd|sgd_one_cycle> (by hand: one update of a 4M-element
 // weight under each optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step, gru_step,
-// upsample_step and ctc_step (the last four by hand: not in run.sh; also by hand: lstm_scan_step
-// and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when the graph is built,
-// and attention_step_alibi, attention_step_softcap, attention_window_step_mask and
+// upsample_step, ctc_step and lbfgs_step (the last five by hand: not in run.sh; also by hand:
+// lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when the
+// graph is built, and attention_step_alibi, attention_step_softcap, attention_window_step_mask and
 // decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
 // processor's measured f32 FMA peak, for the matmul's share). Flags: --no-fusion, --no-passes (the
 // graph passes a Session runs), --inter N (SessionOptions::inter_op_threads), --trace FILE (a
@@ -204,6 +204,50 @@ double ctc_step(const SessionOptions& options) {
   Session s(g, options);
   Tensor xb = ramp({kT, kN, kC});
   return time_it([&] { s.run({{x, xb}}, {loss, dx}); }, 3, 20);
+}
+
+// optim::LBFGS's step (strong Wolfe, history 10, at most 20 iterations) on a full batch: an MLP
+// 64 -> 256 (tanh) -> 10 over 2,048 examples, every timed step from the same start (the variables
+// and the history put back first). Each evaluation is a session run of the loss and gradients,
+// then the host's work in f64 (the two-loop recursion, the line search). Beside torch_bench.py
+// lbfgs_step, which starts from the same values; `evaluations` gets the count of one step.
+double lbfgs_step(const SessionOptions& options, int64_t& evaluations) {
+  constexpr int64_t kExamples = 2048, kIn = 64, kHidden = 256, kClasses = 10;
+  Graph g;
+  Value x = g.placeholder("x", f32, {kExamples, kIn});
+  Value y = g.placeholder("y", i64, {kExamples});
+  Value w1 = g.variable("w1", {kIn, kHidden}, init::zeros());
+  Value b1 = g.variable("b1", {kHidden}, init::zeros());
+  Value w2 = g.variable("w2", {kHidden, kClasses}, init::zeros());
+  Value b2 = g.variable("b2", {kClasses}, init::zeros());
+  Value loss = cross_entropy(matmul(tanh(matmul(x, w1) + b1), w2) + b2, y);
+  optim::LBFGS lbfgs(
+      loss, {},
+      {.max_iter = 20, .history_size = 10, .line_search = optim::LineSearch::strong_wolfe});
+  Session s(g, options);
+  s.initialize_variables();
+  auto centered = [](const Shape& shape, float scale) {  // (ramp - 0.5) scale, as torch_bench's
+    Tensor t = ramp(shape);
+    for (float& v : t.data_span<float>()) v = (v - 0.5f) * scale;
+    return t;
+  };
+  s.set_variable(w1, centered({kIn, kHidden}, 0.25f));
+  s.set_variable(w2, centered({kHidden, kClasses}, 0.25f));
+  std::vector<int64_t> labels(kExamples);
+  for (int64_t i = 0; i < kExamples; ++i) labels[static_cast<size_t>(i)] = i * 7 % kClasses;
+  const FeedList feeds{{x, centered({kExamples, kIn}, 1)},
+                       {y, Tensor::from_vector<int64_t>(labels, {kExamples})}};
+  const std::map<std::string, Tensor> start = s.variable_values();
+  const std::map<std::string, Tensor> fresh = lbfgs.state();
+  const double seconds = time_it(
+      [&] {
+        s.set_variables(start);
+        lbfgs.load_state(fresh);
+        lbfgs.step(s, feeds);
+      },
+      1, 10);
+  evaluations = lbfgs.evaluations();
+  return seconds;
 }
 
 // One training step of a [4096, 1024] f32 weight w on sum((w - 1)^2) under `optimizer`,
@@ -452,6 +496,10 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::printf("%s %.9f\n", name.c_str(), seconds);
+  } else if (name == "lbfgs_step") {
+    int64_t evaluations = 0;
+    const double seconds = lbfgs_step(options, evaluations);
+    std::printf("lbfgs_step %.9f evaluations=%lld\n", seconds, static_cast<long long>(evaluations));
   } else if (name == "ctc_step") {
     std::printf("ctc_step %.9f\n", ctc_step(options));
   } else if (name == "gru_step") {

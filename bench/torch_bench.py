@@ -5,7 +5,7 @@
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
 cnn_step, transformer_step, llama_step, lstm_step, decode_step, decode_long_step,
-attention_window_step; by hand: gru_step, upsample_step, ctc_step. With --compile the model cases run their module through
+attention_window_step; by hand: gru_step, upsample_step, ctc_step, lbfgs_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -271,6 +271,39 @@ def ctc_step():
     return step
 
 
+def lbfgs_step():
+    """kiln_bench's lbfgs_step: torch.optim.LBFGS (strong Wolfe, history 10, 20 iterations) on an
+    MLP 64 -> 256 (tanh) -> 10 over 2,048 examples, full batch, each timed step from the same
+    values as Kiln's (weights and history put back first). Returns the step and a function giving
+    the evaluations one step took."""
+    def centered(*shape, scale):
+        return (ramp(*shape) - 0.5) * scale
+
+    x = centered(2048, 64, scale=1.0)
+    y = torch.arange(2048) * 7 % 10
+    start = [centered(64, 256, scale=0.25), torch.zeros(256), centered(256, 10, scale=0.25),
+             torch.zeros(10)]
+    params = [torch.nn.Parameter(t.clone()) for t in start]
+    evaluations = [0]
+
+    def step():
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+        optimizer = torch.optim.LBFGS(params, max_iter=20, history_size=10,
+                                      line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            logits = torch.tanh(x @ params[0] + params[1]) @ params[2] + params[3]
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+        evaluations[0] = optimizer.state[params[0]]["func_evals"]
+    return step, lambda: evaluations[0]
+
+
 def optimizer_step(name):
     """kiln_bench's optimizer_step_<name>: one step of a [4096, 1024] weight on sum((w-1)^2) under
     torch.optim's `name` with its defaults (foreach where torch picks it), run by hand."""
@@ -337,6 +370,9 @@ def main():
                  "ctc_step": ctc_step}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
+    elif case == "lbfgs_step":
+        step, evaluations = lbfgs_step()
+        print(f"lbfgs_step {time_it(step, 1, 10):.9f} evaluations={evaluations()}")
     elif case.startswith("optimizer_step_"):
         print(f"{case} {time_it(optimizer_step(case[len('optimizer_step_'):]), 3, 20):.9f}")
     elif case.startswith("chain"):
