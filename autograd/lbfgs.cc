@@ -302,9 +302,12 @@ double LBFGS::step(Session& session, const FeedList& feeds) {
     prev_grad_ = eval.grad;
     prev_loss_ = eval.loss;
     // The first iteration ever has no curvature to scale it: a step of at most lr / |g|_1.
-    double g_l1 = 0;
-    for (double v : eval.grad) g_l1 += std::abs(v);
-    t_ = iterations_ == 1 ? std::min(1.0, 1 / g_l1) * options_.lr : options_.lr;
+    t_ = options_.lr;
+    if (iterations_ == 1) {
+      double g_l1 = 0;
+      for (double v : eval.grad) g_l1 += std::abs(v);
+      t_ *= std::min(1.0, 1 / g_l1);
+    }
     const double gtd = dot(eval.grad, d_);
     if (gtd > -options_.tolerance_change) break;  // not a descent direction (any more)
 

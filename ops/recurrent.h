@@ -179,7 +179,7 @@ class RecurrentCellLayer : public Module {
   RecurrentCellLayer(Graph& graph, const std::string& name, const char* kind, int64_t gates,
                      int64_t input, int64_t hidden, LayerOptions options);
   /// x W_ih + b_ih (+ b_hh with `hidden_bias`) for x [B, input], after checking x and the
-  /// states [B, H] (undefined ones are zeros; `names` name them in errors).
+  /// states [B, H], each paired with its name for errors (undefined ones are zeros).
   Value input_projection(const Value& x, const std::vector<std::pair<Value, const char*>>& states,
                          bool hidden_bias);
   /// The variables as a recurrent layer's weights.
