@@ -4,6 +4,7 @@
 #include "kiln/autograd/gradients.h"
 
 #include <unordered_map>
+#include <unordered_set>
 
 #include "kiln/framework/gradient.h"
 
@@ -43,6 +44,265 @@ Value sum_of(Graph& g, std::vector<Value>& parts) {
   return g.add("add_n", parts);
 }
 
+using Partials = std::unordered_map<OutputRef, std::vector<Value>, OutputRefHash>;
+using GradientMap = std::unordered_map<OutputRef, Value, OutputRefHash>;
+
+// Whether a recompute segment builds `node` again for the backward pass. Sources (variables,
+// placeholders, constants) are read, not computed, and a write to a variable must happen once;
+// every other op is repeated (a random one draws as the node it repeats).
+bool repeated_in_backward(const Node& node) {
+  return node.op().source() == OutputSource::computed && !node.op().writes_state();
+}
+
+// One reverse sweep. Partial gradients seeded at some outputs flow down, node by node in
+// decreasing id order, to `targets`, whose totals are collected. In the outer sweep (the one
+// gradients() starts) a node of a recompute segment is not differentiated itself: reaching the
+// segment, the sweep builds a copy of it and differentiates the copy in an inner sweep, which
+// stops at the copy's inputs.
+class Sweep {
+ public:
+  Sweep(Graph& g, const std::vector<OutputRef>& targets, int32_t top)
+      : g_(g),
+        top_(top),
+        lowest_(top + 1),
+        from_target_(top + 1, 0),
+        is_target_(top + 1, 0),
+        blocks_(top + 1, 0),
+        reached_from_(top + 1, -1) {
+    for (OutputRef t : targets)
+      if (t.node <= top) {
+        from_target_[t.node] = is_target_[t.node] = 1;
+        lowest_ = std::min(lowest_, t.node);
+      }
+    for (int32_t id = lowest_; id <= top; ++id) {
+      if (from_target_[id]) continue;
+      for (OutputRef in : g.node(id).inputs())
+        if (from_target_[in.node]) {
+          from_target_[id] = 1;
+          break;
+        }
+    }
+  }
+
+  bool depends_on_target(int32_t id) const { return id <= top_ && from_target_[id]; }
+  void seed(OutputRef at, const Value& dy) {
+    if (depends_on_target(at.node)) partials_[at].push_back(dy);
+  }
+
+  // Runs the sweep. `only`, when given, marks the one set of nodes differentiated (an inner
+  // sweep's copies); every other node is a leaf. Returns each target's total gradient.
+  GradientMap run(const std::vector<char>* only = nullptr) {
+    for (int32_t id = top_; id >= lowest_; --id) {
+      if (!from_target_[id]) continue;
+      const Node& node = g_.node(id);
+      const bool in_segment = !only && node.recompute_segment() >= 0 && repeated_in_backward(node);
+      if (is_target_[id] && !in_segment) {
+        for (int32_t i = 0; i < node.num_outputs(); ++i)
+          if (auto it = partials_.find(OutputRef{id, i}); it != partials_.end())
+            result_[it->first] = sum_of(g_, it->second);
+      }
+      if (only && !(*only)[id]) continue;
+      if (in_segment) {
+        if (segments_done_.insert(node.recompute_segment()).second)
+          backprop_segment(node.recompute_segment(), id);
+        continue;
+      }
+      differentiate(node);
+    }
+    return std::move(result_);
+  }
+
+  const std::vector<char>& blocks() const { return blocks_; }
+  const std::vector<int32_t>& reached_from() const { return reached_from_; }
+
+ private:
+  // Sums the gradients that reached `node`'s outputs and passes them to its inputs through
+  // the op's gradient function.
+  void differentiate(const Node& node) {
+    const int32_t id = node.id();
+    std::vector<Value> grad_outputs(node.num_outputs());
+    bool any = false;
+    for (int32_t i = 0; i < node.num_outputs(); ++i) {
+      auto it = partials_.find(OutputRef{id, i});
+      if (it == partials_.end()) continue;
+      grad_outputs[i] = sum_of(g_, it->second);
+      any = true;
+      partials_.erase(it);
+    }
+    if (!any) return;
+    // Inputs that need a gradient: floating, and depending on some target.
+    std::vector<int> wanted;
+    bool input_from_target = false;
+    for (size_t i = 0; i < node.inputs().size(); ++i) {
+      OutputRef in = node.inputs()[i];
+      input_from_target |= from_target_[in.node] != 0;
+      if (from_target_[in.node] && is_floating(g_.node(in.node).outputs()[in.index].dtype))
+        wanted.push_back(static_cast<int>(i));
+    }
+    // Where a target's paths are cut when no gradient flows on (named in the error when a
+    // target ends up without a gradient).
+    if (wanted.empty() || node.op().has_no_gradient()) {
+      blocks_[id] = input_from_target;
+      return;
+    }
+    if (!node.op().grad_fn())
+      throw GraphError(str("[autograd] op '", node.op_name(), "' (node '", node.name(),
+                           "') has no gradient; path from y: ", path_to(g_, id, reached_from_)));
+    GradList grads;
+    {
+      // Backward nodes are named after their node inside the "gradients/" scope (a copy made
+      // for a recompute segment already carries that prefix).
+      const std::string& prefix = g_.scope();
+      const bool scoped = node.name().compare(0, prefix.size(), prefix) == 0;
+      NameScope node_scope(g_, scoped ? node.name().substr(prefix.size()) : node.name());
+      std::vector<bool> wanted_inputs(node.inputs().size(), false);
+      for (int i : wanted) wanted_inputs[static_cast<size_t>(i)] = true;
+      GradContext ctx(g_, node, std::move(grad_outputs), std::move(wanted_inputs));
+      grads = node.op().grad_fn()(ctx);
+    }
+    KILN_DASSERT(grads.size() == node.inputs().size());
+    bool passed = false;
+    for (int i : wanted) {
+      if (i >= static_cast<int>(grads.size()) || !grads[i].defined()) continue;
+      OutputRef in = node.inputs()[i];
+      partials_[in].push_back(grads[i]);
+      if (reached_from_[in.node] < 0) reached_from_[in.node] = id;
+      passed = true;
+    }
+    if (!passed) blocks_[id] = 1;  // piecewise constant (sign, round)
+  }
+
+  // Recompute segment `segment`, reached at `top`, its highest repeated node that depends on
+  // a target. Every reader outside the segment has a higher id, so the gradients at the
+  // segment's outputs are complete. Builds the segment again, each input from outside read
+  // through after(input, those gradients) so the copy runs only once the backward pass has
+  // got here; differentiates the copy; and hands the gradients at its inputs back to this
+  // sweep. No backward node reads the original nodes' outputs, so they die in the forward pass.
+  void backprop_segment(int32_t segment, int32_t top) {
+    int32_t first = top;
+    while (first > 0 && g_.node(first - 1).recompute_segment() == segment) --first;
+    for (int32_t id = 0; id < first; ++id)
+      KILN_CHECK(g_.node(id).recompute_segment() != segment, GraphError,
+                 "[autograd] recompute segment ", segment, " is not contiguous: node '",
+                 g_.node(id).name(), "' belongs to it but '", g_.node(first - 1).name(),
+                 "' does not (was the graph reordered before gradients()?)");
+    // The gradients at the segment's outputs.
+    std::vector<std::pair<OutputRef, Value>> seeds;
+    std::vector<Value> deps;
+    for (int32_t id = first; id <= top; ++id) {
+      if (!repeated_in_backward(g_.node(id))) continue;
+      for (int32_t i = 0; i < g_.node(id).num_outputs(); ++i) {
+        auto it = partials_.find(OutputRef{id, i});
+        if (it == partials_.end()) continue;
+        seeds.emplace_back(it->first, sum_of(g_, it->second));
+        deps.push_back(seeds.back().second);
+        partials_.erase(it);
+      }
+    }
+    if (seeds.empty()) return;
+
+    // What the copy needs: the seeded nodes and what they are computed from inside the
+    // segment. Writes to variables are not repeated, so neither is what only feeds them (a
+    // batch norm's running averages).
+    std::vector<char> needed(static_cast<size_t>(top - first + 1), 0);
+    auto inside = [&](int32_t id) {
+      return id >= first && id <= top && repeated_in_backward(g_.node(id));
+    };
+    for (const auto& [at, dy] : seeds) needed[static_cast<size_t>(at.node - first)] = 1;
+    std::unordered_map<int32_t, int32_t> written;  // variable node -> the member writing it
+    for (int32_t id = top; id >= first; --id) {
+      const Node& node = g_.node(id);
+      for (int index : node.op().mutated_inputs())
+        written.emplace(node.inputs()[static_cast<size_t>(index)].node, id);
+      if (!needed[static_cast<size_t>(id - first)]) continue;
+      for (OutputRef in : node.inputs())
+        if (inside(in.node)) needed[static_cast<size_t>(in.node - first)] = 1;
+    }
+    for (int32_t id = first; id <= top; ++id) {
+      if (!needed[static_cast<size_t>(id - first)]) continue;
+      for (OutputRef in : g_.node(id).inputs())
+        if (auto it = written.find(in.node); it != written.end())
+          throw GraphError(
+              str("[recompute] '", g_.node(id).name(), "' reads variable '",
+                  g_.node(in.node).name(), "', which '", g_.node(it->second).name(),
+                  "' in the same recompute segment writes: the copy built for the backward pass "
+                  "would read the written value. Read the variable outside the segment"));
+    }
+
+    // The copy. Its inputs from outside: sources as they are, computed values delayed.
+    std::unordered_map<OutputRef, OutputRef, OutputRefHash> copy_of;
+    std::unordered_map<OutputRef, OutputRef, OutputRefHash> delayed;  // input -> after(input)
+    std::vector<std::pair<OutputRef, OutputRef>> inputs_out;          // (inner target, outer value)
+    auto input_of_copy = [&](OutputRef in) -> OutputRef {
+      if (auto it = copy_of.find(in); it != copy_of.end()) return it->second;
+      if (g_.node(in.node).op().source() != OutputSource::computed) {
+        if (from_target_[in.node] && !delayed.count(in)) {
+          delayed[in] = in;
+          inputs_out.emplace_back(in, in);
+        }
+        return in;
+      }
+      auto [it, made] = delayed.try_emplace(in);
+      if (made) {
+        std::vector<Value> after_inputs{g_.value(in)};
+        after_inputs.insert(after_inputs.end(), deps.begin(), deps.end());
+        it->second = g_.add("after", after_inputs).ref();
+        if (from_target_[in.node]) inputs_out.emplace_back(it->second, in);
+      }
+      return it->second;
+    };
+    {
+      NameScope scope(g_, "recompute");
+      for (int32_t id = first; id <= top; ++id) {
+        const Node& node = g_.node(id);
+        if (!needed[static_cast<size_t>(id - first)]) continue;
+        std::vector<Value> inputs;
+        for (OutputRef in : node.inputs()) inputs.push_back(g_.value(input_of_copy(in)));
+        AttrMap attrs = node.attrs();
+        if (node.op().is_random() && node.attr<std::string>("draw_as").empty())
+          attrs["draw_as"] = node.name();  // the same numbers as the original
+        for (const Value& out :
+             g_.add_node(node.op_name(), inputs, std::move(attrs), {.name = node.name()}))
+          copy_of[OutputRef{id, out.index()}] = out.ref();
+      }
+    }
+    // Targets built inside the segment get their gradient at their copy.
+    std::vector<OutputRef> inner_targets;
+    for (const auto& [inner, outer] : inputs_out) inner_targets.push_back(inner);
+    std::vector<std::pair<OutputRef, OutputRef>> targets_inside;  // (outer target, its copy)
+    for (int32_t id = first; id <= top; ++id)
+      if (is_target_[id] && needed[static_cast<size_t>(id - first)])
+        for (int32_t i = 0; i < g_.node(id).num_outputs(); ++i) {
+          targets_inside.emplace_back(OutputRef{id, i}, copy_of.at(OutputRef{id, i}));
+          inner_targets.push_back(targets_inside.back().second);
+        }
+
+    std::vector<char> copies(static_cast<size_t>(g_.num_nodes()), 0);
+    for (const auto& [original, copy] : copy_of) copies[static_cast<size_t>(copy.node)] = 1;
+    Sweep inner(g_, inner_targets, g_.num_nodes() - 1);
+    for (const auto& [at, dy] : seeds) inner.seed(copy_of.at(at), dy);
+    GradientMap grads = inner.run(&copies);
+    for (const auto& [inner_ref, outer_ref] : inputs_out)
+      if (auto it = grads.find(inner_ref); it != grads.end()) {
+        partials_[outer_ref].push_back(it->second);
+        if (reached_from_[outer_ref.node] < 0) reached_from_[outer_ref.node] = top;
+      }
+    for (const auto& [target, copy] : targets_inside)
+      if (auto it = grads.find(copy); it != grads.end()) result_[target] = it->second;
+  }
+
+  Graph& g_;
+  int32_t top_;
+  int32_t lowest_;
+  std::vector<char> from_target_;  // the node depends on a target (or is one)
+  std::vector<char> is_target_;
+  std::vector<char> blocks_;  // a target reaches it through an input, but no gradient flows on
+  std::vector<int32_t> reached_from_;  // the consumer that first passed a gradient down
+  Partials partials_;
+  GradientMap result_;
+  std::unordered_set<int32_t> segments_done_;
+};
+
 }  // namespace
 
 std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
@@ -64,116 +324,54 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
                GraphError, "[autograd] dy (", dy.dtype(), dy.shape(), ") does not match y ",
                y.name(), " (", y.dtype(), y.shape(), ")");
   }
+  KILN_CHECK(g.open_recompute_segment() < 0, GraphError, "[autograd] gradients of ", y.name(),
+             " taken inside a RecomputeScope: close the scope first (the backward nodes would "
+             "join the segment)");
 
-  // Nodes that depend on some x (a forward sweep; ids are topological).
-  const int32_t n = y.node_id() + 1;
-  std::vector<char> from_x(n, 0);
-  int32_t lowest = n;
-  for (const Value& x : xs) {
-    if (x.node_id() < n) from_x[x.node_id()] = 1;
-    lowest = std::min(lowest, x.node_id());
-  }
-  for (int32_t id = lowest; id < n; ++id) {
-    if (from_x[id]) continue;
-    for (OutputRef in : g.node(id).inputs())
-      if (from_x[in.node]) {
-        from_x[id] = 1;
-        break;
-      }
-  }
-
-  // Accumulated partial gradients per output, and who passed the gradient down (for paths).
-  std::unordered_map<int64_t, std::vector<Value>> partials;
-  auto key = [](OutputRef r) { return (int64_t{r.node} << 20) | r.index; };
-  std::vector<int32_t> reached_from(n, -1);
-
+  std::vector<OutputRef> targets;
+  for (const Value& x : xs) targets.push_back(x.ref());
+  Sweep sweep(g, targets, y.node_id());
   NameScope scope(g, "gradients");
-  if (from_x[y.node_id()]) {
-    partials[key(y.ref())].push_back(
-        dy.defined() ? dy : g.add("full_like", {y}, {{"value", 1.0}}, {.name = "dy"}));
-  }
-  std::unordered_map<int64_t, Value> result;  // x ref -> its total gradient
-  // Nodes that an x reaches through an input but that pass no gradient on (for messages).
-  std::vector<char> blocks(n, 0);
-  std::vector<char> is_x(n, 0);
-  for (const Value& x : xs)
-    if (x.node_id() < n) is_x[x.node_id()] = 1;
-
-  for (int32_t id = y.node_id(); id >= lowest; --id) {
-    if (!from_x[id]) continue;
-    const Node& node = g.node(id);
-    std::vector<Value> grad_outputs(node.num_outputs());
-    bool any = false;
-    for (int32_t i = 0; i < node.num_outputs(); ++i) {
-      auto it = partials.find(key(OutputRef{id, i}));
-      if (it == partials.end()) continue;
-      grad_outputs[i] = sum_of(g, it->second);
-      any = true;
-      partials.erase(it);
-      if (is_x[id]) result[key(OutputRef{id, i})] = grad_outputs[i];
-    }
-    if (!any) continue;
-    // Inputs that need a gradient: floating, and depending on some x.
-    std::vector<int> wanted;
-    for (size_t i = 0; i < node.inputs().size(); ++i) {
-      OutputRef in = node.inputs()[i];
-      if (from_x[in.node] && is_floating(g.node(in.node).outputs()[in.index].dtype))
-        wanted.push_back(static_cast<int>(i));
-    }
-    // Whether an x reaches this node through an input: if then no gradient flows on, the
-    // node is where x's paths are cut (named when an x ends up without a gradient).
-    bool input_from_x = false;
-    for (OutputRef in : node.inputs()) input_from_x |= from_x[in.node] != 0;
-    if (wanted.empty() || node.op().has_no_gradient()) {
-      blocks[id] = input_from_x;
-      continue;
-    }
-    if (!node.op().grad_fn())
-      throw GraphError(str("[autograd] op '", node.op_name(), "' (node '", node.name(),
-                           "') has no gradient; path from y: ", path_to(g, id, reached_from)));
-    GradList grads;
-    {
-      NameScope node_scope(g, node.name());
-      std::vector<bool> wanted_inputs(node.inputs().size(), false);
-      for (int i : wanted) wanted_inputs[static_cast<size_t>(i)] = true;
-      GradContext ctx(g, node, std::move(grad_outputs), std::move(wanted_inputs));
-      grads = node.op().grad_fn()(ctx);
-    }
-    KILN_DASSERT(grads.size() == node.inputs().size());
-    bool passed = false;
-    for (int i : wanted) {
-      if (i >= static_cast<int>(grads.size()) || !grads[i].defined()) continue;
-      OutputRef in = node.inputs()[i];
-      partials[key(in)].push_back(grads[i]);
-      if (reached_from[in.node] < 0) reached_from[in.node] = id;
-      passed = true;
-    }
-    if (!passed) blocks[id] = 1;  // piecewise constant (sign, round)
-  }
+  if (sweep.depends_on_target(y.node_id()))
+    sweep.seed(y.ref(),
+               dy.defined() ? dy : g.add("full_like", {y}, {{"value", 1.0}}, {.name = "dy"}));
+  const GradientMap result = sweep.run();
 
   std::vector<Value> out;
   for (const Value& x : xs) {
-    auto it = result.find(key(x.ref()));
-    if (it != result.end()) {
+    if (auto it = result.find(x.ref()); it != result.end()) {
       out.push_back(it->second);
-      continue;
-    }
-    auto pending = partials.find(key(x.ref()));  // x below `lowest` is impossible; y == x
-    if (pending != partials.end()) {
-      out.push_back(sum_of(g, pending->second));
     } else if (options.materialize_unused) {
       out.push_back(g.add("full_like", {x}, {{"value", 0.0}}));
     } else if (options.allow_unused) {
       out.push_back(Value());
     } else {
       throw GraphError(str("[autograd] y '", y.name(), "' does not depend on x '", x.name(),
-                           "': ", why_unused(g, x, y, blocks, reached_from),
+                           "': ", why_unused(g, x, y, sweep.blocks(), sweep.reached_from()),
                            ". Set allow_unused (undefined gradient) or materialize_unused (zeros)"
                            " in GradientOptions if that is intended"));
     }
   }
   return out;
 }
+
+std::vector<Value> recompute(const std::function<std::vector<Value>(const std::vector<Value>&)>& fn,
+                             const std::vector<Value>& inputs) {
+  KILN_CHECK(!inputs.empty(), GraphError, "[recompute] needs at least one input");
+  Graph& g = *inputs[0].graph();
+  for (const Value& v : inputs)
+    KILN_CHECK(v.defined() && v.graph() == &g, GraphError,
+               "[recompute] every input must be a defined value of one graph");
+  RecomputeScope scope(g);
+  return fn(inputs);
+}
+
+Value recompute(const std::function<Value(const Value&)>& fn, const Value& x) {
+  KILN_CHECK(x.defined(), GraphError, "[recompute] of an undefined Value");
+  RecomputeScope scope(*x.graph());
+  return fn(x);
+}
+
 Value stop_gradient(const Value& x) {
   return common_graph("stop_gradient", {&x}).add("stop_gradient", {x});
 }

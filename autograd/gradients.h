@@ -1,6 +1,7 @@
 // Symbolic differentiation: gradients are more nodes in the same graph.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "kiln/framework/graph.h"
@@ -30,6 +31,19 @@ struct GradientOptions {
 /// `options` allow it.
 std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
                              const GradientOptions& options = {});
+
+/// fn(inputs), built so that gradients() recomputes it in the backward pass instead of keeping
+/// what it computes inside alive until then (torch.utils.checkpoint, jax.checkpoint,
+/// tf.recompute_grad): activation memory for a step then holds only the segments' inputs and
+/// outputs, at the price of running each segment's forward twice. The results are the same
+/// bit for bit: the copy runs the same kernels on the same values, and its random ops (dropout)
+/// draw the same numbers. Writes to variables inside (a batch norm's running statistics)
+/// happen once. Every node fn builds joins the segment (see RecomputeScope in graph.h).
+std::vector<Value> recompute(const std::function<std::vector<Value>(const std::vector<Value>&)>& fn,
+                             const std::vector<Value>& inputs);
+/// recompute() of a one-input, one-output fn: `h = recompute([&](const Value& v) { return
+/// block(v); }, h);`
+Value recompute(const std::function<Value(const Value&)>& fn, const Value& x);
 
 /// x in the forward pass; no gradient flows back through it.
 Value stop_gradient(const Value& x);

@@ -7,6 +7,8 @@
 // weight under each optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step, gru_step,
 // upsample_step, ctc_step and lbfgs_step (the last five by hand: not in run.sh; also by hand:
+// stack_step and stack_recompute_step, four transformer blocks trained without and with
+// recompute segments, which print the plan's arena bytes too;
 // lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when the
 // graph is built, and attention_step_alibi, attention_step_softcap, attention_window_step_mask and
 // decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
@@ -116,6 +118,23 @@ double block_step(const SessionOptions& options, Value (*loss_of)(Graph&, const 
   Session s(g, options);
   Tensor xb = ramp({16, 128, 256});
   return time_it([&] { s.run({{x, xb}}, {}, {train}); }, 3, 20);
+}
+
+// A training step of four of transformer_step's blocks in a row on x [16, 128, 256], each
+// block a recompute segment when `segments`; `arena_bytes` gets the planned intermediate memory.
+double stack_step(const SessionOptions& options, bool segments, int64_t& arena_bytes) {
+  Graph g;
+  Value x = g.placeholder("x", f32, {-1, 128, 256});
+  Value h = x;
+  for (int l = 0; l < 4; ++l) {
+    nn::TransformerBlock block(g, str("block", l), 256, 4, {.ffn_dim = 1024, .dropout = 0});
+    h = segments ? recompute([&](const Value& v) { return block(v); }, h) : block(h);
+  }
+  Value train = optim::Adam({.lr = 1e-4}).minimize(mean(square(h)));
+  Session s(g, options);
+  const FeedList feeds{{x, ramp({16, 128, 256})}};
+  arena_bytes = s.plan(feeds, {}, {train}).arena_bytes;
+  return time_it([&] { s.run(feeds, {}, {train}); }, 2, 10);
 }
 
 // One token of generation through a KV cache: 4 pre-norm blocks (d 256, 4 heads, FFN 1024),
@@ -496,6 +515,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::printf("%s %.9f\n", name.c_str(), seconds);
+  } else if (name == "stack_step" || name == "stack_recompute_step") {
+    int64_t arena_bytes = 0;
+    const double seconds = stack_step(options, name == "stack_recompute_step", arena_bytes);
+    std::printf("%s %.9f arena_mib=%.1f\n", name.c_str(), seconds,
+                static_cast<double>(arena_bytes) / (1 << 20));
   } else if (name == "lbfgs_step") {
     int64_t evaluations = 0;
     const double seconds = lbfgs_step(options, evaluations);

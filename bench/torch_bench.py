@@ -5,7 +5,8 @@
 
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
 cnn_step, transformer_step, llama_step, lstm_step, decode_step, decode_long_step,
-attention_window_step; by hand: gru_step, upsample_step, ctc_step, lbfgs_step. With --compile the model cases run their module through
+attention_window_step; by hand: gru_step, upsample_step, ctc_step, lbfgs_step, stack_step,
+stack_recompute_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -113,6 +114,26 @@ def block_step(make_block):
 
 def transformer_step():
     return block_step(lambda: Block(256, 4, 1024))
+
+
+def stack_step(recompute):
+    """kiln_bench's stack_step and stack_recompute_step: four of transformer_step's blocks in a
+    row, each recomputed in the backward pass (torch.utils.checkpoint) when `recompute`; x [16,
+    128, 256], mean(square(blocks(x))), Adam 1e-4."""
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(Block(256, 4, 1024) for _ in range(4))
+    opt = torch.optim.Adam(blocks.parameters(), lr=1e-4)
+    x = ramp(16, 128, 256)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        h = x
+        for block in blocks:
+            h = (torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+                 if recompute else block(h))
+        h.square().mean().backward()
+        opt.step()
+    return step
 
 
 class LlamaBlock(torch.nn.Module):
@@ -369,6 +390,9 @@ def main():
                  "gru_step": lambda: lstm_step("GRU"), "upsample_step": upsample_step,
                  "ctc_step": ctc_step}
         t = time_it(steps[case](), 3, 20)
+        print(f"{case} {t:.9f}")
+    elif case in ("stack_step", "stack_recompute_step"):
+        t = time_it(stack_step(case == "stack_recompute_step"), 2, 10)
         print(f"{case} {t:.9f}")
     elif case == "lbfgs_step":
         step, evaluations = lbfgs_step()

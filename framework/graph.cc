@@ -167,6 +167,7 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   node->inputs_ = std::move(refs);
   node->outputs_ = std::move(outputs);
   node->attrs_ = std::move(attrs);
+  node->recompute_segment_ = recompute_segment_;
   by_name_.emplace(node->name_, node->id_);
   nodes_.push_back(std::move(node));
 
@@ -175,6 +176,15 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   for (int32_t i = 0; i < made.num_outputs(); ++i)
     values.emplace_back(this, OutputRef{made.id(), i});
   return values;
+}
+
+void Graph::begin_recompute() {
+  if (recompute_depth_++ == 0) recompute_segment_ = recompute_segments_++;
+}
+
+void Graph::end_recompute() {
+  KILN_CHECK(recompute_depth_ > 0, GraphError, "[graph] end_recompute() without begin_recompute()");
+  if (--recompute_depth_ == 0) recompute_segment_ = -1;
 }
 
 Value Graph::add(const std::string& op, const std::vector<Value>& inputs, AttrMap attrs,

@@ -89,11 +89,15 @@ class Node {
   const T& attr(const std::string& name) const {
     return std::get<T>(attrs_.at(name));
   }
+  /// The recompute segment the node was built in (RecomputeScope), or -1: gradients() builds
+  /// such nodes again in the backward pass instead of keeping their outputs alive.
+  int32_t recompute_segment() const { return recompute_segment_; }
   /// "" when the node may run anywhere, else a device such as "cuda:1".
 
  private:
   friend class Graph;
   int32_t id_ = -1;
+  int32_t recompute_segment_ = -1;
   const OpDef* op_ = nullptr;
   std::string name_;
   std::vector<OutputRef> inputs_;
@@ -201,6 +205,14 @@ class Graph {
   /// The open scopes as a prefix of node names: "a/b/", or "" outside any.
   const std::string& scope() const { return scope_prefix_; }
 
+  /// Opens a recompute segment: nodes made until end_recompute() form one segment (a nested
+  /// begin joins the open one). Prefer RecomputeScope.
+  void begin_recompute();
+  /// Closes what begin_recompute() opened (the segment ends with the outermost one).
+  void end_recompute();
+  /// The segment nodes are being added to, or -1.
+  int32_t open_recompute_segment() const { return recompute_segment_; }
+
   /// Adds or replaces a named signature. Its values must belong to this graph.
   void add_signature(Signature signature);
   /// The signature `name`; throws kiln::GraphError listing the known ones when absent.
@@ -219,6 +231,9 @@ class Graph {
   std::vector<std::string> scopes_;
   std::string scope_prefix_;
   std::map<std::string, Signature> signatures_;
+  int32_t recompute_segment_ = -1;  // open segment, or -1
+  int32_t recompute_depth_ = 0;     // nested begin_recompute() calls
+  int32_t recompute_segments_ = 0;  // segments opened so far (the next one's number)
 };
 
 /// RAII name scope: { NameScope s(g, "dense1"); ... } names nodes "dense1/...".
@@ -228,6 +243,24 @@ class NameScope {
   ~NameScope() { graph_.pop_scope(); }
   NameScope(const NameScope&) = delete;
   NameScope& operator=(const NameScope&) = delete;
+
+ private:
+  Graph& graph_;
+};
+
+/// RAII recompute segment (torch.utils.checkpoint, jax.checkpoint, tf.recompute_grad): the
+/// nodes built inside are computed as usual in the forward pass, but gradients() differentiates
+/// a copy of them built from the segment's inputs after the gradient reaches the segment, so
+/// their outputs die in the forward pass instead of waiting for the backward one. Only values
+/// read from outside the segment (and the ones read after it) stay alive. Random ops draw the
+/// same numbers in the copy; variable writes (a batch norm's running statistics) are not
+/// repeated. See recompute() in autograd/gradients.h.
+class RecomputeScope {
+ public:
+  explicit RecomputeScope(Graph& graph) : graph_(graph) { graph_.begin_recompute(); }
+  ~RecomputeScope() { graph_.end_recompute(); }
+  RecomputeScope(const RecomputeScope&) = delete;
+  RecomputeScope& operator=(const RecomputeScope&) = delete;
 
  private:
   Graph& graph_;

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <queue>
 #include <sstream>
 
@@ -235,6 +236,7 @@ void graph_to_proto(const Graph& graph, proto::GraphDef* out) {
     }
     for (const auto& [key, value] : node.attrs())
       attr_to_proto(value, &(*def->mutable_attrs())[key]);
+    if (node.recompute_segment() >= 0) def->set_recompute_segment(node.recompute_segment() + 1);
   }
   for (const auto& [name, sig] : graph.signatures()) {
     proto::SignatureDef* def = out->add_signatures();
@@ -280,12 +282,14 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
       ++pending[i];
     }
   }
-  std::queue<int> ready;
+  // Among the nodes ready, the one listed first: a file in topological order (every file Kiln
+  // writes) loads in its own order, so node ids and recompute segments come back as saved.
+  std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
   for (int i = 0; i < n; ++i)
     if (pending[i] == 0) ready.push(i);
   std::vector<int> order;
   while (!ready.empty()) {
-    int i = ready.front();
+    int i = ready.top();
     ready.pop();
     order.push_back(i);
     for (int c : consumers[i])
@@ -300,9 +304,17 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
 
   auto graph = std::make_unique<Graph>();
   std::vector<int32_t> node_id(n, -1);
+  int32_t segment = 0;  // the file's segment number open in `graph`, 0: none
   for (int i : order) {
     const proto::NodeDef& node = def.nodes(i);
     const std::string where = str(file, ": node '", node.name(), "'");
+    KILN_CHECK(node.recompute_segment() >= 0, FileError, where, ": recompute_segment ",
+               node.recompute_segment(), " is negative");
+    if (node.recompute_segment() != segment) {
+      if (segment > 0) graph->end_recompute();
+      if (node.recompute_segment() > 0) graph->begin_recompute();
+      segment = node.recompute_segment();
+    }
     std::vector<Value> values;
     for (auto [producer, index] : inputs[i]) {
       const Node& made = graph->node(node_id[producer]);
@@ -324,6 +336,8 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
       throw FileError(str(file, ": ", e.what()));
     }
   }
+
+  if (segment > 0) graph->end_recompute();
 
   for (const proto::SignatureDef& sig : def.signatures()) {
     Signature signature{sig.name(), {}, {}, {}};

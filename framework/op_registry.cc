@@ -158,6 +158,8 @@ void OpRegistry::add(OpDef op) {
   if (op.is_random()) {
     KILN_CHECK(!op.variadic(), Error, "[registry] random op '", op.name(), "' cannot be variadic");
     op.input("counter");
+    // The name the op draws under when not its own (a recomputed copy names its original).
+    if (!op.find_attr("draw_as")) op.attr("draw_as", std::string());
   }
   std::string name = op.name();
   auto [it, inserted] = ops_.emplace(name, std::make_unique<OpDef>(std::move(op)));

@@ -173,7 +173,9 @@ class OpDef {
   /// registry appends an input "counter": the graph's random counter (an i64 scalar variable,
   /// see random_counter() in ops/array.h), which every run that executes such an op advances
   /// by one after it has been read; the kernel draws from Philox under (seed attribute,
-  /// counter), so runs are reproducible and a restored checkpoint continues the sequence.
+  /// counter), so runs are reproducible and a restored checkpoint continues the sequence. It
+  /// also appends a string attribute "draw_as": the node name the draws are keyed by, when not
+  /// the node's own (random_key(node) in ops/array/philox.h); a recomputed copy sets it.
   OpDef& random();
   /// Trait: a collective (all-reduce, broadcast, ...): scheduled on the communication stream,
   /// with events both ways; passes treat it as a barrier (never folded, merged or moved across).

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kiln/framework/dtype.h"
+#include "kiln/framework/graph.h"
 
 namespace kiln::ops {
 
@@ -40,6 +41,14 @@ inline uint64_t random_key(int64_t seed, const std::string& node_name) {
   uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : node_name) h = (h ^ c) * 0x100000001b3ull;
   return static_cast<uint64_t>(seed) ^ (h * 0x9E3779B97F4A7C15ull);
+}
+
+/// The key a random node draws under: its seed attribute and the name in its "draw_as"
+/// attribute where set (the copy that a recompute segment builds for the backward pass names
+/// the node it repeats, so it draws the same numbers), else its own name.
+inline uint64_t random_key(const Node& node) {
+  const std::string& draw_as = node.attr<std::string>("draw_as");
+  return random_key(node.attr<int64_t>("seed"), draw_as.empty() ? node.name() : draw_as);
 }
 
 /// A double in [0, 1) from 53 random bits.

@@ -1,7 +1,7 @@
 // dropout_mask: the random mask of inverted dropout, drawn anew on every run.
 //   mask = 1 / (1 - rate) where u >= rate, else 0;  u uniform in [0, 1)
-// Element i of run r uses Philox block (i, r) under random_key(seed, node name): the same
-// numbers on every thread count and on the GPU, new numbers on every run.
+// Element i of run r uses Philox block (i, r) under random_key(seed, node name or draw_as):
+// the same numbers on every thread count and on the GPU, new numbers on every run.
 #include "kiln/framework/kernel.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/array/philox.h"
@@ -21,7 +21,7 @@ std::vector<TensorType> infer_dropout_mask(const InferContext& ctx) {
 
 void dropout_mask_cpu(KernelContext& ctx) {
   Tensor& y = ctx.output(0);
-  const uint64_t key = random_key(ctx.attr<int64_t>("seed"), ctx.node().name());
+  const uint64_t key = random_key(ctx.node());
   const uint64_t run = static_cast<uint64_t>(ctx.input(1).data<int64_t>()[0]);
   const double rate = ctx.attr<double>("rate");
   dispatch_cpu(y.dtype(), [&](auto tag) {

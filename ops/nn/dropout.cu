@@ -20,7 +20,7 @@ void dropout_mask_typed(KernelContext& ctx, uint64_t key, double rate) {
 }
 
 void dropout_mask_cuda(KernelContext& ctx) {
-  const uint64_t key = random_key(ctx.attr<int64_t>("seed"), ctx.node().name());
+  const uint64_t key = random_key(ctx.node());
   const double rate = ctx.attr<double>("rate");
   dispatch_cuda_float(ctx.output(0).dtype(),
                       [&](auto tag) { dropout_mask_typed<decltype(tag)>(ctx, key, rate); });

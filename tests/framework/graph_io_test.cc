@@ -226,6 +226,9 @@ TEST(GraphIO, SemanticallyInvalidFilesAreRejectedWithTheProblem) {
   expect_bad_text(
       "version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" device: \"cpu\" }",
       {"device"});  // placement hints were removed: the field is reserved
+  expect_bad_text(
+      "version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" recompute_segment: -2 }",
+      {"node 'y'", "recompute_segment -2 is negative"});
   // Gradient-only ops check their shapes too: a hand-made file cannot make a kernel read past
   // an input.
   const std::string labels =
@@ -315,6 +318,23 @@ TEST(GraphIO, NodesInAnyOrderLoad) {
       std::string("version: 1 nodes { name: \"y\" op: \"exp\" inputs: \"x\" } ") + kPlaceholder;
   auto g = load_graph(write("order.pbtxt", text));
   EXPECT_EQ(g->value("y").shape(), Shape({2, 3}));
+  // Otherwise the file's order is kept, and a recompute segment's number comes back as one
+  // segment per run of nodes (a file that splits one number in two gets two segments).
+  text = std::string("version: 1 ") + kPlaceholder +
+         " nodes { name: \"a\" op: \"exp\" inputs: \"x\" recompute_segment: 4 }"
+         " nodes { name: \"b\" op: \"neg\" inputs: \"x\" }"
+         " nodes { name: \"c\" op: \"exp\" inputs: \"a\" recompute_segment: 4 }"
+         " nodes { name: \"d\" op: \"exp\" inputs: \"c\" recompute_segment: 4 }";
+  g = load_graph(write("segments.pbtxt", text));
+  std::vector<std::string> names;
+  for (int32_t id = 0; id < g->num_nodes(); ++id) names.push_back(g->node(id).name());
+  EXPECT_EQ(names, (std::vector<std::string>{"x", "a", "b", "c", "d"}));
+  EXPECT_EQ(g->node(0).recompute_segment(), -1);
+  EXPECT_GE(g->node(1).recompute_segment(), 0);
+  EXPECT_EQ(g->node(2).recompute_segment(), -1);
+  EXPECT_NE(g->node(3).recompute_segment(), g->node(1).recompute_segment());
+  EXPECT_EQ(g->node(4).recompute_segment(), g->node(3).recompute_segment());
+  EXPECT_EQ(g->open_recompute_segment(), -1);
 }
 
 }  // namespace
