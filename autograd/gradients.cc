@@ -229,13 +229,16 @@ class Sweep {
                   "would read the written value. Read the variable outside the segment"));
     }
 
-    // The copy. Its inputs from outside: sources as they are, computed values delayed.
+    // The copy. Its inputs from outside: variables as they are (a read of a variable through a
+    // view would not order the read before the variable's update), everything else delayed: a
+    // copy that read only placeholders and constants could run early, or be merged with its
+    // original by common-subexpression elimination.
     std::unordered_map<OutputRef, OutputRef, OutputRefHash> copy_of;
     std::unordered_map<OutputRef, OutputRef, OutputRefHash> delayed;  // input -> after(input)
     std::vector<std::pair<OutputRef, OutputRef>> inputs_out;          // (inner target, outer value)
     auto input_of_copy = [&](OutputRef in) -> OutputRef {
       if (auto it = copy_of.find(in); it != copy_of.end()) return it->second;
-      if (g_.node(in.node).op().source() != OutputSource::computed) {
+      if (g_.node(in.node).op().source() == OutputSource::state) {
         if (from_target_[in.node] && !delayed.count(in)) {
           delayed[in] = in;
           inputs_out.emplace_back(in, in);

@@ -107,6 +107,20 @@ OpDef& OpDef::may_alias_input() {
   return *this;
 }
 
+OpDef& OpDef::may_alias_input_of_same_size() {
+  may_alias_ = alias_needs_same_size_ = true;
+  return *this;
+}
+
+bool OpDef::may_alias(const std::vector<TensorType>& inputs,
+                      const std::vector<TensorType>& outputs) const {
+  if (!may_alias_ || inputs.empty()) return false;
+  if (!alias_needs_same_size_ || outputs.empty()) return true;
+  const Shape& in = inputs[0].shape;
+  const Shape& out = outputs[0].shape;
+  return !in.is_known() || !out.is_known() || in.numel() == out.numel();
+}
+
 OpDef& OpDef::stateful() {
   stateful_ = true;
   return *this;

@@ -157,6 +157,10 @@ class OpDef {
   /// pieces of a contiguous run): memory planning keeps input 0's buffer alive, and never
   /// overwrites it in place, while any output is used.
   OpDef& may_alias_input();
+  /// may_alias_input() where output 0 may view input 0 only when both have the same number of
+  /// elements (sum_to, broadcast_like: a view when nothing is summed or stretched, a new tensor
+  /// otherwise), so a plan whose shapes say otherwise does not keep input 0 alive for it.
+  OpDef& may_alias_input_of_same_size();
   /// Trait: output 0 may be computed in input 0's buffer when this step is that buffer's last
   /// use and the sizes match (memory planning decides; elementwise ops may take any input's).
   /// The kernel must then work with output 0 and input 0 at one address (an in-place
@@ -211,6 +215,11 @@ class OpDef {
   bool has_no_gradient() const { return no_gradient_; }
   const std::vector<int>& mutated_inputs() const { return mutated_inputs_; }
   bool may_alias() const { return may_alias_; }
+  /// Whether a node of this op with these concrete input and output types may return a view of
+  /// input 0 (may_alias(), narrowed by may_alias_input_of_same_size() where the element counts
+  /// are known to differ).
+  bool may_alias(const std::vector<TensorType>& inputs,
+                 const std::vector<TensorType>& outputs) const;
   bool may_overwrite_input() const { return may_overwrite_; }
   bool concatenates() const { return concatenates_; }
   /// Whether the kernels read only input `index`'s type (reads_only_type_of).
@@ -247,6 +256,7 @@ class OpDef {
   bool no_gradient_ = false;
   std::vector<int> mutated_inputs_;
   bool may_alias_ = false;
+  bool alias_needs_same_size_ = false;
   bool may_overwrite_ = false;
   bool concatenates_ = false;
   std::vector<int> type_only_inputs_;

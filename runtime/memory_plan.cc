@@ -15,6 +15,13 @@ int64_t aligned(int64_t bytes) {
   return (bytes + kAlignment - 1) / kAlignment * kAlignment;
 }
 
+// Whether `step`'s outputs may view its input 0 with the plan's concrete shapes.
+bool step_may_alias(const Plan& plan, const PlanStep& step) {
+  if (step.input_slots.empty()) return false;
+  std::vector<TensorType> inputs{plan.slot_types[static_cast<size_t>(step.input_slots[0])]};
+  return plan.graph->node(step.node).op().may_alias(inputs, step.output_types);
+}
+
 }  // namespace
 
 void analyze_liveness(Plan& plan) {
@@ -29,7 +36,7 @@ void analyze_liveness(Plan& plan) {
     for (int32_t slot : step.output_slots) live.producer[slot] = s;
     // Every output of a may-alias op (split's pieces) may view input 0; a state write's output
     // 0 is its variable.
-    if (op.may_alias() && !step.input_slots.empty())
+    if (step_may_alias(plan, step))
       for (int32_t slot : step.output_slots) alias_of[slot] = step.input_slots[0];
     else if (op.writes_state() && !step.input_slots.empty())
       alias_of[step.output_slots[0]] = step.input_slots[0];
@@ -49,10 +56,8 @@ void plan_memory(Plan& plan, bool in_place) {
   plan.arena_bytes = plan.unshared_bytes = 0;
   std::vector<char> fetched(plan.num_slots, 0), aliased(plan.num_slots, 0);
   for (int32_t slot : plan.fetch_slots) fetched[slot] = 1;
-  for (const PlanStep& step : plan.steps) {
-    const Node& node = plan.graph->node(step.node);
-    if (node.op().may_alias() && !step.input_slots.empty()) aliased[step.input_slots[0]] = 1;
-  }
+  for (const PlanStep& step : plan.steps)
+    if (step_may_alias(plan, step)) aliased[step.input_slots[0]] = 1;
 
   // Packing: the inputs of a concatenation along axis 0 (a gradient bucket, the gate gradients
   // of an unrolled recurrent layer) whose other readers are done before it are written straight

@@ -32,7 +32,7 @@ bool broadcasts_to(const Shape& small, const Shape& big) {
 // ---- sum_to(x, like): x summed over the dims that broadcasting would stretch from like's
 // shape, so the result has like's shape. The gradient of every broadcasting op goes through it.
 KILN_OP(sum_to)
-    .may_alias_input()
+    .may_alias_input_of_same_size()
     .input("x")
     .input("like")
     .reads_only_type_of(1)
@@ -62,7 +62,7 @@ KILN_OP(sum_to)
 
 // ---- broadcast_like(x, like): x broadcast to like's shape.
 KILN_OP(broadcast_like)
-    .may_alias_input()
+    .may_alias_input_of_same_size()
     .input("x")
     .input("like")
     .reads_only_type_of(1)

@@ -46,11 +46,11 @@ bool fold_conv_bias(Graph& graph, int32_t id, const SoleReader& sole_reader) {
   return false;
 }
 
-// An SGD or Adam update whose gradient is a matrix product that only it reads becomes the
-// update of that product (matmul_sgd_update, matmul_adam_update: the CPU applies the update to
-// each block of the product right after computing it, and never stores the gradient). The same
-// rule runs on the same product values, so the result is the unfused graph's. Returns whether
-// node `id` was rewritten.
+// An SGD or Adam update whose gradient is a matrix product that only it reads (and whose
+// operands hold no more elements than the product) becomes the update of that product
+// (matmul_sgd_update, matmul_adam_update: the CPU applies the update to each block of the product
+// right after computing it, and never stores the gradient). The same rule runs on the same product
+// values, so the result is the unfused graph's. Returns whether node `id` was rewritten.
 template <typename SoleReader>
 bool fold_update_into_product(Graph& graph, int32_t id, const SoleReader& sole_reader) {
   const Node& update = graph.node(id);
@@ -65,6 +65,18 @@ bool fold_update_into_product(Graph& graph, int32_t id, const SoleReader& sole_r
   if (c.shape.rank() != 2 || !c.shape.is_known() ||
       !(graph.node(var.node).outputs()[var.index] == c))
     return false;
+  // The fused update runs where the update was built, after the whole backward pass, so the
+  // product's inputs (a layer's input and the gradient flowing into its output) stay alive
+  // until then instead of the gradient. Fused only where they are no larger: a batch of a few
+  // rows, not a transformer's thousands of tokens (whose activations would all outlive the
+  // backward pass, and recompute segments would save nothing).
+  int64_t operand_elements = 0;
+  for (OutputRef in : mm.inputs()) {
+    const Shape& shape = graph.node(in.node).outputs()[in.index].shape;
+    if (!shape.is_known()) return false;
+    operand_elements += shape.numel();
+  }
+  if (operand_elements > c.shape.numel()) return false;
   std::vector<Value> inputs;
   for (size_t i = 0; i < update.inputs().size(); ++i) {
     if (static_cast<int>(i) != gradient) {
