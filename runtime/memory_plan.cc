@@ -145,13 +145,23 @@ void plan_memory(Plan& plan, bool in_place) {
     return true;
   };
 
-  // First fit among the bytes no unfinished buffer holds, at step p, for a buffer that lives
-  // as long as `slot`.
-  auto allocate = [&](int64_t bytes, int32_t slot, int32_t p) {
+  // Per packing, the steps that write its pieces into its buffer: the buffer is planned when
+  // the first of them runs, but each writes its own part, possibly on another stream.
+  std::vector<std::vector<int32_t>> piece_writers(packings.size());
+  for (int32_t slot = 0; slot < plan.num_slots; ++slot)
+    if (piece_of[slot] >= 0) piece_writers[piece_of[slot]].push_back(live.producer[slot]);
+
+  // First fit among the bytes no unfinished buffer holds, at step p (and at every step in
+  // `writers`, which write into the buffer later), for a buffer that lives as long as `slot`.
+  auto allocate = [&](int64_t bytes, int32_t slot, int32_t p,
+                      const std::vector<int32_t>& writers = {}) {
     const int64_t size = aligned(bytes);
     int64_t offset = 0;
     for (const Block& b : active) {
-      if (done_before(b.slot, p)) continue;
+      if (done_before(b.slot, p) && std::all_of(writers.begin(), writers.end(), [&](int32_t w) {
+            return w == p || done_before(b.slot, w);
+          }))
+        continue;
       if (offset + size <= b.offset) break;
       offset = std::max(offset, b.offset + b.size);
     }
@@ -192,8 +202,8 @@ void plan_memory(Plan& plan, bool in_place) {
         Packing& packing = packings[k];
         if (packing.offset < 0) {
           const TensorType& t = plan.slot_types[packing.out];
-          packing.offset =
-              allocate(static_cast<int64_t>(t.shape.numel() * dtype_size(t.dtype)), packing.out, p);
+          packing.offset = allocate(static_cast<int64_t>(t.shape.numel() * dtype_size(t.dtype)),
+                                    packing.out, p, piece_writers[k]);
         }
         plan.slot_offset[slot] = packing.offset + piece_offset[slot];
         plan.packed_into[slot] = packing.out;

@@ -1,3 +1,4 @@
+#include <numeric>
 #include <random>
 
 #include "kiln/runtime/plan.h"
@@ -54,7 +55,13 @@ struct RandomModel {
 };
 
 TEST(MemoryPlan, ValidOnRandomGraphsForEveryStreamCountAndSameResults) {
-  for (uint32_t seed = 0; seed < 25; ++seed) {
+  // Seed 318 on two streams packs a gradient sum's pieces into one buffer, the first piece made
+  // on one stream and another on the other: the buffer must be free for both writers (it was
+  // planned free for the first only, over bytes the second's stream might still read).
+  std::vector<uint32_t> seeds(25);
+  std::iota(seeds.begin(), seeds.end(), 0);
+  seeds.push_back(318);
+  for (uint32_t seed : seeds) {
     RandomModel m(seed);
     Tensor in = testing::random_tensor(f32, {6, 16}, -1, 1, seed);
     std::vector<Tensor> reference;
