@@ -98,8 +98,10 @@ class Sweep {
       const bool in_segment = !only && node.recompute_segment() >= 0 && repeated_in_backward(node);
       if (is_target_[id] && !in_segment) {
         for (int32_t i = 0; i < node.num_outputs(); ++i)
-          if (auto it = partials_.find(OutputRef{id, i}); it != partials_.end())
+          if (auto it = partials_.find(OutputRef{id, i}); it != partials_.end()) {
             result_[it->first] = sum_of(g_, it->second);
+            it->second = {result_[it->first]};  // summed once, if the sweep goes on below
+          }
       }
       if (only && !(*only)[id]) continue;
       if (in_segment) {
