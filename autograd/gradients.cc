@@ -46,6 +46,16 @@ Value sum_of(Graph& g, std::vector<Value>& parts) {
 
 using Partials = std::unordered_map<OutputRef, std::vector<Value>, OutputRefHash>;
 using GradientMap = std::unordered_map<OutputRef, Value, OutputRefHash>;
+using RefMap = std::unordered_map<OutputRef, OutputRef, OutputRefHash>;
+
+// How an inner sweep differentiates the copies of a segment's saved nodes. The copy of a saved
+// node is built (its inputs are the recomputed ones its gradient reads) but never run: the
+// copies after it read the saved outputs through stand-ins, gradients reaching a stand-in go
+// on to the copy, and the copy's gradient function is given the stand-ins as its outputs.
+struct SavedNodes {
+  RefMap copy_of_stand_in;  // stand-in for a saved output -> that output of the saved copy
+  std::unordered_map<int32_t, std::vector<Value>> stand_ins;  // saved copy's id -> its outputs
+};
 
 // Whether a recompute segment builds `node` again for the backward pass. Sources (variables,
 // placeholders, constants) are read, not computed, and a write to a variable must happen once;
@@ -61,8 +71,9 @@ bool repeated_in_backward(const Node& node) {
 // stops at the copy's inputs.
 class Sweep {
  public:
-  Sweep(Graph& g, const std::vector<OutputRef>& targets, int32_t top)
+  Sweep(Graph& g, const std::vector<OutputRef>& targets, int32_t top, SavedNodes saved = {})
       : g_(g),
+        saved_(std::move(saved)),
         top_(top),
         lowest_(top + 1),
         from_target_(top + 1, 0),
@@ -77,7 +88,7 @@ class Sweep {
     for (int32_t id = lowest_; id <= top; ++id) {
       if (from_target_[id]) continue;
       for (OutputRef in : g.node(id).inputs())
-        if (from_target_[in.node]) {
+        if (from_target_[through(in).node]) {
           from_target_[id] = 1;
           break;
         }
@@ -118,6 +129,12 @@ class Sweep {
   const std::vector<int32_t>& reached_from() const { return reached_from_; }
 
  private:
+  // Where a gradient reaching `in` goes: to the saved copy `in` stands in for, else to `in`.
+  OutputRef through(OutputRef in) const {
+    auto it = saved_.copy_of_stand_in.find(in);
+    return it == saved_.copy_of_stand_in.end() ? in : it->second;
+  }
+
   // Sums the gradients that reached `node`'s outputs and passes them to its inputs through
   // the op's gradient function.
   void differentiate(const Node& node) {
@@ -136,7 +153,7 @@ class Sweep {
     std::vector<int> wanted;
     bool input_from_target = false;
     for (size_t i = 0; i < node.inputs().size(); ++i) {
-      OutputRef in = node.inputs()[i];
+      OutputRef in = through(node.inputs()[i]);
       input_from_target |= from_target_[in.node] != 0;
       if (from_target_[in.node] && is_floating(g_.node(in.node).outputs()[in.index].dtype))
         wanted.push_back(static_cast<int>(i));
@@ -160,13 +177,15 @@ class Sweep {
       std::vector<bool> wanted_inputs(node.inputs().size(), false);
       for (int i : wanted) wanted_inputs[static_cast<size_t>(i)] = true;
       GradContext ctx(g_, node, std::move(grad_outputs), std::move(wanted_inputs));
+      if (auto it = saved_.stand_ins.find(id); it != saved_.stand_ins.end())
+        ctx.use_outputs(it->second);
       grads = node.op().grad_fn()(ctx);
     }
     KILN_DASSERT(grads.size() == node.inputs().size());
     bool passed = false;
     for (int i : wanted) {
       if (i >= static_cast<int>(grads.size()) || !grads[i].defined()) continue;
-      OutputRef in = node.inputs()[i];
+      OutputRef in = through(node.inputs()[i]);
       partials_[in].push_back(grads[i]);
       if (reached_from_[in.node] < 0) reached_from_[in.node] = id;
       passed = true;
@@ -179,7 +198,9 @@ class Sweep {
   // segment's outputs are complete. Builds the segment again, each input from outside read
   // through after(input, those gradients) so the copy runs only once the backward pass has
   // got here; differentiates the copy; and hands the gradients at its inputs back to this
-  // sweep. No backward node reads the original nodes' outputs, so they die in the forward pass.
+  // sweep. No backward node reads the original nodes' outputs, so they die in the forward pass,
+  // except those of the nodes the segment's policy saves: the copy reads those instead of
+  // computing them again.
   void backprop_segment(int32_t segment, int32_t top) {
     int32_t first = top;
     while (first > 0 && g_.node(first - 1).recompute_segment() == segment) --first;
@@ -234,11 +255,20 @@ class Sweep {
     // The copy. Its inputs from outside: variables as they are (a read of a variable through a
     // view would not order the read before the variable's update), everything else delayed: a
     // copy that read only placeholders and constants could run early, or be merged with its
-    // original by common-subexpression elimination.
-    std::unordered_map<OutputRef, OutputRef, OutputRefHash> copy_of;
-    std::unordered_map<OutputRef, OutputRef, OutputRefHash> delayed;  // input -> after(input)
-    std::vector<std::pair<OutputRef, OutputRef>> inputs_out;          // (inner target, outer value)
+    // original by common-subexpression elimination. The outputs of saved nodes are read
+    // delayed too, through stand-ins (see SavedNodes).
+    auto delayed_read = [&](OutputRef in) {
+      std::vector<Value> after_inputs{g_.value(in)};
+      after_inputs.insert(after_inputs.end(), deps.begin(), deps.end());
+      return g_.add("after", after_inputs);
+    };
+    RefMap copy_of;
+    RefMap delayed;       // input from outside -> after(input)
+    RefMap stand_in_for;  // output of a saved node -> after(output)
+    SavedNodes saved;
+    std::vector<std::pair<OutputRef, OutputRef>> inputs_out;  // (inner target, outer value)
     auto input_of_copy = [&](OutputRef in) -> OutputRef {
+      if (auto it = stand_in_for.find(in); it != stand_in_for.end()) return it->second;
       if (auto it = copy_of.find(in); it != copy_of.end()) return it->second;
       if (g_.node(in.node).op().source() == OutputSource::state) {
         if (from_target_[in.node] && !delayed.count(in)) {
@@ -249,9 +279,7 @@ class Sweep {
       }
       auto [it, made] = delayed.try_emplace(in);
       if (made) {
-        std::vector<Value> after_inputs{g_.value(in)};
-        after_inputs.insert(after_inputs.end(), deps.begin(), deps.end());
-        it->second = g_.add("after", after_inputs).ref();
+        it->second = delayed_read(in).ref();
         if (from_target_[in.node]) inputs_out.emplace_back(it->second, in);
       }
       return it->second;
@@ -266,9 +294,16 @@ class Sweep {
         AttrMap attrs = node.attrs();
         if (node.op().is_random() && node.attr<std::string>("draw_as").empty())
           attrs["draw_as"] = node.name();  // the same numbers as the original
-        for (const Value& out :
-             g_.add_node(node.op_name(), inputs, std::move(attrs), {.name = node.name()}))
-          copy_of[OutputRef{id, out.index()}] = out.ref();
+        const std::vector<Value> outs =
+            g_.add_node(node.op_name(), inputs, std::move(attrs), {.name = node.name()});
+        for (const Value& out : outs) copy_of[OutputRef{id, out.index()}] = out.ref();
+        if (!node.recompute_saved() || outs.empty()) continue;
+        std::vector<Value>& stand_ins = saved.stand_ins[outs[0].node_id()];
+        for (const Value& out : outs) {
+          stand_ins.push_back(delayed_read(OutputRef{id, out.index()}));
+          stand_in_for[OutputRef{id, out.index()}] = stand_ins.back().ref();
+          saved.copy_of_stand_in[stand_ins.back().ref()] = out.ref();
+        }
       }
     }
     // Targets built inside the segment get their gradient at their copy.
@@ -284,7 +319,7 @@ class Sweep {
 
     std::vector<char> copies(static_cast<size_t>(g_.num_nodes()), 0);
     for (const auto& [original, copy] : copy_of) copies[static_cast<size_t>(copy.node)] = 1;
-    Sweep inner(g_, inner_targets, g_.num_nodes() - 1);
+    Sweep inner(g_, inner_targets, g_.num_nodes() - 1, std::move(saved));
     for (const auto& [at, dy] : seeds) inner.seed(copy_of.at(at), dy);
     GradientMap grads = inner.run(&copies);
     for (const auto& [inner_ref, outer_ref] : inputs_out)
@@ -297,6 +332,7 @@ class Sweep {
   }
 
   Graph& g_;
+  const SavedNodes saved_;
   int32_t top_;
   int32_t lowest_;
   std::vector<char> from_target_;  // the node depends on a target (or is one)
@@ -361,20 +397,36 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
 }
 
 std::vector<Value> recompute(const std::function<std::vector<Value>(const std::vector<Value>&)>& fn,
-                             const std::vector<Value>& inputs) {
+                             const std::vector<Value>& inputs, RecomputePolicy policy) {
   KILN_CHECK(!inputs.empty(), GraphError, "[recompute] needs at least one input");
   Graph& g = *inputs[0].graph();
   for (const Value& v : inputs)
     KILN_CHECK(v.defined() && v.graph() == &g, GraphError,
                "[recompute] every input must be a defined value of one graph");
-  RecomputeScope scope(g);
+  RecomputeScope scope(g, std::move(policy));
   return fn(inputs);
 }
 
-Value recompute(const std::function<Value(const Value&)>& fn, const Value& x) {
+Value recompute(const std::function<Value(const Value&)>& fn, const Value& x,
+                RecomputePolicy policy) {
   KILN_CHECK(x.defined(), GraphError, "[recompute] of an undefined Value");
-  RecomputeScope scope(*x.graph());
+  RecomputeScope scope(*x.graph(), std::move(policy));
   return fn(x);
+}
+
+RecomputePolicy save_products() {
+  return [](const Node& node) { return node.op().precision_policy() == Precision::low; };
+}
+
+RecomputePolicy save_ops(const std::vector<std::string>& op_names) {
+  std::unordered_set<const OpDef*> ops;
+  for (const std::string& name : op_names) {
+    const OpDef* op = OpRegistry::global().find(name);
+    KILN_CHECK(op != nullptr, GraphError, "[recompute] save_ops: '", name,
+               "' is not a registered op");
+    ops.insert(op);
+  }
+  return [ops = std::move(ops)](const Node& node) { return ops.count(&node.op()) > 0; };
 }
 
 Value stop_gradient(const Value& x) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "kiln/framework/graph.h"
@@ -39,11 +40,24 @@ std::vector<Value> gradients(const Value& y, const std::vector<Value>& xs,
 /// bit for bit: the copy runs the same kernels on the same values, and its random ops (dropout)
 /// draw the same numbers. Writes to variables inside (a batch norm's running statistics)
 /// happen once. Every node fn builds joins the segment (see RecomputeScope in graph.h).
+/// `policy` picks nodes whose outputs are kept rather than recomputed (selective
+/// checkpointing): recompute(fn, inputs, save_products()) keeps the products, the costly part,
+/// and recomputes the cheap elementwise and normalization ops that hold most of the memory.
 std::vector<Value> recompute(const std::function<std::vector<Value>(const std::vector<Value>&)>& fn,
-                             const std::vector<Value>& inputs);
+                             const std::vector<Value>& inputs, RecomputePolicy policy = {});
 /// recompute() of a one-input, one-output fn: `h = recompute([&](const Value& v) { return
 /// block(v); }, h);`
-Value recompute(const std::function<Value(const Value&)>& fn, const Value& x);
+Value recompute(const std::function<Value(const Value&)>& fn, const Value& x,
+                RecomputePolicy policy = {});
+
+/// The policy that saves the products: the ops autocast runs in 16 bits (Precision::low:
+/// matmul, convolution, attention), whose recomputation costs the most per byte kept
+/// (jax.checkpoint_policies.dots_saveable; torch's selective checkpointing saving mm and
+/// attention).
+RecomputePolicy save_products();
+/// The policy that saves the nodes of the named ops ("attention", "matmul"), as torch's
+/// selective checkpointing lists ops to save. An op name that is not registered is a GraphError.
+RecomputePolicy save_ops(const std::vector<std::string>& op_names);
 
 /// x in the forward pass; no gradient flows back through it.
 Value stop_gradient(const Value& x);

@@ -7,8 +7,9 @@
 // weight under each optimizer), matmul, dispatch, chain_fused, chain_unfused, cnn_step,
 // transformer_step, llama_step, lstm_step, decode_step, decode_long_step, attention_step, gru_step,
 // upsample_step, ctc_step and lbfgs_step (the last five by hand: not in run.sh; also by hand:
-// stack_step and stack_recompute_step, four transformer blocks trained without and with
-// recompute segments, which print the plan's arena bytes too;
+// stack_step, stack_recompute_step and stack_products_step, four transformer blocks trained
+// without recompute segments, with them, and with segments that keep the products
+// (save_products()), which print the plan's arena bytes too;
 // lstm_scan_step and gru_scan_step, the LSTM and GRU steps with a sequence length unknown when the
 // graph is built, and attention_step_alibi, attention_step_softcap, attention_window_step_mask and
 // decode_long_step_late, the same step at position 2,000), attention_window_step, peak_flops (the
@@ -122,13 +123,17 @@ double block_step(const SessionOptions& options, Value (*loss_of)(Graph&, const 
 
 // A training step of four of transformer_step's blocks in a row on x [16, 128, 256], each
 // block a recompute segment when `segments`; `arena_bytes` gets the planned intermediate memory.
-double stack_step(const SessionOptions& options, bool segments, int64_t& arena_bytes) {
+// `segments`: each block a recompute segment; `save_matmuls`: the segments keep the products.
+double stack_step(const SessionOptions& options, bool segments, bool save_matmuls,
+                  int64_t& arena_bytes) {
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 128, 256});
   Value h = x;
   for (int l = 0; l < 4; ++l) {
     nn::TransformerBlock block(g, str("block", l), 256, 4, {.ffn_dim = 1024, .dropout = 0});
-    h = segments ? recompute([&](const Value& v) { return block(v); }, h) : block(h);
+    auto run_block = [&](const Value& v) { return block(v); };
+    h = segments ? recompute(run_block, h, save_matmuls ? save_products() : RecomputePolicy{})
+                 : block(h);
   }
   Value train = optim::Adam({.lr = 1e-4}).minimize(mean(square(h)));
   Session s(g, options);
@@ -515,9 +520,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::printf("%s %.9f\n", name.c_str(), seconds);
-  } else if (name == "stack_step" || name == "stack_recompute_step") {
+  } else if (name == "stack_step" || name == "stack_recompute_step" ||
+             name == "stack_products_step") {
     int64_t arena_bytes = 0;
-    const double seconds = stack_step(options, name == "stack_recompute_step", arena_bytes);
+    const double seconds =
+        stack_step(options, name != "stack_step", name == "stack_products_step", arena_bytes);
     std::printf("%s %.9f arena_mib=%.1f\n", name.c_str(), seconds,
                 static_cast<double>(arena_bytes) / (1 << 20));
   } else if (name == "lbfgs_step") {

@@ -6,7 +6,7 @@
 Cases: mlp_step, mlp_memory, matmul, dispatch, chain_eager, chain_out, chain_compiled (2.x),
 cnn_step, transformer_step, llama_step, lstm_step, decode_step, decode_long_step,
 attention_window_step; by hand: gru_step, upsample_step, ctc_step, lbfgs_step, stack_step,
-stack_recompute_step. With --compile the model cases run their module through
+stack_recompute_step, stack_products_step. With --compile the model cases run their module through
 torch.compile (forward and, through AOTAutograd, backward; the optimizer step stays eager).
 Prints "CASE <seconds per iteration> [extra]" like kiln_bench.
 """
@@ -116,20 +116,37 @@ def transformer_step():
     return block_step(lambda: Block(256, 4, 1024))
 
 
-def stack_step(recompute):
-    """kiln_bench's stack_step and stack_recompute_step: four of transformer_step's blocks in a
-    row, each recomputed in the backward pass (torch.utils.checkpoint) when `recompute`; x [16,
-    128, 256], mean(square(blocks(x))), Adam 1e-4."""
+def save_products_contexts():
+    """Selective checkpointing that keeps the products (matmuls and attention), Kiln's
+    save_products(): torch's create_selective_checkpoint_contexts with such a policy."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention")
+    saved = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+
+    def policy(ctx, op, *args, **kwargs):
+        return (CheckpointPolicy.MUST_SAVE if op in saved
+                else CheckpointPolicy.PREFER_RECOMPUTE)
+    return create_selective_checkpoint_contexts(policy)
+
+
+def stack_step(recompute, save_products=False):
+    """kiln_bench's stack_step, stack_recompute_step and stack_products_step: four of
+    transformer_step's blocks in a row, each recomputed in the backward pass
+    (torch.utils.checkpoint) when `recompute`, keeping the products when `save_products`; x
+    [16, 128, 256], mean(square(blocks(x))), Adam 1e-4."""
     torch.manual_seed(0)
     blocks = torch.nn.ModuleList(Block(256, 4, 1024) for _ in range(4))
     opt = torch.optim.Adam(blocks.parameters(), lr=1e-4)
     x = ramp(16, 128, 256)
+    kwargs = {"context_fn": save_products_contexts} if save_products else {}
 
     def step():
         opt.zero_grad(set_to_none=True)
         h = x
         for block in blocks:
-            h = (torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+            h = (torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False, **kwargs)
                  if recompute else block(h))
         h.square().mean().backward()
         opt.step()
@@ -391,8 +408,8 @@ def main():
                  "ctc_step": ctc_step}
         t = time_it(steps[case](), 3, 20)
         print(f"{case} {t:.9f}")
-    elif case in ("stack_step", "stack_recompute_step"):
-        t = time_it(stack_step(case == "stack_recompute_step"), 2, 10)
+    elif case in ("stack_step", "stack_recompute_step", "stack_products_step"):
+        t = time_it(stack_step(case != "stack_step", case == "stack_products_step"), 2, 10)
         print(f"{case} {t:.9f}")
     elif case == "lbfgs_step":
         step, evaluations = lbfgs_step()

@@ -25,7 +25,15 @@ class GradContext {
   const Node& node() const { return node_; }
   int num_inputs() const { return static_cast<int>(node_.inputs().size()); }
   Value input(int i) const { return graph_.value(node_.inputs()[i]); }
-  Value output(int i = 0) const { return graph_.value(OutputRef{node_.id(), i}); }
+  /// Output `i` of the node, or the value standing in for it (use_outputs()).
+  Value output(int i = 0) const {
+    return outputs_.empty() ? graph_.value(OutputRef{node_.id(), i})
+                            : outputs_[static_cast<size_t>(i)];
+  }
+  /// Makes output() return `outputs` (one per output of the node) instead of the node's own:
+  /// a recompute segment's copy of a saved node is differentiated from the saved values, so
+  /// the copy itself never runs.
+  void use_outputs(std::vector<Value> outputs) { outputs_ = std::move(outputs); }
   /// True when some path from y reaches output `i`.
   bool has_grad_output(int i) const { return grad_outputs_[i].defined(); }
   /// dL/d(output i); zeros shaped like the output when no gradient reached it.
@@ -43,6 +51,7 @@ class GradContext {
   const Node& node_;
   std::vector<Value> grad_outputs_;
   std::vector<bool> wanted_;
+  std::vector<Value> outputs_;  // empty: the node's own
 };
 
 }  // namespace kiln

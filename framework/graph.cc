@@ -168,6 +168,8 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   node->outputs_ = std::move(outputs);
   node->attrs_ = std::move(attrs);
   node->recompute_segment_ = recompute_segment_;
+  if (recompute_segment_ >= 0 && recompute_policy_)
+    node->recompute_saved_ = recompute_policy_(*node);
   by_name_.emplace(node->name_, node->id_);
   nodes_.push_back(std::move(node));
 
@@ -178,13 +180,17 @@ std::vector<Value> Graph::add_node(const std::string& op_name, const std::vector
   return values;
 }
 
-void Graph::begin_recompute() {
-  if (recompute_depth_++ == 0) recompute_segment_ = recompute_segments_++;
+void Graph::begin_recompute(RecomputePolicy policy) {
+  if (recompute_depth_++ > 0) return;
+  recompute_segment_ = recompute_segments_++;
+  recompute_policy_ = std::move(policy);
 }
 
 void Graph::end_recompute() {
   KILN_CHECK(recompute_depth_ > 0, GraphError, "[graph] end_recompute() without begin_recompute()");
-  if (--recompute_depth_ == 0) recompute_segment_ = -1;
+  if (--recompute_depth_ > 0) return;
+  recompute_segment_ = -1;
+  recompute_policy_ = nullptr;
 }
 
 Value Graph::add(const std::string& op, const std::vector<Value>& inputs, AttrMap attrs,

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -72,6 +73,14 @@ class Value {
   OutputRef ref_;
 };
 
+/// Which nodes of a recompute segment keep their outputs for the backward pass instead of
+/// being computed again there (selective checkpointing: jax.checkpoint's policy, torch's
+/// create_selective_checkpoint_contexts). Asked once per node as the node is built inside an
+/// open segment (its op, name and attributes are known); true saves it. Saved nodes are still
+/// differentiated as part of the segment: their gradients read the recomputed inputs and the
+/// saved outputs. See save_products() and save_ops() in autograd/gradients.h.
+using RecomputePolicy = std::function<bool(const Node&)>;
+
 /// One operation in a graph. Nodes are created by Graph::add_node and never change after.
 class Node {
  public:
@@ -92,12 +101,16 @@ class Node {
   /// The recompute segment the node was built in (RecomputeScope), or -1: gradients() builds
   /// such nodes again in the backward pass instead of keeping their outputs alive.
   int32_t recompute_segment() const { return recompute_segment_; }
+  /// Whether its segment's policy keeps the node's outputs for the backward pass: the copy
+  /// gradients() builds reads them instead of computing them again (see RecomputePolicy).
+  bool recompute_saved() const { return recompute_saved_; }
   /// "" when the node may run anywhere, else a device such as "cuda:1".
 
  private:
   friend class Graph;
   int32_t id_ = -1;
   int32_t recompute_segment_ = -1;
+  bool recompute_saved_ = false;
   const OpDef* op_ = nullptr;
   std::string name_;
   std::vector<OutputRef> inputs_;
@@ -205,9 +218,10 @@ class Graph {
   /// The open scopes as a prefix of node names: "a/b/", or "" outside any.
   const std::string& scope() const { return scope_prefix_; }
 
-  /// Opens a recompute segment: nodes made until end_recompute() form one segment (a nested
-  /// begin joins the open one). Prefer RecomputeScope.
-  void begin_recompute();
+  /// Opens a recompute segment: nodes made until end_recompute() form one segment, each
+  /// asked of `policy` (if any) whether it is saved. A nested begin joins the open segment and
+  /// its policy; its own is ignored. Prefer RecomputeScope.
+  void begin_recompute(RecomputePolicy policy = {});
   /// Closes what begin_recompute() opened (the segment ends with the outermost one).
   void end_recompute();
   /// The segment nodes are being added to, or -1.
@@ -231,9 +245,10 @@ class Graph {
   std::vector<std::string> scopes_;
   std::string scope_prefix_;
   std::map<std::string, Signature> signatures_;
-  int32_t recompute_segment_ = -1;  // open segment, or -1
-  int32_t recompute_depth_ = 0;     // nested begin_recompute() calls
-  int32_t recompute_segments_ = 0;  // segments opened so far (the next one's number)
+  int32_t recompute_segment_ = -1;    // open segment, or -1
+  int32_t recompute_depth_ = 0;       // nested begin_recompute() calls
+  int32_t recompute_segments_ = 0;    // segments opened so far (the next one's number)
+  RecomputePolicy recompute_policy_;  // of the open segment
 };
 
 /// RAII name scope: { NameScope s(g, "dense1"); ... } names nodes "dense1/...".
@@ -257,7 +272,10 @@ class NameScope {
 /// repeated. See recompute() in autograd/gradients.h.
 class RecomputeScope {
  public:
-  explicit RecomputeScope(Graph& graph) : graph_(graph) { graph_.begin_recompute(); }
+  /// `policy`: which nodes keep their outputs instead (empty: none; see RecomputePolicy).
+  explicit RecomputeScope(Graph& graph, RecomputePolicy policy = {}) : graph_(graph) {
+    graph_.begin_recompute(std::move(policy));
+  }
   ~RecomputeScope() { graph_.end_recompute(); }
   RecomputeScope(const RecomputeScope&) = delete;
   RecomputeScope& operator=(const RecomputeScope&) = delete;

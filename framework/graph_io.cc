@@ -237,6 +237,7 @@ void graph_to_proto(const Graph& graph, proto::GraphDef* out) {
     for (const auto& [key, value] : node.attrs())
       attr_to_proto(value, &(*def->mutable_attrs())[key]);
     if (node.recompute_segment() >= 0) def->set_recompute_segment(node.recompute_segment() + 1);
+    if (node.recompute_saved()) def->set_recompute_saved(true);
   }
   for (const auto& [name, sig] : graph.signatures()) {
     proto::SignatureDef* def = out->add_signatures();
@@ -305,16 +306,21 @@ std::unique_ptr<Graph> graph_from_proto(const proto::GraphDef& def, const std::s
   auto graph = std::make_unique<Graph>();
   std::vector<int32_t> node_id(n, -1);
   int32_t segment = 0;  // the file's segment number open in `graph`, 0: none
+  bool saved = false;   // what the open segment's policy answers for the next node
   for (int i : order) {
     const proto::NodeDef& node = def.nodes(i);
     const std::string where = str(file, ": node '", node.name(), "'");
     KILN_CHECK(node.recompute_segment() >= 0, FileError, where, ": recompute_segment ",
                node.recompute_segment(), " is negative");
+    KILN_CHECK(!node.recompute_saved() || node.recompute_segment() > 0, FileError, where,
+               ": recompute_saved is set but the node is in no recompute segment");
     if (node.recompute_segment() != segment) {
       if (segment > 0) graph->end_recompute();
-      if (node.recompute_segment() > 0) graph->begin_recompute();
+      if (node.recompute_segment() > 0)
+        graph->begin_recompute([&saved](const Node&) { return saved; });
       segment = node.recompute_segment();
     }
+    saved = node.recompute_saved();
     std::vector<Value> values;
     for (auto [producer, index] : inputs[i]) {
       const Node& made = graph->node(node_id[producer]);

@@ -6,6 +6,7 @@
 
 #include "kiln/framework/graph_io.h"
 #include "kiln/kiln.h"
+#include "kiln/runtime/plan.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -14,14 +15,16 @@ namespace {
 using testing::expect_error;
 
 // A residual MLP of pre-norm blocks: x + W2 dropout(gelu(W1 layer_norm(x))), trained on
-// mean((y - target)^2). With `segments` each block is a recompute segment.
+// mean((y - target)^2). With `segments` each block is a recompute segment, saving what
+// `policy` picks.
 struct ResidualMlp {
   Graph g;
   Value x, target, loss;
   std::vector<Value> params, grads;
   std::vector<std::unique_ptr<nn::Module>> layers;
 
-  ResidualMlp(bool segments, int blocks, int64_t batch, int64_t width, double drop) {
+  ResidualMlp(bool segments, int blocks, int64_t batch, int64_t width, double drop,
+              RecomputePolicy policy = {}) {
     x = g.placeholder("x", f32, {batch, width});
     target = g.placeholder("target", f32, {batch, width});
     Value h = x;
@@ -33,7 +36,7 @@ struct ResidualMlp {
       auto block = [&, drop](const Value& in) {
         return in + down(dropout(gelu(up(norm(in))), drop, true, 7));
       };
-      h = segments ? recompute(block, h) : block(h);
+      h = segments ? recompute(block, h, policy) : block(h);
     }
     loss = mse_loss(h, target);
     params = g.variables(true);
@@ -81,6 +84,105 @@ TEST(Recompute, GradientsEqualThoseWithoutSegmentsBitForBit) {
   EXPECT_GT(copies, 3 * 6);
 }
 
+// The nodes a run of `fetches` executes (the pruned graph, before the passes), by name.
+std::vector<std::string> executed(const Graph& g, const FeedList& feeds,
+                                  const std::vector<Value>& fetches) {
+  std::vector<FeedSpec> specs;
+  for (const auto& [value, tensor] : feeds)
+    specs.push_back({value, {tensor.dtype(), tensor.shape()}});
+  std::vector<std::string> names;
+  for (int32_t id : prune(g, specs, fetches, {}).order) names.push_back(g.node(id).name());
+  return names;
+}
+
+// Gradients of `got` equal those of `want` bit for bit over two runs (new dropout masks each).
+void expect_same_gradients(ResidualMlp& want, ResidualMlp& got) {
+  Session ws(want.g, {.intra_op_threads = 1}), gs(got.g, {.intra_op_threads = 1});
+  gs.set_variables(ws.variable_values());
+  for (uint32_t run = 0; run < 2; ++run) {
+    const std::vector<Tensor> a = ws.run(feeds_for(want, 20 + run), want.grads);
+    const std::vector<Tensor> b = gs.run(feeds_for(got, 20 + run), got.grads);
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_EQ(testing::values(a[i]), testing::values(b[i]))
+          << "run " << run << ", " << got.grads[i].name();
+  }
+}
+
+TEST(Recompute, SavedProductsAreReadNotComputedAgain) {
+  ResidualMlp plain(false, 3, 8, 16, 0.25), selective(true, 3, 8, 16, 0.25, save_products());
+  expect_same_gradients(plain, selective);
+  // The policy marked exactly the products (each Linear's matmul_bias or matmul).
+  int saved = 0;
+  for (int32_t id = 0; id < selective.g.num_nodes(); ++id) {
+    const Node& node = selective.g.node(id);
+    EXPECT_EQ(node.recompute_saved(),
+              node.recompute_segment() >= 0 && node.op().precision_policy() == Precision::low)
+        << node.name();
+    saved += node.recompute_saved();
+  }
+  EXPECT_EQ(saved, 3 * 2);
+  // The backward pass recomputes the norm and the activation, but no product: the copy of a
+  // saved node is built (its gradient reads the recomputed inputs) and never runs.
+  const std::vector<std::string> runs =
+      executed(selective.g, feeds_for(selective, 1), selective.grads);
+  auto recomputed = [&](const Node& original) {
+    return std::count(runs.begin(), runs.end(), "gradients/recompute/" + original.name()) > 0;
+  };
+  int gelus = 0;
+  for (int32_t id = 0; id < selective.g.num_nodes(); ++id) {
+    const Node& node = selective.g.node(id);
+    if (node.recompute_saved()) {
+      EXPECT_FALSE(recomputed(node)) << node.name() << " runs again";
+    }
+    if (node.op_name() == "gelu" && node.recompute_segment() >= 0) {
+      EXPECT_TRUE(recomputed(node)) << node.name();
+      ++gelus;
+    }
+  }
+  EXPECT_EQ(gelus, 3);
+}
+
+TEST(Recompute, SavedAttentionGivesItsGradientTheSavedOutputs) {
+  // Attention's gradient reads its outputs (the result and the logsumexp): with the op saved,
+  // they come from the forward pass, the copy never runs, and the gradients match bit for bit.
+  auto build = [](Graph& g, bool segments, RecomputePolicy policy, Value& x,
+                  std::vector<Value>& grads) {
+    x = g.placeholder("x", f32, {2, 8, 16});
+    Value h = x;
+    for (int l = 0; l < 2; ++l) {
+      nn::TransformerBlock block(g, str("block", l), 16, 2, {.ffn_dim = 32, .dropout = 0.1});
+      h = segments ? recompute([&](const Value& v) { return block(v); }, h, policy) : block(h);
+    }
+    grads = gradients(mean(square(h)), g.variables(true));
+  };
+  Graph pg, sg;
+  Value px, sx;
+  std::vector<Value> pgrads, sgrads;
+  build(pg, false, {}, px, pgrads);
+  build(sg, true, save_ops({"attention"}), sx, sgrads);
+  Session ps(pg, {.intra_op_threads = 1}), ss(sg, {.intra_op_threads = 1});
+  ss.set_variables(ps.variable_values());
+  const Tensor in = testing::random_tensor(f32, {2, 8, 16}, -1, 1, 4);
+  const std::vector<Tensor> want = ps.run({{px, in}}, pgrads), got = ss.run({{sx, in}}, sgrads);
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_EQ(testing::values(want[i]), testing::values(got[i])) << sgrads[i].name();
+  int saved = 0, attention_copies = 0, matmul_copies = 0;
+  for (int32_t id = 0; id < sg.num_nodes(); ++id) saved += sg.node(id).recompute_saved();
+  EXPECT_EQ(saved, 2);
+  const std::vector<std::string> runs = executed(sg, {{sx, in}}, sgrads);
+  for (int32_t id = 0; id < sg.num_nodes(); ++id) {
+    const Node& node = sg.node(id);
+    if (node.recompute_segment() < 0 ||
+        !std::count(runs.begin(), runs.end(), "gradients/recompute/" + node.name()))
+      continue;
+    attention_copies += node.op_name() == "attention";
+    matmul_copies += node.op_name() == "matmul" || node.op_name() == "matmul_bias";
+  }
+  EXPECT_EQ(attention_copies, 0);
+  EXPECT_GT(matmul_copies, 0) << "the products are not saved by this policy";
+}
+
 TEST(Recompute, PlannedMemoryOfATrainingStepShrinks) {
   // Eight blocks of width 64 over a batch of 256: the plain step keeps every block's
   // [256, 256] hidden values for the backward pass; with segments only the blocks' inputs
@@ -92,6 +194,13 @@ TEST(Recompute, PlannedMemoryOfATrainingStepShrinks) {
   std::printf("[recompute] planned arena: %lld bytes plain, %lld with segments\n",
               static_cast<long long>(plain_bytes), static_cast<long long>(seg_bytes));
   EXPECT_LT(seg_bytes * 5, plain_bytes * 2) << "segments should keep under 40% of the memory";
+  // Saving the products keeps more than recomputing everything, less than keeping everything.
+  ResidualMlp selective(true, 8, 256, 64, 0.1, save_products());
+  Session sels(selective.g);
+  const int64_t sel_bytes = sels.plan(feeds_for(selective, 1), selective.grads, {}).arena_bytes;
+  std::printf("[recompute] %lld bytes saving the products\n", static_cast<long long>(sel_bytes));
+  EXPECT_LT(seg_bytes, sel_bytes);
+  EXPECT_LT(sel_bytes, plain_bytes);
   // And the step still computes the same gradients.
   ss.set_variables(ps.variable_values());
   const Tensor want = ps.run(feeds_for(plain, 3), {plain.grads[0]})[0];
@@ -167,11 +276,13 @@ TEST(Recompute, TargetsAndLossInsideASegmentAndSavedGraphs) {
 }
 
 TEST(Recompute, SegmentsSurviveASavedGraph) {
-  // A forward graph saved with its segments, loaded elsewhere, and differentiated there.
+  // A forward graph saved with its segments (and the nodes its policy saves), loaded
+  // elsewhere, and differentiated there.
   Graph g;
   Value x = g.placeholder("x", f64, {5});
   Value w = g.variable("w", {5}, init::constant(0.25), {.dtype = f64});
-  Value y = recompute([&](const Value& in) { return sin(tanh(in * w) * 3.0); }, x);
+  Value y =
+      recompute([&](const Value& in) { return sin(tanh(in * w) * 3.0); }, x, save_ops({"tanh"}));
   Value loss = sum(y * x).named("loss");
   g.add_signature({"forward", {x}, {loss}, {}});
   const std::string path = testing::tmp("recompute_forward.kiln");
@@ -182,6 +293,8 @@ TEST(Recompute, SegmentsSurviveASavedGraph) {
     EXPECT_EQ(loaded->node(id).name(), g.node(id).name()) << "loaded in the saved order";
     marked += loaded->node(id).recompute_segment() >= 0;
     EXPECT_EQ(loaded->node(id).recompute_segment() >= 0, g.node(id).recompute_segment() >= 0)
+        << g.node(id).name();
+    EXPECT_EQ(loaded->node(id).recompute_saved(), g.node(id).op_name() == "tanh")
         << g.node(id).name();
   }
   EXPECT_GE(marked, 4);
@@ -205,6 +318,11 @@ TEST(Recompute, Errors) {
                            {"[recompute]", "at least one input"});
   expect_error<GraphError>(
       [&] {
+        save_ops({"matmul", "no_such_op"});
+      },
+      {"[recompute]", "'no_such_op' is not a registered op"});
+  expect_error<GraphError>(
+      [&] {
         RecomputeScope scope(g);
         gradients(sum(x * x), {x});
       },
@@ -220,6 +338,15 @@ TEST(Recompute, Errors) {
   expect_error<GraphError>([&] { gradients(sum(y), {x}); },
                            {"[recompute]", "reads variable 'v'", "writes", "outside the segment"});
   EXPECT_EQ(g.open_recompute_segment(), -1);
+  // A nested scope joins the open segment and its policy (here: none), ignoring its own.
+  {
+    RecomputeScope outer(g);
+    RecomputeScope inner(g, save_ops({"exp"}));
+    const Value e = exp(x);
+    EXPECT_EQ(e.node().recompute_segment(), g.open_recompute_segment());
+    EXPECT_FALSE(e.node().recompute_saved());
+  }
+  EXPECT_FALSE(exp(x).node().recompute_saved()) << "outside any segment";
 }
 
 }  // namespace

@@ -229,6 +229,9 @@ TEST(GraphIO, SemanticallyInvalidFilesAreRejectedWithTheProblem) {
   expect_bad_text(
       "version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" recompute_segment: -2 }",
       {"node 'y'", "recompute_segment -2 is negative"});
+  expect_bad_text(
+      "version: 1 " + x + " nodes { name: \"y\" op: \"exp\" inputs: \"x\" recompute_saved: true }",
+      {"node 'y'", "recompute_saved is set but the node is in no recompute segment"});
   // Gradient-only ops check their shapes too: a hand-made file cannot make a kernel read past
   // an input.
   const std::string labels =
@@ -323,7 +326,8 @@ TEST(GraphIO, NodesInAnyOrderLoad) {
   text = std::string("version: 1 ") + kPlaceholder +
          " nodes { name: \"a\" op: \"exp\" inputs: \"x\" recompute_segment: 4 }"
          " nodes { name: \"b\" op: \"neg\" inputs: \"x\" }"
-         " nodes { name: \"c\" op: \"exp\" inputs: \"a\" recompute_segment: 4 }"
+         " nodes { name: \"c\" op: \"exp\" inputs: \"a\" recompute_segment: 4"
+         " recompute_saved: true }"
          " nodes { name: \"d\" op: \"exp\" inputs: \"c\" recompute_segment: 4 }";
   g = load_graph(write("segments.pbtxt", text));
   std::vector<std::string> names;
@@ -334,6 +338,9 @@ TEST(GraphIO, NodesInAnyOrderLoad) {
   EXPECT_EQ(g->node(2).recompute_segment(), -1);
   EXPECT_NE(g->node(3).recompute_segment(), g->node(1).recompute_segment());
   EXPECT_EQ(g->node(4).recompute_segment(), g->node(3).recompute_segment());
+  // The saved flag comes back on its node only.
+  for (int32_t id = 0; id < g->num_nodes(); ++id)
+    EXPECT_EQ(g->node(id).recompute_saved(), g->node(id).name() == "c") << g->node(id).name();
   EXPECT_EQ(g->open_recompute_segment(), -1);
 }
 

@@ -81,7 +81,7 @@ void op_zoo(Graph& g) {
 // The neural-network ops of issue 12 in a small training graph: convolution (and its
 // transpose), batch norm with running statistics (after, assign), both pools, dropout, layer
 // norm, attention with a mask, cross entropy with ignore_index and smoothing; the first layers
-// form a recompute segment.
+// form a recompute segment that keeps its convolution's output (a saved node's stand-in).
 void nn_zoo(Graph& g) {
   Value x = g.placeholder("x", f32, {-1, 2, 6, 6});
   Value y = g.placeholder("y", i64, {-1});
@@ -94,7 +94,7 @@ void nn_zoo(Graph& g) {
     return avg_pool2d(max_pool2d(relu(v)), {.kernel_size = {1, 1}});
   });
   // A recompute segment: the training graph holds its copy (after, draw_as on the dropout).
-  Value h = recompute([&](const Value& v) { return net(v); }, x);  // [N, 4, 3, 3]
+  Value h = recompute([&](const Value& v) { return net(v); }, x, save_products());  // [N,4,3,3]
   Value up =
       conv_transpose2d(h, g.variable("up", {4, 2, 2, 2}, init::he_normal(4)), {.stride = {2, 2}});
   Value seq = layer_norm(reshape(up, {-1, 2, 36}), 1);  // [N, 2, 36]: 2 tokens of 36
