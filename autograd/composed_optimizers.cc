@@ -65,25 +65,28 @@ Value newton_schulz(const Value& u, const MuonOptions& o) {
 }  // namespace
 
 Value Muon::update(const Value& var, const Value& grad, const Value& lr, const Value&,
-                   double weight_decay, const Value& apply_if) {
+                   const GroupSettings& group, const Value& apply_if) {
   const Shape& shape = var.shape();
   KILN_CHECK(shape.rank() == 2 && shape[0] > 0 && shape[1] > 0, GraphError,
              "[optim] Muon trains matrices only; ", var.name(), " is ", shape,
              ": train it with another optimizer (AdamW, named()), as torch's Muon recipe does");
   Graph& graph = *var.graph();
   const DType dtype = var.dtype();
-  Value mu = momentum_now().defined() ? cast(momentum_now(), dtype)
-                                      : graph.scalar(options_.momentum, dtype);
+  Value mu = momentum_now().defined()
+                 ? cast(momentum_now(), dtype)
+                 : graph.scalar(group.momentum.value_or(options_.momentum), dtype);
   // torch's lerps: B = B + (1 - mu)(G - B); Nesterov U = B - (B - G)(1 - mu).
   Value buf = slot(var, "muon_momentum");
   Value blended = buf + (grad - buf) * (1.0 - mu);
   // The buffer's assign is read back, so the variable's update runs after it.
   Value moved = assign_unless_skipped(buf, blended, apply_if);
   Value u = options_.nesterov ? moved - (moved - grad) * (1.0 - mu) : moved;
-  Value orthogonal = newton_schulz(u, options_);
+  MuonOptions iteration = options_;
+  iteration.eps = group.eps.value_or(options_.eps);
+  Value orthogonal = newton_schulz(u, iteration);
   const double ratio =
       lr_ratio(options_.adjust_lr, static_cast<double>(shape[0]), static_cast<double>(shape[1]));
-  Value stepped = var * (1.0 - lr * weight_decay) - orthogonal * (lr * ratio);
+  Value stepped = var * (1.0 - lr * group.weight_decay) - orthogonal * (lr * ratio);
   return assign_unless_skipped(var, stepped, apply_if);
 }
 
@@ -105,7 +108,7 @@ Value root_mean_square(const Value& x) {
 }  // namespace
 
 Value Adafactor::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                        double weight_decay, const Value& apply_if) {
+                        const GroupSettings& group, const Value& apply_if) {
   refuse_cycled_momentum("Adafactor");
   const Shape& shape = var.shape();
   KILN_CHECK(shape.is_known(), GraphError, "[optim] Adafactor needs ", var.name(), "'s shape, got ",
@@ -141,7 +144,7 @@ Value Adafactor::update(const Value& var, const Value& grad, const Value& lr, co
   }
   Value u = rsqrt(maximum(variance, eps1 * eps1)) * grad;
   Value clipped = maximum(root_mean_square(u) / options_.d, 1.0);
-  Value stepped = var * (1.0 - lr * weight_decay) - u * (scale / clipped);
+  Value stepped = var * (1.0 - lr * group.weight_decay) - u * (scale / clipped);
   return assign_unless_skipped(var, stepped, apply_if);
 }
 

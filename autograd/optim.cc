@@ -112,6 +112,28 @@ void Optimizer::refuse_cycled_momentum(const char* optimizer) const {
              "false");
 }
 
+void Optimizer::check_group_fields(const ParamGroup& group, size_t index, const char* optimizer,
+                                   unsigned readable) const {
+  const bool cycled = schedule_.cycles_momentum();
+  auto check = [&](const std::optional<double>& value, GroupField field, const char* what,
+                   bool below_one, bool momentum) {
+    if (!value) return;
+    KILN_CHECK(readable & field, GraphError, "[optim] parameter group ", index, " sets ", what,
+               ", which ", optimizer, " has not",
+               field == kBeta1 && (readable & kBeta2)
+                   ? " per group (its momentum product is one for all groups)"
+                   : "");
+    KILN_CHECK(*value >= 0 && (!below_one || *value < 1), GraphError, "[optim] parameter group ",
+               index, ": ", what, " must be ", below_one ? "in [0, 1)" : ">= 0", ", got ", *value);
+    KILN_CHECK(!momentum || !cycled, GraphError, "[optim] parameter group ", index, " sets ", what,
+               ", which the schedule cycles (cycle_momentum): set one or the other");
+  };
+  check(group.momentum, kMomentum, "momentum", false, true);
+  check(group.beta1, kBeta1, "beta1", true, true);
+  check(group.beta2, kBeta2, "beta2", true, false);
+  check(group.eps, kEps, "eps", false, false);
+}
+
 Optimizer& Optimizer::named(std::string name) {
   KILN_CHECK(!name.empty() && name.front() != '/' && name.back() != '/', GraphError,
              "[optim] an optimizer's name must be non-empty and not begin or end with '/', got '",
@@ -135,6 +157,7 @@ Optimizer& Optimizer::with_param_groups(std::vector<ParamGroup> groups) {
                " has no variables");
     KILN_CHECK(!group.lr || *group.lr > 0, GraphError, "[optim] parameter group ", i,
                ": learning rate must be > 0, got ", group.lr.value_or(0));
+    check_group(group, i);
     for (const Value& v : group.variables) {
       KILN_CHECK(v.defined() && v.node().op().source() == OutputSource::state, GraphError,
                  "[optim] parameter group ", i, ": ", v.defined() ? v.name() : std::string("?"),
@@ -301,10 +324,14 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
       group = found->second;
     }
     const double base_lr = group && group->lr ? *group->lr : lr_;
-    const double decay = group && group->weight_decay ? *group->weight_decay : weight_decay();
+    GroupSettings settings{.weight_decay = weight_decay()};
+    if (group) {
+      settings = {group->weight_decay.value_or(weight_decay()), group->momentum, group->beta1,
+                  group->beta2, group->eps};
+    }
     Value& lr = lr_by_dtype_and_rate[{vars[i].dtype(), base_lr}];
     if (!lr.defined()) lr = learning_rate(graph, base_lr, schedule_, rate_step, vars[i].dtype());
-    updates.push_back(update(vars[i], grads[i], lr, step, decay, apply_if));
+    updates.push_back(update(vars[i], grads[i], lr, step, settings, apply_if));
     updated_[vars[i].name()] = updates.back();
   }
   // A skipped step does not count.
@@ -429,51 +456,58 @@ SGD::SGD(SGDOptions options) : Optimizer(options), options_(options) {
 }
 
 Value SGD::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                  double weight_decay, const Value& apply_if) {
+                  const GroupSettings& group, const Value& apply_if) {
   // Without momentum there is no buffer: var stands in for it and is not touched as one.
-  const bool has_momentum = options_.momentum != 0 || momentum_now().defined();
+  const double momentum = group.momentum.value_or(options_.momentum);
+  const bool has_momentum = momentum != 0 || momentum_now().defined();
   Value buf = has_momentum ? slot(var, "momentum") : var;
-  return sgd_update(var, buf, grad, lr, options_.momentum, options_.nesterov, weight_decay,
-                    apply_if, momentum_now(), options_.dampening, step);
+  return sgd_update(var, buf, grad, lr, momentum, options_.nesterov, group.weight_decay, apply_if,
+                    momentum_now(), options_.dampening, step);
+}
+
+void SGD::check_group(const ParamGroup& group, size_t index) const {
+  check_group_fields(group, index, "SGD", kMomentum);
+  KILN_CHECK(!options_.nesterov || group.momentum.value_or(1) > 0, GraphError,
+             "[optim] parameter group ", index, ": Nesterov momentum needs a momentum > 0, got 0");
 }
 
 AdamFamilyOptimizer::AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name,
                                          bool allows_amsgrad)
-    : Optimizer(options), options_(options), decoupled_(decoupled) {
+    : Optimizer(options), options_(options), decoupled_(decoupled), name_(name) {
   KILN_CHECK(allows_amsgrad || !options.amsgrad, GraphError, "[optim] ", name,
              " has no amsgrad variant (Adam and AdamW do)");
 }
 
 Value Adam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                   double weight_decay, const Value& apply_if) {
+                   const GroupSettings& group, const Value& apply_if) {
   Value m = slot(var, "adam_m");  // made in this order, whatever the compiler's argument order
   Value v = slot(var, "adam_v");
   if (options_.amsgrad)
     return amsgrad_update(var, m, v, slot(var, "adam_v_max"), grad, lr, step,
-                          hyperparameters(weight_decay), apply_if, momentum_now());
-  return adam_update(var, m, v, grad, lr, step, options_.beta1, options_.beta2, options_.eps,
-                     weight_decay, decoupled_, apply_if, momentum_now());
+                          hyperparameters(group), apply_if, momentum_now());
+  const AdamHyperparameters h = hyperparameters(group);
+  return adam_update(var, m, v, grad, lr, step, h.beta1, h.beta2, h.eps, h.weight_decay, decoupled_,
+                     apply_if, momentum_now());
 }
 
 Value Adamax::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                     double weight_decay, const Value& apply_if) {
+                     const GroupSettings& group, const Value& apply_if) {
   Value m = slot(var, "adamax_m");
   Value u = slot(var, "adamax_u");
-  return adamax_update(var, m, u, grad, lr, step, hyperparameters(weight_decay), apply_if,
-                       momentum_now());
+  return adamax_update(var, m, u, grad, lr, step, hyperparameters(group), apply_if, momentum_now());
 }
 
 Value RAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                    double weight_decay, const Value& apply_if) {
+                    const GroupSettings& group, const Value& apply_if) {
   Value m = slot(var, "radam_m");
   Value v = slot(var, "radam_v");
-  return radam_update(var, m, v, grad, lr, step, hyperparameters(weight_decay), apply_if,
-                      momentum_now());
+  return radam_update(var, m, v, grad, lr, step, hyperparameters(group), apply_if, momentum_now());
 }
 
 NAdam::NAdam(AdamOptions options, double momentum_decay, bool decoupled_weight_decay)
     : AdamFamilyOptimizer(options, decoupled_weight_decay, "NAdam", false),
       momentum_decay_(momentum_decay) {
+  group_beta1_ = false;
   KILN_CHECK(momentum_decay >= 0, GraphError, "[optim] NAdam needs momentum_decay >= 0, got ",
              momentum_decay);
 }
@@ -495,10 +529,10 @@ std::vector<Value> NAdam::prepare_step(Graph& graph, const Value& step, const Va
 }
 
 Value NAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                    double weight_decay, const Value& apply_if) {
+                    const GroupSettings& group, const Value& apply_if) {
   Value m = slot(var, "nadam_m");
   Value v = slot(var, "nadam_v");
-  return nadam_update(var, m, v, grad, lr, step, mu_product_, hyperparameters(weight_decay),
+  return nadam_update(var, m, v, grad, lr, step, mu_product_, hyperparameters(group),
                       momentum_decay_, apply_if, momentum_now());
 }
 
@@ -509,10 +543,11 @@ Adagrad::Adagrad(AdagradOptions options) : Optimizer(options), options_(options)
 }
 
 Value Adagrad::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                      double weight_decay, const Value& apply_if) {
+                      const GroupSettings& group, const Value& apply_if) {
   refuse_cycled_momentum("Adagrad");
   return adagrad_update(var, slot(var, "adagrad_sum", options_.initial_accumulator_value), grad, lr,
-                        step, options_.lr_decay, options_.eps, weight_decay, apply_if);
+                        step, options_.lr_decay, group.eps.value_or(options_.eps),
+                        group.weight_decay, apply_if);
 }
 
 Adadelta::Adadelta(AdadeltaOptions options) : Optimizer(options), options_(options) {
@@ -522,27 +557,30 @@ Adadelta::Adadelta(AdadeltaOptions options) : Optimizer(options), options_(optio
 }
 
 Value Adadelta::update(const Value& var, const Value& grad, const Value& lr, const Value&,
-                       double weight_decay, const Value& apply_if) {
+                       const GroupSettings& group, const Value& apply_if) {
   refuse_cycled_momentum("Adadelta");
   return adadelta_update(var, slot(var, "adadelta_square_avg"), slot(var, "adadelta_acc_delta"),
-                         grad, lr, options_.rho, options_.eps, weight_decay, apply_if);
+                         grad, lr, options_.rho, group.eps.value_or(options_.eps),
+                         group.weight_decay, apply_if);
 }
 
 RMSProp::RMSProp(RMSPropOptions options) : Optimizer(options), options_(options) {}
 
 Value RMSProp::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                      double weight_decay, const Value& apply_if) {
-  const bool has_momentum = options_.momentum != 0 || momentum_now().defined();
+                      const GroupSettings& group, const Value& apply_if) {
+  const double momentum = group.momentum.value_or(options_.momentum);
+  const double eps = group.eps.value_or(options_.eps);
+  const bool has_momentum = momentum != 0 || momentum_now().defined();
   if (!has_momentum && !options_.centered)
-    return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, options_.eps,
-                          weight_decay, apply_if);
+    return rmsprop_update(var, slot(var, "rms"), grad, lr, options_.alpha, eps, group.weight_decay,
+                          apply_if);
   // Only the slots the variant keeps: var stands in for the others, which the update leaves.
   Value sq = slot(var, "rms");
   Value grad_avg = options_.centered ? slot(var, "rms_grad_avg") : var;
   Value buf = has_momentum ? slot(var, "rms_momentum") : var;
-  return rmsprop_momentum_update(var, sq, grad_avg, buf, grad, lr, step, options_.alpha,
-                                 options_.eps, weight_decay, options_.momentum, options_.centered,
-                                 apply_if, momentum_now());
+  return rmsprop_momentum_update(var, sq, grad_avg, buf, grad, lr, step, options_.alpha, eps,
+                                 group.weight_decay, momentum, options_.centered, apply_if,
+                                 momentum_now());
 }
 
 Rprop::Rprop(RpropOptions options) : Optimizer(options), options_(options) {
@@ -555,10 +593,10 @@ Rprop::Rprop(RpropOptions options) : Optimizer(options), options_(options) {
 }
 
 Value Rprop::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                    double weight_decay, const Value& apply_if) {
+                    const GroupSettings& group, const Value& apply_if) {
   refuse_cycled_momentum("Rprop");
-  KILN_CHECK(weight_decay == 0, GraphError, "[optim] Rprop has no weight decay; ", var.name(),
-             "'s parameter group sets ", weight_decay);
+  KILN_CHECK(group.weight_decay == 0, GraphError, "[optim] Rprop has no weight decay; ", var.name(),
+             "'s parameter group sets ", group.weight_decay);
   Value prev = slot(var, "rprop_prev");
   Value step_size = slot(var, "rprop_step_size");
   return rprop_update(var, prev, step_size, grad, lr, step, options_.eta_minus, options_.eta_plus,
@@ -572,10 +610,10 @@ ASGD::ASGD(ASGDOptions options) : Optimizer(options), options_(options) {
 }
 
 Value ASGD::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                   double weight_decay, const Value& apply_if) {
+                   const GroupSettings& group, const Value& apply_if) {
   refuse_cycled_momentum("ASGD");
   return asgd_update(var, slot(var, "asgd_ax"), grad, lr, step, options_.lambd, options_.alpha,
-                     options_.t0, weight_decay, apply_if);
+                     options_.t0, group.weight_decay, apply_if);
 }
 
 Value ASGD::schedule_step(const Value& step) const {

@@ -81,6 +81,10 @@ struct Schedule {
   /// none, refuse.
   bool cycle_momentum = false;
   double base_momentum = 0.85, max_momentum = 0.95;
+  /// Whether the schedule cycles the momentum (one_cycle or cyclic with cycle_momentum).
+  bool cycles_momentum() const {
+    return (kind == Kind::one_cycle || kind == Kind::cyclic) && cycle_momentum;
+  }
   /// reduce_on_plateau (ReduceLROnPlateau): lr * gamma^(reductions), at least min_lr. Each run
   /// of observe_metric() compares the metric with the best so far (lower is better, or higher
   /// with maximize; better means beyond best (1 -+ threshold), or best -+ threshold when not
@@ -143,12 +147,19 @@ struct Schedule {
   Schedule with_warmup(int64_t steps) const;
 };
 
-/// Variables trained with their own learning rate and weight decay (a torch.optim parameter
-/// group); a field left unset takes the optimizer's option.
+/// Variables trained with their own hyperparameters (a torch.optim parameter group); a field
+/// left unset takes the optimizer's option. A group that sets a field its optimizer does not
+/// have (momentum for Adam, beta1 for NAdam, whose momentum product is one for all groups) is
+/// a GraphError, as is one that sets a momentum or beta1 a schedule cycles.
 struct ParamGroup {
   std::vector<Value> variables{};
   std::optional<double> lr{};
   std::optional<double> weight_decay{};
+  std::optional<double> momentum{};  ///< SGD's, RMSProp's and Muon's momentum (>= 0)
+  std::optional<double> beta1{};     ///< the Adam family's first-moment decay, in [0, 1)
+  std::optional<double> beta2{};     ///< the Adam family's second-moment decay, in [0, 1)
+  /// The Adam family's, Adagrad's, Adadelta's, RMSProp's and Muon's eps (>= 0).
+  std::optional<double> eps{};
 };
 
 /// The usual split for weight decay (as GPT-2's and ViT's recipes): the matrices and kernels
@@ -291,7 +302,7 @@ class Optimizer {
   /// With gradient accumulation, after apply_gradients: the bool scalar that is true in the run
   /// that steps; else undefined (every run steps).
   const Value& steps_now() const { return steps_now_; }
-  /// Gives each group's variables the group's learning rate and weight decay. From then on
+  /// Gives each group's variables the group's hyperparameters. From then on
   /// minimize() and compute_gradients() with no variables train the groups' variables (in
   /// group order), and apply_gradients() refuses a variable that is in no group. A variable in
   /// two groups, an empty group or a rate <= 0 is a GraphError.
@@ -344,12 +355,29 @@ class Optimizer {
   explicit Optimizer(const Options& options)
       : Optimizer(options.lr, options.schedule, options.clip_norm, options.clip_norm_type,
                   options.clip_value, options.maximize) {}
-  /// The update op for one variable with its group's weight decay; it applies only where
+  /// One variable's settings: its weight decay (its group's, else the optimizer's), and the
+  /// other fields its group sets (an unset one: the optimizer's option).
+  struct GroupSettings {
+    double weight_decay = 0;
+    std::optional<double> momentum{}, beta1{}, beta2{}, eps{};
+  };
+  /// The update op for one variable with its group's settings; it applies only where
   /// `apply_if` (when defined) is true.
   virtual Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-                       double weight_decay, const Value& apply_if) = 0;
+                       const GroupSettings& group, const Value& apply_if) = 0;
   /// The optimizer's own weight decay (a group's default).
   virtual double weight_decay() const = 0;
+  /// The ParamGroup fields besides lr and weight decay an optimizer reads.
+  enum GroupField : unsigned { kMomentum = 1, kBeta1 = 2, kBeta2 = 4, kEps = 8 };
+  /// Checks parameter group `index` (a GraphError naming it): by default it may set no field
+  /// besides lr and weight decay.
+  virtual void check_group(const ParamGroup& group, size_t index) const {
+    check_group_fields(group, index, "this optimizer", 0);
+  }
+  /// For check_group: `optimizer` (its name) reads only the fields in `readable`; the values
+  /// are in range, and a momentum (or beta1, its momentum) is not one the schedule cycles.
+  void check_group_fields(const ParamGroup& group, size_t index, const char* optimizer,
+                          unsigned readable) const;
   /// The step whose scheduled rate the update at `step` reads (ASGD: the step before).
   virtual Value schedule_step(const Value& step) const { return step; }
   /// Makes the state every variable's update reads, once per apply_gradients and before the
@@ -398,8 +426,9 @@ class SGD : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override;
   SGDOptions options_;
 };
 
@@ -410,12 +439,18 @@ class AdamFamilyOptimizer : public Optimizer {
   /// `name`: the optimizer, for the error when amsgrad is set and `allows_amsgrad` is false.
   AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name, bool allows_amsgrad);
   double weight_decay() const override { return options_.weight_decay; }
-  /// The update ops' hyperparameters with a group's weight decay.
-  AdamHyperparameters hyperparameters(double weight_decay) const {
-    return {options_.beta1, options_.beta2, options_.eps, weight_decay, decoupled_};
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, name_, group_beta1_ ? kBeta1 | kBeta2 | kEps : kBeta2 | kEps);
+  }
+  /// The update ops' hyperparameters with a group's settings.
+  AdamHyperparameters hyperparameters(const GroupSettings& group) const {
+    return {group.beta1.value_or(options_.beta1), group.beta2.value_or(options_.beta2),
+            group.eps.value_or(options_.eps), group.weight_decay, decoupled_};
   }
   AdamOptions options_;
   bool decoupled_;
+  const char* name_;
+  bool group_beta1_ = true;  ///< whether a parameter group may set beta1
 };
 
 class Adam : public AdamFamilyOptimizer {
@@ -425,7 +460,7 @@ class Adam : public AdamFamilyOptimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
 };
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter); torch.optim.AdamW's default decay.
@@ -443,7 +478,7 @@ class Adamax : public AdamFamilyOptimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
 };
 
 /// RAdam (rectified Adam), with L2 or (decoupled_weight_decay) AdamW-style decay; amsgrad is
@@ -455,7 +490,7 @@ class RAdam : public AdamFamilyOptimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
 };
 
 /// NAdam (Adam with Nesterov momentum), with L2 or (decoupled_weight_decay) AdamW-style decay.
@@ -468,7 +503,7 @@ class NAdam : public AdamFamilyOptimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   std::vector<Value> prepare_step(Graph& graph, const Value& step, const Value& apply_if) override;
   double momentum_decay_;
   Value mu_product_;  ///< mu_1 ... mu_t of this step, made by prepare_step
@@ -480,8 +515,11 @@ class Adagrad : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "Adagrad", kEps);
+  }
   AdagradOptions options_;
 };
 
@@ -494,8 +532,11 @@ class Adadelta : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "Adadelta", kEps);
+  }
   AdadeltaOptions options_;
 };
 
@@ -505,8 +546,11 @@ class RMSProp : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "RMSProp", kMomentum | kEps);
+  }
   RMSPropOptions options_;
 };
 
@@ -519,8 +563,11 @@ class Rprop : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return 0; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "Rprop", 0);
+  }
   RpropOptions options_;
 };
 
@@ -536,8 +583,11 @@ class ASGD : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "ASGD", 0);
+  }
   Value schedule_step(const Value& step) const override;
   ASGDOptions options_;
 };
@@ -571,8 +621,11 @@ class Adafactor : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "Adafactor", 0);
+  }
   AdafactorOptions options_;
 };
 
@@ -616,8 +669,13 @@ class Muon : public Optimizer {
 
  private:
   Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
-               double weight_decay, const Value& apply_if) override;
+               const GroupSettings& group, const Value& apply_if) override;
   double weight_decay() const override { return options_.weight_decay; }
+  void check_group(const ParamGroup& group, size_t index) const override {
+    check_group_fields(group, index, "Muon", kMomentum | kEps);
+    KILN_CHECK(group.momentum.value_or(0) < 1, GraphError, "[optim] parameter group ", index,
+               ": Muon's momentum must be < 1, got ", *group.momentum);
+  }
   MuonOptions options_;
 };
 

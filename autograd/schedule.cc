@@ -316,9 +316,7 @@ const char* not_chainable(const Schedule& schedule) {
 }  // namespace
 
 Value scheduled_momentum(Graph& graph, const Schedule& schedule, const Value& step) {
-  const bool cycles =
-      schedule.kind == Schedule::Kind::one_cycle || schedule.kind == Schedule::Kind::cyclic;
-  if (!cycles || !schedule.cycle_momentum) return {};
+  if (!schedule.cycles_momentum()) return {};
   const double base = schedule.base_momentum, max = schedule.max_momentum;
   KILN_CHECK(base >= 0 && base <= max && max < 1, GraphError,
              "[optim] cycling momentum needs 0 <= base_momentum <= max_momentum < 1; got ", base,

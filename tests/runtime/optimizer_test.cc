@@ -563,6 +563,158 @@ TEST(Optimizers, ParamGroupsHaveTheirOwnRateAndDecay) {
       {"b is in none of the 1 parameter groups"});
 }
 
+// A parameter group's momentum, betas and eps: its variables train bit for bit as under an
+// optimizer given those settings as options (a path checked against torch above), while the
+// other group keeps the optimizer's own.
+TEST(Optimizers, ParamGroupsHaveTheirOwnMomentumBetasAndEps) {
+  using Make = std::function<std::unique_ptr<optim::Optimizer>(const optim::ParamGroup&)>;
+  struct Case {
+    const char* name;
+    optim::ParamGroup settings;
+    Make make;  // the optimizer with `settings` as its options (none set: its defaults)
+  };
+  auto adam_options = [](const optim::ParamGroup& s) {
+    return optim::AdamOptions{.lr = 0.01,
+                              .beta1 = s.beta1.value_or(0.9),
+                              .beta2 = s.beta2.value_or(0.999),
+                              .eps = s.eps.value_or(1e-8),
+                              .weight_decay = 0.05};
+  };
+  const std::vector<Case> cases = {
+      {"SGD",
+       {.momentum = 0.9},
+       [](const optim::ParamGroup& s) {
+         return std::make_unique<optim::SGD>(
+             optim::SGDOptions{.lr = 0.1, .momentum = s.momentum.value_or(0)});
+       }},
+      {"Adam",
+       {.beta1 = 0.8, .beta2 = 0.95, .eps = 1e-3},
+       [&](const optim::ParamGroup& s) { return std::make_unique<optim::Adam>(adam_options(s)); }},
+      {"AdamW amsgrad",
+       {.beta2 = 0.9, .eps = 1e-4},
+       [&](const optim::ParamGroup& s) {
+         optim::AdamOptions o = adam_options(s);
+         o.amsgrad = true;
+         return std::make_unique<optim::AdamW>(o);
+       }},
+      {"Adamax",
+       {.beta1 = 0.5, .eps = 1e-2},
+       [&](const optim::ParamGroup& s) {
+         return std::make_unique<optim::Adamax>(adam_options(s));
+       }},
+      {"RAdam",
+       {.beta1 = 0.7, .beta2 = 0.9},
+       [&](const optim::ParamGroup& s) { return std::make_unique<optim::RAdam>(adam_options(s)); }},
+      {"NAdam",
+       {.beta2 = 0.9, .eps = 1e-3},
+       [&](const optim::ParamGroup& s) { return std::make_unique<optim::NAdam>(adam_options(s)); }},
+      {"Adagrad",
+       {.eps = 0.5},
+       [](const optim::ParamGroup& s) {
+         return std::make_unique<optim::Adagrad>(
+             optim::AdagradOptions{.lr = 0.1, .eps = s.eps.value_or(1e-10)});
+       }},
+      {"Adadelta",
+       {.eps = 1e-2},
+       [](const optim::ParamGroup& s) {
+         return std::make_unique<optim::Adadelta>(
+             optim::AdadeltaOptions{.eps = s.eps.value_or(1e-6)});
+       }},
+      {"RMSProp",
+       {.momentum = 0.5, .eps = 1e-2},
+       [](const optim::ParamGroup& s) {
+         return std::make_unique<optim::RMSProp>(optim::RMSPropOptions{
+             .eps = s.eps.value_or(1e-8), .momentum = s.momentum.value_or(0)});
+       }},
+      {"Muon",
+       {.momentum = 0.5, .eps = 1e-3},
+       [](const optim::ParamGroup& s) {
+         return std::make_unique<optim::Muon>(optim::MuonOptions{
+             .lr = 0.02, .momentum = s.momentum.value_or(0.95), .eps = s.eps.value_or(1e-7)});
+       }},
+  };
+  const std::vector<double> w0 = {0.5, -1, 2, 0.25, 1.5, -0.5}, b0 = {1, -2, 0.5, 3, -1, 0};
+  // Three steps of `opt` on w, b or both (w in the first group, b in the second, when `groups`
+  // are given), the loss 0.5 |w - 1|^2 + |b + 0.5|^2: the values each variable ends with.
+  auto train = [&](optim::Optimizer& opt, bool with_w, bool with_b,
+                   std::vector<optim::ParamGroup> groups = {}) {
+    Graph g;
+    Value w, b, loss = g.scalar(0.0, f64);
+    if (with_w) {
+      w = g.variable("w", {2, 3}, init::zeros(), f64);
+      loss = loss + sum(square(w - 1.0)) * 0.5;
+    }
+    if (with_b) {
+      b = g.variable("b", {2, 3}, init::zeros(), f64);
+      loss = loss + sum(square(b + 0.5));
+    }
+    if (!groups.empty()) {
+      groups[0].variables = {w};
+      groups[1].variables = {b};
+      opt.with_param_groups(groups);
+    }
+    Value step = opt.minimize(loss);
+    Session s(g);
+    if (with_w) s.set_variable(w, Tensor::from_vector<double>(w0, {2, 3}));
+    if (with_b) s.set_variable(b, Tensor::from_vector<double>(b0, {2, 3}));
+    for (int t = 0; t < 3; ++t) s.run({}, {}, {step});
+    std::map<std::string, std::vector<double>> out;
+    if (with_w) out["w"] = s.variable_value(w).to_vector<double>();
+    if (with_b) out["b"] = s.variable_value(b).to_vector<double>();
+    return out;
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto grouped = c.make({});
+    const auto got = train(*grouped, true, true, {c.settings, {}});
+    auto w_reference = c.make(c.settings), b_reference = c.make({});
+    const std::vector<double> want_w = train(*w_reference, true, false).at("w");
+    const std::vector<double> want_b = train(*b_reference, false, true).at("b");
+    EXPECT_EQ(got.at("w"), want_w);
+    EXPECT_EQ(got.at("b"), want_b);
+    // The settings matter: w trained with the defaults ends elsewhere.
+    auto plain = c.make({});
+    EXPECT_NE(train(*plain, true, false).at("w"), want_w);
+  }
+
+  // What a group may not set, and values out of range.
+  Graph g;
+  Value w = g.variable("w", {2, 3}, init::zeros(), f64);
+  expect_error<GraphError>(
+      [&] { optim::Adam().with_param_groups({{.variables = {w}, .momentum = 0.9}}); },
+      {"parameter group 0 sets momentum, which Adam has not"});
+  expect_error<GraphError>(
+      [&] { optim::NAdam().with_param_groups({{.variables = {w}, .beta1 = 0.8}}); },
+      {"parameter group 0 sets beta1, which NAdam has not per group", "momentum product"});
+  expect_error<GraphError>(
+      [&] { optim::Rprop().with_param_groups({{.variables = {w}, .eps = 1e-3}}); },
+      {"sets eps, which Rprop has not"});
+  expect_error<GraphError>(
+      [&] { optim::SGD().with_param_groups({{.variables = {w}, .beta2 = 0.9}}); },
+      {"sets beta2, which SGD has not"});
+  expect_error<GraphError>(
+      [&] { optim::Adam().with_param_groups({{.variables = {w}, .beta2 = 1.0}}); },
+      {"parameter group 0: beta2 must be in [0, 1), got 1"});
+  expect_error<GraphError>(
+      [&] { optim::RMSProp().with_param_groups({{.variables = {w}, .eps = -1.0}}); },
+      {"parameter group 0: eps must be >= 0, got -1"});
+  expect_error<GraphError>(
+      [&] { optim::Muon().with_param_groups({{.variables = {w}, .momentum = 1.0}}); },
+      {"Muon's momentum must be < 1, got 1"});
+  expect_error<GraphError>(
+      [&] {
+        optim::SGD({.momentum = 0.9, .nesterov = true})
+            .with_param_groups({{.variables = {w}, .momentum = 0.0}});
+      },
+      {"parameter group 0", "Nesterov momentum needs a momentum > 0"});
+  expect_error<GraphError>(
+      [&] {
+        optim::SGD({.schedule = optim::Schedule::one_cycle(100)})
+            .with_param_groups({{.variables = {w}, .momentum = 0.5}});
+      },
+      {"parameter group 0 sets momentum, which the schedule cycles"});
+}
+
 // The moving average read in the training run itself: the first run copies the weights SGD
 // just made, later runs move towards them (torch's AveragedModel.update_parameters after each
 // optimizer.step()); with warm-up the decay is min(decay, (1 + n) / (10 + n)).
