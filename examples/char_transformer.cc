@@ -43,8 +43,9 @@ struct Args {
   std::string data = "/usr/share/games/fortunes";
   std::string out = "out";
   int64_t steps = 4000, batch = 32, context = 128, dim = 128, heads = 4, layers = 4;
-  bool llama = false;    // LLaMA's block (RMS norm, SwiGLU, rotary, grouped heads)
-  int64_t kv_heads = 0;  // with llama: key-value heads (0: heads / 2, or 1)
+  bool llama = false;              // LLaMA's block (RMS norm, SwiGLU, rotary, grouped heads)
+  int64_t kv_heads = 0;            // with llama: key-value heads (0: heads / 2, or 1)
+  std::string recompute = "none";  // training blocks recomputed in the backward pass: all, products
   double lr = 2e-3, dropout = 0.1;
   int64_t eval_every = 250, eval_batches = 32;
   int threads = 0;
@@ -64,6 +65,8 @@ constexpr const char* kUsage =
     "  char_transformer [--data DIR] [--out DIR] [--steps N] [--batch N] [--context N]\n"
     "                   [--dim N] [--heads N] [--layers N] [--lr X] [--dropout X]\n"
     "                   [--llama  (RMS norm, SwiGLU, rotary, grouped heads) [--kv-heads N]]\n"
+    "                   [--recompute none|all|products  (gradient checkpointing of the blocks;\n"
+    "                    products: keep the matmuls' and attention's outputs)]\n"
     "                   [--eval-every N] [--eval-batches N] [--threads N]\n"
     "                   [--device best|cpu|cuda|cuda:N] [--seed N] [--trace FILE.json]\n"
     "                   [--logdir DIR  (TensorBoard; default <out>/logs)]\n"
@@ -97,6 +100,8 @@ Args parse(int argc, char** argv) {
       a.layers = integer();
     else if (k == "--llama")
       a.llama = true;
+    else if (k == "--recompute")
+      a.recompute = value();
     else if (k == "--kv-heads")
       a.kv_heads = integer();
     else if (k == "--lr")
@@ -136,6 +141,8 @@ Args parse(int argc, char** argv) {
     throw Error(
         "[args] --steps, --batch, --eval-every, --eval-batches must be >= 1, --context >= 2");
   if (a.kv_heads != 0 && !a.llama) throw Error("[args] --kv-heads goes with --llama");
+  if (a.recompute != "none" && a.recompute != "all" && a.recompute != "products")
+    throw Error(str("[args] --recompute takes none, all or products, got '", a.recompute, "'"));
   if (a.llama && a.kv_heads == 0) a.kv_heads = a.heads % 2 == 0 ? a.heads / 2 : 1;
   return a;
 }
@@ -242,7 +249,13 @@ void build_graph(Graph& g, const Args& a, const Corpus& corpus) {
     embedding_dropout.train(training);
     for (auto& b : blocks) b->train(training);
     Value h = embedding_dropout(embed(ids, T, Value()));
-    for (auto& b : blocks) h = (*b)(h);
+    for (auto& b : blocks) {
+      auto block = [&](const Value& v) { return (*b)(v); };
+      if (!training || a.recompute == "none")
+        h = block(h);
+      else
+        h = recompute(block, h, a.recompute == "products" ? save_products() : RecomputePolicy{});
+    }
     return head((*final_norm)(h));  // [B, T, vocab]
   };
   auto loss_of = [&](const Value& logits) {
@@ -440,7 +453,7 @@ int main(int argc, char** argv) {
                  str("steps ", a.steps, ", batch ", a.batch, ", context ", a.context, ", dim ",
                      a.dim, ", heads ", a.heads, ", layers ", a.layers, a.llama ? ", llama" : "",
                      a.llama ? str(", kv heads ", a.kv_heads) : "", ", lr ", a.lr, ", dropout ",
-                     a.dropout, ", device ", a.device),
+                     a.dropout, ", recompute ", a.recompute, ", device ", a.device),
                  0);
     log.add_graph(g);
     SplitMix rng{a.seed};
