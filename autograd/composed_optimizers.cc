@@ -1,7 +1,8 @@
 // The optimizers built from graph ops (products, reductions, elementwise) rather than one fused
 // update op, because their step needs more than each element's own state: Muon orthogonalizes
-// the whole matrix, Adafactor factors its variance over rows and columns and scales by norms.
-// They run wherever those ops do.
+// the whole matrix, Adafactor factors its variance over rows and columns and scales by norms,
+// SparseAdam moves only the rows whose gradient is not all zero. They run wherever those ops
+// do.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -145,6 +146,51 @@ Value Adafactor::update(const Value& var, const Value& grad, const Value& lr, co
   Value u = rsqrt(maximum(variance, eps1 * eps1)) * grad;
   Value clipped = maximum(root_mean_square(u) / options_.d, 1.0);
   Value stepped = var * (1.0 - lr * group.weight_decay) - u * (scale / clipped);
+  return assign_unless_skipped(var, stepped, apply_if);
+}
+
+SparseAdam::SparseAdam(SparseAdamOptions options) : Optimizer(options), options_(options) {
+  KILN_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1 &&
+                 options.eps >= 0,
+             GraphError, "[optim] SparseAdam needs betas in [0, 1) and eps >= 0, got beta1 ",
+             options.beta1, ", beta2 ", options.beta2, " and eps ", options.eps);
+}
+
+void SparseAdam::check_group(const ParamGroup& group, size_t index) const {
+  check_group_fields(group, index, "SparseAdam", kBeta1 | kBeta2 | kEps);
+  KILN_CHECK(group.weight_decay.value_or(0) == 0, GraphError, "[optim] parameter group ", index,
+             " sets weight_decay ", group.weight_decay.value_or(0),
+             ", which SparseAdam has not (as torch's)");
+}
+
+Value SparseAdam::update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+                         const GroupSettings& group, const Value& apply_if) {
+  refuse_cycled_momentum("SparseAdam");
+  const Shape& shape = var.shape();
+  KILN_CHECK(shape.rank() >= 1, GraphError,
+             "[optim] SparseAdam moves rows of a table (rank >= 1); ", var.name(), " is a scalar");
+  const DType dtype = var.dtype();
+  const double beta1 = group.beta1.value_or(options_.beta1);
+  const double beta2 = group.beta2.value_or(options_.beta2);
+  const double eps = group.eps.value_or(options_.eps);
+  // The touched rows: [rows, 1, ...], true where the row's gradient has an element other than
+  // 0 (NaN counts, so it reaches the row as it would in torch).
+  std::vector<int64_t> row_axes;
+  for (int64_t axis = 1; axis < shape.rank(); ++axis) row_axes.push_back(axis);
+  Value touched = not_equal(row_axes.empty() ? abs(grad) : max(abs(grad), row_axes, true), 0.0);
+  Value m = slot(var, "sparse_adam_m");
+  Value v = slot(var, "sparse_adam_v");
+  // torch's order: the moments' changes first, then the moments.
+  Value m_new =
+      assign_unless_skipped(m, where(touched, m + (grad - m) * (1.0 - beta1), m), apply_if);
+  Value v_new =
+      assign_unless_skipped(v, where(touched, v + (square(grad) - v) * (1.0 - beta2), v), apply_if);
+  // The bias corrections in f64, as torch's Python floats; t counts from 1.
+  Value t = cast(step, f64) + 1.0;
+  Value correction1 = cast(1.0 - pow(beta1, t), dtype);
+  Value correction2 = cast(sqrt(1.0 - pow(beta2, t)), dtype);
+  Value step_size = lr * correction2 / correction1;
+  Value stepped = where(touched, var - m_new / (sqrt(v_new) + eps) * step_size, var);
   return assign_unless_skipped(var, stepped, apply_if);
 }
 

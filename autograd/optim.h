@@ -629,6 +629,44 @@ class Adafactor : public Optimizer {
   AdafactorOptions options_;
 };
 
+struct SparseAdamOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  Schedule schedule{};
+  double clip_norm = 0;
+  double clip_norm_type = 2;  ///< the norm clip_norm bounds: 2, 1, any p > 0, or INFINITY
+  double clip_value = 0;
+  bool maximize = false;
+};
+
+/// SparseAdam (torch.optim.SparseAdam; "lazy" Adam), for embedding tables: Adam that moves only
+/// the rows (slices along axis 0; elements of a vector) this step's gradient touches, and
+/// leaves the moments of every other row as they are, where Adam would decay them and move the
+/// row on its momentum. At step t (from 1), for each touched row: m = m + (g - m)(1 - b1),
+/// v = v + (g^2 - v)(1 - b2), p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps). No
+/// weight decay (a group setting one is refused), as torch's. Slots "<var>/sparse_adam_m" and
+/// "<var>/sparse_adam_v".
+///
+/// A row is touched when its gradient has an element other than 0, decided on the gradient as
+/// apply_gradients sees it (after an all-reduce, so every rank picks the same rows). torch
+/// counts every row looked up: a row looked up only where the loss ignores it (its gradient
+/// exactly 0) moves there and not here. The step is composed of graph ops over the whole table
+/// (it runs wherever they do), so it costs what Adam's does: it changes which rows move, not
+/// the work.
+class SparseAdam : public Optimizer {
+ public:
+  explicit SparseAdam(SparseAdamOptions options = {});
+
+ private:
+  Value update(const Value& var, const Value& grad, const Value& lr, const Value& step,
+               const GroupSettings& group, const Value& apply_if) override;
+  double weight_decay() const override { return 0; }
+  void check_group(const ParamGroup& group, size_t index) const override;
+  SparseAdamOptions options_;
+};
+
 /// How Muon scales the rate for a variable of shape [A, B] (torch's adjust_lr_fn).
 enum class MuonLrAdjustment {
   original,            ///< lr sqrt(max(1, A / B)) (Keller Jordan's Muon; torch's default)

@@ -69,6 +69,7 @@ TEST(CudaRuntime, EveryOptimizerTrainsLikeTheCpu) {
       {"rmsprop", [](const Value& l) { return optim::RMSProp({.lr = 1e-3}).minimize(l); }},
       {"adadelta", [](const Value& l) { return optim::Adadelta({.lr = 0.5}).minimize(l); }},
       {"adafactor", [](const Value& l) { return optim::Adafactor({.lr = 1e-2}).minimize(l); }},
+      {"sparse_adam", [](const Value& l) { return optim::SparseAdam({.lr = 1e-2}).minimize(l); }},
   };
   for (const auto& [name, minimize] : optimizers) {
     auto cpu = make_mlp(minimize);

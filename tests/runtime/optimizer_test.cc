@@ -715,6 +715,57 @@ TEST(Optimizers, ParamGroupsHaveTheirOwnMomentumBetasAndEps) {
       {"parameter group 0 sets momentum, which the schedule cycles"});
 }
 
+// SparseAdam against torch 2.15's (f64, nn.Embedding(sparse=True)): three steps that look up
+// different rows. A row not looked up keeps its moments and does not move (Adam would move it
+// on its momentum); one never looked up stays as it was.
+TEST(Optimizers, SparseAdamMovesOnlyTheRowsLookedUp) {
+  Graph g;
+  Value table = g.variable("table", {5, 3}, init::zeros(), f64);
+  Value ids = g.placeholder("ids", i64, {-1});
+  Value loss = sum(square(embedding(table, ids) - 1.0)) * 0.5;
+  Value train =
+      optim::SparseAdam({.lr = 0.1, .beta1 = 0.8, .beta2 = 0.9, .eps = 1e-6}).minimize(loss);
+  Session s(g);
+  s.set_variable(table,
+                 Tensor::from_vector<double>(
+                     {0.5, -1, 2, 0.25, 1.5, -0.5, 1, -2, 0.5, 3, -1, 0, 0.1, 0.2, 0.3}, {5, 3}));
+  for (const std::vector<int64_t>& step :
+       std::vector<std::vector<int64_t>>{{0, 2, 2}, {1, 2}, {0, 3}})
+    s.run({{ids, Tensor::from_vector<int64_t>(step)}}, {}, {train});
+  // torch.optim.SparseAdam(lr=0.1, betas=(0.8, 0.9), eps=1e-6), the same steps.
+  const std::vector<double> torch = {0.6869859534892049,
+                                     -0.8120584855634538,
+                                     1.8122912184685713,  //
+                                     0.3265777257426816,
+                                     1.4234224356963183,
+                                     -0.4234221128176378,  //
+                                     1.0,
+                                     -1.807697968094728,
+                                     0.6892544336922761,  //
+                                     2.9325325753919453,
+                                     -0.9325325753919455,
+                                     0.0674673179330271,  //
+                                     0.1,
+                                     0.2,
+                                     0.3};
+  const std::vector<double> got = s.variable_value(table).to_vector<double>();
+  for (size_t i = 0; i < torch.size(); ++i) EXPECT_NEAR(got[i], torch[i], 1e-14) << i;
+  // Row 3's moments began at its one step; row 4's never did.
+  const std::vector<double> m =
+      s.variable_value(g.value("table/sparse_adam_m")).to_vector<double>();
+  EXPECT_EQ(std::vector<double>(m.begin() + 12, m.end()), (std::vector<double>{0, 0, 0}));
+  EXPECT_NEAR(m[9], 0.2 * 2, 1e-15);  // (1 - beta1) g, g = 3 - 1
+
+  expect_error<GraphError>(
+      [&] { optim::SparseAdam().with_param_groups({{.variables = {table}, .weight_decay = 0.1}}); },
+      {"parameter group 0 sets weight_decay 0.1, which SparseAdam has not"});
+  Value scalar = g.variable("offset", {}, init::zeros(), f64);
+  expect_error<GraphError>([&] { optim::SparseAdam().minimize(square(scalar)); },
+                           {"SparseAdam moves rows of a table", "offset is a scalar"});
+  expect_error<GraphError>([&] { optim::SparseAdam({.beta2 = 1.0}); },
+                           {"SparseAdam needs betas in [0, 1)", "beta2 1"});
+}
+
 // The moving average read in the training run itself: the first run copies the weights SGD
 // just made, later runs move towards them (torch's AveragedModel.update_parameters after each
 // optimizer.step()); with warm-up the decay is min(decay, (1 + n) / (10 + n)).
