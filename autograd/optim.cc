@@ -119,10 +119,7 @@ void Optimizer::check_group_fields(const ParamGroup& group, size_t index, const 
                    bool below_one, bool momentum) {
     if (!value) return;
     KILN_CHECK(readable & field, GraphError, "[optim] parameter group ", index, " sets ", what,
-               ", which ", optimizer, " has not",
-               field == kBeta1 && (readable & kBeta2)
-                   ? " per group (its momentum product is one for all groups)"
-                   : "");
+               ", which ", optimizer, " has not");
     KILN_CHECK(*value >= 0 && (!below_one || *value < 1), GraphError, "[optim] parameter group ",
                index, ": ", what, " must be ", below_one ? "in [0, 1)" : ">= 0", ", got ", *value);
     KILN_CHECK(!momentum || !cycled, GraphError, "[optim] parameter group ", index, " sets ", what,

@@ -440,7 +440,10 @@ class AdamFamilyOptimizer : public Optimizer {
   AdamFamilyOptimizer(AdamOptions options, bool decoupled, const char* name, bool allows_amsgrad);
   double weight_decay() const override { return options_.weight_decay; }
   void check_group(const ParamGroup& group, size_t index) const override {
-    check_group_fields(group, index, name_, group_beta1_ ? kBeta1 | kBeta2 | kEps : kBeta2 | kEps);
+    KILN_CHECK(group_beta1_ || !group.beta1, GraphError, "[optim] parameter group ", index,
+               " sets beta1, which ", name_,
+               " has not per group (its momentum product is one for all groups)");
+    check_group_fields(group, index, name_, kBeta1 | kBeta2 | kEps);
   }
   /// The update ops' hyperparameters with a group's settings.
   AdamHyperparameters hyperparameters(const GroupSettings& group) const {
