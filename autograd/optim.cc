@@ -21,7 +21,7 @@ Value global_step(Graph& graph) {
 }
 
 Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
-                     double initial, bool persistent) {
+                     double initial, bool persistent, bool rank_local) {
   return graph.add(
       "variable", {},
       {{"dtype", dtype},
@@ -30,7 +30,8 @@ Value state_variable(Graph& graph, const std::string& name, DType dtype, const S
        {"init_args", initial == 0 ? std::vector<double>{} : std::vector<double>{initial}},
        {"seed", int64_t{0}},
        {"trainable", false},
-       {"persistent", persistent}},
+       {"persistent", persistent},
+       {"rank_local", rank_local}},
       {.name = name, .exact_name = true, .absolute_name = true});
 }
 
@@ -97,13 +98,13 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
 Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) const {
   // Named after the variable wherever minimize() was called from: "dense1/w/adam_m".
   return state_variable(*var.graph(), var.node().name() + "/" + state_name(suffix), var.dtype(),
-                        var.shape(), initial);
+                        var.shape(), initial, /*persistent=*/true, slots_rank_local_);
 }
 
 Value Optimizer::shaped_slot(const Value& var, const std::string& suffix,
                              const Shape& shape) const {
   return state_variable(*var.graph(), var.node().name() + "/" + state_name(suffix), var.dtype(),
-                        shape, 0);
+                        shape, 0, /*persistent=*/true, slots_rank_local_);
 }
 
 void Optimizer::refuse_cycled_momentum(const char* optimizer) const {
@@ -226,7 +227,15 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs) 
   return apply(pairs, maximize_);
 }
 
-Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negate) {
+Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs,
+                                 const std::vector<bool>& owned) {
+  KILN_CHECK(owned.size() == pairs.size(), GraphError, "[optim] apply_gradients: ", owned.size(),
+             " ownership flags for ", pairs.size(), " gradients");
+  return apply(pairs, maximize_, owned);
+}
+
+Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negate,
+                       const std::vector<bool>& owned) {
   KILN_CHECK(!pairs.empty(), GraphError, "[optim] apply_gradients of no gradients");
   Graph& graph = *pairs[0].variable.graph();
   std::vector<Value> grads, vars;
@@ -312,6 +321,8 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
   std::map<std::pair<DType, double>, Value> lr_by_dtype_and_rate;
   const Value rate_step = schedule_step(step);
   updated_.clear();
+  // With a shard of the variables, the slots the updates make exist on this rank only.
+  slots_rank_local_ = !owned.empty();
   for (size_t i = 0; i < vars.size(); ++i) {
     const ParamGroup* group = nullptr;
     if (!groups_.empty()) {
@@ -326,11 +337,14 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
       settings = {group->weight_decay.value_or(weight_decay()), group->momentum, group->beta1,
                   group->beta2, group->eps};
     }
+    // Every rank makes the same schedule state, whichever variables it updates.
     Value& lr = lr_by_dtype_and_rate[{vars[i].dtype(), base_lr}];
     if (!lr.defined()) lr = learning_rate(graph, base_lr, schedule_, rate_step, vars[i].dtype());
+    if (!owned.empty() && !owned[i]) continue;  // another rank updates it
     updates.push_back(update(vars[i], grads[i], lr, step, settings, apply_if));
     updated_[vars[i].name()] = updates.back();
   }
+  slots_rank_local_ = false;
   // A skipped step does not count.
   updates.push_back(
       assign_add(step, apply_if.defined() ? cast(apply_if, i64) : graph.scalar(1, i64)));
@@ -347,6 +361,14 @@ Optimizer& Optimizer::with_gradient_accumulation(int64_t micro_batches) {
 Value Optimizer::updated(const Value& variable) const {
   auto found = updated_.find(variable.name());
   return found == updated_.end() ? Value{} : found->second;
+}
+
+void Optimizer::set_updated(const Value& variable, const Value& value) {
+  KILN_CHECK(variable.defined() && value.defined() && value.graph() == variable.graph() &&
+                 value.dtype() == variable.dtype() && value.shape() == variable.shape(),
+             GraphError, "[optim] set_updated: the value must be of the variable's graph, dtype ",
+             "and shape");
+  updated_[variable.name()] = value;
 }
 
 ExponentialMovingAverage::ExponentialMovingAverage(double decay, bool warmup, std::string name)

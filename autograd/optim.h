@@ -335,10 +335,21 @@ class Optimizer {
   /// the gradients as given here, so every rank of a data-parallel run decides alike). With
   /// `maximize` the gradients are negated first. Returns one target that runs all of it.
   Value apply_gradients(const std::vector<GradientAndVariable>& gradients);
+  /// apply_gradients for a shard of the variables (ZeRO stage 1, as torch's
+  /// ZeroRedundancyOptimizer): clipping, loss scaling's overflow check, the schedule and the
+  /// step counter see every gradient, but only the variables with `owned[i]` are updated, and
+  /// only they get slots. The others keep their values in this step (data_parallel's sharded
+  /// state gathers them from the ranks that own them). `owned` has one flag per gradient.
+  Value apply_gradients(const std::vector<GradientAndVariable>& gradients,
+                        const std::vector<bool>& owned);
   /// The value of `variable` after the step the last apply_gradients() made, computed in the
   /// same run as that step (its update op's output): what reads the trained weights in the
   /// run that trains them. Undefined when that step does not update the variable.
   Value updated(const Value& variable) const;
+  /// Records `value` as updated(variable): for a transform that gives a variable its new value
+  /// outside this optimizer's update (data_parallel gathers the variables other ranks update),
+  /// so what reads the trained weights in the same run (an ExponentialMovingAverage) reads it.
+  void set_updated(const Value& variable, const Value& value);
 
  protected:
   Optimizer(double lr, Schedule schedule, double clip_norm, double clip_norm_type,
@@ -396,8 +407,10 @@ class Optimizer {
   std::string state_name(const std::string& base) const {
     return name_.empty() ? base : name_ + "/" + base;
   }
-  /// apply_gradients, the gradients negated first when `negate`.
-  Value apply(const std::vector<GradientAndVariable>& gradients, bool negate);
+  /// apply_gradients, the gradients negated first when `negate`; with `owned` non-empty, only
+  /// the variables it flags are updated.
+  Value apply(const std::vector<GradientAndVariable>& gradients, bool negate,
+              const std::vector<bool>& owned = {});
   /// This step's momentum when the schedule cycles it (an f64 scalar, set by apply_gradients
   /// before prepare_step and the updates), else undefined.
   const Value& momentum_now() const { return momentum_now_; }
@@ -418,6 +431,7 @@ class Optimizer {
   int64_t micro_batches_ = 1;
   Value steps_now_;  ///< with gradient accumulation: this run completes the micro-batches
   std::string name_;
+  bool slots_rank_local_ = false;  ///< slot() makes rank-local variables (a sharded update)
 };
 
 class SGD : public Optimizer {

@@ -8,9 +8,10 @@
 namespace kiln::optim {
 
 /// A non-trainable variable named `name` whatever the name scope, every element `initial`;
-/// `persistent` false: kept by the session but not by checkpoints (scratch copies).
+/// `persistent` false: kept by the session but not by checkpoints (scratch copies);
+/// `rank_local`: this rank's own state (VariableOptions::rank_local).
 Value state_variable(Graph& graph, const std::string& name, DType dtype, const Shape& shape,
-                     double initial, bool persistent = true);
+                     double initial, bool persistent = true, bool rank_local = false);
 
 /// Writes `moved` into the variable `state`, or where `apply_if` (a bool scalar) is defined and
 /// false leaves it as it is (a step loss scaling or gradient accumulation skips). Returns the

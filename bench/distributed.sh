@@ -4,7 +4,9 @@
 #   1. all-reduce bus bandwidth, 2 and 4 ranks (nccl-tests' busbw = algbw * 2 (n - 1) / n);
 #   2. the data-parallel MLP 784-512-512-10 step: one process with 2 threads against 2 ranks
 #      with 1 thread each (global batch 128), buckets of 1 MiB;
-#   3. the overlap of the all-reduces with backward in rank 0's Chrome trace of one step.
+#   3. the same MLP with Adam on 2 ranks, its state replicated (DDP) and sharded (Kiln's
+#      shard_optimizer_state, PyTorch's ZeroRedundancyOptimizer): step time and state bytes;
+#   4. the overlap of the all-reduces with backward in rank 0's Chrome trace of one step.
 #
 #   bench/distributed.sh      (PyTorch 2.x from bench's .bench-venv/, as bench/run.sh makes it)
 #
@@ -46,6 +48,12 @@ kiln2=$("$launch" --nproc-per-node 2 --master-port 29940 "$kiln_bench" dp_step -
 torch2=$(torchrun 2 1 dp_step)
 printf "kiln  %s\ntorch %s\nkiln  %s\ntorch %s\n" "$kiln1" "$torch1" "$kiln2" "$torch2"
 
+echo "== data-parallel Adam step, optimizer state replicated and sharded (ZeRO stage 1), 2 ranks"
+kiln_adam=$("$launch" --nproc-per-node 2 --master-port 29945 "$kiln_bench" adam_step --threads 1 | strip)
+torch_adam=$(torchrun 2 1 adam_step)
+sed 's/^/kiln  /' <<<"$kiln_adam"
+sed 's/^/torch /' <<<"$torch_adam"
+
 echo "== overlap in rank 0's trace (last step)"
 "$python" - "$out/dp_trace.json" <<'EOF'
 import json, sys
@@ -83,3 +91,8 @@ done
 ms() { awk '{print $(NF-1)}' <<<"$1"; }
 awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1rank %.2f\n", k / t}'
 awk -v k="$(ms "$kiln2")" -v t="$(ms "$torch2")" 'BEGIN{printf "ratio dp_step_2ranks %.2f\n", k / t}'
+for s in 0 1; do
+  k=$(grep "sharded=$s" <<<"$kiln_adam" | awk '{print $(NF-1)}')
+  t=$(grep "sharded=$s" <<<"$torch_adam" | awk '{print $(NF-1)}')
+  awk -v k="$k" -v t="$t" -v s="$s" 'BEGIN{printf "ratio adam_step_2ranks_sharded%d %.2f\n", s, k / t}'
+done

@@ -4,6 +4,9 @@
 //   distributed_bench dp_step [--threads N] [--trace FILE]   the data-parallel MLP
 //       784-512-512-10 step (SGD + momentum, global batch 128 split over the ranks), median ms;
 //       --trace writes rank 0's Chrome trace of one step (the all-reduce on its own stream)
+//   distributed_bench adam_step [--threads N]   the same MLP with Adam, its optimizer state
+//       replicated and then sharded over the ranks (ZeRO stage 1): median ms and the bytes of
+//       optimizer state each rank holds
 // Rank 0 prints one line per measurement.
 #include <kiln/kiln.h>
 
@@ -102,11 +105,43 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   }
 }
 
+// The MLP's data-parallel Adam step, unsharded and sharded: each line gives the median step and
+// rank 0's optimizer state (its rank-local slots when sharded; Adam's m and v otherwise).
+void adam_step(distributed::Group& group, int threads) {
+  const int64_t world = group.world_size(), batch = 128 / world;
+  for (bool sharded : {false, true}) {
+    Graph g;
+    Value x = g.placeholder("x", f32, {-1, 784});
+    Value y = g.placeholder("y", i64, {-1});
+    Value loss = bench::mlp_loss(g, x, y);
+    optim::Adam adam({.lr = 1e-3});
+    auto dp = distributed::data_parallel(
+        adam.compute_gradients(loss), {.bucket_bytes = 1 << 20, .shard_optimizer_state = sharded});
+    Value train = dp.apply(adam);
+    int64_t state_bytes = 0;
+    for (const Value& v : g.variables())
+      if (v.name().find("/adam_") != std::string::npos)
+        state_bytes += v.shape().numel() * static_cast<int64_t>(dtype_size(v.dtype()));
+    Tensor xb = Tensor::empty(f32, {batch, 784});
+    for (int64_t i = 0; i < xb.numel(); ++i)
+      xb.data<float>()[i] = static_cast<float>(((i + group.rank()) * 7919) % 255) / 255.0f;
+    Tensor yb = Tensor::empty(i64, {batch});
+    for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
+    Session s(g, {.intra_op_threads = threads});
+    s.run({}, {}, {distributed::broadcast_variables(g)});
+    const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
+    if (group.rank() == 0)
+      std::printf("adam_step world=%lld sharded=%d state_bytes=%lld %.3f ms\n",
+                  static_cast<long long>(world), sharded ? 1 : 0,
+                  static_cast<long long>(state_bytes), ms);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) throw Error("usage: distributed_bench busbw|dp_step [options]");
+    if (argc < 2) throw Error("usage: distributed_bench busbw|dp_step|adam_step [options]");
     const std::string what = argv[1];
     Device device = Device::cpu();
     int threads = 1;
@@ -128,6 +163,8 @@ int main(int argc, char** argv) {
       busbw(*group, device);
     else if (what == "dp_step")
       dp_step(*group, threads, trace);
+    else if (what == "adam_step")
+      adam_step(*group, threads);
     else
       throw Error(str("[distributed_bench] unknown benchmark ", what));
     return 0;

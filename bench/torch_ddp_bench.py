@@ -61,6 +61,40 @@ def dp_step(rank, world, threads):
         print(f"dp_step world={world} threads={threads} batch_per_rank={batch} {ms:.3f} ms")
 
 
+def adam_step(rank, world, threads):
+    """DDP with Adam, then with ZeroRedundancyOptimizer(Adam): the median step and rank 0's
+    optimizer state bytes."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    batch = 128 // world
+    i = torch.arange(batch * 784)
+    x = (((i + rank) * 7919) % 255).float().reshape(batch, 784) / 255
+    y = torch.arange(batch) % 10
+    for sharded in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+            torch.nn.ReLU(), torch.nn.Linear(512, 10))
+        ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
+        if sharded:
+            opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=torch.optim.Adam,
+                                          lr=1e-3)
+        else:
+            opt = torch.optim.Adam(ddp.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+
+        ms = median_ms(10, 60, step)
+        local = opt.optim if sharded else opt
+        state = sum(t.numel() * t.element_size() for s in local.state.values()
+                    for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
+        if rank == 0:
+            print(f"adam_step world={world} sharded={int(sharded)} state_bytes={state} "
+                  f"{ms:.3f} ms")
+
+
 def main():
     what = sys.argv[1]
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
@@ -69,6 +103,8 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     if what == "busbw":
         busbw(rank, world)
+    elif what == "adam_step":
+        adam_step(rank, world, threads)
     else:
         dp_step(rank, world, threads)
     dist.destroy_process_group()

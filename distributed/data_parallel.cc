@@ -6,6 +6,7 @@
 #include <map>
 
 #include "kiln/distributed/collectives.h"
+#include "kiln/distributed/distributed.h"
 #include "kiln/ops/array.h"
 #include "kiln/ops/math.h"
 #include "kiln/ops/state.h"
@@ -35,7 +36,78 @@ int64_t bytes_of(const Value& v) {
   return v.shape().numel() * static_cast<int64_t>(dtype_size(v.dtype()));
 }
 
+// The sharded step (ZeRO stage 1): this rank updates the variables it owns; then, per dtype,
+// every rank's new values are packed (padded to the longest rank's part) and all-gathered, and
+// each rank assigns the parts of the variables it does not own. The gathers follow every
+// bucket's all-reduce in node order on every rank, so the ranks queue their collectives alike.
+Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
+  const std::vector<optim::GradientAndVariable>& gradients = dp.gradients;
+  std::vector<bool> owned(gradients.size());
+  for (size_t i = 0; i < owned.size(); ++i) owned[i] = dp.owners[i] == dp.rank;
+  Value step = optimizer.apply_gradients(gradients, owned);
+  Graph& graph = *step.graph();
+  NameScope scope(graph, "data_parallel/gather_variables");
+  std::vector<Value> targets = {step};
+  // Every bucket's all-reduce runs on every rank, even one whose averages only other ranks
+  // read: the ranks must call the same collectives.
+  for (const GradientBucket& bucket : dp.buckets) targets.push_back(bucket.reduced);
+  std::map<DType, std::vector<size_t>> by_dtype;
+  for (size_t i = 0; i < gradients.size(); ++i)
+    by_dtype[gradients[i].variable.dtype()].push_back(i);
+  const auto world = static_cast<size_t>(dp.world_size);
+  for (const auto& [dtype, members] : by_dtype) {
+    std::vector<std::vector<size_t>> of_rank(world);
+    std::vector<int64_t> elements(world, 0);
+    for (size_t i : members) {
+      of_rank[dp.owners[i]].push_back(i);
+      elements[dp.owners[i]] += gradients[i].variable.shape().numel();
+    }
+    const int64_t longest = *std::max_element(elements.begin(), elements.end());
+    if (longest == 0) continue;
+    std::vector<Value> mine;
+    for (size_t i : of_rank[dp.rank]) mine.push_back(optimizer.updated(gradients[i].variable));
+    if (const int64_t padding = longest - elements[dp.rank]; padding > 0)
+      mine.push_back(graph.constant(Tensor::full(dtype, Shape({padding}), 0.0)));
+    Value gathered =
+        reshape(all_gather(pack(mine), dp.world_size), Shape({dp.world_size * longest}));
+    std::vector<int64_t> parts;  // each rank's part and its padding
+    for (size_t r = 0; r < world; ++r) {
+      parts.push_back(elements[r]);
+      parts.push_back(longest - elements[r]);
+    }
+    std::vector<Value> pieces = split(gathered, parts, 0);
+    for (size_t r = 0; r < world; ++r) {
+      if (static_cast<int64_t>(r) == dp.rank || of_rank[r].empty()) continue;
+      std::vector<Value> vars;
+      for (size_t i : of_rank[r]) vars.push_back(gradients[i].variable);
+      std::vector<Value> values = unpack(pieces[2 * r], vars);
+      for (size_t j = 0; j < vars.size(); ++j) {
+        targets.push_back(assign(vars[j], values[j]));
+        optimizer.set_updated(vars[j], values[j]);
+      }
+    }
+  }
+  return group(graph, targets);
+}
+
 }  // namespace
+
+std::vector<int64_t> partition_variables(const std::vector<Value>& variables, int64_t world_size) {
+  KILN_CHECK(world_size >= 1, GraphError, "[data_parallel] world_size ", world_size,
+             " must be at least 1");
+  std::vector<size_t> order(variables.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return bytes_of(variables[a]) > bytes_of(variables[b]);
+  });
+  std::vector<int64_t> owners(variables.size()), held(static_cast<size_t>(world_size), 0);
+  for (size_t i : order) {
+    const auto least = std::min_element(held.begin(), held.end()) - held.begin();
+    owners[i] = least;
+    held[least] += bytes_of(variables[i]);
+  }
+  return owners;
+}
 
 DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradients,
                            const DataParallelOptions& options) {
@@ -119,6 +191,15 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
                           [&](size_t i) { return bytes_of(gradients[i].gradient) % 64 == 0; });
 
   result.gradients = gradients;
+  if (auto group = default_group()) {
+    result.rank = group->rank();
+    result.world_size = group->world_size();
+  }
+  if (options.shard_optimizer_state) {
+    std::vector<Value> variables;
+    for (const optim::GradientAndVariable& p : gradients) variables.push_back(p.variable);
+    result.owners = partition_variables(variables, result.world_size);
+  }
   for (const std::vector<size_t>& members : closed) {
     GradientBucket bucket;
     std::vector<Value> values;
@@ -142,7 +223,8 @@ Value DataParallel::apply(optim::Optimizer& optimizer) const {
              " micro-batches itself (with_gradient_accumulation) and data_parallel accumulates "
              "too (accumulation_steps): accumulate in one place, data_parallel's, which "
              "all-reduces only in the run that steps");
-  Value update = optimizer.apply_gradients(gradients);
+  Value update =
+      owners.empty() ? optimizer.apply_gradients(gradients) : apply_sharded(*this, optimizer);
   if (!reset.defined()) return update;
   return group(*update.graph(), {update, reset});
 }
@@ -150,7 +232,8 @@ Value DataParallel::apply(optim::Optimizer& optimizer) const {
 Value broadcast_variables(Graph& graph, int64_t root) {
   KILN_CHECK(root >= 0, GraphError, "[broadcast_variables] root ", root, " is negative");
   std::map<DType, std::vector<Value>> by_dtype;
-  for (const Value& var : graph.variables()) by_dtype[var.dtype()].push_back(var);
+  for (const Value& var : graph.variables())
+    if (!var.node().attr<bool>("rank_local")) by_dtype[var.dtype()].push_back(var);
   KILN_CHECK(!by_dtype.empty(), GraphError, "[broadcast_variables] the graph has no variables");
   NameScope scope(graph, "broadcast_variables");
   std::vector<Value> assigns;

@@ -36,6 +36,14 @@ struct DataParallelOptions {
   /// accumulation_steps, updates and zeroes the accumulators. So with a mean loss per
   /// micro-batch the update is the one of the mean over every micro-batch of every rank.
   int64_t accumulation_steps = 1;
+  /// ZeRO stage 1 (torch's ZeroRedundancyOptimizer): each variable is updated by one rank,
+  /// which alone holds its optimizer slots (so a rank holds about 1/world_size of Adam's
+  /// moments; partition_variables balances the bytes). After the step every rank gathers the
+  /// variables other ranks updated, one all_gather per dtype. Training equals the unsharded
+  /// run bit for bit (clipping and loss scaling still see every gradient). Each rank's graph
+  /// then has its own slots: each rank saves and restores its own checkpoint, at the same
+  /// world size (another rank's file lacks this rank's slots: restoring it names them).
+  bool shard_optimizer_state = false;
 };
 
 /// One all-reduced bucket: its gradients' variables, in packing order.
@@ -57,9 +65,21 @@ struct DataParallel {
   Value accumulate{};
   /// With accumulation_steps > 1: the target that zeroes the accumulators (part of apply()).
   Value reset{};
+  /// With shard_optimizer_state: the rank that updates each variable of `gradients` and holds
+  /// its slots (the graph is built for this process's rank, `rank`); else empty.
+  std::vector<int64_t> owners{};
+  /// The rank and world size the graph was built for.
+  int64_t rank = 0, world_size = 1;
   /// optimizer.apply_gradients(gradients), and the reset of the accumulators: one target.
+  /// With sharded optimizer state, the update of this rank's variables and the gather of the
+  /// others'; optimizer.updated() then gives every variable's new value.
   Value apply(optim::Optimizer& optimizer) const;
 };
+
+/// The rank (of `world_size`) that owns each of `variables`, balanced by bytes as torch's
+/// ZeroRedundancyOptimizer partitions its parameters: the largest first, each to the rank that
+/// holds the fewest bytes so far (the lowest such rank on ties). The same on every rank.
+std::vector<int64_t> partition_variables(const std::vector<Value>& variables, int64_t world_size);
 
 /// Averages `gradients` (from compute_gradients) over the ranks of the default group, in
 /// buckets. At world size 1 the all-reduces are identities: the same graph runs anywhere.
@@ -68,7 +88,8 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
                            const DataParallelOptions& options = {});
 
 /// A target that overwrites every variable of `graph` (as it is now: call it after the
-/// optimizer made its slots) with rank `root`'s value, one bucket per dtype. Run it once
+/// optimizer made its slots) with rank `root`'s value, one bucket per dtype; rank-local ones
+/// (a sharded optimizer's slots, VariableOptions::rank_local) keep their own. Run it once
 /// before training, after any checkpoint restore on rank root, so every rank starts alike.
 Value broadcast_variables(Graph& graph, int64_t root = 0);
 

@@ -39,10 +39,10 @@ Value Graph::variable(const std::string& name, const Shape& shape, const Initial
 
 Value Graph::variable(const std::string& name, const Shape& shape, const Initializer& initializer,
                       const VariableOptions& options) {
-  AttrMap attrs{{"dtype", options.dtype},          {"shape", shape},
-                {"init", initializer.kind},        {"init_args", initializer.args},
-                {"seed", initializer.seed},        {"trainable", options.trainable},
-                {"persistent", options.persistent}};
+  AttrMap attrs{{"dtype", options.dtype},           {"shape", shape},
+                {"init", initializer.kind},         {"init_args", initializer.args},
+                {"seed", initializer.seed},         {"trainable", options.trainable},
+                {"persistent", options.persistent}, {"rank_local", options.rank_local}};
   if (initializer.value.defined()) attrs["init_value"] = initializer.value;
   return add("variable", {}, std::move(attrs), {.name = name, .exact_name = true});
 }

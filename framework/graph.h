@@ -136,6 +136,10 @@ struct VariableOptions {
   /// variable_values(). false: scratch state the session keeps between runs but no file holds
   /// (PyTorch's non-persistent buffer), such as a KV cache; a restore leaves its value alone.
   bool persistent = true;
+  /// This process's own state in a data-parallel job, not a replica of the other ranks' (the
+  /// slots of the variables this rank updates under sharded optimizer state): the other ranks
+  /// may not have it, and distributed::broadcast_variables leaves it alone.
+  bool rank_local = false;
 };
 
 /// Options for Graph::add_node.

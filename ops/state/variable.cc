@@ -154,6 +154,9 @@ KILN_OP(variable)
     .attr("trainable", true)
     // false: session state that checkpoints and variable_values() leave out (a KV cache).
     .attr("persistent", true)
+    // true: this rank's own state (a sharded optimizer's slots), which broadcast_variables
+    // leaves alone.
+    .attr("rank_local", false)
     .infer(infer_variable)
     .kernel(DeviceKind::cpu, variable_kernel)
     .kernel(DeviceKind::cuda, variable_kernel);

@@ -152,6 +152,46 @@ TEST(DataParallel, OneProcessTrainsExactlyAsWithoutTheTransform) {
                          a.variable_value(dp.variables[i]), 0, 0, dp.variables[i].name());
 }
 
+// ZeroRedundancyOptimizer's partition: largest first, each to the rank holding the fewest
+// bytes so far, the lowest on ties.
+TEST(DataParallel, PartitionVariablesBalancesTheirBytesLargestFirst) {
+  Graph g;
+  std::vector<Value> vars;
+  for (int64_t n : {10, 100, 40, 60, 50, 40})
+    vars.push_back(g.variable(str("v", vars.size()), {n}, init::zeros()));
+  // Sorted: v1 100, v3 60, v4 50, v2 40, v5 40, v0 10 over two ranks:
+  // 100→0; 60→1; 50→1 (60 < 100); 40 (v2)→0 (100 < 110); 40 (v5)→1 (140 > 110); 10→0 (140, 150).
+  EXPECT_EQ(distributed::partition_variables(vars, 2), (std::vector<int64_t>{0, 0, 0, 1, 1, 1}));
+  // Three ranks: 100→0, 60→1, 50→2, 40→2 (50 the least), 40→1 (60), 10→2 (100, 100, 90).
+  EXPECT_EQ(distributed::partition_variables(vars, 3), (std::vector<int64_t>{2, 0, 2, 1, 2, 1}));
+  EXPECT_EQ(distributed::partition_variables(vars, 1), std::vector<int64_t>(6, 0));
+  // More ranks than variables: some own none.
+  EXPECT_EQ(distributed::partition_variables({vars[0], vars[1]}, 4), (std::vector<int64_t>{1, 0}));
+  EXPECT_THROW(distributed::partition_variables(vars, 0), GraphError);
+}
+
+// In one process the sharded step owns everything: the same numbers as the plain step, and the
+// moving average (read through Optimizer::updated) moves alike.
+TEST(DataParallel, ShardedOptimizerStateInOneProcessTrainsExactlyAsUnsharded) {
+  DpModel sharded, plain;
+  build_dp_model(sharded, {.bucket_bytes = 300, .shard_optimizer_state = true, .average = true});
+  build_dp_model(plain, {.data_parallel = false, .average = true});
+  EXPECT_EQ(sharded.dp.owners, std::vector<int64_t>(sharded.variables.size(), 0));
+  EXPECT_EQ(sharded.dp.world_size, 1);
+  Session a(sharded.g), b(plain.g);
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = dp_batch(16, step);
+    a.run({{sharded.x, xb}, {sharded.y, yb}}, {}, {sharded.train});
+    b.run({{plain.x, xb}, {plain.y, yb}}, {}, {plain.train});
+  }
+  for (size_t i = 0; i < sharded.variables.size(); ++i) {
+    testing::expect_near(testing::values(b.variable_value(plain.variables[i])),
+                         a.variable_value(sharded.variables[i]), 0, 0, sharded.variables[i].name());
+    testing::expect_near(testing::values(b.variable_value(plain.averages[i])),
+                         a.variable_value(sharded.averages[i]), 0, 0, sharded.averages[i].name());
+  }
+}
+
 // Two micro-batches of 8 (accumulate, then step) update as one batch of 16 does.
 // A per-channel scale's gradient is sum_to(dy * x): the sum may alias its input where it
 // reduces nothing, but here it reduces a [32, 16, 2, 2] product to [1, 16, 1, 1]. The planner

@@ -13,6 +13,7 @@ struct DpModel {
   Graph g;
   Value x, y, loss, train, accumulate, sync;
   std::vector<Value> variables;
+  std::vector<Value> averages;  ///< with `average`: each variable's moving average
   distributed::DataParallel dp;
 };
 
@@ -21,6 +22,8 @@ struct DpModelOptions {
   int64_t bucket_bytes = 25 * 1024 * 1024;
   int64_t first_bucket_bytes = 1024 * 1024;
   int64_t accumulation_steps = 1;
+  bool shard_optimizer_state = false;
+  bool average = false;  ///< an ExponentialMovingAverage of the weights joins the training step
 };
 
 /// Builds the model; with data_parallel, gradients go through distributed::data_parallel.
@@ -42,14 +45,21 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
   auto grads = adam.compute_gradients(m.loss);
   for (const auto& p : grads) m.variables.push_back(p.variable);
   if (options.data_parallel) {
-    m.dp = distributed::data_parallel(grads, {.bucket_bytes = options.bucket_bytes,
-                                              .first_bucket_bytes = options.first_bucket_bytes,
-                                              .accumulation_steps = options.accumulation_steps});
+    m.dp =
+        distributed::data_parallel(grads, {.bucket_bytes = options.bucket_bytes,
+                                           .first_bucket_bytes = options.first_bucket_bytes,
+                                           .accumulation_steps = options.accumulation_steps,
+                                           .shard_optimizer_state = options.shard_optimizer_state});
     m.train = m.dp.apply(adam);
     m.accumulate = m.dp.accumulate;
     m.sync = distributed::broadcast_variables(g);
   } else {
     m.train = adam.apply_gradients(grads);
+  }
+  if (options.average) {
+    optim::ExponentialMovingAverage ema(0.9, false, "ema");
+    m.train = group(g, {m.train, ema.apply(g, m.variables, &adam)});
+    for (const Value& v : m.variables) m.averages.push_back(ema.average(v));
   }
 }
 

@@ -3,7 +3,9 @@
 //   2. broadcast_variables makes every rank start from rank 0's values;
 //   3. data-parallel training (buckets, then with two micro-batches per step) ends with the
 //      variables of one process training on the concatenated batch;
-//   4. rank 0's checkpoint restores on every rank.
+//   4. rank 0's checkpoint restores on every rank;
+//   5. sharded optimizer state (ZeRO stage 1) trains exactly as unsharded, each rank holding
+//      only its variables' slots, and each rank's own checkpoint resumes it.
 // Prints one line per check and exits non-zero on any failure. For the launcher's tests,
 // KILN_TEST_KILL_RANK=r makes rank r kill itself (SIGKILL) in the middle of training, and
 // KILN_TEST_PID_DIR=d makes each rank write its pid to d/<rank>.pid.
@@ -15,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "kiln/runtime/plan.h"
 #include "tests/distributed/dp_model.h"
 
 using namespace kiln;
@@ -163,6 +166,97 @@ void check_training(distributed::Group& group, const std::string& checkpoint) {
   }
 }
 
+// Every variable of the graph (weights, slots, averages, counters) equal in the two sessions.
+bool same_state(Session& a, Session& b, Graph& graph) {
+  for (const Value& v : graph.variables()) {
+    const Tensor x = a.variable_value(v), y = b.variable_value(v);
+    if (x.numel() != y.numel() || first_difference(x, [&](int64_t i) { return y.element(i); }) >= 0)
+      return false;
+  }
+  return true;
+}
+
+void check_sharded_training(distributed::Group& group, const std::string& checkpoint) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  constexpr int64_t kBatch = 48, kSteps = 4;
+  const int64_t per_rank = kBatch / world;
+  testing::DpModel sharded, plain;
+  testing::build_dp_model(sharded,
+                          {.bucket_bytes = 300, .shard_optimizer_state = true, .average = true});
+  testing::build_dp_model(plain, {.bucket_bytes = 300, .average = true});
+  // Only this rank's variables have Adam's moments here.
+  int64_t owned = 0, slots = 0;
+  for (size_t i = 0; i < sharded.variables.size(); ++i) {
+    owned += sharded.dp.owners[i] == rank;
+    const bool has_slot = sharded.g.find_node(sharded.variables[i].node().name() + "/adam_m");
+    slots += has_slot;
+    check(has_slot == (sharded.dp.owners[i] == rank),
+          str("rank ", rank, " holds the slots of ", sharded.variables[i].name(),
+              " exactly when it owns it (owner ", sharded.dp.owners[i], ")"));
+  }
+  check(owned > 0 && owned < static_cast<int64_t>(sharded.variables.size()),
+        str("rank ", rank, " of ", world, " owns ", owned, " of ", sharded.variables.size(),
+            " variables"));
+  Session s(sharded.g), reference(plain.g);
+  s.run({}, {}, {sharded.sync});
+  reference.run({}, {}, {plain.sync});
+  auto step = [&](Session& session, testing::DpModel& m, int64_t at) {
+    auto batch = testing::dp_batch(kBatch, static_cast<uint32_t>(100 + at));
+    auto rows = testing::dp_rows(batch, rank * per_rank, (rank + 1) * per_rank);
+    session.run({{m.x, rows.first}, {m.y, rows.second}}, {}, {m.train});
+  };
+  {
+    auto batch = testing::dp_batch(kBatch, 100);
+    auto rows = testing::dp_rows(batch, rank * per_rank, (rank + 1) * per_rank);
+    const Plan& plan =
+        s.plan({{sharded.x, rows.first}, {sharded.y, rows.second}}, {}, {sharded.train});
+    // The ranks must queue the same collectives in the same order: every bucket's all-reduce
+    // (even where only other ranks read the average), then the gather of the variables.
+    std::string order, want;
+    for (const PlanStep& st : plan.steps) {
+      const Node& n = plan.graph->node(st.node);
+      if (n.op().is_communication()) order += str(n.op_name(), st.output_types[0].shape, " ");
+    }
+    for (const distributed::GradientBucket& bucket : sharded.dp.buckets)
+      want += str("all_reduce", bucket.reduced.shape(), " ");
+    check(order.starts_with(want) && order.substr(want.size()).starts_with("all_gather") &&
+              order.find("all_reduce", want.size()) == std::string::npos,
+          str("rank ", rank, " queues ", order));
+  }
+  for (int64_t k = 0; k < kSteps; ++k) {
+    step(s, sharded, k);
+    step(reference, plain, k);
+  }
+  bool same = max_difference(s, sharded, reference, plain) == 0;
+  for (size_t i = 0; i < sharded.averages.size(); ++i)
+    same = same && first_difference(s.variable_value(sharded.averages[i]), [&](int64_t j) {
+                     return reference.variable_value(plain.averages[i]).element(j);
+                   }) < 0;
+  check(same, str("sharded optimizer state on ", world,
+                  " ranks trains the weights and their moving averages exactly as unsharded"));
+  // Each rank saves its own checkpoint (its slots) and resumes from it.
+  const std::string mine = str(checkpoint, ".rank", rank);
+  s.save_checkpoint(mine);
+  group.communicator().barrier();
+  Session resumed(sharded.g);
+  resumed.restore_checkpoint(mine);
+  check(same_state(resumed, s, sharded.g), "a rank's own checkpoint restores its whole state");
+  step(resumed, sharded, kSteps);
+  step(s, sharded, kSteps);
+  check(same_state(resumed, s, sharded.g), "and the resumed rank steps exactly as the original");
+  bool refused = false;
+  try {
+    Session other(sharded.g);
+    other.restore_checkpoint(str(checkpoint, ".rank", (rank + 1) % world));
+  } catch (const FileError& e) {
+    refused = std::string(e.what()).find("adam_m") != std::string::npos;
+    if (!refused) std::printf("  the error: %s\n", e.what());
+  }
+  check(refused, "another rank's checkpoint is refused, naming a slot it lacks");
+  group.communicator().barrier();
+  std::remove(mine.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -179,6 +273,7 @@ int main(int argc, char** argv) {
     // The launcher's kill test goes straight to training (its clock is running).
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_collectives(group->rank(), group->world_size());
     check_training(*group, checkpoint);
+    if (!std::getenv("KILN_TEST_KILL_RANK")) check_sharded_training(*group, checkpoint);
     std::printf("rank %lld: %d failures\n", static_cast<long long>(group->rank()), failures);
     return failures == 0 ? 0 : 1;
   } catch (const std::exception& e) {
