@@ -74,6 +74,16 @@ void busbw(distributed::Group& group, Device device) {
   }
 }
 
+// This rank's fixed batch of `batch` MNIST-sized rows and labels (torch_ddp_bench.py's).
+std::pair<Tensor, Tensor> rank_batch(int64_t rank, int64_t batch) {
+  Tensor xb = Tensor::empty(f32, {batch, 784});
+  for (int64_t i = 0; i < xb.numel(); ++i)
+    xb.data<float>()[i] = static_cast<float>(((i + rank) * 7919) % 255) / 255.0f;
+  Tensor yb = Tensor::empty(i64, {batch});
+  for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
+  return {xb, yb};
+}
+
 void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   const int64_t world = group.world_size(), batch = 128 / world;
   Graph g;
@@ -84,11 +94,7 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   // Buckets of 1 MiB (the model is 2.6 MB of gradients): three all-reduces to overlap.
   auto dp = distributed::data_parallel(sgd.compute_gradients(loss), {.bucket_bytes = 1 << 20});
   Value train = dp.apply(sgd);
-  Tensor xb = Tensor::empty(f32, {batch, 784});
-  for (int64_t i = 0; i < xb.numel(); ++i)
-    xb.data<float>()[i] = static_cast<float>(((i + group.rank()) * 7919) % 255) / 255.0f;
-  Tensor yb = Tensor::empty(i64, {batch});
-  for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
+  auto [xb, yb] = rank_batch(group.rank(), batch);
   Session s(g, {.intra_op_threads = threads});
   s.run({}, {}, {distributed::broadcast_variables(g)});
   const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
@@ -122,11 +128,7 @@ void adam_step(distributed::Group& group, int threads) {
     for (const Value& v : g.variables())
       if (v.name().find("/adam_") != std::string::npos)
         state_bytes += v.shape().numel() * static_cast<int64_t>(dtype_size(v.dtype()));
-    Tensor xb = Tensor::empty(f32, {batch, 784});
-    for (int64_t i = 0; i < xb.numel(); ++i)
-      xb.data<float>()[i] = static_cast<float>(((i + group.rank()) * 7919) % 255) / 255.0f;
-    Tensor yb = Tensor::empty(i64, {batch});
-    for (int64_t i = 0; i < batch; ++i) yb.data<int64_t>()[i] = i % 10;
+    auto [xb, yb] = rank_batch(group.rank(), batch);
     Session s(g, {.intra_op_threads = threads});
     s.run({}, {}, {distributed::broadcast_variables(g)});
     const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
