@@ -41,8 +41,9 @@ struct DataParallelOptions {
   /// moments; partition_variables balances the bytes). After the step every rank gathers the
   /// variables other ranks updated, one all_gather per dtype. Training equals the unsharded
   /// run bit for bit (clipping and loss scaling still see every gradient). Each rank's graph
-  /// then has its own slots: each rank saves and restores its own checkpoint, at the same
-  /// world size (another rank's file lacks this rank's slots: restoring it names them).
+  /// then has its own slots: each rank saves and resumes from its own checkpoint at the same
+  /// world size (another rank's file lacks this rank's slots: restoring it names them); all
+  /// the files together, Session::restore_checkpoints(paths, false), restore any world size.
   bool shard_optimizer_state = false;
 };
 

@@ -1,6 +1,8 @@
 #include "kiln/runtime/session.h"
 
 #include <cstdio>
+#include <map>
+#include <memory>
 
 #include "kiln/runtime/checkpoint.h"
 
@@ -193,45 +195,61 @@ void Session::save_checkpoint(const std::string& path) {
 }
 
 void Session::restore_checkpoint(const std::string& path, bool strict) {
-  const CheckpointReader reader(path);
-  const std::string where = str("[checkpoint] ", path);
-  std::map<std::string, size_t> index;
-  for (size_t i = 0; i < reader.entries().size(); ++i) index.emplace(reader.entries()[i].name, i);
+  restore_checkpoints({path}, strict);
+}
+
+void Session::restore_checkpoints(const std::vector<std::string>& paths, bool strict) {
+  KILN_CHECK(!paths.empty(), FileError, "[checkpoint] restore_checkpoints of no files");
+  std::vector<std::unique_ptr<CheckpointReader>> readers;
+  for (const std::string& path : paths) readers.push_back(std::make_unique<CheckpointReader>(path));
+  std::string files = paths[0];
+  for (size_t f = 1; f < paths.size(); ++f) files += ", " + paths[f];
+  // Each name's first file and its entry there.
+  std::map<std::string, std::pair<size_t, size_t>> index;
+  for (size_t f = 0; f < readers.size(); ++f)
+    for (size_t i = 0; i < readers[f]->entries().size(); ++i)
+      index.emplace(readers[f]->entries()[i].name, std::make_pair(f, i));
   std::vector<Value> vars = persistent_variables(graph_);
   for (const Value& var : vars) {
     auto it = index.find(var.node().name());
-    KILN_CHECK(it != index.end(), FileError, where, ": variable '", var.node().name(),
-               "' of the graph is missing from the checkpoint");
-    const CheckpointReader::Entry& entry = reader.entries()[it->second];
-    KILN_CHECK(entry.dtype == var.dtype() && entry.shape == var.shape(), FileError, where,
-               ": variable '", var.node().name(), "' is ", entry.dtype, entry.shape,
+    KILN_CHECK(it != index.end(), FileError, "[checkpoint] ", files, ": variable '",
+               var.node().name(), "' of the graph is missing from the checkpoint",
+               paths.size() > 1 ? "s" : "");
+    const auto [file, entry_index] = it->second;
+    const CheckpointReader::Entry& entry = readers[file]->entries()[entry_index];
+    KILN_CHECK(entry.dtype == var.dtype() && entry.shape == var.shape(), FileError, "[checkpoint] ",
+               paths[file], ": variable '", var.node().name(), "' is ", entry.dtype, entry.shape,
                " in the checkpoint but ", var.dtype(), var.shape(), " in the graph");
   }
   if (strict) {
-    // A non-persistent variable found in the file (saved before it was marked) is accepted and
+    // A non-persistent variable found in a file (saved before it was marked) is accepted and
     // its value ignored.
-    for (const CheckpointReader::Entry& entry : reader.entries()) {
-      const Node* node = graph_.find_node(entry.name);
-      KILN_CHECK(
-          node && node->op().source() == OutputSource::state, FileError, where,
-          ": the checkpoint has '", entry.name,
-          "', which is not a variable of the graph (restore with strict=false to ignore it)");
-    }
+    for (size_t f = 0; f < readers.size(); ++f)
+      for (const CheckpointReader::Entry& entry : readers[f]->entries()) {
+        const Node* node = graph_.find_node(entry.name);
+        KILN_CHECK(
+            node && node->op().source() == OutputSource::state, FileError, "[checkpoint] ",
+            paths[f], ": the checkpoint has '", entry.name,
+            "', which is not a variable of the graph (restore with strict=false to ignore it)");
+      }
   }
   // Nothing is set until every variable's bytes checked out. On the host they are read once and
   // kept; for a device, each is read, checked and dropped, then read again and copied over, so
   // host memory holds one variable at a time (the file is read twice).
   const bool on_host = options_.device.is_cpu();
+  auto read = [&](const std::string& name) {
+    const auto [file, entry_index] = index.at(name);
+    return readers[file]->read(entry_index);
+  };
   std::map<std::string, Tensor> loaded;
   for (const Value& var : vars) {
-    Tensor value = reader.read(index.at(var.node().name()));
+    Tensor value = read(var.node().name());
     if (on_host) loaded.emplace(var.node().name(), std::move(value));
   }
   std::lock_guard<std::mutex> lock(mutex_);
   for (const Value& var : vars) {
     const std::string& name = var.node().name();
-    variables_.set(name,
-                   on_host ? loaded.at(name) : reader.read(index.at(name)).to(options_.device));
+    variables_.set(name, on_host ? loaded.at(name) : read(name).to(options_.device));
   }
 }
 

@@ -104,6 +104,12 @@ class Session {
   /// variable is present with its dtype and shape, and with `strict` that the file has no
   /// others) pass before any variable changes. Throws kiln::FileError naming the problem.
   void restore_checkpoint(const std::string& path, bool strict = true);
+  /// restore_checkpoint from several files, each variable from the first that holds it: the
+  /// per-rank checkpoints of a run with sharded optimizer state (each holds the weights and its
+  /// rank's slots), restored at another world size or unsharded. A variable in none of them is
+  /// a FileError naming them all; with `strict`, so is an entry of any file that is not a
+  /// variable of the graph (pass false where the files hold other ranks' slots).
+  void restore_checkpoints(const std::vector<std::string>& paths, bool strict = true);
 
   /// The plan for these feeds, fetches and targets (compiled on first use), to inspect. The
   /// reference stays valid until the session evicts the plan (max_cached_plans).

@@ -5,7 +5,8 @@
 //      variables of one process training on the concatenated batch;
 //   4. rank 0's checkpoint restores on every rank;
 //   5. sharded optimizer state (ZeRO stage 1) trains exactly as unsharded, each rank holding
-//      only its variables' slots, and each rank's own checkpoint resumes it.
+//      only its variables' slots; each rank's own checkpoint resumes it, and all of them
+//      together restore the unsharded run.
 // Prints one line per check and exits non-zero on any failure. For the launcher's tests,
 // KILN_TEST_KILL_RANK=r makes rank r kill itself (SIGKILL) in the middle of training, and
 // KILN_TEST_PID_DIR=d makes each rank write its pid to d/<rank>.pid.
@@ -253,6 +254,14 @@ void check_sharded_training(distributed::Group& group, const std::string& checkp
     if (!refused) std::printf("  the error: %s\n", e.what());
   }
   check(refused, "another rank's checkpoint is refused, naming a slot it lacks");
+  // Every rank's file together restores the unsharded run (as any other world size would):
+  // weights, every slot, averages and counters as the unsharded training left them.
+  std::vector<std::string> all;
+  for (int64_t r = 0; r < world; ++r) all.push_back(str(checkpoint, ".rank", r));
+  Session unsharded(plain.g);
+  unsharded.restore_checkpoints(all);
+  check(same_state(unsharded, reference, plain.g),
+        str("the ", world, " ranks' checkpoints restore the unsharded run exactly"));
   group.communicator().barrier();
   std::remove(mine.c_str());
 }

@@ -205,6 +205,54 @@ TEST(Checkpoints, CorruptOrMismatchedFilesAreRejectedAndNothingChanges) {
 
 // A variable made with persistent = false is session state no file holds: save, restore and
 // variable_values() skip it, and a graph file keeps the mark.
+// Several files restore as one: each variable from the first that holds it (a sharded run's
+// per-rank checkpoints); one missing from all is named with every file, a foreign entry is
+// refused under strict, and a damaged file leaves every variable as it was.
+TEST(Checkpoints, SeveralFilesRestoreEachVariableFromTheFirstThatHoldsIt) {
+  auto save = [](const std::map<std::string, double>& values, const std::string& name) {
+    Graph g;
+    for (const auto& [var, value] : values) g.variable(var, {3}, init::constant(value));
+    Session s(g);
+    s.save_checkpoint(tmp(name));
+    return tmp(name);
+  };
+  const std::string a = save({{"w", 1}, {"w/slot", 2}}, "part_a.ckpt");
+  const std::string b = save({{"w", 5}, {"v/slot", 3}, {"v", 4}}, "part_b.ckpt");
+  Graph g;
+  Value w = g.variable("w", {3}, init::zeros());
+  Value v = g.variable("v", {3}, init::zeros());
+  Value w_slot = g.variable("w/slot", {3}, init::zeros(), f32, false);
+  Session s(g);
+  s.restore_checkpoints({a, b}, /*strict=*/false);  // b's v/slot is no variable here
+  auto first = [&](const Value& x) { return s.variable_value(x).to_vector<double>()[0]; };
+  EXPECT_EQ(first(w), 1);  // from a, the first that holds it
+  EXPECT_EQ(first(v), 4);
+  EXPECT_EQ(first(w_slot), 2);
+  // Two C strings in braces are two files.
+  const char* b_then_a[] = {b.c_str(), a.c_str()};
+  s.restore_checkpoints({b_then_a[0], b_then_a[1]}, false);
+  EXPECT_EQ(first(w), 5);
+  expect_error<FileError>(
+      [&] {
+        s.restore_checkpoints({a, b});
+      },
+      {"part_b.ckpt", "'v/slot'", "not a variable of the graph"});
+  Graph more;
+  more.variable("w", {3}, init::zeros());
+  more.variable("u", {3}, init::zeros());
+  Session sm(more);
+  expect_error<FileError>(
+      [&] {
+        sm.restore_checkpoints({a, b}, false);
+      },
+      {"part_a.ckpt, ", "part_b.ckpt", "variable 'u'", "missing"});
+  const std::string cut = tmp("part_cut.ckpt");
+  std::ofstream(cut, std::ios::binary) << std::string("KILNCKP2");
+  EXPECT_THROW(s.restore_checkpoints({b, cut}, false), FileError);
+  EXPECT_EQ(first(w), 5);  // untouched
+  EXPECT_THROW(s.restore_checkpoints({}), FileError);
+}
+
 TEST(Checkpoints, NonPersistentVariablesStayOutOfThem) {
   Graph g;
   Value w = g.variable("w", {2}, init::constant(1));
