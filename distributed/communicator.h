@@ -47,4 +47,12 @@ std::unique_ptr<Communicator> make_gloo_communicator(Store& store, int64_t rank,
                                                      std::chrono::milliseconds timeout,
                                                      const std::string& prefix = "gloo");
 
+/// `inner`, checking before each collective that every rank calls the same one (as PyTorch's
+/// TORCH_DISTRIBUTED_DEBUG=DETAIL): the ranks first all-gather what each is about to call (the
+/// collective, dtype, element count and reduction or root, a fixed 32 bytes) and on any
+/// difference every rank throws kiln::DistributedError naming the collective's number, both
+/// ranks and both calls. Unchecked, ranks whose programs or graphs differ meet a transport
+/// error, a timeout or (Gloo, on differing sizes) an abort. Costs one small all-gather each.
+std::unique_ptr<Communicator> check_collectives(std::unique_ptr<Communicator> inner);
+
 }  // namespace kiln::distributed

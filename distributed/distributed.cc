@@ -41,6 +41,10 @@ std::shared_ptr<Group> init(const InitOptions& options, const EnvironmentReader&
   auto group = std::shared_ptr<Group>(new Group());
   group->env_ = read_environment(read);
   group->timeout_ = options.timeout;
+  const std::optional<std::string> check = read("KILN_CHECK_COLLECTIVES");
+  KILN_CHECK(!check || *check == "0" || *check == "1" || check->empty(), DistributedError,
+             "[distributed] KILN_CHECK_COLLECTIVES is '", *check, "': 0 or 1");
+  const bool check_all = options.check_collectives || (check && *check == "1");
   if (group->env_.world_size == 1) {
     group->communicator_ = make_local_communicator();
     set_default_group(group);
@@ -49,6 +53,7 @@ std::shared_ptr<Group> init(const InitOptions& options, const EnvironmentReader&
   group->rendezvous_ = rendezvous(group->env_, options.timeout);
   group->communicator_ = make_gloo_communicator(*group->rendezvous_.store, group->env_.rank,
                                                 group->env_.world_size, options.timeout);
+  if (check_all) group->communicator_ = check_collectives(std::move(group->communicator_));
   set_default_group(group);
   return group;
 }

@@ -17,6 +17,11 @@ namespace kiln::distributed {
 struct InitOptions {
   /// How long to wait for the other ranks, and for each collective.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  /// Check before each collective that every rank calls the same one (check_collectives):
+  /// a clear error in place of a hang or an abort when the ranks' programs differ, for one
+  /// small all-gather per collective. The environment variable KILN_CHECK_COLLECTIVES=1
+  /// turns it on too (0 or unset: off).
+  bool check_collectives = false;
 };
 
 /// This process's job: its place, the rendezvous store, a communicator for host tensors.

@@ -12,8 +12,10 @@ namespace {
 using namespace std::chrono_literals;
 
 // Runs `body(communicator)` on `world` ranks at once; returns each rank's error ("" if none).
+// With `checked`, each communicator is wrapped by check_collectives.
 std::vector<std::string> on_ranks(int64_t world, const std::function<void(Communicator&)>& body,
-                                  std::chrono::milliseconds timeout = 20s, int64_t arriving = -1) {
+                                  std::chrono::milliseconds timeout = 20s, int64_t arriving = -1,
+                                  bool checked = false) {
   StoreServer server(0, "comm", world);
   std::vector<std::future<std::string>> ranks;
   for (int64_t r = 0; r < (arriving < 0 ? world : arriving); ++r)
@@ -21,6 +23,7 @@ std::vector<std::string> on_ranks(int64_t world, const std::function<void(Commun
       try {
         Store store("127.0.0.1", server.port(), "comm", world, timeout);
         auto comm = make_gloo_communicator(store, r, world, timeout);
+        if (checked) comm = check_collectives(std::move(comm));
         body(*comm);
         return std::string();
       } catch (const std::exception& e) {
@@ -137,6 +140,75 @@ TEST(Gloo, APeerThatLeavesMidJobIsAnErrorNotAHang) {
       << errors[0];
   EXPECT_EQ(errors[1], "");
   EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
+void expect_contains(const std::string& message, const std::vector<std::string>& parts) {
+  for (const std::string& part : parts)
+    EXPECT_NE(message.find(part), std::string::npos)
+        << "'" << message << "' lacks '" << part << "'";
+}
+
+// Checked, the ranks agree on each collective before they run it: matching calls give the
+// usual results; the first that differs (the call, the size, the dtype, the root) is refused
+// on every rank with both calls named, where unchecked Gloo would abort or time out.
+TEST(Gloo, CheckedCollectivesNameTheFirstCallThatDiffers) {
+  constexpr bool kChecked = true;
+  for (int64_t world : {2, 4}) {
+    const auto errors = on_ranks(
+        world,
+        [&](Communicator& comm) {
+          Tensor t = rank_tensor(f32, 1001, comm.rank());
+          comm.all_reduce(t, ReduceOp::sum);
+          double want = 0;
+          for (int64_t r = 0; r < world; ++r) want += value_of(f32, r, 7);
+          KILN_CHECK(t.data<float>()[7] == want, Error, "sum ", t.data<float>()[7]);
+          Tensor b = rank_tensor(i64, 5, comm.rank());
+          comm.broadcast(b, 1);
+          KILN_CHECK(b.data<int64_t>()[2] == value_of(i64, 1, 2), Error, "broadcast");
+          Tensor g = comm.all_gather(rank_tensor(f16, 3, comm.rank()));
+          KILN_CHECK(g.shape()[0] == world, Error, "gathered ", g.shape());
+          comm.reduce_scatter(rank_tensor(f64, 4 * world, comm.rank()), ReduceOp::max);
+          comm.barrier();
+        },
+        20s, -1, kChecked);
+    for (const std::string& e : errors) EXPECT_EQ(e, "") << world << " ranks";
+  }
+  // Rank 1 gathers where rank 0 all-reduces (what ranks with different graphs do).
+  auto errors = on_ranks(
+      2,
+      [](Communicator& comm) {
+        Tensor t = rank_tensor(f32, comm.rank() == 0 ? 85 : 1034, comm.rank());
+        if (comm.rank() == 0)
+          comm.all_reduce(t, ReduceOp::avg);
+        else
+          comm.all_gather(t);
+      },
+      20s, -1, kChecked);
+  for (int64_t r = 0; r < 2; ++r)
+    expect_contains(errors[r], {str("rank ", r, " of 2"), "collective #1 differs",
+                                "rank 0 calls all_reduce (avg) of 85 f32 elements",
+                                "rank 1 calls all_gather of 1034 f32 elements"});
+  // After two that match, the third differs in its root; then in its dtype.
+  errors = on_ranks(
+      4,
+      [](Communicator& comm) {
+        Tensor t = rank_tensor(f32, 10, comm.rank());
+        comm.all_reduce(t, ReduceOp::sum);
+        comm.barrier();
+        comm.broadcast(t, comm.rank() == 3 ? 1 : 0);
+      },
+      20s, -1, kChecked);
+  for (int64_t r = 0; r < 4; ++r)
+    expect_contains(errors[r], {"collective #3", "broadcast (root 0) of 10 f32",
+                                "rank 3 calls broadcast (root 1) of 10 f32"});
+  errors = on_ranks(
+      2,
+      [](Communicator& comm) {
+        Tensor t = rank_tensor(comm.rank() == 0 ? f32 : f64, 10, comm.rank());
+        comm.all_reduce(t, ReduceOp::max);
+      },
+      20s, -1, kChecked);
+  expect_contains(errors[0], {"rank 1 calls all_reduce (max) of 10 f64 elements"});
 }
 
 }  // namespace

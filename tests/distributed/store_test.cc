@@ -8,6 +8,7 @@
 #include <map>
 #include <thread>
 
+#include "kiln/distributed/distributed.h"
 #include "kiln/distributed/environment.h"
 #include "kiln/distributed/store.h"
 #include "test_util.h"
@@ -93,6 +94,12 @@ TEST(Environment, BadValuesAreNamed) {
         read_environment(from({{"SLURM_PROCID", "0"}}));
       },
       {"SLURM_NTASKS is not set"});
+  // init() refuses a value of KILN_CHECK_COLLECTIVES it would not know how to read.
+  testing::expect_error(
+      [] {
+        init({}, from({{"KILN_CHECK_COLLECTIVES", "yes"}}));
+      },
+      {"KILN_CHECK_COLLECTIVES is 'yes'", "0 or 1"});
 }
 
 TEST(Store, SetGetAddWaitAcrossClients) {
