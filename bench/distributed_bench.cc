@@ -94,7 +94,8 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   // Buckets of 1 MiB (the model is 2.6 MB of gradients): three all-reduces to overlap.
   auto dp = distributed::data_parallel(sgd.compute_gradients(loss), {.bucket_bytes = 1 << 20});
   Value train = dp.apply(sgd);
-  auto [xb, yb] = rank_batch(group.rank(), batch);
+  const auto rows = rank_batch(group.rank(), batch);
+  const Tensor &xb = rows.first, &yb = rows.second;
   Session s(g, {.intra_op_threads = threads});
   s.run({}, {}, {distributed::broadcast_variables(g)});
   const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
@@ -128,7 +129,8 @@ void adam_step(distributed::Group& group, int threads) {
     for (const Value& v : g.variables())
       if (v.name().find("/adam_") != std::string::npos)
         state_bytes += v.shape().numel() * static_cast<int64_t>(dtype_size(v.dtype()));
-    auto [xb, yb] = rank_batch(group.rank(), batch);
+    const auto rows = rank_batch(group.rank(), batch);
+    const Tensor &xb = rows.first, &yb = rows.second;
     Session s(g, {.intra_op_threads = threads});
     s.run({}, {}, {distributed::broadcast_variables(g)});
     const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });

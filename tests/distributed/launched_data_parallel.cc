@@ -186,11 +186,10 @@ void check_sharded_training(distributed::Group& group, const std::string& checkp
                           {.bucket_bytes = 300, .shard_optimizer_state = true, .average = true});
   testing::build_dp_model(plain, {.bucket_bytes = 300, .average = true});
   // Only this rank's variables have Adam's moments here.
-  int64_t owned = 0, slots = 0;
+  int64_t owned = 0;
   for (size_t i = 0; i < sharded.variables.size(); ++i) {
     owned += sharded.dp.owners[i] == rank;
     const bool has_slot = sharded.g.find_node(sharded.variables[i].node().name() + "/adam_m");
-    slots += has_slot;
     check(has_slot == (sharded.dp.owners[i] == rank),
           str("rank ", rank, " holds the slots of ", sharded.variables[i].name(),
               " exactly when it owns it (owner ", sharded.dp.owners[i], ")"));
