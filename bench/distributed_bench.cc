@@ -84,6 +84,14 @@ std::pair<Tensor, Tensor> rank_batch(int64_t rank, int64_t batch) {
   return {xb, yb};
 }
 
+// Every rank starts from rank 0's variables; then the median ms of `train` on `rows`.
+double median_train_ms(Graph& g, const Value& x, const Value& y, const Value& train,
+                       const std::pair<Tensor, Tensor>& rows, int threads) {
+  Session s(g, {.intra_op_threads = threads});
+  s.run({}, {}, {distributed::broadcast_variables(g)});
+  return median_ms(10, 60, [&] { s.run({{x, rows.first}, {y, rows.second}}, {}, {train}); });
+}
+
 void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   const int64_t world = group.world_size(), batch = 128 / world;
   Graph g;
@@ -96,9 +104,7 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   Value train = dp.apply(sgd);
   const auto rows = rank_batch(group.rank(), batch);
   const Tensor &xb = rows.first, &yb = rows.second;
-  Session s(g, {.intra_op_threads = threads});
-  s.run({}, {}, {distributed::broadcast_variables(g)});
-  const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
+  const double ms = median_train_ms(g, x, y, train, rows, threads);
   if (group.rank() == 0)
     std::printf("dp_step world=%lld threads=%d batch_per_rank=%lld buckets=%zu %.3f ms\n",
                 static_cast<long long>(world), threads, static_cast<long long>(batch),
@@ -108,7 +114,8 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
     for (int i = 0; i < 3; ++i) traced.run({{x, xb}, {y, yb}}, {}, {train});
     traced.write_trace(trace);
   } else if (!trace.empty()) {
-    for (int i = 0; i < 3; ++i) s.run({{x, xb}, {y, yb}}, {}, {train});  // rank 0's peers
+    Session peer(g, {.intra_op_threads = threads});  // runs rank 0's traced steps with it
+    for (int i = 0; i < 3; ++i) peer.run({{x, xb}, {y, yb}}, {}, {train});
   }
 }
 
@@ -129,11 +136,7 @@ void adam_step(distributed::Group& group, int threads) {
     for (const Value& v : g.variables())
       if (v.name().find("/adam_") != std::string::npos)
         state_bytes += v.shape().numel() * static_cast<int64_t>(dtype_size(v.dtype()));
-    const auto rows = rank_batch(group.rank(), batch);
-    const Tensor &xb = rows.first, &yb = rows.second;
-    Session s(g, {.intra_op_threads = threads});
-    s.run({}, {}, {distributed::broadcast_variables(g)});
-    const double ms = median_ms(10, 60, [&] { s.run({{x, xb}, {y, yb}}, {}, {train}); });
+    const double ms = median_train_ms(g, x, y, train, rank_batch(group.rank(), batch), threads);
     if (group.rank() == 0)
       std::printf("adam_step world=%lld sharded=%d state_bytes=%lld %.3f ms\n",
                   static_cast<long long>(world), sharded ? 1 : 0,
