@@ -1,5 +1,6 @@
 #include "kiln/distributed/communicator.h"
 
+#include <algorithm>
 #include <array>
 
 #include "kiln/framework/error.h"
