@@ -6,6 +6,7 @@
 #include "kiln/autograd/mixed_precision.h"
 #include "kiln/autograd/lbfgs.h"
 #include "kiln/autograd/optim.h"
+#include "kiln/distributed/checkpoint.h"
 #include "kiln/distributed/data_parallel.h"
 #include "kiln/distributed/distributed.h"
 #include "kiln/framework/data.h"

@@ -122,7 +122,18 @@ Environment read_environment(const EnvironmentReader& read) {
       env.job_id = *id;
       break;
     }
+  for (const char* name :
+       {"KILN_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"})
+    if (read(name)) {
+      env.restart_count = optional_integer(read, name, 0, 0, INT64_MAX);
+      break;
+    }
   return env;
+}
+
+std::string rendezvous_id(const Environment& env) {
+  return env.restart_count == 0 ? env.job_id
+                                : env.job_id + "/restart-" + std::to_string(env.restart_count);
 }
 
 }  // namespace kiln::distributed

@@ -26,7 +26,18 @@ struct Environment {
   /// The job's identity (TORCHELASTIC_RUN_ID, SLURM_JOB_ID or KILN_JOB_ID; "" if none): the
   /// rendezvous refuses a store of another job.
   std::string job_id{};
+  /// How many times the launcher restarted the job's processes after a failure
+  /// (KILN_RESTART_COUNT from kiln-launch --max-restarts, TORCHELASTIC_RESTART_COUNT from
+  /// torchrun, SLURM_RESTART_COUNT from a requeued Slurm job; 0 if none): a restarted program
+  /// resumes from its last checkpoint (distributed::restore_latest_checkpoint). The rendezvous
+  /// counts it as part of the job's identity, so a rank left over from an earlier attempt never
+  /// joins the new one.
+  int64_t restart_count = 0;
 };
+
+/// The identity the rendezvous store checks: the job id, and the restart after which the
+/// processes started ("job-42", "job-42/restart-2").
+std::string rendezvous_id(const Environment& env);
 
 /// Reads a variable: its value, or nullopt when unset (tests pass their own).
 using EnvironmentReader = std::function<std::optional<std::string>(const std::string&)>;

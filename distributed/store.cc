@@ -465,7 +465,7 @@ Rendezvous rendezvous(const Environment& env, std::chrono::milliseconds timeout)
     std::string errors;
     for (int p = first; p < first + kStorePortCandidates && p <= 65535 && !r.server; ++p) {
       try {
-        r.server = std::make_unique<StoreServer>(p, env.job_id, env.world_size);
+        r.server = std::make_unique<StoreServer>(p, rendezvous_id(env), env.world_size);
       } catch (const DistributedError& e) {
         errors += str(errors.empty() ? "" : "; ", e.what());
       }
@@ -482,7 +482,7 @@ Rendezvous rendezvous(const Environment& env, std::chrono::milliseconds timeout)
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       try {
         // A short attempt per port; the outer loop retries until the deadline.
-        r.store = std::make_unique<Store>(env.master_addr, p, env.job_id, env.world_size,
+        r.store = std::make_unique<Store>(env.master_addr, p, rendezvous_id(env), env.world_size,
                                           std::min(left, std::chrono::milliseconds(200)));
       } catch (const DistributedError& e) {
         if (p == first) errors = e.what();

@@ -40,7 +40,8 @@ constexpr const char* kUsage =
     "  --batch N         global batch size (split over the ranks of a launched job)\n"
     "  --threads N       CPU threads (default: one per core)\n"
     "  --seed N          shuffling seed\n"
-    "  --resume          continue from the saved graph and checkpoint in --out\n"
+    "  --resume          continue from the saved graph and checkpoint in --out (a job\n"
+    "                    restarted by kiln-launch --max-restarts or torchrun does it itself)\n"
     "  --stop-after N    stop after N epochs (as if interrupted)\n"
     "  --trace FILE      write a Chrome trace of every step\n"
     "  --device D        cpu, cuda, cuda:N or best (default best: a usable GPU, else the CPU)\n"
@@ -208,6 +209,14 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
     std::filesystem::create_directories(args.out);
     const std::string graph_path = args.out + "/" + name + ".pb";
     const std::string ckpt_path = args.out + "/" + name + ".ckpt";
+    // The checkpoints every rank commits together at the end of each epoch (the newest kept):
+    // what --resume, and a job restarted after a failure (kiln-launch --max-restarts, torchrun),
+    // continue from. ckpt_path is the same state in one file, for kiln-run and other programs.
+    const std::string steps_dir = args.out + "/" + name + "_steps";
+    const int64_t restart = group->environment().restart_count;
+    const bool resume = args.resume || (restart > 0 && std::filesystem::exists(graph_path));
+    // A fresh run never continues from the steps of an earlier one.
+    if (!resume && rank == 0) std::filesystem::remove_all(steps_dir);
 
     std::printf("loading Fashion-MNIST from %s\n", args.data.c_str());
     data::Dataset train_set = data::Dataset::from_idx(args.data + "/train-images-idx3-ubyte.gz",
@@ -231,10 +240,10 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
     const int64_t steps_per_epoch = (shard_size + rank_batch - 1) / rank_batch;
 
     std::unique_ptr<Graph> graph;
-    if (args.resume) {
+    if (resume) {
       // Only the files: the graph comes from disk, not from build_training_graph.
       graph = load_graph(graph_path);
-      std::printf("resuming from %s and %s\n", graph_path.c_str(), ckpt_path.c_str());
+      std::printf("resuming: the graph from %s\n", graph_path.c_str());
     } else {
       graph = std::make_unique<Graph>();
       build_training_graph(*graph, model, defaults, args.epochs * steps_per_epoch, args.amp);
@@ -251,8 +260,15 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
                 args.amp.empty() ? "" : (" (" + args.amp + " autocast)").c_str(),
                 world > 1 ? str(", data-parallel over ", world, " ranks").c_str() : "");
     int64_t first_epoch = 0;
-    if (args.resume) {
-      sess.restore_checkpoint(ckpt_path);
+    if (resume) {
+      if (restart > 0) std::printf("  restart %lld of the job\n", static_cast<long long>(restart));
+      if (auto step = distributed::restore_latest_checkpoint(sess, steps_dir)) {
+        std::printf("  the checkpoint of step %lld in %s\n", static_cast<long long>(*step),
+                    steps_dir.c_str());
+      } else if (args.resume) {
+        sess.restore_checkpoint(ckpt_path);  // a run of a build without the steps folder
+        std::printf("  the checkpoint %s\n", ckpt_path.c_str());
+      }
       int64_t step = sess.variable_value(graph->value("global_step")).item<int64_t>();
       first_epoch = step / steps_per_epoch;
       std::printf("  at step %lld (epoch %lld)\n", static_cast<long long>(step),
@@ -294,6 +310,7 @@ int train_fashion_mnist(int argc, char** argv, const std::string& name, const Mo
                    tty);
       }
       auto [test_loss, test_accuracy] = evaluate(sess, test_set);
+      distributed::save_checkpoint(sess, steps_dir, (epoch + 1) * steps_per_epoch, {.keep = 1});
       if (rank == 0) sess.save_checkpoint(ckpt_path);
       if (log) {
         log->add_scalar("test/loss", test_loss, (epoch + 1) * steps_per_epoch);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <set>
 
 #include "kiln/runtime/checkpoint.h"
 
@@ -116,13 +117,13 @@ std::vector<Value> all_variables(const Graph& graph) {
   return out;
 }
 
-// The variables a checkpoint holds: all but those made with persistent = false.
+}  // namespace
+
 std::vector<Value> persistent_variables(const Graph& graph) {
   std::vector<Value> out = all_variables(graph);
   std::erase_if(out, [](const Value& var) { return !var.node().attr<bool>("persistent"); });
   return out;
 }
-}  // namespace
 
 void Session::initialize_variables() {
   std::vector<Value> vars = all_variables(graph_);
@@ -181,11 +182,24 @@ void Session::set_variables(const std::map<std::string, Tensor>& values) {
 }
 
 void Session::save_checkpoint(const std::string& path) {
+  save_checkpoint(path, persistent_variables(graph_));
+}
+
+void Session::save_checkpoint(const std::string& path, const std::vector<Value>& variables) {
+  std::set<std::string> persistent;
+  for (const Value& var : persistent_variables(graph_)) persistent.insert(var.node().name());
+  for (const Value& var : variables)
+    KILN_CHECK(var.defined() && var.graph() == &graph_ && persistent.count(var.node().name()),
+               GraphError, "[checkpoint] ", path, ": ",
+               var.defined() ? var.node().name() : std::string("an undefined value"),
+               " is not a persistent variable of the session's graph");
   initialize_variables();
   // In name order (the files of earlier builds had it); a device variable is copied to the host
   // when the writer reaches it, so host memory holds one variable at a time.
   std::map<std::string, Value> by_name;
-  for (const Value& var : persistent_variables(graph_)) by_name.emplace(var.node().name(), var);
+  for (const Value& var : variables)
+    KILN_CHECK(by_name.emplace(var.node().name(), var).second, GraphError, "[checkpoint] ", path,
+               ": variable ", var.node().name(), " is listed twice");
   std::vector<CheckpointSource> sources;
   for (const auto& [name, var] : by_name)
     sources.push_back({name, var.dtype(), var.shape(),

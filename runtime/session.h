@@ -63,6 +63,10 @@ struct SessionOptions {
 /// Values fed to placeholders (or to any other value, which then is not computed).
 using FeedList = std::vector<std::pair<Value, Tensor>>;
 
+/// The variables a checkpoint holds: every variable of `graph` but those made with
+/// persistent = false (a KV cache), in node order.
+std::vector<Value> persistent_variables(const Graph& graph);
+
 /// Runs a graph. The graph must outlive the session; nodes added to the graph after the
 /// session was made can be run too. One run at a time per session (runs are serialized).
 class Session {
@@ -70,6 +74,8 @@ class Session {
   /// Throws kiln::DeviceError when options.device cannot be used, saying why.
   explicit Session(const Graph& graph, SessionOptions options = {});
   ~Session();
+  /// The graph it runs.
+  const Graph& graph() const { return graph_; }
 
   /// Computes `fetches` (returned in order) and runs `targets` for their effects, given
   /// `feeds`. Throws kiln::FeedError for a missing feed or one whose dtype or shape
@@ -99,6 +105,10 @@ class Session {
   /// Writes every persistent variable of the graph (weights, optimizer slots, step counter,
   /// running statistics; not a KV cache) to `path` atomically. Throws kiln::FileError.
   void save_checkpoint(const std::string& path);
+  /// save_checkpoint of only `variables` (persistent variables of the graph; each at most
+  /// once): one rank's part of a checkpoint that several ranks write. Throws kiln::FileError,
+  /// or kiln::GraphError for a value that is not a persistent variable of the graph.
+  void save_checkpoint(const std::string& path, const std::vector<Value>& variables);
   /// Loads every persistent variable of the graph from `path` (the others keep their values;
   /// a file that holds one anyway is accepted). All checks (file, version, CRCs, that each
   /// variable is present with its dtype and shape, and with `strict` that the file has no

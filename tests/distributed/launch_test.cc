@@ -1,5 +1,5 @@
 // kiln-launch (CTest label `distributed`): the environment each rank gets, prefixed output,
-// a failing rank ending the others, forwarded signals, no process left behind.
+// a failing rank ending the others, forwarded signals, no process left behind, restarts.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -139,10 +139,94 @@ TEST(Launch, ARankKilledMidStepEndsTheJob) {
 }
 #endif
 
+#ifdef KILN_RESTART_PROGRAM
+// Fault tolerance: a rank fails in the middle of training (after a step, before its checkpoint
+// commits); with --max-restarts 1 every rank starts again and resumes from the last committed
+// step, ending where a job without the failure ends (launched_restart.cc checks the state).
+TEST(Launch, ARestartedJobResumesFromItsLastCommittedCheckpoint) {
+  const std::string dir = testing::tmp(str("restart_job_", ::getpid()));
+  std::filesystem::remove_all(dir);
+  const Result r = launch(str("--nproc-per-node 2 --master-port 29790 --grace 2 --max-restarts 1 ",
+                              KILN_RESTART_PROGRAM, " ", dir));
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("[rank 1] rank 1 fails after step 3, before saving it"), std::string::npos)
+      << r.out;
+  // The launcher names the rank it saw end first: rank 1, or rank 0 failing on its lost peer.
+  EXPECT_NE(r.err.find("[kiln-launch] restarting every rank (restart 1 of 1)"), std::string::npos)
+      << r.err;
+  for (const char* rank : {"[rank 0] ", "[rank 1] "}) {
+    EXPECT_NE(r.out.find(str(rank, "restart 1: resumed at step 3")), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(str(rank, "rank ", rank[6], ": 0 failures")), std::string::npos) << r.out;
+  }
+  EXPECT_EQ(r.out.find("FAILED"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+  // Without a restart the same failure ends the job.
+  const Result once = launch(
+      str("--nproc-per-node 2 --master-port 29790 --grace 2 ", KILN_RESTART_PROGRAM, " ", dir));
+  EXPECT_NE(once.code, 0) << once.err;
+  EXPECT_EQ(once.err.find("restarting"), std::string::npos) << once.err;
+  std::filesystem::remove_all(dir);
+}
+#endif
+
+TEST(Launch, RestartsStartEveryRankAgainUntilTheLimit) {
+  // Rank 1 fails in attempts 0 and 1: two restarts are enough, one is not. (Rank 0 of a failed
+  // attempt may be ended before it prints.)
+  const std::string script =
+      "sh -c 'echo \"attempt $KILN_RESTART_COUNT\"; "
+      "if [ $RANK = 1 ] && [ $KILN_RESTART_COUNT -lt 2 ]; then exit 4; fi'";
+  const Result enough = launch("--nproc-per-node 2 --grace 2 --max-restarts 2 " + script);
+  EXPECT_EQ(enough.code, 0) << enough.err;
+  for (const char* line : {"[rank 1] attempt 0\n", "[rank 1] attempt 1\n", "[rank 0] attempt 2\n",
+                           "[rank 1] attempt 2\n"})
+    EXPECT_NE(enough.out.find(line), std::string::npos) << enough.out;
+  EXPECT_NE(enough.err.find("restarting every rank (restart 2 of 2)"), std::string::npos)
+      << enough.err;
+  const Result short_of_one = launch("--nproc-per-node 2 --grace 2 --max-restarts 1 " + script);
+  EXPECT_EQ(short_of_one.code, 4);
+  EXPECT_EQ(short_of_one.out.find("attempt 2"), std::string::npos) << short_of_one.out;
+  EXPECT_NE(short_of_one.err.find("the job failed after 1 restart; giving up"), std::string::npos)
+      << short_of_one.err;
+  // Success needs no restart; without --max-restarts a failure is final.
+  const Result fine =
+      launch("--nproc-per-node 2 --max-restarts 3 sh -c 'echo attempt $KILN_RESTART_COUNT'");
+  EXPECT_EQ(fine.code, 0);
+  EXPECT_EQ(fine.err.find("restarting"), std::string::npos) << fine.err;
+  EXPECT_EQ(launch("--nproc-per-node 2 " + script).code, 4);
+}
+
+TEST(Launch, ASignalEndsTheJobWithoutARestart) {
+  const std::string pidfile = testing::tmp("launch_restart_signal.pid");
+  std::remove(pidfile.c_str());
+  const pid_t launcher = ::fork();
+  if (launcher == 0) {
+    const std::string script = str("echo $$ >> ", pidfile, "; exec sleep 60");
+    ::execl(KILN_LAUNCH_TOOL, KILN_LAUNCH_TOOL, "--nproc-per-node", "2", "--grace", "2",
+            "--max-restarts", "5", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  for (int i = 0; i < 200; ++i) {
+    const std::string pids = slurp(pidfile);
+    if (std::count(pids.begin(), pids.end(), '\n') >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(launcher, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(::waitpid(launcher, &status, 0), launcher);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  // Only the first attempt's two ranks ever started, and none is left.
+  std::ifstream pids(pidfile);
+  int count = 0;
+  for (pid_t pid; pids >> pid; ++count) EXPECT_FALSE(alive(pid)) << "rank pid " << pid;
+  EXPECT_EQ(count, 2);
+}
+
 TEST(Launch, UsageErrors) {
   EXPECT_EQ(launch("true").code, 2);
   EXPECT_EQ(launch("--nproc-per-node 0 true").code, 2);
   EXPECT_EQ(launch("--nproc-per-node 2 --nnodes 2 --node-rank 2 true").code, 2);
+  EXPECT_EQ(launch("--nproc-per-node 2 --max-restarts -1 true").code, 2);
   const Result missing = launch("--nproc-per-node 1 /no/such/program");
   EXPECT_EQ(missing.code, 127);
   EXPECT_NE(missing.err.find("cannot run '/no/such/program'"), std::string::npos) << missing.err;
