@@ -68,6 +68,13 @@ std::string first_slurm_host(const std::string& nodelist) {
 
 Environment read_environment(const EnvironmentReader& read) {
   Environment env;
+  // Also of one process: a program its launcher or scheduler started again.
+  for (const char* name :
+       {"KILN_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"})
+    if (read(name)) {
+      env.restart_count = optional_integer(read, name, 0, 0, INT64_MAX);
+      break;
+    }
   const bool torchrun = read("RANK").has_value() || read("WORLD_SIZE").has_value();
   const bool slurm = !torchrun && read("SLURM_PROCID").has_value();
   if (!torchrun && !slurm) return env;  // one process
@@ -120,12 +127,6 @@ Environment read_environment(const EnvironmentReader& read) {
   for (const char* name : {"TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "KILN_JOB_ID"})
     if (auto id = read(name)) {
       env.job_id = *id;
-      break;
-    }
-  for (const char* name :
-       {"KILN_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"})
-    if (read(name)) {
-      env.restart_count = optional_integer(read, name, 0, 0, INT64_MAX);
       break;
     }
   return env;

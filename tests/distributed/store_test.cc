@@ -51,6 +51,30 @@ TEST(Environment, TorchrunNames) {
   EXPECT_EQ(env.master_port, 1234);
   EXPECT_TRUE(env.port_taken_by_launcher);
   EXPECT_EQ(env.job_id, "job-42");
+  EXPECT_EQ(env.restart_count, 0);
+  EXPECT_EQ(rendezvous_id(env), "job-42");
+}
+
+TEST(Environment, RestartsCountAndTellAttemptsApart) {
+  // torchrun's count, kiln-launch's, Slurm's requeue count.
+  for (const char* name :
+       {"TORCHELASTIC_RESTART_COUNT", "KILN_RESTART_COUNT", "SLURM_RESTART_COUNT"}) {
+    const Environment env = read_environment(
+        from({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"KILN_JOB_ID", "j"}, {name, "2"}}));
+    EXPECT_EQ(env.restart_count, 2) << name;
+    // The rendezvous of attempt 2 is not attempt 0's or 1's.
+    EXPECT_EQ(rendezvous_id(env), "j/restart-2") << name;
+  }
+  testing::expect_error(
+      [] {
+        read_environment(from({{"KILN_RESTART_COUNT", "-1"}}));
+      },
+      {"KILN_RESTART_COUNT=-1", "outside [0, "});
+  testing::expect_error(
+      [] {
+        read_environment(from({{"TORCHELASTIC_RESTART_COUNT", "one"}}));
+      },
+      {"TORCHELASTIC_RESTART_COUNT='one'", "not a whole number"});
 }
 
 TEST(Environment, SlurmNames) {
