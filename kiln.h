@@ -9,6 +9,7 @@
 #include "kiln/distributed/checkpoint.h"
 #include "kiln/distributed/data_parallel.h"
 #include "kiln/distributed/distributed.h"
+#include "kiln/distributed/sync_batch_norm.h"
 #include "kiln/framework/data.h"
 #include "kiln/framework/device.h"
 #include "kiln/framework/dtype.h"

@@ -313,7 +313,8 @@ Value BatchNorm::forward(const Value& x) {
     throw GraphError(str("[nn] ", kind_, " ", path(), ": expects ", expected, ", got ", s));
   }
   return batch_norm(x, running_mean, running_var, weight, bias, training(), momentum_.value_or(0),
-                    eps_, average_count_.defined() ? average_count_ : num_batches_tracked);
+                    eps_, average_count_.defined() ? average_count_ : num_batches_tracked,
+                    combine_);
 }
 
 LayerNorm::LayerNorm(Graph& graph, const std::string& name, const Shape& shape, double eps,

@@ -291,6 +291,9 @@ class BatchNorm : public Module {
             bool track_running_stats);
   Value forward(const Value& x) override;
   std::vector<TorchTensor> torch_tensors() const override;
+  /// Training normalizes by what `combine` makes of the batch's statistics (batch_norm's
+  /// combine): distributed::SyncBatchNorm's statistics of every rank.
+  void combine_statistics(CombineStatistics combine) { combine_ = std::move(combine); }
 
  private:
   const char* kind_;
@@ -299,6 +302,7 @@ class BatchNorm : public Module {
   std::optional<double> momentum_;
   double eps_;
   Value average_count_;
+  CombineStatistics combine_;
 };
 
 /// Batch norm of x [N, C] or [N, C, L] (PyTorch's BatchNorm1d).

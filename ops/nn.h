@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -417,6 +418,15 @@ Value rms_norm(const Value& x, int64_t normalized_dims = 1, const Value& weight 
 /// [C] (optional).
 Value group_norm(const Value& x, int64_t groups, const Value& weight = {}, const Value& bias = {},
                  double eps = 1e-5);
+/// A batch's statistics per channel: its element count per channel (a scalar of x's dtype), its
+/// mean [C], and the sum of squared deviations from that mean [C] (M2: var = m2 / count).
+struct BatchStatistics {
+  Value count, mean, m2;
+};
+/// Turns one process's statistics into those of every process's batch together
+/// (distributed::statistics_over_ranks: SyncBatchNorm). Shapes are kept.
+using CombineStatistics = std::function<BatchStatistics(const BatchStatistics&)>;
+
 /// Batch normalization of x [N, C, ...] per channel, then weight [C] and bias [C] (optional).
 /// Training: the batch's statistics, and where running_mean / running_var (variables [C]) are
 /// given they are updated whenever the result is computed (running = (1 - momentum) running +
@@ -424,9 +434,13 @@ Value group_norm(const Value& x, int64_t groups, const Value& weight = {}, const
 /// statistics. With `num_batches_tracked` (an i64 scalar variable, the batches averaged so far)
 /// momentum is ignored and the running statistics are the plain average of every training
 /// batch's: the count grows by one and the factor is 1 / count (PyTorch's momentum=None).
+/// With `combine`, training normalizes by (and the running statistics follow) the statistics it
+/// returns for this batch's: the batches of every rank of a job (SyncBatchNorm); gradients flow
+/// through them.
 Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
                  const Value& weight, const Value& bias, bool training, double momentum = 0.1,
-                 double eps = 1e-5, const Value& num_batches_tracked = {});
+                 double eps = 1e-5, const Value& num_batches_tracked = {},
+                 const CombineStatistics& combine = {});
 /// Instance normalization of x [N, C, ...]: each channel of each example normalized over its
 /// positions, then weight [C] and bias [C] (optional) (PyTorch's instance_norm). With
 /// use_input_stats (training, or no running statistics kept) the instance's statistics are used,

@@ -593,9 +593,58 @@ int64_t check_norm_arguments(const char* fn, const Value& x, const Value& runnin
 
 }  // namespace
 
+namespace {
+
+// y, once the running statistics have moved toward the batch's mean and (unbiased) var [C]: by
+// `momentum`, or with `num_batches_tracked` by 1 / (batches so far).
+Value update_batch_running(const Value& y, const Value& running_mean, const Value& running_var,
+                           const Value& mean, const Value& var, double momentum,
+                           const Value& num_batches_tracked) {
+  if (!num_batches_tracked.defined())
+    return update_running(y, running_mean, running_var, mean, var, momentum);
+  // The cumulative average: the count after this batch, read from its assign_add, so the
+  // factor 1 / count sees this batch counted.
+  const Value counted = assign_add(num_batches_tracked, y.graph()->scalar(1, i64));
+  const Value factor = 1.0 / cast(counted, y.dtype());
+  const Value new_mean = assign(running_mean, running_mean * (1.0 - factor) + mean * factor);
+  const Value new_var = assign(running_var, running_var * (1.0 - factor) + var * factor);
+  return after(y, {new_mean, new_var});
+}
+
+// Training batch norm by statistics that `combine` makes of this batch's (SyncBatchNorm). Each
+// part's mean and M2 come from its own elements; the combination (Chan et al.'s parallel
+// variance) is the caller's: for parts a, b, M2 = M2_a + M2_b + n_a n_b / n (mean_a - mean_b)^2.
+Value batch_norm_combined(const Value& x, const Value& running_mean, const Value& running_var,
+                          const Value& weight, const Value& bias, double momentum, double eps,
+                          const Value& num_batches_tracked, const CombineStatistics& combine) {
+  const int64_t rank = x.shape().rank(), channels = x.shape()[1];
+  std::vector<int64_t> axes{0};
+  for (int64_t d = 2; d < rank; ++d) axes.push_back(d);
+  const Value local_mean = mean(x, axes, /*keepdims=*/true);
+  BatchStatistics local{numel(x, x.dtype()) / static_cast<double>(channels),
+                        reshape(local_mean, Shape{channels}), sum(square(x - local_mean), axes)};
+  const BatchStatistics all = combine(local);
+  if (!all.count.defined() || !all.mean.defined() || !all.m2.defined() ||
+      all.count.shape() != Shape{} || all.mean.shape() != Shape{channels} ||
+      all.m2.shape() != Shape{channels})
+    throw GraphError(str("batch_norm: the combined statistics must be a count [] and mean and m2 [",
+                         channels, "]"));
+  const Value var = all.m2 / all.count;
+  const Value y = (x - per_channel(all.mean, rank)) * per_channel(rsqrt(var + eps), rank);
+  const Value out = channel_affine(y, weight, bias);
+  if (!running_mean.defined()) return out;
+  Graph& g = *x.graph();
+  // The running variance unbiased over every combined element, as PyTorch's SyncBatchNorm.
+  return update_batch_running(out, running_mean, running_var, g.add("stop_gradient", {all.mean}),
+                              g.add("stop_gradient", {all.m2 / (all.count - 1.0)}), momentum,
+                              num_batches_tracked);
+}
+
+}  // namespace
+
 Value batch_norm(const Value& x, const Value& running_mean, const Value& running_var,
                  const Value& weight, const Value& bias, bool training, double momentum, double eps,
-                 const Value& num_batches_tracked) {
+                 const Value& num_batches_tracked, const CombineStatistics& combine) {
   check_norm_arguments("batch_norm", x, running_mean, running_var, weight, bias, momentum);
   if (num_batches_tracked.defined()) {
     if (!running_mean.defined())
@@ -605,6 +654,12 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
                            num_batches_tracked.dtype(), num_batches_tracked.shape()));
   }
   const int64_t rank = x.shape().rank();
+  if (combine && (training || !running_mean.defined())) {
+    if (x.shape()[1] < 0)
+      throw GraphError(str("batch_norm: x ", x.shape(), " needs known channels"));
+    return batch_norm_combined(x, running_mean, running_var, weight, bias, momentum, eps,
+                               num_batches_tracked, combine);
+  }
   if (training || !running_mean.defined()) {
     std::vector<int64_t> axes{0};
     for (int64_t d = 2; d < rank; ++d) axes.push_back(d);
@@ -617,16 +672,8 @@ Value batch_norm(const Value& x, const Value& running_mean, const Value& running
     const Value mean = x.graph()->add("stop_gradient", {n.mean});
     const Value rstd = x.graph()->add("stop_gradient", {n.rstd});
     const Value var = (1.0 / (rstd * rstd) - eps) * (count / (count - 1.0));
-    if (num_batches_tracked.defined()) {
-      // The cumulative average: the count after this batch, read from its assign_add, so
-      // the factor 1 / count sees this batch counted.
-      const Value counted = assign_add(num_batches_tracked, x.graph()->scalar(1, i64));
-      const Value factor = 1.0 / cast(counted, x.dtype());
-      const Value new_mean = assign(running_mean, running_mean * (1.0 - factor) + mean * factor);
-      const Value new_var = assign(running_var, running_var * (1.0 - factor) + var * factor);
-      return after(n.y, {new_mean, new_var});
-    }
-    return update_running(n.y, running_mean, running_var, mean, var, momentum);
+    return update_batch_running(n.y, running_mean, running_var, mean, var, momentum,
+                                num_batches_tracked);
   }
   return normalize_by_running(x, running_mean, running_var, weight, bias, eps);
 }

@@ -63,6 +63,55 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
   }
 }
 
+/// A classifier whose first layer is batch norm (x [N, 6, 5] -> BatchNorm1d or SyncBatchNorm ->
+/// relu -> Linear(30, 4)): SyncBatchNorm's data-parallel training against BatchNorm on the
+/// whole batch in one process.
+struct BnModel {
+  Graph g;
+  Value x, y, loss, out, train, sync;
+  std::unique_ptr<nn::BatchNorm> bn;
+  std::vector<Value> variables;  ///< trainable, then the running statistics
+};
+
+inline void build_bn_model(BnModel& m, bool sync_batch_norm, bool data_parallel) {
+  Graph& g = m.g;
+  m.x = g.placeholder("x", f32, {-1, 6, 5});
+  m.y = g.placeholder("y", i64, {-1});
+  if (sync_batch_norm)
+    m.bn = std::make_unique<distributed::SyncBatchNorm>(g, "bn", 6);
+  else
+    m.bn = std::make_unique<nn::BatchNorm1d>(g, "bn", 6);
+  m.out = (*m.bn)(m.x);
+  nn::Linear head(g, "head", 30, 4);
+  m.loss = mean(softmax_cross_entropy(head(reshape(relu(m.out), Shape{-1, 30})), m.y));
+  optim::Adam adam({.lr = 1e-2});
+  auto grads = adam.compute_gradients(m.loss);
+  for (const auto& p : grads) m.variables.push_back(p.variable);
+  m.variables.push_back(m.bn->running_mean);
+  m.variables.push_back(m.bn->running_var);
+  if (data_parallel) {
+    m.train = distributed::data_parallel(grads).apply(adam);
+    m.sync = distributed::broadcast_variables(g);
+  } else {
+    m.train = adam.apply_gradients(grads);
+  }
+}
+
+/// `n` examples for the batch-norm model: x [n, 6, 5] with each channel's own offset and
+/// scale (so the statistics matter), labels in [0, 4).
+inline std::pair<Tensor, Tensor> bn_batch(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> z(0, 1);
+  std::vector<float> xs(static_cast<size_t>(n * 30));
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const int64_t channel = static_cast<int64_t>(i / 5) % 6;
+    xs[i] = 0.5f * channel - 1 + (1 + 0.3f * channel) * z(rng);
+  }
+  std::vector<int64_t> ys(static_cast<size_t>(n));
+  for (int64_t& v : ys) v = static_cast<int64_t>(rng() % 4);
+  return {Tensor::from_vector<float>(xs, {n, 6, 5}), Tensor::from_vector<int64_t>(ys, {n})};
+}
+
 /// A global batch of `n` examples (the same on every rank for a seed).
 inline std::pair<Tensor, Tensor> dp_batch(int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -6,7 +6,8 @@
 //   4. rank 0's checkpoint restores on every rank;
 //   5. sharded optimizer state (ZeRO stage 1) trains exactly as unsharded, each rank holding
 //      only its variables' slots; each rank's own checkpoint resumes it, and all of them
-//      together restore the unsharded run.
+//      together restore the unsharded run;
+//   6. SyncBatchNorm normalizes by every rank's batch and trains as BatchNorm on all of it.
 // Prints one line per check and exits non-zero on any failure. For the launcher's tests,
 // KILN_TEST_KILL_RANK=r makes rank r kill itself (SIGKILL) in the middle of training, and
 // KILN_TEST_PID_DIR=d makes each rank write its pid to d/<rank>.pid.
@@ -265,6 +266,62 @@ void check_sharded_training(distributed::Group& group, const std::string& checkp
   std::remove(mine.c_str());
 }
 
+// SyncBatchNorm: on ranks holding batches of different sizes it normalizes as BatchNorm does on
+// their concatenation; data-parallel training with it (even shards) ends where one process
+// with BatchNorm on the whole batch does, running statistics included.
+void check_sync_batch_norm(distributed::Group& group) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  auto worst = [](const Tensor& a, const Tensor& b) {
+    const auto x = a.to_vector<double>(), y = b.to_vector<double>();
+    double d = x.size() == y.size() ? 0 : INFINITY;
+    for (size_t i = 0; i < x.size() && i < y.size(); ++i)
+      d = std::max(d, std::abs(x[i] - y[i]) / (1 + std::abs(y[i])));
+    return d;
+  };
+  {
+    // Rank r holds 3 + 2r examples; the statistics are those of all of them.
+    testing::BnModel synced, plain;
+    testing::build_bn_model(synced, true, false);
+    testing::build_bn_model(plain, false, false);
+    int64_t total = 0, begin = 0;
+    for (int64_t r = 0; r < world; ++r) {
+      if (r == rank) begin = total;
+      total += 3 + 2 * r;
+    }
+    auto batch = testing::bn_batch(total, 7);
+    auto mine = testing::dp_rows(batch, begin, begin + 3 + 2 * rank);
+    Session a(synced.g), b(plain.g);
+    const Tensor got = a.run({{synced.x, mine.first}}, {synced.out})[0];
+    const Tensor whole = b.run({{plain.x, batch.first}}, {plain.out})[0];
+    const double d =
+        worst(got, testing::dp_rows({whole, batch.second}, begin, begin + 3 + 2 * rank).first);
+    check(d < 1e-5, str("SyncBatchNorm on rank ", rank, "'s ", 3 + 2 * rank, " of ", total,
+                        " examples normalizes as BatchNorm on all of them: ", d, " < 1e-5"));
+  }
+  constexpr int64_t kBatch = 48, kSteps = 4;
+  const int64_t per_rank = kBatch / world;
+  testing::BnModel dp, one;
+  testing::build_bn_model(dp, true, true);
+  testing::build_bn_model(one, false, false);
+  Session s(dp.g), reference(one.g);
+  s.run({}, {}, {dp.sync});
+  reference.set_variables(s.variable_values());
+  for (int64_t k = 0; k < kSteps; ++k) {
+    auto batch = testing::bn_batch(kBatch, static_cast<uint32_t>(300 + k));
+    auto rows = testing::dp_rows(batch, rank * per_rank, (rank + 1) * per_rank);
+    s.run({{dp.x, rows.first}, {dp.y, rows.second}}, {}, {dp.train});
+    reference.run({{one.x, batch.first}, {one.y, batch.second}}, {}, {one.train});
+  }
+  double d = 0;
+  for (size_t v = 0; v < dp.variables.size(); ++v)
+    d = std::max(
+        d, worst(s.variable_value(dp.variables[v]), reference.variable_value(one.variables[v])));
+  // f32 sums in another order only; per-rank statistics instead would be off by far more.
+  check(d < 1e-5, str("data-parallel training with SyncBatchNorm on ", world,
+                      " ranks equals BatchNorm on the whole batch (weights and running ",
+                      "statistics): max relative difference ", d, " < 1e-5"));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -282,6 +339,7 @@ int main(int argc, char** argv) {
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_collectives(group->rank(), group->world_size());
     check_training(*group, checkpoint);
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_sharded_training(*group, checkpoint);
+    if (!std::getenv("KILN_TEST_KILL_RANK")) check_sync_batch_norm(*group);
     std::printf("rank %lld: %d failures\n", static_cast<long long>(group->rank()), failures);
     return failures == 0 ? 0 : 1;
   } catch (const std::exception& e) {
