@@ -13,6 +13,8 @@
 // command line. --weights sets the variables a safetensors file names (after --checkpoint, so it
 // overrides it; names, dtypes and shapes must match the graph's), and --save-weights writes every
 // variable after the run as safetensors (for PyTorch or JAX, whose loaders read it).
+// --checkpoint also takes the folder of a data-parallel job's checkpoints
+// (distributed::save_checkpoint): its newest committed step, from every rank's files.
 #include <kiln/kiln.h>
 
 #include <charconv>
@@ -105,7 +107,14 @@ int main(int argc, char** argv) {
     Session sess(*graph, {.intra_op_threads = threads});
     std::map<std::string, Tensor> loaded_weights;
     if (!weights.empty()) loaded_weights = load_safetensors(weights).tensors;
-    if (!checkpoint.empty()) {
+    if (!checkpoint.empty() && std::filesystem::is_directory(checkpoint)) {
+      // A folder of distributed::save_checkpoint: its newest committed step, every rank's file.
+      const auto step = distributed::restore_latest_checkpoint(sess, checkpoint);
+      KILN_CHECK(step.has_value(), FileError, "[kiln-run] ", checkpoint,
+                 ": the folder holds no committed checkpoint (no step-*/COMMITTED)");
+      std::printf("restored step %lld from %s\n", static_cast<long long>(*step),
+                  checkpoint.c_str());
+    } else if (!checkpoint.empty()) {
       sess.restore_checkpoint(checkpoint);
     } else {
       // Weights that would start from their random initializers: almost surely a forgotten

@@ -184,6 +184,38 @@ TEST(KilnRunTool, NamedOutputsAndAWarningWithoutCheckpoint) {
             (std::vector<float>{0.5f, 0.5f}));
   const std::string restored = run(" --checkpoint " + tmp("named.ckpt"));
   EXPECT_EQ(restored.find("WARNING"), std::string::npos) << restored;
+  // A folder of committed steps (distributed::save_checkpoint): the newest.
+  const std::string steps = tmp("named_steps");
+  std::filesystem::remove_all(steps);
+  {
+    Session session(g);
+    session.set_variable(w, Tensor::from_vector<float>({1, 2}));
+    distributed::save_checkpoint(session, steps, 7);
+    session.set_variable(w, Tensor::from_vector<float>({-1, 0}));
+    distributed::save_checkpoint(session, steps, 9);
+  }
+  save_npy(Tensor::from_vector<float>({1, 1}), tmp("named_ones.npy"));
+  auto run_ones = [&](int expected_code) {
+    const std::string cmd = tool + " " + tmp("named.pb") + " predict x=" + tmp("named_ones.npy") +
+                            " --out " + tmp("named_out") + " --checkpoint " + steps + " 2>&1";
+    FILE* pipe = popen(cmd.c_str(), "r");
+    std::string output;
+    std::array<char, 4096> buf;
+    for (size_t n; (n = fread(buf.data(), 1, buf.size(), pipe)) > 0;) output.append(buf.data(), n);
+    EXPECT_EQ(WEXITSTATUS(pclose(pipe)), expected_code) << output;
+    return output;
+  };
+  const std::string from_folder = run_ones(0);
+  EXPECT_NE(from_folder.find("restored step 9 from " + steps), std::string::npos) << from_folder;
+  const auto got = load_npy(tmp("named_out/probs.npy")).to_vector<float>();  // sigmoid(w)
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_NEAR(got[0], 1 / (1 + std::exp(1.0)), 1e-6);
+  EXPECT_NEAR(got[1], 0.5, 1e-6);
+  std::filesystem::remove_all(steps);
+  std::filesystem::create_directories(steps + "/step-000000000003");  // never committed
+  const std::string none = run_ones(1);
+  EXPECT_NE(none.find(steps + ": the folder holds no committed checkpoint"), std::string::npos)
+      << none;
 }
 
 TEST(Trace, SessionWritesAChromeTrace) {
