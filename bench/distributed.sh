@@ -3,7 +3,8 @@
 # same run, same sizes:
 #   1. all-reduce bus bandwidth, 2 and 4 ranks (nccl-tests' busbw = algbw * 2 (n - 1) / n);
 #   2. the data-parallel MLP 784-512-512-10 step: one process with 2 threads against 2 ranks
-#      with 1 thread each (global batch 128), buckets of 1 MiB;
+#      with 1 thread each (global batch 128), buckets of 1 MiB; then on 2 ranks with the
+#      gradients all-reduced in bf16 (DDP's bf16_compress_hook);
 #   3. the same MLP with Adam on 2 ranks, its state replicated (DDP) and sharded (Kiln's
 #      shard_optimizer_state, PyTorch's ZeroRedundancyOptimizer): step time and state bytes;
 #   4. the overlap of the all-reduces with backward in rank 0's Chrome trace of one step.
@@ -23,10 +24,14 @@ kiln_bench=$build/bench/distributed_bench
 out=$root/bench-out
 mkdir -p "$out"
 torchrun() {  # NPROC THREADS ARGS...
-  local n=$1 t=$2
+  local n=$1 t=$2 output status=0
   shift 2
-  OMP_NUM_THREADS=$t "$python" -m torch.distributed.run --nproc-per-node "$n" \
-    --master-port 29950 "$root/bench/torch_ddp_bench.py" "$@" 2>/dev/null | grep -v '^\['
+  # A torch rank sometimes aborts as its process group goes, after it printed its figures: say
+  # so, and keep them (the ratios below fail where a figure is missing).
+  output=$(OMP_NUM_THREADS=$t "$python" -m torch.distributed.run --nproc-per-node "$n" \
+    --master-port 29950 "$root/bench/torch_ddp_bench.py" "$@" 2>/dev/null) || status=$?
+  [ "$status" -eq 0 ] || echo "note: torchrun $n ranks, $* exited with status $status" >&2
+  grep -v '^\[' <<<"$output" || true
 }
 strip() { sed 's/^\[rank 0\] //'; }
 
@@ -46,7 +51,11 @@ torch1=$(torchrun 1 2 dp_step)
 kiln2=$("$launch" --nproc-per-node 2 --master-port 29940 "$kiln_bench" dp_step --threads 1 \
   --trace "$out/dp_trace.json" | strip)
 torch2=$(torchrun 2 1 dp_step)
+kiln_bf16=$("$launch" --nproc-per-node 2 --master-port 29942 "$kiln_bench" dp_step --threads 1 \
+  --compress bf16 | strip)
+torch_bf16=$(torchrun 2 1 dp_step bf16)
 printf "kiln  %s\ntorch %s\nkiln  %s\ntorch %s\n" "$kiln1" "$torch1" "$kiln2" "$torch2"
+printf "kiln  %s\ntorch %s\n" "$kiln_bf16" "$torch_bf16"
 
 echo "== data-parallel Adam step, optimizer state replicated and sharded (ZeRO stage 1), 2 ranks"
 kiln_adam=$("$launch" --nproc-per-node 2 --master-port 29945 "$kiln_bench" adam_step --threads 1 | strip)
@@ -91,6 +100,8 @@ done
 ms() { awk '{print $(NF-1)}' <<<"$1"; }
 awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1rank %.2f\n", k / t}'
 awk -v k="$(ms "$kiln2")" -v t="$(ms "$torch2")" 'BEGIN{printf "ratio dp_step_2ranks %.2f\n", k / t}'
+awk -v k="$(ms "$kiln_bf16")" -v t="$(ms "$torch_bf16")" \
+  'BEGIN{printf "ratio dp_step_2ranks_bf16_wire %.2f\n", k / t}'
 for s in 0 1; do
   k=$(grep "sharded=$s" <<<"$kiln_adam" | awk '{print $(NF-1)}')
   t=$(grep "sharded=$s" <<<"$torch_adam" | awk '{print $(NF-1)}')

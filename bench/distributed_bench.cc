@@ -1,9 +1,10 @@
 // Distributed benchmarks, run under kiln-launch (bench/distributed.sh runs them beside PyTorch):
 //   distributed_bench busbw [--device cpu|cuda]   all-reduce of f32 buffers from 4 KiB to 64 MiB,
 //       nccl-tests' definitions: algbw = bytes / time, busbw = algbw * 2 (n - 1) / n
-//   distributed_bench dp_step [--threads N] [--trace FILE]   the data-parallel MLP
-//       784-512-512-10 step (SGD + momentum, global batch 128 split over the ranks), median ms;
-//       --trace writes rank 0's Chrome trace of one step (the all-reduce on its own stream)
+//   distributed_bench dp_step [--threads N] [--trace FILE] [--compress bf16|f16]   the
+//       data-parallel MLP 784-512-512-10 step (SGD + momentum, global batch 128 split over the
+//       ranks), median ms; --trace writes rank 0's Chrome trace of one step (the all-reduce on
+//       its own stream); --compress all-reduces the gradients in 16 bits
 //   distributed_bench adam_step [--threads N]   the same MLP with Adam, its optimizer state
 //       replicated and then sharded over the ranks (ZeRO stage 1): median ms and the bytes of
 //       optimizer state each rank holds
@@ -92,7 +93,8 @@ double median_train_ms(Graph& g, const Value& x, const Value& y, const Value& tr
   return median_ms(10, 60, [&] { s.run({{x, rows.first}, {y, rows.second}}, {}, {train}); });
 }
 
-void dp_step(distributed::Group& group, int threads, const std::string& trace) {
+void dp_step(distributed::Group& group, int threads, const std::string& trace,
+             std::optional<DType> compression) {
   const int64_t world = group.world_size(), batch = 128 / world;
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 784});
@@ -100,15 +102,16 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace) {
   Value loss = bench::mlp_loss(g, x, y);
   optim::SGD sgd({.lr = 0.01, .momentum = 0.9});
   // Buckets of 1 MiB (the model is 2.6 MB of gradients): three all-reduces to overlap.
-  auto dp = distributed::data_parallel(sgd.compute_gradients(loss), {.bucket_bytes = 1 << 20});
+  auto dp = distributed::data_parallel(sgd.compute_gradients(loss),
+                                       {.bucket_bytes = 1 << 20, .compression = compression});
   Value train = dp.apply(sgd);
   const auto rows = rank_batch(group.rank(), batch);
   const Tensor &xb = rows.first, &yb = rows.second;
   const double ms = median_train_ms(g, x, y, train, rows, threads);
   if (group.rank() == 0)
-    std::printf("dp_step world=%lld threads=%d batch_per_rank=%lld buckets=%zu %.3f ms\n",
+    std::printf("dp_step world=%lld threads=%d batch_per_rank=%lld buckets=%zu wire=%s %.3f ms\n",
                 static_cast<long long>(world), threads, static_cast<long long>(batch),
-                dp.buckets.size(), ms);
+                dp.buckets.size(), std::string(dtype_name(dp.buckets[0].wire_dtype)).c_str(), ms);
   if (!trace.empty() && group.rank() == 0) {
     Session traced(g, {.intra_op_threads = threads, .trace_path = trace});
     for (int i = 0; i < 3; ++i) traced.run({{x, xb}, {y, yb}}, {}, {train});
@@ -153,6 +156,7 @@ int main(int argc, char** argv) {
     Device device = Device::cpu();
     int threads = 1;
     std::string trace;
+    std::optional<DType> compression;
     for (int i = 2; i + 1 < argc; i += 2) {
       const std::string flag = argv[i];
       if (flag == "--device")
@@ -161,6 +165,8 @@ int main(int argc, char** argv) {
         threads = std::atoi(argv[i + 1]);
       else if (flag == "--trace")
         trace = argv[i + 1];
+      else if (flag == "--compress")
+        compression = dtype_from_name(argv[i + 1]);
       else
         throw Error(str("[distributed_bench] unknown option ", flag));
     }
@@ -169,7 +175,7 @@ int main(int argc, char** argv) {
     if (what == "busbw")
       busbw(*group, device);
     else if (what == "dp_step")
-      dp_step(*group, threads, trace);
+      dp_step(*group, threads, trace, compression);
     else if (what == "adam_step")
       adam_step(*group, threads);
     else

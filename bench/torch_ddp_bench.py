@@ -1,7 +1,8 @@
 """PyTorch's side of bench/distributed.sh, run under torchrun with the Gloo backend:
   torch_ddp_bench.py busbw     dist.all_reduce of f32 buffers from 4 KiB to 64 MiB
-  torch_ddp_bench.py dp_step   DistributedDataParallel MLP 784-512-512-10, SGD + momentum,
-                               global batch 128 split over the ranks, bucket_cap_mb=1
+  torch_ddp_bench.py dp_step [bf16|f16]   DistributedDataParallel MLP 784-512-512-10, SGD +
+                               momentum, global batch 128 split over the ranks, bucket_cap_mb=1;
+                               with bf16 or f16, DDP's compress hook for the all-reduces
 Prints the same lines as distributed_bench (rank 0 only), so the script can set them side by side.
 """
 import os
@@ -38,13 +39,18 @@ def busbw(rank, world):
         size *= 4
 
 
-def dp_step(rank, world, threads):
+def dp_step(rank, world, threads, compress=None):
     torch.manual_seed(0)
     batch = 128 // world
     model = torch.nn.Sequential(
         torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512), torch.nn.ReLU(),
         torch.nn.Linear(512, 10))
     ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
+    if compress:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        hook = {"bf16": default_hooks.bf16_compress_hook,
+                "f16": default_hooks.fp16_compress_hook}[compress]
+        ddp.register_comm_hook(None, hook)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     i = torch.arange(batch * 784)
     x = (((i + rank) * 7919) % 255).float().reshape(batch, 784) / 255
@@ -58,7 +64,9 @@ def dp_step(rank, world, threads):
 
     ms = median_ms(10, 60, step)
     if rank == 0:
-        print(f"dp_step world={world} threads={threads} batch_per_rank={batch} {ms:.3f} ms")
+        wire = {"bf16": "bf16", "f16": "f16"}.get(compress, "f32")
+        print(f"dp_step world={world} threads={threads} batch_per_rank={batch} wire={wire} "
+              f"{ms:.3f} ms")
 
 
 def adam_step(rank, world, threads):
@@ -92,7 +100,11 @@ def adam_step(rank, world, threads):
                     for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
         if rank == 0:
             print(f"adam_step world={world} sharded={int(sharded)} state_bytes={state} "
-                  f"{ms:.3f} ms")
+                  f"{ms:.3f} ms", flush=True)
+        # ZeroRedundancyOptimizer's last broadcasts finish before the group goes (without this
+        # wait one rank aborted at exit: "terminate called without an active exception").
+        del opt, ddp
+        dist.barrier()
 
 
 def main():
@@ -106,7 +118,9 @@ def main():
     elif what == "adam_step":
         adam_step(rank, world, threads)
     else:
-        dp_step(rank, world, threads)
+        dp_step(rank, world, threads, sys.argv[2] if len(sys.argv) > 2 else None)
+    sys.stdout.flush()
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -118,6 +118,9 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
              options.first_bucket_bytes, " must be positive");
   KILN_CHECK(options.accumulation_steps >= 1, GraphError, "[data_parallel] accumulation_steps ",
              options.accumulation_steps, " must be at least 1");
+  KILN_CHECK(!options.compression || *options.compression == f16 || *options.compression == bf16,
+             GraphError, "[data_parallel] compression to ", options.compression.value_or(f32),
+             ": only f16 and bf16 are 16-bit floats to send gradients in");
   Graph& graph = *gradients[0].variable.graph();
   for (const optim::GradientAndVariable& p : gradients) {
     KILN_CHECK(p.gradient.defined() && p.variable.defined() && p.gradient.graph() == &graph &&
@@ -208,9 +211,17 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
       bucket.variables.push_back(gradients[i].variable);
       bucket.bytes += bytes_of(local[i]);
     }
-    bucket.dtype = values[0].dtype();
-    bucket.reduced = all_reduce(pack(values), ReduceOp::avg);
-    std::vector<Value> averaged = unpack(bucket.reduced, values);
+    bucket.dtype = bucket.wire_dtype = values[0].dtype();
+    Value packed = pack(values);
+    const bool compressed = options.compression && is_floating(bucket.dtype) &&
+                            dtype_size(bucket.dtype) > dtype_size(*options.compression);
+    if (compressed) {
+      bucket.wire_dtype = *options.compression;
+      packed = cast(packed, bucket.wire_dtype);
+    }
+    bucket.reduced = all_reduce(packed, ReduceOp::avg);
+    std::vector<Value> averaged =
+        unpack(compressed ? cast(bucket.reduced, bucket.dtype) : bucket.reduced, values);
     for (size_t j = 0; j < members.size(); ++j) result.gradients[members[j]].gradient = averaged[j];
     result.buckets.push_back(std::move(bucket));
   }

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "kiln/autograd/optim.h"
@@ -45,6 +46,12 @@ struct DataParallelOptions {
   /// world size (another rank's file lacks this rank's slots: restoring it names them); all
   /// the files together, Session::restore_checkpoints(paths, false), restore any world size.
   bool shard_optimizer_state = false;
+  /// f16 or bf16: each bucket of wider floating gradients (f32, f64) is cast to it for the
+  /// all-reduce and back after it (PyTorch DDP's fp16_compress_hook and bf16_compress_hook):
+  /// half the bytes on the wire, the averaged gradients rounded to its precision. Gloo and NCCL
+  /// sum 16-bit values in f32. bf16 keeps f32's range; f16 makes gradients beyond 65504 inf
+  /// (with loss scaling, a skipped step). Unset: gradients travel in their own dtype.
+  std::optional<DType> compression{};
 };
 
 /// One all-reduced bucket: its gradients' variables, in packing order.
@@ -52,6 +59,8 @@ struct GradientBucket {
   std::vector<Value> variables{};
   DType dtype = DType::f32;
   int64_t bytes = 0;
+  /// The dtype the all-reduce sends: `dtype`, or the compression's.
+  DType wire_dtype = DType::f32;
   /// The all_reduce node's output (the packed, averaged gradients).
   Value reduced{};
 };

@@ -24,6 +24,10 @@ struct DpModelOptions {
   int64_t accumulation_steps = 1;
   bool shard_optimizer_state = false;
   bool average = false;  ///< an ExponentialMovingAverage of the weights joins the training step
+  std::optional<DType> compression{};  ///< data_parallel's
+  /// Without data_parallel: each gradient rounded to this dtype and back (what compression does
+  /// to the gradients at world size 1).
+  std::optional<DType> round_gradients_to{};
 };
 
 /// Builds the model; with data_parallel, gradients go through distributed::data_parallel.
@@ -49,11 +53,15 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
         distributed::data_parallel(grads, {.bucket_bytes = options.bucket_bytes,
                                            .first_bucket_bytes = options.first_bucket_bytes,
                                            .accumulation_steps = options.accumulation_steps,
-                                           .shard_optimizer_state = options.shard_optimizer_state});
+                                           .shard_optimizer_state = options.shard_optimizer_state,
+                                           .compression = options.compression});
     m.train = m.dp.apply(adam);
     m.accumulate = m.dp.accumulate;
     m.sync = distributed::broadcast_variables(g);
   } else {
+    if (options.round_gradients_to)
+      for (auto& p : grads)
+        p.gradient = cast(cast(p.gradient, *options.round_gradients_to), p.gradient.dtype());
     m.train = adam.apply_gradients(grads);
   }
   if (options.average) {

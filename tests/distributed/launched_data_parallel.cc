@@ -7,7 +7,8 @@
 //   5. sharded optimizer state (ZeRO stage 1) trains exactly as unsharded, each rank holding
 //      only its variables' slots; each rank's own checkpoint resumes it, and all of them
 //      together restore the unsharded run;
-//   6. SyncBatchNorm normalizes by every rank's batch and trains as BatchNorm on all of it.
+//   6. SyncBatchNorm normalizes by every rank's batch and trains as BatchNorm on all of it;
+//   7. gradients all-reduced in bf16 train as one process does, to bf16's precision.
 // Prints one line per check and exits non-zero on any failure. For the launcher's tests,
 // KILN_TEST_KILL_RANK=r makes rank r kill itself (SIGKILL) in the middle of training, and
 // KILN_TEST_PID_DIR=d makes each rank write its pid to d/<rank>.pid.
@@ -166,6 +167,31 @@ void check_training(distributed::Group& group, const std::string& checkpoint) {
             "rank 0's checkpoint restores this rank's variables exactly");
     }
   }
+}
+
+// Gradients all-reduced in bf16 (DDP's bf16_compress_hook): training follows one process on
+// the whole batch to bf16's precision, and is not the uncompressed run.
+void check_compressed_training(distributed::Group& group) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  constexpr int64_t kBatch = 48, kSteps = 4;
+  const int64_t per_rank = kBatch / world;
+  testing::DpModel dp, one;
+  testing::build_dp_model(dp, {.bucket_bytes = 300, .compression = bf16});
+  testing::build_dp_model(one, {.data_parallel = false});
+  Session s(dp.g), reference(one.g);
+  s.run({}, {}, {dp.sync});
+  for (int64_t step = 0; step < kSteps; ++step) {
+    auto batch = testing::dp_batch(kBatch, static_cast<uint32_t>(400 + step));
+    auto rows = testing::dp_rows(batch, rank * per_rank, (rank + 1) * per_rank);
+    s.run({{dp.x, rows.first}, {dp.y, rows.second}}, {}, {dp.train});
+    reference.run({{one.x, batch.first}, {one.y, batch.second}}, {}, {one.train});
+  }
+  const double difference = max_difference(s, dp, reference, one);
+  // bf16 keeps 8 bits of mantissa (relative 2^-9 per rounding); uncompressed stays within 1e-6.
+  check(difference > 1e-6 && difference < 2e-3,
+        str("data-parallel training with bf16 all-reduces on ", world,
+            " ranks follows one process to bf16's precision: max relative difference ", difference,
+            " in (1e-6, 2e-2)"));
 }
 
 // Every variable of the graph (weights, slots, averages, counters) equal in the two sessions.
@@ -340,6 +366,7 @@ int main(int argc, char** argv) {
     check_training(*group, checkpoint);
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_sharded_training(*group, checkpoint);
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_sync_batch_norm(*group);
+    if (!std::getenv("KILN_TEST_KILL_RANK")) check_compressed_training(*group);
     std::printf("rank %lld: %d failures\n", static_cast<long long>(group->rank()), failures);
     return failures == 0 ? 0 : 1;
   } catch (const std::exception& e) {
