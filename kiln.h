@@ -3,8 +3,8 @@
 
 #include "kiln/autograd/batch_norm_update.h"
 #include "kiln/autograd/gradients.h"
-#include "kiln/autograd/mixed_precision.h"
 #include "kiln/autograd/lbfgs.h"
+#include "kiln/autograd/mixed_precision.h"
 #include "kiln/autograd/optim.h"
 #include "kiln/distributed/checkpoint.h"
 #include "kiln/distributed/data_parallel.h"

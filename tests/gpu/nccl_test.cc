@@ -2,8 +2,10 @@
 // world of one rank through NCCL itself (KILN_NCCL_SINGLE_RANK=1; without it a world of one
 // copies and never loads NCCL), and the data-parallel path on the GPU against the CPU.
 #include <cstdlib>
+#include <filesystem>
 
 #include "gpu_test_util.h"
+#include "kiln/distributed/checkpoint.h"
 #include "tests/distributed/dp_model.h"
 
 namespace kiln {
@@ -61,6 +63,55 @@ TEST(Nccl, DataParallelTrainingOnTheGpuMatchesTheCpu) {
     testing::expect_near(testing::values(cpu.variable_value(cpu_model.variables[i])),
                          gpu.variable_value(gpu_model.variables[i]), 1e-4, 1e-5,
                          cpu_model.variables[i].name());
+}
+
+// Gradients all-reduced in bf16 through NCCL, and SyncBatchNorm's all_gather of statistics,
+// train on the GPU as on the CPU; a GPU session's checkpoint written through
+// distributed::save_checkpoint restores on the CPU.
+TEST(Nccl, CompressedGradientsSyncBatchNormAndCommittedCheckpointsOnTheGpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  {
+    testing::DpModel gpu_model, cpu_model;
+    testing::build_dp_model(gpu_model, {.bucket_bytes = 300, .compression = bf16});
+    testing::build_dp_model(cpu_model, {.bucket_bytes = 300, .compression = bf16});
+    Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
+    gpu.run({}, {}, {gpu_model.sync});
+    for (uint32_t step = 0; step < 3; ++step) {
+      auto [xb, yb] = testing::dp_batch(16, step);
+      gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
+      cpu.run({{cpu_model.x, xb}, {cpu_model.y, yb}}, {}, {cpu_model.train});
+    }
+    // bf16 rounding of gradients that differ in their last f32 bits may round apart: one bf16
+    // step (2^-8) of a gradient times the learning rate, per step.
+    for (size_t i = 0; i < cpu_model.variables.size(); ++i)
+      testing::expect_near(testing::values(cpu.variable_value(cpu_model.variables[i])),
+                           gpu.variable_value(gpu_model.variables[i]), 1e-3, 1e-3,
+                           cpu_model.variables[i].name());
+  }
+  testing::BnModel gpu_bn, cpu_bn;
+  testing::build_bn_model(gpu_bn, /*sync_batch_norm=*/true, /*data_parallel=*/true);
+  testing::build_bn_model(cpu_bn, true, true);
+  Session gpu(gpu_bn.g, {.device = Device::cuda(0)}), cpu(cpu_bn.g);
+  gpu.run({}, {}, {gpu_bn.sync});
+  cpu.set_variables(gpu.variable_values());
+  for (uint32_t step = 0; step < 3; ++step) {
+    auto [xb, yb] = testing::bn_batch(16, step);
+    gpu.run({{gpu_bn.x, xb}, {gpu_bn.y, yb}}, {}, {gpu_bn.train});
+    cpu.run({{cpu_bn.x, xb}, {cpu_bn.y, yb}}, {}, {cpu_bn.train});
+  }
+  for (size_t i = 0; i < cpu_bn.variables.size(); ++i)
+    testing::expect_near(testing::values(cpu.variable_value(cpu_bn.variables[i])),
+                         gpu.variable_value(gpu_bn.variables[i]), 1e-4, 1e-5,
+                         cpu_bn.variables[i].name());
+  const std::string dir = testing::tmp(str("gpu_steps_", ::getpid()));
+  std::filesystem::remove_all(dir);
+  distributed::save_checkpoint(gpu, dir, 3);
+  Session restored(cpu_bn.g);
+  ASSERT_EQ(distributed::restore_latest_checkpoint(restored, dir), 3);
+  for (const auto& [name, value] : gpu.variable_values())
+    EXPECT_EQ(testing::values(restored.variable_values().at(name)), testing::values(value)) << name;
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
