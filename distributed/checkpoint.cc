@@ -3,13 +3,19 @@
 #include "kiln/distributed/checkpoint.h"
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "kiln/distributed/collectives.h"
 #include "kiln/distributed/distributed.h"
 #include "kiln/framework/error.h"
 #include "kiln/framework/file_io.h"
+#include "kiln/runtime/checkpoint.h"
 
 namespace kiln::distributed {
 
@@ -135,73 +141,182 @@ void prune(const std::string& dir, int64_t step, int64_t keep) {
   }
 }
 
+// One save: what every rank does with its part, in the caller's thread (save_checkpoint) or a
+// thread of its own (save_checkpoint_async). The ranks meet through the rendezvous store, not
+// the communicator, so a save in the background never interleaves with training's collectives.
+struct Save {
+  std::string dir, folder, what;
+  int64_t step = 0, rank = 0, world = 1;
+  CheckpointOptions options;
+  std::function<void(const std::string& path)> write_part;  // unset: this rank has none
+  std::shared_ptr<Group> group;                             // holds the store while the save runs
+  std::string keys;  // this save's store keys, "checkpoint/<n>/"
+};
+
+// Rank 0 after every rank reported: the step of each and how its part went.
+std::string commit(const Save& s, const std::vector<std::string>& reports) {
+  std::string failed, first_error;
+  int64_t count = 0;
+  std::vector<bool> wrote(static_cast<size_t>(s.world), false);
+  for (int64_t r = 0; r < s.world; ++r) {
+    std::istringstream in(reports[r]);
+    int64_t step = -1;
+    std::string kind;
+    in >> step >> kind;
+    if (step != s.step)
+      return str("[checkpoint] ", s.dir, ": rank 0 saves step ", s.step, " but rank ", r, " step ",
+                 step, ": every rank must save the same step");
+    if (kind == "failed") {
+      failed += (count++ ? ", " : "") + std::to_string(r);
+      if (first_error.empty()) {
+        std::getline(in >> std::ws, first_error);
+        first_error = str(" (rank ", r, ": ", first_error, ")");
+      }
+    }
+    wrote[r] = kind == "wrote";
+  }
+  if (count > 0)
+    return str("[checkpoint] ", s.what, " is not committed: rank", count > 1 ? "s " : " ", failed,
+               " failed", first_error);
+  try {
+    // Every file must be there (a folder the nodes do not share is not).
+    std::string entries;
+    int64_t files = 0;
+    for (int64_t r = 0; r < s.world; ++r) {
+      if (!wrote[r]) continue;
+      const fs::path file = fs::path(s.folder) / rank_file(r);
+      std::error_code ec;
+      KILN_CHECK(fs::exists(file, ec), FileError, "[checkpoint] rank ", r, " wrote ", file.string(),
+                 " but rank 0 does not see it: ", s.dir, " must be a folder every rank shares");
+      entries += str(r, " ", rank_file(r), "\n");
+      ++files;
+    }
+    write_file_atomically(
+        (fs::path(s.folder) / kCommitted).string(),
+        str(kMagic, "\nstep ", s.step, "\nworld_size ", s.world, "\nfiles ", files, "\n", entries));
+    prune(s.dir, s.step, s.options.keep);
+  } catch (const Error& e) {
+    return str("[checkpoint] ", s.what, " is not committed: rank 0 failed (rank 0: ", e.what(),
+               ")");
+  }
+  return "";
+}
+
+void run_save(const Save& s) {
+  Store* store = s.world > 1 ? s.group->store() : nullptr;
+  const auto timeout = s.options.timeout;
+  // A commit of this step from before (a job that saves a step again) goes first, so the files
+  // are never named by a COMMITTED they do not belong to.
+  if (s.rank == 0) {
+    std::error_code ec;
+    fs::remove(fs::path(s.folder) / kCommitted, ec);
+    if (store) store->set(s.keys + "cleared", "1");
+  } else {
+    store->wait({s.keys + "cleared"}, timeout);
+  }
+  std::string report = str(s.step, " none");
+  try {
+    std::error_code ec;
+    fs::create_directories(s.folder, ec);
+    KILN_CHECK(!ec, FileError, "[checkpoint] cannot make the folder ", s.folder, ": ",
+               ec.message());
+    if (s.write_part) {
+      s.write_part((fs::path(s.folder) / rank_file(s.rank)).string());
+      report = str(s.step, " wrote");
+    }
+  } catch (const Error& e) {
+    report = str(s.step, " failed ", e.what());
+  }
+  if (s.rank != 0) {
+    store->set(str(s.keys, "rank/", s.rank), report);
+    store->wait({s.keys + "committed"}, timeout);
+    const std::string result = *store->try_get(s.keys + "committed");
+    KILN_CHECK(result == "ok", DistributedError, result);
+    return;
+  }
+  std::vector<std::string> reports = {report};
+  if (store) {
+    std::vector<std::string> keys;
+    for (int64_t r = 1; r < s.world; ++r) keys.push_back(str(s.keys, "rank/", r));
+    store->wait(keys, timeout);
+    for (const std::string& key : keys) reports.push_back(*store->try_get(key));
+  }
+  const std::string result = commit(s, reports);
+  if (store) store->set(s.keys + "committed", result.empty() ? "ok" : result);
+  KILN_CHECK(result.empty(), DistributedError, result);
+}
+
+// The save this process started last (saves run one at a time, in the order they were asked
+// for: a newer one's pruning must not remove an older one's folder under it).
+std::mutex last_save_mutex;
+std::shared_future<void> last_save;
+
+// What every save does first on the calling thread: checks, and this rank's place and keys.
+Save plan_save(const std::string& dir, int64_t step, const CheckpointOptions& options) {
+  KILN_CHECK(step >= 0, DistributedError, "[checkpoint] ", dir, ": step ", step, " is negative");
+  KILN_CHECK(options.keep >= 1, DistributedError, "[checkpoint] ", dir, ": keep ", options.keep,
+             " must be at least 1");
+  static std::atomic<int64_t> saves{0};  // the same count on every rank: saves are collective
+  Save s;
+  s.dir = dir;
+  s.folder = step_folder(dir, step);
+  s.what = str("step ", step, " in ", dir);
+  s.step = step;
+  s.options = options;
+  s.group = default_group();
+  if (s.group) s.rank = s.group->rank(), s.world = s.group->world_size();
+  s.keys = str("checkpoint/", saves++, "/");
+  return s;
+}
+
+// This rank's part: rank 0 every persistent variable, the others their rank-local ones.
+std::vector<Value> part_of(const Session& session, int64_t rank) {
+  std::vector<Value> mine;
+  for (const Value& var : persistent_variables(session.graph()))
+    if (rank == 0 || var.node().attr<bool>("rank_local")) mine.push_back(var);
+  return mine;
+}
+
 }  // namespace
 
 void save_checkpoint(Session& session, const std::string& dir, int64_t step,
                      const CheckpointOptions& options) {
-  KILN_CHECK(step >= 0, DistributedError, "[checkpoint] ", dir, ": step ", step, " is negative");
-  KILN_CHECK(options.keep >= 1, DistributedError, "[checkpoint] ", dir, ": keep ", options.keep,
-             " must be at least 1");
-  Ranks ranks;
-  Communicator& comm = ranks.comm;
-  const int64_t rank = comm.rank(), world = comm.world_size();
-  const std::string folder = step_folder(dir, step);
-  const std::string what = str("step ", step, " in ", dir);  // "... is not committed"
-  // A commit of this step from before (a job that saves a step again) goes first, so the files
-  // are never named by a COMMITTED they do not belong to. The gather below orders it before
-  // any rank writes.
-  if (rank == 0) {
-    std::error_code ec;
-    fs::remove(fs::path(folder) / kCommitted, ec);
+  Save s = plan_save(dir, step, options);
+  {
+    std::lock_guard<std::mutex> lock(last_save_mutex);
+    if (last_save.valid()) last_save.wait();
   }
-  const std::vector<int64_t> steps = gather_all(comm, step);
-  for (int64_t r = 0; r < world; ++r)
-    KILN_CHECK(steps[r] == step, DistributedError, "[checkpoint] ", dir, ": rank ", rank,
-               " saves step ", step, " but rank ", r, " step ", steps[r],
-               ": every rank must save the same step");
+  // Each variable copied to the host as the writer reaches it (a device's one at a time).
+  const std::vector<Value> mine = part_of(session, s.rank);
+  if (!mine.empty())
+    s.write_part = [&session, &mine](const std::string& path) {
+      session.save_checkpoint(path, mine);
+    };
+  run_save(s);
+}
 
-  // This rank's part: rank 0 every persistent variable, the others their rank-local ones.
-  std::vector<Value> mine;
-  for (const Value& var : persistent_variables(session.graph()))
-    if (rank == 0 || var.node().attr<bool>("rank_local")) mine.push_back(var);
-  std::string error;
-  try {
-    std::error_code ec;
-    fs::create_directories(folder, ec);
-    KILN_CHECK(!ec, FileError, "[checkpoint] cannot make the folder ", folder, ": ", ec.message());
-    if (!mine.empty()) session.save_checkpoint((fs::path(folder) / rank_file(rank)).string(), mine);
-  } catch (const Error& e) {
-    error = e.what();
+std::shared_future<void> save_checkpoint_async(Session& session, const std::string& dir,
+                                               int64_t step, const CheckpointOptions& options) {
+  Save s = plan_save(dir, step, options);
+  // The values now, in host memory: training may go on and change the variables.
+  std::map<std::string, Tensor> values;
+  const std::vector<Value> mine = part_of(session, s.rank);
+  if (!mine.empty()) {
+    values = session.variable_values();
+    std::set<std::string> keep;
+    for (const Value& var : mine) keep.insert(var.node().name());
+    std::erase_if(values, [&](const auto& entry) { return !keep.count(entry.first); });
+    s.write_part = [values = std::move(values)](const std::string& path) {
+      write_checkpoint(values, path);
+    };
   }
-  // Each rank's status: -1 failed, 0 had nothing to write, 1 wrote its file.
-  const std::vector<int64_t> wrote =
-      gather_all(comm, !error.empty() ? -1 : static_cast<int64_t>(!mine.empty()));
-  check_all(wrote, rank, what + " is not committed", error);
-
-  // Rank 0 commits: every file must be there (a folder the nodes do not share is not).
-  if (rank == 0) {
-    try {
-      std::string text = str(kMagic, "\nstep ", step, "\nworld_size ", world, "\nfiles ");
-      std::string entries;
-      int64_t files = 0;
-      for (int64_t r = 0; r < world; ++r) {
-        if (!wrote[r]) continue;
-        const fs::path file = fs::path(folder) / rank_file(r);
-        std::error_code ec;
-        KILN_CHECK(fs::exists(file, ec), FileError, "[checkpoint] rank ", r, " wrote ",
-                   file.string(), " but rank 0 does not see it: ", dir,
-                   " must be a folder every rank shares");
-        entries += str(r, " ", rank_file(r), "\n");
-        ++files;
-      }
-      write_file_atomically((fs::path(folder) / kCommitted).string(),
-                            str(text, files, "\n", entries));
-      prune(dir, step, options.keep);
-    } catch (const Error& e) {
-      error = e.what();
-    }
-  }
-  check_all(gather_all(comm, error.empty() ? 1 : -1), rank, what + " is not committed", error);
+  std::lock_guard<std::mutex> lock(last_save_mutex);
+  std::shared_future<void> before = last_save;
+  last_save = std::async(std::launch::async, [s = std::move(s), before] {
+                if (before.valid()) before.wait();
+                run_save(s);
+              }).share();
+  return last_save;
 }
 
 std::optional<CommittedCheckpoint> latest_checkpoint(const std::string& dir) {

@@ -15,7 +15,9 @@
 // that every rank reads and writes: a file system the nodes share.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <future>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,14 +30,26 @@ struct CheckpointOptions {
   /// Committed checkpoints left in the folder after a save (the newest; older ones, and folders
   /// of saves that never committed, are removed). At least 1.
   int64_t keep = 2;
+  /// How long a rank waits for the others to write their parts, and for rank 0's commit.
+  std::chrono::milliseconds timeout = std::chrono::minutes(30);
 };
 
 /// Writes checkpoint `step` (>= 0) of every rank's session into `dir` and commits it; returns on
 /// every rank once it is committed. Throws kiln::DistributedError on every rank when the ranks
-/// pass different steps or any rank cannot write its part (naming the ranks; the step is then
-/// not committed and the last committed one stays), kiln::FileError for a bad folder.
+/// pass different steps or any rank cannot write its part (naming the ranks, and the first
+/// failure's error; the step is then not committed and the last committed one stays). The
+/// ranks meet through the rendezvous store: no collective of the communicator is used. Waits
+/// first for this process's save_checkpoint_async still running.
 void save_checkpoint(Session& session, const std::string& dir, int64_t step,
                      const CheckpointOptions& options = {});
+
+/// save_checkpoint in a thread of its own (torch.distributed.checkpoint.async_save): the
+/// variables this rank writes are copied to host memory now, then training goes on while they
+/// are written and committed. get() on the future throws what save_checkpoint would have (its
+/// destructor never does); this process's saves run one at a time, in the order asked for.
+/// Every rank must keep `dir` and its group until it is done.
+std::shared_future<void> save_checkpoint_async(Session& session, const std::string& dir,
+                                               int64_t step, const CheckpointOptions& options = {});
 
 /// What a committed checkpoint holds (from its COMMITTED file).
 struct CommittedCheckpoint {

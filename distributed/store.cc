@@ -374,6 +374,7 @@ Store::~Store() {
 }
 
 std::string Store::request(const std::string& message) {
+  std::lock_guard<std::mutex> lock(mutex_);
   const auto deadline = Clock::now() + timeout_;
   auto reply = send_message(fd_, message, deadline) ? recv_message(fd_, deadline) : std::nullopt;
   KILN_CHECK(reply.has_value(), DistributedError, "[store] ", address_, ": no answer within ",

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,6 +43,7 @@ class StoreServer {
 
 /// A client of a StoreServer. Every call waits at most `timeout` (the constructor's: reaching
 /// the server, then each operation) and throws kiln::DistributedError saying what it waited for.
+/// Threads may share it: each request and its answer go over the connection alone.
 class Store {
  public:
   /// Connects to `host`:`port`, retrying until `timeout` (the server may start later), and
@@ -71,6 +73,7 @@ class Store {
 
  private:
   std::string request(const std::string& message);
+  std::mutex mutex_;  // one request at a time on the connection
   int fd_ = -1;
   std::string address_;
   std::chrono::milliseconds timeout_;

@@ -105,6 +105,51 @@ TEST(DistributedCheckpoint, ResumesFromTheNewestCommittedStepAndKeepsTheNewest) 
   EXPECT_TRUE(same_state(third, resumed));
 }
 
+TEST(DistributedCheckpoint, AsyncSavesKeepTheValuesOfWhenTheyWereAskedFor) {
+  const std::string dir = fresh("async");
+  DpModel m;
+  build_dp_model(m, {.average = true});
+  Session s(m.g);
+  train_step(s, m, 0);
+  Session at_one(m.g);
+  at_one.set_variables(s.variable_values());
+  auto first = distributed::save_checkpoint_async(s, dir, 1);
+  // Training goes on while step 1 is written: the checkpoint keeps step 1's values.
+  train_step(s, m, 1);
+  auto second = distributed::save_checkpoint_async(s, dir, 2);
+  train_step(s, m, 2);
+  first.get();
+  second.get();
+  ASSERT_TRUE(fs::exists(dir + "/step-000000000001/COMMITTED"));
+  DpModel again;
+  build_dp_model(again, {.average = true});
+  {
+    // Step 1 alone: its folder restored through a copy of the folder holding only it.
+    const std::string only_one = fresh("async_one");
+    fs::create_directories(only_one);
+    fs::copy(dir + "/step-000000000001", only_one + "/step-000000000001");
+    Session restored(again.g);
+    EXPECT_EQ(distributed::restore_latest_checkpoint(restored, only_one), 1);
+    EXPECT_TRUE(same_state(restored, at_one));
+    EXPECT_FALSE(same_state(restored, s));
+  }
+  // A synchronous save waits for the saves still running, and is the newest.
+  auto third = distributed::save_checkpoint_async(s, dir, 3);
+  distributed::save_checkpoint(s, dir, 4);
+  EXPECT_TRUE(third.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  Session restored(again.g);
+  EXPECT_EQ(distributed::restore_latest_checkpoint(restored, dir), 4);
+  EXPECT_TRUE(same_state(restored, s));
+  // A failure comes out of get(), as save_checkpoint would throw it.
+  const std::string blocked = fresh("async_blocked");
+  std::ofstream(blocked) << "a file";
+  auto failing = distributed::save_checkpoint_async(s, blocked, 5);
+  testing::expect_error(
+      [&] { failing.get(); },
+      {"step 5 in " + blocked + " is not committed: rank 0 failed", "cannot make the folder"});
+  fs::remove(blocked);
+}
+
 TEST(DistributedCheckpoint, BadArgumentsFoldersAndFilesAreNamed) {
   DpModel m;
   build_dp_model(m);

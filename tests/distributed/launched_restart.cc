@@ -5,14 +5,16 @@
 //   kiln-launch --nproc-per-node N --max-restarts 1 launched_restart DIR
 //
 // Sharded optimizer state (each rank its own slots) and a moving average of the weights; a
-// checkpoint after every step. In the first attempt the last rank exits with status 3 after
-// step kFailAfter has run but before it is saved, while rank 0 may already be writing its part:
-// that step never commits. The restarted attempt resumes from the step before it and trains to
-// the end. Checks, printed one per line: the step it resumed at, the final state against an
-// unsharded job trained without a failure (bit for bit: weights, slots, averages, counters), and
-// the last checkpoint restored by every rank into the unsharded graph.
+// checkpoint after every step, written in the background while the next step runs. In the first
+// attempt the last rank exits with status 3 after step kFailAfter has run but before it is saved,
+// while rank 0 may already be writing its part: that step never commits. The restarted attempt
+// resumes from the step before it and trains to the end. Checks, printed one per line: the step it
+// resumed at, the final state against an unsharded job trained without a failure (bit for bit:
+// weights, slots, averages, counters), and the last checkpoint restored by every rank into the
+// unsharded graph.
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 
 #include "kiln/distributed/checkpoint.h"
 #include "tests/distributed/dp_model.h"
@@ -75,7 +77,11 @@ int main(int argc, char** argv) {
     }
     check(first == (restart == 0 ? 0 : kFailAfter),
           str("attempt ", restart, " starts at step ", first));
+    // Each step's checkpoint is written in the background while the next step runs
+    // (save_checkpoint_async), and waited for before the step after that.
+    std::shared_future<void> saving;
     for (int64_t k = first; k < kSteps; ++k) {
+      if (saving.valid()) saving.get();
       step(s, sharded, k);
       if (restart == 0 && rank == world - 1 && k == kFailAfter) {
         std::printf("rank %lld fails after step %lld, before saving it\n",
@@ -83,8 +89,9 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         std::_Exit(3);
       }
-      distributed::save_checkpoint(s, dir, k + 1);
+      saving = distributed::save_checkpoint_async(s, dir, k + 1);
     }
+    saving.get();
 
     // The same job, unsharded and never interrupted.
     Session reference(plain.g);
