@@ -25,8 +25,7 @@ namespace {
 
 constexpr const char* kCommitted = "COMMITTED";
 constexpr const char* kMagic = "kiln distributed checkpoint 1";
-// A COMMITTED file names at most this many files and is at most this large (it is read from a
-// folder that others may write: untrusted).
+// The most bytes of a COMMITTED file read (it comes from a folder others may write: untrusted).
 constexpr size_t kMaxCommittedBytes = size_t{1} << 24;
 
 std::string step_folder(const std::string& dir, int64_t step) {
