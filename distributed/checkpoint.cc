@@ -8,7 +8,6 @@
 #include <future>
 #include <map>
 #include <mutex>
-#include <set>
 #include <sstream>
 
 #include "kiln/distributed/collectives.h"
@@ -28,16 +27,19 @@ constexpr const char* kMagic = "kiln distributed checkpoint 1";
 // The most bytes of a COMMITTED file read (it comes from a folder others may write: untrusted).
 constexpr size_t kMaxCommittedBytes = size_t{1} << 24;
 
+// n in at least `width` digits, zeros first (so names sort as numbers).
+std::string padded(int64_t n, size_t width) {
+  std::string digits = std::to_string(n);
+  if (digits.size() < width) digits.insert(0, width - digits.size(), '0');
+  return digits;
+}
+
 std::string step_folder(const std::string& dir, int64_t step) {
-  std::string digits = std::to_string(step);
-  if (digits.size() < 12) digits.insert(0, 12 - digits.size(), '0');
-  return (fs::path(dir) / ("step-" + digits)).string();
+  return (fs::path(dir) / ("step-" + padded(step, 12))).string();
 }
 
 std::string rank_file(int64_t rank) {
-  std::string digits = std::to_string(rank);
-  if (digits.size() < 5) digits.insert(0, 5 - digits.size(), '0');
-  return "rank-" + digits + ".ckpt";
+  return "rank-" + padded(rank, 5) + ".ckpt";
 }
 
 // The step of a folder named step-<digits>, or -1 for any other name.
@@ -297,18 +299,12 @@ void save_checkpoint(Session& session, const std::string& dir, int64_t step,
 std::shared_future<void> save_checkpoint_async(Session& session, const std::string& dir,
                                                int64_t step, const CheckpointOptions& options) {
   Save s = plan_save(dir, step, options);
-  // The values now, in host memory: training may go on and change the variables.
-  std::map<std::string, Tensor> values;
+  // This rank's values now, in host memory: training may go on and change the variables.
   const std::vector<Value> mine = part_of(session, s.rank);
-  if (!mine.empty()) {
-    values = session.variable_values();
-    std::set<std::string> keep;
-    for (const Value& var : mine) keep.insert(var.node().name());
-    std::erase_if(values, [&](const auto& entry) { return !keep.count(entry.first); });
-    s.write_part = [values = std::move(values)](const std::string& path) {
+  if (!mine.empty())
+    s.write_part = [values = session.variable_values(mine)](const std::string& path) {
       write_checkpoint(values, path);
     };
-  }
   std::lock_guard<std::mutex> lock(last_save_mutex);
   std::shared_future<void> before = last_save;
   last_save = std::async(std::launch::async, [s = std::move(s), before] {

@@ -150,10 +150,15 @@ void Session::set_variable(const Value& var, const Tensor& value) {
 }
 
 std::map<std::string, Tensor> Session::variable_values() {
+  return variable_values(persistent_variables(graph_));
+}
+
+std::map<std::string, Tensor> Session::variable_values(const std::vector<Value>& variables) {
+  check_persistent("variable_values", variables);
   initialize_variables();
   std::map<std::string, Tensor> tensors;
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const Value& var : persistent_variables(graph_)) {
+  for (const Value& var : variables) {
     const Tensor& value = variables_.get(var.node().name());
     // A host variable is updated in place by later runs: the map gets its own copy.
     tensors[var.node().name()] = value.device().is_cpu() ? value.clone() : value.to(Device::cpu());
@@ -185,14 +190,18 @@ void Session::save_checkpoint(const std::string& path) {
   save_checkpoint(path, persistent_variables(graph_));
 }
 
-void Session::save_checkpoint(const std::string& path, const std::vector<Value>& variables) {
+void Session::check_persistent(const std::string& what, const std::vector<Value>& variables) const {
   std::set<std::string> persistent;
   for (const Value& var : persistent_variables(graph_)) persistent.insert(var.node().name());
   for (const Value& var : variables)
     KILN_CHECK(var.defined() && var.graph() == &graph_ && persistent.count(var.node().name()),
-               GraphError, "[checkpoint] ", path, ": ",
+               GraphError, "[checkpoint] ", what, ": ",
                var.defined() ? var.node().name() : std::string("an undefined value"),
                " is not a persistent variable of the session's graph");
+}
+
+void Session::save_checkpoint(const std::string& path, const std::vector<Value>& variables) {
+  check_persistent(path, variables);
   initialize_variables();
   // In name order (the files of earlier builds had it); a device variable is copied to the host
   // when the writer reaches it, so host memory holds one variable at a time.

@@ -95,6 +95,9 @@ class Session {
   /// needed): PyTorch's state_dict. `save_safetensors(session.variable_values(), path)` exports
   /// them.
   std::map<std::string, Tensor> variable_values();
+  /// The same of only `variables` (persistent variables of the graph): one rank's part of a
+  /// checkpoint. Throws kiln::GraphError for a value that is not one.
+  std::map<std::string, Tensor> variable_values(const std::vector<Value>& variables);
   /// Overwrites the variables named in `values` (others keep theirs): PyTorch's load_state_dict
   /// with strict=False for names the map lacks. Each name must be a variable of the graph whose
   /// dtype and shape the tensor has (cast() a bf16 file's tensors first); every check passes
@@ -144,6 +147,9 @@ class Session {
   const Plan& plan_for(const FeedList& feeds, const std::vector<Value>& fetches,
                        const std::vector<Value>& targets);
 
+  /// Throws GraphError naming `what` for a value of `variables` that is not a persistent
+  /// variable of the graph.
+  void check_persistent(const std::string& what, const std::vector<Value>& variables) const;
   const Graph& graph_;
   SessionOptions options_;
   std::unique_ptr<ThreadPool> pool_;
