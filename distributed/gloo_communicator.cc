@@ -8,6 +8,8 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
+#include <gloo/transport/unbound_buffer.h>
+#include <gloo/types.h>
 
 #include <cstring>
 
@@ -45,6 +47,9 @@ class GlooStore final : public gloo::rendezvous::Store {
   std::string prefix_;
   std::chrono::milliseconds timeout_;
 };
+
+// The slot prefix of Kiln's own ring reduce-scatter (Gloo's collectives use 0x01 to 0x08).
+constexpr uint8_t kReduceScatterSlotPrefix = 0x20;
 
 // out[i] = a[i] (op) b[i] for n elements of T, as Gloo's reduce function.
 template <typename T>
@@ -165,20 +170,57 @@ class GlooCommunicator final : public Communicator {
     return out;
   }
 
+  // A ring: in step s (of world - 1) each rank sends its running sum of chunk (r - s - 1) to
+  // rank r + 1 and adds what rank r - 1 sends into its chunk (r - s - 2); after the last step
+  // rank r holds chunk r reduced over every rank. Each rank sends and receives (world - 1) /
+  // world of the tensor, half of what an all-reduce moves. Chunk c is reduced in one fixed
+  // order, starting from rank c + 1's values: (x[c+1] + x[c+2]) + ... + x[c], the same bits
+  // every run.
   Tensor reduce_scatter(const Tensor& tensor, ReduceOp op) override {
     check_host(tensor, "reduce_scatter");
     KILN_CHECK(tensor.rank() >= 1 && tensor.shape()[0] % world_ == 0, DistributedError,
                "[gloo] reduce_scatter: the leading dim of ", tensor.dtype(), tensor.shape(),
                " is not a multiple of the world size ", world_);
-    // All-reduce, then this rank's part: correct and simple; a ring reduce-scatter would move
-    // half the bytes.
-    Tensor all = tensor.clone();
-    all_reduce(all, op);
+    KILN_CHECK(op != ReduceOp::avg || is_floating(tensor.dtype()), DistributedError,
+               "[gloo] reduce_scatter: avg of ", tensor.dtype(),
+               " (an integer dtype) is not defined");
     std::vector<int64_t> dims(tensor.shape().begin(), tensor.shape().end());
     dims[0] /= world_;
     Tensor part = Tensor::empty(tensor.dtype(), Shape(dims));
-    std::memcpy(part.raw_data(), static_cast<const char*>(all.raw_data()) + rank_ * part.nbytes(),
-                part.nbytes());
+    const size_t chunk = part.nbytes();
+    if (chunk == 0) return part;
+    if (world_ == 1) {
+      std::memcpy(part.raw_data(), tensor.raw_data(), chunk);
+      return part;
+    }
+    Tensor sums = tensor.clone();  // every chunk's running sum, in place
+    std::vector<char> incoming(chunk);
+    auto chunk_at = [&](int64_t c) { return ((c % world_) + world_) % world_; };
+    run("reduce_scatter", [&] {
+      auto* base = static_cast<char*>(sums.raw_data());
+      auto outgoing_buffer = context_->createUnboundBuffer(base, sums.nbytes());
+      auto incoming_buffer = context_->createUnboundBuffer(incoming.data(), chunk);
+      const int next = static_cast<int>((rank_ + 1) % world_);
+      const int previous = static_cast<int>((rank_ + world_ - 1) % world_);
+      const uint64_t slot = gloo::Slot::build(kReduceScatterSlotPrefix, next_tag());
+      for (int64_t s = 0; s + 1 < world_; ++s) {
+        outgoing_buffer->send(next, slot, chunk_at(rank_ - s - 1) * chunk, chunk);
+        incoming_buffer->recv(previous, slot, 0, chunk);
+        KILN_CHECK(incoming_buffer->waitRecv(timeout_), DistributedError, "[gloo] rank ", rank_,
+                   " of ", world_, ": reduce_scatter's receive from rank ", previous,
+                   " was aborted");
+        char* own = base + chunk_at(rank_ - s - 2) * chunk;
+        dispatch_all(tensor.dtype(), [&](auto tag) {
+          using T = decltype(tag);
+          combine<T>(own, incoming.data(), own, chunk / sizeof(T), op);
+        });
+        // The next step sends the chunk just summed: this one's send must be out first.
+        KILN_CHECK(outgoing_buffer->waitSend(timeout_), DistributedError, "[gloo] rank ", rank_,
+                   " of ", world_, ": reduce_scatter's send to rank ", next, " was aborted");
+      }
+    });
+    std::memcpy(part.raw_data(), static_cast<const char*>(sums.raw_data()) + rank_ * chunk, chunk);
+    if (op == ReduceOp::avg) divide(part);
     return part;
   }
 

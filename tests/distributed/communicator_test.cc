@@ -81,6 +81,45 @@ TEST(Gloo, AllReduceEveryDtypeOpAndSize) {
   }
 }
 
+// The ring reduce-scatter on 2, 3 and 4 ranks: each rank's part is the reduction of that part
+// of every rank's tensor, for every dtype, op and size (parts of 0, 1 and large odd sizes).
+TEST(Gloo, ReduceScatterEveryDtypeOpAndSize) {
+  for (int64_t world : {2, 3, 4}) {
+    const auto errors = on_ranks(world, [&](Communicator& comm) {
+      for (DType dtype : {f32, f64, f16, bf16, i32, i64, u8, DType::boolean})
+        for (int64_t n : {0, 1, 1001, 25013})
+          for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max, ReduceOp::min}) {
+            if (op == ReduceOp::avg && !is_floating(dtype)) continue;
+            Tensor t = rank_tensor(dtype, world * n, comm.rank()).reshaped(Shape({world, n}));
+            Tensor part = comm.reduce_scatter(t, op);
+            ASSERT_EQ(part.shape(), Shape({1, n}));
+            for (int64_t i = 0; i<n; i += n> 1000 ? 89 : 1) {
+              const int64_t at = comm.rank() * n + i;  // in every rank's whole tensor
+              double want = op == ReduceOp::min ? 1e9 : op == ReduceOp::max ? -1e9 : 0;
+              for (int64_t r = 0; r < world; ++r) {
+                const double v = value_of(dtype, r, at);
+                want = op == ReduceOp::min   ? std::min(want, v)
+                       : op == ReduceOp::max ? std::max(want, v)
+                                             : want + v;
+              }
+              if (op == ReduceOp::avg) want /= static_cast<double>(world);
+              if (dtype == DType::boolean) want = want != 0;
+              const double tol = dtype == bf16 ? 0.02 : dtype == f16 ? 0.002 : 1e-6;
+              ASSERT_NEAR(part.element(i), want, tol * std::max(1.0, std::abs(want)))
+                  << "world " << world << " " << dtype << " n " << n << " " << reduce_op_name(op)
+                  << " rank " << comm.rank() << " element " << i;
+            }
+          }
+      // The input is left as it was.
+      Tensor t = rank_tensor(f32, 2 * world, comm.rank());
+      comm.reduce_scatter(t, ReduceOp::sum);
+      for (int64_t i = 0; i < t.numel(); ++i)
+        ASSERT_EQ(t.data<float>()[i], value_of(f32, comm.rank(), i));
+    });
+    for (const std::string& e : errors) EXPECT_EQ(e, "") << world << " ranks";
+  }
+}
+
 TEST(Gloo, BroadcastAllGatherReduceScatterBarrier) {
   const int64_t world = 4;
   const auto errors = on_ranks(world, [&](Communicator& comm) {
@@ -139,6 +178,27 @@ TEST(Gloo, APeerThatLeavesMidJobIsAnErrorNotAHang) {
   EXPECT_NE(errors[0].find("[gloo] rank 0 of 2: all_reduce failed"), std::string::npos)
       << errors[0];
   EXPECT_EQ(errors[1], "");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
+TEST(Gloo, APeerThatLeavesDuringAReduceScatterIsAnErrorNotAHang) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto errors = on_ranks(
+      3,
+      [](Communicator& comm) {
+        comm.barrier();
+        if (comm.rank() == 2) return;
+        std::this_thread::sleep_for(100ms);
+        comm.reduce_scatter(Tensor::full(f32, {3 * 1000}, 1), ReduceOp::sum);
+      },
+      3s);
+  for (int64_t r = 0; r < 2; ++r) {
+    std::printf("%s\n", errors[r].c_str());
+    EXPECT_NE(errors[r].find(str("[gloo] rank ", r, " of 3: reduce_scatter failed")),
+              std::string::npos)
+        << errors[r];
+  }
+  EXPECT_EQ(errors[2], "");
   EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
 }
 
