@@ -55,15 +55,13 @@ std::vector<Value> clip_by_value(const std::vector<Value>& grads, double limit) 
   return out;
 }
 
-std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
-                                       Value* norm, double norm_type) {
-  KILN_CHECK(!grads.empty(), GraphError, "[optim] clip_by_global_norm of no gradients");
-  KILN_CHECK(max_norm > 0, GraphError, "[optim] max_norm must be > 0, got ", max_norm);
-  KILN_CHECK(norm_type > 0, GraphError,
-             "[optim] clip_by_global_norm needs a norm_type > 0 (or INFINITY), got ", norm_type);
-  DType acc = f32;
-  for (const Value& g : grads)
-    if (g.dtype() == f64) acc = f64;
+namespace {
+
+// The p-norm of every element of `grads` together, in `acc` (p = norm_type; INFINITY: the
+// largest |g|). With `over_ranks`, `grads` are this rank's share and the norm is of every
+// rank's: the sums of |g|^p (or the maxima) are combined before the root.
+Value global_norm(const std::vector<Value>& grads, double norm_type, DType acc,
+                  const OverRanks* over_ranks, Graph& graph) {
   // Each gradient's share: sum |g|^p (p = 2: g^2; p = 1: |g|), or max |g| for p = inf.
   const bool largest = std::isinf(norm_type);
   std::vector<Value> parts;
@@ -78,21 +76,47 @@ std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double m
                                           : sum(pow(magnitude, norm_type)),
                          acc));
   }
-  Value total;
-  if (largest) {
-    total = parts[0];
-    for (size_t i = 1; i < parts.size(); ++i) total = maximum(total, parts[i]);
-  } else {
-    total = add_n(parts);
-    total = norm_type == 2 ? sqrt(total) : norm_type == 1 ? total : pow(total, 1 / norm_type);
-  }
-  if (norm) *norm = total;
-  // scale = min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.
-  Graph& graph = *total.graph();
-  Value scale = minimum(graph.scalar(max_norm, acc) / (total + 1e-6), graph.scalar(1, acc));
+  Value total = parts.empty() ? graph.scalar(0, acc) : parts[0];  // |g| >= 0: 0 is neutral
+  for (size_t i = 1; largest && i < parts.size(); ++i) total = maximum(total, parts[i]);
+  if (!largest && parts.size() > 1) total = add_n(parts);
+  if (over_ranks) total = largest ? over_ranks->max(total) : over_ranks->sum(total);
+  if (largest || norm_type == 1) return total;
+  return norm_type == 2 ? sqrt(total) : pow(total, 1 / norm_type);
+}
+
+// The gradients scaled by min(1, max_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.
+std::vector<Value> clip_to_norm(const std::vector<Value>& grads, double max_norm,
+                                const Value& norm) {
+  Graph& graph = *norm.graph();
+  const DType acc = norm.dtype();
+  Value scale = minimum(graph.scalar(max_norm, acc) / (norm + 1e-6), graph.scalar(1, acc));
   std::vector<Value> out;
   for (const Value& g : grads) out.push_back(g * cast(scale, g.dtype()));
   return out;
+}
+
+void check_clip_norm(double max_norm, double norm_type) {
+  KILN_CHECK(max_norm > 0, GraphError, "[optim] max_norm must be > 0, got ", max_norm);
+  KILN_CHECK(norm_type > 0, GraphError,
+             "[optim] clip_by_global_norm needs a norm_type > 0 (or INFINITY), got ", norm_type);
+}
+
+// f64 where some gradient is f64, else f32: the dtype a norm over `values` is computed in.
+DType norm_dtype(const std::vector<Value>& values) {
+  for (const Value& v : values)
+    if (v.dtype() == f64) return f64;
+  return f32;
+}
+
+}  // namespace
+
+std::vector<Value> clip_by_global_norm(const std::vector<Value>& grads, double max_norm,
+                                       Value* norm, double norm_type) {
+  KILN_CHECK(!grads.empty(), GraphError, "[optim] clip_by_global_norm of no gradients");
+  check_clip_norm(max_norm, norm_type);
+  Value total = global_norm(grads, norm_type, norm_dtype(grads), nullptr, *grads[0].graph());
+  if (norm) *norm = total;
+  return clip_to_norm(grads, max_norm, total);
 }
 
 Value Optimizer::slot(const Value& var, const std::string& suffix, double initial) const {
@@ -234,12 +258,33 @@ Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs,
   return apply(pairs, maximize_, owned);
 }
 
+Value Optimizer::apply_gradients(const std::vector<GradientAndVariable>& pairs,
+                                 const std::vector<bool>& owned, const OverRanks& over_ranks) {
+  KILN_CHECK(owned.size() == pairs.size(), GraphError, "[optim] apply_gradients: ", owned.size(),
+             " ownership flags for ", pairs.size(), " gradients");
+  KILN_CHECK(over_ranks.sum && over_ranks.max, GraphError,
+             "[optim] apply_gradients of sharded gradients needs both of over_ranks' functions");
+  KILN_CHECK(micro_batches_ == 1, GraphError, "[optim] the optimizer accumulates ", micro_batches_,
+             " micro-batches (with_gradient_accumulation), but each rank holds only its share of "
+             "the gradients: accumulate before they are sharded (data_parallel's "
+             "accumulation_steps)");
+  return apply(pairs, maximize_, owned, &over_ranks);
+}
+
 Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negate,
-                       const std::vector<bool>& owned) {
+                       const std::vector<bool>& owned, const OverRanks* over_ranks) {
   KILN_CHECK(!pairs.empty(), GraphError, "[optim] apply_gradients of no gradients");
   Graph& graph = *pairs[0].variable.graph();
   std::vector<Value> grads, vars;
-  for (const GradientAndVariable& p : pairs) {
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const GradientAndVariable& p = pairs[i];
+    if (over_ranks && !owned[i]) {  // another rank holds this gradient
+      KILN_CHECK(p.variable.defined() && p.variable.graph() == &graph, GraphError,
+                 "[optim] apply_gradients: a variable is undefined or of another graph");
+      grads.emplace_back();
+      vars.push_back(p.variable);
+      continue;
+    }
     KILN_CHECK(p.variable.defined() && p.variable.graph() == &graph &&
                    p.variable.node().op().source() == OutputSource::state,
                GraphError, "[optim] apply_gradients: ",
@@ -286,8 +331,12 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
     // One overflow check over all of them: inf * 0 and NaN * 0 are NaN, so the sum of g * 0
     // is NaN exactly when some element of some g is not finite.
     std::vector<Value> probes;
-    for (const Value& g : grads) probes.push_back(cast(sum(g * 0.0), f32));
-    Value probe = add_n(probes);
+    for (const Value& g : grads)
+      if (g.defined()) probes.push_back(cast(sum(g * 0.0), f32));
+    Value probe = probes.empty()       ? graph.scalar(0, f32)
+                  : probes.size() == 1 ? probes[0]
+                                       : add_n(probes);
+    if (over_ranks) probe = over_ranks->sum(probe);  // NaN on every rank if NaN on any
     Value finite = equal(probe, probe);
     // S grows after growth_interval good steps in a row, shrinks at every overflow.
     Value next_good = good + graph.scalar(1, i64);
@@ -308,10 +357,19 @@ Value Optimizer::apply(const std::vector<GradientAndVariable>& pairs, bool negat
     updates.push_back(assign(good, new_good));
   }
   NameScope scope(graph, "optimizer");
-  if (negate)
-    for (Value& g : grads) g = -g;
-  if (clip_value_ > 0) grads = clip_by_value(grads, clip_value_);
-  if (clip_norm_ > 0) grads = clip_by_global_norm(grads, clip_norm_, nullptr, clip_norm_type_);
+  // With sharded gradients only this rank's are defined; the transforms apply to those.
+  std::vector<Value> held;
+  for (const Value& g : grads)
+    if (g.defined()) held.push_back(negate ? -g : g);
+  if (clip_value_ > 0) held = clip_by_value(held, clip_value_);
+  if (clip_norm_ > 0) {
+    check_clip_norm(clip_norm_, clip_norm_type_);
+    // The norm's dtype from every variable, so that the ranks combine alike.
+    const Value norm = global_norm(held, clip_norm_type_, norm_dtype(vars), over_ranks, graph);
+    held = clip_to_norm(held, clip_norm_, norm);
+  }
+  for (size_t i = 0, h = 0; i < grads.size(); ++i)
+    if (grads[i].defined()) grads[i] = held[h++];
   momentum_now_ = scheduled_momentum(graph, schedule_, step);
   for (Value& advance : prepare_step(graph, step, apply_if)) updates.push_back(advance);
   // Each variable's group (none: the optimizer's own settings); one schedule per rate and dtype.

@@ -277,6 +277,15 @@ struct GradientAndVariable {
   Value variable{};
 };
 
+/// How apply_gradients combines what every rank holds when the gradients themselves are
+/// sharded (ZeRO stage 2): each rank has only the gradients of the variables it owns, so the
+/// quantities over every gradient (clipping's global norm, loss scaling's overflow probe) are
+/// computed over those and combined over the ranks by these, which add graph ops (all-reduces).
+struct OverRanks {
+  std::function<Value(const Value&)> sum;  ///< a scalar's sum over every rank
+  std::function<Value(const Value&)> max;  ///< a scalar's maximum over every rank
+};
+
 /// Base of the optimizers.
 class Optimizer {
  public:
@@ -342,6 +351,13 @@ class Optimizer {
   /// state gathers them from the ranks that own them). `owned` has one flag per gradient.
   Value apply_gradients(const std::vector<GradientAndVariable>& gradients,
                         const std::vector<bool>& owned);
+  /// apply_gradients for sharded gradients (ZeRO stage 2): only the gradients of the variables
+  /// with `owned[i]` need be defined (the others are ignored); clipping's norm and loss
+  /// scaling's overflow check are built over them and combined with `over_ranks`, so every rank
+  /// clips by the same norm and skips the same steps. Gradient accumulation in the optimizer
+  /// (with_gradient_accumulation) is refused: accumulate before the gradients are sharded.
+  Value apply_gradients(const std::vector<GradientAndVariable>& gradients,
+                        const std::vector<bool>& owned, const OverRanks& over_ranks);
   /// The value of `variable` after the step the last apply_gradients() made, computed in the
   /// same run as that step (its update op's output): what reads the trained weights in the
   /// run that trains them. Undefined when that step does not update the variable.
@@ -408,9 +424,9 @@ class Optimizer {
     return name_.empty() ? base : name_ + "/" + base;
   }
   /// apply_gradients, the gradients negated first when `negate`; with `owned` non-empty, only
-  /// the variables it flags are updated.
+  /// the variables it flags are updated; with `over_ranks`, only their gradients are defined.
   Value apply(const std::vector<GradientAndVariable>& gradients, bool negate,
-              const std::vector<bool>& owned = {});
+              const std::vector<bool>& owned = {}, const OverRanks* over_ranks = nullptr);
   /// This step's momentum when the schedule cycles it (an f64 scalar, set by apply_gradients
   /// before prepare_step and the updates), else undefined.
   const Value& momentum_now() const { return momentum_now_; }

@@ -40,11 +40,29 @@ int64_t bytes_of(const Value& v) {
 // every rank's new values are packed (padded to the longest rank's part) and all-gathered, and
 // each rank assigns the parts of the variables it does not own. The gathers follow every
 // bucket's all-reduce in node order on every rank, so the ranks queue their collectives alike.
+//
+// The ranks' graphs differ here (each updates its own variables), and the schedule orders the
+// collectives that wait for others only by what they read: a rank that gathers a constant (it
+// owns nothing of a dtype) could queue that gather before another dtype's. So each collective
+// made here runs after the one made before it (the first after the last bucket's), and every
+// rank queues them in the order they are made.
 Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
   const std::vector<optim::GradientAndVariable>& gradients = dp.gradients;
   std::vector<bool> owned(gradients.size());
   for (size_t i = 0; i < owned.size(); ++i) owned[i] = dp.owners[i] == dp.rank;
-  Value step = optimizer.apply_gradients(gradients, owned);
+  Value last_collective = dp.buckets.back().reduced;
+  auto in_turn = [&](const Value& x) { return after(x, {last_collective}); };
+  Value step;
+  if (dp.gradients_sharded) {
+    // Clipping's norm and loss scaling's probe, summed (or maxed) over every rank's share.
+    auto over_ranks = [&](ReduceOp op) {
+      return [&, op](const Value& x) { return last_collective = all_reduce(in_turn(x), op); };
+    };
+    step = optimizer.apply_gradients(
+        gradients, owned, {.sum = over_ranks(ReduceOp::sum), .max = over_ranks(ReduceOp::max)});
+  } else {
+    step = optimizer.apply_gradients(gradients, owned);
+  }
   Graph& graph = *step.graph();
   NameScope scope(graph, "data_parallel/gather_variables");
   std::vector<Value> targets = {step};
@@ -68,8 +86,11 @@ Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
     for (size_t i : of_rank[dp.rank]) mine.push_back(optimizer.updated(gradients[i].variable));
     if (const int64_t padding = longest - elements[dp.rank]; padding > 0)
       mine.push_back(graph.constant(Tensor::full(dtype, Shape({padding}), 0.0)));
-    Value gathered =
-        reshape(all_gather(pack(mine), dp.world_size), Shape({dp.world_size * longest}));
+    last_collective = all_gather(in_turn(pack(mine)), dp.world_size);
+    // Run even where nothing reads it (this rank owns the dtype's only variables): the others'
+    // gathers wait for this rank's part.
+    targets.push_back(last_collective);
+    Value gathered = reshape(last_collective, Shape({dp.world_size * longest}));
     std::vector<int64_t> parts;  // each rank's part and its padding
     for (size_t r = 0; r < world; ++r) {
       parts.push_back(elements[r]);
@@ -88,6 +109,59 @@ Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
     }
   }
   return group(graph, targets);
+}
+
+// Whether a bucket of `dtype` travels in the compression's dtype (a narrower float).
+bool compresses(DType dtype, const std::optional<DType>& compression) {
+  return compression && is_floating(dtype) && dtype_size(dtype) > dtype_size(*compression);
+}
+
+// A bucket reduce-scattered to the owners (ZeRO stage 2): laid out as [rank 0's gradients,
+// zeros, rank 1's, zeros, ...], each rank's part padded to the longest one, rounded up to 64
+// bytes so every part starts aligned (the packing then writes in place, as in all-reduced
+// buckets). The reduce_scatter gives this rank its part averaged; only its variables'
+// gradients are defined in `dp.gradients`.
+void add_scattered_bucket(DataParallel& dp, GradientBucket& bucket,
+                          const std::vector<size_t>& members, const std::vector<Value>& values,
+                          const std::optional<DType>& compression) {
+  Graph& graph = *values[0].graph();
+  const auto world = static_cast<size_t>(dp.world_size);
+  std::vector<std::vector<size_t>> of_rank(world);  // positions in `members`, in bucket order
+  std::vector<int64_t> elements(world, 0);
+  for (size_t j = 0; j < members.size(); ++j) {
+    const int64_t owner = dp.owners[members[j]];
+    of_rank[owner].push_back(j);
+    elements[owner] += values[j].shape().numel();
+  }
+  const int64_t per_line = 64 / static_cast<int64_t>(dtype_size(bucket.dtype));
+  const int64_t longest =
+      (*std::max_element(elements.begin(), elements.end()) + per_line - 1) / per_line * per_line;
+  std::vector<Value> pieces;
+  for (size_t r = 0; r < world; ++r) {
+    for (size_t j : of_rank[r]) pieces.push_back(values[j]);
+    if (const int64_t padding = longest - elements[r]; padding > 0)
+      pieces.push_back(graph.constant(Tensor::full(bucket.dtype, Shape({padding}), 0.0)));
+  }
+  Value packed = pack(pieces);
+  const bool compressed = compresses(bucket.dtype, compression);
+  if (compressed) {
+    bucket.wire_dtype = *compression;
+    packed = cast(packed, bucket.wire_dtype);
+  }
+  bucket.reduced = reduce_scatter(packed, ReduceOp::avg, dp.world_size);
+  bucket.scattered = true;
+  for (size_t i : members) dp.gradients[i].gradient = Value();
+  const std::vector<size_t>& mine = of_rank[static_cast<size_t>(dp.rank)];
+  if (!mine.empty()) {
+    Value part = compressed ? cast(bucket.reduced, bucket.dtype) : bucket.reduced;
+    const int64_t own = elements[static_cast<size_t>(dp.rank)];
+    if (own < longest) part = split(part, {own, longest - own}, 0)[0];
+    std::vector<Value> like;
+    for (size_t j : mine) like.push_back(values[j]);
+    std::vector<Value> averaged = unpack(part, like);
+    for (size_t k = 0; k < mine.size(); ++k) dp.gradients[members[mine[k]]].gradient = averaged[k];
+  }
+  dp.buckets.push_back(std::move(bucket));
 }
 
 }  // namespace
@@ -198,7 +272,8 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
     result.rank = group->rank();
     result.world_size = group->world_size();
   }
-  if (options.shard_optimizer_state) {
+  result.gradients_sharded = options.shard_gradients;
+  if (options.shard_optimizer_state || options.shard_gradients) {
     std::vector<Value> variables;
     for (const optim::GradientAndVariable& p : gradients) variables.push_back(p.variable);
     result.owners = partition_variables(variables, result.world_size);
@@ -212,9 +287,12 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
       bucket.bytes += bytes_of(local[i]);
     }
     bucket.dtype = bucket.wire_dtype = values[0].dtype();
+    if (options.shard_gradients) {
+      add_scattered_bucket(result, bucket, members, values, options.compression);
+      continue;
+    }
     Value packed = pack(values);
-    const bool compressed = options.compression && is_floating(bucket.dtype) &&
-                            dtype_size(bucket.dtype) > dtype_size(*options.compression);
+    const bool compressed = compresses(bucket.dtype, options.compression);
     if (compressed) {
       bucket.wire_dtype = *options.compression;
       packed = cast(packed, bucket.wire_dtype);

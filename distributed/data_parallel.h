@@ -46,6 +46,14 @@ struct DataParallelOptions {
   /// world size (another rank's file lacks this rank's slots: restoring it names them); all
   /// the files together, Session::restore_checkpoints(paths, false), restore any world size.
   bool shard_optimizer_state = false;
+  /// ZeRO stage 2 (sharded optimizer state as above, and the gradients too): each bucket is
+  /// laid out by owner, each rank's part padded to the longest, and reduce-scattered instead
+  /// of all-reduced, so each rank receives only the averages of the variables it updates (half
+  /// the bytes of an all-reduce on the wire; no full averaged bucket in memory). Clipping's
+  /// norm and loss scaling's overflow check are summed over the ranks by two scalar
+  /// all-reduces. Implies shard_optimizer_state. The result equals the unsharded run up to
+  /// the order of the sums (bit for bit on 2 ranks, whose sums have one order).
+  bool shard_gradients = false;
   /// f16 or bf16: each bucket of wider floating gradients (f32, f64) is cast to it for the
   /// all-reduce and back after it (PyTorch DDP's fp16_compress_hook and bf16_compress_hook):
   /// half the bytes on the wire, the averaged gradients rounded to its precision. Gloo and NCCL
@@ -61,13 +69,17 @@ struct GradientBucket {
   int64_t bytes = 0;
   /// The dtype the all-reduce sends: `dtype`, or the compression's.
   DType wire_dtype = DType::f32;
-  /// The all_reduce node's output (the packed, averaged gradients).
+  /// The all_reduce node's output (the packed, averaged gradients); with shard_gradients the
+  /// reduce_scatter's (this rank's part: the averages of the variables it owns, padded).
   Value reduced{};
+  /// Reduce-scattered to the variables' owners (shard_gradients) rather than all-reduced.
+  bool scattered = false;
 };
 
 /// What data_parallel adds to the graph.
 struct DataParallel {
-  /// The gradients averaged over the ranks (and micro-batches), for apply_gradients.
+  /// The gradients averaged over the ranks (and micro-batches), for apply_gradients. With
+  /// shard_gradients only those of this rank's variables are defined.
   std::vector<optim::GradientAndVariable> gradients{};
   /// In the order they are all-reduced.
   std::vector<GradientBucket> buckets{};
@@ -78,6 +90,8 @@ struct DataParallel {
   /// With shard_optimizer_state: the rank that updates each variable of `gradients` and holds
   /// its slots (the graph is built for this process's rank, `rank`); else empty.
   std::vector<int64_t> owners{};
+  /// The gradients are sharded too (shard_gradients: ZeRO stage 2).
+  bool gradients_sharded = false;
   /// The rank and world size the graph was built for.
   int64_t rank = 0, world_size = 1;
   /// optimizer.apply_gradients(gradients), and the reset of the accumulators: one target.

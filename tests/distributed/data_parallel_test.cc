@@ -192,6 +192,45 @@ TEST(DataParallel, ShardedOptimizerStateInOneProcessTrainsExactlyAsUnsharded) {
   }
 }
 
+// Sharded gradients (ZeRO stage 2) at world size 1: every bucket is reduce-scattered (an
+// identity here), this one rank owns every gradient, and with clipping and loss scaling it
+// trains bit for bit as without the transform (the norm and the overflow probe pass through
+// the all-reduces over ranks unchanged).
+TEST(DataParallel, ShardedGradientsInOneProcessTrainExactlyAsUnsharded) {
+  DpModel sharded, plain;
+  build_dp_model(sharded, {.bucket_bytes = 300,
+                           .shard_gradients = true,
+                           .clip_norm = 0.05,
+                           .loss_scaling = true,
+                           .average = true});
+  build_dp_model(
+      plain, {.data_parallel = false, .clip_norm = 0.05, .loss_scaling = true, .average = true});
+  EXPECT_EQ(sharded.dp.owners, std::vector<int64_t>(sharded.variables.size(), 0));
+  EXPECT_TRUE(sharded.dp.gradients_sharded);
+  ASSERT_GE(sharded.dp.buckets.size(), 2u);
+  for (const distributed::GradientBucket& bucket : sharded.dp.buckets) {
+    EXPECT_TRUE(bucket.scattered);
+    EXPECT_EQ(bucket.reduced.node().op_name(), "reduce_scatter");
+    // Padded to whole 64-byte lines.
+    EXPECT_EQ(bucket.reduced.shape().numel() % 16, 0) << bucket.reduced.shape();
+  }
+  for (const auto& p : sharded.dp.gradients) EXPECT_TRUE(p.gradient.defined());
+  Session a(sharded.g), b(plain.g);
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = dp_batch(16, step);
+    a.run({{sharded.x, xb}, {sharded.y, yb}}, {}, {sharded.train});
+    b.run({{plain.x, xb}, {plain.y, yb}}, {}, {plain.train});
+  }
+  for (size_t i = 0; i < sharded.variables.size(); ++i) {
+    testing::expect_near(testing::values(b.variable_value(plain.variables[i])),
+                         a.variable_value(sharded.variables[i]), 0, 0, sharded.variables[i].name());
+    testing::expect_near(testing::values(b.variable_value(plain.averages[i])),
+                         a.variable_value(sharded.averages[i]), 0, 0, sharded.averages[i].name());
+  }
+  EXPECT_EQ(a.variable_value(sharded.g.value("loss_scale")).element(0),
+            b.variable_value(plain.g.value("loss_scale")).element(0));
+}
+
 // Two micro-batches of 8 (accumulate, then step) update as one batch of 16 does.
 // A per-channel scale's gradient is sum_to(dy * x): the sum may alias its input where it
 // reduces nothing, but here it reduces a [32, 16, 2, 2] product to [1, 16, 1, 1]. The planner
@@ -292,6 +331,11 @@ TEST(DataParallel, ErrorsNameTheProblem) {
   testing::expect_error<GraphError>(
       [&] { distributed::data_parallel(grads, {.accumulation_steps = 2}).apply(accumulating); },
       {"[data_parallel]", "accumulates 2 micro-batches itself", "accumulate in one place"});
+  // Sharded gradients: each rank holds only its share, so the optimizer cannot accumulate them.
+  testing::expect_error<GraphError>(
+      [&] { distributed::data_parallel(grads, {.shard_gradients = true}).apply(accumulating); },
+      {"[optim]", "accumulates 2 micro-batches", "only its share of the gradients",
+       "accumulation_steps"});
   Graph empty;
   testing::expect_error<GraphError>([&] { distributed::broadcast_variables(empty); },
                                     {"no variables"});

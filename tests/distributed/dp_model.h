@@ -23,6 +23,9 @@ struct DpModelOptions {
   int64_t first_bucket_bytes = 1024 * 1024;
   int64_t accumulation_steps = 1;
   bool shard_optimizer_state = false;
+  bool shard_gradients = false;  ///< ZeRO stage 2
+  double clip_norm = 0;          ///< Adam's clip_norm
+  bool loss_scaling = false;     ///< Adam with_loss_scaling (its defaults)
   bool average = false;  ///< an ExponentialMovingAverage of the weights joins the training step
   std::optional<DType> compression{};  ///< data_parallel's
   /// Without data_parallel: each gradient rounded to this dtype and back (what compression does
@@ -45,7 +48,8 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
     if (layer < 2) h = relu(h);
   }
   m.loss = mean(softmax_cross_entropy(h, m.y));
-  optim::Adam adam({.lr = 1e-2});
+  optim::Adam adam({.lr = 1e-2, .clip_norm = options.clip_norm});
+  if (options.loss_scaling) adam.with_loss_scaling();
   auto grads = adam.compute_gradients(m.loss);
   for (const auto& p : grads) m.variables.push_back(p.variable);
   if (options.data_parallel) {
@@ -54,6 +58,7 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
                                            .first_bucket_bytes = options.first_bucket_bytes,
                                            .accumulation_steps = options.accumulation_steps,
                                            .shard_optimizer_state = options.shard_optimizer_state,
+                                           .shard_gradients = options.shard_gradients,
                                            .compression = options.compression});
     m.train = m.dp.apply(adam);
     m.accumulate = m.dp.accumulate;

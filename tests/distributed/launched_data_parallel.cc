@@ -6,7 +6,8 @@
 //   4. rank 0's checkpoint restores on every rank;
 //   5. sharded optimizer state (ZeRO stage 1) trains exactly as unsharded, each rank holding
 //      only its variables' slots; each rank's own checkpoint resumes it, and all of them
-//      together restore the unsharded run;
+//      together restore the unsharded run; the same with sharded gradients (stage 2), also
+//      with clipping and loss scaling, and over variables of two dtypes;
 //   6. SyncBatchNorm normalizes by every rank's batch and trains as BatchNorm on all of it;
 //   7. gradients all-reduced in bf16 train as one process does, to bf16's precision.
 // Prints one line per check and exits non-zero on any failure. For the launcher's tests,
@@ -19,6 +20,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <random>
 
 #include "kiln/runtime/plan.h"
 #include "tests/distributed/dp_model.h"
@@ -204,13 +207,56 @@ bool same_state(Session& a, Session& b, Graph& graph) {
   return true;
 }
 
-void check_sharded_training(distributed::Group& group, const std::string& checkpoint) {
+// The plan's collectives in queue order ("all_reduce[84] all_gather[2, 40] ...").
+std::string collectives_of(const Plan& plan) {
+  std::string order;
+  for (const PlanStep& st : plan.steps) {
+    const Node& n = plan.graph->node(st.node);
+    if (n.op().is_communication()) order += str(n.op_name(), st.output_types[0].shape, " ");
+  }
+  return order;
+}
+
+// Whether every rank queues the same collectives as this one (ranks whose queues differ hang
+// or abort at the first difference): each rank's list is compared through a gather of hashes.
+bool same_collectives_on_every_rank(distributed::Group& group, const Plan& plan) {
+  const auto hash = static_cast<int64_t>(std::hash<std::string>()(collectives_of(plan)));
+  if (std::getenv("KILN_TEST_PRINT_COLLECTIVES"))
+    std::printf("rank %lld queues %s\n", static_cast<long long>(group.rank()),
+                collectives_of(plan).c_str());
+  const Tensor all = group.communicator().all_gather(Tensor::from_vector<int64_t>({hash}, {1}));
+  for (int64_t r = 0; r < group.world_size(); ++r)
+    if (all.data<int64_t>()[r] != hash) return false;
+  return true;
+}
+
+// Sharded optimizer state (ZeRO stage 1), and with shard_gradients the gradients too (stage
+// 2): each rank holds only its variables' slots, queues the collectives every other rank does,
+// and trains as the unsharded run does (stage 1 bit for bit; stage 2 reduces in a ring, whose
+// sums have one order on 2 ranks and another than the all-reduce's on more).
+// Every variable of graph `gb` (in session b) equal to the one of its name in graph `ga`
+// (session a): a rank's own weights, slots, averages and counters against a restored graph.
+bool same_named_state(Session& a, Graph& ga, Session& b, Graph& gb) {
+  for (const Value& v : gb.variables()) {
+    if (!ga.find_node(v.node().name())) return false;
+    const Tensor x = a.variable_value(ga.value(v.node().name())), y = b.variable_value(v);
+    if (x.numel() != y.numel() || first_difference(x, [&](int64_t i) { return y.element(i); }) >= 0)
+      return false;
+  }
+  return true;
+}
+
+void check_sharded_training(distributed::Group& group, const std::string& checkpoint,
+                            bool shard_gradients) {
   const int64_t rank = group.rank(), world = group.world_size();
   constexpr int64_t kBatch = 48, kSteps = 4;
   const int64_t per_rank = kBatch / world;
+  const std::string stage = shard_gradients ? "ZeRO stage 2" : "ZeRO stage 1";
   testing::DpModel sharded, plain;
-  testing::build_dp_model(sharded,
-                          {.bucket_bytes = 300, .shard_optimizer_state = true, .average = true});
+  testing::build_dp_model(sharded, {.bucket_bytes = 300,
+                                    .shard_optimizer_state = true,
+                                    .shard_gradients = shard_gradients,
+                                    .average = true});
   testing::build_dp_model(plain, {.bucket_bytes = 300, .average = true});
   // Only this rank's variables have Adam's moments here.
   int64_t owned = 0;
@@ -238,31 +284,44 @@ void check_sharded_training(distributed::Group& group, const std::string& checkp
     const Plan& plan =
         s.plan({{sharded.x, rows.first}, {sharded.y, rows.second}}, {}, {sharded.train});
     // The ranks must queue the same collectives in the same order: every bucket's all-reduce
-    // (even where only other ranks read the average), then the gather of the variables.
-    std::string order, want;
-    for (const PlanStep& st : plan.steps) {
-      const Node& n = plan.graph->node(st.node);
-      if (n.op().is_communication()) order += str(n.op_name(), st.output_types[0].shape, " ");
+    // or reduce-scatter (even where only other ranks read the average), then the gather of the
+    // variables.
+    const std::string order = collectives_of(plan);
+    std::string want;
+    for (const distributed::GradientBucket& bucket : sharded.dp.buckets) {
+      check(bucket.scattered == shard_gradients, "the bucket is reduce-scattered with stage 2");
+      want += str(shard_gradients ? "reduce_scatter" : "all_reduce", bucket.reduced.shape(), " ");
     }
-    for (const distributed::GradientBucket& bucket : sharded.dp.buckets)
-      want += str("all_reduce", bucket.reduced.shape(), " ");
     check(order.starts_with(want) && order.substr(want.size()).starts_with("all_gather") &&
               order.find("all_reduce", want.size()) == std::string::npos,
-          str("rank ", rank, " queues ", order));
+          str(stage, ": rank ", rank, " queues ", order));
+    check(same_collectives_on_every_rank(group, plan),
+          str(stage, ": every rank queues what rank ", rank, " does"));
+    if (shard_gradients) {
+      bool only_owned = true;
+      for (size_t i = 0; i < sharded.dp.gradients.size(); ++i)
+        only_owned &= sharded.dp.gradients[i].gradient.defined() == (sharded.dp.owners[i] == rank);
+      check(only_owned,
+            str("rank ", rank, " receives the averaged gradients of its variables only"));
+    }
   }
   for (int64_t k = 0; k < kSteps; ++k) {
     step(s, sharded, k);
     step(reference, plain, k);
   }
-  bool same = max_difference(s, sharded, reference, plain) == 0;
-  for (size_t i = 0; i < sharded.averages.size(); ++i)
-    same = same && first_difference(s.variable_value(sharded.averages[i]), [&](int64_t j) {
-                     return reference.variable_value(plain.averages[i]).element(j);
-                   }) < 0;
-  check(same, str("sharded optimizer state on ", world,
-                  " ranks trains the weights and their moving averages exactly as unsharded"));
+  double difference = max_difference(s, sharded, reference, plain);
+  for (size_t i = 0; i < sharded.averages.size(); ++i) {
+    const auto x = s.variable_value(sharded.averages[i]).to_vector<double>();
+    const auto y = reference.variable_value(plain.averages[i]).to_vector<double>();
+    for (size_t j = 0; j < x.size(); ++j)
+      difference = std::max(difference, std::abs(x[j] - y[j]) / (1 + std::abs(y[j])));
+  }
+  const bool exact = !shard_gradients || world == 2;
+  check(exact ? difference == 0 : difference < 1e-6,
+        str(stage, " on ", world, " ranks trains the weights and their moving averages as ",
+            "unsharded: max relative difference ", difference, exact ? " == 0" : " < 1e-6"));
   // Each rank saves its own checkpoint (its slots) and resumes from it.
-  const std::string mine = str(checkpoint, ".rank", rank);
+  const std::string mine = str(checkpoint, ".rank", rank, shard_gradients ? ".zero2" : "");
   s.save_checkpoint(mine);
   group.communicator().barrier();
   Session resumed(sharded.g);
@@ -274,7 +333,8 @@ void check_sharded_training(distributed::Group& group, const std::string& checkp
   bool refused = false;
   try {
     Session other(sharded.g);
-    other.restore_checkpoint(str(checkpoint, ".rank", (rank + 1) % world));
+    other.restore_checkpoint(
+        str(checkpoint, ".rank", (rank + 1) % world, shard_gradients ? ".zero2" : ""));
   } catch (const FileError& e) {
     refused = std::string(e.what()).find("adam_m") != std::string::npos;
     if (!refused) std::printf("  the error: %s\n", e.what());
@@ -283,13 +343,109 @@ void check_sharded_training(distributed::Group& group, const std::string& checkp
   // Every rank's file together restores the unsharded run (as any other world size would):
   // weights, every slot, averages and counters as the unsharded training left them.
   std::vector<std::string> all;
-  for (int64_t r = 0; r < world; ++r) all.push_back(str(checkpoint, ".rank", r));
+  for (int64_t r = 0; r < world; ++r)
+    all.push_back(str(checkpoint, ".rank", r, shard_gradients ? ".zero2" : ""));
   Session unsharded(plain.g);
   unsharded.restore_checkpoints(all);
-  check(same_state(unsharded, reference, plain.g),
-        str("the ", world, " ranks' checkpoints restore the unsharded run exactly"));
+  Session own(sharded.g);  // the state this rank saved (s has stepped since)
+  own.restore_checkpoint(mine);
+  if (exact)
+    check(same_state(unsharded, reference, plain.g),
+          str("the ", world, " ranks' checkpoints restore the unsharded run exactly"));
+  else
+    check(same_named_state(unsharded, plain.g, own, sharded.g),
+          str("the ", world, " ranks' checkpoints restore rank ", rank, "'s state exactly"));
   group.communicator().barrier();
   std::remove(mine.c_str());
+}
+
+// Stage 2 with global-norm clipping (a norm small enough to clip every step) and loss scaling:
+// each rank holds only its gradients, so the norm and the overflow check are summed over the
+// ranks; training follows the unsharded run with the same settings.
+void check_sharded_gradients_clipped(distributed::Group& group) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  constexpr int64_t kBatch = 48, kSteps = 4;
+  const int64_t per_rank = kBatch / world;
+  testing::DpModel sharded, plain, unclipped;
+  testing::build_dp_model(
+      sharded,
+      {.bucket_bytes = 300, .shard_gradients = true, .clip_norm = 0.05, .loss_scaling = true});
+  testing::build_dp_model(plain, {.bucket_bytes = 300, .clip_norm = 0.05, .loss_scaling = true});
+  testing::build_dp_model(unclipped, {.bucket_bytes = 300, .loss_scaling = true});
+  Session s(sharded.g), reference(plain.g), free(unclipped.g);
+  s.run({}, {}, {sharded.sync});
+  reference.run({}, {}, {plain.sync});
+  free.run({}, {}, {unclipped.sync});
+  for (int64_t k = 0; k < kSteps; ++k) {
+    auto batch = testing::dp_batch(kBatch, static_cast<uint32_t>(500 + k));
+    auto rows = testing::dp_rows(batch, rank * per_rank, (rank + 1) * per_rank);
+    s.run({{sharded.x, rows.first}, {sharded.y, rows.second}}, {}, {sharded.train});
+    reference.run({{plain.x, rows.first}, {plain.y, rows.second}}, {}, {plain.train});
+    free.run({{unclipped.x, rows.first}, {unclipped.y, rows.second}}, {}, {unclipped.train});
+  }
+  const double difference = max_difference(s, sharded, reference, plain);
+  // A norm of this rank's share alone would clip by another factor on each rank: the weights
+  // would differ by far more than rounding.
+  check(difference < 1e-6,
+        str("ZeRO stage 2 with clipping and loss scaling on ", world,
+            " ranks trains as unsharded: max relative difference ", difference, " < 1e-6"));
+  const double clipping = max_difference(reference, plain, free, unclipped);
+  check(clipping > 1e-3, str("(clipping changes that training: ", clipping, " from unclipped)"));
+  check(s.variable_value(sharded.g.value("global_step")).element(0) == kSteps,
+        "and skips no step (the summed overflow probe is finite)");
+}
+
+// Sharded state over variables of two dtypes, where some ranks own none of the f64 ones (and
+// on 4 ranks, one rank owns nothing): their gathers of that dtype send only zeros, and must
+// still be queued in the same place as on the ranks that own some. (A constant to gather is
+// ready at once: queued by readiness, it went before the f32 gather on those ranks, and the
+// ranks' gathers of different sizes met.)
+void check_sharded_mixed_dtypes(distributed::Group& group) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  for (bool shard_gradients : {false, true}) {
+    auto build = [&](Graph& g, Value& x, Value& train, std::vector<Value>& vars, bool sharded) {
+      x = g.placeholder("x", f32, {-1, 8});
+      Value w = g.variable("w", {8, 16}, init::he_normal(1));               // 512 bytes: rank 0
+      Value b = g.variable("b", {16}, init::uniform(-0.1, 0.1, 2));         // 64: rank 1
+      Value v = g.variable("v", {4}, init::uniform(-1, 1, 3), DType::f64);  // 32: rank 1 or 2
+      Value loss = mean(square(relu(matmul(x, w) + b))) + cast(sum(square(v)), f32);
+      optim::Adam adam({.lr = 1e-2});
+      auto grads = adam.compute_gradients(loss);
+      if (sharded)
+        train = distributed::data_parallel(
+                    grads, {.shard_optimizer_state = true, .shard_gradients = shard_gradients})
+                    .apply(adam);
+      else
+        train = distributed::data_parallel(grads).apply(adam);
+      vars = {w, b, v};
+    };
+    Graph g, h;
+    Value x, y, train, plain_train;
+    std::vector<Value> vars, plain_vars;
+    build(g, x, train, vars, true);
+    build(h, y, plain_train, plain_vars, false);
+    Session s(g), reference(h);
+    std::mt19937 rng(9);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<float> xs(8 * 8);
+    for (float& e : xs) e = u(rng);
+    const Tensor rows = Tensor::from_vector<float>(xs, {8, 8});
+    const std::string stage = shard_gradients ? "ZeRO stage 2" : "ZeRO stage 1";
+    check(same_collectives_on_every_rank(group, s.plan({{x, rows}}, {}, {train})),
+          str(stage, " over f32 and f64 variables: every rank queues what rank ", rank, " does"));
+    for (int k = 0; k < 3; ++k) {
+      s.run({{x, rows}}, {}, {train});
+      reference.run({{y, rows}}, {}, {plain_train});
+    }
+    double d = 0;
+    for (size_t i = 0; i < vars.size(); ++i) {
+      const auto a = s.variable_value(vars[i]).to_vector<double>();
+      const auto r = reference.variable_value(plain_vars[i]).to_vector<double>();
+      for (size_t j = 0; j < a.size(); ++j) d = std::max(d, std::abs(a[j] - r[j]));
+    }
+    check(d < 1e-6, str(stage, " over f32 and f64 variables on ", world,
+                        " ranks trains as unsharded: max difference ", d));
+  }
 }
 
 // SyncBatchNorm: on ranks holding batches of different sizes it normalizes as BatchNorm does on
@@ -364,7 +520,12 @@ int main(int argc, char** argv) {
     // The launcher's kill test goes straight to training (its clock is running).
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_collectives(group->rank(), group->world_size());
     check_training(*group, checkpoint);
-    if (!std::getenv("KILN_TEST_KILL_RANK")) check_sharded_training(*group, checkpoint);
+    if (!std::getenv("KILN_TEST_KILL_RANK")) {
+      check_sharded_training(*group, checkpoint, false);
+      check_sharded_training(*group, checkpoint, true);
+      check_sharded_gradients_clipped(*group);
+      check_sharded_mixed_dtypes(*group);
+    }
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_sync_batch_norm(*group);
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_compressed_training(*group);
     std::printf("rank %lld: %d failures\n", static_cast<long long>(group->rank()), failures);
