@@ -5,8 +5,10 @@
 #   2. the data-parallel MLP 784-512-512-10 step: one process with 2 threads against 2 ranks
 #      with 1 thread each (global batch 128), buckets of 1 MiB; then on 2 ranks with the
 #      gradients all-reduced in bf16 (DDP's bf16_compress_hook);
-#   3. the same MLP with Adam on 2 ranks, its state replicated (DDP) and sharded (Kiln's
-#      shard_optimizer_state, PyTorch's ZeroRedundancyOptimizer): step time and state bytes;
+#   3. the same MLP with Adam on 2 ranks, its state replicated (DDP), sharded (Kiln's
+#      shard_optimizer_state, PyTorch's ZeroRedundancyOptimizer), and with the gradients
+#      reduce-scattered too (Kiln's shard_gradients, PyTorch's FSDP2 fully_shard without
+#      resharding after forward): step time and state bytes;
 #   4. the overlap of the all-reduces with backward in rank 0's Chrome trace of one step.
 #
 #   bench/distributed.sh      (PyTorch 2.x from bench's .bench-venv/, as bench/run.sh makes it)
@@ -57,7 +59,7 @@ torch_bf16=$(torchrun 2 1 dp_step bf16)
 printf "kiln  %s\ntorch %s\nkiln  %s\ntorch %s\n" "$kiln1" "$torch1" "$kiln2" "$torch2"
 printf "kiln  %s\ntorch %s\n" "$kiln_bf16" "$torch_bf16"
 
-echo "== data-parallel Adam step, optimizer state replicated and sharded (ZeRO stage 1), 2 ranks"
+echo "== data-parallel Adam step, optimizer state replicated, sharded (ZeRO stage 1), gradients too (stage 2), 2 ranks"
 kiln_adam=$("$launch" --nproc-per-node 2 --master-port 29945 "$kiln_bench" adam_step --threads 1 | strip)
 torch_adam=$(torchrun 2 1 adam_step)
 sed 's/^/kiln  /' <<<"$kiln_adam"
@@ -102,7 +104,7 @@ awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1r
 awk -v k="$(ms "$kiln2")" -v t="$(ms "$torch2")" 'BEGIN{printf "ratio dp_step_2ranks %.2f\n", k / t}'
 awk -v k="$(ms "$kiln_bf16")" -v t="$(ms "$torch_bf16")" \
   'BEGIN{printf "ratio dp_step_2ranks_bf16_wire %.2f\n", k / t}'
-for s in 0 1; do
+for s in 0 1 2; do
   k=$(grep "sharded=$s" <<<"$kiln_adam" | awk '{print $(NF-1)}')
   t=$(grep "sharded=$s" <<<"$torch_adam" | awk '{print $(NF-1)}')
   awk -v k="$k" -v t="$t" -v s="$s" 'BEGIN{printf "ratio adam_step_2ranks_sharded%d %.2f\n", s, k / t}'

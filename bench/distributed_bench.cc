@@ -6,8 +6,9 @@
 //       ranks), median ms; --trace writes rank 0's Chrome trace of one step (the all-reduce on
 //       its own stream); --compress all-reduces the gradients in 16 bits
 //   distributed_bench adam_step [--threads N]   the same MLP with Adam, its optimizer state
-//       replicated and then sharded over the ranks (ZeRO stage 1): median ms and the bytes of
-//       optimizer state each rank holds
+//       replicated, then sharded over the ranks (ZeRO stage 1), then with the gradients
+//       reduce-scattered too (stage 2): median ms and the bytes of optimizer state each rank
+//       holds
 // Rank 0 prints one line per measurement.
 #include <kiln/kiln.h>
 
@@ -122,18 +123,21 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace,
   }
 }
 
-// The MLP's data-parallel Adam step, unsharded and sharded: each line gives the median step and
-// rank 0's optimizer state (its rank-local slots when sharded; Adam's m and v otherwise).
+// The MLP's data-parallel Adam step, unsharded and sharded (ZeRO stage 1, then 2): each line
+// gives the median step and rank 0's optimizer state (its rank-local slots when sharded; Adam's
+// m and v otherwise).
 void adam_step(distributed::Group& group, int threads) {
   const int64_t world = group.world_size(), batch = 128 / world;
-  for (bool sharded : {false, true}) {
+  for (int stage : {0, 1, 2}) {
     Graph g;
     Value x = g.placeholder("x", f32, {-1, 784});
     Value y = g.placeholder("y", i64, {-1});
     Value loss = bench::mlp_loss(g, x, y);
     optim::Adam adam({.lr = 1e-3});
-    auto dp = distributed::data_parallel(
-        adam.compute_gradients(loss), {.bucket_bytes = 1 << 20, .shard_optimizer_state = sharded});
+    auto dp = distributed::data_parallel(adam.compute_gradients(loss),
+                                         {.bucket_bytes = 1 << 20,
+                                          .shard_optimizer_state = stage >= 1,
+                                          .shard_gradients = stage == 2});
     Value train = dp.apply(adam);
     int64_t state_bytes = 0;
     for (const Value& v : g.variables())
@@ -142,8 +146,7 @@ void adam_step(distributed::Group& group, int threads) {
     const double ms = median_train_ms(g, x, y, train, rank_batch(group.rank(), batch), threads);
     if (group.rank() == 0)
       std::printf("adam_step world=%lld sharded=%d state_bytes=%lld %.3f ms\n",
-                  static_cast<long long>(world), sharded ? 1 : 0,
-                  static_cast<long long>(state_bytes), ms);
+                  static_cast<long long>(world), stage, static_cast<long long>(state_bytes), ms);
   }
 }
 

@@ -70,20 +70,31 @@ def dp_step(rank, world, threads, compress=None):
 
 
 def adam_step(rank, world, threads):
-    """DDP with Adam, then with ZeroRedundancyOptimizer(Adam): the median step and rank 0's
-    optimizer state bytes."""
+    """DDP with Adam (sharded=0), with ZeroRedundancyOptimizer(Adam) (sharded=1: ZeRO stage 1),
+    and FSDP2's fully_shard with reshard_after_forward=False (sharded=2: gradients
+    reduce-scattered, parameters all-gathered once a step, as ZeRO stage 2 moves them): the
+    median step and rank 0's optimizer state bytes."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
     batch = 128 // world
     i = torch.arange(batch * 784)
     x = (((i + rank) * 7919) % 255).float().reshape(batch, 784) / 255
     y = torch.arange(batch) % 10
-    for sharded in (False, True):
+    for sharded in (0, 1, 2):
         torch.manual_seed(0)
         model = torch.nn.Sequential(
             torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
             torch.nn.ReLU(), torch.nn.Linear(512, 10))
-        ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
-        if sharded:
+        if sharded == 2:
+            mesh = init_device_mesh("cpu", (world,))
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer, mesh=mesh, reshard_after_forward=False)
+            ddp = fully_shard(model, mesh=mesh, reshard_after_forward=False)
+        else:
+            ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
+        if sharded == 1:
             opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=torch.optim.Adam,
                                           lr=1e-3)
         else:
@@ -95,11 +106,13 @@ def adam_step(rank, world, threads):
             opt.step()
 
         ms = median_ms(10, 60, step)
-        local = opt.optim if sharded else opt
-        state = sum(t.numel() * t.element_size() for s in local.state.values()
+        local = opt.optim if sharded == 1 else opt
+        # FSDP2's moments are DTensors: this rank's shard is to_local().
+        state = sum(getattr(t, "to_local", lambda: t)().numel() * t.element_size()
+                    for s in local.state.values()
                     for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
         if rank == 0:
-            print(f"adam_step world={world} sharded={int(sharded)} state_bytes={state} "
+            print(f"adam_step world={world} sharded={sharded} state_bytes={state} "
                   f"{ms:.3f} ms", flush=True)
         # ZeroRedundancyOptimizer's last broadcasts finish before the group goes (without this
         # wait one rank aborted at exit: "terminate called without an active exception").

@@ -65,6 +65,29 @@ TEST(Nccl, DataParallelTrainingOnTheGpuMatchesTheCpu) {
                          cpu_model.variables[i].name());
 }
 
+// Sharded gradients (ZeRO stage 2) through NCCL: each bucket reduce-scattered, the norm and
+// the overflow probe all-reduced, the variables gathered; trains on the GPU as on the CPU.
+TEST(Nccl, ShardedGradientsWithClippingAndLossScalingOnTheGpuMatchTheCpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  testing::DpModel gpu_model, cpu_model;
+  const testing::DpModelOptions options{
+      .bucket_bytes = 300, .shard_gradients = true, .clip_norm = 0.05, .loss_scaling = true};
+  testing::build_dp_model(gpu_model, options);
+  testing::build_dp_model(cpu_model, options);
+  Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
+  gpu.run({}, {}, {gpu_model.sync});
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = testing::dp_batch(16, step);
+    gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
+    cpu.run({{cpu_model.x, xb}, {cpu_model.y, yb}}, {}, {cpu_model.train});
+  }
+  for (size_t i = 0; i < cpu_model.variables.size(); ++i)
+    testing::expect_near(testing::values(cpu.variable_value(cpu_model.variables[i])),
+                         gpu.variable_value(gpu_model.variables[i]), 1e-4, 1e-5,
+                         cpu_model.variables[i].name());
+}
+
 // Gradients all-reduced in bf16 through NCCL, and SyncBatchNorm's all_gather of statistics,
 // train on the GPU as on the CPU; a GPU session's checkpoint written through
 // distributed::save_checkpoint restores on the CPU.
