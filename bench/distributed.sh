@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kiln's distributed side beside PyTorch's (torch.distributed with Gloo, DDP), same machine,
 # same run, same sizes:
-#   1. all-reduce bus bandwidth, 2 and 4 ranks (nccl-tests' busbw = algbw * 2 (n - 1) / n);
+#   1. all-reduce bus bandwidth, 2 and 4 ranks (nccl-tests' busbw = algbw * 2 (n - 1) / n), and
+#      reduce-scatter's (busbw = algbw * (n - 1) / n);
 #   2. the data-parallel MLP 784-512-512-10 step: one process with 2 threads against 2 ranks
 #      with 1 thread each (global batch 128), buckets of 1 MiB; then on 2 ranks with the
 #      gradients all-reduced in bf16 (DDP's bf16_compress_hook);
@@ -44,6 +45,10 @@ for n in 2 4; do
   echo "== all_reduce f32, $n ranks (Gloo over loopback)"
   printf "%12s %14s %14s %14s %14s\n" bytes kiln_us torch_us kiln_busbw torch_busbw
   paste <(grep '^busbw' "$out/kiln_busbw_$n.txt") <(grep '^busbw' "$out/torch_busbw_$n.txt") |
+    awk '{printf "%12d %14.1f %14.1f %14.3f %14.3f\n", $2, $3, $8, $5, $10}'
+  echo "== reduce_scatter f32, $n ranks (input bytes)"
+  printf "%12s %14s %14s %14s %14s\n" bytes kiln_us torch_us kiln_busbw torch_busbw
+  paste <(grep '^rsbw' "$out/kiln_busbw_$n.txt") <(grep '^rsbw' "$out/torch_busbw_$n.txt") |
     awk '{printf "%12d %14.1f %14.1f %14.3f %14.3f\n", $2, $3, $8, $5, $10}'
 done
 
@@ -98,6 +103,8 @@ echo "== ratios (Kiln time / PyTorch time)"
 for n in 2 4; do
   paste <(grep '^busbw' "$out/kiln_busbw_$n.txt") <(grep '^busbw' "$out/torch_busbw_$n.txt") |
     awk -v n="$n" '$2 == 65536 || $2 == 67108864 {printf "ratio allreduce_%dB_%dranks %.2f\n", $2, n, $3 / $8}'
+  paste <(grep '^rsbw' "$out/kiln_busbw_$n.txt") <(grep '^rsbw' "$out/torch_busbw_$n.txt") |
+    awk -v n="$n" 'NR == 3 || $2 == 67108864 {printf "ratio reduce_scatter_%dB_%dranks %.2f\n", $2, n, $3 / $8}'
 done
 ms() { awk '{print $(NF-1)}' <<<"$1"; }
 awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1rank %.2f\n", k / t}'

@@ -1,14 +1,17 @@
 // Distributed benchmarks, run under kiln-launch (bench/distributed.sh runs them beside PyTorch):
 //   distributed_bench busbw [--device cpu|cuda]   all-reduce of f32 buffers from 4 KiB to 64 MiB,
-//       nccl-tests' definitions: algbw = bytes / time, busbw = algbw * 2 (n - 1) / n
+//       nccl-tests' definitions: algbw = bytes / time, busbw = algbw * 2 (n - 1) / n; on the
+//       CPU then reduce-scatter ("rsbw" lines; busbw = algbw * (n - 1) / n)
 //   distributed_bench dp_step [--threads N] [--trace FILE] [--compress bf16|f16]   the
 //       data-parallel MLP 784-512-512-10 step (SGD + momentum, global batch 128 split over the
 //       ranks), median ms; --trace writes rank 0's Chrome trace of one step (the all-reduce on
 //       its own stream); --compress all-reduces the gradients in 16 bits
-//   distributed_bench adam_step [--threads N]   the same MLP with Adam, its optimizer state
+//   distributed_bench adam_step [--threads N] [--trace FILE] [--hidden N] [--bucket-mib M]   the
+//       same MLP with Adam (or N hidden layers of 512; buckets of M MiB, default 1), its
+//       optimizer state
 //       replicated, then sharded over the ranks (ZeRO stage 1), then with the gradients
 //       reduce-scattered too (stage 2): median ms and the bytes of optimizer state each rank
-//       holds
+//       holds; --trace writes rank 0's trace of 3 steps of each to FILE.stage<k>.json
 // Rank 0 prints one line per measurement.
 #include <kiln/kiln.h>
 
@@ -74,6 +77,20 @@ void busbw(distributed::Group& group, Device device) {
       std::printf("busbw %12lld %12.1f %12.3f %12.3f\n", static_cast<long long>(bytes), ms * 1e3,
                   algbw, bus);
   }
+  if (!device.is_cpu()) return;
+  // reduce_scatter (sum) over Gloo, nccl-tests' definitions: algbw = input bytes / time,
+  // busbw = algbw * (n - 1) / n.
+  for (int64_t bytes = 4096 * world; bytes <= (int64_t{64} << 20); bytes *= 4) {
+    const Tensor t = Tensor::full(f32, {bytes / 4}, 1.0);
+    const double ms = median_ms(3, bytes >= (16 << 20) ? 10 : 30, [&] {
+      group.communicator().reduce_scatter(t, distributed::ReduceOp::sum);
+    });
+    const double algbw = static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
+    const double bus = algbw * static_cast<double>(world - 1) / static_cast<double>(world);
+    if (group.rank() == 0)
+      std::printf("rsbw %12lld %12.1f %12.3f %12.3f\n", static_cast<long long>(bytes), ms * 1e3,
+                  algbw, bus);
+  }
 }
 
 // This rank's fixed batch of `batch` MNIST-sized rows and labels (torch_ddp_bench.py's).
@@ -126,16 +143,30 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace,
 // The MLP's data-parallel Adam step, unsharded and sharded (ZeRO stage 1, then 2): each line
 // gives the median step and rank 0's optimizer state (its rank-local slots when sharded; Adam's
 // m and v otherwise).
-void adam_step(distributed::Group& group, int threads) {
+// An MLP 784 -> `hidden` layers of 512 -> 10 (mlp_loss's for 2).
+Value deep_mlp_loss(Graph& g, const Value& x, const Value& y, int hidden) {
+  Value h = x;
+  for (int layer = 0; layer <= hidden; ++layer) {
+    const int64_t units = layer == hidden ? 10 : 512;
+    Value w = g.variable(str("l", layer + 1, "/w"), {h.shape()[1], units}, init::he_normal(layer));
+    Value b = g.variable(str("l", layer + 1, "/b"), {units}, init::zeros());
+    h = matmul(h, w) + b;
+    if (layer < hidden) h = relu(h);
+  }
+  return mean(softmax_cross_entropy(h, y));
+}
+
+void adam_step(distributed::Group& group, int threads, const std::string& trace, int hidden,
+               int64_t bucket_bytes) {
   const int64_t world = group.world_size(), batch = 128 / world;
   for (int stage : {0, 1, 2}) {
     Graph g;
     Value x = g.placeholder("x", f32, {-1, 784});
     Value y = g.placeholder("y", i64, {-1});
-    Value loss = bench::mlp_loss(g, x, y);
+    Value loss = hidden == 2 ? bench::mlp_loss(g, x, y) : deep_mlp_loss(g, x, y, hidden);
     optim::Adam adam({.lr = 1e-3});
     auto dp = distributed::data_parallel(adam.compute_gradients(loss),
-                                         {.bucket_bytes = 1 << 20,
+                                         {.bucket_bytes = bucket_bytes,
                                           .shard_optimizer_state = stage >= 1,
                                           .shard_gradients = stage == 2});
     Value train = dp.apply(adam);
@@ -143,10 +174,18 @@ void adam_step(distributed::Group& group, int threads) {
     for (const Value& v : g.variables())
       if (v.name().find("/adam_") != std::string::npos)
         state_bytes += v.shape().numel() * static_cast<int64_t>(dtype_size(v.dtype()));
-    const double ms = median_train_ms(g, x, y, train, rank_batch(group.rank(), batch), threads);
+    const auto rows = rank_batch(group.rank(), batch);
+    const double ms = median_train_ms(g, x, y, train, rows, threads);
     if (group.rank() == 0)
       std::printf("adam_step world=%lld sharded=%d state_bytes=%lld %.3f ms\n",
                   static_cast<long long>(world), stage, static_cast<long long>(state_bytes), ms);
+    if (!trace.empty()) {  // rank 0 traces 3 steps (the others run them beside it)
+      const std::string path = str(trace, ".stage", stage, ".json");
+      Session traced(
+          g, {.intra_op_threads = threads, .trace_path = group.rank() == 0 ? path : std::string()});
+      for (int i = 0; i < 3; ++i) traced.run({{x, rows.first}, {y, rows.second}}, {}, {train});
+      if (group.rank() == 0) traced.write_trace(path);
+    }
   }
 }
 
@@ -157,7 +196,8 @@ int main(int argc, char** argv) {
     if (argc < 2) throw Error("usage: distributed_bench busbw|dp_step|adam_step [options]");
     const std::string what = argv[1];
     Device device = Device::cpu();
-    int threads = 1;
+    int threads = 1, hidden = 2;
+    int64_t bucket_bytes = 1 << 20;
     std::string trace;
     std::optional<DType> compression;
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -168,6 +208,10 @@ int main(int argc, char** argv) {
         threads = std::atoi(argv[i + 1]);
       else if (flag == "--trace")
         trace = argv[i + 1];
+      else if (flag == "--hidden")
+        hidden = std::atoi(argv[i + 1]);
+      else if (flag == "--bucket-mib")
+        bucket_bytes = std::atoll(argv[i + 1]) << 20;
       else if (flag == "--compress")
         compression = dtype_from_name(argv[i + 1]);
       else
@@ -180,7 +224,7 @@ int main(int argc, char** argv) {
     else if (what == "dp_step")
       dp_step(*group, threads, trace, compression);
     else if (what == "adam_step")
-      adam_step(*group, threads);
+      adam_step(*group, threads, trace, hidden, bucket_bytes);
     else
       throw Error(str("[distributed_bench] unknown benchmark ", what));
     return 0;

@@ -1,5 +1,6 @@
 """PyTorch's side of bench/distributed.sh, run under torchrun with the Gloo backend:
-  torch_ddp_bench.py busbw     dist.all_reduce of f32 buffers from 4 KiB to 64 MiB
+  torch_ddp_bench.py busbw     dist.all_reduce of f32 buffers from 4 KiB to 64 MiB, then
+                               dist.reduce_scatter_tensor ("rsbw" lines)
   torch_ddp_bench.py dp_step [bf16|f16]   DistributedDataParallel MLP 784-512-512-10, SGD +
                                momentum, global batch 128 split over the ranks, bucket_cap_mb=1;
                                with bf16 or f16, DDP's compress hook for the all-reduces
@@ -36,6 +37,17 @@ def busbw(rank, world):
         bus = algbw * 2 * (world - 1) / world
         if rank == 0:
             print(f"busbw {size:12d} {ms * 1e3:12.1f} {algbw:12.3f} {bus:12.3f}")
+        size *= 4
+    size = 4096 * world
+    while size <= 64 << 20:
+        t = torch.ones(size // 4)
+        out = torch.empty(size // 4 // world)
+        ms = median_ms(3, 10 if size >= 16 << 20 else 30,
+                       lambda: dist.reduce_scatter_tensor(out, t))
+        algbw = size / (ms * 1e-3) / 1e9
+        bus = algbw * (world - 1) / world
+        if rank == 0:
+            print(f"rsbw {size:12d} {ms * 1e3:12.1f} {algbw:12.3f} {bus:12.3f}")
         size *= 4
 
 

@@ -111,6 +111,34 @@ Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
   return group(graph, targets);
 }
 
+// Owners for sharded gradients, balanced within each bucket: a bucket is reduce-scattered in
+// equal parts, each padded to the longest, so a bucket whose bytes one rank owns would send
+// zeros for the others. In each bucket the largest gradient goes first, each to the rank
+// holding the fewest of the bucket's bytes so far, ties to the rank holding the fewest bytes
+// overall, then the lowest; so the ranks stay balanced overall too. The same on every rank.
+std::vector<int64_t> partition_buckets(const std::vector<optim::GradientAndVariable>& gradients,
+                                       const std::vector<std::vector<size_t>>& buckets,
+                                       int64_t world_size) {
+  std::vector<int64_t> owners(gradients.size(), 0);
+  std::vector<int64_t> held(static_cast<size_t>(world_size), 0);
+  for (const std::vector<size_t>& members : buckets) {
+    std::vector<size_t> order = members;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return bytes_of(gradients[a].variable) > bytes_of(gradients[b].variable);
+    });
+    std::vector<int64_t> in_bucket(held.size(), 0);
+    for (size_t i : order) {
+      size_t best = 0;
+      for (size_t r = 1; r < held.size(); ++r)
+        if (std::pair(in_bucket[r], held[r]) < std::pair(in_bucket[best], held[best])) best = r;
+      owners[i] = static_cast<int64_t>(best);
+      in_bucket[best] += bytes_of(gradients[i].variable);
+      held[best] += bytes_of(gradients[i].variable);
+    }
+  }
+  return owners;
+}
+
 // Whether a bucket of `dtype` travels in the compression's dtype (a narrower float).
 bool compresses(DType dtype, const std::optional<DType>& compression) {
   return compression && is_floating(dtype) && dtype_size(dtype) > dtype_size(*compression);
@@ -273,7 +301,9 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
     result.world_size = group->world_size();
   }
   result.gradients_sharded = options.shard_gradients;
-  if (options.shard_optimizer_state || options.shard_gradients) {
+  if (options.shard_gradients) {
+    result.owners = partition_buckets(gradients, closed, result.world_size);
+  } else if (options.shard_optimizer_state) {
     std::vector<Value> variables;
     for (const optim::GradientAndVariable& p : gradients) variables.push_back(p.variable);
     result.owners = partition_variables(variables, result.world_size);

@@ -49,7 +49,9 @@ struct DataParallelOptions {
   /// ZeRO stage 2 (sharded optimizer state as above, and the gradients too): each bucket is
   /// laid out by owner, each rank's part padded to the longest, and reduce-scattered instead
   /// of all-reduced, so each rank receives only the averages of the variables it updates (half
-  /// the bytes of an all-reduce on the wire; no full averaged bucket in memory). Clipping's
+  /// the bytes of an all-reduce on the wire; no full averaged bucket in memory). Owners are
+  /// balanced within each bucket (a variable is owned whole, so a bucket of one variable
+  /// still sends its size: larger buckets of many variables shard best). Clipping's
   /// norm and loss scaling's overflow check are summed over the ranks by two scalar
   /// all-reduces. Implies shard_optimizer_state. The result equals the unsharded run up to
   /// the order of the sums (bit for bit on 2 ranks, whose sums have one order).

@@ -51,12 +51,22 @@ class GlooStore final : public gloo::rendezvous::Store {
 // The slot prefix of Kiln's own ring reduce-scatter (Gloo's collectives use 0x01 to 0x08).
 constexpr uint8_t kReduceScatterSlotPrefix = 0x20;
 
-// out[i] = a[i] (op) b[i] for n elements of T, as Gloo's reduce function.
+// The bytes of a reduce-scatter segment: received and added while the next ones travel.
+constexpr size_t kSegmentBytes = 1024 * 1024;
+
+// out[i] = a[i] (op) b[i] for n elements of T, as Gloo's reduce function (avg sums: the
+// division comes after).
 template <typename T>
 void combine(void* out, const void* a, const void* b, size_t n, ReduceOp op) {
   auto* o = static_cast<T*>(out);
   const auto* x = static_cast<const T*>(a);
   const auto* y = static_cast<const T*>(b);
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if (op == ReduceOp::sum || op == ReduceOp::avg) {  // the common case, in vectors
+      for (size_t i = 0; i < n; ++i) o[i] = x[i] + y[i];
+      return;
+    }
+  }
   for (size_t i = 0; i < n; ++i) {
     if constexpr (std::is_same_v<T, bool>) {
       o[i] = op == ReduceOp::min ? (x[i] && y[i]) : (x[i] || y[i]);
@@ -175,7 +185,8 @@ class GlooCommunicator final : public Communicator {
   // rank r holds chunk r reduced over every rank. Each rank sends and receives (world - 1) /
   // world of the tensor, half of what an all-reduce moves. Chunk c is reduced in one fixed
   // order, starting from rank c + 1's values: (x[c+1] + x[c+2]) + ... + x[c], the same bits
-  // every run.
+  // every run. A step's chunk travels in segments, each added as it arrives while the next
+  // ones are still on the way.
   Tensor reduce_scatter(const Tensor& tensor, ReduceOp op) override {
     check_host(tensor, "reduce_scatter");
     KILN_CHECK(tensor.rank() >= 1 && tensor.shape()[0] % world_ == 0, DistributedError,
@@ -193,33 +204,56 @@ class GlooCommunicator final : public Communicator {
       std::memcpy(part.raw_data(), tensor.raw_data(), chunk);
       return part;
     }
-    Tensor sums = tensor.clone();  // every chunk's running sum, in place
-    std::vector<char> incoming(chunk);
-    auto chunk_at = [&](int64_t c) { return ((c % world_) + world_) % world_; };
+    const size_t element = dtype_size(tensor.dtype());
+    const size_t segment = std::max(element, kSegmentBytes / element * element);
+    // The running sums a step makes and the next one sends, in two buffers taken in turns (a
+    // step writes one while the other may still be going out); the last step writes `part`.
+    // Uninitialized: every byte is received or written before it is read.
+    std::unique_ptr<char[]> incoming(new char[chunk]), sums[2];
+    for (int64_t k = 0; k < 2 && k + 2 < world_; ++k) sums[k].reset(new char[chunk]);
+    auto chunk_at = [&](int64_t c) {
+      return static_cast<size_t>(((c % world_) + world_) % world_);
+    };
     run("reduce_scatter", [&] {
-      auto* base = static_cast<char*>(sums.raw_data());
-      auto outgoing_buffer = context_->createUnboundBuffer(base, sums.nbytes());
-      auto incoming_buffer = context_->createUnboundBuffer(incoming.data(), chunk);
+      const auto* input = static_cast<const char*>(tensor.raw_data());
+      // Gloo's buffers take non-const pointers; the input is only ever sent from.
+      auto input_buffer = context_->createUnboundBuffer(const_cast<char*>(input), tensor.nbytes());
+      auto incoming_buffer = context_->createUnboundBuffer(incoming.get(), chunk);
+      std::unique_ptr<gloo::transport::UnboundBuffer> sums_buffer[2];
+      for (int k = 0; k < 2; ++k)
+        if (sums[k]) sums_buffer[k] = context_->createUnboundBuffer(sums[k].get(), chunk);
       const int next = static_cast<int>((rank_ + 1) % world_);
       const int previous = static_cast<int>((rank_ + world_ - 1) % world_);
       const uint64_t slot = gloo::Slot::build(kReduceScatterSlotPrefix, next_tag());
       for (int64_t s = 0; s + 1 < world_; ++s) {
-        outgoing_buffer->send(next, slot, chunk_at(rank_ - s - 1) * chunk, chunk);
-        incoming_buffer->recv(previous, slot, 0, chunk);
-        KILN_CHECK(incoming_buffer->waitRecv(timeout_), DistributedError, "[gloo] rank ", rank_,
-                   " of ", world_, ": reduce_scatter's receive from rank ", previous,
-                   " was aborted");
-        char* own = base + chunk_at(rank_ - s - 2) * chunk;
-        dispatch_all(tensor.dtype(), [&](auto tag) {
-          using T = decltype(tag);
-          combine<T>(own, incoming.data(), own, chunk / sizeof(T), op);
-        });
-        // The next step sends the chunk just summed: this one's send must be out first.
-        KILN_CHECK(outgoing_buffer->waitSend(timeout_), DistributedError, "[gloo] rank ", rank_,
-                   " of ", world_, ": reduce_scatter's send to rank ", next, " was aborted");
+        // Step 0 sends this rank's own values; later steps the sums the step before made.
+        auto& source = s == 0 ? input_buffer : sums_buffer[(s + 1) % 2];
+        const size_t source_offset = s == 0 ? chunk_at(rank_ - 1) * chunk : 0;
+        // The receives are posted first, so that what arrives lands in place (data that
+        // arrives before its receive is buffered by the transport and copied again).
+        size_t segments = 0;
+        for (size_t at = 0; at < chunk; at += segment, ++segments)
+          incoming_buffer->recv(previous, slot, at, std::min(segment, chunk - at));
+        for (size_t at = 0; at < chunk; at += segment)
+          source->send(next, slot, source_offset + at, std::min(segment, chunk - at));
+        const char* own = input + chunk_at(rank_ - s - 2) * chunk;
+        char* into = s + 2 == world_ ? static_cast<char*>(part.raw_data()) : sums[s % 2].get();
+        for (size_t at = 0; at < chunk; at += segment) {
+          KILN_CHECK(incoming_buffer->waitRecv(timeout_), DistributedError, "[gloo] rank ", rank_,
+                     " of ", world_, ": reduce_scatter's receive from rank ", previous,
+                     " was aborted");
+          const size_t bytes = std::min(segment, chunk - at);
+          dispatch_all(tensor.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            combine<T>(into + at, incoming.get() + at, own + at, bytes / sizeof(T), op);
+          });
+        }
+        // The next step overwrites `incoming`, and the one after it this step's source.
+        for (size_t k = 0; k < segments; ++k)
+          KILN_CHECK(source->waitSend(timeout_), DistributedError, "[gloo] rank ", rank_, " of ",
+                     world_, ": reduce_scatter's send to rank ", next, " was aborted");
       }
     });
-    std::memcpy(part.raw_data(), static_cast<const char*>(sums.raw_data()) + rank_ * chunk, chunk);
     if (op == ReduceOp::avg) divide(part);
     return part;
   }
