@@ -69,6 +69,12 @@ kiln_adam=$("$launch" --nproc-per-node 2 --master-port 29945 "$kiln_bench" adam_
 torch_adam=$(torchrun 2 1 adam_step)
 sed 's/^/kiln  /' <<<"$kiln_adam"
 sed 's/^/torch /' <<<"$torch_adam"
+echo "== the same, 8 hidden layers of 512 and buckets of 4 MiB (each bucket holds several layers)"
+kiln_deep=$("$launch" --nproc-per-node 2 --master-port 29947 "$kiln_bench" adam_step --threads 1 \
+  --hidden 8 --bucket-mib 4 | strip)
+torch_deep=$(torchrun 2 1 adam_step 8 4)
+sed 's/^/kiln  /' <<<"$kiln_deep"
+sed 's/^/torch /' <<<"$torch_deep"
 
 echo "== overlap in rank 0's trace (last step)"
 "$python" - "$out/dp_trace.json" <<'EOF'
@@ -104,7 +110,8 @@ for n in 2 4; do
   paste <(grep '^busbw' "$out/kiln_busbw_$n.txt") <(grep '^busbw' "$out/torch_busbw_$n.txt") |
     awk -v n="$n" '$2 == 65536 || $2 == 67108864 {printf "ratio allreduce_%dB_%dranks %.2f\n", $2, n, $3 / $8}'
   paste <(grep '^rsbw' "$out/kiln_busbw_$n.txt") <(grep '^rsbw' "$out/torch_busbw_$n.txt") |
-    awk -v n="$n" 'NR == 3 || $2 == 67108864 {printf "ratio reduce_scatter_%dB_%dranks %.2f\n", $2, n, $3 / $8}'
+    awk -v n="$n" 'function out() {printf "ratio reduce_scatter_%dB_%dranks %.2f\n", $2, n, $3 / $8}
+      NR == 3 {out()} {last = $0} END {$0 = last; out()}'
 done
 ms() { awk '{print $(NF-1)}' <<<"$1"; }
 awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1rank %.2f\n", k / t}'
@@ -112,7 +119,12 @@ awk -v k="$(ms "$kiln2")" -v t="$(ms "$torch2")" 'BEGIN{printf "ratio dp_step_2r
 awk -v k="$(ms "$kiln_bf16")" -v t="$(ms "$torch_bf16")" \
   'BEGIN{printf "ratio dp_step_2ranks_bf16_wire %.2f\n", k / t}'
 for s in 0 1 2; do
-  k=$(grep "sharded=$s" <<<"$kiln_adam" | awk '{print $(NF-1)}')
-  t=$(grep "sharded=$s" <<<"$torch_adam" | awk '{print $(NF-1)}')
-  awk -v k="$k" -v t="$t" -v s="$s" 'BEGIN{printf "ratio adam_step_2ranks_sharded%d %.2f\n", s, k / t}'
+  for model in adam deep; do
+    kiln_lines=kiln_$model torch_lines=torch_$model
+    k=$(grep "sharded=$s" <<<"${!kiln_lines}" | awk '{print $(NF-1)}')
+    t=$(grep "sharded=$s" <<<"${!torch_lines}" | awk '{print $(NF-1)}')
+    name=$([ "$model" = adam ] && echo adam_step || echo adam_step_deep)
+    awk -v k="$k" -v t="$t" -v s="$s" -v n="$name" \
+      'BEGIN{printf "ratio %s_2ranks_sharded%d %.2f\n", n, s, k / t}'
+  done
 done

@@ -4,6 +4,9 @@
   torch_ddp_bench.py dp_step [bf16|f16]   DistributedDataParallel MLP 784-512-512-10, SGD +
                                momentum, global batch 128 split over the ranks, bucket_cap_mb=1;
                                with bf16 or f16, DDP's compress hook for the all-reduces
+  torch_ddp_bench.py adam_step [HIDDEN BUCKET_MB]   the MLP (or HIDDEN layers of 512) with Adam:
+                               DDP, ZeroRedundancyOptimizer, FSDP2 without resharding after
+                               forward
 Prints the same lines as distributed_bench (rank 0 only), so the script can set them side by side.
 """
 import os
@@ -81,7 +84,7 @@ def dp_step(rank, world, threads, compress=None):
               f"{ms:.3f} ms")
 
 
-def adam_step(rank, world, threads):
+def adam_step(rank, world, threads, hidden=2, bucket_mb=1):
     """DDP with Adam (sharded=0), with ZeroRedundancyOptimizer(Adam) (sharded=1: ZeRO stage 1),
     and FSDP2's fully_shard with reshard_after_forward=False (sharded=2: gradients
     reduce-scattered, parameters all-gathered once a step, as ZeRO stage 2 moves them): the
@@ -95,9 +98,11 @@ def adam_step(rank, world, threads):
     y = torch.arange(batch) % 10
     for sharded in (0, 1, 2):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(
-            torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-            torch.nn.ReLU(), torch.nn.Linear(512, 10))
+        layers, width = [], 784
+        for _ in range(hidden):
+            layers += [torch.nn.Linear(width, 512), torch.nn.ReLU()]
+            width = 512
+        model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 10))
         if sharded == 2:
             mesh = init_device_mesh("cpu", (world,))
             for layer in model:
@@ -105,7 +110,7 @@ def adam_step(rank, world, threads):
                     fully_shard(layer, mesh=mesh, reshard_after_forward=False)
             ddp = fully_shard(model, mesh=mesh, reshard_after_forward=False)
         else:
-            ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
+            ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=bucket_mb)
         if sharded == 1:
             opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=torch.optim.Adam,
                                           lr=1e-3)
@@ -141,7 +146,7 @@ def main():
     if what == "busbw":
         busbw(rank, world)
     elif what == "adam_step":
-        adam_step(rank, world, threads)
+        adam_step(rank, world, threads, *(int(a) for a in sys.argv[2:4]))
     else:
         dp_step(rank, world, threads, sys.argv[2] if len(sys.argv) > 2 else None)
     sys.stdout.flush()

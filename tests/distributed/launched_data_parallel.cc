@@ -395,6 +395,44 @@ void check_sharded_gradients_clipped(distributed::Group& group) {
         "and skips no step (the summed overflow probe is finite)");
 }
 
+// Stage 2 with two micro-batches per step and bf16 on the wire: the accumulators stay whole on
+// every rank (micro-batches communicate nothing), the step's reduce-scatter sends 16 bits; it
+// trains as unsharded data parallelism with the same settings, to bf16's rounding of the sums
+// in another order.
+void check_sharded_gradients_accumulated_and_compressed(distributed::Group& group) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  constexpr int64_t kBatch = 48, kSteps = 3;
+  const int64_t per_rank = kBatch / world, half = per_rank / 2;
+  testing::DpModel sharded, plain;
+  testing::build_dp_model(
+      sharded,
+      {.bucket_bytes = 300, .accumulation_steps = 2, .shard_gradients = true, .compression = bf16});
+  testing::build_dp_model(plain,
+                          {.bucket_bytes = 300, .accumulation_steps = 2, .compression = bf16});
+  bool wire = true;
+  for (const distributed::GradientBucket& bucket : sharded.dp.buckets)
+    wire &= bucket.scattered && bucket.wire_dtype == bf16;
+  check(wire, "every bucket is reduce-scattered in bf16");
+  Session s(sharded.g), reference(plain.g);
+  s.run({}, {}, {sharded.sync});
+  reference.run({}, {}, {plain.sync});
+  for (int64_t k = 0; k < kSteps; ++k) {
+    auto batch = testing::dp_batch(kBatch, static_cast<uint32_t>(700 + k));
+    for (int64_t m = 0; m < 2; ++m) {
+      const int64_t begin = rank * per_rank + m * half;
+      auto rows = testing::dp_rows(batch, begin, begin + half);
+      s.run({{sharded.x, rows.first}, {sharded.y, rows.second}}, {},
+            {m == 0 ? sharded.accumulate : sharded.train});
+      reference.run({{plain.x, rows.first}, {plain.y, rows.second}}, {},
+                    {m == 0 ? plain.accumulate : plain.train});
+    }
+  }
+  const double difference = max_difference(s, sharded, reference, plain);
+  check(difference < 2e-3,
+        str("ZeRO stage 2 with micro-batches and bf16 on the wire on ", world,
+            " ranks trains as unsharded: max relative difference ", difference, " < 2e-3"));
+}
+
 // Sharded state over variables of two dtypes, where some ranks own none of the f64 ones (and
 // on 4 ranks, one rank owns nothing): their gathers of that dtype send only zeros, and must
 // still be queued in the same place as on the ranks that own some. (A constant to gather is
@@ -524,6 +562,7 @@ int main(int argc, char** argv) {
       check_sharded_training(*group, checkpoint, false);
       check_sharded_training(*group, checkpoint, true);
       check_sharded_gradients_clipped(*group);
+      check_sharded_gradients_accumulated_and_compressed(*group);
       check_sharded_mixed_dtypes(*group);
     }
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_sync_batch_norm(*group);
