@@ -5,7 +5,8 @@
 #      reduce-scatter's (busbw = algbw * (n - 1) / n);
 #   2. the data-parallel MLP 784-512-512-10 step: one process with 2 threads against 2 ranks
 #      with 1 thread each (global batch 128), buckets of 1 MiB; then on 2 ranks with the
-#      gradients all-reduced in bf16 (DDP's bf16_compress_hook);
+#      gradients all-reduced in bf16 (DDP's bf16_compress_hook), then as PowerSGD of rank 1
+#      (DDP's powerSGD_hook);
 #   3. the same MLP with Adam on 2 ranks, its state replicated (DDP), sharded (Kiln's
 #      shard_optimizer_state, PyTorch's ZeroRedundancyOptimizer), and with the gradients
 #      reduce-scattered too (Kiln's shard_gradients, PyTorch's FSDP2 fully_shard without
@@ -61,8 +62,12 @@ torch2=$(torchrun 2 1 dp_step)
 kiln_bf16=$("$launch" --nproc-per-node 2 --master-port 29942 "$kiln_bench" dp_step --threads 1 \
   --compress bf16 | strip)
 torch_bf16=$(torchrun 2 1 dp_step bf16)
+kiln_power=$("$launch" --nproc-per-node 2 --master-port 29943 "$kiln_bench" dp_step --threads 1 \
+  --power-sgd 1 --bucket-mib 25 | strip)
+torch_power=$(torchrun 2 1 dp_step powersgd1)
 printf "kiln  %s\ntorch %s\nkiln  %s\ntorch %s\n" "$kiln1" "$torch1" "$kiln2" "$torch2"
 printf "kiln  %s\ntorch %s\n" "$kiln_bf16" "$torch_bf16"
+printf "kiln  %s\ntorch %s\n" "$kiln_power" "$torch_power"
 
 echo "== data-parallel Adam step, optimizer state replicated, sharded (ZeRO stage 1), gradients too (stage 2), 2 ranks"
 kiln_adam=$("$launch" --nproc-per-node 2 --master-port 29945 "$kiln_bench" adam_step --threads 1 | strip)
@@ -118,6 +123,8 @@ awk -v k="$(ms "$kiln1")" -v t="$(ms "$torch1")" 'BEGIN{printf "ratio dp_step_1r
 awk -v k="$(ms "$kiln2")" -v t="$(ms "$torch2")" 'BEGIN{printf "ratio dp_step_2ranks %.2f\n", k / t}'
 awk -v k="$(ms "$kiln_bf16")" -v t="$(ms "$torch_bf16")" \
   'BEGIN{printf "ratio dp_step_2ranks_bf16_wire %.2f\n", k / t}'
+awk -v k="$(ms "$kiln_power")" -v t="$(ms "$torch_power")" \
+  'BEGIN{printf "ratio dp_step_2ranks_powersgd1 %.2f\n", k / t}'
 for s in 0 1 2; do
   for model in adam deep; do
     kiln_lines=kiln_$model torch_lines=torch_$model

@@ -2,10 +2,12 @@
 //   distributed_bench busbw [--device cpu|cuda]   all-reduce of f32 buffers from 4 KiB to 64 MiB,
 //       nccl-tests' definitions: algbw = bytes / time, busbw = algbw * 2 (n - 1) / n; on the
 //       CPU then reduce-scatter ("rsbw" lines; busbw = algbw * (n - 1) / n)
-//   distributed_bench dp_step [--threads N] [--trace FILE] [--compress bf16|f16]   the
-//       data-parallel MLP 784-512-512-10 step (SGD + momentum, global batch 128 split over the
-//       ranks), median ms; --trace writes rank 0's Chrome trace of one step (the all-reduce on
-//       its own stream); --compress all-reduces the gradients in 16 bits
+//   distributed_bench dp_step [--threads N] [--trace FILE] [--compress bf16|f16]
+//       [--power-sgd R] [--bucket-mib M]   the data-parallel MLP 784-512-512-10 step (SGD +
+//       momentum, global batch 128 split over the ranks), median ms; --trace writes rank 0's Chrome
+//       trace of one step (the all-reduce on its own stream); --compress all-reduces the gradients
+//       in 16 bits, --power-sgd sends the matrices' gradients as PowerSGD of rank R; buckets of M
+//       MiB (default 1)
 //   distributed_bench adam_step [--threads N] [--trace FILE] [--hidden N] [--bucket-mib M]   the
 //       same MLP with Adam (or N hidden layers of 512; buckets of M MiB, default 1), its
 //       optimizer state
@@ -112,16 +114,19 @@ double median_train_ms(Graph& g, const Value& x, const Value& y, const Value& tr
 }
 
 void dp_step(distributed::Group& group, int threads, const std::string& trace,
-             std::optional<DType> compression) {
+             std::optional<DType> compression, int64_t power_sgd_rank, int64_t bucket_bytes) {
   const int64_t world = group.world_size(), batch = 128 / world;
   Graph g;
   Value x = g.placeholder("x", f32, {-1, 784});
   Value y = g.placeholder("y", i64, {-1});
   Value loss = bench::mlp_loss(g, x, y);
   optim::SGD sgd({.lr = 0.01, .momentum = 0.9});
-  // Buckets of 1 MiB (the model is 2.6 MB of gradients): three all-reduces to overlap.
-  auto dp = distributed::data_parallel(sgd.compute_gradients(loss),
-                                       {.bucket_bytes = 1 << 20, .compression = compression});
+  // Buckets of 1 MiB by default (the model is 2.6 MB of gradients): all-reduces to overlap.
+  std::optional<distributed::PowerSgdOptions> power_sgd;
+  if (power_sgd_rank > 0) power_sgd = distributed::PowerSgdOptions{.rank = power_sgd_rank};
+  auto dp = distributed::data_parallel(
+      sgd.compute_gradients(loss),
+      {.bucket_bytes = bucket_bytes, .compression = compression, .power_sgd = power_sgd});
   Value train = dp.apply(sgd);
   const auto rows = rank_batch(group.rank(), batch);
   const Tensor &xb = rows.first, &yb = rows.second;
@@ -129,7 +134,10 @@ void dp_step(distributed::Group& group, int threads, const std::string& trace,
   if (group.rank() == 0)
     std::printf("dp_step world=%lld threads=%d batch_per_rank=%lld buckets=%zu wire=%s %.3f ms\n",
                 static_cast<long long>(world), threads, static_cast<long long>(batch),
-                dp.buckets.size(), std::string(dtype_name(dp.buckets[0].wire_dtype)).c_str(), ms);
+                dp.buckets.size(),
+                power_sgd ? str("powersgd", power_sgd_rank).c_str()
+                          : std::string(dtype_name(dp.buckets[0].wire_dtype)).c_str(),
+                ms);
   if (!trace.empty() && group.rank() == 0) {
     Session traced(g, {.intra_op_threads = threads, .trace_path = trace});
     for (int i = 0; i < 3; ++i) traced.run({{x, xb}, {y, yb}}, {}, {train});
@@ -197,7 +205,7 @@ int main(int argc, char** argv) {
     const std::string what = argv[1];
     Device device = Device::cpu();
     int threads = 1, hidden = 2;
-    int64_t bucket_bytes = 1 << 20;
+    int64_t bucket_bytes = 1 << 20, power_sgd_rank = 0;
     std::string trace;
     std::optional<DType> compression;
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -212,6 +220,8 @@ int main(int argc, char** argv) {
         hidden = std::atoi(argv[i + 1]);
       else if (flag == "--bucket-mib")
         bucket_bytes = std::atoll(argv[i + 1]) << 20;
+      else if (flag == "--power-sgd")
+        power_sgd_rank = std::atoll(argv[i + 1]);
       else if (flag == "--compress")
         compression = dtype_from_name(argv[i + 1]);
       else
@@ -222,7 +232,7 @@ int main(int argc, char** argv) {
     if (what == "busbw")
       busbw(*group, device);
     else if (what == "dp_step")
-      dp_step(*group, threads, trace, compression);
+      dp_step(*group, threads, trace, compression, power_sgd_rank, bucket_bytes);
     else if (what == "adam_step")
       adam_step(*group, threads, trace, hidden, bucket_bytes);
     else

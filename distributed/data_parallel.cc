@@ -50,7 +50,7 @@ Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
   const std::vector<optim::GradientAndVariable>& gradients = dp.gradients;
   std::vector<bool> owned(gradients.size());
   for (size_t i = 0; i < owned.size(); ++i) owned[i] = dp.owners[i] == dp.rank;
-  Value last_collective = dp.buckets.back().reduced;
+  Value last_collective = dp.buckets.back().collectives.back();
   auto in_turn = [&](const Value& x) { return after(x, {last_collective}); };
   Value step;
   if (dp.gradients_sharded) {
@@ -68,7 +68,8 @@ Value apply_sharded(const DataParallel& dp, optim::Optimizer& optimizer) {
   std::vector<Value> targets = {step};
   // Every bucket's all-reduce runs on every rank, even one whose averages only other ranks
   // read: the ranks must call the same collectives.
-  for (const GradientBucket& bucket : dp.buckets) targets.push_back(bucket.reduced);
+  for (const GradientBucket& bucket : dp.buckets)
+    targets.insert(targets.end(), bucket.collectives.begin(), bucket.collectives.end());
   std::map<DType, std::vector<size_t>> by_dtype;
   for (size_t i = 0; i < gradients.size(); ++i)
     by_dtype[gradients[i].variable.dtype()].push_back(i);
@@ -139,6 +140,73 @@ std::vector<int64_t> partition_buckets(const std::vector<optim::GradientAndVaria
   return owners;
 }
 
+// Whether PowerSGD compresses a gradient of `shape`, viewed as n x m (its first dim by the
+// rest): it must be a matrix or more, and shrink by the rate, n m > rate (n + m) rank.
+bool power_sgd_compresses(const Shape& shape, const PowerSgdOptions& options) {
+  if (shape.rank() < 2 || shape.numel() == 0) return false;
+  const auto n = static_cast<double>(shape[0]);
+  const double m = static_cast<double>(shape.numel()) / n;
+  return n * m > options.min_compression_rate * (n + m) * static_cast<double>(options.rank);
+}
+
+// p's columns made orthonormal in turn (modified Gram-Schmidt, as the hook's): each column is
+// normalized (its norm + epsilon), then its projection taken off every later column.
+Value orthonormal_columns(const Value& p, int64_t rank, double epsilon) {
+  std::vector<Value> columns =
+      rank == 1 ? std::vector<Value>{p} : split(p, std::vector<int64_t>(rank, 1), 1);
+  for (size_t i = 0; i < columns.size(); ++i) {
+    columns[i] = columns[i] / (sqrt(sum(square(columns[i]))) + epsilon);
+    for (size_t j = i + 1; j < columns.size(); ++j)
+      columns[j] = columns[j] - sum(columns[i] * columns[j]) * columns[i];
+  }
+  return rank == 1 ? columns[0] : concat(columns, 1);
+}
+
+// PowerSGD for the bucket's gradients at positions `low_rank` (of `members` / `values`): the
+// P's of all of them in one all-reduce, their Q's in another. Sets their averaged gradients in
+// dp.gradients; the new Q and error of each go to `state_updates`.
+void add_power_sgd(DataParallel& dp, GradientBucket& bucket, const std::vector<size_t>& members,
+                   const std::vector<Value>& values, const std::vector<size_t>& low_rank,
+                   const PowerSgdOptions& options, std::vector<Value>& state_updates) {
+  Graph& graph = *values[0].graph();
+  const int64_t r = options.rank;
+  std::vector<Value> matrices, qs, errors, ps;
+  for (size_t j : low_rank) {
+    const Value& var = dp.gradients[members[j]].variable;
+    const Value& g = values[j];
+    const int64_t n = g.shape()[0], m = g.shape().numel() / n;
+    const std::string name = var.node().name();
+    Value error = graph.variable(name + "/power_sgd_error", Shape({n, m}), init::zeros(),
+                                 {.dtype = g.dtype(), .trainable = false, .rank_local = true});
+    // The same start on every rank: the seed and the variable's place in the gradients.
+    Value q = graph.variable(name + "/power_sgd_q", Shape({m, r}),
+                             init::normal(0, 1, options.seed + static_cast<int64_t>(members[j])),
+                             g.dtype(), false);
+    matrices.push_back(reshape(g, Shape({n, m})) + error);
+    ps.push_back(matmul(matrices.back(), q));
+    qs.push_back(q);
+    errors.push_back(error);
+  }
+  // Summed, not averaged: the columns are normalized next.
+  bucket.collectives.push_back(all_reduce(pack(ps), ReduceOp::sum));
+  std::vector<Value> summed_ps = unpack(bucket.collectives.back(), ps);
+  std::vector<Value> new_qs;
+  for (size_t k = 0; k < low_rank.size(); ++k) {
+    summed_ps[k] = orthonormal_columns(summed_ps[k], r, options.orthogonalization_epsilon);
+    new_qs.push_back(matmul(matrices[k], summed_ps[k], /*transpose_a=*/true));
+  }
+  bucket.collectives.push_back(all_reduce(pack(new_qs), ReduceOp::avg));
+  std::vector<Value> averaged_qs = unpack(bucket.collectives.back(), new_qs);
+  for (size_t k = 0; k < low_rank.size(); ++k) {
+    const size_t j = low_rank[k];
+    Value approximation = matmul(summed_ps[k], averaged_qs[k], false, /*transpose_b=*/true);
+    state_updates.push_back(assign(errors[k], matrices[k] - approximation));
+    state_updates.push_back(assign(qs[k], averaged_qs[k]));
+    dp.gradients[members[j]].gradient = reshape(approximation, values[j].shape());
+    bucket.low_rank.push_back(dp.gradients[members[j]].variable);
+  }
+}
+
 // Whether a bucket of `dtype` travels in the compression's dtype (a narrower float).
 bool compresses(DType dtype, const std::optional<DType>& compression) {
   return compression && is_floating(dtype) && dtype_size(dtype) > dtype_size(*compression);
@@ -177,6 +245,7 @@ void add_scattered_bucket(DataParallel& dp, GradientBucket& bucket,
     packed = cast(packed, bucket.wire_dtype);
   }
   bucket.reduced = reduce_scatter(packed, ReduceOp::avg, dp.world_size);
+  bucket.collectives = {bucket.reduced};
   bucket.scattered = true;
   for (size_t i : members) dp.gradients[i].gradient = Value();
   const std::vector<size_t>& mine = of_rank[static_cast<size_t>(dp.rank)];
@@ -223,6 +292,17 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
   KILN_CHECK(!options.compression || *options.compression == f16 || *options.compression == bf16,
              GraphError, "[data_parallel] compression to ", options.compression.value_or(f32),
              ": only f16 and bf16 are 16-bit floats to send gradients in");
+  if (const auto& power = options.power_sgd) {
+    KILN_CHECK(power->rank >= 1, GraphError, "[data_parallel] power_sgd's rank ", power->rank,
+               " must be at least 1");
+    KILN_CHECK(power->min_compression_rate >= 0 && power->orthogonalization_epsilon >= 0,
+               GraphError, "[data_parallel] power_sgd's min_compression_rate ",
+               power->min_compression_rate, " and orthogonalization_epsilon ",
+               power->orthogonalization_epsilon, " must not be negative");
+    KILN_CHECK(!options.compression && !options.shard_gradients, GraphError,
+               "[data_parallel] power_sgd compresses the gradients itself: not with ",
+               options.compression ? "compression" : "shard_gradients");
+  }
   Graph& graph = *gradients[0].variable.graph();
   for (const optim::GradientAndVariable& p : gradients) {
     KILN_CHECK(p.gradient.defined() && p.variable.defined() && p.gradient.graph() == &graph &&
@@ -308,6 +388,7 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
     for (const optim::GradientAndVariable& p : gradients) variables.push_back(p.variable);
     result.owners = partition_variables(variables, result.world_size);
   }
+  std::vector<Value> power_updates;  // PowerSGD's new Q's and errors
   for (const std::vector<size_t>& members : closed) {
     GradientBucket bucket;
     std::vector<Value> values;
@@ -321,18 +402,33 @@ DataParallel data_parallel(const std::vector<optim::GradientAndVariable>& gradie
       add_scattered_bucket(result, bucket, members, values, options.compression);
       continue;
     }
-    Value packed = pack(values);
-    const bool compressed = compresses(bucket.dtype, options.compression);
-    if (compressed) {
-      bucket.wire_dtype = *options.compression;
-      packed = cast(packed, bucket.wire_dtype);
+    // With PowerSGD, the matrices it compresses leave the bucket's all-reduce.
+    std::vector<size_t> whole, low_rank;
+    for (size_t j = 0; j < members.size(); ++j)
+      (options.power_sgd && power_sgd_compresses(values[j].shape(), *options.power_sgd) ? low_rank
+                                                                                        : whole)
+          .push_back(j);
+    if (!whole.empty()) {
+      std::vector<Value> sent;
+      for (size_t j : whole) sent.push_back(values[j]);
+      Value packed = pack(sent);
+      const bool compressed = compresses(bucket.dtype, options.compression);
+      if (compressed) {
+        bucket.wire_dtype = *options.compression;
+        packed = cast(packed, bucket.wire_dtype);
+      }
+      bucket.reduced = all_reduce(packed, ReduceOp::avg);
+      bucket.collectives.push_back(bucket.reduced);
+      std::vector<Value> averaged =
+          unpack(compressed ? cast(bucket.reduced, bucket.dtype) : bucket.reduced, sent);
+      for (size_t k = 0; k < whole.size(); ++k)
+        result.gradients[members[whole[k]]].gradient = averaged[k];
     }
-    bucket.reduced = all_reduce(packed, ReduceOp::avg);
-    std::vector<Value> averaged =
-        unpack(compressed ? cast(bucket.reduced, bucket.dtype) : bucket.reduced, values);
-    for (size_t j = 0; j < members.size(); ++j) result.gradients[members[j]].gradient = averaged[j];
+    if (!low_rank.empty())
+      add_power_sgd(result, bucket, members, values, low_rank, *options.power_sgd, power_updates);
     result.buckets.push_back(std::move(bucket));
   }
+  if (!power_updates.empty()) result.power_sgd_state = group(graph, power_updates);
   return result;
 }
 
@@ -344,8 +440,10 @@ Value DataParallel::apply(optim::Optimizer& optimizer) const {
              "all-reduces only in the run that steps");
   Value update =
       owners.empty() ? optimizer.apply_gradients(gradients) : apply_sharded(*this, optimizer);
-  if (!reset.defined()) return update;
-  return group(*update.graph(), {update, reset});
+  std::vector<Value> targets = {update};
+  if (reset.defined()) targets.push_back(reset);
+  if (power_sgd_state.defined()) targets.push_back(power_sgd_state);
+  return targets.size() == 1 ? update : group(*update.graph(), targets);
 }
 
 Value broadcast_variables(Graph& graph, int64_t root) {

@@ -23,6 +23,32 @@
 
 namespace kiln::distributed {
 
+/// PowerSGD gradient compression (Vogels et al. 2019; PyTorch DDP's powerSGD_hook): each
+/// gradient of rank >= 2, viewed as an n x m matrix M (its first dim by the rest), travels as
+/// two thin matrices. With this rank's error feedback E and a warm-started Q [m, rank]:
+///   M = grad + E;  P = all_reduce_sum(M Q);  P = orthonormal columns of P (Gram-Schmidt);
+///   Q = all_reduce_avg(M^T P);  grad = P Q^T (the average gradient projected on P's span);
+///   E = M - grad.
+/// So a matrix sends (n + m) * rank values instead of n * m. Gradients of rank 1, and those
+/// that would not shrink by min_compression_rate, are all-reduced whole (as the hook does).
+/// Q (identical on every rank) and E (rank-local: this rank's residue) are persistent
+/// variables named "data_parallel/<var>/power_sgd_q" and ".../power_sgd_error", saved with
+/// checkpoints. A rank above the gradient's own rank adds directions made of rounding (as the
+/// hook's does): keep it small (1 to 4).
+/// Unlike the hook there is no start_powerSGD_iter: the graph compresses from its first step
+/// (to warm up uncompressed, train a graph without it, then restore its checkpoint into this
+/// one with strict = false).
+struct PowerSgdOptions {
+  /// The rank of the approximation (the hook's matrix_approximation_rank).
+  int64_t rank = 1;
+  /// A matrix is compressed only when n * m > min_compression_rate * (n + m) * rank.
+  double min_compression_rate = 2;
+  /// Added to each column's norm before it is normalized (a zero column stays zero).
+  double orthogonalization_epsilon = 1e-8;
+  /// The seed of Q's initial values (the same on every rank).
+  int64_t seed = 0;
+};
+
 struct DataParallelOptions {
   /// Gradients are packed into buckets of at least this many bytes (the last one may be
   /// smaller; a gradient larger than this is a bucket of its own). PyTorch DDP's default.
@@ -62,6 +88,9 @@ struct DataParallelOptions {
   /// sum 16-bit values in f32. bf16 keeps f32's range; f16 makes gradients beyond 65504 inf
   /// (with loss scaling, a skipped step). Unset: gradients travel in their own dtype.
   std::optional<DType> compression{};
+  /// PowerSGD low-rank compression of the matrices' gradients (see PowerSgdOptions). Not with
+  /// `compression` or `shard_gradients`.
+  std::optional<PowerSgdOptions> power_sgd{};
 };
 
 /// One all-reduced bucket: its gradients' variables, in packing order.
@@ -72,8 +101,14 @@ struct GradientBucket {
   /// The dtype the all-reduce sends: `dtype`, or the compression's.
   DType wire_dtype = DType::f32;
   /// The all_reduce node's output (the packed, averaged gradients); with shard_gradients the
-  /// reduce_scatter's (this rank's part: the averages of the variables it owns, padded).
+  /// reduce_scatter's (this rank's part: the averages of the variables it owns, padded). With
+  /// power_sgd, of the gradients sent whole (undefined when every one is compressed).
   Value reduced{};
+  /// With power_sgd: the variables whose gradients are compressed (not in `reduced`).
+  std::vector<Value> low_rank{};
+  /// Every collective of the bucket, in the order they run (`reduced`, then PowerSGD's P and
+  /// Q all-reduces).
+  std::vector<Value> collectives{};
   /// Reduce-scattered to the variables' owners (shard_gradients) rather than all-reduced.
   bool scattered = false;
 };
@@ -89,6 +124,9 @@ struct DataParallel {
   Value accumulate{};
   /// With accumulation_steps > 1: the target that zeroes the accumulators (part of apply()).
   Value reset{};
+  /// With power_sgd: the target that stores each compressed matrix's new Q and error (part
+  /// of apply()).
+  Value power_sgd_state{};
   /// With shard_optimizer_state: the rank that updates each variable of `gradients` and holds
   /// its slots (the graph is built for this process's rank, `rank`); else empty.
   std::vector<int64_t> owners{};

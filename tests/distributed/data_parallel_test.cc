@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <random>
 #include <set>
 
 #include "kiln/runtime/plan.h"
@@ -397,6 +398,117 @@ TEST(DataParallel, CompressedBucketsSendSixteenBitsAndRoundTheAverages) {
                         {"[data_parallel] compression to i32", "only f16 and bf16"});
   testing::expect_error([&] { distributed::data_parallel(grads, {.compression = f32}); },
                         {"compression to f32"});
+}
+
+// PowerSGD of rank 1 at world size 1, step by step against the algorithm written out here
+// (Vogels et al.'s, as DDP's powerSGD_hook): M = G + E, P = M Q, P /= |P| + eps, Q = M^T P,
+// G' = P Q^T, E = M - G'; Q warm-starts the next step. The bias (a vector) is sent whole.
+TEST(PowerSgd, RankOneStepsFollowTheAlgorithmWithErrorFeedback) {
+  testing::PowerSgdModel compressed(
+      distributed::PowerSgdOptions{.rank = 1, .min_compression_rate = 0});
+  testing::PowerSgdModel plain(std::nullopt);
+  ASSERT_EQ(compressed.dp.buckets.size(), 1u);
+  const distributed::GradientBucket& bucket = compressed.dp.buckets[0];
+  ASSERT_EQ(bucket.low_rank.size(), 1u);
+  EXPECT_EQ(bucket.low_rank[0].node().name(), "w");
+  EXPECT_EQ(bucket.reduced.shape(), Shape({4}));         // the bias, whole
+  ASSERT_EQ(bucket.collectives.size(), 3u);              // the bias, P, Q
+  EXPECT_EQ(bucket.collectives[1].shape(), Shape({6}));  // P: 6 x 1
+  EXPECT_EQ(bucket.collectives[2].shape(), Shape({4}));  // Q: 4 x 1
+  Value error = compressed.variable_named("w/power_sgd_error");
+  Value q = compressed.variable_named("w/power_sgd_q");
+  EXPECT_EQ(error.node().name(), "data_parallel/w/power_sgd_error");
+  EXPECT_EQ(q.node().name(), "data_parallel/w/power_sgd_q");
+  EXPECT_TRUE(error.node().attr<bool>("rank_local"));
+  EXPECT_FALSE(q.node().attr<bool>("rank_local"));
+
+  Session s(compressed.g), reference(plain.g);
+  std::vector<double> w = s.variable_value(compressed.w).to_vector<double>();
+  std::vector<double> b(4, 0.0), e(24, 0.0);
+  std::vector<double> qv = s.variable_value(q).to_vector<double>();
+  for (uint32_t step = 0; step < 3; ++step) {
+    auto batch = testing::power_sgd_batch(step);
+    // The true gradients at the reference's weights.
+    reference.set_variable(
+        plain.w, Tensor::from_vector<float>(std::vector<float>(w.begin(), w.end()), {6, 4}));
+    reference.set_variable(plain.b,
+                           Tensor::from_vector<float>(std::vector<float>(b.begin(), b.end()), {4}));
+    auto got = reference.run({{plain.x, batch.first}, {plain.y, batch.second}},
+                             {plain.grads[0].gradient, plain.grads[1].gradient});
+    const auto gw = got[0].to_vector<double>(), gb = got[1].to_vector<double>();
+    std::vector<double> m(24), p(6, 0.0), q_new(4, 0.0);
+    for (int i = 0; i < 24; ++i) m[i] = gw[i] + e[i];
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 4; ++j) p[i] += m[i * 4 + j] * qv[j];
+    double norm = 0;
+    for (double v : p) norm += v * v;
+    for (double& v : p) v /= std::sqrt(norm) + 1e-8;
+    for (int j = 0; j < 4; ++j)
+      for (int i = 0; i < 6; ++i) q_new[j] += m[i * 4 + j] * p[i];
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 4; ++j) {
+        const double approx = p[i] * q_new[j];
+        e[i * 4 + j] = m[i * 4 + j] - approx;
+        w[i * 4 + j] -= 0.1 * approx;
+      }
+    for (int j = 0; j < 4; ++j) b[j] -= 0.1 * gb[j];
+    qv = q_new;
+    s.run({{compressed.x, batch.first}, {compressed.y, batch.second}}, {}, {compressed.train});
+    testing::expect_near(w, s.variable_value(compressed.w), 1e-5, 1e-5, str("w, step ", step));
+    testing::expect_near(b, s.variable_value(compressed.b), 1e-5, 1e-5, str("b, step ", step));
+    testing::expect_near(e, s.variable_value(error), 1e-5, 1e-5, str("error, step ", step));
+    testing::expect_near(qv, s.variable_value(q), 1e-5, 1e-5, str("q, step ", step));
+  }
+  // The residue is real: a rank-1 step leaves most of a 6 x 4 gradient behind.
+  double residue = 0;
+  for (double v : e) residue = std::max(residue, std::abs(v));
+  EXPECT_GT(residue, 1e-3);
+}
+
+// At full rank (a 6 x 4 gradient, rank 4) the projection keeps the whole gradient: training
+// equals uncompressed training to rounding, and the error stays at rounding. Bad options name
+// themselves.
+TEST(PowerSgd, FullRankKeepsTheGradientAndBadOptionsAreRefused) {
+  testing::PowerSgdModel compressed(
+      distributed::PowerSgdOptions{.rank = 4, .min_compression_rate = 0});
+  testing::PowerSgdModel plain(std::nullopt);
+  Session s(compressed.g), reference(plain.g);
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto batch = testing::power_sgd_batch(10 + step);
+    s.run({{compressed.x, batch.first}, {compressed.y, batch.second}}, {}, {compressed.train});
+    reference.run({{plain.x, batch.first}, {plain.y, batch.second}}, {}, {plain.train});
+  }
+  testing::expect_near(testing::values(reference.variable_value(plain.w)),
+                       s.variable_value(compressed.w), 1e-5, 1e-5, "w");
+  for (double v :
+       s.variable_value(compressed.variable_named("w/power_sgd_error")).to_vector<double>())
+    EXPECT_LT(std::abs(v), 1e-5);
+  // The default rate 2: a 6 x 4 matrix shrinks enough at rank 1 (24 > 2 * 10) but not at
+  // rank 2 (24 < 2 * 20), where it is sent whole.
+  testing::PowerSgdModel kept(distributed::PowerSgdOptions{.rank = 2});
+  EXPECT_TRUE(kept.dp.buckets[0].low_rank.empty());
+  EXPECT_EQ(kept.dp.buckets[0].reduced.shape(), Shape({28}));
+  testing::PowerSgdModel squeezed(distributed::PowerSgdOptions{.rank = 1});
+  EXPECT_EQ(squeezed.dp.buckets[0].low_rank.size(), 1u);
+
+  auto grads = plain.grads;
+  testing::expect_error<GraphError>(
+      [&] {
+        distributed::data_parallel(grads, {.power_sgd = distributed::PowerSgdOptions{.rank = 0}});
+      },
+      {"[data_parallel] power_sgd's rank 0 must be at least 1"});
+  testing::expect_error<GraphError>(
+      [&] {
+        distributed::data_parallel(
+            grads, {.compression = bf16, .power_sgd = distributed::PowerSgdOptions{}});
+      },
+      {"power_sgd compresses the gradients itself: not with compression"});
+  testing::expect_error<GraphError>(
+      [&] {
+        distributed::data_parallel(
+            grads, {.shard_gradients = true, .power_sgd = distributed::PowerSgdOptions{}});
+      },
+      {"not with shard_gradients"});
 }
 
 }  // namespace

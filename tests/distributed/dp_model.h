@@ -27,7 +27,8 @@ struct DpModelOptions {
   double clip_norm = 0;          ///< Adam's clip_norm
   bool loss_scaling = false;     ///< Adam with_loss_scaling (its defaults)
   bool average = false;  ///< an ExponentialMovingAverage of the weights joins the training step
-  std::optional<DType> compression{};  ///< data_parallel's
+  std::optional<DType> compression{};                       ///< data_parallel's
+  std::optional<distributed::PowerSgdOptions> power_sgd{};  ///< data_parallel's
   /// Without data_parallel: each gradient rounded to this dtype and back (what compression does
   /// to the gradients at world size 1).
   std::optional<DType> round_gradients_to{};
@@ -59,7 +60,8 @@ inline void build_dp_model(DpModel& m, const DpModelOptions& options = {}) {
                                            .accumulation_steps = options.accumulation_steps,
                                            .shard_optimizer_state = options.shard_optimizer_state,
                                            .shard_gradients = options.shard_gradients,
-                                           .compression = options.compression});
+                                           .compression = options.compression,
+                                           .power_sgd = options.power_sgd});
     m.train = m.dp.apply(adam);
     m.accumulate = m.dp.accumulate;
     m.sync = distributed::broadcast_variables(g);
@@ -123,6 +125,49 @@ inline std::pair<Tensor, Tensor> bn_batch(int64_t n, uint32_t seed) {
   std::vector<int64_t> ys(static_cast<size_t>(n));
   for (int64_t& v : ys) v = static_cast<int64_t>(rng() % 4);
   return {Tensor::from_vector<float>(xs, {n, 6, 5}), Tensor::from_vector<int64_t>(ys, {n})};
+}
+
+// A regression x [N, 6] -> W [6, 4] + b -> y [N, 4] (mean squared error), trained by SGD; with
+// `power_sgd` its gradients go through data_parallel with PowerSGD. (Not a softmax classifier:
+// its W gradient's columns sum to zero, rank 3 at most, and a projection of rank 4 would add a
+// direction made of rounding.)
+struct PowerSgdModel {
+  Graph g;
+  Value x, y, w, b, train;
+  std::vector<optim::GradientAndVariable> grads;
+  distributed::DataParallel dp;
+  /// With `power_sgd`, or `data_parallel` alone: through data_parallel; else plain SGD.
+  explicit PowerSgdModel(std::optional<distributed::PowerSgdOptions> power_sgd,
+                         bool data_parallel = false, double lr = 0.1) {
+    x = g.placeholder("x", f32, {-1, 6});
+    y = g.placeholder("y", f32, {-1, 4});
+    w = g.variable("w", {6, 4}, init::normal(0, 0.5, 1));
+    b = g.variable("b", {4}, init::zeros());
+    Value loss = mean(square(matmul(x, w) + b - y));
+    optim::SGD sgd({.lr = lr});
+    grads = sgd.compute_gradients(loss);
+    if (power_sgd || data_parallel) {
+      dp = distributed::data_parallel(grads, {.power_sgd = power_sgd});
+      train = dp.apply(sgd);
+    } else {
+      train = sgd.apply_gradients(grads);
+    }
+  }
+  Value variable_named(const std::string& suffix) {
+    for (const Value& v : g.variables())
+      if (v.node().name().ends_with(suffix)) return v;
+    throw Error("no variable " + suffix);
+  }
+};
+
+/// `n` examples for PowerSgdModel (the same on every rank for a seed).
+inline std::pair<Tensor, Tensor> power_sgd_batch(uint32_t seed, int64_t n = 8) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> z(0, 1);
+  std::vector<float> xs(static_cast<size_t>(n * 6)), ys(static_cast<size_t>(n * 4));
+  for (float& v : xs) v = z(rng);
+  for (float& v : ys) v = z(rng);
+  return {Tensor::from_vector<float>(xs, {n, 6}), Tensor::from_vector<float>(ys, {n, 4})};
 }
 
 /// A global batch of `n` examples (the same on every rank for a seed).

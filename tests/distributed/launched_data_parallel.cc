@@ -433,6 +433,72 @@ void check_sharded_gradients_accumulated_and_compressed(distributed::Group& grou
             " ranks trains as unsharded: max relative difference ", difference, " < 2e-3"));
 }
 
+// PowerSGD on several ranks. At full rank (a 6 x 4 regression gradient, rank 4) it trains as
+// plain data parallelism: the summed P spans the average gradient's columns and the averaged
+// Q carries it (a Q summed instead would scale every step by the world size). At rank 1 on the
+// MLP, Q is the same on every rank after training while each rank keeps its own error.
+void check_power_sgd(distributed::Group& group) {
+  const int64_t rank = group.rank(), world = group.world_size();
+  constexpr int64_t kBatch = 24;
+  const int64_t per_rank = kBatch / world;
+  testing::PowerSgdModel compressed(
+      distributed::PowerSgdOptions{.rank = 4, .min_compression_rate = 0});
+  testing::PowerSgdModel plain(std::nullopt, /*data_parallel=*/true);
+  Session s(compressed.g), reference(plain.g);
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto batch = testing::power_sgd_batch(900 + step, kBatch);
+    // This rank's rows of x [24, 6] and y [24, 4].
+    auto rows_of = [&](const Tensor& t) {
+      const int64_t width = t.shape()[1];
+      auto all = t.to_vector<float>();
+      std::vector<float> mine(all.begin() + rank * per_rank * width,
+                              all.begin() + (rank + 1) * per_rank * width);
+      return Tensor::from_vector<float>(mine, {per_rank, width});
+    };
+    const std::pair<Tensor, Tensor> rows = {rows_of(batch.first), rows_of(batch.second)};
+    s.run({{compressed.x, rows.first}, {compressed.y, rows.second}}, {}, {compressed.train});
+    reference.run({{plain.x, rows.first}, {plain.y, rows.second}}, {}, {plain.train});
+  }
+  const auto got = s.variable_value(compressed.w).to_vector<double>();
+  const auto want = reference.variable_value(plain.w).to_vector<double>();
+  double d = 0;
+  for (size_t i = 0; i < got.size(); ++i) d = std::max(d, std::abs(got[i] - want[i]));
+  check(d < 1e-5, str("PowerSGD at full rank on ", world,
+                      " ranks trains as plain data parallelism: max difference ", d, " < 1e-5"));
+
+  testing::DpModel low;
+  testing::build_dp_model(low, {.bucket_bytes = 300, .power_sgd = distributed::PowerSgdOptions{}});
+  Session t(low.g);
+  t.run({}, {}, {low.sync});
+  for (int64_t k = 0; k < 3; ++k) {
+    auto batch = testing::dp_batch(48, static_cast<uint32_t>(950 + k));
+    auto rows = testing::dp_rows(batch, rank * (48 / world), (rank + 1) * (48 / world));
+    t.run({{low.x, rows.first}, {low.y, rows.second}}, {}, {low.train});
+  }
+  std::vector<double> qs, errors;
+  for (const Value& v : low.g.variables()) {
+    auto values = t.variable_value(v).to_vector<double>();
+    auto& into = v.node().name().ends_with("power_sgd_q")       ? qs
+                 : v.node().name().ends_with("power_sgd_error") ? errors
+                                                                : values;
+    if (&into != &values) into.insert(into.end(), values.begin(), values.end());
+  }
+  auto hash_of = [](const std::vector<double>& v) {
+    return static_cast<int64_t>(std::hash<std::string>()(
+        std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(double))));
+  };
+  const Tensor all = group.communicator().all_gather(
+      Tensor::from_vector<int64_t>({hash_of(qs), hash_of(errors)}, {2}));
+  bool same_q = true, own_error = true;
+  for (int64_t r = 0; r < world; ++r) {
+    same_q &= all.data<int64_t>()[2 * r] == hash_of(qs);
+    if (r != rank) own_error &= all.data<int64_t>()[2 * r + 1] != hash_of(errors);
+  }
+  check(!qs.empty() && same_q,
+        str("PowerSGD's Q (", qs.size(), " values) is the same on every rank"));
+  check(!errors.empty() && own_error, "and each rank's error feedback is its own");
+}
+
 // Sharded state over variables of two dtypes, where some ranks own none of the f64 ones (and
 // on 4 ranks, one rank owns nothing): their gathers of that dtype send only zeros, and must
 // still be queued in the same place as on the ranks that own some. (A constant to gather is
@@ -564,6 +630,7 @@ int main(int argc, char** argv) {
       check_sharded_gradients_clipped(*group);
       check_sharded_gradients_accumulated_and_compressed(*group);
       check_sharded_mixed_dtypes(*group);
+      check_power_sgd(*group);
     }
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_sync_batch_norm(*group);
     if (!std::getenv("KILN_TEST_KILL_RANK")) check_compressed_training(*group);

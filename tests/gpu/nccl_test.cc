@@ -88,6 +88,28 @@ TEST(Nccl, ShardedGradientsWithClippingAndLossScalingOnTheGpuMatchTheCpu) {
                          cpu_model.variables[i].name());
 }
 
+// PowerSGD through NCCL: P and Q all-reduced on the communication stream, the projection and
+// the error feedback on the GPU; trains as on the CPU.
+TEST(Nccl, PowerSgdOnTheGpuMatchesTheCpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  testing::DpModel gpu_model, cpu_model;
+  const testing::DpModelOptions options{.bucket_bytes = 300,
+                                        .power_sgd = distributed::PowerSgdOptions{.rank = 2}};
+  testing::build_dp_model(gpu_model, options);
+  testing::build_dp_model(cpu_model, options);
+  Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = testing::dp_batch(16, step);
+    gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
+    cpu.run({{cpu_model.x, xb}, {cpu_model.y, yb}}, {}, {cpu_model.train});
+  }
+  for (const Value& v : cpu_model.g.variables())
+    testing::expect_near(testing::values(cpu.variable_value(v)),
+                         gpu.variable_value(gpu_model.g.value(v.node().name())), 1e-4, 1e-4,
+                         v.node().name());
+}
+
 // Gradients all-reduced in bf16 through NCCL, and SyncBatchNorm's all_gather of statistics,
 // train on the GPU as on the CPU; a GPU session's checkpoint written through
 // distributed::save_checkpoint restores on the CPU.
