@@ -51,6 +51,21 @@ Tensor rank_tensor(DType dtype, int64_t n, int64_t r) {
   return t;
 }
 
+// The reduction `op` of every rank's element `at` (value_of), and the tolerance of `dtype`.
+std::pair<double, double> expected_reduction(DType dtype, ReduceOp op, int64_t world, int64_t at) {
+  double want = op == ReduceOp::min ? 1e9 : op == ReduceOp::max ? -1e9 : 0;
+  for (int64_t r = 0; r < world; ++r) {
+    const double v = value_of(dtype, r, at);
+    want = op == ReduceOp::min   ? std::min(want, v)
+           : op == ReduceOp::max ? std::max(want, v)
+                                 : want + v;
+  }
+  if (op == ReduceOp::avg) want /= static_cast<double>(world);
+  if (dtype == DType::boolean) want = want != 0;
+  const double tol = dtype == bf16 ? 0.02 : dtype == f16 ? 0.002 : 1e-6;
+  return {want, tol * std::max(1.0, std::abs(want))};
+}
+
 TEST(Gloo, AllReduceEveryDtypeOpAndSize) {
   for (int64_t world : {2, 4}) {
     const auto errors = on_ranks(world, [&](Communicator& comm) {
@@ -61,17 +76,8 @@ TEST(Gloo, AllReduceEveryDtypeOpAndSize) {
             Tensor t = rank_tensor(dtype, n, comm.rank());
             comm.all_reduce(t, op);
             for (int64_t i = 0; i<n; i += n> 1000 ? 97 : 1) {
-              double want = op == ReduceOp::min ? 1e9 : op == ReduceOp::max ? -1e9 : 0;
-              for (int64_t r = 0; r < world; ++r) {
-                const double v = value_of(dtype, r, i);
-                want = op == ReduceOp::min   ? std::min(want, v)
-                       : op == ReduceOp::max ? std::max(want, v)
-                                             : want + v;
-              }
-              if (op == ReduceOp::avg) want /= static_cast<double>(world);
-              if (dtype == DType::boolean) want = want != 0;
-              const double tol = dtype == bf16 ? 0.02 : dtype == f16 ? 0.002 : 1e-6;
-              ASSERT_NEAR(t.element(i), want, tol * std::max(1.0, std::abs(want)))
+              const auto [want, tol] = expected_reduction(dtype, op, world, i);
+              ASSERT_NEAR(t.element(i), want, tol)
                   << "world " << world << " " << dtype << " n " << n << " " << reduce_op_name(op)
                   << " element " << i;
             }
@@ -94,18 +100,9 @@ TEST(Gloo, ReduceScatterEveryDtypeOpAndSize) {
             Tensor part = comm.reduce_scatter(t, op);
             ASSERT_EQ(part.shape(), Shape({1, n}));
             for (int64_t i = 0; i<n; i += n> 1000 ? 89 : 1) {
-              const int64_t at = comm.rank() * n + i;  // in every rank's whole tensor
-              double want = op == ReduceOp::min ? 1e9 : op == ReduceOp::max ? -1e9 : 0;
-              for (int64_t r = 0; r < world; ++r) {
-                const double v = value_of(dtype, r, at);
-                want = op == ReduceOp::min   ? std::min(want, v)
-                       : op == ReduceOp::max ? std::max(want, v)
-                                             : want + v;
-              }
-              if (op == ReduceOp::avg) want /= static_cast<double>(world);
-              if (dtype == DType::boolean) want = want != 0;
-              const double tol = dtype == bf16 ? 0.02 : dtype == f16 ? 0.002 : 1e-6;
-              ASSERT_NEAR(part.element(i), want, tol * std::max(1.0, std::abs(want)))
+              // Element i of this rank's part is element rank * n + i of every rank's tensor.
+              const auto [want, tol] = expected_reduction(dtype, op, world, comm.rank() * n + i);
+              ASSERT_NEAR(part.element(i), want, tol)
                   << "world " << world << " " << dtype << " n " << n << " " << reduce_op_name(op)
                   << " rank " << comm.rank() << " element " << i;
             }

@@ -171,6 +171,27 @@ TEST(DataParallel, PartitionVariablesBalancesTheirBytesLargestFirst) {
   EXPECT_THROW(distributed::partition_variables(vars, 0), GraphError);
 }
 
+// Trains `sharded` and `plain` 4 steps on the same batches; their weights and moving averages
+// must end bit for bit alike. Returns both sessions.
+std::pair<std::unique_ptr<Session>, std::unique_ptr<Session>> expect_same_training(DpModel& sharded,
+                                                                                   DpModel& plain) {
+  auto a = std::make_unique<Session>(sharded.g);
+  auto b = std::make_unique<Session>(plain.g);
+  for (uint32_t step = 0; step < 4; ++step) {
+    auto [xb, yb] = dp_batch(16, step);
+    a->run({{sharded.x, xb}, {sharded.y, yb}}, {}, {sharded.train});
+    b->run({{plain.x, xb}, {plain.y, yb}}, {}, {plain.train});
+  }
+  for (size_t i = 0; i < sharded.variables.size(); ++i) {
+    testing::expect_near(testing::values(b->variable_value(plain.variables[i])),
+                         a->variable_value(sharded.variables[i]), 0, 0,
+                         sharded.variables[i].name());
+    testing::expect_near(testing::values(b->variable_value(plain.averages[i])),
+                         a->variable_value(sharded.averages[i]), 0, 0, sharded.averages[i].name());
+  }
+  return {std::move(a), std::move(b)};
+}
+
 // In one process the sharded step owns everything: the same numbers as the plain step, and the
 // moving average (read through Optimizer::updated) moves alike.
 TEST(DataParallel, ShardedOptimizerStateInOneProcessTrainsExactlyAsUnsharded) {
@@ -179,18 +200,7 @@ TEST(DataParallel, ShardedOptimizerStateInOneProcessTrainsExactlyAsUnsharded) {
   build_dp_model(plain, {.data_parallel = false, .average = true});
   EXPECT_EQ(sharded.dp.owners, std::vector<int64_t>(sharded.variables.size(), 0));
   EXPECT_EQ(sharded.dp.world_size, 1);
-  Session a(sharded.g), b(plain.g);
-  for (uint32_t step = 0; step < 4; ++step) {
-    auto [xb, yb] = dp_batch(16, step);
-    a.run({{sharded.x, xb}, {sharded.y, yb}}, {}, {sharded.train});
-    b.run({{plain.x, xb}, {plain.y, yb}}, {}, {plain.train});
-  }
-  for (size_t i = 0; i < sharded.variables.size(); ++i) {
-    testing::expect_near(testing::values(b.variable_value(plain.variables[i])),
-                         a.variable_value(sharded.variables[i]), 0, 0, sharded.variables[i].name());
-    testing::expect_near(testing::values(b.variable_value(plain.averages[i])),
-                         a.variable_value(sharded.averages[i]), 0, 0, sharded.averages[i].name());
-  }
+  expect_same_training(sharded, plain);
 }
 
 // Sharded gradients (ZeRO stage 2) at world size 1: every bucket is reduce-scattered (an
@@ -216,20 +226,9 @@ TEST(DataParallel, ShardedGradientsInOneProcessTrainExactlyAsUnsharded) {
     EXPECT_EQ(bucket.reduced.shape().numel() % 16, 0) << bucket.reduced.shape();
   }
   for (const auto& p : sharded.dp.gradients) EXPECT_TRUE(p.gradient.defined());
-  Session a(sharded.g), b(plain.g);
-  for (uint32_t step = 0; step < 4; ++step) {
-    auto [xb, yb] = dp_batch(16, step);
-    a.run({{sharded.x, xb}, {sharded.y, yb}}, {}, {sharded.train});
-    b.run({{plain.x, xb}, {plain.y, yb}}, {}, {plain.train});
-  }
-  for (size_t i = 0; i < sharded.variables.size(); ++i) {
-    testing::expect_near(testing::values(b.variable_value(plain.variables[i])),
-                         a.variable_value(sharded.variables[i]), 0, 0, sharded.variables[i].name());
-    testing::expect_near(testing::values(b.variable_value(plain.averages[i])),
-                         a.variable_value(sharded.averages[i]), 0, 0, sharded.averages[i].name());
-  }
-  EXPECT_EQ(a.variable_value(sharded.g.value("loss_scale")).element(0),
-            b.variable_value(plain.g.value("loss_scale")).element(0));
+  auto [a, b] = expect_same_training(sharded, plain);
+  EXPECT_EQ(a->variable_value(sharded.g.value("loss_scale")).element(0),
+            b->variable_value(plain.g.value("loss_scale")).element(0));
 }
 
 // Two micro-batches of 8 (accumulate, then step) update as one batch of 16 does.

@@ -44,61 +44,16 @@ TEST(Nccl, EveryCollectiveEveryDtypeAndSizeOnOneRank) {
   }
 }
 
-// The data-parallel transform on the GPU (NCCL on the communication stream) trains as the
-// CPU does.
-TEST(Nccl, DataParallelTrainingOnTheGpuMatchesTheCpu) {
-  KILN_REQUIRE_GPU();
-  ForceNccl force;
+// The data-parallel MLP built with `options`, trained 4 steps on the GPU (NCCL on the
+// communication stream) and on the CPU: every variable (weights, slots, PowerSGD's state)
+// ends alike.
+void expect_gpu_trains_as_cpu(const testing::DpModelOptions& options) {
   testing::DpModel gpu_model, cpu_model;
-  testing::build_dp_model(gpu_model, {.bucket_bytes = 300});
-  testing::build_dp_model(cpu_model, {.bucket_bytes = 300});
-  Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
-  gpu.run({}, {}, {gpu_model.sync});
-  for (uint32_t step = 0; step < 4; ++step) {
-    auto [xb, yb] = testing::dp_batch(16, step);
-    gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
-    cpu.run({{cpu_model.x, xb}, {cpu_model.y, yb}}, {}, {cpu_model.train});
-  }
-  for (size_t i = 0; i < cpu_model.variables.size(); ++i)
-    testing::expect_near(testing::values(cpu.variable_value(cpu_model.variables[i])),
-                         gpu.variable_value(gpu_model.variables[i]), 1e-4, 1e-5,
-                         cpu_model.variables[i].name());
-}
-
-// Sharded gradients (ZeRO stage 2) through NCCL: each bucket reduce-scattered, the norm and
-// the overflow probe all-reduced, the variables gathered; trains on the GPU as on the CPU.
-TEST(Nccl, ShardedGradientsWithClippingAndLossScalingOnTheGpuMatchTheCpu) {
-  KILN_REQUIRE_GPU();
-  ForceNccl force;
-  testing::DpModel gpu_model, cpu_model;
-  const testing::DpModelOptions options{
-      .bucket_bytes = 300, .shard_gradients = true, .clip_norm = 0.05, .loss_scaling = true};
   testing::build_dp_model(gpu_model, options);
   testing::build_dp_model(cpu_model, options);
   Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
   gpu.run({}, {}, {gpu_model.sync});
-  for (uint32_t step = 0; step < 4; ++step) {
-    auto [xb, yb] = testing::dp_batch(16, step);
-    gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
-    cpu.run({{cpu_model.x, xb}, {cpu_model.y, yb}}, {}, {cpu_model.train});
-  }
-  for (size_t i = 0; i < cpu_model.variables.size(); ++i)
-    testing::expect_near(testing::values(cpu.variable_value(cpu_model.variables[i])),
-                         gpu.variable_value(gpu_model.variables[i]), 1e-4, 1e-5,
-                         cpu_model.variables[i].name());
-}
-
-// PowerSGD through NCCL: P and Q all-reduced on the communication stream, the projection and
-// the error feedback on the GPU; trains as on the CPU.
-TEST(Nccl, PowerSgdOnTheGpuMatchesTheCpu) {
-  KILN_REQUIRE_GPU();
-  ForceNccl force;
-  testing::DpModel gpu_model, cpu_model;
-  const testing::DpModelOptions options{.bucket_bytes = 300,
-                                        .power_sgd = distributed::PowerSgdOptions{.rank = 2}};
-  testing::build_dp_model(gpu_model, options);
-  testing::build_dp_model(cpu_model, options);
-  Session gpu(gpu_model.g, {.device = Device::cuda(0)}), cpu(cpu_model.g);
+  cpu.run({}, {}, {cpu_model.sync});
   for (uint32_t step = 0; step < 4; ++step) {
     auto [xb, yb] = testing::dp_batch(16, step);
     gpu.run({{gpu_model.x, xb}, {gpu_model.y, yb}}, {}, {gpu_model.train});
@@ -108,6 +63,31 @@ TEST(Nccl, PowerSgdOnTheGpuMatchesTheCpu) {
     testing::expect_near(testing::values(cpu.variable_value(v)),
                          gpu.variable_value(gpu_model.g.value(v.node().name())), 1e-4, 1e-4,
                          v.node().name());
+}
+
+// The data-parallel transform on the GPU trains as the CPU does.
+TEST(Nccl, DataParallelTrainingOnTheGpuMatchesTheCpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  expect_gpu_trains_as_cpu({.bucket_bytes = 300});
+}
+
+// Sharded gradients (ZeRO stage 2) through NCCL: each bucket reduce-scattered, the norm and
+// the overflow probe all-reduced, the variables gathered.
+TEST(Nccl, ShardedGradientsWithClippingAndLossScalingOnTheGpuMatchTheCpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  expect_gpu_trains_as_cpu(
+      {.bucket_bytes = 300, .shard_gradients = true, .clip_norm = 0.05, .loss_scaling = true});
+}
+
+// PowerSGD through NCCL: P and Q all-reduced on the communication stream, the projection and
+// the error feedback on the GPU.
+TEST(Nccl, PowerSgdOnTheGpuMatchesTheCpu) {
+  KILN_REQUIRE_GPU();
+  ForceNccl force;
+  expect_gpu_trains_as_cpu(
+      {.bucket_bytes = 300, .power_sgd = distributed::PowerSgdOptions{.rank = 2}});
 }
 
 // Gradients all-reduced in bf16 through NCCL, and SyncBatchNorm's all_gather of statistics,
