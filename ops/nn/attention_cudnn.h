@@ -1,0 +1,44 @@
+// Attention through cuDNN's fused flash attention (ops/nn/attention_cudnn.cu): the forward and
+// backward of attention and attention_backward (ops/nn/attention.cc) as cuDNN operation graphs,
+// which cuDNN recognizes and runs as one fused kernel each. Chosen with
+// KILN_CUDA_ATTENTION=cudnn (falls back to Kiln's flash kernels where cuDNN has no plan, said
+// once on stderr) or =cudnn_strict (a DeviceError instead: the tests' and the benchmark's
+// choice). Not the default: written on a machine without a GPU, it has not run yet.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/framework/kernel.h"
+
+namespace kiln::ops::cuda_attention {
+
+/// An attention problem cuDNN's fused kernels take: f16 or bf16 q, k, v and out with one depth
+/// (a multiple of 8, at most 128), as many key-value heads as query heads, no mask, bias, softcap
+/// or window, and a causal mask (if any) aligned top-left (query offset 0), which is PyTorch's
+/// is_causal. The caller checks that; see cudnn_attention_takes in attention.cu.
+struct CudnnAttention {
+  DType dtype = DType::bf16;
+  int64_t batch = 0, heads = 0, queries = 0, keys = 0, depth = 0;
+  /// q, k, v, out and their gradients [B, T, H, D] ("bthd"), else [B, H, T, D].
+  bool bthd = false;
+  bool causal = false;
+  float scale = 1;
+};
+
+/// Whether KILN_CUDA_ATTENTION asks for cuDNN ("cudnn" or "cudnn_strict").
+bool cudnn_attention_requested();
+
+/// out = softmax(scale q k^T [causal]) v and lse [B, H, Tq] (f32, natural log: what Kiln's own
+/// kernels write, and cuDNN's softmax statistics). False where cuDNN offers no plan for the
+/// problem and KILN_CUDA_ATTENTION=cudnn (the caller runs its own kernels); throws
+/// kiln::DeviceError with cuDNN's reason under cudnn_strict.
+bool cudnn_attention_forward(KernelContext& ctx, const CudnnAttention& problem, const void* q,
+                             const void* k, const void* v, void* out, float* lse);
+
+/// dq, dk, dv from q, k, v, the forward's out and lse, and dout; false or a DeviceError as
+/// cudnn_attention_forward. cuDNN sums dq in f32 with atomics: its bits may differ run to run.
+bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem, const void* q,
+                              const void* k, const void* v, const void* out, const float* lse,
+                              const void* dout, void* dq, void* dk, void* dv);
+
+}  // namespace kiln::ops::cuda_attention
