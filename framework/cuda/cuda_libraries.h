@@ -63,7 +63,15 @@ namespace kiln::cuda {
   X(cudnnConvolutionBackwardData)                   \
   X(cudnnGetConvolutionBackwardFilterAlgorithm_v7)  \
   X(cudnnGetConvolutionBackwardFilterWorkspaceSize) \
-  X(cudnnConvolutionBackwardFilter)
+  X(cudnnConvolutionBackwardFilter)                 \
+  X(cudnnGetVersion)                                \
+  X(cudnnGetLastErrorString)                        \
+  X(cudnnBackendCreateDescriptor)                   \
+  X(cudnnBackendDestroyDescriptor)                  \
+  X(cudnnBackendSetAttribute)                       \
+  X(cudnnBackendGetAttribute)                       \
+  X(cudnnBackendFinalize)                           \
+  X(cudnnBackendExecute)
 // clang-format on
 
 #define KILN_LIBRARY_MEMBER(f) decltype(&::f) f = nullptr;
@@ -77,7 +85,8 @@ struct NvrtcApi {
   KILN_NVRTC_FUNCTIONS(KILN_LIBRARY_MEMBER)
 };
 
-/// cuDNN's entry points (the legacy convolution API, through libcudnn.so's dispatcher).
+/// cuDNN's entry points (the legacy convolution API and the graph (backend) API of fused
+/// attention, through libcudnn.so's dispatcher).
 struct CudnnApi {
   KILN_CUDNN_FUNCTIONS(KILN_LIBRARY_MEMBER)
 };

@@ -3,7 +3,8 @@
 // tensor cores (attention_flash.h, the kernels' bodies, shared with a CPU emulation that tests
 // them; KILN_CUDA_ATTENTION=wide gives the forward and dq kernels 32 query rows a warp); every
 // other problem (f64, other depths, tensors not 16-byte aligned), and any problem
-// with KILN_CUDA_ATTENTION=rows, runs the kernels below: one warp
+// with KILN_CUDA_ATTENTION=rows, runs the kernels below (KILN_CUDA_ATTENTION=cudnn runs what
+// cuDNN's fused attention takes through it: attention_cudnn.cu): one warp
 // per query row (forward, dq) or key row (dk, dv); each lane holds depth / 32 of the row's
 // elements, so depth is at most 32 * kChunks.
 //   forward: online softmax over the keys, m the running maximum and l the running sum:
@@ -24,11 +25,13 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <utility>
 
 #include "kiln/ops/cuda/map.cuh"
 #include "kiln/ops/nn/attention.h"
+#include "kiln/ops/nn/attention_cudnn.h"
 #include "kiln/ops/nn/attention_flash.h"
 
 namespace kiln::ops::cuda_attention {
@@ -588,10 +591,45 @@ template <typename T>
 constexpr bool kTensorCoreType =
     std::is_same_v<T, Half> || std::is_same_v<T, BFloat16> || std::is_same_v<T, float>;
 
+// The problem as cuDNN's fused attention takes it (see CudnnAttention), where KILN_CUDA_ATTENTION
+// asks for cuDNN and every tensor is 16-byte aligned; nullopt otherwise.
+std::optional<CudnnAttention> cudnn_problem(const KernelContext& ctx, const Problem& problem,
+                                            std::initializer_list<const void*> tensors) {
+  const DType dtype = ctx.input(0).dtype();
+  const AttentionShape& a = problem.a;
+  if (!cudnn_attention_requested() || (dtype != DType::f16 && dtype != DType::bf16)) return {};
+  if (problem.mask != nullptr || problem.bias != nullptr || problem.softcap > 0 ||
+      problem.query_offset != nullptr || a.window > 0 || a.query_offset != 0)
+    return {};
+  if (a.kv_heads != a.heads || a.value_depth != a.depth || a.depth % 8 != 0 || a.depth > 128 ||
+      a.batch * a.heads * a.queries * a.keys == 0)
+    return {};
+  for (const void* t : tensors)
+    if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return {};
+  return CudnnAttention{.dtype = dtype,
+                        .batch = a.batch,
+                        .heads = a.heads,
+                        .queries = a.queries,
+                        .keys = a.keys,
+                        .depth = a.depth,
+                        .bthd = a.bthd,
+                        .causal = a.causal,
+                        .scale = static_cast<float>(problem.scale),
+                        .deterministic = cudnn_attention_deterministic()};
+}
+
 // ---- The ops.
 
 void attention_cuda(KernelContext& ctx) {
   const Problem pr = problem_of(ctx, 3);
+  if (const std::optional<CudnnAttention> c =
+          cudnn_problem(ctx, pr,
+                        {ctx.input(0).raw_data(), ctx.input(1).raw_data(), ctx.input(2).raw_data(),
+                         ctx.output(0).raw_data(), ctx.output(1).raw_data()});
+      c && cudnn_attention_forward(ctx, *c, ctx.input(0).raw_data(), ctx.input(1).raw_data(),
+                                   ctx.input(2).raw_data(), ctx.output(0).raw_data(),
+                                   static_cast<float*>(ctx.output(1).raw_data())))
+    return;
   const bool flash = use_flash(ctx, pr,
                                {ctx.input(0).raw_data(), ctx.input(1).raw_data(),
                                 ctx.input(2).raw_data(), ctx.output(0).raw_data()});
@@ -613,6 +651,16 @@ void attention_cuda(KernelContext& ctx) {
 
 void attention_backward_cuda(KernelContext& ctx) {
   const Problem pr = problem_of(ctx, 6);
+  if (const std::optional<CudnnAttention> c = cudnn_problem(
+          ctx, pr,
+          {ctx.input(0).raw_data(), ctx.input(1).raw_data(), ctx.input(2).raw_data(),
+           ctx.input(3).raw_data(), ctx.input(4).raw_data(), ctx.input(5).raw_data(),
+           ctx.output(0).raw_data(), ctx.output(1).raw_data(), ctx.output(2).raw_data()});
+      c && cudnn_attention_backward(
+               ctx, *c, ctx.input(0).raw_data(), ctx.input(1).raw_data(), ctx.input(2).raw_data(),
+               ctx.input(3).raw_data(), ctx.input(4).data<float>(), ctx.input(5).raw_data(),
+               ctx.output(0).raw_data(), ctx.output(1).raw_data(), ctx.output(2).raw_data()))
+    return;
   const int64_t rows = pr.a.batch * pr.a.heads * pr.a.queries;
   const int64_t key_rows = pr.a.batch * pr.a.heads * pr.a.keys;
   // With a query offset (a problem for the forward: cached decoding), the per-row kernels: the

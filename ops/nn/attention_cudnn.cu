@@ -37,17 +37,29 @@ using ::kiln::cuda::cudnn;
 using ::kiln::ops::cuda::CudnnLane;
 using ::kiln::ops::cuda::stream_of;
 
-bool cudnn_attention_requested() {
+namespace {
+
+// Whether KILN_CUDA_ATTENTION, a comma-separated list, holds `word`.
+bool choice_holds(const char* word) {
   const char* value = std::getenv("KILN_CUDA_ATTENTION");
-  return value != nullptr &&
-         (std::strcmp(value, "cudnn") == 0 || std::strcmp(value, "cudnn_strict") == 0);
+  if (value == nullptr) return false;
+  const std::string list = str(",", value, ",");
+  return list.find(str(",", word, ",")) != std::string::npos;
+}
+
+}  // namespace
+
+bool cudnn_attention_requested() {
+  return choice_holds("cudnn");
+}
+bool cudnn_attention_deterministic() {
+  return choice_holds("deterministic");
 }
 
 namespace {
 
 bool strict() {
-  const char* value = std::getenv("KILN_CUDA_ATTENTION");
-  return value != nullptr && std::strcmp(value, "cudnn_strict") == 0;
+  return choice_holds("strict");
 }
 
 // Throws kiln::DeviceError naming the call, cuDNN's status and its last error message.
@@ -445,15 +457,19 @@ std::shared_ptr<GraphBuilder::Plan> backward_plan(cudnnHandle_t handle, const Cu
   g.reshape(ds, ds_t);
   g.matmul(ds_t, q, dk);
 
-  // dq = ds k: k^T seen back as k, the sums in f32 in the workspace, then converted.
-  Dims key_strides = transposed(strides_of(p, tk, d));
-  std::swap(key_strides[2], key_strides[3]);
-  const int64_t k = g.intermediate(key_dims, key_strides);
+  // dq = ds k: k^T seen back as k. Deterministic: straight into dq (cuDNN keeps ds in its
+  // workspace and multiplies it in a pass of its own); else summed in f32 in the workspace by the
+  // key blocks (atomics), then converted.
+  const int64_t k = g.intermediate(key_dims, strides_of(p, tk, d));
   g.reshape(kt, k);
-  const int64_t dq_sums =
-      g.tensor(kDqSums, query_dims, {h * tq * d, tq * d, d, 1}, CUDNN_DATA_FLOAT);
-  g.matmul(ds, k, dq_sums);
-  g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_sums, dq);
+  if (p.deterministic) {
+    g.matmul(ds, k, dq);
+  } else {
+    const int64_t dq_sums =
+        g.tensor(kDqSums, query_dims, {h * tq * d, tq * d, d, 1}, CUDNN_DATA_FLOAT);
+    g.matmul(ds, k, dq_sums);
+    g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_sums, dq);
+  }
   return g.plan();
 }
 
@@ -468,9 +484,10 @@ struct CachedPlan {
 template <typename Make>
 CachedPlan cached_plan(const KernelContext& ctx, cudnnHandle_t handle, const CudnnAttention& p,
                        const char* direction, Make&& make) {
-  const std::string key = ctx.cache_key(
-      str("cudnn attention ", direction, p.bthd ? " bthd" : " bhtd", p.causal ? " causal" : "",
-          " scale ", p.scale, " handle ", reinterpret_cast<uintptr_t>(handle)));
+  const std::string key =
+      ctx.cache_key(str("cudnn attention ", direction, p.bthd ? " bthd" : " bhtd",
+                        p.causal ? " causal" : "", p.deterministic ? " deterministic" : "",
+                        " scale ", p.scale, " handle ", reinterpret_cast<uintptr_t>(handle)));
   return ctx.cache().get<CachedPlan>(key, [&] {
     CachedPlan cached;
     try {
@@ -544,7 +561,8 @@ bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem,
   }
   const int64_t rows = problem.batch * problem.heads * problem.queries;
   const size_t row_dot_bytes = round_up(sizeof(float) * rows);
-  const size_t dq_sum_bytes = round_up(sizeof(float) * rows * problem.depth);
+  const size_t dq_sum_bytes =
+      problem.deterministic ? 0 : round_up(sizeof(float) * rows * problem.depth);
   float scale = problem.scale, one = 1, minus_inf = minus_infinity();
   // The graph's workspace tensors (D, and dq's f32 sums) go after cuDNN's own workspace.
   const size_t own = round_up(static_cast<size_t>(cached.plan->workspace));
@@ -553,10 +571,10 @@ bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem,
   char* row_dots = base + own;
   char* dq_sums = row_dots + row_dot_bytes;
   // Before cuDNN 9.6 the dq sums start from zeros the caller writes; later cuDNN clears them.
-  if (cudnn().cudnnGetVersion() < 90600)
+  if (!problem.deterministic && cudnn().cudnnGetVersion() < 90600)
     KILN_CUDA_CHECK(cudaMemsetAsync(dq_sums, 0, dq_sum_bytes, stream_of(ctx)), ctx.where());
-  std::vector<int64_t> uids = {kQ,  kK,  kV,     kOut, kLse,     kDout,  kDq,
-                               kDk, kDv, kScale, kOne, kRowDots, kDqSums};
+  std::vector<int64_t> uids = {kQ,  kK,  kV,  kOut,   kLse, kDout,
+                               kDq, kDk, kDv, kScale, kOne, kRowDots};
   std::vector<void*> pointers = {const_cast<void*>(q),
                                  const_cast<void*>(k),
                                  const_cast<void*>(v),
@@ -568,8 +586,11 @@ bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem,
                                  dv,
                                  &scale,
                                  &one,
-                                 row_dots,
-                                 dq_sums};
+                                 row_dots};
+  if (!problem.deterministic) {
+    uids.push_back(kDqSums);
+    pointers.push_back(dq_sums);
+  }
   if (problem.causal) {
     uids.push_back(kMinusInf);
     pointers.push_back(&minus_inf);

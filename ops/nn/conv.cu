@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "kiln/framework/cuda/cuda_libraries.h"
+#include "kiln/ops/cuda/cudnn_lane.h"
 #include "kiln/ops/cuda/map.cuh"
 #include "kiln/ops/nn/conv.h"
 
@@ -43,16 +44,6 @@ bool use_cudnn() {
   }();
   return use;
 }
-
-struct CudnnLane final : LaneResource {
-  explicit CudnnLane(const LaneInfo& lane) {
-    if (cudnn().cudnnCreate(&handle) != CUDNN_STATUS_SUCCESS)
-      throw DeviceError(str("[cuda] cudnnCreate failed on ", lane.device));
-    cudnn().cudnnSetStream(handle, static_cast<cudaStream_t>(lane.stream));
-  }
-  ~CudnnLane() override { cudnn().cudnnDestroy(handle); }
-  cudnnHandle_t handle = nullptr;
-};
 
 cudnnDataType_t cudnn_type(DType dtype) {
   switch (dtype) {

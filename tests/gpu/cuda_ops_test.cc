@@ -170,6 +170,63 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
     }
 }
 
+// cuDNN's fused attention (KILN_CUDA_ATTENTION=cudnn,strict: an error, not Kiln's kernels, where
+// cuDNN has no plan) against Kiln's flash kernels: both layouts, causal and not, queries fewer
+// than keys, depths 64 and 128, f16 and bf16; out, dq, dk and dv. The forward and the
+// deterministic backward repeat their bits; the default backward sums dq with atomics, so only
+// closeness is asked of it.
+TEST(CudaOps, CudnnAttentionMatchesTheFlashKernels) {
+  KILN_REQUIRE_GPU();
+  for (DType dtype : {bf16, f16})
+    for (int64_t depth : {int64_t{64}, int64_t{128}})
+      for (bool causal : {true, false})
+        for (const char* layout : {"bthd", "bhtd"}) {
+          Graph g;
+          const int64_t tq = causal ? 256 : 200, tk = causal ? 256 : 333;
+          const bool bthd = std::string(layout) == "bthd";
+          const Shape q_shape = bthd ? Shape{2, tq, 3, depth} : Shape{2, 3, tq, depth};
+          const Shape k_shape = bthd ? Shape{2, tk, 3, depth} : Shape{2, 3, tk, depth};
+          Value q = g.placeholder("q", f32, q_shape), k = g.placeholder("k", f32, k_shape),
+                v = g.placeholder("v", f32, k_shape), r = g.placeholder("r", f32, q_shape);
+          Value out = scaled_dot_product_attention(cast(q, dtype), cast(k, dtype), cast(v, dtype),
+                                                   {.causal = causal, .layout = layout});
+          std::vector<Value> fetch = gradients(sum(cast(out, f32) * r), {q, k, v});
+          fetch.insert(fetch.begin(), cast(out, f32));
+          const FeedList feeds = {{q, testing::random_tensor(f32, q_shape, -2, 2, 1)},
+                                  {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
+                                  {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
+                                  {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
+          auto run_with = [&](const char* choice) {
+            ::setenv("KILN_CUDA_ATTENTION", choice, 1);
+            Session session(g, {.device = Device::cuda(0)});
+            std::vector<std::vector<Tensor>> runs = {session.run(feeds, fetch),
+                                                     session.run(feeds, fetch)};
+            ::unsetenv("KILN_CUDA_ATTENTION");
+            return runs;
+          };
+          const std::vector<Tensor> want = run_with("")[0];
+          for (const char* choice : {"cudnn,strict", "cudnn,strict,deterministic"}) {
+            const std::vector<std::vector<Tensor>> got = run_with(choice);
+            const bool deterministic =
+                std::string(choice).find("deterministic") != std::string::npos;
+            const char* names[] = {"out", "dq", "dk", "dv"};
+            for (size_t i = 0; i < want.size(); ++i) {
+              const std::vector<double> expected = testing::values(want[i]);
+              double size = 0;
+              for (double e : expected) size = std::max(size, std::abs(e));
+              const double tolerance = dtype == bf16 ? 2e-2 : 4e-3;
+              const std::string where = str(names[i], " in ", dtype, " at depth ", depth, ", ",
+                                            layout, causal ? ", causal" : "", " (", choice, ")");
+              testing::expect_near(expected, got[0][i], 0, tolerance * size, where);
+              if (i == 0 || deterministic) {
+                EXPECT_EQ(testing::values(got[0][i]), testing::values(got[1][i]))
+                    << where << " differs run to run";
+              }
+            }
+          }
+        }
+}
+
 // SessionOptions::allow_tf32: without it f32 products and convolutions are f32 (the CPU's
 // values to f32 rounding); with it they run on TF32 tensor cores, near the CPU's values but
 // visibly not f32 (TF32 keeps 10 of the inputs' 23 mantissa bits).
