@@ -9,7 +9,9 @@
 //   mlp_step        one training step of the 784-256-128-10 MLP with Adam, batch 128, the batch
 //                   fed from the host and the loss fetched; add --graphs for CUDA Graphs
 //   cnn_step        the CNN of bench/nn_models.h, batch 64, Adam, as mlp_step (--graphs too;
-//                   --tf32: SessionOptions::allow_tf32, f32 convolutions and products in TF32)
+//                   --tf32: SessionOptions::allow_tf32, f32 convolutions and products in TF32;
+//                   --nondeterministic: SessionOptions::deterministic off, cuDNN's first choice
+//                   of algorithm whatever its determinism, as PyTorch's default)
 //   attention_bf16  fused attention forward + backward, bf16, [4, 16, 2048, 64], causal
 //   llama_step      the CPU benchmark's LLaMA-style block (RMS norm, SwiGLU, rotary, 2 of 4
 //                   heads for keys and values) training step, f32, batch 16 of 128 x 256 held
@@ -39,11 +41,16 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// A case's flags: --graphs (CUDA Graphs), --tf32 (SessionOptions::allow_tf32).
+// A case's flags: --graphs (CUDA Graphs), --tf32 (SessionOptions::allow_tf32),
+// --nondeterministic (SessionOptions::deterministic off).
 struct Flags {
-  bool graphs = false, tf32 = false;
-  /// What the printed case name gets: "_graphs", "_tf32", both or nothing.
-  std::string suffix() const { return str(graphs ? "_graphs" : "", tf32 ? "_tf32" : ""); }
+  bool graphs = false, tf32 = false, nondeterministic = false;
+  /// What the printed case name gets: "_graphs", "_tf32", "_nondeterministic" (in that order)
+  /// or nothing.
+  std::string suffix() const {
+    return str(graphs ? "_graphs" : "", tf32 ? "_tf32" : "",
+               nondeterministic ? "_nondeterministic" : "");
+  }
 };
 
 // The sessions' options: on GPU 0, with the case's flags; with KILN_BENCH_TRACE=PATH, every
@@ -54,6 +61,7 @@ SessionOptions gpu_options(const Flags& flags) {
   return {.device = Device::cuda(0),
           .cuda_graphs = flags.graphs,
           .allow_tf32 = flags.tf32,
+          .deterministic = !flags.nondeterministic,
           .trace_path = trace ? trace : ""};
 }
 
@@ -234,7 +242,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: kiln_gpu_bench matmul_bf16|chain_fused|mlp_step|cnn_step|attention_bf16|"
                  "llama_step|decode_step|decode_long_step "
-                 "[--graphs] [--tf32]\n");
+                 "[--graphs] [--tf32] [--nondeterministic]\n");
     return 2;
   }
   const std::string which = argv[1];
@@ -244,6 +252,8 @@ int main(int argc, char** argv) {
       flags.graphs = true;
     } else if (std::strcmp(argv[i], "--tf32") == 0) {
       flags.tf32 = true;
+    } else if (std::strcmp(argv[i], "--nondeterministic") == 0) {
+      flags.nondeterministic = true;
     } else {
       std::fprintf(stderr, "kiln_gpu_bench: unknown flag %s\n", argv[i]);
       return 2;

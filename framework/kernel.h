@@ -23,6 +23,9 @@ struct CudaStepContext {
   /// f32 products (matmul, convolution) may round their inputs to TF32 on tensor cores
   /// (SessionOptions::allow_tf32).
   bool allow_tf32 = false;
+  /// Library kernels (cuDNN's) must give the same bits on every run
+  /// (SessionOptions::deterministic).
+  bool deterministic = true;
 };
 
 /// What an executor gives a kernel besides its tensors; all optional (constant folding runs

@@ -112,7 +112,10 @@ class CudaExecutorImpl final : public CudaExecutor {
                           VariableStore& variables, const CudaRunOptions& options) override {
     KILN_CUDA_CHECK(cudaSetDevice(device_.index), "run");
     PlanState& state = state_for(plan);  // makes every lane the plan uses
-    for (const auto& l : lanes_) l->context.allow_tf32 = options.allow_tf32;
+    for (const auto& l : lanes_) {
+      l->context.allow_tf32 = options.allow_tf32;
+      l->context.deterministic = options.deterministic;
+    }
     stage_feeds(plan, state, feeds);
     std::memset(error_block_->data(), 0, error_block_->nbytes());
     const uint64_t generation = variables.generation();

@@ -16,6 +16,8 @@ struct CudaRunOptions {
   bool cuda_graphs = false;
   /// f32 products and convolutions may use TF32 (SessionOptions::allow_tf32).
   bool allow_tf32 = false;
+  /// Library kernels give the same bits on every run (SessionOptions::deterministic).
+  bool deterministic = true;
   /// Collect one trace event per step: its GPU start and duration (timing events around it on
   /// its stream). Runs traced this way are not captured as CUDA Graphs.
   std::vector<TraceEvent>* trace = nullptr;

@@ -91,6 +91,7 @@ std::vector<Tensor> Session::run(const FeedList& feeds, const std::vector<Value>
     CudaRunOptions run_options;
     run_options.cuda_graphs = options_.cuda_graphs;
     run_options.allow_tf32 = options_.allow_tf32;
+    run_options.deterministic = options_.deterministic;
     run_options.check_numerics = options_.check_numerics;
     run_options.trace = tracing ? &trace_ : nullptr;
     return cuda_->run(plan, tensors, *pool_, variables_, run_options);

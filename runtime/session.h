@@ -41,6 +41,12 @@ struct SessionOptions {
   /// torch.backends.cuda.matmul.allow_tf32 together. f16/bf16 use tensor cores either way;
   /// attention's f32 kernels keep f32 accuracy (three TF32 products each) either way.
   bool allow_tf32 = false;
+  /// On a GPU: every run of a plan gives the same bits. cuDNN's deterministic convolution
+  /// algorithms come first, and cuDNN's fused attention (KILN_CUDA_ATTENTION=cudnn) takes its
+  /// backward without atomics. Off: cuDNN's heuristic's first choice, as PyTorch's default
+  /// (torch.backends.cudnn.deterministic = False), faster where an algorithm that adds with
+  /// atomics wins. Kiln's own kernels and the CPU give the same bits either way.
+  bool deterministic = true;
   /// How many compiled plans the session keeps (least recently used ones go first; each holds
   /// its arena, so this bounds memory). Every distinct feed shape compiles a plan of its own:
   /// feed a fixed batch size (pad the last batch, or drop it) to compile once.

@@ -15,9 +15,16 @@
 // With --max-restarts N (torchrun's option), a failed job is started again, every rank, up to N
 // times: each attempt's processes get KILN_RESTART_COUNT (0, 1, ...), so a program resumes from
 // its last checkpoint (distributed::restore_latest_checkpoint). A signal to the launcher ends the
-// job without a restart. With several nodes each node's launcher restarts its own ranks: a
-// failure on one node fails the others' ranks too (their peer is gone), so every node restarts
-// once per failure and the attempts meet again (the rendezvous tells attempts apart).
+// job without a restart.
+//
+// With several nodes the launchers agree through a store of their own, which node 0's launcher
+// hosts on MASTER_PORT + 8 (past the ports the ranks' store may take): every attempt starts on
+// all nodes together with the same KILN_RESTART_COUNT (each launcher waits up to
+// --rdzv-timeout seconds, 300 by default, for the others); a rank failing on one node ends the
+// attempt on every node (the others see it within a fifth of a second, whether or not their
+// ranks notice their lost peer), and all decide alike whether to start again. A signal to any
+// launcher ends the job on every node, without a restart. Node 0's launcher, which holds the
+// store, leaves last.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,8 +35,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <optional>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "kiln/distributed/store.h"
+#include "kiln/framework/error.h"
 
 namespace {
 
@@ -44,7 +58,8 @@ int usage(const char* why) {
                "kiln-launch: %s\n"
                "usage: kiln-launch --nproc-per-node N [--nnodes M --node-rank R]\n"
                "                   [--master-addr A] [--master-port P] [--job-id ID]\n"
-               "                   [--grace SECONDS] [--max-restarts N] PROGRAM [ARGS...]\n",
+               "                   [--grace SECONDS] [--max-restarts N] [--rdzv-timeout SECONDS]\n"
+               "                   PROGRAM [ARGS...]\n",
                why);
   return 2;
 }
@@ -91,15 +106,132 @@ std::string describe(int status) {
 
 // What one attempt of the job needs.
 struct Job {
-  long nproc = 0, nnodes = 1, node_rank = 0, port = 0, grace = 5;
+  long nproc = 0, nnodes = 1, node_rank = 0, port = 0, grace = 5, rdzv_timeout = 300;
   std::string addr, job_id;
   char** program = nullptr;  // argv of the program, null-terminated
 };
 
-// Starts every rank of this node and supervises them until all have ended. Returns the exit
-// code: 0, the first failed rank's (1 for a signal), or 128 + a signal the launcher got (then
-// *interrupted is set).
-int run_attempt(const Job& job, long restart, bool* interrupted) {
+// How an attempt ended on some node: the exit code (128 + a signal for an interrupted
+// launcher), what happened, and whether the job must stop (no restart).
+struct Failure {
+  int code = 1;
+  std::string what;
+  bool stop = false;
+};
+
+// The launchers of a job on several nodes, meeting through a store that node 0's launcher
+// hosts. Keys per attempt: "<attempt>/ready/<node>" (its ranks start), "<attempt>/failed" (the
+// first failure seen: "<code> <stop> <what>"), "<attempt>/done/<node>" (its ranks all
+// succeeded), "<attempt>/over/<node>" (it is leaving). Store errors (a launcher gone) throw
+// kiln::DistributedError.
+class Peers {
+ public:
+  explicit Peers(const Job& job) : job_(job) {
+    const int port = static_cast<int>(job.port) + kiln::distributed::kStorePortCandidates;
+    const std::string id = "kiln-launch/" + (job.job_id.empty() ? "-" : job.job_id);
+    if (job.node_rank == 0)
+      server_ = std::make_unique<kiln::distributed::StoreServer>(port, id, job.nnodes);
+    store_ = std::make_unique<kiln::distributed::Store>(job.addr, port, id, job.nnodes,
+                                                        std::chrono::seconds(job.rdzv_timeout));
+  }
+
+  // Waits until every node's launcher has reached `attempt`; false when the launcher got a
+  // signal meanwhile. Throws kiln::DistributedError naming the nodes that never came.
+  bool meet(long attempt) {
+    store_->set(key(attempt, "ready/" + std::to_string(job_.node_rank)), "1");
+    const std::vector<std::string> ready = every_node(attempt, "ready");
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(job_.rdzv_timeout);
+    for (;;) {
+      const std::vector<bool> set = store_->check(ready);
+      std::string missing;
+      for (size_t n = 0; n < set.size(); ++n)
+        if (!set[n]) missing += (missing.empty() ? "" : ", ") + std::to_string(n);
+      if (missing.empty()) return true;
+      if (g_signal) return false;
+      if (std::chrono::steady_clock::now() >= deadline)
+        throw kiln::DistributedError("the launchers of node(s) " + missing +
+                                     " never reached attempt " + std::to_string(attempt) +
+                                     " within " + std::to_string(job_.rdzv_timeout) +
+                                     " s (--rdzv-timeout; --nnodes " + std::to_string(job_.nnodes) +
+                                     ", store " + store_->address() + ")");
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  // Tells the other nodes that `attempt` failed here (the first report stands).
+  void report(long attempt, const Failure& f) {
+    if (store_->add(key(attempt, "failures"), 1) == 1)
+      store_->set(key(attempt, "failed"),
+                  std::to_string(f.code) + " " + (f.stop ? "1" : "0") + " " + f.what);
+  }
+  // The failure some node reported for `attempt`, if any yet.
+  std::optional<Failure> failure(long attempt) {
+    const std::optional<std::string> v = store_->try_get(key(attempt, "failed"));
+    if (!v) return std::nullopt;
+    std::istringstream in(*v);
+    Failure f;
+    int stop = 0;
+    in >> f.code >> stop;
+    f.stop = stop != 0;
+    std::getline(in >> std::ws, f.what);
+    return f;
+  }
+  // After this node's ranks all succeeded: waits until every node's have, or one has failed.
+  std::optional<Failure> outcome(long attempt) {
+    store_->set(key(attempt, "done/" + std::to_string(job_.node_rank)), "1");
+    const std::vector<std::string> done = every_node(attempt, "done");
+    for (;;) {
+      if (std::optional<Failure> f = failure(attempt)) return f;
+      if (g_signal) {
+        const Failure f = interrupted();
+        report(attempt, f);
+        return f;
+      }
+      bool all = true;
+      for (bool set : store_->check(done)) all = all && set;
+      if (all) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  // Says this node is leaving after `attempt`; node 0 (the store's host) waits a while for the
+  // others to say so too, so that none loses the store while it still reads it.
+  void leave(long attempt) {
+    store_->set(key(attempt, "over/" + std::to_string(job_.node_rank)), "1");
+    if (job_.node_rank != 0) return;
+    try {
+      store_->wait(every_node(attempt, "over"), std::chrono::seconds(job_.grace + 30));
+    } catch (const kiln::Error&) {
+      // A node that went away without a word: nothing more to tell it.
+    }
+  }
+
+ private:
+  Failure interrupted() const {
+    return {128 + static_cast<int>(g_signal),
+            "node " + std::to_string(job_.node_rank) + "'s launcher got signal " +
+                std::to_string(static_cast<int>(g_signal)),
+            true};
+  }
+  static std::string key(long attempt, const std::string& what) {
+    return std::to_string(attempt) + "/" + what;
+  }
+  std::vector<std::string> every_node(long attempt, const std::string& what) const {
+    std::vector<std::string> keys;
+    for (long n = 0; n < job_.nnodes; ++n)
+      keys.push_back(key(attempt, what + "/" + std::to_string(n)));
+    return keys;
+  }
+
+  const Job& job_;
+  std::unique_ptr<kiln::distributed::StoreServer> server_;
+  std::unique_ptr<kiln::distributed::Store> store_;
+};
+
+// Starts every rank of this node for `attempt` and supervises them until all have ended.
+// Returns nullopt when every rank succeeded, else how the attempt failed: a rank of this node
+// (its exit code, 1 for a signal), a signal to the launcher (128 + it; the job stops), or, with
+// `peers`, a failure another node reported (this node's ranks are ended then too).
+std::optional<Failure> run_attempt(const Job& job, long attempt, Peers* peers) {
   const long nproc = job.nproc, node_rank = job.node_rank, grace = job.grace;
   const long world = nproc * job.nnodes;
   std::vector<Rank> ranks(static_cast<size_t>(nproc));
@@ -109,12 +241,12 @@ int run_attempt(const Job& job, long restart, bool* interrupted) {
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
       std::perror("kiln-launch: pipe");
-      return 1;
+      return Failure{1, "cannot make a pipe", true};
     }
     const pid_t pid = ::fork();
     if (pid < 0) {
       std::perror("kiln-launch: fork");
-      return 1;
+      return Failure{1, "cannot fork", true};
     }
     if (pid == 0) {
       ::setpgid(0, 0);  // its own group: the launcher ends it and everything it started
@@ -126,7 +258,7 @@ int run_attempt(const Job& job, long restart, bool* interrupted) {
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", job.addr.c_str(), 1);
       ::setenv("MASTER_PORT", std::to_string(job.port).c_str(), 1);
-      ::setenv("KILN_RESTART_COUNT", std::to_string(restart).c_str(), 1);
+      ::setenv("KILN_RESTART_COUNT", std::to_string(attempt).c_str(), 1);
       if (!job.job_id.empty()) ::setenv("KILN_JOB_ID", job.job_id.c_str(), 1);
       ::execvp(job.program[0], job.program);
       std::fprintf(stderr, "kiln-launch: cannot run '%s': %s\n", job.program[0],
@@ -142,21 +274,55 @@ int run_attempt(const Job& job, long restart, bool* interrupted) {
     r.running = true;
   }
 
-  int exit_code = 0;
+  std::optional<Failure> failed;
   bool ending = false;
   auto end_deadline = std::chrono::steady_clock::time_point::max();
+  auto next_look = std::chrono::steady_clock::now();
   auto end_all = [&](int sig) {
     for (Rank& r : ranks)
       if (r.running) ::kill(-r.pid, sig);
   };
+  // Ends this node's ranks after `f` (SIGTERM, then SIGKILL after the grace period); tells the
+  // other nodes when it happened here.
+  auto fail = [&](Failure f, bool here, int sig) {
+    failed = std::move(f);
+    end_all(sig);
+    ending = true;
+    end_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(grace);
+    if (!here || peers == nullptr) return;
+    try {
+      peers->report(attempt, *failed);
+    } catch (const kiln::Error& e) {
+      std::fprintf(stderr, "[kiln-launch] cannot tell the other nodes: %s\n", e.what());
+    }
+  };
+  const std::string node = "node " + std::to_string(node_rank) + ": ";
   for (;;) {
     if (g_signal && !ending) {  // forward, then wait for them as after a failure
       std::fprintf(stderr, "[kiln-launch] got signal %d; forwarding it to every rank\n",
                    static_cast<int>(g_signal));
-      end_all(g_signal);
-      exit_code = 128 + g_signal;
-      ending = true;
-      end_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(grace);
+      fail({128 + static_cast<int>(g_signal),
+            node + "the launcher got signal " + std::to_string(static_cast<int>(g_signal)), true},
+           true, g_signal);
+    }
+    // Another node's failure, looked for five times a second.
+    if (peers != nullptr && !ending && std::chrono::steady_clock::now() >= next_look) {
+      next_look = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+      try {
+        if (std::optional<Failure> f = peers->failure(attempt)) {
+          std::fprintf(
+              stderr,
+              "[kiln-launch] attempt %ld failed on another node (%s); ending this node's ranks\n",
+              attempt, f->what.c_str());
+          fail(*f, false, SIGTERM);
+        }
+      } catch (const kiln::Error& e) {
+        std::fprintf(
+            stderr,
+            "[kiln-launch] lost the other nodes' launchers (%s); ending this node's ranks\n",
+            e.what());
+        fail({1, "the launchers' store is gone", true}, false, SIGTERM);
+      }
     }
     // Output.
     std::vector<pollfd> fds;
@@ -192,14 +358,12 @@ int run_attempt(const Job& job, long restart, bool* interrupted) {
       for (Rank& r : ranks) {
         if (r.pid != pid) continue;
         r.running = false;
-        const bool failed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
-        if (failed && !ending) {
-          std::fprintf(stderr, "[kiln-launch] rank %ld (pid %d) %s; ending the other ranks\n",
-                       r.rank, static_cast<int>(pid), describe(status).c_str());
-          exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-          end_all(SIGTERM);
-          ending = true;
-          end_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(grace);
+        const bool failed_here = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        if (failed_here && !ending) {
+          const std::string what = "rank " + std::to_string(r.rank) + " (pid " +
+                                   std::to_string(pid) + ") " + describe(status);
+          std::fprintf(stderr, "[kiln-launch] %s; ending the other ranks\n", what.c_str());
+          fail({WIFEXITED(status) ? WEXITSTATUS(status) : 1, node + what, false}, true, SIGTERM);
         }
       }
     }
@@ -215,14 +379,14 @@ int run_attempt(const Job& job, long restart, bool* interrupted) {
       end_deadline = std::chrono::steady_clock::time_point::max();
     }
   }
-  *interrupted = g_signal != 0;
-  return exit_code;
+  return failed;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  long nproc = -1, nnodes = 1, node_rank = 0, port = 29500, grace = 5, max_restarts = 0;
+  long nproc = -1, nnodes = 1, node_rank = 0, port = 29500, grace = 5, max_restarts = 0,
+       rdzv_timeout = 300;
   std::string addr = "127.0.0.1", job_id;
   int i = 1;
   for (; i < argc; ++i) {
@@ -235,9 +399,13 @@ int main(int argc, char** argv) {
           "MASTER_PORT and KILN_JOB_ID set; prefixes each line of output with [rank R]; stops\n"
           "every process (SIGTERM, then SIGKILL after --grace seconds) when one fails; with\n"
           "--max-restarts N starts them all again up to N times (KILN_RESTART_COUNT counts).\n"
+          "With --nnodes M the nodes' launchers meet on MASTER_PORT + 8 of node 0 (each waits\n"
+          "--rdzv-timeout seconds for the others, 300 by default), start every attempt together\n"
+          "and end it together when a rank fails anywhere.\n"
           "usage: kiln-launch --nproc-per-node N [--nnodes M --node-rank R]\n"
           "                   [--master-addr A] [--master-port P] [--job-id ID]\n"
-          "                   [--grace SECONDS] [--max-restarts N] PROGRAM [ARGS...]\n");
+          "                   [--grace SECONDS] [--max-restarts N] [--rdzv-timeout SECONDS]\n"
+          "                   PROGRAM [ARGS...]\n");
       return 0;
     }
     if (i + 1 >= argc) return usage(("missing value for " + a).c_str());
@@ -255,6 +423,9 @@ int main(int argc, char** argv) {
     } else if (a == "--max-restarts") {
       if (!parse_int(v, 0, 1000000, &max_restarts))
         return usage("--max-restarts must be in 0..1000000");
+    } else if (a == "--rdzv-timeout") {
+      if (!parse_int(v, 1, 86400, &rdzv_timeout))
+        return usage("--rdzv-timeout must be in 1..86400 seconds");
     } else if (a == "--master-addr") {
       addr = v;
     } else if (a == "--job-id") {
@@ -282,17 +453,50 @@ int main(int argc, char** argv) {
   ::sigaction(SIGTERM, &action, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  Job job{nproc, nnodes, node_rank, port, grace, addr, job_id, argv + i};
-  for (long restart = 0;; ++restart) {
-    bool interrupted = false;
-    const int code = run_attempt(job, restart, &interrupted);
-    if (code == 0 || interrupted || restart >= max_restarts) {
-      if (code != 0 && !interrupted && max_restarts > 0)
-        std::fprintf(stderr, "[kiln-launch] the job failed after %ld restart%s; giving up\n",
-                     restart, restart == 1 ? "" : "s");
-      return code;
+  Job job{nproc, nnodes, node_rank, port, grace, rdzv_timeout, addr, job_id, argv + i};
+  std::unique_ptr<Peers> peers;
+  if (nnodes > 1) {
+    try {
+      peers = std::make_unique<Peers>(job);
+    } catch (const kiln::Error& e) {
+      std::fprintf(stderr, "[kiln-launch] cannot meet the other nodes' launchers: %s\n", e.what());
+      return 1;
     }
-    std::fprintf(stderr, "[kiln-launch] restarting every rank (restart %ld of %ld)\n", restart + 1,
+  }
+  for (long attempt = 0;; ++attempt) {
+    std::optional<Failure> failed;
+    try {
+      if (peers && !peers->meet(attempt)) return 128 + static_cast<int>(g_signal);
+    } catch (const kiln::Error& e) {
+      std::fprintf(stderr, "[kiln-launch] %s\n", e.what());
+      return 1;
+    }
+    failed = run_attempt(job, attempt, peers.get());
+    if (!failed && peers) {
+      try {
+        failed = peers->outcome(attempt);
+        if (failed)
+          std::fprintf(stderr, "[kiln-launch] attempt %ld failed (%s)\n", attempt,
+                       failed->what.c_str());
+      } catch (const kiln::Error& e) {
+        std::fprintf(stderr, "[kiln-launch] lost the other nodes' launchers: %s\n", e.what());
+        failed = Failure{1, "the launchers' store is gone", true};
+      }
+    }
+    if (!failed || failed->stop || attempt >= max_restarts) {
+      if (failed && !failed->stop && max_restarts > 0)
+        std::fprintf(stderr, "[kiln-launch] the job failed after %ld restart%s; giving up\n",
+                     attempt, attempt == 1 ? "" : "s");
+      if (peers) {
+        try {
+          peers->leave(attempt);
+        } catch (const kiln::Error&) {
+          // The others are gone already.
+        }
+      }
+      return failed ? failed->code : 0;
+    }
+    std::fprintf(stderr, "[kiln-launch] restarting every rank (restart %ld of %ld)\n", attempt + 1,
                  max_restarts);
   }
 }

@@ -615,7 +615,7 @@ std::optional<CudnnAttention> cudnn_problem(const KernelContext& ctx, const Prob
                         .bthd = a.bthd,
                         .causal = a.causal,
                         .scale = static_cast<float>(problem.scale),
-                        .deterministic = cudnn_attention_deterministic()};
+                        .deterministic = ctx.cuda()->deterministic};
 }
 
 // ---- The ops.

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,9 +52,6 @@ bool choice_holds(const char* word) {
 
 bool cudnn_attention_requested() {
   return choice_holds("cudnn");
-}
-bool cudnn_attention_deterministic() {
-  return choice_holds("deterministic");
 }
 
 namespace {
@@ -520,6 +518,20 @@ void execute(cudnnHandle_t handle, const GraphBuilder::Plan& plan, const std::ve
   check(cudnn().cudnnBackendExecute(handle, plan.plan, pack.get()), "execute");
 }
 
+// The lane's cuDNN handle, or nullptr where cuDNN cannot be opened (said once; under "strict" a
+// DeviceError instead).
+cudnnHandle_t lane_handle(KernelContext& ctx) {
+  try {
+    return ctx.lane_resource<CudnnLane>().handle;
+  } catch (const DeviceError& e) {
+    if (strict()) throw;
+    static std::once_flag said;
+    std::call_once(
+        said, [&] { std::fprintf(stderr, "kiln: %s; attention runs Kiln's kernels\n", e.what()); });
+    return nullptr;
+  }
+}
+
 // The score of a masked-out pair: -inf (cuDNN 9.10 and later), else the lowest float.
 float minus_infinity() {
   return cudnn().cudnnGetVersion() >= 91000 ? -std::numeric_limits<float>::infinity()
@@ -530,7 +542,8 @@ float minus_infinity() {
 
 bool cudnn_attention_forward(KernelContext& ctx, const CudnnAttention& problem, const void* q,
                              const void* k, const void* v, void* out, float* lse) {
-  const cudnnHandle_t handle = ctx.lane_resource<CudnnLane>().handle;
+  const cudnnHandle_t handle = lane_handle(ctx);
+  if (handle == nullptr) return false;
   const CachedPlan cached = cached_plan(ctx, handle, problem, "forward", forward_plan);
   if (cached.plan == nullptr) {
     if (strict()) throw DeviceError(str(ctx.where(), ": ", cached.refusal));
@@ -553,7 +566,8 @@ bool cudnn_attention_forward(KernelContext& ctx, const CudnnAttention& problem, 
 bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem, const void* q,
                               const void* k, const void* v, const void* out, const float* lse,
                               const void* dout, void* dq, void* dk, void* dv) {
-  const cudnnHandle_t handle = ctx.lane_resource<CudnnLane>().handle;
+  const cudnnHandle_t handle = lane_handle(ctx);
+  if (handle == nullptr) return false;
   const CachedPlan cached = cached_plan(ctx, handle, problem, "backward", backward_plan);
   if (cached.plan == nullptr) {
     if (strict()) throw DeviceError(str(ctx.where(), ": ", cached.refusal));

@@ -2,9 +2,8 @@
 // backward of attention and attention_backward (ops/nn/attention.cc) as cuDNN operation graphs,
 // which cuDNN recognizes and runs as one fused kernel each. Chosen with KILN_CUDA_ATTENTION, a
 // comma-separated list: "cudnn" (Kiln's flash kernels where cuDNN has no plan, said once on
-// stderr), plus "strict" (a DeviceError instead: the tests' and the benchmark's choice) and
-// "deterministic" (the backward's form without atomics). Not the default: written on a machine
-// without a GPU, it has not run yet.
+// stderr), plus "strict" (a DeviceError instead: the tests' and the benchmark's choice). Not the
+// default: written on a machine without a GPU, it has not run yet.
 #pragma once
 
 #include <cstdint>
@@ -24,15 +23,14 @@ struct CudnnAttention {
   bool bthd = false;
   bool causal = false;
   float scale = 1;
-  /// The backward's deterministic form: dq = ds k straight into dq, through a workspace of the
-  /// scores' size (2 bytes each), instead of f32 sums added with atomics.
+  /// The backward's deterministic form (SessionOptions::deterministic, the default): dq = ds k
+  /// straight into dq, through a workspace of the scores' size (2 bytes each), instead of f32
+  /// sums added with atomics.
   bool deterministic = false;
 };
 
-/// Whether KILN_CUDA_ATTENTION asks for cuDNN (holds "cudnn"), and for its deterministic
-/// backward (holds "deterministic" too).
+/// Whether KILN_CUDA_ATTENTION asks for cuDNN (holds "cudnn").
 bool cudnn_attention_requested();
-bool cudnn_attention_deterministic();
 
 /// out = softmax(scale q k^T [causal]) v and lse [B, H, Tq] (f32, natural log: what Kiln's own
 /// kernels write, and cuDNN's softmax statistics). False where cuDNN offers no plan for the
@@ -42,8 +40,8 @@ bool cudnn_attention_forward(KernelContext& ctx, const CudnnAttention& problem, 
                              const void* k, const void* v, void* out, float* lse);
 
 /// dq, dk, dv from q, k, v, the forward's out and lse, and dout; false or a DeviceError as
-/// cudnn_attention_forward. Unless deterministic, cuDNN sums dq in f32 with atomics: its bits may
-/// differ run to run.
+/// cudnn_attention_forward. Unless `problem.deterministic`, cuDNN sums dq in f32 with atomics:
+/// its bits may differ run to run.
 bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem, const void* q,
                               const void* k, const void* v, const void* out, const float* lse,
                               const void* dout, void* dq, void* dk, void* dv);

@@ -1,10 +1,10 @@
 // CUDA kernels of conv2d and its gradient ops (ops/nn/conv.cc). cuDNN runs them: opened on
 // first use, one handle per lane (a lane resource, bound to the lane's stream), the algorithm
 // picked by cuDNN's heuristic once per problem and kept in the executor's kernel cache
-// (deterministic algorithms first, so a run repeats bit for bit; f32 uses TF32 only where the
-// session allows it, as the products). Where cuDNN cannot be opened, or KILN_CUDNN=0, Kiln's direct
-// kernels run instead (one thread per output element, f32 accumulation): slower, and a reference
-// for cuDNN.
+// (deterministic algorithms first, so a run repeats bit for bit, unless the session's
+// `deterministic` is off; f32 uses TF32 only where the session allows it, as the products). Where
+// cuDNN cannot be opened, or KILN_CUDNN=0, Kiln's direct kernels run instead (one thread per output
+// element, f32 accumulation): slower, and a reference for cuDNN.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -113,13 +113,15 @@ bool tensor_cores(const KernelContext& ctx, DType dtype) {
          (dtype == DType::f32 && ctx.cuda()->allow_tf32);
 }
 
-// The first usable result of a heuristic query, preferring deterministic algorithms. Where
-// tensor cores are not allowed (tensor_cores), only FMA kernels.
+// The first usable result of a heuristic query: the first deterministic one where the session
+// asks for the same bits every run (SessionOptions::deterministic, the default), else the first.
+// Where tensor cores are not allowed (tensor_cores), only FMA kernels.
 template <typename Perf>
 Choice pick(const KernelContext& ctx, const Perf* results, int count, DType dtype) {
   const bool tensor = tensor_cores(ctx, dtype);
   for (bool need_deterministic : {true, false})
     for (int i = 0; i < count; ++i) {
+      if (need_deterministic && !ctx.cuda()->deterministic) break;
       const Perf& r = results[i];
       if (r.status != CUDNN_STATUS_SUCCESS) continue;
       if (need_deterministic && r.determinism != CUDNN_DETERMINISTIC) continue;
@@ -169,7 +171,8 @@ Choice choose(const KernelContext& ctx, cudnnHandle_t handle, const Descriptors&
   const std::string key = ctx.cache_key(
       str(static_cast<int>(direction), " k", g.kernel_h, 'x', g.kernel_w, " s", g.stride_h, ',',
           g.stride_w, " p", g.pad_h, ',', g.pad_w, " d", g.dilation_h, ',', g.dilation_w, " g",
-          g.groups, " in ", g.in_h, 'x', g.in_w, tensor_cores(ctx, dtype) ? " tensor" : ""));
+          g.groups, " in ", g.in_h, 'x', g.in_w, tensor_cores(ctx, dtype) ? " tensor" : "",
+          ctx.cuda()->deterministic ? "" : " any order"));
   return ctx.cache().get<Choice>(key, [&] {
     Choice choice = query_heuristic(ctx, handle, d, dtype, direction);
     // The workspace of the algorithm with the math it will run with, asked for directly: the

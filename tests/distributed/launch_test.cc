@@ -28,10 +28,11 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-// Runs kiln-launch with `args` through the shell.
-Result launch(const std::string& args) {
+// Runs kiln-launch with `args` through the shell; `tag` tells apart the files of launchers that
+// run at once.
+Result launch(const std::string& args, const std::string& tag = "") {
   // Files of this process (CTest runs the tests of this binary as parallel processes).
-  const std::string base = testing::tmp(str("launch.", ::getpid()));
+  const std::string base = testing::tmp(str("launch.", ::getpid(), tag));
   const std::string out = base + ".out", err = base + ".err";
   const auto start = std::chrono::steady_clock::now();
   const int status = std::system(str(KILN_LAUNCH_TOOL, " ", args, " >", out, " 2>", err).c_str());
@@ -41,6 +42,20 @@ Result launch(const std::string& args) {
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// Runs the launchers of nodes 0 .. nnodes - 1 at once, each with `args` after its --nnodes and
+// --node-rank; returns their results in node order.
+std::vector<Result> launch_nodes(int nnodes, const std::string& args) {
+  std::vector<Result> results(static_cast<size_t>(nnodes));
+  std::vector<std::thread> threads;
+  for (int n = 0; n < nnodes; ++n)
+    threads.emplace_back([&, n] {
+      results[static_cast<size_t>(n)] =
+          launch(str("--nnodes ", nnodes, " --node-rank ", n, " ", args), str(".node", n));
+    });
+  for (std::thread& t : threads) t.join();
+  return results;
 }
 
 bool alive(pid_t pid) {
@@ -57,10 +72,68 @@ TEST(Launch, EveryRankGetsTheEnvironmentAndItsOutputIsPrefixed) {
   EXPECT_NE(r.out.find("[rank 1] 1 2 1 2 127.0.0.1 1234\n"), std::string::npos) << r.out;
   // A last line without a newline is still printed, prefixed, on the right stream.
   EXPECT_NE(r.err.find("[rank 1] partial\n"), std::string::npos) << r.err;
-  const Result nodes = launch(
-      "--nproc-per-node 2 --nnodes 3 --node-rank 2 --job-id j sh -c 'echo $RANK/$WORLD_SIZE'");
-  EXPECT_NE(nodes.out.find("[rank 4] 4/6"), std::string::npos) << nodes.out;
-  EXPECT_NE(nodes.out.find("[rank 5] 5/6"), std::string::npos) << nodes.out;
+  const std::vector<Result> nodes = launch_nodes(
+      3, "--nproc-per-node 2 --master-port 29820 --job-id j sh -c 'echo $RANK/$WORLD_SIZE'");
+  for (const Result& node : nodes) EXPECT_EQ(node.code, 0) << node.err;
+  EXPECT_NE(nodes[2].out.find("[rank 4] 4/6"), std::string::npos) << nodes[2].out;
+  EXPECT_NE(nodes[2].out.find("[rank 5] 5/6"), std::string::npos) << nodes[2].out;
+  EXPECT_NE(nodes[0].out.find("[rank 0] 0/6"), std::string::npos) << nodes[0].out;
+}
+
+// With several nodes the launchers start each attempt together and end it together: a rank
+// failing on node 1 ends node 0's ranks (which would sleep a minute, never noticing), and both
+// nodes start attempt 1 with the same KILN_RESTART_COUNT.
+TEST(Launch, NodesStartEveryAttemptTogetherAndEndItTogether) {
+  const std::string script =
+      "sh -c 'echo \"attempt $KILN_RESTART_COUNT\"; if [ $KILN_RESTART_COUNT = 0 ]; then "
+      "if [ $RANK = 3 ]; then sleep 1; exit 4; fi; exec sleep 60; fi'";
+  const std::vector<Result> nodes = launch_nodes(
+      2, "--nproc-per-node 2 --master-port 29830 --job-id restarts --grace 2 --max-restarts 1 " +
+             script);
+  for (const Result& node : nodes) {
+    EXPECT_EQ(node.code, 0) << node.err;
+    EXPECT_LT(node.seconds, 40) << "a node waited for its ranks' own end";
+    EXPECT_NE(node.err.find("restarting every rank (restart 1 of 1)"), std::string::npos)
+        << node.err;
+  }
+  for (const char* line : {"[rank 0] attempt 1\n", "[rank 1] attempt 1\n"})
+    EXPECT_NE(nodes[0].out.find(line), std::string::npos) << nodes[0].out;
+  for (const char* line : {"[rank 2] attempt 1\n", "[rank 3] attempt 1\n"})
+    EXPECT_NE(nodes[1].out.find(line), std::string::npos) << nodes[1].out;
+  EXPECT_NE(nodes[0].err.find("attempt 0 failed on another node (node 1: rank 3 (pid "),
+            std::string::npos)
+      << nodes[0].err;
+  EXPECT_NE(nodes[0].err.find(") exited with status 4); ending this node's ranks"),
+            std::string::npos)
+      << nodes[0].err;
+
+  // Without restarts the failure ends every node's job with the failed rank's code.
+  const std::vector<Result> once =
+      launch_nodes(2, "--nproc-per-node 2 --master-port 29830 --job-id once --grace 2 " + script);
+  for (const Result& node : once) {
+    EXPECT_EQ(node.code, 4) << node.err;
+    EXPECT_LT(node.seconds, 40);
+    EXPECT_EQ(node.err.find("restarting"), std::string::npos) << node.err;
+  }
+}
+
+// A node whose peers never come says which are missing, within --rdzv-timeout.
+TEST(Launch, ANodeAloneSaysWhichNodesNeverCame) {
+  const Result first = launch(
+      "--nproc-per-node 1 --nnodes 3 --node-rank 0 --master-port 29840 --job-id alone "
+      "--rdzv-timeout 2 true");
+  EXPECT_EQ(first.code, 1);
+  EXPECT_NE(first.err.find("the launchers of node(s) 1, 2 never reached attempt 0 within 2 s"),
+            std::string::npos)
+      << first.err;
+  EXPECT_LT(first.seconds, 30);
+  const Result other = launch(
+      "--nproc-per-node 1 --nnodes 2 --node-rank 1 --master-port 29840 --job-id alone "
+      "--rdzv-timeout 2 true");
+  EXPECT_EQ(other.code, 1);
+  EXPECT_NE(other.err.find("cannot meet the other nodes' launchers"), std::string::npos)
+      << other.err;
+  EXPECT_LT(other.seconds, 30);
 }
 
 TEST(Launch, AFailingRankEndsTheOthersAndIsNamed) {
@@ -202,6 +275,7 @@ TEST(Launch, UsageErrors) {
   EXPECT_EQ(launch("--nproc-per-node 0 true").code, 2);
   EXPECT_EQ(launch("--nproc-per-node 2 --nnodes 2 --node-rank 2 true").code, 2);
   EXPECT_EQ(launch("--nproc-per-node 2 --max-restarts -1 true").code, 2);
+  EXPECT_EQ(launch("--nproc-per-node 2 --rdzv-timeout 0 true").code, 2);
   const Result missing = launch("--nproc-per-node 1 /no/such/program");
   EXPECT_EQ(missing.code, 127);
   EXPECT_NE(missing.err.find("cannot run '/no/such/program'"), std::string::npos) << missing.err;

@@ -173,8 +173,8 @@ TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
 // cuDNN's fused attention (KILN_CUDA_ATTENTION=cudnn,strict: an error, not Kiln's kernels, where
 // cuDNN has no plan) against Kiln's flash kernels: both layouts, causal and not, queries fewer
 // than keys, depths 64 and 128, f16 and bf16; out, dq, dk and dv. The forward and the
-// deterministic backward repeat their bits; the default backward sums dq with atomics, so only
-// closeness is asked of it.
+// deterministic backward (SessionOptions::deterministic, the default) repeat their bits; the
+// other backward sums dq with atomics, so only closeness is asked of it.
 TEST(CudaOps, CudnnAttentionMatchesTheFlashKernels) {
   KILN_REQUIRE_GPU();
   for (DType dtype : {bf16, f16})
@@ -196,27 +196,26 @@ TEST(CudaOps, CudnnAttentionMatchesTheFlashKernels) {
                                   {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
                                   {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
                                   {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
-          auto run_with = [&](const char* choice) {
+          auto run_with = [&](const char* choice, bool deterministic = true) {
             ::setenv("KILN_CUDA_ATTENTION", choice, 1);
-            Session session(g, {.device = Device::cuda(0)});
+            Session session(g, {.device = Device::cuda(0), .deterministic = deterministic});
             std::vector<std::vector<Tensor>> runs = {session.run(feeds, fetch),
                                                      session.run(feeds, fetch)};
             ::unsetenv("KILN_CUDA_ATTENTION");
             return runs;
           };
           const std::vector<Tensor> want = run_with("")[0];
-          for (const char* choice : {"cudnn,strict", "cudnn,strict,deterministic"}) {
-            const std::vector<std::vector<Tensor>> got = run_with(choice);
-            const bool deterministic =
-                std::string(choice).find("deterministic") != std::string::npos;
+          for (bool deterministic : {true, false}) {
+            const std::vector<std::vector<Tensor>> got = run_with("cudnn,strict", deterministic);
             const char* names[] = {"out", "dq", "dk", "dv"};
             for (size_t i = 0; i < want.size(); ++i) {
               const std::vector<double> expected = testing::values(want[i]);
               double size = 0;
               for (double e : expected) size = std::max(size, std::abs(e));
               const double tolerance = dtype == bf16 ? 2e-2 : 4e-3;
-              const std::string where = str(names[i], " in ", dtype, " at depth ", depth, ", ",
-                                            layout, causal ? ", causal" : "", " (", choice, ")");
+              const std::string where =
+                  str(names[i], " in ", dtype, " at depth ", depth, ", ", layout,
+                      causal ? ", causal" : "", deterministic ? "" : " (not deterministic)");
               testing::expect_near(expected, got[0][i], 0, tolerance * size, where);
               if (i == 0 || deterministic) {
                 EXPECT_EQ(testing::values(got[0][i]), testing::values(got[1][i]))
@@ -257,6 +256,40 @@ TEST(CudaOps, Tf32OnlyWhereTheSessionAllowsIt) {
     // Sums of 576 or 768 products of inputs rounded to 2^-11: errors near 1e-3 of the size.
     EXPECT_LT(largest_error, 1e-2 * size) << names[i] << " with TF32";
     EXPECT_GT(largest_error, 1e-5 * size) << names[i] << " with TF32 allowed is still f32";
+  }
+}
+
+// SessionOptions::deterministic: on (the default) convolutions repeat their bits run to run;
+// off, cuDNN's first choice whatever its determinism (as PyTorch's default) still computes the
+// convolution and its gradients to f32 accuracy.
+TEST(CudaOps, ConvolutionsRepeatTheirBitsUnlessToldNotTo) {
+  KILN_REQUIRE_GPU();
+  Graph g;
+  const Shape x_shape{16, 32, 28, 28}, w_shape{64, 32, 3, 3};
+  Value x = g.placeholder("x", f32, x_shape), w = g.placeholder("w", f32, w_shape);
+  Value y = conv2d(x, w, {.padding = {1, 1}});
+  Value r = g.placeholder("r", f32, y.shape());
+  std::vector<Value> fetch = gradients(sum(y * r), {x, w});
+  fetch.insert(fetch.begin(), y);
+  const FeedList feeds = {{x, testing::random_tensor(f32, x_shape, -1, 1, 1)},
+                          {w, testing::random_tensor(f32, w_shape, -1, 1, 2)},
+                          {r, testing::random_tensor(f32, y.shape(), -1, 1, 3)}};
+  const std::vector<Tensor> cpu = Session(g).run(feeds, fetch);
+  const char* names[] = {"conv2d", "its input gradient", "its filter gradient"};
+  for (bool deterministic : {true, false}) {
+    Session s(g, {.device = Device::cuda(0), .deterministic = deterministic});
+    const std::vector<Tensor> first = s.run(feeds, fetch), second = s.run(feeds, fetch);
+    for (size_t i = 0; i < fetch.size(); ++i) {
+      const std::vector<double> want = testing::values(cpu[i]);
+      double size = 0;
+      for (double v : want) size = std::max(size, std::abs(v));
+      const std::string where = str(names[i], deterministic ? "" : " (not deterministic)");
+      testing::expect_near(want, first[i], 0, 1e-5 * size, where);
+      if (deterministic) {
+        EXPECT_EQ(testing::values(first[i]), testing::values(second[i]))
+            << where << " differs run to run";
+      }
+    }
   }
 }
 
