@@ -382,21 +382,25 @@ extern __shared__ __align__(16) unsigned char flash_shared[];
 // 255 registers (left to itself it capped the bf16 depth-32 forward at 128 and spilled).
 
 // kOffset: the problem has a query offset input, read here into the shape the body reads (a
-// kernel of its own, so the kernels without one are what they were).
-template <typename T, int D, int M, bool kOffset>
+// kernel of its own, so the kernels without one are what they were). kTerms: the scores have a
+// bias or a softcap (flash::has_score_terms): kernels of their own, made only with 16 query rows
+// a warp, no query offset and dq a kernel of its own, so that the others are what they were
+// (with the terms' code in them ptxas spilled more in the tight ones: the bf16 depth-64
+// query-offset forward 2,268 bytes instead of 976).
+template <typename T, int D, int M, bool kOffset, bool kTerms = false>
 __global__ void __launch_bounds__(flash::kThreads, 1) flash_forward_kernel(flash::Params p) {
   DeviceEnv env;
   if constexpr (kOffset) p.a.set_query_offset(*p.query_offset);
-  flash::forward_block<T, D, M>(env, p, blockIdx.x, flash_shared);
+  flash::forward_block<T, D, M, kTerms>(env, p, blockIdx.x, flash_shared);
 }
 
-template <typename T, int D, int M>
+template <typename T, int D, int M, bool kTerms = false>
 __global__ void __launch_bounds__(flash::kThreads, 1) flash_dq_kernel(flash::Params p) {
   DeviceEnv env;
-  flash::dq_block<T, D, M>(env, p, blockIdx.x, flash_shared);
+  flash::dq_block<T, D, M, kTerms>(env, p, blockIdx.x, flash_shared);
 }
 
-template <typename T, int D, bool kDq>
+template <typename T, int D, bool kDq, bool kTerms = false>
 __global__ void __launch_bounds__(flash::kThreads, 1) flash_dkv_kernel(flash::Params p) {
   DeviceEnv env;
   int64_t block = blockIdx.x;
@@ -409,7 +413,7 @@ __global__ void __launch_bounds__(flash::kThreads, 1) flash_dkv_kernel(flash::Pa
     __syncthreads();
     block = ticket;
   }
-  flash::dkv_block<T, D, kDq>(env, p, block, flash_shared);
+  flash::dkv_block<T, D, kDq, kTerms>(env, p, block, flash_shared);
 }
 
 // KILN_CUDA_ATTENTION (read per call: tests switch it) is `choice`.
@@ -424,16 +428,18 @@ bool attention_choice_is(const char* choice) {
 // (2026-12-04, [4, 16, 2048, 64] bf16 causal) the turns serialize the key blocks of a head: the
 // dk/dv/dq kernel took 3.78 ms, the dq and dk/dv kernels apart 2.1 ms less.
 bool separate_dq(const Problem& problem) {
-  return !flash::every_query_block_reaches_a_key(problem.a) || !attention_choice_is("summed_dq");
+  return !flash::every_query_block_reaches_a_key(problem.a) || !attention_choice_is("summed_dq") ||
+         problem.bias != nullptr || problem.softcap > 0;
 }
 
 // Calls fn(std::integral_constant<int, M>) with the m-tiles per warp of the query-side kernels:
 // 2 (32 query rows a warp, 128 a block) with KILN_CUDA_ATTENTION=wide where T and D allow it
-// (flash::kWideQueryBlocks), else 1. Not measured on a GPU yet, so not the default.
+// (flash::kWideQueryBlocks) and the scores have no bias or softcap (those kernels are compiled
+// without them), else 1. Not measured on a GPU yet, so not the default.
 template <typename T, int D, typename Fn>
-void by_query_tiles(Fn&& fn) {
+void by_query_tiles(const Problem& problem, Fn&& fn) {
   if constexpr (flash::kWideQueryBlocks<T, D>) {
-    if (attention_choice_is("wide")) {
+    if (attention_choice_is("wide") && problem.bias == nullptr && problem.softcap <= 0) {
       fn(std::integral_constant<int, 2>{});
       return;
     }
@@ -469,6 +475,8 @@ flash::Params flash_params(const Problem& problem) {
   p.scale = static_cast<float>(problem.scale);
   p.scale_log2 = static_cast<float>(problem.scale) * flash::kLog2e;
   p.mask = problem.mask;
+  p.bias = problem.bias;
+  p.softcap = static_cast<float>(problem.softcap);
   p.query_offset = problem.query_offset;
   return p;
 }
@@ -481,13 +489,18 @@ void flash_forward(KernelContext& ctx, const Problem& problem) {
   p.v = ctx.input(2).data<T>();
   p.out = ctx.output(0).raw_data();
   p.lse_out = static_cast<float*>(ctx.output(1).raw_data());
-  if (p.query_offset != nullptr) {  // 16 query rows a warp only
-    launch_flash(ctx, flash_forward_kernel<T, D, 1, true>,
-                 problem.a.batch * problem.a.heads * flash::blocks_of(problem.a.queries),
+  const int64_t blocks = problem.a.batch * problem.a.heads * flash::blocks_of(problem.a.queries);
+  if (flash::has_score_terms(p)) {  // 16 query rows a warp, no query offset (use_flash)
+    launch_flash(ctx, flash_forward_kernel<T, D, 1, false, true>, blocks,
                  flash::forward_shared_bytes<T, D, 1>(), p);
     return;
   }
-  by_query_tiles<T, D>([&](auto tiles) {
+  if (p.query_offset != nullptr) {  // 16 query rows a warp only
+    launch_flash(ctx, flash_forward_kernel<T, D, 1, true>, blocks,
+                 flash::forward_shared_bytes<T, D, 1>(), p);
+    return;
+  }
+  by_query_tiles<T, D>(problem, [&](auto tiles) {
     constexpr int M = tiles.value;
     launch_flash(ctx, flash_forward_kernel<T, D, M, false>,
                  problem.a.batch * problem.a.heads *
@@ -524,7 +537,14 @@ void flash_backward(KernelContext& ctx, const Problem& problem, const float* del
                  flash::dkvq_shared_bytes<T, D>(), p);
     return;
   }
-  by_query_tiles<T, D>([&](auto tiles) {
+  if (flash::has_score_terms(p)) {  // 16 query rows a warp, dq apart (separate_dq)
+    launch_flash(ctx, flash_dq_kernel<T, D, 1, true>, heads * q_blocks,
+                 flash::dq_shared_bytes<T, D, 1>(), p);
+    launch_flash(ctx, flash_dkv_kernel<T, D, false, true>, heads * flash::blocks_of(problem.a.keys),
+                 flash::dkv_shared_bytes<T, D>(), p);
+    return;
+  }
+  by_query_tiles<T, D>(problem, [&](auto tiles) {
     constexpr int M = tiles.value;
     launch_flash(ctx, flash_dq_kernel<T, D, M>,
                  heads * flash::blocks_of(problem.a.queries, flash::kQueryRows<M>),
@@ -566,9 +586,10 @@ int shared_memory_limit(int device) {
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
-  // The flash kernels take bool masks and no softcap; the rest runs on the per-row kernels.
-  if (attention_choice_is("rows") || problem.bias != nullptr || problem.softcap > 0 ||
-      !flash::supports(dtype, problem.a))
+  if (attention_choice_is("rows") || !flash::supports(dtype, problem.a)) return false;
+  // The query-offset forward (cached decoding) is compiled without a bias or softcap: its
+  // registers are tight (flash::by_score_terms).
+  if (problem.query_offset != nullptr && (problem.bias != nullptr || problem.softcap > 0))
     return false;
   for (const void* t : tensors)
     if (reinterpret_cast<uintptr_t>(t) % 16 != 0) return false;
@@ -579,7 +600,7 @@ bool use_flash(const KernelContext& ctx, const Problem& problem,
       need = flash::dkvq_shared_bytes<float, D>();
     } else {
       need = flash::dkvq_shared_bytes<Half, D>();
-      by_query_tiles<Half, D>([&](auto tiles) {
+      by_query_tiles<Half, D>(problem, [&](auto tiles) {
         need = std::max(need, flash::dq_shared_bytes<Half, D, tiles.value>());
       });
     }

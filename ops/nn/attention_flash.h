@@ -31,6 +31,8 @@
 //             o = o 2^(m - m') + 2^(x - m') v; out = o / l, lse = (m ln 2 + ln l) [natural log]
 //   backward: p = 2^(x - lse log2(e)), D = dout . out (one per query row, delta),
 //             ds = p (dout . v - D); dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
+// With a softcap c and a bias (score_log2), s = c tanh(scale q k^T / c) + bias, and ds takes the
+// slope 1 - tanh^2 of the cap (dq and dk keep their factor scale).
 // dq is a kernel of its own over query blocks (dq_block), dk and dv one over key blocks: 7
 // products. With KILN_CUDA_ATTENTION=summed_dq, one kernel over key blocks makes all three (5
 // products): dq's rows are summed over the key blocks in turns, in the order of their index
@@ -125,6 +127,10 @@ struct Params {
   float scale = 1;       // of the scores
   float scale_log2 = 1;  // scale * log2(e)
   const bool* mask = nullptr;
+  // An additive bias of the scores (of Element<T>, strides a.mask_strides) instead of the mask,
+  // and a softcap c (0: none): score = c tanh(scale q . k / c) + bias.
+  const void* bias = nullptr;
+  float softcap = 0;
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
@@ -171,6 +177,52 @@ KILN_FLASH_FN bool attends(const Params& p, int64_t bh, int64_t i, int64_t j) {
   const int64_t b = bh / a.heads, h = bh % a.heads;
   return p.mask[b * a.mask_strides[0] + h * a.mask_strides[1] + i * a.mask_strides[2] +
                 j * a.mask_strides[3]];
+}
+
+/// What the kernels read of a T (16-bit bits, or the float), as a float.
+template <typename T>
+KILN_FLASH_FN float value_of(Element<T> e) {
+  if constexpr (kTf32<T>)
+    return e;
+  else
+    return T::to_float(e);
+}
+
+/// Whether a problem's scores have a bias or a softcap: the bodies' kTerms. The bodies with
+/// kTerms are kernels of their own (attention.cu), so the plain ones hold none of the terms' code.
+KILN_HOST_DEVICE bool has_score_terms(const Params& p) {
+  return p.bias != nullptr || p.softcap > 0;
+}
+
+/// The score of query i and key j of bh from their dot product, in log2 units (times log2 e),
+/// for the bodies with kTerms (the plain ones take scale dot log2 e themselves): scale dot,
+/// capped to c tanh(scale dot / c) under a softcap c, plus the bias. `slope` gets
+/// d score / d (scale dot): 1 - tanh^2 under a softcap, else 1. Rows past the queries and keys
+/// past the end read no bias (their scores are never used).
+template <typename T>
+KILN_FLASH_FN float score_log2(const Params& p, int64_t bh, int64_t i, int64_t j, float dot,
+                               float& slope) {
+  float score = dot * p.scale;
+  slope = 1;
+  if (p.softcap > 0) {
+    const float t = tanhf(score / p.softcap);
+    score = p.softcap * t;
+    slope = 1 - t * t;
+  }
+  const AttentionShape& a = p.a;
+  if (p.bias != nullptr && i < a.queries && j < a.keys) {
+    const int64_t b = bh / a.heads, h = bh % a.heads;
+    score += value_of<T>(elements<T>(p.bias)[b * a.mask_strides[0] + h * a.mask_strides[1] +
+                                             i * a.mask_strides[2] + j * a.mask_strides[3]]);
+  }
+  return score * kLog2e;
+}
+
+/// A row's lse in log2 units for the backward's 2^(x - lse): a row that sees no key (lse -inf:
+/// a mask, or a bias of -inf everywhere) gets +inf, so that each probability is 0 even where
+/// its score x is -inf (no -inf - -inf).
+KILN_FLASH_FN float lse_log2(float lse) {
+  return lse == -INFINITY ? INFINITY : lse * kLog2e;
 }
 
 /// Shared memory of each kernel, in bytes: tiles of 64 rows (the query side's: kQueryRows<M>) of
@@ -523,7 +575,8 @@ KILN_FLASH_FN void stage_keys_values(Env& env, Element<T>* tile, const Params& p
 
 /// Forward: out and lse of query rows [q0, q0 + kQueryRows<M>) of one (b, h), 16 M per warp.
 /// Grid: blocks_of(queries, kQueryRows<M>) per (b, h) (query_block).
-template <typename T, int D, int M, class Env>
+/// kTerms: the scores have a bias or a softcap (has_score_terms; see score_log2).
+template <typename T, int D, int M, bool kTerms, class Env>
 KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
   constexpr int R = kQueryRows<M>;
@@ -586,7 +639,14 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
         for (int e = 0; e < 4; ++e) {
           const int64_t row = first_row + 16 * i + g + 8 * (e / 2);
           const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-          s[i][nt][e] = test && !attends(p, bh, row, j) ? -INFINITY : s[i][nt][e] * p.scale_log2;
+          if constexpr (kTerms) {
+            float slope = 1;
+            s[i][nt][e] = test && !attends(p, bh, row, j)
+                              ? -INFINITY
+                              : score_log2<T>(p, bh, row, j, s[i][nt][e], slope);
+          } else {
+            s[i][nt][e] = test && !attends(p, bh, row, j) ? -INFINITY : s[i][nt][e] * p.scale_log2;
+          }
         }
       }
     }
@@ -638,7 +698,7 @@ KILN_FLASH_FN void forward_block(Env& env, const Params& p, int64_t block, void*
 }
 
 /// dq of query rows [q0, q0 + kQueryRows<M>) of one (b, h); grid as forward_block<T, D, M>.
-template <typename T, int D, int M, class Env>
+template <typename T, int D, int M, bool kTerms, class Env>
 KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
   constexpr int R = kQueryRows<M>;
@@ -672,7 +732,10 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
       // has lse -inf; each of its scores is masked, so no 2^(x + inf) is made.)
       const int64_t row = first_row + 16 * i + g + 8 * r;
       const bool live = row < a.queries;
-      lse2[i][r] = live ? p.lse[bh * a.queries + row] * kLog2e : INFINITY;
+      if constexpr (kTerms)
+        lse2[i][r] = live ? lse_log2(p.lse[bh * a.queries + row]) : INFINITY;
+      else
+        lse2[i][r] = live ? p.lse[bh * a.queries + row] * kLog2e : INFINITY;
       delta[i][r] = live ? p.delta[bh * a.queries + row] : 0.0f;
     }
   }
@@ -722,10 +785,19 @@ KILN_FLASH_FN void dq_block(Env& env, const Params& p, int64_t block, void* shar
           const int r = e / 2;
           const int64_t row = first_row + 16 * i + g + 8 * r;
           const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-          const float prob = test && !attends(p, bh, row, j)
-                                 ? 0.0f
-                                 : env.exp2(s[i][nt][e] * p.scale_log2 - lse2[i][r]);
-          s[i][nt][e] = prob * (dp[i][nt][e] - delta[i][r]);  // ds
+          if constexpr (kTerms) {
+            float slope = 1;
+            const float prob =
+                test && !attends(p, bh, row, j)
+                    ? 0.0f
+                    : env.exp2(score_log2<T>(p, bh, row, j, s[i][nt][e], slope) - lse2[i][r]);
+            s[i][nt][e] = prob * (dp[i][nt][e] - delta[i][r]) * slope;  // ds
+          } else {
+            const float prob = test && !attends(p, bh, row, j)
+                                   ? 0.0f
+                                   : env.exp2(s[i][nt][e] * p.scale_log2 - lse2[i][r]);
+            s[i][nt][e] = prob * (dp[i][nt][e] - delta[i][r]);  // ds
+          }
         }
       }
     }
@@ -818,7 +890,7 @@ KILN_FLASH_FN void add_to_dq(Env& env, const Params& p, const float (&acc)[D / 8
 /// parts in turn. Needs every key block of a (b, h) before this one running or done when it
 /// waits: on the GPU `block` is the order the blocks started in (a ticket), not their grid
 /// index, so that holds whatever order the hardware starts them in.
-template <typename T, int D, bool kDq, class Env>
+template <typename T, int D, bool kDq, bool kTerms, class Env>
 KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* shared) {
   using E = Element<T>;
   const AttentionShape& a = p.a;
@@ -882,11 +954,23 @@ KILN_FLASH_FN void dkv_block(Env& env, const Params& p, int64_t block, void* sha
       KILN_FLASH_UNROLL
       for (int e = 0; e < 4; ++e) {
         const int c = nt * 8 + 2 * t + (e & 1);
-        const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
-                               ? 0.0f
-                               : env.exp2(st[0][nt][e] * p.scale_log2 - lse[c] * kLog2e);
-        st[0][nt][e] = prob;
-        dpt[0][nt][e] = prob * (dpt[0][nt][e] - delta[c]);  // ds^T
+        if constexpr (kTerms) {
+          float slope = 1;
+          const float prob =
+              test && !attends(p, bh, q0 + c, keys[e / 2])
+                  ? 0.0f
+                  : env.exp2(score_log2<T>(p, bh, q0 + c, keys[e / 2], st[0][nt][e], slope) -
+                             lse_log2(lse[c]));
+          st[0][nt][e] = prob;
+          dpt[0][nt][e] = prob * (dpt[0][nt][e] - delta[c]) * slope;  // ds^T
+        } else {
+          // (Without terms a row that sees no key has every score masked: no lse_log2 needed.)
+          const float prob = test && !attends(p, bh, q0 + c, keys[e / 2])
+                                 ? 0.0f
+                                 : env.exp2(st[0][nt][e] * p.scale_log2 - lse[c] * kLog2e);
+          st[0][nt][e] = prob;
+          dpt[0][nt][e] = prob * (dpt[0][nt][e] - delta[c]);  // ds^T
+        }
       }
     }
     product_c_y<T, D>(env, dv, st, dos, lane);

@@ -115,59 +115,68 @@ TEST(CudaOps, NaNAndInfinitiesFollowTheRule) {
 
 // The tensor-core attention kernels (attention_flash.h) against the warp-per-row ones
 // (KILN_CUDA_ATTENTION=rows) at sizes the op table does not reach: many key steps, partial
-// blocks, every depth, causal masking with heads read in place; and the same bits run to run.
+// blocks, every depth, causal masking with heads read in place, and with a float bias and a
+// softcap (score terms); and the same bits run to run.
 TEST(CudaOps, FlashAttentionMatchesTheRowKernels) {
   KILN_REQUIRE_GPU();
-  for (DType dtype : {bf16, f16, f32})
-    for (int64_t depth : {int64_t{32}, int64_t{64}, int64_t{128}}) {
-      Graph g;
-      const Shape q_shape{2, 300, 3, depth}, k_shape{2, 333, 3, depth};
-      Value q = g.placeholder("q", f32, q_shape), k = g.placeholder("k", f32, k_shape),
-            v = g.placeholder("v", f32, k_shape), r = g.placeholder("r", f32, q_shape);
-      Value out = scaled_dot_product_attention(cast(q, dtype), cast(k, dtype), cast(v, dtype),
-                                               {.causal = true, .layout = "bthd"});
-      std::vector<Value> fetch = gradients(sum(cast(out, f32) * r), {q, k, v});
-      fetch.insert(fetch.begin(), cast(out, f32));
-      const FeedList feeds = {{q, testing::random_tensor(f32, q_shape, -2, 2, 1)},
-                              {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
-                              {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
-                              {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
-      // KILN_CUDA_ATTENTION is read at each run: "" (a dq kernel of its own), "summed_dq" (dq
-      // summed in the dk/dv kernel's turns), "wide" (32 query rows a warp in the forward and dq
-      // kernels: each row's sums in the same order as "", so the same bits), "rows" (the
-      // warp-per-row kernels: the reference).
-      auto run_with = [&](const char* choice) {
-        ::setenv("KILN_CUDA_ATTENTION", choice, 1);
-        Session session(g, {.device = Device::cuda(0)});
-        std::vector<std::vector<Tensor>> runs = {session.run(feeds, fetch),
-                                                 session.run(feeds, fetch)};
-        ::unsetenv("KILN_CUDA_ATTENTION");
-        return runs;
-      };
-      const std::vector<Tensor> want = run_with("rows")[0];
-      std::vector<Tensor> by_default;
-      for (const char* choice : {"", "summed_dq", "wide"}) {
-        const std::vector<std::vector<Tensor>> got = run_with(choice);
-        if (by_default.empty()) by_default = got[0];
-        const char* names[] = {"out", "dq", "dk", "dv"};
-        for (size_t i = 0; i < want.size(); ++i) {
-          const std::vector<double> expected = testing::values(want[i]);
-          double size = 0;
-          for (double e : expected) size = std::max(size, std::abs(e));
-          // f32 runs on 3xTF32: close to f32 arithmetic, not the same bits as the row kernels.
-          const double tolerance = dtype == bf16 ? 2e-2 : dtype == f16 ? 4e-3 : 2e-5;
-          const std::string where = str(names[i], " in ", dtype, " at depth ", depth,
-                                        " (KILN_CUDA_ATTENTION=", choice, ")");
-          testing::expect_near(expected, got[0][i], 0, tolerance * size, where);
-          EXPECT_EQ(testing::values(got[0][i]), testing::values(got[1][i]))
-              << where << " differs run to run";
-          if (std::string(choice) == "wide") {
-            EXPECT_EQ(testing::values(got[0][i]), testing::values(by_default[i]))
-                << where << " differs from the default kernels' bits";
+  for (bool terms : {false, true})
+    for (DType dtype : {bf16, f16, f32})
+      for (int64_t depth : {int64_t{32}, int64_t{64}, int64_t{128}}) {
+        Graph g;
+        const Shape q_shape{2, 300, 3, depth}, k_shape{2, 333, 3, depth},
+            bias_shape{1, 3, 300, 333};
+        Value q = g.placeholder("q", f32, q_shape), k = g.placeholder("k", f32, k_shape),
+              v = g.placeholder("v", f32, k_shape), r = g.placeholder("r", f32, q_shape);
+        Value bias = g.placeholder("bias", f32, bias_shape);
+        Value out = scaled_dot_product_attention(cast(q, dtype), cast(k, dtype), cast(v, dtype),
+                                                 {.mask = terms ? cast(bias, dtype) : Value{},
+                                                  .causal = true,
+                                                  .softcap = terms ? 4.0 : 0.0,
+                                                  .layout = "bthd"});
+        std::vector<Value> fetch = gradients(sum(cast(out, f32) * r), {q, k, v});
+        fetch.insert(fetch.begin(), cast(out, f32));
+        FeedList feeds = {{q, testing::random_tensor(f32, q_shape, -2, 2, 1)},
+                          {k, testing::random_tensor(f32, k_shape, -2, 2, 2)},
+                          {v, testing::random_tensor(f32, k_shape, -1, 1, 3)},
+                          {r, testing::random_tensor(f32, q_shape, -1, 1, 4)}};
+        if (terms) feeds.push_back({bias, testing::random_tensor(f32, bias_shape, -3, 3, 5)});
+        // KILN_CUDA_ATTENTION is read at each run: "" (a dq kernel of its own), "summed_dq" (dq
+        // summed in the dk/dv kernel's turns), "wide" (32 query rows a warp in the forward and dq
+        // kernels: each row's sums in the same order as "", so the same bits), "rows" (the
+        // warp-per-row kernels: the reference).
+        auto run_with = [&](const char* choice) {
+          ::setenv("KILN_CUDA_ATTENTION", choice, 1);
+          Session session(g, {.device = Device::cuda(0)});
+          std::vector<std::vector<Tensor>> runs = {session.run(feeds, fetch),
+                                                   session.run(feeds, fetch)};
+          ::unsetenv("KILN_CUDA_ATTENTION");
+          return runs;
+        };
+        const std::vector<Tensor> want = run_with("rows")[0];
+        std::vector<Tensor> by_default;
+        for (const char* choice : {"", "summed_dq", "wide"}) {
+          const std::vector<std::vector<Tensor>> got = run_with(choice);
+          if (by_default.empty()) by_default = got[0];
+          const char* names[] = {"out", "dq", "dk", "dv"};
+          for (size_t i = 0; i < want.size(); ++i) {
+            const std::vector<double> expected = testing::values(want[i]);
+            double size = 0;
+            for (double e : expected) size = std::max(size, std::abs(e));
+            // f32 runs on 3xTF32: close to f32 arithmetic, not the same bits as the row kernels.
+            const double tolerance = dtype == bf16 ? 2e-2 : dtype == f16 ? 4e-3 : 2e-5;
+            const std::string where = str(names[i], " in ", dtype, " at depth ", depth,
+                                          terms ? " with a bias and a softcap" : "",
+                                          " (KILN_CUDA_ATTENTION=", choice, ")");
+            testing::expect_near(expected, got[0][i], 0, tolerance * size, where);
+            EXPECT_EQ(testing::values(got[0][i]), testing::values(got[1][i]))
+                << where << " differs run to run";
+            if (std::string(choice) == "wide") {
+              EXPECT_EQ(testing::values(got[0][i]), testing::values(by_default[i]))
+                  << where << " differs from the default kernels' bits";
+            }
           }
         }
       }
-    }
 }
 
 // cuDNN's fused attention (KILN_CUDA_ATTENTION=cudnn,strict: an error, not Kiln's kernels, where

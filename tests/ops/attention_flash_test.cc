@@ -32,6 +32,9 @@ struct Case {
   int64_t kv_heads = 0;      // of k and v: 0 for `heads`, or a divisor (grouped-query attention)
   int64_t window = 0;        // a sliding window: query i sees keys j > i - window (0: none)
   int64_t query_offset = 0;  // query i stands at key position query_offset + i (i above)
+  bool bias = false;         // an additive [Tq, Tk] bias over every (b, h) instead of the mask;
+                             // query row 3 gets -inf everywhere (it sees no key)
+  double softcap = 0;        // scores capped to c tanh(s / c) (0: none)
 
   int64_t key_value_heads() const { return kv_heads > 0 ? kv_heads : heads; }
 };
@@ -68,7 +71,9 @@ template <typename T>
 struct Tensors {
   std::vector<Element<T>> q, k, v, dout;
   std::vector<double> qd, kd, vd, doutd;
-  std::vector<char> mask;  // [Tq][Tk]
+  std::vector<char> mask;        // [Tq][Tk]
+  std::vector<Element<T>> bias;  // [Tq][Tk]
+  std::vector<double> biasd;
 };
 
 template <typename T>
@@ -87,8 +92,10 @@ struct Reference {
   std::vector<double> out, lse, dq, dk, dv;
 };
 
-// Attention and its gradients in double: p = softmax(scale q k^T) over the visible keys,
-// out = p v, ds = p (dout . v - dout . out), dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
+// Attention and its gradients in double: p = softmax(s) over the visible keys with
+// s = c tanh(scale q k^T / c) + bias (or scale q k^T: no softcap, no bias), out = p v,
+// ds = p (dout . v - dout . out) slope (slope = 1 - tanh^2 under the cap, else 1),
+// dq = scale ds k, dk = scale ds^T q, dv = p^T dout.
 // Query head h reads key-value head h / (heads / kv_heads); dk and dv are per query head.
 template <typename T>
 Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
@@ -110,7 +117,7 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t h = 0; h < c.heads; ++h)
       for (int64_t i = 0; i < tq; ++i) {
-        std::vector<double> p(static_cast<size_t>(tk), 0.0);
+        std::vector<double> p(static_cast<size_t>(tk), 0.0), slope(static_cast<size_t>(tk), 1.0);
         std::vector<char> visible(static_cast<size_t>(tk), 0);
         double top = -INFINITY;
         for (int64_t j = 0; j < tk; ++j) {
@@ -122,6 +129,13 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
           for (int64_t e = 0; e < d; ++e)
             dot += t.qd[at(b, h, i, tq) + e] * t.kd[kv_at(b, h, j) + e];
           p[j] = dot * scale;
+          if (c.softcap > 0) {
+            const double capped = std::tanh(p[j] / c.softcap);
+            p[j] = c.softcap * capped;
+            slope[j] = 1 - capped * capped;
+          }
+          if (c.bias) p[j] += t.biasd[i * tk + j];
+          if (p[j] == -INFINITY) visible[j] = 0;
           top = std::max(top, p[j]);
         }
         if (top == -INFINITY) continue;  // no visible key: out, dq 0, lse -inf
@@ -141,7 +155,7 @@ Reference reference(const Case& c, int64_t depth, const Tensors<T>& t) {
           double dp = 0;
           for (int64_t e = 0; e < d; ++e)
             dp += t.doutd[at(b, h, i, tq) + e] * t.vd[kv_at(b, h, j) + e];
-          const double ds = pj * (dp - delta);
+          const double ds = pj * (dp - delta) * slope[j];
           for (int64_t e = 0; e < d; ++e) {
             r.dq[at(b, h, i, tq) + e] += scale * ds * t.kd[kv_at(b, h, j) + e];
             r.dk[at(b, h, j, tk) + e] += scale * ds * t.qd[at(b, h, i, tq) + e];
@@ -174,7 +188,7 @@ void check(const Case& c, double tolerance) {
                << " keys " << c.keys << " depth " << D << (c.causal ? " causal" : "")
                << (c.bthd ? " bthd" : "") << (c.mask ? " mask" : "") << " kv heads "
                << c.key_value_heads() << " window " << c.window << " query offset "
-               << c.query_offset);
+               << c.query_offset << (c.bias ? " bias" : "") << " softcap " << c.softcap);
   std::mt19937 rng(static_cast<unsigned>(c.queries * 131 + c.keys * 7 + D));
   Tensors<T> t;
   const size_t nq = static_cast<size_t>(c.batch * c.heads * c.queries * D);
@@ -189,6 +203,13 @@ void check(const Case& c, double tolerance) {
     std::bernoulli_distribution visible(0.7);
     for (char& m : t.mask) m = visible(rng);
     std::fill_n(t.mask.begin() + 3 * c.keys, c.keys, 0);  // row 3: no key
+  }
+  if (c.bias) {
+    fill<T>(t.bias, t.biasd, static_cast<size_t>(c.queries * c.keys), 3.0, rng);
+    for (int64_t j = 0; j < c.keys && c.queries > 3; ++j) {
+      t.bias[3 * c.keys + j] = element_of<T>(-INFINITY);
+      t.biasd[3 * c.keys + j] = -INFINITY;
+    }
   }
   const Reference want = reference(c, D, t);
 
@@ -206,6 +227,12 @@ void check(const Case& c, double tolerance) {
     p.a.mask_strides[3] = 1;
     p.mask = reinterpret_cast<const bool*>(t.mask.data());
   }
+  if (c.bias) {
+    p.a.mask_strides[2] = c.keys;
+    p.a.mask_strides[3] = 1;
+    p.bias = t.bias.data();
+  }
+  p.softcap = static_cast<float>(c.softcap);
   p.a.causal = c.causal;
   p.a.window = c.window;
   p.a.set_query_offset(c.query_offset);
@@ -214,6 +241,9 @@ void check(const Case& c, double tolerance) {
   p.q = t.q.data();
   p.k = t.k.data();
   p.v = t.v.data();
+  // Bodies with the score terms where the problem has them (as attention.cu's kernels): not the
+  // wide ones, nor dq summed in the dk/dv kernel.
+  const bool terms = flash::has_score_terms(p);
   // Copies landing late (a missing wait reads garbage) and early (a buffer refilled while read).
   for (CopyTiming timing : {CopyTiming::deferred, CopyTiming::eager}) {
     SCOPED_TRACE(timing == CopyTiming::eager ? "copies land at once" : "copies land when waited");
@@ -225,28 +255,33 @@ void check(const Case& c, double tolerance) {
     run_emulated_grid(
         heads * flash::blocks_of(c.queries), flash::kThreads, flash::forward_shared_bytes<T, D>(),
         [&](EmulatedEnv& env, int64_t block, void* shared) {
-          flash::forward_block<T, D, 1>(env, p, block, shared);
+          if (terms)
+            flash::forward_block<T, D, 1, true>(env, p, block, shared);
+          else
+            flash::forward_block<T, D, 1, false>(env, p, block, shared);
         },
         timing);
     EXPECT_LT(relative_error<T>(out, want.out), tolerance) << "out";
-    if constexpr (flash::kWideQueryBlocks<T, D>) {
-      // 32 query rows a warp: each row's sums in the same order, so the same bits.
-      std::vector<Element<T>> wide_out(nq, poison<T>());
-      std::vector<float> wide_lse(lse.size(), NAN);
-      flash::Params wide = p;
-      wide.out = wide_out.data();
-      wide.lse_out = wide_lse.data();
-      run_emulated_grid(
-          heads * flash::blocks_of(c.queries, flash::kQueryRows<2>), flash::kThreads,
-          flash::forward_shared_bytes<T, D, 2>(),
-          [&](EmulatedEnv& env, int64_t block, void* shared) {
-            flash::forward_block<T, D, 2>(env, wide, block, shared);
-          },
-          timing);
-      EXPECT_EQ(wide_out, out) << "out with 32 query rows a warp";
-      EXPECT_EQ(0, std::memcmp(wide_lse.data(), lse.data(), sizeof(float) * lse.size()))
-          << "lse with 32 query rows a warp";
-    }
+    const bool wide_takes_it = !terms;
+    if constexpr (flash::kWideQueryBlocks<T, D>)
+      if (wide_takes_it) {
+        // 32 query rows a warp: each row's sums in the same order, so the same bits.
+        std::vector<Element<T>> wide_out(nq, poison<T>());
+        std::vector<float> wide_lse(lse.size(), NAN);
+        flash::Params wide = p;
+        wide.out = wide_out.data();
+        wide.lse_out = wide_lse.data();
+        run_emulated_grid(
+            heads * flash::blocks_of(c.queries, flash::kQueryRows<2>), flash::kThreads,
+            flash::forward_shared_bytes<T, D, 2>(),
+            [&](EmulatedEnv& env, int64_t block, void* shared) {
+              flash::forward_block<T, D, 2, false>(env, wide, block, shared);
+            },
+            timing);
+        EXPECT_EQ(wide_out, out) << "out with 32 query rows a warp";
+        EXPECT_EQ(0, std::memcmp(wide_lse.data(), lse.data(), sizeof(float) * lse.size()))
+            << "lse with 32 query rows a warp";
+      }
     for (size_t i = 0; i < lse.size(); ++i) {
       if (want.lse[i] == -INFINITY)
         ASSERT_EQ(lse[i], -INFINITY) << "lse of row " << i;
@@ -271,8 +306,9 @@ void check(const Case& c, double tolerance) {
     // dq by a kernel of its own, then summed in the dk/dv kernel's turns (attention.cu's
     // default; with no keys no dk/dv block runs, and the dq kernel writes its zeros).
     for (bool separate_dq : {true, false}) {
-      // (attention.cu sums dq in turns only without a query offset.)
-      if (!separate_dq && (!flash::every_query_block_reaches_a_key(p.a) || c.query_offset != 0))
+      // (attention.cu sums dq in turns only without a query offset, a bias or a softcap.)
+      if (!separate_dq &&
+          (!flash::every_query_block_reaches_a_key(p.a) || c.query_offset != 0 || terms))
         continue;
       SCOPED_TRACE(separate_dq ? "dq kernel" : "dq summed in the dk/dv kernel");
       std::vector<Element<T>> dq(nq, poison<T>()), dk(nkq, poison<T>()), dv(nkq, poison<T>());
@@ -287,33 +323,40 @@ void check(const Case& c, double tolerance) {
         run_emulated_grid(
             heads * flash::blocks_of(c.queries), flash::kThreads, flash::dq_shared_bytes<T, D>(),
             [&](EmulatedEnv& env, int64_t block, void* shared) {
-              flash::dq_block<T, D, 1>(env, p, block, shared);
+              if (terms)
+                flash::dq_block<T, D, 1, true>(env, p, block, shared);
+              else
+                flash::dq_block<T, D, 1, false>(env, p, block, shared);
             },
             timing);
-        if constexpr (flash::kWideQueryBlocks<T, D>) {
-          std::vector<Element<T>> wide_dq(nq, poison<T>());
-          flash::Params wide = p;
-          wide.dq = wide_dq.data();
-          run_emulated_grid(
-              heads * flash::blocks_of(c.queries, flash::kQueryRows<2>), flash::kThreads,
-              flash::dq_shared_bytes<T, D, 2>(),
-              [&](EmulatedEnv& env, int64_t block, void* shared) {
-                flash::dq_block<T, D, 2>(env, wide, block, shared);
-              },
-              timing);
-          EXPECT_EQ(wide_dq, dq) << "dq with 32 query rows a warp";
-        }
+        if constexpr (flash::kWideQueryBlocks<T, D>)
+          if (wide_takes_it) {
+            std::vector<Element<T>> wide_dq(nq, poison<T>());
+            flash::Params wide = p;
+            wide.dq = wide_dq.data();
+            run_emulated_grid(
+                heads * flash::blocks_of(c.queries, flash::kQueryRows<2>), flash::kThreads,
+                flash::dq_shared_bytes<T, D, 2>(),
+                [&](EmulatedEnv& env, int64_t block, void* shared) {
+                  flash::dq_block<T, D, 2, false>(env, wide, block, shared);
+                },
+                timing);
+            EXPECT_EQ(wide_dq, dq) << "dq with 32 query rows a warp";
+          }
         run_emulated_grid(
             heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkv_shared_bytes<T, D>(),
             [&](EmulatedEnv& env, int64_t block, void* shared) {
-              flash::dkv_block<T, D, false>(env, p, block, shared);
+              if (terms)
+                flash::dkv_block<T, D, false, true>(env, p, block, shared);
+              else
+                flash::dkv_block<T, D, false, false>(env, p, block, shared);
             },
             timing);
       } else {
         run_emulated_grid(
             heads * flash::blocks_of(c.keys), flash::kThreads, flash::dkvq_shared_bytes<T, D>(),
             [&](EmulatedEnv& env, int64_t block, void* shared) {
-              flash::dkv_block<T, D, true>(env, p, block, shared);
+              flash::dkv_block<T, D, true, false>(env, p, block, shared);
             },
             timing);
       }
@@ -452,6 +495,33 @@ TEST(FlashAttention, QueryOffsetMatchesTheReference) {
                        .mask = true,
                        .query_offset = 1000},
                       kBf16);
+}
+
+// An additive bias and a softcap (T5's and ALiBi's biases, Gemma 2's cap): the scores' terms in
+// every kernel, the cap's slope in the score gradients, and a row whose bias is -inf everywhere
+// (it sees no key: out 0, lse -inf, no NaN in any gradient).
+TEST(FlashAttention, BiasAndSoftcapMatchTheReference) {
+  check<BFloat16, 64>({.batch = 1, .heads = 2, .queries = 70, .keys = 100, .bias = true}, kBf16);
+  check<Half, 32>({.batch = 1, .heads = 1, .queries = 70, .keys = 70, .causal = true, .softcap = 5},
+                  kF16);
+  check<float, 64>({.batch = 1,
+                    .heads = 1,
+                    .queries = 70,
+                    .keys = 90,
+                    .causal = true,
+                    .bthd = true,
+                    .bias = true,
+                    .softcap = 3},
+                   kF32);
+  check<Half, 128>({.batch = 1,
+                    .heads = 2,
+                    .queries = 40,
+                    .keys = 70,
+                    .kv_heads = 1,
+                    .window = 30,
+                    .bias = true,
+                    .softcap = 2},
+                   kF16);
 }
 
 TEST(FlashAttention, MaskedAndBthdMatchTheReference) {
