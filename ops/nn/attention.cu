@@ -587,8 +587,8 @@ bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
   if (attention_choice_is("rows") || !flash::supports(dtype, problem.a)) return false;
-  // The query-offset forward (cached decoding) is compiled without a bias or softcap: its
-  // registers are tight (flash::by_score_terms).
+  // The query-offset forward (cached decoding) has no kernel with a bias or softcap: its
+  // registers are tight (see flash_forward_kernel).
   if (problem.query_offset != nullptr && (problem.bias != nullptr || problem.softcap > 0))
     return false;
   for (const void* t : tensors)
