@@ -416,19 +416,13 @@ __global__ void __launch_bounds__(flash::kThreads, 1) flash_dkv_kernel(flash::Pa
   flash::dkv_block<T, D, kDq, kTerms>(env, p, block, flash_shared);
 }
 
-// KILN_CUDA_ATTENTION (read per call: tests switch it) is `choice`.
-bool attention_choice_is(const char* choice) {
-  const char* value = std::getenv("KILN_CUDA_ATTENTION");
-  return value != nullptr && std::strcmp(value, choice) == 0;
-}
-
 // Whether dq is a kernel of its own (the default) rather than summed in the dk/dv kernel's turns
 // (KILN_CUDA_ATTENTION=summed_dq, where every query block reaches a key: else no dk/dv block
 // would write its dq). On the H200
 // (2026-12-04, [4, 16, 2048, 64] bf16 causal) the turns serialize the key blocks of a head: the
 // dk/dv/dq kernel took 3.78 ms, the dq and dk/dv kernels apart 2.1 ms less.
 bool separate_dq(const Problem& problem) {
-  return !flash::every_query_block_reaches_a_key(problem.a) || !attention_choice_is("summed_dq") ||
+  return !flash::every_query_block_reaches_a_key(problem.a) || !attention_choice_holds("summed_dq") ||
          problem.bias != nullptr || problem.softcap > 0;
 }
 
@@ -439,7 +433,7 @@ bool separate_dq(const Problem& problem) {
 template <typename T, int D, typename Fn>
 void by_query_tiles(const Problem& problem, Fn&& fn) {
   if constexpr (flash::kWideQueryBlocks<T, D>) {
-    if (attention_choice_is("wide") && problem.bias == nullptr && problem.softcap <= 0) {
+    if (attention_choice_holds("wide") && problem.bias == nullptr && problem.softcap <= 0) {
       fn(std::integral_constant<int, 2>{});
       return;
     }
@@ -586,7 +580,7 @@ int shared_memory_limit(int device) {
 bool use_flash(const KernelContext& ctx, const Problem& problem,
                std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
-  if (attention_choice_is("rows") || !flash::supports(dtype, problem.a)) return false;
+  if (attention_choice_holds("rows") || !flash::supports(dtype, problem.a)) return false;
   // The query-offset forward (cached decoding) has no kernel with a bias or softcap: its
   // registers are tight (see flash_forward_kernel).
   if (problem.query_offset != nullptr && (problem.bias != nullptr || problem.softcap > 0))
@@ -618,7 +612,7 @@ std::optional<CudnnAttention> cudnn_problem(const KernelContext& ctx, const Prob
                                             std::initializer_list<const void*> tensors) {
   const DType dtype = ctx.input(0).dtype();
   const AttentionShape& a = problem.a;
-  if (!cudnn_attention_requested() || (dtype != DType::f16 && dtype != DType::bf16)) return {};
+  if (!attention_choice_holds("cudnn") || (dtype != DType::f16 && dtype != DType::bf16)) return {};
   if (problem.mask != nullptr || problem.bias != nullptr || problem.softcap > 0 ||
       problem.query_offset != nullptr || a.window > 0 || a.query_offset != 0)
     return {};

@@ -38,26 +38,17 @@ using ::kiln::cuda::cudnn;
 using ::kiln::ops::cuda::CudnnLane;
 using ::kiln::ops::cuda::stream_of;
 
-namespace {
-
-// Whether KILN_CUDA_ATTENTION, a comma-separated list, holds `word`.
-bool choice_holds(const char* word) {
+bool attention_choice_holds(const char* word) {
   const char* value = std::getenv("KILN_CUDA_ATTENTION");
   if (value == nullptr) return false;
   const std::string list = str(",", value, ",");
   return list.find(str(",", word, ",")) != std::string::npos;
 }
 
-}  // namespace
-
-bool cudnn_attention_requested() {
-  return choice_holds("cudnn");
-}
-
 namespace {
 
 bool strict() {
-  return choice_holds("strict");
+  return attention_choice_holds("strict");
 }
 
 // Throws kiln::DeviceError naming the call, cuDNN's status and its last error message.
@@ -228,9 +219,14 @@ class GraphBuilder {
 
   // The finalized operation graph, cuDNN's engine configurations for it (heuristic A, then the
   // fallback list) and the first one that makes a plan. Throws kiln::DeviceError with cuDNN's
-  // reason when none does.
+  // reasons when none does. With `device` (a finalized device-properties descriptor) the plan
+  // is for that device, described rather than present (cuDNN's deviceless planning; the
+  // handle is unused); `first_config_only` stops after heuristic A's first configuration.
   struct Plan;
-  std::shared_ptr<Plan> plan();
+  std::shared_ptr<Plan> plan(const Descriptor* device = nullptr, bool first_config_only = false);
+
+  // How many operations the graph has so far.
+  int64_t operations() const { return static_cast<int64_t>(operations_.size()); }
 
  private:
   std::shared_ptr<Descriptor> keep(cudnnBackendDescriptorType_t type) {
@@ -272,33 +268,34 @@ struct GraphBuilder::Plan {
   int64_t workspace = 0;
 };
 
-std::shared_ptr<GraphBuilder::Plan> GraphBuilder::plan() {
+std::shared_ptr<GraphBuilder::Plan> GraphBuilder::plan(const Descriptor* device,
+                                                       bool first_config_only) {
   auto graph = keep(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
   std::vector<cudnnBackendDescriptor_t> ops;
   for (Descriptor* op : operations_) ops.push_back(op->get());
-  graph->set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, &handle_);
+  if (device == nullptr) graph->set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, &handle_);
   graph->set(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, ops.data(),
              static_cast<int64_t>(ops.size()));
   graph->finalize("operation graph (is the attention pattern supported by this cuDNN?)");
   std::string reasons;
   for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    const char* heuristic_name = mode == CUDNN_HEUR_MODE_A ? "heuristic A" : "fallback heuristic";
     auto heuristic = keep(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
     heuristic->set_descriptor(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, *graph);
     heuristic->set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, &mode);
+    if (device != nullptr) heuristic->set_descriptor(CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, *device);
     try {
       heuristic->finalize("engine heuristic");
     } catch (const DeviceError& e) {
-      reasons += str(" ", e.what(), ";");
+      reasons += str(" ", heuristic_name, ": ", e.what(), ";");
       continue;
     }
+    // The count, then the configurations: cuDNN returns only those that support the graph on
+    // the device (engines it cannot compile or load are left out: CUDNN_LOGWARN_DBG says why).
     int64_t count = 0;
     check(cudnn().cudnnBackendGetAttribute(heuristic->get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
                                            CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr),
           "engine heuristic results");
-    if (count <= 0) {
-      reasons += str(" heuristic ", static_cast<int>(mode), " offers no engine;");
-      continue;
-    }
     std::vector<std::shared_ptr<Descriptor>> configs;
     std::vector<cudnnBackendDescriptor_t> raw;
     for (int64_t i = 0; i < count; ++i) {
@@ -306,18 +303,27 @@ std::shared_ptr<GraphBuilder::Plan> GraphBuilder::plan() {
       raw.push_back(configs.back()->get());
     }
     int64_t returned = 0;
-    check(cudnn().cudnnBackendGetAttribute(heuristic->get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                           CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &returned,
-                                           raw.data()),
-          "engine heuristic results");
-    for (int64_t i = 0; i < returned; ++i) {
+    if (count > 0)
+      check(cudnn().cudnnBackendGetAttribute(heuristic->get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &returned,
+                                             raw.data()),
+            "engine heuristic results");
+    if (returned <= 0) {
+      reasons += str(" ", heuristic_name, " offers no engine that supports the graph (of ", count,
+                     " it considered);");
+      continue;
+    }
+    for (int64_t i = 0; i < (first_config_only ? 1 : returned); ++i) {
       auto plan = std::make_shared<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-      plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &handle_);
+      if (device == nullptr)
+        plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, &handle_);
+      else
+        plan->set_descriptor(CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, *device);
       plan->set_descriptor(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, *configs[i]);
       try {
         plan->finalize("execution plan");
       } catch (const DeviceError& e) {
-        reasons += str(" engine config ", i, ": ", e.what(), ";");
+        reasons += str(" ", heuristic_name, "'s engine configuration ", i, ": ", e.what(), ";");
         continue;
       }
       auto result = std::make_shared<Plan>();
@@ -330,6 +336,7 @@ std::shared_ptr<GraphBuilder::Plan> GraphBuilder::plan() {
       result->kept.push_back(plan);
       return result;
     }
+    if (first_config_only) break;
   }
   throw DeviceError(str("cuDNN has no plan for this attention graph:", reasons));
 }
@@ -361,8 +368,8 @@ struct Shapes {
         row_strides{p.heads * p.queries, p.queries, 1, 1} {}
 };
 
-std::shared_ptr<GraphBuilder::Plan> forward_plan(cudnnHandle_t handle, const CudnnAttention& p) {
-  GraphBuilder g(handle);
+// The forward's operations into `g`.
+void forward_graph(GraphBuilder& g, const CudnnAttention& p) {
   const Shapes s(p);
   const cudnnDataType_t io = io_type(p.dtype);
   const int64_t b = p.batch, h = p.heads, tq = p.queries, tk = p.keys, d = p.depth;
@@ -394,11 +401,10 @@ std::shared_ptr<GraphBuilder::Plan> forward_plan(cudnnHandle_t handle, const Cud
   const int64_t probabilities = g.intermediate(s.scores, s.score_strides, io);
   g.pointwise(CUDNN_POINTWISE_DIV, e, probabilities, l);
   g.matmul(probabilities, v, out);
-  return g.plan();
 }
 
-std::shared_ptr<GraphBuilder::Plan> backward_plan(cudnnHandle_t handle, const CudnnAttention& p) {
-  GraphBuilder g(handle);
+// The backward's operations into `g`.
+void backward_graph(GraphBuilder& g, const CudnnAttention& p) {
   const Shapes s(p);
   const cudnnDataType_t io = io_type(p.dtype);
   const int64_t b = p.batch, h = p.heads, tq = p.queries, tk = p.keys, d = p.depth;
@@ -468,6 +474,17 @@ std::shared_ptr<GraphBuilder::Plan> backward_plan(cudnnHandle_t handle, const Cu
     g.matmul(ds, k, dq_sums);
     g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_sums, dq);
   }
+}
+
+std::shared_ptr<GraphBuilder::Plan> forward_plan(cudnnHandle_t handle, const CudnnAttention& p) {
+  GraphBuilder g(handle);
+  forward_graph(g, p);
+  return g.plan();
+}
+
+std::shared_ptr<GraphBuilder::Plan> backward_plan(cudnnHandle_t handle, const CudnnAttention& p) {
+  GraphBuilder g(handle);
+  backward_graph(g, p);
   return g.plan();
 }
 
@@ -539,6 +556,37 @@ float minus_infinity() {
 }
 
 }  // namespace
+
+int64_t cudnn_attention_operations(const CudnnAttention& problem, bool backward) {
+  GraphBuilder g(nullptr);
+  if (backward)
+    backward_graph(g, problem);
+  else
+    forward_graph(g, problem);
+  return g.operations();
+}
+
+std::string cudnn_attention_plan_for_device(const CudnnAttention& problem, bool backward,
+                                            const std::string& device_json) {
+  if (cudnn().cudnnGetVersion() < 90800)
+    throw DeviceError(str("cuDNN ", cudnn().cudnnGetVersion(),
+                          " cannot plan for a described device (9.8 and later can)"));
+  Descriptor device(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR);
+  device.set(CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, device_json.data(),
+             static_cast<int64_t>(device_json.size()));
+  device.finalize("device properties (the JSON description)");
+  GraphBuilder g(nullptr);
+  if (backward)
+    backward_graph(g, problem);
+  else
+    forward_graph(g, problem);
+  try {
+    g.plan(&device, true);
+  } catch (const DeviceError& e) {
+    return e.what();
+  }
+  return "";
+}
 
 bool cudnn_attention_forward(KernelContext& ctx, const CudnnAttention& problem, const void* q,
                              const void* k, const void* v, void* out, float* lse) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kiln/framework/kernel.h"
 
@@ -29,8 +30,28 @@ struct CudnnAttention {
   bool deterministic = false;
 };
 
-/// Whether KILN_CUDA_ATTENTION asks for cuDNN (holds "cudnn").
-bool cudnn_attention_requested();
+/// Builds the problem's operation graph for the forward or the backward, each tensor and
+/// operation finalized by cuDNN (which checks their shapes, strides and types against one
+/// another), without making a plan: that needs libcudnn but no GPU, so hosts without one check
+/// the graphs too. Returns the number of operations; throws kiln::DeviceError with cuDNN's
+/// reason for the first descriptor it refuses.
+int64_t cudnn_attention_operations(const CudnnAttention& problem, bool backward);
+
+/// cuDNN's plan for the problem's forward or backward graph on a device it is told of instead
+/// of one it runs on (cuDNN 9.8's deviceless planning): `device_json` describes the device in
+/// cuDNN's JSON (see tests/gpu/gpu_test.cc for an H200's). Asks heuristic A for the engine
+/// configurations that support the graph on that device and makes the first one's plan,
+/// which compiles its kernels (NVRTC) and loads them (the CUDA driver). Returns "" for a plan,
+/// else cuDNN's reasons: on a host whose libcuda.so.1 is the toolkit's stub, a plan's last step
+/// fails with CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER, after the graph was taken and compiled.
+/// Throws kiln::DeviceError where cuDNN refuses the description or a descriptor of the graph.
+std::string cudnn_attention_plan_for_device(const CudnnAttention& problem, bool backward,
+                                            const std::string& device_json);
+
+/// Whether KILN_CUDA_ATTENTION, a comma-separated list of choices read on every call (tests
+/// switch it), holds `word`: "cudnn", "strict", or one of Kiln's own kernels' forms ("wide",
+/// "summed_dq", "rows"; see attention.cu), which also apply where cuDNN is asked for but refuses.
+bool attention_choice_holds(const char* word);
 
 /// out = softmax(scale q k^T [causal]) v and lse [B, H, Tq] (f32, natural log: what Kiln's own
 /// kernels write, and cuDNN's softmax statistics). False where cuDNN offers no plan for the

@@ -3,12 +3,14 @@
 
 #ifdef KILN_WITH_CUDA
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 
 #include "kiln/framework/cuda/cuda_check.h"
 #include "kiln/framework/cuda/cuda_libraries.h"
 #include "kiln/framework/cuda/runtime_compile.h"
 #include "kiln/ops/math/fused.h"
 #include "kiln/ops/math/fused_codegen.h"
+#include "kiln/ops/nn/attention_cudnn.h"
 #endif
 
 namespace kiln {
@@ -88,6 +90,119 @@ TEST(Gpu, GeneratedFusedKernelsCompileForEveryOp) {
   }
   testing::expect_error<DeviceError>([] { compile_cuda_source("this is not C++", 90); },
                                      {"[nvrtc]", "sm_90"});
+}
+
+// cuDNN checks each tensor and operation of the fused-attention graphs as it is finalized (their
+// shapes, strides and types against one another): no GPU needed, so a graph cuDNN would refuse
+// fails here, not first at a lend. Every problem form Kiln sends: f16 and bf16, depths 64 and
+// 128, both layouts, causal or not, queries fewer than keys, both backward forms.
+TEST(Gpu, CudnnAttentionGraphsAreWellFormed) {
+  using ops::cuda_attention::cudnn_attention_operations;
+  using ops::cuda_attention::CudnnAttention;
+  for (DType dtype : {bf16, f16})
+    for (int64_t depth : {int64_t{64}, int64_t{128}})
+      for (bool bthd : {false, true})
+        for (bool causal : {false, true})
+          for (bool deterministic : {false, true}) {
+            const CudnnAttention problem{.dtype = dtype,
+                                         .batch = 2,
+                                         .heads = 3,
+                                         .queries = causal ? 256 : 200,
+                                         .keys = causal ? 256 : 333,
+                                         .depth = depth,
+                                         .bthd = bthd,
+                                         .causal = causal,
+                                         .scale = 0.125f,
+                                         .deterministic = deterministic};
+            const std::string where =
+                str(dtype, " depth ", depth, bthd ? " bthd" : " bhtd", causal ? " causal" : "",
+                    deterministic ? " deterministic" : "");
+            // The causal mask adds four operations: two index generators, a compare, a select.
+            const int64_t mask = causal ? 4 : 0;
+            int64_t forward = 0, backward = 0;
+            ASSERT_NO_THROW(forward = cudnn_attention_operations(problem, false)) << where;
+            ASSERT_NO_THROW(backward = cudnn_attention_operations(problem, true)) << where;
+            EXPECT_EQ(forward, 10 + mask) << where;
+            EXPECT_EQ(backward, (deterministic ? 17 : 18) + mask) << where;
+          }
+  // A refusal names cuDNN, the descriptor and cuDNN's status. (Not an empty problem: cuDNN 9.19's
+  // matmul divides by a zero extent, SIGFPE. Kiln never sends one: cudnn_problem refuses them.)
+  CudnnAttention negative{.batch = -1, .heads = 1, .queries = 8, .keys = 8, .depth = 64};
+  testing::expect_error<DeviceError>([&] { cudnn_attention_operations(negative, false); },
+                                     {"cuDNN tensor descriptor", "CUDNN_STATUS_BAD_PARAM"});
+}
+
+// An H200 as cuDNN describes a device (its device-properties JSON; cuDNN names a missing key).
+constexpr const char* kH200 = R"({"deviceName": "NVIDIA H200", "cudaDeviceId": 0,
+  "deviceVer": 900, "driverVer": 13000, "multiProcessorCount": 132, "warpSize": 32,
+  "maxGridSize": [2147483647, 65535, 65535], "maxBlockSize": [1024, 1024, 64],
+  "maxThreadsPerBlock": 1024, "maxThreadsPerSM": 2048, "maxCtasPerSM": 32,
+  "regsPerBlock": 65536, "maxRegistersPerSM": 65536, "maxSharedMemoryPerBlock": 49152,
+  "maxSharedMemoryPerBlockOptin": 232448, "reservedSharedMemoryPerBlock": 1024,
+  "l2CacheSize": 52428800, "totalGlobalMem": 150754820096, "smClockRateKHz": 1980000,
+  "memClockRateKHz": 3201000, "pciDeviceId": 0, "isTccDriver": 0, "supportCoopLaunch": 1})";
+
+// cuDNN loads the kernels it compiles for a plan through libcuda.so.1: the driver, else the
+// toolkit's stub (found by that soname once loaded), whose loads fail. False: neither.
+bool load_cuda_driver_or_stub() {
+  if (dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL) != nullptr) return true;
+  return dlopen(KILN_CUDA_STUB_DIR "/libcuda.so", RTLD_NOW | RTLD_GLOBAL) != nullptr;
+}
+
+// cuDNN plans every fused-attention graph form Kiln sends for an H200 without one present
+// (deviceless planning): its engines recognize the graph as attention (SDPA_FWD or SDPA_BWD)
+// and their kernels compile for sm_90. Without a driver only loading those kernels fails.
+// A device cuDNN's fused attention does not run on (sm_70) gets no engine, and says so.
+TEST(Gpu, CudnnPlansEveryAttentionGraphForAnH200) {
+  using ops::cuda_attention::cudnn_attention_plan_for_device;
+  using ops::cuda_attention::CudnnAttention;
+  if (cuda::cudnn().cudnnGetVersion() < 90800)
+    GTEST_SKIP() << "cuDNN " << cuda::cudnn().cudnnGetVersion() << " plans only for its GPU";
+  if (!load_cuda_driver_or_stub())
+    GTEST_SKIP() << "neither libcuda.so.1 nor " KILN_CUDA_STUB_DIR "/libcuda.so loads";
+  const auto planned = [](const std::string& result) {
+    return result.empty() ||
+           result.find("CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER") != std::string::npos;
+  };
+  for (DType dtype : {bf16, f16})
+    for (int64_t depth : {int64_t{64}, int64_t{128}})
+      for (bool bthd : {false, true})
+        for (bool causal : {false, true})
+          for (bool deterministic : {false, true}) {
+            const CudnnAttention problem{.dtype = dtype,
+                                         .batch = 2,
+                                         .heads = 3,
+                                         .queries = causal ? 256 : 200,
+                                         .keys = causal ? 256 : 333,
+                                         .depth = depth,
+                                         .bthd = bthd,
+                                         .causal = causal,
+                                         .scale = 0.125f,
+                                         .deterministic = deterministic};
+            const std::string where =
+                str(dtype, " depth ", depth, bthd ? " bthd" : " bhtd", causal ? " causal" : "",
+                    deterministic ? " deterministic" : "");
+            // The forward has no deterministic form: once per problem.
+            if (!deterministic) {
+              const std::string forward = cudnn_attention_plan_for_device(problem, false, kH200);
+              EXPECT_TRUE(planned(forward)) << "forward, " << where << ": " << forward;
+            }
+            const std::string backward = cudnn_attention_plan_for_device(problem, true, kH200);
+            EXPECT_TRUE(planned(backward)) << "backward, " << where << ": " << backward;
+          }
+  // The benchmark's problem (bench/gpu_bench.cc: [4, 16, 2048, 64] bf16, causal).
+  const CudnnAttention benchmark{
+      .batch = 4, .heads = 16, .queries = 2048, .keys = 2048, .depth = 64, .causal = true};
+  for (bool backward : {false, true}) {
+    const std::string result = cudnn_attention_plan_for_device(benchmark, backward, kH200);
+    EXPECT_TRUE(planned(result)) << "the benchmark's problem: " << result;
+  }
+  std::string volta = kH200;
+  volta.replace(volta.find("\"deviceVer\": 900"), 16, "\"deviceVer\": 700");
+  const CudnnAttention problem{.batch = 2, .heads = 3, .queries = 256, .keys = 256, .depth = 64};
+  const std::string refused = cudnn_attention_plan_for_device(problem, false, volta);
+  EXPECT_FALSE(planned(refused)) << refused;
+  EXPECT_NE(refused.find("offers no engine that supports the graph"), std::string::npos) << refused;
 }
 
 TEST(Gpu, CudaErrorsNameTheCall) {
