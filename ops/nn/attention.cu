@@ -422,8 +422,8 @@ __global__ void __launch_bounds__(flash::kThreads, 1) flash_dkv_kernel(flash::Pa
 // (2026-12-04, [4, 16, 2048, 64] bf16 causal) the turns serialize the key blocks of a head: the
 // dk/dv/dq kernel took 3.78 ms, the dq and dk/dv kernels apart 2.1 ms less.
 bool separate_dq(const Problem& problem) {
-  return !flash::every_query_block_reaches_a_key(problem.a) || !attention_choice_holds("summed_dq") ||
-         problem.bias != nullptr || problem.softcap > 0;
+  return !flash::every_query_block_reaches_a_key(problem.a) ||
+         !attention_choice_holds("summed_dq") || problem.bias != nullptr || problem.softcap > 0;
 }
 
 // Calls fn(std::integral_constant<int, M>) with the m-tiles per warp of the query-side kernels:
