@@ -1,6 +1,9 @@
 // Tests that need a CUDA GPU (CTest label `gpu`). They skip, saying so, where none is usable.
 #include "gpu_test_util.h"
 
+#include <functional>
+#include <string>
+
 #ifdef KILN_WITH_CUDA
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -92,39 +95,45 @@ TEST(Gpu, GeneratedFusedKernelsCompileForEveryOp) {
                                      {"[nvrtc]", "sm_90"});
 }
 
-// cuDNN checks each tensor and operation of the fused-attention graphs as it is finalized (their
-// shapes, strides and types against one another): no GPU needed, so a graph cuDNN would refuse
-// fails here, not first at a lend. Every problem form Kiln sends: f16 and bf16, depths 64 and
-// 128, both layouts, causal or not, queries fewer than keys, both backward forms.
-TEST(Gpu, CudnnAttentionGraphsAreWellFormed) {
-  using ops::cuda_attention::cudnn_attention_operations;
-  using ops::cuda_attention::CudnnAttention;
+// Every fused-attention problem form Kiln sends cuDNN, with a name: f16 and bf16, depths 64 and
+// 128, both layouts, causal or not (queries fewer than keys when not), both backward forms.
+void for_each_cudnn_attention_form(
+    const std::function<void(const ops::cuda_attention::CudnnAttention&, const std::string&)>&
+        check) {
   for (DType dtype : {bf16, f16})
     for (int64_t depth : {int64_t{64}, int64_t{128}})
       for (bool bthd : {false, true})
         for (bool causal : {false, true})
-          for (bool deterministic : {false, true}) {
-            const CudnnAttention problem{.dtype = dtype,
-                                         .batch = 2,
-                                         .heads = 3,
-                                         .queries = causal ? 256 : 200,
-                                         .keys = causal ? 256 : 333,
-                                         .depth = depth,
-                                         .bthd = bthd,
-                                         .causal = causal,
-                                         .scale = 0.125f,
-                                         .deterministic = deterministic};
-            const std::string where =
-                str(dtype, " depth ", depth, bthd ? " bthd" : " bhtd", causal ? " causal" : "",
-                    deterministic ? " deterministic" : "");
-            // The causal mask adds four operations: two index generators, a compare, a select.
-            const int64_t mask = causal ? 4 : 0;
-            int64_t forward = 0, backward = 0;
-            ASSERT_NO_THROW(forward = cudnn_attention_operations(problem, false)) << where;
-            ASSERT_NO_THROW(backward = cudnn_attention_operations(problem, true)) << where;
-            EXPECT_EQ(forward, 10 + mask) << where;
-            EXPECT_EQ(backward, (deterministic ? 17 : 18) + mask) << where;
-          }
+          for (bool deterministic : {false, true})
+            check({.dtype = dtype,
+                   .batch = 2,
+                   .heads = 3,
+                   .queries = causal ? 256 : 200,
+                   .keys = causal ? 256 : 333,
+                   .depth = depth,
+                   .bthd = bthd,
+                   .causal = causal,
+                   .scale = 0.125f,
+                   .deterministic = deterministic},
+                  str(dtype, " depth ", depth, bthd ? " bthd" : " bhtd", causal ? " causal" : "",
+                      deterministic ? " deterministic" : ""));
+}
+
+// cuDNN checks each tensor and operation of the fused-attention graphs as it is finalized (their
+// shapes, strides and types against one another): no GPU needed, so a graph cuDNN would refuse
+// fails here, not first at a lend.
+TEST(Gpu, CudnnAttentionGraphsAreWellFormed) {
+  using ops::cuda_attention::cudnn_attention_operations;
+  using ops::cuda_attention::CudnnAttention;
+  for_each_cudnn_attention_form([](const CudnnAttention& problem, const std::string& where) {
+    // The causal mask adds four operations: two index generators, a compare, a select.
+    const int64_t mask = problem.causal ? 4 : 0;
+    int64_t forward = 0, backward = 0;
+    ASSERT_NO_THROW(forward = cudnn_attention_operations(problem, false)) << where;
+    ASSERT_NO_THROW(backward = cudnn_attention_operations(problem, true)) << where;
+    EXPECT_EQ(forward, 10 + mask) << where;
+    EXPECT_EQ(backward, (problem.deterministic ? 17 : 18) + mask) << where;
+  });
   // A refusal names cuDNN, the descriptor and cuDNN's status. (Not an empty problem: cuDNN 9.19's
   // matmul divides by a zero extent, SIGFPE. Kiln never sends one: cudnn_problem refuses them.)
   CudnnAttention negative{.batch = -1, .heads = 1, .queries = 8, .keys = 8, .depth = 64};
@@ -164,32 +173,15 @@ TEST(Gpu, CudnnPlansEveryAttentionGraphForAnH200) {
     return result.empty() ||
            result.find("CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER") != std::string::npos;
   };
-  for (DType dtype : {bf16, f16})
-    for (int64_t depth : {int64_t{64}, int64_t{128}})
-      for (bool bthd : {false, true})
-        for (bool causal : {false, true})
-          for (bool deterministic : {false, true}) {
-            const CudnnAttention problem{.dtype = dtype,
-                                         .batch = 2,
-                                         .heads = 3,
-                                         .queries = causal ? 256 : 200,
-                                         .keys = causal ? 256 : 333,
-                                         .depth = depth,
-                                         .bthd = bthd,
-                                         .causal = causal,
-                                         .scale = 0.125f,
-                                         .deterministic = deterministic};
-            const std::string where =
-                str(dtype, " depth ", depth, bthd ? " bthd" : " bhtd", causal ? " causal" : "",
-                    deterministic ? " deterministic" : "");
-            // The forward has no deterministic form: once per problem.
-            if (!deterministic) {
-              const std::string forward = cudnn_attention_plan_for_device(problem, false, kH200);
-              EXPECT_TRUE(planned(forward)) << "forward, " << where << ": " << forward;
-            }
-            const std::string backward = cudnn_attention_plan_for_device(problem, true, kH200);
-            EXPECT_TRUE(planned(backward)) << "backward, " << where << ": " << backward;
-          }
+  for_each_cudnn_attention_form([&](const CudnnAttention& problem, const std::string& where) {
+    // The forward has no deterministic form: once per problem.
+    if (!problem.deterministic) {
+      const std::string forward = cudnn_attention_plan_for_device(problem, false, kH200);
+      EXPECT_TRUE(planned(forward)) << "forward, " << where << ": " << forward;
+    }
+    const std::string backward = cudnn_attention_plan_for_device(problem, true, kH200);
+    EXPECT_TRUE(planned(backward)) << "backward, " << where << ": " << backward;
+  });
   // The benchmark's problem (bench/gpu_bench.cc: [4, 16, 2048, 64] bf16, causal).
   const CudnnAttention benchmark{
       .batch = 4, .heads = 16, .queries = 2048, .keys = 2048, .depth = 64, .causal = true};
