@@ -476,16 +476,12 @@ void backward_graph(GraphBuilder& g, const CudnnAttention& p) {
   }
 }
 
-std::shared_ptr<GraphBuilder::Plan> forward_plan(cudnnHandle_t handle, const CudnnAttention& p) {
-  GraphBuilder g(handle);
-  forward_graph(g, p);
-  return g.plan();
-}
-
-std::shared_ptr<GraphBuilder::Plan> backward_plan(cudnnHandle_t handle, const CudnnAttention& p) {
-  GraphBuilder g(handle);
-  backward_graph(g, p);
-  return g.plan();
+// The problem's backward or forward operations into `g`.
+void build_graph(GraphBuilder& g, const CudnnAttention& p, bool backward) {
+  if (backward)
+    backward_graph(g, p);
+  else
+    forward_graph(g, p);
 }
 
 // ---- Running them.
@@ -496,9 +492,9 @@ struct CachedPlan {
   std::string refusal;
 };
 
-template <typename Make>
 CachedPlan cached_plan(const KernelContext& ctx, cudnnHandle_t handle, const CudnnAttention& p,
-                       const char* direction, Make&& make) {
+                       bool backward) {
+  const char* direction = backward ? "backward" : "forward";
   const std::string key =
       ctx.cache_key(str("cudnn attention ", direction, p.bthd ? " bthd" : " bhtd",
                         p.causal ? " causal" : "", p.deterministic ? " deterministic" : "",
@@ -506,7 +502,9 @@ CachedPlan cached_plan(const KernelContext& ctx, cudnnHandle_t handle, const Cud
   return ctx.cache().get<CachedPlan>(key, [&] {
     CachedPlan cached;
     try {
-      cached.plan = make(handle, p);
+      GraphBuilder g(handle);
+      build_graph(g, p, backward);
+      cached.plan = g.plan();
     } catch (const DeviceError& e) {
       cached.refusal = e.what();
       if (!strict())
@@ -559,10 +557,7 @@ float minus_infinity() {
 
 int64_t cudnn_attention_operations(const CudnnAttention& problem, bool backward) {
   GraphBuilder g(nullptr);
-  if (backward)
-    backward_graph(g, problem);
-  else
-    forward_graph(g, problem);
+  build_graph(g, problem, backward);
   return g.operations();
 }
 
@@ -576,10 +571,7 @@ std::string cudnn_attention_plan_for_device(const CudnnAttention& problem, bool 
              static_cast<int64_t>(device_json.size()));
   device.finalize("device properties (the JSON description)");
   GraphBuilder g(nullptr);
-  if (backward)
-    backward_graph(g, problem);
-  else
-    forward_graph(g, problem);
+  build_graph(g, problem, backward);
   try {
     g.plan(&device, true);
   } catch (const DeviceError& e) {
@@ -592,7 +584,7 @@ bool cudnn_attention_forward(KernelContext& ctx, const CudnnAttention& problem, 
                              const void* k, const void* v, void* out, float* lse) {
   const cudnnHandle_t handle = lane_handle(ctx);
   if (handle == nullptr) return false;
-  const CachedPlan cached = cached_plan(ctx, handle, problem, "forward", forward_plan);
+  const CachedPlan cached = cached_plan(ctx, handle, problem, false);
   if (cached.plan == nullptr) {
     if (strict()) throw DeviceError(str(ctx.where(), ": ", cached.refusal));
     return false;
@@ -616,7 +608,7 @@ bool cudnn_attention_backward(KernelContext& ctx, const CudnnAttention& problem,
                               const void* dout, void* dq, void* dk, void* dv) {
   const cudnnHandle_t handle = lane_handle(ctx);
   if (handle == nullptr) return false;
-  const CachedPlan cached = cached_plan(ctx, handle, problem, "backward", backward_plan);
+  const CachedPlan cached = cached_plan(ctx, handle, problem, true);
   if (cached.plan == nullptr) {
     if (strict()) throw DeviceError(str(ctx.where(), ": ", cached.refusal));
     return false;
